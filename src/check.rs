@@ -1,0 +1,389 @@
+//! `gradscope list` and `gradscope check`: load every file, compile every run, and (for check)
+//! take one forward and backward pass at the initial params. One bad file never stops the others.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::compile::{self, CompiledFile, Evaluator, norm};
+use crate::diagnostic::{Diagnostic, SourceFile};
+use crate::lang::file;
+
+/// A run's loss and gradients at the initial params.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub name: String,
+    pub dtype: &'static str,
+    pub loss: f64,
+    pub params: Vec<ParamReport>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParamReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub grad: Vec<f64>,
+    pub grad_norm: f64,
+}
+
+/// Everything known about one file.
+#[derive(Debug, Clone)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub name: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub compiled: Option<CompiledFile>,
+    pub runs: Vec<RunReport>,
+    pub source: Option<Arc<SourceFile>>,
+}
+
+impl FileReport {
+    pub fn ok(&self) -> bool {
+        !self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn first_error(&self) -> Option<&Diagnostic> {
+        self.diagnostics.iter().find(|d| d.is_error())
+    }
+}
+
+/// Loss files under `paths`: files as given, directories searched recursively for `*.toml`,
+/// sorted. A path that does not exist becomes a diagnostic.
+pub fn discover(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut diags = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut files);
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            diags.push(
+                Diagnostic::error(format!("no such file or directory: {}", p.display())).in_file(p),
+            );
+        }
+    }
+    (files, diags)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|p| p.is_dir());
+    out.extend(
+        files
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "toml")),
+    );
+    for d in dirs {
+        walk(&d, out);
+    }
+}
+
+/// Loads and compiles a file; with `evaluate`, also runs every run once forward and backward.
+pub fn check_file(path: &Path, evaluate: bool) -> FileReport {
+    let loaded = file::load(path);
+    let mut report = FileReport {
+        path: path.to_path_buf(),
+        name: loaded.file.as_ref().map(|f| f.name.clone()),
+        diagnostics: loaded.diagnostics,
+        compiled: None,
+        runs: Vec::new(),
+        source: loaded.source,
+    };
+    let Some(file) = loaded.file else {
+        return report;
+    };
+    let (compiled, diags) = compile::compile(file);
+    report.diagnostics.extend(diags);
+    let Some(compiled) = compiled else {
+        return report;
+    };
+    if evaluate {
+        for run in 0..compiled.runs.len() {
+            match evaluate_run(&compiled, run) {
+                Ok((r, warnings)) => {
+                    report.diagnostics.extend(warnings);
+                    report.runs.push(r);
+                }
+                Err(d) => report.diagnostics.push(d),
+            }
+        }
+    }
+    report.compiled = Some(compiled);
+    report
+}
+
+fn evaluate_run(
+    compiled: &CompiledFile,
+    run: usize,
+) -> Result<(RunReport, Vec<Diagnostic>), Diagnostic> {
+    let def = &compiled.runs[run];
+    let source = &compiled.file.source;
+    let ev = Evaluator::new(compiled, run).map_err(|e| {
+        Diagnostic::error(format!("cannot prepare run `{}`: {e}", def.name)).in_file(&source.path)
+    })?;
+    let eval = ev.evaluate()?;
+    if !eval.loss.is_finite() {
+        return Err(Diagnostic::error(format!(
+            "the loss of run `{}` is {} at the initial params",
+            def.name,
+            describe(eval.loss)
+        ))
+        .at(source, ev.loss_span())
+        .label("this evaluates to a non-finite value")
+        .help("look for log of 0, division by 0 or overflow; add an eps or use a stable form"));
+    }
+    let mut warnings = Vec::new();
+    let mut params = Vec::new();
+    for (p, g) in compiled.params.iter().zip(&eval.grads) {
+        let grad: Vec<f64> = g
+            .to_dtype(candle_core::DType::F64)
+            .and_then(|g| g.flatten_all()?.to_vec1())
+            .unwrap_or_default();
+        let bad = grad.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            warnings.push(
+                Diagnostic::warning(format!(
+                    "the gradient of `{}` in run `{}` has {bad} non-finite of {} values at the initial params",
+                    p.name,
+                    def.name,
+                    grad.len()
+                ))
+                .at(source, p.span.clone())
+                .help("a sqrt or log at 0, or an overflow, in the backward pass"),
+            );
+        }
+        params.push(ParamReport {
+            name: p.name.clone(),
+            shape: p.value.dims().to_vec(),
+            grad_norm: norm(g),
+            grad,
+        });
+    }
+    let report = RunReport {
+        name: def.name.clone(),
+        dtype: def.dtype.name(),
+        loss: eval.loss,
+        params,
+    };
+    Ok((report, warnings))
+}
+
+fn describe(v: f64) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "+Inf"
+    } else {
+        "-Inf"
+    }
+}
+
+/// Reports for every file under `paths`, in order, plus diagnostics for paths that don't exist.
+pub fn check_all(paths: &[PathBuf], evaluate: bool) -> (Vec<FileReport>, Vec<Diagnostic>) {
+    let (files, missing) = discover(paths);
+    (
+        files.iter().map(|f| check_file(f, evaluate)).collect(),
+        missing,
+    )
+}
+
+/// `gradscope check`: returns whether every file is free of errors.
+pub fn check(
+    paths: &[PathBuf],
+    json: bool,
+    color: bool,
+    out: &mut impl Write,
+) -> std::io::Result<bool> {
+    let start = Instant::now();
+    let (reports, missing) = check_all(paths, true);
+    for d in &missing {
+        write!(out, "{}", d.render(color))?;
+    }
+    for r in &reports {
+        if json {
+            writeln!(out, "{}", check_json(r))?;
+        } else {
+            write_check(r, color, out)?;
+        }
+    }
+    let bad = reports.iter().filter(|r| !r.ok()).count();
+    if !json {
+        writeln!(
+            out,
+            "{} file{}: {} ok, {bad} with errors ({:.2} s)",
+            reports.len(),
+            if reports.len() == 1 { "" } else { "s" },
+            reports.len() - bad,
+            start.elapsed().as_secs_f64()
+        )?;
+    }
+    Ok(bad == 0 && missing.is_empty())
+}
+
+fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Result<()> {
+    let status = if r.ok() { "ok" } else { "error" };
+    let name = r.name.as_deref().unwrap_or("?");
+    writeln!(out, "{status:5} {}  {name}", r.path.display())?;
+    for run in &r.runs {
+        let grads: Vec<String> = run
+            .params
+            .iter()
+            .map(|p| format!("|∇{}| {}", p.name, fmt_num(p.grad_norm)))
+            .collect();
+        writeln!(
+            out,
+            "      {:<24} {:<4} loss {:<12} {}",
+            run.name,
+            run.dtype,
+            fmt_num(run.loss),
+            grads.join("  ")
+        )?;
+    }
+    for d in &r.diagnostics {
+        write!(out, "{}", d.render(color))?;
+    }
+    Ok(())
+}
+
+/// Compact number formatting for tables.
+pub fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return describe(v).to_string();
+    }
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+fn run_json(run: &RunReport) -> Value {
+    let params: serde_json::Map<String, Value> = run
+        .params
+        .iter()
+        .map(|p| {
+            (
+                p.name.clone(),
+                json!({"shape": p.shape, "grad": p.grad.iter().map(|&g| json_num(g)).collect::<Vec<_>>(), "grad_norm": json_num(p.grad_norm)}),
+            )
+        })
+        .collect();
+    json!({"name": run.name, "dtype": run.dtype, "loss": json_num(run.loss), "params": params})
+}
+
+/// JSON has no NaN or Inf: they become strings, so nothing is silently turned into null.
+fn json_num(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(describe(v))
+    }
+}
+
+fn check_json(r: &FileReport) -> Value {
+    let mut obj = json!({
+        "file": r.path.display().to_string(),
+        "name": r.name,
+        "ok": r.ok(),
+        "diagnostics": r.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+    });
+    if let Some(base) = r.runs.first() {
+        let b = run_json(base);
+        obj["loss"] = b["loss"].clone();
+        obj["params"] = b["params"].clone();
+        obj["variants"] = r.runs[1..].iter().map(run_json).collect();
+    }
+    obj
+}
+
+/// `gradscope list`: returns whether every file is free of errors.
+pub fn list(
+    paths: &[PathBuf],
+    json: bool,
+    color: bool,
+    out: &mut impl Write,
+) -> std::io::Result<bool> {
+    let (reports, missing) = check_all(paths, false);
+    for d in &missing {
+        write!(out, "{}", d.render(color))?;
+    }
+    let rows: Vec<[String; 5]> = reports
+        .iter()
+        .map(|r| {
+            let (params, variants) = match &r.compiled {
+                Some(c) => (
+                    c.params
+                        .iter()
+                        .map(|p| format!("{}{:?}", p.name, p.value.dims()))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    c.runs[1..]
+                        .iter()
+                        .map(|v| v.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let status = match r.first_error() {
+                None => "ok".to_string(),
+                Some(d) => d.headline(),
+            };
+            [
+                r.path.display().to_string(),
+                r.name.clone().unwrap_or_default(),
+                params,
+                variants,
+                status,
+            ]
+        })
+        .collect();
+    if json {
+        for (r, row) in reports.iter().zip(&rows) {
+            let params: serde_json::Map<String, Value> = r
+                .compiled
+                .iter()
+                .flat_map(|c| &c.params)
+                .map(|p| (p.name.clone(), json!({"shape": p.value.dims()})))
+                .collect();
+            let variants: Vec<&str> = r
+                .compiled
+                .iter()
+                .flat_map(|c| &c.runs[1..])
+                .map(|v| v.name.as_str())
+                .collect();
+            let obj = json!({
+                "file": row[0], "name": r.name, "ok": r.ok(), "params": params,
+                "variants": variants,
+                "diagnostics": r.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+            });
+            writeln!(out, "{obj}")?;
+        }
+    } else {
+        let header = ["FILE", "NAME", "PARAMS", "VARIANTS", "STATUS"].map(String::from);
+        let mut widths = [0usize; 4];
+        for row in std::iter::once(&header).chain(&rows) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        for row in std::iter::once(&header).chain(&rows) {
+            let mut line = String::new();
+            for (w, cell) in widths.iter().zip(row) {
+                line.push_str(&format!("{cell:<w$}  ", w = *w));
+            }
+            line.push_str(&row[4]);
+            writeln!(out, "{}", line.trim_end())?;
+        }
+    }
+    Ok(reports.iter().all(FileReport::ok) && missing.is_empty())
+}

@@ -1,0 +1,349 @@
+//! Evaluates `[data]` and the initial `[params]` once, in float64 and in dependency order, so
+//! every run of a file starts from the same numbers whatever its dtype.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+
+use super::lower::{Kind, Lowerer};
+use super::plan::Op;
+use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
+use crate::lang::ast::{Expr, ExprKind, Spanned};
+use crate::lang::file::{DataValue, LossFile};
+
+/// A named tensor in f64.
+#[derive(Debug, Clone)]
+pub struct Named {
+    pub name: String,
+    pub span: Span,
+    pub value: Tensor,
+}
+
+enum Source<'a> {
+    Expr(&'a Expr),
+    Csv(&'a Spanned<std::path::PathBuf>, &'a [Spanned<String>]),
+}
+
+struct Entry<'a> {
+    name: &'a Spanned<String>,
+    kind: Kind,
+    source: Source<'a>,
+    deps: Vec<String>,
+}
+
+/// Data and initial params, each in file order; None where an entry failed.
+pub struct Values {
+    pub data: Vec<Option<Named>>,
+    pub params: Vec<Option<Named>>,
+}
+
+/// Evaluates every data entry and initial param, reporting errors as diagnostics.
+pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
+    let mut entries: Vec<Entry> = Vec::new();
+    for d in &file.data {
+        let source = match &d.value {
+            DataValue::Expr(e) => Source::Expr(e),
+            DataValue::Csv { path, columns } => Source::Csv(path, columns),
+        };
+        entries.push(Entry {
+            name: &d.name,
+            kind: Kind::Data,
+            deps: match &source {
+                Source::Expr(e) => free_names(e),
+                Source::Csv(..) => Vec::new(),
+            },
+            source,
+        });
+    }
+    for p in &file.params {
+        entries.push(Entry {
+            name: &p.name,
+            kind: Kind::Param,
+            source: Source::Expr(&p.value),
+            deps: free_names(&p.value),
+        });
+    }
+    let index: HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.node.as_str(), i))
+        .collect();
+    let order = order(&entries, &index, &file.source, diags);
+
+    let mut values: Vec<Option<Tensor>> = vec![None; entries.len()];
+    let mut failed = vec![false; entries.len()];
+    for i in order {
+        let e = &entries[i];
+        if e.kind == Kind::Data
+            && let Some(p) = e.deps.iter().find(|d| {
+                index
+                    .get(d.as_str())
+                    .is_some_and(|&j| entries[j].kind == Kind::Param)
+            })
+        {
+            diags.push(
+                Diagnostic::error(format!("data `{}` depends on the param `{p}`", e.name.node))
+                    .at(&file.source, e.name.span.clone())
+                    .help("data stay fixed while params change; compute it in the loss program instead"),
+            );
+            failed[i] = true;
+            continue;
+        }
+        let value = match &e.source {
+            Source::Csv(path, columns) => read_csv(&file.source, file.dir(), path, columns, diags),
+            Source::Expr(expr) => {
+                let context = format!("{:?}:{}", e.kind, e.name.node);
+                let mut lw = Lowerer::new(&file.source, file.seed, &context);
+                for c in &file.consts {
+                    if let Ok(t) = Tensor::new(c.value, &Device::Cpu) {
+                        lw.bind_known(&c.name.node, t, Kind::Const);
+                    }
+                }
+                for (j, other) in entries.iter().enumerate() {
+                    match &values[j] {
+                        Some(v) => lw.bind_known(&other.name.node, v.clone(), other.kind),
+                        None if failed[j] || j != i => {
+                            lw.bind_poisoned(&other.name.node, other.kind)
+                        }
+                        None => {}
+                    }
+                }
+                let (plan, d) = lw.expression(expr);
+                diags.extend(d);
+                plan.and_then(|p| match &p.instrs[p.output].op {
+                    Op::Const(t) => Some(t.clone()),
+                    _ => None,
+                })
+            }
+        };
+        match value {
+            Some(v) => values[i] = Some(v),
+            None => failed[i] = true,
+        }
+    }
+    let named = |i: usize, v: &Option<Tensor>| {
+        v.as_ref().map(|value| Named {
+            name: entries[i].name.node.clone(),
+            span: entries[i].name.span.clone(),
+            value: value.clone(),
+        })
+    };
+    let n = file.data.len();
+    Values {
+        data: values[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| named(i, v))
+            .collect(),
+        params: values[n..]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| named(n + i, v))
+            .collect(),
+    }
+}
+
+/// Dependency order; entries on a cycle are reported and left out.
+fn order(
+    entries: &[Entry],
+    index: &HashMap<&str, usize>,
+    source: &Arc<SourceFile>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<usize> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        entries: &[Entry],
+        index: &HashMap<&str, usize>,
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+        out: &mut Vec<usize>,
+        cycles: &mut Vec<Vec<usize>>,
+    ) {
+        marks[i] = Mark::Active;
+        stack.push(i);
+        for d in &entries[i].deps {
+            let Some(&j) = index.get(d.as_str()) else {
+                continue;
+            };
+            match marks[j] {
+                Mark::New => visit(j, entries, index, marks, stack, out, cycles),
+                Mark::Active => {
+                    let from = stack.iter().position(|&k| k == j).unwrap_or(0);
+                    cycles.push(stack[from..].to_vec());
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[i] = Mark::Done;
+        out.push(i);
+    }
+    let mut marks = vec![Mark::New; entries.len()];
+    let mut out = Vec::new();
+    let mut cycles = Vec::new();
+    for i in 0..entries.len() {
+        if marks[i] == Mark::New {
+            visit(
+                i,
+                entries,
+                index,
+                &mut marks,
+                &mut Vec::new(),
+                &mut out,
+                &mut cycles,
+            );
+        }
+    }
+    let mut on_cycle = vec![false; entries.len()];
+    for cycle in cycles {
+        let names: Vec<&str> = cycle
+            .iter()
+            .map(|&k| entries[k].name.node.as_str())
+            .collect();
+        let first = &entries[cycle[0]];
+        let path = format!("{} -> {}", names.join(" -> "), names[0]);
+        diags.push(
+            Diagnostic::error(format!("dependency cycle: {path}"))
+                .at(source, first.name.span.clone())
+                .label("this entry depends on itself through the cycle")
+                .help("entries may refer to each other in any order, but not in a circle"),
+        );
+        cycle.iter().for_each(|&k| on_cycle[k] = true);
+    }
+    out.retain(|&k| !on_cycle[k]);
+    out
+}
+
+/// Names an expression refers to.
+pub fn free_names(e: &Expr) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(e: &Expr, out: &mut Vec<String>) {
+        match &e.kind {
+            ExprKind::Number(_) => {}
+            ExprKind::Name(n) => out.push(n.clone()),
+            ExprKind::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            ExprKind::Neg(x) => walk(x, out),
+            ExprKind::Binary { lhs, rhs, .. } => {
+                walk(lhs, out);
+                walk(rhs, out);
+            }
+            ExprKind::Call { args, .. } => args.iter().for_each(|a| walk(a, out)),
+            ExprKind::Index { target, .. } => walk(target, out),
+        }
+    }
+    walk(e, &mut out);
+    out
+}
+
+fn read_csv(
+    source: &Arc<SourceFile>,
+    dir: &Path,
+    path: &Spanned<std::path::PathBuf>,
+    columns: &[Spanned<String>],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Tensor> {
+    let full = dir.join(&path.node);
+    let shown = path.node.display();
+    let mut error = |message: String, span: &Span, help: Option<String>| {
+        diags.push(
+            Diagnostic::error(message)
+                .at(source, span.clone())
+                .help_opt(help),
+        );
+        None
+    };
+    let mut reader = match csv::ReaderBuilder::new().has_headers(true).from_path(&full) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                format!("cannot read CSV `{shown}`: {}", io_message(&e)),
+                &path.span,
+                Some(format!(
+                    "the path is relative to the loss file: {}",
+                    full.display()
+                )),
+            );
+        }
+    };
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => return error(format!("cannot read CSV `{shown}`: {e}"), &path.span, None),
+    };
+    let mut picks = Vec::new();
+    let mut missing = false;
+    for c in columns {
+        match headers.iter().position(|h| h.trim() == c.node) {
+            Some(k) => picks.push(k),
+            None => {
+                let help =
+                    did_you_mean(&c.node, headers.iter().map(str::trim)).unwrap_or_else(|| {
+                        format!(
+                            "its header row has: {}",
+                            headers.iter().collect::<Vec<_>>().join(", ")
+                        )
+                    });
+                error(
+                    format!("CSV `{shown}` has no column `{}`", c.node),
+                    &c.span,
+                    Some(help),
+                );
+                missing = true;
+            }
+        }
+    }
+    if missing {
+        return None;
+    }
+    let mut values = Vec::new();
+    let mut rows = 0;
+    for (r, record) in reader.records().enumerate() {
+        let record = match record {
+            Ok(rec) => rec,
+            Err(e) => {
+                return error(
+                    format!("CSV `{shown}`, row {}: {e}", r + 1),
+                    &path.span,
+                    None,
+                );
+            }
+        };
+        let line = record.position().map_or(r + 2, |p| p.line() as usize);
+        for (&k, c) in picks.iter().zip(columns) {
+            let cell = record.get(k).unwrap_or("").trim();
+            match cell.parse::<f64>() {
+                Ok(v) => values.push(v),
+                Err(_) => {
+                    return error(
+                        format!(
+                            "CSV `{shown}`, row {} (line {line}), column `{}`: `{cell}` is not a number",
+                            r + 1,
+                            c.node
+                        ),
+                        &path.span,
+                        Some("every listed column must hold numbers".into()),
+                    );
+                }
+            }
+        }
+        rows += 1;
+    }
+    if rows == 0 {
+        return error(format!("CSV `{shown}` has no data rows"), &path.span, None);
+    }
+    Tensor::from_vec(values, (rows, columns.len()), &Device::Cpu).ok()
+}
+
+fn io_message(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Io(io) => io.to_string(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,912 @@
+//! Lowering: syntax tree to [`Plan`]. Names are resolved, shapes checked, gradient-less ops
+//! refused, and anything computable at compile time folded into constants, each problem becoming
+//! a diagnostic on the exact span. Errors poison the value they occur in, so one mistake is
+//! reported once and the rest of the file is still checked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal, StandardUniform};
+
+use super::ops::Elementwise;
+use super::plan::{Binary, Compare, Instr, Narrow, Op, Plan, Reduce, Reg, Unary, apply};
+use super::shape::{self, MAX_ELEMENTS, Shape};
+use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
+use crate::lang::ast::{BinOp, Expr, ExprKind, IndexItem, Program, Spanned};
+use crate::lang::builtins::Builtin;
+
+/// What a name stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Data,
+    Param,
+    Const,
+    Local,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Data => "a data tensor",
+            Kind::Param => "a param",
+            Kind::Const => "a const",
+            Kind::Local => "a name defined in this program",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Known(Tensor),
+    Reg(Reg),
+    /// Its definition failed; uses stay silent so the error is reported once.
+    Poisoned,
+}
+
+#[derive(Debug, Clone)]
+struct Binding {
+    value: Value,
+    kind: Kind,
+}
+
+/// Error already reported as a diagnostic.
+#[derive(Debug)]
+pub struct Reported;
+
+type Lowered = Result<Reg, Reported>;
+
+/// Builds one plan. Create it with the names in scope, lower, then take the plan.
+pub struct Lowerer {
+    source: Arc<SourceFile>,
+    instrs: Vec<Instr>,
+    grad: Vec<bool>,
+    env: HashMap<String, Binding>,
+    used: HashSet<String>,
+    rng: ChaCha8Rng,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// A deterministic per-entry RNG stream, so adding or reordering entries changes no other entry.
+pub fn rng_for(seed: u64, context: &str) -> ChaCha8Rng {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in context.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    ChaCha8Rng::seed_from_u64(seed ^ h)
+}
+
+impl Lowerer {
+    pub fn new(source: &Arc<SourceFile>, seed: u64, context: &str) -> Self {
+        Self {
+            source: Arc::clone(source),
+            instrs: Vec::new(),
+            grad: Vec::new(),
+            env: HashMap::new(),
+            used: HashSet::new(),
+            rng: rng_for(seed, context),
+            diags: Vec::new(),
+        }
+    }
+
+    /// Binds a name to a value known now (f64).
+    pub fn bind_known(&mut self, name: &str, value: Tensor, kind: Kind) {
+        self.bind(name, Value::Known(value), kind);
+    }
+
+    /// Marks a name whose definition failed.
+    pub fn bind_poisoned(&mut self, name: &str, kind: Kind) {
+        self.bind(name, Value::Poisoned, kind);
+    }
+
+    fn bind(&mut self, name: &str, value: Value, kind: Kind) {
+        self.env.insert(name.to_string(), Binding { value, kind });
+    }
+
+    fn error(&mut self, message: impl Into<String>, span: &Span) -> &mut Diagnostic {
+        self.diags
+            .push(Diagnostic::error(message).at(&self.source, span.clone()));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn fail(&mut self, message: impl Into<String>, span: &Span, help: Option<String>) -> Reported {
+        self.error(message, span).help = help;
+        Reported
+    }
+
+    fn shape(&self, r: Reg) -> &Shape {
+        &self.instrs[r].shape
+    }
+
+    fn known(&self, r: Reg) -> Option<&Tensor> {
+        match &self.instrs[r].op {
+            Op::Const(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn known_scalar(&self, r: Reg) -> Option<f64> {
+        self.known(r)
+            .filter(|t| t.rank() == 0)
+            .and_then(|t| t.to_scalar::<f64>().ok())
+    }
+
+    /// Whether the value depends on a param through differentiable ops.
+    pub fn carries_gradient(&self, r: Reg) -> bool {
+        self.grad[r]
+    }
+
+    /// Appends an instruction, folding it into a constant when all its inputs are known.
+    fn emit(&mut self, op: Op, args: Vec<Reg>, shape: Shape, span: &Span) -> Lowered {
+        match shape.elements() {
+            Some(n) if n <= MAX_ELEMENTS => {}
+            n => {
+                let count = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+                return Err(self.fail(
+                    format!("tensor of shape {shape} is too large ({count} elements)"),
+                    span,
+                    Some(format!(
+                        "gradscope builds tensors of at most {MAX_ELEMENTS} elements"
+                    )),
+                ));
+            }
+        }
+        let foldable = !matches!(op, Op::Input(_) | Op::Const(_))
+            && args.iter().all(|&a| self.known(a).is_some());
+        let (op, args) = if foldable {
+            let values: Vec<&Tensor> = args
+                .iter()
+                .map(|&a| self.known(a).expect("known"))
+                .collect();
+            match apply(&op, &values, &shape) {
+                Ok(t) => (Op::Const(t), Vec::new()),
+                Err(e) => {
+                    return Err(self.fail(
+                        format!("could not evaluate this constant: {e}"),
+                        span,
+                        None,
+                    ));
+                }
+            }
+        } else {
+            (op, args)
+        };
+        let grad = match &op {
+            Op::Input(_) => false,
+            op if op.passes_gradient() => args.iter().any(|&a| self.grad[a]),
+            _ => false,
+        };
+        self.instrs.push(Instr {
+            op,
+            args,
+            shape,
+            span: span.clone(),
+        });
+        self.grad.push(grad);
+        Ok(self.instrs.len() - 1)
+    }
+
+    fn constant(&mut self, t: Tensor, span: &Span) -> Lowered {
+        let shape = Shape(t.dims().to_vec());
+        self.emit(Op::Const(t), Vec::new(), shape, span)
+    }
+
+    fn scalar(&mut self, v: f64, span: &Span) -> Lowered {
+        let t = Tensor::new(v, &Device::Cpu).map_err(|e| self.fail(e.to_string(), span, None))?;
+        self.constant(t, span)
+    }
+
+    /// Lowers a single expression (a data or param value) and returns the plan.
+    pub fn expression(mut self, e: &Expr) -> (Option<Plan>, Vec<Diagnostic>) {
+        let out = self.expr(e).ok();
+        let diags = std::mem::take(&mut self.diags);
+        (out.map(|output| self.finish(output)), diags)
+    }
+
+    /// Lowers a program; the result must be a scalar.
+    pub fn program(mut self, p: &Spanned<Program>) -> (Option<Plan>, Vec<Diagnostic>) {
+        let mut locals: Vec<&Spanned<String>> = Vec::new();
+        for stmt in &p.node.stmts {
+            let name = &stmt.name;
+            if let Some(b) = self.env.get(&name.node).filter(|b| b.kind != Kind::Local) {
+                let kind = b.kind.describe();
+                self.error(format!("`{}` is already {kind}", name.node), &name.span)
+                    .help = Some("pick another name for this step".into());
+                continue;
+            }
+            let value = match self.expr(&stmt.value) {
+                Ok(r) => {
+                    locals.push(name);
+                    Value::Reg(r)
+                }
+                Err(Reported) => Value::Poisoned,
+            };
+            self.used.remove(&name.node);
+            self.bind(&name.node, value, Kind::Local);
+        }
+        let result = self.expr(&p.node.result);
+        for name in locals {
+            if !self.used.contains(&name.node) {
+                self.diags.push(
+                    Diagnostic::warning(format!("`{}` is never used", name.node))
+                        .at(&self.source, name.span.clone())
+                        .help("remove it, or use it in the loss"),
+                );
+            }
+        }
+        let Ok(out) = result else {
+            return (None, self.diags);
+        };
+        if !self.shape(out).is_scalar() {
+            let shape = self.shape(out).clone();
+            self.error(
+                format!("the loss must be a scalar, but this has shape {shape}"),
+                &p.node.result.span,
+            )
+            .help = Some("reduce it with mean(...) or sum(...)".into());
+            return (None, self.diags);
+        }
+        let diags = std::mem::take(&mut self.diags);
+        let plan = (!diags.iter().any(Diagnostic::is_error)).then(|| self.finish(out));
+        (plan, diags)
+    }
+
+    /// Keeps only the instructions the output needs.
+    fn finish(self, output: Reg) -> Plan {
+        let mut live = vec![false; self.instrs.len()];
+        live[output] = true;
+        for k in (0..self.instrs.len()).rev() {
+            if live[k] {
+                for &a in &self.instrs[k].args {
+                    live[a] = true;
+                }
+            }
+        }
+        let mut new_index = vec![usize::MAX; self.instrs.len()];
+        let mut instrs = Vec::new();
+        for (k, mut instr) in self.instrs.into_iter().enumerate() {
+            if live[k] {
+                instr.args.iter_mut().for_each(|a| *a = new_index[*a]);
+                new_index[k] = instrs.len();
+                instrs.push(instr);
+            }
+        }
+        Plan {
+            instrs,
+            output: new_index[output],
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) -> Lowered {
+        match &e.kind {
+            ExprKind::Number(n) => self.scalar(*n, &e.span),
+            ExprKind::Name(name) => self.name(name, &e.span),
+            ExprKind::Array(items) => self.array(items, &e.span),
+            ExprKind::Neg(x) => {
+                let x = self.expr(x)?;
+                let shape = self.shape(x).clone();
+                self.emit(Op::Unary(Unary::Neg), vec![x], shape, &e.span)
+            }
+            ExprKind::Binary {
+                op,
+                op_span,
+                lhs,
+                rhs,
+            } => {
+                let (l, r) = (self.expr(lhs), self.expr(rhs));
+                self.binary(*op, l?, r?, op_span, &e.span)
+            }
+            ExprKind::Call { func, args } => self.call(func, args, &e.span),
+            ExprKind::Index { target, items } => {
+                let t = self.expr(target)?;
+                self.index(t, items, &e.span)
+            }
+        }
+    }
+
+    fn name(&mut self, name: &str, span: &Span) -> Lowered {
+        let Some(binding) = self.env.get(name).cloned() else {
+            let help = if Builtin::from_name(name).is_some() {
+                Some(format!("`{name}` is a function: call it as {name}(...)"))
+            } else {
+                did_you_mean(name, self.env.keys().map(String::as_str))
+            };
+            self.error(format!("unknown name `{name}`"), span).help = help;
+            return Err(Reported);
+        };
+        self.used.insert(name.to_string());
+        let reg = match binding.value {
+            Value::Reg(r) => return Ok(r),
+            Value::Poisoned => return Err(Reported),
+            Value::Known(t) => self.constant(t, span)?,
+        };
+        self.bind(name, Value::Reg(reg), binding.kind);
+        Ok(reg)
+    }
+
+    /// Binds a name to the i-th run-time input (data first, then params).
+    pub fn bind_input(&mut self, name: &str, index: usize, kind: Kind, shape: Shape) {
+        let span = 0..0;
+        self.instrs.push(Instr {
+            op: Op::Input(index),
+            args: Vec::new(),
+            shape,
+            span,
+        });
+        self.grad.push(kind == Kind::Param);
+        let reg = self.instrs.len() - 1;
+        self.bind(name, Value::Reg(reg), kind);
+    }
+
+    fn array(&mut self, items: &[Expr], span: &Span) -> Lowered {
+        let regs: Vec<Lowered> = items.iter().map(|e| self.expr(e)).collect();
+        let regs: Vec<Reg> = regs.into_iter().collect::<Result<_, _>>()?;
+        let first = self.shape(regs[0]).clone();
+        for (r, e) in regs.iter().zip(items) {
+            if *self.shape(*r) != first {
+                let msg = format!(
+                    "array elements must have the same shape: {first} and {}",
+                    self.shape(*r)
+                );
+                return Err(self.fail(msg, &e.span, None));
+            }
+        }
+        let mut dims = vec![regs.len()];
+        dims.extend_from_slice(first.dims());
+        self.emit(Op::Stack, regs, Shape(dims), span)
+    }
+
+    fn broadcast(&mut self, op: &str, a: Reg, b: Reg, span: &Span) -> Result<Shape, Reported> {
+        let (sa, sb) = (self.shape(a).clone(), self.shape(b).clone());
+        self.broadcast_shapes(op, sa, sb, span)
+    }
+
+    fn broadcast_shapes(
+        &mut self,
+        op: &str,
+        sa: Shape,
+        sb: Shape,
+        span: &Span,
+    ) -> Result<Shape, Reported> {
+        match shape::broadcast(&sa, &sb) {
+            Some(s) => {
+                if sa.rank() == 2 && sa.dims()[1] == 1 && sb.rank() == 1 && sb.dims()[0] == sa.dims()[0]
+                    || sb.rank() == 2 && sb.dims()[1] == 1 && sa.rank() == 1 && sa.dims()[0] == sb.dims()[0]
+                {
+                    self.diags.push(
+                        Diagnostic::warning(format!("`{op}` broadcasts {sa} with {sb} to {s}"))
+                            .at(&self.source, span.clone())
+                            .label("a column meets a vector: every pair is combined")
+                            .help("if you meant elementwise, flatten the column with reshape(x, -1)"),
+                    );
+                }
+                Ok(s)
+            }
+            None => Err(self.fail(
+                format!("shape mismatch: `{op}` cannot broadcast {sa} with {sb}"),
+                span,
+                Some("shapes broadcast when, from the last axis back, each pair of sizes is equal or one of them is 1".into()),
+            )),
+        }
+    }
+
+    fn binary(&mut self, op: BinOp, l: Reg, r: Reg, op_span: &Span, span: &Span) -> Lowered {
+        let sym = op.symbol();
+        match op {
+            BinOp::MatMul => {
+                let (sa, sb) = (self.shape(l).clone(), self.shape(r).clone());
+                match shape::matmul(&sa, &sb) {
+                    Ok(s) => self.emit(Op::MatMul, vec![l, r], s, span),
+                    Err(why) => Err(self.fail(
+                        format!("shape mismatch: `@` cannot multiply {sa} by {sb}"),
+                        op_span,
+                        Some(why),
+                    )),
+                }
+            }
+            BinOp::Pow => self.power(l, r, op_span, span),
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne => {
+                let cmp = match op {
+                    BinOp::Lt => Compare::Lt,
+                    BinOp::Le => Compare::Le,
+                    BinOp::Gt => Compare::Gt,
+                    BinOp::Ge => Compare::Ge,
+                    BinOp::Eq => Compare::Eq,
+                    _ => Compare::Ne,
+                };
+                let s = self.broadcast(sym, l, r, op_span)?;
+                self.emit(Op::Compare(cmp), vec![l, r], s, span)
+            }
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
+                self.arithmetic(op, l, r, op_span, span)
+            }
+        }
+    }
+
+    /// `+ - * /`, using candle's fused affine where one side is a known scalar and the result is
+    /// bit-identical to the plain op.
+    fn arithmetic(&mut self, op: BinOp, l: Reg, r: Reg, op_span: &Span, span: &Span) -> Lowered {
+        let (cl, cr) = (self.known_scalar(l), self.known_scalar(r));
+        let affine = match (op, cl, cr) {
+            (BinOp::Add, _, Some(c)) => Some((l, 1.0, c)),
+            (BinOp::Add, Some(c), _) => Some((r, 1.0, c)),
+            (BinOp::Sub, _, Some(c)) => Some((l, 1.0, -c)),
+            (BinOp::Sub, Some(c), _) => Some((r, -1.0, c)),
+            (BinOp::Mul, _, Some(c)) if c != 0.0 && c.is_finite() => Some((l, c, 0.0)),
+            (BinOp::Mul, Some(c), _) if c != 0.0 && c.is_finite() => Some((r, c, 0.0)),
+            (BinOp::Div, _, Some(c)) if is_power_of_two(c) => Some((l, 1.0 / c, 0.0)),
+            _ => None,
+        };
+        if let Some((x, mul, add)) = affine {
+            let shape = self.shape(x).clone();
+            return self.emit(Op::Affine { mul, add }, vec![x], shape, span);
+        }
+        let b = match op {
+            BinOp::Add => Binary::Add,
+            BinOp::Sub => Binary::Sub,
+            BinOp::Mul => Binary::Mul,
+            _ => Binary::Div,
+        };
+        let s = self.broadcast(op.symbol(), l, r, op_span)?;
+        self.emit(Op::Binary(b), vec![l, r], s, span)
+    }
+
+    fn power(&mut self, base: Reg, exp: Reg, op_span: &Span, span: &Span) -> Lowered {
+        let shape = self.shape(base).clone();
+        if let Some(e) = self.known_scalar(exp) {
+            let op = match e {
+                1.0 => return Ok(base),
+                2.0 => Op::Unary(Unary::Sqr),
+                0.5 => Op::Unary(Unary::Sqrt),
+                e => Op::Powf(e),
+            };
+            return self.emit(op, vec![base], shape, span);
+        }
+        let s = self.broadcast("^", base, exp, op_span)?;
+        self.emit(Op::Binary(Binary::Pow), vec![base, exp], s, span)
+    }
+
+    fn call(&mut self, func: &Spanned<String>, args: &[Expr], span: &Span) -> Lowered {
+        let name = func.node.as_str();
+        let Some(f) = Builtin::from_name(name) else {
+            let help = match self.env.get(name) {
+                Some(b) => Some(format!("`{name}` is {}, not a function", b.kind.describe())),
+                None => did_you_mean(name, Builtin::names()),
+            };
+            self.error(format!("unknown function `{name}`"), &func.span)
+                .help = help;
+            return Err(Reported);
+        };
+        if !f.accepts(args.len()) {
+            let a = f.arity();
+            let want = match a.max {
+                Some(m) if m == a.min => format!("{m}"),
+                Some(m) => format!("{} to {m}", a.min),
+                None => format!("at least {}", a.min),
+            };
+            let plural = if want == "1" { "" } else { "s" };
+            return Err(self.fail(
+                format!(
+                    "`{name}` takes {want} argument{plural}, but {} were given",
+                    args.len()
+                ),
+                span,
+                Some(format!("call it as {}", f.signature())),
+            ));
+        }
+        let lowered: Vec<Lowered> = args.iter().map(|a| self.expr(a)).collect();
+        let regs: Vec<Reg> = lowered.into_iter().collect::<Result<_, _>>()?;
+        let arg_span = |i: usize| args[i].span.clone();
+        let same = |this: &Self| this.shape(regs[0]).clone();
+        let unary = |this: &mut Self, u: Unary| {
+            let s = same(this);
+            this.emit(Op::Unary(u), vec![regs[0]], s, span)
+        };
+        match f {
+            Builtin::Exp => unary(self, Unary::Exp),
+            Builtin::Log => unary(self, Unary::Log),
+            Builtin::Log1p => unary(self, Unary::Custom(Elementwise::Log1p)),
+            Builtin::Sqrt => unary(self, Unary::Sqrt),
+            Builtin::Abs => unary(self, Unary::Custom(Elementwise::Abs)),
+            Builtin::Sqr => unary(self, Unary::Sqr),
+            Builtin::Sin => unary(self, Unary::Sin),
+            Builtin::Cos => unary(self, Unary::Cos),
+            Builtin::Tanh => unary(self, Unary::Tanh),
+            Builtin::Sigmoid => unary(self, Unary::Custom(Elementwise::Sigmoid)),
+            Builtin::Softplus => unary(self, Unary::Custom(Elementwise::Softplus)),
+            Builtin::Relu => unary(self, Unary::Relu),
+            Builtin::Gelu => unary(self, Unary::Gelu),
+            Builtin::Silu => unary(self, Unary::Silu),
+            Builtin::Erf => unary(self, Unary::Erf),
+            Builtin::Elu => {
+                let alpha = match regs.get(1) {
+                    Some(&a) => self.number_arg(a, &arg_span(1), "elu's alpha")?,
+                    None => 1.0,
+                };
+                unary(self, Unary::Elu(alpha))
+            }
+            Builtin::Round | Builtin::Floor | Builtin::Ceil | Builtin::Sign => {
+                if self.grad[regs[0]] {
+                    return Err(self.fail(
+                        format!("`{name}` would silently drop the gradient of a param"),
+                        span,
+                        Some(format!(
+                            "its derivative is zero almost everywhere; wrap it as detach({name}(...)) if a constant is meant"
+                        )),
+                    ));
+                }
+                let u = match f {
+                    Builtin::Round => Unary::Round,
+                    Builtin::Floor => Unary::Floor,
+                    Builtin::Ceil => Unary::Ceil,
+                    _ => Unary::Sign,
+                };
+                unary(self, u)
+            }
+            Builtin::Detach => {
+                let s = same(self);
+                self.emit(Op::Detach, regs, s, span)
+            }
+            Builtin::Min | Builtin::Max => {
+                let s = self.broadcast(name, regs[0], regs[1], span)?;
+                let b = if f == Builtin::Min {
+                    Binary::Min
+                } else {
+                    Binary::Max
+                };
+                self.emit(Op::Binary(b), regs, s, span)
+            }
+            Builtin::Pow => self.power(regs[0], regs[1], span, span),
+            Builtin::Clamp | Builtin::Where => {
+                let s = self.broadcast(name, regs[0], regs[1], span)?;
+                let third = self.shape(regs[2]).clone();
+                let s = self.broadcast_shapes(name, s, third, span)?;
+                let op = if f == Builtin::Clamp {
+                    Op::Clamp
+                } else {
+                    Op::Where
+                };
+                self.emit(op, regs, s, span)
+            }
+            Builtin::Sum
+            | Builtin::Mean
+            | Builtin::Amax
+            | Builtin::Amin
+            | Builtin::Logsumexp
+            | Builtin::Norm => {
+                let op = match f {
+                    Builtin::Sum => Reduce::Sum,
+                    Builtin::Mean => Reduce::Mean,
+                    Builtin::Amax => Reduce::Max,
+                    Builtin::Amin => Reduce::Min,
+                    Builtin::Logsumexp => Reduce::LogSumExp,
+                    _ => Reduce::Norm,
+                };
+                let x = regs[0];
+                let axis = match regs.get(1) {
+                    Some(&a) => Some(self.axis_arg(x, a, &arg_span(1))?),
+                    None => None,
+                };
+                if axis.is_none() && self.shape(x).elements() == Some(0) {
+                    return Err(self.fail(format!("`{name}` of an empty tensor"), span, None));
+                }
+                let s = shape::reduce(self.shape(x), axis);
+                self.emit(Op::Reduce { op, axis }, vec![x], s, span)
+            }
+            Builtin::Softmax | Builtin::LogSoftmax => {
+                let x = regs[0];
+                if self.shape(x).is_scalar() {
+                    return Err(self.fail(
+                        format!("`{name}` needs a tensor with at least one axis"),
+                        span,
+                        None,
+                    ));
+                }
+                let axis = match regs.get(1) {
+                    Some(&a) => self.axis_arg(x, a, &arg_span(1))?,
+                    None => self.shape(x).rank() - 1,
+                };
+                let s = same(self);
+                let log = f == Builtin::LogSoftmax;
+                self.emit(Op::Softmax { axis, log }, vec![x], s, span)
+            }
+            Builtin::Reshape => self.reshape(&regs, args, span),
+            Builtin::Transpose => {
+                let s = same(self);
+                if s.rank() < 2 {
+                    return Err(self.fail(
+                        format!("`transpose` swaps the last two axes, but this has shape {s}"),
+                        span,
+                        Some("reshape a vector to a column first: reshape(x, -1, 1)".into()),
+                    ));
+                }
+                let mut d = s.0.clone();
+                let r = d.len();
+                d.swap(r - 2, r - 1);
+                self.emit(Op::Transpose, regs, Shape(d), span)
+            }
+            Builtin::Zeros
+            | Builtin::Ones
+            | Builtin::Randn
+            | Builtin::Rand
+            | Builtin::Full
+            | Builtin::Linspace
+            | Builtin::Arange
+            | Builtin::Eye => self.construct(f, &regs, args, span),
+        }
+    }
+
+    fn number_arg(&mut self, r: Reg, span: &Span, what: &str) -> Result<f64, Reported> {
+        match self.known_scalar(r) {
+            Some(v) => Ok(v),
+            None => Err(self.fail(
+                format!("{what} must be a number known before the run"),
+                span,
+                Some("use a literal or a const".into()),
+            )),
+        }
+    }
+
+    fn int_arg(&mut self, r: Reg, span: &Span, what: &str) -> Result<i64, Reported> {
+        let v = self.number_arg(r, span, what)?;
+        if v.fract() != 0.0 || !v.is_finite() || v.abs() > 9e15 {
+            return Err(self.fail(
+                format!("{what} must be a whole number, got {v}"),
+                span,
+                None,
+            ));
+        }
+        Ok(v as i64)
+    }
+
+    fn axis_arg(&mut self, x: Reg, a: Reg, span: &Span) -> Result<usize, Reported> {
+        let axis = self.int_arg(a, span, "an axis")?;
+        let s = self.shape(x).clone();
+        shape::axis(axis, s.rank()).ok_or_else(|| {
+            self.fail(
+                format!("axis {axis} is out of range for shape {s}"),
+                span,
+                Some(format!(
+                    "a tensor of rank {r} has axes 0..{r} (or -{r}..-1 from the end)",
+                    r = s.rank()
+                )),
+            )
+        })
+    }
+
+    fn dims(&mut self, regs: &[Reg], args: &[Expr]) -> Result<Vec<usize>, Reported> {
+        let mut dims = Vec::new();
+        for (&r, e) in regs.iter().zip(args) {
+            let d = self.int_arg(r, &e.span, "a dimension")?;
+            if d < 0 {
+                return Err(self.fail(format!("dimension {d} is negative"), &e.span, None));
+            }
+            dims.push(d as usize);
+        }
+        Ok(dims)
+    }
+
+    fn reshape(&mut self, regs: &[Reg], args: &[Expr], span: &Span) -> Lowered {
+        let x = regs[0];
+        let from = self.shape(x).clone();
+        let total = from.elements().unwrap_or(0);
+        let mut dims = Vec::new();
+        let mut infer = None;
+        for (i, (&r, e)) in regs.iter().zip(args).enumerate().skip(1) {
+            let d = self.int_arg(r, &e.span, "a dimension")?;
+            match d {
+                -1 if infer.is_none() => infer = Some(i - 1),
+                d if d < 0 => {
+                    return Err(self.fail(
+                        format!("dimension {d} is invalid"),
+                        &e.span,
+                        Some("sizes are positive; one of them may be -1 to infer it".into()),
+                    ));
+                }
+                d => dims.push(d as usize),
+            }
+        }
+        let known: usize = dims.iter().product();
+        if let Some(at) = infer {
+            if known == 0 || total % known != 0 {
+                return Err(self.fail(
+                    format!("cannot reshape {from} ({total} elements) with an inferred axis"),
+                    span,
+                    None,
+                ));
+            }
+            dims.insert(at, total / known);
+        } else if known != total {
+            return Err(self.fail(
+                format!(
+                    "cannot reshape {from} ({total} elements) into {} ({known} elements)",
+                    Shape(dims.clone())
+                ),
+                span,
+                Some("the number of elements must stay the same; -1 infers one size".into()),
+            ));
+        }
+        self.emit(Op::Reshape, vec![x], Shape(dims), span)
+    }
+
+    fn index(&mut self, t: Reg, items: &[Spanned<IndexItem>], span: &Span) -> Lowered {
+        let s = self.shape(t).clone();
+        if items.len() > s.rank() {
+            return Err(self.fail(
+                format!("{} indices for a tensor of shape {s}", items.len()),
+                span,
+                Some(format!("it has {} axes", s.rank())),
+            ));
+        }
+        let mut narrows = Vec::new();
+        let mut squeeze = Vec::new();
+        let mut out = Vec::new();
+        for (dim, item) in items.iter().enumerate() {
+            let len = s.dims()[dim] as i64;
+            let norm = |i: i64| if i < 0 { i + len } else { i };
+            match item.node {
+                IndexItem::At(i) => {
+                    let at = norm(i);
+                    if !(0..len).contains(&at) {
+                        return Err(self.fail(
+                            format!("index {i} is out of range for axis {dim} of length {len}"),
+                            &item.span,
+                            Some(format!("valid indices are 0..{len} or -{len}..-1")),
+                        ));
+                    }
+                    narrows.push(Narrow {
+                        dim,
+                        start: at as usize,
+                        len: 1,
+                    });
+                    squeeze.push(dim);
+                }
+                IndexItem::Slice { start, end } => {
+                    let lo = start.map_or(0, norm).clamp(0, len);
+                    let hi = end.map_or(len, norm).clamp(0, len);
+                    if hi <= lo {
+                        return Err(self.fail(
+                            format!("this slice selects nothing from axis {dim} of length {len}"),
+                            &item.span,
+                            None,
+                        ));
+                    }
+                    narrows.push(Narrow {
+                        dim,
+                        start: lo as usize,
+                        len: (hi - lo) as usize,
+                    });
+                    out.push((hi - lo) as usize);
+                }
+            }
+        }
+        out.extend_from_slice(&s.dims()[items.len()..]);
+        narrows
+            .retain(|n| !(n.start == 0 && n.len == s.dims()[n.dim] && !squeeze.contains(&n.dim)));
+        self.emit(Op::Index { narrows, squeeze }, vec![t], Shape(out), span)
+    }
+
+    fn construct(&mut self, f: Builtin, regs: &[Reg], args: &[Expr], span: &Span) -> Lowered {
+        let name = f.name();
+        let (dims, values): (Vec<usize>, Option<Vec<f64>>) = match f {
+            Builtin::Zeros | Builtin::Ones | Builtin::Randn | Builtin::Rand => {
+                (self.dims(regs, args)?, None)
+            }
+            Builtin::Full => (self.dims(&regs[1..], &args[1..])?, None),
+            Builtin::Eye => {
+                let n = self.dims(regs, args)?[0];
+                (vec![n, n], None)
+            }
+            Builtin::Linspace => {
+                let a = self.number_arg(regs[0], &args[0].span, "linspace's start")?;
+                let b = self.number_arg(regs[1], &args[1].span, "linspace's end")?;
+                let n = self.dims(&regs[2..], &args[2..])?[0];
+                let step = if n > 1 { (b - a) / (n - 1) as f64 } else { 0.0 };
+                let v = (0..n)
+                    .map(|i| {
+                        if i + 1 == n && n > 1 {
+                            b
+                        } else {
+                            a + step * i as f64
+                        }
+                    })
+                    .collect();
+                (vec![n], Some(v))
+            }
+            Builtin::Arange => {
+                let (a, b, step) = match regs.len() {
+                    1 => (
+                        0.0,
+                        self.number_arg(regs[0], &args[0].span, "arange's end")?,
+                        1.0,
+                    ),
+                    2 => (
+                        self.number_arg(regs[0], &args[0].span, "arange's start")?,
+                        self.number_arg(regs[1], &args[1].span, "arange's end")?,
+                        1.0,
+                    ),
+                    _ => (
+                        self.number_arg(regs[0], &args[0].span, "arange's start")?,
+                        self.number_arg(regs[1], &args[1].span, "arange's end")?,
+                        self.number_arg(regs[2], &args[2].span, "arange's step")?,
+                    ),
+                };
+                let n = ((b - a) / step).ceil();
+                if step == 0.0 || !n.is_finite() {
+                    return Err(self.fail("arange's step must be non-zero", span, None));
+                }
+                let n = n.max(0.0);
+                if n > MAX_ELEMENTS as f64 {
+                    return Err(self.fail(
+                        format!("arange would make {n} elements"),
+                        span,
+                        Some(format!(
+                            "gradscope builds tensors of at most {MAX_ELEMENTS} elements"
+                        )),
+                    ));
+                }
+                let v = (0..n as usize).map(|i| a + step * i as f64).collect();
+                (vec![n as usize], Some(v))
+            }
+            _ => unreachable!("construct is only called for constructors"),
+        };
+        let shape = Shape(dims.clone());
+        match shape.elements() {
+            Some(n) if n <= MAX_ELEMENTS => {}
+            n => {
+                let count = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+                return Err(self.fail(
+                    format!("{name}{shape} would hold {count} elements"),
+                    span,
+                    Some(format!(
+                        "gradscope builds tensors of at most {MAX_ELEMENTS} elements (2 GiB in f64)"
+                    )),
+                ));
+            }
+        }
+        let n = shape.elements().unwrap_or(0);
+        let values = match (f, values) {
+            (_, Some(v)) => v,
+            (Builtin::Zeros, _) => vec![0.0; n],
+            (Builtin::Ones, _) => vec![1.0; n],
+            (Builtin::Full, _) => {
+                let v = self.number_arg(regs[0], &args[0].span, "full's value")?;
+                vec![v; n]
+            }
+            (Builtin::Randn, _) => (0..n)
+                .map(|_| StandardNormal.sample(&mut self.rng))
+                .collect(),
+            (Builtin::Rand, _) => (0..n)
+                .map(|_| StandardUniform.sample(&mut self.rng))
+                .collect(),
+            (Builtin::Eye, _) => {
+                let d = dims[0];
+                (0..n)
+                    .map(|i| if i / d == i % d { 1.0 } else { 0.0 })
+                    .collect()
+            }
+            _ => unreachable!("value-producing constructors return their values"),
+        };
+        let t = Tensor::from_vec(values, dims, &Device::Cpu)
+            .map_err(|e| self.fail(e.to_string(), span, None))?;
+        self.constant(t, span)
+    }
+}
+
+fn is_power_of_two(c: f64) -> bool {
+    c.is_finite() && c != 0.0 && {
+        let (m, _) = frexp(c.abs());
+        m == 0.5
+    }
+}
+
+/// Mantissa in [0.5, 1) and exponent, as C's frexp.
+fn frexp(x: f64) -> (f64, i32) {
+    if x == 0.0 || !x.is_finite() {
+        return (x, 0);
+    }
+    let e = x.abs().log2().floor() as i32 + 1;
+    (x / 2f64.powi(e), e)
+}

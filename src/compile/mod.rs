@@ -1,0 +1,315 @@
+//! The compiler: a checked loss file becomes float64 data, initial params and one plan per run,
+//! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
+
+pub mod data;
+pub mod lower;
+pub mod ops;
+pub mod plan;
+pub mod shape;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use candle_core::{DType as CDType, Device, Tensor, Var};
+
+use self::data::Named;
+use self::lower::{Kind, Lowerer};
+use self::plan::{Executable, Op, Plan};
+use self::shape::Shape;
+use crate::diagnostic::{Diagnostic, SourceFile, Span};
+use crate::lang::file::{ConstEntry, DType, LossFile, Setting};
+
+/// candle's dtype for ours.
+pub fn candle_dtype(d: DType) -> CDType {
+    match d {
+        DType::F32 => CDType::F32,
+        DType::F64 => CDType::F64,
+        DType::F16 => CDType::F16,
+        DType::BF16 => CDType::BF16,
+    }
+}
+
+/// One run a file defines: the base definition or a variant.
+#[derive(Debug, Clone)]
+pub struct RunDef {
+    pub name: String,
+    pub dtype: DType,
+    pub plan: Plan,
+    /// The file's `[optimizer]` with the variant's settings laid over it.
+    pub optimizer: Vec<Setting>,
+}
+
+/// A loss file ready to run.
+#[derive(Debug, Clone)]
+pub struct CompiledFile {
+    pub file: Arc<LossFile>,
+    pub data: Vec<Named>,
+    pub params: Vec<Named>,
+    pub runs: Vec<RunDef>,
+}
+
+impl CompiledFile {
+    pub fn param_shape(&self, i: usize) -> Shape {
+        Shape(self.params[i].value.dims().to_vec())
+    }
+}
+
+/// Compiles every run of a file. Returns the compiled file when there is no error, and all
+/// diagnostics (warnings included) either way.
+pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let values = data::evaluate(&file, &mut diags);
+    let (Some(data), Some(params)) = (
+        values.data.into_iter().collect::<Option<Vec<_>>>(),
+        values.params.into_iter().collect::<Option<Vec<_>>>(),
+    ) else {
+        return (None, dedup(diags));
+    };
+    let mut runs = Vec::new();
+    let mut base = RunSpec {
+        name: "base".to_string(),
+        loss: &file.loss,
+        consts: file.consts.clone(),
+        dtype: file.dtype,
+        optimizer: file.optimizer.clone(),
+    };
+    let variants: Vec<RunSpec> = file
+        .variants
+        .iter()
+        .map(|v| RunSpec {
+            name: v.name.node.clone(),
+            loss: v.loss.as_ref().unwrap_or(&file.loss),
+            consts: overlay(&file.consts, &v.consts, |c| &c.name.node),
+            dtype: v.dtype.unwrap_or(file.dtype),
+            optimizer: overlay(&file.optimizer, &v.optimizer, |s| &s.key.node),
+        })
+        .collect();
+    base.optimizer = file.optimizer.clone();
+    for spec in std::iter::once(&base).chain(&variants) {
+        let (plan, d) = lower_run(&file.source, file.seed, spec, &data, &params);
+        diags.extend(d);
+        if let Some(plan) = plan {
+            runs.push(RunDef {
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                plan,
+                optimizer: spec.optimizer.clone(),
+            });
+        }
+    }
+    let diags = dedup(diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        return (None, diags);
+    }
+    let compiled = CompiledFile {
+        file: Arc::new(file),
+        data,
+        params,
+        runs,
+    };
+    (Some(compiled), diags)
+}
+
+struct RunSpec<'a> {
+    name: String,
+    loss: &'a crate::lang::ast::Spanned<crate::lang::ast::Program>,
+    consts: Vec<ConstEntry>,
+    dtype: DType,
+    optimizer: Vec<Setting>,
+}
+
+/// `base` with entries of `over` replacing those of the same key.
+fn overlay<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec<T> {
+    let mut out: Vec<T> = base
+        .iter()
+        .filter(|b| !over.iter().any(|o| key(o) == key(b)))
+        .cloned()
+        .collect();
+    out.extend(over.iter().cloned());
+    out
+}
+
+fn lower_run(
+    source: &Arc<SourceFile>,
+    seed: u64,
+    spec: &RunSpec,
+    data: &[Named],
+    params: &[Named],
+) -> (Option<Plan>, Vec<Diagnostic>) {
+    let mut lw = Lowerer::new(source, seed, "loss");
+    for c in &spec.consts {
+        if let Ok(t) = Tensor::new(c.value, &Device::Cpu) {
+            lw.bind_known(&c.name.node, t, Kind::Const);
+        }
+    }
+    for (i, d) in data.iter().enumerate() {
+        lw.bind_input(&d.name, i, Kind::Data, Shape(d.value.dims().to_vec()));
+    }
+    for (j, p) in params.iter().enumerate() {
+        lw.bind_input(
+            &p.name,
+            data.len() + j,
+            Kind::Param,
+            Shape(p.value.dims().to_vec()),
+        );
+    }
+    let (plan, mut diags) = lw.program(spec.loss);
+    if let Some(plan) = &plan {
+        let reached = params_reaching_loss(plan, data.len());
+        for (j, p) in params.iter().enumerate() {
+            if !reached.contains(&j) {
+                diags.push(
+                    Diagnostic::warning(format!(
+                        "param `{}` does not affect the loss of run `{}`; its gradient is always zero",
+                        p.name, spec.name
+                    ))
+                    .at(source, p.span.clone())
+                    .help("use it in the loss, or remove it"),
+                );
+            }
+        }
+    }
+    (plan, diags)
+}
+
+/// Params whose value flows into the output through differentiable ops.
+fn params_reaching_loss(plan: &Plan, n_data: usize) -> HashSet<usize> {
+    let mut seen = vec![false; plan.instrs.len()];
+    let mut stack = vec![plan.output];
+    let mut out = HashSet::new();
+    while let Some(k) = stack.pop() {
+        if std::mem::replace(&mut seen[k], true) {
+            continue;
+        }
+        let instr = &plan.instrs[k];
+        match instr.op {
+            Op::Input(i) if i >= n_data => {
+                out.insert(i - n_data);
+            }
+            ref op if op.passes_gradient() => stack.extend(&instr.args),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = HashSet::new();
+    diags
+        .into_iter()
+        .filter(|d| {
+            seen.insert((
+                d.message.clone(),
+                d.span.clone(),
+                d.file().map(|p| p.to_path_buf()),
+            ))
+        })
+        .collect()
+}
+
+/// Evaluates one run's loss and gradients at the current param values.
+pub struct Evaluator {
+    exec: Executable,
+    data: Vec<Tensor>,
+    params: Vec<Var>,
+    source: Arc<SourceFile>,
+    loss_span: Span,
+    dtype: CDType,
+}
+
+/// Loss and gradients at one point, gradients detached from the graph and in the run's dtype.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub grads: Vec<Tensor>,
+}
+
+/// L2 norm of a tensor, accumulated in f64.
+pub fn norm(t: &Tensor) -> f64 {
+    t.to_dtype(CDType::F64)
+        .and_then(|t| t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>())
+        .unwrap_or(f64::NAN)
+}
+
+impl Evaluator {
+    /// Prepares run `run` of `compiled` with params at their initial values.
+    pub fn new(compiled: &CompiledFile, run: usize) -> candle_core::Result<Self> {
+        let def = &compiled.runs[run];
+        let dtype = candle_dtype(def.dtype);
+        let exec = Executable::new(def.plan.clone(), dtype)?;
+        let data = compiled
+            .data
+            .iter()
+            .map(|d| d.value.to_dtype(dtype))
+            .collect::<candle_core::Result<_>>()?;
+        let params = compiled
+            .params
+            .iter()
+            .map(|p| Var::from_tensor(&p.value.to_dtype(dtype)?))
+            .collect::<candle_core::Result<_>>()?;
+        let out = &def.plan.instrs[def.plan.output];
+        Ok(Self {
+            exec,
+            data,
+            params,
+            source: Arc::clone(&compiled.file.source),
+            loss_span: out.span.clone(),
+            dtype,
+        })
+    }
+
+    pub fn params(&self) -> &[Var] {
+        &self.params
+    }
+
+    pub fn dtype(&self) -> CDType {
+        self.dtype
+    }
+
+    fn forward(&self) -> Result<Tensor, Diagnostic> {
+        let mut inputs: Vec<&Tensor> = self.data.iter().collect();
+        inputs.extend(self.params.iter().map(|v| v.as_tensor()));
+        self.exec.run(&inputs).map_err(|e| {
+            Diagnostic::error(format!("evaluation failed: {}", e.error))
+                .at(&self.source, e.span)
+                .help("this is a gradscope bug: the shapes were checked, so please report it")
+        })
+    }
+
+    /// The loss alone, without building gradients.
+    pub fn loss(&self) -> Result<f64, Diagnostic> {
+        let out = self.forward()?;
+        scalar(&out).map_err(|e| self.internal(e))
+    }
+
+    /// Loss and every param's gradient (zeros for params the loss does not depend on).
+    pub fn evaluate(&self) -> Result<Evaluation, Diagnostic> {
+        let out = self.forward()?;
+        let loss = scalar(&out).map_err(|e| self.internal(e))?;
+        let store = out.backward().map_err(|e| self.internal(e))?;
+        let grads = self
+            .params
+            .iter()
+            .map(|v| match store.get(v.as_tensor()) {
+                Some(g) => Ok(g.detach()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()
+            .map_err(|e| self.internal(e))?;
+        Ok(Evaluation { loss, grads })
+    }
+
+    fn internal(&self, e: candle_core::Error) -> Diagnostic {
+        Diagnostic::error(format!("evaluation failed: {e}"))
+            .at(&self.source, self.loss_span.clone())
+    }
+
+    /// The span of the loss expression, for reports about the loss value.
+    pub fn loss_span(&self) -> Span {
+        self.loss_span.clone()
+    }
+}
+
+fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(CDType::F64)?.to_scalar::<f64>()
+}

@@ -1,0 +1,356 @@
+//! The compiled form of an expression or program: a straight-line list of instructions with
+//! known shapes and source spans, and the one function that executes an instruction on tensors
+//! (used both at run time and for constant folding, so the two can never disagree).
+
+use candle_core::{DType, Result, Tensor};
+
+use super::ops::Elementwise;
+use super::shape::Shape;
+use crate::diagnostic::Span;
+
+/// Index of an instruction, whose result it names.
+pub type Reg = usize;
+
+/// Elementwise functions of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Sqr,
+    Sin,
+    Cos,
+    Tanh,
+    Relu,
+    Gelu,
+    Elu(f64),
+    Silu,
+    Erf,
+    Round,
+    Floor,
+    Ceil,
+    Sign,
+    Custom(Elementwise),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Min,
+    Max,
+    Pow,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    LogSumExp,
+    Norm,
+}
+
+/// One narrowing step of an index expression: `len` elements of `dim` from `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Narrow {
+    pub dim: usize,
+    pub start: usize,
+    pub len: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// The i-th input: data first, then params.
+    Input(usize),
+    /// A value known at compile time, held in f64 and cast to the run's dtype once.
+    Const(Tensor),
+    Unary(Unary),
+    /// `x * mul + add` with `mul != 0` (candle's affine with mul 0 cuts the graph).
+    Affine {
+        mul: f64,
+        add: f64,
+    },
+    Powf(f64),
+    Binary(Binary),
+    Compare(Compare),
+    Where,
+    Clamp,
+    MatMul,
+    Reduce {
+        op: Reduce,
+        axis: Option<usize>,
+    },
+    Softmax {
+        axis: usize,
+        log: bool,
+    },
+    Reshape,
+    Transpose,
+    Index {
+        narrows: Vec<Narrow>,
+        squeeze: Vec<usize>,
+    },
+    Stack,
+    Detach,
+}
+
+impl Op {
+    /// Whether the op's result carries gradient when its inputs do.
+    pub fn passes_gradient(&self) -> bool {
+        !matches!(
+            self,
+            Op::Detach | Op::Compare(_) | Op::Const(_) | Op::Input(_)
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Instr {
+    pub op: Op,
+    pub args: Vec<Reg>,
+    pub shape: Shape,
+    pub span: Span,
+}
+
+/// A compiled program: instructions in evaluation order and the register holding the result.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub instrs: Vec<Instr>,
+    pub output: Reg,
+}
+
+/// Executes one instruction. `out` is the result shape computed by the shape rules.
+pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
+    let a = || args[0];
+    match op {
+        Op::Input(_) | Op::Const(_) => Err(candle_core::Error::Msg(
+            "inputs and constants are not computed".into(),
+        )),
+        Op::Unary(u) => unary(*u, a()),
+        Op::Affine { mul, add } => a().affine(*mul, *add),
+        Op::Powf(e) => a().powf(*e),
+        Op::Binary(b) => binary(*b, args[0], args[1]),
+        Op::Compare(c) => compare(*c, args[0], args[1], out),
+        Op::Where => {
+            let dims = out.dims();
+            let mask = args[0].ne(0.0)?.broadcast_as(dims)?;
+            mask.where_cond(&args[1].broadcast_as(dims)?, &args[2].broadcast_as(dims)?)
+        }
+        Op::Clamp => args[0]
+            .broadcast_maximum(args[1])?
+            .broadcast_minimum(args[2]),
+        Op::MatMul => matmul(args[0], args[1]),
+        Op::Reduce { op, axis } => reduce(*op, a(), *axis),
+        Op::Softmax { axis, log } => {
+            let x = a();
+            let m = x.max_keepdim(*axis)?.detach();
+            let z = x.broadcast_sub(&m)?;
+            let lse = z.exp()?.sum_keepdim(*axis)?.log()?;
+            let ls = z.broadcast_sub(&lse)?;
+            if *log { Ok(ls) } else { ls.exp() }
+        }
+        Op::Reshape => a().reshape(out.dims()),
+        Op::Transpose => {
+            let r = a().rank();
+            a().transpose(r - 2, r - 1)
+        }
+        Op::Index { narrows, squeeze } => {
+            let mut t = a().clone();
+            for n in narrows {
+                t = t.narrow(n.dim, n.start, n.len)?;
+            }
+            for &d in squeeze.iter().rev() {
+                t = t.squeeze(d)?;
+            }
+            Ok(t)
+        }
+        Op::Stack => Tensor::stack(args, 0),
+        Op::Detach => Ok(a().detach()),
+    }
+}
+
+fn unary(u: Unary, x: &Tensor) -> Result<Tensor> {
+    match u {
+        Unary::Neg => x.neg(),
+        Unary::Exp => x.exp(),
+        Unary::Log => x.log(),
+        Unary::Sqrt => x.sqrt(),
+        Unary::Sqr => x.sqr(),
+        Unary::Sin => x.sin(),
+        Unary::Cos => x.cos(),
+        Unary::Tanh => x.tanh(),
+        Unary::Relu => x.relu(),
+        Unary::Gelu => x.gelu_erf(),
+        Unary::Elu(alpha) => x.elu(alpha),
+        Unary::Silu => x.silu(),
+        Unary::Erf => x.erf(),
+        Unary::Round => x.round(),
+        Unary::Floor => x.floor(),
+        Unary::Ceil => x.ceil(),
+        Unary::Sign => x.sign(),
+        Unary::Custom(op) => op.apply(x),
+    }
+}
+
+fn binary(b: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let same = x.shape() == y.shape();
+    match b {
+        Binary::Add if same => x.add(y),
+        Binary::Sub if same => x.sub(y),
+        Binary::Mul if same => x.mul(y),
+        Binary::Div if same => x.div(y),
+        Binary::Add => x.broadcast_add(y),
+        Binary::Sub => x.broadcast_sub(y),
+        Binary::Mul => x.broadcast_mul(y),
+        Binary::Div => x.broadcast_div(y),
+        Binary::Min => x.broadcast_minimum(y),
+        Binary::Max => x.broadcast_maximum(y),
+        Binary::Pow => x.broadcast_pow(y),
+    }
+}
+
+fn compare(c: Compare, x: &Tensor, y: &Tensor, out: &Shape) -> Result<Tensor> {
+    use candle_core::op::CmpOp;
+    let op = match c {
+        Compare::Lt => CmpOp::Lt,
+        Compare::Le => CmpOp::Le,
+        Compare::Gt => CmpOp::Gt,
+        Compare::Ge => CmpOp::Ge,
+        Compare::Eq => CmpOp::Eq,
+        Compare::Ne => CmpOp::Ne,
+    };
+    let dtype = x.dtype();
+    x.broadcast_as(out.dims())?
+        .cmp(&y.broadcast_as(out.dims())?, op)?
+        .to_dtype(dtype)
+}
+
+/// NumPy `@`: 1-D operands are promoted and the added axis removed again.
+fn matmul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    match (x.rank(), y.rank()) {
+        (1, 1) => x.mul(y)?.sum_all(),
+        (1, _) => {
+            let r = y.rank();
+            let out = x.unsqueeze(0)?.broadcast_matmul(y)?;
+            out.squeeze(r - 2)
+        }
+        (r, 1) => x.broadcast_matmul(&y.unsqueeze(1)?)?.squeeze(r - 1),
+        (rx, ry) if rx == ry && x.dims()[..rx - 2] == y.dims()[..ry - 2] => x.matmul(y),
+        _ => x.broadcast_matmul(y),
+    }
+}
+
+fn reduce(op: Reduce, x: &Tensor, axis: Option<usize>) -> Result<Tensor> {
+    let (x, axis) = match axis {
+        Some(a) => (x.clone(), a),
+        None if op == Reduce::Sum => return x.sum_all(),
+        None if op == Reduce::Mean => return x.mean_all(),
+        None => (x.flatten_all()?, 0),
+    };
+    match op {
+        Reduce::Sum => x.sum(axis),
+        Reduce::Mean => x.mean(axis),
+        Reduce::Max => x.max(axis),
+        Reduce::Min => x.min(axis),
+        Reduce::Norm => x.sqr()?.sum(axis)?.sqrt(),
+        Reduce::LogSumExp => {
+            let m = x.max_keepdim(axis)?.detach();
+            x.broadcast_sub(&m)?
+                .exp()?
+                .sum_keepdim(axis)?
+                .log()?
+                .add(&m)?
+                .squeeze(axis)
+        }
+    }
+}
+
+/// A plan made ready for one dtype: constants cast, and each register's last use known so
+/// intermediate tensors are dropped as soon as possible.
+#[derive(Debug, Clone)]
+pub struct Executable {
+    plan: Plan,
+    consts: Vec<Option<Tensor>>,
+    last_use: Vec<usize>,
+}
+
+/// An instruction that failed at run time; should not happen once shapes are checked.
+#[derive(Debug)]
+pub struct ExecError {
+    pub span: Span,
+    pub error: candle_core::Error,
+}
+
+impl Executable {
+    pub fn new(plan: Plan, dtype: DType) -> Result<Self> {
+        let consts = plan
+            .instrs
+            .iter()
+            .map(|i| match &i.op {
+                Op::Const(t) => t.to_dtype(dtype).map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        let mut last_use: Vec<usize> = (0..plan.instrs.len()).collect();
+        for (k, instr) in plan.instrs.iter().enumerate() {
+            for &a in &instr.args {
+                last_use[a] = k;
+            }
+        }
+        last_use[plan.output] = usize::MAX;
+        Ok(Self {
+            plan,
+            consts,
+            last_use,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Evaluates the plan on `inputs` (data first, then params).
+    pub fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Tensor, ExecError> {
+        let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];
+        for (k, instr) in self.plan.instrs.iter().enumerate() {
+            let value = match &instr.op {
+                Op::Input(i) => Ok(inputs[*i].clone()),
+                Op::Const(_) => Ok(self.consts[k].clone().expect("cast in new")),
+                op => {
+                    let args: Vec<&Tensor> = instr
+                        .args
+                        .iter()
+                        .map(|&a| regs[a].as_ref().expect("defined before use"))
+                        .collect();
+                    apply(op, &args, &instr.shape)
+                }
+            };
+            let value = value.map_err(|error| ExecError {
+                span: instr.span.clone(),
+                error,
+            })?;
+            regs[k] = Some(value);
+            for &a in &instr.args {
+                if self.last_use[a] == k {
+                    regs[a] = None;
+                }
+            }
+        }
+        Ok(regs[self.plan.output].take().expect("output computed"))
+    }
+}

@@ -1,0 +1,293 @@
+//! One diagnostic type for every error and warning gradscope reports, rendered with carets in the
+//! CLI (ariadne), as plain records in JSON, and as a list in the TUI.
+
+use std::fmt::Write as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// A byte range in a source file.
+pub type Span = Range<usize>;
+
+/// How serious a diagnostic is: errors stop a file from running, warnings do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// A file's path and text, shared by every diagnostic that points into it.
+#[derive(Debug)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    pub fn new(path: impl Into<PathBuf>, text: String) -> Arc<Self> {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Arc::new(Self {
+            path: path.into(),
+            text,
+            line_starts,
+        })
+    }
+
+    /// 1-based line and column (in characters) of a byte offset, clamped to the text.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = self.floor_char_boundary(offset.min(self.text.len()));
+        let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
+        let col = self.text[self.line_starts[line]..offset].chars().count();
+        (line + 1, col + 1)
+    }
+
+    fn floor_char_boundary(&self, mut i: usize) -> usize {
+        while !self.text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+/// One error or warning: what went wrong, where, and what to do about it.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub message: String,
+    pub source: Option<Arc<SourceFile>>,
+    pub span: Option<Span>,
+    /// Short text shown under the caret.
+    pub label: Option<String>,
+    pub help: Option<String>,
+    /// A file named without a span into it (e.g. a file that could not be read).
+    pub path: Option<PathBuf>,
+}
+
+impl Diagnostic {
+    pub fn error(message: impl Into<String>) -> Self {
+        Self::new(Severity::Error, message)
+    }
+
+    pub fn warning(message: impl Into<String>) -> Self {
+        Self::new(Severity::Warning, message)
+    }
+
+    fn new(severity: Severity, message: impl Into<String>) -> Self {
+        Self {
+            severity,
+            message: message.into(),
+            source: None,
+            span: None,
+            label: None,
+            help: None,
+            path: None,
+        }
+    }
+
+    /// Points the diagnostic at `span` in `source`.
+    pub fn at(mut self, source: &Arc<SourceFile>, span: Span) -> Self {
+        self.source = Some(Arc::clone(source));
+        self.span = Some(span);
+        self
+    }
+
+    pub fn in_file(mut self, path: &Path) -> Self {
+        self.path = Some(path.to_path_buf());
+        self
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn help_opt(mut self, help: Option<String>) -> Self {
+        self.help = help.or(self.help);
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.source
+            .as_ref()
+            .map(|s| s.path.as_path())
+            .or(self.path.as_deref())
+    }
+
+    /// 1-based line and column of the start of the span.
+    pub fn line_col(&self) -> Option<(usize, usize)> {
+        Some(self.source.as_ref()?.line_col(self.span.as_ref()?.start))
+    }
+
+    /// `file:line:col: severity: message`, the one-line form for lists and logs.
+    pub fn headline(&self) -> String {
+        let mut out = String::new();
+        if let Some(file) = self.file() {
+            let _ = write!(out, "{}", file.display());
+            if let Some((line, col)) = self.line_col() {
+                let _ = write!(out, ":{line}:{col}");
+            }
+            out.push_str(": ");
+        }
+        let _ = write!(out, "{}: {}", self.severity_word(), self.message);
+        out
+    }
+
+    fn severity_word(&self) -> &'static str {
+        match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
+
+    /// The full report: headline, location, the source line and carets under the span. Long
+    /// lines are windowed around the span so a 100,000-character line stays readable.
+    pub fn render(&self, color: bool) -> String {
+        let paint = |code: &str, text: &str| {
+            if color {
+                format!("\x1b[{code}m{text}\x1b[0m")
+            } else {
+                text.to_string()
+            }
+        };
+        let sev = match self.severity {
+            Severity::Error => paint("1;31", "error"),
+            Severity::Warning => paint("1;33", "warning"),
+        };
+        let mut out = format!("{sev}: {}\n", paint("1", &self.message));
+        let location = match (&self.source, &self.span) {
+            (Some(source), Some(span)) => Some((source, clamp_span(span, &source.text))),
+            _ => None,
+        };
+        let Some((source, span)) = location else {
+            if let Some(file) = self.file() {
+                let _ = writeln!(out, "  {} {}", paint("34", "-->"), file.display());
+            }
+            if let Some(help) = &self.help {
+                let _ = writeln!(out, "  {} {help}", paint("34", "= help:"));
+            }
+            return out;
+        };
+        let (line, col) = source.line_col(span.start);
+        let gutter = line.to_string().len();
+        let pad = " ".repeat(gutter);
+        let bar = paint("34", "|");
+        let _ = writeln!(
+            out,
+            "{pad}{} {}:{line}:{col}",
+            paint("34", "-->"),
+            source.path.display()
+        );
+        let line_start = source.line_starts[line - 1];
+        let line_end = source.text[line_start..]
+            .find('\n')
+            .map_or(source.text.len(), |i| line_start + i);
+        let text = source.text[line_start..line_end].trim_end_matches('\r');
+        let chars: Vec<char> = text
+            .chars()
+            .map(|c| if c == '\t' { ' ' } else { c })
+            .collect();
+        let caret_from = col - 1;
+        let caret_len = source.text[span.start..span.end.min(line_end).max(span.start)]
+            .chars()
+            .count()
+            .max(1);
+        const WIDTH: usize = 100;
+        let (window_start, prefix) = if chars.len() > WIDTH && caret_from > WIDTH / 3 {
+            (caret_from - WIDTH / 3, "…")
+        } else {
+            (0, "")
+        };
+        let window_end = (window_start + WIDTH).min(chars.len());
+        let suffix = if window_end < chars.len() { "…" } else { "" };
+        let shown: String = chars[window_start..window_end].iter().collect();
+        let caret_col = prefix.chars().count() + caret_from - window_start;
+        let caret_len = caret_len.min(window_end.saturating_sub(caret_from).max(1));
+        let carets = paint(
+            if self.is_error() { "1;31" } else { "1;33" },
+            &format!(
+                "{}{}",
+                "^".repeat(caret_len),
+                self.label
+                    .as_ref()
+                    .map(|l| format!(" {l}"))
+                    .unwrap_or_default()
+            ),
+        );
+        let _ = writeln!(out, "{pad} {bar}");
+        let _ = writeln!(
+            out,
+            "{} {bar} {prefix}{shown}{suffix}",
+            paint("34", &line.to_string())
+        );
+        let _ = writeln!(out, "{pad} {bar} {}{carets}", " ".repeat(caret_col));
+        if let Some(help) = &self.help {
+            let mut lines = help.lines();
+            let _ = writeln!(
+                out,
+                "{pad} {} {}",
+                paint("34", "= help:"),
+                lines.next().unwrap_or("")
+            );
+            for l in lines {
+                let _ = writeln!(out, "{pad}         {l}");
+            }
+        }
+        out
+    }
+
+    /// The machine-readable record for `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (line, column) = self.line_col().unzip();
+        serde_json::json!({
+            "severity": self.severity,
+            "message": self.message,
+            "file": self.file().map(|p| p.display().to_string()),
+            "line": line,
+            "column": column,
+            "label": self.label,
+            "help": self.help,
+        })
+    }
+}
+
+/// Keeps a span inside the text and on character boundaries, so rendering never panics.
+fn clamp_span(span: &Span, text: &str) -> Span {
+    let fix = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let start = fix(span.start);
+    let end = fix(span.end.max(span.start)).max(start);
+    start..end
+}
+
+/// The closest candidate to `name`, for "did you mean" help.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1) && d > 0)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}

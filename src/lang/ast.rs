@@ -1,0 +1,110 @@
+//! The syntax tree of loss programs. Every node carries its span in the loss file.
+
+use crate::diagnostic::Span;
+
+/// A value with the span it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spanned<T> {
+    pub node: T,
+    pub span: Span,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(node: T, span: Span) -> Self {
+        Self { node, span }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    MatMul,
+    Pow,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::MatMul => "@",
+            BinOp::Pow => "^",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+        }
+    }
+
+    pub fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne
+        )
+    }
+}
+
+/// One position in `x[...]`: a single index (drops the axis) or a slice `a:b` (keeps it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexItem {
+    At(i64),
+    Slice {
+        start: Option<i64>,
+        end: Option<i64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExprKind {
+    Number(f64),
+    Name(String),
+    Array(Vec<Expr>),
+    Neg(Box<Expr>),
+    Binary {
+        op: BinOp,
+        op_span: Span,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    Call {
+        func: Spanned<String>,
+        args: Vec<Expr>,
+    },
+    Index {
+        target: Box<Expr>,
+        items: Vec<Spanned<IndexItem>>,
+    },
+}
+
+/// `name = value`, one line of a program.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stmt {
+    pub name: Spanned<String>,
+    pub value: Expr,
+}
+
+/// A loss program: statements, then the expression whose value is the loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    pub stmts: Vec<Stmt>,
+    pub result: Expr,
+}

@@ -1,0 +1,324 @@
+//! Tokens of the expression language. Spans are byte offsets in the loss file itself, mapped from
+//! the decoded TOML string through an [`OffsetMap`].
+
+use crate::diagnostic::Span;
+
+/// Maps byte offsets in a decoded TOML string back to offsets in the file.
+#[derive(Debug, Clone)]
+pub enum OffsetMap {
+    /// The string's bytes stand in the file unchanged, starting at this offset.
+    Shift(usize),
+    /// One file offset per decoded byte, plus one for the end.
+    Table(Vec<usize>),
+}
+
+impl OffsetMap {
+    pub fn map(&self, local: usize) -> usize {
+        match self {
+            OffsetMap::Shift(base) => base + local,
+            OffsetMap::Table(t) => t[local.min(t.len() - 1)],
+        }
+    }
+
+    pub fn span(&self, local: std::ops::Range<usize>) -> Span {
+        self.map(local.start)..self.map(local.end)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tok {
+    Number(f64),
+    Ident(String),
+    Plus,
+    Minus,
+    Star,
+    Slash,
+    At,
+    Caret,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    EqEq,
+    Ne,
+    Assign,
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+    Colon,
+    Newline,
+    Eof,
+}
+
+impl Tok {
+    pub fn describe(&self) -> String {
+        match self {
+            Tok::Number(n) => format!("number `{n}`"),
+            Tok::Ident(s) => format!("name `{s}`"),
+            Tok::Newline => "end of line".into(),
+            Tok::Eof => "end of input".into(),
+            other => format!("`{}`", other.symbol()),
+        }
+    }
+
+    fn symbol(&self) -> &'static str {
+        match self {
+            Tok::Plus => "+",
+            Tok::Minus => "-",
+            Tok::Star => "*",
+            Tok::Slash => "/",
+            Tok::At => "@",
+            Tok::Caret => "^",
+            Tok::Lt => "<",
+            Tok::Le => "<=",
+            Tok::Gt => ">",
+            Tok::Ge => ">=",
+            Tok::EqEq => "==",
+            Tok::Ne => "!=",
+            Tok::Assign => "=",
+            Tok::LParen => "(",
+            Tok::RParen => ")",
+            Tok::LBracket => "[",
+            Tok::RBracket => "]",
+            Tok::Comma => ",",
+            Tok::Colon => ":",
+            _ => "?",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub tok: Tok,
+    pub span: Span,
+}
+
+/// A lexing error: message and span (file offsets).
+#[derive(Debug, Clone)]
+pub struct LexError {
+    pub message: String,
+    pub span: Span,
+    pub help: Option<String>,
+}
+
+/// Splits `text` into tokens. Newlines inside brackets are dropped so expressions may span lines.
+pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut errors = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let start = i;
+        let single = |t: Tok| (t, 1);
+        let (tok, len) = match c {
+            b' ' | b'\t' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\n' => {
+                i += 1;
+                if depth == 0 {
+                    tokens.push(Token {
+                        tok: Tok::Newline,
+                        span: map.span(start..start + 1),
+                    });
+                }
+                continue;
+            }
+            b'0'..=b'9' | b'.' => match lex_number(&text[i..]) {
+                Ok((n, len)) => (Tok::Number(n), len),
+                Err(len) => {
+                    errors.push(LexError {
+                        message: format!("malformed number `{}`", &text[i..i + len]),
+                        span: map.span(i..i + len),
+                        help: Some("numbers look like 1, 2.5, 1e-7 or .5".into()),
+                    });
+                    i += len;
+                    continue;
+                }
+            },
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => {
+                let len = text[i..]
+                    .bytes()
+                    .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                    .count();
+                (Tok::Ident(text[i..i + len].to_string()), len)
+            }
+            b'+' => single(Tok::Plus),
+            b'-' => single(Tok::Minus),
+            b'*' if bytes.get(i + 1) == Some(&b'*') => (Tok::Caret, 2),
+            b'*' => single(Tok::Star),
+            b'/' => single(Tok::Slash),
+            b'@' => single(Tok::At),
+            b'^' => single(Tok::Caret),
+            b'<' if bytes.get(i + 1) == Some(&b'=') => (Tok::Le, 2),
+            b'<' => single(Tok::Lt),
+            b'>' if bytes.get(i + 1) == Some(&b'=') => (Tok::Ge, 2),
+            b'>' => single(Tok::Gt),
+            b'=' if bytes.get(i + 1) == Some(&b'=') => (Tok::EqEq, 2),
+            b'=' => single(Tok::Assign),
+            b'!' if bytes.get(i + 1) == Some(&b'=') => (Tok::Ne, 2),
+            b'(' | b'[' => {
+                depth += 1;
+                single(if c == b'(' {
+                    Tok::LParen
+                } else {
+                    Tok::LBracket
+                })
+            }
+            b')' | b']' => {
+                depth = depth.saturating_sub(1);
+                single(if c == b')' {
+                    Tok::RParen
+                } else {
+                    Tok::RBracket
+                })
+            }
+            b',' => single(Tok::Comma),
+            b':' => single(Tok::Colon),
+            _ => {
+                let ch = text[i..].chars().next().unwrap_or('?');
+                let len = ch.len_utf8();
+                errors.push(LexError {
+                    message: format!("unexpected character `{ch}`"),
+                    span: map.span(i..i + len),
+                    help: unexpected_char_help(ch),
+                });
+                i += len;
+                continue;
+            }
+        };
+        tokens.push(Token {
+            tok,
+            span: map.span(start..start + len),
+        });
+        i += len;
+    }
+    tokens.push(Token {
+        tok: Tok::Eof,
+        span: map.span(text.len()..text.len()),
+    });
+    (tokens, errors)
+}
+
+fn unexpected_char_help(ch: char) -> Option<String> {
+    match ch {
+        '{' | '}' => Some("group with ( ) and write arrays with [ ]".into()),
+        '%' => Some("there is no modulo operator".into()),
+        '&' | '|' => Some("combine conditions with where(...) or arithmetic on 0/1 masks".into()),
+        _ => None,
+    }
+}
+
+/// Parses a number at the start of `s`: digits, optional fraction, optional exponent.
+/// On failure returns the length of the malformed run.
+fn lex_number(s: &str) -> Result<(f64, usize), usize> {
+    let b = s.as_bytes();
+    let digits = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        i
+    };
+    let int_end = digits(0);
+    let mut end = int_end;
+    if b.get(end) == Some(&b'.') {
+        end = digits(end + 1);
+    }
+    let mantissa_digits = s[..end].bytes().filter(u8::is_ascii_digit).count();
+    if matches!(b.get(end), Some(b'e' | b'E')) {
+        let mut j = end + 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        let exp_end = digits(j);
+        if exp_end == j {
+            let bad = exp_end
+                + s[exp_end..]
+                    .bytes()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .count();
+            return Err(bad.max(1));
+        }
+        end = exp_end;
+    }
+    let trailing = s[end..]
+        .bytes()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'.')
+        .count();
+    if mantissa_digits == 0 || trailing > 0 {
+        return Err((end + trailing).max(1));
+    }
+    s[..end]
+        .parse::<f64>()
+        .map(|n| (n, end))
+        .map_err(|_| end.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(s: &str) -> Vec<Tok> {
+        let (t, e) = lex(s, &OffsetMap::Shift(0));
+        assert!(e.is_empty(), "{e:?}");
+        t.into_iter().map(|t| t.tok).collect()
+    }
+
+    #[test]
+    fn numbers_in_every_form() {
+        assert_eq!(
+            toks("1 2.5 1e-7 .5 3E+2"),
+            vec![
+                Tok::Number(1.0),
+                Tok::Number(2.5),
+                Tok::Number(1e-7),
+                Tok::Number(0.5),
+                Tok::Number(300.0),
+                Tok::Eof
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_numbers_are_errors() {
+        for bad in ["1e", "1.2.3", "3x", "."] {
+            let (_, e) = lex(bad, &OffsetMap::Shift(0));
+            assert_eq!(e.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn newlines_inside_brackets_continue_the_line() {
+        assert_eq!(
+            toks("[1,\n 2]\nx"),
+            vec![
+                Tok::LBracket,
+                Tok::Number(1.0),
+                Tok::Comma,
+                Tok::Number(2.0),
+                Tok::RBracket,
+                Tok::Newline,
+                Tok::Ident("x".into()),
+                Tok::Eof
+            ]
+        );
+    }
+
+    #[test]
+    fn spans_go_through_the_offset_map() {
+        let map = OffsetMap::Table(vec![10, 11, 14, 15, 16]);
+        let (t, _) = lex("a+b", &map);
+        assert_eq!(t[2].span, 14..15);
+    }
+}

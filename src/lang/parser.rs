@@ -1,0 +1,531 @@
+//! A Pratt parser for loss programs and single expressions. It recovers at line ends so one file
+//! reports all its syntax errors, and bounds nesting so no input can overflow the stack.
+
+use super::ast::{BinOp, Expr, ExprKind, IndexItem, Program, Spanned, Stmt};
+use super::lexer::{LexError, OffsetMap, Tok, Token, lex};
+use crate::diagnostic::Span;
+
+/// Deepest expression tree accepted; deeper input is an error, never a stack overflow.
+pub const MAX_DEPTH: usize = 200;
+
+/// A syntax error in file offsets.
+pub type ParseError = LexError;
+
+/// Parses a whole program (statements, last line the result).
+pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseError>> {
+    let (tokens, mut errors) = lex(text, map);
+    let mut p = Parser::new(tokens);
+    let mut lines: Vec<(Option<Spanned<String>>, Expr)> = Vec::new();
+    loop {
+        p.skip_newlines();
+        if p.peek() == &Tok::Eof {
+            break;
+        }
+        match p.statement() {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                errors.push(e);
+                p.recover_to_line_end();
+            }
+        }
+    }
+    let end = p.tokens.last().map(|t| t.span.clone()).unwrap_or(0..0);
+    let Some((last_name, result)) = lines.pop() else {
+        if errors.is_empty() {
+            errors.push(err(
+                "the loss program is empty",
+                end,
+                Some("write the loss as the last line, e.g. `mean((x @ w - y)^2)`"),
+            ));
+        }
+        return Err(errors);
+    };
+    if let Some(name) = last_name {
+        errors.push(err(
+            "the last line must be the loss expression, not an assignment",
+            name.span.clone(),
+            Some(&format!("add a final line `{}`", name.node)),
+        ));
+    }
+    let mut stmts = Vec::new();
+    for (name, value) in lines {
+        match name {
+            Some(name) => stmts.push(Stmt { name, value }),
+            None => errors.push(err(
+                "only the last line may be a bare expression",
+                value.span.clone(),
+                Some("give it a name: `name = ...`"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Program { stmts, result })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses one expression (a `[data]` or `[params]` value).
+pub fn parse_expr(text: &str, map: &OffsetMap) -> Result<Expr, Vec<ParseError>> {
+    let (tokens, mut errors) = lex(text, map);
+    let mut p = Parser::new(tokens);
+    p.skip_newlines();
+    let result = p.expr(0).and_then(|e| {
+        p.skip_newlines();
+        match p.peek() {
+            Tok::Eof => Ok(e),
+            _ => Err(p.unexpected("the end of the expression")),
+        }
+    });
+    match result {
+        Ok(e) if errors.is_empty() => Ok(e),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(e);
+            Err(errors)
+        }
+    }
+}
+
+fn err(message: &str, span: Span, help: Option<&str>) -> ParseError {
+    ParseError {
+        message: message.to_string(),
+        span,
+        help: help.map(str::to_string),
+    }
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+    depth: usize,
+}
+
+/// Binding powers, loosest first: comparison, additive, multiplicative, unary minus, power.
+fn infix(tok: &Tok) -> Option<(BinOp, u8)> {
+    Some(match tok {
+        Tok::Lt => (BinOp::Lt, 1),
+        Tok::Le => (BinOp::Le, 1),
+        Tok::Gt => (BinOp::Gt, 1),
+        Tok::Ge => (BinOp::Ge, 1),
+        Tok::EqEq => (BinOp::Eq, 1),
+        Tok::Ne => (BinOp::Ne, 1),
+        Tok::Plus => (BinOp::Add, 2),
+        Tok::Minus => (BinOp::Sub, 2),
+        Tok::Star => (BinOp::Mul, 3),
+        Tok::Slash => (BinOp::Div, 3),
+        Tok::At => (BinOp::MatMul, 3),
+        Tok::Caret => (BinOp::Pow, 5),
+        _ => return None,
+    })
+}
+
+const UNARY_BP: u8 = 4;
+
+impl Parser {
+    fn new(tokens: Vec<Token>) -> Self {
+        Self {
+            tokens,
+            pos: 0,
+            depth: 0,
+        }
+    }
+
+    fn peek(&self) -> &Tok {
+        &self.tokens[self.pos].tok
+    }
+
+    fn peek_at(&self, k: usize) -> &Tok {
+        &self.tokens[(self.pos + k).min(self.tokens.len() - 1)].tok
+    }
+
+    fn span(&self) -> Span {
+        self.tokens[self.pos].span.clone()
+    }
+
+    fn bump(&mut self) -> Token {
+        let t = self.tokens[self.pos].clone();
+        if self.pos + 1 < self.tokens.len() {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn skip_newlines(&mut self) {
+        while self.peek() == &Tok::Newline {
+            self.bump();
+        }
+    }
+
+    fn recover_to_line_end(&mut self) {
+        while !matches!(self.peek(), Tok::Newline | Tok::Eof) {
+            self.bump();
+        }
+    }
+
+    fn unexpected(&self, wanted: &str) -> ParseError {
+        let t = &self.tokens[self.pos];
+        let help = match (&t.tok, wanted) {
+            (Tok::Assign, _) => Some("compare with `==`; `=` only names a whole line's value"),
+            (Tok::Newline | Tok::Eof, _) => Some("the expression is incomplete"),
+            _ => None,
+        };
+        err(
+            &format!("expected {wanted}, found {}", t.tok.describe()),
+            t.span.clone(),
+            help,
+        )
+    }
+
+    fn expect(&mut self, tok: Tok, wanted: &str, open: Option<&Span>) -> Result<Span, ParseError> {
+        if *self.peek() == tok {
+            return Ok(self.bump().span);
+        }
+        let mut e = self.unexpected(wanted);
+        if let (Some(open), Tok::Eof | Tok::Newline) = (open, self.peek()) {
+            e = err(
+                "this bracket is never closed",
+                open.clone(),
+                Some(&format!(
+                    "expected {wanted} before the end of the expression"
+                )),
+            );
+        }
+        Ok(Err(e)?)
+    }
+
+    fn statement(&mut self) -> Result<(Option<Spanned<String>>, Expr), ParseError> {
+        self.depth = 0;
+        let name = match (self.peek().clone(), self.peek_at(1)) {
+            (Tok::Ident(name), Tok::Assign) => {
+                let span = self.bump().span;
+                self.bump();
+                Some(Spanned::new(name, span))
+            }
+            _ => None,
+        };
+        let value = self.expr(0)?;
+        match self.peek() {
+            Tok::Newline | Tok::Eof => Ok((name, value)),
+            _ => Err(self.unexpected("an operator or the end of the line")),
+        }
+    }
+
+    fn enter(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(err(
+                &format!("expression nested too deeply (more than {MAX_DEPTH} levels)"),
+                self.span(),
+                Some("split it into named steps, one per line"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Pratt loop. Each level of the tree counts toward the depth limit, including long chains
+    /// like `a + a + ... + a`, whose left-nested tree is as deep as it is long.
+    fn expr(&mut self, min_bp: u8) -> Result<Expr, ParseError> {
+        self.enter()?;
+        let entry_depth = self.depth;
+        let mut lhs = self.unary()?;
+        while let Some((op, bp)) = infix(self.peek()) {
+            if bp < min_bp {
+                break;
+            }
+            let lhs_compares =
+                matches!(&lhs.kind, ExprKind::Binary { op, .. } if op.is_comparison());
+            if op.is_comparison() && lhs_compares {
+                return Err(err(
+                    "comparisons cannot be chained",
+                    self.span(),
+                    Some("use where(...) or parentheses"),
+                ));
+            }
+            let op_span = self.bump().span;
+            // `^` is right-associative and its right side may start with unary minus: `x^-1`.
+            let rhs = if op == BinOp::Pow {
+                self.power_rhs()?
+            } else {
+                self.expr(bp + 1)?
+            };
+            self.enter()?;
+            let span = lhs.span.start..rhs.span.end;
+            lhs = Expr {
+                kind: ExprKind::Binary {
+                    op,
+                    op_span,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                },
+                span,
+            };
+        }
+        self.depth = entry_depth - 1;
+        Ok(lhs)
+    }
+
+    fn power_rhs(&mut self) -> Result<Expr, ParseError> {
+        if self.peek() == &Tok::Minus {
+            self.enter()?;
+            let start = self.bump().span.start;
+            let operand = self.power_rhs()?;
+            self.depth -= 1;
+            let span = start..operand.span.end;
+            return Ok(Expr {
+                kind: ExprKind::Neg(Box::new(operand)),
+                span,
+            });
+        }
+        self.expr(5)
+    }
+
+    fn unary(&mut self) -> Result<Expr, ParseError> {
+        if self.peek() == &Tok::Minus {
+            self.enter()?;
+            let start = self.bump().span.start;
+            let operand = self.expr(UNARY_BP + 1)?;
+            self.depth -= 1;
+            let span = start..operand.span.end;
+            return Ok(Expr {
+                kind: ExprKind::Neg(Box::new(operand)),
+                span,
+            });
+        }
+        let mut e = self.primary()?;
+        while self.peek() == &Tok::LBracket {
+            e = self.index(e)?;
+        }
+        Ok(e)
+    }
+
+    fn primary(&mut self) -> Result<Expr, ParseError> {
+        let t = self.tokens[self.pos].clone();
+        match t.tok {
+            Tok::Number(n) => {
+                self.bump();
+                Ok(Expr {
+                    kind: ExprKind::Number(n),
+                    span: t.span,
+                })
+            }
+            Tok::Ident(name) => {
+                self.bump();
+                if self.peek() != &Tok::LParen {
+                    return Ok(Expr {
+                        kind: ExprKind::Name(name),
+                        span: t.span,
+                    });
+                }
+                let open = self.bump().span;
+                let args = self.list(Tok::RParen, &open)?;
+                let end = self.tokens[self.pos - 1].span.end;
+                Ok(Expr {
+                    kind: ExprKind::Call {
+                        func: Spanned::new(name, t.span.clone()),
+                        args,
+                    },
+                    span: t.span.start..end,
+                })
+            }
+            Tok::LParen => {
+                self.bump();
+                let inner = self.expr(0)?;
+                let close = self.expect(Tok::RParen, "`)`", Some(&t.span))?;
+                Ok(Expr {
+                    kind: inner.kind,
+                    span: t.span.start..close.end,
+                })
+            }
+            Tok::LBracket => {
+                self.bump();
+                let items = self.list(Tok::RBracket, &t.span)?;
+                let end = self.tokens[self.pos - 1].span.end;
+                if items.is_empty() {
+                    return Err(err(
+                        "empty array",
+                        t.span.start..end,
+                        Some("use zeros(0) for an empty tensor"),
+                    ));
+                }
+                Ok(Expr {
+                    kind: ExprKind::Array(items),
+                    span: t.span.start..end,
+                })
+            }
+            _ => Err(self.unexpected("a number, a name, `(` or `[`")),
+        }
+    }
+
+    /// Comma-separated expressions up to `close` (a trailing comma is allowed).
+    fn list(&mut self, close: Tok, open: &Span) -> Result<Vec<Expr>, ParseError> {
+        self.enter()?;
+        let mut items = Vec::new();
+        while *self.peek() != close {
+            if self.peek() == &Tok::Eof {
+                return Err(self
+                    .expect(close, "a closing bracket", Some(open))
+                    .unwrap_err());
+            }
+            items.push(self.expr(0)?);
+            if self.peek() == &Tok::Comma {
+                self.bump();
+            } else if *self.peek() != close {
+                let wanted = format!("`,` or `{}`", if close == Tok::RParen { ")" } else { "]" });
+                if self.peek() == &Tok::Eof {
+                    return Err(self.expect(close, &wanted, Some(open)).unwrap_err());
+                }
+                return Err(self.unexpected(&wanted));
+            }
+        }
+        self.bump();
+        self.depth -= 1;
+        Ok(items)
+    }
+
+    fn index(&mut self, target: Expr) -> Result<Expr, ParseError> {
+        self.enter()?;
+        let open = self.bump().span;
+        let mut items = Vec::new();
+        loop {
+            let start = self.span().start;
+            let lo = self.index_int()?;
+            let item = if self.peek() == &Tok::Colon {
+                self.bump();
+                let hi = self.index_int()?;
+                IndexItem::Slice { start: lo, end: hi }
+            } else {
+                match lo {
+                    Some(i) => IndexItem::At(i),
+                    None => return Err(self.unexpected("an integer index or `:`")),
+                }
+            };
+            let end = self.tokens[self.pos - 1].span.end.max(start);
+            items.push(Spanned::new(item, start..end));
+            match self.peek() {
+                Tok::Comma => {
+                    self.bump();
+                }
+                Tok::RBracket => {
+                    let close = self.bump().span;
+                    self.depth -= 1;
+                    let span = target.span.start..close.end;
+                    return Ok(Expr {
+                        kind: ExprKind::Index {
+                            target: Box::new(target),
+                            items,
+                        },
+                        span,
+                    });
+                }
+                Tok::Eof => {
+                    return Err(self.expect(Tok::RBracket, "`]`", Some(&open)).unwrap_err());
+                }
+                _ => return Err(self.unexpected("`,` or `]`")),
+            }
+        }
+    }
+
+    /// An optional integer literal, possibly negative.
+    fn index_int(&mut self) -> Result<Option<i64>, ParseError> {
+        let neg = self.peek() == &Tok::Minus;
+        if neg {
+            self.bump();
+        }
+        match self.peek().clone() {
+            Tok::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => {
+                self.bump();
+                Ok(Some(if neg { -(n as i64) } else { n as i64 }))
+            }
+            Tok::Number(_) | Tok::Ident(_) | Tok::LParen => Err(err(
+                "indices must be integer literals",
+                self.span(),
+                Some("write x[0], x[-1], x[1:3] or x[:, 2]"),
+            )),
+            _ if neg => Err(self.unexpected("an integer after `-`")),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn show(e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Number(n) => format!("{n}"),
+            ExprKind::Name(n) => n.clone(),
+            ExprKind::Array(items) => {
+                format!(
+                    "[{}]",
+                    items.iter().map(show).collect::<Vec<_>>().join(", ")
+                )
+            }
+            ExprKind::Neg(x) => format!("(-{})", show(x)),
+            ExprKind::Binary { op, lhs, rhs, .. } => {
+                format!("({} {} {})", show(lhs), op.symbol(), show(rhs))
+            }
+            ExprKind::Call { func, args } => format!(
+                "{}({})",
+                func.node,
+                args.iter().map(show).collect::<Vec<_>>().join(", ")
+            ),
+            ExprKind::Index { target, items } => format!("{}[{}]", show(target), items.len()),
+        }
+    }
+
+    fn parse(s: &str) -> String {
+        show(&parse_expr(s, &OffsetMap::Shift(0)).unwrap())
+    }
+
+    #[test]
+    fn precedence_table() {
+        for (src, want) in [
+            ("-x^2", "(-(x ^ 2))"),
+            ("a + b * c", "(a + (b * c))"),
+            ("a - b - c", "((a - b) - c)"),
+            ("x^y^z", "(x ^ (y ^ z))"),
+            ("x^-1", "(x ^ (-1))"),
+            ("a @ b + c", "((a @ b) + c)"),
+            ("a < b + 1", "(a < (b + 1))"),
+            ("-a * b", "((-a) * b)"),
+            ("2 * -x", "(2 * (-x))"),
+            ("f(x)[0]", "f(x)[1]"),
+            ("(a + b) * c", "((a + b) * c)"),
+            ("[[1, 2], [3, 4]]", "[[1, 2], [3, 4]]"),
+            ("x ** 2", "(x ^ 2)"),
+        ] {
+            assert_eq!(parse(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn program_needs_a_final_expression() {
+        let e = parse_program("a = 1\nb = 2", &OffsetMap::Shift(0)).unwrap_err();
+        assert!(e[0].message.contains("last line"), "{e:?}");
+    }
+
+    #[test]
+    fn all_line_errors_are_reported() {
+        let e = parse_program("a = (1\nb = 2 +\nc = ]\nc", &OffsetMap::Shift(0)).unwrap_err();
+        assert_eq!(e.len(), 3, "{e:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let n = 100_000;
+        let src = format!("{}x{}", "(".repeat(n), ")".repeat(n));
+        let e = parse_expr(&src, &OffsetMap::Shift(0)).unwrap_err();
+        assert!(e[0].message.contains("nested too deeply"));
+        let chain = vec!["a"; n].join(" + ");
+        assert!(parse_expr(&chain, &OffsetMap::Shift(0)).is_err());
+        let minus = format!("{}x", "-".repeat(n));
+        assert!(parse_expr(&minus, &OffsetMap::Shift(0)).is_err());
+    }
+
+    #[test]
+    fn chained_comparisons_are_rejected() {
+        assert!(parse_expr("a < b < c", &OffsetMap::Shift(0)).is_err());
+    }
+}
