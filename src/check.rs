@@ -228,10 +228,27 @@ pub fn check(
     Ok(bad == 0 && missing.is_empty())
 }
 
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        s.chars()
+            .take(max - 1)
+            .chain(std::iter::once('…'))
+            .collect()
+    }
+}
+
 fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Result<()> {
     let status = if r.ok() { "ok" } else { "error" };
     let name = r.name.as_deref().unwrap_or("?");
     writeln!(out, "{status:5} {}  {name}", r.path.display())?;
+    let width = r
+        .runs
+        .iter()
+        .map(|run| run.name.chars().count())
+        .max()
+        .unwrap_or(0);
     for run in &r.runs {
         let grads: Vec<String> = run
             .params
@@ -240,7 +257,7 @@ fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Re
             .collect();
         writeln!(
             out,
-            "      {:<24} {:<4} loss {:<12} {}",
+            "      {:<width$} {:<4} loss {:<12} {}",
             run.name,
             run.dtype,
             fmt_num(run.loss),
@@ -326,11 +343,14 @@ pub fn list(
                         .map(|p| format!("{}{:?}", p.name, p.value.dims()))
                         .collect::<Vec<_>>()
                         .join(" "),
-                    c.runs[1..]
-                        .iter()
-                        .map(|v| v.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    truncate(
+                        &c.runs[1..]
+                            .iter()
+                            .map(|v| v.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        60,
+                    ),
                 ),
                 None => (String::new(), String::new()),
             };

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -63,10 +64,10 @@ pub struct Diagnostic {
     pub source: Option<Arc<SourceFile>>,
     pub span: Option<Span>,
     /// Short text shown under the caret.
-    pub label: Option<String>,
+    pub label: Option<Box<str>>,
     pub help: Option<String>,
     /// A file named without a span into it (e.g. a file that could not be read).
-    pub path: Option<PathBuf>,
+    pub path: Option<Box<Path>>,
 }
 
 impl Diagnostic {
@@ -98,12 +99,12 @@ impl Diagnostic {
     }
 
     pub fn in_file(mut self, path: &Path) -> Self {
-        self.path = Some(path.to_path_buf());
+        self.path = Some(path.into());
         self
     }
 
     pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into());
+        self.label = Some(label.into().into_boxed_str());
         self
     }
 

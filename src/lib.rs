@@ -8,6 +8,7 @@ pub mod cli;
 pub mod compile;
 pub mod diagnostic;
 pub mod lang;
+pub mod optim;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

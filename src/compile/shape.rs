@@ -49,18 +49,17 @@ impl fmt::Display for Shape {
 /// NumPy broadcasting of two shapes.
 pub fn broadcast(a: &Shape, b: &Shape) -> Option<Shape> {
     let rank = a.rank().max(b.rank());
-    let mut out = vec![0; rank];
-    for i in 0..rank {
-        let da = dim_from_end(a, rank - 1 - i);
-        let db = dim_from_end(b, rank - 1 - i);
-        out[i] = match (da, db) {
-            (x, y) if x == y => x,
-            (1, y) => y,
-            (x, 1) => x,
-            _ => return None,
-        };
-    }
-    Some(Shape(out))
+    (0..rank)
+        .map(
+            |i| match (dim_from_end(a, rank - 1 - i), dim_from_end(b, rank - 1 - i)) {
+                (x, y) if x == y => Some(x),
+                (1, y) => Some(y),
+                (x, 1) => Some(x),
+                _ => None,
+            },
+        )
+        .collect::<Option<Vec<_>>>()
+        .map(Shape)
 }
 
 fn dim_from_end(s: &Shape, k: usize) -> usize {

@@ -578,7 +578,37 @@ impl Checker {
                 value: Spanned::new(setting, vspan),
             });
         }
+        self.check_settings(&out);
         out
+    }
+
+    fn check_settings(&mut self, settings: &[Setting]) {
+        use crate::optim::spec::{RawValue, check_setting, kind_from_name};
+        let mut kind = None;
+        if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
+            match &s.value.node {
+                SettingValue::Text(name) => match kind_from_name(name) {
+                    Ok(k) => kind = Some(k),
+                    Err(e) => self.error(e.message, s.value.span.clone()).help = e.help,
+                },
+                _ => {
+                    self.error(
+                        "the optimizer `name` must be a string",
+                        s.value.span.clone(),
+                    );
+                }
+            }
+        }
+        for s in settings.iter().filter(|s| s.key.node != "name") {
+            let raw = match &s.value.node {
+                SettingValue::Number(n) => RawValue::Number(*n),
+                SettingValue::Bool(b) => RawValue::Bool(*b),
+                SettingValue::Text(t) => RawValue::Text(t),
+            };
+            if let Err(e) = check_setting(kind, &s.key.node, raw) {
+                self.error(e.message, s.key.span.clone()).help = e.help;
+            }
+        }
     }
 
     fn variants(&mut self, v: Option<&Value>, consts: &[ConstEntry]) -> Vec<Variant> {

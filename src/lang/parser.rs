@@ -191,7 +191,7 @@ impl Parser {
                 )),
             );
         }
-        Ok(Err(e)?)
+        Err(e)
     }
 
     fn statement(&mut self) -> Result<(Option<Spanned<String>>, Expr), ParseError> {

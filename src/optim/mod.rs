@@ -1,0 +1,3 @@
+//! Optimizers, exactly as torch.optim defines them, plus schedules and clipping.
+
+pub mod spec;

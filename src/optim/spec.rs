@@ -1,0 +1,242 @@
+//! Optimizer specifications: names, hyper-parameters and torch.optim's defaults, and the run
+//! settings an `[optimizer]` table may also hold. Pure data, so the loss-file checker and the
+//! command line validate against the same table.
+
+/// The optimizers gradscope implements, with torch.optim's update rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+    AdamW,
+    RmsProp,
+    Adagrad,
+    Lion,
+}
+
+/// A hyper-parameter's default value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HyperDefault {
+    Number(f64),
+    Bool(bool),
+}
+
+impl OptimizerKind {
+    pub const ALL: [OptimizerKind; 6] = [
+        OptimizerKind::Sgd,
+        OptimizerKind::Adam,
+        OptimizerKind::AdamW,
+        OptimizerKind::RmsProp,
+        OptimizerKind::Adagrad,
+        OptimizerKind::Lion,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
+            OptimizerKind::RmsProp => "rmsprop",
+            OptimizerKind::Adagrad => "adagrad",
+            OptimizerKind::Lion => "lion",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    /// Hyper-parameters in torch.optim's order, with its defaults.
+    pub fn hyper_parameters(self) -> &'static [(&'static str, HyperDefault)] {
+        use HyperDefault::{Bool as B, Number as N};
+        match self {
+            OptimizerKind::Sgd => &[
+                ("lr", N(1e-3)),
+                ("momentum", N(0.0)),
+                ("dampening", N(0.0)),
+                ("nesterov", B(false)),
+                ("weight_decay", N(0.0)),
+            ],
+            OptimizerKind::Adam => &[
+                ("lr", N(1e-3)),
+                ("beta1", N(0.9)),
+                ("beta2", N(0.999)),
+                ("eps", N(1e-8)),
+                ("weight_decay", N(0.0)),
+                ("amsgrad", B(false)),
+            ],
+            OptimizerKind::AdamW => &[
+                ("lr", N(1e-3)),
+                ("beta1", N(0.9)),
+                ("beta2", N(0.999)),
+                ("eps", N(1e-8)),
+                ("weight_decay", N(0.01)),
+                ("amsgrad", B(false)),
+            ],
+            OptimizerKind::RmsProp => &[
+                ("lr", N(1e-2)),
+                ("alpha", N(0.99)),
+                ("eps", N(1e-8)),
+                ("weight_decay", N(0.0)),
+                ("momentum", N(0.0)),
+                ("centered", B(false)),
+            ],
+            OptimizerKind::Adagrad => &[
+                ("lr", N(1e-2)),
+                ("lr_decay", N(0.0)),
+                ("weight_decay", N(0.0)),
+                ("initial_accumulator_value", N(0.0)),
+                ("eps", N(1e-10)),
+            ],
+            OptimizerKind::Lion => &[
+                ("lr", N(1e-4)),
+                ("beta1", N(0.9)),
+                ("beta2", N(0.99)),
+                ("weight_decay", N(0.0)),
+            ],
+        }
+    }
+}
+
+/// What kind of value a run setting takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingKind {
+    Count,
+    Number,
+    Choice(&'static [&'static str]),
+}
+
+/// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
+pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
+    ("steps", SettingKind::Count),
+    ("clip_norm", SettingKind::Number),
+    ("clip_value", SettingKind::Number),
+    (
+        "on_nonfinite",
+        SettingKind::Choice(&["stop", "skip", "continue"]),
+    ),
+    (
+        "schedule",
+        SettingKind::Choice(&["constant", "step", "exponential", "cosine"]),
+    ),
+    ("warmup", SettingKind::Count),
+    ("step_size", SettingKind::Count),
+    ("gamma", SettingKind::Number),
+    ("min_lr", SettingKind::Number),
+];
+
+/// Why a setting is not acceptable, with the help to show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingError {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// A setting's value as written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RawValue<'a> {
+    Number(f64),
+    Bool(bool),
+    Text(&'a str),
+}
+
+/// Checks one `key = value` for optimizer `kind` (None: not yet known, only run settings and
+/// keys of some optimizer are accepted).
+pub fn check_setting(
+    kind: Option<OptimizerKind>,
+    key: &str,
+    value: RawValue,
+) -> Result<(), SettingError> {
+    if let Some(&(_, k)) = RUN_SETTINGS.iter().find(|(n, _)| *n == key) {
+        return match (k, value) {
+            (SettingKind::Count, RawValue::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Ok(()),
+            (SettingKind::Count, _) => Err(SettingError {
+                message: format!("`{key}` must be a whole number"),
+                help: None,
+            }),
+            (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),
+            (SettingKind::Number, _) => Err(SettingError {
+                message: format!("`{key}` must be a non-negative number"),
+                help: None,
+            }),
+            (SettingKind::Choice(options), RawValue::Text(t)) if options.contains(&t) => Ok(()),
+            (SettingKind::Choice(options), _) => Err(SettingError {
+                message: format!("`{key}` must be one of {}", options.join(", ")),
+                help: None,
+            }),
+        };
+    }
+    let kinds: Vec<OptimizerKind> = match kind {
+        Some(k) => vec![k],
+        None => OptimizerKind::ALL.to_vec(),
+    };
+    let found = kinds
+        .iter()
+        .find_map(|k| k.hyper_parameters().iter().find(|(n, _)| *n == key));
+    let Some((_, default)) = found else {
+        let valid: Vec<&str> = kinds
+            .iter()
+            .flat_map(|k| k.hyper_parameters().iter().map(|(n, _)| *n))
+            .chain(RUN_SETTINGS.iter().map(|(n, _)| *n))
+            .collect();
+        let what = kind.map_or("an optimizer".to_string(), |k| format!("`{}`", k.name()));
+        let mut unique = valid.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        return Err(SettingError {
+            message: format!("unknown setting `{key}` for {what}"),
+            help: Some(
+                crate::diagnostic::did_you_mean(key, valid.iter().copied())
+                    .unwrap_or_else(|| format!("valid settings: {}", unique.join(", "))),
+            ),
+        });
+    };
+    match (default, value) {
+        (HyperDefault::Number(_), RawValue::Number(n)) if n.is_finite() => Ok(()),
+        (HyperDefault::Bool(_), RawValue::Bool(_)) => Ok(()),
+        (HyperDefault::Number(_), _) => Err(SettingError {
+            message: format!("`{key}` must be a number"),
+            help: None,
+        }),
+        (HyperDefault::Bool(_), _) => Err(SettingError {
+            message: format!("`{key}` must be true or false"),
+            help: None,
+        }),
+    }
+}
+
+/// Resolves an optimizer name, with "did you mean" help otherwise.
+pub fn kind_from_name(name: &str) -> Result<OptimizerKind, SettingError> {
+    OptimizerKind::from_name(name).ok_or_else(|| SettingError {
+        message: format!("unknown optimizer `{name}`"),
+        help: Some(
+            crate::diagnostic::did_you_mean(name, OptimizerKind::ALL.iter().map(|k| k.name()))
+                .unwrap_or_else(|| {
+                    let names: Vec<&str> = OptimizerKind::ALL.iter().map(|k| k.name()).collect();
+                    format!("valid optimizers: {}", names.join(", "))
+                }),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_against_the_optimizer() {
+        let adam = Some(OptimizerKind::Adam);
+        assert!(check_setting(adam, "beta1", RawValue::Number(0.8)).is_ok());
+        assert!(check_setting(adam, "momentum", RawValue::Number(0.8)).is_err());
+        assert!(check_setting(adam, "amsgrad", RawValue::Number(1.0)).is_err());
+        assert!(check_setting(adam, "steps", RawValue::Number(1.5)).is_err());
+        assert!(check_setting(None, "momentum", RawValue::Number(0.9)).is_ok());
+        let e = check_setting(adam, "betaa1", RawValue::Number(0.9)).unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("did you mean `beta1`?"));
+    }
+
+    #[test]
+    fn unknown_optimizer_suggests_the_closest() {
+        let e = kind_from_name("adma").unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("did you mean `adam`?"));
+    }
+}

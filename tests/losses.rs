@@ -1,0 +1,106 @@
+//! The bundled library in losses/: every file loads, compiles and evaluates; `check` passes.
+
+use std::process::Command;
+
+use gradscope::check::{check_all, discover};
+
+#[test]
+fn the_library_has_at_least_fourteen_files_plus_the_benchmarks() {
+    let (files, _) = discover(&["losses".into()]);
+    let bench = files
+        .iter()
+        .filter(|f| f.starts_with("losses/bench"))
+        .count();
+    assert!(files.len() - bench >= 14, "{files:?}");
+    assert_eq!(bench, 4);
+}
+
+#[test]
+fn every_bundled_file_is_finite_at_its_initial_params() {
+    let (reports, missing) = check_all(&["losses".into()], true);
+    assert!(missing.is_empty());
+    for r in &reports {
+        let errors: Vec<String> = r
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.render(false))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{}:\n{}",
+            r.path.display(),
+            errors.join("\n")
+        );
+        let compiled = r.compiled.as_ref().expect("compiled");
+        assert_eq!(r.runs.len(), compiled.runs.len(), "{}", r.path.display());
+        assert!(
+            compiled.file.about.is_some(),
+            "{} has no `about`",
+            r.path.display()
+        );
+        for run in &r.runs {
+            assert!(run.loss.is_finite(), "{} {}", r.path.display(), run.name);
+        }
+        let base = &r.runs[0];
+        for p in &base.params {
+            assert!(
+                p.grad.iter().all(|g| g.is_finite()),
+                "{}: base gradient of {} is not finite",
+                r.path.display(),
+                p.name
+            );
+        }
+    }
+}
+
+#[test]
+fn check_exits_zero_on_the_library() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["check", "losses"])
+        .output()
+        .expect("binary runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn check_json_has_the_documented_fields() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["check", "--json", "losses/robust_log_mse.toml"])
+        .output()
+        .expect("binary runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["ok"], true);
+    assert!(v["loss"].is_f64());
+    let w = &v["params"]["w"];
+    assert_eq!(w["shape"], serde_json::json!([3]));
+    assert_eq!(w["grad"].as_array().unwrap().len(), 3);
+    assert!(w["grad_norm"].is_f64());
+    let variants = v["variants"].as_array().unwrap();
+    assert!(variants.iter().any(|x| x["name"] == "eps = 0 (naive)"));
+    assert_eq!(v["diagnostics"], serde_json::json!([]));
+}
+
+#[test]
+fn list_shows_params_variants_and_status() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["list", "--json", "losses"])
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(0));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let rosen = rows
+        .iter()
+        .find(|r| r["file"] == "losses/rosenbrock.toml")
+        .unwrap();
+    assert_eq!(rosen["params"]["x"]["shape"], serde_json::json!([]));
+    assert_eq!(rosen["ok"], true);
+}

@@ -1,0 +1,101 @@
+//! Every file in tests/malformed/ holds one mistake: its rendered diagnostics are snapshotted, it
+//! must carry a line and column, and `gradscope check` must exit 1 for it without panicking.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gradscope::check::check_file;
+
+fn malformed_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir("tests/malformed")
+        .expect("tests/malformed exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn there_are_at_least_twenty_malformed_files() {
+    assert!(malformed_files().len() >= 20);
+}
+
+#[test]
+fn each_malformed_file_gets_located_diagnostics() {
+    for path in malformed_files() {
+        let report = check_file(&path, true);
+        assert!(!report.ok(), "{} should have an error", path.display());
+        let rendered: String = report.diagnostics.iter().map(|d| d.render(false)).collect();
+        for d in report.diagnostics.iter().filter(|d| d.is_error()) {
+            assert!(
+                d.line_col().is_some(),
+                "{}: error without line and column: {}",
+                path.display(),
+                d.headline()
+            );
+        }
+        insta::with_settings!({snapshot_path => "snapshots/malformed", prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!(stem(&path), rendered);
+        });
+    }
+}
+
+#[test]
+fn check_exits_one_for_each_malformed_file() {
+    for path in malformed_files() {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .expect("binary runs");
+        assert_eq!(out.status.code(), Some(1), "{}", path.display());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("error"), "{}: {stdout}", path.display());
+    }
+}
+
+#[test]
+fn json_diagnostics_carry_file_line_and_column() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["check", "--json", "tests/malformed/unknown_function.toml"])
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["file"], "tests/malformed/unknown_function.toml");
+    assert_eq!(d["line"], 4);
+    assert_eq!(d["column"], 7);
+    assert_eq!(d["message"], "unknown function `expp`");
+}
+
+#[test]
+fn one_bad_file_does_not_stop_the_others() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args([
+            "check",
+            "--json",
+            "tests/malformed/unknown_function.toml",
+            "losses/rosenbrock.toml",
+            "tests/malformed/nope-does-not-exist.toml",
+        ])
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rosen = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["file"] == "losses/rosenbrock.toml")
+        .expect("rosenbrock reported");
+    assert_eq!(rosen["ok"], true);
+    assert_eq!(rosen["loss"], 12.5);
+    assert!(stdout.contains("no such file or directory"));
+}
