@@ -517,7 +517,7 @@ impl Lowerer {
             Builtin::Sigmoid => unary(self, Unary::Custom(Elementwise::Sigmoid)),
             Builtin::Softplus => unary(self, Unary::Custom(Elementwise::Softplus)),
             Builtin::Relu => unary(self, Unary::Relu),
-            Builtin::Gelu => unary(self, Unary::Gelu),
+            Builtin::Gelu => unary(self, Unary::Custom(Elementwise::Gelu)),
             Builtin::Silu => unary(self, Unary::Silu),
             Builtin::Erf => unary(self, Unary::Erf),
             Builtin::Elu => {

@@ -1,3 +1,5 @@
 //! Optimizers, exactly as torch.optim defines them, plus schedules and clipping.
 
+pub mod schedule;
 pub mod spec;
+pub mod step;

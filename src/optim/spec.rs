@@ -240,3 +240,141 @@ mod tests {
         assert_eq!(e.help.as_deref(), Some("did you mean `adam`?"));
     }
 }
+
+/// A resolved optimizer: its kind and every hyper-parameter (defaults filled in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerSpec {
+    pub kind: OptimizerKind,
+    values: Vec<(&'static str, HyperDefault)>,
+}
+
+impl OptimizerSpec {
+    /// The optimizer with torch.optim's defaults.
+    pub fn new(kind: OptimizerKind) -> Self {
+        Self {
+            kind,
+            values: kind.hyper_parameters().to_vec(),
+        }
+    }
+
+    /// Sets one hyper-parameter, checked against the table.
+    pub fn set(&mut self, key: &str, value: RawValue) -> Result<(), SettingError> {
+        check_setting(Some(self.kind), key, value)?;
+        let slot = self.values.iter_mut().find(|(k, _)| *k == key);
+        match (slot, value) {
+            (Some((_, v)), RawValue::Number(n)) => *v = HyperDefault::Number(n),
+            (Some((_, v)), RawValue::Bool(b)) => *v = HyperDefault::Bool(b),
+            _ => {
+                return Err(SettingError {
+                    message: format!(
+                        "`{key}` is a run setting, not a hyper-parameter of `{}`",
+                        self.kind.name()
+                    ),
+                    help: Some("pass it as its own option, e.g. --steps or --clip-norm".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A number-valued hyper-parameter (0 for unknown names).
+    pub fn num(&self, key: &str) -> f64 {
+        match self.values.iter().find(|(k, _)| *k == key) {
+            Some((_, HyperDefault::Number(n))) => *n,
+            _ => 0.0,
+        }
+    }
+
+    /// A boolean hyper-parameter (false for unknown names).
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(
+            self.values.iter().find(|(k, _)| *k == key),
+            Some((_, HyperDefault::Bool(true)))
+        )
+    }
+
+    pub fn lr(&self) -> f64 {
+        self.num("lr")
+    }
+
+    /// Every hyper-parameter with its value, in torch.optim's order.
+    pub fn values(&self) -> &[(&'static str, HyperDefault)] {
+        &self.values
+    }
+
+    /// Parses `name` or `name(key=value, ...)`.
+    pub fn parse(text: &str) -> Result<Self, SettingError> {
+        let text = text.trim();
+        let (name, args) = match text.split_once('(') {
+            Some((name, rest)) => {
+                let Some(args) = rest.trim_end().strip_suffix(')') else {
+                    return Err(SettingError {
+                        message: format!("`{text}` is missing its closing `)`"),
+                        help: Some("write e.g. sgd(lr=0.01, momentum=0.9)".into()),
+                    });
+                };
+                (name.trim(), args)
+            }
+            None => (text, ""),
+        };
+        let mut spec = Self::new(kind_from_name(name)?);
+        for part in args.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(SettingError {
+                    message: format!("`{part}` is not `key=value`"),
+                    help: Some("write e.g. sgd(lr=0.01, momentum=0.9)".into()),
+                });
+            };
+            let value = value.trim();
+            let raw = match value {
+                "true" => RawValue::Bool(true),
+                "false" => RawValue::Bool(false),
+                v => RawValue::Number(v.parse().map_err(|_| SettingError {
+                    message: format!("`{v}` is not a number"),
+                    help: None,
+                })?),
+            };
+            spec.set(key.trim(), raw)?;
+        }
+        Ok(spec)
+    }
+}
+
+impl std::fmt::Display for OptimizerSpec {
+    /// `name(key=value, ...)` with the hyper-parameters that differ from the defaults.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let changed: Vec<String> = self
+            .values
+            .iter()
+            .zip(self.kind.hyper_parameters())
+            .filter(|(a, b)| a.1 != b.1)
+            .map(|((k, v), _)| match v {
+                HyperDefault::Number(n) => format!("{k}={n}"),
+                HyperDefault::Bool(b) => format!("{k}={b}"),
+            })
+            .collect();
+        if changed.is_empty() {
+            write!(f, "{}", self.kind.name())
+        } else {
+            write!(f, "{}({})", self.kind.name(), changed.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_round_trip() {
+        let s = OptimizerSpec::parse("sgd(lr=0.01, momentum=0.9, nesterov=true)").unwrap();
+        assert_eq!(s.kind, OptimizerKind::Sgd);
+        assert_eq!(s.num("momentum"), 0.9);
+        assert!(s.flag("nesterov"));
+        assert_eq!(s.to_string(), "sgd(lr=0.01, momentum=0.9, nesterov=true)");
+        assert_eq!(OptimizerSpec::parse("adam").unwrap().lr(), 1e-3);
+        assert!(OptimizerSpec::parse("adam(lr=x)").is_err());
+        assert!(OptimizerSpec::parse("adam(momentum=0.9)").is_err());
+        assert!(OptimizerSpec::parse("adam(lr=0.1").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! A run's per-step record, stored compactly: a fixed-size core per step plus per-param norms in
+//! flat arrays (about 40 + 8 per param bytes a step, so a million steps fit well under 100 MB).
+
+/// Flags of one step.
+pub mod flags {
+    pub const CLIPPED: u8 = 1;
+    pub const SKIPPED: u8 = 2;
+    pub const LOSS_NONFINITE: u8 = 4;
+    pub const GRAD_NONFINITE: u8 = 8;
+}
+
+/// What happened at one step, without the per-param numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Core {
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub update_norm: f32,
+    /// Update norm over param norm (all params together).
+    pub update_ratio: f32,
+    pub lr: f32,
+    pub wall_us: f32,
+    /// Bit i set: param i's gradient had a non-finite value (params beyond 64 share bit 63).
+    pub nonfinite_params: u64,
+    pub flags: u8,
+}
+
+/// One step as reported: the core and the per-param numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub step: u64,
+    pub core: Core,
+    pub param_grad_norms: Vec<f32>,
+    pub param_norms: Vec<f32>,
+}
+
+impl StepRecord {
+    pub fn has(&self, flag: u8) -> bool {
+        self.core.flags & flag != 0
+    }
+}
+
+/// Every step of a run, in order from step 0.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    n_params: usize,
+    cores: Vec<Core>,
+    grad_norms: Vec<f32>,
+    param_norms: Vec<f32>,
+}
+
+impl History {
+    pub fn new(n_params: usize) -> Self {
+        Self {
+            n_params,
+            ..Self::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.cores.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cores.is_empty()
+    }
+
+    pub fn push(&mut self, r: &StepRecord) {
+        self.cores.push(r.core);
+        self.grad_norms.extend_from_slice(&r.param_grad_norms);
+        self.param_norms.extend_from_slice(&r.param_norms);
+    }
+
+    pub fn core(&self, step: usize) -> &Core {
+        &self.cores[step]
+    }
+
+    pub fn cores(&self) -> &[Core] {
+        &self.cores
+    }
+
+    pub fn get(&self, step: usize) -> Option<StepRecord> {
+        let core = *self.cores.get(step)?;
+        let r = step * self.n_params..(step + 1) * self.n_params;
+        Some(StepRecord {
+            step: step as u64,
+            core,
+            param_grad_norms: self.grad_norms[r.clone()].to_vec(),
+            param_norms: self.param_norms[r].to_vec(),
+        })
+    }
+
+    /// Drops every step from `len` on (rewinding).
+    pub fn truncate(&mut self, len: usize) {
+        self.cores.truncate(len);
+        self.grad_norms.truncate(len * self.n_params);
+        self.param_norms.truncate(len * self.n_params);
+    }
+
+    /// Bytes held, for the memory benchmark.
+    pub fn bytes(&self) -> usize {
+        self.cores.capacity() * std::mem::size_of::<Core>()
+            + (self.grad_norms.capacity() + self.param_norms.capacity()) * 4
+    }
+}
