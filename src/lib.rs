@@ -9,6 +9,7 @@ pub mod compile;
 pub mod diagnostic;
 pub mod lang;
 pub mod optim;
+pub mod run;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

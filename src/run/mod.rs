@@ -1,0 +1,386 @@
+//! Runs: one loss file, one run definition, one optimizer and dtype, stepped iteration by
+//! iteration. Each step computes gradients, inspects them (norms, finiteness), applies clipping
+//! and the non-finite policy, and only then updates. Snapshots let a run rewind and re-step to
+//! the same numbers bit for bit.
+
+pub mod history;
+
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+
+use self::history::{Core, History, StepRecord, flags};
+use crate::compile::{CompiledFile, Evaluator, norm};
+use crate::diagnostic::Diagnostic;
+use crate::lang::file::SettingValue;
+use crate::optim::schedule::{LrSchedule, Schedule, clip_norm, clip_value};
+use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue};
+use crate::optim::step::{OptimizerState, update};
+
+/// What to do when the loss or a gradient is NaN or Inf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// Halt at that step and say why.
+    Stop,
+    /// Skip the update and count it, as torch's GradScaler does.
+    Skip,
+    /// Update anyway.
+    Continue,
+}
+
+impl NonFinitePolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stop" => Some(Self::Stop),
+            "skip" => Some(Self::Skip),
+            "continue" => Some(Self::Continue),
+            _ => None,
+        }
+    }
+}
+
+/// Everything that defines how a run steps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub optimizer: OptimizerSpec,
+    pub steps: u64,
+    pub clip_norm: Option<f64>,
+    pub clip_value: Option<f64>,
+    pub schedule: LrSchedule,
+    pub on_nonfinite: NonFinitePolicy,
+}
+
+/// Default number of steps when neither the file nor the command line gives one.
+pub const DEFAULT_STEPS: u64 = 100;
+
+impl RunConfig {
+    /// The config a run definition's `[optimizer]` settings describe (adam with torch's defaults
+    /// when there are none).
+    pub fn from_settings(settings: &[crate::lang::file::Setting]) -> Self {
+        let get = |key: &str| settings.iter().find(|s| s.key.node == key).map(|s| &s.value.node);
+        let num = |key: &str| match get(key) {
+            Some(SettingValue::Number(n)) => Some(*n),
+            _ => None,
+        };
+        let text = |key: &str| match get(key) {
+            Some(SettingValue::Text(t)) => Some(t.as_str()),
+            _ => None,
+        };
+        let kind = text("name")
+            .and_then(OptimizerKind::from_name)
+            .unwrap_or(OptimizerKind::Adam);
+        let mut optimizer = OptimizerSpec::new(kind);
+        for s in settings {
+            let raw = match &s.value.node {
+                SettingValue::Number(n) => RawValue::Number(*n),
+                SettingValue::Bool(b) => RawValue::Bool(*b),
+                SettingValue::Text(_) => continue,
+            };
+            // Keys of another optimizer (from a file-level table under a variant's new `name`)
+            // and run settings are not hyper-parameters of this one.
+            let _ = optimizer.set(&s.key.node, raw);
+        }
+        let schedule = match text("schedule") {
+            Some("step") => Schedule::Step {
+                step_size: num("step_size").unwrap_or(100.0) as u64,
+                gamma: num("gamma").unwrap_or(0.1),
+            },
+            Some("exponential") => Schedule::Exponential {
+                gamma: num("gamma").unwrap_or(0.99),
+            },
+            Some("cosine") => Schedule::Cosine {
+                total: num("steps").map_or(DEFAULT_STEPS, |n| n as u64),
+                min_lr: num("min_lr").unwrap_or(0.0),
+            },
+            _ => Schedule::Constant,
+        };
+        Self {
+            optimizer,
+            steps: num("steps").map_or(DEFAULT_STEPS, |n| n as u64),
+            clip_norm: num("clip_norm"),
+            clip_value: num("clip_value"),
+            schedule: LrSchedule {
+                schedule,
+                warmup: num("warmup").unwrap_or(0.0) as u64,
+            },
+            on_nonfinite: text("on_nonfinite")
+                .and_then(NonFinitePolicy::parse)
+                .unwrap_or(NonFinitePolicy::Stop),
+        }
+    }
+}
+
+/// Why a run stopped before its last step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Halt {
+    pub step: u64,
+    pub reason: String,
+}
+
+/// Params and optimizer state at a step, to rewind to.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    step: u64,
+    params: Vec<Tensor>,
+    state: OptimizerState,
+    lr_scale: f64,
+}
+
+/// Steps between snapshots: rewinding re-steps at most this many.
+const SNAPSHOT_EVERY: u64 = 100;
+
+/// One run being stepped.
+pub struct Run {
+    pub name: String,
+    pub config: RunConfig,
+    evaluator: Evaluator,
+    state: OptimizerState,
+    history: History,
+    snapshots: Vec<Snapshot>,
+    pub halted: Option<Halt>,
+    pub skipped: u64,
+    pub clipped: u64,
+    /// Multiplier on the scheduled learning rate (the TUI's `+`/`-`).
+    pub lr_scale: f64,
+    param_names: Vec<String>,
+}
+
+impl Run {
+    /// A run of `compiled`'s run definition `run` with `config`, at the initial params.
+    pub fn new(
+        compiled: &CompiledFile,
+        run: usize,
+        name: String,
+        config: RunConfig,
+    ) -> candle_core::Result<Self> {
+        let evaluator = Evaluator::new(compiled, run)?;
+        let n = compiled.params.len();
+        let mut r = Self {
+            name,
+            config,
+            evaluator,
+            state: OptimizerState::new(n),
+            history: History::new(n),
+            snapshots: Vec::new(),
+            halted: None,
+            skipped: 0,
+            clipped: 0,
+            lr_scale: 1.0,
+            param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
+        };
+        r.snapshot();
+        Ok(r)
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.history.len() as u64
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn param_names(&self) -> &[String] {
+        &self.param_names
+    }
+
+    pub fn params(&self) -> &[Var] {
+        self.evaluator.params()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.halted.is_some() || self.step_count() >= self.config.steps
+    }
+
+    /// The loss at the current params (forward only).
+    pub fn current_loss(&self) -> Result<f64, Diagnostic> {
+        self.evaluator.loss()
+    }
+
+    fn snapshot(&mut self) {
+        let params = self
+            .evaluator
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>();
+        if let Ok(params) = params {
+            self.snapshots.push(Snapshot {
+                step: self.step_count(),
+                params,
+                state: self.state.clone(),
+                lr_scale: self.lr_scale,
+            });
+        }
+    }
+
+    /// One step: gradients at the current params, inspection, then the update.
+    pub fn step(&mut self) -> Result<StepRecord, Diagnostic> {
+        let started = Instant::now();
+        let t = self.step_count();
+        let eval = self.evaluator.evaluate()?;
+        let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
+        let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
+        let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        let mut nonfinite_params = 0u64;
+        for (i, n) in param_grad_norms.iter().enumerate() {
+            if !n.is_finite() {
+                nonfinite_params |= 1 << i.min(63);
+            }
+        }
+        let mut f = 0u8;
+        if !eval.loss.is_finite() {
+            f |= flags::LOSS_NONFINITE;
+        }
+        if nonfinite_params != 0 {
+            f |= flags::GRAD_NONFINITE;
+        }
+        let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
+        let nonfinite = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
+        let params: Vec<Tensor> = self.evaluator.params().iter().map(|v| v.as_tensor().clone()).collect();
+        let param_norms: Vec<f64> = params.iter().map(norm).collect();
+        let mut update_norm = 0.0;
+        let apply = !nonfinite || self.config.on_nonfinite == NonFinitePolicy::Continue;
+        if nonfinite {
+            match self.config.on_nonfinite {
+                NonFinitePolicy::Stop => {
+                    self.halted = Some(Halt {
+                        step: t,
+                        reason: self.nonfinite_reason(eval.loss, &eval.grads, nonfinite_params),
+                    });
+                }
+                NonFinitePolicy::Skip => {
+                    f |= flags::SKIPPED;
+                    self.skipped += 1;
+                }
+                NonFinitePolicy::Continue => {}
+            }
+        }
+        if apply {
+            let mut grads = eval.grads;
+            if let Some(max) = self.config.clip_norm {
+                let (g, c) = clip_norm(&grads, grad_norm, max).map_err(internal)?;
+                grads = g;
+                if c {
+                    f |= flags::CLIPPED;
+                }
+            }
+            if let Some(v) = self.config.clip_value {
+                let (g, c) = clip_value(&grads, v).map_err(internal)?;
+                grads = g;
+                if c {
+                    f |= flags::CLIPPED;
+                }
+            }
+            if f & flags::CLIPPED != 0 {
+                self.clipped += 1;
+            }
+            let new = update(&self.config.optimizer, &mut self.state, &params, &grads, lr)
+                .map_err(internal)?;
+            let mut sq = 0.0;
+            for (var, (old, new)) in self.evaluator.params().iter().zip(params.iter().zip(&new)) {
+                let d = norm(&(new - old).map_err(internal)?);
+                sq += d * d;
+                var.set(new).map_err(internal)?;
+            }
+            update_norm = sq.sqrt();
+        }
+        let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        let record = StepRecord {
+            step: t,
+            core: Core {
+                loss: eval.loss,
+                grad_norm,
+                update_norm: update_norm as f32,
+                update_ratio: if total_param_norm > 0.0 {
+                    (update_norm / total_param_norm) as f32
+                } else {
+                    f32::NAN
+                },
+                lr: lr as f32,
+                wall_us: started.elapsed().as_secs_f32() * 1e6,
+                nonfinite_params,
+                flags: f,
+            },
+            param_grad_norms: param_grad_norms.iter().map(|&n| n as f32).collect(),
+            param_norms: param_norms.iter().map(|&n| n as f32).collect(),
+        };
+        self.history.push(&record);
+        if self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
+            self.snapshot();
+        }
+        Ok(record)
+    }
+
+    fn nonfinite_reason(&self, loss: f64, grads: &[Tensor], mask: u64) -> String {
+        if !loss.is_finite() {
+            return format!("the loss is {}", crate::check::fmt_num(loss));
+        }
+        let which: Vec<String> = grads
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << (*i).min(63)) != 0)
+            .map(|(i, g)| {
+                let (bad, total) = count_nonfinite(g);
+                format!("`{}` ({bad} of {total} values)", self.param_names[i])
+            })
+            .collect();
+        format!("the gradient of {} is non-finite", which.join(", "))
+    }
+
+    /// Goes back to the state just before step `step` (0 = the initial params), re-stepping
+    /// from the nearest snapshot. Deterministic stepping makes the re-stepped records identical.
+    pub fn rewind_to(&mut self, step: u64) -> Result<(), Diagnostic> {
+        let step = step.min(self.step_count());
+        let snap = self
+            .snapshots
+            .iter()
+            .rev()
+            .find(|s| s.step <= step)
+            .cloned()
+            .expect("the initial snapshot is always there");
+        for (var, p) in self.evaluator.params().iter().zip(&snap.params) {
+            var.set(p)
+                .map_err(|e| Diagnostic::error(format!("rewind failed: {e}")))?;
+        }
+        self.state = snap.state;
+        self.lr_scale = snap.lr_scale;
+        self.history.truncate(snap.step as usize);
+        self.snapshots.retain(|s| s.step <= snap.step);
+        self.halted = None;
+        self.recount();
+        while self.step_count() < step {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    fn recount(&mut self) {
+        let cores = self.history.cores();
+        self.skipped = cores.iter().filter(|c| c.flags & flags::SKIPPED != 0).count() as u64;
+        self.clipped = cores.iter().filter(|c| c.flags & flags::CLIPPED != 0).count() as u64;
+    }
+
+    /// Current param values, flattened row-major, in f64.
+    pub fn param_values(&self) -> Vec<Vec<f64>> {
+        self.evaluator
+            .params()
+            .iter()
+            .map(|v| {
+                v.as_tensor()
+                    .to_dtype(candle_core::DType::F64)
+                    .and_then(|t| t.flatten_all()?.to_vec1())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+fn count_nonfinite(t: &Tensor) -> (usize, usize) {
+    let v: Vec<f64> = t
+        .to_dtype(candle_core::DType::F64)
+        .and_then(|t| t.flatten_all()?.to_vec1())
+        .unwrap_or_default();
+    (v.iter().filter(|x| !x.is_finite()).count(), v.len())
+}

@@ -1,0 +1,87 @@
+//! Optimizer trajectories against torch.optim (tests/data/optim_torch.json, float64): every case
+//! must match in f64 to 1e-9 relative and in f32 to 1e-4 relative, after 1, 10 and 100 steps.
+
+use std::path::Path;
+
+use gradscope::compile::compile;
+use gradscope::lang::file::load_bytes;
+use gradscope::run::{NonFinitePolicy, Run, RunConfig};
+use gradscope::optim::schedule::LrSchedule;
+use gradscope::optim::spec::OptimizerSpec;
+use serde_json::Value;
+
+fn problem(name: &str, dtype: &str) -> String {
+    match name {
+        "rosenbrock" => format!(
+            "name = \"rosenbrock\"\ndtype = \"{dtype}\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n"
+        ),
+        "lstsq" => format!(
+            "name = \"lstsq\"\ndtype = \"{dtype}\"\nloss = \"mean((X @ w + b - y)^2)\"\n[data]\nX = \"reshape(linspace(-1, 1, 24), 8, 3)\"\ny = \"sin(arange(8))\"\n[params]\nw = \"[0.1, -0.2, 0.3]\"\nb = 0.0\n"
+        ),
+        other => panic!("unknown problem {other}"),
+    }
+}
+
+fn close(got: f64, want: f64, rel: f64) -> bool {
+    (got - want).abs() <= rel * want.abs().max(1e-3)
+}
+
+fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
+    let text = std::fs::read_to_string("tests/data/optim_torch.json").expect("reference data");
+    let data: Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut failures = Vec::new();
+    for case in data["cases"].as_array().expect("cases") {
+        let prob = case["problem"].as_str().unwrap();
+        let spec_text = case["optimizer"].as_str().unwrap();
+        let loaded = load_bytes(Path::new("ref.toml"), problem(prob, dtype).into_bytes());
+        let (compiled, diags) = compile(loaded.file.expect("problem file loads"));
+        let compiled = compiled.unwrap_or_else(|| panic!("{diags:?}"));
+        let config = RunConfig {
+            optimizer: OptimizerSpec::parse(spec_text).expect("spec parses"),
+            steps: 100,
+            clip_norm: None,
+            clip_value: None,
+            schedule: LrSchedule::constant(),
+            on_nonfinite: NonFinitePolicy::Continue,
+        };
+        let mut run = Run::new(&compiled, 0, spec_text.into(), config).expect("run");
+        for (k, want) in case["after_steps"].as_object().unwrap() {
+            let k: u64 = k.parse().unwrap();
+            while run.step_count() < k {
+                run.step().expect("step");
+            }
+            let loss = run.current_loss().expect("loss");
+            let want_loss = want["loss"].as_f64().unwrap();
+            if !close(loss, want_loss, rel) {
+                failures.push(format!("{prob} {spec_text} {dtype} step {k}: loss {loss} vs {want_loss}"));
+            }
+            let values = run.param_values();
+            for (name, got) in run.param_names().iter().zip(&values) {
+                let want: Vec<f64> = want["params"][name]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    if !close(*g, *w, rel) {
+                        failures.push(format!("{prob} {spec_text} {dtype} step {k}: {name}[{i}] {g} vs {w}"));
+                    }
+                }
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn trajectories_match_torch_in_f64() {
+    let f = check_dtype("f64", 1e-9);
+    assert!(f.is_empty(), "{} mismatches:\n{}", f.len(), f.join("\n"));
+}
+
+#[test]
+fn trajectories_match_torch_in_f32() {
+    let f = check_dtype("f32", 1e-4);
+    assert!(f.is_empty(), "{} mismatches:\n{}", f.len(), f.join("\n"));
+}
