@@ -289,6 +289,6 @@ pub fn did_you_mean<'a>(
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1) && d > 0)
-        .min_by_key(|&(d, _)| d)
+        .min_by_key(|&(d, c)| (d, c))
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }

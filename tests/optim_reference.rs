@@ -5,9 +5,9 @@ use std::path::Path;
 
 use gradscope::compile::compile;
 use gradscope::lang::file::load_bytes;
-use gradscope::run::{NonFinitePolicy, Run, RunConfig};
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::spec::OptimizerSpec;
+use gradscope::run::{NonFinitePolicy, Run, RunConfig};
 use serde_json::Value;
 
 fn problem(name: &str, dtype: &str) -> String {
@@ -53,7 +53,9 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
             let loss = run.current_loss().expect("loss");
             let want_loss = want["loss"].as_f64().unwrap();
             if !close(loss, want_loss, rel) {
-                failures.push(format!("{prob} {spec_text} {dtype} step {k}: loss {loss} vs {want_loss}"));
+                failures.push(format!(
+                    "{prob} {spec_text} {dtype} step {k}: loss {loss} vs {want_loss}"
+                ));
             }
             let values = run.param_values();
             for (name, got) in run.param_names().iter().zip(&values) {
@@ -65,7 +67,9 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
                     .collect();
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     if !close(*g, *w, rel) {
-                        failures.push(format!("{prob} {spec_text} {dtype} step {k}: {name}[{i}] {g} vs {w}"));
+                        failures.push(format!(
+                            "{prob} {spec_text} {dtype} step {k}: {name}[{i}] {g} vs {w}"
+                        ));
                     }
                 }
             }

@@ -398,7 +398,13 @@ impl Lowerer {
             BinOp::MatMul => {
                 let (sa, sb) = (self.shape(l).clone(), self.shape(r).clone());
                 match shape::matmul(&sa, &sb) {
-                    Ok(s) => self.emit(Op::MatMul, vec![l, r], s, span),
+                    Ok(s) => {
+                        let op = Op::MatMul {
+                            lhs_grad: self.grad[l],
+                            rhs_grad: self.grad[r],
+                        };
+                        self.emit(op, vec![l, r], s, span)
+                    }
                     Err(why) => Err(self.fail(
                         format!("shape mismatch: `@` cannot multiply {sa} by {sb}"),
                         op_span,
@@ -442,6 +448,21 @@ impl Lowerer {
         if let Some((x, mul, add)) = affine {
             let shape = self.shape(x).clone();
             return self.emit(Op::Affine { mul, add }, vec![x], shape, span);
+        }
+        if op == BinOp::Add {
+            let (sl, sr) = (self.shape(l).clone(), self.shape(r).clone());
+            let is_bias = |x: &Shape, b: &Shape| {
+                x.rank() >= 2
+                    && b.rank() >= 1
+                    && b.rank() < x.rank()
+                    && x.dims().ends_with(b.dims())
+            };
+            if is_bias(&sl, &sr) {
+                return self.emit(Op::BiasAdd, vec![l, r], sl, span);
+            }
+            if is_bias(&sr, &sl) {
+                return self.emit(Op::BiasAdd, vec![r, l], sr, span);
+            }
         }
         let b = match op {
             BinOp::Add => Binary::Add,
@@ -710,7 +731,7 @@ impl Lowerer {
         }
         let known: usize = dims.iter().product();
         if let Some(at) = infer {
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(self.fail(
                     format!("cannot reshape {from} ({total} elements) with an inferred axis"),
                     span,

@@ -2,6 +2,7 @@
 //! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
 
 pub mod data;
+pub mod fused;
 pub mod lower;
 pub mod ops;
 pub mod plan;

@@ -86,10 +86,16 @@ pub enum Op {
     },
     Powf(f64),
     Binary(Binary),
+    /// `x + b` with `b` broadcast over the leading axes of `x` (args: x, b).
+    BiasAdd,
     Compare(Compare),
     Where,
     Clamp,
-    MatMul,
+    /// NumPy `@`; the flags say which side carries gradient, so the other's is never computed.
+    MatMul {
+        lhs_grad: bool,
+        rhs_grad: bool,
+    },
     Reduce {
         op: Reduce,
         axis: Option<usize>,
@@ -144,6 +150,7 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         Op::Affine { mul, add } => a().affine(*mul, *add),
         Op::Powf(e) => a().powf(*e),
         Op::Binary(b) => binary(*b, args[0], args[1]),
+        Op::BiasAdd => super::fused::bias_add(args[0], args[1]),
         Op::Compare(c) => compare(*c, args[0], args[1], out),
         Op::Where => {
             let dims = out.dims();
@@ -153,7 +160,7 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         Op::Clamp => args[0]
             .broadcast_maximum(args[1])?
             .broadcast_minimum(args[2]),
-        Op::MatMul => matmul(args[0], args[1]),
+        Op::MatMul { lhs_grad, rhs_grad } => matmul(args[0], args[1], *lhs_grad, *rhs_grad),
         Op::Reduce { op, axis } => reduce(*op, a(), *axis),
         Op::Softmax { axis, log } => {
             let x = a();
@@ -192,7 +199,7 @@ fn unary(u: Unary, x: &Tensor) -> Result<Tensor> {
         Unary::Sqr => x.sqr(),
         Unary::Sin => x.sin(),
         Unary::Cos => x.cos(),
-        Unary::Tanh => x.tanh(),
+        Unary::Tanh => super::fused::tanh(x),
         Unary::Relu => x.relu(),
         Unary::Elu(alpha) => x.elu(alpha),
         Unary::Silu => x.silu(),
@@ -239,9 +246,13 @@ fn compare(c: Compare, x: &Tensor, y: &Tensor, out: &Shape) -> Result<Tensor> {
 }
 
 /// NumPy `@`: 1-D operands are promoted and the added axis removed again.
-fn matmul(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn matmul(x: &Tensor, y: &Tensor, lg: bool, rg: bool) -> Result<Tensor> {
+    use super::fused::matmul_2d;
     match (x.rank(), y.rank()) {
         (1, 1) => x.mul(y)?.sum_all(),
+        (2, 1) => matmul_2d(x, &y.unsqueeze(1)?, lg, rg)?.squeeze(1),
+        (1, 2) => matmul_2d(&x.unsqueeze(0)?, y, lg, rg)?.squeeze(0),
+        (2, 2) => matmul_2d(x, y, lg, rg),
         (1, _) => {
             let r = y.rank();
             let out = x.unsqueeze(0)?.broadcast_matmul(y)?;

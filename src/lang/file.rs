@@ -795,7 +795,7 @@ fn align(raw: &str, decoded: &str, literal: bool) -> Option<Vec<usize>> {
             i += len;
             j += ch.len_utf8();
         } else if rb[i..].starts_with(b"\r\n") && db[j] == b'\n' {
-            table.push(i + 1);
+            table.push(i);
             i += 2;
             j += 1;
         } else {

@@ -103,12 +103,11 @@ pub struct LexError {
     pub help: Option<String>,
 }
 
-/// Splits `text` into tokens. Newlines inside brackets are dropped so expressions may span lines.
+/// Splits `text` into tokens. Newlines are tokens; the parser skips those inside brackets.
 pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
     let mut errors = Vec::new();
-    let mut depth = 0usize;
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -127,12 +126,10 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
             }
             b'\n' => {
                 i += 1;
-                if depth == 0 {
-                    tokens.push(Token {
-                        tok: Tok::Newline,
-                        span: map.span(start..start + 1),
-                    });
-                }
+                tokens.push(Token {
+                    tok: Tok::Newline,
+                    span: map.span(start..start + 1),
+                });
                 continue;
             }
             b'0'..=b'9' | b'.' => match lex_number(&text[i..]) {
@@ -168,22 +165,10 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
             b'=' if bytes.get(i + 1) == Some(&b'=') => (Tok::EqEq, 2),
             b'=' => single(Tok::Assign),
             b'!' if bytes.get(i + 1) == Some(&b'=') => (Tok::Ne, 2),
-            b'(' | b'[' => {
-                depth += 1;
-                single(if c == b'(' {
-                    Tok::LParen
-                } else {
-                    Tok::LBracket
-                })
-            }
-            b')' | b']' => {
-                depth = depth.saturating_sub(1);
-                single(if c == b')' {
-                    Tok::RParen
-                } else {
-                    Tok::RBracket
-                })
-            }
+            b'(' => single(Tok::LParen),
+            b'[' => single(Tok::LBracket),
+            b')' => single(Tok::RParen),
+            b']' => single(Tok::RBracket),
             b',' => single(Tok::Comma),
             b':' => single(Tok::Colon),
             _ => {
@@ -296,23 +281,6 @@ mod tests {
             let (_, e) = lex(bad, &OffsetMap::Shift(0));
             assert_eq!(e.len(), 1, "{bad}");
         }
-    }
-
-    #[test]
-    fn newlines_inside_brackets_continue_the_line() {
-        assert_eq!(
-            toks("[1,\n 2]\nx"),
-            vec![
-                Tok::LBracket,
-                Tok::Number(1.0),
-                Tok::Comma,
-                Tok::Number(2.0),
-                Tok::RBracket,
-                Tok::Newline,
-                Tok::Ident("x".into()),
-                Tok::Eof
-            ]
-        );
     }
 
     #[test]

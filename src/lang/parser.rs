@@ -99,6 +99,10 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     depth: usize,
+    /// Open brackets; inside them newlines are skipped so expressions may span lines.
+    brackets: usize,
+    /// The first newline skipped before the current token, to recover from an unclosed bracket.
+    skipped_newline: Option<usize>,
 }
 
 /// Binding powers, loosest first: comparison, additive, multiplicative, unary minus, power.
@@ -128,22 +132,48 @@ impl Parser {
             tokens,
             pos: 0,
             depth: 0,
+            brackets: 0,
+            skipped_newline: None,
         }
     }
 
-    fn peek(&self) -> &Tok {
+    fn peek(&mut self) -> &Tok {
+        if self.brackets > 0 {
+            while self.tokens[self.pos].tok == Tok::Newline {
+                self.skipped_newline.get_or_insert(self.pos);
+                self.pos += 1;
+            }
+        }
         &self.tokens[self.pos].tok
+    }
+
+    /// The error for a bracket still open at the end of its line; recovery resumes at that line's
+    /// end so the following lines are still parsed.
+    fn unclosed(&mut self, open: &Span, wanted: &str) -> Option<ParseError> {
+        let at_end = self.peek() == &Tok::Eof;
+        if !at_end {
+            self.pos = self.skipped_newline?;
+        }
+        self.brackets = 0;
+        Some(err(
+            "this bracket is never closed",
+            open.clone(),
+            Some(&format!("expected {wanted} before the end of the line")),
+        ))
     }
 
     fn peek_at(&self, k: usize) -> &Tok {
         &self.tokens[(self.pos + k).min(self.tokens.len() - 1)].tok
     }
 
-    fn span(&self) -> Span {
+    fn span(&mut self) -> Span {
+        self.peek();
         self.tokens[self.pos].span.clone()
     }
 
     fn bump(&mut self) -> Token {
+        self.peek();
+        self.skipped_newline = None;
         let t = self.tokens[self.pos].clone();
         if self.pos + 1 < self.tokens.len() {
             self.pos += 1;
@@ -163,7 +193,8 @@ impl Parser {
         }
     }
 
-    fn unexpected(&self, wanted: &str) -> ParseError {
+    fn unexpected(&mut self, wanted: &str) -> ParseError {
+        self.peek();
         let t = &self.tokens[self.pos];
         let help = match (&t.tok, wanted) {
             (Tok::Assign, _) => Some("compare with `==`; `=` only names a whole line's value"),
@@ -177,25 +208,20 @@ impl Parser {
         )
     }
 
-    fn expect(&mut self, tok: Tok, wanted: &str, open: Option<&Span>) -> Result<Span, ParseError> {
+    fn expect(&mut self, tok: Tok, wanted: &str, open: &Span) -> Result<Span, ParseError> {
         if *self.peek() == tok {
             return Ok(self.bump().span);
         }
-        let mut e = self.unexpected(wanted);
-        if let (Some(open), Tok::Eof | Tok::Newline) = (open, self.peek()) {
-            e = err(
-                "this bracket is never closed",
-                open.clone(),
-                Some(&format!(
-                    "expected {wanted} before the end of the expression"
-                )),
-            );
+        match self.unclosed(open, wanted) {
+            Some(e) => Err(e),
+            None => Err(self.unexpected(wanted)),
         }
-        Err(e)
     }
 
     fn statement(&mut self) -> Result<(Option<Spanned<String>>, Expr), ParseError> {
         self.depth = 0;
+        self.brackets = 0;
+        self.skipped_newline = None;
         let name = match (self.peek().clone(), self.peek_at(1)) {
             (Tok::Ident(name), Tok::Assign) => {
                 let span = self.bump().span;
@@ -330,8 +356,10 @@ impl Parser {
             }
             Tok::LParen => {
                 self.bump();
+                self.brackets += 1;
                 let inner = self.expr(0)?;
-                let close = self.expect(Tok::RParen, "`)`", Some(&t.span))?;
+                let close = self.expect(Tok::RParen, "`)`", &t.span)?;
+                self.brackets -= 1;
                 Ok(Expr {
                     kind: inner.kind,
                     span: t.span.start..close.end,
@@ -360,25 +388,27 @@ impl Parser {
     /// Comma-separated expressions up to `close` (a trailing comma is allowed).
     fn list(&mut self, close: Tok, open: &Span) -> Result<Vec<Expr>, ParseError> {
         self.enter()?;
+        self.brackets += 1;
+        let wanted = format!("`,` or `{}`", if close == Tok::RParen { ")" } else { "]" });
         let mut items = Vec::new();
         while *self.peek() != close {
             if self.peek() == &Tok::Eof {
                 return Err(self
-                    .expect(close, "a closing bracket", Some(open))
-                    .unwrap_err());
+                    .unclosed(open, &wanted)
+                    .unwrap_or_else(|| self.unexpected(&wanted)));
             }
             items.push(self.expr(0)?);
             if self.peek() == &Tok::Comma {
                 self.bump();
             } else if *self.peek() != close {
-                let wanted = format!("`,` or `{}`", if close == Tok::RParen { ")" } else { "]" });
-                if self.peek() == &Tok::Eof {
-                    return Err(self.expect(close, &wanted, Some(open)).unwrap_err());
-                }
-                return Err(self.unexpected(&wanted));
+                return Err(match self.unclosed(open, &wanted) {
+                    Some(e) => e,
+                    None => self.unexpected(&wanted),
+                });
             }
         }
         self.bump();
+        self.brackets -= 1;
         self.depth -= 1;
         Ok(items)
     }
@@ -386,6 +416,7 @@ impl Parser {
     fn index(&mut self, target: Expr) -> Result<Expr, ParseError> {
         self.enter()?;
         let open = self.bump().span;
+        self.brackets += 1;
         let mut items = Vec::new();
         loop {
             let start = self.span().start;
@@ -408,6 +439,7 @@ impl Parser {
                 }
                 Tok::RBracket => {
                     let close = self.bump().span;
+                    self.brackets -= 1;
                     self.depth -= 1;
                     let span = target.span.start..close.end;
                     return Ok(Expr {
@@ -418,10 +450,12 @@ impl Parser {
                         span,
                     });
                 }
-                Tok::Eof => {
-                    return Err(self.expect(Tok::RBracket, "`]`", Some(&open)).unwrap_err());
+                _ => {
+                    return Err(match self.unclosed(&open, "`]`") {
+                        Some(e) => e,
+                        None => self.unexpected("`,` or `]`"),
+                    });
                 }
-                _ => return Err(self.unexpected("`,` or `]`")),
             }
         }
     }
@@ -522,6 +556,25 @@ mod tests {
         assert!(parse_expr(&chain, &OffsetMap::Shift(0)).is_err());
         let minus = format!("{}x", "-".repeat(n));
         assert!(parse_expr(&minus, &OffsetMap::Shift(0)).is_err());
+    }
+
+    #[test]
+    fn expressions_continue_across_lines_inside_brackets() {
+        assert_eq!(
+            parse("sum(\n  exp(x)\n  * (y + 1)\n)"),
+            "sum((exp(x) * (y + 1)))"
+        );
+        assert_eq!(parse("[1,\n 2]"), "[1, 2]");
+        let p = parse_program("a = (1 +\n 2)\na", &OffsetMap::Shift(0)).unwrap();
+        assert_eq!(p.stmts.len(), 1);
+    }
+
+    #[test]
+    fn an_unclosed_bracket_is_reported_at_its_opener_and_later_lines_still_parse() {
+        let e = parse_program("a = (1\nb = 2 +\nc", &OffsetMap::Shift(0)).unwrap_err();
+        assert_eq!(e[0].message, "this bracket is never closed");
+        assert_eq!(e[0].span, 4..5);
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]

@@ -130,7 +130,7 @@ mod tests {
     fn clip_norm_scales_to_the_max_norm() {
         // g = [3, 4] has norm 5; clipping to 1 scales by 1 / (5 + 1e-6).
         let g = Tensor::new(&[3.0f64, 4.0], &Device::Cpu).unwrap();
-        let (c, clipped) = clip_norm(&[g.clone()], 5.0, 1.0).unwrap();
+        let (c, clipped) = clip_norm(std::slice::from_ref(&g), 5.0, 1.0).unwrap();
         assert!(clipped);
         let v: Vec<f64> = c[0].to_vec1().unwrap();
         assert!((v[0] - 3.0 / (5.0 + 1e-6)).abs() < 1e-15);

@@ -57,7 +57,12 @@ impl RunConfig {
     /// The config a run definition's `[optimizer]` settings describe (adam with torch's defaults
     /// when there are none).
     pub fn from_settings(settings: &[crate::lang::file::Setting]) -> Self {
-        let get = |key: &str| settings.iter().find(|s| s.key.node == key).map(|s| &s.value.node);
+        let get = |key: &str| {
+            settings
+                .iter()
+                .find(|s| s.key.node == key)
+                .map(|s| &s.value.node)
+        };
         let num = |key: &str| match get(key) {
             Some(SettingValue::Number(n)) => Some(*n),
             _ => None,
@@ -132,6 +137,7 @@ const SNAPSHOT_EVERY: u64 = 100;
 /// One run being stepped.
 pub struct Run {
     pub name: String,
+    pub dtype: crate::lang::file::DType,
     pub config: RunConfig,
     evaluator: Evaluator,
     state: OptimizerState,
@@ -157,6 +163,7 @@ impl Run {
         let n = compiled.params.len();
         let mut r = Self {
             name,
+            dtype: compiled.runs[run].dtype,
             config,
             evaluator,
             state: OptimizerState::new(n),
@@ -238,7 +245,12 @@ impl Run {
         }
         let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
         let nonfinite = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
-        let params: Vec<Tensor> = self.evaluator.params().iter().map(|v| v.as_tensor().clone()).collect();
+        let params: Vec<Tensor> = self
+            .evaluator
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
         let apply = !nonfinite || self.config.on_nonfinite == NonFinitePolicy::Continue;
@@ -358,8 +370,14 @@ impl Run {
 
     fn recount(&mut self) {
         let cores = self.history.cores();
-        self.skipped = cores.iter().filter(|c| c.flags & flags::SKIPPED != 0).count() as u64;
-        self.clipped = cores.iter().filter(|c| c.flags & flags::CLIPPED != 0).count() as u64;
+        self.skipped = cores
+            .iter()
+            .filter(|c| c.flags & flags::SKIPPED != 0)
+            .count() as u64;
+        self.clipped = cores
+            .iter()
+            .filter(|c| c.flags & flags::CLIPPED != 0)
+            .count() as u64;
     }
 
     /// Current param values, flattened row-major, in f64.

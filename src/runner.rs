@@ -1,0 +1,517 @@
+//! `gradscope run` and `gradscope bench`: the headless front end over the run engine.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::check::fmt_num;
+use crate::compile::{self, CompiledFile};
+use crate::diagnostic::Diagnostic;
+use crate::lang::file::{self, DType};
+use crate::optim::spec::OptimizerSpec;
+use crate::run::history::{StepRecord, flags};
+use crate::run::{NonFinitePolicy, Run, RunConfig};
+
+/// Output format of `gradscope run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Jsonl,
+}
+
+/// Everything `gradscope run` takes.
+#[derive(Debug, Clone)]
+pub struct RunArgs {
+    pub file: PathBuf,
+    pub optimizers: Vec<String>,
+    pub variant: Option<String>,
+    pub steps: Option<u64>,
+    pub dtype: Option<String>,
+    pub clip_norm: Option<f64>,
+    pub on_nonfinite: Option<String>,
+    pub every: Option<u64>,
+    pub format: Format,
+    pub out: Option<PathBuf>,
+}
+
+/// A finished run's summary.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub run: String,
+    pub optimizer: String,
+    pub dtype: &'static str,
+    pub steps: u64,
+    pub final_loss: f64,
+    pub best_loss: f64,
+    pub best_step: Option<u64>,
+    pub first_nonfinite_step: Option<u64>,
+    pub clipped: u64,
+    pub skipped: u64,
+    pub halted: Option<String>,
+    pub steps_per_s: f64,
+    pub final_params: Vec<(String, Vec<f64>)>,
+}
+
+/// Loads and compiles a file, or returns its diagnostics.
+pub fn load_compiled(path: &Path) -> Result<(CompiledFile, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let loaded = file::load(path);
+    let mut diags = loaded.diagnostics;
+    let Some(f) = loaded.file else {
+        return Err(diags);
+    };
+    let (compiled, d) = compile::compile(f);
+    diags.extend(d);
+    match compiled {
+        Some(c) => Ok((c, diags)),
+        None => Err(diags),
+    }
+}
+
+/// The runs `args` asks for, each with its config, ready to step.
+pub fn build_runs(args: &RunArgs, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
+    let selected: Vec<usize> = match args.variant.as_deref() {
+        None | Some("base") => vec![0],
+        Some("all") => (0..compiled.runs.len()).collect(),
+        Some(name) => match compiled.runs.iter().position(|r| r.name == name) {
+            Some(i) => vec![i],
+            None => {
+                let names: Vec<&str> = compiled.runs.iter().map(|r| r.name.as_str()).collect();
+                return Err(format!(
+                    "no variant named `{name}`; this file has: {}",
+                    names.join(", ")
+                ));
+            }
+        },
+    };
+    if let Some(d) = &args.dtype {
+        let dtype = DType::from_name(d)
+            .ok_or_else(|| format!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
+        for r in &mut compiled.runs {
+            r.dtype = dtype;
+        }
+    }
+    let specs: Vec<Option<OptimizerSpec>> = if args.optimizers.is_empty() {
+        vec![None]
+    } else {
+        args.optimizers
+            .iter()
+            .map(|s| {
+                OptimizerSpec::parse(s).map(Some).map_err(|e| match e.help {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message,
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let policy = match args.on_nonfinite.as_deref() {
+        None => None,
+        Some(p) => Some(
+            NonFinitePolicy::parse(p)
+                .ok_or_else(|| format!("unknown policy `{p}`: use stop, skip or continue"))?,
+        ),
+    };
+    let mut runs = Vec::new();
+    for &i in &selected {
+        for spec in &specs {
+            let def = &compiled.runs[i];
+            let mut config = RunConfig::from_settings(&def.optimizer);
+            if let Some(s) = spec {
+                config.optimizer = s.clone();
+            }
+            if let Some(n) = args.steps {
+                config.steps = n;
+            }
+            if args.clip_norm.is_some() {
+                config.clip_norm = args.clip_norm;
+            }
+            if let Some(p) = policy {
+                config.on_nonfinite = p;
+            }
+            let name = match spec {
+                Some(s) if selected.len() > 1 || specs.len() > 1 || i > 0 => {
+                    format!("{} {}", def.name, s)
+                }
+                Some(s) => s.to_string(),
+                None => def.name.clone(),
+            };
+            let run = Run::new(compiled, i, name, config).map_err(|e| e.to_string())?;
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// Steps one run to its end, calling `log` for every step; returns the summary.
+pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Summary, Diagnostic> {
+    let started = Instant::now();
+    while !run.is_done() {
+        let record = run.step()?;
+        log(run, &record);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cores = run.history().cores();
+    let best = cores
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.loss.is_finite())
+        .min_by(|a, b| a.1.loss.total_cmp(&b.1.loss));
+    let first_nonfinite = cores
+        .iter()
+        .position(|c| c.flags & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0)
+        .map(|s| s as u64);
+    let final_loss = if run.halted.is_some() {
+        cores.last().map_or(f64::NAN, |c| c.loss)
+    } else {
+        run.current_loss()?
+    };
+    Ok(Summary {
+        run: run.name.clone(),
+        optimizer: run.config.optimizer.to_string(),
+        dtype: run.dtype.name(),
+        steps: run.step_count(),
+        final_loss,
+        best_loss: best
+            .map_or(f64::NAN, |(_, c)| c.loss)
+            .min(if final_loss.is_finite() {
+                final_loss
+            } else {
+                f64::INFINITY
+            }),
+        best_step: best.map(|(s, _)| s as u64),
+        first_nonfinite_step: first_nonfinite,
+        clipped: run.clipped,
+        skipped: run.skipped,
+        halted: run
+            .halted
+            .as_ref()
+            .map(|h| format!("halted at step {}: {}", h.step, h.reason)),
+        steps_per_s: run.step_count() as f64 / elapsed.max(1e-9),
+        final_params: run
+            .param_names()
+            .iter()
+            .cloned()
+            .zip(run.param_values())
+            .collect(),
+    })
+}
+
+fn num(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(fmt_num(v))
+    }
+}
+
+/// One logged step as a JSON object.
+pub fn step_json(run: &Run, r: &StepRecord) -> Value {
+    let names = run.param_names();
+    let per = |v: &[f32]| -> serde_json::Map<String, Value> {
+        names
+            .iter()
+            .cloned()
+            .zip(v.iter().map(|&x| num(x as f64)))
+            .collect()
+    };
+    let bad: Vec<&String> = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| r.core.nonfinite_params & (1 << (*i).min(63)) != 0)
+        .map(|(_, n)| n)
+        .collect();
+    json!({
+        "run": run.name, "step": r.step, "loss": num(r.core.loss), "grad_norm": num(r.core.grad_norm),
+        "lr": num(r.core.lr as f64), "update_norm": num(r.core.update_norm as f64),
+        "update_ratio": num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
+        "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
+        "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
+        "wall_us": r.core.wall_us,
+    })
+}
+
+/// A run's summary as a JSON object.
+pub fn summary_json(s: &Summary) -> Value {
+    let params: serde_json::Map<String, Value> = s
+        .final_params
+        .iter()
+        .map(|(n, v)| (n.clone(), Value::Array(v.iter().map(|&x| num(x)).collect())))
+        .collect();
+    json!({
+        "run": s.run, "summary": true, "optimizer": s.optimizer, "dtype": s.dtype,
+        "final_loss": num(s.final_loss), "best_loss": num(s.best_loss), "best_step": s.best_step,
+        "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
+        "skipped": s.skipped, "halted": s.halted, "steps_per_s": s.steps_per_s, "final_params": params,
+    })
+}
+
+fn csv_header(names: &[String]) -> String {
+    let mut cols = vec![
+        "run",
+        "step",
+        "loss",
+        "grad_norm",
+        "lr",
+        "update_norm",
+        "update_ratio",
+        "clipped",
+        "skipped",
+        "nonfinite_loss",
+        "nonfinite_grads",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    cols.extend(names.iter().map(|n| format!("grad_norm_{n}")));
+    cols.join(",")
+}
+
+fn csv_row(run: &Run, r: &StepRecord) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let bad: Vec<&str> = run
+        .param_names()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| r.core.nonfinite_params & (1 << (*i).min(63)) != 0)
+        .map(|(_, n)| n.as_str())
+        .collect();
+    let mut cells = vec![
+        quote(&run.name),
+        r.step.to_string(),
+        r.core.loss.to_string(),
+        r.core.grad_norm.to_string(),
+        r.core.lr.to_string(),
+        r.core.update_norm.to_string(),
+        r.core.update_ratio.to_string(),
+        r.has(flags::CLIPPED).to_string(),
+        r.has(flags::SKIPPED).to_string(),
+        r.has(flags::LOSS_NONFINITE).to_string(),
+        quote(&bad.join(" ")),
+    ];
+    cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));
+    cells.join(",")
+}
+
+/// The comparison table printed after the runs.
+pub fn comparison_table(summaries: &[Summary]) -> String {
+    let header = [
+        "run",
+        "final loss",
+        "best loss (step)",
+        "first non-finite",
+        "clipped",
+        "skipped",
+        "steps/s",
+    ];
+    let rows: Vec<[String; 7]> = summaries
+        .iter()
+        .map(|s| {
+            [
+                s.run.clone(),
+                fmt_num(s.final_loss),
+                match s.best_step {
+                    Some(k) => format!("{} ({k})", fmt_num(s.best_loss)),
+                    None => "-".into(),
+                },
+                s.first_nonfinite_step.map_or("-".into(), |k| k.to_string()),
+                s.clipped.to_string(),
+                s.skipped.to_string(),
+                format!("{:.0}", s.steps_per_s),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// `gradscope run`: returns false when a file error or a halted run should fail the command.
+pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
+    let (mut compiled, warnings) = match load_compiled(&args.file) {
+        Ok(c) => c,
+        Err(diags) => {
+            for d in &diags {
+                eprint!("{}", d.render(color));
+            }
+            return Ok(false);
+        }
+    };
+    for d in &warnings {
+        eprint!("{}", d.render(color));
+    }
+    let mut runs = build_runs(args, &mut compiled).map_err(anyhow::Error::msg)?;
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let every = args.every.unwrap_or(match args.format {
+        Format::Table => runs.first().map_or(1, |r| (r.config.steps / 10).max(1)),
+        _ => 1,
+    });
+    let names = runs
+        .first()
+        .map(|r| r.param_names().to_vec())
+        .unwrap_or_default();
+    match args.format {
+        Format::Csv => writeln!(out, "{}", csv_header(&names))?,
+        Format::Table => writeln!(
+            out,
+            "{:<28} {:>8} {:>14} {:>12} {:>10}",
+            "run", "step", "loss", "grad norm", "lr"
+        )?,
+        Format::Jsonl => {}
+    }
+    let progress = std::io::stderr().is_terminal();
+    let mut summaries = Vec::new();
+    let mut any_halted = false;
+    for run in &mut runs {
+        let bar = progress.then(|| {
+            let b = indicatif::ProgressBar::new(run.config.steps);
+            b.set_message(run.name.clone());
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg:30} {bar:30} {pos}/{len} {per_sec}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let mut io_error = None;
+        let summary = drive(run, |run, r| {
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            let last = run.is_done();
+            if !(r.step.is_multiple_of(every) || last) {
+                return;
+            }
+            let res = match args.format {
+                Format::Jsonl => writeln!(out, "{}", step_json(run, r)),
+                Format::Csv => writeln!(out, "{}", csv_row(run, r)),
+                Format::Table => writeln!(
+                    out,
+                    "{:<28} {:>8} {:>14} {:>12} {:>10}",
+                    run.name,
+                    r.step,
+                    fmt_num(r.core.loss),
+                    fmt_num(r.core.grad_norm),
+                    fmt_num(r.core.lr as f64)
+                ),
+            };
+            if let Err(e) = res {
+                io_error.get_or_insert(e);
+            }
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        if let Some(e) = io_error {
+            return Err(e.into());
+        }
+        let summary = match summary {
+            Ok(s) => s,
+            Err(d) => {
+                eprint!("{}", d.render(color));
+                return Ok(false);
+            }
+        };
+        if let Some(h) = &summary.halted {
+            eprintln!("run `{}` {h}", summary.run);
+            any_halted = true;
+        }
+        if args.format == Format::Jsonl {
+            writeln!(out, "{}", summary_json(&summary))?;
+        }
+        summaries.push(summary);
+    }
+    let table = comparison_table(&summaries);
+    if args.format == Format::Table {
+        writeln!(out, "\n{table}")?;
+    } else {
+        eprint!("{table}");
+    }
+    out.flush()?;
+    Ok(!any_halted)
+}
+
+/// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
+pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
+    let (files, missing) = crate::check::discover(&[dir.to_path_buf()]);
+    for d in &missing {
+        eprint!("{}", d.render(false));
+    }
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "?".into());
+    writeln!(out, "threads: {threads}")?;
+    writeln!(
+        out,
+        "{:<20} {:>7} {:>12} {:>12} {:>14}",
+        "workload", "steps", "steps/s", "final loss", "peak RSS MB"
+    )?;
+    for f in files {
+        let (compiled, _) = match load_compiled(&f) {
+            Ok(c) => c,
+            Err(diags) => {
+                for d in &diags {
+                    eprint!("{}", d.render(false));
+                }
+                continue;
+            }
+        };
+        let mut rates = Vec::new();
+        let mut final_loss = f64::NAN;
+        let mut steps = 0;
+        for _ in 0..repeat.max(1) {
+            let config = RunConfig::from_settings(&compiled.runs[0].optimizer);
+            let mut run = Run::new(&compiled, 0, "bench".into(), config)?;
+            let s = drive(&mut run, |_, _| {}).map_err(|d| anyhow::anyhow!(d.headline()))?;
+            rates.push(s.steps_per_s);
+            final_loss = s.final_loss;
+            steps = s.steps;
+        }
+        rates.sort_by(f64::total_cmp);
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{:<20} {:>7} {:>12.1} {:>12} {:>14.1}",
+            name,
+            steps,
+            rates[rates.len() / 2],
+            fmt_num(final_loss),
+            peak_rss_mb()
+        )?;
+    }
+    Ok(true)
+}
+
+/// Peak resident memory of this process so far, in MB (Linux; NaN elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
