@@ -131,9 +131,7 @@ pub fn build_runs(args: &RunArgs, compiled: &mut CompiledFile) -> Result<Vec<Run
                 config.on_nonfinite = p;
             }
             let name = match spec {
-                Some(s) if selected.len() > 1 || specs.len() > 1 || i > 0 => {
-                    format!("{} {}", def.name, s)
-                }
+                Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),
                 Some(s) => s.to_string(),
                 None => def.name.clone(),
             };
@@ -216,14 +214,9 @@ pub fn step_json(run: &Run, r: &StepRecord) -> Value {
             .zip(v.iter().map(|&x| num(x as f64)))
             .collect()
     };
-    let bad: Vec<&String> = names
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| r.core.nonfinite_params & (1 << (*i).min(63)) != 0)
-        .map(|(_, n)| n)
-        .collect();
+    let bad: Vec<&String> = r.nonfinite_params().map(|i| &names[i]).collect();
     json!({
-        "run": run.name, "step": r.step, "loss": num(r.core.loss), "grad_norm": num(r.core.grad_norm),
+        "run": run.name, "step": r.step, "loss": num(r.core.loss), "grad_norm": num(r.core.grad_norm as f64),
         "lr": num(r.core.lr as f64), "update_norm": num(r.core.update_norm as f64),
         "update_ratio": num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
         "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
@@ -270,12 +263,9 @@ fn csv_header(names: &[String]) -> String {
 
 fn csv_row(run: &Run, r: &StepRecord) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let bad: Vec<&str> = run
-        .param_names()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| r.core.nonfinite_params & (1 << (*i).min(63)) != 0)
-        .map(|(_, n)| n.as_str())
+    let bad: Vec<&str> = r
+        .nonfinite_params()
+        .map(|i| run.param_names()[i].as_str())
         .collect();
     let mut cells = vec![
         quote(&run.name),
@@ -412,7 +402,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
                     run.name,
                     r.step,
                     fmt_num(r.core.loss),
-                    fmt_num(r.core.grad_norm),
+                    fmt_num(r.core.grad_norm as f64),
                     fmt_num(r.core.lr as f64)
                 ),
             };
@@ -501,7 +491,38 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             peak_rss_mb()
         )?;
     }
+    for n_params in [2, 6] {
+        writeln!(
+            out,
+            "history: 1,000,000 steps with {n_params} params hold {:.1} MB",
+            history_mb(1_000_000, n_params)
+        )?;
+    }
     Ok(true)
+}
+
+/// Memory a run's history holds after `steps` steps of a loss with `n_params` params.
+pub fn history_mb(steps: usize, n_params: usize) -> f64 {
+    use crate::run::history::{Core, History, StepRecord};
+    let mut h = History::new(n_params);
+    let record = StepRecord {
+        step: 0,
+        core: Core {
+            loss: 1.0,
+            grad_norm: 1.0,
+            update_norm: 0.1,
+            update_ratio: 0.01,
+            lr: 1e-3,
+            wall_us: 10.0,
+            flags: 0,
+        },
+        param_grad_norms: vec![1.0; n_params],
+        param_norms: vec![1.0; n_params],
+    };
+    for _ in 0..steps {
+        h.push(&record);
+    }
+    h.bytes() as f64 / 1e6
 }
 
 /// Peak resident memory of this process so far, in MB (Linux; NaN elsewhere).

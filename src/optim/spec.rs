@@ -341,23 +341,20 @@ impl OptimizerSpec {
 }
 
 impl std::fmt::Display for OptimizerSpec {
-    /// `name(key=value, ...)` with the hyper-parameters that differ from the defaults.
+    /// `name(lr=..., key=value, ...)`: the learning rate and the hyper-parameters that differ
+    /// from the defaults.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let changed: Vec<String> = self
             .values
             .iter()
             .zip(self.kind.hyper_parameters())
-            .filter(|(a, b)| a.1 != b.1)
+            .filter(|(a, b)| a.0 == "lr" || a.1 != b.1)
             .map(|((k, v), _)| match v {
                 HyperDefault::Number(n) => format!("{k}={n}"),
                 HyperDefault::Bool(b) => format!("{k}={b}"),
             })
             .collect();
-        if changed.is_empty() {
-            write!(f, "{}", self.kind.name())
-        } else {
-            write!(f, "{}({})", self.kind.name(), changed.join(", "))
-        }
+        write!(f, "{}({})", self.kind.name(), changed.join(", "))
     }
 }
 
@@ -372,6 +369,10 @@ mod spec_tests {
         assert_eq!(s.num("momentum"), 0.9);
         assert!(s.flag("nesterov"));
         assert_eq!(s.to_string(), "sgd(lr=0.01, momentum=0.9, nesterov=true)");
+        assert_eq!(
+            OptimizerSpec::parse("adam").unwrap().to_string(),
+            "adam(lr=0.001)"
+        );
         assert_eq!(OptimizerSpec::parse("adam").unwrap().lr(), 1e-3);
         assert!(OptimizerSpec::parse("adam(lr=x)").is_err());
         assert!(OptimizerSpec::parse("adam(momentum=0.9)").is_err());

@@ -230,21 +230,18 @@ impl Run {
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
-        let mut nonfinite_params = 0u64;
-        for (i, n) in param_grad_norms.iter().enumerate() {
-            if !n.is_finite() {
-                nonfinite_params |= 1 << i.min(63);
-            }
-        }
+        let nonfinite: Vec<usize> = (0..param_grad_norms.len())
+            .filter(|&i| !param_grad_norms[i].is_finite())
+            .collect();
         let mut f = 0u8;
         if !eval.loss.is_finite() {
             f |= flags::LOSS_NONFINITE;
         }
-        if nonfinite_params != 0 {
+        if !nonfinite.is_empty() {
             f |= flags::GRAD_NONFINITE;
         }
         let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
-        let nonfinite = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
+        let bad_step = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
         let params: Vec<Tensor> = self
             .evaluator
             .params()
@@ -253,13 +250,13 @@ impl Run {
             .collect();
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
-        let apply = !nonfinite || self.config.on_nonfinite == NonFinitePolicy::Continue;
-        if nonfinite {
+        let apply = !bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue;
+        if bad_step {
             match self.config.on_nonfinite {
                 NonFinitePolicy::Stop => {
                     self.halted = Some(Halt {
                         step: t,
-                        reason: self.nonfinite_reason(eval.loss, &eval.grads, nonfinite_params),
+                        reason: self.nonfinite_reason(eval.loss, &eval.grads, &nonfinite),
                     });
                 }
                 NonFinitePolicy::Skip => {
@@ -303,7 +300,7 @@ impl Run {
             step: t,
             core: Core {
                 loss: eval.loss,
-                grad_norm,
+                grad_norm: grad_norm as f32,
                 update_norm: update_norm as f32,
                 update_ratio: if total_param_norm > 0.0 {
                     (update_norm / total_param_norm) as f32
@@ -312,10 +309,18 @@ impl Run {
                 },
                 lr: lr as f32,
                 wall_us: started.elapsed().as_secs_f32() * 1e6,
-                nonfinite_params,
                 flags: f,
             },
-            param_grad_norms: param_grad_norms.iter().map(|&n| n as f32).collect(),
+            param_grad_norms: param_grad_norms
+                .iter()
+                .map(|&n| {
+                    if n.is_finite() {
+                        (n as f32).min(f32::MAX)
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect(),
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
         };
         self.history.push(&record);
@@ -325,17 +330,15 @@ impl Run {
         Ok(record)
     }
 
-    fn nonfinite_reason(&self, loss: f64, grads: &[Tensor], mask: u64) -> String {
+    fn nonfinite_reason(&self, loss: f64, grads: &[Tensor], bad: &[usize]) -> String {
         if !loss.is_finite() {
             return format!("the loss is {}", crate::check::fmt_num(loss));
         }
-        let which: Vec<String> = grads
+        let which: Vec<String> = bad
             .iter()
-            .enumerate()
-            .filter(|(i, _)| mask & (1 << (*i).min(63)) != 0)
-            .map(|(i, g)| {
-                let (bad, total) = count_nonfinite(g);
-                format!("`{}` ({bad} of {total} values)", self.param_names[i])
+            .map(|&i| {
+                let (n, total) = count_nonfinite(&grads[i]);
+                format!("`{}` ({n} of {total} values)", self.param_names[i])
             })
             .collect();
         format!("the gradient of {} is non-finite", which.join(", "))

@@ -1,0 +1,361 @@
+//! Runs: the non-finite policies on a loss built to go NaN at a known step, rewinding, Lion's
+//! closed form, every bundled loss for 50 steps, and the `run` command's output formats.
+
+use std::path::Path;
+use std::process::Command;
+
+use gradscope::check::discover;
+use gradscope::compile::{CompiledFile, compile};
+use gradscope::lang::file::load_bytes;
+use gradscope::optim::schedule::LrSchedule;
+use gradscope::optim::spec::OptimizerSpec;
+use gradscope::run::history::flags;
+use gradscope::run::{NonFinitePolicy, Run, RunConfig};
+use gradscope::runner::load_compiled;
+
+fn compiled(text: &str) -> CompiledFile {
+    let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
+    let (c, d) = compile(loaded.file.expect("loads"));
+    c.unwrap_or_else(|| panic!("{d:?}"))
+}
+
+fn config(spec: &str, policy: NonFinitePolicy) -> RunConfig {
+    RunConfig {
+        optimizer: OptimizerSpec::parse(spec).unwrap(),
+        steps: 10,
+        clip_norm: None,
+        clip_value: None,
+        schedule: LrSchedule::constant(),
+        on_nonfinite: policy,
+    }
+}
+
+/// dL/dx = 1 everywhere, so SGD with lr 1 walks x = 2.5, 1.5, 0.5, -0.5, ...; the forward value
+/// sqrt(detach(x)) turns NaN at step 3, when x = -0.5.
+const GOES_NAN_AT_3: &str =
+    "name = \"nan at 3\"\ndtype = \"f64\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n";
+
+fn x_of(run: &Run) -> f64 {
+    run.param_values()[0][0]
+}
+
+#[test]
+fn stop_halts_at_the_first_nonfinite_step_without_updating() {
+    let c = compiled(GOES_NAN_AT_3);
+    let mut run = Run::new(
+        &c,
+        0,
+        "r".into(),
+        config("sgd(lr=1)", NonFinitePolicy::Stop),
+    )
+    .unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    let halt = run.halted.clone().expect("halted");
+    assert_eq!(halt.step, 3);
+    assert!(halt.reason.contains("loss is NaN"), "{}", halt.reason);
+    assert_eq!(run.step_count(), 4);
+    assert_eq!(x_of(&run), -0.5);
+    assert!(run.history().get(3).unwrap().has(flags::LOSS_NONFINITE));
+}
+
+#[test]
+fn skip_counts_skipped_updates_and_keeps_the_params() {
+    let c = compiled(GOES_NAN_AT_3);
+    let mut run = Run::new(
+        &c,
+        0,
+        "r".into(),
+        config("sgd(lr=1)", NonFinitePolicy::Skip),
+    )
+    .unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    assert!(run.halted.is_none());
+    assert_eq!(run.step_count(), 10);
+    assert_eq!(run.skipped, 7);
+    assert_eq!(x_of(&run), -0.5);
+    assert!(run.history().get(5).unwrap().has(flags::SKIPPED));
+    assert!(!run.history().get(2).unwrap().has(flags::SKIPPED));
+}
+
+#[test]
+fn continue_updates_through_nonfinite_losses() {
+    let c = compiled(GOES_NAN_AT_3);
+    let mut run = Run::new(
+        &c,
+        0,
+        "r".into(),
+        config("sgd(lr=1)", NonFinitePolicy::Continue),
+    )
+    .unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    assert_eq!(run.skipped, 0);
+    assert_eq!(x_of(&run), 2.5 - 10.0);
+}
+
+#[test]
+fn a_nonfinite_gradient_names_the_param_and_counts_elements() {
+    // d/dw sqrt(sum(w^2)) at w = 0 is 0/0 for every element.
+    let c = compiled(
+        "name = \"g\"\nloss = \"sqrt(sum(w^2)) + sum(v)\"\n[params]\nw = \"zeros(4)\"\nv = \"ones(2)\"\n",
+    );
+    let mut run = Run::new(&c, 0, "r".into(), config("sgd", NonFinitePolicy::Stop)).unwrap();
+    run.step().unwrap();
+    let halt = run.halted.clone().expect("halted");
+    assert_eq!(halt.step, 0);
+    assert_eq!(
+        halt.reason,
+        "the gradient of `w` (4 of 4 values) is non-finite"
+    );
+}
+
+#[test]
+fn clipping_is_recorded_with_the_pre_clip_norm() {
+    // grad of sum(3 w0 + 4 w1) is [3, 4]: norm 5, clipped to 1.
+    let c = compiled(
+        "name = \"c\"\ndtype = \"f64\"\nloss = \"sum(w * [3, 4])\"\n[params]\nw = \"zeros(2)\"\n",
+    );
+    let mut cfg = config("sgd(lr=1)", NonFinitePolicy::Stop);
+    cfg.clip_norm = Some(1.0);
+    let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
+    let r = run.step().unwrap();
+    assert!(r.has(flags::CLIPPED));
+    assert_eq!(r.core.grad_norm, 5.0);
+    assert_eq!(r.nonfinite_params().count(), 0);
+    let w = &run.param_values()[0];
+    let coef = 1.0 / (5.0 + 1e-6);
+    assert!(
+        (w[0] + 3.0 * coef).abs() < 1e-12 && (w[1] + 4.0 * coef).abs() < 1e-12,
+        "{w:?}"
+    );
+    assert_eq!(run.clipped, 1);
+}
+
+#[test]
+fn rewinding_reproduces_the_same_records_bit_for_bit() {
+    let (c, _) = load_compiled(Path::new("losses/bench/robust_log_mse.toml")).unwrap();
+    let mut cfg = RunConfig::from_settings(&c.runs[0].optimizer);
+    cfg.steps = 250;
+    let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    let before: Vec<_> = (0..250).map(|k| run.history().get(k).unwrap()).collect();
+    let params = run.param_values();
+    run.rewind_to(137).unwrap();
+    assert_eq!(run.step_count(), 137);
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    for (k, old) in before.iter().enumerate() {
+        let new = run.history().get(k).unwrap();
+        // Bit patterns, so NaN (the update ratio at all-zero params) compares equal to itself;
+        // wall time is the one field that may differ.
+        let strip = |r: &gradscope::run::history::StepRecord| {
+            let c = r.core;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            (
+                c.loss.to_bits(),
+                [
+                    c.grad_norm.to_bits(),
+                    c.update_norm.to_bits(),
+                    c.update_ratio.to_bits(),
+                    c.lr.to_bits(),
+                ],
+                c.flags,
+                bits(&r.param_grad_norms),
+                bits(&r.param_norms),
+            )
+        };
+        assert_eq!(strip(old), strip(&new), "step {k}");
+    }
+    assert_eq!(run.param_values(), params);
+    run.rewind_to(0).unwrap();
+    assert_eq!(run.step_count(), 0);
+    assert_eq!(run.param_values(), vec![vec![0.0, 0.0, 0.0], vec![0.0]]);
+}
+
+#[test]
+fn lion_follows_its_published_update() {
+    // Lion (Chen et al. 2023): c = b1 m + (1 - b1) g; p -= lr (sign(c) + wd p); m = b2 m + (1 - b2) g.
+    // L = sum(a * w) has g = a. Step 1: m = 0, c = (1 - b1) a, p1 = p0 - lr sign(a).
+    // Step 2: m = (1 - b2) a, c = (b1 (1 - b2) + 1 - b1) a, same sign: p2 = p1 - lr sign(a).
+    let c = compiled(
+        "name = \"l\"\ndtype = \"f64\"\nloss = \"sum(w * [2, -3])\"\n[params]\nw = \"[1, 1]\"\n",
+    );
+    let mut run = Run::new(
+        &c,
+        0,
+        "r".into(),
+        config("lion(lr=0.1, weight_decay=0.5)", NonFinitePolicy::Stop),
+    )
+    .unwrap();
+    run.step().unwrap();
+    // decoupled decay first: p (1 - lr wd) = 0.95, then -lr sign(a)
+    let w1 = run.param_values()[0].clone();
+    assert!(
+        (w1[0] - (0.95 - 0.1)).abs() < 1e-15 && (w1[1] - (0.95 + 0.1)).abs() < 1e-15,
+        "{w1:?}"
+    );
+    run.step().unwrap();
+    let w2 = &run.param_values()[0];
+    assert!((w2[0] - (w1[0] * 0.95 - 0.1)).abs() < 1e-15, "{w2:?}");
+    assert!((w2[1] - (w1[1] * 0.95 + 0.1)).abs() < 1e-15, "{w2:?}");
+}
+
+#[test]
+fn every_bundled_loss_runs_fifty_steps_without_a_panic() {
+    let (files, _) = discover(&["losses".into()]);
+    for f in files {
+        let (c, _) =
+            load_compiled(&f).unwrap_or_else(|d| panic!("{}: {}", f.display(), d[0].headline()));
+        for run_index in 0..c.runs.len() {
+            let mut cfg = RunConfig::from_settings(&c.runs[run_index].optimizer);
+            cfg.steps = 50;
+            cfg.on_nonfinite = NonFinitePolicy::Continue;
+            let mut run = Run::new(&c, run_index, "r".into(), cfg).unwrap();
+            while !run.is_done() {
+                run.step()
+                    .unwrap_or_else(|d| panic!("{} {}: {}", f.display(), run_index, d.headline()));
+            }
+            assert_eq!(run.step_count(), 50);
+        }
+    }
+}
+
+fn gradscope(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn jsonl_has_one_object_per_step_and_a_summary_per_run() {
+    let out = gradscope(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(lr=1e-3, momentum=0.9)",
+        "-o",
+        "adam",
+        "--steps",
+        "20",
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2 * 21);
+    let steps: Vec<_> = lines
+        .iter()
+        .filter(|v| v.get("summary").is_none())
+        .collect();
+    assert_eq!(steps.len(), 40);
+    for key in [
+        "run",
+        "step",
+        "loss",
+        "grad_norm",
+        "lr",
+        "update_norm",
+        "clipped",
+        "skipped",
+    ] {
+        assert!(steps[0].get(key).is_some(), "missing {key}");
+    }
+    let summaries: Vec<_> = lines.iter().filter(|v| v["summary"] == true).collect();
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0]["run"], "sgd(lr=0.001, momentum=0.9)");
+    assert_eq!(summaries[1]["run"], "adam(lr=0.001)");
+    for key in [
+        "final_loss",
+        "best_loss",
+        "steps",
+        "first_nonfinite_step",
+        "steps_per_s",
+    ] {
+        assert!(summaries[0].get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(summaries[0]["steps"], 20);
+    assert!(summaries[1]["final_params"]["x"].is_array());
+}
+
+#[test]
+fn csv_has_a_header_and_one_row_per_logged_step() {
+    let out = gradscope(&[
+        "run",
+        "losses/robust_log_mse.toml",
+        "--variant",
+        "all",
+        "--steps",
+        "10",
+        "--every",
+        "5",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    assert_eq!(&headers[0], "run");
+    assert!(headers.iter().any(|h| h == "grad_norm_w"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    // 4 runs, steps 0 and 5 logged, and the last step 9
+    assert_eq!(rows.len(), 4 * 3);
+    assert_eq!(&rows[0][0], "base");
+}
+
+#[test]
+fn a_nan_halt_exits_one_with_a_one_line_reason() {
+    let out = gradscope(&[
+        "run",
+        "losses/norm_at_zero.toml",
+        "--variant",
+        "naive sqrt(sum(w^2))",
+        "--steps",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("halted at step 0: the gradient of `w` (8 of 8 values) is non-finite"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_optimizer_on_the_command_line_lists_the_valid_ones() {
+    let out = gradscope(&["run", "losses/rosenbrock.toml", "-o", "adma"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown optimizer `adma` (did you mean `adam`?)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_million_steps_of_history_fit_in_100_mb() {
+    // Capacity, not a timing: the history's own accounting of the bytes it holds.
+    assert!(gradscope::runner::history_mb(1_000_000, 6) < 100.0);
+}
