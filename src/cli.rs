@@ -6,13 +6,21 @@ use clap::{Parser, Subcommand};
 
 /// See what your custom loss functions, their gradients and optimizers actually do.
 #[derive(Debug, Parser)]
-#[command(name = "gradscope", version, about)]
+#[command(
+    name = "gradscope",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Worker threads for tensor ops (sets RAYON_NUM_THREADS; default 1, the faster one here).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Without a command: open the TUI on this directory of loss files or one file.
+    #[arg(default_value = None)]
+    pub path: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,6 +11,7 @@ pub mod lang;
 pub mod optim;
 pub mod run;
 pub mod runner;
+pub mod tui;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -52,7 +53,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit(runner::run_command(&args, color)?));
         }
         Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,
-        None => check::check(&["losses".into()], false, color, &mut out)?,
+        None => {
+            drop(out);
+            tui::run(&cli.path.unwrap_or_else(|| "losses".into()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     out.flush()?;
     Ok(exit(all_ok))

@@ -204,9 +204,8 @@ fn num(v: f64) -> Value {
     }
 }
 
-/// One logged step as a JSON object.
-pub fn step_json(run: &Run, r: &StepRecord) -> Value {
-    let names = run.param_names();
+/// One logged step of run `run` (whose params are `names`) as a JSON object.
+pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
     let per = |v: &[f32]| -> serde_json::Map<String, Value> {
         names
             .iter()
@@ -216,7 +215,7 @@ pub fn step_json(run: &Run, r: &StepRecord) -> Value {
     };
     let bad: Vec<&String> = r.nonfinite_params().map(|i| &names[i]).collect();
     json!({
-        "run": run.name, "step": r.step, "loss": num(r.core.loss), "grad_norm": num(r.core.grad_norm as f64),
+        "run": run, "step": r.step, "loss": num(r.core.loss), "grad_norm": num(r.core.grad_norm as f64),
         "lr": num(r.core.lr as f64), "update_norm": num(r.core.update_norm as f64),
         "update_ratio": num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
         "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
@@ -240,7 +239,8 @@ pub fn summary_json(s: &Summary) -> Value {
     })
 }
 
-fn csv_header(names: &[String]) -> String {
+/// The CSV header for a file whose params are `names`.
+pub fn csv_header(names: &[String]) -> String {
     let mut cols = vec![
         "run",
         "step",
@@ -261,14 +261,12 @@ fn csv_header(names: &[String]) -> String {
     cols.join(",")
 }
 
-fn csv_row(run: &Run, r: &StepRecord) -> String {
+/// One logged step as a CSV row matching [`csv_header`].
+pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let bad: Vec<&str> = r
-        .nonfinite_params()
-        .map(|i| run.param_names()[i].as_str())
-        .collect();
+    let bad: Vec<&str> = r.nonfinite_params().map(|i| names[i].as_str()).collect();
     let mut cells = vec![
-        quote(&run.name),
+        quote(run),
         r.step.to_string(),
         r.core.loss.to_string(),
         r.core.grad_norm.to_string(),
@@ -394,8 +392,8 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
                 return;
             }
             let res = match args.format {
-                Format::Jsonl => writeln!(out, "{}", step_json(run, r)),
-                Format::Csv => writeln!(out, "{}", csv_row(run, r)),
+                Format::Jsonl => writeln!(out, "{}", step_json(&run.name, run.param_names(), r)),
+                Format::Csv => writeln!(out, "{}", csv_row(&run.name, run.param_names(), r)),
                 Format::Table => writeln!(
                     out,
                     "{:<28} {:>8} {:>14} {:>12} {:>10}",

@@ -84,6 +84,16 @@ impl History {
         &self.cores[step]
     }
 
+    /// Param `i`'s gradient norm at `step`.
+    pub fn param_grad_norm(&self, step: usize, i: usize) -> f32 {
+        self.grad_norms[step * self.n_params + i]
+    }
+
+    /// Param `i`'s value norm at `step`.
+    pub fn param_norm(&self, step: usize, i: usize) -> f32 {
+        self.param_norms[step * self.n_params + i]
+    }
+
     pub fn cores(&self) -> &[Core] {
         &self.cores
     }

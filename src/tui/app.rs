@@ -1,0 +1,931 @@
+//! The TUI's model and its one `update` function (The Elm Architecture): every input, worker
+//! event and file change is a [`Msg`]; only `update` mutates the [`App`]; rendering reads it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::{Position, Rect};
+use ratatui::style::Color;
+
+use super::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
+use crate::check::{FileReport, check_file, discover};
+use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
+use crate::lang::file::DType;
+use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::run::history::{History, StepRecord, flags};
+
+/// Everything that can happen to the app.
+#[derive(Debug)]
+pub enum Msg {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    /// An event from the worker of session `u64`.
+    Worker(u64, Event),
+    /// A file under the watched directory changed, appeared or disappeared.
+    FileChanged(PathBuf),
+    Resize(u16, u16),
+}
+
+/// What `update` asks the event loop to do that needs the terminal itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    Edit(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Focus {
+    Losses,
+    Runs,
+    Charts,
+}
+
+/// Chart tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Loss,
+    GradNorm,
+    LrRatio,
+    Params,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 4] = [Tab::Loss, Tab::GradNorm, Tab::LrRatio, Tab::Params];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Tab::Loss => "Loss",
+            Tab::GradNorm => "Gradient norm",
+            Tab::LrRatio => "LR & update/param",
+            Tab::Params => "Parameter norms",
+        }
+    }
+}
+
+/// Steps shown when the x range is limited.
+pub const LAST_N: usize = 500;
+
+/// Run colours, in order of creation.
+pub const PALETTE: [Color; 8] = [
+    Color::Cyan,
+    Color::Yellow,
+    Color::Magenta,
+    Color::Green,
+    Color::LightBlue,
+    Color::LightRed,
+    Color::White,
+    Color::LightGreen,
+];
+
+/// A run as the UI keeps it: what the worker reported.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub info: RunInfo,
+    pub color: Color,
+    pub history: History,
+    pub params: Vec<ParamStats>,
+    pub halted: Option<(u64, String)>,
+    pub lr_scale: f64,
+    /// Steps at which the user changed the learning rate.
+    pub lr_changes: Vec<u64>,
+    pub clipped: u64,
+    pub skipped: u64,
+}
+
+impl RunView {
+    pub fn steps(&self) -> usize {
+        self.history.len()
+    }
+
+    pub fn status(&self, playing: bool) -> String {
+        match &self.halted {
+            Some((step, _)) => format!("halted at {step}"),
+            None if self.steps() as u64 >= self.info.steps => "finished".into(),
+            None if playing => "running".into(),
+            None => "paused".into(),
+        }
+    }
+}
+
+/// One line of the warnings panel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    pub run: String,
+    pub step: u64,
+    pub text: String,
+}
+
+/// The runs of one loss file and the worker stepping them.
+pub struct Session {
+    pub id: u64,
+    pub runs: Vec<RunView>,
+    pub selected: usize,
+    pub playing: bool,
+    pub warnings: Vec<Warning>,
+    pub failed: Option<String>,
+    commands: Sender<Command>,
+    handle: Option<JoinHandle<()>>,
+    colors_used: usize,
+    rate: RateMeter,
+}
+
+impl Session {
+    fn send(&self, c: Command) {
+        let _ = self.commands.send(c);
+    }
+
+    pub fn selected_run(&self) -> Option<&RunView> {
+        self.runs.get(self.selected)
+    }
+
+    pub fn steps_per_s(&self) -> f64 {
+        self.rate.rate
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Steps per second from the records arriving, smoothed.
+#[derive(Debug, Clone)]
+struct RateMeter {
+    since: Instant,
+    count: u64,
+    rate: f64,
+}
+
+impl RateMeter {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            count: 0,
+            rate: 0.0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.count += n;
+        let dt = self.since.elapsed().as_secs_f64();
+        if dt >= 0.5 {
+            self.rate = self.count as f64 / dt;
+            self.count = 0;
+            self.since = Instant::now();
+        }
+    }
+}
+
+/// One loss file in the list.
+pub struct FileEntry {
+    pub path: PathBuf,
+    /// Sub-folder relative to the root ("" for the root itself).
+    pub group: String,
+    pub name: String,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The text last loaded, so a change event that changed nothing restarts nothing.
+    pub text: Option<String>,
+    /// The last version that compiled (kept running when a reload is broken).
+    pub compiled: Option<CompiledFile>,
+    pub session: Option<Session>,
+}
+
+impl FileEntry {
+    pub fn broken(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// A modal dialog.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Popup {
+    /// Pick an optimizer for a new run.
+    PickOptimizer { selected: usize },
+    /// Edit the spec of a new run.
+    EditSpec { text: String, error: Option<String> },
+    /// Pick a variant or dtype for a copy of the selected run.
+    Duplicate { selected: usize },
+}
+
+/// Options of the duplicate dialog for a file: each variant, then each dtype.
+pub fn duplicate_choices(compiled: &CompiledFile) -> Vec<(String, Option<usize>, Option<DType>)> {
+    let mut out: Vec<_> = compiled
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("variant: {}", r.name), Some(i), None))
+        .collect();
+    out.extend(
+        DType::ALL
+            .iter()
+            .map(|d| (format!("dtype: {}", d.name()), None, Some(*d))),
+    );
+    out
+}
+
+/// The whole TUI state.
+pub struct App {
+    pub root: PathBuf,
+    pub files: Vec<FileEntry>,
+    pub selected_file: usize,
+    pub focus: Focus,
+    pub tab: Tab,
+    pub log_y: bool,
+    pub smoothing: bool,
+    pub last_n: bool,
+    pub per_param: bool,
+    pub show_help: bool,
+    pub popup: Option<Popup>,
+    pub count: Option<u64>,
+    pub message: Option<String>,
+    pub size: (u16, u16),
+    next_session: u64,
+    events: Sender<Msg>,
+}
+
+impl App {
+    /// Loads every loss file under `root` (a directory or one file). Worker events are sent to
+    /// `events`, which the event loop feeds back into [`App::update`].
+    pub fn new(root: &Path, events: Sender<Msg>) -> Self {
+        let (paths, _) = discover(&[root.to_path_buf()]);
+        let mut app = Self {
+            root: root.to_path_buf(),
+            files: Vec::new(),
+            selected_file: 0,
+            focus: Focus::Losses,
+            tab: Tab::Loss,
+            log_y: false,
+            smoothing: false,
+            last_n: false,
+            per_param: false,
+            show_help: false,
+            popup: None,
+            count: None,
+            message: None,
+            size: (120, 40),
+            next_session: 0,
+            events,
+        };
+        for p in paths {
+            let entry = app.entry(&p, check_file(&p, false));
+            app.files.push(entry);
+        }
+        app.sort_files();
+        app.ensure_session();
+        app
+    }
+
+    /// A detached app for tests: worker events go to the returned receiver.
+    pub fn for_tests(root: &Path) -> (Self, std::sync::mpsc::Receiver<Msg>) {
+        let (tx, rx) = channel();
+        (Self::new(root, tx), rx)
+    }
+
+    fn entry(&self, path: &Path, report: FileReport) -> FileEntry {
+        let dir = if self.root.is_dir() {
+            self.root.as_path()
+        } else {
+            self.root.parent().unwrap_or(Path::new(""))
+        };
+        let group = path
+            .parent()
+            .and_then(|p| p.strip_prefix(dir).ok())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let name = report.name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        FileEntry {
+            path: path.to_path_buf(),
+            group,
+            name,
+            text: report.source.as_ref().map(|s| s.text.clone()),
+            diagnostics: report.diagnostics,
+            compiled: report.compiled,
+            session: None,
+        }
+    }
+
+    fn sort_files(&mut self) {
+        let selected = self.files.get(self.selected_file).map(|f| f.path.clone());
+        self.files
+            .sort_by(|a, b| (a.group.as_str(), &a.path).cmp(&(b.group.as_str(), &b.path)));
+        if let Some(p) = selected {
+            self.selected_file = self.files.iter().position(|f| f.path == p).unwrap_or(0);
+        }
+        self.selected_file = self.selected_file.min(self.files.len().saturating_sub(1));
+    }
+
+    /// Files grouped by sub-folder, in display order.
+    pub fn groups(&self) -> BTreeMap<&str, Vec<usize>> {
+        let mut g: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, f) in self.files.iter().enumerate() {
+            g.entry(f.group.as_str()).or_default().push(i);
+        }
+        g
+    }
+
+    pub fn file(&self) -> Option<&FileEntry> {
+        self.files.get(self.selected_file)
+    }
+
+    pub fn session(&self) -> Option<&Session> {
+        self.file()?.session.as_ref()
+    }
+
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        self.files.get_mut(self.selected_file)?.session.as_mut()
+    }
+
+    /// Starts the selected file's worker if it has none yet.
+    fn ensure_session(&mut self) {
+        let id = self.next_session;
+        let events = self.events.clone();
+        let Some(f) = self.files.get_mut(self.selected_file) else {
+            return;
+        };
+        if f.session.is_some() {
+            return;
+        }
+        let Some(compiled) = f.compiled.clone() else {
+            return;
+        };
+        self.next_session += 1;
+        f.session = Some(start_session(id, &f.name, compiled, events));
+    }
+
+    fn command(&mut self, c: Command) {
+        if let Some(s) = self.session() {
+            s.send(c);
+        }
+    }
+
+    /// Waits until the selected file's worker has handled every command sent so far, feeding
+    /// its events into `update` (for tests and for the end-to-end benchmark).
+    pub fn settle(&mut self, rx: &std::sync::mpsc::Receiver<Msg>) {
+        let Some(id) = self.session().map(|s| s.id) else {
+            return;
+        };
+        self.command(Command::Ping(id));
+        while let Ok(m) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
+            let done = matches!(&m, Msg::Worker(s, Event::Pong(p)) if *s == id && *p == id);
+            self.update(m);
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// The one place state changes.
+    pub fn update(&mut self, msg: Msg) -> Option<Action> {
+        match msg {
+            Msg::Key(k) if k.kind == KeyEventKind::Press => self.key(k),
+            Msg::Key(_) => None,
+            Msg::Mouse(m) => {
+                self.mouse(m);
+                None
+            }
+            Msg::Worker(id, e) => {
+                self.worker_event(id, e);
+                None
+            }
+            Msg::FileChanged(p) => {
+                self.reload(&p);
+                None
+            }
+            Msg::Resize(w, h) => {
+                self.size = (w, h);
+                None
+            }
+        }
+    }
+
+    fn worker_event(&mut self, id: u64, e: Event) {
+        let Some(s) = self
+            .files
+            .iter_mut()
+            .filter_map(|f| f.session.as_mut())
+            .find(|s| s.id == id)
+        else {
+            return;
+        };
+        match e {
+            Event::Added(info) => {
+                let color = PALETTE[s.colors_used % PALETTE.len()];
+                s.colors_used += 1;
+                s.runs.push(RunView {
+                    history: History::new(0),
+                    info,
+                    color,
+                    params: Vec::new(),
+                    halted: None,
+                    lr_scale: 1.0,
+                    lr_changes: Vec::new(),
+                    clipped: 0,
+                    skipped: 0,
+                });
+            }
+            Event::Removed(rid) => {
+                s.runs.retain(|r| r.info.id != rid);
+                s.selected = s.selected.min(s.runs.len().saturating_sub(1));
+            }
+            Event::Records(rid, records) => {
+                s.rate.add(records.len() as u64);
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
+                    for rec in &records {
+                        note_warnings(&mut s.warnings, r, rec);
+                        if r.history.is_empty() {
+                            r.history = History::new(rec.param_grad_norms.len());
+                        }
+                        r.history.push(rec);
+                    }
+                }
+            }
+            Event::Truncated(rid, len) => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
+                    r.history.truncate(len);
+                    r.halted = None;
+                    r.lr_changes.retain(|&k| (k as usize) < len);
+                    let cores = r.history.cores();
+                    r.clipped = cores
+                        .iter()
+                        .filter(|c| c.flags & flags::CLIPPED != 0)
+                        .count() as u64;
+                    r.skipped = cores
+                        .iter()
+                        .filter(|c| c.flags & flags::SKIPPED != 0)
+                        .count() as u64;
+                }
+            }
+            Event::Halted(rid, step, reason) => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid)
+                    && r.halted.is_none()
+                {
+                    s.warnings.push(Warning {
+                        run: r.info.name.clone(),
+                        step,
+                        text: format!("halted: {reason}"),
+                    });
+                    r.halted = Some((step, reason));
+                }
+            }
+            Event::Params(rid, p) => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
+                    r.params = p;
+                }
+            }
+            Event::LrScale(rid, scale) => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
+                    r.lr_scale = scale;
+                    r.lr_changes.push(r.history.len() as u64);
+                }
+            }
+            Event::Playing(p) => s.playing = p,
+            Event::Failed(why) => s.failed = Some(why),
+            Event::Pong(_) => {}
+        }
+    }
+
+    fn reload(&mut self, path: &Path) {
+        if path.extension().is_none_or(|e| e != "toml") {
+            return;
+        }
+        let pos = self.files.iter().position(|f| f.path == path);
+        if !path.exists() {
+            if let Some(i) = pos {
+                self.files.remove(i);
+                self.sort_files();
+                self.ensure_session();
+            }
+            return;
+        }
+        if let Some(i) = pos
+            && std::fs::read_to_string(path).ok() == self.files[i].text
+        {
+            return;
+        }
+        let report = check_file(path, false);
+        match pos {
+            Some(i) => {
+                let f = &mut self.files[i];
+                f.text = report.source.as_ref().map(|s| s.text.clone());
+                f.diagnostics = report.diagnostics;
+                if let Some(name) = report.name {
+                    f.name = name;
+                }
+                if report.compiled.is_some() {
+                    f.compiled = report.compiled;
+                    f.session = None;
+                    if i == self.selected_file {
+                        self.ensure_session();
+                    }
+                }
+            }
+            None => {
+                let entry = self.entry(path, report);
+                self.files.push(entry);
+                self.sort_files();
+                self.ensure_session();
+            }
+        }
+    }
+
+    fn select_file(&mut self, i: usize) {
+        if i < self.files.len() {
+            self.selected_file = i;
+            self.ensure_session();
+        }
+    }
+
+    fn move_selection(&mut self, delta: i64) {
+        match self.focus {
+            Focus::Losses | Focus::Charts => {
+                let n = self.files.len() as i64;
+                if n > 0 {
+                    self.select_file((self.selected_file as i64 + delta).clamp(0, n - 1) as usize);
+                }
+            }
+            Focus::Runs => {
+                if let Some(s) = self.session_mut() {
+                    let n = s.runs.len() as i64;
+                    if n > 0 {
+                        s.selected = (s.selected as i64 + delta).clamp(0, n - 1) as usize;
+                    }
+                }
+            }
+        }
+    }
+
+    fn selected_run_id(&self) -> Option<RunId> {
+        self.session()?.selected_run().map(|r| r.info.id)
+    }
+
+    fn key(&mut self, k: KeyEvent) -> Option<Action> {
+        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
+            return Some(Action::Quit);
+        }
+        if self.popup.is_some() {
+            self.popup_key(k);
+            return None;
+        }
+        if self.show_help {
+            self.show_help = false;
+            return None;
+        }
+        if let KeyCode::Char(c @ '0'..='9') = k.code {
+            let d = u64::from(c as u8 - b'0');
+            self.count = Some(
+                self.count
+                    .unwrap_or(0)
+                    .saturating_mul(10)
+                    .saturating_add(d)
+                    .min(1_000_000),
+            );
+            return None;
+        }
+        let count = self.count.take();
+        self.message = None;
+        match k.code {
+            KeyCode::Char('q') => return Some(Action::Quit),
+            KeyCode::Char('?') => self.show_help = true,
+            KeyCode::Char(' ') => {
+                let playing = self.session().is_some_and(|s| s.playing);
+                self.command(if playing {
+                    Command::Pause
+                } else {
+                    Command::Play
+                });
+            }
+            KeyCode::Char('n') | KeyCode::Right => self.command(Command::Step(count.unwrap_or(1))),
+            KeyCode::Char('N') => self.command(Command::Step(count.unwrap_or(1) * 100)),
+            KeyCode::Char('b') | KeyCode::Left => self.command(Command::Rewind(count.unwrap_or(1))),
+            KeyCode::Char('B') => self.command(Command::Rewind(count.unwrap_or(1) * 100)),
+            KeyCode::Char('r') => self.command(Command::Reset),
+            KeyCode::Char('+') | KeyCode::Char('=') => {
+                if let Some(id) = self.selected_run_id() {
+                    self.command(Command::ScaleLr(id, 2.0));
+                }
+            }
+            KeyCode::Char('-') => {
+                if let Some(id) = self.selected_run_id() {
+                    self.command(Command::ScaleLr(id, 0.5));
+                }
+            }
+            KeyCode::Char('o') if self.session().is_some() => {
+                self.popup = Some(Popup::PickOptimizer { selected: 1 })
+            }
+            KeyCode::Char('d') if self.session().is_some_and(|s| !s.runs.is_empty()) => {
+                self.popup = Some(Popup::Duplicate { selected: 0 });
+            }
+            KeyCode::Char('x') => {
+                if let Some(id) = self.selected_run_id() {
+                    self.command(Command::Remove(id));
+                }
+            }
+            KeyCode::Char('l') => self.log_y = !self.log_y,
+            KeyCode::Char('s') => self.smoothing = !self.smoothing,
+            KeyCode::Char('a') => self.last_n = !self.last_n,
+            KeyCode::Char('v') => self.per_param = !self.per_param,
+            KeyCode::Char('e') => return self.file().map(|f| Action::Edit(f.path.clone())),
+            KeyCode::Char('w') => self.write_runs(),
+            KeyCode::Tab => {
+                self.focus = match self.focus {
+                    Focus::Losses => Focus::Runs,
+                    Focus::Runs => Focus::Charts,
+                    Focus::Charts => Focus::Losses,
+                }
+            }
+            KeyCode::BackTab => {
+                self.focus = match self.focus {
+                    Focus::Losses => Focus::Charts,
+                    Focus::Runs => Focus::Losses,
+                    Focus::Charts => Focus::Runs,
+                }
+            }
+            KeyCode::Char('t') => {
+                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
+                self.tab = Tab::ALL[(i + 1) % Tab::ALL.len()];
+            }
+            KeyCode::Char('T') => {
+                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
+                self.tab = Tab::ALL[(i + Tab::ALL.len() - 1) % Tab::ALL.len()];
+            }
+            KeyCode::Char('j') | KeyCode::Down => self.move_selection(count.unwrap_or(1) as i64),
+            KeyCode::Char('k') | KeyCode::Up => self.move_selection(-(count.unwrap_or(1) as i64)),
+            _ => {}
+        }
+        None
+    }
+
+    fn popup_key(&mut self, k: KeyEvent) {
+        let Some(popup) = self.popup.clone() else {
+            return;
+        };
+        if k.code == KeyCode::Esc {
+            self.popup = None;
+            return;
+        }
+        match popup {
+            Popup::PickOptimizer { selected } => match k.code {
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.popup = Some(Popup::PickOptimizer {
+                        selected: selected.saturating_sub(1),
+                    });
+                }
+                KeyCode::Down | KeyCode::Char('j') => {
+                    self.popup = Some(Popup::PickOptimizer {
+                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
+                    });
+                }
+                KeyCode::Enter => {
+                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
+                    self.popup = Some(Popup::EditSpec {
+                        text: spec.to_string(),
+                        error: None,
+                    });
+                }
+                _ => {}
+            },
+            Popup::EditSpec { mut text, .. } => match k.code {
+                KeyCode::Enter => match OptimizerSpec::parse(&text) {
+                    Ok(spec) => {
+                        let def = self
+                            .session()
+                            .and_then(|s| s.selected_run())
+                            .map_or(0, |r| r.info.def);
+                        self.command(Command::AddRun {
+                            def,
+                            optimizer: Some(spec),
+                            dtype: None,
+                        });
+                        self.popup = None;
+                    }
+                    Err(e) => {
+                        let error = Some(match e.help {
+                            Some(h) => format!("{} ({h})", e.message),
+                            None => e.message,
+                        });
+                        self.popup = Some(Popup::EditSpec { text, error });
+                    }
+                },
+                KeyCode::Backspace => {
+                    text.pop();
+                    self.popup = Some(Popup::EditSpec { text, error: None });
+                }
+                KeyCode::Char(c) => {
+                    text.push(c);
+                    self.popup = Some(Popup::EditSpec { text, error: None });
+                }
+                _ => {}
+            },
+            Popup::Duplicate { selected } => {
+                let choices = self
+                    .file()
+                    .and_then(|f| f.compiled.as_ref())
+                    .map(duplicate_choices)
+                    .unwrap_or_default();
+                match k.code {
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.popup = Some(Popup::Duplicate {
+                            selected: selected.saturating_sub(1),
+                        });
+                    }
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        self.popup = Some(Popup::Duplicate {
+                            selected: (selected + 1).min(choices.len().saturating_sub(1)),
+                        });
+                    }
+                    KeyCode::Enter => {
+                        if let (Some((_, variant, dtype)), Some(run)) = (
+                            choices.get(selected),
+                            self.session().and_then(|s| s.selected_run()),
+                        ) {
+                            let optimizer = OptimizerSpec::parse(&run.info.optimizer).ok();
+                            let def = variant.unwrap_or(run.info.def);
+                            let dtype =
+                                dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none());
+                            self.command(Command::AddRun {
+                                def,
+                                optimizer,
+                                dtype,
+                            });
+                        }
+                        self.popup = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn mouse(&mut self, m: MouseEvent) {
+        let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let pos = Position::new(m.column, m.row);
+        match m.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                if areas.losses.contains(pos) {
+                    self.focus = Focus::Losses;
+                    let row = (m.row - areas.losses.y) as usize;
+                    if let Some(i) = super::ui::file_at_row(self, row.saturating_sub(1)) {
+                        self.select_file(i);
+                    }
+                } else if areas.runs.contains(pos) {
+                    self.focus = Focus::Runs;
+                    let row = (m.row - areas.runs.y) as usize;
+                    if let Some(s) = self.session_mut()
+                        && row >= 1
+                        && row - 1 < s.runs.len()
+                    {
+                        s.selected = row - 1;
+                    }
+                } else if areas.tabs.contains(pos) {
+                    self.focus = Focus::Charts;
+                    if let Some(t) = super::ui::tab_at_column(m.column.saturating_sub(areas.tabs.x))
+                    {
+                        self.tab = t;
+                    }
+                }
+            }
+            MouseEventKind::ScrollDown => {
+                if areas.runs.contains(pos) {
+                    self.focus = Focus::Runs;
+                } else if areas.losses.contains(pos) {
+                    self.focus = Focus::Losses;
+                }
+                self.move_selection(1);
+            }
+            MouseEventKind::ScrollUp => {
+                if areas.runs.contains(pos) {
+                    self.focus = Focus::Runs;
+                } else if areas.losses.contains(pos) {
+                    self.focus = Focus::Losses;
+                }
+                self.move_selection(-1);
+            }
+            _ => {}
+        }
+    }
+
+    /// `w`: every run of the selected loss to a CSV and a JSONL file in the working directory.
+    fn write_runs(&mut self) {
+        let Some(f) = self.file() else {
+            return;
+        };
+        let Some(s) = f.session.as_ref() else {
+            self.message = Some("nothing to write: this file has no runs".into());
+            return;
+        };
+        let stem = f
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "runs".into());
+        let names: Vec<String> = f
+            .compiled
+            .as_ref()
+            .map(|c| c.params.iter().map(|p| p.name.clone()).collect())
+            .unwrap_or_default();
+        let csv_path = PathBuf::from(format!("gradscope-{stem}.csv"));
+        let jsonl_path = PathBuf::from(format!("gradscope-{stem}.jsonl"));
+        let mut csv = crate::runner::csv_header(&names) + "\n";
+        let mut jsonl = String::new();
+        for r in &s.runs {
+            for k in 0..r.history.len() {
+                if let Some(rec) = r.history.get(k) {
+                    csv.push_str(&crate::runner::csv_row(&r.info.name, &names, &rec));
+                    csv.push('\n');
+                    jsonl.push_str(
+                        &crate::runner::step_json(&r.info.name, &names, &rec).to_string(),
+                    );
+                    jsonl.push('\n');
+                }
+            }
+        }
+        let result =
+            std::fs::write(&csv_path, csv).and_then(|()| std::fs::write(&jsonl_path, jsonl));
+        self.message = Some(match result {
+            Ok(()) => format!("wrote {} and {}", csv_path.display(), jsonl_path.display()),
+            Err(e) => format!("could not write runs: {e}"),
+        });
+    }
+}
+
+fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg>) -> Session {
+    let (tx, rx) = channel();
+    let emit: worker::Emit = Box::new(move |e| {
+        let _ = events.send(Msg::Worker(id, e));
+    });
+    let (handle, failed) = match worker::spawn(name, compiled, rx, emit) {
+        Ok(h) => (Some(h), None),
+        Err(e) => (None, Some(format!("cannot start the worker thread: {e}"))),
+    };
+    Session {
+        id,
+        runs: Vec::new(),
+        selected: 0,
+        playing: false,
+        warnings: Vec::new(),
+        failed,
+        commands: tx,
+        handle,
+        colors_used: 0,
+        rate: RateMeter::new(),
+    }
+}
+
+/// Adds warning lines for a step: the first non-finite step of a run, and running counts of
+/// clipped and skipped steps (one line each, updated in place, so the log never floods).
+fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord) {
+    let name = &r.info.name;
+    let nonfinite = rec.has(flags::LOSS_NONFINITE) || rec.has(flags::GRAD_NONFINITE);
+    let first_nonfinite = !r
+        .history
+        .cores()
+        .iter()
+        .any(|c| c.flags & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0);
+    if nonfinite && first_nonfinite {
+        let what = if rec.has(flags::LOSS_NONFINITE) {
+            format!("loss is {}", crate::check::fmt_num(rec.core.loss))
+        } else {
+            "gradient is non-finite".to_string()
+        };
+        warnings.push(Warning {
+            run: name.clone(),
+            step: rec.step,
+            text: format!("{what} (first non-finite step)"),
+        });
+    }
+    for (flag, count, word) in [
+        (flags::CLIPPED, &mut r.clipped, "clipped"),
+        (flags::SKIPPED, &mut r.skipped, "skipped"),
+    ] {
+        if rec.has(flag) {
+            *count += 1;
+            let text = format!("{count} steps {word}");
+            match warnings
+                .iter_mut()
+                .find(|w| &w.run == name && w.text.ends_with(word))
+            {
+                Some(w) => w.text = text,
+                None => warnings.push(Warning {
+                    run: name.clone(),
+                    step: rec.step,
+                    text,
+                }),
+            }
+        }
+    }
+}

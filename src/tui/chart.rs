@@ -1,0 +1,193 @@
+//! Turning a run's history into chart points: metric selection, x range, EMA smoothing with
+//! TensorBoard's debiasing, log transform, and decimation per terminal column (min and max of each
+//! bucket, so spikes survive). Cost grows with the visible steps and the width, and the points
+//! drawn with the width alone.
+
+use crate::run::history::History;
+
+/// What a series plots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    Loss,
+    GradNorm,
+    ParamGradNorm(usize),
+    Lr,
+    UpdateRatio,
+    ParamNorm(usize),
+}
+
+/// TensorBoard's default-ish smoothing weight.
+pub const SMOOTHING: f64 = 0.8;
+
+impl Metric {
+    pub fn value(self, h: &History, k: usize) -> f64 {
+        let c = h.core(k);
+        match self {
+            Metric::Loss => c.loss,
+            Metric::GradNorm => f64::from(c.grad_norm),
+            Metric::Lr => f64::from(c.lr),
+            Metric::UpdateRatio => f64::from(c.update_ratio),
+            Metric::ParamGradNorm(i) => f64::from(h.param_grad_norm(k, i)),
+            Metric::ParamNorm(i) => f64::from(h.param_norm(k, i)),
+        }
+    }
+}
+
+/// Points ready for a chart, in transformed (possibly log10) units.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    pub points: Vec<(f64, f64)>,
+    /// Steps whose value was NaN or Inf (one per column at most).
+    pub nonfinite: Vec<f64>,
+}
+
+/// EMA with debiasing, as TensorBoard draws it; non-finite values pass through unsmoothed.
+pub fn ema(values: &[f64], weight: f64) -> Vec<f64> {
+    let mut last = 0.0;
+    let mut n = 0i32;
+    values
+        .iter()
+        .map(|&v| {
+            if !v.is_finite() {
+                return v;
+            }
+            last = last * weight + (1.0 - weight) * v;
+            n += 1;
+            last / (1.0 - weight.powi(n))
+        })
+        .collect()
+}
+
+/// The series of `metric` over steps `range`, decimated to `columns` buckets.
+pub fn series(
+    h: &History,
+    metric: Metric,
+    range: std::ops::Range<usize>,
+    columns: usize,
+    log: bool,
+    smooth: bool,
+) -> Series {
+    let raw: Vec<f64> = range.clone().map(|k| metric.value(h, k)).collect();
+    let values = if smooth {
+        ema(&raw, SMOOTHING)
+    } else {
+        raw.clone()
+    };
+    decimate(&values, &raw, range.start, columns.max(1), log)
+}
+
+/// Buckets `values` (for steps `first..`) into at most `columns` columns: each contributes its
+/// min and max. `raw` decides which steps are non-finite.
+pub fn decimate(values: &[f64], raw: &[f64], first: usize, columns: usize, log: bool) -> Series {
+    let n = values.len();
+    let mut out = Series::default();
+    if n == 0 {
+        return out;
+    }
+    let bucket = n.div_ceil(columns).max(1);
+    let transform = |v: f64| {
+        if log {
+            if v > 0.0 { Some(v.log10()) } else { None }
+        } else {
+            Some(v)
+        }
+    };
+    for (b, chunk) in values.chunks(bucket).enumerate() {
+        let start = b * bucket;
+        let mut lo = f64::INFINITY;
+        let mut hi = f64::NEG_INFINITY;
+        let (mut lo_k, mut hi_k) = (0, 0);
+        for (i, &v) in chunk.iter().enumerate() {
+            if let Some(t) = transform(v).filter(|t| t.is_finite()) {
+                if t < lo {
+                    lo = t;
+                    lo_k = i;
+                }
+                if t > hi {
+                    hi = t;
+                    hi_k = i;
+                }
+            }
+        }
+        if raw[start..start + chunk.len()]
+            .iter()
+            .any(|v| !v.is_finite())
+        {
+            out.nonfinite.push((first + start) as f64);
+        }
+        if lo.is_finite() {
+            // In step order, so the line goes through the extremes as the data did.
+            let (a, b) = if lo_k <= hi_k {
+                ((lo_k, lo), (hi_k, hi))
+            } else {
+                ((hi_k, hi), (lo_k, lo))
+            };
+            out.points.push(((first + start + a.0) as f64, a.1));
+            if b.0 != a.0 {
+                out.points.push(((first + start + b.0) as f64, b.1));
+            }
+        }
+    }
+    out
+}
+
+/// Axis bounds that are finite and not degenerate (ratatui draws nothing for NaN bounds).
+pub fn bounds(values: impl Iterator<Item = f64>) -> [f64; 2] {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if !lo.is_finite() {
+        return [0.0, 1.0];
+    }
+    if hi - lo < 1e-12 * lo.abs().max(1.0) {
+        let pad = (lo.abs() * 0.1).max(1e-9);
+        return [lo - pad, hi + pad];
+    }
+    [lo, hi]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimation_keeps_spikes_and_bounds_the_point_count() {
+        let mut v: Vec<f64> = (0..10_000).map(|k| k as f64 * 1e-4).collect();
+        v[5_000] = 1e6;
+        let s = decimate(&v, &v, 0, 100, false);
+        assert!(s.points.len() <= 200);
+        assert!(s.points.iter().any(|&(x, y)| x == 5_000.0 && y == 1e6));
+    }
+
+    #[test]
+    fn nonfinite_steps_become_markers_not_gaps() {
+        let v = [1.0, f64::NAN, 2.0, f64::INFINITY];
+        let s = decimate(&v, &v, 10, 10, false);
+        assert_eq!(s.nonfinite, vec![11.0, 13.0]);
+        assert_eq!(s.points, vec![(10.0, 1.0), (12.0, 2.0)]);
+    }
+
+    #[test]
+    fn ema_is_debiased_like_tensorboard() {
+        // First value is returned unchanged; then (0.8*0.2*1 + 0.2*3) / (1 - 0.64).
+        let s = ema(&[1.0, 3.0], 0.8);
+        assert_eq!(s[0], 1.0);
+        assert!((s[1] - (0.8 * 0.2 + 0.2 * 3.0) / (1.0 - 0.64)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn log_drops_non_positive_values() {
+        let v = [100.0, 0.0, 0.001];
+        let s = decimate(&v, &v, 0, 10, true);
+        assert_eq!(s.points, vec![(0.0, 2.0), (2.0, -3.0)]);
+    }
+
+    #[test]
+    fn bounds_are_never_nan_or_empty() {
+        assert_eq!(bounds([f64::NAN].into_iter()), [0.0, 1.0]);
+        let b = bounds([5.0, 5.0].into_iter());
+        assert!(b[0] < 5.0 && b[1] > 5.0);
+    }
+}

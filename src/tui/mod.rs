@@ -1,0 +1,163 @@
+//! The terminal UI: `gradscope [PATH]`. The event loop draws about 30 frames a second, feeds
+//! keys, mouse, worker events and file changes into [`app::App::update`], and restores the
+//! terminal on quit, ctrl-c, SIGTERM and panic.
+
+pub mod app;
+pub mod chart;
+pub mod ui;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event as TermEvent};
+use crossterm::execute;
+use notify::{RecursiveMode, Watcher};
+
+use self::app::{Action, App, Msg};
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigterm(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+/// Frame interval (about 30 frames a second).
+const FRAME: Duration = Duration::from_millis(33);
+
+/// Opens the TUI on `path` (a directory of loss files or one file).
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        anyhow::bail!("no such file or directory: {}", path.display());
+    }
+    // Our hook first, so ratatui's (installed by init) restores the terminal before it runs.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        previous(info);
+    }));
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+    }
+    let mut terminal = ratatui::init();
+    let _ = execute!(std::io::stdout(), EnableMouseCapture);
+    let result = event_loop(&mut terminal, path);
+    let _ = execute!(std::io::stdout(), DisableMouseCapture);
+    ratatui::restore();
+    result
+}
+
+fn watch(path: &Path, tx: Sender<Msg>) -> Option<notify::RecommendedWatcher> {
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only changes: reading a file (as a reload does) raises access events too.
+        if let Ok(e) = res
+            && (e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove())
+        {
+            for p in e.paths {
+                let _ = tx.send(Msg::FileChanged(p));
+            }
+        }
+    })
+    .ok()?;
+    w.watch(path, RecursiveMode::Recursive).ok()?;
+    Some(w)
+}
+
+fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::Result<()> {
+    let (tx, rx) = channel();
+    let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let _watcher = watch(&root, tx.clone());
+    let mut app = App::new(path, tx);
+    let size = terminal.size()?;
+    app.update(Msg::Resize(size.width, size.height));
+    let mut changed: Vec<(PathBuf, Instant)> = Vec::new();
+    loop {
+        terminal.draw(|f| ui::render(f, &app))?;
+        let deadline = Instant::now() + FRAME;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if !event::poll(left)? {
+                break;
+            }
+            let msg = match event::read()? {
+                TermEvent::Key(k) => Msg::Key(k),
+                TermEvent::Mouse(m) => Msg::Mouse(m),
+                TermEvent::Resize(w, h) => Msg::Resize(w, h),
+                _ => continue,
+            };
+            match app.update(msg) {
+                Some(Action::Quit) => return Ok(()),
+                Some(Action::Edit(file)) => {
+                    edit(terminal, &file)?;
+                    app.update(Msg::FileChanged(file));
+                }
+                None => {}
+            }
+        }
+        if TERMINATE.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        drain(&mut app, &rx, &mut changed, &root);
+    }
+}
+
+/// Feeds worker events in, and file changes once they have been quiet for 150 ms (editors
+/// write a file in several steps).
+fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)>, root: &Path) {
+    let started = Instant::now();
+    while let Ok(m) = rx.try_recv() {
+        match m {
+            Msg::FileChanged(p) => {
+                let p = relative_to(&p, root, &app.root);
+                changed.retain(|(q, _)| q != &p);
+                changed.push((p, Instant::now()));
+            }
+            m => {
+                app.update(m);
+            }
+        }
+        if started.elapsed() > FRAME / 2 {
+            break;
+        }
+    }
+    let quiet = Duration::from_millis(150);
+    let (ready, waiting): (Vec<_>, Vec<_>) =
+        changed.drain(..).partition(|(_, t)| t.elapsed() >= quiet);
+    *changed = waiting;
+    for (p, _) in ready {
+        app.update(Msg::FileChanged(p));
+    }
+}
+
+/// Watcher paths are absolute; the app's are as the user typed them.
+fn relative_to(p: &Path, canonical_root: &Path, root: &Path) -> PathBuf {
+    match p.strip_prefix(canonical_root) {
+        Ok(rest) if root.is_dir() => root.join(rest),
+        Ok(_) => root.to_path_buf(),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// Suspends the TUI, runs `$EDITOR` on `file`, and resumes.
+fn edit(terminal: &mut ratatui::DefaultTerminal, file: &Path) -> anyhow::Result<()> {
+    let _ = execute!(std::io::stdout(), DisableMouseCapture);
+    ratatui::restore();
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let mut parts = editor.split_whitespace();
+    let program = parts.next().unwrap_or("vi");
+    let status = std::process::Command::new(program)
+        .args(parts)
+        .arg(file)
+        .status();
+    *terminal = ratatui::init();
+    let _ = execute!(std::io::stdout(), EnableMouseCapture);
+    terminal.clear()?;
+    if let Err(e) = status {
+        anyhow::bail!("could not start `{editor}`: {e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! The optimizer worker: a named thread per loss file that owns the file's runs and steps them.
+//! It talks to the UI only through messages: commands in, events out.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::compile::{CompiledFile, norm};
+use crate::lang::file::DType;
+use crate::optim::spec::OptimizerSpec;
+use crate::run::history::StepRecord;
+use crate::run::{Run, RunConfig};
+
+/// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
+pub type RunId = u64;
+
+/// What the UI asks a worker to do.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Play,
+    Pause,
+    /// Step every run `n` times (paused or not).
+    Step(u64),
+    /// Back to the initial params.
+    Reset,
+    /// Rewind every run by `n` steps.
+    Rewind(u64),
+    /// Multiply one run's learning rate.
+    ScaleLr(RunId, f64),
+    /// Add a run of definition `def` with this optimizer (None: the definition's own).
+    AddRun {
+        def: usize,
+        optimizer: Option<OptimizerSpec>,
+        dtype: Option<DType>,
+    },
+    Remove(RunId),
+    /// Asks for a [`Event::Pong`] once everything before it is done (tests wait on it).
+    Ping(u64),
+    Shutdown,
+}
+
+/// Per-param numbers at a run's current step, for the inspector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamStats {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub norm: f64,
+    pub min: f64,
+    pub max: f64,
+    pub nonfinite: usize,
+}
+
+/// A run as the UI sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub id: RunId,
+    /// Index of the run definition (base or variant) it runs.
+    pub def: usize,
+    pub name: String,
+    pub optimizer: String,
+    pub dtype: DType,
+    pub steps: u64,
+}
+
+/// What a worker tells the UI.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Added(RunInfo),
+    Removed(RunId),
+    /// New steps, in order, for one run.
+    Records(RunId, Vec<StepRecord>),
+    /// The run's history now has only `len` steps (rewound or reset).
+    Truncated(RunId, usize),
+    Halted(RunId, u64, String),
+    Params(RunId, Vec<ParamStats>),
+    LrScale(RunId, f64),
+    Playing(bool),
+    Failed(String),
+    /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
+    Pong(u64),
+}
+
+struct Slot {
+    id: RunId,
+    run: Run,
+    sent: usize,
+}
+
+/// Where a worker's events go.
+pub type Emit = Box<dyn Fn(Event) + Send>;
+
+/// Starts the worker for one compiled file, with one run per definition.
+pub fn spawn(
+    name: &str,
+    compiled: CompiledFile,
+    commands: Receiver<Command>,
+    emit: Emit,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("runs:{name}"))
+        .spawn(move || Worker::new(compiled, emit).serve(commands))
+}
+
+struct Worker {
+    compiled: CompiledFile,
+    slots: Vec<Slot>,
+    next_id: RunId,
+    playing: bool,
+    emit: Emit,
+}
+
+/// How often a playing worker reports to the UI.
+const REPORT_EVERY: Duration = Duration::from_millis(30);
+
+impl Worker {
+    fn new(compiled: CompiledFile, emit: Emit) -> Self {
+        let mut w = Self {
+            compiled,
+            slots: Vec::new(),
+            next_id: 0,
+            playing: false,
+            emit,
+        };
+        for def in 0..w.compiled.runs.len() {
+            w.add(def, None, None);
+        }
+        w
+    }
+
+    fn send(&self, e: Event) {
+        (self.emit)(e);
+    }
+
+    fn add(&mut self, def: usize, optimizer: Option<OptimizerSpec>, dtype: Option<DType>) {
+        let mut compiled = self.compiled.clone();
+        let Some(d) = compiled.runs.get_mut(def) else {
+            return;
+        };
+        if let Some(dt) = dtype {
+            d.dtype = dt;
+        }
+        let mut config = RunConfig::from_settings(&d.optimizer);
+        let mut name = d.name.clone();
+        if let Some(spec) = optimizer {
+            name = format!("{name} · {spec}");
+            config.optimizer = spec;
+        }
+        if let Some(dt) = dtype {
+            name = format!("{name} · {}", dt.name());
+        }
+        match Run::new(&compiled, def, name.clone(), config) {
+            Ok(run) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.send(Event::Added(RunInfo {
+                    id,
+                    def,
+                    name: run.name.clone(),
+                    optimizer: run.config.optimizer.to_string(),
+                    dtype: run.dtype,
+                    steps: run.config.steps,
+                }));
+                let slot = Slot { id, run, sent: 0 };
+                self.send(Event::Params(id, stats(&slot.run)));
+                self.slots.push(slot);
+            }
+            Err(e) => self.send(Event::Failed(format!("cannot start run `{name}`: {e}"))),
+        }
+    }
+
+    fn serve(mut self, commands: Receiver<Command>) {
+        let mut last_report = Instant::now();
+        loop {
+            let command = if self.playing {
+                commands.try_recv().map_err(|e| match e {
+                    std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            } else {
+                commands.recv_timeout(Duration::from_millis(200))
+            };
+            match command {
+                Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(c) => self.handle(c),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.playing {
+                let mut any = false;
+                for i in 0..self.slots.len() {
+                    if !self.slots[i].run.is_done() {
+                        self.step_slot(i);
+                        any = true;
+                    }
+                }
+                if !any {
+                    self.playing = false;
+                    self.send(Event::Playing(false));
+                }
+                if last_report.elapsed() >= REPORT_EVERY || !self.playing {
+                    self.report();
+                    last_report = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, c: Command) {
+        match c {
+            Command::Play => {
+                // A finished run played again goes on for as many steps as it was given.
+                for s in &mut self.slots {
+                    if s.run.halted.is_none() && s.run.step_count() >= s.run.config.steps {
+                        s.run.config.steps += s.run.config.steps.max(1);
+                    }
+                }
+                self.playing = true;
+                self.send(Event::Playing(true));
+            }
+            Command::Pause => {
+                self.playing = false;
+                self.send(Event::Playing(false));
+                self.report();
+            }
+            Command::Step(n) => {
+                for i in 0..self.slots.len() {
+                    let target = self.slots[i].run.step_count() + n;
+                    let run = &mut self.slots[i].run;
+                    run.config.steps = run.config.steps.max(target);
+                    while self.slots[i].run.step_count() < target
+                        && self.slots[i].run.halted.is_none()
+                    {
+                        self.step_slot(i);
+                    }
+                }
+                self.report();
+            }
+            Command::Reset => self.rewind(|_| 0),
+            Command::Rewind(n) => self.rewind(|len| len.saturating_sub(n)),
+            Command::ScaleLr(id, f) => {
+                if let Some(s) = self.slots.iter_mut().find(|s| s.id == id) {
+                    s.run.lr_scale *= f;
+                    let scale = s.run.lr_scale;
+                    self.send(Event::LrScale(id, scale));
+                }
+            }
+            Command::AddRun {
+                def,
+                optimizer,
+                dtype,
+            } => self.add(def, optimizer, dtype),
+            Command::Remove(id) => {
+                self.slots.retain(|s| s.id != id);
+                self.send(Event::Removed(id));
+            }
+            Command::Ping(n) => {
+                self.report();
+                self.send(Event::Pong(n));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn rewind(&mut self, to: impl Fn(u64) -> u64) {
+        for i in 0..self.slots.len() {
+            let target = to(self.slots[i].run.step_count());
+            let id = self.slots[i].id;
+            if let Err(d) = self.slots[i].run.rewind_to(target) {
+                self.send(Event::Failed(d.headline()));
+            }
+            let len = self.slots[i].run.step_count() as usize;
+            self.slots[i].sent = len;
+            self.send(Event::Truncated(id, len));
+            self.send(Event::Params(id, stats(&self.slots[i].run)));
+        }
+    }
+
+    fn step_slot(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if let Err(d) = slot.run.step() {
+            slot.run.halted = Some(crate::run::Halt {
+                step: slot.run.step_count(),
+                reason: d.headline(),
+            });
+        }
+    }
+
+    /// Sends every step not yet reported, halts, and the inspector's numbers.
+    fn report(&mut self) {
+        for s in &mut self.slots {
+            let len = s.run.history().len();
+            if s.sent < len {
+                let records: Vec<StepRecord> = (s.sent..len)
+                    .filter_map(|k| s.run.history().get(k))
+                    .collect();
+                (self.emit)(Event::Records(s.id, records));
+                s.sent = len;
+                (self.emit)(Event::Params(s.id, stats(&s.run)));
+                if let Some(h) = &s.run.halted {
+                    (self.emit)(Event::Halted(s.id, h.step, h.reason.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn stats(run: &Run) -> Vec<ParamStats> {
+    run.param_names()
+        .iter()
+        .zip(run.params())
+        .map(|(name, var)| {
+            let t = var.as_tensor();
+            let v: Vec<f64> = t
+                .to_dtype(candle_core::DType::F64)
+                .and_then(|t| t.flatten_all()?.to_vec1())
+                .unwrap_or_default();
+            let finite = v.iter().copied().filter(|x| x.is_finite());
+            ParamStats {
+                name: name.clone(),
+                shape: t.dims().to_vec(),
+                norm: norm(t),
+                min: finite.clone().fold(f64::INFINITY, f64::min),
+                max: finite.fold(f64::NEG_INFINITY, f64::max),
+                nonfinite: v.iter().filter(|x| !x.is_finite()).count(),
+            }
+        })
+        .collect()
+}
