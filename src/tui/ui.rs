@@ -567,17 +567,13 @@ fn steps_of(s: &Session) -> usize {
 fn render_status(f: &mut Frame, app: &App, area: Rect) {
     let mut spans = Vec::new();
     if let Some(s) = app.session() {
-        let state = if s.playing {
-            Span::styled("running", Style::new().fg(Color::Green))
+        spans.push(Span::raw(format!(" step {} · ", steps_of(s))));
+        if s.playing {
+            spans.push(Span::raw(format!("{:.0} steps/s · ", s.steps_per_s())));
+            spans.push(Span::styled("running", Style::new().fg(Color::Green)));
         } else {
-            Span::raw("paused")
-        };
-        spans.push(Span::raw(format!(
-            " step {} · {:.0} steps/s · ",
-            steps_of(s),
-            s.steps_per_s()
-        )));
-        spans.push(state);
+            spans.push(Span::raw("paused"));
+        }
         spans.push(Span::raw(" · "));
     }
     if let Some(c) = app.count {
