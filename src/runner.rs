@@ -489,6 +489,24 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             peak_rss_mb()
         )?;
     }
+    writeln!(out, "\nwhile the TUI draws a 200x60 frame every 33 ms:")?;
+    for f in crate::check::discover(&[dir.to_path_buf()]).0 {
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match crate::tui::bench::steps_per_s(&f) {
+            Ok(r) => writeln!(out, "{name:<20} {r:>12.1} steps/s")?,
+            Err(e) => writeln!(out, "{name:<20} failed: {e}")?,
+        }
+    }
+    let rosen = Path::new("losses/rosenbrock.toml");
+    if rosen.exists() {
+        for points in [100_000, 1_000_000] {
+            let ms = crate::tui::bench::frame_ms(rosen, points, 200, 60)?;
+            writeln!(out, "frame 200x60, 4 runs x {points} steps: {ms:.2} ms")?;
+        }
+    }
     for n_params in [2, 6] {
         writeln!(
             out,

@@ -205,6 +205,13 @@ impl Run {
         self.evaluator.loss()
     }
 
+    /// Changes the learning-rate multiplier from the next step on. A snapshot is taken here so
+    /// rewinding to before or after the change replays it faithfully.
+    pub fn set_lr_scale(&mut self, scale: f64) {
+        self.lr_scale = scale;
+        self.snapshot();
+    }
+
     fn snapshot(&mut self) {
         let params = self
             .evaluator

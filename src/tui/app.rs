@@ -106,7 +106,7 @@ impl RunView {
 
     pub fn status(&self, playing: bool) -> String {
         match &self.halted {
-            Some((step, _)) => format!("halted at {step}"),
+            Some((step, _)) => format!("halted@{step}"),
             None if self.steps() as u64 >= self.info.steps => "finished".into(),
             None if playing => "running".into(),
             None => "paused".into(),
@@ -286,8 +286,8 @@ impl App {
         app
     }
 
-    /// A detached app for tests: worker events go to the returned receiver.
-    pub fn for_tests(root: &Path) -> (Self, std::sync::mpsc::Receiver<Msg>) {
+    /// An app without a terminal (tests, benchmarks): worker events go to the returned receiver.
+    pub fn detached(root: &Path) -> (Self, std::sync::mpsc::Receiver<Msg>) {
         let (tx, rx) = channel();
         (Self::new(root, tx), rx)
     }
@@ -367,7 +367,8 @@ impl App {
         f.session = Some(start_session(id, &f.name, compiled, events));
     }
 
-    fn command(&mut self, c: Command) {
+    /// Sends a command to the selected file's worker.
+    pub fn command(&mut self, c: Command) {
         if let Some(s) = self.session() {
             s.send(c);
         }
@@ -454,9 +455,10 @@ impl App {
                     }
                 }
             }
-            Event::Truncated(rid, len) => {
+            Event::Truncated(rid, len, scale) => {
                 if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
                     r.history.truncate(len);
+                    r.lr_scale = scale;
                     r.halted = None;
                     r.lr_changes.retain(|&k| (k as usize) < len);
                     let cores = r.history.cores();
@@ -487,10 +489,10 @@ impl App {
                     r.params = p;
                 }
             }
-            Event::LrScale(rid, scale) => {
+            Event::LrScale(rid, scale, step) => {
                 if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
                     r.lr_scale = scale;
-                    r.lr_changes.push(r.history.len() as u64);
+                    r.lr_changes.push(step);
                 }
             }
             Event::Playing(p) => s.playing = p,
@@ -506,8 +508,11 @@ impl App {
         let pos = self.files.iter().position(|f| f.path == path);
         if !path.exists() {
             if let Some(i) = pos {
+                let selected = self.file().map(|f| f.path.clone());
                 self.files.remove(i);
-                self.sort_files();
+                self.selected_file = selected
+                    .and_then(|p| self.files.iter().position(|f| f.path == p))
+                    .unwrap_or(i.min(self.files.len().saturating_sub(1)));
                 self.ensure_session();
             }
             return;
@@ -772,6 +777,9 @@ impl App {
     }
 
     fn mouse(&mut self, m: MouseEvent) {
+        if self.popup.is_some() || self.show_help {
+            return;
+        }
         let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
         let pos = Position::new(m.column, m.row);
         match m.kind {
@@ -779,17 +787,22 @@ impl App {
                 if areas.losses.contains(pos) {
                     self.focus = Focus::Losses;
                     let row = (m.row - areas.losses.y) as usize;
-                    if let Some(i) = super::ui::file_at_row(self, row.saturating_sub(1)) {
+                    if row >= 1
+                        && let Some(i) = super::ui::file_at_row(self, row - 1, areas.losses.height)
+                    {
                         self.select_file(i);
                     }
                 } else if areas.runs.contains(pos) {
                     self.focus = Focus::Runs;
                     let row = (m.row - areas.runs.y) as usize;
+                    let height = areas.runs.height.saturating_sub(2) as usize;
                     if let Some(s) = self.session_mut()
                         && row >= 1
-                        && row - 1 < s.runs.len()
                     {
-                        s.selected = row - 1;
+                        let k = super::ui::list_offset(s.selected, height) + row - 1;
+                        if k < s.runs.len() {
+                            s.selected = k;
+                        }
                     }
                 } else if areas.tabs.contains(pos) {
                     self.focus = Focus::Charts;

@@ -3,6 +3,7 @@
 //! terminal on quit, ctrl-c, SIGTERM and panic.
 
 pub mod app;
+pub mod bench;
 pub mod chart;
 pub mod ui;
 pub mod worker;

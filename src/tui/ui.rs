@@ -131,23 +131,35 @@ fn file_rows(app: &App) -> Vec<(Option<usize>, Line<'_>)> {
         for i in files {
             let f = &app.files[i];
             let badge = if f.broken() {
-                Span::styled(" ✗ error", Style::new().fg(Color::Red))
+                Span::styled("✗ ", Style::new().fg(Color::Red))
             } else {
-                Span::styled(" ✓", Style::new().fg(Color::Green))
+                Span::styled("✓ ", Style::new().fg(Color::Green))
             };
             let indent = if group.is_empty() { "" } else { "  " };
             rows.push((
                 Some(i),
-                Line::from(vec![Span::raw(format!("{indent}{}", f.name)), badge]),
+                Line::from(vec![Span::raw(indent), badge, Span::raw(f.name.clone())]),
             ));
         }
     }
     rows
 }
 
-/// The file shown on row `row` of the losses list (0 = first row inside the border).
-pub fn file_at_row(app: &App, row: usize) -> Option<usize> {
-    file_rows(app).get(row).and_then(|(i, _)| *i)
+/// First visible row of a list drawn with a fresh `ListState`: ratatui scrolls just far enough
+/// to show the selected row at the bottom.
+pub fn list_offset(selected: usize, height: usize) -> usize {
+    (selected + 1).saturating_sub(height.max(1))
+}
+
+/// The file shown on row `row` of the losses panel (0 = first row inside the border).
+pub fn file_at_row(app: &App, row: usize, panel_height: u16) -> Option<usize> {
+    let rows = file_rows(app);
+    let selected = rows
+        .iter()
+        .position(|(i, _)| *i == Some(app.selected_file))
+        .unwrap_or(0);
+    let offset = list_offset(selected, panel_height.saturating_sub(2) as usize);
+    rows.get(offset + row).and_then(|(i, _)| *i)
 }
 
 fn render_losses(f: &mut Frame, app: &App, area: Rect) {
@@ -173,11 +185,11 @@ fn render_runs(f: &mut Frame, app: &App, area: Rect) {
         .map(|r| {
             ListItem::new(Line::from(vec![
                 Span::styled("■ ", Style::new().fg(r.color)),
-                Span::raw(r.info.name.clone()),
                 Span::styled(
-                    format!("  {}", r.status(s.playing)),
+                    format!("{:<10} ", r.status(s.playing)),
                     status_style(r, s.playing),
                 ),
+                Span::raw(r.info.name.clone()),
             ]))
         })
         .collect();
@@ -309,7 +321,13 @@ fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
 }
 
 fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
-    let block = panel(app.tab.title(), app.focus == Focus::Charts);
+    let log = app.log_y || app.tab == Tab::LrRatio;
+    let title = if log {
+        format!("{} (log y)", app.tab.title())
+    } else {
+        app.tab.title().to_string()
+    };
+    let block = panel(&title, app.focus == Focus::Charts);
     let Some(s) = file.session.as_ref() else {
         f.render_widget(Paragraph::new("no runs").block(block), area);
         return;
@@ -321,10 +339,12 @@ fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         0
     };
     let columns = area.width.saturating_sub(12) as usize;
-    let log = app.log_y || app.tab == Tab::LrRatio;
     struct Drawn {
         name: String,
         color: Color,
+        /// Whether a non-finite value is a NaN/Inf event (not for the update ratio, which is
+        /// undefined while every param is zero).
+        events: bool,
         raw: Series,
         smooth: Option<Series>,
     }
@@ -340,6 +360,7 @@ fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             drawn.push(Drawn {
                 name: format!("{}{suffix}", r.info.name),
                 color: r.color,
+                events: !matches!(m, Metric::UpdateRatio | Metric::Lr),
                 raw,
                 smooth,
             });
@@ -357,6 +378,7 @@ fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let [x0, x1] = [lo as f64, x_hi.max(lo as f64 + 1.0)];
     let nan_points: Vec<(f64, f64)> = drawn
         .iter()
+        .filter(|d| d.events)
         .flat_map(|d| d.raw.nonfinite.iter().map(|&x| (x, y1)))
         .collect();
     let lr_marks: Vec<Vec<(f64, f64)>> = s
@@ -422,12 +444,15 @@ fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         }
     };
     let y_labels = vec![ylabel(y0), ylabel((y0 + y1) / 2.0), ylabel(y1)];
-    let x_labels = vec![
-        format!("{x0:.0}"),
-        format!("{:.0}", (x0 + x1) / 2.0),
-        format!("{x1:.0}"),
-    ];
-    let y_title = if log { "log scale" } else { "" };
+    let x_labels = if x1 - x0 >= 4.0 {
+        vec![
+            format!("{x0:.0}"),
+            format!("{:.0}", ((x0 + x1) / 2.0).round()),
+            format!("{x1:.0}"),
+        ]
+    } else {
+        vec![format!("{x0:.0}"), format!("{x1:.0}")]
+    };
     let chart = Chart::new(datasets)
         .block(block)
         .x_axis(
@@ -439,7 +464,6 @@ fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         )
         .y_axis(
             Axis::default()
-                .title(y_title)
                 .bounds([y0, y1])
                 .labels(y_labels)
                 .style(Style::new().fg(Color::DarkGray)),
@@ -482,10 +506,14 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
                 String::new()
             }
         )));
-        lines.push(Line::from(format!(
-            "Δ/p       {}",
-            fmt_num(f64::from(c.update_ratio))
-        )));
+        let ratio = f64::from(c.update_ratio);
+        // 0/0 while every param is zero: undefined, not a NaN event.
+        let ratio = if ratio.is_nan() && !c.loss.is_nan() {
+            "-".to_string()
+        } else {
+            fmt_num(ratio)
+        };
+        lines.push(Line::from(format!("Δ/p       {ratio}")));
         lines.push(Line::from(format!(
             "clipped {} · skipped {}",
             r.clipped, r.skipped
@@ -499,7 +527,11 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
             .checked_sub(1)
             .map(|k| r.history.param_grad_norm(k, i));
         lines.push(Line::from(Span::styled(
-            format!("{} {:?}", p.name, p.shape),
+            if p.shape.is_empty() {
+                format!("{} (scalar)", p.name)
+            } else {
+                format!("{} {:?}", p.name, p.shape)
+            },
             Style::new().bold(),
         )));
         lines.push(Line::from(format!(
@@ -628,7 +660,15 @@ pub const KEYS: &[(&str, &str)] = &[
 ];
 
 fn render_help(f: &mut Frame, area: Rect) {
-    let r = centered(area, 64, KEYS.len() as u16 + 4);
+    let width = KEYS
+        .iter()
+        .map(|(_, w)| w.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 16
+        + 2
+        + 2;
+    let r = centered(area, width as u16, KEYS.len() as u16 + 2);
     let lines: Vec<Line> = KEYS
         .iter()
         .map(|(k, what)| {

@@ -1,6 +1,7 @@
 //! The optimizer worker: a named thread per loss file that owns the file's runs and steps them.
 //! It talks to the UI only through messages: commands in, events out.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub enum Command {
         dtype: Option<DType>,
     },
     Remove(RunId),
-    /// Asks for a [`Event::Pong`] once everything before it is done (tests wait on it).
+    /// Asks for a [`Event::Pong`] once every command before it is done (tests wait on it).
     Ping(u64),
     Shutdown,
 }
@@ -69,11 +70,12 @@ pub enum Event {
     Removed(RunId),
     /// New steps, in order, for one run.
     Records(RunId, Vec<StepRecord>),
-    /// The run's history now has only `len` steps (rewound or reset).
-    Truncated(RunId, usize),
+    /// The run's history now has only `len` steps (rewound or reset), with this lr multiplier.
+    Truncated(RunId, usize, f64),
     Halted(RunId, u64, String),
     Params(RunId, Vec<ParamStats>),
-    LrScale(RunId, f64),
+    /// A run's learning-rate multiplier changed, taking effect at this step.
+    LrScale(RunId, f64, u64),
     Playing(bool),
     Failed(String),
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
@@ -84,6 +86,8 @@ struct Slot {
     id: RunId,
     run: Run,
     sent: usize,
+    /// Step count that manual stepping is heading for.
+    target: Option<u64>,
 }
 
 /// Where a worker's events go.
@@ -160,7 +164,12 @@ impl Worker {
                     dtype: run.dtype,
                     steps: run.config.steps,
                 }));
-                let slot = Slot { id, run, sent: 0 };
+                let slot = Slot {
+                    id,
+                    run,
+                    sent: 0,
+                    target: None,
+                };
                 self.send(Event::Params(id, stats(&slot.run)));
                 self.slots.push(slot);
             }
@@ -168,10 +177,22 @@ impl Worker {
         }
     }
 
+    /// Whether manual steps (`n`, `N`) are still to be taken.
+    fn stepping(&self) -> bool {
+        self.slots.iter().any(|s| {
+            s.target
+                .is_some_and(|t| s.run.step_count() < t && s.run.halted.is_none())
+        })
+    }
+
+    /// Commands are read between steps, so a long `1000000N` never blocks pause or quit. Other
+    /// commands that arrive during manual stepping wait their turn, so `120n40b` means what it
+    /// says.
     fn serve(mut self, commands: Receiver<Command>) {
         let mut last_report = Instant::now();
+        let mut queue: VecDeque<Command> = VecDeque::new();
         loop {
-            let command = if self.playing {
+            let command = if self.playing || self.stepping() || !queue.is_empty() {
                 commands.try_recv().map_err(|e| match e {
                     std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
                     std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -181,27 +202,48 @@ impl Worker {
             };
             match command {
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(c) => self.handle(c),
+                Ok(Command::Pause) => {
+                    queue.retain(|c| matches!(c, Command::Ping(_)));
+                    self.handle(Command::Pause);
+                }
+                Ok(c) => queue.push_back(c),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            if self.playing {
-                let mut any = false;
-                for i in 0..self.slots.len() {
-                    if !self.slots[i].run.is_done() {
-                        self.step_slot(i);
-                        any = true;
-                    }
-                }
-                if !any {
-                    self.playing = false;
-                    self.send(Event::Playing(false));
-                }
-                if last_report.elapsed() >= REPORT_EVERY || !self.playing {
-                    self.report();
-                    last_report = Instant::now();
+            while !self.stepping() {
+                let Some(c) = queue.pop_front() else { break };
+                self.handle(c);
+            }
+            let playing = self.playing;
+            let mut any = false;
+            for i in 0..self.slots.len() {
+                let s = &self.slots[i];
+                let wanted = match s.target {
+                    Some(t) => s.run.step_count() < t && s.run.halted.is_none(),
+                    None => playing && !s.run.is_done(),
+                };
+                if wanted {
+                    self.step_slot(i);
+                    any = true;
                 }
             }
+            if playing && !any {
+                self.playing = false;
+                self.send(Event::Playing(false));
+            }
+            if !self.stepping() {
+                for s in &mut self.slots {
+                    s.target = None;
+                }
+            }
+            if any && last_report.elapsed() >= REPORT_EVERY || !any && self.pending_report() {
+                self.report();
+                last_report = Instant::now();
+            }
         }
+    }
+
+    fn pending_report(&self) -> bool {
+        self.slots.iter().any(|s| s.sent < s.run.history().len())
     }
 
     fn handle(&mut self, c: Command) {
@@ -218,29 +260,28 @@ impl Worker {
             }
             Command::Pause => {
                 self.playing = false;
+                for s in &mut self.slots {
+                    s.target = None;
+                }
                 self.send(Event::Playing(false));
                 self.report();
             }
             Command::Step(n) => {
-                for i in 0..self.slots.len() {
-                    let target = self.slots[i].run.step_count() + n;
-                    let run = &mut self.slots[i].run;
-                    run.config.steps = run.config.steps.max(target);
-                    while self.slots[i].run.step_count() < target
-                        && self.slots[i].run.halted.is_none()
-                    {
-                        self.step_slot(i);
-                    }
+                for s in &mut self.slots {
+                    let target = s.target.unwrap_or(s.run.step_count()) + n;
+                    s.run.config.steps = s.run.config.steps.max(target);
+                    s.target = Some(target);
                 }
-                self.report();
             }
             Command::Reset => self.rewind(|_| 0),
             Command::Rewind(n) => self.rewind(|len| len.saturating_sub(n)),
             Command::ScaleLr(id, f) => {
+                self.report();
                 if let Some(s) = self.slots.iter_mut().find(|s| s.id == id) {
-                    s.run.lr_scale *= f;
-                    let scale = s.run.lr_scale;
-                    self.send(Event::LrScale(id, scale));
+                    let scale = s.run.lr_scale * f;
+                    s.run.set_lr_scale(scale);
+                    let step = s.run.step_count();
+                    self.send(Event::LrScale(id, scale, step));
                 }
             }
             Command::AddRun {
@@ -261,6 +302,8 @@ impl Worker {
     }
 
     fn rewind(&mut self, to: impl Fn(u64) -> u64) {
+        // The UI must hold every step before it is told to drop some.
+        self.report();
         for i in 0..self.slots.len() {
             let target = to(self.slots[i].run.step_count());
             let id = self.slots[i].id;
@@ -269,7 +312,8 @@ impl Worker {
             }
             let len = self.slots[i].run.step_count() as usize;
             self.slots[i].sent = len;
-            self.send(Event::Truncated(id, len));
+            self.slots[i].target = None;
+            self.send(Event::Truncated(id, len, self.slots[i].run.lr_scale));
             self.send(Event::Params(id, stats(&self.slots[i].run)));
         }
     }

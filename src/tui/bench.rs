@@ -1,0 +1,103 @@
+//! Measurements for `gradscope bench`: how long one frame takes to draw with long histories, and
+//! how fast a workload steps while the TUI is drawing (against the headless figure).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use super::app::{App, Msg};
+use super::worker::{Command, Event};
+use crate::run::history::{Core, StepRecord};
+
+/// Median time in ms to draw a `w` x `h` frame of `file` with `points` steps in every run.
+pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16) -> anyhow::Result<f64> {
+    let (mut app, rx) = App::detached(file);
+    app.settle(&rx);
+    let session = app
+        .session()
+        .ok_or_else(|| anyhow::anyhow!("{} has no runs", file.display()))?;
+    let (id, runs) = (
+        session.id,
+        session
+            .runs
+            .iter()
+            .map(|r| (r.info.id, r.params.len()))
+            .collect::<Vec<_>>(),
+    );
+    for (rid, n) in runs {
+        let records: Vec<StepRecord> = (0..points)
+            .map(|k| StepRecord {
+                step: k as u64,
+                core: Core {
+                    loss: 1.0 / (1.0 + k as f64) + 0.1 * ((k as f64) * 0.01).sin().abs(),
+                    grad_norm: 1.0,
+                    update_norm: 0.01,
+                    update_ratio: 0.001,
+                    lr: 1e-3,
+                    wall_us: 5.0,
+                    flags: 0,
+                },
+                param_grad_norms: vec![1.0; n],
+                param_norms: vec![1.0; n],
+            })
+            .collect();
+        app.update(Msg::Worker(id, Event::Records(rid, records)));
+    }
+    app.update(Msg::Resize(w, h));
+    let mut terminal = Terminal::new(TestBackend::new(w, h))?;
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        terminal.draw(|f| super::ui::render(f, &app))?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Steps per second of the first run of `file` played to its configured end while a 200x60
+/// frame is drawn every 33 ms, as the TUI does.
+pub fn steps_per_s(file: &Path) -> anyhow::Result<f64> {
+    let (mut app, rx) = App::detached(file);
+    app.settle(&rx);
+    let id = app
+        .session()
+        .map(|s| s.id)
+        .ok_or_else(|| anyhow::anyhow!("{} has no runs", file.display()))?;
+    app.update(Msg::Resize(200, 60));
+    let mut terminal = Terminal::new(TestBackend::new(200, 60))?;
+    app.command(Command::Play);
+    let started = Instant::now();
+    let mut next_frame = Instant::now();
+    let mut seen_playing = false;
+    loop {
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(5)) {
+            if let Msg::Worker(s, Event::Playing(p)) = &m
+                && *s == id
+            {
+                seen_playing |= *p;
+                if !*p && seen_playing {
+                    app.update(m);
+                    break;
+                }
+            }
+            app.update(m);
+        }
+        if Instant::now() >= next_frame {
+            terminal.draw(|f| super::ui::render(f, &app))?;
+            next_frame += Duration::from_millis(33);
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("{} did not finish in 10 minutes", file.display());
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    app.settle(&rx);
+    let steps = app
+        .session()
+        .and_then(|s| s.runs.first())
+        .map_or(0, |r| r.history.len());
+    Ok(steps as f64 / elapsed)
+}

@@ -1,0 +1,1199 @@
+//! The TUI: rendering snapshots (ratatui's `TestBackend` + insta), input handling on the app's
+//! state (keys, mouse, hot reload), and end-to-end runs of the real binary inside tmux.
+//!
+//! Everything here is deterministic: tests call [`App::settle`] before looking at state, and
+//! only paused screens are snapshotted (the status bar shows steps/s while running).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use gradscope::lang::file::DType;
+use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
+use gradscope::tui::ui;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use ratatui::layout::Rect;
+use ratatui::style::Color;
+
+const ROSENBROCK: &str = "losses/rosenbrock.toml";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn open(path: &str) -> (App, Receiver<Msg>) {
+    let (mut app, rx) = App::detached(Path::new(path));
+    app.settle(&rx);
+    (app, rx)
+}
+
+fn press(app: &mut App, code: KeyCode) -> Option<Action> {
+    app.update(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+}
+
+/// Types `keys` one character at a time (`"50n"` is '5', '0', 'n').
+fn typed(app: &mut App, keys: &str) {
+    for c in keys.chars() {
+        press(app, KeyCode::Char(c));
+    }
+}
+
+/// Types `keys`, then waits until the worker has handled them.
+fn typed_settled(app: &mut App, rx: &Receiver<Msg>, keys: &str) {
+    typed(app, keys);
+    app.settle(rx);
+}
+
+fn history_lens(app: &App) -> Vec<usize> {
+    app.session()
+        .expect("a session")
+        .runs
+        .iter()
+        .map(|r| r.history.len())
+        .collect()
+}
+
+fn run_names(app: &App) -> Vec<String> {
+    app.session()
+        .expect("a session")
+        .runs
+        .iter()
+        .map(|r| r.info.name.clone())
+        .collect()
+}
+
+fn draw(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+    t.draw(|f| ui::render(f, app)).expect("draws");
+    t
+}
+
+fn snapshot(name: &str, t: &Terminal<TestBackend>) {
+    insta::with_settings!({snapshot_path => "snapshots/tui", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!(name, t.backend());
+    });
+}
+
+/// The screen as text, one string per row (every cell holds one character).
+fn rows(t: &Terminal<TestBackend>) -> Vec<String> {
+    let buf = t.backend().buffer();
+    (0..buf.area.height)
+        .map(|y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// Column and row of the first cell inside `area` where `text` is drawn.
+fn find(t: &Terminal<TestBackend>, area: Rect, text: &str) -> Option<(u16, u16)> {
+    let buf = t.backend().buffer();
+    let want: Vec<String> = text.chars().map(String::from).collect();
+    for y in area.top()..area.bottom() {
+        let row: Vec<&str> = (area.left()..area.right())
+            .map(|x| buf[(x, y)].symbol())
+            .collect();
+        if let Some(x) = row.windows(want.len()).position(|w| w == want.as_slice()) {
+            return Some((area.x + x as u16, y));
+        }
+    }
+    None
+}
+
+fn areas(w: u16, h: u16) -> ui::Areas {
+    ui::layout(Rect::new(0, 0, w, h))
+}
+
+fn click(app: &mut App, column: u16, row: u16) {
+    mouse(app, MouseEventKind::Down(MouseButton::Left), column, row);
+}
+
+fn mouse(app: &mut App, kind: MouseEventKind, column: u16, row: u16) {
+    app.update(Msg::Mouse(MouseEvent {
+        kind,
+        column,
+        row,
+        modifiers: KeyModifiers::NONE,
+    }));
+}
+
+/// A scratch directory `target/tui-test-<name>/`, opened through its relative path so that
+/// paths shown on screen are stable; removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = PathBuf::from(format!("target/tui-test-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+
+    fn copy(&self, from: &str, to: &str) -> PathBuf {
+        let p = self.0.join(to);
+        std::fs::copy(from, &p).expect("copy into scratch dir");
+        p
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Files the test creates in the working directory; removed on drop.
+struct Litter(Vec<PathBuf>);
+
+impl Drop for Litter {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering snapshots
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn snapshot_main_screen_with_several_runs() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "50n");
+    assert_eq!(history_lens(&app), vec![50; 4]);
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    for name in run_names(&app) {
+        assert!(screen.contains(&name), "run `{name}` not listed:\n{screen}");
+    }
+    assert!(screen.contains("step 50 · paused"), "{screen}");
+    snapshot("main_rosenbrock_50_steps", &t);
+}
+
+#[test]
+fn snapshot_nan_event_shows_warnings_and_a_red_marker() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    typed_settled(&mut app, &rx, "n");
+    let s = app.session().expect("a session");
+    let halted: Vec<&str> = s
+        .runs
+        .iter()
+        .filter(|r| r.halted.is_some())
+        .map(|r| r.info.name.as_str())
+        .collect();
+    assert_eq!(halted, ["naive sqrt(sum(w^2))", "naive norm(w)"]);
+    assert!(
+        s.warnings
+            .iter()
+            .any(|w| w.step == 0 && w.text.contains("non-finite")),
+        "{:?}",
+        s.warnings
+    );
+    // The loss stays finite; the gradient norm is what went NaN.
+    typed(&mut app, "t");
+    assert_eq!(app.tab, Tab::GradNorm);
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("halted@0"), "{screen}");
+    assert!(
+        screen.contains("NaN/Inf"),
+        "legend entry missing:\n{screen}"
+    );
+    // The marker: a red block inside the chart (the legend swatch is not a block cell).
+    let chart = areas(160, 45).chart;
+    let buf = t.backend().buffer();
+    let red_marker = (chart.top()..chart.bottom()).any(|y| {
+        (chart.left()..chart.right())
+            .any(|x| buf[(x, y)].symbol() == "█" && buf[(x, y)].fg == Color::Red)
+    });
+    assert!(red_marker, "no red NaN marker in the chart:\n{screen}");
+    snapshot("nan_norm_at_zero", &t);
+}
+
+/// The red marker sits on the chart's top edge, where ratatui draws the y axis title.
+#[test]
+fn log_scale_does_not_hide_the_nan_marker() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    typed_settled(&mut app, &rx, "20ntl");
+    let t = draw(&app, 160, 45);
+    let chart = areas(160, 45).chart;
+    let buf = t.backend().buffer();
+    let red_marker = (chart.top()..chart.bottom()).any(|y| {
+        (chart.left()..chart.right())
+            .any(|x| buf[(x, y)].symbol() == "█" && buf[(x, y)].fg == Color::Red)
+    });
+    assert!(red_marker, "{}", rows(&t).join("\n"));
+}
+
+#[test]
+fn snapshot_broken_file_diagnostics() {
+    let dir = Scratch::new("broken");
+    dir.copy(ROSENBROCK, "rosenbrock.toml");
+    dir.copy(
+        "tests/malformed/unknown_function.toml",
+        "unknown_function.toml",
+    );
+    let (mut app, rx) = open(dir.path());
+    assert_eq!(app.files.len(), 2);
+    assert!(!app.file().unwrap().broken());
+    typed(&mut app, "j");
+    app.settle(&rx);
+    let f = app.file().unwrap();
+    assert!(f.broken());
+    assert!(f.session.is_none());
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(
+        screen.contains("target/tui-test-broken/unknown_function.toml:4:7"),
+        "{screen}"
+    );
+    assert!(screen.contains("unknown function `expp`"), "{screen}");
+    assert!(screen.contains("✗ Unknown function"), "{screen}");
+    snapshot("broken_file_diagnostics", &t);
+}
+
+#[test]
+fn snapshot_help_overlay() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("Keys (any key closes)"), "{screen}");
+    for (key, _) in ui::KEYS {
+        assert!(screen.contains(key), "help lacks `{key}`:\n{screen}");
+    }
+    snapshot("help_overlay", &t);
+}
+
+/// Every key's description fits in the help box at a normal terminal size.
+#[test]
+fn help_shows_every_description_in_full() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    for (_, what) in ui::KEYS {
+        assert!(screen.contains(what), "help cuts `{what}`:\n{screen}");
+    }
+}
+
+#[test]
+fn snapshot_log_scale() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "50nl");
+    assert!(app.log_y);
+    let t = draw(&app, 160, 45);
+    assert!(rows(&t).join("\n").contains("(log y)"));
+    snapshot("log_scale", &t);
+}
+
+#[test]
+fn snapshot_tiny_terminals() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "50n");
+    let t = draw(&app, 39, 11);
+    assert!(rows(&t).join(" ").contains("too small"));
+    snapshot("tiny_39x11", &t);
+    let t = draw(&app, 40, 12);
+    assert!(!rows(&t).join(" ").contains("too small"));
+    snapshot("tiny_40x12", &t);
+}
+
+/// Terminal sizes around every layout threshold (the 40x12 minimum, the warnings panel at 24
+/// rows, the left column's clamp, the inspector at 110 columns) and every tiny size.
+fn sizes() -> Vec<(u16, u16)> {
+    let widths: Vec<u16> = (1..=44)
+        .chain([50, 60, 71, 72, 73, 80, 109, 110, 111, 140])
+        .collect();
+    let heights: Vec<u16> = (1..=14).chain([20, 23, 24, 25, 30]).collect();
+    widths
+        .iter()
+        .flat_map(|&w| heights.iter().map(move |&h| (w, h)))
+        .collect()
+}
+
+/// Every screen state, in every tab, renders at every size of [`sizes`] without panicking.
+#[test]
+fn no_size_panics() {
+    let dir = Scratch::new(&format!("sizes-{}", std::process::id()));
+    dir.copy("losses/norm_at_zero.toml", "a.toml");
+    dir.copy("tests/malformed/unknown_function.toml", "b.toml");
+    let c = KeyCode::Char;
+    let states: [(&str, &[KeyCode]); 7] = [
+        ("main", &[]),
+        ("log, smoothing, per param", &[c('l'), c('s'), c('v')]),
+        ("help", &[c('?')]),
+        ("pick optimizer", &[c('o')]),
+        ("edit spec", &[c('o'), KeyCode::Enter]),
+        ("duplicate", &[c('d')]),
+        ("broken file", &[c('j')]),
+    ];
+    for (what, keys) in states {
+        let (mut app, rx) = open(dir.path());
+        typed_settled(&mut app, &rx, "3n");
+        for k in keys {
+            press(&mut app, *k);
+        }
+        for tab in Tab::ALL {
+            app.tab = tab;
+            for (w, h) in sizes() {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    draw(&app, w, h);
+                }));
+                assert!(r.is_ok(), "{what}, tab {tab:?}: panicked at {w}x{h}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input on state
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn space_toggles_playing() {
+    let (mut app, rx) = open(ROSENBROCK);
+    assert!(!app.session().unwrap().playing);
+    typed_settled(&mut app, &rx, " ");
+    assert!(app.session().unwrap().playing);
+    typed_settled(&mut app, &rx, " ");
+    assert!(!app.session().unwrap().playing);
+    // Paused means paused: the history stops growing.
+    let before = history_lens(&app);
+    std::thread::sleep(Duration::from_millis(100));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), before);
+}
+
+#[test]
+fn step_keys_step_the_right_number_of_times() {
+    let cases: &[(&str, &[KeyCode], usize)] = &[
+        ("n", &[KeyCode::Char('n')], 1),
+        ("→", &[KeyCode::Right], 1),
+        ("N", &[KeyCode::Char('N')], 100),
+        (
+            "25n",
+            &[KeyCode::Char('2'), KeyCode::Char('5'), KeyCode::Char('n')],
+            25,
+        ),
+        ("2N", &[KeyCode::Char('2'), KeyCode::Char('N')], 200),
+        ("n n n", &[KeyCode::Char('n'); 3], 3),
+        ("7→", &[KeyCode::Char('7'), KeyCode::Right], 7),
+    ];
+    for (what, keys, steps) in cases {
+        let (mut app, rx) = open(ROSENBROCK);
+        for k in *keys {
+            press(&mut app, *k);
+        }
+        app.settle(&rx);
+        assert_eq!(history_lens(&app), vec![*steps; 4], "{what}");
+        assert_eq!(app.count, None, "{what}: the count was not consumed");
+    }
+}
+
+#[test]
+fn count_prefix_shows_in_the_status_bar_until_used() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "12");
+    assert_eq!(app.count, Some(12));
+    assert!(rows(&draw(&app, 160, 45)).join("").contains("12…"));
+    typed_settled(&mut app, &rx, "n");
+    assert_eq!(app.count, None);
+    assert_eq!(history_lens(&app), vec![12; 4]);
+}
+
+#[test]
+fn rewind_and_reset_keys() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "250n");
+    let cases: &[(&str, KeyCode, usize)] = &[
+        ("b", KeyCode::Char('b'), 249),
+        ("←", KeyCode::Left, 248),
+        ("B", KeyCode::Char('B'), 148),
+        ("n after rewinding", KeyCode::Char('n'), 149),
+        ("r", KeyCode::Char('r'), 0),
+        ("b at 0", KeyCode::Char('b'), 0),
+    ];
+    for (what, key, len) in cases {
+        press(&mut app, *key);
+        app.settle(&rx);
+        assert_eq!(history_lens(&app), vec![*len; 4], "after {what}");
+    }
+    typed_settled(&mut app, &rx, "120n40b");
+    assert_eq!(history_lens(&app), vec![80; 4], "after 120n40b");
+    typed_settled(&mut app, &rx, "2B");
+    assert_eq!(history_lens(&app), vec![0; 4], "2B rewinds at most to 0");
+}
+
+/// Rewinding re-steps from a snapshot: the records it produces must be the ones it replaced.
+#[test]
+fn rewind_reproduces_the_same_records() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "150n");
+    let before: Vec<_> = app.session().unwrap().runs[0].history.cores().to_vec();
+    typed_settled(&mut app, &rx, "30b30n");
+    let after = app.session().unwrap().runs[0].history.cores().to_vec();
+    let strip = |c: &[gradscope::run::history::Core]| -> Vec<(f64, f32, f32)> {
+        c.iter().map(|c| (c.loss, c.grad_norm, c.lr)).collect()
+    };
+    assert_eq!(strip(&before), strip(&after));
+}
+
+#[test]
+fn plus_and_minus_scale_the_selected_runs_lr() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "10n");
+    // Select the second run (focus the Runs list first).
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(app.focus, Focus::Runs);
+    typed_settled(&mut app, &rx, "j+");
+    let s = app.session().unwrap();
+    assert_eq!(s.selected, 1);
+    assert_eq!(s.runs[1].lr_scale, 2.0);
+    assert_eq!(s.runs[1].lr_changes, vec![10]);
+    for i in [0, 2, 3] {
+        assert_eq!(s.runs[i].lr_scale, 1.0, "run {i} was not selected");
+        assert!(s.runs[i].lr_changes.is_empty());
+    }
+    // The engine uses it: the next step's recorded lr is twice the previous one.
+    typed_settled(&mut app, &rx, "n");
+    let h = &app.session().unwrap().runs[1].history;
+    assert_eq!(h.core(10).lr, 2.0 * h.core(9).lr);
+    typed_settled(&mut app, &rx, "5n--");
+    let r = &app.session().unwrap().runs[1];
+    assert_eq!(r.lr_scale, 0.5);
+    assert_eq!(r.lr_changes, vec![10, 16, 16]);
+    // `=` is `+` without shift.
+    typed_settled(&mut app, &rx, "=");
+    assert_eq!(app.session().unwrap().runs[1].lr_scale, 1.0);
+}
+
+/// The chart marks the step where the lr changed, also while the runs play.
+#[test]
+fn lr_change_while_playing_is_marked_at_the_step_it_took_effect() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, " ");
+    std::thread::sleep(Duration::from_millis(100));
+    typed(&mut app, "+");
+    std::thread::sleep(Duration::from_millis(100));
+    typed_settled(&mut app, &rx, " ");
+    let r = &app.session().unwrap().runs[0];
+    let base = r.history.core(0).lr;
+    let first_doubled = (0..r.history.len())
+        .find(|&k| r.history.core(k).lr == 2.0 * base)
+        .expect("some step ran with the doubled lr");
+    assert_eq!(r.lr_changes, vec![first_doubled as u64]);
+}
+
+/// Rewinding to a step after an lr change keeps the change (the engine re-steps with it).
+#[test]
+fn rewind_past_an_lr_change_keeps_it() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "50n+20n");
+    let r = &app.session().unwrap().runs[0];
+    let base = r.history.core(0).lr;
+    assert_eq!(r.history.core(69).lr, 2.0 * base);
+    typed_settled(&mut app, &rx, "bn");
+    let r = &app.session().unwrap().runs[0];
+    assert_eq!(r.lr_scale, 2.0);
+    assert_eq!(
+        r.history.core(69).lr,
+        2.0 * base,
+        "re-stepped without the change"
+    );
+    // And back before the change, the scale is 1 again, in the UI and in the engine.
+    typed_settled(&mut app, &rx, "30bn");
+    let r = &app.session().unwrap().runs[0];
+    assert_eq!(r.history.len(), 41);
+    assert_eq!(r.history.core(40).lr, base);
+    assert_eq!(r.lr_scale, 1.0, "the UI still shows the rewound-away scale");
+    assert!(r.lr_changes.is_empty());
+}
+
+#[test]
+fn o_enter_enter_adds_a_run() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    assert!(matches!(app.popup, Some(Popup::PickOptimizer { .. })));
+    press(&mut app, KeyCode::Enter);
+    let Some(Popup::EditSpec { text, .. }) = app.popup.clone() else {
+        panic!("expected the spec editor, got {:?}", app.popup);
+    };
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, None);
+    app.settle(&rx);
+    let names = run_names(&app);
+    assert_eq!(names.len(), 5);
+    assert_eq!(names[4], format!("{} · {text}", names[0]));
+    // It steps with the others.
+    typed_settled(&mut app, &rx, "3n");
+    assert_eq!(history_lens(&app), vec![3; 5]);
+}
+
+#[test]
+fn spec_editor_rejects_a_bad_spec_and_esc_cancels() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    // Typing `q` edits the spec, it does not quit.
+    assert_eq!(press(&mut app, KeyCode::Char('q')), None);
+    typed(&mut app, "zz(");
+    press(&mut app, KeyCode::Enter);
+    match &app.popup {
+        Some(Popup::EditSpec { error: Some(_), .. }) => {}
+        other => panic!("expected an error in the editor, got {other:?}"),
+    }
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.popup, None);
+    app.settle(&rx);
+    assert_eq!(run_names(&app).len(), 4);
+}
+
+#[test]
+fn d_duplicates_the_selected_run() {
+    // (keys after `d` before enter; the copy's name starts and ends with; its dtype)
+    let cases: &[(&[KeyCode], &str, &str, DType)] = &[
+        (&[], "base", "adam(lr=0.01)", DType::F32),
+        (
+            &[KeyCode::Char('j')],
+            "sgd, lr 1e-3",
+            "adam(lr=0.01)",
+            DType::F32,
+        ),
+        // Four variants, then the dtypes: f32, f64, f16, bf16.
+        (&[KeyCode::Char('j'); 5], "base", "f64", DType::F64),
+    ];
+    for (keys, prefix, suffix, dtype) in cases {
+        let (mut app, rx) = open(ROSENBROCK);
+        typed(&mut app, "d");
+        assert!(matches!(app.popup, Some(Popup::Duplicate { .. })));
+        for k in *keys {
+            press(&mut app, *k);
+        }
+        press(&mut app, KeyCode::Enter);
+        assert_eq!(app.popup, None);
+        app.settle(&rx);
+        let names = run_names(&app);
+        assert_eq!(names.len(), 5, "{names:?}");
+        assert!(
+            names[4].starts_with(prefix) && names[4].ends_with(suffix),
+            "copy is `{}`, wanted `{prefix}…{suffix}`",
+            names[4]
+        );
+        assert_eq!(app.session().unwrap().runs[4].info.dtype, *dtype);
+    }
+}
+
+#[test]
+fn x_removes_the_selected_run() {
+    let (mut app, rx) = open(ROSENBROCK);
+    let names = run_names(&app);
+    press(&mut app, KeyCode::Tab);
+    typed_settled(&mut app, &rx, "jjjx");
+    assert_eq!(run_names(&app), names[..3]);
+    assert_eq!(app.session().unwrap().selected, 2, "selection clamps");
+    typed_settled(&mut app, &rx, "kx");
+    assert_eq!(run_names(&app), [names[0].clone(), names[2].clone()]);
+    // (`x` removes the run the UI has selected: settle between presses.)
+    for _ in 0..3 {
+        typed_settled(&mut app, &rx, "x");
+    }
+    assert!(run_names(&app).is_empty());
+    // Nothing to act on: no panic.
+    typed_settled(&mut app, &rx, "x+-nbr");
+    let t = draw(&app, 160, 45);
+    assert!(rows(&t).join("").contains("no run selected"));
+}
+
+#[test]
+fn toggle_keys() {
+    type Getter = fn(&App) -> bool;
+    let cases: [(char, Getter); 4] = [
+        ('l', |a| a.log_y),
+        ('s', |a| a.smoothing),
+        ('a', |a| a.last_n),
+        ('v', |a| a.per_param),
+    ];
+    for (key, get) in cases {
+        let (mut app, _rx) = open(ROSENBROCK);
+        assert!(!get(&app), "{key}: on at start");
+        typed(&mut app, &key.to_string());
+        assert!(get(&app), "{key}: not toggled on");
+        typed(&mut app, &key.to_string());
+        assert!(!get(&app), "{key}: not toggled off");
+    }
+}
+
+#[test]
+fn t_cycles_tabs_and_shift_t_goes_back() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    assert_eq!(app.tab, Tab::Loss);
+    let mut seen = vec![app.tab];
+    for _ in 0..4 {
+        typed(&mut app, "t");
+        seen.push(app.tab);
+    }
+    assert_eq!(
+        seen,
+        [
+            Tab::Loss,
+            Tab::GradNorm,
+            Tab::LrRatio,
+            Tab::Params,
+            Tab::Loss
+        ]
+    );
+    typed(&mut app, "T");
+    assert_eq!(app.tab, Tab::Params);
+}
+
+#[test]
+fn tab_and_shift_tab_move_focus() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    assert_eq!(app.focus, Focus::Losses);
+    let forward: Vec<Focus> = (0..3)
+        .map(|_| {
+            press(&mut app, KeyCode::Tab);
+            app.focus
+        })
+        .collect();
+    assert_eq!(forward, [Focus::Runs, Focus::Charts, Focus::Losses]);
+    let back: Vec<Focus> = (0..3)
+        .map(|_| {
+            press(&mut app, KeyCode::BackTab);
+            app.focus
+        })
+        .collect();
+    assert_eq!(back, [Focus::Charts, Focus::Runs, Focus::Losses]);
+}
+
+#[test]
+fn j_and_k_move_the_selection() {
+    let (mut app, rx) = open("losses");
+    let n = app.files.len();
+    assert!(n > 3);
+    assert_eq!(app.selected_file, 0);
+    // Losses: each move starts the newly selected file's runs.
+    typed(&mut app, "j");
+    assert_eq!(app.selected_file, 1);
+    app.settle(&rx);
+    assert!(!app.session().unwrap().runs.is_empty());
+    press(&mut app, KeyCode::Down);
+    typed(&mut app, "k");
+    assert_eq!(app.selected_file, 1);
+    press(&mut app, KeyCode::Up);
+    typed(&mut app, "k");
+    assert_eq!(app.selected_file, 0, "clamps at the top");
+    typed(&mut app, "3j");
+    assert_eq!(app.selected_file, 3, "count prefix");
+    typed(&mut app, "999j");
+    assert_eq!(app.selected_file, n - 1, "clamps at the bottom");
+    // Runs.
+    let (mut app, _rx) = open(ROSENBROCK);
+    press(&mut app, KeyCode::Tab);
+    let mut seen = Vec::new();
+    for k in "jjjjkkkkk".chars() {
+        typed(&mut app, &k.to_string());
+        seen.push(app.session().unwrap().selected);
+    }
+    assert_eq!(seen, [1, 2, 3, 3, 2, 1, 0, 0, 0]);
+}
+
+#[test]
+fn help_opens_and_any_key_closes_it_without_acting() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    assert!(app.show_help);
+    typed_settled(&mut app, &rx, "n");
+    assert!(!app.show_help);
+    assert_eq!(
+        history_lens(&app),
+        vec![0; 4],
+        "the closing key must not step"
+    );
+    typed(&mut app, "?");
+    assert_eq!(
+        press(&mut app, KeyCode::Char('q')),
+        None,
+        "q closes help first"
+    );
+    assert!(!app.show_help);
+}
+
+#[test]
+fn q_and_ctrl_c_quit_e_edits() {
+    let ctrl_c = Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    let (mut app, _rx) = open(ROSENBROCK);
+    assert_eq!(press(&mut app, KeyCode::Char('q')), Some(Action::Quit));
+    assert_eq!(app.update(ctrl_c), Some(Action::Quit));
+    // ctrl-c quits from inside a dialog and the help too.
+    for opener in ["o", "d", "?"] {
+        let (mut app, _rx) = open(ROSENBROCK);
+        typed(&mut app, opener);
+        let ctrl_c = Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+        assert_eq!(app.update(ctrl_c), Some(Action::Quit), "inside `{opener}`");
+    }
+    assert_eq!(
+        press(&mut app, KeyCode::Char('e')),
+        Some(Action::Edit(PathBuf::from(ROSENBROCK)))
+    );
+}
+
+#[test]
+fn w_writes_csv_and_jsonl_of_every_run() {
+    // A unique stem, so the files in the working directory are ours to delete.
+    let stem = format!("tui_write_test_{}", std::process::id());
+    let dir = Scratch::new(&stem);
+    dir.copy(ROSENBROCK, &format!("{stem}.toml"));
+    let csv = PathBuf::from(format!("gradscope-{stem}.csv"));
+    let jsonl = PathBuf::from(format!("gradscope-{stem}.jsonl"));
+    let _litter = Litter(vec![csv.clone(), jsonl.clone()]);
+    let (mut app, rx) = open(dir.path());
+    typed_settled(&mut app, &rx, "3n");
+    typed(&mut app, "w");
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("wrote {} and {}", csv.display(), jsonl.display()).as_str())
+    );
+    let screen = rows(&draw(&app, 160, 45)).join("");
+    assert!(screen.contains(&format!("wrote {}", csv.display())));
+    let csv_text = std::fs::read_to_string(&csv).expect("csv written");
+    assert_eq!(csv_text.lines().count(), 1 + 4 * 3, "{csv_text}");
+    let jsonl_text = std::fs::read_to_string(&jsonl).expect("jsonl written");
+    assert_eq!(jsonl_text.lines().count(), 4 * 3);
+    for line in jsonl_text.lines() {
+        let _: serde_json::Value = serde_json::from_str(line).expect("one JSON object a line");
+    }
+    for name in run_names(&app) {
+        assert!(csv_text.contains(&name) || csv_text.contains(&format!("\"{name}\"")));
+    }
+    // The next key clears the message.
+    typed(&mut app, "l");
+    assert_eq!(app.message, None);
+}
+
+#[test]
+fn key_release_events_do_nothing() {
+    let (mut app, rx) = open(ROSENBROCK);
+    for c in ['n', 'l', 'q', '?', 't', 'o', '5'] {
+        let release =
+            KeyEvent::new_with_kind(KeyCode::Char(c), KeyModifiers::NONE, KeyEventKind::Release);
+        assert_eq!(app.update(Msg::Key(release)), None, "{c}");
+    }
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![0; 4]);
+    assert!(!app.log_y && !app.show_help && app.popup.is_none());
+    assert_eq!((app.tab, app.count), (Tab::Loss, None));
+}
+
+#[test]
+fn mouse_click_selects_runs_tabs_and_losses() {
+    let (mut app, rx) = open("losses");
+    app.update(Msg::Resize(160, 45));
+    // Runs: click the row where the third run is drawn.
+    let t = draw(&app, 160, 45);
+    // (Long names are cut at the panel's edge: look for the start of the name.)
+    let third: String = run_names(&app)[2].chars().take(12).collect();
+    let a = areas(160, 45);
+    let (x, y) = find(&t, a.runs, &third).expect("third run drawn");
+    click(&mut app, x, y);
+    assert_eq!(app.focus, Focus::Runs);
+    assert_eq!(app.session().unwrap().selected, 2);
+    // Tabs: click each title where it is drawn.
+    for tab in [Tab::Params, Tab::LrRatio, Tab::GradNorm, Tab::Loss] {
+        let t = draw(&app, 160, 45);
+        let (x, y) = find(&t, a.tabs, tab.title()).expect("tab drawn");
+        click(&mut app, x + 1, y);
+        assert_eq!(app.tab, tab);
+        assert_eq!(app.focus, Focus::Charts);
+    }
+    // Losses: click a file's name.
+    let target = app.files[4].name.clone();
+    let t = draw(&app, 160, 45);
+    let (x, y) = find(&t, a.losses, &target).expect("file drawn");
+    click(&mut app, x, y);
+    assert_eq!(app.focus, Focus::Losses);
+    assert_eq!(app.selected_file, 4);
+    app.settle(&rx);
+    assert!(!app.session().unwrap().runs.is_empty(), "its runs started");
+    // Scrolling over the runs list moves the run selection.
+    let runs = a.runs;
+    mouse(&mut app, MouseEventKind::ScrollDown, runs.x + 2, runs.y + 2);
+    assert_eq!(app.focus, Focus::Runs);
+    assert_eq!(app.session().unwrap().selected, 1);
+    mouse(&mut app, MouseEventKind::ScrollUp, runs.x + 2, runs.y + 2);
+    assert_eq!(app.session().unwrap().selected, 0);
+}
+
+/// A click lands on the file drawn under the pointer, also once the list has scrolled.
+#[test]
+fn mouse_click_on_a_scrolled_losses_list() {
+    let (mut app, _rx) = open("losses");
+    app.update(Msg::Resize(100, 24));
+    typed(&mut app, "999j");
+    let last = app.files.len() - 1;
+    assert_eq!(app.selected_file, last);
+    let t = draw(&app, 100, 24);
+    let losses = areas(100, 24).losses;
+    // The first row inside the panel, as drawn.
+    let drawn: String = rows(&t)[losses.y as usize + 1]
+        .chars()
+        .skip(losses.x as usize + 1)
+        .take(losses.width as usize - 2)
+        .collect();
+    click(&mut app, losses.x + 2, losses.y + 1);
+    let picked = app.files[app.selected_file].name.clone();
+    let shown: String = picked.chars().take(8).collect();
+    assert!(
+        drawn.contains(&shown),
+        "clicked the row showing `{}`, selected `{picked}`",
+        drawn.trim()
+    );
+}
+
+/// Deleting another file keeps the selection on the same file.
+#[test]
+fn deleting_a_file_keeps_the_selection() {
+    let dir = Scratch::new(&format!("delete-{}", std::process::id()));
+    for n in ["a", "b", "c", "d"] {
+        dir.copy(ROSENBROCK, &format!("{n}.toml"));
+    }
+    let (mut app, rx) = open(dir.path());
+    typed_settled(&mut app, &rx, "jj5n");
+    let selected = app.file().unwrap().path.clone();
+    assert!(selected.ends_with("c.toml"));
+    let a = dir.0.join("a.toml");
+    std::fs::remove_file(&a).unwrap();
+    app.update(Msg::FileChanged(a));
+    assert_eq!(app.files.len(), 3);
+    assert_eq!(app.file().unwrap().path, selected);
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![5; 4], "its runs kept going");
+}
+
+#[test]
+fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
+    let dir = Scratch::new(&format!("reload-{}", std::process::id()));
+    let file = dir.copy(ROSENBROCK, "r.toml");
+    let (mut app, rx) = open(dir.path());
+    assert_eq!(app.file().unwrap().path, file);
+    typed_settled(&mut app, &rx, "5n");
+    assert_eq!(history_lens(&app), vec![5; 4]);
+
+    // A change event for an unchanged file restarts nothing.
+    app.update(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![5; 4]);
+
+    // A good edit: the runs restart from the new definition.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replace("name = \"Rosenbrock\"", "name = \"Rosenbrock 2\"");
+    let edited = edited.replacen("lr = 0.01", "lr = 0.02", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&file, &edited).unwrap();
+    app.update(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    assert_eq!(app.file().unwrap().name, "Rosenbrock 2");
+    assert_eq!(history_lens(&app), vec![0; 4]);
+    typed_settled(&mut app, &rx, "5n");
+    assert_eq!(app.session().unwrap().runs[0].history.core(0).lr, 0.02);
+
+    // A broken edit: diagnostics show, the last good session keeps running.
+    let broken = edited.replace("(1 - x)^2", "(1 - expp(x))^2");
+    std::fs::write(&file, broken).unwrap();
+    app.update(Msg::FileChanged(file.clone()));
+    let f = app.file().unwrap();
+    assert!(f.broken());
+    assert!(f.session.is_some());
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![5; 4]);
+    typed_settled(&mut app, &rx, "2n");
+    assert_eq!(
+        history_lens(&app),
+        vec![7; 4],
+        "the last good version still steps"
+    );
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("unknown function `expp`"), "{screen}");
+    assert!(
+        screen.contains("the last good version keeps running"),
+        "{screen}"
+    );
+
+    // Fixed again: diagnostics go, the runs restart.
+    std::fs::write(&file, &edited).unwrap();
+    app.update(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    assert!(!app.file().unwrap().broken());
+    assert_eq!(history_lens(&app), vec![0; 4]);
+}
+
+#[test]
+fn hot_reload_adds_and_removes_files() {
+    let dir = Scratch::new(&format!("appear-{}", std::process::id()));
+    dir.copy(ROSENBROCK, "a.toml");
+    let (mut app, rx) = open(dir.path());
+    assert_eq!(app.files.len(), 1);
+    // A new file in a sub-folder appears under its group.
+    std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+    let new = dir.copy("losses/beale.toml", "sub/b.toml");
+    app.update(Msg::FileChanged(new.clone()));
+    assert_eq!(app.files.len(), 2);
+    assert_eq!(app.files[1].group, "sub");
+    assert_eq!(app.selected_file, 0, "selection stays");
+    // Non-TOML files are ignored.
+    let csv = dir.0.join("data.csv");
+    std::fs::write(&csv, "x\n1\n").unwrap();
+    app.update(Msg::FileChanged(csv));
+    assert_eq!(app.files.len(), 2);
+    // Deleting the selected file selects another and starts its runs.
+    let a = dir.0.join("a.toml");
+    std::fs::remove_file(&a).unwrap();
+    app.update(Msg::FileChanged(a));
+    assert_eq!(app.files.len(), 1);
+    assert_eq!(app.file().unwrap().path, new);
+    app.settle(&rx);
+    assert!(!app.session().unwrap().runs.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end, in tmux
+// ---------------------------------------------------------------------------------------------
+
+/// A tmux server of our own (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+    session: String,
+    socket_path: Option<PathBuf>,
+}
+
+impl Tmux {
+    /// Starts `command` in a detached 160x45 session, or None when tmux is missing.
+    fn start(name: &str, command: &str) -> Option<Self> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            eprintln!("tmux is not installed: skipping the end-to-end test");
+            return None;
+        }
+        let mut t = Self {
+            socket: format!("gradscope-test-{name}-{}", std::process::id()),
+            session: name.to_string(),
+            socket_path: None,
+        };
+        let cwd = env!("CARGO_MANIFEST_DIR");
+        let out = t.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "160",
+            "-y",
+            "45",
+            "-c",
+            cwd,
+            command,
+        ]);
+        assert!(out.status.success(), "tmux new-session failed: {out:?}");
+        t.socket_path = Some(PathBuf::from(t.var("#{socket_path}")));
+        Some(t)
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs")
+    }
+
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .cmd(&["capture-pane", "-p", "-t", &self.session])
+                .stdout,
+        )
+        .into_owned()
+    }
+
+    /// A pane format variable, such as `#{alternate_on}`.
+    fn var(&self, format: &str) -> String {
+        let out = self.cmd(&["display-message", "-p", "-t", &self.session, format]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", self.session.as_str()];
+        args.extend_from_slice(keys);
+        assert!(self.cmd(&args).status.success());
+    }
+
+    /// Polls the screen until `pred` holds (10 s at most).
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The TUI's process: the child of the pane's shell.
+    fn app_pid(&self) -> i32 {
+        let shell = self.var("#{pane_pid}");
+        let out = Command::new("pgrep")
+            .args(["-P", &shell])
+            .output()
+            .expect("pgrep runs");
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "gradscope")
+            })
+            .collect();
+        assert_eq!(
+            pids.len(),
+            1,
+            "gradscope processes under the pane: {pids:?}"
+        );
+        pids[0]
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+        // tmux leaves the socket file behind.
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The shell line run in the pane: the TUI, then whether the tty settings came back, the exit
+/// code, and a pause so the pane stays readable.
+fn pane_command() -> String {
+    let bin = env!("CARGO_BIN_EXE_gradscope");
+    format!(
+        "before=$(stty -g); '{bin}' {ROSENBROCK}; code=$?; \
+         if [ \"$before\" = \"$(stty -g)\" ]; then echo TTY=restored; else echo TTY=changed; fi; \
+         echo EXIT=$code; sleep 30"
+    )
+}
+
+fn wait_for_tui(t: &Tmux) {
+    t.wait_for("the Runs panel", |s| {
+        s.contains("Runs") && s.contains("sgd, lr 1e-3") && s.contains("step 0")
+    });
+    assert_eq!(
+        t.var("#{alternate_on}"),
+        "1",
+        "the TUI uses the alternate screen"
+    );
+    assert_eq!(
+        t.var("#{mouse_any_flag}"),
+        "1",
+        "the TUI captures the mouse"
+    );
+}
+
+fn assert_restored(t: &Tmux) {
+    let screen = t.wait_for("the TUI to exit", |s| s.contains("EXIT="));
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(
+        screen.contains("TTY=restored"),
+        "raw mode left on:\n{screen}"
+    );
+    assert!(
+        !screen.contains(['┌', '│', '└', '■']) && !screen.contains("Runs"),
+        "the TUI is still on screen:\n{screen}"
+    );
+    assert_eq!(
+        t.var("#{alternate_on}"),
+        "0",
+        "still on the alternate screen"
+    );
+    for flag in [
+        "mouse_any_flag",
+        "mouse_button_flag",
+        "mouse_standard_flag",
+        "mouse_sgr_flag",
+    ] {
+        assert_eq!(t.var(&format!("#{{{flag}}}")), "0", "{flag} left on");
+    }
+    assert_eq!(t.var("#{cursor_flag}"), "1", "the cursor is still hidden");
+}
+
+#[test]
+fn e2e_step_with_keys_then_quit_restores_the_terminal() {
+    let Some(t) = Tmux::start("quit", &pane_command()) else {
+        return;
+    };
+    wait_for_tui(&t);
+    t.keys(&["5", "0", "n"]);
+    let screen = t.wait_for("step 50", |s| s.contains(" step 50 · paused"));
+    assert!(screen.contains("Inspector"), "{screen}");
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
+
+#[test]
+fn e2e_sigterm_restores_the_terminal() {
+    let Some(t) = Tmux::start("sigterm", &pane_command()) else {
+        return;
+    };
+    wait_for_tui(&t);
+    // While the runs play, so the worker is busy.
+    t.keys(&["Space"]);
+    // (A release build may finish the 10,000 steps before the first capture.)
+    t.wait_for("running", |s| {
+        s.contains("running") || s.contains("finished")
+    });
+    let pid = t.app_pid();
+    // SAFETY: kill(2) with a pid we just looked up; no memory is involved.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill failed");
+    assert_restored(&t);
+}
+
+#[test]
+fn e2e_ctrl_c_restores_the_terminal() {
+    let Some(t) = Tmux::start("ctrlc", &pane_command()) else {
+        return;
+    };
+    wait_for_tui(&t);
+    t.keys(&["?"]);
+    t.wait_for("the help", |s| s.contains("any key closes"));
+    t.keys(&["C-c"]);
+    assert_restored(&t);
+}
+
+/// Quitting while a long step command runs returns promptly.
+#[test]
+fn e2e_quit_during_a_long_step_is_prompt() {
+    let Some(t) = Tmux::start("longstep", &pane_command()) else {
+        return;
+    };
+    wait_for_tui(&t);
+    t.keys(&["1", "0", "0", "0", "0", "0", "0", "N"]);
+    std::thread::sleep(Duration::from_millis(300));
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
