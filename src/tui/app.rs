@@ -97,6 +97,9 @@ pub struct RunView {
     pub lr_changes: Vec<u64>,
     pub clipped: u64,
     pub skipped: u64,
+    pub first_nonfinite: Option<u64>,
+    /// Chart summaries of every metric, kept up to date with `history`.
+    pub streams: Vec<super::chart::Stream>,
 }
 
 impl RunView {
@@ -437,6 +440,8 @@ impl App {
                     lr_changes: Vec::new(),
                     clipped: 0,
                     skipped: 0,
+                    first_nonfinite: None,
+                    streams: Vec::new(),
                 });
             }
             Event::Removed(rid) => {
@@ -450,14 +455,21 @@ impl App {
                         note_warnings(&mut s.warnings, r, rec);
                         if r.history.is_empty() {
                             r.history = History::new(rec.param_grad_norms.len());
+                            r.streams = super::chart::Metric::all(rec.param_norms.len())
+                                .into_iter()
+                                .map(super::chart::Stream::new)
+                                .collect();
                         }
                         r.history.push(rec);
+                        r.streams.iter_mut().for_each(|s| s.push(rec));
                     }
                 }
             }
             Event::Truncated(rid, len, scale) => {
                 if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
                     r.history.truncate(len);
+                    r.streams = super::chart::streams(&r.history);
+                    r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
                     r.halted = None;
                     r.lr_changes.retain(|&k| (k as usize) < len);
@@ -902,14 +914,11 @@ fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg
 /// Adds warning lines for a step: the first non-finite step of a run, and running counts of
 /// clipped and skipped steps (one line each, updated in place, so the log never floods).
 fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord) {
-    let name = &r.info.name;
+    let name = r.info.name.clone();
+    let name = &name;
     let nonfinite = rec.has(flags::LOSS_NONFINITE) || rec.has(flags::GRAD_NONFINITE);
-    let first_nonfinite = !r
-        .history
-        .cores()
-        .iter()
-        .any(|c| c.flags & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0);
-    if nonfinite && first_nonfinite {
+    if nonfinite && r.first_nonfinite.is_none() {
+        r.first_nonfinite = Some(rec.step);
         let what = if rec.has(flags::LOSS_NONFINITE) {
             format!("loss is {}", crate::check::fmt_num(rec.core.loss))
         } else {

@@ -3,7 +3,8 @@
 //! bucket, so spikes survive). Cost grows with the visible steps and the width, and the points
 //! drawn with the width alone.
 
-use crate::run::history::History;
+use super::pyramid::{Ema, Pyramid};
+use crate::run::history::{History, StepRecord};
 
 /// What a series plots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,32 @@ pub enum Metric {
 pub const SMOOTHING: f64 = 0.8;
 
 impl Metric {
+    /// Every metric a run with `n_params` params has.
+    pub fn all(n_params: usize) -> Vec<Metric> {
+        let mut m = vec![
+            Metric::Loss,
+            Metric::GradNorm,
+            Metric::Lr,
+            Metric::UpdateRatio,
+        ];
+        m.extend((0..n_params).map(Metric::ParamGradNorm));
+        m.extend((0..n_params).map(Metric::ParamNorm));
+        m
+    }
+
+    /// The metric's value in one step record.
+    pub fn of(self, r: &StepRecord) -> f64 {
+        let c = &r.core;
+        match self {
+            Metric::Loss => c.loss,
+            Metric::GradNorm => f64::from(c.grad_norm),
+            Metric::Lr => f64::from(c.lr),
+            Metric::UpdateRatio => f64::from(c.update_ratio),
+            Metric::ParamGradNorm(i) => f64::from(r.param_grad_norms[i]),
+            Metric::ParamNorm(i) => f64::from(r.param_norms[i]),
+        }
+    }
+
     pub fn value(self, h: &History, k: usize) -> f64 {
         let c = h.core(k);
         match self {
@@ -43,19 +70,82 @@ pub struct Series {
 
 /// EMA with debiasing, as TensorBoard draws it; non-finite values pass through unsmoothed.
 pub fn ema(values: &[f64], weight: f64) -> Vec<f64> {
-    let mut last = 0.0;
-    let mut n = 0i32;
-    values
-        .iter()
-        .map(|&v| {
-            if !v.is_finite() {
-                return v;
+    let mut e = Ema::default();
+    values.iter().map(|&v| e.next(v, weight)).collect()
+}
+
+/// One metric of one run, summarised as it grows (raw and smoothed), so long histories draw in
+/// time proportional to the width.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub metric: Metric,
+    raw: Pyramid,
+    smooth: Pyramid,
+    ema: Ema,
+}
+
+impl Stream {
+    pub fn new(metric: Metric) -> Self {
+        Self {
+            metric,
+            raw: Pyramid::default(),
+            smooth: Pyramid::default(),
+            ema: Ema::default(),
+        }
+    }
+
+    pub fn push(&mut self, r: &StepRecord) {
+        let v = self.metric.of(r);
+        self.raw.push(v);
+        self.smooth.push(self.ema.next(v, SMOOTHING));
+    }
+
+    /// The whole series from its summaries, or None when it is short enough to scan.
+    pub fn series(&self, columns: usize, log: bool, smooth: bool) -> Option<Series> {
+        let p = if smooth { &self.smooth } else { &self.raw };
+        let (size, blocks) = p.blocks(columns)?;
+        let mut out = Series::default();
+        for (b, block) in blocks.iter().enumerate() {
+            let x = (b * size) as f64;
+            if block.nonfinite > 0 {
+                out.nonfinite.push(x);
             }
-            last = last * weight + (1.0 - weight) * v;
-            n += 1;
-            last / (1.0 - weight.powi(n))
-        })
-        .collect()
+            let (lo, hi) = if log {
+                (
+                    block.min_pos.log10(),
+                    if block.max > 0.0 {
+                        block.max.log10()
+                    } else {
+                        f64::NAN
+                    },
+                )
+            } else {
+                (block.min, block.max)
+            };
+            if lo.is_finite() && hi.is_finite() {
+                out.points.push((x, lo));
+                out.points.push((x + (size / 2) as f64, hi));
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Streams for every metric of a history, rebuilt from scratch (after a rewind).
+pub fn streams(h: &History) -> Vec<Stream> {
+    let Some(first) = h.get(0) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Stream> = Metric::all(first.param_norms.len())
+        .into_iter()
+        .map(Stream::new)
+        .collect();
+    for k in 0..h.len() {
+        if let Some(r) = h.get(k) {
+            out.iter_mut().for_each(|s| s.push(&r));
+        }
+    }
+    out
 }
 
 /// The series of `metric` over steps `range`, decimated to `columns` buckets.

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod bench;
 pub mod chart;
+pub mod pyramid;
 pub mod ui;
 pub mod worker;
 

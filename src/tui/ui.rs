@@ -353,10 +353,21 @@ fn render_chart(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         let hi = r.history.len();
         let range = lo.min(hi)..hi;
         for (m, suffix) in metrics(app, r) {
-            let raw = chart::series(&r.history, m, range.clone(), columns, log, false);
-            let smooth = app
-                .smoothing
-                .then(|| chart::series(&r.history, m, range.clone(), columns, log, true));
+            // The whole run of a long history comes from the summaries; short views are scanned.
+            let stream = r
+                .streams
+                .iter()
+                .find(|s| s.metric == m)
+                .filter(|_| range.start == 0);
+            let series = |smooth: bool| {
+                stream
+                    .and_then(|s| s.series(columns, log, smooth))
+                    .unwrap_or_else(|| {
+                        chart::series(&r.history, m, range.clone(), columns, log, smooth)
+                    })
+            };
+            let raw = series(false);
+            let smooth = app.smoothing.then(|| series(true));
             drawn.push(Drawn {
                 name: format!("{}{suffix}", r.info.name),
                 color: r.color,
