@@ -44,36 +44,7 @@ pub enum Command {
         json: bool,
     },
     /// Step one or more runs of a loss file headless and report them.
-    Run {
-        /// The loss file.
-        file: PathBuf,
-        /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
-        #[arg(short = 'o', long = "optimizer")]
-        optimizers: Vec<String>,
-        /// Variant to run (`base`, a variant's name, or `all`).
-        #[arg(long)]
-        variant: Option<String>,
-        /// Number of steps (default: the file's `steps`, else 100).
-        #[arg(long)]
-        steps: Option<u64>,
-        /// Run in this dtype instead of the file's (f32, f64, f16, bf16).
-        #[arg(long)]
-        dtype: Option<String>,
-        /// Clip the global gradient norm to this value.
-        #[arg(long)]
-        clip_norm: Option<f64>,
-        /// What to do when the loss or a gradient is NaN/Inf: stop, skip or continue.
-        #[arg(long)]
-        on_nonfinite: Option<String>,
-        /// Log every K-th step (default: every step for csv/jsonl, a tenth of the run for table).
-        #[arg(long)]
-        every: Option<u64>,
-        #[arg(long, value_enum, default_value = "table")]
-        format: crate::runner::Format,
-        /// Write the log to this file instead of standard output.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Run(crate::runner::RunArgs),
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

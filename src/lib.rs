@@ -25,31 +25,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let all_ok = match cli.command {
         Some(Command::List { dir, json }) => check::list(&[dir], json, color, &mut out)?,
         Some(Command::Check { paths, json }) => check::check(&paths, json, color, &mut out)?,
-        Some(Command::Run {
-            file,
-            optimizers,
-            variant,
-            steps,
-            dtype,
-            clip_norm,
-            on_nonfinite,
-            every,
-            format,
-            out: path,
-        }) => {
+        Some(Command::Run(args)) => {
             drop(out);
-            let args = runner::RunArgs {
-                file,
-                optimizers,
-                variant,
-                steps,
-                dtype,
-                clip_norm,
-                on_nonfinite,
-                every,
-                format,
-                out: path,
-            };
             return Ok(exit(runner::run_command(&args, color)?));
         }
         Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,

@@ -23,17 +23,35 @@ pub enum Format {
 }
 
 /// Everything `gradscope run` takes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
+    /// The loss file.
     pub file: PathBuf,
+    /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
+    #[arg(short = 'o', long = "optimizer")]
     pub optimizers: Vec<String>,
+    /// Variant to run (`base`, a variant's name, or `all`).
+    #[arg(long)]
     pub variant: Option<String>,
+    /// Number of steps (default: the file's `steps`, else 100).
+    #[arg(long)]
     pub steps: Option<u64>,
+    /// Run in this dtype instead of the file's (f32, f64, f16, bf16).
+    #[arg(long)]
     pub dtype: Option<String>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
     pub clip_norm: Option<f64>,
+    /// What to do when the loss or a gradient is NaN/Inf: stop, skip or continue.
+    #[arg(long)]
     pub on_nonfinite: Option<String>,
+    /// Log every K-th step (default: every step for csv/jsonl, a tenth of the run for table).
+    #[arg(long)]
     pub every: Option<u64>,
+    #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
+    /// Write the log to this file instead of standard output.
+    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
@@ -519,22 +537,9 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
 
 /// Memory a run's history holds after `steps` steps of a loss with `n_params` params.
 pub fn history_mb(steps: usize, n_params: usize) -> f64 {
-    use crate::run::history::{Core, History, StepRecord};
+    use crate::run::history::{History, StepRecord};
     let mut h = History::new(n_params);
-    let record = StepRecord {
-        step: 0,
-        core: Core {
-            loss: 1.0,
-            grad_norm: 1.0,
-            update_norm: 0.1,
-            update_ratio: 0.01,
-            lr: 1e-3,
-            wall_us: 10.0,
-            flags: 0,
-        },
-        param_grad_norms: vec![1.0; n_params],
-        param_norms: vec![1.0; n_params],
-    };
+    let record = StepRecord::synthetic(0, 1.0, n_params);
     for _ in 0..steps {
         h.push(&record);
     }

@@ -39,6 +39,24 @@ impl StepRecord {
         self.core.flags & flag != 0
     }
 
+    /// A plausible record with the given loss, for benchmarks that need long histories.
+    pub fn synthetic(step: u64, loss: f64, n_params: usize) -> Self {
+        StepRecord {
+            step,
+            core: Core {
+                loss,
+                grad_norm: 1.0,
+                update_norm: 0.01,
+                update_ratio: 0.001,
+                lr: 1e-3,
+                wall_us: 5.0,
+                flags: 0,
+            },
+            param_grad_norms: vec![1.0; n_params],
+            param_norms: vec![1.0; n_params],
+        }
+    }
+
     /// Indices of the params whose gradient had a non-finite value.
     pub fn nonfinite_params(&self) -> impl Iterator<Item = usize> + '_ {
         self.param_grad_norms
@@ -107,6 +125,11 @@ impl History {
             param_grad_norms: self.grad_norms[r.clone()].to_vec(),
             param_norms: self.param_norms[r].to_vec(),
         })
+    }
+
+    /// Steps with `flag` set.
+    pub fn count(&self, flag: u8) -> u64 {
+        self.cores.iter().filter(|c| c.flags & flag != 0).count() as u64
     }
 
     /// Drops every step from `len` on (rewinding).

@@ -379,15 +379,8 @@ impl Run {
     }
 
     fn recount(&mut self) {
-        let cores = self.history.cores();
-        self.skipped = cores
-            .iter()
-            .filter(|c| c.flags & flags::SKIPPED != 0)
-            .count() as u64;
-        self.clipped = cores
-            .iter()
-            .filter(|c| c.flags & flags::CLIPPED != 0)
-            .count() as u64;
+        self.skipped = self.history.count(flags::SKIPPED);
+        self.clipped = self.history.count(flags::CLIPPED);
     }
 
     /// Current param values, flattened row-major, in f64.

@@ -473,15 +473,8 @@ impl App {
                     r.lr_scale = scale;
                     r.halted = None;
                     r.lr_changes.retain(|&k| (k as usize) < len);
-                    let cores = r.history.cores();
-                    r.clipped = cores
-                        .iter()
-                        .filter(|c| c.flags & flags::CLIPPED != 0)
-                        .count() as u64;
-                    r.skipped = cores
-                        .iter()
-                        .filter(|c| c.flags & flags::SKIPPED != 0)
-                        .count() as u64;
+                    r.clipped = r.history.count(flags::CLIPPED);
+                    r.skipped = r.history.count(flags::SKIPPED);
                 }
             }
             Event::Halted(rid, step, reason) => {

@@ -9,7 +9,7 @@ use ratatui::backend::TestBackend;
 
 use super::app::{App, Msg};
 use super::worker::{Command, Event};
-use crate::run::history::{Core, StepRecord};
+use crate::run::history::StepRecord;
 
 /// Median time in ms to draw a `w` x `h` frame of `file` with `points` steps in every run.
 pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16) -> anyhow::Result<f64> {
@@ -28,19 +28,9 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16) -> anyhow::Result<f6
     );
     for (rid, n) in runs {
         let records: Vec<StepRecord> = (0..points)
-            .map(|k| StepRecord {
-                step: k as u64,
-                core: Core {
-                    loss: 1.0 / (1.0 + k as f64) + 0.1 * ((k as f64) * 0.01).sin().abs(),
-                    grad_norm: 1.0,
-                    update_norm: 0.01,
-                    update_ratio: 0.001,
-                    lr: 1e-3,
-                    wall_us: 5.0,
-                    flags: 0,
-                },
-                param_grad_norms: vec![1.0; n],
-                param_norms: vec![1.0; n],
+            .map(|k| {
+                let loss = 1.0 / (1.0 + k as f64) + 0.1 * ((k as f64) * 0.01).sin().abs();
+                StepRecord::synthetic(k as u64, loss, n)
             })
             .collect();
         app.update(Msg::Worker(id, Event::Records(rid, records)));
