@@ -303,6 +303,8 @@ fn csv_has_a_header_and_one_row_per_logged_step() {
         "all",
         "--steps",
         "10",
+        "--on-nonfinite",
+        "continue",
         "--every",
         "5",
         "--format",
@@ -320,8 +322,8 @@ fn csv_has_a_header_and_one_row_per_logged_step() {
     assert_eq!(&headers[0], "run");
     assert!(headers.iter().any(|h| h == "grad_norm_w"));
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    // 4 runs, steps 0 and 5 logged, and the last step 9
-    assert_eq!(rows.len(), 4 * 3);
+    // 5 runs, steps 0 and 5 logged, and the last step 9
+    assert_eq!(rows.len(), 5 * 3);
     assert_eq!(&rows[0][0], "base");
 }
 
