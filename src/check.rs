@@ -130,15 +130,26 @@ fn evaluate_run(
         Diagnostic::error(format!("cannot prepare run `{}`: {e}", def.name)).in_file(&source.path)
     })?;
     let eval = ev.evaluate()?;
+    let origin = || ev.trace().ok().flatten();
     if !eval.loss.is_finite() {
-        return Err(Diagnostic::error(format!(
+        let headline = format!(
             "the loss of run `{}` is {} at the initial params",
             def.name,
             describe(eval.loss)
-        ))
-        .at(source, ev.loss_span())
-        .label("this evaluates to a non-finite value")
-        .help("look for log of 0, division by 0 or overflow; add an eps or use a stable form"));
+        );
+        return Err(match origin() {
+            Some(p) => {
+                let mut d = p.diagnostic(source, None);
+                d.message = format!("{headline}; {}", d.message);
+                d
+            }
+            None => Diagnostic::error(headline)
+                .at(source, ev.loss_span())
+                .label("this evaluates to a non-finite value")
+                .help(
+                    "look for log of 0, division by 0 or overflow; add an eps or use a stable form",
+                ),
+        });
     }
     let mut warnings = Vec::new();
     let mut params = Vec::new();
@@ -149,6 +160,14 @@ fn evaluate_run(
             .unwrap_or_default();
         let bad = grad.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
+            if warnings.is_empty()
+                && let Some(p) = origin()
+            {
+                let mut d = p.diagnostic(source, None);
+                d.severity = crate::diagnostic::Severity::Warning;
+                d.message = format!("in run `{}`, {}", def.name, d.message);
+                warnings.push(d);
+            }
             warnings.push(
                 Diagnostic::warning(format!(
                     "the gradient of `{}` in run `{}` has {bad} non-finite of {} values at the initial params",
@@ -275,8 +294,11 @@ pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         return describe(v).to_string();
     }
+    if v == 0.0 {
+        return "0".into();
+    }
     let a = v.abs();
-    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+    if !(1e-3..1e5).contains(&a) {
         format!("{v:.4e}")
     } else {
         format!("{v:.6}")

@@ -441,6 +441,13 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         };
         if let Some(h) = &summary.halted {
             eprintln!("run `{}` {h}", summary.run);
+            if let Some(p) = run.halted.as_ref().and_then(|h| h.provenance.as_ref()) {
+                eprint!(
+                    "{}",
+                    p.diagnostic(run.source(), run.halted.as_ref().map(|h| h.step))
+                        .render(color)
+                );
+            }
             any_halted = true;
         }
         if args.format == Format::Jsonl {

@@ -7,6 +7,7 @@ pub mod lower;
 pub mod ops;
 pub mod plan;
 pub mod shape;
+pub mod trace;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -303,6 +304,18 @@ impl Evaluator {
     fn internal(&self, e: candle_core::Error) -> Diagnostic {
         Diagnostic::error(format!("evaluation failed: {e}"))
             .at(&self.source, self.loss_span.clone())
+    }
+
+    /// Where the current params' first non-finite value comes from (forward or backward), or
+    /// None when every value and gradient is finite.
+    pub fn trace(&self) -> Result<Option<trace::Provenance>, Diagnostic> {
+        let mut inputs: Vec<&Tensor> = self.data.iter().collect();
+        inputs.extend(self.params.iter().map(|v| v.as_tensor()));
+        trace::trace(&self.exec, &inputs).map_err(|e| self.internal(e))
+    }
+
+    pub fn source(&self) -> &Arc<SourceFile> {
+        &self.source
     }
 
     /// The span of the loss expression, for reports about the loss value.

@@ -115,6 +115,53 @@ pub enum Op {
 }
 
 impl Op {
+    /// The op as a user wrote it, for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Input(_) => "input".into(),
+            Op::Const(_) => "constant".into(),
+            Op::Unary(Unary::Custom(c)) => format!("{c:?}").to_lowercase(),
+            Op::Unary(Unary::Elu(_)) => "elu".into(),
+            Op::Unary(u) => match u {
+                Unary::Neg => "unary -".into(),
+                other => format!("{other:?}").to_lowercase(),
+            },
+            Op::Affine { mul, add } => match (*mul, *add) {
+                (m, 0.0) => format!("* {m}"),
+                (1.0, a) => format!("+ {a}"),
+                (-1.0, a) => format!("{a} -"),
+                (m, a) => format!("* {m} + {a}"),
+            },
+            Op::Powf(e) => format!("^ {e}"),
+            Op::Binary(b) => match b {
+                Binary::Add => "+".into(),
+                Binary::Sub => "-".into(),
+                Binary::Mul => "*".into(),
+                Binary::Div => "/".into(),
+                Binary::Min => "min".into(),
+                Binary::Max => "max".into(),
+                Binary::Pow => "^".into(),
+            },
+            Op::BiasAdd => "+".into(),
+            Op::Compare(c) => format!("{c:?}").to_lowercase(),
+            Op::Where => "where".into(),
+            Op::Clamp => "clamp".into(),
+            Op::MatMul { .. } => "@".into(),
+            Op::Reduce { op, .. } => match op {
+                Reduce::Max => "amax".into(),
+                Reduce::Min => "amin".into(),
+                other => format!("{other:?}").to_lowercase(),
+            },
+            Op::Softmax { log: true, .. } => "log_softmax".into(),
+            Op::Softmax { log: false, .. } => "softmax".into(),
+            Op::Reshape => "reshape".into(),
+            Op::Transpose => "transpose".into(),
+            Op::Index { .. } => "indexing".into(),
+            Op::Stack => "array".into(),
+            Op::Detach => "detach".into(),
+        }
+    }
+
     /// Whether the op's result carries gradient when its inputs do.
     pub fn passes_gradient(&self) -> bool {
         !matches!(
@@ -336,30 +383,73 @@ impl Executable {
     /// Evaluates the plan on `inputs` (data first, then params).
     pub fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Tensor, ExecError> {
         let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];
-        for (k, instr) in self.plan.instrs.iter().enumerate() {
-            let value = match &instr.op {
-                Op::Input(i) => Ok(inputs[*i].clone()),
-                Op::Const(_) => Ok(self.consts[k].clone().expect("cast in new")),
-                op => {
-                    let args: Vec<&Tensor> = instr
-                        .args
-                        .iter()
-                        .map(|&a| regs[a].as_ref().expect("defined before use"))
-                        .collect();
-                    apply(op, &args, &instr.shape)
-                }
-            };
-            let value = value.map_err(|error| ExecError {
-                span: instr.span.clone(),
-                error,
-            })?;
-            regs[k] = Some(value);
-            for &a in &instr.args {
+        for k in 0..self.plan.instrs.len() {
+            regs[k] = Some(self.eval(k, &regs, inputs)?);
+            for &a in &self.plan.instrs[k].args {
                 if self.last_use[a] == k {
                     regs[a] = None;
                 }
             }
         }
         Ok(regs[self.plan.output].take().expect("output computed"))
+    }
+
+    /// Evaluates the plan keeping every intermediate value. With `probe`, each computed value
+    /// gets a zero-valued Var added, so the backward pass yields dL/dt for every intermediate t
+    /// (candle keeps gradients for Vars only). Returns the values (before the probe) and probes.
+    pub fn run_traced(
+        &self,
+        inputs: &[&Tensor],
+        probe: bool,
+    ) -> std::result::Result<(Vec<Tensor>, Vec<Option<candle_core::Var>>), ExecError> {
+        let n = self.plan.instrs.len();
+        let mut regs: Vec<Option<Tensor>> = vec![None; n];
+        let mut values = Vec::with_capacity(n);
+        let mut probes = Vec::with_capacity(n);
+        for k in 0..n {
+            let v = self.eval(k, &regs, inputs)?;
+            let computed = !matches!(self.plan.instrs[k].op, Op::Input(_) | Op::Const(_));
+            let p = if probe && computed {
+                candle_core::Var::zeros(v.shape(), v.dtype(), v.device()).ok()
+            } else {
+                None
+            };
+            let fed = match &p {
+                Some(p) => (&v + p.as_tensor()).map_err(|error| ExecError {
+                    span: self.plan.instrs[k].span.clone(),
+                    error,
+                })?,
+                None => v.clone(),
+            };
+            regs[k] = Some(fed);
+            values.push(v);
+            probes.push(p);
+        }
+        Ok((values, probes))
+    }
+
+    fn eval(
+        &self,
+        k: usize,
+        regs: &[Option<Tensor>],
+        inputs: &[&Tensor],
+    ) -> std::result::Result<Tensor, ExecError> {
+        let instr = &self.plan.instrs[k];
+        let value = match &instr.op {
+            Op::Input(i) => Ok(inputs[*i].clone()),
+            Op::Const(_) => Ok(self.consts[k].clone().expect("cast in new")),
+            op => {
+                let args: Vec<&Tensor> = instr
+                    .args
+                    .iter()
+                    .map(|&a| regs[a].as_ref().expect("defined before use"))
+                    .collect();
+                apply(op, &args, &instr.shape)
+            }
+        };
+        value.map_err(|error| ExecError {
+            span: instr.span.clone(),
+            error,
+        })
     }
 }

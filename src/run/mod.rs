@@ -10,6 +10,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 
 use self::history::{Core, History, StepRecord, flags};
+use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
 use crate::lang::file::SettingValue;
@@ -120,6 +121,8 @@ impl RunConfig {
 pub struct Halt {
     pub step: u64,
     pub reason: String,
+    /// The op where the non-finite values started, when it could be found.
+    pub provenance: Option<Provenance>,
 }
 
 /// Params and optimizer state at a step, to rewind to.
@@ -148,6 +151,8 @@ pub struct Run {
     pub clipped: u64,
     /// Multiplier on the scheduled learning rate (the TUI's `+`/`-`).
     pub lr_scale: f64,
+    /// The first non-finite step and where its values started.
+    pub first_provenance: Option<(u64, Provenance)>,
     param_names: Vec<String>,
 }
 
@@ -173,6 +178,7 @@ impl Run {
             skipped: 0,
             clipped: 0,
             lr_scale: 1.0,
+            first_provenance: None,
             param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
         };
         r.snapshot();
@@ -190,6 +196,11 @@ impl Run {
 
     pub fn param_names(&self) -> &[String] {
         &self.param_names
+    }
+
+    /// The loss file's source, for locating reports.
+    pub fn source(&self) -> &std::sync::Arc<crate::diagnostic::SourceFile> {
+        self.evaluator.source()
     }
 
     pub fn params(&self) -> &[Var] {
@@ -259,11 +270,20 @@ impl Run {
         let mut update_norm = 0.0;
         let apply = !bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue;
         if bad_step {
+            // Tracing re-evaluates the step op by op: only for the first non-finite step.
+            if self.first_provenance.is_none() {
+                self.first_provenance = self.evaluator.trace().ok().flatten().map(|p| (t, p));
+            }
             match self.config.on_nonfinite {
                 NonFinitePolicy::Stop => {
                     self.halted = Some(Halt {
                         step: t,
                         reason: self.nonfinite_reason(eval.loss, &eval.grads, &nonfinite),
+                        provenance: self
+                            .first_provenance
+                            .as_ref()
+                            .filter(|(s, _)| *s == t)
+                            .map(|(_, p)| p.clone()),
                     });
                 }
                 NonFinitePolicy::Skip => {
@@ -371,6 +391,7 @@ impl Run {
         self.history.truncate(snap.step as usize);
         self.snapshots.retain(|s| s.step <= snap.step);
         self.halted = None;
+        self.first_provenance = self.first_provenance.take().filter(|(s, _)| *s < step);
         self.recount();
         while self.step_count() < step {
             self.step()?;

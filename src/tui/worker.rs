@@ -324,6 +324,7 @@ impl Worker {
             slot.run.halted = Some(crate::run::Halt {
                 step: slot.run.step_count(),
                 reason: d.headline(),
+                provenance: None,
             });
         }
     }
@@ -340,7 +341,13 @@ impl Worker {
                 s.sent = len;
                 (self.emit)(Event::Params(s.id, stats(&s.run)));
                 if let Some(h) = &s.run.halted {
-                    (self.emit)(Event::Halted(s.id, h.step, h.reason.clone()));
+                    let reason = match &h.provenance {
+                        Some(p) => {
+                            format!("starts at {}; {}", p.summary_at(s.run.source()), h.reason)
+                        }
+                        None => h.reason.clone(),
+                    };
+                    (self.emit)(Event::Halted(s.id, h.step, reason));
                 }
             }
         }

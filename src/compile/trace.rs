@@ -1,0 +1,279 @@
+//! NaN/Inf provenance: re-evaluates a step op by op to find the first operation whose output is
+//! non-finite although its inputs are finite (forward), or whose incoming gradient is finite but
+//! whose outgoing gradient is not (backward). Only run when a step already went non-finite, so it
+//! costs nothing otherwise.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor, Var};
+
+use super::plan::{Executable, Instr, Op, apply};
+use crate::check::fmt_num;
+use crate::diagnostic::{Diagnostic, SourceFile, Span};
+
+/// Which pass produced the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    Backward,
+}
+
+/// Where a non-finite value came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provenance {
+    pub pass: Pass,
+    /// The op as written, e.g. `log`, `/`, `sqrt`.
+    pub op: String,
+    pub span: Span,
+    /// How many elements went non-finite, of how many.
+    pub count: usize,
+    pub total: usize,
+    /// The first few offending elements, as multi-dimensional indices.
+    pub indices: Vec<Vec<usize>>,
+    /// The inputs there, e.g. `log of 0`, `0 / 0`, `sqrt backward at 0`.
+    pub inputs: Vec<String>,
+}
+
+/// Elements reported by index.
+const SHOWN: usize = 3;
+
+impl Provenance {
+    /// One line: `` `log` in the forward pass, 2 of 4 elements at [1], [3]: log of 0, log of 0 ``.
+    pub fn summary(&self) -> String {
+        let pass = match self.pass {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward",
+        };
+        let at: Vec<String> = self
+            .indices
+            .iter()
+            .filter(|i| !i.is_empty())
+            .map(|i| format!("{i:?}"))
+            .collect();
+        let at = if at.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", at.join(", "))
+        };
+        format!(
+            "`{}` in the {pass} pass, {} of {} elements{at}: {}",
+            self.op,
+            self.count,
+            self.total,
+            self.inputs.join(", ")
+        )
+    }
+
+    /// The summary prefixed with the op's line and column: `4:6 `log` in the forward pass, ...`.
+    pub fn summary_at(&self, source: &Arc<SourceFile>) -> String {
+        let (line, col) = source.line_col(self.span.start);
+        format!("{line}:{col} {}", self.summary())
+    }
+
+    /// The report with a caret under the op, for `run`, `check` and the TUI.
+    pub fn diagnostic(&self, source: &Arc<SourceFile>, step: Option<u64>) -> Diagnostic {
+        let when = step.map(|s| format!(" at step {s}")).unwrap_or_default();
+        let pass = match self.pass {
+            Pass::Forward => "forward",
+            Pass::Backward => "backward",
+        };
+        let what = format!("{} of {} elements", self.count, self.total);
+        Diagnostic::error(format!(
+            "non-finite values start here{when}: `{}` in the {pass} pass ({what})",
+            self.op
+        ))
+        .at(source, self.span.clone())
+        .label(self.inputs.join(", "))
+        .help(help_for(&self.op, self.pass))
+    }
+}
+
+fn help_for(op: &str, pass: Pass) -> String {
+    match (op, pass) {
+        ("log", _) => "keep the argument of log away from 0: log(x + eps), or log1p/softplus forms".into(),
+        ("sqrt", Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
+        ("exp", _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
+        ("/", _) => "a division by 0: add an eps to the denominator".into(),
+        ("^", _) | ("pow", _) => "a power of a negative or zero base: clamp the base".into(),
+        _ => "look at the values reaching this op; an eps or a stable formulation usually helps".into(),
+    }
+}
+
+/// Non-finite elements of `t` as flat indices (and the total).
+fn nonfinite(t: &Tensor) -> candle_core::Result<(Vec<usize>, usize)> {
+    let v: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let bad = v
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| !x.is_finite())
+        .map(|(i, _)| i)
+        .collect();
+    Ok((bad, v.len()))
+}
+
+fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
+    let mut out = vec![0; dims.len()];
+    for (k, &d) in dims.iter().enumerate().rev() {
+        if d > 0 {
+            out[k] = i % d;
+            i /= d;
+        }
+    }
+    out
+}
+
+/// Values of `t` broadcast to `dims`, at flat indices `at`.
+fn values_at(t: &Tensor, dims: &[usize], at: &[usize]) -> Option<Vec<f64>> {
+    let v: Vec<f64> = t
+        .broadcast_as(dims)
+        .ok()?
+        .to_dtype(DType::F64)
+        .ok()?
+        .flatten_all()
+        .ok()?
+        .to_vec1()
+        .ok()?;
+    Some(at.iter().map(|&i| v[i]).collect())
+}
+
+/// `log of 0`, `0 / 0`, `sqrt backward at 0`: what reached the op at each shown element.
+fn describe_inputs(instr: &Instr, args: &[&Tensor], at: &[usize], pass: Pass) -> Vec<String> {
+    let dims = instr.shape.dims();
+    let op = instr.op.describe();
+    let per_arg: Vec<Option<Vec<f64>>> = args.iter().map(|a| values_at(a, dims, at)).collect();
+    if per_arg.is_empty() || per_arg.iter().any(Option::is_none) || !elementwise(&instr.op) {
+        return args
+            .iter()
+            .map(|a| {
+                let v: Vec<f64> = a
+                    .to_dtype(DType::F64)
+                    .and_then(|t| t.flatten_all()?.to_vec1())
+                    .unwrap_or_default();
+                let (lo, hi) = v
+                    .iter()
+                    .filter(|x| x.is_finite())
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                        (l.min(x), h.max(x))
+                    });
+                format!("`{op}` of values in [{}, {}]", fmt_num(lo), fmt_num(hi))
+            })
+            .collect();
+    }
+    let per_arg: Vec<Vec<f64>> = per_arg.into_iter().map(Option::unwrap_or_default).collect();
+    (0..at.len())
+        .map(|e| {
+            let vals: Vec<String> = per_arg.iter().map(|a| fmt_num(a[e])).collect();
+            match (pass, vals.len()) {
+                (Pass::Backward, _) => format!("{op} backward at {}", vals.join(", ")),
+                (Pass::Forward, 2) if matches!(instr.op, Op::Binary(_) | Op::BiasAdd) => {
+                    format!("{} {op} {}", vals[0], vals[1])
+                }
+                (Pass::Forward, _) => format!("{op} of {}", vals.join(", ")),
+            }
+        })
+        .collect()
+}
+
+fn elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(_)
+            | Op::Affine { .. }
+            | Op::Powf(_)
+            | Op::Binary(_)
+            | Op::BiasAdd
+            | Op::Where
+            | Op::Clamp
+    )
+}
+
+fn provenance(
+    instr: &Instr,
+    pass: Pass,
+    args: &[&Tensor],
+    bad: &[usize],
+    total: usize,
+    dims: &[usize],
+) -> Provenance {
+    let shown: Vec<usize> = bad.iter().copied().take(SHOWN).collect();
+    Provenance {
+        pass,
+        op: instr.op.describe(),
+        span: instr.span.clone(),
+        count: bad.len(),
+        total,
+        indices: shown.iter().map(|&i| unravel(i, dims)).collect(),
+        inputs: describe_inputs(instr, args, &shown, pass),
+    }
+}
+
+/// Finds where the first non-finite value of one evaluation came from. `inputs` are the data
+/// tensors then the param values. None when everything is finite.
+pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Option<Provenance>> {
+    let plan = exec.plan();
+    let (values, probes) = exec.run_traced(inputs, true).map_err(|e| e.error)?;
+    // Forward: values come in evaluation order, so the first non-finite one has finite inputs.
+    for (k, instr) in plan.instrs.iter().enumerate() {
+        let (bad, total) = nonfinite(&values[k])?;
+        if !bad.is_empty() {
+            let args: Vec<&Tensor> = instr.args.iter().map(|&a| &values[a]).collect();
+            return Ok(Some(provenance(
+                instr,
+                Pass::Forward,
+                &args,
+                &bad,
+                total,
+                instr.shape.dims(),
+            )));
+        }
+    }
+    // Backward: dL/dt of every intermediate from its probe, then each op's own contribution,
+    // from the loss back, until one turns a finite gradient into a non-finite one.
+    let out = match &probes[plan.output] {
+        Some(p) => (&values[plan.output] + p.as_tensor())?,
+        None => values[plan.output].clone(),
+    };
+    let store = out.backward()?;
+    for k in (0..plan.instrs.len()).rev() {
+        let instr = &plan.instrs[k];
+        if instr.args.is_empty() || !instr.op.passes_gradient() {
+            continue;
+        }
+        let Some(g) = probes[k].as_ref().and_then(|p| store.get(p.as_tensor())) else {
+            continue;
+        };
+        if !nonfinite(g)?.0.is_empty() {
+            continue;
+        }
+        let vars: Vec<Var> = instr
+            .args
+            .iter()
+            .map(|&a| Var::from_tensor(&values[a].detach()))
+            .collect::<candle_core::Result<_>>()?;
+        let arg_tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let local = apply(&instr.op, &arg_tensors, &instr.shape)?;
+        let grads = (local * g.detach())?.sum_all()?.backward()?;
+        for (j, v) in vars.iter().enumerate() {
+            let Some(contrib) = grads.get(v.as_tensor()) else {
+                continue;
+            };
+            let (bad, total) = nonfinite(contrib)?;
+            if !bad.is_empty() {
+                let arg_values: Vec<&Tensor> = instr.args.iter().map(|&a| &values[a]).collect();
+                let mut p = provenance(
+                    instr,
+                    Pass::Backward,
+                    &arg_values,
+                    &bad,
+                    total,
+                    contrib.dims(),
+                );
+                if arg_values.len() > 1 {
+                    p.inputs.push(format!("(into argument {})", j + 1));
+                }
+                return Ok(Some(p));
+            }
+        }
+    }
+    Ok(None)
+}

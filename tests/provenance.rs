@@ -1,0 +1,116 @@
+//! NaN/Inf provenance: each case names the op, its span, the pass, and the elements.
+
+use std::path::Path;
+use std::process::Command;
+
+use gradscope::compile::trace::{Pass, Provenance};
+use gradscope::compile::{Evaluator, compile};
+use gradscope::lang::file::load_bytes;
+
+/// Loads a one-param file and traces its initial evaluation.
+fn trace(loss: &str, data: &str, params: &str, dtype: &str) -> (Provenance, String) {
+    let text = format!(
+        "name = \"t\"\ndtype = \"{dtype}\"\nloss = \"{loss}\"\n[data]\n{data}\n[params]\n{params}\n"
+    );
+    let loaded = load_bytes(Path::new("t.toml"), text.clone().into_bytes());
+    let (c, d) = compile(loaded.file.expect("loads"));
+    let c = c.unwrap_or_else(|| panic!("{d:?}"));
+    let ev = Evaluator::new(&c, 0).unwrap();
+    let p = ev.trace().unwrap().expect("something is non-finite");
+    let source = ev.source().clone();
+    let (line, col) = source.line_col(p.span.start);
+    let at = text[p.span.clone()].to_string();
+    (p, format!("{line}:{col} {at}"))
+}
+
+#[test]
+fn log_of_zero_in_the_forward_pass() {
+    let (p, at) = trace("sum(log(w * x))", "x = \"[1, 0, 2, 0]\"", "w = 1.0", "f32");
+    assert_eq!(p.pass, Pass::Forward);
+    assert_eq!(p.op, "log");
+    assert_eq!((p.count, p.total), (2, 4));
+    assert_eq!(p.indices, vec![vec![1], vec![3]]);
+    assert_eq!(p.inputs, vec!["log of 0", "log of 0"]);
+    assert_eq!(at, "3:13 log(w * x)");
+}
+
+#[test]
+fn sqrt_at_zero_in_the_backward_pass() {
+    let (p, at) = trace(
+        "sqrt(sum(w^2)) + sum(x)",
+        "x = \"[1]\"",
+        "w = \"zeros(4)\"",
+        "f32",
+    );
+    assert_eq!(p.pass, Pass::Backward);
+    assert_eq!(p.op, "sqrt");
+    assert_eq!((p.count, p.total), (1, 1));
+    assert_eq!(p.inputs, vec!["sqrt backward at 0"]);
+    assert_eq!(at, "3:9 sqrt(sum(w^2))");
+}
+
+#[test]
+fn exp_overflowing_f32_but_not_f64() {
+    // e^92.1 is about 1e40: past f32's 3.4e38, well inside f64.
+    let (p, _) = trace("sum(exp(w * x))", "x = \"[1, 92.1]\"", "w = 1.0", "f32");
+    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "exp", 1));
+    assert_eq!(p.inputs, vec!["exp of 92.099998"]); // 92.1 rounded to f32
+    let text = "name = \"t\"\ndtype = \"f64\"\nloss = \"sum(exp(w * x))\"\n[data]\nx = \"[1, 92.1]\"\n[params]\nw = 1.0\n";
+    let (c, _) = compile(load_bytes(Path::new("t.toml"), text.into()).file.unwrap());
+    assert!(
+        Evaluator::new(&c.unwrap(), 0)
+            .unwrap()
+            .trace()
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn zero_over_zero() {
+    let (p, _) = trace("sum((w - x) / (w - x))", "x = \"[1, 2]\"", "w = 1.0", "f64");
+    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "/", 1));
+    assert_eq!(p.inputs, vec!["0 / 0"]);
+    assert_eq!(p.indices, vec![vec![0]]);
+}
+
+#[test]
+fn relu_swallowing_the_value_does_not_hide_the_origin() {
+    // relu(-inf) = 0 keeps the loss finite, but the gradient through log at 0 is not.
+    let (p, _) = trace(
+        "sum(relu(log(w * x)))",
+        "x = \"[1, 0, 2]\"",
+        "w = 1.0",
+        "f32",
+    );
+    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "log", 1));
+}
+
+#[test]
+fn run_halts_at_the_step_and_names_op_line_column_pass_and_count() {
+    let dir = std::env::temp_dir().join(format!("gradscope-prov-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("nan_at_3.toml");
+    // dL/dx = 1, so SGD with lr 1 walks x = 2.5, 1.5, 0.5, -0.5: sqrt of -0.5 at step 3.
+    std::fs::write(&file, "name = \"nan at 3\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n[optimizer]\nname = \"sgd\"\nlr = 1.0\nsteps = 10\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .arg("run")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("halted at step 3: the loss is NaN"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "non-finite values start here at step 3: `sqrt` in the forward pass (1 of 1 elements)"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nan_at_3.toml:2:9"), "{stderr}");
+    assert!(stderr.contains("sqrt of -0.500000"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
