@@ -45,6 +45,20 @@ pub enum Command {
     },
     /// Step one or more runs of a loss file headless and report them.
     Run(crate::runner::RunArgs),
+    /// Autograd against central finite differences in f64, per param.
+    Gradcheck {
+        /// The loss file.
+        file: PathBuf,
+        /// Variant to check (`base`, a variant's name, or `all`; default all).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Step the run this many times with its optimizer first, then check there.
+        #[arg(long, default_value_t = 0)]
+        at_step: u64,
+        /// Check in this dtype instead of the run's (f32, f64, f16, bf16).
+        #[arg(long)]
+        dtype: Option<String>,
+    },
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

@@ -29,6 +29,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drop(out);
             return Ok(exit(runner::run_command(&args, color)?));
         }
+        Some(Command::Gradcheck {
+            file,
+            variant,
+            at_step,
+            dtype,
+        }) => runner::gradcheck_command(
+            &file,
+            variant.as_deref(),
+            at_step,
+            dtype.as_deref(),
+            color,
+            &mut out,
+        )?,
         Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);

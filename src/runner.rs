@@ -465,6 +465,101 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
     Ok(!any_halted)
 }
 
+/// `gradscope gradcheck`: returns whether every checked param passed.
+pub fn gradcheck_command(
+    file: &Path,
+    variant: Option<&str>,
+    at_step: u64,
+    dtype: Option<&str>,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    use crate::compile::gradcheck::{SAMPLE, Verdict, gradcheck, tolerance};
+    let (mut compiled, _) = match load_compiled(file) {
+        Ok(c) => c,
+        Err(diags) => {
+            for d in &diags {
+                write!(out, "{}", d.render(color))?;
+            }
+            return Ok(false);
+        }
+    };
+    if let Some(d) = dtype {
+        let dt = DType::from_name(d)
+            .ok_or_else(|| anyhow::anyhow!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
+        compiled.runs.iter_mut().for_each(|r| r.dtype = dt);
+    }
+    let selected: Vec<usize> = match variant {
+        None | Some("all") => (0..compiled.runs.len()).collect(),
+        Some(name) => vec![
+            compiled
+                .runs
+                .iter()
+                .position(|r| r.name == name)
+                .ok_or_else(|| anyhow::anyhow!("no variant named `{name}`"))?,
+        ],
+    };
+    let mut all_pass = true;
+    for run in selected {
+        let params = if at_step > 0 {
+            let mut config = RunConfig::from_settings(&compiled.runs[run].optimizer);
+            config.steps = at_step;
+            let mut r = Run::new(&compiled, run, "gradcheck".into(), config)?;
+            drive(&mut r, |_, _| {}).map_err(|d| anyhow::anyhow!(d.headline()))?;
+            Some(r.param_values())
+        } else {
+            None
+        };
+        let def = &compiled.runs[run];
+        let (atol, rtol) = tolerance(def.dtype);
+        writeln!(
+            out,
+            "{}  run `{}` in {} at step {at_step} (atol {atol:e}, rtol {rtol:e}; at most {SAMPLE} elements a param)",
+            file.display(),
+            def.name,
+            def.dtype.name()
+        )?;
+        match gradcheck(&compiled, run, params.as_deref(), 0) {
+            Ok(checks) => {
+                writeln!(
+                    out,
+                    "  {:<10} {:>14} {:>12} {:>12} {:>12} {:>6}  result",
+                    "param", "checked", "max abs err", "max rel err", "worst at", "kinks"
+                )?;
+                for c in checks {
+                    let result = match c.verdict {
+                        Verdict::Pass => "ok",
+                        Verdict::Fail => {
+                            all_pass = false;
+                            "FAIL"
+                        }
+                    };
+                    let checked = if c.checked < c.total {
+                        format!("{} of {} (sampled)", c.checked, c.total)
+                    } else {
+                        format!("{} of {}", c.checked, c.total)
+                    };
+                    writeln!(
+                        out,
+                        "  {:<10} {:>14} {:>12} {:>12} {:>12} {:>6}  {result}",
+                        c.name,
+                        checked,
+                        fmt_num(c.max_abs),
+                        fmt_num(c.max_rel),
+                        format!("{:?}", c.worst),
+                        c.kinks
+                    )?;
+                }
+            }
+            Err(d) => {
+                write!(out, "{}", d.render(color))?;
+                all_pass = false;
+            }
+        }
+    }
+    Ok(all_pass)
+}
+
 /// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
 pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
     let (files, missing) = crate::check::discover(&[dir.to_path_buf()]);

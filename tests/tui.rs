@@ -1197,3 +1197,18 @@ fn e2e_quit_during_a_long_step_is_prompt() {
     t.keys(&["q"]);
     assert_restored(&t);
 }
+
+#[test]
+fn g_checks_the_selected_runs_gradients() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "10ng");
+    let r = &app.session().unwrap().runs[0];
+    let (step, checks) = r.gradcheck.as_ref().expect("checked");
+    assert_eq!(*step, 10);
+    assert_eq!(checks.len(), 2);
+    assert!(
+        checks
+            .iter()
+            .all(|c| c.verdict == gradscope::compile::gradcheck::Verdict::Pass)
+    );
+}

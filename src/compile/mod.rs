@@ -3,6 +3,7 @@
 
 pub mod data;
 pub mod fused;
+pub mod gradcheck;
 pub mod lower;
 pub mod ops;
 pub mod plan;

@@ -111,7 +111,8 @@ fn nonfinite(t: &Tensor) -> candle_core::Result<(Vec<usize>, usize)> {
     Ok((bad, v.len()))
 }
 
-fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
+/// A flat row-major index as one index per axis.
+pub fn unravel(mut i: usize, dims: &[usize]) -> Vec<usize> {
     let mut out = vec![0; dims.len()];
     for (k, &d) in dims.iter().enumerate().rev() {
         if d > 0 {

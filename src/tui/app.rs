@@ -16,6 +16,7 @@ use ratatui::style::Color;
 use super::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
 use crate::check::{FileReport, check_file, discover};
 use crate::compile::CompiledFile;
+use crate::compile::gradcheck::{ParamCheck, Verdict};
 use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
@@ -98,6 +99,8 @@ pub struct RunView {
     pub clipped: u64,
     pub skipped: u64,
     pub first_nonfinite: Option<u64>,
+    /// The last gradient check: the step and each param's result.
+    pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
 }
@@ -441,6 +444,7 @@ impl App {
                     clipped: 0,
                     skipped: 0,
                     first_nonfinite: None,
+                    gradcheck: None,
                     streams: Vec::new(),
                 });
             }
@@ -498,6 +502,23 @@ impl App {
                 if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
                     r.lr_scale = scale;
                     r.lr_changes.push(step);
+                }
+            }
+            Event::Checked(rid, step, checks) => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
+                    for c in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
+                        s.warnings.push(Warning {
+                            run: r.info.name.clone(),
+                            step,
+                            text: format!(
+                                "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
+                                c.name,
+                                crate::check::fmt_num(c.max_rel),
+                                c.worst
+                            ),
+                        });
+                    }
+                    r.gradcheck = Some((step, checks));
                 }
             }
             Event::Playing(p) => s.playing = p,
@@ -643,6 +664,11 @@ impl App {
             KeyCode::Char('x') => {
                 if let Some(id) = self.selected_run_id() {
                     self.command(Command::Remove(id));
+                }
+            }
+            KeyCode::Char('g') => {
+                if let Some(id) = self.selected_run_id() {
+                    self.command(Command::Gradcheck(id));
                 }
             }
             KeyCode::Char('l') => self.log_y = !self.log_y,

@@ -530,6 +530,26 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
             r.clipped, r.skipped
         )));
     }
+    if let Some((step, checks)) = &r.gradcheck {
+        let failed: Vec<&str> = checks
+            .iter()
+            .filter(|c| c.verdict == crate::compile::gradcheck::Verdict::Fail)
+            .map(|c| c.name.as_str())
+            .collect();
+        let kinks: usize = checks.iter().map(|c| c.kinks).sum();
+        let (text, color) = if failed.is_empty() {
+            (
+                format!("gradcheck @{step}: ok ({kinks} kinks)"),
+                Color::Green,
+            )
+        } else {
+            (
+                format!("gradcheck @{step}: FAIL {}", failed.join(", ")),
+                Color::Red,
+            )
+        };
+        lines.push(Line::styled(text, Style::new().fg(color)));
+    }
     lines.push(Line::from(""));
     for (i, p) in r.params.iter().enumerate() {
         let g = r
@@ -657,6 +677,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("o", "add a run with another optimizer"),
     ("d", "duplicate the run with another variant or dtype"),
     ("x", "remove the selected run"),
+    (
+        "g",
+        "check the selected run's gradients (finite differences)",
+    ),
     ("t  T", "next / previous chart tab"),
     ("l", "log y axis"),
     ("s", "EMA smoothing (debiased, as TensorBoard)"),

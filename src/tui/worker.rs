@@ -6,6 +6,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
 use crate::lang::file::DType;
 use crate::optim::spec::OptimizerSpec;
@@ -35,6 +36,8 @@ pub enum Command {
         dtype: Option<DType>,
     },
     Remove(RunId),
+    /// Check one run's gradients against finite differences at its current step.
+    Gradcheck(RunId),
     /// Asks for a [`Event::Pong`] once every command before it is done (tests wait on it).
     Ping(u64),
     Shutdown,
@@ -78,6 +81,8 @@ pub enum Event {
     LrScale(RunId, f64, u64),
     Playing(bool),
     Failed(String),
+    /// A gradient check of a run at a step.
+    Checked(RunId, u64, Vec<ParamCheck>),
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
     Pong(u64),
 }
@@ -86,6 +91,8 @@ struct Slot {
     id: RunId,
     run: Run,
     sent: usize,
+    /// The run definition it runs.
+    def: usize,
     /// Step count that manual stepping is heading for.
     target: Option<u64>,
 }
@@ -168,6 +175,7 @@ impl Worker {
                     id,
                     run,
                     sent: 0,
+                    def,
                     target: None,
                 };
                 self.send(Event::Params(id, stats(&slot.run)));
@@ -292,6 +300,18 @@ impl Worker {
             Command::Remove(id) => {
                 self.slots.retain(|s| s.id != id);
                 self.send(Event::Removed(id));
+            }
+            Command::Gradcheck(id) => {
+                self.report();
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+                    let mut compiled = self.compiled.clone();
+                    compiled.runs[s.def].dtype = s.run.dtype;
+                    let params = s.run.param_values();
+                    match gradcheck(&compiled, s.def, Some(&params), 0) {
+                        Ok(checks) => self.send(Event::Checked(id, s.run.step_count(), checks)),
+                        Err(d) => self.send(Event::Failed(d.headline())),
+                    }
+                }
             }
             Command::Ping(n) => {
                 self.report();

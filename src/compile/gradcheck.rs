@@ -1,0 +1,161 @@
+//! Gradient check: autograd in the run's dtype against central finite differences in f64, per
+//! param, with tolerances that depend on the dtype (torch.autograd.gradcheck's defaults are
+//! meant for f64 only). Kinks (abs or relu at 0, clamp at a bound), where the one-sided
+//! differences disagree, are reported as kinks, not failures.
+
+use candle_core::{DType as CDType, Tensor};
+use rand::seq::index::sample;
+
+use super::trace::unravel;
+use super::{CompiledFile, Evaluator};
+use crate::diagnostic::Diagnostic;
+use crate::lang::file::DType;
+
+/// Elements checked per param at most; larger params are sampled.
+pub const SAMPLE: usize = 64;
+
+/// (absolute, relative) tolerance for autograd in `dtype` against f64 differences.
+pub fn tolerance(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F64 => (1e-5, 1e-3),
+        DType::F32 => (1e-3, 1e-2),
+        DType::F16 | DType::BF16 => (5e-2, 1e-1),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+}
+
+/// The result for one param.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamCheck {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub checked: usize,
+    pub total: usize,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    /// Index (multi-dimensional) of the element with the largest error beyond tolerance, or the
+    /// largest error when all pass.
+    pub worst: Vec<usize>,
+    /// Elements where the left and right differences disagree (not counted as failures).
+    pub kinks: usize,
+    pub verdict: Verdict,
+}
+
+fn internal(e: candle_core::Error) -> Diagnostic {
+    Diagnostic::error(format!("gradient check failed to evaluate: {e}"))
+}
+
+fn values(t: &Tensor) -> Result<Vec<f64>, Diagnostic> {
+    t.to_dtype(CDType::F64)
+        .and_then(|t| t.flatten_all()?.to_vec1())
+        .map_err(internal)
+}
+
+/// Checks run `run` of `compiled` at `params` (each flattened, row-major; None: the initial
+/// values). `seed` picks the sampled elements of large params.
+pub fn gradcheck(
+    compiled: &CompiledFile,
+    run: usize,
+    params: Option<&[Vec<f64>]>,
+    seed: u64,
+) -> Result<Vec<ParamCheck>, Diagnostic> {
+    let dtype = compiled.runs[run].dtype;
+    let auto = Evaluator::new(compiled, run).map_err(internal)?;
+    let mut f64_compiled = compiled.clone();
+    f64_compiled.runs[run].dtype = DType::F64;
+    let fd = Evaluator::new(&f64_compiled, run).map_err(internal)?;
+    let current: Vec<Vec<f64>> = match params {
+        Some(p) => p.to_vec(),
+        None => compiled
+            .params
+            .iter()
+            .map(|p| values(&p.value))
+            .collect::<Result<_, _>>()?,
+    };
+    for (i, v) in current.iter().enumerate() {
+        let dims = compiled.params[i].value.dims().to_vec();
+        let t = Tensor::from_vec(v.clone(), dims, &candle_core::Device::Cpu).map_err(internal)?;
+        auto.params()[i]
+            .set(&t.to_dtype(auto.dtype()).map_err(internal)?)
+            .map_err(internal)?;
+        fd.params()[i].set(&t).map_err(internal)?;
+    }
+    let grads = auto.evaluate()?.grads;
+    let (atol, rtol) = tolerance(dtype);
+    let f0 = fd.loss()?;
+    let mut rng = crate::compile::lower::rng_for(seed, "gradcheck");
+    let mut out = Vec::new();
+    for (i, p) in compiled.params.iter().enumerate() {
+        let g = values(&grads[i])?;
+        let dims = p.value.dims().to_vec();
+        let total = g.len();
+        let mut idx: Vec<usize> = if total > SAMPLE {
+            sample(&mut rng, total, SAMPLE).into_vec()
+        } else {
+            (0..total).collect()
+        };
+        idx.sort_unstable();
+        let mut check = ParamCheck {
+            name: p.name.clone(),
+            shape: dims.clone(),
+            checked: idx.len(),
+            total,
+            max_abs: 0.0,
+            max_rel: 0.0,
+            worst: Vec::new(),
+            kinks: 0,
+            verdict: Verdict::Pass,
+        };
+        let mut worst_excess = f64::NEG_INFINITY;
+        for k in idx {
+            let x = current[i][k];
+            let h = 1e-6 * x.abs().max(1.0);
+            let at = |delta: f64| -> Result<f64, Diagnostic> {
+                let mut v = current[i].clone();
+                v[k] = x + delta;
+                let t = Tensor::from_vec(v, dims.clone(), &candle_core::Device::Cpu)
+                    .map_err(internal)?;
+                fd.params()[i].set(&t).map_err(internal)?;
+                fd.loss()
+            };
+            let (fp, fm) = (at(h)?, at(-h)?);
+            let restore =
+                Tensor::from_vec(current[i].clone(), dims.clone(), &candle_core::Device::Cpu)
+                    .map_err(internal)?;
+            fd.params()[i].set(&restore).map_err(internal)?;
+            let central = (fp - fm) / (2.0 * h);
+            let (right, left) = ((fp - f0) / h, (f0 - fm) / h);
+            let kink = (right - left).abs() > atol + rtol * right.abs().max(left.abs())
+                && (right - left).abs() > 1e-3;
+            let err = (g[k] - central).abs();
+            let rel = err / central.abs().max(1e-12);
+            if kink {
+                check.kinks += 1;
+                continue;
+            }
+            check.max_abs = check.max_abs.max(err);
+            check.max_rel = check.max_rel.max(rel);
+            let excess = err - (atol + rtol * central.abs());
+            if excess > worst_excess || !err.is_finite() {
+                worst_excess = if err.is_finite() {
+                    excess
+                } else {
+                    f64::INFINITY
+                };
+                check.worst = unravel(k, &dims);
+            }
+            // NaN errors fail too.
+            let within = err <= atol + rtol * central.abs();
+            if !within {
+                check.verdict = Verdict::Fail;
+            }
+        }
+        out.push(check);
+    }
+    Ok(out)
+}
