@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// What to do when the loss or a gradient is NaN/Inf: stop, skip or continue.
     #[arg(long)]
     pub on_nonfinite: Option<String>,
+    /// Where gradients come from: autograd, or fd (central finite differences).
+    #[arg(long)]
+    pub grad: Option<String>,
     /// Log every K-th step (default: every step for csv/jsonl, a tenth of the run for table).
     #[arg(long)]
     pub every: Option<u64>,
@@ -147,6 +150,14 @@ pub fn build_runs(args: &RunArgs, compiled: &mut CompiledFile) -> Result<Vec<Run
             }
             if let Some(p) = policy {
                 config.on_nonfinite = p;
+            }
+            match args.grad.as_deref() {
+                None => {}
+                Some("autograd") => config.grad = crate::run::GradSource::Autograd,
+                Some("fd") => config.grad = crate::run::GradSource::FiniteDifference,
+                Some(g) => {
+                    return Err(format!("unknown gradient source `{g}`: use autograd or fd"));
+                }
             }
             let name = match spec {
                 Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),

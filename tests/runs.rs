@@ -10,7 +10,7 @@ use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::spec::OptimizerSpec;
 use gradscope::run::history::flags;
-use gradscope::run::{NonFinitePolicy, Run, RunConfig};
+use gradscope::run::{GradSource, NonFinitePolicy, Run, RunConfig};
 use gradscope::runner::load_compiled;
 
 fn compiled(text: &str) -> CompiledFile {
@@ -27,6 +27,7 @@ fn config(spec: &str, policy: NonFinitePolicy) -> RunConfig {
         clip_value: None,
         schedule: LrSchedule::constant(),
         on_nonfinite: policy,
+        grad: GradSource::Autograd,
     }
 }
 
@@ -360,4 +361,30 @@ fn unknown_optimizer_on_the_command_line_lists_the_valid_ones() {
 fn a_million_steps_of_history_fit_in_100_mb() {
     // Capacity, not a timing: the history's own accounting of the bytes it holds.
     assert!(gradscope::runner::history_mb(1_000_000, 6) < 100.0);
+}
+
+#[test]
+fn finite_difference_gradients_match_autograd_and_drift_little() {
+    let text = "name = \"r\"\ndtype = \"f64\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n[[variants]]\nname = \"fd\"\ngrad = \"fd\"\n";
+    let c = compiled(text);
+    let ev = gradscope::compile::Evaluator::new(&c, 0).unwrap();
+    let (auto, fd) = (ev.evaluate().unwrap(), ev.evaluate_fd().unwrap());
+    for (a, f) in auto.grads.iter().zip(&fd.grads) {
+        let (a, f) = (a.to_scalar::<f64>().unwrap(), f.to_scalar::<f64>().unwrap());
+        assert!((a - f).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {f}");
+    }
+    let mut cfg = RunConfig::from_settings(&c.runs[1].optimizer);
+    assert_eq!(cfg.grad, GradSource::FiniteDifference);
+    cfg.steps = 200;
+    let mut fd_run = Run::new(&c, 1, "fd".into(), cfg.clone()).unwrap();
+    cfg.grad = GradSource::Autograd;
+    let mut auto_run = Run::new(&c, 0, "auto".into(), cfg).unwrap();
+    for run in [&mut fd_run, &mut auto_run] {
+        while !run.is_done() {
+            run.step().unwrap();
+        }
+    }
+    let (p, q) = (fd_run.param_values(), auto_run.param_values());
+    let drift = ((p[0][0] - q[0][0]).powi(2) + (p[1][0] - q[1][0]).powi(2)).sqrt();
+    assert!(drift > 0.0 && drift < 1e-5, "drift {drift}");
 }

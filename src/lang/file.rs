@@ -130,7 +130,15 @@ const TOP_KEYS: &[&str] = &[
     "variants",
 ];
 const SCALAR_TOP_KEYS: &[&str] = &["name", "about", "seed", "dtype", "loss"];
-const VARIANT_KEYS: &[&str] = &["name", "about", "loss", "consts", "dtype", "optimizer"];
+const VARIANT_KEYS: &[&str] = &[
+    "name",
+    "about",
+    "loss",
+    "consts",
+    "dtype",
+    "optimizer",
+    "grad",
+];
 const CSV_KEYS: &[&str] = &["csv", "columns"];
 
 /// What a loaded file gives: the file if it could be built, and every diagnostic found.
@@ -643,10 +651,21 @@ impl Checker {
                 .map(|(s, _)| s);
             let loss = t.get("loss").and_then(|v| self.program(v));
             let dtype = t.get("dtype").and_then(|v| self.dtype(v));
-            let optimizer = t
+            let mut optimizer = t
                 .get("optimizer")
                 .map(|v| self.settings(v, "a variant's optimizer"))
                 .unwrap_or_default();
+            // `grad = "fd"` on a variant is a run setting like those in its optimizer table.
+            if let Some((k, v)) = t.get_key_value("grad") {
+                if let Some((text, span)) = self.string(v, "`grad`") {
+                    let setting = Setting {
+                        key: Spanned::new("grad".into(), k.span()),
+                        value: Spanned::new(SettingValue::Text(text), span),
+                    };
+                    self.check_settings(std::slice::from_ref(&setting));
+                    optimizer.push(setting);
+                }
+            }
             let mut overrides = Vec::new();
             if let Some(c) = t.get("consts") {
                 let (cv, cspan) = spanned(c);

@@ -122,6 +122,7 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
     ("step_size", SettingKind::Count),
     ("gamma", SettingKind::Number),
     ("min_lr", SettingKind::Number),
+    ("grad", SettingKind::Choice(&["autograd", "fd"])),
 ];
 
 /// Why a setting is not acceptable, with the help to show.

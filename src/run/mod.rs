@@ -49,6 +49,24 @@ pub struct RunConfig {
     pub clip_value: Option<f64>,
     pub schedule: LrSchedule,
     pub on_nonfinite: NonFinitePolicy,
+    /// Where gradients come from.
+    pub grad: GradSource,
+}
+
+/// Autograd, or central finite differences (to see what numerical differentiation costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradSource {
+    Autograd,
+    FiniteDifference,
+}
+
+impl GradSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            GradSource::Autograd => "autograd",
+            GradSource::FiniteDifference => "fd",
+        }
+    }
 }
 
 /// Default number of steps when neither the file nor the command line gives one.
@@ -112,6 +130,10 @@ impl RunConfig {
             on_nonfinite: text("on_nonfinite")
                 .and_then(NonFinitePolicy::parse)
                 .unwrap_or(NonFinitePolicy::Stop),
+            grad: match text("grad") {
+                Some("fd") => GradSource::FiniteDifference,
+                _ => GradSource::Autograd,
+            },
         }
     }
 }
@@ -244,7 +266,10 @@ impl Run {
     pub fn step(&mut self) -> Result<StepRecord, Diagnostic> {
         let started = Instant::now();
         let t = self.step_count();
-        let eval = self.evaluator.evaluate()?;
+        let eval = match self.config.grad {
+            GradSource::Autograd => self.evaluator.evaluate()?,
+            GradSource::FiniteDifference => self.evaluator.evaluate_fd()?,
+        };
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();

@@ -498,7 +498,12 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
             r.info.name.clone(),
             Style::new().fg(r.color).bold(),
         )),
-        Line::from(format!("{} · {}", r.info.optimizer, r.info.dtype.name())),
+        Line::from(format!(
+            "{} · {} · {}",
+            r.info.optimizer,
+            r.info.dtype.name(),
+            r.info.grad
+        )),
         Line::from(format!("step {} · {}", r.steps(), r.status(s.playing))),
     ];
     if let Some(last) = r.history.len().checked_sub(1) {

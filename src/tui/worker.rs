@@ -64,6 +64,8 @@ pub struct RunInfo {
     pub optimizer: String,
     pub dtype: DType,
     pub steps: u64,
+    /// Where its gradients come from (`autograd` or `fd`).
+    pub grad: &'static str,
 }
 
 /// What a worker tells the UI.
@@ -170,6 +172,7 @@ impl Worker {
                     optimizer: run.config.optimizer.to_string(),
                     dtype: run.dtype,
                     steps: run.config.steps,
+                    grad: run.config.grad.name(),
                 }));
                 let slot = Slot {
                     id,
