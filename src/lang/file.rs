@@ -656,15 +656,15 @@ impl Checker {
                 .map(|v| self.settings(v, "a variant's optimizer"))
                 .unwrap_or_default();
             // `grad = "fd"` on a variant is a run setting like those in its optimizer table.
-            if let Some((k, v)) = t.get_key_value("grad") {
-                if let Some((text, span)) = self.string(v, "`grad`") {
-                    let setting = Setting {
-                        key: Spanned::new("grad".into(), k.span()),
-                        value: Spanned::new(SettingValue::Text(text), span),
-                    };
-                    self.check_settings(std::slice::from_ref(&setting));
-                    optimizer.push(setting);
-                }
+            if let Some((k, v)) = t.get_key_value("grad")
+                && let Some((text, span)) = self.string(v, "`grad`")
+            {
+                let setting = Setting {
+                    key: Spanned::new("grad".into(), k.span()),
+                    value: Spanned::new(SettingValue::Text(text), span),
+                };
+                self.check_settings(std::slice::from_ref(&setting));
+                optimizer.push(setting);
             }
             let mut overrides = Vec::new();
             if let Some(c) = t.get("consts") {
