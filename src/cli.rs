@@ -59,6 +59,20 @@ pub enum Command {
         #[arg(long)]
         dtype: Option<String>,
     },
+    /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
+    Curvature {
+        /// The loss file.
+        file: PathBuf,
+        /// Variant to examine (`base` or a variant's name).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Step the run this many times with its optimizer first.
+        #[arg(long, default_value_t = 0)]
+        at_step: u64,
+        /// Compute in this dtype instead of the run's.
+        #[arg(long)]
+        dtype: Option<String>,
+    },
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

@@ -42,6 +42,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             color,
             &mut out,
         )?,
+        Some(Command::Curvature {
+            file,
+            variant,
+            at_step,
+            dtype,
+        }) => runner::curvature_command(
+            &file,
+            variant.as_deref(),
+            at_step,
+            dtype.as_deref(),
+            color,
+            &mut out,
+        )?,
         Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);
@@ -67,6 +80,11 @@ fn exit(ok: bool) -> ExitCode {
 /// a logistic-regression step went to page faults).
 pub fn init_process(threads: Option<usize>) {
     init_threads(threads);
+    // candle detaches gradients unless this is set, which makes second order silently wrong;
+    // it is read once per thread, so it is set before any thread exists. Runs detach their own
+    // gradients, so first-order work keeps no graph alive.
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before other threads exist.
     unsafe {

@@ -571,6 +571,104 @@ pub fn gradcheck_command(
     Ok(all_pass)
 }
 
+/// A run of `file` (variant `variant`, dtype override) stepped `at_step` times.
+fn run_at(
+    file: &Path,
+    variant: Option<&str>,
+    at_step: u64,
+    dtype: Option<&str>,
+) -> anyhow::Result<Result<Run, Vec<Diagnostic>>> {
+    let (mut compiled, _) = match load_compiled(file) {
+        Ok(c) => c,
+        Err(diags) => return Ok(Err(diags)),
+    };
+    if let Some(d) = dtype {
+        let dt = DType::from_name(d)
+            .ok_or_else(|| anyhow::anyhow!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
+        compiled.runs.iter_mut().for_each(|r| r.dtype = dt);
+    }
+    let run = match variant {
+        None | Some("base") => 0,
+        Some(name) => compiled
+            .runs
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no variant named `{name}`"))?,
+    };
+    let mut config = RunConfig::from_settings(&compiled.runs[run].optimizer);
+    config.steps = at_step;
+    let mut r = Run::new(&compiled, run, compiled.runs[run].name.clone(), config)?;
+    drive(&mut r, |_, _| {}).map_err(|d| anyhow::anyhow!(d.headline()))?;
+    Ok(Ok(r))
+}
+
+/// `gradscope curvature`: the top Hessian eigenvalue and what it means for the learning rate.
+pub fn curvature_command(
+    file: &Path,
+    variant: Option<&str>,
+    at_step: u64,
+    dtype: Option<&str>,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let run = match run_at(file, variant, at_step, dtype)? {
+        Ok(r) => r,
+        Err(diags) => {
+            for d in &diags {
+                write!(out, "{}", d.render(color))?;
+            }
+            return Ok(false);
+        }
+    };
+    let c = run
+        .curvature(50)
+        .map_err(|d| anyhow::anyhow!(d.headline()))?;
+    writeln!(
+        out,
+        "{}  run `{}` in {} at step {}",
+        file.display(),
+        run.name,
+        run.dtype.name(),
+        run.step_count()
+    )?;
+    writeln!(
+        out,
+        "  top Hessian eigenvalue λ = {}  ({} power iterations{})",
+        fmt_num(c.lambda),
+        c.iterations,
+        if c.converged { "" } else { ", not converged" }
+    )?;
+    writeln!(
+        out,
+        "  check against finite differences of gradients: relative error {}",
+        fmt_num(c.fd_rel_err)
+    )?;
+    let lr = run
+        .config
+        .schedule
+        .lr(run.config.optimizer.lr(), run.step_count());
+    match c.max_stable_lr() {
+        Some(max) => {
+            let verdict = if lr < max {
+                "below it: plain gradient descent is stable here"
+            } else {
+                "above it: plain gradient descent diverges along the top eigenvector"
+            };
+            writeln!(
+                out,
+                "  largest stable lr for gradient descent 2/λ = {}; the run's lr {} is {verdict}",
+                fmt_num(max),
+                fmt_num(lr)
+            )?;
+        }
+        None => writeln!(
+            out,
+            "  λ ≤ 0: the loss is not convex along the top eigenvector here, so 2/λ gives no bound"
+        )?,
+    }
+    Ok(true)
+}
+
 /// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
 pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
     let (files, missing) = crate::check::discover(&[dir.to_path_buf()]);

@@ -1,6 +1,7 @@
 //! The compiler: a checked loss file becomes float64 data, initial params and one plan per run,
 //! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
 
+pub mod curvature;
 pub mod data;
 pub mod fused;
 pub mod gradcheck;
@@ -269,7 +270,7 @@ impl Evaluator {
         self.dtype
     }
 
-    fn forward(&self) -> Result<Tensor, Diagnostic> {
+    pub(crate) fn forward(&self) -> Result<Tensor, Diagnostic> {
         let mut inputs: Vec<&Tensor> = self.data.iter().collect();
         inputs.extend(self.params.iter().map(|v| v.as_tensor()));
         self.exec.run(&inputs).map_err(|e| {

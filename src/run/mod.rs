@@ -220,6 +220,14 @@ impl Run {
         &self.param_names
     }
 
+    /// The Hessian's top eigenvalue at the current params (at most `iters` power iterations).
+    pub fn curvature(
+        &self,
+        iters: usize,
+    ) -> Result<crate::compile::curvature::Curvature, Diagnostic> {
+        crate::compile::curvature::top_eigenvalue(&self.evaluator, iters, 0)
+    }
+
     /// The loss file's source, for locating reports.
     pub fn source(&self) -> &std::sync::Arc<crate::diagnostic::SourceFile> {
         self.evaluator.source()

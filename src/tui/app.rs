@@ -101,6 +101,8 @@ pub struct RunView {
     pub first_nonfinite: Option<u64>,
     /// The last gradient check: the step and each param's result.
     pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
+    /// The last curvature estimate and its step.
+    pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
 }
@@ -445,6 +447,7 @@ impl App {
                     skipped: 0,
                     first_nonfinite: None,
                     gradcheck: None,
+                    curvature: None,
                     streams: Vec::new(),
                 });
             }
@@ -519,6 +522,11 @@ impl App {
                         });
                     }
                     r.gradcheck = Some((step, checks));
+                }
+            }
+            Event::Curvature(rid, step, c) => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
+                    r.curvature = Some((step, c));
                 }
             }
             Event::Playing(p) => s.playing = p,
@@ -669,6 +677,11 @@ impl App {
             KeyCode::Char('g') => {
                 if let Some(id) = self.selected_run_id() {
                     self.command(Command::Gradcheck(id));
+                }
+            }
+            KeyCode::Char('h') => {
+                if let Some(id) = self.selected_run_id() {
+                    self.command(Command::Curvature(id));
                 }
             }
             KeyCode::Char('l') => self.log_y = !self.log_y,

@@ -555,6 +555,13 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
         };
         lines.push(Line::styled(text, Style::new().fg(color)));
     }
+    if let Some((step, c)) = &r.curvature {
+        let lr = c.max_stable_lr().map_or("-".into(), fmt_num);
+        lines.push(Line::from(format!(
+            "λmax @{step}: {}  2/λ {lr}",
+            fmt_num(c.lambda)
+        )));
+    }
     lines.push(Line::from(""));
     for (i, p) in r.params.iter().enumerate() {
         let g = r
@@ -685,6 +692,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "g",
         "check the selected run's gradients (finite differences)",
+    ),
+    (
+        "h",
+        "top Hessian eigenvalue λ and the largest stable lr 2/λ",
     ),
     ("t  T", "next / previous chart tab"),
     ("l", "log y axis"),

@@ -6,6 +6,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
 use crate::lang::file::DType;
@@ -38,6 +39,8 @@ pub enum Command {
     Remove(RunId),
     /// Check one run's gradients against finite differences at its current step.
     Gradcheck(RunId),
+    /// The Hessian's top eigenvalue of one run at its current step.
+    Curvature(RunId),
     /// Asks for a [`Event::Pong`] once every command before it is done (tests wait on it).
     Ping(u64),
     Shutdown,
@@ -85,6 +88,8 @@ pub enum Event {
     Failed(String),
     /// A gradient check of a run at a step.
     Checked(RunId, u64, Vec<ParamCheck>),
+    /// The curvature of a run at a step.
+    Curvature(RunId, u64, Curvature),
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
     Pong(u64),
 }
@@ -312,6 +317,15 @@ impl Worker {
                     let params = s.run.param_values();
                     match gradcheck(&compiled, s.def, Some(&params), 0) {
                         Ok(checks) => self.send(Event::Checked(id, s.run.step_count(), checks)),
+                        Err(d) => self.send(Event::Failed(d.headline())),
+                    }
+                }
+            }
+            Command::Curvature(id) => {
+                self.report();
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+                    match s.run.curvature(50) {
+                        Ok(c) => self.send(Event::Curvature(id, s.run.step_count(), c)),
                         Err(d) => self.send(Event::Failed(d.headline())),
                     }
                 }

@@ -1,0 +1,167 @@
+//! Curvature at a point: the Hessian's dominant eigenvalue by power iteration on exact
+//! Hessian-vector products (double backward), checked against finite differences of gradients,
+//! and the largest stable learning rate of gradient descent, 2/λ.
+//!
+//! Double backward needs candle to keep the graph of the gradients: `CANDLE_GRAD_DO_NOT_DETACH`
+//! must be set before a thread's first backward pass (`crate::init_process` sets it).
+
+use candle_core::{DType as CDType, Device, Tensor};
+use rand_distr::{Distribution, StandardNormal};
+
+use super::Evaluator;
+use crate::diagnostic::Diagnostic;
+
+/// What power iteration found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Curvature {
+    /// The Hessian eigenvalue of largest magnitude.
+    pub lambda: f64,
+    pub iterations: usize,
+    pub converged: bool,
+    /// ||Hv - Hv_fd|| / ||Hv|| for the final direction, Hv_fd from central differences of
+    /// gradients.
+    pub fd_rel_err: f64,
+}
+
+impl Curvature {
+    /// The largest learning rate at which gradient descent is stable along the top eigenvector.
+    pub fn max_stable_lr(&self) -> Option<f64> {
+        (self.lambda > 0.0).then(|| 2.0 / self.lambda)
+    }
+}
+
+fn internal(e: candle_core::Error) -> Diagnostic {
+    Diagnostic::error(format!("curvature failed: {e}"))
+}
+
+fn dot(a: &[Tensor], b: &[Tensor]) -> Result<f64, Diagnostic> {
+    let mut s = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        s += (x.to_dtype(CDType::F64).map_err(internal)?
+            * y.to_dtype(CDType::F64).map_err(internal)?)
+        .and_then(|t| t.sum_all()?.to_scalar::<f64>())
+        .map_err(internal)?;
+    }
+    Ok(s)
+}
+
+fn scale(v: &[Tensor], k: f64) -> Result<Vec<Tensor>, Diagnostic> {
+    v.iter()
+        .map(|t| t.affine(k, 0.0).map_err(internal))
+        .collect()
+}
+
+/// Exact Hessian-vector product at the evaluator's params.
+pub fn hvp(ev: &Evaluator, v: &[Tensor]) -> Result<Vec<Tensor>, Diagnostic> {
+    let out = ev.forward()?;
+    let store = out.backward().map_err(internal)?;
+    let mut g_dot_v: Option<Tensor> = None;
+    for (p, vi) in ev.params().iter().zip(v) {
+        if let Some(g) = store.get(p.as_tensor()) {
+            let term = (g * vi.detach())
+                .and_then(|t| t.sum_all())
+                .map_err(internal)?;
+            g_dot_v = Some(match g_dot_v {
+                Some(acc) => (acc + term).map_err(internal)?,
+                None => term,
+            });
+        }
+    }
+    let Some(g_dot_v) = g_dot_v else {
+        return v.iter().map(|t| t.zeros_like().map_err(internal)).collect();
+    };
+    let second = g_dot_v.backward().map_err(internal)?;
+    ev.params()
+        .iter()
+        .map(|p| match second.get(p.as_tensor()) {
+            Some(h) => Ok(h.detach()),
+            None => p.as_tensor().zeros_like().map_err(internal),
+        })
+        .collect()
+}
+
+/// Hv by central differences of gradients: (g(w + εv) - g(w - εv)) / 2ε.
+pub fn hvp_fd(ev: &Evaluator, v: &[Tensor], eps: f64) -> Result<Vec<Tensor>, Diagnostic> {
+    let w: Vec<Tensor> = ev
+        .params()
+        .iter()
+        .map(|p| p.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()
+        .map_err(internal)?;
+    let at = |k: f64| -> Result<Vec<Tensor>, Diagnostic> {
+        for ((p, wi), vi) in ev.params().iter().zip(&w).zip(v) {
+            p.set(&(wi + vi.affine(k, 0.0).map_err(internal)?).map_err(internal)?)
+                .map_err(internal)?;
+        }
+        Ok(ev.evaluate()?.grads)
+    };
+    let (up, down) = (at(eps)?, at(-eps)?);
+    for (p, wi) in ev.params().iter().zip(&w) {
+        p.set(wi).map_err(internal)?;
+    }
+    up.iter()
+        .zip(&down)
+        .map(|(a, b)| {
+            (a - b)
+                .and_then(|d| d.affine(1.0 / (2.0 * eps), 0.0))
+                .map_err(internal)
+        })
+        .collect()
+}
+
+/// Power iteration from a seeded random direction, at most `iters` products.
+pub fn top_eigenvalue(ev: &Evaluator, iters: usize, seed: u64) -> Result<Curvature, Diagnostic> {
+    let mut rng = super::lower::rng_for(seed, "curvature");
+    let mut v: Vec<Tensor> = ev
+        .params()
+        .iter()
+        .map(|p| {
+            let n = p.as_tensor().elem_count();
+            let data: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+            Tensor::from_vec(data, p.as_tensor().dims(), &Device::Cpu)
+                .and_then(|t| t.to_dtype(ev.dtype()))
+        })
+        .collect::<candle_core::Result<_>>()
+        .map_err(internal)?;
+    let n0 = dot(&v, &v)?.sqrt();
+    v = scale(&v, 1.0 / n0)?;
+    let mut lambda = 0.0;
+    let mut converged = false;
+    let mut iterations = 0;
+    for k in 0..iters {
+        iterations = k + 1;
+        let hv = hvp(ev, &v)?;
+        let next = dot(&v, &hv)?;
+        let norm = dot(&hv, &hv)?.sqrt();
+        if norm == 0.0 || !norm.is_finite() {
+            lambda = next;
+            break;
+        }
+        v = scale(&hv, 1.0 / norm)?;
+        let done = (next - lambda).abs() <= 1e-6 * next.abs().max(1e-12);
+        lambda = next;
+        if done {
+            converged = true;
+            break;
+        }
+    }
+    let hv = hvp(ev, &v)?;
+    let eps = if ev.dtype() == CDType::F64 {
+        1e-5
+    } else {
+        1e-2
+    };
+    let fd = hvp_fd(ev, &v, eps)?;
+    let diff: Vec<Tensor> = hv
+        .iter()
+        .zip(&fd)
+        .map(|(a, b)| (a - b).map_err(internal))
+        .collect::<Result<_, _>>()?;
+    let fd_rel_err = dot(&diff, &diff)?.sqrt() / dot(&hv, &hv)?.sqrt().max(1e-300);
+    Ok(Curvature {
+        lambda,
+        iterations,
+        converged,
+        fd_rel_err,
+    })
+}

@@ -1,0 +1,66 @@
+//! Curvature: the top eigenvalue against closed forms and finite differences, 2/λ, and the TUI's
+//! `h` key. One test, so the environment is set before any thread's first backward pass.
+
+use std::path::Path;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use gradscope::compile::curvature::top_eigenvalue;
+use gradscope::compile::{Evaluator, compile};
+use gradscope::lang::file::load_bytes;
+use gradscope::tui::app::{App, Msg};
+
+fn evaluator(text: &str) -> Evaluator {
+    let loaded = load_bytes(Path::new("c.toml"), text.as_bytes().to_vec());
+    let (c, d) = compile(loaded.file.expect("loads"));
+    Evaluator::new(&c.unwrap_or_else(|| panic!("{d:?}")), 0).unwrap()
+}
+
+#[test]
+fn top_eigenvalue_matches_closed_forms_and_finite_differences() {
+    gradscope::init_process(None);
+
+    // 0.5 w^T diag(1, 10, 100) w has Hessian diag(1, 10, 100): λ = 100, 2/λ = 0.02.
+    let ev = evaluator(
+        "name = \"q\"\ndtype = \"f64\"\nloss = \"0.5 * sum(d * w^2)\"\n[data]\nd = \"[1, 10, 100]\"\n[params]\nw = \"[1, 1, 1]\"\n",
+    );
+    let c = top_eigenvalue(&ev, 100, 0).unwrap();
+    assert!((c.lambda - 100.0).abs() < 1e-6, "{c:?}");
+    assert!((c.max_stable_lr().unwrap() - 0.02).abs() < 1e-9);
+    assert!(c.fd_rel_err < 1e-6, "{c:?}");
+
+    // Rosenbrock at (-1.5, 2): H = [[1200x² - 400y + 2, -400x], [-400x, 200]] = [[1902, 600],
+    // [600, 200]], λ = (2102 + sqrt(2102² - 4·20400)) / 2.
+    let ev = evaluator(
+        "name = \"r\"\ndtype = \"f64\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n",
+    );
+    let c = top_eigenvalue(&ev, 100, 0).unwrap();
+    let want = (2102.0 + (2102.0f64.powi(2) - 4.0 * 20400.0).sqrt()) / 2.0;
+    assert!(
+        (c.lambda - want).abs() < 1e-6 * want,
+        "{} vs {want}",
+        c.lambda
+    );
+    assert!(c.fd_rel_err < 1e-6, "{c:?}");
+
+    // Through the fused tanh and bias-add ops of an MLP, the product still matches differences.
+    let ev = evaluator(
+        "name = \"m\"\ndtype = \"f64\"\nseed = 1\nloss = \"mean((tanh(X @ W + b) @ v - y)^2)\"\n[data]\nX = \"randn(16, 4)\"\ny = \"randn(16)\"\n[params]\nW = \"randn(4, 8) / 2\"\nb = \"zeros(8)\"\nv = \"randn(8) / 3\"\n",
+    );
+    let c = top_eigenvalue(&ev, 200, 0).unwrap();
+    assert!(c.lambda > 0.0 && c.fd_rel_err < 1e-5, "{c:?}");
+
+    // The TUI's `h` shows it for the selected run.
+    let (mut app, rx) = App::detached(Path::new("losses/ill_conditioned_quadratic.toml"));
+    app.settle(&rx);
+    app.update(Msg::Key(KeyEvent::new(
+        KeyCode::Char('h'),
+        KeyModifiers::NONE,
+    )));
+    app.settle(&rx);
+    let (step, c) = app.session().unwrap().runs[0]
+        .curvature
+        .clone()
+        .expect("estimated");
+    assert_eq!(step, 0);
+    assert!((c.lambda - 1000.0).abs() < 1e-2, "{c:?}");
+}
