@@ -249,7 +249,7 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
         "update_ratio": num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
         "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
         "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
-        "wall_us": r.core.wall_us,
+        "wall_us": r.core.wall_us, "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
     })
 }
 

@@ -7,7 +7,7 @@ use gradscope::compile::compile;
 use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::spec::OptimizerSpec;
-use gradscope::run::{GradSource, NonFinitePolicy, Run, RunConfig};
+use gradscope::run::{GradSource, LossScale, NonFinitePolicy, Run, RunConfig};
 use serde_json::Value;
 
 fn problem(name: &str, dtype: &str) -> String {
@@ -44,6 +44,7 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
             schedule: LrSchedule::constant(),
             on_nonfinite: NonFinitePolicy::Continue,
             grad: GradSource::Autograd,
+            loss_scale: LossScale::Off,
         };
         let mut run = Run::new(&compiled, 0, spec_text.into(), config).expect("run");
         for (k, want) in case["after_steps"].as_object().unwrap() {

@@ -10,7 +10,7 @@ use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::spec::OptimizerSpec;
 use gradscope::run::history::flags;
-use gradscope::run::{GradSource, NonFinitePolicy, Run, RunConfig};
+use gradscope::run::{GradSource, LossScale, NonFinitePolicy, Run, RunConfig};
 use gradscope::runner::load_compiled;
 
 fn compiled(text: &str) -> CompiledFile {
@@ -28,6 +28,7 @@ fn config(spec: &str, policy: NonFinitePolicy) -> RunConfig {
         schedule: LrSchedule::constant(),
         on_nonfinite: policy,
         grad: GradSource::Autograd,
+        loss_scale: LossScale::Off,
     }
 }
 
@@ -387,4 +388,52 @@ fn finite_difference_gradients_match_autograd_and_drift_little() {
     let (p, q) = (fd_run.param_values(), auto_run.param_values());
     let drift = ((p[0][0] - q[0][0]).powi(2) + (p[1][0] - q[1][0]).powi(2)).sqrt();
     assert!(drift > 0.0 && drift < 1e-5, "drift {drift}");
+}
+
+#[test]
+fn dynamic_loss_scaling_follows_gradscalers_rule() {
+    // d/dw sum(10 w) = 10 per element; scaled by 2^16 .. 2^13 it passes f16's 65504 and
+    // overflows, so four steps are skipped while the scale halves; 2^12 (40960) fits. After 2,000
+    // clean steps the scale doubles to 2^13, overflows once more, and halves back.
+    let text = "name = \"s\"\ndtype = \"f16\"\nloss = \"sum(w * c)\"\n[data]\nc = \"full(10, 4)\"\n[params]\nw = \"zeros(4)\"\n[optimizer]\nname = \"sgd\"\nlr = 1e-9\nloss_scale = \"dynamic\"\n";
+    let c = compiled(text);
+    let mut cfg = RunConfig::from_settings(&c.runs[0].optimizer);
+    assert_eq!(cfg.loss_scale, LossScale::Dynamic);
+    cfg.steps = 2006;
+    let mut run = Run::new(&c, 0, "s".into(), cfg).unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    let h = run.history();
+    let scale = |k: usize| h.core(k).loss_scale_log2;
+    let skipped = |k: usize| h.core(k).flags & flags::SKIPPED != 0;
+    assert_eq!(
+        (0..5).map(scale).collect::<Vec<_>>(),
+        vec![16, 15, 14, 13, 12]
+    );
+    assert_eq!(
+        (0..5).map(skipped).collect::<Vec<_>>(),
+        vec![true, true, true, true, false]
+    );
+    // Steps 4..=2003 are the 2,000 clean steps; 2004 runs at 2^13 and is skipped.
+    assert!((4..2004).all(|k| !skipped(k) && scale(k) == 12));
+    assert_eq!((scale(2004), skipped(2004)), (13, true));
+    assert_eq!((scale(2005), skipped(2005)), (12, false));
+    assert_eq!(run.skipped, 5);
+    assert!(run.halted.is_none());
+}
+
+#[test]
+fn accumulating_in_f32_fixes_f16_sums() {
+    // The f16 sum of 4096 ones is 2048: 2048 + 1 rounds back to 2048.
+    let (c, _) = load_compiled(Path::new("losses/f16_accumulation.toml")).unwrap();
+    let loss = |run: usize| {
+        gradscope::compile::Evaluator::new(&c, run)
+            .unwrap()
+            .loss()
+            .unwrap()
+    };
+    assert_eq!(loss(0), 0.5);
+    assert_eq!(loss(1), 1.0);
+    assert_eq!(loss(2), 1.0);
 }

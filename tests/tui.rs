@@ -817,13 +817,14 @@ fn mouse_click_selects_runs_tabs_and_losses() {
         assert_eq!(app.tab, tab);
         assert_eq!(app.focus, Focus::Charts);
     }
-    // Losses: click a file's name.
-    let target = app.files[4].name.clone();
+    // Losses: click a file's name (a short one, drawn in full).
+    let i = app.files.iter().position(|f| f.name == "Himmelblau").unwrap();
+    let target = app.files[i].name.clone();
     let t = draw(&app, 160, 45);
     let (x, y) = find(&t, a.losses, &target).expect("file drawn");
     click(&mut app, x, y);
     assert_eq!(app.focus, Focus::Losses);
-    assert_eq!(app.selected_file, 4);
+    assert_eq!(app.selected_file, i);
     app.settle(&rx);
     assert!(!app.session().unwrap().runs.is_empty(), "its runs started");
     // Scrolling over the runs list moves the run selection.

@@ -240,7 +240,15 @@ impl Evaluator {
     pub fn new(compiled: &CompiledFile, run: usize) -> candle_core::Result<Self> {
         let def = &compiled.runs[run];
         let dtype = candle_dtype(def.dtype);
-        let exec = Executable::new(def.plan.clone(), dtype)?;
+        let accumulate = def
+            .optimizer
+            .iter()
+            .find(|s| s.key.node == "accumulate")
+            .and_then(|s| match &s.value.node {
+                crate::lang::file::SettingValue::Text(t) => DType::from_name(t).map(candle_dtype),
+                _ => None,
+            });
+        let exec = Executable::new(def.plan.clone(), dtype, accumulate)?;
         let data = compiled
             .data
             .iter()
@@ -300,6 +308,32 @@ impl Evaluator {
             })
             .collect::<candle_core::Result<_>>()
             .map_err(|e| self.internal(e))?;
+        Ok(Evaluation { loss, grads })
+    }
+
+    /// Loss and gradients with the loss multiplied by `scale` before the backward pass (so small
+    /// gradients do not flush to zero in f16), the gradients divided by it again in f32.
+    pub fn evaluate_scaled(&self, scale: f64) -> Result<Evaluation, Diagnostic> {
+        let internal = |e| self.internal(e);
+        let out = self.forward()?;
+        let loss = scalar(&out).map_err(internal)?;
+        let store = out
+            .affine(scale, 0.0)
+            .and_then(|s| s.backward())
+            .map_err(internal)?;
+        let grads = self
+            .params
+            .iter()
+            .map(|v| match store.get(v.as_tensor()) {
+                Some(g) => g
+                    .detach()
+                    .to_dtype(CDType::F32)?
+                    .affine(1.0 / scale, 0.0)?
+                    .to_dtype(self.dtype),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()
+            .map_err(internal)?;
         Ok(Evaluation { loss, grads })
     }
 

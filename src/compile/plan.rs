@@ -343,6 +343,8 @@ pub struct Executable {
     plan: Plan,
     consts: Vec<Option<Tensor>>,
     last_use: Vec<usize>,
+    /// Dtype that reductions and matmuls accumulate in, only when wider than the run's.
+    accumulate: Option<DType>,
 }
 
 /// An instruction that failed at run time; should not happen once shapes are checked.
@@ -353,7 +355,7 @@ pub struct ExecError {
 }
 
 impl Executable {
-    pub fn new(plan: Plan, dtype: DType) -> Result<Self> {
+    pub fn new(plan: Plan, dtype: DType, accumulate: Option<DType>) -> Result<Self> {
         let consts = plan
             .instrs
             .iter()
@@ -373,6 +375,7 @@ impl Executable {
             plan,
             consts,
             last_use,
+            accumulate: accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes()),
         })
     }
 
@@ -444,7 +447,23 @@ impl Executable {
                     .iter()
                     .map(|&a| regs[a].as_ref().expect("defined before use"))
                     .collect();
-                apply(op, &args, &instr.shape)
+                match self.accumulate {
+                    // Mixed precision: sums in the wider dtype, the result back in the run's.
+                    Some(acc)
+                        if matches!(
+                            op,
+                            Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }
+                        ) =>
+                    {
+                        let wide: Result<Vec<Tensor>> =
+                            args.iter().map(|a| a.to_dtype(acc)).collect();
+                        wide.and_then(|w| {
+                            let refs: Vec<&Tensor> = w.iter().collect();
+                            apply(op, &refs, &instr.shape)?.to_dtype(args[0].dtype())
+                        })
+                    }
+                    _ => apply(op, &args, &instr.shape),
+                }
             }
         };
         value.map_err(|error| ExecError {

@@ -138,7 +138,11 @@ const VARIANT_KEYS: &[&str] = &[
     "dtype",
     "optimizer",
     "grad",
+    "loss_scale",
+    "accumulate",
 ];
+/// Run settings a variant may also give as its own keys.
+const VARIANT_RUN_KEYS: &[&str] = &["grad", "loss_scale", "accumulate"];
 const CSV_KEYS: &[&str] = &["csv", "columns"];
 
 /// What a loaded file gives: the file if it could be built, and every diagnostic found.
@@ -590,6 +594,36 @@ impl Checker {
         out
     }
 
+    /// The entries of `t` named in `keys`, as settings.
+    fn settings_from(&mut self, t: &DeTable, keys: &[&str]) -> Vec<Setting> {
+        let mut out = Vec::new();
+        for (k, v) in t
+            .iter()
+            .filter(|(k, _)| keys.contains(&k.get_ref().as_ref()))
+        {
+            let (value, span) = spanned(v);
+            let setting = match value {
+                DeValue::String(s) => SettingValue::Text(s.to_string()),
+                DeValue::Boolean(b) => SettingValue::Bool(*b),
+                other => match number_of(other) {
+                    Some(n) => SettingValue::Number(n),
+                    None => {
+                        self.error(
+                            format!("`{}` must be a number or a string", k.get_ref()),
+                            span,
+                        );
+                        continue;
+                    }
+                },
+            };
+            out.push(Setting {
+                key: Spanned::new(k.get_ref().to_string(), k.span()),
+                value: Spanned::new(setting, span),
+            });
+        }
+        out
+    }
+
     fn check_settings(&mut self, settings: &[Setting]) {
         use crate::optim::spec::{RawValue, check_setting, kind_from_name};
         let mut kind = None;
@@ -655,17 +689,11 @@ impl Checker {
                 .get("optimizer")
                 .map(|v| self.settings(v, "a variant's optimizer"))
                 .unwrap_or_default();
-            // `grad = "fd"` on a variant is a run setting like those in its optimizer table.
-            if let Some((k, v)) = t.get_key_value("grad")
-                && let Some((text, span)) = self.string(v, "`grad`")
-            {
-                let setting = Setting {
-                    key: Spanned::new("grad".into(), k.span()),
-                    value: Spanned::new(SettingValue::Text(text), span),
-                };
-                self.check_settings(std::slice::from_ref(&setting));
-                optimizer.push(setting);
-            }
+            // `grad`, `loss_scale` and `accumulate` on a variant are run settings like those in
+            // its optimizer table.
+            let own: Vec<Setting> = self.settings_from(t, VARIANT_RUN_KEYS);
+            self.check_settings(&own);
+            optimizer.extend(own);
             let mut overrides = Vec::new();
             if let Some(c) = t.get("consts") {
                 let (cv, cspan) = spanned(c);

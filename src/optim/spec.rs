@@ -103,6 +103,8 @@ pub enum SettingKind {
     Count,
     Number,
     Choice(&'static [&'static str]),
+    /// A power of two, or `dynamic` (GradScaler's rule).
+    Scale,
 }
 
 /// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
@@ -123,6 +125,8 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
     ("gamma", SettingKind::Number),
     ("min_lr", SettingKind::Number),
     ("grad", SettingKind::Choice(&["autograd", "fd"])),
+    ("loss_scale", SettingKind::Scale),
+    ("accumulate", SettingKind::Choice(&["f32", "f64"])),
 ];
 
 /// Why a setting is not acceptable, with the help to show.
@@ -163,6 +167,17 @@ pub fn check_setting(
             (SettingKind::Choice(options), _) => Err(SettingError {
                 message: format!("`{key}` must be one of {}", options.join(", ")),
                 help: None,
+            }),
+            (SettingKind::Scale, RawValue::Text("dynamic")) => Ok(()),
+            (SettingKind::Scale, RawValue::Number(n)) if n > 0.0 && n.log2().fract() == 0.0 => {
+                Ok(())
+            }
+            (SettingKind::Scale, _) => Err(SettingError {
+                message: format!("`{key}` must be a power of two or \"dynamic\""),
+                help: Some(
+                    "e.g. loss_scale = \"dynamic\" (start at 2^16, as torch's GradScaler) or 1024"
+                        .into(),
+                ),
             }),
         };
     }

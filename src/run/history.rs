@@ -20,6 +20,8 @@ pub struct Core {
     pub update_ratio: f32,
     pub lr: f32,
     pub wall_us: f32,
+    /// log2 of the loss scale this step used (0 without scaling); fits the struct's padding.
+    pub loss_scale_log2: i8,
     pub flags: u8,
 }
 
@@ -50,6 +52,7 @@ impl StepRecord {
                 update_ratio: 0.001,
                 lr: 1e-3,
                 wall_us: 5.0,
+                loss_scale_log2: 0,
                 flags: 0,
             },
             param_grad_norms: vec![1.0; n_params],

@@ -51,7 +51,22 @@ pub struct RunConfig {
     pub on_nonfinite: NonFinitePolicy,
     /// Where gradients come from.
     pub grad: GradSource,
+    pub loss_scale: LossScale,
 }
+
+/// Loss scaling for low-precision runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossScale {
+    Off,
+    Fixed(f64),
+    /// torch's GradScaler: start at 2^16, halve and skip the step on a non-finite gradient,
+    /// double after 2,000 clean steps.
+    Dynamic,
+}
+
+/// GradScaler's defaults.
+pub const SCALE_INIT: f64 = 65536.0;
+pub const SCALE_GROWTH_INTERVAL: u32 = 2000;
 
 /// Autograd, or central finite differences (to see what numerical differentiation costs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +149,11 @@ impl RunConfig {
                 Some("fd") => GradSource::FiniteDifference,
                 _ => GradSource::Autograd,
             },
+            loss_scale: match (text("loss_scale"), num("loss_scale")) {
+                (Some("dynamic"), _) => LossScale::Dynamic,
+                (_, Some(n)) => LossScale::Fixed(n),
+                _ => LossScale::Off,
+            },
         }
     }
 }
@@ -154,6 +174,7 @@ struct Snapshot {
     params: Vec<Tensor>,
     state: OptimizerState,
     lr_scale: f64,
+    scale: (f64, u32),
 }
 
 /// Steps between snapshots: rewinding re-steps at most this many.
@@ -175,6 +196,9 @@ pub struct Run {
     pub lr_scale: f64,
     /// The first non-finite step and where its values started.
     pub first_provenance: Option<(u64, Provenance)>,
+    /// The current loss scale and the clean steps since it last changed.
+    pub scale: f64,
+    clean_steps: u32,
     param_names: Vec<String>,
 }
 
@@ -188,6 +212,7 @@ impl Run {
     ) -> candle_core::Result<Self> {
         let evaluator = Evaluator::new(compiled, run)?;
         let n = compiled.params.len();
+        let config_scale = config.loss_scale;
         let mut r = Self {
             name,
             dtype: compiled.runs[run].dtype,
@@ -201,6 +226,12 @@ impl Run {
             clipped: 0,
             lr_scale: 1.0,
             first_provenance: None,
+            scale: match config_scale {
+                LossScale::Off => 1.0,
+                LossScale::Fixed(s) => s,
+                LossScale::Dynamic => SCALE_INIT,
+            },
+            clean_steps: 0,
             param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
         };
         r.snapshot();
@@ -266,6 +297,7 @@ impl Run {
                 params,
                 state: self.state.clone(),
                 lr_scale: self.lr_scale,
+                scale: (self.scale, self.clean_steps),
             });
         }
     }
@@ -274,10 +306,12 @@ impl Run {
     pub fn step(&mut self) -> Result<StepRecord, Diagnostic> {
         let started = Instant::now();
         let t = self.step_count();
-        let eval = match self.config.grad {
-            GradSource::Autograd => self.evaluator.evaluate()?,
-            GradSource::FiniteDifference => self.evaluator.evaluate_fd()?,
+        let eval = match (self.config.grad, self.config.loss_scale) {
+            (GradSource::FiniteDifference, _) => self.evaluator.evaluate_fd()?,
+            (GradSource::Autograd, LossScale::Off) => self.evaluator.evaluate()?,
+            (GradSource::Autograd, _) => self.evaluator.evaluate_scaled(self.scale)?,
         };
+        let scale_used = self.scale;
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
@@ -292,7 +326,25 @@ impl Run {
             f |= flags::GRAD_NONFINITE;
         }
         let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
-        let bad_step = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
+        let mut bad_step = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
+        let mut scaler_skip = false;
+        if self.config.loss_scale == LossScale::Dynamic {
+            if bad_step && f & flags::LOSS_NONFINITE == 0 {
+                // An overflowed scaled gradient: skip the step and back off, as GradScaler does.
+                scaler_skip = true;
+                bad_step = false;
+                f |= flags::SKIPPED;
+                self.skipped += 1;
+                self.scale *= 0.5;
+                self.clean_steps = 0;
+            } else if !bad_step {
+                self.clean_steps += 1;
+                if self.clean_steps == SCALE_GROWTH_INTERVAL {
+                    self.scale *= 2.0;
+                    self.clean_steps = 0;
+                }
+            }
+        }
         let params: Vec<Tensor> = self
             .evaluator
             .params()
@@ -301,7 +353,8 @@ impl Run {
             .collect();
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
-        let apply = !bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue;
+        let apply =
+            !scaler_skip && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
         if bad_step {
             // Tracing re-evaluates the step op by op: only for the first non-finite step.
             if self.first_provenance.is_none() {
@@ -369,6 +422,7 @@ impl Run {
                 },
                 lr: lr as f32,
                 wall_us: started.elapsed().as_secs_f32() * 1e6,
+                loss_scale_log2: scale_used.log2().round().clamp(-128.0, 127.0) as i8,
                 flags: f,
             },
             param_grad_norms: param_grad_norms
@@ -421,6 +475,7 @@ impl Run {
         }
         self.state = snap.state;
         self.lr_scale = snap.lr_scale;
+        (self.scale, self.clean_steps) = snap.scale;
         self.history.truncate(snap.step as usize);
         self.snapshots.retain(|s| s.step <= snap.step);
         self.halted = None;

@@ -530,6 +530,9 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
             fmt_num(ratio)
         };
         lines.push(Line::from(format!("Δ/p       {ratio}")));
+        if c.loss_scale_log2 != 0 {
+            lines.push(Line::from(format!("loss scale 2^{}", c.loss_scale_log2)));
+        }
         lines.push(Line::from(format!(
             "clipped {} · skipped {}",
             r.clipped, r.skipped
