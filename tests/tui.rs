@@ -818,7 +818,11 @@ fn mouse_click_selects_runs_tabs_and_losses() {
         assert_eq!(app.focus, Focus::Charts);
     }
     // Losses: click a file's name (a short one, drawn in full).
-    let i = app.files.iter().position(|f| f.name == "Himmelblau").unwrap();
+    let i = app
+        .files
+        .iter()
+        .position(|f| f.name == "Himmelblau")
+        .unwrap();
     let target = app.files[i].name.clone();
     let t = draw(&app, 160, 45);
     let (x, y) = find(&t, a.losses, &target).expect("file drawn");
