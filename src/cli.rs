@@ -73,6 +73,21 @@ pub enum Command {
         #[arg(long)]
         dtype: Option<String>,
     },
+    /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
+    /// (against the same evaluation in f64).
+    Precision {
+        /// The loss file.
+        file: PathBuf,
+        /// Variant to examine (`base` or a variant's name).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Step the run this many times with its optimizer first.
+        #[arg(long, default_value_t = 0)]
+        at_step: u64,
+        /// Evaluate in this dtype instead of the run's.
+        #[arg(long)]
+        dtype: Option<String>,
+    },
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

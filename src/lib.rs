@@ -55,6 +55,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             color,
             &mut out,
         )?,
+        Some(Command::Precision {
+            file,
+            variant,
+            at_step,
+            dtype,
+        }) => runner::precision_command(
+            &file,
+            variant.as_deref(),
+            at_step,
+            dtype.as_deref(),
+            color,
+            &mut out,
+        )?,
         Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);

@@ -669,6 +669,55 @@ pub fn curvature_command(
     Ok(true)
 }
 
+/// `gradscope precision`: what low precision does to each op's output.
+pub fn precision_command(
+    file: &Path,
+    variant: Option<&str>,
+    at_step: u64,
+    dtype: Option<&str>,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let run = match run_at(file, variant, at_step, dtype)? {
+        Ok(r) => r,
+        Err(diags) => {
+            for d in &diags {
+                write!(out, "{}", d.render(color))?;
+            }
+            return Ok(false);
+        }
+    };
+    let stats = run.precision().map_err(|d| anyhow::anyhow!(d.headline()))?;
+    writeln!(
+        out,
+        "{}  run `{}` in {} at step {} (against f64)",
+        file.display(),
+        run.name,
+        run.dtype.name(),
+        run.step_count()
+    )?;
+    if stats.is_empty() {
+        writeln!(out, "  no op overflowed, flushed to zero or went subnormal")?;
+    }
+    for s in stats {
+        let (line, col) = run.source().line_col(s.span.start);
+        let text = run
+            .source()
+            .text
+            .get(s.span.clone())
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("");
+        writeln!(
+            out,
+            "  {line}:{col} `{}` {text}\n      of {}: {} overflowed to Inf, {} flushed to 0, {} subnormal",
+            s.op, s.total, s.overflowed, s.flushed, s.subnormal
+        )?;
+    }
+    Ok(true)
+}
+
 /// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
 pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
     let (files, missing) = crate::check::discover(&[dir.to_path_buf()]);

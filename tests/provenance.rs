@@ -114,3 +114,22 @@ fn run_halts_at_the_step_and_names_op_line_column_pass_and_count() {
     assert!(stderr.contains("sqrt of -0.500000"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn precision_counts_overflow_and_subnormal_values_against_f64() {
+    // In f16, e^12 = 162755 is past the largest finite 65504, and 1e-3 * 1e-3 = 1e-6 is below
+    // the smallest normal 6.1e-5.
+    let text = "name = \"p\"\ndtype = \"f16\"\nloss = \"sum(exp(x * w)) + sum(t * v)\"\n[data]\nx = \"[12, 1]\"\nt = \"[1e-3, 1]\"\n[params]\nw = 1.0\nv = 1e-3\n";
+    let (c, _) = compile(load_bytes(Path::new("p.toml"), text.into()).file.unwrap());
+    let stats = Evaluator::new(&c.unwrap(), 0).unwrap().precision().unwrap();
+    let exp = stats.iter().find(|s| s.op == "exp").expect("exp reported");
+    assert_eq!(
+        (exp.total, exp.overflowed, exp.flushed, exp.subnormal),
+        (2, 1, 0, 0)
+    );
+    let mul = stats
+        .iter()
+        .find(|s| s.op == "*" && s.subnormal > 0)
+        .expect("t * v reported");
+    assert_eq!((mul.total, mul.subnormal), (2, 1));
+}

@@ -399,6 +399,13 @@ impl Evaluator {
         trace::trace(&self.exec, &inputs).map_err(|e| self.internal(e))
     }
 
+    /// Ops whose outputs overflowed, flushed to zero or went subnormal in this run's dtype.
+    pub fn precision(&self) -> Result<Vec<trace::PrecisionStats>, Diagnostic> {
+        let mut inputs: Vec<&Tensor> = self.data.iter().collect();
+        inputs.extend(self.params.iter().map(|v| v.as_tensor()));
+        trace::precision(&self.exec, &inputs).map_err(|e| self.internal(e))
+    }
+
     pub fn source(&self) -> &Arc<SourceFile> {
         &self.source
     }

@@ -127,8 +127,8 @@ impl Op {
                 other => format!("{other:?}").to_lowercase(),
             },
             Op::Affine { mul, add } => match (*mul, *add) {
-                (m, 0.0) => format!("* {m}"),
                 (1.0, a) => format!("+ {a}"),
+                (m, 0.0) => format!("* {m}"),
                 (-1.0, a) => format!("{a} -"),
                 (m, a) => format!("* {m} + {a}"),
             },

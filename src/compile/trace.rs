@@ -278,3 +278,74 @@ pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Optio
     }
     Ok(None)
 }
+
+/// What low precision did to one op's output, against the same op evaluated in f64.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrecisionStats {
+    pub op: String,
+    pub span: Span,
+    pub total: usize,
+    /// Inf where f64 is finite.
+    pub overflowed: usize,
+    /// Exactly zero where f64 is not.
+    pub flushed: usize,
+    /// Non-zero but below the dtype's smallest normal number.
+    pub subnormal: usize,
+}
+
+/// The smallest positive normal number of a float dtype.
+fn min_normal(d: DType) -> f64 {
+    match d {
+        DType::F16 => 6.103_515_625e-5,
+        DType::BF16 | DType::F32 => f64::from(f32::MIN_POSITIVE),
+        _ => f64::MIN_POSITIVE,
+    }
+}
+
+/// Every op of one evaluation whose output overflowed, flushed to zero or went subnormal in the
+/// run's dtype, compared element by element with an f64 evaluation from the same inputs.
+pub fn precision(
+    exec: &Executable,
+    inputs: &[&Tensor],
+) -> candle_core::Result<Vec<PrecisionStats>> {
+    let plan = exec.plan();
+    let dtype = inputs.first().map_or(DType::F32, |t| t.dtype());
+    let wide = Executable::new(plan.clone(), DType::F64, None)?;
+    let wide_inputs: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::F64))
+        .collect::<candle_core::Result<_>>()?;
+    let wide_refs: Vec<&Tensor> = wide_inputs.iter().collect();
+    let (low, _) = exec.run_traced(inputs, false).map_err(|e| e.error)?;
+    let (high, _) = wide.run_traced(&wide_refs, false).map_err(|e| e.error)?;
+    let tiny = min_normal(dtype);
+    let mut out = Vec::new();
+    for (k, instr) in plan.instrs.iter().enumerate() {
+        if matches!(instr.op, Op::Input(_) | Op::Const(_)) {
+            continue;
+        }
+        let a: Vec<f64> = low[k].to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+        let b: Vec<f64> = high[k].flatten_all()?.to_vec1()?;
+        let mut s = PrecisionStats {
+            op: instr.op.describe(),
+            span: instr.span.clone(),
+            total: a.len(),
+            overflowed: 0,
+            flushed: 0,
+            subnormal: 0,
+        };
+        for (x, y) in a.iter().zip(&b) {
+            if x.is_infinite() && y.is_finite() {
+                s.overflowed += 1;
+            } else if *x == 0.0 && *y != 0.0 {
+                s.flushed += 1;
+            } else if *x != 0.0 && x.abs() < tiny {
+                s.subnormal += 1;
+            }
+        }
+        if s.overflowed + s.flushed + s.subnormal > 0 {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}

@@ -259,6 +259,11 @@ impl Run {
         crate::compile::curvature::top_eigenvalue(&self.evaluator, iters, 0)
     }
 
+    /// What the run's dtype did to each op's output at the current params, against f64.
+    pub fn precision(&self) -> Result<Vec<crate::compile::trace::PrecisionStats>, Diagnostic> {
+        self.evaluator.precision()
+    }
+
     /// The loss file's source, for locating reports.
     pub fn source(&self) -> &std::sync::Arc<crate::diagnostic::SourceFile> {
         self.evaluator.source()
