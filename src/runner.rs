@@ -544,6 +544,9 @@ pub fn gradcheck_command(
                             all_pass = false;
                             "FAIL"
                         }
+                        Verdict::CustomGradient => {
+                            "differs: custom gradient (fine for a straight-through estimator)"
+                        }
                     };
                     let checked = if c.checked < c.total {
                         format!("{} of {} (sampled)", c.checked, c.total)

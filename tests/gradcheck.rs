@@ -26,9 +26,15 @@ fn every_bundled_loss_passes_in_f64() {
         c.runs.iter_mut().for_each(|r| r.dtype = DType::F64);
         for run in 0..c.runs.len() {
             for check in gradcheck(&c, run, None, 0).unwrap() {
+                // custom_gradients.toml's straight-through rounding differs on purpose.
+                let want = if f.ends_with("custom_gradients.toml") {
+                    Verdict::CustomGradient
+                } else {
+                    Verdict::Pass
+                };
                 assert_eq!(
                     check.verdict,
-                    Verdict::Pass,
+                    want,
                     "{} run {} param {}: {check:?}",
                     f.display(),
                     c.runs[run].name,

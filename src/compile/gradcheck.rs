@@ -27,6 +27,9 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
 pub enum Verdict {
     Pass,
     Fail,
+    /// Disagrees, but the loss uses `[functions]` with their own gradients, which may differ
+    /// from the value's derivative on purpose (straight-through estimators).
+    CustomGradient,
 }
 
 /// The result for one param.
@@ -65,6 +68,11 @@ pub fn gradcheck(
     seed: u64,
 ) -> Result<Vec<ParamCheck>, Diagnostic> {
     let dtype = compiled.runs[run].dtype;
+    let uses_functions = compiled.runs[run]
+        .plan
+        .instrs
+        .iter()
+        .any(|i| matches!(i.op, super::plan::Op::Function(_)));
     let auto = Evaluator::new(compiled, run).map_err(internal)?;
     let mut f64_compiled = compiled.clone();
     f64_compiled.runs[run].dtype = DType::F64;
@@ -154,6 +162,9 @@ pub fn gradcheck(
             if !within {
                 check.verdict = Verdict::Fail;
             }
+        }
+        if check.verdict == Verdict::Fail && uses_functions {
+            check.verdict = Verdict::CustomGradient;
         }
         out.push(check);
     }

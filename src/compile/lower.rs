@@ -11,12 +11,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal, StandardUniform};
 
+use super::function::FnOp;
 use super::ops::Elementwise;
 use super::plan::{Binary, Compare, Instr, Narrow, Op, Plan, Reduce, Reg, Unary, apply};
 use super::shape::{self, MAX_ELEMENTS, Shape};
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{BinOp, Expr, ExprKind, IndexItem, Program, Spanned};
 use crate::lang::builtins::Builtin;
+use crate::lang::file::FunctionDef;
 
 /// What a name stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +68,7 @@ pub struct Lowerer {
     env: HashMap<String, Binding>,
     used: HashSet<String>,
     rng: ChaCha8Rng,
+    functions: Arc<Vec<FunctionDef>>,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -87,8 +90,15 @@ impl Lowerer {
             env: HashMap::new(),
             used: HashSet::new(),
             rng: rng_for(seed, context),
+            functions: Arc::new(Vec::new()),
             diags: Vec::new(),
         }
+    }
+
+    /// Makes the file's `[functions]` callable.
+    pub fn with_functions(mut self, functions: Arc<Vec<FunctionDef>>) -> Self {
+        self.functions = functions;
+        self
     }
 
     /// Binds a name to a value known now (f64).
@@ -491,6 +501,9 @@ impl Lowerer {
 
     fn call(&mut self, func: &Spanned<String>, args: &[Expr], span: &Span) -> Lowered {
         let name = func.node.as_str();
+        if let Some(fd) = self.functions.iter().find(|f| f.name.node == name).cloned() {
+            return self.user_call(&fd, args, span);
+        }
         let Some(f) = Builtin::from_name(name) else {
             let help = match self.env.get(name) {
                 Some(b) => Some(format!("`{name}` is {}, not a function", b.kind.describe())),
@@ -657,6 +670,72 @@ impl Lowerer {
             | Builtin::Arange
             | Builtin::Eye => self.construct(f, &regs, args, span),
         }
+    }
+
+    /// A call of a `[functions]` entry: its value and gradient plans are lowered for the call's
+    /// shapes, the arguments bound as inputs (so round/floor/sign are allowed in `value`).
+    fn user_call(&mut self, fd: &FunctionDef, args: &[Expr], span: &Span) -> Lowered {
+        let name = &fd.name.node;
+        if args.len() != fd.args.len() {
+            return Err(self.fail(
+                format!(
+                    "`{name}` takes {} arguments, but {} were given",
+                    fd.args.len(),
+                    args.len()
+                ),
+                span,
+                None,
+            ));
+        }
+        let lowered: Vec<Lowered> = args.iter().map(|a| self.expr(a)).collect();
+        let regs: Vec<Reg> = lowered.into_iter().collect::<Result<_, _>>()?;
+        let shapes: Vec<Shape> = regs.iter().map(|&r| self.shape(r).clone()).collect();
+        let consts: Vec<(String, Tensor)> = self
+            .env
+            .iter()
+            .filter_map(|(n, b)| match (&b.value, b.kind) {
+                (Value::Known(t), Kind::Const) => Some((n.clone(), t.clone())),
+                _ => None,
+            })
+            .collect();
+        let body = |extra: Option<&Shape>| {
+            let mut lw = Lowerer::new(&self.source, 0, name);
+            for (n, t) in &consts {
+                lw.bind_known(n, t.clone(), Kind::Const);
+            }
+            for (i, (a, s)) in fd.args.iter().zip(&shapes).enumerate() {
+                lw.bind_input(&a.node, i, Kind::Data, s.clone());
+            }
+            if let Some(g) = extra {
+                lw.bind_input("g", fd.args.len(), Kind::Data, g.clone());
+            }
+            lw
+        };
+        let (value, diags) = body(None).expression(&fd.value);
+        self.diags.extend(diags);
+        let value = value.ok_or(Reported)?;
+        let out = value.instrs[value.output].shape.clone();
+        let mut grads = Vec::new();
+        for ((g, a), s) in fd.grads.iter().zip(&fd.args).zip(&shapes) {
+            let (plan, diags) = body(Some(&out)).expression(g);
+            self.diags.extend(diags);
+            let plan = plan.ok_or(Reported)?;
+            let got = &plan.instrs[plan.output].shape;
+            if got != s {
+                return Err(self.fail(
+                    format!("the gradient of `{name}` for `{}` has shape {got}, but `{}` has shape {s} here", a.node, a.node),
+                    &g.span,
+                    Some("a gradient has its argument's shape; g has the value's shape".into()),
+                ));
+            }
+            grads.push(plan);
+        }
+        let op = Op::Function(Arc::new(FnOp {
+            name: name.clone(),
+            value,
+            grads,
+        }));
+        self.emit(op, regs, out, span)
     }
 
     fn number_arg(&mut self, r: Reg, span: &Span, what: &str) -> Result<f64, Reported> {

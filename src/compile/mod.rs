@@ -3,6 +3,7 @@
 
 pub mod curvature;
 pub mod data;
+pub mod function;
 pub mod fused;
 pub mod gradcheck;
 pub mod lower;
@@ -70,6 +71,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         return (None, dedup(diags));
     };
     let mut runs = Vec::new();
+    let functions = Arc::new(file.functions.clone());
     let mut base = RunSpec {
         name: "base".to_string(),
         loss: &file.loss,
@@ -90,7 +92,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         .collect();
     base.optimizer = file.optimizer.clone();
     for spec in std::iter::once(&base).chain(&variants) {
-        let (plan, d) = lower_run(&file.source, file.seed, spec, &data, &params);
+        let (plan, d) = lower_run(&file.source, &functions, file.seed, spec, &data, &params);
         diags.extend(d);
         if let Some(plan) = plan {
             runs.push(RunDef {
@@ -101,6 +103,11 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
             });
         }
     }
+    diags.extend(
+        file.functions
+            .iter()
+            .filter_map(|f| function::verify(f, &file.source)),
+    );
     let diags = dedup(diags);
     if diags.iter().any(Diagnostic::is_error) {
         return (None, diags);
@@ -135,12 +142,13 @@ fn overlay<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec
 
 fn lower_run(
     source: &Arc<SourceFile>,
+    functions: &Arc<Vec<crate::lang::file::FunctionDef>>,
     seed: u64,
     spec: &RunSpec,
     data: &[Named],
     params: &[Named],
 ) -> (Option<Plan>, Vec<Diagnostic>) {
-    let mut lw = Lowerer::new(source, seed, "loss");
+    let mut lw = Lowerer::new(source, seed, "loss").with_functions(Arc::clone(functions));
     for c in &spec.consts {
         if let Ok(t) = Tensor::new(c.value, &Device::Cpu) {
             lw.bind_known(&c.name.node, t, Kind::Const);

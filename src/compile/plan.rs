@@ -112,6 +112,8 @@ pub enum Op {
     },
     Stack,
     Detach,
+    /// A user function with its own gradient.
+    Function(std::sync::Arc<super::function::FnOp>),
 }
 
 impl Op {
@@ -159,6 +161,7 @@ impl Op {
             Op::Index { .. } => "indexing".into(),
             Op::Stack => "array".into(),
             Op::Detach => "detach".into(),
+            Op::Function(f) => f.name.clone(),
         }
     }
 
@@ -234,6 +237,7 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         }
         Op::Stack => Tensor::stack(args, 0),
         Op::Detach => Ok(a().detach()),
+        Op::Function(f) => super::function::UserOp(f.clone()).apply(args),
     }
 }
 

@@ -104,6 +104,18 @@ pub struct LossFile {
     pub params: Vec<ParamEntry>,
     pub optimizer: Vec<Setting>,
     pub variants: Vec<Variant>,
+    pub functions: Vec<FunctionDef>,
+}
+
+/// A `[functions.NAME]` entry: a function with its own gradient, for what autodiff cannot or
+/// should not differentiate.
+#[derive(Debug, Clone)]
+pub struct FunctionDef {
+    pub name: Spanned<String>,
+    pub args: Vec<Spanned<String>>,
+    pub value: Expr,
+    /// One expression per argument, in terms of the arguments and `g`, the incoming gradient.
+    pub grads: Vec<Expr>,
 }
 
 impl LossFile {
@@ -128,6 +140,7 @@ const TOP_KEYS: &[&str] = &[
     "params",
     "optimizer",
     "variants",
+    "functions",
 ];
 const SCALAR_TOP_KEYS: &[&str] = &["name", "about", "seed", "dtype", "loss"];
 const VARIANT_KEYS: &[&str] = &[
@@ -296,6 +309,10 @@ impl Checker {
             .map(|v| self.settings(v, "[optimizer]"))
             .unwrap_or_default();
         let variants = self.variants(root.get("variants"), &consts);
+        let functions = root
+            .get("functions")
+            .map(|v| self.functions(v))
+            .unwrap_or_default();
         Some(LossFile {
             source,
             name: name?,
@@ -308,7 +325,112 @@ impl Checker {
             params,
             optimizer,
             variants,
+            functions,
         })
+    }
+
+    fn functions(&mut self, v: &Value) -> Vec<FunctionDef> {
+        let (value, span) = spanned(v);
+        let DeValue::Table(t) = value else {
+            self.error(
+                "`functions` must be a table of [functions.NAME] sections",
+                span,
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (k, v) in t.iter() {
+            let name = Spanned::new(k.get_ref().to_string(), k.span());
+            let (fv, fspan) = spanned(v);
+            let DeValue::Table(f) = fv else {
+                self.error(format!("`functions.{}` must be a table", name.node), fspan);
+                continue;
+            };
+            self.check_keys(f, &["args", "value", "grad"], "a function");
+            if crate::lang::builtins::Builtin::from_name(&name.node).is_some()
+                || !is_identifier(&name.node)
+            {
+                self.error(
+                    format!("`{}` cannot name a function", name.node),
+                    name.span.clone(),
+                )
+                .help = Some("pick a name that is not a built-in function".into());
+                continue;
+            }
+            let args: Vec<Spanned<String>> = match f.get("args").map(spanned) {
+                Some((DeValue::Array(items), _)) => items
+                    .iter()
+                    .filter_map(|i| self.string(i, "an argument name"))
+                    .map(|(a, s)| Spanned::new(a, s))
+                    .collect(),
+                _ => {
+                    self.error(
+                        format!("function `{}` needs `args`, a list of names", name.node),
+                        name.span.clone(),
+                    )
+                    .help = Some("e.g. args = [\"x\"]".into());
+                    continue;
+                }
+            };
+            if args.is_empty() || args.len() > 3 {
+                self.error(
+                    format!("function `{}` must take 1 to 3 arguments", name.node),
+                    name.span.clone(),
+                );
+                continue;
+            }
+            let value = match f.get("value") {
+                Some(v) => self.expr_value(v, "a function's value"),
+                None => {
+                    self.error(
+                        format!("function `{}` needs a `value` expression", name.node),
+                        name.span.clone(),
+                    );
+                    None
+                }
+            };
+            let grads: Vec<Option<Expr>> = match f.get("grad").map(|g| (g, spanned(g))) {
+                Some((g, (DeValue::String(_), _))) => vec![self.expr_value(g, "a gradient")],
+                Some((_, (DeValue::Array(items), _))) => items
+                    .iter()
+                    .map(|i| self.expr_value(i, "a gradient"))
+                    .collect(),
+                _ => {
+                    self.error(
+                        format!(
+                            "function `{}` needs `grad`, one expression per argument",
+                            name.node
+                        ),
+                        name.span.clone(),
+                    )
+                    .help = Some("e.g. grad = \"g / x\" (g is the incoming gradient)".into());
+                    continue;
+                }
+            };
+            if grads.len() != args.len() {
+                self.error(
+                    format!(
+                        "function `{}` has {} arguments but {} gradient expressions",
+                        name.node,
+                        args.len(),
+                        grads.len()
+                    ),
+                    f.get("grad").map_or(name.span.clone(), |g| g.span()),
+                );
+                continue;
+            }
+            if let (Some(value), Some(grads)) =
+                (value, grads.into_iter().collect::<Option<Vec<_>>>())
+            {
+                out.push(FunctionDef {
+                    name,
+                    args,
+                    value,
+                    grads,
+                });
+            }
+        }
+        out
     }
 
     fn check_keys(&mut self, table: &DeTable, allowed: &[&str], what: &str) {
