@@ -133,3 +133,29 @@ fn precision_counts_overflow_and_subnormal_values_against_f64() {
         .expect("t * v reported");
     assert_eq!((mul.total, mul.subnormal), (2, 1));
 }
+
+#[test]
+fn the_f16_overflow_demo_halts_only_in_its_naive_f16_run() {
+    use gradscope::run::{Run, RunConfig};
+    let (c, _) =
+        gradscope::runner::load_compiled(Path::new("losses/f16_exp_overflow.toml")).unwrap();
+    let halt_of = |run: usize| {
+        let mut r = Run::new(
+            &c,
+            run,
+            "r".into(),
+            RunConfig::from_settings(&c.runs[run].optimizer),
+        )
+        .unwrap();
+        while !r.is_done() {
+            r.step().unwrap();
+        }
+        r.halted
+    };
+    assert!(halt_of(0).is_none(), "f32 survives");
+    let h = halt_of(1).expect("naive f16 halts");
+    let p = h.provenance.expect("traced");
+    assert_eq!((p.pass, p.op.as_str()), (Pass::Forward, "sum"));
+    assert!(h.step > 10 && h.step < 100, "{}", h.step);
+    assert!(halt_of(2).is_none(), "logsumexp in f16 survives");
+}

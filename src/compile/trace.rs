@@ -94,6 +94,9 @@ fn help_for(op: &str, pass: Pass) -> String {
         ("sqrt", Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
         ("exp", _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
         ("/", _) => "a division by 0: add an eps to the denominator".into(),
+        ("sum" | "mean" | "@", Pass::Forward) => {
+            "the sum overflowed the dtype: accumulate = \"f32\", or a stable form such as logsumexp".into()
+        }
         ("^", _) | ("pow", _) => "a power of a negative or zero base: clamp the base".into(),
         _ => "look at the values reaching this op; an eps or a stable formulation usually helps".into(),
     }
