@@ -45,49 +45,13 @@ pub enum Command {
     },
     /// Step one or more runs of a loss file headless and report them.
     Run(crate::runner::RunArgs),
-    /// Autograd against central finite differences in f64, per param.
-    Gradcheck {
-        /// The loss file.
-        file: PathBuf,
-        /// Variant to check (`base`, a variant's name, or `all`; default all).
-        #[arg(long)]
-        variant: Option<String>,
-        /// Step the run this many times with its optimizer first, then check there.
-        #[arg(long, default_value_t = 0)]
-        at_step: u64,
-        /// Check in this dtype instead of the run's (f32, f64, f16, bf16).
-        #[arg(long)]
-        dtype: Option<String>,
-    },
+    /// Autograd against central finite differences in f64, per param (every variant by default).
+    Gradcheck(crate::runner::PointArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
-    Curvature {
-        /// The loss file.
-        file: PathBuf,
-        /// Variant to examine (`base` or a variant's name).
-        #[arg(long)]
-        variant: Option<String>,
-        /// Step the run this many times with its optimizer first.
-        #[arg(long, default_value_t = 0)]
-        at_step: u64,
-        /// Compute in this dtype instead of the run's.
-        #[arg(long)]
-        dtype: Option<String>,
-    },
+    Curvature(crate::runner::PointArgs),
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
-    Precision {
-        /// The loss file.
-        file: PathBuf,
-        /// Variant to examine (`base` or a variant's name).
-        #[arg(long)]
-        variant: Option<String>,
-        /// Step the run this many times with its optimizer first.
-        #[arg(long, default_value_t = 0)]
-        at_step: u64,
-        /// Evaluate in this dtype instead of the run's.
-        #[arg(long)]
-        dtype: Option<String>,
-    },
+    Precision(crate::runner::PointArgs),
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

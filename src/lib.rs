@@ -29,45 +29,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drop(out);
             return Ok(exit(runner::run_command(&args, color)?));
         }
-        Some(Command::Gradcheck {
-            file,
-            variant,
-            at_step,
-            dtype,
-        }) => runner::gradcheck_command(
-            &file,
-            variant.as_deref(),
-            at_step,
-            dtype.as_deref(),
-            color,
-            &mut out,
-        )?,
-        Some(Command::Curvature {
-            file,
-            variant,
-            at_step,
-            dtype,
-        }) => runner::curvature_command(
-            &file,
-            variant.as_deref(),
-            at_step,
-            dtype.as_deref(),
-            color,
-            &mut out,
-        )?,
-        Some(Command::Precision {
-            file,
-            variant,
-            at_step,
-            dtype,
-        }) => runner::precision_command(
-            &file,
-            variant.as_deref(),
-            at_step,
-            dtype.as_deref(),
-            color,
-            &mut out,
-        )?,
+        Some(Command::Gradcheck(args)) => runner::gradcheck_command(&args, color, &mut out)?,
+        Some(Command::Curvature(args)) => runner::curvature_command(&args, color, &mut out)?,
+        Some(Command::Precision(args)) => runner::precision_command(&args, color, &mut out)?,
         Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);

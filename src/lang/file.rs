@@ -686,8 +686,20 @@ impl Checker {
             self.error(format!("{what} must be a table"), span);
             return Vec::new();
         };
+        let out = self.settings_from(t, |_| true, what);
+        self.check_settings(&out);
+        out
+    }
+
+    /// The entries of `t` whose key passes `keep`, as settings.
+    fn settings_from(
+        &mut self,
+        t: &DeTable,
+        keep: impl Fn(&str) -> bool,
+        what: &str,
+    ) -> Vec<Setting> {
         let mut out = Vec::new();
-        for (k, v) in t.iter() {
+        for (k, v) in t.iter().filter(|(k, _)| keep(k.get_ref().as_ref())) {
             let (value, vspan) = spanned(v);
             let setting = match value {
                 DeValue::String(s) => SettingValue::Text(s.to_string()),
@@ -710,37 +722,6 @@ impl Checker {
             out.push(Setting {
                 key: Spanned::new(k.get_ref().to_string(), k.span()),
                 value: Spanned::new(setting, vspan),
-            });
-        }
-        self.check_settings(&out);
-        out
-    }
-
-    /// The entries of `t` named in `keys`, as settings.
-    fn settings_from(&mut self, t: &DeTable, keys: &[&str]) -> Vec<Setting> {
-        let mut out = Vec::new();
-        for (k, v) in t
-            .iter()
-            .filter(|(k, _)| keys.contains(&k.get_ref().as_ref()))
-        {
-            let (value, span) = spanned(v);
-            let setting = match value {
-                DeValue::String(s) => SettingValue::Text(s.to_string()),
-                DeValue::Boolean(b) => SettingValue::Bool(*b),
-                other => match number_of(other) {
-                    Some(n) => SettingValue::Number(n),
-                    None => {
-                        self.error(
-                            format!("`{}` must be a number or a string", k.get_ref()),
-                            span,
-                        );
-                        continue;
-                    }
-                },
-            };
-            out.push(Setting {
-                key: Spanned::new(k.get_ref().to_string(), k.span()),
-                value: Spanned::new(setting, span),
             });
         }
         out
@@ -813,7 +794,7 @@ impl Checker {
                 .unwrap_or_default();
             // `grad`, `loss_scale` and `accumulate` on a variant are run settings like those in
             // its optimizer table.
-            let own: Vec<Setting> = self.settings_from(t, VARIANT_RUN_KEYS);
+            let own = self.settings_from(t, |k| VARIANT_RUN_KEYS.contains(&k), "a variant");
             self.check_settings(&own);
             optimizer.extend(own);
             let mut overrides = Vec::new();
