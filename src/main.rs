@@ -7,6 +7,13 @@ fn main() -> ExitCode {
     gradscope::init_process(cli.threads);
     match gradscope::run(cli) {
         Ok(code) => code,
+        // A closed pipe (`gradscope run ... | head`) is the reader's choice, not an error.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("gradscope: {e:#}");
             ExitCode::from(2)
