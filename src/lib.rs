@@ -51,23 +51,21 @@ fn exit(ok: bool) -> ExitCode {
     }
 }
 
-/// Process-wide tuning done once at start-up, before any tensor exists: the thread count (see
-/// [`init_threads`]) and glibc malloc thresholds. With the defaults, glibc returns every
-/// multi-megabyte tensor to the kernel on free and page-faults it back on the next op (a fifth of
-/// a logistic-regression step went to page faults).
+/// Process-wide set-up done once at start-up, before any tensor exists: the thread count (see
+/// [`init_threads`]); glibc malloc thresholds (with the defaults, glibc returns every multi-MB
+/// tensor to the kernel on free and page-faults it back on the next op: a fifth of a
+/// logistic-regression step went to page faults); and the curvature thread, the one thread that
+/// keeps gradient graphs for second-order derivatives.
 pub fn init_process(threads: Option<usize>) {
     init_threads(threads);
-    // candle detaches gradients unless this is set, which makes second order silently wrong;
-    // it is read once per thread, so it is set before any thread exists. Runs detach their own
-    // gradients, so first-order work keeps no graph alive.
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
+    // Last: it starts the first thread.
+    compile::curvature::start_service();
 }
 
 /// Fixes the tensor thread count before candle's pool starts. With RAYON_NUM_THREADS unset,

@@ -1,10 +1,10 @@
 //! Curvature: the top eigenvalue against closed forms and finite differences, 2/λ, and the TUI's
-//! `h` key. One test, so the environment is set before any thread's first backward pass.
+//! `h` key. One test, which sets up the process (and its curvature thread) first.
 
 use std::path::Path;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use gradscope::compile::curvature::top_eigenvalue;
+use gradscope::compile::curvature::top_eigenvalue_exact as top_eigenvalue;
 use gradscope::compile::{Evaluator, compile};
 use gradscope::lang::file::load_bytes;
 use gradscope::tui::app::{App, Msg};

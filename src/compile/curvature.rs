@@ -2,8 +2,14 @@
 //! Hessian-vector products (double backward), checked against finite differences of gradients,
 //! and the largest stable learning rate of gradient descent, 2/λ.
 //!
-//! Double backward needs candle to keep the graph of the gradients: `CANDLE_GRAD_DO_NOT_DETACH`
-//! must be set before a thread's first backward pass (`crate::init_process` sets it).
+//! Double backward needs candle to keep the graph of the gradients, which candle decides per
+//! thread from `CANDLE_GRAD_DO_NOT_DETACH` at the thread's first backward pass. Keeping graphs
+//! everywhere costs first-order runs up to 30% (and memory), so one named service thread is
+//! started with it set, before any other thread exists ([`start_service`]), and every curvature
+//! computation runs there.
+
+use std::sync::OnceLock;
+use std::sync::mpsc::{Sender, channel};
 
 use candle_core::{DType as CDType, Device, Tensor};
 use rand_distr::{Distribution, StandardNormal};
@@ -109,7 +115,64 @@ pub fn hvp_fd(ev: &Evaluator, v: &[Tensor], eps: f64) -> Result<Vec<Tensor>, Dia
         .collect()
 }
 
-/// Power iteration from a seeded random direction, at most `iters` products.
+type Job = (Evaluator, usize, u64, Sender<Result<Curvature, Diagnostic>>);
+
+static SERVICE: OnceLock<std::sync::Mutex<Sender<Job>>> = OnceLock::new();
+
+/// Starts the curvature thread. Call first thing in `main`, while no other thread exists.
+pub fn start_service() {
+    let (tx, rx) = channel::<Job>();
+    let (ready_tx, ready_rx) = channel();
+    // SAFETY: no other thread exists yet (see above); the variable is removed again below,
+    // after the service thread has read it, so only that thread keeps gradient graphs.
+    let preset = std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH");
+    unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
+    let spawned = std::thread::Builder::new()
+        .name("curvature".into())
+        .spawn(move || {
+            // A first backward pass latches the thread's setting while the variable is set.
+            let latch = candle_core::Var::new(1.0f64, &Device::Cpu)
+                .and_then(|v| v.as_tensor().sqr()?.backward());
+            let _ = ready_tx.send(latch.is_ok());
+            for (ev, iters, seed, reply) in rx {
+                let _ = reply.send(top_eigenvalue(&ev, iters, seed));
+            }
+        });
+    if spawned.is_ok() && ready_rx.recv() == Ok(true) {
+        let _ = SERVICE.set(std::sync::Mutex::new(tx));
+    }
+    match preset {
+        Some(v) => unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", v) },
+        None => unsafe { std::env::remove_var("CANDLE_GRAD_DO_NOT_DETACH") },
+    }
+}
+
+/// [`top_eigenvalue`] on the curvature thread (the evaluator's params are borrowed for the
+/// duration, so the caller waits).
+pub fn top_eigenvalue_exact(
+    ev: &Evaluator,
+    iters: usize,
+    seed: u64,
+) -> Result<Curvature, Diagnostic> {
+    let unavailable = || {
+        Diagnostic::error(
+            "curvature needs second-order gradients, which this process did not set up",
+        )
+    };
+    let tx = SERVICE
+        .get()
+        .ok_or_else(unavailable)?
+        .lock()
+        .map_err(|_| unavailable())?
+        .clone();
+    let (reply, answer) = channel();
+    tx.send((ev.clone(), iters, seed, reply))
+        .map_err(|_| unavailable())?;
+    answer.recv().map_err(|_| unavailable())?
+}
+
+/// Power iteration from a seeded random direction, at most `iters` products. Second order is
+/// only right on a thread that keeps gradient graphs: use [`top_eigenvalue_exact`].
 pub fn top_eigenvalue(ev: &Evaluator, iters: usize, seed: u64) -> Result<Curvature, Diagnostic> {
     let mut rng = super::lower::rng_for(seed, "curvature");
     let mut v: Vec<Tensor> = ev

@@ -219,7 +219,8 @@ fn dedup(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
         .collect()
 }
 
-/// Evaluates one run's loss and gradients at the current param values.
+/// Evaluates one run's loss and gradients at the current param values. A clone shares the params.
+#[derive(Clone)]
 pub struct Evaluator {
     exec: Executable,
     data: Vec<Tensor>,

@@ -256,7 +256,7 @@ impl Run {
         &self,
         iters: usize,
     ) -> Result<crate::compile::curvature::Curvature, Diagnostic> {
-        crate::compile::curvature::top_eigenvalue(&self.evaluator, iters, 0)
+        crate::compile::curvature::top_eigenvalue_exact(&self.evaluator, iters, 0)
     }
 
     /// What the run's dtype did to each op's output at the current params, against f64.
