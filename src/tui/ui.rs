@@ -545,7 +545,15 @@ fn render_inspector(f: &mut Frame, app: &App, area: Rect) {
             .map(|c| c.name.as_str())
             .collect();
         let kinks: usize = checks.iter().map(|c| c.kinks).sum();
-        let (text, color) = if failed.is_empty() {
+        let custom = checks
+            .iter()
+            .any(|c| c.verdict == crate::compile::gradcheck::Verdict::CustomGradient);
+        let (text, color) = if failed.is_empty() && custom {
+            (
+                format!("gradcheck @{step}: differs (custom gradient)"),
+                Color::Yellow,
+            )
+        } else if failed.is_empty() {
             (
                 format!("gradcheck @{step}: ok ({kinks} kinks)"),
                 Color::Green,
