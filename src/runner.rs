@@ -91,29 +91,45 @@ pub fn load_compiled(path: &Path) -> Result<(CompiledFile, Vec<Diagnostic>), Vec
     }
 }
 
-/// The runs `args` asks for, each with its config, ready to step.
-pub fn build_runs(args: &RunArgs, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
-    let selected: Vec<usize> = match args.variant.as_deref() {
-        None | Some("base") => vec![0],
-        Some("all") => (0..compiled.runs.len()).collect(),
+/// The run definitions `variant` names (`base`, a name, `all`; none: `default_all` decides),
+/// after setting every run's dtype to `dtype` if given.
+fn select(
+    compiled: &mut CompiledFile,
+    variant: Option<&str>,
+    dtype: Option<&str>,
+    default_all: bool,
+) -> Result<Vec<usize>, String> {
+    if let Some(d) = dtype {
+        let dt = DType::from_name(d)
+            .ok_or_else(|| format!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
+        compiled.runs.iter_mut().for_each(|r| r.dtype = dt);
+    }
+    let all = (0..compiled.runs.len()).collect();
+    match variant {
+        Some("all") => Ok(all),
+        None if default_all => Ok(all),
+        None | Some("base") => Ok(vec![0]),
         Some(name) => match compiled.runs.iter().position(|r| r.name == name) {
-            Some(i) => vec![i],
+            Some(i) => Ok(vec![i]),
             None => {
                 let names: Vec<&str> = compiled.runs.iter().map(|r| r.name.as_str()).collect();
-                return Err(format!(
+                Err(format!(
                     "no variant named `{name}`; this file has: {}",
                     names.join(", ")
-                ));
+                ))
             }
         },
-    };
-    if let Some(d) = &args.dtype {
-        let dtype = DType::from_name(d)
-            .ok_or_else(|| format!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
-        for r in &mut compiled.runs {
-            r.dtype = dtype;
-        }
     }
+}
+
+/// The runs `args` asks for, each with its config, ready to step.
+pub fn build_runs(args: &RunArgs, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
+    let selected = select(
+        compiled,
+        args.variant.as_deref(),
+        args.dtype.as_deref(),
+        false,
+    )?;
     let specs: Vec<Option<OptimizerSpec>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
@@ -502,23 +518,13 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
         Ok(c) => c,
         Err(diags) => return Ok(Err(diags)),
     };
-    if let Some(d) = &args.dtype {
-        let dt = DType::from_name(d)
-            .ok_or_else(|| anyhow::anyhow!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
-        compiled.runs.iter_mut().for_each(|r| r.dtype = dt);
-    }
-    let selected: Vec<usize> = match args.variant.as_deref() {
-        Some("all") => (0..compiled.runs.len()).collect(),
-        None if default_all => (0..compiled.runs.len()).collect(),
-        None | Some("base") => vec![0],
-        Some(name) => vec![
-            compiled
-                .runs
-                .iter()
-                .position(|r| r.name == name)
-                .ok_or_else(|| anyhow::anyhow!("no variant named `{name}`"))?,
-        ],
-    };
+    let selected = select(
+        &mut compiled,
+        args.variant.as_deref(),
+        args.dtype.as_deref(),
+        default_all,
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut runs = Vec::new();
     for def in selected {
         let mut config = RunConfig::from_settings(&compiled.runs[def].optimizer);
