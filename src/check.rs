@@ -154,10 +154,7 @@ fn evaluate_run(
     let mut warnings = Vec::new();
     let mut params = Vec::new();
     for (p, g) in compiled.params.iter().zip(&eval.grads) {
-        let grad: Vec<f64> = g
-            .to_dtype(candle_core::DType::F64)
-            .and_then(|g| g.flatten_all()?.to_vec1())
-            .unwrap_or_default();
+        let grad = compile::values_f64(g).unwrap_or_default();
         let bad = grad.iter().filter(|v| !v.is_finite()).count();
         if bad > 0 {
             if warnings.is_empty()
@@ -320,7 +317,7 @@ fn run_json(run: &RunReport) -> Value {
 }
 
 /// JSON has no NaN or Inf: they become strings, so nothing is silently turned into null.
-fn json_num(v: f64) -> Value {
+pub fn json_num(v: f64) -> Value {
     if v.is_finite() {
         json!(v)
     } else {

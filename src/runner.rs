@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::check::fmt_num;
+use crate::check::{fmt_num, json_num};
 use crate::compile::{self, CompiledFile};
 use crate::diagnostic::Diagnostic;
 use crate::lang::file::{self, DType};
@@ -241,28 +241,20 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
     })
 }
 
-fn num(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(fmt_num(v))
-    }
-}
-
 /// One logged step of run `run` (whose params are `names`) as a JSON object.
 pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
     let per = |v: &[f32]| -> serde_json::Map<String, Value> {
         names
             .iter()
             .cloned()
-            .zip(v.iter().map(|&x| num(x as f64)))
+            .zip(v.iter().map(|&x| json_num(x as f64)))
             .collect()
     };
     let bad: Vec<&String> = r.nonfinite_params().map(|i| &names[i]).collect();
     json!({
-        "run": run, "step": r.step, "loss": num(r.core.loss), "grad_norm": num(r.core.grad_norm as f64),
-        "lr": num(r.core.lr as f64), "update_norm": num(r.core.update_norm as f64),
-        "update_ratio": num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
+        "run": run, "step": r.step, "loss": json_num(r.core.loss), "grad_norm": json_num(r.core.grad_norm as f64),
+        "lr": json_num(r.core.lr as f64), "update_norm": json_num(r.core.update_norm as f64),
+        "update_ratio": json_num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
         "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
         "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
         "wall_us": r.core.wall_us, "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
@@ -274,11 +266,16 @@ pub fn summary_json(s: &Summary) -> Value {
     let params: serde_json::Map<String, Value> = s
         .final_params
         .iter()
-        .map(|(n, v)| (n.clone(), Value::Array(v.iter().map(|&x| num(x)).collect())))
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                Value::Array(v.iter().map(|&x| json_num(x)).collect()),
+            )
+        })
         .collect();
     json!({
         "run": s.run, "summary": true, "optimizer": s.optimizer, "dtype": s.dtype,
-        "final_loss": num(s.final_loss), "best_loss": num(s.best_loss), "best_step": s.best_step,
+        "final_loss": json_num(s.final_loss), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
         "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
         "skipped": s.skipped, "halted": s.halted, "steps_per_s": s.steps_per_s, "final_params": params,
     })

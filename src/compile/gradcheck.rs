@@ -3,7 +3,7 @@
 //! meant for f64 only). Kinks (abs or relu at 0, clamp at a bound), where the one-sided
 //! differences disagree, are reported as kinks, not failures.
 
-use candle_core::{DType as CDType, Tensor};
+use candle_core::Tensor;
 use rand::seq::index::sample;
 
 use super::trace::unravel;
@@ -54,9 +54,7 @@ fn internal(e: candle_core::Error) -> Diagnostic {
 }
 
 fn values(t: &Tensor) -> Result<Vec<f64>, Diagnostic> {
-    t.to_dtype(CDType::F64)
-        .and_then(|t| t.flatten_all()?.to_vec1())
-        .map_err(internal)
+    super::values_f64(t).map_err(internal)
 }
 
 /// Checks run `run` of `compiled` at `params` (each flattened, row-major; None: the initial

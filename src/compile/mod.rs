@@ -237,6 +237,11 @@ pub struct Evaluation {
     pub grads: Vec<Tensor>,
 }
 
+/// A tensor's elements in f64, flattened row-major.
+pub fn values_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
+    t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1()
+}
+
 /// L2 norm of a tensor, accumulated in f64.
 pub fn norm(t: &Tensor) -> f64 {
     t.to_dtype(CDType::F64)
@@ -362,10 +367,7 @@ impl Evaluator {
         for var in &self.params {
             let t = var.as_tensor();
             let dims = t.dims().to_vec();
-            let x: Vec<f64> = t
-                .to_dtype(CDType::F64)
-                .and_then(|t| t.flatten_all()?.to_vec1())
-                .map_err(internal)?;
+            let x = values_f64(t).map_err(internal)?;
             let set = |v: &[f64]| -> Result<(), Diagnostic> {
                 let t = Tensor::from_vec(v.to_vec(), dims.clone(), &Device::Cpu)
                     .and_then(|t| t.to_dtype(self.dtype))

@@ -103,8 +103,8 @@ fn help_for(op: &str, pass: Pass) -> String {
 }
 
 /// Non-finite elements of `t` as flat indices (and the total).
-fn nonfinite(t: &Tensor) -> candle_core::Result<(Vec<usize>, usize)> {
-    let v: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+pub fn nonfinite(t: &Tensor) -> candle_core::Result<(Vec<usize>, usize)> {
+    let v = super::values_f64(t)?;
     let bad = v
         .iter()
         .enumerate()
@@ -149,10 +149,7 @@ fn describe_inputs(instr: &Instr, args: &[&Tensor], at: &[usize], pass: Pass) ->
         return args
             .iter()
             .map(|a| {
-                let v: Vec<f64> = a
-                    .to_dtype(DType::F64)
-                    .and_then(|t| t.flatten_all()?.to_vec1())
-                    .unwrap_or_default();
+                let v = super::values_f64(a).unwrap_or_default();
                 let (lo, hi) = v
                     .iter()
                     .filter(|x| x.is_finite())
@@ -327,8 +324,8 @@ pub fn precision(
         if matches!(instr.op, Op::Input(_) | Op::Const(_)) {
             continue;
         }
-        let a: Vec<f64> = low[k].to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        let b: Vec<f64> = high[k].flatten_all()?.to_vec1()?;
+        let a = super::values_f64(&low[k])?;
+        let b = super::values_f64(&high[k])?;
         let mut s = PrecisionStats {
             op: instr.op.describe(),
             span: instr.span.clone(),

@@ -502,20 +502,11 @@ impl Run {
         self.evaluator
             .params()
             .iter()
-            .map(|v| {
-                v.as_tensor()
-                    .to_dtype(candle_core::DType::F64)
-                    .and_then(|t| t.flatten_all()?.to_vec1())
-                    .unwrap_or_default()
-            })
+            .map(|v| crate::compile::values_f64(v.as_tensor()).unwrap_or_default())
             .collect()
     }
 }
 
 fn count_nonfinite(t: &Tensor) -> (usize, usize) {
-    let v: Vec<f64> = t
-        .to_dtype(candle_core::DType::F64)
-        .and_then(|t| t.flatten_all()?.to_vec1())
-        .unwrap_or_default();
-    (v.iter().filter(|x| !x.is_finite()).count(), v.len())
+    crate::compile::trace::nonfinite(t).map_or((0, 0), |(bad, total)| (bad.len(), total))
 }

@@ -397,10 +397,7 @@ fn stats(run: &Run) -> Vec<ParamStats> {
         .zip(run.params())
         .map(|(name, var)| {
             let t = var.as_tensor();
-            let v: Vec<f64> = t
-                .to_dtype(candle_core::DType::F64)
-                .and_then(|t| t.flatten_all()?.to_vec1())
-                .unwrap_or_default();
+            let v = crate::compile::values_f64(t).unwrap_or_default();
             let finite = v.iter().copied().filter(|x| x.is_finite());
             ParamStats {
                 name: name.clone(),
