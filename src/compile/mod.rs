@@ -1,6 +1,7 @@
 //! The compiler: a checked loss file becomes float64 data, initial params and one plan per run,
 //! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
 
+pub mod batch;
 pub mod curvature;
 pub mod data;
 pub mod function;
@@ -397,6 +398,40 @@ impl Evaluator {
         Ok(Evaluation { loss, grads })
     }
 
+    /// Sets every param from one flat vector (params in order, each row-major), as landscapes
+    /// and line searches address points in param space.
+    pub fn set_flat(&self, flat: &[f64]) -> Result<(), Diagnostic> {
+        let mut at = 0;
+        for var in &self.params {
+            let dims = var.as_tensor().dims().to_vec();
+            let n = var.as_tensor().elem_count();
+            let values = flat.get(at..at + n).ok_or_else(|| {
+                Diagnostic::error(format!("a point of {} values for more params", flat.len()))
+            })?;
+            at += n;
+            Tensor::from_slice(values, dims, &Device::Cpu)
+                .and_then(|t| t.to_dtype(self.dtype))
+                .and_then(|t| var.set(&t))
+                .map_err(|e| self.internal(e))?;
+        }
+        Ok(())
+    }
+
+    /// The loss at `points` points in one pass, when the loss batches (see [`batch`]).
+    pub fn batched(&self, points: usize) -> Option<BatchEvaluator> {
+        let n_data = self.data.len();
+        let plan = batch::batch_plan(self.exec.plan(), n_data, points)?;
+        Some(BatchEvaluator {
+            exec: self.exec.with_shapes(plan),
+            data: self.data.clone(),
+            dims: self.params.iter().map(|v| v.dims().to_vec()).collect(),
+            points,
+            dtype: self.dtype,
+            source: Arc::clone(&self.source),
+            loss_span: self.loss_span.clone(),
+        })
+    }
+
     fn internal(&self, e: candle_core::Error) -> Diagnostic {
         Diagnostic::error(format!("evaluation failed: {e}"))
             .at(&self.source, self.loss_span.clone())
@@ -424,6 +459,63 @@ impl Evaluator {
     /// The span of the loss expression, for reports about the loss value.
     pub fn loss_span(&self) -> Span {
         self.loss_span.clone()
+    }
+}
+
+/// A loss evaluated at a fixed number of points at once.
+pub struct BatchEvaluator {
+    exec: Executable,
+    data: Vec<Tensor>,
+    dims: Vec<Vec<usize>>,
+    points: usize,
+    dtype: CDType,
+    source: Arc<SourceFile>,
+    loss_span: Span,
+}
+
+impl BatchEvaluator {
+    /// The loss at each of `points` (each a flat param vector); exactly as many as it was built
+    /// for.
+    pub fn losses(&self, points: &[Vec<f64>]) -> Result<Vec<f64>, Diagnostic> {
+        let internal = |e: candle_core::Error| {
+            Diagnostic::error(format!("batched evaluation failed: {e}"))
+                .at(&self.source, self.loss_span.clone())
+        };
+        if points.len() != self.points {
+            return Err(Diagnostic::error(format!(
+                "{} points for a batch of {}",
+                points.len(),
+                self.points
+            )));
+        }
+        let mut inputs: Vec<Tensor> = self.data.clone();
+        let mut at = 0;
+        for dims in &self.dims {
+            let n: usize = dims.iter().product();
+            // Row r holds element r of this param at every point: `[n, G]`, or `[G]` for a scalar.
+            let mut values = Vec::with_capacity(n * self.points);
+            for r in 0..n {
+                values.extend(
+                    points
+                        .iter()
+                        .map(|p| p.get(at + r).copied().unwrap_or(f64::NAN)),
+                );
+            }
+            at += n;
+            let shape = if dims.is_empty() {
+                vec![self.points]
+            } else {
+                vec![n, self.points]
+            };
+            inputs.push(
+                Tensor::from_vec(values, shape, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(self.dtype))
+                    .map_err(internal)?,
+            );
+        }
+        let refs: Vec<&Tensor> = inputs.iter().collect();
+        let out = self.exec.run(&refs).map_err(|e| internal(e.error))?;
+        values_f64(&out).map_err(internal)
     }
 }
 

@@ -387,6 +387,16 @@ impl Executable {
         &self.plan
     }
 
+    /// The same program with other register shapes (a batched copy of the plan: same
+    /// instructions, so the cast constants and last uses carry over).
+    pub fn with_shapes(&self, plan: Plan) -> Self {
+        debug_assert_eq!(plan.instrs.len(), self.plan.instrs.len());
+        Self {
+            plan,
+            ..self.clone()
+        }
+    }
+
     /// Evaluates the plan on `inputs` (data first, then params).
     pub fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Tensor, ExecError> {
         let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];

@@ -4,12 +4,14 @@
 //! the same numbers bit for bit.
 
 pub mod history;
+pub mod trajectory;
 
 use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
 use self::history::{Core, History, StepRecord, flags};
+use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
@@ -183,6 +185,8 @@ const SNAPSHOT_EVERY: u64 = 100;
 /// One run being stepped.
 pub struct Run {
     pub name: String,
+    /// The run definition (base or variant) it runs.
+    pub def: usize,
     pub dtype: crate::lang::file::DType,
     pub config: RunConfig,
     evaluator: Evaluator,
@@ -200,7 +204,15 @@ pub struct Run {
     pub scale: f64,
     clean_steps: u32,
     param_names: Vec<String>,
+    /// Params (flat) at the start of each kept step and now, for landscapes.
+    trajectory: Decimated<Vec<f64>>,
 }
+
+/// Memory a run's trajectory may hold: every step of small losses, a handful of points of
+/// large models (a 64-256-256-1 MLP keeps 12).
+const TRAJECTORY_BYTES: usize = 8 << 20;
+/// Most points a trajectory keeps.
+const TRAJECTORY_POINTS: usize = 16384;
 
 impl Run {
     /// A run of `compiled`'s run definition `run` with `config`, at the initial params.
@@ -215,6 +227,7 @@ impl Run {
         let config_scale = config.loss_scale;
         let mut r = Self {
             name,
+            def: run,
             dtype: compiled.runs[run].dtype,
             config,
             evaluator,
@@ -233,7 +246,11 @@ impl Run {
             },
             clean_steps: 0,
             param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
+            trajectory: Decimated::new(0),
         };
+        let dim: usize = compiled.params.iter().map(|p| p.value.elem_count()).sum();
+        r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
+        r.trajectory.push(0, r.flat_params());
         r.snapshot();
         Ok(r)
     }
@@ -385,22 +402,9 @@ impl Run {
             }
         }
         if apply {
-            let mut grads = eval.grads;
-            if let Some(max) = self.config.clip_norm {
-                let (g, c) = clip_norm(&grads, grad_norm, max).map_err(internal)?;
-                grads = g;
-                if c {
-                    f |= flags::CLIPPED;
-                }
-            }
-            if let Some(v) = self.config.clip_value {
-                let (g, c) = clip_value(&grads, v).map_err(internal)?;
-                grads = g;
-                if c {
-                    f |= flags::CLIPPED;
-                }
-            }
-            if f & flags::CLIPPED != 0 {
+            let (grads, clipped) = self.clip(eval.grads, grad_norm).map_err(internal)?;
+            if clipped {
+                f |= flags::CLIPPED;
                 self.clipped += 1;
             }
             let new = update(&self.config.optimizer, &mut self.state, &params, &grads, lr)
@@ -443,10 +447,92 @@ impl Run {
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
         };
         self.history.push(&record);
+        if self.trajectory.wants(self.step_count()) {
+            self.trajectory.push(self.step_count(), self.flat_params());
+        }
         if self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
             self.snapshot();
         }
         Ok(record)
+    }
+
+    /// The gradients after the config's norm and value clipping, and whether either clipped.
+    fn clip(&self, grads: Vec<Tensor>, grad_norm: f64) -> candle_core::Result<(Vec<Tensor>, bool)> {
+        let (mut grads, mut clipped) = (grads, false);
+        if let Some(max) = self.config.clip_norm {
+            let (g, c) = clip_norm(&grads, grad_norm, max)?;
+            (grads, clipped) = (g, c);
+        }
+        if let Some(v) = self.config.clip_value {
+            let (g, c) = clip_value(&grads, v)?;
+            grads = g;
+            clipped |= c;
+        }
+        Ok((grads, clipped))
+    }
+
+    /// The update the next step would make (flat, params in order), without taking it: with the
+    /// run's gradients, clipping, learning rate and optimizer state. Every torch update rule is
+    /// linear in the learning rate, so `params + s * update` is where the step lands with the
+    /// learning rate times `s`.
+    pub fn next_update(&self) -> Result<Vec<f64>, Diagnostic> {
+        let t = self.step_count();
+        let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
+        let eval = match self.config.grad {
+            GradSource::FiniteDifference => self.evaluator.evaluate_fd()?,
+            GradSource::Autograd => self.evaluator.evaluate()?,
+        };
+        let grad_norm = eval
+            .grads
+            .iter()
+            .map(|g| norm(g).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let (grads, _) = self.clip(eval.grads, grad_norm).map_err(internal)?;
+        let params: Vec<Tensor> = self
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
+        let mut state = self.state.clone();
+        let new =
+            update(&self.config.optimizer, &mut state, &params, &grads, lr).map_err(internal)?;
+        let mut out = Vec::new();
+        for (old, new) in params.iter().zip(&new) {
+            let d = (new - old).and_then(|d| crate::compile::values_f64(&d));
+            out.extend(d.map_err(internal)?);
+        }
+        Ok(out)
+    }
+
+    /// Where the run has been heading lately: from its point at 90% of its steps to now (None
+    /// before the first step).
+    pub fn recent_direction(&self) -> Option<Vec<f64>> {
+        let now = self.step_count();
+        let then = self
+            .trajectory
+            .iter()
+            .filter(|(k, _)| *k * 10 <= now * 9 && *k < now)
+            .last()?;
+        let here = self.flat_params();
+        Some(here.iter().zip(&then.1).map(|(a, b)| a - b).collect())
+    }
+
+    /// All current param values in one flat vector (params in order, each row-major).
+    pub fn flat_params(&self) -> Vec<f64> {
+        self.param_values().concat()
+    }
+
+    /// Where the run has been after step `after` (all of it for None): flat params at the kept
+    /// steps, ending with the current ones.
+    pub fn trajectory(&self, after: Option<u64>) -> Vec<(u64, Vec<f64>)> {
+        let now = self.step_count();
+        let mut out: Vec<(u64, Vec<f64>)> = self.trajectory.after(after).cloned().collect();
+        if out.last().is_none_or(|(s, _)| *s != now) && after.is_none_or(|a| a < now) {
+            out.push((now, self.flat_params()));
+        }
+        out
     }
 
     fn nonfinite_reason(&self, loss: f64, grads: &[Tensor], bad: &[usize]) -> String {
@@ -482,6 +568,7 @@ impl Run {
         self.lr_scale = snap.lr_scale;
         (self.scale, self.clean_steps) = snap.scale;
         self.history.truncate(snap.step as usize);
+        self.trajectory.truncate(snap.step);
         self.snapshots.retain(|s| s.step <= snap.step);
         self.halted = None;
         self.first_provenance = self.first_provenance.take().filter(|(s, _)| *s < step);

@@ -1,0 +1,579 @@
+//! Loss landscapes: the loss over a plane in param space, and the optimizer paths projected onto
+//! it. A two-param loss is drawn over its own coordinates; a larger one over a 2-D slice through
+//! a run's current point, along two random filter-normalized directions (Li et al., "Visualizing
+//! the Loss Landscape of Neural Nets", 2018) or along the run's recent update and a random
+//! direction orthogonal to it. Knows nothing of any front end; [`surface`] evaluates grids.
+
+pub mod service;
+pub mod surface;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// How a plane was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaneKind {
+    /// The two params themselves (two scalars, or one 2-vector).
+    Coordinates,
+    /// Two random filter-normalized directions through a point.
+    Random,
+    /// A run's recent update direction and a random direction orthogonal to it.
+    Update,
+}
+
+impl PlaneKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PlaneKind::Coordinates => "param coordinates",
+            PlaneKind::Random => "random filter-normalized directions",
+            PlaneKind::Update => "recent update direction × random orthogonal",
+        }
+    }
+}
+
+/// The points `origin + a d1 + b d2` of flat param space (all params, each row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plane {
+    pub kind: PlaneKind,
+    pub origin: Vec<f64>,
+    pub d1: Vec<f64>,
+    pub d2: Vec<f64>,
+    /// Axis names.
+    pub labels: [String; 2],
+    /// Inverse Gram matrix of (d1, d2), for projecting (least squares when they are not
+    /// orthogonal).
+    inverse_gram: [[f64; 2]; 2],
+}
+
+/// A param's name and shape, to split flat vectors into params.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamShape {
+    pub name: String,
+    pub dims: Vec<usize>,
+}
+
+impl ParamShape {
+    pub fn len(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The params of a compiled file, in order.
+pub fn param_shapes(compiled: &crate::compile::CompiledFile) -> Vec<ParamShape> {
+    compiled
+        .params
+        .iter()
+        .map(|p| ParamShape {
+            name: p.name.clone(),
+            dims: p.value.dims().to_vec(),
+        })
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn gaussian(n: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    (0..n).map(|_| StandardNormal.sample(rng)).collect()
+}
+
+impl Plane {
+    fn new(
+        kind: PlaneKind,
+        origin: Vec<f64>,
+        d1: Vec<f64>,
+        d2: Vec<f64>,
+        labels: [String; 2],
+    ) -> Self {
+        let (g11, g12, g22) = (dot(&d1, &d1), dot(&d1, &d2), dot(&d2, &d2));
+        let det = g11 * g22 - g12 * g12;
+        let inverse_gram = if det.abs() > f64::MIN_POSITIVE {
+            [[g22 / det, -g12 / det], [-g12 / det, g11 / det]]
+        } else {
+            [[0.0; 2]; 2]
+        };
+        Self {
+            kind,
+            origin,
+            d1,
+            d2,
+            labels,
+            inverse_gram,
+        }
+    }
+
+    /// The plane of a loss with exactly two param values, over their own coordinates; None for
+    /// any other number.
+    pub fn coordinates(params: &[ParamShape]) -> Option<Self> {
+        let labels: Vec<String> = params
+            .iter()
+            .flat_map(|p| {
+                let n = p.len();
+                (0..n).map(move |k| {
+                    if p.dims.is_empty() {
+                        p.name.clone()
+                    } else {
+                        format!("{}[{k}]", p.name)
+                    }
+                })
+            })
+            .collect();
+        let [x, y]: [String; 2] = labels.try_into().ok()?;
+        Some(Self::new(
+            PlaneKind::Coordinates,
+            vec![0.0, 0.0],
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            [x, y],
+        ))
+    }
+
+    /// Two random filter-normalized directions through `origin` (see [`filter_normalized`]).
+    pub fn random(origin: Vec<f64>, params: &[ParamShape], seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let d1 = filter_normalized(&gaussian(origin.len(), &mut rng), &origin, params);
+        let d2 = filter_normalized(&gaussian(origin.len(), &mut rng), &origin, params);
+        Self::new(PlaneKind::Random, origin, d1, d2, ["δ".into(), "η".into()])
+    }
+
+    /// `direction` (a recent update) and a random direction orthogonal to it of the same norm,
+    /// through `origin`. None when the direction is zero or not finite.
+    pub fn update(origin: Vec<f64>, direction: Vec<f64>, seed: u64) -> Option<Self> {
+        let n1 = dot(&direction, &direction).sqrt();
+        if !(n1.is_finite() && n1 > 0.0) {
+            return None;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut d2 = gaussian(origin.len(), &mut rng);
+        let along = dot(&d2, &direction) / (n1 * n1);
+        d2.iter_mut()
+            .zip(&direction)
+            .for_each(|(x, d)| *x -= along * d);
+        let n2 = dot(&d2, &d2).sqrt();
+        if n2 == 0.0 {
+            return None;
+        }
+        d2.iter_mut().for_each(|x| *x *= n1 / n2);
+        Some(Self::new(
+            PlaneKind::Update,
+            origin,
+            direction,
+            d2,
+            ["update".into(), "orthogonal".into()],
+        ))
+    }
+
+    /// A slice through `origin` of `kind`: along `recent` (the run's recent update direction) and
+    /// an orthogonal one for [`PlaneKind::Update`], when there is such a direction; two random
+    /// filter-normalized directions otherwise.
+    pub fn slice(
+        kind: PlaneKind,
+        origin: Vec<f64>,
+        recent: Option<Vec<f64>>,
+        params: &[ParamShape],
+        seed: u64,
+    ) -> Self {
+        let update = match (kind, recent) {
+            (PlaneKind::Update, Some(d)) => Self::update(origin.clone(), d, seed),
+            _ => None,
+        };
+        update.unwrap_or_else(|| Self::random(origin, params, seed))
+    }
+
+    /// The flat param point at plane coordinates `(a, b)`.
+    pub fn point(&self, a: f64, b: f64) -> Vec<f64> {
+        self.origin
+            .iter()
+            .zip(self.d1.iter().zip(&self.d2))
+            .map(|(o, (x, y))| o + a * x + b * y)
+            .collect()
+    }
+
+    /// The plane coordinates of the point of the plane nearest to `p` (orthogonal projection).
+    pub fn project(&self, p: &[f64]) -> [f64; 2] {
+        let (mut r1, mut r2) = (0.0, 0.0);
+        for ((x, o), (u, w)) in p.iter().zip(&self.origin).zip(self.d1.iter().zip(&self.d2)) {
+            r1 += (x - o) * u;
+            r2 += (x - o) * w;
+        }
+        let g = self.inverse_gram;
+        [g[0][0] * r1 + g[0][1] * r2, g[1][0] * r1 + g[1][1] * r2]
+    }
+
+    /// How far `p` lies from the plane, relative to the length of d1 (0 for points on it).
+    pub fn distance(&self, p: &[f64]) -> f64 {
+        let [a, b] = self.project(p);
+        let q = self.point(a, b);
+        let off: f64 = p.iter().zip(&q).map(|(x, y)| (x - y).powi(2)).sum();
+        off.sqrt() / dot(&self.d1, &self.d1).sqrt().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Li et al.'s filter normalization: `direction` is split into filters the way `weights` is, and
+/// each filter rescaled to the norm of the matching filter of the weights, so a step of 1 along
+/// it moves every filter by as much as its own size and scale-invariant networks compare fairly.
+/// A filter of a param with two or more axes is a slice along the last axis (the weights that
+/// feed one output unit of `x @ W`); a scalar or vector param is one filter. A filter of zero
+/// weights (zero-initialised biases) gets a zero direction, as the rule implies.
+pub fn filter_normalized(direction: &[f64], weights: &[f64], params: &[ParamShape]) -> Vec<f64> {
+    let mut out = direction.to_vec();
+    let mut at = 0;
+    for p in params {
+        let n = p.len();
+        let filters = if p.dims.len() >= 2 {
+            *p.dims.last().expect("rank >= 2")
+        } else {
+            1
+        };
+        for f in 0..filters {
+            let members = (at..at + n).filter(|k| (k - at) % filters == f);
+            let (mut wn, mut dn) = (0.0, 0.0);
+            for k in members.clone() {
+                wn += weights[k] * weights[k];
+                dn += direction[k] * direction[k];
+            }
+            let scale = if dn > 0.0 { (wn / dn).sqrt() } else { 0.0 };
+            for k in members {
+                out[k] = direction[k] * scale;
+            }
+        }
+        at += n;
+    }
+    out
+}
+
+/// A regular grid over a rectangle of plane coordinates; values sit at cell centres, row 0 at
+/// the bottom (`y.0`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridSpec {
+    pub x: (f64, f64),
+    pub y: (f64, f64),
+    pub nx: usize,
+    pub ny: usize,
+}
+
+impl GridSpec {
+    /// Plane coordinates of cell `(i, j)`'s centre.
+    pub fn coord(&self, i: usize, j: usize) -> [f64; 2] {
+        [
+            self.x.0 + (i as f64 + 0.5) / self.nx as f64 * (self.x.1 - self.x.0),
+            self.y.0 + (j as f64 + 0.5) / self.ny as f64 * (self.y.1 - self.y.0),
+        ]
+    }
+
+    /// The cell holding plane coordinates `p`, if inside.
+    pub fn cell(&self, p: [f64; 2]) -> Option<(usize, usize)> {
+        let fx = (p[0] - self.x.0) / (self.x.1 - self.x.0);
+        let fy = (p[1] - self.y.0) / (self.y.1 - self.y.0);
+        if !(0.0..1.0).contains(&fx) || !(0.0..1.0).contains(&fy) {
+            return None;
+        }
+        Some((
+            (fx * self.nx as f64) as usize,
+            (fy * self.ny as f64) as usize,
+        ))
+    }
+
+    pub fn len(&self) -> usize {
+        self.nx * self.ny
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cell indices (row-major) in coarse-to-fine order: every 8th cell of every 8th row first,
+    /// then every 4th, 2nd and the rest, so a grid filled point by point shows the whole picture
+    /// early and sharpens.
+    pub fn progressive_order(&self) -> Vec<usize> {
+        let mut seen = vec![false; self.len()];
+        let mut order = Vec::with_capacity(self.len());
+        for s in [8, 4, 2, 1] {
+            for j in (0..self.ny).step_by(s) {
+                for i in (0..self.nx).step_by(s) {
+                    let k = j * self.nx + i;
+                    if !std::mem::replace(&mut seen[k], true) {
+                        order.push(k);
+                    }
+                }
+            }
+        }
+        order
+    }
+}
+
+/// Loss values over a grid, filled in as they are computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub spec: GridSpec,
+    /// Row-major from the bottom row; None until computed.
+    pub values: Vec<Option<f64>>,
+}
+
+impl Grid {
+    pub fn new(spec: GridSpec) -> Self {
+        let values = vec![None; spec.len()];
+        Self { spec, values }
+    }
+
+    pub fn filled(&self) -> usize {
+        self.values.iter().filter(|v| v.is_some()).count()
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.values.iter().all(Option::is_some)
+    }
+
+    /// Cell `(i, j)`, or while it is not computed yet the coarser cell that stands in for it
+    /// (the progressive order computes those first).
+    pub fn display(&self, i: usize, j: usize) -> Option<f64> {
+        [1, 2, 4, 8].into_iter().find_map(|s| {
+            let (ci, cj) = (i - i % s, j - j % s);
+            self.values[cj * self.spec.nx + ci]
+        })
+    }
+
+    /// Finite values computed so far.
+    pub fn finite(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|v| v.is_finite())
+    }
+
+    /// The lowest computed value and its cell centre.
+    pub fn min(&self) -> Option<(f64, [f64; 2])> {
+        self.values
+            .iter()
+            .enumerate()
+            .filter_map(|(k, v)| v.filter(|v| v.is_finite()).map(|v| (k, v)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(k, v)| (v, self.spec.coord(k % self.spec.nx, k / self.spec.nx)))
+    }
+}
+
+/// The view of a plane that holds `paths`: for a slice, also its origin and at least ±1 (the
+/// range Li et al. plot); for coordinates at least ±0.5 around the paths.
+pub fn view_for(
+    plane: &Plane,
+    paths: impl Iterator<Item = [f64; 2]>,
+) -> Option<((f64, f64), (f64, f64))> {
+    let origin = (plane.kind != PlaneKind::Coordinates).then_some([0.0, 0.0]);
+    let min_half = if origin.is_some() { 1.0 } else { 0.5 };
+    fit_bounds(paths.chain(origin), min_half)
+}
+
+/// Plane bounds that hold `points` with a margin, at least `min_half` either side of their
+/// centre (so a single point still gets a view).
+pub fn fit_bounds(
+    points: impl Iterator<Item = [f64; 2]>,
+    min_half: f64,
+) -> Option<((f64, f64), (f64, f64))> {
+    let mut lo = [f64::INFINITY; 2];
+    let mut hi = [f64::NEG_INFINITY; 2];
+    for p in points.filter(|p| p[0].is_finite() && p[1].is_finite()) {
+        for d in 0..2 {
+            lo[d] = lo[d].min(p[d]);
+            hi[d] = hi[d].max(p[d]);
+        }
+    }
+    if lo[0] > hi[0] {
+        return None;
+    }
+    let axis = |d: usize| {
+        let c = (lo[d] + hi[d]) / 2.0;
+        let half = ((hi[d] - lo[d]) / 2.0 * 1.2)
+            .max(min_half)
+            .max(c.abs() * 1e-6);
+        (c - half, c + half)
+    };
+    Some((axis(0), axis(1)))
+}
+
+/// Colour of non-finite cells, apart from the ramp so an overflow never reads as "high".
+pub const NONFINITE_RGB: [u8; 3] = [230, 40, 40];
+
+/// Bands of the colour scale: contour lines appear at their edges.
+pub const BANDS: usize = 14;
+
+/// Maps loss values to `[0, 1]`, linearly or by log10 (for losses spanning decades).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ColorScale {
+    pub lo: f64,
+    pub hi: f64,
+    pub log: bool,
+    /// Values below this are drawn as this (log scale only: at most six decades are shown).
+    floor: f64,
+}
+
+impl ColorScale {
+    /// The scale for `values` (finite ones only). `log: None` picks log when the values are
+    /// non-negative and span two decades or more.
+    pub fn fit(values: impl Iterator<Item = f64>, log: Option<bool>) -> Option<Self> {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for v in values.filter(|v| v.is_finite()) {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        }
+        if lo > hi {
+            return None;
+        }
+        let can_log = lo >= 0.0 && hi > 0.0;
+        let log = can_log && log.unwrap_or(hi >= 100.0 * lo);
+        Some(Self {
+            lo,
+            hi,
+            log,
+            floor: lo.max(hi * 1e-6),
+        })
+    }
+
+    fn f(&self, v: f64) -> f64 {
+        if self.log {
+            v.max(self.floor).log10()
+        } else {
+            v
+        }
+    }
+
+    /// Position of `v` on the scale, None for a non-finite value.
+    pub fn t(&self, v: f64) -> Option<f64> {
+        if !v.is_finite() {
+            return None;
+        }
+        let (a, b) = (self.f(self.lo), self.f(self.hi));
+        Some(if b > a {
+            ((self.f(v) - a) / (b - a)).clamp(0.0, 1.0)
+        } else {
+            0.0
+        })
+    }
+
+    /// The value at position `t` (for legends).
+    pub fn value_at(&self, t: f64) -> f64 {
+        let lo = if self.log { self.floor } else { self.lo };
+        let (a, b) = (self.f(lo), self.f(self.hi));
+        let x = a + t * (b - a);
+        if self.log { 10f64.powf(x) } else { x }
+    }
+
+    /// The banded colour of `v`.
+    pub fn rgb(&self, v: f64) -> [u8; 3] {
+        match self.t(v) {
+            Some(t) => {
+                ramp(((t * BANDS as f64).floor().min(BANDS as f64 - 1.0) + 0.5) / BANDS as f64)
+            }
+            None => NONFINITE_RGB,
+        }
+    }
+}
+
+/// A perceptually ordered dark-blue → green → yellow ramp (viridis' anchor colours), `t` in
+/// `[0, 1]`.
+pub fn ramp(t: f64) -> [u8; 3] {
+    const ANCHORS: [[f64; 3]; 6] = [
+        [68.0, 1.0, 84.0],
+        [65.0, 68.0, 135.0],
+        [42.0, 120.0, 142.0],
+        [34.0, 168.0, 132.0],
+        [122.0, 209.0, 81.0],
+        [253.0, 231.0, 37.0],
+    ];
+    let x = t.clamp(0.0, 1.0) * (ANCHORS.len() - 1) as f64;
+    let k = (x.floor() as usize).min(ANCHORS.len() - 2);
+    let f = x - k as f64;
+    let c = |d: usize| (ANCHORS[k][d] + f * (ANCHORS[k + 1][d] - ANCHORS[k][d])).round() as u8;
+    [c(0), c(1), c(2)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shapes(dims: &[&[usize]]) -> Vec<ParamShape> {
+        dims.iter()
+            .enumerate()
+            .map(|(i, d)| ParamShape {
+                name: format!("p{i}"),
+                dims: d.to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn filter_normalized_filters_have_the_weights_norms() {
+        let params = shapes(&[&[3, 2], &[2], &[]]);
+        let weights = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 0.0, -7.0];
+        let direction = [0.5, -1.0, 2.0, 0.25, -3.0, 1.5, 9.0, 9.0, 0.1];
+        let d = filter_normalized(&direction, &weights, &params);
+        // W is 3x2: its filters are the two columns (elements 0,2,4 and 1,3,5).
+        let col = |v: &[f64], c: usize| (0..3).map(|r| v[r * 2 + c].powi(2)).sum::<f64>().sqrt();
+        assert!((col(&d, 0) - col(&weights, 0)).abs() < 1e-12);
+        assert!((col(&d, 1) - col(&weights, 1)).abs() < 1e-12);
+        // Directions within a filter keep their proportions.
+        assert!((d[0] / d[2] - direction[0] / direction[2]).abs() < 1e-12);
+        // The zero bias gets no direction; the scalar keeps its size 7.
+        assert_eq!(&d[6..8], &[0.0, 0.0]);
+        assert!((d[8].abs() - 7.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn projection_recovers_plane_coordinates() {
+        let origin = vec![1.0, -2.0, 0.5];
+        let plane = Plane::new(
+            PlaneKind::Random,
+            origin,
+            vec![1.0, 1.0, 0.0],
+            vec![0.0, 1.0, 2.0],
+            ["a".into(), "b".into()],
+        );
+        let p = plane.point(0.75, -1.5);
+        let [a, b] = plane.project(&p);
+        assert!((a - 0.75).abs() < 1e-12 && (b + 1.5).abs() < 1e-12);
+        assert!(plane.distance(&p) < 1e-12);
+    }
+
+    #[test]
+    fn update_plane_is_orthogonal_and_equal_norm() {
+        let plane = Plane::update(vec![0.0; 4], vec![3.0, 0.0, 4.0, 0.0], 7).unwrap();
+        assert!(dot(&plane.d1, &plane.d2).abs() < 1e-12);
+        assert!((dot(&plane.d2, &plane.d2).sqrt() - 5.0).abs() < 1e-12);
+        assert!(Plane::update(vec![0.0; 2], vec![0.0, 0.0], 7).is_none());
+    }
+
+    #[test]
+    fn progressive_order_covers_every_cell_once_coarse_first() {
+        let spec = GridSpec {
+            x: (0.0, 1.0),
+            y: (0.0, 1.0),
+            nx: 19,
+            ny: 13,
+        };
+        let order = spec.progressive_order();
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..19 * 13).collect::<Vec<_>>());
+        // The first cells are the stride-8 lattice: 3 columns x 2 rows.
+        assert_eq!(&order[..6], &[0, 8, 16, 8 * 19, 8 * 19 + 8, 8 * 19 + 16]);
+    }
+
+    #[test]
+    fn log_scale_for_losses_spanning_decades() {
+        let s = ColorScale::fit([0.01, 1.0, 2500.0].into_iter(), None).unwrap();
+        assert!(s.log);
+        assert!((s.t(1.0).unwrap() - (2.0 / 5.39794)).abs() < 1e-4);
+        assert_eq!(s.t(f64::NAN), None);
+        assert_eq!(s.rgb(f64::INFINITY), NONFINITE_RGB);
+        let lin = ColorScale::fit([-1.0, 3.0].into_iter(), None).unwrap();
+        assert!(!lin.log);
+        assert_eq!(lin.t(1.0), Some(0.5));
+        assert!((lin.value_at(0.25) - 0.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,165 @@
+//! Evaluating a loss over a grid of a plane, or along a line: in batches of up to 4,096 points
+//! per tensor evaluation where the loss allows it, otherwise point by point, handing results out
+//! in chunks so a caller can show progress and cancel.
+
+use std::time::{Duration, Instant};
+
+use super::{Grid, GridSpec, Plane};
+use crate::compile::{CompiledFile, Evaluator};
+use crate::diagnostic::Diagnostic;
+
+/// How a grid was evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Many points per tensor evaluation.
+    Batched,
+    /// One forward pass per point.
+    Pointwise,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Batched => "batched",
+            Mode::Pointwise => "point by point",
+        }
+    }
+}
+
+/// Receives evaluated `(index, loss)` pairs a chunk at a time; returning false stops.
+pub type Sink<'a> = dyn FnMut(&[(usize, f64)]) -> bool + 'a;
+
+/// Points per batched evaluation.
+const BATCH: usize = 4096;
+/// How often point-by-point evaluation hands results out.
+const CHUNK_EVERY: Duration = Duration::from_millis(30);
+
+/// One run definition's loss, with params of its own (so evaluating never disturbs a run).
+pub struct Surface {
+    evaluator: Evaluator,
+}
+
+impl Surface {
+    /// The loss of `compiled`'s run definition `run`, in that definition's dtype.
+    pub fn new(compiled: &CompiledFile, run: usize) -> Result<Self, Diagnostic> {
+        let evaluator = Evaluator::new(compiled, run)
+            .map_err(|e| Diagnostic::error(format!("cannot prepare the landscape: {e}")))?;
+        Ok(Self { evaluator })
+    }
+
+    /// Whether `n` points at a time evaluate in one pass.
+    pub fn mode(&self) -> Mode {
+        if self.evaluator.batched(1).is_some() {
+            Mode::Batched
+        } else {
+            Mode::Pointwise
+        }
+    }
+
+    /// The loss at each flat param point, in order, handed to `sink` in chunks of
+    /// `(index into points, loss)`. Stops early, returning Ok, when `sink` returns false.
+    pub fn eval_points(&self, points: &[Vec<f64>], sink: &mut Sink) -> Result<Mode, Diagnostic> {
+        if self.mode() == Mode::Batched {
+            for (c, chunk) in points.chunks(BATCH).enumerate() {
+                let batch = self
+                    .evaluator
+                    .batched(chunk.len())
+                    .expect("batches for one point, so for any number");
+                let losses = batch.losses(chunk)?;
+                let out: Vec<(usize, f64)> = losses
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, v)| (c * BATCH + k, v))
+                    .collect();
+                if !sink(&out) {
+                    break;
+                }
+            }
+            return Ok(Mode::Batched);
+        }
+        let mut out = Vec::new();
+        let mut since = Instant::now();
+        for (k, p) in points.iter().enumerate() {
+            self.evaluator.set_flat(p)?;
+            out.push((k, self.evaluator.loss()?));
+            if since.elapsed() >= CHUNK_EVERY {
+                if !sink(&out) {
+                    return Ok(Mode::Pointwise);
+                }
+                out.clear();
+                since = Instant::now();
+            }
+        }
+        if !out.is_empty() {
+            sink(&out);
+        }
+        Ok(Mode::Pointwise)
+    }
+
+    /// Fills `grid` over `plane` in coarse-to-fine order, handing each chunk of `(cell, loss)`
+    /// to `progress`; stops early when it returns false.
+    pub fn fill(
+        &self,
+        plane: &Plane,
+        grid: &mut Grid,
+        progress: &mut Sink,
+    ) -> Result<Mode, Diagnostic> {
+        let order = grid.spec.progressive_order();
+        let points: Vec<Vec<f64>> = order
+            .iter()
+            .map(|&k| {
+                let [a, b] = grid.spec.coord(k % grid.spec.nx, k / grid.spec.nx);
+                plane.point(a, b)
+            })
+            .collect();
+        self.eval_points(&points, &mut |chunk| {
+            let cells: Vec<(usize, f64)> = chunk.iter().map(|&(i, v)| (order[i], v)).collect();
+            for &(k, v) in &cells {
+                grid.values[k] = Some(v);
+            }
+            progress(&cells)
+        })
+    }
+
+    /// The whole grid at once.
+    pub fn grid(&self, plane: &Plane, spec: GridSpec) -> Result<(Grid, Mode), Diagnostic> {
+        let mut grid = Grid::new(spec);
+        let mode = self.fill(plane, &mut grid, &mut |_| true)?;
+        Ok((grid, mode))
+    }
+
+    /// The loss at `origin + s * direction` for each `s`.
+    pub fn line(
+        &self,
+        origin: &[f64],
+        direction: &[f64],
+        s: &[f64],
+    ) -> Result<Vec<f64>, Diagnostic> {
+        let points: Vec<Vec<f64>> = s
+            .iter()
+            .map(|s| {
+                origin
+                    .iter()
+                    .zip(direction)
+                    .map(|(o, d)| o + s * d)
+                    .collect()
+            })
+            .collect();
+        let mut out = vec![f64::NAN; s.len()];
+        self.eval_points(&points, &mut |chunk| {
+            for &(k, v) in chunk {
+                out[k] = v;
+            }
+            true
+        })?;
+        Ok(out)
+    }
+}
+
+/// Learning-rate multiples a 1-D slice along the next update is evaluated at: 0 (staying put),
+/// then 1/16 to 16 in eighth-octave steps.
+pub fn lr_multiples() -> Vec<f64> {
+    std::iter::once(0.0)
+        .chain((-32..=32).map(|k| 2f64.powf(f64::from(k) / 8.0)))
+        .collect()
+}
