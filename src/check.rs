@@ -302,6 +302,27 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A number to three significant digits, for legends and axes where space is short.
+pub fn fmt_short(v: f64) -> String {
+    if !v.is_finite() {
+        return describe(v).to_string();
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.2e}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
 fn run_json(run: &RunReport) -> Value {
     let params: serde_json::Map<String, Value> = run
         .params

@@ -45,6 +45,10 @@ pub enum Command {
     },
     /// Step one or more runs of a loss file headless and report them.
     Run(crate::runner::RunArgs),
+    /// Step runs, then draw their loss landscape with the paths in the terminal.
+    Landscape(crate::pictures::LandscapeArgs),
+    /// Step runs, then write their curves (and landscape, for two-param losses) to an SVG or PNG.
+    Plot(crate::pictures::PlotArgs),
     /// Autograd against central finite differences in f64, per param (every variant by default).
     Gradcheck(crate::runner::PointArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).

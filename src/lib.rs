@@ -7,8 +7,11 @@ pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
+pub mod landscape;
 pub mod lang;
 pub mod optim;
+pub mod pictures;
+pub mod plot;
 pub mod run;
 pub mod runner;
 pub mod tui;
@@ -28,6 +31,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Run(args)) => {
             drop(out);
             return Ok(exit(runner::run_command(&args, color)?));
+        }
+        Some(Command::Landscape(args)) => pictures::landscape_command(&args, color, &mut out)?,
+        Some(Command::Plot(args)) => {
+            drop(out);
+            return Ok(exit(pictures::plot_command(&args, color)?));
         }
         Some(Command::Gradcheck(args)) => runner::gradcheck_command(&args, color, &mut out)?,
         Some(Command::Curvature(args)) => runner::curvature_command(&args, color, &mut out)?,

@@ -22,9 +22,9 @@ pub enum Format {
     Jsonl,
 }
 
-/// Everything `gradscope run` takes.
+/// Which runs to step and how: shared by `run`, `landscape` and `plot`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+pub struct RunOptions {
     /// The loss file.
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
@@ -48,6 +48,13 @@ pub struct RunArgs {
     /// Where gradients come from: autograd, or fd (central finite differences).
     #[arg(long)]
     pub grad: Option<String>,
+}
+
+/// Everything `gradscope run` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub run: RunOptions,
     /// Log every K-th step (default: every step for csv/jsonl, a tenth of the run for table).
     #[arg(long)]
     pub every: Option<u64>,
@@ -123,7 +130,7 @@ fn select(
 }
 
 /// The runs `args` asks for, each with its config, ready to step.
-pub fn build_runs(args: &RunArgs, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
+pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
     let selected = select(
         compiled,
         args.variant.as_deref(),
@@ -375,21 +382,33 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
     out
 }
 
-/// `gradscope run`: returns false when a file error or a halted run should fail the command.
-pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
-    let (mut compiled, warnings) = match load_compiled(&args.file) {
+/// The runs `options` asks for, with the file's warnings printed to stderr; None (after printing
+/// them) when the file has errors.
+pub fn load_runs(
+    options: &RunOptions,
+    color: bool,
+) -> anyhow::Result<Option<(CompiledFile, Vec<Run>)>> {
+    let (mut compiled, warnings) = match load_compiled(&options.file) {
         Ok(c) => c,
         Err(diags) => {
             for d in &diags {
                 eprint!("{}", d.render(color));
             }
-            return Ok(false);
+            return Ok(None);
         }
     };
     for d in &warnings {
         eprint!("{}", d.render(color));
     }
-    let mut runs = build_runs(args, &mut compiled).map_err(anyhow::Error::msg)?;
+    let runs = build_runs(options, &mut compiled).map_err(anyhow::Error::msg)?;
+    Ok(Some((compiled, runs)))
+}
+
+/// `gradscope run`: returns false when a file error or a halted run should fail the command.
+pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
+    let Some((_, mut runs)) = load_runs(&args.run, color)? else {
+        return Ok(false);
+    };
     let mut out: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),

@@ -639,7 +639,7 @@ fn t_cycles_tabs_and_shift_t_goes_back() {
     let (mut app, _rx) = open(ROSENBROCK);
     assert_eq!(app.tab, Tab::Loss);
     let mut seen = vec![app.tab];
-    for _ in 0..4 {
+    for _ in 0..5 {
         typed(&mut app, "t");
         seen.push(app.tab);
     }
@@ -650,11 +650,12 @@ fn t_cycles_tabs_and_shift_t_goes_back() {
             Tab::GradNorm,
             Tab::LrRatio,
             Tab::Params,
+            Tab::Landscape,
             Tab::Loss
         ]
     );
     typed(&mut app, "T");
-    assert_eq!(app.tab, Tab::Params);
+    assert_eq!(app.tab, Tab::Landscape);
 }
 
 #[test]

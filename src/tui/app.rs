@@ -13,14 +13,18 @@ use crossterm::event::{
 use ratatui::layout::{Position, Rect};
 use ratatui::style::Color;
 
+use super::landscape_view::LandscapeView;
 use super::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
 use crate::check::{FileReport, check_file, discover};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
 use crate::diagnostic::Diagnostic;
+use crate::landscape::PlaneKind;
+use crate::landscape::service::Report;
 use crate::lang::file::DType;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::history::{History, StepRecord, flags};
+use crate::run::trajectory::Decimated;
 
 /// Everything that can happen to the app.
 #[derive(Debug)]
@@ -29,6 +33,10 @@ pub enum Msg {
     Mouse(MouseEvent),
     /// An event from the worker of session `u64`.
     Worker(u64, Event),
+    /// A report from the landscape service of session `u64`.
+    Landscape(u64, Report),
+    /// Once a frame: time for requests that depend on what is on screen.
+    Tick,
     /// A file under the watched directory changed, appeared or disappeared.
     FileChanged(PathBuf),
     Resize(u16, u16),
@@ -55,10 +63,17 @@ pub enum Tab {
     GradNorm,
     LrRatio,
     Params,
+    Landscape,
 }
 
 impl Tab {
-    pub const ALL: [Tab; 4] = [Tab::Loss, Tab::GradNorm, Tab::LrRatio, Tab::Params];
+    pub const ALL: [Tab; 5] = [
+        Tab::Loss,
+        Tab::GradNorm,
+        Tab::LrRatio,
+        Tab::Params,
+        Tab::Landscape,
+    ];
 
     pub fn title(self) -> &'static str {
         match self {
@@ -66,6 +81,7 @@ impl Tab {
             Tab::GradNorm => "Gradient norm",
             Tab::LrRatio => "LR & update/param",
             Tab::Params => "Parameter norms",
+            Tab::Landscape => "Landscape",
         }
     }
 }
@@ -105,7 +121,12 @@ pub struct RunView {
     pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
+    /// Its path on the landscape plane: `(step, plane coordinates)`.
+    pub path: Decimated<[f64; 2]>,
 }
+
+/// Path points a run view keeps (beyond that, every other one is dropped).
+const PATH_POINTS: usize = 16384;
 
 impl RunView {
     pub fn steps(&self) -> usize {
@@ -138,6 +159,9 @@ pub struct Session {
     pub playing: bool,
     pub warnings: Vec<Warning>,
     pub failed: Option<String>,
+    pub landscape: LandscapeView,
+    /// Param values in all (2 means the landscape is over the params' own coordinates).
+    pub dims: usize,
     commands: Sender<Command>,
     handle: Option<JoinHandle<()>>,
     colors_used: usize,
@@ -212,6 +236,14 @@ pub struct FileEntry {
 impl FileEntry {
     pub fn broken(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    /// The file name without `.toml`, for the names of files written from it.
+    fn stem(&self) -> String {
+        self.path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "runs".into())
     }
 }
 
@@ -411,6 +443,21 @@ impl App {
                 self.worker_event(id, e);
                 None
             }
+            Msg::Landscape(id, r) => {
+                if let Some(s) = self
+                    .files
+                    .iter_mut()
+                    .filter_map(|f| f.session.as_mut())
+                    .find(|s| s.id == id)
+                {
+                    s.landscape.on_report(r);
+                }
+                None
+            }
+            Msg::Tick => {
+                self.sync_landscape();
+                None
+            }
             Msg::FileChanged(p) => {
                 self.reload(&p);
                 None
@@ -449,6 +496,7 @@ impl App {
                     gradcheck: None,
                     curvature: None,
                     streams: Vec::new(),
+                    path: Decimated::new(PATH_POINTS),
                 });
             }
             Event::Removed(rid) => {
@@ -529,8 +577,35 @@ impl App {
                     r.curvature = Some((step, c));
                 }
             }
+            Event::Plane(p) => s.landscape.on_plane(p),
+            Event::Path {
+                run,
+                points,
+                replace,
+            } => {
+                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == run) {
+                    if replace {
+                        r.path = Decimated::new(PATH_POINTS);
+                    }
+                    for (k, p) in points {
+                        r.path.push(k, p);
+                    }
+                }
+            }
+            Event::NextUpdate {
+                run,
+                step,
+                loss,
+                origin,
+                direction,
+            } => s
+                .landscape
+                .on_next_update(run, step, loss, origin, direction),
             Event::Playing(p) => s.playing = p,
-            Event::Failed(why) => s.failed = Some(why),
+            Event::Failed(why) => {
+                s.landscape.error = Some(why.clone());
+                s.failed = Some(why);
+            }
             Event::Pong(_) => {}
         }
     }
@@ -637,6 +712,9 @@ impl App {
         }
         let count = self.count.take();
         self.message = None;
+        if self.tab == Tab::Landscape && self.landscape_key(k.code) {
+            return None;
+        }
         match k.code {
             KeyCode::Char('q') => return Some(Action::Quit),
             KeyCode::Char('?') => self.show_help = true,
@@ -690,6 +768,7 @@ impl App {
             KeyCode::Char('v') => self.per_param = !self.per_param,
             KeyCode::Char('e') => return self.file().map(|f| Action::Edit(f.path.clone())),
             KeyCode::Char('w') => self.write_runs(),
+            KeyCode::Char('p') => self.write_pictures(),
             KeyCode::Tab => {
                 self.focus = match self.focus {
                     Focus::Losses => Focus::Runs,
@@ -717,6 +796,74 @@ impl App {
             _ => {}
         }
         None
+    }
+
+    /// Keys of the Landscape tab; false for keys it leaves to the rest of the app.
+    fn landscape_key(&mut self, code: KeyCode) -> bool {
+        let Some(s) = self.session_mut() else {
+            return false;
+        };
+        let l = &mut s.landscape;
+        match code {
+            KeyCode::Char('z') => l.zoom(0.5),
+            KeyCode::Char('Z') => l.zoom(2.0),
+            KeyCode::Char('H') => l.pan(-0.25, 0.0),
+            KeyCode::Char('L') => l.pan(0.25, 0.0),
+            KeyCode::Char('J') => l.pan(0.0, -0.25),
+            KeyCode::Char('K') => l.pan(0.0, 0.25),
+            KeyCode::Char('f') => {
+                if let Some(plane) = l.plane.clone() {
+                    l.fit(&s.runs, &plane);
+                }
+            }
+            KeyCode::Char('l') => {
+                let shown = l
+                    .grid
+                    .as_ref()
+                    .and_then(|g| crate::landscape::ColorScale::fit(g.finite(), l.log))
+                    .is_some_and(|c| c.log);
+                l.log = Some(!shown);
+            }
+            KeyCode::Char('c') | KeyCode::Char('m') => {
+                let Some(run) = s.selected_run().map(|r| r.info.id) else {
+                    return true;
+                };
+                let kind = match (code, s.landscape.kind) {
+                    (KeyCode::Char('m'), PlaneKind::Random) => PlaneKind::Update,
+                    (KeyCode::Char('m'), _) => PlaneKind::Random,
+                    (_, kind) => kind,
+                };
+                if s.dims <= 2 {
+                    self.message = Some(
+                        "this loss has two params: the landscape is over their own values".into(),
+                    );
+                    return true;
+                }
+                let commands = s.commands.clone();
+                s.landscape
+                    .new_plane(kind, run, &move |c| drop(commands.send(c)));
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Asks the selected file's landscape for what the Landscape tab shows, when it is shown.
+    fn sync_landscape(&mut self) {
+        if self.tab != Tab::Landscape {
+            return;
+        }
+        let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let (scene, _) = super::ui::landscape_layout(areas.chart);
+        let map = super::landscape::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
+        let Some(s) = self.session_mut() else {
+            return;
+        };
+        let commands = s.commands.clone();
+        let selected = s.runs.get(s.selected);
+        s.landscape.sync(&s.runs, selected, s.dims, map, &move |c| {
+            drop(commands.send(c))
+        });
     }
 
     fn popup_key(&mut self, k: KeyEvent) {
@@ -885,11 +1032,7 @@ impl App {
             self.message = Some("nothing to write: this file has no runs".into());
             return;
         };
-        let stem = f
-            .path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "runs".into());
+        let stem = f.stem();
         let names: Vec<String> = f
             .compiled
             .as_ref()
@@ -920,8 +1063,74 @@ impl App {
     }
 }
 
+impl App {
+    /// `p`: the selected loss's curves, and its landscape once one is computed, to
+    /// gradscope-STEM.svg and .png in the working directory.
+    fn write_pictures(&mut self) {
+        let Some(f) = self.file() else {
+            return;
+        };
+        let Some(s) = f.session.as_ref() else {
+            self.message = Some("nothing to draw: this file has no runs".into());
+            return;
+        };
+        let l = &s.landscape;
+        let landscape = l
+            .grid
+            .as_ref()
+            .filter(|g| g.is_complete())
+            .zip(l.plane.as_ref())
+            .and_then(|(grid, plane)| {
+                Some(crate::plot::PlotLandscape {
+                    scale: crate::landscape::ColorScale::fit(grid.finite(), l.log)?,
+                    labels: plane.labels.clone(),
+                    grid: grid.clone(),
+                })
+            });
+        let data = crate::plot::PlotData {
+            title: f.name.clone(),
+            runs: s
+                .runs
+                .iter()
+                .map(|r| {
+                    let path = if landscape.is_some() {
+                        r.path.iter().map(|(_, p)| *p).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    crate::pictures::plot_run(&r.info.name, r.color, &r.history, path)
+                })
+                .collect(),
+            landscape,
+        };
+        let stem = f.stem();
+        let written: Result<Vec<String>, String> = ["svg", "png"]
+            .iter()
+            .map(|ext| {
+                let path = PathBuf::from(format!("gradscope-{stem}.{ext}"));
+                crate::plot::save(&data, &path)
+                    .map(|()| path.display().to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+        self.message = Some(match written {
+            Ok(paths) => format!("wrote {}", paths.join(" and ")),
+            Err(e) => format!("could not write the pictures: {e}"),
+        });
+    }
+}
+
 fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg>) -> Session {
     let (tx, rx) = channel();
+    let reports = events.clone();
+    let landscape = LandscapeView::new(
+        name,
+        compiled.clone(),
+        Box::new(move |r| {
+            let _ = reports.send(Msg::Landscape(id, r));
+        }),
+    );
+    let dims = compiled.params.iter().map(|p| p.value.elem_count()).sum();
     let emit: worker::Emit = Box::new(move |e| {
         let _ = events.send(Msg::Worker(id, e));
     });
@@ -936,6 +1145,8 @@ fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg
         playing: false,
         warnings: Vec::new(),
         failed,
+        landscape,
+        dims,
         commands: tx,
         handle,
         colors_used: 0,

@@ -5,6 +5,8 @@
 pub mod app;
 pub mod bench;
 pub mod chart;
+pub mod landscape;
+pub mod landscape_view;
 pub mod pyramid;
 pub mod ui;
 pub mod worker;
@@ -102,6 +104,7 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
             return Ok(());
         }
         drain(&mut app, &rx, &mut changed, &root);
+        app.update(Msg::Tick);
     }
 }
 

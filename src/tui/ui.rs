@@ -250,7 +250,7 @@ fn render_centre(f: &mut Frame, app: &App, area: Rect) {
         let diag_area = if file.session.is_some() {
             let [d, rest] =
                 Layout::vertical([Constraint::Percentage(50), Constraint::Min(3)]).areas(area);
-            render_chart(f, app, file, rest);
+            render_tab(f, app, file, rest);
             d
         } else {
             area
@@ -258,7 +258,211 @@ fn render_centre(f: &mut Frame, app: &App, area: Rect) {
         render_diagnostics(f, file, diag_area);
         return;
     }
-    render_chart(f, app, file, area);
+    render_tab(f, app, file, area);
+}
+
+fn render_tab(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
+    match app.tab {
+        Tab::Landscape => render_landscape(f, app, file, area),
+        _ => render_chart(f, app, file, area),
+    }
+}
+
+/// The Landscape tab's inside: the map and, when there is room, the learning-rate slice.
+pub fn landscape_layout(chart: Rect) -> (Rect, Option<Rect>) {
+    let inner = Block::bordered().inner(chart);
+    if inner.height >= 22 {
+        let [scene, slice] =
+            Layout::vertical([Constraint::Min(10), Constraint::Length(9)]).areas(inner);
+        (scene, Some(slice))
+    } else {
+        (inner, None)
+    }
+}
+
+fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
+    let focused = app.focus == Focus::Charts;
+    let Some(s) = file.session.as_ref() else {
+        f.render_widget(
+            Paragraph::new("no runs").block(panel("Landscape", focused)),
+            area,
+        );
+        return;
+    };
+    let l = &s.landscape;
+    let selected = s.selected_run();
+    let title = match (&l.plane, selected) {
+        (Some(p), Some(r)) => format!(
+            "Landscape: {} · loss of {} ({})",
+            p.kind.describe(),
+            r.info.name,
+            r.info.dtype.name()
+        ),
+        _ => "Landscape".to_string(),
+    };
+    f.render_widget(panel(&title, focused), area);
+    let (scene_area, slice_area) = landscape_layout(area);
+    let Some(plane) = &l.plane else {
+        let text = match &l.error {
+            Some(e) => e.clone(),
+            None => "choosing a plane through the selected run…".into(),
+        };
+        f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), scene_area);
+        return;
+    };
+    let Some(view) = l.view else {
+        f.render_widget(Paragraph::new("waiting for the runs' paths…"), scene_area);
+        return;
+    };
+    let status = match (&l.grid, l.mode, l.elapsed) {
+        (Some(g), Some(m), Some(t)) => format!(
+            "{}x{} {} in {}",
+            g.spec.nx,
+            g.spec.ny,
+            m.name(),
+            fmt_duration(t)
+        ),
+        (Some(g), _, None) => format!("computing {}/{}", g.filled(), g.spec.len()),
+        _ => "computing…".into(),
+    };
+    let scene = super::landscape::Scene {
+        grid: l.grid.as_ref(),
+        view,
+        labels: [&plane.labels[0], &plane.labels[1]],
+        log: l.log,
+        paths: s
+            .runs
+            .iter()
+            .map(|r| super::landscape::ScenePath {
+                name: r.info.name.clone(),
+                color: r.color,
+                points: r.path.iter().map(|(_, p)| *p).collect(),
+            })
+            .collect(),
+        best: l.best(&s.runs),
+        status,
+    };
+    scene.render(
+        scene_area,
+        f.buffer_mut(),
+        super::landscape::Glyphs::HalfBlock,
+    );
+    if let (Some(area), Some(r)) = (slice_area, selected) {
+        render_slice(
+            f,
+            l.slice.as_ref().filter(|sl| sl.run == r.info.id),
+            r,
+            area,
+        );
+    }
+}
+
+fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1e3)
+    } else if ms < 1e4 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1e3)
+    }
+}
+
+/// Loss against the learning-rate multiple of the selected run's next step: where a larger or
+/// smaller lr would land.
+fn render_slice(
+    f: &mut Frame,
+    slice: Option<&super::landscape_view::LrSlice>,
+    run: &RunView,
+    area: Rect,
+) {
+    let block = Block::new()
+        .borders(Borders::TOP)
+        .border_style(Style::new().fg(Color::DarkGray));
+    let Some(sl) = slice else {
+        let text = if run.halted.is_some() {
+            "the run halted: no next step"
+        } else {
+            "evaluating the next step at other learning rates…"
+        };
+        f.render_widget(Paragraph::new(text).block(block.title("Next step")), area);
+        return;
+    };
+    // s = 0 is the current loss; the rest are lr multiples on a log2 axis.
+    let now = sl.loss.first().copied().unwrap_or(f64::NAN);
+    let points: Vec<(f64, f64)> =
+        sl.s.iter()
+            .zip(&sl.loss)
+            .skip(1)
+            .filter(|(_, l)| l.is_finite())
+            .map(|(s, l)| (s.log2(), *l))
+            .collect();
+    let best = points.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
+    let at_one = sl.s.iter().position(|&s| s == 1.0).map(|k| sl.loss[k]);
+    let title = format!(
+        "Next step of {} at lr × s: now {}, s=1 → {}{}",
+        run.info.name,
+        fmt_num(now),
+        at_one.map_or("-".into(), fmt_num),
+        best.map_or(String::new(), |(x, l)| format!(
+            ", best s={} → {}",
+            crate::check::fmt_short(2f64.powf(x)),
+            fmt_num(l)
+        )),
+    );
+    // Losses far above the current one (a lr 16x too large) would flatten the rest.
+    let [y0, hi] = chart::bounds(points.iter().map(|p| p.1).chain([now]));
+    let y1 = if now.is_finite() {
+        hi.min(now + 2.0 * (now - y0).max(now.abs() * 0.05 + 1e-12))
+    } else {
+        hi
+    };
+    let nonfinite: Vec<(f64, f64)> =
+        sl.s.iter()
+            .zip(&sl.loss)
+            .skip(1)
+            .filter(|(_, l)| !l.is_finite())
+            .map(|(s, _)| (s.log2(), y1))
+            .collect();
+    let now_line = [(-4.0, now), (4.0, now)];
+    let unit = [(0.0, y0), (0.0, y1)];
+    let datasets = vec![
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::DarkGray))
+            .data(&now_line),
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::DarkGray))
+            .data(&unit),
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(run.color))
+            .data(&points),
+        Dataset::default()
+            .marker(Marker::Block)
+            .graph_type(GraphType::Scatter)
+            .style(Style::new().fg(Color::Red))
+            .data(&nonfinite),
+    ];
+    let chart = Chart::new(datasets)
+        .block(block.title(title))
+        .x_axis(
+            Axis::default()
+                .bounds([-4.0, 4.0])
+                .labels(["1/16", "1/4", "1", "4", "16"].map(Line::from).to_vec()),
+        )
+        .y_axis(
+            Axis::default().bounds([y0, y1]).labels(
+                [y0, y1]
+                    .map(|v| Line::from(crate::check::fmt_short(v)))
+                    .to_vec(),
+            ),
+        );
+    f.render_widget(chart, area);
 }
 
 fn render_diagnostics(f: &mut Frame, file: &FileEntry, area: Rect) {
@@ -305,7 +509,7 @@ fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
     let names: Vec<String> = run.params.iter().map(|p| p.name.clone()).collect();
     let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("p{i}"));
     match app.tab {
-        Tab::Loss => vec![(Metric::Loss, String::new())],
+        Tab::Loss | Tab::Landscape => vec![(Metric::Loss, String::new())],
         Tab::GradNorm if app.per_param => (0..params)
             .map(|i| (Metric::ParamGradNorm(i), format!(" ∇{}", name(i))))
             .collect(),

@@ -2,6 +2,7 @@
 //! It talks to the UI only through messages: commands in, events out.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
+use crate::landscape::service::LossKey;
+use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::spec::OptimizerSpec;
 use crate::run::history::StepRecord;
@@ -41,6 +44,15 @@ pub enum Command {
     Gradcheck(RunId),
     /// The Hessian's top eigenvalue of one run at its current step.
     Curvature(RunId),
+    /// A landscape plane through run `run`'s current params (losses with more than two param
+    /// values; two-param losses always use their own coordinates).
+    Plane {
+        run: RunId,
+        kind: PlaneKind,
+        seed: u64,
+    },
+    /// The update run `run`'s next step would make, for the learning-rate slice.
+    NextUpdate(RunId),
     /// Asks for a [`Event::Pong`] once every command before it is done (tests wait on it).
     Ping(u64),
     Shutdown,
@@ -90,6 +102,23 @@ pub enum Event {
     Checked(RunId, u64, Vec<ParamCheck>),
     /// The curvature of a run at a step.
     Curvature(RunId, u64, Curvature),
+    /// The landscape plane every path is now projected onto.
+    Plane(Arc<Plane>),
+    /// A run's path on the plane: `(step, plane coordinates)`, replacing the previous path or
+    /// continuing it.
+    Path {
+        run: RunId,
+        points: Vec<(u64, [f64; 2])>,
+        replace: bool,
+    },
+    /// Where the next step of a run would go from where it is.
+    NextUpdate {
+        run: RunId,
+        step: u64,
+        loss: LossKey,
+        origin: Vec<f64>,
+        direction: Vec<f64>,
+    },
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
     Pong(u64),
 }
@@ -102,6 +131,8 @@ struct Slot {
     def: usize,
     /// Step count that manual stepping is heading for.
     target: Option<u64>,
+    /// The last step whose path point was sent.
+    path_sent: Option<u64>,
 }
 
 /// Where a worker's events go.
@@ -125,6 +156,8 @@ struct Worker {
     next_id: RunId,
     playing: bool,
     emit: Emit,
+    shapes: Vec<ParamShape>,
+    plane: Option<Arc<Plane>>,
 }
 
 /// How often a playing worker reports to the UI.
@@ -132,12 +165,19 @@ const REPORT_EVERY: Duration = Duration::from_millis(30);
 
 impl Worker {
     fn new(compiled: CompiledFile, emit: Emit) -> Self {
+        let shapes = param_shapes(&compiled);
+        let plane = Plane::coordinates(&shapes).map(Arc::new);
+        if let Some(p) = &plane {
+            emit(Event::Plane(Arc::clone(p)));
+        }
         let mut w = Self {
             compiled,
             slots: Vec::new(),
             next_id: 0,
             playing: false,
             emit,
+            shapes,
+            plane,
         };
         for def in 0..w.compiled.runs.len() {
             w.add(def, None, None);
@@ -179,14 +219,16 @@ impl Worker {
                     steps: run.config.steps,
                     grad: run.config.grad.name(),
                 }));
-                let slot = Slot {
+                let mut slot = Slot {
                     id,
                     run,
                     sent: 0,
                     def,
                     target: None,
+                    path_sent: None,
                 };
                 self.send(Event::Params(id, stats(&slot.run)));
+                self.send_path(&mut slot, true);
                 self.slots.push(slot);
             }
             Err(e) => self.send(Event::Failed(format!("cannot start run `{name}`: {e}"))),
@@ -330,6 +372,24 @@ impl Worker {
                     }
                 }
             }
+            Command::Plane { run, kind, seed } => self.new_plane(run, kind, seed),
+            Command::NextUpdate(id) => {
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+                    match s.run.next_update() {
+                        Ok(direction) => self.send(Event::NextUpdate {
+                            run: id,
+                            step: s.run.step_count(),
+                            loss: LossKey {
+                                def: s.def,
+                                dtype: s.run.dtype,
+                            },
+                            origin: s.run.flat_params(),
+                            direction,
+                        }),
+                        Err(d) => self.send(Event::Failed(d.headline())),
+                    }
+                }
+            }
             Command::Ping(n) => {
                 self.report();
                 self.send(Event::Pong(n));
@@ -353,6 +413,65 @@ impl Worker {
             self.send(Event::Truncated(id, len, self.slots[i].run.lr_scale));
             self.send(Event::Params(id, stats(&self.slots[i].run)));
         }
+        self.send_paths();
+    }
+
+    /// Projects every run's whole path onto the plane again (after a rewind or a new plane).
+    fn send_paths(&mut self) {
+        let mut slots = std::mem::take(&mut self.slots);
+        for s in &mut slots {
+            self.send_path(s, true);
+        }
+        self.slots = slots;
+    }
+
+    /// Sends a run's path points on the plane: all of them, or those not sent yet.
+    fn send_path(&self, slot: &mut Slot, replace: bool) {
+        let Some(plane) = &self.plane else {
+            return;
+        };
+        let after = if replace { None } else { slot.path_sent };
+        let points: Vec<(u64, [f64; 2])> = slot
+            .run
+            .trajectory(after)
+            .into_iter()
+            .map(|(k, p)| (k, plane.project(&p)))
+            .collect();
+        if let Some(&(k, _)) = points.last() {
+            slot.path_sent = Some(k);
+        }
+        if replace || !points.is_empty() {
+            self.send(Event::Path {
+                run: slot.id,
+                points,
+                replace,
+            });
+        }
+    }
+
+    /// A plane through run `id`'s current point; two-param losses keep their coordinates.
+    fn new_plane(&mut self, id: RunId, kind: PlaneKind, seed: u64) {
+        if self
+            .plane
+            .as_ref()
+            .is_some_and(|p| p.kind == PlaneKind::Coordinates)
+        {
+            return;
+        }
+        let Some(s) = self.slots.iter().find(|s| s.id == id) else {
+            return;
+        };
+        let plane = Plane::slice(
+            kind,
+            s.run.flat_params(),
+            s.run.recent_direction(),
+            &self.shapes,
+            seed,
+        );
+        let plane = Arc::new(plane);
+        self.plane = Some(Arc::clone(&plane));
+        self.send(Event::Plane(plane));
+        self.send_paths();
     }
 
     fn step_slot(&mut self, i: usize) {
@@ -368,7 +487,8 @@ impl Worker {
 
     /// Sends every step not yet reported, halts, and the inspector's numbers.
     fn report(&mut self) {
-        for s in &mut self.slots {
+        let mut slots = std::mem::take(&mut self.slots);
+        for s in &mut slots {
             let len = s.run.history().len();
             if s.sent < len {
                 let records: Vec<StepRecord> = (s.sent..len)
@@ -386,8 +506,10 @@ impl Worker {
                     };
                     (self.emit)(Event::Halted(s.id, h.step, reason));
                 }
+                self.send_path(s, false);
             }
         }
+        self.slots = slots;
     }
 }
 

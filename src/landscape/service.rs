@@ -1,0 +1,246 @@
+//! A named thread per loss file that evaluates landscape grids and update-direction lines, so
+//! the UI never waits for them. Jobs in, reports out; a newer grid job replaces one in progress
+//! (the view moved on), and line jobs are answered between grid chunks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::surface::{Mode, Surface, lr_multiples};
+use super::{Grid, GridSpec, Plane};
+use crate::compile::CompiledFile;
+use crate::lang::file::DType;
+
+/// Which loss a job evaluates: a run definition of the file, in a dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LossKey {
+    pub def: usize,
+    pub dtype: DType,
+}
+
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// The loss over `spec` of `plane`. Point-by-point losses get at most `max_pointwise` cells a
+    /// side (a 64x64 grid of a large model already takes tens of seconds).
+    Grid {
+        generation: u64,
+        loss: LossKey,
+        plane: Arc<Plane>,
+        spec: GridSpec,
+        max_pointwise: usize,
+    },
+    /// The loss at `origin + s * direction` for each of [`lr_multiples`]'s `s`.
+    Line {
+        tag: u64,
+        loss: LossKey,
+        origin: Vec<f64>,
+        direction: Vec<f64>,
+    },
+    Shutdown,
+}
+
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// A grid job started with this (possibly coarsened) spec.
+    GridStarted {
+        generation: u64,
+        spec: GridSpec,
+        mode: Mode,
+    },
+    /// Cells `(row-major index, loss)` of a running grid job.
+    GridCells {
+        generation: u64,
+        cells: Vec<(usize, f64)>,
+    },
+    GridDone {
+        generation: u64,
+        elapsed: Duration,
+    },
+    /// The losses of a line job at each `s`.
+    Line {
+        tag: u64,
+        s: Vec<f64>,
+        loss: Vec<f64>,
+    },
+    Failed(String),
+}
+
+pub type Emit = Box<dyn Fn(Report) + Send>;
+
+/// Starts the service for one compiled file.
+pub fn spawn(
+    name: &str,
+    compiled: CompiledFile,
+    jobs: Receiver<Job>,
+    emit: Emit,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("landscape:{name}"))
+        .spawn(move || {
+            Service {
+                compiled,
+                surfaces: HashMap::new(),
+                emit,
+            }
+            .serve(jobs)
+        })
+}
+
+struct Service {
+    compiled: CompiledFile,
+    surfaces: HashMap<LossKey, Surface>,
+    emit: Emit,
+}
+
+impl Service {
+    fn serve(mut self, jobs: Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match jobs.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            match job {
+                Job::Shutdown => return,
+                Job::Line { .. } => self.line(job),
+                Job::Grid { .. } => {
+                    // Only the newest grid matters.
+                    let mut job = job;
+                    loop {
+                        match jobs.try_recv() {
+                            Ok(Job::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                            Ok(j @ Job::Grid { .. }) => job = j,
+                            Ok(line) => self.line(line),
+                            Err(TryRecvError::Empty) => break,
+                        }
+                    }
+                    match self.grid(job, &jobs) {
+                        Ok(n) => next = n,
+                        Err(()) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn surface(&mut self, key: LossKey) -> Option<&Surface> {
+        if !self.surfaces.contains_key(&key) {
+            let mut compiled = self.compiled.clone();
+            let def = compiled.runs.get_mut(key.def)?;
+            def.dtype = key.dtype;
+            match Surface::new(&compiled, key.def) {
+                Ok(s) => {
+                    self.surfaces.insert(key, s);
+                }
+                Err(d) => {
+                    (self.emit)(Report::Failed(d.headline()));
+                    return None;
+                }
+            }
+        }
+        self.surfaces.get(&key)
+    }
+
+    fn line(&mut self, job: Job) {
+        let Job::Line { loss, .. } = &job else {
+            return;
+        };
+        let loss = *loss;
+        if self.surface(loss).is_some() {
+            answer_line(&self.surfaces[&loss], job, &self.emit);
+        }
+    }
+
+    /// Runs a grid job; returns a job that arrived meanwhile and replaces it, or Err when told to
+    /// shut down.
+    fn grid(&mut self, job: Job, jobs: &Receiver<Job>) -> Result<Option<Job>, ()> {
+        let Job::Grid {
+            generation,
+            loss,
+            plane,
+            mut spec,
+            max_pointwise,
+        } = job
+        else {
+            return Ok(None);
+        };
+        let Some(mode) = self.surface(loss).map(Surface::mode) else {
+            return Ok(None);
+        };
+        if mode == Mode::Pointwise {
+            spec.nx = spec.nx.min(max_pointwise);
+            spec.ny = spec.ny.min(max_pointwise);
+        }
+        (self.emit)(Report::GridStarted {
+            generation,
+            spec: spec.clone(),
+            mode,
+        });
+        let started = Instant::now();
+        let mut grid = Grid::new(spec);
+        let mut replaced: Result<Option<Job>, ()> = Ok(None);
+        let mut lines = Vec::new();
+        let surfaces = &self.surfaces;
+        let surface = surfaces.get(&loss).expect("made above");
+        let emit = &self.emit;
+        let result = surface.fill(&plane, &mut grid, &mut |cells| {
+            emit(Report::GridCells {
+                generation,
+                cells: cells.to_vec(),
+            });
+            loop {
+                match jobs.try_recv() {
+                    Ok(Job::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        replaced = Err(());
+                        return false;
+                    }
+                    Ok(j @ Job::Grid { .. }) => {
+                        replaced = Ok(Some(j));
+                        return false;
+                    }
+                    // A line of a loss already prepared is answered now, others after the grid.
+                    Ok(line @ Job::Line { loss, .. }) => match surfaces.get(&loss) {
+                        Some(s) => answer_line(s, line, emit),
+                        None => lines.push(line),
+                    },
+                    Err(TryRecvError::Empty) => return true,
+                }
+            }
+        });
+        let finished = matches!(replaced, Ok(None));
+        for line in lines {
+            self.line(line);
+        }
+        match result {
+            Ok(_) if finished => (self.emit)(Report::GridDone {
+                generation,
+                elapsed: started.elapsed(),
+            }),
+            Ok(_) => {}
+            Err(d) => (self.emit)(Report::Failed(d.headline())),
+        }
+        replaced
+    }
+}
+
+fn answer_line(surface: &Surface, job: Job, emit: &Emit) {
+    let Job::Line {
+        tag,
+        origin,
+        direction,
+        ..
+    } = job
+    else {
+        return;
+    };
+    let s = lr_multiples();
+    emit(match surface.line(&origin, &direction, &s) {
+        Ok(loss) => Report::Line { tag, s, loss },
+        Err(d) => Report::Failed(d.headline()),
+    });
+}

@@ -1,0 +1,352 @@
+//! `gradscope landscape` and `gradscope plot`: runs stepped headless, then drawn as a landscape
+//! in the terminal or as a picture file; and the one conversion of run histories into
+//! [`PlotData`] that the TUI's `p` key uses too.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::Color;
+
+use crate::check::fmt_num;
+use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
+use crate::landscape::surface::{Mode, Surface, lr_multiples};
+use crate::landscape::{ColorScale, Grid, GridSpec, Plane, PlaneKind, param_shapes, view_for};
+use crate::plot::{PlotData, PlotLandscape, PlotRun};
+use crate::run::Run;
+use crate::run::history::History;
+use crate::runner::{RunOptions, drive, load_runs};
+use crate::tui::app::PALETTE;
+use crate::tui::landscape::{Glyphs, Scene, ScenePath};
+
+/// The plane of a slice, for losses with more than two param values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlaneChoice {
+    /// Two random filter-normalized directions (Li et al. 2018).
+    Random,
+    /// The first run's recent update direction and a random orthogonal one.
+    Update,
+}
+
+/// Everything `gradscope landscape` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LandscapeArgs {
+    #[command(flatten)]
+    pub run: RunOptions,
+    /// Grid cells a side.
+    #[arg(long, default_value_t = 64)]
+    pub grid: usize,
+    /// The plane through the first run's final point, when the loss has more than two params.
+    #[arg(long, value_enum, default_value = "random")]
+    pub plane: PlaneChoice,
+    /// Seed of the random directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Width of the picture in characters (default: the terminal's, at most 120).
+    #[arg(long)]
+    pub width: Option<u16>,
+    /// Height of the picture in lines (default: fits the terminal, at most 40).
+    #[arg(long)]
+    pub height: Option<u16>,
+}
+
+/// Everything `gradscope plot` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlotArgs {
+    #[command(flatten)]
+    pub run: RunOptions,
+    /// The picture to write: NAME.svg or NAME.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Landscape grid cells a side (two-param losses).
+    #[arg(long, default_value_t = 64)]
+    pub grid: usize,
+}
+
+/// RGB of a run colour of the TUI's palette (xterm's values), for pictures.
+pub fn rgb(c: Color) -> [u8; 3] {
+    match c {
+        Color::Rgb(r, g, b) => [r, g, b],
+        Color::Cyan => [0, 170, 190],
+        Color::Yellow => [215, 165, 0],
+        Color::Magenta => [190, 0, 190],
+        Color::Green => [0, 160, 0],
+        Color::LightBlue => [80, 120, 255],
+        Color::LightRed => [240, 80, 80],
+        Color::LightGreen => [80, 220, 80],
+        _ => [120, 120, 120],
+    }
+}
+
+/// One run's curves and path for a picture.
+pub fn plot_run(name: &str, color: Color, history: &History, path: Vec<[f64; 2]>) -> PlotRun {
+    let cores = history.cores().iter().enumerate();
+    PlotRun {
+        name: name.to_string(),
+        rgb: rgb(color),
+        loss: cores.clone().map(|(k, c)| (k as u64, c.loss)).collect(),
+        grad_norm: cores
+            .map(|(k, c)| (k as u64, f64::from(c.grad_norm)))
+            .collect(),
+        path,
+    }
+}
+
+/// A landscape of finished runs: the plane, each run's projected path, and the grid.
+struct Landscape {
+    plane: Plane,
+    paths: Vec<Vec<[f64; 2]>>,
+    grid: Grid,
+    mode: Mode,
+    elapsed: Duration,
+}
+
+/// The landscape of `runs`' loss (the first run's definition and dtype) around their paths: over
+/// the params' own coordinates for a two-param loss, else over a slice through the first run's
+/// final point.
+fn landscape(
+    compiled: &CompiledFile,
+    runs: &[Run],
+    n: usize,
+    kind: PlaneKind,
+    seed: u64,
+) -> Result<Landscape, Diagnostic> {
+    let first = runs
+        .first()
+        .ok_or_else(|| Diagnostic::error("no runs to draw"))?;
+    let shapes = param_shapes(compiled);
+    let plane = Plane::coordinates(&shapes).unwrap_or_else(|| {
+        Plane::slice(
+            kind,
+            first.flat_params(),
+            first.recent_direction(),
+            &shapes,
+            seed,
+        )
+    });
+    let paths: Vec<Vec<[f64; 2]>> = runs
+        .iter()
+        .map(|r| {
+            r.trajectory(None)
+                .iter()
+                .map(|(_, p)| plane.project(p))
+                .collect()
+        })
+        .collect();
+    let (x, y) = view_for(&plane, paths.iter().flatten().copied())
+        .ok_or_else(|| Diagnostic::error("the runs' paths are not finite"))?;
+    let n = n.clamp(2, 1024);
+    let surface = Surface::new(&loss_of(compiled, first), first.def)?;
+    let started = Instant::now();
+    let (grid, mode) = surface.grid(&plane, GridSpec { x, y, nx: n, ny: n })?;
+    Ok(Landscape {
+        plane,
+        paths,
+        grid,
+        mode,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// `compiled` with the run definition of `run` set to the run's dtype.
+fn loss_of(compiled: &CompiledFile, run: &Run) -> CompiledFile {
+    let mut c = compiled.clone();
+    c.runs[run.def].dtype = run.dtype;
+    c
+}
+
+/// Steps every run to its end, printing the comparison table's summaries to stderr.
+fn step_all(options: &RunOptions, color: bool) -> anyhow::Result<Option<(CompiledFile, Vec<Run>)>> {
+    let Some((compiled, mut runs)) = load_runs(options, color)? else {
+        return Ok(None);
+    };
+    let mut summaries = Vec::new();
+    for run in &mut runs {
+        summaries.push(drive(run, |_, _| {}).map_err(|d| anyhow::anyhow!(d.render(false)))?);
+    }
+    eprint!("{}", crate::runner::comparison_table(&summaries));
+    Ok(Some((compiled, runs)))
+}
+
+/// `gradscope landscape`: the runs, then their landscape drawn in the terminal and where each
+/// run's next step would land at other learning rates.
+pub fn landscape_command(
+    args: &LandscapeArgs,
+    color: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let Some((compiled, runs)) = step_all(&args.run, color)? else {
+        return Ok(false);
+    };
+    let kind = match args.plane {
+        PlaneChoice::Random => PlaneKind::Random,
+        PlaneChoice::Update => PlaneKind::Update,
+    };
+    let l = match landscape(&compiled, &runs, args.grid, kind, args.seed) {
+        Ok(l) => l,
+        Err(d) => {
+            eprint!("{}", d.render(color));
+            return Ok(false);
+        }
+    };
+    let first = &runs[0];
+    writeln!(
+        out,
+        "{}: loss of `{}` ({}) over {}; {}x{} grid {} in {}",
+        compiled.file.name,
+        first.name,
+        first.dtype.name(),
+        l.plane.kind.describe(),
+        l.grid.spec.nx,
+        l.grid.spec.ny,
+        l.mode.name(),
+        fmt_elapsed(l.elapsed)
+    )?;
+    let (tw, th) = crossterm::terminal::size().unwrap_or((100, 40));
+    let terminal = std::io::stdout().is_terminal();
+    let width = args
+        .width
+        .unwrap_or(if terminal { tw.min(120) } else { 100 });
+    let height = args.height.unwrap_or(if terminal {
+        th.saturating_sub(8).clamp(12, 40)
+    } else {
+        34
+    });
+    let area = Rect::new(0, 0, width.max(30), height.max(8));
+    let mut buf = Buffer::empty(area);
+    let best = runs
+        .iter()
+        .zip(&l.paths)
+        .flat_map(|(r, path)| {
+            let points = r.trajectory(None);
+            points
+                .into_iter()
+                .zip(path.clone())
+                .filter_map(|((k, _), p)| {
+                    let loss = r.history().cores().get(k as usize)?.loss;
+                    loss.is_finite().then_some((p, loss))
+                })
+                .collect::<Vec<_>>()
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let scene = Scene {
+        grid: Some(&l.grid),
+        view: (l.grid.spec.x, l.grid.spec.y),
+        labels: [&l.plane.labels[0], &l.plane.labels[1]],
+        log: None,
+        paths: runs
+            .iter()
+            .zip(&l.paths)
+            .enumerate()
+            .map(|(i, (r, p))| ScenePath {
+                name: r.name.clone(),
+                color: PALETTE[i % PALETTE.len()],
+                points: p.clone(),
+            })
+            .collect(),
+        best,
+        status: String::new(),
+    };
+    let glyphs = if color {
+        Glyphs::HalfBlock
+    } else {
+        Glyphs::Ascii
+    };
+    scene.render(area, &mut buf, glyphs);
+    write!(out, "{}", crate::tui::landscape::ansi(&buf, color))?;
+    for run in &runs {
+        writeln!(out, "{}", next_step_line(&compiled, run))?;
+    }
+    Ok(runs.iter().all(|r| r.halted.is_none()))
+}
+
+/// Where `run`'s next step lands at a few learning-rate multiples, as one line.
+fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
+    let line = run.next_update().and_then(|d| {
+        let surface = Surface::new(&loss_of(compiled, run), run.def)?;
+        let s = lr_multiples();
+        let loss = surface.line(&run.flat_params(), &d, &s)?;
+        Ok((s, loss))
+    });
+    let (s, loss) = match line {
+        Ok(l) => l,
+        Err(d) => return format!("next step of `{}`: {}", run.name, d.headline()),
+    };
+    let at = |m: f64| {
+        s.iter()
+            .position(|&x| x == m)
+            .map_or("-".to_string(), |k| fmt_num(loss[k]))
+    };
+    let best = s
+        .iter()
+        .zip(&loss)
+        .skip(1)
+        .filter(|(_, l)| l.is_finite())
+        .min_by(|a, b| a.1.total_cmp(b.1));
+    format!(
+        "next step of `{}` (loss now {}): lr×¼ → {}, ×½ → {}, ×1 → {}, ×2 → {}, ×4 → {}{}",
+        run.name,
+        at(0.0),
+        at(0.25),
+        at(0.5),
+        at(1.0),
+        at(2.0),
+        at(4.0),
+        best.map_or(String::new(), |(m, l)| format!(
+            "; best ×{} → {}",
+            crate::check::fmt_short(*m),
+            fmt_num(*l)
+        ))
+    )
+}
+
+fn fmt_elapsed(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 1e3 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{:.2} s", ms / 1e3)
+    }
+}
+
+/// `gradscope plot`: the runs, then their curves (and landscape, for two-param losses) written
+/// to `--out`.
+pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
+    let Some((compiled, runs)) = step_all(&args.run, color)? else {
+        return Ok(false);
+    };
+    let two_params = Plane::coordinates(&param_shapes(&compiled)).is_some();
+    let l = if two_params {
+        Some(
+            landscape(&compiled, &runs, args.grid, PlaneKind::Random, 0)
+                .map_err(|d| anyhow::anyhow!(d.render(false)))?,
+        )
+    } else {
+        None
+    };
+    let data = PlotData {
+        title: compiled.file.name.clone(),
+        runs: runs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let path = l.as_ref().map(|l| l.paths[i].clone()).unwrap_or_default();
+                plot_run(&r.name, PALETTE[i % PALETTE.len()], r.history(), path)
+            })
+            .collect(),
+        landscape: l.and_then(|l| {
+            let scale = ColorScale::fit(l.grid.finite(), None)?;
+            Some(PlotLandscape {
+                scale,
+                labels: l.plane.labels.clone(),
+                grid: l.grid,
+            })
+        }),
+    };
+    crate::plot::save(&data, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(runs.iter().all(|r| r.halted.is_none()))
+}

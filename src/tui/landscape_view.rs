@@ -1,0 +1,332 @@
+//! The Landscape tab's state for one loss file: the plane from the worker, the view bounds
+//! (following the paths until the user zooms or pans), the grid being filled by the landscape
+//! service, and the learning-rate slice of the selected run. Part of the model: only
+//! `App::update` calls its mutating methods.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::app::RunView;
+use super::worker::{Command, RunId};
+use crate::compile::CompiledFile;
+use crate::landscape::service::{self, Job, LossKey, Report};
+use crate::landscape::surface::Mode;
+use crate::landscape::{Grid, GridSpec, Plane, PlaneKind, view_for};
+
+/// View bounds in plane coordinates: `((x0, x1), (y0, y1))`.
+pub type Bounds = ((f64, f64), (f64, f64));
+
+/// The loss along the next update of a run, at learning-rate multiples `s`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrSlice {
+    pub run: RunId,
+    pub step: u64,
+    pub s: Vec<f64>,
+    pub loss: Vec<f64>,
+}
+
+/// Cells a side of a grid evaluated point by point (a 64x64 grid of the MLP benchmark takes
+/// about 40 s; batched losses get one cell per half-block).
+pub const MAX_POINTWISE: usize = 64;
+/// Cells a side of a batched grid.
+const MAX_BATCHED: usize = 256;
+
+/// What a grid was requested for; a different key means a new grid.
+#[derive(Debug, Clone, PartialEq)]
+struct GridKey {
+    loss: LossKey,
+    plane: u64,
+    view: Bounds,
+    nx: usize,
+    ny: usize,
+}
+
+pub struct LandscapeView {
+    pub plane: Option<Arc<Plane>>,
+    plane_generation: u64,
+    /// The kind of plane to ask for (losses with more than two param values).
+    pub kind: PlaneKind,
+    seed: u64,
+    plane_requested: bool,
+    pub view: Option<Bounds>,
+    /// Whether the view grows to hold the paths (until the user zooms or pans).
+    pub follow: bool,
+    /// The grid shown: the latest one with any cells.
+    pub grid: Option<Grid>,
+    /// The grid being filled and its generation, shown once its first cells arrive.
+    filling: Option<(u64, Grid)>,
+    pub mode: Option<Mode>,
+    /// How long the shown grid took, once complete.
+    pub elapsed: Option<Duration>,
+    generation: u64,
+    requested: Option<GridKey>,
+    pub slice: Option<LrSlice>,
+    /// The slice asked for: its tag, run and step.
+    slice_wanted: Option<(u64, RunId, u64)>,
+    slice_tag: u64,
+    /// Log colour scale: None decides from the values.
+    pub log: Option<bool>,
+    pub error: Option<String>,
+    jobs: Sender<Job>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl LandscapeView {
+    /// Starts the landscape service for a file; its reports go to `emit`.
+    pub fn new(name: &str, compiled: CompiledFile, emit: service::Emit) -> Self {
+        let (jobs, rx) = channel();
+        let (handle, error) = match service::spawn(name, compiled, rx, emit) {
+            Ok(h) => (Some(h), None),
+            Err(e) => (
+                None,
+                Some(format!("cannot start the landscape thread: {e}")),
+            ),
+        };
+        Self {
+            plane: None,
+            plane_generation: 0,
+            kind: PlaneKind::Random,
+            seed: 0,
+            plane_requested: false,
+            view: None,
+            follow: true,
+            grid: None,
+            filling: None,
+            mode: None,
+            elapsed: None,
+            generation: 0,
+            requested: None,
+            slice: None,
+            slice_wanted: None,
+            slice_tag: 0,
+            log: None,
+            error,
+            jobs,
+            handle,
+        }
+    }
+
+    pub fn on_plane(&mut self, plane: Arc<Plane>) {
+        self.plane = Some(plane);
+        self.plane_generation += 1;
+        self.plane_requested = false;
+        self.view = None;
+        self.follow = true;
+        self.grid = None;
+        self.filling = None;
+    }
+
+    pub fn on_report(&mut self, report: Report) {
+        match report {
+            Report::GridStarted {
+                generation,
+                spec,
+                mode,
+            } if generation == self.generation => {
+                self.filling = Some((generation, Grid::new(spec)));
+                self.mode = Some(mode);
+                self.elapsed = None;
+            }
+            Report::GridCells { generation, cells } => {
+                if let Some((g, grid)) = &mut self.filling
+                    && *g == generation
+                {
+                    for (k, v) in cells {
+                        grid.values[k] = Some(v);
+                    }
+                    self.grid = Some(grid.clone());
+                }
+            }
+            Report::GridDone {
+                generation,
+                elapsed,
+            } => {
+                if self.filling.as_ref().is_some_and(|(g, _)| *g == generation) {
+                    self.grid = self.filling.take().map(|(_, g)| g);
+                    self.elapsed = Some(elapsed);
+                }
+            }
+            Report::Line { tag, s, loss } => {
+                if let Some((t, run, step)) = self.slice_wanted
+                    && t == tag
+                {
+                    self.slice = Some(LrSlice { run, step, s, loss });
+                    self.slice_wanted = None;
+                }
+            }
+            Report::Failed(why) => {
+                self.error = Some(why);
+                self.slice_wanted = None;
+            }
+            Report::GridStarted { .. } => {}
+        }
+    }
+
+    /// The worker's answer to [`Command::NextUpdate`]: evaluate the line on the service.
+    pub fn on_next_update(
+        &mut self,
+        run: RunId,
+        step: u64,
+        loss: LossKey,
+        origin: Vec<f64>,
+        direction: Vec<f64>,
+    ) {
+        self.slice_tag += 1;
+        self.slice_wanted = Some((self.slice_tag, run, step));
+        let _ = self.jobs.send(Job::Line {
+            tag: self.slice_tag,
+            loss,
+            origin,
+            direction,
+        });
+    }
+
+    /// Asks for whatever the tab needs and does not have: a plane, a grid for the current view
+    /// and size, and the selected run's learning-rate slice. Called once a frame while the tab
+    /// is shown; `map` is the size in cells of the drawing area.
+    pub fn sync(
+        &mut self,
+        runs: &[RunView],
+        selected: Option<&RunView>,
+        dims: usize,
+        map: (u16, u16),
+        send: &dyn Fn(Command),
+    ) {
+        let Some(plane) = self.plane.clone() else {
+            if dims > 2
+                && !self.plane_requested
+                && let Some(r) = selected
+            {
+                self.plane_requested = true;
+                send(Command::Plane {
+                    run: r.info.id,
+                    kind: self.kind,
+                    seed: self.seed,
+                });
+            }
+            return;
+        };
+        if self.follow {
+            let outside = |v: &Bounds| {
+                runs.iter().flat_map(|r| r.path.iter()).any(|(_, p)| {
+                    !(v.0.0..=v.0.1).contains(&p[0]) || !(v.1.0..=v.1.1).contains(&p[1])
+                })
+            };
+            if self.view.as_ref().is_none_or(outside) {
+                self.fit(runs, &plane);
+            }
+        }
+        if let (Some(view), Some(r)) = (self.view, selected) {
+            let key = GridKey {
+                loss: LossKey {
+                    def: r.info.def,
+                    dtype: r.info.dtype,
+                },
+                plane: self.plane_generation,
+                view,
+                nx: usize::from(map.0).clamp(2, MAX_BATCHED),
+                ny: (2 * usize::from(map.1)).clamp(2, MAX_BATCHED),
+            };
+            if self.requested.as_ref() != Some(&key) {
+                self.generation += 1;
+                let _ = self.jobs.send(Job::Grid {
+                    generation: self.generation,
+                    loss: key.loss,
+                    plane,
+                    spec: GridSpec {
+                        x: view.0,
+                        y: view.1,
+                        nx: key.nx,
+                        ny: key.ny,
+                    },
+                    max_pointwise: MAX_POINTWISE,
+                });
+                self.requested = Some(key);
+            }
+        }
+        if let Some(r) = selected {
+            let step = r.steps() as u64;
+            let fresh = self
+                .slice
+                .as_ref()
+                .is_some_and(|s| s.run == r.info.id && s.step == step);
+            if !fresh && self.slice_wanted.is_none() && r.halted.is_none() {
+                // Marks the request as in flight until the worker answers.
+                self.slice_wanted = Some((0, r.info.id, step));
+                send(Command::NextUpdate(r.info.id));
+            }
+        }
+    }
+
+    /// Bounds that hold every path (and the plane's origin for slices), following them again.
+    pub fn fit(&mut self, runs: &[RunView], plane: &Plane) {
+        let points = runs.iter().flat_map(|r| r.path.iter().map(|(_, p)| *p));
+        if let Some(v) = view_for(plane, points) {
+            self.view = Some(v);
+        }
+        self.follow = true;
+    }
+
+    /// Zooms by `factor` (below 1: in) around the view's centre.
+    pub fn zoom(&mut self, factor: f64) {
+        if let Some(((x0, x1), (y0, y1))) = self.view {
+            let scale = |a: f64, b: f64| {
+                let (c, h) = ((a + b) / 2.0, (b - a) / 2.0 * factor);
+                (c - h, c + h)
+            };
+            self.view = Some((scale(x0, x1), scale(y0, y1)));
+            self.follow = false;
+        }
+    }
+
+    /// Moves the view by fractions of its width and height.
+    pub fn pan(&mut self, fx: f64, fy: f64) {
+        if let Some(((x0, x1), (y0, y1))) = self.view {
+            let (dx, dy) = ((x1 - x0) * fx, (y1 - y0) * fy);
+            self.view = Some(((x0 + dx, x1 + dx), (y0 + dy, y1 + dy)));
+            self.follow = false;
+        }
+    }
+
+    /// A new plane of `kind` through the selected run (a new random direction each time).
+    pub fn new_plane(&mut self, kind: PlaneKind, run: RunId, send: &dyn Fn(Command)) {
+        if self
+            .plane
+            .as_ref()
+            .is_some_and(|p| p.kind == PlaneKind::Coordinates)
+        {
+            return;
+        }
+        self.kind = kind;
+        self.seed += 1;
+        self.plane_requested = true;
+        send(Command::Plane {
+            run,
+            kind,
+            seed: self.seed,
+        });
+    }
+
+    /// The lowest loss on any path point that has one, and where.
+    pub fn best(&self, runs: &[RunView]) -> Option<([f64; 2], f64)> {
+        runs.iter()
+            .flat_map(|r| {
+                r.path.iter().filter_map(|&(k, p)| {
+                    let loss = r.history.cores().get(k as usize)?.loss;
+                    loss.is_finite().then_some((p, loss))
+                })
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+impl Drop for LandscapeView {
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Job::Shutdown);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
