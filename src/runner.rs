@@ -779,22 +779,45 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             peak_rss_mb()
         )?;
     }
-    writeln!(out, "\nwhile the TUI draws a 200x60 frame every 33 ms:")?;
+    use crate::tui::app::Tab;
+    writeln!(
+        out,
+        "\nwhile the TUI draws a 200x60 frame every 33 ms (Loss tab / Landscape tab):"
+    )?;
     for f in crate::check::discover(&[dir.to_path_buf()]).0 {
         let name = f
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match crate::tui::bench::steps_per_s(&f) {
-            Ok(r) => writeln!(out, "{name:<20} {r:>12.1} steps/s")?,
-            Err(e) => writeln!(out, "{name:<20} failed: {e}")?,
+        let rates = [Tab::Loss, Tab::Landscape]
+            .map(|tab| crate::tui::bench::steps_per_s(&f, tab).map(|r| format!("{r:.1}")));
+        match rates {
+            [Ok(a), Ok(b)] => writeln!(out, "{name:<20} {a:>12} / {b} steps/s")?,
+            [Err(e), _] | [_, Err(e)] => writeln!(out, "{name:<20} failed: {e}")?,
         }
     }
     let rosen = Path::new("losses/rosenbrock.toml");
     if rosen.exists() {
         for points in [100_000, 1_000_000] {
-            let ms = crate::tui::bench::frame_ms(rosen, points, 200, 60)?;
-            writeln!(out, "frame 200x60, 4 runs x {points} steps: {ms:.2} ms")?;
+            for tab in [Tab::Loss, Tab::Landscape] {
+                let ms = crate::tui::bench::frame_ms(rosen, points, 200, 60, tab)?;
+                writeln!(
+                    out,
+                    "frame 200x60, {} tab, 4 runs x {points} steps: {ms:.2} ms",
+                    tab.title()
+                )?;
+            }
+        }
+    }
+    writeln!(out, "\nlandscape grid 64x64 (median of {}):", repeat.max(1))?;
+    for f in crate::check::discover(&[dir.to_path_buf()]).0 {
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match grid_timings(&f, 64, repeat.max(1)) {
+            Ok(t) => writeln!(out, "{name:<20} {t}")?,
+            Err(e) => writeln!(out, "{name:<20} failed: {e}")?,
         }
     }
     for n_params in [2, 6] {
@@ -805,6 +828,54 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
         )?;
     }
     Ok(true)
+}
+
+/// How long an `n` x `n` landscape grid of `file`'s first run takes at its initial params: over
+/// the params' coordinates (±1 around them) or a random filter-normalized slice (±1), batched
+/// when the loss allows it (then also point by point, for comparison).
+fn grid_timings(file: &Path, n: usize, repeat: usize) -> anyhow::Result<String> {
+    use crate::landscape::surface::{Mode, Surface};
+    use crate::landscape::{GridSpec, Plane, PlaneKind, param_shapes};
+    let (compiled, _) = load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;
+    let shapes = param_shapes(&compiled);
+    let origin: Vec<f64> = compiled
+        .params
+        .iter()
+        .flat_map(|p| compile::values_f64(&p.value).unwrap_or_default())
+        .collect();
+    let plane =
+        Plane::coordinates(&shapes).unwrap_or_else(|| Plane::random(origin.clone(), &shapes, 0));
+    let (x, y) = if plane.kind == PlaneKind::Coordinates {
+        (
+            (origin[0] - 1.0, origin[0] + 1.0),
+            (origin[1] - 1.0, origin[1] + 1.0),
+        )
+    } else {
+        ((-1.0, 1.0), (-1.0, 1.0))
+    };
+    let spec = GridSpec { x, y, nx: n, ny: n };
+    let time = |surface: &Surface| -> anyhow::Result<(f64, Mode)> {
+        let mut times = Vec::new();
+        let mut mode = Mode::Pointwise;
+        for _ in 0..repeat {
+            let t = Instant::now();
+            mode = surface
+                .grid(&plane, spec.clone())
+                .map_err(|d| anyhow::anyhow!(d.headline()))?
+                .1;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((times[times.len() / 2], mode))
+    };
+    let surface = Surface::new(&compiled, 0).map_err(|d| anyhow::anyhow!(d.headline()))?;
+    let (ms, mode) = time(&surface)?;
+    let mut out = format!("{ms:>10.2} ms  {}, {}", mode.name(), plane.kind.describe());
+    if mode == Mode::Batched {
+        let (ms, _) = time(&surface.pointwise())?;
+        out.push_str(&format!(" (point by point: {ms:.2} ms)"));
+    }
+    Ok(out)
 }
 
 /// Memory a run's history holds after `steps` steps of a loss with `n_params` params.

@@ -37,6 +37,8 @@ const CHUNK_EVERY: Duration = Duration::from_millis(30);
 /// One run definition's loss, with params of its own (so evaluating never disturbs a run).
 pub struct Surface {
     evaluator: Evaluator,
+    /// Never batch (to measure what batching saves).
+    pointwise: bool,
 }
 
 impl Surface {
@@ -44,12 +46,23 @@ impl Surface {
     pub fn new(compiled: &CompiledFile, run: usize) -> Result<Self, Diagnostic> {
         let evaluator = Evaluator::new(compiled, run)
             .map_err(|e| Diagnostic::error(format!("cannot prepare the landscape: {e}")))?;
-        Ok(Self { evaluator })
+        Ok(Self {
+            evaluator,
+            pointwise: false,
+        })
+    }
+
+    /// The same loss, always evaluated point by point.
+    pub fn pointwise(self) -> Self {
+        Self {
+            pointwise: true,
+            ..self
+        }
     }
 
     /// Whether `n` points at a time evaluate in one pass.
     pub fn mode(&self) -> Mode {
-        if self.evaluator.batched(1).is_some() {
+        if !self.pointwise && self.evaluator.batched(1).is_some() {
             Mode::Batched
         } else {
             Mode::Pointwise

@@ -204,8 +204,9 @@ pub struct Run {
     pub scale: f64,
     clean_steps: u32,
     param_names: Vec<String>,
-    /// Params (flat) at the start of each kept step and now, for landscapes.
-    trajectory: Decimated<Vec<f64>>,
+    /// Params at the start of each kept step, for landscapes: the tensors the optimizer made
+    /// (immutable, so keeping them costs no copy), read out only when asked for.
+    trajectory: Decimated<Vec<Tensor>>,
 }
 
 /// Memory a run's trajectory may hold: every step of small losses, a handful of points of
@@ -250,7 +251,7 @@ impl Run {
         };
         let dim: usize = compiled.params.iter().map(|p| p.value.elem_count()).sum();
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
-        r.trajectory.push(0, r.flat_params());
+        r.trajectory.push(0, r.param_copies()?);
         r.snapshot();
         Ok(r)
     }
@@ -375,6 +376,7 @@ impl Run {
             .collect();
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
+        let mut moved_to = None;
         let apply =
             !scaler_skip && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
         if bad_step {
@@ -416,6 +418,7 @@ impl Run {
                 var.set(new).map_err(internal)?;
             }
             update_norm = sq.sqrt();
+            moved_to = Some(new);
         }
         let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         let record = StepRecord {
@@ -448,7 +451,11 @@ impl Run {
         };
         self.history.push(&record);
         if self.trajectory.wants(self.step_count()) {
-            self.trajectory.push(self.step_count(), self.flat_params());
+            let point = match moved_to {
+                Some(p) => p,
+                None => self.param_copies().map_err(internal)?,
+            };
+            self.trajectory.push(self.step_count(), point);
         }
         if self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
             self.snapshot();
@@ -516,7 +523,12 @@ impl Run {
             .filter(|(k, _)| *k * 10 <= now * 9 && *k < now)
             .last()?;
         let here = self.flat_params();
-        Some(here.iter().zip(&then.1).map(|(a, b)| a - b).collect())
+        Some(
+            here.iter()
+                .zip(flatten(&then.1))
+                .map(|(a, b)| a - b)
+                .collect(),
+        )
     }
 
     /// All current param values in one flat vector (params in order, each row-major).
@@ -524,11 +536,24 @@ impl Run {
         self.param_values().concat()
     }
 
+    /// Copies of the current params (the Vars change in place).
+    fn param_copies(&self) -> candle_core::Result<Vec<Tensor>> {
+        self.evaluator
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect()
+    }
+
     /// Where the run has been after step `after` (all of it for None): flat params at the kept
     /// steps, ending with the current ones.
     pub fn trajectory(&self, after: Option<u64>) -> Vec<(u64, Vec<f64>)> {
         let now = self.step_count();
-        let mut out: Vec<(u64, Vec<f64>)> = self.trajectory.after(after).cloned().collect();
+        let mut out: Vec<(u64, Vec<f64>)> = self
+            .trajectory
+            .after(after)
+            .map(|(k, p)| (*k, flatten(p)))
+            .collect();
         if out.last().is_none_or(|(s, _)| *s != now) && after.is_none_or(|a| a < now) {
             out.push((now, self.flat_params()));
         }
@@ -592,6 +617,14 @@ impl Run {
             .map(|v| crate::compile::values_f64(v.as_tensor()).unwrap_or_default())
             .collect()
     }
+}
+
+/// Tensors' values in one flat f64 vector.
+fn flatten(tensors: &[Tensor]) -> Vec<f64> {
+    tensors
+        .iter()
+        .flat_map(|t| crate::compile::values_f64(t).unwrap_or_default())
+        .collect()
 }
 
 fn count_nonfinite(t: &Tensor) -> (usize, usize) {

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
-use super::app::{App, Msg};
+use super::app::{App, Msg, Tab};
 use super::worker::{Command, Event};
 use crate::run::history::StepRecord;
 
-/// Median time in ms to draw a `w` x `h` frame of `file` with `points` steps in every run.
-pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16) -> anyhow::Result<f64> {
+/// Median time in ms to draw a `w` x `h` frame of `file`'s `tab` with `points` steps in every
+/// run (and as many path points, for the Landscape tab, once its grid is complete).
+pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow::Result<f64> {
     let (mut app, rx) = App::detached(file);
     app.settle(&rx);
     let session = app
@@ -34,8 +35,41 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16) -> anyhow::Result<f6
             })
             .collect();
         app.update(Msg::Worker(id, Event::Records(rid, records)));
+        // A spiral into the start point: long paths that cross many cells.
+        let path = (0..points)
+            .map(|k| {
+                let r = 1.0 / (1.0 + k as f64 * 1e-3);
+                let a = k as f64 * 1e-2;
+                (k as u64, [-1.5 + r * a.cos(), 2.0 + r * a.sin()])
+            })
+            .collect();
+        app.update(Msg::Worker(
+            id,
+            Event::Path {
+                run: rid,
+                points: path,
+                replace: true,
+            },
+        ));
     }
     app.update(Msg::Resize(w, h));
+    app.tab = tab;
+    if tab == Tab::Landscape {
+        app.update(Msg::Tick);
+        let done = |m: &Msg| {
+            matches!(
+                m,
+                Msg::Landscape(_, crate::landscape::service::Report::GridDone { .. })
+            )
+        };
+        while let Ok(m) = rx.recv_timeout(Duration::from_secs(60)) {
+            let last = done(&m);
+            app.update(m);
+            if last {
+                break;
+            }
+        }
+    }
     let mut terminal = Terminal::new(TestBackend::new(w, h))?;
     let mut times = Vec::new();
     for _ in 0..15 {
@@ -48,8 +82,9 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16) -> anyhow::Result<f6
 }
 
 /// Steps per second of the first run of `file` played to its configured end while a 200x60
-/// frame is drawn every 33 ms, as the TUI does.
-pub fn steps_per_s(file: &Path) -> anyhow::Result<f64> {
+/// frame of `tab` is drawn every 33 ms, as the TUI does (the Landscape tab also keeps its grid
+/// and learning-rate slice up to date).
+pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
     let (mut app, rx) = App::detached(file);
     app.settle(&rx);
     let id = app
@@ -57,6 +92,7 @@ pub fn steps_per_s(file: &Path) -> anyhow::Result<f64> {
         .map(|s| s.id)
         .ok_or_else(|| anyhow::anyhow!("{} has no runs", file.display()))?;
     app.update(Msg::Resize(200, 60));
+    app.tab = tab;
     let mut terminal = Terminal::new(TestBackend::new(200, 60))?;
     app.command(Command::Play);
     let started = Instant::now();
@@ -77,6 +113,7 @@ pub fn steps_per_s(file: &Path) -> anyhow::Result<f64> {
         }
         if Instant::now() >= next_frame {
             terminal.draw(|f| super::ui::render(f, &app))?;
+            app.update(Msg::Tick);
             next_frame += Duration::from_millis(33);
         }
         if started.elapsed() > Duration::from_secs(600) {

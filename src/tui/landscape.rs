@@ -111,24 +111,28 @@ impl Scene<'_> {
                 }
             }
         }
-        let to_sample = |p: [f64; 2]| -> Option<(i64, i64)> {
+        // Plane coordinates to fractional sample positions.
+        let to_sample = |p: [f64; 2]| -> Option<(f64, f64)> {
             let fx = (p[0] - x0) / (x1 - x0) * w as f64;
             let fy = (p[1] - y0) / (y1 - y0) * h as f64;
-            (fx.is_finite() && fy.is_finite()).then(|| (fx.floor() as i64, fy.floor() as i64))
+            (fx.is_finite() && fy.is_finite()).then_some((fx, fy))
         };
+        let bounds = (w as f64, h as f64);
         for (r, path) in self.paths.iter().enumerate() {
-            let mut prev: Option<(i64, i64)> = None;
+            let mut prev = None;
             for &p in &path.points {
-                let Some(cur) = to_sample(p) else {
-                    prev = None;
-                    continue;
-                };
-                for (sx, sy) in line(prev.unwrap_or(cur), cur) {
-                    if (0..w as i64).contains(&sx) && (0..h as i64).contains(&sy) {
-                        samples[sy as usize * w + sx as usize] = Some(Sample::Path(r));
+                let cur = to_sample(p);
+                if let Some(((ax, ay), (bx, by))) =
+                    prev.zip(cur).and_then(|(a, b)| clip(a, b, bounds))
+                {
+                    let cell = |x: f64, y: f64| (x.floor() as i64, y.floor() as i64);
+                    for (sx, sy) in line(cell(ax, ay), cell(bx, by)) {
+                        if (0..w as i64).contains(&sx) && (0..h as i64).contains(&sy) {
+                            samples[sy as usize * w + sx as usize] = Some(Sample::Path(r));
+                        }
                     }
                 }
-                prev = Some(cur);
+                prev = cur;
             }
         }
         for cy in 0..map.height as usize {
@@ -162,12 +166,12 @@ impl Scene<'_> {
         }
         // Markers: each run's current point, then the best point over them.
         let mut mark = |p: [f64; 2], symbol: &str, style: Style| {
-            if let Some((sx, sy)) = to_sample(p)
-                && (0..w as i64).contains(&sx)
-                && (0..h as i64).contains(&sy)
+            if let Some((fx, fy)) = to_sample(p)
+                && (0.0..w as f64).contains(&fx)
+                && (0.0..h as f64).contains(&fy)
             {
-                let cy = (h - 1 - sy as usize) / rows;
-                let cell = &mut buf[(map.x + sx as u16, map.y + cy as u16)];
+                let cy = (h - 1 - fy as usize) / rows;
+                let cell = &mut buf[(map.x + fx as u16, map.y + cy as u16)];
                 cell.set_symbol(symbol).set_style(style);
             }
         };
@@ -320,8 +324,33 @@ fn rgb(c: [u8; 3]) -> Color {
     Color::Rgb(c[0], c[1], c[2])
 }
 
-/// The sample positions of the segment from `a` to `b` (Bresenham), at most a few thousand (a
-/// path leaving the view far away is cut).
+/// The part of the segment `a`-`b` inside `[0, w] x [0, h]` (Liang-Barsky), so far-away points
+/// neither overflow nor cost anything.
+fn clip(a: (f64, f64), b: (f64, f64), (w, h): (f64, f64)) -> Option<((f64, f64), (f64, f64))> {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for (p, q) in [(-dx, a.0), (dx, w - a.0), (-dy, a.1), (dy, h - a.1)] {
+        if p == 0.0 {
+            if q < 0.0 {
+                return None;
+            }
+        } else {
+            let t = q / p;
+            if p < 0.0 {
+                t0 = t0.max(t);
+            } else {
+                t1 = t1.min(t);
+            }
+        }
+    }
+    (t0 <= t1).then_some((
+        (a.0 + t0 * dx, a.1 + t0 * dy),
+        (a.0 + t1 * dx, a.1 + t1 * dy),
+    ))
+}
+
+/// The sample positions of the segment from `a` to `b` (Bresenham); both ends are inside the
+/// map (see [`clip`]).
 fn line(a: (i64, i64), b: (i64, i64)) -> impl Iterator<Item = (i64, i64)> {
     let (dx, dy) = ((b.0 - a.0).abs(), -(b.1 - a.1).abs());
     let (sx, sy) = ((b.0 - a.0).signum(), (b.1 - a.1).signum());
@@ -348,7 +377,6 @@ fn line(a: (i64, i64), b: (i64, i64)) -> impl Iterator<Item = (i64, i64)> {
         }
         Some(out)
     })
-    .take(4096)
 }
 
 /// The buffer as text with ANSI colours (24-bit), one line per row, for `gradscope landscape`.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::app::RunView;
 use super::worker::{Command, RunId};
@@ -30,6 +30,9 @@ pub struct LrSlice {
 /// Cells a side of a grid evaluated point by point (a 64x64 grid of the MLP benchmark takes
 /// about 40 s; batched losses get one cell per half-block).
 pub const MAX_POINTWISE: usize = 64;
+/// Least time between two learning-rate slices of a running run: each costs the worker one
+/// gradient evaluation and the landscape thread a line of forward passes, CPU the runs want.
+const SLICE_EVERY: Duration = Duration::from_millis(250);
 /// Cells a side of a batched grid.
 const MAX_BATCHED: usize = 256;
 
@@ -66,6 +69,7 @@ pub struct LandscapeView {
     /// The slice asked for: its tag, run and step.
     slice_wanted: Option<(u64, RunId, u64)>,
     slice_tag: u64,
+    slice_asked: Option<Instant>,
     /// Log colour scale: None decides from the values.
     pub log: Option<bool>,
     pub error: Option<String>,
@@ -101,6 +105,7 @@ impl LandscapeView {
             slice: None,
             slice_wanted: None,
             slice_tag: 0,
+            slice_asked: None,
             log: None,
             error,
             jobs,
@@ -252,9 +257,11 @@ impl LandscapeView {
                 .slice
                 .as_ref()
                 .is_some_and(|s| s.run == r.info.id && s.step == step);
-            if !fresh && self.slice_wanted.is_none() && r.halted.is_none() {
+            let due = self.slice_asked.is_none_or(|t| t.elapsed() >= SLICE_EVERY);
+            if !fresh && due && self.slice_wanted.is_none() && r.halted.is_none() {
                 // Marks the request as in flight until the worker answers.
                 self.slice_wanted = Some((0, r.info.id, step));
+                self.slice_asked = Some(Instant::now());
                 send(Command::NextUpdate(r.info.id));
             }
         }

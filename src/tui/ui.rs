@@ -921,6 +921,11 @@ pub const KEYS: &[(&str, &str)] = &[
     ("j k  ↓ ↑", "move in lists"),
     ("e", "edit the loss file in $EDITOR, then reload"),
     ("w", "write all runs to CSV and JSONL"),
+    ("p", "save curves (and landscape) as SVG and PNG"),
+    ("z  Z", "landscape: zoom in / out"),
+    ("H J K L", "landscape: pan left / down / up / right"),
+    ("f", "landscape: fit the view to the paths again"),
+    ("c  m", "landscape: new random plane / random ⇄ update"),
     ("?", "this help"),
     ("q  ctrl-c", "quit"),
 ];
