@@ -577,7 +577,7 @@ impl App {
                     r.curvature = Some((step, c));
                 }
             }
-            Event::Plane(p) => s.landscape.on_plane(p),
+            Event::Plane(p, at) => s.landscape.on_plane(p, at),
             Event::Path {
                 run,
                 points,

@@ -142,11 +142,17 @@ impl Scene<'_> {
                 let top_row = h - 1 - cy * rows;
                 match glyphs {
                     Glyphs::HalfBlock => {
-                        let top = samples[top_row * w + cx];
-                        let bottom = samples[(top_row - 1) * w + cx];
-                        cell.set_symbol("▀")
-                            .set_fg(self.color(top))
-                            .set_bg(self.color(bottom));
+                        // A sample not computed yet stays blank (the terminal's background).
+                        let top = samples[top_row * w + cx].map(|s| self.color(s));
+                        let bottom = samples[(top_row - 1) * w + cx].map(|s| self.color(s));
+                        match (top, bottom) {
+                            (Some(t), b) => cell
+                                .set_symbol("▀")
+                                .set_fg(t)
+                                .set_bg(b.unwrap_or(Color::Reset)),
+                            (None, Some(b)) => cell.set_symbol("▄").set_fg(b).set_bg(Color::Reset),
+                            (None, None) => cell.set_symbol(" "),
+                        };
                     }
                     Glyphs::Ascii => {
                         let c = match samples[top_row * w + cx] {
@@ -198,12 +204,11 @@ impl Scene<'_> {
         }
     }
 
-    fn color(&self, s: Option<Sample>) -> Color {
+    fn color(&self, s: Sample) -> Color {
         match s {
-            None => Color::Reset,
-            Some(Sample::Band(b)) => rgb(ramp((b as f64 + 0.5) / BANDS as f64)),
-            Some(Sample::NonFinite) => rgb(NONFINITE_RGB),
-            Some(Sample::Path(r)) => self.paths[r].color,
+            Sample::Band(b) => rgb(ramp((b as f64 + 0.5) / BANDS as f64)),
+            Sample::NonFinite => rgb(NONFINITE_RGB),
+            Sample::Path(r) => self.paths[r].color,
         }
     }
 

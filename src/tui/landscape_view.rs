@@ -48,6 +48,8 @@ struct GridKey {
 
 pub struct LandscapeView {
     pub plane: Option<Arc<Plane>>,
+    /// The run and step a slice passes through.
+    plane_at: Option<(RunId, u64)>,
     plane_generation: u64,
     /// The kind of plane to ask for (losses with more than two param values).
     pub kind: PlaneKind,
@@ -90,6 +92,7 @@ impl LandscapeView {
         };
         Self {
             plane: None,
+            plane_at: None,
             plane_generation: 0,
             kind: PlaneKind::Random,
             seed: 0,
@@ -113,8 +116,10 @@ impl LandscapeView {
         }
     }
 
-    pub fn on_plane(&mut self, plane: Arc<Plane>) {
+    pub fn on_plane(&mut self, plane: Arc<Plane>, at: Option<(RunId, u64)>) {
         self.plane = Some(plane);
+        self.plane_at = at;
+        self.elapsed = None;
         self.plane_generation += 1;
         self.plane_requested = false;
         self.view = None;
@@ -199,18 +204,29 @@ impl LandscapeView {
         map: (u16, u16),
         send: &dyn Fn(Command),
     ) {
+        if let Some(r) = selected {
+            self.sync_slice(r, send);
+        }
+        // A slice goes through the selected run's current point: a new one once the last grid
+        // is complete and the run has moved on (unless the user zoomed or panned).
+        let moved = selected.is_some_and(|r| self.plane_at != Some((r.info.id, r.steps() as u64)));
+        let settled = self.elapsed.is_some() && self.follow;
+        let wanted = match &self.plane {
+            None => dims > 2,
+            Some(p) => p.kind != PlaneKind::Coordinates && moved && settled,
+        };
+        if wanted
+            && !self.plane_requested
+            && let Some(r) = selected
+        {
+            self.plane_requested = true;
+            send(Command::Plane {
+                run: r.info.id,
+                kind: self.kind,
+                seed: self.seed,
+            });
+        }
         let Some(plane) = self.plane.clone() else {
-            if dims > 2
-                && !self.plane_requested
-                && let Some(r) = selected
-            {
-                self.plane_requested = true;
-                send(Command::Plane {
-                    run: r.info.id,
-                    kind: self.kind,
-                    seed: self.seed,
-                });
-            }
             return;
         };
         if self.follow {
@@ -223,47 +239,51 @@ impl LandscapeView {
                 self.fit(runs, &plane);
             }
         }
-        if let (Some(view), Some(r)) = (self.view, selected) {
-            let key = GridKey {
-                loss: LossKey {
-                    def: r.info.def,
-                    dtype: r.info.dtype,
+        let (Some(view), Some(r)) = (self.view, selected) else {
+            return;
+        };
+        let key = GridKey {
+            loss: LossKey {
+                def: r.info.def,
+                dtype: r.info.dtype,
+            },
+            plane: self.plane_generation,
+            view,
+            nx: usize::from(map.0).clamp(2, MAX_BATCHED),
+            ny: (2 * usize::from(map.1)).clamp(2, MAX_BATCHED),
+        };
+        if self.requested.as_ref() != Some(&key) {
+            self.generation += 1;
+            let _ = self.jobs.send(Job::Grid {
+                generation: self.generation,
+                loss: key.loss,
+                plane,
+                spec: GridSpec {
+                    x: view.0,
+                    y: view.1,
+                    nx: key.nx,
+                    ny: key.ny,
                 },
-                plane: self.plane_generation,
-                view,
-                nx: usize::from(map.0).clamp(2, MAX_BATCHED),
-                ny: (2 * usize::from(map.1)).clamp(2, MAX_BATCHED),
-            };
-            if self.requested.as_ref() != Some(&key) {
-                self.generation += 1;
-                let _ = self.jobs.send(Job::Grid {
-                    generation: self.generation,
-                    loss: key.loss,
-                    plane,
-                    spec: GridSpec {
-                        x: view.0,
-                        y: view.1,
-                        nx: key.nx,
-                        ny: key.ny,
-                    },
-                    max_pointwise: MAX_POINTWISE,
-                });
-                self.requested = Some(key);
-            }
+                max_pointwise: MAX_POINTWISE,
+            });
+            self.requested = Some(key);
         }
-        if let Some(r) = selected {
-            let step = r.steps() as u64;
-            let fresh = self
-                .slice
-                .as_ref()
-                .is_some_and(|s| s.run == r.info.id && s.step == step);
-            let due = self.slice_asked.is_none_or(|t| t.elapsed() >= SLICE_EVERY);
-            if !fresh && due && self.slice_wanted.is_none() && r.halted.is_none() {
-                // Marks the request as in flight until the worker answers.
-                self.slice_wanted = Some((0, r.info.id, step));
-                self.slice_asked = Some(Instant::now());
-                send(Command::NextUpdate(r.info.id));
-            }
+    }
+
+    /// Asks for the selected run's learning-rate slice when its step has moved on (at most every
+    /// [`SLICE_EVERY`], one request in flight).
+    fn sync_slice(&mut self, r: &RunView, send: &dyn Fn(Command)) {
+        let step = r.steps() as u64;
+        let fresh = self
+            .slice
+            .as_ref()
+            .is_some_and(|s| s.run == r.info.id && s.step == step);
+        let due = self.slice_asked.is_none_or(|t| t.elapsed() >= SLICE_EVERY);
+        if !fresh && due && self.slice_wanted.is_none() && r.halted.is_none() {
+            // Marks the request as in flight until the worker answers.
+            self.slice_wanted = Some((0, r.info.id, step));
+            self.slice_asked = Some(Instant::now());
+            send(Command::NextUpdate(r.info.id));
         }
     }
 

@@ -302,9 +302,22 @@ fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     };
     f.render_widget(panel(&title, focused), area);
     let (scene_area, slice_area) = landscape_layout(area);
+    if let (Some(area), Some(r)) = (slice_area, selected) {
+        render_slice(
+            f,
+            l.slice.as_ref().filter(|sl| sl.run == r.info.id),
+            r,
+            area,
+        );
+    }
     let Some(plane) = &l.plane else {
         let text = match &l.error {
             Some(e) => e.clone(),
+            None if s.dims < 2 => {
+                "This loss has a single param value, so there is no plane to draw; the next-step \
+                 slice below shows the loss along its update."
+                    .into()
+            }
             None => "choosing a plane through the selected run…".into(),
         };
         f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), scene_area);

@@ -102,8 +102,9 @@ pub enum Event {
     Checked(RunId, u64, Vec<ParamCheck>),
     /// The curvature of a run at a step.
     Curvature(RunId, u64, Curvature),
-    /// The landscape plane every path is now projected onto.
-    Plane(Arc<Plane>),
+    /// The landscape plane every path is now projected onto, and for a slice the run and step
+    /// it passes through.
+    Plane(Arc<Plane>, Option<(RunId, u64)>),
     /// A run's path on the plane: `(step, plane coordinates)`, replacing the previous path or
     /// continuing it.
     Path {
@@ -168,7 +169,7 @@ impl Worker {
         let shapes = param_shapes(&compiled);
         let plane = Plane::coordinates(&shapes).map(Arc::new);
         if let Some(p) = &plane {
-            emit(Event::Plane(Arc::clone(p)));
+            emit(Event::Plane(Arc::clone(p), None));
         }
         let mut w = Self {
             compiled,
@@ -461,6 +462,7 @@ impl Worker {
         let Some(s) = self.slots.iter().find(|s| s.id == id) else {
             return;
         };
+        let step = s.run.step_count();
         let plane = Plane::slice(
             kind,
             s.run.flat_params(),
@@ -470,7 +472,7 @@ impl Worker {
         );
         let plane = Arc::new(plane);
         self.plane = Some(Arc::clone(&plane));
-        self.send(Event::Plane(plane));
+        self.send(Event::Plane(plane, Some((id, step))));
         self.send_paths();
     }
 
