@@ -210,7 +210,7 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
         .min_by(|a, b| a.1.loss.total_cmp(&b.1.loss));
     let first_nonfinite = cores
         .iter()
-        .position(|c| c.flags & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0)
+        .position(|c| c.flags & flags::NONFINITE != 0)
         .map(|s| s as u64);
     let final_loss = if run.halted.is_some() {
         cores.last().map_or(f64::NAN, |c| c.loss)
@@ -263,6 +263,7 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
         "lr": json_num(r.core.lr as f64), "update_norm": json_num(r.core.update_norm as f64),
         "update_ratio": json_num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
         "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
+        "nonfinite_update": r.has(flags::UPDATE_NONFINITE),
         "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
         "wall_us": r.core.wall_us, "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
     })
@@ -301,6 +302,7 @@ pub fn csv_header(names: &[String]) -> String {
         "clipped",
         "skipped",
         "nonfinite_loss",
+        "nonfinite_update",
         "nonfinite_grads",
     ]
     .into_iter()
@@ -325,6 +327,7 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
         r.has(flags::CLIPPED).to_string(),
         r.has(flags::SKIPPED).to_string(),
         r.has(flags::LOSS_NONFINITE).to_string(),
+        r.has(flags::UPDATE_NONFINITE).to_string(),
         quote(&bad.join(" ")),
     ];
     cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));

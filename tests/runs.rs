@@ -116,6 +116,80 @@ fn a_nonfinite_gradient_names_the_param_and_counts_elements() {
     );
 }
 
+/// In f16 the gradient of `b` is 1e-5 at step 0: Adam's second moment (1e-10 times 0.001)
+/// flushes to 0 and eps = 1e-8 rounds to 0 too, so m / (sqrt(v) + eps) divides by 0. The loss
+/// and gradient are finite: the update alone breaks the param.
+const ADAM_BREAKS_IN_F16: &str =
+    "name = \"f16 adam\"\ndtype = \"f16\"\nloss = \"1e-5 * b + w^2\"\n[params]\nw = 1.0\nb = 0.0\n";
+
+#[test]
+fn an_update_that_breaks_finite_params_is_caught_and_explained() {
+    let c = compiled(ADAM_BREAKS_IN_F16);
+    let mut run = Run::new(
+        &c,
+        0,
+        "stop".into(),
+        config("adam(lr=0.1)", NonFinitePolicy::Stop),
+    )
+    .unwrap();
+    let r = run.step().unwrap();
+    assert!(
+        r.has(flags::UPDATE_NONFINITE)
+            && !r.has(flags::LOSS_NONFINITE)
+            && !r.has(flags::GRAD_NONFINITE)
+    );
+    let halt = run.halted.clone().expect("halted");
+    assert_eq!(halt.step, 0);
+    assert!(
+        halt.reason
+            .contains("the adam update made `b` (1 of 1 values) non-finite"),
+        "{}",
+        halt.reason
+    );
+    assert!(
+        halt.reason.contains("eps = 1.00e-8 is 0 in f16"),
+        "{}",
+        halt.reason
+    );
+    assert!(
+        run.param_values().concat().iter().all(|v| v.is_finite()),
+        "not applied"
+    );
+
+    let mut skip = Run::new(
+        &c,
+        0,
+        "skip".into(),
+        config("adam(lr=0.1)", NonFinitePolicy::Skip),
+    )
+    .unwrap();
+    let r = skip.step().unwrap();
+    assert!(r.has(flags::SKIPPED) && r.has(flags::UPDATE_NONFINITE));
+    assert_eq!((skip.skipped, skip.halted.is_none()), (1, true));
+    assert_eq!(skip.param_values(), vec![vec![1.0], vec![0.0]]);
+
+    let mut cont = Run::new(
+        &c,
+        0,
+        "continue".into(),
+        config("adam(lr=0.1)", NonFinitePolicy::Continue),
+    )
+    .unwrap();
+    cont.step().unwrap();
+    assert!(cont.param_values()[1][0].is_infinite());
+
+    // With eps = 1e-4 (representable in f16) the same step is fine.
+    let mut fixed = Run::new(
+        &c,
+        0,
+        "eps".into(),
+        config("adam(lr=0.1, eps=1e-4)", NonFinitePolicy::Stop),
+    )
+    .unwrap();
+    let r = fixed.step().unwrap();
+    assert!(!r.has(flags::UPDATE_NONFINITE) && fixed.halted.is_none());
+}
+
 #[test]
 fn clipping_is_recorded_with_the_pre_clip_norm() {
     // grad of sum(3 w0 + 4 w1) is [3, 4]: norm 5, clipped to 1.

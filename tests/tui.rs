@@ -784,6 +784,49 @@ fn w_writes_csv_and_jsonl_of_every_run() {
 }
 
 #[test]
+fn p_saves_the_curves_and_the_landscape_as_svg_and_png() {
+    let stem = format!("tui_picture_test_{}", std::process::id());
+    let dir = Scratch::new(&stem);
+    dir.copy(ROSENBROCK, &format!("{stem}.toml"));
+    let svg = PathBuf::from(format!("gradscope-{stem}.svg"));
+    let png = PathBuf::from(format!("gradscope-{stem}.png"));
+    let _litter = Litter(vec![svg.clone(), png.clone()]);
+    let (mut app, rx) = open(dir.path());
+    app.update(Msg::Resize(160, 45));
+    typed_settled(&mut app, &rx, "40n");
+    app.tab = Tab::Landscape;
+    // Until the grid is complete (the landscape thread answers on its own channel).
+    for _ in 0..100 {
+        app.update(Msg::Tick);
+        while let Ok(m) = rx.recv_timeout(Duration::from_millis(20)) {
+            app.update(m);
+        }
+        let l = &app.session().unwrap().landscape;
+        if l.grid.as_ref().is_some_and(|g| g.is_complete()) {
+            break;
+        }
+    }
+    typed(&mut app, "p");
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("wrote {} and {}", svg.display(), png.display()).as_str())
+    );
+    let text = std::fs::read_to_string(&svg).expect("svg written");
+    let doc = roxmltree::Document::parse(&text).expect("valid SVG");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    for name in run_names(&app) {
+        assert!(texts.contains(&name.as_str()), "{name} not in the legend");
+    }
+    // The landscape's axes are the params.
+    assert!(texts.contains(&"x") && texts.contains(&"y"));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+}
+
+#[test]
 fn key_release_events_do_nothing() {
     let (mut app, rx) = open(ROSENBROCK);
     for c in ['n', 'l', 'q', '?', 't', 'o', '5'] {

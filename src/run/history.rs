@@ -7,6 +7,10 @@ pub mod flags {
     pub const SKIPPED: u8 = 2;
     pub const LOSS_NONFINITE: u8 = 4;
     pub const GRAD_NONFINITE: u8 = 8;
+    /// The optimizer's update turned finite params non-finite.
+    pub const UPDATE_NONFINITE: u8 = 16;
+    /// Any of the non-finite flags.
+    pub const NONFINITE: u8 = LOSS_NONFINITE | GRAD_NONFINITE | UPDATE_NONFINITE;
 }
 
 /// What happened at one step, without the per-param numbers.

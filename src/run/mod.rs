@@ -15,7 +15,7 @@ use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
-use crate::lang::file::SettingValue;
+use crate::lang::file::{DType, SettingValue};
 use crate::optim::schedule::{LrSchedule, Schedule, clip_norm, clip_value};
 use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue};
 use crate::optim::step::{OptimizerState, update};
@@ -409,16 +409,47 @@ impl Run {
                 f |= flags::CLIPPED;
                 self.clipped += 1;
             }
+            let state_before = self.state.clone();
             let new = update(&self.config.optimizer, &mut self.state, &params, &grads, lr)
                 .map_err(internal)?;
-            let mut sq = 0.0;
-            for (var, (old, new)) in self.evaluator.params().iter().zip(params.iter().zip(&new)) {
-                let d = norm(&(new - old).map_err(internal)?);
-                sq += d * d;
-                var.set(new).map_err(internal)?;
+            let deltas: Vec<f64> = params
+                .iter()
+                .zip(&new)
+                .map(|(old, new)| Ok(norm(&(new - old)?)))
+                .collect::<candle_core::Result<_>>()
+                .map_err(internal)?;
+            // An update that turns finite params non-finite from finite gradients: the
+            // optimizer's own arithmetic overflowed (or its eps vanished in a low precision).
+            let broken: Vec<usize> = (0..deltas.len())
+                .filter(|&i| !deltas[i].is_finite() && param_norms[i].is_finite())
+                .collect();
+            let keep = broken.is_empty() || self.config.on_nonfinite == NonFinitePolicy::Continue;
+            if !broken.is_empty() {
+                f |= flags::UPDATE_NONFINITE;
+                match self.config.on_nonfinite {
+                    NonFinitePolicy::Stop => {
+                        self.halted = Some(Halt {
+                            step: t,
+                            reason: self.broken_update_reason(&new, &broken),
+                            provenance: None,
+                        });
+                    }
+                    NonFinitePolicy::Skip => {
+                        f |= flags::SKIPPED;
+                        self.skipped += 1;
+                    }
+                    NonFinitePolicy::Continue => {}
+                }
             }
-            update_norm = sq.sqrt();
-            moved_to = Some(new);
+            if keep {
+                for (var, new) in self.evaluator.params().iter().zip(&new) {
+                    var.set(new).map_err(internal)?;
+                }
+                update_norm = deltas.iter().map(|d| d * d).sum::<f64>().sqrt();
+                moved_to = Some(new);
+            } else {
+                self.state = state_before;
+            }
         }
         let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         let record = StepRecord {
@@ -558,6 +589,39 @@ impl Run {
             out.push((now, self.flat_params()));
         }
         out
+    }
+
+    fn broken_update_reason(&self, new: &[Tensor], broken: &[usize]) -> String {
+        let which: Vec<String> = broken
+            .iter()
+            .map(|&i| {
+                let (n, total) = count_nonfinite(&new[i]);
+                format!("`{}` ({n} of {total} values)", self.param_names[i])
+            })
+            .collect();
+        let spec = &self.config.optimizer;
+        let eps = spec.num("eps");
+        let low = matches!(self.dtype, DType::F16 | DType::BF16);
+        // Below half of f16's smallest subnormal, eps rounds to 0.
+        let hint = if self.dtype == DType::F16 && eps > 0.0 && eps < 2.9e-8 {
+            format!(
+                "; its eps = {} is 0 in {}, so where the squared gradient flushes to 0 the update divides by 0: use eps = 1e-4 or run in f32",
+                crate::check::fmt_short(eps),
+                self.dtype.name()
+            )
+        } else if low {
+            format!(
+                "; its arithmetic overflowed {}: run in f32 or lower the lr",
+                self.dtype.name()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "the {} update made {} non-finite from finite gradients{hint}",
+            spec.kind.name(),
+            which.join(", ")
+        )
     }
 
     fn nonfinite_reason(&self, loss: f64, grads: &[Tensor], bad: &[usize]) -> String {

@@ -1159,13 +1159,14 @@ fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg
 fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord) {
     let name = r.info.name.clone();
     let name = &name;
-    let nonfinite = rec.has(flags::LOSS_NONFINITE) || rec.has(flags::GRAD_NONFINITE);
-    if nonfinite && r.first_nonfinite.is_none() {
+    if rec.has(flags::NONFINITE) && r.first_nonfinite.is_none() {
         r.first_nonfinite = Some(rec.step);
         let what = if rec.has(flags::LOSS_NONFINITE) {
             format!("loss is {}", crate::check::fmt_num(rec.core.loss))
-        } else {
+        } else if rec.has(flags::GRAD_NONFINITE) {
             "gradient is non-finite".to_string()
+        } else {
+            "the update made params non-finite".to_string()
         };
         warnings.push(Warning {
             run: name.clone(),
