@@ -286,13 +286,21 @@ fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Re
     Ok(())
 }
 
+/// `NaN`, `+Inf`, `-Inf` and `0`, written alike by every number format.
+fn fmt_special(v: f64) -> Option<String> {
+    if !v.is_finite() {
+        Some(describe(v).to_string())
+    } else if v == 0.0 {
+        Some("0".into())
+    } else {
+        None
+    }
+}
+
 /// Compact number formatting for tables.
 pub fn fmt_num(v: f64) -> String {
-    if !v.is_finite() {
-        return describe(v).to_string();
-    }
-    if v == 0.0 {
-        return "0".into();
+    if let Some(s) = fmt_special(v) {
+        return s;
     }
     let a = v.abs();
     if !(1e-3..1e5).contains(&a) {
@@ -302,13 +310,22 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
+/// A duration in the unit that suits it: `250 µs`, `3.4 ms`, `45.8 s`.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1e3)
+    } else if ms < 1e4 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1e3)
+    }
+}
+
 /// A number to three significant digits, for legends and axes where space is short.
 pub fn fmt_short(v: f64) -> String {
-    if !v.is_finite() {
-        return describe(v).to_string();
-    }
-    if v == 0.0 {
-        return "0".into();
+    if let Some(s) = fmt_special(v) {
+        return s;
     }
     let a = v.abs();
     if !(1e-3..1e5).contains(&a) {

@@ -181,6 +181,18 @@ pub fn landscape_command(
     let Some((compiled, runs)) = step_all(&args.run, color)? else {
         return Ok(false);
     };
+    let dims: usize = param_shapes(&compiled).iter().map(|p| p.len()).sum();
+    if dims < 2 {
+        writeln!(
+            out,
+            "{}: a single param value, so there is no plane to draw",
+            compiled.file.name
+        )?;
+        for run in &runs {
+            writeln!(out, "{}", next_step_line(&compiled, run))?;
+        }
+        return Ok(runs.iter().all(|r| r.halted.is_none()));
+    }
     let kind = match args.plane {
         PlaneChoice::Random => PlaneKind::Random,
         PlaneChoice::Update => PlaneKind::Update,
@@ -203,7 +215,7 @@ pub fn landscape_command(
         l.grid.spec.nx,
         l.grid.spec.ny,
         l.mode.name(),
-        fmt_elapsed(l.elapsed)
+        crate::check::fmt_duration(l.elapsed)
     )?;
     let (tw, th) = crossterm::terminal::size().unwrap_or((100, 40));
     let terminal = std::io::stdout().is_terminal();
@@ -265,6 +277,12 @@ pub fn landscape_command(
 
 /// Where `run`'s next step lands at a few learning-rate multiples, as one line.
 fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
+    if let Some(h) = &run.halted {
+        return format!(
+            "next step of `{}`: none, it halted at step {}",
+            run.name, h.step
+        );
+    }
     let line = run.next_update().and_then(|d| {
         let surface = Surface::new(&loss_of(compiled, run), run.def)?;
         let s = lr_multiples();
@@ -301,15 +319,6 @@ fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
             fmt_num(*l)
         ))
     )
-}
-
-fn fmt_elapsed(d: Duration) -> String {
-    let ms = d.as_secs_f64() * 1e3;
-    if ms < 1e3 {
-        format!("{ms:.2} ms")
-    } else {
-        format!("{:.2} s", ms / 1e3)
-    }
 }
 
 /// `gradscope plot`: the runs, then their curves (and landscape, for two-param losses) written

@@ -12,7 +12,8 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::landscape::{BANDS, ColorScale, Grid, GridSpec, NONFINITE_RGB};
+use crate::check::fmt_short;
+use crate::landscape::{BANDS, ColorScale, Grid, GridSpec, NONFINITE_RGB, clip};
 
 /// Everything one picture shows.
 #[derive(Debug, Clone)]
@@ -127,25 +128,6 @@ where
 
 fn rgb([r, g, b]: [u8; 3]) -> RGBColor {
     RGBColor(r, g, b)
-}
-
-/// `v` in at most about four significant digits, scientific when very small or large.
-fn compact(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 || !a.is_finite() {
-        return format!("{v}");
-    }
-    if (1e-3..1e5).contains(&a) {
-        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
-        let s = format!("{v:.decimals$}");
-        if s.contains('.') {
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        } else {
-            s
-        }
-    } else {
-        format!("{v:.2e}")
-    }
 }
 
 /// The loss panel above the gradient-norm panel.
@@ -274,7 +256,7 @@ impl Panel<'_> {
             .y_desc(self.metric)
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 15))
-            .y_label_formatter(&|v| compact(*v))
+            .y_label_formatter(&|v| fmt_short(*v))
             .light_line_style(WHITE)
             .draw()?;
         // Curves are 1 px: wider lines are filled polygons in the bitmap backend, which spike
@@ -351,8 +333,8 @@ where
         .y_desc(landscape.labels[1].as_str())
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
-        .x_label_formatter(&|v| compact(*v))
-        .y_label_formatter(&|v| compact(*v))
+        .x_label_formatter(&|v| fmt_short(*v))
+        .y_label_formatter(&|v| fmt_short(*v))
         .draw()?;
     chart.draw_series(cell_rows(landscape))?;
     let inside = |p: &[f64; 2]| {
@@ -425,8 +407,11 @@ fn clip_path(path: &[[f64; 2]], spec: &GridSpec) -> Vec<Vec<Point>> {
     let mut lines: Vec<Vec<Point>> = Vec::new();
     let mut open = false;
     for pair in path.windows(2) {
-        match clip_segment(pair[0], pair[1], spec) {
-            Some((a, b, whole)) => {
+        let (p, q) = (pair[0], pair[1]);
+        match clip(p, q, [spec.x.0, spec.y.0], [spec.x.1, spec.y.1]) {
+            Some((t0, t1)) => {
+                let at = |t: f64| (p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1]));
+                let (a, b, whole) = (at(t0), at(t1), t1 == 1.0);
                 match lines.last_mut() {
                     Some(line) if open => line.push(b),
                     _ => lines.push(vec![a, b]),
@@ -491,38 +476,6 @@ fn wide_line_pieces(
     pieces
 }
 
-/// Liang-Barsky clipping of the segment `p`-`q` to the grid's rectangle: the visible part, and
-/// whether it reaches `q` (so the next segment continues the same line).
-fn clip_segment(p: [f64; 2], q: [f64; 2], spec: &GridSpec) -> Option<(Point, Point, bool)> {
-    if !p.iter().chain(&q).all(|v| v.is_finite()) {
-        return None;
-    }
-    let d = [q[0] - p[0], q[1] - p[1]];
-    let (mut t0, mut t1) = (0.0f64, 1.0f64);
-    let edges = [
-        (-d[0], p[0] - spec.x.0),
-        (d[0], spec.x.1 - p[0]),
-        (-d[1], p[1] - spec.y.0),
-        (d[1], spec.y.1 - p[1]),
-    ];
-    for (towards, room) in edges {
-        if towards == 0.0 {
-            if room < 0.0 {
-                return None;
-            }
-        } else if towards < 0.0 {
-            t0 = t0.max(room / towards);
-        } else {
-            t1 = t1.min(room / towards);
-        }
-    }
-    if t0 > t1 {
-        return None;
-    }
-    let at = |t: f64| (p[0] + t * d[0], p[1] + t * d[1]);
-    Some((at(t0), at(t1), t1 == 1.0))
-}
-
 /// The scale's bands from bottom to top at pixel column `x` between rows `bottom` and `top`,
 /// with value ticks, "log" above a log scale and a red "NaN/Inf" swatch below when `nonfinite`.
 fn colour_bar<DB: DrawingBackend>(
@@ -553,7 +506,7 @@ where
             BLACK,
         ))?;
         area.draw(&Text::new(
-            compact(scale.value_at(t)),
+            fmt_short(scale.value_at(t)),
             (x + WIDTH + 6, y),
             label(VPos::Center),
         ))?;

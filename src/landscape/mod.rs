@@ -135,10 +135,16 @@ impl Plane {
     }
 
     /// Two random filter-normalized directions through `origin` (see [`filter_normalized`]).
+    /// Where every weight is zero (a zero-initialised model), normalizing would leave no
+    /// direction at all: the raw Gaussian directions are used instead.
     pub fn random(origin: Vec<f64>, params: &[ParamShape], seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let d1 = filter_normalized(&gaussian(origin.len(), &mut rng), &origin, params);
-        let d2 = filter_normalized(&gaussian(origin.len(), &mut rng), &origin, params);
+        let mut direction = || {
+            let raw = gaussian(origin.len(), &mut rng);
+            let d = filter_normalized(&raw, &origin, params);
+            if d.iter().all(|&x| x == 0.0) { raw } else { d }
+        };
+        let (d1, d2) = (direction(), direction());
         Self::new(PlaneKind::Random, origin, d1, d2, ["δ".into(), "η".into()])
     }
 
@@ -232,7 +238,7 @@ pub fn filter_normalized(direction: &[f64], weights: &[f64], params: &[ParamShap
             1
         };
         for f in 0..filters {
-            let members = (at..at + n).filter(|k| (k - at) % filters == f);
+            let members = (at + f..at + n).step_by(filters);
             let (mut wn, mut dn) = (0.0, 0.0);
             for k in members.clone() {
                 wn += weights[k] * weights[k];
@@ -395,6 +401,31 @@ pub fn fit_bounds(
         (c - half, c + half)
     };
     Some((axis(0), axis(1)))
+}
+
+/// The part of the segment `p`-`q` inside the rectangle `lo`-`hi` (Liang-Barsky), as the
+/// segment's parameters `(t0, t1)` in `[0, 1]`; None when it misses the rectangle or is not
+/// finite. Drawing clips paths with it, so far-away points cost nothing and overflow nothing.
+pub fn clip(p: [f64; 2], q: [f64; 2], lo: [f64; 2], hi: [f64; 2]) -> Option<(f64, f64)> {
+    if !p.iter().chain(&q).all(|v| v.is_finite()) {
+        return None;
+    }
+    let (mut t0, mut t1) = (0.0f64, 1.0f64);
+    for k in 0..2 {
+        let d = q[k] - p[k];
+        for (towards, room) in [(-d, p[k] - lo[k]), (d, hi[k] - p[k])] {
+            if towards == 0.0 {
+                if room < 0.0 {
+                    return None;
+                }
+            } else if towards < 0.0 {
+                t0 = t0.max(room / towards);
+            } else {
+                t1 = t1.min(room / towards);
+            }
+        }
+    }
+    (t0 <= t1).then_some((t0, t1))
 }
 
 /// Colour of non-finite cells, apart from the ramp so an overflow never reads as "high".

@@ -69,20 +69,27 @@ impl Surface {
         }
     }
 
-    /// The loss at each flat param point, in order, handed to `sink` in chunks of
-    /// `(index into points, loss)`. Stops early, returning Ok, when `sink` returns false.
-    pub fn eval_points(&self, points: &[Vec<f64>], sink: &mut Sink) -> Result<Mode, Diagnostic> {
+    /// The loss at `n` flat param points, `point(k)` making the k-th only when it is evaluated
+    /// (a grid of a large model would not fit in memory as vectors), handed to `sink` in chunks
+    /// of `(k, loss)`. Stops early, returning Ok, when `sink` returns false.
+    pub fn eval_points(
+        &self,
+        n: usize,
+        point: &dyn Fn(usize) -> Vec<f64>,
+        sink: &mut Sink,
+    ) -> Result<Mode, Diagnostic> {
         if self.mode() == Mode::Batched {
-            for (c, chunk) in points.chunks(BATCH).enumerate() {
+            for start in (0..n).step_by(BATCH) {
+                let chunk: Vec<Vec<f64>> = (start..n.min(start + BATCH)).map(point).collect();
                 let batch = self
                     .evaluator
                     .batched(chunk.len())
                     .expect("batches for one point, so for any number");
-                let losses = batch.losses(chunk)?;
-                let out: Vec<(usize, f64)> = losses
+                let out: Vec<(usize, f64)> = batch
+                    .losses(&chunk)?
                     .into_iter()
                     .enumerate()
-                    .map(|(k, v)| (c * BATCH + k, v))
+                    .map(|(k, v)| (start + k, v))
                     .collect();
                 if !sink(&out) {
                     break;
@@ -92,8 +99,8 @@ impl Surface {
         }
         let mut out = Vec::new();
         let mut since = Instant::now();
-        for (k, p) in points.iter().enumerate() {
-            self.evaluator.set_flat(p)?;
+        for k in 0..n {
+            self.evaluator.set_flat(&point(k))?;
             out.push((k, self.evaluator.loss()?));
             if since.elapsed() >= CHUNK_EVERY {
                 if !sink(&out) {
@@ -118,14 +125,13 @@ impl Surface {
         progress: &mut Sink,
     ) -> Result<Mode, Diagnostic> {
         let order = grid.spec.progressive_order();
-        let points: Vec<Vec<f64>> = order
-            .iter()
-            .map(|&k| {
-                let [a, b] = grid.spec.coord(k % grid.spec.nx, k / grid.spec.nx);
-                plane.point(a, b)
-            })
-            .collect();
-        self.eval_points(&points, &mut |chunk| {
+        let spec = grid.spec.clone();
+        let point = |k: usize| {
+            let cell = order[k];
+            let [a, b] = spec.coord(cell % spec.nx, cell / spec.nx);
+            plane.point(a, b)
+        };
+        self.eval_points(order.len(), &point, &mut |chunk| {
             let cells: Vec<(usize, f64)> = chunk.iter().map(|&(i, v)| (order[i], v)).collect();
             for &(k, v) in &cells {
                 grid.values[k] = Some(v);
@@ -148,18 +154,17 @@ impl Surface {
         direction: &[f64],
         s: &[f64],
     ) -> Result<Vec<f64>, Diagnostic> {
-        let points: Vec<Vec<f64>> = s
-            .iter()
-            .map(|s| {
-                origin
-                    .iter()
-                    .zip(direction)
-                    .map(|(o, d)| o + s * d)
-                    .collect()
-            })
-            .collect();
+        // s = 0 is the origin itself, even where the direction is not finite (0 * Inf is NaN).
+        let point = |k: usize| match s[k] {
+            0.0 => origin.to_vec(),
+            m => origin
+                .iter()
+                .zip(direction)
+                .map(|(o, d)| o + m * d)
+                .collect(),
+        };
         let mut out = vec![f64::NAN; s.len()];
-        self.eval_points(&points, &mut |chunk| {
+        self.eval_points(s.len(), &point, &mut |chunk| {
             for &(k, v) in chunk {
                 out[k] = v;
             }

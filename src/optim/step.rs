@@ -49,7 +49,9 @@ fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
     }
 }
 
-/// Returns each param's new value. `lr` is this step's learning rate (after the schedule).
+/// Returns each param's new value, always a tensor of its own (with lr = 0 a rule may return
+/// its input, which a run could not write back into the param it came from). `lr` is this
+/// step's learning rate (after the schedule).
 pub fn update(
     spec: &OptimizerSpec,
     state: &mut OptimizerState,
@@ -61,7 +63,8 @@ pub fn update(
     let t = state.updates as f64;
     let mut out = Vec::with_capacity(params.len());
     for ((p, g), s) in params.iter().zip(grads).zip(state.params.iter_mut()) {
-        out.push(update_one(spec, s, p, g, lr, t)?);
+        let new = update_one(spec, s, p, g, lr, t)?;
+        out.push(if lr == 0.0 { new.copy()? } else { new });
     }
     Ok(out)
 }

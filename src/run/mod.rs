@@ -329,11 +329,7 @@ impl Run {
     pub fn step(&mut self) -> Result<StepRecord, Diagnostic> {
         let started = Instant::now();
         let t = self.step_count();
-        let eval = match (self.config.grad, self.config.loss_scale) {
-            (GradSource::FiniteDifference, _) => self.evaluator.evaluate_fd()?,
-            (GradSource::Autograd, LossScale::Off) => self.evaluator.evaluate()?,
-            (GradSource::Autograd, _) => self.evaluator.evaluate_scaled(self.scale)?,
-        };
+        let eval = self.gradients()?;
         let scale_used = self.scale;
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
@@ -421,7 +417,12 @@ impl Run {
             // An update that turns finite params non-finite from finite gradients: the
             // optimizer's own arithmetic overflowed (or its eps vanished in a low precision).
             let broken: Vec<usize> = (0..deltas.len())
-                .filter(|&i| !deltas[i].is_finite() && param_norms[i].is_finite())
+                .filter(|&i| {
+                    // A difference can overflow a low precision while both values are finite.
+                    !deltas[i].is_finite()
+                        && param_norms[i].is_finite()
+                        && count_nonfinite(&new[i]).0 > 0
+                })
                 .collect();
             let keep = broken.is_empty() || self.config.on_nonfinite == NonFinitePolicy::Continue;
             if !broken.is_empty() {
@@ -494,6 +495,15 @@ impl Run {
         Ok(record)
     }
 
+    /// Loss and gradients at the current params, as the config says to take them.
+    fn gradients(&self) -> Result<crate::compile::Evaluation, Diagnostic> {
+        match (self.config.grad, self.config.loss_scale) {
+            (GradSource::FiniteDifference, _) => self.evaluator.evaluate_fd(),
+            (GradSource::Autograd, LossScale::Off) => self.evaluator.evaluate(),
+            (GradSource::Autograd, _) => self.evaluator.evaluate_scaled(self.scale),
+        }
+    }
+
     /// The gradients after the config's norm and value clipping, and whether either clipped.
     fn clip(&self, grads: Vec<Tensor>, grad_norm: f64) -> candle_core::Result<(Vec<Tensor>, bool)> {
         let (mut grads, mut clipped) = (grads, false);
@@ -516,10 +526,7 @@ impl Run {
     pub fn next_update(&self) -> Result<Vec<f64>, Diagnostic> {
         let t = self.step_count();
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
-        let eval = match self.config.grad {
-            GradSource::FiniteDifference => self.evaluator.evaluate_fd()?,
-            GradSource::Autograd => self.evaluator.evaluate()?,
-        };
+        let eval = self.gradients()?;
         let grad_norm = eval
             .grads
             .iter()
@@ -591,14 +598,20 @@ impl Run {
         out
     }
 
-    fn broken_update_reason(&self, new: &[Tensor], broken: &[usize]) -> String {
-        let which: Vec<String> = broken
+    /// "`w` (3 of 8 values), `b` (1 of 1 values)": the params `which` of `tensors` (one a param)
+    /// with their non-finite counts.
+    fn name_nonfinite(&self, tensors: &[Tensor], which: &[usize]) -> String {
+        let named: Vec<String> = which
             .iter()
             .map(|&i| {
-                let (n, total) = count_nonfinite(&new[i]);
+                let (n, total) = count_nonfinite(&tensors[i]);
                 format!("`{}` ({n} of {total} values)", self.param_names[i])
             })
             .collect();
+        named.join(", ")
+    }
+
+    fn broken_update_reason(&self, new: &[Tensor], broken: &[usize]) -> String {
         let spec = &self.config.optimizer;
         let eps = spec.num("eps");
         let low = matches!(self.dtype, DType::F16 | DType::BF16);
@@ -620,7 +633,7 @@ impl Run {
         format!(
             "the {} update made {} non-finite from finite gradients{hint}",
             spec.kind.name(),
-            which.join(", ")
+            self.name_nonfinite(new, broken)
         )
     }
 
@@ -628,14 +641,10 @@ impl Run {
         if !loss.is_finite() {
             return format!("the loss is {}", crate::check::fmt_num(loss));
         }
-        let which: Vec<String> = bad
-            .iter()
-            .map(|&i| {
-                let (n, total) = count_nonfinite(&grads[i]);
-                format!("`{}` ({n} of {total} values)", self.param_names[i])
-            })
-            .collect();
-        format!("the gradient of {} is non-finite", which.join(", "))
+        format!(
+            "the gradient of {} is non-finite",
+            self.name_nonfinite(grads, bad)
+        )
     }
 
     /// Goes back to the state just before step `step` (0 = the initial params), re-stepping

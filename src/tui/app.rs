@@ -500,6 +500,7 @@ impl App {
                 });
             }
             Event::Removed(rid) => {
+                s.landscape.on_worker_gave_up();
                 s.runs.retain(|r| r.info.id != rid);
                 s.selected = s.selected.min(s.runs.len().saturating_sub(1));
             }
@@ -577,7 +578,13 @@ impl App {
                     r.curvature = Some((step, c));
                 }
             }
-            Event::Plane(p, at) => s.landscape.on_plane(p, at),
+            Event::Plane(p, at) => {
+                // Paths on the old plane mean nothing on the new one; the worker sends them again.
+                for r in &mut s.runs {
+                    r.path = Decimated::new(PATH_POINTS);
+                }
+                s.landscape.on_plane(p, at);
+            }
             Event::Path {
                 run,
                 points,
@@ -603,7 +610,7 @@ impl App {
                 .on_next_update(run, step, loss, origin, direction),
             Event::Playing(p) => s.playing = p,
             Event::Failed(why) => {
-                s.landscape.error = Some(why.clone());
+                s.landscape.on_worker_gave_up();
                 s.failed = Some(why);
             }
             Event::Pong(_) => {}
@@ -835,7 +842,11 @@ impl App {
                 };
                 if s.dims <= 2 {
                     self.message = Some(
-                        "this loss has two params: the landscape is over their own values".into(),
+                        match s.dims {
+                            2 => "this loss has two params: the landscape is over their own values",
+                            _ => "this loss has a single param value: there is no plane to draw",
+                        }
+                        .into(),
                     );
                     return true;
                 }

@@ -8,7 +8,7 @@ use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 
 use crate::check::fmt_short;
-use crate::landscape::{BANDS, ColorScale, Grid, NONFINITE_RGB, ramp};
+use crate::landscape::{BANDS, ColorScale, Grid, NONFINITE_RGB, clip, ramp};
 
 /// How cells are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,8 +20,9 @@ pub enum Glyphs {
     Ascii,
 }
 
-/// Density characters of the bands, low to high, for [`Glyphs::Ascii`].
-const ASCII_RAMP: &[u8] = b" .,:;-=+*#%@&$";
+/// Density characters of the bands, low to high, for [`Glyphs::Ascii`] (a blank is a cell not
+/// computed yet).
+const ASCII_RAMP: &[u8] = b".,:;-~=+*#%@&$";
 const ASCII_NONFINITE: char = '!';
 
 /// One run's path in plane coordinates, oldest first; the last point is the current one.
@@ -112,21 +113,24 @@ impl Scene<'_> {
             }
         }
         // Plane coordinates to fractional sample positions.
-        let to_sample = |p: [f64; 2]| -> Option<(f64, f64)> {
+        let to_sample = |p: [f64; 2]| -> Option<[f64; 2]> {
             let fx = (p[0] - x0) / (x1 - x0) * w as f64;
             let fy = (p[1] - y0) / (y1 - y0) * h as f64;
-            (fx.is_finite() && fy.is_finite()).then_some((fx, fy))
+            (fx.is_finite() && fy.is_finite()).then_some([fx, fy])
         };
-        let bounds = (w as f64, h as f64);
+        let size = [w as f64, h as f64];
         for (r, path) in self.paths.iter().enumerate() {
             let mut prev = None;
             for &p in &path.points {
                 let cur = to_sample(p);
-                if let Some(((ax, ay), (bx, by))) =
-                    prev.zip(cur).and_then(|(a, b)| clip(a, b, bounds))
+                if let (Some(a), Some(b)) = (prev, cur)
+                    && let Some((t0, t1)) = clip(a, b, [0.0; 2], size)
                 {
-                    let cell = |x: f64, y: f64| (x.floor() as i64, y.floor() as i64);
-                    for (sx, sy) in line(cell(ax, ay), cell(bx, by)) {
+                    let at = |t: f64| {
+                        let q = [a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])];
+                        (q[0].floor() as i64, q[1].floor() as i64)
+                    };
+                    for (sx, sy) in line(at(t0), at(t1)) {
                         if (0..w as i64).contains(&sx) && (0..h as i64).contains(&sy) {
                             samples[sy as usize * w + sx as usize] = Some(Sample::Path(r));
                         }
@@ -172,7 +176,7 @@ impl Scene<'_> {
         }
         // Markers: each run's current point, then the best point over them.
         let mut mark = |p: [f64; 2], symbol: &str, style: Style| {
-            if let Some((fx, fy)) = to_sample(p)
+            if let Some([fx, fy]) = to_sample(p)
                 && (0.0..w as f64).contains(&fx)
                 && (0.0..h as f64).contains(&fy)
             {
@@ -327,31 +331,6 @@ enum Sample {
 
 fn rgb(c: [u8; 3]) -> Color {
     Color::Rgb(c[0], c[1], c[2])
-}
-
-/// The part of the segment `a`-`b` inside `[0, w] x [0, h]` (Liang-Barsky), so far-away points
-/// neither overflow nor cost anything.
-fn clip(a: (f64, f64), b: (f64, f64), (w, h): (f64, f64)) -> Option<((f64, f64), (f64, f64))> {
-    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
-    let (mut t0, mut t1) = (0.0f64, 1.0f64);
-    for (p, q) in [(-dx, a.0), (dx, w - a.0), (-dy, a.1), (dy, h - a.1)] {
-        if p == 0.0 {
-            if q < 0.0 {
-                return None;
-            }
-        } else {
-            let t = q / p;
-            if p < 0.0 {
-                t0 = t0.max(t);
-            } else {
-                t1 = t1.min(t);
-            }
-        }
-    }
-    (t0 <= t1).then_some((
-        (a.0 + t0 * dx, a.1 + t0 * dy),
-        (a.0 + t1 * dx, a.1 + t1 * dy),
-    ))
 }
 
 /// The sample positions of the segment from `a` to `b` (Bresenham); both ends are inside the

@@ -23,6 +23,8 @@ pub type Bounds = ((f64, f64), (f64, f64));
 pub struct LrSlice {
     pub run: RunId,
     pub step: u64,
+    /// The run's lr multiplier when the slice was taken (`+`/`-` make it stale).
+    pub lr_scale: f64,
     pub s: Vec<f64>,
     pub loss: Vec<f64>,
 }
@@ -68,8 +70,8 @@ pub struct LandscapeView {
     generation: u64,
     requested: Option<GridKey>,
     pub slice: Option<LrSlice>,
-    /// The slice asked for: its tag, run and step.
-    slice_wanted: Option<(u64, RunId, u64)>,
+    /// The slice asked for: its tag (0 until the worker answers), run, step and lr multiplier.
+    slice_wanted: Option<(u64, RunId, u64, f64)>,
     slice_tag: u64,
     slice_asked: Option<Instant>,
     /// Log colour scale: None decides from the values.
@@ -117,6 +119,11 @@ impl LandscapeView {
     }
 
     pub fn on_plane(&mut self, plane: Arc<Plane>, at: Option<(RunId, u64)>) {
+        if plane.kind != PlaneKind::Coordinates {
+            // What the worker made: a plane asked for along the update is random before the
+            // run has moved.
+            self.kind = plane.kind;
+        }
         self.plane = Some(plane);
         self.plane_at = at;
         self.elapsed = None;
@@ -138,6 +145,7 @@ impl LandscapeView {
                 self.filling = Some((generation, Grid::new(spec)));
                 self.mode = Some(mode);
                 self.elapsed = None;
+                self.error = None;
             }
             Report::GridCells { generation, cells } => {
                 if let Some((g, grid)) = &mut self.filling
@@ -159,16 +167,24 @@ impl LandscapeView {
                 }
             }
             Report::Line { tag, s, loss } => {
-                if let Some((t, run, step)) = self.slice_wanted
+                if let Some((t, run, step, lr_scale)) = self.slice_wanted
                     && t == tag
                 {
-                    self.slice = Some(LrSlice { run, step, s, loss });
+                    self.slice = Some(LrSlice {
+                        run,
+                        step,
+                        lr_scale,
+                        s,
+                        loss,
+                    });
                     self.slice_wanted = None;
                 }
             }
             Report::Failed(why) => {
+                // Whatever was in flight will not be answered: let the next frame ask again.
                 self.error = Some(why);
                 self.slice_wanted = None;
+                self.filling = None;
             }
             Report::GridStarted { .. } => {}
         }
@@ -184,7 +200,8 @@ impl LandscapeView {
         direction: Vec<f64>,
     ) {
         self.slice_tag += 1;
-        self.slice_wanted = Some((self.slice_tag, run, step));
+        let lr_scale = self.slice_wanted.map_or(1.0, |w| w.3);
+        self.slice_wanted = Some((self.slice_tag, run, step, lr_scale));
         let _ = self.jobs.send(Job::Line {
             tag: self.slice_tag,
             loss,
@@ -277,14 +294,21 @@ impl LandscapeView {
         let fresh = self
             .slice
             .as_ref()
-            .is_some_and(|s| s.run == r.info.id && s.step == step);
+            .is_some_and(|s| s.run == r.info.id && s.step == step && s.lr_scale == r.lr_scale);
         let due = self.slice_asked.is_none_or(|t| t.elapsed() >= SLICE_EVERY);
         if !fresh && due && self.slice_wanted.is_none() && r.halted.is_none() {
             // Marks the request as in flight until the worker answers.
-            self.slice_wanted = Some((0, r.info.id, step));
+            self.slice_wanted = Some((0, r.info.id, step, r.lr_scale));
             self.slice_asked = Some(Instant::now());
             send(Command::NextUpdate(r.info.id));
         }
+    }
+
+    /// The worker could not answer (a failed evaluation, or the run is gone): nothing asked of it
+    /// is in flight any more.
+    pub fn on_worker_gave_up(&mut self) {
+        self.slice_wanted = None;
+        self.plane_requested = false;
     }
 
     /// Bounds that hold every path (and the plane's origin for slices), following them again.

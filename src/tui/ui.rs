@@ -328,12 +328,13 @@ fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         return;
     };
     let status = match (&l.grid, l.mode, l.elapsed) {
+        _ if l.error.is_some() => l.error.clone().unwrap_or_default(),
         (Some(g), Some(m), Some(t)) => format!(
             "{}x{} {} in {}",
             g.spec.nx,
             g.spec.ny,
             m.name(),
-            fmt_duration(t)
+            crate::check::fmt_duration(t)
         ),
         (Some(g), _, None) => format!("computing {}/{}", g.filled(), g.spec.len()),
         _ => "computing…".into(),
@@ -360,25 +361,6 @@ fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         f.buffer_mut(),
         super::landscape::Glyphs::HalfBlock,
     );
-    if let (Some(area), Some(r)) = (slice_area, selected) {
-        render_slice(
-            f,
-            l.slice.as_ref().filter(|sl| sl.run == r.info.id),
-            r,
-            area,
-        );
-    }
-}
-
-fn fmt_duration(d: std::time::Duration) -> String {
-    let ms = d.as_secs_f64() * 1e3;
-    if ms < 1.0 {
-        format!("{:.0} µs", ms * 1e3)
-    } else if ms < 1e4 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.1} s", ms / 1e3)
-    }
 }
 
 /// Loss against the learning-rate multiple of the selected run's next step: where a larger or
@@ -939,6 +921,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("H J K L", "landscape: pan left / down / up / right"),
     ("f", "landscape: fit the view to the paths again"),
     ("c  m", "landscape: new random plane / random ⇄ update"),
+    ("l", "landscape: log / linear colour scale"),
     ("?", "this help"),
     ("q  ctrl-c", "quit"),
 ];
