@@ -240,6 +240,33 @@ fn filter_normalized_directions_have_each_filters_norm() {
 }
 
 #[test]
+fn a_zero_initialised_model_still_gets_a_plane() {
+    // softmax_xent starts from W = 0, b = 0: filter normalization alone would give no direction.
+    let c = compiled("losses/softmax_xent.toml");
+    let shapes = param_shapes(&c);
+    let plane = Plane::random(vec![0.0; 27], &shapes, 1);
+    let norm = |d: &[f64]| d.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let cos = plane
+        .d1
+        .iter()
+        .zip(&plane.d2)
+        .map(|(a, b)| a * b)
+        .sum::<f64>()
+        / (norm(&plane.d1) * norm(&plane.d2));
+    assert!(
+        norm(&plane.d1) > 1.0 && cos.abs() < 0.9,
+        "|d1| {}, cos {cos}",
+        norm(&plane.d1)
+    );
+    let (grid, _) = Surface::new(&c, 0)
+        .unwrap()
+        .grid(&plane, spec((-1.0, 1.0), (-1.0, 1.0), 5, 5))
+        .unwrap();
+    let distinct: std::collections::BTreeSet<u64> = grid.finite().map(f64::to_bits).collect();
+    assert!(distinct.len() > 20, "a flat picture: {distinct:?}");
+}
+
+#[test]
 fn paths_project_onto_their_planes() {
     // Over coordinates the projection of a run's path is its params, step by step.
     let c = compiled("losses/rosenbrock.toml");
@@ -482,10 +509,9 @@ fn settle_landscape(app: &mut App, rx: &Receiver<Msg>) {
         let s = app.session().unwrap();
         let r = s.selected_run().unwrap();
         let l = &s.landscape;
-        let fresh = l
-            .slice
-            .as_ref()
-            .is_some_and(|sl| sl.run == r.info.id && sl.step == r.steps() as u64);
+        let fresh = l.slice.as_ref().is_some_and(|sl| {
+            sl.run == r.info.id && sl.step == r.steps() as u64 && sl.lr_scale == r.lr_scale
+        });
         if l.grid.as_ref().is_some_and(Grid::is_complete) && l.elapsed.is_some() && fresh {
             return;
         }
@@ -575,6 +601,19 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     // Two params: no other planes.
     press(&mut app, 'c');
     assert!(app.message.as_deref().unwrap().contains("two params"));
+    // Doubling the lr makes the slice stale: the next one is taken at the new lr.
+    let before = app.session().unwrap().landscape.slice.clone().unwrap();
+    assert_eq!(before.lr_scale, 1.0);
+    press(&mut app, '+');
+    settle_landscape(&mut app, &rx);
+    let after = app.session().unwrap().landscape.slice.clone().unwrap();
+    assert_eq!((after.lr_scale, after.step), (2.0, before.step));
+    let one = after.s.iter().position(|&m| m == 1.0).unwrap();
+    let two = before.s.iter().position(|&m| m == 2.0).unwrap();
+    assert!(
+        rel(after.loss[one], before.loss[two]) < 1e-5,
+        "lr x 2 lands where s = 2 did"
+    );
 }
 
 #[test]
@@ -723,7 +762,42 @@ fn landscape_command_draws_and_reports_its_timing() {
         );
     }
     assert_eq!(text.matches("next step of `").count(), 4);
+    let one = gradscope(&["landscape", "losses/f16_exp_overflow.toml", "--steps", "3"]);
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(
+        text.contains("a single param value, so there is no plane to draw"),
+        "{text}"
+    );
+    assert!(text.contains("next step of `base`"), "{text}");
     let missing = gradscope(&["landscape", "losses/no_such_file.toml"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no_such_file.toml"));
+}
+
+#[test]
+fn landscape_tab_snapshot() {
+    let (mut app, rx) = open_landscape("losses/rosenbrock.toml", 120, 36);
+    for c in "150n".chars() {
+        press(&mut app, c);
+    }
+    settle_landscape(&mut app, &rx);
+    let mut t = Terminal::new(TestBackend::new(120, 36)).unwrap();
+    t.draw(|f| gradscope::tui::ui::render(f, &app)).unwrap();
+    // The grid's timing differs between runs: blank it up to the panel's edge.
+    let screen = format!("{}", t.backend());
+    let text: String = screen
+        .lines()
+        .map(|l| match l.find("batched in ") {
+            Some(at) => {
+                let rest = &l[at + "batched in ".len()..];
+                let end = rest.find('│').unwrap_or(rest.len());
+                let blank = " ".repeat(rest[..end].chars().count());
+                format!("{}batched in {blank}{}\n", &l[..at], &rest[end..])
+            }
+            None => format!("{l}\n"),
+        })
+        .collect();
+    insta::with_settings!({snapshot_path => "snapshots/landscape", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("tui_landscape_rosenbrock_120x36", text);
+    });
 }

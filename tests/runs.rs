@@ -191,6 +191,24 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
 }
 
 #[test]
+fn a_zero_learning_rate_steps_without_moving() {
+    let c = compiled(GOES_NAN_AT_3);
+    for spec in [
+        "sgd(lr=0)",
+        "sgd(lr=0, momentum=0.9)",
+        "adam(lr=0)",
+        "lion(lr=0)",
+    ] {
+        let mut run = Run::new(&c, 0, spec.into(), config(spec, NonFinitePolicy::Stop)).unwrap();
+        for _ in 0..3 {
+            run.step()
+                .unwrap_or_else(|d| panic!("{spec}: {}", d.headline()));
+        }
+        assert_eq!(x_of(&run), 2.5, "{spec}");
+    }
+}
+
+#[test]
 fn clipping_is_recorded_with_the_pre_clip_norm() {
     // grad of sum(3 w0 + 4 w1) is [3, 4]: norm 5, clipped to 1.
     let c = compiled(

@@ -78,9 +78,9 @@ impl Tab {
     pub fn title(self) -> &'static str {
         match self {
             Tab::Loss => "Loss",
-            Tab::GradNorm => "Gradient norm",
-            Tab::LrRatio => "LR & update/param",
-            Tab::Params => "Parameter norms",
+            Tab::GradNorm => "Grad norm",
+            Tab::LrRatio => "LR, Δ/p",
+            Tab::Params => "Param norms",
             Tab::Landscape => "Landscape",
         }
     }

@@ -1,9 +1,9 @@
 //! Rendering: pure functions of the [`App`]. The layout:
 //!
 //! ```text
-//! ┌ Losses ────┐┌ Loss │ Gradient norm │ LR & update/param │ Parameter norms ┐┌ Inspector ─┐
+//! ┌ Losses ────┐┌ Loss │ Grad norm │ LR, Δ/p │ Param norms │ Landscape ───────┐┌ Inspector ─┐
 //! │ group/     ││                                                          ││ run, step  │
-//! │  file  ok  ││                  chart (all runs overlaid)               ││ loss, lr   │
+//! │  file  ok  ││        chart (all runs overlaid) or the landscape        ││ loss, lr   │
 //! ├ Runs ──────┤│                                                          ││ per param  │
 //! │ ■ base     ││                                                          ││            │
 //! └────────────┘└──────────────────────────────────────────────────────────┘└────────────┘
