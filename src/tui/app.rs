@@ -871,10 +871,14 @@ impl App {
             return;
         };
         let commands = s.commands.clone();
-        let selected = s.runs.get(s.selected);
-        s.landscape.sync(&s.runs, selected, s.dims, map, &move |c| {
-            drop(commands.send(c))
-        });
+        let shown = super::landscape_view::Shown {
+            runs: &s.runs,
+            selected: s.runs.get(s.selected),
+            dims: s.dims,
+            playing: s.playing,
+            map,
+        };
+        s.landscape.sync(shown, &move |c| drop(commands.send(c)));
     }
 
     fn popup_key(&mut self, k: KeyEvent) {

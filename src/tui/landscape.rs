@@ -113,9 +113,9 @@ impl Scene<'_> {
             }
         }
         // Plane coordinates to fractional sample positions.
+        let (kx, ky) = (w as f64 / (x1 - x0), h as f64 / (y1 - y0));
         let to_sample = |p: [f64; 2]| -> Option<[f64; 2]> {
-            let fx = (p[0] - x0) / (x1 - x0) * w as f64;
-            let fy = (p[1] - y0) / (y1 - y0) * h as f64;
+            let (fx, fy) = ((p[0] - x0) * kx, (p[1] - y0) * ky);
             (fx.is_finite() && fy.is_finite()).then_some([fx, fy])
         };
         let size = [w as f64, h as f64];
@@ -123,12 +123,21 @@ impl Scene<'_> {
             let mut prev = None;
             for &p in &path.points {
                 let cur = to_sample(p);
+                let cell = |q: [f64; 2]| (floor(q[0]), floor(q[1]));
+                // Most steps of a long path stay within one sample: no line to draw.
                 if let (Some(a), Some(b)) = (prev, cur)
+                    && cell(a) == cell(b)
+                {
+                    let (sx, sy) = cell(b);
+                    if (0..w as i64).contains(&sx) && (0..h as i64).contains(&sy) {
+                        samples[sy as usize * w + sx as usize] = Some(Sample::Path(r));
+                    }
+                } else if let (Some(a), Some(b)) = (prev, cur)
                     && let Some((t0, t1)) = clip(a, b, [0.0; 2], size)
                 {
                     let at = |t: f64| {
                         let q = [a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])];
-                        (q[0].floor() as i64, q[1].floor() as i64)
+                        cell(q)
                     };
                     for (sx, sy) in line(at(t0), at(t1)) {
                         if (0..w as i64).contains(&sx) && (0..h as i64).contains(&sy) {
@@ -327,6 +336,18 @@ enum Sample {
     Band(usize),
     NonFinite,
     Path(usize),
+}
+
+/// `x.floor()` as an integer without a call into libm (x86-64's baseline has no rounding
+/// instruction; paths of many thousand points call this twice a point every frame). Saturates
+/// far outside any map.
+fn floor(x: f64) -> i64 {
+    let t = x as i64;
+    if (t as f64) > x {
+        t.saturating_sub(1)
+    } else {
+        t
+    }
 }
 
 fn rgb(c: [u8; 3]) -> Color {

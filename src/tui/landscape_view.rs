@@ -33,10 +33,22 @@ pub struct LrSlice {
 /// about 40 s; batched losses get one cell per half-block).
 pub const MAX_POINTWISE: usize = 64;
 /// Least time between two learning-rate slices of a running run: each costs the worker one
-/// gradient evaluation and the landscape thread a line of forward passes, CPU the runs want.
+/// gradient evaluation and the landscape thread a line of forward passes, CPU the runs want
+/// (longer for slow models, see `sync_slice`).
 const SLICE_EVERY: Duration = Duration::from_millis(250);
 /// Cells a side of a batched grid.
 const MAX_BATCHED: usize = 256;
+
+/// What the tab shows of a session, for [`LandscapeView::sync`].
+pub struct Shown<'a> {
+    pub runs: &'a [RunView],
+    pub selected: Option<&'a RunView>,
+    /// Param values in all.
+    pub dims: usize,
+    pub playing: bool,
+    /// The size in cells of the map.
+    pub map: (u16, u16),
+}
 
 /// What a grid was requested for; a different key means a new grid.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,22 +224,27 @@ impl LandscapeView {
 
     /// Asks for whatever the tab needs and does not have: a plane, a grid for the current view
     /// and size, and the selected run's learning-rate slice. Called once a frame while the tab
-    /// is shown; `map` is the size in cells of the drawing area.
-    pub fn sync(
-        &mut self,
-        runs: &[RunView],
-        selected: Option<&RunView>,
-        dims: usize,
-        map: (u16, u16),
-        send: &dyn Fn(Command),
-    ) {
+    /// is shown.
+    pub fn sync(&mut self, session: Shown, send: &dyn Fn(Command)) {
+        let Shown {
+            runs,
+            selected,
+            dims,
+            playing,
+            map,
+        } = session;
         if let Some(r) = selected {
             self.sync_slice(r, send);
         }
-        // A slice goes through the selected run's current point: a new one once the last grid
-        // is complete and the run has moved on (unless the user zoomed or panned).
+        // A slice goes through the selected run's current point: a new one once the last grid is
+        // complete and the run has moved on (unless the user zoomed or panned). While the runs
+        // play, only grids that take under a second are redone: a slow one would take CPU from
+        // them for good.
         let moved = selected.is_some_and(|r| self.plane_at != Some((r.info.id, r.steps() as u64)));
-        let settled = self.elapsed.is_some() && self.follow;
+        let settled = self
+            .elapsed
+            .is_some_and(|t| !playing || t < Duration::from_secs(1))
+            && self.follow;
         let wanted = match &self.plane {
             None => dims > 2,
             Some(p) => p.kind != PlaneKind::Coordinates && moved && settled,
@@ -295,7 +312,12 @@ impl LandscapeView {
             .slice
             .as_ref()
             .is_some_and(|s| s.run == r.info.id && s.step == step && s.lr_scale == r.lr_scale);
-        let due = self.slice_asked.is_none_or(|t| t.elapsed() >= SLICE_EVERY);
+        // A slice costs the worker a gradient: for a slow model, at most one per 20 of its steps.
+        let step_time = r.history.cores().last().map_or(Duration::ZERO, |c| {
+            Duration::from_secs_f32(c.wall_us.max(0.0) * 1e-6)
+        });
+        let every = SLICE_EVERY.max(step_time * 20);
+        let due = self.slice_asked.is_none_or(|t| t.elapsed() >= every);
         if !fresh && due && self.slice_wanted.is_none() && r.halted.is_none() {
             // Marks the request as in flight until the worker answers.
             self.slice_wanted = Some((0, r.info.id, step, r.lr_scale));
