@@ -177,6 +177,17 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
     .unwrap();
     cont.step().unwrap();
     assert!(cont.param_values()[1][0].is_infinite());
+    // The next step's loss is -Inf; its provenance is the param itself, at its definition.
+    cont.step().unwrap();
+    let (step, p) = cont.first_provenance.clone().expect("traced");
+    assert_eq!((step, p.op.as_str()), (1, "input"));
+    assert!(
+        p.inputs[0].starts_with("already non-finite when the loss began"),
+        "{:?}",
+        p.inputs
+    );
+    let text = p.summary_at(cont.source());
+    assert!(text.starts_with("6:1 "), "points at `b = 0.0`: {text}");
 
     // With eps = 1e-4 (representable in f16) the same step is fine.
     let mut fixed = Run::new(

@@ -176,10 +176,10 @@ pub fn verify(
     let plan = |e: &crate::lang::ast::Expr, with_g: bool| {
         let mut lw = Lowerer::new(source, 0, "verify");
         for (i, a) in fd.args.iter().enumerate() {
-            lw.bind_input(&a.node, i, Kind::Data, Shape::scalar());
+            lw.bind_input(&a.node, i, Kind::Data, Shape::scalar(), a.span.clone());
         }
         if with_g {
-            lw.bind_input("g", n, Kind::Data, Shape::scalar());
+            lw.bind_input("g", n, Kind::Data, Shape::scalar(), fd.name.span.clone());
         }
         lw.expression(e).0
     };

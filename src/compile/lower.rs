@@ -337,8 +337,9 @@ impl Lowerer {
     }
 
     /// Binds a name to the i-th run-time input (data first, then params).
-    pub fn bind_input(&mut self, name: &str, index: usize, kind: Kind, shape: Shape) {
-        let span = 0..0;
+    /// Binds `name` to input `index`; `span` is where the input is defined (a param's or data
+    /// entry's value, a function's argument), for reports about the input itself.
+    pub fn bind_input(&mut self, name: &str, index: usize, kind: Kind, shape: Shape, span: Span) {
         self.instrs.push(Instr {
             op: Op::Input(index),
             args: Vec::new(),
@@ -704,10 +705,16 @@ impl Lowerer {
                 lw.bind_known(n, t.clone(), Kind::Const);
             }
             for (i, (a, s)) in fd.args.iter().zip(&shapes).enumerate() {
-                lw.bind_input(&a.node, i, Kind::Data, s.clone());
+                lw.bind_input(&a.node, i, Kind::Data, s.clone(), a.span.clone());
             }
             if let Some(g) = extra {
-                lw.bind_input("g", fd.args.len(), Kind::Data, g.clone());
+                lw.bind_input(
+                    "g",
+                    fd.args.len(),
+                    Kind::Data,
+                    g.clone(),
+                    fd.name.span.clone(),
+                );
             }
             lw
         };

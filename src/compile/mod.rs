@@ -156,15 +156,12 @@ fn lower_run(
         }
     }
     for (i, d) in data.iter().enumerate() {
-        lw.bind_input(&d.name, i, Kind::Data, Shape(d.value.dims().to_vec()));
+        let shape = Shape(d.value.dims().to_vec());
+        lw.bind_input(&d.name, i, Kind::Data, shape, d.span.clone());
     }
     for (j, p) in params.iter().enumerate() {
-        lw.bind_input(
-            &p.name,
-            data.len() + j,
-            Kind::Param,
-            Shape(p.value.dims().to_vec()),
-        );
+        let shape = Shape(p.value.dims().to_vec());
+        lw.bind_input(&p.name, data.len() + j, Kind::Param, shape, p.span.clone());
     }
     let (plan, mut diags) = lw.program(spec.loss);
     if let Some(plan) = &plan {

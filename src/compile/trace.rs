@@ -204,7 +204,15 @@ fn provenance(
         count: bad.len(),
         total,
         indices: shown.iter().map(|&i| unravel(i, dims)).collect(),
-        inputs: describe_inputs(instr, args, &shown, pass),
+        inputs: match instr.op {
+            // Nothing inside this evaluation made it: the value came in non-finite.
+            Op::Input(_) => vec![
+                "already non-finite when the loss began (set so by an earlier update, or out of \
+                 the dtype's range)"
+                    .into(),
+            ],
+            _ => describe_inputs(instr, args, &shown, pass),
+        },
     }
 }
 
