@@ -14,7 +14,10 @@ use crate::check::fmt_num;
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::surface::{Mode, Surface, lr_multiples};
-use crate::landscape::{ColorScale, Grid, GridSpec, Plane, PlaneKind, param_shapes, view_for};
+use crate::landscape::{
+    ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, param_shapes,
+    view_for,
+};
 use crate::plot::{PlotData, PlotLandscape, PlotRun};
 use crate::run::Run;
 use crate::run::history::History;
@@ -95,10 +98,11 @@ pub fn plot_run(name: &str, color: Color, history: &History, path: Vec<[f64; 2]>
     }
 }
 
-/// A landscape of finished runs: the plane, each run's projected path, and the grid.
+/// A landscape of finished runs: the plane, each run's projected path (`(step, point)`), and
+/// the grid.
 struct Landscape {
     plane: Plane,
-    paths: Vec<Vec<[f64; 2]>>,
+    paths: Vec<Vec<(u64, [f64; 2])>>,
     grid: Grid,
     mode: Mode,
     elapsed: Duration,
@@ -127,16 +131,19 @@ fn landscape(
             seed,
         )
     });
-    let paths: Vec<Vec<[f64; 2]>> = runs
+    let stepped: Vec<Vec<(u64, [f64; 2])>> = runs
         .iter()
         .map(|r| {
-            r.trajectory(None)
-                .iter()
-                .map(|(_, p)| plane.project(p))
-                .collect()
+            let path = r.trajectory(None).into_iter();
+            path.map(|(k, p)| (k, plane.project(&p))).collect()
         })
         .collect();
-    let (x, y) = view_for(&plane, paths.iter().flatten().copied())
+    let limit = follow_limit(runs.iter().map(Run::history));
+    let points = runs
+        .iter()
+        .zip(&stepped)
+        .flat_map(|(r, path)| followed(path.iter().copied(), r.history(), limit));
+    let (x, y) = view_for(&plane, points)
         .ok_or_else(|| Diagnostic::error("the runs' paths are not finite"))?;
     let n = n.clamp(2, 1024);
     let surface = Surface::new(&loss_of(compiled, first), first.def)?;
@@ -144,7 +151,7 @@ fn landscape(
     let (grid, mode) = surface.grid(&plane, GridSpec { x, y, nx: n, ny: n })?;
     Ok(Landscape {
         plane,
-        paths,
+        paths: stepped,
         grid,
         mode,
         elapsed: started.elapsed(),
@@ -232,17 +239,7 @@ pub fn landscape_command(
     let best = runs
         .iter()
         .zip(&l.paths)
-        .flat_map(|(r, path)| {
-            let points = r.trajectory(None);
-            points
-                .into_iter()
-                .zip(path.clone())
-                .filter_map(|((k, _), p)| {
-                    let loss = r.history().cores().get(k as usize)?.loss;
-                    loss.is_finite().then_some((p, loss))
-                })
-                .collect::<Vec<_>>()
-        })
+        .filter_map(|(r, path)| lowest(path.iter().copied(), r.history()))
         .min_by(|a, b| a.1.total_cmp(&b.1));
     let scene = Scene {
         grid: Some(&l.grid),
@@ -256,7 +253,7 @@ pub fn landscape_command(
             .map(|(i, (r, p))| ScenePath {
                 name: r.name.clone(),
                 color: PALETTE[i % PALETTE.len()],
-                points: p.clone(),
+                points: p.iter().map(|(_, q)| *q).collect(),
             })
             .collect(),
         best,
@@ -342,7 +339,10 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let path = l.as_ref().map(|l| l.paths[i].clone()).unwrap_or_default();
+                let path = l
+                    .as_ref()
+                    .map(|l| l.paths[i].iter().map(|(_, p)| *p).collect())
+                    .unwrap_or_default();
                 plot_run(&r.name, PALETTE[i % PALETTE.len()], r.history(), path)
             })
             .collect(),

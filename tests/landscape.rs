@@ -801,3 +801,39 @@ fn landscape_tab_snapshot() {
         insta::assert_snapshot!("tui_landscape_rosenbrock_120x36", text);
     });
 }
+
+#[test]
+fn a_diverging_run_does_not_stretch_the_view() {
+    let path = temp_loss(
+        "diverge",
+        r#"
+name = "diverging rosenbrock"
+loss = "(1 - x)^2 + 100 * (y - x^2)^2"
+[params]
+x = "-1.5"
+y = "2.0"
+[optimizer]
+name = "adam"
+lr = 0.01
+[[variants]]
+name = "sgd, lr 5e-3"
+optimizer = { name = "sgd", lr = 5e-3 }
+"#,
+    );
+    let (mut app, rx) = open_landscape(path.to_str().unwrap(), 140, 44);
+    for c in "30n".chars() {
+        press(&mut app, c);
+    }
+    settle_landscape(&mut app, &rx);
+    let s = app.session().unwrap();
+    let sgd = &s.runs[1];
+    let far = sgd.path.iter().map(|(_, p)| p[0].abs()).fold(0.0, f64::max);
+    assert!(far > 1e3, "the sgd run diverged: |x| up to {far}");
+    let ((x0, x1), _) = s.landscape.view.unwrap();
+    assert!(
+        x1 - x0 < 20.0,
+        "view [{x0}, {x1}] follows the adam run, not the divergence"
+    );
+    let [ax, _] = s.runs[0].path.latest().unwrap().1;
+    assert!((x0..=x1).contains(&ax));
+}

@@ -8,6 +8,8 @@ pub mod service;
 pub mod surface;
 
 use rand::SeedableRng;
+
+use crate::run::history::History;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -374,6 +376,46 @@ pub fn view_for(
     let origin = (plane.kind != PlaneKind::Coordinates).then_some([0.0, 0.0]);
     let min_half = if origin.is_some() { 1.0 } else { 0.5 };
     fit_bounds(paths.chain(origin), min_half)
+}
+
+/// The largest loss a path point may have for views to follow it: 100 times the largest initial
+/// loss of the runs, so a run that diverges does not shrink everything else to a dot.
+pub fn follow_limit<'a>(runs: impl Iterator<Item = &'a History>) -> f64 {
+    let start = runs
+        .filter_map(|h| h.cores().first())
+        .map(|c| c.loss.abs())
+        .filter(|l| l.is_finite())
+        .fold(0.0, f64::max);
+    100.0 * start.max(f64::MIN_POSITIVE)
+}
+
+/// The points of one run's path (`(step, point)`) that views follow: those whose loss is within
+/// `limit`; a current point, which has no loss yet, counts when the run's last loss does.
+pub fn followed<'a>(
+    path: impl Iterator<Item = (u64, [f64; 2])> + 'a,
+    history: &'a History,
+    limit: f64,
+) -> impl Iterator<Item = [f64; 2]> + 'a {
+    let cores = history.cores();
+    path.filter_map(move |(k, p)| {
+        let loss = cores
+            .get(k as usize)
+            .or_else(|| cores.last())
+            .map(|c| c.loss);
+        loss.is_none_or(|l| l.abs() <= limit).then_some(p)
+    })
+}
+
+/// The point of one run's path (`(step, point)`) with the lowest finite loss, and that loss.
+pub fn lowest(
+    path: impl Iterator<Item = (u64, [f64; 2])>,
+    history: &History,
+) -> Option<([f64; 2], f64)> {
+    path.filter_map(|(k, p)| {
+        let loss = history.cores().get(k as usize)?.loss;
+        loss.is_finite().then_some((p, loss))
+    })
+    .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
 /// Plane bounds that hold `points` with a margin, at least `min_half` either side of their

@@ -13,7 +13,9 @@ use super::worker::{Command, RunId};
 use crate::compile::CompiledFile;
 use crate::landscape::service::{self, Job, LossKey, Report};
 use crate::landscape::surface::Mode;
-use crate::landscape::{Grid, GridSpec, Plane, PlaneKind, view_for};
+use crate::landscape::{
+    Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, view_for,
+};
 
 /// View bounds in plane coordinates: `((x0, x1), (y0, y1))`.
 pub type Bounds = ((f64, f64), (f64, f64));
@@ -265,9 +267,8 @@ impl LandscapeView {
         };
         if self.follow {
             let outside = |v: &Bounds| {
-                runs.iter().flat_map(|r| r.path.iter()).any(|(_, p)| {
-                    !(v.0.0..=v.0.1).contains(&p[0]) || !(v.1.0..=v.1.1).contains(&p[1])
-                })
+                framed(runs)
+                    .any(|p| !(v.0.0..=v.0.1).contains(&p[0]) || !(v.1.0..=v.1.1).contains(&p[1]))
             };
             if self.view.as_ref().is_none_or(outside) {
                 self.fit(runs, &plane);
@@ -335,8 +336,7 @@ impl LandscapeView {
 
     /// Bounds that hold every path (and the plane's origin for slices), following them again.
     pub fn fit(&mut self, runs: &[RunView], plane: &Plane) {
-        let points = runs.iter().flat_map(|r| r.path.iter().map(|(_, p)| *p));
-        if let Some(v) = view_for(plane, points) {
+        if let Some(v) = view_for(plane, framed(runs)) {
             self.view = Some(v);
         }
         self.follow = true;
@@ -385,14 +385,16 @@ impl LandscapeView {
     /// The lowest loss on any path point that has one, and where.
     pub fn best(&self, runs: &[RunView]) -> Option<([f64; 2], f64)> {
         runs.iter()
-            .flat_map(|r| {
-                r.path.iter().filter_map(|&(k, p)| {
-                    let loss = r.history.cores().get(k as usize)?.loss;
-                    loss.is_finite().then_some((p, loss))
-                })
-            })
+            .filter_map(|r| lowest(r.path.iter().copied(), &r.history))
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
+}
+
+/// Every run's path points that the view follows (see [`followed`]).
+fn framed(runs: &[RunView]) -> impl Iterator<Item = [f64; 2]> + '_ {
+    let limit = follow_limit(runs.iter().map(|r| &r.history));
+    runs.iter()
+        .flat_map(move |r| followed(r.path.iter().copied(), &r.history, limit))
 }
 
 impl Drop for LandscapeView {
