@@ -42,7 +42,7 @@ pub struct RunOptions {
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     pub clip_norm: Option<f64>,
-    /// What to do when the loss or a gradient is NaN/Inf: stop, skip or continue.
+    /// What to do when the loss, a gradient or an update is NaN/Inf: stop, skip or continue.
     #[arg(long)]
     pub on_nonfinite: Option<String>,
     /// Where gradients come from: autograd, or fd (central finite differences).
@@ -223,6 +223,7 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
         dtype: run.dtype.name(),
         steps: run.step_count(),
         final_loss,
+        // The params after the last step count too: their loss is the final one.
         best_loss: best
             .map_or(f64::NAN, |(_, c)| c.loss)
             .min(if final_loss.is_finite() {
@@ -230,7 +231,10 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
             } else {
                 f64::INFINITY
             }),
-        best_step: best.map(|(s, _)| s as u64),
+        best_step: match best {
+            Some((_, c)) if final_loss < c.loss => Some(run.step_count()),
+            other => other.map(|(s, _)| s as u64),
+        },
         first_nonfinite_step: first_nonfinite,
         clipped: run.clipped,
         skipped: run.skipped,

@@ -336,9 +336,9 @@ impl Lowerer {
         Ok(reg)
     }
 
-    /// Binds a name to the i-th run-time input (data first, then params).
-    /// Binds `name` to input `index`; `span` is where the input is defined (a param's or data
-    /// entry's value, a function's argument), for reports about the input itself.
+    /// Binds `name` to the run-time input `index` (data first, then params). `span` is where the
+    /// input is defined (a param's or data entry's key, a function's argument), for reports
+    /// about the input itself.
     pub fn bind_input(&mut self, name: &str, index: usize, kind: Kind, shape: Shape, span: Span) {
         self.instrs.push(Instr {
             op: Op::Input(index),

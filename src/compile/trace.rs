@@ -90,6 +90,7 @@ impl Provenance {
 
 fn help_for(op: &str, pass: Pass) -> String {
     match (op, pass) {
+        ("input", _) => "the value came in this way: if a step made it, its update is named in the run's warnings; otherwise it does not fit the run's dtype".into(),
         ("log", _) => "keep the argument of log away from 0: log(x + eps), or log1p/softplus forms".into(),
         ("sqrt", Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
         ("exp", _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
@@ -207,8 +208,8 @@ fn provenance(
         inputs: match instr.op {
             // Nothing inside this evaluation made it: the value came in non-finite.
             Op::Input(_) => vec![
-                "already non-finite when the loss began (set so by an earlier update, or out of \
-                 the dtype's range)"
+                "already non-finite when the loss began (out of the dtype's range, or made so \
+                 by an earlier update)"
                     .into(),
             ],
             _ => describe_inputs(instr, args, &shown, pass),

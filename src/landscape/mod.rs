@@ -378,15 +378,20 @@ pub fn view_for(
     fit_bounds(paths.chain(origin), min_half)
 }
 
-/// The largest loss a path point may have for views to follow it: 100 times the largest initial
-/// loss of the runs, so a run that diverges does not shrink everything else to a dot.
+/// The largest loss a path point may have for views to follow it: the largest initial loss plus
+/// 100 times its size, so a run that diverges does not shrink everything else to a dot (losses
+/// below the start, negative ones included, are always followed).
 pub fn follow_limit<'a>(runs: impl Iterator<Item = &'a History>) -> f64 {
     let start = runs
         .filter_map(|h| h.cores().first())
-        .map(|c| c.loss.abs())
+        .map(|c| c.loss)
         .filter(|l| l.is_finite())
-        .fold(0.0, f64::max);
-    100.0 * start.max(f64::MIN_POSITIVE)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if start.is_finite() {
+        start + 100.0 * start.abs().max(1e-12)
+    } else {
+        f64::INFINITY
+    }
 }
 
 /// The points of one run's path (`(step, point)`) that views follow: those whose loss is within
@@ -402,7 +407,7 @@ pub fn followed<'a>(
             .get(k as usize)
             .or_else(|| cores.last())
             .map(|c| c.loss);
-        loss.is_none_or(|l| l.abs() <= limit).then_some(p)
+        loss.is_none_or(|l| l <= limit).then_some(p)
     })
 }
 
@@ -635,6 +640,43 @@ mod tests {
         assert_eq!(sorted, (0..19 * 13).collect::<Vec<_>>());
         // The first cells are the stride-8 lattice: 3 columns x 2 rows.
         assert_eq!(&order[..6], &[0, 8, 16, 8 * 19, 8 * 19 + 8, 8 * 19 + 16]);
+    }
+
+    #[test]
+    fn views_follow_losses_below_a_divergence_limit() {
+        use crate::run::history::StepRecord;
+        let history = |losses: &[f64]| {
+            let mut h = History::new(0);
+            for (k, &l) in losses.iter().enumerate() {
+                h.push(&StepRecord::synthetic(k as u64, l, 0));
+            }
+            h
+        };
+        // Starting at 0 and going negative: every point is followed.
+        let down = history(&[0.0, -1.0, -5.0]);
+        let limit = follow_limit(std::iter::once(&down));
+        let path = [
+            (0, [0.0, 0.0]),
+            (1, [0.5, 1.0]),
+            (2, [1.0, 2.0]),
+            (3, [1.1, 2.1]),
+        ];
+        assert_eq!(followed(path.into_iter(), &down, limit).count(), 4);
+        // Diverging from 2: losses above 2 + 100 * 2 are dropped, and so is the current point
+        // after them; NaN is never followed.
+        let up = history(&[2.0, 150.0, 1e6, f64::NAN]);
+        let limit = follow_limit(std::iter::once(&up));
+        assert_eq!(limit, 202.0);
+        let path = [
+            (0, [0.0; 2]),
+            (1, [1.0; 2]),
+            (2, [9.0; 2]),
+            (3, [99.0; 2]),
+            (4, [1e9; 2]),
+        ];
+        let kept: Vec<[f64; 2]> = followed(path.into_iter(), &up, limit).collect();
+        assert_eq!(kept, vec![[0.0; 2], [1.0; 2]]);
+        assert_eq!(lowest(path.into_iter(), &up), Some(([0.0; 2], 2.0)));
     }
 
     #[test]

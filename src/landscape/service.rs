@@ -64,7 +64,18 @@ pub enum Report {
         s: Vec<f64>,
         loss: Vec<f64>,
     },
-    Failed(String),
+    /// A job could not be done.
+    Failed {
+        job: JobId,
+        why: String,
+    },
+}
+
+/// Which job a failure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobId {
+    Grid(u64),
+    Line(u64),
 }
 
 pub type Emit = Box<dyn Fn(Report) + Send>;
@@ -139,31 +150,32 @@ impl Service {
         }
     }
 
-    fn surface(&mut self, key: LossKey) -> Option<&Surface> {
+    /// The surface of `key`, prepared on first use.
+    fn surface(&mut self, key: LossKey) -> Result<&Surface, String> {
         if !self.surfaces.contains_key(&key) {
             let mut compiled = self.compiled.clone();
-            let def = compiled.runs.get_mut(key.def)?;
+            let def = compiled
+                .runs
+                .get_mut(key.def)
+                .ok_or_else(|| format!("no run definition {}", key.def))?;
             def.dtype = key.dtype;
-            match Surface::new(&compiled, key.def) {
-                Ok(s) => {
-                    self.surfaces.insert(key, s);
-                }
-                Err(d) => {
-                    (self.emit)(Report::Failed(d.headline()));
-                    return None;
-                }
-            }
+            let surface = Surface::new(&compiled, key.def).map_err(|d| d.headline())?;
+            self.surfaces.insert(key, surface);
         }
-        self.surfaces.get(&key)
+        Ok(&self.surfaces[&key])
     }
 
     fn line(&mut self, job: Job) {
-        let Job::Line { loss, .. } = &job else {
+        let Job::Line { loss, tag, .. } = &job else {
             return;
         };
-        let loss = *loss;
-        if self.surface(loss).is_some() {
-            answer_line(&self.surfaces[&loss], job, &self.emit);
+        let (loss, tag) = (*loss, *tag);
+        match self.surface(loss) {
+            Ok(_) => answer_line(&self.surfaces[&loss], job, &self.emit),
+            Err(why) => (self.emit)(Report::Failed {
+                job: JobId::Line(tag),
+                why,
+            }),
         }
     }
 
@@ -180,8 +192,15 @@ impl Service {
         else {
             return Ok(None);
         };
-        let Some(mode) = self.surface(loss).map(Surface::mode) else {
-            return Ok(None);
+        let mode = match self.surface(loss) {
+            Ok(surface) => surface.mode(),
+            Err(why) => {
+                (self.emit)(Report::Failed {
+                    job: JobId::Grid(generation),
+                    why,
+                });
+                return Ok(None);
+            }
         };
         if mode == Mode::Pointwise {
             spec.nx = spec.nx.min(max_pointwise);
@@ -233,7 +252,10 @@ impl Service {
                 elapsed: started.elapsed(),
             }),
             Ok(_) => {}
-            Err(d) => (self.emit)(Report::Failed(d.headline())),
+            Err(d) => (self.emit)(Report::Failed {
+                job: JobId::Grid(generation),
+                why: d.headline(),
+            }),
         }
         replaced
     }
@@ -252,6 +274,9 @@ fn answer_line(surface: &Surface, job: Job, emit: &Emit) {
     let s = lr_multiples();
     emit(match surface.line(&origin, &direction, &s) {
         Ok(loss) => Report::Line { tag, s, loss },
-        Err(d) => Report::Failed(d.headline()),
+        Err(d) => Report::Failed {
+            job: JobId::Line(tag),
+            why: d.headline(),
+        },
     });
 }

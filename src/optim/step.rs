@@ -49,8 +49,8 @@ fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
     }
 }
 
-/// Returns each param's new value, always a tensor of its own (with lr = 0 a rule may return
-/// its input, which a run could not write back into the param it came from). `lr` is this
+/// Returns each param's new value, always a tensor of its own (with a zero step size a rule may
+/// return its input, which a run could not write back into the param it came from). `lr` is this
 /// step's learning rate (after the schedule).
 pub fn update(
     spec: &OptimizerSpec,
@@ -64,7 +64,7 @@ pub fn update(
     let mut out = Vec::with_capacity(params.len());
     for ((p, g), s) in params.iter().zip(grads).zip(state.params.iter_mut()) {
         let new = update_one(spec, s, p, g, lr, t)?;
-        out.push(if lr == 0.0 { new.copy()? } else { new });
+        out.push(if new.id() == p.id() { new.copy()? } else { new });
     }
     Ok(out)
 }

@@ -421,6 +421,7 @@ impl Run {
                     // A difference can overflow a low precision while both values are finite.
                     !deltas[i].is_finite()
                         && param_norms[i].is_finite()
+                        && param_grad_norms[i].is_finite()
                         && count_nonfinite(&new[i]).0 > 0
                 })
                 .collect();
@@ -615,12 +616,14 @@ impl Run {
         let spec = &self.config.optimizer;
         let eps = spec.num("eps");
         let low = matches!(self.dtype, DType::F16 | DType::BF16);
-        // Below half of f16's smallest subnormal, eps rounds to 0.
-        let hint = if self.dtype == DType::F16 && eps > 0.0 && eps < 2.9e-8 {
+        let hint = if spec.values().iter().any(|(k, _)| *k == "eps") && eps == 0.0 {
+            "; its eps is 0, so where the squared gradient is 0 the update divides by 0: use eps > 0"
+                .to_string()
+        } else if self.dtype == DType::F16 && eps < 2.9e-8 {
+            // Below half of f16's smallest subnormal, eps rounds to 0.
             format!(
-                "; its eps = {} is 0 in {}, so where the squared gradient flushes to 0 the update divides by 0: use eps = 1e-4 or run in f32",
+                "; its eps = {} is 0 in f16, so where the squared gradient flushes to 0 the update divides by 0: use eps = 1e-4 or run in f32",
                 crate::check::fmt_short(eps),
-                self.dtype.name()
             )
         } else if low {
             format!(

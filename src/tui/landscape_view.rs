@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::app::RunView;
 use super::worker::{Command, RunId};
 use crate::compile::CompiledFile;
-use crate::landscape::service::{self, Job, LossKey, Report};
+use crate::landscape::service::{self, Job, JobId, LossKey, Report};
 use crate::landscape::surface::Mode;
 use crate::landscape::{
     Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, view_for,
@@ -133,11 +133,6 @@ impl LandscapeView {
     }
 
     pub fn on_plane(&mut self, plane: Arc<Plane>, at: Option<(RunId, u64)>) {
-        if plane.kind != PlaneKind::Coordinates {
-            // What the worker made: a plane asked for along the update is random before the
-            // run has moved.
-            self.kind = plane.kind;
-        }
         self.plane = Some(plane);
         self.plane_at = at;
         self.elapsed = None;
@@ -194,11 +189,18 @@ impl LandscapeView {
                     self.slice_wanted = None;
                 }
             }
-            Report::Failed(why) => {
-                // Whatever was in flight will not be answered: let the next frame ask again.
+            Report::Failed { job, why } => {
+                // Only the failed job stops waiting; the next frame may ask again.
+                match job {
+                    JobId::Grid(g) if self.filling.as_ref().is_some_and(|(f, _)| *f == g) => {
+                        self.filling = None;
+                    }
+                    JobId::Line(t) if self.slice_wanted.is_some_and(|w| w.0 == t) => {
+                        self.slice_wanted = None;
+                    }
+                    _ => {}
+                }
                 self.error = Some(why);
-                self.slice_wanted = None;
-                self.filling = None;
             }
             Report::GridStarted { .. } => {}
         }
@@ -236,7 +238,7 @@ impl LandscapeView {
             map,
         } = session;
         if let Some(r) = selected {
-            self.sync_slice(r, send);
+            self.sync_slice(r, playing, send);
         }
         // A slice goes through the selected run's current point: a new one once the last grid is
         // complete and the run has moved on (unless the user zoomed or panned). While the runs
@@ -307,16 +309,22 @@ impl LandscapeView {
 
     /// Asks for the selected run's learning-rate slice when its step has moved on (at most every
     /// [`SLICE_EVERY`], one request in flight).
-    fn sync_slice(&mut self, r: &RunView, send: &dyn Fn(Command)) {
+    fn sync_slice(&mut self, r: &RunView, playing: bool, send: &dyn Fn(Command)) {
         let step = r.steps() as u64;
         let fresh = self
             .slice
             .as_ref()
             .is_some_and(|s| s.run == r.info.id && s.step == step && s.lr_scale == r.lr_scale);
-        // A slice costs the worker a gradient: for a slow model, at most one per 20 of its steps.
-        let step_time = r.history.cores().last().map_or(Duration::ZERO, |c| {
-            Duration::from_secs_f32(c.wall_us.max(0.0) * 1e-6)
-        });
+        // A slice costs the worker a gradient: while a slow model plays, at most one per 20 of
+        // its steps.
+        let step_time = r
+            .history
+            .cores()
+            .last()
+            .filter(|_| playing)
+            .map_or(Duration::ZERO, |c| {
+                Duration::from_secs_f32(c.wall_us.max(0.0) * 1e-6)
+            });
         let every = SLICE_EVERY.max(step_time * 20);
         let due = self.slice_asked.is_none_or(|t| t.elapsed() >= every);
         if !fresh && due && self.slice_wanted.is_none() && r.halted.is_none() {
