@@ -366,6 +366,10 @@ impl std::fmt::Display for OptimizerSpec {
             .zip(self.kind.hyper_parameters())
             .filter(|(a, b)| a.0 == "lr" || a.1 != b.1)
             .map(|((k, v), _)| match v {
+                // Shortest round-trip form; exponents for very small or large values.
+                HyperDefault::Number(n) if *n != 0.0 && !(1e-4..1e6).contains(&n.abs()) => {
+                    format!("{k}={n:e}")
+                }
                 HyperDefault::Number(n) => format!("{k}={n}"),
                 HyperDefault::Bool(b) => format!("{k}={b}"),
             })
@@ -377,6 +381,13 @@ impl std::fmt::Display for OptimizerSpec {
 #[cfg(test)]
 mod spec_tests {
     use super::*;
+
+    #[test]
+    fn extreme_values_print_with_exponents_and_parse_back() {
+        let s = OptimizerSpec::parse("adagrad(lr=1e-300, lr_decay=1e300, eps=1e-10)").unwrap();
+        assert_eq!(s.to_string(), "adagrad(lr=1e-300, lr_decay=1e300)");
+        assert_eq!(OptimizerSpec::parse(&s.to_string()).unwrap(), s);
+    }
 
     #[test]
     fn specs_parse_and_print_round_trip() {
