@@ -13,7 +13,7 @@ use ratatui::style::Color;
 use crate::check::fmt_num;
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
-use crate::landscape::surface::{Mode, Surface, lr_multiples};
+use crate::landscape::surface::{Mode, Surface};
 use crate::landscape::{
     ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, param_shapes,
     view_for,
@@ -281,26 +281,13 @@ fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
         );
     }
     let line = run.next_update().and_then(|d| {
-        let surface = Surface::new(&loss_of(compiled, run), run.def)?;
-        let s = lr_multiples();
-        let loss = surface.line(&run.flat_params(), &d, &s)?;
-        Ok((s, loss))
+        Surface::new(&loss_of(compiled, run), run.def)?.lr_line(&run.flat_params(), &d)
     });
-    let (s, loss) = match line {
+    let line = match line {
         Ok(l) => l,
         Err(d) => return format!("next step of `{}`: {}", run.name, d.headline()),
     };
-    let at = |m: f64| {
-        s.iter()
-            .position(|&x| x == m)
-            .map_or("-".to_string(), |k| fmt_num(loss[k]))
-    };
-    let best = s
-        .iter()
-        .zip(&loss)
-        .skip(1)
-        .filter(|(_, l)| l.is_finite())
-        .min_by(|a, b| a.1.total_cmp(b.1));
+    let at = |m: f64| line.at(m).map_or("-".to_string(), fmt_num);
     format!(
         "next step of `{}` (loss now {}): lr×¼ → {}, ×½ → {}, ×1 → {}, ×2 → {}, ×4 → {}{}",
         run.name,
@@ -310,10 +297,10 @@ fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
         at(1.0),
         at(2.0),
         at(4.0),
-        best.map_or(String::new(), |(m, l)| format!(
+        line.best().map_or(String::new(), |(m, l)| format!(
             "; best ×{} → {}",
-            crate::check::fmt_short(*m),
-            fmt_num(*l)
+            crate::check::fmt_short(m),
+            fmt_num(l)
         ))
     )
 }

@@ -563,7 +563,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     let slice = l.slice.as_ref().unwrap();
     let r = s.selected_run().unwrap();
     let now = r.params.iter().map(|p| p.min).collect::<Vec<_>>();
-    assert!(rel(slice.loss[0], rosenbrock(now[0], now[1])) < 1e-5);
+    assert!(rel(slice.line.loss[0], rosenbrock(now[0], now[1])) < 1e-5);
 
     let mut t = Terminal::new(TestBackend::new(140, 44)).unwrap();
     t.draw(|f| gradscope::tui::ui::render(f, &app)).unwrap();
@@ -608,10 +608,10 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     settle_landscape(&mut app, &rx);
     let after = app.session().unwrap().landscape.slice.clone().unwrap();
     assert_eq!((after.lr_scale, after.step), (2.0, before.step));
-    let one = after.s.iter().position(|&m| m == 1.0).unwrap();
-    let two = before.s.iter().position(|&m| m == 2.0).unwrap();
+    let one = after.line.s.iter().position(|&m| m == 1.0).unwrap();
+    let two = before.line.s.iter().position(|&m| m == 2.0).unwrap();
     assert!(
-        rel(after.loss[one], before.loss[two]) < 1e-5,
+        rel(after.line.loss[one], before.line.loss[two]) < 1e-5,
         "lr x 2 lands where s = 2 did"
     );
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::surface::{Mode, Surface, lr_multiples};
+use super::surface::{LrLine, Mode, Surface};
 use super::{Grid, GridSpec, Plane};
 use crate::compile::CompiledFile;
 use crate::lang::file::DType;
@@ -31,7 +31,7 @@ pub enum Job {
         spec: GridSpec,
         max_pointwise: usize,
     },
-    /// The loss at `origin + s * direction` for each of [`lr_multiples`]'s `s`.
+    /// The loss at `origin + s * direction` for each of [`super::surface::lr_multiples`]'s `s`.
     Line {
         tag: u64,
         loss: LossKey,
@@ -58,11 +58,10 @@ pub enum Report {
         generation: u64,
         elapsed: Duration,
     },
-    /// The losses of a line job at each `s`.
+    /// The losses of a line job.
     Line {
         tag: u64,
-        s: Vec<f64>,
-        loss: Vec<f64>,
+        line: LrLine,
     },
     /// A job could not be done.
     Failed {
@@ -271,9 +270,8 @@ fn answer_line(surface: &Surface, job: Job, emit: &Emit) {
     else {
         return;
     };
-    let s = lr_multiples();
-    emit(match surface.line(&origin, &direction, &s) {
-        Ok(loss) => Report::Line { tag, s, loss },
+    emit(match surface.lr_line(&origin, &direction) {
+        Ok(line) => Report::Line { tag, line },
         Err(d) => Report::Failed {
             job: JobId::Line(tag),
             why: d.headline(),

@@ -147,6 +147,13 @@ impl Surface {
         Ok((grid, mode))
     }
 
+    /// The loss along `direction` (a run's next update) at each of [`lr_multiples`].
+    pub fn lr_line(&self, origin: &[f64], direction: &[f64]) -> Result<LrLine, Diagnostic> {
+        let s = lr_multiples();
+        let loss = self.line(origin, direction, &s)?;
+        Ok(LrLine { s, loss })
+    }
+
     /// The loss at `origin + s * direction` for each `s`.
     pub fn line(
         &self,
@@ -171,6 +178,30 @@ impl Surface {
             true
         })?;
         Ok(out)
+    }
+}
+
+/// The loss along a run's next update, at learning-rate multiples `s` ([`lr_multiples`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrLine {
+    pub s: Vec<f64>,
+    pub loss: Vec<f64>,
+}
+
+impl LrLine {
+    /// The loss at multiple `m` (0 is where the run is now), if it was evaluated there.
+    pub fn at(&self, m: f64) -> Option<f64> {
+        self.s.iter().position(|&x| x == m).map(|k| self.loss[k])
+    }
+
+    /// The multiple above 0 with the lowest finite loss, and that loss.
+    pub fn best(&self) -> Option<(f64, f64)> {
+        self.s
+            .iter()
+            .zip(&self.loss)
+            .filter(|(m, l)| **m > 0.0 && l.is_finite())
+            .map(|(m, l)| (*m, *l))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 

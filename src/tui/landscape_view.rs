@@ -12,7 +12,7 @@ use super::app::RunView;
 use super::worker::{Command, RunId};
 use crate::compile::CompiledFile;
 use crate::landscape::service::{self, Job, JobId, LossKey, Report};
-use crate::landscape::surface::Mode;
+use crate::landscape::surface::{LrLine, Mode};
 use crate::landscape::{
     Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, view_for,
 };
@@ -27,8 +27,7 @@ pub struct LrSlice {
     pub step: u64,
     /// The run's lr multiplier when the slice was taken (`+`/`-` make it stale).
     pub lr_scale: f64,
-    pub s: Vec<f64>,
-    pub loss: Vec<f64>,
+    pub line: LrLine,
 }
 
 /// Cells a side of a grid evaluated point by point (a 64x64 grid of the MLP benchmark takes
@@ -175,7 +174,7 @@ impl LandscapeView {
                     self.elapsed = Some(elapsed);
                 }
             }
-            Report::Line { tag, s, loss } => {
+            Report::Line { tag, line } => {
                 if let Some((t, run, step, lr_scale)) = self.slice_wanted
                     && t == tag
                 {
@@ -183,8 +182,7 @@ impl LandscapeView {
                         run,
                         step,
                         lr_scale,
-                        s,
-                        loss,
+                        line,
                     });
                     self.slice_wanted = None;
                 }

@@ -384,24 +384,23 @@ fn render_slice(
         return;
     };
     // s = 0 is the current loss; the rest are lr multiples on a log2 axis.
-    let now = sl.loss.first().copied().unwrap_or(f64::NAN);
-    let points: Vec<(f64, f64)> =
-        sl.s.iter()
-            .zip(&sl.loss)
-            .skip(1)
-            .filter(|(_, l)| l.is_finite())
-            .map(|(s, l)| (s.log2(), *l))
-            .collect();
-    let best = points.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
-    let at_one = sl.s.iter().position(|&s| s == 1.0).map(|k| sl.loss[k]);
+    let line = &sl.line;
+    let now = line.at(0.0).unwrap_or(f64::NAN);
+    let points: Vec<(f64, f64)> = line
+        .s
+        .iter()
+        .zip(&line.loss)
+        .filter(|(s, l)| **s > 0.0 && l.is_finite())
+        .map(|(s, l)| (s.log2(), *l))
+        .collect();
     let title = format!(
         "Next step of {} at lr × s: now {}, s=1 → {}{}",
         run.info.name,
         fmt_num(now),
-        at_one.map_or("-".into(), fmt_num),
-        best.map_or(String::new(), |(x, l)| format!(
+        line.at(1.0).map_or("-".into(), fmt_num),
+        line.best().map_or(String::new(), |(m, l)| format!(
             ", best s={} → {}",
-            crate::check::fmt_short(2f64.powf(x)),
+            crate::check::fmt_short(m),
             fmt_num(l)
         )),
     );
@@ -412,13 +411,13 @@ fn render_slice(
     } else {
         hi
     };
-    let nonfinite: Vec<(f64, f64)> =
-        sl.s.iter()
-            .zip(&sl.loss)
-            .skip(1)
-            .filter(|(_, l)| !l.is_finite())
-            .map(|(s, _)| (s.log2(), y1))
-            .collect();
+    let nonfinite: Vec<(f64, f64)> = line
+        .s
+        .iter()
+        .zip(&line.loss)
+        .filter(|(s, l)| **s > 0.0 && !l.is_finite())
+        .map(|(s, _)| (s.log2(), y1))
+        .collect();
     let now_line = [(-4.0, now), (4.0, now)];
     let unit = [(0.0, y0), (0.0, y1)];
     let datasets = vec![
