@@ -188,7 +188,7 @@ pub fn landscape_command(
     let Some((compiled, runs)) = step_all(&args.run, color)? else {
         return Ok(false);
     };
-    let dims: usize = param_shapes(&compiled).iter().map(|p| p.len()).sum();
+    let dims = compiled.param_count();
     if dims < 2 {
         writeln!(
             out,

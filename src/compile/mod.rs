@@ -58,6 +58,11 @@ impl CompiledFile {
     pub fn param_shape(&self, i: usize) -> Shape {
         Shape(self.params[i].value.dims().to_vec())
     }
+
+    /// How many values the params hold in all (the dimension of param space).
+    pub fn param_count(&self) -> usize {
+        self.params.iter().map(|p| p.value.elem_count()).sum()
+    }
 }
 
 /// Compiles every run of a file. Returns the compiled file when there is no error, and all

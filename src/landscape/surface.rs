@@ -37,8 +37,8 @@ const CHUNK_EVERY: Duration = Duration::from_millis(30);
 /// One run definition's loss, with params of its own (so evaluating never disturbs a run).
 pub struct Surface {
     evaluator: Evaluator,
-    /// Never batch (to measure what batching saves).
-    pointwise: bool,
+    /// Decided once: whether the loss batches (checking builds a batched plan).
+    mode: Mode,
 }
 
 impl Surface {
@@ -46,27 +46,24 @@ impl Surface {
     pub fn new(compiled: &CompiledFile, run: usize) -> Result<Self, Diagnostic> {
         let evaluator = Evaluator::new(compiled, run)
             .map_err(|e| Diagnostic::error(format!("cannot prepare the landscape: {e}")))?;
-        Ok(Self {
-            evaluator,
-            pointwise: false,
-        })
+        let mode = match evaluator.batched(1) {
+            Some(_) => Mode::Batched,
+            None => Mode::Pointwise,
+        };
+        Ok(Self { evaluator, mode })
     }
 
-    /// The same loss, always evaluated point by point.
+    /// The same loss, always evaluated point by point (to measure what batching saves).
     pub fn pointwise(self) -> Self {
         Self {
-            pointwise: true,
+            mode: Mode::Pointwise,
             ..self
         }
     }
 
-    /// Whether `n` points at a time evaluate in one pass.
+    /// Whether many points at a time evaluate in one pass.
     pub fn mode(&self) -> Mode {
-        if !self.pointwise && self.evaluator.batched(1).is_some() {
-            Mode::Batched
-        } else {
-            Mode::Pointwise
-        }
+        self.mode
     }
 
     /// The loss at `n` flat param points, `point(k)` making the k-th only when it is evaluated
@@ -78,7 +75,7 @@ impl Surface {
         point: &dyn Fn(usize) -> Vec<f64>,
         sink: &mut Sink,
     ) -> Result<Mode, Diagnostic> {
-        if self.mode() == Mode::Batched {
+        if self.mode == Mode::Batched {
             for start in (0..n).step_by(BATCH) {
                 let chunk: Vec<Vec<f64>> = (start..n.min(start + BATCH)).map(point).collect();
                 let batch = self

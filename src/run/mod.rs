@@ -249,7 +249,7 @@ impl Run {
             param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
             trajectory: Decimated::new(0),
         };
-        let dim: usize = compiled.params.iter().map(|p| p.value.elem_count()).sum();
+        let dim = compiled.param_count();
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
         r.trajectory.push(0, r.param_copies()?);
         r.snapshot();

@@ -1145,7 +1145,7 @@ fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg
             let _ = reports.send(Msg::Landscape(id, r));
         }),
     );
-    let dims = compiled.params.iter().map(|p| p.value.elem_count()).sum();
+    let dims = compiled.param_count();
     let emit: worker::Emit = Box::new(move |e| {
         let _ = events.send(Msg::Worker(id, e));
     });

@@ -369,15 +369,9 @@ impl LandscapeView {
         }
     }
 
-    /// A new plane of `kind` through the selected run (a new random direction each time).
+    /// A new plane of `kind` through the selected run (a new random direction each time); the
+    /// worker keeps a two-param loss on its coordinates.
     pub fn new_plane(&mut self, kind: PlaneKind, run: RunId, send: &dyn Fn(Command)) {
-        if self
-            .plane
-            .as_ref()
-            .is_some_and(|p| p.kind == PlaneKind::Coordinates)
-        {
-            return;
-        }
         self.kind = kind;
         self.seed += 1;
         self.plane_requested = true;
