@@ -146,7 +146,7 @@ fn landscape(
     let (x, y) = view_for(&plane, points)
         .ok_or_else(|| Diagnostic::error("the runs' paths are not finite"))?;
     let n = n.clamp(2, 1024);
-    let surface = Surface::new(&loss_of(compiled, first), first.def)?;
+    let surface = surface_of(compiled, first)?;
     let started = Instant::now();
     let (grid, mode) = surface.grid(&plane, GridSpec { x, y, nx: n, ny: n })?;
     Ok(Landscape {
@@ -158,11 +158,12 @@ fn landscape(
     })
 }
 
-/// `compiled` with the run definition of `run` set to the run's dtype.
-fn loss_of(compiled: &CompiledFile, run: &Run) -> CompiledFile {
-    let mut c = compiled.clone();
-    c.runs[run.def].dtype = run.dtype;
-    c
+/// The loss `run` steps: its definition in its dtype.
+fn surface_of(compiled: &CompiledFile, run: &Run) -> Result<Surface, Diagnostic> {
+    let loss = compiled
+        .in_dtype(run.def, run.dtype)
+        .ok_or_else(|| Diagnostic::error(format!("run `{}` has no definition", run.name)))?;
+    Surface::new(&loss, run.def)
 }
 
 /// Steps every run to its end, printing the comparison table's summaries to stderr.
@@ -280,9 +281,9 @@ fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
             run.name, h.step
         );
     }
-    let line = run.next_update().and_then(|d| {
-        Surface::new(&loss_of(compiled, run), run.def)?.lr_line(&run.flat_params(), &d)
-    });
+    let line = run
+        .next_update()
+        .and_then(|d| surface_of(compiled, run)?.lr_line(&run.flat_params(), &d));
     let line = match line {
         Ok(l) => l,
         Err(d) => return format!("next step of `{}`: {}", run.name, d.headline()),

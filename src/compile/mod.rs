@@ -59,6 +59,14 @@ impl CompiledFile {
         Shape(self.params[i].value.dims().to_vec())
     }
 
+    /// A copy whose run definition `def` runs in `dtype`, as a run of it may (None when there is
+    /// no such definition).
+    pub fn in_dtype(&self, def: usize, dtype: DType) -> Option<CompiledFile> {
+        let mut c = self.clone();
+        c.runs.get_mut(def)?.dtype = dtype;
+        Some(c)
+    }
+
     /// How many values the params hold in all (the dimension of param space).
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.value.elem_count()).sum()

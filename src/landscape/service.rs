@@ -152,12 +152,10 @@ impl Service {
     /// The surface of `key`, prepared on first use.
     fn surface(&mut self, key: LossKey) -> Result<&Surface, String> {
         if !self.surfaces.contains_key(&key) {
-            let mut compiled = self.compiled.clone();
-            let def = compiled
-                .runs
-                .get_mut(key.def)
+            let compiled = self
+                .compiled
+                .in_dtype(key.def, key.dtype)
                 .ok_or_else(|| format!("no run definition {}", key.def))?;
-            def.dtype = key.dtype;
             let surface = Surface::new(&compiled, key.def).map_err(|d| d.headline())?;
             self.surfaces.insert(key, surface);
         }

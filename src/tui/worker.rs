@@ -354,9 +354,9 @@ impl Worker {
             }
             Command::Gradcheck(id) => {
                 self.report();
-                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
-                    let mut compiled = self.compiled.clone();
-                    compiled.runs[s.def].dtype = s.run.dtype;
+                if let Some(s) = self.slots.iter().find(|s| s.id == id)
+                    && let Some(compiled) = self.compiled.in_dtype(s.def, s.run.dtype)
+                {
                     let params = s.run.param_values();
                     match gradcheck(&compiled, s.def, Some(&params), 0) {
                         Ok(checks) => self.send(Event::Checked(id, s.run.step_count(), checks)),
