@@ -444,12 +444,7 @@ impl App {
                 None
             }
             Msg::Landscape(id, r) => {
-                if let Some(s) = self
-                    .files
-                    .iter_mut()
-                    .filter_map(|f| f.session.as_mut())
-                    .find(|s| s.id == id)
-                {
+                if let Some(s) = self.session_by_id(id) {
                     s.landscape.on_report(r);
                 }
                 None
@@ -469,13 +464,16 @@ impl App {
         }
     }
 
-    fn worker_event(&mut self, id: u64, e: Event) {
-        let Some(s) = self
-            .files
+    /// The session `id` (a worker's or landscape thread's), whichever file it belongs to.
+    fn session_by_id(&mut self, id: u64) -> Option<&mut Session> {
+        self.files
             .iter_mut()
             .filter_map(|f| f.session.as_mut())
             .find(|s| s.id == id)
-        else {
+    }
+
+    fn worker_event(&mut self, id: u64, e: Event) {
+        let Some(s) = self.session_by_id(id) else {
             return;
         };
         match e {
