@@ -73,10 +73,11 @@ pub struct LandscapeView {
     pub view: Option<Bounds>,
     /// Whether the view grows to hold the paths (until the user zooms or pans).
     pub follow: bool,
-    /// The grid shown: the latest one with any cells.
+    /// The grid shown: the latest one with any cells, filled in place as cells arrive.
     pub grid: Option<Grid>,
-    /// The grid being filled and its generation, shown once its first cells arrive.
-    filling: Option<(u64, Grid)>,
+    /// The generation being filled, with its spec until its first cells replace `grid` (the
+    /// previous grid stays on screen until then).
+    filling: Option<(u64, Option<GridSpec>)>,
     pub mode: Option<Mode>,
     /// How long the shown grid took, once complete.
     pub elapsed: Option<Duration>,
@@ -150,19 +151,23 @@ impl LandscapeView {
                 spec,
                 mode,
             } if generation == self.generation => {
-                self.filling = Some((generation, Grid::new(spec)));
+                self.filling = Some((generation, Some(spec)));
                 self.mode = Some(mode);
                 self.elapsed = None;
                 self.error = None;
             }
             Report::GridCells { generation, cells } => {
-                if let Some((g, grid)) = &mut self.filling
+                if let Some((g, spec)) = &mut self.filling
                     && *g == generation
                 {
-                    for (k, v) in cells {
-                        grid.values[k] = Some(v);
+                    if let Some(spec) = spec.take() {
+                        self.grid = Some(Grid::new(spec));
                     }
-                    self.grid = Some(grid.clone());
+                    if let Some(grid) = &mut self.grid {
+                        for (k, v) in cells {
+                            grid.values[k] = Some(v);
+                        }
+                    }
                 }
             }
             Report::GridDone {
@@ -170,7 +175,7 @@ impl LandscapeView {
                 elapsed,
             } => {
                 if self.filling.as_ref().is_some_and(|(g, _)| *g == generation) {
-                    self.grid = self.filling.take().map(|(_, g)| g);
+                    self.filling = None;
                     self.elapsed = Some(elapsed);
                 }
             }
