@@ -3,8 +3,9 @@
 //! update's learning-rate line, non-finite cells, the terminal picture (snapshot), the Landscape
 //! tab's keys and live updates, and `gradscope landscape` / `gradscope plot` end to end.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -654,19 +655,12 @@ fn a_large_model_gets_a_slice_that_fills_in_and_can_change() {
 // The commands
 // ---------------------------------------------------------------------------------------------
 
-fn gradscope(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
 #[test]
 fn plot_writes_an_svg_naming_every_run() {
     let dir = std::env::temp_dir().join(format!("gradscope-plot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let svg = dir.join("r.svg");
-    let out = gradscope(&[
+    let out = common::gradscope(&[
         "plot",
         "losses/rosenbrock.toml",
         "-o",
@@ -701,7 +695,7 @@ fn plot_writes_an_svg_naming_every_run() {
         assert!(texts.contains(&name), "{name:?} not among {texts:?}");
     }
     let png = dir.join("r.png");
-    let out = gradscope(&[
+    let out = common::gradscope(&[
         "plot",
         "losses/norm_at_zero.toml",
         "--steps",
@@ -713,7 +707,7 @@ fn plot_writes_an_svg_naming_every_run() {
         std::fs::read(&png).unwrap().starts_with(b"\x89PNG"),
         "{out:?}"
     );
-    let bad = gradscope(&[
+    let bad = common::gradscope(&[
         "plot",
         "losses/rosenbrock.toml",
         "--steps",
@@ -727,7 +721,7 @@ fn plot_writes_an_svg_naming_every_run() {
 
 #[test]
 fn landscape_command_draws_and_reports_its_timing() {
-    let out = gradscope(&[
+    let out = common::gradscope(&[
         "landscape",
         "losses/rosenbrock.toml",
         "--variant",
@@ -762,14 +756,14 @@ fn landscape_command_draws_and_reports_its_timing() {
         );
     }
     assert_eq!(text.matches("next step of `").count(), 4);
-    let one = gradscope(&["landscape", "losses/f16_exp_overflow.toml", "--steps", "3"]);
+    let one = common::gradscope(&["landscape", "losses/f16_exp_overflow.toml", "--steps", "3"]);
     let text = String::from_utf8_lossy(&one.stdout);
     assert!(
         text.contains("a single param value, so there is no plane to draw"),
         "{text}"
     );
     assert!(text.contains("next step of `base`"), "{text}");
-    let missing = gradscope(&["landscape", "losses/no_such_file.toml"]);
+    let missing = common::gradscope(&["landscape", "losses/no_such_file.toml"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no_such_file.toml"));
 }

@@ -1,8 +1,9 @@
 //! Runs: the non-finite policies on a loss built to go NaN at a known step, rewinding, Lion's
 //! closed form, every bundled loss for 50 steps, and the `run` command's output formats.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use gradscope::check::discover;
 use gradscope::compile::{CompiledFile, compile};
@@ -333,16 +334,9 @@ fn every_bundled_loss_runs_fifty_steps_without_a_panic() {
     }
 }
 
-fn gradscope(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
 #[test]
 fn jsonl_has_one_object_per_step_and_a_summary_per_run() {
-    let out = gradscope(&[
+    let out = common::gradscope(&[
         "run",
         "losses/rosenbrock.toml",
         "-o",
@@ -401,7 +395,7 @@ fn jsonl_has_one_object_per_step_and_a_summary_per_run() {
 
 #[test]
 fn csv_has_a_header_and_one_row_per_logged_step() {
-    let out = gradscope(&[
+    let out = common::gradscope(&[
         "run",
         "losses/robust_log_mse.toml",
         "--variant",
@@ -434,7 +428,7 @@ fn csv_has_a_header_and_one_row_per_logged_step() {
 
 #[test]
 fn a_nan_halt_exits_one_with_a_one_line_reason() {
-    let out = gradscope(&[
+    let out = common::gradscope(&[
         "run",
         "losses/norm_at_zero.toml",
         "--variant",
@@ -452,7 +446,7 @@ fn a_nan_halt_exits_one_with_a_one_line_reason() {
 
 #[test]
 fn unknown_optimizer_on_the_command_line_lists_the_valid_ones() {
-    let out = gradscope(&["run", "losses/rosenbrock.toml", "-o", "adma"]);
+    let out = common::gradscope(&["run", "losses/rosenbrock.toml", "-o", "adma"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
