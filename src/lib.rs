@@ -3,17 +3,16 @@
 //! `lang` parses loss files (no tensors), `compile` turns them into candle programs, `check`
 //! reports on them; `main.rs` only parses the command line and calls [`run`].
 
-pub mod check;
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
+pub mod draw;
+pub mod format;
 pub mod landscape;
 pub mod lang;
+pub mod load;
 pub mod optim;
-pub mod pictures;
-pub mod plot;
 pub mod run;
-pub mod runner;
 pub mod tui;
 
 use std::io::{IsTerminal, Write};
@@ -26,21 +25,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut out = std::io::stdout().lock();
     let all_ok = match cli.command {
-        Some(Command::List { dir, json }) => check::list(&[dir], json, color, &mut out)?,
-        Some(Command::Check { paths, json }) => check::check(&paths, json, color, &mut out)?,
+        Some(Command::List { dir, json }) => cli::check::list(&[dir], json, color, &mut out)?,
+        Some(Command::Check { paths, json }) => cli::check::check(&paths, json, color, &mut out)?,
         Some(Command::Run(args)) => {
             drop(out);
-            return Ok(exit(runner::run_command(&args, color)?));
+            return Ok(exit(cli::run::run_command(&args, color)?));
         }
-        Some(Command::Landscape(args)) => pictures::landscape_command(&args, color, &mut out)?,
+        Some(Command::Landscape(args)) => cli::pictures::landscape_command(&args, color, &mut out)?,
         Some(Command::Plot(args)) => {
             drop(out);
-            return Ok(exit(pictures::plot_command(&args, color)?));
+            return Ok(exit(cli::pictures::plot_command(&args, color)?));
         }
-        Some(Command::Gradcheck(args)) => runner::gradcheck_command(&args, color, &mut out)?,
-        Some(Command::Curvature(args)) => runner::curvature_command(&args, color, &mut out)?,
-        Some(Command::Precision(args)) => runner::precision_command(&args, color, &mut out)?,
-        Some(Command::Bench { dir, repeat }) => runner::bench_command(&dir, repeat, &mut out)?,
+        Some(Command::Gradcheck(args)) => cli::inspect::gradcheck_command(&args, color, &mut out)?,
+        Some(Command::Curvature(args)) => cli::inspect::curvature_command(&args, color, &mut out)?,
+        Some(Command::Precision(args)) => cli::inspect::precision_command(&args, color, &mut out)?,
+        Some(Command::Bench { dir, repeat }) => cli::bench::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);
             tui::run(&cli.path.unwrap_or_else(|| "losses".into()))?;

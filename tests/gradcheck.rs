@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use gradscope::check::discover;
 use gradscope::compile::gradcheck::{SAMPLE, Verdict, gradcheck};
 use gradscope::compile::{CompiledFile, compile};
 use gradscope::lang::file::{DType, load_bytes};
-use gradscope::runner::load_compiled;
+use gradscope::load::discover;
+use gradscope::load::load_compiled;
 
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("g.toml"), text.as_bytes().to_vec());

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use gradscope::compile::{CompiledFile, Evaluator};
+use gradscope::draw::scene::{Glyphs, Scene, ScenePath};
 use gradscope::landscape::surface::{Mode, Surface, lr_multiples};
 use gradscope::landscape::{
     ColorScale, Grid, GridSpec, NONFINITE_RGB, Plane, PlaneKind, param_shapes,
 };
+use gradscope::load::load_compiled;
 use gradscope::run::{Run, RunConfig};
-use gradscope::runner::load_compiled;
 use gradscope::tui::app::{App, Msg, Tab};
-use gradscope::tui::landscape::{Glyphs, Scene, ScenePath};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
@@ -401,7 +401,7 @@ fn ascii(scene: &Scene, w: u16, h: u16) -> String {
     let area = Rect::new(0, 0, w, h);
     let mut buf = Buffer::empty(area);
     scene.render(area, &mut buf, Glyphs::Ascii);
-    gradscope::tui::landscape::ansi(&buf, false)
+    gradscope::draw::scene::ansi(&buf, false)
 }
 
 #[test]
@@ -556,7 +556,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     // One column per map cell and two rows per line.
     let chart = gradscope::tui::ui::layout(Rect::new(0, 0, 140, 44)).chart;
     let map =
-        gradscope::tui::landscape::map_rect(gradscope::tui::ui::landscape_layout(chart).0).unwrap();
+        gradscope::draw::scene::map_rect(gradscope::tui::ui::landscape_layout(chart).0).unwrap();
     assert_eq!(
         (grid.spec.nx, grid.spec.ny),
         (map.width as usize, 2 * map.height as usize)

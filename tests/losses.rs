@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-use gradscope::check::{check_all, discover};
+use gradscope::cli::check::check_all;
+use gradscope::load::discover;
 
 #[test]
 fn the_library_has_at_least_fourteen_files_plus_the_benchmarks() {
@@ -21,6 +22,7 @@ fn every_bundled_file_is_finite_at_its_initial_params() {
     assert!(missing.is_empty());
     for r in &reports {
         let errors: Vec<String> = r
+            .file
             .diagnostics
             .iter()
             .filter(|d| d.is_error())
@@ -29,25 +31,35 @@ fn every_bundled_file_is_finite_at_its_initial_params() {
         assert!(
             errors.is_empty(),
             "{}:\n{}",
-            r.path.display(),
+            r.file.path.display(),
             errors.join("\n")
         );
-        let compiled = r.compiled.as_ref().expect("compiled");
-        assert_eq!(r.runs.len(), compiled.runs.len(), "{}", r.path.display());
+        let compiled = r.file.compiled.as_ref().expect("compiled");
+        assert_eq!(
+            r.runs.len(),
+            compiled.runs.len(),
+            "{}",
+            r.file.path.display()
+        );
         assert!(
             compiled.file.about.is_some(),
             "{} has no `about`",
-            r.path.display()
+            r.file.path.display()
         );
         for run in &r.runs {
-            assert!(run.loss.is_finite(), "{} {}", r.path.display(), run.name);
+            assert!(
+                run.loss.is_finite(),
+                "{} {}",
+                r.file.path.display(),
+                run.name
+            );
         }
         let base = &r.runs[0];
         for p in &base.params {
             assert!(
                 p.grad.iter().all(|g| g.is_finite()),
                 "{}: base gradient of {} is not finite",
-                r.path.display(),
+                r.file.path.display(),
                 p.name
             );
         }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gradscope::check::check_file;
+use gradscope::cli::check::check_file;
 
 fn malformed_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir("tests/malformed")
@@ -30,8 +30,13 @@ fn each_malformed_file_gets_located_diagnostics() {
     for path in malformed_files() {
         let report = check_file(&path, true);
         assert!(!report.ok(), "{} should have an error", path.display());
-        let rendered: String = report.diagnostics.iter().map(|d| d.render(false)).collect();
-        for d in report.diagnostics.iter().filter(|d| d.is_error()) {
+        let rendered: String = report
+            .file
+            .diagnostics
+            .iter()
+            .map(|d| d.render(false))
+            .collect();
+        for d in report.file.diagnostics.iter().filter(|d| d.is_error()) {
             assert!(
                 d.line_col().is_some(),
                 "{}: error without line and column: {}",

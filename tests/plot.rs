@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use gradscope::draw::plot::{PlotData, PlotError, PlotLandscape, PlotRun, save};
 use gradscope::landscape::{ColorScale, Grid, GridSpec};
-use gradscope::plot::{PlotData, PlotError, PlotLandscape, PlotRun, save};
 
 const ADAM: &str = "adam (lr=0.01)";
 const ODD: &str = "sgd·momentum <&> β=0.9";

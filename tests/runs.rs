@@ -5,14 +5,14 @@ mod common;
 
 use std::path::Path;
 
-use gradscope::check::discover;
 use gradscope::compile::{CompiledFile, compile};
 use gradscope::lang::file::load_bytes;
+use gradscope::load::discover;
+use gradscope::load::load_compiled;
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::spec::OptimizerSpec;
 use gradscope::run::history::flags;
 use gradscope::run::{GradSource, LossScale, NonFinitePolicy, Run, RunConfig};
-use gradscope::runner::load_compiled;
 
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
@@ -458,7 +458,7 @@ fn unknown_optimizer_on_the_command_line_lists_the_valid_ones() {
 #[test]
 fn a_million_steps_of_history_fit_in_100_mb() {
     // Capacity, not a timing: the history's own accounting of the bytes it holds.
-    assert!(gradscope::runner::history_mb(1_000_000, 6) < 100.0);
+    assert!(gradscope::cli::bench::history_mb(1_000_000, 6) < 100.0);
 }
 
 #[test]

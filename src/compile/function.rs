@@ -212,7 +212,7 @@ pub fn verify(
                     crate::diagnostic::Diagnostic::warning(format!(
                         "the gradient of `{}` for `{arg}` disagrees with finite differences of its value (at {arg} = {x}: {custom} vs {})",
                         fd.name.node,
-                        crate::check::fmt_num(fd_grad)
+                        crate::format::fmt_num(fd_grad)
                     ))
                     .at(source, g.span.clone())
                     .help("intended for a straight-through estimator; otherwise check this expression"),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor, Var};
 
 use super::plan::{Executable, Instr, Op, apply};
-use crate::check::fmt_num;
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
+use crate::format::fmt_num;
 
 /// Which pass produced the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,6 @@ pub mod surface;
 
 use rand::SeedableRng;
 
-use crate::run::history::History;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -378,13 +377,31 @@ pub fn view_for(
     fit_bounds(paths.chain(origin), min_half)
 }
 
+/// A run's loss at each step it took, as the view rules below read it: landscapes know paths,
+/// not runs (a run's history implements this).
+pub trait StepLosses {
+    /// The loss at the params after `step` updates, if that step was taken.
+    fn loss_at(&self, step: usize) -> Option<f64>;
+    /// The loss of the last step taken.
+    fn last_loss(&self) -> Option<f64>;
+}
+
+impl StepLosses for [f64] {
+    fn loss_at(&self, step: usize) -> Option<f64> {
+        self.get(step).copied()
+    }
+
+    fn last_loss(&self) -> Option<f64> {
+        self.last().copied()
+    }
+}
+
 /// The largest loss a path point may have for views to follow it: the largest initial loss plus
 /// 100 times its size, so a run that diverges does not shrink everything else to a dot (losses
 /// below the start, negative ones included, are always followed).
-pub fn follow_limit<'a>(runs: impl Iterator<Item = &'a History>) -> f64 {
+pub fn follow_limit<'a, L: StepLosses + ?Sized + 'a>(runs: impl Iterator<Item = &'a L>) -> f64 {
     let start = runs
-        .filter_map(|h| h.cores().first())
-        .map(|c| c.loss)
+        .filter_map(|h| h.loss_at(0))
         .filter(|l| l.is_finite())
         .fold(f64::NEG_INFINITY, f64::max);
     if start.is_finite() {
@@ -396,28 +413,24 @@ pub fn follow_limit<'a>(runs: impl Iterator<Item = &'a History>) -> f64 {
 
 /// The points of one run's path (`(step, point)`) that views follow: those whose loss is within
 /// `limit`; a current point, which has no loss yet, counts when the run's last loss does.
-pub fn followed<'a>(
+pub fn followed<'a, L: StepLosses + ?Sized>(
     path: impl Iterator<Item = (u64, [f64; 2])> + 'a,
-    history: &'a History,
+    losses: &'a L,
     limit: f64,
 ) -> impl Iterator<Item = [f64; 2]> + 'a {
-    let cores = history.cores();
     path.filter_map(move |(k, p)| {
-        let loss = cores
-            .get(k as usize)
-            .or_else(|| cores.last())
-            .map(|c| c.loss);
+        let loss = losses.loss_at(k as usize).or_else(|| losses.last_loss());
         loss.is_none_or(|l| l <= limit).then_some(p)
     })
 }
 
 /// The point of one run's path (`(step, point)`) with the lowest finite loss, and that loss.
-pub fn lowest(
+pub fn lowest<L: StepLosses + ?Sized>(
     path: impl Iterator<Item = (u64, [f64; 2])>,
-    history: &History,
+    losses: &L,
 ) -> Option<([f64; 2], f64)> {
     path.filter_map(|(k, p)| {
-        let loss = history.cores().get(k as usize)?.loss;
+        let loss = losses.loss_at(k as usize)?;
         loss.is_finite().then_some((p, loss))
     })
     .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -644,28 +657,21 @@ mod tests {
 
     #[test]
     fn views_follow_losses_below_a_divergence_limit() {
-        use crate::run::history::StepRecord;
-        let history = |losses: &[f64]| {
-            let mut h = History::new(0);
-            for (k, &l) in losses.iter().enumerate() {
-                h.push(&StepRecord::synthetic(k as u64, l, 0));
-            }
-            h
-        };
+        let history = |losses: &[f64]| losses.to_vec();
         // Starting at 0 and going negative: every point is followed.
         let down = history(&[0.0, -1.0, -5.0]);
-        let limit = follow_limit(std::iter::once(&down));
+        let limit = follow_limit(std::iter::once(&down[..]));
         let path = [
             (0, [0.0, 0.0]),
             (1, [0.5, 1.0]),
             (2, [1.0, 2.0]),
             (3, [1.1, 2.1]),
         ];
-        assert_eq!(followed(path.into_iter(), &down, limit).count(), 4);
+        assert_eq!(followed(path.into_iter(), &down[..], limit).count(), 4);
         // Diverging from 2: losses above 2 + 100 * 2 are dropped, and so is the current point
         // after them; NaN is never followed.
         let up = history(&[2.0, 150.0, 1e6, f64::NAN]);
-        let limit = follow_limit(std::iter::once(&up));
+        let limit = follow_limit(std::iter::once(&up[..]));
         assert_eq!(limit, 202.0);
         let path = [
             (0, [0.0; 2]),
@@ -674,9 +680,9 @@ mod tests {
             (3, [99.0; 2]),
             (4, [1e9; 2]),
         ];
-        let kept: Vec<[f64; 2]> = followed(path.into_iter(), &up, limit).collect();
+        let kept: Vec<[f64; 2]> = followed(path.into_iter(), &up[..], limit).collect();
         assert_eq!(kept, vec![[0.0; 2], [1.0; 2]]);
-        assert_eq!(lowest(path.into_iter(), &up), Some(([0.0; 2], 2.0)));
+        assert_eq!(lowest(path.into_iter(), &up[..]), Some(([0.0; 2], 2.0)));
     }
 
     #[test]

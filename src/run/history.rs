@@ -152,3 +152,13 @@ impl History {
             + (self.grad_norms.capacity() + self.param_norms.capacity()) * 4
     }
 }
+
+impl crate::landscape::StepLosses for History {
+    fn loss_at(&self, step: usize) -> Option<f64> {
+        self.cores.get(step).map(|c| c.loss)
+    }
+
+    fn last_loss(&self) -> Option<f64> {
+        self.cores.last().map(|c| c.loss)
+    }
+}

@@ -3,8 +3,11 @@
 //! and the non-finite policy, and only then updates. Snapshots let a run rewind and re-step to
 //! the same numbers bit for bit.
 
+pub mod export;
 pub mod history;
+pub mod summary;
 pub mod trajectory;
+pub mod worker;
 
 use std::time::Instant;
 
@@ -623,7 +626,7 @@ impl Run {
             // Below half of f16's smallest subnormal, eps rounds to 0.
             format!(
                 "; its eps = {} is 0 in f16, so where the squared gradient flushes to 0 the update divides by 0: use eps = 1e-4 or run in f32",
-                crate::check::fmt_short(eps),
+                crate::format::fmt_short(eps),
             )
         } else if low {
             format!(
@@ -642,7 +645,7 @@ impl Run {
 
     fn nonfinite_reason(&self, loss: f64, grads: &[Tensor], bad: &[usize]) -> String {
         if !loss.is_finite() {
-            return format!("the loss is {}", crate::check::fmt_num(loss));
+            return format!("the loss is {}", crate::format::fmt_num(loss));
         }
         format!(
             "the gradient of {} is non-finite",

@@ -14,17 +14,17 @@ use ratatui::layout::{Position, Rect};
 use ratatui::style::Color;
 
 use super::landscape_view::LandscapeView;
-use super::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
-use crate::check::{FileReport, check_file, discover};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
+use crate::load::{self, LoadedFile, discover};
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
+use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
 
 /// Everything that can happen to the app.
 #[derive(Debug)]
@@ -88,18 +88,6 @@ impl Tab {
 
 /// Steps shown when the x range is limited.
 pub const LAST_N: usize = 500;
-
-/// Run colours, in order of creation.
-pub const PALETTE: [Color; 8] = [
-    Color::Cyan,
-    Color::Yellow,
-    Color::Magenta,
-    Color::Green,
-    Color::LightBlue,
-    Color::LightRed,
-    Color::White,
-    Color::LightGreen,
-];
 
 /// A run as the UI keeps it: what the worker reported.
 #[derive(Debug, Clone)]
@@ -318,7 +306,7 @@ impl App {
             events,
         };
         for p in paths {
-            let entry = app.entry(&p, check_file(&p, false));
+            let entry = app.entry(&p, load::load(&p));
             app.files.push(entry);
         }
         app.sort_files();
@@ -332,7 +320,7 @@ impl App {
         (Self::new(root, tx), rx)
     }
 
-    fn entry(&self, path: &Path, report: FileReport) -> FileEntry {
+    fn entry(&self, path: &Path, report: LoadedFile) -> FileEntry {
         let dir = if self.root.is_dir() {
             self.root.as_path()
         } else {
@@ -478,7 +466,7 @@ impl App {
         };
         match e {
             Event::Added(info) => {
-                let color = PALETTE[s.colors_used % PALETTE.len()];
+                let color = crate::draw::PALETTE[s.colors_used % crate::draw::PALETTE.len()];
                 s.colors_used += 1;
                 s.runs.push(RunView {
                     history: History::new(0),
@@ -563,7 +551,7 @@ impl App {
                             text: format!(
                                 "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
                                 c.name,
-                                crate::check::fmt_num(c.max_rel),
+                                crate::format::fmt_num(c.max_rel),
                                 c.worst
                             ),
                         });
@@ -631,12 +619,15 @@ impl App {
             }
             return;
         }
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
         if let Some(i) = pos
-            && std::fs::read_to_string(path).ok() == self.files[i].text
+            && self.files[i].text.as_deref().map(str::as_bytes) == Some(&bytes[..])
         {
             return;
         }
-        let report = check_file(path, false);
+        let report = load::load_bytes(path, bytes);
         match pos {
             Some(i) => {
                 let f = &mut self.files[i];
@@ -864,7 +855,7 @@ impl App {
         }
         let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
         let (scene, _) = super::ui::landscape_layout(areas.chart);
-        let map = super::landscape::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
+        let map = crate::draw::scene::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
         let Some(s) = self.session_mut() else {
             return;
         };
@@ -1053,15 +1044,15 @@ impl App {
             .unwrap_or_default();
         let csv_path = PathBuf::from(format!("gradscope-{stem}.csv"));
         let jsonl_path = PathBuf::from(format!("gradscope-{stem}.jsonl"));
-        let mut csv = crate::runner::csv_header(&names) + "\n";
+        let mut csv = crate::run::export::csv_header(&names) + "\n";
         let mut jsonl = String::new();
         for r in &s.runs {
             for k in 0..r.history.len() {
                 if let Some(rec) = r.history.get(k) {
-                    csv.push_str(&crate::runner::csv_row(&r.info.name, &names, &rec));
+                    csv.push_str(&crate::run::export::csv_row(&r.info.name, &names, &rec));
                     csv.push('\n');
                     jsonl.push_str(
-                        &crate::runner::step_json(&r.info.name, &names, &rec).to_string(),
+                        &crate::run::export::step_json(&r.info.name, &names, &rec).to_string(),
                     );
                     jsonl.push('\n');
                 }
@@ -1094,13 +1085,13 @@ impl App {
             .filter(|g| g.is_complete())
             .zip(l.plane.as_ref())
             .and_then(|(grid, plane)| {
-                Some(crate::plot::PlotLandscape {
+                Some(crate::draw::plot::PlotLandscape {
                     scale: crate::landscape::ColorScale::fit(grid.finite(), l.log)?,
                     labels: plane.labels.clone(),
                     grid: grid.clone(),
                 })
             });
-        let data = crate::plot::PlotData {
+        let data = crate::draw::plot::PlotData {
             title: f.name.clone(),
             runs: s
                 .runs
@@ -1111,7 +1102,7 @@ impl App {
                     } else {
                         Vec::new()
                     };
-                    crate::pictures::plot_run(&r.info.name, r.color, &r.history, path)
+                    crate::draw::plot_run(&r.info.name, r.color, &r.history, path)
                 })
                 .collect(),
             landscape,
@@ -1121,7 +1112,7 @@ impl App {
             .iter()
             .map(|ext| {
                 let path = PathBuf::from(format!("gradscope-{stem}.{ext}"));
-                crate::plot::save(&data, &path)
+                crate::draw::plot::save(&data, &path)
                     .map(|()| path.display().to_string())
                     .map_err(|e| e.to_string())
             })
@@ -1175,7 +1166,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
     if rec.has(flags::NONFINITE) && r.first_nonfinite.is_none() {
         r.first_nonfinite = Some(rec.step);
         let what = if rec.has(flags::LOSS_NONFINITE) {
-            format!("loss is {}", crate::check::fmt_num(rec.core.loss))
+            format!("loss is {}", crate::format::fmt_num(rec.core.loss))
         } else if rec.has(flags::GRAD_NONFINITE) {
             "gradient is non-finite".to_string()
         } else {

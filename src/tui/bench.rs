@@ -8,8 +8,8 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::app::{App, Msg, Tab};
-use super::worker::{Command, Event};
 use crate::run::history::StepRecord;
+use crate::run::worker::{Command, Event};
 
 /// Median time in ms to draw a `w` x `h` frame of `file`'s `tab` with `points` steps in every
 /// run (and as many path points, for the Landscape tab, once its grid is complete).

@@ -9,13 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::app::RunView;
-use super::worker::{Command, RunId};
 use crate::compile::CompiledFile;
 use crate::landscape::service::{self, Job, JobId, LossKey, Report};
 use crate::landscape::surface::{LrLine, Mode};
 use crate::landscape::{
     Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, view_for,
 };
+use crate::run::worker::{Command, RunId};
 
 /// View bounds in plane coordinates: `((x0, x1), (y0, y1))`.
 pub type Bounds = ((f64, f64), (f64, f64));

@@ -5,11 +5,9 @@
 pub mod app;
 pub mod bench;
 pub mod chart;
-pub mod landscape;
 pub mod landscape_view;
 pub mod pyramid;
 pub mod ui;
-pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -24,7 +24,7 @@ use ratatui::widgets::{
 
 use super::app::{App, FileEntry, Focus, LAST_N, Popup, RunView, Session, Tab, duplicate_choices};
 use super::chart::{self, Metric, Series};
-use crate::check::fmt_num;
+use crate::format::fmt_num;
 use crate::optim::spec::OptimizerKind;
 
 /// Smallest terminal gradscope draws its panels in.
@@ -334,12 +334,12 @@ fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             g.spec.nx,
             g.spec.ny,
             m.name(),
-            crate::check::fmt_duration(t)
+            crate::format::fmt_duration(t)
         ),
         (Some(g), _, None) => format!("computing {}/{}", g.filled(), g.spec.len()),
         _ => "computing…".into(),
     };
-    let scene = super::landscape::Scene {
+    let scene = crate::draw::scene::Scene {
         grid: l.grid.as_ref(),
         view,
         labels: [&plane.labels[0], &plane.labels[1]],
@@ -347,7 +347,7 @@ fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         paths: s
             .runs
             .iter()
-            .map(|r| super::landscape::ScenePath {
+            .map(|r| crate::draw::scene::ScenePath {
                 name: r.info.name.clone(),
                 color: r.color,
                 points: r.path.iter().map(|(_, p)| *p).collect(),
@@ -359,7 +359,7 @@ fn render_landscape(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     scene.render(
         scene_area,
         f.buffer_mut(),
-        super::landscape::Glyphs::HalfBlock,
+        crate::draw::scene::Glyphs::HalfBlock,
     );
 }
 
@@ -400,7 +400,7 @@ fn render_slice(
         line.at(1.0).map_or("-".into(), fmt_num),
         line.best().map_or(String::new(), |(m, l)| format!(
             ", best s={} → {}",
-            crate::check::fmt_short(m),
+            crate::format::fmt_short(m),
             fmt_num(l)
         )),
     );
@@ -452,7 +452,7 @@ fn render_slice(
         .y_axis(
             Axis::default().bounds([y0, y1]).labels(
                 [y0, y1]
-                    .map(|v| Line::from(crate::check::fmt_short(v)))
+                    .map(|v| Line::from(crate::format::fmt_short(v)))
                     .to_vec(),
             ),
         );

@@ -1,6 +1,5 @@
 //! `gradscope landscape` and `gradscope plot`: runs stepped headless, then drawn as a landscape
-//! in the terminal or as a picture file; and the one conversion of run histories into
-//! [`PlotData`] that the TUI's `p` key uses too.
+//! in the terminal or as a picture file.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,22 +7,21 @@ use std::time::{Duration, Instant};
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
-use ratatui::style::Color;
 
-use crate::check::fmt_num;
+use super::run::{RunOptions, comparison_table, load_runs};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
+use crate::draw::plot::{PlotData, PlotLandscape};
+use crate::draw::scene::{Glyphs, Scene, ScenePath, ansi};
+use crate::draw::{PALETTE, plot_run};
+use crate::format::fmt_num;
 use crate::landscape::surface::{Mode, Surface};
 use crate::landscape::{
     ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, param_shapes,
     view_for,
 };
-use crate::plot::{PlotData, PlotLandscape, PlotRun};
 use crate::run::Run;
-use crate::run::history::History;
-use crate::runner::{RunOptions, drive, load_runs};
-use crate::tui::app::PALETTE;
-use crate::tui::landscape::{Glyphs, Scene, ScenePath};
+use crate::run::summary::drive;
 
 /// The plane of a slice, for losses with more than two param values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,35 +65,6 @@ pub struct PlotArgs {
     /// Landscape grid cells a side (two-param losses).
     #[arg(long, default_value_t = 64)]
     pub grid: usize,
-}
-
-/// RGB of a run colour of the TUI's palette (xterm's values), for pictures.
-pub fn rgb(c: Color) -> [u8; 3] {
-    match c {
-        Color::Rgb(r, g, b) => [r, g, b],
-        Color::Cyan => [0, 170, 190],
-        Color::Yellow => [215, 165, 0],
-        Color::Magenta => [190, 0, 190],
-        Color::Green => [0, 160, 0],
-        Color::LightBlue => [80, 120, 255],
-        Color::LightRed => [240, 80, 80],
-        Color::LightGreen => [80, 220, 80],
-        _ => [120, 120, 120],
-    }
-}
-
-/// One run's curves and path for a picture.
-pub fn plot_run(name: &str, color: Color, history: &History, path: Vec<[f64; 2]>) -> PlotRun {
-    let cores = history.cores().iter().enumerate();
-    PlotRun {
-        name: name.to_string(),
-        rgb: rgb(color),
-        loss: cores.clone().map(|(k, c)| (k as u64, c.loss)).collect(),
-        grad_norm: cores
-            .map(|(k, c)| (k as u64, f64::from(c.grad_norm)))
-            .collect(),
-        path,
-    }
 }
 
 /// A landscape of finished runs: the plane, each run's projected path (`(step, point)`), and
@@ -175,7 +144,7 @@ fn step_all(options: &RunOptions, color: bool) -> anyhow::Result<Option<(Compile
     for run in &mut runs {
         summaries.push(drive(run, |_, _| {}).map_err(|d| anyhow::anyhow!(d.render(false)))?);
     }
-    eprint!("{}", crate::runner::comparison_table(&summaries));
+    eprint!("{}", comparison_table(&summaries));
     Ok(Some((compiled, runs)))
 }
 
@@ -223,7 +192,7 @@ pub fn landscape_command(
         l.grid.spec.nx,
         l.grid.spec.ny,
         l.mode.name(),
-        crate::check::fmt_duration(l.elapsed)
+        crate::format::fmt_duration(l.elapsed)
     )?;
     let (tw, th) = crossterm::terminal::size().unwrap_or((100, 40));
     let terminal = std::io::stdout().is_terminal();
@@ -266,7 +235,7 @@ pub fn landscape_command(
         Glyphs::Ascii
     };
     scene.render(area, &mut buf, glyphs);
-    write!(out, "{}", crate::tui::landscape::ansi(&buf, color))?;
+    write!(out, "{}", ansi(&buf, color))?;
     for run in &runs {
         writeln!(out, "{}", next_step_line(&compiled, run))?;
     }
@@ -300,7 +269,7 @@ fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
         at(4.0),
         line.best().map_or(String::new(), |(m, l)| format!(
             "; best ×{} → {}",
-            crate::check::fmt_short(m),
+            crate::format::fmt_short(m),
             fmt_num(l)
         ))
     )
@@ -343,7 +312,7 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
             })
         }),
     };
-    crate::plot::save(&data, &args.out)?;
+    crate::draw::plot::save(&data, &args.out)?;
     eprintln!("wrote {}", args.out.display());
     Ok(runs.iter().all(|r| r.halted.is_none()))
 }

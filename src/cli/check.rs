@@ -3,14 +3,14 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::compile::{self, CompiledFile, Evaluator, norm};
-use crate::diagnostic::{Diagnostic, SourceFile};
-use crate::lang::file;
+use crate::diagnostic::Diagnostic;
+use crate::format::{describe, fmt_num, json_num};
+use crate::load::{self, LoadedFile, discover};
 
 /// A run's loss and gradients at the initial params.
 #[derive(Debug, Clone)]
@@ -29,94 +29,36 @@ pub struct ParamReport {
     pub grad_norm: f64,
 }
 
-/// Everything known about one file.
+/// Everything known about one file: as loaded, plus each run's numbers when evaluated.
 #[derive(Debug, Clone)]
 pub struct FileReport {
-    pub path: PathBuf,
-    pub name: Option<String>,
-    pub diagnostics: Vec<Diagnostic>,
-    pub compiled: Option<CompiledFile>,
+    pub file: LoadedFile,
     pub runs: Vec<RunReport>,
-    pub source: Option<Arc<SourceFile>>,
 }
 
 impl FileReport {
     pub fn ok(&self) -> bool {
-        !self.diagnostics.iter().any(Diagnostic::is_error)
-    }
-
-    pub fn first_error(&self) -> Option<&Diagnostic> {
-        self.diagnostics.iter().find(|d| d.is_error())
-    }
-}
-
-/// Loss files under `paths`: files as given, directories searched recursively for `*.toml`,
-/// sorted. A path that does not exist becomes a diagnostic.
-pub fn discover(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
-    let mut files = Vec::new();
-    let mut diags = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            walk(p, &mut files);
-        } else if p.is_file() {
-            files.push(p.clone());
-        } else {
-            diags.push(
-                Diagnostic::error(format!("no such file or directory: {}", p.display())).in_file(p),
-            );
-        }
-    }
-    (files, diags)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    let (dirs, files): (Vec<_>, Vec<_>) = entries.into_iter().partition(|p| p.is_dir());
-    out.extend(
-        files
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "toml")),
-    );
-    for d in dirs {
-        walk(&d, out);
+        self.file.ok()
     }
 }
 
 /// Loads and compiles a file; with `evaluate`, also runs every run once forward and backward.
 pub fn check_file(path: &Path, evaluate: bool) -> FileReport {
-    let loaded = file::load(path);
     let mut report = FileReport {
-        path: path.to_path_buf(),
-        name: loaded.file.as_ref().map(|f| f.name.clone()),
-        diagnostics: loaded.diagnostics,
-        compiled: None,
+        file: load::load(path),
         runs: Vec::new(),
-        source: loaded.source,
     };
-    let Some(file) = loaded.file else {
-        return report;
-    };
-    let (compiled, diags) = compile::compile(file);
-    report.diagnostics.extend(diags);
-    let Some(compiled) = compiled else {
-        return report;
-    };
-    if evaluate {
+    if let (true, Some(compiled)) = (evaluate, &report.file.compiled) {
         for run in 0..compiled.runs.len() {
-            match evaluate_run(&compiled, run) {
+            match evaluate_run(compiled, run) {
                 Ok((r, warnings)) => {
-                    report.diagnostics.extend(warnings);
+                    report.file.diagnostics.extend(warnings);
                     report.runs.push(r);
                 }
-                Err(d) => report.diagnostics.push(d),
+                Err(d) => report.file.diagnostics.push(d),
             }
         }
     }
-    report.compiled = Some(compiled);
     report
 }
 
@@ -192,16 +134,6 @@ fn evaluate_run(
     Ok((report, warnings))
 }
 
-fn describe(v: f64) -> &'static str {
-    if v.is_nan() {
-        "NaN"
-    } else if v > 0.0 {
-        "+Inf"
-    } else {
-        "-Inf"
-    }
-}
-
 /// Reports for every file under `paths`, in order, plus diagnostics for paths that don't exist.
 pub fn check_all(paths: &[PathBuf], evaluate: bool) -> (Vec<FileReport>, Vec<Diagnostic>) {
     let (files, missing) = discover(paths);
@@ -257,8 +189,8 @@ fn truncate(s: &str, max: usize) -> String {
 
 fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Result<()> {
     let status = if r.ok() { "ok" } else { "error" };
-    let name = r.name.as_deref().unwrap_or("?");
-    writeln!(out, "{status:5} {}  {name}", r.path.display())?;
+    let name = r.file.name.as_deref().unwrap_or("?");
+    writeln!(out, "{status:5} {}  {name}", r.file.path.display())?;
     let width = r
         .runs
         .iter()
@@ -280,64 +212,10 @@ fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Re
             grads.join("  ")
         )?;
     }
-    for d in &r.diagnostics {
+    for d in &r.file.diagnostics {
         write!(out, "{}", d.render(color))?;
     }
     Ok(())
-}
-
-/// `NaN`, `+Inf`, `-Inf` and `0`, written alike by every number format.
-fn fmt_special(v: f64) -> Option<String> {
-    if !v.is_finite() {
-        Some(describe(v).to_string())
-    } else if v == 0.0 {
-        Some("0".into())
-    } else {
-        None
-    }
-}
-
-/// Compact number formatting for tables.
-pub fn fmt_num(v: f64) -> String {
-    if let Some(s) = fmt_special(v) {
-        return s;
-    }
-    let a = v.abs();
-    if !(1e-3..1e5).contains(&a) {
-        format!("{v:.4e}")
-    } else {
-        format!("{v:.6}")
-    }
-}
-
-/// A duration in the unit that suits it: `250 µs`, `3.4 ms`, `45.8 s`.
-pub fn fmt_duration(d: std::time::Duration) -> String {
-    let ms = d.as_secs_f64() * 1e3;
-    if ms < 1.0 {
-        format!("{:.0} µs", ms * 1e3)
-    } else if ms < 1e4 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.1} s", ms / 1e3)
-    }
-}
-
-/// A number to three significant digits, for legends and axes where space is short.
-pub fn fmt_short(v: f64) -> String {
-    if let Some(s) = fmt_special(v) {
-        return s;
-    }
-    let a = v.abs();
-    if !(1e-3..1e5).contains(&a) {
-        return format!("{v:.2e}");
-    }
-    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
 }
 
 fn run_json(run: &RunReport) -> Value {
@@ -354,21 +232,12 @@ fn run_json(run: &RunReport) -> Value {
     json!({"name": run.name, "dtype": run.dtype, "loss": json_num(run.loss), "params": params})
 }
 
-/// JSON has no NaN or Inf: they become strings, so nothing is silently turned into null.
-pub fn json_num(v: f64) -> Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        json!(describe(v))
-    }
-}
-
 fn check_json(r: &FileReport) -> Value {
     let mut obj = json!({
-        "file": r.path.display().to_string(),
-        "name": r.name,
+        "file": r.file.path.display().to_string(),
+        "name": r.file.name,
         "ok": r.ok(),
-        "diagnostics": r.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+        "diagnostics": r.file.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
     });
     if let Some(base) = r.runs.first() {
         let b = run_json(base);
@@ -393,7 +262,7 @@ pub fn list(
     let rows: Vec<[String; 5]> = reports
         .iter()
         .map(|r| {
-            let (params, variants) = match &r.compiled {
+            let (params, variants) = match &r.file.compiled {
                 Some(c) => (
                     c.params
                         .iter()
@@ -411,13 +280,13 @@ pub fn list(
                 ),
                 None => (String::new(), String::new()),
             };
-            let status = match r.first_error() {
+            let status = match r.file.first_error() {
                 None => "ok".to_string(),
                 Some(d) => d.headline(),
             };
             [
-                r.path.display().to_string(),
-                r.name.clone().unwrap_or_default(),
+                r.file.path.display().to_string(),
+                r.file.name.clone().unwrap_or_default(),
                 params,
                 variants,
                 status,
@@ -427,21 +296,23 @@ pub fn list(
     if json {
         for (r, row) in reports.iter().zip(&rows) {
             let params: serde_json::Map<String, Value> = r
+                .file
                 .compiled
                 .iter()
                 .flat_map(|c| &c.params)
                 .map(|p| (p.name.clone(), json!({"shape": p.value.dims()})))
                 .collect();
             let variants: Vec<&str> = r
+                .file
                 .compiled
                 .iter()
                 .flat_map(|c| &c.runs[1..])
                 .map(|v| v.name.as_str())
                 .collect();
             let obj = json!({
-                "file": row[0], "name": r.name, "ok": r.ok(), "params": params,
+                "file": row[0], "name": r.file.name, "ok": r.ok(), "params": params,
                 "variants": variants,
-                "diagnostics": r.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
+                "diagnostics": r.file.diagnostics.iter().map(Diagnostic::to_json).collect::<Vec<_>>(),
             });
             writeln!(out, "{obj}")?;
         }

@@ -12,7 +12,8 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::check::fmt_short;
+use super::plotters_color;
+use crate::format::fmt_short;
 use crate::landscape::{BANDS, ColorScale, Grid, GridSpec, NONFINITE_RGB, clip};
 
 /// Everything one picture shows.
@@ -96,7 +97,7 @@ fn register_font() -> DrawResult {
         plotters::style::register_font(
             FONT,
             FontStyle::Normal,
-            include_bytes!("../assets/fonts/DejaVuSans-subset.ttf"),
+            include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf"),
         )
         .is_ok()
     });
@@ -124,10 +125,6 @@ where
     }
     root.present()?;
     Ok(())
-}
-
-fn rgb([r, g, b]: [u8; 3]) -> RGBColor {
-    RGBColor(r, g, b)
 }
 
 /// The loss panel above the gradient-norm panel.
@@ -262,7 +259,7 @@ impl Panel<'_> {
         // Curves are 1 px: wider lines are filled polygons in the bitmap backend, which spike
         // where a dense curve reverses from one point to the next.
         for (run, curve) in self.runs.iter().zip(self.curves) {
-            let colour = rgb(run.rgb);
+            let colour = plotters_color(run.rgb);
             let lines = chart.draw_series(
                 curve
                     .lines
@@ -275,7 +272,7 @@ impl Panel<'_> {
                 });
             }
         }
-        let marker = rgb(NONFINITE_RGB).filled();
+        let marker = plotters_color(NONFINITE_RGB).filled();
         let nonfinite: Vec<u64> = self
             .curves
             .iter()
@@ -341,7 +338,7 @@ where
         (spec.x.0..=spec.x.1).contains(&p[0]) && (spec.y.0..=spec.y.1).contains(&p[1])
     };
     for run in runs {
-        let style = rgb(run.rgb).stroke_width(2);
+        let style = plotters_color(run.rgb).stroke_width(2);
         let pieces = wide_line_pieces(clip_path(&run.path, spec), |p| chart.backend_coord(p));
         chart.draw_series(
             pieces
@@ -392,7 +389,7 @@ fn cell_rows(landscape: &PlotLandscape) -> Vec<Rectangle<Point>> {
             if let Some(colour) = same[0] {
                 rects.push(Rectangle::new(
                     [(x(i), y(j)), (x(i + same.len()), y(j + 1))],
-                    rgb(colour).filled(),
+                    plotters_color(colour).filled(),
                 ));
             }
             i += same.len();
@@ -494,7 +491,7 @@ where
         let colour = scale.rgb(scale.value_at((t0 + t1) / 2.0));
         area.draw(&Rectangle::new(
             [(x, row(t1)), (x + WIDTH, row(t0))],
-            rgb(colour).filled(),
+            plotters_color(colour).filled(),
         ))?;
     }
     area.draw(&Rectangle::new([(x, top), (x + WIDTH, bottom)], BLACK))?;
@@ -518,7 +515,7 @@ where
         let y = bottom + 14;
         area.draw(&Rectangle::new(
             [(x, y), (x + WIDTH, y + 10)],
-            rgb(NONFINITE_RGB).filled(),
+            plotters_color(NONFINITE_RGB).filled(),
         ))?;
         area.draw(&Text::new(
             "NaN/Inf",

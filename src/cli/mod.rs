@@ -1,5 +1,11 @@
 //! Command-line interface: one [`Command`] enum, dispatched in one place (`lib::run`).
 
+pub mod bench;
+pub mod check;
+pub mod inspect;
+pub mod pictures;
+pub mod run;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -44,18 +50,18 @@ pub enum Command {
         json: bool,
     },
     /// Step one or more runs of a loss file headless and report them.
-    Run(crate::runner::RunArgs),
+    Run(run::RunArgs),
     /// Step runs, then draw their loss landscape with the paths in the terminal.
-    Landscape(crate::pictures::LandscapeArgs),
+    Landscape(pictures::LandscapeArgs),
     /// Step runs, then write their curves (and landscape, for two-param losses) to an SVG or PNG.
-    Plot(crate::pictures::PlotArgs),
+    Plot(pictures::PlotArgs),
     /// Autograd against central finite differences in f64, per param (every variant by default).
-    Gradcheck(crate::runner::PointArgs),
+    Gradcheck(inspect::PointArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
-    Curvature(crate::runner::PointArgs),
+    Curvature(inspect::PointArgs),
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
-    Precision(crate::runner::PointArgs),
+    Precision(inspect::PointArgs),
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

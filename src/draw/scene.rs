@@ -7,7 +7,8 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 
-use crate::check::fmt_short;
+use super::terminal_color;
+use crate::format::fmt_short;
 use crate::landscape::{BANDS, ColorScale, Grid, NONFINITE_RGB, clip, ramp};
 
 /// How cells are drawn.
@@ -219,8 +220,8 @@ impl Scene<'_> {
 
     fn color(&self, s: Sample) -> Color {
         match s {
-            Sample::Band(b) => rgb(ramp((b as f64 + 0.5) / BANDS as f64)),
-            Sample::NonFinite => rgb(NONFINITE_RGB),
+            Sample::Band(b) => terminal_color(ramp((b as f64 + 0.5) / BANDS as f64)),
+            Sample::NonFinite => terminal_color(NONFINITE_RGB),
             Sample::Path(r) => self.paths[r].color,
         }
     }
@@ -291,7 +292,12 @@ impl Scene<'_> {
                 let t = (b as f64 + 0.5) / BANDS as f64;
                 let ch = ASCII_RAMP[b * ASCII_RAMP.len() / BANDS] as char;
                 let text = format!("≥ {}", fmt_short(s.value_at(b as f64 / BANDS as f64)));
-                line(&text, Style::new(), Some((rgb(ramp(t)), ch)), buf);
+                line(
+                    &text,
+                    Style::new(),
+                    Some((terminal_color(ramp(t)), ch)),
+                    buf,
+                );
             }
             if self
                 .grid
@@ -300,7 +306,7 @@ impl Scene<'_> {
                 line(
                     "NaN/Inf",
                     Style::new(),
-                    Some((rgb(NONFINITE_RGB), ASCII_NONFINITE)),
+                    Some((terminal_color(NONFINITE_RGB), ASCII_NONFINITE)),
                     buf,
                 );
             }
@@ -348,10 +354,6 @@ fn floor(x: f64) -> i64 {
     } else {
         t
     }
-}
-
-fn rgb(c: [u8; 3]) -> Color {
-    Color::Rgb(c[0], c[1], c[2])
 }
 
 /// The sample positions of the segment from `a` to `b` (Bresenham); both ends are inside the

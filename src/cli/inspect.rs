@@ -1,0 +1,234 @@
+//! `gradscope gradcheck`, `curvature` and `precision`: a point of a run, examined.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::run::select;
+use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
+use crate::format::fmt_num;
+use crate::load;
+use crate::run::summary::drive;
+use crate::run::{Run, RunConfig};
+
+/// A point of a run to examine: the file, which variant, after how many steps, in which dtype.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PointArgs {
+    /// The loss file.
+    pub file: PathBuf,
+    /// Variant to examine (`base`, a variant's name, or `all`).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Step the run this many times with its optimizer first.
+    #[arg(long, default_value_t = 0)]
+    pub at_step: u64,
+    /// Evaluate in this dtype instead of the run's (f32, f64, f16, bf16).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+/// The compiled file and the selected runs, each with its definition's index.
+type Points = (CompiledFile, Vec<(usize, Run)>);
+
+/// The compiled file and, for each selected run definition, its index and the run stepped to
+/// `at_step` (`default_all`: every variant when none is named). Err holds the file's diagnostics.
+fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, Vec<Diagnostic>>> {
+    let (mut compiled, _) = match load::load_compiled(&args.file) {
+        Ok(c) => c,
+        Err(diags) => return Ok(Err(diags)),
+    };
+    let selected = select(
+        &mut compiled,
+        args.variant.as_deref(),
+        args.dtype.as_deref(),
+        default_all,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut runs = Vec::new();
+    for def in selected {
+        let mut config = RunConfig::from_settings(&compiled.runs[def].optimizer);
+        config.steps = args.at_step;
+        let mut r = Run::new(&compiled, def, compiled.runs[def].name.clone(), config)?;
+        drive(&mut r, |_, _| {}).map_err(|d| anyhow::anyhow!(d.headline()))?;
+        runs.push((def, r));
+    }
+    Ok(Ok((compiled, runs)))
+}
+
+/// Renders a file's diagnostics when it could not be loaded.
+fn unloadable(diags: &[Diagnostic], color: bool, out: &mut impl Write) -> anyhow::Result<bool> {
+    for d in diags {
+        write!(out, "{}", d.render(color))?;
+    }
+    Ok(false)
+}
+
+/// `gradscope gradcheck`: returns whether every checked param passed.
+pub fn gradcheck_command(
+    args: &PointArgs,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    use crate::compile::gradcheck::{SAMPLE, Verdict, gradcheck, tolerance};
+    let (compiled, runs) = match points(args, true)? {
+        Ok(p) => p,
+        Err(diags) => return unloadable(&diags, color, out),
+    };
+    let mut all_pass = true;
+    for (def, run) in runs {
+        let (atol, rtol) = tolerance(run.dtype);
+        writeln!(
+            out,
+            "{}  run `{}` in {} at step {} (atol {atol:e}, rtol {rtol:e}; at most {SAMPLE} elements a param)",
+            args.file.display(),
+            run.name,
+            run.dtype.name(),
+            run.step_count()
+        )?;
+        match gradcheck(&compiled, def, Some(&run.param_values()), 0) {
+            Ok(checks) => {
+                writeln!(
+                    out,
+                    "  {:<10} {:>14} {:>12} {:>12} {:>12} {:>6}  result",
+                    "param", "checked", "max abs err", "max rel err", "worst at", "kinks"
+                )?;
+                for c in checks {
+                    let result = match c.verdict {
+                        Verdict::Pass => "ok",
+                        Verdict::Fail => {
+                            all_pass = false;
+                            "FAIL"
+                        }
+                        Verdict::CustomGradient => {
+                            "differs: custom gradient (fine for a straight-through estimator)"
+                        }
+                    };
+                    let checked = if c.checked < c.total {
+                        format!("{} of {} (sampled)", c.checked, c.total)
+                    } else {
+                        format!("{} of {}", c.checked, c.total)
+                    };
+                    writeln!(
+                        out,
+                        "  {:<10} {:>14} {:>12} {:>12} {:>12} {:>6}  {result}",
+                        c.name,
+                        checked,
+                        fmt_num(c.max_abs),
+                        fmt_num(c.max_rel),
+                        format!("{:?}", c.worst),
+                        c.kinks
+                    )?;
+                }
+            }
+            Err(d) => {
+                write!(out, "{}", d.render(color))?;
+                all_pass = false;
+            }
+        }
+    }
+    Ok(all_pass)
+}
+
+/// `gradscope curvature`: the top Hessian eigenvalue and what it means for the learning rate.
+pub fn curvature_command(
+    args: &PointArgs,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let runs = match points(args, false)? {
+        Ok((_, runs)) => runs,
+        Err(diags) => return unloadable(&diags, color, out),
+    };
+    for (_, run) in runs {
+        let c = run
+            .curvature(50)
+            .map_err(|d| anyhow::anyhow!(d.headline()))?;
+        writeln!(
+            out,
+            "{}  run `{}` in {} at step {}",
+            args.file.display(),
+            run.name,
+            run.dtype.name(),
+            run.step_count()
+        )?;
+        writeln!(
+            out,
+            "  top Hessian eigenvalue λ = {}  ({} power iterations{})",
+            fmt_num(c.lambda),
+            c.iterations,
+            if c.converged { "" } else { ", not converged" }
+        )?;
+        writeln!(
+            out,
+            "  check against finite differences of gradients: relative error {}",
+            fmt_num(c.fd_rel_err)
+        )?;
+        let lr = run
+            .config
+            .schedule
+            .lr(run.config.optimizer.lr(), run.step_count());
+        match c.max_stable_lr() {
+            Some(max) => {
+                let verdict = if lr < max {
+                    "below it: plain gradient descent is stable here"
+                } else {
+                    "above it: plain gradient descent diverges along the top eigenvector"
+                };
+                writeln!(
+                    out,
+                    "  largest stable lr for gradient descent 2/λ = {}; the run's lr {} is {verdict}",
+                    fmt_num(max),
+                    fmt_num(lr)
+                )?;
+            }
+            None => writeln!(
+                out,
+                "  λ ≤ 0: the loss is not convex along the top eigenvector here, so 2/λ gives no bound"
+            )?,
+        }
+    }
+    Ok(true)
+}
+
+/// `gradscope precision`: what low precision does to each op's output.
+pub fn precision_command(
+    args: &PointArgs,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let runs = match points(args, false)? {
+        Ok((_, runs)) => runs,
+        Err(diags) => return unloadable(&diags, color, out),
+    };
+    for (_, run) in runs {
+        let stats = run.precision().map_err(|d| anyhow::anyhow!(d.headline()))?;
+        writeln!(
+            out,
+            "{}  run `{}` in {} at step {} (against f64)",
+            args.file.display(),
+            run.name,
+            run.dtype.name(),
+            run.step_count()
+        )?;
+        if stats.is_empty() {
+            writeln!(out, "  no op overflowed, flushed to zero or went subnormal")?;
+        }
+        for s in stats {
+            let (line, col) = run.source().line_col(s.span.start);
+            let text = run
+                .source()
+                .text
+                .get(s.span.clone())
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("");
+            writeln!(
+                out,
+                "  {line}:{col} `{}` {text}\n      of {}: {} overflowed to Inf, {} flushed to 0, {} subnormal",
+                s.op, s.total, s.overflowed, s.flushed, s.subnormal
+            )?;
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,337 @@
+//! `gradscope run`: the headless front end over the run engine.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use crate::compile::CompiledFile;
+use crate::format::fmt_num;
+use crate::lang::file::DType;
+use crate::load;
+use crate::optim::spec::OptimizerSpec;
+use crate::run::export::{csv_header, csv_row, step_json, summary_json};
+use crate::run::summary::{Summary, drive};
+use crate::run::{NonFinitePolicy, Run, RunConfig};
+
+/// Output format of `gradscope run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Jsonl,
+}
+
+/// Which runs to step and how: shared by `run`, `landscape` and `plot`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
+    /// The loss file.
+    pub file: PathBuf,
+    /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
+    #[arg(short = 'o', long = "optimizer")]
+    pub optimizers: Vec<String>,
+    /// Variant to run (`base`, a variant's name, or `all`).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Number of steps (default: the file's `steps`, else 100).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Run in this dtype instead of the file's (f32, f64, f16, bf16).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub clip_norm: Option<f64>,
+    /// What to do when the loss, a gradient or an update is NaN/Inf: stop, skip or continue.
+    #[arg(long)]
+    pub on_nonfinite: Option<String>,
+    /// Where gradients come from: autograd, or fd (central finite differences).
+    #[arg(long)]
+    pub grad: Option<String>,
+}
+
+/// Everything `gradscope run` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub run: RunOptions,
+    /// Log every K-th step (default: every step for csv/jsonl, a tenth of the run for table).
+    #[arg(long)]
+    pub every: Option<u64>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Write the log to this file instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The run definitions `variant` names (`base`, a name, `all`; none: `default_all` decides),
+/// after setting every run's dtype to `dtype` if given.
+pub(super) fn select(
+    compiled: &mut CompiledFile,
+    variant: Option<&str>,
+    dtype: Option<&str>,
+    default_all: bool,
+) -> Result<Vec<usize>, String> {
+    if let Some(d) = dtype {
+        let dt = DType::from_name(d)
+            .ok_or_else(|| format!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
+        compiled.runs.iter_mut().for_each(|r| r.dtype = dt);
+    }
+    let all = (0..compiled.runs.len()).collect();
+    match variant {
+        Some("all") => Ok(all),
+        None if default_all => Ok(all),
+        None | Some("base") => Ok(vec![0]),
+        Some(name) => match compiled.runs.iter().position(|r| r.name == name) {
+            Some(i) => Ok(vec![i]),
+            None => {
+                let names: Vec<&str> = compiled.runs.iter().map(|r| r.name.as_str()).collect();
+                Err(format!(
+                    "no variant named `{name}`; this file has: {}",
+                    names.join(", ")
+                ))
+            }
+        },
+    }
+}
+
+/// The runs `args` asks for, each with its config, ready to step.
+pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
+    let selected = select(
+        compiled,
+        args.variant.as_deref(),
+        args.dtype.as_deref(),
+        false,
+    )?;
+    let specs: Vec<Option<OptimizerSpec>> = if args.optimizers.is_empty() {
+        vec![None]
+    } else {
+        args.optimizers
+            .iter()
+            .map(|s| {
+                OptimizerSpec::parse(s).map(Some).map_err(|e| match e.help {
+                    Some(h) => format!("{} ({h})", e.message),
+                    None => e.message,
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let policy = match args.on_nonfinite.as_deref() {
+        None => None,
+        Some(p) => Some(
+            NonFinitePolicy::parse(p)
+                .ok_or_else(|| format!("unknown policy `{p}`: use stop, skip or continue"))?,
+        ),
+    };
+    let mut runs = Vec::new();
+    for &i in &selected {
+        for spec in &specs {
+            let def = &compiled.runs[i];
+            let mut config = RunConfig::from_settings(&def.optimizer);
+            if let Some(s) = spec {
+                config.optimizer = s.clone();
+            }
+            if let Some(n) = args.steps {
+                config.steps = n;
+            }
+            if args.clip_norm.is_some() {
+                config.clip_norm = args.clip_norm;
+            }
+            if let Some(p) = policy {
+                config.on_nonfinite = p;
+            }
+            match args.grad.as_deref() {
+                None => {}
+                Some("autograd") => config.grad = crate::run::GradSource::Autograd,
+                Some("fd") => config.grad = crate::run::GradSource::FiniteDifference,
+                Some(g) => {
+                    return Err(format!("unknown gradient source `{g}`: use autograd or fd"));
+                }
+            }
+            let name = match spec {
+                Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),
+                Some(s) => s.to_string(),
+                None => def.name.clone(),
+            };
+            let run = Run::new(compiled, i, name, config).map_err(|e| e.to_string())?;
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// The comparison table printed after the runs.
+pub fn comparison_table(summaries: &[Summary]) -> String {
+    let header = [
+        "run",
+        "final loss",
+        "best loss (step)",
+        "first non-finite",
+        "clipped",
+        "skipped",
+        "steps/s",
+    ];
+    let rows: Vec<[String; 7]> = summaries
+        .iter()
+        .map(|s| {
+            [
+                s.run.clone(),
+                fmt_num(s.final_loss),
+                match s.best_step {
+                    Some(k) => format!("{} ({k})", fmt_num(s.best_loss)),
+                    None => "-".into(),
+                },
+                s.first_nonfinite_step.map_or("-".into(), |k| k.to_string()),
+                s.clipped.to_string(),
+                s.skipped.to_string(),
+                format!("{:.0}", s.steps_per_s),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+/// The runs `options` asks for, with the file's warnings printed to stderr; None (after printing
+/// them) when the file has errors.
+pub fn load_runs(
+    options: &RunOptions,
+    color: bool,
+) -> anyhow::Result<Option<(CompiledFile, Vec<Run>)>> {
+    let (mut compiled, warnings) = match load::load_compiled(&options.file) {
+        Ok(c) => c,
+        Err(diags) => {
+            for d in &diags {
+                eprint!("{}", d.render(color));
+            }
+            return Ok(None);
+        }
+    };
+    for d in &warnings {
+        eprint!("{}", d.render(color));
+    }
+    let runs = build_runs(options, &mut compiled).map_err(anyhow::Error::msg)?;
+    Ok(Some((compiled, runs)))
+}
+
+/// `gradscope run`: returns false when a file error or a halted run should fail the command.
+pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
+    let Some((_, mut runs)) = load_runs(&args.run, color)? else {
+        return Ok(false);
+    };
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let every = args.every.unwrap_or(match args.format {
+        Format::Table => runs.first().map_or(1, |r| (r.config.steps / 10).max(1)),
+        _ => 1,
+    });
+    let names = runs
+        .first()
+        .map(|r| r.param_names().to_vec())
+        .unwrap_or_default();
+    match args.format {
+        Format::Csv => writeln!(out, "{}", csv_header(&names))?,
+        Format::Table => writeln!(
+            out,
+            "{:<28} {:>8} {:>14} {:>12} {:>10}",
+            "run", "step", "loss", "grad norm", "lr"
+        )?,
+        Format::Jsonl => {}
+    }
+    let progress = std::io::stderr().is_terminal();
+    let mut summaries = Vec::new();
+    let mut any_halted = false;
+    for run in &mut runs {
+        let bar = progress.then(|| {
+            let b = indicatif::ProgressBar::new(run.config.steps);
+            b.set_message(run.name.clone());
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{msg:30} {bar:30} {pos}/{len} {per_sec}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let mut io_error = None;
+        let summary = drive(run, |run, r| {
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            let last = run.is_done();
+            if !(r.step.is_multiple_of(every) || last) {
+                return;
+            }
+            let res = match args.format {
+                Format::Jsonl => writeln!(out, "{}", step_json(&run.name, run.param_names(), r)),
+                Format::Csv => writeln!(out, "{}", csv_row(&run.name, run.param_names(), r)),
+                Format::Table => writeln!(
+                    out,
+                    "{:<28} {:>8} {:>14} {:>12} {:>10}",
+                    run.name,
+                    r.step,
+                    fmt_num(r.core.loss),
+                    fmt_num(r.core.grad_norm as f64),
+                    fmt_num(r.core.lr as f64)
+                ),
+            };
+            if let Err(e) = res {
+                io_error.get_or_insert(e);
+            }
+        });
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        if let Some(e) = io_error {
+            return Err(e.into());
+        }
+        let summary = match summary {
+            Ok(s) => s,
+            Err(d) => {
+                eprint!("{}", d.render(color));
+                return Ok(false);
+            }
+        };
+        if let Some(h) = &summary.halted {
+            eprintln!("run `{}` {h}", summary.run);
+            if let Some(p) = run.halted.as_ref().and_then(|h| h.provenance.as_ref()) {
+                eprint!(
+                    "{}",
+                    p.diagnostic(run.source(), run.halted.as_ref().map(|h| h.step))
+                        .render(color)
+                );
+            }
+            any_halted = true;
+        }
+        if args.format == Format::Jsonl {
+            writeln!(out, "{}", summary_json(&summary))?;
+        }
+        summaries.push(summary);
+    }
+    let table = comparison_table(&summaries);
+    if args.format == Format::Table {
+        writeln!(out, "\n{table}")?;
+    } else {
+        eprint!("{table}");
+    }
+    out.flush()?;
+    Ok(!any_halted)
+}

@@ -1,0 +1,77 @@
+//! Number and duration formatting shared by every front end, and the JSON number writer.
+
+use serde_json::{Value, json};
+
+/// `NaN`, `+Inf` or `-Inf`: how a non-finite value is named in tables, JSON and messages.
+pub fn describe(v: f64) -> &'static str {
+    if v.is_nan() {
+        "NaN"
+    } else if v > 0.0 {
+        "+Inf"
+    } else {
+        "-Inf"
+    }
+}
+
+/// `NaN`, `+Inf`, `-Inf` and `0`, written alike by every number format.
+fn fmt_special(v: f64) -> Option<String> {
+    if !v.is_finite() {
+        Some(describe(v).to_string())
+    } else if v == 0.0 {
+        Some("0".into())
+    } else {
+        None
+    }
+}
+
+/// Compact number formatting for tables.
+pub fn fmt_num(v: f64) -> String {
+    if let Some(s) = fmt_special(v) {
+        return s;
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+/// A duration in the unit that suits it: `250 µs`, `3.4 ms`, `45.8 s`.
+pub fn fmt_duration(d: std::time::Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 1.0 {
+        format!("{:.0} µs", ms * 1e3)
+    } else if ms < 1e4 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.1} s", ms / 1e3)
+    }
+}
+
+/// A number to three significant digits, for legends and axes where space is short.
+pub fn fmt_short(v: f64) -> String {
+    if let Some(s) = fmt_special(v) {
+        return s;
+    }
+    let a = v.abs();
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.2e}");
+    }
+    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// JSON has no NaN or Inf: they become strings, so nothing is silently turned into null.
+pub fn json_num(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        json!(describe(v))
+    }
+}

@@ -1,0 +1,94 @@
+//! A run's logged steps and summary as CSV rows and JSON objects, for `gradscope run` and the
+//! TUI's `w` alike.
+
+use serde_json::{Value, json};
+
+use super::history::{StepRecord, flags};
+use super::summary::Summary;
+use crate::format::json_num;
+
+/// One logged step of run `run` (whose params are `names`) as a JSON object.
+pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
+    let per = |v: &[f32]| -> serde_json::Map<String, Value> {
+        names
+            .iter()
+            .cloned()
+            .zip(v.iter().map(|&x| json_num(x as f64)))
+            .collect()
+    };
+    let bad: Vec<&String> = r.nonfinite_params().map(|i| &names[i]).collect();
+    json!({
+        "run": run, "step": r.step, "loss": json_num(r.core.loss), "grad_norm": json_num(r.core.grad_norm as f64),
+        "lr": json_num(r.core.lr as f64), "update_norm": json_num(r.core.update_norm as f64),
+        "update_ratio": json_num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
+        "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
+        "nonfinite_update": r.has(flags::UPDATE_NONFINITE),
+        "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
+        "wall_us": r.core.wall_us, "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
+    })
+}
+
+/// A run's summary as a JSON object.
+pub fn summary_json(s: &Summary) -> Value {
+    let params: serde_json::Map<String, Value> = s
+        .final_params
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                Value::Array(v.iter().map(|&x| json_num(x)).collect()),
+            )
+        })
+        .collect();
+    json!({
+        "run": s.run, "summary": true, "optimizer": s.optimizer, "dtype": s.dtype,
+        "final_loss": json_num(s.final_loss), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
+        "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
+        "skipped": s.skipped, "halted": s.halted, "steps_per_s": s.steps_per_s, "final_params": params,
+    })
+}
+
+/// The CSV header for a file whose params are `names`.
+pub fn csv_header(names: &[String]) -> String {
+    let mut cols = vec![
+        "run",
+        "step",
+        "loss",
+        "grad_norm",
+        "lr",
+        "update_norm",
+        "update_ratio",
+        "clipped",
+        "skipped",
+        "nonfinite_loss",
+        "nonfinite_update",
+        "nonfinite_grads",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    cols.extend(names.iter().map(|n| format!("grad_norm_{n}")));
+    cols.join(",")
+}
+
+/// One logged step as a CSV row matching [`csv_header`].
+pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let bad: Vec<&str> = r.nonfinite_params().map(|i| names[i].as_str()).collect();
+    let mut cells = vec![
+        quote(run),
+        r.step.to_string(),
+        r.core.loss.to_string(),
+        r.core.grad_norm.to_string(),
+        r.core.lr.to_string(),
+        r.core.update_norm.to_string(),
+        r.core.update_ratio.to_string(),
+        r.has(flags::CLIPPED).to_string(),
+        r.has(flags::SKIPPED).to_string(),
+        r.has(flags::LOSS_NONFINITE).to_string(),
+        r.has(flags::UPDATE_NONFINITE).to_string(),
+        quote(&bad.join(" ")),
+    ];
+    cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));
+    cells.join(",")
+}
