@@ -280,6 +280,15 @@ fn clamp_span(span: &Span, text: &str) -> Span {
     start..end
 }
 
+/// The headline: one line naming the file, line and column, for `?` into `anyhow` at the edge.
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.headline())
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
 /// The closest candidate to `name`, for "did you mean" help.
 pub fn did_you_mean<'a>(
     name: &str,

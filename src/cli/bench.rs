@@ -40,7 +40,7 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
         for _ in 0..repeat.max(1) {
             let config = RunConfig::from_settings(&compiled.runs[0].optimizer);
             let mut run = Run::new(&compiled, 0, "bench".into(), config)?;
-            let s = drive(&mut run, |_, _| {}).map_err(|d| anyhow::anyhow!(d.headline()))?;
+            let s = drive(&mut run, |_, _| {})?;
             rates.push(s.steps_per_s);
             final_loss = s.final_loss;
             steps = s.steps;
@@ -141,16 +141,13 @@ fn grid_timings(file: &Path, n: usize, repeat: usize) -> anyhow::Result<String> 
         let mut mode = Mode::Pointwise;
         for _ in 0..repeat {
             let t = Instant::now();
-            mode = surface
-                .grid(&plane, spec.clone())
-                .map_err(|d| anyhow::anyhow!(d.headline()))?
-                .1;
+            mode = surface.grid(&plane, spec.clone())?.1;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);
         Ok((times[times.len() / 2], mode))
     };
-    let surface = Surface::new(&compiled, 0).map_err(|d| anyhow::anyhow!(d.headline()))?;
+    let surface = Surface::new(&compiled, 0)?;
     let (ms, mode) = time(&surface)?;
     let mut out = format!("{ms:>10.2} ms  {}, {}", mode.name(), plane.kind.describe());
     if mode == Mode::Batched {

@@ -49,7 +49,7 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
         let mut config = RunConfig::from_settings(&compiled.runs[def].optimizer);
         config.steps = args.at_step;
         let mut r = Run::new(&compiled, def, compiled.runs[def].name.clone(), config)?;
-        drive(&mut r, |_, _| {}).map_err(|d| anyhow::anyhow!(d.headline()))?;
+        drive(&mut r, |_, _| {})?;
         runs.push((def, r));
     }
     Ok(Ok((compiled, runs)))
@@ -140,9 +140,7 @@ pub fn curvature_command(
         Err(diags) => return unloadable(&diags, color, out),
     };
     for (_, run) in runs {
-        let c = run
-            .curvature(50)
-            .map_err(|d| anyhow::anyhow!(d.headline()))?;
+        let c = run.curvature(50)?;
         writeln!(
             out,
             "{}  run `{}` in {} at step {}",
@@ -201,7 +199,7 @@ pub fn precision_command(
         Err(diags) => return unloadable(&diags, color, out),
     };
     for (_, run) in runs {
-        let stats = run.precision().map_err(|d| anyhow::anyhow!(d.headline()))?;
+        let stats = run.precision()?;
         writeln!(
             out,
             "{}  run `{}` in {} at step {} (against f64)",
