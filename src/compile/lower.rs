@@ -143,26 +143,26 @@ impl Lowerer {
             .and_then(|t| t.to_scalar::<f64>().ok())
     }
 
-    /// Whether the value depends on a param through differentiable ops.
-    pub fn carries_gradient(&self, r: Reg) -> bool {
-        self.grad[r]
+    /// Refuses a shape past [`MAX_ELEMENTS`] before anything is allocated; `what` names it.
+    fn check_size(&mut self, what: &str, shape: &Shape, span: &Span) -> Result<(), Reported> {
+        match shape.elements() {
+            Some(n) if n <= MAX_ELEMENTS => Ok(()),
+            n => {
+                let count = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+                Err(self.fail(
+                    format!("{what}{shape} would hold {count} elements"),
+                    span,
+                    Some(format!(
+                        "gradscope builds tensors of at most {MAX_ELEMENTS} elements (2 GiB in f64)"
+                    )),
+                ))
+            }
+        }
     }
 
     /// Appends an instruction, folding it into a constant when all its inputs are known.
     fn emit(&mut self, op: Op, args: Vec<Reg>, shape: Shape, span: &Span) -> Lowered {
-        match shape.elements() {
-            Some(n) if n <= MAX_ELEMENTS => {}
-            n => {
-                let count = n.map_or("more than 2^64".to_string(), |n| n.to_string());
-                return Err(self.fail(
-                    format!("tensor of shape {shape} is too large ({count} elements)"),
-                    span,
-                    Some(format!(
-                        "gradscope builds tensors of at most {MAX_ELEMENTS} elements"
-                    )),
-                ));
-            }
-        }
+        self.check_size("a tensor ", &shape, span)?;
         let foldable = !matches!(op, Op::Input(_) | Op::Const(_))
             && args.iter().all(|&a| self.known(a).is_some());
         let (op, args) = if foldable {
@@ -419,7 +419,7 @@ impl Lowerer {
                     Err(why) => Err(self.fail(
                         format!("shape mismatch: `@` cannot multiply {sa} by {sb}"),
                         op_span,
-                        Some(why),
+                        Some(why.to_string()),
                     )),
                 }
             }
@@ -960,19 +960,7 @@ impl Lowerer {
             _ => unreachable!("construct is only called for constructors"),
         };
         let shape = Shape(dims.clone());
-        match shape.elements() {
-            Some(n) if n <= MAX_ELEMENTS => {}
-            n => {
-                let count = n.map_or("more than 2^64".to_string(), |n| n.to_string());
-                return Err(self.fail(
-                    format!("{name}{shape} would hold {count} elements"),
-                    span,
-                    Some(format!(
-                        "gradscope builds tensors of at most {MAX_ELEMENTS} elements (2 GiB in f64)"
-                    )),
-                ));
-            }
-        }
+        self.check_size(name, &shape, span)?;
         let n = shape.elements().unwrap_or(0);
         let values = match (f, values) {
             (_, Some(v)) => v,

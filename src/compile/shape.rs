@@ -70,23 +70,38 @@ fn dim_from_end(s: &Shape, k: usize) -> usize {
     }
 }
 
-/// The result of NumPy's `@`, or a message saying why the shapes don't fit.
-pub fn matmul(a: &Shape, b: &Shape) -> Result<Shape, String> {
+/// Why two shapes cannot be multiplied with `@`; its message is the diagnostic's help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatmulError {
+    #[error("`@` needs tensors of rank 1 or more; use `*` for scalars")]
+    Scalar,
+    #[error(
+        "inner dimensions differ: {left} (last axis of the left side) vs {right} ({} of the right side)",
+        if *right_is_vector { "length" } else { "second-to-last axis" }
+    )]
+    Inner {
+        left: usize,
+        right: usize,
+        right_is_vector: bool,
+    },
+    #[error("batch dimensions {0} and {1} do not broadcast")]
+    Batch(Shape, Shape),
+}
+
+/// The result of NumPy's `@`, or why the shapes don't fit.
+pub fn matmul(a: &Shape, b: &Shape) -> Result<Shape, MatmulError> {
     let (ra, rb) = (a.rank(), b.rank());
     if ra == 0 || rb == 0 {
-        return Err("`@` needs tensors of rank 1 or more; use `*` for scalars".into());
+        return Err(MatmulError::Scalar);
     }
     let k_a = a.0[ra - 1];
     let k_b = if rb == 1 { b.0[0] } else { b.0[rb - 2] };
     if k_a != k_b {
-        return Err(format!(
-            "inner dimensions differ: {k_a} (last axis of the left side) vs {k_b} ({} of the right side)",
-            if rb == 1 {
-                "length"
-            } else {
-                "second-to-last axis"
-            }
-        ));
+        return Err(MatmulError::Inner {
+            left: k_a,
+            right: k_b,
+            right_is_vector: rb == 1,
+        });
     }
     match (ra, rb) {
         (1, 1) => Ok(Shape::scalar()),
@@ -97,18 +112,10 @@ pub fn matmul(a: &Shape, b: &Shape) -> Result<Shape, String> {
         }
         (_, 1) => Ok(Shape(a.0[..ra - 1].to_vec())),
         _ => {
-            let batch = broadcast(
-                &Shape(a.0[..ra - 2].to_vec()),
-                &Shape(b.0[..rb - 2].to_vec()),
-            )
-            .ok_or_else(|| {
-                format!(
-                    "batch dimensions {} and {} do not broadcast",
-                    Shape(a.0[..ra - 2].to_vec()),
-                    Shape(b.0[..rb - 2].to_vec())
-                )
-            })?;
-            let mut out = batch.0;
+            let (batch_a, batch_b) = (Shape(a.0[..ra - 2].to_vec()), Shape(b.0[..rb - 2].to_vec()));
+            let mut out = broadcast(&batch_a, &batch_b)
+                .ok_or(MatmulError::Batch(batch_a, batch_b))?
+                .0;
             out.push(a.0[ra - 2]);
             out.push(b.0[rb - 1]);
             Ok(Shape(out))

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::surface::{LrLine, Mode, Surface};
 use super::{Grid, GridSpec, Plane};
 use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 
 /// Which loss a job evaluates: a run definition of the file, in a dtype.
@@ -150,13 +151,13 @@ impl Service {
     }
 
     /// The surface of `key`, prepared on first use.
-    fn surface(&mut self, key: LossKey) -> Result<&Surface, String> {
+    fn surface(&mut self, key: LossKey) -> Result<&Surface, Diagnostic> {
         if !self.surfaces.contains_key(&key) {
             let compiled = self
                 .compiled
                 .in_dtype(key.def, key.dtype)
-                .ok_or_else(|| format!("no run definition {}", key.def))?;
-            let surface = Surface::new(&compiled, key.def).map_err(|d| d.headline())?;
+                .ok_or_else(|| Diagnostic::error(format!("no run definition {}", key.def)))?;
+            let surface = Surface::new(&compiled, key.def)?;
             self.surfaces.insert(key, surface);
         }
         Ok(&self.surfaces[&key])
@@ -169,9 +170,9 @@ impl Service {
         let (loss, tag) = (*loss, *tag);
         match self.surface(loss) {
             Ok(_) => answer_line(&self.surfaces[&loss], job, &self.emit),
-            Err(why) => (self.emit)(Report::Failed {
+            Err(d) => (self.emit)(Report::Failed {
                 job: JobId::Line(tag),
-                why,
+                why: d.headline(),
             }),
         }
     }
@@ -191,10 +192,10 @@ impl Service {
         };
         let mode = match self.surface(loss) {
             Ok(surface) => surface.mode(),
-            Err(why) => {
+            Err(d) => {
                 (self.emit)(Report::Failed {
                     job: JobId::Grid(generation),
-                    why,
+                    why: d.headline(),
                 });
                 return Ok(None);
             }

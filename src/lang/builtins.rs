@@ -89,15 +89,6 @@ impl Builtin {
         Self::ALL.iter().map(|b| b.name())
     }
 
-    /// Functions whose derivative is zero almost everywhere: candle returns no gradient for them,
-    /// so they are refused on anything that depends on a param, unless inside `detach`.
-    pub fn has_no_gradient(self) -> bool {
-        matches!(
-            self,
-            Builtin::Round | Builtin::Floor | Builtin::Ceil | Builtin::Sign
-        )
-    }
-
     pub fn accepts(self, n: usize) -> bool {
         let a = self.arity();
         n >= a.min && a.max.is_none_or(|m| n <= m)
