@@ -29,6 +29,7 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
+    /// A file's text, shared by every diagnostic and span that points into it.
     pub fn new(path: impl Into<PathBuf>, text: String) -> Arc<Self> {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
@@ -71,10 +72,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// An error: the file (or run) it is about cannot be used.
     pub fn error(message: impl Into<String>) -> Self {
         Self::new(Severity::Error, message)
     }
 
+    /// A warning: worth a look, but nothing stops.
     pub fn warning(message: impl Into<String>) -> Self {
         Self::new(Severity::Warning, message)
     }
@@ -98,30 +101,36 @@ impl Diagnostic {
         self
     }
 
+    /// Names the file when there is no span to point at (a missing file, an unreadable one).
     pub fn in_file(mut self, path: &Path) -> Self {
         self.path = Some(path.into());
         self
     }
 
+    /// The text written under the carets.
     pub fn label(mut self, label: impl Into<String>) -> Self {
         self.label = Some(label.into().into_boxed_str());
         self
     }
 
+    /// What to do about it, shown as `= help:`.
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
         self
     }
 
+    /// [`Diagnostic::help`] when there is one.
     pub fn help_opt(mut self, help: Option<String>) -> Self {
         self.help = help.or(self.help);
         self
     }
 
+    /// Whether it stops the file from being used.
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
 
+    /// The file it is about, from its span's source or [`Diagnostic::in_file`].
     pub fn file(&self) -> Option<&Path> {
         self.source
             .as_ref()

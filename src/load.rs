@@ -27,6 +27,7 @@ impl LoadedFile {
         !self.diagnostics.iter().any(Diagnostic::is_error)
     }
 
+    /// The error a one-line status shows.
     pub fn first_error(&self) -> Option<&Diagnostic> {
         self.diagnostics.iter().find(|d| d.is_error())
     }

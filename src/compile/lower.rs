@@ -82,6 +82,8 @@ pub fn rng_for(seed: u64, context: &str) -> ChaCha8Rng {
 }
 
 impl Lowerer {
+    /// A lowerer for one program of `source`; random constructors draw from `seed` mixed with
+    /// `context`, so every program of a file gets its own stream.
     pub fn new(source: &Arc<SourceFile>, seed: u64, context: &str) -> Self {
         Self {
             source: Arc::clone(source),

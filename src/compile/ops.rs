@@ -32,6 +32,7 @@ impl Elementwise {
         }
     }
 
+    /// Runs the op on `x` (made contiguous, as custom ops need).
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(self)
     }

@@ -33,6 +33,7 @@ pub enum Unary {
     Custom(Elementwise),
 }
 
+/// Elementwise binary ops, with broadcasting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binary {
     Add,
@@ -44,6 +45,7 @@ pub enum Binary {
     Pow,
 }
 
+/// Elementwise comparisons: 0/1 masks with no gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compare {
     Lt,
@@ -54,6 +56,7 @@ pub enum Compare {
     Ne,
 }
 
+/// Reductions, over one axis or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduce {
     Sum,
@@ -72,6 +75,7 @@ pub struct Narrow {
     pub len: usize,
 }
 
+/// One instruction's operation: a closed set, executed by one `match` in `Executable::run`.
 #[derive(Debug, Clone)]
 pub enum Op {
     /// The i-th input: data first, then params.
@@ -174,6 +178,7 @@ impl Op {
     }
 }
 
+/// One instruction: its op, the registers it reads, its output shape and its source span.
 #[derive(Debug, Clone)]
 pub struct Instr {
     pub op: Op,
@@ -359,6 +364,8 @@ pub struct ExecError {
 }
 
 impl Executable {
+    /// A plan ready to run in `dtype`: constants cast once, and each register's last use known so
+    /// intermediates are freed early. `accumulate` is a wider dtype for reductions of f16/bf16 runs.
     pub fn new(plan: Plan, dtype: DType, accumulate: Option<DType>) -> Result<Self> {
         let consts = plan
             .instrs
@@ -383,6 +390,7 @@ impl Executable {
         })
     }
 
+    /// The plan it runs.
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

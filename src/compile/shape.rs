@@ -11,18 +11,22 @@ pub const MAX_ELEMENTS: usize = 1 << 28;
 pub struct Shape(pub Vec<usize>);
 
 impl Shape {
+    /// The shape of a scalar, `[]`.
     pub fn scalar() -> Self {
         Shape(Vec::new())
     }
 
+    /// Number of axes.
     pub fn rank(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether it has no axis.
     pub fn is_scalar(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// Sizes of the axes, first to last.
     pub fn dims(&self) -> &[usize] {
         &self.0
     }

@@ -24,6 +24,7 @@ pub enum PlaneKind {
 }
 
 impl PlaneKind {
+    /// The plane in words, for titles and reports.
     pub fn describe(self) -> &'static str {
         match self {
             PlaneKind::Coordinates => "param coordinates",
@@ -55,10 +56,12 @@ pub struct ParamShape {
 }
 
 impl ParamShape {
+    /// Values the param holds.
     pub fn len(&self) -> usize {
         self.dims.iter().product()
     }
 
+    /// Whether it holds no value at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -287,10 +290,12 @@ impl GridSpec {
         ))
     }
 
+    /// Cells in the grid.
     pub fn len(&self) -> usize {
         self.nx * self.ny
     }
 
+    /// Whether it holds no value at all.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -324,15 +329,18 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// A grid with no cell computed yet.
     pub fn new(spec: GridSpec) -> Self {
         let values = vec![None; spec.len()];
         Self { spec, values }
     }
 
+    /// Cells computed so far.
     pub fn filled(&self) -> usize {
         self.values.iter().filter(|v| v.is_some()).count()
     }
 
+    /// Whether every cell is computed.
     pub fn is_complete(&self) -> bool {
         self.values.iter().all(Option::is_some)
     }

@@ -21,6 +21,7 @@ pub struct LossKey {
     pub dtype: DType,
 }
 
+/// What the UI asks a landscape thread to compute.
 #[derive(Debug, Clone)]
 pub enum Job {
     /// The loss over `spec` of `plane`. Point-by-point losses get at most `max_pointwise` cells a
@@ -42,6 +43,7 @@ pub enum Job {
     Shutdown,
 }
 
+/// What a landscape thread tells the UI, chunk by chunk.
 #[derive(Debug, Clone)]
 pub enum Report {
     /// A grid job started with this (possibly coarsened) spec.
@@ -78,6 +80,7 @@ pub enum JobId {
     Line(u64),
 }
 
+/// Where a landscape thread's reports go.
 pub type Emit = Box<dyn Fn(Report) + Send>;
 
 /// Starts the service for one compiled file.

@@ -18,6 +18,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// How reports and the bench name the mode.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Batched => "batched",

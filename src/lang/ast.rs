@@ -10,17 +10,20 @@ pub struct Spanned<T> {
 }
 
 impl<T> Spanned<T> {
+    /// A node with the span it was read from.
     pub fn new(node: T, span: Span) -> Self {
         Self { node, span }
     }
 }
 
+/// An expression of the loss language, with the span of its source text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expr {
     pub kind: ExprKind,
     pub span: Span,
 }
 
+/// A binary operator, as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinOp {
     Add,
@@ -38,6 +41,7 @@ pub enum BinOp {
 }
 
 impl BinOp {
+    /// The operator as written, for messages.
     pub fn symbol(self) -> &'static str {
         match self {
             BinOp::Add => "+",
@@ -55,6 +59,7 @@ impl BinOp {
         }
     }
 
+    /// Comparisons give 0/1 masks and carry no gradient.
     pub fn is_comparison(self) -> bool {
         matches!(
             self,
@@ -73,6 +78,7 @@ pub enum IndexItem {
     },
 }
 
+/// What an expression is; its span is on [`Expr`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExprKind {
     Number(f64),

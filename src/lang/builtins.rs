@@ -15,12 +15,15 @@ macro_rules! builtins {
         pub enum Builtin { $($variant),* }
 
         impl Builtin {
+            /// Every built-in, in the order the help lists them.
             pub const ALL: &'static [Builtin] = &[$(Builtin::$variant),*];
 
+            /// The name a loss file calls it by.
             pub fn name(self) -> &'static str {
                 match self { $(Builtin::$variant => $name),* }
             }
 
+            /// How many arguments it takes.
             pub fn arity(self) -> Arity {
                 match self { $(Builtin::$variant => Arity { min: $min, max: $max }),* }
             }
@@ -81,14 +84,17 @@ builtins! {
 }
 
 impl Builtin {
+    /// The built-in called `name`.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|b| b.name() == name)
     }
 
+    /// Every name, for did-you-mean help.
     pub fn names() -> impl Iterator<Item = &'static str> {
         Self::ALL.iter().map(|b| b.name())
     }
 
+    /// Whether `n` arguments fit its arity.
     pub fn accepts(self, n: usize) -> bool {
         let a = self.arity();
         n >= a.min && a.max.is_none_or(|m| n <= m)

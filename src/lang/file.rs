@@ -21,8 +21,10 @@ pub enum DType {
 }
 
 impl DType {
+    /// Every dtype a run can use.
     pub const ALL: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
+    /// The dtype as loss files and the command line spell it.
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
@@ -32,6 +34,7 @@ impl DType {
         }
     }
 
+    /// The dtype spelled `f32`, `f64`, `f16` or `bf16`.
     pub fn from_name(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|d| d.name() == s)
     }
@@ -47,18 +50,21 @@ pub enum DataValue {
     },
 }
 
+/// A `[data]` entry: a name and where its values come from.
 #[derive(Debug, Clone)]
 pub struct DataEntry {
     pub name: Spanned<String>,
     pub value: DataValue,
 }
 
+/// A `[consts]` entry: a named number that variants may override.
 #[derive(Debug, Clone)]
 pub struct ConstEntry {
     pub name: Spanned<String>,
     pub value: f64,
 }
 
+/// A `[params]` entry: a name and the expression of its initial value.
 #[derive(Debug, Clone)]
 pub struct ParamEntry {
     pub name: Spanned<String>,
@@ -73,6 +79,7 @@ pub enum SettingValue {
     Text(String),
 }
 
+/// One `key = value` of an `[optimizer]` table, with the spans of both.
 #[derive(Debug, Clone)]
 pub struct Setting {
     pub key: Spanned<String>,
@@ -119,6 +126,7 @@ pub struct FunctionDef {
 }
 
 impl LossFile {
+    /// The file it was read from.
     pub fn path(&self) -> &Path {
         &self.source.path
     }
@@ -878,6 +886,7 @@ fn type_name(v: &DeValue) -> &'static str {
     }
 }
 
+/// Whether `s` can name a data entry, const, param or function.
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars

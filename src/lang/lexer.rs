@@ -13,6 +13,7 @@ pub enum OffsetMap {
 }
 
 impl OffsetMap {
+    /// The file offset of a byte of the decoded string.
     pub fn map(&self, local: usize) -> usize {
         match self {
             OffsetMap::Shift(base) => base + local,
@@ -20,11 +21,13 @@ impl OffsetMap {
         }
     }
 
+    /// The file span of a range of the decoded string.
     pub fn span(&self, local: std::ops::Range<usize>) -> Span {
         self.map(local.start)..self.map(local.end)
     }
 }
 
+/// A token of the expression language.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Tok {
     Number(f64),
@@ -53,6 +56,7 @@ pub enum Tok {
 }
 
 impl Tok {
+    /// The token as messages name it (`number 3`, `` `+` ``).
     pub fn describe(&self) -> String {
         match self {
             Tok::Number(n) => format!("number `{n}`"),
@@ -89,6 +93,7 @@ impl Tok {
     }
 }
 
+/// A token and where it stands in the file.
 #[derive(Debug, Clone)]
 pub struct Token {
     pub tok: Tok,
