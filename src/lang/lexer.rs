@@ -56,7 +56,7 @@ pub enum Tok {
 }
 
 impl Tok {
-    /// The token as messages name it (`number 3`, `` `+` ``).
+    /// The token as messages name it (``number `3` ``, `` `+` ``).
     pub fn describe(&self) -> String {
         match self {
             Tok::Number(n) => format!("number `{n}`"),
