@@ -1,0 +1,519 @@
+//! Lowering: syntax tree to [`Plan`]. Names are resolved, shapes checked, gradient-less ops
+//! refused, and anything computable at compile time folded into constants, each problem becoming
+//! a diagnostic on the exact span. Errors poison the value they occur in, so one mistake is
+//! reported once and the rest of the file is still checked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+mod calls;
+
+use super::plan::{Binary, Compare, Instr, Op, Plan, Reg, Unary, apply};
+use super::shape::{self, MAX_ELEMENTS, Shape};
+use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
+use crate::lang::ast::{BinOp, Expr, ExprKind, Program, Spanned};
+use crate::lang::builtins::Builtin;
+use crate::lang::file::FunctionDef;
+
+/// What a name stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Data,
+    Param,
+    Const,
+    Local,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Data => "a data tensor",
+            Kind::Param => "a param",
+            Kind::Const => "a const",
+            Kind::Local => "a name defined in this program",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Known(Tensor),
+    Reg(Reg),
+    /// Its definition failed; uses stay silent so the error is reported once.
+    Poisoned,
+}
+
+#[derive(Debug, Clone)]
+struct Binding {
+    value: Value,
+    kind: Kind,
+}
+
+/// Error already reported as a diagnostic.
+#[derive(Debug)]
+pub struct Reported;
+
+type Lowered = Result<Reg, Reported>;
+
+/// Builds one plan. Create it with the names in scope, lower, then take the plan.
+pub struct Lowerer {
+    source: Arc<SourceFile>,
+    instrs: Vec<Instr>,
+    grad: Vec<bool>,
+    env: HashMap<String, Binding>,
+    used: HashSet<String>,
+    rng: ChaCha8Rng,
+    functions: Arc<Vec<FunctionDef>>,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// A deterministic per-entry RNG stream, so adding or reordering entries changes no other entry.
+pub fn rng_for(seed: u64, context: &str) -> ChaCha8Rng {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in context.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    ChaCha8Rng::seed_from_u64(seed ^ h)
+}
+
+impl Lowerer {
+    /// A lowerer for one program of `source`; random constructors draw from `seed` mixed with
+    /// `context`, so every program of a file gets its own stream.
+    pub fn new(source: &Arc<SourceFile>, seed: u64, context: &str) -> Self {
+        Self {
+            source: Arc::clone(source),
+            instrs: Vec::new(),
+            grad: Vec::new(),
+            env: HashMap::new(),
+            used: HashSet::new(),
+            rng: rng_for(seed, context),
+            functions: Arc::new(Vec::new()),
+            diags: Vec::new(),
+        }
+    }
+
+    /// Makes the file's `[functions]` callable.
+    pub fn with_functions(mut self, functions: Arc<Vec<FunctionDef>>) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// Binds a name to a value known now (f64).
+    pub fn bind_known(&mut self, name: &str, value: Tensor, kind: Kind) {
+        self.bind(name, Value::Known(value), kind);
+    }
+
+    /// Marks a name whose definition failed.
+    pub fn bind_poisoned(&mut self, name: &str, kind: Kind) {
+        self.bind(name, Value::Poisoned, kind);
+    }
+
+    fn bind(&mut self, name: &str, value: Value, kind: Kind) {
+        self.env.insert(name.to_string(), Binding { value, kind });
+    }
+
+    fn error(&mut self, message: impl Into<String>, span: &Span) -> &mut Diagnostic {
+        self.diags
+            .push(Diagnostic::error(message).at(&self.source, span.clone()));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn fail(&mut self, message: impl Into<String>, span: &Span, help: Option<String>) -> Reported {
+        self.error(message, span).help = help;
+        Reported
+    }
+
+    fn shape(&self, r: Reg) -> &Shape {
+        &self.instrs[r].shape
+    }
+
+    fn known(&self, r: Reg) -> Option<&Tensor> {
+        match &self.instrs[r].op {
+            Op::Const(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn known_scalar(&self, r: Reg) -> Option<f64> {
+        self.known(r)
+            .filter(|t| t.rank() == 0)
+            .and_then(|t| t.to_scalar::<f64>().ok())
+    }
+
+    /// Refuses a shape past [`MAX_ELEMENTS`] before anything is allocated; `what` names it.
+    fn check_size(&mut self, what: &str, shape: &Shape, span: &Span) -> Result<(), Reported> {
+        match shape.elements() {
+            Some(n) if n <= MAX_ELEMENTS => Ok(()),
+            n => {
+                let count = n.map_or("more than 2^64".to_string(), |n| n.to_string());
+                Err(self.fail(
+                    format!("{what}{shape} would hold {count} elements"),
+                    span,
+                    Some(format!(
+                        "gradscope builds tensors of at most {MAX_ELEMENTS} elements (2 GiB in f64)"
+                    )),
+                ))
+            }
+        }
+    }
+
+    /// Appends an instruction, folding it into a constant when all its inputs are known.
+    fn emit(&mut self, op: Op, args: Vec<Reg>, shape: Shape, span: &Span) -> Lowered {
+        self.check_size("a tensor ", &shape, span)?;
+        let foldable = !matches!(op, Op::Input(_) | Op::Const(_))
+            && args.iter().all(|&a| self.known(a).is_some());
+        let (op, args) = if foldable {
+            let values: Vec<&Tensor> = args
+                .iter()
+                .map(|&a| self.known(a).expect("known"))
+                .collect();
+            match apply(&op, &values, &shape) {
+                Ok(t) => (Op::Const(t), Vec::new()),
+                Err(e) => {
+                    return Err(self.fail(
+                        format!("could not evaluate this constant: {e}"),
+                        span,
+                        None,
+                    ));
+                }
+            }
+        } else {
+            (op, args)
+        };
+        let grad = match &op {
+            Op::Input(_) => false,
+            op if op.passes_gradient() => args.iter().any(|&a| self.grad[a]),
+            _ => false,
+        };
+        self.instrs.push(Instr {
+            op,
+            args,
+            shape,
+            span: span.clone(),
+        });
+        self.grad.push(grad);
+        Ok(self.instrs.len() - 1)
+    }
+
+    fn constant(&mut self, t: Tensor, span: &Span) -> Lowered {
+        let shape = Shape(t.dims().to_vec());
+        self.emit(Op::Const(t), Vec::new(), shape, span)
+    }
+
+    fn scalar(&mut self, v: f64, span: &Span) -> Lowered {
+        let t = Tensor::new(v, &Device::Cpu).map_err(|e| self.fail(e.to_string(), span, None))?;
+        self.constant(t, span)
+    }
+
+    /// Lowers a single expression (a data or param value) and returns the plan.
+    pub fn expression(mut self, e: &Expr) -> (Option<Plan>, Vec<Diagnostic>) {
+        let out = self.expr(e).ok();
+        let diags = std::mem::take(&mut self.diags);
+        (out.map(|output| self.finish(output)), diags)
+    }
+
+    /// Lowers a program; the result must be a scalar.
+    pub fn program(mut self, p: &Spanned<Program>) -> (Option<Plan>, Vec<Diagnostic>) {
+        let mut locals: Vec<&Spanned<String>> = Vec::new();
+        for stmt in &p.node.stmts {
+            let name = &stmt.name;
+            if let Some(b) = self.env.get(&name.node).filter(|b| b.kind != Kind::Local) {
+                let kind = b.kind.describe();
+                self.error(format!("`{}` is already {kind}", name.node), &name.span)
+                    .help = Some("pick another name for this step".into());
+                continue;
+            }
+            let value = match self.expr(&stmt.value) {
+                Ok(r) => {
+                    locals.push(name);
+                    Value::Reg(r)
+                }
+                Err(Reported) => Value::Poisoned,
+            };
+            self.used.remove(&name.node);
+            self.bind(&name.node, value, Kind::Local);
+        }
+        let result = self.expr(&p.node.result);
+        for name in locals {
+            if !self.used.contains(&name.node) {
+                self.diags.push(
+                    Diagnostic::warning(format!("`{}` is never used", name.node))
+                        .at(&self.source, name.span.clone())
+                        .help("remove it, or use it in the loss"),
+                );
+            }
+        }
+        let Ok(out) = result else {
+            return (None, self.diags);
+        };
+        if !self.shape(out).is_scalar() {
+            let shape = self.shape(out).clone();
+            self.error(
+                format!("the loss must be a scalar, but this has shape {shape}"),
+                &p.node.result.span,
+            )
+            .help = Some("reduce it with mean(...) or sum(...)".into());
+            return (None, self.diags);
+        }
+        let diags = std::mem::take(&mut self.diags);
+        let plan = (!diags.iter().any(Diagnostic::is_error)).then(|| self.finish(out));
+        (plan, diags)
+    }
+
+    /// Keeps only the instructions the output needs.
+    fn finish(self, output: Reg) -> Plan {
+        let mut live = vec![false; self.instrs.len()];
+        live[output] = true;
+        for k in (0..self.instrs.len()).rev() {
+            if live[k] {
+                for &a in &self.instrs[k].args {
+                    live[a] = true;
+                }
+            }
+        }
+        let mut new_index = vec![usize::MAX; self.instrs.len()];
+        let mut instrs = Vec::new();
+        for (k, mut instr) in self.instrs.into_iter().enumerate() {
+            if live[k] {
+                instr.args.iter_mut().for_each(|a| *a = new_index[*a]);
+                new_index[k] = instrs.len();
+                instrs.push(instr);
+            }
+        }
+        Plan {
+            instrs,
+            output: new_index[output],
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) -> Lowered {
+        match &e.kind {
+            ExprKind::Number(n) => self.scalar(*n, &e.span),
+            ExprKind::Name(name) => self.name(name, &e.span),
+            ExprKind::Array(items) => self.array(items, &e.span),
+            ExprKind::Neg(x) => {
+                let x = self.expr(x)?;
+                let shape = self.shape(x).clone();
+                self.emit(Op::Unary(Unary::Neg), vec![x], shape, &e.span)
+            }
+            ExprKind::Binary {
+                op,
+                op_span,
+                lhs,
+                rhs,
+            } => {
+                let (l, r) = (self.expr(lhs), self.expr(rhs));
+                self.binary(*op, l?, r?, op_span, &e.span)
+            }
+            ExprKind::Call { func, args } => self.call(func, args, &e.span),
+            ExprKind::Index { target, items } => {
+                let t = self.expr(target)?;
+                self.index(t, items, &e.span)
+            }
+        }
+    }
+
+    fn name(&mut self, name: &str, span: &Span) -> Lowered {
+        let Some(binding) = self.env.get(name).cloned() else {
+            let help = if Builtin::from_name(name).is_some() {
+                Some(format!("`{name}` is a function: call it as {name}(...)"))
+            } else {
+                did_you_mean(name, self.env.keys().map(String::as_str))
+            };
+            self.error(format!("unknown name `{name}`"), span).help = help;
+            return Err(Reported);
+        };
+        self.used.insert(name.to_string());
+        let reg = match binding.value {
+            Value::Reg(r) => return Ok(r),
+            Value::Poisoned => return Err(Reported),
+            Value::Known(t) => self.constant(t, span)?,
+        };
+        self.bind(name, Value::Reg(reg), binding.kind);
+        Ok(reg)
+    }
+
+    /// Binds `name` to the run-time input `index` (data first, then params). `span` is where the
+    /// input is defined (a param's or data entry's key, a function's argument), for reports
+    /// about the input itself.
+    pub fn bind_input(&mut self, name: &str, index: usize, kind: Kind, shape: Shape, span: Span) {
+        self.instrs.push(Instr {
+            op: Op::Input(index),
+            args: Vec::new(),
+            shape,
+            span,
+        });
+        self.grad.push(kind == Kind::Param);
+        let reg = self.instrs.len() - 1;
+        self.bind(name, Value::Reg(reg), kind);
+    }
+
+    fn array(&mut self, items: &[Expr], span: &Span) -> Lowered {
+        let regs: Vec<Lowered> = items.iter().map(|e| self.expr(e)).collect();
+        let regs: Vec<Reg> = regs.into_iter().collect::<Result<_, _>>()?;
+        let first = self.shape(regs[0]).clone();
+        for (r, e) in regs.iter().zip(items) {
+            if *self.shape(*r) != first {
+                let msg = format!(
+                    "array elements must have the same shape: {first} and {}",
+                    self.shape(*r)
+                );
+                return Err(self.fail(msg, &e.span, None));
+            }
+        }
+        let mut dims = vec![regs.len()];
+        dims.extend_from_slice(first.dims());
+        self.emit(Op::Stack, regs, Shape(dims), span)
+    }
+
+    fn broadcast(&mut self, op: &str, a: Reg, b: Reg, span: &Span) -> Result<Shape, Reported> {
+        let (sa, sb) = (self.shape(a).clone(), self.shape(b).clone());
+        self.broadcast_shapes(op, sa, sb, span)
+    }
+
+    fn broadcast_shapes(
+        &mut self,
+        op: &str,
+        sa: Shape,
+        sb: Shape,
+        span: &Span,
+    ) -> Result<Shape, Reported> {
+        match shape::broadcast(&sa, &sb) {
+            Some(s) => {
+                if sa.rank() == 2 && sa.dims()[1] == 1 && sb.rank() == 1 && sb.dims()[0] == sa.dims()[0]
+                    || sb.rank() == 2 && sb.dims()[1] == 1 && sa.rank() == 1 && sa.dims()[0] == sb.dims()[0]
+                {
+                    self.diags.push(
+                        Diagnostic::warning(format!("`{op}` broadcasts {sa} with {sb} to {s}"))
+                            .at(&self.source, span.clone())
+                            .label("a column meets a vector: every pair is combined")
+                            .help("if you meant elementwise, flatten the column with reshape(x, -1)"),
+                    );
+                }
+                Ok(s)
+            }
+            None => Err(self.fail(
+                format!("shape mismatch: `{op}` cannot broadcast {sa} with {sb}"),
+                span,
+                Some("shapes broadcast when, from the last axis back, each pair of sizes is equal or one of them is 1".into()),
+            )),
+        }
+    }
+
+    fn binary(&mut self, op: BinOp, l: Reg, r: Reg, op_span: &Span, span: &Span) -> Lowered {
+        let sym = op.symbol();
+        match op {
+            BinOp::MatMul => {
+                let (sa, sb) = (self.shape(l).clone(), self.shape(r).clone());
+                match shape::matmul(&sa, &sb) {
+                    Ok(s) => {
+                        let op = Op::MatMul {
+                            lhs_grad: self.grad[l],
+                            rhs_grad: self.grad[r],
+                        };
+                        self.emit(op, vec![l, r], s, span)
+                    }
+                    Err(why) => Err(self.fail(
+                        format!("shape mismatch: `@` cannot multiply {sa} by {sb}"),
+                        op_span,
+                        Some(why.to_string()),
+                    )),
+                }
+            }
+            BinOp::Pow => self.power(l, r, op_span, span),
+            BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge | BinOp::Eq | BinOp::Ne => {
+                let cmp = match op {
+                    BinOp::Lt => Compare::Lt,
+                    BinOp::Le => Compare::Le,
+                    BinOp::Gt => Compare::Gt,
+                    BinOp::Ge => Compare::Ge,
+                    BinOp::Eq => Compare::Eq,
+                    _ => Compare::Ne,
+                };
+                let s = self.broadcast(sym, l, r, op_span)?;
+                self.emit(Op::Compare(cmp), vec![l, r], s, span)
+            }
+            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
+                self.arithmetic(op, l, r, op_span, span)
+            }
+        }
+    }
+
+    /// `+ - * /`, using candle's fused affine where one side is a known scalar and the result is
+    /// bit-identical to the plain op.
+    fn arithmetic(&mut self, op: BinOp, l: Reg, r: Reg, op_span: &Span, span: &Span) -> Lowered {
+        let (cl, cr) = (self.known_scalar(l), self.known_scalar(r));
+        let affine = match (op, cl, cr) {
+            (BinOp::Add, _, Some(c)) => Some((l, 1.0, c)),
+            (BinOp::Add, Some(c), _) => Some((r, 1.0, c)),
+            (BinOp::Sub, _, Some(c)) => Some((l, 1.0, -c)),
+            (BinOp::Sub, Some(c), _) => Some((r, -1.0, c)),
+            (BinOp::Mul, _, Some(c)) if c != 0.0 && c.is_finite() => Some((l, c, 0.0)),
+            (BinOp::Mul, Some(c), _) if c != 0.0 && c.is_finite() => Some((r, c, 0.0)),
+            (BinOp::Div, _, Some(c)) if is_power_of_two(c) => Some((l, 1.0 / c, 0.0)),
+            _ => None,
+        };
+        if let Some((x, mul, add)) = affine {
+            let shape = self.shape(x).clone();
+            return self.emit(Op::Affine { mul, add }, vec![x], shape, span);
+        }
+        if op == BinOp::Add {
+            let (sl, sr) = (self.shape(l).clone(), self.shape(r).clone());
+            let is_bias = |x: &Shape, b: &Shape| {
+                x.rank() >= 2
+                    && b.rank() >= 1
+                    && b.rank() < x.rank()
+                    && x.dims().ends_with(b.dims())
+            };
+            if is_bias(&sl, &sr) {
+                return self.emit(Op::BiasAdd, vec![l, r], sl, span);
+            }
+            if is_bias(&sr, &sl) {
+                return self.emit(Op::BiasAdd, vec![r, l], sr, span);
+            }
+        }
+        let b = match op {
+            BinOp::Add => Binary::Add,
+            BinOp::Sub => Binary::Sub,
+            BinOp::Mul => Binary::Mul,
+            _ => Binary::Div,
+        };
+        let s = self.broadcast(op.symbol(), l, r, op_span)?;
+        self.emit(Op::Binary(b), vec![l, r], s, span)
+    }
+
+    fn power(&mut self, base: Reg, exp: Reg, op_span: &Span, span: &Span) -> Lowered {
+        let shape = self.shape(base).clone();
+        if let Some(e) = self.known_scalar(exp) {
+            let op = match e {
+                1.0 => return Ok(base),
+                2.0 => Op::Unary(Unary::Sqr),
+                0.5 => Op::Unary(Unary::Sqrt),
+                e => Op::Powf(e),
+            };
+            return self.emit(op, vec![base], shape, span);
+        }
+        let s = self.broadcast("^", base, exp, op_span)?;
+        self.emit(Op::Binary(Binary::Pow), vec![base, exp], s, span)
+    }
+}
+
+fn is_power_of_two(c: f64) -> bool {
+    c.is_finite() && c != 0.0 && {
+        let (m, _) = frexp(c.abs());
+        m == 0.5
+    }
+}
+
+/// Mantissa in [0.5, 1) and exponent, as C's frexp.
+fn frexp(x: f64) -> (f64, i32) {
+    if x == 0.0 || !x.is_finite() {
+        return (x, 0);
+    }
+    let e = x.abs().log2().floor() as i32 + 1;
+    (x / 2f64.powi(e), e)
+}
