@@ -1,5 +1,5 @@
 //! One diagnostic type for every error and warning gradscope reports, rendered with carets in the
-//! CLI (ariadne), as plain records in JSON, and as a list in the TUI.
+//! CLI, as plain records in JSON, and as a list in the TUI.
 
 use std::fmt::Write as _;
 use std::ops::Range;
@@ -8,6 +8,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+
+thread_local! {
+    /// Set on threads whose panics [`catch_panic`] turns into diagnostics.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on a worker thread's loop, turning a panic into an error diagnostic that names `what`
+/// was being done: a bug in one job becomes state the UI shows, and the thread serves on.
+pub fn catch_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, Diagnostic> {
+    CATCHING.with(|c| c.set(true));
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Diagnostic::error(format!("internal error while {what}: {message}"))
+            .help("this is a bug in gradscope; everything else keeps working")
+    })
+}
+
+/// Whether a panic on this thread will be caught by [`catch_panic`], so a panic hook need not
+/// restore the terminal (the TUI is still running).
+pub fn panics_are_caught() -> bool {
+    CATCHING.with(|c| c.get())
+}
 
 /// A byte range in a source file.
 pub type Span = Range<usize>;
@@ -309,4 +335,28 @@ pub fn did_you_mean<'a>(
         .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1) && d > 0)
         .min_by_key(|&(d, c)| (d, c))
         .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caught_panic_becomes_an_error_naming_the_job() {
+        let handle = std::thread::spawn(|| {
+            assert!(!panics_are_caught());
+            let d =
+                catch_panic("testing", || -> u32 { panic!("index 3 out of range") }).unwrap_err();
+            let ok = catch_panic("testing", || 7);
+            (d, ok.ok(), panics_are_caught())
+        });
+        let (d, ok, caught) = handle.join().expect("the thread survives its panic");
+        assert!(d.is_error());
+        assert_eq!(
+            d.message,
+            "internal error while testing: index 3 out of range"
+        );
+        assert_eq!(ok, Some(7));
+        assert!(caught);
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::surface::{LrLine, Mode, Surface};
 use super::{Grid, GridSpec, Plane};
 use crate::compile::CompiledFile;
-use crate::diagnostic::Diagnostic;
+use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::lang::file::DType;
 
 /// Which loss a job evaluates: a run definition of the file, in a dtype.
@@ -41,6 +41,17 @@ pub enum Job {
         direction: Vec<f64>,
     },
     Shutdown,
+}
+
+impl Job {
+    /// The id its reports carry (None for `Shutdown`).
+    fn id(&self) -> Option<JobId> {
+        match self {
+            Job::Grid { generation, .. } => Some(JobId::Grid(*generation)),
+            Job::Line { tag, .. } => Some(JobId::Line(*tag)),
+            Job::Shutdown => None,
+        }
+    }
 }
 
 /// What a landscape thread tells the UI, chunk by chunk.
@@ -132,7 +143,7 @@ impl Service {
             };
             match job {
                 Job::Shutdown => return,
-                Job::Line { .. } => self.line(job),
+                Job::Line { .. } => self.line_caught(job),
                 Job::Grid { .. } => {
                     // Only the newest grid matters.
                     let mut job = job;
@@ -140,13 +151,15 @@ impl Service {
                         match jobs.try_recv() {
                             Ok(Job::Shutdown) | Err(TryRecvError::Disconnected) => return,
                             Ok(j @ Job::Grid { .. }) => job = j,
-                            Ok(line) => self.line(line),
+                            Ok(line) => self.line_caught(line),
                             Err(TryRecvError::Empty) => break,
                         }
                     }
-                    match self.grid(job, &jobs) {
-                        Ok(n) => next = n,
-                        Err(()) => return,
+                    let id = job.id();
+                    match catch_panic("computing a landscape grid", || self.grid(job, &jobs)) {
+                        Ok(Ok(n)) => next = n,
+                        Ok(Err(())) => return,
+                        Err(d) => self.failed_after_panic(id, d),
                     }
                 }
             }
@@ -164,6 +177,25 @@ impl Service {
             self.surfaces.insert(key, surface);
         }
         Ok(&self.surfaces[&key])
+    }
+
+    /// A line job; a panic in it fails that job only.
+    fn line_caught(&mut self, job: Job) {
+        let id = job.id();
+        if let Err(d) = catch_panic("computing a learning-rate slice", || self.line(job)) {
+            self.failed_after_panic(id, d);
+        }
+    }
+
+    /// Reports a job that panicked, and drops the cached surfaces it may have left half-built.
+    fn failed_after_panic(&mut self, job: Option<JobId>, d: Diagnostic) {
+        self.surfaces.clear();
+        if let Some(job) = job {
+            (self.emit)(Report::Failed {
+                job,
+                why: d.headline(),
+            });
+        }
     }
 
     fn line(&mut self, job: Job) {
