@@ -427,6 +427,7 @@ impl Lowerer {
                 let a = self.number_arg(regs[0], &args[0].span, "linspace's start")?;
                 let b = self.number_arg(regs[1], &args[1].span, "linspace's end")?;
                 let n = self.dims(&regs[2..], &args[2..])?[0];
+                self.check_size(name, &Shape(vec![n]), span)?;
                 let step = if n > 1 { (b - a) / (n - 1) as f64 } else { 0.0 };
                 let v = (0..n)
                     .map(|i| {
