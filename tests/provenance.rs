@@ -158,3 +158,19 @@ fn the_f16_overflow_demo_halts_only_in_its_naive_f16_run() {
     assert!(h.step > 10 && h.step < 100, "{}", h.step);
     assert!(halt_of(2).is_none(), "logsumexp in f16 survives");
 }
+
+#[test]
+fn tracing_through_a_matmul_whose_data_side_has_no_gradient() {
+    // d norm(w)/dw = w / |w| is 0/0 at w = 0. The tracer probes every value, so `-A` (data)
+    // carries gradient there although the program never differentiates it: candle used to panic
+    // ("grad not populated") instead of tracing.
+    let (p, at) = trace(
+        "sum((-A @ w - t)^2) + norm(w)",
+        "A = \"[[1, 2], [3, 4], [5, 6]]\"\nt = \"[1, 0, 1]\"",
+        "w = \"zeros(2)\"",
+        "f32",
+    );
+    assert_eq!((p.pass, p.op.as_str()), (Pass::Backward, "norm"));
+    assert_eq!((p.count, p.total), (2, 2));
+    assert_eq!(at, "3:31 norm(w)");
+}

@@ -169,6 +169,19 @@ impl Op {
         }
     }
 
+    /// The op with every argument's gradient computed. Tracing adds a probe to every value, so
+    /// an argument the program never differentiates (the data side of `A @ w`) carries gradient
+    /// there too, and candle panics on a node whose gradient was never made.
+    pub fn traced(&self) -> std::borrow::Cow<'_, Op> {
+        match self {
+            Op::MatMul { .. } => std::borrow::Cow::Owned(Op::MatMul {
+                lhs_grad: true,
+                rhs_grad: true,
+            }),
+            op => std::borrow::Cow::Borrowed(op),
+        }
+    }
+
     /// Whether the op's result carries gradient when its inputs do.
     pub fn passes_gradient(&self) -> bool {
         !matches!(
@@ -409,7 +422,7 @@ impl Executable {
     pub fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Tensor, ExecError> {
         let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];
         for k in 0..self.plan.instrs.len() {
-            regs[k] = Some(self.eval(k, &regs, inputs)?);
+            regs[k] = Some(self.eval(k, &regs, inputs, false)?);
             for &a in &self.plan.instrs[k].args {
                 if self.last_use[a] == k {
                     regs[a] = None;
@@ -432,7 +445,7 @@ impl Executable {
         let mut values = Vec::with_capacity(n);
         let mut probes = Vec::with_capacity(n);
         for k in 0..n {
-            let v = self.eval(k, &regs, inputs)?;
+            let v = self.eval(k, &regs, inputs, probe)?;
             let computed = !matches!(self.plan.instrs[k].op, Op::Input(_) | Op::Const(_));
             let p = if probe && computed {
                 candle_core::Var::zeros(v.shape(), v.dtype(), v.device()).ok()
@@ -453,14 +466,21 @@ impl Executable {
         Ok((values, probes))
     }
 
+    /// Register `k`'s value; `probing` evaluates ops as [`Op::traced`] does.
     fn eval(
         &self,
         k: usize,
         regs: &[Option<Tensor>],
         inputs: &[&Tensor],
+        probing: bool,
     ) -> std::result::Result<Tensor, ExecError> {
         let instr = &self.plan.instrs[k];
-        let value = match &instr.op {
+        let op = if probing {
+            instr.op.traced()
+        } else {
+            std::borrow::Cow::Borrowed(&instr.op)
+        };
+        let value = match op.as_ref() {
             Op::Input(i) => Ok(inputs[*i].clone()),
             Op::Const(_) => Ok(self.consts[k].clone().expect("cast in new")),
             op => {

@@ -261,7 +261,7 @@ pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Optio
             .map(|&a| Var::from_tensor(&values[a].detach()))
             .collect::<candle_core::Result<_>>()?;
         let arg_tensors: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
-        let local = apply(&instr.op, &arg_tensors, &instr.shape)?;
+        let local = apply(&instr.op.traced(), &arg_tensors, &instr.shape)?;
         let grads = (local * g.detach())?.sum_all()?.backward()?;
         for (j, v) in vars.iter().enumerate() {
             let Some(contrib) = grads.get(v.as_tensor()) else {
