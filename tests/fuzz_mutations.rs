@@ -118,16 +118,23 @@ fn mutated_loss_files_never_crash_check_or_run() {
         let file = path.to_str().expect("utf-8 path");
         let runs = ["run", file, "--variant", "all", "--steps", "3"];
         for args in [&["check", file][..], &runs[..]] {
-            if let Err(why) = survives(args) {
-                failures.push(format!(
+            match survives(args) {
+                Ok(code) if args[0] == "check" => checked[code as usize] += 1,
+                Ok(_) => {}
+                Err(why) => failures.push(format!(
                     "{} (from {}): {why}",
                     args.join(" "),
                     sources[k].display()
-                ));
+                )),
             }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // Both kinds of mutant occur: files that still work and files that are refused.
+    assert!(
+        checked[0] >= 30 && checked[1] >= 30,
+        "ok/refused: {checked:?}"
+    );
 }
 
 #[test]
