@@ -42,13 +42,21 @@ impl LoadedFile {
 }
 
 /// Loss files under `paths`: files as given, directories searched recursively for `*.toml`,
-/// sorted. A path that does not exist becomes a diagnostic.
+/// sorted. A path that does not exist, or a directory without a loss file, becomes a diagnostic.
 pub fn discover(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut diags = Vec::new();
     for p in paths {
         if p.is_dir() {
+            let before = files.len();
             walk(p, &mut files);
+            if files.len() == before {
+                diags.push(
+                    Diagnostic::error(format!("no loss files (*.toml) in {}", p.display()))
+                        .in_file(p)
+                        .help("`gradscope check losses` checks the bundled ones"),
+                );
+            }
         } else if p.is_file() {
             files.push(p.clone());
         } else {

@@ -104,3 +104,22 @@ fn one_bad_file_does_not_stop_the_others() {
     assert_eq!(rosen["loss"], 12.5);
     assert!(stdout.contains("no such file or directory"));
 }
+
+#[test]
+fn a_directory_without_loss_files_is_an_error() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no_loss_files");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    std::fs::write(dir.join("notes.txt"), "not a loss file").expect("written");
+    for command in ["check", "list"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+            .args([command, dir.to_str().expect("utf-8")])
+            .output()
+            .expect("binary runs");
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("no loss files (*.toml) in"),
+            "{command}: {stdout}"
+        );
+    }
+}
