@@ -174,3 +174,11 @@ fn tracing_through_a_matmul_whose_data_side_has_no_gradient() {
     assert_eq!((p.count, p.total), (2, 2));
     assert_eq!(at, "3:31 norm(w)");
 }
+
+#[test]
+fn ops_are_named_as_the_user_wrote_them() {
+    // 1000^2 = 1e6 overflows f16 (max 65504) at the square, which messages call `^2`.
+    let (p, at) = trace("sum((w * x)^2)", "x = \"[1, 1000]\"", "w = 1.0", "f16");
+    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "^2", 1));
+    assert_eq!(at, "3:13 (w * x)^2");
+}

@@ -56,6 +56,20 @@ pub enum Compare {
     Ne,
 }
 
+impl Compare {
+    /// The comparison as written.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Compare::Lt => "<",
+            Compare::Le => "<=",
+            Compare::Gt => ">",
+            Compare::Ge => ">=",
+            Compare::Eq => "==",
+            Compare::Ne => "!=",
+        }
+    }
+}
+
 /// Reductions, over one axis or all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduce {
@@ -130,6 +144,8 @@ impl Op {
             Op::Unary(Unary::Elu(_)) => "elu".into(),
             Op::Unary(u) => match u {
                 Unary::Neg => "unary -".into(),
+                // `x^2` (and `sqr(x)`) lower to a square: name it as users write it.
+                Unary::Sqr => "^2".into(),
                 other => format!("{other:?}").to_lowercase(),
             },
             Op::Affine { mul, add } => match (*mul, *add) {
@@ -138,7 +154,7 @@ impl Op {
                 (-1.0, a) => format!("{a} -"),
                 (m, a) => format!("* {m} + {a}"),
             },
-            Op::Powf(e) => format!("^ {e}"),
+            Op::Powf(e) => format!("^{e}"),
             Op::Binary(b) => match b {
                 Binary::Add => "+".into(),
                 Binary::Sub => "-".into(),
@@ -149,7 +165,7 @@ impl Op {
                 Binary::Pow => "^".into(),
             },
             Op::BiasAdd => "+".into(),
-            Op::Compare(c) => format!("{c:?}").to_lowercase(),
+            Op::Compare(c) => c.symbol().into(),
             Op::Where => "where".into(),
             Op::Clamp => "clamp".into(),
             Op::MatMul { .. } => "@".into(),
