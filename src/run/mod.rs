@@ -229,13 +229,14 @@ impl Run {
         let evaluator = Evaluator::new(compiled, run)?;
         let n = compiled.params.len();
         let config_scale = config.loss_scale;
+        let state = OptimizerState::new(&config.optimizer, n);
         let mut r = Self {
             name,
             def: run,
             dtype: compiled.runs[run].dtype,
             config,
             evaluator,
-            state: OptimizerState::new(n),
+            state,
             history: History::new(n),
             snapshots: Vec::new(),
             halted: None,
@@ -617,28 +618,24 @@ impl Run {
 
     fn broken_update_reason(&self, new: &[Tensor], broken: &[usize]) -> String {
         let spec = &self.config.optimizer;
-        let eps = spec.num("eps");
         let low = matches!(self.dtype, DType::F16 | DType::BF16);
-        let hint = if spec.values().iter().any(|(k, _)| *k == "eps") && eps == 0.0 {
-            "; its eps is 0, so where the squared gradient is 0 the update divides by 0: use eps > 0"
-                .to_string()
-        } else if self.dtype == DType::F16 && eps < 2.9e-8 {
+        let hint = match spec.eps() {
+            Some(0.0) => "; its eps is 0, so where the squared gradient is 0 the update divides by 0: use eps > 0"
+                .to_string(),
             // Below half of f16's smallest subnormal, eps rounds to 0.
-            format!(
+            Some(eps) if self.dtype == DType::F16 && eps < 2.9e-8 => format!(
                 "; its eps = {} is 0 in f16, so where the squared gradient flushes to 0 the update divides by 0: use eps = 1e-4 or run in f32",
                 crate::format::fmt_short(eps),
-            )
-        } else if low {
-            format!(
+            ),
+            _ if low => format!(
                 "; its arithmetic overflowed {}: run in f32 or lower the lr",
                 self.dtype.name()
-            )
-        } else {
-            String::new()
+            ),
+            _ => String::new(),
         };
         format!(
             "the {} update made {} non-finite from finite gradients{hint}",
-            spec.kind.name(),
+            spec.kind().name(),
             self.name_nonfinite(new, broken)
         )
     }
