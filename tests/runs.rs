@@ -10,9 +10,10 @@ use gradscope::lang::file::load_bytes;
 use gradscope::load::discover;
 use gradscope::load::load_compiled;
 use gradscope::optim::schedule::LrSchedule;
+use gradscope::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
+use gradscope::run::Run;
 use gradscope::run::history::flags;
-use gradscope::run::{GradSource, LossScale, NonFinitePolicy, Run, RunConfig};
 
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
@@ -20,8 +21,8 @@ fn compiled(text: &str) -> CompiledFile {
     c.unwrap_or_else(|| panic!("{d:?}"))
 }
 
-fn config(spec: &str, policy: NonFinitePolicy) -> RunConfig {
-    RunConfig {
+fn config(spec: &str, policy: NonFinitePolicy) -> RunSettings {
+    RunSettings {
         optimizer: OptimizerSpec::parse(spec).unwrap(),
         steps: 10,
         clip_norm: None,
@@ -245,7 +246,7 @@ fn clipping_is_recorded_with_the_pre_clip_norm() {
 #[test]
 fn rewinding_reproduces_the_same_records_bit_for_bit() {
     let (c, _) = load_compiled(Path::new("losses/bench/robust_log_mse.toml")).unwrap();
-    let mut cfg = RunConfig::from_settings(&c.runs[0].optimizer);
+    let mut cfg = c.runs[0].settings.clone();
     cfg.steps = 250;
     let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
     while !run.is_done() {
@@ -321,7 +322,7 @@ fn every_bundled_loss_runs_fifty_steps_without_a_panic() {
         let (c, _) =
             load_compiled(&f).unwrap_or_else(|d| panic!("{}: {}", f.display(), d[0].headline()));
         for run_index in 0..c.runs.len() {
-            let mut cfg = RunConfig::from_settings(&c.runs[run_index].optimizer);
+            let mut cfg = c.runs[run_index].settings.clone();
             cfg.steps = 50;
             cfg.on_nonfinite = NonFinitePolicy::Continue;
             let mut run = Run::new(&c, run_index, "r".into(), cfg).unwrap();
@@ -471,7 +472,7 @@ fn finite_difference_gradients_match_autograd_and_drift_little() {
         let (a, f) = (a.to_scalar::<f64>().unwrap(), f.to_scalar::<f64>().unwrap());
         assert!((a - f).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {f}");
     }
-    let mut cfg = RunConfig::from_settings(&c.runs[1].optimizer);
+    let mut cfg = c.runs[1].settings.clone();
     assert_eq!(cfg.grad, GradSource::FiniteDifference);
     cfg.steps = 200;
     let mut fd_run = Run::new(&c, 1, "fd".into(), cfg.clone()).unwrap();
@@ -494,7 +495,7 @@ fn dynamic_loss_scaling_follows_gradscalers_rule() {
     // clean steps the scale doubles to 2^13, overflows once more, and halves back.
     let text = "name = \"s\"\ndtype = \"f16\"\nloss = \"sum(w * c)\"\n[data]\nc = \"full(10, 4)\"\n[params]\nw = \"zeros(4)\"\n[optimizer]\nname = \"sgd\"\nlr = 1e-9\nloss_scale = \"dynamic\"\n";
     let c = compiled(text);
-    let mut cfg = RunConfig::from_settings(&c.runs[0].optimizer);
+    let mut cfg = c.runs[0].settings.clone();
     assert_eq!(cfg.loss_scale, LossScale::Dynamic);
     cfg.steps = 2006;
     let mut run = Run::new(&c, 0, "s".into(), cfg).unwrap();

@@ -8,8 +8,8 @@ use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
 use crate::load;
+use crate::run::Run;
 use crate::run::summary::drive;
-use crate::run::{Run, RunConfig};
 
 /// A point of a run to examine: the file, which variant, after how many steps, in which dtype.
 #[derive(Debug, Clone, clap::Args)]
@@ -46,7 +46,7 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
     .map_err(anyhow::Error::msg)?;
     let mut runs = Vec::new();
     for def in selected {
-        let mut config = RunConfig::from_settings(&compiled.runs[def].optimizer);
+        let mut config = compiled.runs[def].settings.clone();
         config.steps = args.at_step;
         let mut r = Run::new(&compiled, def, compiled.runs[def].name.clone(), config)?;
         drive(&mut r, |_, _| {})?;

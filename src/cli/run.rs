@@ -7,10 +7,11 @@ use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
+use crate::optim::settings::{GradSource, NonFinitePolicy};
 use crate::optim::spec::OptimizerSpec;
+use crate::run::Run;
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::summary::{Summary, drive};
-use crate::run::{NonFinitePolicy, Run, RunConfig};
 
 /// Output format of `gradscope run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,7 +119,7 @@ pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<
     let policy = match args.on_nonfinite.as_deref() {
         None => None,
         Some(p) => Some(
-            NonFinitePolicy::parse(p)
+            NonFinitePolicy::from_name(p)
                 .ok_or_else(|| format!("unknown policy `{p}`: use stop, skip or continue"))?,
         ),
     };
@@ -126,7 +127,7 @@ pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<
     for &i in &selected {
         for spec in &specs {
             let def = &compiled.runs[i];
-            let mut config = RunConfig::from_settings(&def.optimizer);
+            let mut config = def.settings.clone();
             if let Some(s) = spec {
                 config.optimizer = s.clone();
             }
@@ -139,13 +140,9 @@ pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<
             if let Some(p) = policy {
                 config.on_nonfinite = p;
             }
-            match args.grad.as_deref() {
-                None => {}
-                Some("autograd") => config.grad = crate::run::GradSource::Autograd,
-                Some("fd") => config.grad = crate::run::GradSource::FiniteDifference,
-                Some(g) => {
-                    return Err(format!("unknown gradient source `{g}`: use autograd or fd"));
-                }
+            if let Some(g) = args.grad.as_deref() {
+                config.grad = GradSource::from_name(g)
+                    .ok_or_else(|| format!("unknown gradient source `{g}`: use autograd or fd"))?;
             }
             let name = match spec {
                 Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),

@@ -1,12 +1,12 @@
 //! The optimizer registry: every optimizer declared once (name, doc, hyper-parameters with
 //! torch.optim's defaults and docs), as a typed struct per optimizer and the closed
-//! [`OptimizerSpec`] enum over them, plus the one spec parser and the run settings an
-//! `[optimizer]` table may also hold. The loss-file checker, the command line and the TUI all
-//! validate against this table.
+//! [`OptimizerSpec`] enum over them, and the one spec parser. The loss-file checker, the
+//! command line and the TUI all validate against this table.
 
 use std::fmt;
 use std::str::FromStr;
 
+use super::settings::{RUN_SETTINGS, check_run_setting};
 use super::step::UpdateRule;
 
 /// A hyper-parameter's value, by name: what parsing reads and printing writes. Rules read the
@@ -314,38 +314,6 @@ optimizers! {
     }
 }
 
-/// What kind of value a run setting takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettingKind {
-    Count,
-    Number,
-    Choice(&'static [&'static str]),
-    /// A power of two, or `dynamic` (GradScaler's rule).
-    Scale,
-}
-
-/// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
-pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
-    ("steps", SettingKind::Count),
-    ("clip_norm", SettingKind::Number),
-    ("clip_value", SettingKind::Number),
-    (
-        "on_nonfinite",
-        SettingKind::Choice(&["stop", "skip", "continue"]),
-    ),
-    (
-        "schedule",
-        SettingKind::Choice(&["constant", "step", "exponential", "cosine"]),
-    ),
-    ("warmup", SettingKind::Count),
-    ("step_size", SettingKind::Count),
-    ("gamma", SettingKind::Number),
-    ("min_lr", SettingKind::Number),
-    ("grad", SettingKind::Choice(&["autograd", "fd"])),
-    ("loss_scale", SettingKind::Scale),
-    ("accumulate", SettingKind::Choice(&["f32", "f64"])),
-];
-
 /// Why a setting or a spec is not acceptable, with the help to show.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettingError {
@@ -380,35 +348,8 @@ pub fn check_setting(
     key: &str,
     value: RawValue,
 ) -> Result<(), SettingError> {
-    if let Some(&(_, k)) = RUN_SETTINGS.iter().find(|(n, _)| *n == key) {
-        return match (k, value) {
-            (SettingKind::Count, RawValue::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Ok(()),
-            (SettingKind::Count, _) => Err(SettingError {
-                message: format!("`{key}` must be a whole number"),
-                help: None,
-            }),
-            (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),
-            (SettingKind::Number, _) => Err(SettingError {
-                message: format!("`{key}` must be a non-negative number"),
-                help: None,
-            }),
-            (SettingKind::Choice(options), RawValue::Text(t)) if options.contains(&t) => Ok(()),
-            (SettingKind::Choice(options), _) => Err(SettingError {
-                message: format!("`{key}` must be one of {}", options.join(", ")),
-                help: None,
-            }),
-            (SettingKind::Scale, RawValue::Text("dynamic")) => Ok(()),
-            (SettingKind::Scale, RawValue::Number(n)) if n > 0.0 && n.log2().fract() == 0.0 => {
-                Ok(())
-            }
-            (SettingKind::Scale, _) => Err(SettingError {
-                message: format!("`{key}` must be a power of two or \"dynamic\""),
-                help: Some(
-                    "e.g. loss_scale = \"dynamic\" (start at 2^16, as torch's GradScaler) or 1024"
-                        .into(),
-                ),
-            }),
-        };
+    if let Some(checked) = check_run_setting(key, value) {
+        return checked;
     }
     let kinds = match &kind {
         Some(k) => std::slice::from_ref(k),

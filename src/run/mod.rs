@@ -18,150 +18,14 @@ use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
-use crate::lang::file::{DType, SettingValue};
-use crate::optim::schedule::{LrSchedule, Schedule, clip_norm, clip_value};
-use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue};
+use crate::lang::file::DType;
+use crate::optim::schedule::{clip_norm, clip_value};
+use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use crate::optim::step::{OptimizerState, update};
-
-/// What to do when the loss or a gradient is NaN or Inf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonFinitePolicy {
-    /// Halt at that step and say why.
-    Stop,
-    /// Skip the update and count it, as torch's GradScaler does.
-    Skip,
-    /// Update anyway.
-    Continue,
-}
-
-impl NonFinitePolicy {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stop" => Some(Self::Stop),
-            "skip" => Some(Self::Skip),
-            "continue" => Some(Self::Continue),
-            _ => None,
-        }
-    }
-}
-
-/// Everything that defines how a run steps.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunConfig {
-    pub optimizer: OptimizerSpec,
-    pub steps: u64,
-    pub clip_norm: Option<f64>,
-    pub clip_value: Option<f64>,
-    pub schedule: LrSchedule,
-    pub on_nonfinite: NonFinitePolicy,
-    /// Where gradients come from.
-    pub grad: GradSource,
-    pub loss_scale: LossScale,
-}
-
-/// Loss scaling for low-precision runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LossScale {
-    Off,
-    Fixed(f64),
-    /// torch's GradScaler: start at 2^16, halve and skip the step on a non-finite gradient,
-    /// double after 2,000 clean steps.
-    Dynamic,
-}
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
 pub const SCALE_GROWTH_INTERVAL: u32 = 2000;
-
-/// Autograd, or central finite differences (to see what numerical differentiation costs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GradSource {
-    Autograd,
-    FiniteDifference,
-}
-
-impl GradSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            GradSource::Autograd => "autograd",
-            GradSource::FiniteDifference => "fd",
-        }
-    }
-}
-
-/// Default number of steps when neither the file nor the command line gives one.
-pub const DEFAULT_STEPS: u64 = 100;
-
-impl RunConfig {
-    /// The config a run definition's `[optimizer]` settings describe (adam with torch's defaults
-    /// when there are none).
-    pub fn from_settings(settings: &[crate::lang::file::Setting]) -> Self {
-        let get = |key: &str| {
-            settings
-                .iter()
-                .find(|s| s.key.node == key)
-                .map(|s| &s.value.node)
-        };
-        let num = |key: &str| match get(key) {
-            Some(SettingValue::Number(n)) => Some(*n),
-            _ => None,
-        };
-        let text = |key: &str| match get(key) {
-            Some(SettingValue::Text(t)) => Some(t.as_str()),
-            _ => None,
-        };
-        let kind = text("name")
-            .and_then(OptimizerKind::from_name)
-            .unwrap_or(OptimizerKind::Adam);
-        let mut optimizer = OptimizerSpec::new(kind);
-        for s in settings {
-            let raw = match &s.value.node {
-                SettingValue::Number(n) => RawValue::Number(*n),
-                SettingValue::Bool(b) => RawValue::Bool(*b),
-                SettingValue::Text(_) => continue,
-            };
-            // Keys of another optimizer (from a file-level table under a variant's new `name`)
-            // and run settings are not hyper-parameters of this one.
-            let _ = optimizer.set(&s.key.node, raw);
-        }
-        let schedule = match text("schedule") {
-            Some("step") => Schedule::Step {
-                step_size: num("step_size").unwrap_or(100.0) as u64,
-                gamma: num("gamma").unwrap_or(0.1),
-            },
-            Some("exponential") => Schedule::Exponential {
-                gamma: num("gamma").unwrap_or(0.99),
-            },
-            Some("cosine") => Schedule::Cosine {
-                total: num("steps").map_or(DEFAULT_STEPS, |n| n as u64),
-                min_lr: num("min_lr").unwrap_or(0.0),
-            },
-            _ => Schedule::Constant,
-        };
-        Self {
-            optimizer,
-            steps: num("steps").map_or(DEFAULT_STEPS, |n| n as u64),
-            clip_norm: num("clip_norm"),
-            clip_value: num("clip_value"),
-            schedule: LrSchedule {
-                schedule,
-                warmup: num("warmup").unwrap_or(0.0) as u64,
-            },
-            on_nonfinite: text("on_nonfinite")
-                .and_then(NonFinitePolicy::parse)
-                .unwrap_or(NonFinitePolicy::Stop),
-            grad: match text("grad") {
-                Some("fd") => GradSource::FiniteDifference,
-                _ => GradSource::Autograd,
-            },
-            loss_scale: match (text("loss_scale"), num("loss_scale")) {
-                (Some("dynamic"), _) => LossScale::Dynamic,
-                (_, Some(n)) => LossScale::Fixed(n),
-                _ => LossScale::Off,
-            },
-        }
-    }
-}
 
 /// Why a run stopped before its last step.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,7 +55,7 @@ pub struct Run {
     /// The run definition (base or variant) it runs.
     pub def: usize,
     pub dtype: crate::lang::file::DType,
-    pub config: RunConfig,
+    pub config: RunSettings,
     evaluator: Evaluator,
     state: OptimizerState,
     history: History,
@@ -224,7 +88,7 @@ impl Run {
         compiled: &CompiledFile,
         run: usize,
         name: String,
-        config: RunConfig,
+        config: RunSettings,
     ) -> candle_core::Result<Self> {
         let evaluator = Evaluator::new(compiled, run)?;
         let n = compiled.params.len();

@@ -14,8 +14,8 @@ use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::spec::OptimizerSpec;
+use crate::run::Run;
 use crate::run::history::StepRecord;
-use crate::run::{Run, RunConfig};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
 pub type RunId = u64;
@@ -198,7 +198,7 @@ impl Worker {
         if let Some(dt) = dtype {
             d.dtype = dt;
         }
-        let mut config = RunConfig::from_settings(&d.optimizer);
+        let mut config = d.settings.clone();
         let mut name = d.name.clone();
         if let Some(spec) = optimizer {
             name = format!("{name} · {spec}");
