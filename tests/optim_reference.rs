@@ -8,7 +8,7 @@ use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
-use gradscope::run::Run;
+use gradscope::run::{Run, RunRequest};
 use serde_json::Value;
 
 fn problem(name: &str, dtype: &str) -> String {
@@ -47,7 +47,11 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
             grad: GradSource::Autograd,
             loss_scale: LossScale::Off,
         };
-        let mut run = Run::new(&compiled, 0, spec_text.into(), config).expect("run");
+        let mut run = Run::new(
+            &compiled,
+            RunRequest::new(&compiled, 0, spec_text.into(), config),
+        )
+        .expect("run");
         for (k, want) in case["after_steps"].as_object().unwrap() {
             let k: u64 = k.parse().unwrap();
             while run.step_count() < k {

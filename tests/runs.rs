@@ -12,8 +12,8 @@ use gradscope::load::load_compiled;
 use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
-use gradscope::run::Run;
 use gradscope::run::history::flags;
+use gradscope::run::{Run, RunRequest};
 
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
@@ -48,9 +48,12 @@ fn stop_halts_at_the_first_nonfinite_step_without_updating() {
     let c = compiled(GOES_NAN_AT_3);
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("sgd(lr=1)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("sgd(lr=1)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     while !run.is_done() {
@@ -69,9 +72,12 @@ fn skip_counts_skipped_updates_and_keeps_the_params() {
     let c = compiled(GOES_NAN_AT_3);
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("sgd(lr=1)", NonFinitePolicy::Skip),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("sgd(lr=1)", NonFinitePolicy::Skip),
+        ),
     )
     .unwrap();
     while !run.is_done() {
@@ -90,9 +96,12 @@ fn continue_updates_through_nonfinite_losses() {
     let c = compiled(GOES_NAN_AT_3);
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("sgd(lr=1)", NonFinitePolicy::Continue),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("sgd(lr=1)", NonFinitePolicy::Continue),
+        ),
     )
     .unwrap();
     while !run.is_done() {
@@ -108,7 +117,11 @@ fn a_nonfinite_gradient_names_the_param_and_counts_elements() {
     let c = compiled(
         "name = \"g\"\nloss = \"sqrt(sum(w^2)) + sum(v)\"\n[params]\nw = \"zeros(4)\"\nv = \"ones(2)\"\n",
     );
-    let mut run = Run::new(&c, 0, "r".into(), config("sgd", NonFinitePolicy::Stop)).unwrap();
+    let mut run = Run::new(
+        &c,
+        RunRequest::new(&c, 0, "r".into(), config("sgd", NonFinitePolicy::Stop)),
+    )
+    .unwrap();
     run.step().unwrap();
     let halt = run.halted.clone().expect("halted");
     assert_eq!(halt.step, 0);
@@ -129,9 +142,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
     let c = compiled(ADAM_BREAKS_IN_F16);
     let mut run = Run::new(
         &c,
-        0,
-        "stop".into(),
-        config("adam(lr=0.1)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "stop".into(),
+            config("adam(lr=0.1)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     let r = run.step().unwrap();
@@ -160,9 +176,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
 
     let mut skip = Run::new(
         &c,
-        0,
-        "skip".into(),
-        config("adam(lr=0.1)", NonFinitePolicy::Skip),
+        RunRequest::new(
+            &c,
+            0,
+            "skip".into(),
+            config("adam(lr=0.1)", NonFinitePolicy::Skip),
+        ),
     )
     .unwrap();
     let r = skip.step().unwrap();
@@ -172,9 +191,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
 
     let mut cont = Run::new(
         &c,
-        0,
-        "continue".into(),
-        config("adam(lr=0.1)", NonFinitePolicy::Continue),
+        RunRequest::new(
+            &c,
+            0,
+            "continue".into(),
+            config("adam(lr=0.1)", NonFinitePolicy::Continue),
+        ),
     )
     .unwrap();
     cont.step().unwrap();
@@ -194,9 +216,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
     // With eps = 1e-4 (representable in f16) the same step is fine.
     let mut fixed = Run::new(
         &c,
-        0,
-        "eps".into(),
-        config("adam(lr=0.1, eps=1e-4)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "eps".into(),
+            config("adam(lr=0.1, eps=1e-4)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     let r = fixed.step().unwrap();
@@ -212,7 +237,11 @@ fn a_zero_learning_rate_steps_without_moving() {
         "adam(lr=0)",
         "lion(lr=0)",
     ] {
-        let mut run = Run::new(&c, 0, spec.into(), config(spec, NonFinitePolicy::Stop)).unwrap();
+        let mut run = Run::new(
+            &c,
+            RunRequest::new(&c, 0, spec.into(), config(spec, NonFinitePolicy::Stop)),
+        )
+        .unwrap();
         for _ in 0..3 {
             run.step()
                 .unwrap_or_else(|d| panic!("{spec}: {}", d.headline()));
@@ -229,7 +258,7 @@ fn clipping_is_recorded_with_the_pre_clip_norm() {
     );
     let mut cfg = config("sgd(lr=1)", NonFinitePolicy::Stop);
     cfg.clip_norm = Some(1.0);
-    let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "r".into(), cfg)).unwrap();
     let r = run.step().unwrap();
     assert!(r.has(flags::CLIPPED));
     assert_eq!(r.core.grad_norm, 5.0);
@@ -248,7 +277,7 @@ fn rewinding_reproduces_the_same_records_bit_for_bit() {
     let (c, _) = load_compiled(Path::new("losses/bench/robust_log_mse.toml")).unwrap();
     let mut cfg = c.runs[0].settings.clone();
     cfg.steps = 250;
-    let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "r".into(), cfg)).unwrap();
     while !run.is_done() {
         run.step().unwrap();
     }
@@ -297,9 +326,12 @@ fn lion_follows_its_published_update() {
     );
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("lion(lr=0.1, weight_decay=0.5)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("lion(lr=0.1, weight_decay=0.5)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     run.step().unwrap();
@@ -325,7 +357,7 @@ fn every_bundled_loss_runs_fifty_steps_without_a_panic() {
             let mut cfg = c.runs[run_index].settings.clone();
             cfg.steps = 50;
             cfg.on_nonfinite = NonFinitePolicy::Continue;
-            let mut run = Run::new(&c, run_index, "r".into(), cfg).unwrap();
+            let mut run = Run::new(&c, RunRequest::new(&c, run_index, "r".into(), cfg)).unwrap();
             while !run.is_done() {
                 run.step()
                     .unwrap_or_else(|d| panic!("{} {}: {}", f.display(), run_index, d.headline()));
@@ -475,9 +507,9 @@ fn finite_difference_gradients_match_autograd_and_drift_little() {
     let mut cfg = c.runs[1].settings.clone();
     assert_eq!(cfg.grad, GradSource::FiniteDifference);
     cfg.steps = 200;
-    let mut fd_run = Run::new(&c, 1, "fd".into(), cfg.clone()).unwrap();
+    let mut fd_run = Run::new(&c, RunRequest::new(&c, 1, "fd".into(), cfg.clone())).unwrap();
     cfg.grad = GradSource::Autograd;
-    let mut auto_run = Run::new(&c, 0, "auto".into(), cfg).unwrap();
+    let mut auto_run = Run::new(&c, RunRequest::new(&c, 0, "auto".into(), cfg)).unwrap();
     for run in [&mut fd_run, &mut auto_run] {
         while !run.is_done() {
             run.step().unwrap();
@@ -498,7 +530,7 @@ fn dynamic_loss_scaling_follows_gradscalers_rule() {
     let mut cfg = c.runs[0].settings.clone();
     assert_eq!(cfg.loss_scale, LossScale::Dynamic);
     cfg.steps = 2006;
-    let mut run = Run::new(&c, 0, "s".into(), cfg).unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "s".into(), cfg)).unwrap();
     while !run.is_done() {
         run.step().unwrap();
     }

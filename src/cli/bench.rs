@@ -8,8 +8,8 @@ use std::time::Instant;
 use crate::compile;
 use crate::format::fmt_num;
 use crate::load;
-use crate::run::Run;
 use crate::run::summary::drive;
+use crate::run::{Run, RunRequest};
 
 /// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
 pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
@@ -39,7 +39,8 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
         let mut steps = 0;
         for _ in 0..repeat.max(1) {
             let config = compiled.runs[0].settings.clone();
-            let mut run = Run::new(&compiled, 0, "bench".into(), config)?;
+            let request = RunRequest::new(&compiled, 0, "bench".into(), config);
+            let mut run = Run::new(&compiled, request)?;
             let s = drive(&mut run, |_, _| {})?;
             rates.push(s.steps_per_s);
             final_loss = s.final_loss;

@@ -274,10 +274,20 @@ pub fn norm(t: &Tensor) -> f64 {
 }
 
 impl Evaluator {
-    /// Prepares run `run` of `compiled` with params at their initial values.
+    /// Prepares run `run` of `compiled` in its definition's dtype, with params at their initial
+    /// values.
     pub fn new(compiled: &CompiledFile, run: usize) -> candle_core::Result<Self> {
+        Self::with_dtype(compiled, run, compiled.runs[run].dtype)
+    }
+
+    /// [`Evaluator::new`] in `dtype`: a run's own, which need not be its definition's.
+    pub fn with_dtype(
+        compiled: &CompiledFile,
+        run: usize,
+        dtype: DType,
+    ) -> candle_core::Result<Self> {
         let def = &compiled.runs[run];
-        let dtype = candle_dtype(def.dtype);
+        let dtype = candle_dtype(dtype);
         let accumulate = def
             .optimizer
             .iter()

@@ -27,6 +27,35 @@ use crate::optim::step::{OptimizerState, update};
 pub const SCALE_INIT: f64 = 65536.0;
 pub const SCALE_GROWTH_INTERVAL: u32 = 2000;
 
+/// One run to start: which run definition, under which name, in which dtype, with which
+/// settings. The front ends and the worker each build one; a run's dtype travels here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRequest {
+    /// Index of the run definition (base or variant).
+    pub def: usize,
+    pub name: String,
+    pub dtype: DType,
+    pub settings: RunSettings,
+}
+
+impl RunRequest {
+    /// Definition `def` of `compiled` in its own dtype, named `name`, with `settings`.
+    pub fn new(compiled: &CompiledFile, def: usize, name: String, settings: RunSettings) -> Self {
+        Self {
+            def,
+            name,
+            dtype: compiled.runs[def].dtype,
+            settings,
+        }
+    }
+
+    /// Definition `def` as the file describes it (None: there is no such definition).
+    pub fn of(compiled: &CompiledFile, def: usize) -> Option<Self> {
+        let d = compiled.runs.get(def)?;
+        Some(Self::new(compiled, def, d.name.clone(), d.settings.clone()))
+    }
+}
+
 /// Why a run stopped before its last step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Halt {
@@ -54,7 +83,7 @@ pub struct Run {
     pub name: String,
     /// The run definition (base or variant) it runs.
     pub def: usize,
-    pub dtype: crate::lang::file::DType,
+    pub dtype: DType,
     pub config: RunSettings,
     evaluator: Evaluator,
     state: OptimizerState,
@@ -83,21 +112,22 @@ const TRAJECTORY_BYTES: usize = 8 << 20;
 const TRAJECTORY_POINTS: usize = 16384;
 
 impl Run {
-    /// A run of `compiled`'s run definition `run` with `config`, at the initial params.
-    pub fn new(
-        compiled: &CompiledFile,
-        run: usize,
-        name: String,
-        config: RunSettings,
-    ) -> candle_core::Result<Self> {
-        let evaluator = Evaluator::new(compiled, run)?;
+    /// The run `request` asks for of `compiled`, at the initial params.
+    pub fn new(compiled: &CompiledFile, request: RunRequest) -> candle_core::Result<Self> {
+        let RunRequest {
+            def: run,
+            name,
+            dtype,
+            settings: config,
+        } = request;
+        let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
         let config_scale = config.loss_scale;
         let state = OptimizerState::new(&config.optimizer, n);
         let mut r = Self {
             name,
             def: run,
-            dtype: compiled.runs[run].dtype,
+            dtype,
             config,
             evaluator,
             state,
