@@ -67,6 +67,7 @@ pub struct RunArgs {
 /// Why the command line's options start no run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunsError {
+    /// `--variant` names none of the file's run definitions.
     #[error("no variant named `{name}`; this file has: {}", .names.join(", "))]
     NoVariant { name: String, names: Vec<String> },
     /// A run could not be prepared (its tensors could not be built).

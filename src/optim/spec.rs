@@ -69,7 +69,9 @@ impl Hyper for bool {
 /// A hyper-parameter's name and one-line doc, in the registry's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HyperParam {
+    /// The name specs and loss files use (torch's keyword argument).
     pub name: &'static str,
+    /// One line on what it does.
     pub doc: &'static str,
 }
 

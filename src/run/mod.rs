@@ -33,8 +33,11 @@ pub const SCALE_GROWTH_INTERVAL: u32 = 2000;
 pub struct RunRequest {
     /// Index of the run definition (base or variant).
     pub def: usize,
+    /// What the front ends show it as.
     pub name: String,
+    /// The precision it runs in (the definition's unless asked otherwise).
     pub dtype: DType,
+    /// Optimizer, steps, clipping, schedule, policy, gradient source, loss scaling.
     pub settings: RunSettings,
 }
 
