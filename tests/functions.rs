@@ -51,7 +51,7 @@ fn a_straight_through_estimator_rounds_forward_and_passes_the_gradient() {
         "{diags:?}"
     );
     assert_eq!(
-        gradcheck(&c, 0, None, 0).unwrap()[0].verdict,
+        gradcheck(&c, 0, c.runs[0].dtype, None, 0).unwrap()[0].verdict,
         Verdict::CustomGradient
     );
 }
@@ -78,7 +78,10 @@ fn a_correct_custom_gradient_matches_autograd_and_draws_no_warning() {
         .to_vec1()
         .unwrap();
     assert_eq!(g, vec![3.0 * 0.25, -2.0 * 3.0 * 2.25]);
-    assert_eq!(gradcheck(&c, 0, None, 0).unwrap()[0].verdict, Verdict::Pass);
+    assert_eq!(
+        gradcheck(&c, 0, c.runs[0].dtype, None, 0).unwrap()[0].verdict,
+        Verdict::Pass
+    );
 }
 
 #[test]

@@ -25,7 +25,7 @@ fn every_bundled_loss_passes_in_f64() {
         let (mut c, _) = load_compiled(&f).unwrap();
         c.runs.iter_mut().for_each(|r| r.dtype = DType::F64);
         for run in 0..c.runs.len() {
-            for check in gradcheck(&c, run, None, 0).unwrap() {
+            for check in gradcheck(&c, run, c.runs[run].dtype, None, 0).unwrap() {
                 // custom_gradients.toml's straight-through rounding differs on purpose.
                 let want = if f.ends_with("custom_gradients.toml") {
                     Verdict::CustomGradient
@@ -51,7 +51,7 @@ fn a_gradient_that_is_not_the_derivative_fails_at_its_worst_element() {
     let c = compiled(
         "name = \"g\"\ndtype = \"f64\"\nloss = \"sum(detach(w) * w)\"\n[params]\nw = \"[0.5, -3.0, 1.0]\"\n",
     );
-    let checks = gradcheck(&c, 0, None, 0).unwrap();
+    let checks = gradcheck(&c, 0, c.runs[0].dtype, None, 0).unwrap();
     assert_eq!(checks[0].verdict, Verdict::Fail);
     assert_eq!(checks[0].worst, vec![1]);
     assert!((checks[0].max_abs - 3.0).abs() < 1e-6, "{:?}", checks[0]);
@@ -62,7 +62,7 @@ fn kinks_are_reported_as_kinks_not_failures() {
     let c = compiled(
         "name = \"g\"\ndtype = \"f64\"\nloss = \"sum(abs(w)) + sum(relu(w))\"\n[params]\nw = \"[0.0, 1.0, 0.0, -2.0]\"\n",
     );
-    let checks = gradcheck(&c, 0, None, 0).unwrap();
+    let checks = gradcheck(&c, 0, c.runs[0].dtype, None, 0).unwrap();
     assert_eq!(checks[0].verdict, Verdict::Pass);
     assert_eq!(checks[0].kinks, 2);
 }
@@ -72,7 +72,7 @@ fn large_params_are_sampled_and_tolerances_follow_the_dtype() {
     let c = compiled(
         "name = \"g\"\nloss = \"mean(tanh(w) ^ 2)\"\nseed = 3\n[params]\nw = \"randn(40, 25)\"\n",
     );
-    let checks = gradcheck(&c, 0, None, 7).unwrap();
+    let checks = gradcheck(&c, 0, c.runs[0].dtype, None, 7).unwrap();
     assert_eq!((checks[0].checked, checks[0].total), (SAMPLE, 1000));
     assert_eq!(checks[0].verdict, Verdict::Pass, "{:?}", checks[0]);
 }

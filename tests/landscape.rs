@@ -17,7 +17,7 @@ use gradscope::landscape::{
     ColorScale, Grid, GridSpec, NONFINITE_RGB, Plane, PlaneKind, param_shapes,
 };
 use gradscope::load::load_compiled;
-use gradscope::run::{Run, RunConfig};
+use gradscope::run::{Run, RunRequest};
 use gradscope::tui::app::{App, Msg, Tab};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -274,9 +274,7 @@ fn paths_project_onto_their_planes() {
     let plane = Plane::coordinates(&param_shapes(&c)).unwrap();
     let mut run = Run::new(
         &c,
-        0,
-        "adam".into(),
-        RunConfig::from_settings(&c.runs[0].optimizer),
+        RunRequest::new(&c, 0, "adam".into(), c.runs[0].settings.clone()),
     )
     .unwrap();
     let mut expected = vec![run.flat_params()];
@@ -337,9 +335,9 @@ fn next_update_is_where_the_step_lands_and_the_line_passes_through_it() {
         "adam(lr=0.01)",
         "rmsprop(lr=1e-3)",
     ] {
-        let mut config = RunConfig::from_settings(&c64.runs[0].optimizer);
+        let mut config = c64.runs[0].settings.clone();
         config.optimizer = gradscope::optim::spec::OptimizerSpec::parse(spec).unwrap();
-        let mut run = Run::new(&c64, 0, spec.into(), config).unwrap();
+        let mut run = Run::new(&c64, RunRequest::new(&c64, 0, spec.into(), config)).unwrap();
         for _ in 0..5 {
             run.step().unwrap();
         }
@@ -411,8 +409,12 @@ fn rosenbrock_landscape_in_the_terminal() {
     let mut paths = Vec::new();
     let mut best: Option<([f64; 2], f64)> = None;
     for (def, color) in PALETTE.iter().enumerate() {
-        let config = RunConfig::from_settings(&c.runs[def].optimizer);
-        let mut run = Run::new(&c, def, c.runs[def].name.clone(), config).unwrap();
+        let config = c.runs[def].settings.clone();
+        let mut run = Run::new(
+            &c,
+            RunRequest::new(&c, def, c.runs[def].name.clone(), config),
+        )
+        .unwrap();
         for _ in 0..400 {
             let r = run.step().unwrap();
             let p = plane.project(&run.trajectory(Some(r.step)).last().unwrap().1);

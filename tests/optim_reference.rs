@@ -6,8 +6,9 @@ use std::path::Path;
 use gradscope::compile::compile;
 use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::LrSchedule;
+use gradscope::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
-use gradscope::run::{GradSource, LossScale, NonFinitePolicy, Run, RunConfig};
+use gradscope::run::{Run, RunRequest};
 use serde_json::Value;
 
 fn problem(name: &str, dtype: &str) -> String {
@@ -36,7 +37,7 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
         let loaded = load_bytes(Path::new("ref.toml"), problem(prob, dtype).into_bytes());
         let (compiled, diags) = compile(loaded.file.expect("problem file loads"));
         let compiled = compiled.unwrap_or_else(|| panic!("{diags:?}"));
-        let config = RunConfig {
+        let config = RunSettings {
             optimizer: OptimizerSpec::parse(spec_text).expect("spec parses"),
             steps: 100,
             clip_norm: None,
@@ -46,7 +47,11 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
             grad: GradSource::Autograd,
             loss_scale: LossScale::Off,
         };
-        let mut run = Run::new(&compiled, 0, spec_text.into(), config).expect("run");
+        let mut run = Run::new(
+            &compiled,
+            RunRequest::new(&compiled, 0, spec_text.into(), config),
+        )
+        .expect("run");
         for (k, want) in case["after_steps"].as_object().unwrap() {
             let k: u64 = k.parse().unwrap();
             while run.step_count() < k {

@@ -136,14 +136,12 @@ fn precision_counts_overflow_and_subnormal_values_against_f64() {
 
 #[test]
 fn the_f16_overflow_demo_halts_only_in_its_naive_f16_run() {
-    use gradscope::run::{Run, RunConfig};
+    use gradscope::run::{Run, RunRequest};
     let (c, _) = gradscope::load::load_compiled(Path::new("losses/f16_exp_overflow.toml")).unwrap();
     let halt_of = |run: usize| {
         let mut r = Run::new(
             &c,
-            run,
-            "r".into(),
-            RunConfig::from_settings(&c.runs[run].optimizer),
+            RunRequest::new(&c, run, "r".into(), c.runs[run].settings.clone()),
         )
         .unwrap();
         while !r.is_done() {

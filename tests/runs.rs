@@ -10,9 +10,10 @@ use gradscope::lang::file::load_bytes;
 use gradscope::load::discover;
 use gradscope::load::load_compiled;
 use gradscope::optim::schedule::LrSchedule;
+use gradscope::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
 use gradscope::run::history::flags;
-use gradscope::run::{GradSource, LossScale, NonFinitePolicy, Run, RunConfig};
+use gradscope::run::{Run, RunRequest};
 
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
@@ -20,8 +21,8 @@ fn compiled(text: &str) -> CompiledFile {
     c.unwrap_or_else(|| panic!("{d:?}"))
 }
 
-fn config(spec: &str, policy: NonFinitePolicy) -> RunConfig {
-    RunConfig {
+fn config(spec: &str, policy: NonFinitePolicy) -> RunSettings {
+    RunSettings {
         optimizer: OptimizerSpec::parse(spec).unwrap(),
         steps: 10,
         clip_norm: None,
@@ -47,9 +48,12 @@ fn stop_halts_at_the_first_nonfinite_step_without_updating() {
     let c = compiled(GOES_NAN_AT_3);
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("sgd(lr=1)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("sgd(lr=1)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     while !run.is_done() {
@@ -68,9 +72,12 @@ fn skip_counts_skipped_updates_and_keeps_the_params() {
     let c = compiled(GOES_NAN_AT_3);
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("sgd(lr=1)", NonFinitePolicy::Skip),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("sgd(lr=1)", NonFinitePolicy::Skip),
+        ),
     )
     .unwrap();
     while !run.is_done() {
@@ -89,9 +96,12 @@ fn continue_updates_through_nonfinite_losses() {
     let c = compiled(GOES_NAN_AT_3);
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("sgd(lr=1)", NonFinitePolicy::Continue),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("sgd(lr=1)", NonFinitePolicy::Continue),
+        ),
     )
     .unwrap();
     while !run.is_done() {
@@ -107,7 +117,11 @@ fn a_nonfinite_gradient_names_the_param_and_counts_elements() {
     let c = compiled(
         "name = \"g\"\nloss = \"sqrt(sum(w^2)) + sum(v)\"\n[params]\nw = \"zeros(4)\"\nv = \"ones(2)\"\n",
     );
-    let mut run = Run::new(&c, 0, "r".into(), config("sgd", NonFinitePolicy::Stop)).unwrap();
+    let mut run = Run::new(
+        &c,
+        RunRequest::new(&c, 0, "r".into(), config("sgd", NonFinitePolicy::Stop)),
+    )
+    .unwrap();
     run.step().unwrap();
     let halt = run.halted.clone().expect("halted");
     assert_eq!(halt.step, 0);
@@ -128,9 +142,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
     let c = compiled(ADAM_BREAKS_IN_F16);
     let mut run = Run::new(
         &c,
-        0,
-        "stop".into(),
-        config("adam(lr=0.1)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "stop".into(),
+            config("adam(lr=0.1)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     let r = run.step().unwrap();
@@ -159,9 +176,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
 
     let mut skip = Run::new(
         &c,
-        0,
-        "skip".into(),
-        config("adam(lr=0.1)", NonFinitePolicy::Skip),
+        RunRequest::new(
+            &c,
+            0,
+            "skip".into(),
+            config("adam(lr=0.1)", NonFinitePolicy::Skip),
+        ),
     )
     .unwrap();
     let r = skip.step().unwrap();
@@ -171,9 +191,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
 
     let mut cont = Run::new(
         &c,
-        0,
-        "continue".into(),
-        config("adam(lr=0.1)", NonFinitePolicy::Continue),
+        RunRequest::new(
+            &c,
+            0,
+            "continue".into(),
+            config("adam(lr=0.1)", NonFinitePolicy::Continue),
+        ),
     )
     .unwrap();
     cont.step().unwrap();
@@ -193,9 +216,12 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
     // With eps = 1e-4 (representable in f16) the same step is fine.
     let mut fixed = Run::new(
         &c,
-        0,
-        "eps".into(),
-        config("adam(lr=0.1, eps=1e-4)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "eps".into(),
+            config("adam(lr=0.1, eps=1e-4)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     let r = fixed.step().unwrap();
@@ -211,7 +237,11 @@ fn a_zero_learning_rate_steps_without_moving() {
         "adam(lr=0)",
         "lion(lr=0)",
     ] {
-        let mut run = Run::new(&c, 0, spec.into(), config(spec, NonFinitePolicy::Stop)).unwrap();
+        let mut run = Run::new(
+            &c,
+            RunRequest::new(&c, 0, spec.into(), config(spec, NonFinitePolicy::Stop)),
+        )
+        .unwrap();
         for _ in 0..3 {
             run.step()
                 .unwrap_or_else(|d| panic!("{spec}: {}", d.headline()));
@@ -228,7 +258,7 @@ fn clipping_is_recorded_with_the_pre_clip_norm() {
     );
     let mut cfg = config("sgd(lr=1)", NonFinitePolicy::Stop);
     cfg.clip_norm = Some(1.0);
-    let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "r".into(), cfg)).unwrap();
     let r = run.step().unwrap();
     assert!(r.has(flags::CLIPPED));
     assert_eq!(r.core.grad_norm, 5.0);
@@ -245,9 +275,9 @@ fn clipping_is_recorded_with_the_pre_clip_norm() {
 #[test]
 fn rewinding_reproduces_the_same_records_bit_for_bit() {
     let (c, _) = load_compiled(Path::new("losses/bench/robust_log_mse.toml")).unwrap();
-    let mut cfg = RunConfig::from_settings(&c.runs[0].optimizer);
+    let mut cfg = c.runs[0].settings.clone();
     cfg.steps = 250;
-    let mut run = Run::new(&c, 0, "r".into(), cfg).unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "r".into(), cfg)).unwrap();
     while !run.is_done() {
         run.step().unwrap();
     }
@@ -296,9 +326,12 @@ fn lion_follows_its_published_update() {
     );
     let mut run = Run::new(
         &c,
-        0,
-        "r".into(),
-        config("lion(lr=0.1, weight_decay=0.5)", NonFinitePolicy::Stop),
+        RunRequest::new(
+            &c,
+            0,
+            "r".into(),
+            config("lion(lr=0.1, weight_decay=0.5)", NonFinitePolicy::Stop),
+        ),
     )
     .unwrap();
     run.step().unwrap();
@@ -321,10 +354,10 @@ fn every_bundled_loss_runs_fifty_steps_without_a_panic() {
         let (c, _) =
             load_compiled(&f).unwrap_or_else(|d| panic!("{}: {}", f.display(), d[0].headline()));
         for run_index in 0..c.runs.len() {
-            let mut cfg = RunConfig::from_settings(&c.runs[run_index].optimizer);
+            let mut cfg = c.runs[run_index].settings.clone();
             cfg.steps = 50;
             cfg.on_nonfinite = NonFinitePolicy::Continue;
-            let mut run = Run::new(&c, run_index, "r".into(), cfg).unwrap();
+            let mut run = Run::new(&c, RunRequest::new(&c, run_index, "r".into(), cfg)).unwrap();
             while !run.is_done() {
                 run.step()
                     .unwrap_or_else(|d| panic!("{} {}: {}", f.display(), run_index, d.headline()));
@@ -471,12 +504,12 @@ fn finite_difference_gradients_match_autograd_and_drift_little() {
         let (a, f) = (a.to_scalar::<f64>().unwrap(), f.to_scalar::<f64>().unwrap());
         assert!((a - f).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {f}");
     }
-    let mut cfg = RunConfig::from_settings(&c.runs[1].optimizer);
+    let mut cfg = c.runs[1].settings.clone();
     assert_eq!(cfg.grad, GradSource::FiniteDifference);
     cfg.steps = 200;
-    let mut fd_run = Run::new(&c, 1, "fd".into(), cfg.clone()).unwrap();
+    let mut fd_run = Run::new(&c, RunRequest::new(&c, 1, "fd".into(), cfg.clone())).unwrap();
     cfg.grad = GradSource::Autograd;
-    let mut auto_run = Run::new(&c, 0, "auto".into(), cfg).unwrap();
+    let mut auto_run = Run::new(&c, RunRequest::new(&c, 0, "auto".into(), cfg)).unwrap();
     for run in [&mut fd_run, &mut auto_run] {
         while !run.is_done() {
             run.step().unwrap();
@@ -494,10 +527,10 @@ fn dynamic_loss_scaling_follows_gradscalers_rule() {
     // clean steps the scale doubles to 2^13, overflows once more, and halves back.
     let text = "name = \"s\"\ndtype = \"f16\"\nloss = \"sum(w * c)\"\n[data]\nc = \"full(10, 4)\"\n[params]\nw = \"zeros(4)\"\n[optimizer]\nname = \"sgd\"\nlr = 1e-9\nloss_scale = \"dynamic\"\n";
     let c = compiled(text);
-    let mut cfg = RunConfig::from_settings(&c.runs[0].optimizer);
+    let mut cfg = c.runs[0].settings.clone();
     assert_eq!(cfg.loss_scale, LossScale::Dynamic);
     cfg.steps = 2006;
-    let mut run = Run::new(&c, 0, "s".into(), cfg).unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "s".into(), cfg)).unwrap();
     while !run.is_done() {
         run.step().unwrap();
     }

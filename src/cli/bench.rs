@@ -9,7 +9,7 @@ use crate::compile;
 use crate::format::fmt_num;
 use crate::load;
 use crate::run::summary::drive;
-use crate::run::{Run, RunConfig};
+use crate::run::{Run, RunRequest};
 
 /// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
 pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
@@ -38,8 +38,9 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
         let mut final_loss = f64::NAN;
         let mut steps = 0;
         for _ in 0..repeat.max(1) {
-            let config = RunConfig::from_settings(&compiled.runs[0].optimizer);
-            let mut run = Run::new(&compiled, 0, "bench".into(), config)?;
+            let config = compiled.runs[0].settings.clone();
+            let request = RunRequest::new(&compiled, 0, "bench".into(), config);
+            let mut run = Run::new(&compiled, request)?;
             let s = drive(&mut run, |_, _| {})?;
             rates.push(s.steps_per_s);
             final_loss = s.final_loss;

@@ -7,9 +7,10 @@ use super::run::select;
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
+use crate::lang::file::DType;
 use crate::load;
 use crate::run::summary::drive;
-use crate::run::{Run, RunConfig};
+use crate::run::{Run, RunRequest};
 
 /// A point of a run to examine: the file, which variant, after how many steps, in which dtype.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,9 +23,9 @@ pub struct PointArgs {
     /// Step the run this many times with its optimizer first.
     #[arg(long, default_value_t = 0)]
     pub at_step: u64,
-    /// Evaluate in this dtype instead of the run's (f32, f64, f16, bf16).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Evaluate in this dtype instead of the run's.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DType>,
 }
 
 /// The compiled file and the selected runs, each with its definition's index.
@@ -33,22 +34,22 @@ type Points = (CompiledFile, Vec<(usize, Run)>);
 /// The compiled file and, for each selected run definition, its index and the run stepped to
 /// `at_step` (`default_all`: every variant when none is named). Err holds the file's diagnostics.
 fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, Vec<Diagnostic>>> {
-    let (mut compiled, _) = match load::load_compiled(&args.file) {
+    let (compiled, _) = match load::load_compiled(&args.file) {
         Ok(c) => c,
         Err(diags) => return Ok(Err(diags)),
     };
-    let selected = select(
-        &mut compiled,
-        args.variant.as_deref(),
-        args.dtype.as_deref(),
-        default_all,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let selected = select(&compiled, args.variant.as_deref(), default_all)?;
     let mut runs = Vec::new();
-    for def in selected {
-        let mut config = RunConfig::from_settings(&compiled.runs[def].optimizer);
-        config.steps = args.at_step;
-        let mut r = Run::new(&compiled, def, compiled.runs[def].name.clone(), config)?;
+    for mut request in selected
+        .into_iter()
+        .filter_map(|def| RunRequest::of(&compiled, def))
+    {
+        request.settings.steps = args.at_step;
+        if let Some(d) = args.dtype {
+            request.dtype = d;
+        }
+        let def = request.def;
+        let mut r = Run::new(&compiled, request)?;
         drive(&mut r, |_, _| {})?;
         runs.push((def, r));
     }
@@ -85,7 +86,7 @@ pub fn gradcheck_command(
             run.dtype.name(),
             run.step_count()
         )?;
-        match gradcheck(&compiled, def, Some(&run.param_values()), 0) {
+        match gradcheck(&compiled, def, run.dtype, Some(&run.param_values()), 0) {
             Ok(checks) => {
                 writeln!(
                     out,

@@ -8,7 +8,11 @@ pub mod run;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::lang::file::DType;
+use crate::optim::settings::{GradSource, NonFinitePolicy};
 
 /// See what your custom loss functions, their gradients and optimizers actually do.
 #[derive(Debug, Parser)]
@@ -72,3 +76,21 @@ pub enum Command {
         repeat: usize,
     },
 }
+
+/// Lets clap parse a library enum by its words (`ALL` and `name()`), so the library needs no
+/// clap.
+macro_rules! value_enum {
+    ($($Type:ty),*) => {$(
+        impl ValueEnum for $Type {
+            fn value_variants<'a>() -> &'a [Self] {
+                &<$Type>::ALL
+            }
+
+            fn to_possible_value(&self) -> Option<PossibleValue> {
+                Some(PossibleValue::new(self.name()))
+            }
+        }
+    )*};
+}
+
+value_enum!(DType, NonFinitePolicy, GradSource);

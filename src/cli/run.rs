@@ -7,10 +7,11 @@ use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
+use crate::optim::settings::{GradSource, NonFinitePolicy};
 use crate::optim::spec::OptimizerSpec;
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::summary::{Summary, drive};
-use crate::run::{NonFinitePolicy, Run, RunConfig};
+use crate::run::{Run, RunRequest};
 
 /// Output format of `gradscope run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,25 +28,25 @@ pub struct RunOptions {
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
     #[arg(short = 'o', long = "optimizer")]
-    pub optimizers: Vec<String>,
+    pub optimizers: Vec<OptimizerSpec>,
     /// Variant to run (`base`, a variant's name, or `all`).
     #[arg(long)]
     pub variant: Option<String>,
     /// Number of steps (default: the file's `steps`, else 100).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Run in this dtype instead of the file's (f32, f64, f16, bf16).
-    #[arg(long)]
-    pub dtype: Option<String>,
+    /// Run in this dtype instead of the file's.
+    #[arg(long, value_enum)]
+    pub dtype: Option<DType>,
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     pub clip_norm: Option<f64>,
-    /// What to do when the loss, a gradient or an update is NaN/Inf: stop, skip or continue.
-    #[arg(long)]
-    pub on_nonfinite: Option<String>,
-    /// Where gradients come from: autograd, or fd (central finite differences).
-    #[arg(long)]
-    pub grad: Option<String>,
+    /// What to do when the loss, a gradient or an update is NaN/Inf.
+    #[arg(long, value_enum)]
+    pub on_nonfinite: Option<NonFinitePolicy>,
+    /// Where gradients come from (fd: central finite differences).
+    #[arg(long, value_enum)]
+    pub grad: Option<GradSource>,
 }
 
 /// Everything `gradscope run` takes.
@@ -63,19 +64,23 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
 }
 
-/// The run definitions `variant` names (`base`, a name, `all`; none: `default_all` decides),
-/// after setting every run's dtype to `dtype` if given.
+/// Why the command line's options start no run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    /// `--variant` names none of the file's run definitions.
+    #[error("no variant named `{name}`; this file has: {}", .names.join(", "))]
+    NoVariant { name: String, names: Vec<String> },
+    /// A run could not be prepared (its tensors could not be built).
+    #[error(transparent)]
+    Start(#[from] candle_core::Error),
+}
+
+/// The run definitions `variant` names (`base`, a name, `all`; none: `default_all` decides).
 pub(super) fn select(
-    compiled: &mut CompiledFile,
+    compiled: &CompiledFile,
     variant: Option<&str>,
-    dtype: Option<&str>,
     default_all: bool,
-) -> Result<Vec<usize>, String> {
-    if let Some(d) = dtype {
-        let dt = DType::from_name(d)
-            .ok_or_else(|| format!("unknown dtype `{d}`: use f32, f64, f16 or bf16"))?;
-        compiled.runs.iter_mut().for_each(|r| r.dtype = dt);
-    }
+) -> Result<Vec<usize>, RunsError> {
     let all = (0..compiled.runs.len()).collect();
     match variant {
         Some("all") => Ok(all),
@@ -83,50 +88,33 @@ pub(super) fn select(
         None | Some("base") => Ok(vec![0]),
         Some(name) => match compiled.runs.iter().position(|r| r.name == name) {
             Some(i) => Ok(vec![i]),
-            None => {
-                let names: Vec<&str> = compiled.runs.iter().map(|r| r.name.as_str()).collect();
-                Err(format!(
-                    "no variant named `{name}`; this file has: {}",
-                    names.join(", ")
-                ))
-            }
+            None => Err(RunsError::NoVariant {
+                name: name.to_string(),
+                names: compiled.runs.iter().map(|r| r.name.clone()).collect(),
+            }),
         },
     }
 }
 
-/// The runs `args` asks for, each with its config, ready to step.
-pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<Run>, String> {
-    let selected = select(
-        compiled,
-        args.variant.as_deref(),
-        args.dtype.as_deref(),
-        false,
-    )?;
-    let specs: Vec<Option<OptimizerSpec>> = if args.optimizers.is_empty() {
+/// The runs `args` asks for, one per selected definition and optimizer, ready to step.
+pub fn build_runs(args: &RunOptions, compiled: &CompiledFile) -> Result<Vec<Run>, RunsError> {
+    let selected = select(compiled, args.variant.as_deref(), false)?;
+    let specs: Vec<Option<&OptimizerSpec>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
-        args.optimizers
-            .iter()
-            .map(|s| {
-                OptimizerSpec::parse(s).map(Some).map_err(|e| match e.help {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message,
-                })
-            })
-            .collect::<Result<_, _>>()?
-    };
-    let policy = match args.on_nonfinite.as_deref() {
-        None => None,
-        Some(p) => Some(
-            NonFinitePolicy::parse(p)
-                .ok_or_else(|| format!("unknown policy `{p}`: use stop, skip or continue"))?,
-        ),
+        args.optimizers.iter().map(Some).collect()
     };
     let mut runs = Vec::new();
     for &i in &selected {
-        for spec in &specs {
+        for &spec in &specs {
             let def = &compiled.runs[i];
-            let mut config = RunConfig::from_settings(&def.optimizer);
+            let name = match spec {
+                Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),
+                Some(s) => s.to_string(),
+                None => def.name.clone(),
+            };
+            let mut request = RunRequest::new(compiled, i, name, def.settings.clone());
+            let config = &mut request.settings;
             if let Some(s) = spec {
                 config.optimizer = s.clone();
             }
@@ -136,24 +124,16 @@ pub fn build_runs(args: &RunOptions, compiled: &mut CompiledFile) -> Result<Vec<
             if args.clip_norm.is_some() {
                 config.clip_norm = args.clip_norm;
             }
-            if let Some(p) = policy {
+            if let Some(p) = args.on_nonfinite {
                 config.on_nonfinite = p;
             }
-            match args.grad.as_deref() {
-                None => {}
-                Some("autograd") => config.grad = crate::run::GradSource::Autograd,
-                Some("fd") => config.grad = crate::run::GradSource::FiniteDifference,
-                Some(g) => {
-                    return Err(format!("unknown gradient source `{g}`: use autograd or fd"));
-                }
+            if let Some(g) = args.grad {
+                config.grad = g;
             }
-            let name = match spec {
-                Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),
-                Some(s) => s.to_string(),
-                None => def.name.clone(),
-            };
-            let run = Run::new(compiled, i, name, config).map_err(|e| e.to_string())?;
-            runs.push(run);
+            if let Some(d) = args.dtype {
+                request.dtype = d;
+            }
+            runs.push(Run::new(compiled, request)?);
         }
     }
     Ok(runs)
@@ -216,7 +196,7 @@ pub fn load_runs(
     options: &RunOptions,
     color: bool,
 ) -> anyhow::Result<Option<(CompiledFile, Vec<Run>)>> {
-    let (mut compiled, warnings) = match load::load_compiled(&options.file) {
+    let (compiled, warnings) = match load::load_compiled(&options.file) {
         Ok(c) => c,
         Err(diags) => {
             for d in &diags {
@@ -228,7 +208,7 @@ pub fn load_runs(
     for d in &warnings {
         eprint!("{}", d.render(color));
     }
-    let runs = build_runs(options, &mut compiled).map_err(anyhow::Error::msg)?;
+    let runs = build_runs(options, &compiled)?;
     Ok(Some((compiled, runs)))
 }
 

@@ -57,24 +57,22 @@ fn values(t: &Tensor) -> Result<Vec<f64>, Diagnostic> {
     super::values_f64(t).map_err(internal)
 }
 
-/// Checks run `run` of `compiled` at `params` (each flattened, row-major; None: the initial
-/// values). `seed` picks the sampled elements of large params.
+/// Checks run `run` of `compiled` in `dtype` at `params` (each flattened, row-major; None: the
+/// initial values). `seed` picks the sampled elements of large params.
 pub fn gradcheck(
     compiled: &CompiledFile,
     run: usize,
+    dtype: DType,
     params: Option<&[Vec<f64>]>,
     seed: u64,
 ) -> Result<Vec<ParamCheck>, Diagnostic> {
-    let dtype = compiled.runs[run].dtype;
     let uses_functions = compiled.runs[run]
         .plan
         .instrs
         .iter()
         .any(|i| matches!(i.op, super::plan::Op::Function(_)));
-    let auto = Evaluator::new(compiled, run).map_err(internal)?;
-    let mut f64_compiled = compiled.clone();
-    f64_compiled.runs[run].dtype = DType::F64;
-    let fd = Evaluator::new(&f64_compiled, run).map_err(internal)?;
+    let auto = Evaluator::with_dtype(compiled, run, dtype).map_err(internal)?;
+    let fd = Evaluator::with_dtype(compiled, run, DType::F64).map_err(internal)?;
     let current: Vec<Vec<f64>> = match params {
         Some(p) => p.to_vec(),
         None => compiled

@@ -24,6 +24,7 @@ use self::plan::{Executable, Op, Plan};
 use self::shape::Shape;
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
 use crate::lang::file::{ConstEntry, DType, LossFile, Setting};
+use crate::optim::settings::RunSettings;
 
 /// candle's dtype for ours.
 pub fn candle_dtype(d: DType) -> CDType {
@@ -43,6 +44,8 @@ pub struct RunDef {
     pub plan: Plan,
     /// The file's `[optimizer]` with the variant's settings laid over it.
     pub optimizer: Vec<Setting>,
+    /// The same settings, typed.
+    pub settings: RunSettings,
 }
 
 /// A loss file ready to run.
@@ -114,6 +117,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                 dtype: spec.dtype,
                 plan,
                 optimizer: spec.optimizer.clone(),
+                settings: run_settings(&spec.optimizer),
             });
         }
     }
@@ -133,6 +137,15 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         runs,
     };
     (Some(compiled), diags)
+}
+
+/// `[optimizer]` settings, typed.
+fn run_settings(settings: &[Setting]) -> RunSettings {
+    let table: Vec<_> = settings
+        .iter()
+        .map(|s| (s.key.node.as_str(), s.value.node.raw()))
+        .collect();
+    RunSettings::from_table(&table)
 }
 
 struct RunSpec<'a> {
@@ -261,10 +274,20 @@ pub fn norm(t: &Tensor) -> f64 {
 }
 
 impl Evaluator {
-    /// Prepares run `run` of `compiled` with params at their initial values.
+    /// Prepares run `run` of `compiled` in its definition's dtype, with params at their initial
+    /// values.
     pub fn new(compiled: &CompiledFile, run: usize) -> candle_core::Result<Self> {
+        Self::with_dtype(compiled, run, compiled.runs[run].dtype)
+    }
+
+    /// [`Evaluator::new`] in `dtype`: a run's own, which need not be its definition's.
+    pub fn with_dtype(
+        compiled: &CompiledFile,
+        run: usize,
+        dtype: DType,
+    ) -> candle_core::Result<Self> {
         let def = &compiled.runs[run];
-        let dtype = candle_dtype(def.dtype);
+        let dtype = candle_dtype(dtype);
         let accumulate = def
             .optimizer
             .iter()

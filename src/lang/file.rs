@@ -79,6 +79,18 @@ pub enum SettingValue {
     Text(String),
 }
 
+impl SettingValue {
+    /// The value as the optimizer module reads it.
+    pub fn raw(&self) -> crate::optim::spec::RawValue<'_> {
+        use crate::optim::spec::RawValue;
+        match self {
+            SettingValue::Number(n) => RawValue::Number(*n),
+            SettingValue::Bool(b) => RawValue::Bool(*b),
+            SettingValue::Text(t) => RawValue::Text(t),
+        }
+    }
+}
+
 /// One `key = value` of an `[optimizer]` table, with the spans of both.
 #[derive(Debug, Clone)]
 pub struct Setting {
@@ -736,7 +748,7 @@ impl Checker {
     }
 
     fn check_settings(&mut self, settings: &[Setting]) {
-        use crate::optim::spec::{RawValue, check_setting, kind_from_name};
+        use crate::optim::spec::{check_setting, kind_from_name};
         let mut kind = None;
         if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
             match &s.value.node {
@@ -753,12 +765,7 @@ impl Checker {
             }
         }
         for s in settings.iter().filter(|s| s.key.node != "name") {
-            let raw = match &s.value.node {
-                SettingValue::Number(n) => RawValue::Number(*n),
-                SettingValue::Bool(b) => RawValue::Bool(*b),
-                SettingValue::Text(t) => RawValue::Text(t),
-            };
-            if let Err(e) = check_setting(kind, &s.key.node, raw) {
+            if let Err(e) = check_setting(kind, &s.key.node, s.value.node.raw()) {
                 self.error(e.message, s.key.span.clone()).help = e.help;
             }
         }

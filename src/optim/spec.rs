@@ -1,140 +1,339 @@
-//! Optimizer specifications: names, hyper-parameters and torch.optim's defaults, and the run
-//! settings an `[optimizer]` table may also hold. Pure data, so the loss-file checker and the
-//! command line validate against the same table.
+//! The optimizer registry: every optimizer declared once (name, doc, hyper-parameters with
+//! torch.optim's defaults and docs), as a typed struct per optimizer and the closed
+//! [`OptimizerSpec`] enum over them, and the one spec parser. The loss-file checker, the
+//! command line and the TUI all validate against this table.
 
-/// The optimizers gradscope implements, with torch.optim's update rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OptimizerKind {
-    Sgd,
-    Adam,
-    AdamW,
-    RmsProp,
-    Adagrad,
-    Lion,
-}
+use std::fmt;
+use std::str::FromStr;
 
-/// A hyper-parameter's default value.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum HyperDefault {
+use super::settings::{RUN_SETTINGS, check_run_setting};
+use super::step::UpdateRule;
+
+/// A hyper-parameter's value, by name: what parsing reads and printing writes. Rules read the
+/// typed fields instead. (Later kinds of value, text choices or nested specs, are new variants.)
+#[derive(Debug, Clone, PartialEq)]
+pub enum HyperValue {
     Number(f64),
     Bool(bool),
 }
 
-impl OptimizerKind {
-    pub const ALL: [OptimizerKind; 6] = [
-        OptimizerKind::Sgd,
-        OptimizerKind::Adam,
-        OptimizerKind::AdamW,
-        OptimizerKind::RmsProp,
-        OptimizerKind::Adagrad,
-        OptimizerKind::Lion,
-    ];
-
-    pub fn name(self) -> &'static str {
+impl fmt::Display for HyperValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::AdamW => "adamw",
-            OptimizerKind::RmsProp => "rmsprop",
-            OptimizerKind::Adagrad => "adagrad",
-            OptimizerKind::Lion => "lion",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
-    }
-
-    /// Hyper-parameters in torch.optim's order, with its defaults.
-    pub fn hyper_parameters(self) -> &'static [(&'static str, HyperDefault)] {
-        use HyperDefault::{Bool as B, Number as N};
-        match self {
-            OptimizerKind::Sgd => &[
-                ("lr", N(1e-3)),
-                ("momentum", N(0.0)),
-                ("dampening", N(0.0)),
-                ("nesterov", B(false)),
-                ("weight_decay", N(0.0)),
-            ],
-            OptimizerKind::Adam => &[
-                ("lr", N(1e-3)),
-                ("beta1", N(0.9)),
-                ("beta2", N(0.999)),
-                ("eps", N(1e-8)),
-                ("weight_decay", N(0.0)),
-                ("amsgrad", B(false)),
-            ],
-            OptimizerKind::AdamW => &[
-                ("lr", N(1e-3)),
-                ("beta1", N(0.9)),
-                ("beta2", N(0.999)),
-                ("eps", N(1e-8)),
-                ("weight_decay", N(0.01)),
-                ("amsgrad", B(false)),
-            ],
-            OptimizerKind::RmsProp => &[
-                ("lr", N(1e-2)),
-                ("alpha", N(0.99)),
-                ("eps", N(1e-8)),
-                ("weight_decay", N(0.0)),
-                ("momentum", N(0.0)),
-                ("centered", B(false)),
-            ],
-            OptimizerKind::Adagrad => &[
-                ("lr", N(1e-2)),
-                ("lr_decay", N(0.0)),
-                ("weight_decay", N(0.0)),
-                ("initial_accumulator_value", N(0.0)),
-                ("eps", N(1e-10)),
-            ],
-            OptimizerKind::Lion => &[
-                ("lr", N(1e-4)),
-                ("beta1", N(0.9)),
-                ("beta2", N(0.99)),
-                ("weight_decay", N(0.0)),
-            ],
+            // Shortest round-trip form; exponents for very small or large values.
+            HyperValue::Number(n) if *n != 0.0 && !(1e-4..1e6).contains(&n.abs()) => {
+                write!(f, "{n:e}")
+            }
+            HyperValue::Number(n) => write!(f, "{n}"),
+            HyperValue::Bool(b) => write!(f, "{b}"),
         }
     }
 }
 
-/// What kind of value a run setting takes.
+/// A Rust type a hyper-parameter field may have: how it reads a written value and shows itself.
+pub trait Hyper: Sized {
+    /// What a written value must be, for the error message ("a number").
+    const EXPECTS: &'static str;
+    /// The value `raw` stands for, if it is one of this type.
+    fn from_raw(raw: RawValue) -> Option<Self>;
+    /// The value as parsing and printing see it.
+    fn to_value(&self) -> HyperValue;
+}
+
+impl Hyper for f64 {
+    const EXPECTS: &'static str = "a number";
+    fn from_raw(raw: RawValue) -> Option<Self> {
+        match raw {
+            RawValue::Number(n) if n.is_finite() => Some(n),
+            _ => None,
+        }
+    }
+    fn to_value(&self) -> HyperValue {
+        HyperValue::Number(*self)
+    }
+}
+
+impl Hyper for bool {
+    const EXPECTS: &'static str = "true or false";
+    fn from_raw(raw: RawValue) -> Option<Self> {
+        match raw {
+            RawValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+    fn to_value(&self) -> HyperValue {
+        HyperValue::Bool(*self)
+    }
+}
+
+/// A hyper-parameter's name and one-line doc, in the registry's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SettingKind {
-    Count,
-    Number,
-    Choice(&'static [&'static str]),
-    /// A power of two, or `dynamic` (GradScaler's rule).
-    Scale,
+pub struct HyperParam {
+    /// The name specs and loss files use (torch's keyword argument).
+    pub name: &'static str,
+    /// One line on what it does.
+    pub doc: &'static str,
 }
 
-/// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
-pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
-    ("steps", SettingKind::Count),
-    ("clip_norm", SettingKind::Number),
-    ("clip_value", SettingKind::Number),
-    (
-        "on_nonfinite",
-        SettingKind::Choice(&["stop", "skip", "continue"]),
-    ),
-    (
-        "schedule",
-        SettingKind::Choice(&["constant", "step", "exponential", "cosine"]),
-    ),
-    ("warmup", SettingKind::Count),
-    ("step_size", SettingKind::Count),
-    ("gamma", SettingKind::Number),
-    ("min_lr", SettingKind::Number),
-    ("grad", SettingKind::Choice(&["autograd", "fd"])),
-    ("loss_scale", SettingKind::Scale),
-    ("accumulate", SettingKind::Choice(&["f32", "f64"])),
-];
+/// Declares every optimizer once: for each, a typed struct of its hyper-parameters with
+/// torch's defaults, and its variant of [`OptimizerKind`], [`OptimizerSpec`] and the per-param
+/// state (so an optimizer without an [`UpdateRule`] does not build).
+macro_rules! optimizers {
+    ($(
+        $(#[doc = $doc:literal])*
+        $Name:ident = $name:literal {
+            $( $(#[doc = $hdoc:literal])* $field:ident : $ty:ty = $default:expr, )*
+        }
+    )*) => {
+        $(
+            $(#[doc = $doc])*
+            #[derive(Debug, Clone, PartialEq)]
+            pub struct $Name {
+                $( $(#[doc = $hdoc])* pub $field: $ty, )*
+            }
 
-/// Why a setting is not acceptable, with the help to show.
+            impl Default for $Name {
+                /// torch.optim's defaults.
+                fn default() -> Self {
+                    Self { $( $field: $default, )* }
+                }
+            }
+
+            impl $Name {
+                const HYPER: &'static [HyperParam] = &[
+                    $( HyperParam { name: stringify!($field), doc: concat!($($hdoc),*).trim_ascii() }, )*
+                ];
+
+                fn values(&self) -> Vec<(&'static str, HyperValue)> {
+                    vec![$( (stringify!($field), Hyper::to_value(&self.$field)), )*]
+                }
+
+                /// None when `key` is not one of its hyper-parameters; Err: what the value
+                /// must be.
+                fn set(&mut self, key: &str, raw: RawValue) -> Option<Result<(), &'static str>> {
+                    match key {
+                        $( stringify!($field) => Some(match <$ty as Hyper>::from_raw(raw) {
+                            Some(v) => {
+                                self.$field = v;
+                                Ok(())
+                            }
+                            None => Err(<$ty as Hyper>::EXPECTS),
+                        }), )*
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
+        /// The optimizers gradscope implements, with torch.optim's update rules.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum OptimizerKind {
+            $( $Name, )*
+        }
+
+        impl OptimizerKind {
+            /// Every optimizer, in the registry's order.
+            pub const ALL: &'static [OptimizerKind] = &[$( OptimizerKind::$Name, )*];
+
+            /// The name specs and loss files use.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( OptimizerKind::$Name => $name, )*
+                }
+            }
+
+            /// One line on what it is.
+            pub fn doc(self) -> &'static str {
+                match self {
+                    $( OptimizerKind::$Name => concat!($($doc),*).trim_ascii(), )*
+                }
+            }
+
+            /// Hyper-parameters in torch.optim's order (defaults: [`OptimizerSpec::new`]).
+            pub fn hyper_parameters(self) -> &'static [HyperParam] {
+                match self {
+                    $( OptimizerKind::$Name => $Name::HYPER, )*
+                }
+            }
+        }
+
+        /// A resolved optimizer: its kind and every hyper-parameter, typed.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum OptimizerSpec {
+            $( $Name($Name), )*
+        }
+
+        impl OptimizerSpec {
+            /// The optimizer with torch.optim's defaults.
+            pub fn new(kind: OptimizerKind) -> Self {
+                match kind {
+                    $( OptimizerKind::$Name => OptimizerSpec::$Name($Name::default()), )*
+                }
+            }
+
+            /// Which optimizer it is.
+            pub fn kind(&self) -> OptimizerKind {
+                match self {
+                    $( OptimizerSpec::$Name(_) => OptimizerKind::$Name, )*
+                }
+            }
+
+            /// The base learning rate (every torch optimizer has one).
+            pub fn lr(&self) -> f64 {
+                match self {
+                    $( OptimizerSpec::$Name(o) => o.lr, )*
+                }
+            }
+
+            /// Every hyper-parameter with its value, in torch.optim's order.
+            pub fn values(&self) -> Vec<(&'static str, HyperValue)> {
+                match self {
+                    $( OptimizerSpec::$Name(o) => o.values(), )*
+                }
+            }
+
+            fn set_field(&mut self, key: &str, raw: RawValue) -> Option<Result<(), &'static str>> {
+                match self {
+                    $( OptimizerSpec::$Name(o) => o.set(key, raw), )*
+                }
+            }
+
+            /// Fresh per-param state for `n` params.
+            pub(super) fn new_states(&self, n: usize) -> ParamStates {
+                match self {
+                    $( OptimizerSpec::$Name(_) => ParamStates::$Name(vec![Default::default(); n]), )*
+                }
+            }
+
+            /// One update of every param, with `states` (None: they belong to another optimizer).
+            pub(super) fn step_all(
+                &self,
+                states: &mut ParamStates,
+                params: &[candle_core::Tensor],
+                grads: &[candle_core::Tensor],
+                lr: f64,
+                t: u64,
+            ) -> Option<candle_core::Result<Vec<candle_core::Tensor>>> {
+                match (self, states) {
+                    $( (OptimizerSpec::$Name(o), ParamStates::$Name(s)) => {
+                        Some(super::step::step_params(o, s, params, grads, lr, t))
+                    } )*
+                    _ => None,
+                }
+            }
+        }
+
+        /// Per-param state of each optimizer (its [`UpdateRule::State`]), one per param.
+        #[derive(Debug, Clone)]
+        pub enum ParamStates {
+            $( $Name(Vec<<$Name as UpdateRule>::State>), )*
+        }
+    };
+}
+
+optimizers! {
+    /// Stochastic gradient descent, with momentum, dampening and Nesterov's variant.
+    Sgd = "sgd" {
+        /// Learning rate.
+        lr: f64 = 1e-3,
+        /// Momentum factor (0: none).
+        momentum: f64 = 0.0,
+        /// Dampening for momentum.
+        dampening: f64 = 0.0,
+        /// Nesterov momentum.
+        nesterov: bool = false,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0,
+    }
+    /// Adam: bias-corrected first and second moment estimates.
+    Adam = "adam" {
+        /// Learning rate.
+        lr: f64 = 1e-3,
+        /// Decay of the first moment (torch's `betas[0]`).
+        beta1: f64 = 0.9,
+        /// Decay of the second moment (torch's `betas[1]`).
+        beta2: f64 = 0.999,
+        /// Added to the denominator for numerical stability.
+        eps: f64 = 1e-8,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0,
+        /// Divide by the largest second moment so far (AMSGrad).
+        amsgrad: bool = false,
+    }
+    /// AdamW: Adam with weight decay decoupled from the gradient.
+    AdamW = "adamw" {
+        /// Learning rate.
+        lr: f64 = 1e-3,
+        /// Decay of the first moment (torch's `betas[0]`).
+        beta1: f64 = 0.9,
+        /// Decay of the second moment (torch's `betas[1]`).
+        beta2: f64 = 0.999,
+        /// Added to the denominator for numerical stability.
+        eps: f64 = 1e-8,
+        /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
+        weight_decay: f64 = 0.01,
+        /// Divide by the largest second moment so far (AMSGrad).
+        amsgrad: bool = false,
+    }
+    /// RMSprop: divide by a running average of squared gradients.
+    RmsProp = "rmsprop" {
+        /// Learning rate.
+        lr: f64 = 1e-2,
+        /// Smoothing constant of the squared-gradient average.
+        alpha: f64 = 0.99,
+        /// Added to the denominator for numerical stability.
+        eps: f64 = 1e-8,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0,
+        /// Momentum factor (0: none).
+        momentum: f64 = 0.0,
+        /// Normalise by the gradient's estimated variance instead of its second moment.
+        centered: bool = false,
+    }
+    /// Adagrad: divide by the root of the sum of all squared gradients so far.
+    Adagrad = "adagrad" {
+        /// Learning rate.
+        lr: f64 = 1e-2,
+        /// Learning-rate decay: `lr / (1 + (t - 1) * lr_decay)`.
+        lr_decay: f64 = 0.0,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0,
+        /// Starting value of the squared-gradient sum.
+        initial_accumulator_value: f64 = 0.0,
+        /// Added to the denominator for numerical stability.
+        eps: f64 = 1e-10,
+    }
+    /// Lion: the sign of an interpolated momentum (Chen et al. 2023, as lion-pytorch).
+    Lion = "lion" {
+        /// Learning rate.
+        lr: f64 = 1e-4,
+        /// Interpolation between momentum and gradient for the update.
+        beta1: f64 = 0.9,
+        /// Decay of the momentum.
+        beta2: f64 = 0.99,
+        /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
+        weight_decay: f64 = 0.0,
+    }
+}
+
+/// Why a setting or a spec is not acceptable, with the help to show.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettingError {
     pub message: String,
     pub help: Option<String>,
 }
+
+impl fmt::Display for SettingError {
+    /// The message, with the help in parentheses (as the command line shows it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.help {
+            Some(h) => write!(f, "{} ({h})", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for SettingError {}
 
 /// A setting's value as written.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -151,47 +350,20 @@ pub fn check_setting(
     key: &str,
     value: RawValue,
 ) -> Result<(), SettingError> {
-    if let Some(&(_, k)) = RUN_SETTINGS.iter().find(|(n, _)| *n == key) {
-        return match (k, value) {
-            (SettingKind::Count, RawValue::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Ok(()),
-            (SettingKind::Count, _) => Err(SettingError {
-                message: format!("`{key}` must be a whole number"),
-                help: None,
-            }),
-            (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),
-            (SettingKind::Number, _) => Err(SettingError {
-                message: format!("`{key}` must be a non-negative number"),
-                help: None,
-            }),
-            (SettingKind::Choice(options), RawValue::Text(t)) if options.contains(&t) => Ok(()),
-            (SettingKind::Choice(options), _) => Err(SettingError {
-                message: format!("`{key}` must be one of {}", options.join(", ")),
-                help: None,
-            }),
-            (SettingKind::Scale, RawValue::Text("dynamic")) => Ok(()),
-            (SettingKind::Scale, RawValue::Number(n)) if n > 0.0 && n.log2().fract() == 0.0 => {
-                Ok(())
-            }
-            (SettingKind::Scale, _) => Err(SettingError {
-                message: format!("`{key}` must be a power of two or \"dynamic\""),
-                help: Some(
-                    "e.g. loss_scale = \"dynamic\" (start at 2^16, as torch's GradScaler) or 1024"
-                        .into(),
-                ),
-            }),
-        };
+    if let Some(checked) = check_run_setting(key, value) {
+        return checked;
     }
-    let kinds: Vec<OptimizerKind> = match kind {
-        Some(k) => vec![k],
-        None => OptimizerKind::ALL.to_vec(),
+    let kinds = match &kind {
+        Some(k) => std::slice::from_ref(k),
+        None => OptimizerKind::ALL,
     };
-    let found = kinds
+    let owner = kinds
         .iter()
-        .find_map(|k| k.hyper_parameters().iter().find(|(n, _)| *n == key));
-    let Some((_, default)) = found else {
+        .find(|k| k.hyper_parameters().iter().any(|h| h.name == key));
+    let Some(&owner) = owner else {
         let valid: Vec<&str> = kinds
             .iter()
-            .flat_map(|k| k.hyper_parameters().iter().map(|(n, _)| *n))
+            .flat_map(|k| k.hyper_parameters().iter().map(|h| h.name))
             .chain(RUN_SETTINGS.iter().map(|(n, _)| *n))
             .collect();
         let what = kind.map_or("an optimizer".to_string(), |k| format!("`{}`", k.name()));
@@ -206,17 +378,12 @@ pub fn check_setting(
             ),
         });
     };
-    match (default, value) {
-        (HyperDefault::Number(_), RawValue::Number(n)) if n.is_finite() => Ok(()),
-        (HyperDefault::Bool(_), RawValue::Bool(_)) => Ok(()),
-        (HyperDefault::Number(_), _) => Err(SettingError {
-            message: format!("`{key}` must be a number"),
+    match OptimizerSpec::new(owner).set_field(key, value) {
+        Some(Err(expects)) => Err(SettingError {
+            message: format!("`{key}` must be {expects}"),
             help: None,
         }),
-        (HyperDefault::Bool(_), _) => Err(SettingError {
-            message: format!("`{key}` must be true or false"),
-            help: None,
-        }),
+        _ => Ok(()),
     }
 }
 
@@ -232,6 +399,139 @@ pub fn kind_from_name(name: &str) -> Result<OptimizerKind, SettingError> {
                 }),
         ),
     })
+}
+
+impl OptimizerKind {
+    /// The optimizer called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+}
+
+impl OptimizerSpec {
+    /// The eps added to the denominator, for the optimizers that divide by a gradient
+    /// statistic (None for those that do not).
+    pub fn eps(&self) -> Option<f64> {
+        match self {
+            OptimizerSpec::Adam(o) => Some(o.eps),
+            OptimizerSpec::AdamW(o) => Some(o.eps),
+            OptimizerSpec::RmsProp(o) => Some(o.eps),
+            OptimizerSpec::Adagrad(o) => Some(o.eps),
+            OptimizerSpec::Sgd(_) | OptimizerSpec::Lion(_) => None,
+        }
+    }
+}
+
+/// How to write a spec, for the parser's help.
+const SPEC_EXAMPLE: &str = "write e.g. sgd(lr=0.01, momentum=0.9)";
+
+impl OptimizerSpec {
+    /// A hyper-parameter's value by name (None: not one of this optimizer's), for printing and
+    /// tests; update rules read the typed fields.
+    pub fn get(&self, key: &str) -> Option<HyperValue> {
+        self.values()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Sets one hyper-parameter by name, checked against the registry.
+    pub fn set(&mut self, key: &str, value: RawValue) -> Result<(), SettingError> {
+        check_setting(Some(self.kind()), key, value)?;
+        match self.set_field(key, value) {
+            Some(r) => r.map_err(|expects| SettingError {
+                message: format!("`{key}` must be {expects}"),
+                help: None,
+            }),
+            None => Err(SettingError {
+                message: format!(
+                    "`{key}` is a run setting, not a hyper-parameter of `{}`",
+                    self.kind().name()
+                ),
+                help: Some("pass it as its own option, e.g. --steps or --clip-norm".into()),
+            }),
+        }
+    }
+
+    /// Parses `name` or `name(key=value, ...)`; a value is a number, `true`/`false`, or a word
+    /// (or a nested spec) for hyper-parameters that take one.
+    pub fn parse(text: &str) -> Result<Self, SettingError> {
+        let text = text.trim();
+        let (name, args) = match text.split_once('(') {
+            Some((name, rest)) => {
+                let Some(args) = rest.trim_end().strip_suffix(')') else {
+                    return Err(SettingError {
+                        message: format!("`{text}` is missing its closing `)`"),
+                        help: Some(SPEC_EXAMPLE.into()),
+                    });
+                };
+                (name.trim(), args)
+            }
+            None => (text, ""),
+        };
+        let mut spec = Self::new(kind_from_name(name)?);
+        for part in split_top_level(args).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(SettingError {
+                    message: format!("`{part}` is not `key=value`"),
+                    help: Some(SPEC_EXAMPLE.into()),
+                });
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let raw = match value {
+                "true" => RawValue::Bool(true),
+                "false" => RawValue::Bool(false),
+                v => v.parse().map_or(RawValue::Text(v), RawValue::Number),
+            };
+            spec.set(key, raw).map_err(|e| match (raw, spec.get(key)) {
+                (RawValue::Text(v), Some(HyperValue::Number(_))) => SettingError {
+                    message: format!("`{v}` is not a number"),
+                    help: None,
+                },
+                _ => e,
+            })?;
+        }
+        Ok(spec)
+    }
+}
+
+/// `args` split at the commas outside parentheses (so a nested spec stays one argument), each
+/// trimmed.
+fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
+    let mut depth = 0i32;
+    args.split(move |c| {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ => {}
+        }
+        c == ',' && depth == 0
+    })
+    .map(str::trim)
+}
+
+impl FromStr for OptimizerSpec {
+    type Err = SettingError;
+
+    /// [`OptimizerSpec::parse`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for OptimizerSpec {
+    /// `name(lr=..., key=value, ...)`: the learning rate and the hyper-parameters that differ
+    /// from the defaults.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let changed: Vec<String> = self
+            .values()
+            .into_iter()
+            .zip(Self::new(self.kind()).values())
+            .filter(|((k, v), (_, default))| *k == "lr" || v != default)
+            .map(|((k, v), _)| format!("{k}={v}"))
+            .collect();
+        write!(f, "{}({})", self.kind().name(), changed.join(", "))
+    }
 }
 
 #[cfg(test)]
@@ -255,132 +555,6 @@ mod tests {
         let e = kind_from_name("adma").unwrap_err();
         assert_eq!(e.help.as_deref(), Some("did you mean `adam`?"));
     }
-}
-
-/// A resolved optimizer: its kind and every hyper-parameter (defaults filled in).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OptimizerSpec {
-    pub kind: OptimizerKind,
-    values: Vec<(&'static str, HyperDefault)>,
-}
-
-impl OptimizerSpec {
-    /// The optimizer with torch.optim's defaults.
-    pub fn new(kind: OptimizerKind) -> Self {
-        Self {
-            kind,
-            values: kind.hyper_parameters().to_vec(),
-        }
-    }
-
-    /// Sets one hyper-parameter, checked against the table.
-    pub fn set(&mut self, key: &str, value: RawValue) -> Result<(), SettingError> {
-        check_setting(Some(self.kind), key, value)?;
-        let slot = self.values.iter_mut().find(|(k, _)| *k == key);
-        match (slot, value) {
-            (Some((_, v)), RawValue::Number(n)) => *v = HyperDefault::Number(n),
-            (Some((_, v)), RawValue::Bool(b)) => *v = HyperDefault::Bool(b),
-            _ => {
-                return Err(SettingError {
-                    message: format!(
-                        "`{key}` is a run setting, not a hyper-parameter of `{}`",
-                        self.kind.name()
-                    ),
-                    help: Some("pass it as its own option, e.g. --steps or --clip-norm".into()),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// A number-valued hyper-parameter (0 for unknown names).
-    pub fn num(&self, key: &str) -> f64 {
-        match self.values.iter().find(|(k, _)| *k == key) {
-            Some((_, HyperDefault::Number(n))) => *n,
-            _ => 0.0,
-        }
-    }
-
-    /// A boolean hyper-parameter (false for unknown names).
-    pub fn flag(&self, key: &str) -> bool {
-        matches!(
-            self.values.iter().find(|(k, _)| *k == key),
-            Some((_, HyperDefault::Bool(true)))
-        )
-    }
-
-    pub fn lr(&self) -> f64 {
-        self.num("lr")
-    }
-
-    /// Every hyper-parameter with its value, in torch.optim's order.
-    pub fn values(&self) -> &[(&'static str, HyperDefault)] {
-        &self.values
-    }
-
-    /// Parses `name` or `name(key=value, ...)`.
-    pub fn parse(text: &str) -> Result<Self, SettingError> {
-        let text = text.trim();
-        let (name, args) = match text.split_once('(') {
-            Some((name, rest)) => {
-                let Some(args) = rest.trim_end().strip_suffix(')') else {
-                    return Err(SettingError {
-                        message: format!("`{text}` is missing its closing `)`"),
-                        help: Some("write e.g. sgd(lr=0.01, momentum=0.9)".into()),
-                    });
-                };
-                (name.trim(), args)
-            }
-            None => (text, ""),
-        };
-        let mut spec = Self::new(kind_from_name(name)?);
-        for part in args.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(SettingError {
-                    message: format!("`{part}` is not `key=value`"),
-                    help: Some("write e.g. sgd(lr=0.01, momentum=0.9)".into()),
-                });
-            };
-            let value = value.trim();
-            let raw = match value {
-                "true" => RawValue::Bool(true),
-                "false" => RawValue::Bool(false),
-                v => RawValue::Number(v.parse().map_err(|_| SettingError {
-                    message: format!("`{v}` is not a number"),
-                    help: None,
-                })?),
-            };
-            spec.set(key.trim(), raw)?;
-        }
-        Ok(spec)
-    }
-}
-
-impl std::fmt::Display for OptimizerSpec {
-    /// `name(lr=..., key=value, ...)`: the learning rate and the hyper-parameters that differ
-    /// from the defaults.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let changed: Vec<String> = self
-            .values
-            .iter()
-            .zip(self.kind.hyper_parameters())
-            .filter(|(a, b)| a.0 == "lr" || a.1 != b.1)
-            .map(|((k, v), _)| match v {
-                // Shortest round-trip form; exponents for very small or large values.
-                HyperDefault::Number(n) if *n != 0.0 && !(1e-4..1e6).contains(&n.abs()) => {
-                    format!("{k}={n:e}")
-                }
-                HyperDefault::Number(n) => format!("{k}={n}"),
-                HyperDefault::Bool(b) => format!("{k}={b}"),
-            })
-            .collect();
-        write!(f, "{}({})", self.kind.name(), changed.join(", "))
-    }
-}
-
-#[cfg(test)]
-mod spec_tests {
-    use super::*;
 
     #[test]
     fn extreme_values_print_with_exponents_and_parse_back() {
@@ -392,9 +566,12 @@ mod spec_tests {
     #[test]
     fn specs_parse_and_print_round_trip() {
         let s = OptimizerSpec::parse("sgd(lr=0.01, momentum=0.9, nesterov=true)").unwrap();
-        assert_eq!(s.kind, OptimizerKind::Sgd);
-        assert_eq!(s.num("momentum"), 0.9);
-        assert!(s.flag("nesterov"));
+        assert_eq!(s.kind(), OptimizerKind::Sgd);
+        let OptimizerSpec::Sgd(sgd) = &s else {
+            panic!("{s:?} is not sgd")
+        };
+        assert_eq!(sgd.momentum, 0.9);
+        assert!(sgd.nesterov);
         assert_eq!(s.to_string(), "sgd(lr=0.01, momentum=0.9, nesterov=true)");
         assert_eq!(
             OptimizerSpec::parse("adam").unwrap().to_string(),
@@ -404,5 +581,102 @@ mod spec_tests {
         assert!(OptimizerSpec::parse("adam(lr=x)").is_err());
         assert!(OptimizerSpec::parse("adam(momentum=0.9)").is_err());
         assert!(OptimizerSpec::parse("adam(lr=0.1").is_err());
+    }
+
+    #[test]
+    fn a_misspelt_hyper_parameter_is_an_error_not_zero() {
+        let e = "sgd(lr=0.1, momentun=0.9)"
+            .parse::<OptimizerSpec>()
+            .unwrap_err();
+        assert_eq!(e.message, "unknown setting `momentun` for `sgd`");
+        assert_eq!(e.help.as_deref(), Some("did you mean `momentum`?"));
+        assert_eq!(OptimizerSpec::new(OptimizerKind::Sgd).get("momentun"), None);
+        let e = "adam(lr=x)".parse::<OptimizerSpec>().unwrap_err();
+        assert_eq!(e.to_string(), "`x` is not a number");
+    }
+
+    #[test]
+    fn registry_defaults_are_torchs() {
+        use HyperValue::{Bool as B, Number as N};
+        // torch.optim's signatures (and lion-pytorch's for Lion); betas split into beta1, beta2.
+        let torch: &[(&str, &[(&str, HyperValue)])] = &[
+            (
+                "sgd",
+                &[
+                    ("lr", N(1e-3)),
+                    ("momentum", N(0.0)),
+                    ("dampening", N(0.0)),
+                    ("nesterov", B(false)),
+                    ("weight_decay", N(0.0)),
+                ],
+            ),
+            (
+                "adam",
+                &[
+                    ("lr", N(1e-3)),
+                    ("beta1", N(0.9)),
+                    ("beta2", N(0.999)),
+                    ("eps", N(1e-8)),
+                    ("weight_decay", N(0.0)),
+                    ("amsgrad", B(false)),
+                ],
+            ),
+            (
+                "adamw",
+                &[
+                    ("lr", N(1e-3)),
+                    ("beta1", N(0.9)),
+                    ("beta2", N(0.999)),
+                    ("eps", N(1e-8)),
+                    ("weight_decay", N(0.01)),
+                    ("amsgrad", B(false)),
+                ],
+            ),
+            (
+                "rmsprop",
+                &[
+                    ("lr", N(1e-2)),
+                    ("alpha", N(0.99)),
+                    ("eps", N(1e-8)),
+                    ("weight_decay", N(0.0)),
+                    ("momentum", N(0.0)),
+                    ("centered", B(false)),
+                ],
+            ),
+            (
+                "adagrad",
+                &[
+                    ("lr", N(1e-2)),
+                    ("lr_decay", N(0.0)),
+                    ("weight_decay", N(0.0)),
+                    ("initial_accumulator_value", N(0.0)),
+                    ("eps", N(1e-10)),
+                ],
+            ),
+            (
+                "lion",
+                &[
+                    ("lr", N(1e-4)),
+                    ("beta1", N(0.9)),
+                    ("beta2", N(0.99)),
+                    ("weight_decay", N(0.0)),
+                ],
+            ),
+        ];
+        let names: Vec<&str> = OptimizerKind::ALL.iter().map(|k| k.name()).collect();
+        let expected: Vec<&str> = torch.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, expected);
+        for (name, defaults) in torch {
+            let spec = OptimizerSpec::parse(name).unwrap();
+            assert_eq!(spec.values(), defaults.to_vec(), "{name}");
+            let documented: Vec<&str> = spec
+                .kind()
+                .hyper_parameters()
+                .iter()
+                .map(|h| h.name)
+                .collect();
+            let declared: Vec<&str> = defaults.iter().map(|(k, _)| *k).collect();
+            assert_eq!(documented, declared, "{name}");
+        }
     }
 }

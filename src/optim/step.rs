@@ -4,35 +4,79 @@
 
 use candle_core::{Result, Tensor};
 
-use super::spec::{OptimizerKind, OptimizerSpec};
+use super::spec::{Adagrad, Adam, AdamW, Lion, OptimizerSpec, ParamStates, RmsProp, Sgd};
 
-/// Per-param optimizer state.
-#[derive(Debug, Clone, Default)]
-pub struct ParamState {
-    /// First moment / momentum buffer / Adagrad sum / Lion momentum.
-    a: Option<Tensor>,
-    /// Second moment / RMSprop square average.
-    b: Option<Tensor>,
-    /// AMSGrad max / RMSprop centered gradient average.
-    c: Option<Tensor>,
-    /// RMSprop momentum buffer.
-    d: Option<Tensor>,
+/// One optimizer's update of one param, over tensors only: the interface every optimizer
+/// implements, those of the registry here and (later) those a loss file defines.
+pub trait UpdateRule {
+    /// What the rule keeps per param between steps (torch's `state[p]`), empty before the
+    /// first update. Cloning it is cheap: tensors are shared, never changed in place.
+    type State: Clone + std::fmt::Debug + Default;
+
+    /// The param's new value from its current value, its (detached) gradient, this step's
+    /// learning rate and the 1-based update count `t`; the new state replaces `state`.
+    fn step(
+        &self,
+        state: &mut Self::State,
+        param: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        t: u64,
+    ) -> Result<Tensor>;
 }
 
 /// Optimizer state for all params, plus the number of updates taken.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OptimizerState {
-    params: Vec<ParamState>,
+    params: ParamStates,
     pub updates: u64,
 }
 
 impl OptimizerState {
-    pub fn new(n_params: usize) -> Self {
+    /// Empty state of `spec`'s optimizer for `n_params` params.
+    pub fn new(spec: &OptimizerSpec, n_params: usize) -> Self {
         Self {
-            params: vec![ParamState::default(); n_params],
+            params: spec.new_states(n_params),
             updates: 0,
         }
     }
+}
+
+/// Returns each param's new value, always a tensor of its own (with a zero step size a rule may
+/// return its input, which a run could not write back into the param it came from). `lr` is this
+/// step's learning rate (after the schedule).
+pub fn update(
+    spec: &OptimizerSpec,
+    state: &mut OptimizerState,
+    params: &[Tensor],
+    grads: &[Tensor],
+    lr: f64,
+) -> Result<Vec<Tensor>> {
+    state.updates += 1;
+    spec.step_all(&mut state.params, params, grads, lr, state.updates)
+        .unwrap_or_else(|| {
+            Err(candle_core::Error::Msg(format!(
+                "the optimizer state is not {}'s",
+                spec.kind().name()
+            )))
+        })
+}
+
+/// [`update`] for one rule and its states, param by param.
+pub(super) fn step_params<R: UpdateRule>(
+    rule: &R,
+    states: &mut [R::State],
+    params: &[Tensor],
+    grads: &[Tensor],
+    lr: f64,
+    t: u64,
+) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(params.len());
+    for ((p, g), s) in params.iter().zip(grads).zip(states.iter_mut()) {
+        let new = rule.step(s, p, g, lr, t)?;
+        out.push(if new.id() == p.id() { new.copy()? } else { new });
+    }
+    Ok(out)
 }
 
 fn lerp(a: &Tensor, b: &Tensor, w: f64) -> Result<Tensor> {
@@ -49,144 +93,249 @@ fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
     }
 }
 
-/// Returns each param's new value, always a tensor of its own (with a zero step size a rule may
-/// return its input, which a run could not write back into the param it came from). `lr` is this
-/// step's learning rate (after the schedule).
-pub fn update(
-    spec: &OptimizerSpec,
-    state: &mut OptimizerState,
-    params: &[Tensor],
-    grads: &[Tensor],
-    lr: f64,
-) -> Result<Vec<Tensor>> {
-    state.updates += 1;
-    let t = state.updates as f64;
-    let mut out = Vec::with_capacity(params.len());
-    for ((p, g), s) in params.iter().zip(grads).zip(state.params.iter_mut()) {
-        let new = update_one(spec, s, p, g, lr, t)?;
-        out.push(if new.id() == p.id() { new.copy()? } else { new });
-    }
-    Ok(out)
+/// SGD's state.
+#[derive(Debug, Clone, Default)]
+pub struct SgdState {
+    /// The momentum buffer (only with momentum).
+    pub momentum_buffer: Option<Tensor>,
 }
 
-fn update_one(
-    spec: &OptimizerSpec,
-    s: &mut ParamState,
-    p: &Tensor,
-    grad: &Tensor,
-    lr: f64,
-    t: f64,
-) -> Result<Tensor> {
-    let wd = spec.num("weight_decay");
-    match spec.kind {
-        OptimizerKind::Sgd => {
-            let (momentum, dampening) = (spec.num("momentum"), spec.num("dampening"));
-            let mut g = add_scaled(grad, p, wd)?;
-            if momentum != 0.0 {
-                let buf = match &s.a {
-                    None => g.clone(),
-                    Some(buf) => (buf.affine(momentum, 0.0)? + g.affine(1.0 - dampening, 0.0)?)?,
-                };
-                g = if spec.flag("nesterov") {
-                    add_scaled(&g, &buf, momentum)?
-                } else {
-                    buf.clone()
-                };
-                s.a = Some(buf);
-            }
-            add_scaled(p, &g, -lr)
+impl UpdateRule for Sgd {
+    type State = SgdState;
+
+    fn step(
+        &self,
+        s: &mut SgdState,
+        p: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        _t: u64,
+    ) -> Result<Tensor> {
+        let (momentum, dampening) = (self.momentum, self.dampening);
+        let mut g = add_scaled(grad, p, self.weight_decay)?;
+        if momentum != 0.0 {
+            let buf = match &s.momentum_buffer {
+                None => g.clone(),
+                Some(buf) => (buf.affine(momentum, 0.0)? + g.affine(1.0 - dampening, 0.0)?)?,
+            };
+            g = if self.nesterov {
+                add_scaled(&g, &buf, momentum)?
+            } else {
+                buf.clone()
+            };
+            s.momentum_buffer = Some(buf);
         }
-        OptimizerKind::Adam | OptimizerKind::AdamW => {
-            let (b1, b2, eps) = (spec.num("beta1"), spec.num("beta2"), spec.num("eps"));
-            let (p, g) = if spec.kind == OptimizerKind::AdamW {
-                (p.affine(1.0 - lr * wd, 0.0)?, grad.clone())
-            } else {
-                (p.clone(), add_scaled(grad, p, wd)?)
+        add_scaled(p, &g, -lr)
+    }
+}
+
+/// Adam's and AdamW's state.
+#[derive(Debug, Clone, Default)]
+pub struct AdamState {
+    /// First moment: the running average of gradients.
+    pub exp_avg: Option<Tensor>,
+    /// Second moment: the running average of squared gradients.
+    pub exp_avg_sq: Option<Tensor>,
+    /// The largest second moment so far (only with amsgrad).
+    pub max_exp_avg_sq: Option<Tensor>,
+}
+
+/// Adam's hyper-parameters, with weight decay coupled (Adam) or decoupled (AdamW).
+struct AdamRule {
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    decoupled: bool,
+}
+
+impl AdamRule {
+    fn step(
+        &self,
+        s: &mut AdamState,
+        p: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        t: u64,
+    ) -> Result<Tensor> {
+        let ((b1, b2), eps, wd, t) = (self.betas, self.eps, self.weight_decay, t as f64);
+        let (p, g) = if self.decoupled {
+            (p.affine(1.0 - lr * wd, 0.0)?, grad.clone())
+        } else {
+            (p.clone(), add_scaled(grad, p, wd)?)
+        };
+        let m = match &s.exp_avg {
+            None => g.affine(1.0 - b1, 0.0)?,
+            Some(m) => lerp(m, &g, 1.0 - b1)?,
+        };
+        let g2 = g.sqr()?;
+        let v = match &s.exp_avg_sq {
+            None => g2.affine(1.0 - b2, 0.0)?,
+            Some(v) => (v.affine(b2, 0.0)? + g2.affine(1.0 - b2, 0.0)?)?,
+        };
+        let bc1 = 1.0 - b1.powf(t);
+        let bc2_sqrt = (1.0 - b2.powf(t)).sqrt();
+        let second = if self.amsgrad {
+            let vmax = match &s.max_exp_avg_sq {
+                None => v.clone(),
+                Some(c) => c.maximum(&v)?,
             };
-            let m = match &s.a {
-                None => g.affine(1.0 - b1, 0.0)?,
-                Some(m) => lerp(m, &g, 1.0 - b1)?,
+            s.max_exp_avg_sq = Some(vmax.clone());
+            vmax
+        } else {
+            v.clone()
+        };
+        let denom = second.sqrt()?.affine(1.0 / bc2_sqrt, eps)?;
+        let new = (&p - m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
+        s.exp_avg = Some(m);
+        s.exp_avg_sq = Some(v);
+        Ok(new)
+    }
+}
+
+impl UpdateRule for Adam {
+    type State = AdamState;
+
+    fn step(&self, s: &mut AdamState, p: &Tensor, g: &Tensor, lr: f64, t: u64) -> Result<Tensor> {
+        let rule = AdamRule {
+            betas: (self.beta1, self.beta2),
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            decoupled: false,
+        };
+        rule.step(s, p, g, lr, t)
+    }
+}
+
+impl UpdateRule for AdamW {
+    type State = AdamState;
+
+    fn step(&self, s: &mut AdamState, p: &Tensor, g: &Tensor, lr: f64, t: u64) -> Result<Tensor> {
+        let rule = AdamRule {
+            betas: (self.beta1, self.beta2),
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            decoupled: true,
+        };
+        rule.step(s, p, g, lr, t)
+    }
+}
+
+/// RMSprop's state.
+#[derive(Debug, Clone, Default)]
+pub struct RmsPropState {
+    /// The running average of squared gradients.
+    pub square_avg: Option<Tensor>,
+    /// The running average of gradients (only when centered).
+    pub grad_avg: Option<Tensor>,
+    /// The momentum buffer (only with momentum).
+    pub momentum_buffer: Option<Tensor>,
+}
+
+impl UpdateRule for RmsProp {
+    type State = RmsPropState;
+
+    fn step(
+        &self,
+        s: &mut RmsPropState,
+        p: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        _t: u64,
+    ) -> Result<Tensor> {
+        let (alpha, eps, momentum) = (self.alpha, self.eps, self.momentum);
+        let g = add_scaled(grad, p, self.weight_decay)?;
+        let sq = match &s.square_avg {
+            None => g.sqr()?.affine(1.0 - alpha, 0.0)?,
+            Some(sq) => (sq.affine(alpha, 0.0)? + g.sqr()?.affine(1.0 - alpha, 0.0)?)?,
+        };
+        let avg = if self.centered {
+            let ga = match &s.grad_avg {
+                None => g.affine(1.0 - alpha, 0.0)?,
+                Some(ga) => lerp(ga, &g, 1.0 - alpha)?,
             };
-            let g2 = g.sqr()?;
-            let v = match &s.b {
-                None => g2.affine(1.0 - b2, 0.0)?,
-                Some(v) => (v.affine(b2, 0.0)? + g2.affine(1.0 - b2, 0.0)?)?,
+            let avg = (&sq - ga.sqr()?)?.sqrt()?.affine(1.0, eps)?;
+            s.grad_avg = Some(ga);
+            avg
+        } else {
+            sq.sqrt()?.affine(1.0, eps)?
+        };
+        s.square_avg = Some(sq);
+        let step = g.div(&avg)?;
+        if momentum > 0.0 {
+            let buf = match &s.momentum_buffer {
+                None => step,
+                Some(buf) => (buf.affine(momentum, 0.0)? + step)?,
             };
-            let bc1 = 1.0 - b1.powf(t);
-            let bc2_sqrt = (1.0 - b2.powf(t)).sqrt();
-            let second = if spec.flag("amsgrad") {
-                let vmax = match &s.c {
-                    None => v.clone(),
-                    Some(c) => c.maximum(&v)?,
-                };
-                s.c = Some(vmax.clone());
-                vmax
-            } else {
-                v.clone()
-            };
-            let denom = second.sqrt()?.affine(1.0 / bc2_sqrt, eps)?;
-            let new = (&p - m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
-            s.a = Some(m);
-            s.b = Some(v);
+            let new = add_scaled(p, &buf, -lr)?;
+            s.momentum_buffer = Some(buf);
             Ok(new)
+        } else {
+            add_scaled(p, &step, -lr)
         }
-        OptimizerKind::RmsProp => {
-            let (alpha, eps, momentum) = (spec.num("alpha"), spec.num("eps"), spec.num("momentum"));
-            let g = add_scaled(grad, p, wd)?;
-            let sq = match &s.b {
-                None => g.sqr()?.affine(1.0 - alpha, 0.0)?,
-                Some(sq) => (sq.affine(alpha, 0.0)? + g.sqr()?.affine(1.0 - alpha, 0.0)?)?,
-            };
-            let avg = if spec.flag("centered") {
-                let ga = match &s.c {
-                    None => g.affine(1.0 - alpha, 0.0)?,
-                    Some(ga) => lerp(ga, &g, 1.0 - alpha)?,
-                };
-                let avg = (&sq - ga.sqr()?)?.sqrt()?.affine(1.0, eps)?;
-                s.c = Some(ga);
-                avg
-            } else {
-                sq.sqrt()?.affine(1.0, eps)?
-            };
-            s.b = Some(sq);
-            let step = g.div(&avg)?;
-            if momentum > 0.0 {
-                let buf = match &s.d {
-                    None => step,
-                    Some(buf) => (buf.affine(momentum, 0.0)? + step)?,
-                };
-                let new = add_scaled(p, &buf, -lr)?;
-                s.d = Some(buf);
-                Ok(new)
-            } else {
-                add_scaled(p, &step, -lr)
-            }
-        }
-        OptimizerKind::Adagrad => {
-            let clr = lr / (1.0 + (t - 1.0) * spec.num("lr_decay"));
-            let g = add_scaled(grad, p, wd)?;
-            let sum = match &s.a {
-                None => g
-                    .sqr()?
-                    .affine(1.0, spec.num("initial_accumulator_value"))?,
-                Some(sum) => (sum + g.sqr()?)?,
-            };
-            let std = sum.sqrt()?.affine(1.0, spec.num("eps"))?;
-            let new = add_scaled(p, &g.div(&std)?, -clr)?;
-            s.a = Some(sum);
-            Ok(new)
-        }
-        OptimizerKind::Lion => {
-            let (b1, b2) = (spec.num("beta1"), spec.num("beta2"));
-            let m = match &s.a {
-                None => grad.zeros_like()?,
-                Some(m) => m.clone(),
-            };
-            let c = lerp(&m, grad, 1.0 - b1)?;
-            let p = p.affine(1.0 - lr * wd, 0.0)?;
-            let new = add_scaled(&p, &c.sign()?, -lr)?;
-            s.a = Some(lerp(&m, grad, 1.0 - b2)?);
-            Ok(new)
-        }
+    }
+}
+
+/// Adagrad's state.
+#[derive(Debug, Clone, Default)]
+pub struct AdagradState {
+    /// The sum of all squared gradients so far (from `initial_accumulator_value`).
+    pub sum: Option<Tensor>,
+}
+
+impl UpdateRule for Adagrad {
+    type State = AdagradState;
+
+    fn step(
+        &self,
+        s: &mut AdagradState,
+        p: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        t: u64,
+    ) -> Result<Tensor> {
+        let clr = lr / (1.0 + (t as f64 - 1.0) * self.lr_decay);
+        let g = add_scaled(grad, p, self.weight_decay)?;
+        let sum = match &s.sum {
+            None => g.sqr()?.affine(1.0, self.initial_accumulator_value)?,
+            Some(sum) => (sum + g.sqr()?)?,
+        };
+        let std = sum.sqrt()?.affine(1.0, self.eps)?;
+        let new = add_scaled(p, &g.div(&std)?, -clr)?;
+        s.sum = Some(sum);
+        Ok(new)
+    }
+}
+
+/// Lion's state.
+#[derive(Debug, Clone, Default)]
+pub struct LionState {
+    /// The momentum: a running average of gradients.
+    pub exp_avg: Option<Tensor>,
+}
+
+impl UpdateRule for Lion {
+    type State = LionState;
+
+    fn step(
+        &self,
+        s: &mut LionState,
+        p: &Tensor,
+        grad: &Tensor,
+        lr: f64,
+        _t: u64,
+    ) -> Result<Tensor> {
+        let (b1, b2) = (self.beta1, self.beta2);
+        let m = match &s.exp_avg {
+            None => grad.zeros_like()?,
+            Some(m) => m.clone(),
+        };
+        let c = lerp(&m, grad, 1.0 - b1)?;
+        let p = p.affine(1.0 - lr * self.weight_decay, 0.0)?;
+        let new = add_scaled(&p, &c.sign()?, -lr)?;
+        s.exp_avg = Some(lerp(&m, grad, 1.0 - b2)?);
+        Ok(new)
     }
 }

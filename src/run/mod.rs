@@ -18,148 +18,44 @@ use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
-use crate::lang::file::{DType, SettingValue};
-use crate::optim::schedule::{LrSchedule, Schedule, clip_norm, clip_value};
-use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue};
+use crate::lang::file::DType;
+use crate::optim::schedule::{clip_norm, clip_value};
+use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use crate::optim::step::{OptimizerState, update};
-
-/// What to do when the loss or a gradient is NaN or Inf.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonFinitePolicy {
-    /// Halt at that step and say why.
-    Stop,
-    /// Skip the update and count it, as torch's GradScaler does.
-    Skip,
-    /// Update anyway.
-    Continue,
-}
-
-impl NonFinitePolicy {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "stop" => Some(Self::Stop),
-            "skip" => Some(Self::Skip),
-            "continue" => Some(Self::Continue),
-            _ => None,
-        }
-    }
-}
-
-/// Everything that defines how a run steps.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunConfig {
-    pub optimizer: OptimizerSpec,
-    pub steps: u64,
-    pub clip_norm: Option<f64>,
-    pub clip_value: Option<f64>,
-    pub schedule: LrSchedule,
-    pub on_nonfinite: NonFinitePolicy,
-    /// Where gradients come from.
-    pub grad: GradSource,
-    pub loss_scale: LossScale,
-}
-
-/// Loss scaling for low-precision runs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum LossScale {
-    Off,
-    Fixed(f64),
-    /// torch's GradScaler: start at 2^16, halve and skip the step on a non-finite gradient,
-    /// double after 2,000 clean steps.
-    Dynamic,
-}
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
 pub const SCALE_GROWTH_INTERVAL: u32 = 2000;
 
-/// Autograd, or central finite differences (to see what numerical differentiation costs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GradSource {
-    Autograd,
-    FiniteDifference,
+/// One run to start: which run definition, under which name, in which dtype, with which
+/// settings. The front ends and the worker each build one; a run's dtype travels here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRequest {
+    /// Index of the run definition (base or variant).
+    pub def: usize,
+    /// What the front ends show it as.
+    pub name: String,
+    /// The precision it runs in (the definition's unless asked otherwise).
+    pub dtype: DType,
+    /// Optimizer, steps, clipping, schedule, policy, gradient source, loss scaling.
+    pub settings: RunSettings,
 }
 
-impl GradSource {
-    pub fn name(self) -> &'static str {
-        match self {
-            GradSource::Autograd => "autograd",
-            GradSource::FiniteDifference => "fd",
+impl RunRequest {
+    /// Definition `def` of `compiled` in its own dtype, named `name`, with `settings`.
+    pub fn new(compiled: &CompiledFile, def: usize, name: String, settings: RunSettings) -> Self {
+        Self {
+            def,
+            name,
+            dtype: compiled.runs[def].dtype,
+            settings,
         }
     }
-}
 
-/// Default number of steps when neither the file nor the command line gives one.
-pub const DEFAULT_STEPS: u64 = 100;
-
-impl RunConfig {
-    /// The config a run definition's `[optimizer]` settings describe (adam with torch's defaults
-    /// when there are none).
-    pub fn from_settings(settings: &[crate::lang::file::Setting]) -> Self {
-        let get = |key: &str| {
-            settings
-                .iter()
-                .find(|s| s.key.node == key)
-                .map(|s| &s.value.node)
-        };
-        let num = |key: &str| match get(key) {
-            Some(SettingValue::Number(n)) => Some(*n),
-            _ => None,
-        };
-        let text = |key: &str| match get(key) {
-            Some(SettingValue::Text(t)) => Some(t.as_str()),
-            _ => None,
-        };
-        let kind = text("name")
-            .and_then(OptimizerKind::from_name)
-            .unwrap_or(OptimizerKind::Adam);
-        let mut optimizer = OptimizerSpec::new(kind);
-        for s in settings {
-            let raw = match &s.value.node {
-                SettingValue::Number(n) => RawValue::Number(*n),
-                SettingValue::Bool(b) => RawValue::Bool(*b),
-                SettingValue::Text(_) => continue,
-            };
-            // Keys of another optimizer (from a file-level table under a variant's new `name`)
-            // and run settings are not hyper-parameters of this one.
-            let _ = optimizer.set(&s.key.node, raw);
-        }
-        let schedule = match text("schedule") {
-            Some("step") => Schedule::Step {
-                step_size: num("step_size").unwrap_or(100.0) as u64,
-                gamma: num("gamma").unwrap_or(0.1),
-            },
-            Some("exponential") => Schedule::Exponential {
-                gamma: num("gamma").unwrap_or(0.99),
-            },
-            Some("cosine") => Schedule::Cosine {
-                total: num("steps").map_or(DEFAULT_STEPS, |n| n as u64),
-                min_lr: num("min_lr").unwrap_or(0.0),
-            },
-            _ => Schedule::Constant,
-        };
-        Self {
-            optimizer,
-            steps: num("steps").map_or(DEFAULT_STEPS, |n| n as u64),
-            clip_norm: num("clip_norm"),
-            clip_value: num("clip_value"),
-            schedule: LrSchedule {
-                schedule,
-                warmup: num("warmup").unwrap_or(0.0) as u64,
-            },
-            on_nonfinite: text("on_nonfinite")
-                .and_then(NonFinitePolicy::parse)
-                .unwrap_or(NonFinitePolicy::Stop),
-            grad: match text("grad") {
-                Some("fd") => GradSource::FiniteDifference,
-                _ => GradSource::Autograd,
-            },
-            loss_scale: match (text("loss_scale"), num("loss_scale")) {
-                (Some("dynamic"), _) => LossScale::Dynamic,
-                (_, Some(n)) => LossScale::Fixed(n),
-                _ => LossScale::Off,
-            },
-        }
+    /// Definition `def` as the file describes it (None: there is no such definition).
+    pub fn of(compiled: &CompiledFile, def: usize) -> Option<Self> {
+        let d = compiled.runs.get(def)?;
+        Some(Self::new(compiled, def, d.name.clone(), d.settings.clone()))
     }
 }
 
@@ -190,8 +86,8 @@ pub struct Run {
     pub name: String,
     /// The run definition (base or variant) it runs.
     pub def: usize,
-    pub dtype: crate::lang::file::DType,
-    pub config: RunConfig,
+    pub dtype: DType,
+    pub config: RunSettings,
     evaluator: Evaluator,
     state: OptimizerState,
     history: History,
@@ -219,23 +115,25 @@ const TRAJECTORY_BYTES: usize = 8 << 20;
 const TRAJECTORY_POINTS: usize = 16384;
 
 impl Run {
-    /// A run of `compiled`'s run definition `run` with `config`, at the initial params.
-    pub fn new(
-        compiled: &CompiledFile,
-        run: usize,
-        name: String,
-        config: RunConfig,
-    ) -> candle_core::Result<Self> {
-        let evaluator = Evaluator::new(compiled, run)?;
+    /// The run `request` asks for of `compiled`, at the initial params.
+    pub fn new(compiled: &CompiledFile, request: RunRequest) -> candle_core::Result<Self> {
+        let RunRequest {
+            def: run,
+            name,
+            dtype,
+            settings: config,
+        } = request;
+        let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
         let config_scale = config.loss_scale;
+        let state = OptimizerState::new(&config.optimizer, n);
         let mut r = Self {
             name,
             def: run,
-            dtype: compiled.runs[run].dtype,
+            dtype,
             config,
             evaluator,
-            state: OptimizerState::new(n),
+            state,
             history: History::new(n),
             snapshots: Vec::new(),
             halted: None,
@@ -617,28 +515,24 @@ impl Run {
 
     fn broken_update_reason(&self, new: &[Tensor], broken: &[usize]) -> String {
         let spec = &self.config.optimizer;
-        let eps = spec.num("eps");
         let low = matches!(self.dtype, DType::F16 | DType::BF16);
-        let hint = if spec.values().iter().any(|(k, _)| *k == "eps") && eps == 0.0 {
-            "; its eps is 0, so where the squared gradient is 0 the update divides by 0: use eps > 0"
-                .to_string()
-        } else if self.dtype == DType::F16 && eps < 2.9e-8 {
+        let hint = match spec.eps() {
+            Some(0.0) => "; its eps is 0, so where the squared gradient is 0 the update divides by 0: use eps > 0"
+                .to_string(),
             // Below half of f16's smallest subnormal, eps rounds to 0.
-            format!(
+            Some(eps) if self.dtype == DType::F16 && eps < 2.9e-8 => format!(
                 "; its eps = {} is 0 in f16, so where the squared gradient flushes to 0 the update divides by 0: use eps = 1e-4 or run in f32",
                 crate::format::fmt_short(eps),
-            )
-        } else if low {
-            format!(
+            ),
+            _ if low => format!(
                 "; its arithmetic overflowed {}: run in f32 or lower the lr",
                 self.dtype.name()
-            )
-        } else {
-            String::new()
+            ),
+            _ => String::new(),
         };
         format!(
             "the {} update made {} non-finite from finite gradients{hint}",
-            spec.kind.name(),
+            spec.kind().name(),
             self.name_nonfinite(new, broken)
         )
     }

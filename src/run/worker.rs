@@ -15,7 +15,7 @@ use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::spec::OptimizerSpec;
 use crate::run::history::StepRecord;
-use crate::run::{Run, RunConfig};
+use crate::run::{Run, RunRequest};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
 pub type RunId = u64;
@@ -76,7 +76,7 @@ pub struct RunInfo {
     /// Index of the run definition (base or variant) it runs.
     pub def: usize,
     pub name: String,
-    pub optimizer: String,
+    pub optimizer: OptimizerSpec,
     pub dtype: DType,
     pub steps: u64,
     /// Where its gradients come from (`autograd` or `fd`).
@@ -190,24 +190,22 @@ impl Worker {
         (self.emit)(e);
     }
 
+    /// Starts a run of definition `def` as the file describes it, with another optimizer or
+    /// dtype if given (the run's name says which).
     fn add(&mut self, def: usize, optimizer: Option<OptimizerSpec>, dtype: Option<DType>) {
-        let mut compiled = self.compiled.clone();
-        let Some(d) = compiled.runs.get_mut(def) else {
+        let Some(mut request) = RunRequest::of(&self.compiled, def) else {
             return;
         };
-        if let Some(dt) = dtype {
-            d.dtype = dt;
-        }
-        let mut config = RunConfig::from_settings(&d.optimizer);
-        let mut name = d.name.clone();
         if let Some(spec) = optimizer {
-            name = format!("{name} · {spec}");
-            config.optimizer = spec;
+            request.name = format!("{} · {spec}", request.name);
+            request.settings.optimizer = spec;
         }
         if let Some(dt) = dtype {
-            name = format!("{name} · {}", dt.name());
+            request.name = format!("{} · {}", request.name, dt.name());
+            request.dtype = dt;
         }
-        match Run::new(&compiled, def, name.clone(), config) {
+        let name = request.name.clone();
+        match Run::new(&self.compiled, request) {
             Ok(run) => {
                 let id = self.next_id;
                 self.next_id += 1;
@@ -215,7 +213,7 @@ impl Worker {
                     id,
                     def,
                     name: run.name.clone(),
-                    optimizer: run.config.optimizer.to_string(),
+                    optimizer: run.config.optimizer.clone(),
                     dtype: run.dtype,
                     steps: run.config.steps,
                     grad: run.config.grad.name(),
@@ -354,11 +352,9 @@ impl Worker {
             }
             Command::Gradcheck(id) => {
                 self.report();
-                if let Some(s) = self.slots.iter().find(|s| s.id == id)
-                    && let Some(compiled) = self.compiled.in_dtype(s.def, s.run.dtype)
-                {
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
                     let params = s.run.param_values();
-                    match gradcheck(&compiled, s.def, Some(&params), 0) {
+                    match gradcheck(&self.compiled, s.def, s.run.dtype, Some(&params), 0) {
                         Ok(checks) => self.send(Event::Checked(id, s.run.step_count(), checks)),
                         Err(d) => self.send(Event::Failed(d.headline())),
                     }

@@ -953,7 +953,7 @@ impl App {
                             choices.get(selected),
                             self.session().and_then(|s| s.selected_run()),
                         ) {
-                            let optimizer = OptimizerSpec::parse(&run.info.optimizer).ok();
+                            let optimizer = Some(run.info.optimizer.clone());
                             let def = variant.unwrap_or(run.info.def);
                             let dtype =
                                 dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none());

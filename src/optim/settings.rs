@@ -1,0 +1,224 @@
+//! The run settings an `[optimizer]` table may hold besides the optimizer's hyper-parameters,
+//! typed once when a file is compiled: steps, clipping, schedule, non-finite policy, gradient
+//! source and loss scaling. Each word a setting takes is spelled once, in its enum here.
+
+use super::schedule::{LrSchedule, Schedule};
+use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
+
+/// A closed set of words a setting (or a command-line option) takes: the enum, its `ALL`, the
+/// `NAMES` in the same order, and `name`/`from_name` between them.
+macro_rules! words {
+    (
+        $(#[doc = $doc:literal])*
+        $Name:ident { $( $(#[doc = $vdoc:literal])* $V:ident = $word:literal, )* }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $Name {
+            $( $(#[doc = $vdoc])* $V, )*
+        }
+
+        impl $Name {
+            /// Every value, in the order the settings list them.
+            pub const ALL: &'static [Self] = &[$( Self::$V, )*];
+            /// The words for [`Self::ALL`], in the same order.
+            pub const NAMES: &'static [&'static str] = &[$( $word, )*];
+
+            /// The word for it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Self::$V => $word, )*
+                }
+            }
+
+            /// The value `word` names.
+            pub fn from_name(word: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.name() == word)
+            }
+        }
+    };
+}
+
+words! {
+    /// What to do when the loss or a gradient is NaN or Inf.
+    NonFinitePolicy {
+        /// Halt at that step and say why.
+        Stop = "stop",
+        /// Skip the update and count it, as torch's GradScaler does.
+        Skip = "skip",
+        /// Update anyway.
+        Continue = "continue",
+    }
+}
+
+words! {
+    /// Autograd, or central finite differences (to see what numerical differentiation costs).
+    GradSource {
+        /// candle's reverse-mode autodiff.
+        Autograd = "autograd",
+        /// Central finite differences in f64.
+        FiniteDifference = "fd",
+    }
+}
+
+words! {
+    /// Which learning-rate schedule a `schedule` setting names (its numbers are other settings).
+    ScheduleKind {
+        /// No schedule.
+        Constant = "constant",
+        /// StepLR: `step_size`, `gamma`.
+        Step = "step",
+        /// ExponentialLR: `gamma`.
+        Exponential = "exponential",
+        /// CosineAnnealingLR over `steps`, down to `min_lr`.
+        Cosine = "cosine",
+    }
+}
+
+/// The word for dynamic loss scaling.
+const DYNAMIC: &str = "dynamic";
+
+/// Loss scaling for low-precision runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossScale {
+    Off,
+    Fixed(f64),
+    /// torch's GradScaler: start at 2^16, halve and skip the step on a non-finite gradient,
+    /// double after 2,000 clean steps.
+    Dynamic,
+}
+
+/// What kind of value a run setting takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingKind {
+    Count,
+    Number,
+    Choice(&'static [&'static str]),
+    /// A power of two, or `dynamic` (GradScaler's rule).
+    Scale,
+}
+
+/// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
+pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
+    ("steps", SettingKind::Count),
+    ("clip_norm", SettingKind::Number),
+    ("clip_value", SettingKind::Number),
+    ("on_nonfinite", SettingKind::Choice(NonFinitePolicy::NAMES)),
+    ("schedule", SettingKind::Choice(ScheduleKind::NAMES)),
+    ("warmup", SettingKind::Count),
+    ("step_size", SettingKind::Count),
+    ("gamma", SettingKind::Number),
+    ("min_lr", SettingKind::Number),
+    ("grad", SettingKind::Choice(GradSource::NAMES)),
+    ("loss_scale", SettingKind::Scale),
+    ("accumulate", SettingKind::Choice(&["f32", "f64"])),
+];
+
+/// Checks `key = value` if `key` is a run setting (None: it is not one).
+pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), SettingError>> {
+    let &(_, kind) = RUN_SETTINGS.iter().find(|(n, _)| *n == key)?;
+    Some(match (kind, value) {
+        (SettingKind::Count, RawValue::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Ok(()),
+        (SettingKind::Count, _) => Err(SettingError {
+            message: format!("`{key}` must be a whole number"),
+            help: None,
+        }),
+        (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),
+        (SettingKind::Number, _) => Err(SettingError {
+            message: format!("`{key}` must be a non-negative number"),
+            help: None,
+        }),
+        (SettingKind::Choice(options), RawValue::Text(t)) if options.contains(&t) => Ok(()),
+        (SettingKind::Choice(options), _) => Err(SettingError {
+            message: format!("`{key}` must be one of {}", options.join(", ")),
+            help: None,
+        }),
+        (SettingKind::Scale, RawValue::Text(DYNAMIC)) => Ok(()),
+        (SettingKind::Scale, RawValue::Number(n)) if n > 0.0 && n.log2().fract() == 0.0 => Ok(()),
+        (SettingKind::Scale, _) => Err(SettingError {
+            message: format!("`{key}` must be a power of two or \"{DYNAMIC}\""),
+            help: Some(format!(
+                "e.g. loss_scale = \"{DYNAMIC}\" (start at 2^16, as torch's GradScaler) or 1024"
+            )),
+        }),
+    })
+}
+
+/// Default number of steps when neither the file nor the command line gives one.
+pub const DEFAULT_STEPS: u64 = 100;
+
+/// Everything that defines how a run steps: a run definition's `[optimizer]` table, typed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    pub optimizer: OptimizerSpec,
+    pub steps: u64,
+    pub clip_norm: Option<f64>,
+    pub clip_value: Option<f64>,
+    pub schedule: LrSchedule,
+    pub on_nonfinite: NonFinitePolicy,
+    /// Where gradients come from.
+    pub grad: GradSource,
+    pub loss_scale: LossScale,
+}
+
+impl RunSettings {
+    /// The settings an `[optimizer]` table's checked `key = value` pairs describe (adam with
+    /// torch's defaults when there are none). Keys of another optimizer (from a file-level table
+    /// under a variant's new `name`) are not hyper-parameters of this one and are left out.
+    pub fn from_table<'a>(table: &[(&'a str, RawValue<'a>)]) -> Self {
+        let get = |key: &str| table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let num = |key: &str| match get(key) {
+            Some(RawValue::Number(n)) => Some(n),
+            _ => None,
+        };
+        let text = |key: &str| match get(key) {
+            Some(RawValue::Text(t)) => Some(t),
+            _ => None,
+        };
+        let kind = text("name")
+            .and_then(OptimizerKind::from_name)
+            .unwrap_or(OptimizerKind::Adam);
+        let mut optimizer = OptimizerSpec::new(kind);
+        for &(key, value) in table {
+            if !matches!(value, RawValue::Text(_)) {
+                let _ = optimizer.set(key, value);
+            }
+        }
+        let steps = num("steps").map_or(DEFAULT_STEPS, |n| n as u64);
+        let schedule = match text("schedule").and_then(ScheduleKind::from_name) {
+            Some(ScheduleKind::Step) => Schedule::Step {
+                step_size: num("step_size").unwrap_or(100.0) as u64,
+                gamma: num("gamma").unwrap_or(0.1),
+            },
+            Some(ScheduleKind::Exponential) => Schedule::Exponential {
+                gamma: num("gamma").unwrap_or(0.99),
+            },
+            Some(ScheduleKind::Cosine) => Schedule::Cosine {
+                total: steps,
+                min_lr: num("min_lr").unwrap_or(0.0),
+            },
+            Some(ScheduleKind::Constant) | None => Schedule::Constant,
+        };
+        Self {
+            optimizer,
+            steps,
+            clip_norm: num("clip_norm"),
+            clip_value: num("clip_value"),
+            schedule: LrSchedule {
+                schedule,
+                warmup: num("warmup").unwrap_or(0.0) as u64,
+            },
+            on_nonfinite: text("on_nonfinite")
+                .and_then(NonFinitePolicy::from_name)
+                .unwrap_or(NonFinitePolicy::Stop),
+            grad: text("grad")
+                .and_then(GradSource::from_name)
+                .unwrap_or(GradSource::Autograd),
+            loss_scale: match (text("loss_scale"), num("loss_scale")) {
+                (Some(DYNAMIC), _) => LossScale::Dynamic,
+                (_, Some(n)) => LossScale::Fixed(n),
+                _ => LossScale::Off,
+            },
+        }
+    }
+}
