@@ -567,3 +567,53 @@ fn accumulating_in_f32_fixes_f16_sums() {
     assert_eq!(loss(1), 1.0);
     assert_eq!(loss(2), 1.0);
 }
+
+#[test]
+fn a_panic_in_the_worker_becomes_a_failure_and_the_worker_serves_on() {
+    use gradscope::run::worker::{self, Command, Event};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc::channel;
+    use std::sync::{Arc, Mutex};
+    // The first batch of step records makes the receiving side panic, as a bug in the worker
+    // would: it is caught at the worker's loop, reported, and the runs pause.
+    let (tx, rx) = channel();
+    let tx = Mutex::new(tx);
+    let panicked = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&panicked);
+    let emit: worker::Emit = Box::new(move |e: Event| {
+        if matches!(e, Event::Records(..)) && !flag.swap(true, Ordering::SeqCst) {
+            panic!("a bug while reporting");
+        }
+        let _ = tx.lock().unwrap().send(e);
+    });
+    let (commands, inbox) = channel();
+    let handle = worker::spawn("t", compiled(GOES_NAN_AT_3), inbox, emit).unwrap();
+    commands.send(Command::Play).unwrap();
+    let wait = || {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("events")
+    };
+    let why = loop {
+        if let Event::Failed(why) = wait() {
+            break why;
+        }
+    };
+    assert!(panicked.load(Ordering::SeqCst));
+    assert!(
+        why.contains("internal error while stepping the runs: a bug while reporting"),
+        "{why}"
+    );
+    // Paused, and still serving.
+    commands.send(Command::Ping(7)).unwrap();
+    let mut playing = true;
+    loop {
+        match wait() {
+            Event::Playing(p) => playing = p,
+            Event::Pong(7) => break,
+            _ => {}
+        }
+    }
+    assert!(!playing);
+    commands.send(Command::Shutdown).unwrap();
+    handle.join().expect("the worker thread ends cleanly");
+}

@@ -58,10 +58,6 @@ pub struct CompiledFile {
 }
 
 impl CompiledFile {
-    pub fn param_shape(&self, i: usize) -> Shape {
-        Shape(self.params[i].value.dims().to_vec())
-    }
-
     /// A copy whose run definition `def` runs in `dtype`, as a run of it may (None when there is
     /// no such definition).
     pub fn in_dtype(&self, def: usize, dtype: DType) -> Option<CompiledFile> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
+use crate::diagnostic::catch_panic;
 use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
@@ -171,7 +172,7 @@ impl Worker {
         if let Some(p) = &plane {
             emit(Event::Plane(Arc::clone(p), None));
         }
-        let mut w = Self {
+        Self {
             compiled,
             slots: Vec::new(),
             next_id: 0,
@@ -179,11 +180,7 @@ impl Worker {
             emit,
             shapes,
             plane,
-        };
-        for def in 0..w.compiled.runs.len() {
-            w.add(def, None, None);
         }
-        w
     }
 
     fn send(&self, e: Event) {
@@ -245,7 +242,18 @@ impl Worker {
     /// Commands are read between steps, so a long `1000000N` never blocks pause or quit. Other
     /// commands that arrive during manual stepping wait their turn, so `120n40b` means what it
     /// says.
+    /// Starts one run per definition, then serves commands until shutdown. A panic (a bug)
+    /// while starting or stepping becomes [`Event::Failed`] with its message, the runs pause,
+    /// and the worker serves on: the UI and the other files never go down with it.
     fn serve(mut self, commands: Receiver<Command>) {
+        let started = catch_panic("starting the runs", || {
+            for def in 0..self.compiled.runs.len() {
+                self.add(def, None, None);
+            }
+        });
+        if let Err(d) = started {
+            self.send(Event::Failed(d.headline()));
+        }
         let mut last_report = Instant::now();
         let mut queue: VecDeque<Command> = VecDeque::new();
         loop {
@@ -266,36 +274,48 @@ impl Worker {
                 Ok(c) => queue.push_back(c),
                 Err(RecvTimeoutError::Timeout) => {}
             }
-            while !self.stepping() {
-                let Some(c) = queue.pop_front() else { break };
-                self.handle(c);
+            let worked = catch_panic("stepping the runs", || {
+                self.work(&mut queue, &mut last_report)
+            });
+            if let Err(d) = worked {
+                self.send(Event::Failed(d.headline()));
+                queue.retain(|c| matches!(c, Command::Ping(_)));
+                self.handle(Command::Pause);
             }
-            let playing = self.playing;
-            let mut any = false;
-            for i in 0..self.slots.len() {
-                let s = &self.slots[i];
-                let wanted = match s.target {
-                    Some(t) => s.run.step_count() < t && s.run.halted.is_none(),
-                    None => playing && !s.run.is_done(),
-                };
-                if wanted {
-                    self.step_slot(i);
-                    any = true;
-                }
+        }
+    }
+
+    /// Handles the queued commands, takes one step of every run that should move, and reports.
+    fn work(&mut self, queue: &mut VecDeque<Command>, last_report: &mut Instant) {
+        while !self.stepping() {
+            let Some(c) = queue.pop_front() else { break };
+            self.handle(c);
+        }
+        let playing = self.playing;
+        let mut any = false;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            let wanted = match s.target {
+                Some(t) => s.run.step_count() < t && s.run.halted.is_none(),
+                None => playing && !s.run.is_done(),
+            };
+            if wanted {
+                self.step_slot(i);
+                any = true;
             }
-            if playing && !any {
-                self.playing = false;
-                self.send(Event::Playing(false));
+        }
+        if playing && !any {
+            self.playing = false;
+            self.send(Event::Playing(false));
+        }
+        if !self.stepping() {
+            for s in &mut self.slots {
+                s.target = None;
             }
-            if !self.stepping() {
-                for s in &mut self.slots {
-                    s.target = None;
-                }
-            }
-            if any && last_report.elapsed() >= REPORT_EVERY || !any && self.pending_report() {
-                self.report();
-                last_report = Instant::now();
-            }
+        }
+        if any && last_report.elapsed() >= REPORT_EVERY || !any && self.pending_report() {
+            self.report();
+            *last_report = Instant::now();
         }
     }
 
