@@ -554,9 +554,9 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     let grid = l.grid.as_ref().unwrap();
     assert_eq!(l.mode, Some(Mode::Batched));
     // One column per map cell and two rows per line.
-    let chart = gradscope::tui::ui::layout(Rect::new(0, 0, 140, 44)).chart;
-    let map =
-        gradscope::draw::scene::map_rect(gradscope::tui::ui::landscape_layout(chart).0).unwrap();
+    let chart = gradscope::tui::layout::layout(Rect::new(0, 0, 140, 44)).chart;
+    let map = gradscope::draw::scene::map_rect(gradscope::tui::layout::landscape_layout(chart).0)
+        .unwrap();
     assert_eq!(
         (grid.spec.nx, grid.spec.ny),
         (map.width as usize, 2 * map.height as usize)
@@ -567,7 +567,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     assert!(rel(slice.line.loss[0], rosenbrock(now[0], now[1])) < 1e-5);
 
     let mut t = Terminal::new(TestBackend::new(140, 44)).unwrap();
-    t.draw(|f| gradscope::tui::ui::render(f, &app)).unwrap();
+    t.draw(|f| gradscope::tui::render::render(f, &app)).unwrap();
     let screen = format!("{}", t.backend());
     for want in [
         "Landscape: param coordinates",
@@ -776,7 +776,7 @@ fn landscape_tab_snapshot() {
     }
     settle_landscape(&mut app, &rx);
     let mut t = Terminal::new(TestBackend::new(120, 36)).unwrap();
-    t.draw(|f| gradscope::tui::ui::render(f, &app)).unwrap();
+    t.draw(|f| gradscope::tui::render::render(f, &app)).unwrap();
     // The grid's timing differs between runs: blank it up to the panel's edge.
     let screen = format!("{}", t.backend());
     let text: String = screen

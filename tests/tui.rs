@@ -14,7 +14,7 @@ use crossterm::event::{
 };
 use gradscope::lang::file::DType;
 use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
-use gradscope::tui::ui;
+use gradscope::tui::{layout, render};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
@@ -69,7 +69,7 @@ fn run_names(app: &App) -> Vec<String> {
 
 fn draw(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
     let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
-    t.draw(|f| ui::render(f, app)).expect("draws");
+    t.draw(|f| render::render(f, app)).expect("draws");
     t
 }
 
@@ -106,8 +106,8 @@ fn find(t: &Terminal<TestBackend>, area: Rect, text: &str) -> Option<(u16, u16)>
     None
 }
 
-fn areas(w: u16, h: u16) -> ui::Areas {
-    ui::layout(Rect::new(0, 0, w, h))
+fn areas(w: u16, h: u16) -> layout::Areas {
+    layout::layout(Rect::new(0, 0, w, h))
 }
 
 fn click(app: &mut App, column: u16, row: u16) {
@@ -270,7 +270,7 @@ fn snapshot_help_overlay() {
     let t = draw(&app, 160, 45);
     let screen = rows(&t).join("\n");
     assert!(screen.contains("Keys (any key closes)"), "{screen}");
-    for (key, _) in ui::KEYS {
+    for (key, _) in render::KEYS {
         assert!(screen.contains(key), "help lacks `{key}`:\n{screen}");
     }
     snapshot("help_overlay", &t);
@@ -282,7 +282,7 @@ fn help_shows_every_description_in_full() {
     let (mut app, _rx) = open(ROSENBROCK);
     typed(&mut app, "?");
     let screen = rows(&draw(&app, 160, 45)).join("\n");
-    for (_, what) in ui::KEYS {
+    for (_, what) in render::KEYS {
         assert!(screen.contains(what), "help cuts `{what}`:\n{screen}");
     }
 }

@@ -853,8 +853,8 @@ impl App {
         if self.tab != Tab::Landscape {
             return;
         }
-        let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
-        let (scene, _) = super::ui::landscape_layout(areas.chart);
+        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let (scene, _) = super::layout::landscape_layout(areas.chart);
         let map = crate::draw::scene::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
         let Some(s) = self.session_mut() else {
             return;
@@ -975,7 +975,7 @@ impl App {
         if self.popup.is_some() || self.show_help {
             return;
         }
-        let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
         let pos = Position::new(m.column, m.row);
         match m.kind {
             MouseEventKind::Down(MouseButton::Left) => {
@@ -983,7 +983,8 @@ impl App {
                     self.focus = Focus::Losses;
                     let row = (m.row - areas.losses.y) as usize;
                     if row >= 1
-                        && let Some(i) = super::ui::file_at_row(self, row - 1, areas.losses.height)
+                        && let Some(i) =
+                            super::layout::file_at_row(self, row - 1, areas.losses.height)
                     {
                         self.select_file(i);
                     }
@@ -994,14 +995,15 @@ impl App {
                     if let Some(s) = self.session_mut()
                         && row >= 1
                     {
-                        let k = super::ui::list_offset(s.selected, height) + row - 1;
+                        let k = super::layout::list_offset(s.selected, height) + row - 1;
                         if k < s.runs.len() {
                             s.selected = k;
                         }
                     }
                 } else if areas.tabs.contains(pos) {
                     self.focus = Focus::Charts;
-                    if let Some(t) = super::ui::tab_at_column(m.column.saturating_sub(areas.tabs.x))
+                    if let Some(t) =
+                        super::layout::tab_at_column(m.column.saturating_sub(areas.tabs.x))
                     {
                         self.tab = t;
                     }

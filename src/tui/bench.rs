@@ -74,7 +74,7 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow:
     let mut times = Vec::new();
     for _ in 0..15 {
         let t = Instant::now();
-        terminal.draw(|f| super::ui::render(f, &app))?;
+        terminal.draw(|f| super::render::render(f, &app))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -112,7 +112,7 @@ pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
             app.update(m);
         }
         if Instant::now() >= next_frame {
-            terminal.draw(|f| super::ui::render(f, &app))?;
+            terminal.draw(|f| super::render::render(f, &app))?;
             app.update(Msg::Tick);
             next_frame += Duration::from_millis(33);
         }

@@ -6,8 +6,9 @@ pub mod app;
 pub mod bench;
 pub mod chart;
 pub mod landscape_view;
+pub mod layout;
 pub mod pyramid;
-pub mod ui;
+pub mod render;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +78,7 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
     app.update(Msg::Resize(size.width, size.height));
     let mut changed: Vec<(PathBuf, Instant)> = Vec::new();
     loop {
-        terminal.draw(|f| ui::render(f, &app))?;
+        terminal.draw(|f| render::render(f, &app))?;
         let deadline = Instant::now() + FRAME;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             if !event::poll(left)? {
