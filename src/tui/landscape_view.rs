@@ -8,7 +8,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::app::RunView;
+use super::session::RunView;
 use crate::compile::CompiledFile;
 use crate::landscape::service::{self, Job, JobId, LossKey, Report};
 use crate::landscape::surface::{LrLine, Mode};

@@ -9,6 +9,7 @@ pub mod landscape_view;
 pub mod layout;
 pub mod pyramid;
 pub mod render;
+pub mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

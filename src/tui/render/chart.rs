@@ -8,8 +8,9 @@ use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
 use super::panel;
 use crate::format::fmt_num;
-use crate::tui::app::{App, FileEntry, Focus, LAST_N, RunView, Tab};
+use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
 use crate::tui::chart::{self, Metric, Series};
+use crate::tui::session::RunView;
 
 /// The metrics a tab plots for one run, with a label suffix each.
 fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {

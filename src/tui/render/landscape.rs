@@ -9,9 +9,10 @@ use ratatui::widgets::{Axis, Block, Borders, Chart, Dataset, GraphType, Paragrap
 
 use super::panel;
 use crate::format::fmt_num;
-use crate::tui::app::{App, FileEntry, Focus, RunView};
+use crate::tui::app::{App, FileEntry, Focus};
 use crate::tui::chart;
 use crate::tui::layout::landscape_layout;
+use crate::tui::session::RunView;
 
 /// The Landscape tab of `file`.
 pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {

@@ -7,8 +7,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{List, ListItem, ListState, Paragraph, Tabs};
 
 use super::panel;
-use crate::tui::app::{App, Focus, RunView, Tab};
+use crate::tui::app::{App, Focus, Tab};
 use crate::tui::layout::{FileRow, file_rows};
+use crate::tui::session::RunView;
 
 /// The loss files, grouped by sub-folder, with a ✓/✗ badge each.
 pub fn losses(f: &mut Frame, app: &App, area: Rect) {

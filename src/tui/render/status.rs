@@ -6,7 +6,8 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
-use crate::tui::app::{App, RunView, Session};
+use crate::tui::app::App;
+use crate::tui::session::{RunView, Session};
 
 fn steps_of(s: &Session) -> usize {
     s.runs.iter().map(RunView::steps).max().unwrap_or(0)
