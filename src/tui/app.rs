@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Sender, channel};
 
-use crossterm::event::{
-    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
-};
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
 
+use super::keys::{self, KeyAction};
 use super::session::Session;
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
@@ -68,6 +67,12 @@ impl Tab {
         Tab::Params,
         Tab::Landscape,
     ];
+
+    /// The tab `k` places after this one, wrapping around.
+    pub fn next(self, k: usize) -> Tab {
+        let i = Tab::ALL.iter().position(|t| *t == self).unwrap_or(0);
+        Tab::ALL[(i + k) % Tab::ALL.len()]
+    }
 
     pub fn title(self) -> &'static str {
         match self {
@@ -419,8 +424,8 @@ impl App {
     }
 
     fn key(&mut self, k: KeyEvent) -> Option<Action> {
-        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
-            return Some(Action::Quit);
+        if let Some(a) = keys::ctrl_action(k) {
+            return self.act(a, None);
         }
         if self.popup.is_some() {
             self.popup_key(k);
@@ -443,13 +448,17 @@ impl App {
         }
         let count = self.count.take();
         self.message = None;
-        if self.tab == Tab::Landscape && self.landscape_key(k.code) {
-            return None;
-        }
-        match k.code {
-            KeyCode::Char('q') => return Some(Action::Quit),
-            KeyCode::Char('?') => self.show_help = true,
-            KeyCode::Char(' ') => {
+        self.act(keys::action(k.code)?, count)
+    }
+
+    /// Does what a key of the table names, `count` times where a count applies.
+    fn act(&mut self, a: KeyAction, count: Option<u64>) -> Option<Action> {
+        let n = count.unwrap_or(1);
+        let run = self.selected_run_id();
+        match a {
+            KeyAction::Quit => return Some(Action::Quit),
+            KeyAction::Help => self.show_help = true,
+            KeyAction::PlayPause => {
                 let playing = self.session().is_some_and(|s| s.playing);
                 self.command(if playing {
                     Command::Pause
@@ -457,111 +466,102 @@ impl App {
                     Command::Play
                 });
             }
-            KeyCode::Char('n') | KeyCode::Right => self.command(Command::Step(count.unwrap_or(1))),
-            KeyCode::Char('N') => self.command(Command::Step(count.unwrap_or(1) * 100)),
-            KeyCode::Char('b') | KeyCode::Left => self.command(Command::Rewind(count.unwrap_or(1))),
-            KeyCode::Char('B') => self.command(Command::Rewind(count.unwrap_or(1) * 100)),
-            KeyCode::Char('r') => self.command(Command::Reset),
-            KeyCode::Char('+') | KeyCode::Char('=') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::ScaleLr(id, 2.0));
-                }
-            }
-            KeyCode::Char('-') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::ScaleLr(id, 0.5));
-                }
-            }
-            KeyCode::Char('o') if self.session().is_some() => {
+            KeyAction::Step => self.command(Command::Step(n)),
+            KeyAction::Step100 => self.command(Command::Step(n * 100)),
+            KeyAction::Rewind => self.command(Command::Rewind(n)),
+            KeyAction::Rewind100 => self.command(Command::Rewind(n * 100)),
+            KeyAction::Reset => self.command(Command::Reset),
+            KeyAction::DoubleLr => self.run_command(run, |id| Command::ScaleLr(id, 2.0)),
+            KeyAction::HalveLr => self.run_command(run, |id| Command::ScaleLr(id, 0.5)),
+            KeyAction::Remove => self.run_command(run, Command::Remove),
+            KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
+            KeyAction::Curvature => self.run_command(run, Command::Curvature),
+            KeyAction::AddRun if self.session().is_some() => {
                 self.popup = Some(Popup::PickOptimizer { selected: 1 })
             }
-            KeyCode::Char('d') if self.session().is_some_and(|s| !s.runs.is_empty()) => {
+            KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
             }
-            KeyCode::Char('x') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::Remove(id));
+            KeyAction::AddRun | KeyAction::Duplicate => {}
+            KeyAction::LogScale => {
+                let landscape = self.tab == Tab::Landscape;
+                match self.session_mut().filter(|_| landscape) {
+                    Some(s) => s.landscape.toggle_log(),
+                    None => self.log_y = !self.log_y,
                 }
             }
-            KeyCode::Char('g') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::Gradcheck(id));
-                }
-            }
-            KeyCode::Char('h') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::Curvature(id));
-                }
-            }
-            KeyCode::Char('l') => self.log_y = !self.log_y,
-            KeyCode::Char('s') => self.smoothing = !self.smoothing,
-            KeyCode::Char('a') => self.last_n = !self.last_n,
-            KeyCode::Char('v') => self.per_param = !self.per_param,
-            KeyCode::Char('e') => return self.file().map(|f| Action::Edit(f.path.clone())),
-            KeyCode::Char('w') => self.write_runs(),
-            KeyCode::Char('p') => self.write_pictures(),
-            KeyCode::Tab => {
+            KeyAction::Smoothing => self.smoothing = !self.smoothing,
+            KeyAction::LastSteps => self.last_n = !self.last_n,
+            KeyAction::PerParam => self.per_param = !self.per_param,
+            KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
+            KeyAction::WriteRuns => self.write_runs(),
+            KeyAction::SavePictures => self.write_pictures(),
+            KeyAction::NextFocus => {
                 self.focus = match self.focus {
                     Focus::Losses => Focus::Runs,
                     Focus::Runs => Focus::Charts,
                     Focus::Charts => Focus::Losses,
                 }
             }
-            KeyCode::BackTab => {
+            KeyAction::PreviousFocus => {
                 self.focus = match self.focus {
                     Focus::Losses => Focus::Charts,
                     Focus::Runs => Focus::Losses,
                     Focus::Charts => Focus::Runs,
                 }
             }
-            KeyCode::Char('t') => {
-                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
-                self.tab = Tab::ALL[(i + 1) % Tab::ALL.len()];
-            }
-            KeyCode::Char('T') => {
-                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
-                self.tab = Tab::ALL[(i + Tab::ALL.len() - 1) % Tab::ALL.len()];
-            }
-            KeyCode::Char('j') | KeyCode::Down => self.move_selection(count.unwrap_or(1) as i64),
-            KeyCode::Char('k') | KeyCode::Up => self.move_selection(-(count.unwrap_or(1) as i64)),
-            _ => {}
+            KeyAction::NextTab => self.tab = self.tab.next(1),
+            KeyAction::PreviousTab => self.tab = self.tab.next(Tab::ALL.len() - 1),
+            KeyAction::Down => self.move_selection(n as i64),
+            KeyAction::Up => self.move_selection(-(n as i64)),
+            KeyAction::ZoomIn
+            | KeyAction::ZoomOut
+            | KeyAction::PanLeft
+            | KeyAction::PanDown
+            | KeyAction::PanUp
+            | KeyAction::PanRight
+            | KeyAction::Fit
+            | KeyAction::NewPlane
+            | KeyAction::SwitchPlane => self.landscape_act(a),
         }
         None
     }
 
-    /// Keys of the Landscape tab; false for keys it leaves to the rest of the app.
-    fn landscape_key(&mut self, code: KeyCode) -> bool {
+    /// Sends the command `make` builds for the selected run, if there is one.
+    fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
+        if let Some(id) = run {
+            self.command(make(id));
+        }
+    }
+
+    /// The Landscape tab's own keys: they act on its view only while it is shown.
+    fn landscape_act(&mut self, a: KeyAction) {
+        if self.tab != Tab::Landscape {
+            return;
+        }
         let Some(s) = self.session_mut() else {
-            return false;
+            return;
         };
         let l = &mut s.landscape;
-        match code {
-            KeyCode::Char('z') => l.zoom(0.5),
-            KeyCode::Char('Z') => l.zoom(2.0),
-            KeyCode::Char('H') => l.pan(-0.25, 0.0),
-            KeyCode::Char('L') => l.pan(0.25, 0.0),
-            KeyCode::Char('J') => l.pan(0.0, -0.25),
-            KeyCode::Char('K') => l.pan(0.0, 0.25),
-            KeyCode::Char('f') => {
+        match a {
+            KeyAction::ZoomIn => l.zoom(0.5),
+            KeyAction::ZoomOut => l.zoom(2.0),
+            KeyAction::PanLeft => l.pan(-0.25, 0.0),
+            KeyAction::PanRight => l.pan(0.25, 0.0),
+            KeyAction::PanDown => l.pan(0.0, -0.25),
+            KeyAction::PanUp => l.pan(0.0, 0.25),
+            KeyAction::Fit => {
                 if let Some(plane) = l.plane.clone() {
                     l.fit(&s.runs, &plane);
                 }
             }
-            KeyCode::Char('l') => {
-                let shown = l
-                    .grid
-                    .as_ref()
-                    .and_then(|g| crate::landscape::ColorScale::fit(g.finite(), l.log))
-                    .is_some_and(|c| c.log);
-                l.log = Some(!shown);
-            }
-            KeyCode::Char('c') | KeyCode::Char('m') => {
+            _ => {
                 let Some(run) = s.selected_run().map(|r| r.info.id) else {
-                    return true;
+                    return;
                 };
-                let kind = match (code, s.landscape.kind) {
-                    (KeyCode::Char('m'), PlaneKind::Random) => PlaneKind::Update,
-                    (KeyCode::Char('m'), _) => PlaneKind::Random,
+                let kind = match (a, s.landscape.kind) {
+                    (KeyAction::SwitchPlane, PlaneKind::Random) => PlaneKind::Update,
+                    (KeyAction::SwitchPlane, _) => PlaneKind::Random,
                     (_, kind) => kind,
                 };
                 if s.dims <= 2 {
@@ -572,13 +572,11 @@ impl App {
                         }
                         .into(),
                     );
-                    return true;
+                    return;
                 }
                 s.new_plane(kind, run);
             }
-            _ => return false,
         }
-        true
     }
 
     /// Asks the selected file's landscape for what the Landscape tab shows, when it is shown.

@@ -353,6 +353,16 @@ impl LandscapeView {
         self.follow = true;
     }
 
+    /// Flips the colour scale between log and linear, from what is shown now.
+    pub fn toggle_log(&mut self) {
+        let shown = self
+            .grid
+            .as_ref()
+            .and_then(|g| crate::landscape::ColorScale::fit(g.finite(), self.log))
+            .is_some_and(|c| c.log);
+        self.log = Some(!shown);
+    }
+
     /// Zooms by `factor` (below 1: in) around the view's centre.
     pub fn zoom(&mut self, factor: f64) {
         if let Some(((x0, x1), (y0, y1))) = self.view {

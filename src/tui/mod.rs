@@ -5,6 +5,7 @@
 pub mod app;
 pub mod bench;
 pub mod chart;
+pub mod keys;
 pub mod landscape_view;
 pub mod layout;
 pub mod pyramid;

@@ -21,8 +21,6 @@ mod overlays;
 mod status;
 mod warnings;
 
-pub use overlays::KEYS;
-
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Style};

@@ -8,63 +8,26 @@ use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
 
 use crate::optim::spec::OptimizerKind;
 use crate::tui::app::{App, Popup, duplicate_choices};
+use crate::tui::keys::BINDINGS;
 use crate::tui::layout::centered;
-
-/// Every key, for the help overlay.
-pub const KEYS: &[(&str, &str)] = &[
-    ("space", "run / pause all runs of the loss"),
-    ("n  →", "one step (a count first: 25n)"),
-    ("N", "100 steps"),
-    ("b  ←", "rewind one step (B: 100)"),
-    ("r", "reset to the initial params"),
-    ("+  -", "double / halve the selected run's lr"),
-    ("o", "add a run with another optimizer"),
-    ("d", "duplicate the run with another variant or dtype"),
-    ("x", "remove the selected run"),
-    (
-        "g",
-        "check the selected run's gradients (finite differences)",
-    ),
-    (
-        "h",
-        "top Hessian eigenvalue λ and the largest stable lr 2/λ",
-    ),
-    ("t  T", "next / previous chart tab"),
-    ("l", "log y axis"),
-    ("s", "EMA smoothing (debiased, as TensorBoard)"),
-    ("a", "x range: whole run / last 500 steps"),
-    ("v", "per-parameter lines (gradient norm tab)"),
-    ("tab  shift-tab", "move focus"),
-    ("j k  ↓ ↑", "move in lists"),
-    ("e", "edit the loss file in $EDITOR, then reload"),
-    ("w", "write all runs to CSV and JSONL"),
-    ("p", "save curves (and landscape) as SVG and PNG"),
-    ("z  Z", "landscape: zoom in / out"),
-    ("H J K L", "landscape: pan left / down / up / right"),
-    ("f", "landscape: fit the view to the paths again"),
-    ("c  m", "landscape: new random plane / random ⇄ update"),
-    ("l", "landscape: log / linear colour scale"),
-    ("?", "this help"),
-    ("q  ctrl-c", "quit"),
-];
 
 /// Every key and what it does (any key closes it).
 pub fn help(f: &mut Frame, area: Rect) {
-    let width = KEYS
+    let width = BINDINGS
         .iter()
-        .map(|(_, w)| w.chars().count())
+        .map(|b| b.help.chars().count())
         .max()
         .unwrap_or(0)
         + 16
         + 2
         + 2;
-    let r = centered(area, width as u16, KEYS.len() as u16 + 2);
-    let lines: Vec<Line> = KEYS
+    let r = centered(area, width as u16, BINDINGS.len() as u16 + 2);
+    let lines: Vec<Line> = BINDINGS
         .iter()
-        .map(|(k, what)| {
+        .map(|b| {
             Line::from(vec![
-                Span::styled(format!("{k:>16}  "), Style::new().fg(Color::Cyan)),
-                Span::raw(*what),
+                Span::styled(format!("{:>16}  ", b.label()), Style::new().fg(Color::Cyan)),
+                Span::raw(b.help),
             ])
         })
         .collect();

@@ -7,6 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use crate::tui::app::App;
+use crate::tui::keys;
 use crate::tui::session::{RunView, Session};
 
 fn steps_of(s: &Session) -> usize {
@@ -35,7 +36,7 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
     match &app.message {
         Some(m) => spans.push(Span::styled(m.clone(), Style::new().fg(Color::Yellow))),
         None => spans.push(Span::styled(
-            "space run/pause  n step  N ×100  b back  r reset  t tab  l log  s smooth  o add  ? help  q quit",
+            keys::hints(),
             Style::new().fg(Color::DarkGray),
         )),
     }
