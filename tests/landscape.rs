@@ -493,7 +493,7 @@ fn the_picture_survives_any_size() {
 // ---------------------------------------------------------------------------------------------
 
 fn press(app: &mut App, c: char) {
-    app.update(Msg::Key(KeyEvent::new(
+    app.handle(Msg::Key(KeyEvent::new(
         KeyCode::Char(c),
         KeyModifiers::NONE,
     )));
@@ -502,10 +502,10 @@ fn press(app: &mut App, c: char) {
 /// Ticks and feeds every message until the tab has a complete grid and a fresh slice.
 fn settle_landscape(app: &mut App, rx: &Receiver<Msg>) {
     for _ in 0..200 {
-        app.update(Msg::Tick);
+        app.handle(Msg::Tick);
         app.settle(rx);
         while let Ok(m) = rx.recv_timeout(Duration::from_millis(50)) {
-            app.update(m);
+            app.handle(m);
         }
         let s = app.session().unwrap();
         let r = s.selected_run().unwrap();
@@ -523,7 +523,7 @@ fn settle_landscape(app: &mut App, rx: &Receiver<Msg>) {
 fn open_landscape(path: &str, w: u16, h: u16) -> (App, Receiver<Msg>) {
     let (mut app, rx) = App::detached(Path::new(path));
     app.settle(&rx);
-    app.update(Msg::Resize(w, h));
+    app.handle(Msg::Resize(w, h));
     for _ in 0..4 {
         press(&mut app, 't');
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::Sender;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::{Position, Rect};
@@ -15,12 +15,11 @@ use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
-use crate::load::{self, LoadedFile, discover};
+use crate::load::LoadedFile;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::worker::{Command, Event, RunId};
 
-/// Everything that can happen to the app.
-#[derive(Debug)]
+/// Everything that can happen to the app, results of the I/O it asked for included.
 pub enum Msg {
     Key(KeyEvent),
     Mouse(MouseEvent),
@@ -33,13 +32,43 @@ pub enum Msg {
     /// A file under the watched directory changed, appeared or disappeared.
     FileChanged(PathBuf),
     Resize(u16, u16),
+    /// The loss files found under the root, each read and compiled, and the folder they
+    /// are grouped relative to.
+    Discovered {
+        base: PathBuf,
+        files: Vec<LoadedFile>,
+    },
+    /// A changed file read and compiled again, or None when it is gone.
+    Loaded(PathBuf, Option<Box<LoadedFile>>),
+    /// The session started for the file at this path.
+    Started(PathBuf, Box<Session>),
+    /// What came of an export, for the status bar.
+    Status(String),
 }
 
-/// What `update` asks the event loop to do that needs the terminal itself.
+/// What `update` asks of the world around it: the event loop does what needs the terminal,
+/// [`Io`] is done by [`super::perform`], whose result comes back as a [`Msg`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Quit,
+    /// Suspend the TUI to edit this file, then reload it.
     Edit(PathBuf),
+    Io(Io),
+}
+
+/// The I/O `update` asks for; it never does any itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Io {
+    /// Find and load every loss file under the root.
+    Discover,
+    /// Read and compile a file that changed, appeared or disappeared.
+    Load(PathBuf),
+    /// Start the worker and landscape threads of session `id` for this file.
+    Start { file: PathBuf, id: u64 },
+    /// Write this file's runs to CSV and JSONL.
+    WriteRuns(PathBuf),
+    /// Save this file's curves (and landscape) as SVG and PNG.
+    SavePictures(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +137,7 @@ impl FileEntry {
     }
 
     /// The file name without `.toml`, for the names of files written from it.
-    fn stem(&self) -> String {
+    pub fn stem(&self) -> String {
         self.path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -146,6 +175,8 @@ pub fn duplicate_choices(compiled: &CompiledFile) -> Vec<(String, Option<usize>,
 /// The whole TUI state.
 pub struct App {
     pub root: PathBuf,
+    /// The folder the files' groups are relative to (the root, or the one file's folder).
+    pub base: PathBuf,
     pub files: Vec<FileEntry>,
     pub selected_file: usize,
     pub focus: Focus,
@@ -160,16 +191,17 @@ pub struct App {
     pub message: Option<String>,
     pub size: (u16, u16),
     next_session: u64,
-    events: Sender<Msg>,
+    /// Where the threads of the sessions this app starts send their events.
+    pub(super) events: Sender<Msg>,
 }
 
 impl App {
-    /// Loads every loss file under `root` (a directory or one file). Worker events are sent to
-    /// `events`, which the event loop feeds back into [`App::update`].
-    pub fn new(root: &Path, events: Sender<Msg>) -> Self {
-        let (paths, _) = discover(&[root.to_path_buf()]);
-        let mut app = Self {
+    /// An app for `root` (a directory or one file) with no files yet, and its first action:
+    /// discovering them. Sessions' threads will send their events to `events`.
+    pub fn new(root: &Path, events: Sender<Msg>) -> (Self, Action) {
+        let app = Self {
             root: root.to_path_buf(),
+            base: PathBuf::new(),
             files: Vec::new(),
             selected_file: 0,
             focus: Focus::Losses,
@@ -186,30 +218,14 @@ impl App {
             next_session: 0,
             events,
         };
-        for p in paths {
-            let entry = app.entry(&p, load::load(&p));
-            app.files.push(entry);
-        }
-        app.sort_files();
-        app.ensure_session();
-        app
+        (app, Action::Io(Io::Discover))
     }
 
-    /// An app without a terminal (tests, benchmarks): worker events go to the returned receiver.
-    pub fn detached(root: &Path) -> (Self, std::sync::mpsc::Receiver<Msg>) {
-        let (tx, rx) = channel();
-        (Self::new(root, tx), rx)
-    }
-
-    fn entry(&self, path: &Path, report: LoadedFile) -> FileEntry {
-        let dir = if self.root.is_dir() {
-            self.root.as_path()
-        } else {
-            self.root.parent().unwrap_or(Path::new(""))
-        };
+    fn entry(&self, report: LoadedFile) -> FileEntry {
+        let path = &report.path;
         let group = path
             .parent()
-            .and_then(|p| p.strip_prefix(dir).ok())
+            .and_then(|p| p.strip_prefix(&self.base).ok())
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         let name = report.name.clone().unwrap_or_else(|| {
@@ -218,7 +234,7 @@ impl App {
                 .unwrap_or_default()
         });
         FileEntry {
-            path: path.to_path_buf(),
+            path: path.clone(),
             group,
             name,
             text: report.source.as_ref().map(|s| s.text.clone()),
@@ -259,21 +275,18 @@ impl App {
         self.files.get_mut(self.selected_file)?.session.as_mut()
     }
 
-    /// Starts the selected file's worker if it has none yet.
-    fn ensure_session(&mut self) {
-        let id = self.next_session;
-        let events = self.events.clone();
-        let Some(f) = self.files.get_mut(self.selected_file) else {
-            return;
-        };
-        if f.session.is_some() {
-            return;
+    /// Asks for the selected file's session to be started if it has none yet.
+    fn ensure_session(&mut self) -> Option<Action> {
+        let f = self.files.get(self.selected_file)?;
+        if f.session.is_some() || f.compiled.is_none() {
+            return None;
         }
-        let Some(compiled) = f.compiled.clone() else {
-            return;
-        };
+        let id = self.next_session;
         self.next_session += 1;
-        f.session = Some(Session::start(id, &f.name, compiled, events));
+        Some(Action::Io(Io::Start {
+            file: f.path.clone(),
+            id,
+        }))
     }
 
     /// Sends a command to the selected file's worker.
@@ -283,31 +296,12 @@ impl App {
         }
     }
 
-    /// Waits until the selected file's worker has handled every command sent so far, feeding
-    /// its events into `update` (for tests and for the end-to-end benchmark).
-    pub fn settle(&mut self, rx: &std::sync::mpsc::Receiver<Msg>) {
-        let Some(id) = self.session().map(|s| s.id) else {
-            return;
-        };
-        self.command(Command::Ping(id));
-        while let Ok(m) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            let done = matches!(&m, Msg::Worker(s, Event::Pong(p)) if *s == id && *p == id);
-            self.update(m);
-            if done {
-                return;
-            }
-        }
-    }
-
     /// The one place state changes.
     pub fn update(&mut self, msg: Msg) -> Option<Action> {
         match msg {
             Msg::Key(k) if k.kind == KeyEventKind::Press => self.key(k),
             Msg::Key(_) => None,
-            Msg::Mouse(m) => {
-                self.mouse(m);
-                None
-            }
+            Msg::Mouse(m) => self.mouse(m),
             Msg::Worker(id, e) => {
                 if let Some(s) = self.session_by_id(id) {
                     s.apply(e);
@@ -324,12 +318,38 @@ impl App {
                 self.sync_landscape();
                 None
             }
-            Msg::FileChanged(p) => {
-                self.reload(&p);
-                None
-            }
+            Msg::FileChanged(p) => p
+                .extension()
+                .is_some_and(|e| e == "toml")
+                .then_some(Action::Io(Io::Load(p))),
             Msg::Resize(w, h) => {
                 self.size = (w, h);
+                None
+            }
+            Msg::Discovered {
+                base,
+                files: reports,
+            } => {
+                self.base = base;
+                for report in reports {
+                    let entry = self.entry(report);
+                    self.files.push(entry);
+                }
+                self.sort_files();
+                self.ensure_session()
+            }
+            Msg::Loaded(_, Some(report)) => self.reload(*report),
+            Msg::Loaded(path, None) => self.remove(&path),
+            Msg::Started(path, session) => {
+                if let Some(f) = self.files.iter_mut().find(|f| f.path == path)
+                    && f.session.is_none()
+                {
+                    f.session = Some(*session);
+                }
+                None
+            }
+            Msg::Status(text) => {
+                self.message = Some(text);
                 None
             }
         }
@@ -343,70 +363,60 @@ impl App {
             .find(|s| s.id == id)
     }
 
-    fn reload(&mut self, path: &Path) {
-        if path.extension().is_none_or(|e| e != "toml") {
-            return;
-        }
-        let pos = self.files.iter().position(|f| f.path == path);
-        if !path.exists() {
-            if let Some(i) = pos {
-                let selected = self.file().map(|f| f.path.clone());
-                self.files.remove(i);
-                self.selected_file = selected
-                    .and_then(|p| self.files.iter().position(|f| f.path == p))
-                    .unwrap_or(i.min(self.files.len().saturating_sub(1)));
-                self.ensure_session();
-            }
-            return;
-        }
-        let Ok(bytes) = std::fs::read(path) else {
-            return;
+    /// A file that is gone leaves the list; the selection stays on the same file if it can.
+    fn remove(&mut self, path: &Path) -> Option<Action> {
+        let i = self.files.iter().position(|f| f.path == path)?;
+        let selected = self.file().map(|f| f.path.clone());
+        self.files.remove(i);
+        self.selected_file = selected
+            .and_then(|p| self.files.iter().position(|f| f.path == p))
+            .unwrap_or(i.min(self.files.len().saturating_sub(1)));
+        self.ensure_session()
+    }
+
+    /// A file read again: new diagnostics, and new runs when it compiled (a broken version
+    /// keeps the last good one running). A text that did not change restarts nothing.
+    fn reload(&mut self, report: LoadedFile) -> Option<Action> {
+        let text = report.source.as_ref().map(|s| s.text.clone());
+        let Some(i) = self.files.iter().position(|f| f.path == report.path) else {
+            let entry = self.entry(report);
+            self.files.push(entry);
+            self.sort_files();
+            return self.ensure_session();
         };
-        if let Some(i) = pos
-            && self.files[i].text.as_deref().map(str::as_bytes) == Some(&bytes[..])
-        {
-            return;
+        let f = &mut self.files[i];
+        if f.text.is_some() && f.text == text {
+            return None;
         }
-        let report = load::load_bytes(path, bytes);
-        match pos {
-            Some(i) => {
-                let f = &mut self.files[i];
-                f.text = report.source.as_ref().map(|s| s.text.clone());
-                f.diagnostics = report.diagnostics;
-                if let Some(name) = report.name {
-                    f.name = name;
-                }
-                if report.compiled.is_some() {
-                    f.compiled = report.compiled;
-                    f.session = None;
-                    if i == self.selected_file {
-                        self.ensure_session();
-                    }
-                }
-            }
-            None => {
-                let entry = self.entry(path, report);
-                self.files.push(entry);
-                self.sort_files();
-                self.ensure_session();
+        f.text = text;
+        f.diagnostics = report.diagnostics;
+        if let Some(name) = report.name {
+            f.name = name;
+        }
+        if report.compiled.is_some() {
+            f.compiled = report.compiled;
+            f.session = None;
+            if i == self.selected_file {
+                return self.ensure_session();
             }
         }
+        None
     }
 
-    fn select_file(&mut self, i: usize) {
-        if i < self.files.len() {
-            self.selected_file = i;
-            self.ensure_session();
+    fn select_file(&mut self, i: usize) -> Option<Action> {
+        if i >= self.files.len() {
+            return None;
         }
+        self.selected_file = i;
+        self.ensure_session()
     }
 
-    fn move_selection(&mut self, delta: i64) {
+    fn move_selection(&mut self, delta: i64) -> Option<Action> {
         match self.focus {
             Focus::Losses | Focus::Charts => {
                 let n = self.files.len() as i64;
-                if n > 0 {
-                    self.select_file((self.selected_file as i64 + delta).clamp(0, n - 1) as usize);
-                }
+                let i = (self.selected_file as i64 + delta).clamp(0, (n - 1).max(0));
+                self.select_file(i as usize)
             }
             Focus::Runs => {
                 if let Some(s) = self.session_mut() {
@@ -415,6 +425,7 @@ impl App {
                         s.selected = (s.selected as i64 + delta).clamp(0, n - 1) as usize;
                     }
                 }
+                None
             }
         }
     }
@@ -494,8 +505,8 @@ impl App {
             KeyAction::LastSteps => self.last_n = !self.last_n,
             KeyAction::PerParam => self.per_param = !self.per_param,
             KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
-            KeyAction::WriteRuns => self.write_runs(),
-            KeyAction::SavePictures => self.write_pictures(),
+            KeyAction::WriteRuns => return self.export("write", Io::WriteRuns),
+            KeyAction::SavePictures => return self.export("draw", Io::SavePictures),
             KeyAction::NextFocus => {
                 self.focus = match self.focus {
                     Focus::Losses => Focus::Runs,
@@ -512,8 +523,8 @@ impl App {
             }
             KeyAction::NextTab => self.tab = self.tab.next(1),
             KeyAction::PreviousTab => self.tab = self.tab.next(Tab::ALL.len() - 1),
-            KeyAction::Down => self.move_selection(n as i64),
-            KeyAction::Up => self.move_selection(-(n as i64)),
+            KeyAction::Down => return self.move_selection(n as i64),
+            KeyAction::Up => return self.move_selection(-(n as i64)),
             KeyAction::ZoomIn
             | KeyAction::ZoomOut
             | KeyAction::PanLeft
@@ -693,9 +704,9 @@ impl App {
         }
     }
 
-    fn mouse(&mut self, m: MouseEvent) {
+    fn mouse(&mut self, m: MouseEvent) -> Option<Action> {
         if self.popup.is_some() || self.show_help {
-            return;
+            return None;
         }
         let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
         let pos = Position::new(m.column, m.row);
@@ -708,7 +719,7 @@ impl App {
                         && let Some(i) =
                             super::layout::file_at_row(self, row - 1, areas.losses.height)
                     {
-                        self.select_file(i);
+                        return self.select_file(i);
                     }
                 } else if areas.runs.contains(pos) {
                     self.focus = Focus::Runs;
@@ -731,119 +742,27 @@ impl App {
                     }
                 }
             }
-            MouseEventKind::ScrollDown => {
+            MouseEventKind::ScrollDown | MouseEventKind::ScrollUp => {
                 if areas.runs.contains(pos) {
                     self.focus = Focus::Runs;
                 } else if areas.losses.contains(pos) {
                     self.focus = Focus::Losses;
                 }
-                self.move_selection(1);
-            }
-            MouseEventKind::ScrollUp => {
-                if areas.runs.contains(pos) {
-                    self.focus = Focus::Runs;
-                } else if areas.losses.contains(pos) {
-                    self.focus = Focus::Losses;
-                }
-                self.move_selection(-1);
+                let down = m.kind == MouseEventKind::ScrollDown;
+                return self.move_selection(if down { 1 } else { -1 });
             }
             _ => {}
         }
+        None
     }
 
-    /// `w`: every run of the selected loss to a CSV and a JSONL file in the working directory.
-    fn write_runs(&mut self) {
-        let Some(f) = self.file() else {
-            return;
-        };
-        let Some(s) = f.session.as_ref() else {
-            self.message = Some("nothing to write: this file has no runs".into());
-            return;
-        };
-        let stem = f.stem();
-        let names: Vec<String> = f
-            .compiled
-            .as_ref()
-            .map(|c| c.params.iter().map(|p| p.name.clone()).collect())
-            .unwrap_or_default();
-        let csv_path = PathBuf::from(format!("gradscope-{stem}.csv"));
-        let jsonl_path = PathBuf::from(format!("gradscope-{stem}.jsonl"));
-        let mut csv = crate::run::export::csv_header(&names) + "\n";
-        let mut jsonl = String::new();
-        for r in &s.runs {
-            for k in 0..r.history.len() {
-                if let Some(rec) = r.history.get(k) {
-                    csv.push_str(&crate::run::export::csv_row(&r.info.name, &names, &rec));
-                    csv.push('\n');
-                    jsonl.push_str(
-                        &crate::run::export::step_json(&r.info.name, &names, &rec).to_string(),
-                    );
-                    jsonl.push('\n');
-                }
-            }
+    /// `w` and `p`: asks `io` to write the selected file's runs out, or says there are none.
+    fn export(&mut self, what: &str, io: fn(PathBuf) -> Io) -> Option<Action> {
+        let f = self.file()?;
+        if f.session.is_none() {
+            self.message = Some(format!("nothing to {what}: this file has no runs"));
+            return None;
         }
-        let result =
-            std::fs::write(&csv_path, csv).and_then(|()| std::fs::write(&jsonl_path, jsonl));
-        self.message = Some(match result {
-            Ok(()) => format!("wrote {} and {}", csv_path.display(), jsonl_path.display()),
-            Err(e) => format!("could not write runs: {e}"),
-        });
-    }
-}
-
-impl App {
-    /// `p`: the selected loss's curves, and its landscape once one is computed, to
-    /// gradscope-STEM.svg and .png in the working directory.
-    fn write_pictures(&mut self) {
-        let Some(f) = self.file() else {
-            return;
-        };
-        let Some(s) = f.session.as_ref() else {
-            self.message = Some("nothing to draw: this file has no runs".into());
-            return;
-        };
-        let l = &s.landscape;
-        let landscape = l
-            .grid
-            .as_ref()
-            .filter(|g| g.is_complete())
-            .zip(l.plane.as_ref())
-            .and_then(|(grid, plane)| {
-                Some(crate::draw::plot::PlotLandscape {
-                    scale: crate::landscape::ColorScale::fit(grid.finite(), l.log)?,
-                    labels: plane.labels.clone(),
-                    grid: grid.clone(),
-                })
-            });
-        let data = crate::draw::plot::PlotData {
-            title: f.name.clone(),
-            runs: s
-                .runs
-                .iter()
-                .map(|r| {
-                    let path = if landscape.is_some() {
-                        r.path.iter().map(|(_, p)| *p).collect()
-                    } else {
-                        Vec::new()
-                    };
-                    crate::draw::plot_run(&r.info.name, r.color, &r.history, path)
-                })
-                .collect(),
-            landscape,
-        };
-        let stem = f.stem();
-        let written: Result<Vec<String>, String> = ["svg", "png"]
-            .iter()
-            .map(|ext| {
-                let path = PathBuf::from(format!("gradscope-{stem}.{ext}"));
-                crate::draw::plot::save(&data, &path)
-                    .map(|()| path.display().to_string())
-                    .map_err(|e| e.to_string())
-            })
-            .collect();
-        self.message = Some(match written {
-            Ok(paths) => format!("wrote {}", paths.join(" and ")),
-            Err(e) => format!("could not write the pictures: {e}"),
-        });
+        Some(Action::Io(io(f.path.clone())))
     }
 }

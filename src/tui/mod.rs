@@ -1,6 +1,6 @@
 //! The terminal UI: `gradscope [PATH]`. The event loop draws about 30 frames a second, feeds
-//! keys, mouse, worker events and file changes into [`app::App::update`], and restores the
-//! terminal on quit, ctrl-c, SIGTERM and panic.
+//! keys, mouse, worker events and file changes into [`app::App::handle`] (update, then the I/O
+//! it asks for), and restores the terminal on quit, ctrl-c, SIGTERM and panic.
 
 pub mod app;
 pub mod bench;
@@ -8,6 +8,7 @@ pub mod chart;
 pub mod keys;
 pub mod landscape_view;
 pub mod layout;
+pub mod perform;
 pub mod pyramid;
 pub mod render;
 pub mod session;
@@ -75,9 +76,9 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
     let (tx, rx) = channel();
     let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let _watcher = watch(&root, tx.clone());
-    let mut app = App::new(path, tx);
+    let mut app = App::open(path, tx);
     let size = terminal.size()?;
-    app.update(Msg::Resize(size.width, size.height));
+    app.handle(Msg::Resize(size.width, size.height));
     let mut changed: Vec<(PathBuf, Instant)> = Vec::new();
     loop {
         terminal.draw(|f| render::render(f, &app))?;
@@ -92,20 +93,20 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
                 TermEvent::Resize(w, h) => Msg::Resize(w, h),
                 _ => continue,
             };
-            match app.update(msg) {
+            match app.handle(msg) {
                 Some(Action::Quit) => return Ok(()),
                 Some(Action::Edit(file)) => {
                     edit(terminal, &file)?;
-                    app.update(Msg::FileChanged(file));
+                    app.handle(Msg::FileChanged(file));
                 }
-                None => {}
+                Some(Action::Io(_)) | None => {}
             }
         }
         if TERMINATE.load(Ordering::SeqCst) {
             return Ok(());
         }
         drain(&mut app, &rx, &mut changed, &root);
-        app.update(Msg::Tick);
+        app.handle(Msg::Tick);
     }
 }
 
@@ -121,7 +122,7 @@ fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)
                 changed.push((p, Instant::now()));
             }
             m => {
-                app.update(m);
+                app.handle(m);
             }
         }
         if started.elapsed() > FRAME / 2 {
@@ -133,7 +134,7 @@ fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)
         changed.drain(..).partition(|(_, t)| t.elapsed() >= quiet);
     *changed = waiting;
     for (p, _) in ready {
-        app.update(Msg::FileChanged(p));
+        app.handle(Msg::FileChanged(p));
     }
 }
 
