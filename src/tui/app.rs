@@ -5,18 +5,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, MouseButton, MouseEvent, MouseEventKind};
-use ratatui::layout::{Position, Rect};
+use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
+use ratatui::layout::Rect;
 
-use super::keys::{self, KeyAction};
 use super::session::Session;
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
-use crate::landscape::PlaneKind;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
 use crate::load::LoadedFile;
-use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::worker::{Command, Event, RunId};
 
 /// Everything that can happen to the app, results of the I/O it asked for included.
@@ -89,6 +86,7 @@ pub enum Tab {
 }
 
 impl Tab {
+    /// Every tab, in the tab bar's order.
     pub const ALL: [Tab; 5] = [
         Tab::Loss,
         Tab::GradNorm,
@@ -103,6 +101,7 @@ impl Tab {
         Tab::ALL[(i + k) % Tab::ALL.len()]
     }
 
+    /// The tab bar's title.
     pub fn title(self) -> &'static str {
         match self {
             Tab::Loss => "Loss",
@@ -132,6 +131,7 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// Whether the file has an error (its last good version, if any, keeps running).
     pub fn broken(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
@@ -263,15 +263,17 @@ impl App {
         g
     }
 
+    /// The selected file.
     pub fn file(&self) -> Option<&FileEntry> {
         self.files.get(self.selected_file)
     }
 
+    /// The selected file's session, once started.
     pub fn session(&self) -> Option<&Session> {
         self.file()?.session.as_ref()
     }
 
-    fn session_mut(&mut self) -> Option<&mut Session> {
+    pub(super) fn session_mut(&mut self) -> Option<&mut Session> {
         self.files.get_mut(self.selected_file)?.session.as_mut()
     }
 
@@ -403,7 +405,7 @@ impl App {
         None
     }
 
-    fn select_file(&mut self, i: usize) -> Option<Action> {
+    pub(super) fn select_file(&mut self, i: usize) -> Option<Action> {
         if i >= self.files.len() {
             return None;
         }
@@ -411,7 +413,7 @@ impl App {
         self.ensure_session()
     }
 
-    fn move_selection(&mut self, delta: i64) -> Option<Action> {
+    pub(super) fn move_selection(&mut self, delta: i64) -> Option<Action> {
         match self.focus {
             Focus::Losses | Focus::Charts => {
                 let n = self.files.len() as i64;
@@ -430,164 +432,8 @@ impl App {
         }
     }
 
-    fn selected_run_id(&self) -> Option<RunId> {
+    pub(super) fn selected_run_id(&self) -> Option<RunId> {
         self.session()?.selected_run().map(|r| r.info.id)
-    }
-
-    fn key(&mut self, k: KeyEvent) -> Option<Action> {
-        if let Some(a) = keys::ctrl_action(k) {
-            return self.act(a, None);
-        }
-        if self.popup.is_some() {
-            self.popup_key(k);
-            return None;
-        }
-        if self.show_help {
-            self.show_help = false;
-            return None;
-        }
-        if let KeyCode::Char(c @ '0'..='9') = k.code {
-            let d = u64::from(c as u8 - b'0');
-            self.count = Some(
-                self.count
-                    .unwrap_or(0)
-                    .saturating_mul(10)
-                    .saturating_add(d)
-                    .min(1_000_000),
-            );
-            return None;
-        }
-        let count = self.count.take();
-        self.message = None;
-        self.act(keys::action(k.code)?, count)
-    }
-
-    /// Does what a key of the table names, `count` times where a count applies.
-    fn act(&mut self, a: KeyAction, count: Option<u64>) -> Option<Action> {
-        let n = count.unwrap_or(1);
-        let run = self.selected_run_id();
-        match a {
-            KeyAction::Quit => return Some(Action::Quit),
-            KeyAction::Help => self.show_help = true,
-            KeyAction::PlayPause => {
-                let playing = self.session().is_some_and(|s| s.playing);
-                self.command(if playing {
-                    Command::Pause
-                } else {
-                    Command::Play
-                });
-            }
-            KeyAction::Step => self.command(Command::Step(n)),
-            KeyAction::Step100 => self.command(Command::Step(n * 100)),
-            KeyAction::Rewind => self.command(Command::Rewind(n)),
-            KeyAction::Rewind100 => self.command(Command::Rewind(n * 100)),
-            KeyAction::Reset => self.command(Command::Reset),
-            KeyAction::DoubleLr => self.run_command(run, |id| Command::ScaleLr(id, 2.0)),
-            KeyAction::HalveLr => self.run_command(run, |id| Command::ScaleLr(id, 0.5)),
-            KeyAction::Remove => self.run_command(run, Command::Remove),
-            KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
-            KeyAction::Curvature => self.run_command(run, Command::Curvature),
-            KeyAction::AddRun if self.session().is_some() => {
-                self.popup = Some(Popup::PickOptimizer { selected: 1 })
-            }
-            KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
-                self.popup = Some(Popup::Duplicate { selected: 0 });
-            }
-            KeyAction::AddRun | KeyAction::Duplicate => {}
-            KeyAction::LogScale => {
-                let landscape = self.tab == Tab::Landscape;
-                match self.session_mut().filter(|_| landscape) {
-                    Some(s) => s.landscape.toggle_log(),
-                    None => self.log_y = !self.log_y,
-                }
-            }
-            KeyAction::Smoothing => self.smoothing = !self.smoothing,
-            KeyAction::LastSteps => self.last_n = !self.last_n,
-            KeyAction::PerParam => self.per_param = !self.per_param,
-            KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
-            KeyAction::WriteRuns => return self.export("write", Io::WriteRuns),
-            KeyAction::SavePictures => return self.export("draw", Io::SavePictures),
-            KeyAction::NextFocus => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Runs,
-                    Focus::Runs => Focus::Charts,
-                    Focus::Charts => Focus::Losses,
-                }
-            }
-            KeyAction::PreviousFocus => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Charts,
-                    Focus::Runs => Focus::Losses,
-                    Focus::Charts => Focus::Runs,
-                }
-            }
-            KeyAction::NextTab => self.tab = self.tab.next(1),
-            KeyAction::PreviousTab => self.tab = self.tab.next(Tab::ALL.len() - 1),
-            KeyAction::Down => return self.move_selection(n as i64),
-            KeyAction::Up => return self.move_selection(-(n as i64)),
-            KeyAction::ZoomIn
-            | KeyAction::ZoomOut
-            | KeyAction::PanLeft
-            | KeyAction::PanDown
-            | KeyAction::PanUp
-            | KeyAction::PanRight
-            | KeyAction::Fit
-            | KeyAction::NewPlane
-            | KeyAction::SwitchPlane => self.landscape_act(a),
-        }
-        None
-    }
-
-    /// Sends the command `make` builds for the selected run, if there is one.
-    fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
-        if let Some(id) = run {
-            self.command(make(id));
-        }
-    }
-
-    /// The Landscape tab's own keys: they act on its view only while it is shown.
-    fn landscape_act(&mut self, a: KeyAction) {
-        if self.tab != Tab::Landscape {
-            return;
-        }
-        let Some(s) = self.session_mut() else {
-            return;
-        };
-        let l = &mut s.landscape;
-        match a {
-            KeyAction::ZoomIn => l.zoom(0.5),
-            KeyAction::ZoomOut => l.zoom(2.0),
-            KeyAction::PanLeft => l.pan(-0.25, 0.0),
-            KeyAction::PanRight => l.pan(0.25, 0.0),
-            KeyAction::PanDown => l.pan(0.0, -0.25),
-            KeyAction::PanUp => l.pan(0.0, 0.25),
-            KeyAction::Fit => {
-                if let Some(plane) = l.plane.clone() {
-                    l.fit(&s.runs, &plane);
-                }
-            }
-            _ => {
-                let Some(run) = s.selected_run().map(|r| r.info.id) else {
-                    return;
-                };
-                let kind = match (a, s.landscape.kind) {
-                    (KeyAction::SwitchPlane, PlaneKind::Random) => PlaneKind::Update,
-                    (KeyAction::SwitchPlane, _) => PlaneKind::Random,
-                    (_, kind) => kind,
-                };
-                if s.dims <= 2 {
-                    self.message = Some(
-                        match s.dims {
-                            2 => "this loss has two params: the landscape is over their own values",
-                            _ => "this loss has a single param value: there is no plane to draw",
-                        }
-                        .into(),
-                    );
-                    return;
-                }
-                s.new_plane(kind, run);
-            }
-        }
     }
 
     /// Asks the selected file's landscape for what the Landscape tab shows, when it is shown.
@@ -601,168 +447,5 @@ impl App {
         if let Some(s) = self.session_mut() {
             s.sync_landscape(map);
         }
-    }
-
-    fn popup_key(&mut self, k: KeyEvent) {
-        let Some(popup) = self.popup.clone() else {
-            return;
-        };
-        if k.code == KeyCode::Esc {
-            self.popup = None;
-            return;
-        }
-        match popup {
-            Popup::PickOptimizer { selected } => match k.code {
-                KeyCode::Up | KeyCode::Char('k') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: selected.saturating_sub(1),
-                    });
-                }
-                KeyCode::Down | KeyCode::Char('j') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
-                    });
-                }
-                KeyCode::Enter => {
-                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
-                    self.popup = Some(Popup::EditSpec {
-                        text: spec.to_string(),
-                        error: None,
-                    });
-                }
-                _ => {}
-            },
-            Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(&text) {
-                    Ok(spec) => {
-                        let def = self
-                            .session()
-                            .and_then(|s| s.selected_run())
-                            .map_or(0, |r| r.info.def);
-                        self.command(Command::AddRun {
-                            def,
-                            optimizer: Some(spec),
-                            dtype: None,
-                        });
-                        self.popup = None;
-                    }
-                    Err(e) => {
-                        let error = Some(match e.help {
-                            Some(h) => format!("{} ({h})", e.message),
-                            None => e.message,
-                        });
-                        self.popup = Some(Popup::EditSpec { text, error });
-                    }
-                },
-                KeyCode::Backspace => {
-                    text.pop();
-                    self.popup = Some(Popup::EditSpec { text, error: None });
-                }
-                KeyCode::Char(c) => {
-                    text.push(c);
-                    self.popup = Some(Popup::EditSpec { text, error: None });
-                }
-                _ => {}
-            },
-            Popup::Duplicate { selected } => {
-                let choices = self
-                    .file()
-                    .and_then(|f| f.compiled.as_ref())
-                    .map(duplicate_choices)
-                    .unwrap_or_default();
-                match k.code {
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: selected.saturating_sub(1),
-                        });
-                    }
-                    KeyCode::Down | KeyCode::Char('j') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: (selected + 1).min(choices.len().saturating_sub(1)),
-                        });
-                    }
-                    KeyCode::Enter => {
-                        if let (Some((_, variant, dtype)), Some(run)) = (
-                            choices.get(selected),
-                            self.session().and_then(|s| s.selected_run()),
-                        ) {
-                            let optimizer = OptimizerSpec::parse(&run.info.optimizer).ok();
-                            let def = variant.unwrap_or(run.info.def);
-                            let dtype =
-                                dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none());
-                            self.command(Command::AddRun {
-                                def,
-                                optimizer,
-                                dtype,
-                            });
-                        }
-                        self.popup = None;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn mouse(&mut self, m: MouseEvent) -> Option<Action> {
-        if self.popup.is_some() || self.show_help {
-            return None;
-        }
-        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
-        let pos = Position::new(m.column, m.row);
-        match m.kind {
-            MouseEventKind::Down(MouseButton::Left) => {
-                if areas.losses.contains(pos) {
-                    self.focus = Focus::Losses;
-                    let row = (m.row - areas.losses.y) as usize;
-                    if row >= 1
-                        && let Some(i) =
-                            super::layout::file_at_row(self, row - 1, areas.losses.height)
-                    {
-                        return self.select_file(i);
-                    }
-                } else if areas.runs.contains(pos) {
-                    self.focus = Focus::Runs;
-                    let row = (m.row - areas.runs.y) as usize;
-                    let height = areas.runs.height.saturating_sub(2) as usize;
-                    if let Some(s) = self.session_mut()
-                        && row >= 1
-                    {
-                        let k = super::layout::list_offset(s.selected, height) + row - 1;
-                        if k < s.runs.len() {
-                            s.selected = k;
-                        }
-                    }
-                } else if areas.tabs.contains(pos) {
-                    self.focus = Focus::Charts;
-                    if let Some(t) =
-                        super::layout::tab_at_column(m.column.saturating_sub(areas.tabs.x))
-                    {
-                        self.tab = t;
-                    }
-                }
-            }
-            MouseEventKind::ScrollDown | MouseEventKind::ScrollUp => {
-                if areas.runs.contains(pos) {
-                    self.focus = Focus::Runs;
-                } else if areas.losses.contains(pos) {
-                    self.focus = Focus::Losses;
-                }
-                let down = m.kind == MouseEventKind::ScrollDown;
-                return self.move_selection(if down { 1 } else { -1 });
-            }
-            _ => {}
-        }
-        None
-    }
-
-    /// `w` and `p`: asks `io` to write the selected file's runs out, or says there are none.
-    fn export(&mut self, what: &str, io: fn(PathBuf) -> Io) -> Option<Action> {
-        let f = self.file()?;
-        if f.session.is_none() {
-            self.message = Some(format!("nothing to {what}: this file has no runs"));
-            return None;
-        }
-        Some(Action::Io(io(f.path.clone())))
     }
 }

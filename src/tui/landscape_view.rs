@@ -61,6 +61,7 @@ struct GridKey {
     ny: usize,
 }
 
+/// The Landscape tab's state for one loss file (see the module doc).
 pub struct LandscapeView {
     pub plane: Option<Arc<Plane>>,
     /// The run and step a slice passes through.
@@ -132,6 +133,7 @@ impl LandscapeView {
         }
     }
 
+    /// A new plane from the worker: the grid and slice start again on it.
     pub fn on_plane(&mut self, plane: Arc<Plane>, at: Option<(RunId, u64)>) {
         self.plane = Some(plane);
         self.plane_at = at;
@@ -144,6 +146,7 @@ impl LandscapeView {
         self.filling = None;
     }
 
+    /// A report from the landscape thread: grid cells, a finished grid or a slice.
     pub fn on_report(&mut self, report: Report) {
         match report {
             Report::GridStarted {

@@ -2,15 +2,27 @@
 //! keys, mouse, worker events and file changes into [`app::App::handle`] (update, then the I/O
 //! it asks for), and restores the terminal on quit, ctrl-c, SIGTERM and panic.
 
+/// The model, its messages and actions, and `update`.
 pub mod app;
+/// Frame-time and stepping-speed measurements for `gradscope bench`.
 pub mod bench;
+/// Chart metrics and their summaries.
 pub mod chart;
+/// What keys, dialogs and the mouse do to the model.
+pub mod input;
+/// The one key table.
 pub mod keys;
+/// The Landscape tab's state.
 pub mod landscape_view;
+/// Layout and hit-testing.
 pub mod layout;
+/// The I/O `update` asks for, and `App::handle`.
 pub mod perform;
+/// Multi-resolution summaries behind long charts.
 pub mod pyramid;
+/// Drawing, one module a region.
 pub mod render;
+/// A loss file's runs, worker and landscape threads.
 pub mod session;
 
 use std::path::{Path, PathBuf};

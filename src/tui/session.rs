@@ -44,10 +44,12 @@ pub struct RunView {
 const PATH_POINTS: usize = 16384;
 
 impl RunView {
+    /// Steps taken so far.
     pub fn steps(&self) -> usize {
         self.history.len()
     }
 
+    /// The runs list's word for it: halted@step, finished, running or paused.
     pub fn status(&self, playing: bool) -> String {
         match &self.halted {
             Some((step, _)) => format!("halted@{step}"),
@@ -109,10 +111,12 @@ impl Session {
         self.landscape.sync(shown, &|c| drop(commands.send(c)));
     }
 
+    /// The run selected in the runs list.
     pub fn selected_run(&self) -> Option<&RunView> {
         self.runs.get(self.selected)
     }
 
+    /// Steps a second over all runs, smoothed.
     pub fn steps_per_s(&self) -> f64 {
         self.rate.rate
     }
