@@ -52,7 +52,7 @@ fn top_eigenvalue_matches_closed_forms_and_finite_differences() {
     // The TUI's `h` shows it for the selected run.
     let (mut app, rx) = App::detached(Path::new("losses/ill_conditioned_quadratic.toml"));
     app.settle(&rx);
-    app.update(Msg::Key(KeyEvent::new(
+    app.handle(Msg::Key(KeyEvent::new(
         KeyCode::Char('h'),
         KeyModifiers::NONE,
     )));

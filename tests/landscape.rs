@@ -495,7 +495,7 @@ fn the_picture_survives_any_size() {
 // ---------------------------------------------------------------------------------------------
 
 fn press(app: &mut App, c: char) {
-    app.update(Msg::Key(KeyEvent::new(
+    app.handle(Msg::Key(KeyEvent::new(
         KeyCode::Char(c),
         KeyModifiers::NONE,
     )));
@@ -504,10 +504,10 @@ fn press(app: &mut App, c: char) {
 /// Ticks and feeds every message until the tab has a complete grid and a fresh slice.
 fn settle_landscape(app: &mut App, rx: &Receiver<Msg>) {
     for _ in 0..200 {
-        app.update(Msg::Tick);
+        app.handle(Msg::Tick);
         app.settle(rx);
         while let Ok(m) = rx.recv_timeout(Duration::from_millis(50)) {
-            app.update(m);
+            app.handle(m);
         }
         let s = app.session().unwrap();
         let r = s.selected_run().unwrap();
@@ -525,7 +525,7 @@ fn settle_landscape(app: &mut App, rx: &Receiver<Msg>) {
 fn open_landscape(path: &str, w: u16, h: u16) -> (App, Receiver<Msg>) {
     let (mut app, rx) = App::detached(Path::new(path));
     app.settle(&rx);
-    app.update(Msg::Resize(w, h));
+    app.handle(Msg::Resize(w, h));
     for _ in 0..4 {
         press(&mut app, 't');
     }
@@ -556,9 +556,9 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     let grid = l.grid.as_ref().unwrap();
     assert_eq!(l.mode, Some(Mode::Batched));
     // One column per map cell and two rows per line.
-    let chart = gradscope::tui::ui::layout(Rect::new(0, 0, 140, 44)).chart;
-    let map =
-        gradscope::draw::scene::map_rect(gradscope::tui::ui::landscape_layout(chart).0).unwrap();
+    let chart = gradscope::tui::layout::layout(Rect::new(0, 0, 140, 44)).chart;
+    let map = gradscope::draw::scene::map_rect(gradscope::tui::layout::landscape_layout(chart).0)
+        .unwrap();
     assert_eq!(
         (grid.spec.nx, grid.spec.ny),
         (map.width as usize, 2 * map.height as usize)
@@ -569,7 +569,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     assert!(rel(slice.line.loss[0], rosenbrock(now[0], now[1])) < 1e-5);
 
     let mut t = Terminal::new(TestBackend::new(140, 44)).unwrap();
-    t.draw(|f| gradscope::tui::ui::render(f, &app)).unwrap();
+    t.draw(|f| gradscope::tui::render::render(f, &app)).unwrap();
     let screen = format!("{}", t.backend());
     for want in [
         "Landscape: param coordinates",
@@ -778,7 +778,7 @@ fn landscape_tab_snapshot() {
     }
     settle_landscape(&mut app, &rx);
     let mut t = Terminal::new(TestBackend::new(120, 36)).unwrap();
-    t.draw(|f| gradscope::tui::ui::render(f, &app)).unwrap();
+    t.draw(|f| gradscope::tui::render::render(f, &app)).unwrap();
     // The grid's timing differs between runs: blank it up to the panel's edge.
     let screen = format!("{}", t.backend());
     let text: String = screen

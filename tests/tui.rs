@@ -14,7 +14,7 @@ use crossterm::event::{
 };
 use gradscope::lang::file::DType;
 use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
-use gradscope::tui::ui;
+use gradscope::tui::{keys, layout, render};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
@@ -33,7 +33,7 @@ fn open(path: &str) -> (App, Receiver<Msg>) {
 }
 
 fn press(app: &mut App, code: KeyCode) -> Option<Action> {
-    app.update(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
+    app.handle(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
 }
 
 /// Types `keys` one character at a time (`"50n"` is '5', '0', 'n').
@@ -69,7 +69,7 @@ fn run_names(app: &App) -> Vec<String> {
 
 fn draw(app: &App, w: u16, h: u16) -> Terminal<TestBackend> {
     let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
-    t.draw(|f| ui::render(f, app)).expect("draws");
+    t.draw(|f| render::render(f, app)).expect("draws");
     t
 }
 
@@ -106,8 +106,8 @@ fn find(t: &Terminal<TestBackend>, area: Rect, text: &str) -> Option<(u16, u16)>
     None
 }
 
-fn areas(w: u16, h: u16) -> ui::Areas {
-    ui::layout(Rect::new(0, 0, w, h))
+fn areas(w: u16, h: u16) -> layout::Areas {
+    layout::layout(Rect::new(0, 0, w, h))
 }
 
 fn click(app: &mut App, column: u16, row: u16) {
@@ -115,7 +115,7 @@ fn click(app: &mut App, column: u16, row: u16) {
 }
 
 fn mouse(app: &mut App, kind: MouseEventKind, column: u16, row: u16) {
-    app.update(Msg::Mouse(MouseEvent {
+    app.handle(Msg::Mouse(MouseEvent {
         kind,
         column,
         row,
@@ -270,8 +270,8 @@ fn snapshot_help_overlay() {
     let t = draw(&app, 160, 45);
     let screen = rows(&t).join("\n");
     assert!(screen.contains("Keys (any key closes)"), "{screen}");
-    for (key, _) in ui::KEYS {
-        assert!(screen.contains(key), "help lacks `{key}`:\n{screen}");
+    for key in keys::BINDINGS.iter().map(|b| b.label()) {
+        assert!(screen.contains(&key), "help lacks `{key}`:\n{screen}");
     }
     snapshot("help_overlay", &t);
 }
@@ -282,7 +282,7 @@ fn help_shows_every_description_in_full() {
     let (mut app, _rx) = open(ROSENBROCK);
     typed(&mut app, "?");
     let screen = rows(&draw(&app, 160, 45)).join("\n");
-    for (_, what) in ui::KEYS {
+    for what in keys::BINDINGS.iter().map(|b| b.help) {
         assert!(screen.contains(what), "help cuts `{what}`:\n{screen}");
     }
 }
@@ -736,13 +736,13 @@ fn q_and_ctrl_c_quit_e_edits() {
     let ctrl_c = Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     let (mut app, _rx) = open(ROSENBROCK);
     assert_eq!(press(&mut app, KeyCode::Char('q')), Some(Action::Quit));
-    assert_eq!(app.update(ctrl_c), Some(Action::Quit));
+    assert_eq!(app.handle(ctrl_c), Some(Action::Quit));
     // ctrl-c quits from inside a dialog and the help too.
     for opener in ["o", "d", "?"] {
         let (mut app, _rx) = open(ROSENBROCK);
         typed(&mut app, opener);
         let ctrl_c = Msg::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
-        assert_eq!(app.update(ctrl_c), Some(Action::Quit), "inside `{opener}`");
+        assert_eq!(app.handle(ctrl_c), Some(Action::Quit), "inside `{opener}`");
     }
     assert_eq!(
         press(&mut app, KeyCode::Char('e')),
@@ -792,14 +792,14 @@ fn p_saves_the_curves_and_the_landscape_as_svg_and_png() {
     let png = PathBuf::from(format!("gradscope-{stem}.png"));
     let _litter = Litter(vec![svg.clone(), png.clone()]);
     let (mut app, rx) = open(dir.path());
-    app.update(Msg::Resize(160, 45));
+    app.handle(Msg::Resize(160, 45));
     typed_settled(&mut app, &rx, "40n");
     app.tab = Tab::Landscape;
     // Until the grid is complete (the landscape thread answers on its own channel).
     for _ in 0..100 {
-        app.update(Msg::Tick);
+        app.handle(Msg::Tick);
         while let Ok(m) = rx.recv_timeout(Duration::from_millis(20)) {
-            app.update(m);
+            app.handle(m);
         }
         let l = &app.session().unwrap().landscape;
         if l.grid.as_ref().is_some_and(|g| g.is_complete()) {
@@ -832,7 +832,7 @@ fn key_release_events_do_nothing() {
     for c in ['n', 'l', 'q', '?', 't', 'o', '5'] {
         let release =
             KeyEvent::new_with_kind(KeyCode::Char(c), KeyModifiers::NONE, KeyEventKind::Release);
-        assert_eq!(app.update(Msg::Key(release)), None, "{c}");
+        assert_eq!(app.handle(Msg::Key(release)), None, "{c}");
     }
     app.settle(&rx);
     assert_eq!(history_lens(&app), vec![0; 4]);
@@ -843,7 +843,7 @@ fn key_release_events_do_nothing() {
 #[test]
 fn mouse_click_selects_runs_tabs_and_losses() {
     let (mut app, rx) = open("losses");
-    app.update(Msg::Resize(160, 45));
+    app.handle(Msg::Resize(160, 45));
     // Runs: click the row where the third run is drawn.
     let t = draw(&app, 160, 45);
     // (Long names are cut at the panel's edge: look for the start of the name.)
@@ -888,7 +888,7 @@ fn mouse_click_selects_runs_tabs_and_losses() {
 #[test]
 fn mouse_click_on_a_scrolled_losses_list() {
     let (mut app, _rx) = open("losses");
-    app.update(Msg::Resize(100, 24));
+    app.handle(Msg::Resize(100, 24));
     typed(&mut app, "999j");
     let last = app.files.len() - 1;
     assert_eq!(app.selected_file, last);
@@ -923,7 +923,7 @@ fn deleting_a_file_keeps_the_selection() {
     assert!(selected.ends_with("c.toml"));
     let a = dir.0.join("a.toml");
     std::fs::remove_file(&a).unwrap();
-    app.update(Msg::FileChanged(a));
+    app.handle(Msg::FileChanged(a));
     assert_eq!(app.files.len(), 3);
     assert_eq!(app.file().unwrap().path, selected);
     app.settle(&rx);
@@ -940,7 +940,7 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
     assert_eq!(history_lens(&app), vec![5; 4]);
 
     // A change event for an unchanged file restarts nothing.
-    app.update(Msg::FileChanged(file.clone()));
+    app.handle(Msg::FileChanged(file.clone()));
     app.settle(&rx);
     assert_eq!(history_lens(&app), vec![5; 4]);
 
@@ -950,7 +950,7 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
     let edited = edited.replacen("lr = 0.01", "lr = 0.02", 1);
     assert_ne!(edited, text);
     std::fs::write(&file, &edited).unwrap();
-    app.update(Msg::FileChanged(file.clone()));
+    app.handle(Msg::FileChanged(file.clone()));
     app.settle(&rx);
     assert_eq!(app.file().unwrap().name, "Rosenbrock 2");
     assert_eq!(history_lens(&app), vec![0; 4]);
@@ -960,7 +960,7 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
     // A broken edit: diagnostics show, the last good session keeps running.
     let broken = edited.replace("(1 - x)^2", "(1 - expp(x))^2");
     std::fs::write(&file, broken).unwrap();
-    app.update(Msg::FileChanged(file.clone()));
+    app.handle(Msg::FileChanged(file.clone()));
     let f = app.file().unwrap();
     assert!(f.broken());
     assert!(f.session.is_some());
@@ -982,7 +982,7 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
 
     // Fixed again: diagnostics go, the runs restart.
     std::fs::write(&file, &edited).unwrap();
-    app.update(Msg::FileChanged(file.clone()));
+    app.handle(Msg::FileChanged(file.clone()));
     app.settle(&rx);
     assert!(!app.file().unwrap().broken());
     assert_eq!(history_lens(&app), vec![0; 4]);
@@ -997,19 +997,19 @@ fn hot_reload_adds_and_removes_files() {
     // A new file in a sub-folder appears under its group.
     std::fs::create_dir_all(dir.0.join("sub")).unwrap();
     let new = dir.copy("losses/beale.toml", "sub/b.toml");
-    app.update(Msg::FileChanged(new.clone()));
+    app.handle(Msg::FileChanged(new.clone()));
     assert_eq!(app.files.len(), 2);
     assert_eq!(app.files[1].group, "sub");
     assert_eq!(app.selected_file, 0, "selection stays");
     // Non-TOML files are ignored.
     let csv = dir.0.join("data.csv");
     std::fs::write(&csv, "x\n1\n").unwrap();
-    app.update(Msg::FileChanged(csv));
+    app.handle(Msg::FileChanged(csv));
     assert_eq!(app.files.len(), 2);
     // Deleting the selected file selects another and starts its runs.
     let a = dir.0.join("a.toml");
     std::fs::remove_file(&a).unwrap();
-    app.update(Msg::FileChanged(a));
+    app.handle(Msg::FileChanged(a));
     assert_eq!(app.files.len(), 1);
     assert_eq!(app.file().unwrap().path, new);
     app.settle(&rx);

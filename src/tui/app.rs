@@ -3,31 +3,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel};
-use std::thread::JoinHandle;
-use std::time::Instant;
+use std::sync::mpsc::Sender;
 
-use crossterm::event::{
-    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
-};
-use ratatui::layout::{Position, Rect};
-use ratatui::style::Color;
+use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
+use ratatui::layout::Rect;
 
-use super::landscape_view::LandscapeView;
+use super::session::Session;
 use crate::compile::CompiledFile;
-use crate::compile::gradcheck::{ParamCheck, Verdict};
 use crate::diagnostic::Diagnostic;
-use crate::landscape::PlaneKind;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
-use crate::load::{self, LoadedFile, discover};
-use crate::optim::spec::{OptimizerKind, OptimizerSpec};
-use crate::run::history::{History, StepRecord, flags};
-use crate::run::trajectory::Decimated;
-use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
+use crate::load::LoadedFile;
+use crate::run::worker::{Command, Event, RunId};
 
-/// Everything that can happen to the app.
-#[derive(Debug)]
+/// Everything that can happen to the app, results of the I/O it asked for included.
 pub enum Msg {
     Key(KeyEvent),
     Mouse(MouseEvent),
@@ -40,13 +29,43 @@ pub enum Msg {
     /// A file under the watched directory changed, appeared or disappeared.
     FileChanged(PathBuf),
     Resize(u16, u16),
+    /// The loss files found under the root, each read and compiled, and the folder they
+    /// are grouped relative to.
+    Discovered {
+        base: PathBuf,
+        files: Vec<LoadedFile>,
+    },
+    /// A changed file read and compiled again, or None when it is gone.
+    Loaded(PathBuf, Option<Box<LoadedFile>>),
+    /// The session started for the file at this path.
+    Started(PathBuf, Box<Session>),
+    /// What came of an export, for the status bar.
+    Status(String),
 }
 
-/// What `update` asks the event loop to do that needs the terminal itself.
+/// What `update` asks of the world around it: the event loop does what needs the terminal,
+/// [`Io`] is done by [`super::perform`], whose result comes back as a [`Msg`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Quit,
+    /// Suspend the TUI to edit this file, then reload it.
     Edit(PathBuf),
+    Io(Io),
+}
+
+/// The I/O `update` asks for; it never does any itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Io {
+    /// Find and load every loss file under the root.
+    Discover,
+    /// Read and compile a file that changed, appeared or disappeared.
+    Load(PathBuf),
+    /// Start the worker and landscape threads of session `id` for this file.
+    Start { file: PathBuf, id: u64 },
+    /// Write this file's runs to CSV and JSONL.
+    WriteRuns(PathBuf),
+    /// Save this file's curves (and landscape) as SVG and PNG.
+    SavePictures(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +86,7 @@ pub enum Tab {
 }
 
 impl Tab {
+    /// Every tab, in the tab bar's order.
     pub const ALL: [Tab; 5] = [
         Tab::Loss,
         Tab::GradNorm,
@@ -75,6 +95,13 @@ impl Tab {
         Tab::Landscape,
     ];
 
+    /// The tab `k` places after this one, wrapping around.
+    pub fn next(self, k: usize) -> Tab {
+        let i = Tab::ALL.iter().position(|t| *t == self).unwrap_or(0);
+        Tab::ALL[(i + k) % Tab::ALL.len()]
+    }
+
+    /// The tab bar's title.
     pub fn title(self) -> &'static str {
         match self {
             Tab::Loss => "Loss",
@@ -88,124 +115,6 @@ impl Tab {
 
 /// Steps shown when the x range is limited.
 pub const LAST_N: usize = 500;
-
-/// A run as the UI keeps it: what the worker reported.
-#[derive(Debug, Clone)]
-pub struct RunView {
-    pub info: RunInfo,
-    pub color: Color,
-    pub history: History,
-    pub params: Vec<ParamStats>,
-    pub halted: Option<(u64, String)>,
-    pub lr_scale: f64,
-    /// Steps at which the user changed the learning rate.
-    pub lr_changes: Vec<u64>,
-    pub clipped: u64,
-    pub skipped: u64,
-    pub first_nonfinite: Option<u64>,
-    /// The last gradient check: the step and each param's result.
-    pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
-    /// The last curvature estimate and its step.
-    pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
-    /// Chart summaries of every metric, kept up to date with `history`.
-    pub streams: Vec<super::chart::Stream>,
-    /// Its path on the landscape plane: `(step, plane coordinates)`.
-    pub path: Decimated<[f64; 2]>,
-}
-
-/// Path points a run view keeps (beyond that, every other one is dropped).
-const PATH_POINTS: usize = 16384;
-
-impl RunView {
-    pub fn steps(&self) -> usize {
-        self.history.len()
-    }
-
-    pub fn status(&self, playing: bool) -> String {
-        match &self.halted {
-            Some((step, _)) => format!("halted@{step}"),
-            None if self.steps() as u64 >= self.info.steps => "finished".into(),
-            None if playing => "running".into(),
-            None => "paused".into(),
-        }
-    }
-}
-
-/// One line of the warnings panel.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Warning {
-    pub run: String,
-    pub step: u64,
-    pub text: String,
-}
-
-/// The runs of one loss file and the worker stepping them.
-pub struct Session {
-    pub id: u64,
-    pub runs: Vec<RunView>,
-    pub selected: usize,
-    pub playing: bool,
-    pub warnings: Vec<Warning>,
-    pub failed: Option<String>,
-    pub landscape: LandscapeView,
-    /// Param values in all (2 means the landscape is over the params' own coordinates).
-    pub dims: usize,
-    commands: Sender<Command>,
-    handle: Option<JoinHandle<()>>,
-    colors_used: usize,
-    rate: RateMeter,
-}
-
-impl Session {
-    fn send(&self, c: Command) {
-        let _ = self.commands.send(c);
-    }
-
-    pub fn selected_run(&self) -> Option<&RunView> {
-        self.runs.get(self.selected)
-    }
-
-    pub fn steps_per_s(&self) -> f64 {
-        self.rate.rate
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.commands.send(Command::Shutdown);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Steps per second from the records arriving, smoothed.
-#[derive(Debug, Clone)]
-struct RateMeter {
-    since: Instant,
-    count: u64,
-    rate: f64,
-}
-
-impl RateMeter {
-    fn new() -> Self {
-        Self {
-            since: Instant::now(),
-            count: 0,
-            rate: 0.0,
-        }
-    }
-
-    fn add(&mut self, n: u64) {
-        self.count += n;
-        let dt = self.since.elapsed().as_secs_f64();
-        if dt >= 0.5 {
-            self.rate = self.count as f64 / dt;
-            self.count = 0;
-            self.since = Instant::now();
-        }
-    }
-}
 
 /// One loss file in the list.
 pub struct FileEntry {
@@ -222,12 +131,13 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
+    /// Whether the file has an error (its last good version, if any, keeps running).
     pub fn broken(&self) -> bool {
         self.diagnostics.iter().any(Diagnostic::is_error)
     }
 
     /// The file name without `.toml`, for the names of files written from it.
-    fn stem(&self) -> String {
+    pub fn stem(&self) -> String {
         self.path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -265,6 +175,8 @@ pub fn duplicate_choices(compiled: &CompiledFile) -> Vec<(String, Option<usize>,
 /// The whole TUI state.
 pub struct App {
     pub root: PathBuf,
+    /// The folder the files' groups are relative to (the root, or the one file's folder).
+    pub base: PathBuf,
     pub files: Vec<FileEntry>,
     pub selected_file: usize,
     pub focus: Focus,
@@ -279,16 +191,17 @@ pub struct App {
     pub message: Option<String>,
     pub size: (u16, u16),
     next_session: u64,
-    events: Sender<Msg>,
+    /// Where the threads of the sessions this app starts send their events.
+    pub(super) events: Sender<Msg>,
 }
 
 impl App {
-    /// Loads every loss file under `root` (a directory or one file). Worker events are sent to
-    /// `events`, which the event loop feeds back into [`App::update`].
-    pub fn new(root: &Path, events: Sender<Msg>) -> Self {
-        let (paths, _) = discover(&[root.to_path_buf()]);
-        let mut app = Self {
+    /// An app for `root` (a directory or one file) with no files yet, and its first action:
+    /// discovering them. Sessions' threads will send their events to `events`.
+    pub fn new(root: &Path, events: Sender<Msg>) -> (Self, Action) {
+        let app = Self {
             root: root.to_path_buf(),
+            base: PathBuf::new(),
             files: Vec::new(),
             selected_file: 0,
             focus: Focus::Losses,
@@ -305,30 +218,14 @@ impl App {
             next_session: 0,
             events,
         };
-        for p in paths {
-            let entry = app.entry(&p, load::load(&p));
-            app.files.push(entry);
-        }
-        app.sort_files();
-        app.ensure_session();
-        app
+        (app, Action::Io(Io::Discover))
     }
 
-    /// An app without a terminal (tests, benchmarks): worker events go to the returned receiver.
-    pub fn detached(root: &Path) -> (Self, std::sync::mpsc::Receiver<Msg>) {
-        let (tx, rx) = channel();
-        (Self::new(root, tx), rx)
-    }
-
-    fn entry(&self, path: &Path, report: LoadedFile) -> FileEntry {
-        let dir = if self.root.is_dir() {
-            self.root.as_path()
-        } else {
-            self.root.parent().unwrap_or(Path::new(""))
-        };
+    fn entry(&self, report: LoadedFile) -> FileEntry {
+        let path = &report.path;
         let group = path
             .parent()
-            .and_then(|p| p.strip_prefix(dir).ok())
+            .and_then(|p| p.strip_prefix(&self.base).ok())
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         let name = report.name.clone().unwrap_or_else(|| {
@@ -337,7 +234,7 @@ impl App {
                 .unwrap_or_default()
         });
         FileEntry {
-            path: path.to_path_buf(),
+            path: path.clone(),
             group,
             name,
             text: report.source.as_ref().map(|s| s.text.clone()),
@@ -366,33 +263,32 @@ impl App {
         g
     }
 
+    /// The selected file.
     pub fn file(&self) -> Option<&FileEntry> {
         self.files.get(self.selected_file)
     }
 
+    /// The selected file's session, once started.
     pub fn session(&self) -> Option<&Session> {
         self.file()?.session.as_ref()
     }
 
-    fn session_mut(&mut self) -> Option<&mut Session> {
+    pub(super) fn session_mut(&mut self) -> Option<&mut Session> {
         self.files.get_mut(self.selected_file)?.session.as_mut()
     }
 
-    /// Starts the selected file's worker if it has none yet.
-    fn ensure_session(&mut self) {
-        let id = self.next_session;
-        let events = self.events.clone();
-        let Some(f) = self.files.get_mut(self.selected_file) else {
-            return;
-        };
-        if f.session.is_some() {
-            return;
+    /// Asks for the selected file's session to be started if it has none yet.
+    fn ensure_session(&mut self) -> Option<Action> {
+        let f = self.files.get(self.selected_file)?;
+        if f.session.is_some() || f.compiled.is_none() {
+            return None;
         }
-        let Some(compiled) = f.compiled.clone() else {
-            return;
-        };
+        let id = self.next_session;
         self.next_session += 1;
-        f.session = Some(start_session(id, &f.name, compiled, events));
+        Some(Action::Io(Io::Start {
+            file: f.path.clone(),
+            id,
+        }))
     }
 
     /// Sends a command to the selected file's worker.
@@ -402,33 +298,16 @@ impl App {
         }
     }
 
-    /// Waits until the selected file's worker has handled every command sent so far, feeding
-    /// its events into `update` (for tests and for the end-to-end benchmark).
-    pub fn settle(&mut self, rx: &std::sync::mpsc::Receiver<Msg>) {
-        let Some(id) = self.session().map(|s| s.id) else {
-            return;
-        };
-        self.command(Command::Ping(id));
-        while let Ok(m) = rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            let done = matches!(&m, Msg::Worker(s, Event::Pong(p)) if *s == id && *p == id);
-            self.update(m);
-            if done {
-                return;
-            }
-        }
-    }
-
     /// The one place state changes.
     pub fn update(&mut self, msg: Msg) -> Option<Action> {
         match msg {
             Msg::Key(k) if k.kind == KeyEventKind::Press => self.key(k),
             Msg::Key(_) => None,
-            Msg::Mouse(m) => {
-                self.mouse(m);
-                None
-            }
+            Msg::Mouse(m) => self.mouse(m),
             Msg::Worker(id, e) => {
-                self.worker_event(id, e);
+                if let Some(s) = self.session_by_id(id) {
+                    s.apply(e);
+                }
                 None
             }
             Msg::Landscape(id, r) => {
@@ -441,12 +320,38 @@ impl App {
                 self.sync_landscape();
                 None
             }
-            Msg::FileChanged(p) => {
-                self.reload(&p);
-                None
-            }
+            Msg::FileChanged(p) => p
+                .extension()
+                .is_some_and(|e| e == "toml")
+                .then_some(Action::Io(Io::Load(p))),
             Msg::Resize(w, h) => {
                 self.size = (w, h);
+                None
+            }
+            Msg::Discovered {
+                base,
+                files: reports,
+            } => {
+                self.base = base;
+                for report in reports {
+                    let entry = self.entry(report);
+                    self.files.push(entry);
+                }
+                self.sort_files();
+                self.ensure_session()
+            }
+            Msg::Loaded(_, Some(report)) => self.reload(*report),
+            Msg::Loaded(path, None) => self.remove(&path),
+            Msg::Started(path, session) => {
+                if let Some(f) = self.files.iter_mut().find(|f| f.path == path)
+                    && f.session.is_none()
+                {
+                    f.session = Some(*session);
+                }
+                None
+            }
+            Msg::Status(text) => {
+                self.message = Some(text);
                 None
             }
         }
@@ -460,213 +365,60 @@ impl App {
             .find(|s| s.id == id)
     }
 
-    fn worker_event(&mut self, id: u64, e: Event) {
-        let Some(s) = self.session_by_id(id) else {
-            return;
+    /// A file that is gone leaves the list; the selection stays on the same file if it can.
+    fn remove(&mut self, path: &Path) -> Option<Action> {
+        let i = self.files.iter().position(|f| f.path == path)?;
+        let selected = self.file().map(|f| f.path.clone());
+        self.files.remove(i);
+        self.selected_file = selected
+            .and_then(|p| self.files.iter().position(|f| f.path == p))
+            .unwrap_or(i.min(self.files.len().saturating_sub(1)));
+        self.ensure_session()
+    }
+
+    /// A file read again: new diagnostics, and new runs when it compiled (a broken version
+    /// keeps the last good one running). A text that did not change restarts nothing.
+    fn reload(&mut self, report: LoadedFile) -> Option<Action> {
+        let text = report.source.as_ref().map(|s| s.text.clone());
+        let Some(i) = self.files.iter().position(|f| f.path == report.path) else {
+            let entry = self.entry(report);
+            self.files.push(entry);
+            self.sort_files();
+            return self.ensure_session();
         };
-        match e {
-            Event::Added(info) => {
-                let color = crate::draw::PALETTE[s.colors_used % crate::draw::PALETTE.len()];
-                s.colors_used += 1;
-                s.runs.push(RunView {
-                    history: History::new(0),
-                    info,
-                    color,
-                    params: Vec::new(),
-                    halted: None,
-                    lr_scale: 1.0,
-                    lr_changes: Vec::new(),
-                    clipped: 0,
-                    skipped: 0,
-                    first_nonfinite: None,
-                    gradcheck: None,
-                    curvature: None,
-                    streams: Vec::new(),
-                    path: Decimated::new(PATH_POINTS),
-                });
-            }
-            Event::Removed(rid) => {
-                s.landscape.on_worker_gave_up();
-                s.runs.retain(|r| r.info.id != rid);
-                s.selected = s.selected.min(s.runs.len().saturating_sub(1));
-            }
-            Event::Records(rid, records) => {
-                s.rate.add(records.len() as u64);
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
-                    for rec in &records {
-                        note_warnings(&mut s.warnings, r, rec);
-                        if r.history.is_empty() {
-                            r.history = History::new(rec.param_grad_norms.len());
-                            r.streams = super::chart::Metric::all(rec.param_norms.len())
-                                .into_iter()
-                                .map(super::chart::Stream::new)
-                                .collect();
-                        }
-                        r.history.push(rec);
-                        r.streams.iter_mut().for_each(|s| s.push(rec));
-                    }
-                }
-            }
-            Event::Truncated(rid, len, scale) => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
-                    r.history.truncate(len);
-                    r.streams = super::chart::streams(&r.history);
-                    r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
-                    r.lr_scale = scale;
-                    r.halted = None;
-                    r.lr_changes.retain(|&k| (k as usize) < len);
-                    r.clipped = r.history.count(flags::CLIPPED);
-                    r.skipped = r.history.count(flags::SKIPPED);
-                }
-            }
-            Event::Halted(rid, step, reason) => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid)
-                    && r.halted.is_none()
-                {
-                    s.warnings.push(Warning {
-                        run: r.info.name.clone(),
-                        step,
-                        text: format!("halted: {reason}"),
-                    });
-                    r.halted = Some((step, reason));
-                }
-            }
-            Event::Params(rid, p) => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
-                    r.params = p;
-                }
-            }
-            Event::LrScale(rid, scale, step) => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
-                    r.lr_scale = scale;
-                    r.lr_changes.push(step);
-                }
-            }
-            Event::Checked(rid, step, checks) => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
-                    for c in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
-                        s.warnings.push(Warning {
-                            run: r.info.name.clone(),
-                            step,
-                            text: format!(
-                                "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
-                                c.name,
-                                crate::format::fmt_num(c.max_rel),
-                                c.worst
-                            ),
-                        });
-                    }
-                    r.gradcheck = Some((step, checks));
-                }
-            }
-            Event::Curvature(rid, step, c) => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == rid) {
-                    r.curvature = Some((step, c));
-                }
-            }
-            Event::Plane(p, at) => {
-                // Paths on the old plane mean nothing on the new one; the worker sends them again.
-                for r in &mut s.runs {
-                    r.path = Decimated::new(PATH_POINTS);
-                }
-                s.landscape.on_plane(p, at);
-            }
-            Event::Path {
-                run,
-                points,
-                replace,
-            } => {
-                if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == run) {
-                    if replace {
-                        r.path = Decimated::new(PATH_POINTS);
-                    }
-                    for (k, p) in points {
-                        r.path.push(k, p);
-                    }
-                }
-            }
-            Event::NextUpdate {
-                run,
-                step,
-                loss,
-                origin,
-                direction,
-            } => s
-                .landscape
-                .on_next_update(run, step, loss, origin, direction),
-            Event::Playing(p) => s.playing = p,
-            Event::Failed(why) => {
-                s.landscape.on_worker_gave_up();
-                s.failed = Some(why);
-            }
-            Event::Pong(_) => {}
+        let f = &mut self.files[i];
+        if f.text.is_some() && f.text == text {
+            return None;
         }
+        f.text = text;
+        f.diagnostics = report.diagnostics;
+        if let Some(name) = report.name {
+            f.name = name;
+        }
+        if report.compiled.is_some() {
+            f.compiled = report.compiled;
+            f.session = None;
+            if i == self.selected_file {
+                return self.ensure_session();
+            }
+        }
+        None
     }
 
-    fn reload(&mut self, path: &Path) {
-        if path.extension().is_none_or(|e| e != "toml") {
-            return;
+    pub(super) fn select_file(&mut self, i: usize) -> Option<Action> {
+        if i >= self.files.len() {
+            return None;
         }
-        let pos = self.files.iter().position(|f| f.path == path);
-        if !path.exists() {
-            if let Some(i) = pos {
-                let selected = self.file().map(|f| f.path.clone());
-                self.files.remove(i);
-                self.selected_file = selected
-                    .and_then(|p| self.files.iter().position(|f| f.path == p))
-                    .unwrap_or(i.min(self.files.len().saturating_sub(1)));
-                self.ensure_session();
-            }
-            return;
-        }
-        let Ok(bytes) = std::fs::read(path) else {
-            return;
-        };
-        if let Some(i) = pos
-            && self.files[i].text.as_deref().map(str::as_bytes) == Some(&bytes[..])
-        {
-            return;
-        }
-        let report = load::load_bytes(path, bytes);
-        match pos {
-            Some(i) => {
-                let f = &mut self.files[i];
-                f.text = report.source.as_ref().map(|s| s.text.clone());
-                f.diagnostics = report.diagnostics;
-                if let Some(name) = report.name {
-                    f.name = name;
-                }
-                if report.compiled.is_some() {
-                    f.compiled = report.compiled;
-                    f.session = None;
-                    if i == self.selected_file {
-                        self.ensure_session();
-                    }
-                }
-            }
-            None => {
-                let entry = self.entry(path, report);
-                self.files.push(entry);
-                self.sort_files();
-                self.ensure_session();
-            }
-        }
+        self.selected_file = i;
+        self.ensure_session()
     }
 
-    fn select_file(&mut self, i: usize) {
-        if i < self.files.len() {
-            self.selected_file = i;
-            self.ensure_session();
-        }
-    }
-
-    fn move_selection(&mut self, delta: i64) {
+    pub(super) fn move_selection(&mut self, delta: i64) -> Option<Action> {
         match self.focus {
             Focus::Losses | Focus::Charts => {
                 let n = self.files.len() as i64;
-                if n > 0 {
-                    self.select_file((self.selected_file as i64 + delta).clamp(0, n - 1) as usize);
-                }
+                let i = (self.selected_file as i64 + delta).clamp(0, (n - 1).max(0));
+                self.select_file(i as usize)
             }
             Focus::Runs => {
                 if let Some(s) = self.session_mut() {
@@ -675,177 +427,13 @@ impl App {
                         s.selected = (s.selected as i64 + delta).clamp(0, n - 1) as usize;
                     }
                 }
+                None
             }
         }
     }
 
-    fn selected_run_id(&self) -> Option<RunId> {
+    pub(super) fn selected_run_id(&self) -> Option<RunId> {
         self.session()?.selected_run().map(|r| r.info.id)
-    }
-
-    fn key(&mut self, k: KeyEvent) -> Option<Action> {
-        if k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL) {
-            return Some(Action::Quit);
-        }
-        if self.popup.is_some() {
-            self.popup_key(k);
-            return None;
-        }
-        if self.show_help {
-            self.show_help = false;
-            return None;
-        }
-        if let KeyCode::Char(c @ '0'..='9') = k.code {
-            let d = u64::from(c as u8 - b'0');
-            self.count = Some(
-                self.count
-                    .unwrap_or(0)
-                    .saturating_mul(10)
-                    .saturating_add(d)
-                    .min(1_000_000),
-            );
-            return None;
-        }
-        let count = self.count.take();
-        self.message = None;
-        if self.tab == Tab::Landscape && self.landscape_key(k.code) {
-            return None;
-        }
-        match k.code {
-            KeyCode::Char('q') => return Some(Action::Quit),
-            KeyCode::Char('?') => self.show_help = true,
-            KeyCode::Char(' ') => {
-                let playing = self.session().is_some_and(|s| s.playing);
-                self.command(if playing {
-                    Command::Pause
-                } else {
-                    Command::Play
-                });
-            }
-            KeyCode::Char('n') | KeyCode::Right => self.command(Command::Step(count.unwrap_or(1))),
-            KeyCode::Char('N') => self.command(Command::Step(count.unwrap_or(1) * 100)),
-            KeyCode::Char('b') | KeyCode::Left => self.command(Command::Rewind(count.unwrap_or(1))),
-            KeyCode::Char('B') => self.command(Command::Rewind(count.unwrap_or(1) * 100)),
-            KeyCode::Char('r') => self.command(Command::Reset),
-            KeyCode::Char('+') | KeyCode::Char('=') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::ScaleLr(id, 2.0));
-                }
-            }
-            KeyCode::Char('-') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::ScaleLr(id, 0.5));
-                }
-            }
-            KeyCode::Char('o') if self.session().is_some() => {
-                self.popup = Some(Popup::PickOptimizer { selected: 1 })
-            }
-            KeyCode::Char('d') if self.session().is_some_and(|s| !s.runs.is_empty()) => {
-                self.popup = Some(Popup::Duplicate { selected: 0 });
-            }
-            KeyCode::Char('x') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::Remove(id));
-                }
-            }
-            KeyCode::Char('g') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::Gradcheck(id));
-                }
-            }
-            KeyCode::Char('h') => {
-                if let Some(id) = self.selected_run_id() {
-                    self.command(Command::Curvature(id));
-                }
-            }
-            KeyCode::Char('l') => self.log_y = !self.log_y,
-            KeyCode::Char('s') => self.smoothing = !self.smoothing,
-            KeyCode::Char('a') => self.last_n = !self.last_n,
-            KeyCode::Char('v') => self.per_param = !self.per_param,
-            KeyCode::Char('e') => return self.file().map(|f| Action::Edit(f.path.clone())),
-            KeyCode::Char('w') => self.write_runs(),
-            KeyCode::Char('p') => self.write_pictures(),
-            KeyCode::Tab => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Runs,
-                    Focus::Runs => Focus::Charts,
-                    Focus::Charts => Focus::Losses,
-                }
-            }
-            KeyCode::BackTab => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Charts,
-                    Focus::Runs => Focus::Losses,
-                    Focus::Charts => Focus::Runs,
-                }
-            }
-            KeyCode::Char('t') => {
-                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
-                self.tab = Tab::ALL[(i + 1) % Tab::ALL.len()];
-            }
-            KeyCode::Char('T') => {
-                let i = Tab::ALL.iter().position(|t| *t == self.tab).unwrap_or(0);
-                self.tab = Tab::ALL[(i + Tab::ALL.len() - 1) % Tab::ALL.len()];
-            }
-            KeyCode::Char('j') | KeyCode::Down => self.move_selection(count.unwrap_or(1) as i64),
-            KeyCode::Char('k') | KeyCode::Up => self.move_selection(-(count.unwrap_or(1) as i64)),
-            _ => {}
-        }
-        None
-    }
-
-    /// Keys of the Landscape tab; false for keys it leaves to the rest of the app.
-    fn landscape_key(&mut self, code: KeyCode) -> bool {
-        let Some(s) = self.session_mut() else {
-            return false;
-        };
-        let l = &mut s.landscape;
-        match code {
-            KeyCode::Char('z') => l.zoom(0.5),
-            KeyCode::Char('Z') => l.zoom(2.0),
-            KeyCode::Char('H') => l.pan(-0.25, 0.0),
-            KeyCode::Char('L') => l.pan(0.25, 0.0),
-            KeyCode::Char('J') => l.pan(0.0, -0.25),
-            KeyCode::Char('K') => l.pan(0.0, 0.25),
-            KeyCode::Char('f') => {
-                if let Some(plane) = l.plane.clone() {
-                    l.fit(&s.runs, &plane);
-                }
-            }
-            KeyCode::Char('l') => {
-                let shown = l
-                    .grid
-                    .as_ref()
-                    .and_then(|g| crate::landscape::ColorScale::fit(g.finite(), l.log))
-                    .is_some_and(|c| c.log);
-                l.log = Some(!shown);
-            }
-            KeyCode::Char('c') | KeyCode::Char('m') => {
-                let Some(run) = s.selected_run().map(|r| r.info.id) else {
-                    return true;
-                };
-                let kind = match (code, s.landscape.kind) {
-                    (KeyCode::Char('m'), PlaneKind::Random) => PlaneKind::Update,
-                    (KeyCode::Char('m'), _) => PlaneKind::Random,
-                    (_, kind) => kind,
-                };
-                if s.dims <= 2 {
-                    self.message = Some(
-                        match s.dims {
-                            2 => "this loss has two params: the landscape is over their own values",
-                            _ => "this loss has a single param value: there is no plane to draw",
-                        }
-                        .into(),
-                    );
-                    return true;
-                }
-                let commands = s.commands.clone();
-                s.landscape
-                    .new_plane(kind, run, &move |c| drop(commands.send(c)));
-            }
-            _ => return false,
-        }
-        true
     }
 
     /// Asks the selected file's landscape for what the Landscape tab shows, when it is shown.
@@ -853,349 +441,11 @@ impl App {
         if self.tab != Tab::Landscape {
             return;
         }
-        let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
-        let (scene, _) = super::ui::landscape_layout(areas.chart);
+        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let (scene, _) = super::layout::landscape_layout(areas.chart);
         let map = crate::draw::scene::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
-        let Some(s) = self.session_mut() else {
-            return;
-        };
-        let commands = s.commands.clone();
-        let shown = super::landscape_view::Shown {
-            runs: &s.runs,
-            selected: s.runs.get(s.selected),
-            dims: s.dims,
-            playing: s.playing,
-            map,
-        };
-        s.landscape.sync(shown, &move |c| drop(commands.send(c)));
-    }
-
-    fn popup_key(&mut self, k: KeyEvent) {
-        let Some(popup) = self.popup.clone() else {
-            return;
-        };
-        if k.code == KeyCode::Esc {
-            self.popup = None;
-            return;
-        }
-        match popup {
-            Popup::PickOptimizer { selected } => match k.code {
-                KeyCode::Up | KeyCode::Char('k') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: selected.saturating_sub(1),
-                    });
-                }
-                KeyCode::Down | KeyCode::Char('j') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
-                    });
-                }
-                KeyCode::Enter => {
-                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
-                    self.popup = Some(Popup::EditSpec {
-                        text: spec.to_string(),
-                        error: None,
-                    });
-                }
-                _ => {}
-            },
-            Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(&text) {
-                    Ok(spec) => {
-                        let def = self
-                            .session()
-                            .and_then(|s| s.selected_run())
-                            .map_or(0, |r| r.info.def);
-                        self.command(Command::AddRun {
-                            def,
-                            optimizer: Some(spec),
-                            dtype: None,
-                        });
-                        self.popup = None;
-                    }
-                    Err(e) => {
-                        let error = Some(match e.help {
-                            Some(h) => format!("{} ({h})", e.message),
-                            None => e.message,
-                        });
-                        self.popup = Some(Popup::EditSpec { text, error });
-                    }
-                },
-                KeyCode::Backspace => {
-                    text.pop();
-                    self.popup = Some(Popup::EditSpec { text, error: None });
-                }
-                KeyCode::Char(c) => {
-                    text.push(c);
-                    self.popup = Some(Popup::EditSpec { text, error: None });
-                }
-                _ => {}
-            },
-            Popup::Duplicate { selected } => {
-                let choices = self
-                    .file()
-                    .and_then(|f| f.compiled.as_ref())
-                    .map(duplicate_choices)
-                    .unwrap_or_default();
-                match k.code {
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: selected.saturating_sub(1),
-                        });
-                    }
-                    KeyCode::Down | KeyCode::Char('j') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: (selected + 1).min(choices.len().saturating_sub(1)),
-                        });
-                    }
-                    KeyCode::Enter => {
-                        if let (Some((_, variant, dtype)), Some(run)) = (
-                            choices.get(selected),
-                            self.session().and_then(|s| s.selected_run()),
-                        ) {
-                            let optimizer = Some(run.info.optimizer.clone());
-                            let def = variant.unwrap_or(run.info.def);
-                            let dtype =
-                                dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none());
-                            self.command(Command::AddRun {
-                                def,
-                                optimizer,
-                                dtype,
-                            });
-                        }
-                        self.popup = None;
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn mouse(&mut self, m: MouseEvent) {
-        if self.popup.is_some() || self.show_help {
-            return;
-        }
-        let areas = super::ui::layout(Rect::new(0, 0, self.size.0, self.size.1));
-        let pos = Position::new(m.column, m.row);
-        match m.kind {
-            MouseEventKind::Down(MouseButton::Left) => {
-                if areas.losses.contains(pos) {
-                    self.focus = Focus::Losses;
-                    let row = (m.row - areas.losses.y) as usize;
-                    if row >= 1
-                        && let Some(i) = super::ui::file_at_row(self, row - 1, areas.losses.height)
-                    {
-                        self.select_file(i);
-                    }
-                } else if areas.runs.contains(pos) {
-                    self.focus = Focus::Runs;
-                    let row = (m.row - areas.runs.y) as usize;
-                    let height = areas.runs.height.saturating_sub(2) as usize;
-                    if let Some(s) = self.session_mut()
-                        && row >= 1
-                    {
-                        let k = super::ui::list_offset(s.selected, height) + row - 1;
-                        if k < s.runs.len() {
-                            s.selected = k;
-                        }
-                    }
-                } else if areas.tabs.contains(pos) {
-                    self.focus = Focus::Charts;
-                    if let Some(t) = super::ui::tab_at_column(m.column.saturating_sub(areas.tabs.x))
-                    {
-                        self.tab = t;
-                    }
-                }
-            }
-            MouseEventKind::ScrollDown => {
-                if areas.runs.contains(pos) {
-                    self.focus = Focus::Runs;
-                } else if areas.losses.contains(pos) {
-                    self.focus = Focus::Losses;
-                }
-                self.move_selection(1);
-            }
-            MouseEventKind::ScrollUp => {
-                if areas.runs.contains(pos) {
-                    self.focus = Focus::Runs;
-                } else if areas.losses.contains(pos) {
-                    self.focus = Focus::Losses;
-                }
-                self.move_selection(-1);
-            }
-            _ => {}
-        }
-    }
-
-    /// `w`: every run of the selected loss to a CSV and a JSONL file in the working directory.
-    fn write_runs(&mut self) {
-        let Some(f) = self.file() else {
-            return;
-        };
-        let Some(s) = f.session.as_ref() else {
-            self.message = Some("nothing to write: this file has no runs".into());
-            return;
-        };
-        let stem = f.stem();
-        let names: Vec<String> = f
-            .compiled
-            .as_ref()
-            .map(|c| c.params.iter().map(|p| p.name.clone()).collect())
-            .unwrap_or_default();
-        let csv_path = PathBuf::from(format!("gradscope-{stem}.csv"));
-        let jsonl_path = PathBuf::from(format!("gradscope-{stem}.jsonl"));
-        let mut csv = crate::run::export::csv_header(&names) + "\n";
-        let mut jsonl = String::new();
-        for r in &s.runs {
-            for k in 0..r.history.len() {
-                if let Some(rec) = r.history.get(k) {
-                    csv.push_str(&crate::run::export::csv_row(&r.info.name, &names, &rec));
-                    csv.push('\n');
-                    jsonl.push_str(
-                        &crate::run::export::step_json(&r.info.name, &names, &rec).to_string(),
-                    );
-                    jsonl.push('\n');
-                }
-            }
-        }
-        let result =
-            std::fs::write(&csv_path, csv).and_then(|()| std::fs::write(&jsonl_path, jsonl));
-        self.message = Some(match result {
-            Ok(()) => format!("wrote {} and {}", csv_path.display(), jsonl_path.display()),
-            Err(e) => format!("could not write runs: {e}"),
-        });
-    }
-}
-
-impl App {
-    /// `p`: the selected loss's curves, and its landscape once one is computed, to
-    /// gradscope-STEM.svg and .png in the working directory.
-    fn write_pictures(&mut self) {
-        let Some(f) = self.file() else {
-            return;
-        };
-        let Some(s) = f.session.as_ref() else {
-            self.message = Some("nothing to draw: this file has no runs".into());
-            return;
-        };
-        let l = &s.landscape;
-        let landscape = l
-            .grid
-            .as_ref()
-            .filter(|g| g.is_complete())
-            .zip(l.plane.as_ref())
-            .and_then(|(grid, plane)| {
-                Some(crate::draw::plot::PlotLandscape {
-                    scale: crate::landscape::ColorScale::fit(grid.finite(), l.log)?,
-                    labels: plane.labels.clone(),
-                    grid: grid.clone(),
-                })
-            });
-        let data = crate::draw::plot::PlotData {
-            title: f.name.clone(),
-            runs: s
-                .runs
-                .iter()
-                .map(|r| {
-                    let path = if landscape.is_some() {
-                        r.path.iter().map(|(_, p)| *p).collect()
-                    } else {
-                        Vec::new()
-                    };
-                    crate::draw::plot_run(&r.info.name, r.color, &r.history, path)
-                })
-                .collect(),
-            landscape,
-        };
-        let stem = f.stem();
-        let written: Result<Vec<String>, String> = ["svg", "png"]
-            .iter()
-            .map(|ext| {
-                let path = PathBuf::from(format!("gradscope-{stem}.{ext}"));
-                crate::draw::plot::save(&data, &path)
-                    .map(|()| path.display().to_string())
-                    .map_err(|e| e.to_string())
-            })
-            .collect();
-        self.message = Some(match written {
-            Ok(paths) => format!("wrote {}", paths.join(" and ")),
-            Err(e) => format!("could not write the pictures: {e}"),
-        });
-    }
-}
-
-fn start_session(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg>) -> Session {
-    let (tx, rx) = channel();
-    let reports = events.clone();
-    let landscape = LandscapeView::new(
-        name,
-        compiled.clone(),
-        Box::new(move |r| {
-            let _ = reports.send(Msg::Landscape(id, r));
-        }),
-    );
-    let dims = compiled.param_count();
-    let emit: worker::Emit = Box::new(move |e| {
-        let _ = events.send(Msg::Worker(id, e));
-    });
-    let (handle, failed) = match worker::spawn(name, compiled, rx, emit) {
-        Ok(h) => (Some(h), None),
-        Err(e) => (None, Some(format!("cannot start the worker thread: {e}"))),
-    };
-    Session {
-        id,
-        runs: Vec::new(),
-        selected: 0,
-        playing: false,
-        warnings: Vec::new(),
-        failed,
-        landscape,
-        dims,
-        commands: tx,
-        handle,
-        colors_used: 0,
-        rate: RateMeter::new(),
-    }
-}
-
-/// Adds warning lines for a step: the first non-finite step of a run, and running counts of
-/// clipped and skipped steps (one line each, updated in place, so the log never floods).
-fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord) {
-    let name = r.info.name.clone();
-    let name = &name;
-    if rec.has(flags::NONFINITE) && r.first_nonfinite.is_none() {
-        r.first_nonfinite = Some(rec.step);
-        let what = if rec.has(flags::LOSS_NONFINITE) {
-            format!("loss is {}", crate::format::fmt_num(rec.core.loss))
-        } else if rec.has(flags::GRAD_NONFINITE) {
-            "gradient is non-finite".to_string()
-        } else {
-            "the update made params non-finite".to_string()
-        };
-        warnings.push(Warning {
-            run: name.clone(),
-            step: rec.step,
-            text: format!("{what} (first non-finite step)"),
-        });
-    }
-    for (flag, count, word) in [
-        (flags::CLIPPED, &mut r.clipped, "clipped"),
-        (flags::SKIPPED, &mut r.skipped, "skipped"),
-    ] {
-        if rec.has(flag) {
-            *count += 1;
-            let text = format!("{count} steps {word}");
-            match warnings
-                .iter_mut()
-                .find(|w| &w.run == name && w.text.ends_with(word))
-            {
-                Some(w) => w.text = text,
-                None => warnings.push(Warning {
-                    run: name.clone(),
-                    step: rec.step,
-                    text,
-                }),
-            }
+        if let Some(s) = self.session_mut() {
+            s.sync_landscape(map);
         }
     }
 }

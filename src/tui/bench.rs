@@ -34,7 +34,7 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow:
                 StepRecord::synthetic(k as u64, loss, n)
             })
             .collect();
-        app.update(Msg::Worker(id, Event::Records(rid, records)));
+        app.handle(Msg::Worker(id, Event::Records(rid, records)));
         // A spiral into the start point: long paths that cross many cells.
         let path = (0..points)
             .map(|k| {
@@ -43,7 +43,7 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow:
                 (k as u64, [-1.5 + r * a.cos(), 2.0 + r * a.sin()])
             })
             .collect();
-        app.update(Msg::Worker(
+        app.handle(Msg::Worker(
             id,
             Event::Path {
                 run: rid,
@@ -52,10 +52,10 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow:
             },
         ));
     }
-    app.update(Msg::Resize(w, h));
+    app.handle(Msg::Resize(w, h));
     app.tab = tab;
     if tab == Tab::Landscape {
-        app.update(Msg::Tick);
+        app.handle(Msg::Tick);
         let done = |m: &Msg| {
             matches!(
                 m,
@@ -64,7 +64,7 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow:
         };
         while let Ok(m) = rx.recv_timeout(Duration::from_secs(60)) {
             let last = done(&m);
-            app.update(m);
+            app.handle(m);
             if last {
                 break;
             }
@@ -74,7 +74,7 @@ pub fn frame_ms(file: &Path, points: usize, w: u16, h: u16, tab: Tab) -> anyhow:
     let mut times = Vec::new();
     for _ in 0..15 {
         let t = Instant::now();
-        terminal.draw(|f| super::ui::render(f, &app))?;
+        terminal.draw(|f| super::render::render(f, &app))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -91,7 +91,7 @@ pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
         .session()
         .map(|s| s.id)
         .ok_or_else(|| anyhow::anyhow!("{} has no runs", file.display()))?;
-    app.update(Msg::Resize(200, 60));
+    app.handle(Msg::Resize(200, 60));
     app.tab = tab;
     let mut terminal = Terminal::new(TestBackend::new(200, 60))?;
     app.command(Command::Play);
@@ -105,15 +105,15 @@ pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
             {
                 seen_playing |= *p;
                 if !*p && seen_playing {
-                    app.update(m);
+                    app.handle(m);
                     break;
                 }
             }
-            app.update(m);
+            app.handle(m);
         }
         if Instant::now() >= next_frame {
-            terminal.draw(|f| super::ui::render(f, &app))?;
-            app.update(Msg::Tick);
+            terminal.draw(|f| super::render::render(f, &app))?;
+            app.handle(Msg::Tick);
             next_frame += Duration::from_millis(33);
         }
         if started.elapsed() > Duration::from_secs(600) {

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::app::RunView;
+use super::session::RunView;
 use crate::compile::CompiledFile;
 use crate::landscape::service::{self, Job, JobId, LossKey, Report};
 use crate::landscape::surface::{LrLine, Mode};
@@ -61,6 +61,7 @@ struct GridKey {
     ny: usize,
 }
 
+/// The Landscape tab's state for one loss file (see the module doc).
 pub struct LandscapeView {
     pub plane: Option<Arc<Plane>>,
     /// The run and step a slice passes through.
@@ -132,6 +133,7 @@ impl LandscapeView {
         }
     }
 
+    /// A new plane from the worker: the grid and slice start again on it.
     pub fn on_plane(&mut self, plane: Arc<Plane>, at: Option<(RunId, u64)>) {
         self.plane = Some(plane);
         self.plane_at = at;
@@ -144,6 +146,7 @@ impl LandscapeView {
         self.filling = None;
     }
 
+    /// A report from the landscape thread: grid cells, a finished grid or a slice.
     pub fn on_report(&mut self, report: Report) {
         match report {
             Report::GridStarted {
@@ -351,6 +354,16 @@ impl LandscapeView {
             self.view = Some(v);
         }
         self.follow = true;
+    }
+
+    /// Flips the colour scale between log and linear, from what is shown now.
+    pub fn toggle_log(&mut self) {
+        let shown = self
+            .grid
+            .as_ref()
+            .and_then(|g| crate::landscape::ColorScale::fit(g.finite(), self.log))
+            .is_some_and(|c| c.log);
+        self.log = Some(!shown);
     }
 
     /// Zooms by `factor` (below 1: in) around the view's centre.

@@ -1,13 +1,29 @@
 //! The terminal UI: `gradscope [PATH]`. The event loop draws about 30 frames a second, feeds
-//! keys, mouse, worker events and file changes into [`app::App::update`], and restores the
-//! terminal on quit, ctrl-c, SIGTERM and panic.
+//! keys, mouse, worker events and file changes into [`app::App::handle`] (update, then the I/O
+//! it asks for), and restores the terminal on quit, ctrl-c, SIGTERM and panic.
 
+/// The model, its messages and actions, and `update`.
 pub mod app;
+/// Frame-time and stepping-speed measurements for `gradscope bench`.
 pub mod bench;
+/// Chart metrics and their summaries.
 pub mod chart;
+/// What keys, dialogs and the mouse do to the model.
+pub mod input;
+/// The one key table.
+pub mod keys;
+/// The Landscape tab's state.
 pub mod landscape_view;
+/// Layout and hit-testing.
+pub mod layout;
+/// The I/O `update` asks for, and `App::handle`.
+pub mod perform;
+/// Multi-resolution summaries behind long charts.
 pub mod pyramid;
-pub mod ui;
+/// Drawing, one module a region.
+pub mod render;
+/// A loss file's runs, worker and landscape threads.
+pub mod session;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,12 +88,12 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
     let (tx, rx) = channel();
     let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let _watcher = watch(&root, tx.clone());
-    let mut app = App::new(path, tx);
+    let mut app = App::open(path, tx);
     let size = terminal.size()?;
-    app.update(Msg::Resize(size.width, size.height));
+    app.handle(Msg::Resize(size.width, size.height));
     let mut changed: Vec<(PathBuf, Instant)> = Vec::new();
     loop {
-        terminal.draw(|f| ui::render(f, &app))?;
+        terminal.draw(|f| render::render(f, &app))?;
         let deadline = Instant::now() + FRAME;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             if !event::poll(left)? {
@@ -89,20 +105,20 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
                 TermEvent::Resize(w, h) => Msg::Resize(w, h),
                 _ => continue,
             };
-            match app.update(msg) {
+            match app.handle(msg) {
                 Some(Action::Quit) => return Ok(()),
                 Some(Action::Edit(file)) => {
                     edit(terminal, &file)?;
-                    app.update(Msg::FileChanged(file));
+                    app.handle(Msg::FileChanged(file));
                 }
-                None => {}
+                Some(Action::Io(_)) | None => {}
             }
         }
         if TERMINATE.load(Ordering::SeqCst) {
             return Ok(());
         }
         drain(&mut app, &rx, &mut changed, &root);
-        app.update(Msg::Tick);
+        app.handle(Msg::Tick);
     }
 }
 
@@ -118,7 +134,7 @@ fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)
                 changed.push((p, Instant::now()));
             }
             m => {
-                app.update(m);
+                app.handle(m);
             }
         }
         if started.elapsed() > FRAME / 2 {
@@ -130,7 +146,7 @@ fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)
         changed.drain(..).partition(|(_, t)| t.elapsed() >= quiet);
     *changed = waiting;
     for (p, _) in ready {
-        app.update(Msg::FileChanged(p));
+        app.handle(Msg::FileChanged(p));
     }
 }
 

@@ -1,0 +1,338 @@
+//! Input: what keys (through the table in [`super::keys`]), dialogs and the mouse do to the
+//! [`App`]. Part of `update`: these change the model and return the I/O they need as an
+//! [`Action`].
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::layout::{Position, Rect};
+
+use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
+use super::keys::{self, KeyAction};
+use crate::landscape::PlaneKind;
+use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::run::worker::{Command, RunId};
+
+impl App {
+    /// A key press: ctrl keys, then the open dialog or help, then a count digit, then the table.
+    pub(super) fn key(&mut self, k: KeyEvent) -> Option<Action> {
+        if let Some(a) = keys::ctrl_action(k) {
+            return self.act(a, None);
+        }
+        if self.popup.is_some() {
+            self.popup_key(k);
+            return None;
+        }
+        if self.show_help {
+            self.show_help = false;
+            return None;
+        }
+        if let KeyCode::Char(c @ '0'..='9') = k.code {
+            let d = u64::from(c as u8 - b'0');
+            self.count = Some(
+                self.count
+                    .unwrap_or(0)
+                    .saturating_mul(10)
+                    .saturating_add(d)
+                    .min(1_000_000),
+            );
+            return None;
+        }
+        let count = self.count.take();
+        self.message = None;
+        self.act(keys::action(k.code)?, count)
+    }
+
+    /// Does what a key of the table names, `count` times where a count applies.
+    fn act(&mut self, a: KeyAction, count: Option<u64>) -> Option<Action> {
+        let n = count.unwrap_or(1);
+        let run = self.selected_run_id();
+        match a {
+            KeyAction::Quit => return Some(Action::Quit),
+            KeyAction::Help => self.show_help = true,
+            KeyAction::PlayPause => {
+                let playing = self.session().is_some_and(|s| s.playing);
+                self.command(if playing {
+                    Command::Pause
+                } else {
+                    Command::Play
+                });
+            }
+            KeyAction::Step => self.command(Command::Step(n)),
+            KeyAction::Step100 => self.command(Command::Step(n * 100)),
+            KeyAction::Rewind => self.command(Command::Rewind(n)),
+            KeyAction::Rewind100 => self.command(Command::Rewind(n * 100)),
+            KeyAction::Reset => self.command(Command::Reset),
+            KeyAction::DoubleLr => self.run_command(run, |id| Command::ScaleLr(id, 2.0)),
+            KeyAction::HalveLr => self.run_command(run, |id| Command::ScaleLr(id, 0.5)),
+            KeyAction::Remove => self.run_command(run, Command::Remove),
+            KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
+            KeyAction::Curvature => self.run_command(run, Command::Curvature),
+            KeyAction::AddRun if self.session().is_some() => {
+                self.popup = Some(Popup::PickOptimizer { selected: 1 })
+            }
+            KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
+                self.popup = Some(Popup::Duplicate { selected: 0 });
+            }
+            KeyAction::AddRun | KeyAction::Duplicate => {}
+            KeyAction::LogScale => {
+                let landscape = self.tab == Tab::Landscape;
+                match self.session_mut().filter(|_| landscape) {
+                    Some(s) => s.landscape.toggle_log(),
+                    None => self.log_y = !self.log_y,
+                }
+            }
+            KeyAction::Smoothing => self.smoothing = !self.smoothing,
+            KeyAction::LastSteps => self.last_n = !self.last_n,
+            KeyAction::PerParam => self.per_param = !self.per_param,
+            KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
+            KeyAction::WriteRuns => return self.export("write", Io::WriteRuns),
+            KeyAction::SavePictures => return self.export("draw", Io::SavePictures),
+            KeyAction::NextFocus => {
+                self.focus = match self.focus {
+                    Focus::Losses => Focus::Runs,
+                    Focus::Runs => Focus::Charts,
+                    Focus::Charts => Focus::Losses,
+                }
+            }
+            KeyAction::PreviousFocus => {
+                self.focus = match self.focus {
+                    Focus::Losses => Focus::Charts,
+                    Focus::Runs => Focus::Losses,
+                    Focus::Charts => Focus::Runs,
+                }
+            }
+            KeyAction::NextTab => self.tab = self.tab.next(1),
+            KeyAction::PreviousTab => self.tab = self.tab.next(Tab::ALL.len() - 1),
+            KeyAction::Down => return self.move_selection(n as i64),
+            KeyAction::Up => return self.move_selection(-(n as i64)),
+            KeyAction::ZoomIn
+            | KeyAction::ZoomOut
+            | KeyAction::PanLeft
+            | KeyAction::PanDown
+            | KeyAction::PanUp
+            | KeyAction::PanRight
+            | KeyAction::Fit
+            | KeyAction::NewPlane
+            | KeyAction::SwitchPlane => self.landscape_act(a),
+        }
+        None
+    }
+
+    /// Sends the command `make` builds for the selected run, if there is one.
+    fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
+        if let Some(id) = run {
+            self.command(make(id));
+        }
+    }
+
+    /// The Landscape tab's own keys: they act on its view only while it is shown.
+    fn landscape_act(&mut self, a: KeyAction) {
+        if self.tab != Tab::Landscape {
+            return;
+        }
+        let Some(s) = self.session_mut() else {
+            return;
+        };
+        let l = &mut s.landscape;
+        match a {
+            KeyAction::ZoomIn => l.zoom(0.5),
+            KeyAction::ZoomOut => l.zoom(2.0),
+            KeyAction::PanLeft => l.pan(-0.25, 0.0),
+            KeyAction::PanRight => l.pan(0.25, 0.0),
+            KeyAction::PanDown => l.pan(0.0, -0.25),
+            KeyAction::PanUp => l.pan(0.0, 0.25),
+            KeyAction::Fit => {
+                if let Some(plane) = l.plane.clone() {
+                    l.fit(&s.runs, &plane);
+                }
+            }
+            _ => {
+                let Some(run) = s.selected_run().map(|r| r.info.id) else {
+                    return;
+                };
+                let kind = match (a, s.landscape.kind) {
+                    (KeyAction::SwitchPlane, PlaneKind::Random) => PlaneKind::Update,
+                    (KeyAction::SwitchPlane, _) => PlaneKind::Random,
+                    (_, kind) => kind,
+                };
+                if s.dims <= 2 {
+                    self.message = Some(
+                        match s.dims {
+                            2 => "this loss has two params: the landscape is over their own values",
+                            _ => "this loss has a single param value: there is no plane to draw",
+                        }
+                        .into(),
+                    );
+                    return;
+                }
+                s.new_plane(kind, run);
+            }
+        }
+    }
+
+    /// A key while a dialog is open.
+    fn popup_key(&mut self, k: KeyEvent) {
+        let Some(popup) = self.popup.clone() else {
+            return;
+        };
+        if k.code == KeyCode::Esc {
+            self.popup = None;
+            return;
+        }
+        match popup {
+            Popup::PickOptimizer { selected } => match k.code {
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.popup = Some(Popup::PickOptimizer {
+                        selected: selected.saturating_sub(1),
+                    });
+                }
+                KeyCode::Down | KeyCode::Char('j') => {
+                    self.popup = Some(Popup::PickOptimizer {
+                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
+                    });
+                }
+                KeyCode::Enter => {
+                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
+                    self.popup = Some(Popup::EditSpec {
+                        text: spec.to_string(),
+                        error: None,
+                    });
+                }
+                _ => {}
+            },
+            Popup::EditSpec { mut text, .. } => match k.code {
+                KeyCode::Enter => match OptimizerSpec::parse(&text) {
+                    Ok(spec) => {
+                        let def = self
+                            .session()
+                            .and_then(|s| s.selected_run())
+                            .map_or(0, |r| r.info.def);
+                        self.command(Command::AddRun {
+                            def,
+                            optimizer: Some(spec),
+                            dtype: None,
+                        });
+                        self.popup = None;
+                    }
+                    Err(e) => {
+                        let error = Some(match e.help {
+                            Some(h) => format!("{} ({h})", e.message),
+                            None => e.message,
+                        });
+                        self.popup = Some(Popup::EditSpec { text, error });
+                    }
+                },
+                KeyCode::Backspace => {
+                    text.pop();
+                    self.popup = Some(Popup::EditSpec { text, error: None });
+                }
+                KeyCode::Char(c) => {
+                    text.push(c);
+                    self.popup = Some(Popup::EditSpec { text, error: None });
+                }
+                _ => {}
+            },
+            Popup::Duplicate { selected } => {
+                let choices = self
+                    .file()
+                    .and_then(|f| f.compiled.as_ref())
+                    .map(duplicate_choices)
+                    .unwrap_or_default();
+                match k.code {
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.popup = Some(Popup::Duplicate {
+                            selected: selected.saturating_sub(1),
+                        });
+                    }
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        self.popup = Some(Popup::Duplicate {
+                            selected: (selected + 1).min(choices.len().saturating_sub(1)),
+                        });
+                    }
+                    KeyCode::Enter => {
+                        if let (Some((_, variant, dtype)), Some(run)) = (
+                            choices.get(selected),
+                            self.session().and_then(|s| s.selected_run()),
+                        ) {
+                            let optimizer = Some(run.info.optimizer.clone());
+                            let def = variant.unwrap_or(run.info.def);
+                            let dtype =
+                                dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none());
+                            self.command(Command::AddRun {
+                                def,
+                                optimizer,
+                                dtype,
+                            });
+                        }
+                        self.popup = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Clicks select files, runs and tabs; the wheel moves the selection under the pointer.
+    pub(super) fn mouse(&mut self, m: MouseEvent) -> Option<Action> {
+        if self.popup.is_some() || self.show_help {
+            return None;
+        }
+        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let pos = Position::new(m.column, m.row);
+        match m.kind {
+            MouseEventKind::Down(MouseButton::Left) => {
+                if areas.losses.contains(pos) {
+                    self.focus = Focus::Losses;
+                    let row = (m.row - areas.losses.y) as usize;
+                    if row >= 1
+                        && let Some(i) =
+                            super::layout::file_at_row(self, row - 1, areas.losses.height)
+                    {
+                        return self.select_file(i);
+                    }
+                } else if areas.runs.contains(pos) {
+                    self.focus = Focus::Runs;
+                    let row = (m.row - areas.runs.y) as usize;
+                    let height = areas.runs.height.saturating_sub(2) as usize;
+                    if let Some(s) = self.session_mut()
+                        && row >= 1
+                    {
+                        let k = super::layout::list_offset(s.selected, height) + row - 1;
+                        if k < s.runs.len() {
+                            s.selected = k;
+                        }
+                    }
+                } else if areas.tabs.contains(pos) {
+                    self.focus = Focus::Charts;
+                    if let Some(t) =
+                        super::layout::tab_at_column(m.column.saturating_sub(areas.tabs.x))
+                    {
+                        self.tab = t;
+                    }
+                }
+            }
+            MouseEventKind::ScrollDown | MouseEventKind::ScrollUp => {
+                if areas.runs.contains(pos) {
+                    self.focus = Focus::Runs;
+                } else if areas.losses.contains(pos) {
+                    self.focus = Focus::Losses;
+                }
+                let down = m.kind == MouseEventKind::ScrollDown;
+                return self.move_selection(if down { 1 } else { -1 });
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// `w` and `p`: asks `io` to write the selected file's runs out, or says there are none.
+    fn export(&mut self, what: &str, io: fn(PathBuf) -> Io) -> Option<Action> {
+        let f = self.file()?;
+        if f.session.is_none() {
+            self.message = Some(format!("nothing to {what}: this file has no runs"));
+            return None;
+        }
+        Some(Action::Io(io(f.path.clone())))
+    }
+}

@@ -1,0 +1,202 @@
+//! The chart tabs: every run's metric overlaid, with lr-change marks and NaN/Inf markers.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::symbols::Marker;
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
+
+use super::panel;
+use crate::format::fmt_num;
+use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
+use crate::tui::chart::{self, Metric, Series};
+use crate::tui::session::RunView;
+
+/// The metrics a tab plots for one run, with a label suffix each.
+fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
+    let params = if run.history.is_empty() {
+        0
+    } else {
+        run.params.len()
+    };
+    let names: Vec<String> = run.params.iter().map(|p| p.name.clone()).collect();
+    let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("p{i}"));
+    match app.tab {
+        Tab::Loss | Tab::Landscape => vec![(Metric::Loss, String::new())],
+        Tab::GradNorm if app.per_param => (0..params)
+            .map(|i| (Metric::ParamGradNorm(i), format!(" ∇{}", name(i))))
+            .collect(),
+        Tab::GradNorm => vec![(Metric::GradNorm, String::new())],
+        Tab::LrRatio => vec![
+            (Metric::Lr, " lr".into()),
+            (Metric::UpdateRatio, " Δ/p".into()),
+        ],
+        Tab::Params => (0..params)
+            .map(|i| (Metric::ParamNorm(i), format!(" |{}|", name(i))))
+            .collect(),
+    }
+}
+
+/// The shown chart tab of `file`.
+pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
+    let log = app.log_y || app.tab == Tab::LrRatio;
+    let title = if log {
+        format!("{} (log y)", app.tab.title())
+    } else {
+        app.tab.title().to_string()
+    };
+    let block = panel(&title, app.focus == Focus::Charts);
+    let Some(s) = file.session.as_ref() else {
+        f.render_widget(Paragraph::new("no runs").block(block), area);
+        return;
+    };
+    let longest = s.runs.iter().map(|r| r.history.len()).max().unwrap_or(0);
+    let lo = if app.last_n {
+        longest.saturating_sub(LAST_N)
+    } else {
+        0
+    };
+    let columns = area.width.saturating_sub(12) as usize;
+    struct Drawn {
+        name: String,
+        color: Color,
+        /// Whether a non-finite value is a NaN/Inf event (not for the update ratio, which is
+        /// undefined while every param is zero).
+        events: bool,
+        raw: Series,
+        smooth: Option<Series>,
+    }
+    let mut drawn = Vec::new();
+    for r in &s.runs {
+        let hi = r.history.len();
+        let range = lo.min(hi)..hi;
+        for (m, suffix) in metrics(app, r) {
+            // The whole run of a long history comes from the summaries; short views are scanned.
+            let stream = r
+                .streams
+                .iter()
+                .find(|s| s.metric == m)
+                .filter(|_| range.start == 0);
+            let series = |smooth: bool| {
+                stream
+                    .and_then(|s| s.series(columns, log, smooth))
+                    .unwrap_or_else(|| {
+                        chart::series(&r.history, m, range.clone(), columns, log, smooth)
+                    })
+            };
+            let raw = series(false);
+            let smooth = app.smoothing.then(|| series(true));
+            drawn.push(Drawn {
+                name: format!("{}{suffix}", r.info.name),
+                color: r.color,
+                events: !matches!(m, Metric::UpdateRatio | Metric::Lr),
+                raw,
+                smooth,
+            });
+        }
+    }
+    let ys = drawn.iter().flat_map(|d| {
+        d.raw
+            .points
+            .iter()
+            .chain(d.smooth.iter().flat_map(|s| s.points.iter()))
+            .map(|p| p.1)
+    });
+    let [y0, y1] = chart::bounds(ys);
+    let x_hi = (longest.max(lo + 1)) as f64;
+    let [x0, x1] = [lo as f64, x_hi.max(lo as f64 + 1.0)];
+    let nan_points: Vec<(f64, f64)> = drawn
+        .iter()
+        .filter(|d| d.events)
+        .flat_map(|d| d.raw.nonfinite.iter().map(|&x| (x, y1)))
+        .collect();
+    let lr_marks: Vec<Vec<(f64, f64)>> = s
+        .runs
+        .iter()
+        .flat_map(|r| {
+            r.lr_changes
+                .iter()
+                .map(|&k| vec![(k as f64, y0), (k as f64, y1)])
+        })
+        .collect();
+    let mut datasets = Vec::new();
+    for d in &drawn {
+        let raw_style = if d.smooth.is_some() {
+            Style::new().fg(Color::DarkGray)
+        } else {
+            Style::new().fg(d.color)
+        };
+        let mut raw = Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(raw_style)
+            .data(&d.raw.points);
+        if d.smooth.is_none() {
+            raw = raw.name(d.name.clone());
+        }
+        datasets.push(raw);
+        if let Some(sm) = &d.smooth {
+            datasets.push(
+                Dataset::default()
+                    .name(d.name.clone())
+                    .marker(Marker::Braille)
+                    .graph_type(GraphType::Line)
+                    .style(Style::new().fg(d.color))
+                    .data(&sm.points),
+            );
+        }
+    }
+    for m in &lr_marks {
+        datasets.push(
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Yellow))
+                .data(m),
+        );
+    }
+    if !nan_points.is_empty() {
+        datasets.push(
+            Dataset::default()
+                .name("NaN/Inf")
+                .marker(Marker::Block)
+                .graph_type(GraphType::Scatter)
+                .style(Style::new().fg(Color::Red))
+                .data(&nan_points),
+        );
+    }
+    let ylabel = |v: f64| {
+        if log {
+            fmt_num(10f64.powf(v))
+        } else {
+            fmt_num(v)
+        }
+    };
+    let y_labels = vec![ylabel(y0), ylabel((y0 + y1) / 2.0), ylabel(y1)];
+    let x_labels = if x1 - x0 >= 4.0 {
+        vec![
+            format!("{x0:.0}"),
+            format!("{:.0}", ((x0 + x1) / 2.0).round()),
+            format!("{x1:.0}"),
+        ]
+    } else {
+        vec![format!("{x0:.0}"), format!("{x1:.0}")]
+    };
+    let chart = Chart::new(datasets)
+        .block(block)
+        .x_axis(
+            Axis::default()
+                .title("step")
+                .bounds([x0, x1])
+                .labels(x_labels)
+                .style(Style::new().fg(Color::DarkGray)),
+        )
+        .y_axis(
+            Axis::default()
+                .bounds([y0, y1])
+                .labels(y_labels)
+                .style(Style::new().fg(Color::DarkGray)),
+        )
+        .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
+    f.render_widget(chart, area);
+}

@@ -1,0 +1,110 @@
+//! Rendering: pure functions of the [`App`], one module a region. The layout:
+//!
+//! ```text
+//! ┌ Losses ────┐┌ Loss │ Grad norm │ LR, Δ/p │ Param norms │ Landscape ───────┐┌ Inspector ─┐
+//! │ group/     ││                                                          ││ run, step  │
+//! │  file  ok  ││        chart (all runs overlaid) or the landscape        ││ loss, lr   │
+//! ├ Runs ──────┤│                                                          ││ per param  │
+//! │ ■ base     ││                                                          ││            │
+//! └────────────┘└──────────────────────────────────────────────────────────┘└────────────┘
+//! ┌ Warnings ───────────────────────────────────────────────────────────────────────────────┐
+//! └─────────────────────────────────────────────────────────────────────────────────────────┘
+//!  status bar: step · steps/s · running/paused · keys
+//! ```
+
+mod chart;
+mod diagnostics;
+mod inspector;
+mod landscape;
+mod lists;
+mod overlays;
+mod status;
+mod warnings;
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Style};
+use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
+
+use super::app::{App, FileEntry, Tab};
+use super::layout::{MIN_SIZE, layout};
+
+/// Draws the whole screen.
+pub fn render(f: &mut Frame, app: &App) {
+    let area = f.area();
+    if area.width < MIN_SIZE.0 || area.height < MIN_SIZE.1 {
+        let text = format!(
+            "terminal too small: {}x{} (gradscope needs {}x{})",
+            area.width, area.height, MIN_SIZE.0, MIN_SIZE.1
+        );
+        f.render_widget(
+            Paragraph::new(text)
+                .wrap(Wrap { trim: true })
+                .alignment(Alignment::Center),
+            area,
+        );
+        return;
+    }
+    let a = layout(area);
+    lists::losses(f, app, a.losses);
+    lists::runs(f, app, a.runs);
+    lists::tabs(f, app, a.tabs);
+    centre(f, app, a.chart);
+    if let Some(r) = a.inspector {
+        inspector::render(f, app, r);
+    }
+    if let Some(r) = a.warnings {
+        warnings::render(f, app, r);
+    }
+    status::render(f, app, a.status);
+    if let Some(p) = &app.popup {
+        overlays::popup(f, app, p, area);
+    }
+    if app.show_help {
+        overlays::help(f, area);
+    }
+}
+
+/// A bordered panel, cyan when it has the focus.
+fn panel(title: &str, focused: bool) -> Block<'_> {
+    let style = if focused {
+        Style::new().fg(Color::Cyan)
+    } else {
+        Style::new().fg(Color::DarkGray)
+    };
+    Block::new()
+        .borders(Borders::ALL)
+        .border_style(style)
+        .title(title)
+}
+
+/// The chart region: the selected tab, under the diagnostics when the file is broken.
+fn centre(f: &mut Frame, app: &App, area: Rect) {
+    let Some(file) = app.file() else {
+        f.render_widget(
+            Paragraph::new("no loss files here").block(panel("Chart", false)),
+            area,
+        );
+        return;
+    };
+    if file.broken() {
+        let diag_area = if file.session.is_some() {
+            let [d, rest] =
+                Layout::vertical([Constraint::Percentage(50), Constraint::Min(3)]).areas(area);
+            tab(f, app, file, rest);
+            d
+        } else {
+            area
+        };
+        diagnostics::render(f, file, diag_area);
+        return;
+    }
+    tab(f, app, file, area);
+}
+
+fn tab(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
+    match app.tab {
+        Tab::Landscape => landscape::render(f, app, file, area),
+        _ => chart::render(f, app, file, area),
+    }
+}

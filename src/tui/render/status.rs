@@ -1,0 +1,44 @@
+//! The status bar.
+
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+
+use crate::tui::app::App;
+use crate::tui::keys;
+use crate::tui::session::{RunView, Session};
+
+fn steps_of(s: &Session) -> usize {
+    s.runs.iter().map(RunView::steps).max().unwrap_or(0)
+}
+
+/// Step, speed and play state, the pending count, then the last message or a key hint.
+pub fn render(f: &mut Frame, app: &App, area: Rect) {
+    let mut spans = Vec::new();
+    if let Some(s) = app.session() {
+        spans.push(Span::raw(format!(" step {} · ", steps_of(s))));
+        if s.playing {
+            spans.push(Span::raw(format!("{:.0} steps/s · ", s.steps_per_s())));
+            spans.push(Span::styled("running", Style::new().fg(Color::Green)));
+        } else {
+            spans.push(Span::raw("paused"));
+        }
+        spans.push(Span::raw(" · "));
+    }
+    if let Some(c) = app.count {
+        spans.push(Span::styled(
+            format!("{c}… "),
+            Style::new().fg(Color::Yellow),
+        ));
+    }
+    match &app.message {
+        Some(m) => spans.push(Span::styled(m.clone(), Style::new().fg(Color::Yellow))),
+        None => spans.push(Span::styled(
+            keys::hints(),
+            Style::new().fg(Color::DarkGray),
+        )),
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
