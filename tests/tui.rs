@@ -1261,3 +1261,16 @@ fn g_checks_the_selected_runs_gradients() {
             .all(|c| c.verdict == gradscope::compile::gradcheck::Verdict::Pass)
     );
 }
+
+#[test]
+fn without_a_terminal_the_tui_says_what_to_use_instead() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .arg("losses")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the TUI needs a terminal"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

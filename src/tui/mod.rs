@@ -25,6 +25,7 @@ pub mod render;
 /// A loss file's runs, worker and landscape threads.
 pub mod session;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -35,6 +36,7 @@ use crossterm::execute;
 use notify::{RecursiveMode, Watcher};
 
 use self::app::{Action, App, Msg};
+use crate::diagnostic;
 
 static TERMINATE: AtomicBool = AtomicBool::new(false);
 
@@ -50,17 +52,33 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     if !path.exists() {
         anyhow::bail!("no such file or directory: {}", path.display());
     }
-    // Our hook first, so ratatui's (installed by init) restores the terminal before it runs.
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let _ = execute!(std::io::stdout(), DisableMouseCapture);
-        previous(info);
-    }));
+    if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        anyhow::bail!(
+            "the TUI needs a terminal; in scripts and CI use `gradscope run FILE` or `gradscope check`"
+        );
+    }
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
     }
-    let mut terminal = ratatui::init();
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            ratatui::restore();
+            anyhow::bail!("cannot set up the terminal: {e}");
+        }
+    };
+    // Ours wraps ratatui's hook (which restores the terminal): a panic that a worker's loop
+    // catches becomes a message in the UI, so it must neither restore the terminal under the
+    // running TUI nor print over it.
+    let restore_and_report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if diagnostic::panics_are_caught() {
+            return;
+        }
+        let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        restore_and_report(info);
+    }));
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
     let result = event_loop(&mut terminal, path);
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
