@@ -1,0 +1,209 @@
+//! The loss-file schema: TOML in, a checked [`LossFile`] out, with every problem reported as a
+//! diagnostic pointing into the file. Expressions are parsed here; nothing is evaluated.
+
+mod check;
+mod offsets;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use offsets::string_offsets;
+
+use super::ast::{Expr, Program, Spanned};
+use crate::diagnostic::{Diagnostic, SourceFile};
+
+/// Floating-point precision of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// Every dtype a run can use.
+    pub const ALL: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
+
+    /// The dtype as loss files and the command line spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
+    /// The dtype spelled `f32`, `f64`, `f16` or `bf16`.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == s)
+    }
+}
+
+/// A `[data]` entry's value.
+#[derive(Debug, Clone)]
+pub enum DataValue {
+    Expr(Expr),
+    Csv {
+        path: Spanned<PathBuf>,
+        columns: Vec<Spanned<String>>,
+    },
+}
+
+/// A `[data]` entry: a name and where its values come from.
+#[derive(Debug, Clone)]
+pub struct DataEntry {
+    pub name: Spanned<String>,
+    pub value: DataValue,
+}
+
+/// A `[consts]` entry: a named number that variants may override.
+#[derive(Debug, Clone)]
+pub struct ConstEntry {
+    pub name: Spanned<String>,
+    pub value: f64,
+}
+
+/// A `[params]` entry: a name and the expression of its initial value.
+#[derive(Debug, Clone)]
+pub struct ParamEntry {
+    pub name: Spanned<String>,
+    pub value: Expr,
+}
+
+/// A raw `[optimizer]` setting; the optimizer module gives it meaning.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettingValue {
+    Number(f64),
+    Bool(bool),
+    Text(String),
+}
+
+impl SettingValue {
+    /// The value as the optimizer module reads it.
+    pub fn raw(&self) -> crate::optim::spec::RawValue<'_> {
+        use crate::optim::spec::RawValue;
+        match self {
+            SettingValue::Number(n) => RawValue::Number(*n),
+            SettingValue::Bool(b) => RawValue::Bool(*b),
+            SettingValue::Text(t) => RawValue::Text(t),
+        }
+    }
+}
+
+/// One `key = value` of an `[optimizer]` table, with the spans of both.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub key: Spanned<String>,
+    pub value: Spanned<SettingValue>,
+}
+
+/// A named alternative run: overrides of the loss, consts, dtype or optimizer.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: Spanned<String>,
+    pub about: Option<String>,
+    pub loss: Option<Spanned<Program>>,
+    pub consts: Vec<ConstEntry>,
+    pub dtype: Option<DType>,
+    pub optimizer: Vec<Setting>,
+}
+
+/// A parsed, schema-checked loss file.
+#[derive(Debug, Clone)]
+pub struct LossFile {
+    pub source: Arc<SourceFile>,
+    pub name: String,
+    pub about: Option<String>,
+    pub seed: u64,
+    pub dtype: DType,
+    pub loss: Spanned<Program>,
+    pub data: Vec<DataEntry>,
+    pub consts: Vec<ConstEntry>,
+    pub params: Vec<ParamEntry>,
+    pub optimizer: Vec<Setting>,
+    pub variants: Vec<Variant>,
+    pub functions: Vec<FunctionDef>,
+}
+
+/// A `[functions.NAME]` entry: a function with its own gradient, for what autodiff cannot or
+/// should not differentiate.
+#[derive(Debug, Clone)]
+pub struct FunctionDef {
+    pub name: Spanned<String>,
+    pub args: Vec<Spanned<String>>,
+    pub value: Expr,
+    /// One expression per argument, in terms of the arguments and `g`, the incoming gradient.
+    pub grads: Vec<Expr>,
+}
+
+impl LossFile {
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.source.path
+    }
+
+    /// Directory that relative paths (CSV sources) are resolved against.
+    pub fn dir(&self) -> &Path {
+        self.source.path.parent().unwrap_or(Path::new("."))
+    }
+}
+
+/// What a loaded file gives: the file if it could be built, and every diagnostic found.
+pub struct Loaded {
+    pub file: Option<LossFile>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The source, even when the file could not be built (for rendering).
+    pub source: Option<Arc<SourceFile>>,
+}
+
+/// Reads and checks a loss file. Never panics on any input.
+pub fn load(path: &Path) -> Loaded {
+    match std::fs::read(path) {
+        Ok(bytes) => load_bytes(path, bytes),
+        Err(e) => Loaded {
+            file: None,
+            diagnostics: vec![
+                Diagnostic::error(format!("cannot read {}: {e}", path.display())).in_file(path),
+            ],
+            source: None,
+        },
+    }
+}
+
+/// Checks a loss file's contents as if read from `path`.
+pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Loaded {
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let source = SourceFile::new(path, String::from_utf8_lossy(e.as_bytes()).into_owned());
+            let d = Diagnostic::error("the file is not valid UTF-8")
+                .at(&source, at..at + 1)
+                .label("this byte is not UTF-8")
+                .help("save the file as UTF-8");
+            return Loaded {
+                file: None,
+                diagnostics: vec![d],
+                source: Some(source),
+            };
+        }
+    };
+    let source = SourceFile::new(path, text);
+    let (file, diagnostics) = check::check(&source);
+    Loaded {
+        file,
+        diagnostics,
+        source: Some(source),
+    }
+}
+
+/// Whether `s` can name a data entry, const, param or function.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
