@@ -21,6 +21,7 @@ pub struct RunReport {
     pub params: Vec<ParamReport>,
 }
 
+/// One param's gradient at the initial params.
 #[derive(Debug, Clone)]
 pub struct ParamReport {
     pub name: String,
@@ -37,6 +38,7 @@ pub struct FileReport {
 }
 
 impl FileReport {
+    /// Whether no diagnostic of the file, loading or evaluating it, is an error.
     pub fn ok(&self) -> bool {
         self.file.ok()
     }

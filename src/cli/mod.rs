@@ -33,6 +33,7 @@ pub struct Cli {
     pub path: Option<PathBuf>,
 }
 
+/// The subcommands, dispatched in one place (`lib::run`).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One row per loss file: name, params with shapes, variants, and ok or the first error.

@@ -23,6 +23,7 @@ pub fn tolerance(dtype: DType) -> (f64, f64) {
     }
 }
 
+/// How a param's autograd gradient compares with finite differences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Pass,

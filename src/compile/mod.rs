@@ -314,14 +314,17 @@ impl Evaluator {
         })
     }
 
+    /// The params it differentiates with respect to.
     pub fn params(&self) -> &[Var] {
         &self.params
     }
 
+    /// The dtype it evaluates in.
     pub fn dtype(&self) -> CDType {
         self.dtype
     }
 
+    /// The loss tensor at the current params, with its graph.
     pub(crate) fn forward(&self) -> Result<Tensor, Diagnostic> {
         let mut inputs: Vec<&Tensor> = self.data.iter().collect();
         inputs.extend(self.params.iter().map(|v| v.as_tensor()));
@@ -481,6 +484,7 @@ impl Evaluator {
         trace::precision(&self.exec, &inputs).map_err(|e| self.internal(e))
     }
 
+    /// The loss file's source, for locating reports.
     pub fn source(&self) -> &Arc<SourceFile> {
         &self.source
     }

@@ -30,6 +30,7 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// The lr as given at every step, with no warm-up.
     pub fn constant() -> Self {
         Self {
             schedule: Schedule::Constant,

@@ -3,9 +3,13 @@
 
 /// Flags of one step.
 pub mod flags {
+    /// The gradient was clipped.
     pub const CLIPPED: u8 = 1;
+    /// The update was skipped (non-finite policy `skip`, or a loss-scale overflow).
     pub const SKIPPED: u8 = 2;
+    /// The loss was NaN or Inf.
     pub const LOSS_NONFINITE: u8 = 4;
+    /// A gradient had a NaN or Inf.
     pub const GRAD_NONFINITE: u8 = 8;
     /// The optimizer's update turned finite params non-finite.
     pub const UPDATE_NONFINITE: u8 = 16;
@@ -41,6 +45,7 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// Whether a [`flags`] bit is set.
     pub fn has(&self, flag: u8) -> bool {
         self.core.flags & flag != 0
     }
@@ -84,6 +89,7 @@ pub struct History {
 }
 
 impl History {
+    /// An empty history for a loss with `n_params` params.
     pub fn new(n_params: usize) -> Self {
         Self {
             n_params,
@@ -91,20 +97,24 @@ impl History {
         }
     }
 
+    /// Steps recorded.
     pub fn len(&self) -> usize {
         self.cores.len()
     }
 
+    /// Whether no step was recorded yet.
     pub fn is_empty(&self) -> bool {
         self.cores.is_empty()
     }
 
+    /// Appends one step.
     pub fn push(&mut self, r: &StepRecord) {
         self.cores.push(r.core);
         self.grad_norms.extend_from_slice(&r.param_grad_norms);
         self.param_norms.extend_from_slice(&r.param_norms);
     }
 
+    /// The core of step `step` (panics past the end, as slice indexing).
     pub fn core(&self, step: usize) -> &Core {
         &self.cores[step]
     }
@@ -119,10 +129,12 @@ impl History {
         self.param_norms[step * self.n_params + i]
     }
 
+    /// Every step's core, in order.
     pub fn cores(&self) -> &[Core] {
         &self.cores
     }
 
+    /// Step `step` as a whole record, per-param norms included.
     pub fn get(&self, step: usize) -> Option<StepRecord> {
         let core = *self.cores.get(step)?;
         let r = step * self.n_params..(step + 1) * self.n_params;

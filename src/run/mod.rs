@@ -25,6 +25,7 @@ use crate::optim::step::{OptimizerState, update};
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
+/// Clean steps after which GradScaler doubles the scale.
 pub const SCALE_GROWTH_INTERVAL: u32 = 2000;
 
 /// One run to start: which run definition, under which name, in which dtype, with which
@@ -162,10 +163,12 @@ impl Run {
         self.history.len() as u64
     }
 
+    /// Every step taken so far.
     pub fn history(&self) -> &History {
         &self.history
     }
 
+    /// The params' names, in the file's order.
     pub fn param_names(&self) -> &[String] {
         &self.param_names
     }
@@ -188,10 +191,12 @@ impl Run {
         self.evaluator.source()
     }
 
+    /// The current params.
     pub fn params(&self) -> &[Var] {
         self.evaluator.params()
     }
 
+    /// Whether it halted or took all its steps.
     pub fn is_done(&self) -> bool {
         self.halted.is_some() || self.step_count() >= self.config.steps
     }

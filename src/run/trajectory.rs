@@ -61,14 +61,17 @@ impl<T: Clone> Decimated<T> {
             .filter(move |(s, _)| step.is_none_or(|k| *s > k))
     }
 
+    /// The newest point, always kept.
     pub fn latest(&self) -> Option<&(u64, T)> {
         self.last.as_ref()
     }
 
+    /// Whether no point was pushed yet.
     pub fn is_empty(&self) -> bool {
         self.last.is_none()
     }
 
+    /// Points kept.
     pub fn len(&self) -> usize {
         self.iter().count()
     }

@@ -68,6 +68,7 @@ pub enum Io {
     SavePictures(PathBuf),
 }
 
+/// The panel that `j`/`k`, the arrows and the mouse wheel move in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Focus {
     Losses,
@@ -273,6 +274,7 @@ impl App {
         self.file()?.session.as_ref()
     }
 
+    /// The selected file's session, to change.
     pub(super) fn session_mut(&mut self) -> Option<&mut Session> {
         self.files.get_mut(self.selected_file)?.session.as_mut()
     }
@@ -405,6 +407,7 @@ impl App {
         None
     }
 
+    /// Selects file `i`, starting its session if it has none yet.
     pub(super) fn select_file(&mut self, i: usize) -> Option<Action> {
         if i >= self.files.len() {
             return None;
@@ -413,6 +416,7 @@ impl App {
         self.ensure_session()
     }
 
+    /// Moves the selection of the focused list by `delta` rows.
     pub(super) fn move_selection(&mut self, delta: i64) -> Option<Action> {
         match self.focus {
             Focus::Losses | Focus::Charts => {
@@ -432,6 +436,7 @@ impl App {
         }
     }
 
+    /// The id of the selected run of the selected file.
     pub(super) fn selected_run_id(&self) -> Option<RunId> {
         self.session()?.selected_run().map(|r| r.info.id)
     }

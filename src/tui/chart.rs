@@ -47,6 +47,7 @@ impl Metric {
         }
     }
 
+    /// The metric at step `k` of a history.
     pub fn value(self, h: &History, k: usize) -> f64 {
         let c = h.core(k);
         match self {
@@ -85,6 +86,7 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// An empty summary of one metric.
     pub fn new(metric: Metric) -> Self {
         Self {
             metric,
@@ -94,6 +96,7 @@ impl Stream {
         }
     }
 
+    /// Adds one step's value (raw and smoothed).
     pub fn push(&mut self, r: &StepRecord) {
         let v = self.metric.of(r);
         self.raw.push(v);

@@ -63,14 +63,17 @@ impl Default for Pyramid {
 }
 
 impl Pyramid {
+    /// Values pushed so far.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether nothing was pushed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Appends a value, merging full blocks into the level above.
     pub fn push(&mut self, v: f64) {
         self.tail.add(v);
         self.len += 1;
@@ -124,6 +127,7 @@ pub struct Ema {
 }
 
 impl Ema {
+    /// The debiased average after `v` (non-finite values pass through and are not averaged).
     pub fn next(&mut self, v: f64, weight: f64) -> f64 {
         if !v.is_finite() {
             return v;

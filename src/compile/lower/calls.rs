@@ -17,6 +17,7 @@ use crate::lang::builtins::Builtin;
 use crate::lang::file::FunctionDef;
 
 impl Lowerer {
+    /// A call of a built-in or a `[functions]` function.
     pub(super) fn call(&mut self, func: &Spanned<String>, args: &[Expr], span: &Span) -> Lowered {
         let name = func.node.as_str();
         if let Some(fd) = self.functions.iter().find(|f| f.name.node == name).cloned() {
@@ -355,6 +356,7 @@ impl Lowerer {
         self.emit(Op::Reshape, vec![x], Shape(dims), span)
     }
 
+    /// `x[...]`: single indices drop their axis, slices keep it.
     pub(super) fn index(&mut self, t: Reg, items: &[Spanned<IndexItem>], span: &Span) -> Lowered {
         let s = self.shape(t).clone();
         if items.len() > s.rank() {

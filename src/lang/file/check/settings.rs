@@ -5,6 +5,7 @@ use toml::de::{DeTable, DeValue};
 use super::*;
 
 impl Checker {
+    /// An `[optimizer]` table's settings, each checked against the registry.
     pub(super) fn settings(&mut self, v: &Value, what: &str) -> Vec<Setting> {
         let (value, span) = spanned(v);
         let DeValue::Table(t) = value else {
@@ -76,6 +77,7 @@ impl Checker {
         }
     }
 
+    /// The `[[variants]]`, each checked: name, consts it overrides, dtype, loss, run settings.
     pub(super) fn variants(&mut self, v: Option<&Value>, consts: &[ConstEntry]) -> Vec<Variant> {
         let Some(v) = v else {
             return Vec::new();
