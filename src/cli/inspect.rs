@@ -64,6 +64,17 @@ fn unloadable(diags: &[Diagnostic], color: bool, out: &mut impl Write) -> anyhow
     Ok(false)
 }
 
+/// `FILE  run `name` in DTYPE at step K`: the first line of every report on a point.
+fn heading(args: &PointArgs, run: &Run) -> String {
+    format!(
+        "{}  run `{}` in {} at step {}",
+        args.file.display(),
+        run.name,
+        run.dtype.name(),
+        run.step_count()
+    )
+}
+
 /// `gradscope gradcheck`: returns whether every checked param passed.
 pub fn gradcheck_command(
     args: &PointArgs,
@@ -80,11 +91,8 @@ pub fn gradcheck_command(
         let (atol, rtol) = tolerance(run.dtype);
         writeln!(
             out,
-            "{}  run `{}` in {} at step {} (atol {atol:e}, rtol {rtol:e}; at most {SAMPLE} elements a param)",
-            args.file.display(),
-            run.name,
-            run.dtype.name(),
-            run.step_count()
+            "{} (atol {atol:e}, rtol {rtol:e}; at most {SAMPLE} elements a param)",
+            heading(args, &run)
         )?;
         match gradcheck(&compiled, def, run.dtype, Some(&run.param_values()), 0) {
             Ok(checks) => {
@@ -142,14 +150,7 @@ pub fn curvature_command(
     };
     for (_, run) in runs {
         let c = run.curvature(50)?;
-        writeln!(
-            out,
-            "{}  run `{}` in {} at step {}",
-            args.file.display(),
-            run.name,
-            run.dtype.name(),
-            run.step_count()
-        )?;
+        writeln!(out, "{}", heading(args, &run))?;
         writeln!(
             out,
             "  top Hessian eigenvalue λ = {}  ({} power iterations{})",
@@ -201,14 +202,7 @@ pub fn precision_command(
     };
     for (_, run) in runs {
         let stats = run.precision()?;
-        writeln!(
-            out,
-            "{}  run `{}` in {} at step {} (against f64)",
-            args.file.display(),
-            run.name,
-            run.dtype.name(),
-            run.step_count()
-        )?;
+        writeln!(out, "{} (against f64)", heading(args, &run))?;
         if stats.is_empty() {
             writeln!(out, "  no op overflowed, flushed to zero or went subnormal")?;
         }
