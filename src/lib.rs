@@ -1,7 +1,27 @@
 //! gradscope: see what custom loss functions, their gradients and optimizers actually do.
 //!
-//! `lang` parses loss files (no tensors), `compile` turns them into candle programs, `check`
-//! reports on them; `main.rs` only parses the command line and calls [`run`].
+//! The crate is a stack of layers; each imports only the layers below it (`tests/walls.rs`
+//! keeps it so), and `main.rs` only parses the command line and calls [`run`]:
+//!
+//! ```text
+//!  cli/         check · run · inspect · pictures · bench: every front end and clap type
+//!    │
+//!  tui/         app (model + update) ◀ input, keys │ session │ perform (I/O) │ layout │ render/
+//!    │
+//!  draw/        palette, landscape scene, SVG/PNG plots (no terminal needed)
+//!    │
+//!  run/         RunRequest → Run (step, rewind) │ worker thread │ history │ summary │ export
+//!    │
+//!  load         discover, read and compile a file once │ landscape/  planes, grids, its thread
+//!    │
+//!  compile/     lower/ → plan → candle; custom and fused ops, provenance, gradcheck, curvature
+//!    │
+//!  lang/        lexer → parser → AST with spans; the loss-file schema (file/): no tensors
+//!    │
+//!  optim/       the optimizer registry (typed hyper-parameters), update rules, run settings
+//!    │
+//!  diagnostic   one diagnostic type │ format: numbers and durations
+//! ```
 
 pub mod cli;
 pub mod compile;
