@@ -1,7 +1,7 @@
 //! gradscope: see what custom loss functions, their gradients and optimizers actually do.
 //!
 //! The crate is a stack of layers; each imports only the layers below it (`tests/walls.rs`
-//! keeps it so), and `main.rs` only parses the command line and calls [`run`]:
+//! keeps it so), and `main.rs` only parses the command line and calls [`run()`]:
 //!
 //! ```text
 //!  cli/         check · run · inspect · pictures · bench: every front end and clap type
@@ -79,7 +79,7 @@ fn exit(ok: bool) -> ExitCode {
 }
 
 /// Process-wide set-up done once at start-up, before any tensor exists: the thread count (see
-/// [`init_threads`]); glibc malloc thresholds (with the defaults, glibc returns every multi-MB
+/// `init_threads`); glibc malloc thresholds (with the defaults, glibc returns every multi-MB
 /// tensor to the kernel on free and page-faults it back on the next op: a fifth of a
 /// logistic-regression step went to page faults); the tensor thread pool; and the curvature
 /// thread, the one thread that keeps gradient graphs for second-order derivatives.

@@ -1,4 +1,4 @@
-//! Input: what keys (through the table in [`super::keys`]), dialogs and the mouse do to the
+//! Input: what keys (through the table in [`crate::tui::keys`]), dialogs and the mouse do to the
 //! [`App`]. Part of `update`: these change the model and return the I/O they need as an
 //! [`Action`].
 
