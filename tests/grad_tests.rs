@@ -1001,3 +1001,111 @@ fn f32_gradient_matches_f64() {
     }
     assert!(failures.is_empty(), "f32 vs f64:\n{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Joining, one-hot labels, `.T`, `axis=` and the constants pi and e
+// ---------------------------------------------------------------------------------------------
+
+const JOIN_DATA: &str = r#"
+W26 = "reshape(cos(1.3 * arange(12)) + 0.3, 2, 6)"
+lab = "[0, 2, 1, 2]"
+D = "[[0.1, 0.9, -0.3], [2.0, -1.0, 0.5]]"
+"#;
+
+#[test]
+fn stack_along_a_new_axis() {
+    // stack(u, v^2, axis=0) has rows u and v²; stack(u^3, v, axis=1) has columns u³ and v:
+    // d/du = W23[0] + 3u² ⊙ W23[0], d/dv = 2v ⊙ W23[1] + W23[1]
+    check(
+        "stack",
+        &file(
+            "sum(W23 * stack(u, v^2, axis=0)) + sum(W23 * transpose(stack(u^3, v, axis=1)))",
+            "",
+            "u = \"[0.3, -1.2, 0.7]\"\nv = \"[1.5, -0.4, -2.1]\"",
+        ),
+    );
+}
+
+#[test]
+fn concat_along_an_existing_axis() {
+    // concat(x, x^2, axis=1) is [2, 6]; concat(x, exp(x)) is [4, 3] (axis 0 by default):
+    // d/dx = W26[:, :3] + 2x ⊙ W26[:, 3:] + W34ᵀ[:2] + exp(x) ⊙ W34ᵀ[2:]
+    check(
+        "concat",
+        &file(
+            "sum(W26 * concat(x, x^2, axis=1)) + sum(transpose(W34) * concat(x, exp(x)))",
+            JOIN_DATA,
+            &format!("x = \"{X}\""),
+        ),
+    );
+}
+
+#[test]
+fn one_hot_labels_in_cross_entropy() {
+    // Y = one_hot(lab, 3); L = -mean(sum(Y ⊙ log_softmax(Z), -1)): dL/dZ = (softmax(Z) - Y) / 4;
+    // Y @ w picks w[lab[i]]: d/dw = Σ_i e_{lab[i]} = [1, 1, 2]
+    check(
+        "one_hot",
+        &file(
+            "Y = one_hot(lab, 3)\n-mean(sum(Y * log_softmax(Z, -1), -1)) + sum(W4 * (Y @ w))",
+            JOIN_DATA,
+            "Z = \"reshape(sin(1.7 * arange(12)), 4, 3)\"\nw = \"[0.2, -0.5, 0.9]\"",
+        ),
+    );
+}
+
+#[test]
+fn argmax_on_data_and_in_detach_selects_without_gradient() {
+    // argmax(D, axis=1) = [1, 0]: d/dx of sum(one_hot(...) ⊙ x) is that one-hot, [[0,1,0],[1,0,0]];
+    // argmin(x, axis=1) inside detach adds a constant, so it adds nothing to the gradient
+    check(
+        "argmax",
+        &file(
+            "sum(one_hot(argmax(D, axis=1), 3) * x) + sum(W3[0:2] * detach(argmin(x, 1)))",
+            JOIN_DATA,
+            &format!("x = \"{X}\""),
+        ),
+    );
+}
+
+#[test]
+fn dot_t_is_transpose() {
+    // sum(W34 ⊙ (xᵀ @ W24)): d/dx = W24 W34ᵀ; sum(C ⊙ (x @ xᵀ @ x)) through both uses of x
+    check(
+        "dot_t",
+        &file(
+            "sum(W34 * (x.T @ W24)) + sum(C * (x @ x.T @ x))",
+            "",
+            &format!("x = \"{X}\""),
+        ),
+    );
+}
+
+#[test]
+fn axis_keyword_is_the_positional_axis() {
+    // sum(T, axis=1) is sum(T, 1): d/dT[i, j, k] = W24[i, k]; softmax(x, axis=0) is softmax(x, 0)
+    check(
+        "axis_keyword",
+        &file(
+            "sum(W24 * sum(T, axis=1)) + sum(W23 * softmax(x, axis=0)) + sum(W3 * amax(x, axis=-2))",
+            "",
+            &format!("T = \"{T}\"\nx = \"{X}\""),
+        ),
+    );
+}
+
+#[test]
+fn pi_and_e_are_constants_that_user_names_shadow() {
+    // at x = 0 the loss is pi * e, or pi * 2 where a const `e = 2` shadows Euler's number
+    for (consts, want) in [
+        ("", std::f64::consts::PI * std::f64::consts::E),
+        ("[consts]\ne = 2.0\n", std::f64::consts::PI * 2.0),
+    ] {
+        let toml = format!(
+            "name = \"pi e\"\ndtype = \"f64\"\nloss = \"sum(x^2) + pi * e\"\n{consts}[params]\nx = \"zeros(2)\"\n"
+        );
+        let c = compiled("pi_e", &toml);
+        let ev = Evaluator::new(&c, 0).expect("Evaluator::new");
+        assert_eq!(evaluate("pi_e", &ev).loss, want, "{consts}");
+    }
+}

@@ -1,5 +1,6 @@
 //! Every file in tests/malformed/ holds one mistake: its rendered diagnostics are snapshotted, it
 //! must carry a line and column, and `gradscope check` must exit 1 for it without panicking.
+//! Every file in tests/warnings/ compiles with warnings only, snapshotted the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,8 +8,12 @@ use std::process::Command;
 use gradscope::cli::check::check_file;
 
 fn malformed_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir("tests/malformed")
-        .expect("tests/malformed exists")
+    toml_files("tests/malformed")
+}
+
+fn toml_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the fixture folder exists")
         .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
@@ -30,12 +35,7 @@ fn each_malformed_file_gets_located_diagnostics() {
     for path in malformed_files() {
         let report = check_file(&path, true);
         assert!(!report.ok(), "{} should have an error", path.display());
-        let rendered: String = report
-            .file
-            .diagnostics
-            .iter()
-            .map(|d| d.render(false))
-            .collect();
+        let rendered = rendered(&report.file.diagnostics);
         for d in report.file.diagnostics.iter().filter(|d| d.is_error()) {
             assert!(
                 d.line_col().is_some(),
@@ -46,6 +46,26 @@ fn each_malformed_file_gets_located_diagnostics() {
         }
         insta::with_settings!({snapshot_path => "snapshots/malformed", prepend_module_to_snapshot => false}, {
             insta::assert_snapshot!(stem(&path), rendered);
+        });
+    }
+}
+
+fn rendered(diags: &[gradscope::diagnostic::Diagnostic]) -> String {
+    diags.iter().map(|d| d.render(false)).collect()
+}
+
+#[test]
+fn each_warning_file_compiles_and_gets_its_warnings() {
+    for path in toml_files("tests/warnings") {
+        let report = check_file(&path, true);
+        assert!(report.ok(), "{} should compile", path.display());
+        assert!(
+            !report.file.diagnostics.is_empty(),
+            "{} should warn",
+            path.display()
+        );
+        insta::with_settings!({snapshot_path => "snapshots/warnings", prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!(stem(&path), rendered(&report.file.diagnostics));
         });
     }
 }

@@ -235,8 +235,13 @@ pub fn free_names(e: &Expr) -> Vec<String> {
                 walk(lhs, out);
                 walk(rhs, out);
             }
-            ExprKind::Call { args, .. } => args.iter().for_each(|a| walk(a, out)),
-            ExprKind::Index { target, .. } => walk(target, out),
+            ExprKind::Call { args, kwargs, .. } => args
+                .iter()
+                .chain(kwargs.iter().map(|k| &k.value))
+                .for_each(|a| walk(a, out)),
+            ExprKind::Index { target, .. } | ExprKind::Transposed { target, .. } => {
+                walk(target, out)
+            }
         }
     }
     walk(e, &mut out);

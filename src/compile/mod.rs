@@ -178,8 +178,7 @@ fn lower_run(
         }
     }
     for (i, d) in data.iter().enumerate() {
-        let shape = Shape(d.value.dims().to_vec());
-        lw.bind_input(&d.name, i, Kind::Data, shape, d.span.clone());
+        lw.bind_data(&d.name, i, &d.value, d.span.clone());
     }
     for (j, p) in params.iter().enumerate() {
         let shape = Shape(p.value.dims().to_vec());

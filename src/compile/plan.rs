@@ -128,7 +128,23 @@ pub enum Op {
         narrows: Vec<Narrow>,
         squeeze: Vec<usize>,
     },
-    Stack,
+    /// The arguments (of one shape) stacked along a new axis; an array literal stacks on axis 0.
+    Stack {
+        axis: usize,
+    },
+    /// The arguments joined along an existing axis.
+    Concat {
+        axis: usize,
+    },
+    /// Integer labels to 0/1 rows of length `n` (a new last axis); no gradient.
+    OneHot {
+        n: usize,
+    },
+    /// The index of the largest (`max`) or smallest element along an axis; no gradient.
+    ArgReduce {
+        axis: usize,
+        max: bool,
+    },
     Detach,
     /// A user function with its own gradient.
     Function(std::sync::Arc<super::function::FnOp>),
@@ -179,7 +195,11 @@ impl Op {
             Op::Reshape => "reshape".into(),
             Op::Transpose => "transpose".into(),
             Op::Index { .. } => "indexing".into(),
-            Op::Stack => "array".into(),
+            Op::Stack { .. } => "stack".into(),
+            Op::Concat { .. } => "concat".into(),
+            Op::OneHot { .. } => "one_hot".into(),
+            Op::ArgReduce { max: true, .. } => "argmax".into(),
+            Op::ArgReduce { max: false, .. } => "argmin".into(),
             Op::Detach => "detach".into(),
             Op::Function(f) => f.name.clone(),
         }
@@ -202,7 +222,12 @@ impl Op {
     pub fn passes_gradient(&self) -> bool {
         !matches!(
             self,
-            Op::Detach | Op::Compare(_) | Op::Const(_) | Op::Input(_)
+            Op::Detach
+                | Op::Compare(_)
+                | Op::Const(_)
+                | Op::Input(_)
+                | Op::OneHot { .. }
+                | Op::ArgReduce { .. }
         )
     }
 }
@@ -269,7 +294,22 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
             }
             Ok(t)
         }
-        Op::Stack => Tensor::stack(args, 0),
+        Op::Stack { axis } => Tensor::stack(args, *axis),
+        Op::Concat { axis } => Tensor::cat(args, *axis),
+        Op::OneHot { n } => {
+            let x = a();
+            let classes = Tensor::arange(0u32, *n as u32, x.device())?.to_dtype(x.dtype())?;
+            compare(Compare::Eq, &x.unsqueeze(x.rank())?, &classes, out)
+        }
+        Op::ArgReduce { axis, max } => {
+            let x = a();
+            let i = if *max {
+                x.argmax(*axis)?
+            } else {
+                x.argmin(*axis)?
+            };
+            i.to_dtype(x.dtype())
+        }
         Op::Detach => Ok(a().detach()),
         Op::Function(f) => super::function::UserOp(f.clone()).apply(args),
     }

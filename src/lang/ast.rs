@@ -94,11 +94,24 @@ pub enum ExprKind {
     Call {
         func: Spanned<String>,
         args: Vec<Expr>,
+        kwargs: Vec<Kwarg>,
     },
     Index {
         target: Box<Expr>,
         items: Vec<Spanned<IndexItem>>,
     },
+    /// `x.T`, a spelling of `transpose(x)` for matrices; `t_span` covers the `.T`.
+    Transposed {
+        target: Box<Expr>,
+        t_span: Span,
+    },
+}
+
+/// `name=value` in a call's argument list, after the positional arguments (`sum(x, axis=1)`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kwarg {
+    pub name: Spanned<String>,
+    pub value: Expr,
 }
 
 /// `name = value`, one line of a program.

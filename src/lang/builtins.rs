@@ -8,8 +8,16 @@ pub struct Arity {
     pub max: Option<usize>,
 }
 
+/// Where a function takes an axis: at a positional index that `axis=k` may fill instead, or only
+/// as the keyword (its positional arguments are all tensors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AxisArg {
+    At(usize),
+    KeywordOnly,
+}
+
 macro_rules! builtins {
-    ($($variant:ident $name:literal $min:literal $max:expr, $sig:literal;)*) => {
+    ($($variant:ident $name:literal $min:literal $max:expr, $axis:expr, $sig:literal;)*) => {
         /// A built-in function of the expression language.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Builtin { $($variant),* }
@@ -28,6 +36,12 @@ macro_rules! builtins {
                 match self { $(Builtin::$variant => Arity { min: $min, max: $max }),* }
             }
 
+            /// Where it takes an axis, if it takes one.
+            pub fn axis(self) -> Option<AxisArg> {
+                use AxisArg::*;
+                match self { $(Builtin::$variant => $axis),* }
+            }
+
             /// How to call it, for error messages.
             pub fn signature(self) -> &'static str {
                 match self { $(Builtin::$variant => $sig),* }
@@ -37,50 +51,55 @@ macro_rules! builtins {
 }
 
 builtins! {
-    Exp "exp" 1 Some(1), "exp(x)";
-    Log "log" 1 Some(1), "log(x)";
-    Log1p "log1p" 1 Some(1), "log1p(x)";
-    Sqrt "sqrt" 1 Some(1), "sqrt(x)";
-    Abs "abs" 1 Some(1), "abs(x)";
-    Sqr "sqr" 1 Some(1), "sqr(x)";
-    Sin "sin" 1 Some(1), "sin(x)";
-    Cos "cos" 1 Some(1), "cos(x)";
-    Tanh "tanh" 1 Some(1), "tanh(x)";
-    Sigmoid "sigmoid" 1 Some(1), "sigmoid(x)";
-    Softplus "softplus" 1 Some(1), "softplus(x)";
-    Relu "relu" 1 Some(1), "relu(x)";
-    Gelu "gelu" 1 Some(1), "gelu(x)";
-    Elu "elu" 1 Some(2), "elu(x) or elu(x, alpha)";
-    Silu "silu" 1 Some(1), "silu(x)";
-    Erf "erf" 1 Some(1), "erf(x)";
-    Clamp "clamp" 3 Some(3), "clamp(x, lo, hi)";
-    Min "min" 2 Some(2), "min(a, b)";
-    Max "max" 2 Some(2), "max(a, b)";
-    Pow "pow" 2 Some(2), "pow(a, b)";
-    Where "where" 3 Some(3), "where(cond, a, b)";
-    Sum "sum" 1 Some(2), "sum(x) or sum(x, axis)";
-    Mean "mean" 1 Some(2), "mean(x) or mean(x, axis)";
-    Amax "amax" 1 Some(2), "amax(x) or amax(x, axis)";
-    Amin "amin" 1 Some(2), "amin(x) or amin(x, axis)";
-    Logsumexp "logsumexp" 1 Some(2), "logsumexp(x) or logsumexp(x, axis)";
-    Norm "norm" 1 Some(2), "norm(x) or norm(x, axis)";
-    Softmax "softmax" 1 Some(2), "softmax(x) or softmax(x, axis)";
-    LogSoftmax "log_softmax" 1 Some(2), "log_softmax(x) or log_softmax(x, axis)";
-    Reshape "reshape" 2 None, "reshape(x, d0, d1, ...)";
-    Transpose "transpose" 1 Some(1), "transpose(x)";
-    Detach "detach" 1 Some(1), "detach(x)";
-    Zeros "zeros" 0 None, "zeros(d0, d1, ...)";
-    Ones "ones" 0 None, "ones(d0, d1, ...)";
-    Randn "randn" 0 None, "randn(d0, d1, ...)";
-    Rand "rand" 0 None, "rand(d0, d1, ...)";
-    Full "full" 1 None, "full(value, d0, d1, ...)";
-    Linspace "linspace" 3 Some(3), "linspace(a, b, n)";
-    Arange "arange" 1 Some(3), "arange(n) or arange(a, b, step)";
-    Eye "eye" 1 Some(1), "eye(n)";
-    Round "round" 1 Some(1), "round(x)";
-    Floor "floor" 1 Some(1), "floor(x)";
-    Ceil "ceil" 1 Some(1), "ceil(x)";
-    Sign "sign" 1 Some(1), "sign(x)";
+    Exp "exp" 1 Some(1), None, "exp(x)";
+    Log "log" 1 Some(1), None, "log(x)";
+    Log1p "log1p" 1 Some(1), None, "log1p(x)";
+    Sqrt "sqrt" 1 Some(1), None, "sqrt(x)";
+    Abs "abs" 1 Some(1), None, "abs(x)";
+    Sqr "sqr" 1 Some(1), None, "sqr(x)";
+    Sin "sin" 1 Some(1), None, "sin(x)";
+    Cos "cos" 1 Some(1), None, "cos(x)";
+    Tanh "tanh" 1 Some(1), None, "tanh(x)";
+    Sigmoid "sigmoid" 1 Some(1), None, "sigmoid(x)";
+    Softplus "softplus" 1 Some(1), None, "softplus(x)";
+    Relu "relu" 1 Some(1), None, "relu(x)";
+    Gelu "gelu" 1 Some(1), None, "gelu(x)";
+    Elu "elu" 1 Some(2), None, "elu(x) or elu(x, alpha)";
+    Silu "silu" 1 Some(1), None, "silu(x)";
+    Erf "erf" 1 Some(1), None, "erf(x)";
+    Clamp "clamp" 3 Some(3), None, "clamp(x, lo, hi)";
+    Min "min" 2 Some(2), None, "min(a, b)";
+    Max "max" 2 Some(2), None, "max(a, b)";
+    Pow "pow" 2 Some(2), None, "pow(a, b)";
+    Where "where" 3 Some(3), None, "where(cond, a, b)";
+    Sum "sum" 1 Some(2), Some(At(1)), "sum(x) or sum(x, axis)";
+    Mean "mean" 1 Some(2), Some(At(1)), "mean(x) or mean(x, axis)";
+    Amax "amax" 1 Some(2), Some(At(1)), "amax(x) or amax(x, axis)";
+    Amin "amin" 1 Some(2), Some(At(1)), "amin(x) or amin(x, axis)";
+    Logsumexp "logsumexp" 1 Some(2), Some(At(1)), "logsumexp(x) or logsumexp(x, axis)";
+    Norm "norm" 1 Some(2), Some(At(1)), "norm(x) or norm(x, axis)";
+    Softmax "softmax" 1 Some(2), Some(At(1)), "softmax(x) or softmax(x, axis)";
+    LogSoftmax "log_softmax" 1 Some(2), Some(At(1)), "log_softmax(x) or log_softmax(x, axis)";
+    Argmax "argmax" 2 Some(2), Some(At(1)), "argmax(x, axis)";
+    Argmin "argmin" 2 Some(2), Some(At(1)), "argmin(x, axis)";
+    OneHot "one_hot" 2 Some(2), None, "one_hot(labels, n)";
+    Stack "stack" 1 None, Some(KeywordOnly), "stack(a, b, ..., axis=0)";
+    Concat "concat" 1 None, Some(KeywordOnly), "concat(a, b, ..., axis=0)";
+    Reshape "reshape" 2 None, None, "reshape(x, d0, d1, ...)";
+    Transpose "transpose" 1 Some(1), None, "transpose(x)";
+    Detach "detach" 1 Some(1), None, "detach(x)";
+    Zeros "zeros" 0 None, None, "zeros(d0, d1, ...)";
+    Ones "ones" 0 None, None, "ones(d0, d1, ...)";
+    Randn "randn" 0 None, None, "randn(d0, d1, ...)";
+    Rand "rand" 0 None, None, "rand(d0, d1, ...)";
+    Full "full" 1 None, None, "full(value, d0, d1, ...)";
+    Linspace "linspace" 3 Some(3), None, "linspace(a, b, n)";
+    Arange "arange" 1 Some(3), None, "arange(n) or arange(a, b, step)";
+    Eye "eye" 1 Some(1), None, "eye(n)";
+    Round "round" 1 Some(1), None, "round(x)";
+    Floor "floor" 1 Some(1), None, "floor(x)";
+    Ceil "ceil" 1 Some(1), None, "ceil(x)";
+    Sign "sign" 1 Some(1), None, "sign(x)";
 }
 
 impl Builtin {
@@ -94,10 +113,29 @@ impl Builtin {
         Self::ALL.iter().map(|b| b.name())
     }
 
+    /// The keyword arguments it accepts (`axis` for the functions that take an axis).
+    pub fn keywords(self) -> &'static [&'static str] {
+        if self.axis().is_some() {
+            &["axis"]
+        } else {
+            &[]
+        }
+    }
+
     /// Whether `n` arguments fit its arity.
     pub fn accepts(self, n: usize) -> bool {
         let a = self.arity();
         n >= a.min && a.max.is_none_or(|m| n <= m)
+    }
+}
+
+/// The value of a named constant, `pi` or `e`. A data entry, const, param or program step of the
+/// same name shadows it.
+pub fn constant(name: &str) -> Option<f64> {
+    match name {
+        "pi" => Some(std::f64::consts::PI),
+        "e" => Some(std::f64::consts::E),
+        _ => None,
     }
 }
 

@@ -51,6 +51,7 @@ pub enum Tok {
     RBracket,
     Comma,
     Colon,
+    Dot,
     Newline,
     Eof,
 }
@@ -88,6 +89,7 @@ impl Tok {
             Tok::RBracket => "]",
             Tok::Comma => ",",
             Tok::Colon => ":",
+            Tok::Dot => ".",
             _ => "?",
         }
     }
@@ -136,6 +138,13 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
                     span: map.span(start..start + 1),
                 });
                 continue;
+            }
+            // `.` before a letter is an attribute (`x.T`); before a digit it starts a number.
+            b'.' if bytes
+                .get(i + 1)
+                .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_') =>
+            {
+                single(Tok::Dot)
             }
             b'0'..=b'9' | b'.' => match lex_number(&text[i..]) {
                 Ok((n, len)) => (Tok::Number(n), len),

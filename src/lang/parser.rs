@@ -1,7 +1,7 @@
 //! A Pratt parser for loss programs and single expressions. It recovers at line ends so one file
 //! reports all its syntax errors, and bounds nesting so no input can overflow the stack.
 
-use super::ast::{BinOp, Expr, ExprKind, IndexItem, Program, Spanned, Stmt};
+use super::ast::{BinOp, Expr, ExprKind, IndexItem, Kwarg, Program, Spanned, Stmt};
 use super::lexer::{LexError, OffsetMap, Tok, Token, lex};
 use crate::diagnostic::Span;
 
@@ -15,22 +15,29 @@ pub type ParseError = LexError;
 pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseError>> {
     let (tokens, mut errors) = lex(text, map);
     let mut p = Parser::new(tokens);
-    let mut lines: Vec<(Option<Spanned<String>>, Expr)> = Vec::new();
+    // None for a line that failed: it is reported, and no later check may blame it again.
+    let mut lines: Vec<Option<(Option<Spanned<String>>, Expr)>> = Vec::new();
     loop {
         p.skip_newlines();
         if p.peek() == &Tok::Eof {
             break;
         }
+        let start = p.span().start;
         match p.statement() {
-            Ok(line) => lines.push(line),
+            Ok(line) => lines.push(Some(line)),
             Err(e) => {
-                errors.push(e);
                 p.recover_to_line_end();
+                let end = p.span().start;
+                // A character the lexer refused already explains why the line does not parse.
+                if !errors.iter().any(|l| (start..end).contains(&l.span.start)) {
+                    errors.push(e);
+                }
+                lines.push(None);
             }
         }
     }
     let end = p.tokens.last().map(|t| t.span.clone()).unwrap_or(0..0);
-    let Some((last_name, result)) = lines.pop() else {
+    let Some(last) = lines.pop() else {
         if errors.is_empty() {
             errors.push(err(
                 "the loss program is empty",
@@ -38,6 +45,9 @@ pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseEr
                 Some("write the loss as the last line, e.g. `mean((x @ w - y)^2)`"),
             ));
         }
+        return Err(errors);
+    };
+    let Some((last_name, result)) = last else {
         return Err(errors);
     };
     if let Some(name) = last_name {
@@ -48,7 +58,7 @@ pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseEr
         ));
     }
     let mut stmts = Vec::new();
-    for (name, value) in lines {
+    for (name, value) in lines.into_iter().flatten() {
         match name {
             Some(name) => stmts.push(Stmt { name, value }),
             None => errors.push(err(
@@ -319,10 +329,40 @@ impl Parser {
             });
         }
         let mut e = self.primary()?;
-        while self.peek() == &Tok::LBracket {
-            e = self.index(e)?;
+        loop {
+            e = match self.peek() {
+                Tok::LBracket => self.index(e)?,
+                Tok::Dot => self.attribute(e)?,
+                _ => return Ok(e),
+            };
         }
-        Ok(e)
+    }
+
+    /// `x.T`, the only attribute; anything else after a `.` is an error naming it.
+    fn attribute(&mut self, target: Expr) -> Result<Expr, ParseError> {
+        self.enter()?;
+        let dot = self.bump().span;
+        let t = self.tokens[self.pos].clone();
+        match &t.tok {
+            Tok::Ident(a) if a == "T" => {
+                self.bump();
+                self.depth -= 1;
+                let span = target.span.start..t.span.end;
+                Ok(Expr {
+                    kind: ExprKind::Transposed {
+                        target: Box::new(target),
+                        t_span: dot.start..t.span.end,
+                    },
+                    span,
+                })
+            }
+            Tok::Ident(a) => Err(err(
+                &format!("unknown attribute `.{a}`"),
+                dot.start..t.span.end,
+                Some("the only attribute is `.T` (transpose); functions are called as f(x)"),
+            )),
+            _ => Err(self.unexpected("`T` after `.`")),
+        }
     }
 
     fn primary(&mut self) -> Result<Expr, ParseError> {
@@ -344,12 +384,13 @@ impl Parser {
                     });
                 }
                 let open = self.bump().span;
-                let args = self.list(Tok::RParen, &open)?;
+                let (args, kwargs) = self.list(Tok::RParen, &open)?;
                 let end = self.tokens[self.pos - 1].span.end;
                 Ok(Expr {
                     kind: ExprKind::Call {
                         func: Spanned::new(name, t.span.clone()),
                         args,
+                        kwargs,
                     },
                     span: t.span.start..end,
                 })
@@ -367,7 +408,7 @@ impl Parser {
             }
             Tok::LBracket => {
                 self.bump();
-                let items = self.list(Tok::RBracket, &t.span)?;
+                let (items, _) = self.list(Tok::RBracket, &t.span)?;
                 let end = self.tokens[self.pos - 1].span.end;
                 if items.is_empty() {
                     return Err(err(
@@ -385,19 +426,48 @@ impl Parser {
         }
     }
 
-    /// Comma-separated expressions up to `close` (a trailing comma is allowed).
-    fn list(&mut self, close: Tok, open: &Span) -> Result<Vec<Expr>, ParseError> {
+    /// Comma-separated expressions up to `close` (a trailing comma is allowed). In a call's `( )`
+    /// they may end with keyword arguments `name=value`; an array's `[ ]` has none.
+    fn list(&mut self, close: Tok, open: &Span) -> Result<(Vec<Expr>, Vec<Kwarg>), ParseError> {
         self.enter()?;
         self.brackets += 1;
         let wanted = format!("`,` or `{}`", if close == Tok::RParen { ")" } else { "]" });
         let mut items = Vec::new();
+        let mut kwargs: Vec<Kwarg> = Vec::new();
         while *self.peek() != close {
             if self.peek() == &Tok::Eof {
                 return Err(self
                     .unclosed(open, &wanted)
                     .unwrap_or_else(|| self.unexpected(&wanted)));
             }
-            items.push(self.expr(0)?);
+            if let (Tok::Ident(name), Tok::Assign, Tok::RParen) =
+                (self.peek().clone(), self.peek_at(1), &close)
+            {
+                let name = Spanned::new(name, self.bump().span);
+                self.bump();
+                let value = self.expr(0)?;
+                if kwargs.iter().any(|k| k.name.node == name.node) {
+                    return Err(err(
+                        &format!("`{}` is given twice", name.node),
+                        name.span,
+                        Some("give each keyword argument once"),
+                    ));
+                }
+                kwargs.push(Kwarg { name, value });
+            } else {
+                let e = self.expr(0)?;
+                if let Some(k) = kwargs.first() {
+                    return Err(err(
+                        "a positional argument cannot follow a keyword argument",
+                        e.span,
+                        Some(&format!(
+                            "put positional arguments first, then `{}=...`",
+                            k.name.node
+                        )),
+                    ));
+                }
+                items.push(e);
+            }
             if self.peek() == &Tok::Comma {
                 self.bump();
             } else if *self.peek() != close {
@@ -410,7 +480,7 @@ impl Parser {
         self.bump();
         self.brackets -= 1;
         self.depth -= 1;
-        Ok(items)
+        Ok((items, kwargs))
     }
 
     fn index(&mut self, target: Expr) -> Result<Expr, ParseError> {
@@ -500,12 +570,21 @@ mod tests {
             ExprKind::Binary { op, lhs, rhs, .. } => {
                 format!("({} {} {})", show(lhs), op.symbol(), show(rhs))
             }
-            ExprKind::Call { func, args } => format!(
+            ExprKind::Call { func, args, kwargs } => format!(
                 "{}({})",
                 func.node,
-                args.iter().map(show).collect::<Vec<_>>().join(", ")
+                args.iter()
+                    .map(show)
+                    .chain(
+                        kwargs
+                            .iter()
+                            .map(|k| format!("{}={}", k.name.node, show(&k.value)))
+                    )
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             ExprKind::Index { target, items } => format!("{}[{}]", show(target), items.len()),
+            ExprKind::Transposed { target, .. } => format!("{}.T", show(target)),
         }
     }
 
@@ -529,6 +608,14 @@ mod tests {
             ("(a + b) * c", "((a + b) * c)"),
             ("[[1, 2], [3, 4]]", "[[1, 2], [3, 4]]"),
             ("x ** 2", "(x ^ 2)"),
+            ("a @ b.T", "(a @ b.T)"),
+            ("-x.T", "(-x.T)"),
+            ("x[0].T", "x[1].T"),
+            ("f(x).T.T", "f(x).T.T"),
+            ("x^y.T", "(x ^ y.T)"),
+            (".5 * x", "(0.5 * x)"),
+            ("sum(x, axis=-1)", "sum(x, axis=(-1))"),
+            ("stack(a, b,\n axis=1,)", "stack(a, b, axis=1)"),
         ] {
             assert_eq!(parse(src), want, "{src}");
         }
@@ -575,6 +662,58 @@ mod tests {
         assert_eq!(e[0].message, "this bracket is never closed");
         assert_eq!(e[0].span, 4..5);
         assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn keyword_arguments_and_dot_t_carry_their_spans() {
+        let e = parse_expr("sum(x, axis=1) + w.T", &OffsetMap::Shift(0)).unwrap();
+        let ExprKind::Binary { lhs, rhs, .. } = e.kind else {
+            panic!("a sum")
+        };
+        let ExprKind::Call { args, kwargs, .. } = lhs.kind else {
+            panic!("a call")
+        };
+        assert_eq!(args.len(), 1);
+        assert_eq!(kwargs[0].name.node, "axis");
+        assert_eq!(kwargs[0].name.span, 7..11);
+        assert_eq!(kwargs[0].value.span, 12..13);
+        assert_eq!(rhs.span, 17..20);
+        let ExprKind::Transposed { target, t_span } = rhs.kind else {
+            panic!("a transpose")
+        };
+        assert_eq!(target.span, 17..18);
+        assert_eq!(t_span, 18..20);
+    }
+
+    #[test]
+    fn misplaced_or_repeated_keywords_and_unknown_attributes_are_errors() {
+        for (src, message, span) in [
+            (
+                "sum(axis=1, x)",
+                "a positional argument cannot follow a keyword argument",
+                12..13,
+            ),
+            ("sum(x, axis=1, axis=2)", "`axis` is given twice", 15..19),
+            ("x.shape", "unknown attribute `.shape`", 1..7),
+        ] {
+            let e = parse_expr(src, &OffsetMap::Shift(0)).unwrap_err();
+            assert_eq!((e[0].message.as_str(), e[0].span.clone()), (message, span));
+        }
+    }
+
+    #[test]
+    fn a_broken_last_line_is_reported_once() {
+        for (src, message) in [
+            (
+                "a = 1\nmean(a))",
+                "expected an operator or the end of the line, found `)`",
+            ),
+            ("a = 1\nmean(a) % 2", "unexpected character `%`"),
+        ] {
+            let e = parse_program(src, &OffsetMap::Shift(0)).unwrap_err();
+            let got: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
+            assert_eq!(got, [message], "{src}");
+        }
     }
 
     #[test]

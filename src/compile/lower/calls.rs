@@ -11,16 +11,33 @@ use crate::compile::function::FnOp;
 use crate::compile::ops::Elementwise;
 use crate::compile::plan::{Binary, Narrow, Op, Reduce, Reg, Unary};
 use crate::compile::shape::{self, MAX_ELEMENTS, Shape};
-use crate::diagnostic::{Span, did_you_mean};
-use crate::lang::ast::{Expr, IndexItem, Spanned};
-use crate::lang::builtins::Builtin;
+use crate::diagnostic::{Diagnostic, Span, did_you_mean};
+use crate::lang::ast::{Expr, ExprKind, IndexItem, Kwarg, Spanned};
+use crate::lang::builtins::{AxisArg, Builtin};
 use crate::lang::file::FunctionDef;
 
 impl Lowerer {
     /// A call of a built-in or a `[functions]` function.
-    pub(super) fn call(&mut self, func: &Spanned<String>, args: &[Expr], span: &Span) -> Lowered {
+    pub(super) fn call(
+        &mut self,
+        func: &Spanned<String>,
+        args: &[Expr],
+        kwargs: &[Kwarg],
+        span: &Span,
+    ) -> Lowered {
         let name = func.node.as_str();
         if let Some(fd) = self.functions.iter().find(|f| f.name.node == name).cloned() {
+            if let Some(k) = kwargs.first() {
+                let names: Vec<&str> = fd.args.iter().map(|a| a.node.as_str()).collect();
+                return Err(self.fail(
+                    format!("`{name}` takes no keyword arguments"),
+                    &k.name.span,
+                    Some(format!(
+                        "pass them by position: {name}({})",
+                        names.join(", ")
+                    )),
+                ));
+            }
             return self.user_call(&fd, args, span);
         }
         let Some(f) = Builtin::from_name(name) else {
@@ -32,6 +49,27 @@ impl Lowerer {
                 .help = help;
             return Err(Reported);
         };
+        let axis_kw = self.axis_keyword(f, kwargs)?;
+        let mut args = args.to_vec();
+        let mut join_axis = None;
+        match (f.axis(), axis_kw) {
+            (Some(AxisArg::At(i)), Some(a)) if args.len() == i => args.push(a.clone()),
+            (Some(AxisArg::At(i)), Some(a)) => {
+                let message = if args.len() > i {
+                    format!("`{name}` is given its axis twice, by position and as `axis=`")
+                } else {
+                    format!("`{name}` needs its first argument before `axis=`")
+                };
+                return Err(self.fail(
+                    message,
+                    &a.span,
+                    Some(format!("call it as {}", f.signature())),
+                ));
+            }
+            (Some(AxisArg::KeywordOnly), a) => join_axis = a,
+            _ => {}
+        }
+        let args = args.as_slice();
         if !f.accepts(args.len()) {
             let a = f.arity();
             let want = match a.max {
@@ -49,7 +87,10 @@ impl Lowerer {
                 Some(format!("call it as {}", f.signature())),
             ));
         }
+        let detach = usize::from(f == Builtin::Detach);
+        self.detached += detach;
         let lowered: Vec<Lowered> = args.iter().map(|a| self.expr(a)).collect();
+        self.detached -= detach;
         let regs: Vec<Reg> = lowered.into_iter().collect::<Result<_, _>>()?;
         let arg_span = |i: usize| args[i].span.clone();
         let same = |this: &Self| this.shape(regs[0]).clone();
@@ -81,15 +122,12 @@ impl Lowerer {
                 unary(self, Unary::Elu(alpha))
             }
             Builtin::Round | Builtin::Floor | Builtin::Ceil | Builtin::Sign => {
-                if self.grad[regs[0]] {
-                    return Err(self.fail(
-                        format!("`{name}` would silently drop the gradient of a param"),
-                        span,
-                        Some(format!(
-                            "its derivative is zero almost everywhere; wrap it as detach({name}(...)) if a constant is meant"
-                        )),
-                    ));
-                }
+                self.refuse_gradient_loss(
+                    name,
+                    regs[0],
+                    span,
+                    "its derivative is zero almost everywhere",
+                )?;
                 let u = match f {
                     Builtin::Round => Unary::Round,
                     Builtin::Floor => Unary::Floor,
@@ -103,6 +141,7 @@ impl Lowerer {
                 self.emit(Op::Detach, regs, s, span)
             }
             Builtin::Min | Builtin::Max => {
+                self.warn_integer_second_argument(f, regs[0], &args[1]);
                 let s = self.broadcast(name, regs[0], regs[1], span)?;
                 let b = if f == Builtin::Min {
                     Binary::Min
@@ -165,21 +204,23 @@ impl Lowerer {
                 let log = f == Builtin::LogSoftmax;
                 self.emit(Op::Softmax { axis, log }, vec![x], s, span)
             }
-            Builtin::Reshape => self.reshape(&regs, args, span),
-            Builtin::Transpose => {
-                let s = same(self);
-                if s.rank() < 2 {
-                    return Err(self.fail(
-                        format!("`transpose` swaps the last two axes, but this has shape {s}"),
-                        span,
-                        Some("reshape a vector to a column first: reshape(x, -1, 1)".into()),
-                    ));
-                }
-                let mut d = s.0.clone();
-                let r = d.len();
-                d.swap(r - 2, r - 1);
-                self.emit(Op::Transpose, regs, Shape(d), span)
+            Builtin::Argmax | Builtin::Argmin => {
+                let x = regs[0];
+                self.refuse_gradient_loss(
+                    name,
+                    x,
+                    span,
+                    "an index has no derivative, so no gradient reaches the param through it; it is meant for data and metrics",
+                )?;
+                let axis = self.axis_arg(x, regs[1], &arg_span(1))?;
+                let s = shape::reduce(self.shape(x), Some(axis));
+                let max = f == Builtin::Argmax;
+                self.emit(Op::ArgReduce { axis, max }, vec![x], s, span)
             }
+            Builtin::OneHot => self.one_hot(regs[0], regs[1], args, span),
+            Builtin::Stack | Builtin::Concat => self.join(f, &regs, args, join_axis, span),
+            Builtin::Reshape => self.reshape(&regs, args, span),
+            Builtin::Transpose => self.transpose(regs[0], span),
             Builtin::Zeros
             | Builtin::Ones
             | Builtin::Randn
@@ -189,6 +230,209 @@ impl Lowerer {
             | Builtin::Arange
             | Builtin::Eye => self.construct(f, &regs, args, span),
         }
+    }
+
+    /// The expression given as `axis=`, if any; any other keyword is an error with did-you-mean.
+    fn axis_keyword<'k>(
+        &mut self,
+        f: Builtin,
+        kwargs: &'k [Kwarg],
+    ) -> Result<Option<&'k Expr>, Reported> {
+        let name = f.name();
+        let mut axis = None;
+        for k in kwargs {
+            if f.keywords().contains(&k.name.node.as_str()) {
+                axis = Some(&k.value);
+                continue;
+            }
+            let help = match f.keywords() {
+                [] => format!(
+                    "`{name}` takes no keyword arguments; call it as {}",
+                    f.signature()
+                ),
+                known => did_you_mean(&k.name.node, known.iter().copied()).unwrap_or_else(|| {
+                    format!("`{name}` takes one keyword, `axis` (torch calls it `dim`)")
+                }),
+            };
+            return Err(self.fail(
+                format!("unknown keyword argument `{}` for `{name}`", k.name.node),
+                &k.name.span,
+                Some(help),
+            ));
+        }
+        Ok(axis)
+    }
+
+    /// Refuses `name` on a value carrying a param's gradient outside `detach(...)`: `why` says
+    /// why the gradient through it would silently vanish.
+    fn refuse_gradient_loss(
+        &mut self,
+        name: &str,
+        x: Reg,
+        span: &Span,
+        why: &str,
+    ) -> Result<(), Reported> {
+        if !self.grad[x] || self.detached > 0 {
+            return Ok(());
+        }
+        Err(self.fail(
+            format!("`{name}` would silently drop the gradient of a param"),
+            span,
+            Some(format!(
+                "{why}; wrap it as detach({name}(...)) if a constant is meant"
+            )),
+        ))
+    }
+
+    /// Warns that `max(x, 1)` is elementwise when `1` could also be read as an axis of `x`, as
+    /// NumPy's and torch's `max(x, 1)` would.
+    fn warn_integer_second_argument(&mut self, f: Builtin, x: Reg, second: &Expr) {
+        let ExprKind::Number(k) = second.kind else {
+            return;
+        };
+        let literal = self
+            .source
+            .text
+            .get(second.span.clone())
+            .unwrap_or_default()
+            .to_string();
+        if !literal.bytes().all(|b| b.is_ascii_digit()) || k >= self.shape(x).rank() as f64 {
+            return;
+        }
+        let (name, reduction) = match f {
+            Builtin::Min => ("min", "amin"),
+            _ => ("max", "amax"),
+        };
+        let d = Diagnostic::warning(format!(
+            "`{name}(x, {literal})` is an elementwise {name} with {literal} here"
+        ))
+        .at(&self.source, second.span.clone())
+        .label(format!("NumPy and torch would read this as axis {literal}"))
+        .help(format!(
+            "for the {name} along axis {literal} write `{reduction}(x, axis={literal})`; for the elementwise {name} write `{name}(x, {literal}.0)`"
+        ));
+        self.diags.push(d);
+    }
+
+    /// `transpose(x)` and `x.T`: the last two axes swapped.
+    pub(super) fn transpose(&mut self, x: Reg, span: &Span) -> Lowered {
+        let s = self.shape(x).clone();
+        if s.rank() < 2 {
+            return Err(self.fail(
+                format!("`transpose` swaps the last two axes, but this has shape {s}"),
+                span,
+                Some("reshape a vector to a column first: reshape(x, -1, 1)".into()),
+            ));
+        }
+        let mut d = s.0.clone();
+        let r = d.len();
+        d.swap(r - 2, r - 1);
+        self.emit(Op::Transpose, vec![x], Shape(d), span)
+    }
+
+    /// `one_hot(labels, n)`: labels known before the run must be whole numbers in 0..n.
+    fn one_hot(&mut self, labels: Reg, n: Reg, args: &[Expr], span: &Span) -> Lowered {
+        self.refuse_gradient_loss(
+            "one_hot",
+            labels,
+            span,
+            "labels are integers and pass no gradient",
+        )?;
+        let n = self.int_arg(n, &args[1].span, "the number of classes")?;
+        if n < 1 {
+            return Err(self.fail(
+                format!("one_hot needs at least one class, got {n}"),
+                &args[1].span,
+                None,
+            ));
+        }
+        let n = n as usize;
+        let known = self.value_before_run(labels, &mut Default::default());
+        let values = known.and_then(|t| t.flatten_all().and_then(|t| t.to_vec1::<f64>()).ok());
+        if let Some(bad) = values
+            .unwrap_or_default()
+            .into_iter()
+            .find(|&v| v.fract() != 0.0 || v < 0.0 || v >= n as f64)
+        {
+            return Err(self.fail(
+                format!("one_hot's labels must be whole numbers in 0..{n}, but one is {bad}"),
+                &args[0].span,
+                Some(format!("labels are class indices from 0 to {}", n - 1)),
+            ));
+        }
+        let mut dims = self.shape(labels).0.clone();
+        dims.push(n);
+        self.emit(Op::OneHot { n }, vec![labels], Shape(dims), span)
+    }
+
+    /// `stack(...)` (along a new axis) and `concat(...)` (along an existing one); `axis` is the
+    /// `axis=` expression, 0 when absent.
+    fn join(
+        &mut self,
+        f: Builtin,
+        regs: &[Reg],
+        args: &[Expr],
+        axis: Option<&Expr>,
+        span: &Span,
+    ) -> Lowered {
+        let name = f.name();
+        let first = self.shape(regs[0]).clone();
+        let stacking = f == Builtin::Stack;
+        if !stacking && first.is_scalar() {
+            return Err(self.fail(
+                "`concat` joins along an existing axis, but the first argument is a scalar",
+                &args[0].span,
+                Some("use stack(...) to make a new axis".into()),
+            ));
+        }
+        let rank = first.rank() + usize::from(stacking);
+        let axis = match axis {
+            Some(e) => {
+                let a = self.expr(e)?;
+                self.axis_in(a, rank, &format!("`{name}` of {first}"), &e.span)?
+            }
+            None => 0,
+        };
+        let mut dims = first.0.clone();
+        if stacking {
+            dims.insert(axis, regs.len());
+        } else {
+            dims[axis] = 0;
+        }
+        for (&r, e) in regs.iter().zip(args) {
+            let s = self.shape(r).clone();
+            let fits = if stacking {
+                s == first
+            } else {
+                s.rank() == first.rank()
+                    && (0..s.rank()).all(|k| k == axis || s.dims()[k] == first.dims()[k])
+            };
+            if !fits {
+                let (message, help) = if stacking {
+                    (
+                        format!("`stack` needs tensors of one shape: {first} and {s}"),
+                        "every argument of stack has the first one's shape".to_string(),
+                    )
+                } else {
+                    (
+                        format!("`concat` along axis {axis} cannot join {first} and {s}"),
+                        format!(
+                            "the arguments must have the same rank and equal sizes on every axis but {axis}"
+                        ),
+                    )
+                };
+                return Err(self.fail(message, &e.span, Some(help)));
+            }
+            if !stacking {
+                dims[axis] += s.dims()[axis];
+            }
+        }
+        let op = if stacking {
+            Op::Stack { axis }
+        } else {
+            Op::Concat { axis }
+        };
+        self.emit(op, regs.to_vec(), Shape(dims), span)
     }
 
     /// A call of a `[functions]` entry: its value and gradient plans are lowered for the call's
@@ -287,15 +531,19 @@ impl Lowerer {
     }
 
     fn axis_arg(&mut self, x: Reg, a: Reg, span: &Span) -> Result<usize, Reported> {
-        let axis = self.int_arg(a, span, "an axis")?;
         let s = self.shape(x).clone();
-        shape::axis(axis, s.rank()).ok_or_else(|| {
+        self.axis_in(a, s.rank(), &format!("shape {s}"), span)
+    }
+
+    /// Axis `a` resolved against `rank`; `what` names what the axis is out of range for.
+    fn axis_in(&mut self, a: Reg, rank: usize, what: &str, span: &Span) -> Result<usize, Reported> {
+        let axis = self.int_arg(a, span, "an axis")?;
+        shape::axis(axis, rank).ok_or_else(|| {
             self.fail(
-                format!("axis {axis} is out of range for shape {s}"),
+                format!("axis {axis} is out of range for {what}"),
                 span,
                 Some(format!(
-                    "a tensor of rank {r} has axes 0..{r} (or -{r}..-1 from the end)",
-                    r = s.rank()
+                    "a tensor of rank {rank} has axes 0..{rank} (or -{rank}..-1 from the end)"
                 )),
             )
         })

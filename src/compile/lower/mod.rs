@@ -68,6 +68,10 @@ pub struct Lowerer {
     used: HashSet<String>,
     rng: ChaCha8Rng,
     functions: Arc<Vec<FunctionDef>>,
+    /// Values of the data inputs, by input index, for checks that need them (one_hot's labels).
+    data_values: HashMap<usize, Tensor>,
+    /// How many `detach(...)` calls enclose the expression being lowered.
+    detached: usize,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -92,6 +96,8 @@ impl Lowerer {
             used: HashSet::new(),
             rng: rng_for(seed, context),
             functions: Arc::new(Vec::new()),
+            data_values: HashMap::new(),
+            detached: 0,
             diags: Vec::new(),
         }
     }
@@ -114,6 +120,12 @@ impl Lowerer {
 
     fn bind(&mut self, name: &str, value: Value, kind: Kind) {
         self.env.insert(name.to_string(), Binding { value, kind });
+    }
+
+    fn warn(&mut self, message: impl Into<String>, span: &Span) -> &mut Diagnostic {
+        self.diags
+            .push(Diagnostic::warning(message).at(&self.source, span.clone()));
+        self.diags.last_mut().expect("just pushed")
     }
 
     fn error(&mut self, message: impl Into<String>, span: &Span) -> &mut Diagnostic {
@@ -232,12 +244,18 @@ impl Lowerer {
                     locals.push(name);
                     Value::Reg(r)
                 }
-                Err(Reported) => Value::Poisoned,
+                Err(Reported) => {
+                    self.mark_used(&stmt.value);
+                    Value::Poisoned
+                }
             };
             self.used.remove(&name.node);
             self.bind(&name.node, value, Kind::Local);
         }
         let result = self.expr(&p.node.result);
+        if result.is_err() {
+            self.mark_used(&p.node.result);
+        }
         for name in locals {
             if !self.used.contains(&name.node) {
                 self.diags.push(
@@ -262,6 +280,12 @@ impl Lowerer {
         let diags = std::mem::take(&mut self.diags);
         let plan = (!diags.iter().any(Diagnostic::is_error)).then(|| self.finish(out));
         (plan, diags)
+    }
+
+    /// Counts every name in a failed expression as used: lowering stopped at the error, so the
+    /// names after it were never looked up, and "never used" would be a follow-on error.
+    fn mark_used(&mut self, e: &Expr) {
+        self.used.extend(super::data::free_names(e));
     }
 
     /// Keeps only the instructions the output needs.
@@ -309,16 +333,35 @@ impl Lowerer {
                 let (l, r) = (self.expr(lhs), self.expr(rhs));
                 self.binary(*op, l?, r?, op_span, &e.span)
             }
-            ExprKind::Call { func, args } => self.call(func, args, &e.span),
+            ExprKind::Call { func, args, kwargs } => self.call(func, args, kwargs, &e.span),
             ExprKind::Index { target, items } => {
                 let t = self.expr(target)?;
                 self.index(t, items, &e.span)
+            }
+            ExprKind::Transposed { target, t_span } => {
+                let t = self.expr(target)?;
+                let rank = self.shape(t).rank();
+                if rank > 2 {
+                    let s = self.shape(t).clone();
+                    return Err(self.fail(
+                        format!("`.T` is for matrices, but this has shape {s}"),
+                        t_span,
+                        Some(
+                            "NumPy's .T would reverse every axis; transpose(x) swaps the last two"
+                                .into(),
+                        ),
+                    ));
+                }
+                self.transpose(t, &e.span)
             }
         }
     }
 
     fn name(&mut self, name: &str, span: &Span) -> Lowered {
         let Some(binding) = self.env.get(name).cloned() else {
+            if let Some(c) = crate::lang::builtins::constant(name) {
+                return self.scalar(c, span);
+            }
             let help = if Builtin::from_name(name).is_some() {
                 Some(format!("`{name}` is a function: call it as {name}(...)"))
             } else {
@@ -352,6 +395,34 @@ impl Lowerer {
         self.bind(name, Value::Reg(reg), kind);
     }
 
+    /// Binds a data entry as run-time input `index`, keeping its value for checks that need it.
+    pub fn bind_data(&mut self, name: &str, index: usize, value: &Tensor, span: Span) {
+        let shape = Shape(value.dims().to_vec());
+        self.bind_input(name, index, Kind::Data, shape, span);
+        self.data_values.insert(index, value.clone());
+    }
+
+    /// The value of `r` when it reads only constants and data bound with [`Lowerer::bind_data`];
+    /// None when it reads a param. `memo` holds the values already computed.
+    fn value_before_run(&self, r: Reg, memo: &mut HashMap<Reg, Option<Tensor>>) -> Option<Tensor> {
+        if let Some(v) = memo.get(&r) {
+            return v.clone();
+        }
+        let instr = &self.instrs[r];
+        let v = match &instr.op {
+            Op::Const(t) => Some(t.clone()),
+            Op::Input(i) => self.data_values.get(i).cloned(),
+            op => instr
+                .args
+                .iter()
+                .map(|&a| self.value_before_run(a, memo))
+                .collect::<Option<Vec<Tensor>>>()
+                .and_then(|args| apply(op, &args.iter().collect::<Vec<_>>(), &instr.shape).ok()),
+        };
+        memo.insert(r, v.clone());
+        v
+    }
+
     fn array(&mut self, items: &[Expr], span: &Span) -> Lowered {
         let regs: Vec<Lowered> = items.iter().map(|e| self.expr(e)).collect();
         let regs: Vec<Reg> = regs.into_iter().collect::<Result<_, _>>()?;
@@ -367,7 +438,7 @@ impl Lowerer {
         }
         let mut dims = vec![regs.len()];
         dims.extend_from_slice(first.dims());
-        self.emit(Op::Stack, regs, Shape(dims), span)
+        self.emit(Op::Stack { axis: 0 }, regs, Shape(dims), span)
     }
 
     fn broadcast(&mut self, op: &str, a: Reg, b: Reg, span: &Span) -> Result<Shape, Reported> {
@@ -489,6 +560,16 @@ impl Lowerer {
     fn power(&mut self, base: Reg, exp: Reg, op_span: &Span, span: &Span) -> Lowered {
         let shape = self.shape(base).clone();
         if let Some(e) = self.known_scalar(exp) {
+            if e < 0.0 && shape.rank() >= 2 && self.grad[base] {
+                self.warn(
+                    format!("`^{e}` is elementwise: it raises each entry of this {shape} matrix to the power {e}"),
+                    span,
+                )
+                .help = Some(format!(
+                    "it is not a matrix inverse; write {} to say the elementwise reciprocal is meant",
+                    if e == -1.0 { "1 / x".to_string() } else { format!("1 / x^{}", -e) }
+                ));
+            }
             let op = match e {
                 1.0 => return Ok(base),
                 2.0 => Op::Unary(Unary::Sqr),
