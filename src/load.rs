@@ -12,7 +12,7 @@ use crate::lang::file;
 #[derive(Debug, Clone)]
 pub struct LoadedFile {
     pub path: PathBuf,
-    /// The file's `name`, when it could be read.
+    /// The file's `name`, when that key could be read, even if the file has errors.
     pub name: Option<String>,
     pub diagnostics: Vec<Diagnostic>,
     /// None when the file has errors.
@@ -99,7 +99,7 @@ pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> LoadedFile {
 fn finish(path: &Path, loaded: file::Loaded) -> LoadedFile {
     let mut out = LoadedFile {
         path: path.to_path_buf(),
-        name: loaded.file.as_ref().map(|f| f.name.clone()),
+        name: loaded.name,
         diagnostics: loaded.diagnostics,
         compiled: None,
         source: loaded.source,

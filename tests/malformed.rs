@@ -143,3 +143,32 @@ fn a_directory_without_loss_files_is_an_error() {
         );
     }
 }
+
+#[test]
+fn check_names_a_broken_file_by_its_name_key() {
+    // a schema error and a TOML syntax error both leave the `name` key readable
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("broken_named");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let broken_toml = dir.join("broken_toml.toml");
+    std::fs::write(
+        &broken_toml,
+        "name = \"Half written\"\nloss = \"mean(w^2)\"\n[params\n",
+    )
+    .expect("written");
+    for (path, name) in [
+        (Path::new("tests/malformed/bad_dtype.toml"), "Bad dtype"),
+        (broken_toml.as_path(), "Half written"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+            .arg("check")
+            .arg(path)
+            .output()
+            .expect("binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let first = stdout.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error") && first.ends_with(&format!("  {name}")),
+            "{first}"
+        );
+    }
+}

@@ -52,19 +52,34 @@ fn spanned<'v, 'a>(v: &'v Value<'a>) -> (&'v DeValue<'a>, Span) {
     (v.get_ref(), v.span())
 }
 
-/// Checks a loss file's text: the file when it has no error, and every diagnostic.
-pub(super) fn check(source: &Arc<SourceFile>) -> (Option<LossFile>, Vec<Diagnostic>) {
+/// What checking a file's text gives: the file when it has no error, its `name` whenever that
+/// key is a readable string, and every diagnostic.
+pub(super) struct Checked {
+    pub file: Option<LossFile>,
+    pub name: Option<String>,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// Checks a loss file's text.
+pub(super) fn check(source: &Arc<SourceFile>) -> Checked {
     let mut cx = Checker {
         source: Arc::clone(source),
+        name: None,
         diags: Vec::new(),
     };
     let file = cx.file();
     let file = file.filter(|_| !cx.diags.iter().any(Diagnostic::is_error));
-    (file, cx.diags)
+    Checked {
+        file,
+        name: cx.name,
+        diags: cx.diags,
+    }
 }
 
 struct Checker {
     source: Arc<SourceFile>,
+    /// The file's `name`, kept even when the file has errors.
+    name: Option<String>,
     diags: Vec<Diagnostic>,
 }
 
@@ -78,6 +93,10 @@ impl Checker {
     fn file(&mut self) -> Option<LossFile> {
         let source = Arc::clone(&self.source);
         let (root, toml_errors) = DeTable::parse_recoverable(&source.text);
+        self.name = match root.get_ref().get("name").map(|v| v.get_ref()) {
+            Some(DeValue::String(s)) => Some(s.to_string()),
+            _ => None,
+        };
         for e in toml_errors {
             let span = e.span().unwrap_or(0..0);
             let msg = e.message().trim().to_string();

@@ -153,6 +153,8 @@ impl LossFile {
 /// What a loaded file gives: the file if it could be built, and every diagnostic found.
 pub struct Loaded {
     pub file: Option<LossFile>,
+    /// The file's `name` key when it is a readable string, even when the file has errors.
+    pub name: Option<String>,
     pub diagnostics: Vec<Diagnostic>,
     /// The source, even when the file could not be built (for rendering).
     pub source: Option<Arc<SourceFile>>,
@@ -164,6 +166,7 @@ pub fn load(path: &Path) -> Loaded {
         Ok(bytes) => load_bytes(path, bytes),
         Err(e) => Loaded {
             file: None,
+            name: None,
             diagnostics: vec![
                 Diagnostic::error(format!("cannot read {}: {e}", path.display())).in_file(path),
             ],
@@ -185,16 +188,18 @@ pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Loaded {
                 .help("save the file as UTF-8");
             return Loaded {
                 file: None,
+                name: None,
                 diagnostics: vec![d],
                 source: Some(source),
             };
         }
     };
     let source = SourceFile::new(path, text);
-    let (file, diagnostics) = check::check(&source);
+    let checked = check::check(&source);
     Loaded {
-        file,
-        diagnostics,
+        file: checked.file,
+        name: checked.name,
+        diagnostics: checked.diags,
         source: Some(source),
     }
 }
