@@ -58,6 +58,14 @@ fn tokens() -> impl Strategy<Value = String> {
         "sqrt",
         "arange",
         "eye",
+        "stack",
+        "concat",
+        "one_hot",
+        "argmax",
+        ".T",
+        "axis=",
+        "pi",
+        "e",
     ]);
     prop::collection::vec(tok, 0..40).prop_map(|v| v.join(" "))
 }
