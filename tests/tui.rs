@@ -1123,6 +1123,28 @@ fn an_edit_keeps_the_session() {
     typed_settled(&mut app, &rx, " ");
 }
 
+/// Two files with one `name` show their file stems in the losses list; the inspector names the
+/// selected run's file.
+#[test]
+fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
+    let dir = Scratch::new(&format!("stems-{}", std::process::id()));
+    dir.copy(ROSENBROCK, "first.toml");
+    let second = dir.copy(ROSENBROCK, "second.toml");
+    let (mut app, rx) = open(dir.path());
+    typed_settled(&mut app, &rx, "j");
+    let t = draw(&app, 160, 45);
+    let a = areas(160, 45);
+    assert!(find(&t, a.losses, "Rosenbrock (first)").is_some());
+    assert!(find(&t, a.losses, "Rosenbrock (second)").is_some());
+    let inspector = a.inspector.expect("an inspector at 160x45");
+    assert_eq!(second.file_name().unwrap(), "second.toml");
+    assert!(
+        find(&t, inspector, "second.toml").is_some(),
+        "{}",
+        rows(&t).join("\n")
+    );
+}
+
 /// A change to a CSV the loss reads reloads the loss, though its own text is the same.
 #[test]
 fn a_changed_csv_reloads_the_loss_that_reads_it() {
