@@ -19,6 +19,8 @@ pub struct LoadedFile {
     pub compiled: Option<CompiledFile>,
     /// The text as read, even when it could not be built (for rendering and change detection).
     pub source: Option<Arc<SourceFile>>,
+    /// The other files it reads (its `[data]` CSVs), so that a change to one reloads it.
+    pub reads: Vec<PathBuf>,
 }
 
 impl LoadedFile {
@@ -103,6 +105,11 @@ fn finish(path: &Path, loaded: file::Loaded) -> LoadedFile {
         diagnostics: loaded.diagnostics,
         compiled: None,
         source: loaded.source,
+        reads: loaded
+            .file
+            .as_ref()
+            .map(file::LossFile::reads)
+            .unwrap_or_default(),
     };
     if let Some(file) = loaded.file {
         let (compiled, diags) = compile::compile(file);

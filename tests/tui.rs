@@ -14,6 +14,7 @@ use crossterm::event::{
 };
 use gradscope::lang::file::DType;
 use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
+use gradscope::tui::session::Link;
 use gradscope::tui::{keys, layout, render};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -1016,6 +1017,157 @@ fn hot_reload_adds_and_removes_files() {
     assert!(!app.session().unwrap().runs.is_empty());
 }
 
+const ROBUST: &str = "losses/robust_log_mse.toml";
+
+/// Writes `file` with `from` replaced by `to`, and tells the app it changed.
+fn edit_file(app: &mut App, rx: &Receiver<Msg>, file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{from} not in {}", file.display());
+    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+    app.handle(Msg::FileChanged(file.to_path_buf()));
+    app.settle(rx);
+}
+
+/// An edit restarts the runs the user had (an added run, an lr change re-applied at its step,
+/// the selection), with the old curves kept as a "before the edit" overlay naming the change.
+#[test]
+fn an_edit_keeps_the_session() {
+    let dir = Scratch::new(&format!("keep-{}", std::process::id()));
+    let file = dir.copy(ROBUST, "r.toml");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "5n");
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Tab);
+    typed_settled(&mut app, &rx, "j+5n");
+    let names = run_names(&app);
+    assert_eq!(names.len(), 6);
+    assert_eq!(app.session().unwrap().runs[1].lr_changes, vec![5]);
+
+    edit_file(&mut app, &rx, &file, "eps = 1e-7", "eps = 1e-4");
+    assert_eq!(run_names(&app), names, "the added run is still there");
+    assert_eq!(history_lens(&app), vec![0; 6], "the runs restarted");
+    let message = app.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("reloaded {}: 6 runs restarted", file.display())),
+        "{message}"
+    );
+    let s = app.session().unwrap();
+    assert_eq!(s.selected, 1, "the selection stays");
+    for r in &s.runs {
+        assert_eq!(r.before.len(), 1);
+        assert_eq!(r.before[0].change, "eps 1e-7 → 1e-4");
+        assert!(!r.before[0].history.is_empty(), "the old curve is kept");
+    }
+    typed_settled(&mut app, &rx, "8n");
+    let r = &app.session().unwrap().runs[1];
+    assert_eq!(
+        r.lr_changes,
+        vec![5],
+        "the lr change is set again at step 5"
+    );
+    assert_eq!(r.lr_scale, 2.0);
+    assert_eq!(r.history.core(5).lr, 2.0 * r.history.core(4).lr);
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(
+        screen.contains("before the edit: eps 1e-7 → 1e-4"),
+        "{screen}"
+    );
+
+    // Renaming a variant leaves its run gone, dimmed, with its curves, until `x`.
+    edit_file(
+        &mut app,
+        &rx,
+        &file,
+        "name = \"eps = 1e-3\"",
+        "name = \"eps = 1e-2\"",
+    );
+    let message = app.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(": 5 runs restarted, 1 variant gone"),
+        "{message}"
+    );
+    let s = app.session().unwrap();
+    let gone: Vec<_> = s.runs.iter().filter(|r| r.link == Link::Gone).collect();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].info.name, "eps = 1e-3");
+    assert_eq!(gone[0].history.len(), 8, "a gone run keeps its curves");
+    assert_eq!(s.runs[1].before.len(), 2, "two versions back");
+    let k = s.runs.iter().position(|r| r.link == Link::Gone).unwrap();
+    press(&mut app, KeyCode::Char('k'));
+    typed(&mut app, &"j".repeat(k));
+    typed_settled(&mut app, &rx, "x");
+    assert_eq!(run_names(&app).len(), 5);
+    assert!(run_names(&app).iter().all(|n| n != "eps = 1e-3"));
+
+    // `C` clears the overlays; the runs were playing, and play on after an edit.
+    typed(&mut app, "C");
+    assert!(
+        app.session()
+            .unwrap()
+            .runs
+            .iter()
+            .all(|r| r.before.is_empty())
+    );
+    typed_settled(&mut app, &rx, " ");
+    edit_file(&mut app, &rx, &file, "lr = 0.01", "lr = 0.02");
+    assert!(app.session().unwrap().playing, "still playing");
+    assert!(
+        app.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("lr 0.01 → 0.02")
+    );
+    typed_settled(&mut app, &rx, " ");
+}
+
+/// Two files with one `name` show their file stems in the losses list; the inspector names the
+/// selected run's file.
+#[test]
+fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
+    let dir = Scratch::new(&format!("stems-{}", std::process::id()));
+    dir.copy(ROSENBROCK, "first.toml");
+    let second = dir.copy(ROSENBROCK, "second.toml");
+    let (mut app, rx) = open(dir.path());
+    typed_settled(&mut app, &rx, "j");
+    let t = draw(&app, 160, 45);
+    let a = areas(160, 45);
+    assert!(find(&t, a.losses, "Rosenbrock (first)").is_some());
+    assert!(find(&t, a.losses, "Rosenbrock (second)").is_some());
+    let inspector = a.inspector.expect("an inspector at 160x45");
+    assert_eq!(second.file_name().unwrap(), "second.toml");
+    assert!(
+        find(&t, inspector, "second.toml").is_some(),
+        "{}",
+        rows(&t).join("\n")
+    );
+}
+
+/// A change to a CSV the loss reads reloads the loss, though its own text is the same.
+#[test]
+fn a_changed_csv_reloads_the_loss_that_reads_it() {
+    let dir = Scratch::new(&format!("csv-{}", std::process::id()));
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    let csv = dir.copy("losses/data/points.csv", "data/points.csv");
+    let file = dir.copy("losses/csv_quadratic_fit.toml", "fit.toml");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "3n");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    app.handle(Msg::FileChanged(csv.clone()));
+    app.settle(&rx);
+    assert!(
+        history_lens(&app).iter().all(|&n| n == 0),
+        "the runs restarted"
+    );
+    let message = app.message.clone().unwrap_or_default();
+    assert!(message.contains("data pts changed"), "{message}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // End to end, in tmux
 // ---------------------------------------------------------------------------------------------
@@ -1273,4 +1425,54 @@ fn without_a_terminal_the_tui_says_what_to_use_instead() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the TUI needs a terminal"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The loop, end to end: open a copy of a loss file, add a run, double one run's lr,
+/// edit the file on disk twice (`sed -i` replaces it, as editors do): the added run and the lr
+/// change are still there, the runs restarted, and the old curves are drawn faded with a legend
+/// naming the change.
+#[test]
+fn e2e_an_edit_on_disk_keeps_the_session() {
+    let dir = Scratch::new(&format!("e2e-edit-{}", std::process::id()));
+    let file = dir.copy(ROBUST, "robust.toml");
+    let bin = env!("CARGO_BIN_EXE_gradscope");
+    let Some(t) = Tmux::start("edit", &format!("'{bin}' {}; sleep 30", file.display())) else {
+        return;
+    };
+    t.wait_for("the runs", |s| {
+        s.contains("eps = 1e-3") && s.contains("step 0")
+    });
+    t.keys(&["2", "0", "n", "o", "Enter", "Enter"]);
+    t.wait_for("the added run", |s| s.contains("base · adam"));
+    t.keys(&["Tab", "j", "+", "2", "0", "n"]);
+    t.wait_for("step 40", |s| s.contains("step 40") && s.contains("(×2)"));
+    let sed = |from: &str, to: &str| {
+        let out = Command::new("sed")
+            .args(["-i", &format!("s/{from}/{to}/"), file.to_str().unwrap()])
+            .output()
+            .expect("sed runs");
+        assert!(out.status.success(), "{out:?}");
+    };
+    sed("eps = 1e-7", "eps = 1e-4");
+    let screen = t.wait_for("the reload", |s| {
+        s.contains("before the edit: eps 1e-7 → 1e-4") && s.contains("6 runs restarted")
+    });
+    assert!(screen.contains("base · adam"), "the added run:\n{screen}");
+    assert!(screen.contains("step 0"), "the runs restarted:\n{screen}");
+    t.keys(&["1", "9", "n"]);
+    let screen = t.wait_for("step 19", |s| s.contains("step 19"));
+    assert!(
+        !screen.contains("(×2)"),
+        "the lr change is at step 20:\n{screen}"
+    );
+    t.keys(&["n"]);
+    t.wait_for("the lr change again", |s| {
+        s.contains("step 20") && s.contains("(×2)")
+    });
+    // A second save reloads too (a watch on the replaced file itself would have lost it).
+    sed("eps = 1e-4", "eps = 1e-3");
+    t.wait_for("the second reload", |s| {
+        s.contains("before the edit: eps 1e-4 → 1e-3") && s.contains("2 edits back")
+    });
+    t.keys(&["q"]);
 }

@@ -70,12 +70,43 @@ pub struct ParamStats {
     pub nonfinite: usize,
 }
 
+/// What a run was asked to change of its definition: another optimizer or dtype.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub optimizer: Option<OptimizerSpec>,
+    pub dtype: Option<DType>,
+}
+
+/// A run for a worker to start: a definition, its overrides, and learning-rate multipliers to
+/// set as it reaches each step (`(step, multiplier)`, in step order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPlan {
+    pub def: usize,
+    pub overrides: Overrides,
+    pub lr: Vec<(u64, f64)>,
+}
+
+impl RunPlan {
+    /// One run per definition of `compiled`, as the file describes it.
+    pub fn file(compiled: &CompiledFile) -> Vec<RunPlan> {
+        (0..compiled.runs.len())
+            .map(|def| RunPlan {
+                def,
+                overrides: Overrides::default(),
+                lr: Vec::new(),
+            })
+            .collect()
+    }
+}
+
 /// A run as the UI sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunInfo {
     pub id: RunId,
     /// Index of the run definition (base or variant) it runs.
     pub def: usize,
+    /// What it changes of its definition (to start it again after an edit).
+    pub overrides: Overrides,
     pub name: String,
     pub optimizer: OptimizerSpec,
     pub dtype: DType,
@@ -135,6 +166,8 @@ struct Slot {
     target: Option<u64>,
     /// The last step whose path point was sent.
     path_sent: Option<u64>,
+    /// Learning-rate multipliers still to set, at their steps.
+    lr_plan: VecDeque<(u64, f64)>,
 }
 
 /// Where a worker's events go.
@@ -147,9 +180,21 @@ pub fn spawn(
     commands: Receiver<Command>,
     emit: Emit,
 ) -> std::io::Result<JoinHandle<()>> {
+    let plan = RunPlan::file(&compiled);
+    spawn_with(name, compiled, plan, commands, emit)
+}
+
+/// Starts the worker for one compiled file with the runs of `plan`, in its order.
+pub fn spawn_with(
+    name: &str,
+    compiled: CompiledFile,
+    plan: Vec<RunPlan>,
+    commands: Receiver<Command>,
+    emit: Emit,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("runs:{name}"))
-        .spawn(move || Worker::new(compiled, emit).serve(commands))
+        .spawn(move || Worker::new(compiled, emit).serve(plan, commands))
 }
 
 struct Worker {
@@ -189,15 +234,16 @@ impl Worker {
 
     /// Starts a run of definition `def` as the file describes it, with another optimizer or
     /// dtype if given (the run's name says which).
-    fn add(&mut self, def: usize, optimizer: Option<OptimizerSpec>, dtype: Option<DType>) {
+    fn add(&mut self, plan: RunPlan) {
+        let RunPlan { def, overrides, lr } = plan;
         let Some(mut request) = RunRequest::of(&self.compiled, def) else {
             return;
         };
-        if let Some(spec) = optimizer {
+        if let Some(spec) = overrides.optimizer.clone() {
             request.name = format!("{} · {spec}", request.name);
             request.settings.optimizer = spec;
         }
-        if let Some(dt) = dtype {
+        if let Some(dt) = overrides.dtype {
             request.name = format!("{} · {}", request.name, dt.name());
             request.dtype = dt;
         }
@@ -209,6 +255,7 @@ impl Worker {
                 self.send(Event::Added(RunInfo {
                     id,
                     def,
+                    overrides,
                     name: run.name.clone(),
                     optimizer: run.config.optimizer.clone(),
                     dtype: run.dtype,
@@ -222,10 +269,12 @@ impl Worker {
                     def,
                     target: None,
                     path_sent: None,
+                    lr_plan: lr.into(),
                 };
                 self.send(Event::Params(id, stats(&slot.run)));
                 self.send_path(&mut slot, true);
                 self.slots.push(slot);
+                self.follow_lr_plan(self.slots.len() - 1);
             }
             Err(e) => self.send(Event::Failed(format!("cannot start run `{name}`: {e}"))),
         }
@@ -242,13 +291,13 @@ impl Worker {
     /// Commands are read between steps, so a long `1000000N` never blocks pause or quit. Other
     /// commands that arrive during manual stepping wait their turn, so `120n40b` means what it
     /// says.
-    /// Starts one run per definition, then serves commands until shutdown. A panic (a bug)
+    /// Starts the runs of `plan`, then serves commands until shutdown. A panic (a bug)
     /// while starting or stepping becomes [`Event::Failed`] with its message, the runs pause,
     /// and the worker serves on: the UI and the other files never go down with it.
-    fn serve(mut self, commands: Receiver<Command>) {
+    fn serve(mut self, plan: Vec<RunPlan>, commands: Receiver<Command>) {
         let started = catch_panic("starting the runs", || {
-            for def in 0..self.compiled.runs.len() {
-                self.add(def, None, None);
+            for p in plan {
+                self.add(p);
             }
         });
         if let Err(d) = started {
@@ -365,7 +414,11 @@ impl Worker {
                 def,
                 optimizer,
                 dtype,
-            } => self.add(def, optimizer, dtype),
+            } => self.add(RunPlan {
+                def,
+                overrides: Overrides { optimizer, dtype },
+                lr: Vec::new(),
+            }),
             Command::Remove(id) => {
                 self.slots.retain(|s| s.id != id);
                 self.send(Event::Removed(id));
@@ -500,6 +553,18 @@ impl Worker {
                 reason: d.headline(),
                 provenance: None,
             });
+        }
+        self.follow_lr_plan(i);
+    }
+
+    /// Sets the learning-rate multipliers a slot's plan has for the step it has reached.
+    fn follow_lr_plan(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        let step = slot.run.step_count();
+        while let Some(&(_, scale)) = slot.lr_plan.front().filter(|(k, _)| *k <= step) {
+            slot.lr_plan.pop_front();
+            slot.run.set_lr_scale(scale);
+            (self.emit)(Event::LrScale(slot.id, scale, step));
         }
     }
 

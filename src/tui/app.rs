@@ -8,7 +8,7 @@ use std::sync::mpsc::Sender;
 use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
 use ratatui::layout::Rect;
 
-use super::session::Session;
+use super::session::{Carry, Link, Session};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::service::Report;
@@ -35,8 +35,8 @@ pub enum Msg {
         base: PathBuf,
         files: Vec<LoadedFile>,
     },
-    /// A changed file read and compiled again, or None when it is gone.
-    Loaded(PathBuf, Option<Box<LoadedFile>>),
+    /// Changed files read and compiled again, each None when it is gone.
+    Loaded(Vec<(PathBuf, Option<Box<LoadedFile>>)>),
     /// The session started for the file at this path.
     Started(PathBuf, Box<Session>),
     /// What came of an export, for the status bar.
@@ -58,8 +58,8 @@ pub enum Action {
 pub enum Io {
     /// Find and load every loss file under the root.
     Discover,
-    /// Read and compile a file that changed, appeared or disappeared.
-    Load(PathBuf),
+    /// Read and compile files that changed, appeared or disappeared.
+    Load(Vec<PathBuf>),
     /// Start the worker and landscape threads of session `id` for this file.
     Start { file: PathBuf, id: u64 },
     /// Write this file's runs to CSV and JSONL.
@@ -128,7 +128,11 @@ pub struct FileEntry {
     pub text: Option<String>,
     /// The last version that compiled (kept running when a reload is broken).
     pub compiled: Option<CompiledFile>,
+    /// The other files it reads (`[data]` CSVs): a change to one reloads it.
+    pub reads: Vec<PathBuf>,
     pub session: Option<Session>,
+    /// What its last session kept over an edit, for the next one to take over.
+    pub carry: Option<Carry>,
 }
 
 impl FileEntry {
@@ -144,6 +148,12 @@ impl FileEntry {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "runs".into())
     }
+}
+
+/// Whether two paths name the same file, `./` or not.
+fn same_path(a: &Path, b: &Path) -> bool {
+    let parts = |p| Path::components(p).filter(|c| *c != std::path::Component::CurDir);
+    parts(a).eq(parts(b))
 }
 
 /// A modal dialog.
@@ -241,7 +251,9 @@ impl App {
             text: report.source.as_ref().map(|s| s.text.clone()),
             diagnostics: report.diagnostics,
             compiled: report.compiled,
+            reads: report.reads,
             session: None,
+            carry: None,
         }
     }
 
@@ -322,10 +334,7 @@ impl App {
                 self.sync_landscape();
                 None
             }
-            Msg::FileChanged(p) => p
-                .extension()
-                .is_some_and(|e| e == "toml")
-                .then_some(Action::Io(Io::Load(p))),
+            Msg::FileChanged(p) => self.changed(&p),
             Msg::Resize(w, h) => {
                 self.size = (w, h);
                 None
@@ -342,12 +351,22 @@ impl App {
                 self.sort_files();
                 self.ensure_session()
             }
-            Msg::Loaded(_, Some(report)) => self.reload(*report),
-            Msg::Loaded(path, None) => self.remove(&path),
-            Msg::Started(path, session) => {
+            Msg::Loaded(loaded) => {
+                for (path, report) in loaded {
+                    match report {
+                        Some(report) => self.reload(*report),
+                        None => self.remove(&path),
+                    }
+                }
+                self.ensure_session()
+            }
+            Msg::Started(path, mut session) => {
                 if let Some(f) = self.files.iter_mut().find(|f| f.path == path)
                     && f.session.is_none()
                 {
+                    if let Some(carry) = f.carry.take() {
+                        session.adopt(carry);
+                    }
                     f.session = Some(*session);
                 }
                 None
@@ -367,44 +386,80 @@ impl App {
             .find(|s| s.id == id)
     }
 
+    /// What a changed path asks for: loss files under the root load again, and so do the loss
+    /// files that read it (a CSV), even when their own text did not change.
+    fn changed(&mut self, p: &Path) -> Option<Action> {
+        let loss = p.extension().is_some_and(|e| e == "toml")
+            && (self.root.is_dir() || same_path(p, &self.root));
+        if loss {
+            let known = self.files.iter().find(|f| same_path(&f.path, p));
+            let path = known.map_or_else(|| p.to_path_buf(), |f| f.path.clone());
+            return Some(Action::Io(Io::Load(vec![path])));
+        }
+        let readers: Vec<PathBuf> = self
+            .files
+            .iter_mut()
+            .filter(|f| f.reads.iter().any(|r| same_path(r, p)))
+            .map(|f| {
+                f.text = None;
+                f.path.clone()
+            })
+            .collect();
+        (!readers.is_empty()).then_some(Action::Io(Io::Load(readers)))
+    }
+
     /// A file that is gone leaves the list; the selection stays on the same file if it can.
-    fn remove(&mut self, path: &Path) -> Option<Action> {
-        let i = self.files.iter().position(|f| f.path == path)?;
+    fn remove(&mut self, path: &Path) {
+        let Some(i) = self.files.iter().position(|f| f.path == path) else {
+            return;
+        };
         let selected = self.file().map(|f| f.path.clone());
         self.files.remove(i);
         self.selected_file = selected
             .and_then(|p| self.files.iter().position(|f| f.path == p))
             .unwrap_or(i.min(self.files.len().saturating_sub(1)));
-        self.ensure_session()
     }
 
-    /// A file read again: new diagnostics, and new runs when it compiled (a broken version
-    /// keeps the last good one running). A text that did not change restarts nothing.
-    fn reload(&mut self, report: LoadedFile) -> Option<Action> {
+    /// A file read again: new diagnostics, and when it compiled, its runs start again from the
+    /// new version, keeping the session (a broken version keeps the last good one running).
+    /// A text that did not change restarts nothing.
+    fn reload(&mut self, report: LoadedFile) {
         let text = report.source.as_ref().map(|s| s.text.clone());
         let Some(i) = self.files.iter().position(|f| f.path == report.path) else {
             let entry = self.entry(report);
             self.files.push(entry);
             self.sort_files();
-            return self.ensure_session();
+            return;
         };
         let f = &mut self.files[i];
         if f.text.is_some() && f.text == text {
-            return None;
+            return;
         }
         f.text = text;
         f.diagnostics = report.diagnostics;
+        f.reads = report.reads;
         if let Some(name) = report.name {
             f.name = name;
         }
-        if report.compiled.is_some() {
-            f.compiled = report.compiled;
-            f.session = None;
-            if i == self.selected_file {
-                return self.ensure_session();
-            }
+        let Some(new) = report.compiled else {
+            return;
+        };
+        if let (Some(mut session), Some(old)) = (f.session.take(), f.compiled.as_ref()) {
+            let change = super::changes::describe(old, &new);
+            let (carry, restarted) = session.carry(old, &new, &change);
+            f.carry = Some(carry);
+            let gone = match restarted.gone {
+                0 => String::new(),
+                1 => ", 1 variant gone".into(),
+                n => format!(", {n} variants gone"),
+            };
+            self.message = Some(format!(
+                "reloaded {}: {} runs restarted{gone} ({change})",
+                f.path.display(),
+                restarted.runs
+            ));
         }
-        None
+        f.compiled = Some(new);
     }
 
     /// Selects file `i`, starting its session if it has none yet.
@@ -436,9 +491,12 @@ impl App {
         }
     }
 
-    /// The id of the selected run of the selected file.
+    /// The id of the selected run of the selected file, while its worker steps it.
     pub(super) fn selected_run_id(&self) -> Option<RunId> {
-        self.session()?.selected_run().map(|r| r.info.id)
+        self.session()?
+            .selected_run()
+            .filter(|r| r.link == Link::Live)
+            .map(|r| r.info.id)
     }
 
     /// Asks the selected file's landscape for what the Landscape tab shows, when it is shown.

@@ -65,7 +65,16 @@ impl App {
             KeyAction::Reset => self.command(Command::Reset),
             KeyAction::DoubleLr => self.run_command(run, |id| Command::ScaleLr(id, 2.0)),
             KeyAction::HalveLr => self.run_command(run, |id| Command::ScaleLr(id, 0.5)),
-            KeyAction::Remove => self.run_command(run, Command::Remove),
+            KeyAction::Remove => {
+                if !self.session_mut().is_some_and(|s| s.forget_selected_gone()) {
+                    self.run_command(run, Command::Remove);
+                }
+            }
+            KeyAction::ClearBefore => {
+                if let Some(s) = self.session_mut() {
+                    s.clear_before();
+                }
+            }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
             KeyAction::Curvature => self.run_command(run, Command::Curvature),
             KeyAction::AddRun if self.session().is_some() => {

@@ -25,6 +25,7 @@ pub enum KeyAction {
     AddRun,
     Duplicate,
     Remove,
+    ClearBefore,
     Gradcheck,
     Curvature,
     NextFocus,
@@ -190,7 +191,18 @@ pub const BINDINGS: &[Binding] = &[
         "duplicate the run with another variant or dtype",
         None,
     ),
-    bind(&[ch('x')], A::Remove, "remove the selected run", None),
+    bind(
+        &[ch('x')],
+        A::Remove,
+        "remove the selected run (a gone one too)",
+        None,
+    ),
+    bind(
+        &[ch('C')],
+        A::ClearBefore,
+        "clear the faded curves from before the edits",
+        None,
+    ),
     bind(
         &[ch('g')],
         A::Gradcheck,

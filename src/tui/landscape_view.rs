@@ -51,6 +51,16 @@ pub struct Shown<'a> {
     pub map: (u16, u16),
 }
 
+/// What the user made of the view, kept over an edit of the file: the colour scale, the kind
+/// of plane, and the zoomed or panned bounds (meaningful again only on the params' own
+/// coordinates).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptView {
+    log: Option<bool>,
+    kind: PlaneKind,
+    view: Option<Bounds>,
+}
+
 /// What a grid was requested for; a different key means a new grid.
 #[derive(Debug, Clone, PartialEq)]
 struct GridKey {
@@ -91,6 +101,9 @@ pub struct LandscapeView {
     slice_asked: Option<Instant>,
     /// Log colour scale: None decides from the values.
     pub log: Option<bool>,
+    /// Bounds zoomed or panned to before an edit, for the first plane of the params' own
+    /// coordinates.
+    kept: Option<Bounds>,
     pub error: Option<String>,
     jobs: Sender<Job>,
     handle: Option<JoinHandle<()>>,
@@ -127,6 +140,7 @@ impl LandscapeView {
             slice_tag: 0,
             slice_asked: None,
             log: None,
+            kept: None,
             error,
             jobs,
             handle,
@@ -135,15 +149,35 @@ impl LandscapeView {
 
     /// A new plane from the worker: the grid and slice start again on it.
     pub fn on_plane(&mut self, plane: Arc<Plane>, at: Option<(RunId, u64)>) {
+        let kept = self
+            .kept
+            .take()
+            .filter(|_| plane.kind == PlaneKind::Coordinates);
         self.plane = Some(plane);
         self.plane_at = at;
         self.elapsed = None;
         self.plane_generation += 1;
         self.plane_requested = false;
-        self.view = None;
-        self.follow = true;
+        self.follow = kept.is_none();
+        self.view = kept;
         self.grid = None;
         self.filling = None;
+    }
+
+    /// What of this view to keep over an edit of the file.
+    pub fn kept(&self) -> KeptView {
+        KeptView {
+            log: self.log,
+            kind: self.kind,
+            view: self.view.filter(|_| !self.follow),
+        }
+    }
+
+    /// Takes over the view an earlier session of the file kept.
+    pub fn keep_view(&mut self, k: KeptView) {
+        self.log = k.log;
+        self.kind = k.kind;
+        self.kept = k.view;
     }
 
     /// A report from the landscape thread: grid cells, a finished grid or a slice.

@@ -6,6 +6,8 @@
 pub mod app;
 /// Frame-time and stepping-speed measurements for `gradscope bench`.
 pub mod bench;
+/// What an edit changed in a loss file.
+pub mod changes;
 /// Chart metrics and their summaries.
 pub mod chart;
 /// What keys, dialogs and the mouse do to the model.
@@ -102,9 +104,27 @@ fn watch(path: &Path, tx: Sender<Msg>) -> Option<notify::RecommendedWatcher> {
     Some(w)
 }
 
+/// The folder to watch for `path` and the folder as the user typed it: the path itself, or a
+/// single file's folder (editors save by replacing the file, which a watch on the file itself
+/// loses after the first save; its folder also holds the CSVs it reads).
+fn watched(path: &Path) -> (PathBuf, PathBuf) {
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new(""))
+    };
+    let here = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let canonical = here.canonicalize().unwrap_or_else(|_| here.to_path_buf());
+    (canonical, dir.to_path_buf())
+}
+
 fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::Result<()> {
     let (tx, rx) = channel();
-    let root = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let (root, typed) = watched(path);
     let _watcher = watch(&root, tx.clone());
     let mut app = App::open(path, tx);
     let size = terminal.size()?;
@@ -135,19 +155,24 @@ fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::R
         if TERMINATE.load(Ordering::SeqCst) {
             return Ok(());
         }
-        drain(&mut app, &rx, &mut changed, &root);
+        drain(&mut app, &rx, &mut changed, (&root, &typed));
         app.handle(Msg::Tick);
     }
 }
 
 /// Feeds worker events in, and file changes once they have been quiet for 150 ms (editors
-/// write a file in several steps).
-fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)>, root: &Path) {
+/// write a file in several steps). `watched` is the watched folder, canonical and as typed.
+fn drain(
+    app: &mut App,
+    rx: &Receiver<Msg>,
+    changed: &mut Vec<(PathBuf, Instant)>,
+    watched: (&Path, &Path),
+) {
     let started = Instant::now();
     while let Ok(m) = rx.try_recv() {
         match m {
             Msg::FileChanged(p) => {
-                let p = relative_to(&p, root, &app.root);
+                let p = relative_to(&p, watched.0, watched.1);
                 changed.retain(|(q, _)| q != &p);
                 changed.push((p, Instant::now()));
             }
@@ -168,11 +193,11 @@ fn drain(app: &mut App, rx: &Receiver<Msg>, changed: &mut Vec<(PathBuf, Instant)
     }
 }
 
-/// Watcher paths are absolute; the app's are as the user typed them.
-fn relative_to(p: &Path, canonical_root: &Path, root: &Path) -> PathBuf {
-    match p.strip_prefix(canonical_root) {
-        Ok(rest) if root.is_dir() => root.join(rest),
-        Ok(_) => root.to_path_buf(),
+/// Watcher paths are absolute; the app's are as the user typed them (`dir` is the watched
+/// folder so typed, `canonical` the same folder as the watcher names it).
+fn relative_to(p: &Path, canonical: &Path, dir: &Path) -> PathBuf {
+    match p.strip_prefix(canonical) {
+        Ok(rest) => dir.join(rest),
         Err(_) => p.to_path_buf(),
     }
 }

@@ -12,7 +12,7 @@ use crate::draw::plot::{self, PlotData, PlotLandscape};
 use crate::landscape::ColorScale;
 use crate::load;
 use crate::run::export::{csv_header, csv_row, step_json};
-use crate::run::worker::{Command, Event};
+use crate::run::worker::{Command, Event, RunPlan};
 
 impl App {
     /// The app for `root` with its files loaded and the first one's session started.
@@ -75,16 +75,27 @@ pub fn perform(app: &App, io: Io) -> Option<Msg> {
             let files = paths.iter().map(|p| load::load(p)).collect();
             Some(Msg::Discovered { base, files })
         }
-        Io::Load(path) if !path.exists() => Some(Msg::Loaded(path, None)),
-        Io::Load(path) => {
-            let bytes = std::fs::read(&path).ok()?;
-            let report = load::load_bytes(&path, bytes);
-            Some(Msg::Loaded(path, Some(Box::new(report))))
-        }
+        Io::Load(paths) => Some(Msg::Loaded(
+            paths
+                .into_iter()
+                .filter_map(|path| {
+                    if !path.exists() {
+                        return Some((path, None));
+                    }
+                    let bytes = std::fs::read(&path).ok()?;
+                    let report = load::load_bytes(&path, bytes);
+                    Some((path, Some(Box::new(report))))
+                })
+                .collect(),
+        )),
         Io::Start { file, id } => {
             let f = app.files.iter().find(|f| f.path == file)?;
             let compiled = f.compiled.clone()?;
-            let session = Session::start(id, &f.name, compiled, app.events.clone());
+            let plan = match &f.carry {
+                Some(c) => c.plan.clone(),
+                None => RunPlan::file(&compiled),
+            };
+            let session = Session::start(id, &f.name, compiled, plan, app.events.clone());
             Some(Msg::Started(file, Box::new(session)))
         }
         Io::WriteRuns(file) => with_session(app, &file, write_runs),

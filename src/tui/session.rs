@@ -8,13 +8,37 @@ use std::time::Instant;
 use ratatui::style::Color;
 
 use super::app::Msg;
-use super::landscape_view::{LandscapeView, Shown};
+use super::chart::Stream;
+use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
 use crate::landscape::PlaneKind;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
-use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo};
+use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo, RunPlan};
+
+/// Whether a run view is stepped by its session's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// The worker steps it.
+    Live,
+    /// Carried over an edit of the file, waiting for the new worker to start it.
+    Starting,
+    /// Its variant is no longer in the file: kept with its curves until removed (`x`).
+    Gone,
+}
+
+/// A run's curves from a version of the file before an edit, drawn faded under the new ones.
+#[derive(Debug, Clone)]
+pub struct Before {
+    pub history: History,
+    pub streams: Vec<Stream>,
+    /// What the edit changed, for the legend (`eps 1e-7 → 1e-4`).
+    pub change: String,
+}
+
+/// Versions before an edit that a run keeps on its charts.
+pub const KEEP_VERSIONS: usize = 3;
 
 /// A run as the UI keeps it: what the worker reported.
 #[derive(Debug, Clone)]
@@ -27,6 +51,8 @@ pub struct RunView {
     pub lr_scale: f64,
     /// Steps at which the user changed the learning rate.
     pub lr_changes: Vec<u64>,
+    /// Each change as `(step, multiplier)`, to set again at the same steps after an edit.
+    pub lr_set: Vec<(u64, f64)>,
     pub clipped: u64,
     pub skipped: u64,
     pub first_nonfinite: Option<u64>,
@@ -38,6 +64,9 @@ pub struct RunView {
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
     pub path: Decimated<[f64; 2]>,
+    pub link: Link,
+    /// Its curves before the last edits of the file, newest first.
+    pub before: Vec<Before>,
 }
 
 /// Path points a run view keeps (beyond that, every other one is dropped).
@@ -49,8 +78,13 @@ impl RunView {
         self.history.len()
     }
 
-    /// The runs list's word for it: halted@step, finished, running or paused.
+    /// The runs list's word for it: gone, starting, halted@step, finished, running or paused.
     pub fn status(&self, playing: bool) -> String {
+        match self.link {
+            Link::Gone => return "gone".into(),
+            Link::Starting => return "starting".into(),
+            Link::Live => {}
+        }
         match &self.halted {
             Some((step, _)) => format!("halted@{step}"),
             None if self.steps() as u64 >= self.info.steps => "finished".into(),
@@ -164,6 +198,15 @@ impl Session {
     pub fn apply(&mut self, e: Event) {
         match e {
             Event::Added(info) => {
+                if let Some(r) = self
+                    .runs
+                    .iter_mut()
+                    .find(|r| r.link == Link::Starting && r.info.name == info.name)
+                {
+                    r.info = info;
+                    r.link = Link::Live;
+                    return;
+                }
                 let color = crate::draw::PALETTE[self.colors_used % crate::draw::PALETTE.len()];
                 self.colors_used += 1;
                 self.runs.push(RunView {
@@ -174,6 +217,7 @@ impl Session {
                     halted: None,
                     lr_scale: 1.0,
                     lr_changes: Vec::new(),
+                    lr_set: Vec::new(),
                     clipped: 0,
                     skipped: 0,
                     first_nonfinite: None,
@@ -181,16 +225,19 @@ impl Session {
                     curvature: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
+                    link: Link::Live,
+                    before: Vec::new(),
                 });
             }
             Event::Removed(rid) => {
                 self.landscape.on_worker_gave_up();
-                self.runs.retain(|r| r.info.id != rid);
+                self.runs
+                    .retain(|r| r.link != Link::Live || r.info.id != rid);
                 self.selected = self.selected.min(self.runs.len().saturating_sub(1));
             }
             Event::Records(rid, records) => {
                 self.rate.add(records.len() as u64);
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     for rec in &records {
                         note_warnings(&mut self.warnings, r, rec);
                         if r.history.is_empty() {
@@ -206,19 +253,20 @@ impl Session {
                 }
             }
             Event::Truncated(rid, len, scale) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     r.history.truncate(len);
                     r.streams = super::chart::streams(&r.history);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
                     r.halted = None;
                     r.lr_changes.retain(|&k| (k as usize) < len);
+                    r.lr_set.retain(|&(k, _)| (k as usize) < len);
                     r.clipped = r.history.count(flags::CLIPPED);
                     r.skipped = r.history.count(flags::SKIPPED);
                 }
             }
             Event::Halted(rid, step, reason) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid)
+                if let Some(r) = live(&mut self.runs, rid)
                     && r.halted.is_none()
                 {
                     self.warnings.push(Warning {
@@ -230,18 +278,19 @@ impl Session {
                 }
             }
             Event::Params(rid, p) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     r.params = p;
                 }
             }
             Event::LrScale(rid, scale, step) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     r.lr_scale = scale;
                     r.lr_changes.push(step);
+                    r.lr_set.push((step, scale));
                 }
             }
             Event::Checked(rid, step, checks) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     for c in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
                         self.warnings.push(Warning {
                             run: r.info.name.clone(),
@@ -258,7 +307,7 @@ impl Session {
                 }
             }
             Event::Curvature(rid, step, c) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     r.curvature = Some((step, c));
                 }
             }
@@ -274,7 +323,7 @@ impl Session {
                 points,
                 replace,
             } => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == run) {
+                if let Some(r) = live(&mut self.runs, run) {
                     if replace {
                         r.path = Decimated::new(PATH_POINTS);
                     }
@@ -303,9 +352,15 @@ impl Session {
 }
 
 impl Session {
-    /// Starts the worker and landscape threads of a session for `compiled`; their events go to
-    /// `events`, tagged with `id`.
-    pub fn start(id: u64, name: &str, compiled: CompiledFile, events: Sender<Msg>) -> Self {
+    /// Starts the worker and landscape threads of a session for `compiled` with the runs of
+    /// `plan`; their events go to `events`, tagged with `id`.
+    pub fn start(
+        id: u64,
+        name: &str,
+        compiled: CompiledFile,
+        plan: Vec<RunPlan>,
+        events: Sender<Msg>,
+    ) -> Self {
         let (tx, rx) = channel();
         let reports = events.clone();
         let landscape = LandscapeView::new(
@@ -319,7 +374,7 @@ impl Session {
         let emit: worker::Emit = Box::new(move |e| {
             let _ = events.send(Msg::Worker(id, e));
         });
-        let (handle, failed) = match worker::spawn(name, compiled, rx, emit) {
+        let (handle, failed) = match worker::spawn_with(name, compiled, plan, rx, emit) {
             Ok(h) => (Some(h), None),
             Err(e) => (None, Some(format!("cannot start the worker thread: {e}"))),
         };
@@ -337,6 +392,127 @@ impl Session {
             colors_used: 0,
             rate: RateMeter::new(),
         }
+    }
+}
+
+/// The live run `id` of `runs` (carried and gone runs keep ids of an earlier worker).
+fn live(runs: &mut [RunView], id: RunId) -> Option<&mut RunView> {
+    runs.iter_mut()
+        .find(|r| r.link == Link::Live && r.info.id == id)
+}
+
+/// A session's state carried over an edit of its file into the next one.
+pub struct Carry {
+    runs: Vec<RunView>,
+    /// The runs for the new worker to start, in the order of `runs`' starting ones.
+    pub plan: Vec<RunPlan>,
+    selected: usize,
+    playing: bool,
+    landscape: KeptView,
+}
+
+/// What a reload did to a session's runs, for the status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restarted {
+    pub runs: usize,
+    /// Variants the new version no longer has (their runs stay, dimmed).
+    pub gone: usize,
+}
+
+impl Session {
+    /// Ends this session for a new version of its file, keeping what the user made of it: its
+    /// runs (matched to the new version's definitions by name; the others become gone), their
+    /// overrides and lr changes, curves as a "before the edit" overlay, the selection, whether
+    /// it played, and the landscape view.
+    pub fn carry(
+        &mut self,
+        old: &CompiledFile,
+        new: &CompiledFile,
+        change: &str,
+    ) -> (Carry, Restarted) {
+        let mut runs = std::mem::take(&mut self.runs);
+        let mut plan = Vec::new();
+        let mut gone = Vec::new();
+        for r in runs.iter_mut().filter(|r| r.link != Link::Gone) {
+            let variant = old.runs.get(r.info.def).map(|d| d.name.as_str());
+            let Some(def) = new
+                .runs
+                .iter()
+                .position(|d| Some(d.name.as_str()) == variant)
+            else {
+                r.link = Link::Gone;
+                gone.extend(variant.map(str::to_string));
+                continue;
+            };
+            plan.push(RunPlan {
+                def,
+                overrides: r.info.overrides.clone(),
+                lr: std::mem::take(&mut r.lr_set),
+            });
+            r.before.insert(
+                0,
+                Before {
+                    history: std::mem::replace(&mut r.history, History::new(0)),
+                    streams: std::mem::take(&mut r.streams),
+                    change: change.to_string(),
+                },
+            );
+            r.before.truncate(KEEP_VERSIONS);
+            r.info.def = def;
+            r.link = Link::Starting;
+            r.params.clear();
+            r.halted = None;
+            r.lr_scale = 1.0;
+            r.lr_changes.clear();
+            r.clipped = 0;
+            r.skipped = 0;
+            r.first_nonfinite = None;
+            r.gradcheck = None;
+            r.curvature = None;
+            r.path = Decimated::new(PATH_POINTS);
+        }
+        gone.dedup();
+        let restarted = Restarted {
+            runs: plan.len(),
+            gone: gone.len(),
+        };
+        let carry = Carry {
+            runs,
+            plan,
+            selected: self.selected,
+            playing: self.playing,
+            landscape: self.landscape.kept(),
+        };
+        (carry, restarted)
+    }
+
+    /// Takes over what an earlier session of the same file carried over an edit; a session
+    /// that was playing plays on.
+    pub fn adopt(&mut self, carry: Carry) {
+        self.colors_used = carry.runs.len();
+        self.runs = carry.runs;
+        self.selected = carry.selected.min(self.runs.len().saturating_sub(1));
+        self.landscape.keep_view(carry.landscape);
+        if carry.playing {
+            self.send(Command::Play);
+        }
+    }
+
+    /// Drops every run's curves from before the edits of its file.
+    pub fn clear_before(&mut self) {
+        for r in &mut self.runs {
+            r.before.clear();
+        }
+    }
+
+    /// Forgets the selected run if it is gone (its variant left the file); true if it was.
+    pub fn forget_selected_gone(&mut self) -> bool {
+        if self.selected_run().is_none_or(|r| r.link != Link::Gone) {
+            return false;
+        }
+        self.runs.remove(self.selected);
+        self.selected = self.selected.min(self.runs.len().saturating_sub(1));
+        true
     }
 }
 

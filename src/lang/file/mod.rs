@@ -148,6 +148,17 @@ impl LossFile {
     pub fn dir(&self) -> &Path {
         self.source.path.parent().unwrap_or(Path::new("."))
     }
+
+    /// The other files it reads (`[data]` CSVs), resolved against [`LossFile::dir`].
+    pub fn reads(&self) -> Vec<PathBuf> {
+        self.data
+            .iter()
+            .filter_map(|d| match &d.value {
+                DataValue::Csv { path, .. } => Some(self.dir().join(&path.node)),
+                DataValue::Expr(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// What a loaded file gives: the file if it could be built, and every diagnostic found.

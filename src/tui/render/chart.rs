@@ -2,14 +2,15 @@
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
-use ratatui::style::{Color, Style};
+use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
 use super::panel;
 use crate::format::fmt_num;
+use crate::run::history::History;
 use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
-use crate::tui::chart::{self, Metric, Series};
+use crate::tui::chart::{self, Metric, Series, Stream};
 use crate::tui::session::RunView;
 
 /// The metrics a tab plots for one run, with a label suffix each.
@@ -37,6 +38,30 @@ fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
     }
 }
 
+/// One metric of a history, with the summaries kept beside it.
+struct Curve<'a> {
+    history: &'a History,
+    streams: &'a [Stream],
+    metric: Metric,
+}
+
+impl Curve<'_> {
+    /// Its points from step `lo` on, `columns` wide: the whole run of a long history comes from
+    /// the summaries; shorter views are scanned.
+    fn series(&self, lo: usize, columns: usize, log: bool, smooth: bool) -> Series {
+        let hi = self.history.len();
+        let range = lo.min(hi)..hi;
+        self.streams
+            .iter()
+            .find(|s| s.metric == self.metric)
+            .filter(|_| range.start == 0)
+            .and_then(|s| s.series(columns, log, smooth))
+            .unwrap_or_else(|| {
+                chart::series(self.history, self.metric, range, columns, log, smooth)
+            })
+    }
+}
+
 /// The shown chart tab of `file`.
 pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let log = app.log_y || app.tab == Tab::LrRatio;
@@ -50,7 +75,14 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         f.render_widget(Paragraph::new("no runs").block(block), area);
         return;
     };
-    let longest = s.runs.iter().map(|r| r.history.len()).max().unwrap_or(0);
+    let longest = s
+        .runs
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(r.history.len()).chain(r.before.iter().map(|b| b.history.len()))
+        })
+        .max()
+        .unwrap_or(0);
     let lo = if app.last_n {
         longest.saturating_sub(LAST_N)
     } else {
@@ -66,26 +98,40 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         raw: Series,
         smooth: Option<Series>,
     }
+    // The curves from before the edits, faded, under the current ones; the first curve of each
+    // version names what its edit changed.
+    let mut faded: Vec<(Option<String>, Series)> = Vec::new();
+    let mut named = Vec::new();
+    for r in &s.runs {
+        for (v, b) in r.before.iter().enumerate() {
+            for (m, _) in metrics(app, r) {
+                let series = Curve {
+                    history: &b.history,
+                    streams: &b.streams,
+                    metric: m,
+                }
+                .series(lo, columns, log, false);
+                let name = (!named.contains(&v)).then(|| {
+                    named.push(v);
+                    match v {
+                        0 => format!("before the edit: {}", b.change),
+                        _ => format!("{} edits back: {}", v + 1, b.change),
+                    }
+                });
+                faded.push((name, series));
+            }
+        }
+    }
     let mut drawn = Vec::new();
     for r in &s.runs {
-        let hi = r.history.len();
-        let range = lo.min(hi)..hi;
         for (m, suffix) in metrics(app, r) {
-            // The whole run of a long history comes from the summaries; short views are scanned.
-            let stream = r
-                .streams
-                .iter()
-                .find(|s| s.metric == m)
-                .filter(|_| range.start == 0);
-            let series = |smooth: bool| {
-                stream
-                    .and_then(|s| s.series(columns, log, smooth))
-                    .unwrap_or_else(|| {
-                        chart::series(&r.history, m, range.clone(), columns, log, smooth)
-                    })
+            let curve = Curve {
+                history: &r.history,
+                streams: &r.streams,
+                metric: m,
             };
-            let raw = series(false);
-            let smooth = app.smoothing.then(|| series(true));
+            let raw = curve.series(lo, columns, log, false);
+            let smooth = app.smoothing.then(|| curve.series(lo, columns, log, true));
             drawn.push(Drawn {
                 name: format!("{}{suffix}", r.info.name),
                 color: r.color,
@@ -95,13 +141,16 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             });
         }
     }
-    let ys = drawn.iter().flat_map(|d| {
-        d.raw
-            .points
-            .iter()
-            .chain(d.smooth.iter().flat_map(|s| s.points.iter()))
-            .map(|p| p.1)
-    });
+    let ys = drawn
+        .iter()
+        .flat_map(|d| {
+            d.raw
+                .points
+                .iter()
+                .chain(d.smooth.iter().flat_map(|s| s.points.iter()))
+        })
+        .chain(faded.iter().flat_map(|(_, f)| f.points.iter()))
+        .map(|p| p.1);
     let [y0, y1] = chart::bounds(ys);
     let x_hi = (longest.max(lo + 1)) as f64;
     let [x0, x1] = [lo as f64, x_hi.max(lo as f64 + 1.0)];
@@ -120,6 +169,17 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         })
         .collect();
     let mut datasets = Vec::new();
+    for (name, series) in &faded {
+        let mut d = Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::DarkGray).add_modifier(Modifier::DIM))
+            .data(&series.points);
+        if let Some(n) = name {
+            d = d.name(n.clone());
+        }
+        datasets.push(d);
+    }
     for d in &drawn {
         let raw_style = if d.smooth.is_some() {
             Style::new().fg(Color::DarkGray)

@@ -10,7 +10,7 @@ use super::panel;
 use crate::format::fmt_num;
 use crate::tui::app::App;
 
-/// The selected run's optimizer, step, loss, lr, gradcheck, curvature and per-param norms.
+/// The selected run's file, optimizer, step, loss, lr, gradcheck, curvature and per-param norms.
 pub fn render(f: &mut Frame, app: &App, area: Rect) {
     let block = panel("Inspector", false);
     let Some(s) = app.session() else {
@@ -25,6 +25,15 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
         Line::from(Span::styled(
             r.info.name.clone(),
             Style::new().fg(r.color).bold(),
+        )),
+        Line::from(Span::styled(
+            app.file()
+                .map(|f| {
+                    let shown = f.path.strip_prefix(&app.base).unwrap_or(&f.path);
+                    shown.display().to_string()
+                })
+                .unwrap_or_default(),
+            Style::new().fg(Color::DarkGray),
         )),
         Line::from(format!(
             "{} · {} · {}",

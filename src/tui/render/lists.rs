@@ -9,7 +9,7 @@ use ratatui::widgets::{List, ListItem, ListState, Paragraph, Tabs};
 use super::panel;
 use crate::tui::app::{App, Focus, Tab};
 use crate::tui::layout::{FileRow, file_rows};
-use crate::tui::session::RunView;
+use crate::tui::session::{Link, RunView};
 
 /// The loss files, grouped by sub-folder, with a ✓/✗ badge each.
 pub fn losses(f: &mut Frame, app: &App, area: Rect) {
@@ -40,7 +40,13 @@ fn row<'a>(app: &'a App, row: FileRow<'a>) -> Line<'a> {
                 Span::styled("✓ ", Style::new().fg(Color::Green))
             };
             let indent = if indented { "  " } else { "" };
-            Line::from(vec![Span::raw(indent), badge, Span::raw(f.name.clone())])
+            // Two files of one name are told apart by their file names.
+            let name = if app.files.iter().filter(|g| g.name == f.name).count() > 1 {
+                format!("{} ({})", f.name, f.stem())
+            } else {
+                f.name.clone()
+            };
+            Line::from(vec![Span::raw(indent), badge, Span::raw(name)])
         }
     }
 }
@@ -62,7 +68,13 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
                     format!("{:<10} ", r.status(s.playing)),
                     status_style(r, s.playing),
                 ),
-                Span::raw(r.info.name.clone()),
+                Span::styled(
+                    r.info.name.clone(),
+                    match r.link {
+                        Link::Gone => Style::new().fg(Color::DarkGray),
+                        Link::Live | Link::Starting => Style::new(),
+                    },
+                ),
             ]))
         })
         .collect();
