@@ -254,9 +254,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         let mut io_error = None;
         let summary = drive(run, |run, r| {
             if let Some(b) = &bar {
-                b.inc(1);
+                b.set_position(r.step);
             }
-            let last = run.is_done();
+            let last = r.step == run.step_count();
             if !(r.step.is_multiple_of(every) || last) {
                 return;
             }
