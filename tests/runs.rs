@@ -731,3 +731,68 @@ fn a_halted_run_numbers_its_halt_the_same_in_every_output() {
     );
     std::fs::remove_dir_all(std::path::Path::new(file).parent().unwrap()).ok();
 }
+
+#[test]
+fn divergence_with_heavy_ball_momentum_compares_the_lr_with_its_stability_bound() {
+    // Rosenbrock (1-x)^2 + 100(y-x^2)^2 at θ_0 = (-1.5, 2): H = [[2 - 400(y - x^2) + 1200x^2,
+    // -400x], [-400x, 200]] = [[1902, 600], [600, 200]], λ = (2102 + sqrt(2102^2 - 4·20400))/2
+    // = 2092.2, and heavy-ball's bound 2(1+β)/λ = 3.8/2092.2 = 0.00182 < lr 0.01: the loss
+    // grows from 12.5 (step 0) until x^2 overflows f32. The op is where, not why.
+    let out = common::gradscope(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(lr=0.01, momentum=0.9)",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("halted at step 5: diverged: loss grew from 12.5 to 9.21e23 over 4 steps; lr 0.01 is above the stability bound 2(1+β)/λ = 0.00182 (β = 0.9, λ = 2092 at step 0, the lowest loss); it overflowed at `^2`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the diverging loss overflowed here at step 5"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("non-finite values start here"), "{stderr}");
+}
+
+#[test]
+fn divergence_under_an_adaptive_optimizer_names_no_bound() {
+    // Adam's steps are about lr long, and the lr doubles every step: |x| and x^2 grow until
+    // x^2 overflows f32.
+    let file = temp_loss(
+        "grow",
+        "name = \"grow\"\nloss = \"x^2\"\n[params]\nx = 1.0\n[optimizer]\nname = \"adam\"\nlr = 1.0\nsteps = 300\nschedule = \"exponential\"\ngamma = 2.0\n",
+    );
+    let out = common::gradscope(&["run", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("diverged: loss grew from"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "adam adapts its steps, so no curvature bound applies: the loss diverged at lr"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(file.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_divergence_whose_curvature_cannot_be_computed_says_so() {
+    // In-process, without the curvature thread that keeps second-order graphs, plain gradient
+    // descent at lr 0.01 > 2/λ = 2/2092 still diverges and is called so.
+    let (c, _) = load_compiled(Path::new("losses/rosenbrock.toml")).unwrap();
+    let mut cfg = c.runs[0].settings.clone();
+    cfg.optimizer = OptimizerSpec::parse("sgd(lr=0.01)").unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "r".into(), cfg)).unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    let halt = run.halted.expect("diverged");
+    assert!(halt.diverged);
+    assert!(
+        halt.reason
+            .contains("over 4 steps; the stability bound 2/λ could not be computed: curvature needs second-order gradients"),
+        "{}",
+        halt.reason
+    );
+}

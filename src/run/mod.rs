@@ -63,11 +63,20 @@ impl RunRequest {
 /// Why a run stopped before its last step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Halt {
+    /// The step it halted at: its last row.
     pub step: u64,
+    /// One line on why, e.g. `the loss is NaN` or `diverged: loss grew from ...`.
     pub reason: String,
     /// The op where the non-finite values started, when it could be found.
     pub provenance: Option<Provenance>,
+    /// Whether the loss diverged: then the provenance is only where it overflowed, not a cause.
+    pub diverged: bool,
 }
+
+/// How much the loss must grow from its lowest recent value to call a halt a divergence.
+const DIVERGENCE_GROWTH: f64 = 1e3;
+/// Steps before a halt searched for the lowest loss.
+const DIVERGENCE_WINDOW: usize = 50;
 
 /// Params and optimizer state at a step, to rewind to.
 #[derive(Debug, Clone)]
@@ -321,6 +330,7 @@ impl Run {
                             step: t,
                             reason: self.broken_update_reason(&new, &broken),
                             provenance: None,
+                            diverged: false,
                         });
                     }
                     NonFinitePolicy::Skip => {
@@ -410,14 +420,24 @@ impl Run {
                 self.first_provenance = self.evaluator.trace().ok().flatten().map(|p| (t, p));
             }
             if self.config.on_nonfinite == NonFinitePolicy::Stop {
+                let provenance = self
+                    .first_provenance
+                    .as_ref()
+                    .filter(|(s, _)| *s == t)
+                    .map(|(_, p)| p.clone());
+                let divergence = self.divergence();
+                let reason = match &divergence {
+                    Some(d) => match &provenance {
+                        Some(p) => format!("{d}; it overflowed at `{}`", p.op),
+                        None => d.clone(),
+                    },
+                    None => self.nonfinite_reason(eval.loss, &eval.grads, &nonfinite),
+                };
                 self.halted = Some(Halt {
                     step: t,
-                    reason: self.nonfinite_reason(eval.loss, &eval.grads, &nonfinite),
-                    provenance: self
-                        .first_provenance
-                        .as_ref()
-                        .filter(|(s, _)| *s == t)
-                        .map(|(_, p)| p.clone()),
+                    reason,
+                    provenance,
+                    diverged: divergence.is_some(),
                 });
             }
         }
@@ -448,6 +468,94 @@ impl Run {
         });
         self.current = Some(eval);
         Ok(())
+    }
+
+    /// `diverged: loss grew from 5 to 1.4e34 over 12 steps; ...` when the finite losses of the
+    /// last rows grew more than [`DIVERGENCE_GROWTH`]-fold from their lowest, with the lr
+    /// against the optimizer's stability bound there; None otherwise.
+    fn divergence(&self) -> Option<String> {
+        let cores = self.history.cores();
+        let from = cores.len().saturating_sub(DIVERGENCE_WINDOW);
+        let finite = || (from..cores.len()).filter(|&k| cores[k].loss.is_finite());
+        let low = finite().min_by(|&a, &b| cores[a].loss.total_cmp(&cores[b].loss))?;
+        let high = finite()
+            .filter(|&k| k > low)
+            .max_by(|&a, &b| cores[a].loss.total_cmp(&cores[b].loss))?;
+        let (lo, hi) = (cores[low].loss, cores[high].loss);
+        if hi <= lo || hi - lo <= DIVERGENCE_GROWTH * lo.abs() {
+            return None;
+        }
+        Some(format!(
+            "diverged: loss grew from {} to {} over {} steps; {}",
+            crate::format::fmt_short(lo),
+            crate::format::fmt_short(hi),
+            high - low,
+            self.stability(low as u64, f64::from(cores[low].lr)),
+        ))
+    }
+
+    /// The lr of step `at` against the optimizer's stability bound at θ_at: 2/λ for gradient
+    /// descent, 2(1+β)/λ with heavy-ball momentum β, 2(1+β)/((1+2β)λ) with Nesterov's.
+    fn stability(&self, at: u64, lr: f64) -> String {
+        use crate::optim::spec::OptimizerSpec;
+        let lr_text = crate::format::fmt_short(lr);
+        let OptimizerSpec::Sgd(o) = &self.config.optimizer else {
+            return format!(
+                "{} adapts its steps, so no curvature bound applies: the loss diverged at lr {lr_text}",
+                self.config.optimizer.kind().name()
+            );
+        };
+        let b = o.momentum;
+        let beta = crate::format::fmt_short(b);
+        // On a quadratic of curvature λ, the update is stable while lr·λ stays below this.
+        let (limit, form, given) = match (b == 0.0, o.nesterov) {
+            (true, _) => (2.0, "2/λ", String::new()),
+            (false, false) => (
+                2.0 * (1.0 + b) / (1.0 - o.dampening),
+                "2(1+β)/λ",
+                format!("β = {beta}, "),
+            ),
+            (false, true) => (
+                2.0 * (1.0 + b) / (1.0 + 2.0 * b),
+                "2(1+β)/((1+2β)λ)",
+                format!("β = {beta}, "),
+            ),
+        };
+        match self.curvature_at(at) {
+            Ok(lambda) if lambda + o.weight_decay > 0.0 => {
+                let bound = limit / (lambda + o.weight_decay);
+                let side = if lr > bound { "above" } else { "below" };
+                format!(
+                    "lr {lr_text} is {side} the stability bound {form} = {} ({given}λ = {} at step {at}, the lowest loss)",
+                    crate::format::fmt_short(bound),
+                    crate::format::fmt_short(lambda),
+                )
+            }
+            Ok(lambda) => format!(
+                "the curvature at step {at} is λ = {}, so no bound {form} applies",
+                crate::format::fmt_short(lambda)
+            ),
+            Err(why) => format!("the stability bound {form} could not be computed: {why}"),
+        }
+    }
+
+    /// The Hessian's top eigenvalue at θ_at, from the kept trajectory (the params are put back).
+    fn curvature_at(&self, at: u64) -> Result<f64, String> {
+        let Some((_, point)) = self.trajectory.iter().find(|(k, _)| *k == at) else {
+            return Err(format!("the params of step {at} are no longer kept"));
+        };
+        let here = self.param_copies().map_err(|e| e.to_string())?;
+        let set = |values: &[Tensor]| -> Result<(), String> {
+            for (var, v) in self.evaluator.params().iter().zip(values) {
+                var.set(v).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        set(point)?;
+        let c = crate::compile::curvature::top_eigenvalue_exact(&self.evaluator, 100, 0);
+        set(&here)?;
+        let c = c.map_err(|d| d.message)?;
+        Ok(c.lambda)
     }
 
     /// Loss and gradients at the current params, as the config says to take them.

@@ -500,6 +500,7 @@ impl Worker {
                 step: slot.run.step_count(),
                 reason: d.headline(),
                 provenance: None,
+                diverged: false,
             });
         }
     }
@@ -521,6 +522,8 @@ impl Worker {
                 (self.emit)(Event::Params(s.id, stats(&s.run)));
                 if let Some(h) = &s.run.halted {
                     let reason = match &h.provenance {
+                        // A divergence's reason names the overflowing op itself.
+                        Some(_) if h.diverged => h.reason.clone(),
                         Some(p) => {
                             format!("starts at {}; {}", p.summary_at(s.run.source()), h.reason)
                         }
