@@ -60,11 +60,14 @@ fn stop_halts_at_the_first_nonfinite_step_without_updating() {
         run.step().unwrap();
     }
     let halt = run.halted.clone().expect("halted");
+    // Step 3 is θ_3 (x = -0.5, after three updates): its row is the last, with no update.
     assert_eq!(halt.step, 3);
     assert!(halt.reason.contains("loss is NaN"), "{}", halt.reason);
-    assert_eq!(run.step_count(), 4);
+    assert_eq!(run.step_count(), 3);
+    assert_eq!(run.history().len(), 4);
     assert_eq!(x_of(&run), -0.5);
-    assert!(run.history().get(3).unwrap().has(flags::LOSS_NONFINITE));
+    let last = run.history().get(3).unwrap();
+    assert!(last.has(flags::LOSS_NONFINITE) && !last.stepped());
 }
 
 #[test]
@@ -117,14 +120,14 @@ fn a_nonfinite_gradient_names_the_param_and_counts_elements() {
     let c = compiled(
         "name = \"g\"\nloss = \"sqrt(sum(w^2)) + sum(v)\"\n[params]\nw = \"zeros(4)\"\nv = \"ones(2)\"\n",
     );
-    let mut run = Run::new(
+    let run = Run::new(
         &c,
         RunRequest::new(&c, 0, "r".into(), config("sgd", NonFinitePolicy::Stop)),
     )
     .unwrap();
-    run.step().unwrap();
+    // θ_0 itself is non-finite: the run halts at step 0 before any update.
     let halt = run.halted.clone().expect("halted");
-    assert_eq!(halt.step, 0);
+    assert_eq!((halt.step, run.history().len()), (0, 1));
     assert_eq!(
         halt.reason,
         "the gradient of `w` (4 of 4 values) is non-finite"
@@ -391,12 +394,13 @@ fn jsonl_has_one_object_per_step_and_a_summary_per_run() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    assert_eq!(lines.len(), 2 * 21);
+    // Rows 0..=20 and a summary, per run.
+    assert_eq!(lines.len(), 2 * 22);
     let steps: Vec<_> = lines
         .iter()
         .filter(|v| v.get("summary").is_none())
         .collect();
-    assert_eq!(steps.len(), 40);
+    assert_eq!(steps.len(), 42);
     for key in [
         "run",
         "step",
@@ -454,7 +458,7 @@ fn csv_has_a_header_and_one_row_per_logged_step() {
     assert_eq!(&headers[0], "run");
     assert!(headers.iter().any(|h| h == "grad_norm_w"));
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
-    // 5 runs, steps 0 and 5 logged, and the last step 9
+    // 5 runs, rows 0 and 5 logged, and the last row 10
     assert_eq!(rows.len(), 5 * 3);
     assert_eq!(&rows[0][0], "base");
 }
@@ -616,4 +620,179 @@ fn a_panic_in_the_worker_becomes_a_failure_and_the_worker_serves_on() {
     assert!(!playing);
     commands.send(Command::Shutdown).unwrap();
     handle.join().expect("the worker thread ends cleanly");
+}
+
+/// Writes `text` to a fresh file in the temp directory, named `name`.
+fn temp_loss(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gradscope-runs-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_run_of_n_steps_logs_rows_0_to_n_and_its_last_row_is_the_final_loss() {
+    // Row k is θ_k; 20 steps make 21 rows, the last with the loss the summary calls final.
+    let run = |format: &str| {
+        let out = common::gradscope(&[
+            "run",
+            "losses/rosenbrock.toml",
+            "--steps",
+            "20",
+            "--every",
+            "1",
+            "--format",
+            format,
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let jsonl: Vec<serde_json::Value> = run("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (rows, summary) = jsonl.split_at(21);
+    let steps: Vec<u64> = rows.iter().map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (0..=20).collect::<Vec<u64>>());
+    assert_eq!(rows[20]["loss"], summary[0]["final_loss"]);
+    assert_eq!(summary[0]["steps"], 20);
+    // The last row has no update; the others have one.
+    assert!(rows[20]["update_norm"].is_null() && rows[20]["clipped"].is_null());
+    assert!(rows[19]["update_norm"].is_number());
+
+    let csv_text = run("csv");
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 21);
+    assert_eq!((&rows[0][1], &rows[20][1]), ("0", "20"));
+    let final_loss = summary[0]["final_loss"].as_f64().unwrap();
+    assert_eq!(rows[20][2].parse::<f64>().unwrap(), final_loss);
+    assert_eq!(
+        (&rows[20][5], &rows[20][7]),
+        ("", ""),
+        "no update on the last row"
+    );
+
+    // The table's rows end at step 20 with the final loss of its comparison table.
+    let table = run("table");
+    let last_row = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("20"))
+        .expect("a row for step 20");
+    let loss = last_row.split_whitespace().nth(2).unwrap();
+    let comparison = table.lines().rfind(|l| !l.is_empty()).unwrap();
+    assert_eq!(comparison.split_whitespace().nth(1), Some(loss), "{table}");
+}
+
+#[test]
+fn a_halted_run_numbers_its_halt_the_same_in_every_output() {
+    // x walks 2.5, 1.5, 0.5, -0.5: θ_3 is the first NaN, so the run halts at step 3 after three
+    // updates, and step 3 is its last row everywhere.
+    let file = temp_loss(
+        "halted",
+        &format!("{GOES_NAN_AT_3}[optimizer]\nname = \"sgd\"\nlr = 1.0\nsteps = 10\n"),
+    );
+    let file = file.to_str().unwrap();
+    let out = common::gradscope(&["run", file, "--format", "jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("halted at step 3: the loss is NaN"),
+        "{stderr}"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4 + 1);
+    assert_eq!(lines[3]["step"], 3);
+    assert_eq!(lines[3]["nonfinite_loss"], true);
+    assert_eq!(lines[4]["steps"], 3);
+    assert_eq!(lines[4]["first_nonfinite_step"], 3);
+    let csv = common::gradscope(&["run", file, "--format", "csv"]);
+    let text = String::from_utf8_lossy(&csv.stdout);
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with("\"base\",3,NaN,"), "{text}");
+    assert_eq!(text.lines().count(), 1 + 4);
+    let table = common::gradscope(&["run", file]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    // run, final loss, best loss (step), first non-finite.
+    let row = text.lines().rfind(|l| !l.is_empty()).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[..5],
+        ["base", "NaN", "1.207107", "(2)", "3"],
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("3")),
+        "{text}"
+    );
+    std::fs::remove_dir_all(std::path::Path::new(file).parent().unwrap()).ok();
+}
+
+#[test]
+fn divergence_with_heavy_ball_momentum_compares_the_lr_with_its_stability_bound() {
+    // Rosenbrock (1-x)^2 + 100(y-x^2)^2 at θ_0 = (-1.5, 2): H = [[2 - 400(y - x^2) + 1200x^2,
+    // -400x], [-400x, 200]] = [[1902, 600], [600, 200]], λ = (2102 + sqrt(2102^2 - 4·20400))/2
+    // = 2092.2, and heavy-ball's bound 2(1+β)/λ = 3.8/2092.2 = 0.00182 < lr 0.01: the loss
+    // grows from 12.5 (step 0) until x^2 overflows f32. The op is where, not why.
+    let out = common::gradscope(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(lr=0.01, momentum=0.9)",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("halted at step 5: diverged: loss grew from 12.5 to 9.21e23 over 4 steps; lr 0.01 is above the stability bound 2(1+β)/λ = 0.00182 (β = 0.9, λ = 2092 at step 0, the lowest loss); it overflowed at `^2`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the diverging loss overflowed here at step 5"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("non-finite values start here"), "{stderr}");
+}
+
+#[test]
+fn divergence_under_an_adaptive_optimizer_names_no_bound() {
+    // Adam's steps are about lr long, and the lr doubles every step: |x| and x^2 grow until
+    // x^2 overflows f32.
+    let file = temp_loss(
+        "grow",
+        "name = \"grow\"\nloss = \"x^2\"\n[params]\nx = 1.0\n[optimizer]\nname = \"adam\"\nlr = 1.0\nsteps = 300\nschedule = \"exponential\"\ngamma = 2.0\n",
+    );
+    let out = common::gradscope(&["run", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("diverged: loss grew from"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "adam adapts its steps, so no curvature bound applies: the loss diverged at lr"
+        ),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(file.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_divergence_whose_curvature_cannot_be_computed_says_so() {
+    // In-process, without the curvature thread that keeps second-order graphs, plain gradient
+    // descent at lr 0.01 > 2/λ = 2/2092 still diverges and is called so.
+    let (c, _) = load_compiled(Path::new("losses/rosenbrock.toml")).unwrap();
+    let mut cfg = c.runs[0].settings.clone();
+    cfg.optimizer = OptimizerSpec::parse("sgd(lr=0.01)").unwrap();
+    let mut run = Run::new(&c, RunRequest::new(&c, 0, "r".into(), cfg)).unwrap();
+    while !run.is_done() {
+        run.step().unwrap();
+    }
+    let halt = run.halted.expect("diverged");
+    assert!(halt.diverged);
+    assert!(
+        halt.reason
+            .contains("over 4 steps; the stability bound 2/λ could not be computed: curvature needs second-order gradients"),
+        "{}",
+        halt.reason
+    );
 }

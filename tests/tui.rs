@@ -50,12 +50,13 @@ fn typed_settled(app: &mut App, rx: &Receiver<Msg>, keys: &str) {
     app.settle(rx);
 }
 
+/// Each run's step (updates taken; its history holds one row more).
 fn history_lens(app: &App) -> Vec<usize> {
     app.session()
         .expect("a session")
         .runs
         .iter()
-        .map(|r| r.history.len())
+        .map(|r| r.steps())
         .collect()
 }
 
@@ -515,7 +516,7 @@ fn rewind_past_an_lr_change_keeps_it() {
     // And back before the change, the scale is 1 again, in the UI and in the engine.
     typed_settled(&mut app, &rx, "30bn");
     let r = &app.session().unwrap().runs[0];
-    assert_eq!(r.history.len(), 41);
+    assert_eq!((r.steps(), r.history.len()), (41, 42));
     assert_eq!(r.history.core(40).lr, base);
     assert_eq!(r.lr_scale, 1.0, "the UI still shows the rewound-away scale");
     assert!(r.lr_changes.is_empty());
@@ -770,9 +771,10 @@ fn w_writes_csv_and_jsonl_of_every_run() {
     let screen = rows(&draw(&app, 160, 45)).join("");
     assert!(screen.contains(&format!("wrote {}", csv.display())));
     let csv_text = std::fs::read_to_string(&csv).expect("csv written");
-    assert_eq!(csv_text.lines().count(), 1 + 4 * 3, "{csv_text}");
+    // Rows 0..=3 of each of the 4 runs.
+    assert_eq!(csv_text.lines().count(), 1 + 4 * 4, "{csv_text}");
     let jsonl_text = std::fs::read_to_string(&jsonl).expect("jsonl written");
-    assert_eq!(jsonl_text.lines().count(), 4 * 3);
+    assert_eq!(jsonl_text.lines().count(), 4 * 4);
     for line in jsonl_text.lines() {
         let _: serde_json::Value = serde_json::from_str(line).expect("one JSON object a line");
     }
@@ -1093,7 +1095,7 @@ fn an_edit_keeps_the_session() {
     let gone: Vec<_> = s.runs.iter().filter(|r| r.link == Link::Gone).collect();
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].info.name, "eps = 1e-3");
-    assert_eq!(gone[0].history.len(), 8, "a gone run keeps its curves");
+    assert_eq!(gone[0].steps(), 8, "a gone run keeps its curves");
     assert_eq!(s.runs[1].before.len(), 2, "two versions back");
     let k = s.runs.iter().position(|r| r.link == Link::Gone).unwrap();
     press(&mut app, KeyCode::Char('k'));
@@ -1475,4 +1477,24 @@ fn e2e_an_edit_on_disk_keeps_the_session() {
         s.contains("before the edit: eps 1e-4 → 1e-3") && s.contains("2 edits back")
     });
     t.keys(&["q"]);
+}
+
+#[test]
+fn a_halted_run_shows_the_step_it_halted_at() {
+    // x walks 2.5, 1.5, 0.5, -0.5 under sgd(lr=1): θ_3 is NaN, so the run stops at step 3, which
+    // the inspector and the runs list both call step 3.
+    let dir = Scratch::new("halted_numbering");
+    std::fs::write(
+        dir.0.join("nan.toml"),
+        "name = \"nan at 3\"\ndtype = \"f64\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n[optimizer]\nname = \"sgd\"\nlr = 1.0\nsteps = 10\n",
+    )
+    .unwrap();
+    let (mut app, rx) = open(dir.path());
+    typed_settled(&mut app, &rx, "10n");
+    assert_eq!(history_lens(&app), vec![3]);
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(screen.contains("step 3 · halted@3"), "{screen}");
+    let r = &app.session().unwrap().runs[0];
+    assert_eq!(r.history.len(), 4, "rows 0..=3");
+    assert!(r.history.core(3).loss.is_nan());
 }

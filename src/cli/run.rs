@@ -254,9 +254,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         let mut io_error = None;
         let summary = drive(run, |run, r| {
             if let Some(b) = &bar {
-                b.inc(1);
+                b.set_position(r.step);
             }
-            let last = run.is_done();
+            let last = r.step == run.step_count();
             if !(r.step.is_multiple_of(every) || last) {
                 return;
             }
@@ -292,12 +292,15 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         };
         if let Some(h) = &summary.halted {
             eprintln!("run `{}` {h}", summary.run);
-            if let Some(p) = run.halted.as_ref().and_then(|h| h.provenance.as_ref()) {
-                eprint!(
-                    "{}",
-                    p.diagnostic(run.source(), run.halted.as_ref().map(|h| h.step))
-                        .render(color)
-                );
+            if let Some(h) = &run.halted
+                && let Some(p) = &h.provenance
+            {
+                let d = if h.diverged {
+                    p.overflow_diagnostic(run.source(), Some(h.step))
+                } else {
+                    p.diagnostic(run.source(), Some(h.step))
+                };
+                eprint!("{}", d.render(color));
             }
             any_halted = true;
         }

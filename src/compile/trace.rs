@@ -72,6 +72,32 @@ impl Provenance {
 
     /// The report with a caret under the op, for `run`, `check` and the TUI.
     pub fn diagnostic(&self, source: &Arc<SourceFile>, step: Option<u64>) -> Diagnostic {
+        self.report(
+            source,
+            step,
+            "non-finite values start here",
+            help_for(&self.op, self.pass),
+        )
+    }
+
+    /// The report of where a diverging loss left the dtype's range: the op is the place, not
+    /// the cause.
+    pub fn overflow_diagnostic(&self, source: &Arc<SourceFile>, step: Option<u64>) -> Diagnostic {
+        self.report(
+            source,
+            step,
+            "the diverging loss overflowed here",
+            "this op is only where the growing values left the dtype's range: the cause is the step size (see the halt's reason)".into(),
+        )
+    }
+
+    fn report(
+        &self,
+        source: &Arc<SourceFile>,
+        step: Option<u64>,
+        headline: &str,
+        help: String,
+    ) -> Diagnostic {
         let when = step.map(|s| format!(" at step {s}")).unwrap_or_default();
         let pass = match self.pass {
             Pass::Forward => "forward",
@@ -79,12 +105,12 @@ impl Provenance {
         };
         let what = format!("{} of {} elements", self.count, self.total);
         Diagnostic::error(format!(
-            "non-finite values start here{when}: `{}` in the {pass} pass ({what})",
+            "{headline}{when}: `{}` in the {pass} pass ({what})",
             self.op
         ))
         .at(source, self.span.clone())
         .label(self.inputs.join(", "))
-        .help(help_for(&self.op, self.pass))
+        .help(help)
     }
 }
 

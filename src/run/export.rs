@@ -7,7 +7,8 @@ use super::history::{StepRecord, flags};
 use super::summary::Summary;
 use crate::format::json_num;
 
-/// One logged step of run `run` (whose params are `names`) as a JSON object.
+/// One logged row of run `run` (whose params are `names`) as a JSON object: the state at θ_k,
+/// and the update then taken (null on the last row).
 pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
     let per = |v: &[f32]| -> serde_json::Map<String, Value> {
         names
@@ -17,14 +18,15 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
             .collect()
     };
     let bad: Vec<&String> = r.nonfinite_params().map(|i| &names[i]).collect();
+    let update = |v: Value| if r.stepped() { v } else { Value::Null };
     json!({
         "run": run, "step": r.step, "loss": json_num(r.core.loss), "grad_norm": json_num(r.core.grad_norm as f64),
-        "lr": json_num(r.core.lr as f64), "update_norm": json_num(r.core.update_norm as f64),
-        "update_ratio": json_num(r.core.update_ratio as f64), "clipped": r.has(flags::CLIPPED),
-        "skipped": r.has(flags::SKIPPED), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
-        "nonfinite_update": r.has(flags::UPDATE_NONFINITE),
+        "lr": json_num(r.core.lr as f64), "update_norm": update(json_num(r.core.update_norm as f64)),
+        "update_ratio": update(json_num(r.core.update_ratio as f64)), "clipped": update(r.has(flags::CLIPPED).into()),
+        "skipped": update(r.has(flags::SKIPPED).into()), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
+        "nonfinite_update": update(r.has(flags::UPDATE_NONFINITE).into()),
         "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
-        "wall_us": r.core.wall_us, "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
+        "wall_us": update(r.core.wall_us.into()), "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
     })
 }
 
@@ -71,9 +73,11 @@ pub fn csv_header(names: &[String]) -> String {
     cols.join(",")
 }
 
-/// One logged step as a CSV row matching [`csv_header`].
+/// One logged row as a CSV row matching [`csv_header`]; the update's cells are empty on the
+/// last row.
 pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let update = |s: String| if r.stepped() { s } else { String::new() };
     let bad: Vec<&str> = r.nonfinite_params().map(|i| names[i].as_str()).collect();
     let mut cells = vec![
         quote(run),
@@ -81,12 +85,12 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
         r.core.loss.to_string(),
         r.core.grad_norm.to_string(),
         r.core.lr.to_string(),
-        r.core.update_norm.to_string(),
-        r.core.update_ratio.to_string(),
-        r.has(flags::CLIPPED).to_string(),
-        r.has(flags::SKIPPED).to_string(),
+        update(r.core.update_norm.to_string()),
+        update(r.core.update_ratio.to_string()),
+        update(r.has(flags::CLIPPED).to_string()),
+        update(r.has(flags::SKIPPED).to_string()),
         r.has(flags::LOSS_NONFINITE).to_string(),
-        r.has(flags::UPDATE_NONFINITE).to_string(),
+        update(r.has(flags::UPDATE_NONFINITE).to_string()),
         quote(&bad.join(" ")),
     ];
     cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));

@@ -1,5 +1,9 @@
 //! A run's per-step record, stored compactly: a 32-byte core per step plus per-param norms in
 //! flat f32 arrays (32 + 8 bytes per param a step: a million steps of a 6-param MLP take 80 MB).
+//!
+//! Row k is the state at θ_k, the params after k updates: the loss, gradient and norms there,
+//! plus the update then taken from θ_k. A run of N steps holds rows 0..=N; the last row's update
+//! is empty (no [`flags::STEPPED`]) unless the run halted on a broken update from there.
 
 /// Flags of one step.
 pub mod flags {
@@ -13,6 +17,9 @@ pub mod flags {
     pub const GRAD_NONFINITE: u8 = 8;
     /// The optimizer's update turned finite params non-finite.
     pub const UPDATE_NONFINITE: u8 = 16;
+    /// An update was taken (or, skipped or broken, attempted) from this row's params: its update
+    /// fields are filled. The last row of a run lacks it.
+    pub const STEPPED: u8 = 32;
     /// Any of the non-finite flags.
     pub const NONFINITE: u8 = LOSS_NONFINITE | GRAD_NONFINITE | UPDATE_NONFINITE;
 }
@@ -30,6 +37,21 @@ pub struct Core {
     pub wall_us: f32,
     /// log2 of the loss scale this step used (0 without scaling); fits the struct's padding.
     pub loss_scale_log2: i8,
+    pub flags: u8,
+}
+
+/// The update taken from a row's params, filled in when the run steps from there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Update {
+    /// Norm of the change of all params together.
+    pub norm: f32,
+    /// `norm` over the params' norm.
+    pub ratio: f32,
+    /// The learning rate it used.
+    pub lr: f32,
+    /// Time the step took (the update and the next row's evaluation).
+    pub wall_us: f32,
+    /// Update flags: clipped, skipped, non-finite update.
     pub flags: u8,
 }
 
@@ -62,11 +84,16 @@ impl StepRecord {
                 lr: 1e-3,
                 wall_us: 5.0,
                 loss_scale_log2: 0,
-                flags: 0,
+                flags: flags::STEPPED,
             },
             param_grad_norms: vec![1.0; n_params],
             param_norms: vec![1.0; n_params],
         }
+    }
+
+    /// Whether the run stepped from this row's params (its update fields are filled).
+    pub fn stepped(&self) -> bool {
+        self.has(flags::STEPPED)
     }
 
     /// Indices of the params whose gradient had a non-finite value.
@@ -79,7 +106,7 @@ impl StepRecord {
     }
 }
 
-/// Every step of a run, in order from step 0.
+/// Every row of a run, in order from step 0 (θ_0) to its current step.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     n_params: usize,
@@ -97,21 +124,32 @@ impl History {
         }
     }
 
-    /// Steps recorded.
+    /// Rows recorded (one more than the updates taken, once the run has its row 0).
     pub fn len(&self) -> usize {
         self.cores.len()
     }
 
-    /// Whether no step was recorded yet.
+    /// Whether no row was recorded yet.
     pub fn is_empty(&self) -> bool {
         self.cores.is_empty()
     }
 
-    /// Appends one step.
+    /// Appends one row.
     pub fn push(&mut self, r: &StepRecord) {
         self.cores.push(r.core);
         self.grad_norms.extend_from_slice(&r.param_grad_norms);
         self.param_norms.extend_from_slice(&r.param_norms);
+    }
+
+    /// Fills in row `row`'s update and adds its flags (with [`flags::STEPPED`]).
+    pub fn finish(&mut self, row: usize, update: &Update) {
+        if let Some(c) = self.cores.get_mut(row) {
+            c.update_norm = update.norm;
+            c.update_ratio = update.ratio;
+            c.lr = update.lr;
+            c.wall_us = update.wall_us;
+            c.flags |= update.flags | flags::STEPPED;
+        }
     }
 
     /// The core of step `step` (panics past the end, as slice indexing).

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
-use self::history::{Core, History, StepRecord, flags};
+use self::history::{Core, History, StepRecord, Update, flags};
 use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
@@ -63,11 +63,20 @@ impl RunRequest {
 /// Why a run stopped before its last step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Halt {
+    /// The step it halted at: its last row.
     pub step: u64,
+    /// One line on why, e.g. `the loss is NaN` or `diverged: loss grew from ...`.
     pub reason: String,
     /// The op where the non-finite values started, when it could be found.
     pub provenance: Option<Provenance>,
+    /// Whether the loss diverged: then the provenance is only where it overflowed, not a cause.
+    pub diverged: bool,
 }
+
+/// How much the loss must grow from its lowest recent value to call a halt a divergence.
+const DIVERGENCE_GROWTH: f64 = 1e3;
+/// Steps before a halt searched for the lowest loss.
+const DIVERGENCE_WINDOW: usize = 50;
 
 /// Params and optimizer state at a step, to rewind to.
 #[derive(Debug, Clone)]
@@ -104,6 +113,8 @@ pub struct Run {
     pub scale: f64,
     clean_steps: u32,
     param_names: Vec<String>,
+    /// Loss and gradients at the current params (the last row's), for the next update.
+    current: Option<crate::compile::Evaluation>,
     /// Params at the start of each kept step, for landscapes: the tensors the optimizer made
     /// (immutable, so keeping them costs no copy), read out only when asked for.
     trajectory: Decimated<Vec<Tensor>>,
@@ -149,21 +160,24 @@ impl Run {
             },
             clean_steps: 0,
             param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
+            current: None,
             trajectory: Decimated::new(0),
         };
         let dim = compiled.param_count();
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
         r.trajectory.push(0, r.param_copies()?);
         r.snapshot();
+        r.settle()
+            .map_err(|d| candle_core::Error::Msg(d.headline()))?;
         Ok(r)
     }
 
-    /// Steps taken so far.
+    /// Updates taken so far: the run is at step `step_count`, its history holds rows 0..=that.
     pub fn step_count(&self) -> u64 {
-        self.history.len() as u64
+        self.history.len().saturating_sub(1) as u64
     }
 
-    /// Every step taken so far.
+    /// Row k for every step k so far, the current one last (see [`history`]).
     pub fn history(&self) -> &History {
         &self.history
     }
@@ -231,30 +245,25 @@ impl Run {
         }
     }
 
-    /// One step: gradients at the current params, inspection, then the update.
+    /// One step from the current params θ_t: the gradients already taken there, inspection,
+    /// the update (filling in row t's update), then row t+1 at the new params. Returns row t.
     pub fn step(&mut self) -> Result<StepRecord, Diagnostic> {
         let started = Instant::now();
         let t = self.step_count();
-        let eval = self.gradients()?;
-        let scale_used = self.scale;
+        let eval = match self.current.take() {
+            Some(e) if self.halted.is_none() => e,
+            _ => return Err(Diagnostic::error(format!("step {t}: the run has halted"))),
+        };
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
-        let nonfinite: Vec<usize> = (0..param_grad_norms.len())
-            .filter(|&i| !param_grad_norms[i].is_finite())
-            .collect();
+        let grads_finite = param_grad_norms.iter().all(|n| n.is_finite());
+        let lr = self.lr_at(t);
         let mut f = 0u8;
-        if !eval.loss.is_finite() {
-            f |= flags::LOSS_NONFINITE;
-        }
-        if !nonfinite.is_empty() {
-            f |= flags::GRAD_NONFINITE;
-        }
-        let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
-        let mut bad_step = f & (flags::LOSS_NONFINITE | flags::GRAD_NONFINITE) != 0;
+        let mut bad_step = !eval.loss.is_finite() || !grads_finite;
         let mut scaler_skip = false;
         if self.config.loss_scale == LossScale::Dynamic {
-            if bad_step && f & flags::LOSS_NONFINITE == 0 {
+            if bad_step && eval.loss.is_finite() {
                 // An overflowed scaled gradient: skip the step and back off, as GradScaler does.
                 scaler_skip = true;
                 bad_step = false;
@@ -279,31 +288,12 @@ impl Run {
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
         let mut moved_to = None;
+        // Under `stop` a non-finite row halted the run when it was evaluated.
         let apply =
             !scaler_skip && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
-        if bad_step {
-            // Tracing re-evaluates the step op by op: only for the first non-finite step.
-            if self.first_provenance.is_none() {
-                self.first_provenance = self.evaluator.trace().ok().flatten().map(|p| (t, p));
-            }
-            match self.config.on_nonfinite {
-                NonFinitePolicy::Stop => {
-                    self.halted = Some(Halt {
-                        step: t,
-                        reason: self.nonfinite_reason(eval.loss, &eval.grads, &nonfinite),
-                        provenance: self
-                            .first_provenance
-                            .as_ref()
-                            .filter(|(s, _)| *s == t)
-                            .map(|(_, p)| p.clone()),
-                    });
-                }
-                NonFinitePolicy::Skip => {
-                    f |= flags::SKIPPED;
-                    self.skipped += 1;
-                }
-                NonFinitePolicy::Continue => {}
-            }
+        if bad_step && self.config.on_nonfinite == NonFinitePolicy::Skip {
+            f |= flags::SKIPPED;
+            self.skipped += 1;
         }
         if apply {
             let (grads, clipped) = self.clip(eval.grads, grad_norm).map_err(internal)?;
@@ -340,6 +330,7 @@ impl Run {
                             step: t,
                             reason: self.broken_update_reason(&new, &broken),
                             provenance: None,
+                            diverged: false,
                         });
                     }
                     NonFinitePolicy::Skip => {
@@ -360,20 +351,107 @@ impl Run {
             }
         }
         let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
-        let record = StepRecord {
-            step: t,
-            core: Core {
-                loss: eval.loss,
-                grad_norm: grad_norm as f32,
-                update_norm: update_norm as f32,
-                update_ratio: if total_param_norm > 0.0 {
+        if self.halted.is_none() {
+            self.settle()?;
+        }
+        self.history.finish(
+            t as usize,
+            &Update {
+                norm: update_norm as f32,
+                ratio: if total_param_norm > 0.0 {
                     (update_norm / total_param_norm) as f32
                 } else {
                     f32::NAN
                 },
                 lr: lr as f32,
                 wall_us: started.elapsed().as_secs_f32() * 1e6,
-                loss_scale_log2: scale_used.log2().round().clamp(-128.0, 127.0) as i8,
+                flags: f,
+            },
+        );
+        if self.halted.is_none() && self.trajectory.wants(self.step_count()) {
+            let point = match moved_to {
+                Some(p) => p,
+                None => self.param_copies().map_err(internal)?,
+            };
+            self.trajectory.push(self.step_count(), point);
+        }
+        if self.step_count() > t && self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
+            self.snapshot();
+        }
+        self.history
+            .get(t as usize)
+            .ok_or_else(|| Diagnostic::error(format!("step {t}: no row")))
+    }
+
+    /// The learning rate of the update from step `t`: the schedule's, times the multiplier.
+    fn lr_at(&self, t: u64) -> f64 {
+        self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale
+    }
+
+    /// Evaluates the current params and appends their row (with an empty update). A non-finite
+    /// row is traced (the first one), and halts the run under the `stop` policy.
+    fn settle(&mut self) -> Result<(), Diagnostic> {
+        let t = self.history.len() as u64;
+        let eval = self.gradients()?;
+        let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
+        let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        let nonfinite: Vec<usize> = (0..param_grad_norms.len())
+            .filter(|&i| !param_grad_norms[i].is_finite())
+            .collect();
+        let param_norms: Vec<f64> = self
+            .evaluator
+            .params()
+            .iter()
+            .map(|v| norm(v.as_tensor()))
+            .collect();
+        let mut f = 0u8;
+        if !eval.loss.is_finite() {
+            f |= flags::LOSS_NONFINITE;
+        }
+        if !nonfinite.is_empty() {
+            f |= flags::GRAD_NONFINITE;
+        }
+        // Dynamic loss scaling skips an overflowed gradient of a finite loss instead.
+        let bad = !eval.loss.is_finite()
+            || (!nonfinite.is_empty() && self.config.loss_scale != LossScale::Dynamic);
+        if bad {
+            // Tracing re-evaluates the step op by op: only for the first non-finite step.
+            if self.first_provenance.is_none() {
+                self.first_provenance = self.evaluator.trace().ok().flatten().map(|p| (t, p));
+            }
+            if self.config.on_nonfinite == NonFinitePolicy::Stop {
+                let provenance = self
+                    .first_provenance
+                    .as_ref()
+                    .filter(|(s, _)| *s == t)
+                    .map(|(_, p)| p.clone());
+                let divergence = self.divergence();
+                let reason = match &divergence {
+                    Some(d) => match &provenance {
+                        Some(p) => format!("{d}; it overflowed at `{}`", p.op),
+                        None => d.clone(),
+                    },
+                    None => self.nonfinite_reason(eval.loss, &eval.grads, &nonfinite),
+                };
+                self.halted = Some(Halt {
+                    step: t,
+                    reason,
+                    provenance,
+                    diverged: divergence.is_some(),
+                });
+            }
+        }
+        self.history.push(&StepRecord {
+            step: t,
+            core: Core {
+                loss: eval.loss,
+                grad_norm: grad_norm as f32,
+                // No update from here yet: empty until the run steps.
+                update_norm: f32::NAN,
+                update_ratio: f32::NAN,
+                lr: self.lr_at(t) as f32,
+                wall_us: 0.0,
+                loss_scale_log2: self.scale.log2().round().clamp(-128.0, 127.0) as i8,
                 flags: f,
             },
             param_grad_norms: param_grad_norms
@@ -387,19 +465,97 @@ impl Run {
                 })
                 .collect(),
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
+        });
+        self.current = Some(eval);
+        Ok(())
+    }
+
+    /// `diverged: loss grew from 5 to 1.4e34 over 12 steps; ...` when the finite losses of the
+    /// last rows grew more than [`DIVERGENCE_GROWTH`]-fold from their lowest, with the lr
+    /// against the optimizer's stability bound there; None otherwise.
+    fn divergence(&self) -> Option<String> {
+        let cores = self.history.cores();
+        let from = cores.len().saturating_sub(DIVERGENCE_WINDOW);
+        let finite = || (from..cores.len()).filter(|&k| cores[k].loss.is_finite());
+        let low = finite().min_by(|&a, &b| cores[a].loss.total_cmp(&cores[b].loss))?;
+        let high = finite()
+            .filter(|&k| k > low)
+            .max_by(|&a, &b| cores[a].loss.total_cmp(&cores[b].loss))?;
+        let (lo, hi) = (cores[low].loss, cores[high].loss);
+        if hi <= lo || hi - lo <= DIVERGENCE_GROWTH * lo.abs() {
+            return None;
+        }
+        Some(format!(
+            "diverged: loss grew from {} to {} over {} steps; {}",
+            crate::format::fmt_short(lo),
+            crate::format::fmt_short(hi),
+            high - low,
+            self.stability(low as u64, f64::from(cores[low].lr)),
+        ))
+    }
+
+    /// The lr of step `at` against the optimizer's stability bound at θ_at: 2/λ for gradient
+    /// descent, 2(1+β)/λ with heavy-ball momentum β, 2(1+β)/((1+2β)λ) with Nesterov's.
+    fn stability(&self, at: u64, lr: f64) -> String {
+        use crate::optim::spec::OptimizerSpec;
+        let lr_text = crate::format::fmt_short(lr);
+        let OptimizerSpec::Sgd(o) = &self.config.optimizer else {
+            return format!(
+                "{} adapts its steps, so no curvature bound applies: the loss diverged at lr {lr_text}",
+                self.config.optimizer.kind().name()
+            );
         };
-        self.history.push(&record);
-        if self.trajectory.wants(self.step_count()) {
-            let point = match moved_to {
-                Some(p) => p,
-                None => self.param_copies().map_err(internal)?,
-            };
-            self.trajectory.push(self.step_count(), point);
+        let b = o.momentum;
+        let beta = crate::format::fmt_short(b);
+        // On a quadratic of curvature λ, the update is stable while lr·λ stays below this.
+        let (limit, form, given) = match (b == 0.0, o.nesterov) {
+            (true, _) => (2.0, "2/λ", String::new()),
+            (false, false) => (
+                2.0 * (1.0 + b) / (1.0 - o.dampening),
+                "2(1+β)/λ",
+                format!("β = {beta}, "),
+            ),
+            (false, true) => (
+                2.0 * (1.0 + b) / (1.0 + 2.0 * b),
+                "2(1+β)/((1+2β)λ)",
+                format!("β = {beta}, "),
+            ),
+        };
+        match self.curvature_at(at) {
+            Ok(lambda) if lambda + o.weight_decay > 0.0 => {
+                let bound = limit / (lambda + o.weight_decay);
+                let side = if lr > bound { "above" } else { "below" };
+                format!(
+                    "lr {lr_text} is {side} the stability bound {form} = {} ({given}λ = {} at step {at}, the lowest loss)",
+                    crate::format::fmt_short(bound),
+                    crate::format::fmt_short(lambda),
+                )
+            }
+            Ok(lambda) => format!(
+                "the curvature at step {at} is λ = {}, so no bound {form} applies",
+                crate::format::fmt_short(lambda)
+            ),
+            Err(why) => format!("the stability bound {form} could not be computed: {why}"),
         }
-        if self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
-            self.snapshot();
-        }
-        Ok(record)
+    }
+
+    /// The Hessian's top eigenvalue at θ_at, from the kept trajectory (the params are put back).
+    fn curvature_at(&self, at: u64) -> Result<f64, String> {
+        let Some((_, point)) = self.trajectory.iter().find(|(k, _)| *k == at) else {
+            return Err(format!("the params of step {at} are no longer kept"));
+        };
+        let here = self.param_copies().map_err(|e| e.to_string())?;
+        let set = |values: &[Tensor]| -> Result<(), String> {
+            for (var, v) in self.evaluator.params().iter().zip(values) {
+                var.set(v).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        set(point)?;
+        let c = crate::compile::curvature::top_eigenvalue_exact(&self.evaluator, 100, 0);
+        set(&here)?;
+        let c = c.map_err(|d| d.message)?;
+        Ok(c.lambda)
     }
 
     /// Loss and gradients at the current params, as the config says to take them.
@@ -552,8 +708,8 @@ impl Run {
         )
     }
 
-    /// Goes back to the state just before step `step` (0 = the initial params), re-stepping
-    /// from the nearest snapshot. Deterministic stepping makes the re-stepped records identical.
+    /// Goes back to step `step` (0 = the initial params), re-stepping from the nearest
+    /// snapshot. Deterministic stepping makes the re-stepped records identical.
     pub fn rewind_to(&mut self, step: u64) -> Result<(), Diagnostic> {
         let step = step.min(self.step_count());
         let snap = self
@@ -574,9 +730,10 @@ impl Run {
         self.trajectory.truncate(snap.step);
         self.snapshots.retain(|s| s.step <= snap.step);
         self.halted = None;
-        self.first_provenance = self.first_provenance.take().filter(|(s, _)| *s < step);
+        self.first_provenance = self.first_provenance.take().filter(|(s, _)| *s < snap.step);
         self.recount();
-        while self.step_count() < step {
+        self.settle()?;
+        while self.step_count() < step && self.halted.is_none() {
             self.step()?;
         }
         Ok(())

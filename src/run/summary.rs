@@ -24,13 +24,24 @@ pub struct Summary {
     pub final_params: Vec<(String, Vec<f64>)>,
 }
 
-/// Steps one run to its end, calling `log` for every step; returns the summary.
+/// Steps one run to its end, calling `log` for every row (0..=N: a row once the run has stepped
+/// from it, the last one at the end); returns the summary.
 pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Summary, Diagnostic> {
     let started = Instant::now();
+    let mut logged = 0;
+    let mut log_until = |run: &Run, end: usize, logged: &mut usize| {
+        for k in *logged..end {
+            if let Some(r) = run.history().get(k) {
+                log(run, &r);
+            }
+        }
+        *logged = end.max(*logged);
+    };
     while !run.is_done() {
-        let record = run.step()?;
-        log(run, &record);
+        run.step()?;
+        log_until(run, run.step_count() as usize, &mut logged);
     }
+    log_until(run, run.history().len(), &mut logged);
     let elapsed = started.elapsed().as_secs_f64();
     let cores = run.history().cores();
     let best = cores
@@ -42,29 +53,15 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
         .iter()
         .position(|c| c.flags & flags::NONFINITE != 0)
         .map(|s| s as u64);
-    let final_loss = if run.halted.is_some() {
-        cores.last().map_or(f64::NAN, |c| c.loss)
-    } else {
-        run.current_loss()?
-    };
     Ok(Summary {
         run: run.name.clone(),
         optimizer: run.config.optimizer.to_string(),
         dtype: run.dtype.name(),
         steps: run.step_count(),
-        final_loss,
-        // The params after the last step count too: their loss is the final one.
-        best_loss: best
-            .map_or(f64::NAN, |(_, c)| c.loss)
-            .min(if final_loss.is_finite() {
-                final_loss
-            } else {
-                f64::INFINITY
-            }),
-        best_step: match best {
-            Some((_, c)) if final_loss < c.loss => Some(run.step_count()),
-            other => other.map(|(s, _)| s as u64),
-        },
+        // The last row's: the loss at the params after the last update.
+        final_loss: cores.last().map_or(f64::NAN, |c| c.loss),
+        best_loss: best.map_or(f64::NAN, |(_, c)| c.loss),
+        best_step: best.map(|(s, _)| s as u64),
         first_nonfinite_step: first_nonfinite,
         clipped: run.clipped,
         skipped: run.skipped,

@@ -15,7 +15,7 @@ use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::spec::OptimizerSpec;
-use crate::run::history::StepRecord;
+use crate::run::history::{StepRecord, flags};
 use crate::run::{Run, RunRequest};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
@@ -120,9 +120,10 @@ pub struct RunInfo {
 pub enum Event {
     Added(RunInfo),
     Removed(RunId),
-    /// New steps, in order, for one run.
+    /// Rows of one run, in order, replacing any the UI holds from the first one's step on (a
+    /// run's current row is sent with an empty update, then again once the run steps from it).
     Records(RunId, Vec<StepRecord>),
-    /// The run's history now has only `len` steps (rewound or reset), with this lr multiplier.
+    /// The run's history now has only `len` rows (rewound or reset), with this lr multiplier.
     Truncated(RunId, usize, f64),
     Halted(RunId, u64, String),
     Params(RunId, Vec<ParamStats>),
@@ -159,7 +160,10 @@ pub enum Event {
 struct Slot {
     id: RunId,
     run: Run,
+    /// Rows the UI holds.
     sent: usize,
+    /// Whether the last of them was sent before the run stepped from it.
+    sent_current: bool,
     /// The run definition it runs.
     def: usize,
     /// Step count that manual stepping is heading for.
@@ -266,6 +270,7 @@ impl Worker {
                     id,
                     run,
                     sent: 0,
+                    sent_current: false,
                     def,
                     target: None,
                     path_sent: None,
@@ -340,20 +345,14 @@ impl Worker {
             let Some(c) = queue.pop_front() else { break };
             self.handle(c);
         }
-        let playing = self.playing;
         let mut any = false;
         for i in 0..self.slots.len() {
-            let s = &self.slots[i];
-            let wanted = match s.target {
-                Some(t) => s.run.step_count() < t && s.run.halted.is_none(),
-                None => playing && !s.run.is_done(),
-            };
-            if wanted {
+            if self.slots[i].moving(self.playing) {
                 self.step_slot(i);
                 any = true;
             }
         }
-        if playing && !any {
+        if self.playing && !any {
             self.playing = false;
             self.send(Event::Playing(false));
         }
@@ -369,7 +368,7 @@ impl Worker {
     }
 
     fn pending_report(&self) -> bool {
-        self.slots.iter().any(|s| s.sent < s.run.history().len())
+        self.slots.iter().any(|s| s.unsent(self.playing).is_some())
     }
 
     fn handle(&mut self, c: Command) {
@@ -477,8 +476,10 @@ impl Worker {
             if let Err(d) = self.slots[i].run.rewind_to(target) {
                 self.send(Event::Failed(d.headline()));
             }
+            // The UI drops the current row too: it had the update taken from there.
             let len = self.slots[i].run.step_count() as usize;
             self.slots[i].sent = len;
+            self.slots[i].sent_current = false;
             self.slots[i].target = None;
             self.send(Event::Truncated(id, len, self.slots[i].run.lr_scale));
             self.send(Event::Params(id, stats(&self.slots[i].run)));
@@ -552,6 +553,7 @@ impl Worker {
                 step: slot.run.step_count(),
                 reason: d.headline(),
                 provenance: None,
+                diverged: false,
             });
         }
         self.follow_lr_plan(i);
@@ -568,20 +570,25 @@ impl Worker {
         }
     }
 
-    /// Sends every step not yet reported, halts, and the inspector's numbers.
+    /// Sends every row not yet reported, halts, and the inspector's numbers.
     fn report(&mut self) {
         let mut slots = std::mem::take(&mut self.slots);
         for s in &mut slots {
-            let len = s.run.history().len();
-            if s.sent < len {
-                let records: Vec<StepRecord> = (s.sent..len)
+            if let Some(rows) = s.unsent(self.playing) {
+                let records: Vec<StepRecord> = rows
+                    .clone()
                     .filter_map(|k| s.run.history().get(k))
                     .collect();
                 (self.emit)(Event::Records(s.id, records));
-                s.sent = len;
+                s.sent = rows.end;
+                let h = s.run.history();
+                s.sent_current =
+                    rows.end == h.len() && h.core(rows.end - 1).flags & flags::STEPPED == 0;
                 (self.emit)(Event::Params(s.id, stats(&s.run)));
                 if let Some(h) = &s.run.halted {
                     let reason = match &h.provenance {
+                        // A divergence's reason names the overflowing op itself.
+                        Some(_) if h.diverged => h.reason.clone(),
                         Some(p) => {
                             format!("starts at {}; {}", p.summary_at(s.run.source()), h.reason)
                         }
@@ -593,6 +600,32 @@ impl Worker {
             }
         }
         self.slots = slots;
+    }
+}
+
+impl Slot {
+    /// Whether the run takes a step in this turn of the loop.
+    fn moving(&self, playing: bool) -> bool {
+        match self.target {
+            Some(t) => self.run.step_count() < t && self.run.halted.is_none(),
+            None => playing && !self.run.is_done(),
+        }
+    }
+
+    /// The rows to send the UI, if any: those it lacks, from the one it holds before the run
+    /// stepped from it. A moving run's current row waits (it would be replaced at once).
+    fn unsent(&self, playing: bool) -> Option<std::ops::Range<usize>> {
+        let h = self.run.history();
+        let len = h.len();
+        let current_open = len > 0 && h.core(len - 1).flags & flags::STEPPED == 0;
+        let end = if self.moving(playing) && current_open {
+            len - 1
+        } else {
+            len
+        };
+        let start = self.sent - usize::from(self.sent_current);
+        let unchanged = self.sent_current && end == self.sent && current_open;
+        (end > start && !unchanged).then_some(start..end)
     }
 }
 

@@ -73,9 +73,9 @@ pub struct RunView {
 const PATH_POINTS: usize = 16384;
 
 impl RunView {
-    /// Steps taken so far.
+    /// The step it is at (updates taken): its history holds rows 0..=steps.
     pub fn steps(&self) -> usize {
-        self.history.len()
+        self.history.len().saturating_sub(1)
     }
 
     /// The runs list's word for it: gone, starting, halted@step, finished, running or paused.
@@ -238,6 +238,13 @@ impl Session {
             Event::Records(rid, records) => {
                 self.rate.add(records.len() as u64);
                 if let Some(r) = live(&mut self.runs, rid) {
+                    // A row sent before the run stepped from it comes again with its update.
+                    if let Some(first) = records.first().map(|f| f.step as usize)
+                        && first < r.history.len()
+                    {
+                        r.history.truncate(first);
+                        r.streams = super::chart::streams(&r.history);
+                    }
                     for rec in &records {
                         note_warnings(&mut self.warnings, r, rec);
                         if r.history.is_empty() {

@@ -152,7 +152,8 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         .chain(faded.iter().flat_map(|(_, f)| f.points.iter()))
         .map(|p| p.1);
     let [y0, y1] = chart::bounds(ys);
-    let x_hi = (longest.max(lo + 1)) as f64;
+    // Rows 0..=N: the axis ends at step N.
+    let x_hi = (longest.saturating_sub(1).max(lo + 1)) as f64;
     let [x0, x1] = [lo as f64, x_hi.max(lo as f64 + 1.0)];
     let nan_points: Vec<(f64, f64)> = drawn
         .iter()

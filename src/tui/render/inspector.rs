@@ -8,6 +8,7 @@ use ratatui::widgets::Paragraph;
 
 use super::panel;
 use crate::format::fmt_num;
+use crate::run::history::flags;
 use crate::tui::app::App;
 
 /// The selected run's file, optimizer, step, loss, lr, gradcheck, curvature and per-param norms.
@@ -60,8 +61,8 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
             }
         )));
         let ratio = f64::from(c.update_ratio);
-        // 0/0 while every param is zero: undefined, not a NaN event.
-        let ratio = if ratio.is_nan() && !c.loss.is_nan() {
+        // 0/0 while every param is zero: undefined, not a NaN event; no update yet from here.
+        let ratio = if ratio.is_nan() && !c.loss.is_nan() || c.flags & flags::STEPPED == 0 {
             "-".to_string()
         } else {
             fmt_num(ratio)
