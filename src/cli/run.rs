@@ -33,7 +33,7 @@ pub struct RunOptions {
     #[arg(long)]
     pub variant: Option<String>,
     /// Number of steps (default: the file's `steps`, else 100).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_steps)]
     pub steps: Option<u64>,
     /// Run in this dtype instead of the file's.
     #[arg(long, value_enum)]
@@ -47,6 +47,19 @@ pub struct RunOptions {
     /// Where gradients come from (fd: central finite differences).
     #[arg(long, value_enum)]
     pub grad: Option<GradSource>,
+}
+
+/// `--steps`: a whole number of at least 1.
+fn positive_steps(text: &str) -> Result<u64, String> {
+    match text.parse::<i128>() {
+        Ok(n) if n >= 1 => {
+            u64::try_from(n).map_err(|_| format!("steps must be at most {}", u64::MAX))
+        }
+        Ok(_) => Err("steps must be positive (1 or more)".into()),
+        Err(_) => Err(format!(
+            "steps must be a positive whole number, not `{text}`"
+        )),
+    }
 }
 
 /// Everything `gradscope run` takes.
@@ -229,11 +242,17 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         .first()
         .map(|r| r.param_names().to_vec())
         .unwrap_or_default();
+    let width = runs
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("run".len());
     match args.format {
         Format::Csv => writeln!(out, "{}", csv_header(&names))?,
         Format::Table => writeln!(
             out,
-            "{:<28} {:>8} {:>14} {:>12} {:>10}",
+            "{:<width$} {:>8} {:>14} {:>12} {:>10}",
             "run", "step", "loss", "grad norm", "lr"
         )?,
         Format::Jsonl => {}
@@ -265,7 +284,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
                 Format::Csv => writeln!(out, "{}", csv_row(&run.name, run.param_names(), r)),
                 Format::Table => writeln!(
                     out,
-                    "{:<28} {:>8} {:>14} {:>12} {:>10}",
+                    "{:<width$} {:>8} {:>14} {:>12} {:>10}",
                     run.name,
                     r.step,
                     fmt_num(r.core.loss),

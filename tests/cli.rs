@@ -1,0 +1,115 @@
+//! The command line as the README describes it: global options, completions, argument checks
+//! and the layout of `run`'s tables.
+
+mod common;
+
+use common::gradscope;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn threads_is_accepted_before_the_command() {
+    let o = gradscope(&["--threads", "1", "run", "losses/beale.toml", "--steps", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("final loss"), "{}", stdout(&o));
+}
+
+#[test]
+fn threads_is_accepted_after_the_command() {
+    let o = gradscope(&["check", "--threads", "1", "losses/beale.toml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    // Each script names the binary and at least one subcommand it completes.
+    for (shell, marker) in [
+        ("bash", "_gradscope()"),
+        ("zsh", "#compdef gradscope"),
+        ("fish", "complete -c gradscope"),
+    ] {
+        let o = gradscope(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("gradcheck"),
+            "{shell} does not complete the subcommands"
+        );
+    }
+}
+
+#[test]
+fn steps_must_be_positive() {
+    for steps in ["-5", "0"] {
+        let o = gradscope(&["run", "losses/beale.toml", "--steps", steps]);
+        assert_eq!(o.status.code(), Some(2), "--steps {steps}");
+        assert!(
+            stderr(&o).contains("steps must be positive"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+/// Where the cell after the run's name starts and ends, in characters, on each line of a table
+/// whose rows start with one of `names` (the header with `run`).
+fn second_cells(table: &str, names: &[&str]) -> Vec<(usize, usize)> {
+    table
+        .lines()
+        .map(|l| {
+            let name = ["run"]
+                .iter()
+                .chain(names)
+                .filter(|n| l.starts_with(**n))
+                .max_by_key(|n| n.len());
+            let after = name
+                .unwrap_or_else(|| panic!("no run name in {l:?}"))
+                .chars()
+                .count();
+            let chars: Vec<char> = l.chars().collect();
+            let start = (after..chars.len()).find(|&i| chars[i] != ' ').unwrap();
+            let end = (start..chars.len())
+                .find(|&i| chars[i] == ' ')
+                .unwrap_or(chars.len());
+            (start, end)
+        })
+        .collect()
+}
+
+#[test]
+fn run_tables_align_for_long_run_names() {
+    let long = "sgd(lr=0.001, momentum=0.9, nesterov=true, weight_decay=0.5)";
+    let o = gradscope(&[
+        "run",
+        "losses/beale.toml",
+        "-o",
+        long,
+        "-o",
+        "adam",
+        "--steps",
+        "4",
+        "--every",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let (steps, summary) = out.split_once("\n\n").expect("two tables");
+    let names = [long, "adam(lr=0.001)"];
+    // The step column is right-aligned: every cell ends where `step` ends.
+    let ends: Vec<usize> = second_cells(steps, &names).iter().map(|c| c.1).collect();
+    assert!(ends.windows(2).all(|w| w[0] == w[1]), "{steps}");
+    // The summary is left-aligned: every `final loss` cell starts where its header does.
+    let starts: Vec<usize> = second_cells(summary.trim_end(), &names)
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(starts.len(), 3, "{summary}");
+    assert!(starts.windows(2).all(|w| w[0] == w[1]), "{summary}");
+}
