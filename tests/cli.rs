@@ -101,7 +101,7 @@ fn run_tables_align_for_long_run_names() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);
     let (steps, summary) = out.split_once("\n\n").expect("two tables");
-    let names = [long, "adam(lr=0.001)"];
+    let names = [long, "adam(lr=0.01)"];
     // The step column is right-aligned: every cell ends where `step` ends.
     let ends: Vec<usize> = second_cells(steps, &names).iter().map(|c| c.1).collect();
     assert!(ends.windows(2).all(|w| w[0] == w[1]), "{steps}");
@@ -112,4 +112,62 @@ fn run_tables_align_for_long_run_names() {
         .collect();
     assert_eq!(starts.len(), 3, "{summary}");
     assert!(starts.windows(2).all(|w| w[0] == w[1]), "{summary}");
+}
+
+/// The optimizer of each run in `run --format jsonl`'s summaries.
+fn summary_optimizers(args: &[&str]) -> Vec<String> {
+    let o = gradscope(args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["summary"] == true)
+        .map(|v| v["optimizer"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn o_with_the_files_optimizer_keeps_its_hyper_parameters() {
+    // rosenbrock.toml's [optimizer] is adam with lr 0.01 (torch's default is 0.001).
+    let specs = summary_optimizers(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "adam",
+        "-o",
+        "adam(beta2=0.99)",
+        "--steps",
+        "1",
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(specs, ["adam(lr=0.01)", "adam(lr=0.01, beta2=0.99)"]);
+}
+
+#[test]
+fn o_with_another_optimizer_starts_from_torchs_defaults() {
+    let specs = summary_optimizers(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(momentum=0.5)",
+        "--steps",
+        "1",
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(specs, ["sgd(lr=0.001, momentum=0.5)"]);
+}
+
+#[test]
+fn hyper_parameters_torch_refuses_are_refused_on_the_command_line() {
+    for (spec, says) in [
+        ("adam(lr=-0.1)", "`lr` must be at least 0"),
+        ("adam(beta1=1)", "`beta1` must be in [0, 1)"),
+        ("sgd(nesterov=true)", "nesterov needs momentum > 0"),
+    ] {
+        let o = gradscope(&["run", "losses/rosenbrock.toml", "-o", spec, "--steps", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{spec}");
+        assert!(stderr(&o).contains(says), "{spec}: {}", stderr(&o));
+    }
 }

@@ -8,7 +8,7 @@ use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
 use crate::optim::settings::{GradSource, NonFinitePolicy};
-use crate::optim::spec::OptimizerSpec;
+use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::summary::{Summary, drive};
 use crate::run::{Run, RunRequest};
@@ -27,8 +27,10 @@ pub struct RunOptions {
     /// The loss file.
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
+    /// The file's own optimizer keeps its hyper-parameters except those typed; another starts
+    /// from torch's defaults.
     #[arg(short = 'o', long = "optimizer")]
-    pub optimizers: Vec<OptimizerSpec>,
+    pub optimizers: Vec<SpecOverride>,
     /// Variant to run (`base`, a variant's name, or `all`).
     #[arg(long)]
     pub variant: Option<String>,
@@ -83,6 +85,9 @@ pub enum RunsError {
     /// `--variant` names none of the file's run definitions.
     #[error("no variant named `{name}`; this file has: {}", .names.join(", "))]
     NoVariant { name: String, names: Vec<String> },
+    /// An `-o` spec makes a combination torch refuses with the file's hyper-parameters.
+    #[error("-o {spec}: {error}")]
+    Spec { spec: String, error: SettingError },
     /// A run could not be prepared (its tensors could not be built).
     #[error(transparent)]
     Start(#[from] candle_core::Error),
@@ -112,7 +117,7 @@ pub(super) fn select(
 /// The runs `args` asks for, one per selected definition and optimizer, ready to step.
 pub fn build_runs(args: &RunOptions, compiled: &CompiledFile) -> Result<Vec<Run>, RunsError> {
     let selected = select(compiled, args.variant.as_deref(), false)?;
-    let specs: Vec<Option<&OptimizerSpec>> = if args.optimizers.is_empty() {
+    let specs: Vec<Option<&SpecOverride>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
         args.optimizers.iter().map(Some).collect()
@@ -121,16 +126,24 @@ pub fn build_runs(args: &RunOptions, compiled: &CompiledFile) -> Result<Vec<Run>
     for &i in &selected {
         for &spec in &specs {
             let def = &compiled.runs[i];
+            let mut settings = def.settings.clone();
             let name = match spec {
-                Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),
-                Some(s) => s.to_string(),
+                Some(over) => {
+                    settings.optimizer =
+                        over.over(&settings.optimizer)
+                            .map_err(|error| RunsError::Spec {
+                                spec: over.to_string(),
+                                error,
+                            })?;
+                    match selected.len() {
+                        1 => settings.optimizer.to_string(),
+                        _ => format!("{} · {}", def.name, settings.optimizer),
+                    }
+                }
                 None => def.name.clone(),
             };
-            let mut request = RunRequest::new(compiled, i, name, def.settings.clone());
+            let mut request = RunRequest::new(compiled, i, name, settings);
             let config = &mut request.settings;
-            if let Some(s) = spec {
-                config.optimizer = s.clone();
-            }
             if let Some(n) = args.steps {
                 config.steps = n;
             }
