@@ -84,8 +84,6 @@ pub enum Bound {
     Any,
     /// `0 <= x`.
     NonNegative,
-    /// `0 < x` (lion-pytorch's `assert lr > 0`).
-    Positive,
     /// `0 <= x < 1` (Adam's betas).
     Fraction,
     /// `0 <= x <= 1` (lion-pytorch's betas).
@@ -101,7 +99,6 @@ impl Bound {
         match self {
             Bound::Any => true,
             Bound::NonNegative => x >= 0.0,
-            Bound::Positive => x > 0.0,
             Bound::Fraction => (0.0..1.0).contains(&x),
             Bound::Unit => (0.0..=1.0).contains(&x),
         }
@@ -112,7 +109,6 @@ impl Bound {
         match self {
             Bound::Any => "anything",
             Bound::NonNegative => "at least 0",
-            Bound::Positive => "greater than 0",
             Bound::Fraction => "in [0, 1)",
             Bound::Unit => "in [0, 1]",
         }
@@ -398,7 +394,7 @@ optimizers! {
     /// Lion: the sign of an interpolated momentum (Chen et al. 2023, as lion-pytorch).
     Lion = "lion" {
         /// Learning rate.
-        lr: f64 = 1e-4 => Positive,
+        lr: f64 = 1e-4 => NonNegative,
         /// Interpolation between momentum and gradient for the update.
         beta1: f64 = 0.9 => Unit,
         /// Decay of the momentum.
@@ -780,7 +776,7 @@ mod tests {
                 "adagrad(initial_accumulator_value=-1)",
                 "initial_accumulator_value",
             ),
-            ("lion(lr=0)", "lr"),
+            ("lion(lr=-1)", "lr"),
             ("lion(beta2=1.1)", "beta2"),
         ];
         for (spec, key) in refused {
@@ -793,7 +789,7 @@ mod tests {
         let accepted = [
             "sgd(lr=0)",
             "adam(beta1=0, beta2=0.999999)",
-            "lion(beta1=1, beta2=0)",
+            "lion(lr=0, beta1=1, beta2=0)",
             "sgd(dampening=-1)",
             "rmsprop(alpha=0)",
         ];
