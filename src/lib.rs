@@ -49,7 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Check { paths, json }) => cli::check::check(&paths, json, color, &mut out)?,
         Some(Command::Run(args)) => {
             drop(out);
-            return Ok(exit(cli::run::run_command(&args, color)?));
+            return Ok(cli::run::run_command(&args, color)?.exit_code());
         }
         Some(Command::Landscape(args)) => cli::pictures::landscape_command(&args, color, &mut out)?,
         Some(Command::Plot(args)) => {

@@ -1,6 +1,7 @@
 //! `gradscope gradcheck`, `curvature` and `precision`: a point of a run, examined.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use super::run::select;
@@ -50,7 +51,7 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
         }
         let def = request.def;
         let mut r = Run::new(&compiled, request)?;
-        drive(&mut r, |_, _| {})?;
+        drive(&mut r, |_, _| ControlFlow::Continue(()))?;
         runs.push((def, r));
     }
     Ok(Ok((compiled, runs)))

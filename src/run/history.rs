@@ -79,6 +79,31 @@ impl StepRecord {
     }
 }
 
+/// What a run's summary needs, kept as it steps: a few numbers however long the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// The lowest finite loss and its step.
+    pub best: Option<(u64, f64)>,
+    /// The first step with a non-finite loss, gradient or update.
+    pub first_nonfinite: Option<u64>,
+    /// The last step's loss.
+    pub last_loss: Option<f64>,
+}
+
+impl Totals {
+    /// Counts one more step.
+    pub fn add(&mut self, r: &StepRecord) {
+        let loss = r.core.loss;
+        if loss.is_finite() && self.best.is_none_or(|(_, b)| loss < b) {
+            self.best = Some((r.step, loss));
+        }
+        if r.has(flags::NONFINITE) && self.first_nonfinite.is_none() {
+            self.first_nonfinite = Some(r.step);
+        }
+        self.last_loss = Some(loss);
+    }
+}
+
 /// Every step of a run, in order from step 0.
 #[derive(Debug, Clone, Default)]
 pub struct History {
@@ -144,6 +169,20 @@ impl History {
             param_grad_norms: self.grad_norms[r.clone()].to_vec(),
             param_norms: self.param_norms[r].to_vec(),
         })
+    }
+
+    /// The totals of every recorded step.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for step in 0..self.len() {
+            t.add(&StepRecord {
+                step: step as u64,
+                core: self.cores[step],
+                param_grad_norms: Vec::new(),
+                param_norms: Vec::new(),
+            });
+        }
+        t
     }
 
     /// Steps with `flag` set.

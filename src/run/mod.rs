@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
-use self::history::{Core, History, StepRecord, flags};
+use self::history::{Core, History, StepRecord, Totals, flags};
 use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
@@ -40,6 +40,18 @@ pub struct RunRequest {
     pub dtype: DType,
     /// Optimizer, steps, clipping, schedule, policy, gradient source, loss scaling.
     pub settings: RunSettings,
+    /// What the run keeps of its past (everything, unless asked otherwise).
+    pub retention: Retention,
+}
+
+/// What a run keeps of its past steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Every step's record and a snapshot every 100 steps: to chart, export and rewind.
+    Everything,
+    /// Only [`Totals`] and the counts: a headless run of any length in constant memory (it
+    /// can rewind only to its start).
+    Totals,
 }
 
 impl RunRequest {
@@ -50,6 +62,7 @@ impl RunRequest {
             name,
             dtype: compiled.runs[def].dtype,
             settings,
+            retention: Retention::Everything,
         }
     }
 
@@ -91,6 +104,9 @@ pub struct Run {
     pub config: RunSettings,
     evaluator: Evaluator,
     state: OptimizerState,
+    steps: u64,
+    retention: Retention,
+    totals: Totals,
     history: History,
     snapshots: Vec<Snapshot>,
     pub halted: Option<Halt>,
@@ -123,6 +139,7 @@ impl Run {
             name,
             dtype,
             settings: config,
+            retention,
         } = request;
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
@@ -135,6 +152,9 @@ impl Run {
             config,
             evaluator,
             state,
+            steps: 0,
+            retention,
+            totals: Totals::default(),
             history: History::new(n),
             snapshots: Vec::new(),
             halted: None,
@@ -160,12 +180,17 @@ impl Run {
 
     /// Steps taken so far.
     pub fn step_count(&self) -> u64 {
-        self.history.len() as u64
+        self.steps
     }
 
-    /// Every step taken so far.
+    /// Every step taken so far (none when the run keeps only [`Retention::Totals`]).
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// Best and last loss and the first non-finite step, over every step taken.
+    pub fn totals(&self) -> &Totals {
+        &self.totals
     }
 
     /// The params' names, in the file's order.
@@ -388,7 +413,12 @@ impl Run {
                 .collect(),
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
         };
-        self.history.push(&record);
+        self.steps += 1;
+        self.totals.add(&record);
+        let everything = self.retention == Retention::Everything;
+        if everything {
+            self.history.push(&record);
+        }
         if self.trajectory.wants(self.step_count()) {
             let point = match moved_to {
                 Some(p) => p,
@@ -396,7 +426,7 @@ impl Run {
             };
             self.trajectory.push(self.step_count(), point);
         }
-        if self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
+        if everything && self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
             self.snapshot();
         }
         Ok(record)
@@ -570,6 +600,7 @@ impl Run {
         self.state = snap.state;
         self.lr_scale = snap.lr_scale;
         (self.scale, self.clean_steps) = snap.scale;
+        self.steps = snap.step;
         self.history.truncate(snap.step as usize);
         self.trajectory.truncate(snap.step);
         self.snapshots.retain(|s| s.step <= snap.step);
@@ -585,6 +616,7 @@ impl Run {
     fn recount(&mut self) {
         self.skipped = self.history.count(flags::SKIPPED);
         self.clipped = self.history.count(flags::CLIPPED);
+        self.totals = self.history.totals();
     }
 
     /// Current param values, flattened row-major, in f64.

@@ -1,9 +1,10 @@
 //! Driving a run to its end and summarising it: what every headless front end reports.
 
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use super::Run;
-use super::history::{StepRecord, flags};
+use super::history::StepRecord;
 use crate::diagnostic::Diagnostic;
 
 /// A finished run's summary.
@@ -20,30 +21,31 @@ pub struct Summary {
     pub clipped: u64,
     pub skipped: u64,
     pub halted: Option<String>,
+    /// The step at which `log` stopped the run before its end (ctrl-c).
+    pub interrupted: Option<u64>,
     pub steps_per_s: f64,
     pub final_params: Vec<(String, Vec<f64>)>,
 }
 
-/// Steps one run to its end, calling `log` for every step; returns the summary.
-pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Summary, Diagnostic> {
+/// Steps one run to its end, calling `log` for every step, which may break off early (the
+/// summary then says where); returns the summary.
+pub fn drive(
+    run: &mut Run,
+    mut log: impl FnMut(&Run, &StepRecord) -> ControlFlow<()>,
+) -> Result<Summary, Diagnostic> {
     let started = Instant::now();
+    let mut interrupted = None;
     while !run.is_done() {
         let record = run.step()?;
-        log(run, &record);
+        if log(run, &record).is_break() && !run.is_done() {
+            interrupted = Some(run.step_count());
+            break;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cores = run.history().cores();
-    let best = cores
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.loss.is_finite())
-        .min_by(|a, b| a.1.loss.total_cmp(&b.1.loss));
-    let first_nonfinite = cores
-        .iter()
-        .position(|c| c.flags & flags::NONFINITE != 0)
-        .map(|s| s as u64);
+    let totals = *run.totals();
     let final_loss = if run.halted.is_some() {
-        cores.last().map_or(f64::NAN, |c| c.loss)
+        totals.last_loss.unwrap_or(f64::NAN)
     } else {
         run.current_loss()?
     };
@@ -54,24 +56,26 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
         steps: run.step_count(),
         final_loss,
         // The params after the last step count too: their loss is the final one.
-        best_loss: best
-            .map_or(f64::NAN, |(_, c)| c.loss)
+        best_loss: totals
+            .best
+            .map_or(f64::NAN, |(_, loss)| loss)
             .min(if final_loss.is_finite() {
                 final_loss
             } else {
                 f64::INFINITY
             }),
-        best_step: match best {
-            Some((_, c)) if final_loss < c.loss => Some(run.step_count()),
-            other => other.map(|(s, _)| s as u64),
+        best_step: match totals.best {
+            Some((_, loss)) if final_loss < loss => Some(run.step_count()),
+            other => other.map(|(step, _)| step),
         },
-        first_nonfinite_step: first_nonfinite,
+        first_nonfinite_step: totals.first_nonfinite,
         clipped: run.clipped,
         skipped: run.skipped,
         halted: run
             .halted
             .as_ref()
             .map(|h| format!("halted at step {}: {}", h.step, h.reason)),
+        interrupted,
         steps_per_s: run.step_count() as f64 / elapsed.max(1e-9),
         final_params: run
             .param_names()
