@@ -171,3 +171,55 @@ fn hyper_parameters_torch_refuses_are_refused_on_the_command_line() {
         assert!(stderr(&o).contains(says), "{spec}: {}", stderr(&o));
     }
 }
+
+/// A loss whose run halts at step 3: SGD with lr 1 walks x = 2.5, 1.5, 0.5, -0.5, and the
+/// forward value sqrt(detach(x)) is NaN at -0.5.
+/// Written under a name of `test`'s own, as tests run in parallel.
+fn halting_file(test: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("gradscope-{test}-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "name = \"halts\"\ndtype = \"f64\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n\
+         [optimizer]\nname = \"sgd\"\nlr = 1\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn gradcheck_past_a_halt_says_which_step_it_checks() {
+    let file = halting_file("gradcheck_past");
+    let o = gradscope(&["gradcheck", file.to_str().unwrap(), "--at-step", "10"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("halted at step 3 (the loss is NaN); checking at step 3, not 10"),
+        "{out}"
+    );
+    assert!(out.contains("at step 3 (atol"), "{out}");
+}
+
+#[test]
+fn a_gradcheck_fail_names_the_element_and_why() {
+    let file = halting_file("gradcheck_fail");
+    let o = gradscope(&["gradcheck", file.to_str().unwrap(), "--at-step", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("x fails: the loss is not finite here (NaN at the point"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn curvature_at_a_nonfinite_point_refuses_with_the_reason() {
+    let file = halting_file("curvature_nonfinite");
+    let o = gradscope(&["curvature", file.to_str().unwrap(), "--at-step", "10"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("checking at step 3, not 10"), "{out}");
+    assert!(
+        out.contains("no curvature here: the loss is NaN at these params"),
+        "{out}"
+    );
+    assert!(!out.contains("eigenvalue"), "{out}");
+}
