@@ -49,7 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Check { paths, json }) => cli::check::check(&paths, json, color, &mut out)?,
         Some(Command::Run(args)) => {
             drop(out);
-            return Ok(exit(cli::run::run_command(&args, color)?));
+            return Ok(cli::run::run_command(&args, color)?.exit_code());
         }
         Some(Command::Landscape(args)) => cli::pictures::landscape_command(&args, color, &mut out)?,
         Some(Command::Plot(args)) => {
@@ -59,6 +59,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Gradcheck(args)) => cli::inspect::gradcheck_command(&args, color, &mut out)?,
         Some(Command::Curvature(args)) => cli::inspect::curvature_command(&args, color, &mut out)?,
         Some(Command::Precision(args)) => cli::inspect::precision_command(&args, color, &mut out)?,
+        Some(Command::Completions { shell }) => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut out);
+            true
+        }
         Some(Command::Bench { dir, repeat }) => cli::bench::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);

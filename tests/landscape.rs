@@ -689,7 +689,7 @@ fn plot_writes_an_svg_naming_every_run() {
         .collect();
     for name in [
         "sgd(lr=0.001, momentum=0.9)",
-        "adam(lr=0.001)",
+        "adam(lr=0.01)", // the file's adam keeps its lr 0.01
         "Rosenbrock",
         "x",
         "y",

@@ -116,3 +116,44 @@ fn list_shows_params_variants_and_status() {
     assert_eq!(rosen["params"]["x"]["shape"], serde_json::json!([]));
     assert_eq!(rosen["ok"], true);
 }
+
+/// Warnings that are a bundled file's point: (file, what the warning names), each announced by
+/// the file's own `about` text.
+const INTENDED_WARNINGS: &[(&str, &str)] = &[
+    (
+        "losses/custom_gradients.toml",
+        "the gradient of `round_ste`",
+    ),
+    ("losses/norm_at_zero.toml", "naive"),
+];
+
+#[test]
+fn check_warns_about_bundled_files_only_where_the_warning_is_their_point() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["check", "losses", "--json"])
+        .output()
+        .expect("binary runs");
+    assert!(out.status.success());
+    let mut unexpected = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let report: serde_json::Value = serde_json::from_str(line).expect("one object a line");
+        let file = report["file"].as_str().unwrap();
+        for d in report["diagnostics"].as_array().unwrap() {
+            let message = d["message"].as_str().unwrap();
+            let intended = INTENDED_WARNINGS
+                .iter()
+                .any(|(f, what)| *f == file && message.contains(what));
+            if !intended {
+                unexpected.push(format!("{file}: {message}"));
+            }
+        }
+    }
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
+    for (file, _) in INTENDED_WARNINGS {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            text.contains("point"),
+            "{file}'s about does not say its warning is the point"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use gradscope::compile::{CompiledFile, compile};
@@ -13,7 +14,8 @@ use gradscope::optim::schedule::LrSchedule;
 use gradscope::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
 use gradscope::run::history::flags;
-use gradscope::run::{Run, RunRequest};
+use gradscope::run::summary::drive;
+use gradscope::run::{Retention, Run, RunRequest};
 
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
@@ -416,7 +418,8 @@ fn jsonl_has_one_object_per_step_and_a_summary_per_run() {
     let summaries: Vec<_> = lines.iter().filter(|v| v["summary"] == true).collect();
     assert_eq!(summaries.len(), 2);
     assert_eq!(summaries[0]["run"], "sgd(lr=0.001, momentum=0.9)");
-    assert_eq!(summaries[1]["run"], "adam(lr=0.001)");
+    // rosenbrock.toml's own adam keeps its lr 0.01.
+    assert_eq!(summaries[1]["run"], "adam(lr=0.01)");
     for key in [
         "final_loss",
         "best_loss",
@@ -795,4 +798,117 @@ fn a_divergence_whose_curvature_cannot_be_computed_says_so() {
         "{}",
         halt.reason
     );
+}
+
+/// GOES_NAN_AT_3 with lr 0.5 under `skip`, 1000 steps, keeping `retention`; its summary.
+fn skipping_run(retention: Retention) -> (Run, gradscope::run::summary::Summary) {
+    let c = compiled(GOES_NAN_AT_3);
+    let mut settings = config("sgd(lr=0.5)", NonFinitePolicy::Skip);
+    settings.steps = 1000;
+    let mut request = RunRequest::new(&c, 0, "r".into(), settings);
+    request.retention = retention;
+    let mut run = Run::new(&c, request).unwrap();
+    let summary = drive(&mut run, |_, _| ControlFlow::Continue(())).unwrap();
+    (run, summary)
+}
+
+#[test]
+fn a_headless_run_keeps_a_bounded_window_of_rows_however_long() {
+    // Totals keep the last 51 rows or so (at most twice that), enough to tell a divergence.
+    let (run, _) = skipping_run(Retention::Totals);
+    assert_eq!(run.step_count(), 1000);
+    let kept = run.history().cores().len();
+    assert!((51..=102).contains(&kept), "{kept} rows kept");
+    assert_eq!(run.history().first() + kept, 1001);
+    let (run, _) = skipping_run(Retention::Everything);
+    assert_eq!(run.history().cores().len(), 1001, "rows 0..=1000");
+}
+
+#[test]
+fn a_headless_runs_streaming_summary_matches_the_full_history() {
+    let (_, totals) = skipping_run(Retention::Totals);
+    let (_, full) = skipping_run(Retention::Everything);
+    // x walks 2.5, 2.0, ..., 0.0 (step 5: the best loss, 0), -0.5: NaN from step 6 on, skipped.
+    assert_eq!(totals.first_nonfinite_step, Some(6));
+    assert_eq!((totals.best_loss, totals.best_step), (0.0, Some(5)));
+    assert_eq!(totals.skipped, 994);
+    assert_eq!(totals.skipped, full.skipped);
+    assert_eq!(
+        (
+            totals.best_loss,
+            totals.best_step,
+            totals.first_nonfinite_step
+        ),
+        (full.best_loss, full.best_step, full.first_nonfinite_step)
+    );
+    // The params stay at x = -0.5: the final loss is NaN both ways.
+    assert!(totals.final_loss.is_nan() && full.final_loss.is_nan());
+}
+
+/// Starts `gradscope run` on far more steps than it can take, waits until it logs a step,
+/// sends `signal`, and returns its exit code, standard output and standard error.
+fn interrupt_run(signal: i32) -> (Option<i32>, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args([
+            "run",
+            "losses/rosenbrock.toml",
+            "--steps",
+            "100000000",
+            "--every",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    // The header, then the first logged step: it is stepping.
+    while !out.lines().any(|l| l.starts_with("base")) {
+        assert!(
+            stdout.read_line(&mut out).unwrap() > 0,
+            "ended early: {out}"
+        );
+    }
+    // SAFETY: kill only sends a signal to the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    stdout.read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code(), out, err)
+}
+
+#[test]
+fn ctrl_c_prints_the_summary_so_far_and_exits_130() {
+    let (code, out, err) = interrupt_run(libc::SIGINT);
+    assert_eq!(code, Some(130), "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("base (interrupted at step "))
+        .unwrap_or_else(|| panic!("no interrupted row in {out}"));
+    let step: u64 = row["base (interrupted at step ".len()..]
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(step > 0 && step < 100_000_000, "{row}");
+    assert!(
+        err.contains(&format!("run `base` interrupted at step {step}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_prints_the_summary_so_far_and_exits_143() {
+    let (code, out, err) = interrupt_run(libc::SIGTERM);
+    assert_eq!(code, Some(143), "{err}");
+    assert!(out.contains("final loss"), "{out}");
 }

@@ -2,6 +2,7 @@
 //! landscape grid timings.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -41,7 +42,7 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             let config = compiled.runs[0].settings.clone();
             let request = RunRequest::new(&compiled, 0, "bench".into(), config);
             let mut run = Run::new(&compiled, request)?;
-            let s = drive(&mut run, |_, _| {})?;
+            let s = drive(&mut run, |_, _| ControlFlow::Continue(()))?;
             rates.push(s.steps_per_s);
             final_loss = s.final_loss;
             steps = s.steps;
@@ -102,6 +103,9 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             Err(e) => writeln!(out, "{name:<20} failed: {e}")?,
         }
     }
+    if rosen.exists() {
+        writeln!(out, "\n{}", headless_memory(rosen, &[100_000, 1_000_000])?)?;
+    }
     for n_params in [2, 6] {
         writeln!(
             out,
@@ -158,6 +162,43 @@ fn grid_timings(file: &Path, n: usize, repeat: usize) -> anyhow::Result<String> 
     Ok(out)
 }
 
+/// Resident memory of a headless run of `file` (as `gradscope run` steps it: totals only) at
+/// each of `checkpoints` steps, and the step records it keeps: flat, however many steps.
+fn headless_memory(file: &Path, checkpoints: &[u64]) -> anyhow::Result<String> {
+    let (compiled, _) =
+        load::load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;
+    let mut settings = compiled.runs[0].settings.clone();
+    settings.steps = checkpoints.iter().copied().max().unwrap_or(0);
+    let mut request = RunRequest::new(&compiled, 0, "bench".into(), settings);
+    request.retention = crate::run::Retention::Totals;
+    let mut run = Run::new(&compiled, request)?;
+    let mut line = format!(
+        "headless run ({}, as `gradscope run --steps N`): RSS {:.1} MB at the start",
+        file.display(),
+        rss_mb()
+    );
+    for &n in checkpoints {
+        while run.step_count() < n && !run.is_done() {
+            run.step()?;
+        }
+        line.push_str(&format!(", {:.1} MB after {n} steps", rss_mb()));
+    }
+    line.push_str(&format!("; step records kept: {}", run.history().len()));
+    Ok(line)
+}
+
+/// Resident memory of this process now, in MB (Linux; NaN elsewhere).
+fn rss_mb() -> f64 {
+    proc_status_kb("VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A `/proc/self/status` line's value in kB.
+fn proc_status_kb(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Memory a run's history holds after `steps` steps of a loss with `n_params` params.
 pub fn history_mb(steps: usize, n_params: usize) -> f64 {
     use crate::run::history::{History, StepRecord};
@@ -171,12 +212,5 @@ pub fn history_mb(steps: usize, n_params: usize) -> f64 {
 
 /// Peak resident memory of this process so far, in MB (Linux; NaN elsewhere).
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    proc_status_kb("VmHWM:").map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -1,6 +1,7 @@
 //! `gradscope gradcheck`, `curvature` and `precision`: a point of a run, examined.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use super::run::select;
@@ -50,7 +51,7 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
         }
         let def = request.def;
         let mut r = Run::new(&compiled, request)?;
-        drive(&mut r, |_, _| {})?;
+        drive(&mut r, |_, _| ControlFlow::Continue(()))?;
         runs.push((def, r));
     }
     Ok(Ok((compiled, runs)))
@@ -64,14 +65,28 @@ fn unloadable(diags: &[Diagnostic], color: bool, out: &mut impl Write) -> anyhow
     Ok(false)
 }
 
-/// `FILE  run `name` in DTYPE at step K`: the first line of every report on a point.
+/// The step a run's point is at: the halted step's params when it halted (that step made no
+/// update), else the steps taken.
+fn point_step(run: &Run) -> u64 {
+    run.halted.as_ref().map_or(run.step_count(), |h| h.step)
+}
+
+/// `FILE  run `name` in DTYPE at step K`: the first line of every report on a point, after a
+/// line saying so when the run halted before the step asked for.
 fn heading(args: &PointArgs, run: &Run) -> String {
+    let step = point_step(run);
+    let halted = match &run.halted {
+        Some(h) if args.at_step > h.step => format!(
+            "run `{}` halted at step {step} ({}); checking at step {step}, not {}\n",
+            run.name, h.reason, args.at_step
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{}  run `{}` in {} at step {}",
+        "{halted}{}  run `{}` in {} at step {step}",
         args.file.display(),
         run.name,
         run.dtype.name(),
-        run.step_count()
     )
 }
 
@@ -127,6 +142,15 @@ pub fn gradcheck_command(
                         format!("{:?}", c.worst),
                         c.kinks
                     )?;
+                    if let (Verdict::Fail, Some(why)) = (c.verdict, &c.failure) {
+                        let at: Vec<String> = c.worst.iter().map(usize::to_string).collect();
+                        match at.is_empty() {
+                            true => writeln!(out, "    {} fails: {why}", c.name)?,
+                            false => {
+                                writeln!(out, "    {}[{}] fails: {why}", c.name, at.join(", "))?
+                            }
+                        }
+                    }
                 }
             }
             Err(d) => {
@@ -148,9 +172,29 @@ pub fn curvature_command(
         Ok((_, runs)) => runs,
         Err(diags) => return unloadable(&diags, color, out),
     };
+    let mut all_finite = true;
     for (_, run) in runs {
-        let c = run.curvature(50)?;
         writeln!(out, "{}", heading(args, &run))?;
+        let loss = run.current_loss()?;
+        if !loss.is_finite() {
+            writeln!(
+                out,
+                "  no curvature here: the loss is {} at these params, so the Hessian is not defined",
+                fmt_num(loss)
+            )?;
+            all_finite = false;
+            continue;
+        }
+        if let Some(h) = &run.halted {
+            writeln!(
+                out,
+                "  no curvature here: {}, so the Hessian is not defined",
+                h.reason
+            )?;
+            all_finite = false;
+            continue;
+        }
+        let c = run.curvature(50)?;
         writeln!(
             out,
             "  top Hessian eigenvalue λ = {}  ({} power iterations{})",
@@ -166,7 +210,7 @@ pub fn curvature_command(
         let lr = run
             .config
             .schedule
-            .lr(run.config.optimizer.lr(), run.step_count());
+            .lr(run.config.optimizer.lr(), point_step(&run));
         match c.max_stable_lr() {
             Some(max) => {
                 let verdict = if lr < max {
@@ -187,7 +231,7 @@ pub fn curvature_command(
             )?,
         }
     }
-    Ok(true)
+    Ok(all_finite)
 }
 
 /// `gradscope precision`: what low precision does to each op's output.

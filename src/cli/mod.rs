@@ -16,12 +16,7 @@ use crate::optim::settings::{GradSource, NonFinitePolicy};
 
 /// See what your custom loss functions, their gradients and optimizers actually do.
 #[derive(Debug, Parser)]
-#[command(
-    name = "gradscope",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "gradscope", version, about)]
 pub struct Cli {
     /// Worker threads for tensor ops (sets RAYON_NUM_THREADS; default 1, the faster one here).
     #[arg(long, global = true)]
@@ -67,6 +62,11 @@ pub enum Command {
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
     Precision(inspect::PointArgs),
+    /// Print a shell completion script (e.g. `gradscope completions bash > ~/.local/share/bash-completion/completions/gradscope`).
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
     /// Step the benchmark workloads and report steps/s and peak memory.
     Bench {
         /// Directory of workloads.

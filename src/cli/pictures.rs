@@ -2,6 +2,7 @@
 //! in the terminal or as a picture file.
 
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use crate::landscape::{
     ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, param_shapes,
     view_for,
 };
+use crate::run::Retention;
 use crate::run::Run;
 use crate::run::summary::drive;
 
@@ -137,12 +139,15 @@ fn surface_of(compiled: &CompiledFile, run: &Run) -> Result<Surface, Diagnostic>
 
 /// Steps every run to its end, printing the comparison table's summaries to stderr.
 fn step_all(options: &RunOptions, color: bool) -> anyhow::Result<Option<(CompiledFile, Vec<Run>)>> {
-    let Some((compiled, mut runs)) = load_runs(options, color)? else {
+    let Some((compiled, mut runs)) = load_runs(options, Retention::Everything, color)? else {
         return Ok(None);
     };
     let mut summaries = Vec::new();
     for run in &mut runs {
-        summaries.push(drive(run, |_, _| {}).map_err(|d| anyhow::anyhow!(d.render(false)))?);
+        summaries.push(
+            drive(run, |_, _| ControlFlow::Continue(()))
+                .map_err(|d| anyhow::anyhow!(d.render(false)))?,
+        );
     }
     eprint!("{}", comparison_table(&summaries));
     Ok(Some((compiled, runs)))

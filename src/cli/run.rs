@@ -1,17 +1,20 @@
 //! `gradscope run`: the headless front end over the run engine.
 
 use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
 use crate::optim::settings::{GradSource, NonFinitePolicy};
-use crate::optim::spec::OptimizerSpec;
+use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::summary::{Summary, drive};
-use crate::run::{Run, RunRequest};
+use crate::run::{Retention, Run, RunRequest};
 
 /// Output format of `gradscope run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -27,13 +30,15 @@ pub struct RunOptions {
     /// The loss file.
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
+    /// The file's own optimizer keeps its hyper-parameters except those typed; another starts
+    /// from torch's defaults.
     #[arg(short = 'o', long = "optimizer")]
-    pub optimizers: Vec<OptimizerSpec>,
+    pub optimizers: Vec<SpecOverride>,
     /// Variant to run (`base`, a variant's name, or `all`).
     #[arg(long)]
     pub variant: Option<String>,
     /// Number of steps (default: the file's `steps`, else 100).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_steps)]
     pub steps: Option<u64>,
     /// Run in this dtype instead of the file's.
     #[arg(long, value_enum)]
@@ -47,6 +52,19 @@ pub struct RunOptions {
     /// Where gradients come from (fd: central finite differences).
     #[arg(long, value_enum)]
     pub grad: Option<GradSource>,
+}
+
+/// `--steps`: a whole number of at least 1.
+fn positive_steps(text: &str) -> Result<u64, String> {
+    match text.parse::<i128>() {
+        Ok(n) if n >= 1 => {
+            u64::try_from(n).map_err(|_| format!("steps must be at most {}", u64::MAX))
+        }
+        Ok(_) => Err("steps must be positive (1 or more)".into()),
+        Err(_) => Err(format!(
+            "steps must be a positive whole number, not `{text}`"
+        )),
+    }
 }
 
 /// Everything `gradscope run` takes.
@@ -70,6 +88,9 @@ pub enum RunsError {
     /// `--variant` names none of the file's run definitions.
     #[error("no variant named `{name}`; this file has: {}", .names.join(", "))]
     NoVariant { name: String, names: Vec<String> },
+    /// An `-o` spec makes a combination torch refuses with the file's hyper-parameters.
+    #[error("-o {spec}: {error}")]
+    Spec { spec: String, error: SettingError },
     /// A run could not be prepared (its tensors could not be built).
     #[error(transparent)]
     Start(#[from] candle_core::Error),
@@ -96,10 +117,15 @@ pub(super) fn select(
     }
 }
 
-/// The runs `args` asks for, one per selected definition and optimizer, ready to step.
-pub fn build_runs(args: &RunOptions, compiled: &CompiledFile) -> Result<Vec<Run>, RunsError> {
+/// The runs `args` asks for, one per selected definition and optimizer, ready to step, each
+/// keeping `retention` of its past.
+pub fn build_runs(
+    args: &RunOptions,
+    compiled: &CompiledFile,
+    retention: Retention,
+) -> Result<Vec<Run>, RunsError> {
     let selected = select(compiled, args.variant.as_deref(), false)?;
-    let specs: Vec<Option<&OptimizerSpec>> = if args.optimizers.is_empty() {
+    let specs: Vec<Option<&SpecOverride>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
         args.optimizers.iter().map(Some).collect()
@@ -108,16 +134,25 @@ pub fn build_runs(args: &RunOptions, compiled: &CompiledFile) -> Result<Vec<Run>
     for &i in &selected {
         for &spec in &specs {
             let def = &compiled.runs[i];
+            let mut settings = def.settings.clone();
             let name = match spec {
-                Some(s) if selected.len() > 1 => format!("{} · {s}", def.name),
-                Some(s) => s.to_string(),
+                Some(over) => {
+                    settings.optimizer =
+                        over.over(&settings.optimizer)
+                            .map_err(|error| RunsError::Spec {
+                                spec: over.to_string(),
+                                error,
+                            })?;
+                    match selected.len() {
+                        1 => settings.optimizer.to_string(),
+                        _ => format!("{} · {}", def.name, settings.optimizer),
+                    }
+                }
                 None => def.name.clone(),
             };
-            let mut request = RunRequest::new(compiled, i, name, def.settings.clone());
+            let mut request = RunRequest::new(compiled, i, name, settings);
+            request.retention = retention;
             let config = &mut request.settings;
-            if let Some(s) = spec {
-                config.optimizer = s.clone();
-            }
             if let Some(n) = args.steps {
                 config.steps = n;
             }
@@ -154,7 +189,10 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
         .iter()
         .map(|s| {
             [
-                s.run.clone(),
+                match s.interrupted {
+                    Some(k) => format!("{} (interrupted at step {k})", s.run),
+                    None => s.run.clone(),
+                },
                 fmt_num(s.final_loss),
                 match s.best_step {
                     Some(k) => format!("{} ({k})", fmt_num(s.best_loss)),
@@ -190,10 +228,11 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
     out
 }
 
-/// The runs `options` asks for, with the file's warnings printed to stderr; None (after printing
-/// them) when the file has errors.
+/// The runs `options` asks for (keeping `retention` of their past), with the file's warnings
+/// printed to stderr; None (after printing them) when the file has errors.
 pub fn load_runs(
     options: &RunOptions,
+    retention: Retention,
     color: bool,
 ) -> anyhow::Result<Option<(CompiledFile, Vec<Run>)>> {
     let (compiled, warnings) = match load::load_compiled(&options.file) {
@@ -208,15 +247,62 @@ pub fn load_runs(
     for d in &warnings {
         eprint!("{}", d.render(color));
     }
-    let runs = build_runs(options, &compiled)?;
+    let runs = build_runs(options, &compiled, retention)?;
     Ok(Some((compiled, runs)))
 }
 
-/// `gradscope run`: returns false when a file error or a halted run should fail the command.
-pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
-    let Some((_, mut runs)) = load_runs(&args.run, color)? else {
-        return Ok(false);
+/// The signal that asked `gradscope run` to stop (0: none yet).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// From here on, ctrl-c (SIGINT) and SIGTERM end the runs at the current step instead of the
+/// process, so the summary so far is still printed.
+fn catch_stop_signals() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_stop_signal as *const () as libc::sighandler_t,
+        );
+    }
+}
+
+/// How `gradscope run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every run took its steps.
+    Finished,
+    /// A file error or a halted run (exit 1).
+    Failed,
+    /// Stopped by this signal (exit 128 + signal: 130 for ctrl-c, 143 for SIGTERM).
+    Interrupted(i32),
+}
+
+impl RunOutcome {
+    /// The process exit code, as shells report a command a signal ended.
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            RunOutcome::Finished => ExitCode::SUCCESS,
+            RunOutcome::Failed => ExitCode::FAILURE,
+            RunOutcome::Interrupted(signal) => ExitCode::from((128 + signal).clamp(0, 255) as u8),
+        }
+    }
+}
+
+/// `gradscope run`: steps the runs keeping only their totals (memory stays flat however many
+/// steps), streams the logged steps, and prints the comparison table, also after ctrl-c.
+pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
+    let Some((_, mut runs)) = load_runs(&args.run, Retention::Totals, color)? else {
+        return Ok(RunOutcome::Failed);
     };
+    catch_stop_signals();
     let mut out: Box<dyn Write> = match &args.out {
         Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
@@ -229,11 +315,17 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         .first()
         .map(|r| r.param_names().to_vec())
         .unwrap_or_default();
+    let width = runs
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("run".len());
     match args.format {
         Format::Csv => writeln!(out, "{}", csv_header(&names))?,
         Format::Table => writeln!(
             out,
-            "{:<28} {:>8} {:>14} {:>12} {:>10}",
+            "{:<width$} {:>8} {:>14} {:>12} {:>10}",
             "run", "step", "loss", "grad norm", "lr"
         )?,
         Format::Jsonl => {}
@@ -242,6 +334,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
     let mut summaries = Vec::new();
     let mut any_halted = false;
     for run in &mut runs {
+        if STOP_SIGNAL.load(Ordering::SeqCst) != 0 {
+            break;
+        }
         let bar = progress.then(|| {
             let b = indicatif::ProgressBar::new(run.config.steps);
             b.set_message(run.name.clone());
@@ -257,24 +352,29 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
                 b.set_position(r.step);
             }
             let last = r.step == run.step_count();
-            if !(r.step.is_multiple_of(every) || last) {
-                return;
+            if r.step.is_multiple_of(every) || last {
+                let res = match args.format {
+                    Format::Jsonl => {
+                        writeln!(out, "{}", step_json(&run.name, run.param_names(), r))
+                    }
+                    Format::Csv => writeln!(out, "{}", csv_row(&run.name, run.param_names(), r)),
+                    Format::Table => writeln!(
+                        out,
+                        "{:<width$} {:>8} {:>14} {:>12} {:>10}",
+                        run.name,
+                        r.step,
+                        fmt_num(r.core.loss),
+                        fmt_num(r.core.grad_norm as f64),
+                        fmt_num(r.core.lr as f64)
+                    ),
+                };
+                if let Err(e) = res {
+                    io_error.get_or_insert(e);
+                }
             }
-            let res = match args.format {
-                Format::Jsonl => writeln!(out, "{}", step_json(&run.name, run.param_names(), r)),
-                Format::Csv => writeln!(out, "{}", csv_row(&run.name, run.param_names(), r)),
-                Format::Table => writeln!(
-                    out,
-                    "{:<28} {:>8} {:>14} {:>12} {:>10}",
-                    run.name,
-                    r.step,
-                    fmt_num(r.core.loss),
-                    fmt_num(r.core.grad_norm as f64),
-                    fmt_num(r.core.lr as f64)
-                ),
-            };
-            if let Err(e) = res {
-                io_error.get_or_insert(e);
+            match STOP_SIGNAL.load(Ordering::SeqCst) {
+                0 => ControlFlow::Continue(()),
+                _ => ControlFlow::Break(()),
             }
         });
         if let Some(b) = bar {
@@ -287,7 +387,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
             Ok(s) => s,
             Err(d) => {
                 eprint!("{}", d.render(color));
-                return Ok(false);
+                return Ok(RunOutcome::Failed);
             }
         };
         if let Some(h) = &summary.halted {
@@ -304,6 +404,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
             }
             any_halted = true;
         }
+        if let Some(k) = summary.interrupted {
+            eprintln!("run `{}` interrupted at step {k}", summary.run);
+        }
         if args.format == Format::Jsonl {
             writeln!(out, "{}", summary_json(&summary))?;
         }
@@ -316,5 +419,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<bool> {
         eprint!("{table}");
     }
     out.flush()?;
-    Ok(!any_halted)
+    Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 if any_halted => RunOutcome::Failed,
+        0 => RunOutcome::Finished,
+        signal => RunOutcome::Interrupted(signal),
+    })
 }

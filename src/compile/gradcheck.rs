@@ -48,6 +48,9 @@ pub struct ParamCheck {
     /// Elements where the left and right differences disagree (not counted as failures).
     pub kinks: usize,
     pub verdict: Verdict,
+    /// Why the worst failing element (at `worst`) fails: both values and the tolerance, or the
+    /// non-finite value that makes it uncheckable. None when every element passed.
+    pub failure: Option<String>,
 }
 
 fn internal(e: candle_core::Error) -> Diagnostic {
@@ -115,6 +118,7 @@ pub fn gradcheck(
             worst: Vec::new(),
             kinks: 0,
             verdict: Verdict::Pass,
+            failure: None,
         };
         let mut worst_excess = f64::NEG_INFINITY;
         for k in idx {
@@ -146,7 +150,8 @@ pub fn gradcheck(
             check.max_abs = check.max_abs.max(err);
             check.max_rel = check.max_rel.max(rel);
             let excess = err - (atol + rtol * central.abs());
-            if excess > worst_excess || !err.is_finite() {
+            let worst = excess > worst_excess || !err.is_finite();
+            if worst {
                 worst_excess = if err.is_finite() {
                     excess
                 } else {
@@ -155,9 +160,36 @@ pub fn gradcheck(
                 check.worst = unravel(k, &dims);
             }
             // NaN errors fail too.
-            let within = err <= atol + rtol * central.abs();
+            let tolerance = atol + rtol * central.abs();
+            let within = err <= tolerance;
             if !within {
                 check.verdict = Verdict::Fail;
+            }
+            if !within && worst {
+                let show = crate::format::fmt_num;
+                check.failure = Some(if !f0.is_finite() || !fp.is_finite() || !fm.is_finite() {
+                    format!(
+                        "the loss is not finite here ({} at the point, {} and {} at ±{h:e}), so finite differences cannot check autograd's {}",
+                        show(f0),
+                        show(fp),
+                        show(fm),
+                        show(g[k])
+                    )
+                } else if !g[k].is_finite() {
+                    format!(
+                        "autograd gives {} where central differences give {}",
+                        show(g[k]),
+                        show(central)
+                    )
+                } else {
+                    format!(
+                        "autograd {} vs central differences {}: error {} > tolerance {}",
+                        show(g[k]),
+                        show(central),
+                        show(err),
+                        show(tolerance)
+                    )
+                });
             }
         }
         if check.verdict == Verdict::Fail && uses_functions {

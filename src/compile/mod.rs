@@ -107,13 +107,24 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
     for spec in std::iter::once(&base).chain(&variants) {
         let (plan, d) = lower_run(&file.source, &functions, file.seed, spec, &data, &params);
         diags.extend(d);
+        let settings = run_settings(&spec.optimizer);
+        // Each value was checked on its own; torch also refuses some combinations.
+        if let Err(c) = settings.optimizer.check_together() {
+            let at = spec.optimizer.iter().find(|s| s.key.node == c.key);
+            let span = at.map_or(0..0, |s| s.key.span.clone());
+            diags.push(
+                Diagnostic::error(c.error.message)
+                    .at(&file.source, span)
+                    .help_opt(c.error.help),
+            );
+        }
         if let Some(plan) = plan {
             runs.push(RunDef {
                 name: spec.name.clone(),
                 dtype: spec.dtype,
                 plan,
                 optimizer: spec.optimizer.clone(),
-                settings: run_settings(&spec.optimizer),
+                settings,
             });
         }
     }

@@ -66,23 +66,93 @@ impl Hyper for bool {
     }
 }
 
-/// A hyper-parameter's name and one-line doc, in the registry's table.
+/// A hyper-parameter's name, one-line doc and the values torch accepts, in the registry's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HyperParam {
     /// The name specs and loss files use (torch's keyword argument).
     pub name: &'static str,
     /// One line on what it does.
     pub doc: &'static str,
+    /// The values torch's constructor accepts.
+    pub bound: Bound,
+}
+
+/// The range torch's constructor checks a hyper-parameter against (`ValueError` otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// No check (flags, and values torch takes as they come).
+    Any,
+    /// `0 <= x`.
+    NonNegative,
+    /// `0 <= x < 1` (Adam's betas).
+    Fraction,
+    /// `0 <= x <= 1` (lion-pytorch's betas).
+    Unit,
+}
+
+impl Bound {
+    /// Whether torch accepts `value`.
+    pub fn admits(self, value: &HyperValue) -> bool {
+        let HyperValue::Number(x) = *value else {
+            return true;
+        };
+        match self {
+            Bound::Any => true,
+            Bound::NonNegative => x >= 0.0,
+            Bound::Fraction => (0.0..1.0).contains(&x),
+            Bound::Unit => (0.0..=1.0).contains(&x),
+        }
+    }
+
+    /// The accepted range in words, for the error message.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Bound::Any => "anything",
+            Bound::NonNegative => "at least 0",
+            Bound::Fraction => "in [0, 1)",
+            Bound::Unit => "in [0, 1]",
+        }
+    }
+}
+
+/// Hyper-parameters torch refuses together: the key to point at, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The hyper-parameter whose value makes the combination invalid.
+    pub key: &'static str,
+    /// The message and help.
+    pub error: SettingError,
+}
+
+/// torch's SGD: "Nesterov momentum requires a momentum and zero dampening".
+fn nesterov_needs_momentum(o: &Sgd) -> Result<(), Conflict> {
+    if o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0) {
+        return Err(Conflict {
+            key: "nesterov",
+            error: SettingError {
+                message: format!(
+                    "nesterov needs momentum > 0 and dampening = 0 (here momentum = {}, dampening = {})",
+                    HyperValue::Number(o.momentum),
+                    HyperValue::Number(o.dampening)
+                ),
+                help: Some(
+                    "torch.optim.SGD refuses it: set momentum, e.g. 0.9, and leave dampening at 0"
+                        .into(),
+                ),
+            },
+        });
+    }
+    Ok(())
 }
 
 /// Declares every optimizer once: for each, a typed struct of its hyper-parameters with
-/// torch's defaults, and its variant of [`OptimizerKind`], [`OptimizerSpec`] and the per-param
+/// torch's defaults and ranges (`=> Bound`), the checks between them (`where`), and its variant of [`OptimizerKind`], [`OptimizerSpec`] and the per-param
 /// state (so an optimizer without an [`UpdateRule`] does not build).
 macro_rules! optimizers {
     ($(
         $(#[doc = $doc:literal])*
-        $Name:ident = $name:literal {
-            $( $(#[doc = $hdoc:literal])* $field:ident : $ty:ty = $default:expr, )*
+        $Name:ident = $name:literal $(where $together:path)? {
+            $( $(#[doc = $hdoc:literal])* $field:ident : $ty:ty = $default:expr => $bound:ident, )*
         }
     )*) => {
         $(
@@ -101,8 +171,18 @@ macro_rules! optimizers {
 
             impl $Name {
                 const HYPER: &'static [HyperParam] = &[
-                    $( HyperParam { name: stringify!($field), doc: concat!($($hdoc),*).trim_ascii() }, )*
+                    $( HyperParam {
+                        name: stringify!($field),
+                        doc: concat!($($hdoc),*).trim_ascii(),
+                        bound: Bound::$bound,
+                    }, )*
                 ];
+
+                /// The constraints torch checks between hyper-parameters.
+                fn check_together(&self) -> Result<(), Conflict> {
+                    $( $together(self)?; )?
+                    Ok(())
+                }
 
                 fn values(&self) -> Vec<(&'static str, HyperValue)> {
                     vec![$( (stringify!($field), Hyper::to_value(&self.$field)), )*]
@@ -198,6 +278,14 @@ macro_rules! optimizers {
                 }
             }
 
+            /// Refuses what torch's constructor refuses between hyper-parameters (each value on
+            /// its own was checked when it was set).
+            pub fn check_together(&self) -> Result<(), Conflict> {
+                match self {
+                    $( OptimizerSpec::$Name(o) => o.check_together(), )*
+                }
+            }
+
             /// Fresh per-param state for `n` params.
             pub(super) fn new_states(&self, n: usize) -> ParamStates {
                 match self {
@@ -233,86 +321,86 @@ macro_rules! optimizers {
 
 optimizers! {
     /// Stochastic gradient descent, with momentum, dampening and Nesterov's variant.
-    Sgd = "sgd" {
+    Sgd = "sgd" where nesterov_needs_momentum {
         /// Learning rate.
-        lr: f64 = 1e-3,
+        lr: f64 = 1e-3 => NonNegative,
         /// Momentum factor (0: none).
-        momentum: f64 = 0.0,
+        momentum: f64 = 0.0 => NonNegative,
         /// Dampening for momentum.
-        dampening: f64 = 0.0,
+        dampening: f64 = 0.0 => Any,
         /// Nesterov momentum.
-        nesterov: bool = false,
+        nesterov: bool = false => Any,
         /// L2 penalty added to the gradient.
-        weight_decay: f64 = 0.0,
+        weight_decay: f64 = 0.0 => NonNegative,
     }
     /// Adam: bias-corrected first and second moment estimates.
     Adam = "adam" {
         /// Learning rate.
-        lr: f64 = 1e-3,
+        lr: f64 = 1e-3 => NonNegative,
         /// Decay of the first moment (torch's `betas[0]`).
-        beta1: f64 = 0.9,
+        beta1: f64 = 0.9 => Fraction,
         /// Decay of the second moment (torch's `betas[1]`).
-        beta2: f64 = 0.999,
+        beta2: f64 = 0.999 => Fraction,
         /// Added to the denominator for numerical stability.
-        eps: f64 = 1e-8,
+        eps: f64 = 1e-8 => NonNegative,
         /// L2 penalty added to the gradient.
-        weight_decay: f64 = 0.0,
+        weight_decay: f64 = 0.0 => NonNegative,
         /// Divide by the largest second moment so far (AMSGrad).
-        amsgrad: bool = false,
+        amsgrad: bool = false => Any,
     }
     /// AdamW: Adam with weight decay decoupled from the gradient.
     AdamW = "adamw" {
         /// Learning rate.
-        lr: f64 = 1e-3,
+        lr: f64 = 1e-3 => NonNegative,
         /// Decay of the first moment (torch's `betas[0]`).
-        beta1: f64 = 0.9,
+        beta1: f64 = 0.9 => Fraction,
         /// Decay of the second moment (torch's `betas[1]`).
-        beta2: f64 = 0.999,
+        beta2: f64 = 0.999 => Fraction,
         /// Added to the denominator for numerical stability.
-        eps: f64 = 1e-8,
+        eps: f64 = 1e-8 => NonNegative,
         /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
-        weight_decay: f64 = 0.01,
+        weight_decay: f64 = 0.01 => NonNegative,
         /// Divide by the largest second moment so far (AMSGrad).
-        amsgrad: bool = false,
+        amsgrad: bool = false => Any,
     }
     /// RMSprop: divide by a running average of squared gradients.
     RmsProp = "rmsprop" {
         /// Learning rate.
-        lr: f64 = 1e-2,
+        lr: f64 = 1e-2 => NonNegative,
         /// Smoothing constant of the squared-gradient average.
-        alpha: f64 = 0.99,
+        alpha: f64 = 0.99 => NonNegative,
         /// Added to the denominator for numerical stability.
-        eps: f64 = 1e-8,
+        eps: f64 = 1e-8 => NonNegative,
         /// L2 penalty added to the gradient.
-        weight_decay: f64 = 0.0,
+        weight_decay: f64 = 0.0 => NonNegative,
         /// Momentum factor (0: none).
-        momentum: f64 = 0.0,
+        momentum: f64 = 0.0 => NonNegative,
         /// Normalise by the gradient's estimated variance instead of its second moment.
-        centered: bool = false,
+        centered: bool = false => Any,
     }
     /// Adagrad: divide by the root of the sum of all squared gradients so far.
     Adagrad = "adagrad" {
         /// Learning rate.
-        lr: f64 = 1e-2,
+        lr: f64 = 1e-2 => NonNegative,
         /// Learning-rate decay: `lr / (1 + (t - 1) * lr_decay)`.
-        lr_decay: f64 = 0.0,
+        lr_decay: f64 = 0.0 => NonNegative,
         /// L2 penalty added to the gradient.
-        weight_decay: f64 = 0.0,
+        weight_decay: f64 = 0.0 => NonNegative,
         /// Starting value of the squared-gradient sum.
-        initial_accumulator_value: f64 = 0.0,
+        initial_accumulator_value: f64 = 0.0 => NonNegative,
         /// Added to the denominator for numerical stability.
-        eps: f64 = 1e-10,
+        eps: f64 = 1e-10 => NonNegative,
     }
     /// Lion: the sign of an interpolated momentum (Chen et al. 2023, as lion-pytorch).
     Lion = "lion" {
         /// Learning rate.
-        lr: f64 = 1e-4,
+        lr: f64 = 1e-4 => NonNegative,
         /// Interpolation between momentum and gradient for the update.
-        beta1: f64 = 0.9,
+        beta1: f64 = 0.9 => Unit,
         /// Decay of the momentum.
-        beta2: f64 = 0.99,
+        beta2: f64 = 0.99 => Unit,
         /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
-        weight_decay: f64 = 0.0,
+        weight_decay: f64 = 0.0 => Any,
     }
 }
 
@@ -378,10 +466,21 @@ pub fn check_setting(
             ),
         });
     };
-    match OptimizerSpec::new(owner).set_field(key, value) {
-        Some(Err(expects)) => Err(SettingError {
+    let mut probe = OptimizerSpec::new(owner);
+    if let Some(Err(expects)) = probe.set_field(key, value) {
+        return Err(SettingError {
             message: format!("`{key}` must be {expects}"),
             help: None,
+        });
+    }
+    let hyper = owner.hyper_parameters().iter().find(|h| h.name == key);
+    match (hyper, probe.get(key)) {
+        (Some(h), Some(v)) if !h.bound.admits(&v) => Err(SettingError {
+            message: format!("`{key}` must be {}, not {v}", h.bound.describe()),
+            help: Some(format!(
+                "torch.optim refuses {key} = {v} for `{}`",
+                owner.name()
+            )),
         }),
         _ => Ok(()),
     }
@@ -453,8 +552,26 @@ impl OptimizerSpec {
         }
     }
 
-    /// Parses `name` or `name(key=value, ...)`; a value is a number, `true`/`false`, or a word
-    /// (or a nested spec) for hyper-parameters that take one.
+    /// Parses `name` or `name(key=value, ...)` over torch's defaults ([`SpecOverride::parse`]).
+    pub fn parse(text: &str) -> Result<Self, SettingError> {
+        let over = SpecOverride::parse(text)?;
+        over.over(&Self::new(over.kind()))
+    }
+}
+
+/// An optimizer spec as typed: its optimizer and the hyper-parameters written, each checked.
+/// Laid [`over`](SpecOverride::over) a base spec, it changes only those keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecOverride {
+    /// The optimizer with the typed values over torch's defaults.
+    typed: OptimizerSpec,
+    /// The hyper-parameters written, in order.
+    keys: Vec<&'static str>,
+}
+
+impl SpecOverride {
+    /// Parses `name` or `name(key=value, ...)`; a value is a number or `true`/`false`. Each
+    /// value is checked against the registry (its type and torch's range).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
         let text = text.trim();
         let (name, args) = match text.split_once('(') {
@@ -469,7 +586,9 @@ impl OptimizerSpec {
             }
             None => (text, ""),
         };
-        let mut spec = Self::new(kind_from_name(name)?);
+        let kind = kind_from_name(name)?;
+        let mut typed = OptimizerSpec::new(kind);
+        let mut keys = Vec::new();
         for part in split_top_level(args).filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
                 return Err(SettingError {
@@ -483,15 +602,70 @@ impl OptimizerSpec {
                 "false" => RawValue::Bool(false),
                 v => v.parse().map_or(RawValue::Text(v), RawValue::Number),
             };
-            spec.set(key, raw).map_err(|e| match (raw, spec.get(key)) {
-                (RawValue::Text(v), Some(HyperValue::Number(_))) => SettingError {
-                    message: format!("`{v}` is not a number"),
-                    help: None,
-                },
-                _ => e,
-            })?;
+            typed
+                .set(key, raw)
+                .map_err(|e| match (raw, typed.get(key)) {
+                    (RawValue::Text(v), Some(HyperValue::Number(_))) => SettingError {
+                        message: format!("`{v}` is not a number"),
+                        help: None,
+                    },
+                    _ => e,
+                })?;
+            let name = kind.hyper_parameters().iter().find(|h| h.name == key);
+            keys.extend(name.map(|h| h.name));
         }
+        Ok(Self { typed, keys })
+    }
+
+    /// Which optimizer it names.
+    pub fn kind(&self) -> OptimizerKind {
+        self.typed.kind()
+    }
+
+    /// The spec it makes of `base`: the typed keys over `base` when `base` is the same
+    /// optimizer, over torch's defaults otherwise; refused when torch refuses the combination.
+    pub fn over(&self, base: &OptimizerSpec) -> Result<OptimizerSpec, SettingError> {
+        if base.kind() != self.kind() {
+            return self.over(&OptimizerSpec::new(self.kind()));
+        }
+        let mut spec = base.clone();
+        for (key, value) in self.typed.values() {
+            if self.keys.contains(&key) {
+                let raw = match value {
+                    HyperValue::Number(n) => RawValue::Number(n),
+                    HyperValue::Bool(b) => RawValue::Bool(b),
+                };
+                spec.set(key, raw)?;
+            }
+        }
+        spec.check_together().map_err(|c| c.error)?;
         Ok(spec)
+    }
+}
+
+impl fmt::Display for SpecOverride {
+    /// `name(key=value, ...)` with the keys as typed (just `name` when there are none).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let typed: Vec<String> = self
+            .typed
+            .values()
+            .into_iter()
+            .filter(|(k, _)| self.keys.contains(k))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        match typed.is_empty() {
+            true => write!(f, "{}", self.kind().name()),
+            false => write!(f, "{}({})", self.kind().name(), typed.join(", ")),
+        }
+    }
+}
+
+impl FromStr for SpecOverride {
+    type Err = SettingError;
+
+    /// [`SpecOverride::parse`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
     }
 }
 
@@ -548,6 +722,95 @@ mod tests {
         assert!(check_setting(None, "momentum", RawValue::Number(0.9)).is_ok());
         let e = check_setting(adam, "betaa1", RawValue::Number(0.9)).unwrap_err();
         assert_eq!(e.help.as_deref(), Some("did you mean `beta1`?"));
+    }
+
+    #[test]
+    fn an_override_of_the_same_optimizer_keeps_the_base_values() {
+        let base = OptimizerSpec::parse("adam(lr=0.01, eps=1e-6)").unwrap();
+        let over = SpecOverride::parse("adam(beta2=0.99)").unwrap();
+        let spec = over.over(&base).unwrap();
+        assert_eq!(spec.to_string(), "adam(lr=0.01, beta2=0.99, eps=1e-6)");
+        let plain = SpecOverride::parse("adam").unwrap().over(&base).unwrap();
+        assert_eq!(plain, base);
+    }
+
+    #[test]
+    fn an_override_of_another_optimizer_starts_from_torch_defaults() {
+        let base = OptimizerSpec::parse("adam(lr=0.01)").unwrap();
+        let spec = SpecOverride::parse("sgd(momentum=0.9)")
+            .unwrap()
+            .over(&base)
+            .unwrap();
+        assert_eq!(spec.to_string(), "sgd(lr=0.001, momentum=0.9)");
+    }
+
+    #[test]
+    fn an_override_is_checked_against_its_base() {
+        // momentum comes from the base, so nesterov is fine there and refused from defaults.
+        let over = SpecOverride::parse("sgd(nesterov=true)").unwrap();
+        let base = OptimizerSpec::parse("sgd(lr=0.1, momentum=0.9)").unwrap();
+        assert!(over.over(&base).is_ok());
+        let e = over
+            .over(&OptimizerSpec::new(OptimizerKind::Sgd))
+            .unwrap_err();
+        assert!(e.message.starts_with("nesterov needs momentum > 0"), "{e}");
+    }
+
+    #[test]
+    fn values_torch_refuses_are_refused() {
+        // torch.optim's constructors (lion-pytorch's asserts for Lion): (spec, refused key).
+        let refused = [
+            ("sgd(lr=-0.1)", "lr"),
+            ("sgd(momentum=-0.5)", "momentum"),
+            ("sgd(weight_decay=-1)", "weight_decay"),
+            ("adam(beta1=1)", "beta1"),
+            ("adam(beta2=-0.1)", "beta2"),
+            ("adam(eps=-1e-8)", "eps"),
+            ("adamw(beta1=1.5)", "beta1"),
+            ("adamw(weight_decay=-0.01)", "weight_decay"),
+            ("rmsprop(alpha=-0.9)", "alpha"),
+            ("rmsprop(momentum=-0.1)", "momentum"),
+            ("rmsprop(eps=-1)", "eps"),
+            ("adagrad(lr_decay=-0.1)", "lr_decay"),
+            (
+                "adagrad(initial_accumulator_value=-1)",
+                "initial_accumulator_value",
+            ),
+            ("lion(lr=-1)", "lr"),
+            ("lion(beta2=1.1)", "beta2"),
+        ];
+        for (spec, key) in refused {
+            let e = OptimizerSpec::parse(spec).unwrap_err();
+            assert!(
+                e.message.starts_with(&format!("`{key}` must be")),
+                "{spec}: {e}"
+            );
+        }
+        let accepted = [
+            "sgd(lr=0)",
+            "adam(beta1=0, beta2=0.999999)",
+            "lion(lr=0, beta1=1, beta2=0)",
+            "sgd(dampening=-1)",
+            "rmsprop(alpha=0)",
+        ];
+        for spec in accepted {
+            assert!(OptimizerSpec::parse(spec).is_ok(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn nesterov_needs_momentum_and_no_dampening() {
+        for spec in [
+            "sgd(nesterov=true)",
+            "sgd(momentum=0.9, dampening=0.1, nesterov=true)",
+        ] {
+            let e = OptimizerSpec::parse(spec).unwrap_err();
+            assert!(
+                e.message.starts_with("nesterov needs momentum > 0"),
+                "{spec}: {e}"
+            );
+        }
+        assert!(OptimizerSpec::parse("sgd(momentum=0.9, nesterov=true)").is_ok());
     }
 
     #[test]

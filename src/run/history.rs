@@ -106,17 +106,47 @@ impl StepRecord {
     }
 }
 
-/// Every row of a run, in order from step 0 (θ_0) to its current step.
+/// What a run's summary needs, kept as it steps: a few numbers however long the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    /// The lowest finite loss and its step.
+    pub best: Option<(u64, f64)>,
+    /// The first step with a non-finite loss, gradient or update.
+    pub first_nonfinite: Option<u64>,
+    /// The last row's loss.
+    pub last_loss: Option<f64>,
+}
+
+impl Totals {
+    /// Counts one more row (counting the same row again changes nothing).
+    pub fn add(&mut self, r: &StepRecord) {
+        let loss = r.core.loss;
+        if loss.is_finite() && self.best.is_none_or(|(_, b)| loss < b) {
+            self.best = Some((r.step, loss));
+        }
+        if r.has(flags::NONFINITE) && self.first_nonfinite.is_none() {
+            self.first_nonfinite = Some(r.step);
+        }
+        self.last_loss = Some(loss);
+    }
+}
+
+/// The rows of a run, in order from step 0 (θ_0) to its current step: all of them, or (for a
+/// headless run of any length) a window of the most recent ones.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     n_params: usize,
+    /// The step of the first row kept (rows before it were dropped from a window).
+    first: usize,
+    /// Keep at least this many recent rows and at most twice as many (None: keep all).
+    window: Option<usize>,
     cores: Vec<Core>,
     grad_norms: Vec<f32>,
     param_norms: Vec<f32>,
 }
 
 impl History {
-    /// An empty history for a loss with `n_params` params.
+    /// An empty history for a loss with `n_params` params, keeping every row.
     pub fn new(n_params: usize) -> Self {
         Self {
             n_params,
@@ -124,26 +154,56 @@ impl History {
         }
     }
 
-    /// Rows recorded (one more than the updates taken, once the run has its row 0).
+    /// An empty history that keeps only the last `rows` rows or so: constant memory however
+    /// many steps, and enough recent rows to tell a divergence.
+    pub fn windowed(n_params: usize, rows: usize) -> Self {
+        Self {
+            n_params,
+            window: Some(rows.max(1)),
+            ..Self::default()
+        }
+    }
+
+    /// The index of step `step`'s row in the kept rows.
+    fn at(&self, step: usize) -> Option<usize> {
+        step.checked_sub(self.first)
+            .filter(|&i| i < self.cores.len())
+    }
+
+    /// Rows recorded, kept or not (one more than the updates taken, once the run has its row 0).
     pub fn len(&self) -> usize {
-        self.cores.len()
+        self.first + self.cores.len()
     }
 
     /// Whether no row was recorded yet.
     pub fn is_empty(&self) -> bool {
-        self.cores.is_empty()
+        self.len() == 0
     }
 
-    /// Appends one row.
+    /// The step of the first row still kept (0 unless the history is a window).
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// Appends one row (dropping the oldest ones past twice the window).
     pub fn push(&mut self, r: &StepRecord) {
         self.cores.push(r.core);
         self.grad_norms.extend_from_slice(&r.param_grad_norms);
         self.param_norms.extend_from_slice(&r.param_norms);
+        if let Some(w) = self.window
+            && self.cores.len() > 2 * w
+        {
+            let drop = self.cores.len() - w;
+            self.cores.drain(..drop);
+            self.grad_norms.drain(..drop * self.n_params);
+            self.param_norms.drain(..drop * self.n_params);
+            self.first += drop;
+        }
     }
 
     /// Fills in row `row`'s update and adds its flags (with [`flags::STEPPED`]).
     pub fn finish(&mut self, row: usize, update: &Update) {
-        if let Some(c) = self.cores.get_mut(row) {
+        if let Some(c) = self.at(row).map(|i| &mut self.cores[i]) {
             c.update_norm = update.norm;
             c.update_ratio = update.ratio;
             c.lr = update.lr;
@@ -152,48 +212,61 @@ impl History {
         }
     }
 
-    /// The core of step `step` (panics past the end, as slice indexing).
+    /// The core of step `step` (panics when the row is not kept, as slice indexing).
     pub fn core(&self, step: usize) -> &Core {
-        &self.cores[step]
+        &self.cores[step - self.first]
     }
 
     /// Param `i`'s gradient norm at `step`.
     pub fn param_grad_norm(&self, step: usize, i: usize) -> f32 {
-        self.grad_norms[step * self.n_params + i]
+        self.grad_norms[(step - self.first) * self.n_params + i]
     }
 
     /// Param `i`'s value norm at `step`.
     pub fn param_norm(&self, step: usize, i: usize) -> f32 {
-        self.param_norms[step * self.n_params + i]
+        self.param_norms[(step - self.first) * self.n_params + i]
     }
 
-    /// Every step's core, in order.
+    /// The kept rows' cores, in order from step [`History::first`].
     pub fn cores(&self) -> &[Core] {
         &self.cores
     }
 
-    /// Step `step` as a whole record, per-param norms included.
+    /// Step `step` as a whole record, per-param norms included (None when not kept).
     pub fn get(&self, step: usize) -> Option<StepRecord> {
-        let core = *self.cores.get(step)?;
-        let r = step * self.n_params..(step + 1) * self.n_params;
+        let i = self.at(step)?;
+        let r = i * self.n_params..(i + 1) * self.n_params;
         Some(StepRecord {
             step: step as u64,
-            core,
+            core: self.cores[i],
             param_grad_norms: self.grad_norms[r.clone()].to_vec(),
             param_norms: self.param_norms[r].to_vec(),
         })
     }
 
-    /// Steps with `flag` set.
+    /// Kept rows with `flag` set.
     pub fn count(&self, flag: u8) -> u64 {
         self.cores.iter().filter(|c| c.flags & flag != 0).count() as u64
     }
 
-    /// Drops every step from `len` on (rewinding).
+    /// The totals of the kept rows that the run has stepped from.
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for step in self.first..self.len() {
+            if let Some(r) = self.get(step).filter(|r| r.has(flags::STEPPED)) {
+                t.add(&r);
+            }
+        }
+        t
+    }
+
+    /// Drops every row from `len` on (rewinding).
     pub fn truncate(&mut self, len: usize) {
-        self.cores.truncate(len);
-        self.grad_norms.truncate(len * self.n_params);
-        self.param_norms.truncate(len * self.n_params);
+        let keep = len.saturating_sub(self.first);
+        self.cores.truncate(keep);
+        self.grad_norms.truncate(keep * self.n_params);
+        self.param_norms.truncate(keep * self.n_params);
+        self.first = self.first.min(len);
     }
 
     /// Bytes held, for the memory benchmark.
@@ -205,7 +278,7 @@ impl History {
 
 impl crate::landscape::StepLosses for History {
     fn loss_at(&self, step: usize) -> Option<f64> {
-        self.cores.get(step).map(|c| c.loss)
+        self.at(step).map(|i| self.cores[i].loss)
     }
 
     fn last_loss(&self) -> Option<f64> {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 
-use self::history::{Core, History, StepRecord, Update, flags};
+use self::history::{Core, History, StepRecord, Totals, Update, flags};
 use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
@@ -40,6 +40,18 @@ pub struct RunRequest {
     pub dtype: DType,
     /// Optimizer, steps, clipping, schedule, policy, gradient source, loss scaling.
     pub settings: RunSettings,
+    /// What the run keeps of its past (everything, unless asked otherwise).
+    pub retention: Retention,
+}
+
+/// What a run keeps of its past steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Every row and a snapshot every 100 steps: to chart, export and rewind.
+    Everything,
+    /// [`Totals`], the counts and a window of recent rows (enough to tell a divergence): a
+    /// headless run of any length in constant memory (it can rewind only to its start).
+    Totals,
 }
 
 impl RunRequest {
@@ -50,6 +62,7 @@ impl RunRequest {
             name,
             dtype: compiled.runs[def].dtype,
             settings,
+            retention: Retention::Everything,
         }
     }
 
@@ -100,6 +113,9 @@ pub struct Run {
     pub config: RunSettings,
     evaluator: Evaluator,
     state: OptimizerState,
+    retention: Retention,
+    /// Best and last loss and the first non-finite step, over every row stepped from.
+    totals: Totals,
     history: History,
     snapshots: Vec<Snapshot>,
     pub halted: Option<Halt>,
@@ -134,6 +150,7 @@ impl Run {
             name,
             dtype,
             settings: config,
+            retention,
         } = request;
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
@@ -146,7 +163,12 @@ impl Run {
             config,
             evaluator,
             state,
-            history: History::new(n),
+            retention,
+            totals: Totals::default(),
+            history: match retention {
+                Retention::Everything => History::new(n),
+                Retention::Totals => History::windowed(n, DIVERGENCE_WINDOW + 1),
+            },
             snapshots: Vec::new(),
             halted: None,
             skipped: 0,
@@ -177,9 +199,16 @@ impl Run {
         self.history.len().saturating_sub(1) as u64
     }
 
-    /// Row k for every step k so far, the current one last (see [`history`]).
+    /// Row k for every step k so far, the current one last (only the recent ones under
+    /// [`Retention::Totals`]).
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// Best and last loss and the first non-finite step, over every row stepped from (the
+    /// current row, θ_N, is not counted until the run steps from it).
+    pub fn totals(&self) -> &Totals {
+        &self.totals
     }
 
     /// The params' names, in the file's order.
@@ -375,7 +404,13 @@ impl Run {
             };
             self.trajectory.push(self.step_count(), point);
         }
-        if self.step_count() > t && self.step_count().is_multiple_of(SNAPSHOT_EVERY) {
+        if let Some(row) = self.history.get(t as usize) {
+            self.totals.add(&row);
+        }
+        if self.retention == Retention::Everything
+            && self.step_count() > t
+            && self.step_count().is_multiple_of(SNAPSHOT_EVERY)
+        {
             self.snapshot();
         }
         self.history
@@ -475,6 +510,7 @@ impl Run {
     /// against the optimizer's stability bound there; None otherwise.
     fn divergence(&self) -> Option<String> {
         let cores = self.history.cores();
+        let first = self.history.first();
         let from = cores.len().saturating_sub(DIVERGENCE_WINDOW);
         let finite = || (from..cores.len()).filter(|&k| cores[k].loss.is_finite());
         let low = finite().min_by(|&a, &b| cores[a].loss.total_cmp(&cores[b].loss))?;
@@ -490,7 +526,7 @@ impl Run {
             crate::format::fmt_short(lo),
             crate::format::fmt_short(hi),
             high - low,
-            self.stability(low as u64, f64::from(cores[low].lr)),
+            self.stability((first + low) as u64, f64::from(cores[low].lr)),
         ))
     }
 
@@ -742,6 +778,7 @@ impl Run {
     fn recount(&mut self) {
         self.skipped = self.history.count(flags::SKIPPED);
         self.clipped = self.history.count(flags::CLIPPED);
+        self.totals = self.history.totals();
     }
 
     /// Current param values, flattened row-major, in f64.

@@ -1,0 +1,225 @@
+//! The command line as the README describes it: global options, completions, argument checks
+//! and the layout of `run`'s tables.
+
+mod common;
+
+use common::gradscope;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn threads_is_accepted_before_the_command() {
+    let o = gradscope(&["--threads", "1", "run", "losses/beale.toml", "--steps", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("final loss"), "{}", stdout(&o));
+}
+
+#[test]
+fn threads_is_accepted_after_the_command() {
+    let o = gradscope(&["check", "--threads", "1", "losses/beale.toml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    // Each script names the binary and at least one subcommand it completes.
+    for (shell, marker) in [
+        ("bash", "_gradscope()"),
+        ("zsh", "#compdef gradscope"),
+        ("fish", "complete -c gradscope"),
+    ] {
+        let o = gradscope(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("gradcheck"),
+            "{shell} does not complete the subcommands"
+        );
+    }
+}
+
+#[test]
+fn steps_must_be_positive() {
+    for steps in ["-5", "0"] {
+        let o = gradscope(&["run", "losses/beale.toml", "--steps", steps]);
+        assert_eq!(o.status.code(), Some(2), "--steps {steps}");
+        assert!(
+            stderr(&o).contains("steps must be positive"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+/// Where the cell after the run's name starts and ends, in characters, on each line of a table
+/// whose rows start with one of `names` (the header with `run`).
+fn second_cells(table: &str, names: &[&str]) -> Vec<(usize, usize)> {
+    table
+        .lines()
+        .map(|l| {
+            let name = ["run"]
+                .iter()
+                .chain(names)
+                .filter(|n| l.starts_with(**n))
+                .max_by_key(|n| n.len());
+            let after = name
+                .unwrap_or_else(|| panic!("no run name in {l:?}"))
+                .chars()
+                .count();
+            let chars: Vec<char> = l.chars().collect();
+            let start = (after..chars.len()).find(|&i| chars[i] != ' ').unwrap();
+            let end = (start..chars.len())
+                .find(|&i| chars[i] == ' ')
+                .unwrap_or(chars.len());
+            (start, end)
+        })
+        .collect()
+}
+
+#[test]
+fn run_tables_align_for_long_run_names() {
+    let long = "sgd(lr=0.001, momentum=0.9, nesterov=true, weight_decay=0.5)";
+    let o = gradscope(&[
+        "run",
+        "losses/beale.toml",
+        "-o",
+        long,
+        "-o",
+        "adam",
+        "--steps",
+        "4",
+        "--every",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let (steps, summary) = out.split_once("\n\n").expect("two tables");
+    let names = [long, "adam(lr=0.01)"];
+    // The step column is right-aligned: every cell ends where `step` ends.
+    let ends: Vec<usize> = second_cells(steps, &names).iter().map(|c| c.1).collect();
+    assert!(ends.windows(2).all(|w| w[0] == w[1]), "{steps}");
+    // The summary is left-aligned: every `final loss` cell starts where its header does.
+    let starts: Vec<usize> = second_cells(summary.trim_end(), &names)
+        .iter()
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(starts.len(), 3, "{summary}");
+    assert!(starts.windows(2).all(|w| w[0] == w[1]), "{summary}");
+}
+
+/// The optimizer of each run in `run --format jsonl`'s summaries.
+fn summary_optimizers(args: &[&str]) -> Vec<String> {
+    let o = gradscope(args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["summary"] == true)
+        .map(|v| v["optimizer"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn o_with_the_files_optimizer_keeps_its_hyper_parameters() {
+    // rosenbrock.toml's [optimizer] is adam with lr 0.01 (torch's default is 0.001).
+    let specs = summary_optimizers(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "adam",
+        "-o",
+        "adam(beta2=0.99)",
+        "--steps",
+        "1",
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(specs, ["adam(lr=0.01)", "adam(lr=0.01, beta2=0.99)"]);
+}
+
+#[test]
+fn o_with_another_optimizer_starts_from_torchs_defaults() {
+    let specs = summary_optimizers(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(momentum=0.5)",
+        "--steps",
+        "1",
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(specs, ["sgd(lr=0.001, momentum=0.5)"]);
+}
+
+#[test]
+fn hyper_parameters_torch_refuses_are_refused_on_the_command_line() {
+    for (spec, says) in [
+        ("adam(lr=-0.1)", "`lr` must be at least 0"),
+        ("adam(beta1=1)", "`beta1` must be in [0, 1)"),
+        ("sgd(nesterov=true)", "nesterov needs momentum > 0"),
+    ] {
+        let o = gradscope(&["run", "losses/rosenbrock.toml", "-o", spec, "--steps", "1"]);
+        assert_eq!(o.status.code(), Some(2), "{spec}");
+        assert!(stderr(&o).contains(says), "{spec}: {}", stderr(&o));
+    }
+}
+
+/// A loss whose run halts at step 3: SGD with lr 1 walks x = 2.5, 1.5, 0.5, -0.5, and the
+/// forward value sqrt(detach(x)) is NaN at -0.5.
+/// Written under a name of `test`'s own, as tests run in parallel.
+fn halting_file(test: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("gradscope-{test}-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "name = \"halts\"\ndtype = \"f64\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n\
+         [optimizer]\nname = \"sgd\"\nlr = 1\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn gradcheck_past_a_halt_says_which_step_it_checks() {
+    let file = halting_file("gradcheck_past");
+    let o = gradscope(&["gradcheck", file.to_str().unwrap(), "--at-step", "10"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("halted at step 3 (the loss is NaN); checking at step 3, not 10"),
+        "{out}"
+    );
+    assert!(out.contains("at step 3 (atol"), "{out}");
+}
+
+#[test]
+fn a_gradcheck_fail_names_the_element_and_why() {
+    let file = halting_file("gradcheck_fail");
+    let o = gradscope(&["gradcheck", file.to_str().unwrap(), "--at-step", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("x fails: the loss is not finite here (NaN at the point"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn curvature_at_a_nonfinite_point_refuses_with_the_reason() {
+    let file = halting_file("curvature_nonfinite");
+    let o = gradscope(&["curvature", file.to_str().unwrap(), "--at-step", "10"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.contains("checking at step 3, not 10"), "{out}");
+    assert!(
+        out.contains("no curvature here: the loss is NaN at these params"),
+        "{out}"
+    );
+    assert!(!out.contains("eigenvalue"), "{out}");
+}
