@@ -18,6 +18,11 @@ impl CompiledFile {
 }
 
 impl Evaluator {
+    /// The names of the values [`Evaluator::metrics`] gives, in order.
+    pub fn metric_names(&self) -> &[String] {
+        &self.metric_names
+    }
+
     /// Every metric's value at the current params, in file order (empty without metrics).
     pub fn metrics(&self) -> Result<Vec<f64>, Diagnostic> {
         let Some(exec) = &self.metrics else {

@@ -267,8 +267,9 @@ pub struct Evaluator {
     source: Arc<SourceFile>,
     loss_span: Span,
     dtype: CDType,
-    /// The file's metrics, stacked (see [`metrics`]).
+    /// The file's metrics, stacked (see [`metrics`]), and their names.
     metrics: Option<Executable>,
+    metric_names: Vec<String>,
 }
 
 /// Loss and gradients at one point, gradients detached from the graph and in the run's dtype.
@@ -338,6 +339,7 @@ impl Evaluator {
             loss_span: out.span.clone(),
             dtype,
             metrics,
+            metric_names: compiled.metric_names(),
         })
     }
 

@@ -22,6 +22,8 @@ pub struct Summary {
     pub halted: Option<String>,
     pub steps_per_s: f64,
     pub final_params: Vec<(String, Vec<f64>)>,
+    /// Each metric's value at the final params, in file order.
+    pub final_metrics: Vec<(String, f64)>,
 }
 
 /// Steps one run to its end, calling `log` for every step; returns the summary.
@@ -78,6 +80,12 @@ pub fn drive(run: &mut Run, mut log: impl FnMut(&Run, &StepRecord)) -> Result<Su
             .iter()
             .cloned()
             .zip(run.param_values())
+            .collect(),
+        final_metrics: run
+            .metric_names()
+            .iter()
+            .cloned()
+            .zip(run.metric_values()?)
             .collect(),
     })
 }
