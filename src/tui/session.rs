@@ -38,6 +38,8 @@ pub struct RunView {
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
     pub path: Decimated<[f64; 2]>,
+    /// Its `[metrics]` values at the steps the worker reported them.
+    pub metrics: super::metrics::MetricTrack,
 }
 
 /// Path points a run view keeps (beyond that, every other one is dropped).
@@ -79,6 +81,8 @@ pub struct Session {
     pub landscape: LandscapeView,
     /// Param values in all (2 means the landscape is over the params' own coordinates).
     pub dims: usize,
+    /// The names of the file's `[metrics]`, in file order.
+    pub metric_names: Vec<String>,
     commands: Sender<Command>,
     handle: Option<JoinHandle<()>>,
     colors_used: usize,
@@ -181,6 +185,7 @@ impl Session {
                     curvature: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
+                    metrics: Default::default(),
                 });
             }
             Event::Removed(rid) => {
@@ -208,6 +213,7 @@ impl Session {
             Event::Truncated(rid, len, scale) => {
                 if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
                     r.history.truncate(len);
+                    r.metrics.truncate(len as u64);
                     r.streams = super::chart::streams(&r.history);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
@@ -232,6 +238,11 @@ impl Session {
             Event::Params(rid, p) => {
                 if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
                     r.params = p;
+                }
+            }
+            Event::Metrics(rid, step, values) => {
+                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                    r.metrics.push(step, values);
                 }
             }
             Event::LrScale(rid, scale, step) => {
@@ -316,6 +327,7 @@ impl Session {
             }),
         );
         let dims = compiled.param_count();
+        let metric_names = compiled.metric_names();
         let emit: worker::Emit = Box::new(move |e| {
             let _ = events.send(Msg::Worker(id, e));
         });
@@ -332,6 +344,7 @@ impl Session {
             failed,
             landscape,
             dims,
+            metric_names,
             commands: tx,
             handle,
             colors_used: 0,
