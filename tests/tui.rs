@@ -183,6 +183,32 @@ fn snapshot_main_screen_with_several_runs() {
     snapshot("main_rosenbrock_50_steps", &t);
 }
 
+/// Each step is settled on its own, so every step is reported and the curve is the same on a
+/// loaded machine.
+#[test]
+fn snapshot_metrics_tab_charts_one_line_per_run_and_the_inspector_shows_the_values() {
+    let (mut app, rx) = open("losses/mse_l1.toml");
+    for _ in 0..10 {
+        typed_settled(&mut app, &rx, "n");
+    }
+    assert_eq!(app.tabs().last(), Some(&Tab::Metrics));
+    app.tab = Tab::Metrics;
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("Metrics: dist (1/2, M next)"), "{screen}");
+    assert!(screen.contains("metrics @10"), "{screen}");
+    snapshot("metrics_tab_mse_l1_10_steps", &t);
+    typed(&mut app, "M");
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(screen.contains("Metrics: r2 (2/2, M next)"), "{screen}");
+}
+
+#[test]
+fn files_without_metrics_have_no_metrics_tab() {
+    let (app, _rx) = open(ROSENBROCK);
+    assert!(!app.tabs().contains(&Tab::Metrics));
+}
+
 #[test]
 fn snapshot_nan_event_shows_warnings_and_a_red_marker() {
     let (mut app, rx) = open("losses/norm_at_zero.toml");

@@ -13,6 +13,7 @@ use crate::load;
 use crate::optim::settings::{GradSource, NonFinitePolicy};
 use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
+use crate::run::metrics::MetricLog;
 use crate::run::summary::{Summary, drive};
 use crate::run::{Retention, Run, RunRequest};
 
@@ -176,7 +177,7 @@ pub fn build_runs(
 
 /// The comparison table printed after the runs.
 pub fn comparison_table(summaries: &[Summary]) -> String {
-    let header = [
+    let mut header = vec![
         "run",
         "final loss",
         "best loss (step)",
@@ -185,10 +186,14 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
         "skipped",
         "steps/s",
     ];
-    let rows: Vec<[String; 7]> = summaries
+    // Each metric's final value, one column a metric (every run of a file has the same ones).
+    if let Some(s) = summaries.first() {
+        header.extend(s.final_metrics.iter().map(|(n, _)| n.as_str()));
+    }
+    let rows: Vec<Vec<String>> = summaries
         .iter()
         .map(|s| {
-            [
+            let mut row = vec![
                 match s.interrupted {
                     Some(k) => format!("{} (interrupted at step {k})", s.run),
                     None => s.run.clone(),
@@ -202,10 +207,12 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
                 s.clipped.to_string(),
                 s.skipped.to_string(),
                 format!("{:.0}", s.steps_per_s),
-            ]
+            ];
+            row.extend(s.final_metrics.iter().map(|(_, v)| fmt_num(*v)));
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
@@ -221,7 +228,7 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     };
-    line(header.to_vec(), &mut out);
+    line(header, &mut out);
     for row in &rows {
         line(row.iter().map(String::as_str).collect(), &mut out);
     }
@@ -321,8 +328,17 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         .max()
         .unwrap_or(0)
         .max("run".len());
+    let metric_names = runs
+        .first()
+        .map(|r| r.metric_names().to_vec())
+        .unwrap_or_default();
     match args.format {
-        Format::Csv => writeln!(out, "{}", csv_header(&names))?,
+        Format::Csv => writeln!(
+            out,
+            "{}{}",
+            csv_header(&names),
+            MetricLog::new(&metric_names, every).csv_header()
+        )?,
         Format::Table => writeln!(
             out,
             "{:<width$} {:>8} {:>14} {:>12} {:>10}",
@@ -347,17 +363,32 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
             b
         });
         let mut io_error = None;
+        // Each row's metrics are taken at the params its loss was taken at: θ_0 here, θ_k+1
+        // when row k is logged (after the step from θ_k).
+        let mut metrics = MetricLog::new(&metric_names, every);
+        let mut metric_error = metrics.prepare(run).err();
         let summary = drive(run, |run, r| {
             if let Some(b) = &bar {
                 b.set_position(r.step);
+            }
+            // Metrics at the params the run is at now: those of the next row.
+            if let Err(d) = metrics.prepare(run) {
+                metric_error.get_or_insert(d);
             }
             let last = r.step == run.step_count();
             if r.step.is_multiple_of(every) || last {
                 let res = match args.format {
                     Format::Jsonl => {
-                        writeln!(out, "{}", step_json(&run.name, run.param_names(), r))
+                        let mut row = step_json(&run.name, run.param_names(), r);
+                        metrics.add_json(&mut row, r.step);
+                        writeln!(out, "{row}")
                     }
-                    Format::Csv => writeln!(out, "{}", csv_row(&run.name, run.param_names(), r)),
+                    Format::Csv => writeln!(
+                        out,
+                        "{}{}",
+                        csv_row(&run.name, run.param_names(), r),
+                        metrics.csv_cells(r.step)
+                    ),
                     Format::Table => writeln!(
                         out,
                         "{:<width$} {:>8} {:>14} {:>12} {:>10}",
@@ -383,7 +414,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         if let Some(e) = io_error {
             return Err(e.into());
         }
-        let summary = match summary {
+        let summary = match metric_error.map_or(summary, Err) {
             Ok(s) => s,
             Err(d) => {
                 eprint!("{}", d.render(color));

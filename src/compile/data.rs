@@ -224,11 +224,16 @@ fn order(
 
 /// Names an expression refers to.
 pub fn free_names(e: &Expr) -> Vec<String> {
+    name_uses(e).into_iter().map(|(n, _)| n).collect()
+}
+
+/// Every use of a name in an expression, with its span, in source order.
+pub fn name_uses(e: &Expr) -> Vec<(String, Span)> {
     let mut out = Vec::new();
-    fn walk(e: &Expr, out: &mut Vec<String>) {
+    fn walk(e: &Expr, out: &mut Vec<(String, Span)>) {
         match &e.kind {
             ExprKind::Number(_) => {}
-            ExprKind::Name(n) => out.push(n.clone()),
+            ExprKind::Name(n) => out.push((n.clone(), e.span.clone())),
             ExprKind::Array(items) => items.iter().for_each(|i| walk(i, out)),
             ExprKind::Neg(x) => walk(x, out),
             ExprKind::Binary { lhs, rhs, .. } => {

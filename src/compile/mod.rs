@@ -8,6 +8,7 @@ pub mod function;
 pub mod fused;
 pub mod gradcheck;
 pub mod lower;
+pub mod metrics;
 pub mod ops;
 pub mod plan;
 pub mod shape;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use candle_core::{DType as CDType, Device, Tensor, Var};
 
 use self::data::Named;
-use self::lower::{Kind, Lowerer};
+use self::lower::{Kind, Lowerer, VariantLoss};
 use self::plan::{Executable, Op, Plan};
 use self::shape::Shape;
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
@@ -46,6 +47,8 @@ pub struct RunDef {
     pub optimizer: Vec<Setting>,
     /// The same settings, typed.
     pub settings: RunSettings,
+    /// The file's `[metrics]` over this run's program, stacked (None when it has none).
+    pub metrics: Option<Plan>,
 }
 
 /// A loss file ready to run.
@@ -91,6 +94,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         consts: file.consts.clone(),
         dtype: file.dtype,
         optimizer: file.optimizer.clone(),
+        own_loss: false,
     };
     let variants: Vec<RunSpec> = file
         .variants
@@ -101,11 +105,12 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
             consts: overlay(&file.consts, &v.consts, |c| &c.name.node),
             dtype: v.dtype.unwrap_or(file.dtype),
             optimizer: overlay(&file.optimizer, &v.optimizer, |s| &s.key.node),
+            own_loss: v.loss.is_some(),
         })
         .collect();
     base.optimizer = file.optimizer.clone();
     for spec in std::iter::once(&base).chain(&variants) {
-        let (plan, d) = lower_run(&file.source, &functions, file.seed, spec, &data, &params);
+        let (plan, metrics, d) = lower_run(&file, &functions, spec, &data, &params);
         diags.extend(d);
         let settings = run_settings(&spec.optimizer);
         // Each value was checked on its own; torch also refuses some combinations.
@@ -125,6 +130,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                 plan,
                 optimizer: spec.optimizer.clone(),
                 settings,
+                metrics,
             });
         }
     }
@@ -161,6 +167,8 @@ struct RunSpec<'a> {
     consts: Vec<ConstEntry>,
     dtype: DType,
     optimizer: Vec<Setting>,
+    /// Whether the loss is a variant's own program rather than the file's.
+    own_loss: bool,
 }
 
 /// `base` with entries of `over` replacing those of the same key.
@@ -174,15 +182,16 @@ fn overlay<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec
     out
 }
 
+/// A run's loss plan and metrics plan.
 fn lower_run(
-    source: &Arc<SourceFile>,
+    file: &LossFile,
     functions: &Arc<Vec<crate::lang::file::FunctionDef>>,
-    seed: u64,
     spec: &RunSpec,
     data: &[Named],
     params: &[Named],
-) -> (Option<Plan>, Vec<Diagnostic>) {
-    let mut lw = Lowerer::new(source, seed, "loss").with_functions(Arc::clone(functions));
+) -> (Option<Plan>, Option<Plan>, Vec<Diagnostic>) {
+    let source = &file.source;
+    let mut lw = Lowerer::new(source, file.seed, "loss").with_functions(Arc::clone(functions));
     for c in &spec.consts {
         if let Ok(t) = Tensor::new(c.value, &Device::Cpu) {
             lw.bind_known(&c.name.node, t, Kind::Const);
@@ -195,7 +204,18 @@ fn lower_run(
         let shape = Shape(p.value.dims().to_vec());
         lw.bind_input(&p.name, data.len() + j, Kind::Param, shape, p.span.clone());
     }
-    let (plan, mut diags) = lw.program(spec.loss);
+    let base_lines: HashSet<String> = file
+        .loss
+        .node
+        .stmts
+        .iter()
+        .map(|s| s.name.node.clone())
+        .collect();
+    let variant = spec.own_loss.then(|| VariantLoss {
+        name: &spec.name,
+        base_lines: &base_lines,
+    });
+    let (plan, metrics, mut diags) = lw.program_with_metrics(spec.loss, &file.metrics, variant);
     if let Some(plan) = &plan {
         let reached = params_reaching_loss(plan, data.len());
         for (j, p) in params.iter().enumerate() {
@@ -211,7 +231,7 @@ fn lower_run(
             }
         }
     }
-    (plan, diags)
+    (plan, metrics, diags)
 }
 
 /// Params whose value flows into the output through differentiable ops.
@@ -258,6 +278,9 @@ pub struct Evaluator {
     source: Arc<SourceFile>,
     loss_span: Span,
     dtype: CDType,
+    /// The file's metrics, stacked (see [`metrics`]), and their names.
+    metrics: Option<Executable>,
+    metric_names: Vec<String>,
 }
 
 /// Loss and gradients at one point, gradients detached from the graph and in the run's dtype.
@@ -303,6 +326,11 @@ impl Evaluator {
                 _ => None,
             });
         let exec = Executable::new(def.plan.clone(), dtype, accumulate)?;
+        let metrics = def
+            .metrics
+            .clone()
+            .map(|p| Executable::new(p, dtype, accumulate))
+            .transpose()?;
         let data = compiled
             .data
             .iter()
@@ -321,6 +349,8 @@ impl Evaluator {
             source: Arc::clone(&compiled.file.source),
             loss_span: out.span.clone(),
             dtype,
+            metrics,
+            metric_names: compiled.metric_names(),
         })
     }
 

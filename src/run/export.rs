@@ -47,6 +47,7 @@ pub fn summary_json(s: &Summary) -> Value {
         "final_loss": json_num(s.final_loss), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
         "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
         "skipped": s.skipped, "halted": s.halted, "interrupted_at": s.interrupted, "steps_per_s": s.steps_per_s, "final_params": params,
+        "final_metrics": super::metrics::metrics_json(&s.final_metrics),
     })
 }
 

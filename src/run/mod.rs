@@ -5,6 +5,7 @@
 
 pub mod export;
 pub mod history;
+pub mod metrics;
 pub mod summary;
 pub mod trajectory;
 pub mod worker;

@@ -25,6 +25,8 @@ pub struct Summary {
     pub interrupted: Option<u64>,
     pub steps_per_s: f64,
     pub final_params: Vec<(String, Vec<f64>)>,
+    /// Each metric's value at the final params, in file order.
+    pub final_metrics: Vec<(String, f64)>,
 }
 
 /// Steps one run to its end, calling `log` for every row (0..=N: a row once the run has stepped
@@ -84,6 +86,12 @@ pub fn drive(
             .iter()
             .cloned()
             .zip(run.param_values())
+            .collect(),
+        final_metrics: run
+            .metric_names()
+            .iter()
+            .cloned()
+            .zip(run.metric_values()?)
             .collect(),
     })
 }

@@ -127,6 +127,8 @@ pub enum Event {
     Truncated(RunId, usize, f64),
     Halted(RunId, u64, String),
     Params(RunId, Vec<ParamStats>),
+    /// A run's metric values at a step (after that many updates), for files with `[metrics]`.
+    Metrics(RunId, u64, Vec<f64>),
     /// A run's learning-rate multiplier changed, taking effect at this step.
     LrScale(RunId, f64, u64),
     Playing(bool),
@@ -277,11 +279,24 @@ impl Worker {
                     lr_plan: lr.into(),
                 };
                 self.send(Event::Params(id, stats(&slot.run)));
+                self.send_metrics(id, &slot.run);
                 self.send_path(&mut slot, true);
                 self.slots.push(slot);
                 self.follow_lr_plan(self.slots.len() - 1);
             }
             Err(e) => self.send(Event::Failed(format!("cannot start run `{name}`: {e}"))),
+        }
+    }
+
+    /// Sends a run's metrics at its current params, when the file has any. One forward pass a
+    /// report (at most every [`REPORT_EVERY`] while playing), whatever the step rate.
+    fn send_metrics(&self, id: RunId, run: &Run) {
+        if run.metric_names().is_empty() {
+            return;
+        }
+        match run.metric_values() {
+            Ok(v) => self.send(Event::Metrics(id, run.step_count(), v)),
+            Err(d) => self.send(Event::Failed(d.headline())),
         }
     }
 
@@ -483,6 +498,7 @@ impl Worker {
             self.slots[i].target = None;
             self.send(Event::Truncated(id, len, self.slots[i].run.lr_scale));
             self.send(Event::Params(id, stats(&self.slots[i].run)));
+            self.send_metrics(id, &self.slots[i].run);
         }
         self.send_paths();
     }
@@ -585,6 +601,7 @@ impl Worker {
                 s.sent_current =
                     rows.end == h.len() && h.core(rows.end - 1).flags & flags::STEPPED == 0;
                 (self.emit)(Event::Params(s.id, stats(&s.run)));
+                self.send_metrics(s.id, &s.run);
                 if let Some(h) = &s.run.halted {
                     let reason = match &h.provenance {
                         // A divergence's reason names the overflowing op itself.

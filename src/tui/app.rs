@@ -84,22 +84,25 @@ pub enum Tab {
     LrRatio,
     Params,
     Landscape,
+    /// The file's `[metrics]`, shown only for files that have them.
+    Metrics,
 }
 
 impl Tab {
     /// Every tab, in the tab bar's order.
-    pub const ALL: [Tab; 5] = [
+    pub const ALL: [Tab; 6] = [
         Tab::Loss,
         Tab::GradNorm,
         Tab::LrRatio,
         Tab::Params,
         Tab::Landscape,
+        Tab::Metrics,
     ];
 
-    /// The tab `k` places after this one, wrapping around.
-    pub fn next(self, k: usize) -> Tab {
-        let i = Tab::ALL.iter().position(|t| *t == self).unwrap_or(0);
-        Tab::ALL[(i + k) % Tab::ALL.len()]
+    /// The tab `k` places after this one among `tabs` (those shown), wrapping around.
+    pub fn next(self, k: usize, tabs: &[Tab]) -> Tab {
+        let i = tabs.iter().position(|t| *t == self).unwrap_or(0);
+        tabs[(i + k) % tabs.len()]
     }
 
     /// The tab bar's title.
@@ -110,6 +113,7 @@ impl Tab {
             Tab::LrRatio => "LR, Δ/p",
             Tab::Params => "Param norms",
             Tab::Landscape => "Landscape",
+            Tab::Metrics => "Metrics",
         }
     }
 }
@@ -196,6 +200,8 @@ pub struct App {
     pub smoothing: bool,
     pub last_n: bool,
     pub per_param: bool,
+    /// The metric the Metrics tab charts (an index into the file's `[metrics]`).
+    pub metric: usize,
     pub show_help: bool,
     pub popup: Option<Popup>,
     pub count: Option<u64>,
@@ -221,6 +227,7 @@ impl App {
             smoothing: false,
             last_n: false,
             per_param: false,
+            metric: 0,
             show_help: false,
             popup: None,
             count: None,

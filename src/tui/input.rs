@@ -111,8 +111,12 @@ impl App {
                     Focus::Charts => Focus::Runs,
                 }
             }
-            KeyAction::NextTab => self.tab = self.tab.next(1),
-            KeyAction::PreviousTab => self.tab = self.tab.next(Tab::ALL.len() - 1),
+            KeyAction::NextTab => self.tab = self.tab.next(1, &self.tabs()),
+            KeyAction::PreviousTab => {
+                let tabs = self.tabs();
+                self.tab = self.tab.next(tabs.len() - 1, &tabs);
+            }
+            KeyAction::NextMetric => self.next_metric(),
             KeyAction::Down => return self.move_selection(n as i64),
             KeyAction::Up => return self.move_selection(-(n as i64)),
             KeyAction::ZoomIn
@@ -314,9 +318,10 @@ impl App {
                     }
                 } else if areas.tabs.contains(pos) {
                     self.focus = Focus::Charts;
-                    if let Some(t) =
-                        super::layout::tab_at_column(m.column.saturating_sub(areas.tabs.x))
-                    {
+                    if let Some(t) = super::layout::tab_at_column(
+                        m.column.saturating_sub(areas.tabs.x),
+                        &self.tabs(),
+                    ) {
                         self.tab = t;
                     }
                 }

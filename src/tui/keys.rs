@@ -20,6 +20,7 @@ pub enum KeyAction {
     Smoothing,
     LastSteps,
     PerParam,
+    NextMetric,
     DoubleLr,
     HalveLr,
     AddRun,
@@ -170,6 +171,12 @@ pub const BINDINGS: &[Binding] = &[
         &[ch('v')],
         A::PerParam,
         "per-parameter lines (gradient norm tab)",
+        None,
+    ),
+    bind(
+        &[ch('M')],
+        A::NextMetric,
+        "next metric (Metrics tab, files with [metrics])",
         None,
     ),
     bind(

@@ -103,11 +103,10 @@ pub fn file_at_row(app: &App, row: usize, panel_height: u16) -> Option<usize> {
     rows.get(offset + row).and_then(|r| r.file())
 }
 
-/// Column where each tab title starts, for mouse clicks.
-fn tab_spans() -> Vec<(u16, u16)> {
+/// Column where each of the shown tabs' titles starts, for mouse clicks.
+fn tab_spans(tabs: &[Tab]) -> Vec<(u16, u16)> {
     let mut x = 1;
-    Tab::ALL
-        .iter()
+    tabs.iter()
         .map(|t| {
             let w = t.title().chars().count() as u16;
             let span = (x, x + w);
@@ -117,12 +116,12 @@ fn tab_spans() -> Vec<(u16, u16)> {
         .collect()
 }
 
-/// The tab under column `x` of the tab bar.
-pub fn tab_at_column(x: u16) -> Option<Tab> {
-    tab_spans()
+/// The tab under column `x` of a tab bar showing `tabs`.
+pub fn tab_at_column(x: u16, tabs: &[Tab]) -> Option<Tab> {
+    tab_spans(tabs)
         .iter()
         .position(|&(a, b)| (a..b).contains(&x))
-        .map(|i| Tab::ALL[i])
+        .map(|i| tabs[i])
 }
 
 /// The Landscape tab's inside: the map and, when there is room, the learning-rate slice.

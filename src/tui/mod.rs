@@ -18,6 +18,8 @@ pub mod keys;
 pub mod landscape_view;
 /// Layout and hit-testing.
 pub mod layout;
+/// The `[metrics]` a run view keeps, and which tabs and metric are shown.
+pub mod metrics;
 /// The I/O `update` asks for, and `App::handle`.
 pub mod perform;
 /// Multi-resolution summaries behind long charts.

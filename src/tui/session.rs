@@ -67,6 +67,8 @@ pub struct RunView {
     pub link: Link,
     /// Its curves before the last edits of the file, newest first.
     pub before: Vec<Before>,
+    /// Its `[metrics]` values at the steps the worker reported them.
+    pub metrics: super::metrics::MetricTrack,
 }
 
 /// Path points a run view keeps (beyond that, every other one is dropped).
@@ -113,6 +115,8 @@ pub struct Session {
     pub landscape: LandscapeView,
     /// Param values in all (2 means the landscape is over the params' own coordinates).
     pub dims: usize,
+    /// The names of the file's `[metrics]`, in file order.
+    pub metric_names: Vec<String>,
     commands: Sender<Command>,
     handle: Option<JoinHandle<()>>,
     colors_used: usize,
@@ -227,6 +231,7 @@ impl Session {
                     path: Decimated::new(PATH_POINTS),
                     link: Link::Live,
                     before: Vec::new(),
+                    metrics: Default::default(),
                 });
             }
             Event::Removed(rid) => {
@@ -262,6 +267,7 @@ impl Session {
             Event::Truncated(rid, len, scale) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.history.truncate(len);
+                    r.metrics.truncate(len as u64);
                     r.streams = super::chart::streams(&r.history);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
@@ -287,6 +293,11 @@ impl Session {
             Event::Params(rid, p) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.params = p;
+                }
+            }
+            Event::Metrics(rid, step, values) => {
+                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                    r.metrics.push(step, values);
                 }
             }
             Event::LrScale(rid, scale, step) => {
@@ -378,6 +389,7 @@ impl Session {
             }),
         );
         let dims = compiled.param_count();
+        let metric_names = compiled.metric_names();
         let emit: worker::Emit = Box::new(move |e| {
             let _ = events.send(Msg::Worker(id, e));
         });
@@ -394,6 +406,7 @@ impl Session {
             failed,
             landscape,
             dims,
+            metric_names,
             commands: tx,
             handle,
             colors_used: 0,

@@ -11,6 +11,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod calls;
+mod metrics;
+
+pub use metrics::VariantLoss;
 
 use super::plan::{Binary, Compare, Instr, Op, Plan, Reg, Unary, apply};
 use super::shape::{self, MAX_ELEMENTS, Shape};
@@ -229,7 +232,19 @@ impl Lowerer {
     }
 
     /// Lowers a program; the result must be a scalar.
-    pub fn program(mut self, p: &Spanned<Program>) -> (Option<Plan>, Vec<Diagnostic>) {
+    pub fn program(self, p: &Spanned<Program>) -> (Option<Plan>, Vec<Diagnostic>) {
+        let (plan, _, diags) = self.program_with(p, |_| None);
+        (plan, diags)
+    }
+
+    /// Lowers a program, then `extra` over the names it defines (before unused names are
+    /// reported, so a name `extra` reads counts as used). Returns the loss plan, the plan of the
+    /// register `extra` gives, and the diagnostics.
+    fn program_with(
+        mut self,
+        p: &Spanned<Program>,
+        extra: impl FnOnce(&mut Self) -> Option<Reg>,
+    ) -> (Option<Plan>, Option<Plan>, Vec<Diagnostic>) {
         let mut locals: Vec<&Spanned<String>> = Vec::new();
         for stmt in &p.node.stmts {
             let name = &stmt.name;
@@ -256,6 +271,7 @@ impl Lowerer {
         if result.is_err() {
             self.mark_used(&p.node.result);
         }
+        let extra = extra(&mut self);
         for name in locals {
             if !self.used.contains(&name.node) {
                 self.diags.push(
@@ -266,7 +282,7 @@ impl Lowerer {
             }
         }
         let Ok(out) = result else {
-            return (None, self.diags);
+            return (None, None, self.diags);
         };
         if !self.shape(out).is_scalar() {
             let shape = self.shape(out).clone();
@@ -275,11 +291,14 @@ impl Lowerer {
                 &p.node.result.span,
             )
             .help = Some("reduce it with mean(...) or sum(...)".into());
-            return (None, self.diags);
+            return (None, None, self.diags);
         }
         let diags = std::mem::take(&mut self.diags);
-        let plan = (!diags.iter().any(Diagnostic::is_error)).then(|| self.finish(out));
-        (plan, diags)
+        if diags.iter().any(Diagnostic::is_error) {
+            return (None, None, diags);
+        }
+        let extra = extra.map(|r| self.finish(r));
+        (Some(self.finish(out)), extra, diags)
     }
 
     /// Counts every name in a failed expression as used: lowering stopped at the error, so the
@@ -289,7 +308,7 @@ impl Lowerer {
     }
 
     /// Keeps only the instructions the output needs.
-    fn finish(self, output: Reg) -> Plan {
+    fn finish(&self, output: Reg) -> Plan {
         let mut live = vec![false; self.instrs.len()];
         live[output] = true;
         for k in (0..self.instrs.len()).rev() {
@@ -301,8 +320,9 @@ impl Lowerer {
         }
         let mut new_index = vec![usize::MAX; self.instrs.len()];
         let mut instrs = Vec::new();
-        for (k, mut instr) in self.instrs.into_iter().enumerate() {
+        for (k, instr) in self.instrs.iter().enumerate() {
             if live[k] {
+                let mut instr = instr.clone();
                 instr.args.iter_mut().for_each(|a| *a = new_index[*a]);
                 new_index[k] = instrs.len();
                 instrs.push(instr);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile, ParamEntry, Setting,
-    SettingValue, Variant, is_identifier, string_offsets,
+    ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile, MetricEntry, ParamEntry,
+    Setting, SettingValue, Variant, is_identifier, string_offsets,
 };
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "optimizer",
     "variants",
     "functions",
+    "metrics",
 ];
 const SCALAR_TOP_KEYS: &[&str] = &["name", "about", "seed", "dtype", "loss"];
 const VARIANT_KEYS: &[&str] = &[
@@ -177,6 +178,10 @@ impl Checker {
             .get("functions")
             .map(|v| self.functions(v))
             .unwrap_or_default();
+        let metrics = self.entries(&root, "metrics", |cx, name, v| {
+            cx.expr_value(v, "a metric")
+                .map(|value| MetricEntry { name, value })
+        });
         Some(LossFile {
             source,
             name: name?,
@@ -190,6 +195,7 @@ impl Checker {
             optimizer,
             variants,
             functions,
+            metrics,
         })
     }
 
@@ -320,7 +326,7 @@ impl Checker {
 
     /// The classic TOML slip: a top-level key written after a `[table]` header lands in the table.
     fn check_misplaced_top_keys(&mut self, root: &DeTable) {
-        for table in ["data", "consts", "params", "optimizer"] {
+        for table in ["data", "consts", "params", "optimizer", "metrics"] {
             let Some(DeValue::Table(t)) = root.get(table).map(|v| v.get_ref()) else {
                 continue;
             };
@@ -338,7 +344,7 @@ impl Checker {
     }
 
     fn misplaced_loss(&self, root: &DeTable) -> bool {
-        ["data", "consts", "params", "optimizer"].iter().any(|t| {
+        ["data", "consts", "params", "optimizer", "metrics"].iter().any(|t| {
             matches!(root.get(*t).map(|v| v.get_ref()), Some(DeValue::Table(t)) if t.contains_key("loss"))
         })
     }

@@ -72,6 +72,13 @@ pub struct ParamEntry {
     pub value: Expr,
 }
 
+/// A `[metrics]` entry: a named scalar expression evaluated beside the loss, without gradients.
+#[derive(Debug, Clone)]
+pub struct MetricEntry {
+    pub name: Spanned<String>,
+    pub value: Expr,
+}
+
 /// A raw `[optimizer]` setting; the optimizer module gives it meaning.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SettingValue {
@@ -125,6 +132,8 @@ pub struct LossFile {
     pub optimizer: Vec<Setting>,
     pub variants: Vec<Variant>,
     pub functions: Vec<FunctionDef>,
+    /// Named expressions every run evaluates beside its loss, in file order.
+    pub metrics: Vec<MetricEntry>,
 }
 
 /// A `[functions.NAME]` entry: a function with its own gradient, for what autodiff cannot or

@@ -6,7 +6,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
-use super::panel;
+use super::{nan_markers, panel};
 use crate::format::fmt_num;
 use crate::run::history::History;
 use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
@@ -23,7 +23,7 @@ fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
     let names: Vec<String> = run.params.iter().map(|p| p.name.clone()).collect();
     let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("p{i}"));
     match app.tab {
-        Tab::Loss | Tab::Landscape => vec![(Metric::Loss, String::new())],
+        Tab::Loss | Tab::Landscape | Tab::Metrics => vec![(Metric::Loss, String::new())],
         Tab::GradNorm if app.per_param => (0..params)
             .map(|i| (Metric::ParamGradNorm(i), format!(" ∇{}", name(i))))
             .collect(),
@@ -217,14 +217,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         );
     }
     if !nan_points.is_empty() {
-        datasets.push(
-            Dataset::default()
-                .name("NaN/Inf")
-                .marker(Marker::Block)
-                .graph_type(GraphType::Scatter)
-                .style(Style::new().fg(Color::Red))
-                .data(&nan_points),
-        );
+        datasets.push(nan_markers(&nan_points));
     }
     let ylabel = |v: f64| {
         if log {

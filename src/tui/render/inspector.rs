@@ -76,6 +76,7 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
             r.clipped, r.skipped
         )));
     }
+    lines.extend(super::metrics::inspector_lines(s, r));
     if let Some((step, checks)) = &r.gradcheck {
         let failed: Vec<&str> = checks
             .iter()

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{List, ListItem, ListState, Paragraph, Tabs};
 
 use super::panel;
-use crate::tui::app::{App, Focus, Tab};
+use crate::tui::app::{App, Focus};
 use crate::tui::layout::{FileRow, file_rows};
 use crate::tui::session::{Link, RunView};
 
@@ -95,8 +95,9 @@ fn status_style(r: &RunView, playing: bool) -> Style {
 
 /// The chart tabs, the shown one highlighted.
 pub fn tabs(f: &mut Frame, app: &App, area: Rect) {
-    let selected = Tab::ALL.iter().position(|t| *t == app.tab);
-    let tabs = Tabs::new(Tab::ALL.iter().map(|t| t.title()))
+    let shown = app.tabs();
+    let selected = shown.iter().position(|t| *t == app.tab);
+    let tabs = Tabs::new(shown.iter().map(|t| t.title()))
         .select(selected)
         .highlight_style(Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD));
     f.render_widget(tabs, area);

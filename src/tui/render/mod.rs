@@ -1,7 +1,7 @@
 //! Rendering: pure functions of the [`App`], one module a region. The layout:
 //!
 //! ```text
-//! ┌ Losses ────┐┌ Loss │ Grad norm │ LR, Δ/p │ Param norms │ Landscape ───────┐┌ Inspector ─┐
+//! ┌ Losses ────┐┌ Loss │ Grad norm │ LR, Δ/p │ Param norms │ Landscape │ Metrics ┐┌ Inspector ─┐
 //! │ group/     ││                                                          ││ run, step  │
 //! │  file  ok  ││        chart (all runs overlaid) or the landscape        ││ loss, lr   │
 //! ├ Runs ──────┤│                                                          ││ per param  │
@@ -17,6 +17,7 @@ mod diagnostics;
 mod inspector;
 mod landscape;
 mod lists;
+mod metrics;
 mod overlays;
 mod status;
 mod warnings;
@@ -78,6 +79,16 @@ fn panel(title: &str, focused: bool) -> Block<'_> {
         .title(title)
 }
 
+/// The red blocks that mark NaN/Inf steps at a chart's top edge.
+fn nan_markers(points: &[(f64, f64)]) -> ratatui::widgets::Dataset<'_> {
+    ratatui::widgets::Dataset::default()
+        .name("NaN/Inf")
+        .marker(ratatui::symbols::Marker::Block)
+        .graph_type(ratatui::widgets::GraphType::Scatter)
+        .style(Style::new().fg(Color::Red))
+        .data(points)
+}
+
 /// The chart region: the selected tab, under the diagnostics when the file is broken.
 fn centre(f: &mut Frame, app: &App, area: Rect) {
     let Some(file) = app.file() else {
@@ -105,6 +116,7 @@ fn centre(f: &mut Frame, app: &App, area: Rect) {
 fn tab(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     match app.tab {
         Tab::Landscape => landscape::render(f, app, file, area),
+        Tab::Metrics => metrics::render(f, app, file, area),
         _ => chart::render(f, app, file, area),
     }
 }
