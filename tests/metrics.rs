@@ -91,3 +91,17 @@ fn the_table_ends_with_each_metrics_final_value() {
     assert_eq!(base[0], "base");
     assert_eq!(base.last(), base.get(1), "{}", table[1]);
 }
+
+#[test]
+fn check_reports_each_metric_at_the_initial_params() {
+    // The same closed form as above: accuracy 0.5, dist √24.
+    let out = common::gradscope(&["check", TINY, "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(v["metrics"]["accuracy"], 0.5);
+    let dist = v["metrics"]["dist"].as_f64().unwrap();
+    assert!((dist - 24f64.sqrt()).abs() < 1e-5, "{dist}");
+    let text = common::gradscope(&["check", TINY]).stdout;
+    assert!(String::from_utf8_lossy(&text).contains("accuracy 0.5"));
+}

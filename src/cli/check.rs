@@ -19,6 +19,8 @@ pub struct RunReport {
     pub dtype: &'static str,
     pub loss: f64,
     pub params: Vec<ParamReport>,
+    /// The file's `[metrics]` at the initial params, by name.
+    pub metrics: Vec<(String, f64)>,
 }
 
 /// One param's gradient at the initial params.
@@ -127,11 +129,18 @@ fn evaluate_run(
             grad,
         });
     }
+    let metrics = ev
+        .metric_names()
+        .iter()
+        .cloned()
+        .zip(ev.metrics()?)
+        .collect();
     let report = RunReport {
         name: def.name.clone(),
         dtype: def.dtype.name(),
         loss: eval.loss,
         params,
+        metrics,
     };
     Ok((report, warnings))
 }
@@ -204,6 +213,11 @@ fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Re
             .params
             .iter()
             .map(|p| format!("|∇{}| {}", p.name, fmt_num(p.grad_norm)))
+            .chain(
+                run.metrics
+                    .iter()
+                    .map(|(n, v)| format!("{n} {}", fmt_num(*v))),
+            )
             .collect();
         writeln!(
             out,
@@ -231,7 +245,10 @@ fn run_json(run: &RunReport) -> Value {
             )
         })
         .collect();
-    json!({"name": run.name, "dtype": run.dtype, "loss": json_num(run.loss), "params": params})
+    json!({
+        "name": run.name, "dtype": run.dtype, "loss": json_num(run.loss), "params": params,
+        "metrics": crate::run::metrics::metrics_json(&run.metrics),
+    })
 }
 
 fn check_json(r: &FileReport) -> Value {
@@ -245,6 +262,7 @@ fn check_json(r: &FileReport) -> Value {
         let b = run_json(base);
         obj["loss"] = b["loss"].clone();
         obj["params"] = b["params"].clone();
+        obj["metrics"] = b["metrics"].clone();
         obj["variants"] = r.runs[1..].iter().map(run_json).collect();
     }
     obj
