@@ -27,7 +27,7 @@ fn trace(loss: &str, data: &str, params: &str, dtype: &str) -> (Provenance, Stri
 fn log_of_zero_in_the_forward_pass() {
     let (p, at) = trace("sum(log(w * x))", "x = \"[1, 0, 2, 0]\"", "w = 1.0", "f32");
     assert_eq!(p.pass, Pass::Forward);
-    assert_eq!(p.op, "log");
+    assert_eq!(p.op, "log(w * x)");
     assert_eq!((p.count, p.total), (2, 4));
     assert_eq!(p.indices, vec![vec![1], vec![3]]);
     assert_eq!(p.inputs, vec!["log of 0", "log of 0"]);
@@ -43,7 +43,7 @@ fn sqrt_at_zero_in_the_backward_pass() {
         "f32",
     );
     assert_eq!(p.pass, Pass::Backward);
-    assert_eq!(p.op, "sqrt");
+    assert_eq!(p.op, "sqrt(sum(w^2))");
     assert_eq!((p.count, p.total), (1, 1));
     assert_eq!(p.inputs, vec!["sqrt backward at 0"]);
     assert_eq!(at, "3:9 sqrt(sum(w^2))");
@@ -53,7 +53,10 @@ fn sqrt_at_zero_in_the_backward_pass() {
 fn exp_overflowing_f32_but_not_f64() {
     // e^92.1 is about 1e40: past f32's 3.4e38, well inside f64.
     let (p, _) = trace("sum(exp(w * x))", "x = \"[1, 92.1]\"", "w = 1.0", "f32");
-    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "exp", 1));
+    assert_eq!(
+        (p.pass, p.op.as_str(), p.count),
+        (Pass::Forward, "exp(w * x)", 1)
+    );
     assert_eq!(p.inputs, vec!["exp of 92.099998"]); // 92.1 rounded to f32
     let text = "name = \"t\"\ndtype = \"f64\"\nloss = \"sum(exp(w * x))\"\n[data]\nx = \"[1, 92.1]\"\n[params]\nw = 1.0\n";
     let (c, _) = compile(load_bytes(Path::new("t.toml"), text.into()).file.unwrap());
@@ -69,7 +72,10 @@ fn exp_overflowing_f32_but_not_f64() {
 #[test]
 fn zero_over_zero() {
     let (p, _) = trace("sum((w - x) / (w - x))", "x = \"[1, 2]\"", "w = 1.0", "f64");
-    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "/", 1));
+    assert_eq!(
+        (p.pass, p.op.as_str(), p.count),
+        (Pass::Forward, "(w - x) / (w - x)", 1)
+    );
     assert_eq!(p.inputs, vec!["0 / 0"]);
     assert_eq!(p.indices, vec![vec![0]]);
 }
@@ -83,7 +89,10 @@ fn relu_swallowing_the_value_does_not_hide_the_origin() {
         "w = 1.0",
         "f32",
     );
-    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "log", 1));
+    assert_eq!(
+        (p.pass, p.op.as_str(), p.count),
+        (Pass::Forward, "log(w * x)", 1)
+    );
 }
 
 #[test]
@@ -106,7 +115,7 @@ fn run_halts_at_the_step_and_names_op_line_column_pass_and_count() {
     );
     assert!(
         stderr.contains(
-            "non-finite values start here at step 3: `sqrt` in the forward pass (1 of 1 elements)"
+            "non-finite values start here at step 3: `sqrt(detach(x))` in the forward pass (1 of 1 elements)"
         ),
         "{stderr}"
     );
@@ -122,14 +131,17 @@ fn precision_counts_overflow_and_subnormal_values_against_f64() {
     let text = "name = \"p\"\ndtype = \"f16\"\nloss = \"sum(exp(x * w)) + sum(t * v)\"\n[data]\nx = \"[12, 1]\"\nt = \"[1e-3, 1]\"\n[params]\nw = 1.0\nv = 1e-3\n";
     let (c, _) = compile(load_bytes(Path::new("p.toml"), text.into()).file.unwrap());
     let stats = Evaluator::new(&c.unwrap(), 0).unwrap().precision().unwrap();
-    let exp = stats.iter().find(|s| s.op == "exp").expect("exp reported");
+    let exp = stats
+        .iter()
+        .find(|s| s.op == "exp(x * w)")
+        .expect("exp reported");
     assert_eq!(
         (exp.total, exp.overflowed, exp.flushed, exp.subnormal),
         (2, 1, 0, 0)
     );
     let mul = stats
         .iter()
-        .find(|s| s.op == "*" && s.subnormal > 0)
+        .find(|s| s.op == "t * v" && s.subnormal > 0)
         .expect("t * v reported");
     assert_eq!((mul.total, mul.subnormal), (2, 1));
 }
@@ -152,7 +164,7 @@ fn the_f16_overflow_demo_halts_only_in_its_naive_f16_run() {
     assert!(halt_of(0).is_none(), "f32 survives");
     let h = halt_of(1).expect("naive f16 halts");
     let p = h.provenance.expect("traced");
-    assert_eq!((p.pass, p.op.as_str()), (Pass::Forward, "sum"));
+    assert_eq!((p.pass, p.op.as_str()), (Pass::Forward, "sum(exp(w * x))"));
     assert!(h.step > 10 && h.step < 100, "{}", h.step);
     assert!(halt_of(2).is_none(), "logsumexp in f16 survives");
 }
@@ -168,7 +180,7 @@ fn tracing_through_a_matmul_whose_data_side_has_no_gradient() {
         "w = \"zeros(2)\"",
         "f32",
     );
-    assert_eq!((p.pass, p.op.as_str()), (Pass::Backward, "norm"));
+    assert_eq!((p.pass, p.op.as_str()), (Pass::Backward, "norm(w)"));
     assert_eq!((p.count, p.total), (2, 2));
     assert_eq!(at, "3:31 norm(w)");
 }
@@ -177,6 +189,52 @@ fn tracing_through_a_matmul_whose_data_side_has_no_gradient() {
 fn ops_are_named_as_the_user_wrote_them() {
     // 1000^2 = 1e6 overflows f16 (max 65504) at the square, which messages call `^2`.
     let (p, at) = trace("sum((w * x)^2)", "x = \"[1, 1000]\"", "w = 1.0", "f16");
-    assert_eq!((p.pass, p.op.as_str(), p.count), (Pass::Forward, "^2", 1));
+    assert_eq!(
+        (p.pass, p.op.as_str(), p.count),
+        (Pass::Forward, "(w * x)^2", 1)
+    );
     assert_eq!(at, "3:13 (w * x)^2");
+}
+
+/// The precision report of a one-param file (data `t`, param `v`) in f16.
+fn f16_precision(loss: &str) -> Vec<gradscope::compile::trace::PrecisionStats> {
+    let text = format!(
+        "name = \"p\"\ndtype = \"f16\"\nloss = \"{loss}\"\n[data]\nt = \"[1e-3, 1]\"\n[params]\nv = 1e-3\n"
+    );
+    let (c, _) = compile(load_bytes(Path::new("p.toml"), text.into()).file.unwrap());
+    Evaluator::new(&c.unwrap(), 0).unwrap().precision().unwrap()
+}
+
+#[test]
+fn a_negation_is_quoted_as_written() {
+    // 1e-3 * 1e-3 = 1e-6 is below f16's smallest normal 6.1e-5, and so is its negation.
+    let stats = f16_precision("sum(-(t * v))");
+    let neg = stats
+        .iter()
+        .find(|s| s.op == "-(t * v)")
+        .expect("{stats:?}");
+    assert_eq!((neg.total, neg.subnormal), (2, 1));
+}
+
+#[test]
+fn an_indexing_is_quoted_as_written() {
+    // (t * v)[0] = 1e-3 * 1e-3 = 1e-6: subnormal in f16.
+    let stats = f16_precision("(t * v)[0] + sum(t * v)");
+    let index = stats
+        .iter()
+        .find(|s| s.op == "(t * v)[0]")
+        .expect("{stats:?}");
+    assert_eq!((index.total, index.subnormal), (1, 1));
+}
+
+#[test]
+fn a_long_op_is_quoted_cut_after_a_whole_word() {
+    // e^900 overflows f32; the exp's 42 characters are cut after a whole word, within 40.
+    let (p, _) = trace(
+        "sum(exp(w * x + x + x + x + x + x + x + x + x))",
+        "x = \"[100]\"",
+        "w = 1.0",
+        "f32",
+    );
+    assert_eq!(p.op, "exp(w * x + x + x + x + x + x + x + x …");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor, Var};
 
-use super::plan::{Executable, Instr, Op, apply};
+use super::plan::{Binary, Executable, Instr, Op, Plan, Reduce, Unary, apply};
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
 use crate::format::fmt_num;
 
@@ -22,9 +22,11 @@ pub enum Pass {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Provenance {
     pub pass: Pass,
-    /// The op as written, e.g. `log`, `/`, `sqrt`.
+    /// The op as the user wrote it, quoted from the source: `log(w * x)`, `100 * (y - x^2)^2`.
     pub op: String,
     pub span: Span,
+    /// What to do about it: the op's usual remedy.
+    pub help: String,
     /// How many elements went non-finite, of how many.
     pub count: usize,
     pub total: usize,
@@ -76,7 +78,7 @@ impl Provenance {
             source,
             step,
             "non-finite values start here",
-            help_for(&self.op, self.pass),
+            self.help.clone(),
         )
     }
 
@@ -114,17 +116,18 @@ impl Provenance {
     }
 }
 
-fn help_for(op: &str, pass: Pass) -> String {
-    match (op, pass) {
-        ("input", _) => "the value came in this way: if a step made it, its update is named in the run's warnings; otherwise it does not fit the run's dtype".into(),
-        ("log", _) => "keep the argument of log away from 0: log(x + eps), or log1p/softplus forms".into(),
-        ("sqrt", Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
-        ("exp", _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
-        ("/", _) => "a division by 0: add an eps to the denominator".into(),
-        ("sum" | "mean" | "@", Pass::Forward) => {
+/// The usual remedy for a non-finite value at `instr`, by what the op is.
+fn help_for(instr: &Instr, pass: Pass) -> String {
+    match (&instr.op, pass) {
+        (Op::Input(_), _) => "the value came in this way: if a step made it, its update is named in the run's warnings; otherwise it does not fit the run's dtype".into(),
+        (Op::Unary(Unary::Log), _) => "keep the argument of log away from 0: log(x + eps), or log1p/softplus forms".into(),
+        (Op::Unary(Unary::Sqrt), Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
+        (Op::Unary(Unary::Exp), _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
+        (Op::Binary(Binary::Div), _) => "a division by 0: add an eps to the denominator".into(),
+        (Op::Reduce { op: Reduce::Sum | Reduce::Mean, .. } | Op::MatMul { .. }, Pass::Forward) => {
             "the sum overflowed the dtype: accumulate = \"f32\", or a stable form such as logsumexp".into()
         }
-        ("^", _) | ("pow", _) => "a power of a negative or zero base: clamp the base".into(),
+        (Op::Binary(Binary::Pow), _) => "a power of a negative or zero base: clamp the base".into(),
         _ => "look at the values reaching this op; an eps or a stable formulation usually helps".into(),
     }
 }
@@ -167,10 +170,79 @@ fn values_at(t: &Tensor, dims: &[usize], at: &[usize]) -> Option<Vec<f64>> {
     Some(at.iter().map(|&i| v[i]).collect())
 }
 
-/// `log of 0`, `0 / 0`, `sqrt backward at 0`: what reached the op at each shown element.
-fn describe_inputs(instr: &Instr, args: &[&Tensor], at: &[usize], pass: Pass) -> Vec<String> {
+/// Longest quote of the source in a message, in characters.
+const QUOTE_MAX: usize = 40;
+
+/// The text `span` covers, as the user wrote it: its first line with spaces collapsed, cut after
+/// a whole word to at most [`QUOTE_MAX`] characters with ` …` when longer.
+fn quote(source: &SourceFile, span: &Span) -> String {
+    let text = source.text.get(span.clone()).unwrap_or("");
+    let mut lines = text.trim().lines();
+    let first = lines.next().unwrap_or("");
+    let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+    let more = lines.next().is_some();
+    if more || line.chars().count() > QUOTE_MAX {
+        let cut: String = line.chars().take(QUOTE_MAX - 2).collect();
+        let whole_words = match line.chars().nth(QUOTE_MAX - 2) {
+            Some(c) if !c.is_whitespace() => cut.rsplit_once(' ').map_or(cut.as_str(), |(w, _)| w),
+            _ => &cut,
+        };
+        format!("{} …", whole_words.trim_end())
+    } else {
+        line
+    }
+}
+
+/// The function a call names: `log` for `log(w * x)`; None for operators and indexing.
+fn called(text: &str) -> Option<&str> {
+    let name = text.split('(').next()?;
+    let is_name = !name.is_empty()
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    (is_name && text.len() > name.len()).then_some(name)
+}
+
+/// The op's text with each argument replaced by its value (negative ones in parentheses):
+/// `100 * 3.4e36` for `100 * (y - x^2)^2`, when every argument was written inside it (a name's
+/// value was written where it is defined, elsewhere).
+fn substituted(
+    source: &SourceFile,
+    instr: &Instr,
+    arg_spans: &[Span],
+    vals: &[String],
+) -> Option<String> {
+    let mut out = String::new();
+    let mut at = instr.span.start;
+    for (span, v) in arg_spans.iter().zip(vals) {
+        if span.start < at || span.end > instr.span.end {
+            return None;
+        }
+        out.push_str(source.text.get(at..span.start)?);
+        if v.starts_with('-') {
+            out.push_str(&format!("({v})"));
+        } else {
+            out.push_str(v);
+        }
+        at = span.end;
+    }
+    out.push_str(source.text.get(at..instr.span.end)?);
+    let line = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    (line.chars().count() <= QUOTE_MAX).then_some(line)
+}
+
+/// `log of 0`, `0 / 0`, `100 * 3.4e36`, `sqrt backward at 0`: what reached the op at each
+/// shown element, in the user's words.
+fn describe_inputs(
+    source: &SourceFile,
+    plan: &Plan,
+    instr: &Instr,
+    args: &[&Tensor],
+    at: &[usize],
+    pass: Pass,
+) -> Vec<String> {
     let dims = instr.shape.dims();
-    let op = instr.op.describe();
+    let text = source.text.get(instr.span.clone()).unwrap_or("");
+    let name = called(text);
     let per_arg: Vec<Option<Vec<f64>>> = args.iter().map(|a| values_at(a, dims, at)).collect();
     if per_arg.is_empty() || per_arg.iter().any(Option::is_none) || !elementwise(&instr.op) {
         return args
@@ -183,20 +255,35 @@ fn describe_inputs(instr: &Instr, args: &[&Tensor], at: &[usize], pass: Pass) ->
                     .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
                         (l.min(x), h.max(x))
                     });
-                format!("`{op}` of values in [{}, {}]", fmt_num(lo), fmt_num(hi))
+                let of = name.map(|n| format!("`{n}` of ")).unwrap_or_default();
+                format!("{of}values in [{}, {}]", fmt_num(lo), fmt_num(hi))
             })
             .collect();
     }
     let per_arg: Vec<Vec<f64>> = per_arg.into_iter().map(Option::unwrap_or_default).collect();
+    let arg_spans: Vec<Span> = instr
+        .args
+        .iter()
+        .map(|&a| plan.instrs[a].span.clone())
+        .collect();
     (0..at.len())
         .map(|e| {
             let vals: Vec<String> = per_arg.iter().map(|a| fmt_num(a[e])).collect();
-            match (pass, vals.len()) {
-                (Pass::Backward, _) => format!("{op} backward at {}", vals.join(", ")),
-                (Pass::Forward, 2) if matches!(instr.op, Op::Binary(_) | Op::BiasAdd) => {
-                    format!("{} {op} {}", vals[0], vals[1])
-                }
-                (Pass::Forward, _) => format!("{op} of {}", vals.join(", ")),
+            let written = match name {
+                Some(n) => format!("{n} of {}", vals.join(", ")),
+                None => substituted(source, instr, &arg_spans, &vals).unwrap_or_else(|| match vals
+                    .len()
+                {
+                    1 => format!("input {}", vals[0]),
+                    _ => format!("inputs {}", vals.join(", ")),
+                }),
+            };
+            match pass {
+                Pass::Backward => match name {
+                    Some(n) => format!("{n} backward at {}", vals.join(", ")),
+                    None => format!("backward at {written}"),
+                },
+                Pass::Forward => written,
             }
         })
         .collect()
@@ -215,7 +302,14 @@ fn elementwise(op: &Op) -> bool {
     )
 }
 
+/// What one traced evaluation knows: the source (for quotes) and the plan.
+struct Context<'a> {
+    source: &'a SourceFile,
+    plan: &'a Plan,
+}
+
 fn provenance(
+    cx: &Context,
     instr: &Instr,
     pass: Pass,
     args: &[&Tensor],
@@ -226,8 +320,9 @@ fn provenance(
     let shown: Vec<usize> = bad.iter().copied().take(SHOWN).collect();
     Provenance {
         pass,
-        op: instr.op.describe(),
+        op: quote(cx.source, &instr.span),
         span: instr.span.clone(),
+        help: help_for(instr, pass),
         count: bad.len(),
         total,
         indices: shown.iter().map(|&i| unravel(i, dims)).collect(),
@@ -238,15 +333,20 @@ fn provenance(
                  by an earlier update)"
                     .into(),
             ],
-            _ => describe_inputs(instr, args, &shown, pass),
+            _ => describe_inputs(cx.source, cx.plan, instr, args, &shown, pass),
         },
     }
 }
 
 /// Finds where the first non-finite value of one evaluation came from. `inputs` are the data
 /// tensors then the param values. None when everything is finite.
-pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Option<Provenance>> {
+pub fn trace(
+    exec: &Executable,
+    source: &SourceFile,
+    inputs: &[&Tensor],
+) -> candle_core::Result<Option<Provenance>> {
     let plan = exec.plan();
+    let cx = Context { source, plan };
     let (values, probes) = exec.run_traced(inputs, true).map_err(|e| e.error)?;
     // Forward: values come in evaluation order, so the first non-finite one has finite inputs.
     for (k, instr) in plan.instrs.iter().enumerate() {
@@ -254,6 +354,7 @@ pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Optio
         if !bad.is_empty() {
             let args: Vec<&Tensor> = instr.args.iter().map(|&a| &values[a]).collect();
             return Ok(Some(provenance(
+                &cx,
                 instr,
                 Pass::Forward,
                 &args,
@@ -297,6 +398,7 @@ pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Optio
             if !bad.is_empty() {
                 let arg_values: Vec<&Tensor> = instr.args.iter().map(|&a| &values[a]).collect();
                 let mut p = provenance(
+                    &cx,
                     instr,
                     Pass::Backward,
                     &arg_values,
@@ -317,6 +419,7 @@ pub fn trace(exec: &Executable, inputs: &[&Tensor]) -> candle_core::Result<Optio
 /// What low precision did to one op's output, against the same op evaluated in f64.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrecisionStats {
+    /// The op as the user wrote it, quoted from the source.
     pub op: String,
     pub span: Span,
     pub total: usize,
@@ -341,6 +444,7 @@ fn min_normal(d: DType) -> f64 {
 /// run's dtype, compared element by element with an f64 evaluation from the same inputs.
 pub fn precision(
     exec: &Executable,
+    source: &SourceFile,
     inputs: &[&Tensor],
 ) -> candle_core::Result<Vec<PrecisionStats>> {
     let plan = exec.plan();
@@ -362,7 +466,7 @@ pub fn precision(
         let a = super::values_f64(&low[k])?;
         let b = super::values_f64(&high[k])?;
         let mut s = PrecisionStats {
-            op: instr.op.describe(),
+            op: quote(source, &instr.span),
             span: instr.span.clone(),
             total: a.len(),
             overflowed: 0,
