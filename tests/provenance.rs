@@ -238,3 +238,83 @@ fn a_long_op_is_quoted_cut_after_a_whole_word() {
     );
     assert_eq!(p.op, "exp(w * x + x + x + x + x + x + x + x …");
 }
+
+#[test]
+fn an_eps_too_small_for_f16_gets_the_smallest_eps_that_keeps_log_finite() {
+    // At d = w - x = 0 log's backward is 1/(d^2 + eps). f16 holds 1e-7 as the subnormal
+    // 2 * 2^-24 = 1.19e-7, so it reaches 2^23 = 8.39e6 > 65504. 1/eps <= 65504 needs
+    // eps >= 1.5266e-5; f16's nearest, 2^-16, has 1/eps = 65536, so the smallest is the next
+    // value 257 * 2^-24 = 1.5318e-5, rounded up to three digits.
+    let (p, _) = trace(
+        "sum(log((w - x)^2 + 1e-7))",
+        "x = \"[1, 2]\"",
+        "w = 1.0",
+        "f16",
+    );
+    assert_eq!(
+        (p.pass, p.op.as_str()),
+        (Pass::Backward, "log((w - x)^2 + 1e-7)")
+    );
+    assert_eq!(
+        p.help,
+        "eps = 1e-7 is too small for f16, where it is subnormal (held as 1.19e-7, below the \
+         smallest normal 6.10e-5): log's backward 1/(x + eps) reaches 8.39e6 at x = 0, past \
+         f16's max 65504; the smallest eps that keeps it finite is 1.54e-5 (1/eps ≤ 65504)"
+    );
+}
+
+#[test]
+fn the_same_eps_in_f32_is_fine() {
+    // 1/1e-7 = 1e7 is far below f32's 3.4e38: nothing goes non-finite, so there is no hint.
+    let text = "name = \"t\"\ndtype = \"f32\"\nloss = \"sum(log((w - x)^2 + 1e-7))\"\n[data]\nx = \"[1, 2]\"\n[params]\nw = 1.0\n";
+    let (c, _) = compile(load_bytes(Path::new("t.toml"), text.into()).file.unwrap());
+    let ev = Evaluator::new(&c.unwrap(), 0).unwrap();
+    assert!(ev.trace().unwrap().is_none());
+}
+
+#[test]
+fn an_eps_that_f16_rounds_to_zero_gets_the_smallest_eps_that_keeps_sqrt_finite() {
+    // 1e-12 is below half of f16's smallest subnormal 2^-24, so it rounds to 0 and sqrt's
+    // backward 1/(2 sqrt(d^2 + eps)) is infinite at d = 0. 1/(2 sqrt(eps)) <= 65504 needs only
+    // eps >= 1/(4 * 65504^2) = 5.8e-11: the smallest f16 above that is 2^-24 = 5.96e-8.
+    let (p, _) = trace(
+        "sum(sqrt((w - x)^2 + 1e-12))",
+        "x = \"[1, 2]\"",
+        "w = 1.0",
+        "f16",
+    );
+    assert_eq!(
+        (p.pass, p.op.as_str()),
+        (Pass::Backward, "sqrt((w - x)^2 + 1e-12)")
+    );
+    assert_eq!(
+        p.help,
+        "eps = 1e-12 is too small for f16, which rounds it to 0: sqrt's backward \
+         1/(2 sqrt(x + eps)) is infinite at x = 0; the smallest eps that keeps it finite is \
+         5.97e-8 (1/(2 sqrt(eps)) ≤ 65504)"
+    );
+}
+
+#[test]
+fn an_eps_too_small_for_f16_gets_the_smallest_eps_that_keeps_a_division_finite() {
+    // 1 / (d^2 + eps) at d = 0: the gradient into the denominator is -1/eps^2, and f16 holds
+    // 1e-3 as 1.0004e-3, so it reaches 1/1.0004e-3^2 = 9.99e5 > 65504. 1/eps^2 <= 65504 needs
+    // eps >= sqrt(1/65504) = 3.9072e-3: f16's 2^-8 = 3.90625e-3 is just below, so the smallest
+    // is 2^-8 + 2^-18 = 3.91006e-3, rounded up to three digits.
+    let (p, _) = trace(
+        "sum(1 / ((w - x)^2 + 1e-3))",
+        "x = \"[1, 2]\"",
+        "w = 1.0",
+        "f16",
+    );
+    assert_eq!(
+        (p.pass, p.op.as_str()),
+        (Pass::Backward, "1 / ((w - x)^2 + 1e-3)")
+    );
+    assert_eq!(
+        p.help,
+        "eps = 1e-3 is too small for f16: the division's backward |a|/(x + eps)^2 reaches \
+         9.99e5 at x = 0, past f16's max 65504; the smallest eps that keeps it finite is \
+         3.92e-3 (|a|/eps^2 and 1/eps ≤ 65504, with |a| ≤ 1 here)"
+    );
+}

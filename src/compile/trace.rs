@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::plan::{Binary, Executable, Instr, Op, Plan, Reduce, Unary, apply};
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
-use crate::format::fmt_num;
+use crate::format::{fmt_num, fmt_short};
 
 /// Which pass produced the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct Provenance {
     /// The op as the user wrote it, quoted from the source: `log(w * x)`, `100 * (y - x^2)^2`.
     pub op: String,
     pub span: Span,
-    /// What to do about it: the op's usual remedy.
+    /// What to do about it: the op's usual remedy, or why the eps it already has is too small.
     pub help: String,
     /// How many elements went non-finite, of how many.
     pub count: usize,
@@ -130,6 +130,194 @@ fn help_for(instr: &Instr, pass: Pass) -> String {
         (Op::Binary(Binary::Pow), _) => "a power of a negative or zero base: clamp the base".into(),
         _ => "look at the values reaching this op; an eps or a stable formulation usually helps".into(),
     }
+}
+
+/// The range of a float dtype, from `half` and std.
+struct Limits {
+    /// The largest finite value.
+    max: f64,
+    /// The smallest positive normal value.
+    min_normal: f64,
+}
+
+impl Limits {
+    fn of(d: DType) -> Option<Self> {
+        let (max, min_normal) = match d {
+            DType::F16 => (half::f16::MAX.to_f64(), half::f16::MIN_POSITIVE.to_f64()),
+            DType::BF16 => (half::bf16::MAX.to_f64(), half::bf16::MIN_POSITIVE.to_f64()),
+            DType::F32 => (f64::from(f32::MAX), f64::from(f32::MIN_POSITIVE)),
+            DType::F64 => (f64::MAX, f64::MIN_POSITIVE),
+            _ => return None,
+        };
+        Some(Self { max, min_normal })
+    }
+}
+
+/// `x >= 0` as `d` holds it (rounded to nearest, as candle casts), and the next value of `d`
+/// above that.
+fn held_and_next(x: f64, d: DType) -> (f64, f64) {
+    match d {
+        DType::F16 => {
+            let h = half::f16::from_f64(x);
+            (h.to_f64(), half::f16::from_bits(h.to_bits() + 1).to_f64())
+        }
+        DType::BF16 => {
+            let h = half::bf16::from_f64(x);
+            (h.to_f64(), half::bf16::from_bits(h.to_bits() + 1).to_f64())
+        }
+        DType::F32 => {
+            let h = x as f32;
+            (f64::from(h), f64::from(h.next_up()))
+        }
+        _ => (x, x.next_up()),
+    }
+}
+
+/// The eps of an argument written `x + eps`: the positive constant the lowerer folded into
+/// `Affine { mul: 1, add: eps }`, or the (smallest) constant side of an addition.
+fn eps_of(plan: &Plan, arg: usize) -> Option<f64> {
+    let instr = &plan.instrs[arg];
+    let eps = match &instr.op {
+        Op::Affine { mul, add } if *mul == 1.0 => *add,
+        Op::Binary(Binary::Add) => instr.args.iter().find_map(|&a| match &plan.instrs[a].op {
+            Op::Const(t) => super::values_f64(t).ok()?.into_iter().reduce(f64::min),
+            _ => None,
+        })?,
+        _ => return None,
+    };
+    (eps > 0.0).then_some(eps)
+}
+
+/// An op whose backward is finite at `x = 0` only when the eps in its `x + eps` is large
+/// enough: log's 1/eps, sqrt's 1/(2 sqrt(eps)), and a division's 1/eps (into the numerator)
+/// and |a|/eps^2 (into the denominator), all with unit incoming gradient.
+#[derive(Clone, Copy)]
+enum EpsGuarded {
+    Log,
+    Sqrt,
+    /// `a / (x + eps)`, with |a| the numerator's largest finite magnitude (at most the max).
+    Div {
+        a: f64,
+    },
+}
+
+impl EpsGuarded {
+    fn of(instr: &Instr, args: &[&Tensor], max: f64) -> Option<Self> {
+        match instr.op {
+            Op::Unary(Unary::Log) => Some(Self::Log),
+            Op::Unary(Unary::Sqrt) => Some(Self::Sqrt),
+            Op::Binary(Binary::Div) => {
+                let a = super::values_f64(args.first()?)
+                    .ok()?
+                    .into_iter()
+                    .filter(|v| v.is_finite())
+                    .fold(0.0, |m: f64, v| m.max(v.abs()));
+                Some(Self::Div { a: a.min(max) })
+            }
+            _ => None,
+        }
+    }
+
+    /// Which argument is `x + eps`.
+    fn guarded_arg(self) -> usize {
+        match self {
+            Self::Div { .. } => 1,
+            Self::Log | Self::Sqrt => 0,
+        }
+    }
+
+    /// The backward's largest magnitude at `x = 0`.
+    fn reach(self, eps: f64) -> f64 {
+        match self {
+            Self::Log => 1.0 / eps,
+            Self::Sqrt => 1.0 / (2.0 * eps.sqrt()),
+            Self::Div { a } => (1.0 / eps).max(a / (eps * eps)),
+        }
+    }
+
+    /// The smallest eps whose [`EpsGuarded::reach`] is at most `max`.
+    fn bound(self, max: f64) -> f64 {
+        match self {
+            Self::Log => 1.0 / max,
+            Self::Sqrt => 1.0 / (4.0 * max * max),
+            Self::Div { a } => (1.0 / max).max((a / max).sqrt()),
+        }
+    }
+
+    /// The backward in words, and the condition on eps.
+    fn words(self, max: &str) -> (&'static str, String) {
+        match self {
+            Self::Log => ("log's backward 1/(x + eps)", format!("1/eps ≤ {max}")),
+            Self::Sqrt => (
+                "sqrt's backward 1/(2 sqrt(x + eps))",
+                format!("1/(2 sqrt(eps)) ≤ {max}"),
+            ),
+            Self::Div { a } => (
+                "the division's backward |a|/(x + eps)^2",
+                format!(
+                    "|a|/eps^2 and 1/eps ≤ {max}, with |a| ≤ {} here",
+                    fmt_short(a)
+                ),
+            ),
+        }
+    }
+}
+
+/// Why an eps the op's argument already adds is too small for the run's dtype, with the smallest
+/// eps for which the op's own backward stays finite (see [`EpsGuarded`]). None when no eps is
+/// written, or the one written, as the dtype holds it, is large enough.
+fn eps_too_small(cx: &Context, instr: &Instr, args: &[&Tensor]) -> Option<String> {
+    let limits = Limits::of(cx.dtype)?;
+    let op = EpsGuarded::of(instr, args, limits.max)?;
+    let eps = eps_of(cx.plan, *instr.args.get(op.guarded_arg())?)?;
+    let (held, _) = held_and_next(eps, cx.dtype);
+    let bound = op.bound(limits.max);
+    if held >= bound {
+        return None;
+    }
+    let dtype = cx.dtype.as_str();
+    let max = fmt_short(limits.max);
+    let how = if held == 0.0 {
+        ", which rounds it to 0".to_string()
+    } else if held < limits.min_normal {
+        format!(
+            ", where it is subnormal (held as {}, below the smallest normal {})",
+            fmt_short(held),
+            fmt_short(limits.min_normal)
+        )
+    } else {
+        String::new()
+    };
+    let reached = op.reach(held);
+    let reaches = if reached.is_finite() {
+        format!(
+            "reaches {} at x = 0, past {dtype}'s max {max}",
+            fmt_short(reached)
+        )
+    } else {
+        "is infinite at x = 0".into()
+    };
+    let (form, condition) = op.words(&max);
+    Some(format!(
+        "eps = {eps:e} is too small for {dtype}{how}: {form} {reaches}; the smallest eps that \
+         keeps it finite is {} ({condition})",
+        round_up(smallest_held_at_least(bound, cx.dtype))
+    ))
+}
+
+/// The smallest value of `d` at least `x > 0`.
+fn smallest_held_at_least(x: f64, d: DType) -> f64 {
+    match held_and_next(x, d) {
+        (h, next) if h < x => next,
+        (h, _) => h,
+    }
+}
+
+/// `x > 0` rounded up to three significant digits, so the figure still works once typed and
+/// rounded to the dtype: `1.54e-5` for f16's 1.5318e-5.
+fn round_up(x: f64) -> String {
+    let scale = 10f64.powi(x.log10().floor() as i32 - 2);
+    format!("{:.2e}", (x / scale).ceil() * scale)
 }
 
 /// Non-finite elements of `t` as flat indices (and the total).
@@ -302,10 +490,11 @@ fn elementwise(op: &Op) -> bool {
     )
 }
 
-/// What one traced evaluation knows: the source (for quotes) and the plan.
+/// What one traced evaluation knows: the source (for quotes), the plan and the run's dtype.
 struct Context<'a> {
     source: &'a SourceFile,
     plan: &'a Plan,
+    dtype: DType,
 }
 
 fn provenance(
@@ -322,7 +511,7 @@ fn provenance(
         pass,
         op: quote(cx.source, &instr.span),
         span: instr.span.clone(),
-        help: help_for(instr, pass),
+        help: eps_too_small(cx, instr, args).unwrap_or_else(|| help_for(instr, pass)),
         count: bad.len(),
         total,
         indices: shown.iter().map(|&i| unravel(i, dims)).collect(),
@@ -346,7 +535,11 @@ pub fn trace(
     inputs: &[&Tensor],
 ) -> candle_core::Result<Option<Provenance>> {
     let plan = exec.plan();
-    let cx = Context { source, plan };
+    let cx = Context {
+        source,
+        plan,
+        dtype: inputs.first().map_or(DType::F32, |t| t.dtype()),
+    };
     let (values, probes) = exec.run_traced(inputs, true).map_err(|e| e.error)?;
     // Forward: values come in evaluation order, so the first non-finite one has finite inputs.
     for (k, instr) in plan.instrs.iter().enumerate() {
@@ -431,15 +624,6 @@ pub struct PrecisionStats {
     pub subnormal: usize,
 }
 
-/// The smallest positive normal number of a float dtype.
-fn min_normal(d: DType) -> f64 {
-    match d {
-        DType::F16 => 6.103_515_625e-5,
-        DType::BF16 | DType::F32 => f64::from(f32::MIN_POSITIVE),
-        _ => f64::MIN_POSITIVE,
-    }
-}
-
 /// Every op of one evaluation whose output overflowed, flushed to zero or went subnormal in the
 /// run's dtype, compared element by element with an f64 evaluation from the same inputs.
 pub fn precision(
@@ -457,7 +641,7 @@ pub fn precision(
     let wide_refs: Vec<&Tensor> = wide_inputs.iter().collect();
     let (low, _) = exec.run_traced(inputs, false).map_err(|e| e.error)?;
     let (high, _) = wide.run_traced(&wide_refs, false).map_err(|e| e.error)?;
-    let tiny = min_normal(dtype);
+    let tiny = Limits::of(dtype).map_or(f64::MIN_POSITIVE, |l| l.min_normal);
     let mut out = Vec::new();
     for (k, instr) in plan.instrs.iter().enumerate() {
         if matches!(instr.op, Op::Input(_) | Op::Const(_)) {
