@@ -40,7 +40,7 @@ pub struct Provenance {
 const SHOWN: usize = 3;
 
 impl Provenance {
-    /// One line: `` `log` in the forward pass, 2 of 4 elements at [1], [3]: log of 0, log of 0 ``.
+    /// One line: `` `log(w * x)` in the forward pass, 2 of 4 elements at [1], [3]: log of 0, log of 0 ``.
     pub fn summary(&self) -> String {
         let pass = match self.pass {
             Pass::Forward => "forward",
@@ -66,7 +66,7 @@ impl Provenance {
         )
     }
 
-    /// The summary prefixed with the op's line and column: `4:6 `log` in the forward pass, ...`.
+    /// The summary prefixed with the op's line and column: `` 4:6 `log(w * x)` in the forward pass, ... ``.
     pub fn summary_at(&self, source: &Arc<SourceFile>) -> String {
         let (line, col) = source.line_col(self.span.start);
         format!("{line}:{col} {}", self.summary())
