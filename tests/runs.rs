@@ -209,7 +209,7 @@ fn an_update_that_breaks_finite_params_is_caught_and_explained() {
     // The next step's loss is -Inf; its provenance is the param itself, at its definition.
     cont.step().unwrap();
     let (step, p) = cont.first_provenance.clone().expect("traced");
-    assert_eq!((step, p.op.as_str()), (1, "input"));
+    assert_eq!((step, p.op.as_str()), (1, "b"));
     assert!(
         p.inputs[0].starts_with("already non-finite when the loss began"),
         "{:?}",
@@ -749,7 +749,7 @@ fn divergence_with_heavy_ball_momentum_compares_the_lr_with_its_stability_bound(
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("halted at step 5: diverged: loss grew from 12.5 to 9.21e23 over 4 steps; lr 0.01 is above the stability bound 2(1+β)/λ = 0.00182 (β = 0.9, λ = 2092 at step 0, the lowest loss); it overflowed at `^2`"),
+        stderr.contains("halted at step 5: diverged: loss grew from 12.5 to 9.21e23 over 4 steps; lr 0.01 is above the stability bound 2(1+β)/λ = 0.00182 (β = 0.9, λ = 2092 at step 0, the lowest loss); it overflowed at `(y - x^2)^2`"),
         "{stderr}"
     );
     assert!(
@@ -757,6 +757,29 @@ fn divergence_with_heavy_ball_momentum_compares_the_lr_with_its_stability_bound(
         "{stderr}"
     );
     assert!(!stderr.contains("non-finite values start here"), "{stderr}");
+}
+
+#[test]
+fn a_divergence_names_the_op_it_overflowed_at_as_written() {
+    // Plain GD on Rosenbrock: lr 0.01 > 2/λ = 2/2092 = 9.56e-4 at θ_0, so the loss grows until
+    // 100 * (y - x^2)^2 = 100 * 4.5e36 leaves f32's 3.4e38: the scaling the user wrote as
+    // `100 * (...)` is named so, not by the fused op it lowers to.
+    let out = common::gradscope(&["run", "losses/rosenbrock.toml", "-o", "sgd(lr=0.01)"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("; it overflowed at `100 * (y - x^2)^2`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "the diverging loss overflowed here at step 5: `100 * (y - x^2)^2` in the forward pass"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("^^^^^^^^^^^^^^^^^ 100 * 4.5094e36"),
+        "{stderr}"
+    );
 }
 
 #[test]

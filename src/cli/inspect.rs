@@ -252,17 +252,9 @@ pub fn precision_command(
         }
         for s in stats {
             let (line, col) = run.source().line_col(s.span.start);
-            let text = run
-                .source()
-                .text
-                .get(s.span.clone())
-                .unwrap_or("")
-                .lines()
-                .next()
-                .unwrap_or("");
             writeln!(
                 out,
-                "  {line}:{col} `{}` {text}\n      of {}: {} overflowed to Inf, {} flushed to 0, {} subnormal",
+                "  {line}:{col} `{}`\n      of {}: {} overflowed to Inf, {} flushed to 0, {} subnormal",
                 s.op, s.total, s.overflowed, s.flushed, s.subnormal
             )?;
         }

@@ -514,14 +514,14 @@ impl Evaluator {
     pub fn trace(&self) -> Result<Option<trace::Provenance>, Diagnostic> {
         let mut inputs: Vec<&Tensor> = self.data.iter().collect();
         inputs.extend(self.params.iter().map(|v| v.as_tensor()));
-        trace::trace(&self.exec, &inputs).map_err(|e| self.internal(e))
+        trace::trace(&self.exec, &self.source, &inputs).map_err(|e| self.internal(e))
     }
 
     /// Ops whose outputs overflowed, flushed to zero or went subnormal in this run's dtype.
     pub fn precision(&self) -> Result<Vec<trace::PrecisionStats>, Diagnostic> {
         let mut inputs: Vec<&Tensor> = self.data.iter().collect();
         inputs.extend(self.params.iter().map(|v| v.as_tensor()));
-        trace::precision(&self.exec, &inputs).map_err(|e| self.internal(e))
+        trace::precision(&self.exec, &self.source, &inputs).map_err(|e| self.internal(e))
     }
 
     /// The loss file's source, for locating reports.

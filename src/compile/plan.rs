@@ -151,60 +151,6 @@ pub enum Op {
 }
 
 impl Op {
-    /// The op as a user wrote it, for reports.
-    pub fn describe(&self) -> String {
-        match self {
-            Op::Input(_) => "input".into(),
-            Op::Const(_) => "constant".into(),
-            Op::Unary(Unary::Custom(c)) => format!("{c:?}").to_lowercase(),
-            Op::Unary(Unary::Elu(_)) => "elu".into(),
-            Op::Unary(u) => match u {
-                Unary::Neg => "unary -".into(),
-                // `x^2` (and `sqr(x)`) lower to a square: name it as users write it.
-                Unary::Sqr => "^2".into(),
-                other => format!("{other:?}").to_lowercase(),
-            },
-            Op::Affine { mul, add } => match (*mul, *add) {
-                (1.0, a) => format!("+ {a}"),
-                (m, 0.0) => format!("* {m}"),
-                (-1.0, a) => format!("{a} -"),
-                (m, a) => format!("* {m} + {a}"),
-            },
-            Op::Powf(e) => format!("^{e}"),
-            Op::Binary(b) => match b {
-                Binary::Add => "+".into(),
-                Binary::Sub => "-".into(),
-                Binary::Mul => "*".into(),
-                Binary::Div => "/".into(),
-                Binary::Min => "min".into(),
-                Binary::Max => "max".into(),
-                Binary::Pow => "^".into(),
-            },
-            Op::BiasAdd => "+".into(),
-            Op::Compare(c) => c.symbol().into(),
-            Op::Where => "where".into(),
-            Op::Clamp => "clamp".into(),
-            Op::MatMul { .. } => "@".into(),
-            Op::Reduce { op, .. } => match op {
-                Reduce::Max => "amax".into(),
-                Reduce::Min => "amin".into(),
-                other => format!("{other:?}").to_lowercase(),
-            },
-            Op::Softmax { log: true, .. } => "log_softmax".into(),
-            Op::Softmax { log: false, .. } => "softmax".into(),
-            Op::Reshape => "reshape".into(),
-            Op::Transpose => "transpose".into(),
-            Op::Index { .. } => "indexing".into(),
-            Op::Stack { .. } => "stack".into(),
-            Op::Concat { .. } => "concat".into(),
-            Op::OneHot { .. } => "one_hot".into(),
-            Op::ArgReduce { max: true, .. } => "argmax".into(),
-            Op::ArgReduce { max: false, .. } => "argmin".into(),
-            Op::Detach => "detach".into(),
-            Op::Function(f) => f.name.clone(),
-        }
-    }
-
     /// The op with every argument's gradient computed. Tracing adds a probe to every value, so
     /// an argument the program never differentiates (the data side of `A @ w`) carries gradient
     /// there too, and candle panics on a node whose gradient was never made.
