@@ -662,7 +662,9 @@ fn t_cycles_tabs_and_shift_t_goes_back() {
 
 #[test]
 fn tab_and_shift_tab_move_focus() {
+    // A terminal without the inspector and the warnings: the lists and the chart.
     let (mut app, _rx) = open(ROSENBROCK);
+    app.handle(Msg::Resize(80, 20));
     assert_eq!(app.focus, Focus::Losses);
     let forward: Vec<Focus> = (0..3)
         .map(|_| {
@@ -678,6 +680,26 @@ fn tab_and_shift_tab_move_focus() {
         })
         .collect();
     assert_eq!(back, [Focus::Charts, Focus::Runs, Focus::Losses]);
+    // A large one adds the inspector and the warnings to the cycle.
+    app.handle(Msg::Resize(160, 45));
+    let forward: Vec<Focus> = (0..5)
+        .map(|_| {
+            press(&mut app, KeyCode::Tab);
+            app.focus
+        })
+        .collect();
+    assert_eq!(
+        forward,
+        [
+            Focus::Runs,
+            Focus::Charts,
+            Focus::Inspector,
+            Focus::Warnings,
+            Focus::Losses
+        ]
+    );
+    press(&mut app, KeyCode::BackTab);
+    assert_eq!(app.focus, Focus::Warnings);
 }
 
 #[test]
@@ -1497,4 +1519,82 @@ fn a_halted_run_shows_the_step_it_halted_at() {
     let r = &app.session().unwrap().runs[0];
     assert_eq!(r.history.len(), 4, "rows 0..=3");
     assert!(r.history.core(3).loss.is_nan());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 2 of issue 11: what the TUI shows
+// ---------------------------------------------------------------------------------------------
+
+/// A small param `b` (3 values) and a large one `W` (128 values), 1 step of sgd on
+/// sum((W - 1)^2) + sum(b^2): ∇W = 2(W - 1), ∇b = 2b.
+const TWO_PARAMS: &str = r#"
+name = "two params"
+seed = 0
+loss = "sum((W - 1)^2) + sum(b^2)"
+
+[params]
+W = "randn(16, 8)"
+b = "full(2.0, 3)"
+
+[optimizer]
+name = "sgd"
+lr = 0.1
+steps = 10
+"#;
+
+fn scratch_file(dir: &Scratch, name: &str, text: &str) -> PathBuf {
+    let p = dir.0.join(name);
+    std::fs::write(&p, text).expect("write scratch file");
+    p
+}
+
+#[test]
+fn snapshot_inspector_shows_small_params_in_full_and_large_ones_summarised() {
+    let dir = Scratch::new("inspector-values");
+    let file = scratch_file(&dir, "two.toml", TWO_PARAMS);
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "n");
+    let r = app.session().unwrap().selected_run().unwrap();
+    // θ_1 = θ_0 - 0.1 · 2 θ_0 for b: 1.6, and its gradient there 3.2.
+    let b = &r.params[1];
+    let near = |v: &[f64], want: f64| v.len() == 3 && v.iter().all(|x| (x - want).abs() < 1e-6);
+    assert!(near(b.value.values.as_ref().unwrap(), 1.6), "{b:?}");
+    let gb = b.grad.as_ref().expect("the gradient at θ_1");
+    assert!(near(gb.values.as_ref().unwrap(), 3.2), "{gb:?}");
+    // W is summarised: no values, a histogram of all 128.
+    let w = &r.params[0];
+    assert_eq!(w.value.values, None);
+    assert_eq!(w.value.histogram.iter().sum::<u32>(), 128);
+    assert_eq!(w.grad.as_ref().unwrap().histogram.iter().sum::<u32>(), 128);
+    let t = draw(&app, 160, 45);
+    let inspector = areas(160, 45).inspector.unwrap();
+    assert!(find(&t, inspector, "b [3]  3 values").is_some());
+    assert!(find(&t, inspector, "[2]").is_some());
+    assert!(find(&t, inspector, "W [16, 8]  128 values").is_some());
+    snapshot("inspector_small_and_large_params", &t);
+}
+
+#[test]
+fn the_focused_inspector_scrolls_with_j_and_k() {
+    let dir = Scratch::new("inspector-scroll");
+    let file = scratch_file(&dir, "two.toml", TWO_PARAMS);
+    let (mut app, rx) = open(file.to_str().unwrap());
+    app.handle(Msg::Resize(120, 30));
+    typed_settled(&mut app, &rx, "n");
+    while app.focus != Focus::Inspector {
+        press(&mut app, KeyCode::Tab);
+    }
+    let inspector = areas(120, 30).inspector.unwrap();
+    let top = |app: &App| rows(&draw(app, 120, 30))[inspector.y as usize + 1].clone();
+    let first = top(&app);
+    typed(&mut app, "j");
+    assert_eq!(app.inspector_scroll, 1);
+    assert_ne!(top(&app), first);
+    // No further than the end: the last line stays on screen.
+    typed(&mut app, "999j");
+    let screen = rows(&draw(&app, 120, 30)).join("\n");
+    assert!(screen.contains("[2]"), "{screen}");
+    typed(&mut app, "999k");
+    assert_eq!(app.inspector_scroll, 0);
+    assert_eq!(top(&app), first);
 }

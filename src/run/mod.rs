@@ -781,6 +781,11 @@ impl Run {
         self.totals = self.history.totals();
     }
 
+    /// Loss and gradients at the current params θ_k (None only before the first evaluation).
+    pub fn current(&self) -> Option<&crate::compile::Evaluation> {
+        self.current.as_ref()
+    }
+
     /// Current param values, flattened row-major, in f64.
     pub fn param_values(&self) -> Vec<Vec<f64>> {
         self.evaluator

@@ -74,6 +74,10 @@ pub enum Focus {
     Losses,
     Runs,
     Charts,
+    /// `j`/`k` scroll the inspector.
+    Inspector,
+    /// `j`/`k` select a warning, `enter` opens its diagnostic.
+    Warnings,
 }
 
 /// Chart tabs.
@@ -198,6 +202,10 @@ pub struct App {
     pub per_param: bool,
     pub show_help: bool,
     pub popup: Option<Popup>,
+    /// Lines the inspector is scrolled down by (clamped to its length when drawn).
+    pub inspector_scroll: usize,
+    /// The warning selected in the warnings panel.
+    pub warning: usize,
     pub count: Option<u64>,
     pub message: Option<String>,
     pub size: (u16, u16),
@@ -223,6 +231,8 @@ impl App {
             per_param: false,
             show_help: false,
             popup: None,
+            inspector_scroll: 0,
+            warning: 0,
             count: None,
             message: None,
             size: (120, 40),
@@ -488,7 +498,40 @@ impl App {
                 }
                 None
             }
+            Focus::Inspector => {
+                let areas = super::layout::layout(self.screen());
+                let visible = areas.inspector.map_or(0, |r| r.height.saturating_sub(2));
+                let len = super::render::inspector_len(self);
+                let most = len.saturating_sub(visible as usize) as i64;
+                self.inspector_scroll = (self.inspector_scroll.min(most as usize) as i64 + delta)
+                    .clamp(0, most) as usize;
+                None
+            }
+            Focus::Warnings => {
+                let n = self.session().map_or(0, |s| s.warnings.len()) as i64;
+                self.warning = (self.warning as i64 + delta).clamp(0, (n - 1).max(0)) as usize;
+                None
+            }
         }
+    }
+
+    /// The terminal's area, as the last resize told it.
+    pub(super) fn screen(&self) -> Rect {
+        Rect::new(0, 0, self.size.0, self.size.1)
+    }
+
+    /// The panels `tab` cycles through: the lists and the chart, and the inspector and the
+    /// warnings when the terminal is large enough to show them.
+    pub(super) fn focusable(&self) -> Vec<Focus> {
+        let areas = super::layout::layout(self.screen());
+        let mut out = vec![Focus::Losses, Focus::Runs, Focus::Charts];
+        if areas.inspector.is_some() {
+            out.push(Focus::Inspector);
+        }
+        if areas.warnings.is_some() {
+            out.push(Focus::Warnings);
+        }
+        out
     }
 
     /// The id of the selected run of the selected file, while its worker steps it.
@@ -504,7 +547,7 @@ impl App {
         if self.tab != Tab::Landscape {
             return;
         }
-        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let areas = super::layout::layout(self.screen());
         let (scene, _) = super::layout::landscape_layout(areas.chart);
         let map = crate::draw::scene::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
         if let Some(s) = self.session_mut() {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
-use ratatui::layout::{Position, Rect};
+use ratatui::layout::Position;
 
 use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
@@ -97,20 +97,8 @@ impl App {
             KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
             KeyAction::WriteRuns => return self.export("write", Io::WriteRuns),
             KeyAction::SavePictures => return self.export("draw", Io::SavePictures),
-            KeyAction::NextFocus => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Runs,
-                    Focus::Runs => Focus::Charts,
-                    Focus::Charts => Focus::Losses,
-                }
-            }
-            KeyAction::PreviousFocus => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Charts,
-                    Focus::Runs => Focus::Losses,
-                    Focus::Charts => Focus::Runs,
-                }
-            }
+            KeyAction::NextFocus => self.cycle_focus(1),
+            KeyAction::PreviousFocus => self.cycle_focus(-1),
             KeyAction::NextTab => self.tab = self.tab.next(1),
             KeyAction::PreviousTab => self.tab = self.tab.next(Tab::ALL.len() - 1),
             KeyAction::Down => return self.move_selection(n as i64),
@@ -126,6 +114,13 @@ impl App {
             | KeyAction::SwitchPlane => self.landscape_act(a),
         }
         None
+    }
+
+    /// Moves the focus `by` panels along [`App::focusable`], wrapping around.
+    fn cycle_focus(&mut self, by: isize) {
+        let panels = self.focusable();
+        let i = panels.iter().position(|p| *p == self.focus).unwrap_or(0) as isize;
+        self.focus = panels[(i + by).rem_euclid(panels.len() as isize) as usize];
     }
 
     /// Sends the command `make` builds for the selected run, if there is one.
@@ -287,7 +282,7 @@ impl App {
         if self.popup.is_some() || self.show_help {
             return None;
         }
-        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let areas = super::layout::layout(self.screen());
         let pos = Position::new(m.column, m.row);
         match m.kind {
             MouseEventKind::Down(MouseButton::Left) => {

@@ -230,10 +230,15 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('j'), Key::Code(K::Down)],
         A::Down,
-        "down in lists",
+        "down: in lists; scrolls the inspector",
         None,
     ),
-    bind(&[ch('k'), Key::Code(K::Up)], A::Up, "up in lists", None),
+    bind(
+        &[ch('k'), Key::Code(K::Up)],
+        A::Up,
+        "up: in lists; scrolls the inspector",
+        None,
+    ),
     bind(
         &[ch('e')],
         A::Edit,
