@@ -1598,3 +1598,102 @@ fn the_focused_inspector_scrolls_with_j_and_k() {
     assert_eq!(app.inspector_scroll, 0);
     assert_eq!(top(&app), first);
 }
+
+fn focus(app: &mut App, panel: Focus) {
+    for _ in 0..5 {
+        if app.focus == panel {
+            return;
+        }
+        press(app, KeyCode::Tab);
+    }
+    panic!("{panel:?} is not focusable at {:?}", app.size);
+}
+
+#[test]
+fn snapshot_warnings_panel_focused_scrolled_and_wrapped() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    app.handle(Msg::Resize(100, 30));
+    typed_settled(&mut app, &rx, "n");
+    let n = app.session().unwrap().warnings.len();
+    assert!(n >= 4, "{:?}", app.session().unwrap().warnings);
+    focus(&mut app, Focus::Warnings);
+    let panel = areas(100, 30).warnings.unwrap();
+    let t = draw(&app, 100, 30);
+    snapshot("warnings_focused", &t);
+    // Every row is cut at a space or at the end of its warning: no word is split.
+    let words: Vec<String> = app
+        .session()
+        .unwrap()
+        .warnings
+        .iter()
+        .flat_map(|w| {
+            format!("{} step {}: {}", w.run, w.step, w.text)
+                .split(' ')
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let screen = rows(&t);
+    for y in panel.y + 1..panel.bottom() - 1 {
+        let inside: String = screen[y as usize]
+            .chars()
+            .skip(panel.x as usize + 1)
+            .take(panel.width as usize - 2)
+            .collect();
+        for word in inside.split_whitespace() {
+            assert!(
+                words.iter().any(|w| w == word),
+                "`{word}` cut in `{inside}`"
+            );
+        }
+    }
+    // j moves to the last warning, scrolling; k brings the first back.
+    typed(&mut app, "99j");
+    assert_eq!(app.warning, n - 1);
+    let t = draw(&app, 100, 30);
+    snapshot("warnings_scrolled_to_the_last", &t);
+    let first = &app.session().unwrap().warnings[0].run.clone();
+    typed(&mut app, "99k");
+    assert_eq!(app.warning, 0);
+    assert!(find(&draw(&app, 100, 30), panel, first).is_some());
+}
+
+#[test]
+fn the_warnings_panel_grows_with_the_terminal() {
+    let h = |w, h| areas(w, h).warnings.map_or(0, |r| r.height);
+    assert_eq!(h(160, 20), 0);
+    assert_eq!(h(160, 45), 7);
+    assert!(h(160, 80) > h(160, 45));
+}
+
+#[test]
+fn snapshot_enter_on_a_halt_shows_its_diagnostic_as_the_cli_does() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    app.handle(Msg::Resize(120, 40));
+    typed_settled(&mut app, &rx, "n");
+    focus(&mut app, Focus::Warnings);
+    let s = app.session().unwrap();
+    let k = s
+        .warnings
+        .iter()
+        .position(|w| w.diagnostic.is_some())
+        .expect("a halt with a diagnostic");
+    let rendered = s.warnings[k].diagnostic.as_ref().unwrap().render(false);
+    typed(&mut app, &format!("{k}j"));
+    if k == 0 {
+        typed(&mut app, "k");
+    }
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, Some(Popup::Warning(k)));
+    let t = draw(&app, 120, 40);
+    let screen = rows(&t).join("\n");
+    for line in rendered.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            screen.contains(line.trim_end()),
+            "`{line}` not on screen:\n{screen}"
+        );
+    }
+    snapshot("warning_diagnostic_overlay", &t);
+    typed(&mut app, "n");
+    assert_eq!(app.popup, None, "any key closes it");
+}

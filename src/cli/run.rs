@@ -392,14 +392,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         };
         if let Some(h) = &summary.halted {
             eprintln!("run `{}` {h}", summary.run);
-            if let Some(h) = &run.halted
-                && let Some(p) = &h.provenance
-            {
-                let d = if h.diverged {
-                    p.overflow_diagnostic(run.source(), Some(h.step))
-                } else {
-                    p.diagnostic(run.source(), Some(h.step))
-                };
+            if let Some(d) = run.halted.as_ref().and_then(|h| h.diagnostic(run.source())) {
                 eprint!("{}", d.render(color));
             }
             any_halted = true;

@@ -86,6 +86,22 @@ pub struct Halt {
     pub diverged: bool,
 }
 
+impl Halt {
+    /// The report with a caret at the op where the non-finite values started (for a
+    /// divergence: where they overflowed), as `run` prints it; None without a provenance.
+    pub fn diagnostic(
+        &self,
+        source: &std::sync::Arc<crate::diagnostic::SourceFile>,
+    ) -> Option<Diagnostic> {
+        let p = self.provenance.as_ref()?;
+        Some(if self.diverged {
+            p.overflow_diagnostic(source, Some(self.step))
+        } else {
+            p.diagnostic(source, Some(self.step))
+        })
+    }
+}
+
 /// How much the loss must grow from its lowest recent value to call a halt a divergence.
 const DIVERGENCE_GROWTH: f64 = 1e3;
 /// Steps before a halt searched for the lowest loss.

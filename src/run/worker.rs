@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
-use crate::diagnostic::catch_panic;
+use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
@@ -184,7 +184,9 @@ pub enum Event {
     Records(RunId, Vec<StepRecord>),
     /// The run's history now has only `len` rows (rewound or reset), with this lr multiplier.
     Truncated(RunId, usize, f64),
-    Halted(RunId, u64, String),
+    /// A run halted at a step: why, and the diagnostic pointing into the source when the
+    /// halt has a provenance.
+    Halted(RunId, u64, String, Option<Box<Diagnostic>>),
     Params(RunId, Vec<ParamStats>),
     /// A run's learning-rate multiplier changed, taking effect at this step.
     LrScale(RunId, f64, u64),
@@ -653,7 +655,8 @@ impl Worker {
                         }
                         None => h.reason.clone(),
                     };
-                    (self.emit)(Event::Halted(s.id, h.step, reason));
+                    let diagnostic = h.diagnostic(s.run.source()).map(Box::new);
+                    (self.emit)(Event::Halted(s.id, h.step, reason, diagnostic));
                 }
                 self.send_path(s, false);
             }

@@ -169,6 +169,8 @@ pub enum Popup {
     EditSpec { text: String, error: Option<String> },
     /// Pick a variant or dtype for a copy of the selected run.
     Duplicate { selected: usize },
+    /// Warning `n` of the selected file in full: its diagnostic as the CLI prints it.
+    Warning(usize),
 }
 
 /// Options of the duplicate dialog for a file: each variant, then each dtype.

@@ -94,6 +94,12 @@ impl App {
             KeyAction::Smoothing => self.smoothing = !self.smoothing,
             KeyAction::LastSteps => self.last_n = !self.last_n,
             KeyAction::PerParam => self.per_param = !self.per_param,
+            KeyAction::Open => {
+                let n = self.session().map_or(0, |s| s.warnings.len());
+                if self.focus == Focus::Warnings && n > 0 {
+                    self.popup = Some(Popup::Warning(self.warning.min(n - 1)));
+                }
+            }
             KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
             KeyAction::WriteRuns => return self.export("write", Io::WriteRuns),
             KeyAction::SavePictures => return self.export("draw", Io::SavePictures),
@@ -185,6 +191,7 @@ impl App {
             return;
         }
         match popup {
+            Popup::Warning(_) => self.popup = None,
             Popup::PickOptimizer { selected } => match k.code {
                 KeyCode::Up | KeyCode::Char('k') => {
                     self.popup = Some(Popup::PickOptimizer {
@@ -307,6 +314,10 @@ impl App {
                             s.selected = k;
                         }
                     }
+                } else if areas.inspector.is_some_and(|r| r.contains(pos)) {
+                    self.focus = Focus::Inspector;
+                } else if areas.warnings.is_some_and(|r| r.contains(pos)) {
+                    self.focus = Focus::Warnings;
                 } else if areas.tabs.contains(pos) {
                     self.focus = Focus::Charts;
                     if let Some(t) =

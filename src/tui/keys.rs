@@ -32,6 +32,7 @@ pub enum KeyAction {
     PreviousFocus,
     Down,
     Up,
+    Open,
     Edit,
     WriteRuns,
     SavePictures,
@@ -237,6 +238,12 @@ pub const BINDINGS: &[Binding] = &[
         &[ch('k'), Key::Code(K::Up)],
         A::Up,
         "up: in lists; scrolls the inspector",
+        None,
+    ),
+    bind(
+        &[Key::Code(K::Enter)],
+        A::Open,
+        "warnings: the selected one in full (source line, caret, help)",
         None,
     ),
     bind(

@@ -12,6 +12,7 @@ use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
@@ -94,12 +95,14 @@ impl RunView {
     }
 }
 
-/// One line of the warnings panel.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of the warnings panel.
+#[derive(Debug, Clone)]
 pub struct Warning {
     pub run: String,
     pub step: u64,
     pub text: String,
+    /// The full report (source line, caret, help) of a halt with a provenance.
+    pub diagnostic: Option<Box<Diagnostic>>,
 }
 
 /// The runs of one loss file and the worker stepping them.
@@ -272,7 +275,7 @@ impl Session {
                     r.skipped = r.history.count(flags::SKIPPED);
                 }
             }
-            Event::Halted(rid, step, reason) => {
+            Event::Halted(rid, step, reason, diagnostic) => {
                 if let Some(r) = live(&mut self.runs, rid)
                     && r.halted.is_none()
                 {
@@ -280,6 +283,7 @@ impl Session {
                         run: r.info.name.clone(),
                         step,
                         text: format!("halted: {reason}"),
+                        diagnostic,
                     });
                     r.halted = Some((step, reason));
                 }
@@ -308,6 +312,7 @@ impl Session {
                                 crate::format::fmt_num(c.max_rel),
                                 c.worst
                             ),
+                            diagnostic: None,
                         });
                     }
                     r.gradcheck = Some((step, checks));
@@ -541,6 +546,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
             run: name.clone(),
             step: rec.step,
             text: format!("{what} (first non-finite step)"),
+            diagnostic: None,
         });
     }
     for (flag, count, word) in [
@@ -559,6 +565,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
                     run: name.clone(),
                     step: rec.step,
                     text,
+                    diagnostic: None,
                 }),
             }
         }

@@ -4,7 +4,7 @@ use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
+use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap};
 
 use crate::optim::spec::OptimizerKind;
 use crate::tui::app::{App, Popup, duplicate_choices};
@@ -38,9 +38,41 @@ pub fn help(f: &mut Frame, area: Rect) {
     );
 }
 
+/// A warning in full: the diagnostic of a halt exactly as the CLI renders it (source line,
+/// caret, help), or the warning's text (any key closes it).
+fn warning(f: &mut Frame, app: &App, n: usize, area: Rect) {
+    let Some(w) = app.session().and_then(|s| s.warnings.get(n)) else {
+        return;
+    };
+    let text = match &w.diagnostic {
+        Some(d) => d.render(false),
+        None => format!("{} step {}: {}", w.run, w.step, w.text),
+    };
+    let lines: Vec<Line> = text.lines().map(|l| Line::from(l.to_string())).collect();
+    let longest = lines.iter().map(Line::width).max().unwrap_or(0);
+    let width = (longest as u16 + 2).clamp(40, area.width.saturating_sub(4).max(1));
+    let inner = width.saturating_sub(2) as usize;
+    let rows: usize = lines
+        .iter()
+        .map(|l| l.width().div_ceil(inner.max(1)).max(1))
+        .sum();
+    let r = centered(area, width, rows as u16 + 2);
+    f.render_widget(Clear, r);
+    let title = format!("{} · step {} (any key closes)", w.run, w.step);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(title)
+                .border_style(Style::new().fg(Color::Cyan)),
+        ),
+        r,
+    );
+}
+
 /// The open dialog.
 pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
+        Popup::Warning(n) => return warning(f, app, *n, area),
         Popup::PickOptimizer { selected } => (
             "Add a run: optimizer",
             OptimizerKind::ALL
