@@ -620,9 +620,8 @@ fn x_removes_the_selected_run() {
 #[test]
 fn toggle_keys() {
     type Getter = fn(&App) -> bool;
-    let cases: [(char, Getter); 4] = [
+    let cases: [(char, Getter); 3] = [
         ('l', |a| a.log_y),
-        ('s', |a| a.smoothing),
         ('a', |a| a.last_n),
         ('v', |a| a.per_param),
     ];
@@ -634,6 +633,15 @@ fn toggle_keys() {
         typed(&mut app, &key.to_string());
         assert!(!get(&app), "{key}: not toggled off");
     }
+    // `s` cycles the smoothing weight (issue 11: 0 → 0.6 → 0.9 → 0.99 → 0).
+    let (mut app, _rx) = open(ROSENBROCK);
+    assert_eq!(app.smoothing, 0.0, "s: on at start");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        typed(&mut app, "s");
+        seen.push(app.smoothing);
+    }
+    assert_eq!(seen, [0.6, 0.9, 0.99, 0.0], "s: the cycle");
 }
 
 #[test]
@@ -1696,4 +1704,48 @@ fn snapshot_enter_on_a_halt_shows_its_diagnostic_as_the_cli_does() {
     snapshot("warning_diagnostic_overlay", &t);
     typed(&mut app, "n");
     assert_eq!(app.popup, None, "any key closes it");
+}
+
+#[test]
+fn snapshot_the_smoothing_weight_is_in_the_chart_title() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "50nss");
+    let t = draw(&app, 120, 30);
+    assert!(find(&t, areas(120, 30).chart, "Loss · smoothing 0.9").is_some());
+    snapshot("smoothing_title", &t);
+    typed(&mut app, "lss");
+    let t = draw(&app, 120, 30);
+    assert!(find(&t, areas(120, 30).chart, "Loss (log y)┐").is_none());
+    assert!(
+        find(&t, areas(120, 30).chart, "Loss (log y)─").is_some(),
+        "off again"
+    );
+}
+
+#[test]
+fn shift_s_sets_a_smoothing_weight_and_refuses_one_out_of_range() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "20n");
+    typed(&mut app, "S");
+    assert!(matches!(app.popup, Some(Popup::Smoothing { .. })));
+    press(&mut app, KeyCode::Backspace);
+    typed(&mut app, "1.5");
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&app.popup, Some(Popup::Smoothing { error: Some(_), .. })),
+        "{:?}",
+        app.popup
+    );
+    for _ in 0..3 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "0.75");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, None);
+    assert_eq!(app.smoothing, 0.75);
+    let t = draw(&app, 120, 30);
+    assert!(find(&t, areas(120, 30).chart, "smoothing 0.75").is_some());
+    // From a typed weight, `s` goes on to the next larger one of the cycle.
+    typed(&mut app, "s");
+    assert_eq!(app.smoothing, 0.9);
 }

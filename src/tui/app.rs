@@ -8,6 +8,7 @@ use std::sync::mpsc::Sender;
 use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
 use ratatui::layout::Rect;
 
+use super::line_edit::LineEdit;
 use super::session::{Carry, Link, Session};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
@@ -166,7 +167,15 @@ pub enum Popup {
     /// Pick an optimizer for a new run.
     PickOptimizer { selected: usize },
     /// Edit the spec of a new run.
-    EditSpec { text: String, error: Option<String> },
+    EditSpec {
+        text: LineEdit,
+        error: Option<String>,
+    },
+    /// Type a smoothing weight in [0, 1).
+    Smoothing {
+        text: LineEdit,
+        error: Option<String>,
+    },
     /// Pick a variant or dtype for a copy of the selected run.
     Duplicate { selected: usize },
     /// Warning `n` of the selected file in full: its diagnostic as the CLI prints it.
@@ -199,7 +208,8 @@ pub struct App {
     pub focus: Focus,
     pub tab: Tab,
     pub log_y: bool,
-    pub smoothing: bool,
+    /// The chart's EMA weight (0: no smoothing).
+    pub smoothing: f64,
     pub last_n: bool,
     pub per_param: bool,
     pub show_help: bool,
@@ -228,7 +238,7 @@ impl App {
             focus: Focus::Losses,
             tab: Tab::Loss,
             log_y: false,
-            smoothing: false,
+            smoothing: 0.0,
             last_n: false,
             per_param: false,
             show_help: false,
@@ -317,6 +327,14 @@ impl App {
         }))
     }
 
+    /// Smooths every file's curves with EMA weight `w` (0: off).
+    pub(super) fn set_smoothing(&mut self, w: f64) {
+        self.smoothing = w;
+        for s in self.files.iter_mut().filter_map(|f| f.session.as_mut()) {
+            s.set_smoothing(w);
+        }
+    }
+
     /// Sends a command to the selected file's worker.
     pub fn command(&mut self, c: Command) {
         if let Some(s) = self.session() {
@@ -379,6 +397,7 @@ impl App {
                     if let Some(carry) = f.carry.take() {
                         session.adopt(carry);
                     }
+                    session.set_smoothing(self.smoothing);
                     f.session = Some(*session);
                 }
                 None

@@ -9,6 +9,7 @@ use ratatui::layout::Position;
 
 use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
+use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::worker::{Command, RunId};
@@ -91,7 +92,15 @@ impl App {
                     None => self.log_y = !self.log_y,
                 }
             }
-            KeyAction::Smoothing => self.smoothing = !self.smoothing,
+            KeyAction::Smoothing => {
+                self.set_smoothing(super::chart::next_smoothing(self.smoothing))
+            }
+            KeyAction::SetSmoothing => {
+                self.popup = Some(Popup::Smoothing {
+                    text: LineEdit::new(crate::format::fmt_short(self.smoothing)),
+                    error: None,
+                })
+            }
             KeyAction::LastSteps => self.last_n = !self.last_n,
             KeyAction::PerParam => self.per_param = !self.per_param,
             KeyAction::Open => {
@@ -206,14 +215,14 @@ impl App {
                 KeyCode::Enter => {
                     let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
                     self.popup = Some(Popup::EditSpec {
-                        text: spec.to_string(),
+                        text: LineEdit::new(spec.to_string()),
                         error: None,
                     });
                 }
                 _ => {}
             },
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(&text) {
+                KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()
@@ -234,15 +243,30 @@ impl App {
                         self.popup = Some(Popup::EditSpec { text, error });
                     }
                 },
-                KeyCode::Backspace => {
-                    text.pop();
-                    self.popup = Some(Popup::EditSpec { text, error: None });
+                _ => {
+                    if text.key(k) {
+                        self.popup = Some(Popup::EditSpec { text, error: None });
+                    }
                 }
-                KeyCode::Char(c) => {
-                    text.push(c);
-                    self.popup = Some(Popup::EditSpec { text, error: None });
+            },
+            Popup::Smoothing { mut text, .. } => match k.code {
+                KeyCode::Enter => match text.text().trim().parse::<f64>() {
+                    Ok(w) if (0.0..1.0).contains(&w) => {
+                        self.set_smoothing(w);
+                        self.popup = None;
+                    }
+                    _ => {
+                        let error = Some(format!(
+                            "`{text}` is not a smoothing weight: a number from 0 (off) up to, not including, 1"
+                        ));
+                        self.popup = Some(Popup::Smoothing { text, error });
+                    }
+                },
+                _ => {
+                    if text.key(k) {
+                        self.popup = Some(Popup::Smoothing { text, error: None });
+                    }
                 }
-                _ => {}
             },
             Popup::Duplicate { selected } => {
                 let choices = self

@@ -18,6 +18,7 @@ pub enum KeyAction {
     PreviousTab,
     LogScale,
     Smoothing,
+    SetSmoothing,
     LastSteps,
     PerParam,
     DoubleLr,
@@ -70,6 +71,7 @@ impl Key {
             Key::Code(KeyCode::Down) => "↓".into(),
             Key::Code(KeyCode::Up) => "↑".into(),
             Key::Code(KeyCode::Tab) => "tab".into(),
+            Key::Code(KeyCode::Enter) => "enter".into(),
             Key::Code(KeyCode::BackTab) => "shift-tab".into(),
             Key::Code(code) => code.to_string(),
         }
@@ -158,9 +160,10 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('s')],
         A::Smoothing,
-        "EMA smoothing (debiased, as TensorBoard)",
+        "smoothing weight 0 → 0.6 → 0.9 → 0.99 (TensorBoard's EMA)",
         Some("smooth"),
     ),
+    bind(&[ch('S')], A::SetSmoothing, "type a smoothing weight", None),
     bind(
         &[ch('a')],
         A::LastSteps,
@@ -243,7 +246,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[Key::Code(K::Enter)],
         A::Open,
-        "warnings: the selected one in full (source line, caret, help)",
+        "warnings: the selected one in full (source, caret, help)",
         None,
     ),
     bind(

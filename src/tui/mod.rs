@@ -18,6 +18,8 @@ pub mod keys;
 pub mod landscape_view;
 /// Layout and hit-testing.
 pub mod layout;
+/// The dialogs' one-line text field.
+pub mod line_edit;
 /// The I/O `update` asks for, and `App::handle`.
 pub mod perform;
 /// Multi-resolution summaries behind long charts.

@@ -116,6 +116,8 @@ pub struct Session {
     pub landscape: LandscapeView,
     /// Param values in all (2 means the landscape is over the params' own coordinates).
     pub dims: usize,
+    /// The EMA weight its runs' curves are summarised with (the app's smoothing).
+    smoothing: f64,
     commands: Sender<Command>,
     handle: Option<JoinHandle<()>>,
     colors_used: usize,
@@ -146,6 +148,14 @@ impl Session {
             map,
         };
         self.landscape.sync(shown, &|c| drop(commands.send(c)));
+    }
+
+    /// Summarises its runs' curves smoothed with weight `w` from now on.
+    pub fn set_smoothing(&mut self, w: f64) {
+        self.smoothing = w;
+        for r in &mut self.runs {
+            r.streams = super::chart::streams(&r.history, w);
+        }
     }
 
     /// The run selected in the runs list.
@@ -246,16 +256,14 @@ impl Session {
                         && first < r.history.len()
                     {
                         r.history.truncate(first);
-                        r.streams = super::chart::streams(&r.history);
+                        r.streams = super::chart::streams(&r.history, self.smoothing);
                     }
                     for rec in &records {
                         note_warnings(&mut self.warnings, r, rec);
                         if r.history.is_empty() {
                             r.history = History::new(rec.param_grad_norms.len());
-                            r.streams = super::chart::Metric::all(rec.param_norms.len())
-                                .into_iter()
-                                .map(super::chart::Stream::new)
-                                .collect();
+                            r.streams =
+                                super::chart::new_streams(rec.param_norms.len(), self.smoothing);
                         }
                         r.history.push(rec);
                         r.streams.iter_mut().for_each(|s| s.push(rec));
@@ -265,7 +273,7 @@ impl Session {
             Event::Truncated(rid, len, scale) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.history.truncate(len);
-                    r.streams = super::chart::streams(&r.history);
+                    r.streams = super::chart::streams(&r.history, self.smoothing);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
                     r.halted = None;
@@ -399,6 +407,7 @@ impl Session {
             failed,
             landscape,
             dims,
+            smoothing: 0.0,
             commands: tx,
             handle,
             colors_used: 0,

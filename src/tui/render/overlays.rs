@@ -8,29 +8,39 @@ use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap}
 
 use crate::optim::spec::OptimizerKind;
 use crate::tui::app::{App, Popup, duplicate_choices};
-use crate::tui::keys::BINDINGS;
+use crate::tui::keys::{BINDINGS, Binding};
 use crate::tui::layout::centered;
+use crate::tui::line_edit::LineEdit;
 
-/// Every key and what it does (any key closes it).
+/// Every key and what it does (any key closes it), in as many columns as the height needs.
 pub fn help(f: &mut Frame, area: Rect) {
-    let width = BINDINGS
+    let label_w = BINDINGS
         .iter()
-        .map(|b| b.help.chars().count())
+        .map(|b| b.label().chars().count())
         .max()
-        .unwrap_or(0)
-        + 16
-        + 2
-        + 2;
-    let r = centered(area, width as u16, BINDINGS.len() as u16 + 2);
-    let lines: Vec<Line> = BINDINGS
+        .unwrap_or(0);
+    let rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
+    let columns: Vec<&[Binding]> = BINDINGS.chunks(rows).collect();
+    let widths: Vec<usize> = columns
         .iter()
-        .map(|b| {
-            Line::from(vec![
-                Span::styled(format!("{:>16}  ", b.label()), Style::new().fg(Color::Cyan)),
-                Span::raw(b.help),
-            ])
+        .map(|c| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0))
+        .collect();
+    let lines: Vec<Line> = (0..rows)
+        .map(|i| {
+            let mut spans = Vec::new();
+            for (c, column) in columns.iter().enumerate() {
+                let Some(b) = column.get(i) else { continue };
+                spans.push(Span::styled(
+                    format!("{:>label_w$}  ", b.label()),
+                    Style::new().fg(Color::Cyan),
+                ));
+                spans.push(Span::raw(format!("{:<w$}  ", b.help, w = widths[c])));
+            }
+            Line::from(spans)
         })
         .collect();
+    let width: usize = widths.iter().map(|w| label_w + 2 + w + 2).sum::<usize>() + 2;
+    let r = centered(area, width as u16, rows as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines).block(Block::bordered().title("Keys (any key closes)")),
@@ -69,6 +79,16 @@ fn warning(f: &mut Frame, app: &App, n: usize, area: Rect) {
     );
 }
 
+/// A dialog's text field, its error if any, and what its keys do.
+fn field(text: &LineEdit, error: Option<&str>, keys: &'static str) -> Vec<Line<'static>> {
+    let mut l = vec![Line::from(text.with_cursor()), Line::from("")];
+    if let Some(e) = error {
+        l.push(Line::styled(e.to_string(), Style::new().fg(Color::Red)));
+    }
+    l.push(Line::styled(keys, Style::new().fg(Color::DarkGray)));
+    l
+}
+
 /// The open dialog.
 pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
@@ -81,17 +101,16 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
                 .collect(),
             Some(*selected),
         ),
-        Popup::EditSpec { text, error } => {
-            let mut l = vec![Line::from(format!("{text}▏")), Line::from("")];
-            if let Some(e) = error {
-                l.push(Line::styled(e.clone(), Style::new().fg(Color::Red)));
-            }
-            l.push(Line::styled(
-                "enter adds the run · esc cancels",
-                Style::new().fg(Color::DarkGray),
-            ));
-            ("Add a run: edit the spec", l, None)
-        }
+        Popup::EditSpec { text, error } => (
+            "Add a run: edit the spec",
+            field(text, error.as_deref(), "enter adds the run · esc cancels"),
+            None,
+        ),
+        Popup::Smoothing { text, error } => (
+            "Smoothing weight (0 off, up to 0.999)",
+            field(text, error.as_deref(), "enter sets it · esc cancels"),
+            None,
+        ),
         Popup::Duplicate { selected } => (
             "Duplicate the run with",
             app.file()
