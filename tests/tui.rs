@@ -1749,3 +1749,65 @@ fn shift_s_sets_a_smoothing_weight_and_refuses_one_out_of_range() {
     typed(&mut app, "s");
     assert_eq!(app.smoothing, 0.9);
 }
+
+#[test]
+fn snapshot_compare_table_sorts_by_any_column() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "30n");
+    typed(&mut app, "R");
+    assert_eq!(
+        app.popup,
+        Some(Popup::Compare {
+            column: 0,
+            descending: false
+        })
+    );
+    // Sorted by final loss (tab once), then reversed (r).
+    press(&mut app, KeyCode::Tab);
+    let order = |app: &App| {
+        let Some(Popup::Compare { column, descending }) = app.popup else {
+            panic!("{:?}", app.popup)
+        };
+        let s = app.session().unwrap();
+        let final_loss = |name: &str| {
+            let r = s.runs.iter().find(|r| r.info.name == name).unwrap();
+            r.history.core(r.history.len() - 1).loss
+        };
+        let file = app.file().unwrap();
+        gradscope::tui::compare::rows(s, file.compiled.as_ref(), column, descending)
+            .into_iter()
+            .map(|r| final_loss(&r.cells[0]))
+            .collect::<Vec<f64>>()
+    };
+    let up = order(&app);
+    assert!(up.windows(2).all(|w| w[0] <= w[1]), "{up:?}");
+    typed(&mut app, "r");
+    let down = order(&app);
+    assert!(down.windows(2).all(|w| w[0] >= w[1]), "{down:?}");
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("final loss ▼"), "{screen}");
+    assert!(screen.contains("optimizer adam(lr=0.01) → sgd"), "{screen}");
+    // Steps/s depend on the machine: masked.
+    let rows = rows(&t);
+    let top = rows.iter().position(|r| r.contains("steps/s")).unwrap();
+    let at = rows[top].split("steps/s").next().unwrap().chars().count();
+    let masked: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(y, r)| {
+            r.chars()
+                .enumerate()
+                .map(|(x, c)| {
+                    let cell = (top + 1..top + 5).contains(&y) && (at..at + 7).contains(&x);
+                    if cell { '#' } else { c }
+                })
+                .collect()
+        })
+        .collect();
+    insta::with_settings!({snapshot_path => "snapshots/tui", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("compare_table", masked.join("\n"));
+    });
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.popup, None);
+}

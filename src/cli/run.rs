@@ -176,15 +176,7 @@ pub fn build_runs(
 
 /// The comparison table printed after the runs.
 pub fn comparison_table(summaries: &[Summary]) -> String {
-    let header = [
-        "run",
-        "final loss",
-        "best loss (step)",
-        "first non-finite",
-        "clipped",
-        "skipped",
-        "steps/s",
-    ];
+    let header = crate::run::summary::TABLE_COLUMNS;
     let rows: Vec<[String; 7]> = summaries
         .iter()
         .map(|s| {

@@ -178,6 +178,8 @@ pub enum Popup {
     },
     /// Pick a variant or dtype for a copy of the selected run.
     Duplicate { selected: usize },
+    /// The comparison table of the selected file's runs, sorted by `column`.
+    Compare { column: usize, descending: bool },
     /// Warning `n` of the selected file in full: its diagnostic as the CLI prints it.
     Warning(usize),
 }

@@ -85,6 +85,13 @@ impl App {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
             }
             KeyAction::AddRun | KeyAction::Duplicate => {}
+            KeyAction::Compare if self.session().is_some() => {
+                self.popup = Some(Popup::Compare {
+                    column: 0,
+                    descending: false,
+                })
+            }
+            KeyAction::Compare => {}
             KeyAction::LogScale => {
                 let landscape = self.tab == Tab::Landscape;
                 match self.session_mut().filter(|_| landscape) {
@@ -201,6 +208,25 @@ impl App {
         }
         match popup {
             Popup::Warning(_) => self.popup = None,
+            Popup::Compare { column, descending } => {
+                let n = super::compare::COLUMNS.len();
+                self.popup = match k.code {
+                    KeyCode::Tab => Some(Popup::Compare {
+                        column: (column + 1) % n,
+                        descending,
+                    }),
+                    KeyCode::BackTab => Some(Popup::Compare {
+                        column: (column + n - 1) % n,
+                        descending,
+                    }),
+                    KeyCode::Char('r') => Some(Popup::Compare {
+                        column,
+                        descending: !descending,
+                    }),
+                    KeyCode::Enter | KeyCode::Char('R' | 'q') => None,
+                    _ => Some(popup),
+                }
+            }
             Popup::PickOptimizer { selected } => match k.code {
                 KeyCode::Up | KeyCode::Char('k') => {
                     self.popup = Some(Popup::PickOptimizer {

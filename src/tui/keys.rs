@@ -24,6 +24,7 @@ pub enum KeyAction {
     DoubleLr,
     HalveLr,
     AddRun,
+    Compare,
     Duplicate,
     Remove,
     ClearBefore,
@@ -188,6 +189,12 @@ pub const BINDINGS: &[Binding] = &[
         A::AddRun,
         "add a run with another optimizer",
         Some("add"),
+    ),
+    bind(
+        &[ch('R')],
+        A::Compare,
+        "compare the runs in a table (tab: sort column, r: order)",
+        None,
     ),
     bind(
         &[ch('d')],

@@ -10,6 +10,8 @@ pub mod bench;
 pub mod changes;
 /// Chart metrics and their summaries.
 pub mod chart;
+/// The comparison table of a file's runs.
+pub mod compare;
 /// What keys, dialogs and the mouse do to the model.
 pub mod input;
 /// The one key table.

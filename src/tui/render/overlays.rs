@@ -8,6 +8,7 @@ use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap}
 
 use crate::optim::spec::OptimizerKind;
 use crate::tui::app::{App, Popup, duplicate_choices};
+use crate::tui::compare;
 use crate::tui::keys::{BINDINGS, Binding};
 use crate::tui::layout::centered;
 use crate::tui::line_edit::LineEdit;
@@ -79,6 +80,69 @@ fn warning(f: &mut Frame, app: &App, n: usize, area: Rect) {
     );
 }
 
+/// The comparison table of the selected file's runs, the sort column marked ▲ or ▼.
+fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect) {
+    let Some(s) = app.session() else {
+        return;
+    };
+    let compiled = app.file().and_then(|f| f.compiled.as_ref());
+    let rows = compare::rows(s, compiled, column, descending);
+    let mark = if descending { "▼" } else { "▲" };
+    let header: Vec<String> = compare::COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == column {
+                format!("{c} {mark}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(&r.cells) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let cell = |i: usize, text: &str| format!("{text:<w$}  ", w = widths[i]);
+    let mut lines = vec![Line::from(
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let style = Style::new().add_modifier(Modifier::BOLD);
+                let style = if i == column {
+                    style.fg(Color::Cyan)
+                } else {
+                    style
+                };
+                Span::styled(cell(i, h), style)
+            })
+            .collect::<Vec<_>>(),
+    )];
+    for r in &rows {
+        let mut spans = vec![Span::styled(cell(0, &r.cells[0]), Style::new().fg(r.color))];
+        spans.extend((1..r.cells.len()).map(|i| Span::raw(cell(i, &r.cells[i]))));
+        lines.push(Line::from(spans));
+    }
+    lines.push(Line::styled(
+        "tab/shift-tab sort by the next/previous column · r reverses · esc closes",
+        Style::new().fg(Color::DarkGray),
+    ));
+    let width = widths.iter().map(|w| w + 2).sum::<usize>() + 2;
+    let r = centered(area, width as u16, lines.len() as u16 + 2);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .title("Compare the runs")
+                .border_style(Style::new().fg(Color::Cyan)),
+        ),
+        r,
+    );
+}
+
 /// A dialog's text field, its error if any, and what its keys do.
 fn field(text: &LineEdit, error: Option<&str>, keys: &'static str) -> Vec<Line<'static>> {
     let mut l = vec![Line::from(text.with_cursor()), Line::from("")];
@@ -93,6 +157,9 @@ fn field(text: &LineEdit, error: Option<&str>, keys: &'static str) -> Vec<Line<'
 pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
         Popup::Warning(n) => return warning(f, app, *n, area),
+        Popup::Compare { column, descending } => {
+            return compare(f, app, *column, *descending, area);
+        }
         Popup::PickOptimizer { selected } => (
             "Add a run: optimizer",
             OptimizerKind::ALL
