@@ -565,7 +565,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     );
     let slice = l.slice.as_ref().unwrap();
     let r = s.selected_run().unwrap();
-    let now = r.params.iter().map(|p| p.min).collect::<Vec<_>>();
+    let now = r.params.iter().map(|p| p.value.min).collect::<Vec<_>>();
     assert!(rel(slice.line.loss[0], rosenbrock(now[0], now[1])) < 1e-5);
 
     let mut t = Terminal::new(TestBackend::new(140, 44)).unwrap();

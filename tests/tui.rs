@@ -646,9 +646,8 @@ fn x_removes_the_selected_run() {
 #[test]
 fn toggle_keys() {
     type Getter = fn(&App) -> bool;
-    let cases: [(char, Getter); 4] = [
+    let cases: [(char, Getter); 3] = [
         ('l', |a| a.log_y),
-        ('s', |a| a.smoothing),
         ('a', |a| a.last_n),
         ('v', |a| a.per_param),
     ];
@@ -660,6 +659,15 @@ fn toggle_keys() {
         typed(&mut app, &key.to_string());
         assert!(!get(&app), "{key}: not toggled off");
     }
+    // `s` cycles the smoothing weight (issue 11: 0 → 0.6 → 0.9 → 0.99 → 0).
+    let (mut app, _rx) = open(ROSENBROCK);
+    assert_eq!(app.smoothing, 0.0, "s: on at start");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        typed(&mut app, "s");
+        seen.push(app.smoothing);
+    }
+    assert_eq!(seen, [0.6, 0.9, 0.99, 0.0], "s: the cycle");
 }
 
 #[test]
@@ -688,7 +696,9 @@ fn t_cycles_tabs_and_shift_t_goes_back() {
 
 #[test]
 fn tab_and_shift_tab_move_focus() {
+    // A terminal without the inspector and the warnings: the lists and the chart.
     let (mut app, _rx) = open(ROSENBROCK);
+    app.handle(Msg::Resize(80, 20));
     assert_eq!(app.focus, Focus::Losses);
     let forward: Vec<Focus> = (0..3)
         .map(|_| {
@@ -704,6 +714,26 @@ fn tab_and_shift_tab_move_focus() {
         })
         .collect();
     assert_eq!(back, [Focus::Charts, Focus::Runs, Focus::Losses]);
+    // A large one adds the inspector and the warnings to the cycle.
+    app.handle(Msg::Resize(160, 45));
+    let forward: Vec<Focus> = (0..5)
+        .map(|_| {
+            press(&mut app, KeyCode::Tab);
+            app.focus
+        })
+        .collect();
+    assert_eq!(
+        forward,
+        [
+            Focus::Runs,
+            Focus::Charts,
+            Focus::Inspector,
+            Focus::Warnings,
+            Focus::Losses
+        ]
+    );
+    press(&mut app, KeyCode::BackTab);
+    assert_eq!(app.focus, Focus::Warnings);
 }
 
 #[test]
@@ -1523,4 +1553,287 @@ fn a_halted_run_shows_the_step_it_halted_at() {
     let r = &app.session().unwrap().runs[0];
     assert_eq!(r.history.len(), 4, "rows 0..=3");
     assert!(r.history.core(3).loss.is_nan());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Section 2 of issue 11: what the TUI shows
+// ---------------------------------------------------------------------------------------------
+
+/// A small param `b` (3 values) and a large one `W` (128 values), 1 step of sgd on
+/// sum((W - 1)^2) + sum(b^2): ∇W = 2(W - 1), ∇b = 2b.
+const TWO_PARAMS: &str = r#"
+name = "two params"
+seed = 0
+loss = "sum((W - 1)^2) + sum(b^2)"
+
+[params]
+W = "randn(16, 8)"
+b = "full(2.0, 3)"
+
+[optimizer]
+name = "sgd"
+lr = 0.1
+steps = 10
+"#;
+
+fn scratch_file(dir: &Scratch, name: &str, text: &str) -> PathBuf {
+    let p = dir.0.join(name);
+    std::fs::write(&p, text).expect("write scratch file");
+    p
+}
+
+#[test]
+fn snapshot_inspector_shows_small_params_in_full_and_large_ones_summarised() {
+    let dir = Scratch::new("inspector-values");
+    let file = scratch_file(&dir, "two.toml", TWO_PARAMS);
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "n");
+    let r = app.session().unwrap().selected_run().unwrap();
+    // θ_1 = θ_0 - 0.1 · 2 θ_0 for b: 1.6, and its gradient there 3.2.
+    let b = &r.params[1];
+    let near = |v: &[f64], want: f64| v.len() == 3 && v.iter().all(|x| (x - want).abs() < 1e-6);
+    assert!(near(b.value.values.as_ref().unwrap(), 1.6), "{b:?}");
+    let gb = b.grad.as_ref().expect("the gradient at θ_1");
+    assert!(near(gb.values.as_ref().unwrap(), 3.2), "{gb:?}");
+    // W is summarised: no values, a histogram of all 128.
+    let w = &r.params[0];
+    assert_eq!(w.value.values, None);
+    assert_eq!(w.value.histogram.iter().sum::<u32>(), 128);
+    assert_eq!(w.grad.as_ref().unwrap().histogram.iter().sum::<u32>(), 128);
+    let t = draw(&app, 160, 45);
+    let inspector = areas(160, 45).inspector.unwrap();
+    assert!(find(&t, inspector, "b [3]  3 values").is_some());
+    assert!(find(&t, inspector, "[2]").is_some());
+    assert!(find(&t, inspector, "W [16, 8]  128 values").is_some());
+    snapshot("inspector_small_and_large_params", &t);
+}
+
+#[test]
+fn the_focused_inspector_scrolls_with_j_and_k() {
+    let dir = Scratch::new("inspector-scroll");
+    let file = scratch_file(&dir, "two.toml", TWO_PARAMS);
+    let (mut app, rx) = open(file.to_str().unwrap());
+    app.handle(Msg::Resize(120, 30));
+    typed_settled(&mut app, &rx, "n");
+    while app.focus != Focus::Inspector {
+        press(&mut app, KeyCode::Tab);
+    }
+    let inspector = areas(120, 30).inspector.unwrap();
+    let top = |app: &App| rows(&draw(app, 120, 30))[inspector.y as usize + 1].clone();
+    let first = top(&app);
+    typed(&mut app, "j");
+    assert_eq!(app.inspector_scroll, 1);
+    assert_ne!(top(&app), first);
+    // No further than the end: the last line stays on screen.
+    typed(&mut app, "999j");
+    let screen = rows(&draw(&app, 120, 30)).join("\n");
+    assert!(screen.contains("[2]"), "{screen}");
+    typed(&mut app, "999k");
+    assert_eq!(app.inspector_scroll, 0);
+    assert_eq!(top(&app), first);
+}
+
+fn focus(app: &mut App, panel: Focus) {
+    for _ in 0..5 {
+        if app.focus == panel {
+            return;
+        }
+        press(app, KeyCode::Tab);
+    }
+    panic!("{panel:?} is not focusable at {:?}", app.size);
+}
+
+#[test]
+fn snapshot_warnings_panel_focused_scrolled_and_wrapped() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    app.handle(Msg::Resize(100, 30));
+    typed_settled(&mut app, &rx, "n");
+    let n = app.session().unwrap().warnings.len();
+    assert!(n >= 4, "{:?}", app.session().unwrap().warnings);
+    focus(&mut app, Focus::Warnings);
+    let panel = areas(100, 30).warnings.unwrap();
+    let t = draw(&app, 100, 30);
+    snapshot("warnings_focused", &t);
+    // Every row is cut at a space or at the end of its warning: no word is split.
+    let words: Vec<String> = app
+        .session()
+        .unwrap()
+        .warnings
+        .iter()
+        .flat_map(|w| {
+            format!("{} step {}: {}", w.run, w.step, w.text)
+                .split(' ')
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let screen = rows(&t);
+    for y in panel.y + 1..panel.bottom() - 1 {
+        let inside: String = screen[y as usize]
+            .chars()
+            .skip(panel.x as usize + 1)
+            .take(panel.width as usize - 2)
+            .collect();
+        for word in inside.split_whitespace() {
+            assert!(
+                words.iter().any(|w| w == word),
+                "`{word}` cut in `{inside}`"
+            );
+        }
+    }
+    // j moves to the last warning, scrolling; k brings the first back.
+    typed(&mut app, "99j");
+    assert_eq!(app.warning, n - 1);
+    let t = draw(&app, 100, 30);
+    snapshot("warnings_scrolled_to_the_last", &t);
+    let first = &app.session().unwrap().warnings[0].run.clone();
+    typed(&mut app, "99k");
+    assert_eq!(app.warning, 0);
+    assert!(find(&draw(&app, 100, 30), panel, first).is_some());
+}
+
+#[test]
+fn the_warnings_panel_grows_with_the_terminal() {
+    let h = |w, h| areas(w, h).warnings.map_or(0, |r| r.height);
+    assert_eq!(h(160, 20), 0);
+    assert_eq!(h(160, 45), 7);
+    assert!(h(160, 80) > h(160, 45));
+}
+
+#[test]
+fn snapshot_enter_on_a_halt_shows_its_diagnostic_as_the_cli_does() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    app.handle(Msg::Resize(120, 40));
+    typed_settled(&mut app, &rx, "n");
+    focus(&mut app, Focus::Warnings);
+    let s = app.session().unwrap();
+    let k = s
+        .warnings
+        .iter()
+        .position(|w| w.diagnostic.is_some())
+        .expect("a halt with a diagnostic");
+    let rendered = s.warnings[k].diagnostic.as_ref().unwrap().render(false);
+    typed(&mut app, &format!("{k}j"));
+    if k == 0 {
+        typed(&mut app, "k");
+    }
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, Some(Popup::Warning(k)));
+    let t = draw(&app, 120, 40);
+    let screen = rows(&t).join("\n");
+    for line in rendered.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            screen.contains(line.trim_end()),
+            "`{line}` not on screen:\n{screen}"
+        );
+    }
+    snapshot("warning_diagnostic_overlay", &t);
+    typed(&mut app, "n");
+    assert_eq!(app.popup, None, "any key closes it");
+}
+
+#[test]
+fn snapshot_the_smoothing_weight_is_in_the_chart_title() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "50nss");
+    let t = draw(&app, 120, 30);
+    assert!(find(&t, areas(120, 30).chart, "Loss · smoothing 0.9").is_some());
+    snapshot("smoothing_title", &t);
+    typed(&mut app, "lss");
+    let t = draw(&app, 120, 30);
+    assert!(find(&t, areas(120, 30).chart, "Loss (log y)┐").is_none());
+    assert!(
+        find(&t, areas(120, 30).chart, "Loss (log y)─").is_some(),
+        "off again"
+    );
+}
+
+#[test]
+fn shift_s_sets_a_smoothing_weight_and_refuses_one_out_of_range() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "20n");
+    typed(&mut app, "S");
+    assert!(matches!(app.popup, Some(Popup::Smoothing { .. })));
+    press(&mut app, KeyCode::Backspace);
+    typed(&mut app, "1.5");
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&app.popup, Some(Popup::Smoothing { error: Some(_), .. })),
+        "{:?}",
+        app.popup
+    );
+    for _ in 0..3 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "0.75");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, None);
+    assert_eq!(app.smoothing, 0.75);
+    let t = draw(&app, 120, 30);
+    assert!(find(&t, areas(120, 30).chart, "smoothing 0.75").is_some());
+    // From a typed weight, `s` goes on to the next larger one of the cycle.
+    typed(&mut app, "s");
+    assert_eq!(app.smoothing, 0.9);
+}
+
+#[test]
+fn snapshot_compare_table_sorts_by_any_column() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "30n");
+    typed(&mut app, "R");
+    assert_eq!(
+        app.popup,
+        Some(Popup::Compare {
+            column: 0,
+            descending: false
+        })
+    );
+    // Sorted by final loss (tab once), then reversed (r).
+    press(&mut app, KeyCode::Tab);
+    let order = |app: &App| {
+        let Some(Popup::Compare { column, descending }) = app.popup else {
+            panic!("{:?}", app.popup)
+        };
+        let s = app.session().unwrap();
+        let final_loss = |name: &str| {
+            let r = s.runs.iter().find(|r| r.info.name == name).unwrap();
+            r.history.core(r.history.len() - 1).loss
+        };
+        let file = app.file().unwrap();
+        gradscope::tui::compare::rows(s, file.compiled.as_ref(), column, descending)
+            .into_iter()
+            .map(|r| final_loss(&r.cells[0]))
+            .collect::<Vec<f64>>()
+    };
+    let up = order(&app);
+    assert!(up.windows(2).all(|w| w[0] <= w[1]), "{up:?}");
+    typed(&mut app, "r");
+    let down = order(&app);
+    assert!(down.windows(2).all(|w| w[0] >= w[1]), "{down:?}");
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("final loss ▼"), "{screen}");
+    assert!(screen.contains("optimizer adam(lr=0.01) → sgd"), "{screen}");
+    // Steps/s depend on the machine: masked.
+    let rows = rows(&t);
+    let top = rows.iter().position(|r| r.contains("steps/s")).unwrap();
+    let at = rows[top].split("steps/s").next().unwrap().chars().count();
+    let masked: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(y, r)| {
+            r.chars()
+                .enumerate()
+                .map(|(x, c)| {
+                    let cell = (top + 1..top + 5).contains(&y) && (at..at + 7).contains(&x);
+                    if cell { '#' } else { c }
+                })
+                .collect()
+        })
+        .collect();
+    insta::with_settings!({snapshot_path => "snapshots/tui", prepend_module_to_snapshot => false}, {
+        insta::assert_snapshot!("compare_table", masked.join("\n"));
+    });
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.popup, None);
 }

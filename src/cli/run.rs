@@ -177,15 +177,7 @@ pub fn build_runs(
 
 /// The comparison table printed after the runs.
 pub fn comparison_table(summaries: &[Summary]) -> String {
-    let mut header = vec![
-        "run",
-        "final loss",
-        "best loss (step)",
-        "first non-finite",
-        "clipped",
-        "skipped",
-        "steps/s",
-    ];
+    let mut header = crate::run::summary::TABLE_COLUMNS.to_vec();
     // Each metric's final value, one column a metric (every run of a file has the same ones).
     if let Some(s) = summaries.first() {
         header.extend(s.final_metrics.iter().map(|(n, _)| n.as_str()));
@@ -423,14 +415,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         };
         if let Some(h) = &summary.halted {
             eprintln!("run `{}` {h}", summary.run);
-            if let Some(h) = &run.halted
-                && let Some(p) = &h.provenance
-            {
-                let d = if h.diverged {
-                    p.overflow_diagnostic(run.source(), Some(h.step))
-                } else {
-                    p.diagnostic(run.source(), Some(h.step))
-                };
+            if let Some(d) = run.halted.as_ref().and_then(|h| h.diagnostic(run.source())) {
                 eprint!("{}", d.render(color));
             }
             any_halted = true;

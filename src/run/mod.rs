@@ -87,6 +87,22 @@ pub struct Halt {
     pub diverged: bool,
 }
 
+impl Halt {
+    /// The report with a caret at the op where the non-finite values started (for a
+    /// divergence: where they overflowed), as `run` prints it; None without a provenance.
+    pub fn diagnostic(
+        &self,
+        source: &std::sync::Arc<crate::diagnostic::SourceFile>,
+    ) -> Option<Diagnostic> {
+        let p = self.provenance.as_ref()?;
+        Some(if self.diverged {
+            p.overflow_diagnostic(source, Some(self.step))
+        } else {
+            p.diagnostic(source, Some(self.step))
+        })
+    }
+}
+
 /// How much the loss must grow from its lowest recent value to call a halt a divergence.
 const DIVERGENCE_GROWTH: f64 = 1e3;
 /// Steps before a halt searched for the lowest loss.
@@ -780,6 +796,11 @@ impl Run {
         self.skipped = self.history.count(flags::SKIPPED);
         self.clipped = self.history.count(flags::CLIPPED);
         self.totals = self.history.totals();
+    }
+
+    /// Loss and gradients at the current params θ_k (None only before the first evaluation).
+    pub fn current(&self) -> Option<&crate::compile::Evaluation> {
+        self.current.as_ref()
     }
 
     /// Current param values, flattened row-major, in f64.

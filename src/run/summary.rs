@@ -7,6 +7,17 @@ use super::Run;
 use super::history::StepRecord;
 use crate::diagnostic::Diagnostic;
 
+/// The columns of a comparison of runs, as `run` prints it and the TUI shows it.
+pub const TABLE_COLUMNS: [&str; 7] = [
+    "run",
+    "final loss",
+    "best loss (step)",
+    "first non-finite",
+    "clipped",
+    "skipped",
+    "steps/s",
+];
+
 /// A finished run's summary.
 #[derive(Debug, Clone)]
 pub struct Summary {

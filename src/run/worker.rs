@@ -7,10 +7,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use candle_core::Tensor;
+
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
-use crate::diagnostic::catch_panic;
+use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
@@ -59,15 +61,72 @@ pub enum Command {
     Shutdown,
 }
 
-/// Per-param numbers at a run's current step, for the inspector.
+/// Per-param numbers at a run's current step θ_k, for the inspector: its values and the
+/// gradient there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamStats {
     pub name: String,
     pub shape: Vec<usize>,
+    pub value: TensorStats,
+    /// The gradient at θ_k (None when the run has not evaluated it).
+    pub grad: Option<TensorStats>,
+}
+
+/// Elements a tensor may have for every value to be sent; larger ones send a summary only.
+pub const FULL_VALUES: usize = 64;
+/// Bins of a large tensor's histogram.
+pub const HISTOGRAM_BINS: usize = 24;
+
+/// One tensor for the inspector: a summary always, every value when it is small, a histogram
+/// when it is not (computed on the worker, so the message stays small whatever the size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorStats {
     pub norm: f64,
+    /// Smallest finite element (+inf when none is finite).
     pub min: f64,
+    /// Largest finite element (-inf when none is finite).
     pub max: f64,
+    /// Mean of the finite elements (NaN when none is finite).
+    pub mean: f64,
     pub nonfinite: usize,
+    /// Every element, row-major, for tensors of at most [`FULL_VALUES`] elements.
+    pub values: Option<Vec<f64>>,
+    /// Finite elements counted in [`HISTOGRAM_BINS`] equal bins from `min` to `max` (empty
+    /// when `values` holds them all).
+    pub histogram: Vec<u32>,
+}
+
+impl TensorStats {
+    /// The summary of `t`'s elements.
+    pub fn of(t: &Tensor) -> Self {
+        let v = crate::compile::values_f64(t).unwrap_or_default();
+        let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+        let min = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+        let mut histogram = Vec::new();
+        if v.len() > FULL_VALUES && !finite.is_empty() {
+            histogram = vec![0; HISTOGRAM_BINS];
+            let width = (max - min) / HISTOGRAM_BINS as f64;
+            for x in &finite {
+                let b = if width > 0.0 {
+                    ((x - min) / width) as usize
+                } else {
+                    0
+                };
+                histogram[b.min(HISTOGRAM_BINS - 1)] += 1;
+            }
+        }
+        Self {
+            norm: norm(t),
+            min,
+            max,
+            mean,
+            nonfinite: v.len() - finite.len(),
+            values: (v.len() <= FULL_VALUES).then_some(v),
+            histogram,
+        }
+    }
 }
 
 /// What a run was asked to change of its definition: another optimizer or dtype.
@@ -125,7 +184,9 @@ pub enum Event {
     Records(RunId, Vec<StepRecord>),
     /// The run's history now has only `len` rows (rewound or reset), with this lr multiplier.
     Truncated(RunId, usize, f64),
-    Halted(RunId, u64, String),
+    /// A run halted at a step: why, and the diagnostic pointing into the source when the
+    /// halt has a provenance.
+    Halted(RunId, u64, String, Option<Box<Diagnostic>>),
     Params(RunId, Vec<ParamStats>),
     /// A run's metric values at a step (after that many updates), for files with `[metrics]`.
     Metrics(RunId, u64, Vec<f64>),
@@ -611,7 +672,8 @@ impl Worker {
                         }
                         None => h.reason.clone(),
                     };
-                    (self.emit)(Event::Halted(s.id, h.step, reason));
+                    let diagnostic = h.diagnostic(s.run.source()).map(Box::new);
+                    (self.emit)(Event::Halted(s.id, h.step, reason, diagnostic));
                 }
                 self.send_path(s, false);
             }
@@ -647,21 +709,19 @@ impl Slot {
 }
 
 fn stats(run: &Run) -> Vec<ParamStats> {
+    let grads = run
+        .current()
+        .map(|e| e.grads.as_slice())
+        .unwrap_or_default();
     run.param_names()
         .iter()
         .zip(run.params())
-        .map(|(name, var)| {
-            let t = var.as_tensor();
-            let v = crate::compile::values_f64(t).unwrap_or_default();
-            let finite = v.iter().copied().filter(|x| x.is_finite());
-            ParamStats {
-                name: name.clone(),
-                shape: t.dims().to_vec(),
-                norm: norm(t),
-                min: finite.clone().fold(f64::INFINITY, f64::min),
-                max: finite.fold(f64::NEG_INFINITY, f64::max),
-                nonfinite: v.iter().filter(|x| !x.is_finite()).count(),
-            }
+        .enumerate()
+        .map(|(i, (name, var))| ParamStats {
+            name: name.clone(),
+            shape: var.as_tensor().dims().to_vec(),
+            value: TensorStats::of(var.as_tensor()),
+            grad: grads.get(i).map(TensorStats::of),
         })
         .collect()
 }

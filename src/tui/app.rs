@@ -8,6 +8,7 @@ use std::sync::mpsc::Sender;
 use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
 use ratatui::layout::Rect;
 
+use super::line_edit::LineEdit;
 use super::session::{Carry, Link, Session};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
@@ -74,6 +75,10 @@ pub enum Focus {
     Losses,
     Runs,
     Charts,
+    /// `j`/`k` scroll the inspector.
+    Inspector,
+    /// `j`/`k` select a warning, `enter` opens its diagnostic.
+    Warnings,
 }
 
 /// Chart tabs.
@@ -166,9 +171,21 @@ pub enum Popup {
     /// Pick an optimizer for a new run.
     PickOptimizer { selected: usize },
     /// Edit the spec of a new run.
-    EditSpec { text: String, error: Option<String> },
+    EditSpec {
+        text: LineEdit,
+        error: Option<String>,
+    },
+    /// Type a smoothing weight in [0, 1).
+    Smoothing {
+        text: LineEdit,
+        error: Option<String>,
+    },
     /// Pick a variant or dtype for a copy of the selected run.
     Duplicate { selected: usize },
+    /// The comparison table of the selected file's runs, sorted by `column`.
+    Compare { column: usize, descending: bool },
+    /// Warning `n` of the selected file in full: its diagnostic as the CLI prints it.
+    Warning(usize),
 }
 
 /// Options of the duplicate dialog for a file: each variant, then each dtype.
@@ -197,13 +214,18 @@ pub struct App {
     pub focus: Focus,
     pub tab: Tab,
     pub log_y: bool,
-    pub smoothing: bool,
+    /// The chart's EMA weight (0: no smoothing).
+    pub smoothing: f64,
     pub last_n: bool,
     pub per_param: bool,
     /// The metric the Metrics tab charts (an index into the file's `[metrics]`).
     pub metric: usize,
     pub show_help: bool,
     pub popup: Option<Popup>,
+    /// Lines the inspector is scrolled down by (clamped to its length when drawn).
+    pub inspector_scroll: usize,
+    /// The warning selected in the warnings panel.
+    pub warning: usize,
     pub count: Option<u64>,
     pub message: Option<String>,
     pub size: (u16, u16),
@@ -224,12 +246,14 @@ impl App {
             focus: Focus::Losses,
             tab: Tab::Loss,
             log_y: false,
-            smoothing: false,
+            smoothing: 0.0,
             last_n: false,
             per_param: false,
             metric: 0,
             show_help: false,
             popup: None,
+            inspector_scroll: 0,
+            warning: 0,
             count: None,
             message: None,
             size: (120, 40),
@@ -312,6 +336,14 @@ impl App {
         }))
     }
 
+    /// Smooths every file's curves with EMA weight `w` (0: off).
+    pub(super) fn set_smoothing(&mut self, w: f64) {
+        self.smoothing = w;
+        for s in self.files.iter_mut().filter_map(|f| f.session.as_mut()) {
+            s.set_smoothing(w);
+        }
+    }
+
     /// Sends a command to the selected file's worker.
     pub fn command(&mut self, c: Command) {
         if let Some(s) = self.session() {
@@ -374,6 +406,7 @@ impl App {
                     if let Some(carry) = f.carry.take() {
                         session.adopt(carry);
                     }
+                    session.set_smoothing(self.smoothing);
                     f.session = Some(*session);
                 }
                 None
@@ -495,7 +528,40 @@ impl App {
                 }
                 None
             }
+            Focus::Inspector => {
+                let areas = super::layout::layout(self.screen());
+                let visible = areas.inspector.map_or(0, |r| r.height.saturating_sub(2));
+                let len = super::render::inspector_len(self);
+                let most = len.saturating_sub(visible as usize) as i64;
+                self.inspector_scroll = (self.inspector_scroll.min(most as usize) as i64 + delta)
+                    .clamp(0, most) as usize;
+                None
+            }
+            Focus::Warnings => {
+                let n = self.session().map_or(0, |s| s.warnings.len()) as i64;
+                self.warning = (self.warning as i64 + delta).clamp(0, (n - 1).max(0)) as usize;
+                None
+            }
         }
+    }
+
+    /// The terminal's area, as the last resize told it.
+    pub(super) fn screen(&self) -> Rect {
+        Rect::new(0, 0, self.size.0, self.size.1)
+    }
+
+    /// The panels `tab` cycles through: the lists and the chart, and the inspector and the
+    /// warnings when the terminal is large enough to show them.
+    pub(super) fn focusable(&self) -> Vec<Focus> {
+        let areas = super::layout::layout(self.screen());
+        let mut out = vec![Focus::Losses, Focus::Runs, Focus::Charts];
+        if areas.inspector.is_some() {
+            out.push(Focus::Inspector);
+        }
+        if areas.warnings.is_some() {
+            out.push(Focus::Warnings);
+        }
+        out
     }
 
     /// The id of the selected run of the selected file, while its worker steps it.
@@ -511,7 +577,7 @@ impl App {
         if self.tab != Tab::Landscape {
             return;
         }
-        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let areas = super::layout::layout(self.screen());
         let (scene, _) = super::layout::landscape_layout(areas.chart);
         let map = crate::draw::scene::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
         if let Some(s) = self.session_mut() {

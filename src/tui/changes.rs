@@ -4,6 +4,7 @@
 use crate::compile::data::Named;
 use crate::compile::{CompiledFile, values_f64};
 use crate::lang::file::{ConstEntry, LossFile, Setting, SettingValue, Variant};
+use crate::run::worker::RunInfo;
 
 /// The differences between two compiled versions of a file, joined with commas (`text
 /// changed` when only comments or layout did).
@@ -26,6 +27,44 @@ pub fn describe(old: &CompiledFile, new: &CompiledFile) -> String {
     variants(&mut out, &a.variants, &b.variants);
     if out.is_empty() {
         out.push("text changed".into());
+    }
+    out.join(", ")
+}
+
+/// How run `info` differs from the file's base run: its variant's consts (`eps 1e-7 → 1e-4`)
+/// and own loss, its dtype and its optimizer where they differ; `-` for none.
+pub fn from_base(compiled: &CompiledFile, info: &RunInfo) -> String {
+    let file = compiled.file.as_ref();
+    let mut out = Vec::new();
+    if let Some(v) = info.def.checked_sub(1).and_then(|i| file.variants.get(i)) {
+        let overridden: Vec<ConstEntry> = file
+            .consts
+            .iter()
+            .filter(|c| v.consts.iter().any(|w| w.name.node == c.name.node))
+            .cloned()
+            .collect();
+        consts(&mut out, "", &overridden, &v.consts);
+        if v.loss.is_some() {
+            out.push("its own loss".into());
+        }
+    }
+    if let Some(base) = compiled.runs.first() {
+        let text = |s: &dyn std::fmt::Display| Some(s.to_string());
+        pair(
+            &mut out,
+            "dtype",
+            text(&base.dtype.name()),
+            text(&info.dtype.name()),
+        );
+        pair(
+            &mut out,
+            "optimizer",
+            text(&base.settings.optimizer),
+            text(&info.optimizer),
+        );
+    }
+    if out.is_empty() {
+        return "-".into();
     }
     out.join(", ")
 }

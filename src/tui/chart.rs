@@ -17,8 +17,14 @@ pub enum Metric {
     ParamNorm(usize),
 }
 
-/// TensorBoard's default-ish smoothing weight.
-pub const SMOOTHING: f64 = 0.8;
+/// The smoothing weights `s` cycles through (0: off), as TensorBoard's slider would set them.
+pub const SMOOTHING: [f64; 4] = [0.0, 0.6, 0.9, 0.99];
+
+/// The weight after `w` in [`SMOOTHING`]'s cycle (a weight set with `S` goes to the next
+/// larger one, or off).
+pub fn next_smoothing(w: f64) -> f64 {
+    SMOOTHING.iter().copied().find(|&s| s > w).unwrap_or(0.0)
+}
 
 impl Metric {
     /// Every metric a run with `n_params` params has.
@@ -83,16 +89,19 @@ pub struct Stream {
     raw: Pyramid,
     smooth: Pyramid,
     ema: Ema,
+    /// The EMA weight of `smooth`.
+    weight: f64,
 }
 
 impl Stream {
-    /// An empty summary of one metric.
-    pub fn new(metric: Metric) -> Self {
+    /// An empty summary of one metric, smoothed with weight `weight`.
+    pub fn new(metric: Metric, weight: f64) -> Self {
         Self {
             metric,
             raw: Pyramid::default(),
             smooth: Pyramid::default(),
             ema: Ema::default(),
+            weight,
         }
     }
 
@@ -100,12 +109,17 @@ impl Stream {
     pub fn push(&mut self, r: &StepRecord) {
         let v = self.metric.of(r);
         self.raw.push(v);
-        self.smooth.push(self.ema.next(v, SMOOTHING));
+        self.smooth.push(self.ema.next(v, self.weight));
     }
 
-    /// The whole series from its summaries, or None when it is short enough to scan.
-    pub fn series(&self, columns: usize, log: bool, smooth: bool) -> Option<Series> {
-        let p = if smooth { &self.smooth } else { &self.raw };
+    /// The whole series from its summaries, smoothed with weight `smooth` if given, or None
+    /// when it is short enough to scan (or was smoothed with another weight).
+    pub fn series(&self, columns: usize, log: bool, smooth: Option<f64>) -> Option<Series> {
+        let p = match smooth {
+            Some(w) if w != self.weight => return None,
+            Some(_) => &self.smooth,
+            None => &self.raw,
+        };
         let (size, blocks) = p.blocks(columns)?;
         let mut out = Series::default();
         for (b, block) in blocks.iter().enumerate() {
@@ -134,15 +148,21 @@ impl Stream {
     }
 }
 
-/// Streams for every metric of a history, rebuilt from scratch (after a rewind).
-pub fn streams(h: &History) -> Vec<Stream> {
+/// Empty streams for every metric of a run with `n_params` params, smoothed with `weight`.
+pub fn new_streams(n_params: usize, weight: f64) -> Vec<Stream> {
+    Metric::all(n_params)
+        .into_iter()
+        .map(|m| Stream::new(m, weight))
+        .collect()
+}
+
+/// Streams for every metric of a history, smoothed with `weight`, rebuilt from scratch (after
+/// a rewind, or a new smoothing weight).
+pub fn streams(h: &History, weight: f64) -> Vec<Stream> {
     let Some(first) = h.get(0) else {
         return Vec::new();
     };
-    let mut out: Vec<Stream> = Metric::all(first.param_norms.len())
-        .into_iter()
-        .map(Stream::new)
-        .collect();
+    let mut out = new_streams(first.param_norms.len(), weight);
     for k in 0..h.len() {
         if let Some(r) = h.get(k) {
             out.iter_mut().for_each(|s| s.push(&r));
@@ -151,20 +171,20 @@ pub fn streams(h: &History) -> Vec<Stream> {
     out
 }
 
-/// The series of `metric` over steps `range`, decimated to `columns` buckets.
+/// The series of `metric` over steps `range`, smoothed with weight `smooth` if given,
+/// decimated to `columns` buckets.
 pub fn series(
     h: &History,
     metric: Metric,
     range: std::ops::Range<usize>,
     columns: usize,
     log: bool,
-    smooth: bool,
+    smooth: Option<f64>,
 ) -> Series {
     let raw: Vec<f64> = range.clone().map(|k| metric.value(h, k)).collect();
-    let values = if smooth {
-        ema(&raw, SMOOTHING)
-    } else {
-        raw.clone()
+    let values = match smooth {
+        Some(w) => ema(&raw, w),
+        None => raw.clone(),
     };
     decimate(&values, &raw, range.start, columns.max(1), log)
 }

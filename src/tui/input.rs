@@ -5,10 +5,11 @@
 use std::path::PathBuf;
 
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
-use ratatui::layout::{Position, Rect};
+use ratatui::layout::Position;
 
 use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
+use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::worker::{Command, RunId};
@@ -84,6 +85,13 @@ impl App {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
             }
             KeyAction::AddRun | KeyAction::Duplicate => {}
+            KeyAction::Compare if self.session().is_some() => {
+                self.popup = Some(Popup::Compare {
+                    column: 0,
+                    descending: false,
+                })
+            }
+            KeyAction::Compare => {}
             KeyAction::LogScale => {
                 let landscape = self.tab == Tab::Landscape;
                 match self.session_mut().filter(|_| landscape) {
@@ -91,26 +99,28 @@ impl App {
                     None => self.log_y = !self.log_y,
                 }
             }
-            KeyAction::Smoothing => self.smoothing = !self.smoothing,
+            KeyAction::Smoothing => {
+                self.set_smoothing(super::chart::next_smoothing(self.smoothing))
+            }
+            KeyAction::SetSmoothing => {
+                self.popup = Some(Popup::Smoothing {
+                    text: LineEdit::new(crate::format::fmt_short(self.smoothing)),
+                    error: None,
+                })
+            }
             KeyAction::LastSteps => self.last_n = !self.last_n,
             KeyAction::PerParam => self.per_param = !self.per_param,
+            KeyAction::Open => {
+                let n = self.session().map_or(0, |s| s.warnings.len());
+                if self.focus == Focus::Warnings && n > 0 {
+                    self.popup = Some(Popup::Warning(self.warning.min(n - 1)));
+                }
+            }
             KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),
             KeyAction::WriteRuns => return self.export("write", Io::WriteRuns),
             KeyAction::SavePictures => return self.export("draw", Io::SavePictures),
-            KeyAction::NextFocus => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Runs,
-                    Focus::Runs => Focus::Charts,
-                    Focus::Charts => Focus::Losses,
-                }
-            }
-            KeyAction::PreviousFocus => {
-                self.focus = match self.focus {
-                    Focus::Losses => Focus::Charts,
-                    Focus::Runs => Focus::Losses,
-                    Focus::Charts => Focus::Runs,
-                }
-            }
+            KeyAction::NextFocus => self.cycle_focus(1),
+            KeyAction::PreviousFocus => self.cycle_focus(-1),
             KeyAction::NextTab => self.tab = self.tab.next(1, &self.tabs()),
             KeyAction::PreviousTab => {
                 let tabs = self.tabs();
@@ -130,6 +140,13 @@ impl App {
             | KeyAction::SwitchPlane => self.landscape_act(a),
         }
         None
+    }
+
+    /// Moves the focus `by` panels along [`App::focusable`], wrapping around.
+    fn cycle_focus(&mut self, by: isize) {
+        let panels = self.focusable();
+        let i = panels.iter().position(|p| *p == self.focus).unwrap_or(0) as isize;
+        self.focus = panels[(i + by).rem_euclid(panels.len() as isize) as usize];
     }
 
     /// Sends the command `make` builds for the selected run, if there is one.
@@ -194,6 +211,26 @@ impl App {
             return;
         }
         match popup {
+            Popup::Warning(_) => self.popup = None,
+            Popup::Compare { column, descending } => {
+                let n = super::compare::COLUMNS.len();
+                self.popup = match k.code {
+                    KeyCode::Tab => Some(Popup::Compare {
+                        column: (column + 1) % n,
+                        descending,
+                    }),
+                    KeyCode::BackTab => Some(Popup::Compare {
+                        column: (column + n - 1) % n,
+                        descending,
+                    }),
+                    KeyCode::Char('r') => Some(Popup::Compare {
+                        column,
+                        descending: !descending,
+                    }),
+                    KeyCode::Enter | KeyCode::Char('R' | 'q') => None,
+                    _ => Some(popup),
+                }
+            }
             Popup::PickOptimizer { selected } => match k.code {
                 KeyCode::Up | KeyCode::Char('k') => {
                     self.popup = Some(Popup::PickOptimizer {
@@ -208,14 +245,14 @@ impl App {
                 KeyCode::Enter => {
                     let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
                     self.popup = Some(Popup::EditSpec {
-                        text: spec.to_string(),
+                        text: LineEdit::new(spec.to_string()),
                         error: None,
                     });
                 }
                 _ => {}
             },
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(&text) {
+                KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()
@@ -236,15 +273,30 @@ impl App {
                         self.popup = Some(Popup::EditSpec { text, error });
                     }
                 },
-                KeyCode::Backspace => {
-                    text.pop();
-                    self.popup = Some(Popup::EditSpec { text, error: None });
+                _ => {
+                    if text.key(k) {
+                        self.popup = Some(Popup::EditSpec { text, error: None });
+                    }
                 }
-                KeyCode::Char(c) => {
-                    text.push(c);
-                    self.popup = Some(Popup::EditSpec { text, error: None });
+            },
+            Popup::Smoothing { mut text, .. } => match k.code {
+                KeyCode::Enter => match text.text().trim().parse::<f64>() {
+                    Ok(w) if (0.0..1.0).contains(&w) => {
+                        self.set_smoothing(w);
+                        self.popup = None;
+                    }
+                    _ => {
+                        let error = Some(format!(
+                            "`{text}` is not a smoothing weight: a number from 0 (off) up to, not including, 1"
+                        ));
+                        self.popup = Some(Popup::Smoothing { text, error });
+                    }
+                },
+                _ => {
+                    if text.key(k) {
+                        self.popup = Some(Popup::Smoothing { text, error: None });
+                    }
                 }
-                _ => {}
             },
             Popup::Duplicate { selected } => {
                 let choices = self
@@ -291,7 +343,7 @@ impl App {
         if self.popup.is_some() || self.show_help {
             return None;
         }
-        let areas = super::layout::layout(Rect::new(0, 0, self.size.0, self.size.1));
+        let areas = super::layout::layout(self.screen());
         let pos = Position::new(m.column, m.row);
         match m.kind {
             MouseEventKind::Down(MouseButton::Left) => {
@@ -316,6 +368,10 @@ impl App {
                             s.selected = k;
                         }
                     }
+                } else if areas.inspector.is_some_and(|r| r.contains(pos)) {
+                    self.focus = Focus::Inspector;
+                } else if areas.warnings.is_some_and(|r| r.contains(pos)) {
+                    self.focus = Focus::Warnings;
                 } else if areas.tabs.contains(pos) {
                     self.focus = Focus::Charts;
                     if let Some(t) = super::layout::tab_at_column(

@@ -23,7 +23,12 @@ pub struct Areas {
 
 /// The layout, shared by drawing and mouse hit-testing.
 pub fn layout(area: Rect) -> Areas {
-    let warnings_h = if area.height >= 24 { 7 } else { 0 };
+    // The warnings grow with the terminal: a sixth of its height, 7 to 16 rows.
+    let warnings_h = if area.height >= 24 {
+        (area.height / 6).clamp(7, 16)
+    } else {
+        0
+    };
     let [main, warnings, status] = Layout::vertical([
         Constraint::Min(6),
         Constraint::Length(warnings_h),

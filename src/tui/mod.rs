@@ -10,6 +10,8 @@ pub mod bench;
 pub mod changes;
 /// Chart metrics and their summaries.
 pub mod chart;
+/// The comparison table of a file's runs.
+pub mod compare;
 /// What keys, dialogs and the mouse do to the model.
 pub mod input;
 /// The one key table.
@@ -18,6 +20,8 @@ pub mod keys;
 pub mod landscape_view;
 /// Layout and hit-testing.
 pub mod layout;
+/// The dialogs' one-line text field.
+pub mod line_edit;
 /// The `[metrics]` a run view keeps, and which tabs and metric are shown.
 pub mod metrics;
 /// The I/O `update` asks for, and `App::handle`.

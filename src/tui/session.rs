@@ -12,6 +12,7 @@ use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
@@ -96,12 +97,14 @@ impl RunView {
     }
 }
 
-/// One line of the warnings panel.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of the warnings panel.
+#[derive(Debug, Clone)]
 pub struct Warning {
     pub run: String,
     pub step: u64,
     pub text: String,
+    /// The full report (source line, caret, help) of a halt with a provenance.
+    pub diagnostic: Option<Box<Diagnostic>>,
 }
 
 /// The runs of one loss file and the worker stepping them.
@@ -117,6 +120,8 @@ pub struct Session {
     pub dims: usize,
     /// The names of the file's `[metrics]`, in file order.
     pub metric_names: Vec<String>,
+    /// The EMA weight its runs' curves are summarised with (the app's smoothing).
+    smoothing: f64,
     commands: Sender<Command>,
     handle: Option<JoinHandle<()>>,
     colors_used: usize,
@@ -147,6 +152,14 @@ impl Session {
             map,
         };
         self.landscape.sync(shown, &|c| drop(commands.send(c)));
+    }
+
+    /// Summarises its runs' curves smoothed with weight `w` from now on.
+    pub fn set_smoothing(&mut self, w: f64) {
+        self.smoothing = w;
+        for r in &mut self.runs {
+            r.streams = super::chart::streams(&r.history, w);
+        }
     }
 
     /// The run selected in the runs list.
@@ -248,16 +261,14 @@ impl Session {
                         && first < r.history.len()
                     {
                         r.history.truncate(first);
-                        r.streams = super::chart::streams(&r.history);
+                        r.streams = super::chart::streams(&r.history, self.smoothing);
                     }
                     for rec in &records {
                         note_warnings(&mut self.warnings, r, rec);
                         if r.history.is_empty() {
                             r.history = History::new(rec.param_grad_norms.len());
-                            r.streams = super::chart::Metric::all(rec.param_norms.len())
-                                .into_iter()
-                                .map(super::chart::Stream::new)
-                                .collect();
+                            r.streams =
+                                super::chart::new_streams(rec.param_norms.len(), self.smoothing);
                         }
                         r.history.push(rec);
                         r.streams.iter_mut().for_each(|s| s.push(rec));
@@ -268,7 +279,7 @@ impl Session {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.history.truncate(len);
                     r.metrics.truncate(len as u64);
-                    r.streams = super::chart::streams(&r.history);
+                    r.streams = super::chart::streams(&r.history, self.smoothing);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
                     r.halted = None;
@@ -278,7 +289,7 @@ impl Session {
                     r.skipped = r.history.count(flags::SKIPPED);
                 }
             }
-            Event::Halted(rid, step, reason) => {
+            Event::Halted(rid, step, reason, diagnostic) => {
                 if let Some(r) = live(&mut self.runs, rid)
                     && r.halted.is_none()
                 {
@@ -286,6 +297,7 @@ impl Session {
                         run: r.info.name.clone(),
                         step,
                         text: format!("halted: {reason}"),
+                        diagnostic,
                     });
                     r.halted = Some((step, reason));
                 }
@@ -319,6 +331,7 @@ impl Session {
                                 crate::format::fmt_num(c.max_rel),
                                 c.worst
                             ),
+                            diagnostic: None,
                         });
                     }
                     r.gradcheck = Some((step, checks));
@@ -407,6 +420,7 @@ impl Session {
             landscape,
             dims,
             metric_names,
+            smoothing: 0.0,
             commands: tx,
             handle,
             colors_used: 0,
@@ -554,6 +568,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
             run: name.clone(),
             step: rec.step,
             text: format!("{what} (first non-finite step)"),
+            diagnostic: None,
         });
     }
     for (flag, count, word) in [
@@ -572,6 +587,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
                     run: name.clone(),
                     step: rec.step,
                     text,
+                    diagnostic: None,
                 }),
             }
         }

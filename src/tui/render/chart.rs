@@ -48,7 +48,7 @@ struct Curve<'a> {
 impl Curve<'_> {
     /// Its points from step `lo` on, `columns` wide: the whole run of a long history comes from
     /// the summaries; shorter views are scanned.
-    fn series(&self, lo: usize, columns: usize, log: bool, smooth: bool) -> Series {
+    fn series(&self, lo: usize, columns: usize, log: bool, smooth: Option<f64>) -> Series {
         let hi = self.history.len();
         let range = lo.min(hi)..hi;
         self.streams
@@ -65,11 +65,16 @@ impl Curve<'_> {
 /// The shown chart tab of `file`.
 pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let log = app.log_y || app.tab == Tab::LrRatio;
-    let title = if log {
-        format!("{} (log y)", app.tab.title())
-    } else {
-        app.tab.title().to_string()
-    };
+    let mut title = app.tab.title().to_string();
+    if log {
+        title.push_str(" (log y)");
+    }
+    if app.smoothing > 0.0 {
+        title.push_str(&format!(
+            " · smoothing {}",
+            crate::format::fmt_short(app.smoothing)
+        ));
+    }
     let block = panel(&title, app.focus == Focus::Charts);
     let Some(s) = file.session.as_ref() else {
         f.render_widget(Paragraph::new("no runs").block(block), area);
@@ -110,7 +115,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
                     streams: &b.streams,
                     metric: m,
                 }
-                .series(lo, columns, log, false);
+                .series(lo, columns, log, None);
                 let name = (!named.contains(&v)).then(|| {
                     named.push(v);
                     match v {
@@ -130,8 +135,9 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
                 streams: &r.streams,
                 metric: m,
             };
-            let raw = curve.series(lo, columns, log, false);
-            let smooth = app.smoothing.then(|| curve.series(lo, columns, log, true));
+            let raw = curve.series(lo, columns, log, None);
+            let smooth =
+                (app.smoothing > 0.0).then(|| curve.series(lo, columns, log, Some(app.smoothing)));
             drawn.push(Drawn {
                 name: format!("{}{suffix}", r.info.name),
                 color: r.color,

@@ -7,20 +7,35 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use super::panel;
-use crate::format::fmt_num;
+use crate::format::{fmt_num, fmt_short};
 use crate::run::history::flags;
-use crate::tui::app::App;
+use crate::run::worker::{ParamStats, TensorStats};
+use crate::tui::app::{App, Focus};
 
-/// The selected run's file, optimizer, step, loss, lr, gradcheck, curvature and per-param norms.
+/// The selected run's inspector lines, scrolled by [`App::inspector_scroll`] when focused.
 pub fn render(f: &mut Frame, app: &App, area: Rect) {
-    let block = panel("Inspector", false);
+    let block = panel("Inspector", app.focus == Focus::Inspector);
+    let lines = lines(app);
+    let visible = area.height.saturating_sub(2) as usize;
+    let scroll = app
+        .inspector_scroll
+        .min(lines.len().saturating_sub(visible));
+    f.render_widget(
+        Paragraph::new(lines)
+            .block(block)
+            .scroll((scroll as u16, 0)),
+        area,
+    );
+}
+
+/// The selected run's file, optimizer, step, loss, lr, gradcheck, curvature, and its params
+/// and gradients at the current step.
+pub fn lines(app: &App) -> Vec<Line<'static>> {
     let Some(s) = app.session() else {
-        f.render_widget(Paragraph::new("").block(block), area);
-        return;
+        return Vec::new();
     };
     let Some(r) = s.selected_run() else {
-        f.render_widget(Paragraph::new("no run selected").block(block), area);
-        return;
+        return vec![Line::from("no run selected")];
     };
     let mut lines = vec![
         Line::from(Span::styled(
@@ -113,36 +128,109 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
         )));
     }
     lines.push(Line::from(""));
-    for (i, p) in r.params.iter().enumerate() {
-        let g = r
-            .history
-            .len()
-            .checked_sub(1)
-            .map(|k| r.history.param_grad_norm(k, i));
-        lines.push(Line::from(Span::styled(
-            if p.shape.is_empty() {
-                format!("{} (scalar)", p.name)
-            } else {
-                format!("{} {:?}", p.name, p.shape)
-            },
-            Style::new().bold(),
-        )));
-        lines.push(Line::from(format!(
-            "  |p| {}  |∇| {}",
-            fmt_num(p.norm),
-            g.map_or("-".into(), |g| fmt_num(f64::from(g)))
-        )));
-        lines.push(Line::from(format!(
-            "  min {}  max {}",
-            fmt_num(p.min),
-            fmt_num(p.max)
-        )));
-        if p.nonfinite > 0 {
+    for p in &r.params {
+        param_lines(&mut lines, p);
+    }
+    lines
+}
+
+/// One param at θ_k: its shape, then every value beside its gradient when it is small, or a
+/// summary and a histogram of each when it is large.
+fn param_lines(lines: &mut Vec<Line<'static>>, p: &ParamStats) {
+    let count: usize = p.shape.iter().product();
+    let heading = if p.shape.is_empty() {
+        format!("{} (scalar)", p.name)
+    } else {
+        format!("{} {:?}  {count} values", p.name, p.shape)
+    };
+    lines.push(Line::styled(heading, Style::new().bold()));
+    let grad = |t: &TensorStats| t.values.as_ref().and_then(|v| v.first().copied());
+    if let (true, Some(v)) = (p.shape.is_empty(), grad(&p.value)) {
+        let g = p.grad.as_ref().and_then(grad).map_or("-".into(), fmt_num);
+        lines.push(Line::from(format!("  θ {}  ∇ {g}", fmt_num(v))));
+        return;
+    }
+    let grad_norm = p.grad.as_ref().map_or("-".into(), |g| fmt_num(g.norm));
+    lines.push(Line::from(format!(
+        "  |θ| {}  |∇| {grad_norm}",
+        fmt_num(p.value.norm)
+    )));
+    match &p.value.values {
+        Some(values) => {
+            let grads = p.grad.as_ref().and_then(|g| g.values.as_ref());
+            let index_w = (0..values.len())
+                .map(|i| index(i, &p.shape).chars().count())
+                .max()
+                .unwrap_or(0);
             lines.push(Line::styled(
-                format!("  {} non-finite values", p.nonfinite),
-                Style::new().fg(Color::Red),
+                format!("  {:index_w$} {:>11} {:>11}", "", "θ", "∇"),
+                Style::new().fg(Color::DarkGray),
             ));
+            for (i, v) in values.iter().enumerate() {
+                let g = grads
+                    .and_then(|g| g.get(i))
+                    .map_or("-".into(), |g| fmt_num(*g));
+                let line = format!(
+                    "  {:index_w$} {:>11} {g:>11}",
+                    index(i, &p.shape),
+                    fmt_num(*v)
+                );
+                let bad =
+                    !v.is_finite() || grads.and_then(|g| g.get(i)).is_some_and(|g| !g.is_finite());
+                lines.push(if bad {
+                    Line::styled(line, Style::new().fg(Color::Red))
+                } else {
+                    Line::from(line)
+                });
+            }
+        }
+        None => {
+            summary_lines(lines, "θ", &p.value);
+            if let Some(g) = &p.grad {
+                summary_lines(lines, "∇", g);
+            }
         }
     }
-    f.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+/// A large tensor's summary: mean, range, non-finite count and a histogram of its values.
+fn summary_lines(lines: &mut Vec<Line<'static>>, what: &str, t: &TensorStats) {
+    lines.push(Line::from(format!(
+        "  {what} mean {}  min {}",
+        fmt_short(t.mean),
+        fmt_short(t.min)
+    )));
+    lines.push(Line::from(format!("    max {}", fmt_short(t.max))));
+    lines.push(Line::styled(
+        format!("    {}", sparkline(&t.histogram)),
+        Style::new().fg(Color::Cyan),
+    ));
+    if t.nonfinite > 0 {
+        lines.push(Line::styled(
+            format!("    {} non-finite", t.nonfinite),
+            Style::new().fg(Color::Red),
+        ));
+    }
+}
+
+/// Counts as bars one eighth of a cell high each, the largest a full cell; empty bins blank.
+fn sparkline(counts: &[u32]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let top = counts.iter().copied().max().unwrap_or(0).max(1);
+    counts
+        .iter()
+        .map(|&c| match c {
+            0 => ' ',
+            c => BARS[((c as usize * 8).div_ceil(top as usize) - 1).min(7)],
+        })
+        .collect()
+}
+
+/// Element `i` of a row-major tensor of `shape` as `[r,c]` (`[i]` for vectors).
+fn index(i: usize, shape: &[usize]) -> String {
+    let parts: Vec<String> = crate::compile::trace::unravel(i, shape)
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    format!("[{}]", parts.join(","))
 }

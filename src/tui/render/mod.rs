@@ -66,6 +66,11 @@ pub fn render(f: &mut Frame, app: &App) {
     }
 }
 
+/// Lines the inspector has for the selected run, to scroll it no further than its end.
+pub fn inspector_len(app: &App) -> usize {
+    inspector::lines(app).len()
+}
+
 /// A bordered panel, cyan when it has the focus.
 fn panel(title: &str, focused: bool) -> Block<'_> {
     let style = if focused {

@@ -4,33 +4,44 @@ use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph};
+use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap};
 
 use crate::optim::spec::OptimizerKind;
 use crate::tui::app::{App, Popup, duplicate_choices};
-use crate::tui::keys::BINDINGS;
+use crate::tui::compare;
+use crate::tui::keys::{BINDINGS, Binding};
 use crate::tui::layout::centered;
+use crate::tui::line_edit::LineEdit;
 
-/// Every key and what it does (any key closes it).
+/// Every key and what it does (any key closes it), in as many columns as the height needs.
 pub fn help(f: &mut Frame, area: Rect) {
-    let width = BINDINGS
+    let label_w = BINDINGS
         .iter()
-        .map(|b| b.help.chars().count())
+        .map(|b| b.label().chars().count())
         .max()
-        .unwrap_or(0)
-        + 16
-        + 2
-        + 2;
-    let r = centered(area, width as u16, BINDINGS.len() as u16 + 2);
-    let lines: Vec<Line> = BINDINGS
+        .unwrap_or(0);
+    let rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
+    let columns: Vec<&[Binding]> = BINDINGS.chunks(rows).collect();
+    let widths: Vec<usize> = columns
         .iter()
-        .map(|b| {
-            Line::from(vec![
-                Span::styled(format!("{:>16}  ", b.label()), Style::new().fg(Color::Cyan)),
-                Span::raw(b.help),
-            ])
+        .map(|c| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0))
+        .collect();
+    let lines: Vec<Line> = (0..rows)
+        .map(|i| {
+            let mut spans = Vec::new();
+            for (c, column) in columns.iter().enumerate() {
+                let Some(b) = column.get(i) else { continue };
+                spans.push(Span::styled(
+                    format!("{:>label_w$}  ", b.label()),
+                    Style::new().fg(Color::Cyan),
+                ));
+                spans.push(Span::raw(format!("{:<w$}  ", b.help, w = widths[c])));
+            }
+            Line::from(spans)
         })
         .collect();
+    let width: usize = widths.iter().map(|w| label_w + 2 + w + 2).sum::<usize>() + 2;
+    let r = centered(area, width as u16, rows as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines).block(Block::bordered().title("Keys (any key closes)")),
@@ -38,9 +49,117 @@ pub fn help(f: &mut Frame, area: Rect) {
     );
 }
 
+/// A warning in full: the diagnostic of a halt exactly as the CLI renders it (source line,
+/// caret, help), or the warning's text (any key closes it).
+fn warning(f: &mut Frame, app: &App, n: usize, area: Rect) {
+    let Some(w) = app.session().and_then(|s| s.warnings.get(n)) else {
+        return;
+    };
+    let text = match &w.diagnostic {
+        Some(d) => d.render(false),
+        None => format!("{} step {}: {}", w.run, w.step, w.text),
+    };
+    let lines: Vec<Line> = text.lines().map(|l| Line::from(l.to_string())).collect();
+    let longest = lines.iter().map(Line::width).max().unwrap_or(0);
+    let width = (longest as u16 + 2).clamp(40, area.width.saturating_sub(4).max(1));
+    let inner = width.saturating_sub(2) as usize;
+    let rows: usize = lines
+        .iter()
+        .map(|l| l.width().div_ceil(inner.max(1)).max(1))
+        .sum();
+    let r = centered(area, width, rows as u16 + 2);
+    f.render_widget(Clear, r);
+    let title = format!("{} · step {} (any key closes)", w.run, w.step);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(title)
+                .border_style(Style::new().fg(Color::Cyan)),
+        ),
+        r,
+    );
+}
+
+/// The comparison table of the selected file's runs, the sort column marked ▲ or ▼.
+fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect) {
+    let Some(s) = app.session() else {
+        return;
+    };
+    let compiled = app.file().and_then(|f| f.compiled.as_ref());
+    let rows = compare::rows(s, compiled, column, descending);
+    let mark = if descending { "▼" } else { "▲" };
+    let header: Vec<String> = compare::COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == column {
+                format!("{c} {mark}")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(&r.cells) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let cell = |i: usize, text: &str| format!("{text:<w$}  ", w = widths[i]);
+    let mut lines = vec![Line::from(
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let style = Style::new().add_modifier(Modifier::BOLD);
+                let style = if i == column {
+                    style.fg(Color::Cyan)
+                } else {
+                    style
+                };
+                Span::styled(cell(i, h), style)
+            })
+            .collect::<Vec<_>>(),
+    )];
+    for r in &rows {
+        let mut spans = vec![Span::styled(cell(0, &r.cells[0]), Style::new().fg(r.color))];
+        spans.extend((1..r.cells.len()).map(|i| Span::raw(cell(i, &r.cells[i]))));
+        lines.push(Line::from(spans));
+    }
+    lines.push(Line::styled(
+        "tab/shift-tab sort by the next/previous column · r reverses · esc closes",
+        Style::new().fg(Color::DarkGray),
+    ));
+    let width = widths.iter().map(|w| w + 2).sum::<usize>() + 2;
+    let r = centered(area, width as u16, lines.len() as u16 + 2);
+    f.render_widget(Clear, r);
+    f.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .title("Compare the runs")
+                .border_style(Style::new().fg(Color::Cyan)),
+        ),
+        r,
+    );
+}
+
+/// A dialog's text field, its error if any, and what its keys do.
+fn field(text: &LineEdit, error: Option<&str>, keys: &'static str) -> Vec<Line<'static>> {
+    let mut l = vec![Line::from(text.with_cursor()), Line::from("")];
+    if let Some(e) = error {
+        l.push(Line::styled(e.to_string(), Style::new().fg(Color::Red)));
+    }
+    l.push(Line::styled(keys, Style::new().fg(Color::DarkGray)));
+    l
+}
+
 /// The open dialog.
 pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
+        Popup::Warning(n) => return warning(f, app, *n, area),
+        Popup::Compare { column, descending } => {
+            return compare(f, app, *column, *descending, area);
+        }
         Popup::PickOptimizer { selected } => (
             "Add a run: optimizer",
             OptimizerKind::ALL
@@ -49,17 +168,16 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
                 .collect(),
             Some(*selected),
         ),
-        Popup::EditSpec { text, error } => {
-            let mut l = vec![Line::from(format!("{text}▏")), Line::from("")];
-            if let Some(e) = error {
-                l.push(Line::styled(e.clone(), Style::new().fg(Color::Red)));
-            }
-            l.push(Line::styled(
-                "enter adds the run · esc cancels",
-                Style::new().fg(Color::DarkGray),
-            ));
-            ("Add a run: edit the spec", l, None)
-        }
+        Popup::EditSpec { text, error } => (
+            "Add a run: edit the spec",
+            field(text, error.as_deref(), "enter adds the run · esc cancels"),
+            None,
+        ),
+        Popup::Smoothing { text, error } => (
+            "Smoothing weight (0 off, up to 0.999)",
+            field(text, error.as_deref(), "enter sets it · esc cancels"),
+            None,
+        ),
         Popup::Duplicate { selected } => (
             "Duplicate the run with",
             app.file()
