@@ -183,7 +183,13 @@ fn headless_memory(file: &Path, checkpoints: &[u64]) -> anyhow::Result<String> {
         }
         line.push_str(&format!(", {:.1} MB after {n} steps", rss_mb()));
     }
-    line.push_str(&format!("; step records kept: {}", run.history().len()));
+    let h = run.history();
+    line.push_str(&format!(
+        "; rows kept: {} of {} ({:.1} kB)",
+        h.cores().len(),
+        h.len(),
+        h.bytes() as f64 / 1e3
+    ));
     Ok(line)
 }
 
