@@ -588,6 +588,42 @@ fn spec_editor_rejects_a_bad_spec_and_esc_cancels() {
 }
 
 #[test]
+fn snapshot_spec_editor_wraps_a_long_error_and_draws_the_cursor_where_it_is() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    // ctrl-w empties the field word by word; ← and home move the cursor.
+    for _ in 0..10 {
+        app.handle(Msg::Key(KeyEvent::new(
+            KeyCode::Char('w'),
+            KeyModifiers::CONTROL,
+        )));
+    }
+    typed(
+        &mut app,
+        "lr=0.1, momentum=0.9, nesterov=true, dampening=0.5)",
+    );
+    press(&mut app, KeyCode::Home);
+    typed(&mut app, "sgd(");
+    press(&mut app, KeyCode::Enter);
+    let Some(Popup::EditSpec {
+        error: Some(error), ..
+    }) = app.popup.clone()
+    else {
+        panic!("expected an error in the editor, got {:?}", app.popup);
+    };
+    assert!(error.len() > 58, "a long error: {error}");
+    let t = draw(&app, 120, 30);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("sgd(▏lr=0.1"), "{screen}");
+    // Every word of the error is on screen.
+    for word in error.split_whitespace() {
+        assert!(screen.contains(word), "`{word}` missing:\n{screen}");
+    }
+    snapshot("spec_editor_long_error", &t);
+}
+
+#[test]
 fn d_duplicates_the_selected_run() {
     // (keys after `d` before enter; the copy's name starts and ends with; its dtype)
     let cases: &[(&[KeyCode], &str, &str, DType)] = &[
