@@ -154,17 +154,6 @@ impl Drop for Scratch {
     }
 }
 
-/// Files the test creates in the working directory; removed on drop.
-struct Litter(Vec<PathBuf>);
-
-impl Drop for Litter {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rendering snapshots
 // ---------------------------------------------------------------------------------------------
@@ -846,13 +835,12 @@ fn q_and_ctrl_c_quit_e_edits() {
 
 #[test]
 fn w_writes_csv_and_jsonl_of_every_run() {
-    // A unique stem, so the files in the working directory are ours to delete.
-    let stem = format!("tui_write_test_{}", std::process::id());
-    let dir = Scratch::new(&stem);
+    let stem = "tui_write_test";
+    let dir = Scratch::new(stem);
     dir.copy(ROSENBROCK, &format!("{stem}.toml"));
-    let csv = PathBuf::from(format!("gradscope-{stem}.csv"));
-    let jsonl = PathBuf::from(format!("gradscope-{stem}.jsonl"));
-    let _litter = Litter(vec![csv.clone(), jsonl.clone()]);
+    // Next to the loss file.
+    let csv = dir.0.join(format!("gradscope-{stem}.csv"));
+    let jsonl = dir.0.join(format!("gradscope-{stem}.jsonl"));
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "3n");
     typed(&mut app, "w");
@@ -879,13 +867,59 @@ fn w_writes_csv_and_jsonl_of_every_run() {
 }
 
 #[test]
+fn w_writes_the_metrics_into_the_out_dir() {
+    let dir = Scratch::new("tui_write_metrics");
+    dir.copy("losses/mse_l1.toml", "mse_l1.toml");
+    let out = Scratch::new("tui_write_metrics_out");
+    let (mut app, rx) = open(dir.path());
+    app.out_dir = Some(out.0.clone());
+    typed_settled(&mut app, &rx, "3n");
+    typed(&mut app, "w");
+    let csv = out.0.join("gradscope-mse_l1.csv");
+    let jsonl = out.0.join("gradscope-mse_l1.jsonl");
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("wrote {} and {}", csv.display(), jsonl.display()).as_str())
+    );
+    assert!(!dir.0.join("gradscope-mse_l1.csv").exists());
+    // As `run --format csv` writes them: a `metric_<name>` column each, the values of the steps
+    // the TUI has them for (θ_0 and the latest), empty cells elsewhere.
+    let csv_text = std::fs::read_to_string(&csv).expect("csv written");
+    let mut lines = csv_text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[header.len() - 2..], ["metric_dist", "metric_r2"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.rsplitn(3, ',').collect()).collect();
+    let with_values = |step: &str| {
+        csv_text
+            .lines()
+            .skip(1)
+            .filter(|l| l.split(',').nth(1) == Some(step))
+            .all(|l| l.rsplitn(3, ',').take(2).all(|c| c.parse::<f64>().is_ok()))
+    };
+    assert!(with_values("0") && with_values("3"), "{csv_text}");
+    assert!(rows.iter().any(|r| r[0].is_empty()), "{csv_text}");
+    let jsonl_text = std::fs::read_to_string(&jsonl).expect("jsonl written");
+    for line in jsonl_text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let metrics = &row["metrics"];
+        assert!(
+            metrics["dist"].is_number() || metrics["dist"].is_null(),
+            "{row}"
+        );
+        if row["step"] == 0 {
+            assert!(metrics["r2"].is_number(), "{row}");
+        }
+    }
+}
+
+#[test]
 fn p_saves_the_curves_and_the_landscape_as_svg_and_png() {
-    let stem = format!("tui_picture_test_{}", std::process::id());
-    let dir = Scratch::new(&stem);
+    let stem = "tui_picture_test";
+    let dir = Scratch::new(stem);
     dir.copy(ROSENBROCK, &format!("{stem}.toml"));
-    let svg = PathBuf::from(format!("gradscope-{stem}.svg"));
-    let png = PathBuf::from(format!("gradscope-{stem}.png"));
-    let _litter = Litter(vec![svg.clone(), png.clone()]);
+    // Next to the loss file.
+    let svg = dir.0.join(format!("gradscope-{stem}.svg"));
+    let png = dir.0.join(format!("gradscope-{stem}.png"));
     let (mut app, rx) = open(dir.path());
     app.handle(Msg::Resize(160, 45));
     typed_settled(&mut app, &rx, "40n");

@@ -229,6 +229,8 @@ pub struct App {
     pub count: Option<u64>,
     pub message: Option<String>,
     pub size: (u16, u16),
+    /// Where `w` and `p` write (None: next to the loss file).
+    pub out_dir: Option<PathBuf>,
     next_session: u64,
     /// Where the threads of the sessions this app starts send their events.
     pub(super) events: Sender<Msg>,
@@ -257,6 +259,7 @@ impl App {
             count: None,
             message: None,
             size: (120, 40),
+            out_dir: None,
             next_session: 0,
             events,
         };
