@@ -556,7 +556,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     let grid = l.grid.as_ref().unwrap();
     assert_eq!(l.mode, Some(Mode::Batched));
     // One column per map cell and two rows per line.
-    let chart = gradscope::tui::layout::layout(Rect::new(0, 0, 140, 44)).chart;
+    let chart = gradscope::tui::layout::layout(&app, Rect::new(0, 0, 140, 44)).chart;
     let map = gradscope::draw::scene::map_rect(gradscope::tui::layout::landscape_layout(chart).0)
         .unwrap();
     assert_eq!(

@@ -108,8 +108,8 @@ fn find(t: &Terminal<TestBackend>, area: Rect, text: &str) -> Option<(u16, u16)>
     None
 }
 
-fn areas(w: u16, h: u16) -> layout::Areas {
-    layout::layout(Rect::new(0, 0, w, h))
+fn areas(app: &App, w: u16, h: u16) -> layout::Areas {
+    layout::layout(app, Rect::new(0, 0, w, h))
 }
 
 fn click(app: &mut App, column: u16, row: u16) {
@@ -228,7 +228,7 @@ fn snapshot_nan_event_shows_warnings_and_a_red_marker() {
         "legend entry missing:\n{screen}"
     );
     // The marker: a red block inside the chart (the legend swatch is not a block cell).
-    let chart = areas(160, 45).chart;
+    let chart = areas(&app, 160, 45).chart;
     let buf = t.backend().buffer();
     let red_marker = (chart.top()..chart.bottom()).any(|y| {
         (chart.left()..chart.right())
@@ -244,7 +244,7 @@ fn log_scale_does_not_hide_the_nan_marker() {
     let (mut app, rx) = open("losses/norm_at_zero.toml");
     typed_settled(&mut app, &rx, "20ntl");
     let t = draw(&app, 160, 45);
-    let chart = areas(160, 45).chart;
+    let chart = areas(&app, 160, 45).chart;
     let buf = t.backend().buffer();
     let red_marker = (chart.top()..chart.bottom()).any(|y| {
         (chart.left()..chart.right())
@@ -977,7 +977,7 @@ fn mouse_click_selects_runs_tabs_and_losses() {
     let t = draw(&app, 160, 45);
     // (Long names are cut at the panel's edge: look for the start of the name.)
     let third: String = run_names(&app)[2].chars().take(12).collect();
-    let a = areas(160, 45);
+    let a = areas(&app, 160, 45);
     let (x, y) = find(&t, a.runs, &third).expect("third run drawn");
     click(&mut app, x, y);
     assert_eq!(app.focus, Focus::Runs);
@@ -1022,7 +1022,7 @@ fn mouse_click_on_a_scrolled_losses_list() {
     let last = app.files.len() - 1;
     assert_eq!(app.selected_file, last);
     let t = draw(&app, 100, 24);
-    let losses = areas(100, 24).losses;
+    let losses = areas(&app, 100, 24).losses;
     // The first row inside the panel, as drawn.
     let drawn: String = rows(&t)[losses.y as usize + 1]
         .chars()
@@ -1261,7 +1261,7 @@ fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "j");
     let t = draw(&app, 160, 45);
-    let a = areas(160, 45);
+    let a = areas(&app, 160, 45);
     assert!(find(&t, a.losses, "Rosenbrock (first)").is_some());
     assert!(find(&t, a.losses, "Rosenbrock (second)").is_some());
     let inspector = a.inspector.expect("an inspector at 160x45");
@@ -1271,6 +1271,30 @@ fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
         "{}",
         rows(&t).join("\n")
     );
+}
+
+#[test]
+fn the_losses_panel_is_as_wide_as_the_longest_name_up_to_a_third_of_the_terminal() {
+    let dir = Scratch::new("wide-names");
+    let long = "A loss name long enough to need a wider panel";
+    let n = long.chars().count() as u16;
+    let text = std::fs::read_to_string(ROSENBROCK)
+        .unwrap()
+        .replace("name = \"Rosenbrock\"", &format!("name = \"{long}\""));
+    std::fs::write(dir.0.join("long.toml"), text).unwrap();
+    dir.copy(ROSENBROCK, "short.toml");
+    let (app, _rx) = open(dir.path());
+    // The name, the badge and the borders, within a third of 160.
+    let a = areas(&app, 160, 45);
+    assert!(n + 4 > 34 && n + 4 <= 160 / 3);
+    assert_eq!(a.losses.width, n + 2 + 2);
+    assert!(find(&draw(&app, 160, 45), a.losses, long).is_some());
+    // A third of 120 is the most it takes.
+    assert_eq!(areas(&app, 120, 30).losses.width, 40);
+    // Short names keep a quarter of the terminal (18 to 34 columns).
+    let (short, _rx) = open(ROSENBROCK);
+    assert_eq!(areas(&short, 120, 30).losses.width, 30);
+    assert_eq!(areas(&short, 60, 20).losses.width, 18);
 }
 
 /// A change to a CSV the loss reads reloads the loss, though its own text is the same.
@@ -1671,7 +1695,7 @@ fn snapshot_inspector_shows_small_params_in_full_and_large_ones_summarised() {
     assert_eq!(w.value.histogram.iter().sum::<u32>(), 128);
     assert_eq!(w.grad.as_ref().unwrap().histogram.iter().sum::<u32>(), 128);
     let t = draw(&app, 160, 45);
-    let inspector = areas(160, 45).inspector.unwrap();
+    let inspector = areas(&app, 160, 45).inspector.unwrap();
     assert!(find(&t, inspector, "b [3]  3 values").is_some());
     assert!(find(&t, inspector, "[2]").is_some());
     assert!(find(&t, inspector, "W [16, 8]  128 values").is_some());
@@ -1688,7 +1712,7 @@ fn the_focused_inspector_scrolls_with_j_and_k() {
     while app.focus != Focus::Inspector {
         press(&mut app, KeyCode::Tab);
     }
-    let inspector = areas(120, 30).inspector.unwrap();
+    let inspector = areas(&app, 120, 30).inspector.unwrap();
     let top = |app: &App| rows(&draw(app, 120, 30))[inspector.y as usize + 1].clone();
     let first = top(&app);
     typed(&mut app, "j");
@@ -1721,7 +1745,7 @@ fn snapshot_warnings_panel_focused_scrolled_and_wrapped() {
     let n = app.session().unwrap().warnings.len();
     assert!(n >= 4, "{:?}", app.session().unwrap().warnings);
     focus(&mut app, Focus::Warnings);
-    let panel = areas(100, 30).warnings.unwrap();
+    let panel = areas(&app, 100, 30).warnings.unwrap();
     let t = draw(&app, 100, 30);
     snapshot("warnings_focused", &t);
     // Every row is cut at a space or at the end of its warning: no word is split.
@@ -1764,7 +1788,8 @@ fn snapshot_warnings_panel_focused_scrolled_and_wrapped() {
 
 #[test]
 fn the_warnings_panel_grows_with_the_terminal() {
-    let h = |w, h| areas(w, h).warnings.map_or(0, |r| r.height);
+    let (app, _rx) = open(ROSENBROCK);
+    let h = |w, h| areas(&app, w, h).warnings.map_or(0, |r| r.height);
     assert_eq!(h(160, 20), 0);
     assert_eq!(h(160, 45), 7);
     assert!(h(160, 80) > h(160, 45));
@@ -1807,13 +1832,13 @@ fn snapshot_the_smoothing_weight_is_in_the_chart_title() {
     let (mut app, rx) = open(ROSENBROCK);
     typed_settled(&mut app, &rx, "50nss");
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(120, 30).chart, "Loss · smoothing 0.9").is_some());
+    assert!(find(&t, areas(&app, 120, 30).chart, "Loss · smoothing 0.9").is_some());
     snapshot("smoothing_title", &t);
     typed(&mut app, "lss");
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(120, 30).chart, "Loss (log y)┐").is_none());
+    assert!(find(&t, areas(&app, 120, 30).chart, "Loss (log y)┐").is_none());
     assert!(
-        find(&t, areas(120, 30).chart, "Loss (log y)─").is_some(),
+        find(&t, areas(&app, 120, 30).chart, "Loss (log y)─").is_some(),
         "off again"
     );
 }
@@ -1840,7 +1865,7 @@ fn shift_s_sets_a_smoothing_weight_and_refuses_one_out_of_range() {
     assert_eq!(app.popup, None);
     assert_eq!(app.smoothing, 0.75);
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(120, 30).chart, "smoothing 0.75").is_some());
+    assert!(find(&t, areas(&app, 120, 30).chart, "smoothing 0.75").is_some());
     // From a typed weight, `s` goes on to the next larger one of the cycle.
     typed(&mut app, "s");
     assert_eq!(app.smoothing, 0.9);
