@@ -90,8 +90,8 @@ pub struct LandscapeView {
     drawn: Option<LossKey>,
     /// Each run definition's objective, as the first definition with the same one.
     objectives: Vec<usize>,
-    /// The generation being filled, with its spec and loss until its first cells replace `grid`
-    /// (the previous grid stays on screen until then).
+    /// The generation being filled, its spec (until its first cells replace `grid`: the previous
+    /// grid stays on screen until then) and the loss it is of.
     filling: Option<(u64, Option<GridSpec>, Option<LossKey>)>,
     pub mode: Option<Mode>,
     /// How long the shown grid took, once complete.
