@@ -67,7 +67,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Bench { dir, repeat }) => cli::bench::bench_command(&dir, repeat, &mut out)?,
         None => {
             drop(out);
-            tui::run(&cli.path.unwrap_or_else(|| "losses".into()))?;
+            let path = cli.path.unwrap_or_else(|| "losses".into());
+            tui::run(&path, cli.out_dir.as_deref())?;
             return Ok(ExitCode::SUCCESS);
         }
     };

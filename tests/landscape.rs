@@ -18,7 +18,7 @@ use gradscope::landscape::{
 };
 use gradscope::load::load_compiled;
 use gradscope::run::{Run, RunRequest};
-use gradscope::tui::app::{App, Msg, Tab};
+use gradscope::tui::app::{App, Focus, Msg, Tab};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::buffer::Buffer;
@@ -556,7 +556,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     let grid = l.grid.as_ref().unwrap();
     assert_eq!(l.mode, Some(Mode::Batched));
     // One column per map cell and two rows per line.
-    let chart = gradscope::tui::layout::layout(Rect::new(0, 0, 140, 44)).chart;
+    let chart = gradscope::tui::layout::layout(&app, Rect::new(0, 0, 140, 44)).chart;
     let map = gradscope::draw::scene::map_rect(gradscope::tui::layout::landscape_layout(chart).0)
         .unwrap();
     assert_eq!(
@@ -832,4 +832,64 @@ optimizer = { name = "sgd", lr = 5e-3 }
     );
     let [ax, _] = s.runs[0].path.latest().unwrap().1;
     assert!((x0..=x1).contains(&ax));
+}
+
+#[test]
+fn the_star_marks_the_best_point_of_the_runs_whose_objective_is_drawn() {
+    // Two variants' objectives lie 5 and 10 below the base's, along the same paths: their points
+    // are lower, but not on the base's map. The one of another optimizer has the base's
+    // objective, and gets lowest on it (plain GD on x^2 + y^2 shrinks θ by 1 - 2 lr a step).
+    let path = temp_loss(
+        "star",
+        r#"
+name = "lifted bowls"
+loss = "x^2 + y^2 + lift"
+[consts]
+lift = 0.0
+[params]
+x = "1.5"
+y = "-1.0"
+[optimizer]
+name = "sgd"
+lr = 0.1
+[[variants]]
+name = "lifted down"
+consts = { lift = -5.0 }
+[[variants]]
+name = "another loss"
+loss = "x^2 + y^2 - 10"
+[[variants]]
+name = "faster"
+optimizer = { name = "sgd", lr = 0.4 }
+"#,
+    );
+    let (mut app, rx) = open_landscape(path.to_str().unwrap(), 140, 44);
+    // A run of the base with another optimizer: the same objective, so it counts.
+    press(&mut app, 'o');
+    for code in [KeyCode::Enter, KeyCode::Enter] {
+        app.handle(Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)));
+    }
+    app.settle(&rx);
+    for c in "20n".chars() {
+        press(&mut app, c);
+    }
+    settle_landscape(&mut app, &rx);
+    let s = app.session().unwrap();
+    assert_eq!(s.runs.len(), 5);
+    let (at, loss) = s.landscape.best(&s.runs).expect("a best point");
+    assert!((0.0..1e-6).contains(&loss), "on the base's map: {loss}");
+    assert_eq!(s.runs[3].info.name, "faster");
+    assert!(s.runs[3].path.iter().any(|(_, p)| *p == at), "★ at {at:?}");
+
+    // Selecting the variant draws its objective, and the ★ follows it.
+    app.focus = Focus::Runs;
+    press(&mut app, 'j');
+    assert_eq!(app.session().unwrap().selected, 1);
+    settle_landscape(&mut app, &rx);
+    let s = app.session().unwrap();
+    let (_, loss) = s.landscape.best(&s.runs).expect("a best point");
+    assert!(
+        (-5.0..-1.75).contains(&loss),
+        "on the variant's map: {loss}"
+    );
 }

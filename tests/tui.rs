@@ -108,8 +108,8 @@ fn find(t: &Terminal<TestBackend>, area: Rect, text: &str) -> Option<(u16, u16)>
     None
 }
 
-fn areas(w: u16, h: u16) -> layout::Areas {
-    layout::layout(Rect::new(0, 0, w, h))
+fn areas(app: &App, w: u16, h: u16) -> layout::Areas {
+    layout::layout(app, Rect::new(0, 0, w, h))
 }
 
 fn click(app: &mut App, column: u16, row: u16) {
@@ -151,17 +151,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Files the test creates in the working directory; removed on drop.
-struct Litter(Vec<PathBuf>);
-
-impl Drop for Litter {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 
@@ -239,7 +228,7 @@ fn snapshot_nan_event_shows_warnings_and_a_red_marker() {
         "legend entry missing:\n{screen}"
     );
     // The marker: a red block inside the chart (the legend swatch is not a block cell).
-    let chart = areas(160, 45).chart;
+    let chart = areas(&app, 160, 45).chart;
     let buf = t.backend().buffer();
     let red_marker = (chart.top()..chart.bottom()).any(|y| {
         (chart.left()..chart.right())
@@ -255,7 +244,7 @@ fn log_scale_does_not_hide_the_nan_marker() {
     let (mut app, rx) = open("losses/norm_at_zero.toml");
     typed_settled(&mut app, &rx, "20ntl");
     let t = draw(&app, 160, 45);
-    let chart = areas(160, 45).chart;
+    let chart = areas(&app, 160, 45).chart;
     let buf = t.backend().buffer();
     let red_marker = (chart.top()..chart.bottom()).any(|y| {
         (chart.left()..chart.right())
@@ -588,6 +577,42 @@ fn spec_editor_rejects_a_bad_spec_and_esc_cancels() {
 }
 
 #[test]
+fn snapshot_spec_editor_wraps_a_long_error_and_draws_the_cursor_where_it_is() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    // ctrl-w empties the field word by word; ← and home move the cursor.
+    for _ in 0..10 {
+        app.handle(Msg::Key(KeyEvent::new(
+            KeyCode::Char('w'),
+            KeyModifiers::CONTROL,
+        )));
+    }
+    typed(
+        &mut app,
+        "lr=0.1, momentum=0.9, nesterov=true, dampening=0.5)",
+    );
+    press(&mut app, KeyCode::Home);
+    typed(&mut app, "sgd(");
+    press(&mut app, KeyCode::Enter);
+    let Some(Popup::EditSpec {
+        error: Some(error), ..
+    }) = app.popup.clone()
+    else {
+        panic!("expected an error in the editor, got {:?}", app.popup);
+    };
+    assert!(error.len() > 58, "a long error: {error}");
+    let t = draw(&app, 120, 30);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("sgd(▏lr=0.1"), "{screen}");
+    // Every word of the error is on screen.
+    for word in error.split_whitespace() {
+        assert!(screen.contains(word), "`{word}` missing:\n{screen}");
+    }
+    snapshot("spec_editor_long_error", &t);
+}
+
+#[test]
 fn d_duplicates_the_selected_run() {
     // (keys after `d` before enter; the copy's name starts and ends with; its dtype)
     let cases: &[(&[KeyCode], &str, &str, DType)] = &[
@@ -810,13 +835,12 @@ fn q_and_ctrl_c_quit_e_edits() {
 
 #[test]
 fn w_writes_csv_and_jsonl_of_every_run() {
-    // A unique stem, so the files in the working directory are ours to delete.
-    let stem = format!("tui_write_test_{}", std::process::id());
-    let dir = Scratch::new(&stem);
+    let stem = "tui_write_test";
+    let dir = Scratch::new(stem);
     dir.copy(ROSENBROCK, &format!("{stem}.toml"));
-    let csv = PathBuf::from(format!("gradscope-{stem}.csv"));
-    let jsonl = PathBuf::from(format!("gradscope-{stem}.jsonl"));
-    let _litter = Litter(vec![csv.clone(), jsonl.clone()]);
+    // Next to the loss file.
+    let csv = dir.0.join(format!("gradscope-{stem}.csv"));
+    let jsonl = dir.0.join(format!("gradscope-{stem}.jsonl"));
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "3n");
     typed(&mut app, "w");
@@ -843,13 +867,59 @@ fn w_writes_csv_and_jsonl_of_every_run() {
 }
 
 #[test]
+fn w_writes_the_metrics_into_the_out_dir() {
+    let dir = Scratch::new("tui_write_metrics");
+    dir.copy("losses/mse_l1.toml", "mse_l1.toml");
+    let out = Scratch::new("tui_write_metrics_out");
+    let (mut app, rx) = open(dir.path());
+    app.out_dir = Some(out.0.clone());
+    typed_settled(&mut app, &rx, "3n");
+    typed(&mut app, "w");
+    let csv = out.0.join("gradscope-mse_l1.csv");
+    let jsonl = out.0.join("gradscope-mse_l1.jsonl");
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("wrote {} and {}", csv.display(), jsonl.display()).as_str())
+    );
+    assert!(!dir.0.join("gradscope-mse_l1.csv").exists());
+    // As `run --format csv` writes them: a `metric_<name>` column each, the values of the steps
+    // the TUI has them for (θ_0 and the latest), empty cells elsewhere.
+    let csv_text = std::fs::read_to_string(&csv).expect("csv written");
+    let mut lines = csv_text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[header.len() - 2..], ["metric_dist", "metric_r2"]);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.rsplitn(3, ',').collect()).collect();
+    let with_values = |step: &str| {
+        csv_text
+            .lines()
+            .skip(1)
+            .filter(|l| l.split(',').nth(1) == Some(step))
+            .all(|l| l.rsplitn(3, ',').take(2).all(|c| c.parse::<f64>().is_ok()))
+    };
+    assert!(with_values("0") && with_values("3"), "{csv_text}");
+    assert!(rows.iter().any(|r| r[0].is_empty()), "{csv_text}");
+    let jsonl_text = std::fs::read_to_string(&jsonl).expect("jsonl written");
+    for line in jsonl_text.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let metrics = &row["metrics"];
+        assert!(
+            metrics["dist"].is_number() || metrics["dist"].is_null(),
+            "{row}"
+        );
+        if row["step"] == 0 {
+            assert!(metrics["r2"].is_number(), "{row}");
+        }
+    }
+}
+
+#[test]
 fn p_saves_the_curves_and_the_landscape_as_svg_and_png() {
-    let stem = format!("tui_picture_test_{}", std::process::id());
-    let dir = Scratch::new(&stem);
+    let stem = "tui_picture_test";
+    let dir = Scratch::new(stem);
     dir.copy(ROSENBROCK, &format!("{stem}.toml"));
-    let svg = PathBuf::from(format!("gradscope-{stem}.svg"));
-    let png = PathBuf::from(format!("gradscope-{stem}.png"));
-    let _litter = Litter(vec![svg.clone(), png.clone()]);
+    // Next to the loss file.
+    let svg = dir.0.join(format!("gradscope-{stem}.svg"));
+    let png = dir.0.join(format!("gradscope-{stem}.png"));
     let (mut app, rx) = open(dir.path());
     app.handle(Msg::Resize(160, 45));
     typed_settled(&mut app, &rx, "40n");
@@ -907,7 +977,7 @@ fn mouse_click_selects_runs_tabs_and_losses() {
     let t = draw(&app, 160, 45);
     // (Long names are cut at the panel's edge: look for the start of the name.)
     let third: String = run_names(&app)[2].chars().take(12).collect();
-    let a = areas(160, 45);
+    let a = areas(&app, 160, 45);
     let (x, y) = find(&t, a.runs, &third).expect("third run drawn");
     click(&mut app, x, y);
     assert_eq!(app.focus, Focus::Runs);
@@ -952,7 +1022,7 @@ fn mouse_click_on_a_scrolled_losses_list() {
     let last = app.files.len() - 1;
     assert_eq!(app.selected_file, last);
     let t = draw(&app, 100, 24);
-    let losses = areas(100, 24).losses;
+    let losses = areas(&app, 100, 24).losses;
     // The first row inside the panel, as drawn.
     let drawn: String = rows(&t)[losses.y as usize + 1]
         .chars()
@@ -1191,7 +1261,7 @@ fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "j");
     let t = draw(&app, 160, 45);
-    let a = areas(160, 45);
+    let a = areas(&app, 160, 45);
     assert!(find(&t, a.losses, "Rosenbrock (first)").is_some());
     assert!(find(&t, a.losses, "Rosenbrock (second)").is_some());
     let inspector = a.inspector.expect("an inspector at 160x45");
@@ -1201,6 +1271,30 @@ fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
         "{}",
         rows(&t).join("\n")
     );
+}
+
+#[test]
+fn the_losses_panel_is_as_wide_as_the_longest_name_up_to_a_third_of_the_terminal() {
+    let dir = Scratch::new("wide-names");
+    let long = "A loss name long enough to need a wider panel";
+    let n = long.chars().count() as u16;
+    let text = std::fs::read_to_string(ROSENBROCK)
+        .unwrap()
+        .replace("name = \"Rosenbrock\"", &format!("name = \"{long}\""));
+    std::fs::write(dir.0.join("long.toml"), text).unwrap();
+    dir.copy(ROSENBROCK, "short.toml");
+    let (app, _rx) = open(dir.path());
+    // The name, the badge and the borders, within a third of 160.
+    let a = areas(&app, 160, 45);
+    assert!(n + 4 > 34 && n + 4 <= 160 / 3);
+    assert_eq!(a.losses.width, n + 2 + 2);
+    assert!(find(&draw(&app, 160, 45), a.losses, long).is_some());
+    // A third of 120 is the most it takes.
+    assert_eq!(areas(&app, 120, 30).losses.width, 40);
+    // Short names keep a quarter of the terminal (18 to 34 columns).
+    let (short, _rx) = open(ROSENBROCK);
+    assert_eq!(areas(&short, 120, 30).losses.width, 30);
+    assert_eq!(areas(&short, 60, 20).losses.width, 18);
 }
 
 /// A change to a CSV the loss reads reloads the loss, though its own text is the same.
@@ -1601,7 +1695,7 @@ fn snapshot_inspector_shows_small_params_in_full_and_large_ones_summarised() {
     assert_eq!(w.value.histogram.iter().sum::<u32>(), 128);
     assert_eq!(w.grad.as_ref().unwrap().histogram.iter().sum::<u32>(), 128);
     let t = draw(&app, 160, 45);
-    let inspector = areas(160, 45).inspector.unwrap();
+    let inspector = areas(&app, 160, 45).inspector.unwrap();
     assert!(find(&t, inspector, "b [3]  3 values").is_some());
     assert!(find(&t, inspector, "[2]").is_some());
     assert!(find(&t, inspector, "W [16, 8]  128 values").is_some());
@@ -1618,7 +1712,7 @@ fn the_focused_inspector_scrolls_with_j_and_k() {
     while app.focus != Focus::Inspector {
         press(&mut app, KeyCode::Tab);
     }
-    let inspector = areas(120, 30).inspector.unwrap();
+    let inspector = areas(&app, 120, 30).inspector.unwrap();
     let top = |app: &App| rows(&draw(app, 120, 30))[inspector.y as usize + 1].clone();
     let first = top(&app);
     typed(&mut app, "j");
@@ -1651,7 +1745,7 @@ fn snapshot_warnings_panel_focused_scrolled_and_wrapped() {
     let n = app.session().unwrap().warnings.len();
     assert!(n >= 4, "{:?}", app.session().unwrap().warnings);
     focus(&mut app, Focus::Warnings);
-    let panel = areas(100, 30).warnings.unwrap();
+    let panel = areas(&app, 100, 30).warnings.unwrap();
     let t = draw(&app, 100, 30);
     snapshot("warnings_focused", &t);
     // Every row is cut at a space or at the end of its warning: no word is split.
@@ -1694,7 +1788,8 @@ fn snapshot_warnings_panel_focused_scrolled_and_wrapped() {
 
 #[test]
 fn the_warnings_panel_grows_with_the_terminal() {
-    let h = |w, h| areas(w, h).warnings.map_or(0, |r| r.height);
+    let (app, _rx) = open(ROSENBROCK);
+    let h = |w, h| areas(&app, w, h).warnings.map_or(0, |r| r.height);
     assert_eq!(h(160, 20), 0);
     assert_eq!(h(160, 45), 7);
     assert!(h(160, 80) > h(160, 45));
@@ -1737,13 +1832,13 @@ fn snapshot_the_smoothing_weight_is_in_the_chart_title() {
     let (mut app, rx) = open(ROSENBROCK);
     typed_settled(&mut app, &rx, "50nss");
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(120, 30).chart, "Loss · smoothing 0.9").is_some());
+    assert!(find(&t, areas(&app, 120, 30).chart, "Loss · smoothing 0.9").is_some());
     snapshot("smoothing_title", &t);
     typed(&mut app, "lss");
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(120, 30).chart, "Loss (log y)┐").is_none());
+    assert!(find(&t, areas(&app, 120, 30).chart, "Loss (log y)┐").is_none());
     assert!(
-        find(&t, areas(120, 30).chart, "Loss (log y)─").is_some(),
+        find(&t, areas(&app, 120, 30).chart, "Loss (log y)─").is_some(),
         "off again"
     );
 }
@@ -1770,7 +1865,7 @@ fn shift_s_sets_a_smoothing_weight_and_refuses_one_out_of_range() {
     assert_eq!(app.popup, None);
     assert_eq!(app.smoothing, 0.75);
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(120, 30).chart, "smoothing 0.75").is_some());
+    assert!(find(&t, areas(&app, 120, 30).chart, "smoothing 0.75").is_some());
     // From a typed weight, `s` goes on to the next larger one of the cycle.
     typed(&mut app, "s");
     assert_eq!(app.smoothing, 0.9);

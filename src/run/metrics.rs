@@ -66,34 +66,49 @@ impl MetricLog {
 
     /// The CSV columns after the standard ones: `,metric_<name>` for each metric.
     pub fn csv_header(&self) -> String {
-        self.names.iter().map(|n| format!(",metric_{n}")).collect()
+        csv_header(&self.names)
     }
 
     /// The row of `step`'s metric cells, matching [`MetricLog::csv_header`] (empty cells when
     /// the values were not taken at that step).
     pub fn csv_cells(&self, step: u64) -> String {
-        match self.at(step) {
-            Some(v) => v.iter().map(|x| format!(",{x}")).collect(),
-            None => ",".repeat(self.names.len()),
-        }
+        csv_cells(self.names.len(), self.at(step))
     }
 
     /// Adds `"metrics": {name: value, ...}` for the row of `step` to a JSON object (nothing
     /// when the file has no metrics; null values when they were not taken at that step).
     pub fn add_json(&self, row: &mut Value, step: u64) {
-        if self.names.is_empty() {
-            return;
-        }
-        let values = self.at(step);
-        let object: Map<String, Value> = self
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), values.map_or(Value::Null, |v| json_num(v[i]))))
-            .collect();
-        if let Value::Object(o) = row {
-            o.insert("metrics".into(), Value::Object(object));
-        }
+        add_json(row, &self.names, self.at(step));
+    }
+}
+
+/// The CSV columns after a log's standard ones: `,metric_<name>` for each of `names`.
+pub fn csv_header(names: &[String]) -> String {
+    names.iter().map(|n| format!(",metric_{n}")).collect()
+}
+
+/// A row's cells for `count` metrics, matching [`csv_header`]: the `values`, or empty cells
+/// where the row has none.
+pub fn csv_cells(count: usize, values: Option<&[f64]>) -> String {
+    match values {
+        Some(v) => v.iter().map(|x| format!(",{x}")).collect(),
+        None => ",".repeat(count),
+    }
+}
+
+/// Adds `"metrics": {name: value, ...}` to a row's JSON object (nothing when `names` is empty;
+/// null values where the row has none).
+pub fn add_json(row: &mut Value, names: &[String], values: Option<&[f64]>) {
+    if names.is_empty() {
+        return;
+    }
+    let object: Map<String, Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), values.map_or(Value::Null, |v| json_num(v[i]))))
+        .collect();
+    if let Value::Object(o) = row {
+        o.insert("metrics".into(), Value::Object(object));
     }
 }
 

@@ -229,6 +229,8 @@ pub struct App {
     pub count: Option<u64>,
     pub message: Option<String>,
     pub size: (u16, u16),
+    /// Where `w` and `p` write (None: next to the loss file).
+    pub out_dir: Option<PathBuf>,
     next_session: u64,
     /// Where the threads of the sessions this app starts send their events.
     pub(super) events: Sender<Msg>,
@@ -257,6 +259,7 @@ impl App {
             count: None,
             message: None,
             size: (120, 40),
+            out_dir: None,
             next_session: 0,
             events,
         };
@@ -296,6 +299,17 @@ impl App {
             self.selected_file = self.files.iter().position(|f| f.path == p).unwrap_or(0);
         }
         self.selected_file = self.selected_file.min(self.files.len().saturating_sub(1));
+    }
+
+    /// File `index`'s name as the losses list shows it: two files of one name are told apart by
+    /// their file stems.
+    pub fn file_label(&self, index: usize) -> String {
+        let f = &self.files[index];
+        if self.files.iter().filter(|g| g.name == f.name).count() > 1 {
+            format!("{} ({})", f.name, f.stem())
+        } else {
+            f.name.clone()
+        }
     }
 
     /// Files grouped by sub-folder, in display order.
@@ -529,7 +543,7 @@ impl App {
                 None
             }
             Focus::Inspector => {
-                let areas = super::layout::layout(self.screen());
+                let areas = super::layout::layout(self, self.screen());
                 let visible = areas.inspector.map_or(0, |r| r.height.saturating_sub(2));
                 let len = super::render::inspector_len(self);
                 let most = len.saturating_sub(visible as usize) as i64;
@@ -553,7 +567,7 @@ impl App {
     /// The panels `tab` cycles through: the lists and the chart, and the inspector and the
     /// warnings when the terminal is large enough to show them.
     pub(super) fn focusable(&self) -> Vec<Focus> {
-        let areas = super::layout::layout(self.screen());
+        let areas = super::layout::layout(self, self.screen());
         let mut out = vec![Focus::Losses, Focus::Runs, Focus::Charts];
         if areas.inspector.is_some() {
             out.push(Focus::Inspector);
@@ -577,7 +591,7 @@ impl App {
         if self.tab != Tab::Landscape {
             return;
         }
-        let areas = super::layout::layout(self.screen());
+        let areas = super::layout::layout(self, self.screen());
         let (scene, _) = super::layout::landscape_layout(areas.chart);
         let map = crate::draw::scene::map_rect(scene).map_or((64, 32), |r| (r.width, r.height));
         if let Some(s) = self.session_mut() {

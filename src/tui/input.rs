@@ -343,7 +343,7 @@ impl App {
         if self.popup.is_some() || self.show_help {
             return None;
         }
-        let areas = super::layout::layout(self.screen());
+        let areas = super::layout::layout(self, self.screen());
         let pos = Position::new(m.column, m.row);
         match m.kind {
             MouseEventKind::Down(MouseButton::Left) => {

@@ -86,9 +86,13 @@ pub struct LandscapeView {
     pub follow: bool,
     /// The grid shown: the latest one with any cells, filled in place as cells arrive.
     pub grid: Option<Grid>,
-    /// The generation being filled, with its spec until its first cells replace `grid` (the
-    /// previous grid stays on screen until then).
-    filling: Option<(u64, Option<GridSpec>)>,
+    /// The loss `grid` is of: the run definition and dtype whose objective is drawn.
+    drawn: Option<LossKey>,
+    /// Each run definition's objective, as the first definition with the same one.
+    objectives: Vec<usize>,
+    /// The generation being filled, its spec (until its first cells replace `grid`: the previous
+    /// grid stays on screen until then) and the loss it is of.
+    filling: Option<(u64, Option<GridSpec>, Option<LossKey>)>,
     pub mode: Option<Mode>,
     /// How long the shown grid took, once complete.
     pub elapsed: Option<Duration>,
@@ -113,6 +117,7 @@ impl LandscapeView {
     /// Starts the landscape service for a file; its reports go to `emit`.
     pub fn new(name: &str, compiled: CompiledFile, emit: service::Emit) -> Self {
         let (jobs, rx) = channel();
+        let objectives = objectives(&compiled);
         let (handle, error) = match service::spawn(name, compiled, rx, emit) {
             Ok(h) => (Some(h), None),
             Err(e) => (
@@ -135,6 +140,8 @@ impl LandscapeView {
             elapsed: None,
             generation: 0,
             requested: None,
+            drawn: None,
+            objectives,
             slice: None,
             slice_wanted: None,
             slice_tag: 0,
@@ -161,6 +168,7 @@ impl LandscapeView {
         self.follow = kept.is_none();
         self.view = kept;
         self.grid = None;
+        self.drawn = None;
         self.filling = None;
     }
 
@@ -188,17 +196,19 @@ impl LandscapeView {
                 spec,
                 mode,
             } if generation == self.generation => {
-                self.filling = Some((generation, Some(spec)));
+                let loss = self.requested.as_ref().map(|k| k.loss);
+                self.filling = Some((generation, Some(spec), loss));
                 self.mode = Some(mode);
                 self.elapsed = None;
                 self.error = None;
             }
             Report::GridCells { generation, cells } => {
-                if let Some((g, spec)) = &mut self.filling
+                if let Some((g, spec, loss)) = &mut self.filling
                     && *g == generation
                 {
                     if let Some(spec) = spec.take() {
                         self.grid = Some(Grid::new(spec));
+                        self.drawn = *loss;
                     }
                     if let Some(grid) = &mut self.grid {
                         for (k, v) in cells {
@@ -211,7 +221,11 @@ impl LandscapeView {
                 generation,
                 elapsed,
             } => {
-                if self.filling.as_ref().is_some_and(|(g, _)| *g == generation) {
+                if self
+                    .filling
+                    .as_ref()
+                    .is_some_and(|(g, ..)| *g == generation)
+                {
                     self.filling = None;
                     self.elapsed = Some(elapsed);
                 }
@@ -232,7 +246,7 @@ impl LandscapeView {
             Report::Failed { job, why } => {
                 // Only the failed job stops waiting; the next frame may ask again.
                 match job {
-                    JobId::Grid(g) if self.filling.as_ref().is_some_and(|(f, _)| *f == g) => {
+                    JobId::Grid(g) if self.filling.as_ref().is_some_and(|(f, ..)| *f == g) => {
                         self.filling = None;
                     }
                     JobId::Line(t) if self.slice_wanted.is_some_and(|w| w.0 == t) => {
@@ -434,12 +448,51 @@ impl LandscapeView {
         });
     }
 
-    /// The lowest loss on any path point that has one, and where.
+    /// The lowest loss on a path point of the runs whose objective the map draws (the same loss
+    /// and consts, in the same dtype: a variant of another optimizer counts), and where; None
+    /// until a map is drawn.
     pub fn best(&self, runs: &[RunView]) -> Option<([f64; 2], f64)> {
+        let drawn = self.drawn?;
+        let objective = |def: usize| self.objectives.get(def).copied().unwrap_or(def);
         runs.iter()
+            .filter(|r| {
+                objective(r.info.def) == objective(drawn.def) && r.info.dtype == drawn.dtype
+            })
             .filter_map(|r| lowest(r.path.iter().copied(), &r.history))
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
+}
+
+/// Each run definition's objective (its loss as written and its consts), named by the first
+/// definition that has the same one.
+fn objectives(compiled: &CompiledFile) -> Vec<usize> {
+    let file = &compiled.file;
+    let text = |span: &std::ops::Range<usize>| file.source.text.get(span.clone()).unwrap_or("");
+    let mut consts: Vec<(&str, u64)> = file
+        .consts
+        .iter()
+        .map(|c| (c.name.node.as_str(), c.value.to_bits()))
+        .collect();
+    consts.sort_unstable();
+    let base = (text(&file.loss.span), consts);
+    let defs: Vec<_> = std::iter::once(base.clone())
+        .chain(file.variants.iter().map(|v| {
+            let mut consts = base.1.clone();
+            for c in &v.consts {
+                let name = c.name.node.as_str();
+                match consts.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = c.value.to_bits(),
+                    None => consts.push((name, c.value.to_bits())),
+                }
+            }
+            consts.sort_unstable();
+            let loss = v.loss.as_ref().map_or(base.0, |l| text(&l.span));
+            (loss, consts)
+        }))
+        .collect();
+    defs.iter()
+        .map(|d| defs.iter().position(|e| e == d).unwrap_or(0))
+        .collect()
 }
 
 /// Every run's path points that the view follows (see [`followed`]).

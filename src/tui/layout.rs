@@ -2,6 +2,7 @@
 //! the losses list's rows and scrolling, the tab bar's columns and the Landscape tab's inside.
 
 use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::Span;
 use ratatui::widgets::Block;
 
 use super::app::{App, Tab};
@@ -21,8 +22,8 @@ pub struct Areas {
     pub status: Rect,
 }
 
-/// The layout, shared by drawing and mouse hit-testing.
-pub fn layout(area: Rect) -> Areas {
+/// The layout of `app` on a terminal of size `area`, shared by drawing and mouse hit-testing.
+pub fn layout(app: &App, area: Rect) -> Areas {
     // The warnings grow with the terminal: a sixth of its height, 7 to 16 rows.
     let warnings_h = if area.height >= 24 {
         (area.height / 6).clamp(7, 16)
@@ -35,7 +36,10 @@ pub fn layout(area: Rect) -> Areas {
         Constraint::Length(1),
     ])
     .areas(area);
-    let left_w = (area.width / 4).clamp(18, 34);
+    // The left panels are as wide as the longest loss row needs, from a quarter of the
+    // terminal (18 to 34 columns) up to a third of it.
+    let least = (area.width / 4).clamp(18, 34);
+    let left_w = (losses_width(app) + 2).clamp(least, least.max(area.width / 3));
     let right_w = if area.width >= 110 { 34 } else { 0 };
     let [left, centre, right] = Layout::horizontal([
         Constraint::Length(left_w),
@@ -55,6 +59,22 @@ pub fn layout(area: Rect) -> Areas {
         warnings: (warnings_h > 0).then_some(warnings),
         status,
     }
+}
+
+/// The columns the widest row of the losses list takes (without the panel's borders).
+fn losses_width(app: &App) -> u16 {
+    let widest = file_rows(app)
+        .into_iter()
+        .map(|r| match r {
+            FileRow::Group(group) => group.chars().count() + 1,
+            // The indent under a folder, the ✓/✗ badge and the name.
+            FileRow::File { index, indented } => {
+                2 * usize::from(indented) + 2 + Span::raw(app.file_label(index)).width()
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    u16::try_from(widest).unwrap_or(u16::MAX)
 }
 
 /// A row of the losses list.

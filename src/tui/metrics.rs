@@ -35,6 +35,11 @@ impl MetricTrack {
         self.points.truncate(len);
     }
 
+    /// The kept values and their steps, in step order.
+    pub fn iter(&self) -> impl Iterator<Item = &(u64, Vec<f64>)> {
+        self.points.iter()
+    }
+
     /// The newest values and their step.
     pub fn latest(&self) -> Option<&(u64, Vec<f64>)> {
         self.points.latest()

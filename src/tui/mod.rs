@@ -55,8 +55,9 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 /// Frame interval (about 30 frames a second).
 const FRAME: Duration = Duration::from_millis(33);
 
-/// Opens the TUI on `path` (a directory of loss files or one file).
-pub fn run(path: &Path) -> anyhow::Result<()> {
+/// Opens the TUI on `path` (a directory of loss files or one file); `w` and `p` write into
+/// `out_dir` when given, else next to the loss file.
+pub fn run(path: &Path, out_dir: Option<&Path>) -> anyhow::Result<()> {
     if !path.exists() {
         anyhow::bail!("no such file or directory: {}", path.display());
     }
@@ -88,7 +89,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         restore_and_report(info);
     }));
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
-    let result = event_loop(&mut terminal, path);
+    let result = event_loop(&mut terminal, path, out_dir);
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     result
@@ -128,11 +129,16 @@ fn watched(path: &Path) -> (PathBuf, PathBuf) {
     (canonical, dir.to_path_buf())
 }
 
-fn event_loop(terminal: &mut ratatui::DefaultTerminal, path: &Path) -> anyhow::Result<()> {
+fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    path: &Path,
+    out_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     let (tx, rx) = channel();
     let (root, typed) = watched(path);
     let _watcher = watch(&root, tx.clone());
     let mut app = App::open(path, tx);
+    app.out_dir = out_dir.map(Path::to_path_buf);
     let size = terminal.size()?;
     app.handle(Msg::Resize(size.width, size.height));
     let mut changed: Vec<(PathBuf, Instant)> = Vec::new();

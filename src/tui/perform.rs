@@ -12,6 +12,7 @@ use crate::draw::plot::{self, PlotData, PlotLandscape};
 use crate::landscape::ColorScale;
 use crate::load;
 use crate::run::export::{csv_header, csv_row, step_json};
+use crate::run::metrics;
 use crate::run::worker::{Command, Event, RunPlan};
 
 impl App {
@@ -103,29 +104,53 @@ pub fn perform(app: &App, io: Io) -> Option<Msg> {
     }
 }
 
-/// The status message of an export of `file`'s session.
-fn with_session(app: &App, file: &Path, export: fn(&FileEntry, &Session) -> String) -> Option<Msg> {
+/// The status message of an export of `file`'s session into the app's output folder.
+fn with_session(
+    app: &App,
+    file: &Path,
+    export: fn(&FileEntry, &Session, Option<&Path>) -> String,
+) -> Option<Msg> {
     let f = app.files.iter().find(|f| f.path == file)?;
-    Some(Msg::Status(export(f, f.session.as_ref()?)))
+    Some(Msg::Status(export(
+        f,
+        f.session.as_ref()?,
+        app.out_dir.as_deref(),
+    )))
 }
 
-/// Every run of `f` to gradscope-STEM.csv and .jsonl in the working directory; says what it did.
-fn write_runs(f: &FileEntry, s: &Session) -> String {
+/// Where an export of `f` with extension `ext` goes: `gradscope-STEM.ext` in `out_dir`, or
+/// next to the loss file.
+fn export_path(f: &FileEntry, out_dir: Option<&Path>, ext: &str) -> PathBuf {
+    let dir = out_dir.or(f.path.parent()).unwrap_or(Path::new(""));
+    dir.join(format!("gradscope-{}.{ext}", f.stem()))
+}
+
+/// Every run of `f` to gradscope-STEM.csv and .jsonl (see [`export_path`]), with the `[metrics]`
+/// values the runs reported; says what it did.
+fn write_runs(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
     let names: Vec<String> = f
         .compiled
         .as_ref()
         .map(|c| c.params.iter().map(|p| p.name.clone()).collect())
         .unwrap_or_default();
-    let stem = f.stem();
-    let csv_path = PathBuf::from(format!("gradscope-{stem}.csv"));
-    let jsonl_path = PathBuf::from(format!("gradscope-{stem}.jsonl"));
-    let mut csv = csv_header(&names) + "\n";
+    let csv_path = export_path(f, out_dir, "csv");
+    let jsonl_path = export_path(f, out_dir, "jsonl");
+    let mut csv = csv_header(&names) + &metrics::csv_header(&s.metric_names) + "\n";
     let mut jsonl = String::new();
     for r in &s.runs {
+        let mut reported = r.metrics.iter().peekable();
         for rec in (0..r.history.len()).filter_map(|k| r.history.get(k)) {
+            while reported.next_if(|(k, _)| *k < rec.step).is_some() {}
+            let values = reported
+                .peek()
+                .filter(|(k, _)| *k == rec.step)
+                .map(|(_, v)| v.as_slice());
             csv.push_str(&csv_row(&r.info.name, &names, &rec));
+            csv.push_str(&metrics::csv_cells(s.metric_names.len(), values));
             csv.push('\n');
-            jsonl.push_str(&step_json(&r.info.name, &names, &rec).to_string());
+            let mut row = step_json(&r.info.name, &names, &rec);
+            metrics::add_json(&mut row, &s.metric_names, values);
+            jsonl.push_str(&row.to_string());
             jsonl.push('\n');
         }
     }
@@ -135,9 +160,9 @@ fn write_runs(f: &FileEntry, s: &Session) -> String {
     }
 }
 
-/// The curves of `f`, and its landscape once one is complete, to gradscope-STEM.svg and .png in
-/// the working directory; says what it did.
-fn save_pictures(f: &FileEntry, s: &Session) -> String {
+/// The curves of `f`, and its landscape once one is complete, to gradscope-STEM.svg and .png
+/// (see [`export_path`]); says what it did.
+fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
     let l = &s.landscape;
     let landscape = l
         .grid
@@ -167,11 +192,10 @@ fn save_pictures(f: &FileEntry, s: &Session) -> String {
             .collect(),
         landscape,
     };
-    let stem = f.stem();
     let written: Result<Vec<String>, String> = ["svg", "png"]
         .iter()
         .map(|ext| {
-            let path = PathBuf::from(format!("gradscope-{stem}.{ext}"));
+            let path = export_path(f, out_dir, ext);
             plot::save(&data, &path)
                 .map(|()| path.display().to_string())
                 .map_err(|e| e.to_string())

@@ -40,13 +40,11 @@ fn row<'a>(app: &'a App, row: FileRow<'a>) -> Line<'a> {
                 Span::styled("✓ ", Style::new().fg(Color::Green))
             };
             let indent = if indented { "  " } else { "" };
-            // Two files of one name are told apart by their file names.
-            let name = if app.files.iter().filter(|g| g.name == f.name).count() > 1 {
-                format!("{} ({})", f.name, f.stem())
-            } else {
-                f.name.clone()
-            };
-            Line::from(vec![Span::raw(indent), badge, Span::raw(name)])
+            Line::from(vec![
+                Span::raw(indent),
+                badge,
+                Span::raw(app.file_label(index)),
+            ])
         }
     }
 }

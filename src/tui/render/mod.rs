@@ -46,7 +46,7 @@ pub fn render(f: &mut Frame, app: &App) {
         );
         return;
     }
-    let a = layout(area);
+    let a = layout(app, area);
     lists::losses(f, app, a.losses);
     lists::runs(f, app, a.runs);
     lists::tabs(f, app, a.tabs);

@@ -12,6 +12,7 @@ use crate::tui::compare;
 use crate::tui::keys::{BINDINGS, Binding};
 use crate::tui::layout::centered;
 use crate::tui::line_edit::LineEdit;
+use crate::tui::render::warnings::wrap;
 
 /// Every key and what it does (any key closes it), in as many columns as the height needs.
 pub fn help(f: &mut Frame, area: Rect) {
@@ -143,11 +144,26 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
     );
 }
 
-/// A dialog's text field, its error if any, and what its keys do.
-fn field(text: &LineEdit, error: Option<&str>, keys: &'static str) -> Vec<Line<'static>> {
+/// The width of the dialogs (less on a narrow terminal).
+const DIALOG_WIDTH: u16 = 60;
+
+/// A dialog's text field, its error if any (whole, wrapped at spaces to `width` columns), and
+/// what its keys do.
+fn field(
+    text: &LineEdit,
+    error: Option<&str>,
+    keys: &'static str,
+    width: usize,
+) -> Vec<Line<'static>> {
     let mut l = vec![Line::from(text.with_cursor()), Line::from("")];
     if let Some(e) = error {
-        l.push(Line::styled(e.to_string(), Style::new().fg(Color::Red)));
+        let chars: Vec<char> = e.chars().collect();
+        l.extend(wrap(e, width).into_iter().map(|r| {
+            Line::styled(
+                chars[r].iter().collect::<String>(),
+                Style::new().fg(Color::Red),
+            )
+        }));
     }
     l.push(Line::styled(keys, Style::new().fg(Color::DarkGray)));
     l
@@ -155,6 +171,7 @@ fn field(text: &LineEdit, error: Option<&str>, keys: &'static str) -> Vec<Line<'
 
 /// The open dialog.
 pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
+    let inner = DIALOG_WIDTH.min(area.width).saturating_sub(2) as usize;
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
         Popup::Warning(n) => return warning(f, app, *n, area),
         Popup::Compare { column, descending } => {
@@ -170,12 +187,17 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
         ),
         Popup::EditSpec { text, error } => (
             "Add a run: edit the spec",
-            field(text, error.as_deref(), "enter adds the run · esc cancels"),
+            field(
+                text,
+                error.as_deref(),
+                "enter adds the run · esc cancels",
+                inner,
+            ),
             None,
         ),
         Popup::Smoothing { text, error } => (
             "Smoothing weight (0 off, up to 0.999)",
-            field(text, error.as_deref(), "enter sets it · esc cancels"),
+            field(text, error.as_deref(), "enter sets it · esc cancels", inner),
             None,
         ),
         Popup::Duplicate { selected } => (
@@ -190,7 +212,7 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
             Some(*selected),
         ),
     };
-    let r = centered(area, 60, lines.len() as u16 + 2);
+    let r = centered(area, DIALOG_WIDTH, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     let block = Block::bordered()
         .title(title)
