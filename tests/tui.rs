@@ -1109,11 +1109,23 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
         "{screen}"
     );
 
-    // Fixed again: diagnostics go, the runs restart.
+    // Fixed back to the text the runs are running: diagnostics go, nothing restarts.
     std::fs::write(&file, &edited).unwrap();
     app.handle(Msg::FileChanged(file.clone()));
     app.settle(&rx);
     assert!(!app.file().unwrap().broken());
+    assert_eq!(history_lens(&app), vec![7; 4]);
+    assert!(
+        app.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("nothing restarted")
+    );
+
+    // Fixed to another text: the runs restart.
+    std::fs::write(&file, edited.replacen("lr = 0.02", "lr = 0.03", 1)).unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
     assert_eq!(history_lens(&app), vec![0; 4]);
 }
 

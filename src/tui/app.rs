@@ -476,7 +476,8 @@ impl App {
 
     /// A file read again: new diagnostics, and when it compiled, its runs start again from the
     /// new version, keeping the session (a broken version keeps the last good one running).
-    /// A text that did not change restarts nothing.
+    /// A text that did not change, or went back to the one the runs are running, restarts
+    /// nothing.
     fn reload(&mut self, report: LoadedFile) {
         let text = report.source.as_ref().map(|s| s.text.clone());
         let Some(i) = self.files.iter().position(|f| f.path == report.path) else {
@@ -489,6 +490,8 @@ impl App {
         if f.text.is_some() && f.text == text {
             return;
         }
+        // A file read again for a changed CSV has no text to compare: its data changed.
+        let data_changed = f.text.is_none();
         f.text = text;
         f.diagnostics = report.diagnostics;
         f.reads = report.reads;
@@ -498,6 +501,15 @@ impl App {
         let Some(new) = report.compiled else {
             return;
         };
+        // Back to the text the runs are running (a broken edit undone): nothing restarts.
+        let running = f.compiled.as_ref().map(|c| c.file.source.text.as_str());
+        if !data_changed && running == f.text.as_deref() {
+            self.message = Some(format!(
+                "reloaded {}: the text the runs are running, nothing restarted",
+                f.path.display()
+            ));
+            return;
+        }
         if let (Some(mut session), Some(old)) = (f.session.take(), f.compiled.as_ref()) {
             let change = super::changes::describe(old, &new);
             let (carry, restarted) = session.carry(old, &new, &change);
