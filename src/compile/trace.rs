@@ -120,7 +120,7 @@ impl Provenance {
 fn help_for(instr: &Instr, pass: Pass) -> String {
     match (&instr.op, pass) {
         (Op::Input(_), _) => "the value came in this way: if a step made it, its update is named in the run's warnings; otherwise it does not fit the run's dtype".into(),
-        (Op::Unary(Unary::Log), _) => "keep the argument of log away from 0: log(x + eps), or log1p/softplus forms".into(),
+        (Op::Unary(Unary::Log), _) => "log needs a positive argument: log(x + eps) keeps it off 0, clamp or softplus keeps it positive; or use log1p/log_softmax forms".into(),
         (Op::Unary(Unary::Sqrt), Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
         (Op::Unary(Unary::Exp), _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
         (Op::Binary(Binary::Div), _) => "a division by 0: add an eps to the denominator".into(),

@@ -78,13 +78,26 @@ impl Lowerer {
                 None => format!("at least {}", a.min),
             };
             let plural = if want == "1" { "" } else { "s" };
+            let were = if args.len() == 1 { "was" } else { "were" };
+            // NumPy's max(x) is a reduction; here max and min are elementwise of two.
+            let help = match f {
+                Builtin::Max | Builtin::Min if args.len() == 1 => format!(
+                    "`{name}(a, b)` is elementwise; for the {} element use a{name}(x) or a{name}(x, axis=k)",
+                    if f == Builtin::Max {
+                        "largest"
+                    } else {
+                        "smallest"
+                    }
+                ),
+                _ => format!("call it as {}", f.signature()),
+            };
             return Err(self.fail(
                 format!(
-                    "`{name}` takes {want} argument{plural}, but {} were given",
+                    "`{name}` takes {want} argument{plural}, but {} {were} given",
                     args.len()
                 ),
                 span,
-                Some(format!("call it as {}", f.signature())),
+                Some(help),
             ));
         }
         let detach = usize::from(f == Builtin::Detach);
