@@ -358,13 +358,13 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         // Each row's metrics are taken at the params its loss was taken at: θ_0 here, θ_k+1
         // when row k is logged (after the step from θ_k).
         let mut metrics = MetricLog::new(&metric_names, every);
-        let mut metric_error = metrics.prepare(run).err();
+        let mut metric_error = metrics.prepare(run, false).err();
         let summary = drive(run, |run, r| {
             if let Some(b) = &bar {
                 b.set_position(r.step);
             }
             // Metrics at the params the run is at now: those of the next row.
-            if let Err(d) = metrics.prepare(run) {
+            if let Err(d) = metrics.prepare(run, r.step == run.step_count()) {
                 metric_error.get_or_insert(d);
             }
             let last = r.step == run.step_count();

@@ -217,14 +217,22 @@ impl History {
         &self.cores[step - self.first]
     }
 
-    /// Param `i`'s gradient norm at `step`.
+    /// Param `i`'s gradient norm at `step` (NaN when that row or param is not held: the curves
+    /// of an earlier version of a file may have fewer params).
     pub fn param_grad_norm(&self, step: usize, i: usize) -> f32 {
-        self.grad_norms[(step - self.first) * self.n_params + i]
+        self.per_param(&self.grad_norms, step, i)
     }
 
-    /// Param `i`'s value norm at `step`.
+    /// Param `i`'s value norm at `step` (NaN when that row or param is not held).
     pub fn param_norm(&self, step: usize, i: usize) -> f32 {
-        self.param_norms[(step - self.first) * self.n_params + i]
+        self.per_param(&self.param_norms, step, i)
+    }
+
+    fn per_param(&self, values: &[f32], step: usize, i: usize) -> f32 {
+        match self.at(step) {
+            Some(row) if i < self.n_params => values[row * self.n_params + i],
+            _ => f32::NAN,
+        }
     }
 
     /// The kept rows' cores, in order from step [`History::first`].
@@ -283,5 +291,34 @@ impl crate::landscape::StepLosses for History {
 
     fn last_loss(&self) -> Option<f64> {
         self.cores.last().map(|c| c.loss)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_param_norms_outside_the_rows_and_params_held_are_nan() {
+        // An earlier version of a file may have had fewer params: its curves are read with
+        // the new version's param indices.
+        let mut h = History::new(2);
+        h.push(&StepRecord::synthetic(0, 1.0, 2));
+        assert!(h.param_norm(0, 1).is_finite());
+        assert!(h.param_norm(0, 2).is_nan());
+        assert!(h.param_grad_norm(1, 0).is_nan());
+    }
+
+    #[test]
+    fn a_window_keeps_between_one_and_two_windows_of_rows_and_their_steps() {
+        let mut h = History::windowed(1, 3);
+        for k in 0..10 {
+            h.push(&StepRecord::synthetic(k, k as f64, 1));
+        }
+        assert_eq!(h.len(), 10);
+        assert!((3..=6).contains(&h.cores().len()));
+        assert_eq!(h.first() + h.cores().len(), 10);
+        assert_eq!(h.get(9).map(|r| r.core.loss), Some(9.0));
+        assert_eq!(h.get(h.first() - 1), None);
     }
 }

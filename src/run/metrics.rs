@@ -43,11 +43,12 @@ impl MetricLog {
     }
 
     /// Takes the metrics at the run's current params θ_k (k = `step_count`) when row k will be
-    /// logged: a multiple of `every`, or the last row. The values of the previous row taken stay
-    /// readable until the next call.
-    pub fn prepare(&mut self, run: &Run) -> Result<(), Diagnostic> {
+    /// logged: a multiple of `every`, the last row, or (`last`) the row the caller is about to
+    /// write last (an interrupted run's). The values of the previous row taken stay readable
+    /// until the next call.
+    pub fn prepare(&mut self, run: &Run, last: bool) -> Result<(), Diagnostic> {
         let k = run.step_count();
-        let logged = k.is_multiple_of(self.every) || k >= run.config.steps || run.is_done();
+        let logged = last || k.is_multiple_of(self.every) || k >= run.config.steps || run.is_done();
         self.previous = self.pending.take();
         if !self.names.is_empty() && logged {
             self.pending = Some((k, run.metric_values()?));

@@ -296,9 +296,11 @@ impl Run {
     pub fn step(&mut self) -> Result<StepRecord, Diagnostic> {
         let started = Instant::now();
         let t = self.step_count();
-        let eval = match self.current.take() {
-            Some(e) if self.halted.is_none() => e,
-            _ => return Err(Diagnostic::error(format!("step {t}: the run has halted"))),
+        // A halted run keeps its evaluation at θ_t (the inspector shows its gradients).
+        let halted = self.halted.is_some();
+        let eval = match self.current.take_if(|_| !halted) {
+            Some(e) => e,
+            None => return Err(Diagnostic::error(format!("step {t}: the run has halted"))),
         };
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();

@@ -182,7 +182,8 @@ pub enum Event {
     /// Rows of one run, in order, replacing any the UI holds from the first one's step on (a
     /// run's current row is sent with an empty update, then again once the run steps from it).
     Records(RunId, Vec<StepRecord>),
-    /// The run's history now has only `len` rows (rewound or reset), with this lr multiplier.
+    /// The run was rewound or reset to step `len`, with this lr multiplier: the UI keeps rows
+    /// 0..len, and row `len` (the current one) comes again in the next records.
     Truncated(RunId, usize, f64),
     /// A run halted at a step: why, and the diagnostic pointing into the source when the
     /// halt has a provenance.
@@ -369,12 +370,11 @@ impl Worker {
         })
     }
 
-    /// Commands are read between steps, so a long `1000000N` never blocks pause or quit. Other
-    /// commands that arrive during manual stepping wait their turn, so `120n40b` means what it
-    /// says.
-    /// Starts the runs of `plan`, then serves commands until shutdown. A panic (a bug)
-    /// while starting or stepping becomes [`Event::Failed`] with its message, the runs pause,
-    /// and the worker serves on: the UI and the other files never go down with it.
+    /// Starts the runs of `plan`, then serves commands until shutdown. Commands are read between
+    /// steps, so a long `1000000N` never blocks pause or quit; others that arrive during manual
+    /// stepping wait their turn, so `120n40b` means what it says. A panic (a bug) while starting
+    /// or stepping becomes [`Event::Failed`] with its message, the runs pause, and the worker
+    /// serves on: the UI and the other files never go down with it.
     fn serve(mut self, plan: Vec<RunPlan>, commands: Receiver<Command>) {
         let started = catch_panic("starting the runs", || {
             for p in plan {

@@ -283,8 +283,9 @@ impl Session {
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
                     r.halted = None;
-                    r.lr_changes.retain(|&k| (k as usize) < len);
-                    r.lr_set.retain(|&(k, _)| (k as usize) < len);
+                    // A change made at the step rewound to is in that step's snapshot: it stays.
+                    r.lr_changes.retain(|&k| (k as usize) <= len);
+                    r.lr_set.retain(|&(k, _)| (k as usize) <= len);
                     r.clipped = r.history.count(flags::CLIPPED);
                     r.skipped = r.history.count(flags::SKIPPED);
                 }
@@ -308,7 +309,7 @@ impl Session {
                 }
             }
             Event::Metrics(rid, step, values) => {
-                if let Some(r) = self.runs.iter_mut().find(|r| r.info.id == rid) {
+                if let Some(r) = live(&mut self.runs, rid) {
                     r.metrics.push(step, values);
                 }
             }
@@ -316,7 +317,10 @@ impl Session {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.lr_scale = scale;
                     r.lr_changes.push(step);
-                    r.lr_set.push((step, scale));
+                    // A change set again after an edit is already in the plan.
+                    if !r.lr_set.contains(&(step, scale)) {
+                        r.lr_set.push((step, scale));
+                    }
                 }
             }
             Event::Checked(rid, step, checks) => {
@@ -481,17 +485,24 @@ impl Session {
             plan.push(RunPlan {
                 def,
                 overrides: r.info.overrides.clone(),
-                lr: std::mem::take(&mut r.lr_set),
+                // All of it, replayed or not: an edit before the run gets back to a change
+                // must not lose it.
+                lr: r.lr_set.clone(),
             });
-            r.before.insert(
-                0,
-                Before {
-                    history: std::mem::replace(&mut r.history, History::new(0)),
-                    streams: std::mem::take(&mut r.streams),
-                    change: change.to_string(),
-                },
-            );
-            r.before.truncate(KEEP_VERSIONS);
+            // A run that had not reported a row yet (edited again before it restarted) has no
+            // curves to keep.
+            if !r.history.is_empty() {
+                r.before.insert(
+                    0,
+                    Before {
+                        history: std::mem::replace(&mut r.history, History::new(0)),
+                        streams: std::mem::take(&mut r.streams),
+                        change: change.to_string(),
+                    },
+                );
+                r.before.truncate(KEEP_VERSIONS);
+            }
+            r.metrics = Default::default();
             r.info.def = def;
             r.link = Link::Starting;
             r.params.clear();
