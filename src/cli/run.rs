@@ -14,7 +14,7 @@ use crate::optim::settings::{GradSource, NonFinitePolicy};
 use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::metrics::MetricLog;
-use crate::run::summary::{Summary, drive};
+use crate::run::summary::{Summary, best_cell, drive, step_cell};
 use crate::run::{Retention, Run, RunRequest};
 
 /// Output format of `gradscope run`.
@@ -191,11 +191,8 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
                     None => s.run.clone(),
                 },
                 fmt_num(s.final_loss),
-                match s.best_step {
-                    Some(k) => format!("{} ({k})", fmt_num(s.best_loss)),
-                    None => "-".into(),
-                },
-                s.first_nonfinite_step.map_or("-".into(), |k| k.to_string()),
+                best_cell(s.best_loss, s.best_step),
+                step_cell(s.first_nonfinite_step),
                 s.clipped.to_string(),
                 s.skipped.to_string(),
                 format!("{:.0}", s.steps_per_s),

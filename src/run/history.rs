@@ -268,6 +268,15 @@ impl History {
         t
     }
 
+    /// `stepped` (the totals of the rows stepped from) with the current row, θ_N, counted too:
+    /// what a run's summary and the TUI's comparison report.
+    pub fn with_current(&self, mut stepped: Totals) -> Totals {
+        if let Some(current) = self.len().checked_sub(1).and_then(|k| self.get(k)) {
+            stepped.add(&current);
+        }
+        stepped
+    }
+
     /// Drops every row from `len` on (rewinding).
     pub fn truncate(&mut self, len: usize) {
         let keep = len.saturating_sub(self.first);

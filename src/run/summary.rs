@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::Run;
 use super::history::StepRecord;
 use crate::diagnostic::Diagnostic;
+use crate::format::fmt_num;
 
 /// The columns of a comparison of runs, as `run` prints it and the TUI shows it.
 pub const TABLE_COLUMNS: [&str; 7] = [
@@ -17,6 +18,16 @@ pub const TABLE_COLUMNS: [&str; 7] = [
     "skipped",
     "steps/s",
 ];
+
+/// The "best loss (step)" cell of a comparison table: `-` when no loss was finite.
+pub fn best_cell(loss: f64, step: Option<u64>) -> String {
+    step.map_or("-".into(), |k| format!("{} ({k})", fmt_num(loss)))
+}
+
+/// A step cell of a comparison table (the first non-finite step): `-` when there is none.
+pub fn step_cell(step: Option<u64>) -> String {
+    step.map_or("-".into(), |k| k.to_string())
+}
 
 /// A finished run's summary.
 #[derive(Debug, Clone)]
@@ -70,10 +81,7 @@ pub fn drive(
     let _ = log_until(run, run.history().len(), &mut logged);
     let elapsed = started.elapsed().as_secs_f64();
     // Every finished row is counted as the run steps; the current one (θ_N) here.
-    let mut totals = *run.totals();
-    if let Some(current) = run.history().get(run.step_count() as usize) {
-        totals.add(&current);
-    }
+    let totals = run.history().with_current(*run.totals());
     Ok(Summary {
         run: run.name.clone(),
         optimizer: run.config.optimizer.to_string(),

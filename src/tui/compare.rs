@@ -9,7 +9,7 @@ use super::session::{RunView, Session};
 use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::run::history::flags;
-use crate::run::summary::TABLE_COLUMNS;
+use crate::run::summary::{TABLE_COLUMNS, best_cell, step_cell};
 
 /// The table's columns, in order: `run`'s, then the difference from the base.
 pub const COLUMNS: [&str; 8] = {
@@ -53,10 +53,7 @@ impl Row {
     /// The row of run `r` of a file compiled as `compiled`.
     fn of(r: &RunView, compiled: Option<&CompiledFile>) -> Self {
         let h = &r.history;
-        let mut totals = h.totals();
-        if let Some(last) = h.len().checked_sub(1).and_then(|k| h.get(k)) {
-            totals.add(&last);
-        }
+        let totals = h.with_current(h.totals());
         let final_loss = totals.last_loss.unwrap_or(f64::NAN);
         let (best_step, best) = totals.best.map_or((None, f64::NAN), |(k, l)| (Some(k), l));
         let stepped = (0..h.len()).filter(|&k| h.core(k).flags & flags::STEPPED != 0);
@@ -75,8 +72,8 @@ impl Row {
             cells: [
                 r.info.name.clone(),
                 fmt_num(final_loss),
-                best_step.map_or("-".into(), |k| format!("{} ({k})", fmt_num(best))),
-                r.first_nonfinite.map_or("-".into(), |k| k.to_string()),
+                best_cell(best, best_step),
+                step_cell(r.first_nonfinite),
                 r.clipped.to_string(),
                 r.skipped.to_string(),
                 if steps_per_s.is_nan() {
