@@ -266,10 +266,7 @@ impl App {
                         self.popup = None;
                     }
                     Err(e) => {
-                        let error = Some(match e.help {
-                            Some(h) => format!("{} ({h})", e.message),
-                            None => e.message,
-                        });
+                        let error = Some(e.to_string());
                         self.popup = Some(Popup::EditSpec { text, error });
                     }
                 },
