@@ -1,5 +1,55 @@
 //! Optimizers, exactly as torch.optim defines them, plus schedules and clipping.
 
+/// A closed set of words a setting (or a command-line option) takes: the enum, its `ALL`, the
+/// `NAMES` in the same order, and `name`/`from_name` between them.
+macro_rules! words {
+    (
+        $(#[doc = $doc:literal])*
+        $Name:ident { $( $(#[doc = $vdoc:literal])* $V:ident = $word:literal, )* }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $Name {
+            $( $(#[doc = $vdoc])* $V, )*
+        }
+
+        impl $Name {
+            /// Every value, in the order the settings list them.
+            pub const ALL: &'static [Self] = &[$( Self::$V, )*];
+            /// The words for [`Self::ALL`], in the same order.
+            pub const NAMES: &'static [&'static str] = &[$( $word, )*];
+
+            /// The word for it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Self::$V => $word, )*
+                }
+            }
+
+            /// The value `word` names.
+            pub fn from_name(word: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.name() == word)
+            }
+        }
+
+        /// A hyper-parameter written as one of the words (`line_search_fn=strong_wolfe`).
+        impl $crate::optim::spec::Hyper for $Name {
+            const EXPECTS: &'static str = concat!("one of", $(" ", $word,)*);
+            fn from_raw(raw: $crate::optim::spec::RawValue) -> Result<Self, String> {
+                match raw {
+                    $crate::optim::spec::RawValue::Text(w) => Self::from_name(w)
+                        .ok_or_else(|| format!("must be one of {}", Self::NAMES.join(", "))),
+                    _ => Err(format!("must be one of {}", Self::NAMES.join(", "))),
+                }
+            }
+            fn to_value(&self) -> $crate::optim::spec::HyperValue {
+                $crate::optim::spec::HyperValue::Word(self.name())
+            }
+        }
+    };
+}
+
+pub mod classic;
 pub mod schedule;
 pub mod settings;
 pub mod spec;

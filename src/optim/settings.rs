@@ -5,40 +5,6 @@
 use super::schedule::{LrSchedule, Schedule};
 use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
 
-/// A closed set of words a setting (or a command-line option) takes: the enum, its `ALL`, the
-/// `NAMES` in the same order, and `name`/`from_name` between them.
-macro_rules! words {
-    (
-        $(#[doc = $doc:literal])*
-        $Name:ident { $( $(#[doc = $vdoc:literal])* $V:ident = $word:literal, )* }
-    ) => {
-        $(#[doc = $doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $Name {
-            $( $(#[doc = $vdoc])* $V, )*
-        }
-
-        impl $Name {
-            /// Every value, in the order the settings list them.
-            pub const ALL: &'static [Self] = &[$( Self::$V, )*];
-            /// The words for [`Self::ALL`], in the same order.
-            pub const NAMES: &'static [&'static str] = &[$( $word, )*];
-
-            /// The word for it.
-            pub fn name(self) -> &'static str {
-                match self {
-                    $( Self::$V => $word, )*
-                }
-            }
-
-            /// The value `word` names.
-            pub fn from_name(word: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|v| v.name() == word)
-            }
-        }
-    };
-}
-
 words! {
     /// What to do when the loss or a gradient is NaN or Inf.
     NonFinitePolicy {
@@ -180,7 +146,7 @@ impl RunSettings {
             .unwrap_or(OptimizerKind::Adam);
         let mut optimizer = OptimizerSpec::new(kind);
         for &(key, value) in table {
-            if !matches!(value, RawValue::Text(_)) {
+            if optimizer.get(key).is_some() {
                 let _ = optimizer.set(key, value);
             }
         }

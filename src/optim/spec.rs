@@ -7,14 +7,19 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::settings::{RUN_SETTINGS, check_run_setting};
-use super::step::UpdateRule;
+use super::step::{Rule, StepCx};
 
 /// A hyper-parameter's value, by name: what parsing reads and printing writes. Rules read the
-/// typed fields instead. (Later kinds of value, text choices or nested specs, are new variants.)
+/// typed fields instead.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HyperValue {
     Number(f64),
     Bool(bool),
+    /// A word from a closed set (`line_search_fn=strong_wolfe`), or `none` for an optional
+    /// value left to the optimizer (Prodigy's `beta3`).
+    Word(&'static str),
+    /// A nested optimizer (Muon's `fallback=adamw(lr=3e-4)`).
+    Spec(Box<OptimizerSpec>),
 }
 
 impl fmt::Display for HyperValue {
@@ -26,6 +31,8 @@ impl fmt::Display for HyperValue {
             }
             HyperValue::Number(n) => write!(f, "{n}"),
             HyperValue::Bool(b) => write!(f, "{b}"),
+            HyperValue::Word(w) => write!(f, "{w}"),
+            HyperValue::Spec(s) => write!(f, "{s}"),
         }
     }
 }
@@ -34,18 +41,24 @@ impl fmt::Display for HyperValue {
 pub trait Hyper: Sized {
     /// What a written value must be, for the error message ("a number").
     const EXPECTS: &'static str;
-    /// The value `raw` stands for, if it is one of this type.
-    fn from_raw(raw: RawValue) -> Option<Self>;
+    /// The value `raw` stands for; Err: why it is none of this type, completing "`key` ..."
+    /// (by default "must be " and [`Self::EXPECTS`]).
+    fn from_raw(raw: RawValue) -> Result<Self, String>;
     /// The value as parsing and printing see it.
     fn to_value(&self) -> HyperValue;
 }
 
+/// The default refusal of [`Hyper::from_raw`].
+fn expected<T: Hyper>() -> String {
+    format!("must be {}", T::EXPECTS)
+}
+
 impl Hyper for f64 {
     const EXPECTS: &'static str = "a number";
-    fn from_raw(raw: RawValue) -> Option<Self> {
+    fn from_raw(raw: RawValue) -> Result<Self, String> {
         match raw {
-            RawValue::Number(n) if n.is_finite() => Some(n),
-            _ => None,
+            RawValue::Number(n) if n.is_finite() => Ok(n),
+            _ => Err(expected::<Self>()),
         }
     }
     fn to_value(&self) -> HyperValue {
@@ -53,16 +66,67 @@ impl Hyper for f64 {
     }
 }
 
+/// A count (`ns_steps`, `max_iter`): a whole number, at least 0.
+impl Hyper for u64 {
+    const EXPECTS: &'static str = "a whole number";
+    fn from_raw(raw: RawValue) -> Result<Self, String> {
+        match raw {
+            RawValue::Number(n) if n >= 0.0 && n.fract() == 0.0 && n < 2f64.powi(53) => {
+                Ok(n as u64)
+            }
+            _ => Err(expected::<Self>()),
+        }
+    }
+    fn to_value(&self) -> HyperValue {
+        HyperValue::Number(*self as f64)
+    }
+}
+
+/// The word an optional value is unset with (torch's `None`).
+pub const NONE: &str = "none";
+
+/// A value the optimizer derives when it is not given (Prodigy's `beta3 = sqrt(beta2)`),
+/// written as a number or `none`.
+impl<T: Hyper> Hyper for Option<T> {
+    const EXPECTS: &'static str = "a number or none";
+    fn from_raw(raw: RawValue) -> Result<Self, String> {
+        match raw {
+            RawValue::Text(NONE) => Ok(None),
+            raw => T::from_raw(raw).map(Some).map_err(|_| expected::<Self>()),
+        }
+    }
+    fn to_value(&self) -> HyperValue {
+        self.as_ref()
+            .map_or(HyperValue::Word(NONE), |v| v.to_value())
+    }
+}
+
 impl Hyper for bool {
     const EXPECTS: &'static str = "true or false";
-    fn from_raw(raw: RawValue) -> Option<Self> {
+    fn from_raw(raw: RawValue) -> Result<Self, String> {
         match raw {
-            RawValue::Bool(b) => Some(b),
-            _ => None,
+            RawValue::Bool(b) => Ok(b),
+            _ => Err(expected::<Self>()),
         }
     }
     fn to_value(&self) -> HyperValue {
         HyperValue::Bool(*self)
+    }
+}
+
+/// A nested optimizer, written as a spec: `fallback=adamw(lr=3e-4)`.
+impl Hyper for Box<OptimizerSpec> {
+    const EXPECTS: &'static str = "an optimizer spec";
+    fn from_raw(raw: RawValue) -> Result<Self, String> {
+        match raw {
+            RawValue::Text(t) => OptimizerSpec::parse(t)
+                .map(Box::new)
+                .map_err(|e| format!("is not a valid optimizer: {e}")),
+            _ => Err(expected::<Self>()),
+        }
+    }
+    fn to_value(&self) -> HyperValue {
+        HyperValue::Spec(self.clone())
     }
 }
 
@@ -151,7 +215,7 @@ fn nesterov_needs_momentum(o: &Sgd) -> Result<(), Conflict> {
 macro_rules! optimizers {
     ($(
         $(#[doc = $doc:literal])*
-        $Name:ident = $name:literal $(where $together:path)? {
+        $Name:ident = $name:literal in $group:ident $(where $together:path)? {
             $( $(#[doc = $hdoc:literal])* $field:ident : $ty:ty = $default:expr => $bound:ident, )*
         }
     )*) => {
@@ -188,17 +252,13 @@ macro_rules! optimizers {
                     vec![$( (stringify!($field), Hyper::to_value(&self.$field)), )*]
                 }
 
-                /// None when `key` is not one of its hyper-parameters; Err: what the value
-                /// must be.
-                fn set(&mut self, key: &str, raw: RawValue) -> Option<Result<(), &'static str>> {
+                /// None when `key` is not one of its hyper-parameters; Err: why the value is
+                /// refused ("must be a number").
+                fn set(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
                     match key {
-                        $( stringify!($field) => Some(match <$ty as Hyper>::from_raw(raw) {
-                            Some(v) => {
-                                self.$field = v;
-                                Ok(())
-                            }
-                            None => Err(<$ty as Hyper>::EXPECTS),
-                        }), )*
+                        $( stringify!($field) => Some(<$ty as Hyper>::from_raw(raw).map(|v| {
+                            self.$field = v;
+                        })), )*
                         _ => None,
                     }
                 }
@@ -219,6 +279,13 @@ macro_rules! optimizers {
             pub fn name(self) -> &'static str {
                 match self {
                     $( OptimizerKind::$Name => $name, )*
+                }
+            }
+
+            /// Where it comes from (torch.optim, the authors' packages, optax).
+            pub fn group(self) -> Group {
+                match self {
+                    $( OptimizerKind::$Name => Group::$group, )*
                 }
             }
 
@@ -272,10 +339,26 @@ macro_rules! optimizers {
                 }
             }
 
-            fn set_field(&mut self, key: &str, raw: RawValue) -> Option<Result<(), &'static str>> {
+            fn set_field(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.set(key, raw), )*
                 }
+            }
+
+            /// Takes hyper-parameter `key`'s (checked) value from `from`, the same optimizer.
+            fn copy_field(&mut self, from: &Self, key: &str) {
+                match (self, from) {
+                    $( (OptimizerSpec::$Name(o), OptimizerSpec::$Name(from)) => match key {
+                        $( stringify!($field) => o.$field = from.$field.clone(), )*
+                        _ => {}
+                    }, )*
+                    _ => {}
+                }
+            }
+
+            /// Where it comes from, for grouping in lists.
+            pub fn group(&self) -> Group {
+                self.kind().group()
             }
 
             /// Refuses what torch's constructor refuses between hyper-parameters (each value on
@@ -286,42 +369,52 @@ macro_rules! optimizers {
                 }
             }
 
-            /// Fresh per-param state for `n` params.
-            pub(super) fn new_states(&self, n: usize) -> ParamStates {
-                match self {
-                    $( OptimizerSpec::$Name(_) => ParamStates::$Name(vec![Default::default(); n]), )*
+            /// Fresh state for `params`, before the first update.
+            pub(super) fn init_state(
+                &self,
+                params: &[candle_core::Tensor],
+            ) -> candle_core::Result<RuleState> {
+                Ok(match self {
+                    $( OptimizerSpec::$Name(o) => RuleState::$Name(Rule::init(o, params)?), )*
+                })
+            }
+
+            /// One update of every param, with `state` (None: it belongs to another optimizer).
+            pub(super) fn step_all(
+                &self,
+                state: &mut RuleState,
+                cx: &mut StepCx,
+            ) -> Option<candle_core::Result<Vec<candle_core::Tensor>>> {
+                match (self, state) {
+                    $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Some(Rule::step(o, s, cx)), )*
+                    _ => None,
                 }
             }
 
-            /// One update of every param, with `states` (None: they belong to another optimizer).
-            pub(super) fn step_all(
+            /// The params to evaluate the model at, where the optimizer keeps them apart from
+            /// the ones it takes gradients at (None: they are the same).
+            pub(super) fn eval_params_of(
                 &self,
-                states: &mut ParamStates,
-                params: &[candle_core::Tensor],
-                grads: &[candle_core::Tensor],
-                lr: f64,
-                t: u64,
-            ) -> Option<candle_core::Result<Vec<candle_core::Tensor>>> {
-                match (self, states) {
-                    $( (OptimizerSpec::$Name(o), ParamStates::$Name(s)) => {
-                        Some(super::step::step_params(o, s, params, grads, lr, t))
-                    } )*
+                state: &RuleState,
+            ) -> Option<Vec<candle_core::Tensor>> {
+                match (self, state) {
+                    $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Rule::eval_params(o, s), )*
                     _ => None,
                 }
             }
         }
 
-        /// Per-param state of each optimizer (its [`UpdateRule::State`]), one per param.
+        /// The state of each optimizer (its [`Rule::State`]).
         #[derive(Debug, Clone)]
-        pub enum ParamStates {
-            $( $Name(Vec<<$Name as UpdateRule>::State>), )*
+        pub enum RuleState {
+            $( $Name(<$Name as Rule>::State), )*
         }
     };
 }
 
 optimizers! {
     /// Stochastic gradient descent, with momentum, dampening and Nesterov's variant.
-    Sgd = "sgd" where nesterov_needs_momentum {
+    Sgd = "sgd" in Torch where nesterov_needs_momentum {
         /// Learning rate.
         lr: f64 = 1e-3 => NonNegative,
         /// Momentum factor (0: none).
@@ -334,7 +427,7 @@ optimizers! {
         weight_decay: f64 = 0.0 => NonNegative,
     }
     /// Adam: bias-corrected first and second moment estimates.
-    Adam = "adam" {
+    Adam = "adam" in Torch {
         /// Learning rate.
         lr: f64 = 1e-3 => NonNegative,
         /// Decay of the first moment (torch's `betas[0]`).
@@ -349,7 +442,7 @@ optimizers! {
         amsgrad: bool = false => Any,
     }
     /// AdamW: Adam with weight decay decoupled from the gradient.
-    AdamW = "adamw" {
+    AdamW = "adamw" in Torch {
         /// Learning rate.
         lr: f64 = 1e-3 => NonNegative,
         /// Decay of the first moment (torch's `betas[0]`).
@@ -364,7 +457,7 @@ optimizers! {
         amsgrad: bool = false => Any,
     }
     /// RMSprop: divide by a running average of squared gradients.
-    RmsProp = "rmsprop" {
+    RmsProp = "rmsprop" in Torch {
         /// Learning rate.
         lr: f64 = 1e-2 => NonNegative,
         /// Smoothing constant of the squared-gradient average.
@@ -379,7 +472,7 @@ optimizers! {
         centered: bool = false => Any,
     }
     /// Adagrad: divide by the root of the sum of all squared gradients so far.
-    Adagrad = "adagrad" {
+    Adagrad = "adagrad" in Torch {
         /// Learning rate.
         lr: f64 = 1e-2 => NonNegative,
         /// Learning-rate decay: `lr / (1 + (t - 1) * lr_decay)`.
@@ -392,7 +485,7 @@ optimizers! {
         eps: f64 = 1e-10 => NonNegative,
     }
     /// Lion: the sign of an interpolated momentum (Chen et al. 2023, as lion-pytorch).
-    Lion = "lion" {
+    Lion = "lion" in Modern {
         /// Learning rate.
         lr: f64 = 1e-4 => NonNegative,
         /// Interpolation between momentum and gradient for the update.
@@ -401,6 +494,28 @@ optimizers! {
         beta2: f64 = 0.99 => Unit,
         /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
         weight_decay: f64 = 0.0 => Any,
+    }
+}
+
+/// Where an optimizer comes from: the groups lists show it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// torch.optim.
+    Torch,
+    /// Recent optimizers from their authors' packages.
+    Modern,
+    /// optax (and optax.contrib).
+    Optax,
+}
+
+impl Group {
+    /// The heading lists show it under.
+    pub fn title(self) -> &'static str {
+        match self {
+            Group::Torch => "torch.optim",
+            Group::Modern => "modern",
+            Group::Optax => "optax",
+        }
     }
 }
 
@@ -467,9 +582,9 @@ pub fn check_setting(
         });
     };
     let mut probe = OptimizerSpec::new(owner);
-    if let Some(Err(expects)) = probe.set_field(key, value) {
+    if let Some(Err(why)) = probe.set_field(key, value) {
         return Err(SettingError {
-            message: format!("`{key}` must be {expects}"),
+            message: format!("`{key}` {why}"),
             help: None,
         });
     }
@@ -538,8 +653,8 @@ impl OptimizerSpec {
     pub fn set(&mut self, key: &str, value: RawValue) -> Result<(), SettingError> {
         check_setting(Some(self.kind()), key, value)?;
         match self.set_field(key, value) {
-            Some(r) => r.map_err(|expects| SettingError {
-                message: format!("`{key}` must be {expects}"),
+            Some(r) => r.map_err(|why| SettingError {
+                message: format!("`{key}` {why}"),
                 help: None,
             }),
             None => Err(SettingError {
@@ -629,14 +744,8 @@ impl SpecOverride {
             return self.over(&OptimizerSpec::new(self.kind()));
         }
         let mut spec = base.clone();
-        for (key, value) in self.typed.values() {
-            if self.keys.contains(&key) {
-                let raw = match value {
-                    HyperValue::Number(n) => RawValue::Number(n),
-                    HyperValue::Bool(b) => RawValue::Bool(b),
-                };
-                spec.set(key, raw)?;
-            }
+        for key in &self.keys {
+            spec.copy_field(&self.typed, key);
         }
         spec.check_together().map_err(|c| c.error)?;
         Ok(spec)

@@ -1,16 +1,56 @@
-//! The update rules, written after torch.optim's single-tensor implementations so trajectories
-//! match it to float rounding. Gradients come in detached; state is rebuilt functionally each step
-//! (tensors are immutable), which makes snapshots for rewinding a cheap clone.
+//! How optimizers step: the [`Rule`] every optimizer implements over all params at once (with
+//! what a step may ask of the loss beyond its gradient, [`Oracle`]), the per-param
+//! [`UpdateRule`] most of them are written as, and the state a run keeps. Gradients come in
+//! detached; state is rebuilt functionally each step (tensors are immutable), which makes
+//! snapshots for rewinding a cheap clone.
 
 use candle_core::{Result, Tensor};
 
-use super::spec::{Adagrad, Adam, AdamW, Lion, OptimizerSpec, ParamStates, RmsProp, Sgd};
+use super::spec::{OptimizerSpec, RuleState};
 
-/// One optimizer's update of one param, over tensors only: the interface every optimizer
-/// implements, those of the registry here and (later) those a loss file defines.
+/// What a step may ask of the loss besides the gradient at the current params.
+pub trait Oracle {
+    /// The loss and gradients at `params` (detached; the same program, dtype and loss scaling as
+    /// the step's own gradient): LBFGS's closure. The run's params are as before afterwards.
+    fn loss_and_grads(&mut self, params: &[Tensor]) -> Result<(f64, Vec<Tensor>)>;
+}
+
+/// One step's inputs: the params and their gradients (after clipping), the loss there, this
+/// step's learning rate (after the schedule) and the 1-based update count.
+pub struct StepCx<'a> {
+    pub params: &'a [Tensor],
+    pub grads: &'a [Tensor],
+    pub loss: f64,
+    pub lr: f64,
+    pub t: u64,
+    pub oracle: &'a mut dyn Oracle,
+}
+
+/// An optimizer's update of all params at once: what every optimizer implements (per-param ones
+/// through [`UpdateRule`]).
+pub trait Rule {
+    /// What it keeps between steps. Cloning it is cheap: tensors are shared, never changed in
+    /// place.
+    type State: Clone + std::fmt::Debug;
+
+    /// The state before the first update of `params`.
+    fn init(&self, params: &[Tensor]) -> Result<Self::State>;
+
+    /// The params' new values; the new state replaces `state`.
+    fn step(&self, state: &mut Self::State, cx: &mut StepCx) -> Result<Vec<Tensor>>;
+
+    /// The params to evaluate the model at when they differ from the ones gradients are taken
+    /// at (schedule-free's x, ASGD's average).
+    fn eval_params(&self, _state: &Self::State) -> Option<Vec<Tensor>> {
+        None
+    }
+}
+
+/// One optimizer's update of one param, over tensors only: how the elementwise optimizers are
+/// written; each is a [`Rule`] param by param.
 pub trait UpdateRule {
     /// What the rule keeps per param between steps (torch's `state[p]`), empty before the
-    /// first update. Cloning it is cheap: tensors are shared, never changed in place.
+    /// first update.
     type State: Clone + std::fmt::Debug + Default;
 
     /// The param's new value from its current value, its (detached) gradient, this step's
@@ -25,317 +65,83 @@ pub trait UpdateRule {
     ) -> Result<Tensor>;
 }
 
+impl<R: UpdateRule> Rule for R {
+    type State = Vec<R::State>;
+
+    fn init(&self, params: &[Tensor]) -> Result<Self::State> {
+        Ok(vec![R::State::default(); params.len()])
+    }
+
+    fn step(&self, states: &mut Self::State, cx: &mut StepCx) -> Result<Vec<Tensor>> {
+        let mut out = Vec::with_capacity(cx.params.len());
+        for ((p, g), s) in cx.params.iter().zip(cx.grads).zip(states.iter_mut()) {
+            out.push(UpdateRule::step(self, s, p, g, cx.lr, cx.t)?);
+        }
+        Ok(out)
+    }
+}
+
 /// Optimizer state for all params, plus the number of updates taken.
 #[derive(Debug, Clone)]
 pub struct OptimizerState {
-    params: ParamStates,
+    rule: RuleState,
     pub updates: u64,
 }
 
 impl OptimizerState {
-    /// Empty state of `spec`'s optimizer for `n_params` params.
-    pub fn new(spec: &OptimizerSpec, n_params: usize) -> Self {
-        Self {
-            params: spec.new_states(n_params),
+    /// `spec`'s state before its first update of `params`.
+    pub fn new(spec: &OptimizerSpec, params: &[Tensor]) -> Result<Self> {
+        Ok(Self {
+            rule: spec.init_state(params)?,
             updates: 0,
-        }
+        })
+    }
+
+    /// The params to evaluate the model at, when `spec` keeps them apart from the ones it
+    /// takes gradients at.
+    pub fn eval_params(&self, spec: &OptimizerSpec) -> Option<Vec<Tensor>> {
+        spec.eval_params_of(&self.rule)
     }
 }
 
 /// Returns each param's new value, always a tensor of its own (with a zero step size a rule may
-/// return its input, which a run could not write back into the param it came from). `lr` is this
-/// step's learning rate (after the schedule).
+/// return its input, which a run could not write back into the param it came from). `cx.t` is
+/// set here from the state's count.
 pub fn update(
     spec: &OptimizerSpec,
     state: &mut OptimizerState,
-    params: &[Tensor],
-    grads: &[Tensor],
-    lr: f64,
+    cx: &mut StepCx,
 ) -> Result<Vec<Tensor>> {
     state.updates += 1;
-    spec.step_all(&mut state.params, params, grads, lr, state.updates)
-        .unwrap_or_else(|| {
-            Err(candle_core::Error::Msg(format!(
-                "the optimizer state is not {}'s",
-                spec.kind().name()
-            )))
+    cx.t = state.updates;
+    let new = spec.step_all(&mut state.rule, cx).unwrap_or_else(|| {
+        Err(candle_core::Error::Msg(format!(
+            "the optimizer state is not {}'s",
+            spec.kind().name()
+        )))
+    })?;
+    new.into_iter()
+        .zip(cx.params)
+        .map(|(new, p)| {
+            if new.id() == p.id() {
+                new.copy()
+            } else {
+                Ok(new)
+            }
         })
+        .collect()
 }
 
-/// [`update`] for one rule and its states, param by param.
-pub(super) fn step_params<R: UpdateRule>(
-    rule: &R,
-    states: &mut [R::State],
-    params: &[Tensor],
-    grads: &[Tensor],
-    lr: f64,
-    t: u64,
-) -> Result<Vec<Tensor>> {
-    let mut out = Vec::with_capacity(params.len());
-    for ((p, g), s) in params.iter().zip(grads).zip(states.iter_mut()) {
-        let new = rule.step(s, p, g, lr, t)?;
-        out.push(if new.id() == p.id() { new.copy()? } else { new });
-    }
-    Ok(out)
-}
-
-fn lerp(a: &Tensor, b: &Tensor, w: f64) -> Result<Tensor> {
-    // torch's lerp: a + w * (b - a)
+/// torch's lerp: `a + w * (b - a)`.
+pub(super) fn lerp(a: &Tensor, b: &Tensor, w: f64) -> Result<Tensor> {
     a + (b - a)?.affine(w, 0.0)?
 }
 
 /// Scales and adds: `x + k * y`, with k = 0 a no-op as in torch.
-fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
+pub(super) fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
     if k == 0.0 {
         Ok(x.clone())
     } else {
         x + y.affine(k, 0.0)?
-    }
-}
-
-/// SGD's state.
-#[derive(Debug, Clone, Default)]
-pub struct SgdState {
-    /// The momentum buffer (only with momentum).
-    pub momentum_buffer: Option<Tensor>,
-}
-
-impl UpdateRule for Sgd {
-    type State = SgdState;
-
-    fn step(
-        &self,
-        s: &mut SgdState,
-        p: &Tensor,
-        grad: &Tensor,
-        lr: f64,
-        _t: u64,
-    ) -> Result<Tensor> {
-        let (momentum, dampening) = (self.momentum, self.dampening);
-        let mut g = add_scaled(grad, p, self.weight_decay)?;
-        if momentum != 0.0 {
-            let buf = match &s.momentum_buffer {
-                None => g.clone(),
-                Some(buf) => (buf.affine(momentum, 0.0)? + g.affine(1.0 - dampening, 0.0)?)?,
-            };
-            g = if self.nesterov {
-                add_scaled(&g, &buf, momentum)?
-            } else {
-                buf.clone()
-            };
-            s.momentum_buffer = Some(buf);
-        }
-        add_scaled(p, &g, -lr)
-    }
-}
-
-/// Adam's and AdamW's state.
-#[derive(Debug, Clone, Default)]
-pub struct AdamState {
-    /// First moment: the running average of gradients.
-    pub exp_avg: Option<Tensor>,
-    /// Second moment: the running average of squared gradients.
-    pub exp_avg_sq: Option<Tensor>,
-    /// The largest second moment so far (only with amsgrad).
-    pub max_exp_avg_sq: Option<Tensor>,
-}
-
-/// Adam's hyper-parameters, with weight decay coupled (Adam) or decoupled (AdamW).
-struct AdamRule {
-    betas: (f64, f64),
-    eps: f64,
-    weight_decay: f64,
-    amsgrad: bool,
-    decoupled: bool,
-}
-
-impl AdamRule {
-    fn step(
-        &self,
-        s: &mut AdamState,
-        p: &Tensor,
-        grad: &Tensor,
-        lr: f64,
-        t: u64,
-    ) -> Result<Tensor> {
-        let ((b1, b2), eps, wd, t) = (self.betas, self.eps, self.weight_decay, t as f64);
-        let (p, g) = if self.decoupled {
-            (p.affine(1.0 - lr * wd, 0.0)?, grad.clone())
-        } else {
-            (p.clone(), add_scaled(grad, p, wd)?)
-        };
-        let m = match &s.exp_avg {
-            None => g.affine(1.0 - b1, 0.0)?,
-            Some(m) => lerp(m, &g, 1.0 - b1)?,
-        };
-        let g2 = g.sqr()?;
-        let v = match &s.exp_avg_sq {
-            None => g2.affine(1.0 - b2, 0.0)?,
-            Some(v) => (v.affine(b2, 0.0)? + g2.affine(1.0 - b2, 0.0)?)?,
-        };
-        let bc1 = 1.0 - b1.powf(t);
-        let bc2_sqrt = (1.0 - b2.powf(t)).sqrt();
-        let second = if self.amsgrad {
-            let vmax = match &s.max_exp_avg_sq {
-                None => v.clone(),
-                Some(c) => c.maximum(&v)?,
-            };
-            s.max_exp_avg_sq = Some(vmax.clone());
-            vmax
-        } else {
-            v.clone()
-        };
-        let denom = second.sqrt()?.affine(1.0 / bc2_sqrt, eps)?;
-        let new = (&p - m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
-        s.exp_avg = Some(m);
-        s.exp_avg_sq = Some(v);
-        Ok(new)
-    }
-}
-
-impl UpdateRule for Adam {
-    type State = AdamState;
-
-    fn step(&self, s: &mut AdamState, p: &Tensor, g: &Tensor, lr: f64, t: u64) -> Result<Tensor> {
-        let rule = AdamRule {
-            betas: (self.beta1, self.beta2),
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            amsgrad: self.amsgrad,
-            decoupled: false,
-        };
-        rule.step(s, p, g, lr, t)
-    }
-}
-
-impl UpdateRule for AdamW {
-    type State = AdamState;
-
-    fn step(&self, s: &mut AdamState, p: &Tensor, g: &Tensor, lr: f64, t: u64) -> Result<Tensor> {
-        let rule = AdamRule {
-            betas: (self.beta1, self.beta2),
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            amsgrad: self.amsgrad,
-            decoupled: true,
-        };
-        rule.step(s, p, g, lr, t)
-    }
-}
-
-/// RMSprop's state.
-#[derive(Debug, Clone, Default)]
-pub struct RmsPropState {
-    /// The running average of squared gradients.
-    pub square_avg: Option<Tensor>,
-    /// The running average of gradients (only when centered).
-    pub grad_avg: Option<Tensor>,
-    /// The momentum buffer (only with momentum).
-    pub momentum_buffer: Option<Tensor>,
-}
-
-impl UpdateRule for RmsProp {
-    type State = RmsPropState;
-
-    fn step(
-        &self,
-        s: &mut RmsPropState,
-        p: &Tensor,
-        grad: &Tensor,
-        lr: f64,
-        _t: u64,
-    ) -> Result<Tensor> {
-        let (alpha, eps, momentum) = (self.alpha, self.eps, self.momentum);
-        let g = add_scaled(grad, p, self.weight_decay)?;
-        let sq = match &s.square_avg {
-            None => g.sqr()?.affine(1.0 - alpha, 0.0)?,
-            Some(sq) => (sq.affine(alpha, 0.0)? + g.sqr()?.affine(1.0 - alpha, 0.0)?)?,
-        };
-        let avg = if self.centered {
-            let ga = match &s.grad_avg {
-                None => g.affine(1.0 - alpha, 0.0)?,
-                Some(ga) => lerp(ga, &g, 1.0 - alpha)?,
-            };
-            let avg = (&sq - ga.sqr()?)?.sqrt()?.affine(1.0, eps)?;
-            s.grad_avg = Some(ga);
-            avg
-        } else {
-            sq.sqrt()?.affine(1.0, eps)?
-        };
-        s.square_avg = Some(sq);
-        let step = g.div(&avg)?;
-        if momentum > 0.0 {
-            let buf = match &s.momentum_buffer {
-                None => step,
-                Some(buf) => (buf.affine(momentum, 0.0)? + step)?,
-            };
-            let new = add_scaled(p, &buf, -lr)?;
-            s.momentum_buffer = Some(buf);
-            Ok(new)
-        } else {
-            add_scaled(p, &step, -lr)
-        }
-    }
-}
-
-/// Adagrad's state.
-#[derive(Debug, Clone, Default)]
-pub struct AdagradState {
-    /// The sum of all squared gradients so far (from `initial_accumulator_value`).
-    pub sum: Option<Tensor>,
-}
-
-impl UpdateRule for Adagrad {
-    type State = AdagradState;
-
-    fn step(
-        &self,
-        s: &mut AdagradState,
-        p: &Tensor,
-        grad: &Tensor,
-        lr: f64,
-        t: u64,
-    ) -> Result<Tensor> {
-        let clr = lr / (1.0 + (t as f64 - 1.0) * self.lr_decay);
-        let g = add_scaled(grad, p, self.weight_decay)?;
-        let sum = match &s.sum {
-            None => g.sqr()?.affine(1.0, self.initial_accumulator_value)?,
-            Some(sum) => (sum + g.sqr()?)?,
-        };
-        let std = sum.sqrt()?.affine(1.0, self.eps)?;
-        let new = add_scaled(p, &g.div(&std)?, -clr)?;
-        s.sum = Some(sum);
-        Ok(new)
-    }
-}
-
-/// Lion's state.
-#[derive(Debug, Clone, Default)]
-pub struct LionState {
-    /// The momentum: a running average of gradients.
-    pub exp_avg: Option<Tensor>,
-}
-
-impl UpdateRule for Lion {
-    type State = LionState;
-
-    fn step(
-        &self,
-        s: &mut LionState,
-        p: &Tensor,
-        grad: &Tensor,
-        lr: f64,
-        _t: u64,
-    ) -> Result<Tensor> {
-        let (b1, b2) = (self.beta1, self.beta2);
-        let m = match &s.exp_avg {
-            None => grad.zeros_like()?,
-            Some(m) => m.clone(),
-        };
-        let c = lerp(&m, grad, 1.0 - b1)?;
-        let p = p.affine(1.0 - lr * self.weight_decay, 0.0)?;
-        let new = add_scaled(&p, &c.sign()?, -lr)?;
-        s.exp_avg = Some(lerp(&m, grad, 1.0 - b2)?);
-        Ok(new)
     }
 }

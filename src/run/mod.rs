@@ -22,7 +22,7 @@ use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
-use crate::optim::step::{OptimizerState, update};
+use crate::optim::step::{OptimizerState, Oracle, StepCx, update};
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
@@ -172,7 +172,7 @@ impl Run {
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
         let config_scale = config.loss_scale;
-        let state = OptimizerState::new(&config.optimizer, n);
+        let state = OptimizerState::new(&config.optimizer, &param_tensors(evaluator.params()))?;
         let mut r = Self {
             name,
             def: run,
@@ -327,12 +327,7 @@ impl Run {
                 }
             }
         }
-        let params: Vec<Tensor> = self
-            .evaluator
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .collect();
+        let params = param_tensors(self.evaluator.params());
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
         let mut moved_to = None;
@@ -349,9 +344,21 @@ impl Run {
                 f |= flags::CLIPPED;
                 self.clipped += 1;
             }
-            let state_before = self.state.clone();
-            let new = update(&self.config.optimizer, &mut self.state, &params, &grads, lr)
-                .map_err(internal)?;
+            let mut state = self.state.clone();
+            let mut oracle = Closure::new(self);
+            let new = update(
+                &self.config.optimizer,
+                &mut state,
+                &mut StepCx {
+                    params: &params,
+                    grads: &grads,
+                    loss: eval.loss,
+                    lr,
+                    t: 0,
+                    oracle: &mut oracle,
+                },
+            )
+            .map_err(internal)?;
             let deltas: Vec<f64> = params
                 .iter()
                 .zip(&new)
@@ -389,13 +396,10 @@ impl Run {
                 }
             }
             if keep {
-                for (var, new) in self.evaluator.params().iter().zip(&new) {
-                    var.set(new).map_err(internal)?;
-                }
+                self.set_params(&new).map_err(internal)?;
+                self.state = state;
                 update_norm = deltas.iter().map(|d| d * d).sum::<f64>().sqrt();
                 moved_to = Some(new);
-            } else {
-                self.state = state_before;
             }
         }
         let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
@@ -652,15 +656,21 @@ impl Run {
             .sum::<f64>()
             .sqrt();
         let (grads, _) = self.clip(eval.grads, grad_norm).map_err(internal)?;
-        let params: Vec<Tensor> = self
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .collect();
-        let lr = self.config.schedule.lr(self.config.optimizer.lr(), t) * self.lr_scale;
+        let params = param_tensors(self.params());
         let mut state = self.state.clone();
-        let new =
-            update(&self.config.optimizer, &mut state, &params, &grads, lr).map_err(internal)?;
+        let new = update(
+            &self.config.optimizer,
+            &mut state,
+            &mut StepCx {
+                params: &params,
+                grads: &grads,
+                loss: eval.loss,
+                lr: self.lr_at(t),
+                t: 0,
+                oracle: &mut Closure::new(self),
+            },
+        )
+        .map_err(internal)?;
         let mut out = Vec::new();
         for (old, new) in params.iter().zip(&new) {
             let d = (new - old).and_then(|d| crate::compile::values_f64(&d));
@@ -690,6 +700,40 @@ impl Run {
     /// All current param values in one flat vector (params in order, each row-major).
     pub fn flat_params(&self) -> Vec<f64> {
         self.param_values().concat()
+    }
+
+    /// The params the optimizer evaluates the model at, when it keeps them apart from the ones
+    /// it takes gradients at (schedule-free's x, ASGD's average), flattened row-major in f64.
+    pub fn eval_param_values(&self) -> Option<Vec<Vec<f64>>> {
+        let eval = self.state.eval_params(&self.config.optimizer)?;
+        Some(
+            eval.iter()
+                .map(|t| crate::compile::values_f64(t).unwrap_or_default())
+                .collect(),
+        )
+    }
+
+    /// The loss at the eval params ([`Self::eval_param_values`]), forward only; the params are
+    /// put back.
+    pub fn eval_loss(&self) -> Option<Result<f64, Diagnostic>> {
+        let eval = self.state.eval_params(&self.config.optimizer)?;
+        let failed = |e: candle_core::Error| Diagnostic::error(format!("eval params: {e}"));
+        let loss = || -> Result<f64, Diagnostic> {
+            let here = self.param_copies().map_err(failed)?;
+            self.set_params(&eval).map_err(failed)?;
+            let loss = self.evaluator.loss();
+            self.set_params(&here).map_err(failed)?;
+            loss
+        };
+        Some(loss())
+    }
+
+    /// Sets the params to `values`.
+    fn set_params(&self, values: &[Tensor]) -> candle_core::Result<()> {
+        for (var, v) in self.evaluator.params().iter().zip(values) {
+            var.set(v)?;
+        }
+        Ok(())
     }
 
     /// Copies of the current params (the Vars change in place).
@@ -812,6 +856,37 @@ impl Run {
             .iter()
             .map(|v| crate::compile::values_f64(v.as_tensor()).unwrap_or_default())
             .collect()
+    }
+}
+
+/// The params' tensors (sharing the Vars' storage: read them before the Vars change).
+fn param_tensors(vars: &[Var]) -> Vec<Tensor> {
+    vars.iter().map(|v| v.as_tensor().clone()).collect()
+}
+
+/// The run's loss as a step's [`Oracle`]: evaluated elsewhere with the params put back after,
+/// counting the evaluations.
+struct Closure<'a> {
+    run: &'a Run,
+    /// Evaluations made so far.
+    evals: u32,
+}
+
+impl<'a> Closure<'a> {
+    fn new(run: &'a Run) -> Self {
+        Self { run, evals: 0 }
+    }
+}
+
+impl Oracle for Closure<'_> {
+    fn loss_and_grads(&mut self, params: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
+        let here = self.run.param_copies()?;
+        self.run.set_params(params)?;
+        let eval = self.run.gradients();
+        self.run.set_params(&here)?;
+        self.evals += 1;
+        let eval = eval.map_err(|d| candle_core::Error::Msg(d.message))?;
+        Ok((eval.loss, eval.grads))
     }
 }
 
