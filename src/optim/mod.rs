@@ -54,3 +54,4 @@ pub mod schedule;
 pub mod settings;
 pub mod spec;
 pub mod step;
+pub mod torch_more;

@@ -152,6 +152,10 @@ pub enum Bound {
     Fraction,
     /// `0 <= x <= 1` (lion-pytorch's betas).
     Unit,
+    /// `0 < x < 1` (Rprop's `etaminus`).
+    OpenUnit,
+    /// `1 < x` (Rprop's `etaplus`).
+    AboveOne,
 }
 
 impl Bound {
@@ -165,6 +169,8 @@ impl Bound {
             Bound::NonNegative => x >= 0.0,
             Bound::Fraction => (0.0..1.0).contains(&x),
             Bound::Unit => (0.0..=1.0).contains(&x),
+            Bound::OpenUnit => 0.0 < x && x < 1.0,
+            Bound::AboveOne => x > 1.0,
         }
     }
 
@@ -175,6 +181,8 @@ impl Bound {
             Bound::NonNegative => "at least 0",
             Bound::Fraction => "in [0, 1)",
             Bound::Unit => "in [0, 1]",
+            Bound::OpenUnit => "in (0, 1)",
+            Bound::AboveOne => "greater than 1",
         }
     }
 }
@@ -495,6 +503,88 @@ optimizers! {
         /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
         weight_decay: f64 = 0.0 => Any,
     }
+    /// Adadelta: steps scaled by the ratio of running RMS of updates to running RMS of gradients.
+    Adadelta = "adadelta" in Torch {
+        /// Learning rate (scales the adapted step; 1 is Zeiler's method as published).
+        lr: f64 = 1.0 => NonNegative,
+        /// Decay of the running averages of squared gradients and squared updates.
+        rho: f64 = 0.9 => Unit,
+        /// Added inside both square roots for numerical stability.
+        eps: f64 = 1e-6 => NonNegative,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// Adamax: Adam with the infinity norm of past gradients in place of the second moment.
+    Adamax = "adamax" in Torch {
+        /// Learning rate.
+        lr: f64 = 2e-3 => NonNegative,
+        /// Decay of the first moment (torch's `betas[0]`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the infinity norm (torch's `betas[1]`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to |g| inside the max for numerical stability.
+        eps: f64 = 1e-8 => NonNegative,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// ASGD: SGD with a decaying step whose evaluation params are the average of the iterates.
+    Asgd = "asgd" in Torch {
+        /// Learning rate.
+        lr: f64 = 1e-2 => NonNegative,
+        /// Decay term: shrinks params by `lambd * eta` and slows the decay of eta.
+        lambd: f64 = 1e-4 => Any,
+        /// Power of the step-size decay `eta = lr / (1 + lambd * lr * t)^alpha`.
+        alpha: f64 = 0.75 => Any,
+        /// Step after which averaging starts.
+        t0: f64 = 1e6 => Any,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// NAdam: Adam with Nesterov momentum and a warming-up momentum schedule.
+    NAdam = "nadam" in Torch {
+        /// Learning rate.
+        lr: f64 = 2e-3 => NonNegative,
+        /// Decay of the first moment (torch's `betas[0]`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the second moment (torch's `betas[1]`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to the denominator for numerical stability.
+        eps: f64 = 1e-8 => NonNegative,
+        /// L2 penalty added to the gradient (or decoupled, see below).
+        weight_decay: f64 = 0.0 => NonNegative,
+        /// Speed of the momentum schedule `beta1 (1 - 0.5 * 0.96^(t * momentum_decay))`.
+        momentum_decay: f64 = 4e-3 => NonNegative,
+        /// Shrink params by `lr * weight_decay` (AdamW style) instead of adding to the gradient.
+        decoupled_weight_decay: bool = false => Any,
+    }
+    /// RAdam: Adam whose adaptive step is switched on and rectified once its variance is tractable.
+    RAdam = "radam" in Torch {
+        /// Learning rate.
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the first moment (torch's `betas[0]`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the second moment (torch's `betas[1]`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to sqrt(v) (not to its bias-corrected value) for numerical stability.
+        eps: f64 = 1e-8 => NonNegative,
+        /// L2 penalty added to the gradient (or decoupled, see below).
+        weight_decay: f64 = 0.0 => NonNegative,
+        /// Shrink params by `lr * weight_decay` (AdamW style) instead of adding to the gradient.
+        decoupled_weight_decay: bool = false => Any,
+    }
+    /// Rprop: per-entry step sizes grown while the gradient keeps its sign, shrunk when it flips.
+    Rprop = "rprop" in Torch {
+        /// Learning rate: the initial step size (a schedule does not change it later, as in torch).
+        lr: f64 = 1e-2 => NonNegative,
+        /// Step-size factor after a sign flip (torch's `etas[0]`).
+        etaminus: f64 = 0.5 => OpenUnit,
+        /// Step-size factor while the sign holds (torch's `etas[1]`).
+        etaplus: f64 = 1.2 => AboveOne,
+        /// Smallest step size (torch's `step_sizes[0]`).
+        step_size_min: f64 = 1e-6 => Any,
+        /// Largest step size (torch's `step_sizes[1]`).
+        step_size_max: f64 = 50.0 => Any,
+    }
 }
 
 /// Where an optimizer comes from: the groups lists show it in.
@@ -631,7 +721,14 @@ impl OptimizerSpec {
             OptimizerSpec::AdamW(o) => Some(o.eps),
             OptimizerSpec::RmsProp(o) => Some(o.eps),
             OptimizerSpec::Adagrad(o) => Some(o.eps),
-            OptimizerSpec::Sgd(_) | OptimizerSpec::Lion(_) => None,
+            OptimizerSpec::Adadelta(o) => Some(o.eps),
+            OptimizerSpec::Adamax(o) => Some(o.eps),
+            OptimizerSpec::NAdam(o) => Some(o.eps),
+            OptimizerSpec::RAdam(o) => Some(o.eps),
+            OptimizerSpec::Sgd(_)
+            | OptimizerSpec::Lion(_)
+            | OptimizerSpec::Asgd(_)
+            | OptimizerSpec::Rprop(_) => None,
         }
     }
 }
