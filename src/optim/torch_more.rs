@@ -215,29 +215,18 @@ impl UpdateRule for NAdam {
     ) -> Result<Tensor> {
         let (b1, b2, t) = (self.beta1, self.beta2, t as f64);
         let bias_correction2 = 1.0 - b2.powf(t);
-        let (p, g) = weight_decay(
-            p,
-            grad,
-            lr,
-            self.weight_decay,
-            self.decoupled_weight_decay,
-        )?;
+        let (p, g) = weight_decay(p, grad, lr, self.weight_decay, self.decoupled_weight_decay)?;
         let schedule = |t: f64| b1 * (1.0 - 0.5 * 0.96f64.powf(t * self.momentum_decay));
         let (mu, mu_next) = (schedule(t), schedule(t + 1.0));
         s.mu_product *= mu;
         let (m, v) = s.moments.update(&g, b1, b2)?;
-        let denom = v.affine(1.0 / bias_correction2, 0.0)?.sqrt()?.affine(1.0, self.eps)?;
+        let denom = v
+            .affine(1.0 / bias_correction2, 0.0)?
+            .sqrt()?
+            .affine(1.0, self.eps)?;
         let mu_product_next = s.mu_product * mu_next;
-        let p = add_scaled(
-            &p,
-            &g.div(&denom)?,
-            -lr * (1.0 - mu) / (1.0 - s.mu_product),
-        )?;
-        add_scaled(
-            &p,
-            &m.div(&denom)?,
-            -lr * mu_next / (1.0 - mu_product_next),
-        )
+        let p = add_scaled(&p, &g.div(&denom)?, -lr * (1.0 - mu) / (1.0 - s.mu_product))?;
+        add_scaled(&p, &m.div(&denom)?, -lr * mu_next / (1.0 - mu_product_next))
     }
 }
 
@@ -253,13 +242,7 @@ impl UpdateRule for RAdam {
         t: u64,
     ) -> Result<Tensor> {
         let (b1, b2, t) = (self.beta1, self.beta2, t as f64);
-        let (p, g) = weight_decay(
-            p,
-            grad,
-            lr,
-            self.weight_decay,
-            self.decoupled_weight_decay,
-        )?;
+        let (p, g) = weight_decay(p, grad, lr, self.weight_decay, self.decoupled_weight_decay)?;
         let (m, v) = s.update(&g, b1, b2)?;
         let bias_correction1 = 1.0 - b1.powf(t);
         let bias_correction2 = 1.0 - b2.powf(t);
@@ -337,5 +320,351 @@ impl UpdateRule for Rprop {
         s.prev = Some(g);
         s.step_size = Some(step_size);
         Ok(new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::optim::spec::{HyperValue, OptimizerSpec};
+    use crate::optim::step::Oracle;
+
+    /// Steps here never ask for the loss elsewhere.
+    struct NoOracle;
+
+    impl Oracle for NoOracle {
+        fn loss_and_grads(&mut self, _params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+            Err(candle_core::Error::Msg("no oracle in these tests".into()))
+        }
+    }
+
+    fn scalar(x: f64) -> Tensor {
+        Tensor::new(x, &Device::Cpu).unwrap()
+    }
+
+    fn value(t: &Tensor) -> f64 {
+        t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    }
+
+    /// The param after each step of `rule` from `p`, fed `grads` in turn.
+    fn trajectory<R: UpdateRule>(rule: &R, p: f64, grads: &[f64], lr: f64) -> Vec<f64> {
+        let (mut state, mut p) = (R::State::default(), scalar(p));
+        let mut out = Vec::new();
+        for (t, g) in grads.iter().enumerate() {
+            p = UpdateRule::step(rule, &mut state, &p, &scalar(*g), lr, t as u64 + 1).unwrap();
+            out.push(value(&p));
+        }
+        out
+    }
+
+    fn assert_close(got: &[f64], want: &[f64]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-14 * w.abs().max(1.0),
+                "step {}: {got:?} vs {want:?}",
+                i + 1
+            );
+        }
+    }
+
+    #[test]
+    fn registry_defaults_are_torchs_signatures() {
+        use HyperValue::{Bool as B, Number as N};
+        // torch.optim's signatures; betas split into beta1, beta2, Rprop's etas into etaminus,
+        // etaplus and its step_sizes into step_size_min, step_size_max.
+        let torch: [(&str, &[(&str, HyperValue)]); 6] = [
+            (
+                "adadelta",
+                &[
+                    ("lr", N(1.0)),
+                    ("rho", N(0.9)),
+                    ("eps", N(1e-6)),
+                    ("weight_decay", N(0.0)),
+                ],
+            ),
+            (
+                "adamax",
+                &[
+                    ("lr", N(2e-3)),
+                    ("beta1", N(0.9)),
+                    ("beta2", N(0.999)),
+                    ("eps", N(1e-8)),
+                    ("weight_decay", N(0.0)),
+                ],
+            ),
+            (
+                "asgd",
+                &[
+                    ("lr", N(1e-2)),
+                    ("lambd", N(1e-4)),
+                    ("alpha", N(0.75)),
+                    ("t0", N(1e6)),
+                    ("weight_decay", N(0.0)),
+                ],
+            ),
+            (
+                "nadam",
+                &[
+                    ("lr", N(2e-3)),
+                    ("beta1", N(0.9)),
+                    ("beta2", N(0.999)),
+                    ("eps", N(1e-8)),
+                    ("weight_decay", N(0.0)),
+                    ("momentum_decay", N(4e-3)),
+                    ("decoupled_weight_decay", B(false)),
+                ],
+            ),
+            (
+                "radam",
+                &[
+                    ("lr", N(1e-3)),
+                    ("beta1", N(0.9)),
+                    ("beta2", N(0.999)),
+                    ("eps", N(1e-8)),
+                    ("weight_decay", N(0.0)),
+                    ("decoupled_weight_decay", B(false)),
+                ],
+            ),
+            (
+                "rprop",
+                &[
+                    ("lr", N(1e-2)),
+                    ("etaminus", N(0.5)),
+                    ("etaplus", N(1.2)),
+                    ("step_size_min", N(1e-6)),
+                    ("step_size_max", N(50.0)),
+                ],
+            ),
+        ];
+        for (name, defaults) in &torch {
+            let spec = OptimizerSpec::parse(name).unwrap();
+            assert_eq!(spec.values(), defaults.to_vec(), "{name}");
+            assert_eq!(spec.group().title(), "torch.optim", "{name}");
+        }
+    }
+
+    /// Asserts torch refuses `key = value` for each optimizer in `names`, saying what it accepts.
+    fn assert_refused(names: &[&str], key: &str, value: &str, accepts: &str) {
+        for name in names {
+            let spec = format!("{name}({key}={value})");
+            let e = OptimizerSpec::parse(&spec).unwrap_err();
+            assert_eq!(
+                e.message,
+                format!("`{key}` must be {accepts}, not {value}"),
+                "{spec}"
+            );
+            let help = format!("torch.optim refuses {key} = {value} for `{name}`");
+            assert_eq!(e.help.as_deref(), Some(help.as_str()), "{spec}");
+        }
+    }
+
+    fn assert_accepted(names: &[&str], key: &str, value: &str) {
+        for name in names {
+            let spec = format!("{name}({key}={value})");
+            assert!(OptimizerSpec::parse(&spec).is_ok(), "{spec}");
+        }
+    }
+
+    const ALL: &[&str] = &["adadelta", "adamax", "asgd", "nadam", "radam", "rprop"];
+
+    #[test]
+    fn lr_must_be_at_least_zero() {
+        assert_refused(ALL, "lr", "-0.1", "at least 0");
+        assert_accepted(ALL, "lr", "0");
+    }
+
+    #[test]
+    fn adadeltas_rho_must_be_in_0_1() {
+        assert_refused(&["adadelta"], "rho", "-0.1", "in [0, 1]");
+        assert_refused(&["adadelta"], "rho", "1.1", "in [0, 1]");
+        assert_accepted(&["adadelta"], "rho", "0");
+        assert_accepted(&["adadelta"], "rho", "1");
+    }
+
+    #[test]
+    fn eps_must_be_at_least_zero() {
+        let with_eps = ["adadelta", "adamax", "nadam", "radam"];
+        assert_refused(&with_eps, "eps", "-1e-8", "at least 0");
+        assert_accepted(&with_eps, "eps", "0");
+    }
+
+    #[test]
+    fn weight_decay_must_be_at_least_zero() {
+        let with_decay = ["adadelta", "adamax", "asgd", "nadam", "radam"];
+        assert_refused(&with_decay, "weight_decay", "-0.01", "at least 0");
+        assert_accepted(&with_decay, "weight_decay", "0");
+    }
+
+    #[test]
+    fn betas_must_be_in_0_1_open_above() {
+        let adams = ["adamax", "nadam", "radam"];
+        for beta in ["beta1", "beta2"] {
+            assert_refused(&adams, beta, "1", "in [0, 1)");
+            assert_refused(&adams, beta, "-0.1", "in [0, 1)");
+            assert_accepted(&adams, beta, "0");
+        }
+    }
+
+    #[test]
+    fn nadams_momentum_decay_must_be_at_least_zero() {
+        assert_refused(&["nadam"], "momentum_decay", "-0.004", "at least 0");
+        assert_accepted(&["nadam"], "momentum_decay", "0");
+    }
+
+    #[test]
+    fn rprops_etaminus_must_be_in_0_1_open() {
+        // torch: 0 < etaminus < 1 < etaplus.
+        for v in ["0", "1", "1.5"] {
+            assert_refused(&["rprop"], "etaminus", v, "in (0, 1)");
+        }
+        assert_accepted(&["rprop"], "etaminus", "0.01");
+    }
+
+    #[test]
+    fn rprops_etaplus_must_exceed_1() {
+        for v in ["1", "0.5"] {
+            assert_refused(&["rprop"], "etaplus", v, "greater than 1");
+        }
+        assert_accepted(&["rprop"], "etaplus", "1.01");
+    }
+
+    #[test]
+    fn what_torch_does_not_check_is_accepted() {
+        assert_accepted(&["asgd"], "lambd", "-1");
+        assert_accepted(&["asgd"], "alpha", "-1");
+        assert_accepted(&["asgd"], "t0", "-1");
+        assert_accepted(&["rprop"], "step_size_min", "-1");
+        assert_accepted(&["rprop"], "step_size_max", "-1");
+    }
+
+    #[test]
+    fn radam_takes_momentum_steps_until_the_variance_is_tractable() {
+        // Constant g = 1, eps = 0: m_hat = 1, so steps 1..5 move by lr (rho_5 = 4.996 <= 5);
+        // step 6 is rectified: lr * sqrt(bc2) / sqrt(v) * r = lr * r, with v = bc2.
+        let radam = RAdam {
+            eps: 0.0,
+            ..RAdam::default()
+        };
+        let (lr, b2) = (0.1, 0.999f64);
+        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+        // powf, as torch's `**` with a float step: rho_t cancels ~2000 down to ~6, so an ulp
+        // of beta2^t shows at 1e-11.
+        let rho6 = rho_inf - 2.0 * 6.0 * b2.powf(6.0) / (1.0 - b2.powf(6.0));
+        let r6 = ((rho6 - 4.0) * (rho6 - 2.0) * rho_inf
+            / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho6))
+            .sqrt();
+        let want = [-0.1, -0.2, -0.3, -0.4, -0.5, -0.5 - lr * r6];
+        assert_close(&trajectory(&radam, 0.0, &[1.0; 6], lr), &want);
+    }
+
+    #[test]
+    fn rprop_grows_steps_while_the_sign_holds_and_skips_a_flip() {
+        // lr 0.1: step 0.1, then 0.12 (same sign); the flip halves it to 0.06 and does not
+        // move; the next step sees no sign (prev was zeroed) and moves by 0.06, then 0.072.
+        let want = [-0.1, -0.22, -0.22, -0.16, -0.088];
+        let got = trajectory(&Rprop::default(), 0.0, &[1.0, 1.0, -1.0, -1.0, -1.0], 0.1);
+        assert_close(&got, &want);
+    }
+
+    #[test]
+    fn rprop_clamps_the_step_size() {
+        let rprop = Rprop {
+            step_size_min: 0.07,
+            step_size_max: 0.11,
+            ..Rprop::default()
+        };
+        // 0.12 clamps to 0.11; the flip's 0.055 clamps to 0.07.
+        let want = [-0.1, -0.21, -0.21, -0.14];
+        let got = trajectory(&rprop, 0.0, &[1.0, 1.0, -1.0, -1.0], 0.1);
+        assert_close(&got, &want);
+    }
+
+    /// The gradient of lstsq's `mean((X @ w + b - y)^2)` at (w, b), by hand.
+    fn lstsq_grads(x: &[f64], y: &[f64], w: &[f64], b: f64) -> (Vec<f64>, f64) {
+        let n = y.len() as f64;
+        let (mut gw, mut gb) = (vec![0.0; w.len()], 0.0);
+        for (row, yi) in x.chunks(w.len()).zip(y) {
+            let r = row.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + b - yi;
+            for (g, a) in gw.iter_mut().zip(row) {
+                *g += 2.0 * r * a / n;
+            }
+            gb += 2.0 * r / n;
+        }
+        (gw, gb)
+    }
+
+    fn floats(v: &Value) -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn asgd_state_matches_torchs_eta_mu_and_ax() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/optim_more.json");
+        let data: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let problem = &data["problems"]["lstsq"];
+        let (x, y) = (
+            floats(&problem["data"]["X"]["values"]),
+            floats(&problem["data"]["y"]["values"]),
+        );
+        let cases = data["cases"].as_array().unwrap().iter().filter(|c| {
+            c["problem"] == "lstsq" && c["optimizer"].as_str().unwrap().starts_with("asgd")
+        });
+        let mut checked = 0;
+        for case in cases {
+            let name = case["optimizer"].as_str().unwrap();
+            let OptimizerSpec::Asgd(asgd) = OptimizerSpec::parse(name).unwrap() else {
+                panic!("{name} is not asgd")
+            };
+            let mut params = vec![
+                Tensor::new(floats(&problem["params"]["w"]["values"]), &Device::Cpu).unwrap(),
+                scalar(floats(&problem["params"]["b"]["values"])[0]),
+            ];
+            let mut state = Rule::init(&asgd, &params).unwrap();
+            assert!(
+                asgd.eval_params(&state).is_none(),
+                "no average before a step"
+            );
+            for t in 1..=30u64 {
+                let w = params[0].to_vec1::<f64>().unwrap();
+                let (gw, gb) = lstsq_grads(&x, &y, &w, value(&params[1]));
+                let grads = [Tensor::new(gw, &Device::Cpu).unwrap(), scalar(gb)];
+                let mut cx = StepCx {
+                    params: &params,
+                    grads: &grads,
+                    loss: f64::NAN,
+                    lr: asgd.lr,
+                    t,
+                    oracle: &mut NoOracle,
+                };
+                params = Rule::step(&asgd, &mut state, &mut cx).unwrap();
+                let want = &case["state_after_steps"][t.to_string()];
+                let ax = asgd.eval_params(&state).unwrap();
+                let mut got = ax[0].to_vec1::<f64>().unwrap();
+                got.push(value(&ax[1]));
+                let mut expected = floats(&want["ax"]["w"]);
+                expected.extend(floats(&want["ax"]["b"]));
+                let close = |g: f64, w: f64| (g - w).abs() <= 1e-12 * w.abs().max(1e-3);
+                for (g, w) in got.iter().zip(&expected) {
+                    assert!(close(*g, *w), "{name} step {t}: ax {got:?} vs {expected:?}");
+                }
+                let (eta, mu) = (want["eta"].as_f64().unwrap(), want["mu"].as_f64().unwrap());
+                assert!(close(state.eta.unwrap(), eta), "{name} step {t}: eta");
+                assert!(
+                    close(state.mu, mu),
+                    "{name} step {t}: mu {} vs {mu}",
+                    state.mu
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 60, "both lstsq asgd cases, 30 steps each");
     }
 }
