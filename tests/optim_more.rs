@@ -214,3 +214,51 @@ fn every_case_runs_in_f32() {
     let f = check("f32", None);
     assert!(f.is_empty(), "{} cases fail:\n{}", f.len(), report(&f));
 }
+
+/// torch's LBFGS counts, after every step of each lbfgs case: the cumulative `func_evals` (the
+/// sum of the records' per-step counts, and the state's) and inner iterations `n_iter`.
+#[test]
+fn lbfgs_counts_evaluations_and_iterations_as_torch() {
+    use gradscope::optim::spec::RuleState;
+    let text = std::fs::read_to_string("tests/data/optim_more.json").expect("reference data");
+    let data: Value = serde_json::from_str(&text).expect("valid JSON");
+    let cases: Vec<&Value> = data["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .filter(|c| c["optimizer"].as_str().unwrap().starts_with("lbfgs("))
+        .collect();
+    assert_eq!(cases.len(), 9);
+    for case in cases {
+        let (prob, spec) = (
+            case["problem"].as_str().unwrap(),
+            case["optimizer"].as_str().unwrap(),
+        );
+        let compiled = problem_file(&data["problems"], prob, "f64");
+        let config = settings(spec).unwrap();
+        let mut run = Run::new(
+            &compiled,
+            RunRequest::new(&compiled, 0, spec.into(), config),
+        )
+        .unwrap();
+        let counts = case["state_after_steps"].as_object().expect("lbfgs state");
+        for k in 1..=counts.len() as u64 {
+            run.step().unwrap();
+            let want = &counts[&k.to_string()];
+            let recorded: u64 = (0..k as usize)
+                .map(|s| u64::from(run.history().core(s).func_evals))
+                .sum();
+            let RuleState::Lbfgs(state) = run.optimizer_state().rule() else {
+                panic!("{spec}: not lbfgs state");
+            };
+            let got = (recorded, state.func_evals, state.n_iter);
+            let func_evals = want["func_evals"].as_u64().unwrap();
+            let n_iter = want["n_iter"].as_u64().unwrap();
+            assert_eq!(
+                got,
+                (func_evals, func_evals, n_iter),
+                "{prob} {spec} step {k}"
+            );
+        }
+    }
+}

@@ -935,3 +935,53 @@ fn sigterm_prints_the_summary_so_far_and_exits_143() {
     assert_eq!(code, Some(143), "{err}");
     assert!(out.contains("final loss"), "{out}");
 }
+
+#[test]
+fn exports_count_the_loss_evaluations_of_each_step() {
+    // lbfgs with max_iter = 5 and no line search evaluates 5 times a step (the gradient at the
+    // start and after each iteration but the last); sgd once. The last row takes no step.
+    let run = |spec: &str, format: &str| {
+        let out = common::gradscope(&[
+            "run",
+            "losses/rosenbrock.toml",
+            "-o",
+            spec,
+            "--steps",
+            "3",
+            "--every",
+            "1",
+            "--format",
+            format,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (spec, per_step) in [("lbfgs(lr=0.02, max_iter=5)", "5"), ("sgd", "1")] {
+        let jsonl: Vec<serde_json::Value> = run(spec, "jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .take(4)
+            .collect();
+        let evals: Vec<String> = jsonl.iter().map(|r| r["func_evals"].to_string()).collect();
+        assert_eq!(evals, [per_step, per_step, per_step, "null"], "{spec}");
+
+        let csv = run(spec, "csv");
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let col = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "func_evals")
+            .expect("a func_evals column");
+        let cells: Vec<String> = reader
+            .records()
+            .map(|r| r.unwrap()[col].to_string())
+            .collect();
+        assert_eq!(cells, [per_step, per_step, per_step, ""], "{spec}");
+    }
+}

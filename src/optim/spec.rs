@@ -6,6 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::lbfgs::{LineSearchFn, lbfgs_needs_room};
 use super::settings::{RUN_SETTINGS, check_run_setting};
 use super::step::{Rule, StepCx};
 
@@ -585,6 +586,24 @@ optimizers! {
         /// Largest step size (torch's `step_sizes[1]`).
         step_size_max: f64 = 50.0 => Any,
     }
+    /// L-BFGS: quasi-Newton steps from a short history of curvature pairs; one step makes up
+    /// to `max_iter` iterations, each evaluating the loss again.
+    Lbfgs = "lbfgs" in Torch where lbfgs_needs_room {
+        /// Step length (the first iteration ever: scaled down by the gradient's size).
+        lr: f64 = 1.0 => NonNegative,
+        /// Most iterations per step.
+        max_iter: u64 = 20 => Any,
+        /// Most loss evaluations per step (none: max_iter * 5 / 4).
+        max_eval: Option<u64> = None => Any,
+        /// Stop when the largest gradient entry is at most this.
+        tolerance_grad: f64 = 1e-7 => Any,
+        /// Stop when the loss or the params change less than this.
+        tolerance_change: f64 = 1e-9 => Any,
+        /// Curvature pairs kept.
+        history_size: u64 = 100 => Any,
+        /// none (a fixed step of lr) or strong_wolfe (a strong-Wolfe line search).
+        line_search_fn: LineSearchFn = LineSearchFn::None => Any,
+    }
 }
 
 /// Where an optimizer comes from: the groups lists show it in.
@@ -716,19 +735,9 @@ impl OptimizerSpec {
     /// The eps added to the denominator, for the optimizers that divide by a gradient
     /// statistic (None for those that do not).
     pub fn eps(&self) -> Option<f64> {
-        match self {
-            OptimizerSpec::Adam(o) => Some(o.eps),
-            OptimizerSpec::AdamW(o) => Some(o.eps),
-            OptimizerSpec::RmsProp(o) => Some(o.eps),
-            OptimizerSpec::Adagrad(o) => Some(o.eps),
-            OptimizerSpec::Adadelta(o) => Some(o.eps),
-            OptimizerSpec::Adamax(o) => Some(o.eps),
-            OptimizerSpec::NAdam(o) => Some(o.eps),
-            OptimizerSpec::RAdam(o) => Some(o.eps),
-            OptimizerSpec::Sgd(_)
-            | OptimizerSpec::Lion(_)
-            | OptimizerSpec::Asgd(_)
-            | OptimizerSpec::Rprop(_) => None,
+        match self.get("eps") {
+            Some(HyperValue::Number(eps)) => Some(eps),
+            _ => None,
         }
     }
 }

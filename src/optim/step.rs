@@ -102,6 +102,11 @@ impl OptimizerState {
     pub fn eval_params(&self, spec: &OptimizerSpec) -> Option<Vec<Tensor>> {
         spec.eval_params_of(&self.rule)
     }
+
+    /// The optimizer's own state (torch's `optimizer.state`), to inspect.
+    pub fn rule(&self) -> &RuleState {
+        &self.rule
+    }
 }
 
 /// Returns each param's new value, always a tensor of its own (with a zero step size a rule may

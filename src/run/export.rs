@@ -27,6 +27,7 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
         "nonfinite_update": update(r.has(flags::UPDATE_NONFINITE).into()),
         "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
         "wall_us": update(r.core.wall_us.into()), "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
+        "func_evals": update(r.core.func_evals.into()),
     })
 }
 
@@ -66,6 +67,7 @@ pub fn csv_header(names: &[String]) -> String {
         "nonfinite_loss",
         "nonfinite_update",
         "nonfinite_grads",
+        "func_evals",
     ]
     .into_iter()
     .map(String::from)
@@ -93,6 +95,7 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
         r.has(flags::LOSS_NONFINITE).to_string(),
         update(r.has(flags::UPDATE_NONFINITE).to_string()),
         quote(&bad.join(" ")),
+        update(r.core.func_evals.to_string()),
     ];
     cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));
     cells.join(",")

@@ -38,6 +38,9 @@ pub struct Core {
     /// log2 of the loss scale this step used (0 without scaling); fits the struct's padding.
     pub loss_scale_log2: i8,
     pub flags: u8,
+    /// Loss evaluations the step made, the gradient at θ_k included (L-BFGS makes several, the
+    /// others 1; 0 before stepping; saturates at u16::MAX); fits the struct's padding.
+    pub func_evals: u16,
 }
 
 /// The update taken from a row's params, filled in when the run steps from there.
@@ -53,6 +56,8 @@ pub struct Update {
     pub wall_us: f32,
     /// Update flags: clipped, skipped, non-finite update.
     pub flags: u8,
+    /// Loss evaluations the step made ([`Core::func_evals`]).
+    pub func_evals: u16,
 }
 
 /// One step as reported: the core and the per-param numbers.
@@ -85,6 +90,7 @@ impl StepRecord {
                 wall_us: 5.0,
                 loss_scale_log2: 0,
                 flags: flags::STEPPED,
+                func_evals: 1,
             },
             param_grad_norms: vec![1.0; n_params],
             param_norms: vec![1.0; n_params],
@@ -209,6 +215,7 @@ impl History {
             c.lr = update.lr;
             c.wall_us = update.wall_us;
             c.flags |= update.flags | flags::STEPPED;
+            c.func_evals = update.func_evals;
         }
     }
 

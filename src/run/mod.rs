@@ -228,6 +228,11 @@ impl Run {
         &self.totals
     }
 
+    /// The optimizer's state after the updates so far.
+    pub fn optimizer_state(&self) -> &OptimizerState {
+        &self.state
+    }
+
     /// The params' names, in the file's order.
     pub fn param_names(&self) -> &[String] {
         &self.param_names
@@ -331,6 +336,8 @@ impl Run {
         let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
         let mut moved_to = None;
+        // The evaluation at θ_t counts, as torch's LBFGS counts its first closure call.
+        let mut evals = 1;
         // Under `stop` a non-finite row halted the run when it was evaluated.
         let apply =
             !scaler_skip && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
@@ -359,6 +366,7 @@ impl Run {
                 },
             )
             .map_err(internal)?;
+            evals += oracle.evals;
             let deltas: Vec<f64> = params
                 .iter()
                 .zip(&new)
@@ -418,6 +426,7 @@ impl Run {
                 lr: lr as f32,
                 wall_us: started.elapsed().as_secs_f32() * 1e6,
                 flags: f,
+                func_evals: u16::try_from(evals).unwrap_or(u16::MAX),
             },
         );
         if self.halted.is_none() && self.trajectory.wants(self.step_count()) {
@@ -511,6 +520,7 @@ impl Run {
                 wall_us: 0.0,
                 loss_scale_log2: self.scale.log2().round().clamp(-128.0, 127.0) as i8,
                 flags: f,
+                func_evals: 0,
             },
             param_grad_norms: param_grad_norms
                 .iter()
