@@ -180,3 +180,151 @@ impl UpdateRule for OptaxAdafactor {
         p - u
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::optim::spec::{HyperValue, OptimizerSpec};
+
+    #[test]
+    fn defaults_are_torchs_and_optaxs() {
+        use HyperValue::{Bool as B, Number as N, Word as W};
+        assert_eq!(
+            OptimizerSpec::parse("adafactor").unwrap().values(),
+            vec![
+                ("lr", N(1e-2)),
+                ("beta2_decay", N(-0.8)),
+                ("eps1", W("none")),
+                ("eps2", N(1e-3)),
+                ("d", N(1.0)),
+                ("weight_decay", N(0.0)),
+            ]
+        );
+        assert_eq!(
+            OptimizerSpec::parse("optax_adafactor").unwrap().values(),
+            vec![
+                ("lr", N(1.0)),
+                ("min_dim_size_to_factor", N(128.0)),
+                ("decay_rate", N(0.8)),
+                ("decay_offset", N(0.0)),
+                ("multiply_by_parameter_scale", B(true)),
+                ("clipping_threshold", N(1.0)),
+                ("momentum", W("none")),
+                ("weight_decay", W("none")),
+                ("eps", N(1e-30)),
+                ("factored", B(true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn values_torch_refuses_are_refused() {
+        let refused = [
+            ("adafactor(lr=-0.01)", "`lr` must be at least 0"),
+            (
+                "adafactor(beta2_decay=0.5)",
+                "`beta2_decay` must be at most 0",
+            ),
+            ("adafactor(eps1=-1e-30)", "`eps1` must be at least 0"),
+            ("adafactor(eps2=-1e-3)", "`eps2` must be at least 0"),
+            ("adafactor(d=0.5)", "`d` must be at least 1"),
+            (
+                "adafactor(weight_decay=-0.1)",
+                "`weight_decay` must be at least 0",
+            ),
+            (
+                "optax_adafactor(min_dim_size_to_factor=-1)",
+                "`min_dim_size_to_factor` must be",
+            ),
+            (
+                "optax_adafactor(momentum=high)",
+                "`momentum` must be a number or none",
+            ),
+        ];
+        for (spec, message) in refused {
+            let e = OptimizerSpec::parse(spec).unwrap_err();
+            assert!(e.message.starts_with(message), "{spec}: {e}");
+        }
+        for spec in [
+            "adafactor(beta2_decay=0, d=1, eps1=none, eps2=0)",
+            "adafactor(eps1=1e-30)",
+            "optax_adafactor(clipping_threshold=none, momentum=0.9, weight_decay=0)",
+        ] {
+            assert!(OptimizerSpec::parse(spec).is_ok(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn eps1_defaults_to_the_dtypes_machine_epsilon() {
+        assert_eq!(machine_eps(DType::F64).unwrap(), 2f64.powi(-52));
+        assert_eq!(machine_eps(DType::F32).unwrap(), 2f64.powi(-23));
+        assert_eq!(machine_eps(DType::F16).unwrap(), 2f64.powi(-10));
+        assert_eq!(machine_eps(DType::BF16).unwrap(), 2f64.powi(-7));
+        assert!(machine_eps(DType::U32).is_err());
+    }
+
+    #[test]
+    fn optax_factors_the_two_largest_dims_when_both_are_big_enough() {
+        // (dims, factored, min_dim_size_to_factor) -> (second-largest, largest).
+        let cases: [(&[usize], bool, u64, Option<(usize, usize)>); 8] = [
+            (&[3, 4], true, 2, Some((0, 1))),
+            (&[5, 3], true, 2, Some((1, 0))),
+            (&[3, 3], true, 2, Some((0, 1))),
+            (&[2, 7, 5], true, 2, Some((2, 1))),
+            (&[3, 4], true, 4, None),
+            (&[3, 4], true, 3, Some((0, 1))),
+            (&[3, 4], false, 1, None),
+            (&[4], true, 1, None),
+        ];
+        for (dims, factored, min, want) in cases {
+            assert_eq!(factored_dims(dims, factored, min), want, "{dims:?} {min}");
+        }
+    }
+
+    /// torch's first step on a matrix: w = 1, so R and C are the row and column means of g^2,
+    /// V = R C / mean(R), u = g / sqrt(V), and the step is min(lr, 1) max(eps2, RMS(p)) times u
+    /// over max(1, RMS(u) / d).
+    #[test]
+    fn torch_factors_over_the_last_two_dims() {
+        let dev = &Device::Cpu;
+        let g = Tensor::new(&[[1.0f64, 2.0], [3.0, 4.0], [0.5, -1.0]], dev).unwrap();
+        let p = Tensor::new(&[[0.2f64, -0.1], [0.0, 0.3], [0.1, 0.1]], dev).unwrap();
+        let gv: Vec<Vec<f64>> = g.to_vec2().unwrap();
+        let r: Vec<f64> = gv
+            .iter()
+            .map(|row| (row[0] * row[0] + row[1] * row[1]) / 2.0)
+            .collect();
+        let c: Vec<f64> = (0..2)
+            .map(|j| gv.iter().map(|row| row[j] * row[j]).sum::<f64>() / 3.0)
+            .collect();
+        let mean_r = r.iter().sum::<f64>() / 3.0;
+        let u: Vec<Vec<f64>> = (0..3)
+            .map(|i| {
+                (0..2)
+                    .map(|j| gv[i][j] / (r[i] * c[j] / mean_r).sqrt())
+                    .collect()
+            })
+            .collect();
+        let rms_u = (u.iter().flatten().map(|x| x * x).sum::<f64>() / 6.0).sqrt();
+        let pv: Vec<Vec<f64>> = p.to_vec2().unwrap();
+        let rms_p = (pv.iter().flatten().map(|x| x * x).sum::<f64>() / 6.0).sqrt();
+        let OptimizerSpec::Adafactor(rule) =
+            OptimizerSpec::parse("adafactor(lr=0.5, d=1.2)").unwrap()
+        else {
+            unreachable!()
+        };
+        let new = rule
+            .step(&mut AdafactorState::default(), &p, &g, 0.5, 1)
+            .unwrap();
+        let step = 0.5 * rms_p.max(1e-3) / (rms_u / 1.2).max(1.0);
+        let new: Vec<Vec<f64>> = new.to_vec2().unwrap();
+        for i in 0..3 {
+            for j in 0..2 {
+                let want = pv[i][j] - step * u[i][j];
+                assert!((new[i][j] - want).abs() < 1e-15, "{new:?}");
+            }
+        }
+    }
+}
