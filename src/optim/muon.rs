@@ -438,3 +438,305 @@ fn symmetric_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
     }
     (0..n).map(|i| a[i][i]).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::optim::spec::{HyperValue, OptimizerSpec};
+
+    fn matrix(rows: &[&[f64]]) -> Tensor {
+        Tensor::new(
+            rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+        .unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<Vec<f64>> {
+        t.to_vec2().unwrap()
+    }
+
+    fn assert_close(got: &[Vec<f64>], want: &[Vec<f64>], tol: f64) {
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((g - w).abs() <= tol, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_torchs_and_optaxs() {
+        use HyperValue::{Bool as B, Number as N, Word as W};
+        let muon = OptimizerSpec::parse("muon").unwrap();
+        assert_eq!(
+            muon.values(),
+            vec![
+                ("lr", N(1e-3)),
+                ("weight_decay", N(0.1)),
+                ("momentum", N(0.95)),
+                ("nesterov", B(true)),
+                ("ns_a", N(3.4445)),
+                ("ns_b", N(-4.7750)),
+                ("ns_c", N(2.0315)),
+                ("eps", N(1e-7)),
+                ("ns_steps", N(5.0)),
+                ("adjust_lr_fn", W("original")),
+                (
+                    "fallback",
+                    HyperValue::Spec(Box::new(OptimizerSpec::parse("adamw").unwrap()))
+                ),
+            ]
+        );
+        let optax = OptimizerSpec::parse("optax_muon").unwrap();
+        assert_eq!(
+            optax.values(),
+            vec![
+                ("lr", N(0.02)),
+                ("ns_a", N(3.4445)),
+                ("ns_b", N(-4.7750)),
+                ("ns_c", N(2.0315)),
+                ("ns_steps", N(5.0)),
+                ("momentum", N(0.95)),
+                ("eps", N(1e-8)),
+                ("weight_decay", N(0.0)),
+                ("nesterov", B(true)),
+                ("adaptive", B(false)),
+                ("preconditioning", W("frobenius")),
+                ("adam_beta1", N(0.9)),
+                ("adam_beta2", N(0.999)),
+                ("adam_eps_root", N(0.0)),
+                ("adam_weight_decay", N(0.0)),
+                ("adam_lr", W("none")),
+                ("consistent_rms", W("none")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fallback_is_a_nested_spec_that_prints_and_parses_back() {
+        let spec = OptimizerSpec::parse("muon(lr=0.02, fallback=adamw(lr=3e-4))").unwrap();
+        let OptimizerSpec::Muon(m) = &spec else {
+            panic!("{spec:?} is not muon")
+        };
+        assert_eq!(m.fallback.to_string(), "adamw(lr=0.0003)");
+        assert_eq!(spec.to_string(), "muon(lr=0.02, fallback=adamw(lr=0.0003))");
+        assert_eq!(OptimizerSpec::parse(&spec.to_string()).unwrap(), spec);
+        let sgd = "muon(fallback=sgd(lr=0.1, momentum=0.9, nesterov=true), ns_steps=99)";
+        assert!(OptimizerSpec::parse(sgd).is_ok());
+    }
+
+    #[test]
+    fn values_torch_refuses_are_refused() {
+        // (spec, the start of the message): torch.optim.Muon's checks, then the fallback's.
+        let refused = [
+            ("muon(lr=-0.1)", "`lr` must be at least 0"),
+            ("muon(momentum=-0.5)", "`momentum` must be at least 0"),
+            ("muon(weight_decay=-1)", "`weight_decay` must be at least 0"),
+            ("muon(ns_steps=100)", "ns_steps must be below 100"),
+            ("muon(ns_steps=2.5)", "`ns_steps` must be a whole number"),
+            (
+                "muon(adjust_lr_fn=spectral)",
+                "`adjust_lr_fn` must be one of original",
+            ),
+            ("muon(fallback=muon)", "`muon` cannot be muon's fallback"),
+            (
+                "muon(fallback=adamw(beta1=1.5))",
+                "`fallback` is not a valid optimizer",
+            ),
+            (
+                "muon(fallback=sgd(nesterov=true))",
+                "`fallback` is not a valid optimizer: nesterov needs momentum > 0",
+            ),
+            (
+                "optax_muon(preconditioning=polar)",
+                "`preconditioning` must be one of",
+            ),
+        ];
+        for (spec, message) in refused {
+            let e = OptimizerSpec::parse(spec).unwrap_err();
+            assert!(e.message.starts_with(message), "{spec}: {e}");
+        }
+    }
+
+    /// Newton–Schulz with the cubic coefficients (1.5, -0.5, 0) converges to the polar factor
+    /// U V^T of M = U S V^T: here M = diag(2, -0.5) padded, whose polar factor is diag(1, -1)
+    /// padded.
+    #[test]
+    fn newton_schulz_converges_to_the_polar_factor() {
+        let wide = matrix(&[&[2.0, 0.0, 0.0], &[0.0, -0.5, 0.0]]);
+        let polar = vec![vec![1.0, 0.0, 0.0], vec![0.0, -1.0, 0.0]];
+        let cubic = [1.5, -0.5, 0.0];
+        for scaling in [
+            Scaling::ClampedFrobenius(1e-7),
+            Scaling::Frobenius(1e-8),
+            Scaling::Spectral(1e-8),
+        ] {
+            let x = newton_schulz(&wide, cubic, 30, scaling).unwrap();
+            assert_close(&values(&x), &polar, 1e-12);
+            // A tall matrix is orthogonalized through its transpose.
+            let tall = newton_schulz(&wide.t().unwrap(), cubic, 30, scaling).unwrap();
+            assert_close(&values(&tall.t().unwrap()), &polar, 1e-12);
+        }
+    }
+
+    #[test]
+    fn the_scalings_before_the_iterations() {
+        let x = matrix(&[&[3.0, 0.0, 4.0], &[0.0, 1.0, 0.0]]);
+        let none = [1.0, 0.0, 0.0];
+        let at = |scaling| values(&newton_schulz(&x, none, 1, scaling).unwrap());
+        // ||X||_F = sqrt(26); torch clamps it from below, optax adds eps.
+        let f = 26f64.sqrt();
+        assert_close(
+            &at(Scaling::ClampedFrobenius(1e-7)),
+            &values(&(&x / f).unwrap()),
+            1e-15,
+        );
+        assert_close(
+            &at(Scaling::ClampedFrobenius(30.0)),
+            &values(&(&x / 30.0).unwrap()),
+            1e-15,
+        );
+        assert_close(
+            &at(Scaling::Frobenius(1.0)),
+            &values(&(&x / (f + 1.0)).unwrap()),
+            1e-15,
+        );
+        // The rows are orthogonal with norms 5 and 1: the spectral norm is 5.
+        assert_close(
+            &at(Scaling::Spectral(1.0)),
+            &values(&(&x / 6.0).unwrap()),
+            1e-15,
+        );
+        // A zero matrix stays zero under torch's clamp.
+        let zero = Tensor::zeros((2, 3), candle_core::DType::F64, &Device::Cpu).unwrap();
+        let z = newton_schulz(
+            &zero,
+            [3.4445, -4.775, 2.0315],
+            5,
+            Scaling::ClampedFrobenius(1e-7),
+        );
+        assert_close(&values(&z.unwrap()), &[vec![0.0; 3], vec![0.0; 3]], 0.0);
+    }
+
+    /// optax's first-iteration rescalings on X = [[1, 1], [0, 2]], A = X X^T = [[2, 2], [2, 4]]:
+    /// AOL scales row i by s_i = (sum_j |A_ij|)^(-1/2) = (1/2, 1/sqrt(6)) and A to diag(s) A
+    /// diag(s); Schatten scales X by s = ||A||_F^(-1/2) = 28^(-1/4) and A by s^2.
+    #[test]
+    fn aol_and_schatten_rescale_inside_the_first_iteration() {
+        let x = matrix(&[&[1.0, 1.0], &[0.0, 2.0]]);
+        let mul = |a: &[Vec<f64>], b: &[Vec<f64>]| -> Vec<Vec<f64>> {
+            (0..2)
+                .map(|i| {
+                    (0..2)
+                        .map(|j| a[i][0] * b[0][j] + a[i][1] * b[1][j])
+                        .collect()
+                })
+                .collect()
+        };
+        let r6 = 6f64.sqrt();
+        let xs = vec![vec![0.5, 0.5], vec![0.0, 2.0 / r6]];
+        let a_s = vec![vec![0.5, 1.0 / r6], vec![1.0 / r6, 4.0 / 6.0]];
+        // (a, b, c) = (1, 0, 0) gives the scaled X; (0, 1, 0) the scaled A times it.
+        let aol = |c| values(&newton_schulz(&x, c, 1, Scaling::Aol).unwrap());
+        assert_close(&aol([1.0, 0.0, 0.0]), &xs, 1e-15);
+        assert_close(&aol([0.0, 1.0, 0.0]), &mul(&a_s, &xs), 1e-15);
+        let s = 28f64.powf(-0.25);
+        let a = [vec![2.0, 2.0], vec![2.0, 4.0]];
+        let ax = mul(&a, &values(&x));
+        let schatten = values(&newton_schulz(&x, [0.0, 1.0, 0.0], 1, Scaling::Schatten).unwrap());
+        let want: Vec<Vec<f64>> = ax
+            .iter()
+            .map(|r| r.iter().map(|v| v * s.powi(3)).collect())
+            .collect();
+        assert_close(&schatten, &want, 1e-15);
+        // Later iterations do not rescale: a second step with (0, 1, 0) is X X^T X.
+        let twice = values(&newton_schulz(&x, [0.0, 1.0, 0.0], 2, Scaling::Schatten).unwrap());
+        let wt = vec![vec![want[0][0], want[1][0]], vec![want[0][1], want[1][1]]];
+        assert_close(&twice, &mul(&mul(&want, &wt), &want), 1e-15);
+    }
+
+    /// The eigenvalues of [[a, b], [b, d]] are (a + d)/2 ± sqrt(((a - d)/2)^2 + b^2).
+    #[test]
+    fn jacobi_finds_the_eigenvalues_of_a_symmetric_matrix() {
+        let (a, b, d) = (2.0, 1.5, -1.0);
+        let r = (((a - d) / 2.0f64).powi(2) + b * b).sqrt();
+        let mut got = symmetric_eigenvalues(vec![vec![a, b], vec![b, d]]);
+        got.sort_by(f64::total_cmp);
+        assert!((got[0] - ((a + d) / 2.0 - r)).abs() < 1e-15, "{got:?}");
+        assert!((got[1] - ((a + d) / 2.0 + r)).abs() < 1e-15, "{got:?}");
+        // Q diag(1, 2, 3) Q^T with Q a rotation by 30 degrees in the first two axes.
+        let (c, s) = (30f64.to_radians().cos(), 30f64.to_radians().sin());
+        let m = vec![
+            vec![c * c + 2.0 * s * s, c * s - 2.0 * s * c, 0.0],
+            vec![c * s - 2.0 * s * c, s * s + 2.0 * c * c, 0.0],
+            vec![0.0, 0.0, 3.0],
+        ];
+        let mut got = symmetric_eigenvalues(m);
+        got.sort_by(f64::total_cmp);
+        for (g, w) in got.iter().zip([1.0, 2.0, 3.0]) {
+            assert!((g - w).abs() < 1e-14, "{got:?}");
+        }
+    }
+
+    /// One torch Muon step without momentum or decay: p - lr ratio NS(g), with ratio
+    /// sqrt(max(1, A/B)) (original), 0.2 sqrt(max(A, B)) (match_rms_adamw), sqrt(A/B)
+    /// (spectral_unclamped), A x B the param's shape.
+    #[test]
+    fn the_lr_adjustments_scale_the_orthogonalized_step() {
+        let ratio = |shape: (usize, usize), adjust: &str| -> f64 {
+            let spec = format!(
+                "muon(lr=0.1, weight_decay=0, momentum=0, nesterov=false, adjust_lr_fn={adjust})"
+            );
+            let OptimizerSpec::Muon(m) = OptimizerSpec::parse(&spec).unwrap() else {
+                unreachable!()
+            };
+            let n = shape.0 * shape.1;
+            let g = Tensor::arange(1.0, n as f64 + 1.0, &Device::Cpu)
+                .unwrap()
+                .reshape(shape)
+                .unwrap();
+            let p = g.zeros_like().unwrap();
+            let mut state = m.init(std::slice::from_ref(&p)).unwrap();
+            let new = m
+                .step(
+                    &mut state,
+                    &mut StepCx {
+                        params: &[p],
+                        grads: &[g.clone()],
+                        loss: 0.0,
+                        lr: 0.1,
+                        t: 1,
+                        oracle: &mut NoOracle,
+                    },
+                )
+                .unwrap();
+            let ns = newton_schulz(
+                &g,
+                [3.4445, -4.775, 2.0315],
+                5,
+                Scaling::ClampedFrobenius(1e-7),
+            );
+            let ratio = (&new[0] / -0.1).unwrap().div(&ns.unwrap()).unwrap();
+            let ratio = ratio.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            assert!(
+                ratio.iter().all(|r| (r - ratio[0]).abs() < 1e-12),
+                "{ratio:?}"
+            );
+            ratio[0]
+        };
+        for (shape, adjust, want) in [
+            ((2, 8), "original", 1.0),
+            ((8, 2), "original", 2.0),
+            ((2, 8), "match_rms_adamw", 0.2 * 8f64.sqrt()),
+            ((8, 2), "match_rms_adamw", 0.2 * 8f64.sqrt()),
+            ((2, 8), "spectral_unclamped", 0.5),
+            ((8, 2), "spectral_unclamped", 2.0),
+        ] {
+            let got = ratio(shape, adjust);
+            assert!(
+                (got - want).abs() < 1e-12,
+                "{shape:?} {adjust}: {got} vs {want}"
+            );
+        }
+    }
+}
