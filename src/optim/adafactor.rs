@@ -268,7 +268,8 @@ mod tests {
     #[test]
     fn optax_factors_the_two_largest_dims_when_both_are_big_enough() {
         // (dims, factored, min_dim_size_to_factor) -> (second-largest, largest).
-        let cases: [(&[usize], bool, u64, Option<(usize, usize)>); 8] = [
+        type Case = (&'static [usize], bool, u64, Option<(usize, usize)>);
+        let cases: [Case; 8] = [
             (&[3, 4], true, 2, Some((0, 1))),
             (&[5, 3], true, 2, Some((1, 0))),
             (&[3, 3], true, 2, Some((0, 1))),

@@ -33,9 +33,9 @@ words! {
     }
 }
 
-/// torch refuses 100 or more Newton–Schulz steps; a fallback that is Muon again would have no
-/// param it could take, and one that evaluates the loss elsewhere (LBFGS) sees only part of the
-/// model.
+/// torch refuses 100 or more Newton–Schulz steps; a fallback that is Muon again would step
+/// none of the params it gets, and one that evaluates the loss elsewhere (LBFGS) would see only
+/// part of the model.
 pub(super) fn muon_checks(o: &Muon) -> std::result::Result<(), Conflict> {
     if o.ns_steps >= 100 {
         return Err(Conflict {
@@ -50,7 +50,7 @@ pub(super) fn muon_checks(o: &Muon) -> std::result::Result<(), Conflict> {
     }
     let kind = o.fallback.kind();
     let why = if kind == OptimizerKind::Muon {
-        "it is muon again, which has no other optimizer for the params muon leaves to it"
+        "the fallback gets only the params that are not 2-D, and muon steps none of those"
     } else if kind.needs_oracle() {
         "it evaluates the loss at params of its own, and it sees only the params muon leaves to it"
     } else {
@@ -428,8 +428,8 @@ fn symmetric_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
                     row[p] = c * kp - s * kq;
                     row[q] = s * kp + c * kq;
                 }
-                for k in 0..n {
-                    let (pk, qk) = (a[p][k], a[q][k]);
+                let (row_p, row_q) = (a[p].clone(), a[q].clone());
+                for (k, (pk, qk)) in row_p.into_iter().zip(row_q).enumerate() {
                     a[p][k] = c * pk - s * qk;
                     a[q][k] = s * pk + c * qk;
                 }
@@ -702,7 +702,7 @@ mod tests {
                     &mut state,
                     &mut StepCx {
                         params: &[p],
-                        grads: &[g.clone()],
+                        grads: std::slice::from_ref(&g),
                         loss: 0.0,
                         lr: 0.1,
                         t: 1,

@@ -533,7 +533,7 @@ optimizers! {
         ns_steps: u64 = 5 => Any,
         /// How the lr is scaled by the param's shape.
         adjust_lr_fn: AdjustLrFn = AdjustLrFn::Original => Any,
-        /// The optimizer for params that are not 2-D, with its own lr and state.
+        /// The optimizer for params that are not 2-D: its own state, its own lr under the schedule.
         fallback: Box<OptimizerSpec> = Box::new(OptimizerSpec::new(OptimizerKind::AdamW)) => Any,
     }
     /// Adafactor: a factored second moment and a relative step size (torch.optim.Adafactor).
@@ -584,7 +584,7 @@ optimizers! {
         adam_eps_root: f64 = 0.0 => Any,
         /// AdamW's weight decay, times its lr.
         adam_weight_decay: f64 = 0.0 => Any,
-        /// AdamW's learning rate (optax's `adam_learning_rate`; none: lr).
+        /// AdamW's learning rate (optax's `adam_learning_rate`; none: lr), under the schedule.
         adam_lr: Option<f64> = None => Any,
         /// Scale updates to RMS `consistent_rms` by `sqrt(max(rows, cols))` (none: width scaling).
         consistent_rms: Option<f64> = None => Any,
