@@ -510,7 +510,8 @@ optimizers! {
         beta2: f64 = 0.99 => Unit,
         /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
         weight_decay: f64 = 0.0 => Any,
-    }    /// Muon: momentum orthogonalized by Newton–Schulz for 2-D params; the others go to
+    }
+    /// Muon: momentum orthogonalized by Newton–Schulz for 2-D params; the others go to
     /// `fallback` (torch.optim.Muon, Newton–Schulz in the run's dtype).
     Muon = "muon" in Torch where super::muon::muon_checks {
         /// Learning rate.
