@@ -7,10 +7,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use candle_core::Tensor;
 use gradscope::compile::{CompiledFile, compile};
 use gradscope::lang::file::load_bytes;
+use gradscope::optim::schedule::{LrSchedule, Schedule};
 use gradscope::optim::settings::{NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
+use gradscope::optim::step::{OptimizerState, Oracle, StepCx, update};
 use gradscope::run::{Run, RunRequest};
 use serde_json::Value;
 
@@ -261,4 +264,92 @@ fn lbfgs_counts_evaluations_and_iterations_as_torch() {
             );
         }
     }
+}
+/// Stands in for the loss in steps that never ask for it elsewhere.
+struct NoOracle;
+
+impl Oracle for NoOracle {
+    fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
+        Err(candle_core::Error::Msg("no loss here".into()))
+    }
+}
+
+/// One update of `params` by `spec` from `grads`, with `state` carried over.
+fn replay(
+    spec: &OptimizerSpec,
+    state: &mut OptimizerState,
+    params: &[Tensor],
+    grads: &[Tensor],
+    lr: f64,
+) -> Vec<f64> {
+    let new = update(
+        spec,
+        state,
+        &mut StepCx {
+            params,
+            grads,
+            loss: 0.0,
+            lr,
+            t: 0,
+            oracle: &mut NoOracle,
+        },
+    )
+    .unwrap();
+    new[0].flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// Muon on mlstsq: W (3x4) is Muon's, the vector c goes to the fallback. At every step, from
+/// the run's own gradient, c moves exactly as adamw(lr=3e-4) alone moves it and W as Muon alone
+/// moves it; under an exponential schedule the fallback's lr follows the schedule's factor.
+#[test]
+fn muon_leaves_params_that_are_not_matrices_to_its_fallback() {
+    let text = std::fs::read_to_string("tests/data/optim_more.json").expect("reference data");
+    let data: Value = serde_json::from_str(&text).expect("valid JSON");
+    let compiled = problem_file(&data["problems"], "mlstsq", "f64");
+    let spec = "muon(lr=0.02, fallback=adamw(lr=3e-4))";
+    let mut config = settings(spec).unwrap();
+    let gamma = 0.8;
+    config.schedule = LrSchedule {
+        schedule: Schedule::Exponential { gamma },
+        warmup: 0,
+    };
+    let mut run = Run::new(
+        &compiled,
+        RunRequest::new(&compiled, 0, spec.into(), config),
+    )
+    .unwrap();
+    let at = |name: &str| run.param_names().iter().position(|n| n == name).unwrap();
+    let (w, c) = (at("W"), at("c"));
+    let copies = |run: &Run| -> Vec<Tensor> {
+        run.params()
+            .iter()
+            .map(|v| v.as_tensor().copy().unwrap())
+            .collect()
+    };
+    let adamw = OptimizerSpec::parse("adamw(lr=3e-4)").unwrap();
+    let muon = OptimizerSpec::parse("muon(lr=0.02)").unwrap();
+    let start = copies(&run);
+    let mut adamw_state = OptimizerState::new(&adamw, &start[c..=c]).unwrap();
+    let mut muon_state = OptimizerState::new(&muon, &start[w..=w]).unwrap();
+    let mut c_moved = 0.0f64;
+    for t in 0..20u64 {
+        let params = copies(&run);
+        let grads = run.current().unwrap().grads.clone();
+        let lr = 0.02 * gamma.powf(t as f64);
+        let want_c = replay(
+            &adamw,
+            &mut adamw_state,
+            &params[c..=c],
+            &grads[c..=c],
+            3e-4 * (lr / 0.02),
+        );
+        let want_w = replay(&muon, &mut muon_state, &params[w..=w], &grads[w..=w], lr);
+        run.step().unwrap();
+        let got = run.param_values();
+        assert_eq!(got[c], want_c, "c after step {}", t + 1);
+        assert_eq!(got[w], want_w, "W after step {}", t + 1);
+        c_moved = c_moved.max(got[c].iter().map(|x| x.abs()).fold(0.0, f64::max));
+    }
+    // c starts at 0 and adamw moves each entry by about its lr a step.
+    assert!(c_moved > 1e-3, "c moved only {c_moved}");
 }

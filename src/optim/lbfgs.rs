@@ -87,6 +87,7 @@ pub struct LbfgsState {
 
 impl Rule for Lbfgs {
     type State = LbfgsState;
+    const NEEDS_ORACLE: bool = true;
 
     fn init(&self, _params: &[Tensor]) -> candle_core::Result<LbfgsState> {
         Ok(LbfgsState::default())

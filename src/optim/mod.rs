@@ -49,8 +49,10 @@ macro_rules! words {
     };
 }
 
+pub mod adafactor;
 pub mod classic;
 pub mod lbfgs;
+pub mod muon;
 pub mod schedule;
 pub mod settings;
 pub mod spec;

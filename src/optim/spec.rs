@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::lbfgs::{LineSearchFn, lbfgs_needs_room};
+use super::muon::{AdjustLrFn, Preconditioning};
 use super::settings::{RUN_SETTINGS, check_run_setting};
 use super::step::{Rule, StepCx};
 
@@ -157,6 +158,10 @@ pub enum Bound {
     OpenUnit,
     /// `1 < x` (Rprop's `etaplus`).
     AboveOne,
+    /// `x <= 0` (Adafactor's `beta2_decay`).
+    NonPositive,
+    /// `1 <= x` (Adafactor's clipping threshold `d`).
+    AtLeastOne,
 }
 
 impl Bound {
@@ -172,6 +177,8 @@ impl Bound {
             Bound::Unit => (0.0..=1.0).contains(&x),
             Bound::OpenUnit => 0.0 < x && x < 1.0,
             Bound::AboveOne => x > 1.0,
+            Bound::NonPositive => x <= 0.0,
+            Bound::AtLeastOne => x >= 1.0,
         }
     }
 
@@ -184,6 +191,8 @@ impl Bound {
             Bound::Unit => "in [0, 1]",
             Bound::OpenUnit => "in (0, 1)",
             Bound::AboveOne => "greater than 1",
+            Bound::NonPositive => "at most 0",
+            Bound::AtLeastOne => "at least 1",
         }
     }
 }
@@ -302,6 +311,13 @@ macro_rules! optimizers {
             pub fn doc(self) -> &'static str {
                 match self {
                     $( OptimizerKind::$Name => concat!($($doc),*).trim_ascii(), )*
+                }
+            }
+
+            /// Whether its steps ask for the loss at other params ([`Rule::NEEDS_ORACLE`]).
+            pub fn needs_oracle(self) -> bool {
+                match self {
+                    $( OptimizerKind::$Name => <$Name as Rule>::NEEDS_ORACLE, )*
                 }
             }
 
@@ -603,6 +619,109 @@ optimizers! {
         history_size: u64 = 100 => Any,
         /// none (a fixed step of lr) or strong_wolfe (a strong-Wolfe line search).
         line_search_fn: LineSearchFn = LineSearchFn::None => Any,
+    }
+    /// Muon: momentum orthogonalized by Newton–Schulz for 2-D params; the others go to
+    /// `fallback` (torch.optim.Muon, Newton–Schulz in the run's dtype).
+    Muon = "muon" in Torch where super::muon::muon_checks {
+        /// Learning rate.
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
+        weight_decay: f64 = 0.1 => NonNegative,
+        /// Momentum factor.
+        momentum: f64 = 0.95 => NonNegative,
+        /// Nesterov momentum.
+        nesterov: bool = true => Any,
+        /// Newton–Schulz coefficient a of `a X + b A X + c A A X` (torch's `ns_coefficients[0]`).
+        ns_a: f64 = 3.4445 => Any,
+        /// Newton–Schulz coefficient b (torch's `ns_coefficients[1]`).
+        ns_b: f64 = -4.7750 => Any,
+        /// Newton–Schulz coefficient c (torch's `ns_coefficients[2]`).
+        ns_c: f64 = 2.0315 => Any,
+        /// Lower bound on the Frobenius norm the momentum is divided by.
+        eps: f64 = 1e-7 => Any,
+        /// Newton–Schulz iterations (fewer than 100).
+        ns_steps: u64 = 5 => Any,
+        /// How the lr is scaled by the param's shape.
+        adjust_lr_fn: AdjustLrFn = AdjustLrFn::Original => Any,
+        /// The optimizer for params that are not 2-D: its own state, its own lr under the schedule.
+        fallback: Box<OptimizerSpec> = Box::new(OptimizerSpec::new(OptimizerKind::AdamW)) => Any,
+    }
+    /// Adafactor: a factored second moment and a relative step size (torch.optim.Adafactor).
+    Adafactor = "adafactor" in Torch {
+        /// Learning rate: the largest relative step size, and the weight decay's factor.
+        lr: f64 = 1e-2 => NonNegative,
+        /// The second moment's decay is `1 - t^beta2_decay`.
+        beta2_decay: f64 = -0.8 => NonPositive,
+        /// Floor of the second moment estimate (torch's `eps[0]`; none: the dtype's epsilon).
+        eps1: Option<f64> = None => NonNegative,
+        /// Floor of the params' RMS the step is relative to (torch's `eps[1]`).
+        eps2: f64 = 1e-3 => NonNegative,
+        /// Clipping threshold on the update's RMS.
+        d: f64 = 1.0 => AtLeastOne,
+        /// Decoupled weight decay: params shrink by `lr * weight_decay` each step.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// Muon as optax.contrib.muon: bias-corrected momentum orthogonalized by Newton–Schulz for
+    /// 2-D params, AdamW for the others.
+    OptaxMuon = "optax_muon" in Optax {
+        /// Learning rate (optax's `learning_rate`; required there).
+        lr: f64 = 0.02 => Any,
+        /// Newton–Schulz coefficient a of `a X + b A X + c A A X` (optax's `ns_coeffs[0]`).
+        ns_a: f64 = 3.4445 => Any,
+        /// Newton–Schulz coefficient b (optax's `ns_coeffs[1]`).
+        ns_b: f64 = -4.7750 => Any,
+        /// Newton–Schulz coefficient c (optax's `ns_coeffs[2]`).
+        ns_c: f64 = 2.0315 => Any,
+        /// Newton–Schulz iterations.
+        ns_steps: u64 = 5 => Any,
+        /// Decay of the momentum (optax's `beta`).
+        momentum: f64 = 0.95 => Any,
+        /// Added to the norm the momentum is divided by, and to AdamW's denominator.
+        eps: f64 = 1e-8 => Any,
+        /// Weight decay of the 2-D params, times the lr.
+        weight_decay: f64 = 0.0 => Any,
+        /// Nesterov momentum (also for the AdamW).
+        nesterov: bool = true => Any,
+        /// Scale the update by its inner product with the momentum.
+        adaptive: bool = false => Any,
+        /// How the momentum is scaled for Newton–Schulz.
+        preconditioning: Preconditioning = Preconditioning::Frobenius => Any,
+        /// AdamW's first-moment decay (optax's `adam_b1`).
+        adam_beta1: f64 = 0.9 => Any,
+        /// AdamW's second-moment decay (optax's `adam_b2`).
+        adam_beta2: f64 = 0.999 => Any,
+        /// Added to AdamW's second moment inside the root.
+        adam_eps_root: f64 = 0.0 => Any,
+        /// AdamW's weight decay, times its lr.
+        adam_weight_decay: f64 = 0.0 => Any,
+        /// AdamW's learning rate (optax's `adam_learning_rate`; none: lr), under the schedule.
+        adam_lr: Option<f64> = None => Any,
+        /// Scale updates to RMS `consistent_rms` by `sqrt(max(rows, cols))` (none: width scaling).
+        consistent_rms: Option<f64> = None => Any,
+    }
+    /// Adafactor as optax.adafactor: factored second moment over the two largest dims, clipping,
+    /// param-scaled steps.
+    OptaxAdafactor = "optax_adafactor" in Optax {
+        /// Learning rate (optax's `learning_rate`; its default none scales by 1).
+        lr: f64 = 1.0 => Any,
+        /// Factor the second moment only when the two largest dims are at least this big.
+        min_dim_size_to_factor: u64 = 128 => Any,
+        /// The second moment's decay is `1 - t^-decay_rate`.
+        decay_rate: f64 = 0.8 => Any,
+        /// Steps subtracted from t in the decay (for fine-tuning).
+        decay_offset: u64 = 0 => Any,
+        /// Scale updates by the param's RMS (at least 1e-3).
+        multiply_by_parameter_scale: bool = true => Any,
+        /// Clip the update's RMS to this (none: no clipping).
+        clipping_threshold: Option<f64> = Some(1.0) => Any,
+        /// Momentum of the updates, without debiasing (none: no momentum).
+        momentum: Option<f64> = None => Any,
+        /// Weight decay added to the update, not times the lr (optax's `weight_decay_rate`).
+        weight_decay: Option<f64> = None => Any,
+        /// Added to g² in the second moment.
+        eps: f64 = 1e-30 => Any,
+        /// Factor the second moment of params with 2 or more dims.
+        factored: bool = true => Any,
     }
 }
 

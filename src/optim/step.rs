@@ -33,6 +33,10 @@ pub trait Rule {
     /// place.
     type State: Clone + std::fmt::Debug;
 
+    /// Whether a step asks the oracle for the loss elsewhere (LBFGS): such an optimizer cannot
+    /// step part of the model on its own (Muon's fallback).
+    const NEEDS_ORACLE: bool = false;
+
     /// The state before the first update of `params`.
     fn init(&self, params: &[Tensor]) -> Result<Self::State>;
 

@@ -177,7 +177,8 @@ pub struct RunInfo {
 /// What a worker tells the UI.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Added(RunInfo),
+    /// Boxed: a run's info (two optimizer specs) dwarfs every other event.
+    Added(Box<RunInfo>),
     Removed(RunId),
     /// Rows of one run, in order, replacing any the UI holds from the first one's step on (a
     /// run's current row is sent with an empty update, then again once the run steps from it).
@@ -320,7 +321,7 @@ impl Worker {
             Ok(run) => {
                 let id = self.next_id;
                 self.next_id += 1;
-                self.send(Event::Added(RunInfo {
+                self.send(Event::Added(Box::new(RunInfo {
                     id,
                     def,
                     overrides,
@@ -329,7 +330,7 @@ impl Worker {
                     dtype: run.dtype,
                     steps: run.config.steps,
                     grad: run.config.grad.name(),
-                }));
+                })));
                 let mut slot = Slot {
                     id,
                     run,

@@ -215,6 +215,7 @@ impl Session {
     pub fn apply(&mut self, e: Event) {
         match e {
             Event::Added(info) => {
+                let info = *info;
                 if let Some(r) = self
                     .runs
                     .iter_mut()
