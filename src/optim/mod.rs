@@ -50,7 +50,9 @@ macro_rules! words {
 }
 
 pub mod classic;
+pub mod prodigy;
 pub mod schedule;
+pub mod schedule_free;
 pub mod settings;
 pub mod spec;
 pub mod step;

@@ -22,7 +22,7 @@ use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
-use crate::optim::step::{OptimizerState, Oracle, StepCx, update};
+use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx, update};
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
@@ -711,6 +711,12 @@ impl Run {
                 .map(|t| crate::compile::values_f64(t).unwrap_or_default())
                 .collect(),
         )
+    }
+
+    /// The named parts of the optimizer's state beyond the params (schedule-free's `z`,
+    /// Prodigy's `d`).
+    pub fn optimizer_state(&self) -> Vec<(&'static str, StateValue)> {
+        self.state.state_values(&self.config.optimizer)
     }
 
     /// The loss at the eval params ([`Self::eval_param_values`]), forward only; the params are
