@@ -523,6 +523,8 @@ impl Run {
                 })
                 .collect(),
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
+            // A failed forward at the eval params is a NaN there, as a NaN loss would be.
+            eval_loss: self.eval_loss().map(|l| l.unwrap_or(f64::NAN)),
         });
         self.current = Some(eval);
         Ok(())
