@@ -1,8 +1,8 @@
 //! Optimizer trajectories against their references (tests/data/optim_more.json, float64, every
 //! step; see tests/data/REFERENCE_README.md): torch.optim, the authors' packages and optax.
 //! Every case must match in f64 to 1e-9 relative (absolute below 1e-3), including the eval
-//! params of the optimizers that keep them apart (ASGD's: its state's `ax`), and run in f32
-//! without failing.
+//! params of the optimizers that keep them apart and the state the reference records beside
+//! the params (`state_after_steps`), and run in f32 without failing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +13,7 @@ use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::{LrSchedule, Schedule};
 use gradscope::optim::settings::{NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
+use gradscope::optim::step::StateValue;
 use gradscope::optim::step::{OptimizerState, Oracle, StepCx, update};
 use gradscope::run::{Run, RunRequest};
 use serde_json::Value;
@@ -111,6 +112,48 @@ fn compare(
     out
 }
 
+/// Mismatches of the optimizer's named state `got` against `want` (`{"d": 1e-6, "z": {"x":
+/// [...]}}`): a number is one for the whole model, an object holds each param's flat values.
+/// Every key the reference records must be shown.
+fn compare_state(
+    what: &str,
+    names: &[String],
+    got: &[(&'static str, StateValue)],
+    want: &Value,
+    rel: f64,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, want) in want.as_object().expect("state is an object") {
+        let Some((_, value)) = got.iter().find(|(k, _)| k == key) else {
+            out.push(format!("{what}: the optimizer shows no `{key}`"));
+            continue;
+        };
+        match (value, want) {
+            // A scale such as Prodigy's d (1e-6 and up) is compared relative to itself: the
+            // absolute floor is for values that cancel towards zero.
+            (StateValue::Scalar(g), Value::Number(_) | Value::String(_)) => {
+                let w = number(want);
+                if !(*g == w || (g - w).abs() <= rel * w.abs()) {
+                    out.push(format!("{what}: {key} {g} vs {want}"));
+                }
+            }
+            (StateValue::PerParam(tensors), Value::Object(per_param)) => {
+                for (name, t) in names.iter().zip(tensors) {
+                    let got = gradscope::compile::values_f64(t).expect("state values");
+                    let want = per_param[name].as_array().expect("a list per param");
+                    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                        if !close(*g, number(w), rel) {
+                            out.push(format!("{what}: {key}.{name}[{i}] {g} vs {w}"));
+                        }
+                    }
+                }
+            }
+            _ => out.push(format!("{what}: `{key}` is not shaped as the reference's")),
+        }
+    }
+    out
+}
+
 fn settings(spec: &str) -> Result<RunSettings, String> {
     let mut s = RunSettings::from_table(&[]);
     s.optimizer = OptimizerSpec::parse(spec).map_err(|e| e.to_string())?;
@@ -191,6 +234,13 @@ fn check(dtype: &str, rel: Option<f64>) -> BTreeMap<String, Vec<String>> {
                         }
                     }
                     _ => fail(format!("step {k}: no eval params")),
+                }
+            }
+            if let Some(want) = case.get("state_after_steps").map(|s| &s[key]) {
+                let what = format!("step {k} state");
+                let got = run.state_values();
+                for m in compare_state(&what, &names, &got, want, rel) {
+                    fail(m);
                 }
             }
         }

@@ -19,7 +19,7 @@ use gradscope::tui::{keys, layout, render};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
-use ratatui::style::Color;
+use ratatui::style::{Color, Modifier};
 
 const ROSENBROCK: &str = "losses/rosenbrock.toml";
 
@@ -312,6 +312,51 @@ fn snapshot_log_scale() {
     let t = draw(&app, 160, 45);
     assert!(rows(&t).join("\n").contains("(log y)"));
     snapshot("log_scale", &t);
+}
+
+/// A schedule-free run beside Adam: its eval params' loss is a second, dimmer line of its colour.
+const SCHEDULE_FREE: &str = r#"name = "Schedule-free"
+loss = "(1 - x)^2 + 100 * (y - x^2)^2"
+
+[params]
+x = "-1.5"
+y = "2.0"
+
+[optimizer]
+name = "schedulefree_adamw"
+lr = 0.05
+steps = 1000
+
+[[variants]]
+name = "adam"
+optimizer = { name = "adam", lr = 0.05, steps = 1000 }
+"#;
+
+#[test]
+fn snapshot_eval_loss_beside_the_training_loss() {
+    let dir = Scratch::new("eval-loss");
+    std::fs::write(dir.0.join("schedule_free.toml"), SCHEDULE_FREE).expect("write");
+    let (mut app, rx) = open(dir.path());
+    typed_settled(&mut app, &rx, "50n");
+    let t = draw(&app, 160, 45);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("base (eval)"), "{screen}");
+    assert!(
+        !screen.contains("adam (eval)"),
+        "adam has no eval params:\n{screen}"
+    );
+    // The eval curve: dim cells of the base run's colour inside the chart.
+    let base = app.session().expect("a session").runs[0].color;
+    let chart = areas(&app, 160, 45).chart;
+    let buf = t.backend().buffer();
+    let dim = (chart.top()..chart.bottom()).any(|y| {
+        (chart.left()..chart.right()).any(|x| {
+            let c = &buf[(x, y)];
+            c.fg == base && c.modifier.contains(Modifier::DIM) && c.symbol() != " "
+        })
+    });
+    assert!(dim, "no dim curve of the base run's colour:\n{screen}");
+    snapshot("eval_loss_schedule_free", &t);
 }
 
 #[test]

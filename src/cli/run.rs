@@ -178,6 +178,11 @@ pub fn build_runs(
 /// The comparison table printed after the runs.
 pub fn comparison_table(summaries: &[Summary]) -> String {
     let mut header = crate::run::summary::TABLE_COLUMNS.to_vec();
+    // The loss at the eval params, when some run's optimizer has them (schedule-free, ASGD).
+    let eval = summaries.iter().any(|s| s.final_eval_loss.is_some());
+    if eval {
+        header.insert(2, "final eval loss");
+    }
     // Each metric's final value, one column a metric (every run of a file has the same ones).
     if let Some(s) = summaries.first() {
         header.extend(s.final_metrics.iter().map(|(n, _)| n.as_str()));
@@ -197,6 +202,9 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
                 s.skipped.to_string(),
                 format!("{:.0}", s.steps_per_s),
             ];
+            if eval {
+                row.insert(2, s.final_eval_loss.map_or("-".into(), fmt_num));
+            }
             row.extend(s.final_metrics.iter().map(|(_, v)| fmt_num(*v)));
             row
         })

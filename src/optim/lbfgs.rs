@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use candle_core::{DType, Tensor};
 
 use super::spec::{Conflict, HyperValue, Lbfgs, SettingError};
-use super::step::{Oracle, Rule, StepCx};
+use super::step::{Oracle, Rule, StateValue, StepCx};
 
 words! {
     /// The line search an L-BFGS iteration uses to choose its step length.
@@ -91,6 +91,14 @@ impl Rule for Lbfgs {
 
     fn init(&self, _params: &[Tensor]) -> candle_core::Result<LbfgsState> {
         Ok(LbfgsState::default())
+    }
+
+    /// torch's cumulative counts.
+    fn state_values(&self, s: &LbfgsState) -> Vec<(&'static str, StateValue)> {
+        vec![
+            ("func_evals", StateValue::Scalar(s.func_evals as f64)),
+            ("n_iter", StateValue::Scalar(s.n_iter as f64)),
+        ]
     }
 
     fn step(&self, s: &mut LbfgsState, cx: &mut StepCx) -> candle_core::Result<Vec<Tensor>> {

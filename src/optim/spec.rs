@@ -116,6 +116,24 @@ impl Hyper for bool {
     }
 }
 
+/// A number that may be infinite: a limit that is off by default (Prodigy's `growth_rate =
+/// inf`), written as a number or `inf`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit(pub f64);
+
+impl Hyper for Limit {
+    const EXPECTS: &'static str = "a number or inf";
+    fn from_raw(raw: RawValue) -> Result<Self, String> {
+        match raw {
+            RawValue::Number(n) if !n.is_nan() => Ok(Limit(n)),
+            _ => Err(expected::<Self>()),
+        }
+    }
+    fn to_value(&self) -> HyperValue {
+        HyperValue::Number(self.0)
+    }
+}
+
 /// A nested optimizer, written as a spec: `fallback=adamw(lr=3e-4)`.
 impl Hyper for Box<OptimizerSpec> {
     const EXPECTS: &'static str = "an optimizer spec";
@@ -162,6 +180,10 @@ pub enum Bound {
     NonPositive,
     /// `1 <= x` (Adafactor's clipping threshold `d`).
     AtLeastOne,
+    /// `0 < x` (Prodigy's `lr`, `eps`, `d0`).
+    Positive,
+    /// `0 < x < 1` (schedule-free's momentum: its eval params divide by it).
+    Open,
 }
 
 impl Bound {
@@ -179,6 +201,8 @@ impl Bound {
             Bound::AboveOne => x > 1.0,
             Bound::NonPositive => x <= 0.0,
             Bound::AtLeastOne => x >= 1.0,
+            Bound::Positive => x > 0.0,
+            Bound::Open => x > 0.0 && x < 1.0,
         }
     }
 
@@ -193,6 +217,8 @@ impl Bound {
             Bound::AboveOne => "greater than 1",
             Bound::NonPositive => "at most 0",
             Bound::AtLeastOne => "at least 1",
+            Bound::Positive => "greater than 0",
+            Bound::Open => "in (0, 1)",
         }
     }
 }
@@ -425,6 +451,17 @@ macro_rules! optimizers {
                 match (self, state) {
                     $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Rule::eval_params(o, s), )*
                     _ => None,
+                }
+            }
+
+            /// The named parts of the optimizer's state (empty when `state` is another's).
+            pub(super) fn state_values_of(
+                &self,
+                state: &RuleState,
+            ) -> Vec<(&'static str, super::step::StateValue)> {
+                match (self, state) {
+                    $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Rule::state_values(o, s), )*
+                    _ => Vec::new(),
                 }
             }
         }
@@ -722,6 +759,70 @@ optimizers! {
         eps: f64 = 1e-30 => Any,
         /// Factor the second moment of params with 2 or more dims.
         factored: bool = true => Any,
+    }
+    /// Schedule-free AdamW (Defazio et al. 2024, as schedulefree): no schedule to tune, the
+    /// model is evaluated at an average of the iterates (eval params).
+    ScheduleFreeAdamW = "schedulefree_adamw" in Modern {
+        /// Learning rate.
+        lr: f64 = 0.0025 => NonNegative,
+        /// Interpolation between the average and the iterate where gradients are taken.
+        beta1: f64 = 0.9 => Open,
+        /// Decay of the second moment (the package's `betas[1]`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to the denominator for numerical stability.
+        eps: f64 = 1e-8 => NonNegative,
+        /// Weight decay, taken at the gradient's point y.
+        weight_decay: f64 = 0.0 => NonNegative,
+        /// Steps of linear learning-rate warmup.
+        warmup_steps: u64 = 0 => Any,
+        /// Polynomial weighting of the average: step k weighs k^r.
+        r: f64 = 0.0 => Any,
+        /// The average weighs each step by its peak lr to this power.
+        weight_lr_power: f64 = 2.0 => Any,
+    }
+    /// Schedule-free SGD (Defazio et al. 2024, as schedulefree): momentum as an interpolation
+    /// with an average of the iterates, which are the eval params.
+    ScheduleFreeSgd = "schedulefree_sgd" in Modern {
+        /// Learning rate.
+        lr: f64 = 1.0 => NonNegative,
+        /// Interpolation between the average and the iterate where gradients are taken.
+        momentum: f64 = 0.9 => Open,
+        /// Weight decay, taken at the gradient's point y.
+        weight_decay: f64 = 0.0 => NonNegative,
+        /// Steps of linear learning-rate warmup.
+        warmup_steps: u64 = 0 => Any,
+        /// Polynomial weighting of the average: step k weighs k^r.
+        r: f64 = 0.0 => Any,
+        /// The average weighs each step by its peak lr to this power.
+        weight_lr_power: f64 = 2.0 => Any,
+    }
+    /// Prodigy (Mishchenko & Defazio 2023, as prodigyopt): Adam whose step size d is estimated
+    /// from the distance travelled, over the whole model.
+    Prodigy = "prodigy" in Modern {
+        /// Multiplier on the estimated step size (leave at 1).
+        lr: f64 = 1.0 => Positive,
+        /// Decay of the first moment (the package's `betas[0]`; 0: no momentum).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the second moment (the package's `betas[1]`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Decay of the step-size estimate's sums (none: sqrt(beta2)).
+        beta3: Option<f64> = None => Any,
+        /// Added to the denominator (times d) for numerical stability.
+        eps: f64 = 1e-8 => Positive,
+        /// Weight decay, decoupled (AdamW's) unless `decouple` is false.
+        weight_decay: f64 = 0.0 => Any,
+        /// Decoupled (AdamW) weight decay; false: added to the gradient (Adam's).
+        decouple: bool = true => Any,
+        /// Adam's bias correction, in the step size.
+        use_bias_correction: bool = false => Any,
+        /// Leave the lr out of the estimate's denominator (steadier under warmup).
+        safeguard_warmup: bool = false => Any,
+        /// The initial step-size estimate.
+        d0: f64 = 1e-6 => Positive,
+        /// Multiplier on the step-size estimate: the preferred knob.
+        d_coef: f64 = 1.0 => Any,
+        /// Most the estimate may grow per step, as a factor (inf: no limit).
+        growth_rate: Limit = Limit(f64::INFINITY) => Any,
     }
 }
 

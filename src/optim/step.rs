@@ -48,6 +48,21 @@ pub trait Rule {
     fn eval_params(&self, _state: &Self::State) -> Option<Vec<Tensor>> {
         None
     }
+
+    /// The parts of its state worth showing by name, beyond the params (schedule-free's `z`,
+    /// Prodigy's `d`): what tests compare with the references' state.
+    fn state_values(&self, _state: &Self::State) -> Vec<(&'static str, StateValue)> {
+        Vec::new()
+    }
+}
+
+/// One named part of an optimizer's state.
+#[derive(Debug, Clone)]
+pub enum StateValue {
+    /// One number for the whole model (Prodigy's `d`).
+    Scalar(f64),
+    /// One tensor per param, in param order (schedule-free's `z`).
+    PerParam(Vec<Tensor>),
 }
 
 /// One optimizer's update of one param, over tensors only: how the elementwise optimizers are
@@ -110,6 +125,11 @@ impl OptimizerState {
     /// The optimizer's own state (torch's `optimizer.state`), to inspect.
     pub fn rule(&self) -> &RuleState {
         &self.rule
+    }
+
+    /// The named parts of `spec`'s state ([`Rule::state_values`]).
+    pub fn state_values(&self, spec: &OptimizerSpec) -> Vec<(&'static str, StateValue)> {
+        spec.state_values_of(&self.rule)
     }
 }
 

@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 
 use super::spec::{Adadelta, Adamax, Asgd, NAdam, RAdam, Rprop};
-use super::step::{Rule, StepCx, UpdateRule, add_scaled, lerp};
+use super::step::{Rule, StateValue, StepCx, UpdateRule, add_scaled, lerp};
 
 /// Adadelta's state.
 #[derive(Debug, Clone, Default)]
@@ -136,6 +136,20 @@ impl Rule for Asgd {
     /// The average of the iterates since averaging started (the params until then).
     fn eval_params(&self, s: &AsgdState) -> Option<Vec<Tensor>> {
         (!s.ax.is_empty()).then(|| s.ax.clone())
+    }
+
+    /// torch's `eta`, `mu` and `ax` after the step (ax only once there is one).
+    fn state_values(&self, s: &AsgdState) -> Vec<(&'static str, StateValue)> {
+        let mut out: Vec<(&'static str, StateValue)> = s
+            .eta
+            .map(|eta| ("eta", StateValue::Scalar(eta)))
+            .into_iter()
+            .collect();
+        out.push(("mu", StateValue::Scalar(s.mu)));
+        if !s.ax.is_empty() {
+            out.push(("ax", StateValue::PerParam(s.ax.clone())));
+        }
+        out
     }
 }
 

@@ -8,7 +8,8 @@ use super::summary::Summary;
 use crate::format::json_num;
 
 /// One logged row of run `run` (whose params are `names`) as a JSON object: the state at θ_k,
-/// and the update then taken (null on the last row).
+/// and the update then taken (null on the last row); `eval_loss` is null when the optimizer
+/// has no eval params.
 pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
     let per = |v: &[f32]| -> serde_json::Map<String, Value> {
         names
@@ -20,7 +21,8 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
     let bad: Vec<&String> = r.nonfinite_params().map(|i| &names[i]).collect();
     let update = |v: Value| if r.stepped() { v } else { Value::Null };
     json!({
-        "run": run, "step": r.step, "loss": json_num(r.core.loss), "grad_norm": json_num(r.core.grad_norm as f64),
+        "run": run, "step": r.step, "loss": json_num(r.core.loss),
+        "eval_loss": r.eval_loss.map_or(Value::Null, json_num), "grad_norm": json_num(r.core.grad_norm as f64),
         "lr": json_num(r.core.lr as f64), "update_norm": update(json_num(r.core.update_norm as f64)),
         "update_ratio": update(json_num(r.core.update_ratio as f64)), "clipped": update(r.has(flags::CLIPPED).into()),
         "skipped": update(r.has(flags::SKIPPED).into()), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
@@ -45,7 +47,8 @@ pub fn summary_json(s: &Summary) -> Value {
         .collect();
     json!({
         "run": s.run, "summary": true, "optimizer": s.optimizer, "dtype": s.dtype,
-        "final_loss": json_num(s.final_loss), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
+        "final_loss": json_num(s.final_loss),
+        "final_eval_loss": s.final_eval_loss.map_or(Value::Null, json_num), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
         "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
         "skipped": s.skipped, "halted": s.halted, "interrupted_at": s.interrupted, "steps_per_s": s.steps_per_s, "final_params": params,
         "final_metrics": super::metrics::metrics_json(&s.final_metrics),
@@ -68,6 +71,7 @@ pub fn csv_header(names: &[String]) -> String {
         "nonfinite_update",
         "nonfinite_grads",
         "func_evals",
+        "eval_loss",
     ]
     .into_iter()
     .map(String::from)
@@ -77,7 +81,7 @@ pub fn csv_header(names: &[String]) -> String {
 }
 
 /// One logged row as a CSV row matching [`csv_header`]; the update's cells are empty on the
-/// last row.
+/// last row, the eval loss's when the optimizer has no eval params.
 pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     let update = |s: String| if r.stepped() { s } else { String::new() };
@@ -96,6 +100,7 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
         update(r.has(flags::UPDATE_NONFINITE).to_string()),
         quote(&bad.join(" ")),
         update(r.core.func_evals.to_string()),
+        r.eval_loss.map_or(String::new(), |l| l.to_string()),
     ];
     cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));
     cells.join(",")

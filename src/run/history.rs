@@ -1,5 +1,6 @@
 //! A run's per-step record, stored compactly: a 32-byte core per step plus per-param norms in
-//! flat f32 arrays (32 + 8 bytes per param a step: a million steps of a 6-param MLP take 80 MB).
+//! flat f32 arrays (32 + 8 bytes per param a step: a million steps of a 6-param MLP take 80 MB),
+//! and 8 bytes more for the loss at the eval params of the optimizers that have them.
 //!
 //! Row k is the state at θ_k, the params after k updates: the loss, gradient and norms there,
 //! plus the update then taken from θ_k. A run of N steps holds rows 0..=N; the last row's update
@@ -69,6 +70,9 @@ pub struct StepRecord {
     /// norm beyond f32's range is stored as f32::MAX).
     pub param_grad_norms: Vec<f32>,
     pub param_norms: Vec<f32>,
+    /// The loss at the optimizer's eval params after the same updates (schedule-free's x,
+    /// ASGD's average), forward only; None when it evaluates where it takes gradients.
+    pub eval_loss: Option<f64>,
 }
 
 impl StepRecord {
@@ -94,6 +98,7 @@ impl StepRecord {
             },
             param_grad_norms: vec![1.0; n_params],
             param_norms: vec![1.0; n_params],
+            eval_loss: None,
         }
     }
 
@@ -149,6 +154,9 @@ pub struct History {
     cores: Vec<Core>,
     grad_norms: Vec<f32>,
     param_norms: Vec<f32>,
+    /// Each kept row's eval loss, once a row had one (NaN for rows without); empty until then,
+    /// so runs without eval params pay nothing.
+    eval_losses: Vec<f64>,
 }
 
 impl History {
@@ -196,6 +204,10 @@ impl History {
         self.cores.push(r.core);
         self.grad_norms.extend_from_slice(&r.param_grad_norms);
         self.param_norms.extend_from_slice(&r.param_norms);
+        if r.eval_loss.is_some() || !self.eval_losses.is_empty() {
+            self.eval_losses.resize(self.cores.len() - 1, f64::NAN);
+            self.eval_losses.push(r.eval_loss.unwrap_or(f64::NAN));
+        }
         if let Some(w) = self.window
             && self.cores.len() > 2 * w
         {
@@ -203,6 +215,7 @@ impl History {
             self.cores.drain(..drop);
             self.grad_norms.drain(..drop * self.n_params);
             self.param_norms.drain(..drop * self.n_params);
+            self.eval_losses.drain(..drop.min(self.eval_losses.len()));
             self.first += drop;
         }
     }
@@ -242,6 +255,17 @@ impl History {
         }
     }
 
+    /// The loss at the eval params at `step`: None when no kept row has one (the optimizer
+    /// has no eval params) or the row is not kept, NaN for a row without one among rows with.
+    pub fn eval_loss(&self, step: usize) -> Option<f64> {
+        self.at(step).and_then(|i| self.eval_losses.get(i).copied())
+    }
+
+    /// Whether any kept row has an eval loss (the run's optimizer has eval params).
+    pub fn has_eval_loss(&self) -> bool {
+        !self.eval_losses.is_empty()
+    }
+
     /// The kept rows' cores, in order from step [`History::first`].
     pub fn cores(&self) -> &[Core] {
         &self.cores
@@ -256,6 +280,7 @@ impl History {
             core: self.cores[i],
             param_grad_norms: self.grad_norms[r.clone()].to_vec(),
             param_norms: self.param_norms[r].to_vec(),
+            eval_loss: self.eval_loss(step),
         })
     }
 
@@ -290,6 +315,7 @@ impl History {
         self.cores.truncate(keep);
         self.grad_norms.truncate(keep * self.n_params);
         self.param_norms.truncate(keep * self.n_params);
+        self.eval_losses.truncate(keep);
         self.first = self.first.min(len);
     }
 
@@ -297,6 +323,7 @@ impl History {
     pub fn bytes(&self) -> usize {
         self.cores.capacity() * std::mem::size_of::<Core>()
             + (self.grad_norms.capacity() + self.param_norms.capacity()) * 4
+            + self.eval_losses.capacity() * 8
     }
 }
 
@@ -323,6 +350,30 @@ mod tests {
         assert!(h.param_norm(0, 1).is_finite());
         assert!(h.param_norm(0, 2).is_nan());
         assert!(h.param_grad_norm(1, 0).is_nan());
+    }
+
+    #[test]
+    fn eval_losses_stay_with_their_rows_through_windows_and_truncation() {
+        let with_eval = |k: u64| StepRecord {
+            eval_loss: Some(100.0 + k as f64),
+            ..StepRecord::synthetic(k, k as f64, 1)
+        };
+        let mut h = History::new(1);
+        h.push(&StepRecord::synthetic(0, 0.0, 1));
+        assert!(!h.has_eval_loss());
+        assert_eq!(h.get(0).unwrap().eval_loss, None);
+        h.push(&with_eval(1));
+        assert!(h.eval_loss(0).unwrap().is_nan());
+        assert_eq!(h.get(1).unwrap().eval_loss, Some(101.0));
+        h.truncate(1);
+        assert_eq!(h.eval_loss(1), None);
+        let mut w = History::windowed(1, 3);
+        for k in 0..10 {
+            w.push(&with_eval(k));
+        }
+        for k in w.first()..10 {
+            assert_eq!(w.eval_loss(k), Some(100.0 + k as f64));
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
-use crate::optim::step::{OptimizerState, Oracle, StepCx, update};
+use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx, update};
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
@@ -533,6 +533,8 @@ impl Run {
                 })
                 .collect(),
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
+            // A failed forward at the eval params is a NaN there, as a NaN loss would be.
+            eval_loss: self.eval_loss().map(|l| l.unwrap_or(f64::NAN)),
         });
         self.current = Some(eval);
         Ok(())
@@ -721,6 +723,12 @@ impl Run {
                 .map(|t| crate::compile::values_f64(t).unwrap_or_default())
                 .collect(),
         )
+    }
+
+    /// The named parts of the optimizer's state beyond the params (schedule-free's `z`,
+    /// Prodigy's `d`).
+    pub fn state_values(&self) -> Vec<(&'static str, StateValue)> {
+        self.state.state_values(&self.config.optimizer)
     }
 
     /// The loss at the eval params ([`Self::eval_param_values`]), forward only; the params are

@@ -37,6 +37,8 @@ pub struct Summary {
     pub dtype: &'static str,
     pub steps: u64,
     pub final_loss: f64,
+    /// The loss at the eval params after the last update (None: the optimizer has none).
+    pub final_eval_loss: Option<f64>,
     pub best_loss: f64,
     pub best_step: Option<u64>,
     pub first_nonfinite_step: Option<u64>,
@@ -89,6 +91,11 @@ pub fn drive(
         steps: run.step_count(),
         // The last row's: the loss at the params after the last update.
         final_loss: totals.last_loss.unwrap_or(f64::NAN),
+        final_eval_loss: run
+            .history()
+            .len()
+            .checked_sub(1)
+            .and_then(|k| run.history().eval_loss(k)),
         best_loss: totals.best.map_or(f64::NAN, |(_, loss)| loss),
         best_step: totals.best.map(|(step, _)| step),
         first_nonfinite_step: totals.first_nonfinite,

@@ -10,6 +10,8 @@ use crate::run::history::{History, StepRecord};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
     Loss,
+    /// The loss at the optimizer's eval params (NaN where it has none).
+    EvalLoss,
     GradNorm,
     ParamGradNorm(usize),
     Lr,
@@ -31,6 +33,7 @@ impl Metric {
     pub fn all(n_params: usize) -> Vec<Metric> {
         let mut m = vec![
             Metric::Loss,
+            Metric::EvalLoss,
             Metric::GradNorm,
             Metric::Lr,
             Metric::UpdateRatio,
@@ -45,6 +48,7 @@ impl Metric {
         let c = &r.core;
         match self {
             Metric::Loss => c.loss,
+            Metric::EvalLoss => r.eval_loss.unwrap_or(f64::NAN),
             Metric::GradNorm => f64::from(c.grad_norm),
             Metric::Lr => f64::from(c.lr),
             Metric::UpdateRatio => f64::from(c.update_ratio),
@@ -58,6 +62,7 @@ impl Metric {
         let c = h.core(k);
         match self {
             Metric::Loss => c.loss,
+            Metric::EvalLoss => h.eval_loss(k).unwrap_or(f64::NAN),
             Metric::GradNorm => f64::from(c.grad_norm),
             Metric::Lr => f64::from(c.lr),
             Metric::UpdateRatio => f64::from(c.update_ratio),

@@ -13,7 +13,8 @@ use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
 use crate::tui::chart::{self, Metric, Series, Stream};
 use crate::tui::session::RunView;
 
-/// The metrics a tab plots for one run, with a label suffix each.
+/// The metrics a tab plots for one run, with a label suffix each: the loss tabs add the loss
+/// at the eval params of an optimizer that has them.
 fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
     let params = if run.history.is_empty() {
         0
@@ -23,7 +24,13 @@ fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
     let names: Vec<String> = run.params.iter().map(|p| p.name.clone()).collect();
     let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("p{i}"));
     match app.tab {
-        Tab::Loss | Tab::Landscape | Tab::Metrics => vec![(Metric::Loss, String::new())],
+        Tab::Loss | Tab::Landscape | Tab::Metrics => {
+            let mut m = vec![(Metric::Loss, String::new())];
+            if run.history.has_eval_loss() {
+                m.push((Metric::EvalLoss, " (eval)".into()));
+            }
+            m
+        }
         Tab::GradNorm if app.per_param => (0..params)
             .map(|i| (Metric::ParamGradNorm(i), format!(" ∇{}", name(i))))
             .collect(),
@@ -98,8 +105,10 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         name: String,
         color: Color,
         /// Whether a non-finite value is a NaN/Inf event (not for the update ratio, which is
-        /// undefined while every param is zero).
+        /// undefined while every param is zero, nor the eval loss, whose run's loss marks it).
         events: bool,
+        /// Drawn dimmer: the loss at the eval params, beside its run's loss.
+        dim: bool,
         raw: Series,
         smooth: Option<Series>,
     }
@@ -141,7 +150,8 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             drawn.push(Drawn {
                 name: format!("{}{suffix}", r.info.name),
                 color: r.color,
-                events: !matches!(m, Metric::UpdateRatio | Metric::Lr),
+                events: !matches!(m, Metric::UpdateRatio | Metric::Lr | Metric::EvalLoss),
+                dim: m == Metric::EvalLoss,
                 raw,
                 smooth,
             });
@@ -188,10 +198,14 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         datasets.push(d);
     }
     for d in &drawn {
+        let color = match d.dim {
+            true => Style::new().fg(d.color).add_modifier(Modifier::DIM),
+            false => Style::new().fg(d.color),
+        };
         let raw_style = if d.smooth.is_some() {
             Style::new().fg(Color::DarkGray)
         } else {
-            Style::new().fg(d.color)
+            color
         };
         let mut raw = Dataset::default()
             .marker(Marker::Braille)
@@ -208,7 +222,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
                     .name(d.name.clone())
                     .marker(Marker::Braille)
                     .graph_type(GraphType::Line)
-                    .style(Style::new().fg(d.color))
+                    .style(color)
                     .data(&sm.points),
             );
         }
