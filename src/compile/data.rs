@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
+use super::arrays::ArrayError;
 use super::lower::{Kind, Lowerer};
 use super::plan::Op;
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Spanned};
-use crate::lang::file::{DataValue, LossFile};
+use crate::lang::file::{ArrayFile, DataValue, LossFile};
 
 /// A named tensor in f64.
 #[derive(Debug, Clone)]
@@ -19,18 +20,25 @@ pub struct Named {
     pub name: String,
     pub span: Span,
     pub value: Tensor,
-}
-
-enum Source<'a> {
-    Expr(&'a Expr),
-    Csv(&'a Spanned<std::path::PathBuf>, &'a [Spanned<String>]),
+    /// Where its values come from when a file gave them: `read from data/x.npy`, `computed from
+    /// data/points.csv` (for shape reports, which then name the file).
+    pub origin: Option<String>,
 }
 
 struct Entry<'a> {
     name: &'a Spanned<String>,
     kind: Kind,
-    source: Source<'a>,
+    source: &'a DataValue,
     deps: Vec<String>,
+}
+
+/// How a report names an entry's file: `data/x.npy`, or `m.safetensors, key `fc1.weight``.
+fn file_name(v: &DataValue) -> Option<String> {
+    let path = v.path()?.node.display();
+    Some(match v {
+        DataValue::Array(ArrayFile { key: Some(k), .. }) => format!("{path}, key `{}`", k.node),
+        _ => path.to_string(),
+    })
 }
 
 /// Data and initial params, each in file order; None where an entry failed.
@@ -41,30 +49,20 @@ pub struct Values {
 
 /// Evaluates every data entry and initial param, reporting errors as diagnostics.
 pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
-    let mut entries: Vec<Entry> = Vec::new();
-    for d in &file.data {
-        let source = match &d.value {
-            DataValue::Expr(e) => Source::Expr(e),
-            DataValue::Csv { path, columns } => Source::Csv(path, columns),
-        };
-        entries.push(Entry {
-            name: &d.name,
-            kind: Kind::Data,
-            deps: match &source {
-                Source::Expr(e) => free_names(e),
-                Source::Csv(..) => Vec::new(),
-            },
+    let data = file.data.iter().map(|d| (&d.name, Kind::Data, &d.value));
+    let params = file.params.iter().map(|p| (&p.name, Kind::Param, &p.value));
+    let entries: Vec<Entry> = data
+        .chain(params)
+        .map(|(name, kind, source)| Entry {
+            name,
+            kind,
             source,
-        });
-    }
-    for p in &file.params {
-        entries.push(Entry {
-            name: &p.name,
-            kind: Kind::Param,
-            source: Source::Expr(&p.value),
-            deps: free_names(&p.value),
-        });
-    }
+            deps: match source {
+                DataValue::Expr(e) => free_names(e),
+                _ => Vec::new(),
+            },
+        })
+        .collect();
     let index: HashMap<&str, usize> = entries
         .iter()
         .enumerate()
@@ -74,7 +72,22 @@ pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
 
     let mut values: Vec<Option<Tensor>> = vec![None; entries.len()];
     let mut failed = vec![false; entries.len()];
+    // The files each entry's values come from: its own, or those of the entries it reads.
+    let mut files: Vec<Vec<String>> = vec![Vec::new(); entries.len()];
     for i in order {
+        files[i] = match file_name(entries[i].source) {
+            Some(f) => vec![f],
+            None => {
+                let mut from: Vec<String> = entries[i]
+                    .deps
+                    .iter()
+                    .filter_map(|d| index.get(d.as_str()))
+                    .flat_map(|&j| files[j].clone())
+                    .collect();
+                from.dedup();
+                from
+            }
+        };
         let e = &entries[i];
         if e.kind == Kind::Data
             && let Some(p) = e.deps.iter().find(|d| {
@@ -91,9 +104,12 @@ pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
             failed[i] = true;
             continue;
         }
-        let value = match &e.source {
-            Source::Csv(path, columns) => read_csv(&file.source, file.dir(), path, columns, diags),
-            Source::Expr(expr) => {
+        let value = match e.source {
+            DataValue::Csv { path, columns } => {
+                read_csv(&file.source, file.dir(), path, columns, diags)
+            }
+            DataValue::Array(a) => read_array(&file.source, file.dir(), a, diags),
+            DataValue::Expr(expr) => {
                 let context = format!("{:?}:{}", e.kind, e.name.node);
                 let mut lw = Lowerer::new(&file.source, file.seed, &context);
                 for c in &file.consts {
@@ -128,6 +144,11 @@ pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
             name: entries[i].name.node.clone(),
             span: entries[i].name.span.clone(),
             value: value.clone(),
+            origin: match (entries[i].source, files[i].as_slice()) {
+                (_, []) => None,
+                (DataValue::Expr(_), from) => Some(format!("computed from {}", from.join(" and "))),
+                (_, [own, ..]) => Some(format!("read from {own}")),
+            },
         })
     };
     let n = file.data.len();
@@ -349,6 +370,47 @@ fn read_csv(
         return error(format!("CSV `{shown}` has no data rows"), &path.span, None);
     }
     Tensor::from_vec(values, (rows, columns.len()), &Device::Cpu).ok()
+}
+
+/// One array of a NumPy or safetensors file, as f64; errors point at the key when the key is
+/// at fault, else at the path.
+fn read_array(
+    source: &Arc<SourceFile>,
+    dir: &Path,
+    a: &ArrayFile,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Tensor> {
+    let full = dir.join(&a.path.node);
+    let shown = a.path.node.display().to_string();
+    let key = a.key.as_ref().map(|k| k.node.as_str());
+    let e = match super::arrays::read(a.format, &full, key, &shown) {
+        Ok(t) => return Some(t),
+        Err(e) => e,
+    };
+    let at_key = matches!(
+        e,
+        ArrayError::NoKey { .. } | ArrayError::Dtype { .. } | ArrayError::TooLarge { .. }
+    );
+    let span = match (&a.key, at_key) {
+        (Some(k), true) => k.span.clone(),
+        _ => a.path.span.clone(),
+    };
+    let help = match (&e, key) {
+        (ArrayError::Io { .. }, _) => Some(format!(
+            "the path is relative to the loss file: {}",
+            full.display()
+        )),
+        (ArrayError::NoKey { keys, .. }, Some(k)) => {
+            did_you_mean(k, keys.iter().map(String::as_str)).or_else(|| e.help())
+        }
+        _ => e.help(),
+    };
+    diags.push(
+        Diagnostic::error(e.to_string())
+            .at(source, span)
+            .help_opt(help),
+    );
+    None
 }
 
 fn io_message(e: &csv::Error) -> String {

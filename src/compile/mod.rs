@@ -1,6 +1,7 @@
 //! The compiler: a checked loss file becomes float64 data, initial params and one plan per run,
 //! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
 
+pub mod arrays;
 pub mod batch;
 pub mod curvature;
 pub mod data;
@@ -203,6 +204,11 @@ fn lower_run(
     for (j, p) in params.iter().enumerate() {
         let shape = Shape(p.value.dims().to_vec());
         lw.bind_input(&p.name, data.len() + j, Kind::Param, shape, p.span.clone());
+    }
+    for (i, n) in data.iter().chain(params).enumerate() {
+        if let Some(origin) = &n.origin {
+            lw.note_origin(i, &n.name, origin);
+        }
     }
     let base_lines: HashSet<String> = file
         .loss

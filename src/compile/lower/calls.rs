@@ -167,7 +167,7 @@ impl Lowerer {
             Builtin::Clamp | Builtin::Where => {
                 let s = self.broadcast(name, regs[0], regs[1], span)?;
                 let third = self.shape(regs[2]).clone();
-                let s = self.broadcast_shapes(name, s, third, span)?;
+                let s = self.broadcast_shapes(name, s, third, &regs, span)?;
                 let op = if f == Builtin::Clamp {
                     Op::Clamp
                 } else {

@@ -75,6 +75,9 @@ pub struct Lowerer {
     data_values: HashMap<usize, Tensor>,
     /// How many `detach(...)` calls enclose the expression being lowered.
     detached: usize,
+    /// The inputs whose values came from a file, by input index: their name and origin
+    /// (`read from data/x.npy`), so a shape report can name the file.
+    origins: HashMap<usize, (String, String)>,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -101,6 +104,7 @@ impl Lowerer {
             functions: Arc::new(Vec::new()),
             data_values: HashMap::new(),
             detached: 0,
+            origins: HashMap::new(),
             diags: Vec::new(),
         }
     }
@@ -422,6 +426,41 @@ impl Lowerer {
         self.data_values.insert(index, value.clone());
     }
 
+    /// Records that input `index`, bound as `name`, came from a file (`origin`: `read from
+    /// data/x.npy`): shape mismatches it takes part in then say so.
+    pub fn note_origin(&mut self, index: usize, name: &str, origin: &str) {
+        self.origins
+            .insert(index, (name.to_string(), origin.to_string()));
+    }
+
+    /// `` (`X` [100, 3] is read from data/x.npy)``: the file-read inputs that `regs` are
+    /// computed from, for a shape mismatch's message; empty when none is.
+    fn file_note(&self, regs: &[Reg]) -> String {
+        let mut seen = HashSet::new();
+        let mut stack = regs.to_vec();
+        let mut found = Vec::new();
+        while let Some(r) = stack.pop() {
+            if !seen.insert(r) {
+                continue;
+            }
+            let instr = &self.instrs[r];
+            if let Op::Input(i) = instr.op
+                && let Some((name, origin)) = self.origins.get(&i)
+            {
+                found.push((r, format!("`{name}` {} is {origin}", instr.shape)));
+            }
+            stack.extend(&instr.args);
+        }
+        found.sort();
+        match found.len() {
+            0 => String::new(),
+            _ => {
+                let notes: Vec<String> = found.into_iter().map(|(_, n)| n).collect();
+                format!(" ({})", notes.join("; "))
+            }
+        }
+    }
+
     /// The value of `r` when it reads only constants and data bound with [`Lowerer::bind_data`];
     /// None when it reads a param. `memo` holds the values already computed.
     fn value_before_run(&self, r: Reg, memo: &mut HashMap<Reg, Option<Tensor>>) -> Option<Tensor> {
@@ -463,14 +502,16 @@ impl Lowerer {
 
     fn broadcast(&mut self, op: &str, a: Reg, b: Reg, span: &Span) -> Result<Shape, Reported> {
         let (sa, sb) = (self.shape(a).clone(), self.shape(b).clone());
-        self.broadcast_shapes(op, sa, sb, span)
+        self.broadcast_shapes(op, sa, sb, &[a, b], span)
     }
 
+    /// The broadcast of `sa` and `sb`, the shapes of (or computed from) `regs`.
     fn broadcast_shapes(
         &mut self,
         op: &str,
         sa: Shape,
         sb: Shape,
+        regs: &[Reg],
         span: &Span,
     ) -> Result<Shape, Reported> {
         match shape::broadcast(&sa, &sb) {
@@ -488,7 +529,10 @@ impl Lowerer {
                 Ok(s)
             }
             None => Err(self.fail(
-                format!("shape mismatch: `{op}` cannot broadcast {sa} with {sb}"),
+                format!(
+                    "shape mismatch: `{op}` cannot broadcast {sa} with {sb}{}",
+                    self.file_note(regs)
+                ),
                 span,
                 Some("shapes broadcast when, from the last axis back, each pair of sizes is equal or one of them is 1".into()),
             )),
@@ -509,7 +553,10 @@ impl Lowerer {
                         self.emit(op, vec![l, r], s, span)
                     }
                     Err(why) => Err(self.fail(
-                        format!("shape mismatch: `@` cannot multiply {sa} by {sb}"),
+                        format!(
+                            "shape mismatch: `@` cannot multiply {sa} by {sb}{}",
+                            self.file_note(&[l, r])
+                        ),
                         op_span,
                         Some(why.to_string()),
                     )),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile, MetricEntry, ParamEntry,
-    Setting, SettingValue, Variant, is_identifier, string_offsets,
+    ArrayFile, ArrayFormat, ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile,
+    MetricEntry, ParamEntry, Setting, SettingValue, Variant, is_identifier, string_offsets,
 };
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
@@ -45,7 +45,10 @@ const VARIANT_KEYS: &[&str] = &[
 ];
 /// Run settings a variant may also give as its own keys.
 const VARIANT_RUN_KEYS: &[&str] = &["grad", "loss_scale", "accumulate"];
-const CSV_KEYS: &[&str] = &["csv", "columns"];
+/// The keys of a file source in `[data]` or `[params]`.
+const SOURCE_KEYS: &[&str] = &["csv", "columns", "npy", "npz", "safetensors", "key"];
+/// The keys that name a source's file, one per format.
+const FILE_KEYS: &[&str] = &["csv", "npy", "npz", "safetensors"];
 
 type Value<'a> = toml::Spanned<DeValue<'a>>;
 
@@ -144,14 +147,15 @@ impl Checker {
             }
         };
         let data = self.entries(&root, "data", |cx, name, v| {
-            cx.data_value(v).map(|value| DataEntry { name, value })
+            cx.data_value(v, "a data entry", "data")
+                .map(|value| DataEntry { name, value })
         });
         let consts = self.entries(&root, "consts", |cx, name, v| {
             cx.number(v, "a const")
                 .map(|value| ConstEntry { name, value })
         });
         let params = self.entries(&root, "params", |cx, name, v| {
-            cx.expr_value(v, "a param")
+            cx.data_value(v, "a param", "params")
                 .map(|value| ParamEntry { name, value })
         });
         match root.get("params") {
@@ -512,19 +516,93 @@ impl Checker {
         }
     }
 
-    fn data_value(&mut self, v: &Value) -> Option<DataValue> {
+    /// A `[data]` or `[params]` value (`what` names it, `table` is its table): an expression, or
+    /// a table naming the file it is read from.
+    fn data_value(&mut self, v: &Value, what: &str, table: &str) -> Option<DataValue> {
         let (value, span) = spanned(v);
         let DeValue::Table(t) = value else {
-            return self.expr_value(v, "a data entry").map(DataValue::Expr);
+            return self.expr_value(v, what).map(DataValue::Expr);
         };
-        self.check_keys(t, CSV_KEYS, "a CSV source");
-        let Some(path) = t.get("csv") else {
-            self.error("a table in [data] must name a CSV file", span)
-                .help =
-                Some("e.g. pts = { csv = \"data/points.csv\", columns = [\"a\", \"b\"] }".into());
+        self.check_keys(t, SOURCE_KEYS, "a file source");
+        let files: Vec<(&str, &Value)> = FILE_KEYS
+            .iter()
+            .filter_map(|&k| t.get(k).map(|v| (k, v)))
+            .collect();
+        let (kind, path) = match files.as_slice() {
+            [one] => *one,
+            [] => {
+                self.error(
+                    format!("a table in [{table}] must name the file it reads"),
+                    span,
+                )
+                .help = Some(
+                    "e.g. x = { npy = \"data/x.npy\" }, d = { npz = \"d.npz\", key = \"x\" }, \
+                     w = { safetensors = \"m.safetensors\", key = \"fc1.weight\" } or \
+                     pts = { csv = \"data/points.csv\", columns = [\"a\", \"b\"] }"
+                        .into(),
+                );
+                return None;
+            }
+            [(first, _), (second, v2), ..] => {
+                self.error(
+                    format!("`{first}` and `{second}` both name a file"),
+                    v2.span(),
+                )
+                .help = Some("an entry reads one file: keep one of them".into());
+                return None;
+            }
+        };
+        let (path_text, path_span) = self.string(path, &format!("`{kind}`"))?;
+        let path = Spanned::new(PathBuf::from(path_text), path_span);
+        if kind == "csv" {
+            if let Some(k) = t.get("key") {
+                self.error(
+                    "`key` picks an array of an npz or safetensors file",
+                    k.span(),
+                )
+                .help = Some("a CSV source picks `columns`".into());
+                return None;
+            }
+            return self.csv_source(t, path, span);
+        }
+        if let Some(c) = t.get("columns") {
+            self.error(
+                format!("`columns` is for CSV sources, not `{kind}`"),
+                c.span(),
+            )
+            .help = Some(match kind {
+                "npy" => "a .npy file holds one array: leave `columns` out".into(),
+                _ => "name the array with `key = \"...\"`".into(),
+            });
             return None;
+        }
+        let format = ArrayFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == kind)
+            .expect("FILE_KEYS lists every array format");
+        let key = match t.get("key") {
+            None => None,
+            Some(k) if !format.has_keys() => {
+                self.error("a .npy file holds one array: it has no keys", k.span())
+                    .help = Some(
+                    "leave `key` out, or read a file of several arrays with npz = \"...\"".into(),
+                );
+                return None;
+            }
+            Some(k) => {
+                let (text, span) = self.string(k, "`key`")?;
+                if text.is_empty() {
+                    self.error("`key` is empty", span).help =
+                        Some("name the array to read, e.g. key = \"x\"".into());
+                    return None;
+                }
+                Some(Spanned::new(text, span))
+            }
         };
-        let (path_text, path_span) = self.string(path, "`csv`")?;
+        Some(DataValue::Array(ArrayFile { format, path, key }))
+    }
+
+    fn csv_source(&mut self, t: &DeTable, path: Spanned<PathBuf>, span: Span) -> Option<DataValue> {
         let Some(cols) = t.get("columns") else {
             self.error("a CSV source needs `columns`", span).help =
                 Some("list the columns to read, e.g. columns = [\"a\", \"b\"]".into());
@@ -544,10 +622,7 @@ impl Checker {
             self.error("`columns` is empty", cols_span);
             return None;
         }
-        Some(DataValue::Csv {
-            path: Spanned::new(PathBuf::from(path_text), path_span),
-            columns,
-        })
+        Some(DataValue::Csv { path, columns })
     }
 }
 

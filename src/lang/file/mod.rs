@@ -41,7 +41,7 @@ impl DType {
     }
 }
 
-/// A `[data]` entry's value.
+/// A `[data]` or `[params]` entry's value: an expression, or values read from a file.
 #[derive(Debug, Clone)]
 pub enum DataValue {
     Expr(Expr),
@@ -49,6 +49,59 @@ pub enum DataValue {
         path: Spanned<PathBuf>,
         columns: Vec<Spanned<String>>,
     },
+    /// One array of a NumPy or safetensors file.
+    Array(ArrayFile),
+}
+
+impl DataValue {
+    /// The file it reads, as written (relative to the loss file); None for an expression.
+    pub fn path(&self) -> Option<&Spanned<PathBuf>> {
+        match self {
+            DataValue::Expr(_) => None,
+            DataValue::Csv { path, .. } | DataValue::Array(ArrayFile { path, .. }) => Some(path),
+        }
+    }
+}
+
+/// The file formats an array can be read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArrayFormat {
+    /// `.npy`: one array.
+    Npy,
+    /// `.npz`: named `.npy` arrays in a zip (as `np.savez` writes them, compressed or not).
+    Npz,
+    /// `.safetensors`: named tensors.
+    Safetensors,
+}
+
+impl ArrayFormat {
+    /// Every format, in the order the docs list them.
+    pub const ALL: [ArrayFormat; 3] =
+        [ArrayFormat::Npy, ArrayFormat::Npz, ArrayFormat::Safetensors];
+
+    /// The key that names it in a loss file (also its usual extension).
+    pub fn name(self) -> &'static str {
+        match self {
+            ArrayFormat::Npy => "npy",
+            ArrayFormat::Npz => "npz",
+            ArrayFormat::Safetensors => "safetensors",
+        }
+    }
+
+    /// Whether a file of this format holds several named arrays, so a `key` picks one.
+    pub fn has_keys(self) -> bool {
+        self != ArrayFormat::Npy
+    }
+}
+
+/// `{ npy = "x.npy" }`, `{ npz = "d.npz", key = "x" }`, `{ safetensors = "m.safetensors", key =
+/// "fc1.weight" }`: where one array is read from. The key may be left out when the file holds a
+/// single array.
+#[derive(Debug, Clone)]
+pub struct ArrayFile {
+    pub format: ArrayFormat,
+    pub path: Spanned<PathBuf>,
+    pub key: Option<Spanned<String>>,
 }
 
 /// A `[data]` entry: a name and where its values come from.
@@ -65,11 +118,11 @@ pub struct ConstEntry {
     pub value: f64,
 }
 
-/// A `[params]` entry: a name and the expression of its initial value.
+/// A `[params]` entry: a name and its initial value (an expression, or read from a file).
 #[derive(Debug, Clone)]
 pub struct ParamEntry {
     pub name: Spanned<String>,
-    pub value: Expr,
+    pub value: DataValue,
 }
 
 /// A `[metrics]` entry: a named scalar expression evaluated beside the loss, without gradients.
@@ -153,20 +206,23 @@ impl LossFile {
         &self.source.path
     }
 
-    /// Directory that relative paths (CSV sources) are resolved against.
+    /// Directory that relative paths (CSV, NumPy and safetensors sources) are resolved against.
     pub fn dir(&self) -> &Path {
         self.source.path.parent().unwrap_or(Path::new("."))
     }
 
-    /// The other files it reads (`[data]` CSVs), resolved against [`LossFile::dir`].
+    /// The other files it reads (`[data]` and `[params]` sources), resolved against
+    /// [`LossFile::dir`].
     pub fn reads(&self) -> Vec<PathBuf> {
-        self.data
-            .iter()
-            .filter_map(|d| match &d.value {
-                DataValue::Csv { path, .. } => Some(self.dir().join(&path.node)),
-                DataValue::Expr(_) => None,
-            })
-            .collect()
+        let values = self.data.iter().map(|d| &d.value);
+        let mut out: Vec<PathBuf> = values
+            .chain(self.params.iter().map(|p| &p.value))
+            .filter_map(DataValue::path)
+            .map(|p| self.dir().join(&p.node))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 
