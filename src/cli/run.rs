@@ -15,7 +15,7 @@ use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::metrics::MetricLog;
 use crate::run::summary::{Summary, best_cell, drive, step_cell};
-use crate::run::{Retention, Run, RunRequest};
+use crate::run::{Retention, Run, RunRequest, save};
 
 /// Output format of `gradscope run`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// Write the log to this file instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Save the final params to this .safetensors or .npz file (keys `<param>` for one run,
+    /// `<run>.<param>` for several, plus `.best` and `.eval`), or to a directory ending in `/`
+    /// (one .safetensors file per run).
+    #[arg(long, value_name = "FILE|DIR/")]
+    pub save_params: Option<PathBuf>,
 }
 
 /// Why the command line's options start no run.
@@ -303,6 +308,9 @@ impl RunOutcome {
 /// `gradscope run`: steps the runs keeping only their totals (memory stays flat however many
 /// steps), streams the logged steps, and prints the comparison table, also after ctrl-c.
 pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
+    if let Some(target) = &args.save_params {
+        save::check_target(target)?;
+    }
     let Some((_, mut runs)) = load_runs(&args.run, Retention::Totals, color)? else {
         return Ok(RunOutcome::Failed);
     };
@@ -440,8 +448,22 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         eprint!("{table}");
     }
     out.flush()?;
+    let mut save_failed = false;
+    if let Some(target) = &args.save_params {
+        let stepped: Vec<&Run> = runs.iter().take(summaries.len()).collect();
+        match save::save_runs(target, &stepped) {
+            Ok(files) => {
+                let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                eprintln!("saved the params to {}", files.join(", "));
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                save_failed = true;
+            }
+        }
+    }
     Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
-        0 if any_halted => RunOutcome::Failed,
+        0 if any_halted || save_failed => RunOutcome::Failed,
         0 => RunOutcome::Finished,
         signal => RunOutcome::Interrupted(signal),
     })

@@ -6,6 +6,7 @@
 pub mod export;
 pub mod history;
 pub mod metrics;
+pub mod save;
 pub mod summary;
 pub mod trajectory;
 pub mod worker;
@@ -116,6 +117,18 @@ struct Snapshot {
     state: OptimizerState,
     lr_scale: f64,
     scale: (f64, u32),
+    /// The best row up to this step, so a rewind forgets only later bests.
+    best: Option<Best>,
+}
+
+/// The params of the row with the lowest finite loss so far (the earliest of equal ones), as
+/// the summary's "best loss (step)" counts it. Copied when the best improves: one copy of the
+/// params per improving step, nothing otherwise, and no re-stepping to recover them.
+#[derive(Debug, Clone)]
+pub struct Best {
+    pub step: u64,
+    pub loss: f64,
+    pub params: Vec<Tensor>,
 }
 
 /// Steps between snapshots: rewinding re-steps at most this many.
@@ -151,6 +164,7 @@ pub struct Run {
     /// Params at the start of each kept step, for landscapes: the tensors the optimizer made
     /// (immutable, so keeping them costs no copy), read out only when asked for.
     trajectory: Decimated<Vec<Tensor>>,
+    best: Option<Best>,
 }
 
 /// Memory a run's trajectory may hold: every step of small losses, a handful of points of
@@ -201,6 +215,7 @@ impl Run {
             param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
             current: None,
             trajectory: Decimated::new(0),
+            best: None,
         };
         let dim = compiled.param_count();
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
@@ -292,8 +307,27 @@ impl Run {
                 state: self.state.clone(),
                 lr_scale: self.lr_scale,
                 scale: (self.scale, self.clean_steps),
+                best: self.best.clone(),
             });
         }
+    }
+
+    /// The params at the lowest finite loss of the rows so far, the current one included
+    /// (None while no loss was finite).
+    pub fn best(&self) -> Option<&Best> {
+        self.best.as_ref()
+    }
+
+    /// Keeps a copy of the current params when the current row's loss beats the best.
+    fn keep_best(&mut self, step: u64, loss: f64) -> Result<(), Diagnostic> {
+        if !loss.is_finite() || self.best.as_ref().is_some_and(|b| loss >= b.loss) {
+            return Ok(());
+        }
+        let params = self
+            .param_copies()
+            .map_err(|e| Diagnostic::error(format!("step {step}: {e}")))?;
+        self.best = Some(Best { step, loss, params });
+        Ok(())
     }
 
     /// One step from the current params θ_t: the gradients already taken there, inspection,
@@ -536,6 +570,7 @@ impl Run {
             // A failed forward at the eval params is a NaN there, as a NaN loss would be.
             eval_loss: self.eval_loss().map(|l| l.unwrap_or(f64::NAN)),
         });
+        self.keep_best(t, eval.loss)?;
         self.current = Some(eval);
         Ok(())
     }
@@ -841,6 +876,7 @@ impl Run {
                 .map_err(|e| Diagnostic::error(format!("rewind failed: {e}")))?;
         }
         self.state = snap.state;
+        self.best = snap.best;
         self.lr_scale = snap.lr_scale;
         (self.scale, self.clean_steps) = snap.scale;
         self.history.truncate(snap.step as usize);

@@ -2,6 +2,7 @@
 //! It talks to the UI only through messages: commands in, events out.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -18,7 +19,7 @@ use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::spec::OptimizerSpec;
 use crate::run::history::{StepRecord, flags};
-use crate::run::{Run, RunRequest};
+use crate::run::{Run, RunRequest, save};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
 pub type RunId = u64;
@@ -56,6 +57,12 @@ pub enum Command {
     },
     /// The update run `run`'s next step would make, for the learning-rate slice.
     NextUpdate(RunId),
+    /// Save every run's params to `path` (see [`crate::run::save::save_runs`]); `note` comes
+    /// back with the answer, for the status it completes.
+    SaveParams {
+        path: PathBuf,
+        note: String,
+    },
     /// Asks for a [`Event::Pong`] once every command before it is done (tests wait on it).
     Ping(u64),
     Shutdown,
@@ -220,6 +227,11 @@ pub enum Event {
     },
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
     Pong(u64),
+    /// What came of [`Command::SaveParams`]: the files written, or why not; with its note.
+    SavedParams {
+        note: String,
+        result: Result<Vec<PathBuf>, String>,
+    },
 }
 
 struct Slot {
@@ -399,7 +411,7 @@ impl Worker {
             match command {
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
                 Ok(Command::Pause) => {
-                    queue.retain(|c| matches!(c, Command::Ping(_)));
+                    queue.retain(|c| matches!(c, Command::Ping(_) | Command::SaveParams { .. }));
                     self.handle(Command::Pause);
                 }
                 Ok(c) => queue.push_back(c),
@@ -535,6 +547,11 @@ impl Worker {
                         Err(d) => self.send(Event::Failed(d.headline())),
                     }
                 }
+            }
+            Command::SaveParams { path, note } => {
+                let runs: Vec<&Run> = self.slots.iter().map(|s| &s.run).collect();
+                let result = save::save_runs(&path, &runs).map_err(|e| e.to_string());
+                self.send(Event::SavedParams { note, result });
             }
             Command::Ping(n) => {
                 self.report();

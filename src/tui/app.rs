@@ -371,6 +371,17 @@ impl App {
             Msg::Key(k) if k.kind == KeyEventKind::Press => self.key(k),
             Msg::Key(_) => None,
             Msg::Mouse(m) => self.mouse(m),
+            Msg::Worker(_, Event::SavedParams { note, result }) => {
+                self.message = Some(match result {
+                    Ok(files) => {
+                        let files: Vec<String> =
+                            files.iter().map(|p| p.display().to_string()).collect();
+                        format!("{note} and {}", files.join(", "))
+                    }
+                    Err(e) => format!("{note}; could not save the params: {e}"),
+                });
+                None
+            }
             Msg::Worker(id, e) => {
                 if let Some(s) = self.session_by_id(id) {
                     s.apply(e);

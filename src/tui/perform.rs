@@ -126,7 +126,8 @@ fn export_path(f: &FileEntry, out_dir: Option<&Path>, ext: &str) -> PathBuf {
 }
 
 /// Every run of `f` to gradscope-STEM.csv and .jsonl (see [`export_path`]), with the `[metrics]`
-/// values the runs reported; says what it did.
+/// values the runs reported, and asks the worker to save their params beside them as
+/// gradscope-STEM.safetensors; says what it did (the worker's answer completes it).
 fn write_runs(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
     let names: Vec<String> = f
         .compiled
@@ -155,7 +156,14 @@ fn write_runs(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
         }
     }
     match std::fs::write(&csv_path, csv).and_then(|()| std::fs::write(&jsonl_path, jsonl)) {
-        Ok(()) => format!("wrote {} and {}", csv_path.display(), jsonl_path.display()),
+        Ok(()) => {
+            let note = format!("wrote {}, {}", csv_path.display(), jsonl_path.display());
+            s.send(Command::SaveParams {
+                path: export_path(f, out_dir, "safetensors"),
+                note: note.clone(),
+            });
+            format!("{note}; saving the params…")
+        }
         Err(e) => format!("could not write runs: {e}"),
     }
 }

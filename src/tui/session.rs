@@ -382,7 +382,8 @@ impl Session {
                 self.landscape.on_worker_gave_up();
                 self.failed = Some(why);
             }
-            Event::Pong(_) => {}
+            // The app says what came of it, in its status bar.
+            Event::Pong(_) | Event::SavedParams { .. } => {}
         }
     }
 }
