@@ -16,6 +16,32 @@ fn the_library_has_at_least_fourteen_files_plus_the_benchmarks() {
     assert_eq!(bench, 4);
 }
 
+/// losses/data holds what the loss files read (CSV, NumPy, their scripts): none is a loss file,
+/// and `npy_linear.toml` reads its NumPy arrays from there.
+#[test]
+fn the_data_folder_holds_no_loss_file_and_the_numpy_example_reads_it() {
+    let (files, _) = discover(&["losses".into()]);
+    assert!(
+        !files.iter().any(|f| f.starts_with("losses/data")),
+        "{files:?}"
+    );
+    let loaded = gradscope::load::load(std::path::Path::new("losses/npy_linear.toml"));
+    assert!(loaded.ok(), "{:?}", loaded.diagnostics);
+    let reads: Vec<String> = loaded
+        .reads
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            "losses/data/linear_X.npy",
+            "losses/data/linear_w0.npy",
+            "losses/data/linear_y.npy"
+        ]
+    );
+}
+
 #[test]
 fn every_bundled_file_is_finite_at_its_initial_params() {
     let (reports, missing) = check_all(&["losses".into()], true);

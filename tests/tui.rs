@@ -809,6 +809,13 @@ fn tab_and_shift_tab_move_focus() {
 #[test]
 fn j_and_k_move_the_selection() {
     let (mut app, rx) = open("losses");
+    // The data folder's CSV and NumPy files are read by loss files, not listed as ones.
+    assert!(
+        app.files
+            .iter()
+            .all(|f| f.path.extension().is_some_and(|e| e == "toml"))
+    );
+    assert!(!app.files.iter().any(|f| f.group == "data"));
     let n = app.files.len();
     assert!(n > 3);
     assert_eq!(app.selected_file, 0);
@@ -879,22 +886,44 @@ fn q_and_ctrl_c_quit_e_edits() {
 }
 
 #[test]
-fn w_writes_csv_and_jsonl_of_every_run() {
+fn w_writes_csv_and_jsonl_of_every_run_and_their_params() {
     let stem = "tui_write_test";
     let dir = Scratch::new(stem);
     dir.copy(ROSENBROCK, &format!("{stem}.toml"));
     // Next to the loss file.
     let csv = dir.0.join(format!("gradscope-{stem}.csv"));
     let jsonl = dir.0.join(format!("gradscope-{stem}.jsonl"));
+    let params = dir.0.join(format!("gradscope-{stem}.safetensors"));
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "3n");
     typed(&mut app, "w");
+    let wrote = format!("wrote {}, {}", csv.display(), jsonl.display());
     assert_eq!(
         app.message.as_deref(),
-        Some(format!("wrote {} and {}", csv.display(), jsonl.display()).as_str())
+        Some(format!("{wrote}; saving the params…").as_str())
+    );
+    // The worker saves the params and the status says so.
+    app.settle(&rx);
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("{wrote} and {}", params.display()).as_str())
     );
     let screen = rows(&draw(&app, 160, 45)).join("");
     assert!(screen.contains(&format!("wrote {}", csv.display())));
+    // `<run>.<param>` and `.best` for the 4 runs, each at the values the inspector shows.
+    let saved = candle_core::safetensors::load(&params, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(saved.len(), 4 * 2 * 2);
+    for r in &app.session().unwrap().runs {
+        for p in &r.params {
+            let t = &saved[&format!("{}.{}", r.info.name, p.name)];
+            let v = t.to_dtype(candle_core::DType::F64).unwrap();
+            assert_eq!(
+                v.to_scalar::<f64>().unwrap(),
+                p.value.values.as_ref().unwrap()[0]
+            );
+            assert!(saved.contains_key(&format!("{}.{}.best", r.info.name, p.name)));
+        }
+    }
     let csv_text = std::fs::read_to_string(&csv).expect("csv written");
     // Rows 0..=3 of each of the 4 runs.
     assert_eq!(csv_text.lines().count(), 1 + 4 * 4, "{csv_text}");
@@ -919,14 +948,24 @@ fn w_writes_the_metrics_into_the_out_dir() {
     let (mut app, rx) = open(dir.path());
     app.out_dir = Some(out.0.clone());
     typed_settled(&mut app, &rx, "3n");
-    typed(&mut app, "w");
+    typed_settled(&mut app, &rx, "w");
     let csv = out.0.join("gradscope-mse_l1.csv");
     let jsonl = out.0.join("gradscope-mse_l1.jsonl");
+    let params = out.0.join("gradscope-mse_l1.safetensors");
     assert_eq!(
         app.message.as_deref(),
-        Some(format!("wrote {} and {}", csv.display(), jsonl.display()).as_str())
+        Some(
+            format!(
+                "wrote {}, {} and {}",
+                csv.display(),
+                jsonl.display(),
+                params.display()
+            )
+            .as_str()
+        )
     );
     assert!(!dir.0.join("gradscope-mse_l1.csv").exists());
+    assert!(!dir.0.join("gradscope-mse_l1.safetensors").exists());
     // As `run --format csv` writes them: a `metric_<name>` column each, the values of the steps
     // the TUI has them for (θ_0 and the latest), empty cells elsewhere.
     let csv_text = std::fs::read_to_string(&csv).expect("csv written");
@@ -1375,6 +1414,37 @@ fn a_changed_csv_reloads_the_loss_that_reads_it() {
     );
     let message = app.message.clone().unwrap_or_default();
     assert!(message.contains("data pts changed"), "{message}");
+}
+
+/// So does a change to a NumPy file it reads, data or a param's initial value.
+#[test]
+fn a_changed_npy_reloads_the_loss_that_reads_it() {
+    use gradscope::compile::arrays::read;
+    use gradscope::lang::file::ArrayFormat;
+    let dir = Scratch::new(&format!("npy-{}", std::process::id()));
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    for f in ["linear_X.npy", "linear_y.npy", "linear_w0.npy"] {
+        dir.copy(&format!("losses/data/{f}"), &format!("data/{f}"));
+    }
+    let file = dir.copy("losses/npy_linear.toml", "fit.toml");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "3n");
+    for (f, what) in [
+        ("linear_y.npy", "data y changed"),
+        ("linear_w0.npy", "init of w"),
+    ] {
+        let path = dir.0.join("data").join(f);
+        let t = read(ArrayFormat::Npy, &path, None, f).unwrap();
+        (t * 2.0).unwrap().write_npy(&path).unwrap();
+        app.handle(Msg::FileChanged(path));
+        app.settle(&rx);
+        assert!(
+            history_lens(&app).iter().all(|&n| n == 0),
+            "{f}: the runs restarted"
+        );
+        let message = app.message.clone().unwrap_or_default();
+        assert!(message.contains(what), "{f}: {message}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
