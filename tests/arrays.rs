@@ -118,7 +118,9 @@ fn every_float_int_and_bool_dtype_reads_as_its_values() {
 
 #[test]
 fn scalars_vectors_and_fortran_order_keep_their_shapes() {
-    let cases: Vec<(&str, Option<&str>, Vec<usize>, Vec<f64>)> = vec![
+    // (file, key, dims, values)
+    type Case = (&'static str, Option<&'static str>, Vec<usize>, Vec<f64>);
+    let cases: Vec<Case> = vec![
         ("scalar.npy", None, vec![], vec![2.5]),
         ("labels.npy", None, vec![4], vec![2.0, 0.0, 1.0, 1.0]),
         ("arrays.npz", Some("b"), vec![], vec![0.25]),

@@ -295,11 +295,12 @@ impl Elem {
 /// An F8_E4M3 byte's value (decoded here: candle 0.11 spins converting an F8E4M3 tensor).
 fn f8_e4m3(b: u8) -> f64 {
     let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let (e, m) = (i32::from((b >> 3) & 0xf), f64::from(b & 7));
+    let (e, m) = (i32::from((b >> 3) & 0xf), b & 7);
+    let fraction = f64::from(m) / 8.0;
     match (e, m) {
-        (15, 7.0) => f64::NAN,
-        (0, _) => sign * m / 8.0 * 2f64.powi(-6),
-        _ => sign * (1.0 + m / 8.0) * 2f64.powi(e - 7),
+        (15, 7) => f64::NAN,
+        (0, _) => sign * fraction * 2f64.powi(-6),
+        _ => sign * (1.0 + fraction) * 2f64.powi(e - 7),
     }
 }
 
@@ -311,7 +312,7 @@ fn npy_elem(descr: &str) -> Result<(Elem, bool), String> {
     };
     let big = order == '>' || (order == '=' && cfg!(target_endian = "big"));
     let kind = code.chars().next().unwrap_or(' ');
-    let size: Option<usize> = code[kind.len_utf8()..].parse().ok();
+    let size: Option<usize> = code.get(kind.len_utf8()..).and_then(|s| s.parse().ok());
     let elem = match (kind, size) {
         ('f', Some(n @ (2 | 4 | 8))) => Elem::Float(n),
         ('i', Some(n @ (1 | 2 | 4 | 8))) => Elem::Int(n),
@@ -675,6 +676,8 @@ mod tests {
         assert_eq!(npy_elem("<f16"), Err("float128 (long double)".into()));
         assert_eq!(npy_elem("<U3"), Err("string (`<U3`)".into()));
         assert_eq!(npy_elem("|O"), Err("object (pickled Python)".into()));
+        assert_eq!(npy_elem("<"), Err("`<`".into()));
+        assert_eq!(npy_elem(""), Err("``".into()));
     }
 
     #[test]

@@ -78,13 +78,14 @@ pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
         files[i] = match file_name(entries[i].source) {
             Some(f) => vec![f],
             None => {
-                let mut from: Vec<String> = entries[i]
-                    .deps
-                    .iter()
-                    .filter_map(|d| index.get(d.as_str()))
-                    .flat_map(|&j| files[j].clone())
-                    .collect();
-                from.dedup();
+                let mut from: Vec<String> = Vec::new();
+                for &j in entries[i].deps.iter().filter_map(|d| index.get(d.as_str())) {
+                    for f in &files[j] {
+                        if !from.contains(f) {
+                            from.push(f.clone());
+                        }
+                    }
+                }
                 from
             }
         };
