@@ -6,7 +6,8 @@
 
 use candle_core::{Result, Tensor};
 
-use super::spec::{OptimizerSpec, RuleState};
+use super::groups::ParamGroup;
+use super::spec::RuleState;
 
 /// What a step may ask of the loss besides the gradient at the current params.
 pub trait Oracle {
@@ -44,6 +45,11 @@ pub trait Rule {
     fn eval_params(&self, _state: &Self::State) -> Option<Vec<Tensor>> {
         None
     }
+
+    /// Whether params may step in groups with their own hyper-parameters (per-param settings),
+    /// each group a separate instance of the rule; false where the update couples every param
+    /// and torch refuses groups (LBFGS).
+    const PARAM_GROUPS: bool = true;
 }
 
 /// One optimizer's update of one param, over tensors only: how the elementwise optimizers are
@@ -81,45 +87,112 @@ impl<R: UpdateRule> Rule for R {
     }
 }
 
-/// Optimizer state for all params, plus the number of updates taken.
+/// Optimizer state for all params, one rule state a param group, plus the number of updates
+/// taken.
 #[derive(Debug, Clone)]
 pub struct OptimizerState {
-    rule: RuleState,
+    groups: Vec<(ParamGroup, RuleState)>,
     pub updates: u64,
 }
 
 impl OptimizerState {
-    /// `spec`'s state before its first update of `params`.
-    pub fn new(spec: &OptimizerSpec, params: &[Tensor]) -> Result<Self> {
-        Ok(Self {
-            rule: spec.init_state(params)?,
-            updates: 0,
-        })
+    /// The state before the first update of `params`, stepped in `groups` (each param in
+    /// exactly one).
+    pub fn new(groups: Vec<ParamGroup>, params: &[Tensor]) -> Result<Self> {
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                let rule = g.spec.init_state(&pick(params, &g.params))?;
+                Ok((g, rule))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { groups, updates: 0 })
     }
 
-    /// The params to evaluate the model at, when `spec` keeps them apart from the ones it
-    /// takes gradients at.
-    pub fn eval_params(&self, spec: &OptimizerSpec) -> Option<Vec<Tensor>> {
-        spec.eval_params_of(&self.rule)
+    /// The param groups, in the order they step.
+    pub fn groups(&self) -> impl Iterator<Item = &ParamGroup> {
+        self.groups.iter().map(|(g, _)| g)
+    }
+
+    /// The params to evaluate the model at, when an optimizer keeps them apart from the ones it
+    /// takes gradients at (`params`, which the other groups' eval params are).
+    pub fn eval_params(&self, params: &[Tensor]) -> Option<Vec<Tensor>> {
+        let mut out = params.to_vec();
+        let mut apart = false;
+        for (g, rule) in &self.groups {
+            if let Some(eval) = g.spec.eval_params_of(rule) {
+                apart = true;
+                for (&i, e) in g.params.iter().zip(eval) {
+                    out[i] = e;
+                }
+            }
+        }
+        apart.then_some(out)
+    }
+}
+
+/// The tensors of `params` at `which`.
+fn pick(params: &[Tensor], which: &[usize]) -> Vec<Tensor> {
+    which.iter().map(|&i| params[i].clone()).collect()
+}
+
+/// A group's view of the run's oracle: the loss of the whole model with the group's params set
+/// to what the rule asks for (the others as they are), and the group's gradients.
+struct GroupOracle<'a> {
+    run: &'a mut dyn Oracle,
+    params: &'a [Tensor],
+    members: &'a [usize],
+}
+
+impl Oracle for GroupOracle<'_> {
+    fn loss_and_grads(&mut self, own: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+        let mut all = self.params.to_vec();
+        for (&i, p) in self.members.iter().zip(own) {
+            all[i] = p.clone();
+        }
+        let (loss, grads) = self.run.loss_and_grads(&all)?;
+        Ok((loss, pick(&grads, self.members)))
     }
 }
 
 /// Returns each param's new value, always a tensor of its own (with a zero step size a rule may
-/// return its input, which a run could not write back into the param it came from). `cx.t` is
-/// set here from the state's count.
-pub fn update(
-    spec: &OptimizerSpec,
-    state: &mut OptimizerState,
-    cx: &mut StepCx,
-) -> Result<Vec<Tensor>> {
+/// return its input, which a run could not write back into the param it came from). Each group
+/// steps with its own spec and state at `cx.lr` times its multiplier; `cx.t` is set here from
+/// the state's count.
+pub fn update(state: &mut OptimizerState, cx: &mut StepCx) -> Result<Vec<Tensor>> {
     state.updates += 1;
     cx.t = state.updates;
-    let new = spec.step_all(&mut state.rule, cx).unwrap_or_else(|| {
-        Err(candle_core::Error::Msg(format!(
-            "the optimizer state is not {}'s",
-            spec.kind().name()
-        )))
-    })?;
+    let mut new = cx.params.to_vec();
+    for (g, rule) in &mut state.groups {
+        let (params, grads) = (pick(cx.params, &g.params), pick(cx.grads, &g.params));
+        let mut oracle = GroupOracle {
+            run: &mut *cx.oracle,
+            params: cx.params,
+            members: &g.params,
+        };
+        let stepped = g
+            .spec
+            .step_all(
+                rule,
+                &mut StepCx {
+                    params: &params,
+                    grads: &grads,
+                    loss: cx.loss,
+                    lr: cx.lr * g.lr_scale,
+                    t: cx.t,
+                    oracle: &mut oracle,
+                },
+            )
+            .unwrap_or_else(|| {
+                Err(candle_core::Error::Msg(format!(
+                    "the optimizer state is not {}'s",
+                    g.spec.kind().name()
+                )))
+            })?;
+        for (&i, p) in g.params.iter().zip(stepped) {
+            new[i] = p;
+        }
+    }
     new.into_iter()
         .zip(cx.params)
         .map(|(new, p)| {
