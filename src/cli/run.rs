@@ -32,7 +32,8 @@ pub struct RunOptions {
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
     /// The file's own optimizer keeps its hyper-parameters except those typed; another starts
-    /// from torch's defaults.
+    /// from torch's defaults. `gradscope optimizers` lists every optimizer with its
+    /// hyper-parameters and defaults.
     #[arg(short = 'o', long = "optimizer")]
     pub optimizers: Vec<SpecOverride>,
     /// Variant to run (`base`, a variant's name, or `all`).

@@ -49,6 +49,7 @@ macro_rules! words {
     };
 }
 
+pub mod catalogue;
 pub mod classic;
 pub mod groups;
 pub mod schedule;
