@@ -2,6 +2,8 @@
 //! separate optimizers of each group, `lr_scale` multiplies the scheduled lr, variants lay
 //! their per-param tables over the file's, and `-o` keeps them.
 
+mod common;
+
 use std::path::Path;
 
 use gradscope::compile::{CompiledFile, compile};
@@ -262,4 +264,40 @@ weight_decay = 0
     let p = r.param_values();
     assert!((p[0][0] - (1.0 - 0.1 * 1.1)).abs() < 1e-15, "{p:?}");
     assert!((p[1][0] - 0.9).abs() < 1e-15, "{p:?}");
+}
+
+#[test]
+fn an_o_that_the_per_param_settings_refuse_names_both() {
+    // b's dampening is fine under the file's sgd; `-o sgd(nesterov=true)` makes b's group one
+    // torch refuses.
+    let dir = std::env::temp_dir().join(format!("gradscope-groups-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("groups.toml");
+    std::fs::write(
+        &path,
+        r#"
+name = "groups"
+loss = "(w * b - 1)^2"
+[params]
+w = "0.5"
+b = "2.0"
+[optimizer]
+name = "sgd"
+momentum = 0.9
+[optimizer.params.b]
+dampening = 0.5
+"#,
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let ok = common::gradscope(&["run", file, "--steps", "2"]);
+    assert!(ok.status.success());
+    let refused = common::gradscope(&["run", file, "-o", "sgd(nesterov=true)", "--steps", "2"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("-o sgd(nesterov=true): [optimizer.params.b]: nesterov needs momentum > 0"),
+        "{stderr}"
+    );
 }

@@ -10,6 +10,7 @@ use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
+use crate::optim::groups::{GroupError, param_groups};
 use crate::optim::settings::{GradSource, NonFinitePolicy};
 use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
@@ -93,6 +94,10 @@ pub enum RunsError {
     /// An `-o` spec makes a combination torch refuses with the file's hyper-parameters.
     #[error("-o {spec}: {error}")]
     Spec { spec: String, error: SettingError },
+    /// An `-o` spec refuses the file's per-param settings (or makes a combination torch refuses
+    /// with them).
+    #[error("-o {spec}: {error}")]
+    Groups { spec: String, error: GroupError },
     /// A run could not be prepared (its tensors could not be built).
     #[error(transparent)]
     Start(#[from] candle_core::Error),
@@ -145,6 +150,14 @@ pub fn build_runs(
                                 spec: over.to_string(),
                                 error,
                             })?;
+                    let names: Vec<String> =
+                        compiled.params.iter().map(|p| p.name.clone()).collect();
+                    param_groups(&settings.optimizer, &def.param_settings, &names).map_err(
+                        |error| RunsError::Groups {
+                            spec: over.to_string(),
+                            error,
+                        },
+                    )?;
                     match selected.len() {
                         1 => settings.optimizer.to_string(),
                         _ => format!("{} · {}", def.name, settings.optimizer),

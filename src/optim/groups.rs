@@ -164,12 +164,12 @@ pub fn param_groups(
         }
     }
     if groups.len() > 1 && !spec.kind().takes_param_groups() {
-        let first = per_param
+        // A param whose settings split it off (every param without settings has `spec`).
+        let split = per_param
             .iter()
-            .find(|s| s.over(spec).is_ok_and(|own| own != (spec.clone(), 1.0)))
-            .unwrap_or(&per_param[0]);
+            .find(|s| s.over(spec).is_ok_and(|own| own != (spec.clone(), 1.0)));
         return Err(GroupError {
-            param: first.param.clone(),
+            param: split.map_or_else(|| names[groups[1].params[0]].clone(), |s| s.param.clone()),
             key: None,
             error: SettingError {
                 message: format!(

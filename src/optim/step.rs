@@ -109,11 +109,6 @@ impl OptimizerState {
         Ok(Self { groups, updates: 0 })
     }
 
-    /// The param groups, in the order they step.
-    pub fn groups(&self) -> impl Iterator<Item = &ParamGroup> {
-        self.groups.iter().map(|(g, _)| g)
-    }
-
     /// The params to evaluate the model at, when an optimizer keeps them apart from the ones it
     /// takes gradients at (`params`, which the other groups' eval params are).
     pub fn eval_params(&self, params: &[Tensor]) -> Option<Vec<Tensor>> {
@@ -216,5 +211,48 @@ pub(super) fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
         Ok(x.clone())
     } else {
         x + y.affine(k, 0.0)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The loss sum(p_0) + 10 sum(p_1) + 100 sum(p_2), whose gradients are 1, 10 and 100; it
+    /// records the params it was asked about.
+    struct Weighted(Vec<Vec<f64>>);
+
+    impl Oracle for Weighted {
+        fn loss_and_grads(&mut self, params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+            let values: Vec<f64> = params
+                .iter()
+                .map(|p| p.to_scalar::<f64>())
+                .collect::<Result<_>>()?;
+            let loss = values[0] + 10.0 * values[1] + 100.0 * values[2];
+            self.0.push(values);
+            let grads = [1.0, 10.0, 100.0].map(|g| Tensor::new(g, &Device::Cpu));
+            Ok((loss, grads.into_iter().collect::<Result<_>>()?))
+        }
+    }
+
+    #[test]
+    fn a_group_asks_the_whole_model_with_its_own_params_replaced() {
+        let scalar = |x: f64| Tensor::new(x, &Device::Cpu).unwrap();
+        let params = [scalar(1.0), scalar(2.0), scalar(3.0)];
+        let mut run = Weighted(Vec::new());
+        // The group of params 2 and 0, in that order.
+        let mut group = GroupOracle {
+            run: &mut run,
+            params: &params,
+            members: &[2, 0],
+        };
+        let (loss, grads) = group.loss_and_grads(&[scalar(5.0), scalar(7.0)]).unwrap();
+        // Param 0 = 7, param 1 as it is (2), param 2 = 5.
+        assert_eq!(loss, 7.0 + 20.0 + 500.0);
+        let grads: Vec<f64> = grads.iter().map(|g| g.to_scalar().unwrap()).collect();
+        assert_eq!(grads, [100.0, 1.0]);
+        assert_eq!(run.0, [[7.0, 2.0, 5.0]]);
     }
 }
