@@ -301,7 +301,7 @@ fn lbfgs_counts_evaluations_and_iterations_as_torch() {
             let recorded: u64 = (0..k as usize)
                 .map(|s| u64::from(run.history().core(s).func_evals))
                 .sum();
-            let RuleState::Lbfgs(state) = run.optimizer_state().rule() else {
+            let Some((_, RuleState::Lbfgs(state))) = run.optimizer_state().groups().next() else {
                 panic!("{spec}: not lbfgs state");
             };
             let got = (recorded, state.func_evals, state.n_iter);
@@ -324,16 +324,9 @@ impl Oracle for NoOracle {
     }
 }
 
-/// One update of `params` by `spec` from `grads`, with `state` carried over.
-fn replay(
-    spec: &OptimizerSpec,
-    state: &mut OptimizerState,
-    params: &[Tensor],
-    grads: &[Tensor],
-    lr: f64,
-) -> Vec<f64> {
+/// One update of `params` from `grads`, with `state` carried over.
+fn replay(state: &mut OptimizerState, params: &[Tensor], grads: &[Tensor], lr: f64) -> Vec<f64> {
     let new = update(
-        spec,
         state,
         &mut StepCx {
             params,
@@ -379,21 +372,20 @@ fn muon_leaves_params_that_are_not_matrices_to_its_fallback() {
     let adamw = OptimizerSpec::parse("adamw(lr=3e-4)").unwrap();
     let muon = OptimizerSpec::parse("muon(lr=0.02)").unwrap();
     let start = copies(&run);
-    let mut adamw_state = OptimizerState::new(&adamw, &start[c..=c]).unwrap();
-    let mut muon_state = OptimizerState::new(&muon, &start[w..=w]).unwrap();
+    let mut adamw_state = OptimizerState::single(&adamw, &start[c..=c]).unwrap();
+    let mut muon_state = OptimizerState::single(&muon, &start[w..=w]).unwrap();
     let mut c_moved = 0.0f64;
     for t in 0..20u64 {
         let params = copies(&run);
         let grads = run.current().unwrap().grads.clone();
         let lr = 0.02 * gamma.powf(t as f64);
         let want_c = replay(
-            &adamw,
             &mut adamw_state,
             &params[c..=c],
             &grads[c..=c],
             3e-4 * (lr / 0.02),
         );
-        let want_w = replay(&muon, &mut muon_state, &params[w..=w], &grads[w..=w], lr);
+        let want_w = replay(&mut muon_state, &params[w..=w], &grads[w..=w], lr);
         run.step().unwrap();
         let got = run.param_values();
         assert_eq!(got[c], want_c, "c after step {}", t + 1);

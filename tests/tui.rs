@@ -13,6 +13,8 @@ use crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 use gradscope::lang::file::DType;
+use gradscope::optim::catalogue;
+use gradscope::optim::spec::OptimizerKind;
 use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
 use gradscope::tui::session::Link;
 use gradscope::tui::{keys, layout, render};
@@ -600,6 +602,75 @@ fn o_enter_enter_adds_a_run() {
     // It steps with the others.
     typed_settled(&mut app, &rx, "3n");
     assert_eq!(history_lens(&app), vec![3; 5]);
+}
+
+#[test]
+fn snapshot_optimizer_list_groups_every_optimizer_with_its_defaults() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    let t = draw(&app, 120, 40);
+    let screen = rows(&t).join("\n");
+    for e in catalogue::registry() {
+        assert!(
+            screen.contains(&format!("  {} ", e.name())),
+            "{} missing",
+            e.name()
+        );
+    }
+    for (group, _) in catalogue::by_group(&catalogue::registry()) {
+        assert!(screen.contains(group.title()), "{} missing", group.title());
+    }
+    // The selected run is adam's: the list starts there, its doc below.
+    assert!(screen.contains(OptimizerKind::Adam.doc()), "{screen}");
+    snapshot("optimizer_list", &t);
+}
+
+#[test]
+fn the_optimizer_list_scrolls_to_keep_the_selection_in_view() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    let entries = catalogue::registry();
+    let (first, last) = (&entries[0], &entries[entries.len() - 1]);
+    // 12 rows: the dialog's list shows fewer rows than the list has.
+    let line = |e: &catalogue::Entry| format!("  {} ", e.name());
+    press(&mut app, KeyCode::End);
+    assert_eq!(
+        app.popup,
+        Some(Popup::PickOptimizer {
+            selected: entries.len() - 1
+        })
+    );
+    let screen = rows(&draw(&app, 80, 12)).join("\n");
+    assert!(screen.contains(&line(last)), "{screen}");
+    assert!(!screen.contains(&line(first)), "{screen}");
+    press(&mut app, KeyCode::Home);
+    let screen = rows(&draw(&app, 80, 12)).join("\n");
+    assert!(screen.contains(&line(first)), "{screen}");
+    assert!(!screen.contains(&line(last)), "{screen}");
+    // Past either end it stays at the end.
+    press(&mut app, KeyCode::Up);
+    assert_eq!(app.popup, Some(Popup::PickOptimizer { selected: 0 }));
+    press(&mut app, KeyCode::PageDown);
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(
+        app.popup,
+        Some(Popup::PickOptimizer {
+            selected: (2 * 10).min(entries.len() - 1)
+        })
+    );
+}
+
+#[test]
+fn enter_on_an_optimizer_edits_its_defaults() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::End);
+    press(&mut app, KeyCode::Enter);
+    let Some(Popup::EditSpec { text, .. }) = app.popup.clone() else {
+        panic!("expected the spec editor, got {:?}", app.popup);
+    };
+    let last = catalogue::registry().pop().expect("an optimizer");
+    assert_eq!(text.text(), last.spec.to_string());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod inspect;
+pub mod optimizers;
 pub mod pictures;
 pub mod run;
 
@@ -65,6 +66,16 @@ pub enum Command {
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
     Precision(inspect::PointArgs),
+    /// Every optimizer -o and [optimizer] take, grouped (torch.optim, modern, optax), with its
+    /// hyper-parameters, their defaults and one-line docs.
+    Optimizers {
+        /// Plain text, or the Markdown tables the READMEs hold.
+        #[arg(long, value_enum, default_value = "text")]
+        format: optimizers::ListFormat,
+        /// One line an optimizer: its name and every default.
+        #[arg(long)]
+        brief: bool,
+    },
     /// Print a shell completion script (e.g. `gradscope completions bash > ~/.local/share/bash-completion/completions/gradscope`).
     Completions {
         /// The shell to complete in.

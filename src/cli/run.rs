@@ -10,6 +10,7 @@ use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
+use crate::optim::groups::{GroupError, param_groups};
 use crate::optim::settings::{GradSource, NonFinitePolicy};
 use crate::optim::spec::{SettingError, SpecOverride};
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
@@ -32,7 +33,8 @@ pub struct RunOptions {
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
     /// The file's own optimizer keeps its hyper-parameters except those typed; another starts
-    /// from torch's defaults.
+    /// from torch's defaults. `gradscope optimizers` lists every optimizer with its
+    /// hyper-parameters and defaults.
     #[arg(short = 'o', long = "optimizer")]
     pub optimizers: Vec<SpecOverride>,
     /// Variant to run (`base`, a variant's name, or `all`).
@@ -92,6 +94,10 @@ pub enum RunsError {
     /// An `-o` spec makes a combination torch refuses with the file's hyper-parameters.
     #[error("-o {spec}: {error}")]
     Spec { spec: String, error: SettingError },
+    /// An `-o` spec refuses the file's per-param settings (or makes a combination torch refuses
+    /// with them).
+    #[error("-o {spec}: {error}")]
+    Groups { spec: String, error: GroupError },
     /// A run could not be prepared (its tensors could not be built).
     #[error(transparent)]
     Start(#[from] candle_core::Error),
@@ -144,6 +150,14 @@ pub fn build_runs(
                                 spec: over.to_string(),
                                 error,
                             })?;
+                    let names: Vec<String> =
+                        compiled.params.iter().map(|p| p.name.clone()).collect();
+                    param_groups(&settings.optimizer, &def.param_settings, &names).map_err(
+                        |error| RunsError::Groups {
+                            spec: over.to_string(),
+                            error,
+                        },
+                    )?;
                     match selected.len() {
                         1 => settings.optimizer.to_string(),
                         _ => format!("{} · {}", def.name, settings.optimizer),

@@ -24,7 +24,8 @@ use self::lower::{Kind, Lowerer, VariantLoss};
 use self::plan::{Executable, Op, Plan};
 use self::shape::Shape;
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
-use crate::lang::file::{ConstEntry, DType, LossFile, Setting};
+use crate::lang::file::{ConstEntry, DType, LossFile, ParamTable, Setting};
+use crate::optim::groups::{ParamSettings, param_groups};
 use crate::optim::settings::RunSettings;
 
 /// candle's dtype for ours.
@@ -47,6 +48,9 @@ pub struct RunDef {
     pub optimizer: Vec<Setting>,
     /// The same settings, typed.
     pub settings: RunSettings,
+    /// Per-param settings (the file's with the variant's laid over them), which every run of
+    /// this definition steps its param groups with, whatever its optimizer.
+    pub param_settings: Vec<ParamSettings>,
     /// The file's `[metrics]` over this run's program, stacked (None when it has none).
     pub metrics: Option<Plan>,
 }
@@ -94,6 +98,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         consts: file.consts.clone(),
         dtype: file.dtype,
         optimizer: file.optimizer.clone(),
+        param_settings: file.param_settings.clone(),
         own_loss: false,
     };
     let variants: Vec<RunSpec> = file
@@ -105,6 +110,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
             consts: overlay(&file.consts, &v.consts, |c| &c.name.node),
             dtype: v.dtype.unwrap_or(file.dtype),
             optimizer: overlay(&file.optimizer, &v.optimizer, |s| &s.key.node),
+            param_settings: overlay_tables(&file.param_settings, &v.param_settings),
             own_loss: v.loss.is_some(),
         })
         .collect();
@@ -123,6 +129,14 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                     .help_opt(c.error.help),
             );
         }
+        let param_settings = per_param(&spec.param_settings);
+        diags.extend(check_groups(
+            &file.source,
+            spec,
+            &settings,
+            &param_settings,
+            &params,
+        ));
         if let Some(plan) = plan {
             runs.push(RunDef {
                 name: spec.name.clone(),
@@ -130,6 +144,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                 plan,
                 optimizer: spec.optimizer.clone(),
                 settings,
+                param_settings,
                 metrics,
             });
         }
@@ -167,6 +182,7 @@ struct RunSpec<'a> {
     consts: Vec<ConstEntry>,
     dtype: DType,
     optimizer: Vec<Setting>,
+    param_settings: Vec<ParamTable>,
     /// Whether the loss is a variant's own program rather than the file's.
     own_loss: bool,
 }
@@ -180,6 +196,68 @@ fn overlay<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec
         .collect();
     out.extend(over.iter().cloned());
     out
+}
+
+/// The file's per-param tables with a variant's laid over them, param by param and key by key.
+fn overlay_tables(base: &[ParamTable], over: &[ParamTable]) -> Vec<ParamTable> {
+    let mut out: Vec<ParamTable> = base.to_vec();
+    for t in over {
+        match out.iter_mut().find(|b| b.param.node == t.param.node) {
+            Some(b) => {
+                b.settings = overlay(&b.settings, &t.settings, |s| &s.key.node);
+                b.param = t.param.clone();
+            }
+            None => out.push(t.clone()),
+        }
+    }
+    out
+}
+
+/// Per-param tables, typed.
+fn per_param(tables: &[ParamTable]) -> Vec<ParamSettings> {
+    tables
+        .iter()
+        .map(|t| {
+            let table: Vec<_> = t
+                .settings
+                .iter()
+                .map(|s| (s.key.node.as_str(), s.value.node.raw()))
+                .collect();
+            ParamSettings::from_table(&t.param.node, &table)
+        })
+        .collect()
+}
+
+/// What the run's optimizer refuses of its per-param settings (each key was checked on its own
+/// against the file's optimizer; a variant may name another, and torch refuses combinations).
+fn check_groups(
+    source: &Arc<SourceFile>,
+    spec: &RunSpec,
+    settings: &RunSettings,
+    per_param: &[ParamSettings],
+    params: &[Named],
+) -> Option<Diagnostic> {
+    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+    let e = param_groups(&settings.optimizer, per_param, &names).err()?;
+    let table = spec
+        .param_settings
+        .iter()
+        .find(|t| t.param.node == e.param)?;
+    // A conflict with a key of the run's (nesterov) lies in the param's own keys.
+    let at = e.key.as_ref().and_then(|k| {
+        let own = table.settings.iter().find(|s| s.key.node == *k);
+        own.or(table.settings.first())
+    });
+    let span = at.map_or(table.param.span.clone(), |s| s.key.span.clone());
+    let message = match spec.name.as_str() {
+        "base" => e.error.message,
+        variant => format!("{} (variant `{variant}`)", e.error.message),
+    };
+    Some(
+        Diagnostic::error(message)
+            .at(source, span)
+            .help_opt(e.error.help),
+    )
 }
 
 /// A run's loss plan and metrics plan.

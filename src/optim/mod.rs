@@ -50,7 +50,9 @@ macro_rules! words {
 }
 
 pub mod adafactor;
+pub mod catalogue;
 pub mod classic;
+pub mod groups;
 pub mod lbfgs;
 pub mod muon;
 pub mod prodigy;

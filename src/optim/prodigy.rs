@@ -37,6 +37,9 @@ fn scalar(t: &Tensor) -> Result<f64> {
 
 impl Rule for Prodigy {
     type State = ProdigyState;
+    /// prodigyopt's d is one estimate over every group: separate instances per group would
+    /// estimate another d.
+    const PARAM_GROUPS: bool = false;
 
     fn init(&self, params: &[Tensor]) -> Result<ProdigyState> {
         let zeros = || {
@@ -163,7 +166,7 @@ mod tests {
         let spec = OptimizerSpec::parse(spec).unwrap();
         let p = vec![Tensor::new(p0, &Device::Cpu).unwrap()];
         let g = vec![Tensor::new(g, &Device::Cpu).unwrap()];
-        let mut state = OptimizerState::new(&spec, &p).unwrap();
+        let mut state = OptimizerState::single(&spec, &p).unwrap();
         let cx = &mut StepCx {
             params: &p,
             grads: &g,
@@ -172,9 +175,9 @@ mod tests {
             t: 0,
             oracle: &mut NoClosure,
         };
-        let new = update(&spec, &mut state, cx).unwrap();
+        let new = update(&mut state, cx).unwrap();
         let d = state
-            .state_values(&spec)
+            .state_values(p.len())
             .into_iter()
             .find_map(|(k, v)| match v {
                 StateValue::Scalar(d) if k == "d" => Some(d),

@@ -208,7 +208,7 @@ mod tests {
         let spec = OptimizerSpec::parse(spec).unwrap();
         let mut p = vec![Tensor::new(p0, &Device::Cpu).unwrap()];
         let g = vec![Tensor::new(g, &Device::Cpu).unwrap()];
-        let mut state = OptimizerState::new(&spec, &p).unwrap();
+        let mut state = OptimizerState::single(&spec, &p).unwrap();
         for _ in 0..steps {
             let cx = &mut StepCx {
                 params: &p,
@@ -218,9 +218,9 @@ mod tests {
                 t: 0,
                 oracle: &mut NoClosure,
             };
-            p = update(&spec, &mut state, cx).unwrap();
+            p = update(&mut state, cx).unwrap();
         }
-        (values(&p), values(&state.eval_params(&spec).unwrap()))
+        (values(&p), values(&state.eval_params(&p).unwrap()))
     }
 
     #[test]

@@ -347,6 +347,13 @@ macro_rules! optimizers {
                 }
             }
 
+            /// Whether params may step in groups with their own settings ([`Rule::PARAM_GROUPS`]).
+            pub fn takes_param_groups(self) -> bool {
+                match self {
+                    $( OptimizerKind::$Name => <$Name as Rule>::PARAM_GROUPS, )*
+                }
+            }
+
             /// Hyper-parameters in torch.optim's order (defaults: [`OptimizerSpec::new`]).
             pub fn hyper_parameters(self) -> &'static [HyperParam] {
                 match self {

@@ -6,6 +6,7 @@
 
 use candle_core::{Result, Tensor};
 
+use super::groups::ParamGroup;
 use super::spec::{OptimizerSpec, RuleState};
 
 /// What a step may ask of the loss besides the gradient at the current params.
@@ -48,6 +49,11 @@ pub trait Rule {
     fn eval_params(&self, _state: &Self::State) -> Option<Vec<Tensor>> {
         None
     }
+
+    /// Whether params may step in groups with their own hyper-parameters (per-param settings),
+    /// each group a separate instance of the rule; false where the update couples every param
+    /// and torch refuses groups (LBFGS).
+    const PARAM_GROUPS: bool = true;
 
     /// The parts of its state worth showing by name, beyond the params (schedule-free's `z`,
     /// Prodigy's `d`): what tests compare with the references' state.
@@ -100,55 +106,156 @@ impl<R: UpdateRule> Rule for R {
     }
 }
 
-/// Optimizer state for all params, plus the number of updates taken.
+/// Optimizer state for all params, one rule state a param group, plus the number of updates
+/// taken.
 #[derive(Debug, Clone)]
 pub struct OptimizerState {
-    rule: RuleState,
+    groups: Vec<(ParamGroup, RuleState)>,
     pub updates: u64,
 }
 
 impl OptimizerState {
-    /// `spec`'s state before its first update of `params`.
-    pub fn new(spec: &OptimizerSpec, params: &[Tensor]) -> Result<Self> {
-        Ok(Self {
-            rule: spec.init_state(params)?,
-            updates: 0,
-        })
+    /// The state before the first update of `params`, stepped in `groups` (each param in
+    /// exactly one).
+    pub fn new(groups: Vec<ParamGroup>, params: &[Tensor]) -> Result<Self> {
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                let rule = g.spec.init_state(&pick(params, &g.params))?;
+                Ok((g, rule))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { groups, updates: 0 })
     }
 
-    /// The params to evaluate the model at, when `spec` keeps them apart from the ones it
-    /// takes gradients at.
-    pub fn eval_params(&self, spec: &OptimizerSpec) -> Option<Vec<Tensor>> {
-        spec.eval_params_of(&self.rule)
+    /// `spec`'s state before its first update of `params`, all stepped as one group.
+    pub fn single(spec: &OptimizerSpec, params: &[Tensor]) -> Result<Self> {
+        Self::new(vec![ParamGroup::all(spec, params.len())], params)
     }
 
-    /// The optimizer's own state (torch's `optimizer.state`), to inspect.
-    pub fn rule(&self) -> &RuleState {
-        &self.rule
+    /// The params to evaluate the model at, when an optimizer keeps them apart from the ones it
+    /// takes gradients at (`params`, which the other groups' eval params are).
+    pub fn eval_params(&self, params: &[Tensor]) -> Option<Vec<Tensor>> {
+        let mut out = params.to_vec();
+        let mut apart = false;
+        for (g, rule) in &self.groups {
+            if let Some(eval) = g.spec.eval_params_of(rule) {
+                apart = true;
+                for (&i, e) in g.params.iter().zip(eval) {
+                    out[i] = e;
+                }
+            }
+        }
+        apart.then_some(out)
     }
 
-    /// The named parts of `spec`'s state ([`Rule::state_values`]).
-    pub fn state_values(&self, spec: &OptimizerSpec) -> Vec<(&'static str, StateValue)> {
-        spec.state_values_of(&self.rule)
+    /// Each group's params and its rule's state (torch's `optimizer.state`), to inspect.
+    pub fn groups(&self) -> impl Iterator<Item = (&[usize], &RuleState)> {
+        self.groups
+            .iter()
+            .map(|(g, rule)| (g.params.as_slice(), rule))
+    }
+
+    /// The named parts of the rules' states ([`Rule::state_values`]) for `n` params: a
+    /// per-param value where every group's rule has it (placed at its params), a scalar when
+    /// the params step as one group.
+    pub fn state_values(&self, n: usize) -> Vec<(&'static str, StateValue)> {
+        let per_group: Vec<_> = self
+            .groups
+            .iter()
+            .map(|(g, rule)| (g, g.spec.state_values_of(rule)))
+            .collect();
+        let Some((_, first)) = per_group.first() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (name, value) in first {
+            match value {
+                StateValue::Scalar(_) if per_group.len() == 1 => out.push((*name, value.clone())),
+                StateValue::Scalar(_) => {}
+                StateValue::PerParam(_) => {
+                    let mut all: Vec<Option<Tensor>> = vec![None; n];
+                    for (g, values) in &per_group {
+                        let own = values.iter().find_map(|(k, v)| match v {
+                            StateValue::PerParam(t) if k == name => Some(t),
+                            _ => None,
+                        });
+                        for (&i, t) in g.params.iter().zip(own.into_iter().flatten()) {
+                            all[i] = Some(t.clone());
+                        }
+                    }
+                    if let Some(all) = all.into_iter().collect::<Option<Vec<_>>>() {
+                        out.push((*name, StateValue::PerParam(all)));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The tensors of `params` at `which`.
+fn pick(params: &[Tensor], which: &[usize]) -> Vec<Tensor> {
+    which.iter().map(|&i| params[i].clone()).collect()
+}
+
+/// A group's view of the run's oracle: the loss of the whole model with the group's params set
+/// to what the rule asks for (the others as they are), and the group's gradients.
+struct GroupOracle<'a> {
+    run: &'a mut dyn Oracle,
+    params: &'a [Tensor],
+    members: &'a [usize],
+}
+
+impl Oracle for GroupOracle<'_> {
+    fn loss_and_grads(&mut self, own: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+        let mut all = self.params.to_vec();
+        for (&i, p) in self.members.iter().zip(own) {
+            all[i] = p.clone();
+        }
+        let (loss, grads) = self.run.loss_and_grads(&all)?;
+        Ok((loss, pick(&grads, self.members)))
     }
 }
 
 /// Returns each param's new value, always a tensor of its own (with a zero step size a rule may
-/// return its input, which a run could not write back into the param it came from). `cx.t` is
-/// set here from the state's count.
-pub fn update(
-    spec: &OptimizerSpec,
-    state: &mut OptimizerState,
-    cx: &mut StepCx,
-) -> Result<Vec<Tensor>> {
+/// return its input, which a run could not write back into the param it came from). Each group
+/// steps with its own spec and state at `cx.lr` times its multiplier; `cx.t` is set here from
+/// the state's count.
+pub fn update(state: &mut OptimizerState, cx: &mut StepCx) -> Result<Vec<Tensor>> {
     state.updates += 1;
     cx.t = state.updates;
-    let new = spec.step_all(&mut state.rule, cx).unwrap_or_else(|| {
-        Err(candle_core::Error::Msg(format!(
-            "the optimizer state is not {}'s",
-            spec.kind().name()
-        )))
-    })?;
+    let mut new = cx.params.to_vec();
+    for (g, rule) in &mut state.groups {
+        let (params, grads) = (pick(cx.params, &g.params), pick(cx.grads, &g.params));
+        let mut oracle = GroupOracle {
+            run: &mut *cx.oracle,
+            params: cx.params,
+            members: &g.params,
+        };
+        let stepped = g
+            .spec
+            .step_all(
+                rule,
+                &mut StepCx {
+                    params: &params,
+                    grads: &grads,
+                    loss: cx.loss,
+                    lr: cx.lr * g.lr_scale,
+                    t: cx.t,
+                    oracle: &mut oracle,
+                },
+            )
+            .unwrap_or_else(|| {
+                Err(candle_core::Error::Msg(format!(
+                    "the optimizer state is not {}'s",
+                    g.spec.kind().name()
+                )))
+            })?;
+        for (&i, p) in g.params.iter().zip(stepped) {
+            new[i] = p;
+        }
+    }
     new.into_iter()
         .zip(cx.params)
         .map(|(new, p)| {
@@ -172,5 +279,48 @@ pub(super) fn add_scaled(x: &Tensor, y: &Tensor, k: f64) -> Result<Tensor> {
         Ok(x.clone())
     } else {
         x + y.affine(k, 0.0)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The loss sum(p_0) + 10 sum(p_1) + 100 sum(p_2), whose gradients are 1, 10 and 100; it
+    /// records the params it was asked about.
+    struct Weighted(Vec<Vec<f64>>);
+
+    impl Oracle for Weighted {
+        fn loss_and_grads(&mut self, params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+            let values: Vec<f64> = params
+                .iter()
+                .map(|p| p.to_scalar::<f64>())
+                .collect::<Result<_>>()?;
+            let loss = values[0] + 10.0 * values[1] + 100.0 * values[2];
+            self.0.push(values);
+            let grads = [1.0, 10.0, 100.0].map(|g| Tensor::new(g, &Device::Cpu));
+            Ok((loss, grads.into_iter().collect::<Result<_>>()?))
+        }
+    }
+
+    #[test]
+    fn a_group_asks_the_whole_model_with_its_own_params_replaced() {
+        let scalar = |x: f64| Tensor::new(x, &Device::Cpu).unwrap();
+        let params = [scalar(1.0), scalar(2.0), scalar(3.0)];
+        let mut run = Weighted(Vec::new());
+        // The group of params 2 and 0, in that order.
+        let mut group = GroupOracle {
+            run: &mut run,
+            params: &params,
+            members: &[2, 0],
+        };
+        let (loss, grads) = group.loss_and_grads(&[scalar(5.0), scalar(7.0)]).unwrap();
+        // Param 0 = 7, param 1 as it is (2), param 2 = 5.
+        assert_eq!(loss, 7.0 + 20.0 + 500.0);
+        let grads: Vec<f64> = grads.iter().map(|g| g.to_scalar().unwrap()).collect();
+        assert_eq!(grads, [100.0, 1.0]);
+        assert_eq!(run.0, [[7.0, 2.0, 5.0]]);
     }
 }

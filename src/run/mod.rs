@@ -20,6 +20,7 @@ use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
+use crate::optim::groups::param_groups;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx, update};
@@ -172,7 +173,14 @@ impl Run {
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
         let config_scale = config.loss_scale;
-        let state = OptimizerState::new(&config.optimizer, &param_tensors(evaluator.params()))?;
+        let names: Vec<String> = compiled.params.iter().map(|p| p.name.clone()).collect();
+        let groups = param_groups(
+            &config.optimizer,
+            &compiled.runs[run].param_settings,
+            &names,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let state = OptimizerState::new(groups, &param_tensors(evaluator.params()))?;
         let mut r = Self {
             name,
             def: run,
@@ -354,7 +362,6 @@ impl Run {
             let mut state = self.state.clone();
             let mut oracle = Closure::new(self);
             let new = update(
-                &self.config.optimizer,
                 &mut state,
                 &mut StepCx {
                     params: &params,
@@ -671,7 +678,6 @@ impl Run {
         let params = param_tensors(self.params());
         let mut state = self.state.clone();
         let new = update(
-            &self.config.optimizer,
             &mut state,
             &mut StepCx {
                 params: &params,
@@ -717,7 +723,7 @@ impl Run {
     /// The params the optimizer evaluates the model at, when it keeps them apart from the ones
     /// it takes gradients at (schedule-free's x, ASGD's average), flattened row-major in f64.
     pub fn eval_param_values(&self) -> Option<Vec<Vec<f64>>> {
-        let eval = self.state.eval_params(&self.config.optimizer)?;
+        let eval = self.state.eval_params(&param_tensors(self.params()))?;
         Some(
             eval.iter()
                 .map(|t| crate::compile::values_f64(t).unwrap_or_default())
@@ -728,13 +734,13 @@ impl Run {
     /// The named parts of the optimizer's state beyond the params (schedule-free's `z`,
     /// Prodigy's `d`).
     pub fn state_values(&self) -> Vec<(&'static str, StateValue)> {
-        self.state.state_values(&self.config.optimizer)
+        self.state.state_values(self.param_names.len())
     }
 
     /// The loss at the eval params ([`Self::eval_param_values`]), forward only; the params are
     /// put back.
     pub fn eval_loss(&self) -> Option<Result<f64, Diagnostic>> {
-        let eval = self.state.eval_params(&self.config.optimizer)?;
+        let eval = self.state.eval_params(&param_tensors(self.params()))?;
         let failed = |e: candle_core::Error| Diagnostic::error(format!("eval params: {e}"));
         let loss = || -> Result<f64, Diagnostic> {
             let here = self.param_copies().map_err(failed)?;

@@ -11,8 +11,12 @@ use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
+use crate::optim::catalogue;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::worker::{Command, RunId};
+
+/// Entries `page up`/`page down` move in a long list.
+const PAGE: usize = 10;
 
 impl App {
     /// A key press: ctrl keys, then the open dialog or help, then a count digit, then the table.
@@ -79,7 +83,16 @@ impl App {
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
             KeyAction::Curvature => self.run_command(run, Command::Curvature),
             KeyAction::AddRun if self.session().is_some() => {
-                self.popup = Some(Popup::PickOptimizer { selected: 1 })
+                // Starts at the selected run's optimizer (adam without one).
+                let current = self
+                    .session()
+                    .and_then(|s| s.selected_run())
+                    .map_or(OptimizerKind::Adam, |r| r.info.optimizer.kind());
+                let entries = catalogue::registry();
+                let selected = entries.iter().position(|e| e.spec.kind() == current);
+                self.popup = Some(Popup::PickOptimizer {
+                    selected: selected.unwrap_or(0),
+                })
             }
             KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
@@ -231,26 +244,30 @@ impl App {
                     _ => Some(popup),
                 }
             }
-            Popup::PickOptimizer { selected } => match k.code {
-                KeyCode::Up | KeyCode::Char('k') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: selected.saturating_sub(1),
-                    });
-                }
-                KeyCode::Down | KeyCode::Char('j') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
-                    });
-                }
-                KeyCode::Enter => {
-                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
-                    self.popup = Some(Popup::EditSpec {
-                        text: LineEdit::new(spec.to_string()),
-                        error: None,
-                    });
-                }
-                _ => {}
-            },
+            Popup::PickOptimizer { selected } => {
+                let entries = catalogue::registry();
+                let last = entries.len().saturating_sub(1);
+                let to = match k.code {
+                    KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => selected + 1,
+                    KeyCode::PageUp => selected.saturating_sub(PAGE),
+                    KeyCode::PageDown => selected + PAGE,
+                    KeyCode::Home | KeyCode::Char('g') => 0,
+                    KeyCode::End | KeyCode::Char('G') => last,
+                    KeyCode::Enter => {
+                        let spec = entries.get(selected).map(|e| e.spec.to_string());
+                        self.popup = Some(Popup::EditSpec {
+                            text: LineEdit::new(spec.unwrap_or_default()),
+                            error: None,
+                        });
+                        return;
+                    }
+                    _ => selected,
+                };
+                self.popup = Some(Popup::PickOptimizer {
+                    selected: to.min(last),
+                });
+            }
             Popup::EditSpec { mut text, .. } => match k.code {
                 KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
                     Ok(spec) => {

@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 
 use super::{
     ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile, MetricEntry, ParamEntry,
-    Setting, SettingValue, Variant, is_identifier, string_offsets,
+    ParamTable, Setting, SettingValue, Variant, is_identifier, string_offsets,
 };
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
@@ -169,11 +169,11 @@ impl Checker {
             _ => {}
         }
         self.check_duplicate_names(&data, &consts, &params);
-        let optimizer = root
+        let (optimizer, param_settings, kind) = root
             .get("optimizer")
-            .map(|v| self.settings(v, "[optimizer]"))
+            .map(|v| self.optimizer(v, "[optimizer]", &params, None))
             .unwrap_or_default();
-        let variants = self.variants(root.get("variants"), &consts);
+        let variants = self.variants(root.get("variants"), &consts, &params, kind);
         let functions = root
             .get("functions")
             .map(|v| self.functions(v))
@@ -193,6 +193,7 @@ impl Checker {
             consts,
             params,
             optimizer,
+            param_settings,
             variants,
             functions,
             metrics,

@@ -106,6 +106,14 @@ pub struct Setting {
     pub value: Spanned<SettingValue>,
 }
 
+/// An `[optimizer.params.NAME]` table: one param's own hyper-parameters and `lr_scale`.
+#[derive(Debug, Clone)]
+pub struct ParamTable {
+    /// The param it is for.
+    pub param: Spanned<String>,
+    pub settings: Vec<Setting>,
+}
+
 /// A named alternative run: overrides of the loss, consts, dtype or optimizer.
 #[derive(Debug, Clone)]
 pub struct Variant {
@@ -115,6 +123,8 @@ pub struct Variant {
     pub consts: Vec<ConstEntry>,
     pub dtype: Option<DType>,
     pub optimizer: Vec<Setting>,
+    /// Its `[variants.optimizer.params.NAME]` tables, laid over the file's key by key.
+    pub param_settings: Vec<ParamTable>,
 }
 
 /// A parsed, schema-checked loss file.
@@ -130,6 +140,8 @@ pub struct LossFile {
     pub consts: Vec<ConstEntry>,
     pub params: Vec<ParamEntry>,
     pub optimizer: Vec<Setting>,
+    /// The `[optimizer.params.NAME]` tables, in file order.
+    pub param_settings: Vec<ParamTable>,
     pub variants: Vec<Variant>,
     pub functions: Vec<FunctionDef>,
     /// Named expressions every run evaluates beside its loss, in file order.

@@ -1,12 +1,12 @@
 //! What draws over the panels: the help and the dialogs.
 
 use ratatui::Frame;
-use ratatui::layout::Rect;
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap};
 
-use crate::optim::spec::OptimizerKind;
+use crate::optim::catalogue::{self, by_group};
 use crate::tui::app::{App, Popup, duplicate_choices};
 use crate::tui::compare;
 use crate::tui::keys::{BINDINGS, Binding};
@@ -144,6 +144,90 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
     );
 }
 
+/// The widest the optimizer list grows, to show more of each optimizer's defaults.
+const LIST_WIDTH: u16 = 100;
+
+/// `text` cut to `width` characters, the cut marked with `…`.
+fn fit(text: &str, width: usize) -> String {
+    match text.chars().count() <= width {
+        true => text.to_string(),
+        false => {
+            let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+            format!("{kept}…")
+        }
+    }
+}
+
+/// Every optimizer under its group's heading, each with its defaults, scrolled to keep the
+/// selected one (`selected`, in list order) in view; below, its doc and the keys.
+///
+/// ```text
+/// ┌Add a run: optimizer──────────────────────────────┐
+/// │torch.optim                                       │
+/// │  sgd      lr=0.001, momentum=0, dampening=0, …   │
+/// │  adam     lr=0.001, beta1=0.9, beta2=0.999, …    │  ← selected, reversed
+/// │modern                                            │
+/// │──────────────────────────────────────────────────│
+/// │Adam: bias-corrected first and second moment …    │
+/// │↑↓ pgup pgdn home end move · enter edits · esc    │
+/// └──────────────────────────────────────────────────┘
+/// ```
+fn optimizers(f: &mut Frame, selected: usize, area: Rect) {
+    let entries = catalogue::registry();
+    let width = LIST_WIDTH
+        .min(area.width.saturating_sub(4))
+        .max(DIALOG_WIDTH.min(area.width));
+    let inner = width.saturating_sub(2) as usize;
+    let name_w = entries.iter().map(|e| e.name().len()).max().unwrap_or(0);
+    let mut items = Vec::new();
+    let mut list_index = None;
+    let mut n = 0;
+    for (group, members) in by_group(&entries) {
+        items.push(ListItem::new(Line::styled(
+            group.title(),
+            Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+        )));
+        for e in members {
+            if n == selected {
+                list_index = Some(items.len());
+            }
+            n += 1;
+            let line = format!("  {:<name_w$}  {}", e.name(), e.defaults());
+            items.push(ListItem::new(fit(&line, inner)));
+        }
+    }
+    let doc = entries.get(selected).map_or("", |e| e.doc.as_str());
+    let footer = vec![
+        Line::styled("─".repeat(inner), Style::new().fg(Color::DarkGray)),
+        Line::from(fit(doc, inner)),
+        Line::styled(
+            fit(
+                "↑↓ pgup pgdn home end move · enter edits the spec · esc cancels",
+                inner,
+            ),
+            Style::new().fg(Color::DarkGray),
+        ),
+    ];
+    let height = (items.len() + footer.len() + 2) as u16;
+    let r = centered(
+        area,
+        width,
+        height.min(area.height.saturating_sub(2).max(3)),
+    );
+    f.render_widget(Clear, r);
+    let block = Block::bordered()
+        .title("Add a run: optimizer")
+        .border_style(Style::new().fg(Color::Cyan));
+    let body = block.inner(r);
+    f.render_widget(block, r);
+    let [list_area, footer_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(footer.len() as u16)]).areas(body);
+    let list = List::new(items).highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = ListState::default().with_selected(list_index);
+    f.render_stateful_widget(list, list_area, &mut state);
+    f.render_widget(Paragraph::new(footer), footer_area);
+}
+
 /// The width of the dialogs (less on a narrow terminal).
 const DIALOG_WIDTH: u16 = 60;
 
@@ -177,14 +261,7 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
         Popup::Compare { column, descending } => {
             return compare(f, app, *column, *descending, area);
         }
-        Popup::PickOptimizer { selected } => (
-            "Add a run: optimizer",
-            OptimizerKind::ALL
-                .iter()
-                .map(|k| Line::from(k.name()))
-                .collect(),
-            Some(*selected),
-        ),
+        Popup::PickOptimizer { selected } => return optimizers(f, *selected, area),
         Popup::EditSpec { text, error } => (
             "Add a run: edit the spec",
             field(

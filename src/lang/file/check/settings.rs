@@ -3,17 +3,80 @@
 use toml::de::{DeTable, DeValue};
 
 use super::*;
+use crate::optim::spec::OptimizerKind;
 
 impl Checker {
-    /// An `[optimizer]` table's settings, each checked against the registry.
-    pub(super) fn settings(&mut self, v: &Value, what: &str) -> Vec<Setting> {
+    /// An `[optimizer]` table's settings and its `[optimizer.params.NAME]` tables, each checked
+    /// against the registry; the optimizer is the table's `name`, else `fallback` (a variant's
+    /// file's), else any.
+    pub(super) fn optimizer(
+        &mut self,
+        v: &Value,
+        what: &str,
+        params: &[ParamEntry],
+        fallback: Option<OptimizerKind>,
+    ) -> (Vec<Setting>, Vec<ParamTable>, Option<OptimizerKind>) {
         let (value, span) = spanned(v);
         let DeValue::Table(t) = value else {
             self.error(format!("{what} must be a table"), span);
+            return (Vec::new(), Vec::new(), fallback);
+        };
+        let out = self.settings_from(t, |k| k != "params", what);
+        let kind = self.check_settings(&out).or(fallback);
+        let tables = t
+            .get("params")
+            .map(|p| self.param_tables(p, kind, params))
+            .unwrap_or_default();
+        (out, tables, kind)
+    }
+
+    /// The `[optimizer.params.NAME]` tables: each names a param, each key is checked as a
+    /// per-param setting of `kind`.
+    fn param_tables(
+        &mut self,
+        v: &Value,
+        kind: Option<OptimizerKind>,
+        params: &[ParamEntry],
+    ) -> Vec<ParamTable> {
+        use crate::optim::groups::{check_param_setting, unknown_param};
+        let (value, span) = spanned(v);
+        let DeValue::Table(t) = value else {
+            self.error(
+                "`params` in [optimizer] must be a table of param tables",
+                span,
+            )
+            .help = Some("e.g. [optimizer.params.b] with weight_decay = 0 under it".into());
             return Vec::new();
         };
-        let out = self.settings_from(t, |_| true, what);
-        self.check_settings(&out);
+        let names = params.iter().map(|p| p.name.node.as_str());
+        let mut out = Vec::new();
+        for (k, v) in t.iter() {
+            let param = k.get_ref().to_string();
+            if !names.clone().any(|n| n == param) {
+                let e = unknown_param(&param, names.clone());
+                self.error(e.message, k.span()).help = e.help;
+                continue;
+            }
+            let (pv, pspan) = spanned(v);
+            let DeValue::Table(pt) = pv else {
+                self.error(
+                    format!("`params.{param}` must be a table of settings"),
+                    pspan,
+                )
+                .help = Some(format!("e.g. params.{param} = {{ weight_decay = 0 }}"));
+                continue;
+            };
+            let settings = self.settings_from(pt, |_| true, &format!("[optimizer.params.{param}]"));
+            for s in &settings {
+                if let Err(e) = check_param_setting(kind, &s.key.node, s.value.node.raw()) {
+                    self.error(e.message, s.key.span.clone()).help = e.help;
+                }
+            }
+            out.push(ParamTable {
+                param: Spanned::new(param, k.span()),
+                settings,
+            });
+        }
         out
     }
 
@@ -53,7 +116,8 @@ impl Checker {
         out
     }
 
-    fn check_settings(&mut self, settings: &[Setting]) {
+    /// Checks `[optimizer]` settings; returns the optimizer their `name` names.
+    fn check_settings(&mut self, settings: &[Setting]) -> Option<OptimizerKind> {
         use crate::optim::spec::{check_setting, kind_from_name};
         let mut kind = None;
         if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
@@ -75,10 +139,19 @@ impl Checker {
                 self.error(e.message, s.key.span.clone()).help = e.help;
             }
         }
+        kind
     }
 
     /// The `[[variants]]`, each checked: name, consts it overrides, dtype, loss, run settings.
-    pub(super) fn variants(&mut self, v: Option<&Value>, consts: &[ConstEntry]) -> Vec<Variant> {
+    /// `kind`: the file's optimizer, what a variant's per-param settings are checked against
+    /// when it names none.
+    pub(super) fn variants(
+        &mut self,
+        v: Option<&Value>,
+        consts: &[ConstEntry],
+        params: &[ParamEntry],
+        kind: Option<OptimizerKind>,
+    ) -> Vec<Variant> {
         let Some(v) = v else {
             return Vec::new();
         };
@@ -110,9 +183,9 @@ impl Checker {
                 .map(|(s, _)| s);
             let loss = t.get("loss").and_then(|v| self.program(v));
             let dtype = t.get("dtype").and_then(|v| self.dtype(v));
-            let mut optimizer = t
+            let (mut optimizer, param_settings, _) = t
                 .get("optimizer")
-                .map(|v| self.settings(v, "a variant's optimizer"))
+                .map(|v| self.optimizer(v, "a variant's optimizer", params, kind))
                 .unwrap_or_default();
             // `grad`, `loss_scale` and `accumulate` on a variant are run settings like those in
             // its optimizer table.
@@ -172,6 +245,7 @@ impl Checker {
                 consts: overrides,
                 dtype,
                 optimizer,
+                param_settings,
             });
         }
         out
