@@ -49,8 +49,11 @@ macro_rules! words {
     };
 }
 
+pub mod chain;
 pub mod classic;
+pub mod lowp;
 pub mod schedule;
 pub mod settings;
 pub mod spec;
 pub mod step;
+pub mod tricks;

@@ -6,7 +6,9 @@
 
 use candle_core::{Result, Tensor};
 
+use super::chain::{TrickState, Tricks};
 use super::spec::{OptimizerSpec, RuleState};
+use super::tricks::{TrickKind, TrickSpec};
 
 /// What a step may ask of the loss besides the gradient at the current params.
 pub trait Oracle {
@@ -81,26 +83,54 @@ impl<R: UpdateRule> Rule for R {
     }
 }
 
-/// Optimizer state for all params, plus the number of updates taken.
+/// Optimizer state for all params, plus the number of updates taken and the state of the
+/// tricks around the optimizer ([`super::chain`]).
 #[derive(Debug, Clone)]
 pub struct OptimizerState {
-    rule: RuleState,
+    pub(super) rule: RuleState,
     pub updates: u64,
+    pub(super) tricks: Tricks,
 }
 
 impl OptimizerState {
     /// `spec`'s state before its first update of `params`.
     pub fn new(spec: &OptimizerSpec, params: &[Tensor]) -> Result<Self> {
+        Self::with_tricks(spec, &[], params, params)
+    }
+
+    /// The state of `spec` with `tricks` around it before the first update of `params` (in the
+    /// run's dtype); `initial` are the same params at full precision, where f32 master weights
+    /// start.
+    pub fn with_tricks(
+        spec: &OptimizerSpec,
+        tricks: &[TrickSpec],
+        params: &[Tensor],
+        initial: &[Tensor],
+    ) -> Result<Self> {
+        let (tricks, base_params) = Tricks::new(spec, tricks, params, initial)?;
         Ok(Self {
-            rule: spec.init_state(params)?,
+            rule: spec.init_state(&base_params)?,
             updates: 0,
+            tricks,
         })
     }
 
-    /// The params to evaluate the model at, when `spec` keeps them apart from the ones it
-    /// takes gradients at.
+    /// The params to evaluate the model at, when the tricks (ema's average, lookahead's slow
+    /// params) or `spec` keep them apart from the ones gradients are taken at.
     pub fn eval_params(&self, spec: &OptimizerSpec) -> Option<Vec<Tensor>> {
-        spec.eval_params_of(&self.rule)
+        self.tricks
+            .eval_params()
+            .or_else(|| self.tricks.in_run_dtype(spec.eval_params_of(&self.rule)?))
+    }
+
+    /// The f32 params `master_weights` keeps (None without the trick or outside f16/bf16).
+    pub fn master_params(&self) -> Option<&[Tensor]> {
+        self.tricks.master()
+    }
+
+    /// What trick `kind` keeps between steps (None: it is not in the chain).
+    pub fn trick(&self, kind: TrickKind) -> Option<&TrickState> {
+        self.tricks.state_of(kind)
     }
 }
 

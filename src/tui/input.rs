@@ -12,6 +12,7 @@ use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
 use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, RunId};
 
 impl App {
@@ -252,7 +253,7 @@ impl App {
                 _ => {}
             },
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
+                KeyCode::Enter => match ChainSpec::parse(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()
