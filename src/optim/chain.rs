@@ -68,6 +68,7 @@ pub struct Tricks {
 }
 
 /// How the base optimizer's result is stored: set by the precision tricks in f16/bf16 runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Storage {
     /// In the run's dtype, as the optimizer made it.
     Plain,
@@ -75,9 +76,8 @@ enum Storage {
     Master,
     /// The f32 result rounded stochastically to the run's dtype.
     Rounding,
-    /// Adam's own update, added through the compensation in the run's dtype (op by op).
-    KahanAdam(AdamRule),
-    /// Any other optimizer's f32 update, added through the compensation.
+    /// The update added through the compensation in the run's dtype: Adam's own update (its
+    /// state in the run's dtype, as the reference), any other optimizer's from an f32 step.
     Kahan,
 }
 
@@ -119,7 +119,11 @@ impl Tricks {
                     skipped: 0,
                 },
                 TrickSpec::Lookahead(_) => TrickState::Lookahead {
-                    slow: cast(params, wide(dtype))?,
+                    // A copy: the run's params change in place.
+                    slow: cast(params, wide(dtype))?
+                        .iter()
+                        .map(Tensor::copy)
+                        .collect::<Result<_>>()?,
                     steps_since_sync: 0,
                 },
                 TrickSpec::Ema(_) => TrickState::Ema {
@@ -166,18 +170,16 @@ impl Tricks {
     }
 
     /// How the base's result is stored.
-    fn storage(&self, spec: &OptimizerSpec) -> Storage {
-        for s in &self.states {
-            match s {
-                TrickState::MasterWeights { .. } => return Storage::Master,
-                TrickState::StochasticRounding { .. } => return Storage::Rounding,
-                TrickState::Kahan { .. } => {
-                    return AdamRule::of(spec).map_or(Storage::Kahan, Storage::KahanAdam);
-                }
-                _ => {}
-            }
-        }
-        Storage::Plain
+    fn storage(&self) -> Storage {
+        self.states
+            .iter()
+            .find_map(|s| match s {
+                TrickState::MasterWeights { .. } => Some(Storage::Master),
+                TrickState::StochasticRounding { .. } => Some(Storage::Rounding),
+                TrickState::Kahan { .. } => Some(Storage::Kahan),
+                _ => None,
+            })
+            .unwrap_or(Storage::Plain)
     }
 
     pub(super) fn state_of(&self, kind: TrickKind) -> Option<&TrickState> {
@@ -311,10 +313,12 @@ pub struct Stepped {
 /// tricks after it. `cx` holds the run's params and gradients (after the run's own clipping).
 pub fn step(spec: &OptimizerSpec, state: &mut OptimizerState, cx: &mut StepCx) -> Result<Stepped> {
     let dtype = state.tricks.dtype;
-    let storage = state.tricks.storage(spec);
-    let work = match storage {
-        Storage::Plain | Storage::KahanAdam(_) => dtype,
-        Storage::Master | Storage::Rounding | Storage::Kahan => DType::F32,
+    let storage = state.tricks.storage();
+    // Adam under master weights or Kahan steps op by op, as torch's loop does (the reference).
+    let adam = AdamRule::of(spec).filter(|_| matches!(storage, Storage::Master | Storage::Kahan));
+    let work = match (storage, &adam) {
+        (Storage::Plain, _) | (Storage::Kahan, Some(_)) => dtype,
+        (Storage::Master | Storage::Rounding | Storage::Kahan, _) => DType::F32,
     };
     let params = match (&storage, state.tricks.master()) {
         (Storage::Master, Some(master)) => master.to_vec(),
@@ -333,13 +337,13 @@ pub fn step(spec: &OptimizerSpec, state: &mut OptimizerState, cx: &mut StepCx) -
         grads = g;
         clipped |= c;
     }
-    let stored = match &storage {
-        Storage::KahanAdam(rule) => {
-            let new = kahan_adam(rule, state, &params, &grads, cx.lr)?;
+    let stored = match &adam {
+        Some(rule) => {
+            let new = adam_op_by_op(rule, state, &params, &grads, cx.lr, storage)?;
             cx.t = state.updates;
             new
         }
-        _ => {
+        None => {
             let mut oracle = InDtype {
                 oracle: &mut *cx.oracle,
                 run: dtype,
@@ -386,7 +390,7 @@ fn store(
 ) -> Result<Vec<Tensor>> {
     let dtype = tricks.dtype;
     match storage {
-        Storage::Plain | Storage::Master | Storage::KahanAdam(_) => Ok(new),
+        Storage::Plain | Storage::Master => Ok(new),
         Storage::Rounding => {
             let Some(bits) = tricks.states.iter_mut().find_map(|s| match s {
                 TrickState::StochasticRounding { bits } => Some(bits),
@@ -422,13 +426,15 @@ fn store(
     }
 }
 
-/// Adam's step op by op with each update added through the compensation (README steps 7k-8k).
-fn kahan_adam(
+/// Adam's step op by op on `params` (the f32 master params, or the run's under Kahan, whose
+/// updates go through the compensation: README steps 7k-8k).
+fn adam_op_by_op(
     rule: &AdamRule,
     state: &mut OptimizerState,
     params: &[Tensor],
     grads: &[Tensor],
     lr: f64,
+    storage: Storage,
 ) -> Result<Vec<Tensor>> {
     state.updates += 1;
     let t = state.updates;
@@ -436,19 +442,18 @@ fn kahan_adam(
         RuleState::Adam(s) | RuleState::AdamW(s) => s,
         _ => {
             return Err(candle_core::Error::Msg(
-                "kahan: the state is not adam's".into(),
+                "the optimizer state is not adam's".into(),
             ));
         }
     };
-    let Some(comp) = state.tricks.states.iter_mut().find_map(|s| match s {
-        TrickState::Kahan { comp } => Some(comp),
+    let mut comp = state.tricks.states.iter_mut().find_map(|s| match s {
+        TrickState::Kahan { comp } if storage == Storage::Kahan => Some(comp.iter_mut()),
         _ => None,
-    }) else {
-        return Err(candle_core::Error::Msg("kahan: no compensation".into()));
-    };
+    });
     let mut out = Vec::with_capacity(params.len());
-    for (((p, g), s), c) in params.iter().zip(grads).zip(adam.iter_mut()).zip(comp) {
-        out.push(lowp::adam(rule, s, p, g, lr, t, Some(c))?);
+    for ((p, g), s) in params.iter().zip(grads).zip(adam.iter_mut()) {
+        let c = comp.as_mut().and_then(Iterator::next);
+        out.push(lowp::adam(rule, s, p, g, lr, t, c)?);
     }
     Ok(out)
 }

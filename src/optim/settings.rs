@@ -4,7 +4,7 @@
 
 use super::schedule::{LrSchedule, Schedule};
 use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
-use super::tricks::TrickSpec;
+use super::tricks::{ChainSpec, TrickSpec};
 
 words! {
     /// What to do when the loss or a gradient is NaN or Inf.
@@ -200,6 +200,14 @@ impl RunSettings {
             tricks: text("tricks")
                 .and_then(|t| TrickSpec::parse_list(t).ok())
                 .unwrap_or_default(),
+        }
+    }
+
+    /// The optimizer with its tricks, as specs write it.
+    pub fn chain(&self) -> ChainSpec {
+        ChainSpec {
+            base: self.optimizer.clone(),
+            tricks: self.tricks.clone(),
         }
     }
 

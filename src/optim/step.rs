@@ -123,6 +123,11 @@ impl OptimizerState {
             .or_else(|| self.tricks.in_run_dtype(spec.eval_params_of(&self.rule)?))
     }
 
+    /// The base optimizer's own state (torch's `state[p]` for each param).
+    pub fn rule(&self) -> &RuleState {
+        &self.rule
+    }
+
     /// The f32 params `master_weights` keeps (None without the trick or outside f16/bf16).
     pub fn master_params(&self) -> Option<&[Tensor]> {
         self.tricks.master()

@@ -328,10 +328,7 @@ impl Worker {
                     def,
                     overrides,
                     name: run.name.clone(),
-                    optimizer: ChainSpec {
-                        base: run.config.optimizer.clone(),
-                        tricks: run.config.tricks.clone(),
-                    },
+                    optimizer: run.config.chain(),
                     dtype: run.dtype,
                     steps: run.config.steps,
                     grad: run.config.grad.name(),
