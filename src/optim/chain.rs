@@ -34,7 +34,8 @@ pub enum TrickState {
         total_notfinite: u64,
     },
     SkipSpikes {
-        /// Gradient norms of the last accepted steps, oldest first (at most `window`).
+        /// Gradient norms of the last steps judged, skipped or not, oldest first (at most
+        /// `window`).
         recent: VecDeque<f64>,
         /// Steps skipped as spikes so far.
         skipped: u64,
@@ -226,8 +227,9 @@ pub enum Verdict {
 
 /// Step 2: `skip_nonfinite` counts every gradient and skips a non-finite one unless it has seen
 /// more than `max_consecutive` in a row; `skip_spikes` judges a finite gradient not skipped
-/// already against the mean norm of its window, and adds the norms of the steps it lets through.
-/// A skipped step changes nothing but these counters.
+/// already against the mean norm of its window, then adds its norm to the window (a full-batch
+/// spike comes back at the same params, and would otherwise be skipped forever). A skipped step
+/// changes nothing but these counters.
 pub fn admit(state: &mut OptimizerState, grads: &[Tensor]) -> Result<Verdict> {
     let tricks = &mut state.tricks;
     if tricks.states.iter().all(|s| {
@@ -271,11 +273,10 @@ pub fn admit(state: &mut OptimizerState, grads: &[Tensor]) -> Result<Verdict> {
             if full && norm > o.factor * mean {
                 *skipped += 1;
                 verdict = Verdict::Skip(TrickKind::SkipSpikes);
-            } else {
-                recent.push_back(norm);
-                while recent.len() as u64 > o.window {
-                    recent.pop_front();
-                }
+            }
+            recent.push_back(norm);
+            while recent.len() as u64 > o.window {
+                recent.pop_front();
             }
         }
     }
@@ -296,7 +297,7 @@ pub fn absorbs_nonfinite(state: &OptimizerState) -> bool {
                 TrickState::SkipNonfinite {
                     notfinite_count, ..
                 },
-            ) => notfinite_count + 1 <= o.max_consecutive,
+            ) => *notfinite_count < o.max_consecutive,
             _ => false,
         })
 }
@@ -541,11 +542,11 @@ fn global_norm(grads: &[Tensor]) -> Result<f64> {
     Ok(sum.sqrt())
 }
 
-/// Whether every entry of every gradient is finite (x - x is 0 exactly then, NaN otherwise).
+/// Whether every entry of every gradient is finite (0 x is 0 exactly then, NaN otherwise).
 fn all_finite(grads: &[Tensor]) -> Result<bool> {
     for g in grads {
-        let g = g.to_dtype(DType::F64)?;
-        if (&g - &g)?.sum_all()?.to_scalar::<f64>()?.is_nan() {
+        let zeros = g.to_dtype(DType::F64)?.affine(0.0, 0.0)?;
+        if zeros.sum_all()?.to_scalar::<f64>()?.is_nan() {
             return Ok(false);
         }
     }

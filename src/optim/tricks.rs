@@ -212,7 +212,8 @@ tricks! {
     SkipSpikes = "skip_spikes" where spikes_window {
         /// How many times the running mean a gradient norm may reach before its step is skipped.
         factor: f64 = 10.0 => NonNegative,
-        /// Accepted steps the running mean is taken over; none is skipped before it fills.
+        /// Steps the running mean is taken over, skipped ones too (so a spike that persists
+        /// passes after about window / factor tries); none is skipped before it fills.
         window: u64 = 20 => Any,
     }
     /// Scale the global gradient norm down to `max_norm` (torch's clip_grad_norm_).
