@@ -33,22 +33,22 @@ impl Hyper for LossScale {
     }
 }
 
-/// Why a trick's parameters are refused together or alone beyond their range: the key and why.
-type Check<T> = fn(&T) -> Result<(), (&'static str, String)>;
+/// A check of a trick's parameters beyond each one's range: why they are refused.
+type Check<T> = fn(&T) -> Result<(), String>;
 
 /// A count that must be at least 1 (`sync_period`, `window`).
-fn at_least_one(key: &'static str, n: u64) -> Result<(), (&'static str, String)> {
+fn at_least_one(key: &str, n: u64) -> Result<(), String> {
     match n {
-        0 => Err((key, format!("`{key}` must be at least 1"))),
+        0 => Err(format!("`{key}` must be at least 1")),
         _ => Ok(()),
     }
 }
 
-fn lookahead_period(t: &Lookahead) -> Result<(), (&'static str, String)> {
+fn lookahead_period(t: &Lookahead) -> Result<(), String> {
     at_least_one("sync_period", t.sync_period)
 }
 
-fn spikes_window(t: &SkipSpikes) -> Result<(), (&'static str, String)> {
+fn spikes_window(t: &SkipSpikes) -> Result<(), String> {
     at_least_one("window", t.window)
 }
 
@@ -99,7 +99,7 @@ macro_rules! tricks {
                     }
                 }
 
-                fn check(&self) -> Result<(), (&'static str, String)> {
+                fn check(&self) -> Result<(), String> {
                     $( let check: Check<Self> = $check; check(self)?; )?
                     Ok(())
                 }
@@ -172,7 +172,7 @@ macro_rules! tricks {
                 }
             }
 
-            fn check_together(&self) -> Result<(), (&'static str, String)> {
+            fn check_together(&self) -> Result<(), String> {
                 match self {
                     $( TrickSpec::$Name(t) => t.check(), )*
                 }
@@ -290,12 +290,10 @@ impl TrickSpec {
             };
             trick.set(key.trim(), typed_value(value.trim()))?;
         }
-        trick
-            .check_together()
-            .map_err(|(_, message)| SettingError {
-                message,
-                help: None,
-            })?;
+        trick.check_together().map_err(|message| SettingError {
+            message,
+            help: None,
+        })?;
         Ok(trick)
     }
 
