@@ -674,6 +674,28 @@ fn enter_on_an_optimizer_edits_its_defaults() {
 }
 
 #[test]
+fn the_spec_editor_takes_tricks_after_the_optimizer() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    // The cursor is at the end of the optimizer's spec.
+    typed(&mut app, " + agc(clipping=0.05) + ema(decay=0.9)");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, None);
+    app.settle(&rx);
+    let names = run_names(&app);
+    assert_eq!(
+        names[4],
+        format!(
+            "{} · adam(lr=0.001) + agc(clipping=0.05) + ema(decay=0.9)",
+            names[0]
+        )
+    );
+    typed_settled(&mut app, &rx, "3n");
+    assert_eq!(history_lens(&app), vec![3; 5]);
+}
+
+#[test]
 fn spec_editor_rejects_a_bad_spec_and_esc_cancels() {
     let (mut app, rx) = open(ROSENBROCK);
     typed(&mut app, "o");

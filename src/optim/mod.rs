@@ -51,9 +51,11 @@ macro_rules! words {
 
 pub mod adafactor;
 pub mod catalogue;
+pub mod chain;
 pub mod classic;
 pub mod groups;
 pub mod lbfgs;
+pub mod lowp;
 pub mod muon;
 pub mod prodigy;
 pub mod schedule;
@@ -62,3 +64,4 @@ pub mod settings;
 pub mod spec;
 pub mod step;
 pub mod torch_more;
+pub mod tricks;

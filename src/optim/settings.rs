@@ -4,6 +4,7 @@
 
 use super::schedule::{LrSchedule, Schedule};
 use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
+use super::tricks::{ChainSpec, TrickSpec};
 
 words! {
     /// What to do when the loss or a gradient is NaN or Inf.
@@ -62,6 +63,8 @@ pub enum SettingKind {
     Choice(&'static [&'static str]),
     /// A power of two, or `dynamic` (GradScaler's rule).
     Scale,
+    /// A chain of tricks, `agc(clipping=0.05) + ema` (a file's list, joined).
+    Tricks,
 }
 
 /// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
@@ -78,6 +81,7 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
     ("grad", SettingKind::Choice(GradSource::NAMES)),
     ("loss_scale", SettingKind::Scale),
     ("accumulate", SettingKind::Choice(&["f32", "f64"])),
+    ("tricks", SettingKind::Tricks),
 ];
 
 /// Checks `key = value` if `key` is a run setting (None: it is not one).
@@ -107,6 +111,11 @@ pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), Settin
                 "e.g. loss_scale = \"{DYNAMIC}\" (start at 2^16, as torch's GradScaler) or 1024"
             )),
         }),
+        (SettingKind::Tricks, RawValue::Text(t)) => TrickSpec::parse_list(t).map(|_| ()),
+        (SettingKind::Tricks, _) => Err(SettingError {
+            message: format!("`{key}` must be a list of tricks"),
+            help: Some("e.g. tricks = [\"agc(clipping=0.05)\", \"ema(decay=0.99)\"]".into()),
+        }),
     })
 }
 
@@ -125,6 +134,9 @@ pub struct RunSettings {
     /// Where gradients come from.
     pub grad: GradSource,
     pub loss_scale: LossScale,
+    /// Stabilization tricks around the optimizer, in the order they were written (after the
+    /// `clip_norm`, `clip_value` and `loss_scale` keys, which act first).
+    pub tricks: Vec<TrickSpec>,
 }
 
 impl RunSettings {
@@ -185,6 +197,28 @@ impl RunSettings {
                 (_, Some(n)) => LossScale::Fixed(n),
                 _ => LossScale::Off,
             },
+            tricks: text("tricks")
+                .and_then(|t| TrickSpec::parse_list(t).ok())
+                .unwrap_or_default(),
         }
+    }
+
+    /// The optimizer with its tricks, as specs write it.
+    pub fn chain(&self) -> ChainSpec {
+        ChainSpec {
+            base: self.optimizer.clone(),
+            tricks: self.tricks.clone(),
+        }
+    }
+
+    /// The loss scaling a run uses: a `loss_scale` trick's, else the `loss_scale` key's.
+    pub fn loss_scaling(&self) -> LossScale {
+        self.tricks
+            .iter()
+            .find_map(|t| match t {
+                TrickSpec::LossScaling(s) => Some(s.scale),
+                _ => None,
+            })
+            .unwrap_or(self.loss_scale)
     }
 }

@@ -1021,19 +1021,7 @@ impl SpecOverride {
     /// Parses `name` or `name(key=value, ...)`; a value is a number or `true`/`false`. Each
     /// value is checked against the registry (its type and torch's range).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
-        let text = text.trim();
-        let (name, args) = match text.split_once('(') {
-            Some((name, rest)) => {
-                let Some(args) = rest.trim_end().strip_suffix(')') else {
-                    return Err(SettingError {
-                        message: format!("`{text}` is missing its closing `)`"),
-                        help: Some(SPEC_EXAMPLE.into()),
-                    });
-                };
-                (name.trim(), args)
-            }
-            None => (text, ""),
-        };
+        let (name, args) = split_call(text)?;
         let kind = kind_from_name(name)?;
         let mut typed = OptimizerSpec::new(kind);
         let mut keys = Vec::new();
@@ -1045,11 +1033,7 @@ impl SpecOverride {
                 });
             };
             let (key, value) = (key.trim(), value.trim());
-            let raw = match value {
-                "true" => RawValue::Bool(true),
-                "false" => RawValue::Bool(false),
-                v => v.parse().map_or(RawValue::Text(v), RawValue::Number),
-            };
+            let raw = typed_value(value);
             typed
                 .set(key, raw)
                 .map_err(|e| match (raw, typed.get(key)) {
@@ -1111,9 +1095,34 @@ impl FromStr for SpecOverride {
     }
 }
 
+/// `name(args)` split into the name and the text between the parentheses (`name` alone: no
+/// args), both trimmed.
+pub(super) fn split_call(text: &str) -> Result<(&str, &str), SettingError> {
+    let text = text.trim();
+    match text.split_once('(') {
+        Some((name, rest)) => match rest.trim_end().strip_suffix(')') {
+            Some(args) => Ok((name.trim(), args)),
+            None => Err(SettingError {
+                message: format!("`{text}` is missing its closing `)`"),
+                help: Some(SPEC_EXAMPLE.into()),
+            }),
+        },
+        None => Ok((text, "")),
+    }
+}
+
+/// A written value: `true`/`false`, a number, or a word.
+pub(super) fn typed_value(value: &str) -> RawValue<'_> {
+    match value {
+        "true" => RawValue::Bool(true),
+        "false" => RawValue::Bool(false),
+        v => v.parse().map_or(RawValue::Text(v), RawValue::Number),
+    }
+}
+
 /// `args` split at the commas outside parentheses (so a nested spec stays one argument), each
 /// trimmed.
-fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
+pub(super) fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
     let mut depth = 0i32;
     args.split(move |c| {
         match c {

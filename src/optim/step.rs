@@ -6,8 +6,11 @@
 
 use candle_core::{Result, Tensor};
 
+use super::chain::{TrickState, Tricks};
+use super::classic::AdamRule;
 use super::groups::ParamGroup;
 use super::spec::{OptimizerSpec, RuleState};
+use super::tricks::{TrickKind, TrickSpec};
 
 /// What a step may ask of the loss besides the gradient at the current params.
 pub trait Oracle {
@@ -107,25 +110,19 @@ impl<R: UpdateRule> Rule for R {
 }
 
 /// Optimizer state for all params, one rule state a param group, plus the number of updates
-/// taken.
+/// taken and the state of the tricks around the optimizer ([`super::chain`]).
 #[derive(Debug, Clone)]
 pub struct OptimizerState {
-    groups: Vec<(ParamGroup, RuleState)>,
+    pub(super) groups: Vec<(ParamGroup, RuleState)>,
     pub updates: u64,
+    pub(super) tricks: Tricks,
 }
 
 impl OptimizerState {
     /// The state before the first update of `params`, stepped in `groups` (each param in
-    /// exactly one).
+    /// exactly one), without tricks.
     pub fn new(groups: Vec<ParamGroup>, params: &[Tensor]) -> Result<Self> {
-        let groups = groups
-            .into_iter()
-            .map(|g| {
-                let rule = g.spec.init_state(&pick(params, &g.params))?;
-                Ok((g, rule))
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { groups, updates: 0 })
+        Self::with_tricks(groups, &[], params, params)
     }
 
     /// `spec`'s state before its first update of `params`, all stepped as one group.
@@ -133,20 +130,59 @@ impl OptimizerState {
         Self::new(vec![ParamGroup::all(spec, params.len())], params)
     }
 
-    /// The params to evaluate the model at, when an optimizer keeps them apart from the ones it
-    /// takes gradients at (`params`, which the other groups' eval params are).
+    /// The state of `groups` with `tricks` around them before the first update of `params` (in
+    /// the run's dtype); `initial` are the same params at full precision, where f32 master
+    /// weights start.
+    pub fn with_tricks(
+        groups: Vec<ParamGroup>,
+        tricks: &[TrickSpec],
+        params: &[Tensor],
+        initial: &[Tensor],
+    ) -> Result<Self> {
+        let adam = groups.iter().all(|g| AdamRule::of(&g.spec).is_some());
+        let (tricks, base_params) = Tricks::new(adam, tricks, params, initial)?;
+        let groups = groups
+            .into_iter()
+            .map(|g| {
+                let rule = g.spec.init_state(&pick(&base_params, &g.params))?;
+                Ok((g, rule))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            groups,
+            updates: 0,
+            tricks,
+        })
+    }
+
+    /// The params to evaluate the model at, when the tricks (ema's average, lookahead's slow
+    /// params) or an optimizer keep them apart from the ones gradients are taken at (`params`,
+    /// which the other groups' eval params are).
     pub fn eval_params(&self, params: &[Tensor]) -> Option<Vec<Tensor>> {
+        if let Some(eval) = self.tricks.eval_params() {
+            return Some(eval);
+        }
         let mut out = params.to_vec();
         let mut apart = false;
         for (g, rule) in &self.groups {
             if let Some(eval) = g.spec.eval_params_of(rule) {
                 apart = true;
-                for (&i, e) in g.params.iter().zip(eval) {
+                for (&i, e) in g.params.iter().zip(self.tricks.in_run_dtype(eval)?) {
                     out[i] = e;
                 }
             }
         }
         apart.then_some(out)
+    }
+
+    /// The f32 params `master_weights` keeps (None without the trick or outside f16/bf16).
+    pub fn master_params(&self) -> Option<&[Tensor]> {
+        self.tricks.master()
+    }
+
+    /// What trick `kind` keeps between steps (None: it is not in the chain).
+    pub fn trick(&self, kind: TrickKind) -> Option<&TrickState> {
+        self.tricks.state_of(kind)
     }
 
     /// Each group's params and its rule's state (torch's `optimizer.state`), to inspect.

@@ -20,10 +20,11 @@ use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
+use crate::optim::chain::{self, Verdict};
 use crate::optim::groups::param_groups;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
-use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx, update};
+use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx};
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
@@ -172,7 +173,7 @@ impl Run {
         } = request;
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
-        let config_scale = config.loss_scale;
+        let config_scale = config.loss_scaling();
         let names: Vec<String> = compiled.params.iter().map(|p| p.name.clone()).collect();
         let groups = param_groups(
             &config.optimizer,
@@ -180,7 +181,13 @@ impl Run {
             &names,
         )
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let state = OptimizerState::new(groups, &param_tensors(evaluator.params()))?;
+        let initial: Vec<Tensor> = compiled.params.iter().map(|p| p.value.clone()).collect();
+        let state = OptimizerState::with_tricks(
+            groups,
+            &config.tricks,
+            &param_tensors(evaluator.params()),
+            &initial,
+        )?;
         let mut r = Self {
             name,
             def: run,
@@ -236,7 +243,7 @@ impl Run {
         &self.totals
     }
 
-    /// The optimizer's state after the updates so far.
+    /// The optimizer's state and its tricks', as the next step starts from it.
     pub fn optimizer_state(&self) -> &OptimizerState {
         &self.state
     }
@@ -323,7 +330,7 @@ impl Run {
         let mut f = 0u8;
         let mut bad_step = !eval.loss.is_finite() || !grads_finite;
         let mut scaler_skip = false;
-        if self.config.loss_scale == LossScale::Dynamic {
+        if self.config.loss_scaling() == LossScale::Dynamic {
             if bad_step && eval.loss.is_finite() {
                 // An overflowed scaled gradient: skip the step and back off, as GradScaler does.
                 scaler_skip = true;
@@ -346,22 +353,26 @@ impl Run {
         let mut moved_to = None;
         // The evaluation at θ_t counts, as torch's LBFGS counts its first closure call.
         let mut evals = 1;
+        // The chain's skip tricks judge the gradient first (their counters advance either way);
+        // what they let through with non-finite values is the run's policy's.
+        let verdict = match scaler_skip {
+            true => Verdict::Step,
+            false => chain::admit(&mut self.state, &eval.grads).map_err(internal)?,
+        };
+        let trick_skip = verdict != Verdict::Step;
         // Under `stop` a non-finite row halted the run when it was evaluated.
-        let apply =
-            !scaler_skip && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
-        if bad_step && self.config.on_nonfinite == NonFinitePolicy::Skip {
+        let apply = !scaler_skip
+            && !trick_skip
+            && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
+        if trick_skip || (bad_step && self.config.on_nonfinite == NonFinitePolicy::Skip) {
             f |= flags::SKIPPED;
             self.skipped += 1;
         }
         if apply {
             let (grads, clipped) = self.clip(eval.grads, grad_norm).map_err(internal)?;
-            if clipped {
-                f |= flags::CLIPPED;
-                self.clipped += 1;
-            }
             let mut state = self.state.clone();
             let mut oracle = Closure::new(self);
-            let new = update(
+            let stepped = chain::step(
                 &mut state,
                 &mut StepCx {
                     params: &params,
@@ -374,6 +385,11 @@ impl Run {
             )
             .map_err(internal)?;
             evals += oracle.evals;
+            if clipped || stepped.clipped {
+                f |= flags::CLIPPED;
+                self.clipped += 1;
+            }
+            let new = stepped.params;
             let deltas: Vec<f64> = params
                 .iter()
                 .zip(&new)
@@ -485,9 +501,12 @@ impl Run {
         if !nonfinite.is_empty() {
             f |= flags::GRAD_NONFINITE;
         }
-        // Dynamic loss scaling skips an overflowed gradient of a finite loss instead.
+        // Dynamic loss scaling skips an overflowed gradient of a finite loss instead, and
+        // `skip_nonfinite` a non-finite gradient until it gives up.
         let bad = !eval.loss.is_finite()
-            || (!nonfinite.is_empty() && self.config.loss_scale != LossScale::Dynamic);
+            || (!nonfinite.is_empty()
+                && self.config.loss_scaling() != LossScale::Dynamic
+                && !chain::absorbs_nonfinite(&self.state));
         if bad {
             // Tracing re-evaluates the step op by op: only for the first non-finite step.
             if self.first_provenance.is_none() {
@@ -638,7 +657,7 @@ impl Run {
 
     /// Loss and gradients at the current params, as the config says to take them.
     fn gradients(&self) -> Result<crate::compile::Evaluation, Diagnostic> {
-        match (self.config.grad, self.config.loss_scale) {
+        match (self.config.grad, self.config.loss_scaling()) {
             (GradSource::FiniteDifference, _) => self.evaluator.evaluate_fd(),
             (GradSource::Autograd, LossScale::Off) => self.evaluator.evaluate(),
             (GradSource::Autograd, _) => self.evaluator.evaluate_scaled(self.scale),
@@ -677,7 +696,7 @@ impl Run {
         let (grads, _) = self.clip(eval.grads, grad_norm).map_err(internal)?;
         let params = param_tensors(self.params());
         let mut state = self.state.clone();
-        let new = update(
+        let new = chain::step(
             &mut state,
             &mut StepCx {
                 params: &params,
@@ -688,7 +707,8 @@ impl Run {
                 oracle: &mut Closure::new(self),
             },
         )
-        .map_err(internal)?;
+        .map_err(internal)?
+        .params;
         let mut out = Vec::new();
         for (old, new) in params.iter().zip(&new) {
             let d = (new - old).and_then(|d| crate::compile::values_f64(&d));
@@ -750,6 +770,18 @@ impl Run {
             loss
         };
         Some(loss())
+    }
+
+    /// The f32 master params of a `master_weights` run in f16/bf16 (the run's own params are
+    /// their rounding), flattened row-major in f64.
+    pub fn master_param_values(&self) -> Option<Vec<Vec<f64>>> {
+        let master = self.state.master_params()?;
+        Some(
+            master
+                .iter()
+                .map(|t| crate::compile::values_f64(t).unwrap_or_default())
+                .collect(),
+        )
     }
 
     /// Sets the params to `values`.

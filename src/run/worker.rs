@@ -16,7 +16,7 @@ use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
-use crate::optim::spec::OptimizerSpec;
+use crate::optim::tricks::ChainSpec;
 use crate::run::history::{StepRecord, flags};
 use crate::run::{Run, RunRequest};
 
@@ -36,10 +36,11 @@ pub enum Command {
     Rewind(u64),
     /// Multiply one run's learning rate.
     ScaleLr(RunId, f64),
-    /// Add a run of definition `def` with this optimizer (None: the definition's own).
+    /// Add a run of definition `def` with this optimizer and tricks (None: the definition's
+    /// own).
     AddRun {
         def: usize,
-        optimizer: Option<OptimizerSpec>,
+        optimizer: Option<ChainSpec>,
         dtype: Option<DType>,
     },
     Remove(RunId),
@@ -132,7 +133,7 @@ impl TensorStats {
 /// What a run was asked to change of its definition: another optimizer or dtype.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
-    pub optimizer: Option<OptimizerSpec>,
+    pub optimizer: Option<ChainSpec>,
     pub dtype: Option<DType>,
 }
 
@@ -167,7 +168,8 @@ pub struct RunInfo {
     /// What it changes of its definition (to start it again after an edit).
     pub overrides: Overrides,
     pub name: String,
-    pub optimizer: OptimizerSpec,
+    /// Its optimizer and tricks.
+    pub optimizer: ChainSpec,
     pub dtype: DType,
     pub steps: u64,
     /// Where its gradients come from (`autograd` or `fd`).
@@ -308,9 +310,10 @@ impl Worker {
         let Some(mut request) = RunRequest::of(&self.compiled, def) else {
             return;
         };
-        if let Some(spec) = overrides.optimizer.clone() {
-            request.name = format!("{} · {spec}", request.name);
-            request.settings.optimizer = spec;
+        if let Some(chain) = overrides.optimizer.clone() {
+            request.name = format!("{} · {chain}", request.name);
+            request.settings.optimizer = chain.base;
+            request.settings.tricks = chain.tricks;
         }
         if let Some(dt) = overrides.dtype {
             request.name = format!("{} · {}", request.name, dt.name());
@@ -326,7 +329,7 @@ impl Worker {
                     def,
                     overrides,
                     name: run.name.clone(),
-                    optimizer: run.config.optimizer.clone(),
+                    optimizer: run.config.chain(),
                     dtype: run.dtype,
                     steps: run.config.steps,
                     grad: run.config.grad.name(),

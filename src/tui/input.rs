@@ -12,7 +12,8 @@ use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
 use crate::optim::catalogue;
-use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::optim::spec::OptimizerKind;
+use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, RunId};
 
 /// Entries `page up`/`page down` move in a long list.
@@ -87,7 +88,7 @@ impl App {
                 let current = self
                     .session()
                     .and_then(|s| s.selected_run())
-                    .map_or(OptimizerKind::Adam, |r| r.info.optimizer.kind());
+                    .map_or(OptimizerKind::Adam, |r| r.info.optimizer.base.kind());
                 let entries = catalogue::registry();
                 let selected = entries.iter().position(|e| e.spec.kind() == current);
                 self.popup = Some(Popup::PickOptimizer {
@@ -269,7 +270,7 @@ impl App {
                 });
             }
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
+                KeyCode::Enter => match ChainSpec::parse(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()

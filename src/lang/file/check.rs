@@ -42,9 +42,10 @@ const VARIANT_KEYS: &[&str] = &[
     "grad",
     "loss_scale",
     "accumulate",
+    "tricks",
 ];
 /// Run settings a variant may also give as its own keys.
-const VARIANT_RUN_KEYS: &[&str] = &["grad", "loss_scale", "accumulate"];
+const VARIANT_RUN_KEYS: &[&str] = &["grad", "loss_scale", "accumulate", "tricks"];
 const CSV_KEYS: &[&str] = &["csv", "columns"];
 
 type Value<'a> = toml::Spanned<DeValue<'a>>;

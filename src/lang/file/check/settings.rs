@@ -91,6 +91,12 @@ impl Checker {
         for (k, v) in t.iter().filter(|(k, _)| keep(k.get_ref().as_ref())) {
             let (value, vspan) = spanned(v);
             let setting = match value {
+                DeValue::Array(items) if k.get_ref() == "tricks" => {
+                    match self.tricks(items, vspan.clone()) {
+                        Some(chain) => SettingValue::Text(chain),
+                        None => continue,
+                    }
+                }
                 DeValue::String(s) => SettingValue::Text(s.to_string()),
                 DeValue::Boolean(b) => SettingValue::Bool(*b),
                 other => match number_of(other) {
@@ -114,6 +120,29 @@ impl Checker {
             });
         }
         out
+    }
+
+    /// A `tricks = ["agc(clipping=0.05)", "ema"]` list, each trick checked at its own span, as
+    /// one chain (`agc(clipping=0.05) + ema`); None after reporting what is wrong.
+    fn tricks(&mut self, items: &[Value], span: Span) -> Option<String> {
+        use crate::optim::tricks::{TrickSpec, check_list};
+        let mut tricks = Vec::new();
+        for item in items {
+            let (text, item_span) = self.string(item, "a trick")?;
+            match TrickSpec::parse(&text) {
+                Ok(t) => tricks.push(t),
+                Err(e) => {
+                    self.error(e.message, item_span).help = e.help;
+                    return None;
+                }
+            }
+        }
+        if let Err(e) = check_list(&tricks) {
+            self.error(e.message, span).help = e.help;
+            return None;
+        }
+        let written: Vec<String> = tricks.iter().map(ToString::to_string).collect();
+        Some(written.join(" + "))
     }
 
     /// Checks `[optimizer]` settings; returns the optimizer their `name` names.
