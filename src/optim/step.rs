@@ -13,6 +13,14 @@ pub trait Oracle {
     /// The loss and gradients at `params` (detached; the same program, dtype and loss scaling as
     /// the step's own gradient): LBFGS's closure. The run's params are as before afterwards.
     fn loss_and_grads(&mut self, params: &[Tensor]) -> Result<(f64, Vec<Tensor>)>;
+
+    /// The exact diagonal of the loss's Hessian at `params`, shaped as the params (Sophia's
+    /// default). The run's params are as before afterwards.
+    fn hessian_diag(&mut self, params: &[Tensor]) -> Result<Vec<Tensor>>;
+
+    /// The Hessian-vector product `H v` at `params` (Hutchinson's estimate of the diagonal).
+    /// The run's params are as before afterwards.
+    fn hvp(&mut self, params: &[Tensor], v: &[Tensor]) -> Result<Vec<Tensor>>;
 }
 
 /// One step's inputs: the params and their gradients (after clipping), the loss there, this
