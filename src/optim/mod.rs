@@ -35,7 +35,7 @@ macro_rules! words {
         /// A hyper-parameter written as one of the words (`line_search_fn=strong_wolfe`).
         impl $crate::optim::spec::Hyper for $Name {
             const EXPECTS: &'static str = concat!("one of", $(" ", $word,)*);
-            fn from_raw(raw: $crate::optim::spec::RawValue) -> Result<Self, String> {
+            fn from_raw(raw: $crate::optim::spec::RawValue) -> ::std::result::Result<Self, String> {
                 match raw {
                     $crate::optim::spec::RawValue::Text(w) => Self::from_name(w)
                         .ok_or_else(|| format!("must be one of {}", Self::NAMES.join(", "))),
@@ -50,6 +50,7 @@ macro_rules! words {
 }
 
 pub mod classic;
+pub mod optax;
 pub mod schedule;
 pub mod settings;
 pub mod spec;
