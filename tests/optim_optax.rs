@@ -1,7 +1,7 @@
 //! optax's family beyond the reference trajectories (tests/optim_more.rs): Sophia's Hessian
 //! diagonal from the compiler against closed forms and finite differences, Hutchinson's
-//! estimate against it, seeded runs that rewind to the same numbers, and SM3's refusal of
-//! scalar params.
+//! estimate against it, seeded runs that rewind to the same numbers, SM3's refusal of scalar
+//! params, and `gamma` in a loss file's `[optimizer]` table.
 
 use std::path::Path;
 
@@ -10,7 +10,7 @@ use gradscope::compile::curvature::{hessian_diagonal, hvp, hvp_fd, second_order}
 use gradscope::compile::{CompiledFile, Evaluator, compile, values_f64};
 use gradscope::lang::file::load_bytes;
 use gradscope::optim::optax::hutchinson;
-use gradscope::optim::spec::OptimizerSpec;
+use gradscope::optim::spec::{HyperValue, OptimizerSpec};
 use gradscope::optim::step::Oracle;
 use gradscope::run::{Run, RunRequest};
 
@@ -192,5 +192,45 @@ fn sm3_refuses_a_run_with_a_scalar_param() {
     assert!(
         e.to_string().contains("cannot step param 1 of 2, a scalar"),
         "{e}"
+    );
+}
+
+#[test]
+fn gamma_in_an_optimizer_table_is_sophias_and_lr_gamma_is_the_schedules() {
+    init();
+    let file = |table: &str| {
+        format!("name = \"g\"\nloss = \"x^2\"\n[params]\nx = 1.0\n[optimizer]\n{table}\n")
+    };
+    // Sophia's gamma, and an exponential schedule halving the lr every step.
+    let c = compiled(&file(
+        "name = \"sophia\"\nlr = 0.01\ngamma = 0.05\nschedule = \"exponential\"\nlr_gamma = 0.5",
+    ));
+    let settings = &c.runs[0].settings;
+    assert_eq!(
+        settings.optimizer.get("gamma"),
+        Some(HyperValue::Number(0.05))
+    );
+    assert_eq!(settings.schedule.lr(0.01, 3), 0.01 * 0.5f64.powi(3));
+    // For an optimizer without its own gamma, both spellings are the schedule's.
+    for key in ["gamma", "lr_gamma"] {
+        let c = compiled(&file(&format!(
+            "name = \"adam\"\nlr = 0.01\nschedule = \"exponential\"\n{key} = 0.5"
+        )));
+        assert_eq!(
+            c.runs[0].settings.schedule.lr(0.01, 3),
+            0.01 * 0.5f64.powi(3)
+        );
+    }
+    // Sophia's gamma is checked as Sophia's, at its key.
+    let loaded = load_bytes(
+        Path::new("t.toml"),
+        file("name = \"sophia\"\ngamma = -1").into_bytes(),
+    );
+    assert!(loaded.file.is_none());
+    let d = &loaded.diagnostics[0];
+    assert_eq!(d.message, "`gamma` must be at least 0, not -1");
+    assert_eq!(
+        d.help.as_deref(),
+        Some("optax does not check it, but `sophia` is defined only for gamma at least 0")
     );
 }

@@ -391,7 +391,7 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
-    use crate::optim::spec::{HyperValue, OptimizerSpec};
+    use crate::optim::spec::{HyperValue, OptimizerSpec, RawValue, check_setting};
     use crate::optim::step::{OptimizerState, update};
 
     #[test]
@@ -479,6 +479,7 @@ mod tests {
             ("sm3(momentum=-0.1)", "momentum"),
             ("lars(trust_coefficient=-1)", "trust_coefficient"),
             ("sophia(update_interval=0)", "update_interval"),
+            ("sophia(gamma=-0.01)", "gamma"),
             ("sophia(clip_threshold=-1)", "clip_threshold"),
         ];
         for (spec, key) in refused {
@@ -501,6 +502,54 @@ mod tests {
         for spec in accepted {
             assert!(OptimizerSpec::parse(spec).is_ok(), "{spec}");
         }
+    }
+
+    #[test]
+    fn sophias_gamma_is_its_own_and_other_optimizers_gamma_is_the_schedules() {
+        let sophia = Some(crate::optim::spec::OptimizerKind::Sophia);
+        let adam = Some(crate::optim::spec::OptimizerKind::Adam);
+        // As a run setting gamma takes any non-negative number; as Sophia's it is checked as
+        // Sophia's (and a word is refused by its type, not as a schedule setting).
+        assert!(check_setting(sophia, "gamma", RawValue::Number(0.05)).is_ok());
+        let e = check_setting(sophia, "gamma", RawValue::Text("x")).unwrap_err();
+        assert_eq!(e.message, "`gamma` must be a number");
+        assert!(check_setting(adam, "gamma", RawValue::Number(0.5)).is_ok());
+        assert!(check_setting(adam, "lr_gamma", RawValue::Number(0.5)).is_ok());
+        let OptimizerSpec::Sophia(s) = OptimizerSpec::parse("sophia(gamma=0.05)").unwrap() else {
+            panic!("not sophia")
+        };
+        assert_eq!(s.gamma, 0.05);
+        let e = OptimizerSpec::parse("adam(gamma=0.5)").unwrap_err();
+        assert_eq!(
+            e.message,
+            "`gamma` is a run setting, not a hyper-parameter of `adam`"
+        );
+    }
+
+    #[test]
+    fn in_an_optimizer_table_gamma_is_sophias_and_lr_gamma_the_schedules() {
+        use crate::optim::schedule::Schedule;
+        use crate::optim::settings::RunSettings;
+        let table = |name, extra: &[(&'static str, RawValue<'static>)]| {
+            let mut t = vec![
+                ("name", RawValue::Text(name)),
+                ("schedule", RawValue::Text("exponential")),
+            ];
+            t.extend_from_slice(extra);
+            RunSettings::from_table(&t)
+        };
+        let gamma = |s: &RunSettings| match s.schedule.schedule {
+            Schedule::Exponential { gamma } => gamma,
+            ref other => panic!("{other:?}"),
+        };
+        let n = RawValue::Number;
+        let s = table("sophia", &[("gamma", n(0.05)), ("lr_gamma", n(0.9))]);
+        assert_eq!(s.optimizer.get("gamma"), Some(HyperValue::Number(0.05)));
+        assert_eq!(gamma(&s), 0.9);
+        // Sophia's gamma alone leaves the schedule at its default.
+        assert_eq!(gamma(&table("sophia", &[("gamma", n(0.05))])), 0.99);
+        assert_eq!(gamma(&table("adam", &[("gamma", n(0.5))])), 0.5);
+        assert_eq!(gamma(&table("adam", &[("lr_gamma", n(0.5))])), 0.5);
     }
 
     /// The loss 0.5 p^T A p of one param: Hessian A.

@@ -647,13 +647,15 @@ pub enum RawValue<'a> {
 }
 
 /// Checks one `key = value` for optimizer `kind` (None: not yet known, only run settings and
-/// keys of some optimizer are accepted).
+/// keys of some optimizer are accepted). A key that is both a run setting and one of `kind`'s
+/// hyper-parameters is the optimizer's (Sophia's `gamma`; the schedule's is also `lr_gamma`).
 pub fn check_setting(
     kind: Option<OptimizerKind>,
     key: &str,
     value: RawValue,
 ) -> Result<(), SettingError> {
-    if let Some(checked) = check_run_setting(key, value) {
+    let own = kind.is_some_and(|k| k.hyper_parameters().iter().any(|h| h.name == key));
+    if let Some(checked) = check_run_setting(key, value).filter(|_| !own) {
         return checked;
     }
     let kinds = match &kind {
