@@ -532,6 +532,18 @@ impl Oracle for InDtype<'_> {
         let (loss, grads) = self.oracle.loss_and_grads(&cast(params, self.run)?)?;
         Ok((loss, cast(&grads, self.work)?))
     }
+
+    fn hessian_diag(&mut self, params: &[Tensor]) -> Result<Vec<Tensor>> {
+        let diag = self.oracle.hessian_diag(&cast(params, self.run)?)?;
+        cast(&diag, self.work)
+    }
+
+    fn hvp(&mut self, params: &[Tensor], v: &[Tensor]) -> Result<Vec<Tensor>> {
+        let hv = self
+            .oracle
+            .hvp(&cast(params, self.run)?, &cast(v, self.run)?)?;
+        cast(&hv, self.work)
+    }
 }
 
 /// The L2 norm of all gradients together, accumulated in f64.

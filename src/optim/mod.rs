@@ -57,6 +57,7 @@ pub mod groups;
 pub mod lbfgs;
 pub mod lowp;
 pub mod muon;
+pub mod optax;
 pub mod prodigy;
 pub mod schedule;
 pub mod schedule_free;

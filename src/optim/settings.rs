@@ -33,9 +33,9 @@ words! {
     ScheduleKind {
         /// No schedule.
         Constant = "constant",
-        /// StepLR: `step_size`, `gamma`.
+        /// StepLR: `step_size`, `gamma` (or `lr_gamma`).
         Step = "step",
-        /// ExponentialLR: `gamma`.
+        /// ExponentialLR: `gamma` (or `lr_gamma`).
         Exponential = "exponential",
         /// CosineAnnealingLR over `steps`, down to `min_lr`.
         Cosine = "cosine",
@@ -77,6 +77,7 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
     ("warmup", SettingKind::Count),
     ("step_size", SettingKind::Count),
     ("gamma", SettingKind::Number),
+    ("lr_gamma", SettingKind::Number),
     ("min_lr", SettingKind::Number),
     ("grad", SettingKind::Choice(GradSource::NAMES)),
     ("loss_scale", SettingKind::Scale),
@@ -163,13 +164,15 @@ impl RunSettings {
             }
         }
         let steps = num("steps").map_or(DEFAULT_STEPS, |n| n as u64);
+        // An optimizer's own `gamma` (Sophia's) is not the schedule's.
+        let gamma = num("lr_gamma").or(num("gamma").filter(|_| optimizer.get("gamma").is_none()));
         let schedule = match text("schedule").and_then(ScheduleKind::from_name) {
             Some(ScheduleKind::Step) => Schedule::Step {
                 step_size: num("step_size").unwrap_or(100.0) as u64,
-                gamma: num("gamma").unwrap_or(0.1),
+                gamma: gamma.unwrap_or(0.1),
             },
             Some(ScheduleKind::Exponential) => Schedule::Exponential {
-                gamma: num("gamma").unwrap_or(0.99),
+                gamma: gamma.unwrap_or(0.99),
             },
             Some(ScheduleKind::Cosine) => Schedule::Cosine {
                 total: steps,

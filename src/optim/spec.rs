@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use super::lbfgs::{LineSearchFn, lbfgs_needs_room};
 use super::muon::{AdjustLrFn, Preconditioning};
+use super::optax::HessianDiag;
 use super::settings::{RUN_SETTINGS, check_run_setting};
 use super::step::{Rule, StepCx};
 
@@ -831,6 +832,101 @@ optimizers! {
         /// Most the estimate may grow per step, as a factor (inf: no limit).
         growth_rate: Limit = Limit(f64::INFINITY) => Any,
     }
+    /// AdaBelief: Adam over the gradient's deviation from its momentum (optax.adabelief).
+    AdaBelief = "adabelief" in Optax {
+        /// Learning rate (optax has no default; 1e-3 as adabelief-pytorch).
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the momentum (optax's `b1`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the squared deviation (optax's `b2`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to the denominator's root.
+        eps: f64 = 1e-16 => NonNegative,
+        /// Added to the squared-deviation average every step (it accumulates in the state).
+        eps_root: f64 = 1e-16 => NonNegative,
+        /// Nesterov momentum: the bias-corrected momentum looks one step ahead.
+        nesterov: bool = false => Any,
+    }
+    /// LAMB: Adam's step rescaled per tensor by ||p|| / ||step|| (optax.lamb).
+    Lamb = "lamb" in Optax {
+        /// Learning rate (optax has no default; 1e-3 as pytorch-lamb).
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the first moment (optax's `b1`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the second moment (optax's `b2`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to the denominator's root.
+        eps: f64 = 1e-6 => NonNegative,
+        /// Added to the second moment inside the root.
+        eps_root: f64 = 0.0 => NonNegative,
+        /// Weight decay added to the step before the trust ratio.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// LARS: the gradient rescaled per tensor by trust_coefficient ||p|| / ||g||, then momentum
+    /// (optax.lars).
+    Lars = "lars" in Optax {
+        /// Learning rate (optax has no default; 1.0, with the trust ratio setting the scale).
+        lr: f64 = 1.0 => NonNegative,
+        /// Weight decay added to the gradient before the trust ratio.
+        weight_decay: f64 = 0.0 => NonNegative,
+        /// Scales the trust ratio ||p|| / ||g||.
+        trust_coefficient: f64 = 0.001 => NonNegative,
+        /// Added to ||g|| in the trust ratio.
+        eps: f64 = 0.0 => NonNegative,
+        /// Decay of the momentum trace (taken after the learning rate).
+        momentum: f64 = 0.9 => NonNegative,
+        /// Nesterov momentum.
+        nesterov: bool = false => Any,
+    }
+    /// NovoGrad: a second moment per tensor (one number: ||g||^2), no bias correction
+    /// (optax.novograd).
+    NovoGrad = "novograd" in Optax {
+        /// Learning rate (optax has no default; 1e-3 as NVIDIA's NovoGrad).
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the momentum, which sums steps (no `1 - beta1`; optax's `b1`).
+        beta1: f64 = 0.9 => Unit,
+        /// Decay of the per-tensor ||g||^2 average (optax's `b2`).
+        beta2: f64 = 0.25 => Unit,
+        /// Added to the denominator's root.
+        eps: f64 = 1e-6 => NonNegative,
+        /// Added to the ||g||^2 average inside the root.
+        eps_root: f64 = 0.0 => NonNegative,
+        /// Weight decay added to the normalised gradient.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// SM3: Adagrad with one accumulator per row and per column instead of per entry
+    /// (optax.sm3; params of at least one dimension).
+    Sm3 = "sm3" in Optax {
+        /// Learning rate (optax has no default; 0.1 as the authors' SM3).
+        lr: f64 = 0.1 => NonNegative,
+        /// Decay of the momentum average (0: none).
+        momentum: f64 = 0.9 => Unit,
+    }
+    /// Sophia: momentum over a running Hessian diagonal, clipped per entry
+    /// (optax.contrib.sophia).
+    Sophia = "sophia" in Optax {
+        /// Learning rate (optax has no default; 1e-4 as the authors' Sophia).
+        lr: f64 = 1e-4 => NonNegative,
+        /// Decay of the momentum (optax's `b1`).
+        beta1: f64 = 0.965 => Fraction,
+        /// Decay of the Hessian-diagonal average, per Hessian update (optax's `b2`).
+        beta2: f64 = 0.99 => Unit,
+        /// Floor of gamma * h in the denominator.
+        eps: f64 = 1e-8 => NonNegative,
+        /// Decoupled weight decay, added to the clipped step.
+        weight_decay: f64 = 1e-4 => NonNegative,
+        /// Scales the Hessian diagonal in the denominator.
+        gamma: f64 = 0.01 => NonNegative,
+        /// Each entry of the step is clipped to +-clip_threshold (none: no clipping).
+        clip_threshold: Option<f64> = Some(1.0) => NonNegative,
+        /// Steps between Hessian-diagonal updates (at steps 1, 1 + interval, ...).
+        update_interval: u64 = 10 => AtLeastOne,
+        /// exact (one more backward pass per param entry) or hutchinson (one Hessian-vector
+        /// product with a Rademacher vector).
+        hessian_diag: HessianDiag = HessianDiag::Exact => Any,
+        /// Seed of hutchinson's Rademacher vectors.
+        seed: u64 = 0 => Any,
+    }
 }
 
 /// Where an optimizer comes from: the groups lists show it in.
@@ -883,13 +979,15 @@ pub enum RawValue<'a> {
 }
 
 /// Checks one `key = value` for optimizer `kind` (None: not yet known, only run settings and
-/// keys of some optimizer are accepted).
+/// keys of some optimizer are accepted). A key that is both a run setting and one of `kind`'s
+/// hyper-parameters is the optimizer's (Sophia's `gamma`; the schedule's is also `lr_gamma`).
 pub fn check_setting(
     kind: Option<OptimizerKind>,
     key: &str,
     value: RawValue,
 ) -> Result<(), SettingError> {
-    if let Some(checked) = check_run_setting(key, value) {
+    let own = kind.is_some_and(|k| k.hyper_parameters().iter().any(|h| h.name == key));
+    if let Some(checked) = check_run_setting(key, value).filter(|_| !own) {
         return checked;
     }
     let kinds = match &kind {
@@ -928,10 +1026,17 @@ pub fn check_setting(
     match (hyper, probe.get(key)) {
         (Some(h), Some(v)) if !h.bound.admits(&v) => Err(SettingError {
             message: format!("`{key}` must be {}, not {v}", h.bound.describe()),
-            help: Some(format!(
-                "torch.optim refuses {key} = {v} for `{}`",
-                owner.name()
-            )),
+            help: Some(match owner.group() {
+                // optax checks nothing: these are the values its update is defined for.
+                Group::Optax => format!(
+                    "optax does not check it, but `{}` is defined only for {key} {}",
+                    owner.name(),
+                    h.bound.describe()
+                ),
+                Group::Torch | Group::Modern => {
+                    format!("torch.optim refuses {key} = {v} for `{}`", owner.name())
+                }
+            }),
         }),
         _ => Ok(()),
     }
@@ -962,9 +1067,14 @@ impl OptimizerSpec {
     /// The eps added to the denominator, for the optimizers that divide by a gradient
     /// statistic (None for those that do not).
     pub fn eps(&self) -> Option<f64> {
-        match self.get("eps") {
-            Some(HyperValue::Number(eps)) => Some(eps),
-            _ => None,
+        match self {
+            // LARS adds its eps to a norm it has checked is not 0, SM3 guards its own, and
+            // Sophia's floors a Hessian statistic, not a gradient one.
+            OptimizerSpec::Lars(_) | OptimizerSpec::Sm3(_) | OptimizerSpec::Sophia(_) => None,
+            _ => match self.get("eps") {
+                Some(HyperValue::Number(eps)) => Some(eps),
+                _ => None,
+            },
         }
     }
 }

@@ -17,6 +17,24 @@ pub trait Oracle {
     /// The loss and gradients at `params` (detached; the same program, dtype and loss scaling as
     /// the step's own gradient): LBFGS's closure. The run's params are as before afterwards.
     fn loss_and_grads(&mut self, params: &[Tensor]) -> Result<(f64, Vec<Tensor>)>;
+
+    /// The exact diagonal of the loss's Hessian at `params`, shaped as the params (Sophia's
+    /// default). The run's params are as before afterwards. By default there is none: only
+    /// the run's own loss has second derivatives.
+    fn hessian_diag(&mut self, _params: &[Tensor]) -> Result<Vec<Tensor>> {
+        Err(no_second_order())
+    }
+
+    /// The Hessian-vector product `H v` at `params` (Hutchinson's estimate of the diagonal).
+    /// The run's params are as before afterwards.
+    fn hvp(&mut self, _params: &[Tensor], _v: &[Tensor]) -> Result<Vec<Tensor>> {
+        Err(no_second_order())
+    }
+}
+
+/// What an [`Oracle`] without second derivatives answers when asked for them.
+fn no_second_order() -> candle_core::Error {
+    candle_core::Error::Msg("this loss gives no second derivatives".into())
 }
 
 /// One step's inputs: the params and their gradients (after clipping), the loss there, this
@@ -243,14 +261,41 @@ struct GroupOracle<'a> {
     members: &'a [usize],
 }
 
-impl Oracle for GroupOracle<'_> {
-    fn loss_and_grads(&mut self, own: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+impl GroupOracle<'_> {
+    /// The run's params with the group's replaced by `own`.
+    fn with_own(&self, own: &[Tensor]) -> Vec<Tensor> {
         let mut all = self.params.to_vec();
         for (&i, p) in self.members.iter().zip(own) {
             all[i] = p.clone();
         }
+        all
+    }
+}
+
+impl Oracle for GroupOracle<'_> {
+    fn loss_and_grads(&mut self, own: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+        let all = self.with_own(own);
         let (loss, grads) = self.run.loss_and_grads(&all)?;
         Ok((loss, pick(&grads, self.members)))
+    }
+
+    fn hessian_diag(&mut self, own: &[Tensor]) -> Result<Vec<Tensor>> {
+        let diag = self.run.hessian_diag(&self.with_own(own))?;
+        Ok(pick(&diag, self.members))
+    }
+
+    /// `H v` with `v` zero outside the group: the group's block of columns, its rows kept.
+    fn hvp(&mut self, own: &[Tensor], v: &[Tensor]) -> Result<Vec<Tensor>> {
+        let mut all_v = self
+            .params
+            .iter()
+            .map(Tensor::zeros_like)
+            .collect::<Result<Vec<_>>>()?;
+        for (&i, t) in self.members.iter().zip(v) {
+            all_v[i] = t.clone();
+        }
+        let hv = self.run.hvp(&self.with_own(own), &all_v)?;
+        Ok(pick(&hv, self.members))
     }
 }
 

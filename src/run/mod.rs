@@ -932,17 +932,63 @@ impl<'a> Closure<'a> {
     fn new(run: &'a Run) -> Self {
         Self { run, evals: 0 }
     }
+
+    /// `f` with the run's params at `params`, put back after. Params given as the run's own
+    /// tensors (a step's `cx.params`) are left alone: a Var cannot be set from its own storage.
+    fn at<T>(&self, params: &[Tensor], f: impl FnOnce(&Run) -> T) -> candle_core::Result<T> {
+        let moved: Vec<(&Var, &Tensor)> = self
+            .run
+            .evaluator
+            .params()
+            .iter()
+            .zip(params)
+            .filter(|(var, p)| p.id() != var.as_tensor().id())
+            .collect();
+        let here = moved
+            .iter()
+            .map(|(var, _)| var.as_tensor().copy())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (var, p) in &moved {
+            var.set(p)?;
+        }
+        let out = f(self.run);
+        for ((var, _), v) in moved.iter().zip(&here) {
+            var.set(v)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A diagnostic from the run's evaluator, as a step's error.
+fn step_error(d: Diagnostic) -> candle_core::Error {
+    candle_core::Error::Msg(d.message)
 }
 
 impl Oracle for Closure<'_> {
     fn loss_and_grads(&mut self, params: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-        let here = self.run.param_copies()?;
-        self.run.set_params(params)?;
-        let eval = self.run.gradients();
-        self.run.set_params(&here)?;
+        let eval = self.at(params, |run| run.gradients())?;
         self.evals += 1;
-        let eval = eval.map_err(|d| candle_core::Error::Msg(d.message))?;
+        let eval = eval.map_err(step_error)?;
         Ok((eval.loss, eval.grads))
+    }
+
+    fn hessian_diag(&mut self, params: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
+        self.at(params, |run| {
+            let ev = run.evaluator.clone();
+            crate::compile::curvature::second_order(move || {
+                crate::compile::curvature::hessian_diagonal(&ev)
+            })
+        })?
+        .map_err(step_error)
+    }
+
+    fn hvp(&mut self, params: &[Tensor], v: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
+        let v = v.to_vec();
+        self.at(params, |run| {
+            let ev = run.evaluator.clone();
+            crate::compile::curvature::second_order(move || crate::compile::curvature::hvp(&ev, &v))
+        })?
+        .map_err(step_error)
     }
 }
 
