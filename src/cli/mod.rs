@@ -66,13 +66,13 @@ pub enum Command {
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
     Precision(inspect::PointArgs),
-    /// Every optimizer -o and [optimizer] take, grouped (torch.optim, modern, optax), with its
-    /// hyper-parameters, their defaults and one-line docs.
+    /// Every optimizer -o and [optimizer] take, grouped (torch.optim, modern, optax), then every
+    /// trick a chain takes after it, with their parameters, defaults and one-line docs.
     Optimizers {
         /// Plain text, or the Markdown tables the READMEs hold.
         #[arg(long, value_enum, default_value = "text")]
         format: optimizers::ListFormat,
-        /// One line an optimizer: its name and every default.
+        /// One line an optimizer or trick: its name and every default.
         #[arg(long)]
         brief: bool,
     },

@@ -36,7 +36,7 @@ pub struct RunOptions {
     /// (`adam(lr=0.01) + agc(clipping=0.05)`); repeat for several runs. The file's own optimizer
     /// keeps its hyper-parameters except those typed, and its tricks unless others are written;
     /// another starts from torch's defaults with only the tricks written. `gradscope optimizers`
-    /// lists every optimizer with its hyper-parameters and defaults.
+    /// lists every optimizer and trick with its parameters and defaults.
     #[arg(short = 'o', long = "optimizer")]
     pub optimizers: Vec<ChainOverride>,
     /// Variant to run (`base`, a variant's name, or `all`).

@@ -1,21 +1,75 @@
-//! The optimizer registry as lists show it (`gradscope optimizers`, the READMEs' tables, the
-//! TUI's `o` popup): every optimizer grouped by where it comes from, with its hyper-parameters,
-//! their defaults and one-line docs.
+//! The optimizer and trick registries as lists show them (`gradscope optimizers`, the READMEs'
+//! tables, the TUI's `o` popup): entries under their sections, the optimizers grouped by where
+//! they come from, then the tricks, each with its parameters, their defaults and one-line docs.
 
-use super::spec::{Group, OptimizerKind, OptimizerSpec};
+use super::spec::{Group, HyperParam, HyperValue, OptimizerKind, OptimizerSpec};
+use super::tricks::{ChainSpec, TrickKind, TrickSpec};
 
-/// One optimizer in a list.
+/// The heading an entry is listed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Optimizers, by where they come from.
+    Optimizers(Group),
+    /// Tricks, written after an optimizer with ` + `.
+    Tricks,
+}
+
+impl Section {
+    /// The heading lists show.
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::Optimizers(g) => g.title(),
+            Section::Tricks => "tricks",
+        }
+    }
+
+    /// What one of its entries is called (a table's first column).
+    pub fn noun(self) -> &'static str {
+        match self {
+            Section::Optimizers(_) => "optimizer",
+            Section::Tricks => "trick",
+        }
+    }
+
+    /// What one of its entries' parameters is called.
+    pub fn parameter_noun(self) -> &'static str {
+        match self {
+            Section::Optimizers(_) => "hyper-parameter",
+            Section::Tricks => "parameter",
+        }
+    }
+
+    /// Where it comes in lists: torch.optim, the authors' packages, optax, then the tricks.
+    fn rank(self) -> u8 {
+        match self {
+            Section::Optimizers(Group::Torch) => 0,
+            Section::Optimizers(Group::Modern) => 1,
+            Section::Optimizers(Group::Optax) => 2,
+            Section::Tricks => 3,
+        }
+    }
+}
+
+/// What an entry is, which decides what choosing it does to a spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// An optimizer with its defaults: a spec starts from it.
+    Optimizer(OptimizerSpec),
+    /// A trick: it goes after a spec's optimizer and tricks.
+    Trick(TrickKind),
+}
+
+/// One optimizer or trick in a list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// The optimizer with its defaults: what picking it starts from.
-    pub spec: OptimizerSpec,
-    pub group: Group,
+    pub item: Item,
+    pub section: Section,
     /// One line on what it is.
     pub doc: String,
     pub hyper: Vec<HyperEntry>,
 }
 
-/// One hyper-parameter of an [`Entry`].
+/// One parameter of an [`Entry`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct HyperEntry {
     pub name: String,
@@ -25,34 +79,50 @@ pub struct HyperEntry {
     pub doc: String,
 }
 
+/// `params` with their default `values` (in the same order), as entries list them.
+fn hyper(params: &[HyperParam], values: Vec<(&'static str, HyperValue)>) -> Vec<HyperEntry> {
+    params
+        .iter()
+        .zip(values)
+        .map(|(h, (_, v))| HyperEntry {
+            name: h.name.to_string(),
+            default: v.to_string(),
+            doc: h.doc.to_string(),
+        })
+        .collect()
+}
+
 impl Entry {
     /// Registry optimizer `kind`, with torch's (or its package's) defaults.
-    pub fn of(kind: OptimizerKind) -> Self {
+    pub fn optimizer(kind: OptimizerKind) -> Self {
         let spec = OptimizerSpec::new(kind);
-        let hyper = kind
-            .hyper_parameters()
-            .iter()
-            .zip(spec.values())
-            .map(|(h, (_, v))| HyperEntry {
-                name: h.name.to_string(),
-                default: v.to_string(),
-                doc: h.doc.to_string(),
-            })
-            .collect();
         Self {
-            group: kind.group(),
+            section: Section::Optimizers(kind.group()),
             doc: kind.doc().to_string(),
-            spec,
-            hyper,
+            hyper: hyper(kind.hyper_parameters(), spec.values()),
+            item: Item::Optimizer(spec),
+        }
+    }
+
+    /// Registry trick `kind`, with its defaults.
+    pub fn trick(kind: TrickKind) -> Self {
+        Self {
+            item: Item::Trick(kind),
+            section: Section::Tricks,
+            doc: kind.doc().to_string(),
+            hyper: hyper(kind.parameters(), TrickSpec::new(kind).values()),
         }
     }
 
     /// The name specs write.
     pub fn name(&self) -> &str {
-        self.spec.kind().name()
+        match &self.item {
+            Item::Optimizer(spec) => spec.kind().name(),
+            Item::Trick(kind) => kind.name(),
+        }
     }
 
-    /// `lr=0.001, beta1=0.9, ...`: every hyper-parameter with its default.
+    /// `lr=0.001, beta1=0.9, ...`: every parameter with its default (empty for none).
     pub fn defaults(&self) -> String {
         let pairs: Vec<String> = self
             .hyper
@@ -61,29 +131,34 @@ impl Entry {
             .collect();
         pairs.join(", ")
     }
-}
 
-/// Where a group comes in lists: torch.optim, then the authors' packages, then optax.
-fn rank(group: Group) -> u8 {
-    match group {
-        Group::Torch => 0,
-        Group::Modern => 1,
-        Group::Optax => 2,
+    /// The spec text choosing this entry gives, from `current` (the chain of the run it starts
+    /// from): an optimizer's own spec in its place; or `current` with this trick after its
+    /// tricks, every parameter written out so that it can be edited where it stands.
+    pub fn chosen(&self, current: &ChainSpec) -> String {
+        match &self.item {
+            Item::Optimizer(spec) => spec.to_string(),
+            Item::Trick(_) if self.hyper.is_empty() => format!("{current} + {}", self.name()),
+            Item::Trick(_) => format!("{current} + {}({})", self.name(), self.defaults()),
+        }
     }
 }
 
-/// Every registry optimizer, grouped in list order, each group in the registry's order.
+/// Every registry optimizer and trick, section by section in list order, each section in its
+/// registry's order.
 pub fn registry() -> Vec<Entry> {
-    let mut entries: Vec<Entry> = OptimizerKind::ALL.iter().map(|&k| Entry::of(k)).collect();
-    entries.sort_by_key(|e| rank(e.group));
+    let optimizers = OptimizerKind::ALL.iter().map(|&k| Entry::optimizer(k));
+    let tricks = TrickKind::ALL.iter().map(|&k| Entry::trick(k));
+    let mut entries: Vec<Entry> = optimizers.chain(tricks).collect();
+    entries.sort_by_key(|e| e.section.rank());
     entries
 }
 
-/// `entries` (in list order) as runs of one group each: (group, its entries).
-pub fn by_group(entries: &[Entry]) -> Vec<(Group, &[Entry])> {
+/// `entries` (in list order) as runs of one section each: (section, its entries).
+pub fn by_section(entries: &[Entry]) -> Vec<(Section, &[Entry])> {
     entries
-        .chunk_by(|a, b| a.group == b.group)
-        .map(|run| (run[0].group, run))
+        .chunk_by(|a, b| a.section == b.section)
+        .map(|run| (run[0].section, run))
         .collect()
 }
 
@@ -92,23 +167,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_optimizer_is_listed_once_under_its_group_in_group_order() {
+    fn every_optimizer_and_trick_is_listed_once_under_its_section_in_order() {
         let entries = registry();
         let mut names: Vec<&str> = entries.iter().map(Entry::name).collect();
-        assert_eq!(names.len(), OptimizerKind::ALL.len());
+        let all = OptimizerKind::ALL.len() + TrickKind::ALL.len();
+        assert_eq!(names.len(), all);
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), OptimizerKind::ALL.len(), "listed twice");
-        let groups: Vec<Group> = by_group(&entries).iter().map(|(g, _)| *g).collect();
-        let mut sorted = groups.clone();
-        sorted.sort_by_key(|g| rank(*g));
-        sorted.dedup();
-        assert_eq!(groups, sorted, "each group once, in order");
+        assert_eq!(names.len(), all, "listed twice");
+        let sections: Vec<Section> = by_section(&entries).iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            sections,
+            [
+                Section::Optimizers(Group::Torch),
+                Section::Optimizers(Group::Modern),
+                Section::Optimizers(Group::Optax),
+                Section::Tricks
+            ]
+        );
+        let (_, tricks) = by_section(&entries).pop().expect("the tricks");
+        let kinds: Vec<Item> = TrickKind::ALL.iter().map(|&k| Item::Trick(k)).collect();
+        assert_eq!(
+            tricks.iter().map(|e| e.item.clone()).collect::<Vec<_>>(),
+            kinds
+        );
     }
 
     #[test]
     fn an_entry_shows_the_defaults_a_spec_writes() {
-        let adam = Entry::of(OptimizerKind::Adam);
+        let adam = Entry::optimizer(OptimizerKind::Adam);
         assert_eq!(
             adam.defaults(),
             "lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0, amsgrad=false"
@@ -117,9 +204,53 @@ mod tests {
             adam.hyper[1].doc,
             "Decay of the first moment (torch's `betas[0]`)."
         );
-        assert_eq!(adam.group, Group::Torch);
+        assert_eq!(adam.section, Section::Optimizers(Group::Torch));
         // The defaults parse back to the spec the entry starts from.
         let written = format!("{}({})", adam.name(), adam.defaults());
-        assert_eq!(OptimizerSpec::parse(&written).unwrap(), adam.spec);
+        assert_eq!(
+            Item::Optimizer(OptimizerSpec::parse(&written).unwrap()),
+            adam.item
+        );
+        let agc = Entry::trick(TrickKind::Agc);
+        assert_eq!(agc.defaults(), "clipping=0.01, eps=0.001");
+        assert_eq!(agc.doc, TrickKind::Agc.doc());
+        assert_eq!(agc.hyper[0].doc, TrickKind::Agc.parameters()[0].doc);
+        assert_eq!(Entry::trick(TrickKind::Centralize).defaults(), "");
+        assert_eq!(
+            Entry::trick(TrickKind::LossScaling).defaults(),
+            "scale=dynamic"
+        );
+    }
+
+    #[test]
+    fn choosing_an_optimizer_starts_over_and_a_trick_goes_after_the_chain() {
+        let current = ChainSpec::parse("sgd(lr=0.1, momentum=0.9) + agc(clipping=0.05)").unwrap();
+        let adamw = Entry::optimizer(OptimizerKind::AdamW);
+        assert_eq!(adamw.chosen(&current), "adamw(lr=0.001)");
+        let ema = Entry::trick(TrickKind::Ema);
+        assert_eq!(
+            ema.chosen(&current),
+            "sgd(lr=0.1, momentum=0.9) + agc(clipping=0.05) + ema(decay=0.999)"
+        );
+        let centralize = Entry::trick(TrickKind::Centralize);
+        assert_eq!(
+            centralize.chosen(&current),
+            "sgd(lr=0.1, momentum=0.9) + agc(clipping=0.05) + centralize"
+        );
+        // Each trick, chosen, parses back to the chain with the trick's defaults after it; one
+        // already in the chain is refused when the spec is confirmed.
+        for &k in TrickKind::ALL {
+            let parsed = ChainSpec::parse(&Entry::trick(k).chosen(&current));
+            match k {
+                TrickKind::Agc => {
+                    assert_eq!(parsed.unwrap_err().message, "`agc` is written twice")
+                }
+                _ => {
+                    let chain = parsed.unwrap();
+                    assert_eq!(chain.base, current.base);
+                    assert_eq!(chain.tricks, [current.tricks[0].clone(), TrickSpec::new(k)]);
+                }
+            }
+        }
     }
 }

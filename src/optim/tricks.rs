@@ -233,9 +233,9 @@ tricks! {
     }
     /// f16/bf16 forward and backward, float32 master params and optimizer state.
     MasterWeights = "master_weights" {}
-    /// bf16 params and state, each update added through a Kahan compensation buffer.
+    /// bf16 (or f16) params and state, each update added through a Kahan compensation buffer.
     Kahan = "kahan" {}
-    /// bf16 params rounded stochastically after a float32 step (seeded).
+    /// bf16 (or f16) params rounded stochastically after a float32 step (seeded).
     StochasticRounding = "stochastic_rounding" {
         /// Seed of the rounding's random bits.
         seed: u64 = 0 => Any,

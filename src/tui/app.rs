@@ -15,6 +15,9 @@ use crate::diagnostic::Diagnostic;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
 use crate::load::LoadedFile;
+use crate::optim::catalogue::{self, Entry};
+use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, Event, RunId};
 
 /// Everything that can happen to the app, results of the I/O it asked for included.
@@ -168,7 +171,8 @@ fn same_path(a: &Path, b: &Path) -> bool {
 /// A modal dialog.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Popup {
-    /// Pick an optimizer for a new run.
+    /// Pick an optimizer for a new run, or a trick to add to the selected run's chain
+    /// (`selected`: an index into [`App::catalogue`]).
     PickOptimizer { selected: usize },
     /// Edit the spec of a new run.
     EditSpec {
@@ -324,6 +328,25 @@ impl App {
     /// The selected file.
     pub fn file(&self) -> Option<&FileEntry> {
         self.files.get(self.selected_file)
+    }
+
+    /// Everything the `o` list offers, in list order: it is drawn and chosen from this one list,
+    /// so a section added here is both.
+    pub fn catalogue(&self) -> Vec<Entry> {
+        catalogue::registry()
+    }
+
+    /// The chain a new run starts from: the selected run's optimizer and tricks; with no run, the
+    /// file's own (its base definition's); adam with its defaults before the file compiles.
+    pub fn current_chain(&self) -> ChainSpec {
+        if let Some(r) = self.session().and_then(|s| s.selected_run()) {
+            return r.info.optimizer.clone();
+        }
+        let base = self.file().and_then(|f| f.compiled.as_ref()?.runs.first());
+        base.map_or_else(
+            || OptimizerSpec::new(OptimizerKind::Adam).into(),
+            |d| d.settings.chain(),
+        )
     }
 
     /// The selected file's session, once started.

@@ -11,8 +11,7 @@ use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
-use crate::optim::catalogue;
-use crate::optim::spec::OptimizerKind;
+use crate::optim::catalogue::Item;
 use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, RunId};
 
@@ -84,13 +83,12 @@ impl App {
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
             KeyAction::Curvature => self.run_command(run, Command::Curvature),
             KeyAction::AddRun if self.session().is_some() => {
-                // Starts at the selected run's optimizer (adam without one).
-                let current = self
-                    .session()
-                    .and_then(|s| s.selected_run())
-                    .map_or(OptimizerKind::Adam, |r| r.info.optimizer.base.kind());
-                let entries = catalogue::registry();
-                let selected = entries.iter().position(|e| e.spec.kind() == current);
+                // Starts at the current chain's optimizer.
+                let kind = self.current_chain().base.kind();
+                let selected = self
+                    .catalogue()
+                    .iter()
+                    .position(|e| matches!(&e.item, Item::Optimizer(s) if s.kind() == kind));
                 self.popup = Some(Popup::PickOptimizer {
                     selected: selected.unwrap_or(0),
                 })
@@ -246,7 +244,7 @@ impl App {
                 }
             }
             Popup::PickOptimizer { selected } => {
-                let entries = catalogue::registry();
+                let entries = self.catalogue();
                 let last = entries.len().saturating_sub(1);
                 let to = match k.code {
                     KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
@@ -256,10 +254,15 @@ impl App {
                     KeyCode::Home | KeyCode::Char('g') => 0,
                     KeyCode::End | KeyCode::Char('G') => last,
                     KeyCode::Enter => {
-                        let spec = entries.get(selected).map(|e| e.spec.to_string());
+                        let current = self.current_chain();
+                        let spec = entries.get(selected).map(|e| e.chosen(&current));
+                        let spec = spec.unwrap_or_default();
+                        // A trick the chain cannot take (one it has, a second precision
+                        // trick) says why at once, for the user to edit.
+                        let error = ChainSpec::parse(&spec).err().map(|e| e.to_string());
                         self.popup = Some(Popup::EditSpec {
-                            text: LineEdit::new(spec.unwrap_or_default()),
-                            error: None,
+                            text: LineEdit::new(spec),
+                            error,
                         });
                         return;
                     }

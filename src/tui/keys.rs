@@ -194,7 +194,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('o')],
         A::AddRun,
-        "add a run with another optimizer",
+        "add a run with another optimizer or one more trick",
         Some("add"),
     ),
     bind(
