@@ -50,6 +50,7 @@ macro_rules! words {
 }
 
 pub mod classic;
+pub mod custom;
 pub mod schedule;
 pub mod settings;
 pub mod spec;

@@ -97,6 +97,11 @@ impl OptimizerState {
         })
     }
 
+    /// The optimizer's own state.
+    pub fn rule(&self) -> &RuleState {
+        &self.rule
+    }
+
     /// The params to evaluate the model at, when `spec` keeps them apart from the ones it
     /// takes gradients at.
     pub fn eval_params(&self, spec: &OptimizerSpec) -> Option<Vec<Tensor>> {
@@ -117,7 +122,7 @@ pub fn update(
     let new = spec.step_all(&mut state.rule, cx).unwrap_or_else(|| {
         Err(candle_core::Error::Msg(format!(
             "the optimizer state is not {}'s",
-            spec.kind().name()
+            spec.name()
         )))
     })?;
     new.into_iter()

@@ -561,7 +561,7 @@ impl Run {
         let OptimizerSpec::Sgd(o) = &self.config.optimizer else {
             return format!(
                 "{} adapts its steps, so no curvature bound applies: the loss diverged at lr {lr_text}",
-                self.config.optimizer.kind().name()
+                self.config.optimizer.name()
             );
         };
         let b = o.momentum;
@@ -792,7 +792,7 @@ impl Run {
         };
         format!(
             "the {} update made {} non-finite from finite gradients{hint}",
-            spec.kind().name(),
+            spec.name(),
             self.name_nonfinite(new, broken)
         )
     }
