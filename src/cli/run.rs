@@ -32,9 +32,9 @@ pub struct RunOptions {
     pub file: PathBuf,
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
     /// The file's own optimizer keeps its hyper-parameters except those typed; another starts
-    /// from torch's defaults.
+    /// from its defaults. The optimizers the file writes itself may be named too.
     #[arg(short = 'o', long = "optimizer")]
-    pub optimizers: Vec<SpecOverride>,
+    pub optimizers: Vec<String>,
     /// Variant to run (`base`, a variant's name, or `all`).
     #[arg(long)]
     pub variant: Option<String>,
@@ -126,14 +126,23 @@ pub fn build_runs(
     retention: Retention,
 ) -> Result<Vec<Run>, RunsError> {
     let selected = select(compiled, args.variant.as_deref(), false)?;
-    let specs: Vec<Option<&SpecOverride>> = if args.optimizers.is_empty() {
+    let specs: Vec<Option<SpecOverride>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
-        args.optimizers.iter().map(Some).collect()
+        let parse = |text: &String| {
+            compiled.spec(text).map_err(|error| RunsError::Spec {
+                spec: text.clone(),
+                error,
+            })
+        };
+        args.optimizers
+            .iter()
+            .map(|t| parse(t).map(Some))
+            .collect::<Result<_, _>>()?
     };
     let mut runs = Vec::new();
     for &i in &selected {
-        for &spec in &specs {
+        for spec in &specs {
             let def = &compiled.runs[i];
             let mut settings = def.settings.clone();
             let name = match spec {

@@ -377,14 +377,27 @@ impl Run {
                 })
                 .collect();
             let keep = broken.is_empty() || self.config.on_nonfinite == NonFinitePolicy::Continue;
-            if !broken.is_empty() {
+            if let Some(&first) = broken.first() {
                 f |= flags::UPDATE_NONFINITE;
+                // An optimizer written in the loss language: the op of its update that did it.
+                let provenance = crate::compile::optimizer::trace_update(
+                    &self.config.optimizer,
+                    &self.state,
+                    &params,
+                    &grads,
+                    eval.loss,
+                    lr,
+                    first,
+                );
+                if self.first_provenance.is_none() {
+                    self.first_provenance = provenance.clone().map(|p| (t, p));
+                }
                 match self.config.on_nonfinite {
                     NonFinitePolicy::Stop => {
                         self.halted = Some(Halt {
                             step: t,
                             reason: self.broken_update_reason(&new, &broken),
-                            provenance: None,
+                            provenance,
                             diverged: false,
                         });
                     }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
 use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
@@ -14,7 +15,9 @@ use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
-use crate::load::LoadedFile;
+use crate::load::{self, LoadedFile};
+use crate::optim::custom::Custom;
+use crate::optim::spec::{OptimizerKind, OptimizerSpec, SettingError};
 use crate::run::worker::{Command, Event, RunId};
 
 /// Everything that can happen to the app, results of the I/O it asked for included.
@@ -161,8 +164,18 @@ impl FileEntry {
 
 /// Whether two paths name the same file, `./` or not.
 fn same_path(a: &Path, b: &Path) -> bool {
-    let parts = |p| Path::components(p).filter(|c| *c != std::path::Component::CurDir);
     parts(a).eq(parts(b))
+}
+
+/// Whether `path` is in folder `dir` or below it, `./` or not.
+fn under(path: &Path, dir: &Path) -> bool {
+    let mut inside = parts(path);
+    parts(dir).all(|d| inside.next() == Some(d))
+}
+
+/// The components of `p` but `.`.
+fn parts(p: &Path) -> impl Iterator<Item = std::path::Component<'_>> {
+    p.components().filter(|c| *c != std::path::Component::CurDir)
 }
 
 /// A modal dialog.
@@ -321,6 +334,29 @@ impl App {
         g
     }
 
+    /// The optimizers the add-run dialog offers: the registry's, then the selected file's own,
+    /// each with its defaults.
+    pub fn optimizer_choices(&self) -> Vec<OptimizerSpec> {
+        let own = self
+            .file()
+            .and_then(|f| f.compiled.as_ref())
+            .into_iter()
+            .flat_map(|c| &c.optimizers);
+        OptimizerKind::ALL
+            .iter()
+            .map(|&k| OptimizerSpec::new(k))
+            .chain(own.map(|p| OptimizerSpec::Custom(Custom::new(Arc::clone(p)))))
+            .collect()
+    }
+
+    /// A spec typed in the add-run dialog; the selected file's own optimizers may be named.
+    pub fn parse_spec(&self, text: &str) -> Result<OptimizerSpec, SettingError> {
+        match self.file().and_then(|f| f.compiled.as_ref()) {
+            Some(c) => c.spec(text)?.over_defaults(),
+            None => OptimizerSpec::parse(text),
+        }
+    }
+
     /// The selected file.
     pub fn file(&self) -> Option<&FileEntry> {
         self.files.get(self.selected_file)
@@ -441,9 +477,12 @@ impl App {
     }
 
     /// What a changed path asks for: loss files under the root load again, and so do the loss
-    /// files that read it (a CSV), even when their own text did not change.
+    /// files that read it (a CSV) or may name its optimizers (an optimizer file), even when
+    /// their own text did not change.
     fn changed(&mut self, p: &Path) -> Option<Action> {
+        let serves = load::is_optimizer_file(p).then(|| load::served_by(p)).flatten();
         let loss = p.extension().is_some_and(|e| e == "toml")
+            && serves.is_none()
             && (self.root.is_dir() || same_path(p, &self.root));
         if loss {
             let known = self.files.iter().find(|f| same_path(&f.path, p));
@@ -453,7 +492,10 @@ impl App {
         let readers: Vec<PathBuf> = self
             .files
             .iter_mut()
-            .filter(|f| f.reads.iter().any(|r| same_path(r, p)))
+            .filter(|f| {
+                f.reads.iter().any(|r| same_path(r, p))
+                    || serves.is_some_and(|dir| under(&f.path, dir))
+            })
             .map(|f| {
                 f.text = None;
                 f.path.clone()

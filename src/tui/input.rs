@@ -11,7 +11,6 @@ use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
-use crate::optim::spec::{OptimizerKind, OptimizerSpec};
 use crate::run::worker::{Command, RunId};
 
 impl App {
@@ -238,21 +237,23 @@ impl App {
                     });
                 }
                 KeyCode::Down | KeyCode::Char('j') => {
+                    let n = self.optimizer_choices().len();
                     self.popup = Some(Popup::PickOptimizer {
-                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
+                        selected: (selected + 1).min(n - 1),
                     });
                 }
                 KeyCode::Enter => {
-                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
-                    self.popup = Some(Popup::EditSpec {
-                        text: LineEdit::new(spec.to_string()),
-                        error: None,
-                    });
+                    if let Some(spec) = self.optimizer_choices().get(selected) {
+                        self.popup = Some(Popup::EditSpec {
+                            text: LineEdit::new(spec.to_string()),
+                            error: None,
+                        });
+                    }
                 }
                 _ => {}
             },
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
+                KeyCode::Enter => match self.parse_spec(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()

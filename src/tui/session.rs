@@ -482,6 +482,13 @@ impl Session {
                 gone.extend(variant.map(str::to_string));
                 continue;
             };
+            // An optimizer the file writes itself runs as its new version, if it still has one.
+            let optimizer = r.info.overrides.optimizer.as_ref().map(|o| new.rebind(o));
+            if let Some(None) = optimizer {
+                r.link = Link::Gone;
+                continue;
+            }
+            r.info.overrides.optimizer = optimizer.flatten();
             plan.push(RunPlan {
                 def,
                 overrides: r.info.overrides.clone(),

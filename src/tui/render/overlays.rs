@@ -6,7 +6,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap};
 
-use crate::optim::spec::OptimizerKind;
+use crate::optim::spec::Group;
 use crate::tui::app::{App, Popup, duplicate_choices};
 use crate::tui::compare;
 use crate::tui::keys::{BINDINGS, Binding};
@@ -179,9 +179,12 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
         }
         Popup::PickOptimizer { selected } => (
             "Add a run: optimizer",
-            OptimizerKind::ALL
+            app.optimizer_choices()
                 .iter()
-                .map(|k| Line::from(k.name()))
+                .map(|o| match o.group() {
+                    Group::Own => Line::from(format!("{}  · {}", o.name(), Group::Own.title())),
+                    _ => Line::from(o.name().to_string()),
+                })
                 .collect(),
             Some(*selected),
         ),
