@@ -186,7 +186,9 @@ fn read_folder(dir: &Path) -> Vec<(PathBuf, OptimizerFile)> {
 
 /// The optimizers of one folder's files, and every diagnostic about them: a name defined by an
 /// earlier file is an error at the later definition, which is left out.
-fn folder_optimizers(files: &[(PathBuf, OptimizerFile)]) -> (Vec<Arc<OptimizerDef>>, Vec<Diagnostic>) {
+fn folder_optimizers(
+    files: &[(PathBuf, OptimizerFile)],
+) -> (Vec<Arc<OptimizerDef>>, Vec<Diagnostic>) {
     let mut defs: Vec<Arc<OptimizerDef>> = Vec::new();
     let mut diags = Vec::new();
     for (_, f) in files {

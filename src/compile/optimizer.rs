@@ -193,9 +193,7 @@ impl UpdateProgram for CompiledOptimizer {
         let inputs = Self::update_inputs(hyper, state, param, grad, globals)?;
         let refs: Vec<&Tensor> = inputs.iter().collect();
         let exec = Self::exec(one, param.dtype());
-        let out = exec
-            .run_outputs(&refs, &one.outputs)
-            .map_err(|e| e.error)?;
+        let out = exec.run_outputs(&refs, &one.outputs).map_err(|e| e.error)?;
         for (s, new) in state.iter_mut().zip(&out[1..]) {
             *s = new.to_dtype(param.dtype())?;
         }

@@ -100,7 +100,12 @@ impl Custom {
 
     /// Every hyper-parameter with its value, in the order written.
     pub fn values(&self) -> Vec<(&str, HyperValue)> {
-        let names = self.program.signature().hyper.iter().map(|(n, _)| n.as_str());
+        let names = self
+            .program
+            .signature()
+            .hyper
+            .iter()
+            .map(|(n, _)| n.as_str());
         names
             .zip(&self.values)
             .map(|(n, v)| (n, HyperValue::Number(*v)))
@@ -114,7 +119,11 @@ impl Custom {
     }
 
     /// None when `key` is not one of its hyper-parameters; Err: why the value is refused.
-    pub(super) fn set(&mut self, key: &str, raw: RawValue) -> Option<std::result::Result<(), String>> {
+    pub(super) fn set(
+        &mut self,
+        key: &str,
+        raw: RawValue,
+    ) -> Option<std::result::Result<(), String>> {
         let at = self.index(key)?;
         Some(f64::from_raw(raw).map(|v| self.values[at] = v))
     }
@@ -164,7 +173,11 @@ impl Rule for Custom {
 fn global_norm(tensors: &[Tensor]) -> Result<f64> {
     let mut sum = 0.0;
     for t in tensors {
-        sum += t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        sum += t
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
     }
     Ok(sum.sqrt())
 }

@@ -175,7 +175,8 @@ fn under(path: &Path, dir: &Path) -> bool {
 
 /// The components of `p` but `.`.
 fn parts(p: &Path) -> impl Iterator<Item = std::path::Component<'_>> {
-    p.components().filter(|c| *c != std::path::Component::CurDir)
+    p.components()
+        .filter(|c| *c != std::path::Component::CurDir)
 }
 
 /// A modal dialog.
@@ -480,7 +481,9 @@ impl App {
     /// files that read it (a CSV) or may name its optimizers (an optimizer file), even when
     /// their own text did not change.
     fn changed(&mut self, p: &Path) -> Option<Action> {
-        let serves = load::is_optimizer_file(p).then(|| load::served_by(p)).flatten();
+        let serves = load::is_optimizer_file(p)
+            .then(|| load::served_by(p))
+            .flatten();
         let loss = p.extension().is_some_and(|e| e == "toml")
             && serves.is_none()
             && (self.root.is_dir() || same_path(p, &self.root));

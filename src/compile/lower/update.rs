@@ -63,7 +63,11 @@ impl Lowerer {
         states: &[Shape],
     ) -> (Option<Lowered>, Vec<Diagnostic>) {
         for (i, (name, _)) in UPDATE_INPUTS.iter().enumerate() {
-            let s = if i < 2 { shape.clone() } else { Shape::scalar() };
+            let s = if i < 2 {
+                shape.clone()
+            } else {
+                Shape::scalar()
+            };
             self.bind_input(name, i, Kind::Given, s, def.name.span.clone());
         }
         self.bind_hyper(def, UPDATE_HYPER);
@@ -119,7 +123,10 @@ impl Lowerer {
         }
         for s in def.state.iter().zip(&assigned).filter(|(_, a)| !**a) {
             self.warn(
-                format!("state `{}` is never assigned, so it keeps its initial value", s.0.name.node),
+                format!(
+                    "state `{}` is never assigned, so it keeps its initial value",
+                    s.0.name.node
+                ),
                 &s.0.name.span,
             )
             .help = Some(format!("update it with a line `{} = ...`", s.0.name.node));
@@ -133,7 +140,9 @@ impl Lowerer {
                 format!("the update gives shape {got}, but the param has shape {shape}"),
                 &program.result.span,
             )
-            .help = Some("the last line is the param's new value: it must have the param's shape".into());
+            .help = Some(
+                "the last line is the param's new value: it must have the param's shape".into(),
+            );
         }
         let mut outputs = vec![out];
         for s in &def.state {
@@ -167,13 +176,17 @@ impl Lowerer {
         if let Some(b) = self.env.get(&name.node).filter(|b| b.kind != Kind::Local) {
             let kind = b.kind.describe();
             self.error(format!("`{}` is already {kind}", name.node), &name.span)
-                .help = Some("assign a local of another name; only a state's line may update it".into());
+                .help =
+                Some("assign a local of another name; only a state's line may update it".into());
             return false;
         }
         let reads_itself = super::super::data::free_names(value).contains(&name.node);
         if reads_itself && !self.env.contains_key(&name.node) {
             self.error(
-                format!("unknown state `{}`: this line reads it before it has a value", name.node),
+                format!(
+                    "unknown state `{}`: this line reads it before it has a value",
+                    name.node
+                ),
                 &name.span,
             )
             .help = Some(format!(

@@ -104,7 +104,10 @@ impl Checker {
             Some(v) => self.hyper(v),
             None => {
                 self.error(
-                    format!("optimizer `{}` needs `hyper`, with at least `lr`", name.node),
+                    format!(
+                        "optimizer `{}` needs `hyper`, with at least `lr`",
+                        name.node
+                    ),
                     name.span.clone(),
                 )
                 .help = Some("e.g. hyper = { lr = 1e-3 }".into());
@@ -122,7 +125,9 @@ impl Checker {
                     format!("optimizer `{}` needs an `update`", name.node),
                     name.span.clone(),
                 )
-                .help = Some("e.g. update = \"p - lr * g\": the last line is the param's new value".into());
+                .help = Some(
+                    "e.g. update = \"p - lr * g\": the last line is the param's new value".into(),
+                );
                 None
             }
         };
@@ -168,7 +173,9 @@ impl Checker {
                 "`hyper` needs `lr`, the learning rate the schedule starts from",
                 span,
             )
-            .help = Some("e.g. hyper = { lr = 1e-3 }; in `update`, `lr` is it after the schedule".into());
+            .help = Some(
+                "e.g. hyper = { lr = 1e-3 }; in `update`, `lr` is it after the schedule".into(),
+            );
         }
         Some(out)
     }
@@ -211,8 +218,7 @@ impl Checker {
                 format!("`{n}` is not a valid name"),
                 "names are letters, digits and `_`, not starting with a digit".to_string(),
             )
-        } else if let Some((_, is)) = UPDATE_INPUTS.iter().find(|(i, _)| *i == n && *i != allowed)
-        {
+        } else if let Some((_, is)) = UPDATE_INPUTS.iter().find(|(i, _)| *i == n && *i != allowed) {
             (
                 format!("`{n}` is {is}, which every update is given"),
                 format!("{what} needs another name"),

@@ -56,8 +56,8 @@ impl Checker {
     /// Checks the optimizer's `name` against the registry and the optimizers this file may name,
     /// and every other key against the optimizer named (any optimizer's keys without a name).
     fn check_settings(&mut self, settings: &[Setting]) {
-        use crate::optim::spec::{OptimizerKind, check_own_setting, check_setting};
         use crate::optim::spec::unknown_optimizer;
+        use crate::optim::spec::{OptimizerKind, check_own_setting, check_setting};
         let mut kind = None;
         let mut own = None;
         if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
