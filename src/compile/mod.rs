@@ -63,9 +63,16 @@ pub struct CompiledFile {
     pub runs: Vec<RunDef>,
     /// The optimizers written in the loss language that it may name, compiled for its params.
     pub optimizers: Vec<Arc<dyn UpdateProgram>>,
-    /// Those of the `optimizers/` folders above it that do not compile for its params, each
-    /// with its first error.
-    pub unusable: Vec<(String, Diagnostic)>,
+    /// Those of the `optimizers/` folders above it that do not compile for its params.
+    pub unusable: Vec<Unusable>,
+}
+
+/// An optimizer of the loss language that does not compile for a file's params.
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    pub name: String,
+    /// Its first error.
+    pub why: Diagnostic,
 }
 
 impl CompiledFile {
@@ -103,10 +110,10 @@ impl CompiledFile {
     pub fn spec(&self, text: &str) -> Result<SpecOverride, SettingError> {
         SpecOverride::parse_with(text, &self.optimizers).map_err(|e| {
             let name = text.split('(').next().unwrap_or_default().trim();
-            match self.unusable.iter().find(|(n, _)| n == name) {
-                Some((_, why)) => SettingError {
+            match self.unusable.iter().find(|u| u.name == name) {
+                Some(u) => SettingError {
                     message: format!("optimizer `{name}` does not compile for this file's params"),
-                    help: Some(why.headline()),
+                    help: Some(u.why.headline()),
                 },
                 None => e,
             }
@@ -206,12 +213,11 @@ fn run_settings(settings: &[Setting], own: &[Arc<dyn UpdateProgram>]) -> RunSett
 /// The optimizers of the loss language `file` may name, compiled for the shapes of `params`,
 /// and the first error of each that does not compile for them. The errors of the file's own
 /// tables are the file's; those of an inherited one only where the file names it.
-#[allow(clippy::type_complexity)]
 fn optimizers(
     file: &LossFile,
     params: &[Named],
     diags: &mut Vec<Diagnostic>,
-) -> (Vec<Arc<dyn UpdateProgram>>, Vec<(String, Diagnostic)>) {
+) -> (Vec<Arc<dyn UpdateProgram>>, Vec<Unusable>) {
     let mut shapes: Vec<Vec<usize>> = Vec::new();
     for p in params {
         if !shapes.iter().any(|s| s == p.value.dims()) {
@@ -252,7 +258,10 @@ fn optimizers(
         }
         match built {
             Some(b) => compiled.push(b),
-            None => unusable.extend(first_error.map(|why| (name.clone(), why))),
+            None => unusable.extend(first_error.map(|why| Unusable {
+                name: name.clone(),
+                why,
+            })),
         }
     }
     (compiled, unusable)

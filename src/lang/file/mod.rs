@@ -274,17 +274,15 @@ pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Loaded {
 /// [`load_bytes`], with `inherited` (the optimizers of the `optimizers/` folders above it)
 /// nameable.
 pub fn load_bytes_with(path: &Path, bytes: Vec<u8>, inherited: &[Arc<OptimizerDef>]) -> Loaded {
-    let source = match decode(path, bytes) {
-        Ok(source) => source,
-        Err((d, source)) => {
-            return Loaded {
-                file: None,
-                name: None,
-                diagnostics: vec![d],
-                source: Some(source),
-            };
-        }
-    };
+    let (source, not_utf8) = decode(path, bytes);
+    if let Some(d) = not_utf8 {
+        return Loaded {
+            file: None,
+            name: None,
+            diagnostics: vec![d],
+            source: Some(source),
+        };
+    }
     let checked = check::check(&source, inherited);
     Loaded {
         file: checked.file,
@@ -296,15 +294,8 @@ pub fn load_bytes_with(path: &Path, bytes: Vec<u8>, inherited: &[Arc<OptimizerDe
 
 /// Reads and checks a file of an `optimizers/` folder: `[optimizers.NAME]` tables only.
 pub fn load_optimizers(path: &Path) -> OptimizerFile {
-    let source = match read(path).map(|bytes| decode(path, bytes)) {
-        Ok(Ok(source)) => source,
-        Ok(Err((d, source))) => {
-            return OptimizerFile {
-                optimizers: Vec::new(),
-                diagnostics: vec![d],
-                source: Some(source),
-            };
-        }
+    let (source, not_utf8) = match read(path) {
+        Ok(bytes) => decode(path, bytes),
         Err(d) => {
             return OptimizerFile {
                 optimizers: Vec::new(),
@@ -313,6 +304,13 @@ pub fn load_optimizers(path: &Path) -> OptimizerFile {
             };
         }
     };
+    if let Some(d) = not_utf8 {
+        return OptimizerFile {
+            optimizers: Vec::new(),
+            diagnostics: vec![d],
+            source: Some(source),
+        };
+    }
     let (optimizers, diagnostics) = check::check_optimizer_file(&source);
     OptimizerFile {
         optimizers: optimizers.into_iter().map(Arc::new).collect(),
@@ -327,10 +325,10 @@ fn read(path: &Path) -> Result<Vec<u8>, Diagnostic> {
     })
 }
 
-/// The text of `bytes`; Err: why it is not UTF-8, with the text as far as it could be read.
-fn decode(path: &Path, bytes: Vec<u8>) -> Result<Arc<SourceFile>, (Diagnostic, Arc<SourceFile>)> {
+/// The text of `bytes` (as far as it can be read), and why it is not UTF-8 when it is not.
+fn decode(path: &Path, bytes: Vec<u8>) -> (Arc<SourceFile>, Option<Diagnostic>) {
     match String::from_utf8(bytes) {
-        Ok(text) => Ok(SourceFile::new(path, text)),
+        Ok(text) => (SourceFile::new(path, text), None),
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let source = SourceFile::new(path, String::from_utf8_lossy(e.as_bytes()).into_owned());
@@ -338,7 +336,7 @@ fn decode(path: &Path, bytes: Vec<u8>) -> Result<Arc<SourceFile>, (Diagnostic, A
                 .at(&source, at..at + 1)
                 .label("this byte is not UTF-8")
                 .help("save the file as UTF-8");
-            Err((d, source))
+            (source, Some(d))
         }
     }
 }
