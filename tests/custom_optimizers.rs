@@ -603,6 +603,34 @@ fn the_bundled_classics_check_and_every_loss_in_losses_may_name_them() {
 }
 
 #[test]
+fn o_names_an_optimizer_of_the_folder_on_the_command_line() {
+    let gradscope = |o: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gradscope"))
+            .args(["run", "losses/rosenbrock.toml", "-o", o, "--steps", "2"])
+            .args(["--format", "jsonl"])
+            .output()
+            .unwrap()
+    };
+    let out = gradscope("adam_written(beta2=0.99)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["summary"] == true)
+        .unwrap();
+    // rosenbrock.toml's optimizer is adam: another optimizer starts from its own defaults.
+    assert_eq!(summary["optimizer"], "adam_written(lr=0.001, beta2=0.99)");
+    let out = gradscope("adam_writen");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("unknown optimizer `adam_writen` (did you mean `adam_written`?)"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn lang_level_loading_sees_no_folder() {
     // lang::file::load_bytes checks one file alone: only its own optimizers are nameable.
     let (_, text) = problem("rosenbrock", "f64");
