@@ -28,7 +28,8 @@ pub struct LoadedFile {
     pub compiled: Option<CompiledFile>,
     /// The text as read, even when it could not be built (for rendering and change detection).
     pub source: Option<Arc<SourceFile>>,
-    /// The other files it reads (its `[data]` CSVs), so that a change to one reloads it.
+    /// The other files it reads (its `[data]` CSVs, the optimizer files above it), so that a
+    /// change to one reloads it.
     pub reads: Vec<PathBuf>,
 }
 
@@ -128,25 +129,29 @@ pub fn load(path: &Path) -> LoadedFile {
     if is_optimizer_file(path) {
         return load_optimizer_file(path);
     }
-    let (inherited, broken) = inherited(path);
-    finish(path, file::load_with(path, &inherited), broken)
+    let scope = Inherited::of(path);
+    finish(path, file::load_with(path, &scope.optimizers), scope)
 }
 
 /// Checks and compiles a loss file's contents, already read, as if from `path` (a reload that
-/// compared the text first reads the file only once).
+/// compared the text first reads the file only once). An optimizer file is read again and
+/// checked as such.
 pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> LoadedFile {
     if is_optimizer_file(path) {
         return load_optimizer_file(path);
     }
-    let (inherited, broken) = inherited(path);
-    finish(path, file::load_bytes_with(path, bytes, &inherited), broken)
+    let scope = Inherited::of(path);
+    finish(
+        path,
+        file::load_bytes_with(path, bytes, &scope.optimizers),
+        scope,
+    )
 }
 
-/// The `optimizers/` folders a loss file at `path` may name the optimizers of: in its folder
-/// and every folder above, nearest first (those of the path as typed first, so their files are
+/// The `optimizers/` folders whose optimizers the loss files in `dir` may name: in `dir` and
+/// every folder above, nearest first (those of the path as typed first, so their files are
 /// named as the user names them).
-fn optimizer_dirs(path: &Path) -> Vec<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new(""));
+pub fn optimizer_dirs(dir: &Path) -> Vec<PathBuf> {
     let here = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -211,21 +216,38 @@ fn folder_optimizers(
     (defs, diags)
 }
 
-/// The optimizers a loss file at `path` inherits (a nearer folder's shadow a farther one's of
-/// the same name), and the errors of the optimizer files they come from.
-fn inherited(path: &Path) -> (Vec<Arc<OptimizerDef>>, Vec<Diagnostic>) {
-    let mut defs: Vec<Arc<OptimizerDef>> = Vec::new();
-    let mut errors = Vec::new();
-    for dir in optimizer_dirs(path) {
-        let (found, diags) = folder_optimizers(&read_folder(&dir));
-        errors.extend(diags.into_iter().filter(Diagnostic::is_error));
-        for def in found {
-            if !defs.iter().any(|d| d.name.node == def.name.node) {
-                defs.push(def);
+/// What a loss file inherits from the `optimizers/` folders above it.
+struct Inherited {
+    /// Their optimizers; a nearer folder's shadow a farther one's of the same name.
+    optimizers: Vec<Arc<OptimizerDef>>,
+    /// The errors of their files.
+    errors: Vec<Diagnostic>,
+    /// Their files, so that a change to one reloads the loss file.
+    files: Vec<PathBuf>,
+}
+
+impl Inherited {
+    /// What a loss file at `path` inherits.
+    fn of(path: &Path) -> Self {
+        let mut out = Self {
+            optimizers: Vec::new(),
+            errors: Vec::new(),
+            files: Vec::new(),
+        };
+        for dir in optimizer_dirs(path.parent().unwrap_or(Path::new(""))) {
+            let folder = read_folder(&dir);
+            let (found, diags) = folder_optimizers(&folder);
+            out.errors
+                .extend(diags.into_iter().filter(Diagnostic::is_error));
+            out.files.extend(folder.into_iter().map(|(p, _)| p));
+            for def in found {
+                if !out.optimizers.iter().any(|d| d.name.node == def.name.node) {
+                    out.optimizers.push(def);
+                }
             }
         }
+        out
     }
-    (defs, errors)
 }
 
 /// Reads and checks an optimizer file: its tables, the names its folder defines twice, and its
@@ -258,9 +280,9 @@ fn load_optimizer_file(path: &Path) -> LoadedFile {
     }
 }
 
-/// The loaded file; when it has errors, with those of the optimizer files it may name
-/// (`broken`), which may be why.
-fn finish(path: &Path, loaded: file::Loaded, broken: Vec<Diagnostic>) -> LoadedFile {
+/// The loaded file, reading the optimizer files of `scope` too; when it has errors, with those
+/// of the optimizer files, which may be why.
+fn finish(path: &Path, loaded: file::Loaded, scope: Inherited) -> LoadedFile {
     let mut out = LoadedFile {
         path: path.to_path_buf(),
         name: loaded.name,
@@ -279,8 +301,9 @@ fn finish(path: &Path, loaded: file::Loaded, broken: Vec<Diagnostic>) -> LoadedF
         out.compiled = compiled;
     }
     if !out.ok() {
-        out.diagnostics.extend(broken);
+        out.diagnostics.extend(scope.errors);
     }
+    out.reads.extend(scope.files);
     out
 }
 

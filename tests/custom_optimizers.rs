@@ -722,4 +722,29 @@ mod tui {
         let s = app.session().unwrap();
         assert_eq!(s.runs[1].link, Link::Gone);
     }
+
+    #[test]
+    fn a_tui_on_one_loss_file_reloads_it_when_an_optimizer_file_above_it_changes() {
+        let dir = Scratch::new("tui-one");
+        let opt = dir.write("optimizers/o.toml", &sgd_file("mine", 1.0));
+        let loss = dir.write(
+            "sub/loss.toml",
+            &format!("{LOSS}[optimizer]\nname = \"mine\"\n"),
+        );
+        let (mut app, rx) = App::detached(&loss);
+        app.settle(&rx);
+        assert!(
+            app.files[0].reads.contains(&opt),
+            "{:?}",
+            app.files[0].reads
+        );
+        std::fs::write(&opt, sgd_file("mine", 2.0)).unwrap();
+        app.handle(Msg::FileChanged(opt.clone()));
+        app.settle(&rx);
+        let message = app.message.clone().unwrap_or_default();
+        assert!(
+            message.contains("1 runs restarted (optimizer mine changed)"),
+            "{message}"
+        );
+    }
 }

@@ -133,6 +133,7 @@ impl CompiledOptimizer {
         g: &Globals,
     ) -> Result<Vec<Tensor>> {
         let dtype = compute_dtype(param.dtype());
+        // In the order of UPDATE_INPUTS: p, g, then these.
         let given = [g.lr, g.t as f64, g.gnorm, g.step_loss];
         let mut inputs = vec![param.to_dtype(dtype)?, grad.to_dtype(dtype)?];
         for v in given.iter().chain(hyper) {

@@ -140,7 +140,8 @@ pub struct FileEntry {
     pub text: Option<String>,
     /// The last version that compiled (kept running when a reload is broken).
     pub compiled: Option<CompiledFile>,
-    /// The other files it reads (`[data]` CSVs): a change to one reloads it.
+    /// The other files it reads (`[data]` CSVs, the optimizer files above it): a change to one
+    /// reloads it.
     pub reads: Vec<PathBuf>,
     pub session: Option<Session>,
     /// What its last session kept over an edit, for the next one to take over.

@@ -87,7 +87,7 @@ impl Checker {
             let (key, value) = (s.key.node.as_str(), s.value.node.raw());
             let checked = match &own {
                 Some(sig) => check_own_setting(sig, key, value),
-                // Without a name, a key of any optimizer it could name.
+                // A registry optimizer's keys; without a name, those of any it could name.
                 None => check_setting(kind, key, value).or_else(|e| {
                     let owner = signatures
                         .iter()
