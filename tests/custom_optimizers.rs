@@ -503,6 +503,36 @@ fn an_optimizers_folder_serves_every_loss_file_below_it_and_the_nearest_wins() {
 }
 
 #[test]
+fn a_non_finite_update_of_a_folders_optimizer_points_into_its_file() {
+    let dir = Scratch::new("nan");
+    let opt = dir.write(
+        "optimizers/o.toml",
+        "[optimizers.rooted]\nhyper = { lr = 0.1 }\nupdate = \"p - lr * sqrt(g - 10)\"\n",
+    );
+    let loss = dir.write(
+        "loss.toml",
+        &format!("{LOSS}[optimizer]\nname = \"rooted\"\n"),
+    );
+    let (c, _) = load::load_compiled(&loss).unwrap();
+    let mut r = run(&c, "rooted", 3);
+    r.step().unwrap();
+    let halt = r.halted.clone().expect("halted");
+    let p = halt.provenance.clone().expect("a provenance");
+    assert_eq!(p.op, "sqrt(g - 10)");
+    let d = halt.diagnostic(r.source()).unwrap();
+    assert_eq!(d.file(), Some(opt.as_path()));
+    assert_eq!(d.line_col(), Some((3, 20)));
+    let summary = p.summary_at(r.source());
+    assert!(
+        summary.starts_with(&format!(
+            "{}:3:20 `sqrt(g - 10)` in the update",
+            opt.display()
+        )),
+        "{summary}"
+    );
+}
+
+#[test]
 fn check_checks_an_optimizer_file_as_one() {
     let dir = Scratch::new("check");
     let good = dir.write("optimizers/good.toml", &sgd_file("fine", 1.0));
