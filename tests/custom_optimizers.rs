@@ -364,6 +364,33 @@ fn broken_definitions_are_errors_at_their_spans() {
 }
 
 #[test]
+fn unused_locals_and_states_never_assigned_are_warnings() {
+    let body = "hyper = { lr = 0.1 }\nstate = { m = 0 }\nupdate = \"\"\"\nx = 2 * g\np - lr * m * g\n\"\"\"";
+    let l = loaded(Path::new("t.toml"), &own("sum(w^2)", "[1, 2]", body, ""));
+    assert!(l.ok(), "warnings only");
+    let warnings: Vec<(&str, &str)> = l
+        .diagnostics
+        .iter()
+        .map(|d| {
+            (
+                d.message.as_str(),
+                &d.source.as_ref().unwrap().text[d.span.clone().unwrap()],
+            )
+        })
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            ("`x` is never used", "x"),
+            (
+                "state `m` is never assigned, so it keeps its initial value",
+                "m"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn an_own_optimizer_may_not_take_a_builtin_name() {
     let text = "name = \"t\"\nloss = \"sum(w^2)\"\n[params]\nw = 1\n\
                 [optimizers.adam]\nhyper = { lr = 0.1 }\nupdate = \"p - lr * g\"\n";

@@ -121,15 +121,13 @@ impl Lowerer {
             self.warn(format!("`{}` is never used", name.node), &name.span)
                 .help = Some("remove it, or use it in the update".into());
         }
-        for s in def.state.iter().zip(&assigned).filter(|(_, a)| !**a) {
+        for (s, _) in def.state.iter().zip(&assigned).filter(|(_, a)| !**a) {
+            let name = &s.name.node;
             self.warn(
-                format!(
-                    "state `{}` is never assigned, so it keeps its initial value",
-                    s.0.name.node
-                ),
-                &s.0.name.span,
+                format!("state `{name}` is never assigned, so it keeps its initial value"),
+                &s.name.span,
             )
-            .help = Some(format!("update it with a line `{} = ...`", s.0.name.node));
+            .help = Some(format!("update it with a line `{name} = ...`"));
         }
         let Ok(out) = result else {
             return (None, self.diags);
