@@ -121,8 +121,17 @@ fn own(loss: &str, w: &str, mine: &str, settings: &str) -> String {
     )
 }
 
-fn values(r: &Run) -> Vec<f64> {
-    r.flat_params()
+/// Steps the file `text` (at `t.toml`) with `mine` once per row of `want`, each row the params
+/// after that step (to 1e-12).
+fn steps_through(text: &str, want: &[Vec<f64>]) {
+    let c = compiled(Path::new("t.toml"), text);
+    let mut r = run(&c, "mine", want.len() as u64);
+    for (k, want) in want.iter().enumerate() {
+        r.step().unwrap();
+        let got = r.flat_params();
+        let off = got.iter().zip(want).any(|(g, w)| (g - w).abs() > 1e-12);
+        assert!(!off, "step {}: {got:?} vs {want:?}", k + 1);
+    }
 }
 
 #[test]
@@ -134,16 +143,11 @@ fn t_counts_updates_from_one() {
         "hyper = { lr = 0.1 }\nupdate = \"p - lr * t * g\"",
         "",
     );
-    let c = compiled(Path::new("t.toml"), &text);
-    let mut r = run(&c, "mine", 10);
-    for k in 1..=10u32 {
-        r.step().unwrap();
-        let drop = 0.1 * f64::from(k * (k + 1)) / 2.0;
-        let want = [1.0 - drop, 2.0 - drop];
-        for (g, w) in values(&r).iter().zip(want) {
-            assert!((g - w).abs() < 1e-12, "step {k}: {g} vs {w}");
-        }
-    }
+    let drop = |k: f64| 0.1 * k * (k + 1.0) / 2.0;
+    let want: Vec<Vec<f64>> = (1..=10)
+        .map(|k| vec![1.0 - drop(f64::from(k)), 2.0 - drop(f64::from(k))])
+        .collect();
+    steps_through(&text, &want);
 }
 
 #[test]
@@ -155,39 +159,26 @@ fn gnorm_and_step_loss_are_the_steps_global_values() {
         "hyper = { lr = 1.0 }\nupdate = \"p - step_loss / gnorm^2 * g\"",
         "",
     );
-    let c = compiled(Path::new("t.toml"), &text);
-    let mut r = run(&c, "mine", 5);
-    for k in 1..=5 {
-        r.step().unwrap();
-        let scale = 0.5f64.powi(k);
-        let want = [3.0 * scale, -4.0 * scale];
-        for (g, w) in values(&r).iter().zip(want) {
-            assert!((g - w).abs() < 1e-12, "step {k}: {g} vs {w}");
-        }
-    }
+    let want: Vec<Vec<f64>> = (1..=5)
+        .map(|k| vec![3.0 * 0.5f64.powi(k), -4.0 * 0.5f64.powi(k)])
+        .collect();
+    steps_through(&text, &want);
 }
 
 #[test]
 fn g_is_the_gradient_after_clipping_and_lr_the_scheduled_one() {
-    // f = 10 sum(w): g = [10, 10], clipped to norm 1: [1, 1] / sqrt(2) (torch's 1e-6 aside);
-    // an exponential schedule with gamma 0.5 halves lr every step.
+    // f = 10 sum(w): g = [10, 10], clipped to norm 1: 10 / (sqrt(200) + 1e-6) each (torch's
+    // clip_grad_norm_); an exponential schedule with gamma 0.5 halves lr every step.
     let text = own(
         "10 * sum(w)",
         "[0, 0]",
         "hyper = { lr = 1.0 }\nupdate = \"p - lr * g\"",
         "clip_norm = 1\nschedule = \"exponential\"\ngamma = 0.5\n",
     );
-    let c = compiled(Path::new("t.toml"), &text);
-    let mut r = run(&c, "mine", 3);
-    let g = 10.0 * (1.0 / (200f64.sqrt() + 1e-6));
-    let mut want = 0.0;
-    for k in 0..3 {
-        r.step().unwrap();
-        want -= 0.5f64.powi(k) * g;
-        for v in values(&r) {
-            assert!((v - want).abs() < 1e-12, "step {}: {v} vs {want}", k + 1);
-        }
-    }
+    let g = 10.0 / (200f64.sqrt() + 1e-6);
+    let w = |k: i32| -(0..k).map(|j| 0.5f64.powi(j) * g).sum::<f64>();
+    let want: Vec<Vec<f64>> = (1..=3).map(|k| vec![w(k), w(k)]).collect();
+    steps_through(&text, &want);
 }
 
 #[test]
@@ -199,12 +190,8 @@ fn sign_and_round_are_allowed_in_an_update() {
         "hyper = { lr = 0.5 }\nupdate = \"p - lr * sign(g) + 0 * round(g)\"",
         "",
     );
-    let c = compiled(Path::new("t.toml"), &text);
-    let mut r = run(&c, "mine", 3);
-    for want in [0.75, 0.25, -0.25] {
-        r.step().unwrap();
-        assert_eq!(values(&r), vec![want, -want]);
-    }
+    let want: Vec<Vec<f64>> = [0.75, 0.25, -0.25].iter().map(|w| vec![*w, -w]).collect();
+    steps_through(&text, &want);
 }
 
 #[test]
