@@ -776,7 +776,7 @@ fn a_trick_the_chain_cannot_take_opens_with_the_reason() {
 fn the_optimizer_list_scrolls_to_keep_the_selection_in_view() {
     let (mut app, _rx) = open(ROSENBROCK);
     typed(&mut app, "o");
-    let entries = catalogue::registry();
+    let entries = app.catalogue();
     let (first, last) = (&entries[0], &entries[entries.len() - 1]);
     // 12 rows: the dialog's list shows fewer rows than the list has.
     let line = |e: &catalogue::Entry| format!("  {} ", e.name());

@@ -35,10 +35,11 @@ pub struct RunOptions {
     /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`, then any tricks
     /// (`adam(lr=0.01) + agc(clipping=0.05)`); repeat for several runs. The file's own optimizer
     /// keeps its hyper-parameters except those typed, and its tricks unless others are written;
-    /// another starts from torch's defaults with only the tricks written. `gradscope optimizers`
-    /// lists every optimizer and trick with its parameters and defaults.
+    /// another starts from its defaults with only the tricks written. The optimizers the file
+    /// writes itself may be named too. `gradscope optimizers` lists every optimizer and trick
+    /// with its parameters and defaults.
     #[arg(short = 'o', long = "optimizer")]
-    pub optimizers: Vec<ChainOverride>,
+    pub optimizers: Vec<String>,
     /// Variant to run (`base`, a variant's name, or `all`).
     #[arg(long)]
     pub variant: Option<String>,
@@ -134,14 +135,23 @@ pub fn build_runs(
     retention: Retention,
 ) -> Result<Vec<Run>, RunsError> {
     let selected = select(compiled, args.variant.as_deref(), false)?;
-    let specs: Vec<Option<&ChainOverride>> = if args.optimizers.is_empty() {
+    let specs: Vec<Option<ChainOverride>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
-        args.optimizers.iter().map(Some).collect()
+        let parse = |text: &String| {
+            compiled.spec(text).map_err(|error| RunsError::Spec {
+                spec: text.clone(),
+                error,
+            })
+        };
+        args.optimizers
+            .iter()
+            .map(|t| parse(t).map(Some))
+            .collect::<Result<_, _>>()?
     };
     let mut runs = Vec::new();
     for &i in &selected {
-        for &spec in &specs {
+        for spec in &specs {
             let def = &compiled.runs[i];
             let mut settings = def.settings.clone();
             let name = match spec {

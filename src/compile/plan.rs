@@ -434,6 +434,28 @@ impl Executable {
         Ok(regs[self.plan.output].take().expect("output computed"))
     }
 
+    /// Evaluates the plan on `inputs` and returns the values of registers `outputs`, in order
+    /// (an update's new param and new state).
+    pub fn run_outputs(
+        &self,
+        inputs: &[&Tensor],
+        outputs: &[Reg],
+    ) -> std::result::Result<Vec<Tensor>, ExecError> {
+        let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];
+        for k in 0..self.plan.instrs.len() {
+            regs[k] = Some(self.eval(k, &regs, inputs, false)?);
+            for &a in &self.plan.instrs[k].args {
+                if self.last_use[a] == k && !outputs.contains(&a) {
+                    regs[a] = None;
+                }
+            }
+        }
+        Ok(outputs
+            .iter()
+            .map(|&r| regs[r].clone().expect("outputs are kept"))
+            .collect())
+    }
+
     /// Evaluates the plan keeping every intermediate value. With `probe`, each computed value
     /// gets a zero-valued Var added, so the backward pass yields dL/dt for every intermediate t
     /// (candle keeps gradients for Vars only). Returns the values (before the probe) and probes.

@@ -90,6 +90,8 @@ builtins! {
     Detach "detach" 1 Some(1), None, "detach(x)";
     Zeros "zeros" 0 None, None, "zeros(d0, d1, ...)";
     Ones "ones" 0 None, None, "ones(d0, d1, ...)";
+    ZerosLike "zeros_like" 1 Some(1), None, "zeros_like(x)";
+    OnesLike "ones_like" 1 Some(1), None, "ones_like(x)";
     Randn "randn" 0 None, None, "randn(d0, d1, ...)";
     Rand "rand" 0 None, None, "rand(d0, d1, ...)";
     Full "full" 1 None, None, "full(value, d0, d1, ...)";

@@ -39,13 +39,15 @@ impl Section {
         }
     }
 
-    /// Where it comes in lists: torch.optim, the authors' packages, optax, then the tricks.
-    fn rank(self) -> u8 {
+    /// Where it comes in lists: torch.optim, the authors' packages, optax, a loss file's own,
+    /// then the tricks.
+    pub fn rank(self) -> u8 {
         match self {
             Section::Optimizers(Group::Torch) => 0,
             Section::Optimizers(Group::Modern) => 1,
             Section::Optimizers(Group::Optax) => 2,
-            Section::Tricks => 3,
+            Section::Optimizers(Group::Own) => 3,
+            Section::Tricks => 4,
         }
     }
 }
@@ -80,7 +82,7 @@ pub struct HyperEntry {
 }
 
 /// `params` with their default `values` (in the same order), as entries list them.
-fn hyper(params: &[HyperParam], values: Vec<(&'static str, HyperValue)>) -> Vec<HyperEntry> {
+fn hyper(params: &[HyperParam], values: Vec<(&str, HyperValue)>) -> Vec<HyperEntry> {
     params
         .iter()
         .zip(values)
@@ -96,11 +98,33 @@ impl Entry {
     /// Registry optimizer `kind`, with torch's (or its package's) defaults.
     pub fn optimizer(kind: OptimizerKind) -> Self {
         let spec = OptimizerSpec::new(kind);
+        let hyper = hyper(kind.hyper_parameters(), spec.values());
         Self {
             section: Section::Optimizers(kind.group()),
             doc: kind.doc().to_string(),
-            hyper: hyper(kind.hyper_parameters(), spec.values()),
+            hyper,
             item: Item::Optimizer(spec),
+        }
+    }
+
+    /// An optimizer a loss file writes itself, with the defaults its table gives.
+    pub fn own(program: std::sync::Arc<dyn super::custom::UpdateProgram>) -> Self {
+        let sig = program.signature();
+        Self {
+            section: Section::Optimizers(Group::Own),
+            doc: sig.about.clone(),
+            hyper: sig
+                .hyper
+                .iter()
+                .map(|(name, default)| HyperEntry {
+                    name: name.clone(),
+                    default: HyperValue::Number(*default).to_string(),
+                    doc: String::new(),
+                })
+                .collect(),
+            item: Item::Optimizer(OptimizerSpec::Custom(super::custom::Custom::new(
+                program.clone(),
+            ))),
         }
     }
 
@@ -117,7 +141,7 @@ impl Entry {
     /// The name specs write.
     pub fn name(&self) -> &str {
         match &self.item {
-            Item::Optimizer(spec) => spec.kind().name(),
+            Item::Optimizer(spec) => spec.name(),
             Item::Trick(kind) => kind.name(),
         }
     }

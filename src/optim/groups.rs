@@ -163,7 +163,7 @@ pub fn param_groups(
             }),
         }
     }
-    if groups.len() > 1 && !spec.kind().takes_param_groups() {
+    if groups.len() > 1 && !spec.kind().is_none_or(OptimizerKind::takes_param_groups) {
         // A param whose settings split it off (every param without settings has `spec`).
         let split = per_param
             .iter()
@@ -174,7 +174,7 @@ pub fn param_groups(
             error: SettingError {
                 message: format!(
                     "`{}` steps every param as one group: it takes no per-param settings",
-                    spec.kind().name()
+                    spec.name()
                 ),
                 help: Some(
                     "as torch's: remove the [optimizer.params.*] tables or pick another optimizer"

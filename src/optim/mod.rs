@@ -53,6 +53,7 @@ pub mod adafactor;
 pub mod catalogue;
 pub mod chain;
 pub mod classic;
+pub mod custom;
 pub mod groups;
 pub mod lbfgs;
 pub mod lowp;

@@ -48,18 +48,19 @@ pub(super) fn muon_checks(o: &Muon) -> std::result::Result<(), Conflict> {
             },
         });
     }
-    let kind = o.fallback.kind();
-    let why = if kind == OptimizerKind::Muon {
-        "the fallback gets only the params that are not 2-D, and muon steps none of those"
-    } else if kind.needs_oracle() {
-        "it evaluates the loss at params of its own, and it sees only the params muon leaves to it"
-    } else {
-        return Ok(());
+    let why = match o.fallback.kind() {
+        Some(OptimizerKind::Muon) => {
+            "the fallback gets only the params that are not 2-D, and muon steps none of those"
+        }
+        Some(k) if k.needs_oracle() => {
+            "it evaluates the loss at params of its own, and it sees only the params muon leaves to it"
+        }
+        _ => return Ok(()),
     };
     Err(Conflict {
         key: "fallback",
         error: SettingError {
-            message: format!("`{}` cannot be muon's fallback: {why}", kind.name()),
+            message: format!("`{}` cannot be muon's fallback: {why}", o.fallback.name()),
             help: Some("use an optimizer that steps from the gradient, e.g. fallback=adamw".into()),
         },
     })

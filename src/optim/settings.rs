@@ -2,6 +2,9 @@
 //! typed once when a file is compiled: steps, clipping, schedule, non-finite policy, gradient
 //! source and loss scaling. Each word a setting takes is spelled once, in its enum here.
 
+use std::sync::Arc;
+
+use super::custom::UpdateProgram;
 use super::schedule::{LrSchedule, Schedule};
 use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
 use super::tricks::{ChainSpec, TrickSpec};
@@ -145,6 +148,15 @@ impl RunSettings {
     /// torch's defaults when there are none). Keys of another optimizer (from a file-level table
     /// under a variant's new `name`) are not hyper-parameters of this one and are left out.
     pub fn from_table<'a>(table: &[(&'a str, RawValue<'a>)]) -> Self {
+        Self::from_table_with(table, &[])
+    }
+
+    /// [`RunSettings::from_table`] where the table may name one of `own`, the loss file's own
+    /// optimizers.
+    pub fn from_table_with<'a>(
+        table: &[(&'a str, RawValue<'a>)],
+        own: &[Arc<dyn UpdateProgram>],
+    ) -> Self {
         let get = |key: &str| table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         let num = |key: &str| match get(key) {
             Some(RawValue::Number(n)) => Some(n),
@@ -154,10 +166,9 @@ impl RunSettings {
             Some(RawValue::Text(t)) => Some(t),
             _ => None,
         };
-        let kind = text("name")
-            .and_then(OptimizerKind::from_name)
-            .unwrap_or(OptimizerKind::Adam);
-        let mut optimizer = OptimizerSpec::new(kind);
+        let mut optimizer = text("name")
+            .and_then(|name| OptimizerSpec::named(name, own).ok())
+            .unwrap_or_else(|| OptimizerSpec::new(OptimizerKind::Adam));
         for &(key, value) in table {
             if optimizer.get(key).is_some() {
                 let _ = optimizer.set(key, value);

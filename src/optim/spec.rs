@@ -6,6 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::sync::Arc;
+
+use super::custom::{Custom, Signature, UpdateProgram};
 use super::lbfgs::{LineSearchFn, lbfgs_needs_room};
 use super::muon::{AdjustLrFn, Preconditioning};
 use super::optax::HessianDiag;
@@ -367,6 +370,8 @@ macro_rules! optimizers {
         #[derive(Debug, Clone, PartialEq)]
         pub enum OptimizerSpec {
             $( $Name($Name), )*
+            /// One the loss file defines (`[optimizers.NAME]`).
+            Custom(Custom),
         }
 
         impl OptimizerSpec {
@@ -377,30 +382,53 @@ macro_rules! optimizers {
                 }
             }
 
-            /// Which optimizer it is.
-            pub fn kind(&self) -> OptimizerKind {
+            /// Which registry optimizer it is (None: the file's own).
+            pub fn kind(&self) -> Option<OptimizerKind> {
                 match self {
-                    $( OptimizerSpec::$Name(_) => OptimizerKind::$Name, )*
+                    $( OptimizerSpec::$Name(_) => Some(OptimizerKind::$Name), )*
+                    OptimizerSpec::Custom(_) => None,
                 }
             }
 
-            /// The base learning rate (every torch optimizer has one).
+            /// Its name, as specs and loss files write it.
+            pub fn name(&self) -> &str {
+                match self {
+                    $( OptimizerSpec::$Name(_) => $name, )*
+                    OptimizerSpec::Custom(o) => o.name(),
+                }
+            }
+
+            /// The same optimizer with its defaults (torch's, or those its definition gives).
+            pub fn defaults(&self) -> Self {
+                match self {
+                    $( OptimizerSpec::$Name(_) => OptimizerSpec::$Name($Name::default()), )*
+                    OptimizerSpec::Custom(o) => {
+                        OptimizerSpec::Custom(Custom::new(Arc::clone(o.program())))
+                    }
+                }
+            }
+
+            /// The base learning rate (every optimizer has one; a file's own must declare it).
             pub fn lr(&self) -> f64 {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.lr, )*
+                    OptimizerSpec::Custom(o) => o.get("lr").unwrap_or_default(),
                 }
             }
 
-            /// Every hyper-parameter with its value, in torch.optim's order.
-            pub fn values(&self) -> Vec<(&'static str, HyperValue)> {
+            /// Every hyper-parameter with its value, in torch.optim's order (a file's own: as
+            /// written).
+            pub fn values(&self) -> Vec<(&str, HyperValue)> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.values(), )*
+                    OptimizerSpec::Custom(o) => o.values(),
                 }
             }
 
             fn set_field(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.set(key, raw), )*
+                    OptimizerSpec::Custom(o) => o.set(key, raw),
                 }
             }
 
@@ -411,13 +439,18 @@ macro_rules! optimizers {
                         $( stringify!($field) => o.$field = from.$field.clone(), )*
                         _ => {}
                     }, )*
+                    (OptimizerSpec::Custom(o), OptimizerSpec::Custom(from)) => {
+                        if let Some(v) = from.get(key) {
+                            o.set(key, RawValue::Number(v));
+                        }
+                    }
                     _ => {}
                 }
             }
 
             /// Where it comes from, for grouping in lists.
             pub fn group(&self) -> Group {
-                self.kind().group()
+                self.kind().map_or(Group::Own, OptimizerKind::group)
             }
 
             /// Refuses what torch's constructor refuses between hyper-parameters (each value on
@@ -425,6 +458,7 @@ macro_rules! optimizers {
             pub fn check_together(&self) -> Result<(), Conflict> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.check_together(), )*
+                    OptimizerSpec::Custom(_) => Ok(()),
                 }
             }
 
@@ -435,6 +469,7 @@ macro_rules! optimizers {
             ) -> candle_core::Result<RuleState> {
                 Ok(match self {
                     $( OptimizerSpec::$Name(o) => RuleState::$Name(Rule::init(o, params)?), )*
+                    OptimizerSpec::Custom(o) => RuleState::Custom(Rule::init(o, params)?),
                 })
             }
 
@@ -446,6 +481,7 @@ macro_rules! optimizers {
             ) -> Option<candle_core::Result<Vec<candle_core::Tensor>>> {
                 match (self, state) {
                     $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Some(Rule::step(o, s, cx)), )*
+                    (OptimizerSpec::Custom(o), RuleState::Custom(s)) => Some(Rule::step(o, s, cx)),
                     _ => None,
                 }
             }
@@ -458,6 +494,7 @@ macro_rules! optimizers {
             ) -> Option<Vec<candle_core::Tensor>> {
                 match (self, state) {
                     $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Rule::eval_params(o, s), )*
+                    (OptimizerSpec::Custom(o), RuleState::Custom(s)) => Rule::eval_params(o, s),
                     _ => None,
                 }
             }
@@ -478,6 +515,7 @@ macro_rules! optimizers {
         #[derive(Debug, Clone)]
         pub enum RuleState {
             $( $Name(<$Name as Rule>::State), )*
+            Custom(<Custom as Rule>::State),
         }
     };
 }
@@ -938,6 +976,8 @@ pub enum Group {
     Modern,
     /// optax (and optax.contrib).
     Optax,
+    /// Written in the loss file (or an `optimizers/` folder above it).
+    Own,
 }
 
 impl Group {
@@ -947,6 +987,7 @@ impl Group {
             Group::Torch => "torch.optim",
             Group::Modern => "modern",
             Group::Optax => "optax",
+            Group::Own => "this file's own",
         }
     }
 }
@@ -1033,7 +1074,7 @@ pub fn check_setting(
                     owner.name(),
                     h.bound.describe()
                 ),
-                Group::Torch | Group::Modern => {
+                Group::Torch | Group::Modern | Group::Own => {
                     format!("torch.optim refuses {key} = {v} for `{}`", owner.name())
                 }
             }),
@@ -1042,18 +1083,64 @@ pub fn check_setting(
     }
 }
 
+/// Checks one `key = value` for `own`, an optimizer the loss file defines: a run setting as
+/// for any optimizer, or one of its hyper-parameters, a number (`lr` at least 0).
+pub fn check_own_setting(own: &Signature, key: &str, value: RawValue) -> Result<(), SettingError> {
+    if let Some(checked) = check_run_setting(key, value) {
+        return checked;
+    }
+    if !own.hyper.iter().any(|(n, _)| n == key) {
+        let valid: Vec<&str> = own
+            .hyper
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(RUN_SETTINGS.iter().map(|(n, _)| *n))
+            .collect();
+        return Err(SettingError {
+            message: format!("unknown setting `{key}` for `{}`", own.name),
+            help: Some(
+                crate::diagnostic::did_you_mean(key, valid.iter().copied())
+                    .unwrap_or_else(|| format!("valid settings: {}", valid.join(", "))),
+            ),
+        });
+    }
+    let n = f64::from_raw(value).map_err(|why| SettingError {
+        message: format!("`{key}` {why}"),
+        help: None,
+    })?;
+    if key == "lr" && !Bound::NonNegative.admits(&HyperValue::Number(n)) {
+        return Err(SettingError {
+            message: format!(
+                "`lr` must be {}, not {}",
+                Bound::NonNegative.describe(),
+                HyperValue::Number(n)
+            ),
+            help: None,
+        });
+    }
+    Ok(())
+}
+
 /// Resolves an optimizer name, with "did you mean" help otherwise.
 pub fn kind_from_name(name: &str) -> Result<OptimizerKind, SettingError> {
-    OptimizerKind::from_name(name).ok_or_else(|| SettingError {
+    OptimizerKind::from_name(name).ok_or_else(|| unknown_optimizer(name, []))
+}
+
+/// Why `name` names no optimizer, the registry's or one of `own` (a file's own), with the
+/// closest name as help.
+pub fn unknown_optimizer<'a>(name: &str, own: impl IntoIterator<Item = &'a str>) -> SettingError {
+    let names: Vec<&str> = OptimizerKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .chain(own)
+        .collect();
+    SettingError {
         message: format!("unknown optimizer `{name}`"),
         help: Some(
-            crate::diagnostic::did_you_mean(name, OptimizerKind::ALL.iter().map(|k| k.name()))
-                .unwrap_or_else(|| {
-                    let names: Vec<&str> = OptimizerKind::ALL.iter().map(|k| k.name()).collect();
-                    format!("valid optimizers: {}", names.join(", "))
-                }),
+            crate::diagnostic::did_you_mean(name, names.iter().copied())
+                .unwrap_or_else(|| format!("valid optimizers: {}", names.join(", "))),
         ),
-    })
+    }
 }
 
 impl OptimizerKind {
@@ -1092,9 +1179,13 @@ impl OptimizerSpec {
             .map(|(_, v)| v)
     }
 
-    /// Sets one hyper-parameter by name, checked against the registry.
+    /// Sets one hyper-parameter by name, checked against the registry (a file's own optimizer:
+    /// against its definition).
     pub fn set(&mut self, key: &str, value: RawValue) -> Result<(), SettingError> {
-        check_setting(Some(self.kind()), key, value)?;
+        match self {
+            OptimizerSpec::Custom(o) => check_own_setting(o.program().signature(), key, value)?,
+            _ => check_setting(self.kind(), key, value)?,
+        }
         match self.set_field(key, value) {
             Some(r) => r.map_err(|why| SettingError {
                 message: format!("`{key}` {why}"),
@@ -1103,7 +1194,7 @@ impl OptimizerSpec {
             None => Err(SettingError {
                 message: format!(
                     "`{key}` is a run setting, not a hyper-parameter of `{}`",
-                    self.kind().name()
+                    self.name()
                 ),
                 help: Some("pass it as its own option, e.g. --steps or --clip-norm".into()),
             }),
@@ -1112,8 +1203,22 @@ impl OptimizerSpec {
 
     /// Parses `name` or `name(key=value, ...)` over torch's defaults ([`SpecOverride::parse`]).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
-        let over = SpecOverride::parse(text)?;
-        over.over(&Self::new(over.kind()))
+        Self::parse_with(text, &[])
+    }
+
+    /// [`OptimizerSpec::parse`] where `own`, a loss file's own optimizers, may be named too.
+    pub fn parse_with(text: &str, own: &[Arc<dyn UpdateProgram>]) -> Result<Self, SettingError> {
+        SpecOverride::parse_with(text, own)?.over_defaults()
+    }
+
+    /// The optimizer called `name` with its defaults: the registry's, or one of `own`.
+    pub fn named(name: &str, own: &[Arc<dyn UpdateProgram>]) -> Result<Self, SettingError> {
+        if let Some(p) = own.iter().find(|p| p.signature().name == name) {
+            return Ok(OptimizerSpec::Custom(Custom::new(Arc::clone(p))));
+        }
+        OptimizerKind::from_name(name)
+            .map(Self::new)
+            .ok_or_else(|| unknown_optimizer(name, own.iter().map(|p| p.signature().name.as_str())))
     }
 }
 
@@ -1124,16 +1229,20 @@ pub struct SpecOverride {
     /// The optimizer with the typed values over torch's defaults.
     typed: OptimizerSpec,
     /// The hyper-parameters written, in order.
-    keys: Vec<&'static str>,
+    keys: Vec<String>,
 }
 
 impl SpecOverride {
     /// Parses `name` or `name(key=value, ...)`; a value is a number or `true`/`false`. Each
     /// value is checked against the registry (its type and torch's range).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
+        Self::parse_with(text, &[])
+    }
+
+    /// [`SpecOverride::parse`] where `own`, a loss file's own optimizers, may be named too.
+    pub fn parse_with(text: &str, own: &[Arc<dyn UpdateProgram>]) -> Result<Self, SettingError> {
         let (name, args) = split_call(text)?;
-        let kind = kind_from_name(name)?;
-        let mut typed = OptimizerSpec::new(kind);
+        let mut typed = OptimizerSpec::named(name, own)?;
         let mut keys = Vec::new();
         for part in split_top_level(args).filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
@@ -1153,22 +1262,28 @@ impl SpecOverride {
                     },
                     _ => e,
                 })?;
-            let name = kind.hyper_parameters().iter().find(|h| h.name == key);
-            keys.extend(name.map(|h| h.name));
+            if typed.get(key).is_some() {
+                keys.push(key.to_string());
+            }
         }
         Ok(Self { typed, keys })
     }
 
-    /// Which optimizer it names.
-    pub fn kind(&self) -> OptimizerKind {
-        self.typed.kind()
+    /// The name of the optimizer it names.
+    pub fn name(&self) -> &str {
+        self.typed.name()
+    }
+
+    /// The spec it makes of its optimizer's defaults.
+    pub fn over_defaults(&self) -> Result<OptimizerSpec, SettingError> {
+        self.over(&self.typed.defaults())
     }
 
     /// The spec it makes of `base`: the typed keys over `base` when `base` is the same
-    /// optimizer, over torch's defaults otherwise; refused when torch refuses the combination.
+    /// optimizer, over its defaults otherwise; refused when torch refuses the combination.
     pub fn over(&self, base: &OptimizerSpec) -> Result<OptimizerSpec, SettingError> {
-        if base.kind() != self.kind() {
-            return self.over(&OptimizerSpec::new(self.kind()));
+        if base.name() != self.name() {
+            return self.over_defaults();
         }
         let mut spec = base.clone();
         for key in &self.keys {
@@ -1186,12 +1301,12 @@ impl fmt::Display for SpecOverride {
             .typed
             .values()
             .into_iter()
-            .filter(|(k, _)| self.keys.contains(k))
+            .filter(|(k, _)| self.keys.iter().any(|key| key == k))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         match typed.is_empty() {
-            true => write!(f, "{}", self.kind().name()),
-            false => write!(f, "{}({})", self.kind().name(), typed.join(", ")),
+            true => write!(f, "{}", self.name()),
+            false => write!(f, "{}({})", self.name(), typed.join(", ")),
         }
     }
 }
@@ -1261,11 +1376,11 @@ impl fmt::Display for OptimizerSpec {
         let changed: Vec<String> = self
             .values()
             .into_iter()
-            .zip(Self::new(self.kind()).values())
+            .zip(self.defaults().values())
             .filter(|((k, v), (_, default))| *k == "lr" || v != default)
             .map(|((k, v), _)| format!("{k}={v}"))
             .collect();
-        write!(f, "{}({})", self.kind().name(), changed.join(", "))
+        write!(f, "{}({})", self.name(), changed.join(", "))
     }
 }
 
@@ -1390,7 +1505,7 @@ mod tests {
     #[test]
     fn specs_parse_and_print_round_trip() {
         let s = OptimizerSpec::parse("sgd(lr=0.01, momentum=0.9, nesterov=true)").unwrap();
-        assert_eq!(s.kind(), OptimizerKind::Sgd);
+        assert_eq!(s.kind(), Some(OptimizerKind::Sgd));
         let OptimizerSpec::Sgd(sgd) = &s else {
             panic!("{s:?} is not sgd")
         };
@@ -1493,8 +1608,8 @@ mod tests {
         for (name, defaults) in &torch {
             let spec = OptimizerSpec::parse(name).unwrap();
             assert_eq!(spec.values(), defaults.to_vec(), "{name}");
-            let documented: Vec<&str> = spec
-                .kind()
+            let documented: Vec<&str> = OptimizerKind::from_name(name)
+                .unwrap()
                 .hyper_parameters()
                 .iter()
                 .map(|h| h.name)

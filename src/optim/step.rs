@@ -330,7 +330,7 @@ pub fn update(state: &mut OptimizerState, cx: &mut StepCx) -> Result<Vec<Tensor>
             .unwrap_or_else(|| {
                 Err(candle_core::Error::Msg(format!(
                     "the optimizer state is not {}'s",
-                    g.spec.kind().name()
+                    g.spec.name()
                 )))
             })?;
         for (&i, p) in g.params.iter().zip(stepped) {

@@ -508,10 +508,18 @@ pub struct ChainOverride {
 impl ChainOverride {
     /// Parses `name(key=value, ...) + trick(...) + ...`.
     pub fn parse(text: &str) -> Result<Self, SettingError> {
+        Self::parse_with(text, &[])
+    }
+
+    /// [`ChainOverride::parse`] where `own`, a loss file's own optimizers, may be named too.
+    pub fn parse_with(
+        text: &str,
+        own: &[std::sync::Arc<dyn super::custom::UpdateProgram>],
+    ) -> Result<Self, SettingError> {
         let (base, tricks) = split_base(text);
         let tricks = TrickSpec::parse_list(tricks)?;
         Ok(Self {
-            base: SpecOverride::parse(base)?,
+            base: SpecOverride::parse_with(base, own)?,
             tricks: (!tricks.is_empty()).then_some(tricks),
         })
     }
@@ -524,7 +532,7 @@ impl ChainOverride {
         base: &OptimizerSpec,
         tricks: &[TrickSpec],
     ) -> Result<ChainSpec, SettingError> {
-        let kept = match (&self.tricks, base.kind() == self.base.kind()) {
+        let kept = match (&self.tricks, base.name() == self.base.name()) {
             (Some(written), _) => written.clone(),
             (None, true) => tricks.to_vec(),
             (None, false) => Vec::new(),

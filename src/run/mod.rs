@@ -408,14 +408,27 @@ impl Run {
                 })
                 .collect();
             let keep = broken.is_empty() || self.config.on_nonfinite == NonFinitePolicy::Continue;
-            if !broken.is_empty() {
+            if let Some(&first) = broken.first() {
                 f |= flags::UPDATE_NONFINITE;
+                // An optimizer written in the loss language: the op of its update that did it.
+                let provenance = crate::compile::optimizer::trace_update(
+                    &self.config.optimizer,
+                    &self.state,
+                    &params,
+                    &grads,
+                    eval.loss,
+                    lr,
+                    first,
+                );
+                if self.first_provenance.is_none() {
+                    self.first_provenance = provenance.clone().map(|p| (t, p));
+                }
                 match self.config.on_nonfinite {
                     NonFinitePolicy::Stop => {
                         self.halted = Some(Halt {
                             step: t,
                             reason: self.broken_update_reason(&new, &broken),
-                            provenance: None,
+                            provenance,
                             diverged: false,
                         });
                     }
@@ -599,7 +612,7 @@ impl Run {
         let OptimizerSpec::Sgd(o) = &self.config.optimizer else {
             return format!(
                 "{} adapts its steps, so no curvature bound applies: the loss diverged at lr {lr_text}",
-                self.config.optimizer.kind().name()
+                self.config.optimizer.name()
             );
         };
         let b = o.momentum;
@@ -848,7 +861,7 @@ impl Run {
         };
         format!(
             "the {} update made {} non-finite from finite gradients{hint}",
-            spec.kind().name(),
+            spec.name(),
             self.name_nonfinite(new, broken)
         )
     }

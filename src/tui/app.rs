@@ -14,9 +14,9 @@ use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
-use crate::load::LoadedFile;
+use crate::load::{self, LoadedFile};
 use crate::optim::catalogue::{self, Entry};
-use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::optim::spec::{OptimizerKind, OptimizerSpec, SettingError};
 use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, Event, RunId};
 
@@ -140,7 +140,8 @@ pub struct FileEntry {
     pub text: Option<String>,
     /// The last version that compiled (kept running when a reload is broken).
     pub compiled: Option<CompiledFile>,
-    /// The other files it reads (`[data]` CSVs): a change to one reloads it.
+    /// The other files it reads (`[data]` CSVs, the optimizer files above it): a change to one
+    /// reloads it.
     pub reads: Vec<PathBuf>,
     pub session: Option<Session>,
     /// What its last session kept over an edit, for the next one to take over.
@@ -164,8 +165,19 @@ impl FileEntry {
 
 /// Whether two paths name the same file, `./` or not.
 fn same_path(a: &Path, b: &Path) -> bool {
-    let parts = |p| Path::components(p).filter(|c| *c != std::path::Component::CurDir);
     parts(a).eq(parts(b))
+}
+
+/// Whether `path` is in folder `dir` or below it, `./` or not.
+fn under(path: &Path, dir: &Path) -> bool {
+    let mut inside = parts(path);
+    parts(dir).all(|d| inside.next() == Some(d))
+}
+
+/// The components of `p` but `.`.
+fn parts(p: &Path) -> impl Iterator<Item = std::path::Component<'_>> {
+    p.components()
+        .filter(|c| *c != std::path::Component::CurDir)
 }
 
 /// A modal dialog.
@@ -325,6 +337,16 @@ impl App {
         g
     }
 
+    /// A spec typed in the add-run dialog; the selected file's own optimizers may be named.
+    pub fn parse_spec(&self, text: &str) -> Result<ChainSpec, SettingError> {
+        match self.file().and_then(|f| f.compiled.as_ref()) {
+            Some(c) => c
+                .spec(text)?
+                .over(&OptimizerSpec::new(OptimizerKind::Adam), &[]),
+            None => ChainSpec::parse(text),
+        }
+    }
+
     /// The selected file.
     pub fn file(&self) -> Option<&FileEntry> {
         self.files.get(self.selected_file)
@@ -333,7 +355,15 @@ impl App {
     /// Everything the `o` list offers, in list order: it is drawn and chosen from this one list,
     /// so a section added here is both.
     pub fn catalogue(&self) -> Vec<Entry> {
-        catalogue::registry()
+        let own = self
+            .file()
+            .and_then(|f| f.compiled.as_ref())
+            .into_iter()
+            .flat_map(|c| &c.optimizers);
+        let mut entries = catalogue::registry();
+        entries.extend(own.map(|p| Entry::own(p.clone())));
+        entries.sort_by_key(|e| e.section.rank());
+        entries
     }
 
     /// The chain a new run starts from: the selected run's optimizer and tricks; with no run, the
@@ -464,9 +494,14 @@ impl App {
     }
 
     /// What a changed path asks for: loss files under the root load again, and so do the loss
-    /// files that read it (a CSV), even when their own text did not change.
+    /// files that read it (a CSV) or may name its optimizers (an optimizer file), even when
+    /// their own text did not change.
     fn changed(&mut self, p: &Path) -> Option<Action> {
+        let serves = load::is_optimizer_file(p)
+            .then(|| load::served_by(p))
+            .flatten();
         let loss = p.extension().is_some_and(|e| e == "toml")
+            && serves.is_none()
             && (self.root.is_dir() || same_path(p, &self.root));
         if loss {
             let known = self.files.iter().find(|f| same_path(&f.path, p));
@@ -476,7 +511,10 @@ impl App {
         let readers: Vec<PathBuf> = self
             .files
             .iter_mut()
-            .filter(|f| f.reads.iter().any(|r| same_path(r, p)))
+            .filter(|f| {
+                f.reads.iter().any(|r| same_path(r, p))
+                    || serves.is_some_and(|dir| under(&f.path, dir))
+            })
             .map(|f| {
                 f.text = None;
                 f.path.clone()

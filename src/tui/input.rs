@@ -12,7 +12,6 @@ use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
 use crate::optim::catalogue::Item;
-use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, RunId};
 
 /// Entries `page up`/`page down` move in a long list.
@@ -259,7 +258,7 @@ impl App {
                         let spec = spec.unwrap_or_default();
                         // A trick the chain cannot take (one it has, a second precision
                         // trick) says why at once, for the user to edit.
-                        let error = ChainSpec::parse(&spec).err().map(|e| e.to_string());
+                        let error = self.parse_spec(&spec).err().map(|e| e.to_string());
                         self.popup = Some(Popup::EditSpec {
                             text: LineEdit::new(spec),
                             error,
@@ -273,7 +272,7 @@ impl App {
                 });
             }
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match ChainSpec::parse(text.text()) {
+                KeyCode::Enter => match self.parse_spec(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()

@@ -14,6 +14,7 @@ use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
+use crate::optim::tricks::ChainSpec;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
 use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo, RunPlan};
@@ -483,6 +484,18 @@ impl Session {
                 gone.extend(variant.map(str::to_string));
                 continue;
             };
+            // An optimizer the file writes itself runs as its new version, if it still has one.
+            let optimizer = r.info.overrides.optimizer.as_ref().map(|o| {
+                new.rebind(&o.base).map(|base| ChainSpec {
+                    base,
+                    tricks: o.tricks.clone(),
+                })
+            });
+            if let Some(None) = optimizer {
+                r.link = Link::Gone;
+                continue;
+            }
+            r.info.overrides.optimizer = optimizer.flatten();
             plan.push(RunPlan {
                 def,
                 overrides: r.info.overrides.clone(),

@@ -234,6 +234,14 @@ impl Lowerer {
             Builtin::Stack | Builtin::Concat => self.join(f, &regs, args, join_axis, span),
             Builtin::Reshape => self.reshape(&regs, args, span),
             Builtin::Transpose => self.transpose(regs[0], span),
+            // Only the shape of `x` matters, so the result is known now (and carries no gradient).
+            Builtin::ZerosLike | Builtin::OnesLike => {
+                let fill = if f == Builtin::ZerosLike { 0.0 } else { 1.0 };
+                let dims = self.shape(regs[0]).dims().to_vec();
+                let t = Tensor::full(fill, dims, &Device::Cpu)
+                    .map_err(|e| self.fail(e.to_string(), span, None))?;
+                self.constant(t, span)
+            }
             Builtin::Zeros
             | Builtin::Ones
             | Builtin::Randn

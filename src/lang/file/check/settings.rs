@@ -145,16 +145,27 @@ impl Checker {
         Some(written.join(" + "))
     }
 
-    /// Checks `[optimizer]` settings; returns the optimizer their `name` names.
+    /// Checks the optimizer's `name` against the registry and the optimizers this file may name,
+    /// and every other key against the optimizer named (any optimizer's keys without a name);
+    /// returns the registry optimizer named (None for none, or one the file writes itself).
     fn check_settings(&mut self, settings: &[Setting]) -> Option<OptimizerKind> {
-        use crate::optim::spec::{check_setting, kind_from_name};
+        use crate::optim::spec::{check_own_setting, check_setting, unknown_optimizer};
         let mut kind = None;
+        let mut own = None;
         if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
             match &s.value.node {
-                SettingValue::Text(name) => match kind_from_name(name) {
-                    Ok(k) => kind = Some(k),
-                    Err(e) => self.error(e.message, s.value.span.clone()).help = e.help,
-                },
+                SettingValue::Text(name) => {
+                    let def = self.optimizers.iter().find(|d| d.name.node == *name);
+                    match (def, OptimizerKind::from_name(name)) {
+                        (Some(def), _) => own = Some(def.signature()),
+                        (None, Some(k)) => kind = Some(k),
+                        (None, None) => {
+                            let names = self.optimizers.iter().map(|d| d.name.node.as_str());
+                            let e = unknown_optimizer(name, names);
+                            self.error(e.message, s.value.span.clone()).help = e.help;
+                        }
+                    }
+                }
                 _ => {
                     self.error(
                         "the optimizer `name` must be a string",
@@ -163,8 +174,21 @@ impl Checker {
                 }
             }
         }
+        let signatures: Vec<_> = self.optimizers.iter().map(|d| d.signature()).collect();
         for s in settings.iter().filter(|s| s.key.node != "name") {
-            if let Err(e) = check_setting(kind, &s.key.node, s.value.node.raw()) {
+            let (key, value) = (s.key.node.as_str(), s.value.node.raw());
+            let checked = match &own {
+                Some(sig) => check_own_setting(sig, key, value),
+                // A registry optimizer's keys; without a name, those of any it could name.
+                None => check_setting(kind, key, value).or_else(|e| {
+                    let owner = signatures
+                        .iter()
+                        .filter(|_| kind.is_none())
+                        .find(|sig| sig.hyper.iter().any(|(n, _)| n == key));
+                    owner.map_or(Err(e), |sig| check_own_setting(sig, key, value))
+                }),
+            };
+            if let Err(e) = checked {
                 self.error(e.message, s.key.span.clone()).help = e.help;
             }
         }
