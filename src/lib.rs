@@ -59,11 +59,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Gradcheck(args)) => cli::inspect::gradcheck_command(&args, color, &mut out)?,
         Some(Command::Curvature(args)) => cli::inspect::curvature_command(&args, color, &mut out)?,
         Some(Command::Precision(args)) => cli::inspect::precision_command(&args, color, &mut out)?,
-        Some(Command::Optimizers { format, brief }) => {
-            let entries = optim::catalogue::registry();
-            write!(out, "{}", cli::optimizers::render(&entries, format, brief))?;
-            true
-        }
+        Some(Command::Optimizers {
+            file,
+            format,
+            brief,
+        }) => cli::optimizers::optimizers_command(file.as_deref(), format, brief, color, &mut out)?,
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut out);

@@ -80,3 +80,24 @@ fn the_help_of_o_points_to_the_list() {
         "{o}"
     );
 }
+
+#[test]
+fn given_a_file_the_list_adds_its_own_optimizers() {
+    let out = common::gradscope(&["optimizers", "losses/rosenbrock.toml", "--brief"]);
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).expect("utf-8");
+    let own = printed
+        .split_once("this file's own\n")
+        .map(|(_, rest)| rest)
+        .expect("a section of the file's own");
+    // The bundled losses/optimizers/classics.toml, before the tricks.
+    let (own, tricks) = own.split_once("tricks\n").expect("the tricks follow");
+    for name in ["adam_written", "nesterov_written", "lion_written"] {
+        assert!(own.contains(&format!("  {name} ")), "{own}");
+    }
+    assert!(tricks.contains("  agc "), "{tricks}");
+    let missing = common::gradscope(&["optimizers", "no/such.toml"]);
+    assert!(!missing.status.success());
+    let said = String::from_utf8(missing.stdout).expect("utf-8");
+    assert!(said.contains("cannot read no/such.toml"), "{said}");
+}

@@ -58,7 +58,11 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
 }
 
 /// Renders a file's diagnostics when it could not be loaded.
-fn unloadable(diags: &[Diagnostic], color: bool, out: &mut impl Write) -> anyhow::Result<bool> {
+pub(super) fn unloadable(
+    diags: &[Diagnostic],
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
     for d in diags {
         write!(out, "{}", d.render(color))?;
     }

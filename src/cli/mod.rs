@@ -69,6 +69,9 @@ pub enum Command {
     /// Every optimizer -o and [optimizer] take, grouped (torch.optim, modern, optax), then every
     /// trick a chain takes after it, with their parameters, defaults and one-line docs.
     Optimizers {
+        /// A loss file whose own optimizers (its `[optimizers.*]` and those of the
+        /// `optimizers/` folders above it) are listed too, as "this file's own".
+        file: Option<std::path::PathBuf>,
         /// Plain text, or the Markdown tables the READMEs hold.
         #[arg(long, value_enum, default_value = "text")]
         format: optimizers::ListFormat,

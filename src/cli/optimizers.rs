@@ -2,7 +2,33 @@
 //! optax), then every trick, with their parameters, defaults and one-line docs, as plain text
 //! or as the Markdown tables the READMEs hold.
 
-use crate::optim::catalogue::{Entry, by_section};
+use std::io::Write;
+use std::path::Path;
+
+use crate::load;
+use crate::optim::catalogue::{Entry, by_section, registry};
+
+/// Writes the list: the registry's optimizers and tricks, and `file`'s own optimizers when a
+/// file is given (its diagnostics instead when it does not load; false then).
+pub fn optimizers_command(
+    file: Option<&Path>,
+    format: ListFormat,
+    brief: bool,
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let mut entries = registry();
+    if let Some(file) = file {
+        let compiled = match load::load_compiled(file) {
+            Ok((compiled, _)) => compiled,
+            Err(diags) => return super::inspect::unloadable(&diags, color, out),
+        };
+        entries.extend(compiled.optimizers.iter().map(|p| Entry::own(p.clone())));
+        entries.sort_by_key(|e| e.section.rank());
+    }
+    write!(out, "{}", render(&entries, format, brief))?;
+    Ok(true)
+}
 
 /// How `gradscope optimizers` writes the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
