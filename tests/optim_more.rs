@@ -13,8 +13,7 @@ use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::{LrSchedule, Schedule};
 use gradscope::optim::settings::{NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
-use gradscope::optim::step::StateValue;
-use gradscope::optim::step::{OptimizerState, Oracle, StepCx, update};
+use gradscope::optim::step::{NoOracle, OptimizerState, StateValue, StepCx, update};
 use gradscope::run::{Run, RunRequest};
 use serde_json::Value;
 
@@ -323,15 +322,6 @@ fn lbfgs_counts_evaluations_and_iterations_as_torch() {
         }
     }
 }
-/// Stands in for the loss in steps that never ask for it elsewhere.
-struct NoOracle;
-
-impl Oracle for NoOracle {
-    fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-        Err(candle_core::Error::Msg("no loss here".into()))
-    }
-}
-
 /// One update of `params` from `grads`, with `state` carried over.
 fn replay(state: &mut OptimizerState, params: &[Tensor], grads: &[Tensor], lr: f64) -> Vec<f64> {
     let new = update(

@@ -14,7 +14,7 @@ use gradscope::optim::classic::AdamState;
 use gradscope::optim::groups::ParamGroup;
 use gradscope::optim::settings::{NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::RuleState;
-use gradscope::optim::step::{OptimizerState, Oracle, StepCx};
+use gradscope::optim::step::{NoOracle, OptimizerState, StepCx};
 use gradscope::optim::tricks::{ChainSpec, TrickKind};
 use gradscope::run::history::flags;
 use gradscope::run::{Run, RunRequest};
@@ -246,15 +246,6 @@ fn every_float64_case_matches_its_reference_at_every_step() {
         failures.len(),
         failures[..failures.len().min(40)].join("\n")
     );
-}
-
-/// An oracle for steps that never ask for one (Adam's).
-struct NoOracle;
-
-impl Oracle for NoOracle {
-    fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-        Err(candle_core::Error::Msg("not asked for in a replay".into()))
-    }
 }
 
 fn tensor(values: Vec<f64>, dims: &[usize], dtype: CDType) -> Tensor {

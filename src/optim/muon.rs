@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 
 use super::spec::{Conflict, Muon, OptaxMuon, OptimizerKind, RuleState, SettingError};
-use super::step::{Oracle, Rule, StepCx, UpdateRule, add_scaled, lerp};
+use super::step::{NoOracle, Rule, StepCx, UpdateRule, add_scaled, lerp};
 
 words! {
     /// How torch's Muon scales the lr by the param's shape (A rows, B columns).
@@ -76,18 +76,6 @@ pub struct MuonState {
     /// Every param as the last step left it: the 2-D part of the eval params when the fallback
     /// keeps eval params of its own (schedule-free's x).
     params: Vec<Tensor>,
-}
-
-/// The oracle the fallback steps with: it sees only part of the model, so it may not ask for
-/// the loss elsewhere (specs with such a fallback are refused; this keeps a wrong answer out).
-struct NoOracle;
-
-impl Oracle for NoOracle {
-    fn loss_and_grads(&mut self, _params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
-        Err(candle_core::Error::Msg(
-            "muon's fallback cannot evaluate the loss at other params".into(),
-        ))
-    }
 }
 
 /// The params Muon orthogonalizes: exactly the 2-D ones, as torch requires.

@@ -150,16 +150,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::super::spec::{HyperValue, OptimizerSpec};
-    use super::super::step::{OptimizerState, Oracle, StateValue, StepCx, update};
-
-    /// No closure: Prodigy never asks for one.
-    struct NoClosure;
-
-    impl Oracle for NoClosure {
-        fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-            Err(candle_core::Error::Msg("no closure here".into()))
-        }
-    }
+    use super::super::step::{NoOracle, OptimizerState, StateValue, StepCx, update};
 
     /// One update of `spec` from `p0` with gradient `g`: the new params and the state's d.
     fn step(spec: &str, p0: &[f64], g: &[f64]) -> (Vec<f64>, f64) {
@@ -173,7 +164,7 @@ mod tests {
             loss: 0.0,
             lr: spec.lr(),
             t: 0,
-            oracle: &mut NoClosure,
+            oracle: &mut NoOracle,
         };
         let new = update(&mut state, cx).unwrap();
         let d = state

@@ -185,16 +185,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::super::spec::{HyperValue, OptimizerSpec};
-    use super::super::step::{OptimizerState, Oracle, StepCx, update};
-
-    /// No closure: schedule-free never asks for one.
-    struct NoClosure;
-
-    impl Oracle for NoClosure {
-        fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-            Err(candle_core::Error::Msg("no closure here".into()))
-        }
-    }
+    use super::super::step::{NoOracle, OptimizerState, StepCx, update};
 
     fn values(t: &[Tensor]) -> Vec<f64> {
         t.iter()
@@ -216,7 +207,7 @@ mod tests {
                 loss: 0.0,
                 lr: spec.lr(),
                 t: 0,
-                oracle: &mut NoClosure,
+                oracle: &mut NoOracle,
             };
             p = update(&mut state, cx).unwrap();
         }

@@ -32,6 +32,19 @@ pub trait Oracle {
     }
 }
 
+/// The oracle of a step that may not evaluate the loss elsewhere: the params a rule sees are
+/// not the whole model (Muon's fallback), or a replay has no loss (tests). Asked, it errs, so a
+/// rule that needs more can never give a wrong answer.
+pub struct NoOracle;
+
+impl Oracle for NoOracle {
+    fn loss_and_grads(&mut self, _params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
+        Err(candle_core::Error::Msg(
+            "the loss cannot be evaluated at other params here".into(),
+        ))
+    }
+}
+
 /// What an [`Oracle`] without second derivatives answers when asked for them.
 fn no_second_order() -> candle_core::Error {
     candle_core::Error::Msg("this loss gives no second derivatives".into())
