@@ -4,81 +4,18 @@
 //! params of the optimizers that keep them apart and the state the reference records beside
 //! the params (`state_after_steps`), and run in f32 without failing.
 
+mod refdata;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use candle_core::Tensor;
-use gradscope::compile::{CompiledFile, compile};
-use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::{LrSchedule, Schedule};
 use gradscope::optim::settings::{NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
 use gradscope::optim::step::{NoOracle, OptimizerState, StateValue, StepCx, update};
 use gradscope::run::{Run, RunRequest};
+use refdata::{close, number, problem_file};
 use serde_json::Value;
-
-/// `{"shape": [...], "values": [...]}` as an expression of the loss language.
-fn literal(v: &Value) -> String {
-    let shape: Vec<u64> = v["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap())
-        .collect();
-    let values: Vec<String> = v["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| format!("{:?}", x.as_f64().unwrap()))
-        .collect();
-    match shape.len() {
-        0 => values[0].clone(),
-        1 => format!("\"[{}]\"", values.join(", ")),
-        _ => format!(
-            "\"reshape([{}], {})\"",
-            values.join(", "),
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// The loss file of reference problem `name`, with the exact values the reference used.
-pub fn problem_file(problems: &Value, name: &str, dtype: &str) -> CompiledFile {
-    let p = &problems[name];
-    let mut text = format!(
-        "name = \"{name}\"\ndtype = \"{dtype}\"\nloss = \"{}\"\n",
-        p["loss"].as_str().unwrap()
-    );
-    for table in ["data", "params"] {
-        if let Some(entries) = p[table].as_object().filter(|e| !e.is_empty()) {
-            text.push_str(&format!("[{table}]\n"));
-            for (k, v) in entries {
-                text.push_str(&format!("{k} = {}\n", literal(v)));
-            }
-        }
-    }
-    let loaded = load_bytes(Path::new("ref.toml"), text.into_bytes());
-    let (compiled, diags) = compile(loaded.file.expect("problem file loads"));
-    compiled.unwrap_or_else(|| panic!("{name}: {diags:?}"))
-}
-
-fn close(got: f64, want: f64, rel: f64) -> bool {
-    (got.is_nan() && want.is_nan()) || (got - want).abs() <= rel * want.abs().max(1e-3)
-}
-
-/// JSON numbers, or the strings the reference writes non-finite numbers as.
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::String(s) if s == "NaN" => f64::NAN,
-        Value::String(s) if s == "Infinity" => f64::INFINITY,
-        Value::String(s) if s == "-Infinity" => f64::NEG_INFINITY,
-        v => v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")),
-    }
-}
 
 /// Mismatches of `got` (params by name, loss) against `want` (`{"loss", "params"}`).
 fn compare(

@@ -4,6 +4,8 @@
 //! low-precision cases replayed op by op at 0 ulps and run in full at the README's tolerances,
 //! stochastic rounding statistically, skip_spikes in closed form, and the grammar.
 
+mod refdata;
+
 use std::path::Path;
 
 use candle_core::{DType as CDType, Device, Tensor};
@@ -18,32 +20,12 @@ use gradscope::optim::step::{NoOracle, OptimizerState, StepCx};
 use gradscope::optim::tricks::{ChainSpec, TrickKind};
 use gradscope::run::history::flags;
 use gradscope::run::{Run, RunRequest};
+use refdata::{close, number, problem_file};
 use serde_json::Value;
 
 fn reference() -> Value {
     let text = std::fs::read_to_string("tests/data/tricks.json").expect("reference data");
     serde_json::from_str(&text).expect("valid JSON")
-}
-
-/// `{"shape": [...], "values": [...]}` as an expression of the loss language.
-fn literal(v: &Value) -> String {
-    let shape: Vec<String> = v["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
-    let values: Vec<String> = v["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| format!("{:?}", x.as_f64().unwrap()))
-        .collect();
-    match shape.len() {
-        0 => values[0].clone(),
-        1 => format!("\"[{}]\"", values.join(", ")),
-        _ => format!("\"reshape([{}], {})\"", values.join(", "), shape.join(", ")),
-    }
 }
 
 /// gradscope's name for a reference dtype.
@@ -57,46 +39,10 @@ fn dtype_name(reference: &str) -> &'static str {
     }
 }
 
-/// The loss file of reference problem `name` in `dtype` (f16/bf16 reductions and matmuls
-/// accumulate in f32, as torch's do).
-fn problem_file(problems: &Value, name: &str, dtype: &str) -> CompiledFile {
-    let p = &problems[name];
-    let mut text = format!(
-        "name = \"{name}\"\ndtype = \"{dtype}\"\nloss = \"{}\"\n",
-        p["loss"].as_str().unwrap()
-    );
-    for table in ["data", "params"] {
-        if let Some(entries) = p[table].as_object().filter(|e| !e.is_empty()) {
-            text.push_str(&format!("[{table}]\n"));
-            for (k, v) in entries {
-                text.push_str(&format!("{k} = {}\n", literal(v)));
-            }
-        }
-    }
-    if matches!(dtype, "f16" | "bf16") {
-        text.push_str("[optimizer]\naccumulate = \"f32\"\n");
-    }
-    compiled(&text)
-}
-
 fn compiled(text: &str) -> CompiledFile {
     let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
     let (compiled, diags) = compile(loaded.file.expect("the file loads"));
     compiled.unwrap_or_else(|| panic!("{diags:?}"))
-}
-
-fn close(got: f64, want: f64, rel: f64) -> bool {
-    (got.is_nan() && want.is_nan()) || (got - want).abs() <= rel * want.abs().max(1e-3)
-}
-
-/// JSON numbers, or the strings the reference writes non-finite numbers as.
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::String(s) if s == "NaN" => f64::NAN,
-        Value::String(s) if s == "Infinity" => f64::INFINITY,
-        Value::String(s) if s == "-Infinity" => f64::NEG_INFINITY,
-        v => v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")),
-    }
 }
 
 fn numbers(v: &Value) -> Vec<f64> {
