@@ -268,47 +268,16 @@ macro_rules! optimizers {
         }
     )*) => {
         $(
-            $(#[doc = $doc])*
-            #[derive(Debug, Clone, PartialEq)]
-            pub struct $Name {
-                $( $(#[doc = $hdoc])* pub $field: $ty, )*
-            }
-
-            impl Default for $Name {
-                /// torch.optim's defaults.
-                fn default() -> Self {
-                    Self { $( $field: $default, )* }
-                }
+            typed_params! {
+                $(#[doc = $doc])*
+                $Name { $( $(#[doc = $hdoc])* $field : $ty = $default => $bound, )* }
             }
 
             impl $Name {
-                const HYPER: &'static [HyperParam] = &[
-                    $( HyperParam {
-                        name: stringify!($field),
-                        doc: concat!($($hdoc),*).trim_ascii(),
-                        bound: Bound::$bound,
-                    }, )*
-                ];
-
                 /// The constraints torch checks between hyper-parameters.
                 fn check_together(&self) -> Result<(), Conflict> {
                     $( $together(self)?; )?
                     Ok(())
-                }
-
-                fn values(&self) -> Vec<(&'static str, HyperValue)> {
-                    vec![$( (stringify!($field), Hyper::to_value(&self.$field)), )*]
-                }
-
-                /// None when `key` is not one of its hyper-parameters; Err: why the value is
-                /// refused ("must be a number").
-                fn set(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
-                    match key {
-                        $( stringify!($field) => Some(<$ty as Hyper>::from_raw(raw).map(|v| {
-                            self.$field = v;
-                        })), )*
-                        _ => None,
-                    }
                 }
             }
         )*
@@ -361,7 +330,7 @@ macro_rules! optimizers {
             /// Hyper-parameters in torch.optim's order (defaults: [`OptimizerSpec::new`]).
             pub fn hyper_parameters(self) -> &'static [HyperParam] {
                 match self {
-                    $( OptimizerKind::$Name => $Name::HYPER, )*
+                    $( OptimizerKind::$Name => $Name::PARAMS, )*
                 }
             }
         }

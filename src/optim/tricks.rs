@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use super::settings::LossScale;
 use super::spec::{
-    Bound, Hyper, HyperParam, HyperValue, OptimizerKind, OptimizerSpec, RawValue, SettingError,
+    Hyper, HyperParam, HyperValue, OptimizerKind, OptimizerSpec, RawValue, SettingError,
     SpecOverride, split_call, split_top_level, typed_value,
 };
 
@@ -62,43 +62,12 @@ macro_rules! tricks {
         }
     )*) => {
         $(
-            $(#[doc = $doc])*
-            #[derive(Debug, Clone, PartialEq)]
-            pub struct $Name {
-                $( $(#[doc = $hdoc])* pub $field: $ty, )*
-            }
-
-            impl Default for $Name {
-                fn default() -> Self {
-                    Self { $( $field: $default, )* }
-                }
+            typed_params! {
+                $(#[doc = $doc])*
+                $Name { $( $(#[doc = $hdoc])* $field : $ty = $default => $bound, )* }
             }
 
             impl $Name {
-                const PARAMS: &'static [HyperParam] = &[
-                    $( HyperParam {
-                        name: stringify!($field),
-                        doc: concat!($($hdoc),*).trim_ascii(),
-                        bound: Bound::$bound,
-                    }, )*
-                ];
-
-                fn values(&self) -> Vec<(&'static str, HyperValue)> {
-                    vec![$( (stringify!($field), Hyper::to_value(&self.$field)), )*]
-                }
-
-                fn set(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
-                    match key {
-                        $( stringify!($field) => Some(<$ty as Hyper>::from_raw(raw).map(|v| {
-                            self.$field = v;
-                        })), )*
-                        _ => {
-                            let _ = raw;
-                            None
-                        }
-                    }
-                }
-
                 fn check(&self) -> Result<(), String> {
                     $( let check: Check<Self> = $check; check(self)?; )?
                     Ok(())
