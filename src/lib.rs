@@ -57,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit(cli::pictures::plot_command(&args, color)?));
         }
         Some(Command::Gradcheck(args)) => cli::inspect::gradcheck_command(&args, color, &mut out)?,
+        Some(Command::Grad(args)) => cli::grad::grad_command(&args, color, &mut out)?,
         Some(Command::Curvature(args)) => cli::inspect::curvature_command(&args, color, &mut out)?,
         Some(Command::Precision(args)) => cli::inspect::precision_command(&args, color, &mut out)?,
         Some(Command::Completions { shell }) => {

@@ -1,0 +1,46 @@
+//! Lowering lines one after another outside a loss program: a gradient program continues the
+//! loss program it differentiates, so both are lowered into one lowerer, the loss's lines first.
+
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use super::{Kind, Lowerer, Value};
+use crate::diagnostic::SourceFile;
+use crate::lang::ast::Stmt;
+
+impl Lowerer {
+    /// Lowers `stmts` in order, binding each name to its value (a name already bound to an
+    /// input or const is an error, as in a program).
+    pub fn lines(&mut self, stmts: &[Stmt]) {
+        for stmt in stmts {
+            let name = &stmt.name;
+            if let Some(b) = self.env.get(&name.node).filter(|b| b.kind != Kind::Local) {
+                let kind = b.kind.describe();
+                self.error(format!("`{}` is already {kind}", name.node), &name.span)
+                    .help = Some("pick another name for this line".into());
+                continue;
+            }
+            let value = match self.expr(&stmt.value) {
+                Ok(r) => Value::Reg(r),
+                Err(_) => Value::Poisoned,
+            };
+            self.bind(&name.node, value, Kind::Local);
+        }
+    }
+
+    /// The value of line `name` when everything it reads was known before the run (bound with
+    /// [`Lowerer::bind_known`]), so lowering folded it.
+    pub fn known_line(&self, name: &str) -> Option<Tensor> {
+        match &self.env.get(name)?.value {
+            Value::Reg(r) => self.known(*r).cloned(),
+            Value::Known(t) => Some(t.clone()),
+            Value::Poisoned => None,
+        }
+    }
+
+    /// Reports what is lowered from here on against `source` (the gradient program's text).
+    pub fn report_in(&mut self, source: &Arc<SourceFile>) {
+        self.source = Arc::clone(source);
+    }
+}
