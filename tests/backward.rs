@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use gradscope::compile::backward::check::{Agreement, TOLERANCE, check};
+use gradscope::compile::backward::check::{Agreement, TOLERANCE, check, locate_nonfinite};
 use gradscope::compile::backward::{Backward, GradLine, LineKind, backward};
 use gradscope::compile::{CompiledFile, compile};
 use gradscope::lang::file::load_bytes;
@@ -494,4 +494,93 @@ fn the_command_checks_after_steps_and_selects() {
     let bad = common::gradscope(&["grad", "losses/rosenbrock.toml", "--param", "z"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stdout).contains("the file has no param `z`"));
+}
+
+/// `put` and `pad`, the language's scatters: a tensor placed among zeros.
+#[test]
+fn put_and_pad_place_a_tensor_among_zeros() {
+    let c = compiled(
+        "name = \"scatter\"\nloss = \"sum(w)\"\n[params]\nw = 0.0\n[data]\n\
+         a = \"put([1.0, 2.0], 1, 3)\"\n\
+         b = \"put([1.0, 2.0], 0, 2, axis=1)\"\n\
+         c = \"pad([1.0, 2.0], 1, 2)\"\n\
+         d = \"pad(eye(2), 0, 1, axis=-1)\"\n\
+         e = \"put(5, 2, 4)\"\n",
+    );
+    let values: Vec<(Vec<usize>, Vec<f64>)> = c
+        .data
+        .iter()
+        .map(|d| {
+            let v = gradscope::compile::values_f64(&d.value).unwrap();
+            (d.value.dims().to_vec(), v)
+        })
+        .collect();
+    assert_eq!(
+        values,
+        [
+            (vec![3, 2], vec![0.0, 0.0, 1.0, 2.0, 0.0, 0.0]),
+            (vec![2, 2], vec![1.0, 0.0, 2.0, 0.0]),
+            (vec![5], vec![0.0, 1.0, 2.0, 0.0, 0.0]),
+            (vec![2, 3], vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            (vec![4], vec![0.0, 0.0, 5.0, 0.0]),
+        ]
+    );
+    for (value, message) in [
+        ("put(w, 3, 3)", "put's index 3 is not in 0..3"),
+        (
+            "pad(w, 1, 1)",
+            "`pad` extends an existing axis, but this is a scalar",
+        ),
+        ("pad([1.0], -1, 0)", "pad's before is negative: -1"),
+        (
+            "put([1.0], 0, 2, axis=2)",
+            "axis 2 is out of range for `put` of [1]",
+        ),
+    ] {
+        let toml = format!("name = \"bad\"\nloss = \"sum({value})\"\n[params]\nw = 0.0\n");
+        let loaded = load_bytes(Path::new("bad.toml"), toml.into_bytes());
+        let (_, diags) = compile(loaded.file.expect("parses"));
+        let errors: Vec<&str> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.message.as_str())
+            .collect();
+        assert_eq!(errors, [message], "{value}");
+    }
+}
+
+/// Where a program's first non-finite value starts: the subexpression and its line.
+#[test]
+fn the_first_non_finite_value_is_located_in_the_program() {
+    let (c, _) = load_compiled(Path::new("losses/norm_at_zero.toml")).unwrap();
+    let naive = c
+        .runs
+        .iter()
+        .position(|r| r.name == "naive sqrt(sum(w^2))")
+        .unwrap();
+    let b = program(&c, naive);
+    let place = locate_nonfinite(&c, naive, &b, None)
+        .unwrap()
+        .expect("NaN at w = 0");
+    assert_eq!(
+        place.summary(),
+        "non-finite in `lam * w / sqrt(sum(w^2))` of grad_w (8 of 8 elements)"
+    );
+    assert_eq!(
+        locate_nonfinite(&c, 0, &program(&c, 0), None).unwrap(),
+        None
+    );
+    // log(0) is -inf already in the loss program: the gradient program only passes it on.
+    let c = compiled(&file(
+        "p = log(w)\nsum(W3 * p^2)",
+        "w = \"[0.0, 1.0, 2.0]\"",
+        "",
+    ));
+    let b = program(&c, 0);
+    assert_eq!(b.text(), "d_p = 2 * W3 * p\ngrad_w = d_p / w\n");
+    let place = locate_nonfinite(&c, 0, &b, None).unwrap().unwrap();
+    assert_eq!(
+        place.summary(),
+        "non-finite in `2 * W3 * p` of d_p (1 of 3 elements, from a value of the loss program)"
+    );
 }

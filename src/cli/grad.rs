@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use super::inspect::{PointArgs, point_step, points, unloadable};
-use crate::compile::backward::check::{TOLERANCE, check};
+use crate::compile::backward::check::{TOLERANCE, check, locate_nonfinite};
 use crate::compile::backward::{Backward, backward};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::format::fmt_num;
@@ -73,7 +73,7 @@ pub fn grad_command(args: &GradArgs, color: bool, out: &mut impl Write) -> anyho
         };
         write!(out, "{}", program.text())?;
         if args.check {
-            ok &= report_check(&compiled, *def, run, &program, color, out)?;
+            ok &= report_check(&compiled, *def, run, args.at_step, &program, color, out)?;
         }
     }
     Ok(ok)
@@ -84,11 +84,19 @@ fn report_check(
     compiled: &crate::compile::CompiledFile,
     def: usize,
     run: &crate::run::Run,
+    at_step: u64,
     program: &Backward,
     color: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
     let step = point_step(run);
+    if let Some(h) = run.halted.as_ref().filter(|h| at_step > h.step) {
+        writeln!(
+            out,
+            "# run `{}` halted at step {step} ({}); checking at step {step}, not {at_step}",
+            run.name, h.reason
+        )?;
+    }
     let agreements = match check(compiled, def, program, Some(&run.param_values())) {
         Ok(a) => a,
         Err(diags) => {
@@ -119,6 +127,19 @@ fn report_check(
             Some(why) => {
                 ok = false;
                 writeln!(out, "#   {:width$}  DIFFERS: {why}", a.line)?;
+            }
+        }
+    }
+    if agreements.iter().any(|a| a.nonfinite > 0) {
+        let at = run.param_values();
+        match locate_nonfinite(compiled, def, program, Some(&at)) {
+            Ok(Some(place)) => writeln!(out, "#   {}", place.summary())?,
+            Ok(None) => {}
+            Err(diags) => {
+                for d in diags {
+                    write!(out, "{}", d.render(color))?;
+                }
+                ok = false;
             }
         }
     }

@@ -9,7 +9,8 @@ use candle_core::{Device, Tensor};
 
 use super::{Backward, run_program};
 use crate::compile::lower::{Kind, Lowerer};
-use crate::compile::trace::unravel;
+use crate::compile::plan::{Executable, Op};
+use crate::compile::trace::{nonfinite, unravel};
 use crate::compile::{CompiledFile, Evaluator, values_f64};
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::format::fmt_num;
@@ -55,7 +56,6 @@ pub fn check(
     backward: &Backward,
     params: Option<&[Vec<f64>]>,
 ) -> Result<Vec<Agreement>, Vec<Diagnostic>> {
-    let file = &compiled.file;
     let at: Vec<Tensor> = match params {
         Some(values) => compiled
             .params
@@ -72,6 +72,44 @@ pub fn check(
     }
     let autograd = eval.evaluate().map_err(|d| vec![d])?.grads;
 
+    let lw = continued(compiled, run, backward, Inputs::Known(&at))?.0;
+    let mut out = Vec::new();
+    for (p, auto) in compiled.params.iter().zip(&autograd) {
+        let Some(line) = backward.grad_line(&p.name) else {
+            continue;
+        };
+        let agreement = match lw.known_line(&line.name) {
+            Some(mine) => compare(&p.name, &line.name, &mine, auto).map_err(internal)?,
+            None => Agreement {
+                param: p.name.clone(),
+                line: line.name.clone(),
+                rel_err: f64::NAN,
+                nonfinite: 0,
+                mismatch: Some("the line has no value before the run".into()),
+            },
+        };
+        out.push(agreement);
+    }
+    Ok(out)
+}
+
+/// How the params and data enter a gradient program's lowering.
+enum Inputs<'t> {
+    /// As known values: every line folds to its value.
+    Known(&'t [Tensor]),
+    /// As run-time inputs (data first, then params): a plan computes each line.
+    Bound,
+}
+
+/// A lowerer that has lowered run `run`'s loss program and then `backward`'s lines, and the
+/// gradient program's source. Errors of either are the diagnostics.
+fn continued(
+    compiled: &CompiledFile,
+    run: usize,
+    backward: &Backward,
+    inputs: Inputs,
+) -> Result<(Lowerer, Arc<SourceFile>, usize), Vec<Diagnostic>> {
+    let file = &compiled.file;
     let (program, consts) = run_program(compiled, run);
     let mut lw = Lowerer::new(&file.source, file.seed, "loss")
         .with_functions(Arc::new(file.functions.clone()));
@@ -79,13 +117,25 @@ pub fn check(
         let t = Tensor::new(c.value, &Device::Cpu).map_err(internal)?;
         lw.bind_known(&c.name.node, t, Kind::Const);
     }
-    for d in &compiled.data {
-        lw.bind_known(&d.name, d.value.clone(), Kind::Data);
+    let n_data = compiled.data.len();
+    for (i, d) in compiled.data.iter().enumerate() {
+        match inputs {
+            Inputs::Known(_) => lw.bind_known(&d.name, d.value.clone(), Kind::Data),
+            Inputs::Bound => lw.bind_data(&d.name, i, &d.value, d.span.clone()),
+        }
     }
-    for (p, t) in compiled.params.iter().zip(&at) {
-        lw.bind_known(&p.name, t.clone(), Kind::Param);
+    for (j, p) in compiled.params.iter().enumerate() {
+        match inputs {
+            Inputs::Known(at) => lw.bind_known(&p.name, at[j].clone(), Kind::Param),
+            // Bound as data: the program reads params as constants (`sign(w)` is fine there).
+            Inputs::Bound => {
+                let shape = crate::compile::shape::Shape(p.value.dims().to_vec());
+                lw.bind_input(&p.name, n_data + j, Kind::Data, shape, p.span.clone());
+            }
+        }
     }
     lw.lines(&program.node.stmts);
+    let mark = lw.lowered();
     let text = backward.text();
     let source = SourceFile::new(
         format!(
@@ -111,24 +161,119 @@ pub fn check(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let mut out = Vec::new();
-    for (p, auto) in compiled.params.iter().zip(&autograd) {
-        let Some(line) = backward.grad_line(&p.name) else {
-            continue;
+    Ok((lw, source, mark))
+}
+
+/// Where a gradient program's first non-finite value appears.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NonFinite {
+    /// The line it is in (`grad_w`).
+    pub line: String,
+    /// The subexpression as the program writes it (`1 / (d^2 + eps)`).
+    pub expr: String,
+    /// How many of its elements are non-finite, of how many.
+    pub count: usize,
+    pub total: usize,
+    /// Whether it only passes on a non-finite value of the loss program's own lines.
+    pub inherited: bool,
+}
+
+impl NonFinite {
+    /// `` non-finite in `1 / (d^2 + eps)` of grad_w (3 of 8 elements) ``.
+    pub fn summary(&self) -> String {
+        let from = if self.inherited {
+            ", from a value of the loss program"
+        } else {
+            ""
         };
-        let agreement = match lw.known_line(&line.name) {
-            Some(mine) => compare(&p.name, &line.name, &mine, auto).map_err(internal)?,
-            None => Agreement {
-                param: p.name.clone(),
-                line: line.name.clone(),
-                rel_err: f64::NAN,
-                nonfinite: 0,
-                mismatch: Some("the line has no value before the run".into()),
-            },
-        };
-        out.push(agreement);
+        format!(
+            "non-finite in `{}` of {} ({} of {} elements{from})",
+            self.expr, self.line, self.count, self.total
+        )
     }
-    Ok(out)
+}
+
+/// The first subexpression of `backward` (a program of run `run`) whose value is non-finite
+/// although what it reads is finite, at `params` (None: the initial values); None when every
+/// value is finite. Without such a place, the first that passes a non-finite value on.
+pub fn locate_nonfinite(
+    compiled: &CompiledFile,
+    run: usize,
+    backward: &Backward,
+    params: Option<&[Vec<f64>]>,
+) -> Result<Option<NonFinite>, Vec<Diagnostic>> {
+    let (lw, source, mark) = continued(compiled, run, backward, Inputs::Bound)?;
+    let Some(plan) = lw.plan_of_everything() else {
+        return Ok(None);
+    };
+    let mut inputs: Vec<Tensor> = compiled.data.iter().map(|d| d.value.clone()).collect();
+    for (j, p) in compiled.params.iter().enumerate() {
+        inputs.push(match params {
+            Some(values) => Tensor::from_vec(values[j].clone(), p.value.dims(), &Device::Cpu)
+                .map_err(internal)?,
+            None => p.value.clone(),
+        });
+    }
+    let exec = Executable::new(plan, candle_core::DType::F64, None).map_err(internal)?;
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let (values, _) = exec
+        .run_traced(&refs, false)
+        .map_err(|e| internal(e.error))?;
+    let bad = |k: usize| -> Result<(usize, usize), Vec<Diagnostic>> {
+        let (idx, total) = nonfinite(&values[k]).map_err(internal)?;
+        Ok((idx.len(), total))
+    };
+    let mut passed_on = None;
+    for k in mark..values.len() {
+        let instr = &exec.plan().instrs[k];
+        if matches!(instr.op, Op::Input(_) | Op::Const(_)) {
+            continue;
+        }
+        let (count, total) = bad(k)?;
+        if count == 0 {
+            continue;
+        }
+        let mut reads_finite = true;
+        for &a in &instr.args {
+            reads_finite &= bad(a)?.0 == 0;
+        }
+        let found = (count, total, !reads_finite);
+        if reads_finite {
+            return Ok(Some(place(backward, &source, &instr.span, found)));
+        }
+        passed_on.get_or_insert((instr.span.clone(), found));
+    }
+    Ok(passed_on.map(|(span, found)| place(backward, &source, &span, found)))
+}
+
+/// The line of `backward` holding `span` of its text, and the text there.
+fn place(
+    backward: &Backward,
+    source: &SourceFile,
+    span: &crate::diagnostic::Span,
+    (count, total, inherited): (usize, usize, bool),
+) -> NonFinite {
+    let mut start = 0;
+    let mut line = String::new();
+    for l in &backward.lines {
+        let len = l.name.len() + 3 + l.value.len() + 1;
+        if span.start < start + len {
+            line = l.name.clone();
+            break;
+        }
+        start += len;
+    }
+    NonFinite {
+        line,
+        expr: source
+            .text
+            .get(span.clone())
+            .unwrap_or_default()
+            .to_string(),
+        count,
+        total,
+        inherited,
+    }
 }
 
 /// One param's line against autograd.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::{Kind, Lowerer, Value};
+use crate::compile::plan::Plan;
 use crate::diagnostic::SourceFile;
 use crate::lang::ast::Stmt;
 
@@ -37,6 +38,21 @@ impl Lowerer {
             Value::Known(t) => Some(t.clone()),
             Value::Poisoned => None,
         }
+    }
+
+    /// How many instructions it has lowered so far: the ones after it belong to what comes next.
+    pub fn lowered(&self) -> usize {
+        self.instrs.len()
+    }
+
+    /// Every instruction lowered so far, the last one the output (None: nothing lowered), so a
+    /// traced run sees each line's value.
+    pub fn plan_of_everything(&self) -> Option<Plan> {
+        let output = self.instrs.len().checked_sub(1)?;
+        Some(Plan {
+            instrs: self.instrs.clone(),
+            output,
+        })
     }
 
     /// Reports what is lowered from here on against `source` (the gradient program's text).
