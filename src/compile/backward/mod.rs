@@ -92,6 +92,53 @@ impl Backward {
     }
 }
 
+/// One param's gradient formula at a point of a run, as the TUI's inspector shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Formula {
+    /// Which param (its index among the file's params) and its name.
+    pub param: usize,
+    pub name: String,
+    /// The lines its gradient needs, or why the program cannot be written.
+    pub lines: Result<Vec<String>, String>,
+    /// Where the program's first non-finite value is at the point, if it has one.
+    pub nonfinite: Option<check::NonFinite>,
+}
+
+/// Param `param`'s gradient formula in run `run` of `compiled`, with the first non-finite value
+/// of its program at `params` (each flattened row-major).
+pub fn formula(compiled: &CompiledFile, run: usize, param: usize, params: &[Vec<f64>]) -> Formula {
+    let name = compiled
+        .params
+        .get(param)
+        .map_or_else(String::new, |p| p.name.clone());
+    let program = backward(compiled, run)
+        .map_err(|d| d.first().map_or_else(String::new, Diagnostic::headline))
+        .and_then(|b| {
+            b.for_param(&name)
+                .ok_or_else(|| format!("the file has no param `{name}`"))
+        });
+    let (lines, nonfinite) = match program {
+        Ok(b) => {
+            let lines = b
+                .lines
+                .iter()
+                .map(|l| format!("{} = {}", l.name, l.value))
+                .collect();
+            let place = check::locate_nonfinite(compiled, run, &b, Some(params))
+                .ok()
+                .flatten();
+            (Ok(lines), place)
+        }
+        Err(why) => (Err(why), None),
+    };
+    Formula {
+        param,
+        name,
+        lines,
+        nonfinite,
+    }
+}
+
 /// The loss program and consts of run `run` of `compiled` (a variant's own, or the file's).
 pub(super) fn run_program(
     compiled: &CompiledFile,
@@ -493,23 +540,23 @@ impl<'a> Gen<'a> {
     fn binary(&mut self, x: &S, me: &S, op: BinOp, a: &S, b: &S, g: S) -> Res<()> {
         match op {
             BinOp::Add => {
-                self.back(a, a, reduce_to(&g, &a.shape))?;
-                self.back(b, b, reduce_to(&g, &b.shape))
+                self.back(a, a, reduce_to(&g, &x.shape, &a.shape))?;
+                self.back(b, b, reduce_to(&g, &x.shape, &b.shape))
             }
             BinOp::Sub => {
-                self.back(a, a, reduce_to(&g, &a.shape))?;
-                self.back(b, b, reduce_to(&sym::neg(&g), &b.shape))
+                self.back(a, a, reduce_to(&g, &x.shape, &a.shape))?;
+                self.back(b, b, reduce_to(&sym::neg(&g), &x.shape, &b.shape))
             }
             BinOp::Mul => {
-                self.back(a, a, reduce_to(&sym::mul(&g, b), &a.shape))?;
-                self.back(b, b, reduce_to(&sym::mul(&g, a), &b.shape))
+                self.back(a, a, reduce_to(&sym::mul(&g, b), &x.shape, &a.shape))?;
+                self.back(b, b, reduce_to(&sym::mul(&g, a), &x.shape, &b.shape))
             }
             BinOp::Div => {
-                self.back(a, a, reduce_to(&sym::div(&g, b), &a.shape))?;
+                self.back(a, a, reduce_to(&sym::div(&g, b), &x.shape, &a.shape))?;
                 if b.grad {
                     let b2 = sym::pow(b, &sym::num(2.0));
                     let db = sym::neg(&sym::div(&sym::mul(&g, a), &b2));
-                    self.back(b, b, reduce_to(&db, &b.shape))?;
+                    self.back(b, b, reduce_to(&db, &x.shape, &b.shape))?;
                 }
                 Ok(())
             }
@@ -534,11 +581,13 @@ impl<'a> Gen<'a> {
             return self.back(a, a, sym::mul(&g, &local));
         }
         if a.grad {
-            let da = sym::mul(&g, &sym::div(&sym::mul(me, b), a));
-            self.back(a, a, reduce_to(&da, &a.shape))?;
+            // candle takes log(a) before broadcasting it: the sum comes before the division.
+            let through_log = sym::mul(&g, &sym::mul(me, b));
+            let da = sym::div(&reduce_to(&through_log, &me.shape, &a.shape), a);
+            self.back(a, a, da)?;
         }
         let db = sym::mul(&g, &sym::mul(me, &sym::apply("log", a)));
-        self.back(b, b, reduce_to(&db, &b.shape))
+        self.back(b, b, reduce_to(&db, &me.shape, &b.shape))
     }
 
     fn matmul(&mut self, x: &S, a: &S, b: &S, g: S) -> Res<()> {
@@ -569,26 +618,49 @@ impl<'a> Gen<'a> {
                     let r = s.len();
                     s[r - 1] = dims(a)[ra - 1];
                     let da = sym::matmul(&g, &sym::transpose(b), Shape(s));
-                    self.back(a, a, reduce_to(&da, &a.shape))?;
+                    self.back(a, a, reduce_to(&da, &da.shape, &a.shape))?;
                 }
                 if b.grad {
                     let mut s = x.shape.0.clone();
                     let r = s.len();
                     s[r - 2] = dims(b)[rb - 2];
                     let db = sym::matmul(&sym::transpose(a), &g, Shape(s));
-                    self.back(b, b, reduce_to(&db, &b.shape))?;
+                    self.back(b, b, reduce_to(&db, &db.shape, &b.shape))?;
                 }
                 Ok(())
             }
-            _ => Err(self
-                .error(
-                    format!(
-                        "gradscope grad cannot yet write the gradient of `@` between a {}-D and a {}-D tensor",
-                        ra, rb
-                    ),
-                    x.span.as_ref().unwrap_or(&(0..0)),
-                )
-                .help("reshape the vector to a matrix first (reshape(v, -1, 1)), so both sides have two or more axes")),
+            (1, _) => {
+                // v @ B is (1 × k) @ B with the added axis taken away again.
+                let k = dims(a)[0];
+                let mut row = x.shape.0.clone();
+                let m = row.pop().unwrap_or(1);
+                row.extend([1, m]);
+                let g_row = sym::reshape(&g, &row);
+                let mut s = row.clone();
+                let r = s.len();
+                s[r - 1] = k;
+                let da = sym::matmul(&g_row, &sym::transpose(b), Shape(s.clone()));
+                let da = reduce_to(&da, &Shape(s), &Shape(vec![1, k]));
+                self.back(a, a, sym::reshape(&da, &[k]))?;
+                let db = sym::matmul(&sym::reshape(a, &[k, 1]), &g_row, b.shape.clone());
+                self.back(b, b, db)
+            }
+            (_, 1) => {
+                // A @ v is A @ (k × 1) with the added axis taken away again.
+                let k = dims(b)[0];
+                let mut col = x.shape.0.clone();
+                col.push(1);
+                let g_col = sym::reshape(&g, &col);
+                let da = sym::mul(&g_col, b);
+                self.back(a, a, da)?;
+                let mut s = col.clone();
+                let r = s.len();
+                s[r - 2] = k;
+                let db = sym::matmul(&sym::transpose(a), &g_col, Shape(s.clone()));
+                let db = reduce_to(&db, &Shape(s), &Shape(vec![k, 1]));
+                self.back(b, b, sym::reshape(&db, &[k]))
+            }
+            _ => Err(self.unsupported(x)),
         }
     }
 
@@ -602,7 +674,7 @@ impl<'a> Gen<'a> {
             }
             let scope = Scope::Function { fd, args, g: &g };
             let adj = self.fwd(&fd.grads[i], &scope)?;
-            let adj = reduce_to(&adj, &arg.shape);
+            let adj = reduce_to(&adj, &arg.shape, &arg.shape);
             self.back(arg, arg, adj)?;
         }
         Ok(())
@@ -685,53 +757,31 @@ impl<'a> Gen<'a> {
             }
             Builtin::Min | Builtin::Max => {
                 let b = &args[1];
-                let lt = if f == Builtin::Max {
-                    BinOp::Gt
-                } else {
-                    BinOp::Lt
-                };
-                // candle's max/min split the gradient in half at ties.
-                let mask = |p: &S, q: &S, strict: BinOp| {
-                    sym::add(
-                        &sym::cmp(strict, p, q),
-                        &sym::div(&sym::cmp(BinOp::Eq, p, q), &sym::num(2.0)),
-                    )
-                };
-                let da = sym::mul(&mask(a, b, lt), &g);
-                self.back(a, a, reduce_to(&da, &a.shape))?;
-                let db = sym::mul(&mask(b, a, lt), &g);
-                self.back(b, b, reduce_to(&db, &b.shape))
+                let da = sym::mul(&tie_mask(me, a, b), &g);
+                self.back(a, a, reduce_to(&da, &x.shape, &a.shape))?;
+                let db = sym::mul(&tie_mask(me, b, a), &g);
+                self.back(b, b, reduce_to(&db, &x.shape, &b.shape))
             }
             Builtin::Clamp => {
                 let (lo, hi) = (&args[1], &args[2]);
-                let half_mask = |p: &S, q: &S, strict: BinOp| {
-                    sym::add(
-                        &sym::cmp(strict, p, q),
-                        &sym::div(&sym::cmp(BinOp::Eq, p, q), &sym::num(2.0)),
-                    )
-                };
-                // clamp is min(max(x, lo), hi), differentiated as candle does both.
+                // clamp is min(max(x, lo), hi), each differentiated as candle does.
                 let lifted = sym::call("max", vec![a.clone(), lo.clone()], None, sym_shape(a, lo));
-                let through_hi = half_mask(&lifted, hi, BinOp::Lt);
-                let dx = sym::mul(
-                    &sym::mul(&half_mask(a, lo, BinOp::Gt), &half_mask(a, hi, BinOp::Lt)),
-                    &g,
-                );
-                self.back(a, a, reduce_to(&dx, &a.shape))?;
-                let dlo = sym::mul(&sym::mul(&half_mask(lo, a, BinOp::Gt), &through_hi), &g);
-                self.back(lo, lo, reduce_to(&dlo, &lo.shape))?;
-                let dhi = sym::mul(&half_mask(hi, &lifted, BinOp::Lt), &g);
-                self.back(hi, hi, reduce_to(&dhi, &hi.shape))
+                let dt = sym::mul(&tie_mask(me, &lifted, hi), &g);
+                let dx = sym::mul(&tie_mask(&lifted, a, lo), &dt);
+                self.back(a, a, reduce_to(&dx, &x.shape, &a.shape))?;
+                let dlo = sym::mul(&tie_mask(&lifted, lo, a), &dt);
+                self.back(lo, lo, reduce_to(&dlo, &x.shape, &lo.shape))?;
+                let dhi = sym::mul(&tie_mask(me, hi, &lifted), &g);
+                self.back(hi, hi, reduce_to(&dhi, &x.shape, &hi.shape))
             }
             Builtin::Pow => self.power(me, a, &args[1], g),
             Builtin::Where => {
                 let (c, t, e) = (&args[0], &args[1], &args[2]);
                 let zero = sym::num(0.0);
-                let out = x.shape.clone();
-                let dt = sym::select(c, &g, &zero, out.clone());
-                self.back(t, t, reduce_to(&dt, &t.shape))?;
-                let de = sym::select(c, &zero, &g, out);
-                self.back(e, e, reduce_to(&de, &e.shape))
+                let dt = sym::select(c, &g, &zero);
+                self.back(t, t, reduce_to(&dt, &x.shape, &t.shape))?;
+                let de = sym::select(c, &zero, &g);
+                self.back(e, e, reduce_to(&de, &x.shape, &e.shape))
             }
             Builtin::Sum
             | Builtin::Mean
@@ -759,7 +809,7 @@ impl<'a> Gen<'a> {
                             Some(k) => {
                                 sym::call("softmax", vec![a.clone()], Some(k), a.shape.clone())
                             }
-                            None if a.shape.rank() <= 1 => sym::apply("softmax", a),
+                            None if a.shape.rank() == 1 => sym::apply("softmax", a),
                             None => sym::apply("exp", &sym::sub(a, me)),
                         };
                         sym::mul(&soft, &gu)
@@ -886,6 +936,14 @@ fn passes_gradient(b: Builtin) -> bool {
     )
 }
 
+/// The share of the gradient of `max(p, q)` or `min(p, q)` (whose value is `m`) that goes to
+/// `p`, as candle gives it: `(m == p) / (1 + (m == q))`, all of it where `m` is `p`, half at a
+/// tie, none where `m` is `q` (also where `q` is NaN and `m` is `p`, as candle's max keeps `p`).
+fn tie_mask(m: &S, p: &S, q: &S) -> S {
+    let tie = sym::add(&sym::num(1.0), &sym::cmp(BinOp::Eq, m, q));
+    sym::div(&sym::cmp(BinOp::Eq, m, p), &tie)
+}
+
 fn sym_shape(a: &S, b: &S) -> Shape {
     super::shape::broadcast(&a.shape, &b.shape).unwrap_or_else(|| a.shape.clone())
 }
@@ -919,12 +977,19 @@ fn expand(g: &S, shape: &Shape) -> S {
     sym::mul(g, &ones)
 }
 
-/// `e` summed over the axes where it is larger than `target`, so it broadcasts to `target`:
-/// a broadcast's adjoint.
-fn reduce_to(e: &S, target: &Shape) -> S {
-    if super::shape::broadcast(&e.shape, target).as_ref() == Some(target) {
+/// The adjoint `e` of a value of shape `from` (which `e` may be a broadcast of) summed over the
+/// axes where `from` is larger than `target`, so it broadcasts to `target`: a broadcast's
+/// adjoint. A scalar `e` stands for as many equal elements: their sum is a multiple of it.
+fn reduce_to(e: &S, from: &Shape, target: &Shape) -> S {
+    let full = super::shape::broadcast(&e.shape, from).unwrap_or_else(|| from.clone());
+    if super::shape::broadcast(&full, target).as_ref() == Some(target) {
         return e.clone();
     }
+    if e.shape.is_scalar() {
+        let count = full.elements().unwrap_or(1) / target.elements().unwrap_or(1).max(1);
+        return sym::mul(&sym::num(count as f64), e);
+    }
+    let e = &expand(e, &full);
     let (r, t) = (e.shape.rank(), target.rank());
     // The target's size on each axis of `e` (None: an axis the target lacks).
     let aligned = |k: usize| (k + t >= r).then(|| target.dims()[k + t - r]);

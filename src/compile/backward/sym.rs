@@ -376,9 +376,10 @@ pub(super) fn apply(func: &str, x: &S) -> S {
     call(func, vec![x.clone()], None, x.shape.clone())
 }
 
-/// `where(c, t, f)` of the given shape where one branch is 0: a number in front of the other
-/// branch comes out (exact, as the number is finite), and `where(mask, 1, 0)` is the mask.
-pub(super) fn select(c: &S, t: &S, f: &S, shape: Shape) -> S {
+/// `where(c, t, f)` where one branch is 0: a number in front of the other branch comes out
+/// (exact, as the number is finite), and `where(mask, 1, 0)` is the mask.
+pub(super) fn select(c: &S, t: &S, f: &S) -> S {
+    let shape = both(&both(&c.shape, &t.shape), &f.shape);
     let zero = |s: &S| number(s).is_some_and(|c| c.is(0.0));
     let is_mask = matches!(&c.kind, Kind::Bin(op, _, _) if op.is_comparison());
     for (branch, other, taken) in [(t, f, true), (f, t, false)] {
@@ -391,9 +392,9 @@ pub(super) fn select(c: &S, t: &S, f: &S, shape: Shape) -> S {
         }
         let rest = from_parts(Coef::ONE, n, d);
         let inner = if taken {
-            select(c, &rest, other, shape.clone())
+            select(c, &rest, other)
         } else {
-            select(c, other, &rest, shape.clone())
+            select(c, other, &rest)
         };
         return mul(&num_coef(coef), &inner);
     }
@@ -476,6 +477,11 @@ pub(super) fn reshape(x: &S, dims: &[usize]) -> S {
         && func == "reshape"
     {
         return reshape(&args[0], dims);
+    }
+    if dims.is_empty() {
+        // A one-element tensor as a scalar: its only element (`reshape` needs a size).
+        let items = vec![IndexItem::At(0); x.shape.rank()];
+        return index(x, items, Shape::scalar());
     }
     let args = std::iter::once(x.clone())
         .chain(dims.iter().map(|&d| num(d as f64)))

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use candle_core::Tensor;
-
 use super::{Kind, Lowerer, Value};
 use crate::compile::plan::Plan;
 use crate::diagnostic::SourceFile;
@@ -30,13 +28,11 @@ impl Lowerer {
         }
     }
 
-    /// The value of line `name` when everything it reads was known before the run (bound with
-    /// [`Lowerer::bind_known`]), so lowering folded it.
-    pub fn known_line(&self, name: &str) -> Option<Tensor> {
+    /// The register holding line `name`'s value (None: no such line, or it failed).
+    pub fn line_register(&self, name: &str) -> Option<usize> {
         match &self.env.get(name)?.value {
-            Value::Reg(r) => self.known(*r).cloned(),
-            Value::Known(t) => Some(t.clone()),
-            Value::Poisoned => None,
+            Value::Reg(r) => Some(*r),
+            Value::Known(_) | Value::Poisoned => None,
         }
     }
 
