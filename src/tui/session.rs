@@ -523,6 +523,7 @@ impl Session {
             r.first_nonfinite = None;
             r.gradcheck = None;
             r.curvature = None;
+            r.formula = None;
             r.path = Decimated::new(PATH_POINTS);
         }
         gone.dedup();

@@ -532,6 +532,13 @@ pub(super) fn names_in(s: &S, out: &mut Vec<String>) {
 /// A number as the lexer reads it back exactly: whole numbers without a point, the shorter of
 /// the plain and the exponent form otherwise.
 pub(super) fn literal(v: f64) -> String {
+    // The language has no literal for these; a folded product may still overflow to one.
+    if v.is_nan() {
+        return "(0 / 0)".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "(1 / 0)" } else { "(-1 / 0)" }.into();
+    }
     if v.fract() == 0.0 && v.abs() < 1e16 {
         return format!("{}", v as i64);
     }
@@ -782,5 +789,6 @@ mod tests {
         assert_eq!(literal(1e-7), "1e-7");
         assert_eq!(literal(0.25), "0.25");
         assert_eq!(literal(-3.0), "-3");
+        assert_eq!(literal(f64::INFINITY), "(1 / 0)");
     }
 }
