@@ -2249,3 +2249,40 @@ fn snapshot_compare_table_sorts_by_any_column() {
     press(&mut app, KeyCode::Esc);
     assert_eq!(app.popup, None);
 }
+
+/// `G` shows the selected run's gradient of its next param as the program `gradscope grad`
+/// writes, wrapped to the inspector, with where its first non-finite value is; past the last
+/// param, none.
+#[test]
+fn snapshot_inspector_shows_a_params_gradient_formula_and_its_first_nan() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    typed_settled(&mut app, &rx, "n");
+    focus(&mut app, Focus::Runs);
+    typed(&mut app, "j");
+    typed_settled(&mut app, &rx, "G");
+    let r = app.session().unwrap().selected_run().unwrap();
+    assert_eq!(r.info.name, "naive sqrt(sum(w^2))");
+    let (step, f) = r.formula.as_ref().expect("a formula");
+    assert_eq!((*step, f.name.as_str()), (0, "w"));
+    assert_eq!(
+        f.lines,
+        Ok(vec![
+            "d_r = r / 32".to_string(),
+            "grad_w = A.T @ d_r + lam * w / sqrt(sum(w^2))".to_string()
+        ])
+    );
+    let t = draw(&app, 160, 45);
+    let inspector = areas(&app, 160, 45).inspector.unwrap();
+    assert!(find(&t, inspector, "∇w as a formula @0").is_some());
+    assert!(find(&t, inspector, "non-finite in `lam * w /").is_some());
+    snapshot("inspector_gradient_formula", &t);
+    typed_settled(&mut app, &rx, "G");
+    assert!(
+        app.session()
+            .unwrap()
+            .selected_run()
+            .unwrap()
+            .formula
+            .is_none()
+    );
+}

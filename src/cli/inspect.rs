@@ -34,7 +34,10 @@ type Points = (CompiledFile, Vec<(usize, Run)>);
 
 /// The compiled file and, for each selected run definition, its index and the run stepped to
 /// `at_step` (`default_all`: every variant when none is named). Err holds the file's diagnostics.
-fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, Vec<Diagnostic>>> {
+pub(super) fn points(
+    args: &PointArgs,
+    default_all: bool,
+) -> anyhow::Result<Result<Points, Vec<Diagnostic>>> {
     let (compiled, _) = match load::load_compiled(&args.file) {
         Ok(c) => c,
         Err(diags) => return Ok(Err(diags)),
@@ -71,7 +74,7 @@ pub(super) fn unloadable(
 
 /// The step a run's point is at: the halted step's params when it halted (that step made no
 /// update), else the steps taken.
-fn point_step(run: &Run) -> u64 {
+pub(super) fn point_step(run: &Run) -> u64 {
     run.halted.as_ref().map_or(run.step_count(), |h| h.step)
 }
 

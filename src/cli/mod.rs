@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod grad;
 pub mod inspect;
 pub mod optimizers;
 pub mod pictures;
@@ -61,6 +62,8 @@ pub enum Command {
     Plot(pictures::PlotArgs),
     /// Autograd against central finite differences in f64, per param (every variant by default).
     Gradcheck(inspect::PointArgs),
+    /// Each run's gradient as a program in the loss-file language (`--check`: against autograd).
+    Grad(grad::GradArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
     Curvature(inspect::PointArgs),
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype

@@ -1,6 +1,7 @@
 //! The compiler: a checked loss file becomes float64 data, initial params and one plan per run,
 //! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
 
+pub mod backward;
 pub mod batch;
 pub mod curvature;
 pub mod data;

@@ -136,6 +136,13 @@ pub enum Op {
     Concat {
         axis: usize,
     },
+    /// `before` zeros ahead of the values along `axis` and `after` behind them: the gradient of a
+    /// slice, and with a reshape, of a single index (`put`, `pad`).
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
     /// Integer labels to 0/1 rows of length `n` (a new last axis); no gradient.
     OneHot {
         n: usize,
@@ -242,6 +249,11 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         }
         Op::Stack { axis } => Tensor::stack(args, *axis),
         Op::Concat { axis } => Tensor::cat(args, *axis),
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => a().pad_with_zeros(*axis, *before, *after),
         Op::OneHot { n } => {
             let x = a();
             let classes = Tensor::arange(0u32, *n as u32, x.device())?.to_dtype(x.dtype())?;

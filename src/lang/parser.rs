@@ -115,6 +115,37 @@ fn lines(text: &str, map: &OffsetMap, role: Role) -> Result<Program, Vec<ParseEr
     }
 }
 
+/// Parses a gradient program: lines `name = value` only, continuing a loss program (which
+/// defines the names it reads), so no line is the result.
+pub fn parse_assignments(text: &str, map: &OffsetMap) -> Result<Vec<Stmt>, Vec<ParseError>> {
+    let (tokens, mut errors) = lex(text, map);
+    let mut p = Parser::new(tokens);
+    let mut stmts = Vec::new();
+    loop {
+        p.skip_newlines();
+        if p.peek() == &Tok::Eof {
+            break;
+        }
+        match p.statement() {
+            Ok((Some(name), value)) => stmts.push(Stmt { name, value }),
+            Ok((None, value)) => errors.push(err(
+                "every line of a gradient program names its value",
+                value.span,
+                Some("write `name = ...`"),
+            )),
+            Err(e) => {
+                p.recover_to_line_end();
+                errors.push(e);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(stmts)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Parses one expression (a `[data]` or `[params]` value).
 pub fn parse_expr(text: &str, map: &OffsetMap) -> Result<Expr, Vec<ParseError>> {
     let (tokens, mut errors) = lex(text, map);
@@ -754,6 +785,20 @@ mod tests {
             let got: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
             assert_eq!(got, [message], "{src}");
         }
+    }
+
+    #[test]
+    fn a_gradient_program_is_assignments_only() {
+        let s =
+            parse_assignments("d_r = 2 * r\ngrad_w = x.T @ d_r\n", &OffsetMap::Shift(0)).unwrap();
+        let names: Vec<&str> = s.iter().map(|s| s.name.node.as_str()).collect();
+        assert_eq!(names, ["d_r", "grad_w"]);
+        let e = parse_assignments("d_r = 2 * r\nd_r + 1", &OffsetMap::Shift(0)).unwrap_err();
+        assert_eq!(
+            e[0].message,
+            "every line of a gradient program names its value"
+        );
+        assert_eq!(e[0].span, 12..19);
     }
 
     #[test]

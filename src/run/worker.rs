@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
+use crate::compile::backward::{Formula, formula};
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::{CompiledFile, norm};
@@ -48,6 +49,9 @@ pub enum Command {
     Gradcheck(RunId),
     /// The Hessian's top eigenvalue of one run at its current step.
     Curvature(RunId),
+    /// The gradient formula of one run's param (by index), with its first non-finite value at
+    /// the run's current step.
+    Formula(RunId, usize),
     /// A landscape plane through run `run`'s current params (losses with more than two param
     /// values; two-param losses always use their own coordinates).
     Plane {
@@ -202,6 +206,8 @@ pub enum Event {
     Checked(RunId, u64, Vec<ParamCheck>),
     /// The curvature of a run at a step.
     Curvature(RunId, u64, Curvature),
+    /// A param's gradient formula in a run, looked at at a step.
+    Formula(RunId, u64, Box<Formula>),
     /// The landscape plane every path is now projected onto, and for a slice the run and step
     /// it passes through.
     Plane(Arc<Plane>, Option<(RunId, u64)>),
@@ -519,6 +525,13 @@ impl Worker {
                         Ok(c) => self.send(Event::Curvature(id, s.run.step_count(), c)),
                         Err(d) => self.send(Event::Failed(d.headline())),
                     }
+                }
+            }
+            Command::Formula(id, param) => {
+                self.report();
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+                    let f = formula(&self.compiled, s.def, param, &s.run.param_values());
+                    self.send(Event::Formula(id, s.run.step_count(), Box::new(f)));
                 }
             }
             Command::Plane { run, kind, seed } => self.new_plane(run, kind, seed),

@@ -81,6 +81,7 @@ impl App {
             }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
             KeyAction::Curvature => self.run_command(run, Command::Curvature),
+            KeyAction::Formula => self.next_formula(),
             KeyAction::AddRun if self.session().is_some() => {
                 // Starts at the current chain's optimizer.
                 let kind = self.current_chain().base.kind();
@@ -161,6 +162,30 @@ impl App {
     }
 
     /// Sends the command `make` builds for the selected run, if there is one.
+    /// `G`: the inspector's gradient formula moves on to the selected run's next param, and past
+    /// the last to none; the worker writes it and looks for its first non-finite value.
+    fn next_formula(&mut self) {
+        let Some(id) = self.selected_run_id() else {
+            return;
+        };
+        let count = self
+            .file()
+            .and_then(|f| f.compiled.as_ref())
+            .map_or(0, |c| c.params.len());
+        let Some(r) = self
+            .session_mut()
+            .and_then(|s| s.runs.iter_mut().find(|r| r.info.id == id))
+        else {
+            return;
+        };
+        let next = r.formula.as_ref().map_or(0, |(_, f)| f.param + 1);
+        if next >= count {
+            r.formula = None;
+        } else {
+            self.command(Command::Formula(id, next));
+        }
+    }
+
     fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
         if let Some(id) = run {
             self.command(make(id));

@@ -31,6 +31,7 @@ pub enum KeyAction {
     ClearBefore,
     Gradcheck,
     Curvature,
+    Formula,
     NextFocus,
     PreviousFocus,
     Down,
@@ -231,6 +232,12 @@ pub const BINDINGS: &[Binding] = &[
         &[ch('h')],
         A::Curvature,
         "top Hessian eigenvalue λ and the largest stable lr 2/λ",
+        None,
+    ),
+    bind(
+        &[ch('G')],
+        A::Formula,
+        "inspector: the next param's gradient as a formula (then none)",
         None,
     ),
     bind(

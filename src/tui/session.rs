@@ -62,6 +62,8 @@ pub struct RunView {
     pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
     /// The last curvature estimate and its step.
     pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
+    /// The gradient formula of one of its params (`G`), and the step it was looked at.
+    pub formula: Option<(u64, Box<crate::compile::backward::Formula>)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
@@ -242,6 +244,7 @@ impl Session {
                     first_nonfinite: None,
                     gradcheck: None,
                     curvature: None,
+                    formula: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
                     link: Link::Live,
@@ -346,6 +349,11 @@ impl Session {
             Event::Curvature(rid, step, c) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.curvature = Some((step, c));
+                }
+            }
+            Event::Formula(rid, step, f) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.formula = Some((step, f));
                 }
             }
             Event::Plane(p, at) => {
@@ -528,6 +536,7 @@ impl Session {
             r.first_nonfinite = None;
             r.gradcheck = None;
             r.curvature = None;
+            r.formula = None;
             r.path = Decimated::new(PATH_POINTS);
         }
         gone.dedup();

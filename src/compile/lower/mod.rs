@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod calls;
+mod lines;
 mod metrics;
 mod update;
 
