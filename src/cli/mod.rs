@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod hessian;
 pub mod inspect;
 pub mod pictures;
 pub mod run;
@@ -62,6 +63,9 @@ pub enum Command {
     Gradcheck(inspect::PointArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
     Curvature(inspect::PointArgs),
+    /// The whole Hessian at a point of a run (up to 2,000 param values; Lanczos on the ends of
+    /// the spectrum past that): eigenvalues, condition number, negative directions, 2/λmax.
+    Hessian(hessian::HessianArgs),
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
     Precision(inspect::PointArgs),

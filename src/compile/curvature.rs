@@ -115,7 +115,8 @@ pub fn hvp_fd(ev: &Evaluator, v: &[Tensor], eps: f64) -> Result<Vec<Tensor>, Dia
         .collect()
 }
 
-type Job = (Evaluator, usize, u64, Sender<Result<Curvature, Diagnostic>>);
+/// A computation that needs second-order gradients, run on the curvature thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 static SERVICE: OnceLock<std::sync::Mutex<Sender<Job>>> = OnceLock::new();
 
@@ -134,8 +135,8 @@ pub fn start_service() {
             let latch = candle_core::Var::new(1.0f64, &Device::Cpu)
                 .and_then(|v| v.as_tensor().sqr()?.backward());
             let _ = ready_tx.send(latch.is_ok());
-            for (ev, iters, seed, reply) in rx {
-                let _ = reply.send(top_eigenvalue(&ev, iters, seed));
+            for job in rx {
+                job();
             }
         });
     if spawned.is_ok() && ready_rx.recv() == Ok(true) {
@@ -154,6 +155,15 @@ pub fn top_eigenvalue_exact(
     iters: usize,
     seed: u64,
 ) -> Result<Curvature, Diagnostic> {
+    let ev = ev.clone();
+    on_service(move || top_eigenvalue(&ev, iters, seed))
+}
+
+/// Runs `f` on the curvature thread, the one that keeps gradient graphs, and waits for its
+/// answer; a panic in `f` becomes an error and the thread serves on.
+pub(crate) fn on_service<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Diagnostic> + Send + 'static,
+) -> Result<T, Diagnostic> {
     let unavailable = || {
         Diagnostic::error(
             "curvature needs second-order gradients, which this process did not set up",
@@ -166,8 +176,11 @@ pub fn top_eigenvalue_exact(
         .map_err(|_| unavailable())?
         .clone();
     let (reply, answer) = channel();
-    tx.send((ev.clone(), iters, seed, reply))
-        .map_err(|_| unavailable())?;
+    let job: Job = Box::new(move || {
+        let _ =
+            reply.send(crate::diagnostic::catch_panic("computing curvature", f).and_then(|r| r));
+    });
+    tx.send(job).map_err(|_| unavailable())?;
     answer.recv().map_err(|_| unavailable())?
 }
 
