@@ -1,7 +1,7 @@
 //! The whole Hessian: against closed forms (a quadratic with a known spectrum, Rosenbrock at its
 //! minimum, the saddle x² - y², a singular quadratic), against finite differences of gradients,
 //! Lanczos against the full eigen-decomposition just past the size limit, one param's block,
-//! and the `hessian` command's reports.
+//! the `hessian` command's reports, and the TUI's `h` view.
 
 mod common;
 
@@ -9,9 +9,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use common::gradscope;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use gradscope::compile::hessian::{Condition, Hessian, Method, Options, hessian_exact};
 use gradscope::compile::{Evaluator, compile};
 use gradscope::lang::file::load_bytes;
+use gradscope::tui::app::{App, Msg, Popup};
+use gradscope::tui::render;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
 
 /// Starts the curvature thread before any test evaluates (every test calls it first, so no
 /// other thread of the binary has taken a backward pass while it sets up).
@@ -440,4 +445,116 @@ fn the_command_refuses_at_a_nonfinite_point() {
         "{}",
         stdout(&o)
     );
+}
+
+// The TUI.
+
+fn press(app: &mut App, c: char) {
+    app.handle(Msg::Key(KeyEvent::new(
+        KeyCode::Char(c),
+        KeyModifiers::NONE,
+    )));
+}
+
+/// The screen as text, after checking it against snapshot `name` when one is given.
+fn screen(app: &App, name: Option<&str>) -> String {
+    let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    t.draw(|f| render::render(f, app)).unwrap();
+    if let Some(name) = name {
+        insta::with_settings!({snapshot_path => "snapshots/hessian", prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!(name, t.backend());
+        });
+    }
+    let buf = t.backend().buffer();
+    (0..buf.area.height)
+        .map(|y| {
+            (0..buf.area.width)
+                .map(|x| buf[(x, y)].symbol())
+                .collect::<String>()
+                + "\n"
+        })
+        .collect()
+}
+
+#[test]
+fn h_shows_the_spectrum_and_the_heat_map_of_a_small_model() {
+    setup();
+    let (mut app, rx) = App::detached(Path::new("losses/ill_conditioned_quadratic.toml"));
+    app.settle(&rx);
+    press(&mut app, 'h');
+    app.settle(&rx);
+    let run = &app.session().unwrap().runs[0];
+    let Some((0, Ok(h))) = &run.hessian else {
+        panic!(
+            "no Hessian: {:?}",
+            run.hessian.as_ref().map(|h| h.1.as_ref().err())
+        )
+    };
+    assert!((h.lambda_max() - 1000.0).abs() < 1e-2, "{}", h.lambda_max());
+    let text = screen(&app, Some("tui_ill_conditioned_quadratic"));
+    assert!(
+        text.contains("Spectrum: 10 eigenvalues, symlog scale"),
+        "{text}"
+    );
+    assert!(text.contains("w[9]  "), "{text}");
+    // j scrolls, any other key closes; the inspector keeps the summary.
+    press(&mut app, 'j');
+    assert!(matches!(app.popup, Some(Popup::Hessian { scroll: 1, .. })));
+    press(&mut app, 'x');
+    assert_eq!(app.popup, None);
+    let text = screen(&app, None);
+    assert!(text.contains("Hessian @0: λ 1 … 1000  0 neg"), "{text}");
+}
+
+#[test]
+fn h_shows_the_spectrum_without_a_heat_map_past_64_params() {
+    setup();
+    let dir = PathBuf::from("target/hessian-test-mid");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mid.toml");
+    // 0.5 Σ d w² - v²: 100 eigenvalues 1 … 100 and one -2, a saddle.
+    std::fs::write(
+        &file,
+        "name = \"mid\"\nloss = \"0.5 * sum(d * w^2) - v^2\"\n[data]\nd = \"linspace(1, 100, 100)\"\n[params]\nw = \"ones(100)\"\nv = 0.5\n",
+    )
+    .unwrap();
+    let (mut app, rx) = App::detached(&file);
+    app.settle(&rx);
+    press(&mut app, 'h');
+    app.settle(&rx);
+    let text = screen(&app, Some("tui_saddle_101_params"));
+    assert!(
+        text.contains("1 negative eigenvalue: a saddle here"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the heat map is drawn for at most 64 params; this block has 101)"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn h_falls_back_to_the_top_eigenvalue_past_the_limit() {
+    setup();
+    let dir = PathBuf::from("target/hessian-test-big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("big.toml");
+    // 0.5 Σ w² + 500 v² over 2,001 params: λmax = 1000.
+    std::fs::write(
+        &file,
+        "name = \"big\"\nloss = \"0.5 * sum(w^2) + 500 * v^2\"\n[params]\nw = \"ones(2000)\"\nv = 1.0\n",
+    )
+    .unwrap();
+    let (mut app, rx) = App::detached(&file);
+    app.settle(&rx);
+    press(&mut app, 'h');
+    app.settle(&rx);
+    let text = screen(&app, Some("tui_curvature_fallback"));
+    assert!(
+        text.contains("2001 param values: more than the 2000 the whole Hessian takes"),
+        "{text}"
+    );
+    assert!(text.contains("λmax 1000.0"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

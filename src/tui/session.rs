@@ -1,6 +1,7 @@
 //! One loss file's live state: its runs as the worker reports them (applying each worker
 //! event), the warnings log, the landscape view, and the threads that step and draw it.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::compile::hessian::Hessian;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
 use crate::run::history::{History, StepRecord, flags};
@@ -61,6 +63,8 @@ pub struct RunView {
     pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
     /// The last curvature estimate and its step.
     pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
+    /// The last whole Hessian and its step, or why there is none.
+    pub hessian: Option<(u64, Result<Arc<Hessian>, String>)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
@@ -241,6 +245,7 @@ impl Session {
                     first_nonfinite: None,
                     gradcheck: None,
                     curvature: None,
+                    hessian: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
                     link: Link::Live,
@@ -345,6 +350,11 @@ impl Session {
             Event::Curvature(rid, step, c) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.curvature = Some((step, c));
+                }
+            }
+            Event::Hessian(rid, step, h) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.hessian = Some((step, h));
                 }
             }
             Event::Plane(p, at) => {
@@ -515,6 +525,7 @@ impl Session {
             r.first_nonfinite = None;
             r.gradcheck = None;
             r.curvature = None;
+            r.hessian = None;
             r.path = Decimated::new(PATH_POINTS);
         }
         gone.dedup();

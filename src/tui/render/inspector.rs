@@ -127,6 +127,14 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             fmt_num(c.lambda)
         )));
     }
+    if let Some((step, Ok(h))) = &r.hessian {
+        lines.push(Line::from(format!(
+            "Hessian @{step}: λ {} … {}  {} neg",
+            fmt_short(h.lambda_min()),
+            fmt_short(h.lambda_max()),
+            h.inertia().negative
+        )));
+    }
     lines.push(Line::from(""));
     for p in &r.params {
         param_lines(&mut lines, p);
