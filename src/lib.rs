@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Gradcheck(args)) => cli::inspect::gradcheck_command(&args, color, &mut out)?,
         Some(Command::Grad(args)) => cli::grad::grad_command(&args, color, &mut out)?,
         Some(Command::Curvature(args)) => cli::inspect::curvature_command(&args, color, &mut out)?,
+        Some(Command::Hessian(args)) => cli::hessian::hessian_command(&args, color, &mut out)?,
         Some(Command::Precision(args)) => cli::inspect::precision_command(&args, color, &mut out)?,
         Some(Command::Optimizers {
             file,

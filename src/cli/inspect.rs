@@ -80,7 +80,7 @@ pub(super) fn point_step(run: &Run) -> u64 {
 
 /// `FILE  run `name` in DTYPE at step K`: the first line of every report on a point, after a
 /// line saying so when the run halted before the step asked for.
-fn heading(args: &PointArgs, run: &Run) -> String {
+pub(super) fn heading(args: &PointArgs, run: &Run) -> String {
     let step = point_step(run);
     let halted = match &run.halted {
         Some(h) if args.at_step > h.step => format!(

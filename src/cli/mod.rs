@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod grad;
+pub mod hessian;
 pub mod inspect;
 pub mod optimizers;
 pub mod pictures;
@@ -66,6 +67,9 @@ pub enum Command {
     Grad(grad::GradArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
     Curvature(inspect::PointArgs),
+    /// The whole Hessian at a point of a run (up to 2,000 param values; Lanczos on the ends of
+    /// the spectrum past that): eigenvalues, condition number, negative directions, 2/λmax.
+    Hessian(hessian::HessianArgs),
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
     Precision(inspect::PointArgs),

@@ -150,7 +150,8 @@ pub fn start_service() {
 }
 
 /// Runs `job` on the curvature thread, the one where second-order derivatives are right, and
-/// waits for its answer (so it may use evaluators whose params the caller borrows).
+/// waits for its answer (so it may use evaluators whose params the caller borrows); a panic in
+/// `job` becomes an error and the thread serves on.
 pub fn second_order<T: Send + 'static>(
     job: impl FnOnce() -> Result<T, Diagnostic> + Send + 'static,
 ) -> Result<T, Diagnostic> {
@@ -166,10 +167,12 @@ pub fn second_order<T: Send + 'static>(
         .map_err(|_| unavailable())?
         .clone();
     let (reply, answer) = channel();
-    tx.send(Box::new(move || {
-        let _ = reply.send(job());
-    }))
-    .map_err(|_| unavailable())?;
+    let job: Job = Box::new(move || {
+        let _ = reply.send(
+            crate::diagnostic::catch_panic("a second-order computation", job).and_then(|r| r),
+        );
+    });
+    tx.send(job).map_err(|_| unavailable())?;
     answer.recv().map_err(|_| unavailable())?
 }
 

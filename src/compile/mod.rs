@@ -8,6 +8,7 @@ pub mod data;
 pub mod function;
 pub mod fused;
 pub mod gradcheck;
+pub mod hessian;
 pub mod lower;
 pub mod metrics;
 pub mod ops;

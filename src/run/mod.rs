@@ -261,6 +261,15 @@ impl Run {
         crate::compile::curvature::top_eigenvalue_exact(&self.evaluator, iters, 0)
     }
 
+    /// The Hessian at the current params, of every param or of param `param`'s block.
+    pub fn hessian(
+        &self,
+        param: Option<usize>,
+        options: &crate::compile::hessian::Options,
+    ) -> Result<crate::compile::hessian::Hessian, Diagnostic> {
+        crate::compile::hessian::hessian_exact(&self.evaluator, &self.param_names, param, options)
+    }
+
     /// What the run's dtype did to each op's output at the current params, against f64.
     pub fn precision(&self) -> Result<Vec<crate::compile::trace::PrecisionStats>, Diagnostic> {
         self.evaluator.precision()

@@ -12,6 +12,7 @@ use candle_core::Tensor;
 use crate::compile::backward::{Formula, formula};
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
+use crate::compile::hessian::{self, Hessian};
 use crate::compile::{CompiledFile, norm};
 use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::landscape::service::LossKey;
@@ -47,8 +48,9 @@ pub enum Command {
     Remove(RunId),
     /// Check one run's gradients against finite differences at its current step.
     Gradcheck(RunId),
-    /// The Hessian's top eigenvalue of one run at its current step.
-    Curvature(RunId),
+    /// The Hessian of one run at its current step: whole up to [`hessian::FULL_LIMIT`] param
+    /// values ([`Event::Hessian`]), past that its top eigenvalue ([`Event::Curvature`]).
+    Hessian(RunId),
     /// The gradient formula of one run's param (by index), with its first non-finite value at
     /// the run's current step.
     Formula(RunId, usize),
@@ -208,6 +210,8 @@ pub enum Event {
     Curvature(RunId, u64, Curvature),
     /// A param's gradient formula in a run, looked at at a step.
     Formula(RunId, u64, Box<Formula>),
+    /// The whole Hessian of a run at a step, or why there is none.
+    Hessian(RunId, u64, Result<Arc<Hessian>, String>),
     /// The landscape plane every path is now projected onto, and for a slice the run and step
     /// it passes through.
     Plane(Arc<Plane>, Option<(RunId, u64)>),
@@ -518,12 +522,19 @@ impl Worker {
                     }
                 }
             }
-            Command::Curvature(id) => {
+            Command::Hessian(id) => {
                 self.report();
                 if let Some(s) = self.slots.iter().find(|s| s.id == id) {
-                    match s.run.curvature(50) {
-                        Ok(c) => self.send(Event::Curvature(id, s.run.step_count(), c)),
-                        Err(d) => self.send(Event::Failed(d.headline())),
+                    let step = s.run.step_count();
+                    if self.compiled.param_count() <= hessian::FULL_LIMIT {
+                        let h = s.run.hessian(None, &hessian::Options::default());
+                        let h = h.map(Arc::new).map_err(|d| d.headline());
+                        self.send(Event::Hessian(id, step, h));
+                    } else {
+                        match s.run.curvature(50) {
+                            Ok(c) => self.send(Event::Curvature(id, step, c)),
+                            Err(d) => self.send(Event::Failed(d.headline())),
+                        }
                     }
                 }
             }

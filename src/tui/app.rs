@@ -202,6 +202,9 @@ pub enum Popup {
     Compare { column: usize, descending: bool },
     /// Warning `n` of the selected file in full: its diagnostic as the CLI prints it.
     Warning(usize),
+    /// The Hessian of run `run` (its spectrum and heat map, or its top eigenvalue for a large
+    /// model), scrolled down by `scroll` lines.
+    Hessian { run: RunId, scroll: u16 },
 }
 
 /// Options of the duplicate dialog for a file: each variant, then each dtype.

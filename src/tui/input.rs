@@ -80,7 +80,16 @@ impl App {
                 }
             }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
-            KeyAction::Curvature => self.run_command(run, Command::Curvature),
+            KeyAction::Hessian => {
+                if let Some((s, id)) = self.session_mut().zip(run) {
+                    if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == id) {
+                        r.hessian = None;
+                        r.curvature = None;
+                    }
+                    self.popup = Some(Popup::Hessian { run: id, scroll: 0 });
+                    self.command(Command::Hessian(id));
+                }
+            }
             KeyAction::Formula => self.next_formula(),
             KeyAction::AddRun if self.session().is_some() => {
                 // Starts at the current chain's optimizer.
@@ -248,6 +257,19 @@ impl App {
         }
         match popup {
             Popup::Warning(_) => self.popup = None,
+            Popup::Hessian { run, scroll } => {
+                self.popup = match k.code {
+                    KeyCode::Down | KeyCode::Char('j') => Some(Popup::Hessian {
+                        run,
+                        scroll: scroll.saturating_add(1),
+                    }),
+                    KeyCode::Up | KeyCode::Char('k') => Some(Popup::Hessian {
+                        run,
+                        scroll: scroll.saturating_sub(1),
+                    }),
+                    _ => None,
+                }
+            }
             Popup::Compare { column, descending } => {
                 let n = super::compare::COLUMNS.len();
                 self.popup = match k.code {

@@ -30,7 +30,7 @@ pub enum KeyAction {
     Remove,
     ClearBefore,
     Gradcheck,
-    Curvature,
+    Hessian,
     Formula,
     NextFocus,
     PreviousFocus,
@@ -230,8 +230,8 @@ pub const BINDINGS: &[Binding] = &[
     ),
     bind(
         &[ch('h')],
-        A::Curvature,
-        "top Hessian eigenvalue λ and the largest stable lr 2/λ",
+        A::Hessian,
+        "the Hessian: spectrum, heat map; top λ past 2,000 params",
         None,
     ),
     bind(

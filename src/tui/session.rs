@@ -1,6 +1,7 @@
 //! One loss file's live state: its runs as the worker reports them (applying each worker
 //! event), the warnings log, the landscape view, and the threads that step and draw it.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -12,6 +13,7 @@ use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::compile::hessian::Hessian;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
 use crate::optim::tricks::ChainSpec;
@@ -64,6 +66,8 @@ pub struct RunView {
     pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
     /// The gradient formula of one of its params (`G`), and the step it was looked at.
     pub formula: Option<(u64, Box<crate::compile::backward::Formula>)>,
+    /// The last whole Hessian and its step, or why there is none.
+    pub hessian: Option<(u64, Result<Arc<Hessian>, String>)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
@@ -245,6 +249,7 @@ impl Session {
                     gradcheck: None,
                     curvature: None,
                     formula: None,
+                    hessian: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
                     link: Link::Live,
@@ -354,6 +359,11 @@ impl Session {
             Event::Formula(rid, step, f) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.formula = Some((step, f));
+                }
+            }
+            Event::Hessian(rid, step, h) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.hessian = Some((step, h));
                 }
             }
             Event::Plane(p, at) => {
@@ -537,6 +547,7 @@ impl Session {
             r.gradcheck = None;
             r.curvature = None;
             r.formula = None;
+            r.hessian = None;
             r.path = Decimated::new(PATH_POINTS);
         }
         gone.dedup();

@@ -128,6 +128,14 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             fmt_num(c.lambda)
         )));
     }
+    if let Some((step, Ok(h))) = &r.hessian {
+        lines.push(Line::from(format!(
+            "Hessian @{step}: λ {} … {}  {} neg",
+            fmt_short(h.lambda_min()),
+            fmt_short(h.lambda_max()),
+            h.inertia().negative
+        )));
+    }
     if let Some((step, f)) = &r.formula {
         formula_lines(&mut lines, *step, f);
     }

@@ -291,6 +291,9 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let inner = DIALOG_WIDTH.min(area.width).saturating_sub(2) as usize;
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
         Popup::Warning(n) => return warning(f, app, *n, area),
+        Popup::Hessian { run, scroll } => {
+            return super::hessian::render(f, app, *run, *scroll, area);
+        }
         Popup::Compare { column, descending } => {
             return compare(f, app, *column, *descending, area);
         }
