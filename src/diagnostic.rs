@@ -47,7 +47,7 @@ pub enum Severity {
 }
 
 /// A file's path and text, shared by every diagnostic that points into it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,

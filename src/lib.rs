@@ -4,7 +4,7 @@
 //! keeps it so), and `main.rs` only parses the command line and calls [`run()`]:
 //!
 //! ```text
-//!  cli/         check · run · inspect · pictures · bench: every front end and clap type
+//!  cli/         check · run · inspect · grad · pictures · bench: every front end and clap type
 //!    │
 //!  tui/         app (model + update) ◀ input, keys │ session │ perform (I/O) │ layout │ render/
 //!    │
@@ -14,7 +14,8 @@
 //!    │
 //!  load         discover, read and compile a file once │ landscape/  planes, grids, its thread
 //!    │
-//!  compile/     lower/ → plan → candle; custom and fused ops, provenance, gradcheck, curvature
+//!  compile/     lower/ → plan → candle; custom and fused ops, provenance, gradcheck, curvature,
+//!               backward (the gradient as a program)
 //!    │
 //!  lang/        lexer → parser → AST with spans; the loss-file schema (file/): no tensors
 //!    │
@@ -57,8 +58,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit(cli::pictures::plot_command(&args, color)?));
         }
         Some(Command::Gradcheck(args)) => cli::inspect::gradcheck_command(&args, color, &mut out)?,
+        Some(Command::Grad(args)) => cli::grad::grad_command(&args, color, &mut out)?,
         Some(Command::Curvature(args)) => cli::inspect::curvature_command(&args, color, &mut out)?,
+        Some(Command::Hessian(args)) => cli::hessian::hessian_command(&args, color, &mut out)?,
         Some(Command::Precision(args)) => cli::inspect::precision_command(&args, color, &mut out)?,
+        Some(Command::Optimizers {
+            file,
+            format,
+            brief,
+        }) => cli::optimizers::optimizers_command(file.as_deref(), format, brief, color, &mut out)?,
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut out);

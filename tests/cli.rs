@@ -223,3 +223,15 @@ fn curvature_at_a_nonfinite_point_refuses_with_the_reason() {
     );
     assert!(!out.contains("eigenvalue"), "{out}");
 }
+
+#[test]
+fn grad_past_a_halt_checks_where_the_run_stopped() {
+    let file = halting_file("grad_past");
+    let o = gradscope(&["grad", file.to_str().unwrap(), "--check", "--at-step", "10"]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("grad_x = 1\n# run `base` halted at step 3 (the loss is NaN); checking at step 3, not 10\n# check at step 3"),
+        "{out}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{out}");
+}

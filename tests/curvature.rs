@@ -1,5 +1,6 @@
 //! Curvature: the top eigenvalue against closed forms and finite differences, 2/λ, and the TUI's
-//! `h` key. One test, which sets up the process (and its curvature thread) first.
+//! `h` key past the whole Hessian's size. One test, which sets up the process (and its curvature
+//! thread) first.
 
 use std::path::Path;
 
@@ -49,18 +50,27 @@ fn top_eigenvalue_matches_closed_forms_and_finite_differences() {
     let c = top_eigenvalue(&ev, 200, 0).unwrap();
     assert!(c.lambda > 0.0 && c.fd_rel_err < 1e-5, "{c:?}");
 
-    // The TUI's `h` shows it for the selected run.
-    let (mut app, rx) = App::detached(Path::new("losses/ill_conditioned_quadratic.toml"));
+    // The TUI's `h` falls back to it for a model past the whole Hessian's 2,000 param values:
+    // 0.5 Σ w² + 500 v² has λ = 1 (2,000 times) and 1000.
+    let dir = std::path::PathBuf::from("target/curvature-test-big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("big.toml");
+    std::fs::write(
+        &file,
+        "name = \"big\"\nloss = \"0.5 * sum(w^2) + 500 * v^2\"\n[params]\nw = \"ones(2000)\"\nv = 1.0\n",
+    )
+    .unwrap();
+    let (mut app, rx) = App::detached(&file);
     app.settle(&rx);
     app.handle(Msg::Key(KeyEvent::new(
         KeyCode::Char('h'),
         KeyModifiers::NONE,
     )));
     app.settle(&rx);
-    let (step, c) = app.session().unwrap().runs[0]
-        .curvature
-        .clone()
-        .expect("estimated");
+    let run = &app.session().unwrap().runs[0];
+    assert!(run.hessian.is_none());
+    let (step, c) = run.curvature.clone().expect("estimated");
     assert_eq!(step, 0);
     assert!((c.lambda - 1000.0).abs() < 1e-2, "{c:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,8 @@ fn tokens() -> impl Strategy<Value = String> {
         "stack",
         "concat",
         "one_hot",
+        "put",
+        "pad",
         "argmax",
         ".T",
         "axis=",

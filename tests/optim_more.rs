@@ -4,82 +4,18 @@
 //! params of the optimizers that keep them apart and the state the reference records beside
 //! the params (`state_after_steps`), and run in f32 without failing.
 
+mod refdata;
+
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use candle_core::Tensor;
-use gradscope::compile::{CompiledFile, compile};
-use gradscope::lang::file::load_bytes;
 use gradscope::optim::schedule::{LrSchedule, Schedule};
 use gradscope::optim::settings::{NonFinitePolicy, RunSettings};
 use gradscope::optim::spec::OptimizerSpec;
-use gradscope::optim::step::StateValue;
-use gradscope::optim::step::{OptimizerState, Oracle, StepCx, update};
+use gradscope::optim::step::{NoOracle, OptimizerState, StateValue, StepCx, update};
 use gradscope::run::{Run, RunRequest};
+use refdata::{close, number, problem_file};
 use serde_json::Value;
-
-/// `{"shape": [...], "values": [...]}` as an expression of the loss language.
-fn literal(v: &Value) -> String {
-    let shape: Vec<u64> = v["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap())
-        .collect();
-    let values: Vec<String> = v["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| format!("{:?}", x.as_f64().unwrap()))
-        .collect();
-    match shape.len() {
-        0 => values[0].clone(),
-        1 => format!("\"[{}]\"", values.join(", ")),
-        _ => format!(
-            "\"reshape([{}], {})\"",
-            values.join(", "),
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// The loss file of reference problem `name`, with the exact values the reference used.
-pub fn problem_file(problems: &Value, name: &str, dtype: &str) -> CompiledFile {
-    let p = &problems[name];
-    let mut text = format!(
-        "name = \"{name}\"\ndtype = \"{dtype}\"\nloss = \"{}\"\n",
-        p["loss"].as_str().unwrap()
-    );
-    for table in ["data", "params"] {
-        if let Some(entries) = p[table].as_object().filter(|e| !e.is_empty()) {
-            text.push_str(&format!("[{table}]\n"));
-            for (k, v) in entries {
-                text.push_str(&format!("{k} = {}\n", literal(v)));
-            }
-        }
-    }
-    let loaded = load_bytes(Path::new("ref.toml"), text.into_bytes());
-    let (compiled, diags) = compile(loaded.file.expect("problem file loads"));
-    compiled.unwrap_or_else(|| panic!("{name}: {diags:?}"))
-}
-
-fn close(got: f64, want: f64, rel: f64) -> bool {
-    (got.is_nan() && want.is_nan()) || (got - want).abs() <= rel * want.abs().max(1e-3)
-}
-
-/// JSON numbers, or the strings the reference writes non-finite numbers as.
-fn number(v: &Value) -> f64 {
-    match v {
-        Value::String(s) if s == "NaN" => f64::NAN,
-        Value::String(s) if s == "Infinity" => f64::INFINITY,
-        Value::String(s) if s == "-Infinity" => f64::NEG_INFINITY,
-        v => v.as_f64().unwrap_or_else(|| panic!("not a number: {v}")),
-    }
-}
 
 /// Mismatches of `got` (params by name, loss) against `want` (`{"loss", "params"}`).
 fn compare(
@@ -162,8 +98,16 @@ fn settings(spec: &str) -> Result<RunSettings, String> {
     Ok(s)
 }
 
+/// The binary's process set-up (the curvature thread Sophia's exact Hessian runs on), once:
+/// both tests call it before any tensor work, so neither computes while it sets up.
+fn init_process() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| gradscope::init_process(None));
+}
+
 /// Runs every case in `dtype`; returns the mismatches (only failures to run when `rel` is None).
 fn check(dtype: &str, rel: Option<f64>) -> BTreeMap<String, Vec<String>> {
+    init_process();
     let text = std::fs::read_to_string("tests/data/optim_more.json").expect("reference data");
     let data: Value = serde_json::from_str(&text).expect("valid JSON");
     let mut failures: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -301,7 +245,7 @@ fn lbfgs_counts_evaluations_and_iterations_as_torch() {
             let recorded: u64 = (0..k as usize)
                 .map(|s| u64::from(run.history().core(s).func_evals))
                 .sum();
-            let RuleState::Lbfgs(state) = run.optimizer_state().rule() else {
+            let Some((_, RuleState::Lbfgs(state))) = run.optimizer_state().groups().next() else {
                 panic!("{spec}: not lbfgs state");
             };
             let got = (recorded, state.func_evals, state.n_iter);
@@ -315,25 +259,9 @@ fn lbfgs_counts_evaluations_and_iterations_as_torch() {
         }
     }
 }
-/// Stands in for the loss in steps that never ask for it elsewhere.
-struct NoOracle;
-
-impl Oracle for NoOracle {
-    fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-        Err(candle_core::Error::Msg("no loss here".into()))
-    }
-}
-
-/// One update of `params` by `spec` from `grads`, with `state` carried over.
-fn replay(
-    spec: &OptimizerSpec,
-    state: &mut OptimizerState,
-    params: &[Tensor],
-    grads: &[Tensor],
-    lr: f64,
-) -> Vec<f64> {
+/// One update of `params` from `grads`, with `state` carried over.
+fn replay(state: &mut OptimizerState, params: &[Tensor], grads: &[Tensor], lr: f64) -> Vec<f64> {
     let new = update(
-        spec,
         state,
         &mut StepCx {
             params,
@@ -379,21 +307,20 @@ fn muon_leaves_params_that_are_not_matrices_to_its_fallback() {
     let adamw = OptimizerSpec::parse("adamw(lr=3e-4)").unwrap();
     let muon = OptimizerSpec::parse("muon(lr=0.02)").unwrap();
     let start = copies(&run);
-    let mut adamw_state = OptimizerState::new(&adamw, &start[c..=c]).unwrap();
-    let mut muon_state = OptimizerState::new(&muon, &start[w..=w]).unwrap();
+    let mut adamw_state = OptimizerState::single(&adamw, &start[c..=c]).unwrap();
+    let mut muon_state = OptimizerState::single(&muon, &start[w..=w]).unwrap();
     let mut c_moved = 0.0f64;
     for t in 0..20u64 {
         let params = copies(&run);
         let grads = run.current().unwrap().grads.clone();
         let lr = 0.02 * gamma.powf(t as f64);
         let want_c = replay(
-            &adamw,
             &mut adamw_state,
             &params[c..=c],
             &grads[c..=c],
             3e-4 * (lr / 0.02),
         );
-        let want_w = replay(&muon, &mut muon_state, &params[w..=w], &grads[w..=w], lr);
+        let want_w = replay(&mut muon_state, &params[w..=w], &grads[w..=w], lr);
         run.step().unwrap();
         let got = run.param_values();
         assert_eq!(got[c], want_c, "c after step {}", t + 1);

@@ -46,6 +46,7 @@ fn check_dtype(dtype: &str, rel: f64) -> Vec<String> {
             on_nonfinite: NonFinitePolicy::Continue,
             grad: GradSource::Autograd,
             loss_scale: LossScale::Off,
+            tricks: Vec::new(),
         };
         let mut run = Run::new(
             &compiled,

@@ -33,6 +33,7 @@ fn config(spec: &str, policy: NonFinitePolicy) -> RunSettings {
         on_nonfinite: policy,
         grad: GradSource::Autograd,
         loss_scale: LossScale::Off,
+        tricks: Vec::new(),
     }
 }
 

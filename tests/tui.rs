@@ -13,6 +13,9 @@ use crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 use gradscope::lang::file::DType;
+use gradscope::optim::catalogue;
+use gradscope::optim::spec::OptimizerKind;
+use gradscope::optim::tricks::TrickKind;
 use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
 use gradscope::tui::session::Link;
 use gradscope::tui::{keys, layout, render};
@@ -598,6 +601,263 @@ fn o_enter_enter_adds_a_run() {
     assert_eq!(names.len(), 5);
     assert_eq!(names[4], format!("{} · {text}", names[0]));
     // It steps with the others.
+    typed_settled(&mut app, &rx, "3n");
+    assert_eq!(history_lens(&app), vec![3; 5]);
+}
+
+#[test]
+fn snapshot_optimizer_list_groups_every_optimizer_and_trick_with_its_defaults() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    let t = draw(&app, 120, 56);
+    let screen = rows(&t).join("\n");
+    for e in catalogue::registry() {
+        let shown = listed(&t, e.name()).unwrap_or_else(|| panic!("{} missing", e.name()));
+        // The defaults, then a column of docs where they leave room: the tricks'.
+        let (defaults, doc) = shown
+            .split_once("  ")
+            .map_or((shown.as_str(), ""), |(d, doc)| (d, doc.trim_start()));
+        assert!(cut_from(defaults, &e.defaults()), "{shown}");
+        match e.item {
+            catalogue::Item::Trick(_) => assert!(cut_from(doc, &e.doc), "{shown}"),
+            catalogue::Item::Optimizer(_) => assert_eq!(doc, "", "{shown}"),
+        }
+    }
+    for (section, _) in catalogue::by_section(&catalogue::registry()) {
+        assert!(
+            screen.contains(section.title()),
+            "{} missing",
+            section.title()
+        );
+    }
+    // The selected run is adam's: the list starts there, its doc below.
+    assert!(screen.contains(OptimizerKind::Adam.doc()), "{screen}");
+    snapshot("optimizer_list", &t);
+}
+
+/// What the `o` list shows beside the entry called `name` (its defaults), if it is on screen.
+fn listed(t: &Terminal<TestBackend>, name: &str) -> Option<String> {
+    let w = catalogue::registry().iter().map(|e| e.name().len()).max()?;
+    let at = format!("│  {name:<w$}  ");
+    let row = rows(t).into_iter().find(|r| r.contains(&at))?;
+    let rest = &row[row.find(&at)? + at.len()..];
+    Some(rest.split('│').next()?.trim_end().to_string())
+}
+
+/// Whether `shown` is `full`, or its start cut with `…` where the dialog ends.
+fn cut_from(shown: &str, full: &str) -> bool {
+    match shown.strip_suffix('…') {
+        Some(cut) => full.starts_with(cut),
+        None => shown == full,
+    }
+}
+
+/// Moves the `o` list's selection to the entry called `name`.
+fn choose(app: &mut App, name: &str) {
+    let at = app.catalogue().iter().position(|e| e.name() == name);
+    press(app, KeyCode::Home);
+    for _ in 0..at.unwrap_or_else(|| panic!("{name} is not listed")) {
+        press(app, KeyCode::Down);
+    }
+}
+
+/// The spec editor's text and error.
+fn editor(app: &App) -> (String, Option<String>) {
+    match &app.popup {
+        Some(Popup::EditSpec { text, error }) => (text.text().to_string(), error.clone()),
+        other => panic!("expected the spec editor, got {other:?}"),
+    }
+}
+
+#[test]
+fn snapshot_a_selected_trick_shows_its_doc_and_what_enter_does() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    choose(&mut app, "skip_spikes");
+    let t = draw(&app, 120, 30);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("tricks"), "{screen}");
+    let shown = listed(&t, "skip_spikes").expect("skip_spikes is on screen");
+    assert!(shown.starts_with("factor=10, window=20  "), "{shown}");
+    assert!(screen.contains(TrickKind::SkipSpikes.doc()), "{screen}");
+    assert!(
+        screen.contains("enter adds it to the run's spec"),
+        "{screen}"
+    );
+    snapshot("optimizer_list_trick", &t);
+}
+
+#[test]
+fn enter_on_a_trick_adds_it_with_its_defaults_after_the_selected_runs_tricks() {
+    let (mut app, rx) = open("losses/spikes.toml");
+    // The second run is the `agc` variant: adam with agc.
+    press(&mut app, KeyCode::Tab);
+    typed_settled(&mut app, &rx, "j");
+    let chain = app
+        .session()
+        .unwrap()
+        .selected_run()
+        .unwrap()
+        .info
+        .optimizer
+        .clone();
+    assert_eq!(chain.to_string(), "adam(lr=0.01) + agc(clipping=0.1)");
+    typed(&mut app, "o");
+    choose(&mut app, "ema");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        editor(&app),
+        (format!("{chain} + ema(decay=0.999)"), None),
+        "every parameter written, to edit in place"
+    );
+    // Edit the decay, then confirm: a run of the same variant with the longer chain.
+    for _ in 0.."999)".len() {
+        press(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "9)");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, None);
+    app.settle(&rx);
+    let s = app.session().unwrap();
+    let new = &s.runs.last().unwrap().info;
+    assert_eq!(
+        new.optimizer.to_string(),
+        "adam(lr=0.01) + agc(clipping=0.1) + ema(decay=0.9)"
+    );
+    assert_eq!(new.def, s.runs[1].info.def);
+    typed_settled(&mut app, &rx, "3n");
+    assert_eq!(history_lens(&app), vec![3; 5]);
+}
+
+#[test]
+fn a_trick_without_parameters_is_added_by_its_name() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    choose(&mut app, "centralize");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(editor(&app), ("adam(lr=0.01) + centralize".into(), None));
+}
+
+#[test]
+fn a_trick_the_chain_cannot_take_opens_with_the_reason() {
+    // (the file, whose second run is chosen; the trick; the spec and error the editor opens with)
+    let cases = [
+        (
+            "losses/spikes.toml",
+            "agc",
+            "adam(lr=0.01) + agc(clipping=0.1) + agc(clipping=0.01, eps=0.001)",
+            "`agc` is written twice",
+        ),
+        (
+            "losses/tricks_bf16.toml",
+            "kahan",
+            "adam(lr=0.001) + master_weights + kahan",
+            "`master_weights` and `kahan` cannot be combined",
+        ),
+    ];
+    for (file, trick, spec, error) in cases {
+        let (mut app, rx) = open(file);
+        press(&mut app, KeyCode::Tab);
+        typed_settled(&mut app, &rx, "j");
+        typed(&mut app, "o");
+        choose(&mut app, trick);
+        press(&mut app, KeyCode::Enter);
+        let (text, shown) = editor(&app);
+        assert_eq!(text, spec);
+        let shown = shown.unwrap_or_else(|| panic!("{text}: no error shown"));
+        assert!(shown.starts_with(error), "{shown}");
+        // Enter does not add it; the reason stays.
+        press(&mut app, KeyCode::Enter);
+        assert!(editor(&app).1.is_some_and(|e| e.starts_with(error)));
+    }
+}
+
+#[test]
+fn the_optimizer_list_scrolls_to_keep_the_selection_in_view() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    let entries = app.catalogue();
+    let (first, last) = (&entries[0], &entries[entries.len() - 1]);
+    // 12 rows: the dialog's list shows fewer rows than the list has.
+    let line = |e: &catalogue::Entry| format!("  {} ", e.name());
+    press(&mut app, KeyCode::End);
+    assert_eq!(
+        app.popup,
+        Some(Popup::PickOptimizer {
+            selected: entries.len() - 1
+        })
+    );
+    let screen = rows(&draw(&app, 80, 12)).join("\n");
+    assert!(screen.contains(&line(last)), "{screen}");
+    assert!(!screen.contains(&line(first)), "{screen}");
+    press(&mut app, KeyCode::Home);
+    let screen = rows(&draw(&app, 80, 12)).join("\n");
+    assert!(screen.contains(&line(first)), "{screen}");
+    assert!(!screen.contains(&line(last)), "{screen}");
+    // Past either end it stays at the end.
+    press(&mut app, KeyCode::Up);
+    assert_eq!(app.popup, Some(Popup::PickOptimizer { selected: 0 }));
+    press(&mut app, KeyCode::PageDown);
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(
+        app.popup,
+        Some(Popup::PickOptimizer {
+            selected: (2 * 10).min(entries.len() - 1)
+        })
+    );
+}
+
+#[test]
+fn enter_on_an_optimizer_edits_its_defaults() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    let last = catalogue::registry()
+        .into_iter()
+        .rfind(|e| matches!(e.item, catalogue::Item::Optimizer(_)))
+        .expect("an optimizer");
+    choose(&mut app, last.name());
+    press(&mut app, KeyCode::Enter);
+    let catalogue::Item::Optimizer(spec) = &last.item else {
+        unreachable!("an optimizer")
+    };
+    assert_eq!(editor(&app), (spec.to_string(), None));
+}
+
+#[test]
+fn with_no_run_left_a_trick_goes_after_the_files_own_chain() {
+    let (mut app, rx) = open("losses/spikes.toml");
+    press(&mut app, KeyCode::Tab);
+    for _ in 0..4 {
+        typed_settled(&mut app, &rx, "x");
+    }
+    assert!(run_names(&app).is_empty());
+    typed(&mut app, "o");
+    choose(&mut app, "lookahead");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        editor(&app).0,
+        "adam(lr=0.01) + lookahead(sync_period=5, slow_step_size=0.5)"
+    );
+}
+
+#[test]
+fn the_spec_editor_takes_tricks_after_the_optimizer() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    // The cursor is at the end of the optimizer's spec.
+    typed(&mut app, " + agc(clipping=0.05) + ema(decay=0.9)");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, None);
+    app.settle(&rx);
+    let names = run_names(&app);
+    assert_eq!(
+        names[4],
+        format!(
+            "{} · adam(lr=0.001) + agc(clipping=0.05) + ema(decay=0.9)",
+            names[0]
+        )
+    );
     typed_settled(&mut app, &rx, "3n");
     assert_eq!(history_lens(&app), vec![3; 5]);
 }
@@ -2058,4 +2318,41 @@ fn snapshot_compare_table_sorts_by_any_column() {
     });
     press(&mut app, KeyCode::Esc);
     assert_eq!(app.popup, None);
+}
+
+/// `G` shows the selected run's gradient of its next param as the program `gradscope grad`
+/// writes, wrapped to the inspector, with where its first non-finite value is; past the last
+/// param, none.
+#[test]
+fn snapshot_inspector_shows_a_params_gradient_formula_and_its_first_nan() {
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    typed_settled(&mut app, &rx, "n");
+    focus(&mut app, Focus::Runs);
+    typed(&mut app, "j");
+    typed_settled(&mut app, &rx, "G");
+    let r = app.session().unwrap().selected_run().unwrap();
+    assert_eq!(r.info.name, "naive sqrt(sum(w^2))");
+    let (step, f) = r.formula.as_ref().expect("a formula");
+    assert_eq!((*step, f.name.as_str()), (0, "w"));
+    assert_eq!(
+        f.lines,
+        Ok(vec![
+            "d_r = r / 32".to_string(),
+            "grad_w = A.T @ d_r + lam * w / sqrt(sum(w^2))".to_string()
+        ])
+    );
+    let t = draw(&app, 160, 45);
+    let inspector = areas(&app, 160, 45).inspector.unwrap();
+    assert!(find(&t, inspector, "∇w as a formula @0").is_some());
+    assert!(find(&t, inspector, "non-finite in `lam * w /").is_some());
+    snapshot("inspector_gradient_formula", &t);
+    typed_settled(&mut app, &rx, "G");
+    assert!(
+        app.session()
+            .unwrap()
+            .selected_run()
+            .unwrap()
+            .formula
+            .is_none()
+    );
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::compile::{self, CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
 use crate::format::{describe, fmt_num, json_num};
-use crate::load::{self, LoadedFile, discover};
+use crate::load::{self, LoadedFile, discover_with_optimizers};
 
 /// A run's loss and gradients at the initial params.
 #[derive(Debug, Clone)]
@@ -145,9 +145,10 @@ fn evaluate_run(
     Ok((report, warnings))
 }
 
-/// Reports for every file under `paths`, in order, plus diagnostics for paths that don't exist.
+/// Reports for every file under `paths` (the files of `optimizers/` folders checked as such), in
+/// order, plus diagnostics for paths that don't exist.
 pub fn check_all(paths: &[PathBuf], evaluate: bool) -> (Vec<FileReport>, Vec<Diagnostic>) {
-    let (files, missing) = discover(paths);
+    let (files, missing) = discover_with_optimizers(paths);
     (
         files.iter().map(|f| check_file(f, evaluate)).collect(),
         missing,

@@ -34,7 +34,10 @@ type Points = (CompiledFile, Vec<(usize, Run)>);
 
 /// The compiled file and, for each selected run definition, its index and the run stepped to
 /// `at_step` (`default_all`: every variant when none is named). Err holds the file's diagnostics.
-fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, Vec<Diagnostic>>> {
+pub(super) fn points(
+    args: &PointArgs,
+    default_all: bool,
+) -> anyhow::Result<Result<Points, Vec<Diagnostic>>> {
     let (compiled, _) = match load::load_compiled(&args.file) {
         Ok(c) => c,
         Err(diags) => return Ok(Err(diags)),
@@ -58,7 +61,11 @@ fn points(args: &PointArgs, default_all: bool) -> anyhow::Result<Result<Points, 
 }
 
 /// Renders a file's diagnostics when it could not be loaded.
-fn unloadable(diags: &[Diagnostic], color: bool, out: &mut impl Write) -> anyhow::Result<bool> {
+pub(super) fn unloadable(
+    diags: &[Diagnostic],
+    color: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
     for d in diags {
         write!(out, "{}", d.render(color))?;
     }
@@ -67,13 +74,13 @@ fn unloadable(diags: &[Diagnostic], color: bool, out: &mut impl Write) -> anyhow
 
 /// The step a run's point is at: the halted step's params when it halted (that step made no
 /// update), else the steps taken.
-fn point_step(run: &Run) -> u64 {
+pub(super) fn point_step(run: &Run) -> u64 {
     run.halted.as_ref().map_or(run.step_count(), |h| h.step)
 }
 
 /// `FILE  run `name` in DTYPE at step K`: the first line of every report on a point, after a
 /// line saying so when the run halted before the step asked for.
-fn heading(args: &PointArgs, run: &Run) -> String {
+pub(super) fn heading(args: &PointArgs, run: &Run) -> String {
     let step = point_step(run);
     let halted = match &run.halted {
         Some(h) if args.at_step > h.step => format!(

@@ -2,7 +2,10 @@
 
 pub mod bench;
 pub mod check;
+pub mod grad;
+pub mod hessian;
 pub mod inspect;
+pub mod optimizers;
 pub mod pictures;
 pub mod run;
 
@@ -60,11 +63,29 @@ pub enum Command {
     Plot(pictures::PlotArgs),
     /// Autograd against central finite differences in f64, per param (every variant by default).
     Gradcheck(inspect::PointArgs),
+    /// Each run's gradient as a program in the loss-file language (`--check`: against autograd).
+    Grad(grad::GradArgs),
     /// The Hessian's top eigenvalue at a point of a run, and the largest stable lr (2/λ).
     Curvature(inspect::PointArgs),
+    /// The whole Hessian at a point of a run (up to 2,000 param values; Lanczos on the ends of
+    /// the spectrum past that): eigenvalues, condition number, negative directions, 2/λmax.
+    Hessian(hessian::HessianArgs),
     /// Per op, how many values overflowed, flushed to zero or went subnormal in the run's dtype
     /// (against the same evaluation in f64).
     Precision(inspect::PointArgs),
+    /// Every optimizer -o and [optimizer] take, grouped (torch.optim, modern, optax), then every
+    /// trick a chain takes after it, with their parameters, defaults and one-line docs.
+    Optimizers {
+        /// A loss file whose own optimizers (its `[optimizers.*]` and those of the
+        /// `optimizers/` folders above it) are listed too, as "this file's own".
+        file: Option<std::path::PathBuf>,
+        /// Plain text, or the Markdown tables the READMEs hold.
+        #[arg(long, value_enum, default_value = "text")]
+        format: optimizers::ListFormat,
+        /// One line an optimizer or trick: its name and every default.
+        #[arg(long)]
+        brief: bool,
+    },
     /// Print a shell completion script (e.g. `gradscope completions bash > ~/.local/share/bash-completion/completions/gradscope`).
     Completions {
         /// The shell to complete in.

@@ -10,8 +10,10 @@ use crate::compile::CompiledFile;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
+use crate::optim::groups::{GroupError, param_groups};
 use crate::optim::settings::{GradSource, NonFinitePolicy};
-use crate::optim::spec::{SettingError, SpecOverride};
+use crate::optim::spec::SettingError;
+use crate::optim::tricks::ChainOverride;
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::metrics::MetricLog;
 use crate::run::summary::{Summary, best_cell, drive, step_cell};
@@ -30,11 +32,14 @@ pub enum Format {
 pub struct RunOptions {
     /// The loss file.
     pub file: PathBuf,
-    /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`; repeat for several runs.
-    /// The file's own optimizer keeps its hyper-parameters except those typed; another starts
-    /// from torch's defaults.
+    /// Optimizer spec, e.g. `adam` or `sgd(lr=0.01, momentum=0.9)`, then any tricks
+    /// (`adam(lr=0.01) + agc(clipping=0.05)`); repeat for several runs. The file's own optimizer
+    /// keeps its hyper-parameters except those typed, and its tricks unless others are written;
+    /// another starts from its defaults with only the tricks written. The optimizers the file
+    /// writes itself may be named too. `gradscope optimizers` lists every optimizer and trick
+    /// with its parameters and defaults.
     #[arg(short = 'o', long = "optimizer")]
-    pub optimizers: Vec<SpecOverride>,
+    pub optimizers: Vec<String>,
     /// Variant to run (`base`, a variant's name, or `all`).
     #[arg(long)]
     pub variant: Option<String>,
@@ -97,6 +102,10 @@ pub enum RunsError {
     /// An `-o` spec makes a combination torch refuses with the file's hyper-parameters.
     #[error("-o {spec}: {error}")]
     Spec { spec: String, error: SettingError },
+    /// An `-o` spec refuses the file's per-param settings (or makes a combination torch refuses
+    /// with them).
+    #[error("-o {spec}: {error}")]
+    Groups { spec: String, error: GroupError },
     /// A run could not be prepared (its tensors could not be built).
     #[error(transparent)]
     Start(#[from] candle_core::Error),
@@ -131,28 +140,47 @@ pub fn build_runs(
     retention: Retention,
 ) -> Result<Vec<Run>, RunsError> {
     let selected = select(compiled, args.variant.as_deref(), false)?;
-    let specs: Vec<Option<&SpecOverride>> = if args.optimizers.is_empty() {
+    let specs: Vec<Option<ChainOverride>> = if args.optimizers.is_empty() {
         vec![None]
     } else {
-        args.optimizers.iter().map(Some).collect()
+        let parse = |text: &String| {
+            compiled.spec(text).map_err(|error| RunsError::Spec {
+                spec: text.clone(),
+                error,
+            })
+        };
+        args.optimizers
+            .iter()
+            .map(|t| parse(t).map(Some))
+            .collect::<Result<_, _>>()?
     };
     let mut runs = Vec::new();
     for &i in &selected {
-        for &spec in &specs {
+        for spec in &specs {
             let def = &compiled.runs[i];
             let mut settings = def.settings.clone();
             let name = match spec {
                 Some(over) => {
-                    settings.optimizer =
-                        over.over(&settings.optimizer)
+                    let chain =
+                        over.over(&settings.optimizer, &settings.tricks)
                             .map_err(|error| RunsError::Spec {
                                 spec: over.to_string(),
                                 error,
                             })?;
-                    match selected.len() {
-                        1 => settings.optimizer.to_string(),
-                        _ => format!("{} · {}", def.name, settings.optimizer),
-                    }
+                    let names: Vec<String> =
+                        compiled.params.iter().map(|p| p.name.clone()).collect();
+                    param_groups(&chain.base, &def.param_settings, &names).map_err(|error| {
+                        RunsError::Groups {
+                            spec: over.to_string(),
+                            error,
+                        }
+                    })?;
+                    let name = match selected.len() {
+                        1 => chain.to_string(),
+                        _ => format!("{} · {chain}", def.name),
+                    };
+                    (settings.optimizer, settings.tricks) = (chain.base, chain.tricks);
+                    name
                 }
                 None => def.name.clone(),
             };

@@ -1,12 +1,13 @@
 //! Curvature at a point: the Hessian's dominant eigenvalue by power iteration on exact
 //! Hessian-vector products (double backward), checked against finite differences of gradients,
-//! and the largest stable learning rate of gradient descent, 2/λ.
+//! the largest stable learning rate of gradient descent, 2/λ, and the Hessian's exact diagonal
+//! (Sophia's preconditioner).
 //!
 //! Double backward needs candle to keep the graph of the gradients, which candle decides per
 //! thread from `CANDLE_GRAD_DO_NOT_DETACH` at the thread's first backward pass. Keeping graphs
 //! everywhere costs first-order runs up to 30% (and memory), so one named service thread is
-//! started with it set, before any other thread exists ([`start_service`]), and every curvature
-//! computation runs there.
+//! started with it set, before any other thread exists ([`start_service`]), and every
+//! second-order computation runs there ([`second_order`]).
 
 use std::sync::OnceLock;
 use std::sync::mpsc::{Sender, channel};
@@ -115,7 +116,8 @@ pub fn hvp_fd(ev: &Evaluator, v: &[Tensor], eps: f64) -> Result<Vec<Tensor>, Dia
         .collect()
 }
 
-type Job = (Evaluator, usize, u64, Sender<Result<Curvature, Diagnostic>>);
+/// A computation for the curvature thread, which sends its own answer back.
+type Job = Box<dyn FnOnce() + Send>;
 
 static SERVICE: OnceLock<std::sync::Mutex<Sender<Job>>> = OnceLock::new();
 
@@ -134,8 +136,8 @@ pub fn start_service() {
             let latch = candle_core::Var::new(1.0f64, &Device::Cpu)
                 .and_then(|v| v.as_tensor().sqr()?.backward());
             let _ = ready_tx.send(latch.is_ok());
-            for (ev, iters, seed, reply) in rx {
-                let _ = reply.send(top_eigenvalue(&ev, iters, seed));
+            for job in rx {
+                job();
             }
         });
     if spawned.is_ok() && ready_rx.recv() == Ok(true) {
@@ -147,13 +149,12 @@ pub fn start_service() {
     }
 }
 
-/// [`top_eigenvalue`] on the curvature thread (the evaluator's params are borrowed for the
-/// duration, so the caller waits).
-pub fn top_eigenvalue_exact(
-    ev: &Evaluator,
-    iters: usize,
-    seed: u64,
-) -> Result<Curvature, Diagnostic> {
+/// Runs `job` on the curvature thread, the one where second-order derivatives are right, and
+/// waits for its answer (so it may use evaluators whose params the caller borrows); a panic in
+/// `job` becomes an error and the thread serves on.
+pub fn second_order<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, Diagnostic> + Send + 'static,
+) -> Result<T, Diagnostic> {
     let unavailable = || {
         Diagnostic::error(
             "curvature needs second-order gradients, which this process did not set up",
@@ -166,9 +167,59 @@ pub fn top_eigenvalue_exact(
         .map_err(|_| unavailable())?
         .clone();
     let (reply, answer) = channel();
-    tx.send((ev.clone(), iters, seed, reply))
-        .map_err(|_| unavailable())?;
+    let job: Job = Box::new(move || {
+        let _ = reply.send(
+            crate::diagnostic::catch_panic("a second-order computation", job).and_then(|r| r),
+        );
+    });
+    tx.send(job).map_err(|_| unavailable())?;
     answer.recv().map_err(|_| unavailable())?
+}
+
+/// [`top_eigenvalue`] on the curvature thread (the evaluator's params are borrowed for the
+/// duration, so the caller waits).
+pub fn top_eigenvalue_exact(
+    ev: &Evaluator,
+    iters: usize,
+    seed: u64,
+) -> Result<Curvature, Diagnostic> {
+    let ev = ev.clone();
+    second_order(move || top_eigenvalue(&ev, iters, seed))
+}
+
+/// The Hessian's diagonal at the evaluator's params, shaped as the params: entry i is the
+/// derivative of gradient entry i with respect to param entry i, one backward pass through the
+/// gradient's graph per entry (cheaper than a Hessian-vector product with each unit vector,
+/// which would redo the forward and first backward pass every time). Only right on a thread
+/// that keeps gradient graphs: run it through [`second_order`].
+pub fn hessian_diagonal(ev: &Evaluator) -> Result<Vec<Tensor>, Diagnostic> {
+    let out = ev.forward()?;
+    let store = out.backward().map_err(internal)?;
+    ev.params()
+        .iter()
+        .map(|p| {
+            let p = p.as_tensor();
+            let Some(g) = store.get(p) else {
+                return p.zeros_like().map_err(internal);
+            };
+            let g = g.flatten_all().map_err(internal)?;
+            let mut diag = Vec::with_capacity(g.elem_count());
+            for i in 0..g.elem_count() {
+                let second = g.get(i).and_then(|gi| gi.backward()).map_err(internal)?;
+                diag.push(
+                    match second.get(p) {
+                        Some(row) => row.flatten_all().and_then(|r| r.get(i)),
+                        None => Tensor::zeros((), p.dtype(), p.device()),
+                    }
+                    .map_err(internal)?
+                    .detach(),
+                );
+            }
+            Tensor::stack(&diag, 0)
+                .and_then(|d| d.reshape(p.shape()))
+                .map_err(internal)
+        })
+        .collect()
 }
 
 /// Power iteration from a seeded random direction, at most `iters` products. Second order is

@@ -2,15 +2,18 @@
 //! and an [`Evaluator`] runs a plan with candle's autograd. Knows nothing of any front end.
 
 pub mod arrays;
+pub mod backward;
 pub mod batch;
 pub mod curvature;
 pub mod data;
 pub mod function;
 pub mod fused;
 pub mod gradcheck;
+pub mod hessian;
 pub mod lower;
 pub mod metrics;
 pub mod ops;
+pub mod optimizer;
 pub mod plan;
 pub mod shape;
 pub mod trace;
@@ -25,8 +28,12 @@ use self::lower::{Kind, Lowerer, VariantLoss};
 use self::plan::{Executable, Op, Plan};
 use self::shape::Shape;
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
-use crate::lang::file::{ConstEntry, DType, LossFile, Setting};
+use crate::lang::file::{ConstEntry, DType, LossFile, ParamTable, Setting, SettingValue};
+use crate::optim::custom::UpdateProgram;
+use crate::optim::groups::{ParamSettings, param_groups};
 use crate::optim::settings::RunSettings;
+use crate::optim::spec::{OptimizerSpec, RawValue, SettingError};
+use crate::optim::tricks::ChainOverride;
 
 /// candle's dtype for ours.
 pub fn candle_dtype(d: DType) -> CDType {
@@ -48,6 +55,9 @@ pub struct RunDef {
     pub optimizer: Vec<Setting>,
     /// The same settings, typed.
     pub settings: RunSettings,
+    /// Per-param settings (the file's with the variant's laid over them), which every run of
+    /// this definition steps its param groups with, whatever its optimizer.
+    pub param_settings: Vec<ParamSettings>,
     /// The file's `[metrics]` over this run's program, stacked (None when it has none).
     pub metrics: Option<Plan>,
 }
@@ -59,6 +69,18 @@ pub struct CompiledFile {
     pub data: Vec<Named>,
     pub params: Vec<Named>,
     pub runs: Vec<RunDef>,
+    /// The optimizers written in the loss language that it may name, compiled for its params.
+    pub optimizers: Vec<Arc<dyn UpdateProgram>>,
+    /// Those of the `optimizers/` folders above it that do not compile for its params.
+    pub unusable: Vec<Unusable>,
+}
+
+/// An optimizer of the loss language that does not compile for a file's params.
+#[derive(Debug, Clone)]
+pub struct Unusable {
+    pub name: String,
+    /// Its first error.
+    pub why: Diagnostic,
 }
 
 impl CompiledFile {
@@ -74,6 +96,37 @@ impl CompiledFile {
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.value.elem_count()).sum()
     }
+
+    /// `spec` for this version of the file: one of its own optimizers becomes its current
+    /// definition with the values of the hyper-parameters it still has (None when it is gone);
+    /// any other stays as it is.
+    pub fn rebind(&self, spec: &OptimizerSpec) -> Option<OptimizerSpec> {
+        let OptimizerSpec::Custom(old) = spec else {
+            return Some(spec.clone());
+        };
+        let mut new = OptimizerSpec::named(old.name(), &self.optimizers).ok()?;
+        for (key, _) in &old.program().signature().hyper {
+            if let (Some(v), Some(_)) = (old.get(key), new.get(key)) {
+                new.set(key, RawValue::Number(v)).ok()?;
+            }
+        }
+        Some(new)
+    }
+
+    /// Parses a spec typed for this file (`-o`, the TUI's editor): its own optimizers may be
+    /// named too.
+    pub fn spec(&self, text: &str) -> Result<ChainOverride, SettingError> {
+        ChainOverride::parse_with(text, &self.optimizers).map_err(|e| {
+            let name = text.split(['(', '+']).next().unwrap_or_default().trim();
+            match self.unusable.iter().find(|u| u.name == name) {
+                Some(u) => SettingError {
+                    message: format!("optimizer `{name}` does not compile for this file's params"),
+                    help: Some(u.why.headline()),
+                },
+                None => e,
+            }
+        })
+    }
 }
 
 /// Compiles every run of a file. Returns the compiled file when there is no error, and all
@@ -88,6 +141,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         return (None, dedup(diags));
     };
     let mut runs = Vec::new();
+    let (optimizers, unusable) = optimizers(&file, &params, &mut diags);
     let functions = Arc::new(file.functions.clone());
     let mut base = RunSpec {
         name: "base".to_string(),
@@ -95,6 +149,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         consts: file.consts.clone(),
         dtype: file.dtype,
         optimizer: file.optimizer.clone(),
+        param_settings: file.param_settings.clone(),
         own_loss: false,
     };
     let variants: Vec<RunSpec> = file
@@ -106,6 +161,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
             consts: overlay(&file.consts, &v.consts, |c| &c.name.node),
             dtype: v.dtype.unwrap_or(file.dtype),
             optimizer: overlay(&file.optimizer, &v.optimizer, |s| &s.key.node),
+            param_settings: overlay_tables(&file.param_settings, &v.param_settings),
             own_loss: v.loss.is_some(),
         })
         .collect();
@@ -113,7 +169,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
     for spec in std::iter::once(&base).chain(&variants) {
         let (plan, metrics, d) = lower_run(&file, &functions, spec, &data, &params);
         diags.extend(d);
-        let settings = run_settings(&spec.optimizer);
+        let settings = run_settings(&spec.optimizer, &optimizers);
         // Each value was checked on its own; torch also refuses some combinations.
         if let Err(c) = settings.optimizer.check_together() {
             let at = spec.optimizer.iter().find(|s| s.key.node == c.key);
@@ -124,6 +180,14 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                     .help_opt(c.error.help),
             );
         }
+        let param_settings = per_param(&spec.param_settings);
+        diags.extend(check_groups(
+            &file.source,
+            spec,
+            &settings,
+            &param_settings,
+            &params,
+        ));
         if let Some(plan) = plan {
             runs.push(RunDef {
                 name: spec.name.clone(),
@@ -131,6 +195,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                 plan,
                 optimizer: spec.optimizer.clone(),
                 settings,
+                param_settings,
                 metrics,
             });
         }
@@ -149,17 +214,76 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         data,
         params,
         runs,
+        optimizers,
+        unusable,
     };
     (Some(compiled), diags)
 }
 
-/// `[optimizer]` settings, typed.
-fn run_settings(settings: &[Setting]) -> RunSettings {
+/// `[optimizer]` settings, typed; `own` are the optimizers of the loss language it may name.
+fn run_settings(settings: &[Setting], own: &[Arc<dyn UpdateProgram>]) -> RunSettings {
     let table: Vec<_> = settings
         .iter()
         .map(|s| (s.key.node.as_str(), s.value.node.raw()))
         .collect();
-    RunSettings::from_table(&table)
+    RunSettings::from_table_with(&table, own)
+}
+
+/// The optimizers of the loss language `file` may name, compiled for the shapes of `params`,
+/// and the first error of each that does not compile for them. The errors of the file's own
+/// tables are the file's; those of an inherited one only where the file names it.
+fn optimizers(
+    file: &LossFile,
+    params: &[Named],
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<Arc<dyn UpdateProgram>>, Vec<Unusable>) {
+    let mut shapes: Vec<Vec<usize>> = Vec::new();
+    for p in params {
+        if !shapes.iter().any(|s| s == p.value.dims()) {
+            shapes.push(p.value.dims().to_vec());
+        }
+    }
+    let settings: Vec<&Setting> = file
+        .optimizer
+        .iter()
+        .chain(file.variants.iter().flat_map(|v| &v.optimizer))
+        .collect();
+    let mut compiled: Vec<Arc<dyn UpdateProgram>> = Vec::new();
+    let mut unusable = Vec::new();
+    for def in &file.optimizers {
+        let (built, d) = optimizer::build(def, &shapes);
+        let name = &def.name.node;
+        let uses: Vec<&Setting> = settings
+            .iter()
+            .copied()
+            .filter(|s| s.key.node == "name" && s.value.node == SettingValue::Text(name.clone()))
+            .collect();
+        let first_error = d.iter().find(|d| d.is_error()).cloned();
+        if Arc::ptr_eq(&def.source, &file.source) {
+            diags.extend(d);
+        } else if !uses.is_empty() {
+            diags.extend(d.into_iter().filter(Diagnostic::is_error));
+            if built.is_none() {
+                for u in &uses {
+                    diags.push(
+                        Diagnostic::error(format!(
+                            "optimizer `{name}` does not compile for this file's params"
+                        ))
+                        .at(&file.source, u.value.span.clone())
+                        .help(format!("its errors are in {}", def.source.path.display())),
+                    );
+                }
+            }
+        }
+        match built {
+            Some(b) => compiled.push(b),
+            None => unusable.extend(first_error.map(|why| Unusable {
+                name: name.clone(),
+                why,
+            })),
+        }
+    }
+    (compiled, unusable)
 }
 
 struct RunSpec<'a> {
@@ -168,6 +292,7 @@ struct RunSpec<'a> {
     consts: Vec<ConstEntry>,
     dtype: DType,
     optimizer: Vec<Setting>,
+    param_settings: Vec<ParamTable>,
     /// Whether the loss is a variant's own program rather than the file's.
     own_loss: bool,
 }
@@ -181,6 +306,68 @@ fn overlay<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec
         .collect();
     out.extend(over.iter().cloned());
     out
+}
+
+/// The file's per-param tables with a variant's laid over them, param by param and key by key.
+fn overlay_tables(base: &[ParamTable], over: &[ParamTable]) -> Vec<ParamTable> {
+    let mut out: Vec<ParamTable> = base.to_vec();
+    for t in over {
+        match out.iter_mut().find(|b| b.param.node == t.param.node) {
+            Some(b) => {
+                b.settings = overlay(&b.settings, &t.settings, |s| &s.key.node);
+                b.param = t.param.clone();
+            }
+            None => out.push(t.clone()),
+        }
+    }
+    out
+}
+
+/// Per-param tables, typed.
+fn per_param(tables: &[ParamTable]) -> Vec<ParamSettings> {
+    tables
+        .iter()
+        .map(|t| {
+            let table: Vec<_> = t
+                .settings
+                .iter()
+                .map(|s| (s.key.node.as_str(), s.value.node.raw()))
+                .collect();
+            ParamSettings::from_table(&t.param.node, &table)
+        })
+        .collect()
+}
+
+/// What the run's optimizer refuses of its per-param settings (each key was checked on its own
+/// against the file's optimizer; a variant may name another, and torch refuses combinations).
+fn check_groups(
+    source: &Arc<SourceFile>,
+    spec: &RunSpec,
+    settings: &RunSettings,
+    per_param: &[ParamSettings],
+    params: &[Named],
+) -> Option<Diagnostic> {
+    let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+    let e = param_groups(&settings.optimizer, per_param, &names).err()?;
+    let table = spec
+        .param_settings
+        .iter()
+        .find(|t| t.param.node == e.param)?;
+    // A conflict with a key of the run's (nesterov) lies in the param's own keys.
+    let at = e.key.as_ref().and_then(|k| {
+        let own = table.settings.iter().find(|s| s.key.node == *k);
+        own.or(table.settings.first())
+    });
+    let span = at.map_or(table.param.span.clone(), |s| s.key.span.clone());
+    let message = match spec.name.as_str() {
+        "base" => e.error.message,
+        variant => format!("{} (variant `{variant}`)", e.error.message),
+    };
+    Some(
+        Diagnostic::error(message)
+            .at(source, span)
+            .help_opt(e.error.help),
+    )
 }
 
 /// A run's loss plan and metrics plan.

@@ -136,6 +136,13 @@ pub enum Op {
     Concat {
         axis: usize,
     },
+    /// `before` zeros ahead of the values along `axis` and `after` behind them: the gradient of a
+    /// slice, and with a reshape, of a single index (`put`, `pad`).
+    Pad {
+        axis: usize,
+        before: usize,
+        after: usize,
+    },
     /// Integer labels to 0/1 rows of length `n` (a new last axis); no gradient.
     OneHot {
         n: usize,
@@ -242,6 +249,11 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         }
         Op::Stack { axis } => Tensor::stack(args, *axis),
         Op::Concat { axis } => Tensor::cat(args, *axis),
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => a().pad_with_zeros(*axis, *before, *after),
         Op::OneHot { n } => {
             let x = a();
             let classes = Tensor::arange(0u32, *n as u32, x.device())?.to_dtype(x.dtype())?;
@@ -432,6 +444,28 @@ impl Executable {
             }
         }
         Ok(regs[self.plan.output].take().expect("output computed"))
+    }
+
+    /// Evaluates the plan on `inputs` and returns the values of registers `outputs`, in order
+    /// (an update's new param and new state).
+    pub fn run_outputs(
+        &self,
+        inputs: &[&Tensor],
+        outputs: &[Reg],
+    ) -> std::result::Result<Vec<Tensor>, ExecError> {
+        let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];
+        for k in 0..self.plan.instrs.len() {
+            regs[k] = Some(self.eval(k, &regs, inputs, false)?);
+            for &a in &self.plan.instrs[k].args {
+                if self.last_use[a] == k && !outputs.contains(&a) {
+                    regs[a] = None;
+                }
+            }
+        }
+        Ok(outputs
+            .iter()
+            .map(|&r| regs[r].clone().expect("outputs are kept"))
+            .collect())
     }
 
     /// Evaluates the plan keeping every intermediate value. With `probe`, each computed value

@@ -16,6 +16,19 @@ use crate::format::{fmt_num, fmt_short};
 pub enum Pass {
     Forward,
     Backward,
+    /// The update of an optimizer written in the loss language.
+    Update,
+}
+
+impl Pass {
+    /// Where it happened, completing "`op` in ...".
+    fn words(self) -> &'static str {
+        match self {
+            Pass::Forward => "the forward pass",
+            Pass::Backward => "the backward pass",
+            Pass::Update => "the update",
+        }
+    }
 }
 
 /// Where a non-finite value came from.
@@ -34,6 +47,8 @@ pub struct Provenance {
     pub indices: Vec<Vec<usize>>,
     /// The inputs there, e.g. `log of 0`, `0 / 0`, `sqrt backward at 0`.
     pub inputs: Vec<String>,
+    /// The file the op is in when it is not the run's loss file (an optimizer's own file).
+    pub file: Option<Arc<SourceFile>>,
 }
 
 /// Elements reported by index.
@@ -42,10 +57,6 @@ const SHOWN: usize = 3;
 impl Provenance {
     /// One line: `` `log(w * x)` in the forward pass, 2 of 4 elements at [1], [3]: log of 0, log of 0 ``.
     pub fn summary(&self) -> String {
-        let pass = match self.pass {
-            Pass::Forward => "forward",
-            Pass::Backward => "backward",
-        };
         let at: Vec<String> = self
             .indices
             .iter()
@@ -58,18 +69,29 @@ impl Provenance {
             format!(" at {}", at.join(", "))
         };
         format!(
-            "`{}` in the {pass} pass, {} of {} elements{at}: {}",
+            "`{}` in {}, {} of {} elements{at}: {}",
             self.op,
+            self.pass.words(),
             self.count,
             self.total,
             self.inputs.join(", ")
         )
     }
 
-    /// The summary prefixed with the op's line and column: `` 4:6 `log(w * x)` in the forward pass, ... ``.
+    /// The summary prefixed with the op's line and column: `` 4:6 `log(w * x)` in the forward pass, ... ``
+    /// (and its file's path first, when the op is not in `source`, the run's loss file).
     pub fn summary_at(&self, source: &Arc<SourceFile>) -> String {
-        let (line, col) = source.line_col(self.span.start);
-        format!("{line}:{col} {}", self.summary())
+        let (line, col) = self.source(source).line_col(self.span.start);
+        let file = match &self.file {
+            Some(f) => format!("{}:", f.path.display()),
+            None => String::new(),
+        };
+        format!("{file}{line}:{col} {}", self.summary())
+    }
+
+    /// The file the op is in: its own, or `loss_file`, the run's.
+    fn source<'a>(&'a self, loss_file: &'a Arc<SourceFile>) -> &'a Arc<SourceFile> {
+        self.file.as_ref().unwrap_or(loss_file)
     }
 
     /// The report with a caret under the op, for `run`, `check` and the TUI.
@@ -101,16 +123,13 @@ impl Provenance {
         help: String,
     ) -> Diagnostic {
         let when = step.map(|s| format!(" at step {s}")).unwrap_or_default();
-        let pass = match self.pass {
-            Pass::Forward => "forward",
-            Pass::Backward => "backward",
-        };
         let what = format!("{} of {} elements", self.count, self.total);
         Diagnostic::error(format!(
-            "{headline}{when}: `{}` in the {pass} pass ({what})",
-            self.op
+            "{headline}{when}: `{}` in {} ({what})",
+            self.op,
+            self.pass.words()
         ))
-        .at(source, self.span.clone())
+        .at(self.source(source), self.span.clone())
         .label(self.inputs.join(", "))
         .help(help)
     }
@@ -471,7 +490,7 @@ fn describe_inputs(
                     Some(n) => format!("{n} backward at {}", vals.join(", ")),
                     None => format!("backward at {written}"),
                 },
-                Pass::Forward => written,
+                Pass::Forward | Pass::Update => written,
             }
         })
         .collect()
@@ -517,6 +536,9 @@ fn provenance(
         indices: shown.iter().map(|&i| unravel(i, dims)).collect(),
         inputs: match instr.op {
             // Nothing inside this evaluation made it: the value came in non-finite.
+            Op::Input(_) if pass == Pass::Update => {
+                vec!["already non-finite when the update began (made so by an earlier one)".into()]
+            }
             Op::Input(_) => vec![
                 "already non-finite when the loss began (out of the dtype's range, or made so \
                  by an earlier update)"
@@ -524,6 +546,7 @@ fn provenance(
             ],
             _ => describe_inputs(cx.source, cx.plan, instr, args, &shown, pass),
         },
+        file: None,
     }
 }
 
@@ -541,21 +564,8 @@ pub fn trace(
         dtype: inputs.first().map_or(DType::F32, |t| t.dtype()),
     };
     let (values, probes) = exec.run_traced(inputs, true).map_err(|e| e.error)?;
-    // Forward: values come in evaluation order, so the first non-finite one has finite inputs.
-    for (k, instr) in plan.instrs.iter().enumerate() {
-        let (bad, total) = nonfinite(&values[k])?;
-        if !bad.is_empty() {
-            let args: Vec<&Tensor> = instr.args.iter().map(|&a| &values[a]).collect();
-            return Ok(Some(provenance(
-                &cx,
-                instr,
-                Pass::Forward,
-                &args,
-                &bad,
-                total,
-                instr.shape.dims(),
-            )));
-        }
+    if let Some(p) = first_nonfinite(&cx, &values, Pass::Forward)? {
+        return Ok(Some(p));
     }
     // Backward: dL/dt of every intermediate from its probe, then each op's own contribution,
     // from the loss back, until one turns a finite gradient into a non-finite one.
@@ -607,6 +617,44 @@ pub fn trace(
         }
     }
     Ok(None)
+}
+
+/// The first value of `values` (one per instruction, in evaluation order) that is non-finite:
+/// its inputs are finite, so its op is where non-finite values start.
+fn first_nonfinite(
+    cx: &Context,
+    values: &[Tensor],
+    pass: Pass,
+) -> candle_core::Result<Option<Provenance>> {
+    for (k, instr) in cx.plan.instrs.iter().enumerate() {
+        let (bad, total) = nonfinite(&values[k])?;
+        if !bad.is_empty() {
+            let args: Vec<&Tensor> = instr.args.iter().map(|&a| &values[a]).collect();
+            let dims = instr.shape.dims();
+            return Ok(Some(provenance(cx, instr, pass, &args, &bad, total, dims)));
+        }
+    }
+    Ok(None)
+}
+
+/// Where an update's first non-finite value comes from: `exec` is an optimizer's update, in
+/// `source` (its own file), evaluated on `inputs`. None when every value is finite.
+pub fn trace_update(
+    exec: &Executable,
+    source: &Arc<SourceFile>,
+    inputs: &[&Tensor],
+) -> candle_core::Result<Option<Provenance>> {
+    let cx = Context {
+        source,
+        plan: exec.plan(),
+        dtype: inputs.first().map_or(DType::F32, |t| t.dtype()),
+    };
+    let (values, _) = exec.run_traced(inputs, false).map_err(|e| e.error)?;
+    let found = first_nonfinite(&cx, &values, Pass::Update)?;
+    Ok(found.map(|p| Provenance {
+        file: Some(Arc::clone(source)),
+        ..p
+    }))
 }
 
 /// What low precision did to one op's output, against the same op evaluated in f64.

@@ -83,6 +83,8 @@ builtins! {
     Argmax "argmax" 2 Some(2), Some(At(1)), "argmax(x, axis)";
     Argmin "argmin" 2 Some(2), Some(At(1)), "argmin(x, axis)";
     OneHot "one_hot" 2 Some(2), None, "one_hot(labels, n)";
+    Put "put" 3 Some(4), Some(At(3)), "put(x, i, n) or put(x, i, n, axis)";
+    Pad "pad" 3 Some(4), Some(At(3)), "pad(x, before, after) or pad(x, before, after, axis)";
     Stack "stack" 1 None, Some(KeywordOnly), "stack(a, b, ..., axis=0)";
     Concat "concat" 1 None, Some(KeywordOnly), "concat(a, b, ..., axis=0)";
     Reshape "reshape" 2 None, None, "reshape(x, d0, d1, ...)";
@@ -90,6 +92,8 @@ builtins! {
     Detach "detach" 1 Some(1), None, "detach(x)";
     Zeros "zeros" 0 None, None, "zeros(d0, d1, ...)";
     Ones "ones" 0 None, None, "ones(d0, d1, ...)";
+    ZerosLike "zeros_like" 1 Some(1), None, "zeros_like(x)";
+    OnesLike "ones_like" 1 Some(1), None, "ones_like(x)";
     Randn "randn" 0 None, None, "randn(d0, d1, ...)";
     Rand "rand" 0 None, None, "rand(d0, d1, ...)";
     Full "full" 1 None, None, "full(value, d0, d1, ...)";

@@ -13,6 +13,52 @@ pub type ParseError = LexError;
 
 /// Parses a whole program (statements, last line the result).
 pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseError>> {
+    lines(text, map, Role::Loss)
+}
+
+/// Parses an optimizer's update (statements, last line the param's new value).
+pub fn parse_update(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseError>> {
+    lines(text, map, Role::Update)
+}
+
+/// What a program's last line is, for the errors about it.
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Loss,
+    Update,
+}
+
+impl Role {
+    /// The error for a program with no line, and its help.
+    fn empty(self) -> (&'static str, &'static str) {
+        match self {
+            Role::Loss => (
+                "the loss program is empty",
+                "write the loss as the last line, e.g. `mean((x @ w - y)^2)`",
+            ),
+            Role::Update => (
+                "the update is empty",
+                "write the param's new value as the last line, e.g. `p - lr * g`",
+            ),
+        }
+    }
+
+    /// The error for a program whose last line assigns `name`, and its help.
+    fn last_assigns(self, name: &str) -> (&'static str, String) {
+        match self {
+            Role::Loss => (
+                "the last line must be the loss expression, not an assignment",
+                format!("add a final line `{name}`"),
+            ),
+            Role::Update => (
+                "the last line must be the param's new value, not an assignment",
+                format!("add a last line with the new value, e.g. `p - lr * {name}`"),
+            ),
+        }
+    }
+}
+
+fn lines(text: &str, map: &OffsetMap, role: Role) -> Result<Program, Vec<ParseError>> {
     let (tokens, mut errors) = lex(text, map);
     let mut p = Parser::new(tokens);
     // None for a line that failed: it is reported, and no later check may blame it again.
@@ -39,11 +85,8 @@ pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseEr
     let end = p.tokens.last().map(|t| t.span.clone()).unwrap_or(0..0);
     let Some(last) = lines.pop() else {
         if errors.is_empty() {
-            errors.push(err(
-                "the loss program is empty",
-                end,
-                Some("write the loss as the last line, e.g. `mean((x @ w - y)^2)`"),
-            ));
+            let (message, help) = role.empty();
+            errors.push(err(message, end, Some(help)));
         }
         return Err(errors);
     };
@@ -51,11 +94,8 @@ pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseEr
         return Err(errors);
     };
     if let Some(name) = last_name {
-        errors.push(err(
-            "the last line must be the loss expression, not an assignment",
-            name.span.clone(),
-            Some(&format!("add a final line `{}`", name.node)),
-        ));
+        let (message, help) = role.last_assigns(&name.node);
+        errors.push(err(message, name.span.clone(), Some(&help)));
     }
     let mut stmts = Vec::new();
     for (name, value) in lines.into_iter().flatten() {
@@ -70,6 +110,37 @@ pub fn parse_program(text: &str, map: &OffsetMap) -> Result<Program, Vec<ParseEr
     }
     if errors.is_empty() {
         Ok(Program { stmts, result })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a gradient program: lines `name = value` only, continuing a loss program (which
+/// defines the names it reads), so no line is the result.
+pub fn parse_assignments(text: &str, map: &OffsetMap) -> Result<Vec<Stmt>, Vec<ParseError>> {
+    let (tokens, mut errors) = lex(text, map);
+    let mut p = Parser::new(tokens);
+    let mut stmts = Vec::new();
+    loop {
+        p.skip_newlines();
+        if p.peek() == &Tok::Eof {
+            break;
+        }
+        match p.statement() {
+            Ok((Some(name), value)) => stmts.push(Stmt { name, value }),
+            Ok((None, value)) => errors.push(err(
+                "every line of a gradient program names its value",
+                value.span,
+                Some("write `name = ...`"),
+            )),
+            Err(e) => {
+                p.recover_to_line_end();
+                errors.push(e);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(stmts)
     } else {
         Err(errors)
     }
@@ -714,6 +785,20 @@ mod tests {
             let got: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
             assert_eq!(got, [message], "{src}");
         }
+    }
+
+    #[test]
+    fn a_gradient_program_is_assignments_only() {
+        let s =
+            parse_assignments("d_r = 2 * r\ngrad_w = x.T @ d_r\n", &OffsetMap::Shift(0)).unwrap();
+        let names: Vec<&str> = s.iter().map(|s| s.name.node.as_str()).collect();
+        assert_eq!(names, ["d_r", "grad_w"]);
+        let e = parse_assignments("d_r = 2 * r\nd_r + 1", &OffsetMap::Shift(0)).unwrap_err();
+        assert_eq!(
+            e[0].message,
+            "every line of a gradient program names its value"
+        );
+        assert_eq!(e[0].span, 12..19);
     }
 
     #[test]

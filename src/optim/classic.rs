@@ -3,7 +3,8 @@
 
 use candle_core::{Result, Tensor};
 
-use super::spec::{Adagrad, Adam, AdamW, Lion, RmsProp, Sgd};
+use super::lowp;
+use super::spec::{Adagrad, Adam, AdamW, Lion, OptimizerSpec, RmsProp, Sgd};
 use super::step::{UpdateRule, add_scaled, lerp};
 
 /// SGD's state.
@@ -54,15 +55,36 @@ pub struct AdamState {
 }
 
 /// Adam's hyper-parameters, with weight decay coupled (Adam) or decoupled (AdamW).
-struct AdamRule {
-    betas: (f64, f64),
-    eps: f64,
-    weight_decay: f64,
-    amsgrad: bool,
-    decoupled: bool,
+pub(super) struct AdamRule {
+    pub(super) betas: (f64, f64),
+    pub(super) eps: f64,
+    pub(super) weight_decay: f64,
+    pub(super) amsgrad: bool,
+    pub(super) decoupled: bool,
 }
 
 impl AdamRule {
+    /// The rule of an `adam` or `adamw` spec (None for any other optimizer).
+    pub(super) fn of(spec: &OptimizerSpec) -> Option<Self> {
+        Some(match spec {
+            OptimizerSpec::Adam(o) => Self {
+                betas: (o.beta1, o.beta2),
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+                amsgrad: o.amsgrad,
+                decoupled: false,
+            },
+            OptimizerSpec::AdamW(o) => Self {
+                betas: (o.beta1, o.beta2),
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+                amsgrad: o.amsgrad,
+                decoupled: true,
+            },
+            _ => return None,
+        })
+    }
+
     fn step(
         &self,
         s: &mut AdamState,
@@ -71,6 +93,10 @@ impl AdamRule {
         lr: f64,
         t: u64,
     ) -> Result<Tensor> {
+        // In f16/bf16 every op rounds: torch's own sequence of them, or the numbers drift.
+        if lowp::is_low(p.dtype()) {
+            return lowp::adam(self, s, p, grad, lr, t, None);
+        }
         let ((b1, b2), eps, wd, t) = (self.betas, self.eps, self.weight_decay, t as f64);
         let (p, g) = if self.decoupled {
             (p.affine(1.0 - lr * wd, 0.0)?, grad.clone())

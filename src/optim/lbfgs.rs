@@ -88,6 +88,8 @@ pub struct LbfgsState {
 impl Rule for Lbfgs {
     type State = LbfgsState;
     const NEEDS_ORACLE: bool = true;
+    /// torch's LBFGS "doesn't support per-parameter options (parameter groups)".
+    const PARAM_GROUPS: bool = false;
 
     fn init(&self, _params: &[Tensor]) -> candle_core::Result<LbfgsState> {
         Ok(LbfgsState::default())

@@ -49,10 +49,80 @@ macro_rules! words {
     };
 }
 
+/// A typed parameter struct, declared once for a registry (the optimizers', the tricks'): the
+/// struct with its docs and the reference's defaults, its parameter table (names, one-line docs,
+/// bounds), and reading and setting a parameter by name.
+macro_rules! typed_params {
+    (
+        $(#[doc = $doc:literal])*
+        $Name:ident {
+            $( $(#[doc = $hdoc:literal])* $field:ident : $ty:ty = $default:expr => $bound:ident, )*
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $Name {
+            $( $(#[doc = $hdoc])* pub $field: $ty, )*
+        }
+
+        impl Default for $Name {
+            /// The reference implementation's defaults.
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        impl $Name {
+            /// Its parameters, in declaration order.
+            const PARAMS: &'static [$crate::optim::spec::HyperParam] = &[
+                $( $crate::optim::spec::HyperParam {
+                    name: stringify!($field),
+                    doc: concat!($($hdoc),*).trim_ascii(),
+                    bound: $crate::optim::spec::Bound::$bound,
+                }, )*
+            ];
+
+            /// Every parameter with its value, in declaration order.
+            fn values(&self) -> Vec<(&'static str, $crate::optim::spec::HyperValue)> {
+                vec![$( (
+                    stringify!($field),
+                    $crate::optim::spec::Hyper::to_value(&self.$field),
+                ), )*]
+            }
+
+            /// None when `key` is not one of its parameters; Err: why the value is refused
+            /// ("must be a number").
+            fn set(
+                &mut self,
+                key: &str,
+                raw: $crate::optim::spec::RawValue,
+            ) -> Option<::std::result::Result<(), String>> {
+                match key {
+                    $( stringify!($field) => Some(
+                        <$ty as $crate::optim::spec::Hyper>::from_raw(raw).map(|v| {
+                            self.$field = v;
+                        })
+                    ), )*
+                    _ => {
+                        let _ = raw;
+                        None
+                    }
+                }
+            }
+        }
+    };
+}
+
 pub mod adafactor;
+pub mod catalogue;
+pub mod chain;
 pub mod classic;
+pub mod custom;
+pub mod groups;
 pub mod lbfgs;
+pub mod lowp;
 pub mod muon;
+pub mod optax;
 pub mod prodigy;
 pub mod schedule;
 pub mod schedule_free;
@@ -60,3 +130,4 @@ pub mod settings;
 pub mod spec;
 pub mod step;
 pub mod torch_more;
+pub mod tricks;

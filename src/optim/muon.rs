@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 
 use super::spec::{Conflict, Muon, OptaxMuon, OptimizerKind, RuleState, SettingError};
-use super::step::{Oracle, Rule, StepCx, UpdateRule, add_scaled, lerp};
+use super::step::{NoOracle, Rule, StepCx, UpdateRule, add_scaled, lerp};
 
 words! {
     /// How torch's Muon scales the lr by the param's shape (A rows, B columns).
@@ -48,18 +48,19 @@ pub(super) fn muon_checks(o: &Muon) -> std::result::Result<(), Conflict> {
             },
         });
     }
-    let kind = o.fallback.kind();
-    let why = if kind == OptimizerKind::Muon {
-        "the fallback gets only the params that are not 2-D, and muon steps none of those"
-    } else if kind.needs_oracle() {
-        "it evaluates the loss at params of its own, and it sees only the params muon leaves to it"
-    } else {
-        return Ok(());
+    let why = match o.fallback.kind() {
+        Some(OptimizerKind::Muon) => {
+            "the fallback gets only the params that are not 2-D, and muon steps none of those"
+        }
+        Some(k) if k.needs_oracle() => {
+            "it evaluates the loss at params of its own, and it sees only the params muon leaves to it"
+        }
+        _ => return Ok(()),
     };
     Err(Conflict {
         key: "fallback",
         error: SettingError {
-            message: format!("`{}` cannot be muon's fallback: {why}", kind.name()),
+            message: format!("`{}` cannot be muon's fallback: {why}", o.fallback.name()),
             help: Some("use an optimizer that steps from the gradient, e.g. fallback=adamw".into()),
         },
     })
@@ -75,18 +76,6 @@ pub struct MuonState {
     /// Every param as the last step left it: the 2-D part of the eval params when the fallback
     /// keeps eval params of its own (schedule-free's x).
     params: Vec<Tensor>,
-}
-
-/// The oracle the fallback steps with: it sees only part of the model, so it may not ask for
-/// the loss elsewhere (specs with such a fallback are refused; this keeps a wrong answer out).
-struct NoOracle;
-
-impl Oracle for NoOracle {
-    fn loss_and_grads(&mut self, _params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
-        Err(candle_core::Error::Msg(
-            "muon's fallback cannot evaluate the loss at other params".into(),
-        ))
-    }
 }
 
 /// The params Muon orthogonalizes: exactly the 2-D ones, as torch requires.

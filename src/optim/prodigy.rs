@@ -37,6 +37,9 @@ fn scalar(t: &Tensor) -> Result<f64> {
 
 impl Rule for Prodigy {
     type State = ProdigyState;
+    /// prodigyopt's d is one estimate over every group: separate instances per group would
+    /// estimate another d.
+    const PARAM_GROUPS: bool = false;
 
     fn init(&self, params: &[Tensor]) -> Result<ProdigyState> {
         let zeros = || {
@@ -147,34 +150,25 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::super::spec::{HyperValue, OptimizerSpec};
-    use super::super::step::{OptimizerState, Oracle, StateValue, StepCx, update};
-
-    /// No closure: Prodigy never asks for one.
-    struct NoClosure;
-
-    impl Oracle for NoClosure {
-        fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-            Err(candle_core::Error::Msg("no closure here".into()))
-        }
-    }
+    use super::super::step::{NoOracle, OptimizerState, StateValue, StepCx, update};
 
     /// One update of `spec` from `p0` with gradient `g`: the new params and the state's d.
     fn step(spec: &str, p0: &[f64], g: &[f64]) -> (Vec<f64>, f64) {
         let spec = OptimizerSpec::parse(spec).unwrap();
         let p = vec![Tensor::new(p0, &Device::Cpu).unwrap()];
         let g = vec![Tensor::new(g, &Device::Cpu).unwrap()];
-        let mut state = OptimizerState::new(&spec, &p).unwrap();
+        let mut state = OptimizerState::single(&spec, &p).unwrap();
         let cx = &mut StepCx {
             params: &p,
             grads: &g,
             loss: 0.0,
             lr: spec.lr(),
             t: 0,
-            oracle: &mut NoClosure,
+            oracle: &mut NoOracle,
         };
-        let new = update(&spec, &mut state, cx).unwrap();
+        let new = update(&mut state, cx).unwrap();
         let d = state
-            .state_values(&spec)
+            .state_values(p.len())
             .into_iter()
             .find_map(|(k, v)| match v {
                 StateValue::Scalar(d) if k == "d" => Some(d),

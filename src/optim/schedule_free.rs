@@ -185,16 +185,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::super::spec::{HyperValue, OptimizerSpec};
-    use super::super::step::{OptimizerState, Oracle, StepCx, update};
-
-    /// No closure: schedule-free never asks for one.
-    struct NoClosure;
-
-    impl Oracle for NoClosure {
-        fn loss_and_grads(&mut self, _: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-            Err(candle_core::Error::Msg("no closure here".into()))
-        }
-    }
+    use super::super::step::{NoOracle, OptimizerState, StepCx, update};
 
     fn values(t: &[Tensor]) -> Vec<f64> {
         t.iter()
@@ -208,7 +199,7 @@ mod tests {
         let spec = OptimizerSpec::parse(spec).unwrap();
         let mut p = vec![Tensor::new(p0, &Device::Cpu).unwrap()];
         let g = vec![Tensor::new(g, &Device::Cpu).unwrap()];
-        let mut state = OptimizerState::new(&spec, &p).unwrap();
+        let mut state = OptimizerState::single(&spec, &p).unwrap();
         for _ in 0..steps {
             let cx = &mut StepCx {
                 params: &p,
@@ -216,11 +207,11 @@ mod tests {
                 loss: 0.0,
                 lr: spec.lr(),
                 t: 0,
-                oracle: &mut NoClosure,
+                oracle: &mut NoOracle,
             };
-            p = update(&spec, &mut state, cx).unwrap();
+            p = update(&mut state, cx).unwrap();
         }
-        (values(&p), values(&state.eval_params(&spec).unwrap()))
+        (values(&p), values(&state.eval_params(&p).unwrap()))
     }
 
     #[test]

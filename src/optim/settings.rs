@@ -2,8 +2,12 @@
 //! typed once when a file is compiled: steps, clipping, schedule, non-finite policy, gradient
 //! source and loss scaling. Each word a setting takes is spelled once, in its enum here.
 
+use std::sync::Arc;
+
+use super::custom::UpdateProgram;
 use super::schedule::{LrSchedule, Schedule};
 use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
+use super::tricks::{ChainSpec, TrickSpec};
 
 words! {
     /// What to do when the loss or a gradient is NaN or Inf.
@@ -32,9 +36,9 @@ words! {
     ScheduleKind {
         /// No schedule.
         Constant = "constant",
-        /// StepLR: `step_size`, `gamma`.
+        /// StepLR: `step_size`, `gamma` (or `lr_gamma`).
         Step = "step",
-        /// ExponentialLR: `gamma`.
+        /// ExponentialLR: `gamma` (or `lr_gamma`).
         Exponential = "exponential",
         /// CosineAnnealingLR over `steps`, down to `min_lr`.
         Cosine = "cosine",
@@ -62,6 +66,8 @@ pub enum SettingKind {
     Choice(&'static [&'static str]),
     /// A power of two, or `dynamic` (GradScaler's rule).
     Scale,
+    /// A chain of tricks, `agc(clipping=0.05) + ema` (a file's list, joined).
+    Tricks,
 }
 
 /// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
@@ -74,10 +80,12 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
     ("warmup", SettingKind::Count),
     ("step_size", SettingKind::Count),
     ("gamma", SettingKind::Number),
+    ("lr_gamma", SettingKind::Number),
     ("min_lr", SettingKind::Number),
     ("grad", SettingKind::Choice(GradSource::NAMES)),
     ("loss_scale", SettingKind::Scale),
     ("accumulate", SettingKind::Choice(&["f32", "f64"])),
+    ("tricks", SettingKind::Tricks),
 ];
 
 /// Checks `key = value` if `key` is a run setting (None: it is not one).
@@ -107,6 +115,11 @@ pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), Settin
                 "e.g. loss_scale = \"{DYNAMIC}\" (start at 2^16, as torch's GradScaler) or 1024"
             )),
         }),
+        (SettingKind::Tricks, RawValue::Text(t)) => TrickSpec::parse_list(t).map(|_| ()),
+        (SettingKind::Tricks, _) => Err(SettingError {
+            message: format!("`{key}` must be a list of tricks"),
+            help: Some("e.g. tricks = [\"agc(clipping=0.05)\", \"ema(decay=0.99)\"]".into()),
+        }),
     })
 }
 
@@ -125,6 +138,9 @@ pub struct RunSettings {
     /// Where gradients come from.
     pub grad: GradSource,
     pub loss_scale: LossScale,
+    /// Stabilization tricks around the optimizer, in the order they were written (after the
+    /// `clip_norm`, `clip_value` and `loss_scale` keys, which act first).
+    pub tricks: Vec<TrickSpec>,
 }
 
 impl RunSettings {
@@ -132,6 +148,15 @@ impl RunSettings {
     /// torch's defaults when there are none). Keys of another optimizer (from a file-level table
     /// under a variant's new `name`) are not hyper-parameters of this one and are left out.
     pub fn from_table<'a>(table: &[(&'a str, RawValue<'a>)]) -> Self {
+        Self::from_table_with(table, &[])
+    }
+
+    /// [`RunSettings::from_table`] where the table may name one of `own`, the loss file's own
+    /// optimizers.
+    pub fn from_table_with<'a>(
+        table: &[(&'a str, RawValue<'a>)],
+        own: &[Arc<dyn UpdateProgram>],
+    ) -> Self {
         let get = |key: &str| table.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
         let num = |key: &str| match get(key) {
             Some(RawValue::Number(n)) => Some(n),
@@ -141,23 +166,24 @@ impl RunSettings {
             Some(RawValue::Text(t)) => Some(t),
             _ => None,
         };
-        let kind = text("name")
-            .and_then(OptimizerKind::from_name)
-            .unwrap_or(OptimizerKind::Adam);
-        let mut optimizer = OptimizerSpec::new(kind);
+        let mut optimizer = text("name")
+            .and_then(|name| OptimizerSpec::named(name, own).ok())
+            .unwrap_or_else(|| OptimizerSpec::new(OptimizerKind::Adam));
         for &(key, value) in table {
             if optimizer.get(key).is_some() {
                 let _ = optimizer.set(key, value);
             }
         }
         let steps = num("steps").map_or(DEFAULT_STEPS, |n| n as u64);
+        // An optimizer's own `gamma` (Sophia's) is not the schedule's.
+        let gamma = num("lr_gamma").or(num("gamma").filter(|_| optimizer.get("gamma").is_none()));
         let schedule = match text("schedule").and_then(ScheduleKind::from_name) {
             Some(ScheduleKind::Step) => Schedule::Step {
                 step_size: num("step_size").unwrap_or(100.0) as u64,
-                gamma: num("gamma").unwrap_or(0.1),
+                gamma: gamma.unwrap_or(0.1),
             },
             Some(ScheduleKind::Exponential) => Schedule::Exponential {
-                gamma: num("gamma").unwrap_or(0.99),
+                gamma: gamma.unwrap_or(0.99),
             },
             Some(ScheduleKind::Cosine) => Schedule::Cosine {
                 total: steps,
@@ -185,6 +211,28 @@ impl RunSettings {
                 (_, Some(n)) => LossScale::Fixed(n),
                 _ => LossScale::Off,
             },
+            tricks: text("tricks")
+                .and_then(|t| TrickSpec::parse_list(t).ok())
+                .unwrap_or_default(),
         }
+    }
+
+    /// The optimizer with its tricks, as specs write it.
+    pub fn chain(&self) -> ChainSpec {
+        ChainSpec {
+            base: self.optimizer.clone(),
+            tricks: self.tricks.clone(),
+        }
+    }
+
+    /// The loss scaling a run uses: a `loss_scale` trick's, else the `loss_scale` key's.
+    pub fn loss_scaling(&self) -> LossScale {
+        self.tricks
+            .iter()
+            .find_map(|t| match t {
+                TrickSpec::LossScaling(s) => Some(s.scale),
+                _ => None,
+            })
+            .unwrap_or(self.loss_scale)
     }
 }

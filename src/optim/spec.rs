@@ -6,8 +6,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use std::sync::Arc;
+
+use super::custom::{Custom, Signature, UpdateProgram};
 use super::lbfgs::{LineSearchFn, lbfgs_needs_room};
 use super::muon::{AdjustLrFn, Preconditioning};
+use super::optax::HessianDiag;
 use super::settings::{RUN_SETTINGS, check_run_setting};
 use super::step::{Rule, StepCx};
 
@@ -264,47 +268,16 @@ macro_rules! optimizers {
         }
     )*) => {
         $(
-            $(#[doc = $doc])*
-            #[derive(Debug, Clone, PartialEq)]
-            pub struct $Name {
-                $( $(#[doc = $hdoc])* pub $field: $ty, )*
-            }
-
-            impl Default for $Name {
-                /// torch.optim's defaults.
-                fn default() -> Self {
-                    Self { $( $field: $default, )* }
-                }
+            typed_params! {
+                $(#[doc = $doc])*
+                $Name { $( $(#[doc = $hdoc])* $field : $ty = $default => $bound, )* }
             }
 
             impl $Name {
-                const HYPER: &'static [HyperParam] = &[
-                    $( HyperParam {
-                        name: stringify!($field),
-                        doc: concat!($($hdoc),*).trim_ascii(),
-                        bound: Bound::$bound,
-                    }, )*
-                ];
-
                 /// The constraints torch checks between hyper-parameters.
                 fn check_together(&self) -> Result<(), Conflict> {
                     $( $together(self)?; )?
                     Ok(())
-                }
-
-                fn values(&self) -> Vec<(&'static str, HyperValue)> {
-                    vec![$( (stringify!($field), Hyper::to_value(&self.$field)), )*]
-                }
-
-                /// None when `key` is not one of its hyper-parameters; Err: why the value is
-                /// refused ("must be a number").
-                fn set(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
-                    match key {
-                        $( stringify!($field) => Some(<$ty as Hyper>::from_raw(raw).map(|v| {
-                            self.$field = v;
-                        })), )*
-                        _ => None,
-                    }
                 }
             }
         )*
@@ -347,10 +320,17 @@ macro_rules! optimizers {
                 }
             }
 
+            /// Whether params may step in groups with their own settings ([`Rule::PARAM_GROUPS`]).
+            pub fn takes_param_groups(self) -> bool {
+                match self {
+                    $( OptimizerKind::$Name => <$Name as Rule>::PARAM_GROUPS, )*
+                }
+            }
+
             /// Hyper-parameters in torch.optim's order (defaults: [`OptimizerSpec::new`]).
             pub fn hyper_parameters(self) -> &'static [HyperParam] {
                 match self {
-                    $( OptimizerKind::$Name => $Name::HYPER, )*
+                    $( OptimizerKind::$Name => $Name::PARAMS, )*
                 }
             }
         }
@@ -359,6 +339,8 @@ macro_rules! optimizers {
         #[derive(Debug, Clone, PartialEq)]
         pub enum OptimizerSpec {
             $( $Name($Name), )*
+            /// One the loss file defines (`[optimizers.NAME]`).
+            Custom(Custom),
         }
 
         impl OptimizerSpec {
@@ -369,30 +351,53 @@ macro_rules! optimizers {
                 }
             }
 
-            /// Which optimizer it is.
-            pub fn kind(&self) -> OptimizerKind {
+            /// Which registry optimizer it is (None: the file's own).
+            pub fn kind(&self) -> Option<OptimizerKind> {
                 match self {
-                    $( OptimizerSpec::$Name(_) => OptimizerKind::$Name, )*
+                    $( OptimizerSpec::$Name(_) => Some(OptimizerKind::$Name), )*
+                    OptimizerSpec::Custom(_) => None,
                 }
             }
 
-            /// The base learning rate (every torch optimizer has one).
+            /// Its name, as specs and loss files write it.
+            pub fn name(&self) -> &str {
+                match self {
+                    $( OptimizerSpec::$Name(_) => $name, )*
+                    OptimizerSpec::Custom(o) => o.name(),
+                }
+            }
+
+            /// The same optimizer with its defaults (torch's, or those its definition gives).
+            pub fn defaults(&self) -> Self {
+                match self {
+                    $( OptimizerSpec::$Name(_) => OptimizerSpec::$Name($Name::default()), )*
+                    OptimizerSpec::Custom(o) => {
+                        OptimizerSpec::Custom(Custom::new(Arc::clone(o.program())))
+                    }
+                }
+            }
+
+            /// The base learning rate (every optimizer has one; a file's own must declare it).
             pub fn lr(&self) -> f64 {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.lr, )*
+                    OptimizerSpec::Custom(o) => o.get("lr").unwrap_or_default(),
                 }
             }
 
-            /// Every hyper-parameter with its value, in torch.optim's order.
-            pub fn values(&self) -> Vec<(&'static str, HyperValue)> {
+            /// Every hyper-parameter with its value, in torch.optim's order (a file's own: as
+            /// written).
+            pub fn values(&self) -> Vec<(&str, HyperValue)> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.values(), )*
+                    OptimizerSpec::Custom(o) => o.values(),
                 }
             }
 
             fn set_field(&mut self, key: &str, raw: RawValue) -> Option<Result<(), String>> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.set(key, raw), )*
+                    OptimizerSpec::Custom(o) => o.set(key, raw),
                 }
             }
 
@@ -403,13 +408,18 @@ macro_rules! optimizers {
                         $( stringify!($field) => o.$field = from.$field.clone(), )*
                         _ => {}
                     }, )*
+                    (OptimizerSpec::Custom(o), OptimizerSpec::Custom(from)) => {
+                        if let Some(v) = from.get(key) {
+                            o.set(key, RawValue::Number(v));
+                        }
+                    }
                     _ => {}
                 }
             }
 
             /// Where it comes from, for grouping in lists.
             pub fn group(&self) -> Group {
-                self.kind().group()
+                self.kind().map_or(Group::Own, OptimizerKind::group)
             }
 
             /// Refuses what torch's constructor refuses between hyper-parameters (each value on
@@ -417,6 +427,7 @@ macro_rules! optimizers {
             pub fn check_together(&self) -> Result<(), Conflict> {
                 match self {
                     $( OptimizerSpec::$Name(o) => o.check_together(), )*
+                    OptimizerSpec::Custom(_) => Ok(()),
                 }
             }
 
@@ -427,6 +438,7 @@ macro_rules! optimizers {
             ) -> candle_core::Result<RuleState> {
                 Ok(match self {
                     $( OptimizerSpec::$Name(o) => RuleState::$Name(Rule::init(o, params)?), )*
+                    OptimizerSpec::Custom(o) => RuleState::Custom(Rule::init(o, params)?),
                 })
             }
 
@@ -438,6 +450,7 @@ macro_rules! optimizers {
             ) -> Option<candle_core::Result<Vec<candle_core::Tensor>>> {
                 match (self, state) {
                     $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Some(Rule::step(o, s, cx)), )*
+                    (OptimizerSpec::Custom(o), RuleState::Custom(s)) => Some(Rule::step(o, s, cx)),
                     _ => None,
                 }
             }
@@ -450,6 +463,7 @@ macro_rules! optimizers {
             ) -> Option<Vec<candle_core::Tensor>> {
                 match (self, state) {
                     $( (OptimizerSpec::$Name(o), RuleState::$Name(s)) => Rule::eval_params(o, s), )*
+                    (OptimizerSpec::Custom(o), RuleState::Custom(s)) => Rule::eval_params(o, s),
                     _ => None,
                 }
             }
@@ -470,6 +484,7 @@ macro_rules! optimizers {
         #[derive(Debug, Clone)]
         pub enum RuleState {
             $( $Name(<$Name as Rule>::State), )*
+            Custom(<Custom as Rule>::State),
         }
     };
 }
@@ -824,6 +839,101 @@ optimizers! {
         /// Most the estimate may grow per step, as a factor (inf: no limit).
         growth_rate: Limit = Limit(f64::INFINITY) => Any,
     }
+    /// AdaBelief: Adam over the gradient's deviation from its momentum (optax.adabelief).
+    AdaBelief = "adabelief" in Optax {
+        /// Learning rate (optax has no default; 1e-3 as adabelief-pytorch).
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the momentum (optax's `b1`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the squared deviation (optax's `b2`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to the denominator's root.
+        eps: f64 = 1e-16 => NonNegative,
+        /// Added to the squared-deviation average every step (it accumulates in the state).
+        eps_root: f64 = 1e-16 => NonNegative,
+        /// Nesterov momentum: the bias-corrected momentum looks one step ahead.
+        nesterov: bool = false => Any,
+    }
+    /// LAMB: Adam's step rescaled per tensor by ||p|| / ||step|| (optax.lamb).
+    Lamb = "lamb" in Optax {
+        /// Learning rate (optax has no default; 1e-3 as pytorch-lamb).
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the first moment (optax's `b1`).
+        beta1: f64 = 0.9 => Fraction,
+        /// Decay of the second moment (optax's `b2`).
+        beta2: f64 = 0.999 => Fraction,
+        /// Added to the denominator's root.
+        eps: f64 = 1e-6 => NonNegative,
+        /// Added to the second moment inside the root.
+        eps_root: f64 = 0.0 => NonNegative,
+        /// Weight decay added to the step before the trust ratio.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// LARS: the gradient rescaled per tensor by trust_coefficient ||p|| / ||g||, then momentum
+    /// (optax.lars).
+    Lars = "lars" in Optax {
+        /// Learning rate (optax has no default; 1.0, with the trust ratio setting the scale).
+        lr: f64 = 1.0 => NonNegative,
+        /// Weight decay added to the gradient before the trust ratio.
+        weight_decay: f64 = 0.0 => NonNegative,
+        /// Scales the trust ratio ||p|| / ||g||.
+        trust_coefficient: f64 = 0.001 => NonNegative,
+        /// Added to ||g|| in the trust ratio.
+        eps: f64 = 0.0 => NonNegative,
+        /// Decay of the momentum trace (taken after the learning rate).
+        momentum: f64 = 0.9 => NonNegative,
+        /// Nesterov momentum.
+        nesterov: bool = false => Any,
+    }
+    /// NovoGrad: a second moment per tensor (one number: ||g||^2), no bias correction
+    /// (optax.novograd).
+    NovoGrad = "novograd" in Optax {
+        /// Learning rate (optax has no default; 1e-3 as NVIDIA's NovoGrad).
+        lr: f64 = 1e-3 => NonNegative,
+        /// Decay of the momentum, which sums steps (no `1 - beta1`; optax's `b1`).
+        beta1: f64 = 0.9 => Unit,
+        /// Decay of the per-tensor ||g||^2 average (optax's `b2`).
+        beta2: f64 = 0.25 => Unit,
+        /// Added to the denominator's root.
+        eps: f64 = 1e-6 => NonNegative,
+        /// Added to the ||g||^2 average inside the root.
+        eps_root: f64 = 0.0 => NonNegative,
+        /// Weight decay added to the normalised gradient.
+        weight_decay: f64 = 0.0 => NonNegative,
+    }
+    /// SM3: Adagrad with one accumulator per row and per column instead of per entry
+    /// (optax.sm3; params of at least one dimension).
+    Sm3 = "sm3" in Optax {
+        /// Learning rate (optax has no default; 0.1 as the authors' SM3).
+        lr: f64 = 0.1 => NonNegative,
+        /// Decay of the momentum average (0: none).
+        momentum: f64 = 0.9 => Unit,
+    }
+    /// Sophia: momentum over a running Hessian diagonal, clipped per entry
+    /// (optax.contrib.sophia).
+    Sophia = "sophia" in Optax {
+        /// Learning rate (optax has no default; 1e-4 as the authors' Sophia).
+        lr: f64 = 1e-4 => NonNegative,
+        /// Decay of the momentum (optax's `b1`).
+        beta1: f64 = 0.965 => Fraction,
+        /// Decay of the Hessian-diagonal average, per Hessian update (optax's `b2`).
+        beta2: f64 = 0.99 => Unit,
+        /// Floor of gamma * h in the denominator.
+        eps: f64 = 1e-8 => NonNegative,
+        /// Decoupled weight decay, added to the clipped step.
+        weight_decay: f64 = 1e-4 => NonNegative,
+        /// Scales the Hessian diagonal in the denominator.
+        gamma: f64 = 0.01 => NonNegative,
+        /// Each entry of the step is clipped to +-clip_threshold (none: no clipping).
+        clip_threshold: Option<f64> = Some(1.0) => NonNegative,
+        /// Steps between Hessian-diagonal updates (at steps 1, 1 + interval, ...).
+        update_interval: u64 = 10 => AtLeastOne,
+        /// exact (one more backward pass per param entry) or hutchinson (one Hessian-vector
+        /// product with a Rademacher vector).
+        hessian_diag: HessianDiag = HessianDiag::Exact => Any,
+        /// Seed of hutchinson's Rademacher vectors.
+        seed: u64 = 0 => Any,
+    }
 }
 
 /// Where an optimizer comes from: the groups lists show it in.
@@ -835,6 +945,8 @@ pub enum Group {
     Modern,
     /// optax (and optax.contrib).
     Optax,
+    /// Written in the loss file (or an `optimizers/` folder above it).
+    Own,
 }
 
 impl Group {
@@ -844,6 +956,7 @@ impl Group {
             Group::Torch => "torch.optim",
             Group::Modern => "modern",
             Group::Optax => "optax",
+            Group::Own => "this file's own",
         }
     }
 }
@@ -876,13 +989,15 @@ pub enum RawValue<'a> {
 }
 
 /// Checks one `key = value` for optimizer `kind` (None: not yet known, only run settings and
-/// keys of some optimizer are accepted).
+/// keys of some optimizer are accepted). A key that is both a run setting and one of `kind`'s
+/// hyper-parameters is the optimizer's (Sophia's `gamma`; the schedule's is also `lr_gamma`).
 pub fn check_setting(
     kind: Option<OptimizerKind>,
     key: &str,
     value: RawValue,
 ) -> Result<(), SettingError> {
-    if let Some(checked) = check_run_setting(key, value) {
+    let own = kind.is_some_and(|k| k.hyper_parameters().iter().any(|h| h.name == key));
+    if let Some(checked) = check_run_setting(key, value).filter(|_| !own) {
         return checked;
     }
     let kinds = match &kind {
@@ -921,27 +1036,80 @@ pub fn check_setting(
     match (hyper, probe.get(key)) {
         (Some(h), Some(v)) if !h.bound.admits(&v) => Err(SettingError {
             message: format!("`{key}` must be {}, not {v}", h.bound.describe()),
-            help: Some(format!(
-                "torch.optim refuses {key} = {v} for `{}`",
-                owner.name()
-            )),
+            help: Some(match owner.group() {
+                // optax checks nothing: these are the values its update is defined for.
+                Group::Optax => format!(
+                    "optax does not check it, but `{}` is defined only for {key} {}",
+                    owner.name(),
+                    h.bound.describe()
+                ),
+                Group::Torch | Group::Modern | Group::Own => {
+                    format!("torch.optim refuses {key} = {v} for `{}`", owner.name())
+                }
+            }),
         }),
         _ => Ok(()),
     }
 }
 
+/// Checks one `key = value` for `own`, an optimizer the loss file defines: a run setting as
+/// for any optimizer, or one of its hyper-parameters, a number (`lr` at least 0).
+pub fn check_own_setting(own: &Signature, key: &str, value: RawValue) -> Result<(), SettingError> {
+    if let Some(checked) = check_run_setting(key, value) {
+        return checked;
+    }
+    if !own.hyper.iter().any(|(n, _)| n == key) {
+        let valid: Vec<&str> = own
+            .hyper
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(RUN_SETTINGS.iter().map(|(n, _)| *n))
+            .collect();
+        return Err(SettingError {
+            message: format!("unknown setting `{key}` for `{}`", own.name),
+            help: Some(
+                crate::diagnostic::did_you_mean(key, valid.iter().copied())
+                    .unwrap_or_else(|| format!("valid settings: {}", valid.join(", "))),
+            ),
+        });
+    }
+    let n = f64::from_raw(value).map_err(|why| SettingError {
+        message: format!("`{key}` {why}"),
+        help: None,
+    })?;
+    if key == "lr" && !Bound::NonNegative.admits(&HyperValue::Number(n)) {
+        return Err(SettingError {
+            message: format!(
+                "`lr` must be {}, not {}",
+                Bound::NonNegative.describe(),
+                HyperValue::Number(n)
+            ),
+            help: None,
+        });
+    }
+    Ok(())
+}
+
 /// Resolves an optimizer name, with "did you mean" help otherwise.
 pub fn kind_from_name(name: &str) -> Result<OptimizerKind, SettingError> {
-    OptimizerKind::from_name(name).ok_or_else(|| SettingError {
+    OptimizerKind::from_name(name).ok_or_else(|| unknown_optimizer(name, []))
+}
+
+/// Why `name` names no optimizer, the registry's or one of `own` (a file's own), with the
+/// closest name as help.
+pub fn unknown_optimizer<'a>(name: &str, own: impl IntoIterator<Item = &'a str>) -> SettingError {
+    let names: Vec<&str> = OptimizerKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .chain(own)
+        .collect();
+    SettingError {
         message: format!("unknown optimizer `{name}`"),
         help: Some(
-            crate::diagnostic::did_you_mean(name, OptimizerKind::ALL.iter().map(|k| k.name()))
-                .unwrap_or_else(|| {
-                    let names: Vec<&str> = OptimizerKind::ALL.iter().map(|k| k.name()).collect();
-                    format!("valid optimizers: {}", names.join(", "))
-                }),
+            crate::diagnostic::did_you_mean(name, names.iter().copied())
+                .unwrap_or_else(|| format!("valid optimizers: {}", names.join(", "))),
         ),
-    })
+    }
 }
 
 impl OptimizerKind {
@@ -955,9 +1123,14 @@ impl OptimizerSpec {
     /// The eps added to the denominator, for the optimizers that divide by a gradient
     /// statistic (None for those that do not).
     pub fn eps(&self) -> Option<f64> {
-        match self.get("eps") {
-            Some(HyperValue::Number(eps)) => Some(eps),
-            _ => None,
+        match self {
+            // LARS adds its eps to a norm it has checked is not 0, SM3 guards its own, and
+            // Sophia's floors a Hessian statistic, not a gradient one.
+            OptimizerSpec::Lars(_) | OptimizerSpec::Sm3(_) | OptimizerSpec::Sophia(_) => None,
+            _ => match self.get("eps") {
+                Some(HyperValue::Number(eps)) => Some(eps),
+                _ => None,
+            },
         }
     }
 }
@@ -975,9 +1148,13 @@ impl OptimizerSpec {
             .map(|(_, v)| v)
     }
 
-    /// Sets one hyper-parameter by name, checked against the registry.
+    /// Sets one hyper-parameter by name, checked against the registry (a file's own optimizer:
+    /// against its definition).
     pub fn set(&mut self, key: &str, value: RawValue) -> Result<(), SettingError> {
-        check_setting(Some(self.kind()), key, value)?;
+        match self {
+            OptimizerSpec::Custom(o) => check_own_setting(o.program().signature(), key, value)?,
+            _ => check_setting(self.kind(), key, value)?,
+        }
         match self.set_field(key, value) {
             Some(r) => r.map_err(|why| SettingError {
                 message: format!("`{key}` {why}"),
@@ -986,7 +1163,7 @@ impl OptimizerSpec {
             None => Err(SettingError {
                 message: format!(
                     "`{key}` is a run setting, not a hyper-parameter of `{}`",
-                    self.kind().name()
+                    self.name()
                 ),
                 help: Some("pass it as its own option, e.g. --steps or --clip-norm".into()),
             }),
@@ -995,8 +1172,22 @@ impl OptimizerSpec {
 
     /// Parses `name` or `name(key=value, ...)` over torch's defaults ([`SpecOverride::parse`]).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
-        let over = SpecOverride::parse(text)?;
-        over.over(&Self::new(over.kind()))
+        Self::parse_with(text, &[])
+    }
+
+    /// [`OptimizerSpec::parse`] where `own`, a loss file's own optimizers, may be named too.
+    pub fn parse_with(text: &str, own: &[Arc<dyn UpdateProgram>]) -> Result<Self, SettingError> {
+        SpecOverride::parse_with(text, own)?.over_defaults()
+    }
+
+    /// The optimizer called `name` with its defaults: the registry's, or one of `own`.
+    pub fn named(name: &str, own: &[Arc<dyn UpdateProgram>]) -> Result<Self, SettingError> {
+        if let Some(p) = own.iter().find(|p| p.signature().name == name) {
+            return Ok(OptimizerSpec::Custom(Custom::new(Arc::clone(p))));
+        }
+        OptimizerKind::from_name(name)
+            .map(Self::new)
+            .ok_or_else(|| unknown_optimizer(name, own.iter().map(|p| p.signature().name.as_str())))
     }
 }
 
@@ -1007,28 +1198,20 @@ pub struct SpecOverride {
     /// The optimizer with the typed values over torch's defaults.
     typed: OptimizerSpec,
     /// The hyper-parameters written, in order.
-    keys: Vec<&'static str>,
+    keys: Vec<String>,
 }
 
 impl SpecOverride {
     /// Parses `name` or `name(key=value, ...)`; a value is a number or `true`/`false`. Each
     /// value is checked against the registry (its type and torch's range).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
-        let text = text.trim();
-        let (name, args) = match text.split_once('(') {
-            Some((name, rest)) => {
-                let Some(args) = rest.trim_end().strip_suffix(')') else {
-                    return Err(SettingError {
-                        message: format!("`{text}` is missing its closing `)`"),
-                        help: Some(SPEC_EXAMPLE.into()),
-                    });
-                };
-                (name.trim(), args)
-            }
-            None => (text, ""),
-        };
-        let kind = kind_from_name(name)?;
-        let mut typed = OptimizerSpec::new(kind);
+        Self::parse_with(text, &[])
+    }
+
+    /// [`SpecOverride::parse`] where `own`, a loss file's own optimizers, may be named too.
+    pub fn parse_with(text: &str, own: &[Arc<dyn UpdateProgram>]) -> Result<Self, SettingError> {
+        let (name, args) = split_call(text)?;
+        let mut typed = OptimizerSpec::named(name, own)?;
         let mut keys = Vec::new();
         for part in split_top_level(args).filter(|p| !p.is_empty()) {
             let Some((key, value)) = part.split_once('=') else {
@@ -1038,11 +1221,7 @@ impl SpecOverride {
                 });
             };
             let (key, value) = (key.trim(), value.trim());
-            let raw = match value {
-                "true" => RawValue::Bool(true),
-                "false" => RawValue::Bool(false),
-                v => v.parse().map_or(RawValue::Text(v), RawValue::Number),
-            };
+            let raw = typed_value(value);
             typed
                 .set(key, raw)
                 .map_err(|e| match (raw, typed.get(key)) {
@@ -1052,22 +1231,28 @@ impl SpecOverride {
                     },
                     _ => e,
                 })?;
-            let name = kind.hyper_parameters().iter().find(|h| h.name == key);
-            keys.extend(name.map(|h| h.name));
+            if typed.get(key).is_some() {
+                keys.push(key.to_string());
+            }
         }
         Ok(Self { typed, keys })
     }
 
-    /// Which optimizer it names.
-    pub fn kind(&self) -> OptimizerKind {
-        self.typed.kind()
+    /// The name of the optimizer it names.
+    pub fn name(&self) -> &str {
+        self.typed.name()
+    }
+
+    /// The spec it makes of its optimizer's defaults.
+    pub fn over_defaults(&self) -> Result<OptimizerSpec, SettingError> {
+        self.over(&self.typed.defaults())
     }
 
     /// The spec it makes of `base`: the typed keys over `base` when `base` is the same
-    /// optimizer, over torch's defaults otherwise; refused when torch refuses the combination.
+    /// optimizer, over its defaults otherwise; refused when torch refuses the combination.
     pub fn over(&self, base: &OptimizerSpec) -> Result<OptimizerSpec, SettingError> {
-        if base.kind() != self.kind() {
-            return self.over(&OptimizerSpec::new(self.kind()));
+        if base.name() != self.name() {
+            return self.over_defaults();
         }
         let mut spec = base.clone();
         for key in &self.keys {
@@ -1085,12 +1270,12 @@ impl fmt::Display for SpecOverride {
             .typed
             .values()
             .into_iter()
-            .filter(|(k, _)| self.keys.contains(k))
+            .filter(|(k, _)| self.keys.iter().any(|key| key == k))
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         match typed.is_empty() {
-            true => write!(f, "{}", self.kind().name()),
-            false => write!(f, "{}({})", self.kind().name(), typed.join(", ")),
+            true => write!(f, "{}", self.name()),
+            false => write!(f, "{}({})", self.name(), typed.join(", ")),
         }
     }
 }
@@ -1104,9 +1289,34 @@ impl FromStr for SpecOverride {
     }
 }
 
+/// `name(args)` split into the name and the text between the parentheses (`name` alone: no
+/// args), both trimmed.
+pub(super) fn split_call(text: &str) -> Result<(&str, &str), SettingError> {
+    let text = text.trim();
+    match text.split_once('(') {
+        Some((name, rest)) => match rest.trim_end().strip_suffix(')') {
+            Some(args) => Ok((name.trim(), args)),
+            None => Err(SettingError {
+                message: format!("`{text}` is missing its closing `)`"),
+                help: Some(SPEC_EXAMPLE.into()),
+            }),
+        },
+        None => Ok((text, "")),
+    }
+}
+
+/// A written value: `true`/`false`, a number, or a word.
+pub(super) fn typed_value(value: &str) -> RawValue<'_> {
+    match value {
+        "true" => RawValue::Bool(true),
+        "false" => RawValue::Bool(false),
+        v => v.parse().map_or(RawValue::Text(v), RawValue::Number),
+    }
+}
+
 /// `args` split at the commas outside parentheses (so a nested spec stays one argument), each
 /// trimmed.
-fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
+pub(super) fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
     let mut depth = 0i32;
     args.split(move |c| {
         match c {
@@ -1135,11 +1345,11 @@ impl fmt::Display for OptimizerSpec {
         let changed: Vec<String> = self
             .values()
             .into_iter()
-            .zip(Self::new(self.kind()).values())
+            .zip(self.defaults().values())
             .filter(|((k, v), (_, default))| *k == "lr" || v != default)
             .map(|((k, v), _)| format!("{k}={v}"))
             .collect();
-        write!(f, "{}({})", self.kind().name(), changed.join(", "))
+        write!(f, "{}({})", self.name(), changed.join(", "))
     }
 }
 
@@ -1264,7 +1474,7 @@ mod tests {
     #[test]
     fn specs_parse_and_print_round_trip() {
         let s = OptimizerSpec::parse("sgd(lr=0.01, momentum=0.9, nesterov=true)").unwrap();
-        assert_eq!(s.kind(), OptimizerKind::Sgd);
+        assert_eq!(s.kind(), Some(OptimizerKind::Sgd));
         let OptimizerSpec::Sgd(sgd) = &s else {
             panic!("{s:?} is not sgd")
         };
@@ -1367,8 +1577,8 @@ mod tests {
         for (name, defaults) in &torch {
             let spec = OptimizerSpec::parse(name).unwrap();
             assert_eq!(spec.values(), defaults.to_vec(), "{name}");
-            let documented: Vec<&str> = spec
-                .kind()
+            let documented: Vec<&str> = OptimizerKind::from_name(name)
+                .unwrap()
                 .hyper_parameters()
                 .iter()
                 .map(|h| h.name)

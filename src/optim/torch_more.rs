@@ -344,16 +344,7 @@ mod tests {
 
     use super::*;
     use crate::optim::spec::{HyperValue, OptimizerSpec};
-    use crate::optim::step::Oracle;
-
-    /// Steps here never ask for the loss elsewhere.
-    struct NoOracle;
-
-    impl Oracle for NoOracle {
-        fn loss_and_grads(&mut self, _params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
-            Err(candle_core::Error::Msg("no oracle in these tests".into()))
-        }
-    }
+    use crate::optim::step::NoOracle;
 
     fn scalar(x: f64) -> Tensor {
         Tensor::new(x, &Device::Cpu).unwrap()

@@ -21,9 +21,11 @@ use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
+use crate::optim::chain::{self, Verdict};
+use crate::optim::groups::param_groups;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
-use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx, update};
+use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx};
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
@@ -185,8 +187,21 @@ impl Run {
         } = request;
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
         let n = compiled.params.len();
-        let config_scale = config.loss_scale;
-        let state = OptimizerState::new(&config.optimizer, &param_tensors(evaluator.params()))?;
+        let config_scale = config.loss_scaling();
+        let names: Vec<String> = compiled.params.iter().map(|p| p.name.clone()).collect();
+        let groups = param_groups(
+            &config.optimizer,
+            &compiled.runs[run].param_settings,
+            &names,
+        )
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let initial: Vec<Tensor> = compiled.params.iter().map(|p| p.value.clone()).collect();
+        let state = OptimizerState::with_tricks(
+            groups,
+            &config.tricks,
+            &param_tensors(evaluator.params()),
+            &initial,
+        )?;
         let mut r = Self {
             name,
             def: run,
@@ -243,7 +258,7 @@ impl Run {
         &self.totals
     }
 
-    /// The optimizer's state after the updates so far.
+    /// The optimizer's state and its tricks', as the next step starts from it.
     pub fn optimizer_state(&self) -> &OptimizerState {
         &self.state
     }
@@ -259,6 +274,15 @@ impl Run {
         iters: usize,
     ) -> Result<crate::compile::curvature::Curvature, Diagnostic> {
         crate::compile::curvature::top_eigenvalue_exact(&self.evaluator, iters, 0)
+    }
+
+    /// The Hessian at the current params, of every param or of param `param`'s block.
+    pub fn hessian(
+        &self,
+        param: Option<usize>,
+        options: &crate::compile::hessian::Options,
+    ) -> Result<crate::compile::hessian::Hessian, Diagnostic> {
+        crate::compile::hessian::hessian_exact(&self.evaluator, &self.param_names, param, options)
     }
 
     /// What the run's dtype did to each op's output at the current params, against f64.
@@ -349,7 +373,7 @@ impl Run {
         let mut f = 0u8;
         let mut bad_step = !eval.loss.is_finite() || !grads_finite;
         let mut scaler_skip = false;
-        if self.config.loss_scale == LossScale::Dynamic {
+        if self.config.loss_scaling() == LossScale::Dynamic {
             if bad_step && eval.loss.is_finite() {
                 // An overflowed scaled gradient: skip the step and back off, as GradScaler does.
                 scaler_skip = true;
@@ -372,23 +396,26 @@ impl Run {
         let mut moved_to = None;
         // The evaluation at θ_t counts, as torch's LBFGS counts its first closure call.
         let mut evals = 1;
+        // The chain's skip tricks judge the gradient first (their counters advance either way);
+        // what they let through with non-finite values is the run's policy's.
+        let verdict = match scaler_skip {
+            true => Verdict::Step,
+            false => chain::admit(&mut self.state, &eval.grads).map_err(internal)?,
+        };
+        let trick_skip = verdict != Verdict::Step;
         // Under `stop` a non-finite row halted the run when it was evaluated.
-        let apply =
-            !scaler_skip && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
-        if bad_step && self.config.on_nonfinite == NonFinitePolicy::Skip {
+        let apply = !scaler_skip
+            && !trick_skip
+            && (!bad_step || self.config.on_nonfinite == NonFinitePolicy::Continue);
+        if trick_skip || (bad_step && self.config.on_nonfinite == NonFinitePolicy::Skip) {
             f |= flags::SKIPPED;
             self.skipped += 1;
         }
         if apply {
             let (grads, clipped) = self.clip(eval.grads, grad_norm).map_err(internal)?;
-            if clipped {
-                f |= flags::CLIPPED;
-                self.clipped += 1;
-            }
             let mut state = self.state.clone();
             let mut oracle = Closure::new(self);
-            let new = update(
-                &self.config.optimizer,
+            let stepped = chain::step(
                 &mut state,
                 &mut StepCx {
                     params: &params,
@@ -401,6 +428,11 @@ impl Run {
             )
             .map_err(internal)?;
             evals += oracle.evals;
+            if clipped || stepped.clipped {
+                f |= flags::CLIPPED;
+                self.clipped += 1;
+            }
+            let new = stepped.params;
             let deltas: Vec<f64> = params
                 .iter()
                 .zip(&new)
@@ -419,14 +451,27 @@ impl Run {
                 })
                 .collect();
             let keep = broken.is_empty() || self.config.on_nonfinite == NonFinitePolicy::Continue;
-            if !broken.is_empty() {
+            if let Some(&first) = broken.first() {
                 f |= flags::UPDATE_NONFINITE;
+                // An optimizer written in the loss language: the op of its update that did it.
+                let provenance = crate::compile::optimizer::trace_update(
+                    &self.config.optimizer,
+                    &self.state,
+                    &params,
+                    &grads,
+                    eval.loss,
+                    lr,
+                    first,
+                );
+                if self.first_provenance.is_none() {
+                    self.first_provenance = provenance.clone().map(|p| (t, p));
+                }
                 match self.config.on_nonfinite {
                     NonFinitePolicy::Stop => {
                         self.halted = Some(Halt {
                             step: t,
                             reason: self.broken_update_reason(&new, &broken),
-                            provenance: None,
+                            provenance,
                             diverged: false,
                         });
                     }
@@ -512,9 +557,12 @@ impl Run {
         if !nonfinite.is_empty() {
             f |= flags::GRAD_NONFINITE;
         }
-        // Dynamic loss scaling skips an overflowed gradient of a finite loss instead.
+        // Dynamic loss scaling skips an overflowed gradient of a finite loss instead, and
+        // `skip_nonfinite` a non-finite gradient until it gives up.
         let bad = !eval.loss.is_finite()
-            || (!nonfinite.is_empty() && self.config.loss_scale != LossScale::Dynamic);
+            || (!nonfinite.is_empty()
+                && self.config.loss_scaling() != LossScale::Dynamic
+                && !chain::absorbs_nonfinite(&self.state));
         if bad {
             // Tracing re-evaluates the step op by op: only for the first non-finite step.
             if self.first_provenance.is_none() {
@@ -608,7 +656,7 @@ impl Run {
         let OptimizerSpec::Sgd(o) = &self.config.optimizer else {
             return format!(
                 "{} adapts its steps, so no curvature bound applies: the loss diverged at lr {lr_text}",
-                self.config.optimizer.kind().name()
+                self.config.optimizer.name()
             );
         };
         let b = o.momentum;
@@ -666,7 +714,7 @@ impl Run {
 
     /// Loss and gradients at the current params, as the config says to take them.
     fn gradients(&self) -> Result<crate::compile::Evaluation, Diagnostic> {
-        match (self.config.grad, self.config.loss_scale) {
+        match (self.config.grad, self.config.loss_scaling()) {
             (GradSource::FiniteDifference, _) => self.evaluator.evaluate_fd(),
             (GradSource::Autograd, LossScale::Off) => self.evaluator.evaluate(),
             (GradSource::Autograd, _) => self.evaluator.evaluate_scaled(self.scale),
@@ -705,8 +753,7 @@ impl Run {
         let (grads, _) = self.clip(eval.grads, grad_norm).map_err(internal)?;
         let params = param_tensors(self.params());
         let mut state = self.state.clone();
-        let new = update(
-            &self.config.optimizer,
+        let new = chain::step(
             &mut state,
             &mut StepCx {
                 params: &params,
@@ -717,7 +764,8 @@ impl Run {
                 oracle: &mut Closure::new(self),
             },
         )
-        .map_err(internal)?;
+        .map_err(internal)?
+        .params;
         let mut out = Vec::new();
         for (old, new) in params.iter().zip(&new) {
             let d = (new - old).and_then(|d| crate::compile::values_f64(&d));
@@ -752,7 +800,7 @@ impl Run {
     /// The params the optimizer evaluates the model at, when it keeps them apart from the ones
     /// it takes gradients at (schedule-free's x, ASGD's average), flattened row-major in f64.
     pub fn eval_param_values(&self) -> Option<Vec<Vec<f64>>> {
-        let eval = self.state.eval_params(&self.config.optimizer)?;
+        let eval = self.state.eval_params(&param_tensors(self.params()))?;
         Some(
             eval.iter()
                 .map(|t| crate::compile::values_f64(t).unwrap_or_default())
@@ -763,13 +811,13 @@ impl Run {
     /// The named parts of the optimizer's state beyond the params (schedule-free's `z`,
     /// Prodigy's `d`).
     pub fn state_values(&self) -> Vec<(&'static str, StateValue)> {
-        self.state.state_values(&self.config.optimizer)
+        self.state.state_values(self.param_names.len())
     }
 
     /// The loss at the eval params ([`Self::eval_param_values`]), forward only; the params are
     /// put back.
     pub fn eval_loss(&self) -> Option<Result<f64, Diagnostic>> {
-        let eval = self.state.eval_params(&self.config.optimizer)?;
+        let eval = self.state.eval_params(&param_tensors(self.params()))?;
         let failed = |e: candle_core::Error| Diagnostic::error(format!("eval params: {e}"));
         let loss = || -> Result<f64, Diagnostic> {
             let here = self.param_copies().map_err(failed)?;
@@ -779,6 +827,18 @@ impl Run {
             loss
         };
         Some(loss())
+    }
+
+    /// The f32 master params of a `master_weights` run in f16/bf16 (the run's own params are
+    /// their rounding), flattened row-major in f64.
+    pub fn master_param_values(&self) -> Option<Vec<Vec<f64>>> {
+        let master = self.state.master_params()?;
+        Some(
+            master
+                .iter()
+                .map(|t| crate::compile::values_f64(t).unwrap_or_default())
+                .collect(),
+        )
     }
 
     /// Sets the params to `values`.
@@ -845,7 +905,7 @@ impl Run {
         };
         format!(
             "the {} update made {} non-finite from finite gradients{hint}",
-            spec.kind().name(),
+            spec.name(),
             self.name_nonfinite(new, broken)
         )
     }
@@ -930,17 +990,63 @@ impl<'a> Closure<'a> {
     fn new(run: &'a Run) -> Self {
         Self { run, evals: 0 }
     }
+
+    /// `f` with the run's params at `params`, put back after. Params given as the run's own
+    /// tensors (a step's `cx.params`) are left alone: a Var cannot be set from its own storage.
+    fn at<T>(&self, params: &[Tensor], f: impl FnOnce(&Run) -> T) -> candle_core::Result<T> {
+        let moved: Vec<(&Var, &Tensor)> = self
+            .run
+            .evaluator
+            .params()
+            .iter()
+            .zip(params)
+            .filter(|(var, p)| p.id() != var.as_tensor().id())
+            .collect();
+        let here = moved
+            .iter()
+            .map(|(var, _)| var.as_tensor().copy())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (var, p) in &moved {
+            var.set(p)?;
+        }
+        let out = f(self.run);
+        for ((var, _), v) in moved.iter().zip(&here) {
+            var.set(v)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A diagnostic from the run's evaluator, as a step's error.
+fn step_error(d: Diagnostic) -> candle_core::Error {
+    candle_core::Error::Msg(d.message)
 }
 
 impl Oracle for Closure<'_> {
     fn loss_and_grads(&mut self, params: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-        let here = self.run.param_copies()?;
-        self.run.set_params(params)?;
-        let eval = self.run.gradients();
-        self.run.set_params(&here)?;
+        let eval = self.at(params, |run| run.gradients())?;
         self.evals += 1;
-        let eval = eval.map_err(|d| candle_core::Error::Msg(d.message))?;
+        let eval = eval.map_err(step_error)?;
         Ok((eval.loss, eval.grads))
+    }
+
+    fn hessian_diag(&mut self, params: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
+        self.at(params, |run| {
+            let ev = run.evaluator.clone();
+            crate::compile::curvature::second_order(move || {
+                crate::compile::curvature::hessian_diagonal(&ev)
+            })
+        })?
+        .map_err(step_error)
+    }
+
+    fn hvp(&mut self, params: &[Tensor], v: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
+        let v = v.to_vec();
+        self.at(params, |run| {
+            let ev = run.evaluator.clone();
+            crate::compile::curvature::second_order(move || crate::compile::curvature::hvp(&ev, &v))
+        })?
+        .map_err(step_error)
     }
 }
 

@@ -86,7 +86,7 @@ pub fn drive(
     let totals = run.history().with_current(*run.totals());
     Ok(Summary {
         run: run.name.clone(),
-        optimizer: run.config.optimizer.to_string(),
+        optimizer: run.config.chain().to_string(),
         dtype: run.dtype.name(),
         steps: run.step_count(),
         // The last row's: the loss at the params after the last update.

@@ -10,14 +10,16 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 
+use crate::compile::backward::{Formula, formula};
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
+use crate::compile::hessian::{self, Hessian};
 use crate::compile::{CompiledFile, norm};
 use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
-use crate::optim::spec::OptimizerSpec;
+use crate::optim::tricks::ChainSpec;
 use crate::run::history::{StepRecord, flags};
 use crate::run::{Run, RunRequest, save};
 
@@ -37,17 +39,22 @@ pub enum Command {
     Rewind(u64),
     /// Multiply one run's learning rate.
     ScaleLr(RunId, f64),
-    /// Add a run of definition `def` with this optimizer (None: the definition's own).
+    /// Add a run of definition `def` with this optimizer and tricks (None: the definition's
+    /// own).
     AddRun {
         def: usize,
-        optimizer: Option<OptimizerSpec>,
+        optimizer: Option<ChainSpec>,
         dtype: Option<DType>,
     },
     Remove(RunId),
     /// Check one run's gradients against finite differences at its current step.
     Gradcheck(RunId),
-    /// The Hessian's top eigenvalue of one run at its current step.
-    Curvature(RunId),
+    /// The Hessian of one run at its current step: whole up to [`hessian::FULL_LIMIT`] param
+    /// values ([`Event::Hessian`]), past that its top eigenvalue ([`Event::Curvature`]).
+    Hessian(RunId),
+    /// The gradient formula of one run's param (by index), with its first non-finite value at
+    /// the run's current step.
+    Formula(RunId, usize),
     /// A landscape plane through run `run`'s current params (losses with more than two param
     /// values; two-param losses always use their own coordinates).
     Plane {
@@ -139,7 +146,7 @@ impl TensorStats {
 /// What a run was asked to change of its definition: another optimizer or dtype.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
-    pub optimizer: Option<OptimizerSpec>,
+    pub optimizer: Option<ChainSpec>,
     pub dtype: Option<DType>,
 }
 
@@ -174,7 +181,8 @@ pub struct RunInfo {
     /// What it changes of its definition (to start it again after an edit).
     pub overrides: Overrides,
     pub name: String,
-    pub optimizer: OptimizerSpec,
+    /// Its optimizer and tricks.
+    pub optimizer: ChainSpec,
     pub dtype: DType,
     pub steps: u64,
     /// Where its gradients come from (`autograd` or `fd`).
@@ -207,6 +215,10 @@ pub enum Event {
     Checked(RunId, u64, Vec<ParamCheck>),
     /// The curvature of a run at a step.
     Curvature(RunId, u64, Curvature),
+    /// A param's gradient formula in a run, looked at at a step.
+    Formula(RunId, u64, Box<Formula>),
+    /// The whole Hessian of a run at a step, or why there is none.
+    Hessian(RunId, u64, Result<Arc<Hessian>, String>),
     /// The landscape plane every path is now projected onto, and for a slice the run and step
     /// it passes through.
     Plane(Arc<Plane>, Option<(RunId, u64)>),
@@ -320,9 +332,10 @@ impl Worker {
         let Some(mut request) = RunRequest::of(&self.compiled, def) else {
             return;
         };
-        if let Some(spec) = overrides.optimizer.clone() {
-            request.name = format!("{} · {spec}", request.name);
-            request.settings.optimizer = spec;
+        if let Some(chain) = overrides.optimizer.clone() {
+            request.name = format!("{} · {chain}", request.name);
+            request.settings.optimizer = chain.base;
+            request.settings.tricks = chain.tricks;
         }
         if let Some(dt) = overrides.dtype {
             request.name = format!("{} · {}", request.name, dt.name());
@@ -338,7 +351,7 @@ impl Worker {
                     def,
                     overrides,
                     name: run.name.clone(),
-                    optimizer: run.config.optimizer.clone(),
+                    optimizer: run.config.chain(),
                     dtype: run.dtype,
                     steps: run.config.steps,
                     grad: run.config.grad.name(),
@@ -521,13 +534,27 @@ impl Worker {
                     }
                 }
             }
-            Command::Curvature(id) => {
+            Command::Hessian(id) => {
                 self.report();
                 if let Some(s) = self.slots.iter().find(|s| s.id == id) {
-                    match s.run.curvature(50) {
-                        Ok(c) => self.send(Event::Curvature(id, s.run.step_count(), c)),
-                        Err(d) => self.send(Event::Failed(d.headline())),
+                    let step = s.run.step_count();
+                    if self.compiled.param_count() <= hessian::FULL_LIMIT {
+                        let h = s.run.hessian(None, &hessian::Options::default());
+                        let h = h.map(Arc::new).map_err(|d| d.headline());
+                        self.send(Event::Hessian(id, step, h));
+                    } else {
+                        match s.run.curvature(50) {
+                            Ok(c) => self.send(Event::Curvature(id, step, c)),
+                            Err(d) => self.send(Event::Failed(d.headline())),
+                        }
                     }
+                }
+            }
+            Command::Formula(id, param) => {
+                self.report();
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+                    let f = formula(&self.compiled, s.def, param, &s.run.param_values());
+                    self.send(Event::Formula(id, s.run.step_count(), Box::new(f)));
                 }
             }
             Command::Plane { run, kind, seed } => self.new_plane(run, kind, seed),

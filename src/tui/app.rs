@@ -14,7 +14,10 @@ use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::service::Report;
 use crate::lang::file::DType;
-use crate::load::LoadedFile;
+use crate::load::{self, LoadedFile};
+use crate::optim::catalogue::{self, Entry};
+use crate::optim::spec::{OptimizerKind, OptimizerSpec, SettingError};
+use crate::optim::tricks::ChainSpec;
 use crate::run::worker::{Command, Event, RunId};
 
 /// Everything that can happen to the app, results of the I/O it asked for included.
@@ -137,7 +140,8 @@ pub struct FileEntry {
     pub text: Option<String>,
     /// The last version that compiled (kept running when a reload is broken).
     pub compiled: Option<CompiledFile>,
-    /// The other files it reads (`[data]` CSVs): a change to one reloads it.
+    /// The other files it reads (`[data]` CSVs, the optimizer files above it): a change to one
+    /// reloads it.
     pub reads: Vec<PathBuf>,
     pub session: Option<Session>,
     /// What its last session kept over an edit, for the next one to take over.
@@ -161,14 +165,26 @@ impl FileEntry {
 
 /// Whether two paths name the same file, `./` or not.
 fn same_path(a: &Path, b: &Path) -> bool {
-    let parts = |p| Path::components(p).filter(|c| *c != std::path::Component::CurDir);
     parts(a).eq(parts(b))
+}
+
+/// Whether `path` is in folder `dir` or below it, `./` or not.
+fn under(path: &Path, dir: &Path) -> bool {
+    let mut inside = parts(path);
+    parts(dir).all(|d| inside.next() == Some(d))
+}
+
+/// The components of `p` but `.`.
+fn parts(p: &Path) -> impl Iterator<Item = std::path::Component<'_>> {
+    p.components()
+        .filter(|c| *c != std::path::Component::CurDir)
 }
 
 /// A modal dialog.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Popup {
-    /// Pick an optimizer for a new run.
+    /// Pick an optimizer for a new run, or a trick to add to the selected run's chain
+    /// (`selected`: an index into [`App::catalogue`]).
     PickOptimizer { selected: usize },
     /// Edit the spec of a new run.
     EditSpec {
@@ -186,6 +202,9 @@ pub enum Popup {
     Compare { column: usize, descending: bool },
     /// Warning `n` of the selected file in full: its diagnostic as the CLI prints it.
     Warning(usize),
+    /// The Hessian of run `run` (its spectrum and heat map, or its top eigenvalue for a large
+    /// model), scrolled down by `scroll` lines.
+    Hessian { run: RunId, scroll: u16 },
 }
 
 /// Options of the duplicate dialog for a file: each variant, then each dtype.
@@ -321,9 +340,46 @@ impl App {
         g
     }
 
+    /// A spec typed in the add-run dialog; the selected file's own optimizers may be named.
+    pub fn parse_spec(&self, text: &str) -> Result<ChainSpec, SettingError> {
+        match self.file().and_then(|f| f.compiled.as_ref()) {
+            Some(c) => c
+                .spec(text)?
+                .over(&OptimizerSpec::new(OptimizerKind::Adam), &[]),
+            None => ChainSpec::parse(text),
+        }
+    }
+
     /// The selected file.
     pub fn file(&self) -> Option<&FileEntry> {
         self.files.get(self.selected_file)
+    }
+
+    /// Everything the `o` list offers, in list order: it is drawn and chosen from this one list,
+    /// so a section added here is both.
+    pub fn catalogue(&self) -> Vec<Entry> {
+        let own = self
+            .file()
+            .and_then(|f| f.compiled.as_ref())
+            .into_iter()
+            .flat_map(|c| &c.optimizers);
+        let mut entries = catalogue::registry();
+        entries.extend(own.map(|p| Entry::own(p.clone())));
+        entries.sort_by_key(|e| e.section.rank());
+        entries
+    }
+
+    /// The chain a new run starts from: the selected run's optimizer and tricks; with no run, the
+    /// file's own (its base definition's); adam with its defaults before the file compiles.
+    pub fn current_chain(&self) -> ChainSpec {
+        if let Some(r) = self.session().and_then(|s| s.selected_run()) {
+            return r.info.optimizer.clone();
+        }
+        let base = self.file().and_then(|f| f.compiled.as_ref()?.runs.first());
+        base.map_or_else(
+            || OptimizerSpec::new(OptimizerKind::Adam).into(),
+            |d| d.settings.chain(),
+        )
     }
 
     /// The selected file's session, once started.
@@ -452,9 +508,14 @@ impl App {
     }
 
     /// What a changed path asks for: loss files under the root load again, and so do the loss
-    /// files that read it (a CSV), even when their own text did not change.
+    /// files that read it (a CSV) or may name its optimizers (an optimizer file), even when
+    /// their own text did not change.
     fn changed(&mut self, p: &Path) -> Option<Action> {
+        let serves = load::is_optimizer_file(p)
+            .then(|| load::served_by(p))
+            .flatten();
         let loss = p.extension().is_some_and(|e| e == "toml")
+            && serves.is_none()
             && (self.root.is_dir() || same_path(p, &self.root));
         if loss {
             let known = self.files.iter().find(|f| same_path(&f.path, p));
@@ -464,7 +525,10 @@ impl App {
         let readers: Vec<PathBuf> = self
             .files
             .iter_mut()
-            .filter(|f| f.reads.iter().any(|r| same_path(r, p)))
+            .filter(|f| {
+                f.reads.iter().any(|r| same_path(r, p))
+                    || serves.is_some_and(|dir| under(&f.path, dir))
+            })
             .map(|f| {
                 f.text = None;
                 f.path.clone()

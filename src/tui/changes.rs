@@ -1,9 +1,11 @@
 //! What an edit changed in a loss file, in a few words for the chart's "before the edit"
 //! legend: `eps 1e-7 → 1e-4, loss changed at line 6, dtype f32 → f16`.
 
+use std::sync::Arc;
+
 use crate::compile::data::Named;
 use crate::compile::{CompiledFile, values_f64};
-use crate::lang::file::{ConstEntry, LossFile, Setting, SettingValue, Variant};
+use crate::lang::file::{ConstEntry, LossFile, OptimizerDef, Setting, SettingValue, Variant};
 use crate::run::worker::RunInfo;
 
 /// The differences between two compiled versions of a file, joined with commas (`text
@@ -25,6 +27,7 @@ pub fn describe(old: &CompiledFile, new: &CompiledFile) -> String {
     values_changed(&mut out, "init of ", &old.params, &new.params);
     values_changed(&mut out, "data ", &old.data, &new.data);
     variants(&mut out, &a.variants, &b.variants);
+    optimizers(&mut out, &a.optimizers, &b.optimizers);
     if out.is_empty() {
         out.push("text changed".into());
     }
@@ -128,7 +131,16 @@ fn settings(out: &mut Vec<String>, prefix: &str, a: &[Setting], b: &[Setting]) {
 /// removed.
 fn values_changed(out: &mut Vec<String>, prefix: &str, a: &[Named], b: &[Named]) {
     let value = |n: &Named| format!("{:?}", values_f64(&n.value).unwrap_or_default());
-    for (k, x, y) in keyed(a, b, |n| n.name.as_str(), value) {
+    named_changes(out, prefix, keyed(a, b, |n| n.name.as_str(), value));
+}
+
+/// `prefix name changed`, `added` or `removed` for each name of `keyed` whose values differ.
+fn named_changes(
+    out: &mut Vec<String>,
+    prefix: &str,
+    keyed: Vec<(String, Option<String>, Option<String>)>,
+) {
+    for (k, x, y) in keyed {
         match (x, y) {
             (Some(x), Some(y)) if x != y => out.push(format!("{prefix}{k} changed")),
             (None, Some(_)) => out.push(format!("{prefix}{k} added")),
@@ -156,6 +168,36 @@ fn first_changed_line(a: &LossFile, b: &LossFile) -> Option<usize> {
         .find(|&i| xs.get(i).map(|l| l.trim()) != ys.get(i).map(|l| l.trim()))
         .unwrap_or(0);
     Some(b.source.line_col(b.loss.span.start).0 + i)
+}
+
+/// Optimizers of the loss language (the file's own or its folders') added, removed or written
+/// differently: their hyper-parameters, each state's initial value or the update.
+fn optimizers(out: &mut Vec<String>, a: &[Arc<OptimizerDef>], b: &[Arc<OptimizerDef>]) {
+    let written = |d: &Arc<OptimizerDef>| {
+        let text = |span: &std::ops::Range<usize>| {
+            d.source
+                .text
+                .get(span.clone())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let hyper: Vec<(&str, f64)> = d
+            .hyper
+            .iter()
+            .map(|h| (h.name.node.as_str(), h.value))
+            .collect();
+        let state: Vec<(&str, String)> = d
+            .state
+            .iter()
+            .map(|s| (s.name.node.as_str(), text(&s.init.span)))
+            .collect();
+        format!("{hyper:?} {state:?} {}", text(&d.update.span))
+    };
+    named_changes(
+        out,
+        "optimizer ",
+        keyed(a, b, |d| d.name.node.as_str(), written),
+    );
 }
 
 /// Variants added or removed, and what changed in the ones both versions have.

@@ -11,8 +11,11 @@ use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
-use crate::optim::spec::{OptimizerKind, OptimizerSpec};
+use crate::optim::catalogue::Item;
 use crate::run::worker::{Command, RunId};
+
+/// Entries `page up`/`page down` move in a long list.
+const PAGE: usize = 10;
 
 impl App {
     /// A key press: ctrl keys, then the open dialog or help, then a count digit, then the table.
@@ -77,9 +80,27 @@ impl App {
                 }
             }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
-            KeyAction::Curvature => self.run_command(run, Command::Curvature),
+            KeyAction::Hessian => {
+                if let Some((s, id)) = self.session_mut().zip(run) {
+                    if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == id) {
+                        r.hessian = None;
+                        r.curvature = None;
+                    }
+                    self.popup = Some(Popup::Hessian { run: id, scroll: 0 });
+                    self.command(Command::Hessian(id));
+                }
+            }
+            KeyAction::Formula => self.next_formula(),
             KeyAction::AddRun if self.session().is_some() => {
-                self.popup = Some(Popup::PickOptimizer { selected: 1 })
+                // Starts at the current chain's optimizer.
+                let kind = self.current_chain().base.kind();
+                let selected = self
+                    .catalogue()
+                    .iter()
+                    .position(|e| matches!(&e.item, Item::Optimizer(s) if s.kind() == kind));
+                self.popup = Some(Popup::PickOptimizer {
+                    selected: selected.unwrap_or(0),
+                })
             }
             KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
@@ -150,6 +171,30 @@ impl App {
     }
 
     /// Sends the command `make` builds for the selected run, if there is one.
+    /// `G`: the inspector's gradient formula moves on to the selected run's next param, and past
+    /// the last to none; the worker writes it and looks for its first non-finite value.
+    fn next_formula(&mut self) {
+        let Some(id) = self.selected_run_id() else {
+            return;
+        };
+        let count = self
+            .file()
+            .and_then(|f| f.compiled.as_ref())
+            .map_or(0, |c| c.params.len());
+        let Some(r) = self
+            .session_mut()
+            .and_then(|s| s.runs.iter_mut().find(|r| r.info.id == id))
+        else {
+            return;
+        };
+        let next = r.formula.as_ref().map_or(0, |(_, f)| f.param + 1);
+        if next >= count {
+            r.formula = None;
+        } else {
+            self.command(Command::Formula(id, next));
+        }
+    }
+
     fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
         if let Some(id) = run {
             self.command(make(id));
@@ -212,6 +257,19 @@ impl App {
         }
         match popup {
             Popup::Warning(_) => self.popup = None,
+            Popup::Hessian { run, scroll } => {
+                self.popup = match k.code {
+                    KeyCode::Down | KeyCode::Char('j') => Some(Popup::Hessian {
+                        run,
+                        scroll: scroll.saturating_add(1),
+                    }),
+                    KeyCode::Up | KeyCode::Char('k') => Some(Popup::Hessian {
+                        run,
+                        scroll: scroll.saturating_sub(1),
+                    }),
+                    _ => None,
+                }
+            }
             Popup::Compare { column, descending } => {
                 let n = super::compare::COLUMNS.len();
                 self.popup = match k.code {
@@ -231,28 +289,37 @@ impl App {
                     _ => Some(popup),
                 }
             }
-            Popup::PickOptimizer { selected } => match k.code {
-                KeyCode::Up | KeyCode::Char('k') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: selected.saturating_sub(1),
-                    });
-                }
-                KeyCode::Down | KeyCode::Char('j') => {
-                    self.popup = Some(Popup::PickOptimizer {
-                        selected: (selected + 1).min(OptimizerKind::ALL.len() - 1),
-                    });
-                }
-                KeyCode::Enter => {
-                    let spec = OptimizerSpec::new(OptimizerKind::ALL[selected]);
-                    self.popup = Some(Popup::EditSpec {
-                        text: LineEdit::new(spec.to_string()),
-                        error: None,
-                    });
-                }
-                _ => {}
-            },
+            Popup::PickOptimizer { selected } => {
+                let entries = self.catalogue();
+                let last = entries.len().saturating_sub(1);
+                let to = match k.code {
+                    KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+                    KeyCode::Down | KeyCode::Char('j') => selected + 1,
+                    KeyCode::PageUp => selected.saturating_sub(PAGE),
+                    KeyCode::PageDown => selected + PAGE,
+                    KeyCode::Home | KeyCode::Char('g') => 0,
+                    KeyCode::End | KeyCode::Char('G') => last,
+                    KeyCode::Enter => {
+                        let current = self.current_chain();
+                        let spec = entries.get(selected).map(|e| e.chosen(&current));
+                        let spec = spec.unwrap_or_default();
+                        // A trick the chain cannot take (one it has, a second precision
+                        // trick) says why at once, for the user to edit.
+                        let error = self.parse_spec(&spec).err().map(|e| e.to_string());
+                        self.popup = Some(Popup::EditSpec {
+                            text: LineEdit::new(spec),
+                            error,
+                        });
+                        return;
+                    }
+                    _ => selected,
+                };
+                self.popup = Some(Popup::PickOptimizer {
+                    selected: to.min(last),
+                });
+            }
             Popup::EditSpec { mut text, .. } => match k.code {
-                KeyCode::Enter => match OptimizerSpec::parse(text.text()) {
+                KeyCode::Enter => match self.parse_spec(text.text()) {
                     Ok(spec) => {
                         let def = self
                             .session()

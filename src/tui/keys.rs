@@ -30,7 +30,8 @@ pub enum KeyAction {
     Remove,
     ClearBefore,
     Gradcheck,
-    Curvature,
+    Hessian,
+    Formula,
     NextFocus,
     PreviousFocus,
     Down,
@@ -194,7 +195,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('o')],
         A::AddRun,
-        "add a run with another optimizer",
+        "add a run with another optimizer or one more trick",
         Some("add"),
     ),
     bind(
@@ -229,8 +230,14 @@ pub const BINDINGS: &[Binding] = &[
     ),
     bind(
         &[ch('h')],
-        A::Curvature,
-        "top Hessian eigenvalue λ and the largest stable lr 2/λ",
+        A::Hessian,
+        "the Hessian: spectrum, heat map; top λ past 2,000 params",
+        None,
+    ),
+    bind(
+        &[ch('G')],
+        A::Formula,
+        "inspector: the next param's gradient as a formula (then none)",
         None,
     ),
     bind(

@@ -10,6 +10,9 @@ use super::app::{App, Tab};
 /// Smallest terminal gradscope draws its panels in.
 pub const MIN_SIZE: (u16, u16) = (40, 12);
 
+/// The inspector's width, borders included, on terminals wide enough to show it.
+pub const INSPECTOR_WIDTH: u16 = 34;
+
 /// Where each panel goes for a terminal of size `area`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Areas {
@@ -40,7 +43,11 @@ pub fn layout(app: &App, area: Rect) -> Areas {
     // terminal (18 to 34 columns) up to a third of it.
     let least = (area.width / 4).clamp(18, 34);
     let left_w = (losses_width(app) + 2).clamp(least, least.max(area.width / 3));
-    let right_w = if area.width >= 110 { 34 } else { 0 };
+    let right_w = if area.width >= 110 {
+        INSPECTOR_WIDTH
+    } else {
+        0
+    };
     let [left, centre, right] = Layout::horizontal([
         Constraint::Length(left_w),
         Constraint::Min(20),

@@ -136,7 +136,19 @@ fn event_loop(
 ) -> anyhow::Result<()> {
     let (tx, rx) = channel();
     let (root, typed) = watched(path);
-    let _watcher = watch(&root, tx.clone());
+    let mut watcher = watch(&root, tx.clone());
+    let mut folders = vec![(root.clone(), typed.clone())];
+    // The `optimizers/` folders above the watched one serve its loss files too.
+    for dir in crate::load::optimizer_dirs(&typed) {
+        let Ok(canonical) = dir.canonicalize() else {
+            continue;
+        };
+        if let Some(w) = watcher.as_mut().filter(|_| !canonical.starts_with(&root))
+            && w.watch(&dir, RecursiveMode::NonRecursive).is_ok()
+        {
+            folders.push((canonical, dir));
+        }
+    }
     let mut app = App::open(path, tx);
     app.out_dir = out_dir.map(Path::to_path_buf);
     let size = terminal.size()?;
@@ -167,24 +179,24 @@ fn event_loop(
         if TERMINATE.load(Ordering::SeqCst) {
             return Ok(());
         }
-        drain(&mut app, &rx, &mut changed, (&root, &typed));
+        drain(&mut app, &rx, &mut changed, &folders);
         app.handle(Msg::Tick);
     }
 }
 
 /// Feeds worker events in, and file changes once they have been quiet for 150 ms (editors
-/// write a file in several steps). `watched` is the watched folder, canonical and as typed.
+/// write a file in several steps). `watched` are the watched folders, canonical and as typed.
 fn drain(
     app: &mut App,
     rx: &Receiver<Msg>,
     changed: &mut Vec<(PathBuf, Instant)>,
-    watched: (&Path, &Path),
+    watched: &[(PathBuf, PathBuf)],
 ) {
     let started = Instant::now();
     while let Ok(m) = rx.try_recv() {
         match m {
             Msg::FileChanged(p) => {
-                let p = relative_to(&p, watched.0, watched.1);
+                let p = as_typed(&p, watched);
                 changed.retain(|(q, _)| q != &p);
                 changed.push((p, Instant::now()));
             }
@@ -205,13 +217,13 @@ fn drain(
     }
 }
 
-/// Watcher paths are absolute; the app's are as the user typed them (`dir` is the watched
-/// folder so typed, `canonical` the same folder as the watcher names it).
-fn relative_to(p: &Path, canonical: &Path, dir: &Path) -> PathBuf {
-    match p.strip_prefix(canonical) {
-        Ok(rest) => dir.join(rest),
-        Err(_) => p.to_path_buf(),
-    }
+/// Watcher paths are absolute; the app's are as the user typed them (`watched` holds each
+/// watched folder as the watcher names it, canonical, and as typed).
+fn as_typed(p: &Path, watched: &[(PathBuf, PathBuf)]) -> PathBuf {
+    watched
+        .iter()
+        .find_map(|(canonical, dir)| Some(dir.join(p.strip_prefix(canonical).ok()?)))
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 /// Suspends the TUI, runs `$EDITOR` on `file`, and resumes.

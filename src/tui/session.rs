@@ -1,6 +1,7 @@
 //! One loss file's live state: its runs as the worker reports them (applying each worker
 //! event), the warnings log, the landscape view, and the threads that step and draw it.
 
+use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -12,8 +13,10 @@ use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
 use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::compile::hessian::Hessian;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
+use crate::optim::tricks::ChainSpec;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
 use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo, RunPlan};
@@ -61,6 +64,10 @@ pub struct RunView {
     pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
     /// The last curvature estimate and its step.
     pub curvature: Option<(u64, crate::compile::curvature::Curvature)>,
+    /// The gradient formula of one of its params (`G`), and the step it was looked at.
+    pub formula: Option<(u64, Box<crate::compile::backward::Formula>)>,
+    /// The last whole Hessian and its step, or why there is none.
+    pub hessian: Option<(u64, Result<Arc<Hessian>, String>)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
@@ -241,6 +248,8 @@ impl Session {
                     first_nonfinite: None,
                     gradcheck: None,
                     curvature: None,
+                    formula: None,
+                    hessian: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
                     link: Link::Live,
@@ -345,6 +354,16 @@ impl Session {
             Event::Curvature(rid, step, c) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.curvature = Some((step, c));
+                }
+            }
+            Event::Formula(rid, step, f) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.formula = Some((step, f));
+                }
+            }
+            Event::Hessian(rid, step, h) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.hessian = Some((step, h));
                 }
             }
             Event::Plane(p, at) => {
@@ -484,6 +503,18 @@ impl Session {
                 gone.extend(variant.map(str::to_string));
                 continue;
             };
+            // An optimizer the file writes itself runs as its new version, if it still has one.
+            let optimizer = r.info.overrides.optimizer.as_ref().map(|o| {
+                new.rebind(&o.base).map(|base| ChainSpec {
+                    base,
+                    tricks: o.tricks.clone(),
+                })
+            });
+            if let Some(None) = optimizer {
+                r.link = Link::Gone;
+                continue;
+            }
+            r.info.overrides.optimizer = optimizer.flatten();
             plan.push(RunPlan {
                 def,
                 overrides: r.info.overrides.clone(),
@@ -516,6 +547,8 @@ impl Session {
             r.first_nonfinite = None;
             r.gradcheck = None;
             r.curvature = None;
+            r.formula = None;
+            r.hessian = None;
             r.path = Decimated::new(PATH_POINTS);
         }
         gone.dedup();

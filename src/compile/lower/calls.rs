@@ -231,9 +231,19 @@ impl Lowerer {
                 self.emit(Op::ArgReduce { axis, max }, vec![x], s, span)
             }
             Builtin::OneHot => self.one_hot(regs[0], regs[1], args, span),
+            Builtin::Put => self.put(&regs, args, span),
+            Builtin::Pad => self.pad(&regs, args, span),
             Builtin::Stack | Builtin::Concat => self.join(f, &regs, args, join_axis, span),
             Builtin::Reshape => self.reshape(&regs, args, span),
             Builtin::Transpose => self.transpose(regs[0], span),
+            // Only the shape of `x` matters, so the result is known now (and carries no gradient).
+            Builtin::ZerosLike | Builtin::OnesLike => {
+                let fill = if f == Builtin::ZerosLike { 0.0 } else { 1.0 };
+                let dims = self.shape(regs[0]).dims().to_vec();
+                let t = Tensor::full(fill, dims, &Device::Cpu)
+                    .map_err(|e| self.fail(e.to_string(), span, None))?;
+                self.constant(t, span)
+            }
             Builtin::Zeros
             | Builtin::Ones
             | Builtin::Randn
@@ -376,6 +386,70 @@ impl Lowerer {
         let mut dims = self.shape(labels).0.clone();
         dims.push(n);
         self.emit(Op::OneHot { n }, vec![labels], Shape(dims), span)
+    }
+
+    /// `put(x, i, n, axis)`: a new axis of length `n` at `axis` (default 0) holding `x` at index
+    /// `i` and zeros elsewhere; the gradient of `t[..., i, ...]` written out.
+    fn put(&mut self, regs: &[Reg], args: &[Expr], span: &Span) -> Lowered {
+        let x = regs[0];
+        let i = self.int_arg(regs[1], &args[1].span, "put's index")?;
+        let n = self.int_arg(regs[2], &args[2].span, "put's length")?;
+        if n < 1 || !(0..n).contains(&i) {
+            return Err(self.fail(
+                format!("put's index {i} is not in 0..{n}"),
+                &args[1].span,
+                Some("put(x, i, n) places x at index i of a new axis of length n".into()),
+            ));
+        }
+        let s = self.shape(x).clone();
+        let axis = match regs.get(3) {
+            Some(&a) => self.axis_in(a, s.rank() + 1, &format!("`put` of {s}"), &args[3].span)?,
+            None => 0,
+        };
+        let mut dims = s.0.clone();
+        dims.insert(axis, 1);
+        let column = self.emit(Op::Reshape, vec![x], Shape(dims.clone()), span)?;
+        dims[axis] = n as usize;
+        let pad = Op::Pad {
+            axis,
+            before: i as usize,
+            after: (n - 1 - i) as usize,
+        };
+        self.emit(pad, vec![column], Shape(dims), span)
+    }
+
+    /// `pad(x, before, after, axis)`: `before` zeros ahead of `x` along `axis` (default 0) and
+    /// `after` behind it; the gradient of a slice written out.
+    fn pad(&mut self, regs: &[Reg], args: &[Expr], span: &Span) -> Lowered {
+        let x = regs[0];
+        let s = self.shape(x).clone();
+        if s.is_scalar() {
+            return Err(self.fail(
+                "`pad` extends an existing axis, but this is a scalar",
+                &args[0].span,
+                Some("put(x, i, n) makes a new axis".into()),
+            ));
+        }
+        let mut sizes = [0usize; 2];
+        for (k, what) in [(1, "pad's before"), (2, "pad's after")] {
+            let v = self.int_arg(regs[k], &args[k].span, what)?;
+            if v < 0 {
+                return Err(self.fail(format!("{what} is negative: {v}"), &args[k].span, None));
+            }
+            sizes[k - 1] = v as usize;
+        }
+        let axis = match regs.get(3) {
+            Some(&a) => self.axis_arg(x, a, &args[3].span)?,
+            None => 0,
+        };
+        let mut dims = s.0.clone();
+        dims[axis] = dims[axis].saturating_add(sizes[0]).saturating_add(sizes[1]);
+        let pad = Op::Pad {
+            axis,
+            before: sizes[0],
+            after: sizes[1],
+        };
+        self.emit(pad, vec![x], Shape(dims), span)
     }
 
     /// `stack(...)` (along a new axis) and `concat(...)` (along an existing one); `axis` is the

@@ -11,9 +11,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod calls;
+mod lines;
 mod metrics;
+mod update;
 
 pub use metrics::VariantLoss;
+pub use update::{INIT_HYPER, Lowered as LoweredUpdate, UPDATE_HYPER};
 
 use super::plan::{Binary, Compare, Instr, Op, Plan, Reg, Unary, apply};
 use super::shape::{self, MAX_ELEMENTS, Shape};
@@ -29,6 +32,12 @@ pub enum Kind {
     Param,
     Const,
     Local,
+    /// A hyper-parameter of an optimizer written in the loss language.
+    Hyper,
+    /// A value every update is given: `p`, `g`, `lr`, `t`, `gnorm`, `step_loss`.
+    Given,
+    /// What such an optimizer keeps per param; its update may assign it.
+    State,
 }
 
 impl Kind {
@@ -38,6 +47,9 @@ impl Kind {
             Kind::Param => "a param",
             Kind::Const => "a const",
             Kind::Local => "a name defined in this program",
+            Kind::Hyper => "a hyper-parameter",
+            Kind::Given => "a value every update is given",
+            Kind::State => "a state of this optimizer",
         }
     }
 }
@@ -313,8 +325,16 @@ impl Lowerer {
 
     /// Keeps only the instructions the output needs.
     fn finish(&self, output: Reg) -> Plan {
+        self.finish_all(&[output]).0
+    }
+
+    /// Keeps only the instructions the `outputs` need: a plan whose output is the first, and
+    /// where each of them is in it.
+    fn finish_all(&self, outputs: &[Reg]) -> (Plan, Vec<Reg>) {
         let mut live = vec![false; self.instrs.len()];
-        live[output] = true;
+        for &o in outputs {
+            live[o] = true;
+        }
         for k in (0..self.instrs.len()).rev() {
             if live[k] {
                 for &a in &self.instrs[k].args {
@@ -332,10 +352,12 @@ impl Lowerer {
                 instrs.push(instr);
             }
         }
-        Plan {
+        let outputs: Vec<Reg> = outputs.iter().map(|&o| new_index[o]).collect();
+        let plan = Plan {
             instrs,
-            output: new_index[output],
-        }
+            output: outputs[0],
+        };
+        (plan, outputs)
     }
 
     fn expr(&mut self, e: &Expr) -> Lowered {

@@ -1,7 +1,8 @@
 //! The checker: TOML in, a [`LossFile`] out, every problem a diagnostic on its span. Keys,
 //! entries, names, numbers, programs and data values here; variants and `[optimizer]` settings in
-//! [`settings`].
+//! [`settings`]; `[optimizers.NAME]` tables and files of `optimizers/` folders in [`optimizers`].
 
+mod optimizers;
 mod settings;
 
 use std::path::PathBuf;
@@ -9,12 +10,16 @@ use std::sync::Arc;
 
 use toml::de::{DeTable, DeValue};
 
+pub(super) use optimizers::check_optimizer_file;
+
 use super::{
     ArrayFile, ArrayFormat, ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile,
-    MetricEntry, ParamEntry, Setting, SettingValue, Variant, is_identifier, string_offsets,
+    MetricEntry, OptimizerDef, ParamEntry, ParamTable, Setting, SettingValue, Variant,
+    is_identifier, string_offsets,
 };
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
+use crate::lang::lexer::OffsetMap;
 use crate::lang::parser::{ParseError, parse_expr, parse_program};
 
 const TOP_KEYS: &[&str] = &[
@@ -30,6 +35,7 @@ const TOP_KEYS: &[&str] = &[
     "variants",
     "functions",
     "metrics",
+    "optimizers",
 ];
 const SCALAR_TOP_KEYS: &[&str] = &["name", "about", "seed", "dtype", "loss"];
 const VARIANT_KEYS: &[&str] = &[
@@ -42,9 +48,10 @@ const VARIANT_KEYS: &[&str] = &[
     "grad",
     "loss_scale",
     "accumulate",
+    "tricks",
 ];
 /// Run settings a variant may also give as its own keys.
-const VARIANT_RUN_KEYS: &[&str] = &["grad", "loss_scale", "accumulate"];
+const VARIANT_RUN_KEYS: &[&str] = &["grad", "loss_scale", "accumulate", "tricks"];
 /// The keys of a file source in `[data]` or `[params]`.
 const SOURCE_KEYS: &[&str] = &["csv", "columns", "npy", "npz", "safetensors", "key"];
 /// The keys that name a source's file, one per format.
@@ -64,12 +71,14 @@ pub(super) struct Checked {
     pub diags: Vec<Diagnostic>,
 }
 
-/// Checks a loss file's text.
-pub(super) fn check(source: &Arc<SourceFile>) -> Checked {
+/// Checks a loss file's text; `inherited` are the optimizers of the `optimizers/` folders above
+/// it, which it may name.
+pub(super) fn check(source: &Arc<SourceFile>, inherited: &[Arc<OptimizerDef>]) -> Checked {
     let mut cx = Checker {
         source: Arc::clone(source),
         name: None,
         diags: Vec::new(),
+        optimizers: inherited.to_vec(),
     };
     let file = cx.file();
     let file = file.filter(|_| !cx.diags.iter().any(Diagnostic::is_error));
@@ -85,6 +94,8 @@ struct Checker {
     /// The file's `name`, kept even when the file has errors.
     name: Option<String>,
     diags: Vec<Diagnostic>,
+    /// The optimizers written in the loss language that settings may name.
+    optimizers: Vec<Arc<OptimizerDef>>,
 }
 
 impl Checker {
@@ -101,13 +112,7 @@ impl Checker {
             Some(DeValue::String(s)) => Some(s.to_string()),
             _ => None,
         };
-        for e in toml_errors {
-            let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            self.error(format!("invalid TOML: {msg}"), span).help =
-                Some("see https://toml.io for the syntax".into());
-        }
-        if self.diags.iter().any(Diagnostic::is_error) {
+        if !self.toml_errors(toml_errors) {
             return None;
         }
         let root = root.into_inner();
@@ -173,11 +178,18 @@ impl Checker {
             _ => {}
         }
         self.check_duplicate_names(&data, &consts, &params);
-        let optimizer = root
+        if let Some(v) = root.get("optimizers") {
+            let own: Vec<Arc<OptimizerDef>> =
+                self.optimizers(v).into_iter().map(Arc::new).collect();
+            self.optimizers
+                .retain(|i| !own.iter().any(|o| o.name.node == i.name.node));
+            self.optimizers.splice(0..0, own);
+        }
+        let (optimizer, param_settings, kind) = root
             .get("optimizer")
-            .map(|v| self.settings(v, "[optimizer]"))
+            .map(|v| self.optimizer(v, "[optimizer]", &params, None))
             .unwrap_or_default();
-        let variants = self.variants(root.get("variants"), &consts);
+        let variants = self.variants(root.get("variants"), &consts, &params, kind);
         let functions = root
             .get("functions")
             .map(|v| self.functions(v))
@@ -197,10 +209,23 @@ impl Checker {
             consts,
             params,
             optimizer,
+            param_settings,
             variants,
             functions,
             metrics,
+            optimizers: std::mem::take(&mut self.optimizers),
         })
+    }
+
+    /// Reports TOML's syntax errors; whether there were none.
+    fn toml_errors(&mut self, errors: Vec<toml::de::Error>) -> bool {
+        for e in errors {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().to_string();
+            self.error(format!("invalid TOML: {msg}"), span).help =
+                Some("see https://toml.io for the syntax".into());
+        }
+        !self.diags.iter().any(Diagnostic::is_error)
     }
 
     fn functions(&mut self, v: &Value) -> Vec<FunctionDef> {
@@ -475,9 +500,19 @@ impl Checker {
     }
 
     fn program(&mut self, v: &Value) -> Option<Spanned<Program>> {
-        let (text, span) = self.string(v, "`loss`")?;
+        self.parsed(v, "`loss`", parse_program)
+    }
+
+    /// A program in a string, read by `parse`; `what` names the key for errors.
+    fn parsed(
+        &mut self,
+        v: &Value,
+        what: &str,
+        parse: fn(&str, &OffsetMap) -> Result<Program, Vec<ParseError>>,
+    ) -> Option<Spanned<Program>> {
+        let (text, span) = self.string(v, what)?;
         let map = string_offsets(&self.source.text, span.clone(), &text);
-        match parse_program(&text, &map) {
+        match parse(&text, &map) {
             Ok(p) => Some(Spanned::new(p, span)),
             Err(errors) => {
                 self.parse_errors(errors);

@@ -159,6 +159,14 @@ pub struct Setting {
     pub value: Spanned<SettingValue>,
 }
 
+/// An `[optimizer.params.NAME]` table: one param's own hyper-parameters and `lr_scale`.
+#[derive(Debug, Clone)]
+pub struct ParamTable {
+    /// The param it is for.
+    pub param: Spanned<String>,
+    pub settings: Vec<Setting>,
+}
+
 /// A named alternative run: overrides of the loss, consts, dtype or optimizer.
 #[derive(Debug, Clone)]
 pub struct Variant {
@@ -168,6 +176,8 @@ pub struct Variant {
     pub consts: Vec<ConstEntry>,
     pub dtype: Option<DType>,
     pub optimizer: Vec<Setting>,
+    /// Its `[variants.optimizer.params.NAME]` tables, laid over the file's key by key.
+    pub param_settings: Vec<ParamTable>,
 }
 
 /// A parsed, schema-checked loss file.
@@ -183,10 +193,80 @@ pub struct LossFile {
     pub consts: Vec<ConstEntry>,
     pub params: Vec<ParamEntry>,
     pub optimizer: Vec<Setting>,
+    /// The `[optimizer.params.NAME]` tables, in file order.
+    pub param_settings: Vec<ParamTable>,
     pub variants: Vec<Variant>,
     pub functions: Vec<FunctionDef>,
     /// Named expressions every run evaluates beside its loss, in file order.
     pub metrics: Vec<MetricEntry>,
+    /// Every optimizer written in the loss language that it may name: its own
+    /// `[optimizers.NAME]` tables, then those of the `optimizers/` folders above it that it
+    /// does not shadow, nearest first.
+    pub optimizers: Vec<Arc<OptimizerDef>>,
+}
+
+/// The names an update is given besides its hyper-parameters and state, with what each is.
+pub const UPDATE_INPUTS: &[(&str, &str)] = &[
+    ("p", "the param"),
+    ("g", "the param's gradient"),
+    ("lr", "the learning rate after the schedule"),
+    ("t", "the 1-based update count"),
+    ("gnorm", "the global gradient norm"),
+    ("step_loss", "the loss at this step"),
+];
+
+/// An `[optimizers.NAME]` table: an optimizer written in the loss language.
+#[derive(Debug, Clone)]
+pub struct OptimizerDef {
+    /// The file it is written in: a loss file, or a file of an `optimizers/` folder.
+    pub source: Arc<SourceFile>,
+    pub name: Spanned<String>,
+    pub about: Option<String>,
+    /// Hyper-parameters with their defaults, in the order written; `lr` is one of them.
+    pub hyper: Vec<HyperDef>,
+    /// What it keeps per param between updates, with each one's initial value.
+    pub state: Vec<StateDef>,
+    /// Lines that update the state or name locals; the last is the param's new value.
+    pub update: Spanned<Program>,
+}
+
+/// A hyper-parameter of an [`OptimizerDef`] and its default.
+#[derive(Debug, Clone)]
+pub struct HyperDef {
+    pub name: Spanned<String>,
+    pub value: f64,
+}
+
+/// A state of an [`OptimizerDef`]: its name and initial value, an expression in `p` and the
+/// hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct StateDef {
+    pub name: Spanned<String>,
+    pub init: Expr,
+}
+
+impl OptimizerDef {
+    /// What specs and settings see of it.
+    pub fn signature(&self) -> crate::optim::custom::Signature {
+        crate::optim::custom::Signature {
+            name: self.name.node.clone(),
+            about: self.about.clone().unwrap_or_default(),
+            hyper: self
+                .hyper
+                .iter()
+                .map(|h| (h.name.node.clone(), h.value))
+                .collect(),
+        }
+    }
+}
+
+/// A file of an `optimizers/` folder, read and checked: only `[optimizers.NAME]` tables.
+pub struct OptimizerFile {
+    /// The optimizers that checked without error.
+    pub optimizers: Vec<Arc<OptimizerDef>>,
+    pub diagnostics: Vec<Diagnostic>,
+    /// The text as read, when it could be.
+    pub source: Option<Arc<SourceFile>>,
 }
 
 /// A `[functions.NAME]` entry: a function with its own gradient, for what autodiff cannot or
@@ -238,14 +318,17 @@ pub struct Loaded {
 
 /// Reads and checks a loss file. Never panics on any input.
 pub fn load(path: &Path) -> Loaded {
-    match std::fs::read(path) {
-        Ok(bytes) => load_bytes(path, bytes),
-        Err(e) => Loaded {
+    load_with(path, &[])
+}
+
+/// [`load`], with `inherited` (the optimizers of the `optimizers/` folders above it) nameable.
+pub fn load_with(path: &Path, inherited: &[Arc<OptimizerDef>]) -> Loaded {
+    match read(path) {
+        Ok(bytes) => load_bytes_with(path, bytes, inherited),
+        Err(d) => Loaded {
             file: None,
             name: None,
-            diagnostics: vec![
-                Diagnostic::error(format!("cannot read {}: {e}", path.display())).in_file(path),
-            ],
+            diagnostics: vec![d],
             source: None,
         },
     }
@@ -253,8 +336,67 @@ pub fn load(path: &Path) -> Loaded {
 
 /// Checks a loss file's contents as if read from `path`.
 pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Loaded {
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
+    load_bytes_with(path, bytes, &[])
+}
+
+/// [`load_bytes`], with `inherited` (the optimizers of the `optimizers/` folders above it)
+/// nameable.
+pub fn load_bytes_with(path: &Path, bytes: Vec<u8>, inherited: &[Arc<OptimizerDef>]) -> Loaded {
+    let (source, not_utf8) = decode(path, bytes);
+    if let Some(d) = not_utf8 {
+        return Loaded {
+            file: None,
+            name: None,
+            diagnostics: vec![d],
+            source: Some(source),
+        };
+    }
+    let checked = check::check(&source, inherited);
+    Loaded {
+        file: checked.file,
+        name: checked.name,
+        diagnostics: checked.diags,
+        source: Some(source),
+    }
+}
+
+/// Reads and checks a file of an `optimizers/` folder: `[optimizers.NAME]` tables only.
+pub fn load_optimizers(path: &Path) -> OptimizerFile {
+    let (source, not_utf8) = match read(path) {
+        Ok(bytes) => decode(path, bytes),
+        Err(d) => {
+            return OptimizerFile {
+                optimizers: Vec::new(),
+                diagnostics: vec![d],
+                source: None,
+            };
+        }
+    };
+    if let Some(d) = not_utf8 {
+        return OptimizerFile {
+            optimizers: Vec::new(),
+            diagnostics: vec![d],
+            source: Some(source),
+        };
+    }
+    let (optimizers, diagnostics) = check::check_optimizer_file(&source);
+    OptimizerFile {
+        optimizers: optimizers.into_iter().map(Arc::new).collect(),
+        diagnostics,
+        source: Some(source),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, Diagnostic> {
+    std::fs::read(path).map_err(|e| {
+        Diagnostic::error(format!("cannot read {}: {e}", path.display())).in_file(path)
+    })
+}
+
+/// The text of `bytes` (as far as it can be read), and why it is not UTF-8 when it is not.
+fn decode(path: &Path, bytes: Vec<u8>) -> (Arc<SourceFile>, Option<Diagnostic>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (SourceFile::new(path, text), None),
         Err(e) => {
             let at = e.utf8_error().valid_up_to();
             let source = SourceFile::new(path, String::from_utf8_lossy(e.as_bytes()).into_owned());
@@ -262,21 +404,8 @@ pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Loaded {
                 .at(&source, at..at + 1)
                 .label("this byte is not UTF-8")
                 .help("save the file as UTF-8");
-            return Loaded {
-                file: None,
-                name: None,
-                diagnostics: vec![d],
-                source: Some(source),
-            };
+            (source, Some(d))
         }
-    };
-    let source = SourceFile::new(path, text);
-    let checked = check::check(&source);
-    Loaded {
-        file: checked.file,
-        name: checked.name,
-        diagnostics: checked.diags,
-        source: Some(source),
     }
 }
 

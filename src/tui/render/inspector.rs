@@ -7,6 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use super::panel;
+use crate::compile::backward::Formula;
 use crate::format::{fmt_num, fmt_short};
 use crate::run::history::flags;
 use crate::run::worker::{ParamStats, TensorStats};
@@ -127,11 +128,55 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             fmt_num(c.lambda)
         )));
     }
+    if let Some((step, Ok(h))) = &r.hessian {
+        lines.push(Line::from(format!(
+            "Hessian @{step}: λ {} … {}  {} neg",
+            fmt_short(h.lambda_min()),
+            fmt_short(h.lambda_max()),
+            h.inertia().negative
+        )));
+    }
+    if let Some((step, f)) = &r.formula {
+        formula_lines(&mut lines, *step, f);
+    }
     lines.push(Line::from(""));
     for p in &r.params {
         param_lines(&mut lines, p);
     }
     lines
+}
+
+/// A param's gradient as the program `gradscope grad` writes, each line wrapped to the panel,
+/// and where its first non-finite value is at the step it was looked at.
+fn formula_lines(lines: &mut Vec<Line<'static>>, step: u64, f: &Formula) {
+    let inner = usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2);
+    lines.push(Line::from(""));
+    lines.push(Line::styled(
+        format!("∇{} as a formula @{step}", f.name),
+        Style::new().bold(),
+    ));
+    let mut wrapped = |text: &str, style: Style| {
+        let chars: Vec<char> = text.chars().collect();
+        for (i, r) in super::warnings::wrap(text, inner - 4)
+            .into_iter()
+            .enumerate()
+        {
+            let indent = if i == 0 { "  " } else { "    " };
+            let part: String = chars[r].iter().collect();
+            lines.push(Line::styled(format!("{indent}{part}"), style));
+        }
+    };
+    match &f.lines {
+        Ok(program) => {
+            for l in program {
+                wrapped(l, Style::new());
+            }
+        }
+        Err(why) => wrapped(why, Style::new().fg(Color::Yellow)),
+    }
+    if let Some(place) = &f.nonfinite {
+        wrapped(&place.summary(), Style::new().fg(Color::Red));
+    }
 }
 
 /// One param at θ_k: its shape, then every value beside its gradient when it is small, or a

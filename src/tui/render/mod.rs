@@ -14,6 +14,7 @@
 
 mod chart;
 mod diagnostics;
+mod hessian;
 mod inspector;
 mod landscape;
 mod lists;

@@ -1,12 +1,12 @@
 //! What draws over the panels: the help and the dialogs.
 
 use ratatui::Frame;
-use ratatui::layout::Rect;
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap};
 
-use crate::optim::spec::OptimizerKind;
+use crate::optim::catalogue::{Item, by_section};
 use crate::tui::app::{App, Popup, duplicate_choices};
 use crate::tui::compare;
 use crate::tui::keys::{BINDINGS, Binding};
@@ -144,6 +144,123 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
     );
 }
 
+/// The widest the optimizer list grows, to show more of each optimizer's defaults.
+const LIST_WIDTH: u16 = 100;
+
+/// The fewest columns worth showing a doc in, beside the defaults.
+const DOC_MIN: usize = 20;
+
+/// The widest of `texts`, in characters.
+fn widest(texts: impl Iterator<Item = String>) -> usize {
+    texts.map(|t| t.chars().count()).max().unwrap_or(0)
+}
+
+/// `text` cut to `width` characters, the cut marked with `…`.
+fn fit(text: &str, width: usize) -> String {
+    match text.chars().count() <= width {
+        true => text.to_string(),
+        false => {
+            let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+            format!("{kept}…")
+        }
+    }
+}
+
+/// Every optimizer and trick under its section's heading, each with its defaults (and its doc
+/// where they leave room), scrolled to keep the selected one (`selected`, in list order) in
+/// view; below, its doc and the keys.
+///
+/// ```text
+/// ┌Add a run: an optimizer, or a trick after the run's spe┐
+/// │torch.optim                                            │
+/// │  sgd      lr=0.001, momentum=0, dampening=0, …        │
+/// │  adam     lr=0.001, beta1=0.9, beta2=0.999, …         │  ← selected, reversed
+/// │modern                                                 │
+/// │  …                                                    │
+/// │tricks                                                 │
+/// │  agc      clipping=0.01, eps=0.001  Adaptive gradient…│
+/// │───────────────────────────────────────────────────────│
+/// │Adam: bias-corrected first and second moment …         │
+/// │↑↓ pgup pgdn home end move · enter edits the spec · esc│
+/// └───────────────────────────────────────────────────────┘
+/// ```
+fn optimizers(f: &mut Frame, app: &App, selected: usize, area: Rect) {
+    let entries = app.catalogue();
+    let width = LIST_WIDTH
+        .min(area.width.saturating_sub(4))
+        .max(DIALOG_WIDTH.min(area.width));
+    let inner = width.saturating_sub(2) as usize;
+    let name_w = entries.iter().map(|e| e.name().len()).max().unwrap_or(0);
+    let mut items = Vec::new();
+    let mut list_index = None;
+    let mut n = 0;
+    for (section, members) in by_section(&entries) {
+        items.push(ListItem::new(Line::styled(
+            section.title(),
+            Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+        )));
+        let defaults_w = widest(members.iter().map(|e| e.defaults()));
+        // A column of docs where the section's defaults leave room for one (the tricks').
+        let doc_at = name_w + defaults_w + 6;
+        let docs = inner >= doc_at + DOC_MIN;
+        for e in members {
+            if n == selected {
+                list_index = Some(items.len());
+            }
+            n += 1;
+            let line = match docs {
+                true => Line::from(vec![
+                    Span::raw(format!(
+                        "  {:<name_w$}  {:<defaults_w$}  ",
+                        e.name(),
+                        e.defaults()
+                    )),
+                    Span::styled(
+                        fit(&e.doc, inner - doc_at),
+                        Style::new().fg(Color::DarkGray),
+                    ),
+                ]),
+                false => {
+                    let line = format!("  {:<name_w$}  {}", e.name(), e.defaults());
+                    Line::from(fit(line.trim_end(), inner))
+                }
+            };
+            items.push(ListItem::new(line));
+        }
+    }
+    let chosen = entries.get(selected);
+    let doc = chosen.map_or("", |e| e.doc.as_str());
+    let keys = match chosen.map(|e| &e.item) {
+        Some(Item::Trick(_)) => {
+            "↑↓ pgup pgdn home end move · enter adds it to the run's spec · esc cancels"
+        }
+        _ => "↑↓ pgup pgdn home end move · enter edits the spec · esc cancels",
+    };
+    let footer = vec![
+        Line::styled("─".repeat(inner), Style::new().fg(Color::DarkGray)),
+        Line::from(fit(doc, inner)),
+        Line::styled(fit(keys, inner), Style::new().fg(Color::DarkGray)),
+    ];
+    let height = (items.len() + footer.len() + 2) as u16;
+    let r = centered(
+        area,
+        width,
+        height.min(area.height.saturating_sub(2).max(3)),
+    );
+    f.render_widget(Clear, r);
+    let block = Block::bordered()
+        .title("Add a run: an optimizer, or a trick after the run's spec")
+        .border_style(Style::new().fg(Color::Cyan));
+    let body = block.inner(r);
+    f.render_widget(block, r);
+    let [list_area, footer_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(footer.len() as u16)]).areas(body);
+    let list = List::new(items).highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = ListState::default().with_selected(list_index);
+    f.render_stateful_widget(list, list_area, &mut state);
+    f.render_widget(Paragraph::new(footer), footer_area);
+}
+
 /// The width of the dialogs (less on a narrow terminal).
 const DIALOG_WIDTH: u16 = 60;
 
@@ -174,17 +291,13 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let inner = DIALOG_WIDTH.min(area.width).saturating_sub(2) as usize;
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
         Popup::Warning(n) => return warning(f, app, *n, area),
+        Popup::Hessian { run, scroll } => {
+            return super::hessian::render(f, app, *run, *scroll, area);
+        }
         Popup::Compare { column, descending } => {
             return compare(f, app, *column, *descending, area);
         }
-        Popup::PickOptimizer { selected } => (
-            "Add a run: optimizer",
-            OptimizerKind::ALL
-                .iter()
-                .map(|k| Line::from(k.name()))
-                .collect(),
-            Some(*selected),
-        ),
+        Popup::PickOptimizer { selected } => return optimizers(f, app, *selected, area),
         Popup::EditSpec { text, error } => (
             "Add a run: edit the spec",
             field(

@@ -3,17 +3,80 @@
 use toml::de::{DeTable, DeValue};
 
 use super::*;
+use crate::optim::spec::OptimizerKind;
 
 impl Checker {
-    /// An `[optimizer]` table's settings, each checked against the registry.
-    pub(super) fn settings(&mut self, v: &Value, what: &str) -> Vec<Setting> {
+    /// An `[optimizer]` table's settings and its `[optimizer.params.NAME]` tables, each checked
+    /// against the registry; the optimizer is the table's `name`, else `fallback` (a variant's
+    /// file's), else any.
+    pub(super) fn optimizer(
+        &mut self,
+        v: &Value,
+        what: &str,
+        params: &[ParamEntry],
+        fallback: Option<OptimizerKind>,
+    ) -> (Vec<Setting>, Vec<ParamTable>, Option<OptimizerKind>) {
         let (value, span) = spanned(v);
         let DeValue::Table(t) = value else {
             self.error(format!("{what} must be a table"), span);
+            return (Vec::new(), Vec::new(), fallback);
+        };
+        let out = self.settings_from(t, |k| k != "params", what);
+        let kind = self.check_settings(&out).or(fallback);
+        let tables = t
+            .get("params")
+            .map(|p| self.param_tables(p, kind, params))
+            .unwrap_or_default();
+        (out, tables, kind)
+    }
+
+    /// The `[optimizer.params.NAME]` tables: each names a param, each key is checked as a
+    /// per-param setting of `kind`.
+    fn param_tables(
+        &mut self,
+        v: &Value,
+        kind: Option<OptimizerKind>,
+        params: &[ParamEntry],
+    ) -> Vec<ParamTable> {
+        use crate::optim::groups::{check_param_setting, unknown_param};
+        let (value, span) = spanned(v);
+        let DeValue::Table(t) = value else {
+            self.error(
+                "`params` in [optimizer] must be a table of param tables",
+                span,
+            )
+            .help = Some("e.g. [optimizer.params.b] with weight_decay = 0 under it".into());
             return Vec::new();
         };
-        let out = self.settings_from(t, |_| true, what);
-        self.check_settings(&out);
+        let names = params.iter().map(|p| p.name.node.as_str());
+        let mut out = Vec::new();
+        for (k, v) in t.iter() {
+            let param = k.get_ref().to_string();
+            if !names.clone().any(|n| n == param) {
+                let e = unknown_param(&param, names.clone());
+                self.error(e.message, k.span()).help = e.help;
+                continue;
+            }
+            let (pv, pspan) = spanned(v);
+            let DeValue::Table(pt) = pv else {
+                self.error(
+                    format!("`params.{param}` must be a table of settings"),
+                    pspan,
+                )
+                .help = Some(format!("e.g. params.{param} = {{ weight_decay = 0 }}"));
+                continue;
+            };
+            let settings = self.settings_from(pt, |_| true, &format!("[optimizer.params.{param}]"));
+            for s in &settings {
+                if let Err(e) = check_param_setting(kind, &s.key.node, s.value.node.raw()) {
+                    self.error(e.message, s.key.span.clone()).help = e.help;
+                }
+            }
+            out.push(ParamTable {
+                param: Spanned::new(param, k.span()),
+                settings,
+            });
+        }
         out
     }
 
@@ -28,6 +91,12 @@ impl Checker {
         for (k, v) in t.iter().filter(|(k, _)| keep(k.get_ref().as_ref())) {
             let (value, vspan) = spanned(v);
             let setting = match value {
+                DeValue::Array(items) if k.get_ref() == "tricks" => {
+                    match self.tricks(items, vspan.clone()) {
+                        Some(chain) => SettingValue::Text(chain),
+                        None => continue,
+                    }
+                }
                 DeValue::String(s) => SettingValue::Text(s.to_string()),
                 DeValue::Boolean(b) => SettingValue::Bool(*b),
                 other => match number_of(other) {
@@ -53,15 +122,50 @@ impl Checker {
         out
     }
 
-    fn check_settings(&mut self, settings: &[Setting]) {
-        use crate::optim::spec::{check_setting, kind_from_name};
+    /// A `tricks = ["agc(clipping=0.05)", "ema"]` list, each trick checked at its own span, as
+    /// one chain (`agc(clipping=0.05) + ema`); None after reporting what is wrong.
+    fn tricks(&mut self, items: &[Value], span: Span) -> Option<String> {
+        use crate::optim::tricks::{TrickSpec, check_list};
+        let mut tricks = Vec::new();
+        for item in items {
+            let (text, item_span) = self.string(item, "a trick")?;
+            match TrickSpec::parse(&text) {
+                Ok(t) => tricks.push(t),
+                Err(e) => {
+                    self.error(e.message, item_span).help = e.help;
+                    return None;
+                }
+            }
+        }
+        if let Err(e) = check_list(&tricks) {
+            self.error(e.message, span).help = e.help;
+            return None;
+        }
+        let written: Vec<String> = tricks.iter().map(ToString::to_string).collect();
+        Some(written.join(" + "))
+    }
+
+    /// Checks the optimizer's `name` against the registry and the optimizers this file may name,
+    /// and every other key against the optimizer named (any optimizer's keys without a name);
+    /// returns the registry optimizer named (None for none, or one the file writes itself).
+    fn check_settings(&mut self, settings: &[Setting]) -> Option<OptimizerKind> {
+        use crate::optim::spec::{check_own_setting, check_setting, unknown_optimizer};
         let mut kind = None;
+        let mut own = None;
         if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
             match &s.value.node {
-                SettingValue::Text(name) => match kind_from_name(name) {
-                    Ok(k) => kind = Some(k),
-                    Err(e) => self.error(e.message, s.value.span.clone()).help = e.help,
-                },
+                SettingValue::Text(name) => {
+                    let def = self.optimizers.iter().find(|d| d.name.node == *name);
+                    match (def, OptimizerKind::from_name(name)) {
+                        (Some(def), _) => own = Some(def.signature()),
+                        (None, Some(k)) => kind = Some(k),
+                        (None, None) => {
+                            let names = self.optimizers.iter().map(|d| d.name.node.as_str());
+                            let e = unknown_optimizer(name, names);
+                            self.error(e.message, s.value.span.clone()).help = e.help;
+                        }
+                    }
+                }
                 _ => {
                     self.error(
                         "the optimizer `name` must be a string",
@@ -70,15 +174,37 @@ impl Checker {
                 }
             }
         }
+        let signatures: Vec<_> = self.optimizers.iter().map(|d| d.signature()).collect();
         for s in settings.iter().filter(|s| s.key.node != "name") {
-            if let Err(e) = check_setting(kind, &s.key.node, s.value.node.raw()) {
+            let (key, value) = (s.key.node.as_str(), s.value.node.raw());
+            let checked = match &own {
+                Some(sig) => check_own_setting(sig, key, value),
+                // A registry optimizer's keys; without a name, those of any it could name.
+                None => check_setting(kind, key, value).or_else(|e| {
+                    let owner = signatures
+                        .iter()
+                        .filter(|_| kind.is_none())
+                        .find(|sig| sig.hyper.iter().any(|(n, _)| n == key));
+                    owner.map_or(Err(e), |sig| check_own_setting(sig, key, value))
+                }),
+            };
+            if let Err(e) = checked {
                 self.error(e.message, s.key.span.clone()).help = e.help;
             }
         }
+        kind
     }
 
     /// The `[[variants]]`, each checked: name, consts it overrides, dtype, loss, run settings.
-    pub(super) fn variants(&mut self, v: Option<&Value>, consts: &[ConstEntry]) -> Vec<Variant> {
+    /// `kind`: the file's optimizer, what a variant's per-param settings are checked against
+    /// when it names none.
+    pub(super) fn variants(
+        &mut self,
+        v: Option<&Value>,
+        consts: &[ConstEntry],
+        params: &[ParamEntry],
+        kind: Option<OptimizerKind>,
+    ) -> Vec<Variant> {
         let Some(v) = v else {
             return Vec::new();
         };
@@ -110,9 +236,9 @@ impl Checker {
                 .map(|(s, _)| s);
             let loss = t.get("loss").and_then(|v| self.program(v));
             let dtype = t.get("dtype").and_then(|v| self.dtype(v));
-            let mut optimizer = t
+            let (mut optimizer, param_settings, _) = t
                 .get("optimizer")
-                .map(|v| self.settings(v, "a variant's optimizer"))
+                .map(|v| self.optimizer(v, "a variant's optimizer", params, kind))
                 .unwrap_or_default();
             // `grad`, `loss_scale` and `accumulate` on a variant are run settings like those in
             // its optimizer table.
@@ -172,6 +298,7 @@ impl Checker {
                 consts: overrides,
                 dtype,
                 optimizer,
+                param_settings,
             });
         }
         out
