@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use super::inspect::{PointArgs, heading, point_step, points, unloadable};
+use super::inspect::{PointArgs, heading, point_step, points, run_lr, stable_lr_line, unloadable};
 use crate::compile::hessian::{Condition, Hessian, Method, Options, Ritz};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::format::{fmt_num, json_num};
@@ -104,12 +104,6 @@ fn undefined(run: &Run) -> Option<String> {
 }
 
 /// The run's lr at its point, which 2/λmax bounds for plain gradient descent.
-fn run_lr(run: &Run) -> f64 {
-    run.config
-        .schedule
-        .lr(run.config.optimizer.lr(), point_step(run))
-}
-
 fn report_text(run: &Run, h: &Hessian, out: &mut impl Write) -> anyhow::Result<()> {
     let of = h.params.join(", ");
     match &h.method {
@@ -159,26 +153,13 @@ fn report_text(run: &Run, h: &Hessian, out: &mut impl Write) -> anyhow::Result<(
         h.condition_words()
     )?;
     writeln!(out, "  {}", h.verdict())?;
-    let lr = run_lr(run);
-    match h.max_stable_lr() {
-        Some(max) => {
-            let verdict = if lr < max {
-                "below it: plain gradient descent is stable here"
-            } else {
-                "above it: plain gradient descent diverges along the top eigenvector"
-            };
-            writeln!(
-                out,
-                "  largest stable lr for gradient descent 2/λmax = {}; the run's lr {} is {verdict}",
-                fmt_num(max),
-                fmt_num(lr)
-            )?;
-        }
-        None => writeln!(
-            out,
-            "  λmax ≤ 0: no direction curves up here, so 2/λmax gives no bound"
-        )?,
-    }
+    stable_lr_line(
+        out,
+        "λmax",
+        h.max_stable_lr(),
+        run_lr(run),
+        "no direction curves up here",
+    )?;
     writeln!(
         out,
         "  gradient norm {}{}",

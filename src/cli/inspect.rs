@@ -214,31 +214,52 @@ pub fn curvature_command(
             "  check against finite differences of gradients: relative error {}",
             fmt_num(c.fd_rel_err)
         )?;
-        let lr = run
-            .config
-            .schedule
-            .lr(run.config.optimizer.lr(), point_step(&run));
-        match c.max_stable_lr() {
-            Some(max) => {
-                let verdict = if lr < max {
-                    "below it: plain gradient descent is stable here"
-                } else {
-                    "above it: plain gradient descent diverges along the top eigenvector"
-                };
-                writeln!(
-                    out,
-                    "  largest stable lr for gradient descent 2/λ = {}; the run's lr {} is {verdict}",
-                    fmt_num(max),
-                    fmt_num(lr)
-                )?;
-            }
-            None => writeln!(
-                out,
-                "  λ ≤ 0: the loss is not convex along the top eigenvector here, so 2/λ gives no bound"
-            )?,
-        }
+        stable_lr_line(
+            out,
+            "λ",
+            c.max_stable_lr(),
+            run_lr(&run),
+            "the loss is not convex along the top eigenvector here",
+        )?;
     }
     Ok(all_finite)
+}
+
+/// The run's learning rate at its point (the schedule's, at the step it is at).
+pub(super) fn run_lr(run: &Run) -> f64 {
+    run.config
+        .schedule
+        .lr(run.config.optimizer.lr(), point_step(run))
+}
+
+/// The run's lr against the largest stable lr of plain gradient descent, 2/`lambda` (`max`;
+/// None when the eigenvalue is at most 0, which `no_bound` explains).
+pub(super) fn stable_lr_line(
+    out: &mut impl Write,
+    lambda: &str,
+    max: Option<f64>,
+    lr: f64,
+    no_bound: &str,
+) -> std::io::Result<()> {
+    match max {
+        Some(max) => {
+            let verdict = if lr < max {
+                "below it: plain gradient descent is stable here"
+            } else {
+                "above it: plain gradient descent diverges along the top eigenvector"
+            };
+            writeln!(
+                out,
+                "  largest stable lr for gradient descent 2/{lambda} = {}; the run's lr {} is {verdict}",
+                fmt_num(max),
+                fmt_num(lr)
+            )
+        }
+        None => writeln!(
+            out,
+            "  {lambda} ≤ 0: {no_bound}, so 2/{lambda} gives no bound"
+        ),
+    }
 }
 
 /// `gradscope precision`: what low precision does to each op's output.
