@@ -147,6 +147,7 @@ impl Rule for Prodigy {
 
 #[cfg(test)]
 mod tests {
+    use crate::optim::spec::refused_at;
     use candle_core::{Device, Tensor};
 
     use super::super::spec::{HyperValue, OptimizerSpec};
@@ -222,11 +223,7 @@ mod tests {
             ("prodigy(beta2=-0.1)", "beta2"),
         ];
         for (spec, key) in refused {
-            let e = OptimizerSpec::parse(spec).unwrap_err();
-            assert!(
-                e.message.starts_with(&format!("`{key}` must be")),
-                "{spec}: {e}"
-            );
+            refused_at(spec, key);
         }
         assert!(OptimizerSpec::parse("prodigy(beta1=0, weight_decay=-1, d_coef=-1)").is_ok());
     }

@@ -182,6 +182,7 @@ impl Rule for ScheduleFreeSgd {
 
 #[cfg(test)]
 mod tests {
+    use crate::optim::spec::refused_at;
     use candle_core::{Device, Tensor};
 
     use super::super::spec::{HyperValue, OptimizerSpec};
@@ -256,11 +257,7 @@ mod tests {
             ("schedulefree_adamw(eps=-1e-8)", "eps"),
         ];
         for (spec, key) in refused {
-            let e = OptimizerSpec::parse(spec).unwrap_err();
-            assert!(
-                e.message.starts_with(&format!("`{key}` must be")),
-                "{spec}: {e}"
-            );
+            refused_at(spec, key);
         }
         for spec in [
             "schedulefree_sgd(lr=0, momentum=0.99)",

@@ -1353,6 +1353,17 @@ impl fmt::Display for OptimizerSpec {
     }
 }
 
+/// The error of `spec`, which must be refused for its value of `key` ("`key` must be ...").
+#[cfg(test)]
+pub(super) fn refused_at(spec: &str, key: &str) -> SettingError {
+    let e = OptimizerSpec::parse(spec).unwrap_err();
+    assert!(
+        e.message.starts_with(&format!("`{key}` must be")),
+        "{spec}: {e}"
+    );
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1425,11 +1436,7 @@ mod tests {
             ("lion(beta2=1.1)", "beta2"),
         ];
         for (spec, key) in refused {
-            let e = OptimizerSpec::parse(spec).unwrap_err();
-            assert!(
-                e.message.starts_with(&format!("`{key}` must be")),
-                "{spec}: {e}"
-            );
+            refused_at(spec, key);
         }
         let accepted = [
             "sgd(lr=0)",
