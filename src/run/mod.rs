@@ -698,18 +698,12 @@ impl Run {
         let Some((_, point)) = self.trajectory.iter().find(|(k, _)| *k == at) else {
             return Err(format!("the params of step {at} are no longer kept"));
         };
-        let here = self.param_copies().map_err(|e| e.to_string())?;
-        let set = |values: &[Tensor]| -> Result<(), String> {
-            for (var, v) in self.evaluator.params().iter().zip(values) {
-                var.set(v).map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        };
-        set(point)?;
-        let c = crate::compile::curvature::top_eigenvalue_exact(&self.evaluator, 100, 0);
-        set(&here)?;
-        let c = c.map_err(|d| d.message)?;
-        Ok(c.lambda)
+        let c = self
+            .at(point, |run| {
+                crate::compile::curvature::top_eigenvalue_exact(&run.evaluator, 100, 0)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(c.map_err(|d| d.message)?.lambda)
     }
 
     /// Loss and gradients at the current params, as the config says to take them.
@@ -801,11 +795,7 @@ impl Run {
     /// it takes gradients at (schedule-free's x, ASGD's average), flattened row-major in f64.
     pub fn eval_param_values(&self) -> Option<Vec<Vec<f64>>> {
         let eval = self.state.eval_params(&param_tensors(self.params()))?;
-        Some(
-            eval.iter()
-                .map(|t| crate::compile::values_f64(t).unwrap_or_default())
-                .collect(),
-        )
+        Some(values(&eval))
     }
 
     /// The named parts of the optimizer's state beyond the params (schedule-free's `z`,
@@ -818,27 +808,42 @@ impl Run {
     /// put back.
     pub fn eval_loss(&self) -> Option<Result<f64, Diagnostic>> {
         let eval = self.state.eval_params(&param_tensors(self.params()))?;
-        let failed = |e: candle_core::Error| Diagnostic::error(format!("eval params: {e}"));
-        let loss = || -> Result<f64, Diagnostic> {
-            let here = self.param_copies().map_err(failed)?;
-            self.set_params(&eval).map_err(failed)?;
-            let loss = self.evaluator.loss();
-            self.set_params(&here).map_err(failed)?;
-            loss
-        };
-        Some(loss())
+        Some(
+            self.at(&eval, |run| run.evaluator.loss())
+                .map_err(|e| Diagnostic::error(format!("eval params: {e}")))
+                .and_then(|loss| loss),
+        )
     }
 
     /// The f32 master params of a `master_weights` run in f16/bf16 (the run's own params are
     /// their rounding), flattened row-major in f64.
     pub fn master_param_values(&self) -> Option<Vec<Vec<f64>>> {
-        let master = self.state.master_params()?;
-        Some(
-            master
-                .iter()
-                .map(|t| crate::compile::values_f64(t).unwrap_or_default())
-                .collect(),
-        )
+        Some(values(self.state.master_params()?))
+    }
+
+    /// `f` with the run's params at `params`, put back after. Params given as the run's own
+    /// tensors (a step's `cx.params`, the groups an optimizer keeps no eval params for) are left
+    /// alone: a Var cannot be set from its own storage.
+    fn at<T>(&self, params: &[Tensor], f: impl FnOnce(&Self) -> T) -> candle_core::Result<T> {
+        let moved: Vec<(&Var, &Tensor)> = self
+            .evaluator
+            .params()
+            .iter()
+            .zip(params)
+            .filter(|(var, p)| p.id() != var.as_tensor().id())
+            .collect();
+        let here = moved
+            .iter()
+            .map(|(var, _)| var.as_tensor().copy())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        for (var, p) in &moved {
+            var.set(p)?;
+        }
+        let out = f(self);
+        for ((var, _), v) in moved.iter().zip(&here) {
+            var.set(v)?;
+        }
+        Ok(out)
     }
 
     /// Sets the params to `values`.
@@ -965,11 +970,7 @@ impl Run {
 
     /// Current param values, flattened row-major, in f64.
     pub fn param_values(&self) -> Vec<Vec<f64>> {
-        self.evaluator
-            .params()
-            .iter()
-            .map(|v| crate::compile::values_f64(v.as_tensor()).unwrap_or_default())
-            .collect()
+        values(&param_tensors(self.params()))
     }
 }
 
@@ -990,31 +991,6 @@ impl<'a> Closure<'a> {
     fn new(run: &'a Run) -> Self {
         Self { run, evals: 0 }
     }
-
-    /// `f` with the run's params at `params`, put back after. Params given as the run's own
-    /// tensors (a step's `cx.params`) are left alone: a Var cannot be set from its own storage.
-    fn at<T>(&self, params: &[Tensor], f: impl FnOnce(&Run) -> T) -> candle_core::Result<T> {
-        let moved: Vec<(&Var, &Tensor)> = self
-            .run
-            .evaluator
-            .params()
-            .iter()
-            .zip(params)
-            .filter(|(var, p)| p.id() != var.as_tensor().id())
-            .collect();
-        let here = moved
-            .iter()
-            .map(|(var, _)| var.as_tensor().copy())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        for (var, p) in &moved {
-            var.set(p)?;
-        }
-        let out = f(self.run);
-        for ((var, _), v) in moved.iter().zip(&here) {
-            var.set(v)?;
-        }
-        Ok(out)
-    }
 }
 
 /// A diagnostic from the run's evaluator, as a step's error.
@@ -1024,37 +1000,46 @@ fn step_error(d: Diagnostic) -> candle_core::Error {
 
 impl Oracle for Closure<'_> {
     fn loss_and_grads(&mut self, params: &[Tensor]) -> candle_core::Result<(f64, Vec<Tensor>)> {
-        let eval = self.at(params, |run| run.gradients())?;
+        let eval = self.run.at(params, |run| run.gradients())?;
         self.evals += 1;
         let eval = eval.map_err(step_error)?;
         Ok((eval.loss, eval.grads))
     }
 
     fn hessian_diag(&mut self, params: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
-        self.at(params, |run| {
-            let ev = run.evaluator.clone();
-            crate::compile::curvature::second_order(move || {
-                crate::compile::curvature::hessian_diagonal(&ev)
-            })
-        })?
-        .map_err(step_error)
+        self.run
+            .at(params, |run| {
+                let ev = run.evaluator.clone();
+                crate::compile::curvature::second_order(move || {
+                    crate::compile::curvature::hessian_diagonal(&ev)
+                })
+            })?
+            .map_err(step_error)
     }
 
     fn hvp(&mut self, params: &[Tensor], v: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
         let v = v.to_vec();
-        self.at(params, |run| {
-            let ev = run.evaluator.clone();
-            crate::compile::curvature::second_order(move || crate::compile::curvature::hvp(&ev, &v))
-        })?
-        .map_err(step_error)
+        self.run
+            .at(params, |run| {
+                let ev = run.evaluator.clone();
+                crate::compile::curvature::second_order(move || {
+                    crate::compile::curvature::hvp(&ev, &v)
+                })
+            })?
+            .map_err(step_error)
     }
 }
 
 /// Tensors' values in one flat f64 vector.
 fn flatten(tensors: &[Tensor]) -> Vec<f64> {
+    values(tensors).concat()
+}
+
+/// Each tensor's values, row-major in f64 (none for one that cannot be read).
+fn values(tensors: &[Tensor]) -> Vec<Vec<f64>> {
     tensors
         .iter()
-        .flat_map(|t| crate::compile::values_f64(t).unwrap_or_default())
+        .map(|t| crate::compile::values_f64(t).unwrap_or_default())
         .collect()
 }
 
