@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::load;
-use crate::optim::catalogue::{Entry, by_section, registry};
+use crate::optim::catalogue::{Entry, by_section, registry, with_own};
 
 /// Writes the list: the registry's optimizers and tricks, and `file`'s own optimizers when a
 /// file is given (its diagnostics instead when it does not load; false then).
@@ -17,15 +17,11 @@ pub fn optimizers_command(
     color: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
-    let mut entries = registry();
-    if let Some(file) = file {
-        let compiled = match load::load_compiled(file) {
-            Ok((compiled, _)) => compiled,
-            Err(diags) => return super::inspect::unloadable(&diags, color, out),
-        };
-        entries.extend(compiled.optimizers.iter().map(|p| Entry::own(p.clone())));
-        entries.sort_by_key(|e| e.section.rank());
-    }
+    let entries = match file.map(load::load_compiled) {
+        None => registry(),
+        Some(Ok((compiled, _))) => with_own(&compiled.optimizers),
+        Some(Err(diags)) => return super::inspect::unloadable(&diags, color, out),
+    };
     write!(out, "{}", render(&entries, format, brief))?;
     Ok(true)
 }

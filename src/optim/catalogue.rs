@@ -41,7 +41,7 @@ impl Section {
 
     /// Where it comes in lists: torch.optim, the authors' packages, optax, a loss file's own,
     /// then the tricks.
-    pub fn rank(self) -> u8 {
+    fn rank(self) -> u8 {
         match self {
             Section::Optimizers(Group::Torch) => 0,
             Section::Optimizers(Group::Modern) => 1,
@@ -171,9 +171,15 @@ impl Entry {
 /// Every registry optimizer and trick, section by section in list order, each section in its
 /// registry's order.
 pub fn registry() -> Vec<Entry> {
+    with_own(&[])
+}
+
+/// [`registry`] with a loss file's `own` optimizers in their section (before the tricks).
+pub fn with_own(own: &[std::sync::Arc<dyn super::custom::UpdateProgram>]) -> Vec<Entry> {
     let optimizers = OptimizerKind::ALL.iter().map(|&k| Entry::optimizer(k));
+    let own = own.iter().map(|p| Entry::own(p.clone()));
     let tricks = TrickKind::ALL.iter().map(|&k| Entry::trick(k));
-    let mut entries: Vec<Entry> = optimizers.chain(tricks).collect();
+    let mut entries: Vec<Entry> = optimizers.chain(own).chain(tricks).collect();
     entries.sort_by_key(|e| e.section.rank());
     entries
 }

@@ -358,15 +358,10 @@ impl App {
     /// Everything the `o` list offers, in list order: it is drawn and chosen from this one list,
     /// so a section added here is both.
     pub fn catalogue(&self) -> Vec<Entry> {
-        let own = self
-            .file()
-            .and_then(|f| f.compiled.as_ref())
-            .into_iter()
-            .flat_map(|c| &c.optimizers);
-        let mut entries = catalogue::registry();
-        entries.extend(own.map(|p| Entry::own(p.clone())));
-        entries.sort_by_key(|e| e.section.rank());
-        entries
+        match self.file().and_then(|f| f.compiled.as_ref()) {
+            Some(c) => catalogue::with_own(&c.optimizers),
+            None => catalogue::registry(),
+        }
     }
 
     /// The chain a new run starts from: the selected run's optimizer and tricks; with no run, the
