@@ -1213,15 +1213,8 @@ impl SpecOverride {
         let (name, args) = split_call(text)?;
         let mut typed = OptimizerSpec::named(name, own)?;
         let mut keys = Vec::new();
-        for part in split_top_level(args).filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(SettingError {
-                    message: format!("`{part}` is not `key=value`"),
-                    help: Some(SPEC_EXAMPLE.into()),
-                });
-            };
-            let (key, value) = (key.trim(), value.trim());
-            let raw = typed_value(value);
+        for argument in arguments(args, SPEC_EXAMPLE) {
+            let (key, raw) = argument?;
             typed
                 .set(key, raw)
                 .map_err(|e| match (raw, typed.get(key)) {
@@ -1305,8 +1298,25 @@ pub(super) fn split_call(text: &str) -> Result<(&str, &str), SettingError> {
     }
 }
 
+/// The `key=value` arguments of a call's `args` in order, each value typed ([`typed_value`]);
+/// an Err (with `example` as its help) for a part that is not `key=value`.
+pub(super) fn arguments<'a>(
+    args: &'a str,
+    example: &'static str,
+) -> impl Iterator<Item = Result<(&'a str, RawValue<'a>), SettingError>> {
+    split_top_level(args)
+        .filter(|p| !p.is_empty())
+        .map(move |part| match part.split_once('=') {
+            Some((key, value)) => Ok((key.trim(), typed_value(value.trim()))),
+            None => Err(SettingError {
+                message: format!("`{part}` is not `key=value`"),
+                help: Some(example.into()),
+            }),
+        })
+}
+
 /// A written value: `true`/`false`, a number, or a word.
-pub(super) fn typed_value(value: &str) -> RawValue<'_> {
+fn typed_value(value: &str) -> RawValue<'_> {
     match value {
         "true" => RawValue::Bool(true),
         "false" => RawValue::Bool(false),
@@ -1316,7 +1326,7 @@ pub(super) fn typed_value(value: &str) -> RawValue<'_> {
 
 /// `args` split at the commas outside parentheses (so a nested spec stays one argument), each
 /// trimmed.
-pub(super) fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
+fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
     let mut depth = 0i32;
     args.split(move |c| {
         match c {

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use super::settings::LossScale;
 use super::spec::{
     Hyper, HyperParam, HyperValue, OptimizerKind, OptimizerSpec, RawValue, SettingError,
-    SpecOverride, split_call, split_top_level, typed_value,
+    SpecOverride, arguments, split_call,
 };
 
 /// A loss scale as a trick parameter: a power of two, or `dynamic` (torch's GradScaler).
@@ -250,14 +250,9 @@ impl TrickSpec {
         let (name, args) = split_call(text)?;
         let kind = kind_from_name(name)?;
         let mut trick = TrickSpec::new(kind);
-        for part in split_top_level(args).filter(|p| !p.is_empty()) {
-            let Some((key, value)) = part.split_once('=') else {
-                return Err(SettingError {
-                    message: format!("`{part}` is not `key=value`"),
-                    help: Some(TRICK_EXAMPLE.into()),
-                });
-            };
-            trick.set(key.trim(), typed_value(value.trim()))?;
+        for argument in arguments(args, TRICK_EXAMPLE) {
+            let (key, raw) = argument?;
+            trick.set(key, raw)?;
         }
         trick.check_together().map_err(|message| SettingError {
             message,
