@@ -236,7 +236,7 @@ impl Run {
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
         r.trajectory.push(0, r.param_copies()?);
         r.snapshot();
-        r.settle()
+        r.settle(None)
             .map_err(|d| candle_core::Error::Msg(d.headline()))?;
         Ok(r)
     }
@@ -342,14 +342,23 @@ impl Run {
         self.best.as_ref()
     }
 
-    /// Keeps a copy of the current params when the current row's loss beats the best.
-    fn keep_best(&mut self, step: u64, loss: f64) -> Result<(), Diagnostic> {
+    /// Keeps the current params when the current row's loss beats the best: the tensors the
+    /// optimizer `made` when there are some (immutable, so kept without a copy), else a copy.
+    fn keep_best(
+        &mut self,
+        step: u64,
+        loss: f64,
+        made: Option<&[Tensor]>,
+    ) -> Result<(), Diagnostic> {
         if !loss.is_finite() || self.best.as_ref().is_some_and(|b| loss >= b.loss) {
             return Ok(());
         }
-        let params = self
-            .param_copies()
-            .map_err(|e| Diagnostic::error(format!("step {step}: {e}")))?;
+        let params = match made {
+            Some(made) => made.to_vec(),
+            None => self
+                .param_copies()
+                .map_err(|e| Diagnostic::error(format!("step {step}: {e}")))?,
+        };
         self.best = Some(Best { step, loss, params });
         Ok(())
     }
@@ -491,7 +500,7 @@ impl Run {
         }
         let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         if self.halted.is_none() {
-            self.settle()?;
+            self.settle(moved_to.as_deref())?;
         }
         self.history.finish(
             t as usize,
@@ -535,8 +544,9 @@ impl Run {
     }
 
     /// Evaluates the current params and appends their row (with an empty update). A non-finite
-    /// row is traced (the first one), and halts the run under the `stop` policy.
-    fn settle(&mut self) -> Result<(), Diagnostic> {
+    /// row is traced (the first one), and halts the run under the `stop` policy. `made`: the
+    /// tensors the optimizer made the current params from, when a step just set them.
+    fn settle(&mut self, made: Option<&[Tensor]>) -> Result<(), Diagnostic> {
         let t = self.history.len() as u64;
         let eval = self.gradients()?;
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
@@ -618,7 +628,7 @@ impl Run {
             // A failed forward at the eval params is a NaN there, as a NaN loss would be.
             eval_loss: self.eval_loss().map(|l| l.unwrap_or(f64::NAN)),
         });
-        self.keep_best(t, eval.loss)?;
+        self.keep_best(t, eval.loss, made)?;
         self.current = Some(eval);
         Ok(())
     }
@@ -950,7 +960,7 @@ impl Run {
         self.halted = None;
         self.first_provenance = self.first_provenance.take().filter(|(s, _)| *s < snap.step);
         self.recount();
-        self.settle()?;
+        self.settle(None)?;
         while self.step_count() < step && self.halted.is_none() {
             self.step()?;
         }
