@@ -162,6 +162,89 @@ fn grid_timings(file: &Path, n: usize, repeat: usize) -> anyhow::Result<String> 
     Ok(out)
 }
 
+/// Aggregate steps/s of `lanes` runs of `file`'s first definition (each with its own lr, the
+/// file's times 1, 1.1, 1.2, ...) stepped one after another and as one batch, as `run` steps
+/// them (totals only).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchFigure {
+    pub workload: String,
+    pub runs: usize,
+    pub separate_steps_per_s: f64,
+    pub batched_steps_per_s: f64,
+    /// Whether the runs did step as one batch (false: they cannot, and both figures are apart).
+    pub batched: bool,
+}
+
+impl BatchFigure {
+    pub fn line(&self) -> String {
+        format!(
+            "{:<20} {} runs: {:>10.0} steps/s apart, {:>10.0} batched ({:.1}x){}",
+            self.workload,
+            self.runs,
+            self.separate_steps_per_s,
+            self.batched_steps_per_s,
+            self.batched_steps_per_s / self.separate_steps_per_s,
+            if self.batched { "" } else { " (did not batch)" }
+        )
+    }
+}
+
+/// Measures [`BatchFigure`] on `file` (median of `repeat`).
+pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<BatchFigure> {
+    use crate::run::summary::drive_many;
+    let (compiled, _) =
+        load::load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;
+    let make = || -> anyhow::Result<Vec<Run>> {
+        (0..lanes)
+            .map(|k| {
+                let mut settings = compiled.runs[0].settings.clone();
+                let lr = settings.optimizer.lr() * (1.0 + k as f64 / 10.0);
+                settings
+                    .optimizer
+                    .set("lr", crate::optim::spec::RawValue::Number(lr))
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+                let mut request = RunRequest::new(&compiled, 0, format!("lr {lr}"), settings);
+                request.retention = crate::run::Retention::Totals;
+                Ok(Run::new(&compiled, request)?)
+            })
+            .collect()
+    };
+    let (mut apart, mut together) = (Vec::new(), Vec::new());
+    let mut batched = false;
+    for _ in 0..repeat.max(1) {
+        let mut runs = make()?;
+        let t = Instant::now();
+        for run in &mut runs {
+            drive(run, |_, _| ControlFlow::Continue(()))?;
+        }
+        let steps: u64 = runs.iter().map(Run::step_count).sum();
+        apart.push(steps as f64 / t.elapsed().as_secs_f64());
+        let mut runs = make()?;
+        let refs: Vec<&Run> = runs.iter().collect();
+        batched = !crate::run::batch::groups(&compiled, &refs).is_empty();
+        let t = Instant::now();
+        for s in drive_many(&compiled, &mut runs, |_, _, _| ControlFlow::Continue(())) {
+            s.transpose()?;
+        }
+        let steps: u64 = runs.iter().map(Run::step_count).sum();
+        together.push(steps as f64 / t.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(BatchFigure {
+        workload: file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        runs: lanes,
+        separate_steps_per_s: median(apart),
+        batched_steps_per_s: median(together),
+        batched,
+    })
+}
+
 /// Resident memory of a headless run of `file` (as `gradscope run` steps it: totals only) at
 /// each of `checkpoints` steps, and the step records it keeps: flat, however many steps.
 fn headless_memory(file: &Path, checkpoints: &[u64]) -> anyhow::Result<String> {

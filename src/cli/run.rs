@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
@@ -16,7 +17,7 @@ use crate::optim::spec::SettingError;
 use crate::optim::tricks::ChainOverride;
 use crate::run::export::{csv_header, csv_row, step_json, summary_json};
 use crate::run::metrics::MetricLog;
-use crate::run::summary::{Summary, best_cell, drive, step_cell};
+use crate::run::summary::{Summary, best_cell, drive_many, step_cell};
 use crate::run::{Retention, Run, RunRequest, save};
 
 /// Output format of `gradscope run`.
@@ -339,7 +340,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
     if let Some(target) = &args.save_params {
         save::check_target(target)?;
     }
-    let Some((_, mut runs)) = load_runs(&args.run, Retention::Totals, color)? else {
+    let Some((compiled, mut runs)) = load_runs(&args.run, Retention::Totals, color)? else {
         return Ok(RunOutcome::Failed);
     };
     catch_stop_signals();
@@ -380,74 +381,86 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         Format::Jsonl => {}
     }
     let progress = std::io::stderr().is_terminal();
+    let bars = indicatif::MultiProgress::new();
+    let bars: Vec<Option<indicatif::ProgressBar>> = runs
+        .iter()
+        .map(|run| {
+            progress.then(|| {
+                let b = bars.add(indicatif::ProgressBar::new(run.config.steps));
+                b.set_message(run.name.clone());
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg:30} {bar:30} {pos}/{len} {per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            })
+        })
+        .collect();
+    let mut io_error = None;
+    // Each row's metrics are taken at the params its loss was taken at: θ_0 here, θ_k+1
+    // when row k is logged (after the step from θ_k).
+    let mut metrics: Vec<MetricLog> = runs
+        .iter()
+        .map(|_| MetricLog::new(&metric_names, every))
+        .collect();
+    let mut metric_error: Vec<Option<Diagnostic>> = runs
+        .iter()
+        .zip(&mut metrics)
+        .map(|(run, m)| m.prepare(run, false).err())
+        .collect();
+    let mut ordered = Ordered::new(runs.len());
+    let results = drive_many(&compiled, &mut runs, |i, run, r| {
+        if let Some(b) = &bars[i] {
+            b.set_position(r.step);
+        }
+        // Metrics at the params the run is at now: those of the next row.
+        if let Err(d) = metrics[i].prepare(run, r.step == run.step_count()) {
+            metric_error[i].get_or_insert(d);
+        }
+        let last = r.step == run.step_count();
+        if r.step.is_multiple_of(every) || last {
+            let line = match args.format {
+                Format::Jsonl => {
+                    let mut row = step_json(&run.name, run.param_names(), r);
+                    metrics[i].add_json(&mut row, r.step);
+                    row.to_string()
+                }
+                Format::Csv => format!(
+                    "{}{}",
+                    csv_row(&run.name, run.param_names(), r),
+                    metrics[i].csv_cells(r.step)
+                ),
+                Format::Table => format!(
+                    "{:<width$} {:>8} {:>14} {:>12} {:>10}",
+                    run.name,
+                    r.step,
+                    fmt_num(r.core.loss),
+                    fmt_num(r.core.grad_norm as f64),
+                    fmt_num(r.core.lr as f64)
+                ),
+            };
+            if let Err(e) = ordered.line(&mut out, i, line) {
+                io_error.get_or_insert(e);
+            }
+        }
+        match STOP_SIGNAL.load(Ordering::SeqCst) {
+            0 if io_error.is_none() => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
+    });
+    for b in bars.iter().flatten() {
+        b.finish_and_clear();
+    }
+    if let Some(e) = io_error {
+        return Err(e.into());
+    }
     let mut summaries = Vec::new();
     let mut any_halted = false;
-    for run in &mut runs {
-        if STOP_SIGNAL.load(Ordering::SeqCst) != 0 {
-            break;
-        }
-        let bar = progress.then(|| {
-            let b = indicatif::ProgressBar::new(run.config.steps);
-            b.set_message(run.name.clone());
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{msg:30} {bar:30} {pos}/{len} {per_sec}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        let mut io_error = None;
-        // Each row's metrics are taken at the params its loss was taken at: θ_0 here, θ_k+1
-        // when row k is logged (after the step from θ_k).
-        let mut metrics = MetricLog::new(&metric_names, every);
-        let mut metric_error = metrics.prepare(run, false).err();
-        let summary = drive(run, |run, r| {
-            if let Some(b) = &bar {
-                b.set_position(r.step);
-            }
-            // Metrics at the params the run is at now: those of the next row.
-            if let Err(d) = metrics.prepare(run, r.step == run.step_count()) {
-                metric_error.get_or_insert(d);
-            }
-            let last = r.step == run.step_count();
-            if r.step.is_multiple_of(every) || last {
-                let res = match args.format {
-                    Format::Jsonl => {
-                        let mut row = step_json(&run.name, run.param_names(), r);
-                        metrics.add_json(&mut row, r.step);
-                        writeln!(out, "{row}")
-                    }
-                    Format::Csv => writeln!(
-                        out,
-                        "{}{}",
-                        csv_row(&run.name, run.param_names(), r),
-                        metrics.csv_cells(r.step)
-                    ),
-                    Format::Table => writeln!(
-                        out,
-                        "{:<width$} {:>8} {:>14} {:>12} {:>10}",
-                        run.name,
-                        r.step,
-                        fmt_num(r.core.loss),
-                        fmt_num(r.core.grad_norm as f64),
-                        fmt_num(r.core.lr as f64)
-                    ),
-                };
-                if let Err(e) = res {
-                    io_error.get_or_insert(e);
-                }
-            }
-            match STOP_SIGNAL.load(Ordering::SeqCst) {
-                0 => ControlFlow::Continue(()),
-                _ => ControlFlow::Break(()),
-            }
-        });
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        if let Some(e) = io_error {
-            return Err(e.into());
-        }
-        let summary = match metric_error.map_or(summary, Err) {
+    for (i, (run, result)) in runs.iter().zip(results).enumerate() {
+        let Some(summary) = result else { break };
+        let summary = match metric_error[i].take().map_or(summary, Err) {
             Ok(s) => s,
             Err(d) => {
                 eprint!("{}", d.render(color));
@@ -467,6 +480,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         if args.format == Format::Jsonl {
             writeln!(out, "{}", summary_json(&summary))?;
         }
+        ordered.finish(&mut out, i)?;
         summaries.push(summary);
     }
     let table = comparison_table(&summaries);
@@ -495,4 +509,47 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         0 => RunOutcome::Finished,
         signal => RunOutcome::Interrupted(signal),
     })
+}
+
+/// Output lines of several runs in run order: run i's lines are written as they come while
+/// every run before it is finished, and held until then otherwise (batched runs step together).
+struct Ordered {
+    /// The first run not finished yet.
+    next: usize,
+    held: Vec<Vec<String>>,
+    finished: Vec<bool>,
+}
+
+impl Ordered {
+    fn new(runs: usize) -> Self {
+        Self {
+            next: 0,
+            held: vec![Vec::new(); runs],
+            finished: vec![false; runs],
+        }
+    }
+
+    fn line(&mut self, out: &mut impl Write, run: usize, line: String) -> std::io::Result<()> {
+        if run == self.next {
+            writeln!(out, "{line}")
+        } else {
+            self.held[run].push(line);
+            Ok(())
+        }
+    }
+
+    /// Run `run` has written its last line (its summary follows at once): the held lines of
+    /// the runs after it up to the next unfinished one go out.
+    fn finish(&mut self, out: &mut impl Write, run: usize) -> std::io::Result<()> {
+        self.finished[run] = true;
+        while self.next < self.finished.len() && self.finished[self.next] {
+            self.next += 1;
+            if let Some(lines) = self.held.get_mut(self.next) {
+                for line in std::mem::take(lines) {
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+        Ok(())
+    }
 }

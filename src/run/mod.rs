@@ -3,6 +3,7 @@
 //! and the non-finite policy, and only then updates. Snapshots let a run rewind and re-step to
 //! the same numbers bit for bit.
 
+pub mod batch;
 pub mod export;
 pub mod history;
 pub mod metrics;
@@ -498,25 +499,31 @@ impl Run {
                 moved_to = Some(new);
             }
         }
-        let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         if self.halted.is_none() {
             self.settle(moved_to.as_deref())?;
         }
-        self.history.finish(
-            t as usize,
-            &Update {
-                norm: update_norm as f32,
-                ratio: if total_param_norm > 0.0 {
-                    (update_norm / total_param_norm) as f32
-                } else {
-                    f32::NAN
-                },
-                lr: lr as f32,
-                wall_us: started.elapsed().as_secs_f32() * 1e6,
-                flags: f,
-                func_evals: u16::try_from(evals).unwrap_or(u16::MAX),
-            },
-        );
+        let update = Update {
+            norm: update_norm as f32,
+            ratio: update_ratio(update_norm, &param_norms),
+            lr: lr as f32,
+            wall_us: started.elapsed().as_secs_f32() * 1e6,
+            flags: f,
+            func_evals: u16::try_from(evals).unwrap_or(u16::MAX),
+        };
+        self.close_step(t, &update, moved_to)
+    }
+
+    /// Fills in row t's update and keeps what the step leaves behind: the trajectory point
+    /// (the tensors the optimizer `moved_to`, if it moved), the totals and a snapshot when due.
+    /// Returns row t.
+    fn close_step(
+        &mut self,
+        t: u64,
+        update: &Update,
+        moved_to: Option<Vec<Tensor>>,
+    ) -> Result<StepRecord, Diagnostic> {
+        let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
+        self.history.finish(t as usize, update);
         if self.halted.is_none() && self.trajectory.wants(self.step_count()) {
             let point = match moved_to {
                 Some(p) => p,
@@ -550,7 +557,6 @@ impl Run {
         let t = self.history.len() as u64;
         let eval = self.gradients()?;
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
-        let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         let nonfinite: Vec<usize> = (0..param_grad_norms.len())
             .filter(|&i| !param_grad_norms[i].is_finite())
             .collect();
@@ -600,6 +606,23 @@ impl Run {
                 });
             }
         }
+        let eval_loss = self.eval_loss().map(|l| l.unwrap_or(f64::NAN));
+        self.push_row(eval, &param_grad_norms, &param_norms, f, eval_loss, made)
+    }
+
+    /// Appends row t (the next one) at params θ_t with the loss and gradients `eval` there and
+    /// their norms, and makes `eval` the current evaluation. `made`: as for [`Self::settle`].
+    fn push_row(
+        &mut self,
+        eval: crate::compile::Evaluation,
+        param_grad_norms: &[f64],
+        param_norms: &[f64],
+        f: u8,
+        eval_loss: Option<f64>,
+        made: Option<&[Tensor]>,
+    ) -> Result<(), Diagnostic> {
+        let t = self.history.len() as u64;
+        let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         self.history.push(&StepRecord {
             step: t,
             core: Core {
@@ -626,7 +649,7 @@ impl Run {
                 .collect(),
             param_norms: param_norms.iter().map(|&n| n as f32).collect(),
             // A failed forward at the eval params is a NaN there, as a NaN loss would be.
-            eval_loss: self.eval_loss().map(|l| l.unwrap_or(f64::NAN)),
+            eval_loss,
         });
         self.keep_best(t, eval.loss, made)?;
         self.current = Some(eval);
@@ -981,6 +1004,16 @@ impl Run {
     /// Current param values, flattened row-major, in f64.
     pub fn param_values(&self) -> Vec<Vec<f64>> {
         values(&param_tensors(self.params()))
+    }
+}
+
+/// An update's norm over the norm of all params before it (NaN at zero params).
+fn update_ratio(update_norm: f64, param_norms: &[f64]) -> f32 {
+    let total = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+    if total > 0.0 {
+        (update_norm / total) as f32
+    } else {
+        f32::NAN
     }
 }
 

@@ -4,7 +4,9 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use super::Run;
+use super::batch::{self, Batch};
 use super::history::StepRecord;
+use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
 
@@ -60,27 +62,155 @@ pub fn drive(
     run: &mut Run,
     mut log: impl FnMut(&Run, &StepRecord) -> ControlFlow<()>,
 ) -> Result<Summary, Diagnostic> {
-    let started = Instant::now();
-    let mut logged = 0;
-    let mut interrupted = None;
-    let mut log_until = |run: &Run, end: usize, logged: &mut usize| {
+    let driver = Driver::new();
+    driver.finish(run, &mut log)
+}
+
+/// Steps `runs` to their ends, those that batch (see [`super::batch`]) as one program each, and
+/// calls `log(i, run, row)` for every row of run `i` (each run's rows in order; the rows of
+/// batched runs interleave). `log` breaking off stops every run. Returns each run's summary
+/// (None for a run the stop came before).
+pub fn drive_many(
+    compiled: &CompiledFile,
+    runs: &mut [Run],
+    mut log: impl FnMut(usize, &Run, &StepRecord) -> ControlFlow<()>,
+) -> Vec<Option<Result<Summary, Diagnostic>>> {
+    let mut drivers: Vec<Driver> = runs.iter().map(|_| Driver::new()).collect();
+    let mut stopped = false;
+    let refs: Vec<&Run> = runs.iter().collect();
+    for members in batch::groups(compiled, &refs) {
+        if stopped {
+            break;
+        }
+        let ids: Vec<u64> = members.iter().map(|&i| i as u64).collect();
+        let lanes: Vec<&Run> = members.iter().map(|&i| &runs[i]).collect();
+        let Ok(Some(mut batch)) = Batch::new(compiled, &lanes, ids) else {
+            continue;
+        };
+        for &i in &members {
+            drivers[i] = Driver::new();
+        }
+        while !batch.is_empty() && !stopped {
+            // Lanes that are done leave (and are summarised with the rest below).
+            let ids = batch.ids().to_vec();
+            for (r, &id) in ids.iter().enumerate().rev() {
+                if runs[id as usize].is_done() {
+                    let _ = batch.leave(r, &mut runs[id as usize]);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let ids = batch.ids().to_vec();
+            let mut lanes = pick(runs, &ids);
+            if let Err(d) = batch.step(&mut lanes) {
+                // A failure of the batch is every lane's: each goes on alone from where it is.
+                for (r, &id) in ids.iter().enumerate().rev() {
+                    let _ = batch.leave(r, &mut runs[id as usize]);
+                    drivers[id as usize].failed = Some(d.clone());
+                }
+                break;
+            }
+            for id in ids {
+                let i = id as usize;
+                let flow = drivers[i].log_until(&runs[i], runs[i].step_count() as usize, &mut |r, row| log(i, r, row));
+                if flow.is_break() && !runs[i].is_done() {
+                    drivers[i].interrupted = Some(runs[i].step_count());
+                    stopped = true;
+                }
+            }
+        }
+        if stopped {
+            let ids = batch.ids().to_vec();
+            for (r, &id) in ids.iter().enumerate().rev() {
+                let _ = batch.leave(r, &mut runs[id as usize]);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(runs.len());
+    for (i, (run, mut driver)) in runs.iter_mut().zip(drivers).enumerate() {
+        if stopped && run.step_count() == 0 && driver.logged == 0 {
+            // Never started: nothing to summarise.
+            out.push(None);
+            continue;
+        }
+        if stopped && driver.interrupted.is_none() && !run.is_done() {
+            driver.interrupted = Some(run.step_count());
+        }
+        let summary = driver.finish(run, &mut |r, row| log(i, r, row));
+        stopped |= summary.as_ref().is_ok_and(|s| s.interrupted.is_some());
+        out.push(Some(summary));
+    }
+    out
+}
+
+/// The runs `ids` of `runs`, in that order, as the lanes of a batch.
+fn pick<'a>(runs: &'a mut [Run], ids: &[u64]) -> Vec<&'a mut Run> {
+    let mut slots: Vec<Option<&'a mut Run>> = runs.iter_mut().map(Some).collect();
+    ids.iter()
+        .filter_map(|&id| slots.get_mut(id as usize)?.take())
+        .collect()
+}
+
+/// One run's progress through [`drive`]: when it started, the rows logged, where it was
+/// broken off.
+struct Driver {
+    started: Instant,
+    logged: usize,
+    interrupted: Option<u64>,
+    /// Why its batch failed, if it did.
+    failed: Option<Diagnostic>,
+}
+
+impl Driver {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            logged: 0,
+            interrupted: None,
+            failed: None,
+        }
+    }
+
+    /// Logs rows from the last logged one up to `end`.
+    fn log_until(
+        &mut self,
+        run: &Run,
+        end: usize,
+        log: &mut impl FnMut(&Run, &StepRecord) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
         let mut flow = ControlFlow::Continue(());
-        for k in *logged..end {
+        for k in self.logged..end {
             if let Some(r) = run.history().get(k) {
                 flow = log(run, &r);
             }
         }
-        *logged = end.max(*logged);
+        self.logged = end.max(self.logged);
         flow
-    };
-    while !run.is_done() {
-        run.step()?;
-        if log_until(run, run.step_count() as usize, &mut logged).is_break() && !run.is_done() {
-            interrupted = Some(run.step_count());
-            break;
-        }
     }
-    let _ = log_until(run, run.history().len(), &mut logged);
+
+    /// Steps the run alone to its end (unless broken off) and summarises it.
+    fn finish(
+        mut self,
+        run: &mut Run,
+        log: &mut impl FnMut(&Run, &StepRecord) -> ControlFlow<()>,
+    ) -> Result<Summary, Diagnostic> {
+        if let Some(d) = self.failed {
+            return Err(d);
+        }
+        while self.interrupted.is_none() && !run.is_done() {
+            run.step()?;
+            if self.log_until(run, run.step_count() as usize, log).is_break() && !run.is_done() {
+                self.interrupted = Some(run.step_count());
+            }
+        }
+        let _ = self.log_until(run, run.history().len(), log);
+        summarise(run, self.started, self.interrupted)
+    }
+}
+
+/// The summary of a run driven since `started`.
+fn summarise(run: &Run, started: Instant, interrupted: Option<u64>) -> Result<Summary, Diagnostic> {
     let elapsed = started.elapsed().as_secs_f64();
     // Every finished row is counted as the run steps; the current one (θ_N) here.
     let totals = run.history().with_current(*run.totals());

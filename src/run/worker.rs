@@ -21,6 +21,7 @@ use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::tricks::ChainSpec;
 use crate::run::history::{StepRecord, flags};
+use crate::run::batch::{self, Batch};
 use crate::run::{Run, RunRequest, save};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
@@ -293,6 +294,8 @@ pub fn spawn_with(
 struct Worker {
     compiled: CompiledFile,
     slots: Vec<Slot>,
+    /// Runs stepped as one program (by id); a run is in at most one.
+    batches: Vec<Batch>,
     next_id: RunId,
     playing: bool,
     emit: Emit,
@@ -313,6 +316,7 @@ impl Worker {
         Self {
             compiled,
             slots: Vec::new(),
+            batches: Vec::new(),
             next_id: 0,
             playing: false,
             emit,
@@ -406,6 +410,7 @@ impl Worker {
             for p in plan {
                 self.add(p);
             }
+            self.form_batches();
         });
         if let Err(d) = started {
             self.send(Event::Failed(d.headline()));
@@ -447,9 +452,9 @@ impl Worker {
             let Some(c) = queue.pop_front() else { break };
             self.handle(c);
         }
-        let mut any = false;
+        let mut any = self.step_batches();
         for i in 0..self.slots.len() {
-            if self.slots[i].moving(self.playing) {
+            if self.slots[i].moving(self.playing) && !self.batched(self.slots[i].id) {
                 self.step_slot(i);
                 any = true;
             }
@@ -474,6 +479,23 @@ impl Worker {
     }
 
     fn handle(&mut self, c: Command) {
+        // What looks at or changes one run takes it out of its batch first; what touches
+        // every run (rewinds, saving) all of them.
+        match &c {
+            Command::ScaleLr(id, _)
+            | Command::Remove(id)
+            | Command::Gradcheck(id)
+            | Command::Hessian(id)
+            | Command::Formula(id, _)
+            | Command::NextUpdate(id)
+            | Command::Plane { run: id, .. } => self.unbatch(*id),
+            Command::Reset | Command::Rewind(_) | Command::SaveParams { .. } => {
+                for id in self.slots.iter().map(|s| s.id).collect::<Vec<_>>() {
+                    self.unbatch(id);
+                }
+            }
+            _ => {}
+        }
         match c {
             Command::Play => {
                 // A finished run played again goes on for as many steps as it was given.
@@ -668,6 +690,113 @@ impl Worker {
         self.send_paths();
     }
 
+    /// Batches the runs that have not stepped yet and step alike (see [`batch`]).
+    fn form_batches(&mut self) {
+        let free: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !self.batched(self.slots[i].id))
+            .collect();
+        let runs: Vec<&Run> = free.iter().map(|&i| &self.slots[i].run).collect();
+        for group in batch::groups(&self.compiled, &runs) {
+            let lanes: Vec<&Run> = group.iter().map(|&g| runs[g]).collect();
+            let ids = group.iter().map(|&g| self.slots[free[g]].id).collect();
+            match Batch::new(&self.compiled, &lanes, ids) {
+                Ok(Some(b)) => self.batches.push(b),
+                Ok(None) => {}
+                Err(d) => self.send(Event::Failed(d.headline())),
+            }
+        }
+    }
+
+    fn batched(&self, id: RunId) -> bool {
+        self.batches.iter().any(|b| b.ids().contains(&id))
+    }
+
+    /// Run `id` leaves its batch (if in one) and steps alone from where it is.
+    fn unbatch(&mut self, id: RunId) {
+        let Some(b) = self.batches.iter().position(|b| b.ids().contains(&id)) else {
+            return;
+        };
+        let r = self.batches[b].ids().iter().position(|&x| x == id);
+        let slot = self.slots.iter_mut().find(|s| s.id == id);
+        if let (Some(r), Some(slot)) = (r, slot)
+            && let Err(d) = self.batches[b].leave(r, &mut slot.run)
+        {
+            (self.emit)(Event::Failed(d.headline()));
+        }
+        self.prune_batches();
+    }
+
+    /// A batch left with one lane steps it alone.
+    fn prune_batches(&mut self) {
+        while let Some(b) = self.batches.iter().position(|b| b.len() == 1) {
+            let id = self.batches[b].ids()[0];
+            if let Some(slot) = self.slots.iter_mut().find(|s| s.id == id)
+                && let Err(d) = self.batches[b].leave(0, &mut slot.run)
+            {
+                (self.emit)(Event::Failed(d.headline()));
+            }
+        }
+        self.batches.retain(|b| !b.is_empty());
+    }
+
+    /// One step of every batch whose runs all move; runs that stop moving leave first.
+    /// Returns whether any batch stepped.
+    fn step_batches(&mut self) -> bool {
+        let playing = self.playing;
+        let still: Vec<RunId> = self
+            .slots
+            .iter()
+            .filter(|s| self.batched(s.id) && !s.moving(playing))
+            .map(|s| s.id)
+            .collect();
+        for id in still {
+            self.unbatch(id);
+        }
+        let (mut stepped, mut failed) = (Vec::new(), Vec::new());
+        for b in 0..self.batches.len() {
+            let ids = self.batches[b].ids().to_vec();
+            let mut by_id: Vec<Option<&mut Slot>> = self.slots.iter_mut().map(Some).collect();
+            let mut lanes: Vec<&mut Run> = ids
+                .iter()
+                .filter_map(|id| {
+                    by_id
+                        .iter_mut()
+                        .find(|s| s.as_ref().is_some_and(|s| s.id == *id))?
+                        .take()
+                        .map(|s| &mut s.run)
+                })
+                .collect();
+            if let Err(d) = self.batches[b].step(&mut lanes) {
+                (self.emit)(Event::Failed(d.headline()));
+                failed.extend(&ids);
+            }
+            stepped.extend(ids);
+        }
+        for id in failed {
+            self.unbatch(id);
+        }
+        self.prune_batches();
+        for id in &stepped {
+            if let Some(i) = self.slots.iter().position(|s| s.id == *id) {
+                self.follow_lr_plan(i);
+            }
+        }
+        !stepped.is_empty()
+    }
+
+    /// Gives every batched run its current params and gradients, for reports that read them.
+    fn sync_lanes(&mut self) {
+        for b in &self.batches {
+            for (r, id) in b.ids().iter().enumerate() {
+                if let Some(slot) = self.slots.iter_mut().find(|s| s.id == *id)
+                    && let Err(d) = b.sync(r, &mut slot.run)
+                {
+                    (self.emit)(Event::Failed(d.headline()));
+                }
+            }
+        }
+    }
+
     fn step_slot(&mut self, i: usize) {
         let slot = &mut self.slots[i];
         if let Err(d) = slot.run.step() {
@@ -683,8 +812,11 @@ impl Worker {
 
     /// Sets the learning-rate multipliers a slot's plan has for the step it has reached.
     fn follow_lr_plan(&mut self, i: usize) {
+        let step = self.slots[i].run.step_count();
+        if self.slots[i].lr_plan.front().is_some_and(|(k, _)| *k <= step) {
+            self.unbatch(self.slots[i].id);
+        }
         let slot = &mut self.slots[i];
-        let step = slot.run.step_count();
         while let Some(&(_, scale)) = slot.lr_plan.front().filter(|(k, _)| *k <= step) {
             slot.lr_plan.pop_front();
             slot.run.set_lr_scale(scale);
@@ -694,6 +826,7 @@ impl Worker {
 
     /// Sends every row not yet reported, halts, and the inspector's numbers.
     fn report(&mut self) {
+        self.sync_lanes();
         let mut slots = std::mem::take(&mut self.slots);
         for s in &mut slots {
             if let Some(rows) = s.unsent(self.playing) {

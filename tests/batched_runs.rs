@@ -1,0 +1,315 @@
+//! Runs stepped as one batched program equal the same runs stepped apart: every row's loss and
+//! norms and the final params, in f64 to 1e-12 and f32 to 1e-5; a run that leaves the batch
+//! (rewound, its lr changed, diverged) goes on exactly as it would have alone.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+
+use gradscope::compile::{CompiledFile, compile};
+use gradscope::lang::file::load_bytes;
+use gradscope::optim::spec::OptimizerSpec;
+use gradscope::run::batch::{self, Batch};
+use gradscope::run::summary::{drive, drive_many};
+use gradscope::run::{Run, RunRequest};
+
+fn compiled(text: &str) -> CompiledFile {
+    let loaded = load_bytes(Path::new("t.toml"), text.as_bytes().to_vec());
+    let (c, d) = compile(loaded.file.expect("loads"));
+    c.unwrap_or_else(|| panic!("{d:?}"))
+}
+
+/// A robust regression whose variants differ in a const, the optimizer's numbers and the lr.
+fn regression(dtype: &str) -> String {
+    format!(
+        r#"
+name = "robust regression"
+seed = 3
+dtype = "{dtype}"
+loss = """
+pred = x @ w + b
+mean(log((pred - y)^2 + eps))
+"""
+[data]
+x = "randn(64, 3)"
+y = "x @ [1.0, -2.0, 0.5] + 0.1 * randn(64)"
+[consts]
+eps = 1e-3
+[params]
+w = "randn(3)"
+b = 0.5
+[optimizer]
+name = "adam"
+lr = 0.01
+steps = 100
+[[variants]]
+name = "eps 1e-2"
+consts = {{ eps = 1e-2 }}
+[[variants]]
+name = "lr 0.05, betas"
+optimizer = {{ lr = 0.05, beta1 = 0.8, beta2 = 0.99 }}
+[[variants]]
+name = "eps 1e-5, lr 0.002"
+consts = {{ eps = 1e-5 }}
+optimizer = {{ lr = 0.002 }}
+"#
+    )
+}
+
+const ROSENBROCK: &str = r#"
+name = "rosenbrock"
+dtype = "f64"
+loss = "(1 - x)^2 + 100 * (y - x^2)^2"
+[params]
+x = -1.5
+y = 2.0
+[optimizer]
+name = "sgd"
+lr = 1e-4
+momentum = 0.9
+steps = 100
+[[variants]]
+name = "lr 2e-4"
+optimizer = { lr = 2e-4 }
+[[variants]]
+name = "nesterov off, lr 5e-5"
+optimizer = { lr = 5e-5, momentum = 0.5 }
+[[variants]]
+name = "too fast"
+optimizer = { lr = 0.01 }
+"#;
+
+fn runs_of(c: &CompiledFile, spec: Option<&str>) -> Vec<Run> {
+    (0..c.runs.len())
+        .map(|def| {
+            let mut request = RunRequest::of(c, def).unwrap();
+            if let Some(s) = spec {
+                request.settings.optimizer = OptimizerSpec::parse(s).unwrap();
+            }
+            Run::new(c, request).unwrap()
+        })
+        .collect()
+}
+
+fn batch_of(c: &CompiledFile, runs: &[Run]) -> Batch {
+    let refs: Vec<&Run> = runs.iter().collect();
+    let ids = (0..runs.len() as u64).collect();
+    Batch::new(c, &refs, ids)
+        .unwrap()
+        .expect("these runs batch")
+}
+
+/// Steps the batch `n` times; returns the ids of the runs that left it.
+fn step_batch(b: &mut Batch, runs: &mut [Run], n: usize) -> Vec<u64> {
+    let mut left = Vec::new();
+    for _ in 0..n {
+        if b.is_empty() {
+            break;
+        }
+        let ids = b.ids().to_vec();
+        let mut lanes: Vec<&mut Run> = runs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| ids.contains(&(*i as u64)))
+            .map(|(_, r)| r)
+            .collect();
+        left.extend(b.step(&mut lanes).unwrap());
+    }
+    left
+}
+
+fn assert_close(a: f64, b: f64, tol: f64, what: &str) {
+    let ok = (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * a.abs().max(b.abs()).max(1e-300);
+    assert!(ok, "{what}: {a} vs {b} (tolerance {tol})");
+}
+
+/// Every row (loss, gradient norm, update norm, per-param norms) and the params of `a` and `b`.
+fn assert_same_runs(a: &Run, b: &Run, tol: f64) {
+    assert_eq!(a.step_count(), b.step_count(), "{}", a.name);
+    for k in 0..a.history().len() {
+        let (x, y) = (a.history().get(k).unwrap(), b.history().get(k).unwrap());
+        let what = format!("{} row {k}", a.name);
+        assert_close(x.core.loss, y.core.loss, tol, &format!("{what} loss"));
+        assert_close(x.core.grad_norm as f64, y.core.grad_norm as f64, tol.max(1e-6), &what);
+        assert_close(x.core.update_norm as f64, y.core.update_norm as f64, tol.max(1e-6), &what);
+        assert_eq!(x.core.flags, y.core.flags, "{what} flags");
+        for (p, q) in x.param_grad_norms.iter().zip(&y.param_grad_norms) {
+            assert_close(*p as f64, *q as f64, tol.max(1e-6), &what);
+        }
+    }
+    for (p, q) in a.param_values().iter().zip(b.param_values()) {
+        for (x, y) in p.iter().zip(&q) {
+            assert_close(*x, *y, tol, &format!("{} params", a.name));
+        }
+    }
+    assert_eq!(a.totals().best, b.totals().best, "{} best", a.name);
+}
+
+fn alone(c: &CompiledFile, spec: Option<&str>) -> Vec<Run> {
+    let mut runs = runs_of(c, spec);
+    for r in &mut runs {
+        drive(r, |_, _| ControlFlow::Continue(())).unwrap();
+    }
+    runs
+}
+
+fn batched_equals_alone(text: &str, spec: Option<&str>, tol: f64) {
+    let c = compiled(text);
+    let mut runs = runs_of(&c, spec);
+    let mut b = batch_of(&c, &runs);
+    let left = step_batch(&mut b, &mut runs, 100);
+    assert!(left.is_empty(), "no run should leave: {left:?}");
+    // Leaving hands over the optimizer state: the runs read their params alone again.
+    for r in (0..b.len()).rev() {
+        let id = b.ids()[r] as usize;
+        b.leave(r, &mut runs[id]).unwrap();
+    }
+    for (a, s) in runs.iter().zip(alone(&c, spec)) {
+        assert_same_runs(a, &s, tol);
+    }
+}
+
+#[test]
+fn batched_adam_runs_equal_separate_runs_in_f64() {
+    batched_equals_alone(&regression("f64"), None, 1e-12);
+}
+
+#[test]
+fn batched_adam_runs_equal_separate_runs_in_f32() {
+    batched_equals_alone(&regression("f32"), None, 1e-5);
+}
+
+#[test]
+fn batched_sgd_momentum_runs_equal_separate_runs() {
+    let text = ROSENBROCK.replace("[[variants]]\nname = \"too fast\"\noptimizer = { lr = 0.01 }\n", "");
+    batched_equals_alone(&text, None, 1e-12);
+}
+
+#[test]
+fn every_batchable_classic_optimizer_equals_its_runs_alone() {
+    for spec in [
+        "adamw(lr=0.01, weight_decay=0.1)",
+        "adam(lr=0.01, amsgrad=true)",
+        "rmsprop(lr=0.001, momentum=0.5)",
+        "adagrad(lr=0.1)",
+        "lion(lr=0.001)",
+        "sgd(lr=0.01, momentum=0.9, nesterov=true)",
+    ] {
+        batched_equals_alone(&regression("f64"), Some(spec), 1e-12);
+    }
+}
+
+#[test]
+fn a_diverging_run_leaves_the_batch_and_halts_as_it_would_alone() {
+    let c = compiled(ROSENBROCK);
+    let mut runs = runs_of(&c, None);
+    let mut b = batch_of(&c, &runs);
+    let left = step_batch(&mut b, &mut runs, 100);
+    assert_eq!(left, vec![3], "the run with lr 0.01 diverges");
+    for r in (0..b.len()).rev() {
+        let id = b.ids()[r] as usize;
+        b.leave(r, &mut runs[id]).unwrap();
+    }
+    // It left at its first unclean step and went on alone from there.
+    while !runs[3].is_done() {
+        runs[3].step().unwrap();
+    }
+    let separate = alone(&c, None);
+    for (a, s) in runs.iter().zip(&separate) {
+        assert_same_runs(a, s, 1e-12);
+    }
+    let (halt, expected) = (runs[3].halted.as_ref(), separate[3].halted.as_ref());
+    assert!(expected.is_some(), "the fast run halts alone");
+    assert_eq!(halt, expected);
+}
+
+#[test]
+fn a_run_that_leaves_goes_on_as_it_would_have_alone() {
+    let c = compiled(&regression("f64"));
+    let mut runs = runs_of(&c, None);
+    let mut b = batch_of(&c, &runs);
+    step_batch(&mut b, &mut runs, 40);
+    // Run 1 leaves at step 40 and has its lr halved there; the rest stay batched.
+    b.leave(1, &mut runs[1]).unwrap();
+    runs[1].set_lr_scale(0.5);
+    for _ in 0..60 {
+        runs[1].step().unwrap();
+    }
+    step_batch(&mut b, &mut runs, 60);
+    for r in (0..b.len()).rev() {
+        let id = b.ids()[r] as usize;
+        b.leave(r, &mut runs[id]).unwrap();
+    }
+    let mut separate = runs_of(&c, None);
+    for (i, s) in separate.iter_mut().enumerate() {
+        for k in 0..100 {
+            if i == 1 && k == 40 {
+                s.set_lr_scale(0.5);
+            }
+            s.step().unwrap();
+        }
+    }
+    for (a, s) in runs.iter().zip(&separate) {
+        assert_same_runs(a, s, 1e-12);
+    }
+}
+
+#[test]
+fn rewinding_a_run_that_left_re_steps_bit_for_bit() {
+    let c = compiled(&regression("f64"));
+    let mut runs = runs_of(&c, None);
+    let mut b = batch_of(&c, &runs);
+    step_batch(&mut b, &mut runs, 250);
+    let before: Vec<_> = (0..=250).map(|k| runs[2].history().get(k).unwrap()).collect();
+    let params = runs[2].param_values();
+    let r = b.ids().iter().position(|&id| id == 2).unwrap();
+    b.leave(r, &mut runs[2]).unwrap();
+    // Back past two snapshots taken in the batch, then forward again alone.
+    runs[2].rewind_to(37).unwrap();
+    assert_eq!(runs[2].step_count(), 37);
+    while runs[2].step_count() < 250 {
+        runs[2].step().unwrap();
+    }
+    let after: Vec<_> = (0..=250).map(|k| runs[2].history().get(k).unwrap()).collect();
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!(x.core.loss.to_bits(), y.core.loss.to_bits(), "row {}", x.step);
+        assert_eq!(x.param_grad_norms, y.param_grad_norms, "row {}", x.step);
+    }
+    assert_eq!(params, runs[2].param_values());
+}
+
+#[test]
+fn drive_many_batches_what_batches_and_summarises_every_run() {
+    let c = compiled(&regression("f64"));
+    let mut runs = runs_of(&c, None);
+    let refs: Vec<&Run> = runs.iter().collect();
+    assert_eq!(batch::groups(&c, &refs), vec![vec![0, 1, 2, 3]]);
+    let mut rows = vec![0u64; runs.len()];
+    let summaries = drive_many(&c, &mut runs, |i, _, r| {
+        assert_eq!(r.step, rows[i], "run {i}'s rows come in order");
+        rows[i] += 1;
+        ControlFlow::Continue(())
+    });
+    assert_eq!(rows, vec![101; 4]);
+    let separate = alone(&c, None);
+    for ((a, s), sum) in runs.iter().zip(&separate).zip(summaries) {
+        assert_same_runs(a, s, 1e-12);
+        let sum = sum.unwrap().unwrap();
+        assert_eq!(sum.steps, 100);
+        assert_close(sum.final_loss, s.history().get(100).unwrap().core.loss, 1e-12, "final");
+    }
+}
+
+#[test]
+fn runs_that_cannot_batch_are_not_grouped() {
+    let c = compiled(&regression("f64"));
+    let mut runs = runs_of(&c, None);
+    // Clipping looks at the whole gradient of a run: that run steps alone.
+    runs[1].config.clip_norm = Some(1.0);
+    let refs: Vec<&Run> = runs.iter().collect();
+    assert_eq!(batch::groups(&c, &refs), vec![vec![0, 2, 3]]);
+    // Another optimizer kind is another group.
+    let mut runs = runs_of(&c, None);
+    runs[3].config.optimizer = OptimizerSpec::parse("sgd(lr=0.01)").unwrap();
+    let refs: Vec<&Run> = runs.iter().collect();
+    assert_eq!(batch::groups(&c, &refs), vec![vec![0, 1, 2]]);
+}
