@@ -603,12 +603,12 @@ mod tests {
         let y = x.flip(&[0]).unwrap();
         let k = [0.0, 2.0, -0.0];
         let got = Coef::Each(k.to_vec()).add_scaled(&x, &y).unwrap();
-        for r in 0..3 {
+        for (r, &kr) in k.iter().enumerate() {
             let (xr, yr) = (x.get(r).unwrap(), y.get(r).unwrap());
-            let want = if k[r] == 0.0 {
+            let want = if kr == 0.0 {
                 xr
             } else {
-                (&xr + yr.affine(k[r], 0.0).unwrap()).unwrap()
+                (&xr + yr.affine(kr, 0.0).unwrap()).unwrap()
             };
             assert_eq!(bits(&got.get(r).unwrap()), bits(&want), "lane {r}");
         }
