@@ -106,6 +106,11 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
     if rosen.exists() {
         writeln!(out, "\n{}", headless_memory(rosen, &[100_000, 1_000_000])?)?;
     }
+    let (_, lines) = lane_steps(repeat.max(1))?;
+    writeln!(out)?;
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
     for n_params in [2, 6] {
         writeln!(
             out,
@@ -274,6 +279,101 @@ fn headless_memory(file: &Path, checkpoints: &[u64]) -> anyhow::Result<String> {
         h.bytes() as f64 / 1e3
     ));
     Ok(line)
+}
+
+/// One optimizer update of runs stepped as lanes of one program against the same runs updated
+/// one by one: the optimizer's part of batched runs, without the loss.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LaneSteps {
+    /// Whose param shapes: rosenbrock (two scalars), logreg ([64] and a scalar).
+    pub workload: &'static str,
+    pub lanes: usize,
+    /// Microseconds for one update of every run alone (all runs together).
+    pub alone_us: f64,
+    /// Microseconds for one update of all lanes as one.
+    pub lanes_us: f64,
+}
+
+/// [`LaneSteps`] for 8 runs of f32 Adam whose lrs differ (the usual comparison), the median of
+/// `repeat` rounds timed alone, lanes, alone, lanes...; and its text lines.
+pub fn lane_steps(repeat: usize) -> anyhow::Result<(Vec<LaneSteps>, Vec<String>)> {
+    use crate::optim::lanes::LaneState;
+    use crate::optim::spec::OptimizerSpec;
+    use crate::optim::step::{NoOracle, OptimizerState, StepCx, update};
+    use candle_core::{DType, Device, Tensor};
+
+    const LANES: usize = 8;
+    const UPDATES: usize = 2000;
+    let mut figures = Vec::new();
+    let mut lines = vec![format!(
+        "optimizer update of {LANES} runs (f32 Adam, lrs differing), median of {repeat} x {UPDATES}:"
+    )];
+    for (workload, shapes) in [
+        ("rosenbrock", &[&[][..], &[]][..]),
+        ("logreg", &[&[64][..], &[]][..]),
+    ] {
+        let specs: Vec<OptimizerSpec> = (0..LANES)
+            .map(|r| OptimizerSpec::parse(&format!("adam(lr={})", 1e-2 * (1.0 + r as f64 / 8.0))))
+            .collect::<Result<_, _>>()?;
+        let lrs: Vec<f64> = specs.iter().map(OptimizerSpec::lr).collect();
+        let single: Vec<Tensor> = shapes
+            .iter()
+            .map(|&s| Tensor::ones(s, DType::F32, &Device::Cpu))
+            .collect::<candle_core::Result<_>>()?;
+        let grads: Vec<Tensor> = single
+            .iter()
+            .map(|p| p.affine(0.5, 0.1))
+            .collect::<candle_core::Result<_>>()?;
+        let batched = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+            ts.iter().map(|t| Tensor::stack(&[t; LANES], 0)).collect()
+        };
+        let (lane_params, lane_grads) = (batched(&single)?, batched(&grads)?);
+        let mut lanes = LaneState::new(&specs, &lane_params)
+            .ok_or_else(|| anyhow::anyhow!("Adam lanes do not batch"))?;
+        let mut alone: Vec<OptimizerState> = specs
+            .iter()
+            .map(|s| OptimizerState::single(s, &single))
+            .collect::<candle_core::Result<_>>()?;
+        let (mut alone_s, mut lanes_s) = (Vec::new(), Vec::new());
+        for _ in 0..repeat {
+            let start = Instant::now();
+            for _ in 0..UPDATES {
+                for (state, &lr) in alone.iter_mut().zip(&lrs) {
+                    let mut cx = StepCx {
+                        params: &single,
+                        grads: &grads,
+                        loss: 0.0,
+                        lr,
+                        t: 0,
+                        oracle: &mut NoOracle,
+                    };
+                    update(state, &mut cx)?;
+                }
+            }
+            alone_s.push(start.elapsed().as_secs_f64());
+            let start = Instant::now();
+            for _ in 0..UPDATES {
+                lanes.step(&lane_params, &lane_grads, &lrs)?;
+            }
+            lanes_s.push(start.elapsed().as_secs_f64());
+        }
+        let median_us = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] / UPDATES as f64 * 1e6
+        };
+        let (alone_us, lanes_us) = (median_us(alone_s), median_us(lanes_s));
+        lines.push(format!(
+            "{workload:<20} alone {alone_us:>8.1} us, as lanes {lanes_us:>8.1} us ({:.1}x)",
+            alone_us / lanes_us
+        ));
+        figures.push(LaneSteps {
+            workload,
+            lanes: LANES,
+            alone_us,
+            lanes_us,
+        });
+    }
+    Ok((figures, lines))
 }
 
 /// Resident memory of this process now, in MB (Linux; NaN elsewhere).

@@ -171,6 +171,15 @@ impl Tricks {
         Ok((tricks, base))
     }
 
+    /// No tricks around the optimizer of a run in `dtype`.
+    pub(super) fn none(dtype: DType) -> Self {
+        Self {
+            specs: Vec::new(),
+            states: Vec::new(),
+            dtype,
+        }
+    }
+
     /// How the base's result is stored.
     fn storage(&self) -> Storage {
         self.states

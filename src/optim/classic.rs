@@ -1,11 +1,13 @@
 //! torch.optim's classic optimizers (SGD, Adam, AdamW, RMSprop, Adagrad) and Lion, written
 //! after torch.optim's single-tensor implementations so trajectories match it to float rounding.
+//! Each is written once over [`Lanes`]: a single run is one lane, several runs step as one.
 
 use candle_core::{Result, Tensor};
 
+use super::lanes::{LaneRule, Lanes};
 use super::lowp;
 use super::spec::{Adagrad, Adam, AdamW, Lion, OptimizerSpec, RmsProp, Sgd};
-use super::step::{UpdateRule, add_scaled, lerp};
+use super::step::UpdateRule;
 
 /// SGD's state.
 #[derive(Debug, Clone, Default)]
@@ -14,32 +16,43 @@ pub struct SgdState {
     pub momentum_buffer: Option<Tensor>,
 }
 
-impl UpdateRule for Sgd {
-    type State = SgdState;
+lane_slices!(SgdState { momentum_buffer });
+one_lane!(Sgd => SgdState, RmsProp => RmsPropState, Adagrad => AdagradState, Lion => LionState);
 
-    fn step(
-        &self,
+impl LaneRule for Sgd {
+    type State = SgdState;
+    /// Momentum or none, Nesterov's or not.
+    type Structure = (bool, bool);
+
+    fn structure(&self) -> (bool, bool) {
+        (self.momentum != 0.0, self.nesterov)
+    }
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut SgdState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         _t: u64,
     ) -> Result<Tensor> {
-        let (momentum, dampening) = (self.momentum, self.dampening);
-        let mut g = add_scaled(grad, p, self.weight_decay)?;
-        if momentum != 0.0 {
+        let o = k.rule();
+        let momentum = k.coef(|o, _| o.momentum);
+        let mut g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
+        if o.momentum != 0.0 {
             let buf = match &s.momentum_buffer {
                 None => g.clone(),
-                Some(buf) => (buf.affine(momentum, 0.0)? + g.affine(1.0 - dampening, 0.0)?)?,
+                Some(buf) => {
+                    (momentum.scale(buf)? + k.coef(|o, _| 1.0 - o.dampening).scale(&g)?)?
+                }
             };
-            g = if self.nesterov {
-                add_scaled(&g, &buf, momentum)?
+            g = if o.nesterov {
+                momentum.add_scaled(&g, &buf)?
             } else {
                 buf.clone()
             };
             s.momentum_buffer = Some(buf);
         }
-        add_scaled(p, &g, -lr)
+        k.coef(|_, lr| -lr).add_scaled(p, &g)
     }
 }
 
@@ -54,7 +67,14 @@ pub struct AdamState {
     pub max_exp_avg_sq: Option<Tensor>,
 }
 
+lane_slices!(AdamState {
+    exp_avg,
+    exp_avg_sq,
+    max_exp_avg_sq
+});
+
 /// Adam's hyper-parameters, with weight decay coupled (Adam) or decoupled (AdamW).
+#[derive(Debug, Clone)]
 pub(super) struct AdamRule {
     pub(super) betas: (f64, f64),
     pub(super) eps: f64,
@@ -84,37 +104,54 @@ impl AdamRule {
             _ => return None,
         })
     }
+}
 
-    fn step(
-        &self,
+impl LaneRule for AdamRule {
+    type State = AdamState;
+    /// AMSGrad or not, AdamW's decay or Adam's.
+    type Structure = (bool, bool);
+
+    fn structure(&self) -> (bool, bool) {
+        (self.amsgrad, self.decoupled)
+    }
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut AdamState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         t: u64,
     ) -> Result<Tensor> {
         // In f16/bf16 every op rounds: torch's own sequence of them, or the numbers drift.
+        // Lanes refuse these dtypes (LaneState::new).
         if lowp::is_low(p.dtype()) {
-            return lowp::adam(self, s, p, grad, lr, t, None);
+            let Some((rule, lr)) = k.single() else {
+                candle_core::bail!("Adam in {:?} steps one run at a time", p.dtype());
+            };
+            return lowp::adam(rule, s, p, grad, lr, t, None);
         }
-        let ((b1, b2), eps, wd, t) = (self.betas, self.eps, self.weight_decay, t as f64);
-        let (p, g) = if self.decoupled {
-            (p.affine(1.0 - lr * wd, 0.0)?, grad.clone())
+        let (o, t) = (k.rule(), t as f64);
+        let (p, g) = if o.decoupled {
+            let keep = k.coef(|o, lr| 1.0 - lr * o.weight_decay);
+            (keep.scale(p)?, grad.clone())
         } else {
-            (p.clone(), add_scaled(grad, p, wd)?)
+            (
+                p.clone(),
+                k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?,
+            )
         };
+        let one_minus_b1 = k.coef(|o, _| 1.0 - o.betas.0);
         let m = match &s.exp_avg {
-            None => g.affine(1.0 - b1, 0.0)?,
-            Some(m) => lerp(m, &g, 1.0 - b1)?,
+            None => one_minus_b1.scale(&g)?,
+            Some(m) => one_minus_b1.lerp(m, &g)?,
         };
         let g2 = g.sqr()?;
+        let one_minus_b2 = k.coef(|o, _| 1.0 - o.betas.1);
         let v = match &s.exp_avg_sq {
-            None => g2.affine(1.0 - b2, 0.0)?,
-            Some(v) => (v.affine(b2, 0.0)? + g2.affine(1.0 - b2, 0.0)?)?,
+            None => one_minus_b2.scale(&g2)?,
+            Some(v) => (k.coef(|o, _| o.betas.1).scale(v)? + one_minus_b2.scale(&g2)?)?,
         };
-        let bc1 = 1.0 - b1.powf(t);
-        let bc2_sqrt = (1.0 - b2.powf(t)).sqrt();
-        let second = if self.amsgrad {
+        let second = if o.amsgrad {
             let vmax = match &s.max_exp_avg_sq {
                 None => v.clone(),
                 Some(c) => c.maximum(&v)?,
@@ -124,8 +161,10 @@ impl AdamRule {
         } else {
             v.clone()
         };
-        let denom = second.sqrt()?.affine(1.0 / bc2_sqrt, eps)?;
-        let new = (&p - m.div(&denom)?.affine(lr / bc1, 0.0)?)?;
+        let inv_bc2_sqrt = k.coef(|o, _| 1.0 / (1.0 - o.betas.1.powf(t)).sqrt());
+        let denom = inv_bc2_sqrt.affine(&second.sqrt()?, &k.coef(|o, _| o.eps))?;
+        let step_size = k.coef(|o, lr| lr / (1.0 - o.betas.0.powf(t)));
+        let new = (&p - step_size.scale(&m.div(&denom)?)?)?;
         s.exp_avg = Some(m);
         s.exp_avg_sq = Some(v);
         Ok(new)
@@ -143,7 +182,7 @@ impl UpdateRule for Adam {
             amsgrad: self.amsgrad,
             decoupled: false,
         };
-        rule.step(s, p, g, lr, t)
+        AdamRule::step_lanes(&Lanes::one(&rule, &lr), s, p, g, t)
     }
 }
 
@@ -158,7 +197,7 @@ impl UpdateRule for AdamW {
             amsgrad: self.amsgrad,
             decoupled: true,
         };
-        rule.step(s, p, g, lr, t)
+        AdamRule::step_lanes(&Lanes::one(&rule, &lr), s, p, g, t)
     }
 }
 
@@ -173,46 +212,60 @@ pub struct RmsPropState {
     pub momentum_buffer: Option<Tensor>,
 }
 
-impl UpdateRule for RmsProp {
-    type State = RmsPropState;
+lane_slices!(RmsPropState {
+    square_avg,
+    grad_avg,
+    momentum_buffer
+});
 
-    fn step(
-        &self,
+impl LaneRule for RmsProp {
+    type State = RmsPropState;
+    /// Centered or not, momentum or none.
+    type Structure = (bool, bool);
+
+    fn structure(&self) -> (bool, bool) {
+        (self.centered, self.momentum > 0.0)
+    }
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut RmsPropState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         _t: u64,
     ) -> Result<Tensor> {
-        let (alpha, eps, momentum) = (self.alpha, self.eps, self.momentum);
-        let g = add_scaled(grad, p, self.weight_decay)?;
+        let o = k.rule();
+        let (alpha, eps) = (k.coef(|o, _| o.alpha), k.coef(|o, _| o.eps));
+        let one_minus_alpha = k.coef(|o, _| 1.0 - o.alpha);
+        let g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
         let sq = match &s.square_avg {
-            None => g.sqr()?.affine(1.0 - alpha, 0.0)?,
-            Some(sq) => (sq.affine(alpha, 0.0)? + g.sqr()?.affine(1.0 - alpha, 0.0)?)?,
+            None => one_minus_alpha.scale(&g.sqr()?)?,
+            Some(sq) => (alpha.scale(sq)? + one_minus_alpha.scale(&g.sqr()?)?)?,
         };
-        let avg = if self.centered {
+        let avg = if o.centered {
             let ga = match &s.grad_avg {
-                None => g.affine(1.0 - alpha, 0.0)?,
-                Some(ga) => lerp(ga, &g, 1.0 - alpha)?,
+                None => one_minus_alpha.scale(&g)?,
+                Some(ga) => one_minus_alpha.lerp(ga, &g)?,
             };
-            let avg = (&sq - ga.sqr()?)?.sqrt()?.affine(1.0, eps)?;
+            let avg = eps.shift(&(&sq - ga.sqr()?)?.sqrt()?)?;
             s.grad_avg = Some(ga);
             avg
         } else {
-            sq.sqrt()?.affine(1.0, eps)?
+            eps.shift(&sq.sqrt()?)?
         };
         s.square_avg = Some(sq);
         let step = g.div(&avg)?;
-        if momentum > 0.0 {
+        let minus_lr = k.coef(|_, lr| -lr);
+        if o.momentum > 0.0 {
             let buf = match &s.momentum_buffer {
                 None => step,
-                Some(buf) => (buf.affine(momentum, 0.0)? + step)?,
+                Some(buf) => (k.coef(|o, _| o.momentum).scale(buf)? + step)?,
             };
-            let new = add_scaled(p, &buf, -lr)?;
+            let new = minus_lr.add_scaled(p, &buf)?;
             s.momentum_buffer = Some(buf);
             Ok(new)
         } else {
-            add_scaled(p, &step, -lr)
+            minus_lr.add_scaled(p, &step)
         }
     }
 }
@@ -224,25 +277,31 @@ pub struct AdagradState {
     pub sum: Option<Tensor>,
 }
 
-impl UpdateRule for Adagrad {
-    type State = AdagradState;
+lane_slices!(AdagradState { sum });
 
-    fn step(
-        &self,
+impl LaneRule for Adagrad {
+    type State = AdagradState;
+    type Structure = ();
+
+    fn structure(&self) {}
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut AdagradState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         t: u64,
     ) -> Result<Tensor> {
-        let clr = lr / (1.0 + (t as f64 - 1.0) * self.lr_decay);
-        let g = add_scaled(grad, p, self.weight_decay)?;
+        let clr = k.coef(|o, lr| lr / (1.0 + (t as f64 - 1.0) * o.lr_decay));
+        let g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
         let sum = match &s.sum {
-            None => g.sqr()?.affine(1.0, self.initial_accumulator_value)?,
+            None => k
+                .coef(|o, _| o.initial_accumulator_value)
+                .shift(&g.sqr()?)?,
             Some(sum) => (sum + g.sqr()?)?,
         };
-        let std = sum.sqrt()?.affine(1.0, self.eps)?;
-        let new = add_scaled(p, &g.div(&std)?, -clr)?;
+        let std = k.coef(|o, _| o.eps).shift(&sum.sqrt()?)?;
+        let new = clr.map(|c| -c).add_scaled(p, &g.div(&std)?)?;
         s.sum = Some(sum);
         Ok(new)
     }
@@ -255,26 +314,29 @@ pub struct LionState {
     pub exp_avg: Option<Tensor>,
 }
 
-impl UpdateRule for Lion {
-    type State = LionState;
+lane_slices!(LionState { exp_avg });
 
-    fn step(
-        &self,
+impl LaneRule for Lion {
+    type State = LionState;
+    type Structure = ();
+
+    fn structure(&self) {}
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut LionState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         _t: u64,
     ) -> Result<Tensor> {
-        let (b1, b2) = (self.beta1, self.beta2);
         let m = match &s.exp_avg {
             None => grad.zeros_like()?,
             Some(m) => m.clone(),
         };
-        let c = lerp(&m, grad, 1.0 - b1)?;
-        let p = p.affine(1.0 - lr * self.weight_decay, 0.0)?;
-        let new = add_scaled(&p, &c.sign()?, -lr)?;
-        s.exp_avg = Some(lerp(&m, grad, 1.0 - b2)?);
+        let c = k.coef(|o, _| 1.0 - o.beta1).lerp(&m, grad)?;
+        let p = k.coef(|o, lr| 1.0 - lr * o.weight_decay).scale(p)?;
+        let new = k.coef(|_, lr| -lr).add_scaled(&p, &c.sign()?)?;
+        s.exp_avg = Some(k.coef(|o, _| 1.0 - o.beta2).lerp(&m, grad)?);
         Ok(new)
     }
 }

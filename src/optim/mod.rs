@@ -113,12 +113,54 @@ macro_rules! typed_params {
     };
 }
 
+/// A lane rule's per-param state of `Option<Tensor>` fields: its lanes are those of every
+/// tensor ([`lanes::LaneSlices`]).
+macro_rules! lane_slices {
+    ($State:ident { $($field:ident),* $(,)? }) => {
+        impl $crate::optim::lanes::LaneSlices for $State {
+            fn pick(
+                &self,
+                _keep: &[usize],
+                take: &dyn Fn(&Tensor) -> Result<Tensor>,
+            ) -> Result<Self> {
+                Ok(Self { $( $field: $crate::optim::lanes::pick_opt(&self.$field, take)?, )* })
+            }
+        }
+    };
+}
+
+/// Lane rules as single-run [`step::UpdateRule`]s: a run is one lane (`Rule => State`).
+macro_rules! one_lane {
+    ($($Rule:ident => $State:ident),* $(,)?) => {
+        $(
+            impl $crate::optim::step::UpdateRule for $Rule {
+                type State = $State;
+
+                fn step(
+                    &self,
+                    state: &mut $State,
+                    param: &Tensor,
+                    grad: &Tensor,
+                    lr: f64,
+                    t: u64,
+                ) -> Result<Tensor> {
+                    let lanes = $crate::optim::lanes::Lanes::one(self, &lr);
+                    <$Rule as $crate::optim::lanes::LaneRule>::step_lanes(
+                        &lanes, state, param, grad, t,
+                    )
+                }
+            }
+        )*
+    };
+}
+
 pub mod adafactor;
 pub mod catalogue;
 pub mod chain;
 pub mod classic;
 pub mod custom;
 pub mod groups;
+pub mod lanes;
 pub mod lbfgs;
 pub mod lowp;
 pub mod muon;

@@ -352,14 +352,18 @@ pub fn update(state: &mut OptimizerState, cx: &mut StepCx) -> Result<Vec<Tensor>
     }
     new.into_iter()
         .zip(cx.params)
-        .map(|(new, p)| {
-            if new.id() == p.id() {
-                new.copy()
-            } else {
-                Ok(new)
-            }
-        })
+        .map(|(new, p)| fresh(new, p))
         .collect()
+}
+
+/// `new`, or a copy of it when it is `old` itself (a zero step): a run writes the new params
+/// back into the ones they came from.
+pub(super) fn fresh(new: Tensor, old: &Tensor) -> Result<Tensor> {
+    if new.id() == old.id() {
+        new.copy()
+    } else {
+        Ok(new)
+    }
 }
 
 /// torch's lerp: `a + w * (b - a)`.

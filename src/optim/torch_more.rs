@@ -1,11 +1,13 @@
 //! The rest of torch.optim's elementwise optimizers: Adadelta, Adamax, ASGD, NAdam, RAdam and
 //! Rprop, written after torch.optim's single-tensor implementations (state named as torch names
-//! it) so trajectories match torch to float rounding.
+//! it) so trajectories match torch to float rounding. All but ASGD are written over [`Lanes`]: a
+//! single run is one lane, several runs step as one.
 
 use candle_core::{Result, Tensor};
 
+use super::lanes::{Coef, LaneRule, LaneSlices, Lanes};
 use super::spec::{Adadelta, Adamax, Asgd, NAdam, RAdam, Rprop};
-use super::step::{Rule, StateValue, StepCx, UpdateRule, add_scaled, lerp};
+use super::step::{Rule, StateValue, StepCx, add_scaled};
 
 /// Adadelta's state.
 #[derive(Debug, Clone, Default)]
@@ -16,32 +18,47 @@ pub struct AdadeltaState {
     pub acc_delta: Option<Tensor>,
 }
 
-impl UpdateRule for Adadelta {
-    type State = AdadeltaState;
+lane_slices!(AdadeltaState {
+    square_avg,
+    acc_delta
+});
+one_lane!(
+    Adadelta => AdadeltaState,
+    Adamax => AdamaxState,
+    NAdam => NAdamState,
+    RAdam => MomentState,
+    Rprop => RpropState,
+);
 
-    fn step(
-        &self,
+impl LaneRule for Adadelta {
+    type State = AdadeltaState;
+    type Structure = ();
+
+    fn structure(&self) {}
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut AdadeltaState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         _t: u64,
     ) -> Result<Tensor> {
-        let (rho, eps) = (self.rho, self.eps);
-        let g = add_scaled(grad, p, self.weight_decay)?;
+        let (rho, eps) = (k.coef(|o, _| o.rho), k.coef(|o, _| o.eps));
+        let one_minus_rho = k.coef(|o, _| 1.0 - o.rho);
+        let g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
         let square_avg = match &s.square_avg {
-            None => g.sqr()?.affine(1.0 - rho, 0.0)?,
-            Some(v) => (v.affine(rho, 0.0)? + g.sqr()?.affine(1.0 - rho, 0.0)?)?,
+            None => one_minus_rho.scale(&g.sqr()?)?,
+            Some(v) => (rho.scale(v)? + one_minus_rho.scale(&g.sqr()?)?)?,
         };
         let acc_delta = match &s.acc_delta {
             None => g.zeros_like()?,
             Some(u) => u.clone(),
         };
         // eps sits inside both roots, so the very first step is sqrt(eps) / sqrt(v + eps) * g.
-        let std = square_avg.affine(1.0, eps)?.sqrt()?;
-        let delta = acc_delta.affine(1.0, eps)?.sqrt()?.div(&std)?.mul(&g)?;
-        let acc_delta = (acc_delta.affine(rho, 0.0)? + delta.sqr()?.affine(1.0 - rho, 0.0)?)?;
-        let new = add_scaled(p, &delta, -lr)?;
+        let std = eps.shift(&square_avg)?.sqrt()?;
+        let delta = eps.shift(&acc_delta)?.sqrt()?.div(&std)?.mul(&g)?;
+        let acc_delta = (rho.scale(&acc_delta)? + one_minus_rho.scale(&delta.sqr()?)?)?;
+        let new = k.coef(|_, lr| -lr).add_scaled(p, &delta)?;
         s.square_avg = Some(square_avg);
         s.acc_delta = Some(acc_delta);
         Ok(new)
@@ -57,31 +74,35 @@ pub struct AdamaxState {
     pub exp_inf: Option<Tensor>,
 }
 
-impl UpdateRule for Adamax {
-    type State = AdamaxState;
+lane_slices!(AdamaxState { exp_avg, exp_inf });
 
-    fn step(
-        &self,
+impl LaneRule for Adamax {
+    type State = AdamaxState;
+    type Structure = ();
+
+    fn structure(&self) {}
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut AdamaxState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         t: u64,
     ) -> Result<Tensor> {
-        let (b1, b2) = (self.beta1, self.beta2);
-        let g = add_scaled(grad, p, self.weight_decay)?;
+        let g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
+        let one_minus_b1 = k.coef(|o, _| 1.0 - o.beta1);
         let exp_avg = match &s.exp_avg {
-            None => g.affine(1.0 - b1, 0.0)?,
-            Some(m) => lerp(m, &g, 1.0 - b1)?,
+            None => one_minus_b1.scale(&g)?,
+            Some(m) => one_minus_b1.lerp(m, &g)?,
         };
         // eps goes inside the max: u = max(beta2 u, |g| + eps).
-        let bound = g.abs()?.affine(1.0, self.eps)?;
+        let bound = k.coef(|o, _| o.eps).shift(&g.abs()?)?;
         let exp_inf = match &s.exp_inf {
             None => bound,
-            Some(u) => u.affine(b2, 0.0)?.maximum(&bound)?,
+            Some(u) => k.coef(|o, _| o.beta2).scale(u)?.maximum(&bound)?,
         };
-        let clr = lr / (1.0 - b1.powf(t as f64));
-        let new = add_scaled(p, &exp_avg.div(&exp_inf)?, -clr)?;
+        let clr = k.coef(|o, lr| lr / (1.0 - o.beta1.powf(t as f64)));
+        let new = clr.map(|c| -c).add_scaled(p, &exp_avg.div(&exp_inf)?)?;
         s.exp_avg = Some(exp_avg);
         s.exp_inf = Some(exp_inf);
         Ok(new)
@@ -162,17 +183,23 @@ pub struct MomentState {
     pub exp_avg_sq: Option<Tensor>,
 }
 
+lane_slices!(MomentState {
+    exp_avg,
+    exp_avg_sq
+});
+
 impl MomentState {
     /// Updates both moments with `g` (torch's lerp and mul/addcmul) and returns them.
-    fn update(&mut self, g: &Tensor, b1: f64, b2: f64) -> Result<(Tensor, Tensor)> {
+    fn update(&mut self, g: &Tensor, b1: &Coef, b2: &Coef) -> Result<(Tensor, Tensor)> {
+        let one_minus_b1 = b1.map(|b| 1.0 - b);
         let m = match &self.exp_avg {
-            None => g.affine(1.0 - b1, 0.0)?,
-            Some(m) => lerp(m, g, 1.0 - b1)?,
+            None => one_minus_b1.scale(g)?,
+            Some(m) => one_minus_b1.lerp(m, g)?,
         };
-        let g2 = g.sqr()?.affine(1.0 - b2, 0.0)?;
+        let g2 = b2.map(|b| 1.0 - b).scale(&g.sqr()?)?;
         let v = match &self.exp_avg_sq {
             None => g2,
-            Some(v) => (v.affine(b2, 0.0)? + g2)?,
+            Some(v) => (b2.scale(v)? + g2)?,
         };
         self.exp_avg = Some(m.clone());
         self.exp_avg_sq = Some(v.clone());
@@ -180,105 +207,139 @@ impl MomentState {
     }
 }
 
-/// Weight decay as NAdam and RAdam apply it: the (possibly decayed) param and the gradient.
-fn weight_decay(
+/// Weight decay as NAdam and RAdam apply it (`weight_decay` of each lane's rule, decoupled or
+/// not in all): the (possibly decayed) param and the gradient.
+fn weight_decay<O>(
+    k: &Lanes<O>,
     p: &Tensor,
     grad: &Tensor,
-    lr: f64,
-    wd: f64,
+    wd: impl Fn(&O) -> f64 + Copy,
     decoupled: bool,
 ) -> Result<(Tensor, Tensor)> {
-    if wd == 0.0 {
-        Ok((p.clone(), grad.clone()))
-    } else if decoupled {
-        Ok((p.affine(1.0 - lr * wd, 0.0)?, grad.clone()))
+    if decoupled {
+        let p = k.mask(|o, _| wd(o) == 0.0).choose(
+            || Ok(p.clone()),
+            || k.coef(|o, lr| 1.0 - lr * wd(o)).scale(p),
+        )?;
+        Ok((p, grad.clone()))
     } else {
-        Ok((p.clone(), add_scaled(grad, p, wd)?))
+        Ok((p.clone(), k.coef(|o, _| wd(o)).add_scaled(grad, p)?))
     }
 }
 
 /// NAdam's state.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NAdamState {
-    /// The product of the momentum schedule mu_1 ... mu_t so far.
-    pub mu_product: f64,
+    /// The product of the momentum schedule mu_1 ... mu_t so far, one per lane (a run is one
+    /// lane); empty before the first update (the empty product, 1).
+    pub mu_product: Vec<f64>,
     /// Both moments.
     pub moments: MomentState,
 }
 
-impl Default for NAdamState {
-    /// Before the first update the product is empty: 1.
-    fn default() -> Self {
-        Self {
-            mu_product: 1.0,
-            moments: MomentState::default(),
-        }
+impl LaneSlices for NAdamState {
+    fn pick(&self, keep: &[usize], take: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let mu_product = match self.mu_product.as_slice() {
+            [] => Vec::new(),
+            mu => keep.iter().map(|&r| mu[r]).collect(),
+        };
+        Ok(Self {
+            mu_product,
+            moments: self.moments.pick(keep, take)?,
+        })
     }
 }
 
-impl UpdateRule for NAdam {
+impl LaneRule for NAdam {
     type State = NAdamState;
+    /// Decoupled weight decay or not.
+    type Structure = bool;
 
-    fn step(
-        &self,
+    fn structure(&self) -> bool {
+        self.decoupled_weight_decay
+    }
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut NAdamState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         t: u64,
     ) -> Result<Tensor> {
-        let (b1, b2, t) = (self.beta1, self.beta2, t as f64);
-        let bias_correction2 = 1.0 - b2.powf(t);
-        let (p, g) = weight_decay(p, grad, lr, self.weight_decay, self.decoupled_weight_decay)?;
-        let schedule = |t: f64| b1 * (1.0 - 0.5 * 0.96f64.powf(t * self.momentum_decay));
-        let (mu, mu_next) = (schedule(t), schedule(t + 1.0));
-        s.mu_product *= mu;
-        let (m, v) = s.moments.update(&g, b1, b2)?;
-        let denom = v
-            .affine(1.0 / bias_correction2, 0.0)?
-            .sqrt()?
-            .affine(1.0, self.eps)?;
-        let mu_product_next = s.mu_product * mu_next;
-        let p = add_scaled(&p, &g.div(&denom)?, -lr * (1.0 - mu) / (1.0 - s.mu_product))?;
-        add_scaled(&p, &m.div(&denom)?, -lr * mu_next / (1.0 - mu_product_next))
+        let t = t as f64;
+        let decoupled = k.rule().decoupled_weight_decay;
+        let (p, g) = weight_decay(k, p, grad, |o| o.weight_decay, decoupled)?;
+        let schedule =
+            |o: &NAdam, t: f64| o.beta1 * (1.0 - 0.5 * 0.96f64.powf(t * o.momentum_decay));
+        let mu = k.coef(|o, _| schedule(o, t));
+        let mu_product: Vec<f64> = (0..k.count())
+            .map(|r| s.mu_product.get(r).copied().unwrap_or(1.0) * mu.at(r))
+            .collect();
+        let (m, v) = s
+            .moments
+            .update(&g, &k.coef(|o, _| o.beta1), &k.coef(|o, _| o.beta2))?;
+        let inv_bc2 = k.coef(|o, _| 1.0 / (1.0 - o.beta2.powf(t)));
+        let denom = k.coef(|o, _| o.eps).shift(&inv_bc2.scale(&v)?.sqrt()?)?;
+        let grad_step =
+            k.coef_lane(|r, o, lr| -lr * (1.0 - schedule(o, t)) / (1.0 - mu_product[r]));
+        let p = grad_step.add_scaled(&p, &g.div(&denom)?)?;
+        let moment_step = k.coef_lane(|r, o, lr| {
+            let mu_next = schedule(o, t + 1.0);
+            -lr * mu_next / (1.0 - mu_product[r] * mu_next)
+        });
+        s.mu_product = mu_product;
+        moment_step.add_scaled(&p, &m.div(&denom)?)
     }
 }
 
-impl UpdateRule for RAdam {
+impl LaneRule for RAdam {
     type State = MomentState;
+    /// Decoupled weight decay or not.
+    type Structure = bool;
 
-    fn step(
-        &self,
+    fn structure(&self) -> bool {
+        self.decoupled_weight_decay
+    }
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut MomentState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         t: u64,
     ) -> Result<Tensor> {
-        let (b1, b2, t) = (self.beta1, self.beta2, t as f64);
-        let (p, g) = weight_decay(p, grad, lr, self.weight_decay, self.decoupled_weight_decay)?;
-        let (m, v) = s.update(&g, b1, b2)?;
-        let bias_correction1 = 1.0 - b1.powf(t);
-        let bias_correction2 = 1.0 - b2.powf(t);
-        let m_hat = m.affine(1.0 / bias_correction1, 0.0)?;
-        let rho_inf = 2.0 / (1.0 - b2) - 1.0;
-        let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bias_correction2;
-        if rho_t > 5.0 {
-            let rect = ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-                .sqrt();
-            // eps is added to sqrt(v), not to the bias-corrected sqrt(v / bias_correction2).
-            let adaptive = v
-                .sqrt()?
-                .affine(1.0, self.eps)?
-                .recip()?
-                .affine(bias_correction2.sqrt(), 0.0)?;
-            let step = m_hat.affine(lr, 0.0)?.mul(&adaptive)?.affine(rect, 0.0)?;
-            &p - step
-        } else {
+        let t = t as f64;
+        let decoupled = k.rule().decoupled_weight_decay;
+        let (p, g) = weight_decay(k, p, grad, |o| o.weight_decay, decoupled)?;
+        let (m, v) = s.update(&g, &k.coef(|o, _| o.beta1), &k.coef(|o, _| o.beta2))?;
+        let m_hat = k.coef(|o, _| 1.0 / (1.0 - o.beta1.powf(t))).scale(&m)?;
+        // The length of the approximated SMA, and where it is heading.
+        let rho = |o: &RAdam| {
+            let bias_correction2 = 1.0 - o.beta2.powf(t);
+            let rho_inf = 2.0 / (1.0 - o.beta2) - 1.0;
+            (
+                rho_inf,
+                rho_inf - 2.0 * t * o.beta2.powf(t) / bias_correction2,
+            )
+        };
+        k.mask(|o, _| rho(o).1 > 5.0).choose(
+            || {
+                let rect = k.coef(|o, _| {
+                    let (rho_inf, rho_t) = rho(o);
+                    ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+                        .sqrt()
+                });
+                // eps is added to sqrt(v), not to the bias-corrected sqrt(v / bias_correction2).
+                let adaptive = k
+                    .coef(|o, _| (1.0 - o.beta2.powf(t)).sqrt())
+                    .scale(&k.coef(|o, _| o.eps).shift(&v.sqrt()?)?.recip()?)?;
+                let step = rect.scale(&k.coef(|_, lr| lr).scale(&m_hat)?.mul(&adaptive)?)?;
+                &p - step
+            },
             // While the variance of the adaptive step is intractable: a plain momentum step.
-            add_scaled(&p, &m_hat, -lr)
-        }
+            || k.coef(|_, lr| -lr).add_scaled(&p, &m_hat),
+        )
     }
 }
 
@@ -291,20 +352,24 @@ pub struct RpropState {
     pub step_size: Option<Tensor>,
 }
 
-/// A tensor shaped and typed like `like`, every entry `value`.
-fn filled(like: &Tensor, value: f64) -> Result<Tensor> {
-    like.ones_like()?.affine(value, 0.0)
+lane_slices!(RpropState { prev, step_size });
+
+/// A tensor shaped and typed like `like`, every entry its lane's `value`.
+fn filled(like: &Tensor, value: &Coef) -> Result<Tensor> {
+    value.scale(&like.ones_like()?)
 }
 
-impl UpdateRule for Rprop {
+impl LaneRule for Rprop {
     type State = RpropState;
+    type Structure = ();
 
-    fn step(
-        &self,
+    fn structure(&self) {}
+
+    fn step_lanes(
+        k: &Lanes<Self>,
         s: &mut RpropState,
         p: &Tensor,
         grad: &Tensor,
-        lr: f64,
         _t: u64,
     ) -> Result<Tensor> {
         let prev = match &s.prev {
@@ -312,22 +377,26 @@ impl UpdateRule for Rprop {
             Some(prev) => prev.clone(),
         };
         let step_size = match &s.step_size {
-            None => filled(grad, lr)?,
+            None => filled(grad, &k.coef(|_, lr| lr))?,
             Some(step) => step.clone(),
         };
         let sign = grad.mul(&prev)?.sign()?;
         // torch overwrites sign: > 0 -> etaplus, < 0 -> etaminus, == 0 -> 1 (NaN stays NaN).
         let flipped = sign.lt(0.0)?;
         let factor = sign.gt(0.0)?.where_cond(
-            &filled(grad, self.etaplus)?,
+            &filled(grad, &k.coef(|o, _| o.etaplus))?,
             &flipped.where_cond(
-                &filled(grad, self.etaminus)?,
-                &sign.eq(0.0)?.where_cond(&filled(grad, 1.0)?, &sign)?,
+                &filled(grad, &k.coef(|o, _| o.etaminus))?,
+                &sign
+                    .eq(0.0)?
+                    .where_cond(&filled(grad, &Coef::All(1.0))?, &sign)?,
             )?,
         )?;
+        // torch's clamp(min, max): the maximum with min, then the minimum with max.
+        let step_size = step_size.mul(&factor)?;
         let step_size = step_size
-            .mul(&factor)?
-            .clamp(self.step_size_min, self.step_size_max)?;
+            .maximum(&k.coef(|o, _| o.step_size_min).full(&step_size)?)?
+            .minimum(&k.coef(|o, _| o.step_size_max).full(&step_size)?)?;
         // Where the sign flipped the entry does not move and the next step sees no sign.
         let g = flipped.where_cond(&grad.zeros_like()?, grad)?;
         let new = (p - g.sign()?.mul(&step_size)?)?;
@@ -344,7 +413,7 @@ mod tests {
 
     use super::*;
     use crate::optim::spec::{HyperValue, OptimizerSpec};
-    use crate::optim::step::NoOracle;
+    use crate::optim::step::{NoOracle, UpdateRule};
 
     fn scalar(x: f64) -> Tensor {
         Tensor::new(x, &Device::Cpu).unwrap()
