@@ -174,6 +174,20 @@ impl Batch {
         Ok(())
     }
 
+    /// Hands lane `r` over to `run` and re-takes its current row alone (the batch's matmuls may
+    /// round differently), with a snapshot there: whatever it steps from now on, and every rewind
+    /// to a later step, is what it computes alone, to the bit.
+    fn go_alone(&self, r: usize, state: &LaneState, run: &mut Run) -> Result<(), Diagnostic> {
+        self.hand_over(r, state, run)?;
+        let t = run.step_count();
+        run.history.truncate(t as usize);
+        run.settle(None)?;
+        if run.retention == Retention::Everything && t > 0 {
+            run.snapshot();
+        }
+        Ok(())
+    }
+
     /// Gives `run` (lane `r`) its current params and loss and gradients there, for reports that
     /// read them; it stays in the batch (its optimizer state is handed over only on leaving).
     pub fn sync(&self, r: usize, run: &mut Run) -> Result<(), Diagnostic> {
@@ -185,7 +199,7 @@ impl Batch {
 
     /// Lane `r` (the run `run`) leaves the batch and goes on alone from where it is.
     pub fn leave(&mut self, r: usize, run: &mut Run) -> Result<(), Diagnostic> {
-        self.hand_over(r, &self.state, run)?;
+        self.go_alone(r, &self.state, run)?;
         let keep: Vec<usize> = (0..self.ids.len()).filter(|&k| k != r).collect();
         self.keep(&keep).map_err(internal)
     }
@@ -193,6 +207,11 @@ impl Batch {
     /// Only lanes `keep` (in that order) stay.
     fn keep(&mut self, keep: &[usize]) -> candle_core::Result<()> {
         if keep.len() == self.ids.len() {
+            return Ok(());
+        }
+        if keep.is_empty() {
+            // Nothing steps any more; the tensors go with the batch.
+            self.ids.clear();
             return Ok(());
         }
         let index = Tensor::new(
@@ -253,7 +272,7 @@ impl Batch {
             if deltas[r].iter().all(|d| d.is_finite()) {
                 keep.push(r);
             } else {
-                self.hand_over(r, &before, runs[r])?;
+                self.go_alone(r, &before, runs[r])?;
                 runs[r].step()?;
                 left.push(r);
             }
