@@ -200,7 +200,10 @@ fn batched_adam_runs_equal_separate_runs_in_f32() {
 
 #[test]
 fn batched_sgd_momentum_runs_equal_separate_runs() {
-    let text = ROSENBROCK.replace("[[variants]]\nname = \"too fast\"\noptimizer = { lr = 0.01 }\n", "");
+    let text = ROSENBROCK.replace(
+        "[[variants]]\nname = \"too fast\"\noptimizer = { lr = 0.01 }\n",
+        "",
+    );
     batched_equals_alone(&text, None, 1e-12);
 }
 
@@ -284,7 +287,9 @@ fn rewinding_a_run_that_left_re_steps_bit_for_bit() {
     while runs[2].step_count() < 250 {
         runs[2].step().unwrap();
     }
-    let before: Vec<_> = (0..=250).map(|k| runs[2].history().get(k).unwrap()).collect();
+    let before: Vec<_> = (0..=250)
+        .map(|k| runs[2].history().get(k).unwrap())
+        .collect();
     let params = runs[2].param_values();
     // Back to just after it left, and past the snapshot at 200: forward again, the same bits.
     for back_to in [45, 40, 222] {
@@ -295,7 +300,12 @@ fn rewinding_a_run_that_left_re_steps_bit_for_bit() {
         }
         for x in &before {
             let y = runs[2].history().get(x.step as usize).unwrap();
-            assert_eq!(x.core.loss.to_bits(), y.core.loss.to_bits(), "row {}", x.step);
+            assert_eq!(
+                x.core.loss.to_bits(),
+                y.core.loss.to_bits(),
+                "row {}",
+                x.step
+            );
             assert_eq!(x.param_grad_norms, y.param_grad_norms, "row {}", x.step);
         }
         assert_eq!(params, runs[2].param_values());
@@ -310,7 +320,11 @@ fn a_batch_steps_the_same_bits_every_time() {
         let mut b = batch_of(&c, &runs);
         step_batch(&mut b, &mut runs, 100);
         runs.iter()
-            .map(|r| (0..=100).map(|k| r.history().get(k).unwrap().core.loss.to_bits()).collect::<Vec<_>>())
+            .map(|r| {
+                (0..=100)
+                    .map(|k| r.history().get(k).unwrap().core.loss.to_bits())
+                    .collect::<Vec<_>>()
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(step(), step());
@@ -334,7 +348,12 @@ fn drive_many_batches_what_batches_and_summarises_every_run() {
         assert_same_runs(a, s, 1e-12);
         let sum = sum.unwrap().unwrap();
         assert_eq!(sum.steps, 100);
-        assert_close(sum.final_loss, s.history().get(100).unwrap().core.loss, 1e-12, "final");
+        assert_close(
+            sum.final_loss,
+            s.history().get(100).unwrap().core.loss,
+            1e-12,
+            "final",
+        );
     }
 }
 
@@ -351,4 +370,76 @@ fn runs_that_cannot_batch_are_not_grouped() {
     runs[3].config.optimizer = OptimizerSpec::parse("sgd(lr=0.01)").unwrap();
     let refs: Vec<&Run> = runs.iter().collect();
     assert_eq!(batch::groups(&c, &refs), vec![vec![0, 1, 2]]);
+}
+
+#[test]
+fn the_workers_batched_runs_leave_on_an_lr_change_and_rewind_alone() {
+    use gradscope::run::history::StepRecord;
+    use gradscope::run::worker::{self, Command, Event};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::mpsc::channel;
+
+    let c = compiled(&regression("f64"));
+    let (tx, rx) = channel();
+    let tx = Mutex::new(tx);
+    let emit: worker::Emit = Box::new(move |e: Event| {
+        let _ = tx.lock().unwrap().send(e);
+    });
+    let (commands, inbox) = channel();
+    let handle = worker::spawn("t", c.clone(), inbox, emit).unwrap();
+    // 60 steps batched, run 1's lr halved (it leaves), 40 more, back 30, 30 again.
+    for cmd in [
+        Command::Step(60),
+        Command::ScaleLr(1, 0.5),
+        Command::Step(40),
+        Command::Rewind(30),
+        Command::Step(30),
+        Command::Ping(1),
+    ] {
+        commands.send(cmd).unwrap();
+    }
+    let mut rows: BTreeMap<u64, Vec<StepRecord>> = BTreeMap::new();
+    loop {
+        match rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("events")
+        {
+            Event::Records(id, records) => {
+                let kept = rows.entry(id).or_default();
+                let from = records[0].step as usize;
+                kept.truncate(from);
+                kept.extend(records);
+            }
+            Event::Truncated(id, len, _) => rows.entry(id).or_default().truncate(len),
+            Event::Pong(1) => break,
+            _ => {}
+        }
+    }
+    commands.send(Command::Shutdown).unwrap();
+    handle.join().unwrap();
+    let mut separate = runs_of(&c, None);
+    for (i, s) in separate.iter_mut().enumerate() {
+        for k in 0..100 {
+            if i == 1 && k == 60 {
+                s.set_lr_scale(0.5);
+            }
+            s.step().unwrap();
+        }
+    }
+    assert_eq!(rows.len(), 4);
+    for (id, s) in separate.iter().enumerate() {
+        let got = &rows[&(id as u64)];
+        assert_eq!(got.len(), 101, "{}", s.name);
+        for r in got {
+            let want = s.history().get(r.step as usize).unwrap();
+            assert_close(
+                r.core.loss,
+                want.core.loss,
+                1e-12,
+                &format!("{} row {}", s.name, r.step),
+            );
+            assert_eq!(r.core.lr, want.core.lr, "{} row {}", s.name, r.step);
+        }
+    }
 }

@@ -121,7 +121,11 @@ impl Batch {
             return Ok(None);
         };
         let specs: Vec<_> = runs.iter().map(|r| r.config.optimizer.clone()).collect();
-        let params: Vec<Tensor> = eval.params().iter().map(|v| v.as_tensor().clone()).collect();
+        let params: Vec<Tensor> = eval
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
         let Some(state) = LaneState::new(&specs, &params) else {
             return Ok(None);
         };
@@ -146,7 +150,12 @@ impl Batch {
 
     /// Lane `r`'s params and its loss and gradients there, as tensors of its own shape.
     fn lane_now(&self, r: usize) -> candle_core::Result<(Vec<Tensor>, Evaluation)> {
-        let params: Vec<Tensor> = self.eval.params().iter().map(|v| v.as_tensor().clone()).collect();
+        let params: Vec<Tensor> = self
+            .eval
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
         // Copies: the batch's params change in place on its next step.
         let params = lanes_of(&params, r)?
             .iter()
@@ -161,12 +170,7 @@ impl Batch {
 
     /// Makes `run` (lane `r`) what it would be had it stepped alone: its params, optimizer
     /// state and current evaluation.
-    fn hand_over(
-        &self,
-        r: usize,
-        state: &LaneState,
-        run: &mut Run,
-    ) -> Result<(), Diagnostic> {
+    fn hand_over(&self, r: usize, state: &LaneState, run: &mut Run) -> Result<(), Diagnostic> {
         let (params, current) = self.lane_now(r).map_err(internal)?;
         run.set_params(&params).map_err(internal)?;
         run.state = state.lane(r).map_err(internal)?;
@@ -251,7 +255,12 @@ impl Batch {
         let n = ids.len();
         let t = runs[0].step_count();
         let lrs: Vec<f64> = runs.iter().map(|r| r.lr_at(t)).collect();
-        let params: Vec<Tensor> = self.eval.params().iter().map(|v| v.as_tensor().clone()).collect();
+        let params: Vec<Tensor> = self
+            .eval
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
         let before = self.state.clone();
         let new = self
             .state

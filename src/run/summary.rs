@@ -113,7 +113,10 @@ pub fn drive_many(
             }
             for id in ids {
                 let i = id as usize;
-                let flow = drivers[i].log_until(&runs[i], runs[i].step_count() as usize, &mut |r, row| log(i, r, row));
+                let flow =
+                    drivers[i].log_until(&runs[i], runs[i].step_count() as usize, &mut |r, row| {
+                        log(i, r, row)
+                    });
                 if flow.is_break() && !runs[i].is_done() {
                     drivers[i].interrupted = Some(runs[i].step_count());
                     stopped = true;
@@ -200,7 +203,11 @@ impl Driver {
         }
         while self.interrupted.is_none() && !run.is_done() {
             run.step()?;
-            if self.log_until(run, run.step_count() as usize, log).is_break() && !run.is_done() {
+            if self
+                .log_until(run, run.step_count() as usize, log)
+                .is_break()
+                && !run.is_done()
+            {
                 self.interrupted = Some(run.step_count());
             }
         }

@@ -20,8 +20,8 @@ use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::tricks::ChainSpec;
-use crate::run::history::{StepRecord, flags};
 use crate::run::batch::{self, Batch};
+use crate::run::history::{StepRecord, flags};
 use crate::run::{Run, RunRequest, save};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
@@ -813,7 +813,11 @@ impl Worker {
     /// Sets the learning-rate multipliers a slot's plan has for the step it has reached.
     fn follow_lr_plan(&mut self, i: usize) {
         let step = self.slots[i].run.step_count();
-        if self.slots[i].lr_plan.front().is_some_and(|(k, _)| *k <= step) {
+        if self.slots[i]
+            .lr_plan
+            .front()
+            .is_some_and(|(k, _)| *k <= step)
+        {
             self.unbatch(self.slots[i].id);
         }
         let slot = &mut self.slots[i];
