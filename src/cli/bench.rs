@@ -18,23 +18,26 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
     for d in &missing {
         eprint!("{}", d.render(false));
     }
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "?".into());
-    writeln!(out, "threads: {threads}")?;
+    // Every workload loaded first: the pool is sized for the largest of them.
+    let mut loaded = Vec::new();
+    for f in files {
+        match load::load_compiled(&f) {
+            Ok((compiled, _)) => loaded.push((f, compiled)),
+            Err(diags) => {
+                for d in &diags {
+                    eprint!("{}", d.render(false));
+                }
+            }
+        }
+    }
+    compile::threads::start(loaded.iter().map(|(_, c)| c));
+    writeln!(out, "threads: {}", compile::threads::count())?;
     writeln!(
         out,
         "{:<20} {:>7} {:>12} {:>12} {:>14}",
         "workload", "steps", "steps/s", "final loss", "peak RSS MB"
     )?;
-    for f in files {
-        let (compiled, _) = match load::load_compiled(&f) {
-            Ok(c) => c,
-            Err(diags) => {
-                for d in &diags {
-                    eprint!("{}", d.render(false));
-                }
-                continue;
-            }
-        };
+    for (f, compiled) in loaded {
         let mut rates = Vec::new();
         let mut final_loss = f64::NAN;
         let mut steps = 0;

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod optimizer;
 pub mod plan;
 pub mod shape;
+pub mod threads;
 pub mod trace;
 
 use std::collections::HashSet;
