@@ -222,11 +222,13 @@ impl CustomOp1 for Tanh {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            grad.contiguous()?
-                .apply_op2(&res.contiguous()?, TanhBackward)?,
-        ))
+        Ok(Some(tanh_backward(grad, res)?))
     }
+}
+
+/// `g * (1 - y²)`: the gradient `g` of a tanh's result `y` carried to its argument.
+pub fn tanh_backward(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2(&y.contiguous()?, TanhBackward)
 }
 
 struct TanhBackwardKernel;
@@ -459,6 +461,18 @@ impl<'a, T: Copy> Operand<'a, T> {
         })
     }
 
+    /// Rows `row..row + rows` of it.
+    fn rows_from(&self, row: usize, rows: usize) -> Operand<'a, T> {
+        let start = row * self.row_stride;
+        Operand {
+            data: &self.data[start.min(self.data.len())..],
+            rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+
     /// Its elements widened to f32 (f16, bf16), for [`Operand::over`].
     fn widened(&self) -> Vec<f32>
     where
@@ -481,30 +495,33 @@ impl<'a, T: Copy> Operand<'a, T> {
     }
 }
 
-/// `a @ b` into a new row-major vector, split by gemm into `threads` tasks on the pool.
-fn gemm_into<T: Copy + 'static>(
+/// Rows of one task when [`gemm_into`] splits a product by rows: each task packs its own copy
+/// of the right side, cheap next to its share of the product, and runs gemm's main kernels,
+/// whose sums over k go in the same order as for the whole product (fewer rows could take
+/// gemm's small-matrix path, which sums in another).
+const GEMM_ROWS: usize = 256;
+
+/// One gemm call writing `a @ b` into `dst`, an `a.rows` x `b.cols` row-major block.
+fn gemm_call<T: Copy + 'static>(
     a: &Operand<T>,
     b: &Operand<T>,
+    dst: &mut [T],
     zero: T,
     one: T,
-    threads: usize,
-) -> Vec<T> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let mut out = vec![zero; m * n];
-    let par = match threads {
-        0 | 1 => gemm::Parallelism::None,
-        t => gemm::Parallelism::Rayon(t),
-    };
-    // SAFETY: `a` is m x k and `b` k x n with the strides given, each within its slice (checked
-    // in `Operand::new`); `out` is m x n row-major; gemm reads and writes only within those.
+    par: gemm::Parallelism,
+) {
+    debug_assert_eq!(dst.len(), a.rows * b.cols);
+    // SAFETY: `a` is rows x cols and `b` cols x n with the strides given, each within its slice
+    // (checked in `Operand::new`/`Operand::rows`); `dst` is rows x n row-major; gemm reads and
+    // writes only within those.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
             1,
-            n as isize,
+            b.cols as isize,
             false,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -520,6 +537,55 @@ fn gemm_into<T: Copy + 'static>(
             par,
         );
     }
+}
+
+/// `a @ b` into a new row-major vector, on `threads` threads of the pool. A tall product is
+/// split by rows into tasks the pool's threads take as they come free (gemm's own split gives
+/// each thread a fixed share, so the product waits for the slowest, and on a busy machine for
+/// one the scheduler has not run); a short one (a weight gradient, `Xᵀ g`) is split by gemm.
+fn gemm_into<T: Copy + Send + Sync + 'static>(
+    a: &Operand<T>,
+    b: &Operand<T>,
+    zero: T,
+    one: T,
+    threads: usize,
+) -> Vec<T> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if threads < 2 || m < 2 * GEMM_ROWS || n < 2 || k < 3 {
+        let mut out = vec![zero; m * n];
+        let par = match threads {
+            0 | 1 => gemm::Parallelism::None,
+            t => gemm::Parallelism::Rayon(t),
+        };
+        gemm_call(a, b, &mut out, zero, one, par);
+        return out;
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // Blocks of GEMM_ROWS rows, the last taking the remainder.
+    let mut parts = Vec::new();
+    let mut rest = &mut out.spare_capacity_mut()[..m * n];
+    let mut row = 0;
+    while row < m {
+        let rows = if m - row < 2 * GEMM_ROWS {
+            m - row
+        } else {
+            GEMM_ROWS
+        };
+        let (part, tail) = rest.split_at_mut(rows * n);
+        parts.push((a.rows_from(row, rows), part));
+        rest = tail;
+        row += rows;
+    }
+    parts.into_par_iter().for_each(|(a, part)| {
+        for x in part.iter_mut() {
+            x.write(zero);
+        }
+        // SAFETY: every element of `part` was just written.
+        let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+        gemm_call(&a, b, part, zero, one, gemm::Parallelism::None);
+    });
+    // SAFETY: the parts cover all m * n elements, and each was written above.
+    unsafe { out.set_len(m * n) };
     out
 }
 
@@ -829,25 +895,30 @@ mod tests {
             column_sums(&x, 257, copy, true),
             column_sums(&x, 257, copy, false)
         );
-        let (a, bm) = (
-            values(&[300, 700], 0.1, DType::F32),
-            values(&[700, 90], 0.4, DType::F32),
-        );
-        let (a, bm) = (
-            a.to_vec2::<f32>().unwrap().concat(),
-            bm.to_vec2::<f32>().unwrap().concat(),
-        );
-        let op = |data, rows, cols| Operand {
+        // A short product split by gemm, a tall one split by rows (also read transposed).
+        let matrix = |shape: &[usize], seed| {
+            let t = values(shape, seed, DType::F32);
+            t.to_vec2::<f32>().unwrap().concat()
+        };
+        let op = |data, rows, cols, row_stride, col_stride| Operand {
             data,
             rows,
             cols,
-            row_stride: cols,
-            col_stride: 1,
+            row_stride,
+            col_stride,
         };
-        let (la, lb) = (op(&a[..], 300, 700), op(&bm[..], 700, 90));
-        assert_eq!(
-            gemm_into(&la, &lb, 0.0, 1.0, 1),
-            gemm_into(&la, &lb, 0.0, 1.0, 4)
-        );
+        let (short, b700) = (matrix(&[300, 700], 0.1), matrix(&[700, 90], 0.4));
+        let (tall, b70) = (matrix(&[1300, 70], 0.2), matrix(&[70, 90], 0.5));
+        let transposed = matrix(&[70, 1300], 0.6);
+        for (a, b) in [
+            (op(&short, 300, 700, 700, 1), op(&b700, 700, 90, 90, 1)),
+            (op(&tall, 1300, 70, 70, 1), op(&b70, 70, 90, 90, 1)),
+            (op(&transposed, 1300, 70, 1, 1300), op(&b70, 70, 90, 90, 1)),
+        ] {
+            assert_eq!(
+                gemm_into(&a, &b, 0.0, 1.0, 1),
+                gemm_into(&a, &b, 0.0, 1.0, 4)
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod backward;
 pub mod batch;
 pub mod curvature;
 pub mod data;
+pub mod dense;
 pub mod function;
 pub mod fused;
 pub mod gradcheck;

@@ -122,7 +122,40 @@ pub fn start<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// The largest op's tasks over the runs of a bench workload.
+    fn bench_tasks(name: &str) -> usize {
+        let path = Path::new("losses/bench").join(format!("{name}.toml"));
+        let loaded = crate::lang::file::load_bytes(&path, std::fs::read(&path).unwrap());
+        let compiled = super::super::compile(loaded.file.unwrap()).0.unwrap();
+        compiled
+            .runs
+            .iter()
+            .map(|r| plan_tasks(&r.plan))
+            .max()
+            .unwrap()
+    }
+
+    #[test]
+    fn small_workloads_get_one_thread_and_the_mlp_every_core() {
+        for name in ["rosenbrock", "logreg", "robust_log_mse"] {
+            for cores in [1, 2, 64] {
+                assert_eq!(
+                    default_count(bench_tasks(name), cores),
+                    1,
+                    "{name}, {cores} cores"
+                );
+            }
+        }
+        // 4096 x 256 x 256 multiply-adds: 128 tasks.
+        assert_eq!(bench_tasks("mlp"), 4096 * 256 * 256 / MATMUL_TASK);
+        for cores in [1, 2, 8] {
+            assert_eq!(default_count(bench_tasks("mlp"), cores), cores);
+        }
+    }
 
     #[test]
     fn the_default_count_is_one_thread_per_task_up_to_the_cores() {
