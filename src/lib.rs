@@ -92,36 +92,31 @@ fn exit(ok: bool) -> ExitCode {
     }
 }
 
-/// Process-wide set-up done once at start-up, before any tensor exists: the thread count (see
-/// `init_threads`); glibc malloc thresholds (with the defaults, glibc returns every multi-MB
-/// tensor to the kernel on free and page-faults it back on the next op: a fifth of a
-/// logistic-regression step went to page faults); the tensor thread pool; and the curvature
-/// thread, the one thread that keeps gradient graphs for second-order derivatives.
+/// Process-wide set-up done once at start-up, before any tensor or thread exists: glibc malloc
+/// thresholds (with the defaults, glibc returns every multi-MB tensor to the kernel on free and
+/// page-faults it back on the next op: a fifth of a logistic-regression step went to page
+/// faults); candle's own threading off and the thread count asked for (`threads`, else
+/// `RAYON_NUM_THREADS`) recorded, for the pool the front end builds once it has loaded its
+/// files (`compile::threads`); and the curvature thread, the one thread that keeps gradient
+/// graphs for second-order derivatives.
 pub fn init_process(threads: Option<usize>) {
-    let n = init_threads(threads);
+    let asked = threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok());
+    // SAFETY: called first thing in main, before any other thread exists. With these, candle's
+    // matmul never asks rayon for threads (which would build rayon's default pool before ours;
+    // and unset, candle reads the core count on every matmul, ~150 µs), and its elementwise
+    // pool starts no helper: its join spin-waits for helpers the scheduler has not run, which
+    // made 2 threads slower than 1 on a busy machine (half the samples of an MLP run spun there).
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    compile::threads::init(asked);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
-    // Built here, from the main thread: built later by the landscape thread (which lowers its
-    // own priority), the pool's workers would inherit that priority and slow the runs.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("tensor-{i}"))
-        .build_global();
     // Last: it starts the first thread of ours.
     compile::curvature::start_service();
-}
-
-/// Fixes the tensor thread count before candle's pool starts, and returns it. With
-/// RAYON_NUM_THREADS unset, candle asks for the count on every matmul (~150 µs each).
-fn init_threads(threads: Option<usize>) -> usize {
-    let n = threads
-        .or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok())
-        .unwrap_or(1);
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    n
 }

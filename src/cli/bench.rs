@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::compile;
@@ -18,23 +18,26 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
     for d in &missing {
         eprint!("{}", d.render(false));
     }
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "?".into());
-    writeln!(out, "threads: {threads}")?;
+    // Every workload loaded first: the pool is sized for the largest of them.
+    let mut loaded = Vec::new();
+    for f in files {
+        match load::load_compiled(&f) {
+            Ok((compiled, _)) => loaded.push((f, compiled)),
+            Err(diags) => {
+                for d in &diags {
+                    eprint!("{}", d.render(false));
+                }
+            }
+        }
+    }
+    compile::threads::start(loaded.iter().map(|(_, c)| c));
+    writeln!(out, "threads: {}", compile::threads::count())?;
     writeln!(
         out,
         "{:<20} {:>7} {:>12} {:>12} {:>14}",
         "workload", "steps", "steps/s", "final loss", "peak RSS MB"
     )?;
-    for f in files {
-        let (compiled, _) = match load::load_compiled(&f) {
-            Ok(c) => c,
-            Err(diags) => {
-                for d in &diags {
-                    eprint!("{}", d.render(false));
-                }
-                continue;
-            }
-        };
+    for (f, compiled) in loaded {
         let mut rates = Vec::new();
         let mut final_loss = f64::NAN;
         let mut steps = 0;
@@ -61,6 +64,10 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             fmt_num(final_loss),
             peak_rss_mb()
         )?;
+    }
+    let (_, lines) = thread_sweep(dir, repeat.max(1))?;
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     use crate::tui::app::Tab;
     writeln!(
@@ -402,4 +409,119 @@ pub fn history_mb(steps: usize, n_params: usize) -> f64 {
 /// Peak resident memory of this process so far, in MB (Linux; NaN elsewhere).
 pub fn peak_rss_mb() -> f64 {
     proc_status_kb("VmHWM:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Steps/s of every workload at 1 and 2 threads, and of the MLP in f16 and bf16: each figure
+/// from its own process (`gradscope --threads N run`), since the pool is built once per process.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ThreadSweep {
+    pub threads: Vec<usize>,
+    pub rows: Vec<SweepRow>,
+}
+
+/// One workload in one dtype: median steps/s at each of [`ThreadSweep::threads`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SweepRow {
+    pub workload: String,
+    pub dtype: String,
+    pub steps_per_s: Vec<f64>,
+    /// The thread count the workload gets by default (`compile::threads`).
+    pub default_threads: usize,
+}
+
+/// The thread counts swept and the low-precision dtypes the MLP also runs in (with Adam's eps
+/// raised to 1e-4: the file's 1e-8 is 0 in f16, which halts the run at its first step).
+const SWEEP_THREADS: [usize; 2] = [1, 2];
+const SWEEP_DTYPES: [&str; 2] = ["f16", "bf16"];
+
+/// [`ThreadSweep`] of the workloads in `dir`, medians of `repeat` interleaved runs, and its
+/// text lines.
+pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, Vec<String>)> {
+    let exe = std::env::current_exe()?;
+    let mut cases: Vec<(String, PathBuf, String, usize)> = Vec::new();
+    for f in crate::load::discover(&[dir.to_path_buf()]).0 {
+        let Ok((compiled, _)) = load::load_compiled(&f) else {
+            continue;
+        };
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tasks = compiled
+            .runs
+            .iter()
+            .map(|r| compile::threads::plan_tasks(&r.plan))
+            .max()
+            .unwrap_or(0);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = compile::threads::default_count(tasks, cores);
+        let dtypes = match name.as_str() {
+            "mlp" => std::iter::once("f32").chain(SWEEP_DTYPES).collect(),
+            _ => vec!["f32"],
+        };
+        for dtype in dtypes {
+            cases.push((name.clone(), f.clone(), dtype.to_string(), default));
+        }
+    }
+    let mut rates = vec![vec![Vec::new(); SWEEP_THREADS.len()]; cases.len()];
+    for _ in 0..repeat {
+        for (case, (_, file, dtype, _)) in cases.iter().enumerate() {
+            for (i, threads) in SWEEP_THREADS.iter().enumerate() {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.arg("--threads")
+                    .arg(threads.to_string())
+                    .arg("run")
+                    .arg(file);
+                cmd.args(["--format", "jsonl", "--every", "100000000"]);
+                if dtype != "f32" {
+                    cmd.args(["--dtype", dtype, "-o", "adam(eps=1e-4)"]);
+                }
+                let output = cmd.output()?;
+                let summary = String::from_utf8_lossy(&output.stdout)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .find(|v| v["summary"] == true);
+                if let Some(rate) = summary.and_then(|v| v["steps_per_s"].as_f64()) {
+                    rates[case][i].push(rate);
+                }
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let rows: Vec<SweepRow> = cases
+        .into_iter()
+        .zip(rates)
+        .map(|((workload, _, dtype, default_threads), r)| SweepRow {
+            workload,
+            dtype,
+            steps_per_s: r.into_iter().map(median).collect(),
+            default_threads,
+        })
+        .collect();
+    let counts: Vec<String> = SWEEP_THREADS.iter().map(|t| t.to_string()).collect();
+    let mut lines = vec![format!(
+        "\nthread sweep (each its own process, median of {repeat}): steps/s at {} threads",
+        counts.join(" / ")
+    )];
+    for r in &rows {
+        let rates: Vec<String> = r.steps_per_s.iter().map(|v| format!("{v:>10.1}")).collect();
+        let ratio = r.steps_per_s.last().copied().unwrap_or(f64::NAN) / r.steps_per_s[0];
+        lines.push(format!(
+            "{:<20} {:<5} {}  ({ratio:.2}x; default {} threads)",
+            r.workload,
+            r.dtype,
+            rates.join(" / "),
+            r.default_threads
+        ));
+    }
+    Ok((
+        ThreadSweep {
+            threads: SWEEP_THREADS.to_vec(),
+            rows,
+        },
+        lines,
+    ))
 }

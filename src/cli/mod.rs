@@ -21,7 +21,9 @@ use crate::optim::settings::{GradSource, NonFinitePolicy};
 #[derive(Debug, Parser)]
 #[command(name = "gradscope", version, about)]
 pub struct Cli {
-    /// Worker threads for tensor ops (sets RAYON_NUM_THREADS; default 1, the faster one here).
+    /// Threads for tensor ops (also RAYON_NUM_THREADS). Default: chosen once the files are
+    /// loaded, one per task the largest op of any run can fill (a matmul of 2M multiply-adds;
+    /// 32k elements of tanh or bias addition), at most the cores: 1 for a small loss.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     #[command(subcommand)]

@@ -285,6 +285,7 @@ pub fn load_runs(
     for d in &warnings {
         eprint!("{}", d.render(color));
     }
+    crate::compile::threads::start([&compiled]);
     let runs = build_runs(options, &compiled, retention)?;
     Ok(Some((compiled, runs)))
 }

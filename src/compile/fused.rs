@@ -1,10 +1,24 @@
 //! Fused kernels for the hottest patterns, each a candle custom op whose backward is again made
 //! of differentiable ops (so double backward still works): tanh with a vectorisable f32 kernel
-//! (candle's calls libm per element and dominated an MLP step), and bias addition whose backward
-//! sums columns with a matmul instead of candle's slow `sum_keepdim(0)`.
+//! (candle's calls libm per element and dominated an MLP step), bias addition whose backward
+//! sums columns in one pass (candle's `sum_keepdim(0)` is ~20x slower), and a 2-D matmul that
+//! computes in backward only the gradients that are needed and reads transposed operands in
+//! place.
+//!
+//! They are also where an MLP step's time goes, so they are the ops that use the thread pool
+//! (`threads`): in large chunks, and only when a tensor is large enough. f16 and bf16 compute
+//! in f32 and round each result once (candle's half kernels convert element by element, and
+//! its f16 matmul rounds partial sums to f16): what a low-precision run shows is still every
+//! op's result in its dtype, as torch's CPU half kernels give it.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::threads::{ELEMENT_TASK, MATMUL_TASK, tasks};
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     let (start, end) = layout
@@ -13,35 +27,148 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     Ok(&data[start..end])
 }
 
-/// Runs `f` on f32 or f64 slices; f16 and bf16 go through f32 and are rounded once.
-fn map_float(
-    storage: &CpuStorage,
-    layout: &Layout,
-    f32_fn: impl Fn(&[f32]) -> Vec<f32>,
-    f64_fn: impl Fn(&[f64]) -> Vec<f64>,
+fn float_only<T>() -> Result<T> {
+    Err(candle_core::Error::Msg(
+        "fused ops take floating-point tensors of one dtype".into(),
+    ))
+}
+
+/// The arithmetic of an elementwise kernel, in f32 (also for f16 and bf16) and f64; unary
+/// kernels ignore `b`.
+trait Kernel: Sync {
+    fn f32(&self, a: f32, b: f32) -> f32;
+    fn f64(&self, a: f64, b: f64) -> f64;
+}
+
+/// A float storage element: `zip` writes `k(a[i], b[i])` into `out[i]`.
+trait Elem: Copy + Send + Sync + 'static {
+    fn zip<K: Kernel>(k: &K, a: &[Self], b: &[Self], out: &mut [MaybeUninit<Self>]);
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn zip<K: Kernel>(k: &K, a: &[f32], b: &[f32], out: &mut [MaybeUninit<f32>]) {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            o.write(k.f32(a, b));
+        }
+    }
+}
+
+impl Elem for f64 {
+    #[inline(always)]
+    fn zip<K: Kernel>(k: &K, a: &[f64], b: &[f64], out: &mut [MaybeUninit<f64>]) {
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            o.write(k.f64(a, b));
+        }
+    }
+}
+
+/// f16 and bf16: blocks widened to f32 (half's vectorised conversion), computed, rounded.
+#[inline(always)]
+fn zip_half<H: Copy + Default, K: Kernel>(k: &K, a: &[H], b: &[H], out: &mut [MaybeUninit<H>])
+where
+    [H]: HalfFloatSliceExt,
+{
+    const BLOCK: usize = 256;
+    let (mut wa, mut wb, mut h) = ([0f32; BLOCK], [0f32; BLOCK], [H::default(); BLOCK]);
+    for ((a, b), out) in a
+        .chunks(BLOCK)
+        .zip(b.chunks(BLOCK))
+        .zip(out.chunks_mut(BLOCK))
+    {
+        let n = a.len();
+        a.convert_to_f32_slice(&mut wa[..n]);
+        b.convert_to_f32_slice(&mut wb[..n]);
+        for (x, &y) in wa[..n].iter_mut().zip(&wb[..n]) {
+            *x = k.f32(*x, y);
+        }
+        h[..n].convert_from_f32_slice(&wa[..n]);
+        for (o, &v) in out.iter_mut().zip(&h[..n]) {
+            o.write(v);
+        }
+    }
+}
+
+impl Elem for f16 {
+    #[inline(always)]
+    fn zip<K: Kernel>(k: &K, a: &[f16], b: &[f16], out: &mut [MaybeUninit<f16>]) {
+        zip_half(k, a, b, out)
+    }
+}
+
+impl Elem for bf16 {
+    #[inline(always)]
+    fn zip<K: Kernel>(k: &K, a: &[bf16], b: &[bf16], out: &mut [MaybeUninit<bf16>]) {
+        zip_half(k, a, b, out)
+    }
+}
+
+/// [`Elem::zip`] compiled for AVX2 when the CPU has it (the build targets baseline x86-64,
+/// whose 4-wide SSE2 halves the speed of the tanh kernel); the same IEEE operations either way.
+fn zip<T: Elem, K: Kernel>(k: &K, a: &[T], b: &[T], out: &mut [MaybeUninit<T>]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2<T: Elem, K: Kernel>(k: &K, a: &[T], b: &[T], out: &mut [MaybeUninit<T>]) {
+            T::zip(k, a, b, out)
+        }
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { avx2(k, a, b, out) };
+    }
+    T::zip(k, a, b, out)
+}
+
+/// `k(a, b)` elementwise into a new vector, where `b` is as long as `a` or is one row that
+/// repeats along it (a bias); in chunks of whole rows, on the pool when `parallel`.
+fn map<T: Elem, K: Kernel>(k: &K, a: &[T], b: &[T], parallel: bool) -> Vec<T> {
+    let same = b.len() == a.len();
+    let row = if same { 1 } else { b.len().max(1) };
+    let chunk = (ELEMENT_TASK / row).max(1) * row;
+    let mut out = Vec::with_capacity(a.len());
+    let work = |(c, out): (usize, &mut [MaybeUninit<T>])| {
+        let at = c * chunk;
+        let a = &a[at..at + out.len()];
+        if same {
+            zip(k, a, &b[at..at + out.len()], out);
+        } else {
+            for (a, out) in a.chunks(row).zip(out.chunks_mut(row)) {
+                zip(k, a, b, out);
+            }
+        }
+    };
+    let spare = &mut out.spare_capacity_mut()[..a.len()];
+    if parallel {
+        spare.par_chunks_mut(chunk).enumerate().for_each(work);
+    } else {
+        spare.chunks_mut(chunk).enumerate().for_each(work);
+    }
+    // SAFETY: every element below a.len() was written by one chunk above.
+    unsafe { out.set_len(a.len()) };
+    out
+}
+
+/// [`map`] on two storages of one float dtype; the result has `a`'s layout made contiguous.
+fn map_storage<K: Kernel>(
+    k: &K,
+    a: &CpuStorage,
+    al: &Layout,
+    b: &CpuStorage,
+    bl: &Layout,
 ) -> Result<CpuStorage> {
-    Ok(match storage {
-        CpuStorage::F32(d) => CpuStorage::F32(f32_fn(contiguous(d, layout)?)),
-        CpuStorage::F64(d) => CpuStorage::F64(f64_fn(contiguous(d, layout)?)),
-        CpuStorage::F16(d) => {
-            let x: Vec<f32> = contiguous(d, layout)?.iter().map(|v| v.to_f32()).collect();
-            CpuStorage::F16(f32_fn(&x).into_iter().map(f16::from_f32).collect())
-        }
-        CpuStorage::BF16(d) => {
-            let x: Vec<f32> = contiguous(d, layout)?.iter().map(|v| v.to_f32()).collect();
-            CpuStorage::BF16(f32_fn(&x).into_iter().map(bf16::from_f32).collect())
-        }
-        _ => {
-            return Err(candle_core::Error::Msg(
-                "fused ops take floating-point tensors".into(),
-            ));
-        }
+    use CpuStorage as S;
+    let p = tasks(al.shape().elem_count(), ELEMENT_TASK) > 1;
+    Ok(match (a, b) {
+        (S::F32(a), S::F32(b)) => S::F32(map(k, contiguous(a, al)?, contiguous(b, bl)?, p)),
+        (S::F64(a), S::F64(b)) => S::F64(map(k, contiguous(a, al)?, contiguous(b, bl)?, p)),
+        (S::F16(a), S::F16(b)) => S::F16(map(k, contiguous(a, al)?, contiguous(b, bl)?, p)),
+        (S::BF16(a), S::BF16(b)) => S::BF16(map(k, contiguous(a, al)?, contiguous(b, bl)?, p)),
+        _ => return float_only(),
     })
 }
 
 /// tanh for f32 as a rational function (Eigen's `generic_fast_tanh_float`), a few ulp from the
 /// correctly rounded value; branch-free so the loop vectorises.
-#[inline]
+#[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
     const CLAMP: f32 = 7.905_311;
     const A: [f32; 7] = [
@@ -68,6 +195,19 @@ pub fn tanh_f32(x: f32) -> f32 {
     if x.abs() < 0.0004 { x } else { p / q }
 }
 
+struct TanhKernel;
+
+impl Kernel for TanhKernel {
+    #[inline(always)]
+    fn f32(&self, x: f32, _: f32) -> f32 {
+        tanh_f32(x)
+    }
+    #[inline(always)]
+    fn f64(&self, x: f64, _: f64) -> f64 {
+        x.tanh()
+    }
+}
+
 /// tanh with its backward fused into one pass over (gradient, result).
 #[derive(Debug, Clone, Copy)]
 pub struct Tanh;
@@ -78,59 +218,30 @@ impl CustomOp1 for Tanh {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = map_float(
-            s,
-            l,
-            |x| x.iter().map(|&v| tanh_f32(v)).collect(),
-            |x| x.iter().map(|v| v.tanh()).collect(),
-        )?;
-        Ok((out, l.shape().clone()))
+        Ok((map_storage(&TanhKernel, s, l, s, l)?, l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            grad.contiguous()?
-                .apply_op2(&res.contiguous()?, TanhBackward)?,
-        ))
+        Ok(Some(tanh_backward(grad, res)?))
     }
 }
 
-fn zip_map<T: Copy>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> Vec<T> {
-    a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+/// `g * (1 - y²)`: the gradient `g` of a tanh's result `y` carried to its argument.
+pub fn tanh_backward(g: &Tensor, y: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2(&y.contiguous()?, TanhBackward)
 }
 
-/// Applies `f` elementwise to two same-shape contiguous tensors, computing f16/bf16 in f32.
-fn binary(
-    a: &CpuStorage,
-    al: &Layout,
-    b: &CpuStorage,
-    bl: &Layout,
-    f: impl Fn(f64, f64) -> f64 + Copy,
-    f32_fn: impl Fn(f32, f32) -> f32 + Copy,
-) -> Result<CpuStorage> {
-    Ok(match (a, b) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-            CpuStorage::F32(zip_map(contiguous(a, al)?, contiguous(b, bl)?, f32_fn))
-        }
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-            CpuStorage::F64(zip_map(contiguous(a, al)?, contiguous(b, bl)?, f))
-        }
-        (CpuStorage::F16(a), CpuStorage::F16(b)) => {
-            CpuStorage::F16(zip_map(contiguous(a, al)?, contiguous(b, bl)?, |x, y| {
-                f16::from_f32(f32_fn(x.to_f32(), y.to_f32()))
-            }))
-        }
-        (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
-            CpuStorage::BF16(zip_map(contiguous(a, al)?, contiguous(b, bl)?, |x, y| {
-                bf16::from_f32(f32_fn(x.to_f32(), y.to_f32()))
-            }))
-        }
-        _ => {
-            return Err(candle_core::Error::Msg(
-                "fused ops take two floating-point tensors of one dtype".into(),
-            ));
-        }
-    })
+struct TanhBackwardKernel;
+
+impl Kernel for TanhBackwardKernel {
+    #[inline(always)]
+    fn f32(&self, g: f32, y: f32) -> f32 {
+        g * (1.0 - y * y)
+    }
+    #[inline(always)]
+    fn f64(&self, g: f64, y: f64) -> f64 {
+        g * (1.0 - y * y)
+    }
 }
 
 /// `g * (1 - y²)` in one pass.
@@ -149,14 +260,7 @@ impl CustomOp2 for TanhBackward {
         y: &CpuStorage,
         yl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = binary(
-            g,
-            gl,
-            y,
-            yl,
-            |g, y| g * (1.0 - y * y),
-            |g, y| g * (1.0 - y * y),
-        )?;
+        let out = map_storage(&TanhBackwardKernel, g, gl, y, yl)?;
         Ok((out, gl.shape().clone()))
     }
 
@@ -174,9 +278,21 @@ impl CustomOp2 for TanhBackward {
     }
 }
 
+struct AddKernel;
+
+impl Kernel for AddKernel {
+    #[inline(always)]
+    fn f32(&self, a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    fn f64(&self, a: f64, b: f64) -> f64 {
+        a + b
+    }
+}
+
 /// `x + b` where `b`'s shape is the trailing part of `x`'s (a bias). The backward sums the
-/// gradient over the leading axes as `ones(1, rows) @ grad`, ~20x faster than candle's
-/// `sum_keepdim(0)` on a 4096x256 gradient.
+/// gradient over the leading axes with [`ColumnSum`].
 #[derive(Debug, Clone, Copy)]
 pub struct BiasAdd;
 
@@ -192,48 +308,102 @@ impl CustomOp2 for BiasAdd {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn add<T: Copy + std::ops::Add<Output = T>>(x: &[T], b: &[T]) -> Vec<T> {
-            let n = b.len().max(1);
-            let mut out = Vec::with_capacity(x.len());
-            for row in x.chunks(n) {
-                out.extend(row.iter().zip(b).map(|(&x, &b)| x + b));
-            }
-            out
-        }
-        let out = match (x, b) {
-            (CpuStorage::F32(x), CpuStorage::F32(b)) => {
-                CpuStorage::F32(add(contiguous(x, xl)?, contiguous(b, bl)?))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(b)) => {
-                CpuStorage::F64(add(contiguous(x, xl)?, contiguous(b, bl)?))
-            }
-            (CpuStorage::F16(x), CpuStorage::F16(b)) => {
-                CpuStorage::F16(add(contiguous(x, xl)?, contiguous(b, bl)?))
-            }
-            (CpuStorage::BF16(x), CpuStorage::BF16(b)) => {
-                CpuStorage::BF16(add(contiguous(x, xl)?, contiguous(b, bl)?))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "bias-add takes two floating-point tensors of one dtype".into(),
-                ));
-            }
-        };
-        Ok((out, xl.shape().clone()))
+        Ok((map_storage(&AddKernel, x, xl, b, bl)?, xl.shape().clone()))
     }
 
     fn bwd(
         &self,
-        x: &Tensor,
+        _x: &Tensor,
         b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = b.elem_count();
-        let rows = x.elem_count() / n.max(1);
-        let ones = Tensor::ones((1, rows), grad.dtype(), grad.device())?;
-        let db = ones.matmul(&grad.reshape((rows, n))?)?.reshape(b.shape())?;
+        let db = grad
+            .contiguous()?
+            .apply_op1(ColumnSum)?
+            .reshape(b.shape())?;
         Ok((Some(grad.clone()), Some(db)))
+    }
+}
+
+/// The sums of a `[rows, n]` tensor's columns (its last axis is `n`, every other a row), as a
+/// `[n]` vector. Rows are summed in fixed blocks whose partial sums are added in order, so the
+/// result does not depend on the thread count; f16 and bf16 accumulate in f32 and round once,
+/// as a matmul with a row of ones would.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnSum;
+
+/// Sums `[rows, n]` row-major `x` over its rows into `n` accumulators of type `W`, the blocks
+/// on the pool when `parallel`.
+fn column_sums<T: Copy + Send + Sync, W: Copy + Default + Send + std::ops::AddAssign>(
+    x: &[T],
+    n: usize,
+    widen: impl Fn(&[T], &mut [W]) + Sync,
+    parallel: bool,
+) -> Vec<W> {
+    let block = (ELEMENT_TASK / n).max(1) * n;
+    let sum_block = |rows: &[T]| {
+        let (mut acc, mut wide) = (vec![W::default(); n], vec![W::default(); n]);
+        for row in rows.chunks(n) {
+            widen(row, &mut wide);
+            for (a, &w) in acc.iter_mut().zip(&wide) {
+                *a += w;
+            }
+        }
+        acc
+    };
+    let partials: Vec<Vec<W>> = if parallel {
+        x.par_chunks(block).map(sum_block).collect()
+    } else {
+        x.chunks(block).map(sum_block).collect()
+    };
+    let mut total = vec![W::default(); n];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    total
+}
+
+fn copy<T: Copy>(x: &[T], wide: &mut [T]) {
+    wide.copy_from_slice(x)
+}
+
+fn widen<H>(x: &[H], wide: &mut [f32])
+where
+    [H]: HalfFloatSliceExt,
+{
+    x.convert_to_f32_slice(wide)
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "column-sum"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        use CpuStorage as S;
+        let n = l.dims().last().copied().unwrap_or(1);
+        let p = tasks(l.shape().elem_count(), ELEMENT_TASK) > 1;
+        let out = match s {
+            S::F32(x) => S::F32(column_sums(contiguous(x, l)?, n, copy, p)),
+            S::F64(x) => S::F64(column_sums(contiguous(x, l)?, n, copy, p)),
+            S::F16(x) => {
+                let sums = column_sums(contiguous(x, l)?, n, widen, p);
+                S::F16(sums.iter().map(|&v| f16::from_f32(v)).collect())
+            }
+            S::BF16(x) => {
+                let sums = column_sums(contiguous(x, l)?, n, widen, p);
+                S::BF16(sums.iter().map(|&v| bf16::from_f32(v)).collect())
+            }
+            _ => return float_only(),
+        };
+        Ok((out, Shape::from(n)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_as(arg.shape())?.contiguous()?))
     }
 }
 
@@ -247,69 +417,118 @@ pub fn tanh(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Tanh)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_tanh_is_within_a_few_ulp() {
-        let mut worst = 0.0f64;
-        let mut x = -12.0f32;
-        while x < 12.0 {
-            let want = (x as f64).tanh();
-            let got = tanh_f32(x) as f64;
-            let ulp = (want.abs() as f32).max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64;
-            worst = worst.max((got - want).abs() / ulp);
-            x += 0.000_37;
-        }
-        assert!(worst < 4.0, "worst error {worst} ulp");
-    }
-}
-
-/// A 2-D matmul that computes in backward only the gradients that are needed: candle's own
-/// always computes both sides, so `X @ W` with data `X` paid for a full gradient of `X`.
+/// A 2-D matmul that computes in backward only the gradients that are needed (candle's own
+/// always computes both sides, so `X @ W` with data `X` paid for a full gradient of `X`).
 #[derive(Debug, Clone, Copy)]
 pub struct MatMul {
     pub lhs_grad: bool,
     pub rhs_grad: bool,
 }
 
-fn gemm_into<T: Copy + 'static>(
-    a: &[T],
-    b: &[T],
-    m: usize,
-    k: usize,
-    n: usize,
+/// A 2-D operand as gemm reads it: the slice from its first element, and its row and column
+/// strides (a transposed view is read in place).
+struct Operand<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a, T: Copy> Operand<'a, T> {
+    fn new(data: &'a [T], layout: &Layout) -> Result<Self> {
+        let (rows, cols) = layout.shape().dims2()?;
+        let (row_stride, col_stride) = match layout.stride() {
+            &[r, c] => (r, c),
+            _ => return float_only(),
+        };
+        // The span of elements it reads: up to the last row's last column.
+        let span = if rows * cols == 0 {
+            0
+        } else {
+            (rows - 1) * row_stride + (cols - 1) * col_stride + 1
+        };
+        let start = layout.start_offset();
+        let data = data
+            .get(start..start + span)
+            .ok_or_else(|| candle_core::Error::Msg("matmul operand out of bounds".into()))?;
+        Ok(Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        })
+    }
+
+    /// Rows `row..row + rows` of it.
+    fn rows_from(&self, row: usize, rows: usize) -> Operand<'a, T> {
+        let start = row * self.row_stride;
+        Operand {
+            data: &self.data[start.min(self.data.len())..],
+            rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+
+    /// Its elements widened to f32 (f16, bf16), for [`Operand::over`].
+    fn widened(&self) -> Vec<f32>
+    where
+        [T]: HalfFloatSliceExt,
+    {
+        let mut wide = vec![0f32; self.data.len()];
+        self.data.convert_to_f32_slice(&mut wide);
+        wide
+    }
+
+    /// The same shape and strides over other elements (its widened ones).
+    fn over<'b, U>(&self, data: &'b [U]) -> Operand<'b, U> {
+        Operand {
+            data,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+}
+
+/// Rows of one task when [`gemm_into`] splits a product by rows: each task packs its own copy
+/// of the right side, cheap next to its share of the product, and runs gemm's main kernels,
+/// whose sums over k go in the same order as for the whole product (fewer rows could take
+/// gemm's small-matrix path, which sums in another).
+const GEMM_ROWS: usize = 256;
+
+/// One gemm call writing `a @ b` into `dst`, an `a.rows` x `b.cols` row-major block.
+fn gemm_call<T: Copy + 'static>(
+    a: &Operand<T>,
+    b: &Operand<T>,
+    dst: &mut [T],
     zero: T,
     one: T,
-) -> Vec<T> {
-    let mut out = vec![zero; m * n];
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1usize);
-    let par = if threads > 1 && m * n * k > 1 << 18 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: `a` is m x k, `b` is k x n and `out` m x n, all row-major and contiguous, as the
-    // strides say; gemm reads and writes only within those bounds.
+    par: gemm::Parallelism,
+) {
+    debug_assert_eq!(dst.len(), a.rows * b.cols);
+    // SAFETY: `a` is rows x cols and `b` cols x n with the strides given, each within its slice
+    // (checked in `Operand::new`/`Operand::rows`); `dst` is rows x n row-major; gemm reads and
+    // writes only within those.
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
+            a.rows,
+            b.cols,
+            a.cols,
+            dst.as_mut_ptr(),
             1,
-            n as isize,
+            b.cols as isize,
             false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
             zero,
             one,
             false,
@@ -318,6 +537,67 @@ fn gemm_into<T: Copy + 'static>(
             par,
         );
     }
+}
+
+/// `a @ b` into a new row-major vector, on `threads` threads of the pool. A tall product is
+/// split by rows into tasks the pool's threads take as they come free (gemm's own split gives
+/// each thread a fixed share, so the product waits for the slowest, and on a busy machine for
+/// one the scheduler has not run); a short one (a weight gradient, `Xᵀ g`) is split by gemm.
+fn gemm_into<T: Copy + Send + Sync + 'static>(
+    a: &Operand<T>,
+    b: &Operand<T>,
+    zero: T,
+    one: T,
+    threads: usize,
+) -> Vec<T> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if threads < 2 || m < 2 * GEMM_ROWS || n < 2 || k < 3 {
+        let mut out = vec![zero; m * n];
+        let par = match threads {
+            0 | 1 => gemm::Parallelism::None,
+            t => gemm::Parallelism::Rayon(t),
+        };
+        gemm_call(a, b, &mut out, zero, one, par);
+        return out;
+    }
+    let mut out = Vec::with_capacity(m * n);
+    // Blocks of GEMM_ROWS rows, the last taking the remainder.
+    let mut parts = Vec::new();
+    let mut rest = &mut out.spare_capacity_mut()[..m * n];
+    let mut row = 0;
+    while row < m {
+        let rows = if m - row < 2 * GEMM_ROWS {
+            m - row
+        } else {
+            GEMM_ROWS
+        };
+        let (part, tail) = rest.split_at_mut(rows * n);
+        parts.push((a.rows_from(row, rows), part));
+        rest = tail;
+        row += rows;
+    }
+    parts.into_par_iter().for_each(|(a, part)| {
+        for x in part.iter_mut() {
+            x.write(zero);
+        }
+        // SAFETY: every element of `part` was just written.
+        let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
+        gemm_call(&a, b, part, zero, one, gemm::Parallelism::None);
+    });
+    // SAFETY: the parts cover all m * n elements, and each was written above.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// [`gemm_into`] for f16 and bf16: both operands widened to f32, the result rounded once.
+fn gemm_half<H: Copy + Default>(a: &Operand<H>, b: &Operand<H>, threads: usize) -> Vec<H>
+where
+    [H]: HalfFloatSliceExt,
+{
+    let (wa, wb) = (a.widened(), b.widened());
+    let wide = gemm_into(&a.over(&wa), &b.over(&wb), 0.0, 1.0, threads);
+    let mut out = vec![H::default(); wide.len()];
+    out.convert_from_f32_slice(&wide);
     out
 }
 
@@ -333,32 +613,35 @@ impl CustomOp2 for MatMul {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        use CpuStorage as S;
         let (m, k) = al.shape().dims2()?;
         let (_, n) = bl.shape().dims2()?;
+        let t = match tasks(m * k * n, MATMUL_TASK) {
+            1 => 1,
+            _ => super::threads::count(),
+        };
         let out = match (a, b) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(gemm_into(
-                contiguous(a, al)?,
-                contiguous(b, bl)?,
-                m,
-                k,
-                n,
+            (S::F32(a), S::F32(b)) => S::F32(gemm_into(
+                &Operand::new(a, al)?,
+                &Operand::new(b, bl)?,
                 0.0,
                 1.0,
+                t,
             )),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(gemm_into(
-                contiguous(a, al)?,
-                contiguous(b, bl)?,
-                m,
-                k,
-                n,
+            (S::F64(a), S::F64(b)) => S::F64(gemm_into(
+                &Operand::new(a, al)?,
+                &Operand::new(b, bl)?,
                 0.0,
                 1.0,
+                t,
             )),
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "fused matmul takes f32 or f64".into(),
-                ));
+            (S::F16(a), S::F16(b)) => {
+                S::F16(gemm_half(&Operand::new(a, al)?, &Operand::new(b, bl)?, t))
             }
+            (S::BF16(a), S::BF16(b)) => {
+                S::BF16(gemm_half(&Operand::new(a, al)?, &Operand::new(b, bl)?, t))
+            }
+            _ => return float_only(),
         };
         Ok((out, Shape::from((m, n))))
     }
@@ -370,27 +653,272 @@ impl CustomOp2 for MatMul {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let da = if self.lhs_grad {
-            Some(grad.matmul(&b.t()?)?)
-        } else {
-            None
+        let both = MatMul {
+            lhs_grad: true,
+            rhs_grad: true,
         };
-        let db = if self.rhs_grad {
-            Some(a.t()?.matmul(grad)?)
-        } else {
-            None
+        let da = match self.lhs_grad {
+            true => Some(grad.apply_op2(&b.t()?, both)?),
+            false => None,
+        };
+        let db = match self.rhs_grad {
+            true => Some(a.t()?.apply_op2(grad, both)?),
+            false => None,
         };
         Ok((da, db))
     }
 }
 
-/// `a @ b` for 2-D operands, through [`MatMul`] when only one side needs a gradient.
+/// `a @ b` for 2-D operands of one float dtype through [`MatMul`], which computes the
+/// gradients of only the sides that carry one.
 pub fn matmul_2d(a: &Tensor, b: &Tensor, lhs_grad: bool, rhs_grad: bool) -> Result<Tensor> {
-    let float = matches!(a.dtype(), candle_core::DType::F32 | candle_core::DType::F64);
-    if float && lhs_grad != rhs_grad {
-        a.contiguous()?
-            .apply_op2(&b.contiguous()?, MatMul { lhs_grad, rhs_grad })
-    } else {
-        a.matmul(b)
+    match a.dtype() {
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+            a.apply_op2(b, MatMul { lhs_grad, rhs_grad })
+        }
+        _ => a.matmul(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
+
+    /// Deterministic values in [-3, 3) of `shape`, in `dtype`.
+    fn values(shape: &[usize], seed: f64, dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| ((i as f64 * 0.618_034 + seed).fract()) * 6.0 - 3.0)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f64> {
+        t.flatten_all()
+            .and_then(|t| t.to_dtype(DType::F64))
+            .and_then(|t| t.to_vec1())
+            .unwrap()
+    }
+
+    /// The same computation in f32, rounded once to `dtype` (what f16/bf16 kernels promise).
+    fn via_f32(t: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>, dtype: DType) -> Tensor {
+        f(&t.to_dtype(DType::F32).unwrap())
+            .and_then(|r| r.to_dtype(dtype))
+            .unwrap()
+    }
+
+    #[test]
+    fn fast_tanh_is_within_a_few_ulp() {
+        let mut worst = 0.0f64;
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let want = (x as f64).tanh();
+            let got = tanh_f32(x) as f64;
+            let ulp = (want.abs() as f32).max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64;
+            worst = worst.max((got - want).abs() / ulp);
+            x += 0.000_37;
+        }
+        assert!(worst < 4.0, "worst error {worst} ulp");
+    }
+
+    #[test]
+    fn bias_add_equals_candles_broadcast_add_in_every_dtype() {
+        // [300, 257] is more than two tasks: the pool's chunking is exercised where it has one.
+        for dtype in DTYPES {
+            let (x, b) = (values(&[300, 257], 0.1, dtype), values(&[257], 0.7, dtype));
+            let want = x.broadcast_add(&b).unwrap();
+            assert_eq!(flat(&bias_add(&x, &b).unwrap()), flat(&want), "{dtype:?}");
+            // A bias as long as a row of one column, and as the whole tensor.
+            let (x1, b1) = (values(&[40, 1], 0.2, dtype), values(&[1], 0.3, dtype));
+            let want = x1.broadcast_add(&b1).unwrap();
+            assert_eq!(flat(&bias_add(&x1, &b1).unwrap()), flat(&want), "{dtype:?}");
+            let same = values(&[40, 1], 0.4, dtype);
+            let want = x1.add(&same).unwrap();
+            assert_eq!(
+                flat(&bias_add(&x1, &same).unwrap()),
+                flat(&want),
+                "{dtype:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tanh_is_candles_in_f64_and_the_fast_f32_kernel_rounded_once_below() {
+        let x = values(&[300, 257], 0.3, DType::F64);
+        assert_eq!(flat(&tanh(&x).unwrap()), flat(&x.tanh().unwrap()));
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let x = values(&[300, 257], 0.3, dtype);
+            let fast: Vec<f32> = flat(&x).iter().map(|&v| tanh_f32(v as f32)).collect();
+            let want = Tensor::from_vec(fast, x.shape(), &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap();
+            assert_eq!(flat(&tanh(&x).unwrap()), flat(&want), "{dtype:?}");
+        }
+    }
+
+    /// `sum(y * c)` for `y = f(vars)`, and the gradients of `vars`.
+    fn grads_of(
+        vars: &[&Var],
+        f: impl Fn(&[&Tensor]) -> Result<Tensor>,
+        c: &Tensor,
+    ) -> Vec<Tensor> {
+        let ts: Vec<&Tensor> = vars.iter().map(|v| v.as_tensor()).collect();
+        let store = f(&ts)
+            .unwrap()
+            .mul(c)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        vars.iter()
+            .map(|v| store.get(v.as_tensor()).unwrap().clone())
+            .collect()
+    }
+
+    #[test]
+    fn tanh_backward_equals_candles_ops() {
+        // dL/dx = c (1 - tanh(x)²), with y = tanh(x) as the fused op gives it.
+        for dtype in DTYPES {
+            let x = Var::from_tensor(&values(&[300, 257], 0.3, dtype)).unwrap();
+            let c = values(&[300, 257], 0.9, dtype);
+            let got = grads_of(&[&x], |t| tanh(t[0]), &c);
+            let y = tanh(x.as_tensor()).unwrap();
+            let plain = |y: &Tensor, c: &Tensor| c.mul(&y.sqr()?.affine(-1.0, 1.0)?);
+            let want = match dtype {
+                DType::F32 | DType::F64 => plain(&y, &c).unwrap(),
+                _ => via_f32(&y, |y| plain(y, &c.to_dtype(DType::F32)?), dtype),
+            };
+            assert_eq!(flat(&got[0]), flat(&want), "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn bias_add_backward_sums_the_gradient_over_rows() {
+        // dL/dx = c, dL/db = sum of c over rows: candle's sum in f32/f64 up to the order of the
+        // additions, and in f32 rounded once for f16/bf16.
+        for dtype in DTYPES {
+            let x = Var::from_tensor(&values(&[3000, 33], 0.1, dtype)).unwrap();
+            let b = Var::from_tensor(&values(&[33], 0.5, dtype)).unwrap();
+            let c = values(&[3000, 33], 0.9, dtype);
+            let got = grads_of(&[&x, &b], |t| bias_add(t[0], t[1]), &c);
+            assert_eq!(flat(&got[0]), flat(&c), "{dtype:?}");
+            let want = match dtype {
+                DType::F32 | DType::F64 => flat(&c.sum(0).unwrap()),
+                _ => flat(&via_f32(&c, |c| c.sum(0), dtype)),
+            };
+            let tolerance = match dtype {
+                DType::F64 => 1e-13,
+                DType::F32 => 1e-5,
+                // One rounding of the dtype, where the f32 sums round to either side.
+                DType::F16 => 1e-3,
+                _ => 8e-3,
+            };
+            for (g, w) in flat(&got[1]).iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= tolerance * w.abs().max(1.0),
+                    "{dtype:?}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_equals_candles_in_f32_and_f64_and_its_f32_result_rounded_once_below() {
+        for dtype in DTYPES {
+            let (a, b) = (
+                values(&[300, 70], 0.1, dtype),
+                values(&[70, 90], 0.4, dtype),
+            );
+            // Also read transposed in place: a 70 x 300 tensor's transpose.
+            let at = values(&[70, 300], 0.2, dtype).t().unwrap();
+            for (l, r) in [(&a, &b), (&at, &b)] {
+                let got = matmul_2d(l, r, true, true).unwrap();
+                let want = match dtype {
+                    DType::F32 | DType::F64 => l.matmul(r).unwrap(),
+                    _ => via_f32(l, |l| l.matmul(&r.to_dtype(DType::F32)?), dtype),
+                };
+                assert_eq!(flat(&got), flat(&want), "{dtype:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn matmul_backward_computes_the_gradients_asked_for_as_candle_does() {
+        // dL/da = c bᵀ, dL/db = aᵀ c.
+        for dtype in DTYPES {
+            let a = Var::from_tensor(&values(&[300, 70], 0.1, dtype)).unwrap();
+            let b = Var::from_tensor(&values(&[70, 90], 0.4, dtype)).unwrap();
+            let c = values(&[300, 90], 0.9, dtype);
+            let got = grads_of(&[&a, &b], |t| matmul_2d(t[0], t[1], true, true), &c);
+            let (at, bt) = (a.as_tensor(), b.as_tensor());
+            let want = match dtype {
+                DType::F32 | DType::F64 => grads_of(&[&a, &b], |t| t[0].matmul(t[1]), &c),
+                _ => vec![
+                    via_f32(&c, |c| c.matmul(&bt.to_dtype(DType::F32)?.t()?), dtype),
+                    via_f32(at, |a| a.t()?.matmul(&c.to_dtype(DType::F32)?), dtype),
+                ],
+            };
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(flat(g), flat(w), "{dtype:?}");
+            }
+            // Only the side asked for: the data side gets no gradient at all.
+            let ts = [a.as_tensor(), b.as_tensor()];
+            let out = matmul_2d(ts[0], ts[1], false, true).unwrap();
+            let store = out.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(store.get(ts[0]).is_none(), "{dtype:?}");
+            assert_eq!(flat(store.get(ts[1]).unwrap()), flat(&want[1]), "{dtype:?}");
+        }
+    }
+
+    #[test]
+    fn the_pool_changes_no_result() {
+        // Elementwise chunks, column-sum blocks and gemm's tasks: the same bits on 1 thread as
+        // on several.
+        let x: Vec<f32> = flat(&values(&[300, 257], 0.3, DType::F32))
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let b = &x[..257];
+        assert_eq!(map(&AddKernel, &x, b, true), map(&AddKernel, &x, b, false));
+        assert_eq!(
+            map(&TanhKernel, &x, &x, true),
+            map(&TanhKernel, &x, &x, false)
+        );
+        assert_eq!(
+            column_sums(&x, 257, copy, true),
+            column_sums(&x, 257, copy, false)
+        );
+        // A short product split by gemm, a tall one split by rows (also read transposed).
+        let matrix = |shape: &[usize], seed| {
+            let t = values(shape, seed, DType::F32);
+            t.to_vec2::<f32>().unwrap().concat()
+        };
+        let op = |data, rows, cols, row_stride, col_stride| Operand {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        };
+        let (short, b700) = (matrix(&[300, 700], 0.1), matrix(&[700, 90], 0.4));
+        let (tall, b70) = (matrix(&[1300, 70], 0.2), matrix(&[70, 90], 0.5));
+        let transposed = matrix(&[70, 1300], 0.6);
+        for (a, b) in [
+            (op(&short, 300, 700, 700, 1), op(&b700, 700, 90, 90, 1)),
+            (op(&tall, 1300, 70, 70, 1), op(&b70, 70, 90, 90, 1)),
+            (op(&transposed, 1300, 70, 1, 1300), op(&b70, 70, 90, 90, 1)),
+        ] {
+            assert_eq!(
+                gemm_into(&a, &b, 0.0, 1.0, 1),
+                gemm_into(&a, &b, 0.0, 1.0, 4)
+            );
+        }
     }
 }

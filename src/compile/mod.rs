@@ -6,6 +6,7 @@ pub mod backward;
 pub mod batch;
 pub mod curvature;
 pub mod data;
+pub mod dense;
 pub mod function;
 pub mod fused;
 pub mod gradcheck;
@@ -16,6 +17,7 @@ pub mod ops;
 pub mod optimizer;
 pub mod plan;
 pub mod shape;
+pub mod threads;
 pub mod trace;
 
 use std::collections::HashSet;

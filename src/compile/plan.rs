@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::dense::{self, Chain};
 use super::ops::Elementwise;
 use super::shape::Shape;
 use crate::diagnostic::Span;
@@ -381,6 +382,58 @@ pub struct Executable {
     last_use: Vec<usize>,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the run's.
     accumulate: Option<DType>,
+    /// How `run` executes the plan's dense chains.
+    fusion: Fusion,
+}
+
+/// The dense chains `run` executes as one node each (`dense`), and each register's last use
+/// among what `run` executes.
+#[derive(Debug, Clone)]
+struct Fusion {
+    /// The chain whose result each register is.
+    chain: Vec<Option<Chain>>,
+    /// Registers computed inside a chain, which `run` skips.
+    inner: Vec<bool>,
+    last_use: Vec<usize>,
+}
+
+impl Fusion {
+    /// The chains of `plan`; none when it accumulates in a wider dtype (a chain would not
+    /// widen its matmuls as `eval` does).
+    fn of(plan: &Plan, accumulate: Option<DType>) -> Self {
+        let n = plan.instrs.len();
+        let mut fusion = Fusion {
+            chain: vec![None; n],
+            inner: vec![false; n],
+            last_use: (0..n).collect(),
+        };
+        if accumulate.is_none() {
+            for chain in dense::chains(plan) {
+                for &r in &chain.regs {
+                    fusion.inner[r] = true;
+                }
+                let out = chain.output();
+                fusion.inner[out] = false;
+                fusion.chain[out] = Some(chain);
+            }
+        }
+        for k in 0..n {
+            for a in fusion.reads(plan, k) {
+                fusion.last_use[a] = k;
+            }
+        }
+        fusion.last_use[plan.output] = usize::MAX;
+        fusion
+    }
+
+    /// The registers `run` reads to compute register `k` (none for one inside a chain).
+    fn reads(&self, plan: &Plan, k: Reg) -> Vec<Reg> {
+        match (&self.chain[k], self.inner[k]) {
+            (_, true) => Vec::new(),
+            (Some(chain), _) => chain.reads(),
+            (None, _) => plan.instrs[k].args.clone(),
+        }
+    }
 }
 
 /// An instruction that failed at run time; should not happen once shapes are checked.
@@ -409,11 +462,13 @@ impl Executable {
             }
         }
         last_use[plan.output] = usize::MAX;
+        let accumulate = accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes());
         Ok(Self {
+            fusion: Fusion::of(&plan, accumulate),
             plan,
             consts,
             last_use,
-            accumulate: accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes()),
+            accumulate,
         })
     }
 
@@ -427,18 +482,34 @@ impl Executable {
     pub fn with_shapes(&self, plan: Plan) -> Self {
         debug_assert_eq!(plan.instrs.len(), self.plan.instrs.len());
         Self {
+            fusion: Fusion::of(&plan, self.accumulate),
             plan,
             ..self.clone()
         }
     }
 
-    /// Evaluates the plan on `inputs` (data first, then params).
+    /// Evaluates the plan on `inputs` (data first, then params), each dense chain as one node.
     pub fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Tensor, ExecError> {
+        let fusion = &self.fusion;
         let mut regs: Vec<Option<Tensor>> = vec![None; self.plan.instrs.len()];
         for k in 0..self.plan.instrs.len() {
-            regs[k] = Some(self.eval(k, &regs, inputs, false)?);
-            for &a in &self.plan.instrs[k].args {
-                if self.last_use[a] == k {
+            if fusion.inner[k] {
+                continue;
+            }
+            regs[k] = Some(match &fusion.chain[k] {
+                Some(chain) => {
+                    let read = |r: Reg| regs[r].as_ref().expect("defined before use");
+                    let params: Vec<&Tensor> =
+                        chain.reads()[1..].iter().map(|&r| read(r)).collect();
+                    dense::apply(chain, read(chain.input), &params).map_err(|error| ExecError {
+                        span: self.plan.instrs[k].span.clone(),
+                        error,
+                    })?
+                }
+                None => self.eval(k, &regs, inputs, false)?,
+            });
+            for a in fusion.reads(&self.plan, k) {
+                if fusion.last_use[a] == k {
                     regs[a] = None;
                 }
             }

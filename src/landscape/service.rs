@@ -115,8 +115,10 @@ pub fn spawn(
 }
 
 /// Lets this thread yield the CPU to the runs: a landscape is a view of the runs, and on a
-/// machine with few cores a grid of a large model would otherwise halve their steps/s.
+/// machine with few cores a grid of a large model would otherwise halve their steps/s. Its
+/// tensor work stays on it too (the pool's threads run at the runs' priority).
 fn lower_priority() {
+    crate::compile::threads::serial_here();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: changes only the calling thread's nice value (Linux keeps one per thread).
     unsafe {
