@@ -124,7 +124,7 @@ impl Batch {
         let params: Vec<Tensor> = eval
             .params()
             .iter()
-            .map(|v| v.as_tensor().clone())
+            .map(|v| v.as_tensor().detach())
             .collect();
         let Some(state) = LaneState::new(&specs, &params) else {
             return Ok(None);
@@ -154,7 +154,7 @@ impl Batch {
             .eval
             .params()
             .iter()
-            .map(|v| v.as_tensor().clone())
+            .map(|v| v.as_tensor().detach())
             .collect();
         // Copies: the batch's params change in place on its next step.
         let params = lanes_of(&params, r)?
@@ -259,7 +259,7 @@ impl Batch {
             .eval
             .params()
             .iter()
-            .map(|v| v.as_tensor().clone())
+            .map(|v| v.as_tensor().detach())
             .collect();
         let before = self.state.clone();
         let new = self

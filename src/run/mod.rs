@@ -1017,9 +1017,12 @@ fn update_ratio(update_norm: f64, param_norms: &[f64]) -> f32 {
     }
 }
 
-/// The params' tensors (sharing the Vars' storage: read them before the Vars change).
+/// The params' tensors (sharing the Vars' storage: read them before the Vars change), detached:
+/// state an optimizer builds from tracked params (an ema, Adam's moments of agc-clipped
+/// gradients) would chain each step's graph to the last, growing without bound until dropping
+/// it overflows the stack.
 fn param_tensors(vars: &[Var]) -> Vec<Tensor> {
-    vars.iter().map(|v| v.as_tensor().clone()).collect()
+    vars.iter().map(|v| v.as_tensor().detach()).collect()
 }
 
 /// The run's loss as a step's [`Oracle`]: evaluated elsewhere with the params put back after,

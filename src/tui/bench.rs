@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crossterm::event::{KeyCode, KeyEvent};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
@@ -127,4 +128,167 @@ pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
         .and_then(|s| s.runs.first())
         .map_or(0, |r| r.history.len());
     Ok(steps as f64 / elapsed)
+}
+
+/// How the TUI answers while many files play: from a key reaching the app to its being handled,
+/// and how long frames take to draw, driven by the TUI's own event loop on a test backend.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnderLoad {
+    pub files: usize,
+    pub runs: usize,
+    /// Keys pressed while they played (the quit key not counted).
+    pub keys: usize,
+    pub key_median_ms: f64,
+    pub key_max_ms: f64,
+    /// From the quit key reaching the app to the app being gone (its sessions told to stop).
+    pub quit_ms: f64,
+    pub frames: usize,
+    pub frame_median_ms: f64,
+    pub frame_p99_ms: f64,
+    pub frame_max_ms: f64,
+    /// Steps a second over all runs, as the app received them.
+    pub steps_per_s: f64,
+}
+
+/// Keys that reach the app at set times, as typed into a terminal: each is given out once due,
+/// and queues behind the others when the loop is late.
+struct Scripted {
+    keys: std::collections::VecDeque<(Instant, KeyEvent)>,
+    /// When each key given out had arrived, in order.
+    arrived: Vec<Instant>,
+}
+
+impl super::Input for Scripted {
+    fn next(&mut self, timeout: Duration) -> std::io::Result<Option<Msg>> {
+        let until = Instant::now() + timeout;
+        let Some(&(at, key)) = self.keys.front().filter(|(at, _)| *at <= until) else {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            return Ok(None);
+        };
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        self.keys.pop_front();
+        self.arrived.push(at);
+        Ok(Some(Msg::Key(key)))
+    }
+}
+
+/// The keys pressed while the files play, in a cycle that ends where it started: the file
+/// selection, the help, every chart tab (the Landscape tab's grids included) and back.
+const KEYS: &str = "jk??ttttTTTT";
+
+/// [`UnderLoad`] with `files` loss files playing at once (the files of `dir`, repeated as
+/// needed, each run given a billion steps so that none finishes) for `seconds`, a key arriving
+/// every 97 ms, then `q`; the frame is 200x60.
+pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<UnderLoad> {
+    let (paths, _) = crate::load::discover(&[dir.to_path_buf()]);
+    let loaded: Vec<_> = paths
+        .iter()
+        .map(|p| crate::load::load(p))
+        .filter(|f| f.compiled.is_some())
+        .collect();
+    if loaded.is_empty() {
+        anyhow::bail!("no loss file in {} compiles", dir.display());
+    }
+    let copies = (0..files).map(|i| {
+        let mut f = loaded[i % loaded.len()].clone();
+        // Copies are told apart by path, as copied files would be.
+        let name = f.path.file_name().unwrap_or_default().to_string_lossy();
+        f.path = dir.join(format!("copy-{i:02}-{name}"));
+        for r in f.compiled.iter_mut().flat_map(|c| c.runs.iter_mut()) {
+            r.settings.steps = 1_000_000_000;
+        }
+        f
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut app, _) = App::new(dir, tx);
+    app.handle(Msg::Discovered {
+        base: dir.to_path_buf(),
+        files: copies.collect(),
+    });
+    app.handle(Msg::Resize(200, 60));
+    let key = |c: char| KeyEvent::from(KeyCode::Char(c));
+    for _ in 0..files {
+        app.handle(Msg::Key(key(' ')));
+        app.handle(Msg::Key(key('j')));
+    }
+    let mut events = super::EventLoop::new(rx, Vec::new());
+    let mut terminal = Terminal::new(TestBackend::new(200, 60))?;
+    let steps = |app: &App| -> usize {
+        app.files
+            .iter()
+            .filter_map(|f| f.session.as_ref())
+            .flat_map(|s| &s.runs)
+            .map(|r| r.steps())
+            .sum()
+    };
+    // A second for every session to start and play before anything is measured.
+    let warm = Instant::now() + Duration::from_secs(1);
+    let mut idle = Scripted {
+        keys: Default::default(),
+        arrived: Vec::new(),
+    };
+    while Instant::now() < warm {
+        events.frame(&mut app, &mut terminal, &mut idle)?;
+    }
+    let start = Instant::now();
+    let steps_before = steps(&app);
+    let gap = Duration::from_millis(97);
+    let n = (seconds * 1e3 / 97.0) as u32;
+    let mut input = Scripted {
+        keys: (1..=n)
+            .map(|i| {
+                (
+                    start + gap * i,
+                    key(KEYS.chars().nth(i as usize % KEYS.len()).unwrap_or('?')),
+                )
+            })
+            .chain([(start + gap * (n + 1), key('q'))])
+            .collect(),
+        arrived: Vec::new(),
+    };
+    let mut draws = Vec::new();
+    let mut handled = Vec::new();
+    let quit_handled = loop {
+        let turn = events.frame(&mut app, &mut terminal, &mut input)?;
+        draws.push(turn.draw.as_secs_f64() * 1e3);
+        handled.extend(turn.handled);
+        if turn.action == Some(super::app::Action::Quit) {
+            break Instant::now();
+        }
+    };
+    let elapsed = quit_handled.duration_since(start).as_secs_f64();
+    let runs = app
+        .files
+        .iter()
+        .filter_map(|f| f.session.as_ref())
+        .map(|s| s.runs.len())
+        .sum();
+    let steps_per_s = (steps(&app) - steps_before) as f64 / elapsed;
+    drop(app);
+    drop(events);
+    let gone = Instant::now();
+    let mut keys: Vec<f64> = input
+        .arrived
+        .iter()
+        .zip(&handled)
+        .map(|(a, h)| h.duration_since(*a).as_secs_f64() * 1e3)
+        .collect();
+    let quit_arrived = keys.pop().map(|_| input.arrived[input.arrived.len() - 1]);
+    let quit_ms = quit_arrived.map_or(f64::NAN, |a| gone.duration_since(a).as_secs_f64() * 1e3);
+    keys.sort_by(f64::total_cmp);
+    draws.sort_by(f64::total_cmp);
+    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Ok(UnderLoad {
+        files,
+        runs,
+        keys: keys.len(),
+        key_median_ms: at(&keys, 0.5),
+        key_max_ms: at(&keys, 1.0),
+        quit_ms,
+        frames: draws.len(),
+        frame_median_ms: at(&draws, 0.5),
+        frame_p99_ms: at(&draws, 0.99),
+        frame_max_ms: at(&draws, 1.0),
+        steps_per_s,
+    })
 }
