@@ -443,3 +443,39 @@ fn the_workers_batched_runs_leave_on_an_lr_change_and_rewind_alone() {
         }
     }
 }
+
+#[test]
+fn variants_whose_programs_differ_batch_apart() {
+    // eps = 0 folds away (`r^2 + 0` is `r^2`): that variant's program is another one, so it
+    // batches with its own kind only.
+    let text = r#"
+name = "eps"
+dtype = "f64"
+loss = "mean(log((x @ w - y)^2 + eps))"
+[data]
+x = "randn(16, 2)"
+y = "randn(16)"
+[consts]
+eps = 1e-3
+[params]
+w = "zeros(2)"
+[optimizer]
+name = "adam"
+lr = 0.01
+steps = 10
+[[variants]]
+name = "eps 1e-2"
+consts = { eps = 1e-2 }
+[[variants]]
+name = "eps 0"
+consts = { eps = 0.0 }
+[[variants]]
+name = "eps 0, lr 0.1"
+consts = { eps = 0.0 }
+optimizer = { lr = 0.1 }
+"#;
+    let c = compiled(text);
+    let runs = runs_of(&c, None);
+    let refs: Vec<&Run> = runs.iter().collect();
+    assert_eq!(batch::groups(&c, &refs), vec![vec![0, 1], vec![2, 3]]);
+}

@@ -82,15 +82,28 @@ fn batchable(compiled: &CompiledFile, run: &Run) -> bool {
 }
 
 /// Groups of `runs` (by position) worth trying as one batch each: batchable runs of one dtype,
-/// retention and optimizer, two or more.
+/// retention and optimizer whose programs batch together (variants whose consts fold into
+/// other ops, such as an `eps = 0`, or with a loss of their own, make groups of their own), two
+/// or more.
 pub fn groups(compiled: &CompiledFile, runs: &[&Run]) -> Vec<Vec<usize>> {
+    let programs_batch = |a: usize, b: usize, dtype| {
+        a == b
+            || LaneEvaluator::new(compiled, &[a, b], dtype)
+                .ok()
+                .flatten()
+                .is_some()
+    };
     let mut out: Vec<(_, Vec<usize>)> = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         if !batchable(compiled, run) {
             continue;
         }
         let key = (run.dtype, run.retention, run.config.optimizer.name());
-        match out.iter_mut().find(|(k, _)| *k == key) {
+        let dtype = run.evaluator.dtype();
+        let home = out.iter_mut().find(|(k, members)| {
+            *k == key && programs_batch(runs[members[0]].def, run.def, dtype)
+        });
+        match home {
             Some((_, members)) => members.push(i),
             None => out.push((key, vec![i])),
         }
