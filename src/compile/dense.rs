@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor}
 
 use super::fused::{self, ColumnSum, MatMul, tanh_backward};
 use super::plan::{Op, Plan, Reg, Unary};
+use super::threads;
 
 /// One layer: `x @ W`, then `+ b` when it has a bias, then tanh when `tanh`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,24 +234,45 @@ impl CustomOp2 for Node {
             at += rows_in * cols + if layer.bias.is_some() { cols } else { 0 };
             rows_in = cols;
         }
-        let mut g = grad.contiguous()?;
+        // Each weight's gradient is off the path from the output back to the input: it runs
+        // beside the rest of the pass, on one thread of the pool, while the others carry the
+        // gradient on to the next layer.
+        let n = self.layers.len();
+        let mut weight_grads: Vec<Option<Result<Tensor>>> = (0..n).map(|_| None).collect();
+        let mut bias_grads: Vec<Option<Tensor>> = vec![None; n];
+        let slots: Vec<_> = weight_grads.iter_mut().zip(bias_grads.iter_mut()).collect();
+        let mut carried = Err(candle_core::Error::Msg("the backward pass did not run".into()));
+        rayon::scope(|s| {
+            carried = (move || {
+                let mut g = grad.contiguous()?;
+                for ((i, layer), (dw, db)) in self.layers.iter().enumerate().zip(slots).rev() {
+                    let (at, rows, cols) = offsets[i];
+                    if layer.tanh {
+                        g = tanh_backward(&g, &self.values[i])?;
+                    }
+                    if layer.bias.is_some() {
+                        *db = Some(g.apply_op1(ColumnSum)?);
+                    }
+                    let input = if i == 0 { x } else { &self.values[i - 1] }.t()?;
+                    let gi = g.clone();
+                    s.spawn(move |_| {
+                        let grad = threads::serially(|| input.apply_op2(&gi, both));
+                        *dw = Some(grad.and_then(|d| d.flatten_all()));
+                    });
+                    if i > 0 || self.input_grad {
+                        let w = packed.narrow(0, at, rows * cols)?.reshape((rows, cols))?;
+                        g = g.apply_op2(&w.t()?, both)?;
+                    }
+                }
+                Ok(g)
+            })();
+        });
+        let g = carried?;
         let mut grads = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate().rev() {
-            let (at, rows, cols) = offsets[i];
-            if layer.tanh {
-                g = tanh_backward(&g, &self.values[i])?;
-            }
-            if layer.bias.is_some() {
-                grads.push(g.apply_op1(ColumnSum)?);
-            }
-            let input = if i == 0 { x } else { &self.values[i - 1] };
-            grads.push(input.t()?.apply_op2(&g, both)?.flatten_all()?);
-            if i > 0 || self.input_grad {
-                let w = packed.narrow(0, at, rows * cols)?.reshape((rows, cols))?;
-                g = g.apply_op2(&w.t()?, both)?;
-            }
+        for (dw, db) in weight_grads.into_iter().zip(bias_grads) {
+            grads.push(dw.expect("every weight's gradient was spawned")?);
+            grads.extend(db);
         }
-        grads.reverse();
         let dx = self.input_grad.then_some(g);
         Ok((dx, Some(Tensor::cat(&grads, 0)?)))
     }

@@ -147,6 +147,38 @@ fn map<T: Elem, K: Kernel>(k: &K, a: &[T], b: &[T], parallel: bool) -> Vec<T> {
     out
 }
 
+/// `src` converted into a new vector by `convert` (half's vectorised conversions), a block at a
+/// time through a buffer on the stack (no zero-filled vector first), on the pool when large.
+fn converted<S: Copy + Sync, D: Copy + Default + Send>(
+    src: &[S],
+    convert: impl Fn(&[S], &mut [D]) + Sync,
+) -> Vec<D> {
+    const BLOCK: usize = 256;
+    let mut out = Vec::with_capacity(src.len());
+    let work = |(c, out): (usize, &mut [MaybeUninit<D>])| {
+        let src = &src[c * ELEMENT_TASK..][..out.len()];
+        let mut buf = [D::default(); BLOCK];
+        for (s, o) in src.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+            convert(s, &mut buf[..s.len()]);
+            for (o, &v) in o.iter_mut().zip(&buf) {
+                o.write(v);
+            }
+        }
+    };
+    let spare = &mut out.spare_capacity_mut()[..src.len()];
+    if tasks(src.len(), ELEMENT_TASK) > 1 {
+        spare
+            .par_chunks_mut(ELEMENT_TASK)
+            .enumerate()
+            .for_each(work);
+    } else {
+        spare.chunks_mut(ELEMENT_TASK).enumerate().for_each(work);
+    }
+    // SAFETY: every element below src.len() was written by one chunk above.
+    unsafe { out.set_len(src.len()) };
+    out
+}
+
 /// [`map`] on two storages of one float dtype; the result has `a`'s layout made contiguous.
 fn map_storage<K: Kernel>(
     k: &K,
@@ -476,11 +508,10 @@ impl<'a, T: Copy> Operand<'a, T> {
     /// Its elements widened to f32 (f16, bf16), for [`Operand::over`].
     fn widened(&self) -> Vec<f32>
     where
+        T: Sync,
         [T]: HalfFloatSliceExt,
     {
-        let mut wide = vec![0f32; self.data.len()];
-        self.data.convert_to_f32_slice(&mut wide);
-        wide
+        converted(self.data, |h, w| h.convert_to_f32_slice(w))
     }
 
     /// The same shape and strides over other elements (its widened ones).
@@ -590,15 +621,17 @@ fn gemm_into<T: Copy + Send + Sync + 'static>(
 }
 
 /// [`gemm_into`] for f16 and bf16: both operands widened to f32, the result rounded once.
-fn gemm_half<H: Copy + Default>(a: &Operand<H>, b: &Operand<H>, threads: usize) -> Vec<H>
+fn gemm_half<H: Copy + Default + Send + Sync>(
+    a: &Operand<H>,
+    b: &Operand<H>,
+    threads: usize,
+) -> Vec<H>
 where
     [H]: HalfFloatSliceExt,
 {
     let (wa, wb) = (a.widened(), b.widened());
     let wide = gemm_into(&a.over(&wa), &b.over(&wb), 0.0, 1.0, threads);
-    let mut out = vec![H::default(); wide.len()];
-    out.convert_from_f32_slice(&wide);
-    out
+    converted(&wide, |w, h: &mut [H]| h.convert_from_f32_slice(w))
 }
 
 impl CustomOp2 for MatMul {

@@ -52,6 +52,20 @@ pub fn serial_here() {
     SERIAL.with(|s| s.set(true));
 }
 
+/// Runs `f` with this thread's tensor work kept off the pool: `f` is itself one of several
+/// tasks the pool runs side by side (a weight gradient next to the rest of a backward pass).
+pub fn serially<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the flag however `f` ends.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
 /// How many tasks of `task` units `work` units split into on this thread: 1 (run it here)
 /// unless the pool has threads to spare and the work fills at least two tasks.
 pub fn tasks(work: usize, task: usize) -> usize {
