@@ -13,7 +13,36 @@ use crate::run::summary::drive;
 use crate::run::{Run, RunRequest};
 
 /// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
-pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow::Result<bool> {
+/// Every figure `gradscope bench` measures, as `--json` writes them for tracking.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct BenchReport {
+    pub threads: usize,
+    pub workloads: Vec<WorkloadFigure>,
+    pub thread_sweep: Option<ThreadSweep>,
+    pub batched: Vec<BatchFigure>,
+    pub optimizer_lanes: Vec<LaneSteps>,
+    pub tui_under_load: Option<crate::tui::bench::UnderLoad>,
+}
+
+/// One workload stepped in this process: median steps/s of its first run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WorkloadFigure {
+    pub workload: String,
+    pub steps: u64,
+    pub steps_per_s: f64,
+    pub final_loss: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s,
+/// with the other figures; `json` gets them all as one JSON object.
+pub fn bench_command(
+    dir: &Path,
+    repeat: usize,
+    json: Option<&Path>,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let mut report = BenchReport::default();
     let (files, missing) = crate::load::discover(&[dir.to_path_buf()]);
     for d in &missing {
         eprint!("{}", d.render(false));
@@ -31,7 +60,8 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
         }
     }
     compile::threads::start(loaded.iter().map(|(_, c)| c));
-    writeln!(out, "threads: {}", compile::threads::count())?;
+    report.threads = compile::threads::count();
+    writeln!(out, "threads: {}", report.threads)?;
     writeln!(
         out,
         "{:<20} {:>7} {:>12} {:>12} {:>14}",
@@ -55,19 +85,41 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let figure = WorkloadFigure {
+            workload: name,
+            steps,
+            steps_per_s: rates[rates.len() / 2],
+            final_loss,
+            peak_rss_mb: peak_rss_mb(),
+        };
         writeln!(
             out,
             "{:<20} {:>7} {:>12.1} {:>12} {:>14.1}",
-            name,
-            steps,
-            rates[rates.len() / 2],
-            fmt_num(final_loss),
-            peak_rss_mb()
+            figure.workload,
+            figure.steps,
+            figure.steps_per_s,
+            fmt_num(figure.final_loss),
+            figure.peak_rss_mb
         )?;
+        report.workloads.push(figure);
     }
-    let (_, lines) = thread_sweep(dir, repeat.max(1))?;
+    let (sweep, lines) = thread_sweep(dir, repeat.max(1))?;
+    report.thread_sweep = Some(sweep);
     for line in lines {
         writeln!(out, "{line}")?;
+    }
+    writeln!(
+        out,
+        "
+runs of one file apart and as one batch (8 runs, lrs x1 to x1.7; aggregate steps/s):"
+    )?;
+    for name in ["rosenbrock", "logreg"] {
+        let file = dir.join(format!("{name}.toml"));
+        if file.exists() {
+            let figure = batch_figure(&file, 8, repeat.max(1))?;
+            writeln!(out, "{}", figure.line())?;
+            report.batched.push(figure);
+        }
     }
     use crate::tui::app::Tab;
     writeln!(
@@ -101,7 +153,8 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
     }
     let library = Path::new("losses");
     if library.is_dir() {
-        let (_, lines) = tui_under_load(library, 30, 10.0)?;
+        let (figure, lines) = tui_under_load(library, 30, 10.0)?;
+        report.tui_under_load = Some(figure);
         for line in lines {
             writeln!(out, "{line}")?;
         }
@@ -120,7 +173,8 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
     if rosen.exists() {
         writeln!(out, "\n{}", headless_memory(rosen, &[100_000, 1_000_000])?)?;
     }
-    let (_, lines) = lane_steps(repeat.max(1))?;
+    let (lanes, lines) = lane_steps(repeat.max(1))?;
+    report.optimizer_lanes = lanes;
     writeln!(out)?;
     for line in lines {
         writeln!(out, "{line}")?;
@@ -131,6 +185,10 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             "history: 1,000,000 steps with {n_params} params hold {:.1} MB",
             history_mb(1_000_000, n_params)
         )?;
+    }
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+        writeln!(out, "\nwrote every figure to {}", path.display())?;
     }
     Ok(true)
 }

@@ -101,6 +101,9 @@ pub enum Command {
         /// Repetitions per workload; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Also write every figure to this file as one JSON object, for tracking.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
 }
 
