@@ -241,7 +241,9 @@ impl CustomOp2 for Node {
         let mut weight_grads: Vec<Option<Result<Tensor>>> = (0..n).map(|_| None).collect();
         let mut bias_grads: Vec<Option<Tensor>> = vec![None; n];
         let slots: Vec<_> = weight_grads.iter_mut().zip(bias_grads.iter_mut()).collect();
-        let mut carried = Err(candle_core::Error::Msg("the backward pass did not run".into()));
+        let mut carried = Err(candle_core::Error::Msg(
+            "the backward pass did not run".into(),
+        ));
         rayon::scope(|s| {
             carried = (move || {
                 let mut g = grad.contiguous()?;

@@ -100,9 +100,9 @@ pub fn groups(compiled: &CompiledFile, runs: &[&Run]) -> Vec<Vec<usize>> {
         }
         let key = (run.dtype, run.retention, run.config.optimizer.name());
         let dtype = run.evaluator.dtype();
-        let home = out.iter_mut().find(|(k, members)| {
-            *k == key && programs_batch(runs[members[0]].def, run.def, dtype)
-        });
+        let home = out
+            .iter_mut()
+            .find(|(k, members)| *k == key && programs_batch(runs[members[0]].def, run.def, dtype));
         match home {
             Some((_, members)) => members.push(i),
             None => out.push((key, vec![i])),
