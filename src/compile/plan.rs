@@ -212,7 +212,7 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         Op::Affine { mul, add } => a().affine(*mul, *add),
         Op::Powf(e) => a().powf(*e),
         Op::Binary(b) => binary(*b, args[0], args[1]),
-        Op::BiasAdd => super::fused::bias_add(args[0], args[1]),
+        Op::BiasAdd => super::fused::bias_add(args[0], args[1], 1),
         Op::Compare(c) => compare(*c, args[0], args[1], out),
         Op::Where => {
             let dims = out.dims();
@@ -328,6 +328,76 @@ fn compare(c: Compare, x: &Tensor, y: &Tensor, out: &Shape) -> Result<Tensor> {
         .to_dtype(dtype)
 }
 
+/// Which side of a matmul is a vector that needs a gradient against a matrix that does not (`X @
+/// w`, `w @ A` for data `X`, `A`): those go through [`super::fused::lane_vecmat`], whose sums do
+/// not depend on how many runs are batched (see `lanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VecSide {
+    /// `X @ w`: computed as `w @ Xᵀ`.
+    Right,
+    /// `w @ A`.
+    Left,
+}
+
+impl VecSide {
+    /// The side of matmul `op` whose operands have ranks `rx` and `ry`, if it is such a product.
+    pub fn of(op: &Op, rx: usize, ry: usize) -> Option<Self> {
+        match (op, rx, ry) {
+            (
+                Op::MatMul {
+                    lhs_grad: false,
+                    rhs_grad: true,
+                },
+                2,
+                1,
+            ) => Some(VecSide::Right),
+            (
+                Op::MatMul {
+                    lhs_grad: true,
+                    rhs_grad: false,
+                },
+                1,
+                2,
+            ) => Some(VecSide::Left),
+            _ => None,
+        }
+    }
+}
+
+/// A matrix's transpose, made contiguous once and kept while the matrix is the same tensor (data
+/// is, from one evaluation to the next).
+#[derive(Debug, Default)]
+pub struct Transposed(std::sync::Mutex<Option<(candle_core::TensorId, Tensor)>>);
+
+impl Transposed {
+    /// `m`'s last two axes swapped, contiguous.
+    pub fn of(&self, m: &Tensor) -> Result<Tensor> {
+        let swap = || m.transpose(m.rank() - 2, m.rank() - 1)?.contiguous();
+        // A Var's values change under the same id.
+        if m.is_variable() {
+            return swap();
+        }
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*kept {
+            Some((id, t)) if *id == m.id() => Ok(t.clone()),
+            _ => {
+                let t = swap()?;
+                *kept = Some((m.id(), t.clone()));
+                Ok(t)
+            }
+        }
+    }
+}
+
+/// `x @ y` for a [`VecSide`] product of one run, through the lane kernel (a batch of one).
+fn vec_matmul(x: &Tensor, y: &Tensor, side: VecSide, t: &Transposed) -> Result<Tensor> {
+    use super::fused::lane_vecmat;
+    match side {
+        VecSide::Right => lane_vecmat(&y.unsqueeze(0)?, &t.of(x)?, x)?.squeeze(0),
+        VecSide::Left => lane_vecmat(&x.unsqueeze(0)?, y, &t.of(y)?)?.squeeze(0),
+    }
+}
+
 /// NumPy `@`: 1-D operands are promoted and the added axis removed again.
 fn matmul(x: &Tensor, y: &Tensor, lg: bool, rg: bool) -> Result<Tensor> {
     use super::fused::matmul_2d;
@@ -379,6 +449,8 @@ pub struct Executable {
     plan: Plan,
     consts: Vec<Option<Tensor>>,
     last_use: Vec<usize>,
+    /// Per [`VecSide`] matmul, its matrix's transpose, kept across evaluations.
+    transposed: Vec<Option<std::sync::Arc<Transposed>>>,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the run's.
     accumulate: Option<DType>,
 }
@@ -409,10 +481,22 @@ impl Executable {
             }
         }
         last_use[plan.output] = usize::MAX;
+        let transposed = plan
+            .instrs
+            .iter()
+            .map(|i| match i.args.as_slice() {
+                &[x, y] => {
+                    let (rx, ry) = (plan.instrs[x].shape.rank(), plan.instrs[y].shape.rank());
+                    VecSide::of(&i.op, rx, ry).map(|_| Default::default())
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             plan,
             consts,
             last_use,
+            transposed,
             accumulate: accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes()),
         })
     }
@@ -525,6 +609,15 @@ impl Executable {
                     .iter()
                     .map(|&a| regs[a].as_ref().expect("defined before use"))
                     .collect();
+                let run = |args: &[&Tensor]| match (&self.transposed[k], args) {
+                    (Some(t), &[x, y]) if matches!(x.dtype(), DType::F32 | DType::F64) => {
+                        match VecSide::of(op, x.rank(), y.rank()) {
+                            Some(side) => vec_matmul(x, y, side, t),
+                            None => apply(op, args, &instr.shape),
+                        }
+                    }
+                    _ => apply(op, args, &instr.shape),
+                };
                 match self.accumulate {
                     // Mixed precision: sums in the wider dtype, the result back in the run's.
                     Some(acc)
@@ -537,10 +630,10 @@ impl Executable {
                             args.iter().map(|a| a.to_dtype(acc)).collect();
                         wide.and_then(|w| {
                             let refs: Vec<&Tensor> = w.iter().collect();
-                            apply(op, &refs, &instr.shape)?.to_dtype(args[0].dtype())
+                            run(&refs)?.to_dtype(args[0].dtype())
                         })
                     }
-                    _ => apply(op, &args, &instr.shape),
+                    _ => run(&args),
                 }
             }
         };
