@@ -201,6 +201,46 @@ pub struct Plan {
     pub output: Reg,
 }
 
+impl Plan {
+    /// For each register, the last instruction that reads it (itself if none does; never for
+    /// the output), after which its value can be dropped.
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last_use: Vec<usize> = (0..self.instrs.len()).collect();
+        for (k, instr) in self.instrs.iter().enumerate() {
+            for &a in &instr.args {
+                last_use[a] = k;
+            }
+        }
+        last_use[self.output] = usize::MAX;
+        last_use
+    }
+}
+
+/// `f` on `args` for instruction `op`; where `op` sums (reductions, softmax, matmuls) and
+/// `accumulate` is given, on the args cast to that wider dtype, the result cast back.
+pub fn accumulating(
+    op: &Op,
+    accumulate: Option<DType>,
+    args: &[&Tensor],
+    f: impl FnOnce(&[&Tensor]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match accumulate {
+        Some(acc)
+            if matches!(
+                op,
+                Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }
+            ) =>
+        {
+            let wide = args
+                .iter()
+                .map(|a| a.to_dtype(acc))
+                .collect::<Result<Vec<_>>>()?;
+            f(&wide.iter().collect::<Vec<_>>())?.to_dtype(args[0].dtype())
+        }
+        _ => f(args),
+    }
+}
+
 /// Executes one instruction. `out` is the result shape computed by the shape rules.
 pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
     let a = || args[0];
@@ -474,13 +514,7 @@ impl Executable {
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
-        let mut last_use: Vec<usize> = (0..plan.instrs.len()).collect();
-        for (k, instr) in plan.instrs.iter().enumerate() {
-            for &a in &instr.args {
-                last_use[a] = k;
-            }
-        }
-        last_use[plan.output] = usize::MAX;
+        let last_use = plan.last_uses();
         let transposed = plan
             .instrs
             .iter()
@@ -618,23 +652,8 @@ impl Executable {
                     }
                     _ => apply(op, args, &instr.shape),
                 };
-                match self.accumulate {
-                    // Mixed precision: sums in the wider dtype, the result back in the run's.
-                    Some(acc)
-                        if matches!(
-                            op,
-                            Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }
-                        ) =>
-                    {
-                        let wide: Result<Vec<Tensor>> =
-                            args.iter().map(|a| a.to_dtype(acc)).collect();
-                        wide.and_then(|w| {
-                            let refs: Vec<&Tensor> = w.iter().collect();
-                            run(&refs)?.to_dtype(args[0].dtype())
-                        })
-                    }
-                    _ => run(&args),
-                }
+                // Mixed precision: sums in the wider dtype, the result back in the run's.
+                accumulating(op, self.accumulate, &args, run)
             }
         };
         value.map_err(|error| ExecError {
