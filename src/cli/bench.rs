@@ -79,6 +79,18 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             [Err(e), _] | [_, Err(e)] => writeln!(out, "{name:<20} failed: {e}")?,
         }
     }
+    writeln!(
+        out,
+        "\nbatched evaluation, {LANES} lanes of the first run vs {LANES} evaluations apart (median of {}):",
+        repeat.max(1)
+    )?;
+    for f in crate::load::discover(&[dir.to_path_buf()]).0 {
+        match lane_timing(&f, LANES, repeat.max(1)) {
+            Ok(Some(t)) => writeln!(out, "{}", t.line())?,
+            Ok(None) => writeln!(out, "{:<20} does not batch", stem(&f))?,
+            Err(e) => writeln!(out, "{:<20} failed: {e}", stem(&f))?,
+        }
+    }
     let rosen = Path::new("losses/rosenbrock.toml");
     if rosen.exists() {
         for points in [100_000, 1_000_000] {
@@ -114,6 +126,93 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
         )?;
     }
     Ok(true)
+}
+
+/// How many runs the batched-evaluation figure batches.
+const LANES: usize = 8;
+
+/// One evaluation (loss and gradients) of `lanes` runs batched as one program, against `lanes`
+/// evaluations of the runs apart.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LaneTiming {
+    pub workload: String,
+    pub lanes: usize,
+    /// Microseconds for `lanes` evaluations, one per run.
+    pub apart_us: f64,
+    /// Microseconds for one evaluation of all lanes.
+    pub batched_us: f64,
+}
+
+impl LaneTiming {
+    /// How many times faster the batch is than the runs apart.
+    pub fn speedup(&self) -> f64 {
+        self.apart_us / self.batched_us
+    }
+
+    /// The figure as a line of `gradscope bench`.
+    pub fn line(&self) -> String {
+        format!(
+            "{:<20} apart {:>10.1} us  batched {:>10.1} us  {:>5.2}x",
+            self.workload,
+            self.apart_us,
+            self.batched_us,
+            self.speedup()
+        )
+    }
+}
+
+/// [`LaneTiming`] of `file`'s first run in its own dtype: `repeat` interleaved rounds (apart,
+/// then batched), each evaluating for about 0.1 s, and the median of each; None when the run
+/// does not batch.
+pub fn lane_timing(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<Option<LaneTiming>> {
+    use crate::compile::lanes::LaneEvaluator;
+    let (compiled, _) =
+        load::load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;
+    let dtype = compile::candle_dtype(compiled.runs[0].dtype);
+    let Some(batch) = LaneEvaluator::new(&compiled, &vec![0; lanes], dtype)? else {
+        return Ok(None);
+    };
+    let apart = (0..lanes)
+        .map(|_| compile::Evaluator::new(&compiled, 0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let diag = |d: crate::diagnostic::Diagnostic| anyhow::anyhow!("{}", d.headline());
+    let start = Instant::now();
+    batch.evaluate().map_err(diag)?;
+    let rounds = (0.1 / start.elapsed().as_secs_f64().max(1e-6)).ceil() as usize;
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for _ in 0..rounds {
+            f()?;
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6 / rounds as f64)
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..repeat {
+        a.push(time(&mut || {
+            for e in &apart {
+                e.evaluate().map_err(diag)?;
+            }
+            Ok(())
+        })?);
+        b.push(time(&mut || batch.evaluate().map(drop).map_err(diag))?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(Some(LaneTiming {
+        workload: stem(file),
+        lanes,
+        apart_us: median(a),
+        batched_us: median(b),
+    }))
+}
+
+/// A file's name without its extension.
+fn stem(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// How long an `n` x `n` landscape grid of `file`'s first run takes at its initial params: over
