@@ -446,8 +446,7 @@ fn the_workers_batched_runs_leave_on_an_lr_change_and_rewind_alone() {
 
 #[test]
 fn variants_whose_programs_differ_batch_apart() {
-    // eps = 0 folds away (`r^2 + 0` is `r^2`): that variant's program is another one, so it
-    // batches with its own kind only.
+    // A variant with a loss of its own runs another program: it batches with its own kind only.
     let text = r#"
 name = "eps"
 dtype = "f64"
@@ -467,11 +466,11 @@ steps = 10
 name = "eps 1e-2"
 consts = { eps = 1e-2 }
 [[variants]]
-name = "eps 0"
-consts = { eps = 0.0 }
+name = "mse"
+loss = "mean((x @ w - y)^2)"
 [[variants]]
-name = "eps 0, lr 0.1"
-consts = { eps = 0.0 }
+name = "mse, lr 0.1"
+loss = "mean((x @ w - y)^2)"
 optimizer = { lr = 0.1 }
 "#;
     let c = compiled(text);

@@ -350,8 +350,10 @@ impl CustomOp2 for BiasAdd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // A bias of any shape: the gradient's rows are runs of `b`'s elements.
         let db = grad
             .contiguous()?
+            .reshape(((), b.elem_count()))?
             .apply_op1(ColumnSum)?
             .reshape(b.shape())?;
         Ok((Some(grad.clone()), Some(db)))
@@ -953,5 +955,354 @@ mod tests {
                 gemm_into(&a, &b, 0.0, 1.0, 4)
             );
         }
+    }
+}
+/// `v @ m` for every lane: `v` one vector per lane `[R, n]`, `m` a matrix `[n, k]` shared by
+/// the lanes (or one per lane, `[R, n, k]`) that needs no gradient, and `mt` its transpose
+/// (contiguous) for the backward pass; `[R, k]`. Each entry is summed over `n` in order, whatever
+/// R, the tiling and the CPU's vector width, so a run alone (R = 1) and within a batch of runs
+/// (see `lanes`) get the same bits, which gemm does not promise across shapes. `x @ w` for a data
+/// matrix `x` is `w @ xᵀ`: the forward reads `xᵀ`, the backward `x`.
+pub fn lane_vecmat(v: &Tensor, m: &Tensor, mt: &Tensor) -> Result<Tensor> {
+    let op = VecMat { mt: mt.clone() };
+    v.contiguous()?.apply_op2(&m.contiguous()?, op)
+}
+
+/// Lanes, rows and columns of a lane product, and whether the matrix is shared by the lanes.
+#[derive(Debug, Clone, Copy)]
+struct LaneDims {
+    lanes: usize,
+    n: usize,
+    k: usize,
+    shared: bool,
+}
+
+impl LaneDims {
+    /// From the vectors' layout `[R, n]` and the matrix's `[n, k]` or `[R, n, k]`.
+    fn of(v: &Layout, m: &Layout) -> Result<Self> {
+        let (lanes, len) = v.shape().dims2()?;
+        let (shared, n, k) = match *m.shape().dims() {
+            [n, k] => (true, n, k),
+            [l, n, k] if l == lanes => (false, n, k),
+            _ => (false, usize::MAX, 0),
+        };
+        if n != len {
+            return Err(candle_core::Error::Msg(format!(
+                "a lane product of {:?} vectors with a {:?} matrix",
+                v.shape(),
+                m.shape()
+            )));
+        }
+        Ok(Self {
+            lanes,
+            n,
+            k,
+            shared,
+        })
+    }
+}
+
+/// The arithmetic of the lane kernel on f32 and f64, one by one and in AVX registers.
+trait Num: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+    /// `self * a + b`, rounded once.
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    /// An AVX register of them.
+    #[cfg(target_arch = "x86_64")]
+    type V: Copy;
+    /// How many an AVX register holds.
+    #[cfg(target_arch = "x86_64")]
+    const W: usize;
+    /// # Safety
+    /// The CPU must have AVX.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn zero() -> Self::V;
+    /// # Safety
+    /// The CPU must have AVX, and `p` address `W` values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load(p: *const Self) -> Self::V;
+    /// # Safety
+    /// The CPU must have AVX.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn splat(x: Self) -> Self::V;
+    /// `a * b + c` lane by lane, rounded once (as [`Num::mul_add`]).
+    ///
+    /// # Safety
+    /// The CPU must have FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// # Safety
+    /// The CPU must have AVX, and `p` address `W` values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn store(p: *mut Self, v: Self::V);
+}
+
+macro_rules! num {
+    ($t:ty, $v:ident, $w:expr, $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+        impl Num for $t {
+            #[inline(always)]
+            fn mul_add(self, a: $t, b: $t) -> $t {
+                <$t>::mul_add(self, a, b)
+            }
+            #[cfg(target_arch = "x86_64")]
+            type V = std::arch::x86_64::$v;
+            #[cfg(target_arch = "x86_64")]
+            const W: usize = $w;
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx")]
+            unsafe fn zero() -> Self::V {
+                std::arch::x86_64::$zero()
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx")]
+            unsafe fn load(p: *const $t) -> Self::V {
+                // SAFETY: `p` addresses W values (the caller's promise); unaligned load.
+                unsafe { std::arch::x86_64::$load(p) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx")]
+            unsafe fn splat(x: $t) -> Self::V {
+                std::arch::x86_64::$splat(x)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx,fma")]
+            unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+                std::arch::x86_64::$fma(a, b, c)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[inline]
+            #[target_feature(enable = "avx")]
+            unsafe fn store(p: *mut $t, v: Self::V) {
+                // SAFETY: `p` addresses W values (the caller's promise); unaligned store.
+                unsafe { std::arch::x86_64::$store(p, v) }
+            }
+        }
+    };
+}
+
+num!(
+    f32,
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
+num!(
+    f64,
+    __m256d,
+    4,
+    _mm256_setzero_pd,
+    _mm256_loadu_pd,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_storeu_pd
+);
+
+/// `out[r, c] += Σ_i v[r, i] m_r[i, c]` over the rows `rows` for the `TR` lanes from `r0` and
+/// the `TC` registers of columns from `c0`: the sums held in registers over the rows, fused
+/// multiply-adds in the order of `i` (continuing a sum stored in `out` adds in the same order as
+/// never stopping it).
+///
+/// # Safety
+/// The CPU must have AVX and FMA; `TR` is 1 unless the matrix is shared; the rows, lanes and
+/// columns lie within `d`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tile<T: Num, const TR: usize, const TC: usize>(
+    v: &[T],
+    m: &[T],
+    d: LaneDims,
+    rows: std::ops::Range<usize>,
+    (r0, c0): (usize, usize),
+    out: &mut [T],
+) {
+    let LaneDims { n, k, .. } = d;
+    let base = if d.shared { 0 } else { r0 * n * k };
+    // SAFETY: the CPU has AVX and FMA; every load of the matrix addresses c0 + TC W <= k values
+    // of one of its rows, every load and store of `out` TC W values of lane r's output row.
+    unsafe {
+        let at = |q: usize, t: usize| (r0 + q) * k + c0 + t * T::W;
+        let mut acc = [[T::zero(); TC]; TR];
+        for (q, acc) in acc.iter_mut().enumerate() {
+            for (t, a) in acc.iter_mut().enumerate() {
+                *a = T::load(out.as_ptr().add(at(q, t)));
+            }
+        }
+        for i in rows {
+            let row = m.as_ptr().add(base + i * k + c0);
+            let mut x = [T::zero(); TC];
+            for (t, x) in x.iter_mut().enumerate() {
+                *x = T::load(row.add(t * T::W));
+            }
+            for (q, acc) in acc.iter_mut().enumerate() {
+                let g = T::splat(v[(r0 + q) * n + i]);
+                for t in 0..TC {
+                    acc[t] = T::fma(g, x[t], acc[t]);
+                }
+            }
+        }
+        for (q, acc) in acc.iter().enumerate() {
+            for (t, &a) in acc.iter().enumerate() {
+                T::store(out.as_mut_ptr().add(at(q, t)), a);
+            }
+        }
+    }
+}
+
+/// Rows of the matrix per pass of [`vecmat_fma`]: 64 rows of 64 f32s (16 kB) stay in L1 while
+/// every tile takes its turn, so the matrix comes from memory once however many lanes meet it.
+#[cfg(target_arch = "x86_64")]
+const ROWS: usize = 64;
+
+/// The lane kernel with AVX and FMA: register tiles of up to 8 lanes where the lanes share the
+/// matrix (its rows read once for all of them), else 1 lane x up to 8 registers of columns; the
+/// columns past the last whole register one by one, in the same order.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn vecmat_fma<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    let LaneDims { lanes, n, k, .. } = d;
+    let mut out = vec![T::default(); lanes * k];
+    let whole = k / T::W;
+    for i0 in (0..n).step_by(ROWS) {
+        let rows = i0..(i0 + ROWS).min(n);
+        let mut r = 0;
+        while r < lanes {
+            let group = match lanes - r {
+                left if d.shared && left >= 8 => 8,
+                left if d.shared && left >= 4 => 4,
+                _ => 1,
+            };
+            let mut c = 0;
+            let mut tiles = |width: usize, tile: &mut dyn FnMut(usize)| {
+                while c + width <= whole {
+                    tile(c * T::W);
+                    c += width;
+                }
+            };
+            let (v, m, out) = (v, m, &mut out);
+            // SAFETY: AVX2 and FMA (this function's features); the rows, lanes r.. and registers
+            // c.. lie within `d`, and tiles of several lanes only where the matrix is shared.
+            unsafe {
+                match group {
+                    8 => tiles(1, &mut |c| {
+                        tile::<T, 8, 1>(v, m, d, rows.clone(), (r, c), out)
+                    }),
+                    4 => {
+                        tiles(2, &mut |c| {
+                            tile::<T, 4, 2>(v, m, d, rows.clone(), (r, c), out)
+                        });
+                        tiles(1, &mut |c| {
+                            tile::<T, 4, 1>(v, m, d, rows.clone(), (r, c), out)
+                        });
+                    }
+                    _ => {
+                        tiles(8, &mut |c| {
+                            tile::<T, 1, 8>(v, m, d, rows.clone(), (r, c), out)
+                        });
+                        tiles(2, &mut |c| {
+                            tile::<T, 1, 2>(v, m, d, rows.clone(), (r, c), out)
+                        });
+                        tiles(1, &mut |c| {
+                            tile::<T, 1, 1>(v, m, d, rows.clone(), (r, c), out)
+                        });
+                    }
+                }
+            }
+            r += group;
+        }
+    }
+    for r in 0..lanes {
+        let base = if d.shared { 0 } else { r * n * k };
+        for c in whole * T::W..k {
+            let mut sum = T::default();
+            for i in 0..n {
+                sum = v[r * n + i].mul_add(m[base + i * k + c], sum);
+            }
+            out[r * k + c] = sum;
+        }
+    }
+    out
+}
+
+/// The lane kernel one value at a time, for CPUs without AVX2 and FMA (its sums are in the same
+/// order but not fused, so they differ from the fused kernel's, never from themselves).
+fn vecmat_plain<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    let LaneDims { lanes, n, k, .. } = d;
+    let mut out = vec![T::default(); lanes * k];
+    for (r, out) in out.chunks_exact_mut(k.max(1)).enumerate().take(lanes) {
+        let base = if d.shared { 0 } else { r * n * k };
+        for i in 0..n {
+            let g = v[r * n + i];
+            for (o, &x) in out.iter_mut().zip(&m[base + i * k..][..k]) {
+                *o = *o + g * x;
+            }
+        }
+    }
+    out
+}
+
+/// The kernel of [`lane_vecmat`], fused where the CPU allows.
+fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked just now.
+        return unsafe { vecmat_fma(v, m, d) };
+    }
+    vecmat_plain(v, m, d)
+}
+
+/// [`lane_vecmat`] as an op on `(v, m)`, holding `mᵀ` for its backward pass.
+#[derive(Debug, Clone)]
+struct VecMat {
+    mt: Tensor,
+}
+
+impl CustomOp2 for VecMat {
+    fn name(&self) -> &'static str {
+        "lane-vecmat"
+    }
+
+    fn cpu_fwd(
+        &self,
+        v: &CpuStorage,
+        vl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = LaneDims::of(vl, ml)?;
+        let out = match (v, m) {
+            (CpuStorage::F32(v), CpuStorage::F32(m)) => {
+                CpuStorage::F32(vecmat(contiguous(v, vl)?, contiguous(m, ml)?, d))
+            }
+            (CpuStorage::F64(v), CpuStorage::F64(m)) => {
+                CpuStorage::F64(vecmat(contiguous(v, vl)?, contiguous(m, ml)?, d))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "lane products take f32 or f64".into(),
+                ));
+            }
+        };
+        Ok((out, Shape::from((d.lanes, d.k))))
+    }
+
+    fn bwd(
+        &self,
+        _v: &Tensor,
+        m: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // d/dv (v m) = grad mᵀ
+        Ok((Some(lane_vecmat(grad, &self.mt, m)?), None))
     }
 }

@@ -11,6 +11,7 @@ pub mod function;
 pub mod fused;
 pub mod gradcheck;
 pub mod hessian;
+pub mod lanes;
 pub mod lower;
 pub mod metrics;
 pub mod ops;
@@ -62,6 +63,19 @@ pub struct RunDef {
     pub param_settings: Vec<ParamSettings>,
     /// The file's `[metrics]` over this run's program, stacked (None when it has none).
     pub metrics: Option<Plan>,
+}
+
+impl RunDef {
+    /// The dtype its reductions and matmuls accumulate in (`accumulate = "f32"`), if it names one.
+    pub fn accumulate(&self) -> Option<CDType> {
+        self.optimizer
+            .iter()
+            .find(|s| s.key.node == "accumulate")
+            .and_then(|s| match &s.value.node {
+                SettingValue::Text(t) => DType::from_name(t).map(candle_dtype),
+                _ => None,
+            })
+    }
 }
 
 /// A loss file ready to run.
@@ -512,14 +526,7 @@ impl Evaluator {
     ) -> candle_core::Result<Self> {
         let def = &compiled.runs[run];
         let dtype = candle_dtype(dtype);
-        let accumulate = def
-            .optimizer
-            .iter()
-            .find(|s| s.key.node == "accumulate")
-            .and_then(|s| match &s.value.node {
-                crate::lang::file::SettingValue::Text(t) => DType::from_name(t).map(candle_dtype),
-                _ => None,
-            });
+        let accumulate = def.accumulate();
         let exec = Executable::new(def.plan.clone(), dtype, accumulate)?;
         let metrics = def
             .metrics

@@ -202,6 +202,46 @@ pub struct Plan {
     pub output: Reg,
 }
 
+impl Plan {
+    /// For each register, the last instruction that reads it (itself if none does; never for
+    /// the output), after which its value can be dropped.
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last_use: Vec<usize> = (0..self.instrs.len()).collect();
+        for (k, instr) in self.instrs.iter().enumerate() {
+            for &a in &instr.args {
+                last_use[a] = k;
+            }
+        }
+        last_use[self.output] = usize::MAX;
+        last_use
+    }
+}
+
+/// `f` on `args` for instruction `op`; where `op` sums (reductions, softmax, matmuls) and
+/// `accumulate` is given, on the args cast to that wider dtype, the result cast back.
+pub fn accumulating(
+    op: &Op,
+    accumulate: Option<DType>,
+    args: &[&Tensor],
+    f: impl FnOnce(&[&Tensor]) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match accumulate {
+        Some(acc)
+            if matches!(
+                op,
+                Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }
+            ) =>
+        {
+            let wide = args
+                .iter()
+                .map(|a| a.to_dtype(acc))
+                .collect::<Result<Vec<_>>>()?;
+            f(&wide.iter().collect::<Vec<_>>())?.to_dtype(args[0].dtype())
+        }
+        _ => f(args),
+    }
+}
+
 /// Executes one instruction. `out` is the result shape computed by the shape rules.
 pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
     let a = || args[0];
@@ -327,6 +367,42 @@ fn compare(c: Compare, x: &Tensor, y: &Tensor, out: &Shape) -> Result<Tensor> {
     x.broadcast_as(out.dims())?
         .cmp(&y.broadcast_as(out.dims())?, op)?
         .to_dtype(dtype)
+}
+
+/// Which side of a matmul is a vector that needs a gradient against a matrix that does not (`X @
+/// w`, `w @ A` for data `X`, `A`): those go through [`super::fused::lane_vecmat`], whose sums do
+/// not depend on how many runs are batched (see `lanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VecSide {
+    /// `X @ w`: computed as `w @ Xᵀ`.
+    Right,
+    /// `w @ A`.
+    Left,
+}
+
+impl VecSide {
+    /// The side of matmul `op` whose operands have ranks `rx` and `ry`, if it is such a product.
+    pub fn of(op: &Op, rx: usize, ry: usize) -> Option<Self> {
+        match (op, rx, ry) {
+            (
+                Op::MatMul {
+                    lhs_grad: false,
+                    rhs_grad: true,
+                },
+                2,
+                1,
+            ) => Some(VecSide::Right),
+            (
+                Op::MatMul {
+                    lhs_grad: true,
+                    rhs_grad: false,
+                },
+                1,
+                2,
+            ) => Some(VecSide::Left),
+            _ => None,
+        }
+    }
 }
 
 /// NumPy `@`: 1-D operands are promoted and the added axis removed again.

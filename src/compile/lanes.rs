@@ -1,0 +1,719 @@
+//! Several runs of one loss file evaluated as one program ("lanes"): every value that depends on
+//! a param, or on a constant whose value differs between the runs, carries a leading lane axis
+//! `[R] ++ shape`, so one pass of tensor ops and one backward pass serve all R runs. Data and the
+//! constants the runs share keep their own shape and broadcast against the lanes.
+//!
+//! Each lane gets the loss and gradients its run's own [`Evaluator`](super::Evaluator) would:
+//! the ops are the same elementwise, reductions run over each lane's elements in the same order,
+//! and the backward pass starts from the lanes' losses together (their sum), whose gradient with
+//! respect to one lane's params is that lane's own. Matmuls may round differently: a data matrix
+//! against a vector per lane goes through the lane kernel (see [`super::plan::VecSide`]), other
+//! products through one gemm for all lanes, while a run alone takes gemm's own path. Values that
+//! also derive from what has no batched form (user functions, matmuls of rank 3 or more), which go
+//! lane by lane, may have their gradients summed in another order. Everything
+//! that depends on no param (data, constants, what is made of them) is computed once.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::fused::{bias_add, lane_vecmat, matmul_2d};
+use super::plan::{Instr, Narrow, Op, Plan, VecSide, accumulating, apply};
+use super::shape::Shape;
+use super::{CompiledFile, values_f64};
+use crate::diagnostic::{Diagnostic, SourceFile, Span};
+
+/// Several runs of one file stepped as one program: each param gets a leading lane axis. A clone
+/// shares the params.
+#[derive(Clone, Debug)]
+pub struct LaneEvaluator {
+    program: Arc<Program>,
+    lanes: usize,
+    /// Values that depend on no param, computed once: data, constants and what is made of them
+    /// (with the lane axis where they differ between lanes). None for the others, and for those
+    /// no per-step instruction reads.
+    fixed: Vec<Option<Tensor>>,
+    /// The per-lane `mul` and `add` (`[R]` each) of affine ops whose coefficients differ.
+    affine: Vec<Option<(Tensor, Tensor)>>,
+    params: Vec<Var>,
+    dtype: DType,
+}
+
+/// The lane form of a plan, shared by every batch of its runs.
+#[derive(Debug)]
+struct Program {
+    plan: Plan,
+    n_data: usize,
+    /// Whether a register's value carries the lane axis.
+    batched: Vec<bool>,
+    /// Whether it depends on a param, so is computed at every evaluation.
+    live: Vec<bool>,
+    /// The last instruction reading each register, after which its value is dropped.
+    last_use: Vec<usize>,
+    /// Per lane-kernel product with a shared matrix (see [`Form::Vec`]): its transpose, made once.
+    transposed: Vec<Option<Tensor>>,
+    /// Dtype that reductions and matmuls accumulate in, only when wider than the lanes'.
+    accumulate: Option<DType>,
+    source: Arc<SourceFile>,
+    loss_span: Span,
+}
+
+/// Every lane's loss and gradients at one point.
+#[derive(Debug, Clone)]
+pub struct LaneEvaluation {
+    pub losses: Vec<f64>,
+    /// One per param, `[R, ..param dims]`, detached from the graph.
+    pub grads: Vec<Tensor>,
+}
+
+impl LaneEvaluator {
+    /// Runs `defs` (run-definition indexes of `compiled`, may repeat) in `dtype`, every lane at
+    /// the file's initial params; Ok(None) when their programs differ beyond the values of
+    /// constants (consts, folded constants, affine coefficients) or use an op that does not batch.
+    pub fn new(
+        compiled: &CompiledFile,
+        defs: &[usize],
+        dtype: DType,
+    ) -> candle_core::Result<Option<Self>> {
+        let Some(runs) = defs
+            .iter()
+            .map(|&d| compiled.runs.get(d))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return Ok(None);
+        };
+        let Some(first) = runs.first() else {
+            return Ok(None);
+        };
+        let wider = |a: DType| a.size_in_bytes() > dtype.size_in_bytes();
+        let accumulate = first.accumulate().filter(|&a| wider(a));
+        let plans: Vec<&Plan> = runs.iter().map(|r| &r.plan).collect();
+        if runs
+            .iter()
+            .any(|r| r.accumulate().filter(|&a| wider(a)) != accumulate)
+            || plans.iter().any(|p| !same_program(plans[0], p))
+        {
+            return Ok(None);
+        }
+        let plan = plans[0].clone();
+        let n = plan.instrs.len();
+        let n_data = compiled.data.len();
+        let lanes = defs.len();
+        let mut batched = vec![false; n];
+        let mut live = vec![false; n];
+        let mut fixed: Vec<Option<Tensor>> = vec![None; n];
+        let mut affine = vec![None; n];
+        for (k, instr) in plan.instrs.iter().enumerate() {
+            match &instr.op {
+                Op::Input(i) if *i < n_data => {
+                    fixed[k] = Some(compiled.data[*i].value.to_dtype(dtype)?);
+                }
+                Op::Input(_) => {
+                    live[k] = true;
+                    batched[k] = true;
+                }
+                Op::Const(_) => {
+                    let (value, varies) = lane_constant(&plans, k)?;
+                    fixed[k] = Some(value.to_dtype(dtype)?);
+                    batched[k] = varies;
+                }
+                Op::Affine { .. } => {
+                    let column = |v: Vec<f64>| Tensor::new(v, &Device::Cpu)?.to_dtype(dtype);
+                    if let Some((muls, adds)) = lane_coefficients(&plans, k) {
+                        affine[k] = Some((column(muls)?, column(adds)?));
+                        batched[k] = true;
+                    }
+                }
+                _ => {}
+            }
+            live[k] |= instr.args.iter().any(|&a| live[a]);
+            batched[k] |= instr.args.iter().any(|&a| batched[a]);
+        }
+        // Half-precision matmuls go through candle's gemm, whose sums depend on the shapes.
+        let half = !matches!(accumulate.unwrap_or(dtype), DType::F32 | DType::F64);
+        let matmul = |(i, &l): (&Instr, &bool)| l && matches!(i.op, Op::MatMul { .. });
+        if half && plan.instrs.iter().zip(&live).any(matmul) {
+            return Ok(None);
+        }
+        let last_use = plan.last_uses();
+        let source = Arc::clone(&compiled.file.source);
+        let loss_span = plan.instrs[plan.output].span.clone();
+        let mut this = Self {
+            program: Arc::new(Program {
+                plan,
+                n_data,
+                batched,
+                live,
+                last_use,
+                transposed: vec![None; n],
+                accumulate,
+                source,
+                loss_span,
+            }),
+            lanes,
+            fixed,
+            affine,
+            params: Vec::new(),
+            dtype,
+        };
+        this.fix()?;
+        this.params = compiled
+            .params
+            .iter()
+            .map(|p| {
+                let mut dims = vec![lanes];
+                dims.extend_from_slice(p.value.dims());
+                let v = p.value.to_dtype(dtype)?.unsqueeze(0)?.broadcast_as(dims)?;
+                Var::from_tensor(&v.contiguous()?)
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Some(this))
+    }
+
+    /// Computes the values that depend on no param, keeps those the per-step instructions (or
+    /// the output) read, and transposes the shared matrices of [`Form::Vec`] products.
+    fn fix(&mut self) -> candle_core::Result<()> {
+        let p = Arc::clone(&self.program);
+        for k in 0..p.plan.instrs.len() {
+            if !p.live[k] && self.fixed[k].is_none() {
+                let v = self.compute(k, &[])?;
+                self.fixed[k] = Some(v);
+            }
+        }
+        let mut read = vec![false; p.plan.instrs.len()];
+        read[p.plan.output] = true;
+        let mut transposed = vec![None; p.plan.instrs.len()];
+        for (k, instr) in p.plan.instrs.iter().enumerate() {
+            if !p.live[k] {
+                continue;
+            }
+            for &a in &instr.args {
+                read[a] = true;
+            }
+            // The shared matrix of a lane-kernel product, transposed once.
+            let matrix = match form(instr, &p.plan, &p.batched) {
+                Some(Form::Vec(VecSide::Right)) => instr.args[0],
+                Some(Form::Vec(VecSide::Left)) => instr.args[1],
+                _ => continue,
+            };
+            if let Some(m) = self.fixed[matrix].as_ref().filter(|_| !p.batched[matrix]) {
+                transposed[k] = Some(m.t()?.contiguous()?);
+            }
+        }
+        for (v, read) in self.fixed.iter_mut().zip(read) {
+            if !read {
+                *v = None;
+            }
+        }
+        drop(p);
+        let program = Arc::get_mut(&mut self.program).expect("not shared yet");
+        program.transposed = transposed;
+        Ok(())
+    }
+
+    /// How many runs it evaluates at once.
+    pub fn lanes(&self) -> usize {
+        self.lanes
+    }
+
+    /// The params, `[R, ..param dims]` each.
+    pub fn params(&self) -> &[Var] {
+        &self.params
+    }
+
+    /// Sets every param from `[R, ..param dims]` tensors, in the params' order.
+    pub fn set_params(&self, batched: &[Tensor]) -> candle_core::Result<()> {
+        if batched.len() != self.params.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "{} tensors for {} params",
+                batched.len(),
+                self.params.len()
+            )));
+        }
+        for (var, t) in self.params.iter().zip(batched) {
+            var.set(&t.to_dtype(self.dtype)?)?;
+        }
+        Ok(())
+    }
+
+    /// Every lane's loss and gradients at the current params, as [`Evaluator::evaluate`] gives
+    /// each run (zeros for params a loss does not depend on).
+    ///
+    /// [`Evaluator::evaluate`]: super::Evaluator::evaluate
+    pub fn evaluate(&self) -> Result<LaneEvaluation, Diagnostic> {
+        let internal = |e| self.internal(e);
+        let out = self.forward()?;
+        let losses = self.losses(&out).map_err(internal)?;
+        // Backward from the lanes' losses seeds each with 1, as a lone run's backward does.
+        let store = out.backward().map_err(internal)?;
+        let grads = self
+            .params
+            .iter()
+            .map(|v| match store.get(v.as_tensor()) {
+                Some(g) => Ok(g.detach()),
+                None => v.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()
+            .map_err(internal)?;
+        Ok(LaneEvaluation { losses, grads })
+    }
+
+    /// The batch of lanes `keep` only (in that order), at their current params: for runs
+    /// leaving.
+    pub fn select(&self, keep: &[usize]) -> candle_core::Result<Self> {
+        if keep.is_empty() || keep.iter().any(|&l| l >= self.lanes) {
+            return Err(candle_core::Error::Msg(format!(
+                "lanes {keep:?} of a batch of {}",
+                self.lanes
+            )));
+        }
+        let ids: Vec<u32> = keep.iter().map(|&l| l as u32).collect();
+        let ids = Tensor::from_vec(ids, keep.len(), &Device::Cpu)?;
+        let pick = |t: &Tensor| t.index_select(&ids, 0);
+        let fixed = self
+            .fixed
+            .iter()
+            .zip(&self.program.batched)
+            .map(|(v, &b)| match v {
+                Some(t) if b => pick(t).map(Some),
+                v => Ok(v.clone()),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let affine = self
+            .affine
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map(|(m, a)| Ok((pick(m)?, pick(a)?)))
+                    .transpose()
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let params = self
+            .params
+            .iter()
+            .map(|v| Var::from_tensor(&pick(v.as_tensor())?))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            program: Arc::clone(&self.program),
+            lanes: keep.len(),
+            fixed,
+            affine,
+            params,
+            dtype: self.dtype,
+        })
+    }
+
+    /// The lanes' losses `[R]` at the current params, with their graph.
+    fn forward(&self) -> Result<Tensor, Diagnostic> {
+        let p = &self.program;
+        let mut regs: Vec<Option<Tensor>> = vec![None; p.plan.instrs.len()];
+        for (k, instr) in p.plan.instrs.iter().enumerate() {
+            if !p.live[k] {
+                continue;
+            }
+            let value = match instr.op {
+                Op::Input(i) => Ok(self.params[i - p.n_data].as_tensor().clone()),
+                _ => self.compute(k, &regs),
+            };
+            regs[k] = Some(value.map_err(|e| {
+                Diagnostic::error(format!("evaluation failed: {e}"))
+                    .at(&p.source, instr.span.clone())
+                    .help("this is a gradscope bug: the shapes were checked, so please report it")
+            })?);
+            for &a in &instr.args {
+                if p.last_use[a] == k {
+                    regs[a] = None;
+                }
+            }
+        }
+        let out = regs[p.plan.output].take();
+        Ok(out
+            .or_else(|| self.fixed[p.plan.output].clone())
+            .expect("output computed"))
+    }
+
+    /// The lanes' losses in f64 from the output (a loss that depends on neither params nor
+    /// per-lane constants is one scalar for all).
+    fn losses(&self, out: &Tensor) -> candle_core::Result<Vec<f64>> {
+        let values = values_f64(out)?;
+        Ok(match values.as_slice() {
+            [v] if out.rank() == 0 => vec![*v; self.lanes],
+            _ => values,
+        })
+    }
+
+    fn internal(&self, e: candle_core::Error) -> Diagnostic {
+        Diagnostic::error(format!("evaluation failed: {e}"))
+            .at(&self.program.source, self.program.loss_span.clone())
+    }
+
+    /// Register `k`'s value from its arguments' (in `regs`, or fixed), in the mixed precision of
+    /// [`super::plan::Executable`] where it has one.
+    fn compute(&self, k: usize, regs: &[Option<Tensor>]) -> candle_core::Result<Tensor> {
+        let p = &self.program;
+        let instr = &p.plan.instrs[k];
+        let args: Vec<&Tensor> = instr
+            .args
+            .iter()
+            .map(|&a| {
+                regs.get(a)
+                    .and_then(Option::as_ref)
+                    .or(self.fixed[a].as_ref())
+                    .expect("defined before use")
+            })
+            .collect();
+        accumulating(&instr.op, p.accumulate, &args, |args| {
+            self.lane_apply(k, args)
+        })
+    }
+
+    /// Instruction `k` on its arguments, with the lane axis where they have it.
+    fn lane_apply(&self, k: usize, args: &[&Tensor]) -> candle_core::Result<Tensor> {
+        let p = &self.program;
+        let instr = &p.plan.instrs[k];
+        if !p.batched[k] {
+            return apply(&instr.op, args, &instr.shape);
+        }
+        let lanes = self.lanes;
+        let laned = |s: &Shape| {
+            let mut dims = Vec::with_capacity(s.rank() + 1);
+            dims.push(lanes);
+            dims.extend_from_slice(s.dims());
+            Shape(dims)
+        };
+        let out = laned(&instr.shape);
+        let arg_batched = |i: usize| p.batched[instr.args[i]];
+        let arg_shape = |i: usize| &p.plan.instrs[instr.args[i]].shape;
+        // Batched arguments lifted to the output's rank, so shared ones broadcast as NumPy would.
+        let lifted = || -> candle_core::Result<Vec<Tensor>> {
+            (0..args.len())
+                .map(|i| match arg_batched(i) {
+                    true => lift(args[i], arg_shape(i), instr.shape.rank()),
+                    false => Ok(args[i].clone()),
+                })
+                .collect()
+        };
+        // Every argument with the lane axis, shared ones broadcast to it (stack, concat).
+        let all_laned = || -> candle_core::Result<Vec<Tensor>> {
+            (0..args.len())
+                .map(|i| match arg_batched(i) {
+                    true => Ok(args[i].clone()),
+                    false => args[i].unsqueeze(0)?.broadcast_as(laned(arg_shape(i)).0),
+                })
+                .collect()
+        };
+        // Each lane on its own, as a run alone computes it, the results stacked: for what has
+        // no batched form.
+        let per_lane = || -> candle_core::Result<Tensor> {
+            let parts = (0..lanes)
+                .map(|r| {
+                    let own = (0..args.len())
+                        .map(|i| match arg_batched(i) {
+                            true => args[i].get(r),
+                            false => Ok(args[i].clone()),
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    apply(&instr.op, &own.iter().collect::<Vec<_>>(), &instr.shape)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::stack(&parts, 0)
+        };
+        let run = |op: &Op, args: &[Tensor]| {
+            let refs: Vec<&Tensor> = args.iter().collect();
+            apply(op, &refs, &out)
+        };
+        match &instr.op {
+            Op::Input(_) | Op::Const(_) => Err(candle_core::Error::Msg(
+                "inputs and constants are not computed".into(),
+            )),
+            Op::Affine { .. } if self.affine[k].is_some() => {
+                let (mul, add) = self.affine[k].as_ref().expect("checked");
+                let rank = arg_shape(0).rank();
+                let x = match arg_batched(0) {
+                    true => args[0].clone(),
+                    false => args[0].unsqueeze(0)?,
+                };
+                x.broadcast_mul(&column(mul, rank)?)?
+                    .broadcast_add(&column(add, rank)?)
+            }
+            Op::Unary(_)
+            | Op::Affine { .. }
+            | Op::Powf(_)
+            | Op::Detach
+            | Op::Reshape
+            | Op::Transpose
+            | Op::OneHot { .. } => apply(&instr.op, args, &out),
+            Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Clamp => run(&instr.op, &lifted()?),
+            Op::BiasAdd => match arg_batched(1) {
+                false => bias_add(args[0], args[1]),
+                // A bias per lane: `[R, n]` against `[R, .., n]` (or a shared `[.., n]`).
+                true => {
+                    let b = args[1];
+                    let mut dims = vec![b.dim(0)?];
+                    dims.resize(out.rank() + 1 - b.rank(), 1);
+                    dims.extend_from_slice(&b.dims()[1..]);
+                    args[0].broadcast_add(&b.reshape(dims)?)
+                }
+            },
+            Op::MatMul { lhs_grad, .. } => {
+                let f = form(instr, &p.plan, &p.batched).expect("a matmul");
+                let (x, y) = (args[0], args[1]);
+                let (rx, ry) = (arg_shape(0).rank(), arg_shape(1).rank());
+                match f {
+                    Form::Dot => x.broadcast_mul(y)?.sum(1),
+                    // As a run alone computes it (see `plan::vec_matmul`), all lanes at once.
+                    Form::Vec(side) => {
+                        let swap =
+                            |m: &Tensor| m.transpose(m.rank() - 2, m.rank() - 1)?.contiguous();
+                        let kept = p.transposed[k].as_ref();
+                        match side {
+                            VecSide::Right => {
+                                let xt = kept.map_or_else(|| swap(x), |t| Ok(t.clone()))?;
+                                lane_vecmat(y, &xt, x)
+                            }
+                            VecSide::Left => {
+                                let yt = kept.map_or_else(|| swap(y), |t| Ok(t.clone()))?;
+                                lane_vecmat(x, y, &yt)
+                            }
+                        }
+                    }
+                    Form::Rows => {
+                        let k = x.dim(candle_core::D::Minus1)?;
+                        let y = if ry == 1 { y.unsqueeze(1)? } else { y.clone() };
+                        matmul_2d(&x.reshape((x.elem_count() / k, k))?, &y, *lhs_grad, false)?
+                            .reshape(out.dims())
+                    }
+                    Form::SharedLhs => {
+                        let x = if rx == 1 { x.unsqueeze(0)? } else { x.clone() };
+                        let y = if ry == 1 { y.unsqueeze(2)? } else { y.clone() };
+                        x.broadcast_matmul(&y)?.reshape(out.dims())
+                    }
+                    Form::Batched => {
+                        let x = if rx == 1 { x.unsqueeze(1)? } else { x.clone() };
+                        let y = if ry == 1 { y.unsqueeze(2)? } else { y.clone() };
+                        x.matmul(&y)?.reshape(out.dims())
+                    }
+                    Form::PerLane => per_lane(),
+                }
+            }
+            Op::Reduce { op, axis } => match axis {
+                Some(a) => apply(
+                    &Op::Reduce {
+                        op: *op,
+                        axis: Some(a + 1),
+                    },
+                    args,
+                    &out,
+                ),
+                // Over every axis of each lane: its elements in a row, reduced along the row.
+                None => {
+                    let flat = args[0].reshape((lanes, args[0].elem_count() / lanes))?;
+                    let op = Op::Reduce {
+                        op: *op,
+                        axis: Some(1),
+                    };
+                    apply(&op, &[&flat], &out)
+                }
+            },
+            Op::Softmax { axis, log } => apply(
+                &Op::Softmax {
+                    axis: axis + 1,
+                    log: *log,
+                },
+                args,
+                &out,
+            ),
+            Op::Index { narrows, squeeze } => {
+                let op = Op::Index {
+                    narrows: narrows
+                        .iter()
+                        .map(|n| Narrow {
+                            dim: n.dim + 1,
+                            ..n.clone()
+                        })
+                        .collect(),
+                    squeeze: squeeze.iter().map(|d| d + 1).collect(),
+                };
+                apply(&op, args, &out)
+            }
+            Op::Stack { axis } => run(&Op::Stack { axis: axis + 1 }, &all_laned()?),
+            Op::Concat { axis } => run(&Op::Concat { axis: axis + 1 }, &all_laned()?),
+            Op::Pad {
+                axis,
+                before,
+                after,
+            } => {
+                let op = Op::Pad {
+                    axis: axis + 1,
+                    before: *before,
+                    after: *after,
+                };
+                apply(&op, args, &out)
+            }
+            Op::ArgReduce { axis, max } => apply(
+                &Op::ArgReduce {
+                    axis: axis + 1,
+                    max: *max,
+                },
+                args,
+                &out,
+            ),
+            // Its gradient plans are written for one run's shapes.
+            Op::Function(_) => per_lane(),
+        }
+    }
+}
+
+/// How a matmul with the lane axis on one or both sides is computed (per-lane ranks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Vector · vector: a product and a sum along each lane's row.
+    Dot,
+    /// A vector with gradient against a matrix without (`X @ w`, `w @ A`): the lane kernel, as a
+    /// run alone computes it, with the lanes' vectors as its rows (the matrix read once for all
+    /// where the lanes share it).
+    Vec(VecSide),
+    /// Each lane's rows @ a shared matrix or vector: the rows of all lanes through one gemm.
+    Rows,
+    /// A shared vector or matrix @ each lane's vector or matrix: a gemm per lane, the shared side
+    /// read in place, its gradient never computed.
+    SharedLhs,
+    /// Both sides per lane: candle's batched matmul.
+    Batched,
+    /// An operand of rank 3 or more: lane by lane, as a run alone (candle's gemm folds batches
+    /// by shape, so one broadcasting matmul for all lanes would sum differently).
+    PerLane,
+}
+
+/// The form of matmul `instr` given which registers carry the lane axis; None for another op.
+fn form(instr: &Instr, plan: &Plan, batched: &[bool]) -> Option<Form> {
+    let (Op::MatMul { .. }, &[x, y]) = (&instr.op, instr.args.as_slice()) else {
+        return None;
+    };
+    let (rx, ry) = (plan.instrs[x].shape.rank(), plan.instrs[y].shape.rank());
+    if let Some(side) = VecSide::of(&instr.op, rx, ry) {
+        return Some(Form::Vec(side));
+    }
+    match (batched[x], batched[y], rx, ry) {
+        (_, _, 1, 1) => Some(Form::Dot),
+        (true, false, _, 1 | 2) => Some(Form::Rows),
+        (false, true, 1 | 2, 1 | 2) => Some(Form::SharedLhs),
+        (true, true, 1 | 2, 1 | 2) => Some(Form::Batched),
+        _ => Some(Form::PerLane),
+    }
+}
+
+/// A batched value of per-lane shape `s` at rank `rank + 1`: ones inserted after the lane axis,
+/// so that it broadcasts against shared values of rank `rank` as NumPy aligns them.
+fn lift(t: &Tensor, s: &Shape, rank: usize) -> candle_core::Result<Tensor> {
+    if s.rank() >= rank {
+        return Ok(t.clone());
+    }
+    let mut dims = vec![t.dim(0)?];
+    dims.resize(1 + rank - s.rank(), 1);
+    dims.extend_from_slice(s.dims());
+    t.reshape(dims)
+}
+
+/// A per-lane value `[R]` as `[R, 1, .., 1]` (`rank` ones), to scale values of that rank.
+fn column(t: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
+    let mut dims = vec![t.dim(0)?];
+    dims.resize(1 + rank, 1);
+    t.reshape(dims)
+}
+
+/// Constant `k` of the runs' plans: its value, and whether it differs between them (then the
+/// values stacked, one per lane).
+fn lane_constant(plans: &[&Plan], k: usize) -> candle_core::Result<(Tensor, bool)> {
+    let values: Vec<&Tensor> = plans
+        .iter()
+        .filter_map(|p| match &p.instrs[k].op {
+            Op::Const(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    let first = bits(&values_f64(values[0])?);
+    for v in &values[1..] {
+        if bits(&values_f64(v)?) != first {
+            return Ok((Tensor::stack(&values, 0)?, true));
+        }
+    }
+    Ok((values[0].clone(), false))
+}
+
+/// The `mul`s and `add`s of affine op `k` of the runs' plans, one per lane, when they differ.
+fn lane_coefficients(plans: &[&Plan], k: usize) -> Option<(Vec<f64>, Vec<f64>)> {
+    let coefs: Vec<(f64, f64)> = plans
+        .iter()
+        .filter_map(|p| match p.instrs[k].op {
+            Op::Affine { mul, add } => Some((mul, add)),
+            _ => None,
+        })
+        .collect();
+    let key = |(m, a): (f64, f64)| (m.to_bits(), a.to_bits());
+    coefs
+        .iter()
+        .any(|&c| key(c) != key(coefs[0]))
+        .then(|| coefs.into_iter().unzip())
+}
+
+/// The bit patterns of values, so that NaN equals NaN and -0 differs from 0.
+fn bits(values: &[f64]) -> Vec<u64> {
+    values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Whether two plans are one program up to the values of their constants and affine
+/// coefficients: same instructions, arguments and shapes.
+fn same_program(a: &Plan, b: &Plan) -> bool {
+    a.output == b.output
+        && a.instrs.len() == b.instrs.len()
+        && a.instrs
+            .iter()
+            .zip(&b.instrs)
+            .all(|(x, y)| x.args == y.args && x.shape == y.shape && same_op(&x.op, &y.op))
+}
+
+/// Whether two ops are the same but for constant values and affine coefficients.
+fn same_op(a: &Op, b: &Op) -> bool {
+    match a {
+        Op::Input(i) => matches!(b, Op::Input(j) if i == j),
+        Op::Const(_) => matches!(b, Op::Const(_)),
+        Op::Affine { .. } => matches!(b, Op::Affine { .. }),
+        Op::Unary(u) => matches!(b, Op::Unary(v) if u == v),
+        Op::Powf(e) => matches!(b, Op::Powf(f) if e.to_bits() == f.to_bits()),
+        Op::Binary(x) => matches!(b, Op::Binary(y) if x == y),
+        Op::BiasAdd => matches!(b, Op::BiasAdd),
+        Op::Compare(x) => matches!(b, Op::Compare(y) if x == y),
+        Op::Where => matches!(b, Op::Where),
+        Op::Clamp => matches!(b, Op::Clamp),
+        Op::MatMul { lhs_grad, rhs_grad } => {
+            matches!(b, Op::MatMul { lhs_grad: l, rhs_grad: r } if l == lhs_grad && r == rhs_grad)
+        }
+        Op::Reduce { op, axis } => {
+            matches!(b, Op::Reduce { op: o, axis: x } if o == op && x == axis)
+        }
+        Op::Softmax { axis, log } => {
+            matches!(b, Op::Softmax { axis: x, log: l } if x == axis && l == log)
+        }
+        Op::Reshape => matches!(b, Op::Reshape),
+        Op::Transpose => matches!(b, Op::Transpose),
+        Op::Index { narrows, squeeze } => {
+            matches!(b, Op::Index { narrows: n, squeeze: s } if n == narrows && s == squeeze)
+        }
+        Op::Stack { axis } => matches!(b, Op::Stack { axis: x } if x == axis),
+        Op::Concat { axis } => matches!(b, Op::Concat { axis: x } if x == axis),
+        Op::Pad {
+            axis,
+            before,
+            after,
+        } => {
+            matches!(b, Op::Pad { axis: x, before: f, after: t } if x == axis && f == before && t == after)
+        }
+        Op::OneHot { n } => matches!(b, Op::OneHot { n: m } if m == n),
+        Op::ArgReduce { axis, max } => {
+            matches!(b, Op::ArgReduce { axis: x, max: m } if x == axis && m == max)
+        }
+        Op::Detach => matches!(b, Op::Detach),
+        Op::Function(f) => matches!(b, Op::Function(g) if Arc::ptr_eq(f, g)),
+    }
+}
