@@ -855,25 +855,21 @@ impl Run {
     }
 
     /// `f` with the run's params at `params`, put back after. Params given as the run's own
-    /// tensors (a step's `cx.params`, the groups an optimizer keeps no eval params for) are left
-    /// alone: a Var cannot be set from its own storage.
+    /// tensors (a step's `cx.params`, detached views of the Vars; the groups an optimizer keeps
+    /// no eval params for) are left alone: a Var refuses to be set from its own storage, and
+    /// nothing else makes a same-shaped set fail.
     fn at<T>(&self, params: &[Tensor], f: impl FnOnce(&Self) -> T) -> candle_core::Result<T> {
-        let moved: Vec<(&Var, &Tensor)> = self
-            .evaluator
-            .params()
-            .iter()
-            .zip(params)
-            .filter(|(var, p)| p.id() != var.as_tensor().id())
-            .collect();
-        let here = moved
-            .iter()
-            .map(|(var, _)| var.as_tensor().copy())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        for (var, p) in &moved {
-            var.set(p)?;
+        let mut moved: Vec<(&Var, Tensor)> = Vec::new();
+        for (var, p) in self.evaluator.params().iter().zip(params) {
+            let here = var.as_tensor().copy()?;
+            match var.set(p) {
+                Ok(()) => moved.push((var, here)),
+                Err(_) if p.dims() == var.as_tensor().dims() => {}
+                Err(e) => return Err(e),
+            }
         }
         let out = f(self);
-        for ((var, _), v) in moved.iter().zip(&here) {
+        for (var, v) in &moved {
             var.set(v)?;
         }
         Ok(out)
