@@ -161,14 +161,18 @@ impl Batch {
         &self.ids
     }
 
-    /// Lane `r`'s params and its loss and gradients there, as tensors of its own shape.
-    fn lane_now(&self, r: usize) -> candle_core::Result<(Vec<Tensor>, Evaluation)> {
-        let params: Vec<Tensor> = self
-            .eval
+    /// Every lane's params, `[R, ..]` (detached views: they change when the batch steps).
+    fn params(&self) -> Vec<Tensor> {
+        self.eval
             .params()
             .iter()
             .map(|v| v.as_tensor().detach())
-            .collect();
+            .collect()
+    }
+
+    /// Lane `r`'s params and its loss and gradients there, as tensors of its own shape.
+    fn lane_now(&self, r: usize) -> candle_core::Result<(Vec<Tensor>, Evaluation)> {
+        let params = self.params();
         // Copies: the batch's params change in place on its next step.
         let params = lanes_of(&params, r)?
             .iter()
@@ -268,12 +272,7 @@ impl Batch {
         let n = ids.len();
         let t = runs[0].step_count();
         let lrs: Vec<f64> = runs.iter().map(|r| r.lr_at(t)).collect();
-        let params: Vec<Tensor> = self
-            .eval
-            .params()
-            .iter()
-            .map(|v| v.as_tensor().detach())
-            .collect();
+        let params = self.params();
         let before = self.state.clone();
         let new = self
             .state
