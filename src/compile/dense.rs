@@ -156,17 +156,13 @@ pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
     let mut h = x.clone();
     for (i, layer) in chain.layers.iter().enumerate() {
         let w = next()?;
-        let lhs_grad = i > 0 || chain.input_grad;
-        h = fused::matmul_2d(&h, w, lhs_grad, true)?;
         weights.push(w.flatten_all()?);
-        if layer.bias.is_some() {
-            let b = next()?;
-            h = fused::bias_add(&h, b)?;
-            weights.push(b.clone());
-        }
-        if layer.tanh {
-            h = fused::tanh(&h)?;
-        }
+        let b = match layer.bias {
+            Some(_) => Some(next()?),
+            None => None,
+        };
+        weights.extend(b.cloned());
+        h = fused::dense(&h, w, b, layer.tanh, i > 0 || chain.input_grad)?;
         values.push(h.clone());
     }
     let packed = Tensor::cat(&weights, 0)?;
@@ -241,7 +237,9 @@ impl CustomOp2 for Node {
         let mut weight_grads: Vec<Option<Result<Tensor>>> = (0..n).map(|_| None).collect();
         let mut bias_grads: Vec<Option<Tensor>> = vec![None; n];
         let slots: Vec<_> = weight_grads.iter_mut().zip(bias_grads.iter_mut()).collect();
-        let mut carried = Err(candle_core::Error::Msg("the backward pass did not run".into()));
+        let mut carried = Err(candle_core::Error::Msg(
+            "the backward pass did not run".into(),
+        ));
         rayon::scope(|s| {
             carried = (move || {
                 let mut g = grad.contiguous()?;
