@@ -613,7 +613,7 @@ fn gemm_call<T: Copy + 'static>(
 }
 
 /// What runs on each block of rows a product wrote, while it is still in cache (a dense
-/// layer's bias and tanh; nothing for a plain matmul).
+/// layer's bias and tanh; nothing for a plain matmul); also an f16/bf16 rounding in place.
 type Finish<'a, T> = &'a (dyn Fn(&mut [T]) + Sync);
 
 /// `a @ b` into a new row-major vector, on `threads` threads of the pool, with `finish` run on
@@ -833,7 +833,7 @@ impl Dense {
             (S::F16(x), S::F16(w), None | Some((S::F16(_), _))) => {
                 let bias = b.map(|(b, l)| b.as_slice::<f16>().and_then(|b| contiguous(b, l)));
                 let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
-                let round: &(dyn Fn(&mut [f32]) + Sync) = &round_through::<f16>;
+                let round: Finish<f32> = &round_through::<f16>;
                 let finish =
                     |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
                 S::F16(gemm_half(
@@ -846,7 +846,7 @@ impl Dense {
             (S::BF16(x), S::BF16(w), None | Some((S::BF16(_), _))) => {
                 let bias = b.map(|(b, l)| b.as_slice::<bf16>().and_then(|b| contiguous(b, l)));
                 let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
-                let round: &(dyn Fn(&mut [f32]) + Sync) = &round_through::<bf16>;
+                let round: Finish<f32> = &round_through::<bf16>;
                 let finish =
                     |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
                 S::BF16(gemm_half(
@@ -898,7 +898,7 @@ fn finish_rows<W: Wide>(
     n: usize,
     bias: Option<&[W]>,
     tanh: bool,
-    round: Option<&(dyn Fn(&mut [W]) + Sync)>,
+    round: Option<Finish<W>>,
 ) {
     let round = |v: &mut [W]| round.iter().for_each(|r| r(v));
     round(rows);
