@@ -232,16 +232,13 @@ impl CustomOp2 for Node {
         }
         // Each weight's gradient is off the path from the output back to the input: it runs
         // beside the rest of the pass, on one thread of the pool, while the others carry the
-        // gradient on to the next layer.
+        // gradient on to the next layer (in turn, without a pool).
         let n = self.layers.len();
         let mut weight_grads: Vec<Option<Result<Tensor>>> = (0..n).map(|_| None).collect();
         let mut bias_grads: Vec<Option<Tensor>> = vec![None; n];
         let slots: Vec<_> = weight_grads.iter_mut().zip(bias_grads.iter_mut()).collect();
-        let mut carried = Err(candle_core::Error::Msg(
-            "the backward pass did not run".into(),
-        ));
-        rayon::scope(|s| {
-            carried = (move || {
+        let carried: Result<Tensor> = threads::side_tasks(|s| {
+            (move || {
                 let mut g = grad.contiguous()?;
                 for ((i, layer), (dw, db)) in self.layers.iter().enumerate().zip(slots).rev() {
                     let (at, rows, cols) = offsets[i];
@@ -253,17 +250,19 @@ impl CustomOp2 for Node {
                     }
                     let input = if i == 0 { x } else { &self.values[i - 1] }.t()?;
                     let gi = g.clone();
-                    s.spawn(move |_| {
-                        let grad = threads::serially(|| input.apply_op2(&gi, both));
-                        *dw = Some(grad.and_then(|d| d.flatten_all()));
-                    });
+                    let weight_grad =
+                        move || threads::serially(|| input.apply_op2(&gi, both))?.flatten_all();
+                    match s {
+                        Some(s) => s.spawn(move |_| *dw = Some(weight_grad())),
+                        None => *dw = Some(weight_grad()),
+                    }
                     if i > 0 || self.input_grad {
                         let w = packed.narrow(0, at, rows * cols)?.reshape((rows, cols))?;
                         g = g.apply_op2(&w.t()?, both)?;
                     }
                 }
                 Ok(g)
-            })();
+            })()
         });
         let g = carried?;
         let mut grads = Vec::new();

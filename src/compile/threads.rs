@@ -52,6 +52,16 @@ pub fn serial_here() {
     SERIAL.with(|s| s.set(true));
 }
 
+/// Runs `f` with a scope it may spawn side tasks in, which the pool's threads run beside it;
+/// without a pool to run them (not built yet, one thread, or a [`serial_here`] thread) `f` gets
+/// none and runs them itself, and rayon is not touched.
+pub fn side_tasks<'scope, R: Send>(f: impl FnOnce(Option<&rayon::Scope<'scope>>) -> R + Send) -> R {
+    match tasks(2, 1) {
+        1 => f(None),
+        _ => rayon::scope(|s| f(Some(s))),
+    }
+}
+
 /// Runs `f` with this thread's tensor work kept off the pool: `f` is itself one of several
 /// tasks the pool runs side by side (a weight gradient next to the rest of a backward pass).
 pub fn serially<R>(f: impl FnOnce() -> R) -> R {
