@@ -1,8 +1,9 @@
 //! The tensor thread pool: how many threads, when it is built, and which work goes to it.
 //!
-//! Only gradscope's own kernels (`fused`: every 2-D matmul of a plan and its backward, tanh,
-//! bias addition) run on the pool, each in large chunks, and only when the tensor is large
-//! enough to repay the hand-off; everything else runs on the thread that asks. candle's own
+//! Only gradscope's own kernels run on the pool (`fused`: every 2-D matmul of a plan and its
+//! backward, dense layers, tanh, bias addition; `dense`: a chain's weight gradients beside the
+//! rest of its backward pass), each in large chunks, and only when the tensor is large enough
+//! to repay the hand-off; everything else runs on the thread that asks. candle's own
 //! threading stays off (`lib::init_process`): its elementwise pool spin-waits for helpers that
 //! a busy machine has descheduled.
 //!
@@ -56,9 +57,9 @@ pub fn serial_here() {
 /// without a pool to run them (not built yet, one thread, or a [`serial_here`] thread) `f` gets
 /// none and runs them itself, and rayon is not touched.
 pub fn side_tasks<'scope, R: Send>(f: impl FnOnce(Option<&rayon::Scope<'scope>>) -> R + Send) -> R {
-    match tasks(2, 1) {
-        1 => f(None),
-        _ => rayon::scope(|s| f(Some(s))),
+    match pooled() {
+        true => rayon::scope(|s| f(Some(s))),
+        false => f(None),
     }
 }
 
@@ -79,11 +80,16 @@ pub fn serially<R>(f: impl FnOnce() -> R) -> R {
 /// How many tasks of `task` units `work` units split into on this thread: 1 (run it here)
 /// unless the pool has threads to spare and the work fills at least two tasks.
 pub fn tasks(work: usize, task: usize) -> usize {
-    if count() < 2 || SERIAL.with(Cell::get) {
-        1
-    } else {
-        work / task.max(1)
+    match pooled() {
+        true => work / task.max(1),
+        false => 1,
     }
+}
+
+/// Whether this thread's tensor work may go to the pool: there is one, and the thread is not
+/// kept off it.
+fn pooled() -> bool {
+    count() > 1 && !SERIAL.with(Cell::get)
 }
 
 /// The default thread count: one thread per task the largest op can fill, at least 1 and at
