@@ -2,10 +2,10 @@
 //! backpropagated as one candle node. candle's backward adds every node's gradient into a fresh
 //! zero tensor, so each `[rows, n]` activation of an MLP cost a zero-fill and an add per step
 //! (single-threaded, and for f16 with a per-element conversion that took half an f16 step). The
-//! chain's forward runs the usual fused ops, their values kept; one node over the chain's input
-//! and its packed weights stands for the output, and its backward runs the same ops' backward
-//! in turn, each gradient written once. The numbers are those of the ops one by one; the kept
-//! values keep their graphs, so a second derivative through the chain is still right.
+//! chain's forward runs each layer as one op (`fused::Dense`), their values kept; one node over
+//! the chain's input and its packed weights stands for the output, and its backward runs the
+//! layers' backward in turn, each gradient written once. The numbers are those of the ops one by
+//! one; the kept values keep their graphs, so a second derivative through the chain is right.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
