@@ -568,10 +568,10 @@ impl<'a, T: Copy> Operand<'a, T> {
     }
 }
 
-/// Rows of one task when [`gemm_into`] splits a product by rows: each task packs its own copy
-/// of the right side, cheap next to its share of the product, and runs gemm's main kernels,
-/// whose sums over k go in the same order as for the whole product (fewer rows could take
-/// gemm's small-matrix path, which sums in another).
+/// The fewest rows of one task when [`gemm_into`] splits a product by rows: each task packs its
+/// own copy of the right side, cheap next to its share of the product, and runs gemm's main
+/// kernels, whose sums over k go in the same order as for the whole product (fewer rows could
+/// take gemm's small-matrix path, which sums in another), so the split changes no number.
 const GEMM_ROWS: usize = 256;
 
 /// One gemm call writing `a @ b` into `dst`, an `a.rows` x `b.cols` row-major block.
@@ -640,16 +640,14 @@ fn gemm_into<T: Copy + Send + Sync + 'static>(
         return out;
     }
     let mut out = Vec::with_capacity(m * n);
-    // Blocks of GEMM_ROWS rows, the last taking the remainder.
+    // Four blocks a thread (an idle thread takes the next; each block packs its own copy of
+    // `b`, so more of them cost more), of at least GEMM_ROWS rows; the last takes the remainder.
+    let block = (m / (4 * threads)).max(GEMM_ROWS);
     let mut parts = Vec::new();
     let mut rest = &mut out.spare_capacity_mut()[..m * n];
     let mut row = 0;
     while row < m {
-        let rows = if m - row < 2 * GEMM_ROWS {
-            m - row
-        } else {
-            GEMM_ROWS
-        };
+        let rows = if m - row < 2 * block { m - row } else { block };
         let (part, tail) = rest.split_at_mut(rows * n);
         parts.push((a.rows_from(row, rows), part));
         rest = tail;
