@@ -176,6 +176,9 @@ pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
     )
 }
 
+/// A layer's weight gradient, flattened, and its bias gradient when it has a bias.
+type LayerGrads = (Tensor, Option<Tensor>);
+
 /// The chain as one node over (input, packed weights): each W flattened, then its b.
 struct Node {
     layers: Vec<Layer>,
@@ -230,31 +233,32 @@ impl CustomOp2 for Node {
             at += rows_in * cols + if layer.bias.is_some() { cols } else { 0 };
             rows_in = cols;
         }
-        // Each weight's gradient is off the path from the output back to the input: it runs
-        // beside the rest of the pass, on one thread of the pool, while the others carry the
-        // gradient on to the next layer (in turn, without a pool).
-        let n = self.layers.len();
-        let mut weight_grads: Vec<Option<Result<Tensor>>> = (0..n).map(|_| None).collect();
-        let mut bias_grads: Vec<Option<Tensor>> = vec![None; n];
-        let slots: Vec<_> = weight_grads.iter_mut().zip(bias_grads.iter_mut()).collect();
+        // A layer's weight and bias gradients are off the path from the output back to the
+        // input: they run beside the rest of the pass, on one thread of the pool, while the
+        // others carry the gradient on to the next layer (in turn, without a pool).
+        let mut layer_grads: Vec<Option<Result<LayerGrads>>> =
+            self.layers.iter().map(|_| None).collect();
+        let slots: Vec<_> = layer_grads.iter_mut().collect();
         let carried: Result<Tensor> = threads::side_tasks(|s| {
             (move || {
                 let mut g = grad.contiguous()?;
-                for ((i, layer), (dw, db)) in self.layers.iter().enumerate().zip(slots).rev() {
+                for ((i, layer), slot) in self.layers.iter().enumerate().zip(slots).rev() {
                     let (at, rows, cols) = offsets[i];
                     if layer.tanh {
                         g = tanh_backward(&g, &self.values[i])?;
                     }
-                    if layer.bias.is_some() {
-                        *db = Some(g.apply_op1(ColumnSum)?);
-                    }
                     let input = if i == 0 { x } else { &self.values[i - 1] }.t()?;
-                    let gi = g.clone();
-                    let weight_grad =
-                        move || threads::serially(|| input.apply_op2(&gi, both))?.flatten_all();
+                    let (gi, bias) = (g.clone(), layer.bias.is_some());
+                    let grads = move || {
+                        threads::serially(|| {
+                            let weight = input.apply_op2(&gi, both)?.flatten_all()?;
+                            let bias = bias.then(|| gi.apply_op1(ColumnSum)).transpose()?;
+                            Ok((weight, bias))
+                        })
+                    };
                     match s {
-                        Some(s) => s.spawn(move |_| *dw = Some(weight_grad())),
-                        None => *dw = Some(weight_grad()),
+                        Some(s) => s.spawn(move |_| *slot = Some(grads())),
+                        None => *slot = Some(grads()),
                     }
                     if i > 0 || self.input_grad {
                         let w = packed.narrow(0, at, rows * cols)?.reshape((rows, cols))?;
@@ -266,9 +270,10 @@ impl CustomOp2 for Node {
         });
         let g = carried?;
         let mut grads = Vec::new();
-        for (dw, db) in weight_grads.into_iter().zip(bias_grads) {
-            grads.push(dw.expect("every weight's gradient was spawned")?);
-            grads.extend(db);
+        for slot in layer_grads {
+            let (weight, bias) = slot.expect("every layer's gradients were computed")?;
+            grads.push(weight);
+            grads.extend(bias);
         }
         let dx = self.input_grad.then_some(g);
         Ok((dx, Some(Tensor::cat(&grads, 0)?)))
