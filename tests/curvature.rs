@@ -50,6 +50,17 @@ fn top_eigenvalue_matches_closed_forms_and_finite_differences() {
     let c = top_eigenvalue(&ev, 200, 0).unwrap();
     assert!(c.lambda > 0.0 && c.fd_rel_err < 1e-5, "{c:?}");
 
+    // And through a chain of dense layers backpropagated as one node (`compile::dense`), with a
+    // param as its input and a layer without bias.
+    let ev = evaluator(
+        "name = \"c\"\ndtype = \"f64\"\nseed = 2\nloss = \"\"\"\nh1 = tanh(P @ W1 + b1)\nh2 = tanh(h1 @ W2)\n\
+         mean((reshape(h2 @ W3 + b3, -1) - y)^2)\n\"\"\"\n[data]\ny = \"randn(16)\"\n[params]\n\
+         P = \"randn(16, 4) / 2\"\nW1 = \"randn(4, 6) / 2\"\nb1 = \"randn(6) / 4\"\n\
+         W2 = \"randn(6, 5) / 2\"\nW3 = \"randn(5, 1) / 2\"\nb3 = \"[0.1]\"\n",
+    );
+    let c = top_eigenvalue(&ev, 200, 0).unwrap();
+    assert!(c.lambda > 0.0 && c.fd_rel_err < 1e-5, "{c:?}");
+
     // The TUI's `h` falls back to it for a model past the whole Hessian's 2,000 param values:
     // 0.5 Σ w² + 500 v² has λ = 1 (2,000 times) and 1000.
     let dir = std::path::PathBuf::from("target/curvature-test-big");

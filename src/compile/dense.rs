@@ -2,10 +2,10 @@
 //! backpropagated as one candle node. candle's backward adds every node's gradient into a fresh
 //! zero tensor, so each `[rows, n]` activation of an MLP cost a zero-fill and an add per step
 //! (single-threaded, and for f16 with a per-element conversion that took half an f16 step). The
-//! chain's forward runs the usual fused ops, their values kept; one node over the chain's input
-//! and its packed weights stands for the output, and its backward runs the same ops' backward
-//! in turn, each gradient written once. The numbers are those of the ops one by one; the kept
-//! values keep their graphs, so a second derivative through the chain is still right.
+//! chain's forward runs each layer as one op (`fused::Dense`), their values kept; one node over
+//! the chain's input and its packed weights stands for the output, and its backward runs the
+//! layers' backward in turn, each gradient written once. The numbers are those of the ops one by
+//! one; the kept values keep their graphs, so a second derivative through the chain is right.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
@@ -156,17 +156,13 @@ pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
     let mut h = x.clone();
     for (i, layer) in chain.layers.iter().enumerate() {
         let w = next()?;
-        let lhs_grad = i > 0 || chain.input_grad;
-        h = fused::matmul_2d(&h, w, lhs_grad, true)?;
         weights.push(w.flatten_all()?);
-        if layer.bias.is_some() {
-            let b = next()?;
-            h = fused::bias_add(&h, b)?;
-            weights.push(b.clone());
-        }
-        if layer.tanh {
-            h = fused::tanh(&h)?;
-        }
+        let b = match layer.bias {
+            Some(_) => Some(next()?),
+            None => None,
+        };
+        weights.extend(b.cloned());
+        h = fused::dense(&h, w, b, layer.tanh, i > 0 || chain.input_grad)?;
         values.push(h.clone());
     }
     let packed = Tensor::cat(&weights, 0)?;
@@ -179,6 +175,9 @@ pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
         },
     )
 }
+
+/// A layer's weight gradient, flattened, and its bias gradient when it has a bias.
+type LayerGrads = (Tensor, Option<Tensor>);
 
 /// The chain as one node over (input, packed weights): each W flattened, then its b.
 struct Node {
@@ -234,46 +233,47 @@ impl CustomOp2 for Node {
             at += rows_in * cols + if layer.bias.is_some() { cols } else { 0 };
             rows_in = cols;
         }
-        // Each weight's gradient is off the path from the output back to the input: it runs
-        // beside the rest of the pass, on one thread of the pool, while the others carry the
-        // gradient on to the next layer.
-        let n = self.layers.len();
-        let mut weight_grads: Vec<Option<Result<Tensor>>> = (0..n).map(|_| None).collect();
-        let mut bias_grads: Vec<Option<Tensor>> = vec![None; n];
-        let slots: Vec<_> = weight_grads.iter_mut().zip(bias_grads.iter_mut()).collect();
-        let mut carried = Err(candle_core::Error::Msg(
-            "the backward pass did not run".into(),
-        ));
-        rayon::scope(|s| {
-            carried = (move || {
+        // A layer's weight and bias gradients are off the path from the output back to the
+        // input: they run beside the rest of the pass, on one thread of the pool, while the
+        // others carry the gradient on to the next layer (in turn, without a pool).
+        let mut layer_grads: Vec<Option<Result<LayerGrads>>> =
+            self.layers.iter().map(|_| None).collect();
+        let slots: Vec<_> = layer_grads.iter_mut().collect();
+        let carried: Result<Tensor> = threads::side_tasks(|s| {
+            (move || {
                 let mut g = grad.contiguous()?;
-                for ((i, layer), (dw, db)) in self.layers.iter().enumerate().zip(slots).rev() {
+                for ((i, layer), slot) in self.layers.iter().enumerate().zip(slots).rev() {
                     let (at, rows, cols) = offsets[i];
                     if layer.tanh {
                         g = tanh_backward(&g, &self.values[i])?;
                     }
-                    if layer.bias.is_some() {
-                        *db = Some(g.apply_op1(ColumnSum)?);
-                    }
                     let input = if i == 0 { x } else { &self.values[i - 1] }.t()?;
-                    let gi = g.clone();
-                    s.spawn(move |_| {
-                        let grad = threads::serially(|| input.apply_op2(&gi, both));
-                        *dw = Some(grad.and_then(|d| d.flatten_all()));
-                    });
+                    let (gi, bias) = (g.clone(), layer.bias.is_some());
+                    let grads = move || {
+                        threads::serially(|| {
+                            let weight = input.apply_op2(&gi, both)?.flatten_all()?;
+                            let bias = bias.then(|| gi.apply_op1(ColumnSum)).transpose()?;
+                            Ok((weight, bias))
+                        })
+                    };
+                    match s {
+                        Some(s) => s.spawn(move |_| *slot = Some(grads())),
+                        None => *slot = Some(grads()),
+                    }
                     if i > 0 || self.input_grad {
                         let w = packed.narrow(0, at, rows * cols)?.reshape((rows, cols))?;
                         g = g.apply_op2(&w.t()?, both)?;
                     }
                 }
                 Ok(g)
-            })();
+            })()
         });
         let g = carried?;
         let mut grads = Vec::new();
-        for (dw, db) in weight_grads.into_iter().zip(bias_grads) {
-            grads.push(dw.expect("every weight's gradient was spawned")?);
-            grads.extend(db);
+        for slot in layer_grads {
+            let (weight, bias) = slot.expect("every layer's gradients were computed")?;
+            grads.push(weight);
+            grads.extend(bias);
         }
         let dx = self.input_grad.then_some(g);
         Ok((dx, Some(Tensor::cat(&grads, 0)?)))

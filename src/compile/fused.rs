@@ -13,7 +13,9 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -116,6 +118,46 @@ fn zip<T: Elem, K: Kernel>(k: &K, a: &[T], b: &[T], out: &mut [MaybeUninit<T>]) 
         return unsafe { avx2(k, a, b, out) };
     }
     T::zip(k, a, b, out)
+}
+
+/// The types kernels compute in (f16 and bf16 compute in f32): `update` overwrites `a[i]` with
+/// `k(a[i], b[i])`, or with `k(a[i], a[i])` when there is no `b` (a unary kernel).
+trait Wide: Copy + Send + Sync + 'static {
+    fn update<K: Kernel>(k: &K, a: &mut [Self], b: Option<&[Self]>);
+}
+
+impl Wide for f32 {
+    #[inline(always)]
+    fn update<K: Kernel>(k: &K, a: &mut [f32], b: Option<&[f32]>) {
+        match b {
+            Some(b) => a.iter_mut().zip(b).for_each(|(x, &y)| *x = k.f32(*x, y)),
+            None => a.iter_mut().for_each(|x| *x = k.f32(*x, *x)),
+        }
+    }
+}
+
+impl Wide for f64 {
+    #[inline(always)]
+    fn update<K: Kernel>(k: &K, a: &mut [f64], b: Option<&[f64]>) {
+        match b {
+            Some(b) => a.iter_mut().zip(b).for_each(|(x, &y)| *x = k.f64(*x, y)),
+            None => a.iter_mut().for_each(|x| *x = k.f64(*x, *x)),
+        }
+    }
+}
+
+/// [`Wide::update`], compiled for AVX2 when the CPU has it (as [`zip`]).
+fn update<W: Wide, K: Kernel>(k: &K, a: &mut [W], b: Option<&[W]>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        fn avx2<W: Wide, K: Kernel>(k: &K, a: &mut [W], b: Option<&[W]>) {
+            W::update(k, a, b)
+        }
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { avx2(k, a, b) };
+    }
+    W::update(k, a, b)
 }
 
 /// `k(a, b)` elementwise into a new vector, where `b` is as long as `a` or is one row that
@@ -528,10 +570,10 @@ impl<'a, T: Copy> Operand<'a, T> {
     }
 }
 
-/// Rows of one task when [`gemm_into`] splits a product by rows: each task packs its own copy
-/// of the right side, cheap next to its share of the product, and runs gemm's main kernels,
-/// whose sums over k go in the same order as for the whole product (fewer rows could take
-/// gemm's small-matrix path, which sums in another).
+/// The fewest rows of one task when [`gemm_into`] splits a product by rows: each task packs its
+/// own copy of the right side, cheap next to its share of the product, and runs gemm's main
+/// kernels, whose sums over k go in the same order as for the whole product (fewer rows could
+/// take gemm's small-matrix path, which sums in another), so the split changes no number.
 const GEMM_ROWS: usize = 256;
 
 /// One gemm call writing `a @ b` into `dst`, an `a.rows` x `b.cols` row-major block.
@@ -572,16 +614,21 @@ fn gemm_call<T: Copy + 'static>(
     }
 }
 
-/// `a @ b` into a new row-major vector, on `threads` threads of the pool. A tall product is
-/// split by rows into tasks the pool's threads take as they come free (gemm's own split gives
-/// each thread a fixed share, so the product waits for the slowest, and on a busy machine for
-/// one the scheduler has not run); a short one (a weight gradient, `Xᵀ g`) is split by gemm.
+/// What runs on each block of rows a product wrote, while it is still in cache (a dense
+/// layer's bias and tanh; nothing for a plain matmul); also an f16/bf16 rounding in place.
+type Finish<'a, T> = &'a (dyn Fn(&mut [T]) + Sync);
+
+/// `a @ b` into a new row-major vector, on `threads` threads of the pool, with `finish` run on
+/// each block of whole rows. A tall product is split by rows into tasks the pool's threads take
+/// as they come free (gemm's own split gives each thread a fixed share, so the product waits
+/// for the slowest, and on a busy machine for one the scheduler has not run); a short one (a
+/// weight gradient, `Xᵀ g`) is split by gemm.
 fn gemm_into<T: Copy + Send + Sync + 'static>(
     a: &Operand<T>,
     b: &Operand<T>,
-    zero: T,
-    one: T,
+    (zero, one): (T, T),
     threads: usize,
+    finish: Finish<T>,
 ) -> Vec<T> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if threads < 2 || m < 2 * GEMM_ROWS || n < 2 || k < 3 {
@@ -591,19 +638,18 @@ fn gemm_into<T: Copy + Send + Sync + 'static>(
             t => gemm::Parallelism::Rayon(t),
         };
         gemm_call(a, b, &mut out, zero, one, par);
+        finish(&mut out);
         return out;
     }
     let mut out = Vec::with_capacity(m * n);
-    // Blocks of GEMM_ROWS rows, the last taking the remainder.
+    // Four blocks a thread (an idle thread takes the next; each block packs its own copy of
+    // `b`, so more of them cost more), of at least GEMM_ROWS rows; the last takes the remainder.
+    let block = (m / (4 * threads)).max(GEMM_ROWS);
     let mut parts = Vec::new();
     let mut rest = &mut out.spare_capacity_mut()[..m * n];
     let mut row = 0;
     while row < m {
-        let rows = if m - row < 2 * GEMM_ROWS {
-            m - row
-        } else {
-            GEMM_ROWS
-        };
+        let rows = if m - row < 2 * block { m - row } else { block };
         let (part, tail) = rest.split_at_mut(rows * n);
         parts.push((a.rows_from(row, rows), part));
         rest = tail;
@@ -616,24 +662,48 @@ fn gemm_into<T: Copy + Send + Sync + 'static>(
         // SAFETY: every element of `part` was just written.
         let part = unsafe { &mut *(part as *mut [MaybeUninit<T>] as *mut [T]) };
         gemm_call(&a, b, part, zero, one, gemm::Parallelism::None);
+        finish(part);
     });
     // SAFETY: the parts cover all m * n elements, and each was written above.
     unsafe { out.set_len(m * n) };
     out
 }
 
-/// [`gemm_into`] for f16 and bf16: both operands widened to f32, the result rounded once.
+/// [`gemm_into`] for f16 and bf16: both operands widened to f32, `finish` run in f32, the
+/// result rounded once.
 fn gemm_half<H: Copy + Default + Send + Sync>(
     a: &Operand<H>,
     b: &Operand<H>,
     threads: usize,
+    finish: Finish<f32>,
 ) -> Vec<H>
 where
     [H]: HalfFloatSliceExt,
 {
     let (wa, wb) = (a.widened(), b.widened());
-    let wide = gemm_into(&a.over(&wa), &b.over(&wb), 0.0, 1.0, threads);
+    let wide = gemm_into(&a.over(&wa), &b.over(&wb), (0.0, 1.0), threads, finish);
     converted(&wide, |w, h: &mut [H]| h.convert_from_f32_slice(w))
+}
+
+/// Rounds f32 values to `H` and back in place: an f16/bf16 op's result, computed in f32.
+fn round_through<H: Copy + Default>(values: &mut [f32])
+where
+    [H]: HalfFloatSliceExt,
+{
+    let mut h = [H::default(); 256];
+    for block in values.chunks_mut(256) {
+        let h = &mut h[..block.len()];
+        h.convert_from_f32_slice(block);
+        h.convert_to_f32_slice(block);
+    }
+}
+
+/// A product's threads: the pool's when it fills two tasks, else 1.
+fn product_threads(m: usize, k: usize, n: usize) -> usize {
+    match tasks(m * k * n, MATMUL_TASK) {
+        0 | 1 => 1,
+        _ => super::threads::count(),
+    }
 }
 
 impl CustomOp2 for MatMul {
@@ -651,31 +721,28 @@ impl CustomOp2 for MatMul {
         use CpuStorage as S;
         let (m, k) = al.shape().dims2()?;
         let (_, n) = bl.shape().dims2()?;
-        let t = match tasks(m * k * n, MATMUL_TASK) {
-            1 => 1,
-            _ => super::threads::count(),
-        };
+        let t = product_threads(m, k, n);
         let out = match (a, b) {
-            (S::F32(a), S::F32(b)) => S::F32(gemm_into(
+            (S::F32(a), S::F32(b)) => {
+                let (a, b) = (&Operand::new(a, al)?, &Operand::new(b, bl)?);
+                S::F32(gemm_into(a, b, (0.0, 1.0), t, &|_| {}))
+            }
+            (S::F64(a), S::F64(b)) => {
+                let (a, b) = (&Operand::new(a, al)?, &Operand::new(b, bl)?);
+                S::F64(gemm_into(a, b, (0.0, 1.0), t, &|_| {}))
+            }
+            (S::F16(a), S::F16(b)) => S::F16(gemm_half(
                 &Operand::new(a, al)?,
                 &Operand::new(b, bl)?,
-                0.0,
-                1.0,
                 t,
+                &|_| {},
             )),
-            (S::F64(a), S::F64(b)) => S::F64(gemm_into(
+            (S::BF16(a), S::BF16(b)) => S::BF16(gemm_half(
                 &Operand::new(a, al)?,
                 &Operand::new(b, bl)?,
-                0.0,
-                1.0,
                 t,
+                &|_| {},
             )),
-            (S::F16(a), S::F16(b)) => {
-                S::F16(gemm_half(&Operand::new(a, al)?, &Operand::new(b, bl)?, t))
-            }
-            (S::BF16(a), S::BF16(b)) => {
-                S::BF16(gemm_half(&Operand::new(a, al)?, &Operand::new(b, bl)?, t))
-            }
             _ => return float_only(),
         };
         Ok((out, Shape::from((m, n))))
@@ -712,6 +779,208 @@ pub fn matmul_2d(a: &Tensor, b: &Tensor, lhs_grad: bool, rhs_grad: bool) -> Resu
             a.apply_op2(b, MatMul { lhs_grad, rhs_grad })
         }
         _ => a.matmul(b),
+    }
+}
+
+/// A dense layer, `x @ W`, then `+ b` (over the columns) when there is a `b`, then tanh when
+/// `tanh`, as one op: gemm writes a block of rows and the bias and tanh run on it while it is
+/// still in cache (one pass over the output instead of three, one task a block). Each op's
+/// result is rounded to the dtype as the ops one by one round it, so the values are theirs.
+#[derive(Debug, Clone, Copy)]
+pub struct Dense {
+    pub tanh: bool,
+    /// Whether `x` needs a gradient.
+    pub x_grad: bool,
+}
+
+impl Dense {
+    fn fwd(
+        &self,
+        (x, xl): (&CpuStorage, &Layout),
+        (w, wl): (&CpuStorage, &Layout),
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        use CpuStorage as S;
+        let (m, k) = xl.shape().dims2()?;
+        let (_, n) = wl.shape().dims2()?;
+        let t = product_threads(m, k, n);
+        let tanh = self.tanh;
+        let out = match (x, w, b) {
+            (S::F32(x), S::F32(w), None | Some((S::F32(_), _))) => {
+                let bias = b.map(|(b, l)| b.as_slice::<f32>().and_then(|b| contiguous(b, l)));
+                let bias = bias.transpose()?;
+                let finish = |rows: &mut [f32]| finish_rows(rows, n, bias, tanh, None);
+                S::F32(gemm_into(
+                    &Operand::new(x, xl)?,
+                    &Operand::new(w, wl)?,
+                    (0.0, 1.0),
+                    t,
+                    &finish,
+                ))
+            }
+            (S::F64(x), S::F64(w), None | Some((S::F64(_), _))) => {
+                let bias = b.map(|(b, l)| b.as_slice::<f64>().and_then(|b| contiguous(b, l)));
+                let bias = bias.transpose()?;
+                let finish = |rows: &mut [f64]| finish_rows(rows, n, bias, tanh, None);
+                S::F64(gemm_into(
+                    &Operand::new(x, xl)?,
+                    &Operand::new(w, wl)?,
+                    (0.0, 1.0),
+                    t,
+                    &finish,
+                ))
+            }
+            (S::F16(x), S::F16(w), None | Some((S::F16(_), _))) => {
+                let bias = b.map(|(b, l)| b.as_slice::<f16>().and_then(|b| contiguous(b, l)));
+                let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
+                let round: Finish<f32> = &round_through::<f16>;
+                let finish =
+                    |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
+                S::F16(gemm_half(
+                    &Operand::new(x, xl)?,
+                    &Operand::new(w, wl)?,
+                    t,
+                    &finish,
+                ))
+            }
+            (S::BF16(x), S::BF16(w), None | Some((S::BF16(_), _))) => {
+                let bias = b.map(|(b, l)| b.as_slice::<bf16>().and_then(|b| contiguous(b, l)));
+                let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
+                let round: Finish<f32> = &round_through::<bf16>;
+                let finish =
+                    |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
+                S::BF16(gemm_half(
+                    &Operand::new(x, xl)?,
+                    &Operand::new(w, wl)?,
+                    t,
+                    &finish,
+                ))
+            }
+            _ => return float_only(),
+        };
+        Ok((out, Shape::from((m, n))))
+    }
+
+    /// The gradients of x, W and b: made of differentiable ops, for second derivatives (a
+    /// chain's node computes the first ones itself, `dense`).
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let both = MatMul {
+            lhs_grad: true,
+            rhs_grad: true,
+        };
+        let g = match self.tanh {
+            true => tanh_backward(grad, res)?,
+            false => grad.clone(),
+        };
+        let dx = match self.x_grad {
+            true => Some(g.apply_op2(&w.t()?, both)?),
+            false => None,
+        };
+        let dw = x.t()?.apply_op2(&g, both)?;
+        let db = b
+            .map(|_| g.contiguous()?.apply_op1(ColumnSum))
+            .transpose()?;
+        Ok((dx, Some(dw), db))
+    }
+}
+
+/// A dense layer's bias and tanh on whole rows of `n` values a product just wrote; `round`
+/// rounds f32 values to an f16/bf16 run's dtype after each op (the product's result first).
+fn finish_rows<W: Wide>(
+    rows: &mut [W],
+    n: usize,
+    bias: Option<&[W]>,
+    tanh: bool,
+    round: Option<Finish<W>>,
+) {
+    let round = |v: &mut [W]| round.iter().for_each(|r| r(v));
+    round(rows);
+    if let Some(b) = bias {
+        for row in rows.chunks_mut(n.max(1)) {
+            update(&AddKernel, row, Some(b));
+        }
+        round(rows);
+    }
+    if tanh {
+        update(&TanhKernel, rows, None);
+    }
+}
+
+impl CustomOp2 for Dense {
+    fn name(&self) -> &'static str {
+        "dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((x, xl), (w, wl), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = self.grads(x, w, None, res, grad)?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for Dense {
+    fn name(&self) -> &'static str {
+        "dense"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.fwd((x, xl), (w, wl), Some((b, bl)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, w, Some(b), res, grad)
+    }
+}
+
+/// `x @ W (+ b) (then tanh)` through [`Dense`], for 2-D `x` and `W` and a `b` of W's width.
+pub fn dense(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    tanh: bool,
+    x_grad: bool,
+) -> Result<Tensor> {
+    let op = Dense { tanh, x_grad };
+    match b {
+        Some(b) => x.apply_op3(w, &b.contiguous()?, op),
+        None => x.apply_op2(w, op),
     }
 }
 
@@ -950,10 +1219,52 @@ mod tests {
             (op(&tall, 1300, 70, 70, 1), op(&b70, 70, 90, 90, 1)),
             (op(&transposed, 1300, 70, 1, 1300), op(&b70, 70, 90, 90, 1)),
         ] {
-            assert_eq!(
-                gemm_into(&a, &b, 0.0, 1.0, 1),
-                gemm_into(&a, &b, 0.0, 1.0, 4)
-            );
+            // With a dense layer's bias and tanh run on each block of rows.
+            let bias: Vec<f32> = (0..90).map(|j| j as f32 / 50.0 - 1.0).collect();
+            let layer = |rows: &mut [f32]| finish_rows(rows, 90, Some(&bias), true, None);
+            let nothing = |_: &mut [f32]| {};
+            let finishes: [Finish<f32>; 2] = [&nothing, &layer];
+            for finish in finishes {
+                let serial = gemm_into(&a, &b, (0.0, 1.0), 1, finish);
+                assert_eq!(serial, gemm_into(&a, &b, (0.0, 1.0), 4, finish));
+            }
+        }
+    }
+
+    #[test]
+    fn a_dense_layer_equals_its_ops_one_by_one_with_their_gradients() {
+        // tanh(x @ W + b) and the variants without bias or tanh: the same values, and the
+        // gradients its own backward gives (which second derivatives go through).
+        for dtype in DTYPES {
+            for (bias, tanh) in [(true, true), (true, false), (false, true), (false, false)] {
+                let x = Var::from_tensor(&values(&[300, 70], 0.1, dtype)).unwrap();
+                let w = Var::from_tensor(&values(&[70, 90], 0.4, dtype)).unwrap();
+                let b = Var::from_tensor(&values(&[90], 0.7, dtype)).unwrap();
+                let c = values(&[300, 90], 0.9, dtype);
+                let fused = |t: &[&Tensor]| dense(t[0], t[1], bias.then(|| t[2]), tanh, true);
+                let apart = |t: &[&Tensor]| {
+                    let mut h = matmul_2d(t[0], t[1], true, true)?;
+                    if bias {
+                        h = bias_add(&h, t[2])?;
+                    }
+                    if tanh {
+                        h = super::tanh(&h)?;
+                    }
+                    Ok(h)
+                };
+                let ts = [x.as_tensor(), w.as_tensor(), b.as_tensor()];
+                let label = format!("{dtype:?} bias {bias} tanh {tanh}");
+                assert_eq!(
+                    flat(&fused(&ts).unwrap()),
+                    flat(&apart(&ts).unwrap()),
+                    "{label}"
+                );
+                let vars = if bias { vec![&x, &w, &b] } else { vec![&x, &w] };
+                let got = grads_of(&vars, fused, &c);
+                for (g, want) in got.iter().zip(grads_of(&vars, apart, &c)) {
+                    assert_eq!(flat(g), flat(&want), "{label}");
+                }
+            }
         }
     }
 }

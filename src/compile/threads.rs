@@ -1,8 +1,9 @@
 //! The tensor thread pool: how many threads, when it is built, and which work goes to it.
 //!
-//! Only gradscope's own kernels (`fused`: every 2-D matmul of a plan and its backward, tanh,
-//! bias addition) run on the pool, each in large chunks, and only when the tensor is large
-//! enough to repay the hand-off; everything else runs on the thread that asks. candle's own
+//! Only gradscope's own kernels run on the pool (`fused`: every 2-D matmul of a plan and its
+//! backward, dense layers, tanh, bias addition; `dense`: a chain's weight gradients beside the
+//! rest of its backward pass), each in large chunks, and only when the tensor is large enough
+//! to repay the hand-off; everything else runs on the thread that asks. candle's own
 //! threading stays off (`lib::init_process`): its elementwise pool spin-waits for helpers that
 //! a busy machine has descheduled.
 //!
@@ -52,6 +53,16 @@ pub fn serial_here() {
     SERIAL.with(|s| s.set(true));
 }
 
+/// Runs `f` with a scope it may spawn side tasks in, which the pool's threads run beside it;
+/// without a pool to run them (not built yet, one thread, or a [`serial_here`] thread) `f` gets
+/// none and runs them itself, and rayon is not touched.
+pub fn side_tasks<'scope, R: Send>(f: impl FnOnce(Option<&rayon::Scope<'scope>>) -> R + Send) -> R {
+    match pooled() {
+        true => rayon::scope(|s| f(Some(s))),
+        false => f(None),
+    }
+}
+
 /// Runs `f` with this thread's tensor work kept off the pool: `f` is itself one of several
 /// tasks the pool runs side by side (a weight gradient next to the rest of a backward pass).
 pub fn serially<R>(f: impl FnOnce() -> R) -> R {
@@ -69,11 +80,16 @@ pub fn serially<R>(f: impl FnOnce() -> R) -> R {
 /// How many tasks of `task` units `work` units split into on this thread: 1 (run it here)
 /// unless the pool has threads to spare and the work fills at least two tasks.
 pub fn tasks(work: usize, task: usize) -> usize {
-    if count() < 2 || SERIAL.with(Cell::get) {
-        1
-    } else {
-        work / task.max(1)
+    match pooled() {
+        true => work / task.max(1),
+        false => 1,
     }
+}
+
+/// Whether this thread's tensor work may go to the pool: there is one, and the thread is not
+/// kept off it.
+fn pooled() -> bool {
+    count() > 1 && !SERIAL.with(Cell::get)
 }
 
 /// The default thread count: one thread per task the largest op can fill, at least 1 and at
@@ -117,7 +133,9 @@ pub fn chosen_count<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) -> us
 }
 
 /// Builds the pool for `files` (see [`chosen_count`]) unless one was built: the first call of
-/// the process decides. Nothing may use rayon before (it would build a default pool).
+/// the process decides. Nothing may use rayon before (it would build a default pool), and it is
+/// called from the main thread: built by the landscape thread, which lowers its own priority,
+/// the pool's threads would inherit that priority and slow the runs.
 pub fn start<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
