@@ -21,9 +21,10 @@
 //!    │
 //!  optim/       the optimizer registry (typed hyper-parameters), update rules, run settings
 //!    │
-//!  diagnostic   one diagnostic type │ format: numbers and durations
+//!  diagnostic   one diagnostic type │ format: numbers and durations │ alloc: large blocks reused
 //! ```
 
+pub mod alloc;
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
@@ -95,14 +96,15 @@ fn exit(ok: bool) -> ExitCode {
 /// Process-wide set-up done once at start-up, before any tensor exists: the thread count (see
 /// `init_threads`); glibc malloc thresholds (with the defaults, glibc returns every multi-MB
 /// tensor to the kernel on free and page-faults it back on the next op: a fifth of a
-/// logistic-regression step went to page faults); the tensor thread pool; and the curvature
+/// logistic-regression step went to page faults; blocks past the largest threshold [`alloc`]
+/// keeps instead); the tensor thread pool; and the curvature
 /// thread, the one thread that keeps gradient graphs for second-order derivatives.
 pub fn init_process(threads: Option<usize>) {
     let n = init_threads(threads);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before other threads exist.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, alloc::LARGE as i32);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
     // Built here, from the main thread: built later by the landscape thread (which lowers its
