@@ -97,6 +97,9 @@ impl AdamRule {
         if lowp::is_low(p.dtype()) {
             return lowp::adam(self, s, p, grad, lr, t, None);
         }
+        if let Some(new) = super::kernels::adam(self, s, p, grad, lr, t)? {
+            return Ok(new);
+        }
         let ((b1, b2), eps, wd, t) = (self.betas, self.eps, self.weight_decay, t as f64);
         let (p, g) = if self.decoupled {
             (p.affine(1.0 - lr * wd, 0.0)?, grad.clone())

@@ -119,6 +119,7 @@ pub mod chain;
 pub mod classic;
 pub mod custom;
 pub mod groups;
+pub mod kernels;
 pub mod lbfgs;
 pub mod lowp;
 pub mod muon;

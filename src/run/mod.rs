@@ -133,6 +133,14 @@ pub struct Best {
     pub params: Vec<Tensor>,
 }
 
+/// The evaluation at the current params and the norms its row was made from, kept for the
+/// next update (each norm is a pass over a param or gradient: taken once).
+struct Current {
+    eval: crate::compile::Evaluation,
+    grad_norms: Vec<f64>,
+    param_norms: Vec<f64>,
+}
+
 /// Steps between snapshots: rewinding re-steps at most this many.
 const SNAPSHOT_EVERY: u64 = 100;
 
@@ -162,7 +170,7 @@ pub struct Run {
     clean_steps: u32,
     param_names: Vec<String>,
     /// Loss and gradients at the current params (the last row's), for the next update.
-    current: Option<crate::compile::Evaluation>,
+    current: Option<Current>,
     /// Params at the start of each kept step, for landscapes: the tensors the optimizer made
     /// (immutable, so keeping them costs no copy), read out only when asked for.
     trajectory: Decimated<Vec<Tensor>>,
@@ -370,12 +378,15 @@ impl Run {
         let t = self.step_count();
         // A halted run keeps its evaluation at θ_t (the inspector shows its gradients).
         let halted = self.halted.is_some();
-        let eval = match self.current.take_if(|_| !halted) {
-            Some(e) => e,
+        let Current {
+            eval,
+            grad_norms: param_grad_norms,
+            param_norms,
+        } = match self.current.take_if(|_| !halted) {
+            Some(c) => c,
             None => return Err(Diagnostic::error(format!("step {t}: the run has halted"))),
         };
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
-        let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         let grads_finite = param_grad_norms.iter().all(|n| n.is_finite());
         let lr = self.lr_at(t);
@@ -400,7 +411,6 @@ impl Run {
             }
         }
         let params = param_tensors(self.evaluator.params());
-        let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
         let mut moved_to = None;
         // The evaluation at θ_t counts, as torch's LBFGS counts its first closure call.
@@ -445,7 +455,7 @@ impl Run {
             let deltas: Vec<f64> = params
                 .iter()
                 .zip(&new)
-                .map(|(old, new)| Ok(norm(&(new - old)?)))
+                .map(|(old, new)| crate::compile::distance(new, old))
                 .collect::<candle_core::Result<_>>()
                 .map_err(internal)?;
             // An update that turns finite params non-finite from finite gradients: the
@@ -629,7 +639,11 @@ impl Run {
             eval_loss: self.eval_loss().map(|l| l.unwrap_or(f64::NAN)),
         });
         self.keep_best(t, eval.loss, made)?;
-        self.current = Some(eval);
+        self.current = Some(Current {
+            eval,
+            grad_norms: param_grad_norms,
+            param_norms,
+        });
         Ok(())
     }
 
@@ -975,7 +989,7 @@ impl Run {
 
     /// Loss and gradients at the current params θ_k (None only before the first evaluation).
     pub fn current(&self) -> Option<&crate::compile::Evaluation> {
-        self.current.as_ref()
+        self.current.as_ref().map(|c| &c.eval)
     }
 
     /// Current param values, flattened row-major, in f64.
