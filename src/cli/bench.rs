@@ -170,7 +170,7 @@ fn headless_memory(file: &Path, checkpoints: &[u64]) -> anyhow::Result<String> {
     let mut settings = compiled.runs[0].settings.clone();
     settings.steps = checkpoints.iter().copied().max().unwrap_or(0);
     let mut request = RunRequest::new(&compiled, 0, "bench".into(), settings);
-    request.retention = crate::run::Retention::Totals;
+    request.retention = crate::run::Retention::Totals { best: false };
     let mut run = Run::new(&compiled, request)?;
     let mut line = format!(
         "headless run ({}, as `gradscope run --steps N`): RSS {:.1} MB at the start",

@@ -51,11 +51,14 @@ pub struct RunRequest {
 /// What a run keeps of its past steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
-    /// Every row and a snapshot every 100 steps: to chart, export and rewind.
+    /// Every row, a snapshot every 100 steps and the params at the best loss: to chart, export,
+    /// save and rewind.
     Everything,
     /// [`Totals`], the counts and a window of recent rows (enough to tell a divergence): a
-    /// headless run of any length in constant memory (it can rewind only to its start).
-    Totals,
+    /// headless run of any length in constant memory, which cannot rewind. It keeps the params
+    /// at the best loss only with `best` (to save them): for a large model they are another
+    /// copy of the params.
+    Totals { best: bool },
 }
 
 impl RunRequest {
@@ -178,7 +181,7 @@ pub struct Run {
 }
 
 /// Memory a run's trajectory may hold: every step of small losses, a handful of points of
-/// large models (a 64-256-256-1 MLP keeps 12).
+/// large models (a 64-256-256-1 MLP keeps 12), none of params larger than this.
 const TRAJECTORY_BYTES: usize = 8 << 20;
 /// Most points a trajectory keeps.
 const TRAJECTORY_POINTS: usize = 16384;
@@ -221,7 +224,7 @@ impl Run {
             totals: Totals::default(),
             history: match retention {
                 Retention::Everything => History::new(n),
-                Retention::Totals => History::windowed(n, DIVERGENCE_WINDOW + 1),
+                Retention::Totals { .. } => History::windowed(n, DIVERGENCE_WINDOW + 1),
             },
             snapshots: Vec::new(),
             halted: None,
@@ -242,7 +245,9 @@ impl Run {
         };
         let dim = compiled.param_count();
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
-        r.trajectory.push(0, r.param_copies()?);
+        if r.trajectory.wants(0) {
+            r.trajectory.push(0, r.param_copies()?);
+        }
         r.snapshot();
         r.settle(None)
             .map_err(|d| candle_core::Error::Msg(d.headline()))?;
@@ -325,7 +330,11 @@ impl Run {
         self.snapshot();
     }
 
+    /// Keeps the params and state to rewind to (not under [`Retention::Totals`]).
     fn snapshot(&mut self) {
+        if self.retention != Retention::Everything {
+            return;
+        }
         let params = self
             .evaluator
             .params()
@@ -345,9 +354,17 @@ impl Run {
     }
 
     /// The params at the lowest finite loss of the rows so far, the current one included
-    /// (None while no loss was finite).
+    /// (None while no loss was finite, or when the run's [`Retention`] keeps none).
     pub fn best(&self) -> Option<&Best> {
         self.best.as_ref()
+    }
+
+    /// Whether the run keeps the params at its best loss (see [`Retention`]).
+    fn keeps_best(&self) -> bool {
+        matches!(
+            self.retention,
+            Retention::Everything | Retention::Totals { best: true }
+        )
     }
 
     /// Keeps the current params when the current row's loss beats the best: the tensors the
@@ -358,7 +375,10 @@ impl Run {
         loss: f64,
         made: Option<&[Tensor]>,
     ) -> Result<(), Diagnostic> {
-        if !loss.is_finite() || self.best.as_ref().is_some_and(|b| loss >= b.loss) {
+        if !self.keeps_best()
+            || !loss.is_finite()
+            || self.best.as_ref().is_some_and(|b| loss >= b.loss)
+        {
             return Ok(());
         }
         let params = match made {
@@ -505,7 +525,10 @@ impl Run {
                 self.set_params(&new).map_err(internal)?;
                 self.state = state;
                 update_norm = deltas.iter().map(|d| d * d).sum::<f64>().sqrt();
-                moved_to = Some(new);
+                // Held through the next evaluation only when they are to be kept.
+                if self.trajectory.wants(t + 1) || self.keeps_best() {
+                    moved_to = Some(new);
+                }
             }
         }
         let total_param_norm = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
@@ -959,7 +982,7 @@ impl Run {
             .rev()
             .find(|s| s.step <= step)
             .cloned()
-            .expect("the initial snapshot is always there");
+            .ok_or_else(|| Diagnostic::error("a headless run keeps no snapshots to rewind to"))?;
         for (var, p) in self.evaluator.params().iter().zip(&snap.params) {
             var.set(p)
                 .map_err(|e| Diagnostic::error(format!("rewind failed: {e}")))?;
