@@ -988,6 +988,42 @@ fn exports_count_the_loss_evaluations_of_each_step() {
 }
 
 #[test]
+fn a_summary_points_to_save_params_instead_of_writing_out_a_large_param() {
+    // 400 x 300 = 120,000 values, past the 100,000 a summary writes out.
+    let file = temp_loss(
+        "large",
+        "name = \"large\"\nloss = \"sum(w^2)\"\n[params]\nw = \"ones(400, 300)\"\n[optimizer]\nname = \"adam\"\nlr = 0.001\nsteps = 2\n",
+    );
+    let saved = file.with_extension("safetensors");
+    let file = file.to_str().unwrap();
+    let out = common::gradscope(&[
+        "run",
+        file,
+        "--format",
+        "jsonl",
+        "--save-params",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("a summary");
+    assert!(last.len() < 2_000, "a {}-byte summary", last.len());
+    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert!(summary["final_params"].is_null());
+    let note = summary["final_params_omitted"].as_str().expect("a note");
+    assert!(
+        note.contains("120000 values") && note.contains("--save-params"),
+        "{note}"
+    );
+    // What it points to holds them: Adam's first two steps move each value by lr, from 1.
+    let tensors = candle_core::safetensors::load(&saved, &candle_core::Device::Cpu).unwrap();
+    let w: Vec<f32> = tensors["w"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(w.len(), 120_000);
+    assert!(w.iter().all(|&v| (v - 0.998).abs() < 1e-6), "{}", w[0]);
+    std::fs::remove_dir_all(saved.parent().unwrap()).ok();
+}
+
+#[test]
 fn a_headless_run_keeps_its_best_params_only_when_asked() {
     // The best loss, 0, is at step 5 (see `skipping_run`).
     for (retention, kept) in [
