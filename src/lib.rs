@@ -73,7 +73,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut out);
             true
         }
-        Some(Command::Bench { dir, repeat }) => cli::bench::bench_command(&dir, repeat, &mut out)?,
+        Some(Command::Bench { dir, repeat, large }) => {
+            cli::bench::bench_command(&dir, &large, repeat, &mut out)?
+        }
         None => {
             drop(out);
             let path = cli.path.unwrap_or_else(|| "losses".into());

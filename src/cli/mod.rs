@@ -99,6 +99,11 @@ pub enum Command {
         /// Repetitions per workload; the median is reported.
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// The large-param workload, measured first (while the process holds nothing else)
+        /// when the file exists: steps/s and peak memory against the params' size. It lives
+        /// outside `losses/` so the TUI and `check losses` never load its 64 MB param.
+        #[arg(long, default_value = "benches/large.toml")]
+        large: PathBuf,
     },
 }
 
