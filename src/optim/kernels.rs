@@ -42,9 +42,10 @@ pub fn elements<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Opti
 }
 
 /// The sum of the squares of `a`'s elements (of `a - b`'s, the difference taken in their
-/// dtype), in f64. Each chunk of [`CHUNK`] elements is summed in eight lanes (element `i` of the
-/// chunk into lane `i % 8`, the lanes added pairwise) and the chunks' sums in order: the same number on
-/// any thread count, with less rounding than one running sum, and ten times as fast.
+/// dtype), in f64. Each chunk of [`CHUNK`] elements is summed in eight lanes (element `i` of
+/// the chunk into lane `i % 8`, the lanes added pairwise), then the chunks' sums in order: the
+/// same number on any thread count, with less rounding than one running sum, and ten times as
+/// fast.
 pub fn sum_squares(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
     if let Some(b) = b
         && a.dims() != b.dims()
