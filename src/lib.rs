@@ -21,9 +21,10 @@
 //!    │
 //!  optim/       the optimizer registry (typed hyper-parameters), update rules, run settings
 //!    │
-//!  diagnostic   one diagnostic type │ format: numbers and durations
+//!  diagnostic   one diagnostic type │ format: numbers and durations │ alloc: large blocks reused
 //! ```
 
+pub mod alloc;
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
@@ -72,9 +73,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut out);
             true
         }
-        Some(Command::Bench { dir, repeat, json }) => {
-            cli::bench::bench_command(&dir, repeat, json.as_deref(), &mut out)?
-        }
+        Some(Command::Bench {
+            dir,
+            repeat,
+            json,
+            large,
+        }) => cli::bench::bench_command(&dir, &large, repeat, json.as_deref(), &mut out)?,
         None => {
             drop(out);
             let path = cli.path.unwrap_or_else(|| "losses".into());
@@ -97,10 +101,10 @@ fn exit(ok: bool) -> ExitCode {
 /// Process-wide set-up done once at start-up, before any tensor or thread exists: glibc malloc
 /// thresholds (with the defaults, glibc returns every multi-MB tensor to the kernel on free and
 /// page-faults it back on the next op: a fifth of a logistic-regression step went to page
-/// faults); candle's own threading off and the thread count asked for (`threads`, else
-/// `RAYON_NUM_THREADS`) recorded, for the pool the front end builds once it has loaded its
-/// files (`compile::threads`); and the curvature thread, the one thread that keeps gradient
-/// graphs for second-order derivatives.
+/// faults; blocks past the largest threshold [`alloc`] keeps instead); candle's own threading
+/// off and the thread count asked for (`threads`, else `RAYON_NUM_THREADS`) recorded, for the
+/// pool the front end builds once it has loaded its files (`compile::threads`); and the
+/// curvature thread, the one thread that keeps gradient graphs for second-order derivatives.
 pub fn init_process(threads: Option<usize>) {
     let asked = threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok());
     // SAFETY: called first thing in main, before any other thread exists. With these, candle's
@@ -116,7 +120,7 @@ pub fn init_process(threads: Option<usize>) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before other threads exist.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, alloc::LARGE as i32);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
     // Last: it starts the first thread of ours.

@@ -839,7 +839,7 @@ fn skipping_run(retention: Retention) -> (Run, gradscope::run::summary::Summary)
 #[test]
 fn a_headless_run_keeps_a_bounded_window_of_rows_however_long() {
     // Totals keep the last 51 rows or so (at most twice that), enough to tell a divergence.
-    let (run, _) = skipping_run(Retention::Totals);
+    let (run, _) = skipping_run(Retention::Totals { best: false });
     assert_eq!(run.step_count(), 1000);
     let kept = run.history().cores().len();
     assert!((51..=102).contains(&kept), "{kept} rows kept");
@@ -850,7 +850,7 @@ fn a_headless_run_keeps_a_bounded_window_of_rows_however_long() {
 
 #[test]
 fn a_headless_runs_streaming_summary_matches_the_full_history() {
-    let (_, totals) = skipping_run(Retention::Totals);
+    let (_, totals) = skipping_run(Retention::Totals { best: false });
     let (_, full) = skipping_run(Retention::Everything);
     // x walks 2.5, 2.0, ..., 0.0 (step 5: the best loss, 0), -0.5: NaN from step 6 on, skipped.
     assert_eq!(totals.first_nonfinite_step, Some(6));
@@ -984,5 +984,98 @@ fn exports_count_the_loss_evaluations_of_each_step() {
             .map(|r| r.unwrap()[col].to_string())
             .collect();
         assert_eq!(cells, [per_step, per_step, per_step, ""], "{spec}");
+    }
+}
+
+#[test]
+fn a_summary_points_to_save_params_instead_of_writing_out_a_large_param() {
+    // 400 x 300 = 120,000 values, past the 100,000 a summary writes out.
+    let file = temp_loss(
+        "large",
+        "name = \"large\"\nloss = \"sum(w^2)\"\n[params]\nw = \"ones(400, 300)\"\n[optimizer]\nname = \"adam\"\nlr = 0.001\nsteps = 2\n",
+    );
+    let saved = file.with_extension("safetensors");
+    let file = file.to_str().unwrap();
+    let out = common::gradscope(&[
+        "run",
+        file,
+        "--format",
+        "jsonl",
+        "--save-params",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().expect("a summary");
+    assert!(last.len() < 2_000, "a {}-byte summary", last.len());
+    let summary: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert!(summary["final_params"].is_null());
+    let note = summary["final_params_omitted"].as_str().expect("a note");
+    assert!(
+        note.contains("120000 values") && note.contains("--save-params"),
+        "{note}"
+    );
+    // What it points to holds them: Adam's first two steps move each value by lr, from 1.
+    let tensors = candle_core::safetensors::load(&saved, &candle_core::Device::Cpu).unwrap();
+    let w: Vec<f32> = tensors["w"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(w.len(), 120_000);
+    assert!(w.iter().all(|&v| (v - 0.998).abs() < 1e-6), "{}", w[0]);
+    std::fs::remove_dir_all(saved.parent().unwrap()).ok();
+}
+
+#[test]
+fn a_headless_run_keeps_its_best_params_only_when_asked() {
+    // The best loss, 0, is at step 5 (see `skipping_run`).
+    for (retention, kept) in [
+        (Retention::Totals { best: false }, None),
+        (Retention::Totals { best: true }, Some(5)),
+        (Retention::Everything, Some(5)),
+    ] {
+        let (run, summary) = skipping_run(retention);
+        assert_eq!(run.best().map(|b| b.step), kept, "{retention:?}");
+        assert_eq!(
+            summary.best_step,
+            Some(5),
+            "the summary counts it either way"
+        );
+    }
+}
+
+#[test]
+fn a_headless_run_refuses_to_rewind_instead_of_panicking() {
+    let (mut run, _) = skipping_run(Retention::Totals { best: false });
+    let refused = run.rewind_to(0).unwrap_err();
+    assert!(
+        refused.message.contains("no snapshots"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(run.step_count(), 1000, "it stays where it was");
+}
+
+#[test]
+fn a_param_larger_than_the_trajectory_budget_keeps_no_trajectory() {
+    // 1100 x 1000 values are 8.8 MB in f64, past the 8 MB a trajectory may hold: only the
+    // current point is there. 10 x 10 keeps every step.
+    for (dims, points) in [("1100, 1000", 1), ("10, 10", 4)] {
+        let c = compiled(&format!(
+            "name = \"t\"\nloss = \"sum(w^2)\"\n[params]\nw = \"ones({dims})\"\n"
+        ));
+        let mut run = Run::new(
+            &c,
+            RunRequest::new(
+                &c,
+                0,
+                "r".into(),
+                config("sgd(lr=0.1)", NonFinitePolicy::Stop),
+            ),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            run.step().unwrap();
+        }
+        let trajectory = run.trajectory(None);
+        assert_eq!(trajectory.len(), points, "{dims}");
+        assert_eq!(trajectory.last().unwrap().0, 3);
     }
 }

@@ -12,11 +12,11 @@ use crate::load;
 use crate::run::summary::drive;
 use crate::run::{Run, RunRequest};
 
-/// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s.
 /// Every figure `gradscope bench` measures, as `--json` writes them for tracking.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct BenchReport {
     pub threads: usize,
+    pub large: Option<LargeParam>,
     pub workloads: Vec<WorkloadFigure>,
     pub thread_sweep: Option<ThreadSweep>,
     pub batched: Vec<BatchFigure>,
@@ -34,10 +34,12 @@ pub struct WorkloadFigure {
     pub peak_rss_mb: f64,
 }
 
-/// `gradscope bench`: steps every workload in `dir` with its own config and reports steps/s,
-/// with the other figures; `json` gets them all as one JSON object.
+/// `gradscope bench`: steps the large-param workload `large` (when the file exists) and every
+/// workload in `dir` with its own config and reports steps/s, with the other figures; `json`
+/// gets them all as one JSON object.
 pub fn bench_command(
     dir: &Path,
+    large: &Path,
     repeat: usize,
     json: Option<&Path>,
     out: &mut impl Write,
@@ -59,9 +61,25 @@ pub fn bench_command(
             }
         }
     }
-    compile::threads::start(loaded.iter().map(|(_, c)| c));
+    // The large workload counts for the pool's size too, but is let go: it is loaded afresh.
+    let large_compiled = match large.exists() {
+        true => Some(
+            load::load_compiled(large)
+                .map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?
+                .0,
+        ),
+        false => None,
+    };
+    compile::threads::start(loaded.iter().map(|(_, c)| c).chain(large_compiled.as_ref()));
+    drop(large_compiled);
     report.threads = compile::threads::count();
     writeln!(out, "threads: {}", report.threads)?;
+    // First, while the process holds nothing else of size: its peak is the run's.
+    if large.exists() {
+        let (figures, text) = large_param(large, repeat)?;
+        writeln!(out, "{text}\n")?;
+        report.large = Some(figures);
+    }
     writeln!(
         out,
         "{:<20} {:>7} {:>12} {:>12} {:>14}",
@@ -309,7 +327,7 @@ pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<
                     .set("lr", crate::optim::spec::RawValue::Number(lr))
                     .map_err(|e| anyhow::anyhow!("{}", e.message))?;
                 let mut request = RunRequest::new(&compiled, 0, format!("lr {lr}"), settings);
-                request.retention = crate::run::Retention::Totals;
+                request.retention = crate::run::Retention::Totals { best: false };
                 Ok(Run::new(&compiled, request)?)
             })
             .collect()
@@ -358,7 +376,7 @@ fn headless_memory(file: &Path, checkpoints: &[u64]) -> anyhow::Result<String> {
     let mut settings = compiled.runs[0].settings.clone();
     settings.steps = checkpoints.iter().copied().max().unwrap_or(0);
     let mut request = RunRequest::new(&compiled, 0, "bench".into(), settings);
-    request.retention = crate::run::Retention::Totals;
+    request.retention = crate::run::Retention::Totals { best: false };
     let mut run = Run::new(&compiled, request)?;
     let mut line = format!(
         "headless run ({}, as `gradscope run --steps N`): RSS {:.1} MB at the start",
@@ -474,6 +492,75 @@ pub fn lane_steps(repeat: usize) -> anyhow::Result<(Vec<LaneSteps>, Vec<String>)
         });
     }
     Ok((figures, lines))
+}
+
+/// The large-param workload's figures: median steps/s and the process's peak memory against
+/// the params' bytes (the budget is params, gradient, two Adam moments and a temporary).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LargeParam {
+    /// The workload's file.
+    pub workload: String,
+    /// How many values the params hold.
+    pub param_values: usize,
+    /// The params' size in the run's dtype, in MiB.
+    pub param_mb: f64,
+    /// Steps of each run.
+    pub steps: u64,
+    /// The median over the repetitions.
+    pub steps_per_s: f64,
+    /// The process's peak resident memory, in MiB.
+    pub peak_rss_mb: f64,
+    /// Peak resident memory over the params' size.
+    pub peak_per_param: f64,
+}
+
+/// Steps `file` `repeat` times as `gradscope run` does (totals only, no best params kept), and
+/// its figures with their text line. Call it before anything else of size has run: the peak is
+/// the process's (reset first where Linux allows it); the cached blocks are let go after.
+pub fn large_param(file: &Path, repeat: usize) -> anyhow::Result<(LargeParam, String)> {
+    // Resets the peak to the current size (Linux 4.0+; elsewhere the peak is the process's).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let mut rates = Vec::new();
+    let (mut steps, mut param_bytes, mut param_values) = (0, 0, 0);
+    for _ in 0..repeat.max(1) {
+        // Loaded afresh and let go once the run is built, as `gradscope run` does.
+        let mut run = {
+            let (compiled, _) =
+                load::load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;
+            let settings = compiled.runs[0].settings.clone();
+            let mut request = RunRequest::new(&compiled, 0, "bench".into(), settings);
+            request.retention = crate::run::Retention::Totals { best: false };
+            Run::new(&compiled, request)?
+        };
+        param_values = run.params().iter().map(|v| v.elem_count()).sum();
+        param_bytes = run
+            .params()
+            .iter()
+            .map(|v| v.elem_count() * v.dtype().size_in_bytes())
+            .sum::<usize>();
+        let s = drive(&mut run, |_, _| ControlFlow::Continue(()))?;
+        rates.push(s.steps_per_s);
+        steps = s.steps;
+    }
+    let peak = peak_rss_mb();
+    crate::alloc::release_all();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    rates.sort_by(f64::total_cmp);
+    let param_mb = param_bytes as f64 / (1 << 20) as f64;
+    let figures = LargeParam {
+        workload: file.display().to_string(),
+        param_values,
+        param_mb,
+        steps,
+        steps_per_s: rates[rates.len() / 2],
+        peak_rss_mb: peak,
+        peak_per_param: peak / param_mb,
+    };
+    let text = format!(
+        "large param ({}, {param_values} values, {param_mb:.0} MB): {:.2} steps/s over {} steps, peak RSS {:.0} MB = {:.1}x the params",
+        figures.workload, figures.steps_per_s, steps, peak, figures.peak_per_param
+    );
+    Ok((figures, text))
 }
 
 /// Resident memory of this process now, in MB (Linux; NaN elsewhere).

@@ -104,6 +104,11 @@ pub enum Command {
         /// Also write every figure to this file as one JSON object, for tracking.
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
+        /// The large-param workload, measured first (while the process holds nothing else)
+        /// when the file exists: steps/s and peak memory against the params' size. It lives
+        /// outside `losses/` so the TUI and `check losses` never load its 64 MB param.
+        #[arg(long, default_value = "benches/large.toml")]
+        large: PathBuf,
     },
 }
 

@@ -341,7 +341,11 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
     if let Some(target) = &args.save_params {
         save::check_target(target)?;
     }
-    let Some((compiled, mut runs)) = load_runs(&args.run, Retention::Totals, color)? else {
+    // The params at the best loss are kept only to be saved.
+    let retention = Retention::Totals {
+        best: args.save_params.is_some(),
+    };
+    let Some((compiled, mut runs)) = load_runs(&args.run, retention, color)? else {
         return Ok(RunOutcome::Failed);
     };
     catch_stop_signals();

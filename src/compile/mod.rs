@@ -504,11 +504,14 @@ pub fn values_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
     t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1()
 }
 
-/// L2 norm of a tensor, accumulated in f64.
+/// L2 norm of a tensor, accumulated in f64 (see [`crate::optim::kernels::sum_squares`]).
 pub fn norm(t: &Tensor) -> f64 {
-    t.to_dtype(CDType::F64)
-        .and_then(|t| t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>())
-        .unwrap_or(f64::NAN)
+    crate::optim::kernels::sum_squares(t, None).map_or(f64::NAN, f64::sqrt)
+}
+
+/// L2 norm of `a - b` (the difference taken in their dtype), accumulated as [`norm`] does.
+pub fn distance(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
+    Ok(crate::optim::kernels::sum_squares(a, Some(b))?.sqrt())
 }
 
 impl Evaluator {

@@ -130,6 +130,11 @@ impl LaneRule for AdamRule {
             };
             return lowp::adam(rule, s, p, grad, lr, t, None);
         }
+        if let Some((rule, lr)) = k.single()
+            && let Some(new) = super::kernels::adam(rule, s, p, grad, lr, t)?
+        {
+            return Ok(new);
+        }
         let (o, t) = (k.rule(), t as f64);
         let (p, g) = if o.decoupled {
             let keep = k.coef(|o, lr| 1.0 - lr * o.weight_decay);

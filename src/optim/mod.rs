@@ -160,6 +160,7 @@ pub mod chain;
 pub mod classic;
 pub mod custom;
 pub mod groups;
+pub mod kernels;
 pub mod lanes;
 pub mod lbfgs;
 pub mod lowp;

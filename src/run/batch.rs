@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use candle_core::{DType as CDType, Tensor};
 
-use super::{Retention, Run, SNAPSHOT_EVERY, update_ratio};
+use super::{Current, Retention, Run, SNAPSHOT_EVERY, update_ratio};
 use crate::compile::lanes::{LaneEvaluation, LaneEvaluator};
-use crate::compile::{CompiledFile, Evaluation};
+use crate::compile::{CompiledFile, Evaluation, norm};
 use crate::diagnostic::Diagnostic;
 use crate::optim::lanes::LaneState;
 use crate::optim::settings::{GradSource, LossScale};
@@ -170,17 +170,23 @@ impl Batch {
             .collect()
     }
 
-    /// Lane `r`'s params and its loss and gradients there, as tensors of its own shape.
-    fn lane_now(&self, r: usize) -> candle_core::Result<(Vec<Tensor>, Evaluation)> {
+    /// Lane `r`'s params and its loss and gradients there (with their norms, as a run alone
+    /// takes them), as tensors of its own shape.
+    fn lane_now(&self, r: usize) -> candle_core::Result<(Vec<Tensor>, Current)> {
         let params = self.params();
         // Copies: the batch's params change in place on its next step.
-        let params = lanes_of(&params, r)?
+        let params: Vec<Tensor> = lanes_of(&params, r)?
             .iter()
             .map(Tensor::copy)
             .collect::<Result<_, _>>()?;
-        let current = Evaluation {
-            loss: self.current.losses[r],
-            grads: lanes_of(&self.current.grads, r)?,
+        let grads = lanes_of(&self.current.grads, r)?;
+        let current = Current {
+            grad_norms: grads.iter().map(norm).collect(),
+            param_norms: params.iter().map(norm).collect(),
+            eval: Evaluation {
+                loss: self.current.losses[r],
+                grads,
+            },
         };
         Ok((params, current))
     }
@@ -345,7 +351,14 @@ impl Batch {
                 loss,
                 grads: lanes_of(&self.current.grads, i).map_err(internal)?,
             };
-            run.push_row(current, &grad_norms[i], &new_norms[i], 0, None, Some(&made))?;
+            run.push_row(
+                current,
+                grad_norms[i].clone(),
+                new_norms[i].clone(),
+                0,
+                None,
+                Some(&made),
+            )?;
             if run.retention == Retention::Everything && (t + 1).is_multiple_of(SNAPSHOT_EVERY) {
                 // The snapshot reads the run's own params and state.
                 self.hand_over(i, &self.state, run)?;

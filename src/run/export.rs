@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::history::{StepRecord, flags};
-use super::summary::Summary;
+use super::summary::{FinalParams, INLINE_PARAMS_MAX, Summary};
 use crate::format::json_num;
 
 /// One logged row of run `run` (whose params are `names`) as a JSON object: the state at θ_k,
@@ -33,24 +33,31 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
     })
 }
 
-/// A run's summary as a JSON object.
+/// A run's summary as a JSON object. Params of more than [`INLINE_PARAMS_MAX`] values are
+/// not written out: `final_params` is null and `final_params_omitted` says how to save them.
 pub fn summary_json(s: &Summary) -> Value {
-    let params: serde_json::Map<String, Value> = s
-        .final_params
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.clone(),
-                Value::Array(v.iter().map(|&x| json_num(x)).collect()),
+    let (params, omitted) = match &s.final_params {
+        FinalParams::Inline(params) => {
+            let params: serde_json::Map<String, Value> = params
+                .iter()
+                .map(|(n, v)| (n.clone(), v.iter().map(|&x| json_num(x)).collect()))
+                .collect();
+            (Value::Object(params), Value::Null)
+        }
+        FinalParams::Omitted(count) => (
+            Value::Null,
+            format!(
+                "{count} values, more than the {INLINE_PARAMS_MAX} a summary writes out: save them with --save-params FILE.safetensors (or .npz)"
             )
-        })
-        .collect();
+            .into(),
+        ),
+    };
     json!({
         "run": s.run, "summary": true, "optimizer": s.optimizer, "dtype": s.dtype,
         "final_loss": json_num(s.final_loss),
         "final_eval_loss": s.final_eval_loss.map_or(Value::Null, json_num), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
         "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
-        "skipped": s.skipped, "halted": s.halted, "interrupted_at": s.interrupted, "steps_per_s": s.steps_per_s, "final_params": params,
+        "skipped": s.skipped, "halted": s.halted, "interrupted_at": s.interrupted, "steps_per_s": s.steps_per_s, "final_params": params, "final_params_omitted": omitted,
         "final_metrics": super::metrics::metrics_json(&s.final_metrics),
     })
 }

@@ -52,11 +52,14 @@ pub struct RunRequest {
 /// What a run keeps of its past steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
-    /// Every row and a snapshot every 100 steps: to chart, export and rewind.
+    /// Every row, a snapshot every 100 steps and the params at the best loss: to chart, export,
+    /// save and rewind.
     Everything,
     /// [`Totals`], the counts and a window of recent rows (enough to tell a divergence): a
-    /// headless run of any length in constant memory (it can rewind only to its start).
-    Totals,
+    /// headless run of any length in constant memory, which cannot rewind. It keeps the params
+    /// at the best loss only with `best` (to save them): for a large model they are another
+    /// copy of the params.
+    Totals { best: bool },
 }
 
 impl RunRequest {
@@ -134,6 +137,14 @@ pub struct Best {
     pub params: Vec<Tensor>,
 }
 
+/// The evaluation at the current params and the norms its row was made from, kept for the
+/// next update (each norm is a pass over a param or gradient: taken once).
+struct Current {
+    eval: crate::compile::Evaluation,
+    grad_norms: Vec<f64>,
+    param_norms: Vec<f64>,
+}
+
 /// Steps between snapshots: rewinding re-steps at most this many.
 const SNAPSHOT_EVERY: u64 = 100;
 
@@ -163,7 +174,7 @@ pub struct Run {
     clean_steps: u32,
     param_names: Vec<String>,
     /// Loss and gradients at the current params (the last row's), for the next update.
-    current: Option<crate::compile::Evaluation>,
+    current: Option<Current>,
     /// Params at the start of each kept step, for landscapes: the tensors the optimizer made
     /// (immutable, so keeping them costs no copy), read out only when asked for.
     trajectory: Decimated<Vec<Tensor>>,
@@ -171,7 +182,7 @@ pub struct Run {
 }
 
 /// Memory a run's trajectory may hold: every step of small losses, a handful of points of
-/// large models (a 64-256-256-1 MLP keeps 12).
+/// large models (a 64-256-256-1 MLP keeps 12), none of params larger than this.
 const TRAJECTORY_BYTES: usize = 8 << 20;
 /// Most points a trajectory keeps.
 const TRAJECTORY_POINTS: usize = 16384;
@@ -214,7 +225,7 @@ impl Run {
             totals: Totals::default(),
             history: match retention {
                 Retention::Everything => History::new(n),
-                Retention::Totals => History::windowed(n, DIVERGENCE_WINDOW + 1),
+                Retention::Totals { .. } => History::windowed(n, DIVERGENCE_WINDOW + 1),
             },
             snapshots: Vec::new(),
             halted: None,
@@ -235,7 +246,9 @@ impl Run {
         };
         let dim = compiled.param_count();
         r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
-        r.trajectory.push(0, r.param_copies()?);
+        if r.trajectory.wants(0) {
+            r.trajectory.push(0, r.param_copies()?);
+        }
         r.snapshot();
         r.settle(None)
             .map_err(|d| candle_core::Error::Msg(d.headline()))?;
@@ -318,7 +331,11 @@ impl Run {
         self.snapshot();
     }
 
+    /// Keeps the params and state to rewind to (not under [`Retention::Totals`]).
     fn snapshot(&mut self) {
+        if self.retention != Retention::Everything {
+            return;
+        }
         let params = self
             .evaluator
             .params()
@@ -338,9 +355,17 @@ impl Run {
     }
 
     /// The params at the lowest finite loss of the rows so far, the current one included
-    /// (None while no loss was finite).
+    /// (None while no loss was finite, or when the run's [`Retention`] keeps none).
     pub fn best(&self) -> Option<&Best> {
         self.best.as_ref()
+    }
+
+    /// Whether the run keeps the params at its best loss (see [`Retention`]).
+    fn keeps_best(&self) -> bool {
+        matches!(
+            self.retention,
+            Retention::Everything | Retention::Totals { best: true }
+        )
     }
 
     /// Keeps the current params when the current row's loss beats the best: the tensors the
@@ -351,7 +376,10 @@ impl Run {
         loss: f64,
         made: Option<&[Tensor]>,
     ) -> Result<(), Diagnostic> {
-        if !loss.is_finite() || self.best.as_ref().is_some_and(|b| loss >= b.loss) {
+        if !self.keeps_best()
+            || !loss.is_finite()
+            || self.best.as_ref().is_some_and(|b| loss >= b.loss)
+        {
             return Ok(());
         }
         let params = match made {
@@ -371,12 +399,15 @@ impl Run {
         let t = self.step_count();
         // A halted run keeps its evaluation at θ_t (the inspector shows its gradients).
         let halted = self.halted.is_some();
-        let eval = match self.current.take_if(|_| !halted) {
-            Some(e) => e,
+        let Current {
+            eval,
+            grad_norms: param_grad_norms,
+            param_norms,
+        } = match self.current.take_if(|_| !halted) {
+            Some(c) => c,
             None => return Err(Diagnostic::error(format!("step {t}: the run has halted"))),
         };
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
-        let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         let grads_finite = param_grad_norms.iter().all(|n| n.is_finite());
         let lr = self.lr_at(t);
@@ -401,7 +432,6 @@ impl Run {
             }
         }
         let params = param_tensors(self.evaluator.params());
-        let param_norms: Vec<f64> = params.iter().map(norm).collect();
         let mut update_norm = 0.0;
         let mut moved_to = None;
         // The evaluation at θ_t counts, as torch's LBFGS counts its first closure call.
@@ -446,7 +476,7 @@ impl Run {
             let deltas: Vec<f64> = params
                 .iter()
                 .zip(&new)
-                .map(|(old, new)| Ok(norm(&(new - old)?)))
+                .map(|(old, new)| crate::compile::distance(new, old))
                 .collect::<candle_core::Result<_>>()
                 .map_err(internal)?;
             // An update that turns finite params non-finite from finite gradients: the
@@ -496,7 +526,10 @@ impl Run {
                 self.set_params(&new).map_err(internal)?;
                 self.state = state;
                 update_norm = deltas.iter().map(|d| d * d).sum::<f64>().sqrt();
-                moved_to = Some(new);
+                // Held through the next evaluation only when they are to be kept.
+                if self.trajectory.wants(t + 1) || self.keeps_best() {
+                    moved_to = Some(new);
+                }
             }
         }
         if self.halted.is_none() {
@@ -607,7 +640,7 @@ impl Run {
             }
         }
         let eval_loss = self.eval_loss().map(|l| l.unwrap_or(f64::NAN));
-        self.push_row(eval, &param_grad_norms, &param_norms, f, eval_loss, made)
+        self.push_row(eval, param_grad_norms, param_norms, f, eval_loss, made)
     }
 
     /// Appends row t (the next one) at params θ_t with the loss and gradients `eval` there and
@@ -615,8 +648,8 @@ impl Run {
     fn push_row(
         &mut self,
         eval: crate::compile::Evaluation,
-        param_grad_norms: &[f64],
-        param_norms: &[f64],
+        param_grad_norms: Vec<f64>,
+        param_norms: Vec<f64>,
         f: u8,
         eval_loss: Option<f64>,
         made: Option<&[Tensor]>,
@@ -652,7 +685,11 @@ impl Run {
             eval_loss,
         });
         self.keep_best(t, eval.loss, made)?;
-        self.current = Some(eval);
+        self.current = Some(Current {
+            eval,
+            grad_norms: param_grad_norms,
+            param_norms,
+        });
         Ok(())
     }
 
@@ -964,7 +1001,7 @@ impl Run {
             .rev()
             .find(|s| s.step <= step)
             .cloned()
-            .expect("the initial snapshot is always there");
+            .ok_or_else(|| Diagnostic::error("a headless run keeps no snapshots to rewind to"))?;
         for (var, p) in self.evaluator.params().iter().zip(&snap.params) {
             var.set(p)
                 .map_err(|e| Diagnostic::error(format!("rewind failed: {e}")))?;
@@ -994,7 +1031,7 @@ impl Run {
 
     /// Loss and gradients at the current params θ_k (None only before the first evaluation).
     pub fn current(&self) -> Option<&crate::compile::Evaluation> {
-        self.current.as_ref()
+        self.current.as_ref().map(|c| &c.eval)
     }
 
     /// Current param values, flattened row-major, in f64.

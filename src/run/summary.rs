@@ -31,6 +31,19 @@ pub fn step_cell(step: Option<u64>) -> String {
     step.map_or("-".into(), |k| k.to_string())
 }
 
+/// The most param values a summary writes out; past them it says how to save them instead
+/// (a 4000 x 4000 param made a 314 MB line of JSON).
+pub const INLINE_PARAMS_MAX: usize = 100_000;
+
+/// A finished run's final params, as its summary carries them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinalParams {
+    /// Each param's values, row-major in f64.
+    Inline(Vec<(String, Vec<f64>)>),
+    /// More values than [`INLINE_PARAMS_MAX`]: how many there are (`--save-params` writes them).
+    Omitted(usize),
+}
+
 /// A finished run's summary.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -50,7 +63,7 @@ pub struct Summary {
     /// The step at which `log` stopped the run before its end (ctrl-c).
     pub interrupted: Option<u64>,
     pub steps_per_s: f64,
-    pub final_params: Vec<(String, Vec<f64>)>,
+    pub final_params: FinalParams,
     /// Each metric's value at the final params, in file order.
     pub final_metrics: Vec<(String, f64)>,
 }
@@ -244,12 +257,7 @@ fn summarise(run: &Run, started: Instant, interrupted: Option<u64>) -> Result<Su
             .map(|h| format!("halted at step {}: {}", h.step, h.reason)),
         interrupted,
         steps_per_s: run.step_count() as f64 / elapsed.max(1e-9),
-        final_params: run
-            .param_names()
-            .iter()
-            .cloned()
-            .zip(run.param_values())
-            .collect(),
+        final_params: final_params(run),
         final_metrics: run
             .metric_names()
             .iter()
@@ -257,4 +265,14 @@ fn summarise(run: &Run, started: Instant, interrupted: Option<u64>) -> Result<Su
             .zip(run.metric_values()?)
             .collect(),
     })
+}
+
+/// The run's params for its summary: inline up to [`INLINE_PARAMS_MAX`] values.
+fn final_params(run: &Run) -> FinalParams {
+    let count: usize = run.params().iter().map(|v| v.elem_count()).sum();
+    if count > INLINE_PARAMS_MAX {
+        return FinalParams::Omitted(count);
+    }
+    let names = run.param_names().iter().cloned();
+    FinalParams::Inline(names.zip(run.param_values()).collect())
 }

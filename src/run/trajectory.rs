@@ -12,23 +12,27 @@ pub struct Decimated<T> {
 }
 
 impl<T: Clone> Decimated<T> {
-    /// A buffer of at most `cap` (at least 2) kept points.
+    /// A buffer of at most `cap` kept points: none for 0 (a point too large to keep any),
+    /// else at least 2.
     pub fn new(cap: usize) -> Self {
         Self {
             points: Vec::new(),
             last: None,
             stride: 1,
-            cap: cap.max(2),
+            cap: if cap == 0 { 0 } else { cap.max(2) },
         }
     }
 
     /// Whether a point of `step` would be kept (so a caller can skip computing the others).
     pub fn wants(&self, step: u64) -> bool {
-        step.is_multiple_of(self.stride)
+        self.cap > 0 && step.is_multiple_of(self.stride)
     }
 
     /// Adds the point of `step`; steps must increase.
     pub fn push(&mut self, step: u64, value: T) {
+        if self.cap == 0 {
+            return;
+        }
         if step.is_multiple_of(self.stride) {
             self.points.push((step, value.clone()));
             if self.points.len() > self.cap {
@@ -99,6 +103,15 @@ mod tests {
         assert!(d.len() <= 5);
         assert_eq!(d.latest(), Some(&(1000, 1000)));
         assert_eq!(d.iter().next(), Some(&(0, 0)), "the start is always kept");
+    }
+
+    #[test]
+    fn a_cap_of_zero_keeps_nothing() {
+        let mut d = Decimated::new(0);
+        assert!(!d.wants(0));
+        d.push(0, 0);
+        assert!(d.is_empty());
+        assert_eq!(d.iter().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! The process's allocator: the system's, with the large blocks freed lately kept for the next
+//! allocation of the same size. glibc maps every block past its mmap threshold (32 MB at most,
+//! see `init_process`) afresh and unmaps it on free, so every op on a 64 MB tensor paid for a
+//! new mapping and for the kernel zeroing its 16,384 pages: half of a large param's step.
+//! Tensors of one shape are freed and allocated again on every step, so a handful of blocks
+//! serves them all.
+//!
+//! The cache never raises peak memory: the large blocks held plus those kept stay within the
+//! most the program has held at once, so at its peak nothing is kept. A block that would go
+//! past that goes back to the system (the one freed first, when several are kept).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Mutex;
+
+/// Blocks from this size up are cached: glibc's largest mmap threshold, above which it maps
+/// each block afresh (smaller blocks it reuses from its heap itself).
+pub const LARGE: usize = 32 << 20;
+/// Freed large blocks kept at most; when all are taken, the one freed first goes back.
+const SLOTS: usize = 8;
+
+/// A freed block, kept with the layout it was allocated with.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    addr: usize,
+    size: usize,
+    align: usize,
+    /// When it was freed (a count of the blocks kept before it).
+    freed: u64,
+}
+
+impl Block {
+    fn layout(&self) -> Layout {
+        // SAFETY: the size and alignment of a layout a block was allocated with.
+        unsafe { Layout::from_size_align_unchecked(self.size, self.align) }
+    }
+
+    /// Gives the block back to the system.
+    fn release(&self) {
+        // SAFETY: a `System` block with the layout it was allocated with, no longer cached.
+        unsafe { System.dealloc(self.addr as *mut u8, self.layout()) };
+    }
+}
+
+/// Blocks taken out of the cache, to release once its lock is let go.
+type Released = [Option<Block>; SLOTS];
+
+struct Cache {
+    blocks: [Option<Block>; SLOTS],
+    /// Blocks kept so far: the clock that orders them.
+    kept: u64,
+    /// Bytes of large blocks the program holds now, and the most it has held at once.
+    held: usize,
+    peak: usize,
+}
+
+impl Cache {
+    fn cached(&self) -> usize {
+        self.blocks.iter().flatten().map(|b| b.size).sum()
+    }
+
+    /// Counts `grown` more bytes held and `shrunk` fewer, then takes out the blocks kept first
+    /// until held plus kept is within the peak.
+    fn hold(&mut self, grown: usize, shrunk: usize) -> Released {
+        self.held = (self.held + grown).saturating_sub(shrunk);
+        self.peak = self.peak.max(self.held);
+        let mut out = [None; SLOTS];
+        for slot in &mut out {
+            if self.held + self.cached() <= self.peak {
+                break;
+            }
+            let oldest = (0..SLOTS)
+                .filter(|&i| self.blocks[i].is_some())
+                .min_by_key(|&i| self.blocks[i].map_or(0, |b| b.freed));
+            *slot = oldest.and_then(|i| self.blocks[i].take());
+        }
+        out
+    }
+}
+
+static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    blocks: [None; SLOTS],
+    kept: 0,
+    held: 0,
+    peak: 0,
+});
+
+/// The allocator: [`System`] with the large-block cache in front.
+pub struct BlockCache;
+
+#[global_allocator]
+static GLOBAL: BlockCache = BlockCache;
+
+fn cache() -> std::sync::MutexGuard<'static, Cache> {
+    // Nothing panics while holding it; a poisoned lock still guards consistent slots.
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn release(blocks: &Released) {
+    blocks.iter().flatten().for_each(Block::release);
+}
+
+/// The size of a block that counts as large, else 0.
+fn large(size: usize) -> usize {
+    if size >= LARGE { size } else { 0 }
+}
+
+/// A large block for `layout`: the one of exactly its size and alignment freed last, when one
+/// is kept (zeroed if `zeroed`), else the system's.
+fn take(layout: Layout, zeroed: bool) -> *mut u8 {
+    let hit = {
+        let mut c = cache();
+        let slot = c
+            .blocks
+            .iter_mut()
+            .filter(|b| b.is_some_and(|b| b.size == layout.size() && b.align == layout.align()))
+            .max_by_key(|b| b.map_or(0, |b| b.freed));
+        let hit = slot.and_then(Option::take);
+        if hit.is_some() {
+            // The block only moves from kept to held.
+            c.held += layout.size();
+            c.peak = c.peak.max(c.held);
+        }
+        hit
+    };
+    match (hit, zeroed) {
+        (Some(b), true) => {
+            // SAFETY: the block holds `layout.size()` bytes.
+            unsafe { std::ptr::write_bytes(b.addr as *mut u8, 0, layout.size()) };
+            b.addr as *mut u8
+        }
+        (Some(b), false) => b.addr as *mut u8,
+        (None, _) => {
+            // SAFETY: the caller's layout, passed on.
+            let p = unsafe {
+                match zeroed {
+                    true => System.alloc_zeroed(layout),
+                    false => System.alloc(layout),
+                }
+            };
+            if !p.is_null() {
+                let out = cache().hold(layout.size(), 0);
+                release(&out);
+            }
+            p
+        }
+    }
+}
+
+/// Keeps a freed large block, giving back the one freed first when every slot is taken.
+fn keep(ptr: *mut u8, layout: Layout) {
+    let out = {
+        let mut c = cache();
+        c.kept += 1;
+        let block = Block {
+            addr: ptr as usize,
+            size: layout.size(),
+            align: layout.align(),
+            freed: c.kept,
+        };
+        let slot = c
+            .blocks
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or_else(|| {
+                (0..SLOTS)
+                    .min_by_key(|&i| c.blocks[i].map_or(0, |b| b.freed))
+                    .unwrap_or(0)
+            });
+        let displaced = c.blocks[slot].replace(block);
+        (displaced, c.hold(0, layout.size()))
+    };
+    out.0.iter().for_each(Block::release);
+    release(&out.1);
+}
+
+/// Gives every kept block back to the system: for a caller done with large tensors whose
+/// memory figures should not count them.
+pub fn release_all() {
+    let kept = std::mem::replace(&mut cache().blocks, [None; SLOTS]);
+    release(&kept);
+}
+
+// SAFETY: every block handed out comes from `System` with the layout asked for (a cached block
+// is reused only for exactly its own size and alignment), and goes back to `System` with it.
+unsafe impl GlobalAlloc for BlockCache {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match layout.size() >= LARGE {
+            true => take(layout, false),
+            // SAFETY: the caller's layout, passed on.
+            false => unsafe { System.alloc(layout) },
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match layout.size() >= LARGE {
+            true => take(layout, true),
+            // SAFETY: the caller's layout, passed on.
+            false => unsafe { System.alloc_zeroed(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        match layout.size() >= LARGE {
+            true => keep(ptr, layout),
+            // SAFETY: a block from `System` with the layout it was allocated with.
+            false => unsafe { System.dealloc(ptr, layout) },
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: every block is a `System` block with `layout`.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let (old, new) = (large(layout.size()), large(new_size));
+        if !p.is_null() && (old, new) != (0, 0) {
+            let out = cache().hold(new, old);
+            release(&out);
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_block_comes_back_zeroed_when_asked() {
+        let layout = Layout::from_size_align(LARGE + 4096, 64).expect("a layout");
+        let a = BlockCache;
+        // SAFETY: allocated, written within bounds and freed with the same layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            std::ptr::write_bytes(p, 0xAB, layout.size());
+            a.dealloc(p, layout);
+            let q = a.alloc_zeroed(layout);
+            assert_eq!(q, p, "the freed block is reused");
+            let bytes = std::slice::from_raw_parts(q, layout.size());
+            assert!(bytes.iter().all(|&b| b == 0));
+            a.dealloc(q, layout);
+        }
+    }
+}
