@@ -799,3 +799,28 @@ fn bundled_cliffs_stall_plain_adam_and_not_agc_or_clip_norm() {
     let (_, _, loss, skipped) = last("skip_spikes");
     assert!(*skipped > 0 && *loss > 100.0, "{:?}", last("skip_spikes"));
 }
+
+#[test]
+fn state_kept_across_steps_holds_no_graph_of_the_params() {
+    // Built from params that tracked their graph, ema's average and Adam's moments of agc's
+    // gradients would chain each step's graph to the one before: memory grows with every step
+    // and dropping the run at last overflows the stack.
+    let c = compiled(WITH_TRICKS);
+    let mut run = start(&c, "adam + agc(clipping=0.05) + ema(decay=0.99)");
+    step_to(&mut run, 3);
+    let state = run.optimizer_state();
+    let Some(TrickState::Ema {
+        average: Some(average),
+        ..
+    }) = state.trick(TrickKind::Ema)
+    else {
+        panic!("no ema average after 3 steps");
+    };
+    let moments = adam_states(state)
+        .iter()
+        .flat_map(|s| [&s.exp_avg, &s.exp_avg_sq])
+        .flatten();
+    for t in average.iter().chain(moments) {
+        assert!(!t.track_op(), "a state tensor holds a graph: {t}");
+    }
+}

@@ -840,7 +840,7 @@ impl Run {
             .params()
             .iter()
             .zip(params)
-            .filter(|(var, p)| p.id() != var.as_tensor().id())
+            .filter(|(var, p)| !own_storage(var, p))
             .collect();
         let here = moved
             .iter()
@@ -984,9 +984,21 @@ impl Run {
     }
 }
 
-/// The params' tensors (sharing the Vars' storage: read them before the Vars change).
+/// Whether `t` is `var`'s own tensor or a view of it (detached, same layout).
+fn own_storage(var: &Var, t: &Tensor) -> bool {
+    let at = |t: &Tensor| {
+        let (storage, layout) = t.storage_and_layout();
+        (&*storage as *const candle_core::Storage, layout.clone())
+    };
+    at(var.as_tensor()) == at(t)
+}
+
+/// The params' tensors (sharing the Vars' storage: read them before the Vars change), detached:
+/// state an optimizer builds from tracked params (an ema, Adam's moments of agc-clipped
+/// gradients) would chain each step's graph to the last, growing without bound until dropping
+/// it overflows the stack.
 fn param_tensors(vars: &[Var]) -> Vec<Tensor> {
-    vars.iter().map(|v| v.as_tensor().clone()).collect()
+    vars.iter().map(|v| v.as_tensor().detach()).collect()
 }
 
 /// The run's loss as a step's [`Oracle`]: evaluated elsewhere with the params put back after,
