@@ -113,7 +113,44 @@ pub fn bench_command(dir: &Path, repeat: usize, out: &mut impl Write) -> anyhow:
             history_mb(1_000_000, n_params)
         )?;
     }
+    // Last: its threads wind down after it, and the memory its histories held stays with the
+    // process.
+    let library = Path::new("losses");
+    if library.is_dir() {
+        let (_, lines) = tui_under_load(library, 30, 10.0)?;
+        for line in lines {
+            writeln!(out, "{line}")?;
+        }
+    }
     Ok(true)
+}
+
+/// The TUI's answer to keys and its frame times with `files` files of `library` playing at once
+/// for `seconds` (see [`crate::tui::bench::under_load`]), and the lines saying so.
+pub fn tui_under_load(
+    library: &Path,
+    files: usize,
+    seconds: f64,
+) -> anyhow::Result<(crate::tui::bench::UnderLoad, Vec<String>)> {
+    let u = crate::tui::bench::under_load(library, files, seconds)?;
+    let lines = vec![
+        format!(
+            "\nthe TUI with {} files ({} runs) of {} playing, 200x60, {} keys over {seconds} s:",
+            u.files,
+            u.runs,
+            library.display(),
+            u.keys
+        ),
+        format!(
+            "  key handled after {:.1} ms median, {:.1} ms max; q to the app gone: {:.1} ms",
+            u.key_median_ms, u.key_max_ms, u.quit_ms
+        ),
+        format!(
+            "  frame drawn in {:.2} ms median, {:.2} ms p99, {:.2} ms max ({} frames); {:.0} steps/s received",
+            u.frame_median_ms, u.frame_p99_ms, u.frame_max_ms, u.frames, u.steps_per_s
+        ),
+    ];
+    Ok((u, lines))
 }
 
 /// How long an `n` x `n` landscape grid of `file`'s first run takes at its initial params: over

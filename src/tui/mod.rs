@@ -42,6 +42,8 @@ use std::time::{Duration, Instant};
 use crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event as TermEvent};
 use crossterm::execute;
 use notify::{RecursiveMode, Watcher};
+use ratatui::Terminal;
+use ratatui::backend::Backend;
 
 use self::app::{Action, App, Msg};
 use crate::diagnostic;
@@ -153,67 +155,143 @@ fn event_loop(
     app.out_dir = out_dir.map(Path::to_path_buf);
     let size = terminal.size()?;
     app.handle(Msg::Resize(size.width, size.height));
-    let mut changed: Vec<(PathBuf, Instant)> = Vec::new();
+    let mut events = EventLoop::new(rx, folders);
     loop {
-        terminal.draw(|f| render::render(f, &app))?;
-        let deadline = Instant::now() + FRAME;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            if !event::poll(left)? {
-                break;
+        match events.frame(&mut app, terminal, &mut TerminalInput)?.action {
+            Some(Action::Quit) => return Ok(()),
+            Some(Action::Edit(file)) => {
+                edit(terminal, &file)?;
+                app.handle(Msg::FileChanged(file));
             }
-            let msg = match event::read()? {
-                TermEvent::Key(k) => Msg::Key(k),
-                TermEvent::Mouse(m) => Msg::Mouse(m),
-                TermEvent::Resize(w, h) => Msg::Resize(w, h),
-                _ => continue,
-            };
-            match app.handle(msg) {
-                Some(Action::Quit) => return Ok(()),
-                Some(Action::Edit(file)) => {
-                    edit(terminal, &file)?;
-                    app.handle(Msg::FileChanged(file));
-                }
-                Some(Action::Io(_)) | None => {}
-            }
+            Some(Action::Io(_)) | None => {}
         }
         if TERMINATE.load(Ordering::SeqCst) {
             return Ok(());
         }
-        drain(&mut app, &rx, &mut changed, &folders);
-        app.handle(Msg::Tick);
     }
 }
 
-/// Feeds worker events in, and file changes once they have been quiet for 150 ms (editors
-/// write a file in several steps). `watched` are the watched folders, canonical and as typed.
-fn drain(
-    app: &mut App,
-    rx: &Receiver<Msg>,
-    changed: &mut Vec<(PathBuf, Instant)>,
-    watched: &[(PathBuf, PathBuf)],
-) {
-    let started = Instant::now();
-    while let Ok(m) = rx.try_recv() {
-        match m {
-            Msg::FileChanged(p) => {
-                let p = as_typed(&p, watched);
-                changed.retain(|(q, _)| q != &p);
-                changed.push((p, Instant::now()));
+/// Where the event loop reads keys, the mouse and resizes from: the terminal, or a benchmark's
+/// scripted keys.
+pub trait Input {
+    /// The next input that comes within `timeout`, if any.
+    fn next(&mut self, timeout: Duration) -> std::io::Result<Option<Msg>>;
+}
+
+/// The terminal's input, through crossterm.
+struct TerminalInput;
+
+impl Input for TerminalInput {
+    fn next(&mut self, timeout: Duration) -> std::io::Result<Option<Msg>> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if !event::poll(left)? {
+                break;
             }
-            m => {
-                app.handle(m);
+            match event::read()? {
+                TermEvent::Key(k) => return Ok(Some(Msg::Key(k))),
+                TermEvent::Mouse(m) => return Ok(Some(Msg::Mouse(m))),
+                TermEvent::Resize(w, h) => return Ok(Some(Msg::Resize(w, h))),
+                _ => {}
             }
         }
-        if started.elapsed() > FRAME / 2 {
-            break;
+        Ok(None)
+    }
+}
+
+/// The event loop's state besides the app: where the sessions' events arrive, and file changes
+/// waiting to settle.
+pub struct EventLoop {
+    rx: Receiver<Msg>,
+    changed: Vec<(PathBuf, Instant)>,
+    /// The watched folders, canonical and as typed.
+    folders: Vec<(PathBuf, PathBuf)>,
+}
+
+/// What one frame of the event loop did.
+pub struct Turn {
+    /// What only the caller can do (quit, edit), asked for by an input; the frame ends there.
+    pub action: Option<Action>,
+    /// How long drawing took.
+    pub draw: Duration,
+    /// When each input of the frame had been handled, in order.
+    pub handled: Vec<Instant>,
+}
+
+impl EventLoop {
+    /// The loop over `rx` (where the app's sessions send their events); `folders` are the
+    /// watched folders, canonical and as typed.
+    pub fn new(rx: Receiver<Msg>, folders: Vec<(PathBuf, PathBuf)>) -> Self {
+        Self {
+            rx,
+            changed: Vec::new(),
+            folders,
         }
     }
-    let quiet = Duration::from_millis(150);
-    let (ready, waiting): (Vec<_>, Vec<_>) =
-        changed.drain(..).partition(|(_, t)| t.elapsed() >= quiet);
-    *changed = waiting;
-    for (p, _) in ready {
-        app.handle(Msg::FileChanged(p));
+
+    /// One frame: draws, handles input until the next frame is due, then feeds the sessions'
+    /// events and settled file changes in and ticks.
+    pub fn frame<B: Backend>(
+        &mut self,
+        app: &mut App,
+        terminal: &mut Terminal<B>,
+        input: &mut impl Input,
+    ) -> anyhow::Result<Turn>
+    where
+        B::Error: Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        terminal.draw(|f| render::render(f, app))?;
+        let mut turn = Turn {
+            action: None,
+            draw: started.elapsed(),
+            handled: Vec::new(),
+        };
+        let deadline = Instant::now() + FRAME;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some(msg) = input.next(left)? else {
+                break;
+            };
+            let action = app.handle(msg);
+            turn.handled.push(Instant::now());
+            if let Some(a @ (Action::Quit | Action::Edit(_))) = action {
+                turn.action = Some(a);
+                return Ok(turn);
+            }
+        }
+        self.drain(app);
+        app.handle(Msg::Tick);
+        Ok(turn)
+    }
+
+    /// Feeds worker events in, and file changes once they have been quiet for 150 ms (editors
+    /// write a file in several steps).
+    fn drain(&mut self, app: &mut App) {
+        let started = Instant::now();
+        while let Ok(m) = self.rx.try_recv() {
+            match m {
+                Msg::FileChanged(p) => {
+                    let p = as_typed(&p, &self.folders);
+                    self.changed.retain(|(q, _)| q != &p);
+                    self.changed.push((p, Instant::now()));
+                }
+                m => {
+                    app.handle(m);
+                }
+            }
+            if started.elapsed() > FRAME / 2 {
+                break;
+            }
+        }
+        let quiet = Duration::from_millis(150);
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .changed
+            .drain(..)
+            .partition(|(_, t)| t.elapsed() >= quiet);
+        self.changed = waiting;
+        for (p, _) in ready {
+            app.handle(Msg::FileChanged(p));
+        }
     }
 }
 
