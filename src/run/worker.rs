@@ -21,6 +21,7 @@ use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
 use crate::lang::file::DType;
 use crate::optim::tricks::ChainSpec;
 use crate::run::history::{StepRecord, flags};
+use crate::run::turns::{Turn, Turns};
 use crate::run::{Run, RunRequest, save};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
@@ -300,6 +301,10 @@ struct Worker {
     plane: Option<Arc<Plane>>,
 }
 
+/// How much a worker lowers its thread's priority: the UI thread, at the default, gets a core
+/// as soon as a key or a frame is due, however many files play.
+pub const NICE: i32 = 5;
+
 /// How often a playing worker reports to the UI.
 const REPORT_EVERY: Duration = Duration::from_millis(30);
 
@@ -388,6 +393,11 @@ impl Worker {
         }
     }
 
+    /// Whether it has runs to step or commands to handle.
+    fn busy(&self, queue: &VecDeque<Command>) -> bool {
+        self.playing || self.stepping() || !queue.is_empty()
+    }
+
     /// Whether manual steps (`n`, `N`) are still to be taken.
     fn stepping(&self) -> bool {
         self.slots.iter().any(|s| {
@@ -402,18 +412,28 @@ impl Worker {
     /// or stepping becomes [`Event::Failed`] with its message, the runs pause, and the worker
     /// serves on: the UI and the other files never go down with it.
     fn serve(mut self, plan: Vec<RunPlan>, commands: Receiver<Command>) {
+        crate::lower_thread_priority(NICE);
+        let turns = Turns::global();
+        let turn = turns.take();
         let started = catch_panic("starting the runs", || {
             for p in plan {
                 self.add(p);
             }
         });
+        drop(turn);
         if let Err(d) = started {
             self.send(Event::Failed(d.headline()));
         }
         let mut last_report = Instant::now();
         let mut queue: VecDeque<Command> = VecDeque::new();
+        let mut turn = None;
         loop {
-            let command = if self.playing || self.stepping() || !queue.is_empty() {
+            let busy = self.busy(&queue);
+            if !busy {
+                // None held while waiting for commands.
+                turn = None;
+            }
+            let command = if busy {
                 commands.try_recv().map_err(|e| match e {
                     std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
                     std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -430,6 +450,7 @@ impl Worker {
                 Ok(c) => queue.push_back(c),
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            take_turns(turns, &mut turn, self.busy(&queue));
             let worked = catch_panic("stepping the runs", || {
                 self.work(&mut queue, &mut last_report)
             });
@@ -724,6 +745,17 @@ impl Worker {
             }
         }
         self.slots = slots;
+    }
+}
+
+/// Holds a turn at the cores while the worker has work (`busy`), handing it to the next in line
+/// once it has lasted its time, and none while it waits for commands.
+fn take_turns<'a>(turns: &'a Turns, turn: &mut Option<Turn<'a>>, busy: bool) {
+    if !busy || turn.as_ref().is_some_and(Turn::over) {
+        *turn = None;
+    }
+    if busy && turn.is_none() {
+        *turn = Some(turns.take());
     }
 }
 
