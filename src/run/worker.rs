@@ -240,12 +240,20 @@ pub enum Event {
     },
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
     Pong(u64),
+    /// The end of a report; dropping it tells the worker the UI has applied the report.
+    Reported(Receipt),
     /// What came of [`Command::SaveParams`]: the files written, or why not; with its note.
     SavedParams {
         note: String,
         result: Result<Vec<PathBuf>, String>,
     },
 }
+
+/// Rides at the end of a worker's report. Until the UI has applied the report and dropped this,
+/// the worker sends no periodic report (its rows wait and go in the next one): a UI that falls
+/// behind, busy or suspended for an editor, gets fewer and larger reports, never a growing queue.
+#[derive(Debug, Clone)]
+pub struct Receipt(#[expect(dead_code, reason = "held for its count, never read")] Arc<()>);
 
 struct Slot {
     id: RunId,
@@ -299,11 +307,17 @@ struct Worker {
     emit: Emit,
     shapes: Vec<ParamShape>,
     plane: Option<Arc<Plane>>,
+    /// Shared with the [`Receipt`] of the last report while the UI holds it.
+    receipt: Arc<()>,
 }
 
 /// How much a worker lowers its thread's priority: the UI thread, at the default, gets a core
 /// as soon as a key or a frame is due, however many files play.
 pub const NICE: i32 = 5;
+
+/// Rows of a run that a playing worker's report carries at most: a UI catching up on a backlog
+/// (after an editor was in front of it) applies it a few milliseconds at a time.
+const REPORT_ROWS: usize = 8192;
 
 /// How often a playing worker reports to the UI.
 const REPORT_EVERY: Duration = Duration::from_millis(30);
@@ -323,6 +337,7 @@ impl Worker {
             emit,
             shapes,
             plane,
+            receipt: Arc::new(()),
         }
     }
 
@@ -484,14 +499,25 @@ impl Worker {
                 s.target = None;
             }
         }
-        if any && last_report.elapsed() >= REPORT_EVERY || !any && self.pending_report() {
+        let due = last_report.elapsed() >= REPORT_EVERY && self.delivered();
+        if any && due {
+            self.report_rows(REPORT_ROWS);
+            *last_report = Instant::now();
+        } else if !any && self.pending_report() {
             self.report();
             *last_report = Instant::now();
         }
     }
 
+    /// Whether the UI has applied the last report (dropped its [`Receipt`]).
+    fn delivered(&self) -> bool {
+        Arc::strong_count(&self.receipt) == 1
+    }
+
     fn pending_report(&self) -> bool {
-        self.slots.iter().any(|s| s.unsent(self.playing).is_some())
+        self.slots
+            .iter()
+            .any(|s| s.unsent(self.playing, usize::MAX).is_some())
     }
 
     fn handle(&mut self, c: Command) {
@@ -715,9 +741,17 @@ impl Worker {
 
     /// Sends every row not yet reported, halts, and the inspector's numbers.
     fn report(&mut self) {
+        self.report_rows(usize::MAX);
+    }
+
+    /// [`Worker::report`] with at most `most` rows of each run (the rest go in the next one),
+    /// then a [`Receipt`] for the UI to drop once it has applied them.
+    fn report_rows(&mut self, most: usize) {
         let mut slots = std::mem::take(&mut self.slots);
+        let mut sent = false;
         for s in &mut slots {
-            if let Some(rows) = s.unsent(self.playing) {
+            if let Some(rows) = s.unsent(self.playing, most) {
+                sent = true;
                 let records: Vec<StepRecord> = rows
                     .clone()
                     .filter_map(|k| s.run.history().get(k))
@@ -745,6 +779,9 @@ impl Worker {
             }
         }
         self.slots = slots;
+        if sent {
+            self.send(Event::Reported(Receipt(Arc::clone(&self.receipt))));
+        }
     }
 }
 
@@ -768,9 +805,10 @@ impl Slot {
         }
     }
 
-    /// The rows to send the UI, if any: those it lacks, from the one it holds before the run
-    /// stepped from it. A moving run's current row waits (it would be replaced at once).
-    fn unsent(&self, playing: bool) -> Option<std::ops::Range<usize>> {
+    /// The rows to send the UI, if any, at most `most`: those it lacks, from the one it holds
+    /// before the run stepped from it. A moving run's current row waits (it would be replaced
+    /// at once).
+    fn unsent(&self, playing: bool, most: usize) -> Option<std::ops::Range<usize>> {
         let h = self.run.history();
         let len = h.len();
         let current_open = len > 0 && h.core(len - 1).flags & flags::STEPPED == 0;
@@ -781,7 +819,7 @@ impl Slot {
         };
         let start = self.sent - usize::from(self.sent_current);
         let unchanged = self.sent_current && end == self.sent && current_open;
-        (end > start && !unchanged).then_some(start..end)
+        (end > start && !unchanged).then_some(start..end.min(start.saturating_add(most)))
     }
 }
 
@@ -801,4 +839,43 @@ fn stats(run: &Run) -> Vec<ParamStats> {
             grad: grads.get(i).map(TensorStats::of),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+
+    #[test]
+    fn a_playing_report_carries_at_most_its_rows_and_the_next_goes_on_from_there() {
+        let text = "name = \"bowl\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n\
+                    [optimizer]\nname = \"sgd\"\nlr = 0.001\nsteps = 20000\n";
+        let loaded = crate::lang::file::load_bytes(Path::new("t.toml"), text.as_bytes().into());
+        let compiled = crate::compile::compile(loaded.file.expect("loads")).0;
+        let compiled = compiled.expect("compiles");
+        let (tx, rx) = channel();
+        let mut worker = Worker::new(compiled.clone(), Box::new(move |e| drop(tx.send(e))));
+        worker.add(RunPlan::file(&compiled).remove(0));
+        worker.playing = true;
+        let steps = REPORT_ROWS + 100;
+        for _ in 0..steps {
+            worker.step_slot(0);
+        }
+        worker.report_rows(REPORT_ROWS);
+        worker.report();
+        let reports: Vec<Vec<u64>> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Records(_, rows) => Some(rows.iter().map(|r| r.step).collect()),
+                _ => None,
+            })
+            .collect();
+        // Rows 0..steps (the current one, stepped from next, waits): the first report takes
+        // REPORT_ROWS of them, the next the rest.
+        let first: Vec<u64> = (0..REPORT_ROWS as u64).collect();
+        let rest: Vec<u64> = (REPORT_ROWS as u64..steps as u64).collect();
+        assert_eq!(reports, [first, rest]);
+    }
 }

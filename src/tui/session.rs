@@ -400,6 +400,8 @@ impl Session {
             }
             // The app says what came of it, in its status bar.
             Event::Pong(_) | Event::SavedParams { .. } => {}
+            // Dropped here: the worker may report again.
+            Event::Reported(_) => {}
         }
     }
 }
