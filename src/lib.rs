@@ -126,3 +126,17 @@ pub fn init_process(threads: Option<usize>) {
     // Last: it starts the first thread of ours.
     compile::curvature::start_service();
 }
+
+/// Lowers the calling thread's priority by `nice` from the one it has (Linux keeps a nice value
+/// per thread): the threads that step and draw the runs make way for the UI thread.
+pub fn lower_thread_priority(nice: i32) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: reads and changes only the calling thread's nice value.
+    unsafe {
+        let me = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, me);
+        libc::setpriority(libc::PRIO_PROCESS, me, (now + nice).min(19));
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = nice;
+}

@@ -1079,3 +1079,49 @@ fn a_param_larger_than_the_trajectory_budget_keeps_no_trajectory() {
         assert_eq!(trajectory.last().unwrap().0, 3);
     }
 }
+
+#[test]
+fn a_worker_holds_its_rows_while_the_ui_has_not_applied_its_last_report() {
+    use gradscope::run::worker::{self, Command, Event};
+    use std::sync::Mutex;
+    use std::sync::mpsc::channel;
+    // A playing worker reports every 30 ms; while the UI holds the receipt of the last report
+    // (it has not applied it), the rows wait and come in one report at the end: a UI that falls
+    // behind gets fewer, larger reports instead of a growing queue.
+    let bowl = "name = \"bowl\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n\
+                [optimizer]\nname = \"sgd\"\nlr = 0.001\nsteps = 20000\n";
+    let (tx, rx) = channel();
+    let tx = Mutex::new(tx);
+    let emit: worker::Emit = Box::new(move |e: Event| {
+        let _ = tx.lock().unwrap().send(e);
+    });
+    let (commands, inbox) = channel();
+    let handle = worker::spawn("t", compiled(bowl), inbox, emit).unwrap();
+    commands.send(Command::Play).unwrap();
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("events")
+    };
+    let held = loop {
+        match next() {
+            Event::Reported(receipt) => break receipt,
+            Event::Playing(false) => panic!("the run finished before its first report"),
+            _ => {}
+        }
+    };
+    let mut reports = Vec::new();
+    loop {
+        match next() {
+            Event::Records(_, rows) => reports.push(rows),
+            // Once the run has finished, every row is in.
+            Event::Playing(false) => commands.send(Command::Ping(1)).unwrap(),
+            Event::Pong(1) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(reports.len(), 1, "reports while the last was unread");
+    assert_eq!(reports[0].last().map(|r| r.step), Some(20000));
+    drop(held);
+    commands.send(Command::Shutdown).unwrap();
+    handle.join().unwrap();
+}

@@ -104,7 +104,9 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("landscape:{name}"))
         .spawn(move || {
-            lower_priority();
+            // Its tensor work stays on it too: the pool's threads run at the runs' priority.
+            crate::compile::threads::serial_here();
+            crate::lower_thread_priority(NICE);
             Service {
                 compiled,
                 surfaces: HashMap::new(),
@@ -114,17 +116,10 @@ pub fn spawn(
         })
 }
 
-/// Lets this thread yield the CPU to the runs: a landscape is a view of the runs, and on a
-/// machine with few cores a grid of a large model would otherwise halve their steps/s. Its
-/// tensor work stays on it too (the pool's threads run at the runs' priority).
-fn lower_priority() {
-    crate::compile::threads::serial_here();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: changes only the calling thread's nice value (Linux keeps one per thread).
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-    }
-}
+/// How much a landscape thread lowers its priority: it yields the CPU to the runs' workers
+/// (themselves below the UI) as they would to the UI. A landscape is a view of the runs, and on
+/// a machine with few cores a grid of a large model would otherwise halve their steps/s.
+const NICE: i32 = 15;
 
 struct Service {
     compiled: CompiledFile,

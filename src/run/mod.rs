@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod save;
 pub mod summary;
 pub mod trajectory;
+pub mod turns;
 pub mod worker;
 
 use std::time::Instant;

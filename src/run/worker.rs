@@ -22,6 +22,7 @@ use crate::lang::file::DType;
 use crate::optim::tricks::ChainSpec;
 use crate::run::batch::{self, Batch};
 use crate::run::history::{StepRecord, flags};
+use crate::run::turns::{Turn, Turns};
 use crate::run::{Run, RunRequest, save};
 
 /// Identifies a run for the lifetime of a worker (indices shift when runs are removed).
@@ -240,12 +241,20 @@ pub enum Event {
     },
     /// Answer to [`Command::Ping`]: every earlier command has been handled and reported.
     Pong(u64),
+    /// The end of a report; dropping it tells the worker the UI has applied the report.
+    Reported(Receipt),
     /// What came of [`Command::SaveParams`]: the files written, or why not; with its note.
     SavedParams {
         note: String,
         result: Result<Vec<PathBuf>, String>,
     },
 }
+
+/// Rides at the end of a worker's report. Until the UI has applied the report and dropped this,
+/// the worker sends no periodic report (its rows wait and go in the next one): a UI that falls
+/// behind, busy or suspended for an editor, gets fewer and larger reports, never a growing queue.
+#[derive(Debug, Clone)]
+pub struct Receipt(#[expect(dead_code, reason = "held for its count, never read")] Arc<()>);
 
 struct Slot {
     id: RunId,
@@ -301,7 +310,17 @@ struct Worker {
     emit: Emit,
     shapes: Vec<ParamShape>,
     plane: Option<Arc<Plane>>,
+    /// Shared with the [`Receipt`] of the last report while the UI holds it.
+    receipt: Arc<()>,
 }
+
+/// How much a worker lowers its thread's priority: the UI thread, at the default, gets a core
+/// as soon as a key or a frame is due, however many files play.
+pub const NICE: i32 = 5;
+
+/// Rows of a run that a playing worker's report carries at most: a UI catching up on a backlog
+/// (after an editor was in front of it) applies it a few milliseconds at a time.
+const REPORT_ROWS: usize = 8192;
 
 /// How often a playing worker reports to the UI.
 const REPORT_EVERY: Duration = Duration::from_millis(30);
@@ -322,6 +341,7 @@ impl Worker {
             emit,
             shapes,
             plane,
+            receipt: Arc::new(()),
         }
     }
 
@@ -392,6 +412,11 @@ impl Worker {
         }
     }
 
+    /// Whether it has runs to step or commands to handle.
+    fn busy(&self, queue: &VecDeque<Command>) -> bool {
+        self.playing || self.stepping() || !queue.is_empty()
+    }
+
     /// Whether manual steps (`n`, `N`) are still to be taken.
     fn stepping(&self) -> bool {
         self.slots.iter().any(|s| {
@@ -406,19 +431,29 @@ impl Worker {
     /// or stepping becomes [`Event::Failed`] with its message, the runs pause, and the worker
     /// serves on: the UI and the other files never go down with it.
     fn serve(mut self, plan: Vec<RunPlan>, commands: Receiver<Command>) {
+        crate::lower_thread_priority(NICE);
+        let turns = Turns::global();
+        let turn = turns.take();
         let started = catch_panic("starting the runs", || {
             for p in plan {
                 self.add(p);
             }
             self.form_batches();
         });
+        drop(turn);
         if let Err(d) = started {
             self.send(Event::Failed(d.headline()));
         }
         let mut last_report = Instant::now();
         let mut queue: VecDeque<Command> = VecDeque::new();
+        let mut turn = None;
         loop {
-            let command = if self.playing || self.stepping() || !queue.is_empty() {
+            let busy = self.busy(&queue);
+            if !busy {
+                // None held while waiting for commands.
+                turn = None;
+            }
+            let command = if busy {
                 commands.try_recv().map_err(|e| match e {
                     std::sync::mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
                     std::sync::mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
@@ -435,6 +470,7 @@ impl Worker {
                 Ok(c) => queue.push_back(c),
                 Err(RecvTimeoutError::Timeout) => {}
             }
+            take_turns(turns, &mut turn, self.busy(&queue));
             let worked = catch_panic("stepping the runs", || {
                 self.work(&mut queue, &mut last_report)
             });
@@ -468,14 +504,25 @@ impl Worker {
                 s.target = None;
             }
         }
-        if any && last_report.elapsed() >= REPORT_EVERY || !any && self.pending_report() {
+        let due = last_report.elapsed() >= REPORT_EVERY && self.delivered();
+        if any && due {
+            self.report_rows(REPORT_ROWS);
+            *last_report = Instant::now();
+        } else if !any && self.pending_report() {
             self.report();
             *last_report = Instant::now();
         }
     }
 
+    /// Whether the UI has applied the last report (dropped its [`Receipt`]).
+    fn delivered(&self) -> bool {
+        Arc::strong_count(&self.receipt) == 1
+    }
+
     fn pending_report(&self) -> bool {
-        self.slots.iter().any(|s| s.unsent(self.playing).is_some())
+        self.slots
+            .iter()
+            .any(|s| s.unsent(self.playing, usize::MAX).is_some())
     }
 
     fn handle(&mut self, c: Command) {
@@ -830,10 +877,18 @@ impl Worker {
 
     /// Sends every row not yet reported, halts, and the inspector's numbers.
     fn report(&mut self) {
+        self.report_rows(usize::MAX);
+    }
+
+    /// [`Worker::report`] with at most `most` rows of each run (the rest go in the next one),
+    /// then a [`Receipt`] for the UI to drop once it has applied them.
+    fn report_rows(&mut self, most: usize) {
         self.sync_lanes();
         let mut slots = std::mem::take(&mut self.slots);
+        let mut sent = false;
         for s in &mut slots {
-            if let Some(rows) = s.unsent(self.playing) {
+            if let Some(rows) = s.unsent(self.playing, most) {
+                sent = true;
                 let records: Vec<StepRecord> = rows
                     .clone()
                     .filter_map(|k| s.run.history().get(k))
@@ -861,6 +916,20 @@ impl Worker {
             }
         }
         self.slots = slots;
+        if sent {
+            self.send(Event::Reported(Receipt(Arc::clone(&self.receipt))));
+        }
+    }
+}
+
+/// Holds a turn at the cores while the worker has work (`busy`), handing it to the next in line
+/// once it has lasted its time, and none while it waits for commands.
+fn take_turns<'a>(turns: &'a Turns, turn: &mut Option<Turn<'a>>, busy: bool) {
+    if !busy || turn.as_ref().is_some_and(Turn::over) {
+        *turn = None;
+    }
+    if busy && turn.is_none() {
+        *turn = Some(turns.take());
     }
 }
 
@@ -873,9 +942,10 @@ impl Slot {
         }
     }
 
-    /// The rows to send the UI, if any: those it lacks, from the one it holds before the run
-    /// stepped from it. A moving run's current row waits (it would be replaced at once).
-    fn unsent(&self, playing: bool) -> Option<std::ops::Range<usize>> {
+    /// The rows to send the UI, if any, at most `most`: those it lacks, from the one it holds
+    /// before the run stepped from it. A moving run's current row waits (it would be replaced
+    /// at once).
+    fn unsent(&self, playing: bool, most: usize) -> Option<std::ops::Range<usize>> {
         let h = self.run.history();
         let len = h.len();
         let current_open = len > 0 && h.core(len - 1).flags & flags::STEPPED == 0;
@@ -886,7 +956,7 @@ impl Slot {
         };
         let start = self.sent - usize::from(self.sent_current);
         let unchanged = self.sent_current && end == self.sent && current_open;
-        (end > start && !unchanged).then_some(start..end)
+        (end > start && !unchanged).then_some(start..end.min(start.saturating_add(most)))
     }
 }
 
@@ -906,4 +976,43 @@ fn stats(run: &Run) -> Vec<ParamStats> {
             grad: grads.get(i).map(TensorStats::of),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc::channel;
+
+    use super::*;
+
+    #[test]
+    fn a_playing_report_carries_at_most_its_rows_and_the_next_goes_on_from_there() {
+        let text = "name = \"bowl\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n\
+                    [optimizer]\nname = \"sgd\"\nlr = 0.001\nsteps = 20000\n";
+        let loaded = crate::lang::file::load_bytes(Path::new("t.toml"), text.as_bytes().into());
+        let compiled = crate::compile::compile(loaded.file.expect("loads")).0;
+        let compiled = compiled.expect("compiles");
+        let (tx, rx) = channel();
+        let mut worker = Worker::new(compiled.clone(), Box::new(move |e| drop(tx.send(e))));
+        worker.add(RunPlan::file(&compiled).remove(0));
+        worker.playing = true;
+        let steps = REPORT_ROWS + 100;
+        for _ in 0..steps {
+            worker.step_slot(0);
+        }
+        worker.report_rows(REPORT_ROWS);
+        worker.report();
+        let reports: Vec<Vec<u64>> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                Event::Records(_, rows) => Some(rows.iter().map(|r| r.step).collect()),
+                _ => None,
+            })
+            .collect();
+        // Rows 0..steps (the current one, stepped from next, waits): the first report takes
+        // REPORT_ROWS of them, the next the rest.
+        let first: Vec<u64> = (0..REPORT_ROWS as u64).collect();
+        let rest: Vec<u64> = (REPORT_ROWS as u64..steps as u64).collect();
+        assert_eq!(reports, [first, rest]);
+    }
 }

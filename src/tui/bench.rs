@@ -1,7 +1,9 @@
 //! Measurements for `gradscope bench`: how long one frame takes to draw with long histories, and
 //! how fast a workload steps while the TUI is drawing (against the headless figure).
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent};
@@ -134,7 +136,9 @@ pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
 /// and how long frames take to draw, driven by the TUI's own event loop on a test backend.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UnderLoad {
+    /// Loss files playing at once.
     pub files: usize,
+    /// Their runs, all playing.
     pub runs: usize,
     /// Keys pressed while they played (the quit key not counted).
     pub keys: usize,
@@ -142,6 +146,7 @@ pub struct UnderLoad {
     pub key_max_ms: f64,
     /// From the quit key reaching the app to the app being gone (its sessions told to stop).
     pub quit_ms: f64,
+    /// Frames drawn while they played.
     pub frames: usize,
     pub frame_median_ms: f64,
     pub frame_p99_ms: f64,
@@ -153,9 +158,22 @@ pub struct UnderLoad {
 /// Keys that reach the app at set times, as typed into a terminal: each is given out once due,
 /// and queues behind the others when the loop is late.
 struct Scripted {
-    keys: std::collections::VecDeque<(Instant, KeyEvent)>,
+    keys: VecDeque<(Instant, KeyEvent)>,
     /// When each key given out had arrived, in order.
     arrived: Vec<Instant>,
+}
+
+impl Scripted {
+    /// `keys`, one every `gap` from `start` on.
+    fn new(keys: impl Iterator<Item = char>, start: Instant, gap: Duration) -> Self {
+        Self {
+            keys: (1..)
+                .zip(keys)
+                .map(|(i, c)| (start + gap * i, KeyEvent::from(KeyCode::Char(c))))
+                .collect(),
+            arrived: Vec::new(),
+        }
+    }
 }
 
 impl super::Input for Scripted {
@@ -177,9 +195,68 @@ impl super::Input for Scripted {
 const KEYS: &str = "jk??ttttTTTT";
 
 /// [`UnderLoad`] with `files` loss files playing at once (the files of `dir`, repeated as
-/// needed, each run given a billion steps so that none finishes) for `seconds`, a key arriving
-/// every 97 ms, then `q`; the frame is 200x60.
+/// needed) for `seconds`, a key arriving every 97 ms, then `q`; the frame is 200x60.
 pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<UnderLoad> {
+    let (mut app, rx) = playing(dir, files)?;
+    let mut events = super::EventLoop::new(rx, Vec::new());
+    let mut terminal = Terminal::new(TestBackend::new(200, 60))?;
+    // A second for every session to start and play before anything is measured.
+    let warm = Instant::now() + Duration::from_secs(1);
+    let mut idle = Scripted::new(std::iter::empty(), warm, Duration::ZERO);
+    while Instant::now() < warm {
+        events.frame(&mut app, &mut terminal, &mut idle)?;
+    }
+    let start = Instant::now();
+    let steps_before = steps(&app);
+    let n = ((seconds * 1e3 / 97.0) as usize).max(1);
+    let keys = KEYS.chars().cycle().take(n).chain(['q']);
+    let mut input = Scripted::new(keys, start, Duration::from_millis(97));
+    let mut draws = Vec::new();
+    let mut handled = Vec::new();
+    loop {
+        let turn = events.frame(&mut app, &mut terminal, &mut input)?;
+        draws.push(turn.draw.as_secs_f64() * 1e3);
+        handled.extend(turn.handled);
+        if turn.action == Some(super::app::Action::Quit) {
+            break;
+        }
+    }
+    let quit = *handled.last().unwrap_or(&start);
+    let steps_per_s = (steps(&app) - steps_before) as f64 / (quit - start).as_secs_f64();
+    let runs = sessions(&app).map(|s| s.runs.len()).sum();
+    drop(app);
+    drop(events);
+    let gone = Instant::now();
+    let mut keys: Vec<f64> = input
+        .arrived
+        .iter()
+        .zip(&handled)
+        .map(|(a, h)| (*h - *a).as_secs_f64() * 1e3)
+        .collect();
+    // The last is the quit key.
+    keys.pop();
+    let quit_arrived = *input.arrived.last().unwrap_or(&start);
+    keys.sort_by(f64::total_cmp);
+    draws.sort_by(f64::total_cmp);
+    Ok(UnderLoad {
+        files,
+        runs,
+        keys: keys.len(),
+        key_median_ms: quantile(&keys, 0.5),
+        key_max_ms: quantile(&keys, 1.0),
+        quit_ms: (gone - quit_arrived).as_secs_f64() * 1e3,
+        frames: draws.len(),
+        frame_median_ms: quantile(&draws, 0.5),
+        frame_p99_ms: quantile(&draws, 0.99),
+        frame_max_ms: quantile(&draws, 1.0),
+        steps_per_s,
+    })
+}
+
+/// An app with `files` loss files (those of `dir`, repeated as needed, told apart by path as
+/// copies would be) all playing, each run given a billion steps so that none finishes; started
+/// and played with the keys a user would press (space, `j`, ...).
+fn playing(dir: &Path, files: usize) -> anyhow::Result<(App, Receiver<Msg>)> {
     let (paths, _) = crate::load::discover(&[dir.to_path_buf()]);
     let loaded: Vec<_> = paths
         .iter()
@@ -191,7 +268,6 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
     }
     let copies = (0..files).map(|i| {
         let mut f = loaded[i % loaded.len()].clone();
-        // Copies are told apart by path, as copied files would be.
         let name = f.path.file_name().unwrap_or_default().to_string_lossy();
         f.path = dir.join(format!("copy-{i:02}-{name}"));
         for r in f.compiled.iter_mut().flat_map(|c| c.runs.iter_mut()) {
@@ -206,89 +282,29 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
         files: copies.collect(),
     });
     app.handle(Msg::Resize(200, 60));
-    let key = |c: char| KeyEvent::from(KeyCode::Char(c));
     for _ in 0..files {
-        app.handle(Msg::Key(key(' ')));
-        app.handle(Msg::Key(key('j')));
-    }
-    let mut events = super::EventLoop::new(rx, Vec::new());
-    let mut terminal = Terminal::new(TestBackend::new(200, 60))?;
-    let steps = |app: &App| -> usize {
-        app.files
-            .iter()
-            .filter_map(|f| f.session.as_ref())
-            .flat_map(|s| &s.runs)
-            .map(|r| r.steps())
-            .sum()
-    };
-    // A second for every session to start and play before anything is measured.
-    let warm = Instant::now() + Duration::from_secs(1);
-    let mut idle = Scripted {
-        keys: Default::default(),
-        arrived: Vec::new(),
-    };
-    while Instant::now() < warm {
-        events.frame(&mut app, &mut terminal, &mut idle)?;
-    }
-    let start = Instant::now();
-    let steps_before = steps(&app);
-    let gap = Duration::from_millis(97);
-    let n = (seconds * 1e3 / 97.0) as u32;
-    let mut input = Scripted {
-        keys: (1..=n)
-            .map(|i| {
-                (
-                    start + gap * i,
-                    key(KEYS.chars().nth(i as usize % KEYS.len()).unwrap_or('?')),
-                )
-            })
-            .chain([(start + gap * (n + 1), key('q'))])
-            .collect(),
-        arrived: Vec::new(),
-    };
-    let mut draws = Vec::new();
-    let mut handled = Vec::new();
-    let quit_handled = loop {
-        let turn = events.frame(&mut app, &mut terminal, &mut input)?;
-        draws.push(turn.draw.as_secs_f64() * 1e3);
-        handled.extend(turn.handled);
-        if turn.action == Some(super::app::Action::Quit) {
-            break Instant::now();
+        for c in [' ', 'j'] {
+            app.handle(Msg::Key(KeyEvent::from(KeyCode::Char(c))));
         }
-    };
-    let elapsed = quit_handled.duration_since(start).as_secs_f64();
-    let runs = app
-        .files
-        .iter()
-        .filter_map(|f| f.session.as_ref())
-        .map(|s| s.runs.len())
-        .sum();
-    let steps_per_s = (steps(&app) - steps_before) as f64 / elapsed;
-    drop(app);
-    drop(events);
-    let gone = Instant::now();
-    let mut keys: Vec<f64> = input
-        .arrived
-        .iter()
-        .zip(&handled)
-        .map(|(a, h)| h.duration_since(*a).as_secs_f64() * 1e3)
-        .collect();
-    let quit_arrived = keys.pop().map(|_| input.arrived[input.arrived.len() - 1]);
-    let quit_ms = quit_arrived.map_or(f64::NAN, |a| gone.duration_since(a).as_secs_f64() * 1e3);
-    keys.sort_by(f64::total_cmp);
-    draws.sort_by(f64::total_cmp);
-    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    Ok(UnderLoad {
-        files,
-        runs,
-        keys: keys.len(),
-        key_median_ms: at(&keys, 0.5),
-        key_max_ms: at(&keys, 1.0),
-        quit_ms,
-        frames: draws.len(),
-        frame_median_ms: at(&draws, 0.5),
-        frame_p99_ms: at(&draws, 0.99),
-        frame_max_ms: at(&draws, 1.0),
-        steps_per_s,
-    })
+    }
+    Ok((app, rx))
+}
+
+/// The sessions of `app`'s files.
+fn sessions(app: &App) -> impl Iterator<Item = &super::session::Session> {
+    app.files.iter().filter_map(|f| f.session.as_ref())
+}
+
+/// Steps taken over all runs of `app`, as it holds them.
+fn steps(app: &App) -> usize {
+    sessions(app).flat_map(|s| &s.runs).map(|r| r.steps()).sum()
+}
+
+/// The `q` quantile of `sorted` (NaN when it is empty).
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1) as f64;
+    sorted
+        .get((last * q).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::session::RunView;
@@ -110,7 +109,6 @@ pub struct LandscapeView {
     kept: Option<Bounds>,
     pub error: Option<String>,
     jobs: Sender<Job>,
-    handle: Option<JoinHandle<()>>,
 }
 
 impl LandscapeView {
@@ -118,13 +116,9 @@ impl LandscapeView {
     pub fn new(name: &str, compiled: CompiledFile, emit: service::Emit) -> Self {
         let (jobs, rx) = channel();
         let objectives = objectives(&compiled);
-        let (handle, error) = match service::spawn(name, compiled, rx, emit) {
-            Ok(h) => (Some(h), None),
-            Err(e) => (
-                None,
-                Some(format!("cannot start the landscape thread: {e}")),
-            ),
-        };
+        let error = service::spawn(name, compiled, rx, emit)
+            .err()
+            .map(|e| format!("cannot start the landscape thread: {e}"));
         Self {
             plane: None,
             plane_at: None,
@@ -150,7 +144,6 @@ impl LandscapeView {
             kept: None,
             error,
             jobs,
-            handle,
         }
     }
 
@@ -503,10 +496,9 @@ fn framed(runs: &[RunView]) -> impl Iterator<Item = [f64; 2]> + '_ {
 }
 
 impl Drop for LandscapeView {
+    /// Tells the service to stop, without waiting for the grid chunk it is computing (at a low
+    /// priority, under load that can take seconds).
     fn drop(&mut self) {
         let _ = self.jobs.send(Job::Shutdown);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }

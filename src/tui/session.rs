@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use ratatui::style::Color;
@@ -130,7 +129,6 @@ pub struct Session {
     /// The EMA weight its runs' curves are summarised with (the app's smoothing).
     smoothing: f64,
     commands: Sender<Command>,
-    handle: Option<JoinHandle<()>>,
     colors_used: usize,
     rate: RateMeter,
 }
@@ -181,11 +179,10 @@ impl Session {
 }
 
 impl Drop for Session {
+    /// Tells the worker to stop, without waiting: it may be in a long step or waiting for its
+    /// turn, and quitting or editing the file must not wait for that.
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Shutdown);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
@@ -403,6 +400,8 @@ impl Session {
             }
             // The app says what came of it, in its status bar.
             Event::Pong(_) | Event::SavedParams { .. } => {}
+            // Dropped here: the worker may report again.
+            Event::Reported(_) => {}
         }
     }
 }
@@ -431,10 +430,9 @@ impl Session {
         let emit: worker::Emit = Box::new(move |e| {
             let _ = events.send(Msg::Worker(id, e));
         });
-        let (handle, failed) = match worker::spawn_with(name, compiled, plan, rx, emit) {
-            Ok(h) => (Some(h), None),
-            Err(e) => (None, Some(format!("cannot start the worker thread: {e}"))),
-        };
+        let failed = worker::spawn_with(name, compiled, plan, rx, emit)
+            .err()
+            .map(|e| format!("cannot start the worker thread: {e}"));
         Session {
             id,
             runs: Vec::new(),
@@ -447,7 +445,6 @@ impl Session {
             metric_names,
             smoothing: 0.0,
             commands: tx,
-            handle,
             colors_used: 0,
             rate: RateMeter::new(),
         }
