@@ -47,6 +47,108 @@ fn sigmoid(x: f64) -> f64 {
     }
 }
 
+/// e^x for x <= 0 in f64 to about an ulp, branch-free so that a loop over it vectorises (libm's
+/// exp is a call per element): 2^k times a degree-12 polynomial on [-ln2/2, ln2/2]. Below -110,
+/// where every f32 rounds e^x to 0, it returns e^-110.
+#[inline(always)]
+fn exp_nonpositive(x: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    // Adding 1.5 * 2^52 rounds to a whole number, which then sits in the low mantissa bits.
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    // 1/n! for n = 12 down to 0.
+    const C: [f64; 13] = [
+        2.087_675_698_786_81e-9,
+        2.505_210_838_544_172e-8,
+        2.755_731_922_398_589e-7,
+        2.755_731_922_398_589_3e-6,
+        2.480_158_730_158_73e-5,
+        1.984_126_984_126_984e-4,
+        1.388_888_888_888_889e-3,
+        8.333_333_333_333_333e-3,
+        4.166_666_666_666_666_4e-2,
+        1.666_666_666_666_666_6e-1,
+        0.5,
+        1.0,
+        1.0,
+    ];
+    let x = x.clamp(-110.0, 0.0);
+    let t = x * std::f64::consts::LOG2_E + SHIFT;
+    let k = t - SHIFT;
+    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let p = C[1..].iter().fold(C[0], |p, &c| p * r + c);
+    // 2^k: k + 1023 (in 864..=1023) moved into the exponent field.
+    p * f64::from_bits(t.to_bits().wrapping_add(1023) << 52)
+}
+
+/// ln(1 + e) for e in [0, 1] in f64 to about an ulp, branch-free: fdlibm's log kernel on 1 + e,
+/// plus the first-order correction for the rounding of 1 + e.
+#[inline(always)]
+fn log1p_unit(e: f64) -> f64 {
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+    const LG: [f64; 7] = [
+        6.666_666_666_666_735e-1,
+        3.999_999_999_940_942e-1,
+        2.857_142_874_366_239e-1,
+        2.222_219_843_214_978_4e-1,
+        1.818_357_216_161_805e-1,
+        1.531_383_769_920_937_3e-1,
+        1.479_819_860_511_658_6e-1,
+    ];
+    let u = 1.0 + e;
+    // u in [1, 2]: halved above sqrt 2 so that m is within [sqrt 2 / 2, sqrt 2].
+    let big = u > std::f64::consts::SQRT_2;
+    let (m, j) = if big { (0.5 * u, 1.0) } else { (u, 0.0) };
+    let f = m - 1.0;
+    let s = f / (2.0 + f);
+    let z = s * s;
+    let w = z * z;
+    let t1 = w * (LG[1] + w * (LG[3] + w * LG[5]));
+    let t2 = z * (LG[0] + w * (LG[2] + w * (LG[4] + w * LG[6])));
+    let hfsq = 0.5 * f * f;
+    let ln_u = j * LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + j * LN2_LO)) - f);
+    ln_u + (e - (u - 1.0)) / u
+}
+
+/// [`sigmoid`] through [`exp_nonpositive`].
+#[inline(always)]
+fn sigmoid_fast(x: f64) -> f64 {
+    let e = exp_nonpositive(-x.abs());
+    (if x >= 0.0 { 1.0 } else { e }) / (1.0 + e)
+}
+
+/// Softplus through [`exp_nonpositive`] and [`log1p_unit`].
+#[inline(always)]
+fn softplus_fast(x: f64) -> f64 {
+    x.max(0.0) + log1p_unit(exp_nonpositive(-x.abs()))
+}
+
+/// `f` over f32 values, computed in f64 and rounded once, compiled for AVX2 where the CPU has it
+/// (`f` branch-free, so the loop vectorises; the same operations, so the same bits).
+fn map_f32(x: &[f32], f: impl Fn(f64) -> f64 + Copy) -> Vec<f32> {
+    #[inline(always)]
+    fn each(x: &[f32], f: impl Fn(f64) -> f64) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f(f64::from(v)) as f32;
+        }
+        out
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(x: &[f32], f: impl Fn(f64) -> f64) -> Vec<f32> {
+            each(x, f)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just now.
+            return unsafe { avx2(x, f) };
+        }
+    }
+    each(x, f)
+}
+
 fn map<T: Copy>(data: &[T], layout: &Layout, f: impl Fn(T) -> T) -> Result<Vec<T>> {
     let (start, end) = layout
         .contiguous_offsets()
@@ -69,6 +171,17 @@ impl CustomOp1 for Elementwise {
         let op = *self;
         let out = match storage {
             CpuStorage::F64(d) => CpuStorage::F64(map(d, layout, |x| op.f(x))?),
+            // The two of a logistic loss, vectorised: in f64 to about an ulp, so rounded to f32
+            // they are libm's but where f64's last bit decides (never in the tests' sweeps).
+            CpuStorage::F32(d) if matches!(op, Elementwise::Sigmoid | Elementwise::Softplus) => {
+                let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
+                    candle_core::Error::Msg("custom op on a non-contiguous tensor".into())
+                })?;
+                CpuStorage::F32(match op {
+                    Elementwise::Sigmoid => map_f32(&d[start..end], sigmoid_fast),
+                    _ => map_f32(&d[start..end], softplus_fast),
+                })
+            }
             CpuStorage::F32(d) => CpuStorage::F32(map(d, layout, |x| op.f(x as f64) as f32)?),
             CpuStorage::F16(d) => {
                 CpuStorage::F16(map(d, layout, |x| f16::from_f64(op.f(x.to_f64())))?)
@@ -126,6 +239,45 @@ mod tests {
         let sp: Vec<f32> = Elementwise::Softplus.apply(&x).unwrap().to_vec1().unwrap();
         assert_eq!(sp[4], 1000.0);
         assert!(sp.iter().all(|v| v.is_finite()));
+    }
+
+    /// Every 1009th f32 in [-120, 120] (about 2 million), the extremes and the specials.
+    fn sweep() -> Vec<f32> {
+        let (lo, hi) = ((-120.0f32).to_bits(), 120.0f32.to_bits());
+        let negative = (0..lo - 0x8000_0000)
+            .step_by(1009)
+            .map(|b| f32::from_bits(b + 0x8000_0000));
+        let positive = (0..hi).step_by(1009).map(f32::from_bits);
+        let special = [0.0, -0.0, 1e-45, -1e-45, 200.0, -200.0, f32::MAX, f32::MIN];
+        let inf = [f32::INFINITY, f32::NEG_INFINITY];
+        negative.chain(positive).chain(special).chain(inf).collect()
+    }
+
+    #[test]
+    fn fast_f32_sigmoid_and_softplus_round_to_libms_values() {
+        let x = sweep();
+        for (name, fast, libm) in [
+            (
+                "sigmoid",
+                sigmoid_fast as fn(f64) -> f64,
+                sigmoid as fn(f64) -> f64,
+            ),
+            ("softplus", softplus_fast, |x: f64| {
+                Elementwise::Softplus.f(x)
+            }),
+        ] {
+            let got = map_f32(&x, fast);
+            let off: Vec<(f32, f32, f32)> = x
+                .iter()
+                .zip(&got)
+                .map(|(&x, &g)| (x, g, libm(f64::from(x)) as f32))
+                .filter(|&(_, g, w)| g.to_bits() != w.to_bits())
+                .take(5)
+                .collect();
+            assert!(off.is_empty(), "{name}: (x, fast, libm) {off:?}");
+        }
+        let nan = map_f32(&[f32::NAN], softplus_fast)[0];
+        assert!(nan.is_nan() && map_f32(&[f32::NAN], sigmoid_fast)[0].is_nan());
     }
 
     #[test]
