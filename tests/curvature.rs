@@ -61,6 +61,22 @@ fn top_eigenvalue_matches_closed_forms_and_finite_differences() {
     let c = top_eigenvalue(&ev, 200, 0).unwrap();
     assert!(c.lambda > 0.0 && c.fd_rel_err < 1e-5, "{c:?}");
 
+    // Through the products of data with a param (`compile::matvec`, each the other's backward):
+    // 0.5 |X w|² has Hessian XᵀX = diag(1, 9), 0.5 |v A|² has A Aᵀ = diag(16, 1).
+    for (loss, want) in [
+        ("0.5 * sum((X @ w)^2)", 9.0),
+        ("0.5 * sum((w @ A)^2)", 16.0),
+    ] {
+        let ev = evaluator(&format!(
+            "name = \"p\"\ndtype = \"f64\"\nloss = \"{loss}\"\n[data]\n\
+             X = \"[[1, 0], [0, 3], [0, 0]]\"\nA = \"[[4, 0, 0], [0, 1, 0]]\"\n\
+             [params]\nw = \"[1, 1]\"\n"
+        ));
+        let c = top_eigenvalue(&ev, 100, 0).unwrap();
+        assert!((c.lambda - want).abs() < 1e-6 * want, "{loss}: {c:?}");
+        assert!(c.fd_rel_err < 1e-6, "{loss}: {c:?}");
+    }
+
     // The TUI's `h` falls back to it for a model past the whole Hessian's 2,000 param values:
     // 0.5 Σ w² + 500 v² has λ = 1 (2,000 times) and 1000.
     let dir = std::path::PathBuf::from("target/curvature-test-big");

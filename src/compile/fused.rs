@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::threads::{ELEMENT_TASK, MATMUL_TASK, tasks};
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+pub(super) fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("fused op on a non-contiguous tensor".into()))?;
@@ -1281,11 +1281,11 @@ pub fn lane_vecmat(v: &Tensor, m: &Tensor, mt: &Tensor) -> Result<Tensor> {
 
 /// Lanes, rows and columns of a lane product, and whether the matrix is shared by the lanes.
 #[derive(Debug, Clone, Copy)]
-struct LaneDims {
-    lanes: usize,
-    n: usize,
-    k: usize,
-    shared: bool,
+pub(super) struct LaneDims {
+    pub(super) lanes: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) shared: bool,
 }
 
 impl LaneDims {
@@ -1314,7 +1314,9 @@ impl LaneDims {
 }
 
 /// The arithmetic of the lane kernel on f32 and f64, one by one and in AVX registers.
-trait Num: Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+pub(super) trait Num:
+    Send + Sync + Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
+{
     /// `self * a + b`, rounded once.
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// An AVX register of them.
@@ -1562,7 +1564,7 @@ fn vecmat_plain<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 }
 
 /// The kernel of [`lane_vecmat`], fused where the CPU allows.
-fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+pub(super) fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked just now.

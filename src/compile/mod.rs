@@ -13,6 +13,7 @@ pub mod gradcheck;
 pub mod hessian;
 pub mod lanes;
 pub mod lower;
+pub mod matvec;
 pub mod metrics;
 pub mod ops;
 pub mod optimizer;

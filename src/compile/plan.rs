@@ -410,8 +410,15 @@ fn matmul(x: &Tensor, y: &Tensor, lg: bool, rg: bool) -> Result<Tensor> {
     use super::fused::matmul_2d;
     match (x.rank(), y.rank()) {
         (1, 1) => x.mul(y)?.sum_all(),
-        (2, 1) => matmul_2d(x, &y.unsqueeze(1)?, lg, rg)?.squeeze(1),
-        (1, 2) => matmul_2d(&x.unsqueeze(0)?, y, lg, rg)?.squeeze(0),
+        // Data against a param: read in place (gemm would pack the data on every call).
+        (2, 1) => match (!lg).then(|| super::matvec::matvec(x, y)).flatten() {
+            Some(product) => product,
+            None => matmul_2d(x, &y.unsqueeze(1)?, lg, rg)?.squeeze(1),
+        },
+        (1, 2) => match (!rg).then(|| super::matvec::vecmat_of(x, y)).flatten() {
+            Some(product) => product,
+            None => matmul_2d(&x.unsqueeze(0)?, y, lg, rg)?.squeeze(0),
+        },
         (2, 2) => matmul_2d(x, y, lg, rg),
         (1, _) => {
             let r = y.rank();
