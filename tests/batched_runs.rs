@@ -478,3 +478,28 @@ optimizer = { lr = 0.1 }
     let refs: Vec<&Run> = runs.iter().collect();
     assert_eq!(batch::groups(&c, &refs), vec![vec![0, 1], vec![2, 3]]);
 }
+
+#[test]
+fn runs_with_a_weight_matrix_per_run_step_apart() {
+    // Each run's layer is a matrix: as lanes, a gemm per lane anyway, without a run alone's
+    // fused layers (slower than apart), so they do not batch; a vector of weights does.
+    let layer = |w: &str| {
+        format!(
+            "name = \"layer\"\ndtype = \"f64\"\nloss = \"mean((tanh(x @ W) @ v - y)^2)\"\n\
+             [data]\nx = \"randn(16, 3)\"\ny = \"randn(16)\"\n[params]\nW = \"{w}\"\n\
+             v = \"ones(4) / 4\"\n[optimizer]\nname = \"adam\"\nlr = 0.01\n\
+             [[variants]]\nname = \"faster\"\noptimizer = {{ lr = 0.1 }}\n"
+        )
+    };
+    let c = compiled(&layer("randn(3, 4) / 2"));
+    let runs = runs_of(&c, None);
+    let refs: Vec<&Run> = runs.iter().collect();
+    let lanes = gradscope::compile::lanes::LaneEvaluator::new(&c, &[0, 1], candle_core::DType::F64)
+        .unwrap();
+    assert!(!lanes.expect("the program has a lane form").pays());
+    assert!(Batch::new(&c, &refs, vec![0, 1]).unwrap().is_none());
+    let c = compiled(&regression("f64"));
+    let runs = runs_of(&c, None);
+    let refs: Vec<&Run> = runs.iter().collect();
+    assert!(Batch::new(&c, &refs, vec![0, 1, 2, 3]).unwrap().is_some());
+}

@@ -211,6 +211,19 @@ impl LaneEvaluator {
         Ok(())
     }
 
+    /// Whether stepping its runs as lanes is faster than apart: not when a matmul multiplies a
+    /// matrix per lane (a layer's weights), which costs a gemm per lane either way and loses
+    /// a run alone's fused layers (8 runs of the bench MLP: 41 steps/s as lanes, 94 apart).
+    pub fn pays(&self) -> bool {
+        let p = &self.program;
+        p.plan.instrs.iter().all(|instr| {
+            !matches!(
+                form(instr, &p.plan, &p.batched),
+                Some(Form::SharedLhs | Form::Batched | Form::PerLane)
+            )
+        })
+    }
+
     /// How many runs it evaluates at once.
     pub fn lanes(&self) -> usize {
         self.lanes

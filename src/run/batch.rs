@@ -91,7 +91,7 @@ pub fn groups(compiled: &CompiledFile, runs: &[&Run]) -> Vec<Vec<usize>> {
             || LaneEvaluator::new(compiled, &[a, b], dtype)
                 .ok()
                 .flatten()
-                .is_some()
+                .is_some_and(|e| e.pays())
     };
     let mut out: Vec<(_, Vec<usize>)> = Vec::new();
     for (i, run) in runs.iter().enumerate() {
@@ -130,7 +130,10 @@ impl Batch {
             return Ok(None);
         }
         let defs: Vec<usize> = runs.iter().map(|r| r.def).collect();
-        let Some(eval) = LaneEvaluator::new(compiled, &defs, dtype).map_err(internal)? else {
+        let Some(eval) = LaneEvaluator::new(compiled, &defs, dtype)
+            .map_err(internal)?
+            .filter(LaneEvaluator::pays)
+        else {
             return Ok(None);
         };
         let specs: Vec<_> = runs.iter().map(|r| r.config.optimizer.clone()).collect();
