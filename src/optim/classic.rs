@@ -130,9 +130,7 @@ impl LaneRule for AdamRule {
             };
             return lowp::adam(rule, s, p, grad, lr, t, None);
         }
-        if let Some((rule, lr)) = k.single()
-            && let Some(new) = super::kernels::adam(rule, s, p, grad, lr, t)?
-        {
+        if let Some(new) = super::kernels::adam(&k.each(), s, p, grad, t)? {
             return Ok(new);
         }
         let (o, t) = (k.rule(), t as f64);

@@ -78,6 +78,34 @@ fn squares_of<T: WithDType>(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
         Some((s, l)) => Some(elements::<T>(s, l).ok_or_else(cpu)?),
         None => None,
     };
+    Ok(slice_squares(xs, ys))
+}
+
+/// Each lane's sum of squares of `t` `[lanes, ..]` (its leading axis split into `lanes` equal
+/// parts), each summed as [`sum_squares`] sums a tensor of that lane's values alone: the same
+/// numbers as a run alone gets, without a tensor op per lane.
+pub fn lane_sum_squares(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
+    fn of<T: WithDType>(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
+        let t = t.contiguous()?;
+        let (s, l) = t.storage_and_layout();
+        let xs = elements::<T>(&s, l)
+            .ok_or_else(|| candle_core::Error::Msg("a norm of a tensor not on the CPU".into()))?;
+        let len = xs.len().checked_div(lanes).unwrap_or(0);
+        Ok((0..lanes)
+            .map(|r| slice_squares(&xs[r * len..(r + 1) * len], None))
+            .collect())
+    }
+    match t.dtype() {
+        DType::F32 => of::<f32>(t, lanes),
+        DType::F64 => of::<f64>(t, lanes),
+        DType::F16 => of::<f16>(t, lanes),
+        DType::BF16 => of::<bf16>(t, lanes),
+        _ => of::<f64>(&t.to_dtype(DType::F64)?, lanes),
+    }
+}
+
+/// [`sum_squares`] of the values `xs` (of `xs - ys`, the difference taken in their dtype).
+fn slice_squares<T: WithDType>(xs: &[T], ys: Option<&[T]>) -> f64 {
     let chunk = |k: usize| {
         let range = k * CHUNK..((k + 1) * CHUNK).min(xs.len());
         let x = &xs[range.clone()];
@@ -100,13 +128,13 @@ fn squares_of<T: WithDType>(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
         }
     };
     let chunks = xs.len().div_ceil(CHUNK);
-    Ok(match chunks < 2 {
+    match chunks < 2 {
         true => (0..chunks).map(chunk).sum(),
         false => {
             let sums: Vec<f64> = (0..chunks).into_par_iter().map(chunk).collect();
             sums.iter().sum()
         }
-    })
+    }
 }
 
 /// The sum of the squares of the values in `blocks` (value `k` of each in lane `k`) and then
@@ -158,35 +186,94 @@ fn fill3<T: Send>(
 }
 
 /// Adam's (and AdamW's) update of `p` in one pass: `AdamRule::step`'s tensor ops element by
-/// element, with the moments it keeps in `s`. None where the kernel does not apply (amsgrad,
-/// f16/bf16, tensors not contiguous on the CPU): the rule's tensor ops then run.
+/// element, with the moments it keeps in `s`. `lanes` holds each lane's rule and lr (one for a
+/// run alone; lane `r` is the `r`-th of as many equal parts of `p`'s elements). None where the
+/// kernel does not apply (amsgrad, f16/bf16, tensors not contiguous on the CPU): the rule's
+/// tensor ops then run.
 pub(super) fn adam(
-    rule: &AdamRule,
+    lanes: &[(&AdamRule, f64)],
     s: &mut AdamState,
     p: &Tensor,
     grad: &Tensor,
-    lr: f64,
     t: u64,
 ) -> Result<Option<Tensor>> {
-    if rule.amsgrad {
+    if lanes.is_empty() || lanes.iter().any(|(rule, _)| rule.amsgrad) {
         return Ok(None);
     }
     match p.dtype() {
-        DType::F32 => adam_typed::<f32>(rule, s, p, grad, lr, t),
-        DType::F64 => adam_typed::<f64>(rule, s, p, grad, lr, t),
+        DType::F32 => adam_typed::<f32>(lanes, s, p, grad, t),
+        DType::F64 => adam_typed::<f64>(lanes, s, p, grad, t),
         _ => Ok(None),
     }
 }
 
+/// One lane's constants of Adam's update, each as the tensor op takes it: `affine(mul, add)`
+/// rounds both to T.
+struct AdamCoefs<T> {
+    decoupled: bool,
+    /// No weight decay: the coupled form adds nothing to the gradient.
+    no_decay: bool,
+    keep: T,
+    decay: T,
+    w1: T,
+    beta2: T,
+    w2: T,
+    inv_bc2: T,
+    eps: T,
+    step: T,
+}
+
+impl<T: Real> AdamCoefs<T> {
+    fn of(rule: &AdamRule, lr: f64, t: u64) -> Self {
+        let ((b1, b2), wd, tf) = (rule.betas, rule.weight_decay, t as f64);
+        let c = |x: f64| T::from_f64(x);
+        let bc1 = 1.0 - b1.powf(tf);
+        let bc2_sqrt = (1.0 - b2.powf(tf)).sqrt();
+        Self {
+            decoupled: rule.decoupled,
+            no_decay: wd == 0.0,
+            keep: c(1.0 - lr * wd),
+            decay: c(wd),
+            w1: c(1.0 - b1),
+            beta2: c(b2),
+            w2: c(1.0 - b2),
+            inv_bc2: c(1.0 / bc2_sqrt),
+            eps: c(rule.eps),
+            step: c(lr / bc1),
+        }
+    }
+
+    /// The new param and moments of one element. The first step has no moments yet: as if
+    /// both were zero, with torch's first-step ops.
+    #[inline(always)]
+    fn update(&self, p: T, g: T, mv: Option<(T, T)>) -> (T, T, T) {
+        let zero = T::from_f64(0.0);
+        let (p, g) = if self.decoupled {
+            (p * self.keep + zero, g)
+        } else if self.no_decay {
+            (p, g)
+        } else {
+            (p, g + (p * self.decay + zero))
+        };
+        let (m, v) = match mv {
+            Some((m, v)) => (
+                m + ((g - m) * self.w1 + zero),
+                (v * self.beta2 + zero) + ((g * g) * self.w2 + zero),
+            ),
+            None => (g * self.w1 + zero, (g * g) * self.w2 + zero),
+        };
+        let denom = v.sqrt() * self.inv_bc2 + self.eps;
+        (p - ((m / denom) * self.step + zero), m, v)
+    }
+}
+
 fn adam_typed<T: Real>(
-    rule: &AdamRule,
+    lanes: &[(&AdamRule, f64)],
     s: &mut AdamState,
     p: &Tensor,
     grad: &Tensor,
-    lr: f64,
     t: u64,
 ) -> Result<Option<Tensor>> {
-    let ((b1, b2), eps, wd, tf) = (rule.betas, rule.eps, rule.weight_decay, t as f64);
     let (ps, pl) = p.storage_and_layout();
     let (gs, gl) = grad.storage_and_layout();
     let (Some(pv), Some(gv)) = (elements::<T>(&ps, pl), elements::<T>(&gs, gl)) else {
@@ -205,62 +292,51 @@ fn adam_typed<T: Real>(
             _ => return Ok(None),
         },
     };
-    if gv.len() != n {
+    if gv.len() != n || !n.is_multiple_of(lanes.len()) {
         return Ok(None);
     }
-    // Each constant as the tensor op takes it: `affine(mul, add)` rounds both to T.
-    let c = |x: f64| T::from_f64(x);
-    let zero = c(0.0);
-    let keep = c(1.0 - lr * wd);
-    let decay = c(wd);
-    let (w1, beta2, w2) = (c(1.0 - b1), c(b2), c(1.0 - b2));
-    let bc1 = 1.0 - b1.powf(tf);
-    let bc2_sqrt = (1.0 - b2.powf(tf)).sqrt();
-    let (inv_bc2, eps, step) = (c(1.0 / bc2_sqrt), c(eps), c(lr / bc1));
-    // The first step has no moments yet: as if both were zero, with torch's first-step ops.
-    let update = |p: T, g: T, m: Option<T>, v: Option<T>| {
-        let (p, g) = if rule.decoupled {
-            (p * keep + zero, g)
-        } else if wd == 0.0 {
-            (p, g)
-        } else {
-            (p, g + (p * decay + zero))
-        };
-        let (m, v) = match (m, v) {
-            (Some(m), Some(v)) => (
-                m + ((g - m) * w1 + zero),
-                (v * beta2 + zero) + ((g * g) * w2 + zero),
-            ),
-            _ => (g * w1 + zero, (g * g) * w2 + zero),
-        };
-        let denom = v.sqrt() * inv_bc2 + eps;
-        (p - ((m / denom) * step + zero), m, v)
-    };
+    let coefs: Vec<AdamCoefs<T>> = lanes
+        .iter()
+        .map(|&(rule, lr)| AdamCoefs::of(rule, lr, t))
+        .collect();
+    let per_lane = n / lanes.len();
     let [new, m, v] = fill3(n, |from, out_p, out_m, out_v| {
         let to = from + out_p.len();
-        let outs = out_p.iter_mut().zip(out_m.iter_mut()).zip(out_v.iter_mut());
-        let ins = pv[from..to].iter().zip(&gv[from..to]);
-        type Out<'a, T> = (
-            (&'a mut MaybeUninit<T>, &'a mut MaybeUninit<T>),
-            &'a mut MaybeUninit<T>,
-        );
-        let write = |((op, om), ov): Out<T>, (np, nm, nv): (T, T, T)| {
-            op.write(np);
-            om.write(nm);
-            ov.write(nv);
-        };
-        match mv {
-            Some((m, v)) => {
-                let moments = m[from..to].iter().zip(&v[from..to]);
-                for (o, ((&p, &g), (&m, &v))) in outs.zip(ins.zip(moments)) {
-                    write(o, update(p, g, Some(m), Some(v)));
+        // The lanes' parts of from..to, in order.
+        let mut at = from;
+        while at < to {
+            let lane = at / per_lane;
+            let end = ((lane + 1) * per_lane).min(to);
+            let c = &coefs[lane];
+            let (o, range) = (at - from..end - from, at..end);
+            let outs = out_p[o.clone()]
+                .iter_mut()
+                .zip(&mut out_m[o.clone()])
+                .zip(&mut out_v[o]);
+            let ins = pv[range.clone()].iter().zip(&gv[range.clone()]);
+            type Out<'a, T> = (
+                (&'a mut MaybeUninit<T>, &'a mut MaybeUninit<T>),
+                &'a mut MaybeUninit<T>,
+            );
+            let write = |((op, om), ov): Out<T>, (np, nm, nv): (T, T, T)| {
+                op.write(np);
+                om.write(nm);
+                ov.write(nv);
+            };
+            match mv {
+                Some((m, v)) => {
+                    let moments = m[range.clone()].iter().zip(&v[range]);
+                    for (o, ((&p, &g), (&m, &v))) in outs.zip(ins.zip(moments)) {
+                        write(o, c.update(p, g, Some((m, v))));
+                    }
+                }
+                None => {
+                    for (o, (&p, &g)) in outs.zip(ins) {
+                        write(o, c.update(p, g, None));
+                    }
                 }
             }
-            None => {
-                for (o, (&p, &g)) in outs.zip(ins) {
-                    write(o, update(p, g, None, None));
-                }
-            }
+            at = end;
         }
     });
     let shape = p.shape().clone();
@@ -324,11 +400,11 @@ mod tests {
                     let grad = |x: &Tensor| x.affine((t as f64).sin(), 0.3 * (t as f64).cos());
                     let q = q_t.t().unwrap();
                     let (g, h) = (grad(&p).unwrap(), grad(&q).unwrap());
-                    p = adam(&rule, &mut s, &p, &g, 0.01, t)
+                    p = adam(&[(&rule, 0.01)], &mut s, &p, &g, t)
                         .unwrap()
                         .expect("contiguous");
                     assert!(
-                        adam(&rule, &mut r.clone(), &q, &h, 0.01, t)
+                        adam(&[(&rule, 0.01)], &mut r.clone(), &q, &h, t)
                             .unwrap()
                             .is_none()
                     );

@@ -221,6 +221,11 @@ impl<'a, O> Lanes<'a, O> {
         self.rules.len()
     }
 
+    /// Every lane's rule and lr, in lane order.
+    pub(super) fn each(&self) -> Vec<(&'a O, f64)> {
+        self.rules.iter().zip(self.lrs.iter().copied()).collect()
+    }
+
     /// The single lane's rule and lr (None: several lanes step).
     pub(super) fn single(&self) -> Option<(&O, f64)> {
         match (self.rules, self.lrs) {

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType as CDType, Tensor};
+use candle_core::Tensor;
 
 use super::{Current, Retention, Run, SNAPSHOT_EVERY, update_ratio};
 use crate::compile::lanes::{LaneEvaluation, LaneEvaluator};
@@ -43,15 +43,10 @@ fn lanes_of(tensors: &[Tensor], r: usize) -> candle_core::Result<Vec<Tensor>> {
     tensors.iter().map(|t| lane(t, r)).collect()
 }
 
-/// Each lane's L2 norm of `t`, computed in f64 as [`crate::compile::norm`] computes one run's.
+/// Each lane's L2 norm of `t`, the number [`crate::compile::norm`] gives a run alone.
 fn lane_norms(t: &Tensor) -> candle_core::Result<Vec<f64>> {
-    let x = t.to_dtype(CDType::F64)?;
-    let x = if x.rank() == 1 {
-        x.unsqueeze(1)?
-    } else {
-        x.flatten_from(1)?
-    };
-    x.sqr()?.sum(1)?.sqrt()?.to_vec1()
+    let sums = crate::optim::kernels::lane_sum_squares(t, t.dim(0)?)?;
+    Ok(sums.into_iter().map(f64::sqrt).collect())
 }
 
 /// Per-lane norms of each tensor: `out[lane][tensor]`.
@@ -350,9 +345,10 @@ impl Batch {
                 bad.push(i);
                 continue;
             }
+            // The lane's gradients stay in the batch until `sync` or leaving hands them over.
             let current = Evaluation {
                 loss,
-                grads: lanes_of(&self.current.grads, i).map_err(internal)?,
+                grads: Vec::new(),
             };
             run.push_row(
                 current,
