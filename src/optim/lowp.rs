@@ -6,6 +6,7 @@
 
 use candle_core::{DType, Result, Tensor};
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::classic::{AdamRule, AdamState};
 
@@ -57,48 +58,72 @@ pub(super) fn adam(
     let zeros = || vec![0f32; n];
     let mut m = s.exp_avg.as_ref().map_or_else(|| Ok(zeros()), values)?;
     let mut v = s.exp_avg_sq.as_ref().map_or_else(|| Ok(zeros()), values)?;
+    // The running max, only kept under amsgrad (else an empty chunk each).
+    let mut vmax = match rule.amsgrad {
+        true => s
+            .max_exp_avg_sq
+            .as_ref()
+            .map_or_else(|| Ok(zeros()), values)?,
+        false => Vec::new(),
+    };
     let wd = rule.weight_decay;
-    if wd != 0.0 && rule.decoupled {
-        let keep = (1.0 - lr * wd) as f32;
-        p.iter_mut().for_each(|p| *p = rd(*p * keep));
-    } else if wd != 0.0 {
-        let wd = wd as f32;
-        g.iter_mut().zip(&p).for_each(|(g, p)| *g = rd(*g + wd * p));
-    }
+    let (keep, wd32) = ((1.0 - lr * wd) as f32, wd as f32);
     // torch.lerp(m, g, w): fma from whichever end is nearer.
     let w = (1.0 - b1) as f32;
-    for (m, &g) in m.iter_mut().zip(&g) {
-        let diff = g - *m;
+    let (beta2, one_minus) = (b2 as f32, (1.0 - b2) as f32);
+    let (bc2_sqrt, eps, neg_step) = (bc2_sqrt as f32, rule.eps as f32, (-step_size) as f32);
+    // Each element's ops in torch's order; the elements are independent, so chunks of them
+    // run on the pool (the same numbers on any thread count). `g` becomes the update.
+    let each = |p: &mut f32, g: &mut f32, m: &mut f32, v: &mut f32, vmax: Option<&mut f32>| {
+        if wd != 0.0 && rule.decoupled {
+            *p = rd(*p * keep);
+        } else if wd != 0.0 {
+            *g = rd(*g + wd32 * *p);
+        }
+        let diff = *g - *m;
         *m = rd(if w < 0.5 {
             w.mul_add(diff, *m)
         } else {
-            (-diff).mul_add(1.0 - w, g)
+            (-diff).mul_add(1.0 - w, *g)
         });
-    }
-    let (beta2, one_minus) = (b2 as f32, (1.0 - b2) as f32);
-    for (v, &g) in v.iter_mut().zip(&g) {
         *v = rd(*v * beta2);
-        *v = rd((one_minus * g).mul_add(g, *v));
-    }
-    let second = if rule.amsgrad {
-        let mut vmax = s
-            .max_exp_avg_sq
-            .as_ref()
-            .map_or_else(|| Ok(zeros()), values)?;
-        vmax.iter_mut().zip(&v).for_each(|(a, &b)| *a = a.max(b));
-        vmax
-    } else {
-        v.clone()
+        *v = rd((one_minus * *g).mul_add(*g, *v));
+        let second = match vmax {
+            Some(a) => {
+                *a = a.max(*v);
+                *a
+            }
+            None => *v,
+        };
+        let s = rd(rd(rd(second.sqrt()) / bc2_sqrt) + eps);
+        *g = (neg_step * *m) / s;
     };
-    let (bc2_sqrt, eps, neg_step) = (bc2_sqrt as f32, rule.eps as f32, (-step_size) as f32);
-    let update: Vec<f32> = second
-        .iter()
-        .zip(&m)
-        .map(|(&v, &m)| {
-            let s = rd(rd(rd(v.sqrt()) / bc2_sqrt) + eps);
-            (neg_step * m) / s
-        })
-        .collect();
+    let chunk = CHUNK.min(n.max(1));
+    let pass = |((((p, g), m), v), vmax): ChunkOf| {
+        let mut vmax = vmax.iter_mut();
+        for (((p, g), m), v) in p.iter_mut().zip(g.iter_mut()).zip(m.iter_mut()).zip(v) {
+            each(p, g, m, v, vmax.next());
+        }
+    };
+    if n >= 2 * CHUNK {
+        let count = n.div_ceil(chunk);
+        let vmaxes: Vec<&mut [f32]> = match rule.amsgrad {
+            true => vmax.chunks_mut(chunk).collect(),
+            false => (0..count).map(|_| &mut [][..]).collect(),
+        };
+        p.par_chunks_mut(chunk)
+            .zip(g.par_chunks_mut(chunk))
+            .zip(m.par_chunks_mut(chunk))
+            .zip(v.par_chunks_mut(chunk))
+            .zip(vmaxes)
+            .for_each(pass);
+    } else {
+        pass((
+            ((((&mut p[..], &mut g[..]), &mut m[..]), &mut v[..])),
+            &mut vmax[..],
+        ));
+    }
+    let update = g;
     let like = param;
     match comp {
         Some(c) => {
@@ -109,12 +134,24 @@ pub(super) fn adam(
         None => p.iter_mut().zip(&update).for_each(|(p, u)| *p = rd(*p + u)),
     }
     if rule.amsgrad {
-        s.max_exp_avg_sq = Some(tensor(second, like, d)?);
+        s.max_exp_avg_sq = Some(tensor(vmax, like, d)?);
     }
     s.exp_avg = Some(tensor(m, like, d)?);
     s.exp_avg_sq = Some(tensor(v, like, d)?);
     tensor(p, like, d)
 }
+
+/// Elements of an Adam step a task on the pool takes (below two of them, the caller does all).
+const CHUNK: usize = 16 << 10;
+
+/// One chunk of each of Adam's arrays: param, gradient (then update), moments, running max.
+type ChunkOf<'a> = (
+    (
+        ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]),
+        &'a mut [f32],
+    ),
+    &'a mut [f32],
+);
 
 /// Adds `update` (f32) to params `p` through compensation `c`, both stored in `dtype`:
 /// `c <- rd(c + u); old <- p; p <- rd(p + c); c <- rd(c + rd(old - p))`, so what a rounding of
@@ -277,6 +314,44 @@ mod tests {
         // Beyond the largest finite f16 (65504, spacing 32) the neighbour above is inf.
         let p = fraction_up(DType::F16, -65512.0, -65504.0, f32::NEG_INFINITY, 10_000, 5);
         assert!((p - 0.25).abs() <= 3.0 * se, "{p}");
+    }
+
+    #[test]
+    fn a_large_params_adam_step_on_the_pool_is_each_elements_step_alone() {
+        use crate::optim::spec::OptimizerSpec;
+        // Past two chunks the elements go to the pool in chunks; each element's numbers are
+        // those of the same element stepped alone (in a tensor of 5), in f16, with amsgrad.
+        let n = 2 * CHUNK + 777;
+        let dev = &candle_core::Device::Cpu;
+        let big = |k: f32| {
+            let v: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) * k).collect();
+            Tensor::from_vec(v, n, dev)
+                .and_then(|t| t.to_dtype(DType::F16))
+                .unwrap()
+        };
+        let rule =
+            AdamRule::of(&OptimizerSpec::parse("adam(lr=0.01, amsgrad=true, eps=1e-4)").unwrap())
+                .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let (mut p, g) = (big(0.01), big(0.003));
+        let mut s = AdamState::default();
+        for t in 1..=3 {
+            p = pool
+                .install(|| adam(&rule, &mut s, &p, &g, 0.01, t, None))
+                .unwrap();
+        }
+        for at in [0, CHUNK - 2, 2 * CHUNK + 770] {
+            let part = |x: &Tensor| x.narrow(0, at, 5).unwrap();
+            let (mut q, h) = (part(&big(0.01)), part(&g));
+            let mut r = AdamState::default();
+            for t in 1..=3 {
+                q = adam(&rule, &mut r, &q, &h, 0.01, t, None).unwrap();
+            }
+            assert_eq!(values(&part(&p)).unwrap(), values(&q).unwrap(), "at {at}");
+        }
     }
 
     #[test]
