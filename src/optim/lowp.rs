@@ -119,7 +119,7 @@ pub(super) fn adam(
             .for_each(pass);
     } else {
         pass((
-            ((((&mut p[..], &mut g[..]), &mut m[..]), &mut v[..])),
+            (((&mut p[..], &mut g[..]), &mut m[..]), &mut v[..]),
             &mut vmax[..],
         ));
     }
