@@ -316,7 +316,7 @@ struct Worker {
 
 /// How much a worker lowers its thread's priority: the UI thread, at the default, gets a core
 /// as soon as a key or a frame is due, however many files play.
-pub const NICE: i32 = 5;
+pub const NICE: i32 = 10;
 
 /// Rows of a run that a playing worker's report carries at most: a UI catching up on a backlog
 /// (after an editor was in front of it) applies it a few milliseconds at a time.

@@ -144,7 +144,8 @@ pub struct UnderLoad {
     pub keys: usize,
     pub key_median_ms: f64,
     pub key_max_ms: f64,
-    /// From the quit key reaching the app to the app being gone (its sessions told to stop).
+    /// From the quit key reaching the app to the app let go (its sessions told to stop, the
+    /// terminal free to be given back).
     pub quit_ms: f64,
     /// Frames drawn while they played.
     pub frames: usize,
@@ -224,8 +225,7 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
     let quit = *handled.last().unwrap_or(&start);
     let steps_per_s = (steps(&app) - steps_before) as f64 / (quit - start).as_secs_f64();
     let runs = sessions(&app).map(|s| s.runs.len()).sum();
-    drop(app);
-    drop(events);
+    super::let_go(app, events);
     let gone = Instant::now();
     let mut keys: Vec<f64> = input
         .arrived
