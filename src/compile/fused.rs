@@ -807,54 +807,16 @@ impl Dense {
         let tanh = self.tanh;
         let out = match (x, w, b) {
             (S::F32(x), S::F32(w), None | Some((S::F32(_), _))) => {
-                let bias = b.map(|(b, l)| b.as_slice::<f32>().and_then(|b| contiguous(b, l)));
-                let bias = bias.transpose()?;
-                let finish = |rows: &mut [f32]| finish_rows(rows, n, bias, tanh, None);
-                S::F32(gemm_into(
-                    &Operand::new(x, xl)?,
-                    &Operand::new(w, wl)?,
-                    (0.0, 1.0),
-                    t,
-                    &finish,
-                ))
+                S::F32(dense_wide(x, xl, w, wl, b, t, tanh)?)
             }
             (S::F64(x), S::F64(w), None | Some((S::F64(_), _))) => {
-                let bias = b.map(|(b, l)| b.as_slice::<f64>().and_then(|b| contiguous(b, l)));
-                let bias = bias.transpose()?;
-                let finish = |rows: &mut [f64]| finish_rows(rows, n, bias, tanh, None);
-                S::F64(gemm_into(
-                    &Operand::new(x, xl)?,
-                    &Operand::new(w, wl)?,
-                    (0.0, 1.0),
-                    t,
-                    &finish,
-                ))
+                S::F64(dense_wide(x, xl, w, wl, b, t, tanh)?)
             }
             (S::F16(x), S::F16(w), None | Some((S::F16(_), _))) => {
-                let bias = b.map(|(b, l)| b.as_slice::<f16>().and_then(|b| contiguous(b, l)));
-                let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
-                let round: Finish<f32> = &round_through::<f16>;
-                let finish =
-                    |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
-                S::F16(gemm_half(
-                    &Operand::new(x, xl)?,
-                    &Operand::new(w, wl)?,
-                    t,
-                    &finish,
-                ))
+                S::F16(dense_half(x, xl, w, wl, b, t, tanh)?)
             }
             (S::BF16(x), S::BF16(w), None | Some((S::BF16(_), _))) => {
-                let bias = b.map(|(b, l)| b.as_slice::<bf16>().and_then(|b| contiguous(b, l)));
-                let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
-                let round: Finish<f32> = &round_through::<bf16>;
-                let finish =
-                    |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
-                S::BF16(gemm_half(
-                    &Operand::new(x, xl)?,
-                    &Operand::new(w, wl)?,
-                    t,
-                    &finish,
-                ))
+                S::BF16(dense_half(x, xl, w, wl, b, t, tanh)?)
             }
             _ => return float_only(),
         };
@@ -889,6 +851,56 @@ impl Dense {
             .transpose()?;
         Ok((dx, Some(dw), db))
     }
+}
+
+/// A dense layer's rows in f32 or f64: gemm with the bias and tanh run on each block of rows.
+fn dense_wide<W: Wide + candle_core::WithDType>(
+    x: &[W],
+    xl: &Layout,
+    w: &[W],
+    wl: &Layout,
+    b: Option<(&CpuStorage, &Layout)>,
+    threads: usize,
+    tanh: bool,
+) -> Result<Vec<W>> {
+    let n = wl.shape().dims2()?.1;
+    let bias = b.map(|(b, l)| b.as_slice::<W>().and_then(|b| contiguous(b, l)));
+    let bias = bias.transpose()?;
+    let finish = |rows: &mut [W]| finish_rows(rows, n, bias, tanh, None);
+    let units = (W::from_f64(0.0), W::from_f64(1.0));
+    Ok(gemm_into(
+        &Operand::new(x, xl)?,
+        &Operand::new(w, wl)?,
+        units,
+        threads,
+        &finish,
+    ))
+}
+
+/// [`dense_wide`] for f16 and bf16: in f32, each result rounded as the ops one by one round it.
+fn dense_half<H: Copy + Default + Send + Sync + candle_core::WithDType>(
+    x: &[H],
+    xl: &Layout,
+    w: &[H],
+    wl: &Layout,
+    b: Option<(&CpuStorage, &Layout)>,
+    threads: usize,
+    tanh: bool,
+) -> Result<Vec<H>>
+where
+    [H]: HalfFloatSliceExt,
+{
+    let n = wl.shape().dims2()?.1;
+    let bias = b.map(|(b, l)| b.as_slice::<H>().and_then(|b| contiguous(b, l)));
+    let bias: Option<Vec<f32>> = bias.transpose()?.map(|b| b.to_f32_vec());
+    let round: Finish<f32> = &round_through::<H>;
+    let finish = |rows: &mut [f32]| finish_rows(rows, n, bias.as_deref(), tanh, Some(round));
+    Ok(gemm_half(
+        &Operand::new(x, xl)?,
+        &Operand::new(w, wl)?,
+        threads,
+        &finish,
+    ))
 }
 
 /// A dense layer's bias and tanh on whole rows of `n` values a product just wrote; `round`
