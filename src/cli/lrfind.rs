@@ -94,7 +94,12 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
     let report = report(&found);
     match args.format {
         Format::Table => {
-            writeln!(out, "lr range test of {}\n", run.name)?;
+            writeln!(
+                out,
+                "lr range test of {} ({})\n",
+                run.name,
+                args.file.display()
+            )?;
             write!(out, "{}", table(&found.curve))?;
             writeln!(out, "\n{report}\n")?;
             write!(out, "{}", plot(&found.curve, PLOT_WIDTH, PLOT_HEIGHT))?;
