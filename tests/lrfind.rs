@@ -110,6 +110,22 @@ fn a_nonfinite_loss_stops_the_test() {
 }
 
 #[test]
+fn a_run_whose_loss_turns_nan_ends_the_test_there() {
+    // dL/dx = 1, so SGD moves x = 2.5 by -lr_i: lrs 0.5, 1, 2, 4 take it to 2, 1, -1, where
+    // sqrt(detach(x)) is NaN (the run's `stop` policy halts it there).
+    let c = compiled(
+        "name = \"nan\"\ndtype = \"f64\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n\
+         [optimizer]\nname = \"sgd\"\nlr = 1\n",
+    );
+    let range = LrRange::new(0.5, 4.0, 4).unwrap();
+    let found = lr_find(&run_of(&c), &range, |_, _| ControlFlow::Continue(())).unwrap();
+    assert_eq!(found.stop, Stop::NonFinite);
+    let losses: Vec<f64> = found.curve.points.iter().map(|p| p.loss).collect();
+    assert_eq!(losses[..2], [2f64.sqrt() + 2.0, 2.0]);
+    assert!(losses[2].is_nan(), "{losses:?}");
+}
+
+#[test]
 fn the_suggestions_on_a_quadratic_lie_below_the_divergence_bound() {
     let c = compiled(QUADRATIC);
     let found = lr_find(&run_of(&c), &default_range(), |_, _| {
