@@ -4,7 +4,7 @@
 //! keeps it so), and `main.rs` only parses the command line and calls [`run()`]:
 //!
 //! ```text
-//!  cli/         check · run · inspect · grad · pictures · bench: every front end and clap type
+//!  cli/         check · run · lrfind · inspect · grad · pictures · bench: every front end and clap type
 //!    │
 //!  tui/         app (model + update) ◀ input, keys │ session │ perform (I/O) │ layout │ render/
 //!    │
@@ -52,6 +52,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Run(args)) => {
             drop(out);
             return Ok(cli::run::run_command(&args, color)?.exit_code());
+        }
+        Some(Command::Lrfind(args)) => {
+            drop(out);
+            return Ok(cli::lrfind::lrfind_command(&args, color)?.exit_code());
         }
         Some(Command::Landscape(args)) => cli::pictures::landscape_command(&args, color, &mut out)?,
         Some(Command::Plot(args)) => {

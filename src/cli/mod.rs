@@ -5,6 +5,7 @@ pub mod check;
 pub mod grad;
 pub mod hessian;
 pub mod inspect;
+pub mod lrfind;
 pub mod optimizers;
 pub mod pictures;
 pub mod run;
@@ -59,6 +60,9 @@ pub enum Command {
     },
     /// Step one or more runs of a loss file headless and report them.
     Run(run::RunArgs),
+    /// The learning-rate range test on a copy of a run: the lr grows exponentially over the
+    /// steps; prints the smoothed loss against the lr, why it stopped and two suggested lrs.
+    Lrfind(lrfind::LrFindArgs),
     /// Step runs, then draw their loss landscape with the paths in the terminal.
     Landscape(pictures::LandscapeArgs),
     /// Step runs, then write their curves (and landscape, for two-param losses) to an SVG or PNG.

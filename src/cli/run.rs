@@ -290,8 +290,8 @@ pub fn load_runs(
     Ok(Some((compiled, runs)))
 }
 
-/// The signal that asked `gradscope run` to stop (0: none yet).
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The signal that asked `gradscope run` (or `lrfind`) to stop (0: none yet).
+pub(super) static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::SeqCst);
@@ -299,7 +299,7 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
 
 /// From here on, ctrl-c (SIGINT) and SIGTERM end the runs at the current step instead of the
 /// process, so the summary so far is still printed.
-fn catch_stop_signals() {
+pub(super) fn catch_stop_signals() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(

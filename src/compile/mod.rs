@@ -560,6 +560,20 @@ impl Evaluator {
         })
     }
 
+    /// A copy with params of its own at the same values (a clone shares them): stepping it
+    /// leaves this one where it is.
+    pub fn detached(&self) -> candle_core::Result<Self> {
+        let params = self
+            .params
+            .iter()
+            .map(|v| Var::from_tensor(&v.as_tensor().copy()?))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Self {
+            params,
+            ..self.clone()
+        })
+    }
+
     /// The params it differentiates with respect to.
     pub fn params(&self) -> &[Var] {
         &self.params

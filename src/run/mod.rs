@@ -6,6 +6,7 @@
 pub mod batch;
 pub mod export;
 pub mod history;
+pub mod lrfind;
 pub mod metrics;
 pub mod save;
 pub mod summary;
@@ -182,6 +183,21 @@ pub struct Run {
     best: Option<Best>,
 }
 
+/// What a run starts from: [`Run::new`]'s fresh state or [`Run::fork`]'s copy.
+struct Start {
+    name: String,
+    def: usize,
+    dtype: DType,
+    config: RunSettings,
+    evaluator: Evaluator,
+    state: OptimizerState,
+    retention: Retention,
+    lr_scale: f64,
+    /// The loss scale and the clean steps since it last changed.
+    scale: (f64, u32),
+    param_names: Vec<String>,
+}
+
 /// Memory a run's trajectory may hold: every step of small losses, a handful of points of
 /// large models (a 64-256-256-1 MLP keeps 12), none of params larger than this.
 const TRAJECTORY_BYTES: usize = 8 << 20;
@@ -199,7 +215,6 @@ impl Run {
             retention,
         } = request;
         let evaluator = Evaluator::with_dtype(compiled, run, dtype)?;
-        let n = compiled.params.len();
         let config_scale = config.loss_scaling();
         let names: Vec<String> = compiled.params.iter().map(|p| p.name.clone()).collect();
         let groups = param_groups(
@@ -215,7 +230,12 @@ impl Run {
             &param_tensors(evaluator.params()),
             &initial,
         )?;
-        let mut r = Self {
+        let scale = match config_scale {
+            LossScale::Off => 1.0,
+            LossScale::Fixed(s) => s,
+            LossScale::Dynamic => SCALE_INIT,
+        };
+        let start = Start {
             name,
             def: run,
             dtype,
@@ -223,8 +243,54 @@ impl Run {
             evaluator,
             state,
             retention,
+            lr_scale: 1.0,
+            scale: (scale, 0),
+            param_names: names,
+        };
+        Self::start(start).map_err(|d| candle_core::Error::Msg(d.headline()))
+    }
+
+    /// A copy of this run at its current params, optimizer state, lr multiplier and loss scale,
+    /// with a history of its own starting there (step 0) kept as `retention` says: stepping the
+    /// copy leaves this run as it is.
+    pub fn fork(&self, retention: Retention) -> Result<Self, Diagnostic> {
+        let evaluator = self
+            .evaluator
+            .detached()
+            .map_err(|e| Diagnostic::error(format!("the run could not be copied: {e}")))?;
+        Self::start(Start {
+            name: self.name.clone(),
+            def: self.def,
+            dtype: self.dtype,
+            config: self.config.clone(),
+            evaluator,
+            state: self.state.clone(),
+            retention,
+            lr_scale: self.lr_scale,
+            scale: (self.scale, self.clean_steps),
+            param_names: self.param_names.clone(),
+        })
+    }
+
+    /// The run `start` describes, at step 0: its params evaluated and a first snapshot taken.
+    fn start(start: Start) -> Result<Self, Diagnostic> {
+        let dim: usize = start
+            .evaluator
+            .params()
+            .iter()
+            .map(|v| v.as_tensor().elem_count())
+            .sum();
+        let n = start.param_names.len();
+        let mut r = Self {
+            name: start.name,
+            def: start.def,
+            dtype: start.dtype,
+            config: start.config,
+            evaluator: start.evaluator,
+            state: start.state,
+            retention: start.retention,
             totals: Totals::default(),
-            history: match retention {
+            history: match start.retention {
                 Retention::Everything => History::new(n),
                 Retention::Totals { .. } => History::windowed(n, DIVERGENCE_WINDOW + 1),
             },
@@ -232,27 +298,25 @@ impl Run {
             halted: None,
             skipped: 0,
             clipped: 0,
-            lr_scale: 1.0,
+            lr_scale: start.lr_scale,
             first_provenance: None,
-            scale: match config_scale {
-                LossScale::Off => 1.0,
-                LossScale::Fixed(s) => s,
-                LossScale::Dynamic => SCALE_INIT,
-            },
-            clean_steps: 0,
-            param_names: compiled.params.iter().map(|p| p.name.clone()).collect(),
+            scale: start.scale.0,
+            clean_steps: start.scale.1,
+            param_names: start.param_names,
             current: None,
-            trajectory: Decimated::new(0),
+            trajectory: Decimated::new(
+                (TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS),
+            ),
             best: None,
         };
-        let dim = compiled.param_count();
-        r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
         if r.trajectory.wants(0) {
-            r.trajectory.push(0, r.param_copies()?);
+            let copies = r
+                .param_copies()
+                .map_err(|e| Diagnostic::error(format!("the run could not start: {e}")))?;
+            r.trajectory.push(0, copies);
         }
         r.snapshot();
-        r.settle(None)
-            .map_err(|d| candle_core::Error::Msg(d.headline()))?;
+        r.settle(None)?;
         Ok(r)
     }
 
