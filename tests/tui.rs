@@ -2378,3 +2378,44 @@ fn snapshot_inspector_shows_a_params_gradient_formula_and_its_first_nan() {
             .is_none()
     );
 }
+
+#[test]
+fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() {
+    use gradscope::run::lrfind::{LrRange, lr_find};
+    use gradscope::run::{Run, RunRequest};
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "20n");
+    let before = history_lens(&app);
+    typed_settled(&mut app, &rx, "F");
+    // The run itself has not moved.
+    assert_eq!(history_lens(&app), before);
+    let r = app.session().unwrap().selected_run().unwrap();
+    let (step, found) = r.lrfind.as_ref().expect("a test came back");
+    let found = found.as_ref().expect("the test ran");
+    assert_eq!(*step, 20);
+    // The same test on the same run stepped alone, as `gradscope lrfind` would run it.
+    let (c, _) = gradscope::load::load_compiled(Path::new(ROSENBROCK)).unwrap();
+    let mut alone = Run::new(&c, RunRequest::of(&c, r.info.def).unwrap()).unwrap();
+    for _ in 0..20 {
+        alone.step().unwrap();
+    }
+    let range = LrRange::new(1e-7, 10.0, 100).unwrap();
+    let want = lr_find(&alone, &range, |_, _| std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(found.curve.steepest(), want.curve.steepest());
+    assert_eq!(found.curve.points.len(), want.curve.points.len());
+    let t = draw(&app, 200, 60);
+    let inspector = areas(&app, 200, 60)
+        .inspector
+        .expect("an inspector at 200 columns");
+    assert!(
+        find(&t, inspector, "lr range test @20").is_some(),
+        "{:#?}",
+        rows(&t)
+    );
+    let steepest = format!(
+        "steepest {}",
+        gradscope::format::fmt_short(want.curve.steepest().unwrap())
+    );
+    assert!(find(&t, inspector, &steepest).is_some(), "{:#?}", rows(&t));
+    assert!(find(&t, inspector, "stopped: ").is_some());
+}

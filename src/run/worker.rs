@@ -2,6 +2,7 @@
 //! It talks to the UI only through messages: commands in, events out.
 
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -22,6 +23,7 @@ use crate::lang::file::DType;
 use crate::optim::tricks::ChainSpec;
 use crate::run::batch::{self, Batch};
 use crate::run::history::{StepRecord, flags};
+use crate::run::lrfind::{LrFind, LrRange, lr_find};
 use crate::run::turns::{Turn, Turns};
 use crate::run::{Run, RunRequest, save};
 
@@ -51,6 +53,8 @@ pub enum Command {
     Remove(RunId),
     /// Check one run's gradients against finite differences at its current step.
     Gradcheck(RunId),
+    /// The lr range test on a copy of one run from its current step ([`Event::LrFound`]).
+    LrFind(RunId),
     /// The Hessian of one run at its current step: whole up to [`hessian::FULL_LIMIT`] param
     /// values ([`Event::Hessian`]), past that its top eigenvalue ([`Event::Curvature`]).
     Hessian(RunId),
@@ -215,6 +219,8 @@ pub enum Event {
     Failed(String),
     /// A gradient check of a run at a step.
     Checked(RunId, u64, Vec<ParamCheck>),
+    /// The lr range test of a run from a step, or why it could not run.
+    LrFound(RunId, u64, Result<Box<LrFind>, String>),
     /// The curvature of a run at a step.
     Curvature(RunId, u64, Curvature),
     /// A param's gradient formula in a run, looked at at a step.
@@ -532,6 +538,7 @@ impl Worker {
             Command::ScaleLr(id, _)
             | Command::Remove(id)
             | Command::Gradcheck(id)
+            | Command::LrFind(id)
             | Command::Hessian(id)
             | Command::Formula(id, _)
             | Command::NextUpdate(id)
@@ -601,6 +608,15 @@ impl Worker {
                         Ok(checks) => self.send(Event::Checked(id, s.run.step_count(), checks)),
                         Err(d) => self.send(Event::Failed(d.headline())),
                     }
+                }
+            }
+            Command::LrFind(id) => {
+                self.report();
+                if let Some(s) = self.slots.iter().find(|s| s.id == id) {
+                    let range = LrRange::new(1e-7, 10.0, 100).expect("a valid range");
+                    let found = lr_find(&s.run, &range, |_, _| ControlFlow::Continue(()));
+                    let found = found.map(Box::new).map_err(|d| d.headline());
+                    self.send(Event::LrFound(id, s.run.step_count(), found));
                 }
             }
             Command::Hessian(id) => {

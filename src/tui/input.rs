@@ -80,6 +80,7 @@ impl App {
                 }
             }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
+            KeyAction::LrFind => self.run_command(run, Command::LrFind),
             KeyAction::Hessian => {
                 if let Some((s, id)) = self.session_mut().zip(run) {
                     if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == id) {

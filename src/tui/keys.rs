@@ -30,6 +30,7 @@ pub enum KeyAction {
     Remove,
     ClearBefore,
     Gradcheck,
+    LrFind,
     Hessian,
     Formula,
     NextFocus,
@@ -226,6 +227,12 @@ pub const BINDINGS: &[Binding] = &[
         &[ch('g')],
         A::Gradcheck,
         "check the selected run's gradients (finite differences)",
+        None,
+    ),
+    bind(
+        &[ch('F')],
+        A::LrFind,
+        "find an lr: the lr range test on a copy of the selected run",
         None,
     ),
     bind(

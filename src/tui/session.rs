@@ -67,6 +67,8 @@ pub struct RunView {
     pub formula: Option<(u64, Box<crate::compile::backward::Formula>)>,
     /// The last whole Hessian and its step, or why there is none.
     pub hessian: Option<(u64, Result<Arc<Hessian>, String>)>,
+    /// The last lr range test (`F`) and the step it started from, or why it could not run.
+    pub lrfind: Option<(u64, Result<Box<crate::run::lrfind::LrFind>, String>)>,
     /// Chart summaries of every metric, kept up to date with `history`.
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
@@ -247,6 +249,7 @@ impl Session {
                     curvature: None,
                     formula: None,
                     hessian: None,
+                    lrfind: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
                     link: Link::Live,
@@ -351,6 +354,11 @@ impl Session {
             Event::Curvature(rid, step, c) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.curvature = Some((step, c));
+                }
+            }
+            Event::LrFound(rid, step, found) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.lrfind = Some((step, found));
                 }
             }
             Event::Formula(rid, step, f) => {

@@ -136,6 +136,9 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             h.inertia().negative
         )));
     }
+    if let Some((step, found)) = &r.lrfind {
+        lrfind_lines(&mut lines, *step, found);
+    }
     if let Some((step, f)) = &r.formula {
         formula_lines(&mut lines, *step, f);
     }
@@ -144,6 +147,82 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
         param_lines(&mut lines, p);
     }
     lines
+}
+
+/// The lr range test from a step: its two suggestions, why it stopped, and the smoothed loss
+/// against log lr as a sparkline (what `gradscope lrfind` prints, in the panel's width).
+fn lrfind_lines(
+    lines: &mut Vec<Line<'static>>,
+    step: u64,
+    found: &Result<Box<crate::run::lrfind::LrFind>, String>,
+) {
+    lines.push(Line::from(""));
+    lines.push(Line::styled(
+        format!("lr range test @{step}"),
+        Style::new().bold(),
+    ));
+    let found = match found {
+        Ok(f) => f,
+        Err(why) => {
+            lines.push(Line::styled(why.clone(), Style::new().fg(Color::Red)));
+            return;
+        }
+    };
+    let lr = |x: Option<f64>| x.map_or("none".into(), fmt_short);
+    lines.push(Line::from(format!(
+        "steepest {}  min/10 {}",
+        lr(found.curve.steepest()),
+        lr(found.curve.min_tenth())
+    )));
+    let points = &found.curve.points;
+    if let (Some(first), Some(last)) = (points.first(), points.last()) {
+        lines.push(Line::from(format!(
+            "{} steps, lr {} → {}",
+            points.len(),
+            fmt_short(first.lr),
+            fmt_short(last.lr)
+        )));
+    }
+    let width = usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2);
+    lines.push(Line::styled(
+        curve_line(points.iter().map(|p| p.smoothed), width),
+        Style::new().fg(Color::Cyan),
+    ));
+    lines.push(Line::styled(
+        format!("stopped: {}", found.stop),
+        Style::new().fg(Color::DarkGray),
+    ));
+}
+
+/// `values` in at most `width` columns of [`BARS`], low to high (each column the mean of its
+/// values; non-finite ones left blank), scaled from the lowest finite value to the first.
+fn curve_line(values: impl Iterator<Item = f64>, width: usize) -> String {
+    let values: Vec<f64> = values.collect();
+    let per = values.len().div_ceil(width.max(1)).max(1);
+    let columns: Vec<f64> = values
+        .chunks(per)
+        .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+        .collect();
+    let finite = columns.iter().copied().filter(|v| v.is_finite());
+    let low = finite.clone().fold(f64::INFINITY, f64::min);
+    // The top is the start: a divergence past it is drawn full, not squashing the descent.
+    let high = columns
+        .first()
+        .copied()
+        .filter(|v| v.is_finite())
+        .unwrap_or(low)
+        .max(low);
+    columns
+        .iter()
+        .map(|&v| match v.is_finite() {
+            false => ' ',
+            true if high <= low => BARS[0],
+            true => {
+                let at = ((v - low) / (high - low) * 7.0).round().clamp(0.0, 7.0);
+                BARS[at as usize]
+            }
+        })
+        .collect()
 }
 
 /// A param's gradient as the program `gradscope grad` writes, each line wrapped to the panel,
@@ -258,9 +337,11 @@ fn summary_lines(lines: &mut Vec<Line<'static>>, what: &str, t: &TensorStats) {
     }
 }
 
-/// Counts as bars one eighth of a cell high each, the largest a full cell; empty bins blank.
+/// Bars one eighth of a cell high each, up to a full cell.
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+
+/// Counts as [`BARS`], the largest a full cell; empty bins blank.
 fn sparkline(counts: &[u32]) -> String {
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let top = counts.iter().copied().max().unwrap_or(0).max(1);
     counts
         .iter()
