@@ -188,10 +188,14 @@ fn lrfind_lines(
         curve_line(points.iter().map(|p| p.smoothed), width),
         Style::new().fg(Color::Cyan),
     ));
-    lines.push(Line::styled(
-        format!("stopped: {}", found.stop),
-        Style::new().fg(Color::DarkGray),
-    ));
+    let stopped = format!("stopped: {}", found.stop);
+    let chars: Vec<char> = stopped.chars().collect();
+    for range in super::warnings::wrap(&stopped, width) {
+        lines.push(Line::styled(
+            chars[range].iter().collect::<String>(),
+            Style::new().fg(Color::DarkGray),
+        ));
+    }
 }
 
 /// `values` in at most `width` columns of [`BARS`], low to high (each column the mean of its
