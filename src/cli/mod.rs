@@ -8,6 +8,7 @@ pub mod inspect;
 pub mod optimizers;
 pub mod pictures;
 pub mod run;
+pub mod sweep;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,9 @@ pub enum Command {
     },
     /// Step one or more runs of a loss file headless and report them.
     Run(run::RunArgs),
+    /// Step a grid of runs (value lists in -o and --const, variants, dtypes, seeds) and rank
+    /// them, with the window of good values of each swept axis.
+    Sweep(sweep::SweepArgs),
     /// Step runs, then draw their loss landscape with the paths in the terminal.
     Landscape(pictures::LandscapeArgs),
     /// Step runs, then write their curves (and landscape, for two-param losses) to an SVG or PNG.

@@ -62,7 +62,7 @@ pub struct RunOptions {
 }
 
 /// `--steps`: a whole number of at least 1.
-fn positive_steps(text: &str) -> Result<u64, String> {
+pub(super) fn positive_steps(text: &str) -> Result<u64, String> {
     match text.parse::<i128>() {
         Ok(n) if n >= 1 => {
             u64::try_from(n).map_err(|_| format!("steps must be at most {}", u64::MAX))
@@ -291,7 +291,7 @@ pub fn load_runs(
 }
 
 /// The signal that asked `gradscope run` to stop (0: none yet).
-static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+pub(super) static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::SeqCst);
@@ -299,7 +299,7 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
 
 /// From here on, ctrl-c (SIGINT) and SIGTERM end the runs at the current step instead of the
 /// process, so the summary so far is still printed.
-fn catch_stop_signals() {
+pub(super) fn catch_stop_signals() {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
         libc::signal(

@@ -9,6 +9,7 @@ pub mod history;
 pub mod metrics;
 pub mod save;
 pub mod summary;
+pub mod sweep;
 pub mod trajectory;
 pub mod turns;
 pub mod worker;

@@ -1,0 +1,261 @@
+//! A sweep's results: each grid point's runs over seeds summarised as a median and a spread,
+//! ranked, and per swept axis the window of values that do nearly as well as the best. The
+//! grid itself is made of ordinary runs (see `gradscope sweep`); this module only reads their
+//! summaries.
+
+use super::summary::Summary;
+
+/// One run of a grid point (one seed): its summary and the loss it started from.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub initial_loss: f64,
+    pub summary: Summary,
+}
+
+impl Outcome {
+    /// Initial minus final loss: how far the run got down, whatever the sign of the loss.
+    pub fn improvement(&self) -> f64 {
+        self.initial_loss - self.summary.final_loss
+    }
+}
+
+/// One grid point: which `-o` it comes from, its name, the value of each swept axis (as
+/// written), and its runs, one a seed.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub group: usize,
+    pub name: String,
+    pub axes: Vec<(String, String)>,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// A value over seeds: the median and the range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The median (the mean of the middle two for an even count) and range of `values` (NaN
+    /// for none).
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let median = match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Spread {
+            median,
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// How a grid point ended, the worst over its seeds: a point that failed on one seed is not
+/// reported as a loss.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Finished,
+    /// ctrl-c stopped it at this step (on some seed).
+    Interrupted(u64),
+    /// Its final loss is not finite on `seeds` of its seeds.
+    Diverged { seeds: usize },
+    /// A run stopped on a non-finite value (`on_nonfinite = "stop"`), and why.
+    Halted(String),
+}
+
+/// What a sweep ranks by: the final loss, or a `[metrics]` value (lower is better either way).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RankBy {
+    Loss,
+    Metric(String),
+}
+
+/// One row of a sweep's table: a grid point over its seeds.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Its index in the sweep's points.
+    pub point: usize,
+    pub status: Status,
+    pub final_loss: Spread,
+    pub best_loss: Spread,
+    /// The median step of the best loss.
+    pub best_step: Option<u64>,
+    /// The earliest first non-finite step over the seeds.
+    pub first_nonfinite: Option<u64>,
+    /// The median improvement (initial - final loss); -inf when it did not finish.
+    pub improvement: f64,
+    /// The median of what it is ranked by (+inf when it did not finish).
+    pub rank: f64,
+    pub steps_per_s: f64,
+}
+
+/// Why a sweep cannot be ranked as asked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("no metric named `{name}`; this file's metrics: {}", .names.join(", "))]
+pub struct NoMetric {
+    pub name: String,
+    pub names: Vec<String>,
+}
+
+/// The rows of `points` (those with any outcome), best first: finished points by `rank_by`,
+/// then interrupted ones, then diverged and halted ones.
+pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
+    let mut rows = Vec::new();
+    for (i, p) in points.iter().enumerate() {
+        let Some(first) = p.outcomes.first() else {
+            continue;
+        };
+        let summaries: Vec<&Summary> = p.outcomes.iter().map(|o| &o.summary).collect();
+        let status = status(&summaries);
+        let of = |f: &dyn Fn(&Outcome) -> f64| Spread::of(&p.outcomes.iter().map(f).collect::<Vec<_>>());
+        let metric = match rank_by {
+            RankBy::Loss => None,
+            RankBy::Metric(name) => {
+                match first.summary.final_metrics.iter().position(|(n, _)| n == name) {
+                    Some(k) => Some(k),
+                    None => {
+                        return Err(NoMetric {
+                            name: name.clone(),
+                            names: first.summary.final_metrics.iter().map(|(n, _)| n.clone()).collect(),
+                        });
+                    }
+                }
+            }
+        };
+        let finished = status == Status::Finished;
+        let rank = match metric {
+            None => of(&|o| o.summary.final_loss).median,
+            Some(k) => of(&|o| o.summary.final_metrics[k].1).median,
+        };
+        let steps: Vec<f64> = summaries.iter().filter_map(|s| s.best_step).map(|k| k as f64).collect();
+        rows.push(Row {
+            point: i,
+            final_loss: of(&|o| o.summary.final_loss),
+            best_loss: of(&|o| o.summary.best_loss),
+            best_step: (!steps.is_empty()).then(|| Spread::of(&steps).median.round() as u64),
+            first_nonfinite: summaries.iter().filter_map(|s| s.first_nonfinite_step).min(),
+            improvement: match finished {
+                true => of(&Outcome::improvement).median,
+                false => f64::NEG_INFINITY,
+            },
+            rank: match finished && !rank.is_nan() {
+                true => rank,
+                false => f64::INFINITY,
+            },
+            steps_per_s: of(&|o| o.summary.steps_per_s).median,
+            status,
+        });
+    }
+    let class = |s: &Status| match s {
+        Status::Finished => 0,
+        Status::Interrupted(_) => 1,
+        Status::Diverged { .. } | Status::Halted(_) => 2,
+    };
+    rows.sort_by(|a, b| {
+        class(&a.status)
+            .cmp(&class(&b.status))
+            .then(a.rank.total_cmp(&b.rank))
+    });
+    Ok(rows)
+}
+
+/// The worst way any of a point's runs ended.
+fn status(summaries: &[&Summary]) -> Status {
+    if let Some(h) = summaries.iter().find_map(|s| s.halted.clone()) {
+        return Status::Halted(h);
+    }
+    let diverged = summaries.iter().filter(|s| !s.final_loss.is_finite()).count();
+    if let Some(k) = summaries.iter().find_map(|s| s.interrupted) {
+        return Status::Interrupted(k);
+    }
+    match diverged {
+        0 => Status::Finished,
+        seeds => Status::Diverged { seeds },
+    }
+}
+
+/// The share of the best improvement a value must reach to be in the window.
+pub const WINDOW_SHARE: f64 = 0.9;
+
+/// A swept axis's window: the values (in the axis's order) whose improvement, at the best of
+/// the other axes, is within 10% of the best improvement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub axis: String,
+    /// Every value of the axis, in order (numerically when all are numbers).
+    pub values: Vec<String>,
+    /// Those in the window (None: no value improved on the initial loss).
+    pub inside: Option<Vec<String>>,
+}
+
+/// The window of each axis `group`'s points sweep (an axis with one value is not swept), in
+/// the order the points name them.
+pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
+    let members: Vec<&Row> = rows
+        .iter()
+        .filter(|r| points[r.point].group == group)
+        .collect();
+    let mut axes: Vec<&str> = Vec::new();
+    for r in &members {
+        for (a, _) in &points[r.point].axes {
+            if !axes.contains(&a.as_str()) {
+                axes.push(a);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for axis in axes {
+        let value_of = |r: &Row| {
+            points[r.point]
+                .axes
+                .iter()
+                .find(|(a, _)| a == axis)
+                .map(|(_, v)| v.clone())
+        };
+        let mut values: Vec<String> = Vec::new();
+        for v in members.iter().filter_map(|r| value_of(r)) {
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+        if values.len() < 2 {
+            continue;
+        }
+        let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse().ok()).collect();
+        if let Some(n) = numbers {
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&a, &b| n[a].total_cmp(&n[b]));
+            values = order.into_iter().map(|i| values[i].clone()).collect();
+        }
+        // Each value's improvement at the best of the other axes.
+        let best_of = |v: &String| {
+            members
+                .iter()
+                .filter(|r| value_of(r).as_ref() == Some(v))
+                .map(|r| r.improvement)
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let improvements: Vec<f64> = values.iter().map(best_of).collect();
+        let best = improvements.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let inside = (best > 0.0 && best.is_finite()).then(|| {
+            values
+                .iter()
+                .zip(&improvements)
+                .filter(|(_, i)| **i >= WINDOW_SHARE * best)
+                .map(|(v, _)| v.clone())
+                .collect()
+        });
+        out.push(Window {
+            axis: axis.to_string(),
+            values,
+            inside,
+        });
+    }
+    out
+}
