@@ -496,12 +496,15 @@ fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String
         }
         for w in windows(points, rows, g) {
             let show = |v: &String| v.parse().map_or_else(|_| v.clone(), fmt_num);
+            let numeric = w.values.iter().all(|v| v.parse::<f64>().is_ok());
             match &w.inside {
                 Some(inside) => out.push_str(&format!(
-                    "  {} window (improvement within 10% of the best): {} .. {} ({} of {} values)\n",
+                    "  {} window (improvement within 10% of the best): {} ({} of {} values)\n",
                     w.axis,
-                    show(&inside[0]),
-                    show(&inside[inside.len() - 1]),
+                    match numeric {
+                        true => format!("{} .. {}", show(&inside[0]), show(&inside[inside.len() - 1])),
+                        false => inside.join(", "),
+                    },
                     inside.len(),
                     w.values.len()
                 )),

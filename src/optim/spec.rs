@@ -1459,6 +1459,54 @@ mod tests {
     use super::*;
 
     #[test]
+    fn value_lists_give_their_values() {
+        let list = |t: &str| value_list(t).unwrap().unwrap();
+        assert_eq!(list("[1e-3, 0.01, true]"), ["1e-3", "0.01", "true"]);
+        assert_eq!(value_list("0.01").unwrap(), None);
+        assert_eq!(value_list("none").unwrap(), None);
+        // linspace(0, 1, 5): 0, 1/4, 1/2, 3/4, 1, exactly.
+        assert_eq!(list("linspace(0, 1, 5)"), ["0", "0.25", "0.5", "0.75", "1"]);
+        assert_eq!(list("linspace(2, 3, 1)"), ["2"]);
+        // logspace(1e-4, 1e-1, 13): 10^(-4 + k/4), the ends exactly as written.
+        let values: Vec<f64> = list("logspace(1e-4, 1e-1, 13)")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(values.len(), 13);
+        assert_eq!((values[0], values[12]), (1e-4, 1e-1));
+        for (k, v) in values.iter().enumerate() {
+            let expected = 10f64.powf(-4.0 + k as f64 / 4.0);
+            assert!((v / expected - 1.0).abs() < 1e-14, "{k}: {v} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn malformed_value_lists_say_what_is_wrong() {
+        let cases = [
+            ("logspace(1e-4, 1e-1, 0)", "n must be a whole number from 1"),
+            ("linspace(0, 1, 2.5)", "n must be a whole number from 1"),
+            ("logspace(0, 1e-1, 3)", "needs lo and hi above 0"),
+            ("logspace(-1, 1, 3)", "needs lo and hi above 0"),
+            ("linspace(0, 1)", "takes three values"),
+            ("linspace(a, 1, 3)", "lo must be a finite number"),
+            ("[1, , 2]", "has an empty value"),
+            ("[1, 2", "missing its closing `]`"),
+            ("logspace(1, 2, 3", "missing its closing `)`"),
+            ("linspace(0, 1, 1e9)", "n must be a whole number from 1"),
+        ];
+        for (text, message) in cases {
+            let e = value_list(text).unwrap_err();
+            assert!(e.message.contains(message), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_plain_spec_refuses_a_value_list() {
+        let e = OptimizerSpec::parse("adam(lr=[1e-3, 1e-2])").unwrap_err();
+        assert_eq!(e.message, "`lr=[1e-3, 1e-2]` is a list of values");
+    }
+
+    #[test]
     fn settings_are_checked_against_the_optimizer() {
         let adam = Some(OptimizerKind::Adam);
         assert!(check_setting(adam, "beta1", RawValue::Number(0.8)).is_ok());

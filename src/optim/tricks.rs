@@ -624,6 +624,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_chain_with_lists_expands_to_the_cartesian_product() {
+        let points = expand_chain("sgd(lr=[1e-3, 1e-2], momentum=[0, 0.9]) + agc(clipping=[0.01, 0.1])")
+            .unwrap();
+        let texts: Vec<&str> = points.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "sgd(lr=1e-3, momentum=0) + agc(clipping=0.01)",
+                "sgd(lr=1e-3, momentum=0) + agc(clipping=0.1)",
+                "sgd(lr=1e-3, momentum=0.9) + agc(clipping=0.01)",
+                "sgd(lr=1e-3, momentum=0.9) + agc(clipping=0.1)",
+                "sgd(lr=1e-2, momentum=0) + agc(clipping=0.01)",
+                "sgd(lr=1e-2, momentum=0) + agc(clipping=0.1)",
+                "sgd(lr=1e-2, momentum=0.9) + agc(clipping=0.01)",
+                "sgd(lr=1e-2, momentum=0.9) + agc(clipping=0.1)",
+            ]
+        );
+        let axes: Vec<&str> = points[0].swept.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(axes, ["lr", "momentum", "agc.clipping"]);
+        for p in &points {
+            assert!(ChainOverride::parse(&p.text).is_ok(), "{}", p.text);
+        }
+    }
+
+    #[test]
+    fn a_plain_chain_is_its_one_point() {
+        for text in ["adam", "adam(lr=0.01, beta1=0.8) + centralize", "sgd(lr=1e+3)"] {
+            let points = expand_chain(text).unwrap();
+            assert_eq!(points.len(), 1);
+            assert!(points[0].swept.is_empty());
+            assert_eq!(
+                ChainOverride::parse(&points[0].text).unwrap(),
+                ChainOverride::parse(text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_list_in_a_chain_is_an_error() {
+        let e = expand_chain("adam(lr=logspace(0, 1, 3))").unwrap_err();
+        assert!(e.message.contains("needs lo and hi above 0"), "{e}");
+        let e = expand_chain("adam(lr=linspace(1, 2, 5000), beta1=linspace(0, 0.9, 5000))")
+            .unwrap_err();
+        assert!(e.message.contains("makes more than"), "{e}");
+    }
+
+    #[test]
     fn a_chain_splits_at_top_level_plus_only() {
         assert_eq!(
             split_chain("adam(lr=1e+3) + agc(clipping=0.05, eps=2E+1)+centralize"),

@@ -259,3 +259,109 @@ pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::summary::FinalParams;
+
+    /// A point of group 0 sweeping `lr` whose one run went from `initial` to `last`.
+    fn point(lr: &str, initial: f64, last: f64) -> Point {
+        Point {
+            group: 0,
+            name: format!("sgd(lr={lr})"),
+            axes: vec![("lr".into(), lr.into())],
+            outcomes: vec![Outcome {
+                initial_loss: initial,
+                summary: Summary {
+                    run: lr.into(),
+                    optimizer: "sgd".into(),
+                    dtype: "f64",
+                    steps: 10,
+                    final_loss: last,
+                    final_eval_loss: None,
+                    best_loss: last,
+                    best_step: Some(10),
+                    first_nonfinite_step: (!last.is_finite()).then_some(3),
+                    clipped: 0,
+                    skipped: 0,
+                    halted: None,
+                    interrupted: None,
+                    steps_per_s: 1.0,
+                    final_params: FinalParams::Inline(Vec::new()),
+                    final_metrics: vec![("m".into(), -last)],
+                },
+            }],
+        }
+    }
+
+    fn window(points: &[Point]) -> Option<Vec<String>> {
+        let rows = rows(points, &RankBy::Loss).unwrap();
+        let w = windows(points, &rows, 0);
+        assert_eq!(w.len(), 1);
+        w[0].inside.clone()
+    }
+
+    #[test]
+    fn the_window_holds_the_values_within_ten_percent_of_the_best_improvement() {
+        // Improvements 2, 8, 10, 9.5, 7.2 (and a divergence): 0.9 * 10 = 9, so 1e-2 and 3e-2.
+        let points = [
+            point("1e-3", 10.0, 8.0),
+            point("3e-3", 10.0, 2.0),
+            point("1e-2", 10.0, 0.0),
+            point("3e-2", 10.0, 0.5),
+            point("1e-1", 10.0, 2.8),
+            point("3e-1", 10.0, f64::NAN),
+        ];
+        assert_eq!(window(&points), Some(vec!["1e-2".into(), "3e-2".into()]));
+    }
+
+    #[test]
+    fn the_window_is_right_for_a_loss_that_goes_negative() {
+        // From -1 to -6, -5.6, -4: improvements 5, 4.6, 3; 0.9 * 5 = 4.5. A ratio of final
+        // losses would pick the wrong side of 0.
+        let points = [
+            point("0.3", -1.0, -4.0),
+            point("0.1", -1.0, -6.0),
+            point("0.2", -1.0, -5.6),
+        ];
+        assert_eq!(window(&points), Some(vec!["0.1".into(), "0.2".into()]));
+    }
+
+    #[test]
+    fn there_is_no_window_when_nothing_improved() {
+        let points = [point("1", 1.0, 1.5), point("2", 1.0, f64::INFINITY)];
+        assert_eq!(window(&points), None);
+    }
+
+    #[test]
+    fn rows_rank_finished_points_first_and_never_a_divergent_one_by_loss() {
+        let points = [
+            point("1", 5.0, f64::NAN),
+            point("2", 5.0, 3.0),
+            point("3", 5.0, 1.0),
+        ];
+        let rows = rows(&points, &RankBy::Loss).unwrap();
+        let order: Vec<usize> = rows.iter().map(|r| r.point).collect();
+        assert_eq!(order, [2, 1, 0]);
+        assert_eq!(rows[2].status, Status::Diverged { seeds: 1 });
+        // Ranked by the metric (-loss here), the order turns round.
+        let by_metric = super::rows(&points, &RankBy::Metric("m".into())).unwrap();
+        let order: Vec<usize> = by_metric.iter().map(|r| r.point).collect();
+        assert_eq!(order, [1, 2, 0]);
+        assert!(super::rows(&points, &RankBy::Metric("acc".into())).is_err());
+    }
+
+    #[test]
+    fn spreads_are_the_median_and_range() {
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            }
+        );
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+}
