@@ -165,8 +165,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
             v.loss.is_some() || !v.consts.is_empty()
         }
     };
-    let mixed_objectives =
-        combos.len() > 1 || (defs.len() > 1 && defs.iter().any(own_objective));
+    let mixed_objectives = combos.len() > 1 || (defs.len() > 1 && defs.iter().any(own_objective));
     // The points, in table order: per -o, chain point, variant, dtype, consts.
     let mut points = Vec::new();
     let mut specs = Vec::new();
@@ -238,7 +237,12 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
     }
     let groups = texts
         .iter()
-        .map(|t| t.map_or_else(|| compiled.runs[0].settings.chain().to_string(), str::to_string))
+        .map(|t| {
+            t.map_or_else(
+                || compiled.runs[0].settings.chain().to_string(),
+                str::to_string,
+            )
+        })
         .collect();
     Ok(Grid {
         points,
@@ -303,20 +307,9 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         eprint!("{}", d.render(color));
     }
     crate::compile::threads::start([&compiled]);
-    let grid = match build_grid(args, &compiled) {
-        Ok(g) => g,
-        Err(SweepError::File(diags)) => {
-            for d in &diags {
-                eprint!("{}", d.render(color));
-            }
-            return Ok(RunOutcome::Failed);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let rank_by = args
-        .rank_by
-        .clone()
-        .map_or(RankBy::Loss, RankBy::Metric);
+    // A malformed list or const is a command-line error, as a malformed -o is for `run`.
+    let grid = build_grid(args, &compiled)?;
+    let rank_by = args.rank_by.clone().map_or(RankBy::Loss, RankBy::Metric);
     let groups = grid.groups.clone();
     let mixed = grid.mixed_objectives;
     let total: u64 = grid
@@ -325,6 +318,12 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         .flat_map(|(_, runs)| runs.iter().map(|(_, r)| r.config.steps + 1))
         .sum();
     catch_stop_signals();
+    let runs: usize = grid.files.iter().map(|(_, r)| r.len()).sum();
+    eprintln!(
+        "sweeping {} points x {} seeds: {runs} runs (ctrl-c stops and prints the table so far)",
+        grid.points.len(),
+        args.seeds
+    );
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
@@ -443,7 +442,11 @@ fn table(points: &[Point], rows: &[Row], seeds: bool) -> String {
             if seeds {
                 row.push(match r.status {
                     Status::Finished => {
-                        format!("{}..{}", fmt_num(r.final_loss.min), fmt_num(r.final_loss.max))
+                        format!(
+                            "{}..{}",
+                            fmt_num(r.final_loss.min),
+                            fmt_num(r.final_loss.max)
+                        )
                     }
                     _ => "-".into(),
                 });
@@ -502,7 +505,11 @@ fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String
                     "  {} window (improvement within 10% of the best): {} ({} of {} values)\n",
                     w.axis,
                     match numeric {
-                        true => format!("{} .. {}", show(&inside[0]), show(&inside[inside.len() - 1])),
+                        true => format!(
+                            "{} .. {}",
+                            show(&inside[0]),
+                            show(&inside[inside.len() - 1])
+                        ),
                         false => inside.join(", "),
                     },
                     inside.len(),

@@ -131,13 +131,20 @@ impl CompiledFile {
                 found = true;
             }
             if !found {
-                let names: Vec<&str> = self.file.consts.iter().map(|c| c.name.node.as_str()).collect();
+                let names: Vec<&str> = self
+                    .file
+                    .consts
+                    .iter()
+                    .map(|c| c.name.node.as_str())
+                    .collect();
                 let help = crate::diagnostic::did_you_mean(name, names.iter().copied())
                     .unwrap_or_else(|| match names.is_empty() {
                         true => "this file has no [consts]".into(),
                         false => format!("this file's consts: {}", names.join(", ")),
                     });
-                return Err(vec![Diagnostic::error(format!("no const named `{name}`")).help(help)]);
+                return Err(vec![
+                    Diagnostic::error(format!("no const named `{name}`")).help(help),
+                ]);
             }
         }
         match compile(file) {

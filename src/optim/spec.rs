@@ -1350,8 +1350,7 @@ pub(super) fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
 pub const LIST_MAX: usize = 10_000;
 
 /// How to write a value list, for the help of its errors.
-const LIST_EXAMPLE: &str =
-    "write [a, b, ...], logspace(lo, hi, n) or linspace(lo, hi, n), e.g. lr=logspace(1e-4, 1e-1, 13)";
+const LIST_EXAMPLE: &str = "write [a, b, ...], logspace(lo, hi, n) or linspace(lo, hi, n), e.g. lr=logspace(1e-4, 1e-1, 13)";
 
 /// The values a value list stands for, each as it would be written alone: `[a, b, ...]` as
 /// written, `logspace(lo, hi, n)` (n values from lo to hi evenly in log, both ends exact) and

@@ -8,8 +8,8 @@ use std::str::FromStr;
 
 use super::settings::LossScale;
 use super::spec::{
-    Hyper, HyperParam, HyperValue, OptimizerKind, OptimizerSpec, RawValue, SettingError,
-    LIST_MAX, SpecOverride, arguments, split_call, split_top_level, value_list,
+    Hyper, HyperParam, HyperValue, LIST_MAX, OptimizerKind, OptimizerSpec, RawValue, SettingError,
+    SpecOverride, arguments, split_call, split_top_level, value_list,
 };
 
 /// A loss scale as a trick parameter: a power of two, or `dynamic` (torch's GradScaler).
@@ -470,15 +470,17 @@ pub fn expand_chain(text: &str) -> Result<Vec<ChainPoint>, SettingError> {
             .map(|(name, args)| {
                 let written: Vec<String> = args
                     .iter()
-                    .map(|(key, axis, values)| match &values[choice.next().unwrap_or(0)] {
-                        Some(value) => {
-                            if let Some(axis) = axis {
-                                swept.push((axis.clone(), value.clone()));
+                    .map(
+                        |(key, axis, values)| match &values[choice.next().unwrap_or(0)] {
+                            Some(value) => {
+                                if let Some(axis) = axis {
+                                    swept.push((axis.clone(), value.clone()));
+                                }
+                                format!("{key}={value}")
                             }
-                            format!("{key}={value}")
-                        }
-                        None => key.clone(),
-                    })
+                            None => key.clone(),
+                        },
+                    )
                     .collect();
                 match written.is_empty() {
                     true => name.to_string(),
@@ -625,8 +627,9 @@ mod tests {
 
     #[test]
     fn a_chain_with_lists_expands_to_the_cartesian_product() {
-        let points = expand_chain("sgd(lr=[1e-3, 1e-2], momentum=[0, 0.9]) + agc(clipping=[0.01, 0.1])")
-            .unwrap();
+        let points =
+            expand_chain("sgd(lr=[1e-3, 1e-2], momentum=[0, 0.9]) + agc(clipping=[0.01, 0.1])")
+                .unwrap();
         let texts: Vec<&str> = points.iter().map(|p| p.text.as_str()).collect();
         assert_eq!(
             texts,
@@ -650,7 +653,11 @@ mod tests {
 
     #[test]
     fn a_plain_chain_is_its_one_point() {
-        for text in ["adam", "adam(lr=0.01, beta1=0.8) + centralize", "sgd(lr=1e+3)"] {
+        for text in [
+            "adam",
+            "adam(lr=0.01, beta1=0.8) + centralize",
+            "sgd(lr=1e+3)",
+        ] {
             let points = expand_chain(text).unwrap();
             assert_eq!(points.len(), 1);
             assert!(points[0].swept.is_empty());

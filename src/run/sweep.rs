@@ -64,7 +64,9 @@ pub enum Status {
     /// ctrl-c stopped it at this step (on some seed).
     Interrupted(u64),
     /// Its final loss is not finite on `seeds` of its seeds.
-    Diverged { seeds: usize },
+    Diverged {
+        seeds: usize,
+    },
     /// A run stopped on a non-finite value (`on_nonfinite = "stop"`), and why.
     Halted(String),
 }
@@ -113,16 +115,27 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
         };
         let summaries: Vec<&Summary> = p.outcomes.iter().map(|o| &o.summary).collect();
         let status = status(&summaries);
-        let of = |f: &dyn Fn(&Outcome) -> f64| Spread::of(&p.outcomes.iter().map(f).collect::<Vec<_>>());
+        let of =
+            |f: &dyn Fn(&Outcome) -> f64| Spread::of(&p.outcomes.iter().map(f).collect::<Vec<_>>());
         let metric = match rank_by {
             RankBy::Loss => None,
             RankBy::Metric(name) => {
-                match first.summary.final_metrics.iter().position(|(n, _)| n == name) {
+                match first
+                    .summary
+                    .final_metrics
+                    .iter()
+                    .position(|(n, _)| n == name)
+                {
                     Some(k) => Some(k),
                     None => {
                         return Err(NoMetric {
                             name: name.clone(),
-                            names: first.summary.final_metrics.iter().map(|(n, _)| n.clone()).collect(),
+                            names: first
+                                .summary
+                                .final_metrics
+                                .iter()
+                                .map(|(n, _)| n.clone())
+                                .collect(),
                         });
                     }
                 }
@@ -133,13 +146,20 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
             None => of(&|o| o.summary.final_loss).median,
             Some(k) => of(&|o| o.summary.final_metrics[k].1).median,
         };
-        let steps: Vec<f64> = summaries.iter().filter_map(|s| s.best_step).map(|k| k as f64).collect();
+        let steps: Vec<f64> = summaries
+            .iter()
+            .filter_map(|s| s.best_step)
+            .map(|k| k as f64)
+            .collect();
         rows.push(Row {
             point: i,
             final_loss: of(&|o| o.summary.final_loss),
             best_loss: of(&|o| o.summary.best_loss),
             best_step: (!steps.is_empty()).then(|| Spread::of(&steps).median.round() as u64),
-            first_nonfinite: summaries.iter().filter_map(|s| s.first_nonfinite_step).min(),
+            first_nonfinite: summaries
+                .iter()
+                .filter_map(|s| s.first_nonfinite_step)
+                .min(),
             improvement: match finished {
                 true => of(&Outcome::improvement).median,
                 false => f64::NEG_INFINITY,
@@ -170,7 +190,10 @@ fn status(summaries: &[&Summary]) -> Status {
     if let Some(h) = summaries.iter().find_map(|s| s.halted.clone()) {
         return Status::Halted(h);
     }
-    let diverged = summaries.iter().filter(|s| !s.final_loss.is_finite()).count();
+    let diverged = summaries
+        .iter()
+        .filter(|s| !s.final_loss.is_finite())
+        .count();
     if let Some(k) = summaries.iter().find_map(|s| s.interrupted) {
         return Status::Interrupted(k);
     }
@@ -242,7 +265,10 @@ pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
                 .fold(f64::NEG_INFINITY, f64::max)
         };
         let improvements: Vec<f64> = values.iter().map(best_of).collect();
-        let best = improvements.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let best = improvements
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         let inside = (best > 0.0 && best.is_finite()).then(|| {
             values
                 .iter()
