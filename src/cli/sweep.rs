@@ -18,7 +18,7 @@ use crate::load;
 use crate::optim::spec::{SettingError, value_list};
 use crate::optim::tricks::expand_chain;
 use crate::run::summary::{best_cell, drive_many, step_cell};
-use crate::run::sweep::{Outcome, Point, RankBy, Row, Status, rows, windows};
+use crate::run::sweep::{NoMetric, Outcome, Point, RankBy, Row, Status, rows, windows};
 use crate::run::{Retention, Run};
 
 /// Everything `gradscope sweep` takes.
@@ -50,8 +50,9 @@ pub struct SweepArgs {
     pub seeds: u64,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-    /// Rank by this `[metrics]` value (lower is better) instead of the final loss.
-    #[arg(long, value_name = "METRIC")]
+    /// Rank by this `[metrics]` value instead of the final loss: lower is better, or higher
+    /// with `max:METRIC` (`--rank-by max:accuracy`).
+    #[arg(long, value_name = "[max:]METRIC")]
     pub rank_by: Option<String>,
 }
 
@@ -69,7 +70,13 @@ pub enum SweepError {
     File(Vec<Diagnostic>),
     /// A grid point starts no run.
     #[error(transparent)]
-    Runs(#[from] RunsError),
+    Runs(Box<RunsError>),
+}
+
+impl From<RunsError> for SweepError {
+    fn from(e: RunsError) -> Self {
+        SweepError::Runs(Box::new(e))
+    }
 }
 
 /// A sweep ready to step: its points (no outcomes yet), and per compiled file (one a seed and
@@ -309,7 +316,22 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     crate::compile::threads::start([&compiled]);
     // A malformed list or const is a command-line error, as a malformed -o is for `run`.
     let grid = build_grid(args, &compiled)?;
-    let rank_by = args.rank_by.clone().map_or(RankBy::Loss, RankBy::Metric);
+    let rank_by = args.rank_by.as_deref().map_or(RankBy::Loss, RankBy::parse);
+    if let RankBy::Metric { name, .. } = &rank_by {
+        let names: Vec<String> = compiled
+            .file
+            .metrics
+            .iter()
+            .map(|m| m.name.node.clone())
+            .collect();
+        if !names.contains(name) {
+            return Err(NoMetric {
+                name: name.clone(),
+                names,
+            }
+            .into());
+        }
+    }
     let groups = grid.groups.clone();
     let mixed = grid.mixed_objectives;
     let total: u64 = grid
@@ -363,7 +385,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     report.push_str(&best_and_windows(&points, &rows, &groups));
     match args.format {
         Format::Table => {
-            write!(out, "{}", table(&points, &rows, args.seeds > 1))?;
+            write!(out, "{}", table(&points, &rows, args.seeds > 1, &rank_by))?;
             write!(out, "\n{report}")?;
         }
         Format::Csv => {
@@ -418,10 +440,14 @@ fn final_cell(row: &Row) -> String {
 }
 
 /// The ranked table: one row a point.
-fn table(points: &[Point], rows: &[Row], seeds: bool) -> String {
+fn table(points: &[Point], rows: &[Row], seeds: bool, rank_by: &RankBy) -> String {
     let axes = axis_names(points);
     let mut header: Vec<String> = vec!["#".into(), "run".into()];
     header.extend(axes.iter().cloned());
+    let metric = rows.iter().any(|r| r.metric.is_some());
+    if let (true, RankBy::Metric { name, .. }) = (metric, rank_by) {
+        header.push(name.clone());
+    }
     header.push("final loss".into());
     if seeds {
         header.push("range over seeds".into());
@@ -438,6 +464,12 @@ fn table(points: &[Point], rows: &[Row], seeds: bool) -> String {
             let p = &points[r.point];
             let mut row = vec![(k + 1).to_string(), p.name.clone()];
             row.extend(axes.iter().map(|a| axis_cell(p, a)));
+            if metric {
+                row.push(match (&r.status, r.metric) {
+                    (Status::Finished, Some(v)) => fmt_num(v),
+                    _ => "-".into(),
+                });
+            }
             row.push(final_cell(r));
             if seeds {
                 row.push(match r.status {

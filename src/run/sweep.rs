@@ -71,11 +71,31 @@ pub enum Status {
     Halted(String),
 }
 
-/// What a sweep ranks by: the final loss, or a `[metrics]` value (lower is better either way).
+/// What a sweep ranks by: the final loss (lower is better), or a `[metrics]` value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RankBy {
     Loss,
-    Metric(String),
+    /// A metric by name; `max`: higher is better (an accuracy), else lower.
+    Metric {
+        name: String,
+        max: bool,
+    },
+}
+
+impl RankBy {
+    /// `METRIC` (lower is better) or `max:METRIC` (higher is better), as `--rank-by` takes it.
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix("max:") {
+            Some(name) => RankBy::Metric {
+                name: name.to_string(),
+                max: true,
+            },
+            None => RankBy::Metric {
+                name: text.strip_prefix("min:").unwrap_or(text).to_string(),
+                max: false,
+            },
+        }
+    }
 }
 
 /// One row of a sweep's table: a grid point over its seeds.
@@ -92,7 +112,10 @@ pub struct Row {
     pub first_nonfinite: Option<u64>,
     /// The median improvement (initial - final loss); -inf when it did not finish.
     pub improvement: f64,
-    /// The median of what it is ranked by (+inf when it did not finish).
+    /// The median of the metric it is ranked by, if it is ranked by one.
+    pub metric: Option<f64>,
+    /// Its place in the order: the median loss or metric, negated when higher is better
+    /// (+inf when it did not finish).
     pub rank: f64,
     pub steps_per_s: f64,
 }
@@ -119,14 +142,14 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
             |f: &dyn Fn(&Outcome) -> f64| Spread::of(&p.outcomes.iter().map(f).collect::<Vec<_>>());
         let metric = match rank_by {
             RankBy::Loss => None,
-            RankBy::Metric(name) => {
+            RankBy::Metric { name, max } => {
                 match first
                     .summary
                     .final_metrics
                     .iter()
                     .position(|(n, _)| n == name)
                 {
-                    Some(k) => Some(k),
+                    Some(k) => Some((k, *max)),
                     None => {
                         return Err(NoMetric {
                             name: name.clone(),
@@ -142,9 +165,11 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
             }
         };
         let finished = status == Status::Finished;
-        let rank = match metric {
-            None => of(&|o| o.summary.final_loss).median,
-            Some(k) => of(&|o| o.summary.final_metrics[k].1).median,
+        let value = metric.map(|(k, _)| of(&|o| o.summary.final_metrics[k].1).median);
+        let rank = match (metric, value) {
+            (Some((_, true)), Some(v)) => -v,
+            (_, Some(v)) => v,
+            (_, None) => of(&|o| o.summary.final_loss).median,
         };
         let steps: Vec<f64> = summaries
             .iter()
@@ -169,6 +194,7 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
                 false => f64::INFINITY,
             },
             steps_per_s: of(&|o| o.summary.steps_per_s).median,
+            metric: value,
             status,
         });
     }
@@ -371,11 +397,15 @@ mod tests {
         let order: Vec<usize> = rows.iter().map(|r| r.point).collect();
         assert_eq!(order, [2, 1, 0]);
         assert_eq!(rows[2].status, Status::Diverged { seeds: 1 });
-        // Ranked by the metric (-loss here), the order turns round.
-        let by_metric = super::rows(&points, &RankBy::Metric("m".into())).unwrap();
-        let order: Vec<usize> = by_metric.iter().map(|r| r.point).collect();
-        assert_eq!(order, [1, 2, 0]);
-        assert!(super::rows(&points, &RankBy::Metric("acc".into())).is_err());
+        // Ranked by the metric (-loss here), lower first the order turns round; higher first
+        // it is the loss's.
+        let order = |rank_by: &str| -> Vec<usize> {
+            let rows = super::rows(&points, &RankBy::parse(rank_by)).unwrap();
+            rows.iter().map(|r| r.point).collect()
+        };
+        assert_eq!(order("m"), [1, 2, 0]);
+        assert_eq!(order("max:m"), [2, 1, 0]);
+        assert!(super::rows(&points, &RankBy::parse("acc")).is_err());
     }
 
     #[test]
