@@ -243,25 +243,27 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
             row
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    aligned(&header, &rows)
+}
+
+/// `header` and `rows` as text columns, each as wide as its widest cell, two spaces apart.
+pub(super) fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+        let parts: Vec<String> = row
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
-    };
-    line(header, &mut out);
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect(), &mut out);
     }
     out
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use super::run::{
-    Format, RunOptions, RunOutcome, RunsError, STOP_SIGNAL, build_runs, catch_stop_signals,
-    positive_steps, select,
+    Format, RunOptions, RunOutcome, RunsError, STOP_SIGNAL, aligned, build_runs,
+    catch_stop_signals, positive_steps, select,
 };
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
@@ -495,23 +495,7 @@ fn table(points: &[Point], rows: &[Row], seeds: bool, rank_by: &RankBy) -> Strin
             row
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&cells) {
-        let parts: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(parts.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    aligned(&header, &cells)
 }
 
 /// The best point of each `-o`, and each of its swept axes' window.
