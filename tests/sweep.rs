@@ -160,6 +160,31 @@ fn every_grid_point_is_the_run_started_alone() {
 }
 
 #[test]
+fn a_sweeps_runs_keep_no_path_of_params() {
+    let path = "losses/rosenbrock.toml";
+    let file = compiled(path);
+    let options = RunOptions {
+        file: path.into(),
+        optimizers: Vec::new(),
+        variant: None,
+        steps: Some(5),
+        dtype: None,
+        clip_norm: None,
+        on_nonfinite: None,
+        grad: None,
+    };
+    // The path: steps 0..=5 for `run`'s totals, only the current params for a sweep's outcome.
+    for (retention, points) in [
+        (Retention::Totals { best: false }, 6),
+        (Retention::Outcome, 1),
+    ] {
+        let mut runs = build_runs(&options, &file, retention).unwrap();
+        drive(&mut runs[0], |_, _| std::ops::ControlFlow::Continue(())).unwrap();
+        assert_eq!(runs[0].trajectory(None).len(), points, "{retention:?}");
+    }
+}
+
+#[test]
 fn seeds_draw_the_data_and_params_again_and_change_nothing_else() {
     let file = compiled("losses/dead_relu.toml");
     let same = file.recompiled(file.file.seed, &[]).unwrap();

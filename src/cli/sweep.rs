@@ -232,7 +232,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
                     on_nonfinite: None,
                     grad: None,
                 };
-                let mut built = build_runs(&options, &file, Retention::Totals { best: false })?;
+                let mut built = build_runs(&options, &file, Retention::Outcome)?;
                 let run = built.remove(0);
                 if points[i].name.is_empty() {
                     points[i].name = run.name.clone();

@@ -62,6 +62,11 @@ pub enum Retention {
     /// at the best loss only with `best` (to save them): for a large model they are another
     /// copy of the params.
     Totals { best: bool },
+    /// [`Totals`](Retention::Totals) without the best params or the path (the params along
+    /// the way, which only pictures and a halt's curvature read): what a sweep reads of each of
+    /// its many runs. On a small loss the path is a copy of the params every step, most of the
+    /// cost of a batched step.
+    Outcome,
 }
 
 impl RunRequest {
@@ -227,7 +232,9 @@ impl Run {
             totals: Totals::default(),
             history: match retention {
                 Retention::Everything => History::new(n),
-                Retention::Totals { .. } => History::windowed(n, DIVERGENCE_WINDOW + 1),
+                Retention::Totals { .. } | Retention::Outcome => {
+                    History::windowed(n, DIVERGENCE_WINDOW + 1)
+                }
             },
             snapshots: Vec::new(),
             halted: None,
@@ -247,7 +254,11 @@ impl Run {
             best: None,
         };
         let dim = compiled.param_count();
-        r.trajectory = Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS));
+        let points = match r.retention {
+            Retention::Outcome => 0,
+            _ => (TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS),
+        };
+        r.trajectory = Decimated::new(points);
         if r.trajectory.wants(0) {
             r.trajectory.push(0, r.param_copies()?);
         }
