@@ -160,23 +160,25 @@ fn every_grid_point_is_the_run_started_alone() {
 }
 
 #[test]
-fn a_sweeps_runs_keep_no_path_of_params() {
+fn a_sweeps_runs_keep_a_short_path_of_params() {
     let path = "losses/rosenbrock.toml";
     let file = compiled(path);
     let options = RunOptions {
         file: path.into(),
         optimizers: Vec::new(),
         variant: None,
-        steps: Some(5),
+        steps: Some(1000),
         dtype: None,
         clip_norm: None,
         on_nonfinite: None,
         grad: None,
     };
-    // The path: steps 0..=5 for `run`'s totals, only the current params for a sweep's outcome.
+    // The path: every step 0..=1000 for `run`'s totals; for a sweep's outcome, at most 64
+    // points, the stride doubling when full: every 16th step (0, 16, ..., 992: 63) and the
+    // current params.
     for (retention, points) in [
-        (Retention::Totals { best: false }, 6),
-        (Retention::Outcome, 1),
+        (Retention::Totals { best: false }, 1001),
+        (Retention::Outcome, 64),
     ] {
         let mut runs = build_runs(&options, &file, retention).unwrap();
         drive(&mut runs[0], |_, _| std::ops::ControlFlow::Continue(())).unwrap();

@@ -62,10 +62,10 @@ pub enum Retention {
     /// at the best loss only with `best` (to save them): for a large model they are another
     /// copy of the params.
     Totals { best: bool },
-    /// [`Totals`](Retention::Totals) without the best params or the path (the params along
-    /// the way, which only pictures and a halt's curvature read): what a sweep reads of each of
-    /// its many runs. On a small loss the path is a copy of the params every step, most of the
-    /// cost of a batched step.
+    /// [`Totals`](Retention::Totals) without the best params and with a short path (the params
+    /// along the way: pictures draw it, a halt reads the curvature at its lowest loss from
+    /// it): what a sweep reads of each of its many runs. On a small loss the full path is a
+    /// copy of the params every step, most of the cost of a batched step.
     Outcome,
 }
 
@@ -193,6 +193,9 @@ pub struct Run {
 const TRAJECTORY_BYTES: usize = 8 << 20;
 /// Most points a trajectory keeps.
 const TRAJECTORY_POINTS: usize = 16384;
+/// Most points the trajectory of a [`Retention::Outcome`] run keeps (always step 0, where a
+/// run that diverges from the start has its lowest loss).
+const OUTCOME_POINTS: usize = 64;
 
 impl Run {
     /// The run `request` asks for of `compiled`, at the initial params.
@@ -254,10 +257,10 @@ impl Run {
             best: None,
         };
         let dim = compiled.param_count();
-        let points = match r.retention {
-            Retention::Outcome => 0,
-            _ => (TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS),
-        };
+        let points = (TRAJECTORY_BYTES / (8 * dim.max(1))).min(match r.retention {
+            Retention::Outcome => OUTCOME_POINTS,
+            _ => TRAJECTORY_POINTS,
+        });
         r.trajectory = Decimated::new(points);
         if r.trajectory.wants(0) {
             r.trajectory.push(0, r.param_copies()?);
