@@ -7,12 +7,13 @@ use std::path::Path;
 
 use clap::Parser;
 use gradscope::cli::run::{RunOptions, build_runs};
-use gradscope::cli::sweep::{SweepArgs, build_grid, drive_grid};
+use gradscope::cli::sweep::{SweepArgs, build_grid};
 use gradscope::cli::{Cli, Command};
 use gradscope::compile::CompiledFile;
 use gradscope::load::load_compiled;
 use gradscope::run::Retention;
 use gradscope::run::summary::{FinalParams, drive};
+use gradscope::run::sweep::drive_grid;
 
 /// `gradscope sweep ARGS` as clap parses it.
 fn sweep_args(args: &[&str]) -> SweepArgs {

@@ -17,9 +17,9 @@ use crate::lang::file::DType;
 use crate::load;
 use crate::optim::spec::{SettingError, value_list};
 use crate::optim::tricks::expand_chain;
-use crate::run::summary::{best_cell, drive_many, step_cell};
-use crate::run::sweep::{NoMetric, Outcome, Point, RankBy, Row, Status, rows, windows};
-use crate::run::{Retention, Run};
+use crate::run::Retention;
+use crate::run::summary::{best_cell, step_cell};
+use crate::run::sweep::{Grid, NoMetric, Point, RankBy, Row, Status, drive_grid, rows, windows};
 
 /// Everything `gradscope sweep` takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,18 +77,6 @@ impl From<RunsError> for SweepError {
     fn from(e: RunsError) -> Self {
         SweepError::Runs(Box::new(e))
     }
-}
-
-/// A sweep ready to step: its points (no outcomes yet), and per compiled file (one a seed and
-/// combination of consts) the runs of it with the point each belongs to.
-pub struct Grid {
-    pub points: Vec<Point>,
-    pub files: Vec<(CompiledFile, Vec<(usize, Run)>)>,
-    /// The `-o` texts (or the file's optimizer), one a group of points.
-    pub groups: Vec<String>,
-    /// Whether points minimise different objectives (consts or variants with their own loss
-    /// or consts), so that ranking them by loss compares unlike numbers.
-    pub mixed_objectives: bool,
 }
 
 /// `K=VALUES` of `--const`.
@@ -257,45 +245,6 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
         groups,
         mixed_objectives,
     })
-}
-
-/// Steps every run of `grid`, each compiled file's runs together (those sharing a program as
-/// one batch), calling `on_row` after every row; `on_row` breaking off stops the sweep.
-/// Returns the points with the outcome of every run that started.
-pub fn drive_grid(
-    grid: Grid,
-    mut on_row: impl FnMut() -> ControlFlow<()>,
-) -> Result<Vec<Point>, Diagnostic> {
-    let Grid {
-        mut points, files, ..
-    } = grid;
-    for (file, runs) in files {
-        let (ids, mut runs): (Vec<usize>, Vec<Run>) = runs.into_iter().unzip();
-        let mut initial = vec![f64::NAN; runs.len()];
-        let results = drive_many(&file, &mut runs, |i, _, row| {
-            if row.step == 0 {
-                initial[i] = row.core.loss;
-            }
-            on_row()
-        });
-        let mut stopped = false;
-        for ((result, id), initial_loss) in results.into_iter().zip(ids).zip(initial) {
-            let Some(summary) = result else {
-                stopped = true;
-                continue;
-            };
-            let summary = summary?;
-            stopped |= summary.interrupted.is_some();
-            points[id].outcomes.push(Outcome {
-                initial_loss,
-                summary,
-            });
-        }
-        if stopped {
-            break;
-        }
-    }
-    Ok(points)
 }
 
 /// `gradscope sweep`: builds the grid, steps it (a progress bar on a terminal), and prints the

@@ -1,9 +1,13 @@
-//! A sweep's results: each grid point's runs over seeds summarised as a median and a spread,
-//! ranked, and per swept axis the window of values that do nearly as well as the best. The
-//! grid itself is made of ordinary runs (see `gradscope sweep`); this module only reads their
-//! summaries.
+//! A sweep: a grid of ordinary runs (made as `gradscope run` makes them, see `gradscope
+//! sweep`) stepped together, each grid point's runs over seeds summarised as a median and a
+//! spread, ranked, and per swept axis the window of values that do nearly as well as the best.
 
-use super::summary::Summary;
+use std::ops::ControlFlow;
+
+use super::Run;
+use super::summary::{Summary, drive_many};
+use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
 
 /// One run of a grid point (one seed): its summary and the loss it started from.
 #[derive(Debug, Clone)]
@@ -27,6 +31,57 @@ pub struct Point {
     pub name: String,
     pub axes: Vec<(String, String)>,
     pub outcomes: Vec<Outcome>,
+}
+
+/// A sweep ready to step: its points (no outcomes yet), and per compiled file (one a seed and
+/// combination of consts) the runs of it with the point each belongs to.
+pub struct Grid {
+    pub points: Vec<Point>,
+    pub files: Vec<(CompiledFile, Vec<(usize, Run)>)>,
+    /// The `-o` texts (or the file's optimizer), one a group of points.
+    pub groups: Vec<String>,
+    /// Whether points minimise different objectives (consts or variants with their own loss
+    /// or consts), so that ranking them by loss compares unlike numbers.
+    pub mixed_objectives: bool,
+}
+
+/// Steps every run of `grid`, each compiled file's runs together (those sharing a program as
+/// one batch), calling `on_row` after every row; `on_row` breaking off stops the sweep.
+/// Returns the points with the outcome of every run that started.
+pub fn drive_grid(
+    grid: Grid,
+    mut on_row: impl FnMut() -> ControlFlow<()>,
+) -> Result<Vec<Point>, Diagnostic> {
+    let Grid {
+        mut points, files, ..
+    } = grid;
+    for (file, runs) in files {
+        let (ids, mut runs): (Vec<usize>, Vec<Run>) = runs.into_iter().unzip();
+        let mut initial = vec![f64::NAN; runs.len()];
+        let results = drive_many(&file, &mut runs, |i, _, row| {
+            if row.step == 0 {
+                initial[i] = row.core.loss;
+            }
+            on_row()
+        });
+        let mut stopped = false;
+        for ((result, id), initial_loss) in results.into_iter().zip(ids).zip(initial) {
+            let Some(summary) = result else {
+                stopped = true;
+                continue;
+            };
+            let summary = summary?;
+            stopped |= summary.interrupted.is_some();
+            points[id].outcomes.push(Outcome {
+                initial_loss,
+                summary,
+            });
+        }
+        if stopped {
+            break;
+        }
+    }
+    Ok(points)
 }
 
 /// A value over seeds: the median and the range.
