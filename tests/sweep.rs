@@ -299,18 +299,34 @@ fn the_command_ranks_the_points_and_gives_the_lr_window() {
         text.contains("lr window (improvement within 10% of the best):"),
         "{text}"
     );
+    // CSV: a header, then one row a point, best first, the halted one without a loss.
+    let sweep = |format: &str| {
+        let out = common::gradscope(&[
+            "sweep",
+            "losses/rosenbrock.toml",
+            "-o",
+            "sgd(lr=[1e-4, 1e-3, 1e-2])",
+            "--steps",
+            "300",
+            "--format",
+            format,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = sweep("csv");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("rank,run,lr,final_loss,"), "{text}");
+    assert!(
+        lines[1].starts_with("1,\"sgd(lr=0.001)\",\"1e-3\",5.04"),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("3,\"sgd(lr=0.01)\",\"1e-2\",,,,,"),
+        "{text}"
+    );
     // JSON lines: one row a point, best first, the halted one without a loss.
-    let out = common::gradscope(&[
-        "sweep",
-        "losses/rosenbrock.toml",
-        "-o",
-        "sgd(lr=[1e-4, 1e-3, 1e-2])",
-        "--steps",
-        "300",
-        "--format",
-        "jsonl",
-    ]);
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let rows: Vec<serde_json::Value> = sweep("jsonl")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
