@@ -57,6 +57,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drop(out);
             return Ok(cli::lrfind::lrfind_command(&args, color)?.exit_code());
         }
+        Some(Command::Sweep(args)) => {
+            drop(out);
+            return Ok(cli::sweep::sweep_command(&args, color)?.exit_code());
+        }
         Some(Command::Landscape(args)) => cli::pictures::landscape_command(&args, color, &mut out)?,
         Some(Command::Plot(args)) => {
             drop(out);

@@ -9,6 +9,7 @@ pub mod lrfind;
 pub mod optimizers;
 pub mod pictures;
 pub mod run;
+pub mod sweep;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,9 @@ pub enum Command {
     /// The learning-rate range test on a copy of a run: the lr grows exponentially over the
     /// steps; prints the smoothed loss against the lr, why it stopped and two suggested lrs.
     Lrfind(lrfind::LrFindArgs),
+    /// Step a grid of runs (value lists in -o and --const, variants, dtypes, seeds) and rank
+    /// them, with the window of good values of each swept axis.
+    Sweep(sweep::SweepArgs),
     /// Step runs, then draw their loss landscape with the paths in the terminal.
     Landscape(pictures::LandscapeArgs),
     /// Step runs, then write their curves (and landscape, for two-param losses) to an SVG or PNG.

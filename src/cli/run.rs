@@ -62,7 +62,7 @@ pub struct RunOptions {
 }
 
 /// `--steps`: a whole number of at least 1.
-fn positive_steps(text: &str) -> Result<u64, String> {
+pub(super) fn positive_steps(text: &str) -> Result<u64, String> {
     match text.parse::<i128>() {
         Ok(n) if n >= 1 => {
             u64::try_from(n).map_err(|_| format!("steps must be at most {}", u64::MAX))
@@ -243,25 +243,27 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
             row
         })
         .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    aligned(&header, &rows)
+}
+
+/// `header` and `rows` as text columns, each as wide as its widest cell, two spaces apart.
+pub(super) fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+        let parts: Vec<String> = row
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
-    };
-    line(header, &mut out);
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect(), &mut out);
     }
     out
 }
@@ -290,7 +292,7 @@ pub fn load_runs(
     Ok(Some((compiled, runs)))
 }
 
-/// The signal that asked `gradscope run` (or `lrfind`) to stop (0: none yet).
+/// The signal that asked `gradscope run` (or `lrfind`, `sweep`) to stop (0: none yet).
 pub(super) static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {

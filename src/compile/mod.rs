@@ -109,6 +109,50 @@ impl CompiledFile {
         Some(c)
     }
 
+    /// The file compiled again with its random data and params drawn from `seed`, and each of
+    /// `consts` set in every definition over its own value: one point of a sweep. An unknown
+    /// const is an error, with the closest name as help.
+    pub fn recompiled(
+        &self,
+        seed: u64,
+        consts: &[(String, f64)],
+    ) -> Result<CompiledFile, Vec<Diagnostic>> {
+        let mut file = (*self.file).clone();
+        file.seed = seed;
+        for (name, value) in consts {
+            let entries = file
+                .consts
+                .iter_mut()
+                .chain(file.variants.iter_mut().flat_map(|v| v.consts.iter_mut()))
+                .filter(|c| c.name.node == *name);
+            let mut found = false;
+            for entry in entries {
+                entry.value = *value;
+                found = true;
+            }
+            if !found {
+                let names: Vec<&str> = self
+                    .file
+                    .consts
+                    .iter()
+                    .map(|c| c.name.node.as_str())
+                    .collect();
+                let help = crate::diagnostic::did_you_mean(name, names.iter().copied())
+                    .unwrap_or_else(|| match names.is_empty() {
+                        true => "this file has no [consts]".into(),
+                        false => format!("this file's consts: {}", names.join(", ")),
+                    });
+                return Err(vec![
+                    Diagnostic::error(format!("no const named `{name}`")).help(help),
+                ]);
+            }
+        }
+        match compile(file) {
+            (Some(compiled), _) => Ok(compiled),
+            (None, diags) => Err(diags),
+        }
+    }
+
     /// How many values the params hold in all (the dimension of param space).
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.value.elem_count()).sum()

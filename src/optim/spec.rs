@@ -1218,6 +1218,12 @@ impl SpecOverride {
             typed
                 .set(key, raw)
                 .map_err(|e| match (raw, typed.get(key)) {
+                    (RawValue::Text(v), _) if matches!(value_list(v), Ok(Some(_))) => {
+                        SettingError {
+                            message: format!("`{key}={v}` is a list of values"),
+                            help: Some("only `gradscope sweep` takes value lists".into()),
+                        }
+                    }
                     (RawValue::Text(v), Some(HyperValue::Number(_))) => SettingError {
                         message: format!("`{v}` is not a number"),
                         help: None,
@@ -1324,19 +1330,92 @@ fn typed_value(value: &str) -> RawValue<'_> {
     }
 }
 
-/// `args` split at the commas outside parentheses (so a nested spec stays one argument), each
-/// trimmed.
-fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
+/// `args` split at the commas outside parentheses and brackets (so a nested spec or a value
+/// list stays one argument), each trimmed.
+pub(super) fn split_top_level(args: &str) -> impl Iterator<Item = &str> {
     let mut depth = 0i32;
     args.split(move |c| {
         match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
             _ => {}
         }
         c == ',' && depth == 0
     })
     .map(str::trim)
+}
+
+/// The most values one value list may make (a typo such as `logspace(1e-4, 1, 1e9)` would
+/// otherwise ask for a billion runs).
+pub const LIST_MAX: usize = 10_000;
+
+/// How to write a value list, for the help of its errors.
+const LIST_EXAMPLE: &str = "write [a, b, ...], logspace(lo, hi, n) or linspace(lo, hi, n), e.g. lr=logspace(1e-4, 1e-1, 13)";
+
+/// The values a value list stands for, each as it would be written alone: `[a, b, ...]` as
+/// written, `logspace(lo, hi, n)` (n values from lo to hi evenly in log, both ends exact) and
+/// `linspace(lo, hi, n)` (evenly); None for a plain value. A sweep's `-o` and `--const` take
+/// them, so one command writes a whole grid.
+pub fn value_list(text: &str) -> Result<Option<Vec<String>>, SettingError> {
+    let text = text.trim();
+    let error = |message: String| SettingError {
+        message,
+        help: Some(LIST_EXAMPLE.into()),
+    };
+    if let Some(inner) = text.strip_prefix('[') {
+        let Some(inner) = inner.strip_suffix(']') else {
+            return Err(error(format!("`{text}` is missing its closing `]`")));
+        };
+        let items: Vec<String> = split_top_level(inner).map(str::to_string).collect();
+        if items.iter().any(String::is_empty) {
+            return Err(error(format!("`{text}` has an empty value")));
+        }
+        if items.len() > LIST_MAX {
+            return Err(error(format!("`{text}` has more than {LIST_MAX} values")));
+        }
+        return Ok(Some(items));
+    }
+    let (name, args) = match text.split_once('(') {
+        Some((name @ ("logspace" | "linspace"), _)) => (name, split_call(text)?.1),
+        _ => return Ok(None),
+    };
+    let args: Vec<&str> = split_top_level(args).collect();
+    let [lo, hi, n] = args[..] else {
+        return Err(error(format!(
+            "`{name}` takes three values (lo, hi, n), not {}",
+            args.len()
+        )));
+    };
+    let number = |what: &str, v: &str| match v.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(error(format!(
+            "`{name}`'s {what} must be a finite number, not `{v}`"
+        ))),
+    };
+    let (lo, hi) = (number("lo", lo)?, number("hi", hi)?);
+    let n = match n.parse::<f64>() {
+        Ok(x) if x >= 1.0 && x.fract() == 0.0 && x <= LIST_MAX as f64 => x as usize,
+        _ => {
+            return Err(error(format!(
+                "`{name}`'s n must be a whole number from 1 to {LIST_MAX}, not `{n}`"
+            )));
+        }
+    };
+    if name == "logspace" && (lo <= 0.0 || hi <= 0.0) {
+        return Err(error(format!(
+            "`logspace` needs lo and hi above 0 (they are the values, not their powers of ten), not {lo} and {hi}"
+        )));
+    }
+    let at = |i: usize| {
+        let t = i as f64 / (n - 1) as f64;
+        match (i, name) {
+            (0, _) => lo,
+            (i, _) if i == n - 1 => hi,
+            (_, "logspace") => 10f64.powf(lo.log10() + t * (hi.log10() - lo.log10())),
+            _ => lo + t * (hi - lo),
+        }
+    };
+    Ok(Some((0..n).map(|i| at(i).to_string()).collect()))
 }
 
 impl FromStr for OptimizerSpec {
@@ -1377,6 +1456,54 @@ pub(super) fn refused_at(spec: &str, key: &str) -> SettingError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_lists_give_their_values() {
+        let list = |t: &str| value_list(t).unwrap().unwrap();
+        assert_eq!(list("[1e-3, 0.01, true]"), ["1e-3", "0.01", "true"]);
+        assert_eq!(value_list("0.01").unwrap(), None);
+        assert_eq!(value_list("none").unwrap(), None);
+        // linspace(0, 1, 5): 0, 1/4, 1/2, 3/4, 1, exactly.
+        assert_eq!(list("linspace(0, 1, 5)"), ["0", "0.25", "0.5", "0.75", "1"]);
+        assert_eq!(list("linspace(2, 3, 1)"), ["2"]);
+        // logspace(1e-4, 1e-1, 13): 10^(-4 + k/4), the ends exactly as written.
+        let values: Vec<f64> = list("logspace(1e-4, 1e-1, 13)")
+            .iter()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(values.len(), 13);
+        assert_eq!((values[0], values[12]), (1e-4, 1e-1));
+        for (k, v) in values.iter().enumerate() {
+            let expected = 10f64.powf(-4.0 + k as f64 / 4.0);
+            assert!((v / expected - 1.0).abs() < 1e-14, "{k}: {v} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn malformed_value_lists_say_what_is_wrong() {
+        let cases = [
+            ("logspace(1e-4, 1e-1, 0)", "n must be a whole number from 1"),
+            ("linspace(0, 1, 2.5)", "n must be a whole number from 1"),
+            ("logspace(0, 1e-1, 3)", "needs lo and hi above 0"),
+            ("logspace(-1, 1, 3)", "needs lo and hi above 0"),
+            ("linspace(0, 1)", "takes three values"),
+            ("linspace(a, 1, 3)", "lo must be a finite number"),
+            ("[1, , 2]", "has an empty value"),
+            ("[1, 2", "missing its closing `]`"),
+            ("logspace(1, 2, 3", "missing its closing `)`"),
+            ("linspace(0, 1, 1e9)", "n must be a whole number from 1"),
+        ];
+        for (text, message) in cases {
+            let e = value_list(text).unwrap_err();
+            assert!(e.message.contains(message), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_plain_spec_refuses_a_value_list() {
+        let e = OptimizerSpec::parse("adam(lr=[1e-3, 1e-2])").unwrap_err();
+        assert_eq!(e.message, "`lr=[1e-3, 1e-2]` is a list of values");
+    }
 
     #[test]
     fn settings_are_checked_against_the_optimizer() {

@@ -8,8 +8,8 @@ use std::str::FromStr;
 
 use super::settings::LossScale;
 use super::spec::{
-    Hyper, HyperParam, HyperValue, OptimizerKind, OptimizerSpec, RawValue, SettingError,
-    SpecOverride, arguments, split_call,
+    Hyper, HyperParam, HyperValue, LIST_MAX, OptimizerKind, OptimizerSpec, RawValue, SettingError,
+    SpecOverride, arguments, split_call, split_top_level, value_list,
 };
 
 /// A loss scale as a trick parameter: a power of two, or `dynamic` (torch's GradScaler).
@@ -346,8 +346,8 @@ pub fn check_list(tricks: &[TrickSpec]) -> Result<(), SettingError> {
 /// How to write a trick, for the parser's help.
 const TRICK_EXAMPLE: &str = "write e.g. agc(clipping=0.05), or a bare name such as centralize";
 
-/// The pieces of a chain, split at each ` + ` outside parentheses: the `+` of an exponent
-/// (`1e+3`) stays in its number. Each piece trimmed.
+/// The pieces of a chain, split at each ` + ` outside parentheses and brackets: the `+` of an
+/// exponent (`1e+3`) stays in its number. Each piece trimmed.
 pub fn split_chain(text: &str) -> Vec<&str> {
     let bytes = text.as_bytes();
     let mut depth = 0i32;
@@ -355,8 +355,8 @@ pub fn split_chain(text: &str) -> Vec<&str> {
     let mut start = 0;
     for (i, &c) in bytes.iter().enumerate() {
         match c {
-            b'(' => depth += 1,
-            b')' => depth -= 1,
+            b'(' | b'[' => depth += 1,
+            b')' | b']' => depth -= 1,
             b'+' if depth == 0 && !is_exponent_sign(bytes, i) => {
                 pieces.push(text[start..i].trim());
                 start = i + 1;
@@ -401,6 +401,99 @@ impl FromStr for TrickSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
+}
+
+/// One point of a chain written with value lists: the chain as plain text, and the value each
+/// swept key takes there (`lr`, or `trick.key` for a trick's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainPoint {
+    pub text: String,
+    pub swept: Vec<(String, String)>,
+}
+
+/// The plain chains a chain with value lists (`adam(lr=[1e-3, 1e-2], beta1=linspace(0.8,
+/// 0.9, 3))`, see [`value_list`]) stands for: the cartesian product of its lists, the first
+/// list varying slowest. A chain without lists is its one point, as typed.
+pub fn expand_chain(text: &str) -> Result<Vec<ChainPoint>, SettingError> {
+    // Every argument of every piece: its key as written, its axis when it is swept, and its
+    // values (one for a plain value; a part that is not `key=value` is left for the parser).
+    let mut pieces = Vec::new();
+    for (p, piece) in split_chain(text).into_iter().enumerate() {
+        let (name, args) = split_call(piece)?;
+        let mut keyed = Vec::new();
+        for part in split_top_level(args).filter(|part| !part.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                keyed.push((part.to_string(), None, vec![None]));
+                continue;
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let (axis, values) = match value_list(value)? {
+                Some(values) => (
+                    Some(match p {
+                        0 => key.to_string(),
+                        _ => format!("{name}.{key}"),
+                    }),
+                    values.into_iter().map(Some).collect(),
+                ),
+                None => (None, vec![Some(value.to_string())]),
+            };
+            keyed.push((key.to_string(), axis, values));
+        }
+        pieces.push((name, keyed));
+    }
+    let sizes: Vec<usize> = pieces
+        .iter()
+        .flat_map(|(_, args)| args.iter().map(|(_, _, v)| v.len()))
+        .collect();
+    let total = sizes.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
+    let total = match total {
+        Some(t) if t <= LIST_MAX => t,
+        _ => {
+            return Err(SettingError {
+                message: format!("`{text}` makes more than {LIST_MAX} runs"),
+                help: Some("sweep fewer values at once".into()),
+            });
+        }
+    };
+    let mut points = Vec::with_capacity(total);
+    for index in 0..total {
+        // The index in mixed radix, the last list varying fastest.
+        let mut choice = vec![0; sizes.len()];
+        let mut rest = index;
+        for (c, size) in choice.iter_mut().zip(&sizes).rev() {
+            (*c, rest) = (rest % size, rest / size);
+        }
+        let mut choice = choice.into_iter();
+        let mut swept = Vec::new();
+        let calls: Vec<String> = pieces
+            .iter()
+            .map(|(name, args)| {
+                let written: Vec<String> = args
+                    .iter()
+                    .map(
+                        |(key, axis, values)| match &values[choice.next().unwrap_or(0)] {
+                            Some(value) => {
+                                if let Some(axis) = axis {
+                                    swept.push((axis.clone(), value.clone()));
+                                }
+                                format!("{key}={value}")
+                            }
+                            None => key.clone(),
+                        },
+                    )
+                    .collect();
+                match written.is_empty() {
+                    true => name.to_string(),
+                    false => format!("{name}({})", written.join(", ")),
+                }
+            })
+            .collect();
+        points.push(ChainPoint {
+            text: calls.join(" + "),
+            swept,
+        });
+    }
+    Ok(points)
 }
 
 /// An optimizer with its tricks: what a run steps with, as the TUI's spec editor reads it.
@@ -531,6 +624,58 @@ impl FromStr for ChainOverride {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_with_lists_expands_to_the_cartesian_product() {
+        let points =
+            expand_chain("sgd(lr=[1e-3, 1e-2], momentum=[0, 0.9]) + agc(clipping=[0.01, 0.1])")
+                .unwrap();
+        let texts: Vec<&str> = points.iter().map(|p| p.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "sgd(lr=1e-3, momentum=0) + agc(clipping=0.01)",
+                "sgd(lr=1e-3, momentum=0) + agc(clipping=0.1)",
+                "sgd(lr=1e-3, momentum=0.9) + agc(clipping=0.01)",
+                "sgd(lr=1e-3, momentum=0.9) + agc(clipping=0.1)",
+                "sgd(lr=1e-2, momentum=0) + agc(clipping=0.01)",
+                "sgd(lr=1e-2, momentum=0) + agc(clipping=0.1)",
+                "sgd(lr=1e-2, momentum=0.9) + agc(clipping=0.01)",
+                "sgd(lr=1e-2, momentum=0.9) + agc(clipping=0.1)",
+            ]
+        );
+        let axes: Vec<&str> = points[0].swept.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(axes, ["lr", "momentum", "agc.clipping"]);
+        for p in &points {
+            assert!(ChainOverride::parse(&p.text).is_ok(), "{}", p.text);
+        }
+    }
+
+    #[test]
+    fn a_plain_chain_is_its_one_point() {
+        for text in [
+            "adam",
+            "adam(lr=0.01, beta1=0.8) + centralize",
+            "sgd(lr=1e+3)",
+        ] {
+            let points = expand_chain(text).unwrap();
+            assert_eq!(points.len(), 1);
+            assert!(points[0].swept.is_empty());
+            assert_eq!(
+                ChainOverride::parse(&points[0].text).unwrap(),
+                ChainOverride::parse(text).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_list_in_a_chain_is_an_error() {
+        let e = expand_chain("adam(lr=logspace(0, 1, 3))").unwrap_err();
+        assert!(e.message.contains("needs lo and hi above 0"), "{e}");
+        let e = expand_chain("adam(lr=linspace(1, 2, 5000), beta1=linspace(0, 0.9, 5000))")
+            .unwrap_err();
+        assert!(e.message.contains("makes more than"), "{e}");
+    }
 
     #[test]
     fn a_chain_splits_at_top_level_plus_only() {

@@ -10,6 +10,7 @@ pub mod lrfind;
 pub mod metrics;
 pub mod save;
 pub mod summary;
+pub mod sweep;
 pub mod trajectory;
 pub mod turns;
 pub mod worker;
@@ -62,6 +63,11 @@ pub enum Retention {
     /// at the best loss only with `best` (to save them): for a large model they are another
     /// copy of the params.
     Totals { best: bool },
+    /// [`Totals`](Retention::Totals) without the best params and with a short path (the params
+    /// along the way: pictures draw it, a halt reads the curvature at its lowest loss from
+    /// it): what a sweep reads of each of its many runs. On a small loss the full path is a
+    /// copy of the params every step, most of the cost of a batched step.
+    Outcome,
 }
 
 impl RunRequest {
@@ -203,6 +209,9 @@ struct Start {
 const TRAJECTORY_BYTES: usize = 8 << 20;
 /// Most points a trajectory keeps.
 const TRAJECTORY_POINTS: usize = 16384;
+/// Most points the trajectory of a [`Retention::Outcome`] run keeps (always step 0, where a
+/// run that diverges from the start has its lowest loss).
+const OUTCOME_POINTS: usize = 64;
 
 impl Run {
     /// The run `request` asks for of `compiled`, at the initial params.
@@ -292,7 +301,9 @@ impl Run {
             totals: Totals::default(),
             history: match start.retention {
                 Retention::Everything => History::new(n),
-                Retention::Totals { .. } => History::windowed(n, DIVERGENCE_WINDOW + 1),
+                Retention::Totals { .. } | Retention::Outcome => {
+                    History::windowed(n, DIVERGENCE_WINDOW + 1)
+                }
             },
             snapshots: Vec::new(),
             halted: None,
@@ -304,9 +315,12 @@ impl Run {
             clean_steps: start.scale.1,
             param_names: start.param_names,
             current: None,
-            trajectory: Decimated::new(
-                (TRAJECTORY_BYTES / (8 * dim.max(1))).min(TRAJECTORY_POINTS),
-            ),
+            trajectory: Decimated::new((TRAJECTORY_BYTES / (8 * dim.max(1))).min(
+                match start.retention {
+                    Retention::Outcome => OUTCOME_POINTS,
+                    _ => TRAJECTORY_POINTS,
+                },
+            )),
             best: None,
         };
         if r.trajectory.wants(0) {

@@ -1,0 +1,572 @@
+//! `gradscope sweep`: a grid of ordinary runs (value lists in `-o` and `--const`, variants,
+//! dtypes, seeds), stepped like `run` steps them, ranked, with each swept axis's window.
+
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use super::run::{
+    Format, RunOptions, RunOutcome, RunsError, STOP_SIGNAL, aligned, build_runs,
+    catch_stop_signals, positive_steps, select,
+};
+use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
+use crate::format::fmt_num;
+use crate::lang::file::DType;
+use crate::load;
+use crate::optim::spec::{SettingError, value_list};
+use crate::optim::tricks::expand_chain;
+use crate::run::Retention;
+use crate::run::summary::{best_cell, step_cell};
+use crate::run::sweep::{Grid, NoMetric, Point, RankBy, Row, Status, drive_grid, rows, windows};
+
+/// Everything `gradscope sweep` takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    /// The loss file.
+    pub file: PathBuf,
+    /// Optimizer spec as for `run`, where any value may be a list: `[a, b, ...]`,
+    /// `logspace(lo, hi, n)` or `linspace(lo, hi, n)` (lo and hi are the values themselves).
+    /// Each `-o` sweeps the cartesian product of its lists; repeat for several optimizers.
+    #[arg(short = 'o', long = "optimizer")]
+    pub optimizers: Vec<String>,
+    /// A const of the loss file and its values (`eps=logspace(1e-8, 1e-2, 7)`, `k=[1, 2]` or
+    /// one number), over every variant's own value; repeat for several.
+    #[arg(long = "const", value_name = "K=VALUES")]
+    pub consts: Vec<String>,
+    /// Variant to run (`base`, a variant's name, or `all`).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Dtypes to run in, comma-separated (default: each definition's own).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub dtype: Vec<DType>,
+    /// Number of steps (default: the file's `steps`, else 100).
+    #[arg(long, allow_negative_numbers = true, value_parser = positive_steps)]
+    pub steps: Option<u64>,
+    /// Runs a grid point with the file's seed, seed+1, ... (its random data and initial params
+    /// drawn again) and reports the median and range over them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Rank by this `[metrics]` value instead of the final loss: lower is better, or higher
+    /// with `max:METRIC` (`--rank-by max:accuracy`).
+    #[arg(long, value_name = "[max:]METRIC")]
+    pub rank_by: Option<String>,
+}
+
+/// Why a sweep's grid cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// An `-o` spec's value list is malformed.
+    #[error("-o {spec}: {error}")]
+    Spec { spec: String, error: SettingError },
+    /// A `--const` is malformed.
+    #[error("--const {text}: {error}")]
+    Const { text: String, error: SettingError },
+    /// A `--const` names no const, or the file does not compile with a const's value.
+    #[error("{}", .0.iter().map(|d| d.render(false)).collect::<String>())]
+    File(Vec<Diagnostic>),
+    /// A grid point starts no run.
+    #[error(transparent)]
+    Runs(Box<RunsError>),
+}
+
+impl From<RunsError> for SweepError {
+    fn from(e: RunsError) -> Self {
+        SweepError::Runs(Box::new(e))
+    }
+}
+
+/// `K=VALUES` of `--const`.
+pub fn parse_const(text: &str) -> Result<(String, Vec<f64>), SweepError> {
+    let error = |message: String| SweepError::Const {
+        text: text.to_string(),
+        error: SettingError {
+            message,
+            help: Some("write K=VALUES, e.g. --const eps=logspace(1e-8, 1e-2, 7)".into()),
+        },
+    };
+    let Some((key, value)) = text.split_once('=') else {
+        return Err(error(format!("`{text}` is not `K=VALUES`")));
+    };
+    let value = value.trim();
+    let values = value_list(value)
+        .map_err(|e| SweepError::Const {
+            text: text.to_string(),
+            error: e,
+        })?
+        .unwrap_or_else(|| vec![value.to_string()]);
+    let numbers = values
+        .iter()
+        .map(|v| match v.parse::<f64>() {
+            Ok(x) if x.is_finite() => Ok(x),
+            _ => Err(error(format!("`{v}` is not a finite number"))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((key.trim().to_string(), numbers))
+}
+
+/// Every combination of `lists`' values, the first varying slowest.
+fn product<T: Clone>(lists: &[Vec<T>]) -> Vec<Vec<T>> {
+    lists.iter().fold(vec![Vec::new()], |acc, list| {
+        acc.iter()
+            .flat_map(|head| {
+                list.iter().map(move |v| {
+                    let mut c = head.clone();
+                    c.push(v.clone());
+                    c
+                })
+            })
+            .collect()
+    })
+}
+
+/// The grid `args` asks for over `compiled`: per `-o`, its points times the variants, dtypes
+/// and consts; each point a run per seed, made exactly as `gradscope run` makes it.
+pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, SweepError> {
+    let texts: Vec<Option<&str>> = match args.optimizers.is_empty() {
+        true => vec![None],
+        false => args.optimizers.iter().map(|t| Some(t.as_str())).collect(),
+    };
+    let mut chains = Vec::new();
+    for text in &texts {
+        chains.push(match text {
+            Some(t) => expand_chain(t).map_err(|error| SweepError::Spec {
+                spec: t.to_string(),
+                error,
+            })?,
+            None => vec![crate::optim::tricks::ChainPoint {
+                text: String::new(),
+                swept: Vec::new(),
+            }],
+        });
+    }
+    let consts: Vec<(String, Vec<f64>)> = args
+        .consts
+        .iter()
+        .map(|c| parse_const(c))
+        .collect::<Result<_, _>>()?;
+    let combos = product(&consts.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+    let defs = select(compiled, args.variant.as_deref(), false)?;
+    let dtypes: Vec<Option<DType>> = match args.dtype.is_empty() {
+        true => vec![None],
+        false => args.dtype.iter().copied().map(Some).collect(),
+    };
+    let own_objective = |&d: &usize| {
+        d > 0 && {
+            let v = &compiled.file.variants[d - 1];
+            v.loss.is_some() || !v.consts.is_empty()
+        }
+    };
+    let mixed_objectives = combos.len() > 1 || (defs.len() > 1 && defs.iter().any(own_objective));
+    // The points, in table order: per -o, chain point, variant, dtype, consts.
+    let mut points = Vec::new();
+    let mut specs = Vec::new();
+    for (group, chain_points) in chains.iter().enumerate() {
+        for chain in chain_points {
+            for &def in &defs {
+                for &dtype in &dtypes {
+                    for (c, combo) in combos.iter().enumerate() {
+                        let mut axes = Vec::new();
+                        if defs.len() > 1 {
+                            axes.push(("variant".into(), compiled.runs[def].name.clone()));
+                        }
+                        if let (Some(d), true) = (dtype, dtypes.len() > 1) {
+                            axes.push(("dtype".into(), d.name().to_string()));
+                        }
+                        for ((name, values), v) in consts.iter().zip(combo) {
+                            if values.len() > 1 {
+                                axes.push((name.clone(), v.to_string()));
+                            }
+                        }
+                        axes.extend(chain.swept.iter().cloned());
+                        points.push(Point {
+                            group,
+                            name: String::new(),
+                            axes,
+                            outcomes: Vec::new(),
+                        });
+                        specs.push((chain.text.clone(), def, dtype, c));
+                    }
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for seed in 0..args.seeds {
+        for (c, combo) in combos.iter().enumerate() {
+            let values: Vec<(String, f64)> = consts
+                .iter()
+                .zip(combo)
+                .map(|((name, _), v)| (name.clone(), *v))
+                .collect();
+            let file = compiled
+                .recompiled(compiled.file.seed.wrapping_add(seed), &values)
+                .map_err(SweepError::File)?;
+            let mut runs = Vec::new();
+            for (i, (text, def, dtype, _)) in specs.iter().enumerate().filter(|(_, s)| s.3 == c) {
+                let options = RunOptions {
+                    file: args.file.clone(),
+                    optimizers: match text.is_empty() {
+                        true => Vec::new(),
+                        false => vec![text.clone()],
+                    },
+                    variant: Some(file.runs[*def].name.clone()),
+                    steps: args.steps,
+                    dtype: *dtype,
+                    clip_norm: None,
+                    on_nonfinite: None,
+                    grad: None,
+                };
+                let mut built = build_runs(&options, &file, Retention::Outcome)?;
+                let run = built.remove(0);
+                if points[i].name.is_empty() {
+                    points[i].name = run.name.clone();
+                }
+                runs.push((i, run));
+            }
+            files.push((file, runs));
+        }
+    }
+    let groups = texts
+        .iter()
+        .map(|t| {
+            t.map_or_else(
+                || compiled.runs[0].settings.chain().to_string(),
+                str::to_string,
+            )
+        })
+        .collect();
+    Ok(Grid {
+        points,
+        files,
+        groups,
+        mixed_objectives,
+    })
+}
+
+/// `gradscope sweep`: builds the grid, steps it (a progress bar on a terminal), and prints the
+/// ranked table, the best point per optimizer and each axis's window, also after ctrl-c.
+pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome> {
+    let (compiled, warnings) = match load::load_compiled(&args.file) {
+        Ok(c) => c,
+        Err(diags) => {
+            for d in &diags {
+                eprint!("{}", d.render(color));
+            }
+            return Ok(RunOutcome::Failed);
+        }
+    };
+    for d in &warnings {
+        eprint!("{}", d.render(color));
+    }
+    crate::compile::threads::start([&compiled]);
+    // A malformed list or const is a command-line error, as a malformed -o is for `run`.
+    let grid = build_grid(args, &compiled)?;
+    let rank_by = args.rank_by.as_deref().map_or(RankBy::Loss, RankBy::parse);
+    if let RankBy::Metric { name, .. } = &rank_by {
+        let names: Vec<String> = compiled
+            .file
+            .metrics
+            .iter()
+            .map(|m| m.name.node.clone())
+            .collect();
+        if !names.contains(name) {
+            return Err(NoMetric {
+                name: name.clone(),
+                names,
+            }
+            .into());
+        }
+    }
+    let groups = grid.groups.clone();
+    let mixed = grid.mixed_objectives;
+    let total: u64 = grid
+        .files
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(|(_, r)| r.config.steps + 1))
+        .sum();
+    catch_stop_signals();
+    let runs: usize = grid.files.iter().map(|(_, r)| r.len()).sum();
+    eprintln!(
+        "sweeping {} points x {} seeds: {runs} runs (ctrl-c stops and prints the table so far)",
+        grid.points.len(),
+        args.seeds
+    );
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("sweep {bar:40} {pos}/{len} steps {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let points = drive_grid(grid, || {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+        match STOP_SIGNAL.load(Ordering::SeqCst) {
+            0 => ControlFlow::Continue(()),
+            _ => ControlFlow::Break(()),
+        }
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let points = match points {
+        Ok(p) => p,
+        Err(d) => {
+            eprint!("{}", d.render(color));
+            return Ok(RunOutcome::Failed);
+        }
+    };
+    let rows = rows(&points, &rank_by)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut report = String::new();
+    if rank_by == RankBy::Loss && mixed {
+        report.push_str(
+            "note: these runs minimise different objectives (their consts or losses differ), \
+             so their losses are not comparable; --rank-by METRIC ranks them by a [metrics] value\n",
+        );
+    }
+    report.push_str(&best_and_windows(&points, &rows, &groups));
+    match args.format {
+        Format::Table => {
+            write!(out, "{}", table(&points, &rows, args.seeds > 1, &rank_by))?;
+            write!(out, "\n{report}")?;
+        }
+        Format::Csv => {
+            write!(out, "{}", csv(&points, &rows))?;
+            eprint!("{report}");
+        }
+        Format::Jsonl => {
+            for r in &rows {
+                writeln!(out, "{}", row_json(&points[r.point], r))?;
+            }
+            eprint!("{report}");
+        }
+    }
+    out.flush()?;
+    Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => RunOutcome::Finished,
+        signal => RunOutcome::Interrupted(signal),
+    })
+}
+
+/// Every axis any point sweeps, in the order they first appear.
+fn axis_names(points: &[Point]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for p in points {
+        for (a, _) in &p.axes {
+            if !names.contains(a) {
+                names.push(a.clone());
+            }
+        }
+    }
+    names
+}
+
+/// A point's value of `axis` as shown (`-` when it does not sweep it).
+fn axis_cell(point: &Point, axis: &str) -> String {
+    match point.axes.iter().find(|(a, _)| a == axis) {
+        Some((_, v)) => v.parse().map_or_else(|_| v.clone(), fmt_num),
+        None => "-".into(),
+    }
+}
+
+/// The final-loss cell: the median, or how the point failed (never a loss then).
+fn final_cell(row: &Row) -> String {
+    match &row.status {
+        Status::Finished => fmt_num(row.final_loss.median),
+        Status::Interrupted(k) => format!("interrupted at step {k}"),
+        Status::Diverged { seeds: 1 } => "diverged".into(),
+        Status::Diverged { seeds } => format!("diverged ({seeds} seeds)"),
+        // "halted at step k", without the reason, which `run` prints in full.
+        Status::Halted(why) => why.split(": ").next().unwrap_or(why).to_string(),
+    }
+}
+
+/// The ranked table: one row a point.
+fn table(points: &[Point], rows: &[Row], seeds: bool, rank_by: &RankBy) -> String {
+    let axes = axis_names(points);
+    let mut header: Vec<String> = vec!["#".into(), "run".into()];
+    header.extend(axes.iter().cloned());
+    let metric = rows.iter().any(|r| r.metric.is_some());
+    if let (true, RankBy::Metric { name, .. }) = (metric, rank_by) {
+        header.push(name.clone());
+    }
+    header.push("final loss".into());
+    if seeds {
+        header.push("range over seeds".into());
+    }
+    header.extend(
+        ["best loss (step)", "first non-finite", "steps/s"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let p = &points[r.point];
+            let mut row = vec![(k + 1).to_string(), p.name.clone()];
+            row.extend(axes.iter().map(|a| axis_cell(p, a)));
+            if metric {
+                row.push(match (&r.status, r.metric) {
+                    (Status::Finished, Some(v)) => fmt_num(v),
+                    _ => "-".into(),
+                });
+            }
+            row.push(final_cell(r));
+            if seeds {
+                row.push(match r.status {
+                    Status::Finished => {
+                        format!(
+                            "{}..{}",
+                            fmt_num(r.final_loss.min),
+                            fmt_num(r.final_loss.max)
+                        )
+                    }
+                    _ => "-".into(),
+                });
+            }
+            let best = match r.status {
+                Status::Finished | Status::Interrupted(_) => {
+                    best_cell(r.best_loss.median, r.best_step)
+                }
+                _ => "-".into(),
+            };
+            row.push(best);
+            row.push(step_cell(r.first_nonfinite));
+            row.push(format!("{:.0}", r.steps_per_s));
+            row
+        })
+        .collect();
+    aligned(&header, &cells)
+}
+
+/// The best point of each `-o`, and each of its swept axes' window.
+fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String {
+    let mut out = String::new();
+    for (g, text) in groups.iter().enumerate() {
+        let best = rows
+            .iter()
+            .find(|r| points[r.point].group == g && r.status == Status::Finished);
+        match best {
+            Some(r) => out.push_str(&format!(
+                "best of {text}: {} (final loss {})\n",
+                points[r.point].name,
+                fmt_num(r.final_loss.median)
+            )),
+            None => out.push_str(&format!("best of {text}: no point finished\n")),
+        }
+        for w in windows(points, rows, g) {
+            let show = |v: &String| v.parse().map_or_else(|_| v.clone(), fmt_num);
+            let numeric = w.values.iter().all(|v| v.parse::<f64>().is_ok());
+            match &w.inside {
+                Some(inside) => out.push_str(&format!(
+                    "  {} window (improvement within 10% of the best): {} ({} of {} values)\n",
+                    w.axis,
+                    match numeric {
+                        true => format!(
+                            "{} .. {}",
+                            show(&inside[0]),
+                            show(&inside[inside.len() - 1])
+                        ),
+                        false => inside.join(", "),
+                    },
+                    inside.len(),
+                    w.values.len()
+                )),
+                None => out.push_str(&format!(
+                    "  {} window: none (no value improved on the initial loss)\n",
+                    w.axis
+                )),
+            }
+        }
+    }
+    out
+}
+
+/// The table as CSV: the same columns, the failure in `status` instead of the loss.
+fn csv(points: &[Point], rows: &[Row]) -> String {
+    let axes = axis_names(points);
+    let mut out = format!(
+        "rank,run,{}final_loss,final_loss_min,final_loss_max,best_loss,best_step,first_nonfinite_step,status,steps_per_s\n",
+        axes.iter().map(|a| format!("{a},")).collect::<String>()
+    );
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    for (k, r) in rows.iter().enumerate() {
+        let p = &points[r.point];
+        let finished = r.status == Status::Finished;
+        let num = |v: f64| match finished {
+            true => v.to_string(),
+            false => String::new(),
+        };
+        let opt = |v: Option<u64>| v.map_or(String::new(), |k| k.to_string());
+        out.push_str(&format!(
+            "{},{},{}{},{},{},{},{},{},{},{:.1}\n",
+            k + 1,
+            quote(&p.name),
+            axes.iter()
+                .map(|a| match p.axes.iter().find(|(n, _)| n == a) {
+                    Some((_, v)) => format!("{},", quote(v)),
+                    None => ",".into(),
+                })
+                .collect::<String>(),
+            num(r.final_loss.median),
+            num(r.final_loss.min),
+            num(r.final_loss.max),
+            num(r.best_loss.median),
+            opt(r.best_step),
+            opt(r.first_nonfinite),
+            quote(&status_word(&r.status)),
+            r.steps_per_s
+        ));
+    }
+    out
+}
+
+/// How a point ended, in a word for CSV and JSON.
+fn status_word(status: &Status) -> String {
+    match status {
+        Status::Finished => "finished".into(),
+        Status::Interrupted(k) => format!("interrupted at step {k}"),
+        Status::Diverged { .. } => "diverged".into(),
+        Status::Halted(why) => why.clone(),
+    }
+}
+
+/// One row as a JSON object (losses null unless it finished).
+fn row_json(point: &Point, row: &Row) -> serde_json::Value {
+    let finished = row.status == Status::Finished;
+    let loss = |v: f64| match finished && v.is_finite() {
+        true => serde_json::json!(v),
+        false => serde_json::Value::Null,
+    };
+    let axes: serde_json::Map<String, serde_json::Value> = point
+        .axes
+        .iter()
+        .map(|(a, v)| {
+            let value = v
+                .parse::<f64>()
+                .map_or_else(|_| serde_json::json!(v), |x| serde_json::json!(x));
+            (a.clone(), value)
+        })
+        .collect();
+    serde_json::json!({
+        "run": point.name,
+        "axes": axes,
+        "seeds": point.outcomes.len(),
+        "final_loss": loss(row.final_loss.median),
+        "final_loss_min": loss(row.final_loss.min),
+        "final_loss_max": loss(row.final_loss.max),
+        "best_loss": loss(row.best_loss.median),
+        "best_step": row.best_step,
+        "first_nonfinite_step": row.first_nonfinite,
+        "status": status_word(&row.status),
+        "steps_per_s": row.steps_per_s,
+    })
+}

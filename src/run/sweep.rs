@@ -1,0 +1,478 @@
+//! A sweep: a grid of ordinary runs (made as `gradscope run` makes them, see `gradscope
+//! sweep`) stepped together, each grid point's runs over seeds summarised as a median and a
+//! spread, ranked, and per swept axis the window of values that do nearly as well as the best.
+
+use std::ops::ControlFlow;
+
+use super::Run;
+use super::summary::{Summary, drive_many};
+use crate::compile::CompiledFile;
+use crate::diagnostic::Diagnostic;
+
+/// One run of a grid point (one seed): its summary and the loss it started from.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub initial_loss: f64,
+    pub summary: Summary,
+}
+
+impl Outcome {
+    /// Initial minus final loss: how far the run got down, whatever the sign of the loss.
+    pub fn improvement(&self) -> f64 {
+        self.initial_loss - self.summary.final_loss
+    }
+}
+
+/// One grid point: which `-o` it comes from, its name, the value of each swept axis (as
+/// written), and its runs, one a seed.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub group: usize,
+    pub name: String,
+    pub axes: Vec<(String, String)>,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// A sweep ready to step: its points (no outcomes yet), and per compiled file (one a seed and
+/// combination of consts) the runs of it with the point each belongs to.
+pub struct Grid {
+    pub points: Vec<Point>,
+    pub files: Vec<(CompiledFile, Vec<(usize, Run)>)>,
+    /// The `-o` texts (or the file's optimizer), one a group of points.
+    pub groups: Vec<String>,
+    /// Whether points minimise different objectives (consts or variants with their own loss
+    /// or consts), so that ranking them by loss compares unlike numbers.
+    pub mixed_objectives: bool,
+}
+
+/// Steps every run of `grid`, each compiled file's runs together (those sharing a program as
+/// one batch), calling `on_row` after every row; `on_row` breaking off stops the sweep.
+/// Returns the points with the outcome of every run that started.
+pub fn drive_grid(
+    grid: Grid,
+    mut on_row: impl FnMut() -> ControlFlow<()>,
+) -> Result<Vec<Point>, Diagnostic> {
+    let Grid {
+        mut points, files, ..
+    } = grid;
+    for (file, runs) in files {
+        let (ids, mut runs): (Vec<usize>, Vec<Run>) = runs.into_iter().unzip();
+        let mut initial = vec![f64::NAN; runs.len()];
+        let results = drive_many(&file, &mut runs, |i, _, row| {
+            if row.step == 0 {
+                initial[i] = row.core.loss;
+            }
+            on_row()
+        });
+        let mut stopped = false;
+        for ((result, id), initial_loss) in results.into_iter().zip(ids).zip(initial) {
+            let Some(summary) = result else {
+                stopped = true;
+                continue;
+            };
+            let summary = summary?;
+            stopped |= summary.interrupted.is_some();
+            points[id].outcomes.push(Outcome {
+                initial_loss,
+                summary,
+            });
+        }
+        if stopped {
+            break;
+        }
+    }
+    Ok(points)
+}
+
+/// A value over seeds: the median and the range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The median (the mean of the middle two for an even count) and range of `values` (NaN
+    /// for none).
+    pub fn of(values: &[f64]) -> Spread {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let median = match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Spread {
+            median,
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// How a grid point ended, the worst over its seeds: a point that failed on one seed is not
+/// reported as a loss.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Finished,
+    /// ctrl-c stopped it at this step (on some seed).
+    Interrupted(u64),
+    /// Its final loss is not finite on `seeds` of its seeds.
+    Diverged {
+        seeds: usize,
+    },
+    /// A run stopped on a non-finite value (`on_nonfinite = "stop"`), and why.
+    Halted(String),
+}
+
+/// What a sweep ranks by: the final loss (lower is better), or a `[metrics]` value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RankBy {
+    Loss,
+    /// A metric by name; `max`: higher is better (an accuracy), else lower.
+    Metric {
+        name: String,
+        max: bool,
+    },
+}
+
+impl RankBy {
+    /// `METRIC` (lower is better) or `max:METRIC` (higher is better), as `--rank-by` takes it.
+    pub fn parse(text: &str) -> Self {
+        match text.strip_prefix("max:") {
+            Some(name) => RankBy::Metric {
+                name: name.to_string(),
+                max: true,
+            },
+            None => RankBy::Metric {
+                name: text.strip_prefix("min:").unwrap_or(text).to_string(),
+                max: false,
+            },
+        }
+    }
+}
+
+/// One row of a sweep's table: a grid point over its seeds.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Its index in the sweep's points.
+    pub point: usize,
+    pub status: Status,
+    pub final_loss: Spread,
+    pub best_loss: Spread,
+    /// The median step of the best loss.
+    pub best_step: Option<u64>,
+    /// The earliest first non-finite step over the seeds.
+    pub first_nonfinite: Option<u64>,
+    /// The median improvement (initial - final loss); -inf when it did not finish.
+    pub improvement: f64,
+    /// The median of the metric it is ranked by, if it is ranked by one.
+    pub metric: Option<f64>,
+    /// Its place in the order: the median loss or metric, negated when higher is better
+    /// (+inf when it did not finish).
+    pub rank: f64,
+    pub steps_per_s: f64,
+}
+
+/// Why a sweep cannot be ranked as asked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("no metric named `{name}`; this file's metrics: {}", .names.join(", "))]
+pub struct NoMetric {
+    pub name: String,
+    pub names: Vec<String>,
+}
+
+/// The rows of `points` (those with any outcome), best first: finished points by `rank_by`,
+/// then interrupted ones, then diverged and halted ones.
+pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
+    let mut rows = Vec::new();
+    for (i, p) in points.iter().enumerate() {
+        let Some(first) = p.outcomes.first() else {
+            continue;
+        };
+        let summaries: Vec<&Summary> = p.outcomes.iter().map(|o| &o.summary).collect();
+        let status = status(&summaries);
+        let of =
+            |f: &dyn Fn(&Outcome) -> f64| Spread::of(&p.outcomes.iter().map(f).collect::<Vec<_>>());
+        let metric = match rank_by {
+            RankBy::Loss => None,
+            RankBy::Metric { name, max } => {
+                match first
+                    .summary
+                    .final_metrics
+                    .iter()
+                    .position(|(n, _)| n == name)
+                {
+                    Some(k) => Some((k, *max)),
+                    None => {
+                        return Err(NoMetric {
+                            name: name.clone(),
+                            names: first
+                                .summary
+                                .final_metrics
+                                .iter()
+                                .map(|(n, _)| n.clone())
+                                .collect(),
+                        });
+                    }
+                }
+            }
+        };
+        let finished = status == Status::Finished;
+        let value = metric.map(|(k, _)| of(&|o| o.summary.final_metrics[k].1).median);
+        let rank = match (metric, value) {
+            (Some((_, true)), Some(v)) => -v,
+            (_, Some(v)) => v,
+            (_, None) => of(&|o| o.summary.final_loss).median,
+        };
+        let steps: Vec<f64> = summaries
+            .iter()
+            .filter_map(|s| s.best_step)
+            .map(|k| k as f64)
+            .collect();
+        rows.push(Row {
+            point: i,
+            final_loss: of(&|o| o.summary.final_loss),
+            best_loss: of(&|o| o.summary.best_loss),
+            best_step: (!steps.is_empty()).then(|| Spread::of(&steps).median.round() as u64),
+            first_nonfinite: summaries
+                .iter()
+                .filter_map(|s| s.first_nonfinite_step)
+                .min(),
+            improvement: match finished {
+                true => of(&Outcome::improvement).median,
+                false => f64::NEG_INFINITY,
+            },
+            rank: match finished && !rank.is_nan() {
+                true => rank,
+                false => f64::INFINITY,
+            },
+            steps_per_s: of(&|o| o.summary.steps_per_s).median,
+            metric: value,
+            status,
+        });
+    }
+    let class = |s: &Status| match s {
+        Status::Finished => 0,
+        Status::Interrupted(_) => 1,
+        Status::Diverged { .. } | Status::Halted(_) => 2,
+    };
+    rows.sort_by(|a, b| {
+        class(&a.status)
+            .cmp(&class(&b.status))
+            .then(a.rank.total_cmp(&b.rank))
+    });
+    Ok(rows)
+}
+
+/// The worst way any of a point's runs ended.
+fn status(summaries: &[&Summary]) -> Status {
+    if let Some(h) = summaries.iter().find_map(|s| s.halted.clone()) {
+        return Status::Halted(h);
+    }
+    let diverged = summaries
+        .iter()
+        .filter(|s| !s.final_loss.is_finite())
+        .count();
+    if let Some(k) = summaries.iter().find_map(|s| s.interrupted) {
+        return Status::Interrupted(k);
+    }
+    match diverged {
+        0 => Status::Finished,
+        seeds => Status::Diverged { seeds },
+    }
+}
+
+/// The share of the best improvement a value must reach to be in the window.
+pub const WINDOW_SHARE: f64 = 0.9;
+
+/// A swept axis's window: the values (in the axis's order) whose improvement, at the best of
+/// the other axes, is within 10% of the best improvement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    pub axis: String,
+    /// Every value of the axis, in order (numerically when all are numbers).
+    pub values: Vec<String>,
+    /// Those in the window (None: no value improved on the initial loss).
+    pub inside: Option<Vec<String>>,
+}
+
+/// The window of each axis `group`'s points sweep (an axis with one value is not swept), in
+/// the order the points name them.
+pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
+    let members: Vec<&Row> = rows
+        .iter()
+        .filter(|r| points[r.point].group == group)
+        .collect();
+    let mut axes: Vec<&str> = Vec::new();
+    for r in &members {
+        for (a, _) in &points[r.point].axes {
+            if !axes.contains(&a.as_str()) {
+                axes.push(a);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for axis in axes {
+        let value_of = |r: &Row| {
+            points[r.point]
+                .axes
+                .iter()
+                .find(|(a, _)| a == axis)
+                .map(|(_, v)| v.clone())
+        };
+        let mut values: Vec<String> = Vec::new();
+        for v in members.iter().filter_map(|r| value_of(r)) {
+            if !values.contains(&v) {
+                values.push(v);
+            }
+        }
+        if values.len() < 2 {
+            continue;
+        }
+        let numbers: Option<Vec<f64>> = values.iter().map(|v| v.parse().ok()).collect();
+        if let Some(n) = numbers {
+            let mut order: Vec<usize> = (0..values.len()).collect();
+            order.sort_by(|&a, &b| n[a].total_cmp(&n[b]));
+            values = order.into_iter().map(|i| values[i].clone()).collect();
+        }
+        // Each value's improvement at the best of the other axes.
+        let best_of = |v: &String| {
+            members
+                .iter()
+                .filter(|r| value_of(r).as_ref() == Some(v))
+                .map(|r| r.improvement)
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let improvements: Vec<f64> = values.iter().map(best_of).collect();
+        let best = improvements
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let inside = (best > 0.0 && best.is_finite()).then(|| {
+            values
+                .iter()
+                .zip(&improvements)
+                .filter(|(_, i)| **i >= WINDOW_SHARE * best)
+                .map(|(v, _)| v.clone())
+                .collect()
+        });
+        out.push(Window {
+            axis: axis.to_string(),
+            values,
+            inside,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::summary::FinalParams;
+
+    /// A point of group 0 sweeping `lr` whose one run went from `initial` to `last`.
+    fn point(lr: &str, initial: f64, last: f64) -> Point {
+        Point {
+            group: 0,
+            name: format!("sgd(lr={lr})"),
+            axes: vec![("lr".into(), lr.into())],
+            outcomes: vec![Outcome {
+                initial_loss: initial,
+                summary: Summary {
+                    run: lr.into(),
+                    optimizer: "sgd".into(),
+                    dtype: "f64",
+                    steps: 10,
+                    final_loss: last,
+                    final_eval_loss: None,
+                    best_loss: last,
+                    best_step: Some(10),
+                    first_nonfinite_step: (!last.is_finite()).then_some(3),
+                    clipped: 0,
+                    skipped: 0,
+                    halted: None,
+                    interrupted: None,
+                    steps_per_s: 1.0,
+                    final_params: FinalParams::Inline(Vec::new()),
+                    final_metrics: vec![("m".into(), -last)],
+                },
+            }],
+        }
+    }
+
+    fn window(points: &[Point]) -> Option<Vec<String>> {
+        let rows = rows(points, &RankBy::Loss).unwrap();
+        let w = windows(points, &rows, 0);
+        assert_eq!(w.len(), 1);
+        w[0].inside.clone()
+    }
+
+    #[test]
+    fn the_window_holds_the_values_within_ten_percent_of_the_best_improvement() {
+        // Improvements 2, 8, 10, 9.5, 7.2 (and a divergence): 0.9 * 10 = 9, so 1e-2 and 3e-2.
+        let points = [
+            point("1e-3", 10.0, 8.0),
+            point("3e-3", 10.0, 2.0),
+            point("1e-2", 10.0, 0.0),
+            point("3e-2", 10.0, 0.5),
+            point("1e-1", 10.0, 2.8),
+            point("3e-1", 10.0, f64::NAN),
+        ];
+        assert_eq!(window(&points), Some(vec!["1e-2".into(), "3e-2".into()]));
+    }
+
+    #[test]
+    fn the_window_is_right_for_a_loss_that_goes_negative() {
+        // From -1 to -6, -5.6, -4: improvements 5, 4.6, 3; 0.9 * 5 = 4.5. A ratio of final
+        // losses would pick the wrong side of 0.
+        let points = [
+            point("0.3", -1.0, -4.0),
+            point("0.1", -1.0, -6.0),
+            point("0.2", -1.0, -5.6),
+        ];
+        assert_eq!(window(&points), Some(vec!["0.1".into(), "0.2".into()]));
+    }
+
+    #[test]
+    fn there_is_no_window_when_nothing_improved() {
+        let points = [point("1", 1.0, 1.5), point("2", 1.0, f64::INFINITY)];
+        assert_eq!(window(&points), None);
+    }
+
+    #[test]
+    fn rows_rank_finished_points_first_and_never_a_divergent_one_by_loss() {
+        let points = [
+            point("1", 5.0, f64::NAN),
+            point("2", 5.0, 3.0),
+            point("3", 5.0, 1.0),
+        ];
+        let rows = rows(&points, &RankBy::Loss).unwrap();
+        let order: Vec<usize> = rows.iter().map(|r| r.point).collect();
+        assert_eq!(order, [2, 1, 0]);
+        assert_eq!(rows[2].status, Status::Diverged { seeds: 1 });
+        // Ranked by the metric (-loss here), lower first the order turns round; higher first
+        // it is the loss's.
+        let order = |rank_by: &str| -> Vec<usize> {
+            let rows = super::rows(&points, &RankBy::parse(rank_by)).unwrap();
+            rows.iter().map(|r| r.point).collect()
+        };
+        assert_eq!(order("m"), [1, 2, 0]);
+        assert_eq!(order("max:m"), [2, 1, 0]);
+        assert!(super::rows(&points, &RankBy::parse("acc")).is_err());
+    }
+
+    #[test]
+    fn spreads_are_the_median_and_range() {
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            }
+        );
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+}

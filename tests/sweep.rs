@@ -1,0 +1,383 @@
+//! `gradscope sweep`: the grid it makes, that every point is the run `gradscope run` would
+//! step, seeds, and the command end to end.
+
+mod common;
+
+use std::path::Path;
+
+use clap::Parser;
+use gradscope::cli::run::{RunOptions, build_runs};
+use gradscope::cli::sweep::{SweepArgs, build_grid};
+use gradscope::cli::{Cli, Command};
+use gradscope::compile::CompiledFile;
+use gradscope::load::load_compiled;
+use gradscope::run::Retention;
+use gradscope::run::summary::{FinalParams, drive};
+use gradscope::run::sweep::drive_grid;
+
+/// `gradscope sweep ARGS` as clap parses it.
+fn sweep_args(args: &[&str]) -> SweepArgs {
+    let cli = Cli::try_parse_from(["gradscope", "sweep"].iter().chain(args)).unwrap();
+    match cli.command {
+        Some(Command::Sweep(a)) => a,
+        other => panic!("not a sweep: {other:?}"),
+    }
+}
+
+fn compiled(path: &str) -> CompiledFile {
+    load_compiled(Path::new(path)).unwrap().0
+}
+
+/// Every value of a tensor, flattened, in f64.
+fn values(t: &candle_core::Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn the_grid_is_the_product_of_lists_consts_variants_and_dtypes() {
+    let file = compiled("losses/robust_log_mse.toml");
+    let args = sweep_args(&[
+        "losses/robust_log_mse.toml",
+        "-o",
+        "adam(lr=[1e-3, 1e-2], beta1=linspace(0.8, 0.9, 3))",
+        "-o",
+        "sgd",
+        "--const",
+        "eps=[1e-7, 1e-3]",
+        "--variant",
+        "all",
+        "--dtype",
+        "f32,f64",
+        "--steps",
+        "3",
+    ]);
+    let grid = build_grid(&args, &file).unwrap();
+    let variants = file.runs.len();
+    // (2 x 3 adam points + 1 sgd point) x variants x 2 dtypes x 2 eps.
+    assert_eq!(grid.points.len(), 7 * variants * 2 * 2);
+    assert_eq!(grid.files.len(), 2, "one compiled file per eps");
+    let runs: usize = grid.files.iter().map(|(_, r)| r.len()).sum();
+    assert_eq!(runs, grid.points.len());
+    assert!(grid.mixed_objectives);
+    for (file, runs) in &grid.files {
+        let eps = file.file.consts[0].value;
+        for v in &file.file.variants {
+            assert!(
+                v.consts.iter().all(|c| c.value == eps),
+                "a variant's eps is overridden"
+            );
+        }
+        for (i, run) in runs {
+            let axes = &grid.points[*i].axes;
+            let axis = |name: &str| axes.iter().find(|(a, _)| a == name).unwrap().1.clone();
+            assert_eq!(axis("eps").parse::<f64>().unwrap(), eps);
+            assert_eq!(run.dtype.name(), axis("dtype"));
+            assert!(run.name.starts_with(if grid.points[*i].group == 0 {
+                "adam"
+            } else {
+                "sgd"
+            }));
+        }
+    }
+    let names: Vec<&str> = grid.points[0]
+        .axes
+        .iter()
+        .map(|(a, _)| a.as_str())
+        .collect();
+    assert_eq!(names, ["variant", "dtype", "eps", "lr", "beta1"]);
+    let beta1: Vec<String> = grid
+        .points
+        .iter()
+        .filter_map(|p| {
+            p.axes
+                .iter()
+                .find(|(a, _)| a == "beta1")
+                .map(|(_, v)| v.clone())
+        })
+        .take(3 * 2 * 2 * variants)
+        .collect();
+    assert!(beta1.iter().any(|v| v == "0.8") && beta1.iter().any(|v| v == "0.9"));
+    assert!(
+        beta1
+            .iter()
+            .any(|v| v.parse::<f64>().unwrap() == 0.8 + 0.5 * (0.9 - 0.8))
+    );
+}
+
+#[test]
+fn every_grid_point_is_the_run_started_alone() {
+    let path = "losses/rosenbrock.toml";
+    let file = compiled(path);
+    let args = sweep_args(&[
+        path,
+        "-o",
+        "adam(lr=logspace(1e-3, 1e-1, 5))",
+        "-o",
+        "sgd(lr=[1e-4, 5e-4], momentum=[0, 0.9])",
+        "--dtype",
+        "f64",
+        "--steps",
+        "200",
+    ]);
+    let grid = build_grid(&args, &file).unwrap();
+    let points = drive_grid(grid, || std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(points.len(), 9);
+    for p in &points {
+        let options = RunOptions {
+            file: path.into(),
+            optimizers: vec![p.name.clone()],
+            variant: None,
+            steps: Some(200),
+            dtype: Some(gradscope::lang::file::DType::F64),
+            clip_norm: None,
+            on_nonfinite: None,
+            grad: None,
+        };
+        let mut alone = build_runs(&options, &file, Retention::Totals { best: false }).unwrap();
+        let alone = drive(&mut alone[0], |_, _| std::ops::ControlFlow::Continue(())).unwrap();
+        let swept = &p.outcomes[0].summary;
+        assert!(
+            (swept.final_loss - alone.final_loss).abs() <= 1e-12,
+            "{}",
+            p.name
+        );
+        assert_eq!(swept.best_step, alone.best_step, "{}", p.name);
+        let (FinalParams::Inline(a), FinalParams::Inline(b)) =
+            (&swept.final_params, &alone.final_params)
+        else {
+            panic!("params omitted")
+        };
+        for ((_, x), (_, y)) in a.iter().zip(b) {
+            for (x, y) in x.iter().zip(y) {
+                assert!((x - y).abs() <= 1e-12, "{}: {x} vs {y}", p.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sweeps_runs_keep_a_short_path_of_params() {
+    let path = "losses/rosenbrock.toml";
+    let file = compiled(path);
+    let options = RunOptions {
+        file: path.into(),
+        optimizers: Vec::new(),
+        variant: None,
+        steps: Some(1000),
+        dtype: None,
+        clip_norm: None,
+        on_nonfinite: None,
+        grad: None,
+    };
+    // The path: every step 0..=1000 for `run`'s totals; for a sweep's outcome, at most 64
+    // points, the stride doubling when full: every 16th step (0, 16, ..., 992: 63) and the
+    // current params.
+    for (retention, points) in [
+        (Retention::Totals { best: false }, 1001),
+        (Retention::Outcome, 64),
+    ] {
+        let mut runs = build_runs(&options, &file, retention).unwrap();
+        drive(&mut runs[0], |_, _| std::ops::ControlFlow::Continue(())).unwrap();
+        assert_eq!(runs[0].trajectory(None).len(), points, "{retention:?}");
+    }
+}
+
+#[test]
+fn seeds_draw_the_data_and_params_again_and_change_nothing_else() {
+    let file = compiled("losses/dead_relu.toml");
+    let same = file.recompiled(file.file.seed, &[]).unwrap();
+    let next = file.recompiled(file.file.seed + 1, &[]).unwrap();
+    let differs = |a: &CompiledFile, b: &CompiledFile| -> Vec<bool> {
+        a.data
+            .iter()
+            .chain(&a.params)
+            .zip(b.data.iter().chain(&b.params))
+            .map(|(x, y)| values(&x.value) != values(&y.value))
+            .collect()
+    };
+    // X, y (from X), W1, b1, w2, b2: the random ones and those computed from them change.
+    assert_eq!(differs(&file, &same), [false; 6]);
+    assert_eq!(
+        differs(&file, &next),
+        [true, true, true, false, true, false]
+    );
+    for (a, b) in file.runs.iter().zip(&next.runs) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.dtype, b.dtype);
+        assert_eq!(format!("{:?}", a.settings), format!("{:?}", b.settings));
+    }
+    // A sweep over 3 seeds steps each point on the file's seed, seed+1 and seed+2.
+    let args = sweep_args(&["losses/dead_relu.toml", "--seeds", "3", "--steps", "2"]);
+    let grid = build_grid(&args, &file).unwrap();
+    let seeds: Vec<u64> = grid.files.iter().map(|(f, _)| f.file.seed).collect();
+    assert_eq!(seeds, [0, 1, 2]);
+    let points = drive_grid(grid, || std::ops::ControlFlow::Continue(())).unwrap();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].outcomes.len(), 3);
+}
+
+#[test]
+fn an_unknown_const_is_a_diagnostic_with_the_closest_name() {
+    let out = common::gradscope(&[
+        "sweep",
+        "losses/robust_log_mse.toml",
+        "--const",
+        "esp=[1, 2]",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no const named `esp`"), "{err}");
+    assert!(err.contains("did you mean `eps`?"), "{err}");
+}
+
+#[test]
+fn malformed_lists_are_diagnostics_not_panics() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["-o", "adam(lr=logspace(0, 1e-1, 3))"],
+            "needs lo and hi above 0",
+        ),
+        (
+            &["-o", "adam(lr=linspace(0, 1, 0))"],
+            "n must be a whole number from 1",
+        ),
+        (
+            &["-o", "adam(lr=[1e-3, 1e-2], lrr=[1, 2])"],
+            "unknown setting `lrr` for `adam`",
+        ),
+        (
+            &["--const", "eps=logspace(1e-8, 1e-2)"],
+            "takes three values",
+        ),
+        (&["--const", "eps"], "is not `K=VALUES`"),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["sweep", "losses/robust_log_mse.toml", "--steps", "2"];
+        all.extend(args);
+        let out = common::gradscope(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        // A command-line error, as a malformed -o is for `run`.
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn the_command_ranks_the_points_and_gives_the_lr_window() {
+    let out = common::gradscope(&[
+        "sweep",
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(lr=[1e-4, 1e-3, 1e-2])",
+        "--steps",
+        "300",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("#  run"), "{text}");
+    // lr = 1e-2 is above 2/λ at the start (λ ≈ 2092): it diverges and is ranked last, as such.
+    assert!(
+        lines[3].starts_with("3  sgd(lr=0.01)") && lines[3].contains("halted at step"),
+        "{text}"
+    );
+    assert!(lines[1].starts_with("1  sgd(lr=0.001)"), "{text}");
+    assert!(
+        text.contains("best of sgd(lr=[1e-4, 1e-3, 1e-2]): sgd(lr=0.001)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lr window (improvement within 10% of the best):"),
+        "{text}"
+    );
+    // CSV: a header, then one row a point, best first, the halted one without a loss.
+    let sweep = |format: &str| {
+        let out = common::gradscope(&[
+            "sweep",
+            "losses/rosenbrock.toml",
+            "-o",
+            "sgd(lr=[1e-4, 1e-3, 1e-2])",
+            "--steps",
+            "300",
+            "--format",
+            format,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = sweep("csv");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("rank,run,lr,final_loss,"), "{text}");
+    assert!(
+        lines[1].starts_with("1,\"sgd(lr=0.001)\",\"1e-3\",5.04"),
+        "{text}"
+    );
+    assert!(
+        lines[3].starts_with("3,\"sgd(lr=0.01)\",\"1e-2\",,,,,"),
+        "{text}"
+    );
+    // JSON lines: one row a point, best first, the halted one without a loss.
+    let rows: Vec<serde_json::Value> = sweep("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["axes"]["lr"], 1e-3);
+    assert!(rows[2]["final_loss"].is_null());
+    assert!(
+        rows[2]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("halted at step")
+    );
+}
+
+#[test]
+fn ctrl_c_prints_the_table_so_far_and_exits_130() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args([
+            "sweep",
+            "losses/rosenbrock.toml",
+            "-o",
+            "adam(lr=[1e-3, 1e-2])",
+            "--steps",
+            "100000000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut err = String::new();
+    // The sweep says it starts once ctrl-c is caught.
+    while !err.contains("sweeping") {
+        assert!(
+            stderr.read_line(&mut err).unwrap() > 0,
+            "ended early: {err}"
+        );
+    }
+    // SAFETY: kill only sends a signal to the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(130), "{err}");
+    assert!(out.contains("interrupted at step"), "{out}");
+    assert!(out.contains("best of adam(lr=[1e-3, 1e-2])"), "{out}");
+}
