@@ -130,7 +130,7 @@ fn every_grid_point_is_the_run_started_alone() {
     for p in &points {
         let options = RunOptions {
             file: path.into(),
-            optimizers: vec![p.name.clone()],
+            optimizers: vec![p.spec.clone()],
             variant: None,
             steps: Some(200),
             dtype: Some(gradscope::lang::file::DType::F64),

@@ -139,6 +139,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
             })?,
             None => vec![crate::optim::tricks::ChainPoint {
                 text: String::new(),
+                label: String::new(),
                 swept: Vec::new(),
             }],
         });
@@ -185,10 +186,11 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
                         points.push(Point {
                             group,
                             name: String::new(),
+                            spec: chain.text.clone(),
                             axes,
                             outcomes: Vec::new(),
                         });
-                        specs.push((chain.text.clone(), def, dtype, c));
+                        specs.push((chain.clone(), def, dtype, c));
                     }
                 }
             }
@@ -206,12 +208,12 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
                 .recompiled(compiled.file.seed.wrapping_add(seed), &values)
                 .map_err(SweepError::File)?;
             let mut runs = Vec::new();
-            for (i, (text, def, dtype, _)) in specs.iter().enumerate().filter(|(_, s)| s.3 == c) {
+            for (i, (chain, def, dtype, _)) in specs.iter().enumerate().filter(|(_, s)| s.3 == c) {
                 let options = RunOptions {
                     file: args.file.clone(),
-                    optimizers: match text.is_empty() {
+                    optimizers: match chain.text.is_empty() {
                         true => Vec::new(),
-                        false => vec![text.clone()],
+                        false => vec![chain.text.clone()],
                     },
                     variant: Some(file.runs[*def].name.clone()),
                     steps: args.steps,
@@ -223,7 +225,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
                 let mut built = build_runs(&options, &file, Retention::Outcome)?;
                 let run = built.remove(0);
                 if points[i].name.is_empty() {
-                    points[i].name = run.name.clone();
+                    points[i].name = run.name.replace(&chain.text, &chain.label);
                 }
                 runs.push((i, run));
             }

@@ -408,6 +408,9 @@ impl FromStr for TrickSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainPoint {
     pub text: String,
+    /// `text` with each swept number in a few digits (`lr=0.00316`, not every digit of
+    /// 10^-2.5), to name the run by.
+    pub label: String,
     pub swept: Vec<(String, String)>,
 }
 
@@ -465,31 +468,39 @@ pub fn expand_chain(text: &str) -> Result<Vec<ChainPoint>, SettingError> {
         }
         let mut choice = choice.into_iter();
         let mut swept = Vec::new();
-        let calls: Vec<String> = pieces
+        // Each piece as written exactly and as labelled.
+        let calls: Vec<(String, String)> = pieces
             .iter()
             .map(|(name, args)| {
-                let written: Vec<String> = args
+                let (exact, short): (Vec<String>, Vec<String>) = args
                     .iter()
                     .map(
                         |(key, axis, values)| match &values[choice.next().unwrap_or(0)] {
                             Some(value) => {
+                                let mut shown = value.clone();
                                 if let Some(axis) = axis {
                                     swept.push((axis.clone(), value.clone()));
+                                    if let Ok(x) = value.parse::<f64>() {
+                                        shown = crate::format::fmt_short(x);
+                                    }
                                 }
-                                format!("{key}={value}")
+                                (format!("{key}={value}"), format!("{key}={shown}"))
                             }
-                            None => key.clone(),
+                            None => (key.clone(), key.clone()),
                         },
                     )
-                    .collect();
-                match written.is_empty() {
+                    .unzip();
+                let call = |written: Vec<String>| match written.is_empty() {
                     true => name.to_string(),
                     false => format!("{name}({})", written.join(", ")),
-                }
+                };
+                (call(exact), call(short))
             })
             .collect();
+        let (exact, short): (Vec<String>, Vec<String>) = calls.into_iter().unzip();
         points.push(ChainPoint {
-            text: calls.join(" + "),
+            text: exact.join(" + "),
+            label: short.join(" + "),
             swept,
         });
     }

@@ -23,12 +23,14 @@ impl Outcome {
     }
 }
 
-/// One grid point: which `-o` it comes from, its name, the value of each swept axis (as
-/// written), and its runs, one a seed.
+/// One grid point: which `-o` it comes from, its name (numbers in a few digits), the optimizer
+/// spec it runs exactly (empty: the file's own), the value of each swept axis (as written), and
+/// its runs, one a seed.
 #[derive(Debug, Clone)]
 pub struct Point {
     pub group: usize,
     pub name: String,
+    pub spec: String,
     pub axes: Vec<(String, String)>,
     pub outcomes: Vec<Outcome>,
 }
@@ -377,6 +379,7 @@ mod tests {
         Point {
             group: 0,
             name: format!("sgd(lr={lr})"),
+            spec: format!("sgd(lr={lr})"),
             axes: vec![("lr".into(), lr.into())],
             outcomes: vec![Outcome {
                 initial_loss: initial,
