@@ -38,6 +38,7 @@ fn landscape(n: usize) -> PlotLandscape {
     PlotLandscape {
         grid,
         scale,
+        optimum: Some([1.0, 1.0]),
         labels: ["x".into(), "y".into()],
     }
 }

@@ -18,8 +18,8 @@ use crate::draw::{PALETTE, plot_run};
 use crate::format::fmt_num;
 use crate::landscape::surface::{Mode, Surface};
 use crate::landscape::{
-    ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, param_shapes,
-    view_for,
+    ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, optimum_point,
+    param_shapes, view_for,
 };
 use crate::run::Retention;
 use crate::run::Run;
@@ -312,6 +312,7 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
             let scale = ColorScale::fit(l.grid.finite(), None)?;
             Some(PlotLandscape {
                 scale,
+                optimum: optimum_point(&compiled).map(|p| l.plane.project(&p)),
                 labels: l.plane.labels.clone(),
                 grid: l.grid,
             })

@@ -46,6 +46,9 @@ pub struct PlotLandscape {
     pub scale: ColorScale,
     /// Axis names.
     pub labels: [String; 2],
+    /// The file's known optimum in plane coordinates (its `optimum` key), marked apart from the
+    /// grid's minimum.
+    pub optimum: Option<[f64; 2]>,
 }
 
 /// Why a picture could not be written.
@@ -358,6 +361,13 @@ where
             EmptyElement::at((x, y))
                 + PathElement::new([(-7, 0), (7, 0)], white)
                 + PathElement::new([(0, -7), (0, 7)], white),
+        ))?;
+    }
+    if let Some([x, y]) = landscape.optimum.filter(|p| inside(p)) {
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((x, y))
+                + Rectangle::new([(-6, -6), (6, 6)], WHITE.stroke_width(2))
+                + Text::new("optimum", (9, -16), (FONT, 13).into_font().color(&WHITE)),
         ))?;
     }
     let (xs, ys) = chart.plotting_area().get_pixel_range();

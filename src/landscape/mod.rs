@@ -79,6 +79,21 @@ pub fn param_shapes(compiled: &crate::compile::CompiledFile) -> Vec<ParamShape> 
         .collect()
 }
 
+/// The file's known optimum (its `optimum` key) as a flat param vector; None when the file
+/// gives none or its values do not fit the compiled params' sizes.
+pub fn optimum_point(compiled: &crate::compile::CompiledFile) -> Option<Vec<f64>> {
+    let optimum = compiled.file.optimum.as_ref()?;
+    let mut flat = Vec::new();
+    for shape in param_shapes(compiled) {
+        let entry = optimum.iter().find(|o| o.name.node == shape.name)?;
+        if entry.value.len() != shape.len() {
+            return None;
+        }
+        flat.extend_from_slice(&entry.value);
+    }
+    Some(flat)
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -181,6 +181,7 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
         .and_then(|(grid, plane)| {
             Some(PlotLandscape {
                 scale: ColorScale::fit(grid.finite(), l.log)?,
+                optimum: l.optimum.as_ref().map(|p| plane.project(p)),
                 labels: plane.labels.clone(),
                 grid: grid.clone(),
             })
