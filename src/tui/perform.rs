@@ -182,6 +182,7 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
             Some(PlotLandscape {
                 scale: ColorScale::fit(grid.finite(), l.log)?,
                 optimum: l.optimum.as_ref().map(|p| plane.project(p)),
+                minimum: grid.refined_min().map(|(_, p)| p),
                 labels: plane.labels.clone(),
                 grid: grid.clone(),
             })
@@ -193,7 +194,7 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
             .iter()
             .map(|r| {
                 let path = if landscape.is_some() {
-                    r.path.iter().map(|(_, p)| *p).collect()
+                    r.path.iter().copied().collect()
                 } else {
                     Vec::new()
                 };
