@@ -383,11 +383,13 @@ where
         let points: Vec<[f64; 2]> = run.path.iter().map(|(_, p)| *p).collect();
         let pieces = wide_line_pieces(clip_path(&points, spec), |p| chart.backend_coord(p));
         match LINE_DASHES[r % LINE_DASHES.len()] {
+            // Solid paths are wider, so one under a dashed or dotted path still shows.
             None => {
+                let wide = colour.stroke_width(4);
                 chart.draw_series(
                     pieces
                         .into_iter()
-                        .map(|piece| PathElement::new(piece, style)),
+                        .map(|piece| PathElement::new(piece, wide)),
                 )?;
             }
             Some((dash, gap)) => {
