@@ -941,3 +941,24 @@ fn interpolation_is_exact_on_a_plane_and_keeps_nan_cells_sharp() {
     assert_eq!(grid.interpolate([0.9, 0.6]), Some(f([0.5, 0.5])));
     assert!(grid.interpolate([1.1, 0.6]).unwrap().is_nan());
 }
+
+/// On a grid of a separable quadratic, a parabola through the lowest sample and its neighbours
+/// is the function itself along each axis: the refined minimum is the true one, off the cell
+/// centres, and the value stays the lowest sample's.
+#[test]
+fn a_quadratic_grids_minimum_refines_to_the_true_one() {
+    let s = spec((-1.0, 1.0), (-1.0, 1.0), 8, 8);
+    let f = |[x, y]: [f64; 2]| (x - 0.3).powi(2) + 2.0 * (y + 0.2).powi(2);
+    let mut grid = Grid::new(s.clone());
+    for j in 0..8 {
+        for i in 0..8 {
+            grid.values[j * 8 + i] = Some(f(s.coord(i, j)));
+        }
+    }
+    let (v, [x, y]) = grid.refined_min().unwrap();
+    assert_eq!(Some(v), grid.min().map(|(v, _)| v));
+    assert!(
+        (x - 0.3).abs() < 1e-12 && (y + 0.2).abs() < 1e-12,
+        "({x}, {y})"
+    );
+}

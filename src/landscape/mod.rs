@@ -711,7 +711,7 @@ impl ColorScale {
     /// times a power of ten apart).
     pub fn levels(&self) -> Vec<f64> {
         let lo = if self.log { self.floor } else { self.lo };
-        if !(self.hi > lo) {
+        if self.hi <= lo || !self.hi.is_finite() {
             return Vec::new();
         }
         let within = |v: &f64| *v > lo && *v < self.hi;
