@@ -430,7 +430,8 @@ where
     }
     if let Some([x, y]) = landscape.optimum.filter(|p| inside(p)) {
         chart.draw_series(std::iter::once(
-            EmptyElement::at((x, y)) + Rectangle::new([(-6, -6), (6, 6)], WHITE.stroke_width(2)),
+            EmptyElement::at((x, y))
+                + Rectangle::new([(-10, -10), (10, 10)], WHITE.stroke_width(2)),
         ))?;
         labels.push((to_area(&(x, y)), "optimum"));
     }
