@@ -337,3 +337,47 @@ fn tick_labels_are_readable() {
         assert_eq!(fmt_log_tick(v), want, "{v}");
     }
 }
+
+/// A loss that reaches exactly 0 after spanning decades keeps its log axis (in powers of ten),
+/// with the zeros on the bottom edge and the axis saying so; a negative loss gets a linear one.
+#[test]
+fn a_loss_reaching_zero_keeps_its_log_axis() {
+    let dir = scratch("zero");
+    let decaying = |name: &str, floor: f64| PlotRun {
+        name: name.into(),
+        rgb: [0, 0, 0],
+        loss: (0..100)
+            .map(|s| {
+                (
+                    s,
+                    if s < 60 {
+                        10f64.powi(1 - s as i32 / 10)
+                    } else {
+                        floor
+                    },
+                )
+            })
+            .collect(),
+        grad_norm: (0..100).map(|s| (s, 1.0)).collect(),
+        path: Vec::new(),
+    };
+    let picture = |floor: f64| PlotData {
+        title: "zero".into(),
+        runs: vec![decaying("run", floor)],
+        landscape: None,
+    };
+    let zero = dir.join("zero.svg");
+    save(&picture(0.0), &zero).unwrap();
+    let texts = svg_texts(&zero);
+    assert!(
+        texts.iter().any(|t| t == "loss (0 on the bottom edge)"),
+        "{texts:?}"
+    );
+    assert!(texts.iter().any(|t| t == "10⁻³"), "{texts:?}");
+    let negative = dir.join("negative.svg");
+    save(&picture(-1.0), &negative).unwrap();
+    let texts = svg_texts(&negative);
+    assert!(texts.iter().any(|t| t == "loss"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.starts_with("10⁻")), "{texts:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -192,8 +192,10 @@ fn thin(points: &[(u64, f64)], steps: (u64, u64)) -> Thinned {
     thinned
 }
 
-/// One metric of every run over steps, with a log y axis when every value is positive. On the
-/// loss panel the legend names the runs; either panel's legend lists the non-finite markers.
+/// One metric of every run over steps, with a log y axis when every value is positive, or
+/// when none is negative and the positive ones span two decades or more (a loss that reaches
+/// exactly 0): then zeros are drawn on the bottom edge and the axis says so. On the loss panel
+/// the legend names the runs; either panel's legend lists the non-finite markers.
 fn curve_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     runs: &[PlotRun],
@@ -208,21 +210,35 @@ where
     let first = all().map(|p| p.0).min().unwrap_or(0);
     let last = all().map(|p| p.0).max().unwrap_or(0);
     let steps = (first, last.max(first.saturating_add(1)));
-    let curves: Vec<Thinned> = runs.iter().map(|r| thin(values(r), steps)).collect();
     let finite = || all().map(|p| p.1).filter(|v| v.is_finite());
     let (lo, hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
+    let lowest_positive = finite().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    let log =
+        lowest_positive.is_finite() && (lo > 0.0 || (lo == 0.0 && hi >= 100.0 * lowest_positive));
+    let pad = (hi / lowest_positive).powf(0.05).max(1.2);
+    let bottom = lowest_positive / pad;
+    let curves: Vec<Thinned> = runs
+        .iter()
+        .map(|r| {
+            let on_axis: Vec<(u64, f64)> = values(r)
+                .iter()
+                .map(|&(k, v)| (k, if log && v == 0.0 { bottom } else { v }))
+                .collect();
+            thin(&on_axis, steps)
+        })
+        .collect();
+    let zeros = format!("{metric} (0 on the bottom edge)");
     let panel = Panel {
-        metric,
+        metric: if log && lo == 0.0 { &zeros } else { metric },
         steps,
         runs,
         curves: &curves,
         name_runs,
     };
-    if lo > 0.0 && lo.is_finite() {
-        let pad = (hi / lo).powf(0.05).max(1.2);
-        panel.draw(area, (lo / pad..hi * pad).log_scale(), hi * pad, &|v| {
+    if log {
+        panel.draw(area, (bottom..hi * pad).log_scale(), hi * pad, &|v| {
             fmt_log_tick(*v)
         })
     } else if lo <= hi {
