@@ -67,6 +67,34 @@ pub fn fmt_short(v: f64) -> String {
     }
 }
 
+/// An axis tick label: `v` on an axis spanning `span`, with float noise next to zero (the
+/// -2.22e-16 of 0.1 + 0.2 - 0.3) written as the 0 it stands for.
+pub fn fmt_tick(v: f64, span: f64) -> String {
+    if v.abs() <= span.abs() * 1e-9 {
+        "0".to_string()
+    } else {
+        fmt_short(v)
+    }
+}
+
+/// A tick label of a log axis: powers of ten as `10^k` (in superscript digits), anything
+/// else as [`fmt_short`].
+pub fn fmt_log_tick(v: f64) -> String {
+    let k = v.log10().round();
+    if v > 0.0 && (v.log10() - k).abs() < 1e-9 {
+        const SUPERSCRIPT: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+        let digits: String = (k as i64)
+            .unsigned_abs()
+            .to_string()
+            .chars()
+            .map(|d| SUPERSCRIPT[d.to_digit(10).unwrap_or(0) as usize])
+            .collect();
+        format!("10{}{digits}", if k < 0.0 { "⁻" } else { "" })
+    } else {
+        fmt_short(v)
+    }
+}
+
 /// JSON has no NaN or Inf: they become strings, so nothing is silently turned into null.
 pub fn json_num(v: f64) -> Value {
     if v.is_finite() {

@@ -14,7 +14,8 @@ use gradscope::compile::{CompiledFile, Evaluator};
 use gradscope::draw::scene::{Glyphs, Scene, ScenePath};
 use gradscope::landscape::surface::{Mode, Surface, lr_multiples};
 use gradscope::landscape::{
-    ColorScale, Grid, GridSpec, NONFINITE_RGB, Plane, PlaneKind, param_shapes,
+    ColorScale, Grid, GridSpec, NONFINITE_RGB, PICTURE_CELLS, Plane, PlaneKind, optimum_point,
+    param_shapes,
 };
 use gradscope::load::load_compiled;
 use gradscope::run::{Run, RunRequest};
@@ -891,5 +892,73 @@ optimizer = { name = "sgd", lr = 0.4 }
     assert!(
         (-5.0..-1.75).contains(&loss),
         "on the variant's map: {loss}"
+    );
+}
+
+/// Rosenbrock's minimum is (1, 1). The picture grid (256 cells a side over a 4 x 4 view) alone
+/// finds its lowest sample several cells away along the narrow valley; refined on the loss, the
+/// minimum is within one fine cell of (1, 1) on both axes. The file's optimum says (1, 1).
+#[test]
+fn the_picture_grid_finds_rosenbrocks_minimum_within_one_fine_cell() {
+    let c = compiled("losses/rosenbrock.toml");
+    let plane = Plane::coordinates(&param_shapes(&c)).unwrap();
+    let s = spec((-2.0, 2.0), (-1.0, 3.0), PICTURE_CELLS, PICTURE_CELLS);
+    let cell = 4.0 / PICTURE_CELLS as f64;
+    let surface = Surface::new(&c, 0).unwrap();
+    let (grid, mode) = surface.grid(&plane, s).unwrap();
+    assert_eq!(mode, Mode::Batched);
+    let (v, start) = grid.min().unwrap();
+    let (refined, [x, y]) = surface.refine_min(&plane, (v, start), [cell; 2]).unwrap();
+    assert!(refined <= v);
+    assert!(
+        (x - 1.0).abs() <= cell && (y - 1.0).abs() <= cell,
+        "({x}, {y})"
+    );
+    assert_eq!(optimum_point(&c), Some(vec![1.0, 1.0]));
+}
+
+/// Bilinear interpolation reproduces a plane exactly between cell centres (and holds the edge
+/// value outside the outermost centres); a NaN cell keeps its nearest value, no blend.
+#[test]
+fn interpolation_is_exact_on_a_plane_and_keeps_nan_cells_sharp() {
+    let s = spec((0.0, 4.0), (0.0, 2.0), 4, 2);
+    let f = |[x, y]: [f64; 2]| 2.0 * x + 3.0 * y;
+    let mut grid = Grid::new(s.clone());
+    for j in 0..2 {
+        for i in 0..4 {
+            grid.values[j * 4 + i] = Some(f(s.coord(i, j)));
+        }
+    }
+    for p in [[0.5, 0.5], [1.25, 0.9], [3.5, 1.5], [2.0, 1.0]] {
+        let v = grid.interpolate(p).unwrap();
+        assert!((v - f(p)).abs() < 1e-12, "{p:?}: {v}");
+    }
+    // Left of the first centre (x = 0.5) the value is the edge's.
+    assert_eq!(grid.interpolate([0.1, 0.5]), Some(f([0.5, 0.5])));
+    assert_eq!(grid.interpolate([4.5, 0.5]), None);
+    // Cell (1, 0) is NaN: a point of cell (0, 0) that would blend it takes (0, 0)'s value.
+    grid.values[1] = Some(f64::NAN);
+    assert_eq!(grid.interpolate([0.9, 0.6]), Some(f([0.5, 0.5])));
+    assert!(grid.interpolate([1.1, 0.6]).unwrap().is_nan());
+}
+
+/// On a grid of a separable quadratic, a parabola through the lowest sample and its neighbours
+/// is the function itself along each axis: the refined minimum is the true one, off the cell
+/// centres, and the value stays the lowest sample's.
+#[test]
+fn a_quadratic_grids_minimum_refines_to_the_true_one() {
+    let s = spec((-1.0, 1.0), (-1.0, 1.0), 8, 8);
+    let f = |[x, y]: [f64; 2]| (x - 0.3).powi(2) + 2.0 * (y + 0.2).powi(2);
+    let mut grid = Grid::new(s.clone());
+    for j in 0..8 {
+        for i in 0..8 {
+            grid.values[j * 8 + i] = Some(f(s.coord(i, j)));
+        }
+    }
+    let (v, [x, y]) = grid.refined_min().unwrap();
+    assert_eq!(Some(v), grid.min().map(|(v, _)| v));
+    assert!(
+        (x - 0.3).abs() < 1e-12 && (y + 0.2).abs() < 1e-12,
+        "({x}, {y})"
     );
 }

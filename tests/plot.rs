@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use gradscope::draw::plot::{PlotData, PlotError, PlotLandscape, PlotRun, save};
+use gradscope::format::{fmt_log_tick, fmt_tick};
 use gradscope::landscape::{ColorScale, Grid, GridSpec};
 
 const ADAM: &str = "adam (lr=0.01)";
@@ -36,8 +37,10 @@ fn landscape(n: usize) -> PlotLandscape {
     }
     let scale = ColorScale::fit(grid.finite(), None).unwrap();
     PlotLandscape {
+        minimum: grid.refined_min().map(|(_, p)| p),
         grid,
         scale,
+        optimum: Some([1.0, 1.0]),
         labels: ["x".into(), "y".into()],
     }
 }
@@ -62,13 +65,14 @@ fn run(
             .collect()
     };
     let path = (0..200)
-        .map(|k| {
+        .map(|k: u64| {
             let f = 1.0 - k as f64 / 199.0;
             let a = k as f64 * 0.1;
-            [
+            let p = [
                 1.0 + f * ((from[0] - 1.0) * a.cos() - (from[1] - 1.0) * a.sin()),
                 1.0 + f * ((from[0] - 1.0) * a.sin() + (from[1] - 1.0) * a.cos()),
-            ]
+            ];
+            (k * steps / 200, p)
         })
         .collect();
     PlotRun {
@@ -173,8 +177,13 @@ fn long_runs_make_small_svgs() {
     let dir = scratch("size");
     let path = dir.join("long.svg");
     save(&data(10_000, 64, true), &path).unwrap();
-    let size = std::fs::metadata(&path).unwrap().len();
-    eprintln!("64x64 landscape, 2 runs of 10000 steps: {size} bytes");
+    let svg = std::fs::read_to_string(&path).unwrap();
+    // The shaded landscape is one embedded PNG whose size depends on the picture, not the runs.
+    let image = svg.find("<image").expect("the shading is an image");
+    let image_len = svg[image..].find("/>").unwrap() + 2;
+    assert_eq!(svg.matches("<image").count(), 1);
+    let size = svg.len() - image_len;
+    eprintln!("64x64 landscape, 2 runs of 10000 steps: {size} bytes besides the shading");
     assert!(size < 300_000, "{size} bytes");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -215,7 +224,11 @@ fn degenerate_data_still_draws() {
         rgb: [31, 119, 180],
         loss: (0..100_000).map(|s| (s, -(s as f64).sqrt())).collect(),
         grad_norm: (0..100_000).map(|s| (s, (s % 1000) as f64)).collect(),
-        path: vec![[f64::NAN, 0.0], [-5.0, -5.0], [0.0, 1.0], [1e300, -1e300]],
+        path: [[f64::NAN, 0.0], [-5.0, -5.0], [0.0, 1.0], [1e300, -1e300]]
+            .into_iter()
+            .zip(0..)
+            .map(|(p, k)| (k, p))
+            .collect(),
     };
     // Zigzags down the valley, then jumps between two points 5000 times.
     let zigzag = PlotRun {
@@ -229,6 +242,8 @@ fn degenerate_data_still_draws() {
                 [x, x * x + if k % 2 == 0 { 0.3 } else { -0.3 }]
             })
             .chain((0..5000).map(|k| [0.5 + 0.5 * (k % 2) as f64, -0.5]))
+            .zip(0..)
+            .map(|(p, k)| (k, p))
             .collect(),
     };
     let nothing = PlotRun {
@@ -236,7 +251,7 @@ fn degenerate_data_still_draws() {
         rgb: [0, 0, 0],
         loss: vec![(0, f64::INFINITY), (1, f64::NAN)],
         grad_norm: vec![(0, f64::NAN)],
-        path: vec![[0.5, 0.5]],
+        path: vec![(0, [0.5, 0.5])],
     };
     let empty = PlotRun {
         name: "empty".into(),
@@ -245,8 +260,10 @@ fn degenerate_data_still_draws() {
         grad_norm: Vec::new(),
         path: Vec::new(),
     };
+    // The zigzag first: the first run's path is solid, one SVG line per piece (later runs'
+    // are dashed or dotted, one element per dash).
     let pictures = [
-        vec![negative, zigzag, nothing.clone(), empty.clone()],
+        vec![zigzag, negative, nothing.clone(), empty.clone()],
         vec![nothing],
         vec![empty],
         Vec::new(),
@@ -266,5 +283,101 @@ fn degenerate_data_still_draws() {
     let svg = std::fs::read_to_string(dir.join("0.svg")).unwrap();
     let zigzag_lines = svg.matches("stroke=\"#FF00FF\"").count();
     assert!(zigzag_lines < 300, "{zigzag_lines} lines for the zigzag");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Every contour level's label (powers of ten on Rosenbrock's log scale), each run's name at its
+/// end as well as in the legend, and the optimum's label are text in the SVG.
+#[test]
+fn svg_labels_contour_levels_run_ends_and_the_optimum() {
+    let dir = scratch("contours");
+    let path = dir.join("contours.svg");
+    let picture = data(1000, 64, false);
+    save(&picture, &path).unwrap();
+    let texts = svg_texts(&path);
+    let scale = picture.landscape.as_ref().unwrap().scale;
+    assert!(scale.log);
+    let levels = scale.levels();
+    assert!(levels.len() >= 3, "{levels:?}");
+    for level in levels {
+        let label = fmt_log_tick(level);
+        // One on a contour line and one on the colour bar.
+        let count = texts.iter().filter(|t| **t == label).count();
+        assert!(count >= 2, "`{label}` {count} times in {texts:?}");
+    }
+    for run in &picture.runs {
+        let count = texts.iter().filter(|t| **t == run.name).count();
+        assert_eq!(count, 2, "`{}` in {texts:?}", run.name);
+    }
+    assert!(texts.iter().any(|t| t == "optimum"), "{texts:?}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Tick labels: float noise beside zero is 0, powers of ten on log axes read as such.
+#[test]
+fn tick_labels_are_readable() {
+    let cases = [
+        (0.1 + 0.2 - 0.3, 1.0, "0"),
+        (-2.220446049250313e-16, 4.0, "0"),
+        (0.5, 4.0, "0.5"),
+        (-1.5, 4.0, "-1.5"),
+        (1e-12, 1e-9, "1.00e-12"),
+    ];
+    for (v, span, want) in cases {
+        assert_eq!(fmt_tick(v, span), want, "{v} on a span of {span}");
+    }
+    let powers = [
+        (1e-3, "10⁻³"),
+        (1.0, "10⁰"),
+        (100.0, "10²"),
+        (1e12, "10¹²"),
+        (0.003, "0.003"),
+    ];
+    for (v, want) in powers {
+        assert_eq!(fmt_log_tick(v), want, "{v}");
+    }
+}
+
+/// A loss that reaches exactly 0 after spanning decades keeps its log axis (in powers of ten),
+/// with the zeros on the bottom edge and the axis saying so; a negative loss gets a linear one.
+#[test]
+fn a_loss_reaching_zero_keeps_its_log_axis() {
+    let dir = scratch("zero");
+    let decaying = |name: &str, floor: f64| PlotRun {
+        name: name.into(),
+        rgb: [0, 0, 0],
+        loss: (0..100)
+            .map(|s| {
+                (
+                    s,
+                    if s < 60 {
+                        10f64.powi(1 - s as i32 / 10)
+                    } else {
+                        floor
+                    },
+                )
+            })
+            .collect(),
+        grad_norm: (0..100).map(|s| (s, 1.0)).collect(),
+        path: Vec::new(),
+    };
+    let picture = |floor: f64| PlotData {
+        title: "zero".into(),
+        runs: vec![decaying("run", floor)],
+        landscape: None,
+    };
+    let zero = dir.join("zero.svg");
+    save(&picture(0.0), &zero).unwrap();
+    let texts = svg_texts(&zero);
+    assert!(
+        texts.iter().any(|t| t == "loss (0 on the bottom edge)"),
+        "{texts:?}"
+    );
+    assert!(texts.iter().any(|t| t == "10⁻³"), "{texts:?}");
+    let negative = dir.join("negative.svg");
+    save(&picture(-1.0), &negative).unwrap();
+    let texts = svg_texts(&negative);
+    assert!(texts.iter().any(|t| t == "loss"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t.starts_with("10⁻")), "{texts:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -18,8 +18,8 @@ use crate::draw::{PALETTE, plot_run};
 use crate::format::fmt_num;
 use crate::landscape::surface::{Mode, Surface};
 use crate::landscape::{
-    ColorScale, Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, param_shapes,
-    view_for,
+    ColorScale, Grid, GridSpec, PICTURE_CELLS, Plane, PlaneKind, follow_limit, followed, lowest,
+    optimum_point, param_shapes, view_for,
 };
 use crate::run::Retention;
 use crate::run::Run;
@@ -64,7 +64,8 @@ pub struct PlotArgs {
     /// The picture to write: NAME.svg or NAME.png.
     #[arg(long)]
     pub out: PathBuf,
-    /// Landscape grid cells a side (two-param losses).
+    /// Landscape grid cells a side (two-param losses); a loss that evaluates as a batch gets at
+    /// least 256, interpolated between cells either way.
     #[arg(long, default_value_t = 64)]
     pub grid: usize,
 }
@@ -77,17 +78,21 @@ struct Landscape {
     grid: Grid,
     mode: Mode,
     elapsed: Duration,
+    /// Where the loss is lowest around the grid's minimum, refined on the loss itself for a
+    /// picture of a batched loss, else within the grid's cell.
+    minimum: Option<[f64; 2]>,
 }
 
 /// The landscape of `runs`' loss (the first run's definition and dtype) around their paths: over
 /// the params' own coordinates for a two-param loss, else over a slice through the first run's
-/// final point.
+/// final point. `n` cells a side, or for a `picture` at least [`PICTURE_CELLS`] where the loss
+/// evaluates as a batch.
 fn landscape(
     compiled: &CompiledFile,
     runs: &[Run],
     n: usize,
-    kind: PlaneKind,
-    seed: u64,
+    (kind, seed): (PlaneKind, u64),
+    picture: bool,
 ) -> Result<Landscape, Diagnostic> {
     let first = runs
         .first()
@@ -116,11 +121,21 @@ fn landscape(
         .flat_map(|(r, path)| followed(path.iter().copied(), r.history(), limit));
     let (x, y) = view_for(&plane, points)
         .ok_or_else(|| Diagnostic::error("the runs' paths are not finite"))?;
-    let n = n.clamp(2, 1024);
     let surface = surface_of(compiled, first)?;
+    let n = match surface.mode() {
+        Mode::Batched if picture => n.max(PICTURE_CELLS),
+        _ => n,
+    }
+    .clamp(2, 1024);
     let started = Instant::now();
     let (grid, mode) = surface.grid(&plane, GridSpec { x, y, nx: n, ny: n })?;
+    let cell = [(x.1 - x.0) / n as f64, (y.1 - y.0) / n as f64];
+    let minimum = match (grid.min(), mode) {
+        (Some(start), Mode::Batched) if picture => Some(surface.refine_min(&plane, start, cell)?.1),
+        _ => grid.refined_min().map(|(_, p)| p),
+    };
     Ok(Landscape {
+        minimum,
         plane,
         paths: stepped,
         grid,
@@ -179,7 +194,7 @@ pub fn landscape_command(
         PlaneChoice::Random => PlaneKind::Random,
         PlaneChoice::Update => PlaneKind::Update,
     };
-    let l = match landscape(&compiled, &runs, args.grid, kind, args.seed) {
+    let l = match landscape(&compiled, &runs, args.grid, (kind, args.seed), false) {
         Ok(l) => l,
         Err(d) => {
             eprint!("{}", d.render(color));
@@ -289,7 +304,7 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
     let two_params = Plane::coordinates(&param_shapes(&compiled)).is_some();
     let l = if two_params {
         Some(
-            landscape(&compiled, &runs, args.grid, PlaneKind::Random, 0)
+            landscape(&compiled, &runs, args.grid, (PlaneKind::Random, 0), true)
                 .map_err(|d| anyhow::anyhow!(d.render(false)))?,
         )
     } else {
@@ -301,10 +316,7 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let path = l
-                    .as_ref()
-                    .map(|l| l.paths[i].iter().map(|(_, p)| *p).collect())
-                    .unwrap_or_default();
+                let path = l.as_ref().map(|l| l.paths[i].clone()).unwrap_or_default();
                 plot_run(&r.name, PALETTE[i % PALETTE.len()], r.history(), path)
             })
             .collect(),
@@ -312,6 +324,8 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
             let scale = ColorScale::fit(l.grid.finite(), None)?;
             Some(PlotLandscape {
                 scale,
+                optimum: optimum_point(&compiled).map(|p| l.plane.project(&p)),
+                minimum: l.minimum,
                 labels: l.plane.labels.clone(),
                 grid: l.grid,
             })

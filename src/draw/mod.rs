@@ -48,7 +48,12 @@ pub fn plotters_color([r, g, b]: [u8; 3]) -> plotters::style::RGBColor {
 }
 
 /// One run's curves and path for a picture.
-pub fn plot_run(name: &str, color: Color, history: &History, path: Vec<[f64; 2]>) -> PlotRun {
+pub fn plot_run(
+    name: &str,
+    color: Color,
+    history: &History,
+    path: Vec<(u64, [f64; 2])>,
+) -> PlotRun {
     let cores = history.cores().iter().enumerate();
     PlotRun {
         name: name.to_string(),

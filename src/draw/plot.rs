@@ -7,14 +7,18 @@ use std::error::Error;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use plotters::coord::Shift;
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::{CoordTranslate, Shift};
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::plotters_color;
-use crate::format::fmt_short;
-use crate::landscape::{BANDS, ColorScale, Grid, GridSpec, NONFINITE_RGB, clip};
+use crate::format::{fmt_log_tick, fmt_tick};
+use crate::landscape::{
+    ColorScale, Grid, GridSpec, NONFINITE_RGB, clip, contours, nice_step, ramp,
+};
 
 /// Everything one picture shows.
 #[derive(Debug, Clone)]
@@ -35,8 +39,8 @@ pub struct PlotRun {
     pub loss: Vec<(u64, f64)>,
     /// `(step, global gradient norm)`; non-finite norms are drawn as markers.
     pub grad_norm: Vec<(u64, f64)>,
-    /// Its path in the landscape's plane coordinates (empty without a landscape).
-    pub path: Vec<[f64; 2]>,
+    /// Its path in the landscape's plane coordinates, by step (empty without a landscape).
+    pub path: Vec<(u64, [f64; 2])>,
 }
 
 /// A landscape to draw under the paths.
@@ -46,6 +50,12 @@ pub struct PlotLandscape {
     pub scale: ColorScale,
     /// Axis names.
     pub labels: [String; 2],
+    /// Where the lowest loss of the map is, refined beyond its samples
+    /// ([`crate::landscape::surface::Surface::refine_min`], or [`Grid::refined_min`]).
+    pub minimum: Option<[f64; 2]>,
+    /// The file's known optimum in plane coordinates (its `optimum` key), marked apart from the
+    /// grid's minimum.
+    pub optimum: Option<[f64; 2]>,
 }
 
 /// Why a picture could not be written.
@@ -182,8 +192,10 @@ fn thin(points: &[(u64, f64)], steps: (u64, u64)) -> Thinned {
     thinned
 }
 
-/// One metric of every run over steps, with a log y axis when every value is positive. On the
-/// loss panel the legend names the runs; either panel's legend lists the non-finite markers.
+/// One metric of every run over steps, with a log y axis when every value is positive, or
+/// when none is negative and the positive ones span two decades or more (a loss that reaches
+/// exactly 0): then zeros are drawn on the bottom edge and the axis says so. On the loss panel
+/// the legend names the runs; either panel's legend lists the non-finite markers.
 fn curve_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     runs: &[PlotRun],
@@ -198,29 +210,46 @@ where
     let first = all().map(|p| p.0).min().unwrap_or(0);
     let last = all().map(|p| p.0).max().unwrap_or(0);
     let steps = (first, last.max(first.saturating_add(1)));
-    let curves: Vec<Thinned> = runs.iter().map(|r| thin(values(r), steps)).collect();
     let finite = || all().map(|p| p.1).filter(|v| v.is_finite());
     let (lo, hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
     });
+    let lowest_positive = finite().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    let log =
+        lowest_positive.is_finite() && (lo > 0.0 || (lo == 0.0 && hi >= 100.0 * lowest_positive));
+    let pad = (hi / lowest_positive).powf(0.05).max(1.2);
+    let bottom = lowest_positive / pad;
+    let curves: Vec<Thinned> = runs
+        .iter()
+        .map(|r| {
+            let on_axis: Vec<(u64, f64)> = values(r)
+                .iter()
+                .map(|&(k, v)| (k, if log && v == 0.0 { bottom } else { v }))
+                .collect();
+            thin(&on_axis, steps)
+        })
+        .collect();
+    let zeros = format!("{metric} (0 on the bottom edge)");
     let panel = Panel {
-        metric,
+        metric: if log && lo == 0.0 { &zeros } else { metric },
         steps,
         runs,
         curves: &curves,
         name_runs,
     };
-    if lo > 0.0 && lo.is_finite() {
-        let pad = (hi / lo).powf(0.05).max(1.2);
-        panel.draw(area, (lo / pad..hi * pad).log_scale(), hi * pad)
+    if log {
+        panel.draw(area, (bottom..hi * pad).log_scale(), hi * pad, &|v| {
+            fmt_log_tick(*v)
+        })
     } else if lo <= hi {
         // At least 5% of the values' size either side, so three significant digits tell the
         // ticks of a nearly flat curve apart.
         let pad = ((hi - lo) * 0.05).max(lo.abs().max(hi.abs()) * 0.05);
         let pad = if pad > 0.0 { pad } else { 1.0 };
-        panel.draw(area, lo - pad..hi + pad, hi + pad)
+        let span = hi - lo + 2.0 * pad;
+        panel.draw(area, lo - pad..hi + pad, hi + pad, &|v| fmt_tick(*v, span))
     } else {
-        panel.draw(area, 0.0..1.0, 1.0)
+        panel.draw(area, 0.0..1.0, 1.0, &|v| fmt_tick(*v, 1.0))
     }
 }
 
@@ -234,8 +263,15 @@ struct Panel<'a> {
 }
 
 impl Panel<'_> {
-    /// `top` is the y value at the panel's top edge, where non-finite markers hang.
-    fn draw<DB, Y>(&self, area: &DrawingArea<DB, Shift>, y: Y, top: f64) -> DrawResult
+    /// `top` is the y value at the panel's top edge, where non-finite markers hang; `label`
+    /// writes the y axis' ticks.
+    fn draw<DB, Y>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        y: Y,
+        top: f64,
+        label: &dyn Fn(&f64) -> String,
+    ) -> DrawResult
     where
         DB: DrawingBackend,
         DB::ErrorType: 'static,
@@ -253,7 +289,7 @@ impl Panel<'_> {
             .y_desc(self.metric)
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 15))
-            .y_label_formatter(&|v| fmt_short(*v))
+            .y_label_formatter(label)
             .light_line_style(WHITE)
             .draw()?;
         // Curves are 1 px: wider lines are filled polygons in the bitmap backend, which spike
@@ -306,7 +342,9 @@ type Point = (f64, f64);
 /// Width kept right of the landscape for its colour bar and tick labels.
 const BAR_AREA: i32 = 100;
 
-/// The landscape's cells, every run's path on them, the grid minimum and a colour bar.
+/// The landscape shaded smoothly at pixel resolution (the grid interpolated between cells),
+/// labelled contour lines, every run's path (told apart by line style and markers as well as
+/// colour, named at its end), the refined grid minimum, the file's optimum and a colour bar.
 fn draw_landscape<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     landscape: &PlotLandscape,
@@ -323,6 +361,7 @@ where
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(spec.x.0..spec.x.1, spec.y.0..spec.y.1)?;
+    let (x_span, y_span) = (spec.x.1 - spec.x.0, spec.y.1 - spec.y.0);
     chart
         .configure_mesh()
         .disable_mesh()
@@ -330,38 +369,90 @@ where
         .y_desc(landscape.labels[1].as_str())
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
-        .x_label_formatter(&|v| fmt_short(*v))
-        .y_label_formatter(&|v| fmt_short(*v))
+        .x_label_formatter(&|v| fmt_tick(*v, x_span))
+        .y_label_formatter(&|v| fmt_tick(*v, y_span))
         .draw()?;
-    chart.draw_series(cell_rows(landscape))?;
+    let (xs, ys) = chart.plotting_area().get_pixel_range();
+    let size = (
+        (xs.end - xs.start).max(1) as u32,
+        (ys.end - ys.start).max(1) as u32,
+    );
+    if let Some(shading) =
+        BitMapElement::with_owned_buffer((spec.x.0, spec.y.1), size, shade(landscape, size))
+    {
+        chart.draw_series(std::iter::once(shading))?;
+    }
+    let (bx, by) = area.get_base_pixel();
+    let coords = chart.as_coord_spec().clone();
+    let to_area = |p: &Point| {
+        let (x, y) = coords.translate(p);
+        (x - bx, y - by)
+    };
+    draw_contours(area, landscape, &to_area)?;
     let inside = |p: &[f64; 2]| {
         (spec.x.0..=spec.x.1).contains(&p[0]) && (spec.y.0..=spec.y.1).contains(&p[1])
     };
-    for run in runs {
-        let style = plotters_color(run.rgb).stroke_width(2);
-        let pieces = wide_line_pieces(clip_path(&run.path, spec), |p| chart.backend_coord(p));
-        chart.draw_series(
-            pieces
-                .into_iter()
-                .map(|piece| PathElement::new(piece, style)),
-        )?;
-        let ends = [(run.path.first(), style), (run.path.last(), style.filled())];
-        chart.draw_series(
-            ends.into_iter()
-                .filter_map(|(p, style)| p.filter(|p| inside(p)).map(|p| (p, style)))
-                .map(|(p, style)| Circle::new((p[0], p[1]), 5, style)),
-        )?;
+    let mut labels = Vec::new();
+    for (r, run) in runs.iter().enumerate() {
+        let colour = plotters_color(run.rgb);
+        let style = colour.stroke_width(2);
+        let points: Vec<[f64; 2]> = run.path.iter().map(|(_, p)| *p).collect();
+        let pieces = wide_line_pieces(clip_path(&points, spec), |p| chart.backend_coord(p));
+        match LINE_DASHES[r % LINE_DASHES.len()] {
+            // Solid paths are wider, so one under a dashed or dotted path still shows.
+            None => {
+                let wide = colour.stroke_width(4);
+                chart.draw_series(
+                    pieces
+                        .into_iter()
+                        .map(|piece| PathElement::new(piece, wide)),
+                )?;
+            }
+            Some((dash, gap)) => {
+                chart.draw_series(
+                    pieces
+                        .into_iter()
+                        .map(|piece| DashedPathElement::new(piece, dash, gap, style)),
+                )?;
+            }
+        }
+        let every = marker_every(&run.path);
+        let marked: Vec<Point> = run
+            .path
+            .iter()
+            .filter(|(k, p)| *k > 0 && k % every == 0 && inside(p))
+            .map(|(_, p)| (p[0], p[1]))
+            .collect();
+        markers(&mut chart, r, &marked, 4, colour.filled())?;
+        if let Some((_, p)) = run.path.first().filter(|(_, p)| inside(p)) {
+            chart.draw_series(std::iter::once(Circle::new((p[0], p[1]), 7, style)))?;
+        }
+        if let Some((_, p)) = run.path.last().filter(|(_, p)| inside(p)) {
+            markers(&mut chart, r, &[(p[0], p[1])], 8, BLACK.filled())?;
+            markers(&mut chart, r, &[(p[0], p[1])], 6, colour.filled())?;
+            labels.push((to_area(&(p[0], p[1])), run.name.as_str()));
+        }
     }
-    if let Some((_, [x, y])) = grid.min() {
-        let white = WHITE.stroke_width(2);
+    if let Some([x, y]) = landscape.minimum.filter(|p| inside(p)) {
+        // A white cross with a dark outline, visible on any colour.
+        let (dark, white) = (BLACK.stroke_width(4), WHITE.stroke_width(2));
         chart.draw_series(std::iter::once(
             EmptyElement::at((x, y))
+                + PathElement::new([(-8, 0), (8, 0)], dark)
+                + PathElement::new([(0, -8), (0, 8)], dark)
                 + PathElement::new([(-7, 0), (7, 0)], white)
                 + PathElement::new([(0, -7), (0, 7)], white),
         ))?;
     }
-    let (xs, ys) = chart.plotting_area().get_pixel_range();
-    let (bx, by) = area.get_base_pixel();
+    if let Some([x, y]) = landscape.optimum.filter(|p| inside(p)) {
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((x, y))
+                + Rectangle::new([(-10, -10), (10, 10)], WHITE.stroke_width(2)),
+        ))?;
+        labels.push((to_area(&(x, y)), "optimum"));
+    }
+    let plot = (xs.start - bx, xs.end - bx, ys.start - by, ys.end - by);
+    name_points(area, &labels, plot)?;
     let nonfinite = grid.values.iter().flatten().any(|v| !v.is_finite());
     colour_bar(
         area,
@@ -371,31 +462,146 @@ where
     )
 }
 
-/// The filled cells as rectangles, each run of equal colour within a row merged into one: the
-/// scale's bands make long runs, which keeps SVGs small.
-fn cell_rows(landscape: &PlotLandscape) -> Vec<Rectangle<Point>> {
+/// Dash and gap lengths (pixels) of the runs' paths in turn: solid, dashed, dotted.
+const LINE_DASHES: [Option<(u32, u32)>; 3] = [None, Some((10, 6)), Some((2, 5))];
+
+/// The chart the landscape is drawn on.
+type PlaneChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Run `run`'s marker shape (circle, triangle, square, by run index) of half-size `size` at
+/// each of `points`.
+fn markers<DB: DrawingBackend>(
+    chart: &mut PlaneChart<DB>,
+    run: usize,
+    points: &[Point],
+    size: i32,
+    style: ShapeStyle,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let at = points.iter().copied();
+    match run % 3 {
+        0 => chart.draw_series(at.map(|p| Circle::new(p, size, style)))?,
+        1 => chart.draw_series(at.map(|p| TriangleMarker::new(p, size + 2, style)))?,
+        _ => chart.draw_series(at.map(|p| {
+            EmptyElement::at(p) + Rectangle::new([(-size, -size), (size, size)], style)
+        }))?,
+    };
+    Ok(())
+}
+
+/// Steps between a path's markers: a round number (1, 2 or 5 times a power of ten) giving
+/// about ten markers over the path.
+fn marker_every(path: &[(u64, [f64; 2])]) -> u64 {
+    let last = path.last().map_or(0, |(k, _)| *k);
+    (nice_step(last as f64 / 10.0).max(1.0)) as u64
+}
+
+/// Writes each name beside its point (area pixels), on a pale box so it reads on any colour;
+/// a name that would cover one already written moves down, and flips to the point's left at the
+/// plot's right edge. `plot` is the plotting area's (left, right, top, bottom).
+fn name_points<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    labels: &[((i32, i32), &str)],
+    plot: (i32, i32, i32, i32),
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let style = TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
+    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
+    for &((x, y), name) in labels {
+        let (w, h) = area.estimate_text_size(name, &style)?;
+        let (w, h) = (w as i32 + 6, h as i32 + 4);
+        let left = if x + 12 + w > plot.1 {
+            x - 12 - w
+        } else {
+            x + 12
+        };
+        let mut top = (y - h - 6).max(plot.2);
+        let overlaps = |top: i32, p: &(i32, i32, i32, i32)| {
+            left < p.2 && p.0 < left + w && top < p.3 && p.1 < top + h
+        };
+        while placed.iter().any(|p| overlaps(top, p)) && top + h < plot.3 {
+            top += 4;
+        }
+        area.draw(&Rectangle::new(
+            [(left, top), (left + w, top + h)],
+            WHITE.mix(0.8).filled(),
+        ))?;
+        area.draw(&Text::new(
+            name.to_string(),
+            (left + 3, top + 2),
+            style.clone(),
+        ))?;
+        placed.push((left, top, left + w, top + h));
+    }
+    Ok(())
+}
+
+/// The landscape at `size` pixels, RGB rows from the top: each pixel's value interpolated
+/// from the grid ([`Grid::interpolate`]) on the scale's continuous ramp; white where nothing
+/// is computed.
+fn shade(landscape: &PlotLandscape, (w, h): (u32, u32)) -> Vec<u8> {
     let spec = &landscape.grid.spec;
-    let x = |i: usize| spec.x.0 + i as f64 / spec.nx as f64 * (spec.x.1 - spec.x.0);
-    let y = |j: usize| spec.y.0 + j as f64 / spec.ny as f64 * (spec.y.1 - spec.y.0);
-    let mut rects = Vec::new();
-    // An empty grid (nx = 0) has no values, hence no rows.
-    for (j, row) in landscape.grid.values.chunks(spec.nx.max(1)).enumerate() {
-        let colours: Vec<Option<[u8; 3]>> = row
-            .iter()
-            .map(|v| v.map(|v| landscape.scale.rgb(v)))
-            .collect();
-        let mut i = 0;
-        for same in colours.chunk_by(|a, b| a == b) {
-            if let Some(colour) = same[0] {
-                rects.push(Rectangle::new(
-                    [(x(i), y(j)), (x(i + same.len()), y(j + 1))],
-                    plotters_color(colour).filled(),
-                ));
-            }
-            i += same.len();
+    let mut pixels = Vec::with_capacity(w as usize * h as usize * 3);
+    for py in 0..h {
+        let y = spec.y.1 - (f64::from(py) + 0.5) / f64::from(h) * (spec.y.1 - spec.y.0);
+        for px in 0..w {
+            let x = spec.x.0 + (f64::from(px) + 0.5) / f64::from(w) * (spec.x.1 - spec.x.0);
+            let rgb = landscape
+                .grid
+                .interpolate([x, y])
+                .map_or([255; 3], |v| landscape.scale.smooth_rgb(v));
+            pixels.extend_from_slice(&rgb);
         }
     }
-    rects
+    pixels
+}
+
+/// Contour lines at the scale's levels ([`ColorScale::levels`]), each level's value written on
+/// the middle of its longest line, in black or white by the colour under it.
+fn draw_contours<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    landscape: &PlotLandscape,
+    to_area: &dyn Fn(&Point) -> (i32, i32),
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let scale = &landscape.scale;
+    let line_style = BLACK.mix(0.35).stroke_width(1);
+    for level in contours(&landscape.grid, &scale.levels()) {
+        let pixels: Vec<Vec<(i32, i32)>> = level
+            .lines
+            .iter()
+            .map(|l| l.iter().map(|p| to_area(&(p[0], p[1]))).collect())
+            .collect();
+        for line in &pixels {
+            area.draw(&PathElement::new(line.clone(), line_style))?;
+        }
+        let longest = pixels.iter().max_by_key(|l| l.len());
+        if let Some(at) = longest.and_then(|l| l.get(l.len() / 2)) {
+            let [r, g, b] = scale.smooth_rgb(level.level);
+            let light = 0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b) > 140.0;
+            let colour = if light { BLACK } else { WHITE };
+            let style = TextStyle::from((FONT, 11).into_font())
+                .color(&colour)
+                .pos(Pos::new(HPos::Center, VPos::Center));
+            area.draw(&Text::new(fmt_level(level.level, scale), *at, style))?;
+        }
+    }
+    Ok(())
+}
+
+/// A level's label: a power of ten as such on a log scale, else a tick label.
+fn fmt_level(v: f64, scale: &ColorScale) -> String {
+    if scale.log {
+        fmt_log_tick(v)
+    } else {
+        fmt_tick(v, scale.hi - scale.lo)
+    }
 }
 
 /// The parts of `path` inside the grid's rectangle, as polylines: plotters does not clip to the
@@ -473,8 +679,8 @@ fn wide_line_pieces(
     pieces
 }
 
-/// The scale's bands from bottom to top at pixel column `x` between rows `bottom` and `top`,
-/// with value ticks, "log" above a log scale and a red "NaN/Inf" swatch below when `nonfinite`.
+/// The scale's continuous ramp from bottom to top at pixel column `x` between rows `bottom`
+/// and `top`, with ticks at the contour levels, "log" above a log scale and a red "NaN/Inf" swatch below when `nonfinite`.
 fn colour_bar<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     scale: &ColorScale,
@@ -486,9 +692,13 @@ where
 {
     const WIDTH: i32 = 14;
     let row = |t: f64| bottom - (t * f64::from(bottom - top)).round() as i32;
-    for band in 0..BANDS {
-        let (t0, t1) = (band as f64 / BANDS as f64, (band + 1) as f64 / BANDS as f64);
-        let colour = scale.rgb(scale.value_at((t0 + t1) / 2.0));
+    const STRIPS: usize = 96;
+    for strip in 0..STRIPS {
+        let (t0, t1) = (
+            strip as f64 / STRIPS as f64,
+            (strip + 1) as f64 / STRIPS as f64,
+        );
+        let colour = ramp((t0 + t1) / 2.0);
         area.draw(&Rectangle::new(
             [(x, row(t1)), (x + WIDTH, row(t0))],
             plotters_color(colour).filled(),
@@ -496,14 +706,15 @@ where
     }
     area.draw(&Rectangle::new([(x, top), (x + WIDTH, bottom)], BLACK))?;
     let label = |anchor| TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, anchor));
-    for t in [0.0, 0.25, 0.5, 0.75, 1.0] {
+    for level in scale.levels() {
+        let Some(t) = scale.t(level) else { continue };
         let y = row(t);
         area.draw(&PathElement::new(
             [(x + WIDTH, y), (x + WIDTH + 4, y)],
             BLACK,
         ))?;
         area.draw(&Text::new(
-            fmt_short(scale.value_at(t)),
+            fmt_level(level, scale),
             (x + WIDTH + 6, y),
             label(VPos::Center),
         ))?;

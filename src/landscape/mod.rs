@@ -79,6 +79,21 @@ pub fn param_shapes(compiled: &crate::compile::CompiledFile) -> Vec<ParamShape> 
         .collect()
 }
 
+/// The file's known optimum (its `optimum` key) as a flat param vector; None when the file
+/// gives none or its values do not fit the compiled params' sizes.
+pub fn optimum_point(compiled: &crate::compile::CompiledFile) -> Option<Vec<f64>> {
+    let optimum = compiled.file.optimum.as_ref()?;
+    let mut flat = Vec::new();
+    for shape in param_shapes(compiled) {
+        let entry = optimum.iter().find(|o| o.name.node == shape.name)?;
+        if entry.value.len() != shape.len() {
+            return None;
+        }
+        flat.extend_from_slice(&entry.value);
+    }
+    Some(flat)
+}
+
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
@@ -363,6 +378,65 @@ impl Grid {
             .filter(|v| v.is_finite())
     }
 
+    /// The value at plane point `p`, interpolated bilinearly between the four nearest cell
+    /// centres (clamped at the edges); the nearest cell's value where any of the four is not
+    /// computed or not finite, so a NaN region keeps its sharp edge. None outside the grid.
+    pub fn interpolate(&self, p: [f64; 2]) -> Option<f64> {
+        let (i, j) = self.spec.cell(p)?;
+        let nearest = self.values[j * self.spec.nx + i];
+        let at = |v: f64, lo: f64, hi: f64, n: usize| {
+            let f = ((v - lo) / (hi - lo) * n as f64 - 0.5).clamp(0.0, (n - 1) as f64);
+            let k = (f.floor() as usize).min(n.saturating_sub(2));
+            (k, f - k as f64)
+        };
+        if self.spec.nx < 2 || self.spec.ny < 2 {
+            return nearest;
+        }
+        let (i0, fx) = at(p[0], self.spec.x.0, self.spec.x.1, self.spec.nx);
+        let (j0, fy) = at(p[1], self.spec.y.0, self.spec.y.1, self.spec.ny);
+        let v = |i: usize, j: usize| self.values[j * self.spec.nx + i].filter(|v| v.is_finite());
+        match (v(i0, j0), v(i0 + 1, j0), v(i0, j0 + 1), v(i0 + 1, j0 + 1)) {
+            (Some(a), Some(b), Some(c), Some(d)) => {
+                let bottom = a + fx * (b - a);
+                let top = c + fx * (d - c);
+                Some(bottom + fy * (top - bottom))
+            }
+            _ => nearest,
+        }
+    }
+
+    /// The lowest computed value and where it is, refined within its cell: a parabola through
+    /// the minimum and its two neighbours along each axis puts the point between cell centres
+    /// (at most half a cell from the lowest one), where the evaluated surface says it is.
+    pub fn refined_min(&self) -> Option<(f64, [f64; 2])> {
+        let (v, [x, y]) = self.min()?;
+        let (i, j) = self.spec.cell([x, y])?;
+        let value =
+            |i: usize, j: usize| self.values[j * self.spec.nx + i].filter(|v| v.is_finite());
+        let shift = |lo: Option<f64>, hi: Option<f64>| match (lo, hi) {
+            (Some(lo), Some(hi)) => {
+                let curvature = lo - 2.0 * v + hi;
+                if curvature > 0.0 {
+                    (0.5 * (lo - hi) / curvature).clamp(-0.5, 0.5)
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        };
+        let dx = shift(
+            i.checked_sub(1).and_then(|i| value(i, j)),
+            (i + 1 < self.spec.nx).then(|| value(i + 1, j)).flatten(),
+        );
+        let dy = shift(
+            j.checked_sub(1).and_then(|j| value(i, j)),
+            (j + 1 < self.spec.ny).then(|| value(i, j + 1)).flatten(),
+        );
+        let cell_w = (self.spec.x.1 - self.spec.x.0) / self.spec.nx as f64;
+        let cell_h = (self.spec.y.1 - self.spec.y.0) / self.spec.ny as f64;
+        Some((v, [x + dx * cell_w, y + dy * cell_h]))
+    }
+
     /// The lowest computed value and its cell centre.
     pub fn min(&self) -> Option<(f64, [f64; 2])> {
         self.values
@@ -496,6 +570,70 @@ pub fn clip(p: [f64; 2], q: [f64; 2], lo: [f64; 2], hi: [f64; 2]) -> Option<(f64
     (t0 <= t1).then_some((t0, t1))
 }
 
+/// Cells a side of a landscape drawn as a picture, where the loss evaluates as a batch (a few
+/// milliseconds for a test function): fine enough to shade smoothly and find the minimum.
+pub const PICTURE_CELLS: usize = 256;
+
+/// One contour level's lines, in plane coordinates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContourLevel {
+    pub level: f64,
+    pub lines: Vec<Vec<[f64; 2]>>,
+}
+
+/// The contour lines of `grid` at `levels` (marching squares, by the `contour` crate), each
+/// line through interpolated points between cell centres. Lines stop at the grid's edge instead
+/// of running along it; cells not computed or not finite count as above every level.
+pub fn contours(grid: &Grid, levels: &[f64]) -> Vec<ContourLevel> {
+    let spec = &grid.spec;
+    if spec.nx < 2 || spec.ny < 2 {
+        return Vec::new();
+    }
+    let values: Vec<f64> = grid
+        .values
+        .iter()
+        .map(|v| v.filter(|v| v.is_finite()).unwrap_or(f64::MAX))
+        .collect();
+    let builder = contour::ContourBuilder::new(spec.nx, spec.ny, true);
+    let Ok(lines) = builder.lines(&values, levels) else {
+        return Vec::new();
+    };
+    let (nx, ny) = (spec.nx as f64, spec.ny as f64);
+    let to_plane = |c: &contour::Pt| -> Option<[f64; 2]> {
+        let inside = c.x > 0.0 && c.x < nx && c.y > 0.0 && c.y < ny;
+        inside.then(|| {
+            [
+                spec.x.0 + c.x / nx * (spec.x.1 - spec.x.0),
+                spec.y.0 + c.y / ny * (spec.y.1 - spec.y.0),
+            ]
+        })
+    };
+    lines
+        .into_iter()
+        .map(|line| {
+            let level = line.threshold();
+            let mut pieces = Vec::new();
+            for ring in line.geometry().0.iter() {
+                let mut piece: Vec<[f64; 2]> = Vec::new();
+                for c in ring.0.iter() {
+                    match to_plane(c) {
+                        Some(p) => piece.push(p),
+                        None if piece.len() >= 2 => pieces.push(std::mem::take(&mut piece)),
+                        None => piece.clear(),
+                    }
+                }
+                if piece.len() >= 2 {
+                    pieces.push(piece);
+                }
+            }
+            ContourLevel {
+                level,
+                lines: pieces,
+            }
+        })
+        .collect()
+}
+
 /// Colour of non-finite cells, apart from the ramp so an overflow never reads as "high".
 pub const NONFINITE_RGB: [u8; 3] = [230, 40, 40];
 
@@ -563,6 +701,38 @@ impl ColorScale {
         if self.log { 10f64.powf(x) } else { x }
     }
 
+    /// The colour of `v` on the continuous ramp (pictures shade smoothly).
+    pub fn smooth_rgb(&self, v: f64) -> [u8; 3] {
+        self.t(v).map_or(NONFINITE_RGB, ramp)
+    }
+
+    /// Values for contour lines: every power of ten in range on a log scale (with 2x and 5x
+    /// between when it spans fewer than three decades), else 6 to 12 round values (1, 2 or 5
+    /// times a power of ten apart).
+    pub fn levels(&self) -> Vec<f64> {
+        let lo = if self.log { self.floor } else { self.lo };
+        if self.hi <= lo || !self.hi.is_finite() {
+            return Vec::new();
+        }
+        let within = |v: &f64| *v > lo && *v < self.hi;
+        if self.log {
+            let (a, b) = (lo.log10().floor() as i32, self.hi.log10().ceil() as i32);
+            let steps: &[f64] = if b - a < 3 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+            (a..=b)
+                .flat_map(|k| steps.iter().map(move |m| m * 10f64.powi(k)))
+                .filter(within)
+                .collect()
+        } else {
+            let step = nice_step((self.hi - lo) / 8.0);
+            let first = (lo / step).ceil() as i64;
+            let last = (self.hi / step).floor() as i64;
+            (first..=last)
+                .map(|k| k as f64 * step)
+                .filter(within)
+                .collect()
+        }
+    }
+
     /// The banded colour of `v`.
     pub fn rgb(&self, v: f64) -> [u8; 3] {
         match self.t(v) {
@@ -572,6 +742,16 @@ impl ColorScale {
             None => NONFINITE_RGB,
         }
     }
+}
+
+/// The round step (1, 2 or 5 times a power of ten) nearest above `raw`.
+pub fn nice_step(raw: f64) -> f64 {
+    let p = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw * (1.0 - 1e-9))
+        .unwrap_or(10.0 * p)
 }
 
 /// A perceptually ordered dark-blue → green → yellow ramp (viridis' anchor colours), `t` in

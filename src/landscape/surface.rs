@@ -145,6 +145,40 @@ impl Surface {
         Ok((grid, mode))
     }
 
+    /// The minimum near `start` on the loss itself, not on a grid's samples: a patch of
+    /// 17 x 17 points `cell` wide a side around the best point so far moves to its lowest point,
+    /// and halves when that is its centre, until it is 1/256 of `cell` wide. A grid's minimum
+    /// in a narrow curved valley (Rosenbrock's) sits where a sample happens to fall near the
+    /// valley floor, cells away from the minimum; this follows the floor to it. Meant for a
+    /// loss that evaluates as a batch (a few thousand points per patch, 60 patches at most).
+    pub fn refine_min(
+        &self,
+        plane: &Plane,
+        start: (f64, [f64; 2]),
+        cell: [f64; 2],
+    ) -> Result<(f64, [f64; 2]), Diagnostic> {
+        const SIDE: usize = 17;
+        let (mut best, mut at) = start;
+        let mut width = [cell[0] * 2.0, cell[1] * 2.0];
+        for _ in 0..60 {
+            if width[0] < cell[0] / 256.0 {
+                break;
+            }
+            let spec = GridSpec {
+                x: (at[0] - width[0] / 2.0, at[0] + width[0] / 2.0),
+                y: (at[1] - width[1] / 2.0, at[1] + width[1] / 2.0),
+                nx: SIDE,
+                ny: SIDE,
+            };
+            let (patch, _) = self.grid(plane, spec)?;
+            match patch.min() {
+                Some((v, p)) if v < best => (best, at) = (v, p),
+                _ => width = [width[0] / 2.0, width[1] / 2.0],
+            }
+        }
+        Ok((best, at))
+    }
+
     /// The loss along `direction` (a run's next update) at each of [`lr_multiples`].
     pub fn lr_line(&self, origin: &[f64], direction: &[f64]) -> Result<LrLine, Diagnostic> {
         let s = lr_multiples();

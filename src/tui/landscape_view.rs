@@ -108,6 +108,8 @@ pub struct LandscapeView {
     /// coordinates.
     kept: Option<Bounds>,
     pub error: Option<String>,
+    /// The file's known optimum as flat params (pictures mark it).
+    pub optimum: Option<Vec<f64>>,
     jobs: Sender<Job>,
 }
 
@@ -116,6 +118,7 @@ impl LandscapeView {
     pub fn new(name: &str, compiled: CompiledFile, emit: service::Emit) -> Self {
         let (jobs, rx) = channel();
         let objectives = objectives(&compiled);
+        let optimum = crate::landscape::optimum_point(&compiled);
         let error = service::spawn(name, compiled, rx, emit)
             .err()
             .map(|e| format!("cannot start the landscape thread: {e}"));
@@ -143,6 +146,7 @@ impl LandscapeView {
             log: None,
             kept: None,
             error,
+            optimum,
             jobs,
         }
     }

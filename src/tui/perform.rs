@@ -181,6 +181,8 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
         .and_then(|(grid, plane)| {
             Some(PlotLandscape {
                 scale: ColorScale::fit(grid.finite(), l.log)?,
+                optimum: l.optimum.as_ref().map(|p| plane.project(p)),
+                minimum: grid.refined_min().map(|(_, p)| p),
                 labels: plane.labels.clone(),
                 grid: grid.clone(),
             })
@@ -192,7 +194,7 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
             .iter()
             .map(|r| {
                 let path = if landscape.is_some() {
-                    r.path.iter().map(|(_, p)| *p).collect()
+                    r.path.iter().copied().collect()
                 } else {
                     Vec::new()
                 };

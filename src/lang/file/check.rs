@@ -14,8 +14,8 @@ pub(super) use optimizers::check_optimizer_file;
 
 use super::{
     ArrayFile, ArrayFormat, ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile,
-    MetricEntry, OptimizerDef, ParamEntry, ParamTable, Setting, SettingValue, Variant,
-    is_identifier, string_offsets,
+    MetricEntry, OptimizerDef, OptimumEntry, ParamEntry, ParamTable, Setting, SettingValue,
+    Variant, is_identifier, string_offsets,
 };
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
@@ -36,6 +36,7 @@ const TOP_KEYS: &[&str] = &[
     "functions",
     "metrics",
     "optimizers",
+    "optimum",
 ];
 const SCALAR_TOP_KEYS: &[&str] = &["name", "about", "seed", "dtype", "loss"];
 const VARIANT_KEYS: &[&str] = &[
@@ -198,6 +199,7 @@ impl Checker {
             cx.expr_value(v, "a metric")
                 .map(|value| MetricEntry { name, value })
         });
+        let optimum = root.get("optimum").and_then(|v| self.optimum(v, &params));
         Some(LossFile {
             source,
             name: name?,
@@ -214,6 +216,65 @@ impl Checker {
             functions,
             metrics,
             optimizers: std::mem::take(&mut self.optimizers),
+            optimum,
+        })
+    }
+
+    /// `optimum = { x = 1.0, y = 1.0 }`: a number for every param and nothing else, in
+    /// `[params]` order.
+    fn optimum(&mut self, v: &Value, params: &[ParamEntry]) -> Option<Vec<OptimumEntry>> {
+        let (value, span) = spanned(v);
+        let DeValue::Table(t) = value else {
+            self.error(
+                format!("`optimum` must be a table, found {}", type_name(value)),
+                span,
+            )
+            .help = Some("e.g. optimum = { x = 1.0, y = 1.0 }".into());
+            return None;
+        };
+        let names = || params.iter().map(|p| p.name.node.as_str());
+        let mut given = Vec::new();
+        let mut ok = true;
+        for (k, v) in t.iter() {
+            let key = k.get_ref().as_ref();
+            if !names().any(|n| n == key) {
+                let help = did_you_mean(key, names())
+                    .unwrap_or_else(|| format!("the params are {}", quoted(names())));
+                self.error(
+                    format!("`optimum` names `{key}`, which is not a param"),
+                    k.span(),
+                )
+                .help = Some(help);
+                ok = false;
+            } else if let Some(n) = self.numbers(v) {
+                given.push((Spanned::new(key.to_string(), k.span()), n));
+            } else {
+                ok = false;
+            }
+        }
+        let missing: Vec<&str> = names()
+            .filter(|n| !given.iter().any(|(g, _)| g.node == *n))
+            .collect();
+        if ok && !missing.is_empty() {
+            self.error(
+                format!(
+                    "`optimum` gives no value for {}",
+                    quoted(missing.into_iter())
+                ),
+                span,
+            )
+            .help = Some("give every param a value, or leave `optimum` out".into());
+            return None;
+        }
+        ok.then(|| {
+            params
+                .iter()
+                .filter_map(|p| given.iter().find(|(g, _)| g.node == p.name.node))
+                .map(|(name, value)| OptimumEntry {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect()
         })
     }
 
@@ -464,6 +525,26 @@ impl Checker {
         }
     }
 
+    /// A number, or an array of numbers (a vector param's values), for `optimum`.
+    fn numbers(&mut self, v: &Value) -> Option<Vec<f64>> {
+        let (value, span) = spanned(v);
+        let numbers = match value {
+            DeValue::Array(items) => items.iter().map(|i| number_of(i.get_ref())).collect(),
+            other => number_of(other).map(|n| vec![n]),
+        };
+        if numbers.is_none() {
+            self.error(
+                format!(
+                    "an optimum value must be a number or an array of numbers, found {}",
+                    type_name(value)
+                ),
+                span,
+            )
+            .help = Some("e.g. x = 1.0, or w = [0.0, 0.0] for a vector param".into());
+        }
+        numbers
+    }
+
     fn seed(&mut self, v: &Value) -> Option<u64> {
         let (value, span) = spanned(v);
         let parsed = match value {
@@ -659,6 +740,14 @@ impl Checker {
         }
         Some(DataValue::Csv { path, columns })
     }
+}
+
+/// Names as "`a`, `b`" for messages.
+fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn number_of(v: &DeValue) -> Option<f64> {

@@ -167,6 +167,16 @@ pub struct ParamTable {
     pub settings: Vec<Setting>,
 }
 
+/// An `optimum = { x = 1.0, y = 1.0 }` entry: where a test function's minimum is known to be,
+/// so pictures can mark it beside the one the grid finds.
+#[derive(Debug, Clone)]
+pub struct OptimumEntry {
+    /// The param it places.
+    pub name: Spanned<String>,
+    /// Its values, flattened (one for a scalar param).
+    pub value: Vec<f64>,
+}
+
 /// A named alternative run: overrides of the loss, consts, dtype or optimizer.
 #[derive(Debug, Clone)]
 pub struct Variant {
@@ -199,6 +209,8 @@ pub struct LossFile {
     pub functions: Vec<FunctionDef>,
     /// Named expressions every run evaluates beside its loss, in file order.
     pub metrics: Vec<MetricEntry>,
+    /// The known minimiser, one value per param, in `[params]` order; None when not given.
+    pub optimum: Option<Vec<OptimumEntry>>,
     /// Every optimizer written in the loss language that it may name: its own
     /// `[optimizers.NAME]` tables, then those of the `optimizers/` folders above it that it
     /// does not shadow, nearest first.
