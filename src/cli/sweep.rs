@@ -12,6 +12,8 @@ use super::run::{
 };
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
+use crate::draw::plot::{PlotError, picture_format};
+use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture, save_sweep};
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
@@ -54,6 +56,10 @@ pub struct SweepArgs {
     /// with `max:METRIC` (`--rank-by max:accuracy`).
     #[arg(long, value_name = "[max:]METRIC")]
     pub rank_by: Option<String>,
+    /// Also draw the sweep (SVG or PNG by the extension): final loss against one swept value,
+    /// a line per optimizer or variant, or a heat map over two swept values.
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
+    pub out: Option<PathBuf>,
 }
 
 /// Why a sweep's grid cannot be made.
@@ -71,6 +77,12 @@ pub enum SweepError {
     /// A grid point starts no run.
     #[error(transparent)]
     Runs(Box<RunsError>),
+    /// `--out` names no picture format.
+    #[error("--out {0}")]
+    Out(#[from] PlotError),
+    /// The sweep has no shape a picture draws.
+    #[error("--out draws final loss against one or two swept numbers: {0}")]
+    Picture(String),
 }
 
 impl From<RunsError> for SweepError {
@@ -267,6 +279,10 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     crate::compile::threads::start([&compiled]);
     // A malformed list or const is a command-line error, as a malformed -o is for `run`.
     let grid = build_grid(args, &compiled)?;
+    if let Some(out) = &args.out {
+        picture_format(out)?;
+        sweep_chart(&grid.points, &[], &grid.groups)?;
+    }
     let rank_by = args.rank_by.as_deref().map_or(RankBy::Loss, RankBy::parse);
     if let RankBy::Metric { name, .. } = &rank_by {
         let names: Vec<String> = compiled
@@ -351,6 +367,19 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         }
     }
     out.flush()?;
+    if let Some(path) = &args.out {
+        let seeds = match args.seeds {
+            1 => String::new(),
+            n => format!(" (median and range over {n} seeds)"),
+        };
+        let steps = args.steps.map_or(String::new(), |n| format!(" after {n} steps"));
+        let picture = SweepPicture {
+            title: format!("{}: final loss{steps}{seeds}", compiled.file.name),
+            chart: sweep_chart(&points, &rows, &groups)?,
+        };
+        save_sweep(&picture, path)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
         0 => RunOutcome::Finished,
         signal => RunOutcome::Interrupted(signal),
@@ -368,6 +397,116 @@ fn axis_names(points: &[Point]) -> Vec<String> {
         }
     }
     names
+}
+
+/// What `--out` draws of `points` and their `rows` (points without a row, not run or
+/// interrupted, are left out): a line per `-o` and non-numeric axis value (variant, dtype)
+/// against the one numeric axis, or a heat map over two numeric axes of one such line. With no
+/// rows it checks that the sweep has such a shape.
+pub fn sweep_chart(
+    points: &[Point],
+    rows: &[Row],
+    groups: &[String],
+) -> Result<SweepChart, SweepError> {
+    let value = |p: &Point, axis: &str| -> Option<f64> {
+        let (_, v) = p.axes.iter().find(|(a, _)| a == axis)?;
+        v.parse().ok()
+    };
+    let (numeric, other): (Vec<String>, Vec<String>) =
+        axis_names(points).into_iter().partition(|a| {
+            points
+                .iter()
+                .all(|p| p.axes.iter().all(|(n, v)| n != a || v.parse::<f64>().is_ok()))
+        });
+    let heads: Vec<&str> = groups
+        .iter()
+        .map(|g| g.split('(').next().unwrap_or(g).trim())
+        .collect();
+    let group_name = |g: usize| match heads.iter().filter(|h| **h == heads[g]).count() {
+        1 => heads[g].to_string(),
+        _ => groups[g].clone(),
+    };
+    let line_name = |p: &Point| {
+        let mut parts: Vec<String> = other
+            .iter()
+            .filter_map(|a| p.axes.iter().find(|(n, _)| n == a).map(|(_, v)| v.clone()))
+            .collect();
+        if groups.len() > 1 || parts.is_empty() {
+            parts.insert(0, group_name(p.group));
+        }
+        parts.join(" ")
+    };
+    let outcome = |i: usize| {
+        let row = rows.iter().find(|r| r.point == i)?;
+        match row.status {
+            Status::Finished => Some(SweepOutcome::Loss(row.final_loss)),
+            Status::Diverged { .. } => Some(SweepOutcome::Diverged),
+            Status::Halted(_) => Some(SweepOutcome::Halted),
+            Status::Interrupted(_) => None,
+        }
+    };
+    let mut lines: Vec<SweepLine> = Vec::new();
+    for p in points {
+        let name = line_name(p);
+        if !lines.iter().any(|l| l.name == name) {
+            lines.push(SweepLine {
+                name,
+                points: Vec::new(),
+            });
+        }
+    }
+    match numeric.as_slice() {
+        [axis] => {
+            for (i, p) in points.iter().enumerate() {
+                if let (Some(v), Some(o)) = (value(p, axis), outcome(i)) {
+                    let name = line_name(p);
+                    if let Some(line) = lines.iter_mut().find(|l| l.name == name) {
+                        line.points.push((v, o));
+                    }
+                }
+            }
+            Ok(SweepChart::Lines {
+                axis: axis.clone(),
+                lines,
+            })
+        }
+        [x, y] if lines.len() == 1 => {
+            let sorted = |axis: &str| {
+                let mut v: Vec<f64> = points.iter().filter_map(|p| value(p, axis)).collect();
+                v.sort_by(f64::total_cmp);
+                v.dedup();
+                v
+            };
+            let values = [sorted(x), sorted(y)];
+            let index = |k: usize, v: f64| values[k].iter().position(|w| *w == v);
+            let cells = points
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    let cell = (index(0, value(p, x)?)?, index(1, value(p, y)?)?);
+                    Some((cell, outcome(i)?))
+                })
+                .collect();
+            Ok(SweepChart::Heat {
+                axes: [x.clone(), y.clone()],
+                values,
+                cells,
+            })
+        }
+        [_, _] => Err(SweepError::Picture(format!(
+            "a heat map shows one optimizer and variant, and this sweep has {} ({})",
+            lines.len(),
+            lines.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+        [] => Err(SweepError::Picture(
+            "this sweep varies no number (give -o or --const a list of values)".into(),
+        )),
+        more => Err(SweepError::Picture(format!(
+            "this sweep varies {} numbers ({}); sweep one or two",
+            more.len(),
+            more.join(", ")
+        ))),
+    }
 }
 
 /// A point's value of `axis` as shown (`-` when it does not sweep it).

@@ -4,6 +4,7 @@
 
 pub mod plot;
 pub mod scene;
+pub mod sweep;
 
 use ratatui::style::Color;
 

@@ -69,20 +69,48 @@ pub enum PlotError {
 
 /// Writes `data` to `path`, as SVG or PNG by its extension.
 pub fn save(data: &PlotData, path: &Path) -> Result<(), PlotError> {
-    let name = path.display().to_string();
-    let size = if data.landscape.is_some() {
-        (1200, 640)
-    } else {
-        (900, 640)
-    };
+    write(data, path)
+}
+
+/// A picture that draws on any plotters backend at its own size.
+pub(super) trait Picture {
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static;
+}
+
+/// The picture formats, told by a path's extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PictureFormat {
+    Svg,
+    Png,
+}
+
+/// The format `path` asks for: a command checks it before the work the picture shows.
+pub fn picture_format(path: &Path) -> Result<PictureFormat, PlotError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let drawn = match ext.as_deref() {
-        Some("svg") => register_font().and_then(|()| draw(SVGBackend::new(path, size), data)),
-        Some("png") => register_font().and_then(|()| draw(BitMapBackend::new(path, size), data)),
-        _ => return Err(PlotError::Format(name)),
+    match ext.as_deref() {
+        Some("svg") => Ok(PictureFormat::Svg),
+        Some("png") => Ok(PictureFormat::Png),
+        _ => Err(PlotError::Format(path.display().to_string())),
+    }
+}
+
+/// Writes `picture` to `path` on a white ground, as SVG or PNG by its extension.
+pub(super) fn write(picture: &impl Picture, path: &Path) -> Result<(), PlotError> {
+    let name = path.display().to_string();
+    let size = picture.size();
+    let drawn = match picture_format(path)? {
+        PictureFormat::Svg => {
+            register_font().and_then(|()| present(SVGBackend::new(path, size), picture))
+        }
+        PictureFormat::Png => {
+            register_font().and_then(|()| present(BitMapBackend::new(path, size), picture))
+        }
     };
     drawn.map_err(|why| PlotError::Draw {
         path: name,
@@ -90,11 +118,22 @@ pub fn save(data: &PlotData, path: &Path) -> Result<(), PlotError> {
     })
 }
 
+fn present<DB: DrawingBackend>(backend: DB, picture: &impl Picture) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let root = backend.into_drawing_area();
+    root.fill(&WHITE)?;
+    picture.draw(&root)?;
+    root.present()?;
+    Ok(())
+}
+
 /// Plotters' errors are generic over the backend; boxed, they reach [`PlotError::Draw`] as text.
-type DrawResult = Result<(), Box<dyn Error>>;
+pub(super) type DrawResult = Result<(), Box<dyn Error>>;
 
 /// The family every text style names; plotters' ab_glyph text looks fonts up by it.
-const FONT: &str = "sans-serif";
+pub(super) const FONT: &str = "sans-serif";
 
 /// Most points drawn per curve are twice this (a low and a high per bucket of steps).
 const BUCKETS: u64 = 750;
@@ -118,23 +157,37 @@ fn register_font() -> DrawResult {
     }
 }
 
-fn draw<DB: DrawingBackend>(backend: DB, data: &PlotData) -> DrawResult
-where
-    DB::ErrorType: 'static,
-{
-    let root = backend.into_drawing_area();
-    root.fill(&WHITE)?;
-    let body = root.titled(&data.title, (FONT, 24))?;
-    match &data.landscape {
-        Some(landscape) => {
-            let (left, right) = body.split_horizontally(640);
-            draw_landscape(&left, landscape, &data.runs)?;
-            draw_curves(&right, &data.runs)?;
+impl Picture for PlotData {
+    fn size(&self) -> (u32, u32) {
+        if self.landscape.is_some() {
+            (1200, 640)
+        } else {
+            (900, 640)
         }
-        None => draw_curves(&body, &data.runs)?,
     }
-    root.present()?;
-    Ok(())
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let body = root.titled(&self.title, (FONT, 24))?;
+        match &self.landscape {
+            Some(landscape) => {
+                let (left, right) = body.split_horizontally(640);
+                let ticks = plane_ticks(&landscape.grid.spec);
+                let ticks: [&dyn Fn(&f64) -> String; 2] = [&ticks[0], &ticks[1]];
+                draw_landscape(&left, landscape, &self.runs, ticks, "NaN/Inf")?;
+                draw_curves(&right, &self.runs)?;
+            }
+            None => draw_curves(&body, &self.runs)?,
+        }
+        Ok(())
+    }
+}
+
+/// Tick labels of a plane's two axes, legible next to 0 ([`fmt_tick`]).
+fn plane_ticks(spec: &GridSpec) -> [impl Fn(&f64) -> String; 2] {
+    [spec.x.1 - spec.x.0, spec.y.1 - spec.y.0].map(|span| move |v: &f64| fmt_tick(*v, span))
 }
 
 /// The loss panel above the gradient-norm panel.
@@ -337,19 +390,23 @@ impl Panel<'_> {
 }
 
 /// A point of the landscape's plane, as plotters takes it.
-type Point = (f64, f64);
+pub(super) type Point = (f64, f64);
 
 /// Width kept right of the landscape for its colour bar and tick labels.
 const BAR_AREA: i32 = 100;
 
 /// The landscape shaded smoothly at pixel resolution (the grid interpolated between cells),
 /// labelled contour lines, every run's path (told apart by line style and markers as well as
-/// colour, named at its end), the refined grid minimum, the file's optimum and a colour bar.
-fn draw_landscape<DB: DrawingBackend>(
+/// colour, named at its end), the refined grid minimum, the file's optimum and a colour bar
+/// whose swatch for non-finite cells says `nonfinite`. `ticks` writes the axes' tick labels.
+/// Returns where the plane landed, for what a caller marks on it.
+pub(super) fn draw_landscape<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     landscape: &PlotLandscape,
     runs: &[PlotRun],
-) -> DrawResult
+    ticks: [&dyn Fn(&f64) -> String; 2],
+    nonfinite: &str,
+) -> Result<Placed, Box<dyn Error>>
 where
     DB::ErrorType: 'static,
 {
@@ -361,7 +418,6 @@ where
         .x_label_area_size(40)
         .y_label_area_size(56)
         .build_cartesian_2d(spec.x.0..spec.x.1, spec.y.0..spec.y.1)?;
-    let (x_span, y_span) = (spec.x.1 - spec.x.0, spec.y.1 - spec.y.0);
     chart
         .configure_mesh()
         .disable_mesh()
@@ -369,8 +425,8 @@ where
         .y_desc(landscape.labels[1].as_str())
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 15))
-        .x_label_formatter(&|v| fmt_tick(*v, x_span))
-        .y_label_formatter(&|v| fmt_tick(*v, y_span))
+        .x_label_formatter(ticks[0])
+        .y_label_formatter(ticks[1])
         .draw()?;
     let (xs, ys) = chart.plotting_area().get_pixel_range();
     let size = (
@@ -453,13 +509,30 @@ where
     }
     let plot = (xs.start - bx, xs.end - bx, ys.start - by, ys.end - by);
     name_points(area, &labels, plot)?;
-    let nonfinite = grid.values.iter().flatten().any(|v| !v.is_finite());
+    let any_nonfinite = grid.values.iter().flatten().any(|v| !v.is_finite());
     colour_bar(
         area,
         &landscape.scale,
         (xs.end - bx + 16, ys.start - by, ys.end - by),
-        nonfinite,
-    )
+        any_nonfinite.then_some(nonfinite),
+    )?;
+    Ok(Placed { coords, base: (bx, by), plot })
+}
+
+/// Where a plane was drawn in its area: its coordinates, the area's origin in the backend's
+/// pixels, and the plotting rectangle's (left, right, top, bottom) in the area's pixels.
+pub(super) struct Placed {
+    coords: Cartesian2d<RangedCoordf64, RangedCoordf64>,
+    base: (i32, i32),
+    pub plot: (i32, i32, i32, i32),
+}
+
+impl Placed {
+    /// The area pixel of plane point `p`.
+    pub fn to_area(&self, p: &Point) -> (i32, i32) {
+        let (x, y) = self.coords.translate(p);
+        (x - self.base.0, y - self.base.1)
+    }
 }
 
 /// Dash and gap lengths (pixels) of the runs' paths in turn: solid, dashed, dotted.
@@ -501,7 +574,7 @@ fn marker_every(path: &[(u64, [f64; 2])]) -> u64 {
 /// Writes each name beside its point (area pixels), on a pale box so it reads on any colour;
 /// a name that would cover one already written moves down, and flips to the point's left at the
 /// plot's right edge. `plot` is the plotting area's (left, right, top, bottom).
-fn name_points<DB: DrawingBackend>(
+pub(super) fn name_points<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     labels: &[((i32, i32), &str)],
     plot: (i32, i32, i32, i32),
@@ -680,12 +753,13 @@ fn wide_line_pieces(
 }
 
 /// The scale's continuous ramp from bottom to top at pixel column `x` between rows `bottom`
-/// and `top`, with ticks at the contour levels, "log" above a log scale and a red "NaN/Inf" swatch below when `nonfinite`.
+/// and `top`, with ticks at the contour levels, "log" above a log scale and a red swatch below
+/// labelled `nonfinite` when there is one.
 fn colour_bar<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     scale: &ColorScale,
     (x, top, bottom): (i32, i32, i32),
-    nonfinite: bool,
+    nonfinite: Option<&str>,
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
@@ -722,14 +796,14 @@ where
     if scale.log {
         area.draw(&Text::new("log", (x, top - 6), label(VPos::Bottom)))?;
     }
-    if nonfinite {
+    if let Some(nonfinite) = nonfinite {
         let y = bottom + 14;
         area.draw(&Rectangle::new(
             [(x, y), (x + WIDTH, y + 10)],
             plotters_color(NONFINITE_RGB).filled(),
         ))?;
         area.draw(&Text::new(
-            "NaN/Inf",
+            nonfinite,
             (x + WIDTH + 6, y + 5),
             label(VPos::Center),
         ))?;
