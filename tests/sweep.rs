@@ -7,13 +7,14 @@ use std::path::Path;
 
 use clap::Parser;
 use gradscope::cli::run::{RunOptions, build_runs};
-use gradscope::cli::sweep::{SweepArgs, build_grid};
+use gradscope::cli::sweep::{SweepArgs, build_grid, sweep_chart, sweep_command};
 use gradscope::cli::{Cli, Command};
 use gradscope::compile::CompiledFile;
 use gradscope::load::load_compiled;
 use gradscope::run::Retention;
 use gradscope::run::summary::{FinalParams, drive};
-use gradscope::run::sweep::drive_grid;
+use gradscope::draw::sweep::{SweepPicture, save_sweep};
+use gradscope::run::sweep::{RankBy, drive_grid, rows};
 
 /// `gradscope sweep ARGS` as clap parses it.
 fn sweep_args(args: &[&str]) -> SweepArgs {
@@ -380,4 +381,131 @@ fn ctrl_c_prints_the_table_so_far_and_exits_130() {
     assert_eq!(child.wait().unwrap().code(), Some(130), "{err}");
     assert!(out.contains("interrupted at step"), "{out}");
     assert!(out.contains("best of adam(lr=[1e-3, 1e-2])"), "{out}");
+}
+
+/// The picture `gradscope sweep ARGS --out PATH` draws, written as SVG to `name` in a fresh
+/// directory, and the SVG's texts.
+fn sweep_svg(args: &[&str], name: &str) -> Vec<String> {
+    let args = sweep_args(args);
+    let file = compiled(args.file.to_str().unwrap());
+    let grid = build_grid(&args, &file).unwrap();
+    let groups = grid.groups.clone();
+    let points = drive_grid(grid, || std::ops::ControlFlow::Continue(())).unwrap();
+    let rows = rows(&points, &RankBy::Loss).unwrap();
+    let picture = SweepPicture {
+        title: file.file.name.clone(),
+        chart: sweep_chart(&points, &rows, &groups).unwrap(),
+    };
+    let dir = std::env::temp_dir().join(format!("gradscope-sweep-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.svg"));
+    save_sweep(&picture, &path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("the SVG is well-formed XML");
+    doc.descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| {
+            n.descendants()
+                .filter(|t| t.is_text())
+                .filter_map(|t| t.text())
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_sweep_picture_names_each_optimizer_the_axis_and_divergence() {
+    // Plain gradient descent on curvatures up to 100 diverges at lr = 1 (above 2/100), and
+    // runs on to an infinite loss instead of halting.
+    let file = std::env::temp_dir().join(format!("gradscope-sweep-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        "name = \"Quadratic\"\nloss = \"0.5 * sum(lam * w^2)\"\n\n[data]\n\
+         lam = \"linspace(1, 100, 4)\"\n\n[params]\nw = \"ones(4)\"\n\n[optimizer]\n\
+         name = \"sgd\"\nlr = 0.001\non_nonfinite = \"continue\"\n",
+    )
+    .unwrap();
+    let texts = sweep_svg(
+        &[
+            file.to_str().unwrap(),
+            "-o",
+            "sgd(lr=[1e-3, 1e-2, 1])",
+            "-o",
+            "adam(lr=[1e-3, 1e-2])",
+            "--steps",
+            "400",
+        ],
+        "lines",
+    );
+    std::fs::remove_file(&file).unwrap();
+    for name in ["sgd", "adam", "lr (log)", "final loss (log)", "diverged", "best"] {
+        assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
+    }
+    assert!(!texts.iter().any(|t| t == "halted"), "{texts:?}");
+    // Both axes in powers of ten.
+    for tick in ["10⁻³", "10⁰", "10⁻⁶"] {
+        assert!(texts.iter().any(|t| t == tick), "no `{tick}` in {texts:?}");
+    }
+
+    let texts = sweep_svg(
+        &[
+            "losses/robust_log_mse.toml",
+            "-o",
+            "adam(lr=[1e-3, 1e-2])",
+            "--variant",
+            "all",
+            "--steps",
+            "5",
+        ],
+        "variants",
+    );
+    let file = compiled("losses/robust_log_mse.toml");
+    for run in &file.runs {
+        assert!(
+            texts.iter().any(|t| *t == run.name),
+            "no `{}` in {texts:?}",
+            run.name
+        );
+    }
+    assert!(texts.iter().any(|t| t == "lr"), "{texts:?}");
+    assert!(!texts.iter().any(|t| t == "diverged"), "{texts:?}");
+}
+
+#[test]
+fn two_swept_numbers_make_a_heat_map_naming_both() {
+    let texts = sweep_svg(
+        &[
+            "losses/rosenbrock.toml",
+            "-o",
+            "adam(lr=logspace(1e-3, 1, 4), beta1=[0.8, 0.9])",
+            "--steps",
+            "20",
+        ],
+        "heat",
+    );
+    for name in ["lr (log)", "beta1", "best", "log"] {
+        assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
+    }
+}
+
+#[test]
+fn out_needs_a_picture_format_and_a_numeric_axis() {
+    let error = |args: &[&str]| {
+        let args = sweep_args(args);
+        sweep_command(&args, false).unwrap_err().to_string()
+    };
+    let bad = error(&[
+        "losses/rosenbrock.toml",
+        "-o",
+        "sgd(lr=[1e-3, 1e-2])",
+        "--out",
+        "sweep.jpg",
+    ]);
+    assert!(bad.contains("sweep.jpg") && bad.contains(".svg or .png"), "{bad}");
+    let flat = error(&["losses/rosenbrock.toml", "-o", "sgd", "--out", "sweep.svg"]);
+    assert!(flat.contains("varies no number"), "{flat}");
+    assert!(!Path::new("sweep.svg").exists() && !Path::new("sweep.jpg").exists());
 }
