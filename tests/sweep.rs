@@ -10,10 +10,10 @@ use gradscope::cli::run::{RunOptions, build_runs};
 use gradscope::cli::sweep::{SweepArgs, build_grid, sweep_chart, sweep_command};
 use gradscope::cli::{Cli, Command};
 use gradscope::compile::CompiledFile;
+use gradscope::draw::sweep::{SweepPicture, save_sweep};
 use gradscope::load::load_compiled;
 use gradscope::run::Retention;
 use gradscope::run::summary::{FinalParams, drive};
-use gradscope::draw::sweep::{SweepPicture, save_sweep};
 use gradscope::run::sweep::{RankBy, drive_grid, rows};
 
 /// `gradscope sweep ARGS` as clap parses it.
@@ -441,7 +441,14 @@ fn the_sweep_picture_names_each_optimizer_the_axis_and_divergence() {
         "lines",
     );
     std::fs::remove_file(&file).unwrap();
-    for name in ["sgd", "adam", "lr (log)", "final loss (log)", "diverged", "best"] {
+    for name in [
+        "sgd",
+        "adam",
+        "lr (log)",
+        "final loss (log)",
+        "diverged",
+        "best",
+    ] {
         assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
     }
     assert!(!texts.iter().any(|t| t == "halted"), "{texts:?}");
@@ -464,11 +471,7 @@ fn the_sweep_picture_names_each_optimizer_the_axis_and_divergence() {
     );
     let file = compiled("losses/robust_log_mse.toml");
     for run in &file.runs {
-        assert!(
-            texts.iter().any(|t| *t == run.name),
-            "no `{}` in {texts:?}",
-            run.name
-        );
+        assert!(texts.contains(&run.name), "no `{}` in {texts:?}", run.name);
     }
     assert!(texts.iter().any(|t| t == "lr"), "{texts:?}");
     assert!(!texts.iter().any(|t| t == "diverged"), "{texts:?}");
@@ -504,7 +507,10 @@ fn out_needs_a_picture_format_and_a_numeric_axis() {
         "--out",
         "sweep.jpg",
     ]);
-    assert!(bad.contains("sweep.jpg") && bad.contains(".svg or .png"), "{bad}");
+    assert!(
+        bad.contains("sweep.jpg") && bad.contains(".svg or .png"),
+        "{bad}"
+    );
     let flat = error(&["losses/rosenbrock.toml", "-o", "sgd", "--out", "sweep.svg"]);
     assert!(flat.contains("varies no number"), "{flat}");
     assert!(!Path::new("sweep.svg").exists() && !Path::new("sweep.jpg").exists());

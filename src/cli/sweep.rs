@@ -372,7 +372,9 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
             1 => String::new(),
             n => format!(" (median and range over {n} seeds)"),
         };
-        let steps = args.steps.map_or(String::new(), |n| format!(" after {n} steps"));
+        let steps = args
+            .steps
+            .map_or(String::new(), |n| format!(" after {n} steps"));
         let picture = SweepPicture {
             title: format!("{}: final loss{steps}{seeds}", compiled.file.name),
             chart: sweep_chart(&points, &rows, &groups)?,
@@ -414,9 +416,11 @@ pub fn sweep_chart(
     };
     let (numeric, other): (Vec<String>, Vec<String>) =
         axis_names(points).into_iter().partition(|a| {
-            points
-                .iter()
-                .all(|p| p.axes.iter().all(|(n, v)| n != a || v.parse::<f64>().is_ok()))
+            points.iter().all(|p| {
+                p.axes
+                    .iter()
+                    .all(|(n, v)| n != a || v.parse::<f64>().is_ok())
+            })
         });
     let heads: Vec<&str> = groups
         .iter()
@@ -496,7 +500,11 @@ pub fn sweep_chart(
         [_, _] => Err(SweepError::Picture(format!(
             "a heat map shows one optimizer and variant, and this sweep has {} ({})",
             lines.len(),
-            lines.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+            lines
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
         [] => Err(SweepError::Picture(
             "this sweep varies no number (give -o or --const a list of values)".into(),

@@ -516,7 +516,11 @@ where
         (xs.end - bx + 16, ys.start - by, ys.end - by),
         any_nonfinite.then_some(nonfinite),
     )?;
-    Ok(Placed { coords, base: (bx, by), plot })
+    Ok(Placed {
+        coords,
+        base: (bx, by),
+        plot,
+    })
 }
 
 /// Where a plane was drawn in its area: its coordinates, the area's origin in the backend's

@@ -10,8 +10,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::plot::{
-    DrawResult, FONT, Picture, PlotError, PlotLandscape, draw_landscape, name_points,
-    write,
+    DrawResult, FONT, Picture, PlotError, PlotLandscape, draw_landscape, name_points, write,
 };
 use super::{PALETTE, palette_rgb, plotters_color};
 use crate::format::{fmt_log_tick, fmt_tick};
@@ -29,10 +28,7 @@ pub struct SweepPicture {
 #[derive(Debug, Clone)]
 pub enum SweepChart {
     /// The swept key and a line per optimizer or variant.
-    Lines {
-        axis: String,
-        lines: Vec<SweepLine>,
-    },
+    Lines { axis: String, lines: Vec<SweepLine> },
     /// The swept keys (x, y), their values in order, and each cell's `(x index, y index)`
     /// and outcome.
     Heat {
@@ -97,13 +93,11 @@ struct Axis {
 }
 
 impl Axis {
-    /// An axis over `values`: log10 when they are positive and `hi / lo` reaches `decades`.
-    fn fit(values: impl Iterator<Item = f64> + Clone, ratio: f64) -> Self {
-        let (lo, hi) = values
-            .clone()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            });
+    /// An axis over `values`: log10 when they are positive and `hi / lo` exceeds `ratio`.
+    fn fit(values: impl Iterator<Item = f64>, ratio: f64) -> Self {
+        let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
         let log = lo > 0.0 && hi > ratio * lo;
         let (lo, hi) = match (lo <= hi, log) {
             (false, _) => (0.0, 1.0),
@@ -222,7 +216,10 @@ where
                     .collect()
             })
             .collect();
-        for stretch in spreads.iter().filter(|s| s.iter().any(|(_, s)| s.max > s.min)) {
+        for stretch in spreads
+            .iter()
+            .filter(|s| s.iter().any(|(_, s)| s.max > s.min))
+        {
             let band: Vec<(f64, f64)> = stretch
                 .iter()
                 .map(|(v, s)| at(*v, s.max))
@@ -308,7 +305,9 @@ where
         let row = y + 8 + 20 * k as i32;
         let mid = (x + 10, row);
         match *swatch {
-            Swatch::Line(style) => area.draw(&PathElement::new([(x, row), (x + 20, row)], style))?,
+            Swatch::Line(style) => {
+                area.draw(&PathElement::new([(x, row), (x + 20, row)], style))?
+            }
             Swatch::Failure(kind) => area.draw(&failure_marker(
                 mid,
                 kind,
@@ -322,6 +321,9 @@ where
     Ok(())
 }
 
+/// Two strokes in pixels about a point.
+type Marker<C, DB> = ComposedElement<C, DB, PathElement<(i32, i32)>, PathElement<(i32, i32)>>;
+
 /// A failed point's marker centred `drop` pixels below `at`: an x for diverged (`kind` 0),
 /// a square for halted.
 fn failure_marker<C, DB: DrawingBackend>(
@@ -329,15 +331,18 @@ fn failure_marker<C, DB: DrawingBackend>(
     kind: usize,
     drop: i32,
     style: ShapeStyle,
-) -> ComposedElement<C, DB, PathElement<(i32, i32)>, PathElement<(i32, i32)>> {
+) -> Marker<C, DB> {
     let (r, y) = (5, drop);
     let (first, second) = match kind {
-        0 => (
-            vec![(-r, y - r), (r, y + r)],
-            vec![(-r, y + r), (r, y - r)],
-        ),
+        0 => (vec![(-r, y - r), (r, y + r)], vec![(-r, y + r), (r, y - r)]),
         _ => (
-            vec![(-r, y - r), (r, y - r), (r, y + r), (-r, y + r), (-r, y - r)],
+            vec![
+                (-r, y - r),
+                (r, y - r),
+                (r, y + r),
+                (-r, y + r),
+                (-r, y - r),
+            ],
             Vec::new(),
         ),
     };
@@ -413,8 +418,14 @@ where
     for &((i, j), outcome) in cells {
         if !matches!(outcome, SweepOutcome::Loss(_)) {
             let (px, py) = placed.to_area(&(spec.coord(i, j)[0], spec.coord(i, j)[1]));
-            area.draw(&PathElement::new([(px - 6, py - 6), (px + 6, py + 6)], cross))?;
-            area.draw(&PathElement::new([(px - 6, py + 6), (px + 6, py - 6)], cross))?;
+            area.draw(&PathElement::new(
+                [(px - 6, py - 6), (px + 6, py + 6)],
+                cross,
+            ))?;
+            area.draw(&PathElement::new(
+                [(px - 6, py + 6), (px + 6, py - 6)],
+                cross,
+            ))?;
         }
     }
     if let Some([bx, by]) = best {
