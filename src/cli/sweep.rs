@@ -469,6 +469,8 @@ pub fn sweep_chart(
                     }
                 }
             }
+            // An -o that does not sweep the axis has no line.
+            lines.retain(|l| !l.points.is_empty());
             Ok(SweepChart::Lines {
                 axis: axis.clone(),
                 lines,

@@ -122,14 +122,13 @@ impl Axis {
     /// it spans under two decades, so it keeps some labels), else [`fmt_tick`].
     fn label(&self, c: f64) -> String {
         let span = self.hi - self.lo;
+        let whole = (c - c.round()).abs() < 1e-9;
         if !self.log {
             fmt_tick(c, span)
-        } else if (c - c.round()).abs() < 1e-9 || span < 2.0 {
-            fmt_log_tick(10f64.powf(if (c - c.round()).abs() < 1e-9 {
-                c.round()
-            } else {
-                c
-            }))
+        } else if whole {
+            fmt_log_tick(10f64.powi(c.round() as i32))
+        } else if span < 2.0 {
+            fmt_log_tick(10f64.powf(c))
         } else {
             String::new()
         }
@@ -417,7 +416,8 @@ where
     let cross = BLACK.stroke_width(2);
     for &((i, j), outcome) in cells {
         if !matches!(outcome, SweepOutcome::Loss(_)) {
-            let (px, py) = placed.to_area(&(spec.coord(i, j)[0], spec.coord(i, j)[1]));
+            let [cx, cy] = spec.coord(i, j);
+            let (px, py) = placed.to_area(&(cx, cy));
             area.draw(&PathElement::new(
                 [(px - 6, py - 6), (px + 6, py + 6)],
                 cross,
