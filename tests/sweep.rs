@@ -416,11 +416,13 @@ fn sweep_svg(args: &[&str], name: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_sweep_picture_names_each_optimizer_the_axis_and_divergence() {
-    // Plain gradient descent on curvatures up to 100 diverges at lr = 1 (above 2/100), and
-    // runs on to an infinite loss instead of halting.
-    let file = std::env::temp_dir().join(format!("gradscope-sweep-{}.toml", std::process::id()));
+/// A quadratic with curvatures up to 100, so plain gradient descent diverges above lr = 2/100,
+/// and runs on to an infinite loss instead of halting; written for test `name`.
+fn diverging_quadratic(name: &str) -> std::path::PathBuf {
+    let file = std::env::temp_dir().join(format!(
+        "gradscope-sweep-{}-{name}.toml",
+        std::process::id()
+    ));
     std::fs::write(
         &file,
         "name = \"Quadratic\"\nloss = \"0.5 * sum(lam * w^2)\"\n\n[data]\n\
@@ -428,6 +430,12 @@ fn the_sweep_picture_names_each_optimizer_the_axis_and_divergence() {
          name = \"sgd\"\nlr = 0.001\non_nonfinite = \"continue\"\n",
     )
     .unwrap();
+    file
+}
+
+#[test]
+fn the_sweep_picture_names_each_optimizer_the_axis_and_divergence() {
+    let file = diverging_quadratic("lines");
     let texts = sweep_svg(
         &[
             file.to_str().unwrap(),
@@ -490,6 +498,23 @@ fn two_swept_numbers_make_a_heat_map_naming_both() {
         "heat",
     );
     for name in ["lr (log)", "beta1", "best", "log"] {
+        assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
+    }
+    assert!(!texts.iter().any(|t| t == "diverged"), "{texts:?}");
+
+    let file = diverging_quadratic("heat");
+    let texts = sweep_svg(
+        &[
+            file.to_str().unwrap(),
+            "-o",
+            "sgd(lr=[1e-3, 1e-2, 1], momentum=[0, 0.5])",
+            "--steps",
+            "200",
+        ],
+        "heat-diverged",
+    );
+    std::fs::remove_file(&file).unwrap();
+    for name in ["lr (log)", "momentum", "best", "diverged"] {
         assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
     }
 }
