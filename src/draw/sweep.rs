@@ -348,6 +348,63 @@ fn failure_marker<C, DB: DrawingBackend>(
     EmptyElement::at(at) + PathElement::new(first, style) + PathElement::new(second, style)
 }
 
+/// A heat map's axis: a cell per value, at the values' coordinates when they are evenly
+/// spaced there (logspace, linspace: a true linear or log axis), else in order, each cell
+/// labelled with its value, so uneven lists are not drawn at false places.
+struct CellAxis<'a> {
+    axis: Axis,
+    values: &'a [f64],
+    even: bool,
+}
+
+impl<'a> CellAxis<'a> {
+    fn new(values: &'a [f64]) -> Self {
+        let axis = Axis::fit(values.iter().copied(), 10.0);
+        let tolerance = 1e-6 * (axis.hi - axis.lo).abs();
+        let even = values.windows(3).all(|w| {
+            let [a, b, c] = [w[0], w[1], w[2]].map(|v| axis.to(v));
+            ((c - b) - (b - a)).abs() <= tolerance
+        });
+        CellAxis { axis, values, even }
+    }
+
+    /// The outer edges of the cells in coordinates, half a cell beyond the first and last
+    /// value.
+    fn range(&self) -> (f64, f64) {
+        let n = self.values.len();
+        match (self.even, n) {
+            (true, 2..) => {
+                let half = (self.axis.hi - self.axis.lo) / (n - 1) as f64 / 2.0;
+                (self.axis.lo - half, self.axis.hi + half)
+            }
+            (true, _) => (self.axis.lo - 0.5, self.axis.hi + 0.5),
+            (false, _) => (-0.5, n as f64 - 0.5),
+        }
+    }
+
+    fn label(&self, c: f64) -> String {
+        if self.even {
+            return self.axis.label(c);
+        }
+        let k = c.round();
+        match self.values.get(k as usize) {
+            Some(v) if (c - k).abs() < 1e-9 && k >= 0.0 => match self.axis.log {
+                true => fmt_log_tick(*v),
+                false => fmt_tick(*v, self.axis.hi - self.axis.lo),
+            },
+            _ => String::new(),
+        }
+    }
+
+    fn desc(&self, name: &str) -> String {
+        if self.even {
+            self.axis.desc(name)
+        } else {
+            name.to_string()
+        }
+    }
+}
+
 /// Final loss over two swept values: the cells shaded (interpolated between their centres,
 /// on a log colour scale when every loss is positive), failed cells in the non-finite colour
 /// and crossed, the best cell marked and named.
@@ -360,21 +417,11 @@ fn draw_heat<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let [x, y] = [0, 1].map(|k| Axis::fit(values[k].iter().copied(), 10.0));
-    // Cells sit evenly between the first and last value in coordinates (exact for
-    // logspace and linspace), each half a step wide either side.
+    let [x, y] = [0, 1].map(|k| CellAxis::new(&values[k]));
     let (nx, ny) = (values[0].len().max(1), values[1].len().max(1));
-    let half = |a: &Axis, n: usize| {
-        if n > 1 {
-            (a.hi - a.lo) / (n - 1) as f64 / 2.0
-        } else {
-            0.5
-        }
-    };
-    let (hx, hy) = (half(&x, nx), half(&y, ny));
     let spec = GridSpec {
-        x: (x.lo - hx, x.hi + hx),
-        y: (y.lo - hy, y.hi + hy),
+        x: x.range(),
+        y: y.range(),
         nx,
         ny,
     };
