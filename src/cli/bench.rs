@@ -20,6 +20,7 @@ pub struct BenchReport {
     pub workloads: Vec<WorkloadFigure>,
     pub thread_sweep: Option<ThreadSweep>,
     pub batched: Vec<BatchFigure>,
+    pub sweeps: Vec<SweepFigure>,
     pub optimizer_lanes: Vec<LaneSteps>,
     pub tui_under_load: Option<crate::tui::bench::UnderLoad>,
 }
@@ -137,6 +138,19 @@ runs of one file apart and as one batch (8 runs, lrs x1 to x1.7; aggregate steps
             let figure = batch_figure(&file, 8, repeat.max(1))?;
             writeln!(out, "{}", figure.line())?;
             report.batched.push(figure);
+        }
+    }
+    writeln!(
+        out,
+        "\na 13-point lr sweep and the lr range test (100 steps) against one run (median of {}):",
+        repeat.max(1)
+    )?;
+    for name in ["rosenbrock", "logreg"] {
+        let file = dir.join(format!("{name}.toml"));
+        if file.exists() {
+            let figure = sweep_figure(&file, repeat.max(1))?;
+            writeln!(out, "{}", figure.line())?;
+            report.sweeps.push(figure);
         }
     }
     use crate::tui::app::Tab;
@@ -310,6 +324,91 @@ impl BatchFigure {
             if self.batched { "" } else { " (did not batch)" }
         )
     }
+}
+
+/// A sweep and an lr range test of a file against one run of it, each timed from its runs'
+/// making to their last step (the file loaded once, before).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SweepFigure {
+    pub workload: String,
+    /// The sweep's `-o`.
+    pub sweep: String,
+    pub points: usize,
+    pub sweep_s: f64,
+    pub one_run_s: f64,
+    /// `lrfind`'s 100 steps from the first run's start.
+    pub lrfind_s: f64,
+}
+
+impl SweepFigure {
+    fn line(&self) -> String {
+        format!(
+            "{:<20} {} points: {:.3} s, one run {:.3} s ({:.1}x); lrfind {:.3} s",
+            self.workload,
+            self.points,
+            self.sweep_s,
+            self.one_run_s,
+            self.sweep_s / self.one_run_s,
+            self.lrfind_s
+        )
+    }
+}
+
+/// Measures [`SweepFigure`] on `file`: `adam(lr=logspace(1e-4, 1e-1, 13))` as `gradscope sweep`
+/// steps it (batched where the runs share a program), one run of the file's first definition,
+/// and `gradscope lrfind`'s default range; medians of `repeat`.
+pub fn sweep_figure(file: &Path, repeat: usize) -> anyhow::Result<SweepFigure> {
+    use crate::run::lrfind::{LrRange, lr_find};
+    use crate::run::sweep::drive_grid;
+    let spec = "adam(lr=logspace(1e-4, 1e-1, 13))";
+    let (compiled, _) =
+        load::load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;
+    let cli = <super::Cli as clap::Parser>::try_parse_from([
+        "gradscope".as_ref(),
+        "sweep".as_ref(),
+        file.as_os_str(),
+        "-o".as_ref(),
+        spec.as_ref(),
+    ])?;
+    let Some(super::Command::Sweep(args)) = cli.command else {
+        anyhow::bail!("`sweep` did not parse as a sweep");
+    };
+    let one_run = || -> anyhow::Result<Run> {
+        let settings = compiled.runs[0].settings.clone();
+        let mut request = RunRequest::new(&compiled, 0, "bench".into(), settings);
+        request.retention = crate::run::Retention::Totals { best: false };
+        Ok(Run::new(&compiled, request)?)
+    };
+    let (mut sweeps, mut runs, mut finds, mut points) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for _ in 0..repeat {
+        let start = Instant::now();
+        let grid =
+            super::sweep::build_grid(&args, &compiled).map_err(|e| anyhow::anyhow!("{e}"))?;
+        points = drive_grid(grid, || ControlFlow::Continue(()))?.len();
+        sweeps.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        drive(&mut one_run()?, |_, _| ControlFlow::Continue(()))?;
+        runs.push(start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        let range = LrRange::new(1e-7, 10.0, 100)?;
+        lr_find(&one_run()?, &range, |_, _| ControlFlow::Continue(()))?;
+        finds.push(start.elapsed().as_secs_f64());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(SweepFigure {
+        workload: file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        sweep: spec.into(),
+        points,
+        sweep_s: median(sweeps),
+        one_run_s: median(runs),
+        lrfind_s: median(finds),
+    })
 }
 
 /// Measures [`BatchFigure`] on `file` (median of `repeat`).
