@@ -2419,3 +2419,125 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
     assert!(find(&t, inspector, &steepest).is_some(), "{:#?}", rows(&t));
     assert!(find(&t, inspector, "stopped: ").is_some());
 }
+
+#[test]
+fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
+    // Rosenbrock in f64, where the sweep's batched runs equal runs alone to 1e-12.
+    let dir = std::path::PathBuf::from("target/tui-sweep-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("r.toml");
+    std::fs::write(
+        &file,
+        "name = \"r\"\ndtype = \"f64\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n[optimizer]\nname = \"adam\"\nlr = 0.01\nsteps = 300\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let (mut app, rx) = open(path);
+    typed(&mut app, "W");
+    let Some(Popup::Sweep { text, .. }) = &app.popup else {
+        panic!("the sweep form: {:?}", app.popup);
+    };
+    // Nine lrs around the base run's 0.01.
+    assert_eq!(text.text(), "lr=logspace(3.33e-4, 0.3, 9)");
+    // A malformed form says why and stays open.
+    for c in " x".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        matches!(&app.popup, Some(Popup::Sweep { error: Some(e), .. }) if e.contains("`x`")),
+        "{:?}",
+        app.popup
+    );
+    for _ in 0..2 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    press(&mut app, KeyCode::Enter);
+    assert!(app.popup.is_none());
+    assert_eq!(app.tab, Tab::Sweep);
+    // The points fill in as their runs end, on the sweep's own thread.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.session().unwrap().sweep.as_ref().unwrap().running {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never ended"
+        );
+        if let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            app.handle(m);
+        }
+    }
+    let view = app.session().unwrap().sweep.as_ref().unwrap();
+    assert!(view.ended.iter().all(Option::is_some));
+    // Each point ended where the same run stepped alone ends.
+    let (c, _) = gradscope::load::load_compiled(&file).unwrap();
+    for (chain, ended) in view.chains.iter().zip(&view.ended) {
+        let mut request = gradscope::run::RunRequest::of(&c, 0).unwrap();
+        request.settings.optimizer = chain.base.clone();
+        let mut alone = gradscope::run::Run::new(&c, request).unwrap();
+        let s =
+            gradscope::run::summary::drive(&mut alone, |_, _| std::ops::ControlFlow::Continue(()))
+                .unwrap();
+        let e = ended.unwrap();
+        assert_eq!(e.halted_at.is_some(), alone.halted.is_some(), "{chain}");
+        if e.halted_at.is_none() {
+            assert!(
+                (e.final_loss - s.final_loss).abs() <= 1e-12 * s.final_loss.abs().max(1e-12),
+                "{chain}: {} vs {}",
+                e.final_loss,
+                s.final_loss
+            );
+        }
+    }
+    let t = draw(&app, 200, 60);
+    let screen = rows(&t).join("\n");
+    assert!(
+        screen.contains("Sweep of base over lr · 9/9 ended"),
+        "{screen}"
+    );
+    assert!(screen.contains("★ lr"), "{screen}");
+    // The cursor moves; enter adds its point as a normal run of the file.
+    let before = run_names(&app).len();
+    press(&mut app, KeyCode::Right);
+    press(&mut app, KeyCode::Right);
+    let chain = {
+        let view = app.session().unwrap().sweep.as_ref().unwrap();
+        assert_eq!(view.cursor, 2);
+        view.chains[2].to_string()
+    };
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    let names = run_names(&app);
+    assert_eq!(names.len(), before + 1);
+    assert!(
+        names.last().unwrap().contains(&chain),
+        "{names:?} lacks {chain}"
+    );
+    // Esc closes a finished sweep, and its tab goes.
+    press(&mut app, KeyCode::Esc);
+    assert!(app.session().unwrap().sweep.is_none());
+    assert!(!app.tabs().contains(&Tab::Sweep));
+}
+
+#[test]
+fn a_sweep_form_names_one_or_two_keys_with_lists() {
+    use gradscope::optim::tricks::ChainSpec;
+    use gradscope::tui::sweep::parse_form;
+    let base = ChainSpec::parse("adam(lr=0.01)").unwrap();
+    let (axes, chains) = parse_form("lr=[1e-3, 1e-2] beta1=linspace(0.5, 0.9, 3)", &base).unwrap();
+    assert_eq!(axes.len(), 2);
+    assert_eq!(axes[1].values, vec![0.5, 0.7, 0.9]);
+    assert_eq!(chains.len(), 6);
+    // The first key varies fastest.
+    assert_eq!(chains[1].to_string(), "adam(lr=0.01, beta1=0.5)");
+    assert_eq!(chains[2].to_string(), "adam(lr=0.001, beta1=0.7)");
+    for (text, why) in [
+        ("lr=0.1", "one value"),
+        ("", "name a hyper-parameter"),
+        ("momentum=[0.9, 0.5]", "momentum"),
+        ("lr=[1] beta1=[0.9] beta2=[0.99]", "3 keys"),
+        ("lr=logspace(0, 1, 3)", "logspace"),
+    ] {
+        let e = parse_form(text, &base).unwrap_err();
+        assert!(e.contains(why), "{text}: {e}");
+    }
+}

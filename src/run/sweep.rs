@@ -86,6 +86,57 @@ pub fn drive_grid(
     Ok(points)
 }
 
+/// How one point of a live sweep (the TUI's) ended: its last loss, and the step it halted at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ended {
+    pub final_loss: f64,
+    pub halted_at: Option<u64>,
+}
+
+/// Steps `runs` (one a point) to their ends, those that share a program as one batch, and
+/// calls `ended(i, ..)` once for each as its run ends, in the order they end; `stop` set stops
+/// them all (the points not ended are not reported).
+pub fn step_points(
+    compiled: &CompiledFile,
+    mut runs: Vec<Run>,
+    stop: &std::sync::atomic::AtomicBool,
+    mut ended: impl FnMut(usize, Ended),
+) {
+    use std::sync::atomic::Ordering;
+    let mut told = vec![false; runs.len()];
+    let mut tell = |i: usize, run: &Run, loss: f64| {
+        if !told[i] {
+            told[i] = true;
+            let halted_at = run.halted.as_ref().map(|h| h.step);
+            ended(
+                i,
+                Ended {
+                    final_loss: loss,
+                    halted_at,
+                },
+            );
+        }
+    };
+    drive_many(compiled, &mut runs, |i, run, row| {
+        if run.is_done() {
+            // The loss at the last params (the row passed is the last step's, from before it).
+            tell(i, run, run.current().map_or(row.core.loss, |e| e.loss));
+        }
+        match stop.load(Ordering::Relaxed) {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        }
+    });
+    if stop.load(Ordering::Relaxed) {
+        return;
+    }
+    // A run that ended without a row after it (halted as it was evaluated) ends here.
+    for (i, run) in runs.iter().enumerate() {
+        let loss = run.current().map_or(f64::NAN, |e| e.loss);
+        tell(i, run, loss);
+    }
+}
+
 /// A value over seeds: the median and the range.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spread {

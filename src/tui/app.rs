@@ -28,6 +28,8 @@ pub enum Msg {
     Worker(u64, Event),
     /// A report from the landscape service of session `u64`.
     Landscape(u64, Report),
+    /// What the sweep of session `u64` found.
+    Swept(u64, super::sweep::SweepMsg),
     /// Once a frame: time for requests that depend on what is on screen.
     Tick,
     /// A file under the watched directory changed, appeared or disappeared.
@@ -94,17 +96,20 @@ pub enum Tab {
     Landscape,
     /// The file's `[metrics]`, shown only for files that have them.
     Metrics,
+    /// The selected file's sweep (`W`), shown only while it has one.
+    Sweep,
 }
 
 impl Tab {
     /// Every tab, in the tab bar's order.
-    pub const ALL: [Tab; 6] = [
+    pub const ALL: [Tab; 7] = [
         Tab::Loss,
         Tab::GradNorm,
         Tab::LrRatio,
         Tab::Params,
         Tab::Landscape,
         Tab::Metrics,
+        Tab::Sweep,
     ];
 
     /// The tab `k` places after this one among `tabs` (those shown), wrapping around.
@@ -122,6 +127,7 @@ impl Tab {
             Tab::Params => "Param norms",
             Tab::Landscape => "Landscape",
             Tab::Metrics => "Metrics",
+            Tab::Sweep => "Sweep",
         }
     }
 }
@@ -188,6 +194,11 @@ pub enum Popup {
     PickOptimizer { selected: usize },
     /// Edit the spec of a new run.
     EditSpec {
+        text: LineEdit,
+        error: Option<String>,
+    },
+    /// The sweep form: which of the selected run's hyper-parameters, over which values.
+    Sweep {
         text: LineEdit,
         error: Option<String>,
     },
@@ -442,6 +453,12 @@ impl App {
             Msg::Landscape(id, r) => {
                 if let Some(s) = self.session_by_id(id) {
                     s.landscape.on_report(r);
+                }
+                None
+            }
+            Msg::Swept(id, m) => {
+                if let Some(v) = self.session_by_id(id).and_then(|s| s.sweep.as_mut()) {
+                    v.apply(m);
                 }
                 None
             }

@@ -42,9 +42,63 @@ impl App {
             );
             return None;
         }
+        if self.tab == Tab::Sweep && self.sweep_key(k.code) {
+            return None;
+        }
         let count = self.count.take();
         self.message = None;
         self.act(keys::action(k.code)?, count)
+    }
+
+    /// Starts the sweep a form's `text` describes over the selected run, and shows it.
+    fn start_sweep(&mut self, text: &str) -> Result<(), String> {
+        let events = self.events.clone();
+        let compiled = self.file().and_then(|f| f.compiled.clone());
+        let session = self.session_mut().ok_or("no session")?;
+        let r = session.selected_run().ok_or("no run selected")?;
+        let (axes, chains) = super::sweep::parse_form(text, &r.info.optimizer)?;
+        let compiled = compiled.ok_or("the file does not compile")?;
+        let shape = (r.info.def, r.info.dtype, r.info.steps);
+        let name = r.info.name.clone();
+        let id = session.id;
+        session.sweep = Some(super::sweep::SweepView::start(
+            id, compiled, &name, shape, axes, chains, events,
+        ));
+        self.tab = Tab::Sweep;
+        Ok(())
+    }
+
+    /// The Sweep tab's own keys: arrows move over the points, `enter` adds the one under the
+    /// cursor as a run, `esc` stops a running sweep and closes a finished one. Whether it took
+    /// the key.
+    fn sweep_key(&mut self, code: KeyCode) -> bool {
+        let Some(view) = self.session_mut().and_then(|s| s.sweep.as_mut()) else {
+            return false;
+        };
+        match code {
+            KeyCode::Left => view.move_cursor(-1, 0),
+            KeyCode::Right => view.move_cursor(1, 0),
+            KeyCode::Up => view.move_cursor(0, 1),
+            KeyCode::Down => view.move_cursor(0, -1),
+            KeyCode::Enter => {
+                let (def, dtype) = (view.def, view.dtype);
+                let chain = view.chains[view.cursor].clone();
+                self.command(Command::AddRun {
+                    def,
+                    optimizer: Some(chain),
+                    dtype: Some(dtype),
+                });
+            }
+            KeyCode::Esc if view.running => view.cancel(),
+            KeyCode::Esc => {
+                if let Some(s) = self.session_mut() {
+                    s.sweep = None;
+                }
+                self.tab = Tab::Loss;
+            }
+            _ => return false,
+        }
+        true
     }
 
     /// Does what a key of the table names, `count` times where a count applies.
@@ -81,6 +135,15 @@ impl App {
             }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
             KeyAction::LrFind => self.run_command(run, Command::LrFind),
+            KeyAction::Sweep => {
+                if let Some(r) = self.session().and_then(|s| s.selected_run()) {
+                    let form = super::sweep::default_form(r.info.optimizer.base.lr());
+                    self.popup = Some(Popup::Sweep {
+                        text: LineEdit::new(form),
+                        error: None,
+                    });
+                }
+            }
             KeyAction::Hessian => {
                 if let Some((s, id)) = self.session_mut().zip(run) {
                     if let Some(r) = s.runs.iter_mut().find(|r| r.info.id == id) {
@@ -341,6 +404,22 @@ impl App {
                 _ => {
                     if text.key(k) {
                         self.popup = Some(Popup::EditSpec { text, error: None });
+                    }
+                }
+            },
+            Popup::Sweep { mut text, .. } => match k.code {
+                KeyCode::Enter => match self.start_sweep(text.text()) {
+                    Ok(()) => self.popup = None,
+                    Err(error) => {
+                        self.popup = Some(Popup::Sweep {
+                            text,
+                            error: Some(error),
+                        })
+                    }
+                },
+                _ => {
+                    if text.key(k) {
+                        self.popup = Some(Popup::Sweep { text, error: None });
                     }
                 }
             },

@@ -31,6 +31,7 @@ pub enum KeyAction {
     ClearBefore,
     Gradcheck,
     LrFind,
+    Sweep,
     Hessian,
     Formula,
     NextFocus,
@@ -227,6 +228,12 @@ pub const BINDINGS: &[Binding] = &[
         &[ch('g')],
         A::Gradcheck,
         "check the selected run's gradients (finite differences)",
+        None,
+    ),
+    bind(
+        &[ch('W')],
+        A::Sweep,
+        "sweep the selected run's lr (or another key): the Sweep tab",
         None,
     ),
     bind(

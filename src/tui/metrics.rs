@@ -66,12 +66,14 @@ impl App {
         self.session().map_or(&[], |s| s.metric_names.as_slice())
     }
 
-    /// The tabs the selected file shows: all but Metrics, and Metrics when it has `[metrics]`.
+    /// The tabs the selected file shows: Metrics only when it has `[metrics]`, Sweep only while
+    /// it has a sweep.
     pub fn tabs(&self) -> Vec<Tab> {
         let metrics = !self.metric_names().is_empty();
+        let sweep = self.session().is_some_and(|s| s.sweep.is_some());
         Tab::ALL
             .into_iter()
-            .filter(|t| *t != Tab::Metrics || metrics)
+            .filter(|t| (*t != Tab::Metrics || metrics) && (*t != Tab::Sweep || sweep))
             .collect()
     }
 

@@ -32,6 +32,8 @@ pub mod pyramid;
 pub mod render;
 /// A loss file's runs, worker and landscape threads.
 pub mod session;
+/// The Sweep tab: a sweep of the selected run on a thread of its own.
+pub mod sweep;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

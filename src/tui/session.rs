@@ -133,6 +133,8 @@ pub struct Session {
     commands: Sender<Command>,
     colors_used: usize,
     rate: RateMeter,
+    /// Its sweep (`W`), while the Sweep tab shows it.
+    pub sweep: Option<super::sweep::SweepView>,
 }
 
 impl Session {
@@ -455,6 +457,7 @@ impl Session {
             commands: tx,
             colors_used: 0,
             rate: RateMeter::new(),
+            sweep: None,
         }
     }
 }

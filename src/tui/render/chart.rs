@@ -24,7 +24,7 @@ fn metrics(app: &App, run: &RunView) -> Vec<(Metric, String)> {
     let names: Vec<String> = run.params.iter().map(|p| p.name.clone()).collect();
     let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| format!("p{i}"));
     match app.tab {
-        Tab::Loss | Tab::Landscape | Tab::Metrics => {
+        Tab::Loss | Tab::Landscape | Tab::Metrics | Tab::Sweep => {
             let mut m = vec![(Metric::Loss, String::new())];
             if run.history.has_eval_loss() {
                 m.push((Metric::EvalLoss, " (eval)".into()));

@@ -21,6 +21,7 @@ mod lists;
 mod metrics;
 mod overlays;
 mod status;
+mod sweep;
 mod warnings;
 
 use ratatui::Frame;
@@ -123,6 +124,7 @@ fn tab(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     match app.tab {
         Tab::Landscape => landscape::render(f, app, file, area),
         Tab::Metrics => metrics::render(f, app, file, area),
+        Tab::Sweep => sweep::render(f, app, file, area),
         _ => chart::render(f, app, file, area),
     }
 }

@@ -308,6 +308,16 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
             ),
             None,
         ),
+        Popup::Sweep { text, error } => (
+            "Sweep the selected run: key=values (one or two)",
+            field(
+                text,
+                error.as_deref(),
+                "lr=logspace(lo, hi, n) · beta1=[0.8, 0.9] · enter starts · esc cancels",
+                inner,
+            ),
+            None,
+        ),
         Popup::Smoothing { text, error } => (
             "Smoothing weight (0 off, up to 0.999)",
             field(text, error.as_deref(), "enter sets it · esc cancels", inner),

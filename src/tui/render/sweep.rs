@@ -1,0 +1,212 @@
+//! The Sweep tab: over one key, final loss against its values (a log axis where they span
+//! decades) above the list of points; over two, a heat map of final losses. The cursor's point
+//! is highlighted, the best marked, halted points shown as such (never as a loss).
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
+
+use super::panel;
+use crate::format::{fmt_num, fmt_short};
+use crate::run::sweep::Ended;
+use crate::tui::app::{App, FileEntry, Focus};
+use crate::tui::chart::bounds;
+use crate::tui::sweep::SweepView;
+
+pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
+    let Some(view) = file.session.as_ref().and_then(|s| s.sweep.as_ref()) else {
+        let block = panel("Sweep", app.focus == Focus::Charts);
+        let text = "no sweep: W on a run sweeps its lr (or another key)";
+        f.render_widget(Paragraph::new(text).block(block), area);
+        return;
+    };
+    let done = view.ended.iter().filter(|e| e.is_some()).count();
+    let keys: Vec<&str> = view.axes.iter().map(|a| a.key.as_str()).collect();
+    let state = match (&view.failed, view.running) {
+        (Some(why), _) => format!("failed: {why}"),
+        (None, true) => format!("{done}/{} ended · esc stops", view.ended.len()),
+        (None, false) => format!("{done}/{} ended · esc closes", view.ended.len()),
+    };
+    let title = format!(
+        "Sweep of {} over {} · {state} · arrows move · enter adds the run",
+        view.of,
+        keys.join(" × ")
+    );
+    let block = panel(&title, app.focus == Focus::Charts);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    match view.axes.len() {
+        1 => {
+            let rows = (view.ended.len() as u16 + 1).min(inner.height / 2);
+            let [chart, list] =
+                Layout::vertical([Constraint::Min(4), Constraint::Length(rows)]).areas(inner);
+            curve(f, view, chart);
+            f.render_widget(Paragraph::new(point_lines(view)), list);
+        }
+        _ => f.render_widget(Paragraph::new(heat_lines(view)), inner),
+    }
+}
+
+/// A point's value as the x axis places it.
+fn x_of(view: &SweepView, v: f64) -> f64 {
+    match view.axes[0].log() {
+        true => v.log10(),
+        false => v,
+    }
+}
+
+/// What a point shows instead of a loss, or its loss.
+fn outcome(e: Option<Ended>) -> String {
+    match e {
+        None => "…".into(),
+        Some(Ended {
+            halted_at: Some(k), ..
+        }) => format!("halted at step {k}"),
+        Some(e) => fmt_num(e.final_loss),
+    }
+}
+
+/// Final loss against the swept value: the ended points as a line, the cursor's as a block.
+fn curve(f: &mut Frame, view: &SweepView, area: Rect) {
+    let points: Vec<(f64, f64)> = view
+        .ended
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let e = e.filter(|e| e.halted_at.is_none() && e.final_loss.is_finite())?;
+            Some((x_of(view, view.axes[0].values[i]), e.final_loss))
+        })
+        .collect();
+    let [y0, y1] = bounds(points.iter().map(|p| p.1));
+    let xs: Vec<f64> = view.axes[0].values.iter().map(|&v| x_of(view, v)).collect();
+    let [x0, x1] = bounds(xs.iter().copied());
+    let cursor: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|p| p.0 == xs[view.cursor])
+        .collect();
+    let datasets = vec![
+        Dataset::default()
+            .marker(Marker::Braille)
+            .graph_type(GraphType::Line)
+            .style(Style::new().fg(Color::Cyan))
+            .data(&points),
+        Dataset::default()
+            .marker(Marker::Block)
+            .graph_type(GraphType::Scatter)
+            .style(Style::new().fg(Color::Yellow))
+            .data(&cursor),
+    ];
+    let label = |x: f64| match view.axes[0].log() {
+        true => fmt_short(10f64.powf(x)),
+        false => fmt_short(x),
+    };
+    let key = &view.axes[0].key;
+    let chart = Chart::new(datasets)
+        .x_axis(
+            Axis::default()
+                .title(match view.axes[0].log() {
+                    true => format!("{key} (log)"),
+                    false => key.clone(),
+                })
+                .bounds([x0, x1])
+                .labels(vec![label(x0), label((x0 + x1) / 2.0), label(x1)])
+                .style(Style::new().fg(Color::DarkGray)),
+        )
+        .y_axis(
+            Axis::default()
+                .title("final loss")
+                .bounds([y0, y1])
+                .labels(vec![fmt_num(y0), fmt_num((y0 + y1) / 2.0), fmt_num(y1)])
+                .style(Style::new().fg(Color::DarkGray)),
+        );
+    f.render_widget(chart, area);
+}
+
+/// One line a point: its value and final loss (or why it has none), the cursor's highlighted,
+/// the best starred.
+fn point_lines(view: &SweepView) -> Vec<Line<'static>> {
+    let best = view.best();
+    let key = &view.axes[0].key;
+    view.axes[0]
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let star = if best == Some(i) { "★" } else { " " };
+            let text = format!(
+                "{star} {key} {:<10} {}",
+                fmt_short(v),
+                outcome(view.ended[i])
+            );
+            cell_style(view, i, Line::from(text))
+        })
+        .collect()
+}
+
+/// The cursor's point reversed.
+fn cell_style(view: &SweepView, i: usize, line: Line<'static>) -> Line<'static> {
+    match i == view.cursor {
+        true => line.style(Style::new().add_modifier(Modifier::REVERSED)),
+        false => line,
+    }
+}
+
+/// Over two keys: a row for each value of the second, a column for each of the first, each
+/// cell its final loss coloured from green (lowest) to red (highest).
+fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
+    const WIDTH: usize = 11;
+    let (a, b) = (&view.axes[0], &view.axes[1]);
+    let losses: Vec<f64> = view
+        .ended
+        .iter()
+        .filter_map(|e| e.filter(|e| e.halted_at.is_none()).map(|e| e.final_loss))
+        .filter(|l| l.is_finite())
+        .collect();
+    let [lo, hi] = bounds(losses.iter().copied());
+    let best = view.best();
+    let mut lines = vec![Line::from(format!(
+        "{:>WIDTH$} {}",
+        format!("{} \\ {}", b.key, a.key),
+        a.values
+            .iter()
+            .map(|v| format!("{:>WIDTH$}", fmt_short(*v)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ))];
+    for (y, bv) in b.values.iter().enumerate().rev() {
+        let mut spans = vec![Span::raw(format!("{:>WIDTH$} ", fmt_short(*bv)))];
+        for x in 0..a.values.len() {
+            let i = y * a.values.len() + x;
+            let e = view.ended[i];
+            let text = match best == Some(i) {
+                true => format!("★{:>w$}", outcome(e), w = WIDTH - 1),
+                false => format!("{:>WIDTH$}", outcome(e)),
+            };
+            let mut style = match e {
+                Some(e) if e.halted_at.is_none() && e.final_loss.is_finite() => {
+                    let t = if hi > lo {
+                        (e.final_loss - lo) / (hi - lo)
+                    } else {
+                        0.0
+                    };
+                    let red = (60.0 + 160.0 * t) as u8;
+                    let green = (200.0 - 140.0 * t) as u8;
+                    Style::new().bg(Color::Rgb(red, green, 60)).fg(Color::Black)
+                }
+                Some(_) => Style::new().fg(Color::Red),
+                None => Style::new().fg(Color::DarkGray),
+            };
+            if i == view.cursor {
+                style = style.add_modifier(Modifier::REVERSED);
+            }
+            spans.push(Span::styled(text, style));
+            spans.push(Span::raw(" "));
+        }
+        lines.push(Line::from(spans));
+    }
+    lines
+}
