@@ -2512,6 +2512,30 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
         names.last().unwrap().contains(&chain),
         "{names:?} lacks {chain}"
     );
+    // `p` writes the sweep's picture beside the others: final loss against lr, the run's name.
+    typed(&mut app, "p");
+    let svg = dir.join("gradscope-r-sweep.svg");
+    assert!(
+        app.message
+            .as_deref()
+            .is_some_and(|m| m.contains(&svg.display().to_string())),
+        "{:?}",
+        app.message
+    );
+    let text = std::fs::read_to_string(&svg).expect("the sweep's svg");
+    let doc = roxmltree::Document::parse(&text).expect("valid SVG");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    assert!(texts.iter().any(|t| t.starts_with("lr")), "{texts:?}");
+    assert!(texts.contains(&"base"), "{texts:?}");
+    assert!(
+        std::fs::read(dir.join("gradscope-r-sweep.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG")
+    );
     // Esc closes a finished sweep, and its tab goes.
     press(&mut app, KeyCode::Esc);
     assert!(app.session().unwrap().sweep.is_none());

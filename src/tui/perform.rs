@@ -212,6 +212,25 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
                 .map_err(|e| e.to_string())
         })
         .collect();
+    // The sweep's picture beside them, as `gradscope sweep --out` draws it.
+    let sweep: Result<Vec<String>, String> = s
+        .sweep
+        .iter()
+        .flat_map(|sweep| {
+            let picture = sweep.picture(&format!("{}: final loss of each point", f.name));
+            ["svg", "png"].map(|ext| {
+                let path = export_path(f, out_dir, ext)
+                    .with_file_name(format!("gradscope-{}-sweep.{ext}", f.stem()));
+                crate::draw::sweep::save_sweep(&picture, &path)
+                    .map(|()| path.display().to_string())
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let written = written.and_then(|mut paths| {
+        paths.extend(sweep?);
+        Ok(paths)
+    });
     match written {
         Ok(paths) => format!("wrote {}", paths.join(" and ")),
         Err(e) => format!("could not write the pictures: {e}"),

@@ -9,10 +9,11 @@ use std::sync::mpsc::Sender;
 
 use super::app::Msg;
 use crate::compile::CompiledFile;
+use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture};
 use crate::lang::file::DType;
 use crate::optim::spec::{RawValue, value_list};
 use crate::optim::tricks::ChainSpec;
-use crate::run::sweep::{Ended, step_points};
+use crate::run::sweep::{Ended, Spread, step_points};
 use crate::run::{Retention, Run, RunRequest};
 
 /// What the sweep thread tells the UI.
@@ -243,6 +244,47 @@ impl SweepView {
             })
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i)
+    }
+
+    /// Its picture as `gradscope sweep --out` draws one (the points ended so far): a line over
+    /// one key, a heat map over two.
+    pub fn picture(&self, title: &str) -> SweepPicture {
+        let outcome = |e: &Ended| match e.halted_at {
+            Some(_) => SweepOutcome::Halted,
+            None if !e.final_loss.is_finite() => SweepOutcome::Diverged,
+            None => SweepOutcome::Loss(Spread {
+                median: e.final_loss,
+                min: e.final_loss,
+                max: e.final_loss,
+            }),
+        };
+        let a = &self.axes[0];
+        let ended = self.ended.iter().enumerate();
+        let chart = match self.axes.get(1) {
+            None => SweepChart::Lines {
+                axis: a.key.clone(),
+                lines: vec![SweepLine {
+                    name: self.of.clone(),
+                    points: ended
+                        .filter_map(|(i, e)| Some((a.values[i], outcome(e.as_ref()?))))
+                        .collect(),
+                }],
+            },
+            Some(b) => SweepChart::Heat {
+                axes: [a.key.clone(), b.key.clone()],
+                values: [a.values.clone(), b.values.clone()],
+                cells: ended
+                    .filter_map(|(i, e)| {
+                        let n = a.values.len();
+                        Some(((i % n, i / n), outcome(e.as_ref()?)))
+                    })
+                    .collect(),
+            },
+        };
+        SweepPicture {
+            title: title.to_string(),
+            chart,
+        }
     }
 
     /// Point `i`'s value on each axis.
