@@ -259,15 +259,8 @@ impl LaneEvaluator {
         let losses = self.losses(&out).map_err(internal)?;
         // Backward from the lanes' losses seeds each with 1, as a lone run's backward does.
         let store = out.backward().map_err(internal)?;
-        let grads = self
-            .params
-            .iter()
-            .map(|v| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => v.as_tensor().zeros_like(),
-            })
-            .collect::<candle_core::Result<_>>()
-            .map_err(internal)?;
+        let grads =
+            super::param_grads(&store, &self.params, |g| Ok(g.clone())).map_err(internal)?;
         Ok(LaneEvaluation { losses, grads })
     }
 

@@ -549,6 +549,22 @@ pub fn values_f64(t: &Tensor) -> candle_core::Result<Vec<f64>> {
     t.to_dtype(CDType::F64)?.flatten_all()?.to_vec1()
 }
 
+/// Each param's gradient in `store`, detached and passed through `each`; zeros for a param the
+/// loss does not depend on (candle stores no gradient for it).
+pub(crate) fn param_grads(
+    store: &candle_core::backprop::GradStore,
+    params: &[Var],
+    each: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Vec<Tensor>> {
+    params
+        .iter()
+        .map(|v| match store.get(v.as_tensor()) {
+            Some(g) => each(&g.detach()),
+            None => v.as_tensor().zeros_like(),
+        })
+        .collect()
+}
+
 /// L2 norm of a tensor, accumulated in f64 (see [`crate::optim::kernels::sum_squares`]).
 pub fn norm(t: &Tensor) -> f64 {
     crate::optim::kernels::sum_squares(t, None).map_or(f64::NAN, f64::sqrt)
@@ -650,15 +666,8 @@ impl Evaluator {
         let out = self.forward()?;
         let loss = scalar(&out).map_err(|e| self.internal(e))?;
         let store = out.backward().map_err(|e| self.internal(e))?;
-        let grads = self
-            .params
-            .iter()
-            .map(|v| match store.get(v.as_tensor()) {
-                Some(g) => Ok(g.detach()),
-                None => v.as_tensor().zeros_like(),
-            })
-            .collect::<candle_core::Result<_>>()
-            .map_err(|e| self.internal(e))?;
+        let grads =
+            param_grads(&store, &self.params, |g| Ok(g.clone())).map_err(|e| self.internal(e))?;
         Ok(Evaluation { loss, grads })
     }
 
@@ -672,19 +681,12 @@ impl Evaluator {
             .affine(scale, 0.0)
             .and_then(|s| s.backward())
             .map_err(internal)?;
-        let grads = self
-            .params
-            .iter()
-            .map(|v| match store.get(v.as_tensor()) {
-                Some(g) => g
-                    .detach()
-                    .to_dtype(CDType::F32)?
-                    .affine(1.0 / scale, 0.0)?
-                    .to_dtype(self.dtype),
-                None => v.as_tensor().zeros_like(),
-            })
-            .collect::<candle_core::Result<_>>()
-            .map_err(internal)?;
+        let grads = param_grads(&store, &self.params, |g| {
+            g.to_dtype(CDType::F32)?
+                .affine(1.0 / scale, 0.0)?
+                .to_dtype(self.dtype)
+        })
+        .map_err(internal)?;
         Ok(Evaluation { loss, grads })
     }
 
