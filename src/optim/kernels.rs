@@ -47,6 +47,18 @@ pub fn elements<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Opti
 /// same number on any thread count, with less rounding than one running sum, and ten times as
 /// fast.
 pub fn sum_squares(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
+    Ok(sums_of_squares(a, b, 1)?[0])
+}
+
+/// Each lane's sum of squares of `t` `[lanes, ..]` (its leading axis split into `lanes` equal
+/// parts), each summed as [`sum_squares`] sums a tensor of that lane's values alone: the same
+/// numbers as a run alone gets, without a tensor op per lane.
+pub fn lane_sum_squares(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
+    sums_of_squares(t, None, lanes)
+}
+
+/// [`sum_squares`] of each of `lanes` equal parts of `a`'s elements (of `a - b`'s).
+fn sums_of_squares(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f64>> {
     if let Some(b) = b
         && a.dims() != b.dims()
     {
@@ -57,18 +69,18 @@ pub fn sum_squares(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
         });
     }
     match a.dtype() {
-        DType::F32 => squares_of::<f32>(a, b),
-        DType::F64 => squares_of::<f64>(a, b),
-        DType::F16 => squares_of::<f16>(a, b),
-        DType::BF16 => squares_of::<bf16>(a, b),
+        DType::F32 => squares_of::<f32>(a, b, lanes),
+        DType::F64 => squares_of::<f64>(a, b, lanes),
+        DType::F16 => squares_of::<f16>(a, b, lanes),
+        DType::BF16 => squares_of::<bf16>(a, b, lanes),
         _ => {
             let wide = |t: &Tensor| t.to_dtype(DType::F64);
-            squares_of::<f64>(&wide(a)?, b.map(wide).transpose()?.as_ref())
+            squares_of::<f64>(&wide(a)?, b.map(wide).transpose()?.as_ref(), lanes)
         }
     }
 }
 
-fn squares_of<T: WithDType>(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
+fn squares_of<T: WithDType>(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f64>> {
     let (a, b) = (a.contiguous()?, b.map(Tensor::contiguous).transpose()?);
     let (sa, la) = a.storage_and_layout();
     let sb = b.as_ref().map(|b| b.storage_and_layout());
@@ -78,30 +90,13 @@ fn squares_of<T: WithDType>(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
         Some((s, l)) => Some(elements::<T>(s, l).ok_or_else(cpu)?),
         None => None,
     };
-    Ok(slice_squares(xs, ys))
-}
-
-/// Each lane's sum of squares of `t` `[lanes, ..]` (its leading axis split into `lanes` equal
-/// parts), each summed as [`sum_squares`] sums a tensor of that lane's values alone: the same
-/// numbers as a run alone gets, without a tensor op per lane.
-pub fn lane_sum_squares(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
-    fn of<T: WithDType>(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
-        let t = t.contiguous()?;
-        let (s, l) = t.storage_and_layout();
-        let xs = elements::<T>(&s, l)
-            .ok_or_else(|| candle_core::Error::Msg("a norm of a tensor not on the CPU".into()))?;
-        let len = xs.len().checked_div(lanes).unwrap_or(0);
-        Ok((0..lanes)
-            .map(|r| slice_squares(&xs[r * len..(r + 1) * len], None))
-            .collect())
-    }
-    match t.dtype() {
-        DType::F32 => of::<f32>(t, lanes),
-        DType::F64 => of::<f64>(t, lanes),
-        DType::F16 => of::<f16>(t, lanes),
-        DType::BF16 => of::<bf16>(t, lanes),
-        _ => of::<f64>(&t.to_dtype(DType::F64)?, lanes),
-    }
+    let len = xs.len().checked_div(lanes).unwrap_or(0);
+    Ok((0..lanes)
+        .map(|r| {
+            let part = r * len..(r + 1) * len;
+            slice_squares(&xs[part.clone()], ys.map(|ys| &ys[part]))
+        })
+        .collect())
 }
 
 /// [`sum_squares`] of the values `xs` (of `xs - ys`, the difference taken in their dtype).
