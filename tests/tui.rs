@@ -2470,7 +2470,8 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     assert!(view.ended.iter().all(Option::is_some));
     // Each point ended where the same run stepped alone ends.
     let (c, _) = gradscope::load::load_compiled(&file).unwrap();
-    for (chain, ended) in view.chains.iter().zip(&view.ended) {
+    for (point, ended) in view.points.iter().zip(&view.ended) {
+        let chain = point.optimizer.as_ref().unwrap();
         let mut request = gradscope::run::RunRequest::of(&c, 0).unwrap();
         request.settings.optimizer = chain.base.clone();
         let mut alone = gradscope::run::Run::new(&c, request).unwrap();
@@ -2502,7 +2503,7 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     let chain = {
         let view = app.session().unwrap().sweep.as_ref().unwrap();
         assert_eq!(view.cursor, 2);
-        view.chains[2].to_string()
+        view.points[2].optimizer.as_ref().unwrap().to_string()
     };
     press(&mut app, KeyCode::Enter);
     app.settle(&rx);
@@ -2545,23 +2546,240 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
 #[test]
 fn a_sweep_form_names_one_or_two_keys_with_lists() {
     use gradscope::optim::tricks::ChainSpec;
+    use gradscope::run::worker::Overrides;
     use gradscope::tui::sweep::parse_form;
-    let base = ChainSpec::parse("adam(lr=0.01)").unwrap();
-    let (axes, chains) = parse_form("lr=[1e-3, 1e-2] beta1=linspace(0.5, 0.9, 3)", &base).unwrap();
+    let run = Overrides {
+        optimizer: Some(ChainSpec::parse("adam(lr=0.01)").unwrap()),
+        dtype: None,
+        consts: vec![("k".into(), 2.0)],
+    };
+    let consts = ["eps".to_string(), "k".to_string()];
+    let (axes, points) =
+        parse_form("lr=[1e-3, 1e-2] beta1=linspace(0.5, 0.9, 3)", &run, &consts).unwrap();
     assert_eq!(axes.len(), 2);
     assert_eq!(axes[1].values, vec![0.5, 0.7, 0.9]);
-    assert_eq!(chains.len(), 6);
-    // The first key varies fastest.
-    assert_eq!(chains[1].to_string(), "adam(lr=0.01, beta1=0.5)");
-    assert_eq!(chains[2].to_string(), "adam(lr=0.001, beta1=0.7)");
+    assert_eq!(points.len(), 6);
+    // The first key varies fastest; the run's own consts stay.
+    let chain = |i: usize| points[i].optimizer.as_ref().unwrap().to_string();
+    assert_eq!(chain(1), "adam(lr=0.01, beta1=0.5)");
+    assert_eq!(chain(2), "adam(lr=0.001, beta1=0.7)");
+    assert!(points.iter().all(|p| p.consts == run.consts));
+    // A const of the file is a key too; `eps` is also adam's, so it must say which. A swept
+    // const replaces the run's own value of it.
+    let (axes, points) = parse_form("adam.eps=[1e-7, 1e-6] k=[1, 3]", &run, &consts).unwrap();
+    assert!(!axes[0].is_const && axes[1].is_const);
+    assert_eq!(
+        points[0].optimizer.as_ref().unwrap().to_string(),
+        "adam(lr=0.01, eps=1e-7)"
+    );
+    assert_eq!(points[3].consts, vec![("k".to_string(), 3.0)]);
+    let (axes, points) = parse_form("const.eps=[1e-8, 1e-6]", &run, &consts).unwrap();
+    assert!(axes[0].is_const);
+    assert_eq!(axes[0].key, "eps");
+    assert_eq!(
+        points[1].consts,
+        vec![("k".into(), 2.0), ("eps".into(), 1e-6)]
+    );
+    assert_eq!(points[1].optimizer, run.optimizer);
     for (text, why) in [
         ("lr=0.1", "one value"),
         ("", "name a hyper-parameter"),
-        ("momentum=[0.9, 0.5]", "momentum"),
+        ("momentum=[0.9, 0.5]", "the file's consts: eps, k"),
+        ("const.lr=[0.9, 0.5]", "no const `lr`"),
+        ("eps=[1e-8, 1e-6]", "write adam.eps or const.eps"),
         ("lr=[1] beta1=[0.9] beta2=[0.99]", "3 keys"),
         ("lr=logspace(0, 1, 3)", "logspace"),
     ] {
-        let e = parse_form(text, &base).unwrap_err();
+        let e = parse_form(text, &run, &consts).unwrap_err();
         assert!(e.contains(why), "{text}: {e}");
     }
+}
+
+/// A small f64 file with a const in its loss (`eps`, also a hyper-parameter of adam) and one in
+/// its data (`k`), written under `target/`.
+fn const_file(dir: &str) -> PathBuf {
+    let dir = PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.toml");
+    std::fs::write(
+        &file,
+        "name = \"c\"\ndtype = \"f64\"\nloss = \"sum(sqrt((w - y)^2 + eps))\"\n[data]\ny = \"k * [1.0, -2.0]\"\n[consts]\neps = 1e-3\nk = 1.0\n[params]\nw = \"zeros(2)\"\n[optimizer]\nname = \"adam\"\nlr = 0.05\nsteps = 200\n",
+    )
+    .unwrap();
+    file
+}
+
+/// Replaces the open form's text with `text` and presses enter.
+fn submit_form(app: &mut App, text: &str) {
+    for _ in 0..80 {
+        press(app, KeyCode::Backspace);
+    }
+    typed(app, text);
+    press(app, KeyCode::Enter);
+}
+
+/// Handles messages until the sweep has ended (a minute at most).
+fn finish_sweep(app: &mut App, rx: &Receiver<Msg>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while app.session().unwrap().sweep.as_ref().unwrap().running {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep never ended"
+        );
+        if let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            app.handle(m);
+        }
+    }
+}
+
+/// The loss of definition 0 of `file` with `consts` set, stepped alone `steps` times with
+/// `optimizer`.
+fn loss_alone(file: &Path, consts: &[(String, f64)], optimizer: &str, steps: u64) -> f64 {
+    let (c, _) = gradscope::load::load_compiled(file).unwrap();
+    let c = c.recompiled(c.file.seed, consts).unwrap();
+    let mut request = gradscope::run::RunRequest::of(&c, 0).unwrap();
+    request.settings.optimizer = gradscope::optim::tricks::ChainSpec::parse(optimizer)
+        .unwrap()
+        .base;
+    request.settings.steps = steps;
+    let mut alone = gradscope::run::Run::new(&c, request).unwrap();
+    gradscope::run::summary::drive(&mut alone, |_, _| std::ops::ControlFlow::Continue(()))
+        .unwrap()
+        .final_loss
+}
+
+#[test]
+fn w_sweeps_a_const_of_the_file_and_enter_adds_its_point_as_a_run_with_that_const() {
+    let file = const_file("target/tui-sweep-const-test");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed(&mut app, "W");
+    // `eps` is adam's and the file's: the form asks which.
+    submit_form(&mut app, "eps=[1e-6, 1e-3, 0.1] lr=[0.01, 0.05]");
+    assert!(
+        matches!(&app.popup, Some(Popup::Sweep { error: Some(e), .. }) if e.contains("const.eps")),
+        "{:?}",
+        app.popup
+    );
+    submit_form(&mut app, "const.eps=[1e-6, 1e-3, 0.1] lr=[0.01, 0.05]");
+    assert!(app.popup.is_none(), "{:?}", app.popup);
+    finish_sweep(&mut app, &rx);
+    // Each point ended where the run of the file with that eps, stepped alone, ends.
+    let view = app.session().unwrap().sweep.as_ref().unwrap();
+    assert_eq!(view.ended.len(), 6);
+    for (i, ended) in view.ended.iter().enumerate() {
+        let v = view.values(i);
+        let alone = loss_alone(
+            &file,
+            &[("eps".into(), v[0])],
+            &format!("adam(lr={})", v[1]),
+            200,
+        );
+        let e = ended.unwrap().final_loss;
+        assert!(
+            (e - alone).abs() <= 1e-12 * alone.abs(),
+            "{v:?}: {e} vs {alone}"
+        );
+    }
+    let screen = rows(&draw(&app, 200, 60)).join("\n");
+    assert!(screen.contains("over eps × lr · 6/6 ended"), "{screen}");
+    // Enter on eps = 0.1, lr = 0.05 adds it as a run of the file that keeps eps = 0.1: it
+    // steps as that run alone does.
+    press(&mut app, KeyCode::Right);
+    press(&mut app, KeyCode::Right);
+    press(&mut app, KeyCode::Up);
+    assert_eq!(app.session().unwrap().sweep.as_ref().unwrap().cursor, 5);
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    let names = run_names(&app);
+    assert_eq!(names.last().unwrap(), "base · eps=0.1 · adam(lr=0.05)");
+    typed_settled(&mut app, &rx, "30n");
+    let added = app.session().unwrap().runs.last().unwrap();
+    let alone = loss_alone(&file, &[("eps".into(), 0.1)], "adam(lr=0.05)", 30);
+    let stepped = added.history.core(30).loss;
+    assert!(
+        (stepped - alone).abs() <= 1e-12 * alone.abs(),
+        "{stepped} vs {alone}"
+    );
+    // And the file's own run still minimises eps = 1e-3.
+    let own = app.session().unwrap().runs[0].history.core(30).loss;
+    let own_alone = loss_alone(&file, &[], "adam(lr=0.05)", 30);
+    assert!(
+        (own - own_alone).abs() <= 1e-12 * own_alone.abs(),
+        "{own} vs {own_alone}"
+    );
+    assert!(app.session().unwrap().failed.is_none());
+}
+
+#[test]
+fn a_const_that_changes_the_data_sweeps_but_its_point_cannot_join_the_files_runs() {
+    let file = const_file("target/tui-sweep-data-const-test");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed(&mut app, "W");
+    submit_form(&mut app, "k=[1, 2]");
+    finish_sweep(&mut app, &rx);
+    let view = app.session().unwrap().sweep.as_ref().unwrap();
+    // k scales the data: each point minimises its own objective, as `sweep --const` runs it.
+    for (i, ended) in view.ended.iter().enumerate() {
+        let k = view.values(i)[0];
+        let alone = loss_alone(&file, &[("k".into(), k)], "adam(lr=0.05)", 200);
+        let e = ended.unwrap().final_loss;
+        assert!(
+            (e - alone).abs() <= 1e-12 * alone.abs(),
+            "k={k}: {e} vs {alone}"
+        );
+    }
+    let before = run_names(&app).len();
+    press(&mut app, KeyCode::Right);
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    assert_eq!(run_names(&app).len(), before);
+    let why = app.session().unwrap().failed.clone().unwrap_or_default();
+    assert!(
+        why.contains("k changes the file's data") && why.contains("gradscope sweep --const"),
+        "{why}"
+    );
+}
+
+/// The Sweep tab's form and its points filling in, with the points' ends given by hand (the
+/// sweep's own thread runs on, unread) so that the screen is the same on every machine.
+#[test]
+fn snapshot_sweep_tab_form_and_live_fill() {
+    use gradscope::run::sweep::Ended;
+    use gradscope::tui::sweep::SweepMsg;
+    let file = const_file("target/tui-sweep-snapshot-test");
+    let (mut app, _rx) = open(file.to_str().unwrap());
+    typed(&mut app, "W");
+    snapshot("sweep_form", &draw(&app, 120, 36));
+    submit_form(&mut app, "lr=logspace(1e-3, 1e-1, 5)");
+    let session = app.session().unwrap().id;
+    let ended = |loss: f64, halted_at| Ended {
+        final_loss: loss,
+        halted_at,
+    };
+    for (i, e) in [
+        (0, ended(2.5, None)),
+        (1, ended(0.75, None)),
+        (3, ended(f64::NAN, Some(12))),
+    ] {
+        app.handle(Msg::Swept(session, SweepMsg::Ended(i, e)));
+    }
+    press(&mut app, KeyCode::Right);
+    let t = draw(&app, 120, 36);
+    let screen = rows(&t).join("\n");
+    assert!(screen.contains("3/5 ended · esc stops"), "{screen}");
+    snapshot("sweep_tab_live_one_key", &t);
+    // Over two keys the points are a heat map.
+    press(&mut app, KeyCode::Esc);
+    press(&mut app, KeyCode::Esc);
+    typed(&mut app, "W");
+    submit_form(&mut app, "lr=[0.01, 0.1] const.eps=[1e-6, 1e-3, 0.1]");
+    let session = app.session().unwrap().id;
+    for (i, e) in [
+        (0, ended(0.5, None)),
+        (2, ended(0.125, None)),
+        (5, ended(3.0, None)),
+    ] {
+        app.handle(Msg::Swept(session, SweepMsg::Ended(i, e)));
+    }
+    snapshot("sweep_tab_live_two_keys", &draw(&app, 120, 36));
 }

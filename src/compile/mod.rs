@@ -49,6 +49,9 @@ pub fn candle_dtype(d: DType) -> CDType {
     }
 }
 
+/// Consts set by name over the values a file gives them (a sweep point's).
+pub type Consts = Vec<(String, f64)>;
+
 /// One run a file defines: the base definition or a variant.
 #[derive(Debug, Clone)]
 pub struct RunDef {
@@ -151,6 +154,48 @@ impl CompiledFile {
             (Some(compiled), _) => Ok(compiled),
             (None, diags) => Err(diags),
         }
+    }
+
+    /// Definition `def` with each of `consts` set over its value, for a run of this file that
+    /// changes only consts (the TUI's sweep points): its data and initial params must stay as
+    /// they are, since the run's other views (landscape, path, batch) share them with the file's
+    /// runs. Errors name the const, or say that it changes the data or params.
+    pub fn with_consts(&self, def: usize, consts: &[(String, f64)]) -> Result<RunDef, String> {
+        let new = self
+            .recompiled(self.file.seed, consts)
+            .map_err(|d| d.first().map_or_else(String::new, Diagnostic::headline))?;
+        let same = |a: &[Named], b: &[Named]| {
+            let values = |n: &Named| n.value.flatten_all().and_then(|t| t.to_vec1::<f64>()).ok();
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(a, b)| {
+                    a.value.dims() == b.value.dims()
+                        && values(a).is_some_and(|v| Some(v) == values(b))
+                })
+        };
+        if !same(&self.data, &new.data) || !same(&self.params, &new.params) {
+            let names: Vec<&str> = consts.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(format!(
+                "{} changes the file's data or initial params: such a point runs in \
+                 `gradscope sweep --const`, not as a run beside the file's",
+                names.join(", ")
+            ));
+        }
+        new.runs
+            .get(def)
+            .cloned()
+            .ok_or_else(|| format!("no run definition {def}"))
+    }
+
+    /// The names of its consts (the file's, then those only its variants set), for help texts.
+    pub fn const_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        let all = self.file.consts.iter();
+        for c in all.chain(self.file.variants.iter().flat_map(|v| v.consts.iter())) {
+            if !names.contains(&c.name.node) {
+                names.push(c.name.node.clone());
+            }
+        }
+        names
     }
 
     /// How many values the params hold in all (the dimension of param space).

@@ -14,11 +14,13 @@ use crate::compile::CompiledFile;
 use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::lang::file::DType;
 
-/// Which loss a job evaluates: a run definition of the file, in a dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which loss a job evaluates: a run definition of the file, in a dtype, with consts set over
+/// their values (by name, as bits: the consts a run of the TUI's sweep sets).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LossKey {
     pub def: usize,
     pub dtype: DType,
+    pub consts: Vec<(String, u64)>,
 }
 
 /// What the UI asks a landscape thread to compute.
@@ -49,6 +51,14 @@ impl Job {
         match self {
             Job::Grid { generation, .. } => Some(JobId::Grid(*generation)),
             Job::Line { tag, .. } => Some(JobId::Line(*tag)),
+            Job::Shutdown => None,
+        }
+    }
+
+    /// The loss it evaluates (None for `Shutdown`).
+    fn loss(&self) -> Option<&LossKey> {
+        match self {
+            Job::Grid { loss, .. } | Job::Line { loss, .. } => Some(loss),
             Job::Shutdown => None,
         }
     }
@@ -164,16 +174,28 @@ impl Service {
     }
 
     /// The surface of `key`, prepared on first use.
-    fn surface(&mut self, key: LossKey) -> Result<&Surface, Diagnostic> {
-        if !self.surfaces.contains_key(&key) {
-            let compiled = self
+    fn surface(&mut self, key: &LossKey) -> Result<&Surface, Diagnostic> {
+        if !self.surfaces.contains_key(key) {
+            let mut compiled = self
                 .compiled
                 .in_dtype(key.def, key.dtype)
                 .ok_or_else(|| Diagnostic::error(format!("no run definition {}", key.def)))?;
+            if !key.consts.is_empty() {
+                let consts: Vec<(String, f64)> = key
+                    .consts
+                    .iter()
+                    .map(|(n, v)| (n.clone(), f64::from_bits(*v)))
+                    .collect();
+                let mut def = compiled
+                    .with_consts(key.def, &consts)
+                    .map_err(Diagnostic::error)?;
+                def.dtype = key.dtype;
+                compiled.runs[key.def] = def;
+            }
             let surface = Surface::new(&compiled, key.def)?;
-            self.surfaces.insert(key, surface);
+            self.surfaces.insert(key.clone(), surface);
         }
-        Ok(&self.surfaces[&key])
+        Ok(&self.surfaces[key])
     }
 
     /// A line job; a panic in it fails that job only.
@@ -199,8 +221,8 @@ impl Service {
         let Job::Line { loss, tag, .. } = &job else {
             return;
         };
-        let (loss, tag) = (*loss, *tag);
-        match self.surface(loss) {
+        let (loss, tag) = (loss.clone(), *tag);
+        match self.surface(&loss) {
             Ok(_) => answer_line(&self.surfaces[&loss], job, &self.emit),
             Err(d) => (self.emit)(Report::Failed {
                 job: JobId::Line(tag),
@@ -222,7 +244,7 @@ impl Service {
         else {
             return Ok(None);
         };
-        let mode = match self.surface(loss) {
+        let mode = match self.surface(&loss) {
             Ok(surface) => surface.mode(),
             Err(d) => {
                 (self.emit)(Report::Failed {
@@ -264,10 +286,12 @@ impl Service {
                         return false;
                     }
                     // A line of a loss already prepared is answered now, others after the grid.
-                    Ok(line @ Job::Line { loss, .. }) => match surfaces.get(&loss) {
-                        Some(s) => answer_line(s, line, emit),
-                        None => lines.push(line),
-                    },
+                    Ok(line @ Job::Line { .. }) => {
+                        match line.loss().and_then(|l| surfaces.get(l)) {
+                            Some(s) => answer_line(s, line, emit),
+                            None => lines.push(line),
+                        }
+                    }
                     Err(TryRecvError::Empty) => return true,
                 }
             }

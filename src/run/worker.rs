@@ -15,7 +15,7 @@ use crate::compile::backward::{Formula, formula};
 use crate::compile::curvature::Curvature;
 use crate::compile::gradcheck::{ParamCheck, gradcheck};
 use crate::compile::hessian::{self, Hessian};
-use crate::compile::{CompiledFile, norm};
+use crate::compile::{CompiledFile, Consts, norm};
 use crate::diagnostic::{Diagnostic, catch_panic};
 use crate::landscape::service::LossKey;
 use crate::landscape::{ParamShape, Plane, PlaneKind, param_shapes};
@@ -43,12 +43,10 @@ pub enum Command {
     Rewind(u64),
     /// Multiply one run's learning rate.
     ScaleLr(RunId, f64),
-    /// Add a run of definition `def` with this optimizer and tricks (None: the definition's
-    /// own).
+    /// Add a run of definition `def` with what it changes of it.
     AddRun {
         def: usize,
-        optimizer: Option<ChainSpec>,
-        dtype: Option<DType>,
+        overrides: Overrides,
     },
     Remove(RunId),
     /// Check one run's gradients against finite differences at its current step.
@@ -149,11 +147,29 @@ impl TensorStats {
     }
 }
 
-/// What a run was asked to change of its definition: another optimizer or dtype.
+/// What a run was asked to change of its definition: another optimizer or dtype, or consts
+/// of the file set to other values (a point of the TUI's sweep; they may not change the data
+/// or params, see [`CompiledFile::with_consts`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overrides {
     pub optimizer: Option<ChainSpec>,
     pub dtype: Option<DType>,
+    pub consts: Consts,
+}
+
+impl Overrides {
+    /// Which loss its runs of definition `def` minimise, in `dtype`, for the landscape.
+    pub fn loss_key(&self, def: usize, dtype: DType) -> LossKey {
+        LossKey {
+            def,
+            dtype,
+            consts: self
+                .consts
+                .iter()
+                .map(|(n, v)| (n.clone(), v.to_bits()))
+                .collect(),
+        }
+    }
 }
 
 /// A run for a worker to start: a definition, its overrides, and learning-rate multipliers to
@@ -277,6 +293,15 @@ struct Slot {
     path_sent: Option<u64>,
     /// Learning-rate multipliers still to set, at their steps.
     lr_plan: VecDeque<(u64, f64)>,
+    /// The loss it minimises, as the UI's landscape names it.
+    loss: LossKey,
+}
+
+/// A run's name with the consts it sets: `base · eps=1e-06`.
+fn consts_name(name: &str, consts: &[(String, f64)]) -> String {
+    consts.iter().fold(name.to_string(), |n, (c, v)| {
+        format!("{n} · {c}={}", crate::format::fmt_short(*v))
+    })
 }
 
 /// Where a worker's events go.
@@ -307,7 +332,10 @@ pub fn spawn_with(
 }
 
 struct Worker {
+    /// The file, with a definition appended for each (definition, consts) a run overrides.
     compiled: CompiledFile,
+    /// Those appended definitions: which one, with which consts, at which index.
+    defined: Vec<(usize, Consts, usize)>,
     slots: Vec<Slot>,
     /// Runs stepped as one program (by id); a run is in at most one.
     batches: Vec<Batch>,
@@ -340,6 +368,7 @@ impl Worker {
         }
         Self {
             compiled,
+            defined: Vec::new(),
             slots: Vec::new(),
             batches: Vec::new(),
             next_id: 0,
@@ -355,13 +384,44 @@ impl Worker {
         (self.emit)(e);
     }
 
-    /// Starts a run of definition `def` as the file describes it, with another optimizer or
-    /// dtype if given (the run's name says which).
+    /// The index of definition `def` with `consts` set: `def` itself without consts, else a
+    /// definition appended on first use (so that runs with the same consts batch together).
+    fn definition(&mut self, def: usize, consts: &[(String, f64)]) -> Result<usize, String> {
+        if consts.is_empty() {
+            return Ok(def);
+        }
+        if let Some(&(.., at)) = self
+            .defined
+            .iter()
+            .find(|(d, c, _)| *d == def && c.as_slice() == consts)
+        {
+            return Ok(at);
+        }
+        let new = self.compiled.with_consts(def, consts)?;
+        self.compiled.runs.push(new);
+        let at = self.compiled.runs.len() - 1;
+        self.defined.push((def, consts.to_vec(), at));
+        Ok(at)
+    }
+
+    /// Starts a run of definition `def` as the file describes it, with another optimizer,
+    /// dtype or consts if given (the run's name says which).
     fn add(&mut self, plan: RunPlan) {
         let RunPlan { def, overrides, lr } = plan;
-        let Some(mut request) = RunRequest::of(&self.compiled, def) else {
+        let Some(base) = RunRequest::of(&self.compiled, def) else {
             return;
         };
+        let at = match self.definition(def, &overrides.consts) {
+            Ok(at) => at,
+            Err(why) => {
+                let name = consts_name(&base.name, &overrides.consts);
+                return self.send(Event::Failed(format!("cannot start run `{name}`: {why}")));
+            }
+        };
+        let Some(mut request) = RunRequest::of(&self.compiled, at) else {
+            return;
+        };
+        request.name = consts_name(&base.name, &overrides.consts);
         if let Some(chain) = overrides.optimizer.clone() {
             request.name = format!("{} · {chain}", request.name);
             request.settings.optimizer = chain.base;
@@ -376,6 +436,7 @@ impl Worker {
             Ok(run) => {
                 let id = self.next_id;
                 self.next_id += 1;
+                let loss = overrides.loss_key(def, run.dtype);
                 self.send(Event::Added(Box::new(RunInfo {
                     id,
                     def,
@@ -391,10 +452,11 @@ impl Worker {
                     run,
                     sent: 0,
                     sent_current: false,
-                    def,
+                    def: at,
                     target: None,
                     path_sent: None,
                     lr_plan: lr.into(),
+                    loss,
                 };
                 self.send(Event::Params(id, stats(&slot.run)));
                 self.send_metrics(id, &slot.run);
@@ -587,13 +649,9 @@ impl Worker {
                     self.send(Event::LrScale(id, scale, step));
                 }
             }
-            Command::AddRun {
+            Command::AddRun { def, overrides } => self.add(RunPlan {
                 def,
-                optimizer,
-                dtype,
-            } => self.add(RunPlan {
-                def,
-                overrides: Overrides { optimizer, dtype },
+                overrides,
                 lr: Vec::new(),
             }),
             Command::Remove(id) => {
@@ -649,10 +707,7 @@ impl Worker {
                         Ok(direction) => self.send(Event::NextUpdate {
                             run: id,
                             step: s.run.step_count(),
-                            loss: LossKey {
-                                def: s.def,
-                                dtype: s.run.dtype,
-                            },
+                            loss: s.loss.clone(),
                             origin: s.run.flat_params(),
                             direction,
                         }),

@@ -12,7 +12,7 @@ use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
 use crate::optim::catalogue::Item;
-use crate::run::worker::{Command, RunId};
+use crate::run::worker::{Command, Overrides, RunId};
 
 /// Entries `page up`/`page down` move in a long list.
 const PAGE: usize = 10;
@@ -54,15 +54,21 @@ impl App {
     fn start_sweep(&mut self, text: &str) -> Result<(), String> {
         let events = self.events.clone();
         let compiled = self.file().and_then(|f| f.compiled.clone());
+        let compiled = compiled.ok_or("the file does not compile")?;
         let session = self.session_mut().ok_or("no session")?;
         let r = session.selected_run().ok_or("no run selected")?;
-        let (axes, chains) = super::sweep::parse_form(text, &r.info.optimizer)?;
-        let compiled = compiled.ok_or("the file does not compile")?;
-        let shape = (r.info.def, r.info.dtype, r.info.steps);
+        let run = Overrides {
+            optimizer: Some(r.info.optimizer.clone()),
+            dtype: r.info.overrides.dtype,
+            consts: r.info.overrides.consts.clone(),
+        };
+        let consts = compiled.const_names();
+        let (axes, points) = super::sweep::parse_form(text, &run, &consts)?;
+        let shape = (r.info.def, r.info.steps);
         let name = r.info.name.clone();
         let id = session.id;
         session.sweep = Some(super::sweep::SweepView::start(
-            id, compiled, &name, shape, axes, chains, events,
+            id, compiled, &name, shape, axes, points, events,
         ));
         self.tab = Tab::Sweep;
         Ok(())
@@ -81,13 +87,9 @@ impl App {
             KeyCode::Up => view.move_cursor(0, 1),
             KeyCode::Down => view.move_cursor(0, -1),
             KeyCode::Enter => {
-                let (def, dtype) = (view.def, view.dtype);
-                let chain = view.chains[view.cursor].clone();
-                self.command(Command::AddRun {
-                    def,
-                    optimizer: Some(chain),
-                    dtype: Some(dtype),
-                });
+                let overrides = view.overrides(view.cursor);
+                let def = view.def;
+                self.command(Command::AddRun { def, overrides });
             }
             KeyCode::Esc if view.running => view.cancel(),
             KeyCode::Esc => {
@@ -385,15 +387,14 @@ impl App {
             Popup::EditSpec { mut text, .. } => match k.code {
                 KeyCode::Enter => match self.parse_spec(text.text()) {
                     Ok(spec) => {
-                        let def = self
-                            .session()
-                            .and_then(|s| s.selected_run())
-                            .map_or(0, |r| r.info.def);
-                        self.command(Command::AddRun {
-                            def,
+                        let run = self.session().and_then(|s| s.selected_run());
+                        let def = run.map_or(0, |r| r.info.def);
+                        let overrides = Overrides {
                             optimizer: Some(spec),
                             dtype: None,
-                        });
+                            consts: run.map_or_else(Vec::new, |r| r.info.overrides.consts.clone()),
+                        };
+                        self.command(Command::AddRun { def, overrides });
                         self.popup = None;
                     }
                     Err(e) => {
@@ -464,15 +465,16 @@ impl App {
                             choices.get(selected),
                             self.session().and_then(|s| s.selected_run()),
                         ) {
-                            let optimizer = Some(run.info.optimizer.clone());
                             let def = variant.unwrap_or(run.info.def);
-                            let dtype =
-                                dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none());
-                            self.command(Command::AddRun {
-                                def,
-                                optimizer,
-                                dtype,
-                            });
+                            let overrides = Overrides {
+                                optimizer: Some(run.info.optimizer.clone()),
+                                dtype: dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none()),
+                                consts: match variant {
+                                    Some(_) => Vec::new(),
+                                    None => run.info.overrides.consts.clone(),
+                                },
+                            };
+                            self.command(Command::AddRun { def, overrides });
                         }
                         self.popup = None;
                     }

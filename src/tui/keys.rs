@@ -233,7 +233,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('W')],
         A::Sweep,
-        "sweep the selected run's lr (or another key): the Sweep tab",
+        "sweep lr, another hyper-parameter or a const: the Sweep tab",
         None,
     ),
     bind(

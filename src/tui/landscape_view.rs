@@ -193,7 +193,7 @@ impl LandscapeView {
                 spec,
                 mode,
             } if generation == self.generation => {
-                let loss = self.requested.as_ref().map(|k| k.loss);
+                let loss = self.requested.as_ref().map(|k| k.loss.clone());
                 self.filling = Some((generation, Some(spec), loss));
                 self.mode = Some(mode);
                 self.elapsed = None;
@@ -205,7 +205,7 @@ impl LandscapeView {
                 {
                     if let Some(spec) = spec.take() {
                         self.grid = Some(Grid::new(spec));
-                        self.drawn = *loss;
+                        self.drawn = loss.clone();
                     }
                     if let Some(grid) = &mut self.grid {
                         for (k, v) in cells {
@@ -331,10 +331,7 @@ impl LandscapeView {
             return;
         };
         let key = GridKey {
-            loss: LossKey {
-                def: r.info.def,
-                dtype: r.info.dtype,
-            },
+            loss: r.info.overrides.loss_key(r.info.def, r.info.dtype),
             plane: self.plane_generation,
             view,
             nx: usize::from(map.0).clamp(2, MAX_BATCHED),
@@ -344,7 +341,7 @@ impl LandscapeView {
             self.generation += 1;
             let _ = self.jobs.send(Job::Grid {
                 generation: self.generation,
-                loss: key.loss,
+                loss: key.loss.clone(),
                 plane,
                 spec: GridSpec {
                     x: view.0,
@@ -449,11 +446,14 @@ impl LandscapeView {
     /// and consts, in the same dtype: a variant of another optimizer counts), and where; None
     /// until a map is drawn.
     pub fn best(&self, runs: &[RunView]) -> Option<([f64; 2], f64)> {
-        let drawn = self.drawn?;
+        let drawn = self.drawn.as_ref()?;
         let objective = |def: usize| self.objectives.get(def).copied().unwrap_or(def);
         runs.iter()
             .filter(|r| {
-                objective(r.info.def) == objective(drawn.def) && r.info.dtype == drawn.dtype
+                let key = r.info.overrides.loss_key(r.info.def, r.info.dtype);
+                objective(key.def) == objective(drawn.def)
+                    && key.dtype == drawn.dtype
+                    && key.consts == drawn.consts
             })
             .filter_map(|r| lowest(r.path.iter().copied(), &r.history))
             .min_by(|a, b| a.1.total_cmp(&b.1))

@@ -1,19 +1,20 @@
-//! The Sweep tab's model: a sweep over one or two of the selected run's hyper-parameters (`W`
-//! opens its form, `lr=logspace(1e-4, 1e-1, 9)`), stepped on a thread of its own so the UI and
-//! the file's runs go on; its points fill in as their runs end, the cursor moves over them, and
-//! `enter` adds the one under it as a normal run of the file.
+//! The Sweep tab's model: a sweep over one or two of the selected run's hyper-parameters or the
+//! file's consts (`W` opens its form, `lr=logspace(1e-4, 1e-1, 9) eps=[1e-8, 1e-4]`), stepped
+//! on a thread of its own so the UI and the file's runs go on; its points fill in as their runs
+//! end, the cursor moves over them, and `enter` adds the one under it as a normal run of the
+//! file.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 
 use super::app::Msg;
-use crate::compile::CompiledFile;
+use crate::compile::{CompiledFile, Consts};
 use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture};
-use crate::lang::file::DType;
 use crate::optim::spec::{RawValue, value_list};
 use crate::optim::tricks::ChainSpec;
 use crate::run::sweep::{Ended, Spread, step_points};
+use crate::run::worker::Overrides;
 use crate::run::{Retention, Run, RunRequest};
 
 /// What the sweep thread tells the UI.
@@ -27,11 +28,13 @@ pub enum SweepMsg {
     Failed(String),
 }
 
-/// A swept hyper-parameter and its values.
+/// A swept hyper-parameter or const and its values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Axis {
     pub key: String,
     pub values: Vec<f64>,
+    /// Whether it is a const of the file (else a hyper-parameter of the run's optimizer).
+    pub is_const: bool,
 }
 
 impl Axis {
@@ -43,15 +46,15 @@ impl Axis {
     }
 }
 
-/// A sweep of a file's run: its axes (one or two), each point's chain (the first axis varying
-/// fastest) and how it ended, where the cursor is, and whether it still runs.
+/// A sweep of a file's run: its axes (one or two), each point's optimizer and consts (the
+/// first axis varying fastest) and how it ended, where the cursor is, and whether it still runs.
 pub struct SweepView {
-    /// The run it sweeps (its name, definition and dtype).
+    /// The run it sweeps (its name and definition).
     pub of: String,
     pub def: usize,
-    pub dtype: DType,
     pub axes: Vec<Axis>,
-    pub chains: Vec<ChainSpec>,
+    /// Each point as a run of definition `def` (its optimizer, the run's dtype, its consts).
+    pub points: Vec<Overrides>,
     pub ended: Vec<Option<Ended>>,
     pub cursor: usize,
     pub running: bool,
@@ -66,9 +69,16 @@ pub fn default_form(lr: f64) -> String {
 }
 
 /// The axes a form's text names (`key=values`, one or two, separated by spaces) and every
-/// point's chain: `base` with each key set to its value. Keys are the optimizer's
-/// hyper-parameters; values are lists as `gradscope sweep` takes them.
-pub fn parse_form(text: &str, base: &ChainSpec) -> Result<(Vec<Axis>, Vec<ChainSpec>), String> {
+/// point: `run` (the swept run's optimizer, dtype and consts) with each key set to its value.
+/// A key is a hyper-parameter of the optimizer or one of the file's `consts`; a name that is
+/// both (`eps` of adam and of a loss) must say which, `adam.eps` or `const.eps`. Values are
+/// lists as `gradscope sweep` takes them.
+pub fn parse_form(
+    text: &str,
+    run: &Overrides,
+    consts: &[String],
+) -> Result<(Vec<Axis>, Vec<Overrides>), String> {
+    let base = run.optimizer.as_ref().ok_or("the run has no optimizer")?;
     let mut axes = Vec::new();
     for item in split_items(text) {
         let Some((key, values)) = item.split_once('=') else {
@@ -87,9 +97,11 @@ pub fn parse_form(text: &str, base: &ChainSpec) -> Result<(Vec<Axis>, Vec<ChainS
                     .map_err(|_| format!("`{v}` is not a number"))
             })
             .collect::<Result<Vec<f64>, String>>()?;
+        let (key, is_const) = resolve_key(key, base, consts, values[0])?;
         axes.push(Axis {
-            key: key.to_string(),
+            key,
             values,
+            is_const,
         });
     }
     match axes.len() {
@@ -102,21 +114,70 @@ pub fn parse_form(text: &str, base: &ChainSpec) -> Result<(Vec<Axis>, Vec<ChainS
         n => return Err(format!("{n} keys: the tab sweeps one or two")),
     }
     let sizes: Vec<usize> = axes.iter().map(|a| a.values.len()).collect();
-    let mut chains = Vec::new();
+    let mut points = Vec::new();
     for i in 0..sizes.iter().product::<usize>() {
-        let mut chain = base.clone();
+        let mut point = run.clone();
+        let chain = point.optimizer.get_or_insert_with(|| base.clone());
         let mut rest = i;
         for (axis, &n) in axes.iter().zip(&sizes) {
             let v = axis.values[rest % n];
             rest /= n;
-            chain
-                .base
-                .set(&axis.key, RawValue::Number(v))
-                .map_err(|e| e.message)?;
+            if axis.is_const {
+                point.consts.retain(|(c, _)| *c != axis.key);
+                point.consts.push((axis.key.clone(), v));
+            } else {
+                chain
+                    .base
+                    .set(&axis.key, RawValue::Number(v))
+                    .map_err(|e| e.message)?;
+            }
         }
-        chains.push(chain);
+        points.push(point);
     }
-    Ok((axes, chains))
+    Ok((axes, points))
+}
+
+/// The name `key` sets and whether it is one of the file's `consts` rather than a
+/// hyper-parameter of `chain`'s optimizer (tried with `value`); an error when it names neither
+/// or, unprefixed, both.
+fn resolve_key(
+    key: &str,
+    chain: &ChainSpec,
+    consts: &[String],
+    value: f64,
+) -> Result<(String, bool), String> {
+    let is_const = |name: &str| consts.iter().any(|c| c == name);
+    let optimizer = chain.base.name();
+    if let Some(name) = key.strip_prefix("const.") {
+        return match is_const(name) {
+            true => Ok((name.to_string(), true)),
+            false => Err(format!("the file has no const `{name}`{}", listed(consts))),
+        };
+    }
+    let (name, prefixed) = match key
+        .strip_prefix(optimizer)
+        .and_then(|k| k.strip_prefix('.'))
+    {
+        Some(name) => (name, true),
+        None => (key, false),
+    };
+    match chain.base.clone().set(name, RawValue::Number(value)) {
+        Ok(_) if !prefixed && is_const(name) => Err(format!(
+            "`{name}` is both {optimizer}'s hyper-parameter and a const of the file: \
+             write {optimizer}.{name} or const.{name}"
+        )),
+        Ok(_) => Ok((name.to_string(), false)),
+        Err(_) if !prefixed && is_const(name) => Ok((name.to_string(), true)),
+        Err(e) => Err(format!("{}{}", e.message, listed(consts))),
+    }
+}
+
+/// `; the file's consts: a, b` (empty without consts).
+fn listed(consts: &[String]) -> String {
+    match consts.is_empty() {
+        true => String::new(),
+        false => format!("; the file's consts: {}", consts.join(", ")),
+    }
 }
 
 /// `text`'s items: split at spaces outside brackets and parentheses.
@@ -142,26 +203,25 @@ fn split_items(text: &str) -> Vec<&str> {
 }
 
 impl SweepView {
-    /// Starts the sweep of `chains` over `axes` for the run `of` (definition `def`, `dtype`,
-    /// `steps`) of `compiled` on a thread of its own; what it finds comes to `events` as
-    /// [`Msg::Swept`] tagged `session`.
+    /// Starts the sweep of `points` over `axes` for the run `of` (definition `def`, `steps`)
+    /// of `compiled` on a thread of its own; what it finds comes to `events` as [`Msg::Swept`]
+    /// tagged `session`.
     pub fn start(
         session: u64,
         compiled: CompiledFile,
         of: &str,
-        (def, dtype, steps): (usize, DType, u64),
+        (def, steps): (usize, u64),
         axes: Vec<Axis>,
-        chains: Vec<ChainSpec>,
+        points: Vec<Overrides>,
         events: Sender<Msg>,
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut view = SweepView {
             of: of.to_string(),
             def,
-            dtype,
             axes,
-            ended: vec![None; chains.len()],
-            chains: chains.clone(),
+            ended: vec![None; points.len()],
+            points: points.clone(),
             cursor: 0,
             running: true,
             failed: None,
@@ -172,33 +232,47 @@ impl SweepView {
             .name(format!("sweep:{of}"))
             .spawn(move || {
                 crate::lower_thread_priority(crate::run::worker::NICE);
-                let runs: Result<Vec<Run>, String> = chains
-                    .into_iter()
-                    .map(|chain| {
-                        let mut request =
-                            RunRequest::of(&compiled, def).ok_or("the run's definition is gone")?;
-                        request.name = chain.to_string();
-                        request.settings.optimizer = chain.base;
-                        request.settings.tricks = chain.tricks;
-                        request.settings.steps = steps;
-                        request.dtype = dtype;
-                        request.retention = Retention::Outcome;
-                        Run::new(&compiled, request).map_err(|e| e.to_string())
-                    })
-                    .collect();
-                match runs {
-                    Ok(runs) => {
-                        step_points(&compiled, runs, &stop, |i, e| send(SweepMsg::Ended(i, e)));
-                        send(SweepMsg::Done);
+                // The points of each set of consts share a compiled file (and batch).
+                let mut groups: Vec<(&Consts, Vec<usize>)> = Vec::new();
+                for (i, p) in points.iter().enumerate() {
+                    match groups.iter_mut().find(|(c, _)| **c == p.consts) {
+                        Some((_, members)) => members.push(i),
+                        None => groups.push((&p.consts, vec![i])),
                     }
-                    Err(why) => send(SweepMsg::Failed(why)),
                 }
+                for (consts, members) in groups {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let built = compiled
+                        .recompiled(compiled.file.seed, consts)
+                        .map_err(|d| d.first().map_or_else(String::new, |d| d.headline()))
+                        .and_then(|file| {
+                            let runs = members
+                                .iter()
+                                .map(|&i| point_run(&file, def, steps, &points[i]))
+                                .collect::<Result<Vec<Run>, String>>()?;
+                            Ok((file, runs))
+                        });
+                    match built {
+                        Ok((file, runs)) => step_points(&file, runs, &stop, |i, e| {
+                            send(SweepMsg::Ended(members[i], e))
+                        }),
+                        Err(why) => return send(SweepMsg::Failed(why)),
+                    }
+                }
+                send(SweepMsg::Done);
             });
         if let Err(e) = started {
             view.running = false;
             view.failed = Some(format!("cannot start the sweep thread: {e}"));
         }
         view
+    }
+
+    /// Point `i` as a run of the file.
+    pub fn overrides(&self, i: usize) -> Overrides {
+        self.points[i].clone()
     }
 
     /// Applies what the sweep thread found.
@@ -233,17 +307,53 @@ impl SweepView {
         self.cursor = y * n0 + x;
     }
 
-    /// The point with the lowest final loss among those that ended without halting.
-    pub fn best(&self) -> Option<usize> {
-        self.ended
+    /// The points with the lowest final loss among those that ended without halting: one, or
+    /// one for each value of a swept const (each minimises its own objective, so losses are
+    /// compared only along the other key), none when every key is a const.
+    pub fn bests(&self) -> Vec<usize> {
+        if self.axes.iter().all(|a| a.is_const) {
+            return Vec::new();
+        }
+        let objective = |i: usize| -> Vec<u64> {
+            let values = self.values(i);
+            let consts = self.axes.iter().zip(values).filter(|(a, _)| a.is_const);
+            consts.map(|(_, v)| v.to_bits()).collect()
+        };
+        let mut bests: Vec<(Vec<u64>, usize, f64)> = Vec::new();
+        for (i, e) in self.ended.iter().enumerate() {
+            let Some(e) = e.filter(|e| e.halted_at.is_none() && e.final_loss.is_finite()) else {
+                continue;
+            };
+            let key = objective(i);
+            match bests.iter_mut().find(|(k, ..)| *k == key) {
+                Some(b) if e.final_loss < b.2 => (b.1, b.2) = (i, e.final_loss),
+                Some(_) => {}
+                None => bests.push((key, i, e.final_loss)),
+            }
+        }
+        bests.into_iter().map(|(_, i, _)| i).collect()
+    }
+
+    /// What the tab says when a const is swept: its points minimise different objectives.
+    pub fn objectives_note(&self) -> Option<String> {
+        let consts: Vec<&str> = self
+            .axes
             .iter()
-            .enumerate()
-            .filter_map(|(i, e)| {
-                e.filter(|e| e.halted_at.is_none() && e.final_loss.is_finite())
-                    .map(|e| (i, e.final_loss))
-            })
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i)
+            .filter(|a| a.is_const)
+            .map(|a| a.key.as_str())
+            .collect();
+        let other = self.axes.iter().find(|a| !a.is_const);
+        match (consts.first(), other) {
+            (None, _) => None,
+            (Some(c), Some(o)) => Some(format!(
+                "{c} changes the objective: ★ best {} per {c}",
+                o.key
+            )),
+            (Some(_), None) => Some(format!(
+                "{} changes the objective: points not ranked",
+                consts.join(" and ")
+            )),
+        }
     }
 
     /// Its picture as `gradscope sweep --out` draws one (the points ended so far): a line over
@@ -299,6 +409,27 @@ impl SweepView {
             })
             .collect()
     }
+}
+
+/// The run of `point` (definition `def` of `file`, `steps` long), keeping only its outcome.
+fn point_run(
+    file: &CompiledFile,
+    def: usize,
+    steps: u64,
+    point: &Overrides,
+) -> Result<Run, String> {
+    let mut request = RunRequest::of(file, def).ok_or("the run's definition is gone")?;
+    if let Some(chain) = point.optimizer.clone() {
+        request.name = chain.to_string();
+        request.settings.optimizer = chain.base;
+        request.settings.tricks = chain.tricks;
+    }
+    if let Some(dtype) = point.dtype {
+        request.dtype = dtype;
+    }
+    request.settings.steps = steps;
+    request.retention = Retention::Outcome;
+    Run::new(file, request).map_err(|e| e.to_string())
 }
 
 impl Drop for SweepView {

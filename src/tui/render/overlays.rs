@@ -266,24 +266,36 @@ const DIALOG_WIDTH: u16 = 60;
 
 /// A dialog's text field, its error if any (whole, wrapped at spaces to `width` columns), and
 /// what its keys do.
-fn field(
-    text: &LineEdit,
-    error: Option<&str>,
-    keys: &'static str,
-    width: usize,
-) -> Vec<Line<'static>> {
+fn field(text: &LineEdit, error: Option<&str>, keys: &str, width: usize) -> Vec<Line<'static>> {
+    let wrapped = |t: &str, color| {
+        let chars: Vec<char> = t.chars().collect();
+        wrap(t, width)
+            .into_iter()
+            .map(move |r| Line::styled(chars[r].iter().collect::<String>(), Style::new().fg(color)))
+    };
     let mut l = vec![Line::from(text.with_cursor()), Line::from("")];
     if let Some(e) = error {
-        let chars: Vec<char> = e.chars().collect();
-        l.extend(wrap(e, width).into_iter().map(|r| {
-            Line::styled(
-                chars[r].iter().collect::<String>(),
-                Style::new().fg(Color::Red),
-            )
-        }));
+        l.extend(wrapped(e, Color::Red));
     }
-    l.push(Line::styled(keys, Style::new().fg(Color::DarkGray)));
+    l.extend(wrapped(keys, Color::DarkGray));
     l
+}
+
+/// The sweep form's examples: a hyper-parameter, and the file's consts when it has any.
+fn sweep_hint(app: &App) -> String {
+    let consts = app
+        .file()
+        .and_then(|f| f.compiled.as_ref())
+        .map(|c| c.const_names())
+        .unwrap_or_default();
+    let consts = match consts.first() {
+        None => "beta1=[0.8, 0.9]".to_string(),
+        Some(c) => format!(
+            "const.{c}=[a, b] (the file's consts: {})",
+            consts.join(", ")
+        ),
+    };
+    format!("lr=logspace(lo, hi, n) · {consts} · enter starts · esc cancels")
 }
 
 /// The open dialog.
@@ -310,12 +322,7 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
         ),
         Popup::Sweep { text, error } => (
             "Sweep the selected run: key=values (one or two)",
-            field(
-                text,
-                error.as_deref(),
-                "lr=logspace(lo, hi, n) · beta1=[0.8, 0.9] · enter starts · esc cancels",
-                inner,
-            ),
+            field(text, error.as_deref(), &sweep_hint(app), inner),
             None,
         ),
         Popup::Smoothing { text, error } => (

@@ -40,7 +40,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     f.render_widget(block, area);
     match view.axes.len() {
         1 => {
-            let rows = (view.ended.len() as u16 + 1).min(inner.height / 2);
+            let rows = (view.ended.len() as u16 + 2).min(inner.height / 2);
             let [chart, list] =
                 Layout::vertical([Constraint::Min(4), Constraint::Length(rows)]).areas(inner);
             curve(f, view, chart);
@@ -129,14 +129,14 @@ fn curve(f: &mut Frame, view: &SweepView, area: Rect) {
 /// One line a point: its value and final loss (or why it has none), the cursor's highlighted,
 /// the best starred.
 fn point_lines(view: &SweepView) -> Vec<Line<'static>> {
-    let best = view.best();
+    let bests = view.bests();
     let key = &view.axes[0].key;
-    view.axes[0]
+    let mut lines: Vec<Line<'static>> = view.axes[0]
         .values
         .iter()
         .enumerate()
         .map(|(i, &v)| {
-            let star = if best == Some(i) { "★" } else { " " };
+            let star = if bests.contains(&i) { "★" } else { " " };
             let text = format!(
                 "{star} {key} {:<10} {}",
                 fmt_short(v),
@@ -144,7 +144,15 @@ fn point_lines(view: &SweepView) -> Vec<Line<'static>> {
             );
             cell_style(view, i, Line::from(text))
         })
-        .collect()
+        .collect();
+    lines.extend(note(view));
+    lines
+}
+
+/// The note on objectives, dimmed, when a const is swept.
+fn note(view: &SweepView) -> Option<Line<'static>> {
+    let text = view.objectives_note()?;
+    Some(Line::styled(text, Style::new().fg(Color::DarkGray)))
 }
 
 /// The cursor's point reversed.
@@ -167,7 +175,7 @@ fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
         .filter(|l| l.is_finite())
         .collect();
     let [lo, hi] = bounds(losses.iter().copied());
-    let best = view.best();
+    let bests = view.bests();
     let mut lines = vec![Line::from(format!(
         "{:>WIDTH$} {}",
         format!("{} \\ {}", b.key, a.key),
@@ -182,7 +190,7 @@ fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
         for x in 0..a.values.len() {
             let i = y * a.values.len() + x;
             let e = view.ended[i];
-            let text = match best == Some(i) {
+            let text = match bests.contains(&i) {
                 true => format!("★{:>w$}", outcome(e), w = WIDTH - 1),
                 false => format!("{:>WIDTH$}", outcome(e)),
             };
@@ -208,5 +216,10 @@ fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
         }
         lines.push(Line::from(spans));
     }
+    lines.extend(
+        note(view)
+            .map(|n| vec![Line::from(""), n])
+            .unwrap_or_default(),
+    );
     lines
 }
