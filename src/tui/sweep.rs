@@ -87,7 +87,7 @@ pub fn parse_form(
             ));
         };
         let (key, values) = (key.trim(), values.trim());
-        let values = value_list(values).map_err(|e| e.message)?.ok_or_else(|| {
+        let values = value_list(values).map_err(|e| e.to_string())?.ok_or_else(|| {
             format!("`{key}={values}` is one value: give a list, [a, b] or logspace(lo, hi, n)")
         })?;
         let values = values
@@ -129,7 +129,7 @@ pub fn parse_form(
                 chain
                     .base
                     .set(&axis.key, RawValue::Number(v))
-                    .map_err(|e| e.message)?;
+                    .map_err(|e| e.to_string())?;
             }
         }
         points.push(point);
@@ -168,7 +168,7 @@ fn resolve_key(
         )),
         Ok(_) => Ok((name.to_string(), false)),
         Err(_) if !prefixed && is_const(name) => Ok((name.to_string(), true)),
-        Err(e) => Err(format!("{}{}", e.message, listed(consts))),
+        Err(e) => Err(format!("{e}{}", listed(consts))),
     }
 }
 
