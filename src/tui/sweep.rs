@@ -87,9 +87,11 @@ pub fn parse_form(
             ));
         };
         let (key, values) = (key.trim(), values.trim());
-        let values = value_list(values).map_err(|e| e.to_string())?.ok_or_else(|| {
-            format!("`{key}={values}` is one value: give a list, [a, b] or logspace(lo, hi, n)")
-        })?;
+        let values = value_list(values)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!("`{key}={values}` is one value: give a list, [a, b] or logspace(lo, hi, n)")
+            })?;
         let values = values
             .iter()
             .map(|v| {
