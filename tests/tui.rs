@@ -2456,16 +2456,7 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     assert!(app.popup.is_none());
     assert_eq!(app.tab, Tab::Sweep);
     // The points fill in as their runs end, on the sweep's own thread.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while app.session().unwrap().sweep.as_ref().unwrap().running {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweep never ended"
-        );
-        if let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
-            app.handle(m);
-        }
-    }
+    finish_sweep(&mut app, &rx);
     let view = app.session().unwrap().sweep.as_ref().unwrap();
     assert!(view.ended.iter().all(Option::is_some));
     // Each point ended where the same run stepped alone ends.
