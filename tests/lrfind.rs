@@ -103,10 +103,23 @@ fn a_loss_going_negative_stops_only_once_it_rises_3x_its_drop() {
 fn a_nonfinite_loss_stops_the_test() {
     let mut curve = Curve::new();
     assert_eq!(curve.push(1e-3, 2.0), None);
-    assert_eq!(curve.push(1e-2, f64::INFINITY), Some(Stop::NonFinite));
-    assert!(curve.points[1].smoothed.is_nan());
+    assert_eq!(curve.push(1e-2, 1.0), None);
+    assert_eq!(curve.push(1e-1, f64::INFINITY), Some(Stop::NonFinite));
+    assert!(curve.points[2].smoothed.is_nan());
     // The suggestions read only the finite points.
-    assert_eq!(curve.min_tenth(), Some(1e-4));
+    assert_eq!(curve.min_tenth(), Some(1e-3));
+    assert_eq!(curve.steepest(), Some(1e-3));
+}
+
+#[test]
+fn a_loss_that_never_falls_suggests_no_lr() {
+    // The lowest loss is where the test started: a tenth of its lr was never tried.
+    let mut curve = Curve::new();
+    for (lr, loss) in [(1e-7, 1.0), (1e-6, 1.5), (1e-5, 2.0)] {
+        curve.push(lr, loss);
+    }
+    assert_eq!(curve.min_tenth(), None);
+    assert_eq!(curve.steepest(), None);
 }
 
 #[test]

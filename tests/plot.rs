@@ -42,6 +42,7 @@ fn landscape(n: usize) -> PlotLandscape {
         scale,
         optimum: Some([1.0, 1.0]),
         labels: ["x".into(), "y".into()],
+        cells: false,
     }
 }
 

@@ -238,7 +238,7 @@ fn an_unknown_const_is_a_diagnostic_with_the_closest_name() {
 
 #[test]
 fn malformed_lists_are_diagnostics_not_panics() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["-o", "adam(lr=logspace(0, 1e-1, 3))"],
             "needs lo and hi above 0",
@@ -256,6 +256,35 @@ fn malformed_lists_are_diagnostics_not_panics() {
             "takes three values",
         ),
         (&["--const", "eps"], "is not `K=VALUES`"),
+        // A key given twice: which value was meant is not for us to guess.
+        (
+            &["-o", "adam(lr=[1e-3, 0.1], lr=[1, 2])"],
+            "`lr` is given twice",
+        ),
+        (
+            &["--const", "eps=[1e-3, 1e-2]", "--const", "eps=[1, 2]"],
+            "`eps` is given twice",
+        ),
+        // Counted before anything is made, whatever multiplies the points.
+        (
+            &["-o", "adam(lr=[0.1, 1])", "--seeds", "100000000000"],
+            "this sweep makes 200000000000 runs, more than 10000",
+        ),
+        (
+            &[
+                "-o",
+                "adam(lr=logspace(1e-4, 1e-1, 10000))",
+                "--const",
+                "eps=logspace(1e-8, 1e-2, 10000)",
+            ],
+            "makes 100000000 runs",
+        ),
+        (&["--seeds", "0"], "seeds must be positive"),
+        (&["--rank-by", "accuracy"], "this file has no [metrics]"),
+        (
+            &["-o", "adam(lr=[0.1, 1])", "--out", "no-such-folder/s.svg"],
+            "no folder no-such-folder",
+        ),
     ];
     for (args, message) in cases {
         let mut all = vec!["sweep", "losses/robust_log_mse.toml", "--steps", "2"];
@@ -389,12 +418,12 @@ fn sweep_svg(args: &[&str], name: &str) -> Vec<String> {
     let args = sweep_args(args);
     let file = compiled(args.file.to_str().unwrap());
     let grid = build_grid(&args, &file).unwrap();
-    let groups = grid.groups.clone();
+    let (groups, consts) = (grid.groups.clone(), grid.consts.clone());
     let points = drive_grid(grid, || std::ops::ControlFlow::Continue(())).unwrap();
     let rows = rows(&points, &RankBy::Loss).unwrap();
     let picture = SweepPicture {
         title: file.file.name.clone(),
-        chart: sweep_chart(&points, &rows, &groups).unwrap(),
+        chart: sweep_chart(&points, &rows, &groups, &consts).unwrap(),
     };
     let dir = std::env::temp_dir().join(format!("gradscope-sweep-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -500,6 +529,30 @@ fn two_swept_numbers_make_a_heat_map_naming_both() {
     for name in ["lr (log)", "beta1", "best", "log"] {
         assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
     }
+    assert_eq!(texts.iter().filter(|t| *t == "best").count(), 1);
+    // A swept const makes each of its values an objective of its own: a best for each.
+    let texts = sweep_svg(
+        &[
+            "losses/robust_log_mse.toml",
+            "-o",
+            "adam(lr=[0.003, 0.01])",
+            "--const",
+            "eps=logspace(1e-8, 1e-2, 4)",
+            "--steps",
+            "20",
+        ],
+        "heat-const",
+    );
+    assert_eq!(
+        texts.iter().filter(|t| *t == "best").count(),
+        4,
+        "{texts:?}"
+    );
+    // Two lrs are two cells in order, not an axis reaching below 0.
+    for name in ["0.003", "0.01", "eps (log)"] {
+        assert!(texts.iter().any(|t| t == name), "no `{name}` in {texts:?}");
+    }
+    assert!(!texts.iter().any(|t| t == "0"), "{texts:?}");
     assert!(!texts.iter().any(|t| t == "diverged"), "{texts:?}");
 
     let file = diverging_quadratic("heat");

@@ -2437,8 +2437,12 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     let Some(Popup::Sweep { text, .. }) = &app.popup else {
         panic!("the sweep form: {:?}", app.popup);
     };
-    // Nine lrs around the base run's 0.01.
-    assert_eq!(text.text(), "lr=logspace(3.33e-4, 0.3, 9)");
+    // Nine lrs around the base run's 0.01, half a decade apart.
+    assert_eq!(text.text(), "lr=logspace(0.0001, 1, 9)");
+    assert_eq!(
+        gradscope::tui::sweep::default_form(0.003),
+        "lr=logspace(0.00003, 0.3, 9)"
+    );
     // A malformed form says why and stays open.
     for c in " x".chars() {
         press(&mut app, KeyCode::Char(c));
@@ -2483,7 +2487,7 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     let t = draw(&app, 200, 60);
     let screen = rows(&t).join("\n");
     assert!(
-        screen.contains("Sweep of base over lr · 9/9 ended"),
+        screen.contains("base over lr · 9/9 · enter adds · esc closes"),
         "{screen}"
     );
     assert!(screen.contains("★ lr"), "{screen}");
@@ -2575,9 +2579,14 @@ fn a_sweep_form_names_one_or_two_keys_with_lists() {
     for (text, why) in [
         ("lr=0.1", "one value"),
         ("", "name a hyper-parameter"),
-        ("momentum=[0.9, 0.5]", "the file's consts: eps, k"),
+        ("momentum=[0.9, 0.5]", "nor a const of the file (eps, k)"),
         ("const.lr=[0.9, 0.5]", "no const `lr`"),
         ("eps=[1e-8, 1e-6]", "write adam.eps or const.eps"),
+        ("lr=[0.01, 0.1] adam.lr=[1, 2]", "`lr` is given twice"),
+        (
+            "lr=logspace(1e-4, 1e-1, 10000) beta1=linspace(0.1, 0.9, 10000)",
+            "10000 × 10000 points: at most 10000",
+        ),
         ("lr=[1] beta1=[0.9] beta2=[0.99]", "3 keys"),
         ("lr=logspace(0, 1, 3)", "logspace"),
     ] {
@@ -2672,7 +2681,10 @@ fn w_sweeps_a_const_of_the_file_and_enter_adds_its_point_as_a_run_with_that_cons
         );
     }
     let screen = rows(&draw(&app, 200, 60)).join("\n");
-    assert!(screen.contains("over eps × lr · 6/6 ended"), "{screen}");
+    assert!(
+        screen.contains("over eps × lr · 6/6 · enter adds"),
+        "{screen}"
+    );
     // Enter on eps = 0.1, lr = 0.05 adds it as a run of the file that keeps eps = 0.1: it
     // steps as that run alone does.
     press(&mut app, KeyCode::Right);
@@ -2742,7 +2754,10 @@ fn snapshot_sweep_tab_form_and_live_fill() {
     typed(&mut app, "W");
     snapshot("sweep_form", &draw(&app, 120, 36));
     submit_form(&mut app, "lr=logspace(1e-3, 1e-1, 5)");
-    let session = app.session().unwrap().id;
+    let (session, sweep) = (
+        app.session().unwrap().id,
+        app.session().unwrap().sweep.as_ref().unwrap().id,
+    );
     let ended = |loss: f64, halted_at| Ended {
         final_loss: loss,
         halted_at,
@@ -2752,25 +2767,29 @@ fn snapshot_sweep_tab_form_and_live_fill() {
         (1, ended(0.75, None)),
         (3, ended(f64::NAN, Some(12))),
     ] {
-        app.handle(Msg::Swept(session, SweepMsg::Ended(i, e)));
+        app.handle(Msg::Swept(session, sweep, SweepMsg::Ended(i, e)));
     }
     press(&mut app, KeyCode::Right);
     let t = draw(&app, 120, 36);
     let screen = rows(&t).join("\n");
-    assert!(screen.contains("3/5 ended · esc stops"), "{screen}");
+    assert!(screen.contains("3/5 · enter adds · esc stops"), "{screen}");
     snapshot("sweep_tab_live_one_key", &t);
     // Over two keys the points are a heat map.
     press(&mut app, KeyCode::Esc);
     press(&mut app, KeyCode::Esc);
     typed(&mut app, "W");
     submit_form(&mut app, "lr=[0.01, 0.1] const.eps=[1e-6, 1e-3, 0.1]");
-    let session = app.session().unwrap().id;
+    // What the first sweep's thread still says is not the second's.
+    app.handle(Msg::Swept(session, sweep, SweepMsg::Done));
+    let view = app.session().unwrap().sweep.as_ref().unwrap();
+    assert!(view.running && view.id != sweep);
+    let sweep = view.id;
     for (i, e) in [
         (0, ended(0.5, None)),
         (2, ended(0.125, None)),
         (5, ended(3.0, None)),
     ] {
-        app.handle(Msg::Swept(session, SweepMsg::Ended(i, e)));
+        app.handle(Msg::Swept(session, sweep, SweepMsg::Ended(i, e)));
     }
     snapshot("sweep_tab_live_two_keys", &draw(&app, 120, 36));
 }

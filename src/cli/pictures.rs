@@ -328,6 +328,7 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
                 minimum: l.minimum,
                 labels: l.plane.labels.clone(),
                 grid: l.grid,
+                cells: false,
             })
         }),
     };

@@ -63,13 +63,18 @@ pub struct RunOptions {
 
 /// `--steps`: a whole number of at least 1.
 pub(super) fn positive_steps(text: &str) -> Result<u64, String> {
+    positive("steps", text)
+}
+
+/// A count of `what` of 1 or more, said so when it is not.
+pub(super) fn positive(what: &str, text: &str) -> Result<u64, String> {
     match text.parse::<i128>() {
         Ok(n) if n >= 1 => {
-            u64::try_from(n).map_err(|_| format!("steps must be at most {}", u64::MAX))
+            u64::try_from(n).map_err(|_| format!("{what} must be at most {}", u64::MAX))
         }
-        Ok(_) => Err("steps must be positive (1 or more)".into()),
+        Ok(_) => Err(format!("{what} must be positive (1 or more)")),
         Err(_) => Err(format!(
-            "steps must be a positive whole number, not `{text}`"
+            "{what} must be a positive whole number, not `{text}`"
         )),
     }
 }

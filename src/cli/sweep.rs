@@ -17,7 +17,7 @@ use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture, save
 use crate::format::fmt_num;
 use crate::lang::file::DType;
 use crate::load;
-use crate::optim::spec::{SettingError, value_list};
+use crate::optim::spec::{LIST_MAX, SettingError, value_list};
 use crate::optim::tricks::expand_chain;
 use crate::run::Retention;
 use crate::run::summary::{best_cell, step_cell};
@@ -48,7 +48,7 @@ pub struct SweepArgs {
     pub steps: Option<u64>,
     /// Runs a grid point with the file's seed, seed+1, ... (its random data and initial params
     /// drawn again) and reports the median and range over them.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = |t: &str| super::run::positive("seeds", t))]
     pub seeds: u64,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
@@ -83,6 +83,12 @@ pub enum SweepError {
     /// The sweep has no shape a picture draws.
     #[error("--out draws final loss against one or two swept numbers: {0}")]
     Picture(String),
+    /// The sweep would make more runs than a value list may (seeds, consts, variants and
+    /// dtypes multiply its `-o` points).
+    #[error(
+        "this sweep makes {0} runs, more than {LIST_MAX}: sweep fewer values, seeds or variants at once"
+    )]
+    TooMany(String),
 }
 
 impl From<RunsError> for SweepError {
@@ -161,12 +167,37 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
         .iter()
         .map(|c| parse_const(c))
         .collect::<Result<_, _>>()?;
-    let combos = product(&consts.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+    for (i, (name, _)) in consts.iter().enumerate() {
+        if consts[..i].iter().any(|(n, _)| n == name) {
+            return Err(SweepError::Const {
+                text: args.consts[i].clone(),
+                error: crate::optim::spec::twice(name),
+            });
+        }
+    }
     let defs = select(compiled, args.variant.as_deref(), false)?;
     let dtypes: Vec<Option<DType>> = match args.dtype.is_empty() {
         true => vec![None],
         false => args.dtype.iter().copied().map(Some).collect(),
     };
+    // Counted before anything is made: a typo in one list must not fill the memory.
+    let runs = [
+        chains.iter().map(Vec::len).sum::<usize>(),
+        defs.len(),
+        dtypes.len(),
+        usize::try_from(args.seeds).unwrap_or(usize::MAX),
+    ]
+    .into_iter()
+    .chain(consts.iter().map(|(_, v)| v.len()))
+    .try_fold(1usize, usize::checked_mul);
+    match runs {
+        Some(n) if n <= LIST_MAX => {}
+        n => {
+            let n = n.map_or_else(|| "over 10^19".to_string(), |n| n.to_string());
+            return Err(SweepError::TooMany(n));
+        }
+    }
+    let combos = product(&consts.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
     let own_objective = |&d: &usize| {
         d > 0 && {
             let v = &compiled.file.variants[d - 1];
@@ -258,6 +289,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
         files,
         groups,
         mixed_objectives,
+        consts: consts.into_iter().map(|(name, _)| name).collect(),
     })
 }
 
@@ -281,7 +313,14 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     let grid = build_grid(args, &compiled)?;
     if let Some(out) = &args.out {
         picture_format(out)?;
-        sweep_chart(&grid.points, &[], &grid.groups)?;
+        sweep_chart(&grid.points, &[], &grid.groups, &grid.consts)?;
+        // Found now, not after the whole sweep has run.
+        if let Some(dir) = out
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            anyhow::bail!("--out {}: no folder {}", out.display(), dir.display());
+        }
     }
     let rank_by = args.rank_by.as_deref().map_or(RankBy::Loss, RankBy::parse);
     if let RankBy::Metric { name, .. } = &rank_by {
@@ -299,7 +338,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
             .into());
         }
     }
-    let groups = grid.groups.clone();
+    let (groups, consts) = (grid.groups.clone(), grid.consts.clone());
     let mixed = grid.mixed_objectives;
     let total: u64 = grid
         .files
@@ -377,7 +416,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
             .map_or(String::new(), |n| format!(" after {n} steps"));
         let picture = SweepPicture {
             title: format!("{}: final loss{steps}{seeds}", compiled.file.name),
-            chart: sweep_chart(&points, &rows, &groups)?,
+            chart: sweep_chart(&points, &rows, &groups, &consts)?,
         };
         save_sweep(&picture, path)?;
         eprintln!("wrote {}", path.display());
@@ -409,6 +448,7 @@ pub fn sweep_chart(
     points: &[Point],
     rows: &[Row],
     groups: &[String],
+    consts: &[String],
 ) -> Result<SweepChart, SweepError> {
     let value = |p: &Point, axis: &str| -> Option<f64> {
         let (_, v) = p.axes.iter().find(|(a, _)| a == axis)?;
@@ -494,6 +534,7 @@ pub fn sweep_chart(
                 })
                 .collect();
             Ok(SweepChart::Heat {
+                consts: [x, y].map(|a| consts.contains(a)),
                 axes: [x.clone(), y.clone()],
                 values,
                 cells,

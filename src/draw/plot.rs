@@ -56,6 +56,9 @@ pub struct PlotLandscape {
     /// The file's known optimum in plane coordinates (its `optimum` key), marked apart from the
     /// grid's minimum.
     pub optimum: Option<[f64; 2]>,
+    /// Whether each cell is its own point (a sweep's): drawn flat in its colour, without
+    /// contours, where a landscape's samples of one surface are interpolated.
+    pub cells: bool,
 }
 
 /// Why a picture could not be written.
@@ -444,7 +447,9 @@ where
         let (x, y) = coords.translate(p);
         (x - bx, y - by)
     };
-    draw_contours(area, landscape, &to_area)?;
+    if !landscape.cells {
+        draw_contours(area, landscape, &to_area)?;
+    }
     let inside = |p: &[f64; 2]| {
         (spec.x.0..=spec.x.1).contains(&p[0]) && (spec.y.0..=spec.y.1).contains(&p[1])
     };
@@ -627,10 +632,15 @@ fn shade(landscape: &PlotLandscape, (w, h): (u32, u32)) -> Vec<u8> {
         let y = spec.y.1 - (f64::from(py) + 0.5) / f64::from(h) * (spec.y.1 - spec.y.0);
         for px in 0..w {
             let x = spec.x.0 + (f64::from(px) + 0.5) / f64::from(w) * (spec.x.1 - spec.x.0);
-            let rgb = landscape
-                .grid
-                .interpolate([x, y])
-                .map_or([255; 3], |v| landscape.scale.smooth_rgb(v));
+            let grid = &landscape.grid;
+            let value = match landscape.cells {
+                true => grid
+                    .spec
+                    .cell([x, y])
+                    .and_then(|(i, j)| grid.values[j * spec.nx + i]),
+                false => grid.interpolate([x, y]),
+            };
+            let rgb = value.map_or([255; 3], |v| landscape.scale.smooth_rgb(v));
             pixels.extend_from_slice(&rgb);
         }
     }

@@ -29,12 +29,14 @@ pub struct SweepPicture {
 pub enum SweepChart {
     /// The swept key and a line per optimizer or variant.
     Lines { axis: String, lines: Vec<SweepLine> },
-    /// The swept keys (x, y), their values in order, and each cell's `(x index, y index)`
-    /// and outcome.
+    /// The swept keys (x, y), their values in order, each cell's `(x index, y index)` and
+    /// outcome, and which keys are consts of the loss: each of their values is an objective of
+    /// its own, so the best is marked per value of a const (and not at all over two).
     Heat {
         axes: [String; 2],
         values: [Vec<f64>; 2],
         cells: Vec<((usize, usize), SweepOutcome)>,
+        consts: [bool; 2],
     },
 }
 
@@ -77,7 +79,8 @@ impl Picture for SweepPicture {
                 axes,
                 values,
                 cells,
-            } => draw_heat(&body, axes, values, cells),
+                consts,
+            } => draw_heat(&body, axes, values, cells, *consts),
         }
     }
 }
@@ -361,10 +364,12 @@ impl<'a> CellAxis<'a> {
     fn new(values: &'a [f64]) -> Self {
         let axis = Axis::fit(values.iter().copied(), 10.0);
         let tolerance = 1e-6 * (axis.hi - axis.lo).abs();
-        let even = values.windows(3).all(|w| {
-            let [a, b, c] = [w[0], w[1], w[2]].map(|v| axis.to(v));
-            ((c - b) - (b - a)).abs() <= tolerance
-        });
+        // Two values are cells in order: half a cell beyond them could be a negative lr.
+        let even = values.len() > 2
+            && values.windows(3).all(|w| {
+                let [a, b, c] = [w[0], w[1], w[2]].map(|v| axis.to(v));
+                ((c - b) - (b - a)).abs() <= tolerance
+            });
         CellAxis { axis, values, even }
     }
 
@@ -405,14 +410,15 @@ impl<'a> CellAxis<'a> {
     }
 }
 
-/// Final loss over two swept values: the cells shaded (interpolated between their centres,
-/// on a log colour scale when every loss is positive), failed cells in the non-finite colour
-/// and crossed, the best cell marked and named.
+/// Final loss over two swept values: each cell flat in its colour (on a log colour scale when
+/// every loss is positive), failed cells in the non-finite colour and crossed, the best cell
+/// marked and named (per value of a const axis).
 fn draw_heat<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     axes: &[String; 2],
     values: &[Vec<f64>; 2],
     cells: &[((usize, usize), SweepOutcome)],
+    consts: [bool; 2],
 ) -> DrawResult
 where
     DB::ErrorType: 'static,
@@ -444,13 +450,17 @@ where
     let Some(scale) = ColorScale::fit(grid.finite(), Some(positive)) else {
         return Err("no point of the sweep finished".into());
     };
-    let best = grid.min().map(|(_, p)| p);
+    let bests: Vec<[f64; 2]> = best_cells(cells, consts)
+        .into_iter()
+        .map(|(i, j)| spec.coord(i, j))
+        .collect();
     let landscape = PlotLandscape {
         grid,
         scale,
         labels: [x.desc(&axes[0]), y.desc(&axes[1])],
-        minimum: best,
+        minimum: None,
         optimum: None,
+        cells: true,
     };
     let nonfinite = match failed {
         [true, true] => "diverged/halted",
@@ -475,8 +485,39 @@ where
             ))?;
         }
     }
-    if let Some([bx, by]) = best {
-        name_points(area, &[(placed.to_area(&(bx, by)), "best")], placed.plot)?;
+    let named: Vec<_> = bests
+        .iter()
+        .map(|&[bx, by]| (placed.to_area(&(bx, by)), "best"))
+        .collect();
+    for &((px, py), _) in &named {
+        let ring = WHITE.stroke_width(3);
+        area.draw(&Circle::new((px, py), 7, ring))?;
+        area.draw(&Circle::new((px, py), 7, BLACK.stroke_width(1)))?;
     }
+    name_points(area, &named, placed.plot)?;
     Ok(())
+}
+
+/// The cells marked best: the lowest final loss, over all cells or, with a const axis, for
+/// each value of it; none when both axes are consts (no two cells share an objective).
+fn best_cells(cells: &[((usize, usize), SweepOutcome)], consts: [bool; 2]) -> Vec<(usize, usize)> {
+    if consts == [true, true] {
+        return Vec::new();
+    }
+    let objective = |(i, j): (usize, usize)| (consts[0].then_some(i), consts[1].then_some(j));
+    let mut bests: Vec<((usize, usize), f64)> = Vec::new();
+    for &(cell, outcome) in cells {
+        let SweepOutcome::Loss(s) = outcome else {
+            continue;
+        };
+        match bests
+            .iter_mut()
+            .find(|(c, _)| objective(*c) == objective(cell))
+        {
+            Some(b) if s.median < b.1 => *b = (cell, s.median),
+            Some(_) => {}
+            None => bests.push((cell, s.median)),
+        }
+    }
+    bests.into_iter().map(|(c, _)| c).collect()
 }

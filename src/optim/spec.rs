@@ -1305,20 +1305,34 @@ pub(super) fn split_call(text: &str) -> Result<(&str, &str), SettingError> {
 }
 
 /// The `key=value` arguments of a call's `args` in order, each value typed ([`typed_value`]);
-/// an Err (with `example` as its help) for a part that is not `key=value`.
+/// an Err (with `example` as its help) for a part that is not `key=value`, and for a key given
+/// twice (which value was meant is not for us to guess).
 pub(super) fn arguments<'a>(
     args: &'a str,
     example: &'static str,
 ) -> impl Iterator<Item = Result<(&'a str, RawValue<'a>), SettingError>> {
+    let mut seen = Vec::new();
     split_top_level(args)
         .filter(|p| !p.is_empty())
         .map(move |part| match part.split_once('=') {
-            Some((key, value)) => Ok((key.trim(), typed_value(value.trim()))),
+            Some((key, _)) if seen.contains(&key.trim()) => Err(twice(key.trim())),
+            Some((key, value)) => {
+                seen.push(key.trim());
+                Ok((key.trim(), typed_value(value.trim())))
+            }
             None => Err(SettingError {
                 message: format!("`{part}` is not `key=value`"),
                 help: Some(example.into()),
             }),
         })
+}
+
+/// A key given twice in one call, a sweep's form or its `--const`s.
+pub fn twice(key: &str) -> SettingError {
+    SettingError {
+        message: format!("`{key}` is given twice"),
+        help: Some(format!("give `{key}` once (a list of values sweeps it)")),
+    }
 }
 
 /// A written value: `true`/`false`, a number, or a word.

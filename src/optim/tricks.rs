@@ -430,6 +430,9 @@ pub fn expand_chain(text: &str) -> Result<Vec<ChainPoint>, SettingError> {
                 continue;
             };
             let (key, value) = (key.trim(), value.trim());
+            if keyed.iter().any(|(k, ..)| k.as_str() == key) {
+                return Err(super::spec::twice(key));
+            }
             let (axis, values) = match value_list(value)? {
                 Some(values) => (
                     Some(match p {
@@ -635,6 +638,19 @@ impl FromStr for ChainOverride {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_an_error_not_the_last_value() {
+        for text in [
+            "adam(lr=0.1, lr=1)",
+            "sgd(lr=0.1) + agc(clipping=0.05, clipping=0.1)",
+        ] {
+            let e = ChainSpec::parse(text).unwrap_err();
+            assert!(e.message.contains("is given twice"), "{text}: {e}");
+        }
+        let e = expand_chain("adam(lr=[0.1, 1], lr=[1, 2])").unwrap_err();
+        assert_eq!(e.message, "`lr` is given twice");
+    }
 
     #[test]
     fn a_chain_with_lists_expands_to_the_cartesian_product() {

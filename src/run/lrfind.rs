@@ -190,9 +190,14 @@ impl Curve {
             .map(|(lr, _)| lr)
     }
 
-    /// The lr of the lowest smoothed loss, divided by 10 (fastai's `minimum`).
+    /// The lr of the lowest smoothed loss, divided by 10 (fastai's `minimum`); None when the
+    /// lowest is where the test started (the loss never fell: a tenth of it would be an lr the
+    /// test never tried).
     pub fn min_tenth(&self) -> Option<f64> {
-        self.min().map(|p| p.lr / 10.0)
+        let first = self.finite().next()?;
+        self.min()
+            .filter(|p| !std::ptr::eq(*p, first))
+            .map(|p| p.lr / 10.0)
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Grid {
     /// Whether points minimise different objectives (consts or variants with their own loss
     /// or consts), so that ranking them by loss compares unlike numbers.
     pub mixed_objectives: bool,
+    /// The consts it sweeps (axes whose values are objectives of their own).
+    pub consts: Vec<String>,
 }
 
 /// Steps every run of `grid`, each compiled file's runs together (those sharing a program as
@@ -230,7 +232,10 @@ pub struct Row {
 
 /// Why a sweep cannot be ranked as asked.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("no metric named `{name}`; this file's metrics: {}", .names.join(", "))]
+#[error("no metric named `{name}`; {}", match .names.is_empty() {
+    true => "this file has no [metrics]".to_string(),
+    false => format!("this file's metrics: {}", .names.join(", ")),
+})]
 pub struct NoMetric {
     pub name: String,
     pub names: Vec<String>,

@@ -28,8 +28,8 @@ pub enum Msg {
     Worker(u64, Event),
     /// A report from the landscape service of session `u64`.
     Landscape(u64, Report),
-    /// What the sweep of session `u64` found.
-    Swept(u64, super::sweep::SweepMsg),
+    /// What sweep `.1` of session `.0` found.
+    Swept(u64, u64, super::sweep::SweepMsg),
     /// Once a frame: time for requests that depend on what is on screen.
     Tick,
     /// A file under the watched directory changed, appeared or disappeared.
@@ -456,8 +456,9 @@ impl App {
                 }
                 None
             }
-            Msg::Swept(id, m) => {
-                if let Some(v) = self.session_by_id(id).and_then(|s| s.sweep.as_mut()) {
+            Msg::Swept(id, sweep, m) => {
+                let view = self.session_by_id(id).and_then(|s| s.sweep.as_mut());
+                if let Some(v) = view.filter(|v| v.id == sweep) {
                     v.apply(m);
                 }
                 None
@@ -621,7 +622,12 @@ impl App {
             return None;
         }
         self.selected_file = i;
-        self.ensure_session()
+        let action = self.ensure_session();
+        // Another file may have no Metrics or Sweep tab.
+        if !self.tabs().contains(&self.tab) {
+            self.tab = Tab::Loss;
+        }
+        action
     }
 
     /// Moves the selection of the focused list by `delta` rows.

@@ -81,11 +81,17 @@ impl App {
         let Some(view) = self.session_mut().and_then(|s| s.sweep.as_mut()) else {
             return false;
         };
+        // One key lists its points down the tab; two draw the second key's largest value on top.
+        let down = if view.axes.len() == 1 {
+            (1, 0)
+        } else {
+            (0, -1)
+        };
         match code {
             KeyCode::Left => view.move_cursor(-1, 0),
             KeyCode::Right => view.move_cursor(1, 0),
-            KeyCode::Up => view.move_cursor(0, 1),
-            KeyCode::Down => view.move_cursor(0, -1),
+            KeyCode::Up => view.move_cursor(-down.0, -down.1),
+            KeyCode::Down => view.move_cursor(down.0, down.1),
             KeyCode::Enter => {
                 let overrides = view.overrides(view.cursor);
                 let def = view.def;

@@ -185,6 +185,7 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
                 minimum: grid.refined_min().map(|(_, p)| p),
                 labels: plane.labels.clone(),
                 grid: grid.clone(),
+                cells: false,
             })
         });
     let data = PlotData {

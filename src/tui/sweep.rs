@@ -5,13 +5,13 @@
 //! file.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 
 use super::app::Msg;
 use crate::compile::{CompiledFile, Consts};
 use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture};
-use crate::optim::spec::{RawValue, value_list};
+use crate::optim::spec::{LIST_MAX, RawValue, value_list};
 use crate::optim::tricks::ChainSpec;
 use crate::run::sweep::{Ended, Spread, step_points};
 use crate::run::worker::Overrides;
@@ -49,6 +49,9 @@ impl Axis {
 /// A sweep of a file's run: its axes (one or two), each point's optimizer and consts (the
 /// first axis varying fastest) and how it ended, where the cursor is, and whether it still runs.
 pub struct SweepView {
+    /// Which sweep of the process it is: what its thread tells the UI names it, so that a sweep
+    /// that replaced another takes none of the other's news.
+    pub id: u64,
     /// The run it sweeps (its name and definition).
     pub of: String,
     pub def: usize,
@@ -62,10 +65,17 @@ pub struct SweepView {
     stop: Arc<AtomicBool>,
 }
 
-/// The form's text for a run with learning rate `lr`: nine lrs around it.
+/// The form's text for a run with learning rate `lr`: nine lrs from a hundredth of it to a
+/// hundred times it, half a decade apart, its own in the middle (the ends written exactly, so
+/// the middle is the run's lr and not a rounding of it).
 pub fn default_form(lr: f64) -> String {
-    let short = crate::format::fmt_short;
-    format!("lr=logspace({}, {}, 9)", short(lr / 30.0), short(lr * 30.0))
+    // Seven significant digits undo the division's rounding (0.003 / 100 is 2.9999999999999997e-5).
+    let exact = |x: f64| format!("{x:.6e}").parse::<f64>().unwrap_or(x);
+    format!(
+        "lr=logspace({}, {}, 9)",
+        exact(lr / 100.0),
+        exact(lr * 100.0)
+    )
 }
 
 /// The axes a form's text names (`key=values`, one or two, separated by spaces) and every
@@ -99,7 +109,13 @@ pub fn parse_form(
                     .map_err(|_| format!("`{v}` is not a number"))
             })
             .collect::<Result<Vec<f64>, String>>()?;
-        let (key, is_const) = resolve_key(key, base, consts, values[0])?;
+        let (key, is_const) = resolve_key(key, base, consts)?;
+        if axes
+            .iter()
+            .any(|a: &Axis| a.key == key && a.is_const == is_const)
+        {
+            return Err(crate::optim::spec::twice(&key).to_string());
+        }
         axes.push(Axis {
             key,
             values,
@@ -116,8 +132,19 @@ pub fn parse_form(
         n => return Err(format!("{n} keys: the tab sweeps one or two")),
     }
     let sizes: Vec<usize> = axes.iter().map(|a| a.values.len()).collect();
-    let mut points = Vec::new();
-    for i in 0..sizes.iter().product::<usize>() {
+    let total = sizes.iter().product::<usize>();
+    if total > LIST_MAX {
+        return Err(format!(
+            "{} points: at most {LIST_MAX} (gradscope sweep takes larger grids)",
+            sizes
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" × ")
+        ));
+    }
+    let mut points = Vec::with_capacity(total);
+    for i in 0..total {
         let mut point = run.clone();
         let chain = point.optimizer.get_or_insert_with(|| base.clone());
         let mut rest = i;
@@ -140,45 +167,48 @@ pub fn parse_form(
 }
 
 /// The name `key` sets and whether it is one of the file's `consts` rather than a
-/// hyper-parameter of `chain`'s optimizer (tried with `value`); an error when it names neither
-/// or, unprefixed, both.
-fn resolve_key(
-    key: &str,
-    chain: &ChainSpec,
-    consts: &[String],
-    value: f64,
-) -> Result<(String, bool), String> {
-    let is_const = |name: &str| consts.iter().any(|c| c == name);
+/// hyper-parameter of `chain`'s optimizer; an error when it names neither or, unprefixed, both.
+fn resolve_key(key: &str, chain: &ChainSpec, consts: &[String]) -> Result<(String, bool), String> {
     let optimizer = chain.base.name();
-    if let Some(name) = key.strip_prefix("const.") {
-        return match is_const(name) {
-            true => Ok((name.to_string(), true)),
-            false => Err(format!("the file has no const `{name}`{}", listed(consts))),
-        };
-    }
-    let (name, prefixed) = match key
-        .strip_prefix(optimizer)
-        .and_then(|k| k.strip_prefix('.'))
-    {
-        Some(name) => (name, true),
-        None => (key, false),
+    let hyper: Vec<&str> = chain.base.values().into_iter().map(|(n, _)| n).collect();
+    let (name, said) = match (
+        key.strip_prefix("const."),
+        key.strip_prefix(optimizer)
+            .and_then(|k| k.strip_prefix('.')),
+    ) {
+        (Some(name), _) => (name, Some(true)),
+        (_, Some(name)) => (name, Some(false)),
+        _ => (key, None),
     };
-    match chain.base.clone().set(name, RawValue::Number(value)) {
-        Ok(_) if !prefixed && is_const(name) => Err(format!(
+    let (is_hyper, is_const) = (hyper.contains(&name), consts.iter().any(|c| c == name));
+    match (said, is_hyper, is_const) {
+        (Some(true), _, true) | (None, false, true) => Ok((name.to_string(), true)),
+        (Some(true), _, false) => Err(format!(
+            "the file has no const `{name}` ({})",
+            match consts.is_empty() {
+                true => "it has none".to_string(),
+                false => format!("its consts: {}", consts.join(", ")),
+            }
+        )),
+        (Some(false), true, _) | (None, true, false) => Ok((name.to_string(), false)),
+        (None, true, true) => Err(format!(
             "`{name}` is both {optimizer}'s hyper-parameter and a const of the file: \
              write {optimizer}.{name} or const.{name}"
         )),
-        Ok(_) => Ok((name.to_string(), false)),
-        Err(_) if !prefixed && is_const(name) => Ok((name.to_string(), true)),
-        Err(e) => Err(format!("{e}{}", listed(consts))),
-    }
-}
-
-/// `; the file's consts: a, b` (empty without consts).
-fn listed(consts: &[String]) -> String {
-    match consts.is_empty() {
-        true => String::new(),
-        false => format!("; the file's consts: {}", consts.join(", ")),
+        _ => {
+            let consts = match consts.is_empty() {
+                true => "it has none".to_string(),
+                false => consts.join(", "),
+            };
+            let names = hyper.iter().copied().chain(consts.split(", "));
+            let near = crate::diagnostic::did_you_mean(name, names)
+                .map_or_else(String::new, |d| format!("; {d}"));
+            Err(format!(
+                "`{key}` is neither a hyper-parameter of {optimizer} ({}) nor a const of the \
+                 file ({consts}){near}",
+                hyper.join(", ")
+            ))
+        }
     }
 }
 
@@ -217,8 +247,11 @@ impl SweepView {
         points: Vec<Overrides>,
         events: Sender<Msg>,
     ) -> Self {
+        static SWEEPS: AtomicU64 = AtomicU64::new(0);
+        let id = SWEEPS.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let mut view = SweepView {
+            id,
             of: of.to_string(),
             def,
             axes,
@@ -229,7 +262,7 @@ impl SweepView {
             failed: None,
             stop: Arc::clone(&stop),
         };
-        let send = move |m: SweepMsg| drop(events.send(Msg::Swept(session, m)));
+        let send = move |m: SweepMsg| drop(events.send(Msg::Swept(session, id, m)));
         let started = std::thread::Builder::new()
             .name(format!("sweep:{of}"))
             .spawn(move || {
@@ -383,6 +416,7 @@ impl SweepView {
                 }],
             },
             Some(b) => SweepChart::Heat {
+                consts: [a.is_const, b.is_const],
                 axes: [a.key.clone(), b.key.clone()],
                 values: [a.values.clone(), b.values.clone()],
                 cells: ended

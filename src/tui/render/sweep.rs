@@ -27,14 +27,10 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let keys: Vec<&str> = view.axes.iter().map(|a| a.key.as_str()).collect();
     let state = match (&view.failed, view.running) {
         (Some(why), _) => format!("failed: {why}"),
-        (None, true) => format!("{done}/{} ended · esc stops", view.ended.len()),
-        (None, false) => format!("{done}/{} ended · esc closes", view.ended.len()),
+        (None, true) => format!("{done}/{} · enter adds · esc stops", view.ended.len()),
+        (None, false) => format!("{done}/{} · enter adds · esc closes", view.ended.len()),
     };
-    let title = format!(
-        "Sweep of {} over {} · {state} · arrows move · enter adds the run",
-        view.of,
-        keys.join(" × ")
-    );
+    let title = format!("{} over {} · {state}", view.of, keys.join(" × "));
     let block = panel(&title, app.focus == Focus::Charts);
     let inner = block.inner(area);
     f.render_widget(block, area);
@@ -44,9 +40,13 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             let [chart, list] =
                 Layout::vertical([Constraint::Min(4), Constraint::Length(rows)]).areas(inner);
             curve(f, view, chart);
-            f.render_widget(Paragraph::new(point_lines(view)), list);
+            let lines = point_lines(view, usize::from(list.height));
+            f.render_widget(Paragraph::new(lines), list);
         }
-        _ => f.render_widget(Paragraph::new(heat_lines(view)), inner),
+        _ => {
+            let lines = heat_lines(view, usize::from(inner.width), usize::from(inner.height));
+            f.render_widget(Paragraph::new(lines), inner);
+        }
     }
 }
 
@@ -126,15 +126,27 @@ fn curve(f: &mut Frame, view: &SweepView, area: Rect) {
     f.render_widget(chart, area);
 }
 
-/// One line a point: its value and final loss (or why it has none), the cursor's highlighted,
-/// the best starred.
-fn point_lines(view: &SweepView) -> Vec<Line<'static>> {
+/// The first of `room` consecutive items out of `n` to show so that item `at` is among them
+/// (in the middle where it can be): lists scroll with the cursor.
+fn window(at: usize, n: usize, room: usize) -> usize {
+    at.saturating_sub(room / 2).min(n.saturating_sub(room))
+}
+
+/// One line a point, as many as `height` holds around the cursor: its value and final loss
+/// (or why it has none), the cursor's highlighted, the best starred; the note on objectives
+/// last.
+fn point_lines(view: &SweepView, height: usize) -> Vec<Line<'static>> {
     let bests = view.bests();
     let key = &view.axes[0].key;
-    let mut lines: Vec<Line<'static>> = view.axes[0]
-        .values
+    let note = note(view);
+    let values = &view.axes[0].values;
+    let room = height.saturating_sub(usize::from(note.is_some())).max(1);
+    let first = window(view.cursor, values.len(), room);
+    let mut lines: Vec<Line<'static>> = values
         .iter()
         .enumerate()
+        .skip(first)
+        .take(room)
         .map(|(i, &v)| {
             let star = if bests.contains(&i) { "★" } else { " " };
             let text = format!(
@@ -145,7 +157,7 @@ fn point_lines(view: &SweepView) -> Vec<Line<'static>> {
             cell_style(view, i, Line::from(text))
         })
         .collect();
-    lines.extend(note(view));
+    lines.extend(note);
     lines
 }
 
@@ -164,10 +176,22 @@ fn cell_style(view: &SweepView, i: usize, line: Line<'static>) -> Line<'static> 
 }
 
 /// Over two keys: a row for each value of the second, a column for each of the first, each
-/// cell its final loss coloured from green (lowest) to red (highest).
-fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
+/// cell its final loss coloured from green (lowest) to red (highest); as many rows and columns
+/// as `width` x `height` holds around the cursor.
+fn heat_lines(view: &SweepView, width: usize, height: usize) -> Vec<Line<'static>> {
     const WIDTH: usize = 11;
     let (a, b) = (&view.axes[0], &view.axes[1]);
+    let note = note(view);
+    let (nx, ny) = (a.values.len(), b.values.len());
+    let (cx, cy) = (view.cursor % nx, view.cursor / nx);
+    let columns = (width / (WIDTH + 1)).saturating_sub(1).max(1);
+    let x0 = window(cx, nx, columns);
+    let xs = x0..nx.min(x0 + columns);
+    // Rows run from the largest value down: the window is over that order.
+    let rows = height
+        .saturating_sub(1 + 2 * usize::from(note.is_some()))
+        .max(1);
+    let d0 = window(ny - 1 - cy, ny, rows);
     let losses: Vec<f64> = view
         .ended
         .iter()
@@ -179,15 +203,15 @@ fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
     let mut lines = vec![Line::from(format!(
         "{:>WIDTH$} {}",
         format!("{} \\ {}", b.key, a.key),
-        a.values
+        a.values[xs.clone()]
             .iter()
             .map(|v| format!("{:>WIDTH$}", fmt_short(*v)))
             .collect::<Vec<_>>()
             .join(" ")
     ))];
-    for (y, bv) in b.values.iter().enumerate().rev() {
+    for (y, bv) in b.values.iter().enumerate().rev().skip(d0).take(rows) {
         let mut spans = vec![Span::raw(format!("{:>WIDTH$} ", fmt_short(*bv)))];
-        for x in 0..a.values.len() {
+        for x in xs.clone() {
             let i = y * a.values.len() + x;
             let e = view.ended[i];
             let text = match bests.contains(&i) {
@@ -216,10 +240,6 @@ fn heat_lines(view: &SweepView) -> Vec<Line<'static>> {
         }
         lines.push(Line::from(spans));
     }
-    lines.extend(
-        note(view)
-            .map(|n| vec![Line::from(""), n])
-            .unwrap_or_default(),
-    );
+    lines.extend(note.map(|n| vec![Line::from(""), n]).unwrap_or_default());
     lines
 }
