@@ -594,3 +594,23 @@ fn out_needs_a_picture_format_and_a_numeric_axis() {
     assert!(flat.contains("varies no number"), "{flat}");
     assert!(!Path::new("sweep.svg").exists() && !Path::new("sweep.jpg").exists());
 }
+
+#[test]
+fn seeds_of_a_file_that_draws_nothing_at_random_are_said_to_be_the_same() {
+    let note = |file: &str| {
+        let out = common::gradscope(&[
+            "sweep",
+            file,
+            "-o",
+            "adam(lr=[0.01, 0.1])",
+            "--steps",
+            "5",
+            "--seeds",
+            "2",
+        ]);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).contains("draws nothing at random")
+    };
+    assert!(note("losses/rosenbrock.toml"));
+    assert!(!note("losses/robust_log_mse.toml"));
+}

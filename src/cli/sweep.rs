@@ -345,12 +345,28 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         .iter()
         .flat_map(|(_, runs)| runs.iter().map(|(_, r)| r.config.steps + 1))
         .sum();
+    // Files are made seed by seed, each with every combination of consts.
+    let per_seed = grid.files.len() / usize::try_from(args.seeds).unwrap_or(1).max(1);
+    if let (Some((first, _)), Some((second, _))) = (grid.files.first(), grid.files.get(per_seed))
+        && args.seeds > 1
+        && first.same_values(second)
+    {
+        eprintln!(
+            "note: {} draws nothing at random: every seed runs the same numbers",
+            args.file.display()
+        );
+    }
     catch_stop_signals();
     let runs: usize = grid.files.iter().map(|(_, r)| r.len()).sum();
+    let count = |n: u64, what: &str| match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    };
     eprintln!(
-        "sweeping {} points x {} seeds: {runs} runs (ctrl-c stops and prints the table so far)",
-        grid.points.len(),
-        args.seeds
+        "sweeping {} x {}: {} (ctrl-c stops and prints the table so far)",
+        count(grid.points.len() as u64, "point"),
+        count(args.seeds, "seed"),
+        count(runs as u64, "run"),
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(total);

@@ -164,15 +164,7 @@ impl CompiledFile {
         let new = self
             .recompiled(self.file.seed, consts)
             .map_err(|d| d.first().map_or_else(String::new, Diagnostic::headline))?;
-        let same = |a: &[Named], b: &[Named]| {
-            let values = |n: &Named| n.value.flatten_all().and_then(|t| t.to_vec1::<f64>()).ok();
-            a.len() == b.len()
-                && a.iter().zip(b).all(|(a, b)| {
-                    a.value.dims() == b.value.dims()
-                        && values(a).is_some_and(|v| Some(v) == values(b))
-                })
-        };
-        if !same(&self.data, &new.data) || !same(&self.params, &new.params) {
+        if !self.same_values(&new) {
             let names: Vec<&str> = consts.iter().map(|(n, _)| n.as_str()).collect();
             return Err(format!(
                 "{} changes the file's data or initial params: such a point runs in \
@@ -184,6 +176,20 @@ impl CompiledFile {
             .get(def)
             .cloned()
             .ok_or_else(|| format!("no run definition {def}"))
+    }
+
+    /// Whether `other` (this file compiled again) has the same data and initial params, value
+    /// for value: another seed of a file that draws nothing at random does.
+    pub fn same_values(&self, other: &CompiledFile) -> bool {
+        let same = |a: &[Named], b: &[Named]| {
+            let values = |n: &Named| n.value.flatten_all().and_then(|t| t.to_vec1::<f64>()).ok();
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(a, b)| {
+                    a.value.dims() == b.value.dims()
+                        && values(a).is_some_and(|v| Some(v) == values(b))
+                })
+        };
+        same(&self.data, &other.data) && same(&self.params, &other.params)
     }
 
     /// The names of its consts (the file's, then those only its variants set), for help texts.

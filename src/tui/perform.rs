@@ -218,7 +218,8 @@ fn save_pictures(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
         .sweep
         .iter()
         .flat_map(|sweep| {
-            let picture = sweep.picture(&format!("{}: final loss of each point", f.name));
+            let title = format!("{}: final loss after {} steps", f.name, sweep.steps);
+            let picture = sweep.picture(&title);
             ["svg", "png"].map(|ext| {
                 let path = export_path(f, out_dir, ext)
                     .with_file_name(format!("gradscope-{}-sweep.{ext}", f.stem()));

@@ -52,9 +52,10 @@ pub struct SweepView {
     /// Which sweep of the process it is: what its thread tells the UI names it, so that a sweep
     /// that replaced another takes none of the other's news.
     pub id: u64,
-    /// The run it sweeps (its name and definition).
+    /// The run it sweeps (its name and definition), and the steps of each point.
     pub of: String,
     pub def: usize,
+    pub steps: u64,
     pub axes: Vec<Axis>,
     /// Each point as a run of definition `def` (its optimizer, the run's dtype, its consts).
     pub points: Vec<Overrides>,
@@ -69,13 +70,18 @@ pub struct SweepView {
 /// hundred times it, half a decade apart, its own in the middle (the ends written exactly, so
 /// the middle is the run's lr and not a rounding of it).
 pub fn default_form(lr: f64) -> String {
-    // Seven significant digits undo the division's rounding (0.003 / 100 is 2.9999999999999997e-5).
-    let exact = |x: f64| format!("{x:.6e}").parse::<f64>().unwrap_or(x);
-    format!(
-        "lr=logspace({}, {}, 9)",
-        exact(lr / 100.0),
-        exact(lr * 100.0)
-    )
+    // Rounding undoes the division's (0.003 / 100 is 2.9999999999999997e-5).
+    let (lo, hi) = (significant(lr / 100.0, 7), significant(lr * 100.0, 7));
+    format!("lr=logspace({lo}, {hi}, 9)")
+}
+
+/// `x` to `digits` significant digits. The tab's points are rounded to six, so that a point
+/// added as a run is named `adam(lr=0.0316228)`, not `adam(lr=0.031622776601683794)`, and is
+/// the very run the point stepped.
+fn significant(x: f64, digits: usize) -> f64 {
+    format!("{x:.*e}", digits.saturating_sub(1))
+        .parse()
+        .unwrap_or(x)
 }
 
 /// The axes a form's text names (`key=values`, one or two, separated by spaces) and every
@@ -106,6 +112,7 @@ pub fn parse_form(
             .iter()
             .map(|v| {
                 v.parse::<f64>()
+                    .map(|x| significant(x, 6))
                     .map_err(|_| format!("`{v}` is not a number"))
             })
             .collect::<Result<Vec<f64>, String>>()?;
@@ -254,6 +261,7 @@ impl SweepView {
             id,
             of: of.to_string(),
             def,
+            steps,
             axes,
             ended: vec![None; points.len()],
             points: points.clone(),
