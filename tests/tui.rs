@@ -282,6 +282,15 @@ fn snapshot_broken_file_diagnostics() {
     assert!(screen.contains("unknown function `expp`"), "{screen}");
     assert!(screen.contains("✗ Unknown function"), "{screen}");
     snapshot("broken_file_diagnostics", &t);
+    // Keys about runs say why nothing happens.
+    for key in ["n", "o", "g"] {
+        typed(&mut app, key);
+        let message = app.message.clone().unwrap_or_default();
+        assert!(
+            message.contains("does not compile, so it has no runs"),
+            "{key}: {message}"
+        );
+    }
 }
 
 #[test]

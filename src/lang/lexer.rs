@@ -185,6 +185,21 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
             b']' => single(Tok::RBracket),
             b',' => single(Tok::Comma),
             b':' => single(Tok::Colon),
+            _ if text[i..].starts_with(|c: char| c.is_alphabetic()) => {
+                // One error for a whole word that is not ASCII (`δδδ`), not one per letter.
+                let len = text[i..]
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(text.len() - i);
+                errors.push(LexError {
+                    message: format!("`{}` is not a name", &text[i..i + len]),
+                    span: map.span(i..i + len),
+                    help: Some(
+                        "names are ASCII letters, digits and `_` (write `delta`, not `δ`)".into(),
+                    ),
+                });
+                i += len;
+                continue;
+            }
             _ => {
                 let ch = text[i..].chars().next().unwrap_or('?');
                 let len = ch.len_utf8();

@@ -322,9 +322,14 @@ impl Parser {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             return Err(err(
-                &format!("expression nested too deeply (more than {MAX_DEPTH} levels)"),
+                &format!(
+                    "expression nested too deeply (more than {MAX_DEPTH} levels of parentheses, \
+                     calls or operators in one chain)"
+                ),
                 self.span(),
-                Some("split it into named steps, one per line"),
+                Some(
+                    "split it into named steps, one per line (a long sum: partial sums on lines of their own)",
+                ),
             ));
         }
         Ok(())

@@ -61,7 +61,10 @@ pub enum LossScale {
 /// What kind of value a run setting takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettingKind {
-    Count,
+    /// A whole number from `min` on.
+    Count {
+        min: u64,
+    },
     Number,
     Choice(&'static [&'static str]),
     /// A power of two, or `dynamic` (GradScaler's rule).
@@ -72,13 +75,13 @@ pub enum SettingKind {
 
 /// Run settings an `[optimizer]` table may hold besides the optimizer's own hyper-parameters.
 pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
-    ("steps", SettingKind::Count),
+    ("steps", SettingKind::Count { min: 1 }),
     ("clip_norm", SettingKind::Number),
     ("clip_value", SettingKind::Number),
     ("on_nonfinite", SettingKind::Choice(NonFinitePolicy::NAMES)),
     ("schedule", SettingKind::Choice(ScheduleKind::NAMES)),
-    ("warmup", SettingKind::Count),
-    ("step_size", SettingKind::Count),
+    ("warmup", SettingKind::Count { min: 0 }),
+    ("step_size", SettingKind::Count { min: 1 }),
     ("gamma", SettingKind::Number),
     ("lr_gamma", SettingKind::Number),
     ("min_lr", SettingKind::Number),
@@ -92,9 +95,13 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
 pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), SettingError>> {
     let &(_, kind) = RUN_SETTINGS.iter().find(|(n, _)| *n == key)?;
     Some(match (kind, value) {
-        (SettingKind::Count, RawValue::Number(n)) if n >= 0.0 && n.fract() == 0.0 => Ok(()),
-        (SettingKind::Count, _) => Err(SettingError {
-            message: format!("`{key}` must be a whole number"),
+        (SettingKind::Count { min }, RawValue::Number(n))
+            if n >= min as f64 && n.fract() == 0.0 =>
+        {
+            Ok(())
+        }
+        (SettingKind::Count { min }, _) => Err(SettingError {
+            message: format!("`{key}` must be a whole number, {min} or more"),
             help: None,
         }),
         (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),

@@ -103,7 +103,11 @@ pub fn write(
                 .iter()
                 .map(|(k, t)| (k.as_str(), t.clone()))
                 .collect();
-            candle_core::safetensors::save(&map, path).map_err(failed)
+            // Written as any other file is (safetensors' own writer makes it readable by its
+            // owner alone).
+            let bytes = safetensors::serialize(&map, None)
+                .map_err(|e| failed(candle_core::Error::Msg(e.to_string())))?;
+            std::fs::write(path, bytes).map_err(|e| failed(e.into()))
         }
         ParamsFormat::Npz => {
             let widened = entries

@@ -422,8 +422,20 @@ impl App {
 
     /// Sends a command to the selected file's worker.
     pub fn command(&mut self, c: Command) {
-        if let Some(s) = self.session() {
-            s.send(c);
+        match self.session() {
+            Some(s) => s.send(c),
+            None => self.say_why_no_runs(),
+        }
+    }
+
+    /// Says why a key about runs did nothing: the selected file has none (it does not compile).
+    pub(super) fn say_why_no_runs(&mut self) {
+        if let Some(f) = self.file().filter(|f| f.compiled.is_none()) {
+            self.message = Some(format!(
+                "{} does not compile, so it has no runs: the Warnings panel shows where (enter \
+                 opens one); it reloads when saved",
+                f.path.display()
+            ));
         }
     }
 

@@ -177,7 +177,7 @@ impl App {
             KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
             }
-            KeyAction::AddRun | KeyAction::Duplicate => {}
+            KeyAction::AddRun | KeyAction::Duplicate => self.say_why_no_runs(),
             KeyAction::Compare if self.session().is_some() => {
                 self.popup = Some(Popup::Compare {
                     column: 0,
@@ -268,8 +268,9 @@ impl App {
     }
 
     fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
-        if let Some(id) = run {
-            self.command(make(id));
+        match run {
+            Some(id) => self.command(make(id)),
+            None => self.say_why_no_runs(),
         }
     }
 

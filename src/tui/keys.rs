@@ -293,7 +293,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('w')],
         A::WriteRuns,
-        "write all runs to CSV and JSONL",
+        "write the runs to CSV and JSONL, their params to safetensors",
         None,
     ),
     bind(

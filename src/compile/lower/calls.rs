@@ -714,7 +714,10 @@ impl Lowerer {
                         return Err(self.fail(
                             format!("index {i} is out of range for axis {dim} of length {len}"),
                             &item.span,
-                            Some(format!("valid indices are 0..{len} or -{len}..-1")),
+                            Some(format!(
+                                "valid indices are 0 to {} or -{len} to -1",
+                                len.saturating_sub(1)
+                            )),
                         ));
                     }
                     narrows.push(Narrow {
