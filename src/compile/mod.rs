@@ -241,6 +241,65 @@ impl CompiledFile {
     }
 }
 
+/// A warning at each const, data or initial param whose value the file gives or computes
+/// non-finite (`c = inf`, `x = nan`, `log` of a negative in a data expression): a run reading it
+/// starts from it, and the trace at run time can only say that the value came in that way.
+fn nonfinite_values(file: &LossFile, data: &[Named], params: &[Named]) -> Vec<Diagnostic> {
+    let consts = file
+        .consts
+        .iter()
+        .chain(file.variants.iter().flat_map(|v| &v.consts));
+    let mut out: Vec<Diagnostic> = consts
+        .filter(|c| !c.value.is_finite())
+        .map(|c| {
+            Diagnostic::warning(format!("const `{}` is {}", c.name.node, c.value))
+                .at(&file.source, c.name.span.clone())
+                .label("every op that reads it gets this value")
+                .help("a bound that is meant to be infinite is fine; otherwise give a finite value")
+        })
+        .collect();
+    let named = data
+        .iter()
+        .map(|n| ("data", n))
+        .chain(params.iter().map(|n| ("param", n)));
+    for (what, n) in named {
+        let Ok(values) = n.value.flatten_all().and_then(|t| t.to_vec1::<f64>()) else {
+            continue;
+        };
+        let bad: Vec<usize> = (0..values.len())
+            .filter(|&i| !values[i].is_finite())
+            .collect();
+        let Some(&first) = bad.first() else {
+            continue;
+        };
+        let at = match n.value.rank() {
+            0 => String::new(),
+            _ => format!(", the first at flat index {first}"),
+        };
+        let whence = n
+            .origin
+            .as_deref()
+            .map_or_else(String::new, |o| format!(" ({o})"));
+        out.push(
+            Diagnostic::warning(format!(
+                "{what} `{}` has {} non-finite value{} of {}{at}: {}",
+                n.name,
+                bad.len(),
+                if bad.len() == 1 { "" } else { "s" },
+                values.len(),
+                values[first]
+            ))
+            .at(&file.source, n.span.clone())
+            .label(format!("as the file gives or computes it{whence}"))
+            .help(match what {
+                "param" => "an initial value must be finite: every step starts from it",
+                _ => "missing cells, or log/sqrt/division of values out of their domain: a run reading it starts from NaN or inf",
+            }),
+        );
+    }
+    out
+}
+
 /// Compiles every run of a file. Returns the compiled file when there is no error, and all
 /// diagnostics (warnings included) either way.
 pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
@@ -252,6 +311,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
     ) else {
         return (None, dedup(diags));
     };
+    diags.extend(nonfinite_values(&file, &data, &params));
     let mut runs = Vec::new();
     let (optimizers, unusable) = optimizers(&file, &params, &mut diags);
     let functions = Arc::new(file.functions.clone());
