@@ -193,6 +193,13 @@ impl Diagnostic {
     /// The full report: headline, location, the source line and carets under the span. Long
     /// lines are windowed around the span so a 100,000-character line stays readable.
     pub fn render(&self, color: bool) -> String {
+        self.render_within(color, usize::MAX)
+    }
+
+    /// [`Diagnostic::render`] with the source line's window cut to fit `width` columns with
+    /// its gutter (at most 100 characters of source): a TUI panel wraps a longer line, and
+    /// the caret then points at the wrong character.
+    pub fn render_within(&self, color: bool, width: usize) -> String {
         let paint = |code: &str, text: &str| {
             if color {
                 format!("\x1b[{code}m{text}\x1b[0m")
@@ -242,13 +249,15 @@ impl Diagnostic {
             .chars()
             .count()
             .max(1);
-        const WIDTH: usize = 100;
-        let (window_start, prefix) = if chars.len() > WIDTH && caret_from > WIDTH / 3 {
-            (caret_from - WIDTH / 3, "…")
+        // The gutter, its bar, and room for the two ellipses.
+        let fits = width.saturating_sub(gutter + 5).max(20);
+        let window = 100.min(fits);
+        let (window_start, prefix) = if chars.len() > window && caret_from > window / 3 {
+            (caret_from - window / 3, "…")
         } else {
             (0, "")
         };
-        let window_end = (window_start + WIDTH).min(chars.len());
+        let window_end = (window_start + window).min(chars.len());
         let suffix = if window_end < chars.len() { "…" } else { "" };
         let shown: String = chars[window_start..window_end].iter().collect();
         let caret_col = prefix.chars().count() + caret_from - window_start;
@@ -340,6 +349,25 @@ pub fn did_you_mean<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_line_is_windowed_to_the_width_and_the_caret_stays_under_its_span() {
+        let line = format!("loss = {} + lgo(x)", vec!["x^2"; 100].join(" + "));
+        let at = line.find("lgo").unwrap();
+        let source = SourceFile::new("long.toml", line.clone());
+        let d = Diagnostic::error("unknown function `lgo`").at(&source, at..at + 3);
+        for width in [40, 80, usize::MAX] {
+            let text = d.render_within(false, width);
+            let rows: Vec<&str> = text.lines().collect();
+            let (shown, carets) = (rows[3], rows[4]);
+            if width != usize::MAX {
+                assert!(shown.chars().count() <= width, "{width}: {shown}");
+            }
+            let col = carets.chars().position(|c| c == '^').unwrap();
+            let under: String = shown.chars().skip(col).take(3).collect();
+            assert_eq!(under, "lgo", "{width}:\n{text}");
+        }
+    }
 
     #[test]
     fn a_caught_panic_becomes_an_error_naming_the_job() {

@@ -299,10 +299,25 @@ fn snapshot_help_overlay() {
     typed(&mut app, "?");
     let t = draw(&app, 160, 45);
     let screen = rows(&t).join("\n");
-    assert!(screen.contains("Keys (any key closes)"), "{screen}");
+    assert!(
+        screen.contains("Keys (j/k scroll, any other key closes)"),
+        "{screen}"
+    );
     for key in keys::BINDINGS.iter().map(|b| b.label()) {
         assert!(screen.contains(&key), "help lacks `{key}`:\n{screen}");
     }
+    // On a small terminal the keys are one column that j scrolls down to the last.
+    let late = keys::BINDINGS
+        .iter()
+        .rev()
+        .find(|b| b.help.len() > 30)
+        .unwrap();
+    let late: String = late.help.chars().take(20).collect();
+    assert!(!rows(&draw(&app, 60, 20)).join("\n").contains(&late));
+    typed(&mut app, &"j".repeat(keys::BINDINGS.len()));
+    assert!(app.show_help);
+    let screen = rows(&draw(&app, 60, 20)).join("\n");
+    assert!(screen.contains(&late), "{screen}");
     snapshot("help_overlay", &t);
 }
 
@@ -1951,7 +1966,7 @@ fn e2e_ctrl_c_restores_the_terminal() {
     };
     wait_for_tui(&t);
     t.keys(&["?"]);
-    t.wait_for("the help", |s| s.contains("any key closes"));
+    t.wait_for("the help", |s| s.contains("any other key closes"));
     t.keys(&["C-c"]);
     assert_restored(&t);
 }

@@ -251,6 +251,8 @@ pub struct App {
     /// The metric the Metrics tab charts (an index into the file's `[metrics]`).
     pub metric: usize,
     pub show_help: bool,
+    /// The first key the help shows where it is one scrolled column (a small terminal).
+    pub help_scroll: usize,
     pub popup: Option<Popup>,
     /// Lines the inspector is scrolled down by (clamped to its length when drawn).
     pub inspector_scroll: usize,
@@ -283,6 +285,7 @@ impl App {
             per_param: false,
             metric: 0,
             show_help: false,
+            help_scroll: 0,
             popup: None,
             inspector_scroll: 0,
             warning: 0,

@@ -28,7 +28,15 @@ impl App {
             return None;
         }
         if self.show_help {
-            self.show_help = false;
+            match k.code {
+                KeyCode::Char('j') | KeyCode::Down => {
+                    self.help_scroll = (self.help_scroll + 1).min(keys::BINDINGS.len());
+                }
+                KeyCode::Char('k') | KeyCode::Up => {
+                    self.help_scroll = self.help_scroll.saturating_sub(1);
+                }
+                _ => self.show_help = false,
+            }
             return None;
         }
         if let KeyCode::Char(c @ '0'..='9') = k.code {
@@ -115,7 +123,7 @@ impl App {
         let run = self.selected_run_id();
         match a {
             KeyAction::Quit => return Some(Action::Quit),
-            KeyAction::Help => self.show_help = true,
+            KeyAction::Help => (self.show_help, self.help_scroll) = (true, 0),
             KeyAction::PlayPause => {
                 let playing = self.session().is_some_and(|s| s.playing);
                 self.command(if playing {

@@ -17,7 +17,8 @@ pub fn render(f: &mut Frame, file: &FileEntry, area: Rect) {
         } else {
             Color::Yellow
         };
-        for (k, l) in d.render(false).lines().enumerate() {
+        let width = usize::from(area.width.saturating_sub(2));
+        for (k, l) in d.render_within(false, width).lines().enumerate() {
             let style = if k == 0 {
                 Style::new().fg(color).bold()
             } else {

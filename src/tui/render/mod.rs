@@ -64,7 +64,7 @@ pub fn render(f: &mut Frame, app: &App) {
         overlays::popup(f, app, p, area);
     }
     if app.show_help {
-        overlays::help(f, area);
+        overlays::help(f, area, app.help_scroll);
     }
 }
 

@@ -14,15 +14,29 @@ use crate::tui::layout::centered;
 use crate::tui::line_edit::LineEdit;
 use crate::tui::render::warnings::wrap;
 
-/// Every key and what it does (any key closes it), in as many columns as the height needs.
-pub fn help(f: &mut Frame, area: Rect) {
+/// Every key and what it does (j/k scroll, any other key closes it), in as many columns as the
+/// height needs; where those do not fit the width, one column that scrolls from `scroll`.
+pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
     let label_w = BINDINGS
         .iter()
         .map(|b| b.label().chars().count())
         .max()
         .unwrap_or(0);
-    let rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
-    let columns: Vec<&[Binding]> = BINDINGS.chunks(rows).collect();
+    let mut rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
+    let width_of = |columns: &[&[Binding]]| -> usize {
+        columns
+            .iter()
+            .map(|c| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0))
+            .map(|w| label_w + 2 + w + 2)
+            .sum::<usize>()
+            + 2
+    };
+    let mut first = 0;
+    if width_of(&BINDINGS.chunks(rows).collect::<Vec<_>>()) > usize::from(area.width) {
+        first = scroll.min(BINDINGS.len() - rows);
+        rows = BINDINGS.len() - first;
+    }
+    let columns: Vec<&[Binding]> = BINDINGS[first..].chunks(rows).collect();
     let widths: Vec<usize> = columns
         .iter()
         .map(|c| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0))
@@ -41,11 +55,11 @@ pub fn help(f: &mut Frame, area: Rect) {
             Line::from(spans)
         })
         .collect();
-    let width: usize = widths.iter().map(|w| label_w + 2 + w + 2).sum::<usize>() + 2;
-    let r = centered(area, width as u16, rows as u16 + 2);
+    let r = centered(area, width_of(&columns) as u16, rows as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
-        Paragraph::new(lines).block(Block::bordered().title("Keys (any key closes)")),
+        Paragraph::new(lines)
+            .block(Block::bordered().title("Keys (j/k scroll, any other key closes)")),
         r,
     );
 }
@@ -57,7 +71,7 @@ fn warning(f: &mut Frame, app: &App, n: usize, area: Rect) {
         return;
     };
     let text = match &w.diagnostic {
-        Some(d) => d.render(false),
+        Some(d) => d.render_within(false, usize::from(area.width.saturating_sub(6))),
         None => format!("{} step {}: {}", w.run, w.step, w.text),
     };
     let lines: Vec<Line> = text.lines().map(|l| Line::from(l.to_string())).collect();
