@@ -142,7 +142,7 @@ pub fn parse_form(
     let total = sizes.iter().product::<usize>();
     if total > LIST_MAX {
         return Err(format!(
-            "{} points: at most {LIST_MAX} (gradscope sweep takes larger grids)",
+            "{} points: at most {LIST_MAX} at once",
             sizes
                 .iter()
                 .map(usize::to_string)
