@@ -147,6 +147,13 @@ impl Scratch {
         p
     }
 
+    /// Writes `text` to the file `to` in it.
+    fn write(&self, to: &str, text: &str) -> PathBuf {
+        let p = self.0.join(to);
+        std::fs::write(&p, text).expect("write into scratch dir");
+        p
+    }
+
     fn path(&self) -> &str {
         self.0.to_str().expect("utf-8 path")
     }
@@ -363,7 +370,7 @@ optimizer = { name = "adam", lr = 0.05, steps = 1000 }
 #[test]
 fn snapshot_eval_loss_beside_the_training_loss() {
     let dir = Scratch::new("eval-loss");
-    std::fs::write(dir.0.join("schedule_free.toml"), SCHEDULE_FREE).expect("write");
+    dir.write("schedule_free.toml", SCHEDULE_FREE);
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "50n");
     let t = draw(&app, 160, 45);
@@ -1662,7 +1669,7 @@ fn the_losses_panel_is_as_wide_as_the_longest_name_up_to_a_third_of_the_terminal
     let text = std::fs::read_to_string(ROSENBROCK)
         .unwrap()
         .replace("name = \"Rosenbrock\"", &format!("name = \"{long}\""));
-    std::fs::write(dir.0.join("long.toml"), text).unwrap();
+    dir.write("long.toml", &text);
     dir.copy(ROSENBROCK, "short.toml");
     let (app, _rx) = open(dir.path());
     // The name, the badge and the borders, within a third of 160.
@@ -2067,11 +2074,10 @@ fn a_halted_run_shows_the_step_it_halted_at() {
     // x walks 2.5, 1.5, 0.5, -0.5 under sgd(lr=1): θ_3 is NaN, so the run stops at step 3, which
     // the inspector and the runs list both call step 3.
     let dir = Scratch::new("halted_numbering");
-    std::fs::write(
-        dir.0.join("nan.toml"),
+    dir.write(
+        "nan.toml",
         "name = \"nan at 3\"\ndtype = \"f64\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n[optimizer]\nname = \"sgd\"\nlr = 1.0\nsteps = 10\n",
-    )
-    .unwrap();
+    );
     let (mut app, rx) = open(dir.path());
     typed_settled(&mut app, &rx, "10n");
     assert_eq!(history_lens(&app), vec![3]);
@@ -2103,16 +2109,10 @@ lr = 0.1
 steps = 10
 "#;
 
-fn scratch_file(dir: &Scratch, name: &str, text: &str) -> PathBuf {
-    let p = dir.0.join(name);
-    std::fs::write(&p, text).expect("write scratch file");
-    p
-}
-
 #[test]
 fn snapshot_inspector_shows_small_params_in_full_and_large_ones_summarised() {
     let dir = Scratch::new("inspector-values");
-    let file = scratch_file(&dir, "two.toml", TWO_PARAMS);
+    let file = dir.write("two.toml", TWO_PARAMS);
     let (mut app, rx) = open(file.to_str().unwrap());
     typed_settled(&mut app, &rx, "n");
     let r = app.session().unwrap().selected_run().unwrap();
@@ -2138,7 +2138,7 @@ fn snapshot_inspector_shows_small_params_in_full_and_large_ones_summarised() {
 #[test]
 fn the_focused_inspector_scrolls_with_j_and_k() {
     let dir = Scratch::new("inspector-scroll");
-    let file = scratch_file(&dir, "two.toml", TWO_PARAMS);
+    let file = dir.write("two.toml", TWO_PARAMS);
     let (mut app, rx) = open(file.to_str().unwrap());
     app.handle(Msg::Resize(120, 30));
     typed_settled(&mut app, &rx, "n");
@@ -2447,14 +2447,11 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
 #[test]
 fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     // Rosenbrock in f64, where the sweep's batched runs equal runs alone to 1e-12.
-    let dir = std::path::PathBuf::from("target/tui-sweep-test");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("r.toml");
-    std::fs::write(
-        &file,
+    let dir = Scratch::new("sweep");
+    let file = dir.write(
+        "r.toml",
         "name = \"r\"\ndtype = \"f64\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n[optimizer]\nname = \"adam\"\nlr = 0.01\nsteps = 300\n",
-    )
-    .unwrap();
+    );
     let path = file.to_str().unwrap();
     let (mut app, rx) = open(path);
     typed(&mut app, "W");
@@ -2534,7 +2531,7 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     );
     // `p` writes the sweep's picture beside the others: final loss against lr, the run's name.
     typed(&mut app, "p");
-    let svg = dir.join("gradscope-r-sweep.svg");
+    let svg = dir.0.join("gradscope-r-sweep.svg");
     assert!(
         app.message
             .as_deref()
@@ -2552,7 +2549,7 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     assert!(texts.iter().any(|t| t.starts_with("lr")), "{texts:?}");
     assert!(texts.contains(&"base"), "{texts:?}");
     assert!(
-        std::fs::read(dir.join("gradscope-r-sweep.png"))
+        std::fs::read(dir.0.join("gradscope-r-sweep.png"))
             .unwrap()
             .starts_with(b"\x89PNG")
     );
@@ -2620,17 +2617,12 @@ fn a_sweep_form_names_one_or_two_keys_with_lists() {
 }
 
 /// A small f64 file with a const in its loss (`eps`, also a hyper-parameter of adam) and one in
-/// its data (`k`), written under `target/`.
-fn const_file(dir: &str) -> PathBuf {
-    let dir = PathBuf::from(dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("c.toml");
-    std::fs::write(
-        &file,
+/// its data (`k`), written into `dir`.
+fn const_file(dir: &Scratch) -> PathBuf {
+    dir.write(
+        "c.toml",
         "name = \"c\"\ndtype = \"f64\"\nloss = \"sum(sqrt((w - y)^2 + eps))\"\n[data]\ny = \"k * [1.0, -2.0]\"\n[consts]\neps = 1e-3\nk = 1.0\n[params]\nw = \"zeros(2)\"\n[optimizer]\nname = \"adam\"\nlr = 0.05\nsteps = 200\n",
     )
-    .unwrap();
-    file
 }
 
 /// Replaces the open form's text with `text` and presses enter.
@@ -2674,7 +2666,8 @@ fn loss_alone(file: &Path, consts: &[(String, f64)], optimizer: &str, steps: u64
 
 #[test]
 fn w_sweeps_a_const_of_the_file_and_enter_adds_its_point_as_a_run_with_that_const() {
-    let file = const_file("target/tui-sweep-const-test");
+    let dir = Scratch::new("sweep-const");
+    let file = const_file(&dir);
     let (mut app, rx) = open(file.to_str().unwrap());
     typed(&mut app, "W");
     // `eps` is adam's and the file's: the form asks which.
@@ -2739,7 +2732,8 @@ fn w_sweeps_a_const_of_the_file_and_enter_adds_its_point_as_a_run_with_that_cons
 
 #[test]
 fn a_const_that_changes_the_data_sweeps_but_its_point_cannot_join_the_files_runs() {
-    let file = const_file("target/tui-sweep-data-const-test");
+    let dir = Scratch::new("sweep-data-const");
+    let file = const_file(&dir);
     let (mut app, rx) = open(file.to_str().unwrap());
     typed(&mut app, "W");
     submit_form(&mut app, "k=[1, 2]");
@@ -2773,7 +2767,8 @@ fn a_const_that_changes_the_data_sweeps_but_its_point_cannot_join_the_files_runs
 fn snapshot_sweep_tab_form_and_live_fill() {
     use gradscope::run::sweep::Ended;
     use gradscope::tui::sweep::SweepMsg;
-    let file = const_file("target/tui-sweep-snapshot-test");
+    let dir = Scratch::new("sweep-snapshot");
+    let file = const_file(&dir);
     let (mut app, _rx) = open(file.to_str().unwrap());
     typed(&mut app, "W");
     snapshot("sweep_form", &draw(&app, 120, 36));
