@@ -1,6 +1,8 @@
 //! Pictures: SVG and PNG output of a landscape with two runs (one going NaN midway), the names
 //! escaped in SVG text, the size of long runs, degenerate data, and the errors for bad paths.
 
+mod svg;
+
 use std::path::PathBuf;
 
 use gradscope::draw::plot::{PlotData, PlotError, PlotLandscape, PlotRun, save};
@@ -97,22 +99,6 @@ fn data(steps: u64, grid: usize, nan: bool) -> PlotData {
     }
 }
 
-/// Every `<text>` node's text in the SVG at `path`.
-fn svg_texts(path: &std::path::Path) -> Vec<String> {
-    let svg = std::fs::read_to_string(path).unwrap();
-    let doc = roxmltree::Document::parse(&svg).expect("the SVG is well-formed XML");
-    doc.descendants()
-        .filter(|n| n.has_tag_name("text"))
-        .map(|n| {
-            n.descendants()
-                .filter(|t| t.is_text())
-                .filter_map(|t| t.text())
-                .collect::<String>()
-        })
-        .map(|t| t.trim().to_string())
-        .collect()
-}
-
 /// The PNG signature checked, and the width and height from the IHDR chunk.
 fn png_size(path: &std::path::Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap();
@@ -126,7 +112,7 @@ fn svg_names_every_run_and_marks_nonfinite_values() {
     let dir = scratch("names");
     let with_nan = dir.join("nan.svg");
     save(&data(1000, 48, true), &with_nan).unwrap();
-    let texts = svg_texts(&with_nan);
+    let texts = svg::svg_texts(&with_nan);
     for name in [ADAM, ODD, "rosenbrock", "NaN/Inf", "log", "step"] {
         assert!(
             texts.iter().any(|t| t == name),
@@ -136,7 +122,7 @@ fn svg_names_every_run_and_marks_nonfinite_values() {
 
     let clean = dir.join("clean.svg");
     save(&data(1000, 48, false), &clean).unwrap();
-    let texts = svg_texts(&clean);
+    let texts = svg::svg_texts(&clean);
     assert!(texts.iter().any(|t| t == ODD));
     assert!(!texts.iter().any(|t| t == "NaN/Inf"), "{texts:?}");
     std::fs::remove_dir_all(dir).unwrap();
@@ -199,7 +185,7 @@ fn curves_without_a_landscape() {
     }
     let svg = dir.join("curves.svg");
     save(&picture, &svg).unwrap();
-    let texts = svg_texts(&svg);
+    let texts = svg::svg_texts(&svg);
     assert!(texts.iter().any(|t| t == ADAM) && texts.iter().any(|t| t == "NaN/Inf"));
 
     let png = dir.join("curves.png");
@@ -279,7 +265,7 @@ fn degenerate_data_still_draws() {
             save(&picture, &dir.join(format!("{k}.{ext}"))).unwrap();
         }
     }
-    let texts = svg_texts(&dir.join("0.svg"));
+    let texts = svg::svg_texts(&dir.join("0.svg"));
     assert!(texts.iter().any(|t| t == "negative & long"));
     let svg = std::fs::read_to_string(dir.join("0.svg")).unwrap();
     let zigzag_lines = svg.matches("stroke=\"#FF00FF\"").count();
@@ -295,7 +281,7 @@ fn svg_labels_contour_levels_run_ends_and_the_optimum() {
     let path = dir.join("contours.svg");
     let picture = data(1000, 64, false);
     save(&picture, &path).unwrap();
-    let texts = svg_texts(&path);
+    let texts = svg::svg_texts(&path);
     let scale = picture.landscape.as_ref().unwrap().scale;
     assert!(scale.log);
     let levels = scale.levels();
@@ -369,7 +355,7 @@ fn a_loss_reaching_zero_keeps_its_log_axis() {
     };
     let zero = dir.join("zero.svg");
     save(&picture(0.0), &zero).unwrap();
-    let texts = svg_texts(&zero);
+    let texts = svg::svg_texts(&zero);
     assert!(
         texts.iter().any(|t| t == "loss (0 on the bottom edge)"),
         "{texts:?}"
@@ -377,7 +363,7 @@ fn a_loss_reaching_zero_keeps_its_log_axis() {
     assert!(texts.iter().any(|t| t == "10⁻³"), "{texts:?}");
     let negative = dir.join("negative.svg");
     save(&picture(-1.0), &negative).unwrap();
-    let texts = svg_texts(&negative);
+    let texts = svg::svg_texts(&negative);
     assert!(texts.iter().any(|t| t == "loss"), "{texts:?}");
     assert!(!texts.iter().any(|t| t.starts_with("10⁻")), "{texts:?}");
     std::fs::remove_dir_all(dir).unwrap();

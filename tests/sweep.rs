@@ -2,6 +2,7 @@
 //! step, seeds, and the command end to end.
 
 mod common;
+mod svg;
 
 use std::path::Path;
 
@@ -299,20 +300,26 @@ fn malformed_lists_are_diagnostics_not_panics() {
 
 #[test]
 fn the_command_ranks_the_points_and_gives_the_lr_window() {
-    let out = common::gradscope(&[
-        "sweep",
-        "losses/rosenbrock.toml",
-        "-o",
-        "sgd(lr=[1e-4, 1e-3, 1e-2])",
-        "--steps",
-        "300",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The same sweep in each format, its stdout.
+    let sweep = |format: &str| {
+        let out = common::gradscope(&[
+            "sweep",
+            "losses/rosenbrock.toml",
+            "-o",
+            "sgd(lr=[1e-4, 1e-3, 1e-2])",
+            "--steps",
+            "300",
+            "--format",
+            format,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = sweep("table");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("#  run"), "{text}");
     // lr = 1e-2 is above 2/λ at the start (λ ≈ 2092): it diverges and is ranked last, as such.
@@ -330,19 +337,6 @@ fn the_command_ranks_the_points_and_gives_the_lr_window() {
         "{text}"
     );
     // CSV: a header, then one row a point, best first, the halted one without a loss.
-    let sweep = |format: &str| {
-        let out = common::gradscope(&[
-            "sweep",
-            "losses/rosenbrock.toml",
-            "-o",
-            "sgd(lr=[1e-4, 1e-3, 1e-2])",
-            "--steps",
-            "300",
-            "--format",
-            format,
-        ]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let text = sweep("csv");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
@@ -429,20 +423,9 @@ fn sweep_svg(args: &[&str], name: &str) -> Vec<String> {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.svg"));
     save_sweep(&picture, &path).unwrap();
-    let svg = std::fs::read_to_string(&path).unwrap();
+    let texts = svg::svg_texts(&path);
     std::fs::remove_dir_all(&dir).unwrap();
-    let doc = roxmltree::Document::parse(&svg).expect("the SVG is well-formed XML");
-    doc.descendants()
-        .filter(|n| n.has_tag_name("text"))
-        .map(|n| {
-            n.descendants()
-                .filter(|t| t.is_text())
-                .filter_map(|t| t.text())
-                .collect::<String>()
-                .trim()
-                .to_string()
-        })
-        .collect()
+    texts
 }
 
 /// A quadratic with curvatures up to 100, so plain gradient descent diverges above lr = 2/100,
