@@ -2,13 +2,11 @@
 //! lines, and (as a table) a text plot of the smoothed loss against log10 lr.
 
 use std::io::{IsTerminal, Write};
-use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use serde_json::json;
 
-use super::run::{Format, RunOptions, RunOutcome, STOP_SIGNAL, catch_stop_signals, load_runs};
+use super::run::{Format, RunOptions, RunOutcome, catch_stop_signals, load_runs, until_stopped};
 use crate::format::{fmt_num, fmt_short, json_num};
 use crate::lang::file::DType;
 use crate::run::Retention;
@@ -75,10 +73,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
         if let Some(b) = &bar {
             b.set_position(i as u64 + 1);
         }
-        match STOP_SIGNAL.load(Ordering::SeqCst) {
-            0 => ControlFlow::Continue(()),
-            _ => ControlFlow::Break(()),
-        }
+        until_stopped()
     });
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -129,10 +124,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
         }
     }
     out.flush()?;
-    Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
-        0 => RunOutcome::Finished,
-        signal => RunOutcome::Interrupted(signal),
-    })
+    Ok(RunOutcome::finished_unless_stopped())
 }
 
 /// One word for how the test ended, for JSON.

@@ -320,6 +320,14 @@ pub(super) fn catch_stop_signals() {
     }
 }
 
+/// Whether to step on: not once ctrl-c or SIGTERM has come.
+pub(super) fn until_stopped() -> ControlFlow<()> {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => ControlFlow::Continue(()),
+        _ => ControlFlow::Break(()),
+    }
+}
+
 /// How `gradscope run` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -329,6 +337,16 @@ pub enum RunOutcome {
     Failed,
     /// Stopped by this signal (exit 128 + signal: 130 for ctrl-c, 143 for SIGTERM).
     Interrupted(i32),
+}
+
+impl RunOutcome {
+    /// Finished, or interrupted by the stop signal that came.
+    pub(super) fn finished_unless_stopped() -> Self {
+        match STOP_SIGNAL.load(Ordering::SeqCst) {
+            0 => RunOutcome::Finished,
+            signal => RunOutcome::Interrupted(signal),
+        }
+    }
 }
 
 impl RunOutcome {
@@ -457,9 +475,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
                 io_error.get_or_insert(e);
             }
         }
-        match STOP_SIGNAL.load(Ordering::SeqCst) {
-            0 if io_error.is_none() => ControlFlow::Continue(()),
-            _ => ControlFlow::Break(()),
+        match io_error {
+            None => until_stopped(),
+            Some(_) => ControlFlow::Break(()),
         }
     });
     for b in bars.iter().flatten() {
@@ -516,10 +534,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
             }
         }
     }
-    Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
-        0 if any_halted || save_failed => RunOutcome::Failed,
-        0 => RunOutcome::Finished,
-        signal => RunOutcome::Interrupted(signal),
+    Ok(match RunOutcome::finished_unless_stopped() {
+        RunOutcome::Finished if any_halted || save_failed => RunOutcome::Failed,
+        outcome => outcome,
     })
 }
 

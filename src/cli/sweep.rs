@@ -2,13 +2,11 @@
 //! dtypes, seeds), stepped like `run` steps them, ranked, with each swept axis's window.
 
 use std::io::{IsTerminal, Write};
-use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use super::run::{
-    Format, RunOptions, RunOutcome, RunsError, STOP_SIGNAL, aligned, build_runs,
-    catch_stop_signals, positive_steps, select,
+    Format, RunOptions, RunOutcome, RunsError, aligned, build_runs, catch_stop_signals,
+    positive_steps, select, until_stopped,
 };
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
@@ -380,10 +378,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         if let Some(b) = &bar {
             b.inc(1);
         }
-        match STOP_SIGNAL.load(Ordering::SeqCst) {
-            0 => ControlFlow::Continue(()),
-            _ => ControlFlow::Break(()),
-        }
+        until_stopped()
     });
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -437,10 +432,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         save_sweep(&picture, path)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(match STOP_SIGNAL.load(Ordering::SeqCst) {
-        0 => RunOutcome::Finished,
-        signal => RunOutcome::Interrupted(signal),
-    })
+    Ok(RunOutcome::finished_unless_stopped())
 }
 
 /// Every axis any point sweeps, in the order they first appear.
