@@ -99,15 +99,10 @@ pub fn bench_command(
             final_loss = s.final_loss;
             steps = s.steps;
         }
-        rates.sort_by(f64::total_cmp);
-        let name = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let figure = WorkloadFigure {
-            workload: name,
+            workload: workload_name(&f),
             steps,
-            steps_per_s: rates[rates.len() / 2],
+            steps_per_s: median(rates),
             final_loss,
             peak_rss_mb: peak_rss_mb(),
         };
@@ -159,10 +154,7 @@ runs of one file apart and as one batch (8 runs, lrs x1 to x1.7; aggregate steps
         "\nwhile the TUI draws a 200x60 frame every 33 ms (Loss tab / Landscape tab):"
     )?;
     for f in crate::load::discover(&[dir.to_path_buf()]).0 {
-        let name = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = workload_name(&f);
         let rates = [Tab::Loss, Tab::Landscape]
             .map(|tab| crate::tui::bench::steps_per_s(&f, tab).map(|r| format!("{r:.1}")));
         match rates {
@@ -193,10 +185,7 @@ runs of one file apart and as one batch (8 runs, lrs x1 to x1.7; aggregate steps
     }
     writeln!(out, "\nlandscape grid 64x64 (median of {}):", repeat.max(1))?;
     for f in crate::load::discover(&[dir.to_path_buf()]).0 {
-        let name = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = workload_name(&f);
         match grid_timings(&f, 64, repeat.max(1)) {
             Ok(t) => writeln!(out, "{name:<20} {t}")?,
             Err(e) => writeln!(out, "{name:<20} failed: {e}")?,
@@ -286,8 +275,7 @@ fn grid_timings(file: &Path, n: usize, repeat: usize) -> anyhow::Result<String> 
             mode = surface.grid(&plane, spec.clone())?.1;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        times.sort_by(f64::total_cmp);
-        Ok((times[times.len() / 2], mode))
+        Ok((median(times), mode))
     };
     let surface = Surface::new(&compiled, 0)?;
     let (ms, mode) = time(&surface)?;
@@ -394,15 +382,8 @@ pub fn sweep_figure(file: &Path, repeat: usize) -> anyhow::Result<SweepFigure> {
         lr_find(&one_run()?, &range, |_, _| ControlFlow::Continue(()))?;
         finds.push(start.elapsed().as_secs_f64());
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(SweepFigure {
-        workload: file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        workload: workload_name(file),
         sweep: spec.into(),
         points,
         sweep_s: median(sweeps),
@@ -451,15 +432,8 @@ pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<
         let steps: u64 = runs.iter().map(Run::step_count).sum();
         together.push(steps as f64 / t.elapsed().as_secs_f64());
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Ok(BatchFigure {
-        workload: file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        workload: workload_name(file),
         runs: lanes,
         separate_steps_per_s: median(apart),
         batched_steps_per_s: median(together),
@@ -574,10 +548,7 @@ pub fn lane_steps(repeat: usize) -> anyhow::Result<(Vec<LaneSteps>, Vec<String>)
             }
             lanes_s.push(start.elapsed().as_secs_f64());
         }
-        let median_us = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2] / UPDATES as f64 * 1e6
-        };
+        let median_us = |v: Vec<f64>| median(v) / UPDATES as f64 * 1e6;
         let (alone_us, lanes_us) = (median_us(alone_s), median_us(lanes_s));
         lines.push(format!(
             "{workload:<20} alone {alone_us:>8.1} us, as lanes {lanes_us:>8.1} us ({:.1}x)",
@@ -644,14 +615,13 @@ pub fn large_param(file: &Path, repeat: usize) -> anyhow::Result<(LargeParam, St
     let peak = peak_rss_mb();
     crate::alloc::release_all();
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    rates.sort_by(f64::total_cmp);
     let param_mb = param_bytes as f64 / (1 << 20) as f64;
     let figures = LargeParam {
         workload: file.display().to_string(),
         param_values,
         param_mb,
         steps,
-        steps_per_s: rates[rates.len() / 2],
+        steps_per_s: median(rates),
         peak_rss_mb: peak,
         peak_per_param: peak / param_mb,
     };
@@ -660,6 +630,20 @@ pub fn large_param(file: &Path, repeat: usize) -> anyhow::Result<(LargeParam, St
         figures.workload, figures.steps_per_s, steps, peak, figures.peak_per_param
     );
     Ok((figures, text))
+}
+
+/// The middle of `v` once sorted (NaN when it is empty): every figure here is a median of
+/// repetitions.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// A workload's name in the report: its file's stem.
+fn workload_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Resident memory of this process now, in MB (Linux; NaN elsewhere).
@@ -722,10 +706,7 @@ pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, V
         let Ok((compiled, _)) = load::load_compiled(&f) else {
             continue;
         };
-        let name = f
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = workload_name(&f);
         let tasks = compiled
             .runs
             .iter()
@@ -766,10 +747,6 @@ pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, V
             }
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     let rows: Vec<SweepRow> = cases
         .into_iter()
         .zip(rates)
