@@ -182,7 +182,7 @@ impl CompiledFile {
     /// for value: another seed of a file that draws nothing at random does.
     pub fn same_values(&self, other: &CompiledFile) -> bool {
         let same = |a: &[Named], b: &[Named]| {
-            let values = |n: &Named| n.value.flatten_all().and_then(|t| t.to_vec1::<f64>()).ok();
+            let values = |n: &Named| values_f64(&n.value).ok();
             a.len() == b.len()
                 && a.iter().zip(b).all(|(a, b)| {
                     a.value.dims() == b.value.dims()
@@ -263,15 +263,16 @@ fn nonfinite_values(file: &LossFile, data: &[Named], params: &[Named]) -> Vec<Di
         .map(|n| ("data", n))
         .chain(params.iter().map(|n| ("param", n)));
     for (what, n) in named {
-        let Ok(values) = n.value.flatten_all().and_then(|t| t.to_vec1::<f64>()) else {
+        let Ok((bad, total)) = trace::nonfinite(&n.value) else {
             continue;
         };
-        let bad: Vec<usize> = (0..values.len())
-            .filter(|&i| !values[i].is_finite())
-            .collect();
         let Some(&first) = bad.first() else {
             continue;
         };
+        let value = n
+            .value
+            .flatten_all()
+            .and_then(|t| t.get(first)?.to_scalar::<f64>());
         let at = match n.value.rank() {
             0 => String::new(),
             _ => format!(", the first at flat index {first}"),
@@ -286,8 +287,8 @@ fn nonfinite_values(file: &LossFile, data: &[Named], params: &[Named]) -> Vec<Di
                 n.name,
                 bad.len(),
                 if bad.len() == 1 { "" } else { "s" },
-                values.len(),
-                values[first]
+                total,
+                value.unwrap_or(f64::NAN)
             ))
             .at(&file.source, n.span.clone())
             .label(format!("as the file gives or computes it{whence}"))
