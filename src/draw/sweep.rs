@@ -500,7 +500,10 @@ where
 
 /// The cells marked best: the lowest final loss, over all cells or, with a const axis, for
 /// each value of it; none when both axes are consts (no two cells share an objective).
-fn best_cells(cells: &[((usize, usize), SweepOutcome)], consts: [bool; 2]) -> Vec<(usize, usize)> {
+pub fn best_cells(
+    cells: &[((usize, usize), SweepOutcome)],
+    consts: [bool; 2],
+) -> Vec<(usize, usize)> {
     if consts == [true, true] {
         return Vec::new();
     }

@@ -101,7 +101,7 @@ impl App {
             KeyCode::Up => view.move_cursor(-down.0, -down.1),
             KeyCode::Down => view.move_cursor(down.0, down.1),
             KeyCode::Enter => {
-                let overrides = view.overrides(view.cursor);
+                let overrides = view.points[view.cursor].clone();
                 let def = view.def;
                 self.command(Command::AddRun { def, overrides });
             }

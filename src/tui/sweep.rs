@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 
 use super::app::Msg;
 use crate::compile::{CompiledFile, Consts};
-use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture};
+use crate::draw::sweep::{SweepChart, SweepLine, SweepOutcome, SweepPicture, best_cells};
 use crate::optim::spec::{LIST_MAX, RawValue, value_list};
 use crate::optim::tricks::ChainSpec;
 use crate::run::sweep::{Ended, Spread, step_points};
@@ -313,11 +313,6 @@ impl SweepView {
         view
     }
 
-    /// Point `i` as a run of the file.
-    pub fn overrides(&self, i: usize) -> Overrides {
-        self.points[i].clone()
-    }
-
     /// Applies what the sweep thread found.
     pub fn apply(&mut self, m: SweepMsg) {
         match m {
@@ -353,28 +348,36 @@ impl SweepView {
     /// The points with the lowest final loss among those that ended without halting: one, or
     /// one for each value of a swept const (each minimises its own objective, so losses are
     /// compared only along the other key), none when every key is a const.
+    /// The pictures mark the same cells ([`best_cells`]); over one key, the missing second key
+    /// counts as a const when the first is one, so that a const alone ranks nothing.
     pub fn bests(&self) -> Vec<usize> {
-        if self.axes.iter().all(|a| a.is_const) {
-            return Vec::new();
-        }
-        let objective = |i: usize| -> Vec<u64> {
-            let values = self.values(i);
-            let consts = self.axes.iter().zip(values).filter(|(a, _)| a.is_const);
-            consts.map(|(_, v)| v.to_bits()).collect()
+        let first = self.axes[0].is_const;
+        let consts = [first, self.axes.get(1).map_or(first, |b| b.is_const)];
+        let n = self.axes[0].values.len();
+        best_cells(&self.cells(), consts)
+            .into_iter()
+            .map(|(i, j)| j * n + i)
+            .collect()
+    }
+
+    /// Each ended point as a cell of the grid (`(index on the first key, on the second)`) and
+    /// how it ended, as the pictures take them.
+    fn cells(&self) -> Vec<((usize, usize), SweepOutcome)> {
+        let n = self.axes[0].values.len();
+        let outcome = |e: &Ended| match e.halted_at {
+            Some(_) => SweepOutcome::Halted,
+            None if !e.final_loss.is_finite() => SweepOutcome::Diverged,
+            None => SweepOutcome::Loss(Spread {
+                median: e.final_loss,
+                min: e.final_loss,
+                max: e.final_loss,
+            }),
         };
-        let mut bests: Vec<(Vec<u64>, usize, f64)> = Vec::new();
-        for (i, e) in self.ended.iter().enumerate() {
-            let Some(e) = e.filter(|e| e.halted_at.is_none() && e.final_loss.is_finite()) else {
-                continue;
-            };
-            let key = objective(i);
-            match bests.iter_mut().find(|(k, ..)| *k == key) {
-                Some(b) if e.final_loss < b.2 => (b.1, b.2) = (i, e.final_loss),
-                Some(_) => {}
-                None => bests.push((key, i, e.final_loss)),
-            }
-        }
-        bests.into_iter().map(|(_, i, _)| i).collect()
+        self.ended
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some(((i % n, i / n), outcome(e.as_ref()?))))
+            .collect()
     }
 
     /// What the tab says when a const is swept: its points minimise different objectives.
@@ -402,24 +405,16 @@ impl SweepView {
     /// Its picture as `gradscope sweep --out` draws one (the points ended so far): a line over
     /// one key, a heat map over two.
     pub fn picture(&self, title: &str) -> SweepPicture {
-        let outcome = |e: &Ended| match e.halted_at {
-            Some(_) => SweepOutcome::Halted,
-            None if !e.final_loss.is_finite() => SweepOutcome::Diverged,
-            None => SweepOutcome::Loss(Spread {
-                median: e.final_loss,
-                min: e.final_loss,
-                max: e.final_loss,
-            }),
-        };
         let a = &self.axes[0];
-        let ended = self.ended.iter().enumerate();
+        let cells = self.cells();
         let chart = match self.axes.get(1) {
             None => SweepChart::Lines {
                 axis: a.key.clone(),
                 lines: vec![SweepLine {
                     name: self.of.clone(),
-                    points: ended
-                        .filter_map(|(i, e)| Some((a.values[i], outcome(e.as_ref()?))))
+                    points: cells
+                        .into_iter()
+                        .map(|((i, _), o)| (a.values[i], o))
                         .collect(),
                 }],
             },
@@ -427,12 +422,7 @@ impl SweepView {
                 consts: [a.is_const, b.is_const],
                 axes: [a.key.clone(), b.key.clone()],
                 values: [a.values.clone(), b.values.clone()],
-                cells: ended
-                    .filter_map(|(i, e)| {
-                        let n = a.values.len();
-                        Some(((i % n, i / n), outcome(e.as_ref()?)))
-                    })
-                    .collect(),
+                cells,
             },
         };
         SweepPicture {
