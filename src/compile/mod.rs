@@ -113,13 +113,17 @@ impl CompiledFile {
     }
 
     /// The file compiled again with its random data and params drawn from `seed`, and each of
-    /// `consts` set in every definition over its own value: one point of a sweep. An unknown
-    /// const is an error, with the closest name as help.
+    /// `consts` set in every definition over its own value: one point of a sweep (this file
+    /// itself when that changes nothing). An unknown const is an error, with the closest name as
+    /// help.
     pub fn recompiled(
         &self,
         seed: u64,
         consts: &[(String, f64)],
     ) -> Result<CompiledFile, Vec<Diagnostic>> {
+        if seed == self.file.seed && consts.is_empty() {
+            return Ok(self.clone());
+        }
         let mut file = (*self.file).clone();
         file.seed = seed;
         for (name, value) in consts {
@@ -134,13 +138,8 @@ impl CompiledFile {
                 found = true;
             }
             if !found {
-                let names: Vec<&str> = self
-                    .file
-                    .consts
-                    .iter()
-                    .map(|c| c.name.node.as_str())
-                    .collect();
-                let help = crate::diagnostic::did_you_mean(name, names.iter().copied())
+                let names = self.const_names();
+                let help = crate::diagnostic::did_you_mean(name, names.iter().map(String::as_str))
                     .unwrap_or_else(|| match names.is_empty() {
                         true => "this file has no [consts]".into(),
                         false => format!("this file's consts: {}", names.join(", ")),
