@@ -135,6 +135,23 @@ pub fn init_process(threads: Option<usize>) {
     compile::curvature::start_service();
 }
 
+/// CPU time the calling thread has used (Linux; None elsewhere): set against wall time, it
+/// tells the work a frame took from the time the thread waited for a core.
+pub fn thread_cpu_time() -> Option<std::time::Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: writes only `ts`.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+        ok.then(|| std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
 /// Lowers the calling thread's priority by `nice` from the one it has (Linux keeps a nice value
 /// per thread): the threads that step and draw the runs make way for the UI thread.
 pub fn lower_thread_priority(nice: i32) {

@@ -238,6 +238,10 @@ pub fn tui_under_load(
             "  frame drawn in {:.2} ms median, {:.2} ms p99, {:.2} ms max ({} frames); {:.0} steps/s received",
             u.frame_median_ms, u.frame_p99_ms, u.frame_max_ms, u.frames, u.steps_per_s
         ),
+        format!(
+            "  the slowest frame's drawing took {:.2} ms of CPU; {} frames waited over 1 ms for a core",
+            u.frame_cpu_max_ms, u.frames_preempted
+        ),
     ];
     Ok((u, lines))
 }

@@ -152,6 +152,12 @@ pub struct UnderLoad {
     pub frame_median_ms: f64,
     pub frame_p99_ms: f64,
     pub frame_max_ms: f64,
+    /// The most CPU time a frame's drawing took (NaN where the OS does not say): what the
+    /// app's own work costs, without the time its thread waited for a core.
+    pub frame_cpu_max_ms: f64,
+    /// Frames whose drawing waited more than 1 ms for a core (wall time past CPU time): the
+    /// frames that other threads, ours or other processes', preempted.
+    pub frames_preempted: usize,
     /// Steps a second over all runs, as the app received them.
     pub steps_per_s: f64,
 }
@@ -212,11 +218,12 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
     let n = ((seconds * 1e3 / 97.0) as usize).max(1);
     let keys = KEYS.chars().cycle().take(n).chain(['q']);
     let mut input = Scripted::new(keys, start, Duration::from_millis(97));
-    let mut draws = Vec::new();
+    let (mut draws, mut cpu) = (Vec::new(), Vec::new());
     let mut handled = Vec::new();
     loop {
         let turn = events.frame(&mut app, &mut terminal, &mut input)?;
         draws.push(turn.draw.as_secs_f64() * 1e3);
+        cpu.push(turn.draw_cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e3));
         handled.extend(turn.handled);
         if turn.action == Some(super::app::Action::Quit) {
             break;
@@ -236,8 +243,14 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
     // The last is the quit key.
     keys.pop();
     let quit_arrived = *input.arrived.last().unwrap_or(&start);
+    let frames_preempted = draws
+        .iter()
+        .zip(&cpu)
+        .filter(|(w, c)| *w - *c > 1.0)
+        .count();
     keys.sort_by(f64::total_cmp);
     draws.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
     Ok(UnderLoad {
         files,
         runs,
@@ -249,6 +262,8 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
         frame_median_ms: quantile(&draws, 0.5),
         frame_p99_ms: quantile(&draws, 0.99),
         frame_max_ms: quantile(&draws, 1.0),
+        frame_cpu_max_ms: quantile(&cpu, 1.0),
+        frames_preempted,
         steps_per_s,
     })
 }

@@ -228,6 +228,9 @@ pub struct Turn {
     pub action: Option<Action>,
     /// How long drawing took.
     pub draw: Duration,
+    /// The CPU time drawing took (None where the OS does not say): less than `draw` by the
+    /// time the thread waited for a core.
+    pub draw_cpu: Option<Duration>,
     /// When each input of the frame had been handled, in order.
     pub handled: Vec<Instant>,
 }
@@ -254,11 +257,12 @@ impl EventLoop {
     where
         B::Error: Send + Sync + 'static,
     {
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), crate::thread_cpu_time());
         terminal.draw(|f| render::render(f, app))?;
         let mut turn = Turn {
             action: None,
             draw: started.elapsed(),
+            draw_cpu: cpu.zip(crate::thread_cpu_time()).map(|(a, b)| b - a),
             handled: Vec::new(),
         };
         let deadline = Instant::now() + FRAME;
