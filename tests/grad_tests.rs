@@ -580,6 +580,73 @@ fn amin_reduction() {
     reduction_case("amin", "amin", X);
 }
 
+/// Elements tied at the max (min) share its gradient equally, as torch's amax and JAX's max
+/// share it: the weights sum to 1 (so a zero-initialised param gets 1/n each, not 1 each), and
+/// the value is the extreme itself, in every dtype.
+#[test]
+fn amax_and_amin_share_the_gradient_among_ties() {
+    for (loss, params, loss_value, want) in [
+        ("amax(w)", "w = \"zeros(4)\"", 0.0, vec![0.25; 4]),
+        (
+            "amax(w)",
+            "w = \"[1, 3, 3, 2]\"",
+            3.0,
+            vec![0.0, 0.5, 0.5, 0.0],
+        ),
+        (
+            "amin(w)",
+            "w = \"[1, 3, 1, 1]\"",
+            1.0,
+            vec![1.0 / 3.0, 0.0, 1.0 / 3.0, 1.0 / 3.0],
+        ),
+        (
+            "amax(w)",
+            "w = \"[1, 3, 2, 0]\"",
+            3.0,
+            vec![0.0, 1.0, 0.0, 0.0],
+        ),
+        (
+            "sum([1, 10] * amax(w, axis=1))",
+            "w = \"[[2, 2, 1], [0, 5, 4]]\"",
+            52.0,
+            vec![0.5, 0.5, 0.0, 0.0, 10.0, 0.0],
+        ),
+        (
+            "sum([1, 10, 100] * amin(w, axis=0))",
+            "w = \"[[2, 2, 1], [2, 5, 1]]\"",
+            122.0,
+            vec![0.5, 10.0, 50.0, 0.5, 0.0, 50.0],
+        ),
+        // An infinite extreme keeps its value (no inf - inf).
+        (
+            "amax(w + c) + amin(w)",
+            "w = \"[0, 0, 1]\"",
+            f64::INFINITY,
+            vec![],
+        ),
+    ] {
+        for dtype in ["f64", "f32", "bf16"] {
+            let name = format!("ties {loss} {params} {dtype}");
+            let toml = file(loss, "c = \"where([1, 1, 0] > 0, exp(1000), 0)\"", params)
+                .replace("dtype = \"f64\"", &format!("dtype = \"{dtype}\""));
+            let compiled = compiled(&name, &toml);
+            let ev = Evaluator::new(&compiled, 0).expect("Evaluator::new");
+            let eval = evaluate(&name, &ev);
+            assert_eq!(eval.loss, loss_value, "[{name}] loss");
+            if !want.is_empty() {
+                let got = to_f64_vec(&eval.grads[0]);
+                let tol = if dtype == "bf16" { 1e-2 } else { 1e-7 };
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(g, w)| (g - w).abs() <= tol * w.abs().max(1.0)),
+                    "[{name}] gradient {got:?}, want {want:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn logsumexp_reduction() {
     // d/dx logsumexp(x) = softmax(x)

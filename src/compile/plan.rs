@@ -441,8 +441,8 @@ fn reduce(op: Reduce, x: &Tensor, axis: Option<usize>) -> Result<Tensor> {
     match op {
         Reduce::Sum => x.sum(axis),
         Reduce::Mean => x.mean(axis),
-        Reduce::Max => x.max(axis),
-        Reduce::Min => x.min(axis),
+        Reduce::Max => extreme(&x, axis, true),
+        Reduce::Min => extreme(&x, axis, false),
         Reduce::Norm => x.sqr()?.sum(axis)?.sqrt(),
         Reduce::LogSumExp => {
             let m = x.max_keepdim(axis)?.detach();
@@ -454,6 +454,33 @@ fn reduce(op: Reduce, x: &Tensor, axis: Option<usize>) -> Result<Tensor> {
                 .squeeze(axis)
         }
     }
+}
+
+/// The max (or min) over `axis`, whose gradient the tied elements share equally, as torch's
+/// `amax` and JAX's `max` share it (candle's gives each of them the whole, `k` times too much
+/// for `k` ties: every element of a zero-initialised param ties). Its value is candle's
+/// extreme `m` exactly; where `k > 1` elements tie at a finite extreme it is
+/// `m̄ + (m - m̄) / k` with `m̄` the detached `m`, which adds zero and divides the gradient by `k`.
+fn extreme(x: &Tensor, axis: usize, max: bool) -> Result<Tensor> {
+    let m = if max {
+        x.max_keepdim(axis)?
+    } else {
+        x.min_keepdim(axis)?
+    };
+    let fixed = m.detach();
+    // Counted in f32 at least: bf16 counts exactly only up to 256.
+    let wide = match x.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    let ties = x
+        .broadcast_eq(&fixed)?
+        .to_dtype(wide)?
+        .sum_keepdim(axis)?
+        .to_dtype(x.dtype())?;
+    let shared = ties.gt(1.0)?.mul(&fixed.abs()?.lt(f64::INFINITY)?)?;
+    let split = fixed.add(&m.sub(&fixed)?.div(&ties)?)?;
+    shared.where_cond(&split, &m)?.squeeze(axis)
 }
 
 /// A plan made ready for one dtype: constants cast, and each register's last use known so

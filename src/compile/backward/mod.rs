@@ -803,7 +803,12 @@ impl<'a> Gen<'a> {
                         };
                         sym::div(&gu, &sym::num(n as f64))
                     }
-                    Reduce::Max | Reduce::Min => sym::mul(&sym::cmp(BinOp::Eq, a, &mu()), &gu),
+                    Reduce::Max | Reduce::Min => {
+                        // The tied elements share the gradient equally (see `plan::extreme`).
+                        let at = sym::cmp(BinOp::Eq, a, &mu());
+                        let ties = sym::call("sum", vec![at.clone()], axis, me.shape.clone());
+                        sym::mul(&at, &sym::div(&gu, &unsqueeze(&ties, axis, &a.shape)))
+                    }
                     Reduce::LogSumExp => {
                         let soft = match axis {
                             Some(k) => {
