@@ -78,8 +78,8 @@ impl ParamSettings {
         };
         let mut spec = base.clone();
         for (key, value) in &self.hyper {
-            if key == "lr" {
-                return Err(refused(key, lr_refused()));
+            if let Some(e) = run_wide(key) {
+                return Err(refused(key, e));
             }
             if spec.get(key).is_some() {
                 spec.set(key, value.raw()).map_err(|e| refused(key, e))?;
@@ -204,7 +204,6 @@ pub fn check_param_setting(
                 }),
             };
         }
-        "lr" => return Err(lr_refused()),
         "name" => {
             return Err(SettingError {
                 message: "a param cannot have its own optimizer".into(),
@@ -212,6 +211,9 @@ pub fn check_param_setting(
             });
         }
         _ => {}
+    }
+    if let Some(e) = run_wide(key) {
+        return Err(e);
     }
     if RUN_SETTINGS.iter().any(|(n, _)| *n == key) && !is_hyper(kind, key) {
         return Err(SettingError {
@@ -251,6 +253,20 @@ fn is_hyper(kind: Option<OptimizerKind>, key: &str) -> bool {
     candidates(&kind)
         .iter()
         .any(|k| k.hyper_parameters().iter().any(|h| h.name == key))
+}
+
+/// Why a hyper-parameter is not a per-param setting: `lr` (a param scales it), and Adagrad's
+/// `initial_accumulator_value`, which torch.optim reads from the optimizer for every param and
+/// ignores in a param group (a per-param value would step differently from torch).
+fn run_wide(key: &str) -> Option<SettingError> {
+    match key {
+        "lr" => Some(lr_refused()),
+        "initial_accumulator_value" => Some(SettingError {
+            message: "`initial_accumulator_value` is the run's: torch.optim's Adagrad starts every param's accumulator from the optimizer's value and ignores a param group's".into(),
+            help: Some("set it in [optimizer]".into()),
+        }),
+        _ => None,
+    }
 }
 
 /// Why `lr` is not a per-param setting.

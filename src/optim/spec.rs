@@ -601,9 +601,9 @@ optimizers! {
         /// Learning rate.
         lr: f64 = 1e-2 => NonNegative,
         /// Decay term: shrinks params by `lambd * eta` and slows the decay of eta.
-        lambd: f64 = 1e-4 => Any,
+        lambd: f64 = 1e-4 => NonNegative,
         /// Power of the step-size decay `eta = lr / (1 + lambd * lr * t)^alpha`.
-        alpha: f64 = 0.75 => Any,
+        alpha: f64 = 0.75 => NonNegative,
         /// Step after which averaging starts.
         t0: f64 = 1e6 => Any,
         /// L2 penalty added to the gradient.

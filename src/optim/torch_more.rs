@@ -606,10 +606,17 @@ mod tests {
         assert_accepted(&["rprop"], "etaplus", "1.01");
     }
 
+    /// torch 2.x refuses a negative `lambd` or `alpha` ("Invalid lambd value").
+    #[test]
+    fn asgd_refuses_negative_decay() {
+        for key in ["lambd", "alpha"] {
+            assert_refused(&["asgd"], key, "-0.5", "at least 0");
+            assert_accepted(&["asgd"], key, "0");
+        }
+    }
+
     #[test]
     fn what_torch_does_not_check_is_accepted() {
-        assert_accepted(&["asgd"], "lambd", "-1");
-        assert_accepted(&["asgd"], "alpha", "-1");
         assert_accepted(&["asgd"], "t0", "-1");
         assert_accepted(&["rprop"], "step_size_min", "-1");
         assert_accepted(&["rprop"], "step_size_max", "-1");
