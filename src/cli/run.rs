@@ -194,7 +194,7 @@ pub fn build_runs(
             request.retention = retention;
             let config = &mut request.settings;
             if let Some(n) = args.steps {
-                config.steps = n;
+                config.set_steps(n);
             }
             if args.clip_norm.is_some() {
                 config.clip_norm = args.clip_norm;

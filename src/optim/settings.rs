@@ -151,6 +151,15 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
+    /// Sets how many steps the run takes; a cosine schedule, which anneals over the run's
+    /// steps, follows (`--steps 30` on a file with `steps = 20` anneals over 30).
+    pub fn set_steps(&mut self, n: u64) {
+        self.steps = n;
+        if let Schedule::Cosine { total, .. } = &mut self.schedule.schedule {
+            *total = n;
+        }
+    }
+
     /// The settings an `[optimizer]` table's checked `key = value` pairs describe (adam with
     /// torch's defaults when there are none). Keys of another optimizer (from a file-level table
     /// under a variant's new `name`) are not hyper-parameters of this one and are left out.
@@ -241,5 +250,28 @@ impl RunSettings {
                 _ => None,
             })
             .unwrap_or(self.loss_scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cosine schedule anneals over the run's steps: `--steps` moves its end with them.
+    #[test]
+    fn set_steps_moves_a_cosine_schedules_end() {
+        let table = [
+            ("schedule", RawValue::Text("cosine")),
+            ("steps", RawValue::Number(20.0)),
+        ];
+        let mut s = RunSettings::from_table(&table);
+        assert_eq!(s.schedule.lr(1.0, 20), 0.0);
+        s.set_steps(30);
+        assert_eq!(s.steps, 30);
+        assert!((s.schedule.lr(1.0, 15) - 0.5).abs() < 1e-15);
+        assert_eq!(s.schedule.lr(1.0, 30), 0.0);
+        let mut constant = RunSettings::from_table(&[("steps", RawValue::Number(20.0))]);
+        constant.set_steps(30);
+        assert_eq!(constant.schedule, LrSchedule::constant());
     }
 }
