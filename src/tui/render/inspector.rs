@@ -76,12 +76,17 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
                 String::new()
             }
         )));
-        let ratio = f64::from(c.update_ratio);
-        // 0/0 while every param is zero: undefined, not a NaN event; no update yet from here.
-        let ratio = if ratio.is_nan() && !c.loss.is_nan() || c.flags & flags::STEPPED == 0 {
-            "-".to_string()
-        } else {
-            fmt_num(ratio)
+        // The last row holds the current params, not yet stepped from: its Δ/p is the update
+        // that led there, the row before's. 0/0 while every param is zero is undefined, not a
+        // NaN event.
+        let led_here = last
+            .checked_sub(1)
+            .filter(|&k| k >= r.history.first())
+            .map(|k| r.history.core(k))
+            .filter(|p| p.flags & flags::STEPPED != 0);
+        let ratio = match led_here.map(|p| f64::from(p.update_ratio)) {
+            Some(x) if !(x.is_nan() && !c.loss.is_nan()) => fmt_num(x),
+            _ => "-".to_string(),
         };
         lines.push(Line::from(format!("Δ/p       {ratio}")));
         if c.loss_scale_log2 != 0 {
