@@ -351,6 +351,26 @@ fn snapshot_log_scale() {
     snapshot("log_scale", &t);
 }
 
+/// A loss that goes below 0 cannot be drawn on a log axis: the chart stays linear and its title
+/// says why, and a loss above 0 again gets the log axis back.
+#[test]
+fn log_scale_is_off_while_a_value_is_below_0() {
+    let dir = Scratch::new("log-negative");
+    dir.write(
+        "negative.toml",
+        "name = \"Negative\"\nloss = \"(x - 1)^2 - 0.5\"\n\n[params]\nx = \"0.0\"\n\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 50\n",
+    );
+    let (mut app, rx) = open(&format!("{}/negative.toml", dir.path()));
+    typed_settled(&mut app, &rx, "50nl");
+    assert!(app.log_y);
+    let text = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(text.contains("(log y off: values below 0)"), "{text}");
+    assert!(!text.contains("(log y)"), "{text}");
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "5nl");
+    assert!(rows(&draw(&app, 160, 45)).join("\n").contains("(log y)"));
+}
+
 /// A schedule-free run beside Adam: its eval params' loss is a second, dimmer line of its colour.
 const SCHEDULE_FREE: &str = r#"name = "Schedule-free"
 loss = "(1 - x)^2 + 100 * (y - x^2)^2"

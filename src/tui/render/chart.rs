@@ -69,24 +69,55 @@ impl Curve<'_> {
     }
 }
 
+/// Whether a curve the tab draws for `s`'s runs has a value below 0 (the whole run's, read
+/// from the summaries at `columns` wide).
+fn negative_values(app: &App, s: &crate::tui::session::Session, columns: usize) -> bool {
+    s.runs.iter().any(|r| {
+        metrics(app, r).into_iter().any(|(metric, _)| {
+            Curve {
+                history: &r.history,
+                streams: &r.streams,
+                metric,
+            }
+            .series(r.history.first(), columns, false, None)
+            .points
+            .iter()
+            .any(|p| p.1 < 0.0)
+        })
+    })
+}
+
 /// The shown chart tab of `file`.
 pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
-    let log = app.log_y || app.tab == Tab::LrRatio;
+    let mut log = app.log_y || app.tab == Tab::LrRatio;
     let mut title = app.tab.title().to_string();
-    if log {
-        title.push_str(" (log y)");
-    }
-    if app.smoothing > 0.0 {
-        title.push_str(&format!(
-            " · smoothing {}",
-            crate::format::fmt_short(app.smoothing)
-        ));
-    }
-    let block = panel(&title, app.focus == Focus::Charts);
+    let title_of = |title: &str| {
+        let mut title = title.to_string();
+        if app.smoothing > 0.0 {
+            title.push_str(&format!(
+                " · smoothing {}",
+                crate::format::fmt_short(app.smoothing)
+            ));
+        }
+        title
+    };
     let Some(s) = file.session.as_ref() else {
+        let full = title_of(&title);
+        let block = panel(&full, app.focus == Focus::Charts);
         f.render_widget(Paragraph::new("no runs").block(block), area);
         return;
     };
+    let columns = area.width.saturating_sub(12) as usize;
+    // A log axis cannot show a negative value (a loss can be one): the chart stays linear and
+    // says why, as the pictures do.
+    if log && negative_values(app, s, columns) {
+        log = false;
+        title.push_str(" (log y off: values below 0)");
+    } else if log {
+        title.push_str(" (log y)");
+    }
+    let full = title_of(&title);
+    let block = panel(&full, app.focus == Focus::Charts);
     let longest = s
         .runs
         .iter()
@@ -100,7 +131,6 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     } else {
         0
     };
-    let columns = area.width.saturating_sub(12) as usize;
     struct Drawn {
         name: String,
         color: Color,
