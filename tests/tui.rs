@@ -1482,6 +1482,11 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
     let broken = edited.replace("(1 - x)^2", "(1 - expp(x))^2");
     std::fs::write(&file, broken).unwrap();
     app.handle(Msg::FileChanged(file.clone()));
+    let status = app.message.clone().unwrap_or_default();
+    assert!(
+        status.ends_with("no longer compiles (1 error): the runs keep the last version that did"),
+        "{status}"
+    );
     let f = app.file().unwrap();
     assert!(f.broken());
     assert!(f.session.is_some());

@@ -571,6 +571,7 @@ impl App {
             return;
         };
         let selected = self.file().map(|f| f.path.clone());
+        self.message = Some(format!("{} was deleted: its runs are gone", path.display()));
         self.files.remove(i);
         self.selected_file = selected
             .and_then(|p| self.files.iter().position(|f| f.path == p))
@@ -584,6 +585,7 @@ impl App {
     fn reload(&mut self, report: LoadedFile) {
         let text = report.source.as_ref().map(|s| s.text.clone());
         let Some(i) = self.files.iter().position(|f| f.path == report.path) else {
+            self.message = Some(format!("new file {}", report.path.display()));
             let entry = self.entry(report);
             self.files.push(entry);
             self.sort_files();
@@ -602,6 +604,14 @@ impl App {
             f.name = name;
         }
         let Some(new) = report.compiled else {
+            // The runs go on with the last version that compiled; the status says so rather
+            // than keep an earlier reload's news.
+            let errors = f.diagnostics.iter().filter(|d| d.is_error()).count();
+            self.message = Some(format!(
+                "{} no longer compiles ({errors} error{}): the runs keep the last version that did",
+                f.path.display(),
+                if errors == 1 { "" } else { "s" }
+            ));
             return;
         };
         // Back to the text the runs are running (a broken edit undone): nothing restarts.
@@ -623,9 +633,10 @@ impl App {
                 n => format!(", {n} variants gone"),
             };
             self.message = Some(format!(
-                "reloaded {}: {} runs restarted{gone} ({change})",
+                "reloaded {}: {} run{} restarted{gone} ({change})",
                 f.path.display(),
-                restarted.runs
+                restarted.runs,
+                if restarted.runs == 1 { "" } else { "s" }
             ));
         }
         f.compiled = Some(new);
