@@ -198,6 +198,24 @@ fn gradcheck_past_a_halt_says_which_step_it_checks() {
     assert!(out.contains("at step 3 (atol"), "{out}");
 }
 
+/// A sweep where every point halts found nothing and exits 1; one point that finishes is enough
+/// for 0 (the halted ones are reported, not failures).
+#[test]
+fn a_sweep_exits_1_only_when_no_point_finished() {
+    let file = halting_file("sweep_none_finished");
+    let f = file.to_str().unwrap();
+    let o = gradscope(&["sweep", f, "-o", "sgd(lr=[1, 2])", "--steps", "10"]);
+    assert!(stdout(&o).contains("no point finished"), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(1));
+    let o = gradscope(&["sweep", f, "-o", "sgd(lr=[0.01, 1])", "--steps", "10"]);
+    assert!(
+        stdout(&o).contains("best of sgd(lr=[0.01, 1]): sgd(lr=0.01)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(o.status.code(), Some(0));
+}
+
 #[test]
 fn a_gradcheck_fail_names_the_element_and_why() {
     let file = halting_file("gradcheck_fail");

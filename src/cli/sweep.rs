@@ -432,7 +432,13 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         save_sweep(&picture, path)?;
         eprintln!("wrote {}", path.display());
     }
-    Ok(RunOutcome::finished_unless_stopped())
+    // A sweep of which no point finished found nothing: it fails as a halted `run` does.
+    Ok(match RunOutcome::finished_unless_stopped() {
+        RunOutcome::Finished if !rows.iter().any(|r| r.status == Status::Finished) => {
+            RunOutcome::Failed
+        }
+        outcome => outcome,
+    })
 }
 
 /// Every axis any point sweeps, in the order they first appear.

@@ -340,7 +340,7 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
             None,
         ),
         Popup::Smoothing { text, error } => (
-            "Smoothing weight (0 off, up to 0.999)",
+            "Smoothing weight (0 off, below 1, e.g. 0.9)",
             field(text, error.as_deref(), "enter sets it · esc cancels", inner),
             None,
         ),
