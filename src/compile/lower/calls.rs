@@ -41,6 +41,18 @@ impl Lowerer {
             return self.user_call(&fd, args, span);
         }
         let Some(f) = Builtin::from_name(name) else {
+            if let Some((outer, names)) = &self.body_of
+                && names.iter().any(|n| n == name)
+            {
+                let message = match outer == name {
+                    true => format!("`{name}` calls itself: a [functions] entry cannot recurse"),
+                    false => format!(
+                        "`{outer}` calls `{name}`: a [functions] entry cannot call another one"
+                    ),
+                };
+                let help = "a function's value uses builtins, consts and its args; call both from the loss, or write the other's value out here";
+                return Err(self.fail(message, &func.span, Some(help.into())));
+            }
             let help = match self.env.get(name) {
                 Some(b) => Some(format!("`{name}` is {}, not a function", b.kind.describe())),
                 None => did_you_mean(name, Builtin::names()),
@@ -550,6 +562,10 @@ impl Lowerer {
             .collect();
         let body = |extra: Option<&Shape>| {
             let mut lw = Lowerer::new(&self.source, 0, name);
+            lw.body_of = Some((
+                fd.name.node.clone(),
+                self.functions.iter().map(|f| f.name.node.clone()).collect(),
+            ));
             for (n, t) in &consts {
                 lw.bind_known(n, t.clone(), Kind::Const);
             }

@@ -90,6 +90,9 @@ pub struct Lowerer {
     /// The inputs whose values came from a file, by input index: their name and origin
     /// (`read from data/x.npy`), so a shape report can name the file.
     origins: HashMap<usize, (String, String)>,
+    /// Inside a `[functions]` body: that function's name and the file's function names, which
+    /// a body cannot call (it calls builtins only), so the error can say so.
+    body_of: Option<(String, Vec<String>)>,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -117,6 +120,7 @@ impl Lowerer {
             data_values: HashMap::new(),
             detached: 0,
             origins: HashMap::new(),
+            body_of: None,
             diags: Vec::new(),
         }
     }
