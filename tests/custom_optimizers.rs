@@ -790,7 +790,7 @@ mod tui {
         app.settle(&rx);
         let message = app.message.clone().unwrap_or_default();
         assert!(
-            message.contains("1 runs restarted (optimizer mine changed)"),
+            message.contains("1 run restarted (optimizer mine changed)"),
             "{message}"
         );
     }

@@ -85,7 +85,7 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             .map(|k| r.history.core(k))
             .filter(|p| p.flags & flags::STEPPED != 0);
         let ratio = match led_here.map(|p| f64::from(p.update_ratio)) {
-            Some(x) if !(x.is_nan() && !c.loss.is_nan()) => fmt_num(x),
+            Some(x) if !x.is_nan() || c.loss.is_nan() => fmt_num(x),
             _ => "-".to_string(),
         };
         lines.push(Line::from(format!("Δ/p       {ratio}")));
