@@ -198,6 +198,27 @@ fn gradcheck_past_a_halt_says_which_step_it_checks() {
     assert!(out.contains("at step 3 (atol"), "{out}");
 }
 
+/// A generated file with many unused lines gets ten "never used" warnings and one that counts
+/// the rest, not a warning a line.
+#[test]
+fn never_used_warnings_stop_at_ten_and_count_the_rest() {
+    let path = std::env::temp_dir().join(format!("gradscope-unused-{}.toml", std::process::id()));
+    let lines: String = (0..25).map(|i| format!("t{i} = w * {i}\n")).collect();
+    std::fs::write(
+        &path,
+        format!("name = \"unused\"\nloss = \"\"\"\n{lines}sum(w^2)\n\"\"\"\n[params]\nw = \"[1.0, 2.0]\"\n"),
+    )
+    .unwrap();
+    let o = gradscope(&["check", path.to_str().unwrap()]);
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert_eq!(text.matches("is never used").count(), 10, "{text}");
+    assert!(
+        text.contains("15 more lines are never used, from `t10` on"),
+        "{text}"
+    );
+    assert_eq!(o.status.code(), Some(0));
+}
+
 /// A sweep where every point halts found nothing and exits 1; one point that finishes is enough
 /// for 0 (the halted ones are reported, not failures).
 #[test]

@@ -96,6 +96,9 @@ pub struct Lowerer {
     pub diags: Vec<Diagnostic>,
 }
 
+/// "never used" warnings given one by one in a program; the rest are counted in one.
+const UNUSED_SHOWN: usize = 10;
+
 /// A deterministic per-entry RNG stream, so adding or reordering entries changes no other entry.
 pub fn rng_for(seed: u64, context: &str) -> ChaCha8Rng {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -292,14 +295,28 @@ impl Lowerer {
             self.mark_used(&p.node.result);
         }
         let extra = extra(&mut self);
-        for name in locals {
-            if !self.used.contains(&name.node) {
-                self.diags.push(
-                    Diagnostic::warning(format!("`{}` is never used", name.node))
-                        .at(&self.source, name.span.clone())
-                        .help("remove it, or use it in the loss"),
-                );
-            }
+        let unused: Vec<_> = locals
+            .into_iter()
+            .filter(|name| !self.used.contains(&name.node))
+            .collect();
+        for name in unused.iter().take(UNUSED_SHOWN) {
+            self.diags.push(
+                Diagnostic::warning(format!("`{}` is never used", name.node))
+                    .at(&self.source, name.span.clone())
+                    .help("remove it, or use it in the loss"),
+            );
+        }
+        // A generated file can leave thousands unused: one warning stands for the rest.
+        if let Some(next) = unused.get(UNUSED_SHOWN) {
+            let more = unused.len() - UNUSED_SHOWN;
+            self.diags.push(
+                Diagnostic::warning(format!(
+                    "{more} more lines are never used, from `{}` on",
+                    next.node
+                ))
+                .at(&self.source, next.span.clone())
+                .help("remove them, or use them in the loss"),
+            );
         }
         let Ok(out) = result else {
             return (None, None, self.diags);
