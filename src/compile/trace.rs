@@ -74,8 +74,20 @@ impl Provenance {
             self.pass.words(),
             self.count,
             self.total,
-            self.inputs.join(", ")
+            self.inputs_text()
         )
+    }
+
+    /// What reached the op at each shown element, once each (equal elements say it once), the
+    /// elements apart by `;` (an element's inputs are apart by `,`).
+    fn inputs_text(&self) -> String {
+        let mut seen: Vec<&str> = Vec::new();
+        for i in &self.inputs {
+            if !seen.contains(&i.as_str()) {
+                seen.push(i);
+            }
+        }
+        seen.join("; ")
     }
 
     /// The summary prefixed with the op's line and column: `` 4:6 `log(w * x)` in the forward pass, ... ``
@@ -130,7 +142,7 @@ impl Provenance {
             self.pass.words()
         ))
         .at(self.source(source), self.span.clone())
-        .label(self.inputs.join(", "))
+        .label(self.inputs_text())
         .help(help)
     }
 }
