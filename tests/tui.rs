@@ -554,6 +554,22 @@ fn rewind_and_reset_keys() {
     assert_eq!(history_lens(&app), vec![0; 4], "2B rewinds at most to 0");
 }
 
+/// Rewinding takes every run to one step, counted back from the furthest run: a run that halted
+/// earlier stays where it is until that step is before its own.
+#[test]
+fn rewinding_takes_every_run_to_the_same_step_past_a_halted_one() {
+    let (mut app, rx) = open("losses/f16_exp_overflow.toml");
+    typed_settled(&mut app, &rx, "40n");
+    let lens = history_lens(&app);
+    let halted = *lens.iter().min().unwrap();
+    assert!(halted < 39 && lens.iter().any(|&l| l == 40), "{lens:?}");
+    typed_settled(&mut app, &rx, "b");
+    assert!(history_lens(&app).iter().all(|&l| l == 39 || l == halted));
+    let back = 40 - (halted - 2);
+    typed_settled(&mut app, &rx, &format!("{}b", back - 1));
+    assert_eq!(history_lens(&app), vec![halted - 2; lens.len()]);
+}
+
 /// Rewinding re-steps from a snapshot: the records it produces must be the ones it replaced.
 #[test]
 fn rewind_reproduces_the_same_records() {

@@ -639,7 +639,14 @@ impl Worker {
                 }
             }
             Command::Reset => self.rewind(|_| 0),
-            Command::Rewind(n) => self.rewind(|len| len.saturating_sub(n)),
+            Command::Rewind(n) => {
+                // One target for every run, n steps before the furthest: a run behind it (halted
+                // earlier, or added later) stays where it is until the target passes it, so
+                // the runs end at the same step.
+                let furthest = self.slots.iter().map(|s| s.run.step_count()).max();
+                let target = furthest.unwrap_or(0).saturating_sub(n);
+                self.rewind(|len| len.min(target))
+            }
             Command::ScaleLr(id, f) => {
                 self.report();
                 if let Some(s) = self.slots.iter_mut().find(|s| s.id == id) {
