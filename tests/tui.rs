@@ -570,6 +570,18 @@ fn rewinding_takes_every_run_to_the_same_step_past_a_halted_one() {
     assert_eq!(history_lens(&app), vec![halted - 2; lens.len()]);
 }
 
+/// A run that halts again at the same step after a reset is logged once, not once a replay.
+#[test]
+fn a_halt_replayed_after_a_reset_is_logged_once() {
+    let (mut app, rx) = open("losses/f16_exp_overflow.toml");
+    typed_settled(&mut app, &rx, "40n");
+    let logged = app.session().unwrap().warnings.len();
+    assert!(logged > 0);
+    typed_settled(&mut app, &rx, "r40n");
+    typed_settled(&mut app, &rx, "r40n");
+    assert_eq!(app.session().unwrap().warnings.len(), logged);
+}
+
 /// Rewinding re-steps from a snapshot: the records it produces must be the ones it replaced.
 #[test]
 fn rewind_reproduces_the_same_records() {

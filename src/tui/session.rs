@@ -115,6 +115,17 @@ pub struct Warning {
     pub diagnostic: Option<Box<Diagnostic>>,
 }
 
+/// Adds `w` unless the log has it already: a run re-stepped after a rewind or reset halts at
+/// the same step for the same reason, and the log says so once.
+fn push_new(log: &mut Vec<Warning>, w: Warning) {
+    if !log
+        .iter()
+        .any(|o| (&o.run, o.step, &o.text) == (&w.run, w.step, &w.text))
+    {
+        log.push(w);
+    }
+}
+
 /// The runs of one loss file and the worker stepping them.
 pub struct Session {
     pub id: u64,
@@ -306,12 +317,15 @@ impl Session {
                 if let Some(r) = live(&mut self.runs, rid)
                     && r.halted.is_none()
                 {
-                    self.warnings.push(Warning {
-                        run: r.info.name.clone(),
-                        step,
-                        text: format!("halted: {reason}"),
-                        diagnostic,
-                    });
+                    push_new(
+                        &mut self.warnings,
+                        Warning {
+                            run: r.info.name.clone(),
+                            step,
+                            text: format!("halted: {reason}"),
+                            diagnostic,
+                        },
+                    );
                     r.halted = Some((step, reason));
                 }
             }
@@ -338,17 +352,20 @@ impl Session {
             Event::Checked(rid, step, checks) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     for c in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
-                        self.warnings.push(Warning {
-                            run: r.info.name.clone(),
-                            step,
-                            text: format!(
-                                "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
-                                c.name,
-                                crate::format::fmt_num(c.max_rel),
-                                c.worst
-                            ),
-                            diagnostic: None,
-                        });
+                        push_new(
+                            &mut self.warnings,
+                            Warning {
+                                run: r.info.name.clone(),
+                                step,
+                                text: format!(
+                                    "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
+                                    c.name,
+                                    crate::format::fmt_num(c.max_rel),
+                                    c.worst
+                                ),
+                                diagnostic: None,
+                            },
+                        );
                     }
                     r.gradcheck = Some((step, checks));
                 }
@@ -618,12 +635,15 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
         } else {
             "the update made params non-finite".to_string()
         };
-        warnings.push(Warning {
-            run: name.clone(),
-            step: rec.step,
-            text: format!("{what} (first non-finite step)"),
-            diagnostic: None,
-        });
+        push_new(
+            warnings,
+            Warning {
+                run: name.clone(),
+                step: rec.step,
+                text: format!("{what} (first non-finite step)"),
+                diagnostic: None,
+            },
+        );
     }
     for (flag, count, word) in [
         (flags::CLIPPED, &mut r.clipped, "clipped"),
