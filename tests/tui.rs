@@ -570,6 +570,53 @@ fn rewinding_takes_every_run_to_the_same_step_past_a_halted_one() {
     assert_eq!(history_lens(&app), vec![halted - 2; lens.len()]);
 }
 
+/// Plays `app` until every run has taken its steps (or ten seconds pass).
+fn play_to_the_end(app: &mut App, rx: &Receiver<Msg>) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < until && !app.session().unwrap().runs.iter().all(|r| r.done())
+    {
+        app.settle(rx);
+    }
+}
+
+/// `space` on finished runs plays them on for as many steps again, and says so: the status line
+/// says "finished" (not "paused") while they wait, and a reset gives the runs their own steps
+/// back.
+#[test]
+fn finished_runs_say_so_play_on_and_a_reset_gives_their_steps_back() {
+    let dir = Scratch::new("play-on");
+    dir.write(
+        "short.toml",
+        "name = \"Short\"\nloss = \"(x - 1)^2\"\n\n[params]\nx = \"0.0\"\n\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 20\n",
+    );
+    let (mut app, rx) = open(&format!("{}/short.toml", dir.path()));
+    let steps = |app: &App| {
+        app.session()
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| r.info.steps)
+            .collect::<Vec<_>>()
+    };
+    typed_settled(&mut app, &rx, " ");
+    play_to_the_end(&mut app, &rx);
+    assert_eq!(history_lens(&app), vec![20]);
+    // The session stops playing once every run is done.
+    app.settle(&rx);
+    assert!(
+        rows(&draw(&app, 160, 45))
+            .join("\n")
+            .contains("finished (space plays on)")
+    );
+    typed_settled(&mut app, &rx, " ");
+    assert_eq!(steps(&app), vec![40]);
+    play_to_the_end(&mut app, &rx);
+    assert_eq!(history_lens(&app), vec![40]);
+    typed_settled(&mut app, &rx, "r");
+    assert_eq!(steps(&app), vec![20]);
+    assert_eq!(history_lens(&app), vec![0]);
+}
+
 /// A run that halts again at the same step after a reset is logged once, not once a replay.
 #[test]
 fn a_halt_replayed_after_a_reset_is_logged_once() {

@@ -217,6 +217,8 @@ pub enum Event {
     /// Boxed: a run's info (two optimizer specs) dwarfs every other event.
     Added(Box<RunInfo>),
     Removed(RunId),
+    /// A run's steps changed: played on past its end, stepped past it, or given back by a reset.
+    Steps(RunId, u64),
     /// Rows of one run, in order, replacing any the UI holds from the first one's step on (a
     /// run's current row is sent with an empty update, then again once the run steps from it).
     Records(RunId, Vec<StepRecord>),
@@ -295,6 +297,8 @@ struct Slot {
     lr_plan: VecDeque<(u64, f64)>,
     /// The loss it minimises, as the UI's landscape names it.
     loss: LossKey,
+    /// The steps it was given: a reset gives them back after playing on extended them.
+    given: u64,
 }
 
 /// A run's name with the consts it sets: `base · eps=1e-06`.
@@ -449,6 +453,7 @@ impl Worker {
                 })));
                 let mut slot = Slot {
                     id,
+                    given: run.config.steps,
                     run,
                     sent: 0,
                     sent_current: false,
@@ -615,10 +620,14 @@ impl Worker {
         match c {
             Command::Play => {
                 // A finished run played again goes on for as many steps as it was given.
-                for s in &mut self.slots {
-                    if s.run.halted.is_none() && s.run.step_count() >= s.run.config.steps {
-                        s.run.config.steps += s.run.config.steps.max(1);
-                    }
+                let finished: Vec<(RunId, u64)> = self
+                    .slots
+                    .iter()
+                    .filter(|s| s.run.halted.is_none() && s.run.step_count() >= s.run.config.steps)
+                    .map(|s| (s.id, s.run.config.steps + s.given.max(1)))
+                    .collect();
+                for (id, steps) in finished {
+                    self.set_steps(id, steps);
                 }
                 self.playing = true;
                 self.send(Event::Playing(true));
@@ -632,13 +641,23 @@ impl Worker {
                 self.report();
             }
             Command::Step(n) => {
-                for s in &mut self.slots {
+                for i in 0..self.slots.len() {
+                    let s = &mut self.slots[i];
                     let target = s.target.unwrap_or(s.run.step_count()) + n;
-                    s.run.config.steps = s.run.config.steps.max(target);
                     s.target = Some(target);
+                    if target > s.run.config.steps {
+                        let id = s.id;
+                        self.set_steps(id, target);
+                    }
                 }
             }
-            Command::Reset => self.rewind(|_| 0),
+            Command::Reset => {
+                for i in 0..self.slots.len() {
+                    let (id, given) = (self.slots[i].id, self.slots[i].given);
+                    self.set_steps(id, given);
+                }
+                self.rewind(|_| 0)
+            }
             Command::Rewind(n) => {
                 // One target for every run, n steps before the furthest: a run behind it (halted
                 // earlier, or added later) stays where it is until the target passes it, so
@@ -732,6 +751,14 @@ impl Worker {
                 self.send(Event::Pong(n));
             }
             Command::Shutdown => {}
+        }
+    }
+
+    /// Gives run `id` `steps` steps and tells the UI.
+    fn set_steps(&mut self, id: RunId, steps: u64) {
+        if let Some(s) = self.slots.iter_mut().find(|s| s.id == id) {
+            s.run.config.steps = steps;
+            self.send(Event::Steps(id, steps));
         }
     }
 

@@ -89,6 +89,12 @@ impl RunView {
         self.history.len().saturating_sub(1)
     }
 
+    /// Whether it has taken all its steps or halted: playing does not move it until it is
+    /// played on.
+    pub fn done(&self) -> bool {
+        self.halted.is_some() || self.steps() as u64 >= self.info.steps
+    }
+
     /// The runs list's word for it: gone, starting, halted@step, finished, running or paused.
     pub fn status(&self, playing: bool) -> String {
         match self.link {
@@ -337,6 +343,11 @@ impl Session {
             Event::Metrics(rid, step, values) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.metrics.push(step, values);
+                }
+            }
+            Event::Steps(rid, steps) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    r.info.steps = steps;
                 }
             }
             Event::LrScale(rid, scale, step) => {
