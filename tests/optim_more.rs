@@ -330,3 +330,41 @@ fn muon_leaves_params_that_are_not_matrices_to_its_fallback() {
     // c starts at 0 and adamw moves each entry by about its lr a step.
     assert!(c_moved > 1e-3, "c moved only {c_moved}");
 }
+
+/// LBFGS on a file with one vector param: its flat vector is the param itself, and setting the
+/// param from a view of its own storage failed at step 1 ("cannot set a variable to a tensor
+/// that is derived from its value"). Losses from torch.optim.LBFGS (defaults, f64) on the same
+/// problem: `sum([1, 2, 3] * (w - 1)^2) + 0.1 * sum(w^4)` from w = [0.5, -1, 2].
+#[test]
+fn lbfgs_steps_a_lone_vector_param_as_torch() {
+    init_process();
+    let text = "name = \"v\"\ndtype = \"f64\"\nloss = \"sum([1.0, 2.0, 3.0] * (w - 1)^2) + 0.1 * sum(w^4)\"\n[params]\nw = \"[0.5, -1.0, 2.0]\"\n";
+    let loaded = gradscope::lang::file::load_bytes(
+        std::path::Path::new("lone_vector.toml"),
+        text.as_bytes().to_vec(),
+    );
+    let compiled = gradscope::compile::compile(loaded.file.unwrap()).0.unwrap();
+    let config = settings("lbfgs").unwrap();
+    let mut run = Run::new(
+        &compiled,
+        RunRequest::new(&compiled, 0, "lbfgs".into(), config),
+    )
+    .expect("a run");
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        losses.push(run.step().expect("LBFGS steps").core.loss);
+    }
+    losses.push(run.current_loss().unwrap());
+    let torch = [
+        12.95625,
+        0.24744014477803894,
+        0.24744014477803894,
+        0.24744014477803894,
+    ];
+    for (k, (got, want)) in losses.iter().zip(torch).enumerate() {
+        assert!(
+            close(*got, want, 1e-9),
+            "step {k}: {got} against torch's {want}"
+        );
+    }
+}

@@ -994,7 +994,11 @@ impl Run {
     /// Sets the params to `values`.
     fn set_params(&self, values: &[Tensor]) -> candle_core::Result<()> {
         for (var, v) in self.evaluator.params().iter().zip(values) {
-            var.set(v)?;
+            // An optimizer may hand back a view of the param's own storage (LBFGS's flat vector
+            // of a lone param is the param itself), which `Var::set` refuses: set a copy then.
+            if var.set(v).is_err() {
+                var.set(&v.copy()?)?;
+            }
         }
         Ok(())
     }
