@@ -29,6 +29,18 @@ fn top_eigenvalue_matches_closed_forms_and_finite_differences() {
     assert!((c.max_stable_lr().unwrap() - 0.02).abs() < 1e-9);
     assert!(c.fd_rel_err < 1e-6, "{c:?}");
 
+    // At a saddle the eigenvalue of largest magnitude is negative: x² - 10y² + y⁴ at (1, 0.1)
+    // has H = diag(2, -20 + 12y²) = diag(2, -19.88). The top one is 2 (2/λ = 1), not -19.88;
+    // where every eigenvalue is negative, the top is the one nearest 0.
+    for (loss, want) in [("x^2 - 10 * y^2 + y^4", 2.0), ("-x^2 - 10 * y^2", -2.0)] {
+        let ev = evaluator(&format!(
+            "name = \"s\"\ndtype = \"f64\"\nloss = \"{loss}\"\n[params]\nx = 1.0\ny = 0.1\n"
+        ));
+        let c = top_eigenvalue(&ev, 100, 0).unwrap();
+        assert!((c.lambda - want).abs() < 1e-6, "{loss}: {c:?}");
+        assert!(c.fd_rel_err < 1e-6, "{loss}: {c:?}");
+    }
+
     // Rosenbrock at (-1.5, 2): H = [[1200x² - 400y + 2, -400x], [-400x, 200]] = [[1902, 600],
     // [600, 200]], λ = (2102 + sqrt(2102² - 4·20400)) / 2.
     let ev = evaluator(

@@ -21,7 +21,7 @@ use crate::diagnostic::Diagnostic;
 /// What power iteration found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Curvature {
-    /// The Hessian eigenvalue of largest magnitude.
+    /// The Hessian's top (largest) eigenvalue, negative only where every one is.
     pub lambda: f64,
     pub iterations: usize,
     pub converged: bool,
@@ -222,29 +222,28 @@ pub fn hessian_diagonal(ev: &Evaluator) -> Result<Vec<Tensor>, Diagnostic> {
         .collect()
 }
 
-/// Power iteration from a seeded random direction, at most `iters` products. Second order is
-/// only right on a thread that keeps gradient graphs: use [`top_eigenvalue_exact`].
-pub fn top_eigenvalue(ev: &Evaluator, iters: usize, seed: u64) -> Result<Curvature, Diagnostic> {
-    let mut rng = super::lower::rng_for(seed, "curvature");
-    let mut v: Vec<Tensor> = ev
-        .params()
-        .iter()
-        .map(|p| {
-            let n = p.as_tensor().elem_count();
-            let data: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-            Tensor::from_vec(data, p.as_tensor().dims(), &Device::Cpu)
-                .and_then(|t| t.to_dtype(ev.dtype()))
-        })
-        .collect::<candle_core::Result<_>>()
-        .map_err(internal)?;
-    let n0 = dot(&v, &v)?.sqrt();
-    v = scale(&v, 1.0 / n0)?;
+/// Power iteration on `H - shift I` from the unit vector `v`, at most `iters` products: the
+/// Rayleigh quotient of H at the end (shift added back), the products taken, whether it
+/// converged, and the last direction.
+fn iterate(
+    ev: &Evaluator,
+    mut v: Vec<Tensor>,
+    shift: f64,
+    iters: usize,
+) -> Result<(f64, usize, bool, Vec<Tensor>), Diagnostic> {
     let mut lambda = 0.0;
     let mut converged = false;
     let mut iterations = 0;
     for k in 0..iters {
         iterations = k + 1;
-        let hv = hvp(ev, &v)?;
+        let mut hv = hvp(ev, &v)?;
+        if shift != 0.0 {
+            hv = hv
+                .iter()
+                .zip(&v)
+                .map(|(h, x)| x.affine(shift, 0.0).and_then(|sx| h - sx).map_err(internal))
+                .collect::<Result<_, _>>()?;
+        }
         let next = dot(&v, &hv)?;
         let norm = dot(&hv, &hv)?.sqrt();
         if norm == 0.0 || !norm.is_finite() {
@@ -258,6 +257,36 @@ pub fn top_eigenvalue(ev: &Evaluator, iters: usize, seed: u64) -> Result<Curvatu
             converged = true;
             break;
         }
+    }
+    Ok((lambda + shift, iterations, converged, v))
+}
+
+/// The Hessian's top (largest) eigenvalue by power iteration from a seeded random direction,
+/// at most `iters` products (twice that at a saddle). Second order is
+/// only right on a thread that keeps gradient graphs: use [`top_eigenvalue_exact`].
+pub fn top_eigenvalue(ev: &Evaluator, iters: usize, seed: u64) -> Result<Curvature, Diagnostic> {
+    let mut rng = super::lower::rng_for(seed, "curvature");
+    let v: Vec<Tensor> = ev
+        .params()
+        .iter()
+        .map(|p| {
+            let n = p.as_tensor().elem_count();
+            let data: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+            Tensor::from_vec(data, p.as_tensor().dims(), &Device::Cpu)
+                .and_then(|t| t.to_dtype(ev.dtype()))
+        })
+        .collect::<candle_core::Result<_>>()
+        .map_err(internal)?;
+    let n0 = dot(&v, &v)?.sqrt();
+    let start = scale(&v, 1.0 / n0)?;
+    // Power iteration finds the eigenvalue of largest magnitude; when that one is negative (a
+    // saddle), iterating on H - λ I from the same start (its eigenvalues are all ≥ 0, the
+    // direction found first has 0) finds the top one.
+    let (mut lambda, mut iterations, mut converged, mut v) =
+        iterate(ev, start.clone(), 0.0, iters)?;
+    if lambda < 0.0 {
+        let (top, more, done, v1) = iterate(ev, start, lambda, iters)?;
+        (lambda, iterations, converged, v) = (top, iterations + more, done, v1);
     }
     let hv = hvp(ev, &v)?;
     let eps = if ev.dtype() == CDType::F64 {
