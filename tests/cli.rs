@@ -219,6 +219,35 @@ fn never_used_warnings_stop_at_ten_and_count_the_rest() {
     assert_eq!(o.status.code(), Some(0));
 }
 
+/// Two runs of one name saved to one file get `-2` on the second, as files in a directory do
+/// (the save failed after all the stepping, writing nothing).
+#[test]
+fn runs_of_one_name_save_to_one_file_numbered() {
+    let path = std::env::temp_dir().join(format!("gradscope-twice-{}.npz", std::process::id()));
+    let o = gradscope(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "-o",
+        "adam",
+        "-o",
+        "adam",
+        "--steps",
+        "5",
+        "--save-params",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut keys: Vec<String> = candle_core::Tensor::read_npz(&path)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with(".x"))
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["adam(lr=0.01)-2.x", "adam(lr=0.01).x"]);
+    let _ = std::fs::remove_file(path);
+}
+
 /// A sweep where every point halts found nothing and exits 1; one point that finishes is enough
 /// for 0 (the halted ones are reported, not failures).
 #[test]

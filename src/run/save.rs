@@ -141,7 +141,7 @@ pub fn check_target(target: &Path) -> Result<(), SaveError> {
 }
 
 /// `--save-params TARGET`: every run's params to one file (keys `<param>` for a single run,
-/// `<run>.<param>` for several) or, for a directory, one `.safetensors` file per run named after
+/// `<run>.<param>` for several, a repeated run name numbered from `-2`) or, for a directory, one `.safetensors` file per run named after
 /// it. Returns the files written.
 pub fn save_runs(target: &Path, runs: &[&Run]) -> Result<Vec<PathBuf>, SaveError> {
     if is_directory(target) {
@@ -166,9 +166,20 @@ pub fn save_runs(target: &Path, runs: &[&Run]) -> Result<Vec<PathBuf>, SaveError
     let format =
         ParamsFormat::of(target).ok_or_else(|| SaveError::Format(target.display().to_string()))?;
     let mut entries = Vec::new();
+    let mut prefixes: Vec<String> = Vec::new();
     for run in runs {
-        let prefix = (runs.len() > 1).then_some(run.name.as_str());
-        entries.extend(run_entries(run, prefix)?);
+        // Two runs of one name (`-o adam -o adam`) get `-2`, `-3`, ... as files in a directory do.
+        let mut prefix = run.name.clone();
+        let mut n = 2;
+        while prefixes.contains(&prefix) {
+            prefix = format!("{}-{n}", run.name);
+            n += 1;
+        }
+        entries.extend(run_entries(
+            run,
+            (runs.len() > 1).then_some(prefix.as_str()),
+        )?);
+        prefixes.push(prefix);
     }
     write(target, format, &entries)?;
     Ok(vec![target.to_path_buf()])
