@@ -303,3 +303,31 @@ fn grad_past_a_halt_checks_where_the_run_stopped() {
     );
     assert_eq!(o.status.code(), Some(0), "{out}");
 }
+
+/// `--every 0`, `--threads 0` and a landscape grid outside 2..=1024 are refused when parsed,
+/// with the range in the message (they were taken as something else silently).
+#[test]
+fn counts_and_grids_out_of_range_are_refused_when_parsed() {
+    use clap::Parser;
+    for (args, says) in [
+        (
+            &["run", "f.toml", "--every", "0"][..],
+            "every must be positive",
+        ),
+        (&["--threads", "0", "list"][..], "threads must be positive"),
+        (
+            &["landscape", "f.toml", "--grid", "1"][..],
+            "2 to 1024 cells",
+        ),
+        (
+            &["plot", "f.toml", "--grid", "100000"][..],
+            "2 to 1024 cells",
+        ),
+    ] {
+        let argv = std::iter::once("gradscope").chain(args.iter().copied());
+        let e = gradscope::cli::Cli::try_parse_from(argv).unwrap_err();
+        assert!(e.to_string().contains(says), "{args:?}: {e}");
+    }
+    let ok = ["gradscope", "landscape", "f.toml", "--grid", "1024"];
+    assert!(gradscope::cli::Cli::try_parse_from(ok).is_ok());
+}

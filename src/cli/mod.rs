@@ -26,7 +26,7 @@ pub struct Cli {
     /// Threads for tensor ops (also RAYON_NUM_THREADS). Default: chosen once the files are
     /// loaded, one per task the largest op of any run can fill (a matmul of 2M multiply-adds;
     /// 32k elements of tanh or bias addition), at most the cores: 1 for a small loss.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = |t: &str| run::positive("threads", t).map(|n| n as usize))]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -39,8 +39,8 @@ pub enum PlaneChoice {
 pub struct LandscapeArgs {
     #[command(flatten)]
     pub run: RunOptions,
-    /// Grid cells a side.
-    #[arg(long, default_value_t = 64)]
+    /// Grid cells a side (2 to 1024).
+    #[arg(long, default_value_t = 64, value_parser = grid_cells)]
     pub grid: usize,
     /// The plane through the first run's final point, when the loss has more than two params.
     #[arg(long, value_enum, default_value = "random")]
@@ -65,8 +65,8 @@ pub struct PlotArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Landscape grid cells a side (two-param losses); a loss that evaluates as a batch gets at
-    /// least 256, interpolated between cells either way.
-    #[arg(long, default_value_t = 64)]
+    /// least 256, interpolated between cells either way (2 to 1024).
+    #[arg(long, default_value_t = 64, value_parser = grid_cells)]
     pub grid: usize,
 }
 
@@ -126,7 +126,7 @@ fn landscape(
         Mode::Batched if picture => n.max(PICTURE_CELLS),
         _ => n,
     }
-    .clamp(2, 1024);
+    .clamp(2, MAX_GRID);
     let started = Instant::now();
     let (grid, mode) = surface.grid(&plane, GridSpec { x, y, nx: n, ny: n })?;
     let cell = [(x.1 - x.0) / n as f64, (y.1 - y.0) / n as f64];
@@ -295,9 +295,24 @@ fn next_step_line(compiled: &CompiledFile, run: &Run) -> String {
     )
 }
 
+/// A landscape grid's cells a side, refused outside 2..=1024 (it was clamped silently).
+fn grid_cells(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (2..=MAX_GRID).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "a grid is 2 to {MAX_GRID} cells a side, not `{text}`"
+        )),
+    }
+}
+
+/// The most cells a side a landscape grid has: a million evaluations.
+const MAX_GRID: usize = 1024;
+
 /// `gradscope plot`: the runs, then their curves (and landscape, for two-param losses) written
 /// to `--out`.
 pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
+    // The picture's format is checked before any run steps.
+    crate::draw::plot::picture_format(&args.out)?;
     let Some((compiled, runs)) = step_all(&args.run, color)? else {
         return Ok(false);
     };

@@ -85,7 +85,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub run: RunOptions,
     /// Log every K-th step (default: every step for csv/jsonl, a tenth of the run for table).
-    #[arg(long)]
+    #[arg(long, value_parser = |t: &str| positive("every", t))]
     pub every: Option<u64>,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
