@@ -597,3 +597,52 @@ fn seeds_of_a_file_that_draws_nothing_at_random_are_said_to_be_the_same() {
     assert!(note("losses/rosenbrock.toml"));
     assert!(!note("losses/robust_log_mse.toml"));
 }
+
+/// Ranked by a metric, the CSV has it as a column (`metric_<name>`, as `run`'s CSV) and each
+/// JSONL row its rank and the metric, in the table's order.
+#[test]
+fn csv_and_jsonl_carry_the_rank_and_the_metric_they_are_ranked_by() {
+    let sweep = |format: &str| {
+        let out = common::gradscope(&[
+            "sweep",
+            "losses/softmax_xent.toml",
+            "-o",
+            "adam(lr=[0.001, 0.1])",
+            "--steps",
+            "30",
+            "--rank-by",
+            "max:accuracy",
+            "--format",
+            format,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let csv = sweep("csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = header
+        .iter()
+        .position(|h| *h == "metric_accuracy")
+        .expect("a metric column");
+    let accuracies: Vec<f64> = lines
+        .map(|l| l.split(',').nth(at).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(accuracies.len(), 2, "{csv}");
+    assert!(
+        accuracies[0] >= accuracies[1],
+        "ranked by max:accuracy: {csv}"
+    );
+    let rows: Vec<serde_json::Value> = sweep("jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row["rank"], k + 1);
+        assert_eq!(row["metrics"]["accuracy"].as_f64(), Some(accuracies[k]));
+    }
+}

@@ -406,12 +406,12 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
             write!(out, "\n{report}")?;
         }
         Format::Csv => {
-            write!(out, "{}", csv(&points, &rows))?;
+            write!(out, "{}", csv(&points, &rows, &rank_by))?;
             eprint!("{report}");
         }
         Format::Jsonl => {
-            for r in &rows {
-                writeln!(out, "{}", row_json(&points[r.point], r))?;
+            for (k, r) in rows.iter().enumerate() {
+                writeln!(out, "{}", row_json(&points[r.point], r, k + 1, &rank_by))?;
             }
             eprint!("{report}");
         }
@@ -697,11 +697,14 @@ fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String
 }
 
 /// The table as CSV: the same columns, the failure in `status` instead of the loss.
-fn csv(points: &[Point], rows: &[Row]) -> String {
+fn csv(points: &[Point], rows: &[Row], rank_by: &RankBy) -> String {
     let axes = axis_names(points);
+    // The metric the rows are ranked by, as a column of its own (`metric_<name>`, as `run`'s).
+    let metric = ranked_metric(rank_by);
     let mut out = format!(
-        "rank,run,{}final_loss,final_loss_min,final_loss_max,best_loss,best_step,first_nonfinite_step,status,steps_per_s\n",
-        axes.iter().map(|a| format!("{a},")).collect::<String>()
+        "rank,run,{}{}final_loss,final_loss_min,final_loss_max,best_loss,best_step,first_nonfinite_step,status,steps_per_s\n",
+        axes.iter().map(|a| format!("{a},")).collect::<String>(),
+        metric.map_or(String::new(), |m| format!("metric_{m},"))
     );
     let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
     for (k, r) in rows.iter().enumerate() {
@@ -712,8 +715,13 @@ fn csv(points: &[Point], rows: &[Row]) -> String {
             false => String::new(),
         };
         let opt = |v: Option<u64>| v.map_or(String::new(), |k| k.to_string());
+        let metric = match (metric, r.metric) {
+            (None, _) => String::new(),
+            (Some(_), Some(v)) => format!("{},", num(v)),
+            (Some(_), None) => ",".into(),
+        };
         out.push_str(&format!(
-            "{},{},{}{},{},{},{},{},{},{},{:.1}\n",
+            "{},{},{}{metric}{},{},{},{},{},{},{},{:.1}\n",
             k + 1,
             quote(&p.name),
             axes.iter()
@@ -735,6 +743,14 @@ fn csv(points: &[Point], rows: &[Row]) -> String {
     out
 }
 
+/// The metric the rows are ranked by, if any.
+fn ranked_metric(rank_by: &RankBy) -> Option<&str> {
+    match rank_by {
+        RankBy::Metric { name, .. } => Some(name),
+        RankBy::Loss => None,
+    }
+}
+
 /// How a point ended, in a word for CSV and JSON.
 fn status_word(status: &Status) -> String {
     match status {
@@ -746,7 +762,7 @@ fn status_word(status: &Status) -> String {
 }
 
 /// One row as a JSON object (losses null unless it finished).
-fn row_json(point: &Point, row: &Row) -> serde_json::Value {
+fn row_json(point: &Point, row: &Row, rank: usize, rank_by: &RankBy) -> serde_json::Value {
     let finished = row.status == Status::Finished;
     let loss = |v: f64| match finished && v.is_finite() {
         true => serde_json::json!(v),
@@ -762,9 +778,20 @@ fn row_json(point: &Point, row: &Row) -> serde_json::Value {
             (a.clone(), value)
         })
         .collect();
+    let metrics: serde_json::Map<String, serde_json::Value> = ranked_metric(rank_by)
+        .map(|m| {
+            (
+                m.to_string(),
+                row.metric.map_or(serde_json::Value::Null, loss),
+            )
+        })
+        .into_iter()
+        .collect();
     serde_json::json!({
+        "rank": rank,
         "run": point.name,
         "axes": axes,
+        "metrics": metrics,
         "seeds": point.outcomes.len(),
         "final_loss": loss(row.final_loss.median),
         "final_loss_min": loss(row.final_loss.min),
