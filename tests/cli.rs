@@ -331,3 +331,24 @@ fn counts_and_grids_out_of_range_are_refused_when_parsed() {
     let ok = ["gradscope", "landscape", "f.toml", "--grid", "1024"];
     assert!(gradscope::cli::Cli::try_parse_from(ok).is_ok());
 }
+
+/// A path that is not there: `check` says so and no "0 files" line follows; with `--json` it
+/// is a JSON line like every file's, never text in the stream.
+#[test]
+fn check_on_a_missing_path_gives_no_empty_summary_and_json_stays_json() {
+    let o = gradscope(&["check", "no-such-file.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = stdout(&o);
+    assert!(text.contains("no such file or directory"), "{text}");
+    assert!(!text.contains("0 files"), "{text}");
+    let o = gradscope(&["check", "no-such-file.toml", "losses/rosenbrock.toml"]);
+    assert!(
+        stdout(&o).contains("1 file: 1 ok, 0 with errors; 1 path not found"),
+        "{}",
+        stdout(&o)
+    );
+    let o = gradscope(&["check", "--json", "no-such-file.toml"]);
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("JSON");
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["file"], "no-such-file.toml");
+}

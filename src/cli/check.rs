@@ -165,7 +165,19 @@ pub fn check(
     let start = Instant::now();
     let (reports, missing) = check_all(paths, true);
     for d in &missing {
-        write!(out, "{}", d.render(color))?;
+        // A path that is not there is a line of its own in JSON too, never text in the stream.
+        match json {
+            true => writeln!(
+                out,
+                "{}",
+                json!({
+                    "file": d.file().map(|p| p.display().to_string()),
+                    "ok": false,
+                    "diagnostics": [d.to_json()],
+                })
+            )?,
+            false => write!(out, "{}", d.render(color))?,
+        }
     }
     for r in &reports {
         if json {
@@ -175,10 +187,15 @@ pub fn check(
         }
     }
     let bad = reports.iter().filter(|r| !r.ok()).count();
-    if !json {
+    if !json && !reports.is_empty() {
+        let not_found = match missing.len() {
+            0 => String::new(),
+            1 => "; 1 path not found".into(),
+            n => format!("; {n} paths not found"),
+        };
         writeln!(
             out,
-            "{} file{}: {} ok, {bad} with errors ({:.2} s)",
+            "{} file{}: {} ok, {bad} with errors{not_found} ({:.2} s)",
             reports.len(),
             if reports.len() == 1 { "" } else { "s" },
             reports.len() - bad,
