@@ -574,6 +574,22 @@ fn accumulating_in_f32_fixes_f16_sums() {
     assert_eq!(loss(0), 0.5);
     assert_eq!(loss(1), 1.0);
     assert_eq!(loss(2), 1.0);
+    // The gradient of the broadcast w sums 4096 terms of -2/4096 in its backward pass: f16
+    // stops at -1, accumulating in f32 gets torch's f16 gradient, -2 (as in f32).
+    let grad = |run: usize| {
+        let e = gradscope::compile::Evaluator::new(&c, run)
+            .unwrap()
+            .evaluate()
+            .unwrap();
+        e.grads[0]
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    assert_eq!(grad(0), -1.0);
+    assert_eq!(grad(1), -2.0);
+    assert_eq!(grad(2), -2.0);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::fused::{bias_add, lane_vecmat, matmul_2d};
-use super::plan::{Instr, Narrow, Op, Plan, VecSide, accumulating, apply};
+use super::plan::{Instr, Narrow, Op, Plan, VecSide, accumulating, apply, spread_wide};
 use super::shape::Shape;
 use super::{CompiledFile, values_f64};
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
@@ -449,7 +449,15 @@ impl LaneEvaluator {
             | Op::Reshape
             | Op::Transpose
             | Op::OneHot { .. } => apply(&instr.op, args, &out),
-            Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Clamp => run(&instr.op, &lifted()?),
+            Op::Binary(_) => {
+                let lifted = lifted()?;
+                let refs: Vec<&Tensor> = lifted.iter().collect();
+                match spread_wide(&instr.op, p.accumulate, &refs, &out) {
+                    Some(spread) => run(&instr.op, &spread?),
+                    None => run(&instr.op, &lifted),
+                }
+            }
+            Op::Compare(_) | Op::Where | Op::Clamp => run(&instr.op, &lifted()?),
             Op::BiasAdd => match arg_batched(1) {
                 false => bias_add(args[0], args[1]),
                 // A bias per lane: `[R, n]` against `[R, .., n]` (or a shared `[.., n]`).

@@ -242,6 +242,33 @@ pub fn accumulating(
     }
 }
 
+/// A binary op's broadcast operands spread to the result's shape `out` through the wider
+/// `accumulate` dtype, so their gradients (sums over the broadcast axes) sum wide, as torch's
+/// f16 backward does, where candle's broadcasting op sums them in the run's dtype. None when
+/// nothing is spread.
+pub fn spread_wide(
+    op: &Op,
+    accumulate: Option<DType>,
+    args: &[&Tensor],
+    out: &Shape,
+) -> Option<Result<Vec<Tensor>>> {
+    let acc = accumulate?;
+    if !matches!(op, Op::Binary(_)) || args.iter().all(|a| a.dims() == out.dims()) {
+        return None;
+    }
+    Some(
+        args.iter()
+            .map(|a| match a.dims() == out.dims() {
+                true => Ok((*a).clone()),
+                false => a
+                    .to_dtype(acc)?
+                    .broadcast_as(out.dims())?
+                    .to_dtype(a.dtype()),
+            })
+            .collect(),
+    )
+}
+
 /// Executes one instruction. `out` is the result shape computed by the shape rules.
 pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
     let a = || args[0];
@@ -706,22 +733,14 @@ impl Executable {
                     .iter()
                     .map(|&a| regs[a].as_ref().expect("defined before use"))
                     .collect();
-                match self.accumulate {
-                    // Mixed precision: sums in the wider dtype, the result back in the run's.
-                    Some(acc)
-                        if matches!(
-                            op,
-                            Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }
-                        ) =>
-                    {
-                        let wide: Result<Vec<Tensor>> =
-                            args.iter().map(|a| a.to_dtype(acc)).collect();
-                        wide.and_then(|w| {
-                            let refs: Vec<&Tensor> = w.iter().collect();
-                            apply(op, &refs, &instr.shape)?.to_dtype(args[0].dtype())
-                        })
+                // Mixed precision: sums in the wider dtype, the result back in the run's.
+                match spread_wide(op, self.accumulate, &args, &instr.shape) {
+                    Some(spread) => {
+                        spread.and_then(|a| apply(op, &a.iter().collect::<Vec<_>>(), &instr.shape))
                     }
-                    _ => apply(op, &args, &instr.shape),
+                    None => {
+                        accumulating(op, self.accumulate, &args, |a| apply(op, a, &instr.shape))
+                    }
                 }
             }
         };
