@@ -562,7 +562,7 @@ fn rewinding_takes_every_run_to_the_same_step_past_a_halted_one() {
     typed_settled(&mut app, &rx, "40n");
     let lens = history_lens(&app);
     let halted = *lens.iter().min().unwrap();
-    assert!(halted < 39 && lens.iter().any(|&l| l == 40), "{lens:?}");
+    assert!(halted < 39 && lens.contains(&40), "{lens:?}");
     typed_settled(&mut app, &rx, "b");
     assert!(history_lens(&app).iter().all(|&l| l == 39 || l == halted));
     let back = 40 - (halted - 2);
