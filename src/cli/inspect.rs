@@ -215,6 +215,14 @@ pub fn curvature_command(
             "  check against finite differences of gradients: relative error {}",
             fmt_num(c.fd_rel_err)
         )?;
+        let f64_run = run.dtype.name() == "f64";
+        if c.fd_rel_err > crate::compile::hessian::fd_tolerance(f64_run) {
+            writeln!(
+                out,
+                "  {}",
+                super::hessian::fd_disagreement(run.dtype.name())
+            )?;
+        }
         stable_lr_line(
             out,
             "λ",

@@ -118,6 +118,12 @@ pub struct Inertia {
     pub exact: bool,
 }
 
+/// How far finite differences of gradients may be from exact second derivatives and still
+/// agree: in f64 (`f64_run`) 1e-6, in lower precisions (rounding dominates the differences) 1e-2.
+pub fn fd_tolerance(f64_run: bool) -> f64 {
+    if f64_run { 1e-6 } else { 1e-2 }
+}
+
 impl Hessian {
     /// The largest eigenvalue (Lanczos: the largest Ritz value, a lower bound of it).
     pub fn lambda_max(&self) -> f64 {
@@ -256,9 +262,8 @@ impl Hessian {
     /// Whether the finite-difference check agrees, to what central differences of gradients
     /// can show in the dtype (None for Lanczos, which has its residuals instead).
     pub fn fd_agrees(&self) -> Option<bool> {
-        let tolerance = if self.eps <= f64::EPSILON { 1e-6 } else { 1e-2 };
         match &self.method {
-            Method::Full(f) => Some(f.fd_rel_err <= tolerance),
+            Method::Full(f) => Some(f.fd_rel_err <= fd_tolerance(self.eps <= f64::EPSILON)),
             Method::Lanczos(_) => None,
         }
     }
