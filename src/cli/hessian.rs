@@ -187,11 +187,11 @@ fn report_text(run: &Run, h: &Hessian, out: &mut impl Write) -> anyhow::Result<(
 /// Why finite differences of gradients can disagree with the exact second derivatives: below
 /// f64 they are mostly rounding at their step, else a kink within it.
 pub fn fd_disagreement(dtype: &str) -> String {
-    let kink = "a kink of abs, relu, max or clamp within their step, which has no second derivative (the exact values hold the smooth pieces' curvature only)";
+    let kink = "the gradient jumps within their step (a kink of abs, relu, max or clamp near these params), which has no second derivative, so the exact values hold the smooth pieces' curvature only";
     match dtype {
         "f64" => format!("finite differences disagree: {kink}"),
         d => format!(
-            "finite differences disagree: in {d} the differences of gradients are mostly rounding at their step (`--dtype f64` checks them), or {kink}"
+            "finite differences disagree: in {d} they are mostly rounding at their step (`--dtype f64` checks them), or {kink}"
         ),
     }
 }
