@@ -50,6 +50,13 @@ pub fn bench_command(
     for d in &missing {
         eprint!("{}", d.render(false));
     }
+    if files.is_empty() {
+        // Nothing to measure: a failure, not an empty report.
+        anyhow::bail!(
+            "no workloads to measure in {} (`gradscope bench` takes losses/bench by default)",
+            dir.display()
+        );
+    }
     // Every workload loaded first: the pool is sized for the largest of them.
     let mut loaded = Vec::new();
     for f in files {
