@@ -351,6 +351,24 @@ fn snapshot_log_scale() {
     snapshot("log_scale", &t);
 }
 
+/// `a` shows the last 500 steps, and the chart's title says so.
+#[test]
+fn the_last_steps_view_is_named_in_the_title() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "600n");
+    assert!(
+        !rows(&draw(&app, 160, 45))
+            .join("\n")
+            .contains("last 500 steps")
+    );
+    typed_settled(&mut app, &rx, "a");
+    assert!(
+        rows(&draw(&app, 160, 45))
+            .join("\n")
+            .contains("Loss · last 500 steps")
+    );
+}
+
 /// A loss that goes below 0 cannot be drawn on a log axis: the chart stays linear and its title
 /// says why, and a loss above 0 again gets the log axis back.
 #[test]

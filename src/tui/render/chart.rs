@@ -93,6 +93,9 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let mut title = app.tab.title().to_string();
     let title_of = |title: &str| {
         let mut title = title.to_string();
+        if app.last_n {
+            title.push_str(&format!(" · last {LAST_N} steps"));
+        }
         if app.smoothing > 0.0 {
             title.push_str(&format!(
                 " · smoothing {}",
