@@ -371,12 +371,21 @@ impl<'a> Gen<'a> {
         match scope {
             Scope::Program => {
                 lw = lw.with_functions(Arc::clone(&self.functions));
+                // Only the names `e` reads: binding every line before it made each of a
+                // program's expressions cost its length, a 4,000-line program 5 s.
+                let mut used = super::data::free_names(e);
+                used.sort_unstable();
+                used.dedup();
                 for (i, d) in self.compiled.data.iter().enumerate() {
-                    lw.bind_data(&d.name, i, &d.value, d.span.clone());
+                    if used.binary_search(&d.name).is_ok() {
+                        lw.bind_data(&d.name, i, &d.value, d.span.clone());
+                    }
                 }
                 let mut at = self.compiled.data.len();
-                for (n, info) in &self.scope {
-                    if matches!(info.kind, Kind::Param | Kind::Local) {
+                for n in &used {
+                    if let Some(info) = self.scope.get(n)
+                        && matches!(info.kind, Kind::Param | Kind::Local)
+                    {
                         lw.bind_input(n, at, Kind::Data, info.shape.clone(), e.span.clone());
                         at += 1;
                     }
