@@ -318,3 +318,24 @@ fn an_eps_too_small_for_f16_gets_the_smallest_eps_that_keeps_a_division_finite()
          3.92e-3 (|a|/eps^2 and 1/eps ≤ 65504, with |a| ≤ 1 here)"
     );
 }
+
+/// A product whose first factor is a call is still a product: its inputs are written as the
+/// product's (`1875 * 100`, not "sum of 1875"), and the help names the overflow.
+#[test]
+fn an_overflowing_product_of_a_call_is_described_as_the_product() {
+    let (p, at) = trace(
+        "sum(w^4) * 100 + sum(x)",
+        "x = \"[1]\"",
+        "w = \"ones(3) * 5\"",
+        "f16",
+    );
+    assert_eq!(p.pass, Pass::Forward);
+    assert_eq!(p.op, "sum(w^4) * 100");
+    assert_eq!(p.inputs, vec!["1875.000000 * 100"]);
+    assert_eq!(at, "3:9 sum(w^4) * 100");
+    assert!(
+        p.help.contains("overflowed the dtype (f16 past 65504"),
+        "{}",
+        p.help
+    );
+}

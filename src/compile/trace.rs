@@ -159,6 +159,9 @@ fn help_for(instr: &Instr, pass: Pass) -> String {
             "the sum overflowed the dtype: accumulate = \"f32\", or a stable form such as logsumexp".into()
         }
         (Op::Binary(Binary::Pow), _) => "a power of a negative or zero base: clamp the base".into(),
+        (Op::Binary(Binary::Mul | Binary::Add | Binary::Sub) | Op::Affine { .. } | Op::Unary(Unary::Sqr), Pass::Forward) => {
+            "finite inputs, an infinite result: it overflowed the dtype (f16 past 65504, bf16 and f32 past 3.4e38): scale the values down, compute in a wider dtype, or use loss scaling for gradients".into()
+        }
         _ => "look at the values reaching this op; an eps or a stable formulation usually helps".into(),
     }
 }
@@ -414,11 +417,26 @@ fn quote(source: &SourceFile, span: &Span) -> String {
 
 /// The function a call names: `log` for `log(w * x)`; None for operators and indexing.
 fn called(text: &str) -> Option<&str> {
+    let text = text.trim_end();
     let name = text.split('(').next()?;
     let is_name = !name.is_empty()
         && name.chars().all(|c| c.is_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit());
-    (is_name && text.len() > name.len()).then_some(name)
+    // The call must be the whole text: `sum(w^4) * 100` is a product, not a call of sum.
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices().skip(name.chars().count()) {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 && i + 1 != text.len() {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+    }
+    (is_name && text.len() > name.len() && depth == 0).then_some(name)
 }
 
 /// The op's text with each argument replaced by its value (negative ones in parentheses):
