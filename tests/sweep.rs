@@ -298,26 +298,35 @@ fn malformed_lists_are_diagnostics_not_panics() {
     }
 }
 
+/// `gradscope sweep ARGS --format FORMAT`'s stdout, the command having succeeded.
+fn sweep_stdout(args: &[&str], format: &str) -> String {
+    let argv: Vec<&str> = std::iter::once("sweep")
+        .chain(args.iter().copied())
+        .chain(["--format", format])
+        .collect();
+    let out = common::gradscope(&argv);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn the_command_ranks_the_points_and_gives_the_lr_window() {
     // The same sweep in each format, its stdout.
     let sweep = |format: &str| {
-        let out = common::gradscope(&[
-            "sweep",
-            "losses/rosenbrock.toml",
-            "-o",
-            "sgd(lr=[1e-4, 1e-3, 1e-2])",
-            "--steps",
-            "300",
-            "--format",
+        sweep_stdout(
+            &[
+                "losses/rosenbrock.toml",
+                "-o",
+                "sgd(lr=[1e-4, 1e-3, 1e-2])",
+                "--steps",
+                "300",
+            ],
             format,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        )
     };
     let text = sweep("table");
     let lines: Vec<&str> = text.lines().collect();
@@ -603,24 +612,18 @@ fn seeds_of_a_file_that_draws_nothing_at_random_are_said_to_be_the_same() {
 #[test]
 fn csv_and_jsonl_carry_the_rank_and_the_metric_they_are_ranked_by() {
     let sweep = |format: &str| {
-        let out = common::gradscope(&[
-            "sweep",
-            "losses/softmax_xent.toml",
-            "-o",
-            "adam(lr=[0.001, 0.1])",
-            "--steps",
-            "30",
-            "--rank-by",
-            "max:accuracy",
-            "--format",
+        sweep_stdout(
+            &[
+                "losses/softmax_xent.toml",
+                "-o",
+                "adam(lr=[0.001, 0.1])",
+                "--steps",
+                "30",
+                "--rank-by",
+                "max:accuracy",
+            ],
             format,
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        )
     };
     let csv = sweep("csv");
     let mut lines = csv.lines();
