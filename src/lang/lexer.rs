@@ -197,8 +197,9 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
                         "names are ASCII letters, digits and `_` (write `delta`, not `δ`)".into(),
                     ),
                 });
-                i += len;
-                continue;
+                // Read on as the name it was meant to be, so the line parses without a
+                // follow-on error at the `=` after it.
+                (Tok::Ident(text[i..i + len].to_string()), len)
             }
             _ => {
                 let ch = text[i..].chars().next().unwrap_or('?');
