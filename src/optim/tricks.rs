@@ -308,11 +308,24 @@ impl TrickSpec {
     /// Parses a chain's tricks (`agc(clipping=0.05) + ema`; empty text: none), refusing a trick
     /// written twice and two precision tricks together.
     pub fn parse_list(text: &str) -> Result<Vec<Self>, SettingError> {
-        let tricks = split_chain(text)
+        let (tricks, errors): (Vec<_>, Vec<_>) = split_chain(text)
             .into_iter()
             .filter(|t| !t.is_empty())
             .map(Self::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+            .partition(Result::is_ok);
+        // Every bad trick of the list at once, not only the first.
+        let mut errors = errors.into_iter().filter_map(Result::err);
+        if let Some(first) = errors.next() {
+            let rest: Vec<String> = errors.map(|e| e.message).collect();
+            return Err(match rest.is_empty() {
+                true => first,
+                false => SettingError {
+                    message: format!("{}; also {}", first.message, rest.join("; ")),
+                    help: first.help,
+                },
+            });
+        }
+        let tricks: Vec<Self> = tricks.into_iter().filter_map(Result::ok).collect();
         check_list(&tricks)?;
         Ok(tricks)
     }
@@ -804,6 +817,12 @@ mod tests {
         let e = TrickSpec::parse_list("master_weights + kahan").unwrap_err();
         assert_eq!(e.message, "`master_weights` and `kahan` cannot be combined");
         assert!(TrickSpec::parse_list("").unwrap().is_empty());
+        // Every bad trick at once.
+        let e = TrickSpec::parse_list("agc(clipping=-1) + emaa + ema(decay=2)").unwrap_err();
+        assert_eq!(
+            e.message,
+            "`clipping` must be at least 0, not -1; also unknown trick `emaa`; `decay` must be in [0, 1], not 2"
+        );
     }
 
     #[test]
