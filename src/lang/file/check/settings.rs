@@ -283,7 +283,17 @@ impl Checker {
             let Some((name, name_span)) = name else {
                 continue;
             };
-            if name == "base" || out.iter().any(|v| v.name.node == name) {
+            if name.trim().is_empty() || name == "all" {
+                // `--variant all` means every run, and a blank name leaves a blank row and key.
+                self.error(
+                    format!("a variant cannot be named `{name}`"),
+                    name_span.clone(),
+                )
+                .help = Some(
+                    "`all` stands for every run on the command line, and a name cannot be blank"
+                        .into(),
+                );
+            } else if name == "base" || out.iter().any(|v| v.name.node == name) {
                 self.error(
                     format!("a variant named `{name}` already exists"),
                     name_span.clone(),
