@@ -338,17 +338,30 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
+    // Among equally close names, one that differs only in case first (`Y` -> `y`, not `X`).
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
         .filter(|&(d, c)| d <= (name.len().max(c.len()) / 3).max(1) && d > 0)
-        .min_by_key(|&(d, c)| (d, c))
+        .min_by_key(|&(d, c)| (d, !c.eq_ignore_ascii_case(name), c))
         .map(|(_, c)| format!("did you mean `{c}`?"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_differing_only_in_case_is_suggested_first() {
+        assert_eq!(
+            did_you_mean("Y", ["X", "y"]).as_deref(),
+            Some("did you mean `y`?")
+        );
+        assert_eq!(
+            did_you_mean("lgo", ["log", "lgamma"]).as_deref(),
+            Some("did you mean `log`?")
+        );
+    }
 
     #[test]
     fn a_long_line_is_windowed_to_the_width_and_the_caret_stays_under_its_span() {
