@@ -280,9 +280,15 @@ impl Checker {
 
     /// Reports TOML's syntax errors; whether there were none.
     fn toml_errors(&mut self, errors: Vec<toml::de::Error>) -> bool {
+        let mut seen = Vec::new();
         for e in errors {
             let span = e.span().unwrap_or(0..0);
             let msg = e.message().trim().to_string();
+            // The parser can give one error twice (inside an inline table): said once.
+            if seen.contains(&(span.clone(), msg.clone())) {
+                continue;
+            }
+            seen.push((span.clone(), msg.clone()));
             self.error(format!("invalid TOML: {msg}"), span).help =
                 Some("see https://toml.io for the syntax".into());
         }
