@@ -80,6 +80,7 @@ pub(super) fn check(source: &Arc<SourceFile>, inherited: &[Arc<OptimizerDef>]) -
         name: None,
         diags: Vec::new(),
         optimizers: inherited.to_vec(),
+        broken_optimizers: Vec::new(),
     };
     let file = cx.file();
     let file = file.filter(|_| !cx.diags.iter().any(Diagnostic::is_error));
@@ -97,6 +98,9 @@ struct Checker {
     diags: Vec<Diagnostic>,
     /// The optimizers written in the loss language that settings may name.
     optimizers: Vec<Arc<OptimizerDef>>,
+    /// Those the file writes with an error (reported at the definition): naming one is no
+    /// second error.
+    broken_optimizers: Vec<String>,
 }
 
 impl Checker {

@@ -21,6 +21,7 @@ pub(in crate::lang::file) fn check_optimizer_file(
         name: None,
         diags: Vec::new(),
         optimizers: Vec::new(),
+        broken_optimizers: Vec::new(),
     };
     let (root, toml_errors) = DeTable::parse_recoverable(&source.text);
     if !cx.toml_errors(toml_errors) {
@@ -67,6 +68,9 @@ impl Checker {
                 let def = self.optimizer_def(name, v);
                 // A definition with an error is left out: nothing may run it.
                 let clean = self.diags.iter().filter(|d| d.is_error()).count() == errors;
+                if !clean {
+                    self.broken_optimizers.push(k.get_ref().to_string());
+                }
                 def.filter(|_| clean)
             })
             .collect()

@@ -159,6 +159,8 @@ impl Checker {
                     match (def, OptimizerKind::from_name(name)) {
                         (Some(def), _) => own = Some(def.signature()),
                         (None, Some(k)) => kind = Some(k),
+                        // Its own errors say what is wrong with it.
+                        (None, None) if self.broken_optimizers.contains(name) => {}
                         (None, None) => {
                             let names = self.optimizers.iter().map(|d| d.name.node.as_str());
                             let e = unknown_optimizer(name, names);
