@@ -1420,16 +1420,28 @@ pub fn value_list(text: &str) -> Result<Option<Vec<String>>, SettingError> {
             "`logspace` needs lo and hi above 0 (they are the values, not their powers of ten), not {lo} and {hi}"
         )));
     }
+    // The points between the ends to six significant digits: a point is then named
+    // `adam(lr=0.0316228)`, not `adam(lr=0.031622776601683794)`, and that name, typed again (the
+    // TUI's `enter` on a Sweep tab point, `-o` on the command line), is the very run it stepped.
     let at = |i: usize| {
         let t = i as f64 / (n - 1) as f64;
         match (i, name) {
             (0, _) => lo,
             (i, _) if i == n - 1 => hi,
-            (_, "logspace") => 10f64.powf(lo.log10() + t * (hi.log10() - lo.log10())),
-            _ => lo + t * (hi - lo),
+            (_, "logspace") => {
+                significant(10f64.powf(lo.log10() + t * (hi.log10() - lo.log10())), 6)
+            }
+            _ => significant(lo + t * (hi - lo), 6),
         }
     };
     Ok(Some((0..n).map(|i| at(i).to_string()).collect()))
+}
+
+/// `x` to `digits` significant digits.
+pub fn significant(x: f64, digits: usize) -> f64 {
+    format!("{x:.*e}", digits.saturating_sub(1))
+        .parse()
+        .unwrap_or(x)
 }
 
 impl FromStr for OptimizerSpec {
@@ -1480,16 +1492,19 @@ mod tests {
         // linspace(0, 1, 5): 0, 1/4, 1/2, 3/4, 1, exactly.
         assert_eq!(list("linspace(0, 1, 5)"), ["0", "0.25", "0.5", "0.75", "1"]);
         assert_eq!(list("linspace(2, 3, 1)"), ["2"]);
-        // logspace(1e-4, 1e-1, 13): 10^(-4 + k/4), the ends exactly as written.
-        let values: Vec<f64> = list("logspace(1e-4, 1e-1, 13)")
-            .iter()
-            .map(|v| v.parse().unwrap())
-            .collect();
+        // logspace(1e-4, 1e-1, 13): 10^(-4 + k/4) to six significant digits, the ends exactly
+        // as written, so each reads as it is typed back (1e-3 is 0.001, not 0.0010000000000000002).
+        let texts = list("logspace(1e-4, 1e-1, 13)");
+        let values: Vec<f64> = texts.iter().map(|v| v.parse().unwrap()).collect();
         assert_eq!(values.len(), 13);
         assert_eq!((values[0], values[12]), (1e-4, 1e-1));
+        assert_eq!(
+            (texts[4].as_str(), texts[2].as_str()),
+            ("0.001", "0.000316228")
+        );
         for (k, v) in values.iter().enumerate() {
             let expected = 10f64.powf(-4.0 + k as f64 / 4.0);
-            assert!((v / expected - 1.0).abs() < 1e-14, "{k}: {v} vs {expected}");
+            assert!((v / expected - 1.0).abs() < 5e-6, "{k}: {v} vs {expected}");
         }
     }
 

@@ -71,17 +71,9 @@ pub struct SweepView {
 /// the middle is the run's lr and not a rounding of it).
 pub fn default_form(lr: f64) -> String {
     // Rounding undoes the division's (0.003 / 100 is 2.9999999999999997e-5).
+    use crate::optim::spec::significant;
     let (lo, hi) = (significant(lr / 100.0, 7), significant(lr * 100.0, 7));
     format!("lr=logspace({lo}, {hi}, 9)")
-}
-
-/// `x` to `digits` significant digits. The tab's points are rounded to six, so that a point
-/// added as a run is named `adam(lr=0.0316228)`, not `adam(lr=0.031622776601683794)`, and is
-/// the very run the point stepped.
-fn significant(x: f64, digits: usize) -> f64 {
-    format!("{x:.*e}", digits.saturating_sub(1))
-        .parse()
-        .unwrap_or(x)
 }
 
 /// The axes a form's text names (`key=values`, one or two, separated by spaces) and every
@@ -112,7 +104,6 @@ pub fn parse_form(
             .iter()
             .map(|v| {
                 v.parse::<f64>()
-                    .map(|x| significant(x, 6))
                     .map_err(|_| format!("`{v}` is not a number"))
             })
             .collect::<Result<Vec<f64>, String>>()?;
