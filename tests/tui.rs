@@ -2558,6 +2558,29 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
     assert!(find(&t, inspector, "stopped: ").is_some());
 }
 
+/// An edit of the file ends its sweep (of the old version): the status line says so and the
+/// chart goes back to the Loss tab.
+#[test]
+fn an_edit_ends_the_sweep_and_says_so() {
+    let dir = Scratch::new("sweep-edit");
+    let file = dir.write(
+        "r.toml",
+        "name = \"r\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n[optimizer]\nname = \"adam\"\nlr = 0.01\nsteps = 300\n",
+    );
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed(&mut app, "W");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.tab, Tab::Sweep);
+    edit_file(&mut app, &rx, &file, "lr = 0.01", "lr = 0.02");
+    let status = app.message.clone().unwrap_or_default();
+    assert!(
+        status.contains("its sweep ended with the old version"),
+        "{status}"
+    );
+    assert_eq!(app.tab, Tab::Loss);
+    assert!(app.session().unwrap().sweep.is_none());
+}
+
 #[test]
 fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
     // Rosenbrock in f64, where the sweep's batched runs equal runs alone to 1e-12.

@@ -625,6 +625,14 @@ impl App {
         }
         if let (Some(mut session), Some(old)) = (f.session.take(), f.compiled.as_ref()) {
             let change = super::changes::describe(old, &new);
+            // A sweep is of the old version: it ends with it, and the status says so.
+            let swept = match session.sweep.is_some() {
+                true => "; its sweep ended with the old version (W sweeps the new one)",
+                false => "",
+            };
+            if !swept.is_empty() && self.tab == Tab::Sweep {
+                self.tab = Tab::Loss;
+            }
             let (carry, restarted) = session.carry(old, &new, &change);
             f.carry = Some(carry);
             let gone = match restarted.gone {
@@ -633,7 +641,7 @@ impl App {
                 n => format!(", {n} variants gone"),
             };
             self.message = Some(format!(
-                "reloaded {}: {} run{} restarted{gone} ({change})",
+                "reloaded {}: {} run{} restarted{gone} ({change}){swept}",
                 f.path.display(),
                 restarted.runs,
                 if restarted.runs == 1 { "" } else { "s" }
