@@ -2558,6 +2558,28 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
     assert!(find(&t, inspector, "stopped: ").is_some());
 }
 
+/// The status line's step is the furthest of the runs still stepped: a variant removed by an
+/// edit leaves a gone run at its old step, which it does not count.
+#[test]
+fn the_status_step_leaves_out_gone_runs() {
+    let dir = Scratch::new("status-gone");
+    let file = dir.write(
+        "v.toml",
+        "name = \"v\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 100\n[[variants]]\nname = \"other\"\noptimizer = { lr = 0.2 }\n",
+    );
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "20n");
+    edit_file(
+        &mut app,
+        &rx,
+        &file,
+        "[[variants]]\nname = \"other\"\noptimizer = { lr = 0.2 }\n",
+        "",
+    );
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(screen.contains(" step 0 · "), "{screen}");
+}
+
 /// An edit of the file ends its sweep (of the old version): the status line says so and the
 /// chart goes back to the Loss tab.
 #[test]

@@ -8,10 +8,17 @@ use ratatui::widgets::Paragraph;
 
 use crate::tui::app::App;
 use crate::tui::keys;
-use crate::tui::session::{RunView, Session};
+use crate::tui::session::{Link, RunView, Session};
 
+/// The furthest step of the session's runs, of those still stepped (a gone run keeps the step
+/// it had when its variant went).
 fn steps_of(s: &Session) -> usize {
-    s.runs.iter().map(RunView::steps).max().unwrap_or(0)
+    s.runs
+        .iter()
+        .filter(|r| r.link != Link::Gone)
+        .map(RunView::steps)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Step, speed and play state, the pending count, then the last message or a key hint.
