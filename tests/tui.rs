@@ -1822,6 +1822,30 @@ fn a_changed_csv_reloads_the_loss_that_reads_it() {
     assert!(message.contains("data pts changed"), "{message}");
 }
 
+/// A CSV broken and put back as it was restarts nothing: the runs go on with the data they
+/// have, as a loss file's text put back does.
+#[test]
+fn a_csv_broken_and_put_back_restarts_nothing() {
+    let dir = Scratch::new(&format!("csv-back-{}", std::process::id()));
+    std::fs::create_dir_all(dir.0.join("data")).unwrap();
+    let csv = dir.copy("losses/data/points.csv", "data/points.csv");
+    let file = dir.copy("losses/csv_quadratic_fit.toml", "fit.toml");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "3n");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    std::fs::write(&csv, text.replacen('x', "z", 1)).unwrap();
+    app.handle(Msg::FileChanged(csv.clone()));
+    app.settle(&rx);
+    assert!(app.file().unwrap().broken());
+    std::fs::write(&csv, &text).unwrap();
+    app.handle(Msg::FileChanged(csv.clone()));
+    app.settle(&rx);
+    assert!(!app.file().unwrap().broken());
+    assert!(history_lens(&app).iter().all(|&n| n == 3));
+    let message = app.message.clone().unwrap_or_default();
+    assert!(message.contains("nothing restarted"), "{message}");
+}
+
 /// So does a change to a NumPy file it reads, data or a param's initial value.
 #[test]
 fn a_changed_npy_reloads_the_loss_that_reads_it() {

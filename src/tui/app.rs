@@ -623,6 +623,20 @@ impl App {
             ));
             return;
         }
+        // A data file back to the values the runs were started on (a broken CSV undone): as
+        // for the text, nothing restarts.
+        if data_changed
+            && f.session.is_some()
+            && f.compiled
+                .as_ref()
+                .is_some_and(|old| super::changes::same(old, &new))
+        {
+            self.message = Some(format!(
+                "reloaded {}: the data the runs are running, nothing restarted",
+                f.path.display()
+            ));
+            return;
+        }
         if let (Some(mut session), Some(old)) = (f.session.take(), f.compiled.as_ref()) {
             let change = super::changes::describe(old, &new);
             // A sweep is of the old version: it ends with it, and the status says so.

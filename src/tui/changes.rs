@@ -11,6 +11,21 @@ use crate::run::worker::RunInfo;
 /// The differences between two compiled versions of a file, joined with commas (`text
 /// changed` when only comments or layout did).
 pub fn describe(old: &CompiledFile, new: &CompiledFile) -> String {
+    let out = differences(old, new);
+    match out.is_empty() {
+        true => "text changed".into(),
+        false => out.join(", "),
+    }
+}
+
+/// Whether two compiled versions of a file have the same text and the same data and initial
+/// values (a data file changed and changed back).
+pub fn same(old: &CompiledFile, new: &CompiledFile) -> bool {
+    old.file.source.text == new.file.source.text && differences(old, new).is_empty()
+}
+
+/// What differs between two compiled versions of a file, each in a few words.
+fn differences(old: &CompiledFile, new: &CompiledFile) -> Vec<String> {
     let (a, b) = (old.file.as_ref(), new.file.as_ref());
     let mut out = Vec::new();
     consts(&mut out, "", &a.consts, &b.consts);
@@ -28,10 +43,7 @@ pub fn describe(old: &CompiledFile, new: &CompiledFile) -> String {
     values_changed(&mut out, "data ", &old.data, &new.data);
     variants(&mut out, &a.variants, &b.variants);
     optimizers(&mut out, &a.optimizers, &b.optimizers);
-    if out.is_empty() {
-        out.push("text changed".into());
-    }
-    out.join(", ")
+    out
 }
 
 /// How run `info` differs from the file's base run: its variant's consts (`eps 1e-7 → 1e-4`)
