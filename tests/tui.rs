@@ -2565,6 +2565,13 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
     let want = lr_find(&alone, &range, |_, _| std::ops::ControlFlow::Continue(())).unwrap();
     assert_eq!(found.curve.steepest(), want.curve.steepest());
     assert_eq!(found.curve.points.len(), want.curve.points.len());
+    // The status line has the suggestions too, for a terminal too small for the inspector.
+    let status = app.message.clone().unwrap_or_default();
+    let steepest = gradscope::format::fmt_num(want.curve.steepest().unwrap());
+    assert!(
+        status.starts_with(&format!("lr range test from step 20: steepest {steepest}")),
+        "{status}"
+    );
     let t = draw(&app, 200, 60);
     let inspector = areas(&app, 200, 60)
         .inspector

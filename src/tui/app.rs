@@ -460,6 +460,22 @@ impl App {
                 None
             }
             Msg::Worker(id, e) => {
+                // The lr range test's answer in the status line too: the inspector that shows
+                // it in full is hidden on a small terminal.
+                if let Event::LrFound(_, step, found) = &e {
+                    self.message = Some(match found {
+                        Ok(f) => format!(
+                            "lr range test from step {step}: steepest {}, min/10 {} (the inspector has the curve)",
+                            f.curve
+                                .steepest()
+                                .map_or("-".into(), crate::format::fmt_num),
+                            f.curve
+                                .min_tenth()
+                                .map_or("-".into(), crate::format::fmt_num),
+                        ),
+                        Err(why) => format!("lr range test from step {step}: {why}"),
+                    });
+                }
                 if let Some(s) = self.session_by_id(id) {
                     s.apply(e);
                 }
