@@ -151,7 +151,7 @@ fn point_lines(view: &SweepView, height: usize) -> Vec<Line<'static>> {
             let star = if bests.contains(&i) { "★" } else { " " };
             let text = format!(
                 "{star} {key} {:<10} {}",
-                fmt_short(v),
+                swept_value(v, 10),
                 outcome(view.ended[i])
             );
             cell_style(view, i, Line::from(text))
@@ -205,12 +205,12 @@ fn heat_lines(view: &SweepView, width: usize, height: usize) -> Vec<Line<'static
         format!("{} \\ {}", b.key, a.key),
         a.values[xs.clone()]
             .iter()
-            .map(|v| format!("{:>WIDTH$}", fmt_short(*v)))
+            .map(|v| format!("{:>WIDTH$}", swept_value(*v, WIDTH)))
             .collect::<Vec<_>>()
             .join(" ")
     ))];
     for (y, bv) in b.values.iter().enumerate().rev().skip(d0).take(rows) {
-        let mut spans = vec![Span::raw(format!("{:>WIDTH$} ", fmt_short(*bv)))];
+        let mut spans = vec![Span::raw(format!("{:>WIDTH$} ", swept_value(*bv, WIDTH)))];
         for x in xs.clone() {
             let i = y * a.values.len() + x;
             let e = view.ended[i];
@@ -242,4 +242,29 @@ fn heat_lines(view: &SweepView, width: usize, height: usize) -> Vec<Line<'static
     }
     lines.extend(note.map(|n| vec![Line::from(""), n]).unwrap_or_default());
     lines
+}
+
+/// A swept value as typed when that fits in `width` (`0.9999`, which three significant digits
+/// would show as `1`, the same as its neighbour `1`), else to three significant digits.
+fn swept_value(v: f64, width: usize) -> String {
+    let exact = v.to_string();
+    match exact.chars().count() <= width {
+        true => exact,
+        false => fmt_short(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swept_values_are_told_apart() {
+        let labels: Vec<String> = [0.9, 0.99, 0.999, 0.9999]
+            .iter()
+            .map(|&v| swept_value(v, 9))
+            .collect();
+        assert_eq!(labels, ["0.9", "0.99", "0.999", "0.9999"]);
+        assert_eq!(swept_value(0.000316228, 9), "3.16e-4");
+    }
 }
