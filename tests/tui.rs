@@ -2764,6 +2764,14 @@ fn a_sweep_form_names_one_or_two_keys_with_lists() {
     assert_eq!(chain(1), "adam(lr=0.01, beta1=0.5)");
     assert_eq!(chain(2), "adam(lr=0.001, beta1=0.7)");
     assert!(points.iter().all(|p| p.consts == run.consts));
+    // Keys apart by a comma, as in a spec, are the same form.
+    let (comma, _) = parse_form(
+        "lr=[1e-3, 1e-2], beta1=linspace(0.5, 0.9, 3)",
+        &run,
+        &consts,
+    )
+    .unwrap();
+    assert_eq!(comma, axes);
     // A const of the file is a key too; `eps` is also adam's, so it must say which. A swept
     // const replaces the run's own value of it.
     let (axes, points) = parse_form("adam.eps=[1e-7, 1e-6] k=[1, 3]", &run, &consts).unwrap();

@@ -210,14 +210,15 @@ fn resolve_key(key: &str, chain: &ChainSpec, consts: &[String]) -> Result<(Strin
     }
 }
 
-/// `text`'s items: split at spaces outside brackets and parentheses.
+/// `text`'s items: split at spaces and commas outside brackets and parentheses.
 fn split_items(text: &str) -> Vec<&str> {
     let (mut items, mut depth, mut start) = (Vec::new(), 0i32, 0);
     for (i, c) in text.char_indices() {
         match c {
             '(' | '[' => depth += 1,
             ')' | ']' => depth -= 1,
-            c if c.is_whitespace() && depth == 0 => {
+            // Keys apart by spaces, or by commas as in a spec (`lr=[..], beta1=[..]`).
+            c if (c.is_whitespace() || c == ',') && depth == 0 => {
                 if i > start {
                     items.push(&text[start..i]);
                 }
