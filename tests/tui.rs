@@ -2611,6 +2611,21 @@ fn the_status_step_leaves_out_gone_runs() {
     assert!(screen.contains(" step 0 · "), "{screen}");
 }
 
+/// An edit of `[optimizer] name` is named as the optimizer's change, not as the file's `name`.
+#[test]
+fn a_changed_optimizer_is_named_as_such() {
+    let dir = Scratch::new("optimizer-change");
+    let file = dir.write(
+        "o.toml",
+        "name = \"o\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n[optimizer]\nname = \"adam\"\nlr = 0.1\n",
+    );
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "3n");
+    edit_file(&mut app, &rx, &file, "name = \"adam\"", "name = \"sgd\"");
+    let status = app.message.clone().unwrap_or_default();
+    assert!(status.contains("(optimizer adam → sgd)"), "{status}");
+}
+
 /// An edit of the file ends its sweep (of the old version): the status line says so and the
 /// chart goes back to the Loss tab.
 #[test]

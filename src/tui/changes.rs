@@ -135,6 +135,12 @@ fn settings(out: &mut Vec<String>, prefix: &str, a: &[Setting], b: &[Setting]) {
         SettingValue::Text(v) => v.clone(),
     };
     for (k, x, y) in keyed(a, b, |s| s.key.node.as_str(), text) {
+        // `[optimizer] name` is the optimizer, not the file's name.
+        let k = if k == "name" {
+            "optimizer".to_string()
+        } else {
+            k
+        };
         pair(out, &format!("{prefix}{k}"), x, y);
     }
 }
