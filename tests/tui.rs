@@ -2611,6 +2611,30 @@ fn the_status_step_leaves_out_gone_runs() {
     assert!(screen.contains(" step 0 · "), "{screen}");
 }
 
+/// A long "before the edit" line is cut in the legend, which stays (ratatui hid the whole
+/// legend, run names too, once a name made it wider than 60% of the chart).
+#[test]
+fn a_long_change_is_cut_in_the_legend_not_the_legend_hidden() {
+    let dir = Scratch::new("long-change");
+    let file = dir.write(
+        "c.toml",
+        "name = \"c\"\nloss = \"a_rather_long_const_name_one * (x - 1)^2 + a_rather_long_const_name_two * x^2\"\n[consts]\na_rather_long_const_name_one = 1.0\na_rather_long_const_name_two = 1.0\n[params]\nx = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\n",
+    );
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "5n");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("= 1.0", "= 2.0")).unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    typed_settled(&mut app, &rx, "5n");
+    let screen = rows(&draw(&app, 120, 40)).join("\n");
+    assert!(
+        screen.contains("before the edit: a_rather_long_const_name_one 1"),
+        "{screen}"
+    );
+    assert!(screen.contains('…'), "{screen}");
+}
+
 /// An edit of `[optimizer] name` is named as the optimizer's change, not as the file's `name`.
 #[test]
 fn a_changed_optimizer_is_named_as_such() {

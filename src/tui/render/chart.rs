@@ -87,6 +87,18 @@ fn negative_values(app: &App, s: &crate::tui::session::Session, columns: usize) 
     })
 }
 
+/// `name` cut to `max` characters, with `…` where it was cut.
+fn legend_name(name: &str, max: usize) -> String {
+    match name.chars().count() > max {
+        true => name
+            .chars()
+            .take(max.saturating_sub(1))
+            .chain(std::iter::once('…'))
+            .collect(),
+        false => name.to_string(),
+    }
+}
+
 /// The shown chart tab of `file`.
 pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let mut log = app.log_y || app.tab == Tab::LrRatio;
@@ -218,6 +230,20 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
                 .map(|&k| vec![(k as f64, y0), (k as f64, y1)])
         })
         .collect();
+    let ylabel = |v: f64| {
+        if log {
+            fmt_num(10f64.powf(v))
+        } else {
+            fmt_num(v)
+        }
+    };
+    let y_labels = vec![ylabel(y0), ylabel((y0 + y1) / 2.0), ylabel(y1)];
+    // Names too long for the legend are cut: ratatui hides a legend wider than 60% of the plot
+    // (the panel less its frame, the y labels and the axis), its own frame 2 more, and a long
+    // "before the edit" line hid the run names with it.
+    let label_w = y_labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
+    let legend_max = (plot_w * 6 / 10).saturating_sub(2);
     let mut datasets = Vec::new();
     for (name, series) in &faded {
         let mut d = Dataset::default()
@@ -226,7 +252,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             .style(Style::new().fg(Color::DarkGray).add_modifier(Modifier::DIM))
             .data(&series.points);
         if let Some(n) = name {
-            d = d.name(n.clone());
+            d = d.name(legend_name(n, legend_max));
         }
         datasets.push(d);
     }
@@ -246,13 +272,13 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             .style(raw_style)
             .data(&d.raw.points);
         if d.smooth.is_none() {
-            raw = raw.name(d.name.clone());
+            raw = raw.name(legend_name(&d.name, legend_max));
         }
         datasets.push(raw);
         if let Some(sm) = &d.smooth {
             datasets.push(
                 Dataset::default()
-                    .name(d.name.clone())
+                    .name(legend_name(&d.name, legend_max))
                     .marker(Marker::Braille)
                     .graph_type(GraphType::Line)
                     .style(color)
@@ -272,14 +298,6 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     if !nan_points.is_empty() {
         datasets.push(nan_markers(&nan_points));
     }
-    let ylabel = |v: f64| {
-        if log {
-            fmt_num(10f64.powf(v))
-        } else {
-            fmt_num(v)
-        }
-    };
-    let y_labels = vec![ylabel(y0), ylabel((y0 + y1) / 2.0), ylabel(y1)];
     let x_labels = if x1 - x0 >= 4.0 {
         vec![
             format!("{x0:.0}"),
