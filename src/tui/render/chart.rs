@@ -241,7 +241,11 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     // Names too long for the legend are cut: ratatui hides a legend wider than 60% of the plot
     // (the panel less its frame, the y labels and the axis), its own frame 2 more, and a long
     // "before the edit" line hid the run names with it.
-    let label_w = y_labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let label_w = y_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
     let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
     let legend_max = (plot_w * 6 / 10).saturating_sub(2);
     let mut datasets = Vec::new();
