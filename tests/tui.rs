@@ -2632,6 +2632,39 @@ fn a_long_change_is_cut_in_the_legend_not_the_legend_hidden() {
     assert!(screen.contains('…'), "{screen}");
 }
 
+/// A variant added by an edit starts its run beside the restarted ones.
+#[test]
+fn a_variant_added_by_an_edit_gets_its_run() {
+    let dir = Scratch::new("variant-added");
+    let file = dir.write(
+        "v.toml",
+        "name = \"v\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\n",
+    );
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "3n");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        format!("{text}[[variants]]\nname = \"faster\"\noptimizer = {{ lr = 0.3 }}\n"),
+    )
+    .unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    let names: Vec<String> = app
+        .session()
+        .unwrap()
+        .runs
+        .iter()
+        .map(|r| r.info.name.clone())
+        .collect();
+    assert_eq!(names, ["base", "faster"]);
+    let status = app.message.clone().unwrap_or_default();
+    assert!(
+        status.contains("1 run restarted (variant `faster` added)"),
+        "{status}"
+    );
+}
+
 /// An edit of `[optimizer] name` is named as the optimizer's change, not as the file's `name`.
 #[test]
 fn a_changed_optimizer_is_named_as_such() {

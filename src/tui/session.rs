@@ -592,6 +592,11 @@ impl Session {
             runs: plan.len(),
             gone: gone.len(),
         };
+        // A variant the edit added gets its run, as every variant does when the file starts.
+        plan.extend(RunPlan::file(new).into_iter().filter(|p| {
+            let name = &new.runs[p.def].name;
+            !old.runs.iter().any(|d| &d.name == name)
+        }));
         let carry = Carry {
             runs,
             plan,
