@@ -1706,7 +1706,8 @@ fn an_edit_keeps_the_session() {
         "{screen}"
     );
 
-    // Renaming a variant leaves its run gone, dimmed, with its curves, until `x`.
+    // Renaming a variant leaves its run gone, dimmed, with its curves, until `x`; the variant
+    // of the new name starts a run of its own.
     edit_file(
         &mut app,
         &rx,
@@ -1729,8 +1730,9 @@ fn an_edit_keeps_the_session() {
     press(&mut app, KeyCode::Char('k'));
     typed(&mut app, &"j".repeat(k));
     typed_settled(&mut app, &rx, "x");
-    assert_eq!(run_names(&app).len(), 5);
+    assert_eq!(run_names(&app).len(), 6);
     assert!(run_names(&app).iter().all(|n| n != "eps = 1e-3"));
+    assert!(run_names(&app).iter().any(|n| n == "eps = 1e-2"));
 
     // `C` clears the overlays; the runs were playing, and play on after an edit.
     typed(&mut app, "C");
