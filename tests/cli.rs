@@ -352,3 +352,30 @@ fn check_on_a_missing_path_gives_no_empty_summary_and_json_stays_json() {
     assert_eq!(line["ok"], false);
     assert_eq!(line["file"], "no-such-file.toml");
 }
+
+/// Ranked by a metric that is NaN at every point, a sweep says it ranked nothing.
+#[test]
+fn a_sweep_ranked_by_a_metric_that_is_never_finite_says_so() {
+    let path =
+        std::env::temp_dir().join(format!("gradscope-nanmetric-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "name = \"m\"\nloss = \"sum((w - 1)^2)\"\n[params]\nw = \"[0.0, 0.0]\"\n[metrics]\nzero = \"0 / 0\"\n",
+    )
+    .unwrap();
+    let o = gradscope(&[
+        "sweep",
+        path.to_str().unwrap(),
+        "-o",
+        "sgd(lr=[0.01, 0.1])",
+        "--steps",
+        "5",
+        "--rank-by",
+        "zero",
+    ]);
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        text.contains("note: `zero` is not finite at any point that finished, so it ranks nothing"),
+        "{text}"
+    );
+}

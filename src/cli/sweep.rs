@@ -399,6 +399,16 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
              so their losses are not comparable; --rank-by METRIC ranks them by a [metrics] value\n",
         );
     }
+    if let RankBy::Metric { name, .. } = &rank_by
+        && rows
+            .iter()
+            .filter(|r| r.status == Status::Finished)
+            .all(|r| !r.metric.is_some_and(f64::is_finite))
+    {
+        report.push_str(&format!(
+            "note: `{name}` is not finite at any point that finished, so it ranks nothing: the order below is the grid's\n"
+        ));
+    }
     report.push_str(&best_and_windows(&points, &rows, &groups));
     match args.format {
         Format::Table => {
