@@ -379,3 +379,33 @@ fn a_sweep_ranked_by_a_metric_that_is_never_finite_says_so() {
         "{text}"
     );
 }
+
+/// `landscape --variant all` draws every run's path on the first run's surface, and says which
+/// runs minimise a loss of their own there.
+#[test]
+fn a_landscape_names_the_runs_whose_loss_is_not_its_surface() {
+    let o = gradscope(&[
+        "landscape",
+        "losses/robust_log_mse.toml",
+        "--variant",
+        "all",
+        "--steps",
+        "5",
+        "--grid",
+        "8",
+    ]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("note: eps = 0 (naive), eps = 1e-3, plain MSE, eps = 0, f16 (naive) minimise a loss of their own"),
+        "{text}"
+    );
+    let o = gradscope(&[
+        "landscape",
+        "losses/rosenbrock.toml",
+        "--steps",
+        "5",
+        "--grid",
+        "8",
+    ]);
+    assert!(!stdout(&o).contains("note:"), "{}", stdout(&o));
+}

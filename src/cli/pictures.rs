@@ -214,6 +214,22 @@ pub fn landscape_command(
         l.mode.name(),
         crate::format::fmt_duration(l.elapsed)
     )?;
+    // The surface is the first run's loss: a variant with a loss of its own is drawn on it.
+    let others: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.def != first.def && compiled.own_objective(r.def))
+        .map(|r| r.name.as_str())
+        .collect();
+    if !others.is_empty() {
+        writeln!(
+            out,
+            "note: {} minimise{} a loss of {} own (a variant's loss or consts), drawn here on `{}`'s surface",
+            others.join(", "),
+            if others.len() == 1 { "s" } else { "" },
+            if others.len() == 1 { "its" } else { "their" },
+            first.name
+        )?;
+    }
     let (tw, th) = crossterm::terminal::size().unwrap_or((100, 40));
     let terminal = std::io::stdout().is_terminal();
     let width = args

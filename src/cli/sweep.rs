@@ -196,13 +196,8 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
         }
     }
     let combos = product(&consts.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
-    let own_objective = |&d: &usize| {
-        d > 0 && {
-            let v = &compiled.file.variants[d - 1];
-            v.loss.is_some() || !v.consts.is_empty()
-        }
-    };
-    let mixed_objectives = combos.len() > 1 || (defs.len() > 1 && defs.iter().any(own_objective));
+    let mixed_objectives =
+        combos.len() > 1 || (defs.len() > 1 && defs.iter().any(|&d| compiled.own_objective(d)));
     // The points, in table order: per -o, chain point, variant, dtype, consts.
     let mut points = Vec::new();
     let mut specs = Vec::new();

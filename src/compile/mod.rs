@@ -104,6 +104,17 @@ pub struct Unusable {
 }
 
 impl CompiledFile {
+    /// Whether run definition `def` minimises a loss of its own: a variant with its own loss
+    /// program or consts (its values are not comparable with the base's).
+    pub fn own_objective(&self, def: usize) -> bool {
+        def > 0
+            && self
+                .file
+                .variants
+                .get(def - 1)
+                .is_some_and(|v| v.loss.is_some() || !v.consts.is_empty())
+    }
+
     /// A copy whose run definition `def` runs in `dtype`, as a run of it may (None when there is
     /// no such definition).
     pub fn in_dtype(&self, def: usize, dtype: DType) -> Option<CompiledFile> {
