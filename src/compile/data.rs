@@ -309,6 +309,21 @@ fn read_csv(
         Ok(h) => h.clone(),
         Err(e) => return error(format!("cannot read CSV `{shown}`: {e}"), &path.span, None),
     };
+    // A first row of numbers is data: read as the header, it would be lost and its values
+    // taken for column names.
+    if !headers.is_empty() && headers.iter().all(|h| h.trim().parse::<f64>().is_ok()) {
+        return error(
+            format!("CSV `{shown}` has no header row: its first row is numbers"),
+            &path.span,
+            Some(format!(
+                "add a first row naming the columns (e.g. {}), which `columns` then picks",
+                (1..=headers.len().min(3))
+                    .map(|k| format!("c{k}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        );
+    }
     let mut picks = Vec::new();
     let mut missing = false;
     for c in columns {
