@@ -2783,6 +2783,10 @@ fn w_sweeps_the_selected_runs_lr_in_its_tab_and_enter_adds_a_point_as_a_run() {
         view.points[2].optimizer.as_ref().unwrap().to_string()
     };
     press(&mut app, KeyCode::Enter);
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("added a run of {chain} from the sweep").as_str())
+    );
     app.settle(&rx);
     let names = run_names(&app);
     assert_eq!(names.len(), before + 1);

@@ -103,7 +103,12 @@ impl App {
             KeyCode::Enter => {
                 let overrides = view.points[view.cursor].clone();
                 let def = view.def;
+                let what = overrides
+                    .optimizer
+                    .as_ref()
+                    .map_or("the point".to_string(), ToString::to_string);
                 self.command(Command::AddRun { def, overrides });
+                self.message = Some(format!("added a run of {what} from the sweep"));
             }
             KeyCode::Esc if view.running => view.cancel(),
             KeyCode::Esc => {

@@ -233,7 +233,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('W')],
         A::Sweep,
-        "sweep lr, another hyper-parameter or a const: the Sweep tab",
+        "Sweep tab: lr, a hyper-parameter or a const (arrows, enter adds, esc)",
         None,
     ),
     bind(
