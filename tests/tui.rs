@@ -1743,6 +1743,10 @@ fn an_edit_keeps_the_session() {
             .iter()
             .all(|r| r.before.is_empty())
     );
+    assert_eq!(
+        app.message.as_deref(),
+        Some("cleared the curves from before the edits")
+    );
     typed_settled(&mut app, &rx, " ");
     edit_file(&mut app, &rx, &file, "lr = 0.01", "lr = 0.02");
     assert!(app.session().unwrap().playing, "still playing");

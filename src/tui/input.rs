@@ -152,6 +152,7 @@ impl App {
             KeyAction::ClearBefore => {
                 if let Some(s) = self.session_mut() {
                     s.clear_before();
+                    self.message = Some("cleared the curves from before the edits".into());
                 }
             }
             KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
