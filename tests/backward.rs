@@ -487,7 +487,9 @@ fn the_command_checks_after_steps_and_selects() {
     assert!(text.contains("grad_y  agrees"), "{text}");
     let bad = common::gradscope(&["grad", "losses/rosenbrock.toml", "--param", "z"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("the file has no param `z`"));
+    let said = String::from_utf8_lossy(&bad.stdout);
+    assert!(said.contains("the file has no param `z`"), "{said}");
+    assert!(!said.contains("# losses/"), "no program heading before the error: {said}");
 }
 
 /// `put` and `pad`, the language's scatters: a tensor placed among zeros.

@@ -42,6 +42,16 @@ pub fn grad_command(args: &GradArgs, color: bool, out: &mut impl Write) -> anyho
         Ok(p) => p,
         Err(diags) => return unloadable(&diags, color, out),
     };
+    // A param the file lacks is said before any program's heading.
+    if let Some(p) = &args.param
+        && !compiled.params.iter().any(|q| &q.name == p)
+    {
+        let names = compiled.params.iter().map(|q| q.name.as_str());
+        let d = Diagnostic::error(format!("the file has no param `{p}`"))
+            .help_opt(did_you_mean(p, names));
+        write!(out, "{}", d.render(color))?;
+        return Ok(false);
+    }
     let mut ok = true;
     for (i, (def, run)) in runs.iter().enumerate() {
         if i > 0 {
@@ -58,17 +68,9 @@ pub fn grad_command(args: &GradArgs, color: bool, out: &mut impl Write) -> anyho
                 continue;
             }
         };
+        // The param was checked above.
         let program = match &args.param {
-            Some(p) => match program.for_param(p) {
-                Some(b) => b,
-                None => {
-                    let names = compiled.params.iter().map(|p| p.name.as_str());
-                    let d = Diagnostic::error(format!("the file has no param `{p}`"))
-                        .help_opt(did_you_mean(p, names));
-                    write!(out, "{}", d.render(color))?;
-                    return Ok(false);
-                }
-            },
+            Some(p) => program.for_param(p).unwrap_or(program),
             None => program,
         };
         write!(out, "{}", program.text())?;
