@@ -102,7 +102,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
         Format::Csv => {
             writeln!(out, "step,lr,loss,smoothed")?;
             for (i, p) in found.curve.points.iter().enumerate() {
-                writeln!(out, "{i},{:e},{:e},{:e}", p.lr, p.loss, p.smoothed)?;
+                writeln!(out, "{i},{},{},{}", p.lr, p.loss, p.smoothed)?;
             }
             eprintln!("{report}");
         }
