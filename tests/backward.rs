@@ -489,7 +489,10 @@ fn the_command_checks_after_steps_and_selects() {
     assert_eq!(bad.status.code(), Some(1));
     let said = String::from_utf8_lossy(&bad.stdout);
     assert!(said.contains("the file has no param `z`"), "{said}");
-    assert!(!said.contains("# losses/"), "no program heading before the error: {said}");
+    assert!(
+        !said.contains("# losses/"),
+        "no program heading before the error: {said}"
+    );
 }
 
 /// `put` and `pad`, the language's scatters: a tensor placed among zeros.
