@@ -1651,11 +1651,25 @@ const ROBUST: &str = "losses/robust_log_mse.toml";
 
 /// Writes `file` with `from` replaced by `to`, and tells the app it changed.
 fn edit_file(app: &mut App, rx: &Receiver<Msg>, file: &Path, from: &str, to: &str) {
+    rewrite_file(app, rx, file, |text| {
+        assert!(text.contains(from), "{from} not in {}", file.display());
+        text.replacen(from, to, 1)
+    });
+}
+
+/// Writes `edit` of `file`'s text over it, as an editor saves, and lets the app reload it.
+fn rewrite_file(app: &mut App, rx: &Receiver<Msg>, file: &Path, edit: impl Fn(&str) -> String) {
     let text = std::fs::read_to_string(file).unwrap();
-    assert!(text.contains(from), "{from} not in {}", file.display());
-    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+    std::fs::write(file, edit(&text)).unwrap();
     app.handle(Msg::FileChanged(file.to_path_buf()));
     app.settle(rx);
+}
+
+/// `text` written as `name` in `dir`, opened: the file's path, the app and its events.
+fn open_written(dir: &Scratch, name: &str, text: &str) -> (PathBuf, App, Receiver<Msg>) {
+    let file = dir.write(name, text);
+    let (app, rx) = open(file.to_str().unwrap());
+    (file, app, rx)
 }
 
 /// An edit restarts the runs the user had (an added run, an lr change re-applied at its step,
@@ -2600,11 +2614,11 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
 #[test]
 fn the_status_step_leaves_out_gone_runs() {
     let dir = Scratch::new("status-gone");
-    let file = dir.write(
+    let (file, mut app, rx) = open_written(
+        &dir,
         "v.toml",
         "name = \"v\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 100\n[[variants]]\nname = \"other\"\noptimizer = { lr = 0.2 }\n",
     );
-    let (mut app, rx) = open(file.to_str().unwrap());
     typed_settled(&mut app, &rx, "20n");
     edit_file(
         &mut app,
@@ -2622,16 +2636,13 @@ fn the_status_step_leaves_out_gone_runs() {
 #[test]
 fn a_long_change_is_cut_in_the_legend_not_the_legend_hidden() {
     let dir = Scratch::new("long-change");
-    let file = dir.write(
+    let (file, mut app, rx) = open_written(
+        &dir,
         "c.toml",
         "name = \"c\"\nloss = \"a_rather_long_const_name_one * (x - 1)^2 + a_rather_long_const_name_two * x^2\"\n[consts]\na_rather_long_const_name_one = 1.0\na_rather_long_const_name_two = 1.0\n[params]\nx = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\n",
     );
-    let (mut app, rx) = open(file.to_str().unwrap());
     typed_settled(&mut app, &rx, "5n");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, text.replace("= 1.0", "= 2.0")).unwrap();
-    app.handle(Msg::FileChanged(file.clone()));
-    app.settle(&rx);
+    rewrite_file(&mut app, &rx, &file, |t| t.replace("= 1.0", "= 2.0"));
     typed_settled(&mut app, &rx, "5n");
     let screen = rows(&draw(&app, 120, 40)).join("\n");
     assert!(screen.contains("│before the edit: a_rat"), "{screen}");
@@ -2642,20 +2653,15 @@ fn a_long_change_is_cut_in_the_legend_not_the_legend_hidden() {
 #[test]
 fn a_variant_added_by_an_edit_gets_its_run() {
     let dir = Scratch::new("variant-added");
-    let file = dir.write(
+    let (file, mut app, rx) = open_written(
+        &dir,
         "v.toml",
         "name = \"v\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\n",
     );
-    let (mut app, rx) = open(file.to_str().unwrap());
     typed_settled(&mut app, &rx, "3n");
-    let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(
-        &file,
-        format!("{text}[[variants]]\nname = \"faster\"\noptimizer = {{ lr = 0.3 }}\n"),
-    )
-    .unwrap();
-    app.handle(Msg::FileChanged(file.clone()));
-    app.settle(&rx);
+    rewrite_file(&mut app, &rx, &file, |t| {
+        format!("{t}[[variants]]\nname = \"faster\"\noptimizer = {{ lr = 0.3 }}\n")
+    });
     let names: Vec<String> = app
         .session()
         .unwrap()
@@ -2675,11 +2681,11 @@ fn a_variant_added_by_an_edit_gets_its_run() {
 #[test]
 fn a_changed_optimizer_is_named_as_such() {
     let dir = Scratch::new("optimizer-change");
-    let file = dir.write(
+    let (file, mut app, rx) = open_written(
+        &dir,
         "o.toml",
         "name = \"o\"\nloss = \"(x - 1)^2\"\n[params]\nx = 0.0\n[optimizer]\nname = \"adam\"\nlr = 0.1\n",
     );
-    let (mut app, rx) = open(file.to_str().unwrap());
     typed_settled(&mut app, &rx, "3n");
     edit_file(&mut app, &rx, &file, "name = \"adam\"", "name = \"sgd\"");
     let status = app.message.clone().unwrap_or_default();
@@ -2691,11 +2697,11 @@ fn a_changed_optimizer_is_named_as_such() {
 #[test]
 fn an_edit_ends_the_sweep_and_says_so() {
     let dir = Scratch::new("sweep-edit");
-    let file = dir.write(
+    let (file, mut app, rx) = open_written(
+        &dir,
         "r.toml",
         "name = \"r\"\nloss = \"(1 - x)^2 + 100 * (y - x^2)^2\"\n[params]\nx = -1.5\ny = 2.0\n[optimizer]\nname = \"adam\"\nlr = 0.01\nsteps = 300\n",
     );
-    let (mut app, rx) = open(file.to_str().unwrap());
     typed(&mut app, "W");
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.tab, Tab::Sweep);
