@@ -87,8 +87,22 @@ fn negative_values(app: &App, s: &crate::tui::session::Session, columns: usize) 
     })
 }
 
+/// The longest legend name a chart in `area` with these y labels shows. ratatui hides a legend
+/// wider than 60% of the plot (the panel less its frame, the y labels and the axis), its own
+/// frame 2 more: a long "before the edit" line hid the run names with it, so names are cut to
+/// this instead.
+pub(super) fn legend_room(area: Rect, y_labels: &[String]) -> usize {
+    let label_w = y_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
+    (plot_w * 6 / 10).saturating_sub(2)
+}
+
 /// `name` cut to `max` characters, with `…` where it was cut.
-fn legend_name(name: &str, max: usize) -> String {
+pub(super) fn legend_name(name: &str, max: usize) -> String {
     match name.chars().count() > max {
         true => name
             .chars()
@@ -238,16 +252,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         }
     };
     let y_labels = vec![ylabel(y0), ylabel((y0 + y1) / 2.0), ylabel(y1)];
-    // Names too long for the legend are cut: ratatui hides a legend wider than 60% of the plot
-    // (the panel less its frame, the y labels and the axis), its own frame 2 more, and a long
-    // "before the edit" line hid the run names with it.
-    let label_w = y_labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(0);
-    let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
-    let legend_max = (plot_w * 6 / 10).saturating_sub(2);
+    let legend_max = legend_room(area, &y_labels);
     let mut datasets = Vec::new();
     for (name, series) in &faded {
         let mut d = Dataset::default()

@@ -43,11 +43,13 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         .iter()
         .flat_map(|d| d.1.1.iter().map(|&x| (x, y1)))
         .collect();
+    let y_labels = vec![fmt_num(y0), fmt_num((y0 + y1) / 2.0), fmt_num(y1)];
+    let room = super::chart::legend_room(area, &y_labels);
     let mut datasets: Vec<Dataset> = drawn
         .iter()
         .map(|(r, (points, _))| {
             Dataset::default()
-                .name(r.info.name.clone())
+                .name(super::chart::legend_name(&r.info.name, room))
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(r.color))
@@ -69,7 +71,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         .y_axis(
             Axis::default()
                 .bounds([y0, y1])
-                .labels(vec![fmt_num(y0), fmt_num((y0 + y1) / 2.0), fmt_num(y1)])
+                .labels(y_labels)
                 .style(Style::new().fg(Color::DarkGray)),
         )
         .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
