@@ -104,7 +104,7 @@ impl RunView {
         }
         match &self.halted {
             Some((step, _)) => format!("halted@{step}"),
-            None if self.steps() as u64 >= self.info.steps => "finished".into(),
+            None if self.done() => "finished".into(),
             None if playing => "running".into(),
             None => "paused".into(),
         }
