@@ -194,13 +194,16 @@ fn resolve_key(key: &str, chain: &ChainSpec, consts: &[String]) -> Result<(Strin
              write {optimizer}.{name} or const.{name}"
         )),
         _ => {
+            let names = hyper
+                .iter()
+                .copied()
+                .chain(consts.iter().map(String::as_str));
+            let near = crate::diagnostic::did_you_mean(name, names)
+                .map_or_else(String::new, |d| format!("; {d}"));
             let consts = match consts.is_empty() {
                 true => "it has none".to_string(),
                 false => consts.join(", "),
             };
-            let names = hyper.iter().copied().chain(consts.split(", "));
-            let near = crate::diagnostic::did_you_mean(name, names)
-                .map_or_else(String::new, |d| format!("; {d}"));
             Err(format!(
                 "`{key}` is neither a hyper-parameter of {optimizer} ({}) nor a const of the \
                  file ({consts}){near}",
