@@ -394,7 +394,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
              so their losses are not comparable; --rank-by METRIC ranks them by a [metrics] value\n",
         );
     }
-    if let RankBy::Metric { name, .. } = &rank_by
+    if let Some(name) = ranked_metric(&rank_by)
         && rows
             .iter()
             .filter(|r| r.status == Status::Finished)
