@@ -9,6 +9,7 @@ use super::inspect::{PointArgs, heading, point_step, points, run_lr, stable_lr_l
 use crate::compile::hessian::{Condition, Hessian, Method, Options, Ritz};
 use crate::diagnostic::{Diagnostic, did_you_mean};
 use crate::format::{fmt_num, json_num};
+use crate::lang::file::DType;
 use crate::run::Run;
 
 /// Everything `gradscope hessian` takes.
@@ -178,7 +179,7 @@ fn report_text(run: &Run, h: &Hessian, out: &mut impl Write) -> anyhow::Result<(
             fmt_num(f.fd_rel_err)
         )?;
         if h.fd_agrees() == Some(false) {
-            writeln!(out, "  {}", fd_disagreement(run.dtype.name()))?;
+            writeln!(out, "  {}", fd_disagreement(run.dtype))?;
         }
     }
     Ok(())
@@ -186,12 +187,13 @@ fn report_text(run: &Run, h: &Hessian, out: &mut impl Write) -> anyhow::Result<(
 
 /// Why finite differences of gradients can disagree with the exact second derivatives: below
 /// f64 they are mostly rounding at their step, else a kink within it.
-pub fn fd_disagreement(dtype: &str) -> String {
+pub fn fd_disagreement(dtype: DType) -> String {
     let kink = "the gradient jumps within their step (a kink of abs, relu, max or clamp near these params), which has no second derivative, so the exact values hold the smooth pieces' curvature only";
     match dtype {
-        "f64" => format!("finite differences disagree: {kink}"),
+        DType::F64 => format!("finite differences disagree: {kink}"),
         d => format!(
-            "finite differences disagree: in {d} they are mostly rounding at their step (`--dtype f64` checks them), or {kink}"
+            "finite differences disagree: in {} they are mostly rounding at their step (`--dtype f64` checks them), or {kink}",
+            d.name()
         ),
     }
 }

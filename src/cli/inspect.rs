@@ -215,13 +215,8 @@ pub fn curvature_command(
             "  check against finite differences of gradients: relative error {}",
             fmt_num(c.fd_rel_err)
         )?;
-        let f64_run = run.dtype.name() == "f64";
-        if c.fd_rel_err > crate::compile::hessian::fd_tolerance(f64_run) {
-            writeln!(
-                out,
-                "  {}",
-                super::hessian::fd_disagreement(run.dtype.name())
-            )?;
+        if c.fd_rel_err > crate::compile::hessian::fd_tolerance(run.dtype == DType::F64) {
+            writeln!(out, "  {}", super::hessian::fd_disagreement(run.dtype))?;
         }
         stable_lr_line(
             out,
