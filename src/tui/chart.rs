@@ -110,6 +110,11 @@ impl Stream {
         }
     }
 
+    /// The smallest finite value of the whole series (+inf for none).
+    pub fn min(&self) -> f64 {
+        self.raw.min()
+    }
+
     /// Adds one step's value (raw and smoothed).
     pub fn push(&mut self, r: &StepRecord) {
         let v = self.metric.of(r);

@@ -49,6 +49,8 @@ pub const BASE_SHIFT: u32 = 6;
 pub struct Pyramid {
     levels: Vec<Vec<Block>>,
     tail: Block,
+    /// Every value pushed, as one block.
+    whole: Block,
     len: usize,
 }
 
@@ -57,6 +59,7 @@ impl Default for Pyramid {
         Self {
             levels: Vec::new(),
             tail: Block::EMPTY,
+            whole: Block::EMPTY,
             len: 0,
         }
     }
@@ -73,8 +76,14 @@ impl Pyramid {
         self.len == 0
     }
 
+    /// The smallest finite value pushed (+inf for none).
+    pub fn min(&self) -> f64 {
+        self.whole.min
+    }
+
     /// Appends a value, merging full blocks into the level above.
     pub fn push(&mut self, v: f64) {
+        self.whole.add(v);
         self.tail.add(v);
         self.len += 1;
         if !self.len.is_multiple_of(1 << BASE_SHIFT) {
@@ -151,6 +160,7 @@ mod tests {
         for &x in &v {
             p.push(x);
         }
+        assert_eq!(p.min(), -500.0);
         let (size, blocks) = p.blocks(50).unwrap();
         assert_eq!(size, 256);
         assert_eq!(blocks.len(), 10_000usize.div_ceil(256));

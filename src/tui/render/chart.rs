@@ -69,20 +69,14 @@ impl Curve<'_> {
     }
 }
 
-/// Whether a curve the tab draws for `s`'s runs has a value below 0 (the whole run's, read
-/// from the summaries at `columns` wide).
-fn negative_values(app: &App, s: &crate::tui::session::Session, columns: usize) -> bool {
+/// Whether a curve the tab draws for `s`'s runs has a value below 0 over its whole run (each
+/// metric's summary keeps its smallest value).
+fn negative_values(app: &App, s: &crate::tui::session::Session) -> bool {
     s.runs.iter().any(|r| {
         metrics(app, r).into_iter().any(|(metric, _)| {
-            Curve {
-                history: &r.history,
-                streams: &r.streams,
-                metric,
-            }
-            .series(r.history.first(), columns, false, None)
-            .points
-            .iter()
-            .any(|p| p.1 < 0.0)
+            r.streams
+                .iter()
+                .any(|st| st.metric == metric && st.min() < 0.0)
         })
     })
 }
@@ -139,7 +133,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let columns = area.width.saturating_sub(12) as usize;
     // A log axis cannot show a negative value (a loss can be one): the chart stays linear and
     // says why, as the pictures do.
-    if log && negative_values(app, s, columns) {
+    if log && negative_values(app, s) {
         log = false;
         title.push_str(" (log y off: values below 0)");
     } else if log {
