@@ -19,6 +19,7 @@ pub mod ops;
 pub mod optimizer;
 pub mod plan;
 pub mod shape;
+pub mod squares;
 pub mod threads;
 pub mod trace;
 

@@ -517,30 +517,35 @@ pub struct Executable {
     plan: Plan,
     consts: Vec<Option<Tensor>>,
     last_use: Vec<usize>,
+    /// The run's dtype.
+    dtype: DType,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the run's.
     accumulate: Option<DType>,
-    /// How `run` executes the plan's dense chains.
+    /// How `run` executes the plan's dense chains and large sums of squares.
     fusion: Fusion,
 }
 
-/// The dense chains `run` executes as one node each (`dense`), and each register's last use
-/// among what `run` executes.
+/// The dense chains `run` executes as one node each (`dense`), the sums of squares it executes
+/// as one op (`squares`), and each register's last use among what `run` executes.
 #[derive(Debug, Clone)]
 struct Fusion {
     /// The chain whose result each register is.
     chain: Vec<Option<Chain>>,
-    /// Registers computed inside a chain, which `run` skips.
+    /// Sums (or means) of all of a large tensor's squares, by the register of the sum.
+    squares: Vec<bool>,
+    /// Registers computed inside a chain or a sum of squares, which `run` skips.
     inner: Vec<bool>,
     last_use: Vec<usize>,
 }
 
 impl Fusion {
-    /// The chains of `plan`; none when it accumulates in a wider dtype (a chain would not
-    /// widen its matmuls as `eval` does).
-    fn of(plan: &Plan, accumulate: Option<DType>) -> Self {
+    /// The chains and sums of squares of `plan` in `dtype`; none when it accumulates in a wider
+    /// dtype (a chain would not widen its matmuls as `eval` does).
+    fn of(plan: &Plan, dtype: DType, accumulate: Option<DType>) -> Self {
         let n = plan.instrs.len();
         let mut fusion = Fusion {
             chain: vec![None; n],
+            squares: vec![false; n],
             inner: vec![false; n],
             last_use: (0..n).collect(),
         };
@@ -552,6 +557,10 @@ impl Fusion {
                 let out = chain.output();
                 fusion.inner[out] = false;
                 fusion.chain[out] = Some(chain);
+            }
+            for k in large_sums_of_squares(plan, dtype) {
+                fusion.squares[k] = true;
+                fusion.inner[plan.instrs[k].args[0]] = true;
             }
         }
         for k in 0..n {
@@ -568,9 +577,48 @@ impl Fusion {
         match (&self.chain[k], self.inner[k]) {
             (_, true) => Vec::new(),
             (Some(chain), _) => chain.reads(),
+            (None, _) if self.squares[k] => plan.instrs[plan.instrs[k].args[0]].args.clone(),
             (None, _) => plan.instrs[k].args.clone(),
         }
     }
+}
+
+/// The sums and means over all elements of a square no other op reads, of at least the
+/// allocator's large-block size in `dtype` (f32 or f64): where holding the squares and the
+/// spread gradient costs memory worth saving.
+fn large_sums_of_squares(plan: &Plan, dtype: DType) -> Vec<Reg> {
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        return Vec::new();
+    }
+    let mut readers = vec![0usize; plan.instrs.len()];
+    for instr in &plan.instrs {
+        for &a in &instr.args {
+            readers[a] += 1;
+        }
+    }
+    let large = |r: Reg| {
+        let n = plan.instrs[r].shape.elements().unwrap_or(0);
+        n.saturating_mul(dtype.size_in_bytes()) >= crate::alloc::LARGE
+    };
+    (0..plan.instrs.len())
+        .filter(|&k| {
+            let instr = &plan.instrs[k];
+            let sums_all = matches!(
+                instr.op,
+                Op::Reduce {
+                    op: Reduce::Sum | Reduce::Mean,
+                    axis: None
+                }
+            );
+            sums_all && {
+                let s = instr.args[0];
+                matches!(plan.instrs[s].op, Op::Unary(Unary::Sqr))
+                    && readers[s] == 1
+                    && s != plan.output
+                    && large(s)
+            }
+        })
+        .collect()
 }
 
 /// An instruction that failed at run time; should not happen once shapes are checked.
@@ -601,7 +649,8 @@ impl Executable {
         last_use[plan.output] = usize::MAX;
         let accumulate = accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes());
         Ok(Self {
-            fusion: Fusion::of(&plan, accumulate),
+            fusion: Fusion::of(&plan, dtype, accumulate),
+            dtype,
             plan,
             consts,
             last_use,
@@ -619,7 +668,7 @@ impl Executable {
     pub fn with_shapes(&self, plan: Plan) -> Self {
         debug_assert_eq!(plan.instrs.len(), self.plan.instrs.len());
         Self {
-            fusion: Fusion::of(&plan, self.accumulate),
+            fusion: Fusion::of(&plan, self.dtype, self.accumulate),
             plan,
             ..self.clone()
         }
@@ -642,6 +691,27 @@ impl Executable {
                         span: self.plan.instrs[k].span.clone(),
                         error,
                     })?
+                }
+                None if fusion.squares[k] => {
+                    let x = fusion.reads(&self.plan, k)[0];
+                    let x = regs[x].as_ref().expect("defined before use");
+                    let mean = matches!(
+                        self.plan.instrs[k].op,
+                        Op::Reduce {
+                            op: Reduce::Mean,
+                            ..
+                        }
+                    );
+                    super::squares::sum_squares(x)
+                        .and_then(|s| match mean {
+                            // As candle's `mean_all`.
+                            true => s / x.elem_count() as f64,
+                            false => Ok(s),
+                        })
+                        .map_err(|error| ExecError {
+                            span: self.plan.instrs[k].span.clone(),
+                            error,
+                        })?
                 }
                 None => self.eval(k, &regs, inputs, false)?,
             });
@@ -748,5 +818,40 @@ impl Executable {
             span: instr.span.clone(),
             error,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::compile::compile;
+    use crate::lang::file;
+
+    /// The sums of squares `run` fuses in the loss `loss` of param `w = init`, in `dtype`.
+    fn fused(loss: &str, init: &str, dtype: DType) -> Vec<Reg> {
+        let text =
+            format!("name = \"s\"\nloss = \"\"\"\n{loss}\n\"\"\"\n[params]\nw = \"{init}\"\n");
+        let loaded = file::load_bytes(Path::new("s.toml"), text.into_bytes());
+        let (c, d) = compile(loaded.file.expect("loads"));
+        let c = c.unwrap_or_else(|| panic!("{loss}: {d:?}"));
+        large_sums_of_squares(&c.runs[0].plan, dtype)
+    }
+
+    #[test]
+    fn only_large_sums_of_squares_no_other_op_reads_are_fused() {
+        // 2900² f32 values pass the allocator's 32 MiB; 2000² do not (2000² f64 do not either).
+        let large = "zeros(2900, 2900)";
+        assert_eq!(fused("sum(w^2) + mean(w^2)", large, DType::F32).len(), 2);
+        assert_eq!(fused("sum(w^2)", large, DType::F64).len(), 1);
+        assert!(fused("sum(w^2)", "zeros(2000, 2000)", DType::F32).is_empty());
+        assert!(fused("sum(w^2)", "zeros(2000, 2000)", DType::F64).is_empty());
+        // Half precisions keep the unfused ops (and their rounding).
+        assert!(fused("sum(w^2)", large, DType::F16).is_empty());
+        // Along one axis, a square read twice, or another reduction: unfused.
+        assert!(fused("sum(sum(w^2, 0))", large, DType::F32).is_empty());
+        assert!(fused("s = w^2\nsum(s) + amax(s)", large, DType::F32).is_empty());
+        assert!(fused("amax(w^2)", large, DType::F32).is_empty());
     }
 }
