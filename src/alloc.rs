@@ -8,6 +8,11 @@
 //! The cache never raises peak memory: the large blocks held plus those kept stay within the
 //! most the program has held at once, so at its peak nothing is kept. A block that would go
 //! past that goes back to the system (the one freed first, when several are kept).
+//!
+//! Zeroed large blocks are the exception: they are always fresh mappings, which cost no memory
+//! until written (reads see the kernel's zero page), and go back to the system when freed. The
+//! ones candle asks for are the zeros every gradient starts from in a backward pass, read once
+//! by the first addition and dropped: a cached block would have been a whole param's size more.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
@@ -46,6 +51,8 @@ type Released = [Option<Block>; SLOTS];
 
 struct Cache {
     blocks: [Option<Block>; SLOTS],
+    /// Addresses of the fresh zeroed blocks handed out (not counted as held).
+    fresh: Vec<usize>,
     /// Blocks kept so far: the clock that orders them.
     kept: u64,
     /// Bytes of large blocks the program holds now, and the most it has held at once.
@@ -79,6 +86,7 @@ impl Cache {
 
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
     blocks: [None; SLOTS],
+    fresh: Vec::new(),
     kept: 0,
     held: 0,
     peak: 0,
@@ -105,8 +113,8 @@ fn large(size: usize) -> usize {
 }
 
 /// A large block for `layout`: the one of exactly its size and alignment freed last, when one
-/// is kept (zeroed if `zeroed`), else the system's.
-fn take(layout: Layout, zeroed: bool) -> *mut u8 {
+/// is kept, else the system's.
+fn take(layout: Layout) -> *mut u8 {
     let hit = {
         let mut c = cache();
         let slot = c
@@ -122,21 +130,11 @@ fn take(layout: Layout, zeroed: bool) -> *mut u8 {
         }
         hit
     };
-    match (hit, zeroed) {
-        (Some(b), true) => {
-            // SAFETY: the block holds `layout.size()` bytes.
-            unsafe { std::ptr::write_bytes(b.addr as *mut u8, 0, layout.size()) };
-            b.addr as *mut u8
-        }
-        (Some(b), false) => b.addr as *mut u8,
-        (None, _) => {
+    match hit {
+        Some(b) => b.addr as *mut u8,
+        None => {
             // SAFETY: the caller's layout, passed on.
-            let p = unsafe {
-                match zeroed {
-                    true => System.alloc_zeroed(layout),
-                    false => System.alloc(layout),
-                }
-            };
+            let p = unsafe { System.alloc(layout) };
             if !p.is_null() {
                 let out = cache().hold(layout.size(), 0);
                 release(&out);
@@ -144,6 +142,23 @@ fn take(layout: Layout, zeroed: bool) -> *mut u8 {
             p
         }
     }
+}
+
+/// A fresh zeroed large block from the system (glibc maps it anew and does not write it).
+fn take_zeroed(layout: Layout) -> *mut u8 {
+    // SAFETY: the caller's layout, passed on.
+    let p = unsafe { System.alloc_zeroed(layout) };
+    if !p.is_null() {
+        cache().fresh.push(p as usize);
+    }
+    p
+}
+
+/// Whether `ptr` is a fresh zeroed block, no longer tracked as one once this says so.
+fn was_fresh(ptr: *mut u8) -> bool {
+    let mut c = cache();
+    let found = c.fresh.iter().position(|&a| a == ptr as usize);
+    found.map(|i| c.fresh.swap_remove(i)).is_some()
 }
 
 /// Keeps a freed large block, giving back the one freed first when every slot is taken.
@@ -185,7 +200,7 @@ pub fn release_all() {
 unsafe impl GlobalAlloc for BlockCache {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match layout.size() >= LARGE {
-            true => take(layout, false),
+            true => take(layout),
             // SAFETY: the caller's layout, passed on.
             false => unsafe { System.alloc(layout) },
         }
@@ -193,7 +208,7 @@ unsafe impl GlobalAlloc for BlockCache {
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match layout.size() >= LARGE {
-            true => take(layout, true),
+            true => take_zeroed(layout),
             // SAFETY: the caller's layout, passed on.
             false => unsafe { System.alloc_zeroed(layout) },
         }
@@ -201,6 +216,8 @@ unsafe impl GlobalAlloc for BlockCache {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match layout.size() >= LARGE {
+            // SAFETY: a `System` block with the layout it was allocated with.
+            true if was_fresh(ptr) => unsafe { System.dealloc(ptr, layout) },
             true => keep(ptr, layout),
             // SAFETY: a block from `System` with the layout it was allocated with.
             false => unsafe { System.dealloc(ptr, layout) },
@@ -208,9 +225,14 @@ unsafe impl GlobalAlloc for BlockCache {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // A fresh block is not counted as held: resized, it counts as a new one.
+        let old = match layout.size() >= LARGE && was_fresh(ptr) {
+            true => 0,
+            false => large(layout.size()),
+        };
         // SAFETY: every block is a `System` block with `layout`.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
-        let (old, new) = (large(layout.size()), large(new_size));
+        let new = large(new_size);
         if !p.is_null() && (old, new) != (0, 0) {
             let out = cache().hold(new, old);
             release(&out);
@@ -224,20 +246,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reused_block_comes_back_zeroed_when_asked() {
+    fn a_zeroed_block_is_a_fresh_one_given_back_when_freed() {
         let layout = Layout::from_size_align(LARGE + 4096, 64).expect("a layout");
         let a = BlockCache;
+        let kept = |p: *mut u8| {
+            cache()
+                .blocks
+                .iter()
+                .flatten()
+                .any(|b| b.addr == p as usize)
+        };
         // SAFETY: allocated, written within bounds and freed with the same layout.
         unsafe {
             let p = a.alloc(layout);
             assert!(!p.is_null());
             std::ptr::write_bytes(p, 0xAB, layout.size());
             a.dealloc(p, layout);
+            assert!(kept(p), "a freed block is kept");
             let q = a.alloc_zeroed(layout);
-            assert_eq!(q, p, "the freed block is reused");
+            assert_ne!(q, p, "the kept block is not handed out zeroed");
             let bytes = std::slice::from_raw_parts(q, layout.size());
             assert!(bytes.iter().all(|&b| b == 0));
             a.dealloc(q, layout);
+            assert!(!kept(q), "a fresh block goes back to the system");
+            let r = a.alloc(layout);
+            assert_eq!(r, p, "the kept block serves the next allocation");
+            a.dealloc(r, layout);
         }
     }
 }
