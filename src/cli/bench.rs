@@ -604,7 +604,8 @@ pub fn large_param(file: &Path, repeat: usize) -> anyhow::Result<(LargeParam, St
     let mut rates = Vec::new();
     let (mut steps, mut param_bytes, mut param_values) = (0, 0, 0);
     for _ in 0..repeat.max(1) {
-        // Loaded afresh and let go once the run is built, as `gradscope run` does.
+        // Loaded afresh and let go once the run is built: the run's own memory. (`gradscope run`
+        // keeps the file to batch its runs, and with it the params' f64 initial values.)
         let mut run = {
             let (compiled, _) =
                 load::load_compiled(file).map_err(|d| anyhow::anyhow!("{}", d[0].headline()))?;

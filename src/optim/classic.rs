@@ -65,13 +65,22 @@ pub struct AdamState {
     pub exp_avg_sq: Option<Tensor>,
     /// The largest second moment so far (only with amsgrad).
     pub max_exp_avg_sq: Option<Tensor>,
+    /// How the kernel keeps the moments (see [`kernels::Moments`]).
+    pub(super) moments: super::kernels::Moments,
 }
 
-lane_slices!(AdamState {
-    exp_avg,
-    exp_avg_sq,
-    max_exp_avg_sq
-});
+impl super::lanes::LaneSlices for AdamState {
+    fn pick(&self, _keep: &[usize], take: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        use super::lanes::pick_opt;
+        // A lane's moments are views of the batch's: never written in place.
+        Ok(Self {
+            exp_avg: pick_opt(&self.exp_avg, take)?,
+            exp_avg_sq: pick_opt(&self.exp_avg_sq, take)?,
+            max_exp_avg_sq: pick_opt(&self.max_exp_avg_sq, take)?,
+            moments: Default::default(),
+        })
+    }
+}
 
 /// Adam's hyper-parameters, with weight decay coupled (Adam) or decoupled (AdamW).
 #[derive(Debug, Clone)]

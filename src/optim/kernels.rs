@@ -1,12 +1,15 @@
 //! Loops over a tensor's elements that replace chains of whole-tensor ops. Written as tensor
 //! ops, Adam's update made ten temporaries (a 64 MB param's update read and wrote 1.3 GB) and a
 //! norm two f64 copies of the tensor. The update kernel does the same arithmetic as the tensor
-//! ops, op for op in the same order and precision, so every number is theirs; its outputs are new
-//! tensors, since its inputs (the optimizer's state) are shared with rewind snapshots.
+//! ops, op for op in the same order and precision, so every number is theirs. Its outputs are
+//! new tensors, since its inputs (the optimizer's state) may be shared with rewind snapshots
+//! and with the state a step started from; only a step the run has kept writes the moments in
+//! place, and only those no other state holds ([`Moments`]).
 
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
-use candle_core::{DType, Layout, Result, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Result, Storage, Tensor, WithDType};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -180,11 +183,43 @@ fn fill3<T: Send>(
     out
 }
 
+/// How the Adam kernel keeps a state's moments. A large param's step held its param, gradient,
+/// both moments and the three new tensors at once: writing the moments in place saves two of
+/// the seven. That is safe only for moments no other state holds (a rewind snapshot, the state
+/// a step started from), and only once the run keeps the step (it discards one that left
+/// non-finite params), so the kernel leaves the moments' update to [`commit`].
+#[derive(Debug, Clone, Default)]
+pub struct Moments {
+    /// Present when the kernel made the moments: shared by every copy of the state, so a count
+    /// of one says no other state holds them.
+    own: Option<Arc<()>>,
+    /// Set on a step's working copy (`OptimizerState::defer_moments`): the kernel computes the
+    /// new param alone and leaves the moments' update in `pending`.
+    defer: bool,
+    pending: Option<Pending>,
+}
+
+impl Moments {
+    /// Asks the kernel to leave the moments' update to [`commit`].
+    pub(super) fn defer(&mut self) {
+        self.defer = true;
+    }
+}
+
+/// A step's update of the moments, as the kernel left it.
+#[derive(Debug, Clone)]
+struct Pending {
+    lanes: Vec<(AdamRule, f64)>,
+    p: Tensor,
+    g: Tensor,
+    t: u64,
+}
+
 /// Adam's (and AdamW's) update of `p` in one pass: `AdamRule::step`'s tensor ops element by
-/// element, with the moments it keeps in `s`. `lanes` holds each lane's rule and lr (one for a
-/// run alone; lane `r` is the `r`-th of as many equal parts of `p`'s elements). None where the
-/// kernel does not apply (amsgrad, f16/bf16, tensors not contiguous on the CPU): the rule's
-/// tensor ops then run.
+/// element, with the moments it keeps in `s` (left to [`commit`] when deferred). `lanes` holds
+/// each lane's rule and lr (one for a run alone; lane `r` is the `r`-th of as many equal parts
+/// of `p`'s elements). None where the kernel does not apply (amsgrad, f16/bf16, tensors not
+/// contiguous on the CPU): the rule's tensor ops then run.
 pub(super) fn adam(
     lanes: &[(&AdamRule, f64)],
     s: &mut AdamState,
@@ -195,10 +230,225 @@ pub(super) fn adam(
     if lanes.is_empty() || lanes.iter().any(|(rule, _)| rule.amsgrad) {
         return Ok(None);
     }
+    // A second update within one step builds on the first's moments, never in place.
+    apply_pending(s, false)?;
     match p.dtype() {
         DType::F32 => adam_typed::<f32>(lanes, s, p, grad, t),
         DType::F64 => adam_typed::<f64>(lanes, s, p, grad, t),
         _ => Ok(None),
+    }
+}
+
+/// Applies the moments' update the kernel left in `s`, in place where no other state holds
+/// them, and ends the deferral: once the run keeps the step.
+pub(super) fn commit(s: &mut AdamState) -> Result<()> {
+    s.moments.defer = false;
+    apply_pending(s, true)
+}
+
+/// Applies the moments' update the kernel left in `s`, in place when `in_place` and no other
+/// state holds them, else into new tensors.
+fn apply_pending(s: &mut AdamState, in_place: bool) -> Result<()> {
+    let Some(pending) = s.moments.pending.take() else {
+        return Ok(());
+    };
+    let exclusive = s
+        .moments
+        .own
+        .as_ref()
+        .is_some_and(|o| Arc::strong_count(o) == 1);
+    match (&s.exp_avg, &s.exp_avg_sq) {
+        (Some(m), Some(v)) if in_place && exclusive => {
+            m.inplace_op3(&pending.p, &pending.g, &MomentPass(&pending, First))?;
+            v.inplace_op3(&pending.p, &pending.g, &MomentPass(&pending, Second))
+        }
+        _ => {
+            let (m, v) = match pending.p.dtype() {
+                DType::F32 => new_moments::<f32>(s, &pending)?,
+                DType::F64 => new_moments::<f64>(s, &pending)?,
+                d => candle_core::bail!("the Adam kernel takes f32 or f64, not {d:?}"),
+            };
+            s.exp_avg = Some(m);
+            s.exp_avg_sq = Some(v);
+            s.moments.own = Some(Arc::new(()));
+            Ok(())
+        }
+    }
+}
+
+/// Which of an element's new values a pass writes, as a type: each pass's loop is compiled for
+/// its part alone (the others' arithmetic dropped) and vectorises.
+trait Part: Copy + Send + Sync {
+    fn of<T>(r: (T, T, T)) -> T;
+}
+
+/// The new param.
+#[derive(Clone, Copy)]
+struct NewParam;
+/// The new first moment.
+#[derive(Clone, Copy)]
+struct First;
+/// The new second moment.
+#[derive(Clone, Copy)]
+struct Second;
+
+impl Part for NewParam {
+    fn of<T>((p, _, _): (T, T, T)) -> T {
+        p
+    }
+}
+
+impl Part for First {
+    fn of<T>((_, m, _): (T, T, T)) -> T {
+        m
+    }
+}
+
+impl Part for Second {
+    fn of<T>((_, _, v): (T, T, T)) -> T {
+        v
+    }
+}
+
+/// A moment, written in place: the update reads it as its own, and the other moment (which does
+/// not enter its new value) as `zero`.
+trait Moment: Part {
+    fn pair<T>(own: T, zero: T) -> (T, T);
+}
+
+impl Moment for First {
+    fn pair<T>(own: T, zero: T) -> (T, T) {
+        (own, zero)
+    }
+}
+
+impl Moment for Second {
+    fn pair<T>(own: T, zero: T) -> (T, T) {
+        (zero, own)
+    }
+}
+
+/// The elements of `from..to` in lanes of `per_lane`: each lane's index and range.
+fn segments(
+    from: usize,
+    to: usize,
+    per_lane: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut at = from;
+    std::iter::from_fn(move || {
+        (at < to).then(|| {
+            let lane = at / per_lane;
+            let end = ((lane + 1) * per_lane).min(to);
+            let out = (lane, at, end);
+            at = end;
+            out
+        })
+    })
+}
+
+/// The moments' new values into new tensors (the first step's, or moments another state holds).
+fn new_moments<T: Real>(s: &AdamState, pending: &Pending) -> Result<(Tensor, Tensor)> {
+    let (ps, pl) = pending.p.storage_and_layout();
+    let (gs, gl) = pending.g.storage_and_layout();
+    let moments = match (&s.exp_avg, &s.exp_avg_sq) {
+        (Some(m), Some(v)) => Some((m.storage_and_layout(), v.storage_and_layout())),
+        _ => None,
+    };
+    let storages = moments
+        .as_ref()
+        .map(|((ms, ml), (vs, vl))| ((&**ms, *ml), (&**vs, *vl)));
+    let inputs = Inputs::<T>::of(&ps, pl, &gs, gl, storages)
+        .ok_or_else(|| candle_core::Error::Msg("Adam's pending update lost its inputs".into()))?;
+    let coefs = pending.coefs::<T>();
+    let (m, v) = (
+        inputs.fresh::<First>(&coefs),
+        inputs.fresh::<Second>(&coefs),
+    );
+    let (shape, device) = (pending.p.shape().clone(), pending.p.device().clone());
+    Ok((
+        Tensor::from_vec(m, shape.clone(), &device)?,
+        Tensor::from_vec(v, shape, &device)?,
+    ))
+}
+
+impl Pending {
+    fn coefs<T: Real>(&self) -> Vec<AdamCoefs<T>> {
+        self.lanes
+            .iter()
+            .map(|(rule, lr)| AdamCoefs::of(rule, *lr, self.t))
+            .collect()
+    }
+}
+
+/// One moment's update written over it: the dst is the moment, the sources the param and
+/// gradient the step was taken from.
+struct MomentPass<'a, M>(&'a Pending, M);
+
+impl<M: Moment> InplaceOp3 for MomentPass<'_, M> {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        p: &CpuStorage,
+        pl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        match (dst, p, g) {
+            (CpuStorage::F32(d), CpuStorage::F32(p), CpuStorage::F32(g)) => {
+                self.pass::<f32>(d, dl, p, pl, g, gl)
+            }
+            (CpuStorage::F64(d), CpuStorage::F64(p), CpuStorage::F64(g)) => {
+                self.pass::<f64>(d, dl, p, pl, g, gl)
+            }
+            _ => candle_core::bail!("adam-moment takes f32 or f64 of one dtype"),
+        }
+    }
+}
+
+impl<M: Moment> MomentPass<'_, M> {
+    fn pass<T: Real>(
+        &self,
+        dst: &mut [T],
+        dl: &Layout,
+        p: &[T],
+        pl: &Layout,
+        g: &[T],
+        gl: &Layout,
+    ) -> Result<()> {
+        let span = |l: &Layout| {
+            l.contiguous_offsets()
+                .map(|(from, to)| from..to)
+                .ok_or_else(|| candle_core::Error::Msg("adam-moment: not contiguous".into()))
+        };
+        let (p, g, dst) = (&p[span(pl)?], &g[span(gl)?], &mut dst[span(dl)?]);
+        if p.len() != dst.len() || g.len() != dst.len() {
+            candle_core::bail!("adam-moment: sizes differ");
+        }
+        let coefs = self.0.coefs::<T>();
+        let per_lane = dst.len() / coefs.len();
+        let zero = T::from_f64(0.0);
+        let run = |at: usize, chunk: &mut [T]| {
+            for (lane, a, b) in segments(at, at + chunk.len(), per_lane) {
+                let c = &coefs[lane];
+                let ins = p[a..b].iter().zip(&g[a..b]);
+                for (d, (&p, &g)) in chunk[a - at..b - at].iter_mut().zip(ins) {
+                    *d = M::of(c.update(p, g, Some(M::pair(*d, zero))));
+                }
+            }
+        };
+        if dst.len() < 2 * CHUNK {
+            run(0, dst);
+        } else {
+            dst.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(k, chunk)| run(k * CHUNK, chunk));
+        }
+        Ok(())
     }
 }
 
@@ -243,12 +493,14 @@ impl<T: Real> AdamCoefs<T> {
     #[inline(always)]
     fn update(&self, p: T, g: T, mv: Option<(T, T)>) -> (T, T, T) {
         let zero = T::from_f64(0.0);
-        let (p, g) = if self.decoupled {
-            (p * self.keep + zero, g)
-        } else if self.no_decay {
-            (p, g)
+        // Both forms computed and one chosen (not branched on), so the loops vectorise; the
+        // other form's value is dropped, whatever it is.
+        let (decayed, coupled) = (p * self.keep + zero, g + (p * self.decay + zero));
+        let p = if self.decoupled { decayed } else { p };
+        let g = if self.decoupled || self.no_decay {
+            g
         } else {
-            (p, g + (p * self.decay + zero))
+            coupled
         };
         let (m, v) = match mv {
             Some((m, v)) => (
@@ -262,6 +514,113 @@ impl<T: Real> AdamCoefs<T> {
     }
 }
 
+/// A tensor's storage and layout, as `Inputs::of` reads them.
+type Stored<'a> = (&'a Storage, &'a Layout);
+
+/// A step's inputs, element by element: the param, its gradient and the moments (none before
+/// the first step).
+struct Inputs<'a, T> {
+    p: &'a [T],
+    g: &'a [T],
+    mv: Option<(&'a [T], &'a [T])>,
+}
+
+impl<'a, T: Real> Inputs<'a, T> {
+    /// The elements of each storage, when all are contiguous CPU tensors of one size.
+    fn of(
+        ps: &'a Storage,
+        pl: &Layout,
+        gs: &'a Storage,
+        gl: &Layout,
+        moments: Option<(Stored<'a>, Stored<'a>)>,
+    ) -> Option<Self> {
+        let (p, g) = (elements::<T>(ps, pl)?, elements::<T>(gs, gl)?);
+        let mv = match moments {
+            None => None,
+            Some(((ms, ml), (vs, vl))) => Some((elements::<T>(ms, ml)?, elements::<T>(vs, vl)?)),
+        };
+        let n = p.len();
+        let sized = g.len() == n && mv.is_none_or(|(m, v)| m.len() == n && v.len() == n);
+        sized.then_some(Self { p, g, mv })
+    }
+
+    /// One part of every element's update, into a new vector.
+    fn fresh<P: Part>(&self, coefs: &[AdamCoefs<T>]) -> Vec<T> {
+        let n = self.p.len();
+        let per_lane = n / coefs.len();
+        let mut out = Vec::with_capacity(n);
+        let run = |from: usize, chunk: &mut [MaybeUninit<T>]| {
+            for (lane, a, b) in segments(from, from + chunk.len(), per_lane) {
+                let (c, out) = (&coefs[lane], &mut chunk[a - from..b - from]);
+                let ins = self.p[a..b].iter().zip(&self.g[a..b]);
+                match self.mv {
+                    Some((m, v)) => {
+                        let moments = m[a..b].iter().zip(&v[a..b]);
+                        for (o, ((&p, &g), (&m, &v))) in out.iter_mut().zip(ins.zip(moments)) {
+                            o.write(P::of(c.update(p, g, Some((m, v)))));
+                        }
+                    }
+                    None => {
+                        for (o, (&p, &g)) in out.iter_mut().zip(ins) {
+                            o.write(P::of(c.update(p, g, None)));
+                        }
+                    }
+                }
+            }
+        };
+        let spare = &mut out.spare_capacity_mut()[..n];
+        if n < 2 * CHUNK {
+            run(0, spare);
+        } else {
+            spare
+                .par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(k, chunk)| run(k * CHUNK, chunk));
+        }
+        // SAFETY: `run` wrote every one of the first `n` elements.
+        unsafe { out.set_len(n) };
+        out
+    }
+
+    /// Every element's new param and moments, in one pass.
+    fn all(&self, coefs: &[AdamCoefs<T>]) -> [Vec<T>; 3] {
+        let per_lane = self.p.len() / coefs.len();
+        fill3(self.p.len(), |from, out_p, out_m, out_v| {
+            for (lane, a, b) in segments(from, from + out_p.len(), per_lane) {
+                let c = &coefs[lane];
+                let o = a - from..b - from;
+                let outs = out_p[o.clone()]
+                    .iter_mut()
+                    .zip(&mut out_m[o.clone()])
+                    .zip(&mut out_v[o]);
+                type Out<'a, T> = (
+                    (&'a mut MaybeUninit<T>, &'a mut MaybeUninit<T>),
+                    &'a mut MaybeUninit<T>,
+                );
+                let write = |((op, om), ov): Out<T>, (np, nm, nv): (T, T, T)| {
+                    op.write(np);
+                    om.write(nm);
+                    ov.write(nv);
+                };
+                let ins = self.p[a..b].iter().zip(&self.g[a..b]);
+                match self.mv {
+                    Some((m, v)) => {
+                        let moments = m[a..b].iter().zip(&v[a..b]);
+                        for (o, ((&p, &g), (&m, &v))) in outs.zip(ins.zip(moments)) {
+                            write(o, c.update(p, g, Some((m, v))));
+                        }
+                    }
+                    None => {
+                        for (o, (&p, &g)) in outs.zip(ins) {
+                            write(o, c.update(p, g, None));
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
 fn adam_typed<T: Real>(
     lanes: &[(&AdamRule, f64)],
     s: &mut AdamState,
@@ -271,74 +630,41 @@ fn adam_typed<T: Real>(
 ) -> Result<Option<Tensor>> {
     let (ps, pl) = p.storage_and_layout();
     let (gs, gl) = grad.storage_and_layout();
-    let (Some(pv), Some(gv)) = (elements::<T>(&ps, pl), elements::<T>(&gs, gl)) else {
-        return Ok(None);
-    };
-    let n = pv.len();
     let moments = match (&s.exp_avg, &s.exp_avg_sq) {
         (None, None) => None,
         (Some(m), Some(v)) => Some((m.storage_and_layout(), v.storage_and_layout())),
         _ => return Ok(None),
     };
-    let mv = match &moments {
-        None => None,
-        Some(((ms, ml), (vs, vl))) => match (elements::<T>(ms, ml), elements::<T>(vs, vl)) {
-            (Some(m), Some(v)) if m.len() == n && v.len() == n => Some((m, v)),
-            _ => return Ok(None),
-        },
+    let storages = moments
+        .as_ref()
+        .map(|((ms, ml), (vs, vl))| ((&**ms, *ml), (&**vs, *vl)));
+    let Some(inputs) = Inputs::<T>::of(&ps, pl, &gs, gl, storages) else {
+        return Ok(None);
     };
-    if gv.len() != n || !n.is_multiple_of(lanes.len()) {
+    if !inputs.p.len().is_multiple_of(lanes.len()) {
         return Ok(None);
     }
     let coefs: Vec<AdamCoefs<T>> = lanes
         .iter()
         .map(|&(rule, lr)| AdamCoefs::of(rule, lr, t))
         .collect();
-    let per_lane = n / lanes.len();
-    let [new, m, v] = fill3(n, |from, out_p, out_m, out_v| {
-        let to = from + out_p.len();
-        // The lanes' parts of from..to, in order.
-        let mut at = from;
-        while at < to {
-            let lane = at / per_lane;
-            let end = ((lane + 1) * per_lane).min(to);
-            let c = &coefs[lane];
-            let (o, range) = (at - from..end - from, at..end);
-            let outs = out_p[o.clone()]
-                .iter_mut()
-                .zip(&mut out_m[o.clone()])
-                .zip(&mut out_v[o]);
-            let ins = pv[range.clone()].iter().zip(&gv[range.clone()]);
-            type Out<'a, T> = (
-                (&'a mut MaybeUninit<T>, &'a mut MaybeUninit<T>),
-                &'a mut MaybeUninit<T>,
-            );
-            let write = |((op, om), ov): Out<T>, (np, nm, nv): (T, T, T)| {
-                op.write(np);
-                om.write(nm);
-                ov.write(nv);
-            };
-            match mv {
-                Some((m, v)) => {
-                    let moments = m[range.clone()].iter().zip(&v[range]);
-                    for (o, ((&p, &g), (&m, &v))) in outs.zip(ins.zip(moments)) {
-                        write(o, c.update(p, g, Some((m, v))));
-                    }
-                }
-                None => {
-                    for (o, (&p, &g)) in outs.zip(ins) {
-                        write(o, c.update(p, g, None));
-                    }
-                }
-            }
-            at = end;
-        }
-    });
-    let shape = p.shape().clone();
-    let device = p.device().clone();
+    let (shape, device) = (p.shape().clone(), p.device().clone());
+    if s.moments.defer {
+        let new = inputs.fresh::<NewParam>(&coefs);
+        drop((ps, gs, moments));
+        s.moments.pending = Some(Pending {
+            lanes: lanes.iter().map(|&(rule, lr)| (rule.clone(), lr)).collect(),
+            p: p.clone(),
+            g: grad.clone(),
+            t,
+        });
+        return Ok(Some(Tensor::from_vec(new, shape, &device)?));
+    }
+    let [new, m, v] = inputs.all(&coefs);
     drop((ps, gs, moments));
     s.exp_avg = Some(Tensor::from_vec(m, shape.clone(), &device)?);
     s.exp_avg_sq = Some(Tensor::from_vec(v, shape.clone(), &device)?);
+    s.moments.own = Some(Arc::new(()));
     Ok(Some(Tensor::from_vec(new, shape, &device)?))
 }
 
@@ -419,6 +745,88 @@ mod tests {
                         bits(b.as_ref().unwrap()),
                         "{what}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn moments_left_to_the_commit_give_the_one_pass_numbers_in_place_or_not() {
+        // Two lanes of a size the kernels split into parallel chunks, both weight decays.
+        let n = 2 * CHUNK + 6;
+        for spec in [
+            "adam(lr=0.01, weight_decay=0.1)",
+            "adamw(lr=0.01, weight_decay=0.1)",
+            "adam(lr=0.3, beta1=0.3, beta2=0.9, eps=1e-3)",
+        ] {
+            for dtype in [DType::F32, DType::F64] {
+                let spec = OptimizerSpec::parse(spec).unwrap();
+                let rule = AdamRule::of(&spec).unwrap();
+                let lanes = [(&rule, 0.01), (&rule, 0.03)];
+                let start = Tensor::randn(0f64, 1.0, n, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap();
+                let grad = |x: &Tensor, t: u64| x.affine((t as f64).sin(), 0.3 * (t as f64).cos());
+                // One pass; left to the commit and written in place; left to the commit while a
+                // copy of the state (a rewind snapshot) holds the moments.
+                let (mut p1, mut s1) = (start.clone(), AdamState::default());
+                let (mut p2, mut s2) = (start.clone(), AdamState::default());
+                let (mut p3, mut s3) = (start.clone(), AdamState::default());
+                let mut in_place_since = None;
+                for t in 1..=12u64 {
+                    p1 = adam(&lanes, &mut s1, &p1, &grad(&p1, t).unwrap(), t)
+                        .unwrap()
+                        .unwrap();
+                    // A step that is not kept leaves the state as it was.
+                    let before = bits(s2.exp_avg.as_ref().unwrap_or(&start));
+                    let mut dropped = s2.clone();
+                    dropped.moments.defer();
+                    adam(&lanes, &mut dropped, &p2, &grad(&p2, t).unwrap(), t).unwrap();
+                    drop(dropped);
+                    assert_eq!(bits(s2.exp_avg.as_ref().unwrap_or(&start)), before);
+                    let mut working = s2.clone();
+                    working.moments.defer();
+                    let new = adam(&lanes, &mut working, &p2, &grad(&p2, t).unwrap(), t)
+                        .unwrap()
+                        .unwrap();
+                    s2 = working;
+                    commit(&mut s2).unwrap();
+                    p2 = new;
+                    let id = s2.exp_avg.as_ref().unwrap().id();
+                    let since = *in_place_since.get_or_insert(id);
+                    // The first step makes the moments; every later one writes over them.
+                    assert_eq!(id, since, "{spec:?} {dtype:?}: step {t} in place");
+
+                    let snapshot = s3.clone();
+                    let mut working = s3.clone();
+                    working.moments.defer();
+                    let new = adam(&lanes, &mut working, &p3, &grad(&p3, t).unwrap(), t)
+                        .unwrap()
+                        .unwrap();
+                    s3 = working;
+                    let held = snapshot.exp_avg.as_ref().map(bits);
+                    commit(&mut s3).unwrap();
+                    assert_eq!(
+                        snapshot.exp_avg.as_ref().map(bits),
+                        held,
+                        "the snapshot keeps its moments"
+                    );
+                    p3 = new;
+
+                    for (p, s) in [(&p2, &s2), (&p3, &s3)] {
+                        let what = format!("{spec:?} in {dtype:?}, step {t}");
+                        assert_eq!(bits(p), bits(&p1), "{what}: params");
+                        assert_eq!(
+                            bits(s.exp_avg.as_ref().unwrap()),
+                            bits(s1.exp_avg.as_ref().unwrap()),
+                            "{what}"
+                        );
+                        assert_eq!(
+                            bits(s.exp_avg_sq.as_ref().unwrap()),
+                            bits(s1.exp_avg_sq.as_ref().unwrap()),
+                            "{what}"
+                        );
+                    }
                 }
             }
         }

@@ -206,6 +206,35 @@ impl OptimizerState {
         apart.then_some(out)
     }
 
+    /// Asks Adam's kernel to leave the moments of every param of at least the allocator's
+    /// large-block size to [`Self::commit`], so that a kept step can write them in place: on a
+    /// step's working copy, before it steps. Smaller params keep their one-pass update.
+    pub fn defer_moments(&mut self, params: &[Tensor]) {
+        for (g, rule) in &mut self.groups {
+            if let RuleState::Adam(states) | RuleState::AdamW(states) = rule {
+                for (&i, s) in g.params.iter().zip(states.iter_mut()) {
+                    let p = &params[i];
+                    if p.elem_count() * p.dtype().size_in_bytes() >= crate::alloc::LARGE {
+                        s.moments.defer();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the moments' updates the step left (see [`Self::defer_moments`]), in place where
+    /// no other state holds them: once the run has kept the step, before its params change.
+    pub fn commit(&mut self) -> Result<()> {
+        for (_, rule) in &mut self.groups {
+            if let RuleState::Adam(states) | RuleState::AdamW(states) = rule {
+                for s in states {
+                    super::kernels::commit(s)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The f32 params `master_weights` keeps (None without the trick or outside f16/bf16).
     pub fn master_params(&self) -> Option<&[Tensor]> {
         self.tricks.master()

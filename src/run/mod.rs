@@ -533,6 +533,7 @@ impl Run {
         if apply {
             let (grads, clipped) = self.clip(eval.grads, grad_norm).map_err(internal)?;
             let mut state = self.state.clone();
+            state.defer_moments(&params);
             let mut oracle = Closure::new(self);
             let stepped = chain::step(
                 &mut state,
@@ -602,8 +603,10 @@ impl Run {
                 }
             }
             if keep {
-                self.set_params(&new).map_err(internal)?;
+                // The state first: its moments' update reads the params the step started from.
                 self.state = state;
+                self.state.commit().map_err(internal)?;
+                self.set_params(&new).map_err(internal)?;
                 update_norm = deltas.iter().map(|d| d * d).sum::<f64>().sqrt();
                 // Held through the next evaluation only when they are to be kept.
                 if self.trajectory.wants(t + 1) || self.keeps_best() {
