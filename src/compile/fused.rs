@@ -716,7 +716,10 @@ fn gemm_into<T: Copy + Send + Sync + 'static>(
 ) -> Vec<T> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if threads < 2 || m < 2 * GEMM_ROWS || n < 2 || k < 3 {
-        let mut out = vec![zero; m * n];
+        // Filled, not allocated zeroed: a large zeroed block is a fresh mapping (`alloc`),
+        // which the product would fault in page by page.
+        let mut out = Vec::with_capacity(m * n);
+        out.resize(m * n, zero);
         let par = match threads {
             0 | 1 => gemm::Parallelism::None,
             t => gemm::Parallelism::Rayon(t),

@@ -179,6 +179,7 @@ impl LaneRule for AdamRule {
         let new = (&p - step_size.scale(&m.div(&denom)?)?)?;
         s.exp_avg = Some(m);
         s.exp_avg_sq = Some(v);
+        s.moments.disown();
         Ok(new)
     }
 }

@@ -204,6 +204,12 @@ impl Moments {
     pub(super) fn defer(&mut self) {
         self.defer = true;
     }
+
+    /// Forgets that the kernel made the moments: for a rule that replaced them itself (its
+    /// tensor ops, the low-precision loop), whose tensors are never written in place.
+    pub(super) fn disown(&mut self) {
+        self.own = None;
+    }
 }
 
 /// A step's update of the moments, as the kernel left it.

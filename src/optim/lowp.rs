@@ -138,6 +138,7 @@ pub(super) fn adam(
     }
     s.exp_avg = Some(tensor(m, like, d)?);
     s.exp_avg_sq = Some(tensor(v, like, d)?);
+    s.moments.disown();
     tensor(p, like, d)
 }
 

@@ -2,7 +2,9 @@
 //! what a step may ask of the loss beyond its gradient, [`Oracle`]), the per-param
 //! [`UpdateRule`] most of them are written as, and the state a run keeps. Gradients come in
 //! detached; state is rebuilt functionally each step (tensors are immutable), which makes
-//! snapshots for rewinding a cheap clone.
+//! snapshots for rewinding a cheap clone. The one exception is Adam's moments of a large param,
+//! written in place once a run keeps a step, and only where no clone holds them
+//! ([`OptimizerState::commit`]).
 
 use candle_core::{Result, Tensor};
 
@@ -64,8 +66,8 @@ pub struct StepCx<'a> {
 /// An optimizer's update of all params at once: what every optimizer implements (per-param ones
 /// through [`UpdateRule`]).
 pub trait Rule {
-    /// What it keeps between steps. Cloning it is cheap: tensors are shared, never changed in
-    /// place.
+    /// What it keeps between steps. Cloning it is cheap: tensors are shared, and changed in
+    /// place only where no clone holds them (see [`OptimizerState::commit`]).
     type State: Clone + std::fmt::Debug;
 
     /// Whether a step asks the oracle for the loss elsewhere (LBFGS): such an optimizer cannot
