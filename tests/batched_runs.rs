@@ -503,3 +503,22 @@ fn runs_with_a_weight_matrix_per_run_step_apart() {
     let refs: Vec<&Run> = runs.iter().collect();
     assert!(Batch::new(&c, &refs, vec![0, 1, 2, 3]).unwrap().is_some());
 }
+
+#[test]
+fn runs_whose_loss_sums_a_large_tensors_squares_step_apart() {
+    // Past 32 MiB a run alone sums the squares as one op, in f64; lanes would sum them as
+    // candle does, and a run leaving its batch would re-take its row with another loss.
+    let text = |n: usize| {
+        format!(
+            "name = \"l2\"\ndtype = \"f32\"\nloss = \"sum(w^2)\"\n[params]\nw = \"zeros({n}, {n})\"\n\
+             [optimizer]\nname = \"adam\"\nlr = 0.01\nsteps = 3\n\
+             [[variants]]\nname = \"faster\"\noptimizer = {{ lr = 0.1 }}\n"
+        )
+    };
+    for (n, batches) in [(2900, false), (100, true)] {
+        let c = compiled(&text(n));
+        let runs = runs_of(&c, None);
+        let refs: Vec<&Run> = runs.iter().collect();
+        assert_eq!(!batch::groups(&c, &refs).is_empty(), batches, "{n}x{n}");
+    }
+}

@@ -762,6 +762,11 @@ impl Evaluator {
         &self.params
     }
 
+    /// Whether its loss takes a large sum of squares as one op, which batched lanes do not.
+    pub fn fuses_squares(&self) -> bool {
+        self.exec.fuses_squares()
+    }
+
     /// The dtype it evaluates in.
     pub fn dtype(&self) -> CDType {
         self.dtype

@@ -658,6 +658,11 @@ impl Executable {
         })
     }
 
+    /// Whether `run` takes a large sum of squares as one op (see `squares`).
+    pub fn fuses_squares(&self) -> bool {
+        self.fusion.squares.contains(&true)
+    }
+
     /// The plan it runs.
     pub fn plan(&self) -> &Plan {
         &self.plan

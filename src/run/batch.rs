@@ -70,6 +70,8 @@ fn batchable(compiled: &CompiledFile, run: &Run) -> bool {
         && compiled.runs[run.def].param_settings.is_empty()
         // Metrics are read at the run's own params, which a lane only gets when it leaves.
         && compiled.runs[run.def].metrics.is_none()
+        // A large sum of squares is one op for a run alone (lanes sum them as candle does).
+        && !run.evaluator.fuses_squares()
         && run.step_count() == 0
         && run.halted.is_none()
         && run.lr_scale == 1.0
