@@ -701,138 +701,137 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_adam_kernel_gives_the_tensor_ops_numbers_bit_for_bit() {
-        // A transposed param is not contiguous, so the rule takes its tensor ops there: the
-        // reference. Both branches of weight decay, plain Adam, and lerp's other end.
-        for spec in [
+    /// Adam's rule for each spec the tests step (plain Adam, both weight decays, lerp's other
+    /// end), in f32 and f64.
+    fn rules() -> Vec<(OptimizerSpec, AdamRule, DType)> {
+        let specs = [
             "adam(lr=0.01)",
             "adam(lr=0.01, weight_decay=0.1)",
             "adamw(lr=0.01, weight_decay=0.1)",
             "adam(lr=0.3, beta1=0.3, beta2=0.9, eps=1e-3)",
-        ] {
+        ];
+        let mut out = Vec::new();
+        for s in specs {
+            let spec = OptimizerSpec::parse(s).unwrap();
+            let rule = AdamRule::of(&spec).unwrap();
             for dtype in [DType::F32, DType::F64] {
-                let spec = OptimizerSpec::parse(spec).unwrap();
-                let rule = AdamRule::of(&spec).unwrap();
-                let dev = &Device::Cpu;
-                // Zeros of both signs, and values of mixed size.
-                let start = Tensor::new(&[[0.5f64, -1.5, 2.0], [0.0, -0.0, 1e-3]], dev)
-                    .and_then(|t| t.to_dtype(dtype))
-                    .unwrap();
-                // The reference param is kept transposed and handed over as a view.
-                let (mut p, mut q_t) = (start.clone(), start.t().unwrap().contiguous().unwrap());
-                let (mut s, mut r) = (AdamState::default(), AdamState::default());
-                for t in 1..=30u64 {
-                    // A gradient that changes sign and size from step to step.
-                    let grad = |x: &Tensor| x.affine((t as f64).sin(), 0.3 * (t as f64).cos());
-                    let q = q_t.t().unwrap();
-                    let (g, h) = (grad(&p).unwrap(), grad(&q).unwrap());
-                    p = adam(&[(&rule, 0.01)], &mut s, &p, &g, t)
+                out.push((spec.clone(), rule.clone(), dtype));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_adam_kernel_gives_the_tensor_ops_numbers_bit_for_bit() {
+        // A transposed param is not contiguous, so the rule takes its tensor ops there: the
+        // reference.
+        for (spec, rule, dtype) in rules() {
+            let dev = &Device::Cpu;
+            // Zeros of both signs, and values of mixed size.
+            let start = Tensor::new(&[[0.5f64, -1.5, 2.0], [0.0, -0.0, 1e-3]], dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap();
+            // The reference param is kept transposed and handed over as a view.
+            let (mut p, mut q_t) = (start.clone(), start.t().unwrap().contiguous().unwrap());
+            let (mut s, mut r) = (AdamState::default(), AdamState::default());
+            for t in 1..=30u64 {
+                // A gradient that changes sign and size from step to step.
+                let grad = |x: &Tensor| x.affine((t as f64).sin(), 0.3 * (t as f64).cos());
+                let q = q_t.t().unwrap();
+                let (g, h) = (grad(&p).unwrap(), grad(&q).unwrap());
+                p = adam(&[(&rule, 0.01)], &mut s, &p, &g, t)
+                    .unwrap()
+                    .expect("contiguous");
+                assert!(
+                    adam(&[(&rule, 0.01)], &mut r.clone(), &q, &h, t)
                         .unwrap()
-                        .expect("contiguous");
-                    assert!(
-                        adam(&[(&rule, 0.01)], &mut r.clone(), &q, &h, t)
-                            .unwrap()
-                            .is_none()
-                    );
-                    let q = match &spec {
-                        OptimizerSpec::Adam(o) => o.step(&mut r, &q, &h, 0.01, t),
-                        OptimizerSpec::AdamW(o) => o.step(&mut r, &q, &h, 0.01, t),
-                        _ => unreachable!("adam specs only"),
-                    }
-                    .unwrap();
-                    q_t = q.t().unwrap().contiguous().unwrap();
+                        .is_none()
+                );
+                let q = match &spec {
+                    OptimizerSpec::Adam(o) => o.step(&mut r, &q, &h, 0.01, t),
+                    OptimizerSpec::AdamW(o) => o.step(&mut r, &q, &h, 0.01, t),
+                    _ => unreachable!("adam specs only"),
                 }
-                let what = format!("{spec:?} in {dtype:?}");
-                assert_eq!(bits(&p), bits(&q_t.t().unwrap()), "{what}: params");
-                for (a, b) in [(&s.exp_avg, &r.exp_avg), (&s.exp_avg_sq, &r.exp_avg_sq)] {
-                    assert_eq!(
-                        bits(a.as_ref().unwrap()),
-                        bits(b.as_ref().unwrap()),
-                        "{what}"
-                    );
-                }
+                .unwrap();
+                q_t = q.t().unwrap().contiguous().unwrap();
+            }
+            let what = format!("{spec:?} in {dtype:?}");
+            assert_eq!(bits(&p), bits(&q_t.t().unwrap()), "{what}: params");
+            for (a, b) in [(&s.exp_avg, &r.exp_avg), (&s.exp_avg_sq, &r.exp_avg_sq)] {
+                assert_eq!(
+                    bits(a.as_ref().unwrap()),
+                    bits(b.as_ref().unwrap()),
+                    "{what}"
+                );
             }
         }
     }
 
     #[test]
     fn moments_left_to_the_commit_give_the_one_pass_numbers_in_place_or_not() {
-        // Two lanes of a size the kernels split into parallel chunks, both weight decays.
+        // Two lanes of a size the kernels split into parallel chunks.
         let n = 2 * CHUNK + 6;
-        for spec in [
-            "adam(lr=0.01, weight_decay=0.1)",
-            "adamw(lr=0.01, weight_decay=0.1)",
-            "adam(lr=0.3, beta1=0.3, beta2=0.9, eps=1e-3)",
-        ] {
-            for dtype in [DType::F32, DType::F64] {
-                let spec = OptimizerSpec::parse(spec).unwrap();
-                let rule = AdamRule::of(&spec).unwrap();
-                let lanes = [(&rule, 0.01), (&rule, 0.03)];
-                let start = Tensor::randn(0f64, 1.0, n, &Device::Cpu)
-                    .and_then(|t| t.to_dtype(dtype))
+        for (spec, rule, dtype) in rules() {
+            let lanes = [(&rule, 0.01), (&rule, 0.03)];
+            let start = Tensor::randn(0f64, 1.0, n, &Device::Cpu)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap();
+            let grad = |x: &Tensor, t: u64| x.affine((t as f64).sin(), 0.3 * (t as f64).cos());
+            // A step as a run keeps it: its working copy (here the state itself, moved in)
+            // defers the moments, steps, and commits them.
+            let kept_step = |mut s: AdamState, p: &Tensor, t: u64| {
+                s.moments.defer();
+                let new = adam(&lanes, &mut s, p, &grad(p, t).unwrap(), t)
+                    .unwrap()
                     .unwrap();
-                let grad = |x: &Tensor, t: u64| x.affine((t as f64).sin(), 0.3 * (t as f64).cos());
-                // One pass; left to the commit and written in place; left to the commit while a
-                // copy of the state (a rewind snapshot) holds the moments.
-                let (mut p1, mut s1) = (start.clone(), AdamState::default());
-                let (mut p2, mut s2) = (start.clone(), AdamState::default());
-                let (mut p3, mut s3) = (start.clone(), AdamState::default());
-                let mut in_place_since = None;
-                for t in 1..=12u64 {
-                    p1 = adam(&lanes, &mut s1, &p1, &grad(&p1, t).unwrap(), t)
-                        .unwrap()
-                        .unwrap();
-                    // A step that is not kept leaves the state as it was.
-                    let before = bits(s2.exp_avg.as_ref().unwrap_or(&start));
-                    let mut dropped = s2.clone();
-                    dropped.moments.defer();
-                    adam(&lanes, &mut dropped, &p2, &grad(&p2, t).unwrap(), t).unwrap();
-                    drop(dropped);
-                    assert_eq!(bits(s2.exp_avg.as_ref().unwrap_or(&start)), before);
-                    let mut working = s2.clone();
-                    working.moments.defer();
-                    let new = adam(&lanes, &mut working, &p2, &grad(&p2, t).unwrap(), t)
-                        .unwrap()
-                        .unwrap();
-                    s2 = working;
-                    commit(&mut s2).unwrap();
-                    p2 = new;
-                    let id = s2.exp_avg.as_ref().unwrap().id();
-                    let since = *in_place_since.get_or_insert(id);
-                    // The first step makes the moments; every later one writes over them.
-                    assert_eq!(id, since, "{spec:?} {dtype:?}: step {t} in place");
+                commit(&mut s).unwrap();
+                (s, new)
+            };
+            // One pass; left to the commit and written in place; left to the commit while a
+            // copy of the state (a rewind snapshot) holds the moments.
+            let (mut p1, mut s1) = (start.clone(), AdamState::default());
+            let (mut p2, mut s2) = (start.clone(), AdamState::default());
+            let (mut p3, mut s3) = (start.clone(), AdamState::default());
+            let mut in_place_since = None;
+            for t in 1..=12u64 {
+                p1 = adam(&lanes, &mut s1, &p1, &grad(&p1, t).unwrap(), t)
+                    .unwrap()
+                    .unwrap();
+                // A step that is not kept leaves the state as it was.
+                let before = bits(s2.exp_avg.as_ref().unwrap_or(&start));
+                let mut dropped = s2.clone();
+                dropped.moments.defer();
+                adam(&lanes, &mut dropped, &p2, &grad(&p2, t).unwrap(), t).unwrap();
+                drop(dropped);
+                assert_eq!(bits(s2.exp_avg.as_ref().unwrap_or(&start)), before);
+                (s2, p2) = kept_step(s2, &p2, t);
+                let id = s2.exp_avg.as_ref().unwrap().id();
+                let since = *in_place_since.get_or_insert(id);
+                // The first step makes the moments; every later one writes over them.
+                assert_eq!(id, since, "{spec:?} {dtype:?}: step {t} in place");
 
-                    let snapshot = s3.clone();
-                    let mut working = s3.clone();
-                    working.moments.defer();
-                    let new = adam(&lanes, &mut working, &p3, &grad(&p3, t).unwrap(), t)
-                        .unwrap()
-                        .unwrap();
-                    s3 = working;
-                    let held = snapshot.exp_avg.as_ref().map(bits);
-                    commit(&mut s3).unwrap();
+                let snapshot = s3.clone();
+                let held = snapshot.exp_avg.as_ref().map(bits);
+                (s3, p3) = kept_step(s3, &p3, t);
+                assert_eq!(
+                    snapshot.exp_avg.as_ref().map(bits),
+                    held,
+                    "the snapshot keeps its moments"
+                );
+
+                for (p, s) in [(&p2, &s2), (&p3, &s3)] {
+                    let what = format!("{spec:?} in {dtype:?}, step {t}");
+                    assert_eq!(bits(p), bits(&p1), "{what}: params");
                     assert_eq!(
-                        snapshot.exp_avg.as_ref().map(bits),
-                        held,
-                        "the snapshot keeps its moments"
+                        bits(s.exp_avg.as_ref().unwrap()),
+                        bits(s1.exp_avg.as_ref().unwrap()),
+                        "{what}"
                     );
-                    p3 = new;
-
-                    for (p, s) in [(&p2, &s2), (&p3, &s3)] {
-                        let what = format!("{spec:?} in {dtype:?}, step {t}");
-                        assert_eq!(bits(p), bits(&p1), "{what}: params");
-                        assert_eq!(
-                            bits(s.exp_avg.as_ref().unwrap()),
-                            bits(s1.exp_avg.as_ref().unwrap()),
-                            "{what}"
-                        );
-                        assert_eq!(
-                            bits(s.exp_avg_sq.as_ref().unwrap()),
-                            bits(s1.exp_avg_sq.as_ref().unwrap()),
-                            "{what}"
-                        );
-                    }
+                    assert_eq!(
+                        bits(s.exp_avg_sq.as_ref().unwrap()),
+                        bits(s1.exp_avg_sq.as_ref().unwrap()),
+                        "{what}"
+                    );
                 }
             }
         }
