@@ -561,9 +561,11 @@ impl Worker {
             let Some(c) = queue.pop_front() else { break };
             self.handle(c);
         }
+        crate::run::turns::let_the_ui_draw();
         let mut any = self.step_batches();
         for i in 0..self.slots.len() {
             if self.slots[i].moving(self.playing) && !self.batched(self.slots[i].id) {
+                crate::run::turns::let_the_ui_draw();
                 self.step_slot(i);
                 any = true;
             }

@@ -258,7 +258,11 @@ impl EventLoop {
         B::Error: Send + Sync + 'static,
     {
         let (started, cpu) = (Instant::now(), crate::thread_cpu_time());
+        // The workers hold off until the frame is rendered and written out: woken while it is
+        // written, they took the UI's core from it.
+        let drawing = crate::run::turns::drawing();
         terminal.draw(|f| render::render(f, app))?;
+        drop(drawing);
         let mut turn = Turn {
             action: None,
             draw: started.elapsed(),
