@@ -3,18 +3,14 @@
 //! scalar gradient into another full tensor before the square's backward multiplies it in
 //! (two more temporaries): five tensors of `x`'s size beside `x`. Fused, the forward keeps
 //! nothing and the backward makes `2 g x` in one op (differentiable, so double backward still
-//! works). `plan::Fusion` uses it only past the allocator's large-block size: below it the
+//! works); the forward sums in f64 as the norms do (`optim::kernels::slice_squares`, the same on
+//! any thread count). `plan::Fusion` uses it only past the allocator's large-block size: below it the
 //! unfused ops run, so every smaller loss keeps candle's order of summation bit for bit.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::fused::contiguous;
-use super::threads::{ELEMENT_TASK, tasks};
-
-/// Values summed per part: the parts' sums are added in order, so the result does not depend
-/// on how many threads summed them.
-const PART: usize = 1 << 16;
+use crate::optim::kernels::slice_squares;
 
 /// `sum(x^2)` of a float tensor, as a scalar of its dtype.
 pub fn sum_squares(x: &Tensor) -> Result<Tensor> {
@@ -31,8 +27,10 @@ impl CustomOp1 for SumSquares {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(vec![squares(contiguous(v, l)?) as f32]),
-            CpuStorage::F64(v) => CpuStorage::F64(vec![squares(contiguous(v, l)?)]),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(vec![slice_squares(contiguous(v, l)?, None) as f32])
+            }
+            CpuStorage::F64(v) => CpuStorage::F64(vec![slice_squares(contiguous(v, l)?, None)]),
             _ => candle_core::bail!("sum-squares takes f32 or f64"),
         };
         Ok((out, Shape::from(())))
@@ -41,32 +39,6 @@ impl CustomOp1 for SumSquares {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.broadcast_mul(&grad.affine(2.0, 0.0)?)?))
     }
-}
-
-/// The sum of the squares of `xs`, each square and sum in f64.
-fn squares<T: Copy + Into<f64> + Sync>(xs: &[T]) -> f64 {
-    let part = |p: &[T]| -> f64 {
-        // Eight running sums, so the loop vectorises.
-        let mut acc = [0.0f64; 8];
-        let blocks = p.chunks_exact(8);
-        let rest: f64 = blocks
-            .remainder()
-            .iter()
-            .map(|&x| x.into() * x.into())
-            .sum();
-        for b in blocks {
-            for (a, &x) in acc.iter_mut().zip(b) {
-                let x: f64 = x.into();
-                *a += x * x;
-            }
-        }
-        acc.iter().sum::<f64>() + rest
-    };
-    let parts: Vec<f64> = match tasks(xs.len(), ELEMENT_TASK) > 1 {
-        true => xs.par_chunks(PART).map(part).collect(),
-        false => xs.chunks(PART).map(part).collect(),
-    };
-    parts.iter().sum()
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ fn squares_of<T: WithDType>(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Res
 }
 
 /// [`sum_squares`] of the values `xs` (of `xs - ys`, the difference taken in their dtype).
-fn slice_squares<T: WithDType>(xs: &[T], ys: Option<&[T]>) -> f64 {
+pub fn slice_squares<T: WithDType>(xs: &[T], ys: Option<&[T]>) -> f64 {
     let chunk = |k: usize| {
         let range = k * CHUNK..((k + 1) * CHUNK).min(xs.len());
         let x = &xs[range.clone()];
