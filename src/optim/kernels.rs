@@ -150,6 +150,18 @@ fn lanes(blocks: impl Iterator<Item = [f64; 8]>, rest: impl Iterator<Item = f64>
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
+/// `f(from, chunk)` on every chunk of `out` (`from` its first element's index), in parallel
+/// chunks of [`CHUNK`] elements.
+fn in_chunks<U: Send>(out: &mut [U], f: impl Fn(usize, &mut [U]) + Sync) {
+    if out.len() < 2 * CHUNK {
+        f(0, out);
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(k, chunk)| f(k * CHUNK, chunk));
+    }
+}
+
 /// Three vectors of `n` elements written by `f(from, a, b, c)`, which fills elements
 /// `from..from + a.len()` of each, in parallel chunks.
 fn fill3<T: Send>(
@@ -447,13 +459,7 @@ impl<M: Moment> MomentPass<'_, M> {
                 }
             }
         };
-        if dst.len() < 2 * CHUNK {
-            run(0, dst);
-        } else {
-            dst.par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(k, chunk)| run(k * CHUNK, chunk));
-        }
+        in_chunks(dst, run);
         Ok(())
     }
 }
@@ -574,15 +580,7 @@ impl<'a, T: Real> Inputs<'a, T> {
                 }
             }
         };
-        let spare = &mut out.spare_capacity_mut()[..n];
-        if n < 2 * CHUNK {
-            run(0, spare);
-        } else {
-            spare
-                .par_chunks_mut(CHUNK)
-                .enumerate()
-                .for_each(|(k, chunk)| run(k * CHUNK, chunk));
-        }
+        in_chunks(&mut out.spare_capacity_mut()[..n], run);
         // SAFETY: `run` wrote every one of the first `n` elements.
         unsafe { out.set_len(n) };
         out
