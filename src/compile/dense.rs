@@ -55,12 +55,7 @@ impl Chain {
 /// tanh after its matmul; every operand a matrix, every inner value read only by the next op.
 pub fn chains(plan: &Plan) -> Vec<Chain> {
     let n = plan.instrs.len();
-    let mut readers: Vec<Vec<Reg>> = vec![Vec::new(); n];
-    for (k, instr) in plan.instrs.iter().enumerate() {
-        for &a in &instr.args {
-            readers[a].push(k);
-        }
-    }
+    let readers = plan.readers();
     // The one op reading `r`, when exactly one does and `r` is not the plan's result.
     let only_reader = |r: Reg| match readers[r].as_slice() {
         [k] if r != plan.output => Some(*k),

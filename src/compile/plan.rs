@@ -203,6 +203,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// For each register, the instructions that read it, in order.
+    pub fn readers(&self) -> Vec<Vec<Reg>> {
+        let mut readers = vec![Vec::new(); self.instrs.len()];
+        for (k, instr) in self.instrs.iter().enumerate() {
+            for &a in &instr.args {
+                readers[a].push(k);
+            }
+        }
+        readers
+    }
+
     /// For each register, the last instruction that reads it (itself if none does; never for
     /// the output), after which its value can be dropped.
     pub fn last_uses(&self) -> Vec<usize> {
@@ -590,12 +601,7 @@ fn large_sums_of_squares(plan: &Plan, dtype: DType) -> Vec<Reg> {
     if !matches!(dtype, DType::F32 | DType::F64) {
         return Vec::new();
     }
-    let mut readers = vec![0usize; plan.instrs.len()];
-    for instr in &plan.instrs {
-        for &a in &instr.args {
-            readers[a] += 1;
-        }
-    }
+    let readers = plan.readers();
     let large = |r: Reg| {
         let n = plan.instrs[r].shape.elements().unwrap_or(0);
         n.saturating_mul(dtype.size_in_bytes()) >= crate::alloc::LARGE
@@ -613,7 +619,7 @@ fn large_sums_of_squares(plan: &Plan, dtype: DType) -> Vec<Reg> {
             sums_all && {
                 let s = instr.args[0];
                 matches!(plan.instrs[s].op, Op::Unary(Unary::Sqr))
-                    && readers[s] == 1
+                    && readers[s] == [k]
                     && s != plan.output
                     && large(s)
             }
