@@ -646,13 +646,7 @@ impl Executable {
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
-        let mut last_use: Vec<usize> = (0..plan.instrs.len()).collect();
-        for (k, instr) in plan.instrs.iter().enumerate() {
-            for &a in &instr.args {
-                last_use[a] = k;
-            }
-        }
-        last_use[plan.output] = usize::MAX;
+        let last_use = plan.last_uses();
         let accumulate = accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes());
         Ok(Self {
             fusion: Fusion::of(&plan, dtype, accumulate),
