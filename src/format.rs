@@ -24,6 +24,18 @@ fn fmt_special(v: f64) -> Option<String> {
     }
 }
 
+/// `text` cut to `max` characters, the cut marked with `…` (one of the `max`).
+pub fn cut(text: &str, max: usize) -> String {
+    match text.chars().count() <= max {
+        true => text.to_string(),
+        false => text
+            .chars()
+            .take(max.saturating_sub(1))
+            .chain(std::iter::once('…'))
+            .collect(),
+    }
+}
+
 /// Compact number formatting for tables.
 pub fn fmt_num(v: f64) -> String {
     if let Some(s) = fmt_special(v) {

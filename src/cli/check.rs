@@ -205,17 +205,6 @@ pub fn check(
     Ok(bad == 0 && missing.is_empty())
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        s.chars()
-            .take(max - 1)
-            .chain(std::iter::once('…'))
-            .collect()
-    }
-}
-
 fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Result<()> {
     let status = if r.ok() { "ok" } else { "error" };
     let name = r.file.name.as_deref().unwrap_or("?");
@@ -307,7 +296,7 @@ pub fn list(
                         .map(|p| format!("{}{:?}", p.name, p.value.dims()))
                         .collect::<Vec<_>>()
                         .join(" "),
-                    truncate(
+                    crate::format::cut(
                         &c.runs[1..]
                             .iter()
                             .map(|v| v.name.as_str())

@@ -7,7 +7,7 @@ use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
 use super::{nan_markers, panel};
-use crate::format::fmt_num;
+use crate::format::{cut, fmt_num};
 use crate::run::history::History;
 use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
 use crate::tui::chart::{self, Metric, Series, Stream};
@@ -93,18 +93,6 @@ pub(super) fn legend_room(area: Rect, y_labels: &[String]) -> usize {
         .unwrap_or(0);
     let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
     (plot_w * 6 / 10).saturating_sub(2)
-}
-
-/// `name` cut to `max` characters, with `…` where it was cut.
-pub(super) fn legend_name(name: &str, max: usize) -> String {
-    match name.chars().count() > max {
-        true => name
-            .chars()
-            .take(max.saturating_sub(1))
-            .chain(std::iter::once('…'))
-            .collect(),
-        false => name.to_string(),
-    }
 }
 
 /// The shown chart tab of `file`.
@@ -255,7 +243,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             .style(Style::new().fg(Color::DarkGray).add_modifier(Modifier::DIM))
             .data(&series.points);
         if let Some(n) = name {
-            d = d.name(legend_name(n, legend_max));
+            d = d.name(cut(n, legend_max));
         }
         datasets.push(d);
     }
@@ -275,13 +263,13 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             .style(raw_style)
             .data(&d.raw.points);
         if d.smooth.is_none() {
-            raw = raw.name(legend_name(&d.name, legend_max));
+            raw = raw.name(cut(&d.name, legend_max));
         }
         datasets.push(raw);
         if let Some(sm) = &d.smooth {
             datasets.push(
                 Dataset::default()
-                    .name(legend_name(&d.name, legend_max))
+                    .name(cut(&d.name, legend_max))
                     .marker(Marker::Braille)
                     .graph_type(GraphType::Line)
                     .style(color)

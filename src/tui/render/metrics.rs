@@ -49,7 +49,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         .iter()
         .map(|(r, (points, _))| {
             Dataset::default()
-                .name(super::chart::legend_name(&r.info.name, room))
+                .name(crate::format::cut(&r.info.name, room))
                 .marker(Marker::Braille)
                 .graph_type(GraphType::Line)
                 .style(Style::new().fg(r.color))

@@ -6,6 +6,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, List, ListItem, ListState, Paragraph, Wrap};
 
+use crate::format::cut;
 use crate::optim::catalogue::{Item, by_section};
 use crate::tui::app::{App, Popup, duplicate_choices};
 use crate::tui::compare;
@@ -169,17 +170,6 @@ fn widest(texts: impl Iterator<Item = String>) -> usize {
     texts.map(|t| t.chars().count()).max().unwrap_or(0)
 }
 
-/// `text` cut to `width` characters, the cut marked with `…`.
-fn fit(text: &str, width: usize) -> String {
-    match text.chars().count() <= width {
-        true => text.to_string(),
-        false => {
-            let kept: String = text.chars().take(width.saturating_sub(1)).collect();
-            format!("{kept}…")
-        }
-    }
-}
-
 /// Every optimizer and trick under its section's heading, each with its defaults (and its doc
 /// where they leave room), scrolled to keep the selected one (`selected`, in list order) in
 /// view; below, its doc and the keys.
@@ -230,13 +220,13 @@ fn optimizers(f: &mut Frame, app: &App, selected: usize, area: Rect) {
                         e.defaults()
                     )),
                     Span::styled(
-                        fit(&e.doc, inner - doc_at),
+                        cut(&e.doc, inner - doc_at),
                         Style::new().fg(Color::DarkGray),
                     ),
                 ]),
                 false => {
                     let line = format!("  {:<name_w$}  {}", e.name(), e.defaults());
-                    Line::from(fit(line.trim_end(), inner))
+                    Line::from(cut(line.trim_end(), inner))
                 }
             };
             items.push(ListItem::new(line));
@@ -252,8 +242,8 @@ fn optimizers(f: &mut Frame, app: &App, selected: usize, area: Rect) {
     };
     let footer = vec![
         Line::styled("─".repeat(inner), Style::new().fg(Color::DarkGray)),
-        Line::from(fit(doc, inner)),
-        Line::styled(fit(keys, inner), Style::new().fg(Color::DarkGray)),
+        Line::from(cut(doc, inner)),
+        Line::styled(cut(keys, inner), Style::new().fg(Color::DarkGray)),
     ];
     let height = (items.len() + footer.len() + 2) as u16;
     let r = centered(
