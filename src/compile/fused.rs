@@ -1395,6 +1395,63 @@ mod tests {
             }
         }
     }
+    /// Each entry of a lane product as one fused multiply-add after another over the rows.
+    fn vecmat_in_order<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+        let LaneDims { lanes, n, k, .. } = d;
+        let mut out = vec![T::default(); lanes * k];
+        for r in 0..lanes {
+            let base = if d.shared { 0 } else { r * n * k };
+            for c in 0..k {
+                for i in 0..n {
+                    out[r * k + c] = v[r * n + i].mul_add(m[base + i * k + c], out[r * k + c]);
+                }
+            }
+        }
+        out
+    }
+
+    /// The lane kernel's tiles (8 and 4 lanes, 1 to 8 registers wide, AVX-512 then AVX2 then
+    /// one by one) give each entry the bits of summing it alone in order, for every shape.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn lane_products_sum_every_entry_in_order_whatever_the_tiles() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        fn check<T: Num + PartialEq + std::fmt::Debug>(cast: impl Fn(f64) -> T) {
+            for lanes in [1, 3, 4, 8, 13] {
+                for n in [1, 65, 130] {
+                    for k in [1, 7, 8, 24, 40, 64, 100] {
+                        for shared in [true, false] {
+                            let d = LaneDims {
+                                lanes,
+                                n,
+                                k,
+                                shared,
+                            };
+                            let fill = |len: usize, seed: f64| -> Vec<T> {
+                                (0..len)
+                                    .map(|i| {
+                                        cast((i as f64 * 0.618_034 + seed).fract() * 2.0 - 1.0)
+                                    })
+                                    .collect()
+                            };
+                            let v = fill(lanes * n, 0.1);
+                            let m = fill(if shared { n * k } else { lanes * n * k }, 0.7);
+                            let want = vecmat_in_order(&v, &m, d);
+                            assert_eq!(vecmat(&v, &m, d), want, "{d:?}");
+                            // SAFETY: the CPU has AVX2 and FMA, checked above.
+                            assert_eq!(unsafe { vecmat_avx2(&v, &m, d) }, want, "AVX2, {d:?}");
+                        }
+                    }
+                }
+            }
+        }
+        check(|x| x as f32);
+        check(|x| x);
+    }
 }
 /// `v @ m` for every lane: `v` one vector per lane `[R, n]`, `m` a matrix `[n, k]` shared by
 /// the lanes (or one per lane, `[R, n, k]`) that needs no gradient, and `mt` its transpose
@@ -1441,44 +1498,136 @@ impl LaneDims {
     }
 }
 
-/// The arithmetic of the lane kernel on f32 and f64, one by one and in AVX registers.
+/// The arithmetic of the lane kernel on f32 and f64: one by one, and in AVX2 and AVX-512
+/// registers.
 pub(super) trait Num:
     Send + Sync + Copy + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self>
 {
     /// `self * a + b`, rounded once.
     fn mul_add(self, a: Self, b: Self) -> Self;
-    /// An AVX register of them.
+    /// An AVX2 register of them.
     #[cfg(target_arch = "x86_64")]
-    type V: Copy;
-    /// How many an AVX register holds.
+    type V: Simd<Self>;
+    /// An AVX-512 register of them.
     #[cfg(target_arch = "x86_64")]
+    type V512: Simd<Self>;
+}
+
+/// A vector register of `T`s: what the kernels do with one.
+#[cfg(target_arch = "x86_64")]
+pub(super) trait Simd<T>: Copy {
+    /// How many values it holds.
     const W: usize;
+    /// How many such registers the CPU has (how large a tile of sums stays in them).
+    const REGS: usize;
     /// # Safety
-    /// The CPU must have AVX.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn zero() -> Self::V;
+    /// The CPU must have the register's instruction set.
+    unsafe fn zero() -> Self;
     /// # Safety
-    /// The CPU must have AVX, and `p` address `W` values.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn load(p: *const Self) -> Self::V;
+    /// The CPU must have the register's instruction set, and `p` address `W` values.
+    unsafe fn load(p: *const T) -> Self;
     /// # Safety
-    /// The CPU must have AVX.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn splat(x: Self) -> Self::V;
+    /// The CPU must have the register's instruction set.
+    unsafe fn splat(x: T) -> Self;
     /// `a * b + c` lane by lane, rounded once (as [`Num::mul_add`]).
     ///
     /// # Safety
-    /// The CPU must have FMA.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The CPU must have the register's instruction set and FMA.
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
     /// # Safety
-    /// The CPU must have AVX, and `p` address `W` values.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn store(p: *mut Self, v: Self::V);
+    /// The CPU must have the register's instruction set, and `p` address `W` values.
+    unsafe fn store(p: *mut T, v: Self);
 }
 
+macro_rules! simd {
+    ($t:ty, $v:ident, $w:expr, $regs:expr, $features:literal,
+     $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        impl Simd<$t> for std::arch::x86_64::$v {
+            const W: usize = $w;
+            const REGS: usize = $regs;
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn zero() -> Self {
+                std::arch::x86_64::$zero()
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn load(p: *const $t) -> Self {
+                // SAFETY: `p` addresses W values (the caller's promise); unaligned load.
+                unsafe { std::arch::x86_64::$load(p) }
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn splat(x: $t) -> Self {
+                std::arch::x86_64::$splat(x)
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                std::arch::x86_64::$fma(a, b, c)
+            }
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn store(p: *mut $t, v: Self) {
+                // SAFETY: `p` addresses W values (the caller's promise); unaligned store.
+                unsafe { std::arch::x86_64::$store(p, v) }
+            }
+        }
+    };
+}
+
+simd!(
+    f32,
+    __m256,
+    8,
+    16,
+    "avx2,fma",
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
+simd!(
+    f64,
+    __m256d,
+    4,
+    16,
+    "avx2,fma",
+    _mm256_setzero_pd,
+    _mm256_loadu_pd,
+    _mm256_set1_pd,
+    _mm256_fmadd_pd,
+    _mm256_storeu_pd
+);
+simd!(
+    f32,
+    __m512,
+    16,
+    32,
+    "avx512f",
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+simd!(
+    f64,
+    __m512d,
+    8,
+    32,
+    "avx512f",
+    _mm512_setzero_pd,
+    _mm512_loadu_pd,
+    _mm512_set1_pd,
+    _mm512_fmadd_pd,
+    _mm512_storeu_pd
+);
+
 macro_rules! num {
-    ($t:ty, $v:ident, $w:expr, $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+    ($t:ty, $v:ident, $v512:ident) => {
         impl Num for $t {
             #[inline(always)]
             fn mul_add(self, a: $t, b: $t) -> $t {
@@ -1487,75 +1636,25 @@ macro_rules! num {
             #[cfg(target_arch = "x86_64")]
             type V = std::arch::x86_64::$v;
             #[cfg(target_arch = "x86_64")]
-            const W: usize = $w;
-            #[cfg(target_arch = "x86_64")]
-            #[inline]
-            #[target_feature(enable = "avx")]
-            unsafe fn zero() -> Self::V {
-                std::arch::x86_64::$zero()
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[inline]
-            #[target_feature(enable = "avx")]
-            unsafe fn load(p: *const $t) -> Self::V {
-                // SAFETY: `p` addresses W values (the caller's promise); unaligned load.
-                unsafe { std::arch::x86_64::$load(p) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[inline]
-            #[target_feature(enable = "avx")]
-            unsafe fn splat(x: $t) -> Self::V {
-                std::arch::x86_64::$splat(x)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[inline]
-            #[target_feature(enable = "avx,fma")]
-            unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
-                std::arch::x86_64::$fma(a, b, c)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[inline]
-            #[target_feature(enable = "avx")]
-            unsafe fn store(p: *mut $t, v: Self::V) {
-                // SAFETY: `p` addresses W values (the caller's promise); unaligned store.
-                unsafe { std::arch::x86_64::$store(p, v) }
-            }
+            type V512 = std::arch::x86_64::$v512;
         }
     };
 }
 
-num!(
-    f32,
-    __m256,
-    8,
-    _mm256_setzero_ps,
-    _mm256_loadu_ps,
-    _mm256_set1_ps,
-    _mm256_fmadd_ps,
-    _mm256_storeu_ps
-);
-num!(
-    f64,
-    __m256d,
-    4,
-    _mm256_setzero_pd,
-    _mm256_loadu_pd,
-    _mm256_set1_pd,
-    _mm256_fmadd_pd,
-    _mm256_storeu_pd
-);
+num!(f32, __m256, __m512);
+num!(f64, __m256d, __m512d);
 
 /// `out[r, c] += Σ_i v[r, i] m_r[i, c]` over the rows `rows` for the `TR` lanes from `r0` and
-/// the `TC` registers of columns from `c0`: the sums held in registers over the rows, fused
-/// multiply-adds in the order of `i` (continuing a sum stored in `out` adds in the same order as
-/// never stopping it).
+/// the `TC` registers `S` of columns from column `c0`: the sums held in registers over the
+/// rows, fused multiply-adds in the order of `i` (continuing a sum stored in `out` adds in the
+/// same order as never stopping it), so every register width gives the same bits.
 ///
 /// # Safety
-/// The CPU must have AVX and FMA; `TR` is 1 unless the matrix is shared; the rows, lanes and
-/// columns lie within `d`.
+/// The CPU must have `S`'s instruction set and FMA; `TR` is 1 unless the matrix is shared; the
+/// rows, lanes and columns lie within `d`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn tile<T: Num, const TR: usize, const TC: usize>(
+unsafe fn tile<T: Num, S: Simd<T>, const TR: usize, const TC: usize>(
     v: &[T],
     m: &[T],
     d: LaneDims,
@@ -1565,54 +1664,61 @@ unsafe fn tile<T: Num, const TR: usize, const TC: usize>(
 ) {
     let LaneDims { n, k, .. } = d;
     let base = if d.shared { 0 } else { r0 * n * k };
-    // SAFETY: the CPU has AVX and FMA; every load of the matrix addresses c0 + TC W <= k values
-    // of one of its rows, every load and store of `out` TC W values of lane r's output row.
+    // SAFETY: the CPU has S's instruction set and FMA; every load of the matrix addresses
+    // c0 + TC W <= k values of one of its rows, every load and store of `out` TC W values of
+    // lane r's output row.
     unsafe {
-        let at = |q: usize, t: usize| (r0 + q) * k + c0 + t * T::W;
-        let mut acc = [[T::zero(); TC]; TR];
+        let at = |q: usize, t: usize| (r0 + q) * k + c0 + t * S::W;
+        let mut acc = [[S::zero(); TC]; TR];
         for (q, acc) in acc.iter_mut().enumerate() {
             for (t, a) in acc.iter_mut().enumerate() {
-                *a = T::load(out.as_ptr().add(at(q, t)));
+                *a = S::load(out.as_ptr().add(at(q, t)));
             }
         }
         for i in rows {
             let row = m.as_ptr().add(base + i * k + c0);
-            let mut x = [T::zero(); TC];
+            let mut x = [S::zero(); TC];
             for (t, x) in x.iter_mut().enumerate() {
-                *x = T::load(row.add(t * T::W));
+                *x = S::load(row.add(t * S::W));
             }
             for (q, acc) in acc.iter_mut().enumerate() {
-                let g = T::splat(v[(r0 + q) * n + i]);
+                let g = S::splat(v[(r0 + q) * n + i]);
                 for t in 0..TC {
-                    acc[t] = T::fma(g, x[t], acc[t]);
+                    acc[t] = S::fma(g, x[t], acc[t]);
                 }
             }
         }
         for (q, acc) in acc.iter().enumerate() {
             for (t, &a) in acc.iter().enumerate() {
-                T::store(out.as_mut_ptr().add(at(q, t)), a);
+                S::store(out.as_mut_ptr().add(at(q, t)), a);
             }
         }
     }
 }
 
-/// Rows of the matrix per pass of [`vecmat_fma`]: 64 rows of 64 f32s (16 kB) stay in L1 while
+/// Rows of the matrix per pass of [`columns`]: 64 rows of 64 f32s (16 kB) stay in L1 while
 /// every tile takes its turn, so the matrix comes from memory once however many lanes meet it.
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 64;
 
-/// The lane kernel with AVX and FMA: register tiles of up to 8 lanes where the lanes share the
-/// matrix (its rows read once for all of them), else 1 lane x up to 8 registers of columns; the
-/// columns past the last whole register one by one, in the same order.
+/// The lane kernel's columns from `from` to the last whole register `S` of them, in register
+/// tiles: of up to 8 lanes where the lanes share the matrix (its rows read once for all of
+/// them; two registers of columns wide where the CPU has 32), else 1 lane x up to 8 registers.
+/// Returns the column where it stopped.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have `S`'s instruction set and FMA; `out` is `[lanes, k]`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn vecmat_fma<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+#[inline(always)]
+unsafe fn columns<T: Num, S: Simd<T>>(
+    v: &[T],
+    m: &[T],
+    d: LaneDims,
+    from: usize,
+    out: &mut [T],
+) -> usize {
     let LaneDims { lanes, n, k, .. } = d;
-    let mut out = vec![T::default(); lanes * k];
-    let whole = k / T::W;
+    let end = from + (k - from) / S::W * S::W;
     for i0 in (0..n).step_by(ROWS) {
         let rows = i0..(i0 + ROWS).min(n);
         let mut r = 0;
@@ -1622,38 +1728,46 @@ fn vecmat_fma<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
                 left if d.shared && left >= 4 => 4,
                 _ => 1,
             };
-            let mut c = 0;
-            let mut tiles = |width: usize, tile: &mut dyn FnMut(usize)| {
-                while c + width <= whole {
-                    tile(c * T::W);
-                    c += width;
+            let mut c = from;
+            let mut tiles = |regs: usize, tile: &mut dyn FnMut(usize)| {
+                while c + regs * S::W <= end {
+                    tile(c);
+                    c += regs * S::W;
                 }
             };
-            let (v, m, out) = (v, m, &mut out);
-            // SAFETY: AVX2 and FMA (this function's features); the rows, lanes r.. and registers
-            // c.. lie within `d`, and tiles of several lanes only where the matrix is shared.
+            let (v, m, out) = (v, m, &mut *out);
+            // SAFETY: S's instruction set and FMA (the caller's promise); the rows, lanes r..
+            // and columns c.. lie within `d`, and tiles of several lanes only where the matrix
+            // is shared.
             unsafe {
                 match group {
-                    8 => tiles(1, &mut |c| {
-                        tile::<T, 8, 1>(v, m, d, rows.clone(), (r, c), out)
-                    }),
+                    8 => {
+                        if S::REGS >= 32 {
+                            tiles(2, &mut |c| {
+                                tile::<T, S, 8, 2>(v, m, d, rows.clone(), (r, c), out)
+                            });
+                        }
+                        tiles(1, &mut |c| {
+                            tile::<T, S, 8, 1>(v, m, d, rows.clone(), (r, c), out)
+                        });
+                    }
                     4 => {
                         tiles(2, &mut |c| {
-                            tile::<T, 4, 2>(v, m, d, rows.clone(), (r, c), out)
+                            tile::<T, S, 4, 2>(v, m, d, rows.clone(), (r, c), out)
                         });
                         tiles(1, &mut |c| {
-                            tile::<T, 4, 1>(v, m, d, rows.clone(), (r, c), out)
+                            tile::<T, S, 4, 1>(v, m, d, rows.clone(), (r, c), out)
                         });
                     }
                     _ => {
                         tiles(8, &mut |c| {
-                            tile::<T, 1, 8>(v, m, d, rows.clone(), (r, c), out)
+                            tile::<T, S, 1, 8>(v, m, d, rows.clone(), (r, c), out)
                         });
                         tiles(2, &mut |c| {
-                            tile::<T, 1, 2>(v, m, d, rows.clone(), (r, c), out)
+                            tile::<T, S, 1, 2>(v, m, d, rows.clone(), (r, c), out)
                         });
                         tiles(1, &mut |c| {
-                            tile::<T, 1, 1>(v, m, d, rows.clone(), (r, c), out)
+                            tile::<T, S, 1, 1>(v, m, d, rows.clone(), (r, c), out)
                         });
                     }
                 }
@@ -1661,9 +1775,31 @@ fn vecmat_fma<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
             r += group;
         }
     }
+    end
+}
+
+/// The lane kernel in AVX-512 registers (`WIDE`) then AVX2 ones, and the columns past the last
+/// whole register one by one, in the same order.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, and AVX-512 if `WIDE`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vecmat_simd<T: Num, const WIDE: bool>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    let LaneDims { lanes, n, k, .. } = d;
+    let mut out = vec![T::default(); lanes * k];
+    // SAFETY: the instruction sets are the caller's promise; `out` is `[lanes, k]`.
+    let whole = unsafe {
+        let wide = if WIDE {
+            columns::<T, T::V512>(v, m, d, 0, &mut out)
+        } else {
+            0
+        };
+        columns::<T, T::V>(v, m, d, wide, &mut out)
+    };
     for r in 0..lanes {
         let base = if d.shared { 0 } else { r * n * k };
-        for c in whole * T::W..k {
+        for c in whole..k {
             let mut sum = T::default();
             for i in 0..n {
                 sum = v[r * n + i].mul_add(m[base + i * k + c], sum);
@@ -1672,6 +1808,23 @@ fn vecmat_fma<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
         }
     }
     out
+}
+
+/// [`vecmat_simd`] compiled for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn vecmat_avx2<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    // SAFETY: this function's features.
+    unsafe { vecmat_simd::<T, false>(v, m, d) }
+}
+
+/// [`vecmat_simd`] compiled for AVX-512: twice the columns a register, and twice the registers
+/// for the 8-lane tile, which halves a batch's products here.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn vecmat_avx512<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    // SAFETY: this function's features.
+    unsafe { vecmat_simd::<T, true>(v, m, d) }
 }
 
 /// The lane kernel one value at a time, for CPUs without AVX2 and FMA (its sums are in the same
@@ -1691,12 +1844,17 @@ fn vecmat_plain<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     out
 }
 
-/// The kernel of [`lane_vecmat`], fused where the CPU allows.
+/// The kernel of [`lane_vecmat`], fused where the CPU allows (the same bits in AVX-512 as in
+/// AVX2 registers).
 pub(super) fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512, AVX2 and FMA, checked just now.
+            return unsafe { vecmat_avx512(v, m, d) };
+        }
         // SAFETY: the CPU has AVX2 and FMA, checked just now.
-        return unsafe { vecmat_fma(v, m, d) };
+        return unsafe { vecmat_avx2(v, m, d) };
     }
     vecmat_plain(v, m, d)
 }

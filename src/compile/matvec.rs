@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::fused::Simd;
 use super::fused::{LaneDims, Num, contiguous, vecmat};
 use super::threads::{MATMUL_TASK, tasks};
 
@@ -102,22 +104,23 @@ fn dots_fma<T: Num>(m: &[T], v: &[T], n: usize, out: &mut [T]) {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn dot_rows<T: Num, const R: usize>(m: &[T], v: &[T], n: usize, i: usize, out: &mut [T]) {
-    let whole = n / T::W * T::W;
+    type V<T> = <T as Num>::V;
+    let whole = n / V::<T>::W * V::<T>::W;
     // SAFETY: every load addresses W values below `whole` of a row of `m` or of `v`.
     unsafe {
-        let mut acc = [T::zero(); R];
+        let mut acc = [V::<T>::zero(); R];
         let mut j = 0;
         while j < whole {
-            let x = T::load(v.as_ptr().add(j));
+            let x = V::<T>::load(v.as_ptr().add(j));
             for (r, a) in acc.iter_mut().enumerate() {
-                *a = T::fma(T::load(m.as_ptr().add((i + r) * n + j)), x, *a);
+                *a = V::<T>::fma(V::<T>::load(m.as_ptr().add((i + r) * n + j)), x, *a);
             }
-            j += T::W;
+            j += V::<T>::W;
         }
         for (r, a) in acc.iter().enumerate() {
             let mut lanes = [T::default(); 8];
-            T::store(lanes.as_mut_ptr(), *a);
-            let mut sum = lanes[..T::W].iter().fold(T::default(), |s, &l| s + l);
+            V::<T>::store(lanes.as_mut_ptr(), *a);
+            let mut sum = lanes[..V::<T>::W].iter().fold(T::default(), |s, &l| s + l);
             for j in whole..n {
                 sum = m[(i + r) * n + j].mul_add(v[j], sum);
             }
