@@ -404,13 +404,19 @@ impl Parser {
                 span,
             });
         }
+        let entry_depth = self.depth;
         let mut e = self.primary()?;
         loop {
             e = match self.peek() {
                 Tok::LBracket => self.index(e)?,
                 Tok::Dot => self.attribute(e)?,
-                _ => return Ok(e),
+                _ => {
+                    self.depth = entry_depth;
+                    return Ok(e);
+                }
             };
+            // Each `[...]` or `.T` wraps the tree one level deeper: `w.T.T...` counts as a chain.
+            self.enter()?;
         }
     }
 
@@ -719,6 +725,13 @@ mod tests {
         assert!(parse_expr(&chain, &OffsetMap::Shift(0)).is_err());
         let minus = format!("{}x", "-".repeat(n));
         assert!(parse_expr(&minus, &OffsetMap::Shift(0)).is_err());
+        for postfix in [".T", "[0:3]"] {
+            let chain = format!("w{}", postfix.repeat(n));
+            let e = parse_expr(&chain, &OffsetMap::Shift(0)).unwrap_err();
+            assert!(e[0].message.contains("nested too deeply"), "{postfix}: {e:?}");
+        }
+        let within = format!("sum(w{})", ".T".repeat(MAX_DEPTH / 2));
+        assert!(parse_expr(&within, &OffsetMap::Shift(0)).is_ok());
     }
 
     #[test]
