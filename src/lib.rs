@@ -43,7 +43,24 @@ use std::process::ExitCode;
 use cli::{Cli, Command};
 
 /// Runs one command; the exit code is 0 when every file is fine and 1 when any has an error.
+/// The stack of every thread that builds, evaluates or differentiates a loss: candle walks a
+/// graph recursively (its backward pass; twice over for a Hessian), a few hundred bytes a node,
+/// and a 10,000-line chain overflowed a default 2 MiB thread. Only the pages a walk touches are
+/// ever mapped. With it, [`compile`]'s limit on chains ([`compile::lower::MAX_CHAIN`]) is far inside.
+pub const GRAPH_STACK: usize = 256 << 20;
+
+/// Runs `cli`'s command on a thread with a [`GRAPH_STACK`] stack (the main thread's is the
+/// system's, 8 MiB here); a panic there goes on as this thread's.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    std::thread::Builder::new()
+        .name("gradscope".into())
+        .stack_size(GRAPH_STACK)
+        .spawn(move || dispatch(cli))?
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut out = std::io::stdout().lock();
     let all_ok = match cli.command {

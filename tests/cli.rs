@@ -409,3 +409,43 @@ fn a_landscape_names_the_runs_whose_loss_is_not_its_surface() {
     ]);
     assert!(!stdout(&o).contains("note:"), "{}", stdout(&o));
 }
+
+/// A loss of `lines` lines, each a step of one chain: `z{i} = softmax(z{i-1})`.
+fn chain_file(test: &str, lines: usize) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("gradscope-{test}-{}.toml", std::process::id()));
+    let chain: Vec<String> = (1..lines)
+        .map(|i| format!("z{i} = softmax(z{})", i - 1))
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"chain\"\nloss = \"\"\"\nz0 = w\n{}\nsum(z{} * w)\n\"\"\"\n[params]\nw = \"randn(4)\"\n",
+            chain.join("\n"),
+            lines - 1
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// candle's backward pass recurses once per op: a chain as long as gradscope takes is
+/// differentiated twice over (a Hessian) without overflowing a stack, and a longer one is an
+/// error naming the line where it passes the limit, not an abort.
+#[test]
+fn the_longest_chain_taken_gets_a_hessian_and_a_longer_one_an_error() {
+    let limit = gradscope::compile::lower::MAX_CHAIN;
+    let file = chain_file("longest_chain", limit - 2);
+    let o = gradscope(&["hessian", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("relative error 0"), "{}", stdout(&o));
+    let file = chain_file("too_long_chain", limit + 5);
+    let o = gradscope(&["check", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = stdout(&o) + &stderr(&o);
+    let line = limit + 3;
+    assert!(
+        out.contains(&format!("more than {limit} operations"))
+            && out.contains(&format!(":{line}:10")),
+        "{out}"
+    );
+}

@@ -131,6 +131,7 @@ pub fn start_service() {
     unsafe { std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1") };
     let spawned = std::thread::Builder::new()
         .name("curvature".into())
+        .stack_size(crate::GRAPH_STACK)
         .spawn(move || {
             // A first backward pass latches the thread's setting while the variable is set.
             let latch = candle_core::Var::new(1.0f64, &Device::Cpu)

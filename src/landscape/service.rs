@@ -113,6 +113,7 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("landscape:{name}"))
+        .stack_size(crate::GRAPH_STACK)
         .spawn(move || {
             // Its tensor work stays on it too: the pool's threads run at the runs' priority.
             crate::compile::threads::serial_here();

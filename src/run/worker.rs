@@ -332,6 +332,7 @@ pub fn spawn_with(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("runs:{name}"))
+        .stack_size(crate::GRAPH_STACK)
         .spawn(move || Worker::new(compiled, emit).serve(plan, commands))
 }
 

@@ -268,6 +268,7 @@ impl SweepView {
         let send = move |m: SweepMsg| drop(events.send(Msg::Swept(session, id, m)));
         let started = std::thread::Builder::new()
             .name(format!("sweep:{of}"))
+            .stack_size(crate::GRAPH_STACK)
             .spawn(move || {
                 crate::lower_thread_priority(crate::run::worker::NICE);
                 // The points of each set of consts share a compiled file (and batch).

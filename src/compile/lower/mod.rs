@@ -79,6 +79,8 @@ pub struct Lowerer {
     source: Arc<SourceFile>,
     instrs: Vec<Instr>,
     grad: Vec<bool>,
+    /// Each instruction's longest chain of instructions back to an input (itself included).
+    chain: Vec<usize>,
     env: HashMap<String, Binding>,
     used: HashSet<String>,
     rng: ChaCha8Rng,
@@ -95,6 +97,10 @@ pub struct Lowerer {
     body_of: Option<(String, Vec<String>)>,
     pub diags: Vec<Diagnostic>,
 }
+
+/// The longest chain of operations a loss may be: each is a level of recursion in candle's
+/// backward pass (see [`crate::GRAPH_STACK`]).
+pub const MAX_CHAIN: usize = 20_000;
 
 /// "never used" warnings given one by one in a program; the rest are counted in one.
 const UNUSED_SHOWN: usize = 10;
@@ -116,6 +122,7 @@ impl Lowerer {
             source: Arc::clone(source),
             instrs: Vec::new(),
             grad: Vec::new(),
+            chain: Vec::new(),
             env: HashMap::new(),
             used: HashSet::new(),
             rng: rng_for(seed, context),
@@ -227,6 +234,17 @@ impl Lowerer {
             op if op.passes_gradient() => args.iter().any(|&a| self.grad[a]),
             _ => false,
         };
+        let chain = 1 + args.iter().map(|&a| self.chain[a]).max().unwrap_or(0);
+        if chain > MAX_CHAIN {
+            return Err(self.fail(
+                format!("this ends a chain of more than {MAX_CHAIN} operations, one after another"),
+                span,
+                Some(format!(
+                    "gradscope differentiates chains of at most {MAX_CHAIN} operations (candle's \
+                     backward pass recurses once per operation); shorten the chain"
+                )),
+            ));
+        }
         self.instrs.push(Instr {
             op,
             args,
@@ -234,6 +252,7 @@ impl Lowerer {
             span: span.clone(),
         });
         self.grad.push(grad);
+        self.chain.push(chain);
         Ok(self.instrs.len() - 1)
     }
 
@@ -458,6 +477,7 @@ impl Lowerer {
             span,
         });
         self.grad.push(kind == Kind::Param);
+        self.chain.push(1);
         let reg = self.instrs.len() - 1;
         self.bind(name, Value::Reg(reg), kind);
     }
