@@ -3,6 +3,7 @@
 //! optimizers of the `optimizers/` folders in its folder and every folder above it; the files
 //! of such a folder hold only `[optimizers.NAME]` tables and are checked as such.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -105,8 +106,16 @@ fn discover_files(paths: &[PathBuf], optimizers: bool) -> (Vec<PathBuf>, Vec<Dia
 }
 
 /// The `*.toml` files under `dir`, sorted; those of `optimizers/` folders only with
-/// `optimizers` (and nothing below such a folder).
+/// `optimizers` (and nothing below such a folder). Symlinked folders are followed, each real
+/// folder once: a link back up (`self -> .`) had the walk list a file 41 times or never end.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>, optimizers: bool) {
+    walk_once(dir, out, optimizers, &mut HashSet::new());
+}
+
+fn walk_once(dir: &Path, out: &mut Vec<PathBuf>, optimizers: bool, seen: &mut HashSet<PathBuf>) {
+    if !seen.insert(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf())) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -120,7 +129,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, optimizers: bool) {
         return;
     }
     for d in dirs {
-        walk(&d, out, optimizers);
+        walk_once(&d, out, optimizers, seen);
     }
 }
 
@@ -310,4 +319,26 @@ fn finish(path: &Path, loaded: file::Loaded, scope: Inherited) -> LoadedFile {
 /// Loads a file: compiled, with its warnings, or every diagnostic when it did not compile.
 pub fn load_compiled(path: &Path) -> Result<(CompiledFile, Vec<Diagnostic>), Vec<Diagnostic>> {
     load(path).into_compiled()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Links back up, to the folder itself and to its parent from below, list each file once.
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_folders_that_loop_are_walked_once() {
+        let root = std::env::temp_dir().join(format!("gradscope-loop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("ok.toml"), "").unwrap();
+        std::fs::write(root.join("sub/inner.toml"), "").unwrap();
+        std::os::unix::fs::symlink(".", root.join("self")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("sub/up")).unwrap();
+        let (files, diags) = discover(std::slice::from_ref(&root));
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(files, [root.join("ok.toml"), root.join("sub/inner.toml")]);
+    }
 }
