@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,7 +16,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("gradscope: {e:#}");
+            // Written, not printed: a closed stderr must not turn the error into a panic.
+            let _ = writeln!(std::io::stderr(), "gradscope: {e:#}");
             ExitCode::from(2)
         }
     }

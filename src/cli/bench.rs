@@ -48,7 +48,7 @@ pub fn bench_command(
     let mut report = BenchReport::default();
     let (files, missing) = crate::load::discover(&[dir.to_path_buf()]);
     for d in &missing {
-        eprint!("{}", d.render(false));
+        err_print!("{}", d.render(false));
     }
     if files.is_empty() {
         // Nothing to measure: a failure, not an empty report.
@@ -64,7 +64,7 @@ pub fn bench_command(
             Ok((compiled, _)) => loaded.push((f, compiled)),
             Err(diags) => {
                 for d in &diags {
-                    eprint!("{}", d.render(false));
+                    err_print!("{}", d.render(false));
                 }
             }
         }

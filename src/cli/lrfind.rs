@@ -81,7 +81,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
     let found = match result {
         Ok(found) => found,
         Err(d) => {
-            eprint!("{}", d.render(color));
+            err_print!("{}", d.render(color));
             return Ok(RunOutcome::Failed);
         }
     };
@@ -104,7 +104,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
             for (i, p) in found.curve.points.iter().enumerate() {
                 writeln!(out, "{i},{},{},{}", p.lr, p.loss, p.smoothed)?;
             }
-            eprintln!("{report}");
+            err_println!("{report}");
         }
         Format::Jsonl => {
             for (i, p) in found.curve.points.iter().enumerate() {
@@ -120,7 +120,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
                 "min_lr_tenth": found.curve.min_tenth().map_or(serde_json::Value::Null, json_num),
             });
             writeln!(out, "{summary}")?;
-            eprintln!("{report}");
+            err_println!("{report}");
         }
     }
     out.flush()?;

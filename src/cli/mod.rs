@@ -1,5 +1,22 @@
 //! Command-line interface: one [`Command`] enum, dispatched in one place (`lib::run`).
 
+/// `eprint!` that lets a closed stderr go (`gradscope run ... 2>&1 | head`): `eprint!` panics
+/// when its reader has left, and a report is not worth a panic.
+macro_rules! err_print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`err_print!`] with a newline, as `eprintln!`.
+macro_rules! err_println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 pub mod check;
 pub mod grad;

@@ -164,7 +164,7 @@ fn step_all(options: &RunOptions, color: bool) -> anyhow::Result<Option<(Compile
                 .map_err(|d| anyhow::anyhow!(d.render(false)))?,
         );
     }
-    eprint!("{}", comparison_table(&summaries));
+    err_print!("{}", comparison_table(&summaries));
     Ok(Some((compiled, runs)))
 }
 
@@ -197,7 +197,7 @@ pub fn landscape_command(
     let l = match landscape(&compiled, &runs, args.grid, (kind, args.seed), false) {
         Ok(l) => l,
         Err(d) => {
-            eprint!("{}", d.render(color));
+            err_print!("{}", d.render(color));
             return Ok(false);
         }
     };
@@ -364,6 +364,6 @@ pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
         }),
     };
     crate::draw::plot::save(&data, &args.out)?;
-    eprintln!("wrote {}", args.out.display());
+    err_println!("wrote {}", args.out.display());
     Ok(runs.iter().all(|r| r.halted.is_none()))
 }

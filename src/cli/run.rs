@@ -284,13 +284,13 @@ pub fn load_runs(
         Ok(c) => c,
         Err(diags) => {
             for d in &diags {
-                eprint!("{}", d.render(color));
+                err_print!("{}", d.render(color));
             }
             return Ok(None);
         }
     };
     for d in &warnings {
-        eprint!("{}", d.render(color));
+        err_print!("{}", d.render(color));
     }
     crate::compile::threads::start([&compiled]);
     let runs = build_runs(options, &compiled, retention)?;
@@ -493,19 +493,19 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         let summary = match metric_error[i].take().map_or(summary, Err) {
             Ok(s) => s,
             Err(d) => {
-                eprint!("{}", d.render(color));
+                err_print!("{}", d.render(color));
                 return Ok(RunOutcome::Failed);
             }
         };
         if let Some(h) = &summary.halted {
-            eprintln!("run `{}` {h}", summary.run);
+            err_println!("run `{}` {h}", summary.run);
             if let Some(d) = run.halted.as_ref().and_then(|h| h.diagnostic(run.source())) {
-                eprint!("{}", d.render(color));
+                err_print!("{}", d.render(color));
             }
             any_halted = true;
         }
         if let Some(k) = summary.interrupted {
-            eprintln!("run `{}` interrupted at step {k}", summary.run);
+            err_println!("run `{}` interrupted at step {k}", summary.run);
         }
         if args.format == Format::Jsonl {
             writeln!(out, "{}", summary_json(&summary))?;
@@ -517,7 +517,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
     if args.format == Format::Table {
         writeln!(out, "\n{table}")?;
     } else {
-        eprint!("{table}");
+        err_print!("{table}");
     }
     out.flush()?;
     let mut save_failed = false;
@@ -526,10 +526,10 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         match save::save_runs(target, &stepped) {
             Ok(files) => {
                 let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-                eprintln!("saved the params to {}", files.join(", "));
+                err_println!("saved the params to {}", files.join(", "));
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                err_println!("error: {e}");
                 save_failed = true;
             }
         }

@@ -293,13 +293,13 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         Ok(c) => c,
         Err(diags) => {
             for d in &diags {
-                eprint!("{}", d.render(color));
+                err_print!("{}", d.render(color));
             }
             return Ok(RunOutcome::Failed);
         }
     };
     for d in &warnings {
-        eprint!("{}", d.render(color));
+        err_print!("{}", d.render(color));
     }
     crate::compile::threads::start([&compiled]);
     // A malformed list or const is a command-line error, as a malformed -o is for `run`.
@@ -344,7 +344,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         && args.seeds > 1
         && first.same_values(second)
     {
-        eprintln!(
+        err_println!(
             "note: {} draws nothing at random: every seed runs the same numbers",
             args.file.display()
         );
@@ -355,7 +355,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         1 => format!("1 {what}"),
         n => format!("{n} {what}s"),
     };
-    eprintln!(
+    err_println!(
         "sweeping {} x {}: {} (ctrl-c stops and prints the table so far)",
         count(grid.points.len() as u64, "point"),
         count(args.seeds, "seed"),
@@ -381,7 +381,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     let points = match points {
         Ok(p) => p,
         Err(d) => {
-            eprint!("{}", d.render(color));
+            err_print!("{}", d.render(color));
             return Ok(RunOutcome::Failed);
         }
     };
@@ -412,13 +412,13 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         }
         Format::Csv => {
             write!(out, "{}", csv(&points, &rows, &rank_by))?;
-            eprint!("{report}");
+            err_print!("{report}");
         }
         Format::Jsonl => {
             for (k, r) in rows.iter().enumerate() {
                 writeln!(out, "{}", row_json(&points[r.point], r, k + 1, &rank_by))?;
             }
-            eprint!("{report}");
+            err_print!("{report}");
         }
     }
     out.flush()?;
@@ -435,7 +435,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
             chart: sweep_chart(&points, &rows, &groups, &consts)?,
         };
         save_sweep(&picture, path)?;
-        eprintln!("wrote {}", path.display());
+        err_println!("wrote {}", path.display());
     }
     // A sweep of which no point finished found nothing: it fails as a halted `run` does.
     Ok(match RunOutcome::finished_unless_stopped() {
