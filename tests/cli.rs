@@ -473,3 +473,45 @@ fn a_closed_stderr_is_not_a_panic() {
     drop(child.stderr.take());
     assert_eq!(child.wait().unwrap().code(), Some(1));
 }
+
+/// An output in a folder that does not exist is refused before any run steps (exit 2, as a
+/// usage error), naming the option and the folder.
+#[test]
+fn outputs_into_missing_folders_are_refused_before_the_runs() {
+    let missing = std::env::temp_dir().join("gradscope-missing-folder");
+    for (args, flag, file) in [
+        (
+            &["run", "losses/rosenbrock.toml"][..],
+            "--save-params",
+            "x.safetensors",
+        ),
+        (&["run", "losses/rosenbrock.toml"][..], "--out", "x.csv"),
+        (&["plot", "losses/rosenbrock.toml"][..], "--out", "x.svg"),
+        (
+            &[
+                "sweep",
+                "losses/rosenbrock.toml",
+                "-o",
+                "adam(lr=[1e-3, 1e-2])",
+            ][..],
+            "--out",
+            "x.svg",
+        ),
+    ] {
+        let out = missing.join(file);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([flag, out.to_str().unwrap()]);
+        let o = gradscope(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{flag} {}: no folder {}",
+                out.display(),
+                missing.display()
+            )),
+            "{all:?}: {err}"
+        );
+        assert!(stdout(&o).is_empty(), "{all:?} stepped: {}", stdout(&o));
+    }
+}

@@ -45,6 +45,9 @@ pub fn bench_command(
     json: Option<&Path>,
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
+    if let Some(path) = json {
+        super::check_out_folder("--json", path)?;
+    }
     let mut report = BenchReport::default();
     let (files, missing) = crate::load::discover(&[dir.to_path_buf()]);
     for d in &missing {

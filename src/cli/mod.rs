@@ -154,3 +154,15 @@ macro_rules! value_enum {
 }
 
 value_enum!(DType, NonFinitePolicy, GradSource);
+
+/// Refuses an output file (`flag` names its option) whose folder does not exist, before any
+/// run steps: found after them, the error cost the whole run.
+pub fn check_out_folder(flag: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    match out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+    {
+        Some(dir) => anyhow::bail!("{flag} {}: no folder {}", out.display(), dir.display()),
+        None => Ok(()),
+    }
+}

@@ -329,6 +329,7 @@ const MAX_GRID: usize = 1024;
 pub fn plot_command(args: &PlotArgs, color: bool) -> anyhow::Result<bool> {
     // The picture's format is checked before any run steps.
     crate::draw::plot::picture_format(&args.out)?;
+    super::check_out_folder("--out", &args.out)?;
     let Some((compiled, runs)) = step_all(&args.run, color)? else {
         return Ok(false);
     };

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use anyhow::Context;
+
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
@@ -365,6 +367,12 @@ impl RunOutcome {
 pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
     if let Some(target) = &args.save_params {
         save::check_target(target)?;
+        if !save::is_directory(target) {
+            super::check_out_folder("--save-params", target)?;
+        }
+    }
+    if let Some(out) = &args.out {
+        super::check_out_folder("--out", out)?;
     }
     // The params at the best loss are kept only to be saved.
     let retention = Retention::Totals {
@@ -375,7 +383,9 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
     };
     catch_stop_signals();
     let mut out: Box<dyn Write> = match &args.out {
-        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p)?)),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--out {}", p.display()))?,
+        )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let every = args.every.unwrap_or(match args.format {

@@ -307,13 +307,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     if let Some(out) = &args.out {
         picture_format(out)?;
         sweep_chart(&grid.points, &[], &grid.groups, &grid.consts)?;
-        // Found now, not after the whole sweep has run.
-        if let Some(dir) = out
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-        {
-            anyhow::bail!("--out {}: no folder {}", out.display(), dir.display());
-        }
+        super::check_out_folder("--out", out)?;
     }
     let rank_by = args.rank_by.as_deref().map_or(RankBy::Loss, RankBy::parse);
     if let RankBy::Metric { name, .. } = &rank_by {

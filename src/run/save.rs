@@ -124,7 +124,7 @@ pub fn write(
 }
 
 /// Whether `target` names a directory: it ends with a path separator or is one.
-fn is_directory(target: &Path) -> bool {
+pub fn is_directory(target: &Path) -> bool {
     target
         .as_os_str()
         .to_string_lossy()
