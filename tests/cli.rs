@@ -515,3 +515,34 @@ fn outputs_into_missing_folders_are_refused_before_the_runs() {
         assert!(stdout(&o).is_empty(), "{all:?} stepped: {}", stdout(&o));
     }
 }
+
+/// `--clip-norm` takes what a file's `clip_norm` takes: -1 made every step ascend, NaN halted
+/// the run with a message about the update.
+#[test]
+fn clip_norm_on_the_command_line_is_checked_as_in_a_file() {
+    for bad in ["-1", "nan", "inf"] {
+        let o = gradscope(&[
+            "run",
+            "losses/rosenbrock.toml",
+            "--steps",
+            "3",
+            "--clip-norm",
+            bad,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(
+            stderr(&o).contains("`clip_norm` must be a non-negative number"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = gradscope(&[
+        "run",
+        "losses/rosenbrock.toml",
+        "--steps",
+        "3",
+        "--clip-norm",
+        "2.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -53,7 +53,7 @@ pub struct RunOptions {
     #[arg(long, value_enum)]
     pub dtype: Option<DType>,
     /// Clip the global gradient norm to this value.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = clip_norm)]
     pub clip_norm: Option<f64>,
     /// What to do when the loss, a gradient or an update is NaN/Inf.
     #[arg(long, value_enum)]
@@ -66,6 +66,20 @@ pub struct RunOptions {
 /// `--steps`: a whole number of at least 1.
 pub(super) fn positive_steps(text: &str) -> Result<u64, String> {
     positive("steps", text)
+}
+
+/// `--clip-norm`: what a file's `clip_norm` takes (a negative one made every step ascend).
+fn clip_norm(text: &str) -> Result<f64, String> {
+    let n: f64 = text
+        .parse()
+        .map_err(|_| format!("clip-norm must be a number, not `{text}`"))?;
+    match crate::optim::settings::check_run_setting(
+        "clip_norm",
+        crate::optim::spec::RawValue::Number(n),
+    ) {
+        Some(Err(e)) => Err(e.message),
+        _ => Ok(n),
+    }
 }
 
 /// A count of `what` of 1 or more, said so when it is not.
