@@ -349,6 +349,18 @@ impl Checker {
                 );
                 continue;
             }
+            if let Some((k, again)) = args
+                .iter()
+                .enumerate()
+                .find(|(k, a)| args[..*k].iter().any(|b| b.node == a.node))
+            {
+                self.error(
+                    format!("function `{}` names argument `{}` twice", name.node, again.node),
+                    again.span.clone(),
+                )
+                .help = Some(format!("give argument {} a name of its own", k + 1));
+                continue;
+            }
             let value = match f.get("value") {
                 Some(v) => self.expr_value(v, "a function's value"),
                 None => {
