@@ -147,6 +147,25 @@ impl Provenance {
     }
 }
 
+/// The remedy when `instr` reads a constant that is itself not finite (`c = inf` in [consts], a
+/// literal `inf`): its inputs may all be finite, and then it did not overflow.
+fn nonfinite_constant(plan: &Plan, instr: &Instr) -> Option<String> {
+    let coefficients = match instr.op {
+        Op::Affine { mul, add } => vec![mul, add],
+        Op::Powf(e) => vec![e],
+        _ => Vec::new(),
+    };
+    let const_arg = instr.args.iter().any(|&a| match &plan.instrs[a].op {
+        Op::Const(t) => nonfinite(t).is_ok_and(|(bad, _)| !bad.is_empty()),
+        _ => false,
+    });
+    (const_arg || coefficients.iter().any(|c| !c.is_finite())).then(|| {
+        "it reads a constant that is not finite (a const or a literal such as inf or nan): \
+         every element it touches is made non-finite; give the constant a finite value"
+            .into()
+    })
+}
+
 /// The usual remedy for a non-finite value at `instr`, by what the op is.
 fn help_for(instr: &Instr, pass: Pass) -> String {
     match (&instr.op, pass) {
@@ -560,7 +579,9 @@ fn provenance(
         pass,
         op: quote(cx.source, &instr.span),
         span: instr.span.clone(),
-        help: eps_too_small(cx, instr, args).unwrap_or_else(|| help_for(instr, pass)),
+        help: eps_too_small(cx, instr, args)
+            .or_else(|| nonfinite_constant(cx.plan, instr))
+            .unwrap_or_else(|| help_for(instr, pass)),
         count: bad.len(),
         total,
         indices: shown.iter().map(|&i| unravel(i, dims)).collect(),

@@ -355,7 +355,10 @@ impl Checker {
                 .find(|(k, a)| args[..*k].iter().any(|b| b.node == a.node))
             {
                 self.error(
-                    format!("function `{}` names argument `{}` twice", name.node, again.node),
+                    format!(
+                        "function `{}` names argument `{}` twice",
+                        name.node, again.node
+                    ),
                     again.span.clone(),
                 )
                 .help = Some(format!("give argument {} a name of its own", k + 1));
