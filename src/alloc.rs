@@ -199,6 +199,49 @@ pub fn release_all() {
     release(&kept);
 }
 
+/// Bytes this process can still take: the system's available memory (`MemAvailable`), or less
+/// under an address-space limit (`ulimit -v`). Past it an allocation aborts the process (or the
+/// kernel kills it), so tensors that would not fit are refused first. The blocks the cache
+/// keeps go back first: they serve only their own size. None where it cannot be read (then
+/// nothing is refused).
+pub fn free_memory() -> Option<u64> {
+    release_all();
+    #[cfg(target_os = "linux")]
+    {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let available = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()?
+            * 1024;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: writes only `limit`.
+        let limited = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY;
+        let room = match limited {
+            true => {
+                // The first field of statm: the address space in use, in pages.
+                let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+                let pages: u64 = statm.split_whitespace().next()?.parse().ok()?;
+                // SAFETY: sysconf reads a constant.
+                let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+                available.min(limit.rlim_cur.saturating_sub(pages * page))
+            }
+            false => available,
+        };
+        Some(room)
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
 // SAFETY: every block handed out comes from `System` with the layout asked for (a cached block
 // is reused only for exactly its own size and alignment), and goes back to `System` with it.
 unsafe impl GlobalAlloc for BlockCache {

@@ -546,3 +546,61 @@ fn clip_norm_on_the_command_line_is_checked_as_in_a_file() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Tensors past the memory free are refused with an error at the entry or op that needs it,
+/// not an aborted allocation (which took every other file of a folder with it): a data
+/// constant built at load, and a step whose values and gradients would not fit. The process is
+/// held to 3 GB of address space, as `ulimit -v` would.
+#[cfg(target_os = "linux")]
+#[test]
+fn tensors_past_the_memory_free_are_errors_not_aborts() {
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("gradscope-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big_data = dir.join("big_data.toml");
+    std::fs::write(
+        &big_data,
+        "name = \"x\"\nloss = \"(sum(A) + sum(B)) * w\"\n[data]\nA = \"full(1, 16384, 16384)\"\nB = \"full(2, 16384, 16384)\"\n[params]\nw = 1.0\n",
+    )
+    .unwrap();
+    let big_step = dir.join("big_step.toml");
+    std::fs::write(
+        &big_step,
+        "name = \"x\"\nloss = \"\"\"\na = A * w\nb = a * w\nc = b * w\nd = c * w\nsum(d)\n\"\"\"\n[data]\nA = \"ones(8000, 8000)\"\n[params]\nw = 1.0\n",
+    )
+    .unwrap();
+    let small = "losses/rosenbrock.toml";
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gradscope"));
+    cmd.args([
+        "check",
+        big_data.to_str().unwrap(),
+        big_step.to_str().unwrap(),
+        small,
+    ]);
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 3 << 30,
+                rlim_max: 3 << 30,
+            };
+            match libc::setrlimit(libc::RLIMIT_AS, &limit) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let o = cmd.output().unwrap();
+    let out = stdout(&o) + &stderr(&o);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("big_data.toml:5:6") && out.contains("of memory free"),
+        "{out}"
+    );
+    assert!(
+        out.contains("big_step.toml:") && out.matches("of memory free").count() >= 2,
+        "{out}"
+    );
+    assert!(out.contains("1 ok, 2 with errors"), "{out}");
+}

@@ -594,6 +594,7 @@ fn lower_run(
     });
     let (plan, metrics, mut diags) = lw.program_with_metrics(spec.loss, &file.metrics, variant);
     if let Some(plan) = &plan {
+        diags.extend(step_memory(plan, spec, data.len(), source));
         let reached = params_reaching_loss(plan, data.len());
         for (j, p) in params.iter().enumerate() {
             if !reached.contains(&j) {
@@ -609,6 +610,49 @@ fn lower_run(
         }
     }
     (plan, metrics, diags)
+}
+
+/// An error when one step of run `spec` would need more memory than is free (the allocation
+/// would abort the process): each op's value and gradient, the data once more in the run's
+/// dtype, and each param with its gradient and two optimizer moments. The caret is on the op
+/// that needs the most.
+fn step_memory(
+    plan: &Plan,
+    spec: &RunSpec,
+    n_data: usize,
+    source: &Arc<SourceFile>,
+) -> Option<Diagnostic> {
+    let size = candle_dtype(spec.dtype).size_in_bytes() as u64;
+    let need = |instr: &plan::Instr| {
+        let copies = match instr.op {
+            Op::Input(i) if i < n_data => 1,
+            Op::Input(_) => 4,
+            Op::Const(_) => 1,
+            _ => 2,
+        };
+        instr.shape.elements().map_or(u64::MAX, |n| n as u64) * size * copies
+    };
+    let total = plan.instrs.iter().map(need).fold(0u64, u64::saturating_add);
+    if total < crate::alloc::LARGE as u64 {
+        return None;
+    }
+    let free = crate::alloc::free_memory()?;
+    if total <= free {
+        return None;
+    }
+    let largest = plan.instrs.iter().max_by_key(|i| need(i))?;
+    Some(
+        Diagnostic::error(format!(
+            "a step of run `{}` would need about {} ({} values and gradients), more than the {} of memory free",
+            spec.name,
+            lower::gib(total),
+            spec.dtype.name(),
+            lower::gib(free)
+        ))
+        .at(source, largest.span.clone())
+        .label(format!("the largest: {} ({})", largest.shape, lower::gib(need(largest))))
+        .help("use smaller shapes, or a smaller dtype"),
+    )
 }
 
 /// Params whose value flows into the output through differentiable ops.

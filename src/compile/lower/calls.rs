@@ -835,6 +835,7 @@ impl Lowerer {
         };
         let shape = Shape(dims.clone());
         self.check_size(name, &shape, span)?;
+        self.check_room(&shape, span)?;
         let n = shape.elements().unwrap_or(0);
         let values = match (f, values) {
             (_, Some(v)) => v,

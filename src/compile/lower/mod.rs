@@ -98,6 +98,11 @@ pub struct Lowerer {
     pub diags: Vec<Diagnostic>,
 }
 
+/// `bytes` in GiB, for messages about memory.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
 /// The longest chain of operations a loss may be: each is a level of recursion in candle's
 /// backward pass (see [`crate::GRAPH_STACK`]).
 pub const MAX_CHAIN: usize = 20_000;
@@ -206,12 +211,37 @@ impl Lowerer {
         }
     }
 
+    /// Refuses a constant of `shape` (built now, in f64) that the memory free would not hold:
+    /// past it the allocation aborts the process, taking every other file with it.
+    pub(super) fn check_room(&mut self, shape: &Shape, span: &Span) -> Result<(), Reported> {
+        let bytes = shape.elements().map_or(u64::MAX, |n| n as u64 * 8);
+        let free = (bytes >= crate::alloc::LARGE as u64)
+            .then(crate::alloc::free_memory)
+            .flatten();
+        match free {
+            Some(free) if bytes > free => Err(self.fail(
+                format!(
+                    "building this {shape} constant needs {}, more than the {} of memory free",
+                    gib(bytes),
+                    gib(free)
+                ),
+                span,
+                Some(
+                    "use smaller shapes: the data and constants built before it hold the rest"
+                        .into(),
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Appends an instruction, folding it into a constant when all its inputs are known.
     fn emit(&mut self, op: Op, args: Vec<Reg>, shape: Shape, span: &Span) -> Lowered {
         self.check_size("a tensor ", &shape, span)?;
         let foldable = !matches!(op, Op::Input(_) | Op::Const(_))
             && args.iter().all(|&a| self.known(a).is_some());
         let (op, args) = if foldable {
+            self.check_room(&shape, span)?;
             let values: Vec<&Tensor> = args
                 .iter()
                 .map(|&a| self.known(a).expect("known"))
