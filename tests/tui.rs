@@ -1553,10 +1553,17 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
     typed_settled(&mut app, &rx, "5n");
     assert_eq!(history_lens(&app), vec![5; 4]);
 
-    // A change event for an unchanged file restarts nothing.
+    // A change event for an unchanged file restarts nothing; after `e`, the status says so.
     app.handle(Msg::FileChanged(file.clone()));
     app.settle(&rx);
     assert_eq!(history_lens(&app), vec![5; 4]);
+    app.handle(Msg::Edited(file.clone()));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![5; 4]);
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("{} is unchanged: nothing restarted", file.display()).as_str())
+    );
 
     // A good edit: the runs restart from the new definition.
     let text = std::fs::read_to_string(&file).unwrap();
@@ -2038,12 +2045,13 @@ impl Drop for Tmux {
     }
 }
 
-/// The shell line run in the pane: the TUI, then whether the tty settings came back, the exit
-/// code, and a pause so the pane stays readable.
-fn pane_command() -> String {
+/// The shell line run in the pane: the TUI (in an environment that sets `env`, such as
+/// `EDITOR=ed`), then whether the tty settings came back, the exit code, and a pause so the pane
+/// stays readable.
+fn pane_command(env: &str) -> String {
     let bin = env!("CARGO_BIN_EXE_gradscope");
     format!(
-        "before=$(stty -g); '{bin}' {ROSENBROCK}; code=$?; \
+        "before=$(stty -g); {env} '{bin}' {ROSENBROCK}; code=$?; \
          if [ \"$before\" = \"$(stty -g)\" ]; then echo TTY=restored; else echo TTY=changed; fi; \
          echo EXIT=$code; sleep 30"
     )
@@ -2094,7 +2102,7 @@ fn assert_restored(t: &Tmux) {
 
 #[test]
 fn e2e_step_with_keys_then_quit_restores_the_terminal() {
-    let Some(t) = Tmux::start("quit", &pane_command()) else {
+    let Some(t) = Tmux::start("quit", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2107,7 +2115,7 @@ fn e2e_step_with_keys_then_quit_restores_the_terminal() {
 
 #[test]
 fn e2e_sigterm_restores_the_terminal() {
-    let Some(t) = Tmux::start("sigterm", &pane_command()) else {
+    let Some(t) = Tmux::start("sigterm", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2126,7 +2134,7 @@ fn e2e_sigterm_restores_the_terminal() {
 
 #[test]
 fn e2e_ctrl_c_restores_the_terminal() {
-    let Some(t) = Tmux::start("ctrlc", &pane_command()) else {
+    let Some(t) = Tmux::start("ctrlc", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2136,10 +2144,37 @@ fn e2e_ctrl_c_restores_the_terminal() {
     assert_restored(&t);
 }
 
+/// An editor that cannot be started is news in the status line: the TUI is back on screen and
+/// the session goes on.
+#[test]
+fn e2e_an_editor_that_cannot_start_keeps_the_session() {
+    let Some(t) = Tmux::start(
+        "noeditor",
+        &pane_command("env -u VISUAL EDITOR=nonexistent-ed"),
+    ) else {
+        return;
+    };
+    wait_for_tui(&t);
+    t.keys(&["5", "n"]);
+    t.wait_for("step 5", |s| s.contains(" step 5 · paused"));
+    t.keys(&["e"]);
+    let screen = t.wait_for("the status", |s| {
+        s.contains("could not start `nonexistent-ed`")
+    });
+    assert!(
+        screen.contains(" step 5 · paused") && screen.contains("Runs"),
+        "{screen}"
+    );
+    t.keys(&["n"]);
+    t.wait_for("step 6", |s| s.contains(" step 6 · paused"));
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
+
 /// Quitting while a long step command runs returns promptly.
 #[test]
 fn e2e_quit_during_a_long_step_is_prompt() {
-    let Some(t) = Tmux::start("longstep", &pane_command()) else {
+    let Some(t) = Tmux::start("longstep", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);

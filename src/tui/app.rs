@@ -34,6 +34,8 @@ pub enum Msg {
     Tick,
     /// A file under the watched directory changed, appeared or disappeared.
     FileChanged(PathBuf),
+    /// The editor `e` started on this file has exited: it loads again.
+    Edited(PathBuf),
     Resize(u16, u16),
     /// The loss files found under the root, each read and compiled, and the folder they
     /// are grouped relative to.
@@ -499,6 +501,12 @@ impl App {
                 None
             }
             Msg::FileChanged(p) => self.changed(&p),
+            Msg::Edited(p) => {
+                // Any change the reload finds says so in its place; an unchanged file says
+                // nothing there, and `e` must not look ignored.
+                self.message = Some(format!("{} is unchanged: nothing restarted", p.display()));
+                self.changed(&p)
+            }
             Msg::Resize(w, h) => {
                 self.size = (w, h);
                 None
@@ -676,6 +684,8 @@ impl App {
                 restarted.runs,
                 if restarted.runs == 1 { "" } else { "s" }
             ));
+        } else {
+            self.message = Some(format!("reloaded {}", f.path.display()));
         }
         f.compiled = Some(new);
     }
