@@ -728,7 +728,10 @@ mod tests {
         for postfix in [".T", "[0:3]"] {
             let chain = format!("w{}", postfix.repeat(n));
             let e = parse_expr(&chain, &OffsetMap::Shift(0)).unwrap_err();
-            assert!(e[0].message.contains("nested too deeply"), "{postfix}: {e:?}");
+            assert!(
+                e[0].message.contains("nested too deeply"),
+                "{postfix}: {e:?}"
+            );
         }
         let within = format!("sum(w{})", ".T".repeat(MAX_DEPTH / 2));
         assert!(parse_expr(&within, &OffsetMap::Shift(0)).is_ok());
