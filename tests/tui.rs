@@ -588,6 +588,58 @@ fn rewinding_takes_every_run_to_the_same_step_past_a_halted_one() {
     assert_eq!(history_lens(&app), vec![halted - 2; lens.len()]);
 }
 
+/// Handles messages until `done` holds (a minute at most).
+fn until(app: &mut App, rx: &Receiver<Msg>, what: &str, done: impl Fn(&App) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(app) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(100)) {
+            app.handle(m);
+        }
+    }
+}
+
+/// Counted steps under way are said in the status line, and a key that changes the runs ends
+/// them at once: `space` stops them (it was queued as a play for after 300,000 steps), `r`
+/// resets and `n` takes one step from where they stopped.
+#[test]
+fn a_key_ends_counted_steps_at_once() {
+    let (mut app, rx) = open(ROSENBROCK);
+    let under_way = |app: &App| {
+        let s = app.session().unwrap();
+        s.stepping.is_some() && s.runs.iter().all(|r| r.steps() >= 20)
+    };
+    typed(&mut app, "3000N");
+    until(&mut app, &rx, "the steps to be under way", under_way);
+    let status = rows(&draw(&app, 160, 45)).pop().unwrap();
+    assert!(status.contains("stepping to 300000…"), "{status}");
+    typed_settled(&mut app, &rx, " ");
+    let s = app.session().unwrap();
+    assert!(!s.playing && s.stepping.is_none());
+    let stopped = history_lens(&app);
+    assert!(stopped.iter().all(|&k| k < 300_000), "{stopped:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), stopped, "stopped means stopped");
+    assert!(rows(&draw(&app, 160, 45)).pop().unwrap().contains("paused"));
+
+    for (key, after) in [("r", 0), ("n", 1)] {
+        typed_settled(&mut app, &rx, "r");
+        typed(&mut app, "3000N");
+        until(&mut app, &rx, "the steps to be under way", under_way);
+        let at = history_lens(&app)[0];
+        typed_settled(&mut app, &rx, key);
+        let lens = history_lens(&app);
+        assert!(lens.iter().all(|&k| k < 300_000), "after {key}: {lens:?}");
+        if after == 0 {
+            assert_eq!(lens, vec![0; 4], "r resets at once");
+        } else {
+            assert!(lens[0] > at, "n steps on from where they stopped");
+        }
+        assert!(app.session().unwrap().stepping.is_none(), "after {key}");
+    }
+}
+
 /// Plays `app` until every run has taken its steps (or ten seconds pass).
 fn play_to_the_end(app: &mut App, rx: &Receiver<Msg>) {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -2948,16 +3000,9 @@ fn submit_form(app: &mut App, text: &str) {
 
 /// Handles messages until the sweep has ended (a minute at most).
 fn finish_sweep(app: &mut App, rx: &Receiver<Msg>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while app.session().unwrap().sweep.as_ref().unwrap().running {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweep never ended"
-        );
-        if let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
-            app.handle(m);
-        }
-    }
+    until(app, rx, "the sweep to end", |app| {
+        !app.session().unwrap().sweep.as_ref().unwrap().running
+    });
 }
 
 /// The loss of definition 0 of `file` with `consts` set, stepped alone `steps` times with

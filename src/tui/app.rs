@@ -425,10 +425,17 @@ impl App {
         }
     }
 
-    /// Sends a command to the selected file's worker.
+    /// Sends a command to the selected file's worker. While it takes counted steps (the rest of
+    /// a `3000N`), the command ends them first: it acts now, not once they are done; a ping
+    /// (waiting for the worker) leaves them be.
     pub fn command(&mut self, c: Command) {
-        match self.session() {
-            Some(s) => s.send(c),
+        match self.session_mut() {
+            Some(s) => {
+                if !matches!(c, Command::Ping(_)) && s.stepping.take().is_some() {
+                    s.send(Command::Interrupt);
+                }
+                s.send(c)
+            }
             None => self.say_why_no_runs(),
         }
     }

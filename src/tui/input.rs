@@ -130,8 +130,11 @@ impl App {
             KeyAction::Quit => return Some(Action::Quit),
             KeyAction::Help => (self.show_help, self.help_scroll) = (true, 0),
             KeyAction::PlayPause => {
-                let playing = self.session().is_some_and(|s| s.playing);
-                self.command(if playing {
+                // Counted steps under way are stopped as playing is.
+                let moving = self
+                    .session()
+                    .is_some_and(|s| s.playing || s.stepping.is_some());
+                self.command(if moving {
                     Command::Pause
                 } else {
                     Command::Play

@@ -138,6 +138,8 @@ pub struct Session {
     pub runs: Vec<RunView>,
     pub selected: usize,
     pub playing: bool,
+    /// The step the worker's counted steps (`3000N`) are heading for, while it takes them.
+    pub stepping: Option<u64>,
     pub warnings: Vec<Warning>,
     pub failed: Option<String>,
     pub landscape: LandscapeView,
@@ -432,6 +434,7 @@ impl Session {
                 .landscape
                 .on_next_update(run, step, loss, origin, direction),
             Event::Playing(p) => self.playing = p,
+            Event::Stepping(t) => self.stepping = t,
             Event::Failed(why) => {
                 self.landscape.on_worker_gave_up();
                 self.failed = Some(why);
@@ -476,6 +479,7 @@ impl Session {
             runs: Vec::new(),
             selected: 0,
             playing: false,
+            stepping: None,
             warnings: Vec::new(),
             failed,
             landscape,

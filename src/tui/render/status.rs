@@ -29,6 +29,11 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
         if s.playing {
             spans.push(Span::raw(format!("{:.0} steps/s · ", s.steps_per_s())));
             spans.push(Span::styled("running", Style::new().fg(Color::Green)));
+        } else if let Some(target) = s.stepping {
+            spans.push(Span::styled(
+                format!("stepping to {target}… (space stops)"),
+                Style::new().fg(Color::Green),
+            ));
         } else if !s.runs.is_empty() && s.runs.iter().all(RunView::done) {
             spans.push(Span::raw("finished (space plays on)"));
         } else {
