@@ -291,14 +291,21 @@ fn snapshot_broken_file_diagnostics() {
     assert!(screen.contains("unknown function `expp`"), "{screen}");
     assert!(screen.contains("✗ Unknown function"), "{screen}");
     snapshot("broken_file_diagnostics", &t);
-    // Keys about runs say why nothing happens.
-    for key in ["n", "o", "g"] {
+    // Keys about runs say why nothing happens, and where the errors are, in a status line
+    // that fits 120 columns.
+    for key in ["n", "o", "g", " "] {
         typed(&mut app, key);
         let message = app.message.clone().unwrap_or_default();
         assert!(
-            message.contains("does not compile, so it has no runs"),
+            message.contains("does not compile, so it has no runs: the Diagnostics panel"),
             "{key}: {message}"
         );
+        let status = rows(&draw(&app, 120, 35)).pop().unwrap();
+        assert!(
+            status.trim_end().ends_with("it reloads when saved"),
+            "{status}"
+        );
+        assert!(screen.contains("Diagnostics"), "{screen}");
     }
 }
 

@@ -441,12 +441,14 @@ impl App {
     }
 
     /// Says why a key about runs did nothing: the selected file has none (it does not compile).
+    /// The file's name rather than its path keeps it within 120 columns.
     pub(super) fn say_why_no_runs(&mut self) {
         if let Some(f) = self.file().filter(|f| f.compiled.is_none()) {
+            let name = f.path.file_name().unwrap_or(f.path.as_os_str());
             self.message = Some(format!(
-                "{} does not compile, so it has no runs: the Warnings panel shows where (enter \
-                 opens one); it reloads when saved",
-                f.path.display()
+                "{} does not compile, so it has no runs: the Diagnostics panel says why; it \
+                 reloads when saved",
+                name.to_string_lossy()
             ));
         }
     }
