@@ -19,7 +19,7 @@ use gradscope::optim::catalogue;
 use gradscope::optim::spec::OptimizerKind;
 use gradscope::optim::tricks::TrickKind;
 use gradscope::run::turns::Turns;
-use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
+use gradscope::tui::app::{Action, Answer, App, Focus, Msg, Popup, Tab};
 use gradscope::tui::session::Link;
 use gradscope::tui::{keys, layout, render};
 use ratatui::Terminal;
@@ -453,6 +453,44 @@ fn snapshot_tiny_terminals() {
     snapshot("tiny_40x12", &t);
 }
 
+/// On a terminal too narrow for every hint, the status line keeps `? help  q quit` (the last of
+/// the others go); with no room for the inspector, `g`, `G` and `F` open it over the panels.
+#[test]
+fn a_small_terminal_keeps_help_and_quit_in_the_footer_and_overlays_the_inspector() {
+    let (mut app, rx) = open(ROSENBROCK);
+    for w in [40, 60, 80, 100] {
+        let status = rows(&draw(&app, w, 24)).pop().unwrap();
+        assert!(
+            status.trim_end().ends_with("? help  q quit"),
+            "{w}: {status}"
+        );
+        assert!(
+            w < 60 || status.contains("space run/pause"),
+            "{w}: {status}"
+        );
+    }
+    let status = rows(&draw(&app, 160, 24)).pop().unwrap();
+    assert!(status.contains("o add  ? help  q quit"), "{status}");
+
+    app.handle(Msg::Resize(80, 24));
+    typed_settled(&mut app, &rx, "5n");
+    for (key, answer, shown) in [
+        ("g", Answer::Gradcheck, "gradcheck @5"),
+        ("F", Answer::LrFind, "lr range test @5"),
+        ("G", Answer::Formula, "as a formula @5"),
+    ] {
+        typed_settled(&mut app, &rx, key);
+        assert_eq!(app.popup, Some(Popup::Inspector(answer)), "{key}");
+        let screen = rows(&draw(&app, 80, 24)).join("\n");
+        assert!(screen.contains(shown), "{key}:\n{screen}");
+        press(&mut app, KeyCode::Esc);
+        assert_eq!(app.popup, None);
+    }
+    app.handle(Msg::Resize(120, 40));
+    typed_settled(&mut app, &rx, "g");
+    assert_eq!(app.popup, None, "the inspector's panel shows it");
+}
+
 /// Terminal sizes around every layout threshold (the 40x12 minimum, the warnings panel at 24
 /// rows, the left column's clamp, the inspector at 110 columns) and every tiny size.
 fn sizes() -> Vec<(u16, u16)> {
@@ -473,7 +511,7 @@ fn no_size_panics() {
     dir.copy("losses/norm_at_zero.toml", "a.toml");
     dir.copy("tests/malformed/unknown_function.toml", "b.toml");
     let c = KeyCode::Char;
-    let states: [(&str, &[KeyCode]); 7] = [
+    let states: [(&str, &[KeyCode]); 8] = [
         ("main", &[]),
         ("log, smoothing, per param", &[c('l'), c('s'), c('v')]),
         ("help", &[c('?')]),
@@ -481,9 +519,11 @@ fn no_size_panics() {
         ("edit spec", &[c('o'), KeyCode::Enter]),
         ("duplicate", &[c('d')]),
         ("broken file", &[c('j')]),
+        ("inspector overlay", &[c('g')]),
     ];
     for (what, keys) in states {
         let (mut app, rx) = open(dir.path());
+        app.handle(Msg::Resize(80, 24));
         typed_settled(&mut app, &rx, "3n");
         for k in keys {
             press(&mut app, *k);

@@ -218,6 +218,20 @@ pub enum Popup {
     /// The Hessian of run `run` (its spectrum and heat map, or its top eigenvalue for a large
     /// model), scrolled down by `scroll` lines.
     Hessian { run: RunId, scroll: u16 },
+    /// What the inspector answers a key with, over the panels where the terminal has no room
+    /// for its panel (scrolled by [`App::inspector_scroll`]).
+    Inspector(Answer),
+}
+
+/// The keys whose answer the inspector shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `g`
+    Gradcheck,
+    /// `F`
+    LrFind,
+    /// `G`
+    Formula,
 }
 
 /// Options of the duplicate dialog for a file: each variant, then each dtype.
@@ -733,7 +747,7 @@ impl App {
             Focus::Inspector => {
                 let areas = super::layout::layout(self, self.screen());
                 let visible = areas.inspector.map_or(0, |r| r.height.saturating_sub(2));
-                let len = super::render::inspector_len(self);
+                let len = super::render::inspector_len(self, None);
                 let most = len.saturating_sub(visible as usize) as i64;
                 self.inspector_scroll = (self.inspector_scroll.min(most as usize) as i64 + delta)
                     .clamp(0, most) as usize;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Position;
 
-use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
+use super::app::{Action, Answer, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
@@ -158,8 +158,14 @@ impl App {
                     self.message = Some("cleared the curves from before the edits".into());
                 }
             }
-            KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
-            KeyAction::LrFind => self.run_command(run, Command::LrFind),
+            KeyAction::Gradcheck => {
+                self.run_command(run, Command::Gradcheck);
+                self.overlay_inspector(run, Answer::Gradcheck);
+            }
+            KeyAction::LrFind => {
+                self.run_command(run, Command::LrFind);
+                self.overlay_inspector(run, Answer::LrFind);
+            }
             KeyAction::Sweep => {
                 if let Some(r) = self.session().and_then(|s| s.selected_run()) {
                     let form = super::sweep::default_form(r.info.optimizer.base.lr());
@@ -179,7 +185,10 @@ impl App {
                     self.command(Command::Hessian(id));
                 }
             }
-            KeyAction::Formula => self.next_formula(),
+            KeyAction::Formula => {
+                self.next_formula();
+                self.overlay_inspector(run, Answer::Formula);
+            }
             KeyAction::AddRun if self.session().is_some() => {
                 // Starts at the current chain's optimizer.
                 let kind = self.current_chain().base.kind();
@@ -259,7 +268,19 @@ impl App {
         self.focus = panels[(i + by).rem_euclid(panels.len() as isize) as usize];
     }
 
-    /// Sends the command `make` builds for the selected run, if there is one.
+    /// Shows the inspector's answer to a key over the panels, where the terminal has no room
+    /// for its panel (and there is a run to answer about).
+    fn overlay_inspector(&mut self, run: Option<RunId>, key: Answer) {
+        if run.is_some()
+            && super::layout::layout(self, self.screen())
+                .inspector
+                .is_none()
+        {
+            self.inspector_scroll = 0;
+            self.popup = Some(Popup::Inspector(key));
+        }
+    }
+
     /// `G`: the inspector's gradient formula moves on to the selected run's next param, and past
     /// the last to none; the worker writes it and looks for its first non-finite value.
     fn next_formula(&mut self) {
@@ -284,6 +305,7 @@ impl App {
         }
     }
 
+    /// Sends the command `make` builds for the selected run, if there is one.
     fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
         match run {
             Some(id) => self.command(make(id)),
@@ -347,6 +369,16 @@ impl App {
         }
         match popup {
             Popup::Warning(_) => self.popup = None,
+            Popup::Inspector(key) => match k.code {
+                KeyCode::Down | KeyCode::Char('j') => {
+                    let most = super::render::inspector_len(self, Some(key));
+                    self.inspector_scroll = (self.inspector_scroll + 1).min(most);
+                }
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.inspector_scroll = self.inspector_scroll.saturating_sub(1);
+                }
+                _ => self.popup = None,
+            },
             Popup::Hessian { run, scroll } => {
                 self.popup = match k.code {
                     KeyCode::Down | KeyCode::Char('j') => Some(Popup::Hessian {

@@ -54,7 +54,8 @@ pub fn render(f: &mut Frame, app: &App) {
     lists::tabs(f, app, a.tabs);
     centre(f, app, a.chart);
     if let Some(r) = a.inspector {
-        inspector::render(f, app, r);
+        let block = panel("Inspector", app.focus == super::app::Focus::Inspector);
+        inspector::render(f, app, r, inspector::lines(app), block);
     }
     if let Some(r) = a.warnings {
         warnings::render(f, app, r);
@@ -68,9 +69,13 @@ pub fn render(f: &mut Frame, app: &App) {
     }
 }
 
-/// Lines the inspector has for the selected run, to scroll it no further than its end.
-pub fn inspector_len(app: &App) -> usize {
-    inspector::lines(app).len()
+/// Lines the inspector has for the selected run (all, or its answer to a key), to scroll it no
+/// further than its end.
+pub fn inspector_len(app: &App, answer: Option<super::app::Answer>) -> usize {
+    match answer {
+        Some(key) => inspector::answer_lines(app, key).len(),
+        None => inspector::lines(app).len(),
+    }
 }
 
 /// A bordered panel, cyan when it has the focus.

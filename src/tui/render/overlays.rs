@@ -307,6 +307,16 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let inner = DIALOG_WIDTH.min(area.width).saturating_sub(2) as usize;
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
         Popup::Warning(n) => return warning(f, app, *n, area),
+        Popup::Inspector(key) => {
+            let lines = super::inspector::answer_lines(app, *key);
+            let height = (lines.len() as u16 + 2).min(area.height.saturating_sub(2));
+            let r = centered(area, crate::tui::layout::INSPECTOR_WIDTH, height);
+            f.render_widget(Clear, r);
+            let block = Block::bordered()
+                .title("Inspector (j/k; any key closes)")
+                .border_style(Style::new().fg(Color::Cyan));
+            return super::inspector::render(f, app, r, lines, block);
+        }
         Popup::Hessian { run, scroll } => {
             return super::hessian::render(f, app, *run, *scroll, area);
         }

@@ -49,10 +49,14 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
     }
     match &app.message {
         Some(m) => spans.push(Span::styled(m.clone(), Style::new().fg(Color::Yellow))),
-        None => spans.push(Span::styled(
-            keys::hints(),
-            Style::new().fg(Color::DarkGray),
-        )),
+        None => {
+            let used: usize = spans.iter().map(Span::width).sum();
+            let room = usize::from(area.width).saturating_sub(used);
+            spans.push(Span::styled(
+                keys::hints(room),
+                Style::new().fg(Color::DarkGray),
+            ))
+        }
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
