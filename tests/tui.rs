@@ -2743,6 +2743,41 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
     assert!(find(&t, inspector, "stopped: ").is_some());
 }
 
+/// A loss that halts at step 2: the log of a negative w, times 0, is NaN.
+const NAN_AT_STEP_2: &str = "name = \"NaN test\"\nloss = \"log(w) * 0 + (w + 1)^2\"\n[params]\nw = 0.5\n\
+                             [optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 50\n";
+
+/// An lr range test that cannot run says why in the inspector in full, wrapped to its width.
+#[test]
+fn an_lr_range_test_error_is_wrapped_in_the_inspector() {
+    let dir = Scratch::new("lrfind-error");
+    let (_, mut app, rx) = open_written(&dir, "l.toml", NAN_AT_STEP_2);
+    typed_settled(&mut app, &rx, "5nF");
+    let r = app.session().unwrap().selected_run().unwrap();
+    let why = r.lrfind.as_ref().unwrap().1.as_ref().unwrap_err().clone();
+    assert!(why.contains("the run halted at step 2: "), "{why}");
+    assert!(
+        why.chars().count() > 32,
+        "longer than the inspector is wide: {why}"
+    );
+    let t = draw(&app, 160, 45);
+    let inspector = areas(&app, 160, 45).inspector.unwrap();
+    let inside = inspector.x as usize + 1..inspector.right() as usize - 1;
+    let text: Vec<String> = rows(&t)
+        .iter()
+        .map(|r| {
+            r.chars().collect::<Vec<_>>()[inside.clone()]
+                .iter()
+                .collect::<String>()
+        })
+        .map(|r| r.trim().to_string())
+        .collect();
+    assert!(
+        text.join(" ").contains(&why),
+        "`{why}` not shown whole: {text:#?}"
+    );
+}
+
 /// The status line's step is the furthest of the runs still stepped: a variant removed by an
 /// edit leaves a gone run at its old step, which it does not count.
 #[test]

@@ -189,6 +189,21 @@ fn gradcheck_lines(
     lines.push(Line::styled(text, Style::new().fg(color)));
 }
 
+/// `text` wrapped at word boundaries to the inspector's width, `indent` spaces before its first
+/// line and two more before the others: nothing of it is cut off at the panel's edge.
+fn push_wrapped(lines: &mut Vec<Line<'static>>, text: &str, indent: usize, style: Style) {
+    let inner = usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2);
+    let chars: Vec<char> = text.chars().collect();
+    for (i, r) in super::warnings::wrap(text, inner - indent - 2)
+        .into_iter()
+        .enumerate()
+    {
+        let pad = if i == 0 { indent } else { indent + 2 };
+        let part: String = chars[r].iter().collect();
+        lines.push(Line::styled(format!("{:pad$}{part}", ""), style));
+    }
+}
+
 /// The lr range test from a step: its two suggestions, why it stopped, and the smoothed loss
 /// against log lr as a sparkline (what `gradscope lrfind` prints, in the panel's width).
 fn lrfind_lines(
@@ -204,7 +219,7 @@ fn lrfind_lines(
     let found = match found {
         Ok(f) => f,
         Err(why) => {
-            lines.push(Line::styled(why.clone(), Style::new().fg(Color::Red)));
+            push_wrapped(lines, why, 0, Style::new().fg(Color::Red));
             return;
         }
     };
@@ -272,33 +287,21 @@ fn curve_line(values: impl Iterator<Item = f64>, width: usize) -> String {
 /// A param's gradient as the program `gradscope grad` writes, each line wrapped to the panel,
 /// and where its first non-finite value is at the step it was looked at.
 fn formula_lines(lines: &mut Vec<Line<'static>>, step: u64, f: &Formula) {
-    let inner = usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2);
     lines.push(Line::from(""));
     lines.push(Line::styled(
         format!("∇{} as a formula @{step}", f.name),
         Style::new().bold(),
     ));
-    let mut wrapped = |text: &str, style: Style| {
-        let chars: Vec<char> = text.chars().collect();
-        for (i, r) in super::warnings::wrap(text, inner - 4)
-            .into_iter()
-            .enumerate()
-        {
-            let indent = if i == 0 { "  " } else { "    " };
-            let part: String = chars[r].iter().collect();
-            lines.push(Line::styled(format!("{indent}{part}"), style));
-        }
-    };
     match &f.lines {
         Ok(program) => {
             for l in program {
-                wrapped(l, Style::new());
+                push_wrapped(lines, l, 2, Style::new());
             }
         }
-        Err(why) => wrapped(why, Style::new().fg(Color::Yellow)),
+        Err(why) => push_wrapped(lines, why, 2, Style::new().fg(Color::Yellow)),
     }
     if let Some(place) = &f.nonfinite {
-        wrapped(&place.summary(), Style::new().fg(Color::Red));
+        push_wrapped(lines, &place.summary(), 2, Style::new().fg(Color::Red));
     }
 }
 
