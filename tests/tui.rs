@@ -2298,6 +2298,37 @@ fn g_checks_the_selected_runs_gradients() {
     );
 }
 
+/// `g` where the loss is NaN logs what `gradscope gradcheck` says: finite differences cannot
+/// check autograd there (not a disagreement with a relative error of 0).
+#[test]
+fn g_where_the_loss_is_nan_says_so_as_the_cli_does() {
+    let dir = Scratch::new("gradcheck-nan");
+    let (file, mut app, rx) = open_written(&dir, "nan.toml", NAN_AT_STEP_2);
+    typed_settled(&mut app, &rx, "5ng");
+    let s = app.session().unwrap();
+    assert_eq!(s.runs[0].halted.as_ref().map(|h| h.0), Some(2));
+    let logged: Vec<&str> = s
+        .warnings
+        .iter()
+        .filter(|w| w.text.starts_with("gradcheck"))
+        .map(|w| w.text.as_str())
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["gradcheck", file.to_str().unwrap(), "--at-step", "2"])
+        .output()
+        .expect("binary runs");
+    let cli = String::from_utf8_lossy(&out.stdout);
+    let why = "w fails: the loss is not finite here (NaN at the point";
+    assert!(cli.contains(why), "{cli}");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].starts_with(&format!("gradcheck: {why}")),
+        "{logged:?}"
+    );
+    let line = cli.lines().find(|l| l.contains(why)).unwrap().trim();
+    assert_eq!(logged[0], format!("gradcheck: {line}"));
+}
+
 #[test]
 fn without_a_terminal_the_tui_says_what_to_use_instead() {
     let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))

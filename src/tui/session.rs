@@ -11,7 +11,7 @@ use super::app::Msg;
 use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
-use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::compile::gradcheck::ParamCheck;
 use crate::compile::hessian::Hessian;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
@@ -364,18 +364,13 @@ impl Session {
             }
             Event::Checked(rid, step, checks) => {
                 if let Some(r) = live(&mut self.runs, rid) {
-                    for c in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
+                    for why in checks.iter().filter_map(ParamCheck::why_it_fails) {
                         push_new(
                             &mut self.warnings,
                             Warning {
                                 run: r.info.name.clone(),
                                 step,
-                                text: format!(
-                                    "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
-                                    c.name,
-                                    crate::format::fmt_num(c.max_rel),
-                                    c.worst
-                                ),
+                                text: format!("gradcheck: {why}"),
                                 diagnostic: None,
                             },
                         );
