@@ -358,6 +358,33 @@ fn snapshot_log_scale() {
     snapshot("log_scale", &t);
 }
 
+/// Smoothing on a log y axis: a loss that reaches exactly 0 (left out of a log axis) has an EMA
+/// that decays through f64 subnormals to 5e-324; the axis stays on the raw values rather than
+/// reach down to it.
+#[test]
+fn smoothing_on_a_log_axis_keeps_the_raw_values_lower_bound() {
+    let dir = Scratch::new("log-smooth");
+    let (_, mut app, rx) = open_written(
+        &dir,
+        "zero.toml",
+        "name = \"zero\"\nloss = \"w^2\"\n[params]\nw = 1.0\n[optimizer]\nname = \"sgd\"\n\
+         lr = 0.5\nsteps = 2000\n[[variants]]\nname = \"quarter\"\noptimizer = { lr = 0.25 }\n",
+    );
+    typed_settled(&mut app, &rx, "2000nls");
+    assert_eq!(app.smoothing, 0.6);
+    assert_eq!(app.session().unwrap().runs[0].history.core(1).loss, 0.0);
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    // No y label of three-digit exponent (4.9407e-324).
+    let tiny = screen
+        .match_indices("e-")
+        .any(|(i, _)| screen[i + 2..].chars().take(3).all(|c| c.is_ascii_digit()));
+    assert!(!tiny, "{screen}");
+    assert!(
+        screen.contains("smoothing 0.6") && screen.contains("(log y)"),
+        "{screen}"
+    );
+}
+
 /// `a` shows the last 500 steps, and the chart's title says so.
 #[test]
 fn the_last_steps_view_is_named_in_the_title() {
