@@ -762,6 +762,33 @@ fn finished_runs_say_so_play_on_and_a_reset_gives_their_steps_back() {
 }
 
 /// A run that halts again at the same step after a reset is logged once, not once a replay.
+/// When every run halted, playing on cannot move them: the status says they halted and where
+/// to look, rather than offer `space`.
+#[test]
+fn the_status_says_when_every_run_halted() {
+    let dir = Scratch::new("all-halted");
+    let (_, mut app, rx) = open_written(
+        &dir,
+        "h.toml",
+        "name = \"h\"\nloss = \"sum(log(w))\"\n[params]\nw = \"zeros(3)\"\n[optimizer]\n\
+         name = \"sgd\"\nlr = 0.1\nsteps = 10\n",
+    );
+    typed_settled(&mut app, &rx, "n");
+    assert!(
+        app.session()
+            .unwrap()
+            .runs
+            .iter()
+            .all(|r| r.halted.is_some())
+    );
+    let status = rows(&draw(&app, 160, 45)).pop().unwrap();
+    assert!(
+        status.starts_with(" step 0 · all runs halted (the Warnings panel says why"),
+        "{status}"
+    );
+    assert!(!status.contains("space plays on"), "{status}");
+}
+
 #[test]
 fn a_halt_replayed_after_a_reset_is_logged_once() {
     let (mut app, rx) = open("losses/f16_exp_overflow.toml");
