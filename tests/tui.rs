@@ -3157,6 +3157,35 @@ fn const_file(dir: &Scratch) -> PathBuf {
 }
 
 /// Replaces the open form's text with `text` and presses enter.
+/// Over one key the Sweep tab places points by value: on a descending sweep the first point is
+/// the rightmost, and the arrows move the cursor the way they point on screen.
+#[test]
+fn sweep_arrows_move_on_screen_over_a_descending_sweep() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "W");
+    submit_form(&mut app, "lr=logspace(1, 1e-3, 3)");
+    let lr = |app: &App| {
+        let view = app.session().unwrap().sweep.as_ref().unwrap();
+        view.axes[0].values[view.cursor]
+    };
+    assert_eq!(lr(&app), 1.0);
+    let moves = [
+        (KeyCode::Right, 1.0),
+        (KeyCode::Left, 0.0316),
+        (KeyCode::Left, 0.001),
+        (KeyCode::Right, 0.0316),
+    ];
+    for (key, want) in moves {
+        press(&mut app, key);
+        assert!(
+            (lr(&app) - want).abs() < 1e-3 * want,
+            "{key:?}: lr {}",
+            lr(&app)
+        );
+    }
+    finish_sweep(&mut app, &rx);
+}
+
 fn submit_form(app: &mut App, text: &str) {
     for _ in 0..80 {
         press(app, KeyCode::Backspace);

@@ -96,8 +96,8 @@ impl App {
             (0, -1)
         };
         match code {
-            KeyCode::Left => view.move_cursor(-1, 0),
-            KeyCode::Right => view.move_cursor(1, 0),
+            KeyCode::Left => view.move_cursor(-view.right(), 0),
+            KeyCode::Right => view.move_cursor(view.right(), 0),
             KeyCode::Up => view.move_cursor(-down.0, -down.1),
             KeyCode::Down => view.move_cursor(down.0, down.1),
             KeyCode::Enter => {
