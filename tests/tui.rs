@@ -789,6 +789,32 @@ fn the_status_says_when_every_run_halted() {
     assert!(!status.contains("space plays on"), "{status}");
 }
 
+/// `r` starts the log of a run over: its count of clipped steps went with its steps.
+#[test]
+fn a_reset_clears_the_warnings_of_the_steps_it_took_back() {
+    let (mut app, rx) = open("losses/spikes.toml");
+    typed_settled(&mut app, &rx, "300n");
+    let clipped = |app: &App| {
+        let s = app.session().unwrap();
+        s.warnings
+            .iter()
+            .filter(|w| w.text.ends_with("steps clipped"))
+            .map(|w| w.text.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(!clipped(&app).is_empty(), "no run clipped a step");
+    typed_settled(&mut app, &rx, "r");
+    assert!(app.session().unwrap().warnings.is_empty());
+    typed_settled(&mut app, &rx, "300n100b");
+    let runs = &app.session().unwrap().runs;
+    let counts: Vec<String> = runs
+        .iter()
+        .filter(|r| r.clipped > 0)
+        .map(|r| format!("{} steps clipped", r.clipped))
+        .collect();
+    assert_eq!(clipped(&app), counts, "a rewind recounts them");
+}
+
 #[test]
 fn a_halt_replayed_after_a_reset_is_logged_once() {
     let (mut app, rx) = open("losses/f16_exp_overflow.toml");
@@ -3184,6 +3210,59 @@ fn sweep_arrows_move_on_screen_over_a_descending_sweep() {
         );
     }
     finish_sweep(&mut app, &rx);
+}
+
+/// `S` starts empty with the current weight in its hint: typed digits are the weight, not
+/// digits after a prefilled `0`; enter on nothing keeps the weight.
+#[test]
+fn s_types_a_smoothing_weight_into_an_empty_field() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "s");
+    assert_eq!(app.smoothing, 0.6);
+    typed(&mut app, "S");
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(screen.contains("now 0.6 · enter sets it"), "{screen}");
+    typed(&mut app, "0.9");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!((app.smoothing, app.popup.is_none()), (0.9, true));
+    typed(&mut app, "S");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!((app.smoothing, app.popup.is_none()), (0.9, true));
+}
+
+/// The duplicate dialog moves as the other lists do: end, home, page keys.
+#[test]
+fn the_duplicate_dialog_takes_home_and_end() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "d");
+    let n = duplicate_count(&app);
+    press(&mut app, KeyCode::End);
+    assert_eq!(app.popup, Some(Popup::Duplicate { selected: n - 1 }));
+    press(&mut app, KeyCode::Home);
+    assert_eq!(app.popup, Some(Popup::Duplicate { selected: 0 }));
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(
+        app.popup,
+        Some(Popup::Duplicate {
+            selected: 10.min(n - 1)
+        })
+    );
+}
+
+fn duplicate_count(app: &App) -> usize {
+    gradscope::tui::app::duplicate_choices(app.file().unwrap().compiled.as_ref().unwrap()).len()
+}
+
+/// The help stays above the status bar wherever it is drawn, scrolled or not.
+#[test]
+fn the_help_leaves_the_status_bar_alone() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    for (w, h, scroll) in [(100, 30, 0), (80, 24, 0), (80, 24, 5), (160, 45, 0)] {
+        app.help_scroll = scroll;
+        let status = rows(&draw(&app, w, h)).pop().unwrap();
+        assert!(status.starts_with(" step 0 · paused"), "{w}x{h}: {status}");
+    }
 }
 
 fn submit_form(app: &mut App, text: &str) {

@@ -17,6 +17,21 @@ use crate::run::worker::{Command, Overrides, RunId};
 /// Entries `page up`/`page down` move in a long list.
 const PAGE: usize = 10;
 
+/// Where a list key moves a dialog's selection from `selected` in a list whose last entry is
+/// `last` (arrows, j/k, page up/down, home/end, g/G); None for any other key.
+fn moved(selected: usize, code: KeyCode, last: usize) -> Option<usize> {
+    let to = match code {
+        KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+        KeyCode::Down | KeyCode::Char('j') => selected + 1,
+        KeyCode::PageUp => selected.saturating_sub(PAGE),
+        KeyCode::PageDown => selected + PAGE,
+        KeyCode::Home | KeyCode::Char('g') => 0,
+        KeyCode::End | KeyCode::Char('G') => last,
+        _ => return None,
+    };
+    Some(to.min(last))
+}
+
 impl App {
     /// A key press: ctrl keys, then the open dialog or help, then a count digit, then the table.
     pub(super) fn key(&mut self, k: KeyEvent) -> Option<Action> {
@@ -221,9 +236,10 @@ impl App {
             KeyAction::Smoothing => {
                 self.set_smoothing(super::chart::next_smoothing(self.smoothing))
             }
+            // Empty, the current weight in its hint: a prefilled one took the typed digits after it.
             KeyAction::SetSmoothing => {
                 self.popup = Some(Popup::Smoothing {
-                    text: LineEdit::new(crate::format::fmt_short(self.smoothing)),
+                    text: LineEdit::new(""),
                     error: None,
                 })
             }
@@ -415,12 +431,6 @@ impl App {
                 let entries = self.catalogue();
                 let last = entries.len().saturating_sub(1);
                 let to = match k.code {
-                    KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
-                    KeyCode::Down | KeyCode::Char('j') => selected + 1,
-                    KeyCode::PageUp => selected.saturating_sub(PAGE),
-                    KeyCode::PageDown => selected + PAGE,
-                    KeyCode::Home | KeyCode::Char('g') => 0,
-                    KeyCode::End | KeyCode::Char('G') => last,
                     KeyCode::Enter => {
                         let current = self.current_chain();
                         let spec = entries.get(selected).map(|e| e.chosen(&current));
@@ -434,11 +444,9 @@ impl App {
                         });
                         return;
                     }
-                    _ => selected,
+                    code => moved(selected, code, last).unwrap_or(selected),
                 };
-                self.popup = Some(Popup::PickOptimizer {
-                    selected: to.min(last),
-                });
+                self.popup = Some(Popup::PickOptimizer { selected: to });
             }
             Popup::EditSpec { mut text, .. } => match k.code {
                 KeyCode::Enter => match self.parse_spec(text.text()) {
@@ -481,6 +489,7 @@ impl App {
                 }
             },
             Popup::Smoothing { mut text, .. } => match k.code {
+                KeyCode::Enter if text.text().trim().is_empty() => self.popup = None,
                 KeyCode::Enter => match text.text().trim().parse::<f64>() {
                     Ok(w) if (0.0..1.0).contains(&w) => {
                         self.set_smoothing(w);
@@ -506,16 +515,6 @@ impl App {
                     .map(duplicate_choices)
                     .unwrap_or_default();
                 match k.code {
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: selected.saturating_sub(1),
-                        });
-                    }
-                    KeyCode::Down | KeyCode::Char('j') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: (selected + 1).min(choices.len().saturating_sub(1)),
-                        });
-                    }
                     KeyCode::Enter => {
                         if let (Some((_, variant, dtype)), Some(run)) = (
                             choices.get(selected),
@@ -534,7 +533,12 @@ impl App {
                         }
                         self.popup = None;
                     }
-                    _ => {}
+                    code => {
+                        let last = choices.len().saturating_sub(1);
+                        if let Some(selected) = moved(selected, code, last) {
+                            self.popup = Some(Popup::Duplicate { selected });
+                        }
+                    }
                 }
             }
         }

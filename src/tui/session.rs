@@ -319,6 +319,19 @@ impl Session {
                     r.lr_set.retain(|&(k, _)| (k as usize) <= len);
                     r.clipped = r.history.count(flags::CLIPPED);
                     r.skipped = r.history.count(flags::SKIPPED);
+                    // The log forgets the steps rewound over: a reset run starts on a clean one.
+                    let name = &r.info.name;
+                    self.warnings
+                        .retain(|w| &w.run != name || w.step < len as u64);
+                    for (count, word) in [(r.clipped, "clipped"), (r.skipped, "skipped")] {
+                        if let Some(w) = self
+                            .warnings
+                            .iter_mut()
+                            .find(|w| &w.run == name && w.text.ends_with(word))
+                        {
+                            w.text = format!("{count} steps {word}");
+                        }
+                    }
                 }
             }
             Event::Halted(rid, step, reason, diagnostic) => {

@@ -65,7 +65,12 @@ pub fn render(f: &mut Frame, app: &App) {
         overlays::popup(f, app, p, area);
     }
     if app.show_help {
-        overlays::help(f, area, app.help_scroll);
+        // Above the status bar, which stays readable.
+        let above = Rect {
+            height: a.status.y.saturating_sub(area.y),
+            ..area
+        };
+        overlays::help(f, above, app.help_scroll);
     }
 }
 

@@ -341,7 +341,15 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
         ),
         Popup::Smoothing { text, error } => (
             "Smoothing weight (0 off, below 1, e.g. 0.9)",
-            field(text, error.as_deref(), "enter sets it · esc cancels", inner),
+            field(
+                text,
+                error.as_deref(),
+                &format!(
+                    "now {} · enter sets it · esc cancels",
+                    crate::format::fmt_short(app.smoothing)
+                ),
+                inner,
+            ),
             None,
         ),
         Popup::Duplicate { selected } => (
