@@ -781,12 +781,13 @@ fn the_status_says_when_every_run_halted() {
             .iter()
             .all(|r| r.halted.is_some())
     );
-    let status = rows(&draw(&app, 160, 45)).pop().unwrap();
+    let status = rows(&draw(&app, 80, 24)).pop().unwrap();
     assert!(
-        status.starts_with(" step 0 · all runs halted (the Warnings panel says why"),
+        status.starts_with(" step 0 · all runs halted (see Warnings; b/r rewind)"),
         "{status}"
     );
     assert!(!status.contains("space plays on"), "{status}");
+    assert!(status.trim_end().ends_with("? help  q quit"), "{status}");
 }
 
 /// `r` starts the log of a run over: its count of clipped steps went with its steps.

@@ -37,7 +37,7 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
         } else if !s.runs.is_empty() && s.runs.iter().all(|r| r.halted.is_some()) {
             // Playing on would not move them: say where to look instead.
             spans.push(Span::styled(
-                "all runs halted (the Warnings panel says why; b/r rewind)",
+                "all runs halted (see Warnings; b/r rewind)",
                 Style::new().fg(Color::Red),
             ));
         } else if !s.runs.is_empty() && s.runs.iter().all(RunView::done) {
