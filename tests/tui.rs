@@ -19,7 +19,7 @@ use gradscope::optim::catalogue;
 use gradscope::optim::spec::OptimizerKind;
 use gradscope::optim::tricks::TrickKind;
 use gradscope::run::turns::Turns;
-use gradscope::tui::app::{Action, App, Focus, Msg, Popup, Tab};
+use gradscope::tui::app::{Action, Answer, App, Focus, Msg, Popup, Tab};
 use gradscope::tui::session::Link;
 use gradscope::tui::{keys, layout, render};
 use ratatui::Terminal;
@@ -291,14 +291,21 @@ fn snapshot_broken_file_diagnostics() {
     assert!(screen.contains("unknown function `expp`"), "{screen}");
     assert!(screen.contains("✗ Unknown function"), "{screen}");
     snapshot("broken_file_diagnostics", &t);
-    // Keys about runs say why nothing happens.
-    for key in ["n", "o", "g"] {
+    // Keys about runs say why nothing happens, and where the errors are, in a status line
+    // that fits 120 columns.
+    for key in ["n", "o", "g", " "] {
         typed(&mut app, key);
         let message = app.message.clone().unwrap_or_default();
         assert!(
-            message.contains("does not compile, so it has no runs"),
+            message.contains("does not compile, so it has no runs: the Diagnostics panel"),
             "{key}: {message}"
         );
+        let status = rows(&draw(&app, 120, 35)).pop().unwrap();
+        assert!(
+            status.trim_end().ends_with("it reloads when saved"),
+            "{status}"
+        );
+        assert!(screen.contains("Diagnostics"), "{screen}");
     }
 }
 
@@ -349,6 +356,33 @@ fn snapshot_log_scale() {
     let t = draw(&app, 160, 45);
     assert!(rows(&t).join("\n").contains("(log y)"));
     snapshot("log_scale", &t);
+}
+
+/// Smoothing on a log y axis: a loss that reaches exactly 0 (left out of a log axis) has an EMA
+/// that decays through f64 subnormals to 5e-324; the axis stays on the raw values rather than
+/// reach down to it.
+#[test]
+fn smoothing_on_a_log_axis_keeps_the_raw_values_lower_bound() {
+    let dir = Scratch::new("log-smooth");
+    let (_, mut app, rx) = open_written(
+        &dir,
+        "zero.toml",
+        "name = \"zero\"\nloss = \"w^2\"\n[params]\nw = 1.0\n[optimizer]\nname = \"sgd\"\n\
+         lr = 0.5\nsteps = 2000\n[[variants]]\nname = \"quarter\"\noptimizer = { lr = 0.25 }\n",
+    );
+    typed_settled(&mut app, &rx, "2000nls");
+    assert_eq!(app.smoothing, 0.6);
+    assert_eq!(app.session().unwrap().runs[0].history.core(1).loss, 0.0);
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    // No y label of three-digit exponent (4.9407e-324).
+    let tiny = screen
+        .match_indices("e-")
+        .any(|(i, _)| screen[i + 2..].chars().take(3).all(|c| c.is_ascii_digit()));
+    assert!(!tiny, "{screen}");
+    assert!(
+        screen.contains("smoothing 0.6") && screen.contains("(log y)"),
+        "{screen}"
+    );
 }
 
 /// `a` shows the last 500 steps, and the chart's title says so.
@@ -446,6 +480,44 @@ fn snapshot_tiny_terminals() {
     snapshot("tiny_40x12", &t);
 }
 
+/// On a terminal too narrow for every hint, the status line keeps `? help  q quit` (the last of
+/// the others go); with no room for the inspector, `g`, `G` and `F` open it over the panels.
+#[test]
+fn a_small_terminal_keeps_help_and_quit_in_the_footer_and_overlays_the_inspector() {
+    let (mut app, rx) = open(ROSENBROCK);
+    for w in [40, 60, 80, 100] {
+        let status = rows(&draw(&app, w, 24)).pop().unwrap();
+        assert!(
+            status.trim_end().ends_with("? help  q quit"),
+            "{w}: {status}"
+        );
+        assert!(
+            w < 60 || status.contains("space run/pause"),
+            "{w}: {status}"
+        );
+    }
+    let status = rows(&draw(&app, 160, 24)).pop().unwrap();
+    assert!(status.contains("o add  ? help  q quit"), "{status}");
+
+    app.handle(Msg::Resize(80, 24));
+    typed_settled(&mut app, &rx, "5n");
+    for (key, answer, shown) in [
+        ("g", Answer::Gradcheck, "gradcheck @5"),
+        ("F", Answer::LrFind, "lr range test @5"),
+        ("G", Answer::Formula, "as a formula @5"),
+    ] {
+        typed_settled(&mut app, &rx, key);
+        assert_eq!(app.popup, Some(Popup::Inspector(answer)), "{key}");
+        let screen = rows(&draw(&app, 80, 24)).join("\n");
+        assert!(screen.contains(shown), "{key}:\n{screen}");
+        press(&mut app, KeyCode::Esc);
+        assert_eq!(app.popup, None);
+    }
+    app.handle(Msg::Resize(120, 40));
+    typed_settled(&mut app, &rx, "g");
+    assert_eq!(app.popup, None, "the inspector's panel shows it");
+}
+
 /// Terminal sizes around every layout threshold (the 40x12 minimum, the warnings panel at 24
 /// rows, the left column's clamp, the inspector at 110 columns) and every tiny size.
 fn sizes() -> Vec<(u16, u16)> {
@@ -466,7 +538,7 @@ fn no_size_panics() {
     dir.copy("losses/norm_at_zero.toml", "a.toml");
     dir.copy("tests/malformed/unknown_function.toml", "b.toml");
     let c = KeyCode::Char;
-    let states: [(&str, &[KeyCode]); 7] = [
+    let states: [(&str, &[KeyCode]); 8] = [
         ("main", &[]),
         ("log, smoothing, per param", &[c('l'), c('s'), c('v')]),
         ("help", &[c('?')]),
@@ -474,9 +546,11 @@ fn no_size_panics() {
         ("edit spec", &[c('o'), KeyCode::Enter]),
         ("duplicate", &[c('d')]),
         ("broken file", &[c('j')]),
+        ("inspector overlay", &[c('g')]),
     ];
     for (what, keys) in states {
         let (mut app, rx) = open(dir.path());
+        app.handle(Msg::Resize(80, 24));
         typed_settled(&mut app, &rx, "3n");
         for k in keys {
             press(&mut app, *k);
@@ -588,6 +662,58 @@ fn rewinding_takes_every_run_to_the_same_step_past_a_halted_one() {
     assert_eq!(history_lens(&app), vec![halted - 2; lens.len()]);
 }
 
+/// Handles messages until `done` holds (a minute at most).
+fn until(app: &mut App, rx: &Receiver<Msg>, what: &str, done: impl Fn(&App) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(app) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(100)) {
+            app.handle(m);
+        }
+    }
+}
+
+/// Counted steps under way are said in the status line, and a key that changes the runs ends
+/// them at once: `space` stops them (it was queued as a play for after 300,000 steps), `r`
+/// resets and `n` takes one step from where they stopped.
+#[test]
+fn a_key_ends_counted_steps_at_once() {
+    let (mut app, rx) = open(ROSENBROCK);
+    let under_way = |app: &App| {
+        let s = app.session().unwrap();
+        s.stepping.is_some() && s.runs.iter().all(|r| r.steps() >= 20)
+    };
+    typed(&mut app, "3000N");
+    until(&mut app, &rx, "the steps to be under way", under_way);
+    let status = rows(&draw(&app, 160, 45)).pop().unwrap();
+    assert!(status.contains("stepping to 300000…"), "{status}");
+    typed_settled(&mut app, &rx, " ");
+    let s = app.session().unwrap();
+    assert!(!s.playing && s.stepping.is_none());
+    let stopped = history_lens(&app);
+    assert!(stopped.iter().all(|&k| k < 300_000), "{stopped:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), stopped, "stopped means stopped");
+    assert!(rows(&draw(&app, 160, 45)).pop().unwrap().contains("paused"));
+
+    for (key, after) in [("r", 0), ("n", 1)] {
+        typed_settled(&mut app, &rx, "r");
+        typed(&mut app, "3000N");
+        until(&mut app, &rx, "the steps to be under way", under_way);
+        let at = history_lens(&app)[0];
+        typed_settled(&mut app, &rx, key);
+        let lens = history_lens(&app);
+        assert!(lens.iter().all(|&k| k < 300_000), "after {key}: {lens:?}");
+        if after == 0 {
+            assert_eq!(lens, vec![0; 4], "r resets at once");
+        } else {
+            assert!(lens[0] > at, "n steps on from where they stopped");
+        }
+        assert!(app.session().unwrap().stepping.is_none(), "after {key}");
+    }
+}
+
 /// Plays `app` until every run has taken its steps (or ten seconds pass).
 fn play_to_the_end(app: &mut App, rx: &Receiver<Msg>) {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -636,6 +762,60 @@ fn finished_runs_say_so_play_on_and_a_reset_gives_their_steps_back() {
 }
 
 /// A run that halts again at the same step after a reset is logged once, not once a replay.
+/// When every run halted, playing on cannot move them: the status says they halted and where
+/// to look, rather than offer `space`.
+#[test]
+fn the_status_says_when_every_run_halted() {
+    let dir = Scratch::new("all-halted");
+    let (_, mut app, rx) = open_written(
+        &dir,
+        "h.toml",
+        "name = \"h\"\nloss = \"sum(log(w))\"\n[params]\nw = \"zeros(3)\"\n[optimizer]\n\
+         name = \"sgd\"\nlr = 0.1\nsteps = 10\n",
+    );
+    typed_settled(&mut app, &rx, "n");
+    assert!(
+        app.session()
+            .unwrap()
+            .runs
+            .iter()
+            .all(|r| r.halted.is_some())
+    );
+    let status = rows(&draw(&app, 80, 24)).pop().unwrap();
+    assert!(
+        status.starts_with(" step 0 · all runs halted (see Warnings; b/r rewind)"),
+        "{status}"
+    );
+    assert!(!status.contains("space plays on"), "{status}");
+    assert!(status.trim_end().ends_with("? help  q quit"), "{status}");
+}
+
+/// `r` starts the log of a run over: its count of clipped steps went with its steps.
+#[test]
+fn a_reset_clears_the_warnings_of_the_steps_it_took_back() {
+    let (mut app, rx) = open("losses/spikes.toml");
+    typed_settled(&mut app, &rx, "300n");
+    let clipped = |app: &App| {
+        let s = app.session().unwrap();
+        s.warnings
+            .iter()
+            .filter(|w| w.text.ends_with("steps clipped"))
+            .map(|w| w.text.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(!clipped(&app).is_empty(), "no run clipped a step");
+    typed_settled(&mut app, &rx, "r");
+    assert!(app.session().unwrap().warnings.is_empty());
+    typed_settled(&mut app, &rx, "300n100b");
+    let runs = &app.session().unwrap().runs;
+    let counts: Vec<String> = runs
+        .iter()
+        .filter(|r| r.clipped > 0)
+        .map(|r| format!("{} steps clipped", r.clipped))
+        .collect();
+    assert_eq!(clipped(&app), counts, "a rewind recounts them");
+}
+
 #[test]
 fn a_halt_replayed_after_a_reset_is_logged_once() {
     let (mut app, rx) = open("losses/f16_exp_overflow.toml");
@@ -1553,10 +1733,17 @@ fn hot_reload_restarts_runs_and_keeps_the_last_good_version_when_broken() {
     typed_settled(&mut app, &rx, "5n");
     assert_eq!(history_lens(&app), vec![5; 4]);
 
-    // A change event for an unchanged file restarts nothing.
+    // A change event for an unchanged file restarts nothing; after `e`, the status says so.
     app.handle(Msg::FileChanged(file.clone()));
     app.settle(&rx);
     assert_eq!(history_lens(&app), vec![5; 4]);
+    app.handle(Msg::Edited(file.clone()));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![5; 4]);
+    assert_eq!(
+        app.message.as_deref(),
+        Some(format!("{} is unchanged: nothing restarted", file.display()).as_str())
+    );
 
     // A good edit: the runs restart from the new definition.
     let text = std::fs::read_to_string(&file).unwrap();
@@ -2038,12 +2225,13 @@ impl Drop for Tmux {
     }
 }
 
-/// The shell line run in the pane: the TUI, then whether the tty settings came back, the exit
-/// code, and a pause so the pane stays readable.
-fn pane_command() -> String {
+/// The shell line run in the pane: the TUI (in an environment that sets `env`, such as
+/// `EDITOR=ed`), then whether the tty settings came back, the exit code, and a pause so the pane
+/// stays readable.
+fn pane_command(env: &str) -> String {
     let bin = env!("CARGO_BIN_EXE_gradscope");
     format!(
-        "before=$(stty -g); '{bin}' {ROSENBROCK}; code=$?; \
+        "before=$(stty -g); {env} '{bin}' {ROSENBROCK}; code=$?; \
          if [ \"$before\" = \"$(stty -g)\" ]; then echo TTY=restored; else echo TTY=changed; fi; \
          echo EXIT=$code; sleep 30"
     )
@@ -2094,7 +2282,7 @@ fn assert_restored(t: &Tmux) {
 
 #[test]
 fn e2e_step_with_keys_then_quit_restores_the_terminal() {
-    let Some(t) = Tmux::start("quit", &pane_command()) else {
+    let Some(t) = Tmux::start("quit", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2107,7 +2295,7 @@ fn e2e_step_with_keys_then_quit_restores_the_terminal() {
 
 #[test]
 fn e2e_sigterm_restores_the_terminal() {
-    let Some(t) = Tmux::start("sigterm", &pane_command()) else {
+    let Some(t) = Tmux::start("sigterm", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2126,7 +2314,7 @@ fn e2e_sigterm_restores_the_terminal() {
 
 #[test]
 fn e2e_ctrl_c_restores_the_terminal() {
-    let Some(t) = Tmux::start("ctrlc", &pane_command()) else {
+    let Some(t) = Tmux::start("ctrlc", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2136,10 +2324,37 @@ fn e2e_ctrl_c_restores_the_terminal() {
     assert_restored(&t);
 }
 
+/// An editor that cannot be started is news in the status line: the TUI is back on screen and
+/// the session goes on.
+#[test]
+fn e2e_an_editor_that_cannot_start_keeps_the_session() {
+    let Some(t) = Tmux::start(
+        "noeditor",
+        &pane_command("env -u VISUAL EDITOR=nonexistent-ed"),
+    ) else {
+        return;
+    };
+    wait_for_tui(&t);
+    t.keys(&["5", "n"]);
+    t.wait_for("step 5", |s| s.contains(" step 5 · paused"));
+    t.keys(&["e"]);
+    let screen = t.wait_for("the status", |s| {
+        s.contains("could not start `nonexistent-ed`")
+    });
+    assert!(
+        screen.contains(" step 5 · paused") && screen.contains("Runs"),
+        "{screen}"
+    );
+    t.keys(&["n"]);
+    t.wait_for("step 6", |s| s.contains(" step 6 · paused"));
+    t.keys(&["q"]);
+    assert_restored(&t);
+}
+
 /// Quitting while a long step command runs returns promptly.
 #[test]
 fn e2e_quit_during_a_long_step_is_prompt() {
-    let Some(t) = Tmux::start("longstep", &pane_command()) else {
+    let Some(t) = Tmux::start("longstep", &pane_command("")) else {
         return;
     };
     wait_for_tui(&t);
@@ -2162,6 +2377,37 @@ fn g_checks_the_selected_runs_gradients() {
             .iter()
             .all(|c| c.verdict == gradscope::compile::gradcheck::Verdict::Pass)
     );
+}
+
+/// `g` where the loss is NaN logs what `gradscope gradcheck` says: finite differences cannot
+/// check autograd there (not a disagreement with a relative error of 0).
+#[test]
+fn g_where_the_loss_is_nan_says_so_as_the_cli_does() {
+    let dir = Scratch::new("gradcheck-nan");
+    let (file, mut app, rx) = open_written(&dir, "nan.toml", NAN_AT_STEP_2);
+    typed_settled(&mut app, &rx, "5ng");
+    let s = app.session().unwrap();
+    assert_eq!(s.runs[0].halted.as_ref().map(|h| h.0), Some(2));
+    let logged: Vec<&str> = s
+        .warnings
+        .iter()
+        .filter(|w| w.text.starts_with("gradcheck"))
+        .map(|w| w.text.as_str())
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["gradcheck", file.to_str().unwrap(), "--at-step", "2"])
+        .output()
+        .expect("binary runs");
+    let cli = String::from_utf8_lossy(&out.stdout);
+    let why = "w fails: the loss is not finite here (NaN at the point";
+    assert!(cli.contains(why), "{cli}");
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].starts_with(&format!("gradcheck: {why}")),
+        "{logged:?}"
+    );
+    let line = cli.lines().find(|l| l.contains(why)).unwrap().trim();
+    assert_eq!(logged[0], format!("gradcheck: {line}"));
 }
 
 #[test]
@@ -2609,6 +2855,41 @@ fn f_runs_the_lr_range_test_on_a_copy_and_the_inspector_shows_its_suggestions() 
     assert!(find(&t, inspector, "stopped: ").is_some());
 }
 
+/// A loss that halts at step 2: the log of a negative w, times 0, is NaN.
+const NAN_AT_STEP_2: &str = "name = \"NaN test\"\nloss = \"log(w) * 0 + (w + 1)^2\"\n[params]\nw = 0.5\n\
+                             [optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 50\n";
+
+/// An lr range test that cannot run says why in the inspector in full, wrapped to its width.
+#[test]
+fn an_lr_range_test_error_is_wrapped_in_the_inspector() {
+    let dir = Scratch::new("lrfind-error");
+    let (_, mut app, rx) = open_written(&dir, "l.toml", NAN_AT_STEP_2);
+    typed_settled(&mut app, &rx, "5nF");
+    let r = app.session().unwrap().selected_run().unwrap();
+    let why = r.lrfind.as_ref().unwrap().1.as_ref().unwrap_err().clone();
+    assert!(why.contains("the run halted at step 2: "), "{why}");
+    assert!(
+        why.chars().count() > 32,
+        "longer than the inspector is wide: {why}"
+    );
+    let t = draw(&app, 160, 45);
+    let inspector = areas(&app, 160, 45).inspector.unwrap();
+    let inside = inspector.x as usize + 1..inspector.right() as usize - 1;
+    let text: Vec<String> = rows(&t)
+        .iter()
+        .map(|r| {
+            r.chars().collect::<Vec<_>>()[inside.clone()]
+                .iter()
+                .collect::<String>()
+        })
+        .map(|r| r.trim().to_string())
+        .collect();
+    assert!(
+        text.join(" ").contains(&why),
+        "`{why}` not shown whole: {text:#?}"
+    );
+}
+
 /// The status line's step is the furthest of the runs still stepped: a variant removed by an
 /// edit leaves a gone run at its old step, which it does not count.
 #[test]
@@ -2903,6 +3184,88 @@ fn const_file(dir: &Scratch) -> PathBuf {
 }
 
 /// Replaces the open form's text with `text` and presses enter.
+/// Over one key the Sweep tab places points by value: on a descending sweep the first point is
+/// the rightmost, and the arrows move the cursor the way they point on screen.
+#[test]
+fn sweep_arrows_move_on_screen_over_a_descending_sweep() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "W");
+    submit_form(&mut app, "lr=logspace(1, 1e-3, 3)");
+    let lr = |app: &App| {
+        let view = app.session().unwrap().sweep.as_ref().unwrap();
+        view.axes[0].values[view.cursor]
+    };
+    assert_eq!(lr(&app), 1.0);
+    let moves = [
+        (KeyCode::Right, 1.0),
+        (KeyCode::Left, 0.0316),
+        (KeyCode::Left, 0.001),
+        (KeyCode::Right, 0.0316),
+    ];
+    for (key, want) in moves {
+        press(&mut app, key);
+        assert!(
+            (lr(&app) - want).abs() < 1e-3 * want,
+            "{key:?}: lr {}",
+            lr(&app)
+        );
+    }
+    finish_sweep(&mut app, &rx);
+}
+
+/// `S` starts empty with the current weight in its hint: typed digits are the weight, not
+/// digits after a prefilled `0`; enter on nothing keeps the weight.
+#[test]
+fn s_types_a_smoothing_weight_into_an_empty_field() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "s");
+    assert_eq!(app.smoothing, 0.6);
+    typed(&mut app, "S");
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(screen.contains("now 0.6 · enter sets it"), "{screen}");
+    typed(&mut app, "0.9");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!((app.smoothing, app.popup.is_none()), (0.9, true));
+    typed(&mut app, "S");
+    press(&mut app, KeyCode::Enter);
+    assert_eq!((app.smoothing, app.popup.is_none()), (0.9, true));
+}
+
+/// The duplicate dialog moves as the other lists do: end, home, page keys.
+#[test]
+fn the_duplicate_dialog_takes_home_and_end() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "d");
+    let n = duplicate_count(&app);
+    press(&mut app, KeyCode::End);
+    assert_eq!(app.popup, Some(Popup::Duplicate { selected: n - 1 }));
+    press(&mut app, KeyCode::Home);
+    assert_eq!(app.popup, Some(Popup::Duplicate { selected: 0 }));
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(
+        app.popup,
+        Some(Popup::Duplicate {
+            selected: 10.min(n - 1)
+        })
+    );
+}
+
+fn duplicate_count(app: &App) -> usize {
+    gradscope::tui::app::duplicate_choices(app.file().unwrap().compiled.as_ref().unwrap()).len()
+}
+
+/// The help stays above the status bar wherever it is drawn, scrolled or not.
+#[test]
+fn the_help_leaves_the_status_bar_alone() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    for (w, h, scroll) in [(100, 30, 0), (80, 24, 0), (80, 24, 5), (160, 45, 0)] {
+        app.help_scroll = scroll;
+        let status = rows(&draw(&app, w, h)).pop().unwrap();
+        assert!(status.starts_with(" step 0 · paused"), "{w}x{h}: {status}");
+    }
+}
+
 fn submit_form(app: &mut App, text: &str) {
     for _ in 0..80 {
         press(app, KeyCode::Backspace);
@@ -2913,16 +3276,9 @@ fn submit_form(app: &mut App, text: &str) {
 
 /// Handles messages until the sweep has ended (a minute at most).
 fn finish_sweep(app: &mut App, rx: &Receiver<Msg>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while app.session().unwrap().sweep.as_ref().unwrap().running {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweep never ended"
-        );
-        if let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
-            app.handle(m);
-        }
-    }
+    until(app, rx, "the sweep to end", |app| {
+        !app.session().unwrap().sweep.as_ref().unwrap().running
+    });
 }
 
 /// The loss of definition 0 of `file` with `consts` set, stepped alone `steps` times with

@@ -150,14 +150,8 @@ pub fn gradcheck_command(
                         format!("{:?}", c.worst),
                         c.kinks
                     )?;
-                    if let (Verdict::Fail, Some(why)) = (c.verdict, &c.failure) {
-                        let at: Vec<String> = c.worst.iter().map(usize::to_string).collect();
-                        match at.is_empty() {
-                            true => writeln!(out, "    {} fails: {why}", c.name)?,
-                            false => {
-                                writeln!(out, "    {}[{}] fails: {why}", c.name, at.join(", "))?
-                            }
-                        }
+                    if let Some(why) = c.why_it_fails() {
+                        writeln!(out, "    {why}")?;
                     }
                 }
             }

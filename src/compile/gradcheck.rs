@@ -53,6 +53,22 @@ pub struct ParamCheck {
     pub failure: Option<String>,
 }
 
+impl ParamCheck {
+    /// Why it fails, naming the element (`w[1, 2] fails: …`): the one wording `gradcheck` prints
+    /// and the TUI logs. None unless it fails.
+    pub fn why_it_fails(&self) -> Option<String> {
+        let why = self
+            .failure
+            .as_ref()
+            .filter(|_| self.verdict == Verdict::Fail)?;
+        let at: Vec<String> = self.worst.iter().map(usize::to_string).collect();
+        Some(match at.is_empty() {
+            true => format!("{} fails: {why}", self.name),
+            false => format!("{}[{}] fails: {why}", self.name, at.join(", ")),
+        })
+    }
+}
+
 fn internal(e: candle_core::Error) -> Diagnostic {
     Diagnostic::error(format!("gradient check failed to evaluate: {e}"))
 }

@@ -37,6 +37,9 @@ pub enum Command {
     Pause,
     /// Step every run `n` times (paused or not).
     Step(u64),
+    /// Ends the steps of [`Command::Step`] where they are, and drops the commands queued behind
+    /// them (as [`Command::Pause`] does): handled as it arrives, not after those steps.
+    Interrupt,
     /// Back to the initial params.
     Reset,
     /// Rewind every run by `n` steps.
@@ -234,6 +237,8 @@ pub enum Event {
     /// A run's learning-rate multiplier changed, taking effect at this step.
     LrScale(RunId, f64, u64),
     Playing(bool),
+    /// The steps of [`Command::Step`] are heading for this step (the furthest run's), or ended.
+    Stepping(Option<u64>),
     Failed(String),
     /// A gradient check of a run at a step.
     Checked(RunId, u64, Vec<ParamCheck>),
@@ -500,7 +505,7 @@ impl Worker {
     }
 
     /// Starts the runs of `plan`, then serves commands until shutdown. Commands are read between
-    /// steps, so a long `1000000N` never blocks pause or quit; others that arrive during manual
+    /// steps, so a long `1000000N` never blocks pause, an interrupt or quit; others that arrive during manual
     /// stepping wait their turn, so `120n40b` means what it says. A panic (a bug) while starting
     /// or stepping becomes [`Event::Failed`] with its message, the runs pause, and the worker
     /// serves on: the UI and the other files never go down with it.
@@ -537,9 +542,9 @@ impl Worker {
             };
             match command {
                 Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(Command::Pause) => {
+                Ok(c @ (Command::Pause | Command::Interrupt)) => {
                     queue.retain(|c| matches!(c, Command::Ping(_) | Command::SaveParams { .. }));
-                    self.handle(Command::Pause);
+                    self.handle(c);
                 }
                 Ok(c) => queue.push_back(c),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -576,9 +581,7 @@ impl Worker {
             self.send(Event::Playing(false));
         }
         if !self.stepping() {
-            for s in &mut self.slots {
-                s.target = None;
-            }
+            self.end_stepping();
         }
         let due = last_report.elapsed() >= REPORT_EVERY && self.delivered();
         if any && due {
@@ -637,10 +640,12 @@ impl Worker {
             }
             Command::Pause => {
                 self.playing = false;
-                for s in &mut self.slots {
-                    s.target = None;
-                }
+                self.end_stepping();
                 self.send(Event::Playing(false));
+                self.report();
+            }
+            Command::Interrupt => {
+                self.end_stepping();
                 self.report();
             }
             Command::Step(n) => {
@@ -653,6 +658,8 @@ impl Worker {
                         self.set_steps(id, target);
                     }
                 }
+                let furthest = self.slots.iter().filter_map(|s| s.target).max();
+                self.send(Event::Stepping(furthest));
             }
             Command::Reset => {
                 for i in 0..self.slots.len() {
@@ -754,6 +761,17 @@ impl Worker {
                 self.send(Event::Pong(n));
             }
             Command::Shutdown => {}
+        }
+    }
+
+    /// Drops the targets of [`Command::Step`], and tells the UI when there were any.
+    fn end_stepping(&mut self) {
+        let mut ended = false;
+        for s in &mut self.slots {
+            ended |= s.target.take().is_some();
+        }
+        if ended {
+            self.send(Event::Stepping(None));
         }
     }
 

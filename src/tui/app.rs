@@ -34,6 +34,8 @@ pub enum Msg {
     Tick,
     /// A file under the watched directory changed, appeared or disappeared.
     FileChanged(PathBuf),
+    /// The editor `e` started on this file has exited: it loads again.
+    Edited(PathBuf),
     Resize(u16, u16),
     /// The loss files found under the root, each read and compiled, and the folder they
     /// are grouped relative to.
@@ -216,6 +218,20 @@ pub enum Popup {
     /// The Hessian of run `run` (its spectrum and heat map, or its top eigenvalue for a large
     /// model), scrolled down by `scroll` lines.
     Hessian { run: RunId, scroll: u16 },
+    /// What the inspector answers a key with, over the panels where the terminal has no room
+    /// for its panel (scrolled by [`App::inspector_scroll`]).
+    Inspector(Answer),
+}
+
+/// The keys whose answer the inspector shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `g`
+    Gradcheck,
+    /// `F`
+    LrFind,
+    /// `G`
+    Formula,
 }
 
 /// Options of the duplicate dialog for a file: each variant, then each dtype.
@@ -423,21 +439,30 @@ impl App {
         }
     }
 
-    /// Sends a command to the selected file's worker.
+    /// Sends a command to the selected file's worker. While it takes counted steps (the rest of
+    /// a `3000N`), the command ends them first: it acts now, not once they are done; a ping
+    /// (waiting for the worker) leaves them be.
     pub fn command(&mut self, c: Command) {
-        match self.session() {
-            Some(s) => s.send(c),
+        match self.session_mut() {
+            Some(s) => {
+                if !matches!(c, Command::Ping(_)) && s.stepping.take().is_some() {
+                    s.send(Command::Interrupt);
+                }
+                s.send(c)
+            }
             None => self.say_why_no_runs(),
         }
     }
 
     /// Says why a key about runs did nothing: the selected file has none (it does not compile).
+    /// The file's name rather than its path keeps it within 120 columns.
     pub(super) fn say_why_no_runs(&mut self) {
         if let Some(f) = self.file().filter(|f| f.compiled.is_none()) {
+            let name = f.path.file_name().unwrap_or(f.path.as_os_str());
             self.message = Some(format!(
-                "{} does not compile, so it has no runs: the Warnings panel shows where (enter \
-                 opens one); it reloads when saved",
-                f.path.display()
+                "{} does not compile, so it has no runs: the Diagnostics panel says why; it \
+                 reloads when saved",
+                name.to_string_lossy()
             ));
         }
     }
@@ -499,6 +524,12 @@ impl App {
                 None
             }
             Msg::FileChanged(p) => self.changed(&p),
+            Msg::Edited(p) => {
+                // Any change the reload finds says so in its place; an unchanged file says
+                // nothing there, and `e` must not look ignored.
+                self.message = Some(format!("{} is unchanged: nothing restarted", p.display()));
+                self.changed(&p)
+            }
             Msg::Resize(w, h) => {
                 self.size = (w, h);
                 None
@@ -676,6 +707,8 @@ impl App {
                 restarted.runs,
                 if restarted.runs == 1 { "" } else { "s" }
             ));
+        } else {
+            self.message = Some(format!("reloaded {}", f.path.display()));
         }
         f.compiled = Some(new);
     }
@@ -714,7 +747,7 @@ impl App {
             Focus::Inspector => {
                 let areas = super::layout::layout(self, self.screen());
                 let visible = areas.inspector.map_or(0, |r| r.height.saturating_sub(2));
-                let len = super::render::inspector_len(self);
+                let len = super::render::inspector_len(self, None);
                 let most = len.saturating_sub(visible as usize) as i64;
                 self.inspector_scroll = (self.inspector_scroll.min(most as usize) as i64 + delta)
                     .clamp(0, most) as usize;

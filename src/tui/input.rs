@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crossterm::event::{KeyCode, KeyEvent, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Position;
 
-use super::app::{Action, App, Focus, Io, Popup, Tab, duplicate_choices};
+use super::app::{Action, Answer, App, Focus, Io, Popup, Tab, duplicate_choices};
 use super::keys::{self, KeyAction};
 use super::line_edit::LineEdit;
 use crate::landscape::PlaneKind;
@@ -16,6 +16,21 @@ use crate::run::worker::{Command, Overrides, RunId};
 
 /// Entries `page up`/`page down` move in a long list.
 const PAGE: usize = 10;
+
+/// Where a list key moves a dialog's selection from `selected` in a list whose last entry is
+/// `last` (arrows, j/k, page up/down, home/end, g/G); None for any other key.
+fn moved(selected: usize, code: KeyCode, last: usize) -> Option<usize> {
+    let to = match code {
+        KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
+        KeyCode::Down | KeyCode::Char('j') => selected + 1,
+        KeyCode::PageUp => selected.saturating_sub(PAGE),
+        KeyCode::PageDown => selected + PAGE,
+        KeyCode::Home | KeyCode::Char('g') => 0,
+        KeyCode::End | KeyCode::Char('G') => last,
+        _ => return None,
+    };
+    Some(to.min(last))
+}
 
 impl App {
     /// A key press: ctrl keys, then the open dialog or help, then a count digit, then the table.
@@ -96,8 +111,8 @@ impl App {
             (0, -1)
         };
         match code {
-            KeyCode::Left => view.move_cursor(-1, 0),
-            KeyCode::Right => view.move_cursor(1, 0),
+            KeyCode::Left => view.move_cursor(-view.right(), 0),
+            KeyCode::Right => view.move_cursor(view.right(), 0),
             KeyCode::Up => view.move_cursor(-down.0, -down.1),
             KeyCode::Down => view.move_cursor(down.0, down.1),
             KeyCode::Enter => {
@@ -130,8 +145,11 @@ impl App {
             KeyAction::Quit => return Some(Action::Quit),
             KeyAction::Help => (self.show_help, self.help_scroll) = (true, 0),
             KeyAction::PlayPause => {
-                let playing = self.session().is_some_and(|s| s.playing);
-                self.command(if playing {
+                // Counted steps under way are stopped as playing is.
+                let moving = self
+                    .session()
+                    .is_some_and(|s| s.playing || s.stepping.is_some());
+                self.command(if moving {
                     Command::Pause
                 } else {
                     Command::Play
@@ -155,8 +173,14 @@ impl App {
                     self.message = Some("cleared the curves from before the edits".into());
                 }
             }
-            KeyAction::Gradcheck => self.run_command(run, Command::Gradcheck),
-            KeyAction::LrFind => self.run_command(run, Command::LrFind),
+            KeyAction::Gradcheck => {
+                self.run_command(run, Command::Gradcheck);
+                self.overlay_inspector(run, Answer::Gradcheck);
+            }
+            KeyAction::LrFind => {
+                self.run_command(run, Command::LrFind);
+                self.overlay_inspector(run, Answer::LrFind);
+            }
             KeyAction::Sweep => {
                 if let Some(r) = self.session().and_then(|s| s.selected_run()) {
                     let form = super::sweep::default_form(r.info.optimizer.base.lr());
@@ -176,7 +200,10 @@ impl App {
                     self.command(Command::Hessian(id));
                 }
             }
-            KeyAction::Formula => self.next_formula(),
+            KeyAction::Formula => {
+                self.next_formula();
+                self.overlay_inspector(run, Answer::Formula);
+            }
             KeyAction::AddRun if self.session().is_some() => {
                 // Starts at the current chain's optimizer.
                 let kind = self.current_chain().base.kind();
@@ -209,9 +236,10 @@ impl App {
             KeyAction::Smoothing => {
                 self.set_smoothing(super::chart::next_smoothing(self.smoothing))
             }
+            // Empty, the current weight in its hint: a prefilled one took the typed digits after it.
             KeyAction::SetSmoothing => {
                 self.popup = Some(Popup::Smoothing {
-                    text: LineEdit::new(crate::format::fmt_short(self.smoothing)),
+                    text: LineEdit::new(""),
                     error: None,
                 })
             }
@@ -256,7 +284,19 @@ impl App {
         self.focus = panels[(i + by).rem_euclid(panels.len() as isize) as usize];
     }
 
-    /// Sends the command `make` builds for the selected run, if there is one.
+    /// Shows the inspector's answer to a key over the panels, where the terminal has no room
+    /// for its panel (and there is a run to answer about).
+    fn overlay_inspector(&mut self, run: Option<RunId>, key: Answer) {
+        if run.is_some()
+            && super::layout::layout(self, self.screen())
+                .inspector
+                .is_none()
+        {
+            self.inspector_scroll = 0;
+            self.popup = Some(Popup::Inspector(key));
+        }
+    }
+
     /// `G`: the inspector's gradient formula moves on to the selected run's next param, and past
     /// the last to none; the worker writes it and looks for its first non-finite value.
     fn next_formula(&mut self) {
@@ -281,6 +321,7 @@ impl App {
         }
     }
 
+    /// Sends the command `make` builds for the selected run, if there is one.
     fn run_command(&mut self, run: Option<RunId>, make: impl FnOnce(RunId) -> Command) {
         match run {
             Some(id) => self.command(make(id)),
@@ -344,6 +385,16 @@ impl App {
         }
         match popup {
             Popup::Warning(_) => self.popup = None,
+            Popup::Inspector(key) => match k.code {
+                KeyCode::Down | KeyCode::Char('j') => {
+                    let most = super::render::inspector_len(self, Some(key));
+                    self.inspector_scroll = (self.inspector_scroll + 1).min(most);
+                }
+                KeyCode::Up | KeyCode::Char('k') => {
+                    self.inspector_scroll = self.inspector_scroll.saturating_sub(1);
+                }
+                _ => self.popup = None,
+            },
             Popup::Hessian { run, scroll } => {
                 self.popup = match k.code {
                     KeyCode::Down | KeyCode::Char('j') => Some(Popup::Hessian {
@@ -380,12 +431,6 @@ impl App {
                 let entries = self.catalogue();
                 let last = entries.len().saturating_sub(1);
                 let to = match k.code {
-                    KeyCode::Up | KeyCode::Char('k') => selected.saturating_sub(1),
-                    KeyCode::Down | KeyCode::Char('j') => selected + 1,
-                    KeyCode::PageUp => selected.saturating_sub(PAGE),
-                    KeyCode::PageDown => selected + PAGE,
-                    KeyCode::Home | KeyCode::Char('g') => 0,
-                    KeyCode::End | KeyCode::Char('G') => last,
                     KeyCode::Enter => {
                         let current = self.current_chain();
                         let spec = entries.get(selected).map(|e| e.chosen(&current));
@@ -399,11 +444,9 @@ impl App {
                         });
                         return;
                     }
-                    _ => selected,
+                    code => moved(selected, code, last).unwrap_or(selected),
                 };
-                self.popup = Some(Popup::PickOptimizer {
-                    selected: to.min(last),
-                });
+                self.popup = Some(Popup::PickOptimizer { selected: to });
             }
             Popup::EditSpec { mut text, .. } => match k.code {
                 KeyCode::Enter => match self.parse_spec(text.text()) {
@@ -446,6 +489,7 @@ impl App {
                 }
             },
             Popup::Smoothing { mut text, .. } => match k.code {
+                KeyCode::Enter if text.text().trim().is_empty() => self.popup = None,
                 KeyCode::Enter => match text.text().trim().parse::<f64>() {
                     Ok(w) if (0.0..1.0).contains(&w) => {
                         self.set_smoothing(w);
@@ -471,16 +515,6 @@ impl App {
                     .map(duplicate_choices)
                     .unwrap_or_default();
                 match k.code {
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: selected.saturating_sub(1),
-                        });
-                    }
-                    KeyCode::Down | KeyCode::Char('j') => {
-                        self.popup = Some(Popup::Duplicate {
-                            selected: (selected + 1).min(choices.len().saturating_sub(1)),
-                        });
-                    }
                     KeyCode::Enter => {
                         if let (Some((_, variant, dtype)), Some(run)) = (
                             choices.get(selected),
@@ -499,7 +533,12 @@ impl App {
                         }
                         self.popup = None;
                     }
-                    _ => {}
+                    code => {
+                        let last = choices.len().saturating_sub(1);
+                        if let Some(selected) = moved(selected, code, last) {
+                            self.popup = Some(Popup::Duplicate { selected });
+                        }
+                    }
                 }
             }
         }

@@ -345,11 +345,27 @@ fn find(key: Key) -> Option<KeyAction> {
         .map(|b| b.action)
 }
 
-/// The status bar's reminder: `space run/pause  n step  …`, from the bindings with a hint.
-pub fn hints() -> String {
-    BINDINGS
+/// The status bar's reminder in at most `width` columns: `space run/pause  n step  …  ? help
+/// q quit`, from the bindings with a hint. Where they do not all fit, the last of the others go
+/// first: help and quit are what a new user must find.
+pub fn hints(width: usize) -> String {
+    let mut hints: Vec<(KeyAction, String)> = BINDINGS
         .iter()
-        .filter_map(|b| Some(format!("{} {}", b.keys[0].label(), b.hint?)))
-        .collect::<Vec<_>>()
-        .join("  ")
+        .filter_map(|b| Some((b.action, format!("{} {}", b.keys[0].label(), b.hint?))))
+        .collect();
+    let join = |hints: &[(KeyAction, String)]| {
+        hints
+            .iter()
+            .map(|(_, h)| h.as_str())
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    while join(&hints).chars().count() > width
+        && let Some(i) = hints
+            .iter()
+            .rposition(|(a, _)| !matches!(a, KeyAction::Help | KeyAction::Quit))
+    {
+        hints.remove(i);
+    }
+    join(&hints)
 }

@@ -162,8 +162,8 @@ fn event_loop(
         match events.frame(&mut app, terminal, &mut TerminalInput)?.action {
             Some(Action::Quit) => break,
             Some(Action::Edit(file)) => {
-                edit(terminal, &file)?;
-                app.handle(Msg::FileChanged(file));
+                let edited = edit(terminal, &file)?;
+                app.handle(edited);
             }
             Some(Action::Io(_)) | None => {}
         }
@@ -326,8 +326,9 @@ fn as_typed(p: &Path, watched: &[(PathBuf, PathBuf)]) -> PathBuf {
         .unwrap_or_else(|| p.to_path_buf())
 }
 
-/// Suspends the TUI, runs `$EDITOR` on `file`, and resumes.
-fn edit(terminal: &mut ratatui::DefaultTerminal, file: &Path) -> anyhow::Result<()> {
+/// Suspends the TUI, runs `$EDITOR` on `file`, and resumes; what came of it is a message for the
+/// app: an editor that cannot be started is news for the status line, not the end of the session.
+fn edit(terminal: &mut ratatui::DefaultTerminal, file: &Path) -> anyhow::Result<Msg> {
     let _ = execute!(std::io::stdout(), DisableMouseCapture);
     ratatui::restore();
     let editor = std::env::var("VISUAL")
@@ -342,8 +343,11 @@ fn edit(terminal: &mut ratatui::DefaultTerminal, file: &Path) -> anyhow::Result<
     *terminal = ratatui::init();
     let _ = execute!(std::io::stdout(), EnableMouseCapture);
     terminal.clear()?;
-    if let Err(e) = status {
-        anyhow::bail!("could not start `{editor}`: {e}");
-    }
-    Ok(())
+    Ok(match status {
+        Ok(_) => Msg::Edited(file.to_path_buf()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Msg::Status(format!(
+            "could not start `{editor}`: not found (set $VISUAL or $EDITOR)"
+        )),
+        Err(e) => Msg::Status(format!("could not start `{editor}`: {e}")),
+    })
 }

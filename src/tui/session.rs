@@ -11,7 +11,7 @@ use super::app::Msg;
 use super::chart::Stream;
 use super::landscape_view::{KeptView, LandscapeView, Shown};
 use crate::compile::CompiledFile;
-use crate::compile::gradcheck::{ParamCheck, Verdict};
+use crate::compile::gradcheck::ParamCheck;
 use crate::compile::hessian::Hessian;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::PlaneKind;
@@ -138,6 +138,8 @@ pub struct Session {
     pub runs: Vec<RunView>,
     pub selected: usize,
     pub playing: bool,
+    /// The step the worker's counted steps (`3000N`) are heading for, while it takes them.
+    pub stepping: Option<u64>,
     pub warnings: Vec<Warning>,
     pub failed: Option<String>,
     pub landscape: LandscapeView,
@@ -317,6 +319,19 @@ impl Session {
                     r.lr_set.retain(|&(k, _)| (k as usize) <= len);
                     r.clipped = r.history.count(flags::CLIPPED);
                     r.skipped = r.history.count(flags::SKIPPED);
+                    // The log forgets the steps rewound over: a reset run starts on a clean one.
+                    let name = &r.info.name;
+                    self.warnings
+                        .retain(|w| &w.run != name || w.step < len as u64);
+                    for (count, word) in [(r.clipped, "clipped"), (r.skipped, "skipped")] {
+                        if let Some(w) = self
+                            .warnings
+                            .iter_mut()
+                            .find(|w| &w.run == name && w.text.ends_with(word))
+                        {
+                            w.text = format!("{count} steps {word}");
+                        }
+                    }
                 }
             }
             Event::Halted(rid, step, reason, diagnostic) => {
@@ -362,18 +377,13 @@ impl Session {
             }
             Event::Checked(rid, step, checks) => {
                 if let Some(r) = live(&mut self.runs, rid) {
-                    for c in checks.iter().filter(|c| c.verdict == Verdict::Fail) {
+                    for why in checks.iter().filter_map(ParamCheck::why_it_fails) {
                         push_new(
                             &mut self.warnings,
                             Warning {
                                 run: r.info.name.clone(),
                                 step,
-                                text: format!(
-                                    "gradcheck: `{}` disagrees with finite differences (max rel err {}, worst at {:?})",
-                                    c.name,
-                                    crate::format::fmt_num(c.max_rel),
-                                    c.worst
-                                ),
+                                text: format!("gradcheck: {why}"),
                                 diagnostic: None,
                             },
                         );
@@ -432,6 +442,7 @@ impl Session {
                 .landscape
                 .on_next_update(run, step, loss, origin, direction),
             Event::Playing(p) => self.playing = p,
+            Event::Stepping(t) => self.stepping = t,
             Event::Failed(why) => {
                 self.landscape.on_worker_gave_up();
                 self.failed = Some(why);
@@ -476,6 +487,7 @@ impl Session {
             runs: Vec::new(),
             selected: 0,
             playing: false,
+            stepping: None,
             warnings: Vec::new(),
             failed,
             landscape,

@@ -331,6 +331,17 @@ impl SweepView {
         self.running = false;
     }
 
+    /// The step along the first key that moves right on screen: over one key the curve places
+    /// points by value, so on a descending sweep (`logspace(1, 1e-3, 3)`) right is back a point;
+    /// the heat map's columns go in the sweep's order.
+    pub fn right(&self) -> isize {
+        let v = &self.axes[0].values;
+        match self.axes.len() == 1 && v.first() > v.last() {
+            true => -1,
+            false => 1,
+        }
+    }
+
     /// Moves the cursor `dx` along the first axis and `dy` along the second, within the grid.
     pub fn move_cursor(&mut self, dx: isize, dy: isize) {
         let n0 = self.axes[0].values.len();

@@ -198,17 +198,26 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             });
         }
     }
-    let ys = drawn
+    let raw = drawn
         .iter()
-        .flat_map(|d| {
-            d.raw
-                .points
-                .iter()
-                .chain(d.smooth.iter().flat_map(|s| s.points.iter()))
-        })
+        .flat_map(|d| d.raw.points.iter())
         .chain(faded.iter().flat_map(|(_, f)| f.points.iter()))
         .map(|p| p.1);
-    let [y0, y1] = chart::bounds(ys);
+    // On a log axis the raw values set the lower bound: an EMA decaying towards a loss of
+    // exactly 0 (which the log axis leaves out) passes through 1e-323 and flattened every curve.
+    let floor = match log {
+        true => raw
+            .clone()
+            .filter(|y| y.is_finite())
+            .fold(f64::INFINITY, f64::min),
+        false => f64::NEG_INFINITY,
+    };
+    let smoothed = drawn
+        .iter()
+        .flat_map(|d| d.smooth.iter().flat_map(|s| s.points.iter()))
+        .map(|p| p.1)
+        .filter(|&y| y >= floor);
+    let [y0, y1] = chart::bounds(raw.chain(smoothed));
     // Rows 0..=N: the axis ends at step N.
     let x_hi = (longest.saturating_sub(1).max(lo + 1)) as f64;
     let [x0, x1] = [lo as f64, x_hi.max(lo as f64 + 1.0)];

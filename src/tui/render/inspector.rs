@@ -4,19 +4,17 @@ use ratatui::Frame;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::Paragraph;
+use ratatui::widgets::{Block, Paragraph};
 
-use super::panel;
 use crate::compile::backward::Formula;
 use crate::format::{fmt_num, fmt_short};
 use crate::run::history::flags;
 use crate::run::worker::{ParamStats, TensorStats};
-use crate::tui::app::{App, Focus};
+use crate::tui::app::{Answer, App};
 
-/// The selected run's inspector lines, scrolled by [`App::inspector_scroll`] when focused.
-pub fn render(f: &mut Frame, app: &App, area: Rect) {
-    let block = panel("Inspector", app.focus == Focus::Inspector);
-    let lines = lines(app);
+/// `lines` (the selected run's inspector lines, or an answer of them) in `block` (its panel, or
+/// an overlay's frame), scrolled by [`App::inspector_scroll`].
+pub fn render(f: &mut Frame, app: &App, area: Rect, lines: Vec<Line<'static>>, block: Block) {
     let visible = area.height.saturating_sub(2) as usize;
     let scroll = app
         .inspector_scroll
@@ -27,6 +25,34 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
             .scroll((scroll as u16, 0)),
         area,
     );
+}
+
+/// What the inspector answers `key` with (its gradient check, lr range test or formula) for the
+/// selected run, under its name and step: the inspector over the panels on a small terminal.
+pub fn answer_lines(app: &App, key: Answer) -> Vec<Line<'static>> {
+    let Some((s, r)) = app.session().and_then(|s| Some((s, s.selected_run()?))) else {
+        return Vec::new();
+    };
+    let mut lines = vec![
+        Line::styled(r.info.name.clone(), Style::new().fg(r.color).bold()),
+        Line::from(format!("step {} · {}", r.steps(), r.status(s.playing))),
+    ];
+    let waiting = |lines: &mut Vec<Line<'static>>| lines.push(Line::from("working…"));
+    match key {
+        Answer::Gradcheck => match &r.gradcheck {
+            Some((step, checks)) => gradcheck_lines(&mut lines, *step, checks),
+            None => waiting(&mut lines),
+        },
+        Answer::LrFind => match &r.lrfind {
+            Some((step, found)) => lrfind_lines(&mut lines, *step, found),
+            None => waiting(&mut lines),
+        },
+        Answer::Formula => match &r.formula {
+            Some((step, f)) => formula_lines(&mut lines, *step, f),
+            None => lines.push(Line::from("no formula (G shows the first param's)")),
+        },
+    }
+    lines
 }
 
 /// The selected run's file, optimizer, step, loss, lr, gradcheck, curvature, and its params
@@ -99,32 +125,7 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
     }
     lines.extend(super::metrics::inspector_lines(s, r));
     if let Some((step, checks)) = &r.gradcheck {
-        let failed: Vec<&str> = checks
-            .iter()
-            .filter(|c| c.verdict == crate::compile::gradcheck::Verdict::Fail)
-            .map(|c| c.name.as_str())
-            .collect();
-        let kinks: usize = checks.iter().map(|c| c.kinks).sum();
-        let custom = checks
-            .iter()
-            .any(|c| c.verdict == crate::compile::gradcheck::Verdict::CustomGradient);
-        let (text, color) = if failed.is_empty() && custom {
-            (
-                format!("gradcheck @{step}: differs (custom gradient)"),
-                Color::Yellow,
-            )
-        } else if failed.is_empty() {
-            (
-                format!("gradcheck @{step}: ok ({kinks} kinks)"),
-                Color::Green,
-            )
-        } else {
-            (
-                format!("gradcheck @{step}: FAIL {}", failed.join(", ")),
-                Color::Red,
-            )
-        };
-        lines.push(Line::styled(text, Style::new().fg(color)));
+        gradcheck_lines(&mut lines, *step, checks);
     }
     if let Some((step, c)) = &r.curvature {
         let lr = c.max_stable_lr().map_or("-".into(), fmt_num);
@@ -154,6 +155,55 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
     lines
 }
 
+/// The last gradient check at a step: ok, a custom gradient's difference, or the params that fail.
+fn gradcheck_lines(
+    lines: &mut Vec<Line<'static>>,
+    step: u64,
+    checks: &[crate::compile::gradcheck::ParamCheck],
+) {
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.verdict == crate::compile::gradcheck::Verdict::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    let kinks: usize = checks.iter().map(|c| c.kinks).sum();
+    let custom = checks
+        .iter()
+        .any(|c| c.verdict == crate::compile::gradcheck::Verdict::CustomGradient);
+    let (text, color) = if failed.is_empty() && custom {
+        (
+            format!("gradcheck @{step}: differs (custom gradient)"),
+            Color::Yellow,
+        )
+    } else if failed.is_empty() {
+        (
+            format!("gradcheck @{step}: ok ({kinks} kinks)"),
+            Color::Green,
+        )
+    } else {
+        (
+            format!("gradcheck @{step}: FAIL {}", failed.join(", ")),
+            Color::Red,
+        )
+    };
+    lines.push(Line::styled(text, Style::new().fg(color)));
+}
+
+/// `text` wrapped at word boundaries to the inspector's width, `indent` spaces before its first
+/// line and two more before the others: nothing of it is cut off at the panel's edge.
+fn push_wrapped(lines: &mut Vec<Line<'static>>, text: &str, indent: usize, style: Style) {
+    let inner = usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2);
+    let chars: Vec<char> = text.chars().collect();
+    for (i, r) in super::warnings::wrap(text, inner - indent - 2)
+        .into_iter()
+        .enumerate()
+    {
+        let pad = if i == 0 { indent } else { indent + 2 };
+        let part: String = chars[r].iter().collect();
+        lines.push(Line::styled(format!("{:pad$}{part}", ""), style));
+    }
+}
+
 /// The lr range test from a step: its two suggestions, why it stopped, and the smoothed loss
 /// against log lr as a sparkline (what `gradscope lrfind` prints, in the panel's width).
 fn lrfind_lines(
@@ -169,7 +219,7 @@ fn lrfind_lines(
     let found = match found {
         Ok(f) => f,
         Err(why) => {
-            lines.push(Line::styled(why.clone(), Style::new().fg(Color::Red)));
+            push_wrapped(lines, why, 0, Style::new().fg(Color::Red));
             return;
         }
     };
@@ -237,33 +287,21 @@ fn curve_line(values: impl Iterator<Item = f64>, width: usize) -> String {
 /// A param's gradient as the program `gradscope grad` writes, each line wrapped to the panel,
 /// and where its first non-finite value is at the step it was looked at.
 fn formula_lines(lines: &mut Vec<Line<'static>>, step: u64, f: &Formula) {
-    let inner = usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2);
     lines.push(Line::from(""));
     lines.push(Line::styled(
         format!("∇{} as a formula @{step}", f.name),
         Style::new().bold(),
     ));
-    let mut wrapped = |text: &str, style: Style| {
-        let chars: Vec<char> = text.chars().collect();
-        for (i, r) in super::warnings::wrap(text, inner - 4)
-            .into_iter()
-            .enumerate()
-        {
-            let indent = if i == 0 { "  " } else { "    " };
-            let part: String = chars[r].iter().collect();
-            lines.push(Line::styled(format!("{indent}{part}"), style));
-        }
-    };
     match &f.lines {
         Ok(program) => {
             for l in program {
-                wrapped(l, Style::new());
+                push_wrapped(lines, l, 2, Style::new());
             }
         }
-        Err(why) => wrapped(why, Style::new().fg(Color::Yellow)),
+        Err(why) => push_wrapped(lines, why, 2, Style::new().fg(Color::Yellow)),
     }
     if let Some(place) = &f.nonfinite {
-        wrapped(&place.summary(), Style::new().fg(Color::Red));
+        push_wrapped(lines, &place.summary(), 2, Style::new().fg(Color::Red));
     }
 }
 

@@ -54,7 +54,8 @@ pub fn render(f: &mut Frame, app: &App) {
     lists::tabs(f, app, a.tabs);
     centre(f, app, a.chart);
     if let Some(r) = a.inspector {
-        inspector::render(f, app, r);
+        let block = panel("Inspector", app.focus == super::app::Focus::Inspector);
+        inspector::render(f, app, r, inspector::lines(app), block);
     }
     if let Some(r) = a.warnings {
         warnings::render(f, app, r);
@@ -64,13 +65,22 @@ pub fn render(f: &mut Frame, app: &App) {
         overlays::popup(f, app, p, area);
     }
     if app.show_help {
-        overlays::help(f, area, app.help_scroll);
+        // Above the status bar, which stays readable.
+        let above = Rect {
+            height: a.status.y.saturating_sub(area.y),
+            ..area
+        };
+        overlays::help(f, above, app.help_scroll);
     }
 }
 
-/// Lines the inspector has for the selected run, to scroll it no further than its end.
-pub fn inspector_len(app: &App) -> usize {
-    inspector::lines(app).len()
+/// Lines the inspector has for the selected run (all, or its answer to a key), to scroll it no
+/// further than its end.
+pub fn inspector_len(app: &App, answer: Option<super::app::Answer>) -> usize {
+    match answer {
+        Some(key) => inspector::answer_lines(app, key).len(),
+        None => inspector::lines(app).len(),
+    }
 }
 
 /// A bordered panel, cyan when it has the focus.

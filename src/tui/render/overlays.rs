@@ -307,6 +307,16 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
     let inner = DIALOG_WIDTH.min(area.width).saturating_sub(2) as usize;
     let (title, lines, selected): (&str, Vec<Line>, Option<usize>) = match p {
         Popup::Warning(n) => return warning(f, app, *n, area),
+        Popup::Inspector(key) => {
+            let lines = super::inspector::answer_lines(app, *key);
+            let height = (lines.len() as u16 + 2).min(area.height.saturating_sub(2));
+            let r = centered(area, crate::tui::layout::INSPECTOR_WIDTH, height);
+            f.render_widget(Clear, r);
+            let block = Block::bordered()
+                .title("Inspector (j/k; any key closes)")
+                .border_style(Style::new().fg(Color::Cyan));
+            return super::inspector::render(f, app, r, lines, block);
+        }
         Popup::Hessian { run, scroll } => {
             return super::hessian::render(f, app, *run, *scroll, area);
         }
@@ -331,7 +341,15 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
         ),
         Popup::Smoothing { text, error } => (
             "Smoothing weight (0 off, below 1, e.g. 0.9)",
-            field(text, error.as_deref(), "enter sets it · esc cancels", inner),
+            field(
+                text,
+                error.as_deref(),
+                &format!(
+                    "now {} · enter sets it · esc cancels",
+                    crate::format::fmt_short(app.smoothing)
+                ),
+                inner,
+            ),
             None,
         ),
         Popup::Duplicate { selected } => (

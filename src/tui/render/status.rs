@@ -29,6 +29,17 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
         if s.playing {
             spans.push(Span::raw(format!("{:.0} steps/s · ", s.steps_per_s())));
             spans.push(Span::styled("running", Style::new().fg(Color::Green)));
+        } else if let Some(target) = s.stepping {
+            spans.push(Span::styled(
+                format!("stepping to {target}… (space stops)"),
+                Style::new().fg(Color::Green),
+            ));
+        } else if !s.runs.is_empty() && s.runs.iter().all(|r| r.halted.is_some()) {
+            // Playing on would not move them: say where to look instead.
+            spans.push(Span::styled(
+                "all runs halted (see Warnings; b/r rewind)",
+                Style::new().fg(Color::Red),
+            ));
         } else if !s.runs.is_empty() && s.runs.iter().all(RunView::done) {
             spans.push(Span::raw("finished (space plays on)"));
         } else {
@@ -44,10 +55,14 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
     }
     match &app.message {
         Some(m) => spans.push(Span::styled(m.clone(), Style::new().fg(Color::Yellow))),
-        None => spans.push(Span::styled(
-            keys::hints(),
-            Style::new().fg(Color::DarkGray),
-        )),
+        None => {
+            let used: usize = spans.iter().map(Span::width).sum();
+            let room = usize::from(area.width).saturating_sub(used);
+            spans.push(Span::styled(
+                keys::hints(room),
+                Style::new().fg(Color::DarkGray),
+            ))
+        }
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
