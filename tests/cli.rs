@@ -451,10 +451,9 @@ fn the_longest_chain_taken_gets_a_hessian_and_a_longer_one_an_error() {
 }
 
 /// A reader that has left stderr (`gradscope run ... 2>&1 | head -1`) ends nothing but the
-/// report: the exit code is the run's (1: its params could not be saved), not a panic's.
+/// report: with `--format jsonl` the table goes to stderr, and the run still exits 0.
 #[test]
 fn a_closed_stderr_is_not_a_panic() {
-    let nowhere = std::env::temp_dir().join("gradscope-no-such-dir/x.safetensors");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gradscope"))
         .args([
             "run",
@@ -464,14 +463,12 @@ fn a_closed_stderr_is_not_a_panic() {
             "--format",
             "jsonl",
         ])
-        .arg("--save-params")
-        .arg(&nowhere)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     drop(child.stderr.take());
-    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
 /// An output in a folder that does not exist is refused before any run steps (exit 2, as a
