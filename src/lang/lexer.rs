@@ -115,6 +115,8 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
     let mut errors = Vec::new();
+    // Where the latest run of unexpected characters started and ended.
+    let (mut unexpected_since, mut unexpected_end) = (None, 0);
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -203,12 +205,23 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
             }
             _ => {
                 let ch = text[i..].chars().next().unwrap_or('?');
-                let len = ch.len_utf8();
-                errors.push(LexError {
-                    message: format!("unexpected character `{ch}`"),
-                    span: map.span(i..i + len),
-                    help: unexpected_char_help(ch),
-                });
+                // A quoted string is one mistake, whatever it holds.
+                let quoted = matches!(ch, '"' | '\'')
+                    .then(|| text[i + 1..].split('\n').next()?.find(ch))
+                    .flatten();
+                let len = quoted.map_or(ch.len_utf8(), |end| end + 2);
+                // A run of them is one mistake (`"é"`, a pasted `✓✓✓`): one error for it.
+                let from = match (errors.last_mut(), unexpected_since) {
+                    (Some(last), Some(from)) if unexpected_end == i => {
+                        *last = unexpected(&text[from..i + len], map.span(from..i + len));
+                        from
+                    }
+                    _ => {
+                        errors.push(unexpected(&text[i..i + len], map.span(i..i + len)));
+                        i
+                    }
+                };
+                (unexpected_since, unexpected_end) = (Some(from), i + len);
                 i += len;
                 continue;
             }
@@ -226,12 +239,39 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
     (tokens, errors)
 }
 
-fn unexpected_char_help(ch: char) -> Option<String> {
-    match ch {
-        '{' | '}' => Some("group with ( ) and write arrays with [ ]".into()),
-        '%' => Some("there is no modulo operator".into()),
-        '&' | '|' => Some("combine conditions with where(...) or arithmetic on 0/1 masks".into()),
-        _ => None,
+/// The error for `chars`, characters no token starts with, at `span`. Invisible ones are named
+/// by code point: a pasted no-break space showed as "unexpected character ` `".
+fn unexpected(chars: &str, span: Span) -> LexError {
+    let invisible = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+    };
+    let shown: String = chars
+        .chars()
+        .map(|c| match invisible(c) {
+            true => format!("U+{:04X}", c as u32),
+            false => c.to_string(),
+        })
+        .collect();
+    let plural = if chars.chars().count() > 1 { "s" } else { "" };
+    let first = chars.chars().next().unwrap_or('?');
+    LexError {
+        message: format!("unexpected character{plural} `{shown}`"),
+        span,
+        help: match first {
+            '{' | '}' => Some("group with ( ) and write arrays with [ ]".into()),
+            '%' => Some("there is no modulo operator".into()),
+            '&' | '|' => {
+                Some("combine conditions with where(...) or arithmetic on 0/1 masks".into())
+            }
+            '"' | '\'' => Some("the loss language has no strings: names, numbers and operators".into()),
+            c if invisible(c) => Some(
+                "an invisible character (pasted from a web page or document?): delete it and type a plain space"
+                    .into(),
+            ),
+            _ => None,
+        },
     }
 }
 
@@ -288,6 +328,38 @@ mod tests {
         let (t, e) = lex(s, &OffsetMap::Shift(0));
         assert!(e.is_empty(), "{e:?}");
         t.into_iter().map(|t| t.tok).collect()
+    }
+
+    /// A run of characters no token starts with is one error over the run; invisible ones are
+    /// named by code point.
+    #[test]
+    fn unexpected_characters_are_one_error_a_run() {
+        let errors = |s: &str| lex(s, &OffsetMap::Shift(0)).1;
+        let e = errors("a + \u{2713}\u{2713}\u{2713} b");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].message,
+            "unexpected characters `\u{2713}\u{2713}\u{2713}`"
+        );
+        assert_eq!(e[0].span, 4..13);
+        let e = errors("q = \"\u{e9}\" + 1 % 2");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].message, "unexpected characters `\"\u{e9}\"`");
+        assert!(
+            e[0].help
+                .as_deref()
+                .is_some_and(|h| h.contains("no strings"))
+        );
+        assert_eq!(e[1].message, "unexpected character `%`");
+        let e = errors("a\u{a0}+ b\u{200b}");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(e[0].message, "unexpected character `U+00A0`");
+        assert_eq!(e[1].message, "unexpected character `U+200B`");
+        assert!(
+            e[1].help
+                .as_deref()
+                .is_some_and(|h| h.contains("invisible"))
+        );
     }
 
     #[test]
