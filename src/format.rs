@@ -115,3 +115,11 @@ pub fn json_num(v: f64) -> Value {
         json!(describe(v))
     }
 }
+
+/// `n` and `noun`, plural unless `n` is 1: "1 argument", "2 arguments".
+pub fn counted(n: usize, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}

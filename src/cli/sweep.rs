@@ -69,8 +69,9 @@ pub enum SweepError {
     /// A `--const` is malformed.
     #[error("--const {text}: {error}")]
     Const { text: String, error: SettingError },
-    /// A `--const` names no const, or the file does not compile with a const's value.
-    #[error("{}", .0.iter().map(|d| d.render(false)).collect::<String>())]
+    /// A `--const` names no const, or the file does not compile with a const's value. Its
+    /// rendering starts with `error: `, which the front end's `gradscope: ` prefix already says.
+    #[error("{}", .0.iter().map(|d| d.render(false)).collect::<String>().trim_start_matches("error: "))]
     File(Vec<Diagnostic>),
     /// A grid point starts no run.
     #[error(transparent)]

@@ -541,9 +541,12 @@ impl Lowerer {
         if args.len() != fd.args.len() {
             return Err(self.fail(
                 format!(
-                    "`{name}` takes {} arguments, but {} were given",
-                    fd.args.len(),
-                    args.len()
+                    "`{name}` takes {}, but {} given",
+                    crate::format::counted(fd.args.len(), "argument"),
+                    match args.len() {
+                        1 => "1 was".to_string(),
+                        n => format!("{n} were"),
+                    }
                 ),
                 span,
                 None,
@@ -645,9 +648,14 @@ impl Lowerer {
             self.fail(
                 format!("axis {axis} is out of range for {what}"),
                 span,
-                Some(format!(
-                    "a tensor of rank {rank} has axes 0..{rank} (or -{rank}..-1 from the end)"
-                )),
+                Some(match rank {
+                    0 => "a scalar has no axes".into(),
+                    1 => "a tensor of rank 1 has axis 0 (or -1 from the end)".into(),
+                    r => format!(
+                        "a tensor of rank {r} has axes 0 to {} (or -{r} to -1 from the end)",
+                        r - 1
+                    ),
+                }),
             )
         })
     }
