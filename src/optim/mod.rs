@@ -91,7 +91,7 @@ macro_rules! typed_params {
             }
 
             /// None when `key` is not one of its parameters; Err: why the value is refused
-            /// ("must be a number").
+            /// ("must be a finite number").
             fn set(
                 &mut self,
                 key: &str,

@@ -509,7 +509,7 @@ mod tests {
         // Sophia's (and a word is refused by its type, not as a schedule setting).
         assert!(check_setting(sophia, "gamma", RawValue::Number(0.05)).is_ok());
         let e = check_setting(sophia, "gamma", RawValue::Text("x")).unwrap_err();
-        assert_eq!(e.message, "`gamma` must be a number");
+        assert_eq!(e.message, "`gamma` must be a finite number");
         assert!(check_setting(adam, "gamma", RawValue::Number(0.5)).is_ok());
         assert!(check_setting(adam, "lr_gamma", RawValue::Number(0.5)).is_ok());
         let OptimizerSpec::Sophia(s) = OptimizerSpec::parse("sophia(gamma=0.05)").unwrap() else {

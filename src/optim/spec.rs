@@ -60,7 +60,7 @@ fn expected<T: Hyper>() -> String {
 }
 
 impl Hyper for f64 {
-    const EXPECTS: &'static str = "a number";
+    const EXPECTS: &'static str = "a finite number";
     fn from_raw(raw: RawValue) -> Result<Self, String> {
         match raw {
             RawValue::Number(n) if n.is_finite() => Ok(n),
