@@ -1701,6 +1701,29 @@ unsafe fn tile<T: Num, S: Simd<T>, const TR: usize, const TC: usize>(
 #[cfg(target_arch = "x86_64")]
 const ROWS: usize = 64;
 
+/// [`tile`]s of `TR` lanes from `r` and `TC` registers, from column `c` on while they fit
+/// before `end`; `c` ends after the last.
+///
+/// # Safety
+/// As for [`tile`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn tiles<T: Num, S: Simd<T>, const TR: usize, const TC: usize>(
+    v: &[T],
+    m: &[T],
+    d: LaneDims,
+    rows: &std::ops::Range<usize>,
+    r: usize,
+    (c, end): (&mut usize, usize),
+    out: &mut [T],
+) {
+    while *c + TC * S::W <= end {
+        // SAFETY: the caller's promise, and the tile's columns end by `end`.
+        unsafe { tile::<T, S, TR, TC>(v, m, d, rows.clone(), (r, *c), out) };
+        *c += TC * S::W;
+    }
+}
+
 /// The lane kernel's columns from `from` to the last whole register `S` of them, in register
 /// tiles: of up to 8 lanes where the lanes share the matrix (its rows read once for all of
 /// them; two registers of columns wide where the CPU has 32), else 1 lane x up to 8 registers.
@@ -1729,46 +1752,26 @@ unsafe fn columns<T: Num, S: Simd<T>>(
                 _ => 1,
             };
             let mut c = from;
-            let mut tiles = |regs: usize, tile: &mut dyn FnMut(usize)| {
-                while c + regs * S::W <= end {
-                    tile(c);
-                    c += regs * S::W;
-                }
-            };
-            let (v, m, out) = (v, m, &mut *out);
             // SAFETY: S's instruction set and FMA (the caller's promise); the rows, lanes r..
             // and columns c.. lie within `d`, and tiles of several lanes only where the matrix
-            // is shared.
+            // is shared. Plain inlined calls, not closures: a closure does not inherit its
+            // function's target features, and its register loads and FMAs became calls.
             unsafe {
                 match group {
                     8 => {
                         if S::REGS >= 32 {
-                            tiles(2, &mut |c| {
-                                tile::<T, S, 8, 2>(v, m, d, rows.clone(), (r, c), out)
-                            });
+                            tiles::<T, S, 8, 2>(v, m, d, &rows, r, (&mut c, end), out);
                         }
-                        tiles(1, &mut |c| {
-                            tile::<T, S, 8, 1>(v, m, d, rows.clone(), (r, c), out)
-                        });
+                        tiles::<T, S, 8, 1>(v, m, d, &rows, r, (&mut c, end), out);
                     }
                     4 => {
-                        tiles(2, &mut |c| {
-                            tile::<T, S, 4, 2>(v, m, d, rows.clone(), (r, c), out)
-                        });
-                        tiles(1, &mut |c| {
-                            tile::<T, S, 4, 1>(v, m, d, rows.clone(), (r, c), out)
-                        });
+                        tiles::<T, S, 4, 2>(v, m, d, &rows, r, (&mut c, end), out);
+                        tiles::<T, S, 4, 1>(v, m, d, &rows, r, (&mut c, end), out);
                     }
                     _ => {
-                        tiles(8, &mut |c| {
-                            tile::<T, S, 1, 8>(v, m, d, rows.clone(), (r, c), out)
-                        });
-                        tiles(2, &mut |c| {
-                            tile::<T, S, 1, 2>(v, m, d, rows.clone(), (r, c), out)
-                        });
-                        tiles(1, &mut |c| {
-                            tile::<T, S, 1, 1>(v, m, d, rows.clone(), (r, c), out)
-                        });
+                        tiles::<T, S, 1, 8>(v, m, d, &rows, r, (&mut c, end), out);
+                        tiles::<T, S, 1, 2>(v, m, d, &rows, r, (&mut c, end), out);
+                        tiles::<T, S, 1, 1>(v, m, d, &rows, r, (&mut c, end), out);
                     }
                 }
             }
