@@ -324,4 +324,5 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         )
         .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
     f.render_widget(chart, area);
+    super::clear_legend(f.buffer_mut(), area);
 }

@@ -76,6 +76,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         )
         .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
     f.render_widget(chart, area);
+    super::clear_legend(f.buffer_mut(), area);
 }
 
 /// The inspector's lines for run `r`: each metric's latest value and the step it was taken at.

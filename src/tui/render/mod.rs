@@ -106,6 +106,37 @@ fn nan_markers(points: &[(f64, f64)]) -> ratatui::widgets::Dataset<'_> {
         .data(points)
 }
 
+/// Blanks the plot's dots showing through a chart's legend box in `area` (a chart panel): ratatui
+/// draws the box and the names over the curves without clearing the cells between them.
+fn clear_legend(buf: &mut ratatui::buffer::Buffer, area: Rect) {
+    let inner = area.inner(ratatui::layout::Margin::new(1, 1));
+    let at = |buf: &ratatui::buffer::Buffer, x: u16, y: u16| buf[(x, y)].symbol().to_string();
+    for y in inner.top()..inner.bottom() {
+        // The box's top edge: the only `┌ … ┐` inside the panel.
+        let Some(left) = (inner.left()..inner.right()).find(|&x| at(buf, x, y) == "┌") else {
+            continue;
+        };
+        let Some(right) = (left + 1..inner.right()).find(|&x| at(buf, x, y) == "┐") else {
+            continue;
+        };
+        for row in y + 1..inner.bottom() {
+            if at(buf, left, row) == "└" {
+                return;
+            }
+            for x in left + 1..right {
+                let dot = at(buf, x, row)
+                    .chars()
+                    .next()
+                    .is_some_and(|c| matches!(c, '\u{2800}'..='\u{28FF}' | '█'));
+                if dot {
+                    buf[(x, row)].set_symbol(" ");
+                }
+            }
+        }
+        return;
+    }
+}
+
 /// The chart region: the selected tab, under the diagnostics when the file is broken.
 fn centre(f: &mut Frame, app: &App, area: Rect) {
     let Some(file) = app.file() else {
@@ -136,5 +167,35 @@ fn tab(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         Tab::Metrics => metrics::render(f, app, file, area),
         Tab::Sweep => sweep::render(f, app, file, area),
         _ => chart::render(f, app, file, area),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::buffer::Buffer;
+    use ratatui::layout::Rect;
+
+    /// Dots inside the legend box go, the names, the box and the dots outside it stay.
+    #[test]
+    fn a_legend_box_hides_the_curves_behind_it() {
+        let lines = [
+            "┌Loss──────────────────┐",
+            "│⠒⠒⠒⠒⠒⠒⠒┌───────────┐⠒⠒│",
+            "│       │base ∇w⠒⠒⠤⠤│  │",
+            "│       │NaN/Inf⡀ █ │⠤⠤│",
+            "│⠤⠤⠤    └───────────┘  │",
+            "└──────────────────────┘",
+        ];
+        let mut buf = Buffer::with_lines(lines);
+        super::clear_legend(&mut buf, Rect::new(0, 0, 24, 6));
+        let want = Buffer::with_lines([
+            "┌Loss──────────────────┐",
+            "│⠒⠒⠒⠒⠒⠒⠒┌───────────┐⠒⠒│",
+            "│       │base ∇w    │  │",
+            "│       │NaN/Inf    │⠤⠤│",
+            "│⠤⠤⠤    └───────────┘  │",
+            "└──────────────────────┘",
+        ]);
+        assert_eq!(buf, want);
     }
 }
