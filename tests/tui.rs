@@ -714,6 +714,24 @@ fn a_key_ends_counted_steps_at_once() {
     }
 }
 
+/// `space` typed right after `3000N`, before the worker has said it takes the steps, pauses:
+/// it would otherwise be queued as "play", and the runs would play on past the 300,000 steps.
+#[test]
+fn space_right_after_counted_steps_pauses_them() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "3000N ");
+    app.settle(&rx);
+    std::thread::sleep(Duration::from_millis(100));
+    app.settle(&rx);
+    let s = app.session().unwrap();
+    assert!(!s.playing && s.stepping.is_none() && !s.steps_asked);
+    let stopped = history_lens(&app);
+    assert!(stopped.iter().all(|&k| k < 300_000), "{stopped:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), stopped, "paused means paused");
+}
+
 /// Plays `app` until every run has taken its steps (or ten seconds pass).
 fn play_to_the_end(app: &mut App, rx: &Receiver<Msg>) {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -448,6 +448,7 @@ impl App {
                 if !matches!(c, Command::Ping(_)) && s.stepping.take().is_some() {
                     s.send(Command::Interrupt);
                 }
+                s.steps_asked |= matches!(c, Command::Step(_));
                 s.send(c)
             }
             None => self.say_why_no_runs(),

@@ -145,10 +145,10 @@ impl App {
             KeyAction::Quit => return Some(Action::Quit),
             KeyAction::Help => (self.show_help, self.help_scroll) = (true, 0),
             KeyAction::PlayPause => {
-                // Counted steps under way are stopped as playing is.
+                // Counted steps under way, or just asked for, are stopped as playing is.
                 let moving = self
                     .session()
-                    .is_some_and(|s| s.playing || s.stepping.is_some());
+                    .is_some_and(|s| s.playing || s.stepping.is_some() || s.steps_asked);
                 self.command(if moving {
                     Command::Pause
                 } else {

@@ -140,6 +140,9 @@ pub struct Session {
     pub playing: bool,
     /// The step the worker's counted steps (`3000N`) are heading for, while it takes them.
     pub stepping: Option<u64>,
+    /// Counted steps were asked for and the worker has not said yet that it takes them: `space`
+    /// then pauses (it would have played on past them), other keys still queue behind them.
+    pub steps_asked: bool,
     pub warnings: Vec<Warning>,
     pub failed: Option<String>,
     pub landscape: LandscapeView,
@@ -442,7 +445,7 @@ impl Session {
                 .landscape
                 .on_next_update(run, step, loss, origin, direction),
             Event::Playing(p) => self.playing = p,
-            Event::Stepping(t) => self.stepping = t,
+            Event::Stepping(t) => (self.stepping, self.steps_asked) = (t, false),
             Event::Failed(why) => {
                 self.landscape.on_worker_gave_up();
                 self.failed = Some(why);
@@ -488,6 +491,7 @@ impl Session {
             selected: 0,
             playing: false,
             stepping: None,
+            steps_asked: false,
             warnings: Vec::new(),
             failed,
             landscape,
