@@ -236,9 +236,44 @@ pub fn free_memory() -> Option<u64> {
             }
             false => available,
         };
-        Some(room)
+        Some(cgroup_room().map_or(room, |c| room.min(c)))
     }
     #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// What the process's memory cgroup (a container's limit) leaves: `MemAvailable` is the
+/// host's, and past the cgroup's limit the kernel kills the process. None without a limit.
+#[cfg(target_os = "linux")]
+fn cgroup_room() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    // Inside a container the hierarchy is often mounted at its own cgroup: the path that
+    // /proc/self/cgroup names is then the mount's root.
+    let read = |dir: &str, path: &str, file: &str| -> Option<u64> {
+        [format!("{dir}{path}/{file}"), format!("{dir}/{file}")]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+    };
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let (limit, usage) = match controllers {
+            // v2: one hierarchy; "max" (no limit) does not parse.
+            "" => (
+                read("/sys/fs/cgroup", path, "memory.max"),
+                read("/sys/fs/cgroup", path, "memory.current"),
+            ),
+            c if c.split(',').any(|c| c == "memory") => (
+                read("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes"),
+                read("/sys/fs/cgroup/memory", path, "memory.usage_in_bytes"),
+            ),
+            _ => continue,
+        };
+        // v1 writes "no limit" as a number near 2^63.
+        if let (Some(limit), Some(usage)) = (limit.filter(|&l| l < 1 << 60), usage) {
+            return Some(limit.saturating_sub(usage));
+        }
+    }
     None
 }
 

@@ -612,10 +612,10 @@ fn lower_run(
     (plan, metrics, diags)
 }
 
-/// An error when one step of run `spec` would need more memory than is free (the allocation
-/// would abort the process): each op's value and gradient, the data once more in the run's
-/// dtype, and each param with its gradient and two optimizer moments. The caret is on the op
-/// that needs the most.
+/// An error when one step of run `spec` would need more memory than is free (an allocation
+/// past it aborts the process, and every other file of a folder with it): each op's value, the
+/// data once more in the run's dtype, each param with two optimizer moments, and the gradient
+/// of every op that carries one. The caret is on the op that needs the most.
 fn step_memory(
     plan: &Plan,
     spec: &RunSpec,
@@ -623,16 +623,41 @@ fn step_memory(
     source: &Arc<SourceFile>,
 ) -> Option<Diagnostic> {
     let size = candle_dtype(spec.dtype).size_in_bytes() as u64;
-    let need = |instr: &plan::Instr| {
+    let bytes = |instr: &plan::Instr| {
         let copies = match instr.op {
-            Op::Input(i) if i < n_data => 1,
-            Op::Input(_) => 4,
-            Op::Const(_) => 1,
-            _ => 2,
+            Op::Input(i) if i >= n_data => 3,
+            _ => 1,
         };
-        instr.shape.elements().map_or(u64::MAX, |n| n as u64) * size * copies
+        (instr.shape.elements().map_or(u64::MAX, |n| n as u64))
+            .saturating_mul(size)
+            .saturating_mul(copies)
     };
-    let total = plan.instrs.iter().map(need).fold(0u64, u64::saturating_add);
+    // Which ops carry a gradient: those a param reaches through differentiable ops.
+    let mut carries = vec![false; plan.instrs.len()];
+    for (k, instr) in plan.instrs.iter().enumerate() {
+        carries[k] = match instr.op {
+            Op::Input(i) => i >= n_data,
+            ref op => op.passes_gradient() && instr.args.iter().any(|&a| carries[a]),
+        };
+    }
+    let values = plan
+        .instrs
+        .iter()
+        .map(bytes)
+        .fold(0u64, u64::saturating_add);
+    let grads = plan
+        .instrs
+        .iter()
+        .zip(&carries)
+        .filter(|(_, c)| **c)
+        .map(|(i, _)| {
+            i.shape
+                .elements()
+                .map_or(u64::MAX, |n| n as u64)
+                .saturating_mul(size)
+        })
+        .fold(0u64, u64::saturating_add);
+    let total = values.saturating_add(grads);
     if total < crate::alloc::LARGE as u64 {
         return None;
     }
@@ -640,7 +665,7 @@ fn step_memory(
     if total <= free {
         return None;
     }
-    let largest = plan.instrs.iter().max_by_key(|i| need(i))?;
+    let largest = plan.instrs.iter().max_by_key(|i| bytes(i))?;
     Some(
         Diagnostic::error(format!(
             "a step of run `{}` would need about {} ({} values and gradients), more than the {} of memory free",
@@ -650,7 +675,7 @@ fn step_memory(
             lower::gib(free)
         ))
         .at(source, largest.span.clone())
-        .label(format!("the largest: {} ({})", largest.shape, lower::gib(need(largest))))
+        .label(format!("the largest: {} ({})", largest.shape, lower::gib(bytes(largest))))
         .help("use smaller shapes, or a smaller dtype"),
     )
 }

@@ -792,6 +792,7 @@ impl Lowerer {
                 let b = self.number_arg(regs[1], &args[1].span, "linspace's end")?;
                 let n = self.dims(&regs[2..], &args[2..])?[0];
                 self.check_size(name, &Shape(vec![n]), span)?;
+                self.check_room(&Shape(vec![n]), span)?;
                 let step = if n > 1 { (b - a) / (n - 1) as f64 } else { 0.0 };
                 let v = (0..n)
                     .map(|i| {
@@ -836,6 +837,7 @@ impl Lowerer {
                         )),
                     ));
                 }
+                self.check_room(&Shape(vec![n as usize]), span)?;
                 let v = (0..n as usize).map(|i| a + step * i as f64).collect();
                 (vec![n as usize], Some(v))
             }
