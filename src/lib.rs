@@ -40,26 +40,30 @@ pub mod tui;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use cli::{Cli, Command};
 
-/// Runs one command; the exit code is 0 when every file is fine and 1 when any has an error.
 /// The stack of every thread that builds, evaluates or differentiates a loss: candle walks a
-/// graph recursively (its backward pass; twice over for a Hessian), a few hundred bytes a node,
-/// and a 10,000-line chain overflowed a default 2 MiB thread. Only the pages a walk touches are
-/// ever mapped. With it, [`compile`]'s limit on chains ([`compile::lower::MAX_CHAIN`]) is far inside.
-pub const GRAPH_STACK: usize = 256 << 20;
+/// graph recursively (its backward pass; twice over for a Hessian), and a 10,000-line chain
+/// overflowed a default 2 MiB thread. A Hessian of the longest chain taken
+/// ([`compile::lower::MAX_CHAIN`]) needs more than 8 MiB and at most 32 in a debug build; this
+/// is twice that. Only the pages a walk touches are mapped (all of it counts under `ulimit -v`).
+pub const GRAPH_STACK: usize = 64 << 20;
 
 /// Runs `cli`'s command on a thread with a [`GRAPH_STACK`] stack (the main thread's is the
-/// system's, 8 MiB here); a panic there goes on as this thread's.
+/// system's, 8 MiB here); a panic there goes on as this thread's. The exit code is 0 when every
+/// file is fine and 1 when any has an error.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     std::thread::Builder::new()
         .name("gradscope".into())
         .stack_size(GRAPH_STACK)
-        .spawn(move || dispatch(cli))?
+        .spawn(move || dispatch(cli))
+        .context("cannot start the command's thread")?
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// The command of `cli`, on the thread [`run`] gives it.
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut out = std::io::stdout().lock();

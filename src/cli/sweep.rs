@@ -346,15 +346,12 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     }
     catch_stop_signals();
     let runs: usize = grid.files.iter().map(|(_, r)| r.len()).sum();
-    let count = |n: u64, what: &str| match n {
-        1 => format!("1 {what}"),
-        n => format!("{n} {what}s"),
-    };
+    use crate::format::counted;
     err_println!(
         "sweeping {} x {}: {} (ctrl-c stops and prints the table so far)",
-        count(grid.points.len() as u64, "point"),
-        count(args.seeds, "seed"),
-        count(runs as u64, "run"),
+        counted(grid.points.len(), "point"),
+        counted(args.seeds as usize, "seed"),
+        counted(runs, "run"),
     );
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(total);
