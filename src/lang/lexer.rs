@@ -205,9 +205,15 @@ pub fn lex(text: &str, map: &OffsetMap) -> (Vec<Token>, Vec<LexError>) {
             }
             _ => {
                 let ch = text[i..].chars().next().unwrap_or('?');
-                // A quoted string is one mistake, whatever it holds.
-                let quoted = matches!(ch, '"' | '\'')
-                    .then(|| text[i + 1..].split('\n').next()?.find(ch))
+                // A quoted string is one mistake, whatever it holds (up to a comment or the end
+                // of the line); a `'` right after a name or a bracket is a transpose, not a quote.
+                let transposed = ch == '\''
+                    && text[..i]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | ')' | ']'));
+                let quoted = (matches!(ch, '"' | '\'') && !transposed)
+                    .then(|| text[i + 1..].split(['\n', '#']).next()?.find(ch))
                     .flatten();
                 let len = quoted.map_or(ch.len_utf8(), |end| end + 2);
                 // A run of them is one mistake (`"é"`, a pasted `✓✓✓`): one error for it.
@@ -265,6 +271,7 @@ fn unexpected(chars: &str, span: Span) -> LexError {
             '&' | '|' => {
                 Some("combine conditions with where(...) or arithmetic on 0/1 masks".into())
             }
+            '\'' if chars.len() == 1 => Some("a transpose is written `x.T`".into()),
             '"' | '\'' => Some("the loss language has no strings: names, numbers and operators".into()),
             c if invisible(c) => Some(
                 "an invisible character (pasted from a web page or document?): delete it and type a plain space"
@@ -360,6 +367,19 @@ mod tests {
                 .as_deref()
                 .is_some_and(|h| h.contains("invisible"))
         );
+        // A MATLAB transpose is not the start of a string, and a comment ends the search.
+        for text in ["x' # it's", "sum(a') + b'"] {
+            let e = errors(text);
+            assert!(
+                e.iter().all(|e| e.message == "unexpected character `'`"),
+                "{e:?}"
+            );
+            assert!(
+                e[0].help.as_deref().is_some_and(|h| h.contains("x.T")),
+                "{e:?}"
+            );
+        }
+        assert_eq!(errors("sum(a') + b'").len(), 2);
     }
 
     #[test]
