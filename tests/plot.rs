@@ -368,3 +368,40 @@ fn a_loss_reaching_zero_keeps_its_log_axis() {
     assert!(!texts.iter().any(|t| t.starts_with("10⁻")), "{texts:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Values within one decade get a linear axis with ticks: on a log axis plotters had no power
+/// of ten to label (a loss from 2.8 to 6.25 had no y ticks) or labelled one twice.
+#[test]
+fn curves_within_a_decade_have_their_ticks() {
+    let dir = scratch("decade");
+    let mut picture = data(500, 8, false);
+    picture.landscape = None;
+    for run in &mut picture.runs {
+        run.path.clear();
+        for (k, v) in &mut run.loss {
+            *v = 2.8 + 3.45 * (-(*k as f64) / 100.0).exp();
+        }
+        for (k, v) in &mut run.grad_norm {
+            *v = 0.8 + 0.4 * (-(*k as f64) / 100.0).exp();
+        }
+    }
+    let svg = dir.join("decade.svg");
+    save(&picture, &svg).unwrap();
+    let texts = svg::svg_texts(&svg);
+    let ticks = |lo: f64, hi: f64| {
+        texts
+            .iter()
+            .filter(|t| {
+                t.parse::<f64>()
+                    .is_ok_and(|v| (lo..=hi).contains(&v) && v.fract() != 0.0)
+            })
+            .count()
+    };
+    assert!(ticks(2.5, 6.6) >= 3, "loss ticks: {texts:?}");
+    assert!(ticks(0.75, 1.25) >= 3, "gradient norm ticks: {texts:?}");
+    assert!(
+        texts.iter().filter(|t| *t == "10⁰").count() <= 1,
+        "{texts:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

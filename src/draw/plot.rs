@@ -248,9 +248,10 @@ fn thin(points: &[(u64, f64)], steps: (u64, u64)) -> Thinned {
     thinned
 }
 
-/// One metric of every run over steps, with a log y axis when every value is positive, or
-/// when none is negative and the positive ones span two decades or more (a loss that reaches
-/// exactly 0): then zeros are drawn on the bottom edge and the axis says so. On the loss panel
+/// One metric of every run over steps, with a log y axis when every value is positive and
+/// they span a decade or more (within one, plotters' log axis had no tick to label, or one
+/// twice), or when none is negative and the positive ones span two decades or more (a loss
+/// that reaches exactly 0): then zeros are drawn on the bottom edge and the axis says so. On the loss panel
 /// the legend names the runs; either panel's legend lists the non-finite markers.
 fn curve_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
@@ -271,8 +272,8 @@ where
         (lo.min(v), hi.max(v))
     });
     let lowest_positive = finite().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
-    let log =
-        lowest_positive.is_finite() && (lo > 0.0 || (lo == 0.0 && hi >= 100.0 * lowest_positive));
+    let log = lowest_positive.is_finite()
+        && ((lo > 0.0 && hi >= 10.0 * lo) || (lo == 0.0 && hi >= 100.0 * lowest_positive));
     let pad = (hi / lowest_positive).powf(0.05).max(1.2);
     let bottom = lowest_positive / pad;
     let curves: Vec<Thinned> = runs
