@@ -1877,6 +1877,21 @@ fn open_written(dir: &Scratch, name: &str, text: &str) -> (PathBuf, App, Receive
     (file, app, rx)
 }
 
+/// An edit clears what the inspector found at the old version's steps: the lr range test too,
+/// as the gradient check is.
+#[test]
+fn an_edit_clears_the_lr_range_test() {
+    let dir = Scratch::new(&format!("lrfind-edit-{}", std::process::id()));
+    let file = dir.copy(ROBUST, "r.toml");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    typed_settled(&mut app, &rx, "20nFg");
+    let r = app.session().unwrap().selected_run().unwrap();
+    assert!(r.lrfind.is_some() && r.gradcheck.is_some());
+    edit_file(&mut app, &rx, &file, "eps = 1e-7", "eps = 1e-4");
+    let r = app.session().unwrap().selected_run().unwrap();
+    assert!(r.lrfind.is_none() && r.gradcheck.is_none());
+}
+
 /// An edit restarts the runs the user had (an added run, an lr change re-applied at its step,
 /// the selection), with the old curves kept as a "before the edit" overlay naming the change.
 #[test]

@@ -601,6 +601,7 @@ impl Session {
             r.curvature = None;
             r.formula = None;
             r.hessian = None;
+            r.lrfind = None;
             r.path = Decimated::new(PATH_POINTS);
         }
         gone.dedup();
