@@ -1305,6 +1305,8 @@ fn x_removes_the_selected_run() {
     typed_settled(&mut app, &rx, "jjjx");
     assert_eq!(run_names(&app), names[..3]);
     assert_eq!(app.session().unwrap().selected, 2, "selection clamps");
+    let said = app.message.clone().unwrap_or_default();
+    assert_eq!(said, format!("removed run `{}`", names[3]));
     typed_settled(&mut app, &rx, "kx");
     assert_eq!(run_names(&app), [names[0].clone(), names[2].clone()]);
     // (`x` removes the run the UI has selected: settle between presses.)

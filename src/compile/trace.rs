@@ -172,6 +172,7 @@ fn help_for(instr: &Instr, pass: Pass) -> String {
         (Op::Input(_), _) => "the value came in this way: if a step made it, its update is named in the run's warnings; otherwise it does not fit the run's dtype".into(),
         (Op::Unary(Unary::Log), _) => "log needs a positive argument: log(x + eps) keeps it off 0, clamp or softplus keeps it positive; or use log1p/log_softmax forms".into(),
         (Op::Unary(Unary::Sqrt), Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
+        (Op::Unary(Unary::Sqrt), _) => "sqrt of a negative number is NaN: keep its argument non-negative (clamp, x^2, softplus), or use abs(x) for sqrt(x^2)".into(),
         (Op::Unary(Unary::Exp), _) => "exp overflows (f32 past 88.7, f16 past 11.1): subtract the max first, or use logsumexp/log_softmax".into(),
         (Op::Binary(Binary::Div), _) => "a division by 0: add an eps to the denominator".into(),
         (Op::Reduce { op: Reduce::Sum | Reduce::Mean, .. } | Op::MatMul { .. }, Pass::Forward) => {

@@ -1072,8 +1072,9 @@ impl Run {
             return format!("the loss is {}", crate::format::fmt_num(loss));
         }
         format!(
-            "the gradient of {} is non-finite",
-            self.name_nonfinite(grads, bad)
+            "the gradient of {} {} non-finite",
+            self.name_nonfinite(grads, bad),
+            if bad.len() == 1 { "is" } else { "are" }
         )
     }
 

@@ -164,7 +164,14 @@ impl App {
             KeyAction::HalveLr => self.run_command(run, |id| Command::ScaleLr(id, 0.5)),
             KeyAction::Remove => {
                 if !self.session_mut().is_some_and(|s| s.forget_selected_gone()) {
+                    let name = self
+                        .session()
+                        .and_then(|s| s.selected_run())
+                        .map(|r| r.info.name.clone());
                     self.run_command(run, Command::Remove);
+                    if let Some(name) = name {
+                        self.message = Some(format!("removed run `{name}`"));
+                    }
                 }
             }
             KeyAction::ClearBefore => {

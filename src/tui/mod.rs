@@ -63,7 +63,10 @@ const FRAME: Duration = Duration::from_millis(33);
 /// `out_dir` when given, else next to the loss file.
 pub fn run(path: &Path, out_dir: Option<&Path>) -> anyhow::Result<()> {
     if !path.exists() {
-        anyhow::bail!("no such file or directory: {}", path.display());
+        anyhow::bail!(
+            "no such file or directory: {} (`gradscope PATH` opens a folder of loss files or one file)",
+            path.display()
+        );
     }
     if !(std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
         anyhow::bail!(
