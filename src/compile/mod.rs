@@ -614,8 +614,9 @@ fn lower_run(
 
 /// An error when one step of run `spec` would need more memory than is free (an allocation
 /// past it aborts the process, and every other file of a folder with it): each op's value, the
-/// data once more in the run's dtype, each param with two optimizer moments, and the gradient
-/// of every op that carries one. The caret is on the op that needs the most.
+/// data once more in the run's dtype, each param with two optimizer moments, and twice the
+/// gradient of every op that carries one (candle starts each from zeros and adds to it). The
+/// caret is on the op that needs the most.
 fn step_memory(
     plan: &Plan,
     spec: &RunSpec,
@@ -657,7 +658,7 @@ fn step_memory(
                 .saturating_mul(size)
         })
         .fold(0u64, u64::saturating_add);
-    let total = values.saturating_add(grads);
+    let total = values.saturating_add(grads.saturating_mul(2));
     if total < crate::alloc::LARGE as u64 {
         return None;
     }

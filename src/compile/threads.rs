@@ -134,8 +134,9 @@ pub fn chosen_count<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) -> us
 
 /// Builds the pool for `files` (see [`chosen_count`]) unless one was built: the first call of
 /// the process decides. Nothing may use rayon before (it would build a default pool), and it is
-/// called from the command's own thread (see `crate::run`): built by the landscape thread, which
-/// lowers its own priority, the pool's threads would inherit that priority and slow the runs.
+/// called from the command's own thread (the one the library's `run` starts): built by the
+/// landscape thread, which lowers its own priority, the pool's threads would inherit that
+/// priority and slow the runs.
 pub fn start<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) {
     static STARTED: OnceLock<()> = OnceLock::new();
     STARTED.get_or_init(|| {
