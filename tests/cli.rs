@@ -517,15 +517,18 @@ fn outputs_into_missing_folders_are_refused_before_the_runs() {
 /// the run with a message about the update.
 #[test]
 fn clip_norm_on_the_command_line_is_checked_as_in_a_file() {
-    for bad in ["-1", "nan", "inf"] {
-        let o = gradscope(&[
+    let run = |clip: &str| {
+        gradscope(&[
             "run",
             "losses/rosenbrock.toml",
             "--steps",
             "3",
             "--clip-norm",
-            bad,
-        ]);
+            clip,
+        ])
+    };
+    for bad in ["-1", "nan", "inf"] {
+        let o = run(bad);
         assert_eq!(o.status.code(), Some(2), "{bad}");
         assert!(
             stderr(&o).contains("`clip_norm` must be a non-negative number"),
@@ -533,14 +536,7 @@ fn clip_norm_on_the_command_line_is_checked_as_in_a_file() {
             stderr(&o)
         );
     }
-    let o = gradscope(&[
-        "run",
-        "losses/rosenbrock.toml",
-        "--steps",
-        "3",
-        "--clip-norm",
-        "2.5",
-    ]);
+    let o = run("2.5");
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
