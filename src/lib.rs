@@ -50,10 +50,15 @@ use cli::{Cli, Command};
 /// is twice that. Only the pages a walk touches are mapped (all of it counts under `ulimit -v`).
 pub const GRAPH_STACK: usize = 64 << 20;
 
-/// Runs `cli`'s command on a thread with a [`GRAPH_STACK`] stack (the main thread's is the
-/// system's, 8 MiB here); a panic there goes on as this thread's. The exit code is 0 when every
-/// file is fine and 1 when any has an error.
+/// Runs `cli`'s command, called from the main thread: on it, once its stack may grow to
+/// [`GRAPH_STACK`], else on a thread with such a stack (a panic there goes on as this
+/// thread's). The main thread allocates from glibc's main arena: stepped on another thread, a
+/// small loss ran 1.5-3% slower. The exit code is 0 when every file is fine and 1 when any has
+/// an error.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if main_stack_grows_to(GRAPH_STACK) {
+        return dispatch(cli);
+    }
     std::thread::Builder::new()
         .name("gradscope".into())
         .stack_size(GRAPH_STACK)
@@ -61,6 +66,39 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("cannot start the command's thread")?
         .join()
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Lets the main thread's stack grow to `bytes` (Linux grows it on demand up to the soft
+/// `RLIMIT_STACK`, 8 MiB by default, and leaves at least 128 MiB below it for that), raising the
+/// soft limit where the hard one allows. Whether it may.
+fn main_stack_grows_to(bytes: usize) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write only `limit` and this process's limit.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_STACK, &mut limit) != 0 {
+                return false;
+            }
+            let want = bytes as libc::rlim_t;
+            if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= want {
+                return true;
+            }
+            if limit.rlim_max != libc::RLIM_INFINITY && limit.rlim_max < want {
+                return false;
+            }
+            limit.rlim_cur = want;
+            libc::setrlimit(libc::RLIMIT_STACK, &limit) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = bytes;
+        false
+    }
 }
 
 /// The command of `cli`, on the thread [`run`] gives it.
