@@ -137,7 +137,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => cli::optimizers::optimizers_command(file.as_deref(), format, brief, color, &mut out)?,
         Some(Command::Completions { shell }) => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut out);
+            // Written whole, so a closed pipe (`| head`) is an error to pass on, not clap's panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gradscope", &mut script);
+            out.write_all(&script)?;
             true
         }
         Some(Command::Bench {

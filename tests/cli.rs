@@ -597,3 +597,17 @@ fn tensors_past_the_memory_free_are_errors_not_aborts() {
     );
     assert!(out.contains("1 ok, 2 with errors"), "{out}");
 }
+
+/// A completion script into a closed pipe (`gradscope completions bash | head -1`) ends
+/// quietly, as a run's output does, instead of clap's panic.
+#[test]
+fn completions_into_a_closed_pipe_are_not_a_panic() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

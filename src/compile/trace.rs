@@ -170,6 +170,7 @@ fn nonfinite_constant(plan: &Plan, instr: &Instr) -> Option<String> {
 fn help_for(instr: &Instr, pass: Pass) -> String {
     match (&instr.op, pass) {
         (Op::Input(_), _) => "the value came in this way: if a step made it, its update is named in the run's warnings; otherwise it does not fit the run's dtype".into(),
+        (Op::Unary(Unary::Log), Pass::Backward) => "log's gradient is 1/x, which overflows the dtype for a small positive x (f16 below 1.5e-5, f32 below 2.9e-39) as surely as at 0: an eps inside the log the dtype can invert (1e-4 in f16), or f32".into(),
         (Op::Unary(Unary::Log), _) => "log needs a positive argument: log(x + eps) keeps it off 0, clamp or softplus keeps it positive; or use log1p/log_softmax forms".into(),
         (Op::Unary(Unary::Sqrt), Pass::Backward) => "sqrt's gradient is infinite at 0: use sqrt(x + eps)".into(),
         (Op::Unary(Unary::Sqrt), _) => "sqrt of a negative number is NaN: keep its argument non-negative (clamp, x^2, softplus), or use abs(x) for sqrt(x^2)".into(),
