@@ -454,21 +454,41 @@ fn the_longest_chain_taken_gets_a_hessian_and_a_longer_one_an_error() {
 /// report: with `--format jsonl` the table goes to stderr, and the run still exits 0.
 #[test]
 fn a_closed_stderr_is_not_a_panic() {
+    let args = [
+        "run",
+        "losses/rosenbrock.toml",
+        "--steps",
+        "5",
+        "--format",
+        "jsonl",
+    ];
+    assert_eq!(exit_with_a_closed_pipe(&args, Closed::Stderr), Some(0));
+}
+
+/// Which output of the process its reader has left.
+#[derive(PartialEq)]
+enum Closed {
+    Stdout,
+    Stderr,
+}
+
+/// The exit code of `gradscope args` whose `closed` output is a pipe closed as it starts (as
+/// `| head` closes it once it has read enough; the other output is discarded).
+fn exit_with_a_closed_pipe(args: &[&str], closed: Closed) -> Option<i32> {
+    use std::process::Stdio;
+    let pipe = |this: Closed| match this == closed {
+        true => Stdio::piped(),
+        false => Stdio::null(),
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args([
-            "run",
-            "losses/rosenbrock.toml",
-            "--steps",
-            "5",
-            "--format",
-            "jsonl",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .args(args)
+        .stdout(pipe(Closed::Stdout))
+        .stderr(pipe(Closed::Stderr))
         .spawn()
         .unwrap();
+    drop(child.stdout.take());
     drop(child.stderr.take());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    child.wait().unwrap().code()
 }
 
 /// An output in a folder that does not exist is refused before any run steps (exit 2, as a
@@ -602,12 +622,6 @@ fn tensors_past_the_memory_free_are_errors_not_aborts() {
 /// quietly, as a run's output does, instead of clap's panic.
 #[test]
 fn completions_into_a_closed_pipe_are_not_a_panic() {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gradscope"))
-        .args(["completions", "bash"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let args = ["completions", "bash"];
+    assert_eq!(exit_with_a_closed_pipe(&args, Closed::Stdout), Some(0));
 }
