@@ -123,3 +123,8 @@ pub fn counted(n: usize, noun: &str) -> String {
         n => format!("{n} {noun}s"),
     }
 }
+
+/// `bytes` in GiB, for messages about memory.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}

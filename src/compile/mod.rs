@@ -624,41 +624,28 @@ fn step_memory(
     source: &Arc<SourceFile>,
 ) -> Option<Diagnostic> {
     let size = candle_dtype(spec.dtype).size_in_bytes() as u64;
-    let bytes = |instr: &plan::Instr| {
-        let copies = match instr.op {
-            Op::Input(i) if i >= n_data => 3,
-            _ => 1,
-        };
-        (instr.shape.elements().map_or(u64::MAX, |n| n as u64))
-            .saturating_mul(size)
-            .saturating_mul(copies)
+    let one = |instr: &plan::Instr| {
+        (instr.shape.elements().map_or(u64::MAX, |n| n as u64)).saturating_mul(size)
     };
-    // Which ops carry a gradient: those a param reaches through differentiable ops.
+    // Its value, a param's two moments besides.
+    let bytes = |instr: &plan::Instr| match instr.op {
+        Op::Input(i) if i >= n_data => one(instr).saturating_mul(3),
+        _ => one(instr),
+    };
+    // Each op's value, and twice the gradient of those a param reaches through differentiable
+    // ops.
     let mut carries = vec![false; plan.instrs.len()];
+    let mut total = 0u64;
     for (k, instr) in plan.instrs.iter().enumerate() {
         carries[k] = match instr.op {
             Op::Input(i) => i >= n_data,
             ref op => op.passes_gradient() && instr.args.iter().any(|&a| carries[a]),
         };
+        let grads = if carries[k] { 2 } else { 0 };
+        total = total
+            .saturating_add(bytes(instr))
+            .saturating_add(one(instr).saturating_mul(grads));
     }
-    let values = plan
-        .instrs
-        .iter()
-        .map(bytes)
-        .fold(0u64, u64::saturating_add);
-    let grads = plan
-        .instrs
-        .iter()
-        .zip(&carries)
-        .filter(|(_, c)| **c)
-        .map(|(i, _)| {
-            i.shape
-                .elements()
-                .map_or(u64::MAX, |n| n as u64)
-                .saturating_mul(size)
-        })
-        .fold(0u64, u64::saturating_add);
-    let total = values.saturating_add(grads.saturating_mul(2));
     if total < crate::alloc::LARGE as u64 {
         return None;
     }
@@ -671,12 +658,12 @@ fn step_memory(
         Diagnostic::error(format!(
             "a step of run `{}` would need about {} ({} values and gradients), more than the {} of memory free",
             spec.name,
-            lower::gib(total),
+            crate::format::gib(total),
             spec.dtype.name(),
-            lower::gib(free)
+            crate::format::gib(free)
         ))
         .at(source, largest.span.clone())
-        .label(format!("the largest: {} ({})", largest.shape, lower::gib(bytes(largest))))
+        .label(format!("the largest: {} ({})", largest.shape, crate::format::gib(bytes(largest))))
         .help("use smaller shapes, or a smaller dtype"),
     )
 }

@@ -98,11 +98,6 @@ pub struct Lowerer {
     pub diags: Vec<Diagnostic>,
 }
 
-/// `bytes` in GiB, for messages about memory.
-pub fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
-}
-
 /// The longest chain of operations a loss may be: each is a level of recursion in candle's
 /// backward pass (see [`crate::GRAPH_STACK`]).
 pub const MAX_CHAIN: usize = 20_000;
@@ -222,8 +217,8 @@ impl Lowerer {
             Some(free) if bytes > free => Err(self.fail(
                 format!(
                     "building this {shape} constant needs {}, more than the {} of memory free",
-                    gib(bytes),
-                    gib(free)
+                    crate::format::gib(bytes),
+                    crate::format::gib(free)
                 ),
                 span,
                 Some(
