@@ -327,13 +327,7 @@ impl Session {
                     self.warnings
                         .retain(|w| &w.run != name || w.step < len as u64);
                     for (count, word) in [(r.clipped, "clipped"), (r.skipped, "skipped")] {
-                        if let Some(w) = self
-                            .warnings
-                            .iter_mut()
-                            .find(|w| &w.run == name && w.text.ends_with(word))
-                        {
-                            w.text = format!("{count} steps {word}");
-                        }
+                        set_count(&mut self.warnings, name, word, count, None);
                     }
                 }
             }
@@ -684,18 +678,28 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
     ] {
         if rec.has(flag) {
             *count += 1;
-            let text = format!("{count} steps {word}");
-            match warnings
-                .iter_mut()
-                .find(|w| &w.run == name && w.text.ends_with(word))
-            {
-                Some(w) => w.text = text,
-                None => warnings.push(Warning {
-                    run: name.clone(),
-                    step: rec.step,
+            set_count(warnings, name, word, *count, Some(rec.step));
+        }
+    }
+}
+
+/// Sets run `name`'s "N steps `word`" warning (clipped, skipped) to `count`, adding it at
+/// `step` when the run has none yet and `step` is given.
+fn set_count(warnings: &mut Vec<Warning>, name: &str, word: &str, count: u64, step: Option<u64>) {
+    let text = format!("{count} steps {word}");
+    match warnings
+        .iter_mut()
+        .find(|w| w.run == name && w.text.ends_with(word))
+    {
+        Some(w) => w.text = text,
+        None => {
+            if let Some(step) = step {
+                warnings.push(Warning {
+                    run: name.to_string(),
+                    step,
                     text,
                     diagnostic: None,
-                }),
+                });
             }
         }
     }
