@@ -134,7 +134,7 @@ pub fn chosen_count<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) -> us
 
 /// Builds the pool for `files` (see [`chosen_count`]) unless one was built: the first call of
 /// the process decides. Nothing may use rayon before (it would build a default pool), and it is
-/// called from the command's own thread (the one the library's `run` starts): built by the
+/// called from the command's thread (the main one, see the library's `run`): built by the
 /// landscape thread, which lowers its own priority, the pool's threads would inherit that
 /// priority and slow the runs.
 pub fn start<'a>(files: impl IntoIterator<Item = &'a CompiledFile>) {

@@ -507,9 +507,9 @@ impl Worker {
     /// Starts the runs of `plan`, then serves commands until shutdown. Commands are read between
     /// steps, so a long `1000000N` never blocks pause, an interrupt or quit; others that arrive
     /// during manual stepping wait their turn, so `120n40b` typed ahead means what it says (the
-    /// UI interrupts counted steps it knows are under way before sending a key's command). A panic (a bug) while starting
-    /// or stepping becomes [`Event::Failed`] with its message, the runs pause, and the worker
-    /// serves on: the UI and the other files never go down with it.
+    /// UI interrupts counted steps it knows are under way before sending a key's command). A
+    /// panic (a bug) while starting or stepping becomes [`Event::Failed`] with its message, the
+    /// runs pause, and the worker serves on: the UI and the other files never go down with it.
     fn serve(mut self, plan: Vec<RunPlan>, commands: Receiver<Command>) {
         crate::lower_thread_priority(NICE);
         let turns = Turns::global();
