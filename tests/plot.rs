@@ -99,6 +99,15 @@ fn data(steps: u64, grid: usize, nan: bool) -> PlotData {
     }
 }
 
+/// `picture` without its landscape and the runs' paths: the curve panels alone.
+fn curves_only(mut picture: PlotData) -> PlotData {
+    picture.landscape = None;
+    for run in &mut picture.runs {
+        run.path.clear();
+    }
+    picture
+}
+
 /// The PNG signature checked, and the width and height from the IHDR chunk.
 fn png_size(path: &std::path::Path) -> (u32, u32) {
     let bytes = std::fs::read(path).unwrap();
@@ -178,11 +187,7 @@ fn long_runs_make_small_svgs() {
 #[test]
 fn curves_without_a_landscape() {
     let dir = scratch("curves");
-    let mut picture = data(500, 8, true);
-    picture.landscape = None;
-    for run in &mut picture.runs {
-        run.path.clear();
-    }
+    let picture = curves_only(data(500, 8, true));
     let svg = dir.join("curves.svg");
     save(&picture, &svg).unwrap();
     let texts = svg::svg_texts(&svg);
@@ -374,10 +379,8 @@ fn a_loss_reaching_zero_keeps_its_log_axis() {
 #[test]
 fn curves_within_a_decade_have_their_ticks() {
     let dir = scratch("decade");
-    let mut picture = data(500, 8, false);
-    picture.landscape = None;
+    let mut picture = curves_only(data(500, 8, false));
     for run in &mut picture.runs {
-        run.path.clear();
         for (k, v) in &mut run.loss {
             *v = 2.8 + 3.45 * (-(*k as f64) / 100.0).exp();
         }
