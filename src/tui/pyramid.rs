@@ -129,10 +129,21 @@ impl Pyramid {
 }
 
 /// TensorBoard's debiased EMA, one value at a time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Ema {
     last: f64,
-    n: i32,
+    /// `weight^n` after n values, kept as a product: `powi` per value was a sixth of the UI
+    /// thread's time with 30 files playing.
+    decay: f64,
+}
+
+impl Default for Ema {
+    fn default() -> Self {
+        Self {
+            last: 0.0,
+            decay: 1.0,
+        }
+    }
 }
 
 impl Ema {
@@ -142,8 +153,8 @@ impl Ema {
             return v;
         }
         self.last = self.last * weight + (1.0 - weight) * v;
-        self.n += 1;
-        self.last / (1.0 - weight.powi(self.n))
+        self.decay *= weight;
+        self.last / (1.0 - self.decay)
     }
 }
 
