@@ -520,6 +520,13 @@ impl Lowerer {
                         ),
                     )
                 };
+                // `stack(a, b, 1)`: an axis written as the last argument is read as a tensor.
+                let help = match e.kind {
+                    ExprKind::Number(n) if s.is_scalar() && !first.is_scalar() => format!(
+                        "the axis is a keyword argument: {name}(..., axis={n}); a plain {n} is read as one more tensor to join"
+                    ),
+                    _ => help,
+                };
                 return Err(self.fail(message, &e.span, Some(help)));
             }
             if !stacking {
