@@ -1191,3 +1191,40 @@ fn a_large_param_stepped_in_place_rewinds_past_a_snapshot_bit_for_bit() {
         assert!((a - b - 0.001 * a.signum()).abs() < 1e-6, "{a} -> {b}");
     }
 }
+
+/// A variant naming another optimizer starts from that optimizer's defaults, as the loss-file
+/// README says, keeping only the file's run settings; one keeping the optimizer lays its keys
+/// over the file's.
+#[test]
+fn a_variant_that_switches_optimizer_drops_the_files_hyper_parameters() {
+    let c = compiled(
+        "name = \"v\"\nloss = \"sum((w - 1)^2)\"\n[params]\nw = \"zeros(2)\"\n\
+         [optimizer]\nname = \"adam\"\nlr = 0.01\neps = 0.5\nweight_decay = 0.5\nsteps = 7\n\
+         schedule = \"cosine\"\n\
+         [[variants]]\nname = \"rms\"\noptimizer = { name = \"rmsprop\" }\n\
+         [[variants]]\nname = \"rms eps\"\noptimizer = { name = \"rmsprop\", eps = 0.25 }\n\
+         [[variants]]\nname = \"adam lr\"\noptimizer = { name = \"adam\", lr = 0.1 }\n",
+    );
+    let chains: Vec<String> = c
+        .runs
+        .iter()
+        .map(|r| r.settings.chain().to_string())
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            "adam(lr=0.01, eps=0.5, weight_decay=0.5)",
+            "rmsprop(lr=0.01)",
+            "rmsprop(lr=0.01, eps=0.25)",
+            "adam(lr=0.1, eps=0.5, weight_decay=0.5)",
+        ]
+    );
+    for r in &c.runs {
+        assert_eq!(r.settings.steps, 7, "{}", r.name);
+        assert_eq!(
+            r.settings.schedule, c.runs[0].settings.schedule,
+            "{}",
+            r.name
+        );
+    }
+}

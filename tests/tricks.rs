@@ -561,7 +561,8 @@ fn a_variants_tricks_replace_the_files_list() {
         [
             "adam(lr=0.01) + agc(clipping=0.05) + ema(decay=0.99)",
             "adam(lr=0.01) + centralize",
-            "sgd(lr=0.01) + agc(clipping=0.05) + ema(decay=0.99)",
+            // Another optimizer starts from its own defaults; tricks and clipping stay.
+            "sgd(lr=0.001) + agc(clipping=0.05) + ema(decay=0.99)",
             "adam(lr=0.01)",
         ]
     );

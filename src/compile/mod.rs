@@ -36,8 +36,8 @@ use crate::diagnostic::{Diagnostic, SourceFile, Span};
 use crate::lang::file::{ConstEntry, DType, LossFile, ParamTable, Setting, SettingValue};
 use crate::optim::custom::UpdateProgram;
 use crate::optim::groups::{ParamSettings, param_groups};
-use crate::optim::settings::RunSettings;
-use crate::optim::spec::{OptimizerSpec, RawValue, SettingError};
+use crate::optim::settings::{RUN_SETTINGS, RunSettings};
+use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
 use crate::optim::tricks::ChainOverride;
 
 /// candle's dtype for ours.
@@ -344,7 +344,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
             loss: v.loss.as_ref().unwrap_or(&file.loss),
             consts: overlay(&file.consts, &v.consts, |c| &c.name.node),
             dtype: v.dtype.unwrap_or(file.dtype),
-            optimizer: overlay(&file.optimizer, &v.optimizer, |s| &s.key.node),
+            optimizer: variant_optimizer(&file.optimizer, &v.optimizer),
             param_settings: overlay_tables(&file.param_settings, &v.param_settings),
             own_loss: v.loss.is_some(),
         })
@@ -490,6 +490,29 @@ fn overlay<T: Clone>(base: &[T], over: &[T], key: impl Fn(&T) -> &String) -> Vec
         .collect();
     out.extend(over.iter().cloned());
     out
+}
+
+/// A variant's `[optimizer]`: its keys laid over the file's, except that a variant naming
+/// another optimizer keeps only the file's run settings (`steps`, the schedule, clipping, ...):
+/// its optimizer starts from its own defaults, not from the other one's numbers (adam's
+/// `eps = 0.5` is no rmsprop eps anyone asked for).
+fn variant_optimizer(file: &[Setting], over: &[Setting]) -> Vec<Setting> {
+    let name = |t: &[Setting]| {
+        t.iter()
+            .find(|s| s.key.node == "name")
+            .map(|s| s.value.node.clone())
+    };
+    let default = || SettingValue::Text(OptimizerKind::Adam.name().to_string());
+    let switched = name(over).is_some_and(|n| n != name(file).unwrap_or_else(default));
+    if !switched {
+        return overlay(file, over, |s| &s.key.node);
+    }
+    let kept: Vec<Setting> = file
+        .iter()
+        .filter(|s| RUN_SETTINGS.iter().any(|(k, _)| *k == s.key.node))
+        .cloned()
+        .collect();
+    overlay(&kept, over, |s| &s.key.node)
 }
 
 /// The file's per-param tables with a variant's laid over them, param by param and key by key.
