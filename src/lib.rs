@@ -177,6 +177,19 @@ fn exit(ok: bool) -> ExitCode {
 /// curvature thread, the one thread that keeps gradient graphs for second-order derivatives.
 pub fn init_process(threads: Option<usize>) {
     let asked = threads.or_else(|| std::env::var("RAYON_NUM_THREADS").ok()?.parse().ok());
+    // More threads than cores only add hand-offs, and a mistyped count (`--threads 100000`)
+    // spent minutes starting threads for a 3-value loss.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let asked = asked.map(|n| {
+        if n > cores {
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: {n} threads asked for, more than this machine's {cores} cores: using {cores}"
+            );
+        }
+        n.min(cores)
+    });
     // SAFETY: called first thing in main, before any other thread exists. With these, candle's
     // matmul never asks rayon for threads (which would build rayon's default pool before ours;
     // and unset, candle reads the core count on every matmul, ~150 µs), and its elementwise

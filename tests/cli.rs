@@ -20,6 +20,29 @@ fn threads_is_accepted_before_the_command() {
     assert!(stdout(&o).contains("final loss"), "{}", stdout(&o));
 }
 
+/// A count past the cores is cut to them with a note, not thousands of threads started (it
+/// would not finish within the test's time at 100,000).
+#[test]
+fn threads_past_the_cores_are_cut_to_them() {
+    let o = gradscope(&[
+        "--threads",
+        "100000",
+        "run",
+        "losses/beale.toml",
+        "--steps",
+        "2",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        stderr(&o).contains(&format!(
+            "100000 threads asked for, more than this machine's {cores} cores: using {cores}"
+        )),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn threads_is_accepted_after_the_command() {
     let o = gradscope(&["check", "--threads", "1", "losses/beale.toml"]);
