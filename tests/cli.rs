@@ -554,6 +554,20 @@ fn outputs_into_missing_folders_are_refused_before_the_runs() {
         );
         assert!(stdout(&o).is_empty(), "{all:?} stepped: {}", stdout(&o));
     }
+    // A folder given as the file, and a folder that takes no files (/proc), likewise.
+    let unwritable = [
+        ("tests", "--out tests: is a folder; name a file in it"),
+        ("/proc/x.npz", "--out /proc/x.npz: cannot write in /proc"),
+    ];
+    for (out, says) in unwritable
+        .iter()
+        .filter(|(o, _)| !o.starts_with('/') || cfg!(target_os = "linux"))
+    {
+        let o = gradscope(&["run", "losses/rosenbrock.toml", "--out", out]);
+        assert_eq!(o.status.code(), Some(2), "{out}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{out}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{out} stepped: {}", stdout(&o));
+    }
 }
 
 /// `--clip-norm` takes what a file's `clip_norm` takes: -1 made every step ascend, NaN halted

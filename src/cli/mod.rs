@@ -155,14 +155,31 @@ macro_rules! value_enum {
 
 value_enum!(DType, NonFinitePolicy, GradSource);
 
-/// Refuses an output file (`flag` names its option) whose folder does not exist, before any
-/// run steps: found after them, the error cost the whole run.
+/// Refuses an output file (`flag` names its option) that cannot be written, before any run
+/// steps: found after them, the error cost the whole run. Its folder must exist and take a
+/// new file (tried with an empty one, removed at once), and it must not be a folder itself.
 pub fn check_out_folder(flag: &str, out: &std::path::Path) -> anyhow::Result<()> {
-    match out
+    let dir = out
         .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        anyhow::bail!("{flag} {}: no folder {}", out.display(), dir.display());
+    }
+    if out.is_dir() {
+        anyhow::bail!("{flag} {}: is a folder; name a file in it", out.display());
+    }
+    let probe = dir.join(format!(".gradscope-{}.probe", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
     {
-        Some(dir) => anyhow::bail!("{flag} {}: no folder {}", out.display(), dir.display()),
-        None => Ok(()),
+        Ok(_) => Ok(std::fs::remove_file(&probe)?),
+        Err(e) => anyhow::bail!(
+            "{flag} {}: cannot write in {}: {e}",
+            out.display(),
+            dir.display()
+        ),
     }
 }
