@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::{Device, Tensor};
 
 use super::arrays::ArrayError;
-use super::lower::{Kind, Lowerer};
+use super::lower::{Kind, Lowerer, NoFunctions};
 use super::plan::Op;
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
 use crate::lang::ast::{Expr, ExprKind, Spanned};
@@ -112,7 +112,10 @@ pub fn evaluate(file: &LossFile, diags: &mut Vec<Diagnostic>) -> Values {
             DataValue::Array(a) => read_array(&file.source, file.dir(), a, diags),
             DataValue::Expr(expr) => {
                 let context = format!("{:?}:{}", e.kind, e.name.node);
-                let mut lw = Lowerer::new(&file.source, file.seed, &context);
+                let mut lw = Lowerer::new(&file.source, file.seed, &context).without_functions(
+                    NoFunctions::Data(e.name.node.clone()),
+                    file.functions.iter().map(|f| f.name.node.clone()).collect(),
+                );
                 for c in &file.consts {
                     if let Ok(t) = Tensor::new(c.value, &Device::Cpu) {
                         lw.bind_known(&c.name.node, t, Kind::Const);

@@ -6,7 +6,7 @@ use rand_distr::{Distribution, StandardNormal, StandardUniform};
 
 use std::sync::Arc;
 
-use super::{Kind, Lowered, Lowerer, Reported, Value};
+use super::{Kind, Lowered, Lowerer, NoFunctions, Reported, Value};
 use crate::compile::function::FnOp;
 use crate::compile::ops::Elementwise;
 use crate::compile::plan::{Binary, Narrow, Op, Reduce, Reg, Unary};
@@ -41,16 +41,27 @@ impl Lowerer {
             return self.user_call(&fd, args, span);
         }
         let Some(f) = Builtin::from_name(name) else {
-            if let Some((outer, names)) = &self.body_of
+            if let Some((here, names)) = &self.no_functions
                 && names.iter().any(|n| n == name)
             {
-                let message = match outer == name {
-                    true => format!("`{name}` calls itself: a [functions] entry cannot recurse"),
-                    false => format!(
-                        "`{outer}` calls `{name}`: a [functions] entry cannot call another one"
+                let (message, help) = match here {
+                    NoFunctions::Body(outer) if outer == name => (
+                        format!("`{name}` calls itself: a [functions] entry cannot recurse"),
+                        "a function's value uses builtins, consts and its args; call both from the loss, or write the other's value out here",
+                    ),
+                    NoFunctions::Body(outer) => (
+                        format!(
+                            "`{outer}` calls `{name}`: a [functions] entry cannot call another one"
+                        ),
+                        "a function's value uses builtins, consts and its args; call both from the loss, or write the other's value out here",
+                    ),
+                    NoFunctions::Data(entry) => (
+                        format!(
+                            "data `{entry}` calls `{name}`, a [functions] entry: data are computed once, without them"
+                        ),
+                        "write the function's value out here, or call it from the loss or a metric",
                     ),
                 };
-                let help = "a function's value uses builtins, consts and its args; call both from the loss, or write the other's value out here";
                 return Err(self.fail(message, &func.span, Some(help.into())));
             }
             let help = match self.env.get(name) {
@@ -571,11 +582,10 @@ impl Lowerer {
             })
             .collect();
         let body = |extra: Option<&Shape>| {
-            let mut lw = Lowerer::new(&self.source, 0, name);
-            lw.body_of = Some((
-                fd.name.node.clone(),
+            let mut lw = Lowerer::new(&self.source, 0, name).without_functions(
+                NoFunctions::Body(fd.name.node.clone()),
                 self.functions.iter().map(|f| f.name.node.clone()).collect(),
-            ));
+            );
             for (n, t) in &consts {
                 lw.bind_known(n, t.clone(), Kind::Const);
             }

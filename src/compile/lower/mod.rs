@@ -25,6 +25,15 @@ use crate::lang::ast::{BinOp, Expr, ExprKind, Program, Spanned};
 use crate::lang::builtins::Builtin;
 use crate::lang::file::FunctionDef;
 
+/// Code that cannot call the file's `[functions]`.
+#[derive(Debug, Clone)]
+pub enum NoFunctions {
+    /// The body of the function of this name.
+    Body(String),
+    /// The data entry of this name.
+    Data(String),
+}
+
 /// What a name stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -92,9 +101,9 @@ pub struct Lowerer {
     /// The inputs whose values came from a file, by input index: their name and origin
     /// (`read from data/x.npy`), so a shape report can name the file.
     origins: HashMap<usize, (String, String)>,
-    /// Inside a `[functions]` body: that function's name and the file's function names, which
-    /// a body cannot call (it calls builtins only), so the error can say so.
-    body_of: Option<(String, Vec<String>)>,
+    /// Where the file's `[functions]` cannot be called (a function's body calls builtins only;
+    /// data are computed before functions), and their names, so the error can say so.
+    no_functions: Option<(NoFunctions, Vec<String>)>,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -130,9 +139,15 @@ impl Lowerer {
             data_values: HashMap::new(),
             detached: 0,
             origins: HashMap::new(),
-            body_of: None,
+            no_functions: None,
             diags: Vec::new(),
         }
+    }
+
+    /// Says, when `names` (the file's `[functions]`) are called here, why they cannot be.
+    pub fn without_functions(mut self, here: NoFunctions, names: Vec<String>) -> Self {
+        self.no_functions = Some((here, names));
+        self
     }
 
     /// Makes the file's `[functions]` callable.

@@ -364,6 +364,18 @@ impl Checker {
                 .help = Some(format!("give argument {} a name of its own", k + 1));
                 continue;
             }
+            // In `grad`, `g` is the incoming gradient: an argument of that name is hidden there.
+            if let Some(g) = args.iter().find(|a| a.node == "g") {
+                self.error(
+                    format!(
+                        "function `{}` names an argument `g`, the name its `grad` gives the incoming gradient",
+                        name.node
+                    ),
+                    g.span.clone(),
+                )
+                .help = Some("rename the argument, e.g. args = [\"x\"]".into());
+                continue;
+            }
             let value = match f.get("value") {
                 Some(v) => self.expr_value(v, "a function's value"),
                 None => {
