@@ -221,10 +221,12 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     // Rows 0..=N: the axis ends at step N.
     let x_hi = (longest.saturating_sub(1).max(lo + 1)) as f64;
     let [x0, x1] = [lo as f64, x_hi.max(lo as f64 + 1.0)];
+    // On the bottom row: a run halts at its first NaN, the right edge, where the legend's box
+    // covers the top row.
     let nan_points: Vec<(f64, f64)> = drawn
         .iter()
         .filter(|d| d.events)
-        .flat_map(|d| d.raw.nonfinite.iter().map(|&x| (x, y1)))
+        .flat_map(|d| d.raw.nonfinite.iter().map(|&x| (x, y0)))
         .collect();
     let lr_marks: Vec<Vec<(f64, f64)>> = s
         .runs
