@@ -94,9 +94,96 @@ fn status_style(r: &RunView, playing: bool) -> Style {
 /// The chart tabs, the shown one highlighted.
 pub fn tabs(f: &mut Frame, app: &App, area: Rect) {
     let shown = app.tabs();
-    let selected = shown.iter().position(|t| *t == app.tab);
-    let tabs = Tabs::new(shown.iter().map(|t| t.title()))
-        .select(selected)
+    let titles: Vec<&str> = shown.iter().map(|t| t.title()).collect();
+    let selected = shown.iter().position(|t| *t == app.tab).unwrap_or(0);
+    let (window, at) = tab_window(&titles, selected, usize::from(area.width));
+    let tabs = Tabs::new(window)
+        .select(at)
         .highlight_style(Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD));
     f.render_widget(tabs, area);
+}
+
+/// The titles that fit in `width` columns around the selected one, with `…` for those left
+/// out on either side, and where the selected one is among them: cut at the right edge, the
+/// Metrics and Sweep tabs (and the one selected) could not be seen on a narrow terminal.
+fn tab_window<'a>(titles: &[&'a str], selected: usize, width: usize) -> (Vec<&'a str>, usize) {
+    // Each title is padded by a space on both sides, and a divider stands between two.
+    let cost = |t: &str| t.chars().count() + 3;
+    let fits = |lo: usize, hi: usize| {
+        let more = usize::from(lo > 0) + usize::from(hi < titles.len());
+        titles[lo..hi].iter().map(|t| cost(t)).sum::<usize>() + 4 * more <= width + 1
+    };
+    let selected = selected.min(titles.len().saturating_sub(1));
+    let (mut lo, mut hi) = (selected, (selected + 1).min(titles.len()));
+    // Widen to the right first, then to the left, while it fits.
+    while hi < titles.len() && fits(lo, hi + 1) {
+        hi += 1;
+    }
+    while lo > 0 && fits(lo - 1, hi) {
+        lo -= 1;
+    }
+    if !fits(lo, hi) {
+        // Not even the selected one with its marks: that one alone.
+        return (vec![titles[selected]], 0);
+    }
+    let mut window = Vec::with_capacity(hi - lo + 2);
+    if lo > 0 {
+        window.push("…");
+    }
+    window.extend_from_slice(&titles[lo..hi]);
+    if hi < titles.len() {
+        window.push("…");
+    }
+    (window, selected - lo + usize::from(lo > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tab_window;
+
+    const TITLES: [&str; 7] = [
+        "Loss",
+        "Grad norm",
+        "LR, Δ/p",
+        "Param norms",
+        "Landscape",
+        "Metrics",
+        "Sweep",
+    ];
+
+    /// The width ratatui's tab bar takes for `titles`: each padded by a space on both sides, a
+    /// divider between two.
+    fn drawn(titles: &[&str]) -> usize {
+        titles.iter().map(|t| t.chars().count() + 2).sum::<usize>() + titles.len() - 1
+    }
+
+    #[test]
+    fn the_tab_bar_keeps_the_selected_tab_in_view_and_marks_what_it_leaves_out() {
+        // Wide enough: all of them, as they are.
+        let (all, at) = tab_window(&TITLES, 6, 200);
+        assert_eq!((all, at), (TITLES.to_vec(), 6));
+        for width in 5..drawn(&TITLES) {
+            for selected in 0..TITLES.len() {
+                let (window, at) = tab_window(&TITLES, selected, width);
+                assert_eq!(window[at], TITLES[selected], "width {width}");
+                assert!(
+                    drawn(&window) <= width || window == [TITLES[selected]],
+                    "width {width}: {window:?}"
+                );
+                if window.len() == 1 {
+                    // Too narrow for the marks: the selected one alone.
+                    continue;
+                }
+                // What is shown is a run of the titles, with `…` standing for the rest.
+                let inner: Vec<&str> = window.iter().copied().filter(|t| *t != "…").collect();
+                let first = TITLES.iter().position(|t| *t == inner[0]).unwrap();
+                assert_eq!(inner, TITLES[first..first + inner.len()]);
+                assert_eq!(window[0] == "…", first > 0);
+                assert_eq!(
+                    window[window.len() - 1] == "…",
+                    first + inner.len() < TITLES.len()
+                );
+            }
+        }
+    }
 }
