@@ -1441,6 +1441,15 @@ fn j_and_k_move_the_selection() {
     assert_eq!(app.selected_file, 3, "count prefix");
     typed(&mut app, "999j");
     assert_eq!(app.selected_file, n - 1, "clamps at the bottom");
+    // Home, End and the page keys, for long folders.
+    press(&mut app, KeyCode::Home);
+    assert_eq!(app.selected_file, 0, "home");
+    press(&mut app, KeyCode::PageDown);
+    assert_eq!(app.selected_file, 10.min(n - 1), "page down");
+    press(&mut app, KeyCode::End);
+    assert_eq!(app.selected_file, n - 1, "end");
+    press(&mut app, KeyCode::PageUp);
+    assert_eq!(app.selected_file, (n - 1).saturating_sub(10), "page up");
     // Runs.
     let (mut app, _rx) = open(ROSENBROCK);
     press(&mut app, KeyCode::Tab);

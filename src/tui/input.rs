@@ -271,6 +271,15 @@ impl App {
             KeyAction::NextMetric => self.next_metric(),
             KeyAction::Down => return self.move_selection(n as i64),
             KeyAction::Up => return self.move_selection(-(n as i64)),
+            KeyAction::PageDown => {
+                return self.move_selection(n.saturating_mul(PAGE as u64) as i64);
+            }
+            KeyAction::PageUp => {
+                return self.move_selection(-(n.saturating_mul(PAGE as u64) as i64));
+            }
+            // Past either end: the moves clamp to it.
+            KeyAction::First => return self.move_selection(-(u32::MAX as i64)),
+            KeyAction::Last => return self.move_selection(u32::MAX as i64),
             KeyAction::ZoomIn
             | KeyAction::ZoomOut
             | KeyAction::PanLeft
