@@ -2606,6 +2606,12 @@ fn the_focused_inspector_scrolls_with_j_and_k() {
     typed(&mut app, "999k");
     assert_eq!(app.inspector_scroll, 0);
     assert_eq!(top(&app), first);
+    // A gradient check's answer scrolls back to the top, where it is shown.
+    typed(&mut app, "999j");
+    typed_settled(&mut app, &rx, "g");
+    assert_eq!(app.inspector_scroll, 0);
+    let screen = rows(&draw(&app, 120, 30)).join("\n");
+    assert!(screen.contains("gradcheck @1"), "{screen}");
 }
 
 fn focus(app: &mut App, panel: Focus) {

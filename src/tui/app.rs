@@ -502,6 +502,17 @@ impl App {
                         Err(why) => format!("lr range test from step {step}: {why}"),
                     });
                 }
+                // An answer to `g`, `h` or `G` is at the inspector's top: scrolled down,
+                // the inspector showed nothing new and the key looked ignored.
+                if matches!(
+                    e,
+                    Event::Checked(..)
+                        | Event::Curvature(..)
+                        | Event::Hessian(..)
+                        | Event::Formula(..)
+                ) {
+                    self.inspector_scroll = 0;
+                }
                 if let Some(s) = self.session_by_id(id) {
                     s.apply(e);
                 }
