@@ -330,10 +330,30 @@ fn snapshot_help_overlay() {
         .unwrap();
     let late: String = late.help.chars().take(20).collect();
     assert!(!rows(&draw(&app, 60, 20)).join("\n").contains(&late));
+    app.handle(Msg::Resize(60, 20));
     typed(&mut app, &"j".repeat(keys::BINDINGS.len()));
     assert!(app.show_help);
-    let screen = rows(&draw(&app, 60, 20)).join("\n");
-    assert!(screen.contains(&late), "{screen}");
+    let bottom = rows(&draw(&app, 60, 20));
+    assert!(bottom.join("\n").contains(&late), "{}", bottom.join("\n"));
+    // Held at the end: more j, and one k moves it back up (it had counted on past the end),
+    // with the box as wide as before.
+    typed(&mut app, "jjjjj");
+    assert_eq!(rows(&draw(&app, 60, 20)), bottom);
+    typed(&mut app, "k");
+    let up = rows(&draw(&app, 60, 20));
+    assert_ne!(up, bottom);
+    // The box's top border, from its corner to the next one.
+    let width = |screen: &[String]| {
+        let top = screen.iter().find(|r| r.contains("┌Keys (")).unwrap();
+        let from = top.find("┌Keys (").unwrap();
+        top[from..]
+            .split_inclusive('┐')
+            .next()
+            .unwrap()
+            .chars()
+            .count()
+    };
+    assert_eq!(width(&up), width(&bottom));
     snapshot("help_overlay", &t);
 }
 

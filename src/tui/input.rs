@@ -45,10 +45,10 @@ impl App {
         if self.show_help {
             match k.code {
                 KeyCode::Char('j') | KeyCode::Down => {
-                    self.help_scroll = (self.help_scroll + 1).min(keys::BINDINGS.len());
+                    self.help_scroll = super::render::help_scrolled(self, true);
                 }
                 KeyCode::Char('k') | KeyCode::Up => {
-                    self.help_scroll = self.help_scroll.saturating_sub(1);
+                    self.help_scroll = super::render::help_scrolled(self, false);
                 }
                 _ => self.show_help = false,
             }

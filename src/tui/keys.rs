@@ -237,7 +237,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch('W')],
         A::Sweep,
-        "Sweep tab: lr, a hyper-parameter or a const (arrows, enter adds, esc)",
+        "Sweep tab: lr, a hyper-parameter or a const (arrows, enter, esc)",
         None,
     ),
     bind(

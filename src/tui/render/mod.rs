@@ -65,12 +65,20 @@ pub fn render(f: &mut Frame, app: &App) {
         overlays::popup(f, app, p, area);
     }
     if app.show_help {
-        // Above the status bar, which stays readable.
-        let above = Rect {
-            height: a.status.y.saturating_sub(area.y),
-            ..area
-        };
-        overlays::help(f, above, app.help_scroll);
+        overlays::help(f, help_area(app, area), app.help_scroll);
+    }
+}
+
+/// The help's scroll after `j` (`down`) or `k`: no further than its last line in view.
+pub fn help_scrolled(app: &App, down: bool) -> usize {
+    overlays::help_scrolled(help_area(app, app.screen()), app.help_scroll, down)
+}
+
+/// Where the help is drawn on a screen of `area`: above the status bar, which stays readable.
+fn help_area(app: &App, area: Rect) -> Rect {
+    Rect {
+        height: layout(app, area).status.y.saturating_sub(area.y),
+        ..area
     }
 }
 

@@ -15,15 +15,22 @@ use crate::tui::layout::centered;
 use crate::tui::line_edit::LineEdit;
 use crate::tui::render::warnings::wrap;
 
-/// Every key and what it does (j/k scroll, any other key closes it), in as many columns as the
-/// height needs; where those do not fit the width, one column that scrolls from `scroll`.
-pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
+/// How the help lays out in `area`: the rows of a column, the first binding shown, the last
+/// first binding scrolling can reach (0: it all fits), and the box's width.
+struct HelpLayout {
+    rows: usize,
+    first: usize,
+    last_first: usize,
+    width: usize,
+}
+
+fn help_layout(area: Rect, scroll: usize) -> HelpLayout {
     let label_w = BINDINGS
         .iter()
         .map(|b| b.label().chars().count())
         .max()
         .unwrap_or(0);
-    let mut rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
+    let rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
     let width_of = |columns: &[&[Binding]]| -> usize {
         columns
             .iter()
@@ -32,16 +39,54 @@ pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
             .sum::<usize>()
             + 2
     };
-    let mut first = 0;
-    if width_of(&BINDINGS.chunks(rows).collect::<Vec<_>>()) > usize::from(area.width) {
-        first = scroll.min(BINDINGS.len() - rows);
-        rows = BINDINGS.len() - first;
+    let columns: Vec<&[Binding]> = BINDINGS.chunks(rows).collect();
+    if width_of(&columns) <= usize::from(area.width) {
+        return HelpLayout {
+            rows,
+            first: 0,
+            last_first: 0,
+            width: width_of(&columns),
+        };
     }
-    let columns: Vec<&[Binding]> = BINDINGS[first..].chunks(rows).collect();
-    let widths: Vec<usize> = columns
+    // One column that scrolls, as wide as its widest line wherever it is scrolled to.
+    let last_first = BINDINGS.len() - rows;
+    HelpLayout {
+        rows,
+        first: scroll.min(last_first),
+        last_first,
+        width: width_of(&[BINDINGS]),
+    }
+}
+
+/// Where `j` (`down`) or `k` leaves the help's scroll from `scroll`: no further than its last
+/// line in view (it went on counting past the end, and `k` then seemed to do nothing).
+pub fn help_scrolled(area: Rect, scroll: usize, down: bool) -> usize {
+    let last = help_layout(area, scroll).last_first;
+    match down {
+        true => (scroll + 1).min(last),
+        false => scroll.min(last).saturating_sub(1),
+    }
+}
+
+/// Every key and what it does (j/k scroll, any other key closes it), in as many columns as the
+/// height needs; where those do not fit the width, one column that scrolls from `scroll`.
+pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
+    let label_w = BINDINGS
         .iter()
-        .map(|c| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0))
-        .collect();
+        .map(|b| b.label().chars().count())
+        .max()
+        .unwrap_or(0);
+    let HelpLayout {
+        rows,
+        first,
+        last_first,
+        width,
+    } = help_layout(area, scroll);
+    let help_w = |c: &[Binding]| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0);
+    let (columns, widths): (Vec<&[Binding]>, Vec<usize>) = match last_first {
+        0 => BINDINGS.chunks(rows).map(|c| (c, help_w(c))).unzip(),
+        _ => (vec![&BINDINGS[first..first + rows]], vec![help_w(BINDINGS)]),
+    };
     let lines: Vec<Line> = (0..rows)
         .map(|i| {
             let mut spans = Vec::new();
@@ -56,7 +101,7 @@ pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
             Line::from(spans)
         })
         .collect();
-    let r = centered(area, width_of(&columns) as u16, rows as u16 + 2);
+    let r = centered(area, width as u16, rows as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines)
