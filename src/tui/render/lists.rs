@@ -163,11 +163,11 @@ mod tests {
         let (all, at) = tab_window(&TITLES, 6, 200);
         assert_eq!((all, at), (TITLES.to_vec(), 6));
         for width in 5..drawn(&TITLES) {
-            for selected in 0..TITLES.len() {
+            for (selected, &title) in TITLES.iter().enumerate() {
                 let (window, at) = tab_window(&TITLES, selected, width);
-                assert_eq!(window[at], TITLES[selected], "width {width}");
+                assert_eq!(window[at], title, "width {width}");
                 assert!(
-                    drawn(&window) <= width || window == [TITLES[selected]],
+                    drawn(&window) <= width || window == [title],
                     "width {width}: {window:?}"
                 );
                 if window.len() == 1 {
