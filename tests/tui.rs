@@ -2035,8 +2035,8 @@ fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
     typed_settled(&mut app, &rx, "j");
     let t = draw(&app, 160, 45);
     let a = areas(&app, 160, 45);
-    assert!(find(&t, a.losses, "Rosenbrock (first)").is_some());
-    assert!(find(&t, a.losses, "Rosenbrock (second)").is_some());
+    assert!(find(&t, a.losses, "first: Rosenbrock").is_some());
+    assert!(find(&t, a.losses, "second: Rosenbrock").is_some());
     let inspector = a.inspector.expect("an inspector at 160x45");
     assert_eq!(second.file_name().unwrap(), "second.toml");
     assert!(
@@ -2044,6 +2044,24 @@ fn shared_names_show_the_file_stem_and_the_inspector_names_the_file() {
         "{}",
         rows(&t).join("\n")
     );
+    // A name too long for the panel is cut with `…`, after the stem that tells them apart.
+    let long = "Quad number one with a fairly long descriptive name to test the cut";
+    let text = format!("name = \"{long}\"\nloss = \"w^2\"\n[params]\nw = 1.0\n");
+    for stem in ["f1", "f2"] {
+        dir.write(&format!("{stem}.toml"), &text);
+    }
+    let (app, _rx) = open(dir.path());
+    let t = draw(&app, 80, 24);
+    let losses = areas(&app, 80, 24).losses;
+    for stem in ["f1", "f2"] {
+        let at = find(&t, losses, &format!("{stem}: Quad number")).expect(stem);
+        let row: String = rows(&t)[at.1 as usize]
+            .chars()
+            .skip(usize::from(losses.x))
+            .take(usize::from(losses.width))
+            .collect();
+        assert!(row.contains('…'), "{row}");
+    }
 }
 
 #[test]

@@ -355,7 +355,9 @@ impl App {
     pub fn file_label(&self, index: usize) -> String {
         let f = &self.files[index];
         if self.files.iter().filter(|g| g.name == f.name).count() > 1 {
-            format!("{} ({})", f.name, f.stem())
+            // The stem first: a long name is cut at the panel's edge, and the stem is what
+            // tells the two apart.
+            format!("{}: {}", f.stem(), f.name)
         } else {
             f.name.clone()
         }

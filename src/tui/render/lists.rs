@@ -7,6 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{List, ListItem, ListState, Paragraph, Tabs};
 
 use super::panel;
+use crate::format::cut;
 use crate::tui::app::{App, Focus};
 use crate::tui::layout::{FileRow, file_rows};
 use crate::tui::session::{Link, RunView};
@@ -17,9 +18,11 @@ pub fn losses(f: &mut Frame, app: &App, area: Rect) {
     let selected = rows
         .iter()
         .position(|r| r.file() == Some(app.selected_file));
+    // Inside the borders.
+    let width = usize::from(area.width.saturating_sub(2));
     let items: Vec<ListItem> = rows
         .into_iter()
-        .map(|r| ListItem::new(row(app, r)))
+        .map(|r| ListItem::new(row(app, r, width)))
         .collect();
     let list = List::new(items)
         .block(panel("Losses", app.focus == Focus::Losses))
@@ -28,8 +31,9 @@ pub fn losses(f: &mut Frame, app: &App, area: Rect) {
     f.render_stateful_widget(list, area, &mut state);
 }
 
-/// A losses list row: a bold `group/` header, or a file's badge and name.
-fn row<'a>(app: &'a App, row: FileRow<'a>) -> Line<'a> {
+/// A losses list row in `width` columns: a bold `group/` header, or a file's badge and name
+/// (cut with `…` where it is longer).
+fn row<'a>(app: &'a App, row: FileRow<'a>, width: usize) -> Line<'a> {
     match row {
         FileRow::Group(group) => Line::from(format!("{group}/")).bold(),
         FileRow::File { index, indented } => {
@@ -40,10 +44,11 @@ fn row<'a>(app: &'a App, row: FileRow<'a>) -> Line<'a> {
                 Span::styled("✓ ", Style::new().fg(Color::Green))
             };
             let indent = if indented { "  " } else { "" };
+            let room = width.saturating_sub(indent.len() + 2);
             Line::from(vec![
                 Span::raw(indent),
                 badge,
-                Span::raw(app.file_label(index)),
+                Span::raw(cut(&app.file_label(index), room)),
             ])
         }
     }
@@ -67,7 +72,11 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
                     status_style(r, s.playing),
                 ),
                 Span::styled(
-                    r.info.name.clone(),
+                    // Inside the borders, after the colour and the status.
+                    cut(
+                        &r.info.name,
+                        usize::from(area.width.saturating_sub(2 + 2 + 11)),
+                    ),
                     match r.link {
                         Link::Gone => Style::new().fg(Color::DarkGray),
                         Link::Live | Link::Starting => Style::new(),
