@@ -255,6 +255,43 @@ impl CompiledFile {
 /// A warning at each const, data or initial param whose value the file gives or computes
 /// non-finite (`c = inf`, `x = nan`, `log` of a negative in a data expression): a run reading it
 /// starts from it, and the trace at run time can only say that the value came in that way.
+/// The `optimum` entries that do not fit their param (a value per element, all finite), as
+/// warnings: the landscape and the pictures leave such an optimum out, and did so silently.
+fn optimum_misfits(file: &LossFile, params: &[Named]) -> Vec<Diagnostic> {
+    let entries = file.optimum.iter().flatten();
+    entries
+        .filter_map(|o| {
+            let p = params.iter().find(|p| p.name == o.name.node)?;
+            let want = p.value.elem_count();
+            let shape = Shape(p.value.dims().to_vec());
+            let (message, help) = if o.value.len() != want {
+                (
+                    format!(
+                        "`optimum` gives `{}` {} value{}; the param has {want} ({shape})",
+                        o.name.node,
+                        o.value.len(),
+                        if o.value.len() == 1 { "" } else { "s" }
+                    ),
+                    "give one number per element, as the param's own value is written",
+                )
+            } else if o.value.iter().any(|v| !v.is_finite()) {
+                (
+                    format!("`optimum` gives `{}` a non-finite value", o.name.node),
+                    "an optimum is a point the landscape marks: every value must be finite",
+                )
+            } else {
+                return None;
+            };
+            Some(
+                Diagnostic::warning(message)
+                    .at(&file.source, o.name.span.clone())
+                    .label("the landscape and the pictures leave the optimum out")
+                    .help(help),
+            )
+        })
+        .collect()
+}
+
 fn nonfinite_values(file: &LossFile, data: &[Named], params: &[Named]) -> Vec<Diagnostic> {
     let consts = file
         .consts
@@ -324,6 +361,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         return (None, dedup(diags));
     };
     diags.extend(nonfinite_values(&file, &data, &params));
+    diags.extend(optimum_misfits(&file, &params));
     let mut runs = Vec::new();
     let (optimizers, unusable) = optimizers(&file, &params, &mut diags);
     let functions = Arc::new(file.functions.clone());

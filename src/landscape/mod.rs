@@ -80,13 +80,14 @@ pub fn param_shapes(compiled: &crate::compile::CompiledFile) -> Vec<ParamShape> 
 }
 
 /// The file's known optimum (its `optimum` key) as a flat param vector; None when the file
-/// gives none or its values do not fit the compiled params' sizes.
+/// gives none or its values do not fit the compiled params' sizes or are not finite (`check`
+/// warns of both).
 pub fn optimum_point(compiled: &crate::compile::CompiledFile) -> Option<Vec<f64>> {
     let optimum = compiled.file.optimum.as_ref()?;
     let mut flat = Vec::new();
     for shape in param_shapes(compiled) {
         let entry = optimum.iter().find(|o| o.name.node == shape.name)?;
-        if entry.value.len() != shape.len() {
+        if entry.value.len() != shape.len() || entry.value.iter().any(|v| !v.is_finite()) {
             return None;
         }
         flat.extend_from_slice(&entry.value);

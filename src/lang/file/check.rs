@@ -292,6 +292,11 @@ impl Checker {
             if seen.contains(&(span.clone(), msg.clone())) {
                 continue;
             }
+            // A table header the parser could not read leaves its keys in the table before,
+            // where they come out as duplicates: after a first error, that says nothing true.
+            if !seen.is_empty() && msg == "duplicate key" {
+                continue;
+            }
             seen.push((span.clone(), msg.clone()));
             self.error(format!("invalid TOML: {msg}"), span).help =
                 Some("see https://toml.io for the syntax".into());
