@@ -336,6 +336,7 @@ impl Lowerer {
                     .help = Some("pick another name for this step".into());
                 continue;
             }
+            let earlier = locals.iter().rposition(|n| n.node == name.node);
             let value = match self.expr(&stmt.value) {
                 Ok(r) => {
                     locals.push(name);
@@ -346,6 +347,19 @@ impl Lowerer {
                     Value::Poisoned
                 }
             };
+            // Assigned again before anything read it: that earlier value is dead, though the
+            // name is used in the end.
+            if let Some(i) = earlier.filter(|_| !self.used.contains(&name.node)) {
+                let dead = locals.remove(i);
+                self.diags.push(
+                    Diagnostic::warning(format!(
+                        "`{}` is never used before it is assigned again",
+                        dead.node
+                    ))
+                    .at(&self.source, dead.span.clone())
+                    .help("remove this line, or give one of the two values its own name"),
+                );
+            }
             self.used.remove(&name.node);
             self.bind(&name.node, value, Kind::Local);
         }
