@@ -662,3 +662,18 @@ fn completions_into_a_closed_pipe_are_not_a_panic() {
     let args = ["completions", "bash"];
     assert_eq!(exit_with_a_closed_pipe(&args, Closed::Stdout), Some(0));
 }
+
+/// A run its optimizer cannot start (sm3 on a scalar) names the file, the run and the param.
+#[test]
+fn a_run_that_cannot_start_names_its_file_run_and_param() {
+    let o = gradscope(&["run", "tests/malformed/sm3_scalar_param.toml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "tests/malformed/sm3_scalar_param.toml: run `base` cannot start: sm3 keeps one \
+             accumulator per dimension of a param, so it cannot step `a`, a scalar"
+        ),
+        "{}",
+        stderr(&o)
+    );
+}

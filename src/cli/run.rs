@@ -128,9 +128,14 @@ pub enum RunsError {
     /// with them).
     #[error("-o {spec}: {error}")]
     Groups { spec: String, error: GroupError },
-    /// A run could not be prepared (its tensors could not be built).
-    #[error(transparent)]
-    Start(#[from] candle_core::Error),
+    /// A run could not be prepared (its tensors could not be built, or its optimizer refuses
+    /// the params).
+    #[error("{file}: run `{run}` cannot start: {error}")]
+    Start {
+        file: String,
+        run: String,
+        error: candle_core::Error,
+    },
 }
 
 /// The run definitions `variant` names (`base`, a name, `all`; none: `default_all` decides).
@@ -224,7 +229,14 @@ pub fn build_runs(
             if let Some(d) = args.dtype {
                 request.dtype = d;
             }
-            runs.push(Run::new(compiled, request)?);
+            let run = request.name.clone();
+            runs.push(
+                Run::new(compiled, request).map_err(|error| RunsError::Start {
+                    file: compiled.file.source.path.display().to_string(),
+                    run,
+                    error,
+                })?,
+            );
         }
     }
     Ok(runs)

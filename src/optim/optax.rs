@@ -236,6 +236,15 @@ impl Sm3 {
     }
 }
 
+/// Why sm3 cannot step `param` (named, or `param 1 of 3`), a scalar.
+pub fn sm3_refuses_a_scalar(param: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "sm3 keeps one accumulator per dimension of a param, so it cannot step {param}, a \
+         scalar (optax.sm3 fails on scalars too): make it a 1-element vector or pick another \
+         optimizer"
+    ))
+}
+
 impl Rule for Sm3 {
     type State = Sm3State;
 
@@ -243,10 +252,8 @@ impl Rule for Sm3 {
     /// them.
     fn init(&self, params: &[Tensor]) -> Result<Sm3State> {
         if let Some(i) = params.iter().position(|p| p.rank() == 0) {
-            return Err(candle_core::Error::Msg(format!(
-                "sm3 keeps one accumulator per dimension of a param, so it cannot step param {} \
-                 of {}, a scalar (optax.sm3 fails on scalars too): make it a 1-element vector or \
-                 pick another optimizer",
+            return Err(sm3_refuses_a_scalar(&format!(
+                "param {} of {}",
                 i + 1,
                 params.len()
             )));

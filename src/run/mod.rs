@@ -27,8 +27,10 @@ use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 use crate::optim::chain::{self, Verdict};
 use crate::optim::groups::param_groups;
+use crate::optim::optax::sm3_refuses_a_scalar;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
+use crate::optim::spec::OptimizerKind;
 use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx};
 
 /// GradScaler's defaults.
@@ -232,6 +234,20 @@ impl Run {
             &names,
         )
         .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // sm3 keeps an accumulator per dimension and refuses a scalar in its init, which knows
+        // params only by position: said here, by name.
+        for g in groups
+            .iter()
+            .filter(|g| g.spec.kind() == Some(OptimizerKind::Sm3))
+        {
+            if let Some(&i) = g
+                .params
+                .iter()
+                .find(|&&i| compiled.params[i].value.rank() == 0)
+            {
+                return Err(sm3_refuses_a_scalar(&format!("`{}`", names[i])));
+            }
+        }
         let initial: Vec<Tensor> = compiled.params.iter().map(|p| p.value.clone()).collect();
         let state = OptimizerState::with_tricks(
             groups,
