@@ -134,7 +134,7 @@ pub enum RunsError {
     Start {
         file: String,
         run: String,
-        error: candle_core::Error,
+        error: Box<candle_core::Error>,
     },
 }
 
@@ -234,7 +234,7 @@ pub fn build_runs(
                 Run::new(compiled, request).map_err(|error| RunsError::Start {
                     file: compiled.file.source.path.display().to_string(),
                     run,
-                    error,
+                    error: Box::new(error),
                 })?,
             );
         }
