@@ -255,6 +255,43 @@ impl CompiledFile {
 /// A warning at each const, data or initial param whose value the file gives or computes
 /// non-finite (`c = inf`, `x = nan`, `log` of a negative in a data expression): a run reading it
 /// starts from it, and the trace at run time can only say that the value came in that way.
+/// A variant's consts that no loss, metric or function reads: only `[data]` and `[params]`
+/// read them, computed once with the file's values, so the variant ran as the base did.
+fn consts_read_only_once(file: &LossFile) -> Vec<Diagnostic> {
+    let programs = std::iter::once(&file.loss).chain(file.variants.iter().flat_map(|v| &v.loss));
+    let exprs = programs
+        .flat_map(|p| {
+            p.node
+                .stmts
+                .iter()
+                .map(|s| &s.value)
+                .chain([&p.node.result])
+        })
+        .chain(file.metrics.iter().map(|m| &m.value))
+        .chain(
+            file.functions
+                .iter()
+                .flat_map(|f| std::iter::once(&f.value).chain(&f.grads)),
+        );
+    let read: HashSet<String> = exprs.flat_map(data::free_names).collect();
+    file.variants
+        .iter()
+        .flat_map(|v| v.consts.iter().map(move |c| (v, c)))
+        .filter(|(_, c)| !read.contains(&c.name.node))
+        .map(|(v, c)| {
+            Diagnostic::warning(format!(
+                "variant `{}` sets `{}`, which no loss, metric or function reads: [data] and [params] are computed once, with the file's value, so this run is the base's",
+                v.name.node, c.name.node
+            ))
+            .at(&file.source, c.name.span.clone())
+            .help(format!(
+                "read `{}` in the loss, or sweep it with `gradscope sweep --const {}=[...]`, which computes the data again",
+                c.name.node, c.name.node
+            ))
+        })
+        .collect()
+}
+
 /// The `optimum` entries that do not fit their param (a value per element, all finite), as
 /// warnings: the landscape and the pictures leave such an optimum out, and did so silently.
 fn optimum_misfits(file: &LossFile, params: &[Named]) -> Vec<Diagnostic> {
@@ -362,6 +399,7 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
     };
     diags.extend(nonfinite_values(&file, &data, &params));
     diags.extend(optimum_misfits(&file, &params));
+    diags.extend(consts_read_only_once(&file));
     let mut runs = Vec::new();
     let (optimizers, unusable) = optimizers(&file, &params, &mut diags);
     let functions = Arc::new(file.functions.clone());
