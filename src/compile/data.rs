@@ -312,6 +312,13 @@ fn read_csv(
         Ok(h) => h.clone(),
         Err(e) => return error(format!("cannot read CSV `{shown}`: {e}"), &path.span, None),
     };
+    if headers.iter().all(|h| h.trim().is_empty()) {
+        return error(
+            format!("CSV `{shown}` is empty: it has no header row and no data"),
+            &path.span,
+            Some("a first row naming the columns, then one row of numbers per example".into()),
+        );
+    }
     // A first row of numbers is data: read as the header, it would be lost and its values
     // taken for column names.
     if !headers.is_empty() && headers.iter().all(|h| h.trim().parse::<f64>().is_ok()) {

@@ -272,6 +272,13 @@ fn unexpected(chars: &str, span: Span) -> LexError {
                 Some("combine conditions with where(...) or arithmetic on 0/1 masks".into())
             }
             '\'' if chars.len() == 1 => Some("a transpose is written `x.T`".into()),
+            // Typographic look-alikes, pasted from papers and word processors.
+            '−' | '–' | '—' => Some("a typographic dash: type a plain `-` for minus".into()),
+            '×' | '·' | '⋅' => Some("type a plain `*` for multiplication".into()),
+            '÷' => Some("type a plain `/` for division".into()),
+            '“' | '”' | '‘' | '’' => {
+                Some("typographic quotes: the loss language has no strings; a transpose is written `x.T`".into())
+            }
             '"' | '\'' => Some("the loss language has no strings: names, numbers and operators".into()),
             c if invisible(c) => Some(
                 "an invisible character (pasted from a web page or document?): delete it and type a plain space"
@@ -380,6 +387,18 @@ mod tests {
             );
         }
         assert_eq!(errors("sum(a') + b'").len(), 2);
+        // Look-alikes pasted from a paper say which plain character to type.
+        for (text, plain) in [
+            ("a \u{2212} b", "`-`"),
+            ("2 \u{d7} x", "`*`"),
+            ("x \u{f7} 2", "`/`"),
+        ] {
+            let e = errors(text);
+            assert!(
+                e.len() == 1 && e[0].help.as_deref().is_some_and(|h| h.contains(plain)),
+                "{text}: {e:?}"
+            );
+        }
     }
 
     #[test]
