@@ -3533,3 +3533,22 @@ fn snapshot_sweep_tab_form_and_live_fill() {
     }
     snapshot("sweep_tab_live_two_keys", &draw(&app, 120, 36));
 }
+
+/// While playing, the status bar's rate is every run's steps together, and says over how many.
+#[test]
+fn the_status_rate_says_it_is_over_all_the_runs() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, " ");
+    until(&mut app, &rx, "the runs to play", |app| {
+        app.session()
+            .is_some_and(|s| s.playing && !s.runs.is_empty())
+    });
+    let n = app.session().unwrap().runs.len();
+    assert!(n > 1);
+    let status = rows(&draw(&app, 160, 45)).pop().unwrap();
+    assert!(
+        status.contains(&format!("steps/s over {n} runs · running")),
+        "{status}"
+    );
+    typed(&mut app, " ");
+}

@@ -27,7 +27,15 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
     if let Some(s) = app.session() {
         spans.push(Span::raw(format!(" step {} · ", steps_of(s))));
         if s.playing {
-            spans.push(Span::raw(format!("{:.0} steps/s · ", s.steps_per_s())));
+            // The rate is all the runs' steps together: the count says so.
+            let over = match s.runs.len() {
+                0 | 1 => String::new(),
+                n => format!(" over {n} runs"),
+            };
+            spans.push(Span::raw(format!(
+                "{:.0} steps/s{over} · ",
+                s.steps_per_s()
+            )));
             spans.push(Span::styled("running", Style::new().fg(Color::Green)));
         } else if let Some(target) = s.stepping {
             spans.push(Span::styled(
