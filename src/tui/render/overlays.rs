@@ -398,7 +398,7 @@ pub fn popup(f: &mut Frame, app: &App, p: &Popup, area: Rect) {
             None,
         ),
         Popup::Duplicate { selected } => (
-            "Duplicate the run with",
+            "Duplicate the run with (j/k, enter adds, esc)",
             app.file()
                 .and_then(|f| f.compiled.as_ref())
                 .map(duplicate_choices)
