@@ -623,6 +623,12 @@ impl Parser {
                 self.bump();
                 Ok(Some(if neg { -(n as i64) } else { n as i64 }))
             }
+            // A whole number past any tensor's length is one, just out of range.
+            Tok::Number(n) if n.fract() == 0.0 => Err(err(
+                "this index is past the end of any tensor",
+                self.span(),
+                Some("an axis has at most a few billion elements; x[-1] is the last"),
+            )),
             Tok::Number(_) | Tok::Ident(_) | Tok::LParen => Err(err(
                 "indices must be integer literals",
                 self.span(),

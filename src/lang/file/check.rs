@@ -711,6 +711,12 @@ impl Checker {
             }
         };
         let (path_text, path_span) = self.string(path, &format!("`{kind}`"))?;
+        if path_text.trim().is_empty() {
+            self.error(format!("`{kind}` is empty"), path_span).help = Some(format!(
+                "name the file, relative to the loss file, e.g. {kind} = \"data/x.{kind}\""
+            ));
+            return None;
+        }
         let path = Spanned::new(PathBuf::from(path_text), path_span);
         if kind == "csv" {
             if let Some(k) = t.get("key") {
