@@ -2520,7 +2520,10 @@ fn e2e_an_edit_on_disk_keeps_the_session() {
     t.wait_for("the runs", |s| {
         s.contains("eps = 1e-3") && s.contains("step 0")
     });
-    t.keys(&["2", "0", "n", "o", "Enter", "Enter"]);
+    // The steps first: a command while counted steps are under way ends them.
+    t.keys(&["2", "0", "n"]);
+    t.wait_for("step 20", |s| s.contains("step 20 · paused"));
+    t.keys(&["o", "Enter", "Enter"]);
     t.wait_for("the added run", |s| s.contains("base · adam"));
     t.keys(&["Tab", "j", "+", "2", "0", "n"]);
     t.wait_for("step 40", |s| s.contains("step 40") && s.contains("(×2)"));
