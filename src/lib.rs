@@ -143,11 +143,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             out.write_all(&script)?;
             true
         }
+        Some(Command::Bench { tui_only: true, .. }) => cli::bench::tui_only(&mut out)?,
         Some(Command::Bench {
             dir,
             repeat,
             json,
             large,
+            tui_only: false,
         }) => cli::bench::bench_command(&dir, &large, repeat, json.as_deref(), &mut out)?,
         None => {
             drop(out);

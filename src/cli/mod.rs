@@ -134,6 +134,10 @@ pub enum Command {
         /// outside `losses/` so the TUI and `check losses` never load its 64 MB param.
         #[arg(long, default_value = "benches/large.toml")]
         large: PathBuf,
+        /// Only the TUI under load, printed as JSON: what `bench` runs in a process of its
+        /// own, as the TUI is.
+        #[arg(long, hide = true)]
+        tui_only: bool,
     },
 }
 

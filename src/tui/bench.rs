@@ -134,10 +134,12 @@ pub fn steps_per_s(file: &Path, tab: Tab) -> anyhow::Result<f64> {
 
 /// How the TUI answers while many files play: from a key reaching the app to its being handled,
 /// and how long frames take to draw, driven by the TUI's own event loop on a test backend.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UnderLoad {
     /// Loss files playing at once.
     pub files: usize,
+    /// How long they played while keys came.
+    pub seconds: f64,
     /// Their runs, all playing.
     pub runs: usize,
     /// Keys pressed while they played (the quit key not counted).
@@ -253,6 +255,7 @@ pub fn under_load(dir: &Path, files: usize, seconds: f64) -> anyhow::Result<Unde
     cpu.sort_by(f64::total_cmp);
     Ok(UnderLoad {
         files,
+        seconds,
         runs,
         keys: keys.len(),
         key_median_ms: quantile(&keys, 0.5),
@@ -281,6 +284,8 @@ fn playing(dir: &Path, files: usize) -> anyhow::Result<(App, Receiver<Msg>)> {
     if loaded.is_empty() {
         anyhow::bail!("no loss file in {} compiles", dir.display());
     }
+    // As the TUI does once it has found its files (a no-op where a pool was built before).
+    crate::compile::threads::start(loaded.iter().filter_map(|f| f.compiled.as_ref()));
     let copies = (0..files).map(|i| {
         let mut f = loaded[i % loaded.len()].clone();
         let name = f.path.file_name().unwrap_or_default().to_string_lossy();
