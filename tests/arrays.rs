@@ -190,6 +190,13 @@ fn keys_are_checked_and_listed() {
         "`arrays.npz` holds 3 arrays: name the one to read with `key`"
     );
     assert_eq!(need.help().unwrap(), "it holds: `x`, `labels`, `b`");
+    // An npz of no arrays says so, without asking for a key to pick one.
+    let empty = ArrayError::NeedKey {
+        file: "empty.npz".into(),
+        keys: Vec::new(),
+    };
+    assert_eq!(empty.to_string(), "`empty.npz` holds no arrays");
+    assert!(empty.help().unwrap().contains("np.savez"));
     // safetensors keys are listed sorted.
     let Err(ArrayError::NoKey { keys: found, .. }) =
         read_fixture("model.safetensors", Some("fc2.weight"))

@@ -338,6 +338,7 @@ fn counts_and_grids_out_of_range_are_refused_when_parsed() {
             "every must be positive",
         ),
         (&["--threads", "0", "list"][..], "threads must be positive"),
+        (&["bench", "--repeat", "0"][..], "repeat must be positive"),
         (
             &["landscape", "f.toml", "--grid", "1"][..],
             "2 to 1024 cells",

@@ -124,7 +124,7 @@ pub enum Command {
         #[arg(default_value = "losses/bench")]
         dir: PathBuf,
         /// Repetitions per workload; the median is reported.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = |t: &str| run::positive("repeat", t).map(|n| n as usize))]
         repeat: usize,
         /// Also write every figure to this file as one JSON object, for tracking.
         #[arg(long, value_name = "FILE")]

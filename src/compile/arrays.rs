@@ -39,7 +39,7 @@ pub enum ArrayError {
         keys: Vec<String>,
     },
     /// No key was given and the file holds other than one array.
-    #[error("`{file}` holds {}: name the one to read with `key`", count(.keys.len()))]
+    #[error("`{file}` holds {}{}", count(.keys.len()), if .keys.is_empty() { "" } else { ": name the one to read with `key`" })]
     NeedKey { file: String, keys: Vec<String> },
     /// Values that are not plain numbers (complex, strings, records) or of no known format.
     #[error("`{file}`{} holds {dtype} values, which gradscope cannot read", in_key(.key))]
@@ -81,6 +81,9 @@ impl ArrayError {
                     f.name()
                 )
             }),
+            ArrayError::NeedKey { keys, .. } if keys.is_empty() => {
+                Some("save at least one array into it, e.g. np.savez(path, x=x)".into())
+            }
             ArrayError::NoKey { keys, .. } | ArrayError::NeedKey { keys, .. } => Some(list(keys)),
             ArrayError::Dtype { dtype, .. } => Some(dtype_help(dtype)),
             ArrayError::TooLarge { .. } => {
