@@ -184,7 +184,6 @@ pub fn init_process(threads: Option<usize>) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let asked = asked.map(|n| {
         if n > cores {
-            use std::io::Write as _;
             let _ = writeln!(
                 std::io::stderr(),
                 "note: {n} threads asked for, more than this machine's {cores} cores: using {cores}"
