@@ -255,80 +255,6 @@ impl CompiledFile {
 /// A warning at each const, data or initial param whose value the file gives or computes
 /// non-finite (`c = inf`, `x = nan`, `log` of a negative in a data expression): a run reading it
 /// starts from it, and the trace at run time can only say that the value came in that way.
-/// A variant's consts that no loss, metric or function reads: only `[data]` and `[params]`
-/// read them, computed once with the file's values, so the variant ran as the base did.
-fn consts_read_only_once(file: &LossFile) -> Vec<Diagnostic> {
-    let programs = std::iter::once(&file.loss).chain(file.variants.iter().flat_map(|v| &v.loss));
-    let exprs = programs
-        .flat_map(|p| {
-            p.node
-                .stmts
-                .iter()
-                .map(|s| &s.value)
-                .chain([&p.node.result])
-        })
-        .chain(file.metrics.iter().map(|m| &m.value))
-        .chain(
-            file.functions
-                .iter()
-                .flat_map(|f| std::iter::once(&f.value).chain(&f.grads)),
-        );
-    let read: HashSet<String> = exprs.flat_map(data::free_names).collect();
-    file.variants
-        .iter()
-        .flat_map(|v| v.consts.iter().map(move |c| (v, c)))
-        .filter(|(_, c)| !read.contains(&c.name.node))
-        .map(|(v, c)| {
-            Diagnostic::warning(format!(
-                "variant `{}` sets `{}`, which no loss, metric or function reads: [data] and [params] are computed once, with the file's value, so this run is the base's",
-                v.name.node, c.name.node
-            ))
-            .at(&file.source, c.name.span.clone())
-            .help(format!(
-                "read `{}` in the loss, or sweep it with `gradscope sweep --const {}=[...]`, which computes the data again",
-                c.name.node, c.name.node
-            ))
-        })
-        .collect()
-}
-
-/// The `optimum` entries that do not fit their param (a value per element, all finite), as
-/// warnings: the landscape and the pictures leave such an optimum out, and did so silently.
-fn optimum_misfits(file: &LossFile, params: &[Named]) -> Vec<Diagnostic> {
-    let entries = file.optimum.iter().flatten();
-    entries
-        .filter_map(|o| {
-            let p = params.iter().find(|p| p.name == o.name.node)?;
-            let want = p.value.elem_count();
-            let shape = Shape(p.value.dims().to_vec());
-            let (message, help) = if o.value.len() != want {
-                (
-                    format!(
-                        "`optimum` gives `{}` {} value{}; the param has {want} ({shape})",
-                        o.name.node,
-                        o.value.len(),
-                        if o.value.len() == 1 { "" } else { "s" }
-                    ),
-                    "give one number per element, as the param's own value is written",
-                )
-            } else if o.value.iter().any(|v| !v.is_finite()) {
-                (
-                    format!("`optimum` gives `{}` a non-finite value", o.name.node),
-                    "an optimum is a point the landscape marks: every value must be finite",
-                )
-            } else {
-                return None;
-            };
-            Some(
-                Diagnostic::warning(message)
-                    .at(&file.source, o.name.span.clone())
-                    .label("the landscape and the pictures leave the optimum out")
-                    .help(help),
-            )
-        })
-        .collect()
-}
-
 fn nonfinite_values(file: &LossFile, data: &[Named], params: &[Named]) -> Vec<Diagnostic> {
     let consts = file
         .consts
@@ -384,6 +310,81 @@ fn nonfinite_values(file: &LossFile, data: &[Named], params: &[Named]) -> Vec<Di
         );
     }
     out
+}
+
+/// A variant's consts that no loss, metric or function reads: only `[data]` and `[params]`
+/// read them, computed once with the file's values, so the variant ran as the base did.
+fn consts_read_only_once(file: &LossFile) -> Vec<Diagnostic> {
+    let programs = std::iter::once(&file.loss).chain(file.variants.iter().flat_map(|v| &v.loss));
+    let exprs = programs
+        .flat_map(|p| {
+            p.node
+                .stmts
+                .iter()
+                .map(|s| &s.value)
+                .chain([&p.node.result])
+        })
+        .chain(file.metrics.iter().map(|m| &m.value))
+        .chain(
+            file.functions
+                .iter()
+                .flat_map(|f| std::iter::once(&f.value).chain(&f.grads)),
+        );
+    let read: HashSet<String> = exprs.flat_map(data::free_names).collect();
+    file.variants
+        .iter()
+        .flat_map(|v| v.consts.iter().map(move |c| (v, c)))
+        .filter(|(_, c)| !read.contains(&c.name.node))
+        .map(|(v, c)| {
+            Diagnostic::warning(format!(
+                "variant `{}` sets `{}`, which no loss, metric or function reads: [data] and [params] are computed once, with the file's value, so this run is the base's",
+                v.name.node, c.name.node
+            ))
+            .at(&file.source, c.name.span.clone())
+            .help(format!(
+                "read `{}` in the loss, or sweep it with `gradscope sweep --const {}=[...]`, which computes the data again",
+                c.name.node, c.name.node
+            ))
+        })
+        .collect()
+}
+
+/// The `optimum` entries that do not fit their param (a value per element, all finite), as
+/// warnings: the landscape and the pictures leave such an optimum out, and did so silently.
+fn optimum_misfits(file: &LossFile, params: &[Named]) -> Vec<Diagnostic> {
+    let entries = file.optimum.iter().flatten();
+    entries
+        .filter_map(|o| {
+            let p = params.iter().find(|p| p.name == o.name.node)?;
+            let want = p.value.elem_count();
+            if o.fits(want) {
+                return None;
+            }
+            let shape = Shape(p.value.dims().to_vec());
+            let (message, help) = if o.value.len() != want {
+                (
+                    format!(
+                        "`optimum` gives `{}` {} value{}; the param has {want} ({shape})",
+                        o.name.node,
+                        o.value.len(),
+                        if o.value.len() == 1 { "" } else { "s" }
+                    ),
+                    "give one number per element, as the param's own value is written",
+                )
+            } else {
+                (
+                    format!("`optimum` gives `{}` a non-finite value", o.name.node),
+                    "an optimum is a point the landscape marks: every value must be finite",
+                )
+            };
+            Some(
+                Diagnostic::warning(message)
+                    .at(&file.source, o.name.span.clone())
+                    .label("the landscape and the pictures leave the optimum out")
+                    .help(help),
+            )
+        })
+        .collect()
 }
 
 /// Compiles every run of a file. Returns the compiled file when there is no error, and all

@@ -87,7 +87,7 @@ pub fn optimum_point(compiled: &crate::compile::CompiledFile) -> Option<Vec<f64>
     let mut flat = Vec::new();
     for shape in param_shapes(compiled) {
         let entry = optimum.iter().find(|o| o.name.node == shape.name)?;
-        if entry.value.len() != shape.len() || entry.value.iter().any(|v| !v.is_finite()) {
+        if !entry.fits(shape.len()) {
             return None;
         }
         flat.extend_from_slice(&entry.value);

@@ -177,6 +177,13 @@ pub struct OptimumEntry {
     pub value: Vec<f64>,
 }
 
+impl OptimumEntry {
+    /// Whether it places a param of `len` elements: one finite value each.
+    pub fn fits(&self, len: usize) -> bool {
+        self.value.len() == len && self.value.iter().all(|v| v.is_finite())
+    }
+}
+
 /// A named alternative run: overrides of the loss, consts, dtype or optimizer.
 #[derive(Debug, Clone)]
 pub struct Variant {
