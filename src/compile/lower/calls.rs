@@ -45,14 +45,15 @@ impl Lowerer {
                 && names.iter().any(|n| n == name)
             {
                 let (message, help) = match here {
-                    NoFunctions::Body(outer) if outer == name => (
-                        format!("`{name}` calls itself: a [functions] entry cannot recurse"),
-                        "a function's value uses builtins, consts and its args; call both from the loss, or write the other's value out here",
-                    ),
                     NoFunctions::Body(outer) => (
-                        format!(
-                            "`{outer}` calls `{name}`: a [functions] entry cannot call another one"
-                        ),
+                        match outer == name {
+                            true => {
+                                format!("`{name}` calls itself: a [functions] entry cannot recurse")
+                            }
+                            false => format!(
+                                "`{outer}` calls `{name}`: a [functions] entry cannot call another one"
+                            ),
+                        },
                         "a function's value uses builtins, consts and its args; call both from the loss, or write the other's value out here",
                     ),
                     NoFunctions::Data(entry) => (
