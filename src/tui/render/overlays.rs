@@ -15,11 +15,13 @@ use crate::tui::layout::centered;
 use crate::tui::line_edit::LineEdit;
 use crate::tui::render::warnings::wrap;
 
-/// How the help lays out in `area`: the rows of a column, the first binding shown, the last
-/// first binding scrolling can reach (0: it all fits), and the box's width.
+/// How the help lays out in `area`: its columns shown (each with the width of its longest
+/// description), their rows, the keys' width, the last first binding scrolling can reach (0:
+/// it all fits, in as many columns as it needs), and the box's width.
 struct HelpLayout {
+    columns: Vec<(&'static [Binding], usize)>,
     rows: usize,
-    first: usize,
+    label_w: usize,
     last_first: usize,
     width: usize,
 }
@@ -31,30 +33,35 @@ fn help_layout(area: Rect, scroll: usize) -> HelpLayout {
         .max()
         .unwrap_or(0);
     let rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
-    let width_of = |columns: &[&[Binding]]| -> usize {
+    let help_w = |c: &[Binding]| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0);
+    let width_of = |columns: &[(&[Binding], usize)]| -> usize {
         columns
             .iter()
-            .map(|c| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0))
-            .map(|w| label_w + 2 + w + 2)
+            .map(|(_, w)| label_w + 2 + w + 2)
             .sum::<usize>()
             + 2
     };
-    let columns: Vec<&[Binding]> = BINDINGS.chunks(rows).collect();
-    if width_of(&columns) <= usize::from(area.width) {
+    let columns: Vec<(&[Binding], usize)> = BINDINGS.chunks(rows).map(|c| (c, help_w(c))).collect();
+    let width = width_of(&columns);
+    if width <= usize::from(area.width) {
         return HelpLayout {
+            columns,
             rows,
-            first: 0,
+            label_w,
             last_first: 0,
-            width: width_of(&columns),
+            width,
         };
     }
     // One column that scrolls, as wide as its widest line wherever it is scrolled to.
     let last_first = BINDINGS.len() - rows;
+    let first = scroll.min(last_first);
+    let columns = vec![(&BINDINGS[first..first + rows], help_w(BINDINGS))];
     HelpLayout {
+        width: width_of(&columns),
+        columns,
         rows,
-        first: scroll.min(last_first),
+        label_w,
         last_first,
-        width: width_of(&[BINDINGS]),
     }
 }
 
@@ -71,32 +78,23 @@ pub fn help_scrolled(area: Rect, scroll: usize, down: bool) -> usize {
 /// Every key and what it does (j/k scroll, any other key closes it), in as many columns as the
 /// height needs; where those do not fit the width, one column that scrolls from `scroll`.
 pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
-    let label_w = BINDINGS
-        .iter()
-        .map(|b| b.label().chars().count())
-        .max()
-        .unwrap_or(0);
     let HelpLayout {
+        columns,
         rows,
-        first,
-        last_first,
+        label_w,
         width,
+        ..
     } = help_layout(area, scroll);
-    let help_w = |c: &[Binding]| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0);
-    let (columns, widths): (Vec<&[Binding]>, Vec<usize>) = match last_first {
-        0 => BINDINGS.chunks(rows).map(|c| (c, help_w(c))).unzip(),
-        _ => (vec![&BINDINGS[first..first + rows]], vec![help_w(BINDINGS)]),
-    };
     let lines: Vec<Line> = (0..rows)
         .map(|i| {
             let mut spans = Vec::new();
-            for (c, column) in columns.iter().enumerate() {
+            for (column, w) in &columns {
                 let Some(b) = column.get(i) else { continue };
                 spans.push(Span::styled(
                     format!("{:>label_w$}  ", b.label()),
                     Style::new().fg(Color::Cyan),
                 ));
-                spans.push(Span::raw(format!("{:<w$}  ", b.help, w = widths[c])));
+                spans.push(Span::raw(format!("{:<w$}  ", b.help)));
             }
             Line::from(spans)
         })
