@@ -308,9 +308,11 @@ impl TrickSpec {
     /// Parses a chain's tricks (`agc(clipping=0.05) + ema`; empty text: none), refusing a trick
     /// written twice and two precision tricks together.
     pub fn parse_list(text: &str) -> Result<Vec<Self>, SettingError> {
-        let (tricks, errors): (Vec<_>, Vec<_>) = split_chain(text)
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tricks, errors): (Vec<_>, Vec<_>) = joined(text)?
             .into_iter()
-            .filter(|t| !t.is_empty())
             .map(Self::parse)
             .partition(Result::is_ok);
         // Every bad trick of the list at once, not only the first.
@@ -379,6 +381,19 @@ pub fn split_chain(text: &str) -> Vec<&str> {
     }
     pieces.push(text[start..].trim());
     pieces
+}
+
+/// [`split_chain`]'s pieces, none of them empty: `adam +` or `ema + + agc` is a typo, not a
+/// chain without the trick.
+fn joined(text: &str) -> Result<Vec<&str>, SettingError> {
+    let pieces = split_chain(text);
+    match pieces.iter().any(|p| p.is_empty()) {
+        true => Err(SettingError {
+            message: format!("`{}` has a `+` with nothing on one side", text.trim()),
+            help: Some(TRICK_EXAMPLE.into()),
+        }),
+        false => Ok(pieces),
+    }
 }
 
 /// Whether the `+` at `i` is an exponent's sign: right after `e`/`E` that follows a digit or
@@ -533,7 +548,7 @@ pub struct ChainSpec {
 impl ChainSpec {
     /// Parses `optimizer(...) + trick(...) + ...` (the optimizer over torch's defaults).
     pub fn parse(text: &str) -> Result<Self, SettingError> {
-        let (base, tricks) = split_base(text);
+        let (base, tricks) = split_base(text)?;
         Ok(Self {
             base: OptimizerSpec::parse(base)?,
             tricks: TrickSpec::parse_list(tricks)?,
@@ -572,12 +587,11 @@ impl FromStr for ChainSpec {
 }
 
 /// The optimizer's text and the rest (its tricks, possibly empty).
-fn split_base(text: &str) -> (&str, &str) {
-    let pieces = split_chain(text);
-    let base = pieces[0];
+fn split_base(text: &str) -> Result<(&str, &str), SettingError> {
+    let base = joined(text)?[0];
     let start = text.find(base).unwrap_or(0) + base.len();
     let rest = text[start..].trim_start();
-    (base, rest.strip_prefix('+').unwrap_or(rest))
+    Ok((base, rest.strip_prefix('+').unwrap_or(rest)))
 }
 
 /// A chain as typed on the command line (`-o 'adam(lr=0.01) + agc(clipping=0.05)'`): the
@@ -600,7 +614,7 @@ impl ChainOverride {
         text: &str,
         own: &[std::sync::Arc<dyn super::custom::UpdateProgram>],
     ) -> Result<Self, SettingError> {
-        let (base, tricks) = split_base(text);
+        let (base, tricks) = split_base(text)?;
         let tricks = TrickSpec::parse_list(tricks)?;
         Ok(Self {
             base: SpecOverride::parse_with(base, own)?,
@@ -817,6 +831,19 @@ mod tests {
         let e = TrickSpec::parse_list("master_weights + kahan").unwrap_err();
         assert_eq!(e.message, "`master_weights` and `kahan` cannot be combined");
         assert!(TrickSpec::parse_list("").unwrap().is_empty());
+        // A `+` with nothing on one side is a typo, refused rather than read as no trick.
+        for text in ["ema +", "+ ema", "ema + + agc"] {
+            let e = TrickSpec::parse_list(text).unwrap_err();
+            assert!(
+                e.message.contains("a `+` with nothing"),
+                "{text}: {}",
+                e.message
+            );
+        }
+        for text in ["adam +", "adam + + ema"] {
+            assert!(ChainOverride::parse(text).is_err(), "{text}");
+            assert!(ChainSpec::parse(text).is_err(), "{text}");
+        }
         // Every bad trick at once.
         let e = TrickSpec::parse_list("agc(clipping=-1) + emaa + ema(decay=2)").unwrap_err();
         assert_eq!(
