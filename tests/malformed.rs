@@ -145,6 +145,29 @@ fn a_directory_without_loss_files_is_an_error() {
 }
 
 #[test]
+fn list_and_check_agree_on_a_loss_that_is_nan_at_its_start() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nan_at_start");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    std::fs::write(
+        dir.join("nan.toml"),
+        "name = \"NaN at start\"\nloss = \"log(w - 1)\"\n[params]\nw = 0.5\n",
+    )
+    .expect("written");
+    for command in ["check", "list"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+            .args([command, dir.to_str().expect("utf-8")])
+            .output()
+            .expect("binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stdout}");
+        assert!(
+            stdout.contains("is NaN at the initial params"),
+            "{command}: {stdout}"
+        );
+    }
+}
+
+#[test]
 fn check_names_a_broken_file_by_its_name_key() {
     // a schema error and a TOML syntax error both leave the `name` key readable
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("broken_named");

@@ -287,14 +287,15 @@ fn check_json(r: &FileReport) -> Value {
     obj
 }
 
-/// `gradscope list`: returns whether every file is free of errors.
+/// `gradscope list`: returns whether every file is free of errors. Each run is evaluated once,
+/// as `check` does, so a file whose loss is NaN at its start is not listed as ok.
 pub fn list(
     paths: &[PathBuf],
     json: bool,
     color: bool,
     out: &mut impl Write,
 ) -> std::io::Result<bool> {
-    let (reports, missing) = check_all(paths, false);
+    let (reports, missing) = check_all(paths, true);
     for d in &missing {
         write!(out, "{}", d.render(color))?;
     }
