@@ -248,7 +248,7 @@ BB = "reshape(cos(0.3 * arange(40)) + 0.05, 2, 4, 5)"
     }
 }
 
-/// At a tie autograd splits max/min/clamp's gradient in half and relu passes it whole; at 0
+/// At a tie autograd splits max/min/clamp's gradient in half; at 0 relu passes none, and
 /// abs passes none; the masks must do the same, and 0 · inf stays NaN.
 #[test]
 fn ties_kinks_and_non_finite_values_match_autograd_exactly() {
@@ -321,7 +321,7 @@ fn the_program_reads_as_the_derivation() {
         (
             "h = relu(X @ W)\nmean(log(h @ v + eps))",
             "W = \"[[0.3, -0.1], [0.2, 0.4]]\"\nv = \"[1.0, 2.0]\"",
-            "d_h = reshape(1 / (4 * (h @ v + eps)), 4, 1) * v\ngrad_W = X.T @ ((X @ W >= 0) * d_h)\ngrad_v = h.T @ (1 / (h @ v + eps)) / 4\n",
+            "d_h = reshape(1 / (4 * (h @ v + eps)), 4, 1) * v\ngrad_W = X.T @ ((X @ W > 0) * d_h)\ngrad_v = h.T @ (1 / (h @ v + eps)) / 4\n",
         ),
         (
             "(1 - w[0])^2 + 100 * (w[1] - w[0]^2)^2",

@@ -158,9 +158,25 @@ fn a_flat_direction_is_singular() {
 
 #[test]
 fn every_entry_matches_finite_differences_of_gradients() {
-    // Column j of H is ∂g/∂w_j ≈ (g(w + h e_j) - g(w - h e_j)) / 2h, taken here on this thread
-    // from first-order gradients only.
-    let (ev, names) = evaluator(MLP);
+    every_entry_matches_finite_differences(MLP);
+}
+
+/// The activations whose derivatives are ops of their own: their second derivatives too.
+#[test]
+fn every_activation_hessian_matches_finite_differences_of_gradients() {
+    for activation in ["gelu", "silu", "elu", "elu_alpha"] {
+        let call = match activation {
+            "elu_alpha" => "elu(X @ W + b, 0.7)".to_string(),
+            f => format!("{f}(X @ W + b)"),
+        };
+        every_entry_matches_finite_differences(&MLP.replace("tanh(X @ W + b)", &call));
+    }
+}
+
+/// Column j of H is ∂g/∂w_j ≈ (g(w + h e_j) - g(w - h e_j)) / 2h, taken here on this thread
+/// from first-order gradients only.
+fn every_entry_matches_finite_differences(text: &str) {
+    let (ev, names) = evaluator(text);
     let h = hessian_exact(&ev, &names, None, &Options::default()).unwrap();
     let m = matrix(&h);
     let n = h.dim;
@@ -194,12 +210,15 @@ fn every_entry_matches_finite_differences_of_gradients() {
         }
     }
     ev.set_flat(&w).unwrap();
-    assert!(worst < 1e-8, "worst entry off by {worst} of max |H|");
+    assert!(
+        worst < 1e-8,
+        "{text}: worst entry off by {worst} of max |H|"
+    );
     let Method::Full(f) = &h.method else {
         unreachable!()
     };
-    assert!(f.asymmetry < 1e-14, "{}", f.asymmetry);
-    assert!(f.fd_rel_err < 1e-8, "{}", f.fd_rel_err);
+    assert!(f.asymmetry < 1e-14, "{text}: {}", f.asymmetry);
+    assert!(f.fd_rel_err < 1e-8, "{text}: {}", f.fd_rel_err);
 }
 
 #[test]

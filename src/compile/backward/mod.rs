@@ -719,7 +719,7 @@ impl<'a> Gen<'a> {
             }
             Builtin::Softplus => self.back(a, a, elementwise(sym::apply("sigmoid", a))),
             Builtin::Relu => {
-                let mask = sym::cmp(BinOp::Ge, a, &sym::num(0.0));
+                let mask = sym::cmp(BinOp::Gt, a, &sym::num(0.0));
                 self.back(a, a, sym::mul(&mask, &g))
             }
             Builtin::Gelu => {
@@ -744,12 +744,10 @@ impl<'a> Gen<'a> {
                     _ => 1.0,
                 };
                 let zero = sym::num(0.0);
+                let below = sym::mul(&sym::num(alpha), &sym::apply("exp", a));
                 let mask = sym::add(
                     &sym::cmp(BinOp::Gt, a, &zero),
-                    &sym::mul(
-                        &sym::cmp(BinOp::Le, a, &zero),
-                        &sym::add(me, &sym::num(alpha)),
-                    ),
+                    &sym::mul(&sym::cmp(BinOp::Le, a, &zero), &below),
                 );
                 self.back(a, a, sym::mul(&mask, &g))
             }
