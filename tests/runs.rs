@@ -562,6 +562,29 @@ fn dynamic_loss_scaling_follows_gradscalers_rule() {
 }
 
 #[test]
+fn a_power_of_two_loss_scale_changes_nothing_in_f32_and_f64() {
+    // Scaling by 2^k and back is exact there, as torch's GradScaler unscales in the
+    // gradient's dtype; it had rounded every gradient through f32.
+    for dtype in ["f64", "f32"] {
+        let text = format!(
+            "name = \"s\"\ndtype = \"{dtype}\"\nloss = \"sum((w - t)^2) / 3 + sum(exp(w) / 7)\"\n[data]\nt = \"[0.1, 0.2, 0.3]\"\n[params]\nw = \"[1.0, 2.0, 3.0]\"\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 5\n"
+        );
+        let c = compiled(&text);
+        let run = |scale: Option<f64>| {
+            let mut cfg = c.runs[0].settings.clone();
+            if let Some(s) = scale {
+                cfg.loss_scale = LossScale::Fixed(s);
+            }
+            let mut run = Run::new(&c, RunRequest::new(&c, 0, "s".into(), cfg)).unwrap();
+            drive(&mut run, |_, _| ControlFlow::Continue(())).unwrap();
+            run.param_values()
+        };
+        assert_eq!(run(Some(1024.0)), run(None), "{dtype}");
+        assert_eq!(run(Some(1.0)), run(None), "{dtype}");
+    }
+}
+
+#[test]
 fn accumulating_in_f32_fixes_f16_sums() {
     // The f16 sum of 4096 ones is 2048: 2048 + 1 rounds back to 2048.
     let (c, _) = load_compiled(Path::new("losses/f16_accumulation.toml")).unwrap();

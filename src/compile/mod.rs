@@ -966,10 +966,14 @@ impl Evaluator {
             .affine(scale, 0.0)
             .and_then(|s| s.backward())
             .map_err(internal)?;
-        let grads = param_grads(&store, &self.params, |g| {
-            g.to_dtype(CDType::F32)?
+        // f16/bf16 gradients unscale in f32 (they may be past their range before it), the
+        // others in their own dtype, where a power-of-two scale is exact.
+        let grads = param_grads(&store, &self.params, |g| match self.dtype {
+            CDType::F16 | CDType::BF16 => g
+                .to_dtype(CDType::F32)?
                 .affine(1.0 / scale, 0.0)?
-                .to_dtype(self.dtype)
+                .to_dtype(self.dtype),
+            _ => g.affine(1.0 / scale, 0.0),
         })
         .map_err(internal)?;
         Ok(Evaluation { loss, grads })
