@@ -368,3 +368,94 @@ fn lbfgs_steps_a_lone_vector_param_as_torch() {
         );
     }
 }
+
+/// torch's LBFGS with a closure that clips what it returns sees every evaluation clipped, the
+/// line search's included; clipping in the file (`clip_norm`) or as a trick does the same.
+/// Reference (torch 2.15, float64): the lstsq problem, `LBFGS([w, b], lr=0.5, max_iter=3)` with
+/// `clip_grad_norm_(params, 0.2)`, and `max_iter=4, line_search_fn="strong_wolfe"` with
+/// `clip_grad_value_(params, 0.05)`, in the closure; w then b after each of 3 steps.
+#[test]
+fn lbfgs_clips_every_evaluation_as_a_closure_that_clips() {
+    init_process();
+    let file = |optimizer: &str| {
+        let text = format!(
+            "name = \"c\"\ndtype = \"f64\"\nloss = \"mean((X @ w + b - y)^2)\"\n[data]\nX = \"reshape(linspace(-1, 1, 24), 8, 3)\"\ny = \"sin(arange(8))\"\n[params]\nw = \"[0.1, -0.2, 0.3]\"\nb = 0.0\n[optimizer]\n{optimizer}\n"
+        );
+        let loaded = gradscope::lang::file::load_bytes(
+            std::path::Path::new("lbfgs_clip.toml"),
+            text.into_bytes(),
+        );
+        gradscope::compile::compile(loaded.file.unwrap()).0.unwrap()
+    };
+    let norm = [
+        [
+            -7765.188536442889,
+            -7587.929995950192,
+            -7409.871455457496,
+            2041.9232156660064,
+        ],
+        [
+            -3882.5983502471227,
+            -3793.383245583892,
+            -3703.3681409206624,
+            1029.4237036271393,
+        ],
+        [
+            0.03713360449569336,
+            0.9064182740485194,
+            2.575702943600618,
+            13.446773699851178,
+        ],
+    ];
+    let value_wolfe = [
+        [
+            0.07412857794619808,
+            -0.22587142205380192,
+            0.27412857794619805,
+            0.025871422053801926,
+        ],
+        [
+            -0.09028151397918237,
+            -0.39028151397918237,
+            0.10971848602081763,
+            0.10372365717927524,
+        ],
+        [
+            -0.06008927202612267,
+            -0.3729226055869268,
+            0.11424406085226897,
+            0.05713092800152139,
+        ],
+    ];
+    for (optimizer, want) in [
+        (
+            "name = \"lbfgs\"\nlr = 0.5\nmax_iter = 3\nclip_norm = 0.2",
+            norm,
+        ),
+        (
+            "name = \"lbfgs\"\nlr = 0.5\nmax_iter = 3\ntricks = [\"clip_norm(max_norm=0.2)\"]",
+            norm,
+        ),
+        (
+            "name = \"lbfgs\"\nlr = 0.5\nmax_iter = 4\nline_search_fn = \"strong_wolfe\"\nclip_value = 0.05",
+            value_wolfe,
+        ),
+    ] {
+        let compiled = file(optimizer);
+        let config = compiled.runs[0].settings.clone();
+        let mut run =
+            Run::new(&compiled, RunRequest::new(&compiled, 0, "c".into(), config)).expect("a run");
+        for (k, want) in want.iter().enumerate() {
+            run.step().expect("LBFGS steps");
+            let got: Vec<f64> = run.param_values().concat();
+            for (g, w) in got.iter().zip(want) {
+                assert!(
+                    close(*g, *w, 1e-9),
+                    "{optimizer} step {}: {got:?} vs {want:?}",
+                    k + 1
+                );
+            }
+        }
+        assert!(run.clipped > 0, "{optimizer}");
+    }
+}

@@ -16,7 +16,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::classic::AdamRule;
 use super::lowp::{self, Bits};
-use super::schedule::{clip_norm, clip_value};
+use super::schedule::{clip_norm, clip_value, global_norm};
 use super::spec::RuleState;
 use super::step::{OptimizerState, Oracle, StepCx, lerp, update};
 use super::tricks::{Agc, TrickKind, TrickSpec};
@@ -339,19 +339,8 @@ pub fn step(state: &mut OptimizerState, cx: &mut StepCx) -> Result<Stepped> {
         (Storage::Master, Some(master)) => master.to_vec(),
         _ => cast(cx.params, work)?,
     };
-    let mut grads = cast(cx.grads, work)?;
-    let mut clipped = false;
-    for t in &state.tricks.specs {
-        let (g, c) = match t {
-            TrickSpec::Agc(o) => agc(o, &params, &grads)?,
-            TrickSpec::Centralize(_) => (centralize(&grads)?, false),
-            TrickSpec::ClipNorm(o) => clip_norm(&grads, global_norm(&grads)?, o.max_norm)?,
-            TrickSpec::ClipValue(o) => clip_value(&grads, o.clip_value)?,
-            _ => continue,
-        };
-        grads = g;
-        clipped |= c;
-    }
+    let specs = state.tricks.specs.clone();
+    let (grads, clipped) = transform(&specs, &params, cast(cx.grads, work)?)?;
     let stored = match adam {
         true => {
             let new = adam_op_by_op(state, &params, &grads, cx.lr, storage)?;
@@ -363,6 +352,7 @@ pub fn step(state: &mut OptimizerState, cx: &mut StepCx) -> Result<Stepped> {
                 oracle: &mut *cx.oracle,
                 run: dtype,
                 work,
+                tricks: &specs,
             };
             let new = update(
                 state,
@@ -528,18 +518,43 @@ fn after_step(tricks: &mut Tricks, mut params: Vec<Tensor>) -> Result<Vec<Tensor
     Ok(params)
 }
 
+/// The gradients after the chain's gradient tricks (agc, centralize, clipping) at `params`, in
+/// the chain's order, and whether one clipped.
+fn transform(
+    tricks: &[TrickSpec],
+    params: &[Tensor],
+    mut grads: Vec<Tensor>,
+) -> Result<(Vec<Tensor>, bool)> {
+    let mut clipped = false;
+    for t in tricks {
+        let (g, c) = match t {
+            TrickSpec::Agc(o) => agc(o, params, &grads)?,
+            TrickSpec::Centralize(_) => (centralize(&grads)?, false),
+            TrickSpec::ClipNorm(o) => clip_norm(&grads, global_norm(&grads)?, o.max_norm)?,
+            TrickSpec::ClipValue(o) => clip_value(&grads, o.clip_value)?,
+            _ => continue,
+        };
+        grads = g;
+        clipped |= c;
+    }
+    Ok((grads, clipped))
+}
+
 /// The run's loss for a step computed in another dtype: params go to the run's dtype, gradients
-/// come back in the working one.
+/// come back in the working one, through the chain's gradient tricks as the step's first
+/// gradient went (torch's LBFGS sees the clipping a closure does at every evaluation).
 struct InDtype<'a> {
     oracle: &'a mut dyn Oracle,
     run: DType,
     work: DType,
+    tricks: &'a [TrickSpec],
 }
 
 impl Oracle for InDtype<'_> {
     fn loss_and_grads(&mut self, params: &[Tensor]) -> Result<(f64, Vec<Tensor>)> {
         let (loss, grads) = self.oracle.loss_and_grads(&cast(params, self.run)?)?;
-        Ok((loss, cast(&grads, self.work)?))
+        let (grads, _) = transform(self.tricks, params, cast(&grads, self.work)?)?;
+        Ok((loss, grads))
     }
 
     fn hessian_diag(&mut self, params: &[Tensor]) -> Result<Vec<Tensor>> {
@@ -553,19 +568,6 @@ impl Oracle for InDtype<'_> {
             .hvp(&cast(params, self.run)?, &cast(v, self.run)?)?;
         cast(&hv, self.work)
     }
-}
-
-/// The L2 norm of all gradients together, accumulated in f64.
-fn global_norm(grads: &[Tensor]) -> Result<f64> {
-    let mut sum = 0.0;
-    for g in grads {
-        sum += g
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-    }
-    Ok(sum.sqrt())
 }
 
 /// Whether every entry of every gradient is finite (0 x is 0 exactly then, NaN otherwise).

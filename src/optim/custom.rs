@@ -7,8 +7,9 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
+use super::schedule::global_norm;
 use super::spec::{Hyper, HyperValue, RawValue};
 use super::step::{Rule, StepCx};
 
@@ -167,17 +168,4 @@ impl Rule for Custom {
         }
         Ok(out)
     }
-}
-
-/// The L2 norm of all `tensors` together, accumulated in f64.
-fn global_norm(tensors: &[Tensor]) -> Result<f64> {
-    let mut sum = 0.0;
-    for t in tensors {
-        sum += t
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-    }
-    Ok(sum.sqrt())
 }

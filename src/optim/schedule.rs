@@ -57,6 +57,19 @@ impl LrSchedule {
     }
 }
 
+/// The L2 norm of all `tensors` together, accumulated in f64.
+pub fn global_norm(tensors: &[Tensor]) -> Result<f64> {
+    let mut sum = 0.0;
+    for t in tensors {
+        sum += t
+            .to_dtype(candle_core::DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sum.sqrt())
+}
+
 /// Scales all gradients so their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_`: coefficient `max_norm / (total + 1e-6)`, capped at 1.
 pub fn clip_norm(grads: &[Tensor], total: f64, max_norm: f64) -> Result<(Vec<Tensor>, bool)> {

@@ -547,7 +547,7 @@ impl Run {
             self.skipped += 1;
         }
         if apply {
-            let (grads, clipped) = self.clip(eval.grads, grad_norm).map_err(internal)?;
+            let (grads, clipped) = self.clip(eval.grads, Some(grad_norm)).map_err(internal)?;
             let mut state = self.state.clone();
             state.defer_moments(&params);
             let mut oracle = Closure::new(self);
@@ -564,7 +564,7 @@ impl Run {
             )
             .map_err(internal)?;
             evals += oracle.evals;
-            if clipped || stepped.clipped {
+            if clipped || oracle.clipped || stepped.clipped {
                 f |= flags::CLIPPED;
                 self.clipped += 1;
             }
@@ -883,11 +883,19 @@ impl Run {
         }
     }
 
-    /// The gradients after the config's norm and value clipping, and whether either clipped.
-    fn clip(&self, grads: Vec<Tensor>, grad_norm: f64) -> candle_core::Result<(Vec<Tensor>, bool)> {
+    /// The gradients after the config's norm and value clipping, and whether either clipped
+    /// (`grad_norm`: their global norm when known).
+    fn clip(
+        &self,
+        grads: Vec<Tensor>,
+        grad_norm: Option<f64>,
+    ) -> candle_core::Result<(Vec<Tensor>, bool)> {
         let (mut grads, mut clipped) = (grads, false);
         if let Some(max) = self.config.clip_norm {
-            let (g, c) = clip_norm(&grads, grad_norm, max)?;
+            // As the step's own norm is taken (`Current::grad_norms`).
+            let total = grad_norm
+                .unwrap_or_else(|| grads.iter().map(|g| norm(g).powi(2)).sum::<f64>().sqrt());
+            let (g, c) = clip_norm(&grads, total, max)?;
             (grads, clipped) = (g, c);
         }
         if let Some(v) = self.config.clip_value {
@@ -906,13 +914,7 @@ impl Run {
         let t = self.step_count();
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
         let eval = self.gradients()?;
-        let grad_norm = eval
-            .grads
-            .iter()
-            .map(|g| norm(g).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let (grads, _) = self.clip(eval.grads, grad_norm).map_err(internal)?;
+        let (grads, _) = self.clip(eval.grads, None).map_err(internal)?;
         let params = param_tensors(self.params());
         let mut state = self.state.clone();
         let new = chain::step(
@@ -1162,16 +1164,23 @@ fn param_tensors(vars: &[Var]) -> Vec<Tensor> {
 }
 
 /// The run's loss as a step's [`Oracle`]: evaluated elsewhere with the params put back after,
-/// counting the evaluations.
+/// counting the evaluations. Its gradients are clipped as the step's first one was, as a torch
+/// closure that clips does for LBFGS.
 struct Closure<'a> {
     run: &'a Run,
     /// Evaluations made so far.
     evals: u32,
+    /// Whether the clipping changed one of their gradients.
+    clipped: bool,
 }
 
 impl<'a> Closure<'a> {
     fn new(run: &'a Run) -> Self {
-        Self { run, evals: 0 }
+        Self {
+            run,
+            evals: 0,
+            clipped: false,
+        }
     }
 }
 
@@ -1185,7 +1194,9 @@ impl Oracle for Closure<'_> {
         let eval = self.run.at(params, |run| run.gradients())?;
         self.evals += 1;
         let eval = eval.map_err(step_error)?;
-        Ok((eval.loss, eval.grads))
+        let (grads, clipped) = self.run.clip(eval.grads, None)?;
+        self.clipped |= clipped;
+        Ok((eval.loss, grads))
     }
 
     fn hessian_diag(&mut self, params: &[Tensor]) -> candle_core::Result<Vec<Tensor>> {
