@@ -437,6 +437,17 @@ fn power_constant_exponent() {
 }
 
 #[test]
+fn power_zero_has_no_gradient_even_at_zero() {
+    // x^0 = 1 and torch's pow_backward gives exactly 0 for a zero exponent, also where x = 0
+    // (a focal loss's (1 - p_t)^gamma with gamma = 0 once p_t rounds to 1); 0 · 0^-1 is NaN.
+    let text = "name = \"p0\"\ndtype = \"f64\"\nloss = \"sum((1 - w)^gamma * w) + sum(w^0)\"\n[consts]\ngamma = 0.0\n[params]\nw = \"[1.0, 0.0, 2.0]\"\n";
+    let ev = Evaluator::new(&compiled("pow_zero", text), 0).unwrap();
+    let eval = evaluate("pow_zero", &ev);
+    assert_eq!(eval.loss, 6.0);
+    assert_eq!(to_f64_vec(&eval.grads[0]), vec![1.0, 1.0, 1.0]);
+}
+
+#[test]
 fn power_tensor_exponent() {
     // d/dp p^e = e p^(e-1), d/de = p^e ln p; e [3] and q [2, 1] broadcast; 2^x: d/dx = 2^x ln 2
     check(

@@ -289,6 +289,9 @@ pub fn apply(op: &Op, args: &[&Tensor], out: &Shape) -> Result<Tensor> {
         )),
         Op::Unary(u) => unary(*u, a()),
         Op::Affine { mul, add } => a().affine(*mul, *add),
+        // x^0 is 1 with no gradient, as torch's pow_backward has it: candle's 0 · x^-1 is NaN
+        // at x = 0 (the gamma = 0 of a focal loss once a point is fitted).
+        Op::Powf(0.0) => a().ones_like(),
         Op::Powf(e) => a().powf(*e),
         Op::Binary(b) => binary(*b, args[0], args[1]),
         Op::BiasAdd => super::fused::bias_add(args[0], args[1]),

@@ -583,6 +583,7 @@ impl<'a> Gen<'a> {
             || !b.grad && b.shape.is_scalar() && matches!(self.op_of(b), Ok(Op::Const(_)));
         if known {
             let local = match literal {
+                Some(0.0) => return Ok(()),
                 Some(1.0) => sym::num(1.0),
                 Some(2.0) => sym::mul(&sym::num(2.0), a),
                 _ => sym::mul(b, &sym::pow(a, &sym::sub(b, &sym::num(1.0)))),
