@@ -341,13 +341,14 @@ impl Parser {
         self.enter()?;
         let entry_depth = self.depth;
         let mut lhs = self.unary()?;
+        // Whether this loop has just made a comparison: `(w > 0) == m` compares a parenthesised
+        // one, which is no chain.
+        let mut compared = false;
         while let Some((op, bp)) = infix(self.peek()) {
             if bp < min_bp {
                 break;
             }
-            let lhs_compares =
-                matches!(&lhs.kind, ExprKind::Binary { op, .. } if op.is_comparison());
-            if op.is_comparison() && lhs_compares {
+            if op.is_comparison() && compared {
                 return Err(err(
                     "comparisons cannot be chained",
                     self.span(),
@@ -363,6 +364,7 @@ impl Parser {
             };
             self.enter()?;
             let span = lhs.span.start..rhs.span.end;
+            compared = op.is_comparison();
             lhs = Expr {
                 kind: ExprKind::Binary {
                     op,
@@ -830,6 +832,12 @@ mod tests {
 
     #[test]
     fn chained_comparisons_are_rejected() {
-        assert!(parse_expr("a < b < c", &OffsetMap::Shift(0)).is_err());
+        for chain in ["a < b < c", "a + 1 < b == c", "(a) < b < c"] {
+            assert!(parse_expr(chain, &OffsetMap::Shift(0)).is_err(), "{chain}");
+        }
+        // A parenthesised comparison compared again is no chain.
+        for text in ["(w > 0) == m", "m == (w > 0)", "(a < b) < (c < d)"] {
+            assert!(parse_expr(text, &OffsetMap::Shift(0)).is_ok(), "{text}");
+        }
     }
 }
