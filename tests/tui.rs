@@ -1580,14 +1580,16 @@ fn w_writes_csv_and_jsonl_of_every_run_and_their_params() {
 fn w_writes_the_metrics_into_the_out_dir() {
     let dir = Scratch::new("tui_write_metrics");
     dir.copy("losses/mse_l1.toml", "mse_l1.toml");
-    let out = Scratch::new("tui_write_metrics_out");
+    let scratch = Scratch::new("tui_write_metrics_out");
+    // A folder still to be made, which `w` makes.
+    let out = scratch.0.join("new").join("folder");
     let (mut app, rx) = open(dir.path());
-    app.out_dir = Some(out.0.clone());
+    app.out_dir = Some(out.clone());
     typed_settled(&mut app, &rx, "3n");
     typed_settled(&mut app, &rx, "w");
-    let csv = out.0.join("gradscope-mse_l1.csv");
-    let jsonl = out.0.join("gradscope-mse_l1.jsonl");
-    let params = out.0.join("gradscope-mse_l1.safetensors");
+    let csv = out.join("gradscope-mse_l1.csv");
+    let jsonl = out.join("gradscope-mse_l1.jsonl");
+    let params = out.join("gradscope-mse_l1.safetensors");
     assert_eq!(
         app.message.as_deref(),
         Some(

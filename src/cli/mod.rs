@@ -50,7 +50,7 @@ pub struct Cli {
     /// Without a command: open the TUI on this directory of loss files or one file.
     #[arg(default_value = None)]
     pub path: Option<PathBuf>,
-    /// Without a command: where the TUI's `w` and `p` write (default: next to each loss file).
+    /// Without a command: where the TUI's `w` and `p` write, made if missing (default: next to each loss file).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
 }

@@ -112,11 +112,17 @@ fn with_session(
     export: fn(&FileEntry, &Session, Option<&Path>) -> String,
 ) -> Option<Msg> {
     let f = app.files.iter().find(|f| f.path == file)?;
-    Some(Msg::Status(export(
-        f,
-        f.session.as_ref()?,
-        app.out_dir.as_deref(),
-    )))
+    let session = f.session.as_ref()?;
+    // `--out-dir` may name a folder still to be made, as `run --out` makes none.
+    if let Some(dir) = &app.out_dir
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return Some(Msg::Status(format!(
+            "could not make {}: {e}",
+            dir.display()
+        )));
+    }
+    Some(Msg::Status(export(f, session, app.out_dir.as_deref())))
 }
 
 /// Where an export of `f` with extension `ext` goes: `gradscope-STEM.ext` in `out_dir`, or
@@ -156,7 +162,10 @@ fn write_runs(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
             jsonl.push('\n');
         }
     }
-    match std::fs::write(&csv_path, csv).and_then(|()| std::fs::write(&jsonl_path, jsonl)) {
+    let written = std::fs::write(&csv_path, csv)
+        .map_err(|e| (&csv_path, e))
+        .and_then(|()| std::fs::write(&jsonl_path, jsonl).map_err(|e| (&jsonl_path, e)));
+    match written {
         Ok(()) => {
             let note = format!("wrote {}, {}", csv_path.display(), jsonl_path.display());
             s.send(Command::SaveParams {
@@ -165,7 +174,7 @@ fn write_runs(f: &FileEntry, s: &Session, out_dir: Option<&Path>) -> String {
             });
             format!("{note}; saving the params…")
         }
-        Err(e) => format!("could not write runs: {e}"),
+        Err((path, e)) => format!("could not write {}: {e}", path.display()),
     }
 }
 
