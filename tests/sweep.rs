@@ -310,6 +310,34 @@ fn sweep_stdout(args: &[&str], format: &str) -> String {
 }
 
 #[test]
+fn a_sweep_where_every_point_grows_names_no_best() {
+    // sgd on d = 100 grows by |1 - 100 lr| a step past lr = 0.02: both points blow up to finite
+    // losses far above the start, which no user would call the best.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep_all_grow");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("q.toml");
+    std::fs::write(
+        &file,
+        "name = \"q\"\ndtype = \"f64\"\nloss = \"0.5 * sum(d * w^2)\"\n[data]\nd = \"[1.0, 10.0, 100.0]\"\n[params]\nw = \"[1.0, 1.0, 1.0]\"\n",
+    )
+    .unwrap();
+    let text = sweep_stdout(
+        &[
+            file.to_str().unwrap(),
+            "-o",
+            "sgd(lr=[0.025, 0.05])",
+            "--steps",
+            "100",
+        ],
+        "table",
+    );
+    assert!(
+        text.contains("best of sgd(lr=[0.025, 0.05]): none, no point improved on the initial loss (the least bad: sgd(lr=0.025)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_command_ranks_the_points_and_gives_the_lr_window() {
     // The same sweep in each format, its stdout.
     let sweep = |format: &str| {

@@ -658,6 +658,13 @@ fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String
             .iter()
             .find(|r| points[r.point].group == g && r.status == Status::Finished);
         match best {
+            // Ranked by loss, the first finished point did best; if even it ended above where it
+            // started, no point is worth calling best.
+            Some(r) if r.metric.is_none() && r.improvement <= 0.0 => out.push_str(&format!(
+                "best of {text}: none, no point improved on the initial loss (the least bad: {}, final loss {})\n",
+                points[r.point].name,
+                fmt_num(r.final_loss.median)
+            )),
             Some(r) => out.push_str(&format!(
                 "best of {text}: {} (final loss {})\n",
                 points[r.point].name,
