@@ -152,7 +152,28 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
     for p in &r.params {
         param_lines(&mut lines, p);
     }
+    about_lines(&mut lines, app, r.info.def);
     lines
+}
+
+/// What the file's `about` says it shows, and its variant's (definition `def`, 0 the base).
+fn about_lines(lines: &mut Vec<Line<'static>>, app: &App, def: usize) {
+    let Some(file) = app
+        .file()
+        .and_then(|f| f.compiled.as_ref())
+        .map(|c| &c.file)
+    else {
+        return;
+    };
+    let variant = def
+        .checked_sub(1)
+        .and_then(|v| file.variants.get(v))
+        .and_then(|v| v.about.as_deref());
+    let style = Style::new().fg(Color::DarkGray);
+    for about in file.about.as_deref().into_iter().chain(variant) {
+        lines.push(Line::from(""));
+        push_wrapped(lines, about, 0, style);
+    }
 }
 
 /// The last gradient check at a step: ok, a custom gradient's difference, or the params that fail.

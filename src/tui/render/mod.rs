@@ -104,7 +104,7 @@ fn panel(title: &str, focused: bool) -> Block<'_> {
         .title(title)
 }
 
-/// The red blocks that mark NaN/Inf steps at a chart's top edge.
+/// The red blocks that mark NaN/Inf steps on a chart's bottom row.
 fn nan_markers(points: &[(f64, f64)]) -> ratatui::widgets::Dataset<'_> {
     ratatui::widgets::Dataset::default()
         .name("NaN/Inf")
