@@ -7,7 +7,7 @@ use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
 use super::{nan_markers, panel};
-use crate::format::{cut, fmt_num};
+use crate::format::{cut, fmt_num, fmt_short};
 use crate::run::history::History;
 use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
 use crate::tui::chart::{self, Metric, Series, Stream};
@@ -93,6 +93,42 @@ pub(super) fn legend_room(area: Rect, y_labels: &[String]) -> usize {
         .unwrap_or(0);
     let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
     (plot_w * 6 / 10).saturating_sub(2)
+}
+
+/// Tick labels of `values`, each at most `room` characters: in full, else to three significant
+/// digits, else none. ratatui cuts a longer label to another number (3.5527e-15 read 3.5527).
+fn fitted(values: &[f64], room: usize) -> Vec<String> {
+    let forms: [&dyn Fn(f64) -> String; 2] = [&fmt_num, &fmt_short];
+    forms
+        .iter()
+        .map(|form| values.iter().map(|&v| form(v)).collect::<Vec<_>>())
+        .find(|labels| labels.iter().all(|l| l.chars().count() <= room))
+        .unwrap_or_else(|| vec![String::new(); values.len()])
+}
+
+/// The step labels of a chart in `area` over steps `x0..=x1`: first, middle and last, or the
+/// two ends where three would run into each other (ratatui gives each a share of the plot's
+/// width), or none.
+fn x_labels(x0: f64, x1: f64, area: Rect, y_labels: &[String]) -> Vec<String> {
+    let label_w = y_labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 1);
+    let mid = ((x0 + x1) / 2.0).round();
+    let candidates = match x1 - x0 >= 4.0 {
+        true => vec![vec![x0, mid, x1], vec![x0, x1]],
+        false => vec![vec![x0, x1]],
+    };
+    candidates
+        .into_iter()
+        .map(|xs| xs.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>())
+        .find(|labels| {
+            let room = (plot_w / labels.len()).saturating_sub(1);
+            labels.iter().all(|l| l.len() <= room)
+        })
+        .unwrap_or_default()
 }
 
 /// The shown chart tab of `file`.
@@ -237,14 +273,9 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
                 .map(|&k| vec![(k as f64, y0), (k as f64, y1)])
         })
         .collect();
-    let ylabel = |v: f64| {
-        if log {
-            fmt_num(10f64.powf(v))
-        } else {
-            fmt_num(v)
-        }
-    };
-    let y_labels = vec![ylabel(y0), ylabel((y0 + y1) / 2.0), ylabel(y1)];
+    let y_values = [y0, (y0 + y1) / 2.0, y1].map(|v| if log { 10f64.powf(v) } else { v });
+    // ratatui gives the y labels a third of the plot's width.
+    let y_labels = fitted(&y_values, usize::from(area.width.saturating_sub(2)) / 3);
     let legend_max = legend_room(area, &y_labels);
     let mut datasets = Vec::new();
     for (name, series) in &faded {
@@ -300,15 +331,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     if !nan_points.is_empty() {
         datasets.push(nan_markers(&nan_points));
     }
-    let x_labels = if x1 - x0 >= 4.0 {
-        vec![
-            format!("{x0:.0}"),
-            format!("{:.0}", ((x0 + x1) / 2.0).round()),
-            format!("{x1:.0}"),
-        ]
-    } else {
-        vec![format!("{x0:.0}"), format!("{x1:.0}")]
-    };
+    let x_labels = x_labels(x0, x1, area, &y_labels);
     let chart = Chart::new(datasets)
         .block(block)
         .x_axis(
@@ -327,4 +350,25 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         .hidden_legend_constraints((Constraint::Percentage(60), Constraint::Percentage(60)));
     f.render_widget(chart, area);
     super::clear_legend(f.buffer_mut(), area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_shorten_or_go_rather_than_be_cut_into_other_numbers() {
+        let values = [3.5527e-15, 2.1073e-7, 12.5];
+        assert_eq!(
+            fitted(&values, 10),
+            ["3.5527e-15", "2.1073e-7", "12.500000"]
+        );
+        assert_eq!(fitted(&values, 8), ["3.55e-15", "2.11e-7", "12.5"]);
+        assert_eq!(fitted(&values, 5), ["", "", ""]);
+        let area = Rect::new(0, 0, 40, 12);
+        assert_eq!(x_labels(0.0, 10000.0, area, &[]), ["0", "5000", "10000"]);
+        let narrow = Rect::new(0, 0, 16, 12);
+        assert_eq!(x_labels(0.0, 10000.0, narrow, &[]), ["0", "10000"]);
+        assert!(x_labels(0.0, 10000.0, Rect::new(0, 0, 9, 12), &[]).is_empty());
+    }
 }
