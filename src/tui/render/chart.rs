@@ -97,7 +97,7 @@ pub(super) fn legend_room(area: Rect, y_labels: &[String]) -> usize {
 
 /// Tick labels of `values`, each at most `room` characters: in full, else to three significant
 /// digits, else none. ratatui cuts a longer label to another number (3.5527e-15 read 3.5527).
-fn fitted(values: &[f64], room: usize) -> Vec<String> {
+pub(super) fn fitted(values: &[f64], room: usize) -> Vec<String> {
     let forms: [&dyn Fn(f64) -> String; 2] = [&fmt_num, &fmt_short];
     forms
         .iter()

@@ -43,7 +43,10 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         .iter()
         .flat_map(|d| d.1.1.iter().map(|&x| (x, y1)))
         .collect();
-    let y_labels = vec![fmt_num(y0), fmt_num((y0 + y1) / 2.0), fmt_num(y1)];
+    let y_labels = super::chart::fitted(
+        &[y0, (y0 + y1) / 2.0, y1],
+        usize::from(area.width.saturating_sub(2)) / 3,
+    );
     let room = super::chart::legend_room(area, &y_labels);
     let mut datasets: Vec<Dataset> = drawn
         .iter()

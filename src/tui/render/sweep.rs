@@ -120,7 +120,10 @@ fn curve(f: &mut Frame, view: &SweepView, area: Rect) {
             Axis::default()
                 .title("final loss")
                 .bounds([y0, y1])
-                .labels(vec![fmt_num(y0), fmt_num((y0 + y1) / 2.0), fmt_num(y1)])
+                .labels(super::chart::fitted(
+                    &[y0, (y0 + y1) / 2.0, y1],
+                    usize::from(area.width) / 3,
+                ))
                 .style(Style::new().fg(Color::DarkGray)),
         );
     f.render_widget(chart, area);
