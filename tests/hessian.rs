@@ -117,6 +117,18 @@ fn rosenbrock_at_its_minimum() {
 }
 
 #[test]
+fn the_finite_difference_check_holds_far_from_the_origin() {
+    // After 100 steps down a saddle the params are near 1e7: an absolute difference step left
+    // the check to rounding, and a smooth quadratic was reported as a kink.
+    for (x, y) in [(1.3e7, -2.1e6), (0.3, -0.2)] {
+        let h = full_of(&format!(
+            "name = \"s\"\ndtype = \"f64\"\nloss = \"x^2 - 3 * y^2 + x * y\"\n[params]\nx = {x}\ny = {y}\n"
+        ));
+        assert_eq!(h.fd_agrees(), Some(true), "at ({x}, {y})");
+    }
+}
+
+#[test]
 fn the_saddle_x2_minus_y2_says_so() {
     // H = diag(2, -2): one negative eigenvalue, |λ|max/|λ|min = 1, 2/λmax = 1.
     let h = full_of(

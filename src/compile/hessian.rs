@@ -526,11 +526,20 @@ fn full(op: &Block, labels: Vec<String>, seed: u64) -> Result<Full, Diagnostic> 
         .iter()
         .copied()
         .collect();
-    let step = if op.ev.dtype() == CDType::F64 {
-        1e-5
-    } else {
-        1e-2
-    };
+    // Relative to the params' size: at params of 1e7 an absolute 1e-5 step left the difference
+    // of two gradients of 1e7 to rounding, and a smooth quadratic read as a kink.
+    let size = op
+        .ev
+        .params()
+        .iter()
+        .flat_map(|p| super::values_f64(p.as_tensor()).unwrap_or_default())
+        .fold(1.0f64, |m, x| m.max(x.abs()));
+    let step = size
+        * if op.ev.dtype() == CDType::F64 {
+            1e-5
+        } else {
+            1e-2
+        };
     let fd = op.extract(&hvp_fd(op.ev, &op.embed(&v)?, step)?)?;
     let diff: Vec<f64> = hv.iter().zip(&fd).map(|(a, b)| a - b).collect();
     let fd_rel_err = dot(&diff, &diff).sqrt() / dot(&hv, &hv).sqrt().max(f64::MIN_POSITIVE);
