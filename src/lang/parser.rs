@@ -63,15 +63,22 @@ fn lines(text: &str, map: &OffsetMap, role: Role) -> Result<Program, Vec<ParseEr
     let mut p = Parser::new(tokens);
     // None for a line that failed: it is reported, and no later check may blame it again.
     let mut lines: Vec<Option<(Option<Spanned<String>>, Expr)>> = Vec::new();
+    // Whether the line before ended mid-expression (`r = w -`): a bare expression after it is
+    // its rest, which that error already explains.
+    let mut rest = false;
     loop {
         p.skip_newlines();
         if p.peek() == &Tok::Eof {
             break;
         }
         let start = p.span().start;
-        match p.statement() {
+        let parsed = p.statement();
+        let was_rest = std::mem::replace(&mut rest, false);
+        match parsed {
+            Ok((None, _)) if was_rest => lines.push(None),
             Ok(line) => lines.push(Some(line)),
             Err(e) => {
+                rest = p.peek() == &Tok::Newline;
                 p.recover_to_line_end();
                 let end = p.span().start;
                 // A character the lexer refused already explains why the line does not parse.
@@ -279,7 +286,10 @@ impl Parser {
         let t = &self.tokens[self.pos];
         let help = match (&t.tok, wanted) {
             (Tok::Assign, _) => Some("compare with `==`; `=` only names a whole line's value"),
-            (Tok::Newline | Tok::Eof, _) => Some("the expression is incomplete"),
+            (Tok::Newline, _) => Some(
+                "the expression is incomplete; to continue it on the next line, put it in parentheses",
+            ),
+            (Tok::Eof, _) => Some("the expression is incomplete"),
             _ => None,
         };
         err(
@@ -715,6 +725,16 @@ mod tests {
     fn program_needs_a_final_expression() {
         let e = parse_program("a = 1\nb = 2", &OffsetMap::Shift(0)).unwrap_err();
         assert!(e[0].message.contains("last line"), "{e:?}");
+    }
+
+    #[test]
+    fn a_line_ending_in_an_operator_is_one_error() {
+        let e = parse_program("r = w -\n  1\nsum(r^2)", &OffsetMap::Shift(0)).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].help.as_deref().unwrap().contains("parentheses"),
+            "{e:?}"
+        );
     }
 
     #[test]
