@@ -384,7 +384,7 @@ fn what_cannot_be_written_is_a_diagnostic_at_its_span() {
         (
             "sum(W3 * w * randn(3))",
             "w = \"[1.0, 2.0, 3.0]\"",
-            "the gradient needs this random value, which a program draws anew each time it is read",
+            "the gradient needs this random value: the loss drew it once, when the file was loaded, and the program read back as text would draw other numbers",
             "randn(3)",
         ),
     ] {

@@ -334,7 +334,7 @@ impl<'a> Gen<'a> {
         if let Some(span) = sym::random_in(value) {
             return Err(self
                 .error(
-                    "the gradient needs this random value, which a program draws anew each time it is read",
+                    "the gradient needs this random value: the loss drew it once, when the file was loaded, and the program read back as text would draw other numbers",
                     &span,
                 )
                 .help("give it a name in [data], so the gradient program reads the same numbers"));

@@ -494,7 +494,7 @@ pub(super) fn index(x: &S, items: Vec<IndexItem>, shape: Shape) -> S {
     node(Kind::Index(x.clone(), items), shape)
 }
 
-/// Whether a node reads a random constructor, and where (a program draws anew each time).
+/// Whether a node reads a random constructor, and where (a program read back as text draws anew).
 pub(super) fn random_in(s: &S) -> Option<Span> {
     let here = match &s.kind {
         Kind::Call { func, .. } if func == "randn" || func == "rand" => s.span.clone(),
