@@ -135,6 +135,7 @@ fn every_grid_point_is_the_run_started_alone() {
             clip_norm: None,
             on_nonfinite: None,
             grad: None,
+            consts: Vec::new(),
         };
         let mut alone = build_runs(&options, &file, Retention::Totals { best: false }).unwrap();
         let alone = drive(&mut alone[0], |_, _| std::ops::ControlFlow::Continue(())).unwrap();
@@ -171,6 +172,7 @@ fn a_sweeps_runs_keep_a_short_path_of_params() {
         clip_norm: None,
         on_nonfinite: None,
         grad: None,
+        consts: Vec::new(),
     };
     // The path: every step 0..=1000 for `run`'s totals; for a sweep's outcome, at most 64
     // points, the stride doubling when full: every 16th step (0, 16, ..., 992: 63) and the
@@ -672,4 +674,51 @@ fn csv_and_jsonl_carry_the_rank_and_the_metric_they_are_ranked_by() {
         assert_eq!(row["rank"], k + 1);
         assert_eq!(row["metrics"]["accuracy"].as_f64(), Some(accuracies[k]));
     }
+}
+
+#[test]
+fn run_with_a_const_is_the_sweeps_point_computing_the_data_again() {
+    // `k` scales the data: a variant's k leaves the data as the file made it, while
+    // `run --const` and `sweep --const` compute it again, and give the same numbers.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run_const");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("k.toml");
+    std::fs::write(
+        &file,
+        "name = \"k\"\ndtype = \"f64\"\nloss = \"sum((w - t)^2)\"\n[consts]\nk = 1.0\n[data]\nt = \"k * [1.0, 2.0]\"\n[params]\nw = \"zeros(2)\"\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 3\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let final_loss = |args: &[&str]| -> f64 {
+        let out = common::gradscope(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["summary"] == true)
+            .and_then(|v| v["final_loss"].as_f64())
+            .expect("a summary")
+    };
+    let plain = final_loss(&["run", path, "--format", "jsonl"]);
+    let with_k = final_loss(&["run", path, "--const", "k=3", "--format", "jsonl"]);
+    // (1 - 0.2)^3 of the distance each step: 0.8^6 of the initial 5 k^2.
+    assert!((plain - 5.0 * 0.8f64.powi(6)).abs() < 1e-12, "{plain}");
+    assert!((with_k - 45.0 * 0.8f64.powi(6)).abs() < 1e-12, "{with_k}");
+    let sweep = sweep_stdout(&[path, "--const", "k=[3]"], "csv");
+    assert!(
+        sweep.contains(&format!("{with_k}")) || sweep.contains(&format!("{with_k:.6}")),
+        "{sweep}\n{with_k}"
+    );
+    let out = common::gradscope(&["run", path, "--const", "k=[1, 2]"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one value per const"));
+    let out = common::gradscope(&["run", path, "--const", "kk=2"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no const named `kk`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -56,6 +56,7 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
         clip_norm: None,
         on_nonfinite: None,
         grad: None,
+        consts: Vec::new(),
     };
     let Some((_, runs)) = load_runs(&options, Retention::Totals { best: false }, color)? else {
         return Ok(RunOutcome::Failed);

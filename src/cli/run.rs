@@ -61,6 +61,11 @@ pub struct RunOptions {
     /// Where gradients come from (fd: central finite differences).
     #[arg(long, value_enum)]
     pub grad: Option<GradSource>,
+    /// A const of the loss file and its value (`eps=1e-4`), over every variant's own; repeat
+    /// for several. `[data]` and `[params]` are computed again with it, as each point of
+    /// `sweep --const` is.
+    #[arg(long = "const", value_name = "K=V")]
+    pub consts: Vec<String>,
 }
 
 /// `--steps`: a whole number of at least 1.
@@ -320,9 +325,42 @@ pub fn load_runs(
     for d in &warnings {
         err_print!("{}", d.render(color));
     }
+    let compiled = match with_consts(&compiled, &options.consts)? {
+        Ok(c) => c,
+        Err(diags) => {
+            for d in &diags {
+                err_print!("{}", d.render(color));
+            }
+            return Ok(None);
+        }
+    };
     crate::compile::threads::start([&compiled]);
     let runs = build_runs(options, &compiled, retention)?;
     Ok(Some((compiled, runs)))
+}
+
+/// `compiled` made again with `--const`'s values (each one number, each const once).
+fn with_consts(
+    compiled: &CompiledFile,
+    consts: &[String],
+) -> anyhow::Result<Result<CompiledFile, Vec<crate::diagnostic::Diagnostic>>> {
+    let mut values: Vec<(String, f64)> = Vec::new();
+    for text in consts {
+        let (name, numbers) = super::sweep::parse_const(text)?;
+        let [value] = numbers[..] else {
+            anyhow::bail!(
+                "--const {text}: `run` takes one value per const (`gradscope sweep --const` takes lists)"
+            );
+        };
+        if values.iter().any(|(n, _)| *n == name) {
+            anyhow::bail!(
+                "--const {text}: {}",
+                crate::optim::spec::twice(&name).message
+            );
+        }
+        values.push((name, value));
+    }
+    Ok(compiled.recompiled(compiled.file.seed, &values))
 }
 
 /// The signal that asked `gradscope run` (or `lrfind`, `sweep`) to stop (0: none yet).

@@ -258,6 +258,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
                     clip_norm: None,
                     on_nonfinite: None,
                     grad: None,
+                    consts: Vec::new(),
                 };
                 let mut built = build_runs(&options, &file, Retention::Outcome)?;
                 let run = built.remove(0);

@@ -342,7 +342,7 @@ fn consts_read_only_once(file: &LossFile) -> Vec<Diagnostic> {
             ))
             .at(&file.source, c.name.span.clone())
             .help(format!(
-                "read `{}` in the loss, or sweep it with `gradscope sweep --const {}=[...]`, which computes the data again",
+                "read `{}` in the loss, or give it with `gradscope run --const {}=...` or `sweep --const`, which compute the data again",
                 c.name.node, c.name.node
             ))
         })
