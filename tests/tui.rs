@@ -1317,6 +1317,40 @@ fn d_duplicates_the_selected_run() {
     }
 }
 
+/// A copy in another dtype is the same run: it follows an edit of the file's lr as the run
+/// does. A second copy of the same kind gets a number.
+#[test]
+fn a_dtype_copy_follows_the_files_edits_and_copies_are_numbered() {
+    let dir = Scratch::new("dtype_copy_edit");
+    dir.copy("losses/robust_log_mse.toml", "robust.toml");
+    let file = dir.0.join("robust.toml");
+    let (mut app, rx) = open(file.to_str().unwrap());
+    let bf16 = duplicate_count(&app) - 1;
+    for _ in 0..2 {
+        typed(&mut app, "d");
+        for _ in 0..bf16 {
+            press(&mut app, KeyCode::Char('j'));
+        }
+        press(&mut app, KeyCode::Enter);
+        app.settle(&rx);
+    }
+    let names = run_names(&app);
+    let n = names.len();
+    assert_eq!(
+        names[n - 2..],
+        ["base · bf16", "base · bf16 #2"],
+        "{names:?}"
+    );
+    edit_file(&mut app, &rx, &file, "lr = 0.01", "lr = 0.05");
+    let runs = &app.session().unwrap().runs;
+    let lr_of = |name: &str| {
+        let r = runs.iter().find(|r| r.info.name == name).expect(name);
+        (r.info.optimizer.base.lr(), r.info.dtype)
+    };
+    assert_eq!(lr_of("base"), (0.05, DType::F32));
+    assert_eq!(lr_of("base · bf16"), (0.05, DType::BF16));
+}
+
 #[test]
 fn x_removes_the_selected_run() {
     let (mut app, rx) = open(ROSENBROCK);

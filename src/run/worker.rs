@@ -441,6 +441,15 @@ impl Worker {
             request.name = format!("{} · {}", request.name, dt.name());
             request.dtype = dt;
         }
+        // A second run of the same kind is told apart by a number.
+        let taken = |name: &str| self.slots.iter().any(|s| s.run.name == name);
+        if taken(&request.name) {
+            let first = std::mem::take(&mut request.name);
+            request.name = (2..)
+                .map(|k| format!("{first} #{k}"))
+                .find(|n| !taken(n))
+                .unwrap_or(first);
+        }
         let name = request.name.clone();
         match Run::new(&self.compiled, request) {
             Ok(run) => {

@@ -537,12 +537,18 @@ impl App {
                             self.session().and_then(|s| s.selected_run()),
                         ) {
                             let def = variant.unwrap_or(run.info.def);
-                            let overrides = Overrides {
-                                optimizer: Some(run.info.optimizer.clone()),
-                                dtype: dtype.or(Some(run.info.dtype)).filter(|_| variant.is_none()),
-                                consts: match variant {
-                                    Some(_) => Vec::new(),
-                                    None => run.info.overrides.consts.clone(),
+                            // In another dtype it is the same run: what it overrides stays
+                            // overridden and the rest follows the file's edits, as the run
+                            // does. On another variant it takes the run's optimizer along.
+                            let overrides = match variant {
+                                Some(_) => Overrides {
+                                    optimizer: Some(run.info.optimizer.clone()),
+                                    dtype: None,
+                                    consts: Vec::new(),
+                                },
+                                None => Overrides {
+                                    dtype: dtype.or(run.info.overrides.dtype),
+                                    ..run.info.overrides.clone()
                                 },
                             };
                             self.command(Command::AddRun { def, overrides });
