@@ -1351,6 +1351,17 @@ fn a_dtype_copy_follows_the_files_edits_and_copies_are_numbered() {
     assert_eq!(lr_of("base · bf16"), (0.05, DType::BF16));
 }
 
+/// Two `x` typed before the worker answers the first remove two runs.
+#[test]
+fn x_x_in_one_burst_removes_two_runs() {
+    let (mut app, rx) = open(ROSENBROCK);
+    let names = run_names(&app);
+    press(&mut app, KeyCode::Tab);
+    typed(&mut app, "xx");
+    app.settle(&rx);
+    assert_eq!(run_names(&app), names[2..]);
+}
+
 #[test]
 fn x_removes_the_selected_run() {
     let (mut app, rx) = open(ROSENBROCK);

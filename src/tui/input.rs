@@ -169,6 +169,11 @@ impl App {
                         .and_then(|s| s.selected_run())
                         .map(|r| r.info.name.clone());
                     self.run_command(run, Command::Remove);
+                    // Gone from the list now: a second `x` typed before the worker answers
+                    // removes the next run, not this one again.
+                    if let (Some(id), Some(s)) = (run, self.session_mut()) {
+                        s.drop_run(id);
+                    }
                     if let Some(name) = name {
                         self.message = Some(format!("removed run `{name}`"));
                     }

@@ -283,9 +283,7 @@ impl Session {
             }
             Event::Removed(rid) => {
                 self.landscape.on_worker_gave_up();
-                self.runs
-                    .retain(|r| r.link != Link::Live || r.info.id != rid);
-                self.selected = self.selected.min(self.runs.len().saturating_sub(1));
+                self.drop_run(rid);
             }
             Event::Records(rid, records) => {
                 self.rate.add(records.len() as u64);
@@ -635,6 +633,13 @@ impl Session {
         for r in &mut self.runs {
             r.before.clear();
         }
+    }
+
+    /// Drops live run `rid`'s view, keeping the selection in the list.
+    pub fn drop_run(&mut self, rid: RunId) {
+        self.runs
+            .retain(|r| r.link != Link::Live || r.info.id != rid);
+        self.selected = self.selected.min(self.runs.len().saturating_sub(1));
     }
 
     /// Forgets the selected run if it is gone (its variant left the file); true if it was.
