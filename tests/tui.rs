@@ -400,7 +400,7 @@ fn smoothing_on_a_log_axis_keeps_the_raw_values_lower_bound() {
         .any(|(i, _)| screen[i + 2..].chars().take(3).all(|c| c.is_ascii_digit()));
     assert!(!tiny, "{screen}");
     assert!(
-        screen.contains("smoothing 0.6") && screen.contains("(log y)"),
+        screen.contains("smoothed 0.6") && screen.contains("(log y)"),
         "{screen}"
     );
 }
@@ -436,7 +436,7 @@ fn log_scale_is_off_while_a_value_is_below_0() {
     typed_settled(&mut app, &rx, "50nl");
     assert!(app.log_y);
     let text = rows(&draw(&app, 160, 45)).join("\n");
-    assert!(text.contains("(log y off: values below 0)"), "{text}");
+    assert!(text.contains("(linear: values < 0)"), "{text}");
     assert!(!text.contains("(log y)"), "{text}");
     let (mut app, rx) = open(ROSENBROCK);
     typed_settled(&mut app, &rx, "5nl");
@@ -2807,7 +2807,7 @@ fn snapshot_the_smoothing_weight_is_in_the_chart_title() {
     let (mut app, rx) = open(ROSENBROCK);
     typed_settled(&mut app, &rx, "50nss");
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(&app, 120, 30).chart, "Loss · smoothing 0.9").is_some());
+    assert!(find(&t, areas(&app, 120, 30).chart, "Loss · smoothed 0.9").is_some());
     snapshot("smoothing_title", &t);
     typed(&mut app, "lss");
     let t = draw(&app, 120, 30);
@@ -2840,7 +2840,7 @@ fn shift_s_sets_a_smoothing_weight_and_refuses_one_out_of_range() {
     assert_eq!(app.popup, None);
     assert_eq!(app.smoothing, 0.75);
     let t = draw(&app, 120, 30);
-    assert!(find(&t, areas(&app, 120, 30).chart, "smoothing 0.75").is_some());
+    assert!(find(&t, areas(&app, 120, 30).chart, "smoothed 0.75").is_some());
     // From a typed weight, `s` goes on to the next larger one of the cycle.
     typed(&mut app, "s");
     assert_eq!(app.smoothing, 0.9);

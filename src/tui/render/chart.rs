@@ -142,7 +142,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         }
         if app.smoothing > 0.0 {
             title.push_str(&format!(
-                " · smoothing {}",
+                " · smoothed {}",
                 crate::format::fmt_short(app.smoothing)
             ));
         }
@@ -159,7 +159,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     // says why, as the pictures do.
     if log && negative_values(app, s) {
         log = false;
-        title.push_str(" (log y off: values below 0)");
+        title.push_str(" (linear: values < 0)");
     } else if log {
         title.push_str(" (log y)");
     }

@@ -11,6 +11,13 @@ use crate::tui::app::FileEntry;
 /// Every diagnostic of `file`, errors in red, warnings in yellow.
 pub fn render(f: &mut Frame, file: &FileEntry, area: Rect) {
     let mut lines = Vec::new();
+    // Said in the panel, where it wraps: as the title it was cut at the panel's edge.
+    if file.session.is_some() {
+        lines.push(Line::styled(
+            "the last good version keeps running below",
+            Style::new().fg(Color::DarkGray),
+        ));
+    }
     for d in &file.diagnostics {
         let color = if d.is_error() {
             Color::Red
@@ -27,15 +34,10 @@ pub fn render(f: &mut Frame, file: &FileEntry, area: Rect) {
             lines.push(Line::styled(l.to_string(), style));
         }
     }
-    let title = if file.session.is_some() {
-        "Diagnostics (the last good version keeps running below)"
-    } else {
-        "Diagnostics"
-    };
     let block = Block::new()
         .borders(Borders::ALL)
         .border_style(Style::new().fg(Color::Red))
-        .title(title);
+        .title("Diagnostics");
     f.render_widget(
         Paragraph::new(lines)
             .block(block)
