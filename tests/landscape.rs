@@ -574,7 +574,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     t.draw(|f| gradscope::tui::render::render(f, &app)).unwrap();
     let screen = format!("{}", t.backend());
     for want in [
-        "Landscape: param coordinates",
+        "Landscape of base (f32) · param coordinates",
         "loss (log colour)",
         "★ best",
         "Next step of base at lr × s",

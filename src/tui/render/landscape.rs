@@ -27,11 +27,12 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let l = &s.landscape;
     let selected = s.selected_run();
     let title = match (&l.plane, selected) {
+        // The run first: a narrow panel cuts the end of its title.
         (Some(p), Some(r)) => format!(
-            "Landscape: {} · loss of {} ({})",
-            p.kind.describe(),
+            "Landscape of {} ({}) · {}",
             r.info.name,
-            r.info.dtype.name()
+            r.info.dtype.name(),
+            p.kind.describe()
         ),
         _ => "Landscape".to_string(),
     };
