@@ -131,6 +131,15 @@ fn x_labels(x0: f64, x1: f64, area: Rect, y_labels: &[String]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `run` and what of it a curve plots, at most `max` characters: the run's name is cut, the
+/// suffix kept (two params' curves of a long-named run read the same cut as a whole).
+fn legend_name(run: &str, suffix: &str, max: usize) -> String {
+    match max.checked_sub(suffix.chars().count()) {
+        Some(room) if room > 1 => format!("{}{suffix}", cut(run, room)),
+        _ => cut(&format!("{run}{suffix}"), max),
+    }
+}
+
 /// The shown chart tab of `file`.
 pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
     let mut log = app.log_y || app.tab == Tab::LrRatio;
@@ -179,7 +188,9 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
         0
     };
     struct Drawn {
-        name: String,
+        run: String,
+        /// What of the run it plots (` |x|`, ` (eval)`), kept whole when the name is cut.
+        suffix: String,
         color: Color,
         /// Whether a non-finite value is a NaN/Inf event (not for the update ratio, which is
         /// undefined while every param is zero, nor the eval loss, whose run's loss marks it).
@@ -225,7 +236,8 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             let smooth =
                 (app.smoothing > 0.0).then(|| curve.series(lo, columns, log, Some(app.smoothing)));
             drawn.push(Drawn {
-                name: format!("{}{suffix}", r.info.name),
+                run: r.info.name.clone(),
+                suffix,
                 color: r.color,
                 events: !matches!(m, Metric::UpdateRatio | Metric::Lr | Metric::EvalLoss),
                 dim: m == Metric::EvalLoss,
@@ -305,13 +317,13 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             .style(raw_style)
             .data(&d.raw.points);
         if d.smooth.is_none() {
-            raw = raw.name(cut(&d.name, legend_max));
+            raw = raw.name(legend_name(&d.run, &d.suffix, legend_max));
         }
         datasets.push(raw);
         if let Some(sm) = &d.smooth {
             datasets.push(
                 Dataset::default()
-                    .name(cut(&d.name, legend_max))
+                    .name(legend_name(&d.run, &d.suffix, legend_max))
                     .marker(Marker::Braille)
                     .graph_type(GraphType::Line)
                     .style(color)
@@ -370,5 +382,13 @@ mod tests {
         let narrow = Rect::new(0, 0, 16, 12);
         assert_eq!(x_labels(0.0, 10000.0, narrow, &[]), ["0", "10000"]);
         assert!(x_labels(0.0, 10000.0, Rect::new(0, 0, 9, 12), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_cut_legend_name_keeps_what_of_the_run_it_plots() {
+        let run = "rmsprop, lr 1e-2, momentum 0.9";
+        assert_eq!(legend_name(run, " |x|", 16), "rmsprop, lr… |x|");
+        assert_eq!(legend_name(run, " |y|", 16), "rmsprop, lr… |y|");
+        assert_eq!(legend_name("base", " |x|", 16), "base |x|");
     }
 }
