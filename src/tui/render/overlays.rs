@@ -164,7 +164,19 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
             *w = (*w).max(c.chars().count());
         }
     }
-    let cell = |i: usize, text: &str| format!("{text:<w$}  ", w = widths[i]);
+    // Too wide for the screen: the `vs base` column, then the names, give up room (cut with
+    // `…`), then `vs base` goes, so the numbers between them stay in view.
+    let room = usize::from(area.width).saturating_sub(2);
+    let last = widths.len() - 1;
+    for (i, least) in [(last, 12), (0, 12), (last, 0)] {
+        let total: usize = widths.iter().map(|w| w + 2).sum();
+        let over = total.saturating_sub(room);
+        widths[i] -= over.min(widths[i].saturating_sub(least));
+    }
+    let cell = |i: usize, text: &str| match widths[i] {
+        0 => String::new(),
+        w => format!("{:<w$}  ", cut(text, w)),
+    };
     let mut lines = vec![Line::from(
         header
             .iter()
@@ -189,7 +201,12 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
         "tab/shift-tab sort by the next/previous column · r reverses · esc closes",
         Style::new().fg(Color::DarkGray),
     ));
-    let width = widths.iter().map(|w| w + 2).sum::<usize>() + 2;
+    let width = widths
+        .iter()
+        .filter(|&&w| w > 0)
+        .map(|w| w + 2)
+        .sum::<usize>()
+        + 2;
     let r = centered(area, width as u16, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
