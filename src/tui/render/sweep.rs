@@ -145,18 +145,15 @@ fn point_lines(view: &SweepView, height: usize) -> Vec<Line<'static>> {
     let values = &view.axes[0].values;
     let room = height.saturating_sub(usize::from(note.is_some())).max(1);
     let first = window(view.cursor, values.len(), room);
+    let labels = axis_labels(values, 10);
     let mut lines: Vec<Line<'static>> = values
         .iter()
         .enumerate()
         .skip(first)
         .take(room)
-        .map(|(i, &v)| {
+        .map(|(i, _)| {
             let star = if bests.contains(&i) { "★" } else { " " };
-            let text = format!(
-                "{star} {key} {:<10} {}",
-                swept_value(v, 10),
-                outcome(view.ended[i])
-            );
+            let text = format!("{star} {key} {:<10} {}", labels[i], outcome(view.ended[i]));
             cell_style(view, i, Line::from(text))
         })
         .collect();
@@ -203,17 +200,18 @@ fn heat_lines(view: &SweepView, width: usize, height: usize) -> Vec<Line<'static
         .collect();
     let [lo, hi] = bounds(losses.iter().copied());
     let bests = view.bests();
+    let (a_labels, b_labels) = (axis_labels(&a.values, WIDTH), axis_labels(&b.values, WIDTH));
     let mut lines = vec![Line::from(format!(
         "{:>WIDTH$} {}",
         format!("{} \\ {}", b.key, a.key),
-        a.values[xs.clone()]
+        a_labels[xs.clone()]
             .iter()
-            .map(|v| format!("{:>WIDTH$}", swept_value(*v, WIDTH)))
+            .map(|l| format!("{l:>WIDTH$}"))
             .collect::<Vec<_>>()
             .join(" ")
     ))];
-    for (y, bv) in b.values.iter().enumerate().rev().skip(d0).take(rows) {
-        let mut spans = vec![Span::raw(format!("{:>WIDTH$} ", swept_value(*bv, WIDTH)))];
+    for (y, _) in b.values.iter().enumerate().rev().skip(d0).take(rows) {
+        let mut spans = vec![Span::raw(format!("{:>WIDTH$} ", b_labels[y]))];
         for x in xs.clone() {
             let i = y * a.values.len() + x;
             let e = view.ended[i];
@@ -249,12 +247,29 @@ fn heat_lines(view: &SweepView, width: usize, height: usize) -> Vec<Line<'static
 
 /// A swept value as typed when that fits in `width` (`0.9999`, which three significant digits
 /// would show as `1`, the same as its neighbour `1`), else to three significant digits.
-fn swept_value(v: f64, width: usize) -> String {
-    let exact = v.to_string();
-    match exact.chars().count() <= width {
-        true => exact,
-        false => fmt_short(v),
+/// An axis's values as labels of at most `width` characters, all in one form: as written when
+/// every one fits and none needs an exponent, else all in scientific notation to three
+/// digits (a logspace read `3.16e-4` beside `0.00316228`, and `0.0000001`).
+fn axis_labels(values: &[f64], width: usize) -> Vec<String> {
+    let exact: Vec<String> = values.iter().map(f64::to_string).collect();
+    let decades = values
+        .iter()
+        .any(|v| *v != 0.0 && !(1e-3..1e5).contains(&v.abs()));
+    if !decades && exact.iter().all(|l| l.chars().count() <= width) {
+        return exact;
     }
+    values
+        .iter()
+        .map(|&v| match v {
+            0.0 => "0".to_string(),
+            v => {
+                let s = format!("{v:.2e}");
+                let (mantissa, exponent) = s.split_once('e').unwrap_or((&s, "0"));
+                let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+                format!("{mantissa}e{exponent}")
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -262,12 +277,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn swept_values_are_told_apart() {
-        let labels: Vec<String> = [0.9, 0.99, 0.999, 0.9999]
-            .iter()
-            .map(|&v| swept_value(v, 9))
-            .collect();
-        assert_eq!(labels, ["0.9", "0.99", "0.999", "0.9999"]);
-        assert_eq!(swept_value(0.000316228, 9), "3.16e-4");
+    fn swept_values_are_told_apart_in_one_form() {
+        assert_eq!(
+            axis_labels(&[0.9, 0.99, 0.999, 0.9999], 9),
+            ["0.9", "0.99", "0.999", "0.9999"]
+        );
+        assert_eq!(
+            axis_labels(&[0.000316228, 0.00316228, 0.0316228, 1e-7], 9),
+            ["3.16e-4", "3.16e-3", "3.16e-2", "1e-7"]
+        );
+        assert_eq!(axis_labels(&[0.0, 100000.0], 9), ["0", "1e5"]);
     }
 }
