@@ -3569,6 +3569,11 @@ fn snapshot_sweep_tab_form_and_live_fill() {
     let screen = rows(&t).join("\n");
     assert!(screen.contains("3/5 · enter adds · esc stops"), "{screen}");
     snapshot("sweep_tab_live_one_key", &t);
+    // `l` puts the final losses on a log axis, as on the other charts.
+    typed(&mut app, "l");
+    let screen = rows(&draw(&app, 120, 36)).join("\n");
+    assert!(screen.contains("final loss (log)"), "{screen}");
+    typed(&mut app, "l");
     // Over two keys the points are a heat map.
     press(&mut app, KeyCode::Esc);
     press(&mut app, KeyCode::Esc);

@@ -39,7 +39,7 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             let rows = (view.ended.len() as u16 + 2).min(inner.height / 2);
             let [chart, list] =
                 Layout::vertical([Constraint::Min(4), Constraint::Length(rows)]).areas(inner);
-            curve(f, view, chart);
+            curve(f, view, chart, app.log_y);
             let lines = point_lines(view, usize::from(list.height));
             f.render_widget(Paragraph::new(lines), list);
         }
@@ -69,17 +69,18 @@ fn outcome(e: Option<Ended>) -> String {
     }
 }
 
-/// Final loss against the swept value: the ended points as a line, the cursor's as a block.
-fn curve(f: &mut Frame, view: &SweepView, area: Rect) {
-    let points: Vec<(f64, f64)> = view
-        .ended
-        .iter()
-        .enumerate()
-        .filter_map(|(i, e)| {
-            let e = e.filter(|e| e.halted_at.is_none() && e.final_loss.is_finite())?;
-            Some((x_of(view, view.axes[0].values[i]), e.final_loss))
-        })
-        .collect();
+/// Final loss against the swept value: the ended points as a line, the cursor's as a block;
+/// on a log axis when `l` asks for one and every loss is positive.
+fn curve(f: &mut Frame, view: &SweepView, area: Rect, log_y: bool) {
+    let losses = view.ended.iter().enumerate().filter_map(|(i, e)| {
+        let e = e.filter(|e| e.halted_at.is_none() && e.final_loss.is_finite())?;
+        Some((x_of(view, view.axes[0].values[i]), e.final_loss))
+    });
+    let log = log_y && losses.clone().all(|(_, l)| l > 0.0);
+    let points: Vec<(f64, f64)> = match log {
+        true => losses.map(|(x, l)| (x, l.log10())).collect(),
+        false => losses.collect(),
+    };
     let [y0, y1] = bounds(points.iter().map(|p| p.1));
     let xs: Vec<f64> = view.axes[0].values.iter().map(|&v| x_of(view, v)).collect();
     let [x0, x1] = bounds(xs.iter().copied());
@@ -118,10 +119,14 @@ fn curve(f: &mut Frame, view: &SweepView, area: Rect) {
         )
         .y_axis(
             Axis::default()
-                .title("final loss")
+                .title(match (log, log_y) {
+                    (true, _) => "final loss (log)",
+                    (false, true) => "final loss (linear: values ≤ 0)",
+                    (false, false) => "final loss",
+                })
                 .bounds([y0, y1])
                 .labels(super::chart::fitted(
-                    &[y0, (y0 + y1) / 2.0, y1],
+                    &[y0, (y0 + y1) / 2.0, y1].map(|y| if log { 10f64.powf(y) } else { y }),
                     usize::from(area.width) / 3,
                 ))
                 .style(Style::new().fg(Color::DarkGray)),
