@@ -948,6 +948,19 @@ fn rewind_past_an_lr_change_keeps_it() {
     assert_eq!(r.history.core(40).lr, base);
     assert_eq!(r.lr_scale, 1.0, "the UI still shows the rewound-away scale");
     assert!(r.lr_changes.is_empty());
+    // The log says the change was undone, once.
+    let said: Vec<&str> = app
+        .session()
+        .unwrap()
+        .warnings
+        .iter()
+        .map(|w| w.text.as_str())
+        .filter(|t| t.starts_with("rewound past the lr change"))
+        .collect();
+    assert_eq!(
+        said,
+        ["rewound past the lr change at step 50: the lr is ×1 again"]
+    );
 }
 
 #[test]

@@ -316,8 +316,16 @@ impl Session {
                     r.lr_scale = scale;
                     r.halted = None;
                     // A change made at the step rewound to is in that step's snapshot: it stays.
+                    // One made later is undone with its steps, and the log says so.
+                    let undone: Vec<u64> = r
+                        .lr_changes
+                        .iter()
+                        .copied()
+                        .filter(|&k| (k as usize) > len)
+                        .collect();
                     r.lr_changes.retain(|&k| (k as usize) <= len);
                     r.lr_set.retain(|&(k, _)| (k as usize) <= len);
+
                     r.clipped = r.history.count(flags::CLIPPED);
                     r.skipped = r.history.count(flags::SKIPPED);
                     // The log forgets the steps rewound over: a reset run starts on a clean one.
@@ -326,6 +334,17 @@ impl Session {
                         .retain(|w| &w.run != name || w.step < len as u64);
                     for (count, word) in [(r.clipped, "clipped"), (r.skipped, "skipped")] {
                         set_count(&mut self.warnings, name, word, count, None);
+                    }
+                    if let Some(first) = undone.first() {
+                        self.warnings.push(Warning {
+                            run: name.clone(),
+                            step: len as u64,
+                            text: format!(
+                                "rewound past the lr change at step {first}: the lr is ×{} again",
+                                crate::format::fmt_short(scale)
+                            ),
+                            diagnostic: None,
+                        });
                     }
                 }
             }
