@@ -728,7 +728,10 @@ mod tui {
         let entries = app.catalogue();
         let at = entries.iter().position(|e| e.name() == "mine");
         let at = at.expect("the file's own optimizer is listed");
-        assert_eq!(entries[at].section.title(), "this file's own");
+        assert_eq!(
+            entries[at].section.title(),
+            "written for this file (its own, optimizers/)"
+        );
         press(&mut app, KeyCode::Home);
         for _ in 0..at {
             press(&mut app, KeyCode::Down);

@@ -87,7 +87,7 @@ fn given_a_file_the_list_adds_its_own_optimizers() {
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).expect("utf-8");
     let own = printed
-        .split_once("this file's own\n")
+        .split_once("written for this file (its own, optimizers/)\n")
         .map(|(_, rest)| rest)
         .expect("a section of the file's own");
     // The bundled losses/optimizers/classics.toml, before the tricks.

@@ -104,7 +104,7 @@ pub enum Command {
     /// trick a chain takes after it, with their parameters, defaults and one-line docs.
     Optimizers {
         /// A loss file whose own optimizers (its `[optimizers.*]` and those of the
-        /// `optimizers/` folders above it) are listed too, as "this file's own".
+        /// `optimizers/` folders above it) are listed too, as "written for this file".
         file: Option<std::path::PathBuf>,
         /// Plain text, or the Markdown tables the READMEs hold.
         #[arg(long, value_enum, default_value = "text")]

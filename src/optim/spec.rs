@@ -956,7 +956,7 @@ impl Group {
             Group::Torch => "torch.optim",
             Group::Modern => "modern",
             Group::Optax => "optax",
-            Group::Own => "this file's own",
+            Group::Own => "written for this file (its own, optimizers/)",
         }
     }
 }
