@@ -167,6 +167,11 @@ BB = "reshape(cos(0.3 * arange(40)) + 0.05, 2, 4, 5)"
             format!("{xp}\ne = \"[1.7, -0.6, 2.3]\"\nq = \"[[0.8], [1.9]]\""),
         ),
         ("pow right-associative", "sum(C * p^2^1.5)".into(), p.clone()),
+        (
+            "pow tensor at negative and zero bases",
+            "sum(n ^ k) + sum(z ^ e2)".into(),
+            "n = \"[-2.0, 0.0, 3.0, -1.5]\"\nk = \"[3.0, 0.0, 2.0, 0.0]\"\nz = \"[0.0, 2.0]\"\ne2 = \"[2.0, 3.0]\"".into(),
+        ),
         ("matmul 2-D 2-D", "sum(W32 * (A @ B))".into(), mm.into()),
         ("matmul 2-D 1-D", "sum(W3 * (A @ v))".into(), mm.into()),
         ("matmul 1-D 2-D", "sum(W4 * (u @ A))".into(), mm.into()),

@@ -448,6 +448,26 @@ fn power_zero_has_no_gradient_even_at_zero() {
 }
 
 #[test]
+fn power_tensor_exponent_at_negative_and_zero_bases_as_torch() {
+    // torch: (-2)^3 = -8, 0^0 = 1; d/dx = y x^(y-1), none where y = 0; d/dy = x^y ln x, none
+    // where x = 0 and y >= 0. candle's exp(y ln x) made every one of these NaN.
+    let text = "name = \"pw\"\ndtype = \"f64\"\nloss = \"sum(n ^ k) + sum(z ^ e)\"\n[params]\nn = \"[-2.0, 0.0, 3.0, -1.5]\"\nk = \"[3.0, 0.0, 2.0, 0.0]\"\nz = \"[0.0, 2.0]\"\ne = \"[2.0, 3.0]\"\n";
+    let ev = Evaluator::new(&compiled("pow_torch", text), 0).unwrap();
+    let eval = evaluate("pow_torch", &ev);
+    assert_eq!(eval.loss, -8.0 + 1.0 + 9.0 + 1.0 + 0.0 + 8.0);
+    assert_eq!(to_f64_vec(&eval.grads[0]), vec![12.0, 0.0, 6.0, 0.0]);
+    let dk = to_f64_vec(&eval.grads[1]);
+    // ln of a negative base is NaN, as in torch; at 0^0 the exponent gets none.
+    assert!(dk[0].is_nan() && dk[1] == 0.0 && (dk[2] - 9.0 * 3f64.ln()).abs() < 1e-12);
+    assert_eq!(to_f64_vec(&eval.grads[2]), vec![0.0, 12.0]);
+    let de = to_f64_vec(&eval.grads[3]);
+    assert!(
+        de[0] == 0.0 && (de[1] - 8.0 * 2f64.ln()).abs() < 1e-12,
+        "{de:?}"
+    );
+}
+
+#[test]
 fn power_tensor_exponent() {
     // d/dp p^e = e p^(e-1), d/de = p^e ln p; e [3] and q [2, 1] broadcast; 2^x: d/dx = 2^x ln 2
     check(

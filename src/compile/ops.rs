@@ -9,7 +9,7 @@
 //! they cancel (silu' near its zero at x = -1.28 was 24% off in bf16; elu' as elu(x) + alpha
 //! was 0 in f32 below x = -17).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 use std::f64::consts::FRAC_1_SQRT_2;
 
@@ -393,6 +393,94 @@ impl CustomOp1 for Slope {
             }
         };
         Ok(Some(grad.mul(&second)?))
+    }
+}
+
+/// `x ^ y` of two tensors, as torch computes it: a negative base with a whole exponent is a
+/// number ((-2)^3 = -8) and 0^0 = 1, where candle's exp(y ln x) is NaN for both; with torch's
+/// gradients, none to x where y = 0 and none to y where x = 0 and y >= 0.
+#[derive(Debug, Clone, Copy)]
+pub struct Pow;
+
+impl Pow {
+    /// `x ^ y`, the two broadcast against each other.
+    pub fn apply(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let shape = x.shape().broadcast_shape_binary_op(y.shape(), "pow")?;
+        let x = x.broadcast_as(&shape)?.contiguous()?;
+        let y = y.broadcast_as(&shape)?.contiguous()?;
+        x.apply_op2(&y, Pow)
+    }
+}
+
+/// `f` over the pairs of two contiguous storages of one shape.
+fn zip_map<T: Copy>(
+    a: &[T],
+    al: &Layout,
+    b: &[T],
+    bl: &Layout,
+    f: impl Fn(T, T) -> T,
+) -> Result<Vec<T>> {
+    let offsets = |l: &Layout| {
+        l.contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("custom op on a non-contiguous tensor".into()))
+    };
+    let ((a0, a1), (b0, b1)) = (offsets(al)?, offsets(bl)?);
+    Ok(a[a0..a1]
+        .iter()
+        .zip(&b[b0..b1])
+        .map(|(&x, &y)| f(x, y))
+        .collect())
+}
+
+impl CustomOp2 for Pow {
+    fn name(&self) -> &'static str {
+        "pow"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        al: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        use CpuStorage as S;
+        let out = match (a, b) {
+            (S::F64(a), S::F64(b)) => S::F64(zip_map(a, al, b, bl, f64::powf)?),
+            (S::F32(a), S::F32(b)) => S::F32(zip_map(a, al, b, bl, |x, y| {
+                f64::from(x).powf(f64::from(y)) as f32
+            })?),
+            (S::F16(a), S::F16(b)) => S::F16(zip_map(a, al, b, bl, |x, y| {
+                f16::from_f64(x.to_f64().powf(y.to_f64()))
+            })?),
+            (S::BF16(a), S::BF16(b)) => S::BF16(zip_map(a, al, b, bl, |x, y| {
+                bf16::from_f64(x.to_f64().powf(y.to_f64()))
+            })?),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "pow takes floating-point tensors of one dtype".into(),
+                ));
+            }
+        };
+        Ok((out, al.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let zero = x.zeros_like()?;
+        // y x^(y-1), 0 where y = 0
+        let dx = y.mul(&Pow::apply(x, &y.affine(1.0, -1.0)?)?)?;
+        let dx = y.eq(0.0)?.where_cond(&zero, &dx)?;
+        // x^y ln x, 0 where x = 0 and y >= 0
+        let dy = res.mul(&x.log()?)?;
+        let at_zero = x.eq(0.0)?.mul(&y.ge(0.0)?)?;
+        let dy = at_zero.where_cond(&zero, &dy)?;
+        Ok((Some(grad.mul(&dx)?), Some(grad.mul(&dy)?)))
     }
 }
 

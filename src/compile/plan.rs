@@ -390,7 +390,7 @@ fn binary(b: Binary, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         Binary::Div => x.broadcast_div(y),
         Binary::Min => x.broadcast_minimum(y),
         Binary::Max => x.broadcast_maximum(y),
-        Binary::Pow => x.broadcast_pow(y),
+        Binary::Pow => super::ops::Pow::apply(x, y),
     }
 }
 

@@ -590,14 +590,19 @@ impl<'a> Gen<'a> {
             };
             return self.back(a, a, sym::mul(&g, &local));
         }
+        // torch's rules: none to a where b = 0, none to b where a = 0 and b >= 0.
+        let zero = sym::num(0.0);
         if a.grad {
-            // candle takes log(a) before broadcasting it: the sum comes before the division.
-            let through_log = sym::mul(&g, &sym::mul(me, b));
-            let da = sym::div(&reduce_to(&through_log, &me.shape, &a.shape), a);
-            self.back(a, a, da)?;
+            let local = sym::mul(b, &sym::pow(a, &sym::sub(b, &sym::num(1.0))));
+            let local = sym::select(&sym::cmp(BinOp::Eq, b, &zero), &zero, &local);
+            self.back(a, a, reduce_to(&sym::mul(&g, &local), &me.shape, &a.shape))?;
         }
-        let db = sym::mul(&g, &sym::mul(me, &sym::apply("log", a)));
-        self.back(b, b, reduce_to(&db, &me.shape, &b.shape))
+        let at_zero = sym::mul(
+            &sym::cmp(BinOp::Eq, a, &zero),
+            &sym::cmp(BinOp::Ge, b, &zero),
+        );
+        let local = sym::select(&at_zero, &zero, &sym::mul(me, &sym::apply("log", a)));
+        self.back(b, b, reduce_to(&sym::mul(&g, &local), &me.shape, &b.shape))
     }
 
     fn matmul(&mut self, x: &S, a: &S, b: &S, g: S) -> Res<()> {
