@@ -311,18 +311,23 @@ fn sweep_stdout(args: &[&str], format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `text` written as a loss file in a folder of `test`'s own.
+fn written(test: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("loss.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 #[test]
 fn a_sweep_where_every_point_grows_names_no_best() {
     // sgd on d = 100 grows by |1 - 100 lr| a step past lr = 0.02: both points blow up to finite
     // losses far above the start, which no user would call the best.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep_all_grow");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("q.toml");
-    std::fs::write(
-        &file,
+    let file = written(
+        "sweep_all_grow",
         "name = \"q\"\ndtype = \"f64\"\nloss = \"0.5 * sum(d * w^2)\"\n[data]\nd = \"[1.0, 10.0, 100.0]\"\n[params]\nw = \"[1.0, 1.0, 1.0]\"\n",
-    )
-    .unwrap();
+    );
     let text = sweep_stdout(
         &[
             file.to_str().unwrap(),
@@ -680,14 +685,10 @@ fn csv_and_jsonl_carry_the_rank_and_the_metric_they_are_ranked_by() {
 fn run_with_a_const_is_the_sweeps_point_computing_the_data_again() {
     // `k` scales the data: a variant's k leaves the data as the file made it, while
     // `run --const` and `sweep --const` compute it again, and give the same numbers.
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("run_const");
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("k.toml");
-    std::fs::write(
-        &file,
+    let file = written(
+        "run_const",
         "name = \"k\"\ndtype = \"f64\"\nloss = \"sum((w - t)^2)\"\n[consts]\nk = 1.0\n[data]\nt = \"k * [1.0, 2.0]\"\n[params]\nw = \"zeros(2)\"\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 3\n",
-    )
-    .unwrap();
+    );
     let path = file.to_str().unwrap();
     let final_loss = |args: &[&str]| -> f64 {
         let out = common::gradscope(args);

@@ -281,15 +281,16 @@ impl Kernel {
     }
 }
 
-/// `f` (or the f32 `kernel`, for f32) over a float storage, rounded once to its dtype.
+/// `f` (or the f32 `kernel`, for f32) over a float storage, rounded once to its dtype: an
+/// elementwise op's forward.
 fn map_storage(
     name: &str,
     storage: &CpuStorage,
     layout: &Layout,
     f: impl Fn(f64) -> f64,
     kernel: Option<Kernel>,
-) -> Result<CpuStorage> {
-    Ok(match storage {
+) -> Result<(CpuStorage, Shape)> {
+    let out = match storage {
         CpuStorage::F64(d) => CpuStorage::F64(map(d, layout, f)?),
         // Vectorised in f32 to within a few ulp of the f64 values rounded (torch's vectorised
         // CPU kernels build on Sleef's 1-ulp exp and log1p): computed in f64, sigmoid and
@@ -310,7 +311,8 @@ fn map_storage(
                 "{name} takes floating-point tensors"
             )));
         }
-    })
+    };
+    Ok((out, layout.shape().clone()))
 }
 
 impl CustomOp1 for Elementwise {
@@ -329,8 +331,7 @@ impl CustomOp1 for Elementwise {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let op = *self;
-        let out = map_storage(self.name(), storage, layout, |x| op.f(x), op.f32_kernel())?;
-        Ok((out, layout.shape().clone()))
+        map_storage(self.name(), storage, layout, |x| op.f(x), op.f32_kernel())
     }
 
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -364,8 +365,7 @@ impl CustomOp1 for Slope {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let op = *self;
-        let out = map_storage(self.name(), storage, layout, |x| op.f(x), op.f32_kernel())?;
-        Ok((out, layout.shape().clone()))
+        map_storage(self.name(), storage, layout, |x| op.f(x), op.f32_kernel())
     }
 
     /// The second derivatives, of the dtype's ops: only the Hessian reads them, in f64.

@@ -86,13 +86,17 @@ fn negative_values(app: &App, s: &crate::tui::session::Session) -> bool {
 /// frame 2 more: a long "before the edit" line hid the run names with it, so names are cut to
 /// this instead.
 pub(super) fn legend_room(area: Rect, y_labels: &[String]) -> usize {
+    (plot_width(area, y_labels).saturating_sub(1) * 6 / 10).saturating_sub(2)
+}
+
+/// The plot's width in a chart panel `area`: less its frame, the y labels and the axis.
+fn plot_width(area: Rect, y_labels: &[String]) -> usize {
     let label_w = y_labels
         .iter()
         .map(|l| l.chars().count())
         .max()
         .unwrap_or(0);
-    let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 2);
-    (plot_w * 6 / 10).saturating_sub(2)
+    usize::from(area.width).saturating_sub(2 + label_w + 1)
 }
 
 /// Tick labels of `values`, each at most `room` characters: in full, else to three significant
@@ -110,12 +114,7 @@ pub(super) fn fitted(values: &[f64], room: usize) -> Vec<String> {
 /// two ends where three would run into each other (ratatui gives each a share of the plot's
 /// width), or none.
 fn x_labels(x0: f64, x1: f64, area: Rect, y_labels: &[String]) -> Vec<String> {
-    let label_w = y_labels
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(0);
-    let plot_w = usize::from(area.width).saturating_sub(2 + label_w + 1);
+    let plot_w = plot_width(area, y_labels);
     let mid = ((x0 + x1) / 2.0).round();
     let candidates = match x1 - x0 >= 4.0 {
         true => vec![vec![x0, mid, x1], vec![x0, x1]],
