@@ -37,7 +37,8 @@ impl Key {
     fn cmp(&self, other: &Key) -> Ordering {
         match (self, other) {
             (Key::Number(a), Key::Number(b)) => a.total_cmp(b),
-            (Key::Text(a), Key::Text(b)) => a.cmp(b),
+            // As people sort names: `L2 (ridge)` after `base`.
+            (Key::Text(a), Key::Text(b)) => a.to_lowercase().cmp(&b.to_lowercase()),
             (Key::Number(_), Key::Text(_)) => Ordering::Less,
             (Key::Text(_), Key::Number(_)) => Ordering::Greater,
         }

@@ -99,15 +99,44 @@ fn plot_width(area: Rect, y_labels: &[String]) -> usize {
     usize::from(area.width).saturating_sub(2 + label_w + 1)
 }
 
-/// Tick labels of `values`, each at most `room` characters: in full, else to three significant
-/// digits, else none. ratatui cuts a longer label to another number (3.5527e-15 read 3.5527).
+/// Tick labels of `values`, each at most `room` characters: in full, else to five, four or
+/// three significant digits (the most that still tells different values apart, where one
+/// does), else none. ratatui cuts a longer label to another number (3.5527e-15 read 3.5527).
 pub(super) fn fitted(values: &[f64], room: usize) -> Vec<String> {
-    let forms: [&dyn Fn(f64) -> String; 2] = [&fmt_num, &fmt_short];
-    forms
+    let forms: [&dyn Fn(f64) -> String; 4] = [
+        &fmt_num,
+        &|v| significant(v, 5),
+        &|v| significant(v, 4),
+        &fmt_short,
+    ];
+    let fitting: Vec<Vec<String>> = forms
         .iter()
         .map(|form| values.iter().map(|&v| form(v)).collect::<Vec<_>>())
-        .find(|labels| labels.iter().all(|l| l.chars().count() <= room))
+        .filter(|labels| labels.iter().all(|l| l.chars().count() <= room))
+        .collect();
+    let apart = |labels: &Vec<String>| {
+        labels
+            .iter()
+            .zip(values)
+            .all(|(l, v)| labels.iter().zip(values).all(|(m, w)| v == w || l != m))
+    };
+    let chosen = fitting.iter().find(|l| apart(l)).or(fitting.first());
+    chosen
+        .cloned()
         .unwrap_or_else(|| vec![String::new(); values.len()])
+}
+
+/// `v` to `digits` significant digits, as [`fmt_short`] writes three.
+fn significant(v: f64, digits: usize) -> String {
+    let a = v.abs();
+    if !v.is_finite() || a == 0.0 {
+        return fmt_short(v);
+    }
+    if !(1e-3..1e5).contains(&a) {
+        return format!("{v:.*e}", digits - 1);
+    }
+    let decimals = (digits as i32 - 1 - a.log10().floor() as i32).max(0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// The step labels of a chart in `area` over steps `x0..=x1`: first, middle and last, or the
@@ -376,6 +405,15 @@ mod tests {
         );
         assert_eq!(fitted(&values, 8), ["3.55e-15", "2.11e-7", "12.5"]);
         assert_eq!(fitted(&values, 5), ["", "", ""]);
+        // Values apart only past the third digit keep the digits that tell them apart.
+        assert_eq!(
+            fitted(&[1.3201, 1.3225, 1.3249], 6),
+            ["1.3201", "1.3225", "1.3249"]
+        );
+        assert_eq!(
+            fitted(&[1.3201, 1.3225, 1.3249], 4),
+            ["1.32", "1.32", "1.32"]
+        );
         let area = Rect::new(0, 0, 40, 12);
         assert_eq!(x_labels(0.0, 10000.0, area, &[]), ["0", "5000", "10000"]);
         let narrow = Rect::new(0, 0, 16, 12);

@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 
 use crate::compile::backward::Formula;
-use crate::format::{fmt_num, fmt_short};
+use crate::format::{cut, fmt_num, fmt_short};
 use crate::run::history::flags;
 use crate::run::worker::{ParamStats, TensorStats};
 use crate::tui::app::{Answer, App};
@@ -64,9 +64,11 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
     let Some(r) = s.selected_run() else {
         return vec![Line::from("no run selected")];
     };
+    // Cut with `…` at the panel's edge, so a long name or chain says there is more.
+    let fit = |text: String| cut(&text, usize::from(crate::tui::layout::INSPECTOR_WIDTH - 2));
     let mut lines = vec![
         Line::from(Span::styled(
-            r.info.name.clone(),
+            fit(r.info.name.clone()),
             Style::new().fg(r.color).bold(),
         )),
         Line::from(Span::styled(
@@ -78,12 +80,13 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
                 .unwrap_or_default(),
             Style::new().fg(Color::DarkGray),
         )),
-        Line::from(format!(
+        // The chain last: it is what a long line loses to the cut.
+        Line::from(fit(format!(
             "{} · {} · {}",
-            r.info.optimizer,
             r.info.dtype.name(),
-            r.info.grad
-        )),
+            r.info.grad,
+            r.info.optimizer
+        ))),
         Line::from(format!("step {} · {}", r.steps(), r.status(s.playing))),
     ];
     if let Some(last) = r.history.len().checked_sub(1) {

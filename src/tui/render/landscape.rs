@@ -186,11 +186,12 @@ fn render_slice(
                 .labels(["1/16", "1/4", "1", "4", "16"].map(Line::from).to_vec()),
         )
         .y_axis(
-            Axis::default().bounds([y0, y1]).labels(
-                [y0, y1]
-                    .map(|v| Line::from(crate::format::fmt_short(v)))
-                    .to_vec(),
-            ),
+            Axis::default()
+                .bounds([y0, y1])
+                .labels(super::chart::fitted(
+                    &[y0, y1],
+                    usize::from(area.width.saturating_sub(2)) / 3,
+                )),
         );
     f.render_widget(chart, area);
 }

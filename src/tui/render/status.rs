@@ -48,7 +48,10 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
                 "all runs halted (see Warnings; b/r rewind)",
                 Style::new().fg(Color::Red),
             ));
-        } else if !s.runs.is_empty() && s.runs.iter().all(RunView::done) {
+        } else if s.runs.iter().any(|r| r.link == Link::Live)
+            && s.runs.iter().all(|r| r.link != Link::Live || r.done())
+        {
+            // Runs gone from the file do not step: the live ones decide.
             spans.push(Span::raw("finished (space plays on)"));
         } else {
             spans.push(Span::raw("paused"));
@@ -61,16 +64,18 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
             Style::new().fg(Color::Yellow),
         ));
     }
+    let used: usize = spans.iter().map(Span::width).sum();
+    let room = usize::from(area.width).saturating_sub(used);
     match &app.message {
-        Some(m) => spans.push(Span::styled(m.clone(), Style::new().fg(Color::Yellow))),
-        None => {
-            let used: usize = spans.iter().map(Span::width).sum();
-            let room = usize::from(area.width).saturating_sub(used);
-            spans.push(Span::styled(
-                keys::hints(room),
-                Style::new().fg(Color::DarkGray),
-            ))
-        }
+        // Cut with `…`, so a message longer than the line says there is more.
+        Some(m) => spans.push(Span::styled(
+            crate::format::cut(m, room),
+            Style::new().fg(Color::Yellow),
+        )),
+        None => spans.push(Span::styled(
+            keys::hints(room),
+            Style::new().fg(Color::DarkGray),
+        )),
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }

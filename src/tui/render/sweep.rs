@@ -10,7 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
 use super::panel;
-use crate::format::{fmt_num, fmt_short};
+use crate::format::fmt_num;
 use crate::run::sweep::Ended;
 use crate::tui::app::{App, FileEntry, Focus};
 use crate::tui::chart::bounds;
@@ -101,10 +101,12 @@ fn curve(f: &mut Frame, view: &SweepView, area: Rect, log_y: bool) {
             .style(Style::new().fg(Color::Yellow))
             .data(&cursor),
     ];
-    let label = |x: f64| match view.axes[0].log() {
-        true => fmt_short(10f64.powf(x)),
-        false => fmt_short(x),
-    };
+    // The ticks in the form the list below writes the values in.
+    let ticks = [x0, (x0 + x1) / 2.0, x1].map(|x| match view.axes[0].log() {
+        true => 10f64.powf(x),
+        false => x,
+    });
+    let ticks = axis_labels(&ticks, 10);
     let key = &view.axes[0].key;
     let chart = Chart::new(datasets)
         .x_axis(
@@ -114,7 +116,7 @@ fn curve(f: &mut Frame, view: &SweepView, area: Rect, log_y: bool) {
                     false => key.clone(),
                 })
                 .bounds([x0, x1])
-                .labels(vec![label(x0), label((x0 + x1) / 2.0), label(x1)])
+                .labels(ticks)
                 .style(Style::new().fg(Color::DarkGray)),
         )
         .y_axis(
