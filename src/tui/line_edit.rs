@@ -71,6 +71,27 @@ impl LineEdit {
         format!("{}▏{}", &self.text[..at], &self.text[at..])
     }
 
+    /// [`LineEdit::with_cursor`] in at most `width` columns: a window around the cursor, with
+    /// `…` where the text goes on past an edge (a long spec hid the cursor and the text typed
+    /// last behind the dialog's edge).
+    pub fn window(&self, width: usize) -> String {
+        let chars: Vec<char> = self.with_cursor().chars().collect();
+        let len = chars.len();
+        if len <= width || width < 3 {
+            return chars.into_iter().collect();
+        }
+        // The cursor second from the window's right end, or the text's end in view.
+        let start = (self.cursor + 2).saturating_sub(width).min(len - width);
+        let mut shown = chars[start..start + width].to_vec();
+        if start > 0 {
+            shown[0] = '…';
+        }
+        if start + width < len {
+            shown[width - 1] = '…';
+        }
+        shown.into_iter().collect()
+    }
+
     /// The byte offset of the `chars`-th character.
     fn byte(&self, chars: usize) -> usize {
         self.text
@@ -129,6 +150,23 @@ mod tests {
         assert_eq!(e.cursor(), 13);
         press(&mut e, KeyCode::Backspace);
         assert_eq!(e.with_cursor(), "Adam(lr=0.01▏");
+    }
+
+    #[test]
+    fn a_long_text_shows_the_window_around_the_cursor() {
+        let mut e = LineEdit::new("sgd(lr=0.001, momentum=0.9) + agc(clipping=0.05)");
+        assert_eq!(e.window(20), "…agc(clipping=0.05)▏");
+        press(&mut e, KeyCode::Home);
+        assert_eq!(e.window(20), "▏sgd(lr=0.001, mome…");
+        for _ in 0..25 {
+            press(&mut e, KeyCode::Right);
+        }
+        let w = e.window(20);
+        assert!(
+            w.starts_with('…') && w.ends_with('…') && w.contains('▏'),
+            "{w}"
+        );
+        assert_eq!(LineEdit::new("adam").window(20), "adam▏");
     }
 
     #[test]

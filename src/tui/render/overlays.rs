@@ -337,7 +337,7 @@ fn field(text: &LineEdit, error: Option<&str>, keys: &str, width: usize) -> Vec<
             .into_iter()
             .map(move |r| Line::styled(chars[r].iter().collect::<String>(), Style::new().fg(color)))
     };
-    let mut l = vec![Line::from(text.with_cursor()), Line::from("")];
+    let mut l = vec![Line::from(text.window(width)), Line::from("")];
     if let Some(e) = error {
         l.extend(wrapped(e, Color::Red));
     }
