@@ -366,6 +366,10 @@ fn help_shows_every_description_in_full() {
     for what in keys::BINDINGS.iter().map(|b| b.help) {
         assert!(screen.contains(what), "help cuts `{what}`:\n{screen}");
     }
+    // After the keys, what the screen's marks mean.
+    for mark in ["Δ/p", "update norm / param norm", "(eval)", "NaN/Inf loss"] {
+        assert!(screen.contains(mark), "help lacks `{mark}`:\n{screen}");
+    }
 }
 
 #[test]

@@ -10,16 +10,54 @@ use crate::format::cut;
 use crate::optim::catalogue::{Item, by_section};
 use crate::tui::app::{App, Popup, duplicate_choices};
 use crate::tui::compare;
-use crate::tui::keys::{BINDINGS, Binding};
+use crate::tui::keys::BINDINGS;
 use crate::tui::layout::centered;
 use crate::tui::line_edit::LineEdit;
 use crate::tui::render::warnings::wrap;
 
+/// What the screen shows that no key names, after the keys in the help: a new user met Δ/p,
+/// "(eval)" and the red blocks with nothing to say what they are.
+const GLOSSARY: &[(&str, &str)] = &[
+    (
+        "Δ/p",
+        "update norm / param norm: the step against the params (~1e-3)",
+    ),
+    (
+        "(eval)",
+        "loss at the eval params (schedule-free's x, ASGD's average)",
+    ),
+    (
+        "red █",
+        "a NaN/Inf loss, gradient or update (Warnings says where)",
+    ),
+    (
+        "faded",
+        "curves from before the file's last edits (C clears them)",
+    ),
+    (
+        "✓ ✗",
+        "the file loads / has errors (shown in place of its chart)",
+    ),
+];
+
+/// The help's rows: each key binding's keys and line, then the glossary.
+fn help_rows() -> Vec<(String, &'static str)> {
+    BINDINGS
+        .iter()
+        .map(|b| (b.label(), b.help))
+        .chain(
+            GLOSSARY
+                .iter()
+                .map(|&(label, text)| (label.to_string(), text)),
+        )
+        .collect()
+}
+
 /// How the help lays out in `area`: its columns shown (each with the width of its longest
-/// description), their rows, the keys' width, the last first binding scrolling can reach (0:
-/// it all fits, in as many columns as it needs), and the box's width.
+/// line), their rows, the labels' width, the last first row scrolling can reach (0: it all
+/// fits, in as many columns as it needs), and the box's width.
 struct HelpLayout {
-    columns: Vec<(&'static [Binding], usize)>,
+    columns: Vec<(Vec<(String, &'static str)>, usize)>,
     rows: usize,
     label_w: usize,
     last_first: usize,
@@ -27,21 +65,18 @@ struct HelpLayout {
 }
 
 fn help_layout(area: Rect, scroll: usize) -> HelpLayout {
-    let label_w = BINDINGS
-        .iter()
-        .map(|b| b.label().chars().count())
-        .max()
-        .unwrap_or(0);
-    let rows = (area.height.saturating_sub(2) as usize).clamp(1, BINDINGS.len().max(1));
-    let help_w = |c: &[Binding]| c.iter().map(|b| b.help.chars().count()).max().unwrap_or(0);
-    let width_of = |columns: &[(&[Binding], usize)]| -> usize {
+    let all = help_rows();
+    let label_w = all.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let rows = (area.height.saturating_sub(2) as usize).clamp(1, all.len().max(1));
+    let help_w = |c: &[(String, &str)]| c.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
+    let width_of = |columns: &[(Vec<(String, &'static str)>, usize)]| -> usize {
         columns
             .iter()
             .map(|(_, w)| label_w + 2 + w + 2)
             .sum::<usize>()
             + 2
     };
-    let columns: Vec<(&[Binding], usize)> = BINDINGS.chunks(rows).map(|c| (c, help_w(c))).collect();
+    let columns: Vec<_> = all.chunks(rows).map(|c| (c.to_vec(), help_w(c))).collect();
     let width = width_of(&columns);
     if width <= usize::from(area.width) {
         return HelpLayout {
@@ -53,9 +88,9 @@ fn help_layout(area: Rect, scroll: usize) -> HelpLayout {
         };
     }
     // One column that scrolls, as wide as its widest line wherever it is scrolled to.
-    let last_first = BINDINGS.len() - rows;
+    let last_first = all.len() - rows;
     let first = scroll.min(last_first);
-    let columns = vec![(&BINDINGS[first..first + rows], help_w(BINDINGS))];
+    let columns = vec![(all[first..first + rows].to_vec(), help_w(&all))];
     HelpLayout {
         width: width_of(&columns),
         columns,
@@ -75,8 +110,9 @@ pub fn help_scrolled(area: Rect, scroll: usize, down: bool) -> usize {
     }
 }
 
-/// Every key and what it does (j/k scroll, any other key closes it), in as many columns as the
-/// height needs; where those do not fit the width, one column that scrolls from `scroll`.
+/// Every key and what it does, then what the screen's marks mean (j/k scroll, any other key
+/// closes it), in as many columns as the height needs; where those do not fit the width, one
+/// column that scrolls from `scroll`.
 pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
     let HelpLayout {
         columns,
@@ -89,12 +125,14 @@ pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
         .map(|i| {
             let mut spans = Vec::new();
             for (column, w) in &columns {
-                let Some(b) = column.get(i) else { continue };
+                let Some((label, text)) = column.get(i) else {
+                    continue;
+                };
                 spans.push(Span::styled(
-                    format!("{:>label_w$}  ", b.label()),
+                    format!("{label:>label_w$}  "),
                     Style::new().fg(Color::Cyan),
                 ));
-                spans.push(Span::raw(format!("{:<w$}  ", b.help)));
+                spans.push(Span::raw(format!("{text:<w$}  ")));
             }
             Line::from(spans)
         })
