@@ -1368,6 +1368,30 @@ fn a_dtype_copy_follows_the_files_edits_and_copies_are_numbered() {
     assert_eq!(lr_of("base · bf16"), (0.05, DType::BF16));
 }
 
+/// With every run removed, `x` says how to get one back, and `d` adds the file's own again.
+#[test]
+fn d_brings_a_files_own_run_back_after_every_run_is_removed() {
+    let (mut app, rx) = open(ROSENBROCK);
+    press(&mut app, KeyCode::Tab);
+    typed_settled(&mut app, &rx, "xxxx");
+    assert!(run_names(&app).is_empty());
+    typed(&mut app, "x");
+    assert!(
+        app.message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("no runs: d adds")),
+        "{:?}",
+        app.message
+    );
+    typed(&mut app, "d");
+    assert!(matches!(app.popup, Some(Popup::Duplicate { .. })));
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    assert_eq!(run_names(&app), ["base"]);
+    let r = &app.session().unwrap().runs[0];
+    assert_eq!(r.info.optimizer.to_string(), "adam(lr=0.01)");
+}
+
 /// Two `x` typed before the worker answers the first remove two runs.
 #[test]
 fn x_x_in_one_burst_removes_two_runs() {

@@ -467,6 +467,10 @@ impl App {
                  reloads when saved",
                 name.to_string_lossy()
             ));
+        } else if self.session().is_some_and(|s| s.runs.is_empty()) {
+            self.message = Some(
+                "no runs: d adds one of the file's own back, o one with another optimizer".into(),
+            );
         }
     }
 

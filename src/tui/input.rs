@@ -227,7 +227,11 @@ impl App {
                     selected: selected.unwrap_or(0),
                 })
             }
-            KeyAction::Duplicate if self.session().is_some_and(|s| !s.runs.is_empty()) => {
+            // With no run left it adds one of the file's own back.
+            KeyAction::Duplicate
+                if self.session().is_some()
+                    && self.file().is_some_and(|f| f.compiled.is_some()) =>
+            {
                 self.popup = Some(Popup::Duplicate { selected: 0 });
             }
             KeyAction::AddRun | KeyAction::Duplicate => self.say_why_no_runs(),
@@ -537,25 +541,36 @@ impl App {
                     .unwrap_or_default();
                 match k.code {
                     KeyCode::Enter => {
-                        if let (Some((_, variant, dtype)), Some(run)) = (
-                            choices.get(selected),
-                            self.session().and_then(|s| s.selected_run()),
-                        ) {
-                            let def = variant.unwrap_or(run.info.def);
+                        let run = self.session().and_then(|s| s.selected_run());
+                        let add = match (choices.get(selected), run) {
                             // In another dtype it is the same run: what it overrides stays
                             // overridden and the rest follows the file's edits, as the run
                             // does. On another variant it takes the run's optimizer along.
-                            let overrides = match variant {
-                                Some(_) => Overrides {
+                            (Some((_, Some(variant), _)), Some(run)) => Some((
+                                *variant,
+                                Overrides {
                                     optimizer: Some(run.info.optimizer.clone()),
-                                    dtype: None,
-                                    consts: Vec::new(),
+                                    ..Overrides::default()
                                 },
-                                None => Overrides {
+                            )),
+                            (Some((_, None, dtype)), Some(run)) => Some((
+                                run.info.def,
+                                Overrides {
                                     dtype: dtype.or(run.info.overrides.dtype),
                                     ..run.info.overrides.clone()
                                 },
-                            };
+                            )),
+                            // No run left: the file's own, as its definitions make them.
+                            (Some((_, variant, dtype)), None) => Some((
+                                variant.unwrap_or(0),
+                                Overrides {
+                                    dtype: *dtype,
+                                    ..Overrides::default()
+                                },
+                            )),
+                            (None, _) => None,
+                        };
+                        if let Some((def, overrides)) = add {
                             self.command(Command::AddRun { def, overrides });
                         }
                         self.popup = None;
