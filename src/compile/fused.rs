@@ -22,10 +22,11 @@ use rayon::prelude::*;
 
 use super::threads::{ELEMENT_TASK, MATMUL_TASK, tasks};
 
+/// The elements of a custom op's contiguous input (its ops are given contiguous tensors).
 pub(super) fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     let (start, end) = layout
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused op on a non-contiguous tensor".into()))?;
+        .ok_or_else(|| candle_core::Error::Msg("custom op on a non-contiguous tensor".into()))?;
     Ok(&data[start..end])
 }
 

@@ -13,6 +13,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use half::{bf16, f16};
 use std::f64::consts::FRAC_1_SQRT_2;
 
+use super::fused::contiguous;
+
 /// 1 / sqrt(2π), to full f64 precision.
 const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
@@ -248,10 +250,7 @@ fn map_f32(x: &[f32], f: impl Fn(f32) -> f32 + Copy) -> Vec<f32> {
 }
 
 fn map<T: Copy>(data: &[T], layout: &Layout, f: impl Fn(T) -> T) -> Result<Vec<T>> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("custom op on a non-contiguous tensor".into()))?;
-    Ok(data[start..end].iter().map(|&x| f(x)).collect())
+    Ok(contiguous(data, layout)?.iter().map(|&x| f(x)).collect())
 }
 
 /// The vectorised f32 kernels. Each arm hands [`map_f32`] a function of its own, which it
@@ -296,12 +295,7 @@ fn map_storage(
         // CPU kernels build on Sleef's 1-ulp exp and log1p): computed in f64, sigmoid and
         // softplus were a third of a batched logistic-regression step.
         CpuStorage::F32(d) => CpuStorage::F32(match kernel {
-            Some(k) => {
-                let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-                    candle_core::Error::Msg("custom op on a non-contiguous tensor".into())
-                })?;
-                k.map(&d[start..end])
-            }
+            Some(k) => k.map(contiguous(d, layout)?),
             None => map(d, layout, |x| f(f64::from(x)) as f32)?,
         }),
         CpuStorage::F16(d) => CpuStorage::F16(map(d, layout, |x| f16::from_f64(f(x.to_f64())))?),
@@ -420,16 +414,8 @@ fn zip_map<T: Copy>(
     bl: &Layout,
     f: impl Fn(T, T) -> T,
 ) -> Result<Vec<T>> {
-    let offsets = |l: &Layout| {
-        l.contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("custom op on a non-contiguous tensor".into()))
-    };
-    let ((a0, a1), (b0, b1)) = (offsets(al)?, offsets(bl)?);
-    Ok(a[a0..a1]
-        .iter()
-        .zip(&b[b0..b1])
-        .map(|(&x, &y)| f(x, y))
-        .collect())
+    let (a, b) = (contiguous(a, al)?, contiguous(b, bl)?);
+    Ok(a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect())
 }
 
 impl CustomOp2 for Pow {
