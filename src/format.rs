@@ -61,22 +61,28 @@ pub fn fmt_duration(d: std::time::Duration) -> String {
     }
 }
 
-/// A number to three significant digits, for legends and axes where space is short.
+/// A number to three significant digits, for legends and axes where space is short (trailing
+/// zeros of a fixed-point form dropped).
 pub fn fmt_short(v: f64) -> String {
+    let s = fmt_digits(v, 3);
+    if s.contains('.') && !s.contains('e') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// A number to `digits` significant digits: fixed-point in [1e-3, 1e5), scientific outside.
+pub fn fmt_digits(v: f64, digits: usize) -> String {
     if let Some(s) = fmt_special(v) {
         return s;
     }
     let a = v.abs();
     if !(1e-3..1e5).contains(&a) {
-        return format!("{v:.2e}");
+        return format!("{v:.*e}", digits.saturating_sub(1));
     }
-    let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
-    let s = format!("{v:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
+    let decimals = (digits as i32 - 1 - a.log10().floor() as i32).max(0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// An axis tick label: `v` on an axis spanning `span`, with float noise next to zero (the

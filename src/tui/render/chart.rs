@@ -7,7 +7,7 @@ use ratatui::symbols::Marker;
 use ratatui::widgets::{Axis, Chart, Dataset, GraphType, Paragraph};
 
 use super::{nan_markers, panel};
-use crate::format::{cut, fmt_num, fmt_short};
+use crate::format::{cut, fmt_digits, fmt_num, fmt_short};
 use crate::run::history::History;
 use crate::tui::app::{App, FileEntry, Focus, LAST_N, Tab};
 use crate::tui::chart::{self, Metric, Series, Stream};
@@ -105,8 +105,8 @@ fn plot_width(area: Rect, y_labels: &[String]) -> usize {
 pub(super) fn fitted(values: &[f64], room: usize) -> Vec<String> {
     let forms: [&dyn Fn(f64) -> String; 4] = [
         &fmt_num,
-        &|v| significant(v, 5),
-        &|v| significant(v, 4),
+        &|v| fmt_digits(v, 5),
+        &|v| fmt_digits(v, 4),
         &fmt_short,
     ];
     let fitting: Vec<Vec<String>> = forms
@@ -124,19 +124,6 @@ pub(super) fn fitted(values: &[f64], room: usize) -> Vec<String> {
     chosen
         .cloned()
         .unwrap_or_else(|| vec![String::new(); values.len()])
-}
-
-/// `v` to `digits` significant digits, as [`fmt_short`] writes three.
-fn significant(v: f64, digits: usize) -> String {
-    let a = v.abs();
-    if !v.is_finite() || a == 0.0 {
-        return fmt_short(v);
-    }
-    if !(1e-3..1e5).contains(&a) {
-        return format!("{v:.*e}", digits - 1);
-    }
-    let decimals = (digits as i32 - 1 - a.log10().floor() as i32).max(0) as usize;
-    format!("{v:.decimals$}")
 }
 
 /// The step labels of a chart in `area` over steps `x0..=x1`: first, middle and last, or the
