@@ -344,20 +344,13 @@ fn with_consts(
     compiled: &CompiledFile,
     consts: &[String],
 ) -> anyhow::Result<Result<CompiledFile, Vec<crate::diagnostic::Diagnostic>>> {
-    let mut values: Vec<(String, f64)> = Vec::new();
-    for text in consts {
-        let (name, numbers) = super::sweep::parse_const(text)?;
+    let mut values: Vec<(String, f64)> = Vec::with_capacity(consts.len());
+    for ((name, numbers), text) in super::sweep::parse_consts(consts)?.into_iter().zip(consts) {
         let [value] = numbers[..] else {
             anyhow::bail!(
                 "--const {text}: `run` takes one value per const (`gradscope sweep --const` takes lists)"
             );
         };
-        if values.iter().any(|(n, _)| *n == name) {
-            anyhow::bail!(
-                "--const {text}: {}",
-                crate::optim::spec::twice(&name).message
-            );
-        }
         values.push((name, value));
     }
     Ok(compiled.recompiled(compiled.file.seed, &values))

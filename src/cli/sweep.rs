@@ -96,8 +96,24 @@ impl From<RunsError> for SweepError {
     }
 }
 
+/// Every `--const K=VALUES`, each const named once.
+pub fn parse_consts(texts: &[String]) -> Result<Vec<(String, Vec<f64>)>, SweepError> {
+    let mut consts: Vec<(String, Vec<f64>)> = Vec::with_capacity(texts.len());
+    for text in texts {
+        let (name, values) = parse_const(text)?;
+        if consts.iter().any(|(n, _)| *n == name) {
+            return Err(SweepError::Const {
+                text: text.clone(),
+                error: crate::optim::spec::twice(&name),
+            });
+        }
+        consts.push((name, values));
+    }
+    Ok(consts)
+}
+
 /// `K=VALUES` of `--const`.
-pub fn parse_const(text: &str) -> Result<(String, Vec<f64>), SweepError> {
+fn parse_const(text: &str) -> Result<(String, Vec<f64>), SweepError> {
     let error = |message: String| SweepError::Const {
         text: text.to_string(),
         error: SettingError {
@@ -161,19 +177,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
             }],
         });
     }
-    let consts: Vec<(String, Vec<f64>)> = args
-        .consts
-        .iter()
-        .map(|c| parse_const(c))
-        .collect::<Result<_, _>>()?;
-    for (i, (name, _)) in consts.iter().enumerate() {
-        if consts[..i].iter().any(|(n, _)| n == name) {
-            return Err(SweepError::Const {
-                text: args.consts[i].clone(),
-                error: crate::optim::spec::twice(name),
-            });
-        }
-    }
+    let consts = parse_consts(&args.consts)?;
     let defs = select(compiled, args.variant.as_deref(), false)?;
     let dtypes: Vec<Option<DType>> = match args.dtype.is_empty() {
         true => vec![None],
