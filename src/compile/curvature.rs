@@ -133,6 +133,7 @@ pub fn start_service() {
         .name("curvature".into())
         .stack_size(crate::GRAPH_STACK)
         .spawn(move || {
+            super::region::op_by_op();
             // A first backward pass latches the thread's setting while the variable is set.
             let latch = candle_core::Var::new(1.0f64, &Device::Cpu)
                 .and_then(|v| v.as_tensor().sqr()?.backward());

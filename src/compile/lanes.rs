@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::fused::{bias_add, lane_vecmat, matmul_2d};
 use super::plan::{Instr, Narrow, Op, Plan, VecSide, accumulating, apply, spread_wide};
+use super::region::Region;
 use super::shape::Shape;
 use super::{CompiledFile, values_f64};
 use crate::diagnostic::{Diagnostic, SourceFile, Span};
@@ -50,6 +51,10 @@ struct Program {
     live: Vec<bool>,
     /// The last instruction reading each register, after which its value is dropped.
     last_use: Vec<usize>,
+    /// The elementwise regions (see `region`), by the register of their root.
+    region: Vec<Option<Arc<Region>>>,
+    /// Registers computed inside a region, which `forward` skips.
+    inner: Vec<bool>,
     /// Per lane-kernel product with a shared matrix (see [`Form::Vec`]): its transpose, made once.
     transposed: Vec<Option<Tensor>>,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the lanes'.
@@ -135,7 +140,31 @@ impl LaneEvaluator {
         if half && plan.instrs.iter().zip(&live).any(matmul) {
             return Ok(None);
         }
-        let last_use = plan.last_uses();
+        let mut region = vec![None; n];
+        let mut inner = vec![false; n];
+        if accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64) {
+            // A region's tape holds one affine for all lanes.
+            let taken: Vec<bool> = affine.iter().map(Option::is_some).collect();
+            for r in super::region::regions(&plan, |i| i >= n_data, &taken) {
+                let (&root, members) = r.members.split_last().expect("a root");
+                for &m in members {
+                    inner[m] = true;
+                }
+                region[root] = Some(Arc::new(r));
+            }
+        }
+        let mut last_use: Vec<usize> = (0..n).collect();
+        for (k, instr) in plan.instrs.iter().enumerate() {
+            let reads = match &region[k] {
+                Some(r) => &r.leaves,
+                None if inner[k] => continue,
+                None => &instr.args,
+            };
+            for &a in reads {
+                last_use[a] = k;
+            }
+        }
+        last_use[plan.output] = usize::MAX;
         let source = Arc::clone(&compiled.file.source);
         let loss_span = plan.instrs[plan.output].span.clone();
         let mut this = Self {
@@ -145,6 +174,8 @@ impl LaneEvaluator {
                 batched,
                 live,
                 last_use,
+                region,
+                inner,
                 transposed: vec![None; n],
                 accumulate,
                 source,
@@ -314,11 +345,12 @@ impl LaneEvaluator {
         let p = &self.program;
         let mut regs: Vec<Option<Tensor>> = vec![None; p.plan.instrs.len()];
         for (k, instr) in p.plan.instrs.iter().enumerate() {
-            if !p.live[k] {
+            if !p.live[k] || p.inner[k] {
                 continue;
             }
-            let value = match instr.op {
-                Op::Input(i) => Ok(self.params[i - p.n_data].as_tensor().clone()),
+            let value = match (&instr.op, &p.region[k]) {
+                (Op::Input(i), _) => Ok(self.params[i - p.n_data].as_tensor().clone()),
+                (_, Some(region)) => self.region(region, &mut regs),
                 _ => self.compute(k, &regs),
             };
             regs[k] = Some(value.map_err(|e| {
@@ -326,7 +358,8 @@ impl LaneEvaluator {
                     .at(&p.source, instr.span.clone())
                     .help("this is a gradscope bug: the shapes were checked, so please report it")
             })?);
-            for &a in &instr.args {
+            let reads = p.region[k].as_ref().map_or(&instr.args, |r| &r.leaves);
+            for &a in reads {
                 if p.last_use[a] == k {
                     regs[a] = None;
                 }
@@ -351,6 +384,39 @@ impl LaneEvaluator {
     fn internal(&self, e: candle_core::Error) -> Diagnostic {
         Diagnostic::error(format!("evaluation failed: {e}"))
             .at(&self.program.source, self.program.loss_span.clone())
+    }
+
+    /// A region's root value, its leaves read from `regs` or fixed (with the lane axis where
+    /// they have it, lifted to the region's rank); op by op where this thread does not fuse.
+    fn region(&self, region: &Region, regs: &mut [Option<Tensor>]) -> candle_core::Result<Tensor> {
+        let p = &self.program;
+        let (&root, members) = region.members.split_last().expect("a root");
+        if !super::region::fusing() {
+            for &m in members {
+                regs[m] = Some(self.compute(m, regs)?);
+            }
+            let value = self.compute(root, regs);
+            for &m in members {
+                regs[m] = None;
+            }
+            return value;
+        }
+        let shape = &p.plan.instrs[root].shape;
+        let leaves = region
+            .leaves
+            .iter()
+            .map(|&a| {
+                let t = regs[a].as_ref().or(self.fixed[a].as_ref());
+                let t = t.expect("defined before use");
+                match p.batched[a] {
+                    true => lift(t, &p.plan.instrs[a].shape, shape.rank()),
+                    false => Ok(t.clone()),
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut dims = vec![self.lanes];
+        dims.extend_from_slice(shape.dims());
+        region.apply(&leaves.iter().collect::<Vec<_>>(), &dims)
     }
 
     /// Register `k`'s value from its arguments' (in `regs`, or fixed), in the mixed precision of

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod ops;
 pub mod optimizer;
 pub mod plan;
+pub mod region;
 pub mod shape;
 pub mod squares;
 pub mod threads;
@@ -871,11 +872,12 @@ impl Evaluator {
         let def = &compiled.runs[run];
         let dtype = candle_dtype(dtype);
         let accumulate = def.accumulate();
-        let exec = Executable::new(def.plan.clone(), dtype, accumulate)?;
+        let n_data = compiled.data.len();
+        let exec = Executable::new(def.plan.clone(), dtype, accumulate)?.with_regions(n_data);
         let metrics = def
             .metrics
             .clone()
-            .map(|p| Executable::new(p, dtype, accumulate))
+            .map(|p| Executable::new(p, dtype, accumulate).map(|e| e.with_regions(n_data)))
             .transpose()?;
         let data = compiled
             .data

@@ -77,6 +77,90 @@ impl Elementwise {
     }
 }
 
+impl Elementwise {
+    /// Its values `y` over a chunk `x`, exactly as its forward computes them, and `dy = f'(x)
+    /// dx` (forward mode, for [`super::region`]). One `match` a chunk, so each loop vectorises.
+    #[inline(always)]
+    pub(super) fn tangent_f32(self, x: &[f32], dx: &[f32], y: &mut [f32], dy: &mut [f32]) {
+        match self {
+            Elementwise::Sigmoid => tangent(x, dx, y, dy, |x, dx| {
+                let s = sigmoid_f32(x);
+                (s, (dx * s) * (1.0 - s))
+            }),
+            Elementwise::Softplus => tangent(x, dx, y, dy, |x, dx| {
+                let e = exp_nonpositive(-x.abs());
+                (x.max(0.0) + log1p_unit(e), dx * sigmoid_from(x, e))
+            }),
+            Elementwise::Relu => tangent(x, dx, y, dy, |x, dx| {
+                let y = if x <= 0.0 { 0.0 } else { x };
+                (y, dx * if x > 0.0 { 1.0 } else { 0.0 })
+            }),
+            Elementwise::Silu => tangent(x, dx, y, dy, |x, dx| {
+                let s = sigmoid_f32(x);
+                (x * s, dx * (s * x.mul_add(1.0 - s, 1.0)))
+            }),
+            op => tangent(x, dx, y, dy, |x, dx| {
+                let w = f64::from(x);
+                (op.f(w) as f32, dx * op.slope(w) as f32)
+            }),
+        }
+    }
+
+    /// [`Elementwise::tangent_f32`] in f64.
+    #[inline(always)]
+    pub(super) fn tangent_f64(self, x: &[f64], dx: &[f64], y: &mut [f64], dy: &mut [f64]) {
+        match self {
+            Elementwise::Sigmoid => tangent(x, dx, y, dy, |x, dx| {
+                let s = sigmoid(x);
+                (s, (dx * s) * (1.0 - s))
+            }),
+            op => tangent(x, dx, y, dy, |x, dx| (op.f(x), dx * op.slope(x))),
+        }
+    }
+
+    /// f'(x), as its backward multiplies the gradient by it.
+    fn slope(self, x: f64) -> f64 {
+        match self {
+            Elementwise::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            Elementwise::Softplus => sigmoid(x),
+            Elementwise::Log1p => 1.0 / (x + 1.0),
+            Elementwise::Abs => sign(x),
+            Elementwise::Relu => f64::from(u8::from(x > 0.0)),
+            Elementwise::Gelu => Slope::Gelu.f(x),
+            Elementwise::Silu => Slope::Silu.f(x),
+            Elementwise::Elu(alpha) => Slope::Elu(alpha).f(x),
+        }
+    }
+}
+
+/// `(y, dy) = f(x, dx)` over a chunk, inlined into its caller's loop.
+#[inline(always)]
+pub(super) fn tangent<T: Copy>(
+    x: &[T],
+    dx: &[T],
+    y: &mut [T],
+    dy: &mut [T],
+    f: impl Fn(T, T) -> (T, T),
+) {
+    for (((&x, &dx), y), dy) in x.iter().zip(dx).zip(y.iter_mut()).zip(dy.iter_mut()) {
+        (*y, *dy) = f(x, dx);
+    }
+}
+
+/// sign(x), 0 at 0 as candle's and torch's.
+fn sign(x: f64) -> f64 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0 * x
+    }
+}
+
 /// Φ(x), with erfc for accuracy at negative x.
 fn normal_cdf(x: f64) -> f64 {
     0.5 * candle_core::cpu::erf::erfc_f64(-x * FRAC_1_SQRT_2)
@@ -203,7 +287,12 @@ fn log1p_unit(e: f32) -> f32 {
 /// [`sigmoid`] in f32 through [`exp_nonpositive`].
 #[inline(always)]
 fn sigmoid_f32(x: f32) -> f32 {
-    let e = exp_nonpositive(-x.abs());
+    sigmoid_from(x, exp_nonpositive(-x.abs()))
+}
+
+/// σ(x) from `e = exp(-|x|)`, which softplus also needs.
+#[inline(always)]
+fn sigmoid_from(x: f32, e: f32) -> f32 {
     (if x >= 0.0 { 1.0 } else { e }) / (1.0 + e)
 }
 

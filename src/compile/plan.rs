@@ -6,6 +6,7 @@ use candle_core::{DType, Result, Tensor};
 
 use super::dense::{self, Chain};
 use super::ops::Elementwise;
+use super::region::Region;
 use super::shape::Shape;
 use crate::diagnostic::Span;
 
@@ -535,8 +536,12 @@ pub struct Executable {
     dtype: DType,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the run's.
     accumulate: Option<DType>,
-    /// How `run` executes the plan's dense chains and large sums of squares.
+    /// How `run` executes the plan's dense chains, large sums of squares and elementwise
+    /// regions.
     fusion: Fusion,
+    /// The first param among the inputs, when `run` fuses elementwise regions (which needs to
+    /// know what carries gradient).
+    params_from: Option<usize>,
 }
 
 /// The dense chains `run` executes as one node each (`dense`), the sums of squares it executes
@@ -547,19 +552,28 @@ struct Fusion {
     chain: Vec<Option<Chain>>,
     /// Sums (or means) of all of a large tensor's squares, by the register of the sum.
     squares: Vec<bool>,
-    /// Registers computed inside a chain or a sum of squares, which `run` skips.
+    /// The elementwise regions, by the register of their root.
+    region: Vec<Option<std::sync::Arc<Region>>>,
+    /// Registers computed inside a chain, a sum of squares or a region, which `run` skips.
     inner: Vec<bool>,
     last_use: Vec<usize>,
 }
 
 impl Fusion {
-    /// The chains and sums of squares of `plan` in `dtype`; none when it accumulates in a wider
-    /// dtype (a chain would not widen its matmuls as `eval` does).
-    fn of(plan: &Plan, dtype: DType, accumulate: Option<DType>) -> Self {
+    /// The chains, sums of squares and (with `params_from`, in f32 and f64) regions of `plan`
+    /// in `dtype`; none when it accumulates in a wider dtype (a chain would not widen its
+    /// matmuls as `eval` does).
+    fn of(
+        plan: &Plan,
+        dtype: DType,
+        accumulate: Option<DType>,
+        params_from: Option<usize>,
+    ) -> Self {
         let n = plan.instrs.len();
         let mut fusion = Fusion {
             chain: vec![None; n],
             squares: vec![false; n],
+            region: vec![None; n],
             inner: vec![false; n],
             last_use: (0..n).collect(),
         };
@@ -577,6 +591,20 @@ impl Fusion {
                 fusion.inner[plan.instrs[k].args[0]] = true;
             }
         }
+        if let Some(first) =
+            params_from.filter(|_| accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64))
+        {
+            let taken: Vec<bool> = (0..n)
+                .map(|k| fusion.inner[k] || fusion.squares[k] || fusion.chain[k].is_some())
+                .collect();
+            for region in super::region::regions(plan, |i| i >= first, &taken) {
+                let (&root, inner) = region.members.split_last().expect("a root");
+                for &m in inner {
+                    fusion.inner[m] = true;
+                }
+                fusion.region[root] = Some(std::sync::Arc::new(region));
+            }
+        }
         for k in 0..n {
             for a in fusion.reads(plan, k) {
                 fusion.last_use[a] = k;
@@ -592,6 +620,7 @@ impl Fusion {
             (_, true) => Vec::new(),
             (Some(chain), _) => chain.reads(),
             (None, _) if self.squares[k] => plan.instrs[plan.instrs[k].args[0]].args.clone(),
+            (None, _) if let Some(region) = &self.region[k] => region.leaves.clone(),
             (None, _) => plan.instrs[k].args.clone(),
         }
     }
@@ -652,13 +681,24 @@ impl Executable {
         let last_use = plan.last_uses();
         let accumulate = accumulate.filter(|&a| a.size_in_bytes() > dtype.size_in_bytes());
         Ok(Self {
-            fusion: Fusion::of(&plan, dtype, accumulate),
+            fusion: Fusion::of(&plan, dtype, accumulate, None),
+            params_from: None,
             dtype,
             plan,
             consts,
             last_use,
             accumulate,
         })
+    }
+
+    /// The same, running each elementwise region (see `region`) as one op: `params_from` is
+    /// the first input that is a param.
+    pub fn with_regions(self, params_from: usize) -> Self {
+        Self {
+            fusion: Fusion::of(&self.plan, self.dtype, self.accumulate, Some(params_from)),
+            params_from: Some(params_from),
+            ..self
+        }
     }
 
     /// Whether `run` takes a large sum of squares as one op (see `squares`).
@@ -676,7 +716,7 @@ impl Executable {
     pub fn with_shapes(&self, plan: Plan) -> Self {
         debug_assert_eq!(plan.instrs.len(), self.plan.instrs.len());
         Self {
-            fusion: Fusion::of(&plan, self.dtype, self.accumulate),
+            fusion: Fusion::of(&plan, self.dtype, self.accumulate, self.params_from),
             plan,
             ..self.clone()
         }
@@ -720,6 +760,32 @@ impl Executable {
                             span: self.plan.instrs[k].span.clone(),
                             error,
                         })?
+                }
+                None if let Some(region) = &fusion.region[k] => {
+                    let fail = |error| ExecError {
+                        span: self.plan.instrs[k].span.clone(),
+                        error,
+                    };
+                    if super::region::fusing() {
+                        let leaves: Vec<&Tensor> = region
+                            .leaves
+                            .iter()
+                            .map(|&r| regs[r].as_ref().expect("defined before use"))
+                            .collect();
+                        region
+                            .apply(&leaves, self.plan.instrs[k].shape.dims())
+                            .map_err(fail)?
+                    } else {
+                        for &m in &region.members {
+                            regs[m] = Some(self.eval(m, &regs, inputs, false)?);
+                        }
+                        for &m in &region.members {
+                            if m != k {
+                                regs[m] = None;
+                            }
+                        }
+                        regs[k].take().expect("computed just now")
+                    }
                 }
                 None => self.eval(k, &regs, inputs, false)?,
             });
