@@ -52,11 +52,16 @@ enum Func {
     Sub,
     Mul,
     Div,
+    /// candle's `maximum` and `minimum`: a tie gives each side half the gradient.
+    Max,
+    Min,
 }
 
 impl Func {
-    /// The plan op as a region function; None for what stays an op of its own (no gradient,
-    /// gradients split at ties, broadcasting ops that reduce in backward).
+    /// The plan op as a region function; None for what stays an op of its own: no gradient,
+    /// erf, clamp, and `where`, whose backward selects a zero for the branch not taken (so an
+    /// infinite gradient from above stays out of it), where a region's product with its slope
+    /// would make 0 · ∞ = NaN.
     fn of(op: &Op) -> Option<Self> {
         Some(match *op {
             Op::Unary(u) => match u {
@@ -83,6 +88,8 @@ impl Func {
             Op::Binary(Binary::Sub) => Func::Sub,
             Op::Binary(Binary::Mul) => Func::Mul,
             Op::Binary(Binary::Div) => Func::Div,
+            Op::Binary(Binary::Max) => Func::Max,
+            Op::Binary(Binary::Min) => Func::Min,
             _ => return None,
         })
     }
@@ -192,11 +199,12 @@ impl Region {
             .iter()
             .map(|&m| {
                 let instr = &plan.instrs[m];
-                let (a, b) = (instr.args[0], *instr.args.last().expect("an argument"));
+                // Unary functions read their argument twice.
+                let arg = |i: usize| instr.args[i.min(instr.args.len() - 1)];
                 Step {
                     func: Func::of(&instr.op).expect("fusable"),
-                    args: [slot(a), slot(b)],
-                    carries: [carries(a), carries(b)],
+                    args: [0, 1].map(|i| slot(arg(i))),
+                    carries: [0, 1].map(|i| carries(arg(i))),
                 }
             })
             .collect();
@@ -547,7 +555,8 @@ fn interpret<T: Float>(
                 let j = step.args[k] * width;
                 (&va[j..j + len], &da[j..j + len])
             };
-            evaluate(step, arg(0), arg(1), &mut vo[..len], &mut dout[..len]);
+            let out = (&mut vo[..len], &mut dout[..len]);
+            evaluate(step, [arg(0), arg(1)], out);
         }
         let root = (slots - 1) * width;
         out[start..start + len].copy_from_slice(&v[root..root + len]);
@@ -558,13 +567,8 @@ fn interpret<T: Float>(
 
 /// One step over a chunk: `(y, dy)` from its arguments' values and derivatives.
 #[inline(always)]
-fn evaluate<T: Float>(
-    step: &Step,
-    (a, da): (&[T], &[T]),
-    (b, db): (&[T], &[T]),
-    y: &mut [T],
-    dy: &mut [T],
-) {
+fn evaluate<T: Float>(step: &Step, args: [(&[T], &[T]); 2], (y, dy): (&mut [T], &mut [T])) {
+    let [(a, da), (b, db)] = args;
     match step.func {
         Func::Neg => map1(a, da, y, dy, |x, dx| (-x, -dx)),
         Func::Exp => map1(a, da, y, dy, |x, dx| {
@@ -616,7 +620,32 @@ fn evaluate<T: Float>(
                 (x / z, -((dz * x) / (z * z)))
             }),
         },
+        // The masks of candle's backward: which side the result equals, halved at a tie.
+        Func::Max | Func::Min => {
+            let max = step.func == Func::Max;
+            let [left, right] = step.carries;
+            map2(a, da, b, db, y, dy, |x, dx, z, dz| {
+                let v = match max {
+                    true if x < z => z,
+                    false if x > z => z,
+                    _ => x,
+                };
+                let (mx, mz) = (mask::<T>(v == x), mask::<T>(v == z));
+                let d = match (left, right) {
+                    (true, true) => (mx * dx) / (mz + T::ONE) + (mz * dz) / (mx + T::ONE),
+                    (true, false) => (mx * dx) / (mz + T::ONE),
+                    _ => (mz * dz) / (mx + T::ONE),
+                };
+                (v, d)
+            })
+        }
     }
+}
+
+/// 1 where `on`, else 0.
+#[inline(always)]
+fn mask<T: Float>(on: bool) -> T {
+    if on { T::ONE } else { T::default() }
 }
 
 #[inline(always)]
@@ -647,9 +676,9 @@ mod tests {
     use crate::lang::file;
 
     /// Losses whose tails are regions: every function, each side of every binary op carrying
-    /// gradient alone and both, and leaves broadcast every way (a live scalar and vector, data
+    /// gradient alone and both, ties of max and min, and leaves broadcast every way (a live scalar and vector, data
     /// over leading axes, over trailing axes, and over a middle axis).
-    const LOSSES: [&str; 9] = [
+    const LOSSES: [&str; 10] = [
         "z = X @ w + b\nmean(softplus(z) - y * z)",
         "p = X @ w + b\nmean(log((p - y)^2 + 1e-3))",
         "z = X @ w\nsum(-z + exp(z / 4) + sqrt(z^2 + 1) + sin(z) * cos(z) + tanh(z))",
@@ -659,6 +688,7 @@ mod tests {
         "sum((b - X)^2 * 0.5)",
         "sum((X * w - v)^2 / c)",
         "sum((T * w - m)^2)",
+        "z = X @ w\nsum(max(z, 1 - z) + min(z^2, 2) + max(z, z) + min(y, z))",
     ];
 
     fn compiled(loss: &str, dtype: &str) -> CompiledFile {
@@ -736,10 +766,11 @@ mod tests {
         assert!(ops.iter().all(|o| !o.contains("Add")), "{ops:?}");
         let live = found[0].leaves[found[0].live];
         assert!(matches!(plan.instrs[live].op, Op::Binary(Binary::Add)));
-        // One elementwise op is no region, nor are ops that stay ops of their own (ties, erf).
+        // One elementwise op is no region, nor are ops that stay ops of their own (clamp, erf).
         assert!(regions_of(&compiled("sum(softplus(X @ w))", "f64")).is_empty());
-        assert!(regions_of(&compiled("sum(max(X @ w, 0) * 2)", "f64")).is_empty());
+        assert!(regions_of(&compiled("sum(clamp(X @ w, 0, 1) * 2)", "f64")).is_empty());
         assert!(regions_of(&compiled("sum(erf(X @ w) * 2)", "f64")).is_empty());
+        assert!(regions_of(&compiled("z = X @ w\nsum(where(z > 0, z, 0) * 2)", "f64")).is_empty());
     }
 
     #[test]
