@@ -78,47 +78,51 @@ impl Elementwise {
 }
 
 impl Elementwise {
-    /// Its values `y` over a chunk `x`, exactly as its forward computes them, and `dy = f'(x)
-    /// dx` (forward mode, for [`super::region`]). One `match` a chunk, so each loop vectorises.
+    /// Its values over a chunk, exactly as its forward computes them (for [`super::region`]).
+    /// One `match` a chunk, so each loop vectorises.
     #[inline(always)]
-    pub(super) fn tangent_f32(self, x: &[f32], dx: &[f32], y: &mut [f32], dy: &mut [f32]) {
+    pub(super) fn values_f32(self, x: &[f32], y: &mut [f32]) {
         match self {
-            Elementwise::Sigmoid => tangent(x, dx, y, dy, |x, dx| {
-                let s = sigmoid_f32(x);
-                (s, (dx * s) * (1.0 - s))
-            }),
-            Elementwise::Softplus => tangent(x, dx, y, dy, |x, dx| {
-                let e = exp_nonpositive(-x.abs());
-                (x.max(0.0) + log1p_unit(e), dx * sigmoid_from(x, e))
-            }),
-            Elementwise::Relu => tangent(x, dx, y, dy, |x, dx| {
-                let y = if x <= 0.0 { 0.0 } else { x };
-                (y, dx * if x > 0.0 { 1.0 } else { 0.0 })
-            }),
-            Elementwise::Silu => tangent(x, dx, y, dy, |x, dx| {
-                let s = sigmoid_f32(x);
-                (x * s, dx * (s * x.mul_add(1.0 - s, 1.0)))
-            }),
-            op => tangent(x, dx, y, dy, |x, dx| {
-                let w = f64::from(x);
-                (op.f(w) as f32, dx * op.slope(w) as f32)
-            }),
+            Elementwise::Sigmoid => each(x, y, sigmoid_f32),
+            Elementwise::Softplus => each(x, y, softplus_f32),
+            Elementwise::Relu => each(x, y, |x| if x <= 0.0 { 0.0 } else { x }),
+            Elementwise::Silu => each(x, y, |x| x * sigmoid_f32(x)),
+            op => each(x, y, |x| op.f(f64::from(x)) as f32),
         }
     }
 
-    /// [`Elementwise::tangent_f32`] in f64.
+    /// [`Elementwise::values_f32`] in f64.
     #[inline(always)]
-    pub(super) fn tangent_f64(self, x: &[f64], dx: &[f64], y: &mut [f64], dy: &mut [f64]) {
+    pub(super) fn values_f64(self, x: &[f64], y: &mut [f64]) {
+        each(x, y, |x| self.f(x))
+    }
+
+    /// `g f'(x)` over a chunk, as its backward computes it from `x`, its values `y` and the
+    /// gradient `g`.
+    #[inline(always)]
+    pub(super) fn adjoint_f32(self, x: &[f32], y: &[f32], g: &[f32], out: &mut [f32]) {
         match self {
-            Elementwise::Sigmoid => tangent(x, dx, y, dy, |x, dx| {
-                let s = sigmoid(x);
-                (s, (dx * s) * (1.0 - s))
+            Elementwise::Sigmoid => each3(y, g, out, |y, g| (g * y) * (1.0 - y)),
+            Elementwise::Softplus => each3(x, g, out, |x, g| g * sigmoid_f32(x)),
+            Elementwise::Silu => each3(x, g, out, |x, g| {
+                let s = sigmoid_f32(x);
+                g * (s * x.mul_add(1.0 - s, 1.0))
             }),
-            op => tangent(x, dx, y, dy, |x, dx| (op.f(x), dx * op.slope(x))),
+            op => each3(x, g, out, |x, g| g * op.slope(f64::from(x)) as f32),
         }
     }
 
-    /// f'(x), as its backward multiplies the gradient by it.
+    /// [`Elementwise::adjoint_f32`] in f64.
+    #[inline(always)]
+    pub(super) fn adjoint_f64(self, x: &[f64], y: &[f64], g: &[f64], out: &mut [f64]) {
+        match self {
+            Elementwise::Sigmoid => each3(y, g, out, |y, g| (g * y) * (1.0 - y)),
+            op => each3(x, g, out, |x, g| g * op.slope(x)),
+        }
+    }
+
+    /// f'(x), as its backward multiplies the gradient by it (sigmoid's aside, which its
+    /// backward takes from its value).
     fn slope(self, x: f64) -> f64 {
         match self {
             Elementwise::Sigmoid => {
@@ -136,17 +140,19 @@ impl Elementwise {
     }
 }
 
-/// `(y, dy) = f(x, dx)` over a chunk, inlined into its caller's loop.
+/// `y = f(x)` over a chunk, inlined into its caller's loop.
 #[inline(always)]
-pub(super) fn tangent<T: Copy>(
-    x: &[T],
-    dx: &[T],
-    y: &mut [T],
-    dy: &mut [T],
-    f: impl Fn(T, T) -> (T, T),
-) {
-    for (((&x, &dx), y), dy) in x.iter().zip(dx).zip(y.iter_mut()).zip(dy.iter_mut()) {
-        (*y, *dy) = f(x, dx);
+pub(super) fn each<T: Copy>(x: &[T], y: &mut [T], f: impl Fn(T) -> T) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = f(x);
+    }
+}
+
+/// `out = f(a, b)` over a chunk, inlined into its caller's loop.
+#[inline(always)]
+pub(super) fn each3<T: Copy>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        *o = f(a, b);
     }
 }
 
@@ -287,12 +293,7 @@ fn log1p_unit(e: f32) -> f32 {
 /// [`sigmoid`] in f32 through [`exp_nonpositive`].
 #[inline(always)]
 fn sigmoid_f32(x: f32) -> f32 {
-    sigmoid_from(x, exp_nonpositive(-x.abs()))
-}
-
-/// σ(x) from `e = exp(-|x|)`, which softplus also needs.
-#[inline(always)]
-fn sigmoid_from(x: f32, e: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
     (if x >= 0.0 { 1.0 } else { e }) / (1.0 + e)
 }
 
