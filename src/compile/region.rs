@@ -11,7 +11,6 @@
 //! which differentiates gradients again, runs a region's ops one by one ([`op_by_op`]).
 
 use std::cell::Cell;
-use std::ops::{Add, Div, Mul, Neg, Sub};
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Storage, Tensor};
@@ -444,28 +443,12 @@ impl CustomOp2 for Backward {
 /// Values a chunk of the region's elements at a time, held in L1.
 const CHUNK: usize = 256;
 
-/// f32 and f64 as the region computes them: each function as its op computes it.
-trait Float:
-    Copy
-    + Default
-    + Send
-    + Sync
-    + PartialOrd
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-{
-    const ONE: Self;
+/// f32 and f64 as the region computes them: each function as its op computes it (std's for
+/// the arithmetic candle's ops take from std; tanh and the custom ops as gradscope's own).
+trait Float: num_traits::Float + Default + Send + Sync {
     fn from_f64(x: f64) -> Self;
-    fn exp(self) -> Self;
-    fn ln(self) -> Self;
-    fn sqrt(self) -> Self;
-    fn sin(self) -> Self;
-    fn cos(self) -> Self;
-    fn tanh(self) -> Self;
-    fn powf(self, e: Self) -> Self;
+    /// tanh as [`super::fused::tanh`] computes it.
+    fn tanh_op(self) -> Self;
     fn values(e: Elementwise, x: &[Self], y: &mut [Self]);
     fn adjoint(e: Elementwise, x: &[Self], y: &[Self], g: &[Self], out: &mut [Self]);
     /// Runs `steps` over the elements, compiled for the widest registers the CPU has.
@@ -481,38 +464,13 @@ trait Float:
 macro_rules! float {
     ($t:ty, $values:ident, $adjoint:ident, $tanh:expr) => {
         impl Float for $t {
-            const ONE: Self = 1.0;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $t
             }
             #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            #[inline(always)]
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn sin(self) -> Self {
-                <$t>::sin(self)
-            }
-            #[inline(always)]
-            fn cos(self) -> Self {
-                <$t>::cos(self)
-            }
-            #[inline(always)]
-            fn tanh(self) -> Self {
+            fn tanh_op(self) -> Self {
                 $tanh(self)
-            }
-            #[inline(always)]
-            fn powf(self, e: Self) -> Self {
-                <$t>::powf(self, e)
             }
             #[inline(always)]
             fn values(e: Elementwise, x: &[Self], y: &mut [Self]) {
@@ -651,7 +609,7 @@ fn value<T: Float>(step: &Step, a: &[T], b: &[T], y: &mut [T]) {
         Func::Sqr => each(a, y, |x| x * x),
         Func::Sin => each(a, y, T::sin),
         Func::Cos => each(a, y, T::cos),
-        Func::Tanh => each(a, y, T::tanh),
+        Func::Tanh => each(a, y, T::tanh_op),
         Func::Elem(e) => T::values(e, a, y),
         Func::Affine(mul, add) => {
             let (mul, add) = (T::from_f64(mul), T::from_f64(add));
@@ -697,7 +655,7 @@ fn contributions<T: Float>(
             each3(a, g, ca, |x, g| g * x.sin());
             return [true, false];
         }
-        Func::Tanh => each3(y, g, ca, |y, g| g * (T::ONE - y * y)),
+        Func::Tanh => each3(y, g, ca, |y, g| g * (T::one() - y * y)),
         Func::Elem(e) => T::adjoint(e, a, y, g, ca),
         Func::Affine(mul, _) => {
             let mul = T::from_f64(mul);
@@ -725,7 +683,7 @@ fn contributions<T: Float>(
         }
         // The masks of candle's backward: which side the result equals, halved at a tie.
         Func::Max | Func::Min => {
-            let mask = |on: bool| if on { T::ONE } else { T::default() };
+            let mask = |on: bool| if on { T::one() } else { T::default() };
             for ((((ca, cb), &x), &z), (&y, &g)) in ca
                 .iter_mut()
                 .zip(cb.iter_mut())
@@ -734,8 +692,8 @@ fn contributions<T: Float>(
                 .zip(y.iter().zip(g))
             {
                 let (mx, mz) = (mask(y == x), mask(y == z));
-                *ca = (mx * g) / (mz + T::ONE);
-                *cb = (mz * g) / (mx + T::ONE);
+                *ca = (mx * g) / (mz + T::one());
+                *cb = (mz * g) / (mx + T::one());
             }
         }
     }
