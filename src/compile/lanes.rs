@@ -145,26 +145,14 @@ impl LaneEvaluator {
         if accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64) {
             // A region's tape holds one affine for all lanes.
             let taken: Vec<bool> = affine.iter().map(Option::is_some).collect();
-            for r in super::region::regions(&plan, |i| i >= n_data, &taken) {
-                let (&root, members) = r.members.split_last().expect("a root");
-                for &m in members {
-                    inner[m] = true;
-                }
-                region[root] = Some(Arc::new(r));
-            }
+            let found = super::region::regions(&plan, |i| i >= n_data, &taken);
+            super::region::place(found, &mut region, &mut inner);
         }
-        let mut last_use: Vec<usize> = (0..n).collect();
-        for (k, instr) in plan.instrs.iter().enumerate() {
-            let reads = match &region[k] {
-                Some(r) => &r.leaves,
-                None if inner[k] => continue,
-                None => &instr.args,
-            };
-            for &a in reads {
-                last_use[a] = k;
-            }
-        }
-        last_use[plan.output] = usize::MAX;
+        let last_use = plan.last_uses_reading(|k| match &region[k] {
+            Some(r) => r.leaves.clone(),
+            None if inner[k] => Vec::new(),
+            None => plan.instrs[k].args.clone(),
+        });
         let source = Arc::clone(&compiled.file.source);
         let loss_span = plan.instrs[plan.output].span.clone();
         let mut this = Self {

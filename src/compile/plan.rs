@@ -218,9 +218,15 @@ impl Plan {
     /// For each register, the last instruction that reads it (itself if none does; never for
     /// the output), after which its value can be dropped.
     pub fn last_uses(&self) -> Vec<usize> {
+        self.last_uses_reading(|k| self.instrs[k].args.clone())
+    }
+
+    /// [`Plan::last_uses`] for an executor that reads `reads(k)` to compute register `k` (a
+    /// fused op reads its inputs, the registers inside it read nothing).
+    pub fn last_uses_reading(&self, reads: impl Fn(Reg) -> Vec<Reg>) -> Vec<usize> {
         let mut last_use: Vec<usize> = (0..self.instrs.len()).collect();
-        for (k, instr) in self.instrs.iter().enumerate() {
-            for &a in &instr.args {
+        for k in 0..self.instrs.len() {
+            for a in reads(k) {
                 last_use[a] = k;
             }
         }
@@ -575,7 +581,7 @@ impl Fusion {
             squares: vec![false; n],
             region: vec![None; n],
             inner: vec![false; n],
-            last_use: (0..n).collect(),
+            last_use: Vec::new(),
         };
         if accumulate.is_none() {
             for chain in dense::chains(plan) {
@@ -597,20 +603,10 @@ impl Fusion {
             let taken: Vec<bool> = (0..n)
                 .map(|k| fusion.inner[k] || fusion.squares[k] || fusion.chain[k].is_some())
                 .collect();
-            for region in super::region::regions(plan, |i| i >= first, &taken) {
-                let (&root, inner) = region.members.split_last().expect("a root");
-                for &m in inner {
-                    fusion.inner[m] = true;
-                }
-                fusion.region[root] = Some(std::sync::Arc::new(region));
-            }
+            let found = super::region::regions(plan, |i| i >= first, &taken);
+            super::region::place(found, &mut fusion.region, &mut fusion.inner);
         }
-        for k in 0..n {
-            for a in fusion.reads(plan, k) {
-                fusion.last_use[a] = k;
-            }
-        }
-        fusion.last_use[plan.output] = usize::MAX;
+        fusion.last_use = plan.last_uses_reading(|k| fusion.reads(plan, k));
         fusion
     }
 

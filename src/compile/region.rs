@@ -180,6 +180,18 @@ pub fn regions(plan: &Plan, is_param: impl Fn(usize) -> bool, taken: &[bool]) ->
     found
 }
 
+/// `found` placed by the register of each one's root, and the registers they compute inside
+/// marked `inner`, for an executor that skips those and runs a region at its root.
+pub fn place(found: Vec<Region>, root: &mut [Option<Arc<Region>>], inner: &mut [bool]) {
+    for region in found {
+        let (&r, members) = region.members.split_last().expect("a root");
+        for &m in members {
+            inner[m] = true;
+        }
+        root[r] = Some(Arc::new(region));
+    }
+}
+
 impl Region {
     fn new(plan: &Plan, members: Vec<Reg>, live_leaf: Reg) -> Self {
         let mut leaves: Vec<Reg> = Vec::new();
@@ -332,12 +344,7 @@ struct Backward(Fused);
 
 impl Fused {
     /// The root's values (`grad` None), or the live leaf's gradient from the root's `grad`.
-    fn run<T: Float>(
-        &self,
-        live: &[T],
-        grad: Option<&[T]>,
-        slice: impl Fn(&CpuStorage) -> Option<&[T]>,
-    ) -> Result<Vec<T>> {
+    fn run<T: Float>(&self, live: &[T], grad: Option<&[T]>) -> Result<Vec<T>> {
         let guards: Vec<_> = self
             .others
             .iter()
@@ -349,14 +356,11 @@ impl Fused {
                 None => (live, Access::Full),
                 Some((storage, layout)) => {
                     let data = match &**storage {
-                        Storage::Cpu(s) => slice(s),
-                        _ => None,
+                        Storage::Cpu(s) => typed::<T>(s, layout)?,
+                        _ => candle_core::bail!("elementwise regions run on the CPU"),
                     };
-                    let data = data.ok_or_else(|| {
-                        candle_core::Error::Msg("a region's values differ in dtype".into())
-                    })?;
                     let access = self.others[i].as_ref().map_or(Access::Full, |l| l.access);
-                    (contiguous(data, layout)?, access)
+                    (data, access)
                 }
             });
         }
@@ -370,37 +374,27 @@ impl Fused {
         live: (&CpuStorage, &Layout),
         grad: Option<(&CpuStorage, &Layout)>,
     ) -> Result<CpuStorage> {
-        let (storage, layout) = live;
-        Ok(match (storage, grad) {
-            (CpuStorage::F32(v), None) => {
-                CpuStorage::F32(self.run(contiguous(v, layout)?, None, f32s)?)
-            }
-            (CpuStorage::F32(v), Some((CpuStorage::F32(g), gl))) => {
-                CpuStorage::F32(self.run(contiguous(v, layout)?, Some(contiguous(g, gl)?), f32s)?)
-            }
-            (CpuStorage::F64(v), None) => {
-                CpuStorage::F64(self.run(contiguous(v, layout)?, None, f64s)?)
-            }
-            (CpuStorage::F64(v), Some((CpuStorage::F64(g), gl))) => {
-                CpuStorage::F64(self.run(contiguous(v, layout)?, Some(contiguous(g, gl)?), f64s)?)
-            }
-            _ => candle_core::bail!("elementwise regions take f32 or f64, one dtype"),
-        })
+        fn of<T: Float>(
+            f: &Fused,
+            (s, l): (&CpuStorage, &Layout),
+            grad: Option<(&CpuStorage, &Layout)>,
+        ) -> Result<CpuStorage> {
+            let grad = grad.map(|(g, gl)| typed::<T>(g, gl)).transpose()?;
+            Ok(T::storage(f.run(typed::<T>(s, l)?, grad)?))
+        }
+        match live.0 {
+            CpuStorage::F32(_) => of::<f32>(self, live, grad),
+            CpuStorage::F64(_) => of::<f64>(self, live, grad),
+            _ => candle_core::bail!("elementwise regions take f32 or f64"),
+        }
     }
 }
 
-fn f32s(s: &CpuStorage) -> Option<&[f32]> {
-    match s {
-        CpuStorage::F32(v) => Some(v),
-        _ => None,
-    }
-}
-
-fn f64s(s: &CpuStorage) -> Option<&[f64]> {
-    match s {
-        CpuStorage::F64(v) => Some(v),
-        _ => None,
-    }
+/// The elements of a storage of `T`s; an error for another dtype.
+fn typed<'a, T: Float>(s: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let data = T::slice(s)
+        .ok_or_else(|| candle_core::Error::Msg("a region's values differ in dtype".into()))?;
+    contiguous(data, layout)
 }
 
 impl CustomOp1 for Fused {
@@ -447,6 +441,9 @@ const CHUNK: usize = 256;
 /// the arithmetic candle's ops take from std; tanh and the custom ops as gradscope's own).
 trait Float: num_traits::Float + Default + Send + Sync {
     fn from_f64(x: f64) -> Self;
+    /// The storage's elements if they are `Self`s.
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn storage(v: Vec<Self>) -> CpuStorage;
     /// tanh as [`super::fused::tanh`] computes it.
     fn tanh_op(self) -> Self;
     fn values(e: Elementwise, x: &[Self], y: &mut [Self]);
@@ -462,11 +459,20 @@ trait Float: num_traits::Float + Default + Send + Sync {
 }
 
 macro_rules! float {
-    ($t:ty, $values:ident, $adjoint:ident, $tanh:expr) => {
+    ($t:ty, $variant:ident, $values:ident, $adjoint:ident, $tanh:expr) => {
         impl Float for $t {
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $t
+            }
+            fn slice(s: &CpuStorage) -> Option<&[Self]> {
+                match s {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn storage(v: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(v)
             }
             #[inline(always)]
             fn tanh_op(self) -> Self {
@@ -526,8 +532,8 @@ macro_rules! float {
     };
 }
 
-float!(f32, values_f32, adjoint_f32, tanh_f32);
-float!(f64, values_f64, adjoint_f64, f64::tanh);
+float!(f32, F32, values_f32, adjoint_f32, tanh_f32);
+float!(f64, F64, values_f64, adjoint_f64, f64::tanh);
 
 /// The region over every element, a chunk at a time: leaves loaded into their slots, each
 /// step's values from its arguments'; then, with `grad`, the gradients back from the root's
