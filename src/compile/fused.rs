@@ -59,6 +59,41 @@ impl Half for bf16 {
     }
 }
 
+/// `fn name(args) body`, the body compiled for AVX-512 and for AVX2 with FMA besides the plain
+/// build, the widest the CPU has chosen when called: loops written for it vectorise 16 or 8
+/// values wide (the body must be safe on any CPU; the features only widen its code).
+macro_rules! widest {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn plain($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    plain($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    plain($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512, checked just now.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just now.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            plain($($arg),*)
+        }
+    };
+}
+pub(super) use widest;
+
 /// bf16 <-> f32 as the bit operations they are, in loops that vectorise (half's slice
 /// conversions made a call per few values: a fifth of a bf16 MLP step on a CPU with
 /// AVX512-BF16). The same bits as half's `to_f32` and `from_f32`: NaNs keep their top bits and
@@ -85,35 +120,16 @@ mod bf16_bits {
         }
     }
 
-    macro_rules! dispatch {
-        ($name:ident, $each:ident, $src:ty, $dst:ty) => {
-            pub(super) fn $name(src: &[$src], dst: &mut [$dst]) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f")]
-                    fn avx512(src: &[$src], dst: &mut [$dst]) {
-                        $each(src, dst)
-                    }
-                    #[target_feature(enable = "avx2")]
-                    fn avx2(src: &[$src], dst: &mut [$dst]) {
-                        $each(src, dst)
-                    }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU has AVX-512, checked just now.
-                        return unsafe { avx512(src, dst) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: the CPU has AVX2, checked just now.
-                        return unsafe { avx2(src, dst) };
-                    }
-                }
-                $each(src, dst)
-            }
-        };
-    }
-
-    dispatch!(widen, widen_each, bf16, f32);
-    dispatch!(narrow, narrow_each, f32, bf16);
+    super::widest!(
+        pub(super) fn widen(src: &[bf16], dst: &mut [f32]) {
+            widen_each(src, dst)
+        }
+    );
+    super::widest!(
+        pub(super) fn narrow(src: &[f32], dst: &mut [bf16]) {
+            narrow_each(src, dst)
+        }
+    );
 }
 
 impl Half for f16 {

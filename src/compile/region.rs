@@ -486,48 +486,17 @@ macro_rules! float {
             fn adjoint(e: Elementwise, x: &[Self], y: &[Self], g: &[Self], out: &mut [Self]) {
                 e.$adjoint(x, y, g, out)
             }
-            fn interpret(
-                steps: &[Step],
-                leaves: &[(&[Self], Access)],
-                live: usize,
-                grad: Option<&[Self]>,
-                out: &mut [Self],
-            ) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f")]
-                    fn avx512(
-                        s: &[Step],
-                        l: &[(&[$t], Access)],
-                        live: usize,
-                        g: Option<&[$t]>,
-                        o: &mut [$t],
-                    ) {
-                        interpret(s, l, live, g, o)
-                    }
-                    #[target_feature(enable = "avx2,fma")]
-                    fn avx2(
-                        s: &[Step],
-                        l: &[(&[$t], Access)],
-                        live: usize,
-                        g: Option<&[$t]>,
-                        o: &mut [$t],
-                    ) {
-                        interpret(s, l, live, g, o)
-                    }
-                    if std::arch::is_x86_feature_detected!("avx512f") {
-                        // SAFETY: the CPU has AVX-512, checked just now.
-                        return unsafe { avx512(steps, leaves, live, grad, out) };
-                    }
-                    if std::arch::is_x86_feature_detected!("avx2")
-                        && std::arch::is_x86_feature_detected!("fma")
-                    {
-                        // SAFETY: the CPU has AVX2 and FMA, checked just now.
-                        return unsafe { avx2(steps, leaves, live, grad, out) };
-                    }
+            super::fused::widest!(
+                fn interpret(
+                    steps: &[Step],
+                    leaves: &[(&[$t], Access)],
+                    live: usize,
+                    grad: Option<&[$t]>,
+                    out: &mut [$t],
+                ) {
+                    interpret(steps, leaves, live, grad, out)
                 }
-                interpret(steps, leaves, live, grad, out)
-            }
+            );
         }
     };
 }
