@@ -7,7 +7,7 @@
 //! layers' backward in turn, each gradient written once. The numbers are those of the ops one by
 //! one; the kept values keep their graphs, so a second derivative through the chain is right.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 
 use super::fused::{self, ColumnSum, MatMul, tanh_backward};
 use super::plan::{Op, Plan, Reg, Unary};
@@ -138,6 +138,10 @@ pub fn chains(plan: &Plan) -> Vec<Chain> {
 }
 
 /// Runs `chain` on `x` and each layer's W and b (in [`Chain::reads`] order after the input).
+///
+/// The weights are packed in f32 when they are f16 or bf16 (exactly): candle adds every
+/// gradient into zeros in the node's dtype, and its half-precision add costs ~22 ns a value
+/// here (f32: 0.13), so the pack and its pieces would each have paid that for every weight.
 pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
     let mut params = params.iter();
     let mut next = || {
@@ -151,12 +155,12 @@ pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
     let mut h = x.clone();
     for (i, layer) in chain.layers.iter().enumerate() {
         let w = next()?;
-        weights.push(w.flatten_all()?);
+        weights.push(packable(w)?.flatten_all()?);
         let b = match layer.bias {
             Some(_) => Some(next()?),
             None => None,
         };
-        weights.extend(b.cloned());
+        weights.extend(b.map(packable).transpose()?);
         h = fused::dense(&h, w, b, layer.tanh, i > 0 || chain.input_grad)?;
         values.push(h.clone());
     }
@@ -169,6 +173,14 @@ pub fn apply(chain: &Chain, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
             values,
         },
     )
+}
+
+/// `t` as it goes into the packed weights: f32 where it is f16 or bf16 (see [`apply`]).
+fn packable(t: &Tensor) -> Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    }
 }
 
 /// A layer's weight gradient, flattened, and its bias gradient when it has a bias.
@@ -256,7 +268,10 @@ impl CustomOp2 for Node {
                         None => *slot = Some(grads()),
                     }
                     if i > 0 || self.input_grad {
-                        let w = packed.narrow(0, at, rows * cols)?.reshape((rows, cols))?;
+                        let w = packed
+                            .narrow(0, at, rows * cols)?
+                            .reshape((rows, cols))?
+                            .to_dtype(g.dtype())?;
                         g = g.apply_op2(&w.t()?, both)?;
                     }
                 }
@@ -271,7 +286,8 @@ impl CustomOp2 for Node {
             grads.extend(bias);
         }
         let dx = self.input_grad.then_some(g);
-        Ok((dx, Some(Tensor::cat(&grads, 0)?)))
+        let packed_grad = Tensor::cat(&grads, 0)?.to_dtype(packed.dtype())?;
+        Ok((dx, Some(packed_grad)))
     }
 }
 
