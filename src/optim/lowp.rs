@@ -16,6 +16,8 @@ pub fn is_low(dtype: DType) -> bool {
 }
 
 /// `x` rounded to `dtype` (nearest, ties to even), back in f32; f32 values stay as they are.
+/// Inline: it runs several times per value of every low-precision optimizer step.
+#[inline(always)]
 pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
         DType::BF16 => bf16::from_f32(x).to_f32(),
