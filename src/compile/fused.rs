@@ -16,7 +16,6 @@ use std::mem::MaybeUninit;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
-use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -39,22 +38,41 @@ fn float_only<T>() -> Result<T> {
 /// f16 and bf16 as the kernels widen them to f32 and round them back, a whole slice at a time:
 /// half's slice conversions call a feature-gated function per 8 values, which took a tenth of
 /// an f16 MLP step. Both round to nearest, ties to even, as half's do.
+///
+/// The conversions write into uninitialised memory (every value of `dst`, as long as `src`), so
+/// a new vector is filled once: a zero-fill or a copy through a buffer first was another pass
+/// over every activation of a half-precision MLP (a tenth of an f16 step in `memmove`).
 trait Half: Copy + Default + Send + Sync + 'static {
-    fn widen(src: &[Self], dst: &mut [f32]);
-    fn narrow(src: &[f32], dst: &mut [Self]);
+    fn widen_into(src: &[Self], dst: &mut [MaybeUninit<f32>]);
+    fn narrow_into(src: &[f32], dst: &mut [MaybeUninit<Self>]);
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        // SAFETY: widen_into writes only f32 values.
+        Self::widen_into(src, unsafe { uninit(dst) })
+    }
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        // SAFETY: narrow_into writes only values of Self.
+        Self::narrow_into(src, unsafe { uninit(dst) })
+    }
     /// `src` widened into a new vector.
     fn widened(src: &[Self]) -> Vec<f32> {
-        let mut out = vec![0.0; src.len()];
-        Self::widen(src, &mut out);
-        out
+        converted(src, Self::widen_into)
     }
 }
 
+/// `values` as memory to write into.
+///
+/// # Safety
+/// Only initialised values may be written through the result (`T` is `Copy`: nothing to drop).
+unsafe fn uninit<T: Copy>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout; the caller writes only initialised values.
+    unsafe { &mut *(std::ptr::from_mut(values) as *mut [MaybeUninit<T>]) }
+}
+
 impl Half for bf16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
+    fn widen_into(src: &[Self], dst: &mut [MaybeUninit<f32>]) {
         bf16_bits::widen(src, dst)
     }
-    fn narrow(src: &[f32], dst: &mut [Self]) {
+    fn narrow_into(src: &[f32], dst: &mut [MaybeUninit<Self>]) {
         bf16_bits::narrow(src, dst)
     }
 }
@@ -99,61 +117,71 @@ pub(super) use widest;
 /// AVX512-BF16). The same bits as half's `to_f32` and `from_f32`: NaNs keep their top bits and
 /// are made quiet, the rest rounds to nearest, ties to even.
 mod bf16_bits {
+    use std::mem::MaybeUninit;
+
     use half::bf16;
 
     #[inline(always)]
-    fn widen_each(src: &[bf16], dst: &mut [f32]) {
+    fn widen_each(src: &[bf16], dst: &mut [MaybeUninit<f32>]) {
         for (d, s) in dst.iter_mut().zip(src) {
             let x = u32::from(s.to_bits());
             let nan = x & 0x7FFF > 0x7F80;
-            *d = f32::from_bits(if nan { x | 0x40 } else { x } << 16);
+            d.write(f32::from_bits(if nan { x | 0x40 } else { x } << 16));
         }
     }
 
     #[inline(always)]
-    fn narrow_each(src: &[f32], dst: &mut [bf16]) {
+    fn narrow_each(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
         for (d, s) in dst.iter_mut().zip(src) {
             let x = s.to_bits();
             let nan = x & 0x7FFF_FFFF > 0x7F80_0000;
             let nearest = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
-            *d = bf16::from_bits(if nan { (x >> 16) | 0x40 } else { nearest } as u16);
+            d.write(bf16::from_bits(
+                if nan { (x >> 16) | 0x40 } else { nearest } as u16,
+            ));
         }
     }
 
     super::widest!(
-        pub(super) fn widen(src: &[bf16], dst: &mut [f32]) {
+        pub(super) fn widen(src: &[bf16], dst: &mut [MaybeUninit<f32>]) {
             widen_each(src, dst)
         }
     );
     super::widest!(
-        pub(super) fn narrow(src: &[f32], dst: &mut [bf16]) {
+        pub(super) fn narrow(src: &[f32], dst: &mut [MaybeUninit<bf16>]) {
             narrow_each(src, dst)
         }
     );
 }
 
 impl Half for f16 {
-    fn widen(src: &[Self], dst: &mut [f32]) {
+    fn widen_into(src: &[Self], dst: &mut [MaybeUninit<f32>]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("f16c") {
             // SAFETY: the CPU has F16C (and so AVX), checked just now.
             return unsafe { f16c::widen(src, dst) };
         }
-        src.convert_to_f32_slice(dst)
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(s.to_f32());
+        }
     }
-    fn narrow(src: &[f32], dst: &mut [Self]) {
+    fn narrow_into(src: &[f32], dst: &mut [MaybeUninit<Self>]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("f16c") {
             // SAFETY: the CPU has F16C (and so AVX), checked just now.
             return unsafe { f16c::narrow(src, dst) };
         }
-        dst.convert_from_f32_slice(src)
+        for (d, s) in dst.iter_mut().zip(src) {
+            d.write(f16::from_f32(*s));
+        }
     }
 }
 
 /// f16 <-> f32 with F16C, eight values an instruction.
 #[cfg(target_arch = "x86_64")]
 mod f16c {
+    use std::mem::MaybeUninit;
+
     use half::f16;
     use std::arch::x86_64::{
         __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps, _mm256_cvtps_ph,
@@ -163,25 +191,25 @@ mod f16c {
     /// # Safety
     /// The CPU must have F16C and AVX.
     #[target_feature(enable = "avx,f16c")]
-    pub(super) unsafe fn widen(src: &[f16], dst: &mut [f32]) {
+    pub(super) unsafe fn widen(src: &[f16], dst: &mut [MaybeUninit<f32>]) {
         let n = src.len().min(dst.len());
         let whole = n / 8 * 8;
         for i in (0..whole).step_by(8) {
             // SAFETY: i + 8 <= whole <= both lengths; unaligned loads and stores.
             unsafe {
                 let h = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
-                _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i).cast(), _mm256_cvtph_ps(h));
             }
         }
         for i in whole..n {
-            dst[i] = src[i].to_f32();
+            dst[i].write(src[i].to_f32());
         }
     }
 
     /// # Safety
     /// The CPU must have F16C and AVX.
     #[target_feature(enable = "avx,f16c")]
-    pub(super) unsafe fn narrow(src: &[f32], dst: &mut [f16]) {
+    pub(super) unsafe fn narrow(src: &[f32], dst: &mut [MaybeUninit<f16>]) {
         // Round to nearest, ties to even (the immediate's 0), as `f16::from_f32`.
         const NEAREST: i32 = 0;
         let n = src.len().min(dst.len());
@@ -195,7 +223,7 @@ mod f16c {
             }
         }
         for i in whole..n {
-            dst[i] = f16::from_f32(src[i]);
+            dst[i].write(f16::from_f32(src[i]));
         }
     }
 }
@@ -234,7 +262,7 @@ impl Elem for f64 {
 #[inline(always)]
 fn zip_half<H: Half, K: Kernel>(k: &K, a: &[H], b: &[H], out: &mut [MaybeUninit<H>]) {
     const BLOCK: usize = 256;
-    let (mut wa, mut wb, mut h) = ([0f32; BLOCK], [0f32; BLOCK], [H::default(); BLOCK]);
+    let (mut wa, mut wb) = ([0f32; BLOCK], [0f32; BLOCK]);
     for ((a, b), out) in a
         .chunks(BLOCK)
         .zip(b.chunks(BLOCK))
@@ -246,10 +274,7 @@ fn zip_half<H: Half, K: Kernel>(k: &K, a: &[H], b: &[H], out: &mut [MaybeUninit<
         for (x, &y) in wa[..n].iter_mut().zip(&wb[..n]) {
             *x = k.f32(*x, y);
         }
-        H::narrow(&wa[..n], &mut h[..n]);
-        for (o, &v) in out.iter_mut().zip(&h[..n]) {
-            o.write(v);
-        }
+        H::narrow_into(&wa[..n], out);
     }
 }
 
@@ -351,23 +376,15 @@ fn map<T: Elem, K: Kernel>(k: &K, a: &[T], b: &[T], parallel: bool) -> Vec<T> {
     out
 }
 
-/// `src` converted into a new vector by `convert` (half's vectorised conversions), a block at a
-/// time through a buffer on the stack (no zero-filled vector first), on the pool when large.
-fn converted<S: Copy + Sync, D: Copy + Default + Send>(
+/// `src` converted into a new vector by `convert` (which writes every value of its
+/// destination, as long as its source), on the pool when large.
+fn converted<S: Copy + Sync, D: Copy + Send>(
     src: &[S],
-    convert: impl Fn(&[S], &mut [D]) + Sync,
+    convert: impl Fn(&[S], &mut [MaybeUninit<D>]) + Sync,
 ) -> Vec<D> {
-    const BLOCK: usize = 256;
     let mut out = Vec::with_capacity(src.len());
     let work = |(c, out): (usize, &mut [MaybeUninit<D>])| {
-        let src = &src[c * ELEMENT_TASK..][..out.len()];
-        let mut buf = [D::default(); BLOCK];
-        for (s, o) in src.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
-            convert(s, &mut buf[..s.len()]);
-            for (o, &v) in o.iter_mut().zip(&buf) {
-                o.write(v);
-            }
-        }
+        convert(&src[c * ELEMENT_TASK..][..out.len()], out);
     };
     let spare = &mut out.spare_capacity_mut()[..src.len()];
     if tasks(src.len(), ELEMENT_TASK) > 1 {
@@ -378,7 +395,7 @@ fn converted<S: Copy + Sync, D: Copy + Default + Send>(
     } else {
         spare.chunks_mut(ELEMENT_TASK).enumerate().for_each(work);
     }
-    // SAFETY: every element below src.len() was written by one chunk above.
+    // SAFETY: every element below src.len() was written by `convert` in one chunk above.
     unsafe { out.set_len(src.len()) };
     out
 }
@@ -713,7 +730,7 @@ impl<'a, T: Copy> Operand<'a, T> {
     where
         T: Half,
     {
-        converted(self.data, |h, w| T::widen(h, w))
+        T::widened(self.data)
     }
 
     /// The same shape and strides over other elements (its widened ones).
@@ -840,7 +857,7 @@ fn gemm_half<H: Half>(
 ) -> Vec<H> {
     let (wa, wb) = (a.widened(), b.widened());
     let wide = gemm_into(&a.over(&wa), &b.over(&wb), (0.0, 1.0), threads, finish);
-    converted(&wide, |w, h: &mut [H]| H::narrow(w, h))
+    converted(&wide, H::narrow_into)
 }
 
 /// Rounds f32 values to `H` and back in place: an f16/bf16 op's result, computed in f32.
