@@ -597,17 +597,33 @@ impl Fusion {
                 fusion.inner[plan.instrs[k].args[0]] = true;
             }
         }
-        if let Some(first) =
-            params_from.filter(|_| accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64))
-        {
-            let taken: Vec<bool> = (0..n)
-                .map(|k| fusion.inner[k] || fusion.squares[k] || fusion.chain[k].is_some())
+        match params_from {
+            Some(first) => fusion.with_regions(plan, dtype, accumulate, first),
+            None => {
+                fusion.last_use = plan.last_uses_reading(|k| fusion.reads(plan, k));
+                fusion
+            }
+        }
+    }
+
+    /// The same with the plan's elementwise regions (in f32 and f64, without a wider
+    /// accumulating dtype) outside its chains and sums of squares; `first` is the first param.
+    fn with_regions(
+        mut self,
+        plan: &Plan,
+        dtype: DType,
+        accumulate: Option<DType>,
+        first: usize,
+    ) -> Self {
+        if accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64) {
+            let taken: Vec<bool> = (0..plan.instrs.len())
+                .map(|k| self.inner[k] || self.squares[k] || self.chain[k].is_some())
                 .collect();
             let found = super::region::regions(plan, |i| i >= first, &taken);
-            super::region::place(found, &mut fusion.region, &mut fusion.inner);
+            super::region::place(found, &mut self.region, &mut self.inner);
         }
-        fusion.last_use = plan.last_uses_reading(|k| fusion.reads(plan, k));
-        fusion
+        self.last_use = plan.last_uses_reading(|k| self.reads(plan, k));
+        self
     }
 
     /// The registers `run` reads to compute register `k` (none for one inside a chain).
@@ -689,12 +705,12 @@ impl Executable {
 
     /// The same, running each elementwise region (see `region`) as one op: `params_from` is
     /// the first input that is a param.
-    pub fn with_regions(self, params_from: usize) -> Self {
-        Self {
-            fusion: Fusion::of(&self.plan, self.dtype, self.accumulate, Some(params_from)),
-            params_from: Some(params_from),
-            ..self
-        }
+    pub fn with_regions(mut self, params_from: usize) -> Self {
+        self.fusion =
+            self.fusion
+                .with_regions(&self.plan, self.dtype, self.accumulate, params_from);
+        self.params_from = Some(params_from);
+        self
     }
 
     /// Whether `run` takes a large sum of squares as one op (see `squares`).
