@@ -132,7 +132,7 @@ impl Wide for f16 {
 impl Wide for bf16 {
     #[inline(always)]
     fn wide(self) -> f64 {
-        f64::from(f32::from_bits(u32::from(self.to_bits()) << 16))
+        f64::from(self.to_f32())
     }
 }
 
