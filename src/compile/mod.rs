@@ -735,13 +735,9 @@ fn step_memory(
     };
     // Each op's value, and twice the gradient of those a param reaches through differentiable
     // ops.
-    let mut carries = vec![false; plan.instrs.len()];
+    let carries = plan.carrying(|i| i >= n_data);
     let mut total = 0u64;
     for (k, instr) in plan.instrs.iter().enumerate() {
-        carries[k] = match instr.op {
-            Op::Input(i) => i >= n_data,
-            ref op => op.passes_gradient() && instr.args.iter().any(|&a| carries[a]),
-        };
         let grads = if carries[k] { 2 } else { 0 };
         total = total
             .saturating_add(bytes(instr))

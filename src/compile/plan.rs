@@ -204,6 +204,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// For each register, whether it carries gradient: an input `is_param` says is a param, or
+    /// an op that passes gradient from an argument that carries it.
+    pub fn carrying(&self, is_param: impl Fn(usize) -> bool) -> Vec<bool> {
+        let mut carries = vec![false; self.instrs.len()];
+        for (k, instr) in self.instrs.iter().enumerate() {
+            carries[k] = match instr.op {
+                Op::Input(i) => is_param(i),
+                ref op => op.passes_gradient() && instr.args.iter().any(|&a| carries[a]),
+            };
+        }
+        carries
+    }
+
     /// For each register, the instructions that read it, in order.
     pub fn readers(&self) -> Vec<Vec<Reg>> {
         let mut readers = vec![Vec::new(); self.instrs.len()];

@@ -121,13 +121,7 @@ pub struct Region {
 /// another fusion); `is_param(i)` tells which inputs carry gradient.
 pub fn regions(plan: &Plan, is_param: impl Fn(usize) -> bool, taken: &[bool]) -> Vec<Region> {
     let n = plan.instrs.len();
-    let mut carries = vec![false; n];
-    for (k, instr) in plan.instrs.iter().enumerate() {
-        carries[k] = match instr.op {
-            Op::Input(i) => is_param(i),
-            ref op => op.passes_gradient() && instr.args.iter().any(|&a| carries[a]),
-        };
-    }
+    let carries = plan.carrying(is_param);
     let readers = plan.readers();
     let mut taken = taken.to_vec();
     let fusable =
