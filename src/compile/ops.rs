@@ -121,6 +121,12 @@ impl Elementwise {
         }
     }
 
+    /// Whether [`Elementwise::adjoint_f32`] and [`Elementwise::adjoint_f64`] read the op's
+    /// values `y` rather than its argument `x`.
+    pub(super) fn adjoint_reads_value(self) -> bool {
+        self == Elementwise::Sigmoid
+    }
+
     /// f'(x), as its backward multiplies the gradient by it (sigmoid's aside, which its
     /// backward takes from its value).
     fn slope(self, x: f64) -> f64 {

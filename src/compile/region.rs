@@ -93,15 +93,33 @@ impl Func {
             _ => return None,
         })
     }
+
+    /// What the contribution to argument `k`'s gradient reads (see [`contributions`]): the
+    /// first argument, the second, the step's own values.
+    fn reads(self, k: usize) -> [bool; 3] {
+        match self {
+            Func::Neg | Func::Affine(..) | Func::Add | Func::Sub => [false; 3],
+            Func::Exp | Func::Sqrt | Func::Tanh => [false, false, true],
+            Func::Log | Func::Sqr | Func::Sin | Func::Cos | Func::Powf(_) => [true, false, false],
+            Func::Elem(e) if e.adjoint_reads_value() => [false, false, true],
+            Func::Elem(_) => [true, false, false],
+            Func::Mul => [k == 1, k == 0, false],
+            Func::Div => [k == 1, true, false],
+            Func::Max | Func::Min => [true, true, true],
+        }
+    }
 }
 
-/// One function of a region on its slots (leaves first, then the steps' results), and which
-/// of its arguments depend on the region's live leaf.
+/// One function of a region on its slots (leaves first, then the steps' results), which of
+/// its arguments depend on the region's live leaf, and whether the backward pass reads its
+/// values (computing them again costs as much as the forward pass: `softplus(z) - y * z`
+/// needs none of its values to sweep the gradient back, only `z` and `y`).
 #[derive(Debug, Clone, Copy)]
 struct Step {
     func: Func,
     args: [usize; 2],
     carries: [bool; 2],
+    recompute: bool,
 }
 
 /// Elementwise instructions of one shape that only one another read, with one value from
@@ -211,9 +229,11 @@ impl Region {
                     func: Func::of(&instr.op).expect("fusable"),
                     args: [0, 1].map(|i| slot(arg(i))),
                     carries: [0, 1].map(|i| carries(arg(i))),
+                    recompute: false,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let steps = recomputed(steps, leaves.len());
         let live = leaves.iter().position(|&l| l == live_leaf).expect("a leaf");
         Region {
             members,
@@ -246,6 +266,30 @@ impl Region {
             others: others.into(),
         })
     }
+}
+
+/// `steps` with [`Step::recompute`] set where the backward pass reads the step's values: for
+/// a contribution to an argument that carries gradient, or to compute another such value.
+/// Later steps read earlier ones, so one sweep from the root back settles it.
+fn recomputed(mut steps: Vec<Step>, leaves: usize) -> Arc<[Step]> {
+    let mut read = vec![false; leaves + steps.len()];
+    for s in (0..steps.len()).rev() {
+        let step = steps[s];
+        for k in 0..2 {
+            if step.carries[k] && !(k == 1 && is_unary(step.func)) {
+                let [a, b, own] = step.func.reads(k);
+                read[step.args[0]] |= a;
+                read[step.args[1]] |= b;
+                read[leaves + s] |= own;
+            }
+        }
+        if read[leaves + s] {
+            steps[s].recompute = true;
+            read[step.args[0]] = true;
+            read[step.args[1]] = true;
+        }
+    }
+    steps.into()
 }
 
 /// How a leaf's elements line up with the region's (row-major) elements.
@@ -524,6 +568,9 @@ fn interpret<T: Float>(
             Leaf::fill(access, data, start, &mut v[at(i)]);
         }
         for (s, step) in steps.iter().enumerate() {
+            if grad.is_some() && !step.recompute {
+                continue;
+            }
             let (args, own) = v.split_at_mut((leaves.len() + s) * width);
             let arg = |k: usize| &args[at(step.args[k])];
             value(step, arg(0), arg(1), &mut own[..len]);
