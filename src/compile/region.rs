@@ -402,7 +402,7 @@ impl Fused {
                 }
             });
         }
-        let mut out = vec![T::default(); live.len()];
+        let mut out = Vec::with_capacity(live.len());
         T::interpret(&self.steps, &leaves, self.live, grad, &mut out);
         Ok(out)
     }
@@ -492,7 +492,7 @@ trait Float: num_traits::Float + Default + Send + Sync {
         leaves: &[(&[Self], Access)],
         live: usize,
         grad: Option<&[Self]>,
-        out: &mut [Self],
+        out: &mut Vec<Self>,
     );
 }
 
@@ -530,7 +530,7 @@ macro_rules! float {
                     leaves: &[(&[$t], Access)],
                     live: usize,
                     grad: Option<&[$t]>,
-                    out: &mut [$t],
+                    out: &mut Vec<$t>,
                 ) {
                     interpret(steps, leaves, live, grad, out)
                 }
@@ -542,68 +542,107 @@ macro_rules! float {
 float!(f32, F32, values_f32, adjoint_f32, tanh_f32);
 float!(f64, F64, values_f64, adjoint_f64, f64::tanh);
 
-/// The region over every element, a chunk at a time: leaves loaded into their slots, each
-/// step's values from its arguments'; then, with `grad`, the gradients back from the root's
-/// to the live leaf's, each slot's starting from zero and added to in reverse order of the
-/// steps, as candle's backward pass adds them.
+/// The region over every element, a chunk at a time, appended to `out`: leaves loaded into
+/// their slots (or read in place where they have the region's shape), each step's values from
+/// its arguments'; then, with `grad`, the gradients back from the root's to the live leaf's,
+/// each slot's the sum of what the steps after it contribute, in reverse order of the steps,
+/// as candle's backward pass adds them into a zero (the first as `0 + c`, so a -0 becomes +0
+/// as it does there).
 #[inline(always)]
 fn interpret<T: Float>(
     steps: &[Step],
     leaves: &[(&[T], Access)],
     live: usize,
     grad: Option<&[T]>,
-    out: &mut [T],
+    out: &mut Vec<T>,
 ) {
-    let n = out.len();
+    let n = out.capacity();
     let width = CHUNK.min(n.max(1));
     let slots = leaves.len() + steps.len();
+    let root = slots - 1;
     let mut v = vec![T::default(); slots * width];
     let mut adj = vec![T::default(); if grad.is_some() { slots * width } else { 0 }];
     let mut parts = vec![T::default(); if grad.is_some() { 2 * width } else { 0 }];
+    let mut started = vec![false; slots];
     let mut start = 0;
     while start < n {
         let len = width.min(n - start);
         let at = |slot: usize| slot * width..slot * width + len;
         for (i, &(data, access)) in leaves.iter().enumerate() {
-            Leaf::fill(access, data, start, &mut v[at(i)]);
+            if !matches!(access, Access::Full) {
+                Leaf::fill(access, data, start, &mut v[at(i)]);
+            }
         }
         for (s, step) in steps.iter().enumerate() {
             if grad.is_some() && !step.recompute {
                 continue;
             }
             let (args, own) = v.split_at_mut((leaves.len() + s) * width);
-            let arg = |k: usize| &args[at(step.args[k])];
-            value(step, arg(0), arg(1), &mut own[..len]);
+            value(
+                step,
+                chunk(leaves, args, step.args[0], start, width, len),
+                chunk(leaves, args, step.args[1], start, width, len),
+                &mut own[..len],
+            );
         }
-        let root = slots - 1;
         let Some(grad) = grad else {
-            out[start..start + len].copy_from_slice(&v[at(root)]);
+            out.extend_from_slice(&v[at(root)]);
             start += len;
             continue;
         };
-        adj.fill(T::default());
-        adj[at(root)].copy_from_slice(&grad[start..start + len]);
+        started.fill(false);
         for (s, step) in steps.iter().enumerate().rev() {
             let o = leaves.len() + s;
-            let (a, b) = (&v[at(step.args[0])], &v[at(step.args[1])]);
+            let g = match o == root {
+                true => &grad[start..start + len],
+                false => &adj[at(o)],
+            };
             let (ca, cb) = parts.split_at_mut(width);
             let (ca, cb) = (&mut ca[..len], &mut cb[..len]);
-            let signs = contributions(step, a, b, &v[at(o)], &adj[at(o)], ca, cb);
+            let a = chunk(leaves, &v, step.args[0], start, width, len);
+            let b = chunk(leaves, &v, step.args[1], start, width, len);
+            let signs = contributions(step, a, b, &v[at(o)], g, ca, cb);
             for (k, (part, subtract)) in
                 [(&*ca, signs[0]), (&*cb, signs[1])].into_iter().enumerate()
             {
                 if !step.carries[k] || (k == 1 && is_unary(step.func)) {
                     continue;
                 }
-                let into = &mut adj[at(step.args[k])];
+                let slot = step.args[k];
+                let into = &mut adj[at(slot)];
+                let base = |x: T| if started[slot] { x } else { T::default() };
                 match subtract {
-                    false => into.iter_mut().zip(part).for_each(|(x, &c)| *x = *x + c),
-                    true => into.iter_mut().zip(part).for_each(|(x, &c)| *x = *x - c),
+                    false => into
+                        .iter_mut()
+                        .zip(part)
+                        .for_each(|(x, &c)| *x = base(*x) + c),
+                    true => into
+                        .iter_mut()
+                        .zip(part)
+                        .for_each(|(x, &c)| *x = base(*x) - c),
                 }
+                started[slot] = true;
             }
         }
-        out[start..start + len].copy_from_slice(&adj[at(live)]);
+        out.extend_from_slice(&adj[at(live)]);
         start += len;
+    }
+}
+
+/// A slot's values in the chunk of `len` from `start`: a full leaf's where they lie, else the
+/// chunk's copy in `v` (slots of `width`).
+#[inline(always)]
+fn chunk<'a, T>(
+    leaves: &[(&'a [T], Access)],
+    v: &'a [T],
+    slot: usize,
+    start: usize,
+    width: usize,
+    len: usize,
+) -> &'a [T] {
+    match leaves.get(slot) {
+        Some(&(data, Access::Full)) => &data[start..start + len],
+        _ => &v[slot * width..slot * width + len],
     }
 }
 
