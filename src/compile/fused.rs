@@ -1523,6 +1523,57 @@ mod tests {
         out
     }
 
+    /// The lane product with its per-lane bias as one op gives the values and gradients of the
+    /// product and the broadcast add one after the other, to the bit, in f32 and f64.
+    #[test]
+    fn a_lane_product_with_its_bias_is_the_two_ops_to_the_bit() {
+        let (lanes, n, k) = (5, 37, 300);
+        for dtype in [DType::F32, DType::F64] {
+            let randn = |dims: &[usize]| {
+                Tensor::randn(0f32, 1.0, dims, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap()
+            };
+            let x = randn(&[k, n]);
+            let xt = x.t().unwrap().contiguous().unwrap();
+            let weights = randn(&[lanes, k]);
+            let (v0, b0) = (randn(&[lanes, n]), randn(&[lanes]));
+            let mut results = Vec::new();
+            for fused in [true, false] {
+                let (v, b) = (
+                    Var::from_tensor(&v0).unwrap(),
+                    Var::from_tensor(&b0).unwrap(),
+                );
+                let out = match fused {
+                    true => lane_vecmat_bias(v.as_tensor(), b.as_tensor(), &xt, &x),
+                    false => lane_vecmat(v.as_tensor(), &xt, &x)
+                        .and_then(|p| p.broadcast_add(&b.as_tensor().reshape((lanes, 1))?)),
+                }
+                .unwrap();
+                let grads = (&out * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let bits = |t: &Tensor| -> Vec<u64> {
+                    let t = t.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+                    t.to_vec1::<f64>()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits())
+                        .collect()
+                };
+                results.push([
+                    bits(&out),
+                    bits(grads.get(&v).unwrap()),
+                    bits(grads.get(&b).unwrap()),
+                ]);
+            }
+            assert_eq!(results[0], results[1], "{dtype:?}");
+        }
+    }
+
     /// The lane kernel's tiles (8 and 4 lanes, 1 to 8 registers wide, AVX-512 then AVX2 then
     /// one by one) give each entry the bits of summing it alone in order, for every shape.
     #[test]
@@ -1580,6 +1631,96 @@ mod tests {
 pub fn lane_vecmat(v: &Tensor, m: &Tensor, mt: &Tensor) -> Result<Tensor> {
     let op = VecMat { mt: mt.clone() };
     v.contiguous()?.apply_op2(&m.contiguous()?, op)
+}
+
+/// [`lane_vecmat`] plus a scalar per lane, `v @ m + b[r]` for lane r (`X @ w + b` for runs of a
+/// linear model), as one op: candle's backward adds each `[R, k]` gradient it passes on into a
+/// zeroed tensor, and the add of a per-lane bias passed on two (to the product and to the
+/// broadcast bias). Each value is the add's (`x + b`, rounded once), and the bias's gradient
+/// each row's sum as candle's broadcast sums it, so the numbers are those of the two ops.
+pub fn lane_vecmat_bias(v: &Tensor, b: &Tensor, m: &Tensor, mt: &Tensor) -> Result<Tensor> {
+    let op = VecMatBias { mt: mt.clone() };
+    v.contiguous()?
+        .apply_op3(&b.contiguous()?, &m.contiguous()?, op)
+}
+
+/// [`lane_vecmat_bias`] as an op on `(v, b, m)`, holding `mᵀ` for its backward pass.
+#[derive(Debug, Clone)]
+struct VecMatBias {
+    mt: Tensor,
+}
+
+impl CustomOp3 for VecMatBias {
+    fn name(&self) -> &'static str {
+        "lane-vecmat-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        v: &CpuStorage,
+        vl: &Layout,
+        b: &CpuStorage,
+        bl: &Layout,
+        m: &CpuStorage,
+        ml: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        fn biased<T: Num>(v: &[T], b: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+            let mut out = vecmat(v, m, d);
+            for (row, &b) in out.chunks_exact_mut(d.k.max(1)).zip(b) {
+                for x in row {
+                    *x = *x + b;
+                }
+            }
+            out
+        }
+        let d = LaneDims::of(vl, ml)?;
+        if bl.shape().elem_count() != d.lanes {
+            return Err(candle_core::Error::Msg(format!(
+                "a lane product's bias of {:?} for {} lanes",
+                bl.shape(),
+                d.lanes
+            )));
+        }
+        let out = match (v, b, m) {
+            (CpuStorage::F32(v), CpuStorage::F32(b), CpuStorage::F32(m)) => {
+                CpuStorage::F32(biased(
+                    contiguous(v, vl)?,
+                    contiguous(b, bl)?,
+                    contiguous(m, ml)?,
+                    d,
+                ))
+            }
+            (CpuStorage::F64(v), CpuStorage::F64(b), CpuStorage::F64(m)) => {
+                CpuStorage::F64(biased(
+                    contiguous(v, vl)?,
+                    contiguous(b, bl)?,
+                    contiguous(m, ml)?,
+                    d,
+                ))
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "lane products take f32 or f64".into(),
+                ));
+            }
+        };
+        Ok((out, Shape::from((d.lanes, d.k))))
+    }
+
+    fn bwd(
+        &self,
+        _v: &Tensor,
+        b: &Tensor,
+        m: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // candle hands a broadcast's backward the sum of the gradients into zero: a copy.
+        let grad = grad.contiguous()?;
+        let dv = lane_vecmat(&grad, &self.mt, m)?;
+        let db = grad.sum_keepdim(1)?.reshape(b.shape())?;
+        Ok((Some(dv), Some(db), None))
+    }
 }
 
 /// Lanes, rows and columns of a lane product, and whether the matrix is shared by the lanes.

@@ -17,8 +17,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::fused::{bias_add, lane_vecmat, matmul_2d};
-use super::plan::{Instr, Narrow, Op, Plan, VecSide, accumulating, apply, spread_wide};
+use super::fused::{bias_add, lane_vecmat, lane_vecmat_bias, matmul_2d};
+use super::plan::{
+    Binary, Instr, Narrow, Op, Plan, Reg, VecSide, accumulating, apply, spread_wide,
+};
 use super::region::Region;
 use super::shape::Shape;
 use super::{CompiledFile, values_f64};
@@ -53,14 +55,58 @@ struct Program {
     last_use: Vec<usize>,
     /// The elementwise regions (see `region`), by the register of their root.
     region: Vec<Option<Arc<Region>>>,
-    /// Registers computed inside a region, which `forward` skips.
+    /// Registers computed inside a region or a head, which `forward` skips.
     inner: Vec<bool>,
+    /// The lane-kernel products with a bias per lane, by the register of their add.
+    head: Vec<Option<Head>>,
     /// Per lane-kernel product with a shared matrix (see [`Form::Vec`]): its transpose, made once.
     transposed: Vec<Option<Tensor>>,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the lanes'.
     accumulate: Option<DType>,
     source: Arc<SourceFile>,
     loss_span: Span,
+}
+
+/// `X @ w + b` (or `b + X @ w`, `w @ A + b`) for a lane-kernel product (see [`Form::Vec`]) that
+/// only the add reads and a scalar `b` per lane: one op ([`lane_vecmat_bias`]) at the add.
+#[derive(Debug, Clone)]
+struct Head {
+    product: Reg,
+    bias: Reg,
+    /// The registers it reads: the product's operands, then the bias.
+    reads: Vec<Reg>,
+}
+
+/// The heads of `plan`, by the register of their add, outside regions (marked `inner`).
+fn heads(plan: &Plan, batched: &[bool], live: &[bool], inner: &[bool]) -> Vec<Option<Head>> {
+    let readers = plan.readers();
+    (0..plan.instrs.len())
+        .map(|k| {
+            let add = &plan.instrs[k];
+            let (Op::Binary(Binary::Add), &[x, y]) = (&add.op, add.args.as_slice()) else {
+                return None;
+            };
+            if !live[k] || inner[k] {
+                return None;
+            }
+            [(x, y), (y, x)].into_iter().find_map(|(product, bias)| {
+                let p = &plan.instrs[product];
+                let fits = matches!(form(p, plan, batched), Some(Form::Vec(_)))
+                    && readers[product] == [k]
+                    && product != plan.output
+                    && !inner[product]
+                    && p.shape.rank() == 1
+                    && p.shape == add.shape
+                    && batched[bias]
+                    && plan.instrs[bias].shape.rank() == 0;
+                fits.then(|| Head {
+                    product,
+                    bias,
+                    reads: p.args.iter().copied().chain([bias]).collect(),
+                })
+            })
+        })
+        .collect()
 }
 
 /// Every lane's loss and gradients at one point.
@@ -148,10 +194,18 @@ impl LaneEvaluator {
             let found = super::region::regions(&plan, |i| i >= n_data, &taken);
             super::region::place(found, &mut region, &mut inner);
         }
-        let last_use = plan.last_uses_reading(|k| match &region[k] {
-            Some(r) => r.leaves.clone(),
-            None if inner[k] => Vec::new(),
-            None => plan.instrs[k].args.clone(),
+        let head = match accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64) {
+            true => heads(&plan, &batched, &live, &inner),
+            false => vec![None; n],
+        };
+        for h in head.iter().flatten() {
+            inner[h.product] = true;
+        }
+        let last_use = plan.last_uses_reading(|k| match (&region[k], &head[k]) {
+            (Some(r), _) => r.leaves.clone(),
+            (None, Some(h)) => h.reads.clone(),
+            _ if inner[k] => Vec::new(),
+            _ => plan.instrs[k].args.clone(),
         });
         let source = Arc::clone(&compiled.file.source);
         let loss_span = plan.instrs[plan.output].span.clone();
@@ -164,6 +218,7 @@ impl LaneEvaluator {
                 last_use,
                 region,
                 inner,
+                head,
                 transposed: vec![None; n],
                 accumulate,
                 source,
@@ -336,9 +391,10 @@ impl LaneEvaluator {
             if !p.live[k] || p.inner[k] {
                 continue;
             }
-            let value = match (&instr.op, &p.region[k]) {
-                (Op::Input(i), _) => Ok(self.params[i - p.n_data].as_tensor().clone()),
-                (_, Some(region)) => self.region(region, &mut regs),
+            let value = match (&instr.op, &p.region[k], &p.head[k]) {
+                (Op::Input(i), ..) => Ok(self.params[i - p.n_data].as_tensor().clone()),
+                (_, Some(region), _) => self.region(region, &mut regs),
+                (_, None, Some(head)) => self.head(head, &regs),
                 _ => self.compute(k, &regs),
             };
             regs[k] = Some(value.map_err(|e| {
@@ -346,7 +402,11 @@ impl LaneEvaluator {
                     .at(&p.source, instr.span.clone())
                     .help("this is a gradscope bug: the shapes were checked, so please report it")
             })?);
-            let reads = p.region[k].as_ref().map_or(&instr.args, |r| &r.leaves);
+            let reads = match (&p.region[k], &p.head[k]) {
+                (Some(r), _) => &r.leaves,
+                (None, Some(h)) => &h.reads,
+                _ => &instr.args,
+            };
             for &a in reads {
                 if p.last_use[a] == k {
                     regs[a] = None;
@@ -405,6 +465,31 @@ impl LaneEvaluator {
         let mut dims = vec![self.lanes];
         dims.extend_from_slice(shape.dims());
         region.apply(&leaves.iter().collect::<Vec<_>>(), &dims)
+    }
+
+    /// A head's value: its product with the lanes' biases added, as one op.
+    fn head(&self, head: &Head, regs: &[Option<Tensor>]) -> candle_core::Result<Tensor> {
+        let p = &self.program;
+        let instr = &p.plan.instrs[head.product];
+        let read = |a: usize| {
+            regs[a]
+                .as_ref()
+                .or(self.fixed[a].as_ref())
+                .expect("defined before use")
+        };
+        let (x, y, b) = (read(instr.args[0]), read(instr.args[1]), read(head.bias));
+        let swap = |m: &Tensor| m.transpose(m.rank() - 2, m.rank() - 1)?.contiguous();
+        let kept = p.transposed[head.product].as_ref();
+        match form(instr, &p.plan, &p.batched) {
+            Some(Form::Vec(VecSide::Right)) => {
+                let xt = kept.map_or_else(|| swap(x), |t| Ok(t.clone()))?;
+                lane_vecmat_bias(y, b, &xt, x)
+            }
+            _ => {
+                let yt = kept.map_or_else(|| swap(y), |t| Ok(t.clone()))?;
+                lane_vecmat_bias(x, b, y, &yt)
+            }
+        }
     }
 
     /// Register `k`'s value from its arguments' (in `regs`, or fixed), in the mixed precision of
