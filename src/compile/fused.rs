@@ -1664,16 +1664,14 @@ impl CustomOp3 for VecMatBias {
         m: &CpuStorage,
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn biased<T: Num>(v: &[T], b: &[T], m: &[T], d: LaneDims) -> Vec<T> {
-            let mut out = vecmat(v, m, d);
-            for (row, &b) in out.chunks_exact_mut(d.k.max(1)).zip(b) {
+        fn add<T: Num>(out: &mut [T], b: &[T], k: usize) {
+            for (row, &b) in out.chunks_exact_mut(k.max(1)).zip(b) {
                 for x in row {
                     *x = *x + b;
                 }
             }
-            out
         }
-        let d = LaneDims::of(vl, ml)?;
+        let (mut out, d) = lane_product(v, vl, m, ml)?;
         if bl.shape().elem_count() != d.lanes {
             return Err(candle_core::Error::Msg(format!(
                 "a lane product's bias of {:?} for {} lanes",
@@ -1681,29 +1679,11 @@ impl CustomOp3 for VecMatBias {
                 d.lanes
             )));
         }
-        let out = match (v, b, m) {
-            (CpuStorage::F32(v), CpuStorage::F32(b), CpuStorage::F32(m)) => {
-                CpuStorage::F32(biased(
-                    contiguous(v, vl)?,
-                    contiguous(b, bl)?,
-                    contiguous(m, ml)?,
-                    d,
-                ))
-            }
-            (CpuStorage::F64(v), CpuStorage::F64(b), CpuStorage::F64(m)) => {
-                CpuStorage::F64(biased(
-                    contiguous(v, vl)?,
-                    contiguous(b, bl)?,
-                    contiguous(m, ml)?,
-                    d,
-                ))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "lane products take f32 or f64".into(),
-                ));
-            }
-        };
+        match (&mut out, b) {
+            (CpuStorage::F32(out), CpuStorage::F32(b)) => add(out, contiguous(b, bl)?, d.k),
+            (CpuStorage::F64(out), CpuStorage::F64(b)) => add(out, contiguous(b, bl)?, d.k),
+            _ => return float_only(),
+        }
         Ok((out, Shape::from((d.lanes, d.k))))
     }
 
@@ -2126,6 +2106,30 @@ pub(super) fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     vecmat_plain(v, m, d)
 }
 
+/// The lane kernel on storages: `v @ m` and its dimensions.
+fn lane_product(
+    v: &CpuStorage,
+    vl: &Layout,
+    m: &CpuStorage,
+    ml: &Layout,
+) -> Result<(CpuStorage, LaneDims)> {
+    let d = LaneDims::of(vl, ml)?;
+    let out = match (v, m) {
+        (CpuStorage::F32(v), CpuStorage::F32(m)) => {
+            CpuStorage::F32(vecmat(contiguous(v, vl)?, contiguous(m, ml)?, d))
+        }
+        (CpuStorage::F64(v), CpuStorage::F64(m)) => {
+            CpuStorage::F64(vecmat(contiguous(v, vl)?, contiguous(m, ml)?, d))
+        }
+        _ => {
+            return Err(candle_core::Error::Msg(
+                "lane products take f32 or f64".into(),
+            ));
+        }
+    };
+    Ok((out, d))
+}
+
 /// [`lane_vecmat`] as an op on `(v, m)`, holding `mᵀ` for its backward pass.
 #[derive(Debug, Clone)]
 struct VecMat {
@@ -2144,20 +2148,7 @@ impl CustomOp2 for VecMat {
         m: &CpuStorage,
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = LaneDims::of(vl, ml)?;
-        let out = match (v, m) {
-            (CpuStorage::F32(v), CpuStorage::F32(m)) => {
-                CpuStorage::F32(vecmat(contiguous(v, vl)?, contiguous(m, ml)?, d))
-            }
-            (CpuStorage::F64(v), CpuStorage::F64(m)) => {
-                CpuStorage::F64(vecmat(contiguous(v, vl)?, contiguous(m, ml)?, d))
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "lane products take f32 or f64".into(),
-                ));
-            }
-        };
+        let (out, d) = lane_product(v, vl, m, ml)?;
         Ok((out, Shape::from((d.lanes, d.k))))
     }
 
