@@ -122,6 +122,14 @@ struct Step {
     recompute: bool,
 }
 
+impl Step {
+    /// Whether its argument `k` takes a gradient from it (a unary function's second argument
+    /// is its first again).
+    fn passes(&self, k: usize) -> bool {
+        self.carries[k] && !(k == 1 && is_unary(self.func))
+    }
+}
+
 /// Elementwise instructions of one shape that only one another read, with one value from
 /// outside that carries gradient (the live leaf): executed as one op by [`Region::apply`].
 #[derive(Debug, Clone)]
@@ -276,7 +284,7 @@ fn recomputed(mut steps: Vec<Step>, leaves: usize) -> Arc<[Step]> {
     for s in (0..steps.len()).rev() {
         let step = steps[s];
         for k in 0..2 {
-            if step.carries[k] && !(k == 1 && is_unary(step.func)) {
+            if step.passes(k) {
                 let [a, b, own] = step.func.reads(k);
                 read[step.args[0]] |= a;
                 read[step.args[1]] |= b;
@@ -542,7 +550,7 @@ macro_rules! float {
 float!(f32, F32, values_f32, adjoint_f32, tanh_f32);
 float!(f64, F64, values_f64, adjoint_f64, f64::tanh);
 
-/// The region over every element, a chunk at a time, appended to `out`: leaves loaded into
+/// The region over every element (the live leaf's), a chunk at a time, appended to `out`: leaves loaded into
 /// their slots (or read in place where they have the region's shape), each step's values from
 /// its arguments'; then, with `grad`, the gradients back from the root's to the live leaf's,
 /// each slot's the sum of what the steps after it contribute, in reverse order of the steps,
@@ -556,7 +564,7 @@ fn interpret<T: Float>(
     grad: Option<&[T]>,
     out: &mut Vec<T>,
 ) {
-    let n = out.capacity();
+    let n = leaves[live].0.len();
     let width = CHUNK.min(n.max(1));
     let slots = leaves.len() + steps.len();
     let root = slots - 1;
@@ -605,7 +613,7 @@ fn interpret<T: Float>(
             for (k, (part, subtract)) in
                 [(&*ca, signs[0]), (&*cb, signs[1])].into_iter().enumerate()
             {
-                if !step.carries[k] || (k == 1 && is_unary(step.func)) {
+                if !step.passes(k) {
                     continue;
                 }
                 let slot = step.args[k];
