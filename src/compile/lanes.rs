@@ -72,6 +72,7 @@ struct Program {
 #[derive(Debug, Clone)]
 struct Head {
     product: Reg,
+    side: VecSide,
     bias: Reg,
     /// The registers it reads: the product's operands, then the bias.
     reads: Vec<Reg>,
@@ -91,8 +92,10 @@ fn heads(plan: &Plan, batched: &[bool], live: &[bool], inner: &[bool]) -> Vec<Op
             }
             [(x, y), (y, x)].into_iter().find_map(|(product, bias)| {
                 let p = &plan.instrs[product];
-                let fits = matches!(form(p, plan, batched), Some(Form::Vec(_)))
-                    && readers[product] == [k]
+                let Some(Form::Vec(side)) = form(p, plan, batched) else {
+                    return None;
+                };
+                let fits = readers[product] == [k]
                     && product != plan.output
                     && !inner[product]
                     && p.shape.rank() == 1
@@ -101,12 +104,28 @@ fn heads(plan: &Plan, batched: &[bool], live: &[bool], inner: &[bool]) -> Vec<Op
                     && plan.instrs[bias].shape.rank() == 0;
                 fits.then(|| Head {
                     product,
+                    side,
                     bias,
                     reads: p.args.iter().copied().chain([bias]).collect(),
                 })
             })
         })
         .collect()
+}
+
+/// The registers `forward` reads to compute register `k`: a region's leaves, a head's operands,
+/// else the instruction's arguments.
+fn reads<'a>(
+    plan: &'a Plan,
+    region: &'a [Option<Arc<Region>>],
+    head: &'a [Option<Head>],
+    k: usize,
+) -> &'a [Reg] {
+    match (&region[k], &head[k]) {
+        (Some(r), _) => &r.leaves,
+        (None, Some(h)) => &h.reads,
+        _ => &plan.instrs[k].args,
+    }
 }
 
 /// Every lane's loss and gradients at one point.
@@ -188,24 +207,24 @@ impl LaneEvaluator {
         }
         let mut region = vec![None; n];
         let mut inner = vec![false; n];
-        if accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64) {
+        // Regions and heads compute in f32 or f64, with no wider dtype to accumulate in.
+        let fuse = accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64);
+        if fuse {
             // A region's tape holds one affine for all lanes.
             let taken: Vec<bool> = affine.iter().map(Option::is_some).collect();
             let found = super::region::regions(&plan, |i| i >= n_data, &taken);
             super::region::place(found, &mut region, &mut inner);
         }
-        let head = match accumulate.is_none() && matches!(dtype, DType::F32 | DType::F64) {
+        let head = match fuse {
             true => heads(&plan, &batched, &live, &inner),
             false => vec![None; n],
         };
         for h in head.iter().flatten() {
             inner[h.product] = true;
         }
-        let last_use = plan.last_uses_reading(|k| match (&region[k], &head[k]) {
-            (Some(r), _) => r.leaves.clone(),
-            (None, Some(h)) => h.reads.clone(),
-            _ if inner[k] => Vec::new(),
-            _ => plan.instrs[k].args.clone(),
+        let last_use = plan.last_uses_reading(|k| match inner[k] {
+            true => Vec::new(),
+            false => reads(&plan, &region, &head, k).to_vec(),
         });
         let source = Arc::clone(&compiled.file.source);
         let loss_span = plan.instrs[plan.output].span.clone();
@@ -402,12 +421,7 @@ impl LaneEvaluator {
                     .at(&p.source, instr.span.clone())
                     .help("this is a gradscope bug: the shapes were checked, so please report it")
             })?);
-            let reads = match (&p.region[k], &p.head[k]) {
-                (Some(r), _) => &r.leaves,
-                (None, Some(h)) => &h.reads,
-                _ => &instr.args,
-            };
-            for &a in reads {
+            for &a in reads(&p.plan, &p.region, &p.head, k) {
                 if p.last_use[a] == k {
                     regs[a] = None;
                 }
@@ -454,8 +468,7 @@ impl LaneEvaluator {
             .leaves
             .iter()
             .map(|&a| {
-                let t = regs[a].as_ref().or(self.fixed[a].as_ref());
-                let t = t.expect("defined before use");
+                let t = self.value(regs, a);
                 match p.batched[a] {
                     true => lift(t, &p.plan.instrs[a].shape, shape.rank()),
                     false => Ok(t.clone()),
@@ -467,29 +480,50 @@ impl LaneEvaluator {
         region.apply(&leaves.iter().collect::<Vec<_>>(), &dims)
     }
 
+    /// Register `a`'s value: computed in this evaluation (in `regs`) or fixed.
+    fn value<'a>(&'a self, regs: &'a [Option<Tensor>], a: usize) -> &'a Tensor {
+        regs.get(a)
+            .and_then(Option::as_ref)
+            .or(self.fixed[a].as_ref())
+            .expect("defined before use")
+    }
+
     /// A head's value: its product with the lanes' biases added, as one op.
     fn head(&self, head: &Head, regs: &[Option<Tensor>]) -> candle_core::Result<Tensor> {
         let p = &self.program;
         let instr = &p.plan.instrs[head.product];
-        let read = |a: usize| {
-            regs[a]
-                .as_ref()
-                .or(self.fixed[a].as_ref())
-                .expect("defined before use")
-        };
-        let (x, y, b) = (read(instr.args[0]), read(instr.args[1]), read(head.bias));
+        let read = |a: usize| self.value(regs, a);
+        let (v, m, mt) = self.vec_operands(
+            head.product,
+            head.side,
+            read(instr.args[0]),
+            read(instr.args[1]),
+        )?;
+        lane_vecmat_bias(v, read(head.bias), &m, &mt)
+    }
+
+    /// The operands of lane-kernel product `k` of `x` and `y` (see [`Form::Vec`]): the lanes'
+    /// vector, the matrix as the kernel reads it, and its transpose (kept since `fix`, when
+    /// shared).
+    fn vec_operands<'a>(
+        &self,
+        k: usize,
+        side: VecSide,
+        x: &'a Tensor,
+        y: &'a Tensor,
+    ) -> candle_core::Result<(&'a Tensor, Tensor, Tensor)> {
         let swap = |m: &Tensor| m.transpose(m.rank() - 2, m.rank() - 1)?.contiguous();
-        let kept = p.transposed[head.product].as_ref();
-        match form(instr, &p.plan, &p.batched) {
-            Some(Form::Vec(VecSide::Right)) => {
+        let kept = self.program.transposed[k].as_ref();
+        Ok(match side {
+            VecSide::Right => {
                 let xt = kept.map_or_else(|| swap(x), |t| Ok(t.clone()))?;
-                lane_vecmat_bias(y, b, &xt, x)
+                (y, xt, x.clone())
             }
-            _ => {
+            VecSide::Left => {
                 let yt = kept.map_or_else(|| swap(y), |t| Ok(t.clone()))?;
-                lane_vecmat_bias(x, b, y, &yt)
+                (x, y.clone(), yt)
             }
-        }
+        })
     }
 
     /// Register `k`'s value from its arguments' (in `regs`, or fixed), in the mixed precision of
@@ -497,16 +531,7 @@ impl LaneEvaluator {
     fn compute(&self, k: usize, regs: &[Option<Tensor>]) -> candle_core::Result<Tensor> {
         let p = &self.program;
         let instr = &p.plan.instrs[k];
-        let args: Vec<&Tensor> = instr
-            .args
-            .iter()
-            .map(|&a| {
-                regs.get(a)
-                    .and_then(Option::as_ref)
-                    .or(self.fixed[a].as_ref())
-                    .expect("defined before use")
-            })
-            .collect();
+        let args: Vec<&Tensor> = instr.args.iter().map(|&a| self.value(regs, a)).collect();
         accumulating(&instr.op, p.accumulate, &args, |args| {
             self.lane_apply(k, args)
         })
@@ -616,19 +641,8 @@ impl LaneEvaluator {
                     Form::Dot => x.broadcast_mul(y)?.sum(1),
                     // As a run alone computes it (see `plan::vec_matmul`), all lanes at once.
                     Form::Vec(side) => {
-                        let swap =
-                            |m: &Tensor| m.transpose(m.rank() - 2, m.rank() - 1)?.contiguous();
-                        let kept = p.transposed[k].as_ref();
-                        match side {
-                            VecSide::Right => {
-                                let xt = kept.map_or_else(|| swap(x), |t| Ok(t.clone()))?;
-                                lane_vecmat(y, &xt, x)
-                            }
-                            VecSide::Left => {
-                                let yt = kept.map_or_else(|| swap(y), |t| Ok(t.clone()))?;
-                                lane_vecmat(x, y, &yt)
-                            }
-                        }
+                        let (v, m, mt) = self.vec_operands(k, side, x, y)?;
+                        lane_vecmat(v, &m, &mt)
                     }
                     Form::Rows => {
                         let k = x.dim(candle_core::D::Minus1)?;
