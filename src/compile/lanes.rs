@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::fused::{bias_add, lane_vecmat, lane_vecmat_bias, matmul_2d};
+use super::fused::{bias_add, matmul_2d};
+use super::lane_kernel::{lane_vecmat, lane_vecmat_bias};
 use super::plan::{
     Binary, Instr, Narrow, Op, Plan, Reg, VecSide, accumulating, apply, spread_wide,
 };

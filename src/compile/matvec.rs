@@ -11,9 +11,10 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fused::contiguous;
 #[cfg(target_arch = "x86_64")]
-use super::fused::Simd;
-use super::fused::{LaneDims, Num, contiguous, vecmat};
+use super::lane_kernel::Simd;
+use super::lane_kernel::{LaneDims, Num, vecmat};
 use super::threads::{MATMUL_TASK, tasks};
 
 /// `m @ v`: `m` `[rows, n]` (no gradient), `v` `[n]`; `[rows]`. None when the dtype is not f32

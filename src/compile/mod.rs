@@ -11,6 +11,7 @@ pub mod function;
 pub mod fused;
 pub mod gradcheck;
 pub mod hessian;
+pub mod lane_kernel;
 pub mod lanes;
 pub mod lower;
 pub mod matvec;
