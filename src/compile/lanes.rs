@@ -60,7 +60,8 @@ struct Program {
     inner: Vec<bool>,
     /// The lane-kernel products with a bias per lane, by the register of their add.
     head: Vec<Option<Head>>,
-    /// Per lane-kernel product with a shared matrix (see [`Form::Vec`]): its transpose, made once.
+    /// Per lane-kernel product `X @ w` with a shared `X` (see [`Form::Vec`]): `Xᵀ`, which the
+    /// kernel reads, made once.
     transposed: Vec<Option<Tensor>>,
     /// Dtype that reductions and matmuls accumulate in, only when wider than the lanes'.
     accumulate: Option<DType>,
@@ -284,10 +285,9 @@ impl LaneEvaluator {
             for &a in &instr.args {
                 read[a] = true;
             }
-            // The shared matrix of a lane-kernel product, transposed once.
+            // The shared data matrix of a lane-kernel product `X @ w`, transposed once.
             let matrix = match form(instr, &p.plan, &p.batched) {
                 Some(Form::Vec(VecSide::Right)) => instr.args[0],
-                Some(Form::Vec(VecSide::Left)) => instr.args[1],
                 _ => continue,
             };
             if let Some(m) = self.fixed[matrix].as_ref().filter(|_| !p.batched[matrix]) {
@@ -494,17 +494,17 @@ impl LaneEvaluator {
         let p = &self.program;
         let instr = &p.plan.instrs[head.product];
         let read = |a: usize| self.value(regs, a);
-        let (v, m, mt) = self.vec_operands(
+        let (v, m) = self.vec_operands(
             head.product,
             head.side,
             read(instr.args[0]),
             read(instr.args[1]),
         )?;
-        lane_vecmat_bias(v, read(head.bias), &m, &mt)
+        lane_vecmat_bias(v, read(head.bias), &m)
     }
 
     /// The operands of lane-kernel product `k` of `x` and `y` (see [`Form::Vec`]): the lanes'
-    /// vector, the matrix as the kernel reads it, and its transpose (kept since `fix`, when
+    /// vector and the matrix as the kernel reads it (`Xᵀ` for `X @ w`, kept since `fix` when
     /// shared).
     fn vec_operands<'a>(
         &self,
@@ -512,18 +512,16 @@ impl LaneEvaluator {
         side: VecSide,
         x: &'a Tensor,
         y: &'a Tensor,
-    ) -> candle_core::Result<(&'a Tensor, Tensor, Tensor)> {
-        let swap = |m: &Tensor| m.transpose(m.rank() - 2, m.rank() - 1)?.contiguous();
-        let kept = self.program.transposed[k].as_ref();
+    ) -> candle_core::Result<(&'a Tensor, Tensor)> {
         Ok(match side {
             VecSide::Right => {
-                let xt = kept.map_or_else(|| swap(x), |t| Ok(t.clone()))?;
-                (y, xt, x.clone())
+                let xt = match &self.program.transposed[k] {
+                    Some(xt) => xt.clone(),
+                    None => x.transpose(x.rank() - 2, x.rank() - 1)?.contiguous()?,
+                };
+                (y, xt)
             }
-            VecSide::Left => {
-                let yt = kept.map_or_else(|| swap(y), |t| Ok(t.clone()))?;
-                (x, y.clone(), yt)
-            }
+            VecSide::Left => (x, y.clone()),
         })
     }
 
@@ -642,8 +640,8 @@ impl LaneEvaluator {
                     Form::Dot => x.broadcast_mul(y)?.sum(1),
                     // As a run alone computes it (see `plan::vec_matmul`), all lanes at once.
                     Form::Vec(side) => {
-                        let (v, m, mt) = self.vec_operands(k, side, x, y)?;
-                        lane_vecmat(v, &m, &mt)
+                        let (v, m) = self.vec_operands(k, side, x, y)?;
+                        lane_vecmat(v, &m)
                     }
                     Form::Rows => {
                         let k = x.dim(candle_core::D::Minus1)?;
