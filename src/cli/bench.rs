@@ -81,7 +81,10 @@ pub fn bench_command(
         ),
         false => None,
     };
-    compile::threads::start(loaded.iter().map(|(_, c)| c).chain(large_compiled.as_ref()));
+    compile::threads::start(
+        loaded.iter().map(|(_, c)| c).chain(large_compiled.as_ref()),
+        0,
+    );
     drop(large_compiled);
     report.threads = compile::threads::count();
     writeln!(out, "threads: {}", report.threads)?;

@@ -42,7 +42,7 @@ pub(super) fn points(
         Ok(c) => c,
         Err(diags) => return Ok(Err(diags)),
     };
-    crate::compile::threads::start([&compiled]);
+    crate::compile::threads::start([&compiled], 0);
     let selected = select(&compiled, args.variant.as_deref(), default_all)?;
     let mut runs = Vec::new();
     for mut request in selected

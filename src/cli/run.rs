@@ -334,7 +334,7 @@ pub fn load_runs(
             return Ok(None);
         }
     };
-    crate::compile::threads::start([&compiled]);
+    crate::compile::threads::start([&compiled], 0);
     let runs = build_runs(options, &compiled, retention)?;
     Ok(Some((compiled, runs)))
 }

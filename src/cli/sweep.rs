@@ -307,7 +307,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     for d in &warnings {
         err_print!("{}", d.render(color));
     }
-    crate::compile::threads::start([&compiled]);
+    crate::compile::threads::start([&compiled], 0);
     // A malformed list or const is a command-line error, as a malformed -o is for `run`.
     let grid = build_grid(args, &compiled)?;
     if let Some(out) = &args.out {

@@ -285,7 +285,10 @@ fn playing(dir: &Path, files: usize) -> anyhow::Result<(App, Receiver<Msg>)> {
         anyhow::bail!("no loss file in {} compiles", dir.display());
     }
     // As the TUI does once it has found its files (a no-op where a pool was built before).
-    crate::compile::threads::start(loaded.iter().filter_map(|f| f.compiled.as_ref()));
+    crate::compile::threads::start(
+        loaded.iter().filter_map(|f| f.compiled.as_ref()),
+        crate::run::worker::NICE,
+    );
     let copies = (0..files).map(|i| {
         let mut f = loaded[i % loaded.len()].clone();
         let name = f.path.file_name().unwrap_or_default().to_string_lossy();

@@ -74,7 +74,10 @@ pub fn perform(app: &App, io: Io) -> Option<Msg> {
                 app.root.parent().map(Path::to_path_buf).unwrap_or_default()
             };
             let files: Vec<_> = paths.iter().map(|p| load::load(p)).collect();
-            crate::compile::threads::start(files.iter().filter_map(|f| f.compiled.as_ref()));
+            crate::compile::threads::start(
+                files.iter().filter_map(|f| f.compiled.as_ref()),
+                crate::run::worker::NICE,
+            );
             Some(Msg::Discovered { base, files })
         }
         Io::Load(paths) => Some(Msg::Loaded(
