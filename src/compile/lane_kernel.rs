@@ -14,7 +14,7 @@ use super::fused::{contiguous, float_only};
 /// [`lane_dots`] on the same matrix, so a batch reads one copy of its data, not also the
 /// transpose (logreg's two are 2 MB, this CPU's whole L2).
 pub fn lane_vecmat(v: &Tensor, m: &Tensor) -> Result<Tensor> {
-    v.contiguous()?.apply_op2(&m.contiguous()?, VecMat)
+    LaneProduct { dots: false }.apply(v, m)
 }
 
 /// `g @ mᵀ` for every lane: `g` one row per lane `[R, k]`, `m` `[n, k]` shared by the lanes (or
@@ -23,7 +23,7 @@ pub fn lane_vecmat(v: &Tensor, m: &Tensor) -> Result<Tensor> {
 /// [`Num::SUMS`] (fused multiply-adds in order of c), the sums are added in order, then the
 /// last k mod SUMS elements in order, whatever R, the tiling and the CPU's vector width.
 pub fn lane_dots(g: &Tensor, m: &Tensor) -> Result<Tensor> {
-    g.contiguous()?.apply_op2(&m.contiguous()?, LaneDots)
+    LaneProduct { dots: true }.apply(g, m)
 }
 
 /// [`lane_vecmat`] plus a scalar per lane, `v @ m + b[r]` for lane r (`X @ w + b` for runs of a
@@ -736,13 +736,25 @@ fn lane_product(
     Ok((out, d))
 }
 
-/// [`lane_vecmat`] as an op on `(v, m)`.
-#[derive(Debug, Clone)]
-struct VecMat;
+/// [`lane_vecmat`] (`v @ m`) or, with `dots`, [`lane_dots`] (`v @ mᵀ`) as an op on `(v, m)`:
+/// each is the other's backward pass.
+#[derive(Debug, Clone, Copy)]
+struct LaneProduct {
+    dots: bool,
+}
 
-impl CustomOp2 for VecMat {
+impl LaneProduct {
+    fn apply(self, v: &Tensor, m: &Tensor) -> Result<Tensor> {
+        v.contiguous()?.apply_op2(&m.contiguous()?, self)
+    }
+}
+
+impl CustomOp2 for LaneProduct {
     fn name(&self) -> &'static str {
-        "lane-vecmat"
+        match self.dots {
+            true => "lane-dots",
+            false => "lane-vecmat",
+        }
     }
 
     fn cpu_fwd(
@@ -752,8 +764,9 @@ impl CustomOp2 for VecMat {
         m: &CpuStorage,
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out, d) = lane_product(v, vl, m, ml, false)?;
-        Ok((out, Shape::from((d.lanes, d.k))))
+        let (out, d) = lane_product(v, vl, m, ml, self.dots)?;
+        let columns = if self.dots { d.n } else { d.k };
+        Ok((out, Shape::from((d.lanes, columns))))
     }
 
     fn bwd(
@@ -763,40 +776,9 @@ impl CustomOp2 for VecMat {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // d/dv (v m) = grad mᵀ
-        Ok((Some(lane_dots(grad, m)?), None))
-    }
-}
-
-/// [`lane_dots`] as an op on `(g, m)`.
-#[derive(Debug, Clone)]
-struct LaneDots;
-
-impl CustomOp2 for LaneDots {
-    fn name(&self) -> &'static str {
-        "lane-dots"
-    }
-
-    fn cpu_fwd(
-        &self,
-        g: &CpuStorage,
-        gl: &Layout,
-        m: &CpuStorage,
-        ml: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (out, d) = lane_product(g, gl, m, ml, true)?;
-        Ok((out, Shape::from((d.lanes, d.n))))
-    }
-
-    fn bwd(
-        &self,
-        _g: &Tensor,
-        m: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // d/dg (g mᵀ) = grad m
-        Ok((Some(lane_vecmat(grad, m)?), None))
+        // d/dv (v m) = grad mᵀ, and d/dv (v mᵀ) = grad m.
+        let other = LaneProduct { dots: !self.dots };
+        Ok((Some(other.apply(grad, m)?), None))
     }
 }
 
@@ -968,6 +950,26 @@ mod tests {
         {
             return;
         }
+        /// A kernel dispatched, in AVX2 registers and, where the CPU has them, in AVX-512 ones
+        /// gives `want`.
+        type Forms<T> = [unsafe fn(&[T], &[T], LaneDims) -> Vec<T>; 3];
+        fn agree<T: Num + PartialEq + std::fmt::Debug>(
+            [any, avx2, avx512]: Forms<T>,
+            v: &[T],
+            m: &[T],
+            d: LaneDims,
+            want: Vec<T>,
+        ) {
+            // SAFETY: the CPU has AVX2 and FMA (checked by the test) for all but the last,
+            // and AVX-512 for it (checked just below).
+            unsafe {
+                assert_eq!(any(v, m, d), want, "{d:?}");
+                assert_eq!(avx2(v, m, d), want, "AVX2, {d:?}");
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    assert_eq!(avx512(v, m, d), want, "AVX-512, {d:?}");
+                }
+            }
+        }
         fn check<T: Num + PartialEq + std::fmt::Debug>(cast: impl Fn(f64) -> T) {
             for lanes in [1, 3, 4, 8, 13] {
                 for n in [1, 65, 130] {
@@ -989,24 +991,10 @@ mod tests {
                             let v = fill(lanes * n, 0.1);
                             let m = fill(if shared { n * k } else { lanes * n * k }, 0.7);
                             let want = vecmat_in_order(&v, &m, d);
-                            assert_eq!(vecmat(&v, &m, d), want, "{d:?}");
-                            // SAFETY: the CPU has AVX2 and FMA, checked above.
-                            assert_eq!(unsafe { vecmat_avx2(&v, &m, d) }, want, "AVX2, {d:?}");
-                            if std::arch::is_x86_feature_detected!("avx512f") {
-                                // SAFETY: the CPU has AVX-512 too, checked just now.
-                                let wide = unsafe { vecmat_avx512(&v, &m, d) };
-                                assert_eq!(wide, want, "AVX-512, {d:?}");
-                            }
+                            agree([vecmat, vecmat_avx2, vecmat_avx512], &v, &m, d, want);
                             let g = fill(lanes * k, 0.3);
                             let want = dots_in_order(&g, &m, d);
-                            assert_eq!(dots(&g, &m, d), want, "dots, {d:?}");
-                            // SAFETY: the CPU has AVX2 and FMA, checked above.
-                            assert_eq!(unsafe { dots_avx2(&g, &m, d) }, want, "dots AVX2, {d:?}");
-                            if std::arch::is_x86_feature_detected!("avx512f") {
-                                // SAFETY: the CPU has AVX-512 too, checked just now.
-                                let wide = unsafe { dots_avx512(&g, &m, d) };
-                                assert_eq!(wide, want, "dots AVX-512, {d:?}");
-                            }
+                            agree([dots, dots_avx2, dots_avx512], &g, &m, d, want);
                         }
                     }
                 }
