@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::compile;
 use crate::format::fmt_num;
@@ -726,6 +726,8 @@ pub struct SweepRow {
     pub workload: String,
     pub dtype: String,
     pub steps_per_s: Vec<f64>,
+    /// How many runs each median is of.
+    pub rounds: usize,
     /// The thread count the workload gets by default (`compile::threads`).
     pub default_threads: usize,
 }
@@ -734,9 +736,13 @@ pub struct SweepRow {
 /// raised to 1e-4: the file's 1e-8 is 0 in f16, which halts the run at its first step).
 const SWEEP_THREADS: [usize; 2] = [1, 2];
 const SWEEP_DTYPES: [&str; 2] = ["f16", "bf16"];
+/// The thread sweep's rounds of a workload go on until they have taken this long together...
+const SWEEP_MIN_TIME: Duration = Duration::from_secs(4);
+/// ...or this many have run.
+const SWEEP_MAX_ROUNDS: usize = 15;
 
-/// [`ThreadSweep`] of the workloads in `dir`, medians of `repeat` interleaved runs, and its
-/// text lines.
+/// [`ThreadSweep`] of the workloads in `dir`, medians of at least `repeat` interleaved runs
+/// (more for short ones, see [`SWEEP_MIN_TIME`]), and its text lines.
 pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, Vec<String>)> {
     let exe = std::env::current_exe()?;
     let mut cases: Vec<(String, PathBuf, String, usize)> = Vec::new();
@@ -762,8 +768,14 @@ pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, V
         }
     }
     let mut rates = vec![vec![Vec::new(); SWEEP_THREADS.len()]; cases.len()];
-    for _ in 0..repeat {
-        for (case, (_, file, dtype, _)) in cases.iter().enumerate() {
+    for (case, (_, file, dtype, _)) in cases.iter().enumerate() {
+        // Rounds of every thread count in turn, at least `repeat`, and more for a workload
+        // whose run is short: a 50 ms run here swings 30% with the host's moods, and 3 of them
+        // put logreg's 2 threads at 0.71x its 1 once where 10 interleaved pairs gave 1.01x.
+        let started = Instant::now();
+        let mut round = 0;
+        while round < repeat || (round < SWEEP_MAX_ROUNDS && started.elapsed() < SWEEP_MIN_TIME) {
+            round += 1;
             for (i, threads) in SWEEP_THREADS.iter().enumerate() {
                 let mut cmd = std::process::Command::new(&exe);
                 cmd.arg("--threads")
@@ -791,24 +803,28 @@ pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, V
         .map(|((workload, _, dtype, default_threads), r)| SweepRow {
             workload,
             dtype,
+            rounds: r.iter().map(Vec::len).min().unwrap_or(0),
             steps_per_s: r.into_iter().map(median).collect(),
             default_threads,
         })
         .collect();
     let counts: Vec<String> = SWEEP_THREADS.iter().map(|t| t.to_string()).collect();
     let mut lines = vec![format!(
-        "\nthread sweep (each its own process, median of {repeat}): steps/s at {} threads",
+        "\nthread sweep (each its own process; median of interleaved rounds, {repeat} or more, to \
+         {} s a workload): steps/s at {} threads",
+        SWEEP_MIN_TIME.as_secs(),
         counts.join(" / ")
     )];
     for r in &rows {
         let rates: Vec<String> = r.steps_per_s.iter().map(|v| format!("{v:>10.1}")).collect();
         let ratio = r.steps_per_s.last().copied().unwrap_or(f64::NAN) / r.steps_per_s[0];
         lines.push(format!(
-            "{:<20} {:<5} {}  ({ratio:.2}x; default {} threads)",
+            "{:<20} {:<5} {}  ({ratio:.2}x; default {} threads; {} rounds)",
             r.workload,
             r.dtype,
             rates.join(" / "),
-            r.default_threads
+            r.default_threads,
+            r.rounds
         ));
     }
     Ok((
