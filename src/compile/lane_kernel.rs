@@ -107,24 +107,24 @@ impl LaneDims {
     /// the rows' `[R, k]` that [`lane_dots`] takes.
     fn of(v: &Layout, m: &Layout, dots: bool) -> Result<Self> {
         let (lanes, len) = v.shape().dims2()?;
-        let (shared, n, k) = match *m.shape().dims() {
-            [n, k] => (true, n, k),
-            [l, n, k] if l == lanes => (false, n, k),
-            _ => (false, usize::MAX, 0),
+        let matrix = match *m.shape().dims() {
+            [n, k] => Some((true, n, k)),
+            [l, n, k] if l == lanes => Some((false, n, k)),
+            _ => None,
         };
-        if (if dots { k } else { n }) != len || n == usize::MAX {
-            return Err(candle_core::Error::Msg(format!(
+        match matrix {
+            Some((shared, n, k)) if len == if dots { k } else { n } => Ok(Self {
+                lanes,
+                n,
+                k,
+                shared,
+            }),
+            _ => Err(candle_core::Error::Msg(format!(
                 "a lane product of {:?} vectors with a {:?} matrix",
                 v.shape(),
                 m.shape()
-            )));
+            ))),
         }
-        Ok(Self {
-            lanes,
-            n,
-            k,
-            shared,
-        })
     }
 }
 
@@ -667,8 +667,9 @@ fn dots_avx512<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     unsafe { dots_simd::<T, T::V512, 1>(g, m, d) }
 }
 
-/// [`lane_dots`]'s kernel one value at a time, for CPUs without AVX2 and FMA (the same order,
-/// not fused, as [`vecmat_plain`]).
+/// [`lane_dots`]'s kernel one value at a time, for CPUs without AVX2 and FMA: the same order,
+/// its running sums not fused (as [`vecmat_plain`]'s), so they differ from the fused kernel's,
+/// never from themselves.
 fn dots_plain<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     let LaneDims { lanes, n, k, .. } = d;
     let whole = k / T::SUMS * T::SUMS;

@@ -431,8 +431,8 @@ fn compare(c: Compare, x: &Tensor, y: &Tensor, out: &Shape) -> Result<Tensor> {
 }
 
 /// Which side of a matmul is a vector that needs a gradient against a matrix that does not (`X @
-/// w`, `w @ A` for data `X`, `A`): those go through [`super::lane_kernel::lane_vecmat`], whose sums do
-/// not depend on how many runs are batched (see `lanes`).
+/// w`, `w @ A` for data `X`, `A`): those go through [`super::lane_kernel::lane_vecmat`], whose
+/// sums do not depend on how many runs are batched (see `lanes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VecSide {
     /// `X @ w`: computed as `w @ Xᵀ`.

@@ -550,12 +550,12 @@ macro_rules! float {
 float!(f32, F32, values_f32, adjoint_f32, tanh_f32);
 float!(f64, F64, values_f64, adjoint_f64, f64::tanh);
 
-/// The region over every element (the live leaf's), a chunk at a time, appended to `out`: leaves loaded into
-/// their slots (or read in place where they have the region's shape), each step's values from
-/// its arguments'; then, with `grad`, the gradients back from the root's to the live leaf's,
-/// each slot's the sum of what the steps after it contribute, in reverse order of the steps,
-/// as candle's backward pass adds them into a zero (the first as `0 + c`, so a -0 becomes +0
-/// as it does there).
+/// The region over every element (the live leaf's), a chunk at a time, appended to `out`:
+/// leaves loaded into their slots (or read in place where they have the region's shape), each
+/// step's values from its arguments'; then, with `grad`, the gradients back from the root's to
+/// the live leaf's, each slot's the sum of what the steps after it contribute, in reverse order
+/// of the steps, as candle's backward pass adds them into a zero (the first as `0 + c`, so a -0
+/// becomes +0 as it does there).
 #[inline(always)]
 fn interpret<T: Float>(
     steps: &[Step],
