@@ -513,7 +513,7 @@ const DOT_COLUMNS: usize = 512;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn dot_tile<T: Num, S: Simd<T>, const TI: usize, const TR: usize, const A: usize>(
-    g: &[T],
+    (g, gk): (&[T], usize),
     m: &[T],
     d: LaneDims,
     (r0, i0): (usize, usize),
@@ -536,14 +536,15 @@ unsafe fn dot_tile<T: Num, S: Simd<T>, const TI: usize, const TR: usize, const A
             }
         }
         let rows: [*const T; TI] = std::array::from_fn(|t| m.as_ptr().add(base + (i0 + t) * k));
-        let lanes: [*const T; TR] = std::array::from_fn(|q| g.as_ptr().add((r0 + q) * k));
+        let g0 = cols.start;
+        let lanes: [*const T; TR] = std::array::from_fn(|q| g.as_ptr().add((r0 + q) * gk));
         for c in cols.step_by(T::SUMS) {
             let x: [[S; A]; TI] = std::array::from_fn(|t| {
                 std::array::from_fn(|a| S::load(rows[t].add(c + a * S::W)))
             });
             for (q, acc) in acc.iter_mut().enumerate() {
                 for a in 0..A {
-                    let y = S::load(lanes[q].add(c + a * S::W));
+                    let y = S::load(lanes[q].add(c - g0 + a * S::W));
                     for t in 0..TI {
                         acc[t][a] = S::fma(y, x[t][a], acc[t][a]);
                     }
@@ -568,7 +569,7 @@ unsafe fn dot_tile<T: Num, S: Simd<T>, const TI: usize, const TR: usize, const A
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn dot_tiles<T: Num, S: Simd<T>, const TI: usize, const TR: usize, const A: usize>(
-    g: &[T],
+    g: (&[T], usize),
     m: &[T],
     d: LaneDims,
     (r, i): (usize, &mut usize),
@@ -595,8 +596,14 @@ unsafe fn dots_simd<T: Num, S: Simd<T>, const A: usize>(g: &[T], m: &[T], d: Lan
     let whole = k / T::SUMS * T::SUMS;
     let mut sums = vec![T::default(); lanes * n * T::SUMS];
     let wide = S::REGS >= 32;
+    let mut packed = vec![T::default(); lanes * DOT_COLUMNS];
     for c0 in (0..whole).step_by(DOT_COLUMNS) {
         let cols = c0..(c0 + DOT_COLUMNS).min(whole);
+        let w = cols.len();
+        for (l, p) in packed.chunks_exact_mut(w).enumerate().take(lanes) {
+            p.copy_from_slice(&g[l * k + c0..l * k + c0 + w]);
+        }
+        let g = (&packed[..], w);
         let mut r = 0;
         while r < lanes {
             let group = match lanes - r {
