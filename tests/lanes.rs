@@ -261,6 +261,10 @@ const OP_PROGRAMS: &[(&str, &str)] = &[
         "sum(B @ Z[:, 0]) + sum(B @ Z) + sum(T3 @ Z) + sum(Z[0] @ B) + sum(v @ B) + sum(B @ B[0, 0]) + sum(X[0:2] @ B) + sum(B @ transpose(B)) + sum(T3 @ transpose(T3) @ Z[0:3])",
     ),
     (
+        "linear models' losses",
+        "z = X[0:3] @ x + s\nmean(softplus(z) - v * z) + sum(log1p((x @ M - c)^2) * c) + mean(exp(-(X @ (2 * x))) * c) + sum(sqrt(s * x @ M + 9))",
+    ),
+    (
         "per-lane consts",
         "c * sum(x^2) + sum(x) + c + sum([c, 2.0, -c] * x) + sum(v * c) * s + sum(where(x > c, x, 0)) + sum(clamp(Z, -c, 2)) + sum(X * [c, 1, 1]) + mean(X * c) * s",
     ),

@@ -54,26 +54,8 @@ impl CustomOp3 for VecMatBias {
         m: &CpuStorage,
         ml: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn add<T: Num>(out: &mut [T], b: &[T], k: usize) {
-            for (row, &b) in out.chunks_exact_mut(k.max(1)).zip(b) {
-                for x in row {
-                    *x = *x + b;
-                }
-            }
-        }
         let (mut out, d) = lane_product(v, vl, m, ml, false)?;
-        if bl.shape().elem_count() != d.lanes {
-            return Err(candle_core::Error::Msg(format!(
-                "a lane product's bias of {:?} for {} lanes",
-                bl.shape(),
-                d.lanes
-            )));
-        }
-        match (&mut out, b) {
-            (CpuStorage::F32(out), CpuStorage::F32(b)) => add(out, contiguous(b, bl)?, d.k),
-            (CpuStorage::F64(out), CpuStorage::F64(b)) => add(out, contiguous(b, bl)?, d.k),
-            _ => return float_only(),
-        }
+        add_bias(&mut out, (b, bl), d)?;
         Ok((out, Shape::from((d.lanes, d.k))))
     }
 
@@ -91,6 +73,34 @@ impl CustomOp3 for VecMatBias {
         let db = grad.sum_keepdim(1)?.reshape(b.shape())?;
         Ok((Some(dv), Some(db), None))
     }
+}
+
+/// Adds lane r's bias `b[r]` to each of its `k` products in `out`, the add's rounding.
+pub(super) fn add_bias(
+    out: &mut CpuStorage,
+    (b, bl): (&CpuStorage, &Layout),
+    d: LaneDims,
+) -> Result<()> {
+    fn add<T: Num>(out: &mut [T], b: &[T], k: usize) {
+        for (row, &b) in out.chunks_exact_mut(k.max(1)).zip(b) {
+            for x in row {
+                *x = *x + b;
+            }
+        }
+    }
+    if bl.shape().elem_count() != d.lanes {
+        return Err(candle_core::Error::Msg(format!(
+            "a lane product's bias of {:?} for {} lanes",
+            bl.shape(),
+            d.lanes
+        )));
+    }
+    match (out, b) {
+        (CpuStorage::F32(out), CpuStorage::F32(b)) => add(out, contiguous(b, bl)?, d.k),
+        (CpuStorage::F64(out), CpuStorage::F64(b)) => add(out, contiguous(b, bl)?, d.k),
+        _ => return float_only(),
+    }
+    Ok(())
 }
 
 /// Lanes, rows and columns of a lane product, and whether the matrix is shared by the lanes.
@@ -500,8 +510,9 @@ pub(super) fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     vecmat_plain(v, m, d)
 }
 
-/// Columns of the rows [`lane_dots`] takes per pass: 512 f32s of 8 lanes' rows (16 kB) stay in L1
-/// while every row of the matrix meets them.
+/// Columns of the rows [`lane_dots`] takes per pass: 512 of every lane's row, copied side by side
+/// (16 kB for 8 lanes of f32s), stay in L1 while every row of the matrix meets them. In place,
+/// rows of 4,096 lie 16 kB apart and all fall in the L1 sets of the matrix rows they meet.
 const DOT_COLUMNS: usize = 512;
 
 /// The running sums `[R, n, SUMS]` of [`lane_dots`] over columns `cols` (whole SUMS) for `TR`
@@ -714,7 +725,7 @@ pub(super) fn dots<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 
 /// The lane kernel on storages: `v @ m` (or, with `dots`, [`lane_dots`]'s `v @ mᵀ`) and its
 /// dimensions.
-fn lane_product(
+pub(super) fn lane_product(
     v: &CpuStorage,
     vl: &Layout,
     m: &CpuStorage,

@@ -19,8 +19,9 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::fused::{bias_add, matmul_2d};
 use super::lane_kernel::{lane_vecmat, lane_vecmat_bias};
+use super::lane_tail::lane_tail;
 use super::plan::{
-    Binary, Instr, Narrow, Op, Plan, Reg, VecSide, accumulating, apply, spread_wide,
+    Binary, Instr, Narrow, Op, Plan, Reduce, Reg, VecSide, accumulating, apply, spread_wide,
 };
 use super::region::Region;
 use super::shape::Shape;
@@ -60,6 +61,8 @@ struct Program {
     inner: Vec<bool>,
     /// The lane-kernel products with a bias per lane, by the register of their add.
     head: Vec<Option<Head>>,
+    /// The reductions of a region on a lane-kernel product, by the register of the reduction.
+    tail: Vec<Option<Tail>>,
     /// Per lane-kernel product `X @ w` with a shared `X` (see [`Form::Vec`]): `Xᵀ`, which the
     /// kernel reads, made once.
     transposed: Vec<Option<Tensor>>,
@@ -115,17 +118,95 @@ fn heads(plan: &Plan, batched: &[bool], live: &[bool], inner: &[bool]) -> Vec<Op
         .collect()
 }
 
-/// The registers `forward` reads to compute register `k`: a region's leaves, a head's operands,
-/// else the instruction's arguments.
+/// `sum(f(X @ w + b))` or `mean(..)` over each lane's elements, `f` a region whose live leaf is
+/// a lane-kernel product (with a head's bias, or alone) that only the region reads: one op
+/// ([`lane_tail`]) at the reduction.
+#[derive(Debug, Clone)]
+struct Tail {
+    /// The product's register, or its head's (the add) where it has one.
+    z: Reg,
+    product: Reg,
+    side: VecSide,
+    bias: Option<Reg>,
+    region: Arc<Region>,
+    mean: bool,
+    /// The registers it reads: the product's operands, the bias, the region's other leaves.
+    reads: Vec<Reg>,
+}
+
+/// The tails of `plan` by the register of their reduction, from its regions and heads.
+fn tails(
+    plan: &Plan,
+    batched: &[bool],
+    region: &[Option<Arc<Region>>],
+    head: &[Option<Head>],
+) -> Vec<Option<Tail>> {
+    let readers = plan.readers();
+    (0..plan.instrs.len())
+        .map(|k| {
+            let instr = &plan.instrs[k];
+            let (Op::Reduce { op, axis: None }, &[root]) = (&instr.op, instr.args.as_slice())
+            else {
+                return None;
+            };
+            let mean = match op {
+                Reduce::Sum => false,
+                Reduce::Mean => true,
+                _ => return None,
+            };
+            let r = region[root].as_ref()?;
+            let z = r.live_leaf();
+            let shape = &plan.instrs[root].shape;
+            let fits = readers[root] == [k]
+                && root != plan.output
+                && z != plan.output
+                && readers[z].iter().all(|q| r.members.contains(q))
+                && plan.instrs[z].shape == *shape
+                && shape.rank() == 1
+                && shape.dims().iter().product::<usize>() > 0;
+            if !fits {
+                return None;
+            }
+            let (product, side, bias) = match &head[z] {
+                Some(h) => (h.product, h.side, Some(h.bias)),
+                None => match form(&plan.instrs[z], plan, batched) {
+                    Some(Form::Vec(side)) => (z, side, None),
+                    _ => return None,
+                },
+            };
+            let reads = plan.instrs[product]
+                .args
+                .iter()
+                .copied()
+                .chain(bias)
+                .chain(r.leaves.iter().copied().filter(|&l| l != z))
+                .collect();
+            Some(Tail {
+                z,
+                product,
+                side,
+                bias,
+                region: Arc::clone(r),
+                mean,
+                reads,
+            })
+        })
+        .collect()
+}
+
+/// The registers `forward` reads to compute register `k`: a tail's or a region's leaves, a
+/// head's operands, else the instruction's arguments.
 fn reads<'a>(
     plan: &'a Plan,
     region: &'a [Option<Arc<Region>>],
     head: &'a [Option<Head>],
+    tail: &'a [Option<Tail>],
     k: usize,
 ) -> &'a [Reg] {
-    match (&region[k], &head[k]) {
-        (Some(r), _) => &r.leaves,
-        (None, Some(h)) => &h.reads,
+    match (&tail[k], &region[k], &head[k]) {
+        (Some(t), ..) => &t.reads,
+        (None, Some(r), _) => &r.leaves,
+        (None, None, Some(h)) => &h.reads,
         _ => &plan.instrs[k].args,
     }
 }
@@ -224,9 +305,19 @@ impl LaneEvaluator {
         for h in head.iter().flatten() {
             inner[h.product] = true;
         }
+        let tail = match fuse {
+            true => tails(&plan, &batched, &region, &head),
+            false => vec![None; n],
+        };
+        for t in tail.iter().flatten() {
+            let root = *t.region.members.last().expect("a root");
+            for r in [root, t.z, t.product] {
+                inner[r] = true;
+            }
+        }
         let last_use = plan.last_uses_reading(|k| match inner[k] {
             true => Vec::new(),
-            false => reads(&plan, &region, &head, k).to_vec(),
+            false => reads(&plan, &region, &head, &tail, k).to_vec(),
         });
         let source = Arc::clone(&compiled.file.source);
         let loss_span = plan.instrs[plan.output].span.clone();
@@ -240,6 +331,7 @@ impl LaneEvaluator {
                 region,
                 inner,
                 head,
+                tail,
                 transposed: vec![None; n],
                 accumulate,
                 source,
@@ -411,10 +503,11 @@ impl LaneEvaluator {
             if !p.live[k] || p.inner[k] {
                 continue;
             }
-            let value = match (&instr.op, &p.region[k], &p.head[k]) {
+            let value = match (&instr.op, &p.tail[k], &p.region[k], &p.head[k]) {
                 (Op::Input(i), ..) => Ok(self.params[i - p.n_data].as_tensor().clone()),
-                (_, Some(region), _) => self.region(region, &mut regs),
-                (_, None, Some(head)) => self.head(head, &regs),
+                (_, Some(tail), ..) => self.tail(tail, k, &mut regs),
+                (_, None, Some(region), _) => self.region(region, &mut regs),
+                (_, None, None, Some(head)) => self.head(head, &regs),
                 _ => self.compute(k, &regs),
             };
             regs[k] = Some(value.map_err(|e| {
@@ -422,7 +515,7 @@ impl LaneEvaluator {
                     .at(&p.source, instr.span.clone())
                     .help("this is a gradscope bug: the shapes were checked, so please report it")
             })?);
-            for &a in reads(&p.plan, &p.region, &p.head, k) {
+            for &a in reads(&p.plan, &p.region, &p.head, &p.tail, k) {
                 if p.last_use[a] == k {
                     regs[a] = None;
                 }
@@ -452,7 +545,6 @@ impl LaneEvaluator {
     /// A region's root value, its leaves read from `regs` or fixed (with the lane axis where
     /// they have it, lifted to the region's rank); op by op where this thread does not fuse.
     fn region(&self, region: &Region, regs: &mut [Option<Tensor>]) -> candle_core::Result<Tensor> {
-        let p = &self.program;
         let (&root, members) = region.members.split_last().expect("a root");
         if !super::region::fusing() {
             for &m in members {
@@ -464,21 +556,76 @@ impl LaneEvaluator {
             }
             return value;
         }
-        let shape = &p.plan.instrs[root].shape;
-        let leaves = region
-            .leaves
-            .iter()
-            .map(|&a| {
+        let leaves = self.leaves(region, region.leaves.iter().copied(), regs)?;
+        region.apply(&leaves.iter().collect::<Vec<_>>(), &self.dims(root))
+    }
+
+    /// Register `k`'s shape with the lane axis.
+    fn dims(&self, k: usize) -> Vec<usize> {
+        let mut dims = vec![self.lanes];
+        dims.extend_from_slice(self.program.plan.instrs[k].shape.dims());
+        dims
+    }
+
+    /// The values of `leaves` of `region`, with the lane axis where they have it, lifted to
+    /// the region's rank.
+    fn leaves(
+        &self,
+        region: &Region,
+        leaves: impl Iterator<Item = Reg>,
+        regs: &[Option<Tensor>],
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let p = &self.program;
+        let rank = p.plan.instrs[*region.members.last().expect("a root")]
+            .shape
+            .rank();
+        leaves
+            .map(|a| {
                 let t = self.value(regs, a);
                 match p.batched[a] {
-                    true => lift(t, &p.plan.instrs[a].shape, shape.rank()),
+                    true => lift(t, &p.plan.instrs[a].shape, rank),
                     false => Ok(t.clone()),
                 }
             })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let mut dims = vec![self.lanes];
-        dims.extend_from_slice(shape.dims());
-        region.apply(&leaves.iter().collect::<Vec<_>>(), &dims)
+            .collect()
+    }
+
+    /// A tail's reduction (register `k`) as one op; its parts op by op where this thread does
+    /// not fuse.
+    fn tail(
+        &self,
+        tail: &Tail,
+        k: usize,
+        regs: &mut [Option<Tensor>],
+    ) -> candle_core::Result<Tensor> {
+        let p = &self.program;
+        let root = *tail.region.members.last().expect("a root");
+        if !super::region::fusing() {
+            regs[tail.product] = Some(self.compute(tail.product, regs)?);
+            if tail.z != tail.product {
+                regs[tail.z] = Some(self.compute(tail.z, regs)?);
+            }
+            regs[root] = Some(self.region(&tail.region, regs)?);
+            let value = self.compute(k, regs);
+            for r in [tail.product, tail.z, root] {
+                regs[r] = None;
+            }
+            return value;
+        }
+        let instr = &p.plan.instrs[tail.product];
+        let read = |a: usize| self.value(regs, a);
+        let (v, m) = self.vec_operands(
+            tail.product,
+            tail.side,
+            read(instr.args[0]),
+            read(instr.args[1]),
+        )?;
+        let others = tail.region.leaves.iter().copied().filter(|&l| l != tail.z);
+        let others = self.leaves(&tail.region, others, regs)?;
+        let region = tail
+            .region
+            .program(&others.iter().collect::<Vec<_>>(), &self.dims(root))?;
+        lane_tail(v, tail.bias.map(read), &m, region, tail.mean)
     }
 
     /// Register `a`'s value: computed in this evaluation (in `regs`) or fixed.
@@ -881,5 +1028,79 @@ fn same_op(a: &Op, b: &Op) -> bool {
         }
         Op::Detach => matches!(b, Op::Detach),
         Op::Function(f) => matches!(b, Op::Function(g) if Arc::ptr_eq(f, g)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::compile::compile;
+    use crate::lang::file;
+
+    /// Three linear models' losses: `X @ x + s` with its bias and data in the region, `x @ M`
+    /// with a per-lane const, `X @ (2 x)` alone; and two that are no tail (the product read
+    /// outside its region, a reduction over one axis).
+    const TAILS: &str = "z = X @ x + s\n\
+        mean(softplus(z) - lab * z) + sum(log1p((x @ M - c)^2) * c) + mean(exp(-(X @ (2 * x))) * lab) \
+        + sum(tanh(X @ (3 * x)) * 2) + sum(X @ (3 * x)) + sum(sin(Y @ x) + 1, 0)[0]";
+
+    fn compiled() -> CompiledFile {
+        let text = format!(
+            "name = \"t\"\nseed = 1\ndtype = \"f64\"\nloss = \"\"\"\n{TAILS}\n\"\"\"\n[data]\n\
+             X = \"randn(40, 3)\"\nY = \"randn(2, 5, 3)\"\nM = \"randn(3, 7)\"\n\
+             lab = \"where(randn(40) > 0, 1, 0)\"\n[consts]\nc = 0.7\n\
+             [params]\nx = \"randn(3)\"\ns = 0.3\n\
+             [[variants]]\nname = \"other\"\nconsts = {{ c = -1.9 }}\n"
+        );
+        let loaded = file::load_bytes(Path::new("t.toml"), text.into_bytes());
+        let (c, d) = compile(
+            loaded
+                .file
+                .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics)),
+        );
+        c.unwrap_or_else(|| panic!("{d:?}"))
+    }
+
+    #[test]
+    fn a_linear_models_loss_is_one_op_whose_lanes_keep_their_bits_in_any_batch() {
+        let c = compiled();
+        let lanes = |defs: &[usize]| {
+            LaneEvaluator::new(&c, defs, DType::F64)
+                .unwrap()
+                .expect("batches")
+        };
+        let batch = lanes(&[0, 1]);
+        let mut tails: Vec<(bool, bool)> = batch
+            .program
+            .tail
+            .iter()
+            .flatten()
+            .map(|t| (t.bias.is_some(), t.mean))
+            .collect();
+        tails.sort();
+        assert_eq!(tails, [(false, false), (false, true), (true, true)]);
+        // Lane by lane, the same bits whatever else the batch holds.
+        let bits = |e: &LaneEvaluation, r: usize| {
+            let mut v = vec![e.losses[r].to_bits()];
+            for g in &e.grads {
+                v.extend(
+                    values_f64(&g.get(r).unwrap())
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.to_bits()),
+                );
+            }
+            v
+        };
+        let (a, b) = (
+            batch.evaluate().unwrap(),
+            lanes(&[1, 0, 0]).evaluate().unwrap(),
+        );
+        assert_eq!(bits(&a, 0), bits(&b, 1));
+        assert_eq!(bits(&a, 0), bits(&b, 2));
+        assert_eq!(bits(&a, 1), bits(&b, 0));
+        assert_ne!(bits(&a, 0), bits(&a, 1));
     }
 }

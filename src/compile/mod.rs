@@ -12,6 +12,7 @@ pub mod fused;
 pub mod gradcheck;
 pub mod hessian;
 pub mod lane_kernel;
+pub mod lane_tail;
 pub mod lanes;
 pub mod lower;
 pub mod matvec;

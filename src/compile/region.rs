@@ -251,6 +251,11 @@ impl Region {
         }
     }
 
+    /// The leaf that carries gradient.
+    pub fn live_leaf(&self) -> Reg {
+        self.leaves[self.live]
+    }
+
     /// The root's value, of shape `dims`, from the leaves' values (in [`Region::leaves`]
     /// order), each broadcast to `dims` as the ops would broadcast it.
     pub fn apply(&self, leaves: &[&Tensor], dims: &[usize]) -> Result<Tensor> {
@@ -260,19 +265,54 @@ impl Region {
             t if t.dims() == dims => t.contiguous()?,
             t => t.broadcast_as(dims)?.contiguous()?,
         };
-        let others = leaves
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match i == self.live {
+        let others: Vec<&Tensor> = (0..leaves.len())
+            .filter(|&i| i != self.live)
+            .map(|i| leaves[i])
+            .collect();
+        live.apply_op1(self.program(&others, dims)?.0)
+    }
+
+    /// The region at `dims` on storages, for an op that computes its live leaf itself: `others`
+    /// are the other leaves' values (in [`Region::leaves`] order, the live one left out).
+    pub fn program(&self, others: &[&Tensor], dims: &[usize]) -> Result<Program> {
+        let mut others = others.iter();
+        let others = (0..self.leaves.len())
+            .map(|i| match i == self.live {
                 true => Ok(None),
-                false => Leaf::new(t, dims).map(Some),
+                false => match others.next() {
+                    Some(t) => Leaf::new(t, dims).map(Some),
+                    None => candle_core::bail!("a region without its leaves"),
+                },
             })
             .collect::<Result<Vec<_>>>()?;
-        live.apply_op1(Fused {
+        Ok(Program(Fused {
             steps: Arc::clone(&self.steps),
             live: self.live,
             others: others.into(),
-        })
+        }))
+    }
+}
+
+/// A [`Region`] with its leaves, run on the live leaf's values by [`Program::run`].
+pub struct Program(Fused);
+
+impl Program {
+    /// The root's values (`grad` None), or the live leaf's gradient from the root's `grad`
+    /// (each element's), all contiguous in the region's element order.
+    pub fn run(&self, live: &CpuStorage, grad: Option<&CpuStorage>) -> Result<CpuStorage> {
+        let layout = |s: &CpuStorage| Layout::contiguous(storage_len(s));
+        let grad = grad.map(|g| (g, layout(g)));
+        self.0
+            .storage((live, &layout(live)), grad.as_ref().map(|(g, l)| (*g, l)))
+    }
+}
+
+/// The number of elements of a storage of floats.
+fn storage_len(s: &CpuStorage) -> usize {
+    match s {
+        CpuStorage::F32(v) => v.len(),
+        CpuStorage::F64(v) => v.len(),
+        _ => 0,
     }
 }
 
