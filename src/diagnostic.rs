@@ -179,7 +179,7 @@ impl Diagnostic {
             }
             out.push_str(": ");
         }
-        let _ = write!(out, "{}: {}", self.severity_word(), self.message);
+        let _ = write!(out, "{}: {}", self.severity_word(), escaped(&self.message));
         out
     }
 
@@ -211,7 +211,7 @@ impl Diagnostic {
             Severity::Error => paint("1;31", "error"),
             Severity::Warning => paint("1;33", "warning"),
         };
-        let mut out = format!("{sev}: {}\n", paint("1", &self.message));
+        let mut out = format!("{sev}: {}\n", paint("1", &escaped(&self.message)));
         let location = match (&self.source, &self.span) {
             (Some(source), Some(span)) => Some((source, clamp_span(span, &source.text))),
             _ => None,
@@ -221,7 +221,7 @@ impl Diagnostic {
                 let _ = writeln!(out, "  {} {}", paint("34", "-->"), file.display());
             }
             if let Some(help) = &self.help {
-                let _ = writeln!(out, "  {} {help}", paint("34", "= help:"));
+                let _ = writeln!(out, "  {} {}", paint("34", "= help:"), escaped(help));
             }
             return out;
         };
@@ -240,9 +240,15 @@ impl Diagnostic {
             .find('\n')
             .map_or(source.text.len(), |i| line_start + i);
         let text = source.text[line_start..line_end].trim_end_matches('\r');
+        // One column per character, so the carets line up: a tab as a space, other control
+        // characters (a binary file's) as U+FFFD.
         let chars: Vec<char> = text
             .chars()
-            .map(|c| if c == '\t' { ' ' } else { c })
+            .map(|c| match c {
+                '\t' => ' ',
+                c if c.is_control() => '\u{FFFD}',
+                c => c,
+            })
             .collect();
         let caret_from = col - 1;
         let caret_len = source.text[span.start..span.end.min(line_end).max(span.start)]
@@ -269,7 +275,7 @@ impl Diagnostic {
                 "^".repeat(caret_len),
                 self.label
                     .as_ref()
-                    .map(|l| format!(" {l}"))
+                    .map(|l| format!(" {}", escaped(l)))
                     .unwrap_or_default()
             ),
         );
@@ -281,6 +287,7 @@ impl Diagnostic {
         );
         let _ = writeln!(out, "{pad} {bar} {}{carets}", " ".repeat(caret_col));
         if let Some(help) = &self.help {
+            let help = escaped(help);
             let mut lines = help.lines();
             let _ = writeln!(
                 out,
@@ -308,6 +315,25 @@ impl Diagnostic {
             "help": self.help,
         })
     }
+}
+
+/// `s` with its control characters replaced by U+FFFD, one column each: text from a file
+/// printed to a terminal, which would act on an escape sequence.
+pub fn plain(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+/// `s` with its control characters but line breaks escaped (`\u{1b}`), for messages and
+/// help that quote a file's text.
+fn escaped(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c.is_control() && c != '\n' {
+            true => c.escape_unicode().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect()
 }
 
 /// Keeps a span inside the text and on character boundaries, so rendering never panics.

@@ -70,6 +70,21 @@ fn each_warning_file_compiles_and_gets_its_warnings() {
     }
 }
 
+/// A file's control characters (a binary file's bytes, escape sequences in a name) never reach
+/// the terminal: the reports show them as U+FFFD or escaped.
+#[test]
+fn no_report_holds_a_control_character() {
+    for path in malformed_files()
+        .into_iter()
+        .chain(toml_files("tests/warnings"))
+    {
+        let report = check_file(&path, true);
+        let text = rendered(&report.file.diagnostics);
+        let bad = text.chars().find(|&c| c.is_control() && c != '\n');
+        assert_eq!(bad, None, "{}:\n{text}", path.display());
+    }
+}
+
 #[test]
 fn check_exits_one_for_each_malformed_file() {
     for path in malformed_files() {

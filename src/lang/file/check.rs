@@ -17,7 +17,7 @@ use super::{
     MetricEntry, OptimizerDef, OptimumEntry, ParamEntry, ParamTable, Setting, SettingValue,
     Variant, is_identifier, string_offsets,
 };
-use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean};
+use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean, plain};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
 use crate::lang::lexer::OffsetMap;
 use crate::lang::parser::{ParseError, parse_expr, parse_program};
@@ -114,7 +114,7 @@ impl Checker {
         let source = Arc::clone(&self.source);
         let (root, toml_errors) = DeTable::parse_recoverable(&source.text);
         self.name = match root.get_ref().get("name").map(|v| v.get_ref()) {
-            Some(DeValue::String(s)) => Some(s.to_string()),
+            Some(DeValue::String(s)) => Some(plain(s)),
             _ => None,
         };
         if !self.toml_errors(toml_errors) {
@@ -128,7 +128,7 @@ impl Checker {
         self.check_misplaced_top_keys(&root);
 
         let name = match root.get("name") {
-            Some(v) => self.string(v, "`name`").map(|(s, _)| s),
+            Some(v) => self.text(v, "`name`").map(|(s, _)| s),
             None => {
                 self.error("missing `name`", whole.clone()).help =
                     Some("add `name = \"My loss\"` at the top of the file".into());
@@ -137,7 +137,7 @@ impl Checker {
         };
         let about = root
             .get("about")
-            .and_then(|v| self.string(v, "`about`"))
+            .and_then(|v| self.text(v, "`about`"))
             .map(|(s, _)| s);
         let seed = root.get("seed").and_then(|v| self.seed(v)).unwrap_or(0);
         let dtype = root
@@ -550,6 +550,25 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// A string shown as text (a name, an about line), its control characters (an escape
+    /// sequence would recolour or retitle the terminal it is printed to) replaced by U+FFFD,
+    /// with a warning.
+    fn text(&mut self, v: &Value, what: &str) -> Option<(String, Span)> {
+        let (s, span) = self.string(v, what)?;
+        let Some(c) = s.chars().find(|c| c.is_control()) else {
+            return Some((s, span));
+        };
+        let mut d = Diagnostic::warning(format!(
+            "{what} holds a control character (U+{:04X}): shown as \u{FFFD}",
+            u32::from(c)
+        ))
+        .at(&self.source, span.clone());
+        d.help =
+            Some("write it as plain text: a terminal would act on the control characters".into());
+        self.diags.push(d);
+        Some((plain(&s), span))
     }
 
     fn number(&mut self, v: &Value, what: &str) -> Option<f64> {

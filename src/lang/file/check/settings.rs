@@ -225,7 +225,7 @@ impl Checker {
             };
             self.check_keys(t, VARIANT_KEYS, "a variant");
             let name = match t.get("name") {
-                Some(n) => self.string(n, "a variant's `name`"),
+                Some(n) => self.text(n, "a variant's `name`"),
                 None => {
                     self.error("a variant needs a `name`", span.start..span.start + 1)
                         .help = Some("add name = \"...\" under [[variants]]".into());
@@ -234,7 +234,7 @@ impl Checker {
             };
             let about = t
                 .get("about")
-                .and_then(|v| self.string(v, "`about`"))
+                .and_then(|v| self.text(v, "`about`"))
                 .map(|(s, _)| s);
             let loss = t.get("loss").and_then(|v| self.program(v));
             let dtype = t.get("dtype").and_then(|v| self.dtype(v));
