@@ -284,7 +284,10 @@ fn unexpected(chars: &str, span: Span) -> LexError {
                 "an invisible character (pasted from a web page or document?): delete it and type a plain space"
                     .into(),
             ),
-            _ => None,
+            _ => Some(
+                "the loss language is ASCII names, numbers, operators and brackets: delete it or type its ASCII form"
+                    .into(),
+            ),
         },
     }
 }

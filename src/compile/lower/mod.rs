@@ -504,8 +504,18 @@ impl Lowerer {
             }
             let help = if Builtin::from_name(name).is_some() {
                 Some(format!("`{name}` is a function: call it as {name}(...)"))
+            } else if matches!(
+                name.to_ascii_lowercase().as_str(),
+                "nan" | "inf" | "infinity"
+            ) {
+                Some(
+                    "NaN and infinity have no names in expressions: write 0 / 0 or 1 / 0 \
+                     (or a bare TOML number for a scalar entry, w = nan)"
+                        .into(),
+                )
             } else {
                 did_you_mean(name, self.env.keys().map(String::as_str))
+                    .or_else(|| Some(in_scope(self.env.keys())))
             };
             self.error(format!("unknown name `{name}`"), span).help = help;
             return Err(Reported);
@@ -765,6 +775,21 @@ impl Lowerer {
         let s = self.broadcast("^", base, exp, op_span)?;
         self.emit(Op::Binary(Binary::Pow), vec![base, exp], s, span)
     }
+}
+
+/// The help for a name that is close to none in scope: the names that are (a dozen at most),
+/// since a typo far from every name is often a name from another file or an earlier version.
+fn in_scope<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let mut names: Vec<&str> = names.map(String::as_str).collect();
+    names.sort_unstable();
+    let more = names.len().saturating_sub(12);
+    let shown: Vec<String> = names.iter().take(12).map(|n| format!("`{n}`")).collect();
+    let listed = match (shown.is_empty(), more) {
+        (true, _) => "none but the constants".to_string(),
+        (false, 0) => shown.join(", "),
+        (false, n) => format!("{} and {n} more", shown.join(", ")),
+    };
+    format!("names defined here: {listed} (and the constants `pi`, `e`)")
 }
 
 fn is_power_of_two(c: f64) -> bool {
