@@ -899,6 +899,15 @@ fn plus_and_minus_scale_the_selected_runs_lr() {
         assert_eq!(s.runs[i].lr_scale, 1.0, "run {i} was not selected");
         assert!(s.runs[i].lr_changes.is_empty());
     }
+    // The inspector shows the lr the next update takes, not the one its row was recorded with.
+    let base = f64::from(s.runs[1].history.core(9).lr);
+    let want = format!("lr        {} (×2)", gradscope::format::fmt_num(2.0 * base));
+    let t = draw(&app, 160, 45);
+    assert!(
+        rows(&t).iter().any(|l| l.contains(&want)),
+        "{}",
+        rows(&t).join("\n")
+    );
     // The engine uses it: the next step's recorded lr is twice the previous one.
     typed_settled(&mut app, &rx, "n");
     let h = &app.session().unwrap().runs[1].history;
@@ -910,6 +919,34 @@ fn plus_and_minus_scale_the_selected_runs_lr() {
     // `=` is `+` without shift.
     typed_settled(&mut app, &rx, "=");
     assert_eq!(app.session().unwrap().runs[1].lr_scale, 1.0);
+}
+
+/// While the worker computes an inspection its runs wait for, the status bar says so instead
+/// of "running" (a large model's Hessian takes seconds).
+#[test]
+fn the_status_bar_says_what_the_playing_runs_wait_for() {
+    use gradscope::run::worker::Event;
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, " ");
+    let status = |app: &App| {
+        rows(&draw(app, 160, 45))
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let id = app.session().unwrap().id;
+    app.handle(Msg::Worker(id, Event::Playing(true)));
+    assert!(status(&app).contains("running"), "{}", status(&app));
+    app.handle(Msg::Worker(id, Event::Busy(Some("the Hessian"))));
+    assert!(
+        status(&app).contains("waiting for the Hessian…"),
+        "{}",
+        status(&app)
+    );
+    assert!(!status(&app).contains("running"), "{}", status(&app));
+    app.handle(Msg::Worker(id, Event::Busy(None)));
+    assert!(status(&app).contains("running"), "{}", status(&app));
+    typed_settled(&mut app, &rx, " ");
 }
 
 /// The chart marks the step where the lr changed, also while the runs play.

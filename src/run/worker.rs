@@ -246,6 +246,9 @@ pub enum Event {
     LrFound(RunId, u64, Result<Box<LrFind>, String>),
     /// The curvature of a run at a step.
     Curvature(RunId, u64, Curvature),
+    /// The worker computes what it names (an inspection of a run), and its runs wait until it
+    /// is done; None once it is.
+    Busy(Option<&'static str>),
     /// A param's gradient formula in a run, looked at at a step.
     Formula(RunId, u64, Box<Formula>),
     /// The whole Hessian of a run at a step, or why there is none.
@@ -633,6 +636,25 @@ impl Worker {
             }
             _ => {}
         }
+        // The runs wait for an inspection (the top eigenvalue of a large model takes seconds):
+        // the UI says so rather than "running".
+        let busy = match &c {
+            Command::Gradcheck(_) => Some("a gradient check"),
+            Command::LrFind(_) => Some("an lr range test"),
+            Command::Hessian(_) => Some("the Hessian"),
+            Command::Formula(..) => Some("a gradient formula"),
+            _ => None,
+        };
+        if busy.is_some() {
+            self.send(Event::Busy(busy));
+        }
+        self.execute(c);
+        if busy.is_some() {
+            self.send(Event::Busy(None));
+        }
+    }
+
+    fn execute(&mut self, c: Command) {
         match c {
             Command::Play => {
                 // A finished run played again goes on for as many steps as it was given.

@@ -56,6 +56,9 @@ pub struct RunView {
     pub lr_changes: Vec<u64>,
     /// Each change as `(step, multiplier)`, to set again at the same steps after an edit.
     pub lr_set: Vec<(u64, f64)>,
+    /// The last change's step and the multiplier before it: that step's row was recorded
+    /// with the old one, and the next update takes the new one.
+    pub lr_before: Option<(u64, f64)>,
     pub clipped: u64,
     pub skipped: u64,
     pub first_nonfinite: Option<u64>,
@@ -140,6 +143,8 @@ pub struct Session {
     pub playing: bool,
     /// The step the worker's counted steps (`3000N`) are heading for, while it takes them.
     pub stepping: Option<u64>,
+    /// What the worker computes while its runs wait (see [`Event::Busy`]).
+    pub busy: Option<&'static str>,
     /// Counted steps were asked for and the worker has not said yet that it takes them: `space`
     /// then pauses (it would have played on past them), other keys still queue behind them.
     pub steps_asked: bool,
@@ -266,6 +271,7 @@ impl Session {
                     lr_scale: 1.0,
                     lr_changes: Vec::new(),
                     lr_set: Vec::new(),
+                    lr_before: None,
                     clipped: 0,
                     skipped: 0,
                     first_nonfinite: None,
@@ -314,6 +320,7 @@ impl Session {
                     r.streams = super::chart::streams(&r.history, self.smoothing);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
                     r.lr_scale = scale;
+                    r.lr_before = None;
                     r.halted = None;
                     // A change made at the step rewound to is in that step's snapshot: it stays.
                     // One made later is undone with its steps, and the log says so.
@@ -381,6 +388,9 @@ impl Session {
             }
             Event::LrScale(rid, scale, step) => {
                 if let Some(r) = live(&mut self.runs, rid) {
+                    if r.lr_before.is_none_or(|(s, _)| s != step) {
+                        r.lr_before = Some((step, r.lr_scale));
+                    }
                     r.lr_scale = scale;
                     r.lr_changes.push(step);
                     // A change set again after an edit is already in the plan.
@@ -457,6 +467,7 @@ impl Session {
                 .on_next_update(run, step, loss, origin, direction),
             Event::Playing(p) => self.playing = p,
             Event::Stepping(t) => (self.stepping, self.steps_asked) = (t, false),
+            Event::Busy(what) => self.busy = what,
             Event::Failed(why) => {
                 self.landscape.on_worker_gave_up();
                 self.failed = Some(why);
@@ -502,6 +513,7 @@ impl Session {
             selected: 0,
             playing: false,
             stepping: None,
+            busy: None,
             steps_asked: false,
             warnings: Vec::new(),
             failed,
@@ -604,6 +616,7 @@ impl Session {
             r.params.clear();
             r.halted = None;
             r.lr_scale = 1.0;
+            r.lr_before = None;
             r.lr_changes.clear();
             r.clipped = 0;
             r.skipped = 0;

@@ -96,9 +96,14 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             "|∇|       {}",
             fmt_num(f64::from(c.grad_norm))
         )));
+        // The lr the next update takes: a change at this step came after its row.
+        let lr = match r.lr_before {
+            Some((step, before)) if step == last as u64 => f64::from(c.lr) / before * r.lr_scale,
+            _ => f64::from(c.lr),
+        };
         lines.push(Line::from(format!(
             "lr        {}{}",
-            fmt_num(f64::from(c.lr)),
+            fmt_num(lr),
             if r.lr_scale != 1.0 {
                 format!(" (×{})", r.lr_scale)
             } else {

@@ -36,7 +36,13 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
                 "{:.0} steps/s{over} · ",
                 s.steps_per_s()
             )));
-            spans.push(Span::styled("running", Style::new().fg(Color::Green)));
+            match s.busy {
+                Some(what) => spans.push(Span::styled(
+                    format!("waiting for {what}…"),
+                    Style::new().fg(Color::Yellow),
+                )),
+                None => spans.push(Span::styled("running", Style::new().fg(Color::Green))),
+            }
         } else if let Some(target) = s.stepping {
             spans.push(Span::styled(
                 format!("stepping to {target}… (space stops)"),
