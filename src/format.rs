@@ -36,6 +36,18 @@ pub fn cut(text: &str, max: usize) -> String {
     }
 }
 
+/// The columns `text` takes in a terminal (a CJK character or an emoji two, a combining mark
+/// none): what a table's column must be as wide as.
+pub fn columns(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `text` padded with spaces to `width` terminal columns (see [`columns`]); `{:<w$}` counts
+/// characters, and a name with an emoji shifted the rest of its row.
+pub fn pad(text: &str, width: usize) -> String {
+    format!("{text}{}", " ".repeat(width.saturating_sub(columns(text))))
+}
+
 /// Compact number formatting for tables.
 pub fn fmt_num(v: f64) -> String {
     if let Some(s) = fmt_special(v) {

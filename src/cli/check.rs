@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::compile::{self, CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
-use crate::format::{describe, fmt_num, json_num};
+use crate::format::{columns, describe, fmt_num, json_num, pad};
 use crate::load::{self, LoadedFile, discover_with_optimizers};
 use crate::run::{Run, RunRequest};
 
@@ -224,7 +224,7 @@ fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Re
     let width = r
         .runs
         .iter()
-        .map(|run| run.name.chars().count())
+        .map(|run| columns(&run.name))
         .max()
         .unwrap_or(0);
     for run in &r.runs {
@@ -240,8 +240,8 @@ fn write_check(r: &FileReport, color: bool, out: &mut impl Write) -> std::io::Re
             .collect();
         writeln!(
             out,
-            "      {:<width$} {:<4} loss {:<12} {}",
-            run.name,
+            "      {} {:<4} loss {:<12} {}",
+            pad(&run.name, width),
             run.dtype,
             fmt_num(run.loss),
             grads.join("  ")
@@ -361,13 +361,14 @@ pub fn list(
         let mut widths = [0usize; 4];
         for row in std::iter::once(&header).chain(&rows) {
             for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(columns(cell));
             }
         }
         for row in std::iter::once(&header).chain(&rows) {
             let mut line = String::new();
             for (w, cell) in widths.iter().zip(row) {
-                line.push_str(&format!("{cell:<w$}  ", w = *w));
+                line.push_str(&pad(cell, *w));
+                line.push_str("  ");
             }
             line.push_str(&row[4]);
             writeln!(out, "{}", line.trim_end())?;

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
-use crate::format::fmt_num;
+use crate::format::{columns, fmt_num, pad};
 use crate::lang::file::DType;
 use crate::load;
 use crate::optim::groups::{GroupError, param_groups};
@@ -287,19 +287,15 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
 
 /// `header` and `rows` as text columns, each as wide as its widest cell, two spaces apart.
 pub(super) fn aligned(header: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| columns(h)).collect();
     for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
+            *w = (*w).max(columns(c));
         }
     }
     let mut out = String::new();
     for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
-        let parts: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let parts: Vec<String> = row.iter().zip(&widths).map(|(c, w)| pad(c, *w)).collect();
         out.push_str(parts.join("  ").trim_end());
         out.push('\n');
     }
@@ -455,7 +451,7 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
         .unwrap_or_default();
     let width = runs
         .iter()
-        .map(|r| r.name.chars().count())
+        .map(|r| columns(&r.name))
         .max()
         .unwrap_or(0)
         .max("run".len());
@@ -530,8 +526,8 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
                     metrics[i].csv_cells(r.step)
                 ),
                 Format::Table => format!(
-                    "{:<width$} {:>8} {:>14} {:>12} {:>10}",
-                    run.name,
+                    "{} {:>8} {:>14} {:>12} {:>10}",
+                    pad(&run.name, width),
                     r.step,
                     fmt_num(r.core.loss),
                     fmt_num(r.core.grad_norm as f64),
