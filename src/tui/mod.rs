@@ -156,6 +156,12 @@ fn event_loop(
             folders.push((canonical, dir));
         }
     }
+    // Loading compiles every file and computes its data (seconds for a large data matrix):
+    // a blank terminal meanwhile looked like a hang.
+    terminal.draw(|f| {
+        let note = format!(" gradscope: loading {}…", path.display());
+        f.render_widget(ratatui::widgets::Paragraph::new(note), f.area());
+    })?;
     let mut app = App::open(path, tx);
     app.out_dir = out_dir.map(Path::to_path_buf);
     let size = terminal.size()?;
