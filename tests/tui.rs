@@ -447,6 +447,25 @@ fn log_scale_is_off_while_a_value_is_below_0() {
     assert!(rows(&draw(&app, 160, 45)).join("\n").contains("(log y)"));
 }
 
+/// A file that compiles but whose every run halted (NaN at its initial params) is marked `!` in
+/// the list, not ✓: `check` fails it. One with a run still going keeps its ✓.
+#[test]
+fn a_file_whose_runs_all_halted_is_marked_in_the_list() {
+    let dir = Scratch::new("all-halted");
+    dir.write(
+        "nan.toml",
+        "name = \"Starts at NaN\"\nloss = \"sum(log(w))\"\n\n[params]\nw = \"[-1.0, 2.0]\"\n",
+    );
+    let (mut app, rx) = open(&format!("{}/nan.toml", dir.path()));
+    typed_settled(&mut app, &rx, "n");
+    let list = |app: &App| rows(&draw(app, 160, 45)).join("\n");
+    assert!(list(&app).contains("! Starts at NaN"), "{}", list(&app));
+    let (mut app, rx) = open("losses/norm_at_zero.toml");
+    typed_settled(&mut app, &rx, "n");
+    assert!(list(&app).contains("✓ "), "{}", list(&app));
+    assert!(!list(&app).contains("! "), "{}", list(&app));
+}
+
 /// A schedule-free run beside Adam: its eval params' loss is a second, dimmer line of its colour.
 const SCHEDULE_FREE: &str = r#"name = "Schedule-free"
 loss = "(1 - x)^2 + 100 * (y - x^2)^2"

@@ -38,8 +38,16 @@ fn row<'a>(app: &'a App, row: FileRow<'a>, width: usize) -> Line<'a> {
         FileRow::Group(group) => Line::from(format!("{group}/")).bold(),
         FileRow::File { index, indented } => {
             let f = &app.files[index];
+            // A file that compiles but whose runs all halted (NaN at its initial params, say)
+            // is no ✓: `check` fails it.
+            let halted = f
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.runs.is_empty() && s.runs.iter().all(|r| r.halted.is_some()));
             let badge = if f.broken() {
                 Span::styled("✗ ", Style::new().fg(Color::Red))
+            } else if halted {
+                Span::styled("! ", Style::new().fg(Color::Yellow))
             } else {
                 Span::styled("✓ ", Style::new().fg(Color::Green))
             };

@@ -38,6 +38,7 @@ const GLOSSARY: &[(&str, &str)] = &[
         "✓ ✗",
         "the file loads / has errors (shown in place of its chart)",
     ),
+    ("!", "every run of the file halted (Warnings says where)"),
 ];
 
 /// The help's rows: each key binding's keys and line, then the glossary.
