@@ -598,7 +598,6 @@ impl LaneEvaluator {
         k: usize,
         regs: &mut [Option<Tensor>],
     ) -> candle_core::Result<Tensor> {
-        let p = &self.program;
         let root = *tail.region.members.last().expect("a root");
         if !super::region::fusing() {
             regs[tail.product] = Some(self.compute(tail.product, regs)?);
@@ -612,20 +611,14 @@ impl LaneEvaluator {
             }
             return value;
         }
-        let instr = &p.plan.instrs[tail.product];
-        let read = |a: usize| self.value(regs, a);
-        let (v, m) = self.vec_operands(
-            tail.product,
-            tail.side,
-            read(instr.args[0]),
-            read(instr.args[1]),
-        )?;
+        let (v, m) = self.operands(tail.product, tail.side, regs)?;
         let others = tail.region.leaves.iter().copied().filter(|&l| l != tail.z);
         let others = self.leaves(&tail.region, others, regs)?;
         let region = tail
             .region
             .program(&others.iter().collect::<Vec<_>>(), &self.dims(root))?;
-        lane_tail(v, tail.bias.map(read), &m, region, tail.mean)
+        let bias = tail.bias.map(|b| self.value(regs, b));
+        lane_tail(v, bias, &m, region, tail.mean)
     }
 
     /// Register `a`'s value: computed in this evaluation (in `regs`) or fixed.
@@ -638,16 +631,24 @@ impl LaneEvaluator {
 
     /// A head's value: its product with the lanes' biases added, as one op.
     fn head(&self, head: &Head, regs: &[Option<Tensor>]) -> candle_core::Result<Tensor> {
-        let p = &self.program;
-        let instr = &p.plan.instrs[head.product];
-        let read = |a: usize| self.value(regs, a);
-        let (v, m) = self.vec_operands(
-            head.product,
-            head.side,
-            read(instr.args[0]),
-            read(instr.args[1]),
-        )?;
-        lane_vecmat_bias(v, read(head.bias), &m)
+        let (v, m) = self.operands(head.product, head.side, regs)?;
+        lane_vecmat_bias(v, self.value(regs, head.bias), &m)
+    }
+
+    /// [`Self::vec_operands`] of lane-kernel product `k`, its arguments read from `regs`.
+    fn operands<'a>(
+        &'a self,
+        k: usize,
+        side: VecSide,
+        regs: &'a [Option<Tensor>],
+    ) -> candle_core::Result<(&'a Tensor, Tensor)> {
+        let args = &self.program.plan.instrs[k].args;
+        self.vec_operands(
+            k,
+            side,
+            self.value(regs, args[0]),
+            self.value(regs, args[1]),
+        )
     }
 
     /// The operands of lane-kernel product `k` of `x` and `y` (see [`Form::Vec`]): the lanes'
