@@ -466,6 +466,26 @@ fn a_file_whose_runs_all_halted_is_marked_in_the_list() {
     assert!(!list(&app).contains("! "), "{}", list(&app));
 }
 
+/// A file's own warnings, from loading it, are in the Warnings list, `enter` showing each in
+/// full as `check` prints it.
+#[test]
+fn a_files_load_warnings_are_in_the_warnings_list() {
+    let dir = Scratch::new("load-warnings");
+    dir.write(
+        "warns.toml",
+        "name = \"Warns\"\nloss = \"\"\"\na = 2\nsum(w^2)\n\"\"\"\n[params]\nw = \"[1.0, 2.0]\"\n",
+    );
+    let (app, _rx) = open(&format!("{}/warns.toml", dir.path()));
+    let s = app.session().expect("a session");
+    let w = s.warnings.first().expect("the file's warning");
+    assert_eq!(
+        (w.run.as_str(), w.text.as_str()),
+        ("warns.toml", "3:1: `a` is never used")
+    );
+    let full = w.diagnostic.as_ref().expect("in full").render(false);
+    assert!(full.contains("3 | a = 2"), "{full}");
+}
+
 /// A schedule-free run beside Adam: its eval params' loss is a second, dimmer line of its colour.
 const SCHEDULE_FREE: &str = r#"name = "Schedule-free"
 loss = "(1 - x)^2 + 100 * (y - x^2)^2"

@@ -9,7 +9,7 @@ use crossterm::event::{KeyEvent, KeyEventKind, MouseEvent};
 use ratatui::layout::Rect;
 
 use super::line_edit::LineEdit;
-use super::session::{Carry, Link, Session};
+use super::session::{Carry, Link, Session, Warning};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::landscape::service::Report;
@@ -581,6 +581,20 @@ impl App {
                         session.adopt(carry);
                     }
                     session.set_smoothing(self.smoothing);
+                    // The file's own warnings (from loading it) head the log, `enter` showing
+                    // each in full: shown nowhere else, `check` said more than the TUI.
+                    let file = f.path.file_name().unwrap_or_default().to_string_lossy();
+                    for d in f.diagnostics.iter().filter(|d| !d.is_error()) {
+                        let at = d
+                            .line_col()
+                            .map_or(String::new(), |(l, c)| format!("{l}:{c}: "));
+                        session.warnings.push(Warning {
+                            run: file.to_string(),
+                            step: 0,
+                            text: format!("{at}{}", d.message),
+                            diagnostic: Some(Box::new(d.clone())),
+                        });
+                    }
                     f.session = Some(*session);
                 }
                 None
