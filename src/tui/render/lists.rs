@@ -69,22 +69,25 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new("no runs").block(block), area);
         return;
     };
+    // Inside the borders, after the colour: the status in a column of 11, or where that would
+    // leave the name fewer than 12 columns (a narrow terminal), as one symbol.
+    let inner = usize::from(area.width.saturating_sub(2 + 2));
+    let compact = inner < 11 + 12;
     let items: Vec<ListItem> = s
         .runs
         .iter()
         .map(|r| {
+            let status = r.status(s.playing);
+            let status = match compact {
+                false => format!("{status:<10} "),
+                true => format!("{} ", status_symbol(&status)),
+            };
+            let room = inner.saturating_sub(status.chars().count());
             ListItem::new(Line::from(vec![
                 Span::styled("■ ", Style::new().fg(r.color)),
+                Span::styled(status, status_style(r, s.playing)),
                 Span::styled(
-                    format!("{:<10} ", r.status(s.playing)),
-                    status_style(r, s.playing),
-                ),
-                Span::styled(
-                    // Inside the borders, after the colour and the status.
-                    cut(
-                        &r.info.name,
-                        usize::from(area.width.saturating_sub(2 + 2 + 11)),
-                    ),
+                    cut(&r.info.name, room),
                     match r.link {
                         Link::Gone => Style::new().fg(Color::DarkGray),
                         Link::Live | Link::Starting => Style::new(),
@@ -98,6 +101,18 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
         .highlight_style(Style::new().add_modifier(Modifier::REVERSED));
     let mut state = ListState::default().with_selected(Some(s.selected));
     f.render_stateful_widget(list, area, &mut state);
+}
+
+/// A run's status word as one symbol, for a narrow runs list.
+fn status_symbol(status: &str) -> &'static str {
+    match status {
+        "running" => "▶",
+        "paused" => "‖",
+        "finished" => "✓",
+        "starting" => "…",
+        "gone" => "×",
+        _ => "!",
+    }
 }
 
 fn status_style(r: &RunView, playing: bool) -> Style {

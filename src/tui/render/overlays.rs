@@ -39,6 +39,10 @@ const GLOSSARY: &[(&str, &str)] = &[
         "the file loads / has errors (shown in place of its chart)",
     ),
     ("!", "every run of the file halted (Warnings says where)"),
+    (
+        "▶ ‖ ✓",
+        "a narrow runs list's running / paused / finished (! halted)",
+    ),
 ];
 
 /// The help's rows: each key binding's keys and line, then the glossary.
