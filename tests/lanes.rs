@@ -262,7 +262,7 @@ const OP_PROGRAMS: &[(&str, &str)] = &[
     ),
     (
         "linear models' losses",
-        "z = X[0:3] @ x + s\nmean(softplus(z) - v * z) + sum(log1p((x @ M - c)^2) * c) + mean(exp(-(X @ (2 * x))) * c) + sum(sqrt(s * x @ M + 9))",
+        "z = X[0:3] @ x + s\nmean(softplus(z) - v * z) + sum(log1p((x @ M - c)^2) * c) + mean(exp(-(X @ (2 * x))) * c) + sum(sqrt(s * x @ M + 9)) + mean(exp(-((X * c) @ x)) * v[0])",
     ),
     (
         "per-lane consts",
