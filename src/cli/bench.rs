@@ -335,17 +335,20 @@ pub struct BatchFigure {
     pub batched_steps_per_s: f64,
     /// Whether the runs did step as one batch (false: they cannot, and both figures are apart).
     pub batched: bool,
+    /// Interleaved rounds (apart, then batched) the medians are of.
+    pub rounds: usize,
 }
 
 impl BatchFigure {
     pub fn line(&self) -> String {
         format!(
-            "{:<20} {} runs: {:>10.0} steps/s apart, {:>10.0} batched ({:.1}x){}",
+            "{:<20} {} runs: {:>10.0} steps/s apart, {:>10.0} batched ({:.1}x; {} rounds){}",
             self.workload,
             self.runs,
             self.separate_steps_per_s,
             self.batched_steps_per_s,
             self.batched_steps_per_s / self.separate_steps_per_s,
+            self.rounds,
             if self.batched { "" } else { " (did not batch)" }
         )
     }
@@ -429,7 +432,9 @@ pub fn sweep_figure(file: &Path, repeat: usize) -> anyhow::Result<SweepFigure> {
     })
 }
 
-/// Measures [`BatchFigure`] on `file` (median of `repeat`).
+/// Measures [`BatchFigure`] on `file`: medians of interleaved rounds, at least `repeat` and
+/// more while they have taken less than [`SWEEP_MIN_TIME`] (three rounds of logreg, 0.4 s each,
+/// put its ratio anywhere from 2.1x to 2.7x).
 pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<BatchFigure> {
     use crate::run::summary::drive_many;
     let (compiled, _) =
@@ -451,7 +456,12 @@ pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<
     };
     let (mut apart, mut together) = (Vec::new(), Vec::new());
     let mut batched = false;
-    for _ in 0..repeat.max(1) {
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < repeat.max(1)
+        || (rounds < SWEEP_MAX_ROUNDS && started.elapsed() < SWEEP_MIN_TIME)
+    {
+        rounds += 1;
         let mut runs = make()?;
         let t = Instant::now();
         for run in &mut runs {
@@ -475,6 +485,7 @@ pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<
         separate_steps_per_s: median(apart),
         batched_steps_per_s: median(together),
         batched,
+        rounds,
     })
 }
 
@@ -736,7 +747,8 @@ pub struct SweepRow {
 /// raised to 1e-4: the file's 1e-8 is 0 in f16, which halts the run at its first step).
 const SWEEP_THREADS: [usize; 2] = [1, 2];
 const SWEEP_DTYPES: [&str; 2] = ["f16", "bf16"];
-/// The thread sweep's rounds of a workload go on until they have taken this long together...
+/// The interleaved rounds of a workload (the thread sweep's, the batches') go on until they have
+/// taken this long together...
 const SWEEP_MIN_TIME: Duration = Duration::from_secs(4);
 /// ...or this many have run.
 const SWEEP_MAX_ROUNDS: usize = 15;
