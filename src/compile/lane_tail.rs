@@ -12,7 +12,10 @@
 use std::sync::{Mutex, PoisonError};
 
 use candle_core::cpu::kernels::VecOps;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
+    WithDType,
+};
 
 use super::fused::float_only;
 use super::lane_kernel::{add_bias, lane_product};
@@ -57,10 +60,9 @@ impl LaneTail {
         if let Some(b) = bias {
             add_bias(&mut z, b, d)?;
         }
-        let root = self.region.run(&z, None)?;
-        let losses = match (&root, self.mean) {
-            (CpuStorage::F32(r), mean) => CpuStorage::F32(reduce(r, d.lanes, mean)),
-            (CpuStorage::F64(r), mean) => CpuStorage::F64(reduce(r, d.lanes, mean)),
+        let losses = match self.region.run(&z, None)? {
+            CpuStorage::F32(r) => CpuStorage::F32(reduce(&r, d.lanes, self.mean)),
+            CpuStorage::F64(r) => CpuStorage::F64(reduce(&r, d.lanes, self.mean)),
             _ => return float_only(),
         };
         *self.z.lock().unwrap_or_else(PoisonError::into_inner) = Some(z);
@@ -69,54 +71,47 @@ impl LaneTail {
 
     /// The gradients of `v` and of the bias from the losses' `grad`.
     fn backward(&self, m: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+        match grad.dtype() {
+            DType::F32 => self.gradients::<f32>(m, grad),
+            DType::F64 => self.gradients::<f64>(m, grad),
+            _ => float_only(),
+        }
+    }
+
+    /// [`LaneTail::backward`] in `T`.
+    fn gradients<T: WithDType + VecOps>(
+        &self,
+        m: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let lanes = grad.elem_count();
         let held = self.z.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(z) = held.as_ref() else {
             candle_core::bail!("a lane tail's backward pass before its forward pass")
         };
-        let lanes = grad.elem_count();
-        let k = match z {
-            CpuStorage::F32(z) => z.len() / lanes.max(1),
-            CpuStorage::F64(z) => z.len() / lanes.max(1),
-            _ => return float_only(),
-        };
-        let seeds = match grad.dtype() {
-            candle_core::DType::F32 => CpuStorage::F32(seed(&grad.to_vec1()?, k, self.mean)),
-            candle_core::DType::F64 => CpuStorage::F64(seed(&grad.to_vec1()?, k, self.mean)),
-            _ => return float_only(),
-        };
+        let k = T::cpu_storage_as_slice(z)?.len() / lanes.max(1);
+        let seeds = T::to_cpu_storage_owned(seed(&grad.to_vec1::<T>()?, k, self.mean));
         let dz = self.region.run(z, Some(&seeds))?;
         drop(held);
         let (m, ml) = m.storage_and_layout();
-        let candle_core::Storage::Cpu(m) = &*m else {
+        let Storage::Cpu(m) = &*m else {
             candle_core::bail!("lane tails run on the CPU")
         };
-        let dzl = Layout::contiguous((lanes, k));
-        let (dv, d) = lane_product(&dz, &dzl, m, ml, true)?;
-        let tensor = |s: CpuStorage, shape: Shape| -> Result<Tensor> {
-            match s {
-                CpuStorage::F32(v) => Tensor::from_vec(v, shape, &Device::Cpu),
-                CpuStorage::F64(v) => Tensor::from_vec(v, shape, &Device::Cpu),
-                _ => float_only(),
-            }
-        };
+        let (dv, d) = lane_product(&dz, &Layout::contiguous((lanes, k)), m, ml, true)?;
         // The bias's gradient: each lane's sum, as candle sums a broadcast's gradient.
-        let db = match &dz {
-            CpuStorage::F32(g) => CpuStorage::F32(reduce(g, lanes, false)),
-            CpuStorage::F64(g) => CpuStorage::F64(reduce(g, lanes, false)),
-            _ => return float_only(),
-        };
+        let db = reduce(T::cpu_storage_as_slice(&dz)?, lanes, false);
         Ok((
-            tensor(dv, Shape::from((d.lanes, d.n)))?,
-            tensor(db, Shape::from(lanes))?,
+            Tensor::from_vec(T::cpu_storage_data(dv)?, (d.lanes, d.n), &Device::Cpu)?,
+            Tensor::from_vec(db, lanes, &Device::Cpu)?,
         ))
     }
 }
 
 /// Each of `lanes` rows' sum by candle's kernel (as `sum` over a row sums it), or its mean as
 /// `mean` takes it (the sum times 1/n rounded, plus 0). The rows are not empty (see `lanes`).
-fn reduce<T: VecOps + num_traits::Float>(values: &[T], lanes: usize, mean: bool) -> Vec<T> {
+fn reduce<T: WithDType + VecOps>(values: &[T], lanes: usize, mean: bool) -> Vec<T> {
     let k = (values.len() / lanes.max(1)).max(1);
-    let scale = T::from(1.0 / k as f64).unwrap_or_else(T::nan);
+    let scale = T::from_f64(1.0 / k as f64);
     values
         .chunks_exact(k)
         .map(|row| {
@@ -134,8 +129,8 @@ fn reduce<T: VecOps + num_traits::Float>(values: &[T], lanes: usize, mean: bool)
 /// The gradient each of a lane's `k` elements gets from the lane's loss gradient `g`, as the
 /// mean's (or sum's) backward pass hands it on: `g / n` rounded as the mean's affine computes
 /// it, added into a zero.
-fn seed<T: num_traits::Float>(grads: &[T], k: usize, mean: bool) -> Vec<T> {
-    let scale = T::from(1.0 / k.max(1) as f64).unwrap_or_else(T::nan);
+fn seed<T: WithDType + VecOps>(grads: &[T], k: usize, mean: bool) -> Vec<T> {
+    let scale = T::from_f64(1.0 / k.max(1) as f64);
     let mut out = Vec::with_capacity(grads.len() * k);
     for &g in grads {
         let g = match mean {

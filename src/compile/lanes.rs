@@ -123,8 +123,6 @@ fn heads(plan: &Plan, batched: &[bool], live: &[bool], inner: &[bool]) -> Vec<Op
 /// ([`lane_tail`]) at the reduction.
 #[derive(Debug, Clone)]
 struct Tail {
-    /// The product's register, or its head's (the add) where it has one.
-    z: Reg,
     product: Reg,
     side: VecSide,
     bias: Option<Reg>,
@@ -182,7 +180,6 @@ fn tails(
                 .chain(r.leaves.iter().copied().filter(|&l| l != z))
                 .collect();
             Some(Tail {
-                z,
                 product,
                 side,
                 bias,
@@ -310,8 +307,7 @@ impl LaneEvaluator {
             false => vec![None; n],
         };
         for t in tail.iter().flatten() {
-            let root = *t.region.members.last().expect("a root");
-            for r in [root, t.z, t.product] {
+            for r in [t.region.root(), t.region.live_leaf(), t.product] {
                 inner[r] = true;
             }
         }
@@ -576,9 +572,7 @@ impl LaneEvaluator {
         regs: &[Option<Tensor>],
     ) -> candle_core::Result<Vec<Tensor>> {
         let p = &self.program;
-        let rank = p.plan.instrs[*region.members.last().expect("a root")]
-            .shape
-            .rank();
+        let rank = p.plan.instrs[region.root()].shape.rank();
         leaves
             .map(|a| {
                 let t = self.value(regs, a);
@@ -598,21 +592,21 @@ impl LaneEvaluator {
         k: usize,
         regs: &mut [Option<Tensor>],
     ) -> candle_core::Result<Tensor> {
-        let root = *tail.region.members.last().expect("a root");
+        let (root, z) = (tail.region.root(), tail.region.live_leaf());
         if !super::region::fusing() {
             regs[tail.product] = Some(self.compute(tail.product, regs)?);
-            if tail.z != tail.product {
-                regs[tail.z] = Some(self.compute(tail.z, regs)?);
+            if z != tail.product {
+                regs[z] = Some(self.compute(z, regs)?);
             }
             regs[root] = Some(self.region(&tail.region, regs)?);
             let value = self.compute(k, regs);
-            for r in [tail.product, tail.z, root] {
+            for r in [tail.product, z, root] {
                 regs[r] = None;
             }
             return value;
         }
         let (v, m) = self.operands(tail.product, tail.side, regs)?;
-        let others = tail.region.leaves.iter().copied().filter(|&l| l != tail.z);
+        let others = tail.region.leaves.iter().copied().filter(|&l| l != z);
         let others = self.leaves(&tail.region, others, regs)?;
         let region = tail
             .region
@@ -1103,5 +1097,17 @@ mod tests {
         assert_eq!(bits(&a, 0), bits(&b, 2));
         assert_eq!(bits(&a, 1), bits(&b, 0));
         assert_ne!(bits(&a, 0), bits(&a, 1));
+        // The same bits as its ops one by one (a thread that does not fuse takes that path).
+        let apart = std::thread::scope(|s| {
+            s.spawn(|| {
+                super::super::region::op_by_op();
+                batch.evaluate().unwrap()
+            })
+            .join()
+            .unwrap()
+        });
+        for r in 0..2 {
+            assert_eq!(bits(&a, r), bits(&apart, r), "lane {r}");
+        }
     }
 }

@@ -251,6 +251,11 @@ impl Region {
         }
     }
 
+    /// The register of its last instruction, whose value is read outside.
+    pub fn root(&self) -> Reg {
+        *self.members.last().expect("a region has members")
+    }
+
     /// The leaf that carries gradient.
     pub fn live_leaf(&self) -> Reg {
         self.leaves[self.live]
