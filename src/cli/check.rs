@@ -358,21 +358,8 @@ pub fn list(
         }
     } else {
         let header = ["FILE", "NAME", "PARAMS", "VARIANTS", "STATUS"].map(String::from);
-        let mut widths = [0usize; 4];
-        for row in std::iter::once(&header).chain(&rows) {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(columns(cell));
-            }
-        }
-        for row in std::iter::once(&header).chain(&rows) {
-            let mut line = String::new();
-            for (w, cell) in widths.iter().zip(row) {
-                line.push_str(&pad(cell, *w));
-                line.push_str("  ");
-            }
-            line.push_str(&row[4]);
-            writeln!(out, "{}", line.trim_end())?;
-        }
+        let rows: Vec<Vec<String>> = rows.iter().map(|r| r.to_vec()).collect();
+        write!(out, "{}", super::run::aligned(&header, &rows))?;
     }
     Ok(reports.iter().all(FileReport::ok) && missing.is_empty())
 }
