@@ -458,9 +458,7 @@ pub fn batch_figure(file: &Path, lanes: usize, repeat: usize) -> anyhow::Result<
     let mut batched = false;
     let started = Instant::now();
     let mut rounds = 0;
-    while rounds < repeat.max(1)
-        || (rounds < SWEEP_MAX_ROUNDS && started.elapsed() < SWEEP_MIN_TIME)
-    {
+    while another_round(rounds, repeat.max(1), started) {
         rounds += 1;
         let mut runs = make()?;
         let t = Instant::now();
@@ -753,6 +751,12 @@ const SWEEP_MIN_TIME: Duration = Duration::from_secs(4);
 /// ...or this many have run.
 const SWEEP_MAX_ROUNDS: usize = 15;
 
+/// Whether a workload that has had `done` interleaved rounds since `started` takes another: at
+/// least `repeat`, then more while [`SWEEP_MIN_TIME`] and [`SWEEP_MAX_ROUNDS`] allow.
+fn another_round(done: usize, repeat: usize, started: Instant) -> bool {
+    done < repeat || (done < SWEEP_MAX_ROUNDS && started.elapsed() < SWEEP_MIN_TIME)
+}
+
 /// [`ThreadSweep`] of the workloads in `dir`, medians of at least `repeat` interleaved runs
 /// (more for short ones, see [`SWEEP_MIN_TIME`]), and its text lines.
 pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, Vec<String>)> {
@@ -786,7 +790,7 @@ pub fn thread_sweep(dir: &Path, repeat: usize) -> anyhow::Result<(ThreadSweep, V
         // put logreg's 2 threads at 0.71x its 1 once where 10 interleaved pairs gave 1.01x.
         let started = Instant::now();
         let mut round = 0;
-        while round < repeat || (round < SWEEP_MAX_ROUNDS && started.elapsed() < SWEEP_MIN_TIME) {
+        while another_round(round, repeat, started) {
             round += 1;
             for (i, threads) in SWEEP_THREADS.iter().enumerate() {
                 let mut cmd = std::process::Command::new(&exe);
