@@ -466,6 +466,56 @@ fn a_file_whose_runs_all_halted_is_marked_in_the_list() {
     assert!(!list(&app).contains("! "), "{}", list(&app));
 }
 
+/// A run whose bf16 updates round away: its report heads the Warnings (`enter` shows it at the
+/// param's line), a count follows it, the inspector counts the steps; a reset and the same
+/// steps again say it once.
+#[test]
+fn a_stalled_run_is_in_the_warnings_list_with_its_report() {
+    let dir = Scratch::new("stalled");
+    dir.write(
+        "stall.toml",
+        "name = \"Stalls\"\ndtype = \"bf16\"\nloss = \"sum((w - 3)^2)\"\n[params]\nw = \"[1.0, 1.5]\"\n\
+         [optimizer]\nname = \"adam\"\nlr = 1e-3\nsteps = 50\n",
+    );
+    let (mut app, rx) = open(&format!("{}/stall.toml", dir.path()));
+    typed_settled(&mut app, &rx, "5n");
+    let said = |app: &App| -> Vec<String> {
+        let s = app.session().unwrap();
+        s.warnings
+            .iter()
+            .map(|w| format!("{} {}: {}", w.run, w.step, w.text))
+            .collect()
+    };
+    assert_eq!(
+        said(&app),
+        [
+            "base 0: `w` stopped moving: its updates round away in bf16",
+            "base 0: 5 steps stalled",
+        ]
+    );
+    let s = app.session().unwrap();
+    let full = s.warnings[0]
+        .diagnostic
+        .as_ref()
+        .expect("in full")
+        .render(false);
+    assert!(full.contains("5 | w = \"[1.0, 1.5]\""), "{full}");
+    assert_eq!(s.runs[0].stalled, 5);
+    assert!(
+        rows(&draw(&app, 160, 45))
+            .join("\n")
+            .contains("stalled 5 (see Warnings)")
+    );
+    typed_settled(&mut app, &rx, "r5n");
+    assert_eq!(
+        said(&app),
+        [
+            "base 0: `w` stopped moving: its updates round away in bf16",
+            "base 0: 5 steps stalled",
+        ]
+    );
+}
+
 /// A file's own warnings, from loading it, are in the Warnings list, `enter` showing each in
 /// full as `check` prints it.
 #[test]

@@ -567,6 +567,15 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
             }
             any_halted = true;
         }
+        if let Some(stall) = &run.first_stall {
+            err_println!(
+                "run `{}`: {} of {} updates left a param with a gradient where it was",
+                summary.run,
+                summary.stalled,
+                summary.steps
+            );
+            err_print!("{}", stall.diagnostic(&compiled.file).render(color));
+        }
         if let Some(k) = summary.interrupted {
             err_println!("run `{}` interrupted at step {k}", summary.run);
         }

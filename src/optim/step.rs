@@ -254,6 +254,17 @@ impl OptimizerState {
             .map(|(g, rule)| (g.params.as_slice(), rule))
     }
 
+    /// Each of `n` params' learning-rate multiplier (its group's `lr_scale`).
+    pub fn lr_scales(&self, n: usize) -> Vec<f64> {
+        let mut out = vec![1.0; n];
+        for (g, _) in &self.groups {
+            for &i in &g.params {
+                out[i] = g.lr_scale;
+            }
+        }
+        out
+    }
+
     /// The named parts of the rules' states ([`Rule::state_values`]) for `n` params: a
     /// per-param value where every group's rule has it (placed at its params), a scalar when
     /// the params step as one group.

@@ -260,6 +260,17 @@ impl Batch {
         Ok(())
     }
 
+    /// Whether lane `r`'s update (of `run`) left a param with a gradient in place (see
+    /// [`super::stall::still`]), from its params' `deltas` and its `lr`.
+    fn may_stall(&self, r: usize, run: &Run, deltas: &[f64], lr: f64) -> candle_core::Result<bool> {
+        if !deltas.contains(&0.0) {
+            return Ok(false);
+        }
+        let grad_norms: Vec<f64> = lanes_of(&self.current.grads, r)?.iter().map(norm).collect();
+        let lrs = vec![lr; deltas.len()];
+        Ok(!super::stall::still(deltas, &grad_norms, &run.initial_grad_norms, &lrs).is_empty())
+    }
+
     /// How many lanes are left (a batch of one is better off alone).
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -292,11 +303,16 @@ impl Batch {
             .map_err(internal)?;
         let deltas = norms_by_lane(&deltas, n).map_err(internal)?;
         let param_norms = norms_by_lane(&params, n).map_err(internal)?;
-        // A non-finite update: the lane takes this step alone, from before it.
+        // A non-finite update, or one that left a param in place: the lane takes this step
+        // alone, from before it (where the run's own step tells a stall from a zero gradient).
         let mut left = Vec::new();
         let mut keep = Vec::new();
         for r in 0..n {
-            if deltas[r].iter().all(|d| d.is_finite()) {
+            if deltas[r].iter().all(|d| d.is_finite())
+                && !self
+                    .may_stall(r, runs[r], &deltas[r], lrs[r])
+                    .map_err(internal)?
+            {
                 keep.push(r);
             } else {
                 self.go_alone(r, &before, runs[r])?;

@@ -25,7 +25,7 @@ pub fn step_json(run: &str, names: &[String], r: &StepRecord) -> Value {
         "eval_loss": r.eval_loss.map_or(Value::Null, json_num), "grad_norm": json_num(r.core.grad_norm as f64),
         "lr": json_num(r.core.lr as f64), "update_norm": update(json_num(r.core.update_norm as f64)),
         "update_ratio": update(json_num(r.core.update_ratio as f64)), "clipped": update(r.has(flags::CLIPPED).into()),
-        "skipped": update(r.has(flags::SKIPPED).into()), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
+        "skipped": update(r.has(flags::SKIPPED).into()), "stalled": update(r.has(flags::STALLED).into()), "nonfinite_loss": r.has(flags::LOSS_NONFINITE),
         "nonfinite_update": update(r.has(flags::UPDATE_NONFINITE).into()),
         "nonfinite_grads": bad, "grad_norms": per(&r.param_grad_norms), "param_norms": per(&r.param_norms),
         "wall_us": update(r.core.wall_us.into()), "loss_scale": 2f64.powi(i32::from(r.core.loss_scale_log2)),
@@ -57,7 +57,7 @@ pub fn summary_json(s: &Summary) -> Value {
         "final_loss": json_num(s.final_loss),
         "final_eval_loss": s.final_eval_loss.map_or(Value::Null, json_num), "best_loss": json_num(s.best_loss), "best_step": s.best_step,
         "steps": s.steps, "first_nonfinite_step": s.first_nonfinite_step, "clipped": s.clipped,
-        "skipped": s.skipped, "halted": s.halted, "interrupted_at": s.interrupted, "steps_per_s": s.steps_per_s, "final_params": params, "final_params_omitted": omitted,
+        "skipped": s.skipped, "stalled": s.stalled, "first_stalled_step": s.first_stalled_step, "halted": s.halted, "interrupted_at": s.interrupted, "steps_per_s": s.steps_per_s, "final_params": params, "final_params_omitted": omitted,
         "final_metrics": super::metrics::metrics_json(&s.final_metrics),
     })
 }
@@ -74,6 +74,7 @@ pub fn csv_header(names: &[String]) -> String {
         "update_ratio",
         "clipped",
         "skipped",
+        "stalled",
         "nonfinite_loss",
         "nonfinite_update",
         "nonfinite_grads",
@@ -103,6 +104,7 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
         update(r.core.update_ratio.to_string()),
         update(r.has(flags::CLIPPED).to_string()),
         update(r.has(flags::SKIPPED).to_string()),
+        update(r.has(flags::STALLED).to_string()),
         r.has(flags::LOSS_NONFINITE).to_string(),
         update(r.has(flags::UPDATE_NONFINITE).to_string()),
         quote(&bad.join(" ")),

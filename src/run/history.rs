@@ -21,6 +21,9 @@ pub mod flags {
     /// An update was taken (or, skipped or broken, attempted) from this row's params: its update
     /// fields are filled. The last row of a run lacks it.
     pub const STEPPED: u8 = 32;
+    /// The update left a param whose gradient was not zero exactly where it was (see
+    /// [`crate::run::stall`]).
+    pub const STALLED: u8 = 64;
     /// Any of the non-finite flags.
     pub const NONFINITE: u8 = LOSS_NONFINITE | GRAD_NONFINITE | UPDATE_NONFINITE;
 }

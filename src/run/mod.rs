@@ -9,6 +9,7 @@ pub mod history;
 pub mod lrfind;
 pub mod metrics;
 pub mod save;
+pub mod stall;
 pub mod summary;
 pub mod sweep;
 pub mod trajectory;
@@ -20,6 +21,7 @@ use std::time::Instant;
 use candle_core::{Tensor, Var};
 
 use self::history::{Core, History, StepRecord, Totals, Update, flags};
+use self::stall::Stall;
 use self::trajectory::Decimated;
 use crate::compile::trace::Provenance;
 use crate::compile::{CompiledFile, Evaluator, norm};
@@ -32,6 +34,7 @@ use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
 use crate::optim::spec::OptimizerKind;
 use crate::optim::step::{OptimizerState, Oracle, StateValue, StepCx};
+use crate::optim::tricks::TrickKind;
 
 /// GradScaler's defaults.
 pub const SCALE_INIT: f64 = 65536.0;
@@ -175,6 +178,12 @@ pub struct Run {
     pub halted: Option<Halt>,
     pub skipped: u64,
     pub clipped: u64,
+    /// Updates that left a param with a gradient exactly where it was (see [`stall`]).
+    pub stalled: u64,
+    /// The first of them.
+    pub first_stall: Option<Stall>,
+    /// Each param's gradient norm at step 0, which a stalled param's is measured against.
+    initial_grad_norms: Vec<f64>,
     /// Multiplier on the scheduled learning rate (the TUI's `+`/`-`).
     pub lr_scale: f64,
     /// The first non-finite step and where its values started.
@@ -325,6 +334,9 @@ impl Run {
             halted: None,
             skipped: 0,
             clipped: 0,
+            stalled: 0,
+            first_stall: None,
+            initial_grad_norms: Vec::new(),
             lr_scale: start.lr_scale,
             first_provenance: None,
             scale: start.scale.0,
@@ -624,6 +636,17 @@ impl Run {
                 self.state.commit().map_err(internal)?;
                 self.set_params(&new).map_err(internal)?;
                 update_norm = deltas.iter().map(|d| d * d).sum::<f64>().sqrt();
+                if deltas.contains(&0.0) && self.can_stall() {
+                    let lrs = self.state.lr_scales(params.len());
+                    let lrs: Vec<f64> = lrs.iter().map(|s| lr * s).collect();
+                    let still =
+                        stall::still(&deltas, &param_grad_norms, &self.initial_grad_norms, &lrs);
+                    if !still.is_empty() {
+                        f |= flags::STALLED;
+                        self.note_stall(t, &still, &params, &grads)
+                            .map_err(internal)?;
+                    }
+                }
                 // Held through the next evaluation only when they are to be kept.
                 if self.trajectory.wants(t + 1) || self.keeps_best() {
                     moved_to = Some(new);
@@ -688,6 +711,9 @@ impl Run {
         let t = self.history.len() as u64;
         let eval = self.gradients()?;
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
+        if t == 0 {
+            self.initial_grad_norms.clone_from(&param_grad_norms);
+        }
         let nonfinite: Vec<usize> = (0..param_grad_norms.len())
             .filter(|&i| !param_grad_norms[i].is_finite())
             .collect();
@@ -1120,6 +1146,7 @@ impl Run {
         self.snapshots.retain(|s| s.step <= snap.step);
         self.halted = None;
         self.first_provenance = self.first_provenance.take().filter(|(s, _)| *s < snap.step);
+        self.first_stall = self.first_stall.take().filter(|s| s.step < snap.step);
         self.recount();
         self.settle(None)?;
         while self.step_count() < step && self.halted.is_none() {
@@ -1128,9 +1155,40 @@ impl Run {
         Ok(())
     }
 
+    /// Whether a param that stays put means its update was lost: not where a trick keeps
+    /// what rounding drops outside the params (master weights, Kahan, stochastic rounding:
+    /// their params move only when that adds up) or centralizes a gradient to zero.
+    fn can_stall(&self) -> bool {
+        !self.config.tricks.iter().any(|t| {
+            matches!(
+                t.kind(),
+                TrickKind::MasterWeights
+                    | TrickKind::Kahan
+                    | TrickKind::StochasticRounding
+                    | TrickKind::Centralize
+            )
+        })
+    }
+
+    /// Counts a stalled update from row `t` of the `still` params (see [`stall::still`]).
+    fn note_stall(
+        &mut self,
+        t: u64,
+        still: &[usize],
+        params: &[Tensor],
+        grads: &[Tensor],
+    ) -> candle_core::Result<()> {
+        self.stalled += 1;
+        if self.first_stall.is_none() {
+            self.first_stall = Some(Stall::new(t, still, params, grads, self.dtype)?);
+        }
+        Ok(())
+    }
+
     fn recount(&mut self) {
         self.skipped = self.history.count(flags::SKIPPED);
         self.clipped = self.history.count(flags::CLIPPED);
+        self.stalled = self.history.count(flags::STALLED);
         self.totals = self.history.totals();
     }
 

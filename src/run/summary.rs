@@ -59,6 +59,9 @@ pub struct Summary {
     pub first_nonfinite_step: Option<u64>,
     pub clipped: u64,
     pub skipped: u64,
+    /// Updates that left a param with a gradient in place, and the first one's step.
+    pub stalled: u64,
+    pub first_stalled_step: Option<u64>,
     pub halted: Option<String>,
     /// The step at which `log` stopped the run before its end (ctrl-c).
     pub interrupted: Option<u64>,
@@ -251,6 +254,8 @@ fn summarise(run: &Run, started: Instant, interrupted: Option<u64>) -> Result<Su
         first_nonfinite_step: totals.first_nonfinite,
         clipped: run.clipped,
         skipped: run.skipped,
+        stalled: run.stalled,
+        first_stalled_step: run.first_stall.as_ref().map(|s| s.step),
         halted: run
             .halted
             .as_ref()

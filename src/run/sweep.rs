@@ -451,6 +451,8 @@ mod tests {
                     first_nonfinite_step: (!last.is_finite()).then_some(3),
                     clipped: 0,
                     skipped: 0,
+                    stalled: 0,
+                    first_stalled_step: None,
                     halted: None,
                     interrupted: None,
                     steps_per_s: 1.0,

@@ -231,6 +231,9 @@ pub enum Event {
     /// A run halted at a step: why, and the diagnostic pointing into the source when the
     /// halt has a provenance.
     Halted(RunId, u64, String, Option<Box<Diagnostic>>),
+    /// A run's params stopped moving at a step (see [`super::stall`]): in short, and the
+    /// report.
+    Stalled(RunId, u64, String, Box<Diagnostic>),
     Params(RunId, Vec<ParamStats>),
     /// A run's metric values at a step (after that many updates), for files with `[metrics]`.
     Metrics(RunId, u64, Vec<f64>),
@@ -1051,6 +1054,18 @@ impl Worker {
                     .clone()
                     .filter_map(|k| s.run.history().get(k))
                     .collect();
+                // Before the rows, so that its report heads the run's stall count.
+                if let Some(stall) = s.run.first_stall.as_ref()
+                    && rows.contains(&(stall.step as usize))
+                {
+                    let file = &self.compiled.file;
+                    (self.emit)(Event::Stalled(
+                        s.id,
+                        stall.step,
+                        stall.short(file),
+                        Box::new(stall.diagnostic(file)),
+                    ));
+                }
                 (self.emit)(Event::Records(s.id, records));
                 s.sent = rows.end;
                 let h = s.run.history();

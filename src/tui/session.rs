@@ -61,6 +61,8 @@ pub struct RunView {
     pub lr_before: Option<(u64, f64)>,
     pub clipped: u64,
     pub skipped: u64,
+    /// Updates that left a param with a gradient where it was.
+    pub stalled: u64,
     pub first_nonfinite: Option<u64>,
     /// The last gradient check: the step and each param's result.
     pub gradcheck: Option<(u64, Vec<ParamCheck>)>,
@@ -274,6 +276,7 @@ impl Session {
                     lr_before: None,
                     clipped: 0,
                     skipped: 0,
+                    stalled: 0,
                     first_nonfinite: None,
                     gradcheck: None,
                     curvature: None,
@@ -335,11 +338,16 @@ impl Session {
 
                     r.clipped = r.history.count(flags::CLIPPED);
                     r.skipped = r.history.count(flags::SKIPPED);
+                    r.stalled = r.history.count(flags::STALLED);
                     // The log forgets the steps rewound over: a reset run starts on a clean one.
                     let name = &r.info.name;
                     self.warnings
                         .retain(|w| &w.run != name || w.step < len as u64);
-                    for (count, word) in [(r.clipped, "clipped"), (r.skipped, "skipped")] {
+                    for (count, word) in [
+                        (r.clipped, "clipped"),
+                        (r.skipped, "skipped"),
+                        (r.stalled, "stalled"),
+                    ] {
                         set_count(&mut self.warnings, name, word, count, None);
                     }
                     if let Some(first) = undone.first() {
@@ -369,6 +377,19 @@ impl Session {
                         },
                     );
                     r.halted = Some((step, reason));
+                }
+            }
+            Event::Stalled(rid, step, text, diagnostic) => {
+                if let Some(r) = live(&mut self.runs, rid) {
+                    push_new(
+                        &mut self.warnings,
+                        Warning {
+                            run: r.info.name.clone(),
+                            step,
+                            text,
+                            diagnostic: Some(diagnostic),
+                        },
+                    );
                 }
             }
             Event::Params(rid, p) => {
@@ -620,6 +641,7 @@ impl Session {
             r.lr_changes.clear();
             r.clipped = 0;
             r.skipped = 0;
+            r.stalled = 0;
             r.first_nonfinite = None;
             r.gradcheck = None;
             r.curvature = None;
@@ -686,7 +708,7 @@ impl Session {
 }
 
 /// Adds warning lines for a step: the first non-finite step of a run, and running counts of
-/// clipped and skipped steps (one line each, updated in place, so the log never floods).
+/// clipped, skipped and stalled steps (one line each, updated in place, so the log never floods).
 fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord) {
     let name = r.info.name.clone();
     let name = &name;
@@ -712,6 +734,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
     for (flag, count, word) in [
         (flags::CLIPPED, &mut r.clipped, "clipped"),
         (flags::SKIPPED, &mut r.skipped, "skipped"),
+        (flags::STALLED, &mut r.stalled, "stalled"),
     ] {
         if rec.has(flag) {
             *count += 1;

@@ -130,6 +130,9 @@ pub fn lines(app: &App) -> Vec<Line<'static>> {
             "clipped {} · skipped {}",
             r.clipped, r.skipped
         )));
+        if r.stalled > 0 {
+            lines.push(Line::from(format!("stalled {} (see Warnings)", r.stalled)));
+        }
     }
     lines.extend(super::metrics::inspector_lines(s, r));
     if let Some((step, checks)) = &r.gradcheck {

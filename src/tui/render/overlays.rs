@@ -39,6 +39,7 @@ const GLOSSARY: &[(&str, &str)] = &[
         "the file loads / has errors (shown in place of its chart)",
     ),
     ("!", "every run of the file halted (Warnings says where)"),
+    ("stalled", "an update left a param with a gradient in place"),
     (
         "▶ ‖ ✓",
         "a narrow runs list's running / paused / finished (! halted)",
