@@ -102,14 +102,18 @@ impl Checker {
                 other => match number_of(other) {
                     Some(n) => SettingValue::Number(n),
                     None => {
+                        let key = k.get_ref().as_ref();
                         self.error(
                             format!(
-                                "`{}` in {what} must be a number, a boolean or a string, found {}",
-                                k.get_ref(),
+                                "`{key}` in {what} must be a number, a boolean or a string, found {}",
                                 type_name(other)
                             ),
                             vspan,
-                        );
+                        )
+                        .help = match other {
+                            DeValue::Array(items) => Some(array_help(key, items)),
+                            _ => None,
+                        };
                         continue;
                     }
                 },
@@ -315,4 +319,38 @@ impl Checker {
         }
         out
     }
+}
+
+/// torch's tuple hyper-parameters, and the settings their values are here.
+const TORCH_TUPLES: [(&str, [&str; 2]); 3] = [
+    ("betas", ["beta1", "beta2"]),
+    ("etas", ["etaminus", "etaplus"]),
+    ("step_sizes", ["step_size_min", "step_size_max"]),
+];
+
+/// Help for a list given to a setting: torch's tuples (`betas = [0.9, 0.99]`) split into the
+/// settings they are here, any other list pointed at variants and sweeps.
+fn array_help(key: &str, items: &[Value]) -> String {
+    let Some((_, names)) = TORCH_TUPLES.iter().find(|(k, _)| *k == key) else {
+        return format!(
+            "a setting takes one value; to compare several, give each a [[variants]] entry, or \
+             sweep them: gradscope sweep FILE -o 'NAME({key}=[a, b])'"
+        );
+    };
+    let numbers: Vec<f64> = items
+        .iter()
+        .filter_map(|v| number_of(v.get_ref()))
+        .collect();
+    let split: Vec<String> = match numbers.len() == names.len() && items.len() == names.len() {
+        true => names
+            .iter()
+            .zip(&numbers)
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect(),
+        false => names.iter().map(|k| k.to_string()).collect(),
+    };
+    format!(
+        "torch's `{key}` tuple is two settings here: {}",
+        split.join(", ")
+    )
 }
