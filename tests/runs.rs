@@ -71,6 +71,8 @@ fn stop_halts_at_the_first_nonfinite_step_without_updating() {
     assert_eq!(x_of(&run), -0.5);
     let last = run.history().get(3).unwrap();
     assert!(last.has(flags::LOSS_NONFINITE) && !last.stepped());
+    // The halt says where: no second report.
+    assert!(run.nonfinite_report().is_none());
 }
 
 #[test]
@@ -95,6 +97,7 @@ fn skip_counts_skipped_updates_and_keeps_the_params() {
     assert_eq!(x_of(&run), -0.5);
     assert!(run.history().get(5).unwrap().has(flags::SKIPPED));
     assert!(!run.history().get(2).unwrap().has(flags::SKIPPED));
+    assert_eq!(run.nonfinite_report().map(|(k, _)| k), Some(3));
 }
 
 #[test]
@@ -115,6 +118,12 @@ fn continue_updates_through_nonfinite_losses() {
     }
     assert_eq!(run.skipped, 0);
     assert_eq!(x_of(&run), 2.5 - 10.0);
+    // The run went on, so no halt says where the NaN started: its report does, as a warning.
+    let (step, d) = run.nonfinite_report().expect("a report");
+    assert!(!d.is_error());
+    // `loss = "sqrt(detach(x)) + x"` is line 3; the sqrt starts at column 9.
+    assert_eq!((step, d.line_col()), (3, Some((3, 9))));
+    assert!(d.message.contains("`sqrt(detach(x))`"), "{}", d.message);
 }
 
 #[test]

@@ -567,6 +567,14 @@ pub fn run_command(args: &RunArgs, color: bool) -> anyhow::Result<RunOutcome> {
             }
             any_halted = true;
         }
+        if let Some((k, d)) = run.nonfinite_report() {
+            err_println!(
+                "run `{}` went on past non-finite values from step {k} (--on-nonfinite {})",
+                summary.run,
+                run.config.on_nonfinite.name()
+            );
+            err_print!("{}", d.render(color));
+        }
         if let Some(stall) = &run.first_stall {
             err_println!(
                 "run `{}`: {} of {} updates left a param with a gradient where it was",

@@ -1155,6 +1155,18 @@ impl Run {
         Ok(())
     }
 
+    /// Where the first non-finite values of a run that went on past them (`--on-nonfinite
+    /// skip` or `continue`) started, as a warning: a halted run's halt says it instead.
+    pub fn nonfinite_report(&self) -> Option<(u64, Diagnostic)> {
+        if self.halted.is_some() {
+            return None;
+        }
+        let (step, p) = self.first_provenance.as_ref()?;
+        let mut d = p.diagnostic(self.source(), Some(*step));
+        d.severity = crate::diagnostic::Severity::Warning;
+        Some((*step, d))
+    }
+
     /// Whether a param that stays put means its update was lost: not where a trick keeps
     /// what rounding drops outside the params (master weights, Kahan, stochastic rounding:
     /// their params move only when that adds up) or centralizes a gradient to zero.

@@ -231,9 +231,9 @@ pub enum Event {
     /// A run halted at a step: why, and the diagnostic pointing into the source when the
     /// halt has a provenance.
     Halted(RunId, u64, String, Option<Box<Diagnostic>>),
-    /// A run's params stopped moving at a step (see [`super::stall`]): in short, and the
-    /// report.
-    Stalled(RunId, u64, String, Box<Diagnostic>),
+    /// A warning about a run at a step, in short and in full: its params stopped moving (see
+    /// [`super::stall`]), or non-finite values it went on past started somewhere.
+    Report(RunId, u64, String, Box<Diagnostic>),
     Params(RunId, Vec<ParamStats>),
     /// A run's metric values at a step (after that many updates), for files with `[metrics]`.
     Metrics(RunId, u64, Vec<f64>),
@@ -1059,12 +1059,18 @@ impl Worker {
                     && rows.contains(&(stall.step as usize))
                 {
                     let file = &self.compiled.file;
-                    (self.emit)(Event::Stalled(
+                    (self.emit)(Event::Report(
                         s.id,
                         stall.step,
                         stall.short(file),
                         Box::new(stall.diagnostic(file)),
                     ));
+                }
+                if let Some((k, d)) = s.run.nonfinite_report()
+                    && rows.contains(&(k as usize))
+                {
+                    let text = format!("went on past non-finite values: {}", d.message);
+                    (self.emit)(Event::Report(s.id, k, text, Box::new(d)));
                 }
                 (self.emit)(Event::Records(s.id, records));
                 s.sent = rows.end;

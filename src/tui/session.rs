@@ -379,7 +379,7 @@ impl Session {
                     r.halted = Some((step, reason));
                 }
             }
-            Event::Stalled(rid, step, text, diagnostic) => {
+            Event::Report(rid, step, text, diagnostic) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     push_new(
                         &mut self.warnings,
