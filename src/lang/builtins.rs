@@ -133,6 +133,40 @@ impl Builtin {
     }
 }
 
+/// What to write for a torch or numpy function the language does not have by that name: the
+/// idiom it is here (a torch user's first `gather` or `cross_entropy`).
+pub fn written_as(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "gather" | "take_along_dim" | "take_along_axis" => {
+            "pick one entry a row with one_hot: `sum(one_hot(labels, n) * x, axis=1)` (torch's gather along the last axis)"
+        }
+        "cross_entropy" | "nll_loss" => {
+            "write it out: `-mean(sum(one_hot(labels, n) * log_softmax(logits, 1), axis=1))`"
+        }
+        "binary_cross_entropy_with_logits" | "bce_with_logits" => {
+            "write it out: `mean(softplus(z) - y * z)` for logits z, stable for any z"
+        }
+        "mse_loss" => "write it out: `mean((pred - y)^2)`",
+        "l1_loss" => "write it out: `mean(abs(pred - y))`",
+        "logsigmoid" | "log_sigmoid" => "`-softplus(-x)`, stable for any x",
+        "matmul" | "mm" | "dot" | "bmm" => "use the `@` operator: `X @ w`",
+        "square" => "`sqr(x)` or `x^2`",
+        "maximum" => "`max(a, b)`, elementwise; `amax(x, axis)` over an axis",
+        "minimum" => "`min(a, b)`, elementwise; `amin(x, axis)` over an axis",
+        "clip" => "`clamp(x, lo, hi)`",
+        "cat" | "concatenate" => "`concat(a, b, ..., axis=0)`",
+        "log2" => "`log(x) / log(2)`",
+        "log10" => "`log(x) / log(10)`",
+        "tan" => "`sin(x) / cos(x)`",
+        "reciprocal" => "`1 / x`",
+        "rsqrt" => "`1 / sqrt(x)`",
+        "var" => "`mean((x - mean(x))^2)` (the population variance; axis= for one axis)",
+        "std" => "`sqrt(mean((x - mean(x))^2))` (the population deviation)",
+        "logaddexp" => "`logsumexp(stack(a, b, axis=0), 0)`",
+        _ => return None,
+    })
+}
+
 /// The value of a named constant, `pi` or `e`. A data entry, const, param or program step of the
 /// same name shadows it.
 pub fn constant(name: &str) -> Option<f64> {

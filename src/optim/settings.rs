@@ -102,17 +102,22 @@ pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), Settin
         }
         (SettingKind::Count { min }, _) => Err(SettingError {
             message: format!("`{key}` must be a whole number, {min} or more"),
-            help: None,
+            help: value
+                .quoted_number_help(key)
+                .or_else(|| Some(format!("e.g. `{key} = {}`", min.max(1) * 100))),
         }),
         (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),
         (SettingKind::Number, _) => Err(SettingError {
             message: format!("`{key}` must be a non-negative number"),
-            help: None,
+            help: value.quoted_number_help(key),
         }),
         (SettingKind::Choice(options), RawValue::Text(t)) if options.contains(&t) => Ok(()),
         (SettingKind::Choice(options), _) => Err(SettingError {
             message: format!("`{key}` must be one of {}", options.join(", ")),
-            help: None,
+            help: match value {
+                RawValue::Text(t) => crate::diagnostic::did_you_mean(t, options.iter().copied()),
+                _ => None,
+            },
         }),
         (SettingKind::Scale, RawValue::Text(DYNAMIC)) => Ok(()),
         (SettingKind::Scale, RawValue::Number(n)) if n > 0.0 && n.log2().fract() == 0.0 => Ok(()),

@@ -988,6 +988,19 @@ pub enum RawValue<'a> {
     Text(&'a str),
 }
 
+impl RawValue<'_> {
+    /// Help for a number written in quotes (`lr = "0.01"`), which is text to TOML.
+    pub fn quoted_number_help(self, key: &str) -> Option<String> {
+        match self {
+            RawValue::Text(t) if t.trim().parse::<f64>().is_ok() => Some(format!(
+                "that is a string: write the number without quotes, `{key} = {}`",
+                t.trim()
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Checks one `key = value` for optimizer `kind` (None: not yet known, only run settings and
 /// keys of some optimizer are accepted). A key that is both a run setting and one of `kind`'s
 /// hyper-parameters is the optimizer's (Sophia's `gamma`; the schedule's is also `lr_gamma`).
@@ -1029,7 +1042,7 @@ pub fn check_setting(
     if let Some(Err(why)) = probe.set_field(key, value) {
         return Err(SettingError {
             message: format!("`{key}` {why}"),
-            help: None,
+            help: value.quoted_number_help(key),
         });
     }
     let hyper = owner.hyper_parameters().iter().find(|h| h.name == key);

@@ -67,7 +67,9 @@ impl Lowerer {
             }
             let help = match self.env.get(name) {
                 Some(b) => Some(format!("`{name}` is {}, not a function", b.kind.describe())),
-                None => did_you_mean(name, Builtin::names()),
+                None => crate::lang::builtins::written_as(name)
+                    .map(String::from)
+                    .or_else(|| did_you_mean(name, Builtin::names())),
             };
             self.error(format!("unknown function `{name}`"), &func.span)
                 .help = help;
