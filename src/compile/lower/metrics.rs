@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{Lowerer, Reg};
+use super::{Kind, Lowerer, Reg};
 use crate::compile::data::name_uses;
 use crate::compile::plan::{Op, Plan};
 use crate::compile::shape::Shape;
@@ -39,6 +39,21 @@ impl Lowerer {
         let mut ok = true;
         self.detached += 1;
         for m in metrics {
+            if let Some(b) = self.env.get(&m.name.node) {
+                let kind = match b.kind {
+                    Kind::Local => "a line of the loss program",
+                    k => k.describe(),
+                };
+                self.warn(
+                    format!("metric `{}` is named like {kind}", m.name.node),
+                    &m.name.span,
+                )
+                .help = Some(format!(
+                    "`check`, `run` and the TUI show it beside the loss and the params' \
+                     gradients, where it reads as {kind}: name it apart (`{}_metric`)",
+                    m.name.node
+                ));
+            }
             if !self.reads_defined_names(m, variant) {
                 ok = false;
                 continue;
