@@ -21,6 +21,15 @@ impl Outcome {
     pub fn improvement(&self) -> f64 {
         self.initial_loss - self.summary.final_loss
     }
+
+    /// Whether the run ended diverged: on a non-finite loss, or on one that grew above its best
+    /// by more than [`super::DIVERGENCE_GROWTH`] times the size of its initial or best loss
+    /// (6 -> 1.6e40 without a NaN on the way; noise at a minimum stays far below).
+    fn diverged(&self) -> bool {
+        let s = &self.summary;
+        let scale = self.initial_loss.abs().max(s.best_loss.abs());
+        !s.final_loss.is_finite() || s.final_loss - s.best_loss > super::DIVERGENCE_GROWTH * scale
+    }
 }
 
 /// One grid point: which `-o` it comes from, its name (numbers in a few digits), the optimizer
@@ -173,7 +182,7 @@ pub enum Status {
     Finished,
     /// ctrl-c stopped it at this step (on some seed).
     Interrupted(u64),
-    /// Its final loss is not finite on `seeds` of its seeds.
+    /// Its runs ended diverged (see [`Outcome`]'s test) on `seeds` of its seeds.
     Diverged {
         seeds: usize,
     },
@@ -250,7 +259,7 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
             continue;
         };
         let summaries: Vec<&Summary> = p.outcomes.iter().map(|o| &o.summary).collect();
-        let status = status(&summaries);
+        let status = status(&p.outcomes);
         let of =
             |f: &dyn Fn(&Outcome) -> f64| Spread::of(&p.outcomes.iter().map(f).collect::<Vec<_>>());
         let metric = match rank_by {
@@ -325,15 +334,13 @@ pub fn rows(points: &[Point], rank_by: &RankBy) -> Result<Vec<Row>, NoMetric> {
 }
 
 /// The worst way any of a point's runs ended.
-fn status(summaries: &[&Summary]) -> Status {
-    if let Some(h) = summaries.iter().find_map(|s| s.halted.clone()) {
+fn status(outcomes: &[Outcome]) -> Status {
+    let summaries = || outcomes.iter().map(|o| &o.summary);
+    if let Some(h) = summaries().find_map(|s| s.halted.clone()) {
         return Status::Halted(h);
     }
-    let diverged = summaries
-        .iter()
-        .filter(|s| !s.final_loss.is_finite())
-        .count();
-    if let Some(k) = summaries.iter().find_map(|s| s.interrupted) {
+    let diverged = outcomes.iter().filter(|o| o.diverged()).count();
+    if let Some(k) = summaries().find_map(|s| s.interrupted) {
         return Status::Interrupted(k);
     }
     match diverged {
@@ -500,6 +507,29 @@ mod tests {
     fn there_is_no_window_when_nothing_improved() {
         let points = [point("1", 1.0, 1.5), point("2", 1.0, f64::INFINITY)];
         assert_eq!(window(&points), None);
+    }
+
+    #[test]
+    fn a_loss_that_blew_up_without_a_nan_diverged_and_noise_at_a_minimum_did_not() {
+        let with_best = |name: &str, initial: f64, best: f64, last: f64| {
+            let mut p = point(name, initial, last);
+            p.outcomes[0].summary.best_loss = best;
+            p
+        };
+        let points = [
+            with_best("0.6", 6.0, -0.048, 1.6e40),
+            with_best("0.1", 10.0, 1e-12, 1e-8),
+            // Up from its best by more than 1000 times the larger of |initial| and |best| (3):
+            // still finite, diverged; just under it, not.
+            with_best("0.5", -2.0, -3.0, 2998.0),
+            with_best("0.4", -2.0, -3.0, 2996.0),
+        ];
+        let rows = rows(&points, &RankBy::Loss).unwrap();
+        let status = |point: usize| &rows.iter().find(|r| r.point == point).unwrap().status;
+        assert_eq!(status(0), &Status::Diverged { seeds: 1 });
+        assert_eq!(status(1), &Status::Finished);
+        assert_eq!(status(2), &Status::Diverged { seeds: 1 });
+        assert_eq!(status(3), &Status::Finished);
     }
 
     #[test]
