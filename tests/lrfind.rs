@@ -112,12 +112,20 @@ fn a_nonfinite_loss_stops_the_test() {
 }
 
 #[test]
-fn a_loss_that_never_falls_suggests_no_lr() {
-    // The lowest loss is where the test started: a tenth of its lr was never tried.
+fn a_loss_that_never_falls_suggests_no_lr_and_says_it_found_no_descent() {
+    // The lowest loss is where the test started: a tenth of its lr was never tried. It stops at
+    // its first rise (3x a drop of 0), saying so rather than calling it a divergence.
     let mut curve = Curve::new();
-    for (lr, loss) in [(1e-7, 1.0), (1e-6, 1.5), (1e-5, 2.0)] {
-        curve.push(lr, loss);
-    }
+    let stops: Vec<Option<Stop>> = [(1e-7, 1.0), (1e-6, 1.5), (1e-5, 2.0)]
+        .iter()
+        .map(|&(lr, loss)| curve.push(lr, loss))
+        .collect();
+    assert_eq!(stops, [None, Some(Stop::NoDescent), Some(Stop::NoDescent)]);
+    assert!(
+        Stop::NoDescent
+            .to_string()
+            .starts_with("no descent from here")
+    );
     assert_eq!(curve.min_tenth(), None);
     assert_eq!(curve.steepest(), None);
 }

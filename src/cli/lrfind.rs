@@ -133,6 +133,7 @@ fn stop_word(stop: &Stop) -> &'static str {
     match stop {
         Stop::Finished => "finished",
         Stop::Diverged => "diverged",
+        Stop::NoDescent => "no_descent",
         Stop::NonFinite => "nonfinite",
         Stop::Halted(_) => "halted",
         Stop::Interrupted => "interrupted",

@@ -105,6 +105,9 @@ pub enum Stop {
     /// The smoothed loss rose more than [`RISE`] times the drop from the start to its minimum
     /// above that minimum (at the last point).
     Diverged,
+    /// The smoothed loss rose above its start without ever falling below it: no lr of the
+    /// range descends from here (a minimum already, or a maximum of the lr's direction).
+    NoDescent,
     /// The loss after the last point's step is NaN or infinite.
     NonFinite,
     /// The run halted (its non-finite policy), with its reason.
@@ -121,6 +124,11 @@ impl std::fmt::Display for Stop {
                 f,
                 "the smoothed loss rose above its minimum by more than {RISE}x the drop from \
                  the start to that minimum"
+            ),
+            Stop::NoDescent => write!(
+                f,
+                "no descent from here: the smoothed loss only rose from its start (at a minimum \
+                 already?)"
             ),
             Stop::NonFinite => write!(f, "the loss turned non-finite"),
             Stop::Halted(why) => write!(f, "the run halted: {why}"),
@@ -159,7 +167,10 @@ impl Curve {
         self.points.push(Point { lr, loss, smoothed });
         let start = self.points[0].smoothed;
         let min = self.min()?.smoothed;
-        (smoothed - min > RISE * (start - min)).then_some(Stop::Diverged)
+        (smoothed - min > RISE * (start - min)).then_some(match start > min {
+            true => Stop::Diverged,
+            false => Stop::NoDescent,
+        })
     }
 
     /// The point of the lowest smoothed loss (the first of equal ones).
