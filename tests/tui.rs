@@ -516,6 +516,40 @@ fn a_stalled_run_is_in_the_warnings_list_with_its_report() {
     );
 }
 
+/// A terminal too small for the Warnings panel: the status line of a halted file says `enter`
+/// tells why, and `enter` shows the newest warning in full, whatever the focus.
+#[test]
+fn enter_shows_the_newest_warning_where_the_terminal_has_no_warnings_panel() {
+    let dir = Scratch::new("small-halted");
+    dir.write(
+        "nan.toml",
+        "name = \"Starts at NaN\"\nloss = \"sum(log(w))\"\n\n[params]\nw = \"[-1.0, 2.0]\"\n",
+    );
+    let (mut app, rx) = open(&format!("{}/nan.toml", dir.path()));
+    typed_settled(&mut app, &rx, "n");
+    app.handle(Msg::Resize(60, 15));
+    let screen = rows(&draw(&app, 60, 15)).join("\n");
+    assert!(!screen.contains("Warnings"), "{screen}");
+    assert!(screen.contains("all runs halted (enter: why"), "{screen}");
+    press(&mut app, KeyCode::Enter);
+    let screen = rows(&draw(&app, 60, 15)).join("\n");
+    assert!(screen.contains("non-finite values start here"), "{screen}");
+    // With the panel on screen, `enter` is the panel's: elsewhere it opens nothing.
+    press(&mut app, KeyCode::Esc);
+    app.handle(Msg::Resize(160, 45));
+    assert!(
+        rows(&draw(&app, 160, 45))
+            .join("\n")
+            .contains("(see Warnings")
+    );
+    press(&mut app, KeyCode::Enter);
+    assert!(
+        !rows(&draw(&app, 160, 45))
+            .join("\n")
+            .contains("any key closes")
+    );
+}
+
 /// A file's own warnings, from loading it, are in the Warnings list, `enter` showing each in
 /// full as `check` prints it.
 #[test]

@@ -798,6 +798,14 @@ impl App {
         Rect::new(0, 0, self.size.0, self.size.1)
     }
 
+    /// Whether the terminal is large enough for the warnings panel (else `enter` shows the
+    /// newest warning wherever the focus is).
+    pub(super) fn shows_warnings(&self) -> bool {
+        super::layout::layout(self, self.screen())
+            .warnings
+            .is_some()
+    }
+
     /// The panels `tab` cycles through: the lists and the chart, and the inspector and the
     /// warnings when the terminal is large enough to show them.
     pub(super) fn focusable(&self) -> Vec<Focus> {

@@ -265,6 +265,8 @@ impl App {
                 let n = self.session().map_or(0, |s| s.warnings.len());
                 if self.focus == Focus::Warnings && n > 0 {
                     self.popup = Some(Popup::Warning(self.warning.min(n - 1)));
+                } else if n > 0 && !self.shows_warnings() {
+                    self.popup = Some(Popup::Warning(n - 1));
                 }
             }
             KeyAction::Edit => return self.file().map(|f| Action::Edit(f.path.clone())),

@@ -309,7 +309,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[Key::Code(K::Enter)],
         A::Open,
-        "warnings: the selected one in full (source, caret, help)",
+        "warnings: the selected one in full (small terminal: the newest)",
         None,
     ),
     bind(

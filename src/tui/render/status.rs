@@ -50,8 +50,12 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
             ));
         } else if !s.runs.is_empty() && s.runs.iter().all(|r| r.halted.is_some()) {
             // Playing on would not move them: say where to look instead.
+            let look = match app.shows_warnings() {
+                true => "see Warnings",
+                false => "enter: why",
+            };
             spans.push(Span::styled(
-                "all runs halted (see Warnings; b/r rewind)",
+                format!("all runs halted ({look}; b/r rewind)"),
                 Style::new().fg(Color::Red),
             ));
         } else if s.runs.iter().any(|r| r.link == Link::Live)
