@@ -125,6 +125,16 @@ pub fn fmt_log_tick(v: f64) -> String {
     }
 }
 
+/// A number for CSV: as Rust writes it (the shortest digits that read back the same value),
+/// with an exponent where that would be long (`1.6e40`, not 41 digits; `1e-30`, not 31 zeros).
+pub fn csv_num<T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp>(v: T) -> String {
+    let x: f64 = v.into();
+    match x.abs() {
+        a if a.is_finite() && a != 0.0 && !(1e-5..1e16).contains(&a) => format!("{v:e}"),
+        _ => v.to_string(),
+    }
+}
+
 /// JSON has no NaN or Inf: they become strings, so nothing is silently turned into null.
 pub fn json_num(v: f64) -> Value {
     if v.is_finite() {
@@ -145,4 +155,23 @@ pub fn counted(n: usize, noun: &str) -> String {
 /// `bytes` in GiB, for messages about memory.
 pub fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_num;
+
+    #[test]
+    fn csv_numbers_take_an_exponent_only_where_plain_digits_would_be_long() {
+        assert_eq!(csv_num(-1.8572429247880626e19), "-1.8572429247880626e19");
+        assert_eq!(csv_num(1e-30), "1e-30");
+        assert_eq!(csv_num(0.1f32), "0.1");
+        assert_eq!(csv_num(123.5), "123.5");
+        assert_eq!(csv_num(0.0), "0");
+        assert_eq!(csv_num(f64::NAN), "NaN");
+        assert_eq!(csv_num(f64::INFINITY), "inf");
+        for x in [1.6e40, 3.3e-7, -2.5e16, 7e-6f64] {
+            assert_eq!(csv_num(x).parse::<f64>().unwrap(), x);
+        }
+    }
 }

@@ -605,7 +605,7 @@ fn the_tab_follows_the_paths_and_keeps_its_grid_and_slice_fresh() {
     assert!(app.session().unwrap().landscape.follow);
     // Two params: no other planes.
     press(&mut app, 'c');
-    assert!(app.message.as_deref().unwrap().contains("two params"));
+    assert!(app.message.as_deref().unwrap().contains("two param values"));
     // Doubling the lr makes the slice stale: the next one is taken at the new lr.
     let before = app.session().unwrap().landscape.slice.clone().unwrap();
     assert_eq!(before.lr_scale, 1.0);

@@ -121,6 +121,17 @@ fn run_halts_at_the_step_and_names_op_line_column_pass_and_count() {
     );
     assert!(stderr.contains("nan_at_3.toml:2:9"), "{stderr}");
     assert!(stderr.contains("sqrt of -0.500000"), "{stderr}");
+    // `precision` there: NaN in f64 too, which no precision explains; it says so, and where.
+    let out = Command::new(env!("CARGO_BIN_EXE_gradscope"))
+        .args(["precision", "--at-step", "5"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("the loss is NaN in f64 too, so this is no precision problem; it starts at 2:9 `sqrt(detach(x))`"),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -322,24 +322,37 @@ fn written(test: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_sweep_where_every_point_grows_names_no_best() {
-    // sgd on d = 100 grows by |1 - 100 lr| a step past lr = 0.02: both points blow up to finite
-    // losses far above the start, which no user would call the best.
+    // sgd on d = 100 grows by |1 - 100 lr| a step past lr = 0.02: just past it both points end
+    // above the start (6.6x and 47x), which no user would call the best.
     let file = written(
         "sweep_all_grow",
         "name = \"q\"\ndtype = \"f64\"\nloss = \"0.5 * sum(d * w^2)\"\n[data]\nd = \"[1.0, 10.0, 100.0]\"\n[params]\nw = \"[1.0, 1.0, 1.0]\"\n",
     );
-    let text = sweep_stdout(
-        &[
+    let sweep = |lrs: &str| {
+        let spec = format!("sgd(lr=[{lrs}])");
+        common::gradscope(&[
+            "sweep",
             file.to_str().unwrap(),
             "-o",
-            "sgd(lr=[0.025, 0.05])",
+            &spec,
             "--steps",
             "100",
-        ],
-        "table",
-    );
+        ])
+    };
+    let out = sweep("0.0201, 0.0202");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("best of sgd(lr=[0.025, 0.05]): none, no point improved on the initial loss (the least bad: sgd(lr=0.025)"),
+        text.contains("best of sgd(lr=[0.0201, 0.0202]): none, no point improved on the initial loss (the least bad: sgd(lr=0.0201)"),
+        "{text}"
+    );
+    // Further past it (8e36 and 1e122 from 55.5, finite), both diverged: none finished (exit 1).
+    let out = sweep("0.025, 0.05");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(text.matches(" diverged ").count(), 2, "{text}");
+    assert!(
+        text.contains("best of sgd(lr=[0.025, 0.05]): no point finished"),
         "{text}"
     );
 }

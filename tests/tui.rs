@@ -3114,6 +3114,32 @@ fn snapshot_compare_table_sorts_by_any_column() {
     assert_eq!(app.popup, None);
 }
 
+/// The compare table's `vs base` names the run settings a variant changes (its schedule, warmup,
+/// steps), not only its optimizer.
+#[test]
+fn the_compare_table_names_a_variants_schedule_and_steps() {
+    let dir = Scratch::new("compare-settings");
+    dir.write(
+        "v.toml",
+        "name = \"V\"\nloss = \"sum(w^2)\"\n[params]\nw = \"[1.0, 2.0]\"\n[optimizer]\n\
+         name = \"sgd\"\nlr = 0.1\nsteps = 50\n[[variants]]\nname = \"cosine\"\n\
+         optimizer = { name = \"adam\", schedule = \"cosine\", warmup = 5, steps = 20 }\n",
+    );
+    let (app, _rx) = open(&format!("{}/v.toml", dir.path()));
+    let s = app.session().unwrap();
+    let file = app.file().unwrap();
+    let rows = gradscope::tui::compare::rows(s, file.compiled.as_ref(), 0, false);
+    let vs_base: Vec<&str> = rows.iter().map(|r| r.cells[7].as_str()).collect();
+    assert_eq!(
+        vs_base,
+        [
+            "-",
+            "optimizer sgd(lr=0.1) → adam(lr=0.001), steps 50 → 20, schedule = cosine added, \
+             warmup = 5 added"
+        ]
+    );
+}
+
 /// `G` shows the selected run's gradient of its next param as the program `gradscope grad`
 /// writes, wrapped to the inspector, with where its first non-finite value is; past the last
 /// param, none.

@@ -273,8 +273,27 @@ pub fn precision_command(
     for (_, run) in runs {
         let stats = run.precision()?;
         writeln!(out, "{} (against f64)", heading(args, &run))?;
-        if stats.is_empty() {
-            writeln!(out, "  no op overflowed, flushed to zero or went subnormal")?;
+        let nonfinite = run.current().map(|e| e.loss).filter(|l| !l.is_finite());
+        match (stats.is_empty(), nonfinite) {
+            (true, Some(loss)) => {
+                // Non-finite in f64 as well: the op that makes it is `run`'s report to find.
+                let at = run
+                    .halted
+                    .as_ref()
+                    .and_then(|h| h.provenance.as_ref())
+                    .map(|p| format!("; it starts at {}", p.summary_at(run.source())))
+                    .unwrap_or_default();
+                writeln!(
+                    out,
+                    "  no op overflowed, flushed to zero or went subnormal against f64: the loss \
+                     is {} in f64 too, so this is no precision problem{at}",
+                    fmt_num(loss)
+                )?;
+            }
+            (true, None) => {
+                writeln!(out, "  no op overflowed, flushed to zero or went subnormal")?;
+            }
+            (false, _) => {}
         }
         for s in stats {
             let (line, col) = run.source().line_col(s.span.start);

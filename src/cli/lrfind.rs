@@ -103,7 +103,8 @@ pub fn lrfind_command(args: &LrFindArgs, color: bool) -> anyhow::Result<RunOutco
         Format::Csv => {
             writeln!(out, "step,lr,loss,smoothed")?;
             for (i, p) in found.curve.points.iter().enumerate() {
-                writeln!(out, "{i},{},{},{}", p.lr, p.loss, p.smoothed)?;
+                let num = crate::format::csv_num::<f64>;
+                writeln!(out, "{i},{},{},{}", num(p.lr), num(p.loss), num(p.smoothed))?;
             }
             err_println!("{report}");
         }

@@ -720,7 +720,7 @@ fn csv(points: &[Point], rows: &[Row], rank_by: &RankBy) -> String {
         let p = &points[r.point];
         let finished = r.status == Status::Finished;
         let num = |v: f64| match finished {
-            true => v.to_string(),
+            true => crate::format::csv_num(v),
             false => String::new(),
         };
         let opt = |v: Option<u64>| v.map_or(String::new(), |k| k.to_string());

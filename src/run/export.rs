@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::history::{StepRecord, flags};
 use super::summary::{FinalParams, INLINE_PARAMS_MAX, Summary};
-use crate::format::json_num;
+use crate::format::{csv_num, json_num};
 
 /// One logged row of run `run` (whose params are `names`) as a JSON object: the state at θ_k,
 /// and the update then taken (null on the last row); `eval_loss` is null when the optimizer
@@ -97,11 +97,11 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
     let mut cells = vec![
         quote(run),
         r.step.to_string(),
-        r.core.loss.to_string(),
-        r.core.grad_norm.to_string(),
-        r.core.lr.to_string(),
-        update(r.core.update_norm.to_string()),
-        update(r.core.update_ratio.to_string()),
+        csv_num(r.core.loss),
+        csv_num(r.core.grad_norm),
+        csv_num(r.core.lr),
+        update(csv_num(r.core.update_norm)),
+        update(csv_num(r.core.update_ratio)),
         update(r.has(flags::CLIPPED).to_string()),
         update(r.has(flags::SKIPPED).to_string()),
         update(r.has(flags::STALLED).to_string()),
@@ -109,8 +109,8 @@ pub fn csv_row(run: &str, names: &[String], r: &StepRecord) -> String {
         update(r.has(flags::UPDATE_NONFINITE).to_string()),
         quote(&bad.join(" ")),
         update(r.core.func_evals.to_string()),
-        r.eval_loss.map_or(String::new(), |l| l.to_string()),
+        r.eval_loss.map_or(String::new(), csv_num),
     ];
-    cells.extend(r.param_grad_norms.iter().map(|n| n.to_string()));
+    cells.extend(r.param_grad_norms.iter().map(|&n| csv_num(n)));
     cells.join(",")
 }

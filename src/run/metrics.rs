@@ -92,7 +92,10 @@ pub fn csv_header(names: &[String]) -> String {
 /// where the row has none.
 pub fn csv_cells(count: usize, values: Option<&[f64]>) -> String {
     match values {
-        Some(v) => v.iter().map(|x| format!(",{x}")).collect(),
+        Some(v) => v
+            .iter()
+            .map(|&x| format!(",{}", crate::format::csv_num(x)))
+            .collect(),
         None => ",".repeat(count),
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::compile::data::Named;
 use crate::compile::{CompiledFile, values_f64};
 use crate::lang::file::{ConstEntry, LossFile, OptimizerDef, Setting, SettingValue, Variant};
+use crate::optim::settings::RUN_SETTINGS;
 use crate::run::worker::RunInfo;
 
 /// The differences between two compiled versions of a file, joined with commas (`text
@@ -77,6 +78,23 @@ pub fn from_base(compiled: &CompiledFile, info: &RunInfo) -> String {
             text(&base.settings.optimizer),
             text(&info.optimizer),
         );
+        // The run settings its definition sets otherwise (steps, schedule, clipping...); the
+        // tricks are in the optimizer's chain above.
+        if let Some(own) = compiled.runs.get(info.def) {
+            let run_settings = |d: &[Setting]| -> Vec<Setting> {
+                d.iter()
+                    .filter(|s| s.key.node != "tricks")
+                    .filter(|s| RUN_SETTINGS.iter().any(|(k, _)| *k == s.key.node))
+                    .cloned()
+                    .collect()
+            };
+            settings(
+                &mut out,
+                "",
+                &run_settings(&base.optimizer),
+                &run_settings(&own.optimizer),
+            );
+        }
     }
     if out.is_empty() {
         return "-".into();

@@ -389,7 +389,7 @@ impl App {
                 if s.dims <= 2 {
                     self.message = Some(
                         match s.dims {
-                            2 => "this loss has two params: the landscape is over their own values",
+                            2 => "this loss has two param values: the landscape is over them",
                             _ => "this loss has a single param value: there is no plane to draw",
                         }
                         .into(),
