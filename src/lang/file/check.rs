@@ -298,6 +298,19 @@ impl Checker {
                 continue;
             }
             seen.push((span.clone(), msg.clone()));
+            // An unclosed `"""` runs to the end of the file, where the parser says so.
+            if msg.contains("multi-line")
+                && let Some((at, quotes)) = unclosed_multiline(&self.source.text)
+            {
+                self.error(
+                    format!("invalid TOML: this {quotes} string is never closed"),
+                    at..at + 3,
+                )
+                .help = Some(format!(
+                    "close it with {quotes} where it ends (the loss program's last line)"
+                ));
+                continue;
+            }
             self.error(format!("invalid TOML: {msg}"), span).help =
                 Some("see https://toml.io for the syntax".into());
         }
@@ -836,5 +849,23 @@ fn type_name(v: &DeValue) -> &'static str {
         DeValue::Datetime(_) => "a date",
         DeValue::Array(_) => "an array",
         DeValue::Table(_) => "a table",
+    }
+}
+
+/// Where the multi-line string (`"""` or `'''`) left open at the end of `text` starts, and its
+/// quotes: each opener pairs with the next of the same quotes, as TOML reads them.
+fn unclosed_multiline(text: &str) -> Option<(usize, &'static str)> {
+    let mut at = 0;
+    loop {
+        let next = |q: &'static str| text[at..].find(q).map(|i| (at + i, q));
+        let (open, quotes) = match (next("\"\"\""), next("'''")) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        match text[open + 3..].find(quotes) {
+            // A closer may be followed by one or two more of its quote, which end the string.
+            Some(i) => at = open + 3 + i + 3,
+            None => return Some((open, quotes)),
+        }
     }
 }
