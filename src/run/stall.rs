@@ -24,6 +24,7 @@ pub struct Stall {
 /// One param that did not move.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Still {
+    /// Its index in the run's params.
     pub param: usize,
     pub size: f64,
     pub grad: f64,
@@ -34,7 +35,7 @@ pub struct Still {
 /// dtype as the gradient vanishes: that is convergence to the precision, not a lost update (the
 /// bundled files' SGD runs stop moving at 1e-9 to 2e-3 of their first gradient; an L1 loss's
 /// sign-like gradient left a param in place once at 0.015).
-pub const SIGNIFICANT: f64 = 0.1;
+const SIGNIFICANT: f64 = 0.1;
 
 /// The params that an update left where they were although it should have moved them: its
 /// change (`deltas`, each param's norm) is zero while its learning rate (`lrs`, each param's)
