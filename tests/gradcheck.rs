@@ -119,7 +119,7 @@ fn a_nan_gradient_fails_even_at_a_kink() {
     assert_eq!(checks[0].verdict, Verdict::Fail, "{:?}", checks[0]);
     assert_eq!(checks[0].kinks, 0);
     assert!(
-        checks[0].max_abs.is_nan() && checks[0].max_rel.is_nan(),
+        checks[0].max_abs.is_nan() && checks[0].max_tol_ratio.is_nan(),
         "{:?}",
         checks[0]
     );

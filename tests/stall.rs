@@ -74,13 +74,13 @@ fn bf16_updates_that_round_away_stall_from_the_first_step_and_say_where() {
     // `w = "[1.0, -1.0]"` is line 9 of the file (whose text starts with a line break).
     assert_eq!(d.line_col(), Some((9, 1)));
     let text = d.render(false);
-    assert!(text.contains("`w` stopped moving at step 0"), "{text}");
+    assert!(text.contains("`w` did not move at step 0"), "{text}");
     // bf16 has 8 significant bits: values in [1, 2) lie 2^-7 apart.
     assert!(text.contains("bf16") && text.contains("0.0078"), "{text}");
     assert!(text.contains("master_weights"), "{text}");
     assert_eq!(
         stall.short(&c.file),
-        "`w` stopped moving: its updates round away in bf16"
+        "`w` did not move: updates round away in bf16"
     );
     let summary = summary_json(&summary);
     assert_eq!(summary["stalled"], 20);
@@ -211,4 +211,65 @@ fn a_lane_that_stalls_leaves_its_batch_and_goes_on_as_alone() {
     }
     assert_eq!(runs[0].stalled, 5);
     assert_eq!(runs[1].stalled, 0);
+}
+
+/// A file of one param `w` in `dtype` with `loss`, stepped by `optimizer` at `lr` for `steps`.
+fn one_param(
+    dtype: &str,
+    loss: &str,
+    w: &str,
+    optimizer: &str,
+    lr: f64,
+    steps: u64,
+) -> CompiledFile {
+    compiled(&format!(
+        "name = \"one\"\ndtype = \"{dtype}\"\nloss = \"{loss}\"\n[params]\nw = {w}\n\
+         [optimizer]\nname = \"{optimizer}\"\nlr = {lr}\nsteps = {steps}\n"
+    ))
+}
+
+#[test]
+fn optimizers_that_hold_a_param_on_purpose_do_not_stall() {
+    // Rprop skips the step where the gradient's sign flips; L-BFGS stops at its tolerances.
+    // On this flat loss (a gradient of 6e-6 at the start) L-BFGS meets its tolerances and
+    // takes zero steps with a gradient left.
+    for (optimizer, loss, lr) in [
+        ("rprop", "(w - 3)^2", 0.5),
+        ("lbfgs", "1e-6 * (w - 3)^2", 1.0),
+    ] {
+        let run = driven(&one_param("f64", loss, "0.0", optimizer, lr, 30), 0);
+        let held = (0..30)
+            .filter_map(|k| run.history().get(k))
+            .filter(|r| r.core.update_norm == 0.0 && r.core.grad_norm > 0.0)
+            .count();
+        assert!(held > 0, "{optimizer} left w in place with a gradient");
+        assert_eq!(
+            (run.stalled, run.first_stall.is_none()),
+            (0, true),
+            "{optimizer}"
+        );
+    }
+}
+
+#[test]
+fn a_param_whose_first_gradient_is_zero_is_judged_by_its_largest() {
+    // b's gradient is 0 at the start and grows as a moves; at the end both sit next to 3.3 (no
+    // f32), their gradients ~1e-7 of their largest: converged, not stalled.
+    let c = compiled(
+        "name = \"z\"\ndtype = \"f32\"\nloss = \"(a - 3.3)^2 + (b - a)^2\"\n[params]\na = 0.0\n\
+         b = 0.0\n[optimizer]\nname = \"sgd\"\nlr = 0.1\nsteps = 400\n",
+    );
+    let run = driven(&c, 0);
+    assert_eq!(run.history().get(0).unwrap().param_grad_norms[1], 0.0);
+    assert!((run.param_values()[1][0] - 3.3).abs() < 1e-5);
+    assert_eq!((run.stalled, run.first_stall.is_none()), (0, true));
+}
+
+#[test]
+fn an_overflow_is_named_only_for_an_optimizer_that_keeps_squares() {
+    // |g| = 300 squares past f16's 65504, but SGD keeps no g²: its lr * g rounds away. (Adam's
+    // case is the f32 test above.)
+    let c = one_param("f16", "300 * w", "1.5", "sgd", 1e-6, 5);
+    let stall = driven(&c, 0).first_stall.expect("stalls");
+    assert!(stall.short(&c.file).ends_with("updates round away in f16"));
 }

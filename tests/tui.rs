@@ -489,7 +489,7 @@ fn a_stalled_run_is_in_the_warnings_list_with_its_report() {
     assert_eq!(
         said(&app),
         [
-            "base 0: `w` stopped moving: its updates round away in bf16",
+            "base 0: `w` did not move: updates round away in bf16",
             "base 0: 5 steps stalled",
         ]
     );
@@ -510,9 +510,32 @@ fn a_stalled_run_is_in_the_warnings_list_with_its_report() {
     assert_eq!(
         said(&app),
         [
-            "base 0: `w` stopped moving: its updates round away in bf16",
+            "base 0: `w` did not move: updates round away in bf16",
             "base 0: 5 steps stalled",
         ]
+    );
+}
+
+/// A run that goes on past a NaN (`on_nonfinite = "continue"`): its first non-finite step is one
+/// line of the Warnings, `enter` showing where the NaN started.
+#[test]
+fn a_run_going_on_past_a_nan_has_one_warning_that_says_where() {
+    let dir = Scratch::new("continue-nan");
+    dir.write(
+        "nan.toml",
+        "name = \"NaN at 3\"\nloss = \"sqrt(detach(x)) + x\"\n[params]\nx = 2.5\n[optimizer]\n\
+         name = \"sgd\"\nlr = 1.0\nsteps = 10\non_nonfinite = \"continue\"\n",
+    );
+    let (mut app, rx) = open(&format!("{}/nan.toml", dir.path()));
+    typed_settled(&mut app, &rx, "10n");
+    let s = app.session().unwrap();
+    let at_3: Vec<_> = s.warnings.iter().filter(|w| w.step == 3).collect();
+    assert_eq!(at_3.len(), 1, "{:?}", s.warnings);
+    assert_eq!(at_3[0].text, "loss is NaN (first non-finite step)");
+    let full = at_3[0].diagnostic.as_ref().expect("in full").render(false);
+    assert!(
+        full.contains("non-finite values start here at step 3"),
+        "{full}"
     );
 }
 

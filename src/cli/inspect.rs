@@ -114,7 +114,7 @@ pub fn gradcheck_command(
         let (atol, rtol) = tolerance(run.dtype);
         writeln!(
             out,
-            "{} (atol {atol:e}, rtol {rtol:e}; at most {SAMPLE} elements a param)",
+            "{} (atol {atol:e}, rtol {rtol:e}: an element passes at err / tol = |Δ| / (atol + rtol |fd|) <= 1; at most {SAMPLE} elements a param)",
             heading(args, &run)
         )?;
         match gradcheck(&compiled, def, run.dtype, Some(&run.param_values()), 0) {
@@ -122,7 +122,7 @@ pub fn gradcheck_command(
                 writeln!(
                     out,
                     "  {:<10} {:>14} {:>12} {:>12} {:>12} {:>6}  result",
-                    "param", "checked", "max abs err", "max rel err", "worst at", "kinks"
+                    "param", "checked", "max abs err", "err / tol", "worst at", "kinks"
                 )?;
                 for c in checks {
                     let result = match c.verdict {
@@ -146,7 +146,7 @@ pub fn gradcheck_command(
                         c.name,
                         checked,
                         fmt_num(c.max_abs),
-                        fmt_num(c.max_rel),
+                        fmt_num(c.max_tol_ratio),
                         format!("{:?}", c.worst),
                         c.kinks
                     )?;

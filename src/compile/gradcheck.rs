@@ -41,9 +41,10 @@ pub struct ParamCheck {
     pub checked: usize,
     pub total: usize,
     pub max_abs: f64,
-    /// The largest error over the larger of the finite-difference value's size and atol /
-    /// rtol (below that size, atol decides whether it passes).
-    pub max_rel: f64,
+    /// The largest error over its element's tolerance, `atol + rtol * |fd|`: an element passes
+    /// at 1 or less (a plain relative error of an element near 0, 26309 for 1.4e-7 over 5e-12,
+    /// said nothing of whether it passed).
+    pub max_tol_ratio: f64,
     /// Index (multi-dimensional) of the element with the largest error beyond tolerance, or the
     /// largest error when all pass.
     pub worst: Vec<usize>,
@@ -142,7 +143,7 @@ pub fn gradcheck(
             checked: idx.len(),
             total,
             max_abs: 0.0,
-            max_rel: 0.0,
+            max_tol_ratio: 0.0,
             worst: Vec::new(),
             kinks: 0,
             verdict: Verdict::Pass,
@@ -170,16 +171,14 @@ pub fn gradcheck(
             let kink = (right - left).abs() > atol + rtol * right.abs().max(left.abs())
                 && (right - left).abs() > 1e-3;
             let err = (g[k] - central).abs();
-            // Against no less than atol / rtol: an element near 0 is judged by atol, and its
-            // error over its own size (26309 for 1.4e-7 over 5e-12) says nothing.
-            let rel = err / central.abs().max(atol / rtol).max(1e-12);
+            let ratio = err / (atol + rtol * central.abs());
             // A kink excuses a finite gradient that disagrees, never a NaN or an infinite one.
             if kink && g[k].is_finite() {
                 check.kinks += 1;
                 continue;
             }
             check.max_abs = max_or_nan(check.max_abs, err);
-            check.max_rel = max_or_nan(check.max_rel, rel);
+            check.max_tol_ratio = max_or_nan(check.max_tol_ratio, ratio);
             let excess = err - (atol + rtol * central.abs());
             let worst = excess > worst_excess || !err.is_finite();
             if worst {

@@ -138,7 +138,7 @@ impl Builtin {
 pub fn written_as(name: &str) -> Option<&'static str> {
     Some(match name {
         "gather" | "take_along_dim" | "take_along_axis" => {
-            "pick one entry a row with one_hot: `sum(one_hot(labels, n) * x, axis=1)` (torch's gather along the last axis)"
+            "pick one entry a row with one_hot: `sum(one_hot(labels, n) * x, axis=1)` for n classes (torch's gather along the last axis)"
         }
         "cross_entropy" | "nll_loss" => {
             "write it out: `-mean(sum(one_hot(labels, n) * log_softmax(logits, 1), axis=1))`"

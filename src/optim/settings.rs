@@ -102,14 +102,13 @@ pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), Settin
         }
         (SettingKind::Count { min }, _) => Err(SettingError {
             message: format!("`{key}` must be a whole number, {min} or more"),
-            help: value
-                .quoted_number_help(key)
+            help: unquoted_help(key, value)
                 .or_else(|| Some(format!("e.g. `{key} = {}`", min.max(1) * 100))),
         }),
         (SettingKind::Number, RawValue::Number(n)) if n.is_finite() && n >= 0.0 => Ok(()),
         (SettingKind::Number, _) => Err(SettingError {
             message: format!("`{key}` must be a non-negative number"),
-            help: value.quoted_number_help(key),
+            help: unquoted_help(key, value),
         }),
         (SettingKind::Choice(options), RawValue::Text(t)) if options.contains(&t) => Ok(()),
         (SettingKind::Choice(options), _) => Err(SettingError {
@@ -133,6 +132,11 @@ pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), Settin
             help: Some("e.g. tricks = [\"agc(clipping=0.05)\", \"ema(decay=0.99)\"]".into()),
         }),
     })
+}
+
+/// [`RawValue::quoted_number_help`] for run setting `key`.
+fn unquoted_help(key: &str, value: RawValue) -> Option<String> {
+    value.quoted_number_help(key, |n| matches!(check_run_setting(key, n), Some(Ok(()))))
 }
 
 /// Default number of steps when neither the file nor the command line gives one.

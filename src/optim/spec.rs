@@ -989,15 +989,20 @@ pub enum RawValue<'a> {
 }
 
 impl RawValue<'_> {
-    /// Help for a number written in quotes (`lr = "0.01"`), which is text to TOML.
-    pub fn quoted_number_help(self, key: &str) -> Option<String> {
+    /// The number a string holds (`"0.01"`, which TOML reads as text).
+    pub fn unquoted(self) -> Option<f64> {
         match self {
-            RawValue::Text(t) if t.trim().parse::<f64>().is_ok() => Some(format!(
-                "that is a string: write the number without quotes, `{key} = {}`",
-                t.trim()
-            )),
+            RawValue::Text(t) => t.trim().parse().ok(),
             _ => None,
         }
+    }
+
+    /// Help for a number written in quotes where, unquoted, `valid` accepts it.
+    pub fn quoted_number_help(self, key: &str, valid: impl Fn(RawValue) -> bool) -> Option<String> {
+        let n = self.unquoted().filter(|&n| valid(RawValue::Number(n)))?;
+        Some(format!(
+            "that is a string: write the number without quotes, `{key} = {n}`"
+        ))
     }
 }
 
@@ -1042,7 +1047,7 @@ pub fn check_setting(
     if let Some(Err(why)) = probe.set_field(key, value) {
         return Err(SettingError {
             message: format!("`{key}` {why}"),
-            help: value.quoted_number_help(key),
+            help: value.quoted_number_help(key, |n| check_setting(kind, key, n).is_ok()),
         });
     }
     let hyper = owner.hyper_parameters().iter().find(|h| h.name == key);
@@ -1129,6 +1134,35 @@ impl OptimizerKind {
     /// The optimizer called `name`, if there is one.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|k| k.name() == name)
+    }
+
+    /// Whether its state holds squares of the gradient (a second moment, an accumulator),
+    /// which overflow where the gradient's square does.
+    pub fn keeps_squares(self) -> bool {
+        use OptimizerKind::*;
+        matches!(
+            self,
+            Adam | AdamW
+                | RmsProp
+                | Adagrad
+                | Adadelta
+                | NAdam
+                | RAdam
+                | Adafactor
+                | OptaxAdafactor
+                | ScheduleFreeAdamW
+                | Prodigy
+                | AdaBelief
+                | Lamb
+                | NovoGrad
+                | Sm3
+        )
+    }
+
+    /// Whether a step may leave a param in place by design: Rprop skips an element whose
+    /// gradient changed sign, L-BFGS stops at its tolerances.
+    pub fn may_hold_still(self) -> bool {
+        matches!(self, OptimizerKind::Rprop | OptimizerKind::Lbfgs)
     }
 }
 

@@ -268,7 +268,7 @@ impl Batch {
         }
         let grad_norms: Vec<f64> = lanes_of(&self.current.grads, r)?.iter().map(norm).collect();
         let lrs = vec![lr; deltas.len()];
-        Ok(!super::stall::still(deltas, &grad_norms, &run.initial_grad_norms, &lrs).is_empty())
+        Ok(!super::stall::still(deltas, &grad_norms, &run.peak_grad_norms, &lrs).is_empty())
     }
 
     /// How many lanes are left (a batch of one is better off alone).

@@ -15,6 +15,9 @@ pub const BETA: f64 = 0.98;
 /// or below 0; for a loss falling to 0 from L the two agree up to the lag: a rise of 3L).
 pub const RISE: f64 = 3.0;
 
+/// The part of its size by which the smoothed loss must fall for the test to count a descent.
+const NOISE: f64 = 1e-6;
+
 /// The lrs of the test: `steps` of them from `from` to `to`, evenly spaced in log lr.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrRange {
@@ -167,13 +170,23 @@ impl Curve {
         self.points.push(Point { lr, loss, smoothed });
         let start = self.points[0].smoothed;
         let min = self.min()?.smoothed;
-        (smoothed - min > RISE * (start - min)).then_some(match start > min {
+        (smoothed - min > RISE * (start - min)).then_some(match self.descends() {
             true => Stop::Diverged,
             false => Stop::NoDescent,
         })
     }
 
     /// The point of the lowest smoothed loss (the first of equal ones).
+    /// Whether the smoothed loss fell below its start by more than rounding (a part in 10^6:
+    /// at a minimum it wobbles by a few ulps, which is no descent to suggest an lr from).
+    fn descends(&self) -> bool {
+        let (Some(first), Some(min)) = (self.finite().next(), self.min()) else {
+            return false;
+        };
+        let (start, min) = (first.smoothed, min.smoothed);
+        start - min > NOISE * start.abs().max(min.abs())
+    }
+
     fn min(&self) -> Option<&Point> {
         self.finite()
             .min_by(|a, b| a.smoothed.total_cmp(&b.smoothed))
@@ -187,6 +200,9 @@ impl Curve {
     /// most negative forward difference (s[i+1] - s[i]) / (ln lr[i+1] - ln lr[i]), as fastai's
     /// `steep`. None without a descent.
     pub fn steepest(&self) -> Option<f64> {
+        if !self.descends() {
+            return None;
+        }
         let finite: Vec<&Point> = self.finite().collect();
         finite
             .windows(2)
@@ -205,6 +221,9 @@ impl Curve {
     /// lowest is where the test started (the loss never fell: a tenth of it would be an lr the
     /// test never tried).
     pub fn min_tenth(&self) -> Option<f64> {
+        if !self.descends() {
+            return None;
+        }
         let first = self.finite().next()?;
         self.min()
             .filter(|p| !std::ptr::eq(*p, first))

@@ -138,6 +138,8 @@ struct Snapshot {
     scale: (f64, u32),
     /// The best row up to this step, so a rewind forgets only later bests.
     best: Option<Best>,
+    /// The gradient norms' peaks up to this step, for the same reason.
+    peak_grad_norms: Vec<f64>,
 }
 
 /// The params of the row with the lowest finite loss so far (the earliest of equal ones), as
@@ -182,8 +184,9 @@ pub struct Run {
     pub stalled: u64,
     /// The first of them.
     pub first_stall: Option<Stall>,
-    /// Each param's gradient norm at step 0, which a stalled param's is measured against.
-    initial_grad_norms: Vec<f64>,
+    /// Each param's largest finite gradient norm over the rows so far, which a stalled
+    /// param's is measured against (see [`stall::still`]).
+    peak_grad_norms: Vec<f64>,
     /// Multiplier on the scheduled learning rate (the TUI's `+`/`-`).
     pub lr_scale: f64,
     /// The first non-finite step and where its values started.
@@ -336,7 +339,7 @@ impl Run {
             clipped: 0,
             stalled: 0,
             first_stall: None,
-            initial_grad_norms: Vec::new(),
+            peak_grad_norms: Vec::new(),
             lr_scale: start.lr_scale,
             first_provenance: None,
             scale: start.scale.0,
@@ -457,6 +460,7 @@ impl Run {
                 lr_scale: self.lr_scale,
                 scale: (self.scale, self.clean_steps),
                 best: self.best.clone(),
+                peak_grad_norms: self.peak_grad_norms.clone(),
             });
         }
     }
@@ -640,7 +644,7 @@ impl Run {
                     let lrs = self.state.lr_scales(params.len());
                     let lrs: Vec<f64> = lrs.iter().map(|s| lr * s).collect();
                     let still =
-                        stall::still(&deltas, &param_grad_norms, &self.initial_grad_norms, &lrs);
+                        stall::still(&deltas, &param_grad_norms, &self.peak_grad_norms, &lrs);
                     if !still.is_empty() {
                         f |= flags::STALLED;
                         self.note_stall(t, &still, &params, &grads)
@@ -711,9 +715,6 @@ impl Run {
         let t = self.history.len() as u64;
         let eval = self.gradients()?;
         let param_grad_norms: Vec<f64> = eval.grads.iter().map(norm).collect();
-        if t == 0 {
-            self.initial_grad_norms.clone_from(&param_grad_norms);
-        }
         let nonfinite: Vec<usize> = (0..param_grad_norms.len())
             .filter(|&i| !param_grad_norms[i].is_finite())
             .collect();
@@ -780,6 +781,12 @@ impl Run {
     ) -> Result<(), Diagnostic> {
         let t = self.history.len() as u64;
         let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        self.peak_grad_norms.resize(param_grad_norms.len(), 0.0);
+        for (peak, &n) in self.peak_grad_norms.iter_mut().zip(&param_grad_norms) {
+            if n.is_finite() {
+                *peak = peak.max(n);
+            }
+        }
         self.history.push(&StepRecord {
             step: t,
             core: Core {
@@ -1139,6 +1146,7 @@ impl Run {
         }
         self.state = snap.state;
         self.best = snap.best;
+        self.peak_grad_norms = snap.peak_grad_norms;
         self.lr_scale = snap.lr_scale;
         (self.scale, self.clean_steps) = snap.scale;
         self.history.truncate(snap.step as usize);
@@ -1167,19 +1175,26 @@ impl Run {
         Some((*step, d))
     }
 
-    /// Whether a param that stays put means its update was lost: not where a trick keeps
+    /// Whether a param that stays put means its update was lost: not where the optimizer may
+    /// hold it on purpose (see [`OptimizerKind::may_hold_still`]), nor where a trick keeps
     /// what rounding drops outside the params (master weights, Kahan, stochastic rounding:
     /// their params move only when that adds up) or centralizes a gradient to zero.
     fn can_stall(&self) -> bool {
-        !self.config.tricks.iter().any(|t| {
-            matches!(
-                t.kind(),
-                TrickKind::MasterWeights
-                    | TrickKind::Kahan
-                    | TrickKind::StochasticRounding
-                    | TrickKind::Centralize
-            )
-        })
+        let held = self
+            .config
+            .optimizer
+            .kind()
+            .is_some_and(OptimizerKind::may_hold_still);
+        !held
+            && !self.config.tricks.iter().any(|t| {
+                matches!(
+                    t.kind(),
+                    TrickKind::MasterWeights
+                        | TrickKind::Kahan
+                        | TrickKind::StochasticRounding
+                        | TrickKind::Centralize
+                )
+            })
     }
 
     /// Counts a stalled update from row `t` of the `still` params (see [`stall::still`]).
@@ -1192,7 +1207,12 @@ impl Run {
     ) -> candle_core::Result<()> {
         self.stalled += 1;
         if self.first_stall.is_none() {
-            self.first_stall = Some(Stall::new(t, still, params, grads, self.dtype)?);
+            let squares = self
+                .config
+                .optimizer
+                .kind()
+                .is_some_and(OptimizerKind::keeps_squares);
+            self.first_stall = Some(Stall::new(t, still, params, grads, self.dtype, squares)?);
         }
         Ok(())
     }

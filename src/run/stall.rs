@@ -11,7 +11,7 @@ use crate::diagnostic::Diagnostic;
 use crate::format::{fmt_num, fmt_short};
 use crate::lang::file::{DType, LossFile};
 
-/// The first step at which params stopped moving, and what was known of them there.
+/// The first step at which params did not move, and what was known of them there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stall {
     pub step: u64,
@@ -19,6 +19,8 @@ pub struct Stall {
     /// gradient's largest |value| at that step.
     pub params: Vec<Still>,
     pub dtype: DType,
+    /// Whether the run's optimizer keeps squares of the gradient (Adam's second moment).
+    pub squares: bool,
 }
 
 /// One param that did not move.
@@ -30,8 +32,8 @@ pub struct Still {
     pub grad: f64,
 }
 
-/// How large a gradient, against the run's first, must be for a param that does not move to
-/// count as stalled. Near a minimum, plain SGD's `lr * g` falls below half a gap of the params'
+/// How large a gradient, against the largest the param has had, must be for a param that does
+/// not move to count as stalled. Near a minimum, plain SGD's `lr * g` falls below half a gap of the params'
 /// dtype as the gradient vanishes: that is convergence to the precision, not a lost update (the
 /// bundled files' SGD runs stop moving at 1e-9 to 2e-3 of their first gradient; an L1 loss's
 /// sign-like gradient left a param in place once at 0.015).
@@ -39,17 +41,17 @@ const SIGNIFICANT: f64 = 0.1;
 
 /// The params that an update left where they were although it should have moved them: its
 /// change (`deltas`, each param's norm) is zero while its learning rate (`lrs`, each param's)
-/// is finite and not zero, and its gradient norm is finite and at least [`SIGNIFICANT`] of its
-/// norm at the run's first step (`initial`).
-pub fn still(deltas: &[f64], grad_norms: &[f64], initial: &[f64], lrs: &[f64]) -> Vec<usize> {
+/// is finite and not zero, and its gradient norm is finite and at least [`SIGNIFICANT`] of the
+/// largest it has had (`peaks`, the rows' so far, this one's included).
+pub fn still(deltas: &[f64], grad_norms: &[f64], peaks: &[f64], lrs: &[f64]) -> Vec<usize> {
     (0..deltas.len())
         .filter(|&i| {
             let moving = |x: f64| x.is_finite() && x != 0.0;
-            let first = initial.get(i).copied().unwrap_or(0.0);
+            let peak = peaks.get(i).copied().unwrap_or(f64::INFINITY);
             deltas[i] == 0.0
                 && moving(grad_norms[i])
                 && moving(lrs[i])
-                && grad_norms[i] >= SIGNIFICANT * first
+                && grad_norms[i] >= SIGNIFICANT * peak
         })
         .collect()
 }
@@ -62,6 +64,7 @@ impl Stall {
         params: &[Tensor],
         grads: &[Tensor],
         dtype: DType,
+        squares: bool,
     ) -> candle_core::Result<Self> {
         let largest = |t: &Tensor| -> candle_core::Result<f64> {
             t.abs()?
@@ -84,24 +87,27 @@ impl Stall {
             step,
             params,
             dtype,
+            squares,
         })
     }
 
-    /// Whether the square of a gradient value overflows the dtype: the state of an optimizer
-    /// that keeps g² is then inf, and its update m / √inf is zero.
+    /// Whether the square of a gradient value overflows the dtype in an optimizer that keeps
+    /// g²: its state is then inf, and its update m / √inf is zero.
     fn squares_overflow(&self) -> Option<&Still> {
         let max = largest_of(self.dtype);
-        self.params.iter().find(|s| s.grad * s.grad > max)
+        self.params
+            .iter()
+            .find(|s| self.squares && s.grad * s.grad > max)
     }
 
-    /// The warning in a few words, for a list: `` `w` stopped moving: its updates round
-    /// away in bf16 ``.
+    /// The warning in a few words, for a list: `` `w` did not move: updates round away in
+    /// bf16 ``.
     pub fn short(&self, file: &LossFile) -> String {
         let why = match self.squares_overflow() {
-            Some(_) => format!("its gradient's square overflows {}", self.dtype.name()),
-            None => format!("its updates round away in {}", self.dtype.name()),
+            Some(_) => format!("the gradient's square overflows {}", self.dtype.name()),
+            None => format!("updates round away in {}", self.dtype.name()),
         };
-        format!("{} stopped moving: {why}", self.names(file).join(", "))
+        format!("{} did not move: {why}", self.names(file).join(", "))
     }
 
     /// The stalled params' names as the file spells them.
@@ -140,7 +146,7 @@ impl Stall {
                     "each update was zero or below half the gap between {dtype} values at its size \
                      (|value| up to {}: a gap of {}), so it rounded back to where it was",
                     fmt_short(first.size),
-                    fmt_short(gap(self.dtype, first.size))
+                    fmt_num(gap(self.dtype, first.size))
                 ),
                 match self.dtype {
                     DType::F16 | DType::BF16 => "keep what rounding drops: `tricks = \
@@ -155,7 +161,7 @@ impl Stall {
         };
         let span = file.params.get(first.param).map(|p| p.name.span.clone());
         let message = format!(
-            "{} stopped moving at step {}: the gradient is not zero, but the update left it \
+            "{} did not move at step {}: the gradient is not zero, but the update left it \
              exactly where it was",
             names.join(", "),
             self.step

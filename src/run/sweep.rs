@@ -24,11 +24,13 @@ impl Outcome {
 
     /// Whether the run ended diverged: on a non-finite loss, or on one that grew above its best
     /// by more than [`super::DIVERGENCE_GROWTH`] times the size of its initial or best loss
-    /// (6 -> 1.6e40 without a NaN on the way; noise at a minimum stays far below).
+    /// (6 -> 1.6e40 without a NaN on the way; noise at a minimum stays far below). With both
+    /// exactly 0 there is no size to judge a finite loss by: not diverged.
     fn diverged(&self) -> bool {
         let s = &self.summary;
         let scale = self.initial_loss.abs().max(s.best_loss.abs());
-        !s.final_loss.is_finite() || s.final_loss - s.best_loss > super::DIVERGENCE_GROWTH * scale
+        !s.final_loss.is_finite()
+            || (scale > 0.0 && s.final_loss - s.best_loss > super::DIVERGENCE_GROWTH * scale)
     }
 }
 

@@ -231,7 +231,7 @@ pub enum Event {
     /// A run halted at a step: why, and the diagnostic pointing into the source when the
     /// halt has a provenance.
     Halted(RunId, u64, String, Option<Box<Diagnostic>>),
-    /// A warning about a run at a step, in short and in full: its params stopped moving (see
+    /// A warning about a run at a step, in short and in full: its params did not move (see
     /// [`super::stall`]), or non-finite values it went on past started somewhere.
     Report(RunId, u64, String, Box<Diagnostic>),
     Params(RunId, Vec<ParamStats>),
@@ -1066,13 +1066,14 @@ impl Worker {
                         Box::new(stall.diagnostic(file)),
                     ));
                 }
+                (self.emit)(Event::Records(s.id, records));
+                // After the rows: it completes their first non-finite step's warning.
                 if let Some((k, d)) = s.run.nonfinite_report()
                     && rows.contains(&(k as usize))
                 {
                     let text = format!("went on past non-finite values: {}", d.message);
                     (self.emit)(Event::Report(s.id, k, text, Box::new(d)));
                 }
-                (self.emit)(Event::Records(s.id, records));
                 s.sent = rows.end;
                 let h = s.run.history();
                 s.sent_current =

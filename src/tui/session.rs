@@ -116,6 +116,9 @@ impl RunView {
     }
 }
 
+/// The end of the warning of a run's first non-finite step.
+const FIRST_NONFINITE: &str = "(first non-finite step)";
+
 /// One entry of the warnings panel.
 #[derive(Debug, Clone)]
 pub struct Warning {
@@ -381,15 +384,26 @@ impl Session {
             }
             Event::Report(rid, step, text, diagnostic) => {
                 if let Some(r) = live(&mut self.runs, rid) {
-                    push_new(
-                        &mut self.warnings,
-                        Warning {
-                            run: r.info.name.clone(),
-                            step,
-                            text,
-                            diagnostic: Some(diagnostic),
-                        },
-                    );
+                    let name = &r.info.name;
+                    // The first non-finite step's line gets the report (`enter` shows it).
+                    let first = self.warnings.iter_mut().find(|w| {
+                        &w.run == name
+                            && w.step == step
+                            && w.diagnostic.is_none()
+                            && w.text.ends_with(FIRST_NONFINITE)
+                    });
+                    match first {
+                        Some(w) => w.diagnostic = Some(diagnostic),
+                        None => push_new(
+                            &mut self.warnings,
+                            Warning {
+                                run: name.clone(),
+                                step,
+                                text,
+                                diagnostic: Some(diagnostic),
+                            },
+                        ),
+                    }
                 }
             }
             Event::Params(rid, p) => {
@@ -726,7 +740,7 @@ fn note_warnings(warnings: &mut Vec<Warning>, r: &mut RunView, rec: &StepRecord)
             Warning {
                 run: name.clone(),
                 step: rec.step,
-                text: format!("{what} (first non-finite step)"),
+                text: format!("{what} {FIRST_NONFINITE}"),
                 diagnostic: None,
             },
         );

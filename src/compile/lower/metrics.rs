@@ -39,11 +39,14 @@ impl Lowerer {
         let mut ok = true;
         self.detached += 1;
         for m in metrics {
-            if let Some(b) = self.env.get(&m.name.node) {
-                let kind = match b.kind {
-                    Kind::Local => "a line of the loss program",
-                    k => k.describe(),
-                };
+            let named_like = match self.env.get(&m.name.node) {
+                Some(b) if b.kind == Kind::Local => Some("a line of the loss program"),
+                Some(b) => Some(b.kind.describe()),
+                // `check` and the summaries show the loss beside the metrics.
+                None if m.name.node == "loss" => Some("the loss"),
+                None => None,
+            };
+            if let Some(kind) = named_like {
                 self.warn(
                     format!("metric `{}` is named like {kind}", m.name.node),
                     &m.name.span,

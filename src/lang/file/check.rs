@@ -306,9 +306,7 @@ impl Checker {
                     format!("invalid TOML: this {quotes} string is never closed"),
                     at..at + 3,
                 )
-                .help = Some(format!(
-                    "close it with {quotes} where it ends (the loss program's last line)"
-                ));
+                .help = Some(format!("close it with {quotes} where the string ends"));
                 continue;
             }
             self.error(format!("invalid TOML: {msg}"), span).help =

@@ -332,10 +332,18 @@ const TORCH_TUPLES: [(&str, [&str; 2]); 3] = [
 /// settings they are here, any other list pointed at variants and sweeps.
 fn array_help(key: &str, items: &[Value]) -> String {
     let Some((_, names)) = TORCH_TUPLES.iter().find(|(k, _)| *k == key) else {
-        return format!(
-            "a setting takes one value; to compare several, give each a [[variants]] entry, or \
-             sweep them: gradscope sweep FILE -o 'NAME({key}=[a, b])'"
-        );
+        // `sweep -o` sweeps an optimizer's hyper-parameters, not the run's settings.
+        let run_setting = crate::optim::settings::RUN_SETTINGS
+            .iter()
+            .any(|(k, _)| *k == key);
+        return match run_setting {
+            true => "a setting takes one value; to compare several, give each a [[variants]] entry"
+                .to_string(),
+            false => format!(
+                "a setting takes one value; to compare several, give each a [[variants]] entry, \
+                 or sweep them: gradscope sweep FILE -o 'NAME({key}=[a, b])'"
+            ),
+        };
     };
     let numbers: Vec<f64> = items
         .iter()
