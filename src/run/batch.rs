@@ -263,7 +263,7 @@ impl Batch {
     /// Whether lane `r`'s update (of `run`) left a param with a gradient in place (see
     /// [`super::stall::still`]), from its params' `deltas` and its `lr`.
     fn may_stall(&self, r: usize, run: &Run, deltas: &[f64], lr: f64) -> candle_core::Result<bool> {
-        if !deltas.contains(&0.0) {
+        if !deltas.contains(&0.0) || !run.can_stall() {
             return Ok(false);
         }
         let grad_norms: Vec<f64> = lanes_of(&self.current.grads, r)?.iter().map(norm).collect();
