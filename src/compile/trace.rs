@@ -188,15 +188,15 @@ fn help_for(instr: &Instr, pass: Pass) -> String {
 }
 
 /// The range of a float dtype, from `half` and std.
-struct Limits {
+pub(crate) struct Limits {
     /// The largest finite value.
-    max: f64,
+    pub(crate) max: f64,
     /// The smallest positive normal value.
     min_normal: f64,
 }
 
 impl Limits {
-    fn of(d: DType) -> Option<Self> {
+    pub(crate) fn of(d: DType) -> Option<Self> {
         let (max, min_normal) = match d {
             DType::F16 => (half::f16::MAX.to_f64(), half::f16::MIN_POSITIVE.to_f64()),
             DType::BF16 => (half::bf16::MAX.to_f64(), half::bf16::MIN_POSITIVE.to_f64()),
@@ -210,7 +210,7 @@ impl Limits {
 
 /// `x >= 0` as `d` holds it (rounded to nearest, as candle casts), and the next value of `d`
 /// above that.
-fn held_and_next(x: f64, d: DType) -> (f64, f64) {
+pub(crate) fn held_and_next(x: f64, d: DType) -> (f64, f64) {
     match d {
         DType::F16 => {
             let h = half::f16::from_f64(x);

@@ -7,6 +7,9 @@
 
 use candle_core::{DType as CDType, Tensor};
 
+use crate::compile::candle_dtype;
+use crate::compile::trace::{Limits, held_and_next};
+
 use crate::diagnostic::Diagnostic;
 use crate::format::{fmt_num, fmt_short};
 use crate::lang::file::{DType, LossFile};
@@ -94,7 +97,7 @@ impl Stall {
     /// Whether the square of a gradient value overflows the dtype in an optimizer that keeps
     /// g²: its state is then inf, and its update m / √inf is zero.
     fn squares_overflow(&self) -> Option<&Still> {
-        let max = largest_of(self.dtype);
+        let max = largest(self.dtype);
         self.params
             .iter()
             .find(|s| self.squares && s.grad * s.grad > max)
@@ -135,7 +138,7 @@ impl Stall {
                     "its gradient reaches {}, whose square overflows {dtype} (largest {}): an \
                      optimizer that keeps g² (Adam, RMSprop, Adagrad) divides by inf and steps 0",
                     fmt_num(s.grad),
-                    fmt_num(largest_of(self.dtype))
+                    fmt_num(largest(self.dtype))
                 ),
                 "scale the loss down, clip the gradient (`clip_norm` in [optimizer]), or run in \
                  f64"
@@ -175,26 +178,12 @@ impl Stall {
 }
 
 /// The largest finite value of `d`.
-fn largest_of(d: DType) -> f64 {
-    match d {
-        DType::F16 => half::f16::MAX.to_f64(),
-        DType::BF16 => half::bf16::MAX.to_f64(),
-        DType::F32 => f64::from(f32::MAX),
-        DType::F64 => f64::MAX,
-    }
+fn largest(d: DType) -> f64 {
+    Limits::of(candle_dtype(d)).map_or(f64::MAX, |l| l.max)
 }
 
-/// The gap between `d`'s values at magnitude `x` (its ulp there; the smallest normal's at 0).
+/// The gap between `d`'s values at magnitude `x`: from `x` as `d` holds it to the next value.
 fn gap(d: DType, x: f64) -> f64 {
-    let (bits, min_exp) = match d {
-        DType::F16 => (10, -14),
-        DType::BF16 => (7, -126),
-        DType::F32 => (23, -126),
-        DType::F64 => (52, -1022),
-    };
-    let exp = match x.abs() {
-        0.0 => min_exp,
-        a => (a.log2().floor() as i32).max(min_exp),
-    };
-    2f64.powi(exp - bits)
+    let (held, next) = held_and_next(x.abs(), candle_dtype(d));
+    next - held
 }
