@@ -229,11 +229,18 @@ pub fn thread_cpu_time() -> Option<std::time::Duration> {
 }
 
 /// Lowers the calling thread's priority by `nice` from the one it has (Linux keeps a nice value
-/// per thread): the threads that step and draw the runs make way for the UI thread.
+/// per thread) and, for a `nice` above 0, makes it a batch thread: the threads that step and draw
+/// the runs make way for the UI thread. Niced alone, a worker woken while the UI drew (handed
+/// its turn, say) preempted the frame and kept the core up to a 4 ms tick; a batch thread does
+/// not preempt on waking (Linux's `SCHED_BATCH`), and runs as a niced one otherwise.
 pub fn lower_thread_priority(nice: i32) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: reads and changes only the calling thread's nice value.
+    // SAFETY: reads and changes only the calling thread's policy and nice value.
     unsafe {
+        if nice > 0 {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+        }
         let me = libc::gettid() as libc::id_t;
         let now = libc::getpriority(libc::PRIO_PROCESS, me);
         libc::setpriority(libc::PRIO_PROCESS, me, (now + nice).min(19));
