@@ -467,6 +467,8 @@ pub trait StepLosses {
     fn loss_at(&self, step: usize) -> Option<f64>;
     /// The loss of the last step taken.
     fn last_loss(&self) -> Option<f64>;
+    /// Rows recorded, kept or not: a step below it without a loss will not get one.
+    fn recorded(&self) -> usize;
 }
 
 impl StepLosses for [f64] {
@@ -476,6 +478,10 @@ impl StepLosses for [f64] {
 
     fn last_loss(&self) -> Option<f64> {
         self.last().copied()
+    }
+
+    fn recorded(&self) -> usize {
+        self.len()
     }
 }
 
@@ -517,6 +523,57 @@ pub fn lowest<L: StepLosses + ?Sized>(
         loss.is_finite().then_some((p, loss))
     })
     .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// [`lowest`] of a path that grows, kept up to date as its points and their losses arrive:
+/// looked up afresh, the 16k points of a long run's path in its history cost the Landscape tab
+/// up to 0.7 ms a frame. A point thinned out of the path after it was looked at still counts:
+/// the run passed through it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Lowest {
+    best: Option<([f64; 2], f64)>,
+    /// The last path step looked at.
+    through: Option<u64>,
+}
+
+impl Lowest {
+    /// The lowest point and its loss.
+    pub fn get(&self) -> Option<([f64; 2], f64)> {
+        self.best
+    }
+
+    /// The last path step looked at: [`Lowest::catch_up`] takes the points after it.
+    pub fn through(&self) -> Option<u64> {
+        self.through
+    }
+
+    /// Looks at `points` (the path's after [`Lowest::through`], in step order) up to the first
+    /// whose row has not arrived.
+    pub fn catch_up<L: StepLosses + ?Sized>(
+        &mut self,
+        points: impl Iterator<Item = (u64, [f64; 2])>,
+        losses: &L,
+    ) {
+        for (k, p) in points {
+            match losses.loss_at(k as usize) {
+                Some(loss) if loss.is_finite() && self.best.is_none_or(|(_, b)| loss < b) => {
+                    self.best = Some((p, loss));
+                }
+                None if k as usize >= losses.recorded() => break,
+                _ => {}
+            }
+            self.through = Some(k);
+        }
+    }
+
+    /// Rows from `len` on come again, with the losses they had: their points are looked at
+    /// again when they arrive.
+    pub fn again_from(&mut self, len: usize) {
+        self.through = match len {
+            0 => None,
+            _ => self.through.map(|k| k.min(len as u64 - 1)),
+        };
+    }
 }
 
 /// Plane bounds that hold `points` with a margin, at least `min_half` either side of their
@@ -842,6 +899,74 @@ mod tests {
         assert_eq!(sorted, (0..19 * 13).collect::<Vec<_>>());
         // The first cells are the stride-8 lattice: 3 columns x 2 rows.
         assert_eq!(&order[..6], &[0, 8, 16, 8 * 19, 8 * 19 + 8, 8 * 19 + 16]);
+    }
+
+    /// Rows `first..len` of a run whose history dropped the ones before `first`.
+    struct Window {
+        first: usize,
+        losses: Vec<f64>,
+    }
+
+    impl StepLosses for Window {
+        fn loss_at(&self, step: usize) -> Option<f64> {
+            step.checked_sub(self.first)
+                .and_then(|i| self.losses.get(i).copied())
+        }
+        fn last_loss(&self) -> Option<f64> {
+            self.losses.last().copied()
+        }
+        fn recorded(&self) -> usize {
+            self.first + self.losses.len()
+        }
+    }
+
+    #[test]
+    fn the_lowest_point_kept_up_as_points_and_rows_arrive_is_the_one_found_afresh() {
+        // Losses with a NaN, a tie for the lowest (the earlier point counts) and a lower one late.
+        let mut losses: Vec<f64> = (0..60).map(|k| 2.0 + (k as f64 * 0.7).sin()).collect();
+        losses[5] = f64::NAN;
+        losses[20] = 0.5;
+        losses[30] = 0.5;
+        losses[55] = 0.25;
+        let path: Vec<(u64, [f64; 2])> = (0..60).map(|k| (k, [k as f64, -(k as f64)])).collect();
+        let mut kept = Lowest::default();
+        let look = |kept: &mut Lowest, points: &[(u64, [f64; 2])], rows: &Window| {
+            let through = kept.through();
+            let new = points
+                .iter()
+                .copied()
+                .filter(|(k, _)| through.is_none_or(|t| *k > t));
+            kept.catch_up(new, rows);
+        };
+        // Points arrive ahead of their rows, then rows ahead of their points.
+        for n in 0..=60 {
+            let rows = Window {
+                first: 0,
+                losses: losses[..n].to_vec(),
+            };
+            let points = &path[..(n + 3).min(60)];
+            look(&mut kept, points, &rows);
+            assert_eq!(
+                kept.get(),
+                lowest(points.iter().copied(), &losses[..n]),
+                "{n}"
+            );
+            if n == 40 {
+                // Rows from 38 on come again, with the losses they had.
+                kept.again_from(38);
+                assert_eq!(kept.through(), Some(37));
+            }
+        }
+        assert_eq!(kept.get(), Some(([55.0, -55.0], 0.25)));
+        // Points whose rows were dropped get no loss and do not hold up the ones after them.
+        let rows = Window {
+            first: 10,
+            losses: losses[10..25].to_vec(),
+        };
+        let mut late = Lowest::default();
+        look(&mut late, &path[..30], &rows);
+        assert_eq!(late.get(), Some(([20.0, -20.0], 0.5)));
+        assert_eq!(late.through(), Some(24));
     }
 
     #[test]

@@ -338,6 +338,10 @@ impl crate::landscape::StepLosses for History {
     fn last_loss(&self) -> Option<f64> {
         self.cores.last().map(|c| c.loss)
     }
+
+    fn recorded(&self) -> usize {
+        self.len()
+    }
 }
 
 #[cfg(test)]

@@ -52,17 +52,17 @@ impl<T: Clone> Decimated<T> {
 
     /// The kept points in step order, ending with the latest one.
     pub fn iter(&self) -> impl Iterator<Item = &(u64, T)> {
-        let tail = self
-            .last
-            .as_ref()
-            .filter(|(s, _)| self.points.last().is_none_or(|(p, _)| p != s));
-        self.points.iter().chain(tail)
+        self.after(None)
     }
 
-    /// The kept points after `step`.
+    /// The kept points after `step`, found by bisection (callers that follow a long path take
+    /// only its new points).
     pub fn after(&self, step: Option<u64>) -> impl Iterator<Item = &(u64, T)> {
-        self.iter()
-            .filter(move |(s, _)| step.is_none_or(|k| *s > k))
+        let from = step.map_or(0, |k| self.points.partition_point(|(s, _)| *s <= k));
+        let tail = self.last.as_ref().filter(|(s, _)| {
+            self.points.last().is_none_or(|(p, _)| p != s) && step.is_none_or(|k| *s > k)
+        });
+        self.points[from..].iter().chain(tail)
     }
 
     /// The newest point, always kept.

@@ -11,9 +11,7 @@ use super::session::RunView;
 use crate::compile::CompiledFile;
 use crate::landscape::service::{self, Job, JobId, LossKey, Report};
 use crate::landscape::surface::{LrLine, Mode};
-use crate::landscape::{
-    Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, lowest, view_for,
-};
+use crate::landscape::{Grid, GridSpec, Plane, PlaneKind, follow_limit, followed, view_for};
 use crate::run::worker::{Command, RunId};
 
 /// View bounds in plane coordinates: `((x0, x1), (y0, y1))`.
@@ -455,7 +453,7 @@ impl LandscapeView {
                     && key.dtype == drawn.dtype
                     && key.consts == drawn.consts
             })
-            .filter_map(|r| lowest(r.path.iter().copied(), &r.history))
+            .filter_map(|r| r.lowest.get())
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 }

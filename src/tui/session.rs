@@ -14,7 +14,7 @@ use crate::compile::CompiledFile;
 use crate::compile::gradcheck::ParamCheck;
 use crate::compile::hessian::Hessian;
 use crate::diagnostic::Diagnostic;
-use crate::landscape::PlaneKind;
+use crate::landscape::{Lowest, PlaneKind};
 use crate::optim::tricks::ChainSpec;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
@@ -78,6 +78,8 @@ pub struct RunView {
     pub streams: Vec<super::chart::Stream>,
     /// Its path on the landscape plane: `(step, plane coordinates)`.
     pub path: Decimated<[f64; 2]>,
+    /// The lowest point of `path` (see [`RunView::score_path`]).
+    pub lowest: Lowest,
     pub link: Link,
     /// Its curves before the last edits of the file, newest first.
     pub before: Vec<Before>,
@@ -89,6 +91,19 @@ pub struct RunView {
 const PATH_POINTS: usize = 16384;
 
 impl RunView {
+    /// Forgets its path (a new plane, a rewind, a restart).
+    fn clear_path(&mut self) {
+        self.path = Decimated::new(PATH_POINTS);
+        self.lowest = Lowest::default();
+    }
+
+    /// Brings [`RunView::lowest`] up to date with the path points and rows that arrived.
+    fn score_path(&mut self) {
+        let from = self.lowest.through();
+        self.lowest
+            .catch_up(self.path.after(from).copied(), &self.history);
+    }
+
     /// The step it is at (updates taken): its history holds rows 0..=steps.
     pub fn steps(&self) -> usize {
         self.history.len().saturating_sub(1)
@@ -288,6 +303,7 @@ impl Session {
                     lrfind: None,
                     streams: Vec::new(),
                     path: Decimated::new(PATH_POINTS),
+                    lowest: Lowest::default(),
                     link: Link::Live,
                     before: Vec::new(),
                     metrics: Default::default(),
@@ -306,6 +322,7 @@ impl Session {
                     {
                         r.history.truncate(first);
                         r.streams = super::chart::streams(&r.history, self.smoothing);
+                        r.lowest.again_from(first);
                     }
                     for rec in &records {
                         note_warnings(&mut self.warnings, r, rec);
@@ -317,11 +334,14 @@ impl Session {
                         r.history.push(rec);
                         r.streams.iter_mut().for_each(|s| s.push(rec));
                     }
+                    r.score_path();
                 }
             }
             Event::Truncated(rid, len, scale) => {
                 if let Some(r) = live(&mut self.runs, rid) {
                     r.history.truncate(len);
+                    r.lowest = Lowest::default();
+                    r.score_path();
                     r.metrics.truncate(len as u64);
                     r.streams = super::chart::streams(&r.history, self.smoothing);
                     r.first_nonfinite = r.first_nonfinite.filter(|&k| (k as usize) < len);
@@ -473,7 +493,7 @@ impl Session {
             Event::Plane(p, at) => {
                 // Paths on the old plane mean nothing on the new one; the worker sends them again.
                 for r in &mut self.runs {
-                    r.path = Decimated::new(PATH_POINTS);
+                    r.clear_path();
                 }
                 self.landscape.on_plane(p, at);
             }
@@ -484,11 +504,12 @@ impl Session {
             } => {
                 if let Some(r) = live(&mut self.runs, run) {
                     if replace {
-                        r.path = Decimated::new(PATH_POINTS);
+                        r.clear_path();
                     }
                     for (k, p) in points {
                         r.path.push(k, p);
                     }
+                    r.score_path();
                 }
             }
             Event::NextUpdate {
@@ -662,7 +683,7 @@ impl Session {
             r.formula = None;
             r.hessian = None;
             r.lrfind = None;
-            r.path = Decimated::new(PATH_POINTS);
+            r.clear_path();
         }
         gone.dedup();
         let restarted = Restarted {
