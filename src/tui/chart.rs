@@ -192,11 +192,10 @@ pub fn series(
     smooth: Option<f64>,
 ) -> Series {
     let raw: Vec<f64> = range.clone().map(|k| metric.value(h, k)).collect();
-    let values = match smooth {
-        Some(w) => ema(&raw, w),
-        None => raw.clone(),
-    };
-    decimate(&values, &raw, range.start, columns.max(1), log)
+    match smooth {
+        Some(w) => decimate(&ema(&raw, w), &raw, range.start, columns.max(1), log),
+        None => decimate(&raw, &raw, range.start, columns.max(1), log),
+    }
 }
 
 /// Buckets `values` (for steps `first..`) into at most `columns` columns: each contributes its
@@ -208,30 +207,28 @@ pub fn decimate(values: &[f64], raw: &[f64], first: usize, columns: usize, log: 
         return out;
     }
     let bucket = n.div_ceil(columns).max(1);
-    let transform = |v: f64| {
-        if log {
-            if v > 0.0 { Some(v.log10()) } else { None }
-        } else {
-            Some(v)
-        }
-    };
+    // log10 is increasing: a bucket's extremes are those of its positive values, and only
+    // they are transformed (a log10 of every value was a seventh of drawing a chart).
+    let drawn = |v: f64| v.is_finite() && (!log || v > 0.0);
+    let transform = |v: f64| if log { v.log10() } else { v };
     for (b, chunk) in values.chunks(bucket).enumerate() {
         let start = b * bucket;
         let mut lo = f64::INFINITY;
         let mut hi = f64::NEG_INFINITY;
         let (mut lo_k, mut hi_k) = (0, 0);
         for (i, &v) in chunk.iter().enumerate() {
-            if let Some(t) = transform(v).filter(|t| t.is_finite()) {
-                if t < lo {
-                    lo = t;
+            if drawn(v) {
+                if v < lo {
+                    lo = v;
                     lo_k = i;
                 }
-                if t > hi {
-                    hi = t;
+                if v > hi {
+                    hi = v;
                     hi_k = i;
                 }
             }
         }
+        let (lo, hi) = (transform(lo), transform(hi));
         if raw[start..start + chunk.len()]
             .iter()
             .any(|v| !v.is_finite())
@@ -282,6 +279,19 @@ mod tests {
         let s = decimate(&v, &v, 0, 100, false);
         assert!(s.points.len() <= 200);
         assert!(s.points.iter().any(|&(x, y)| x == 5_000.0 && y == 1e6));
+    }
+
+    #[test]
+    fn log_decimation_draws_the_log_of_each_buckets_positive_extremes() {
+        let v = [1.0, 10.0, 0.0, -5.0, 100.0, 1e-3, 0.0, -1.0];
+        let s = decimate(&v, &v, 0, 3, true);
+        // Buckets of 3: {1, 10, 0}, {-5, 100, 1e-3} (the extremes in step order) and {0, -1},
+        // which has nothing to draw on a log axis.
+        assert_eq!(
+            s.points,
+            vec![(0.0, 0.0), (1.0, 1.0), (4.0, 2.0), (5.0, -3.0)]
+        );
+        assert!(s.nonfinite.is_empty());
     }
 
     #[test]
