@@ -646,23 +646,29 @@ fn interpret<T: Float>(
         started.fill(false);
         for (s, step) in steps.iter().enumerate().rev() {
             let o = leaves.len() + s;
+            // A step's arguments are slots before its own: their gradients lie below its.
+            let (below, own) = adj.split_at_mut(o * width);
             let g = match o == root {
                 true => &grad[start..start + len],
-                false => &adj[at(o)],
+                false => &own[..len],
             };
             let (ca, cb) = parts.split_at_mut(width);
             let (ca, cb) = (&mut ca[..len], &mut cb[..len]);
             let a = chunk(leaves, &v, step.args[0], start, width, len);
             let b = chunk(leaves, &v, step.args[1], start, width, len);
-            let signs = contributions(step, a, b, &v[at(o)], g, ca, cb);
-            for (k, (part, subtract)) in
-                [(&*ca, signs[0]), (&*cb, signs[1])].into_iter().enumerate()
-            {
+            let hows = contributions(step, a, b, &v[at(o)], g, ca, cb);
+            for (k, (buffer, how)) in [(&*ca, hows[0]), (&*cb, hows[1])].into_iter().enumerate() {
                 if !step.passes(k) {
                     continue;
                 }
+                let (part, subtract) = match how {
+                    Part::Added => (buffer, false),
+                    Part::Subtracted => (buffer, true),
+                    Part::Passed => (g, false),
+                    Part::PassedNegated => (g, true),
+                };
                 let slot = step.args[k];
-                let into = &mut adj[at(slot)];
+                let into = &mut below[at(slot)];
                 let base = |x: T| if started[slot] { x } else { T::default() };
                 match subtract {
                     false => into
@@ -737,9 +743,20 @@ fn value<T: Float>(step: &Step, a: &[T], b: &[T], y: &mut [T]) {
     }
 }
 
-/// What one step adds to (or, where the flag says so, subtracts from) its arguments' gradients,
-/// from its arguments `a`, `b`, its values `y` and its own gradient `g`, in the arithmetic of
-/// candle's backward for the op (or the op's own backward).
+/// How a step's contribution to an argument's gradient goes in: its buffer added or
+/// subtracted, or the step's own gradient as it is (an add or a subtract passes it on, and its
+/// copy was a pass over the chunk for nothing).
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Added,
+    Subtracted,
+    Passed,
+    PassedNegated,
+}
+
+/// What one step adds to its arguments' gradients (those it passes one to), from its
+/// arguments `a`, `b`, its values `y` and its own gradient `g`, in the arithmetic of candle's
+/// backward for the op (or the op's own backward), and how each goes in (see [`Part`]).
 #[inline(always)]
 fn contributions<T: Float>(
     step: &Step,
@@ -749,8 +766,9 @@ fn contributions<T: Float>(
     g: &[T],
     ca: &mut [T],
     cb: &mut [T],
-) -> [bool; 2] {
+) -> [Part; 2] {
     let two = T::from_f64(2.0);
+    let wants = [step.passes(0), step.passes(1)];
     match step.func {
         Func::Neg => each3(a, g, ca, |_, g| -g),
         Func::Exp => each3(y, g, ca, |y, g| g * y),
@@ -761,7 +779,7 @@ fn contributions<T: Float>(
         // candle subtracts g sin(x).
         Func::Cos => {
             each3(a, g, ca, |x, g| g * x.sin());
-            return [true, false];
+            return [Part::Subtracted, Part::Added];
         }
         Func::Tanh => each3(y, g, ca, |y, g| g * (T::one() - y * y)),
         Func::Elem(e) => T::adjoint(e, a, y, g, ca),
@@ -773,21 +791,26 @@ fn contributions<T: Float>(
             let (p, q) = (T::from_f64(e), T::from_f64(e - 1.0));
             each3(a, g, ca, |x, g| (x.powf(q) * p) * g)
         }
-        Func::Add | Func::Sub => {
-            ca.copy_from_slice(g);
-            cb.copy_from_slice(g);
-            return [false, step.func == Func::Sub];
-        }
+        Func::Add => return [Part::Passed, Part::Passed],
+        Func::Sub => return [Part::Passed, Part::PassedNegated],
         Func::Mul => {
-            each3(b, g, ca, |z, g| g * z);
-            each3(a, g, cb, |x, g| g * x);
+            if wants[0] {
+                each3(b, g, ca, |z, g| g * z);
+            }
+            if wants[1] {
+                each3(a, g, cb, |x, g| g * x);
+            }
         }
         Func::Div => {
-            each3(b, g, ca, |z, g| g / z);
-            for (((c, &x), &z), &g) in cb.iter_mut().zip(a).zip(b).zip(g) {
-                *c = (g * x) / (z * z);
+            if wants[0] {
+                each3(b, g, ca, |z, g| g / z);
             }
-            return [false, true];
+            if wants[1] {
+                for (((c, &x), &z), &g) in cb.iter_mut().zip(a).zip(b).zip(g) {
+                    *c = (g * x) / (z * z);
+                }
+            }
+            return [Part::Added, Part::Subtracted];
         }
         // The masks of candle's backward: which side the result equals, halved at a tie.
         Func::Max | Func::Min => {
@@ -805,7 +828,7 @@ fn contributions<T: Float>(
             }
         }
     }
-    [false, false]
+    [Part::Added, Part::Added]
 }
 
 #[cfg(test)]
