@@ -12,7 +12,8 @@ fn the_mlp_gives_the_same_bits_on_the_pool_as_on_one_thread() {
     let path = Path::new("losses/bench/mlp.toml");
     let loaded = load_bytes(path, std::fs::read(path).unwrap());
     let compiled = compile(loaded.file.unwrap()).0.unwrap();
-    // As the TUI starts it: its threads a few steps behind the one that starts it.
+    // As the TUI starts it: its threads a few steps behind the one that starts it, and batch
+    // threads.
     threads::start([&compiled], 3);
     // The pool the rule gives it: every core here (on one core both sides below run on one
     // thread).
@@ -26,6 +27,10 @@ fn the_mlp_gives_the_same_bits_on_the_pool_as_on_one_thread() {
         let here = nice();
         let pool = rayon::broadcast(|_| nice());
         assert_eq!(pool, vec![(here + 3).min(19); threads::count()]);
+        // Batch threads, which do not preempt the UI thread on waking.
+        // SAFETY: reads the calling thread's policy only.
+        let policy = rayon::broadcast(|_| unsafe { libc::sched_getscheduler(0) });
+        assert_eq!(policy, vec![libc::SCHED_BATCH; threads::count()]);
     }
     for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
         let evaluate = |serial: bool| {
