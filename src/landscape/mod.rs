@@ -528,10 +528,12 @@ pub fn lowest<L: StepLosses + ?Sized>(
 /// [`lowest`] of a path that grows, kept up to date as its points and their losses arrive:
 /// looked up afresh, the 16k points of a long run's path in its history cost the Landscape tab
 /// up to 0.7 ms a frame. A point thinned out of the path after it was looked at still counts:
-/// the run passed through it.
+/// the run passed through it (so the mark can lie off the drawn path, and after a rewind or a
+/// new plane, which look at the path kept, it can move to a point that is not as low).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Lowest {
-    best: Option<([f64; 2], f64)>,
+    /// The lowest point's step, the point and its loss.
+    best: Option<(u64, [f64; 2], f64)>,
     /// The last path step looked at.
     through: Option<u64>,
 }
@@ -539,7 +541,7 @@ pub struct Lowest {
 impl Lowest {
     /// The lowest point and its loss.
     pub fn get(&self) -> Option<([f64; 2], f64)> {
-        self.best
+        self.best.map(|(_, p, loss)| (p, loss))
     }
 
     /// The last path step looked at: [`Lowest::catch_up`] takes the points after it.
@@ -556,8 +558,12 @@ impl Lowest {
     ) {
         for (k, p) in points {
             match losses.loss_at(k as usize) {
-                Some(loss) if loss.is_finite() && self.best.is_none_or(|(_, b)| loss < b) => {
-                    self.best = Some((p, loss));
+                // As `lowest` orders them: the first of equal losses, -0 below +0.
+                Some(loss)
+                    if loss.is_finite()
+                        && self.best.is_none_or(|(_, _, b)| loss.total_cmp(&b).is_lt()) =>
+                {
+                    self.best = Some((k, p, loss));
                 }
                 None if k as usize >= losses.recorded() => break,
                 _ => {}
@@ -566,13 +572,15 @@ impl Lowest {
         }
     }
 
-    /// Rows from `len` on come again, with the losses they had: their points are looked at
-    /// again when they arrive.
+    /// Rows from `len` on come again, and their losses may differ (a run leaving a batch takes
+    /// its current row again alone, rounded its own way): their points are looked at again when
+    /// they arrive, and the whole path if the lowest was one of them.
     pub fn again_from(&mut self, len: usize) {
-        self.through = match len {
-            0 => None,
-            _ => self.through.map(|k| k.min(len as u64 - 1)),
-        };
+        if len == 0 || self.best.is_some_and(|(k, _, _)| k >= len as u64) {
+            *self = Self::default();
+        } else {
+            self.through = self.through.map(|k| k.min(len as u64 - 1));
+        }
     }
 }
 
@@ -952,9 +960,16 @@ mod tests {
                 "{n}"
             );
             if n == 40 {
-                // Rows from 38 on come again, with the losses they had.
+                // Rows from 38 on come again: the lowest, at 20, stands.
                 kept.again_from(38);
                 assert_eq!(kept.through(), Some(37));
+                assert_eq!(kept.get(), Some(([20.0, -20.0], 0.5)));
+            }
+            if n == 57 {
+                // Rows from 55 on come again, the lowest's among them: the path is looked at
+                // afresh.
+                kept.again_from(55);
+                assert_eq!((kept.get(), kept.through()), (None, None));
             }
         }
         assert_eq!(kept.get(), Some(([55.0, -55.0], 0.25)));
@@ -967,6 +982,12 @@ mod tests {
         look(&mut late, &path[..30], &rows);
         assert_eq!(late.get(), Some(([20.0, -20.0], 0.5)));
         assert_eq!(late.through(), Some(24));
+        // -0 is below +0, as `lowest` orders them.
+        let zeros = [1.0, 1.0, 0.0, 1.0, -0.0];
+        let mut signed = Lowest::default();
+        signed.catch_up(path[..5].iter().copied(), &zeros[..]);
+        assert_eq!(signed.get(), lowest(path[..5].iter().copied(), &zeros[..]));
+        assert_eq!(signed.get().map(|(p, _)| p), Some([4.0, -4.0]));
     }
 
     #[test]
