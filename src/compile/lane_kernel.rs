@@ -18,7 +18,8 @@ pub fn lane_vecmat(v: &Tensor, m: &Tensor) -> Result<Tensor> {
 }
 
 /// `g @ mᵀ` for every lane: `g` one row per lane `[R, k]`, `m` `[n, k]` shared by the lanes (or
-/// one per lane, `[R, n, k]`); `[R, n]`. The backward pass of [`lane_vecmat`], and it of this.
+/// one per lane, `[R, n, k]`); `[R, n]`, with the subnormal values of `g` taken as zeros (see
+/// `dots`). The backward pass of [`lane_vecmat`], and it of this.
 /// Each entry is a dot product of two rows of k: element c goes into running sum c mod
 /// [`Num::SUMS`] (fused multiply-adds in order of c), the sums are added in order, then the
 /// last k mod SUMS elements in order, whatever R, the tiling and the CPU's vector width.
@@ -723,11 +724,12 @@ fn dots_plain<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 /// The kernel of [`lane_dots`], fused where the CPU allows (the same bits in AVX-512 as in
 /// AVX2 registers). Values of `g` below the normal range count as zeros of their sign: an x86
 /// multiply-add with a subnormal operand takes a microcode assist (45 ns here against 1), and
-/// a vector of 16 takes it for one among them. Late on separable data, 5% of a logistic
-/// regression's gradient values are subnormal; in half of its 16-wide vectors, an 8-lane batch
-/// stepped 8x slower than the runs apart (50 s for 20,000 steps, 6.2 s flushed). What such a
-/// value adds, below 2^-126 (2^-1022 in f64) times the matrix's entry, changes a sum only where
-/// every term of the sum is that small. Each kernel zeroes them as it copies or reads `g`.
+/// a register of 16 values (8 in AVX2) takes it for one among them. Late on separable data, 5%
+/// of a logistic regression's gradient values are subnormal; in half of its registers, 8
+/// batched runs of 20,000 steps took 50 s, 2.3x as long as the runs apart, and 6.2 s with them
+/// zeroed. What such a value adds to a sum is below 2^-126 (2^-1022 in f64) times the matrix's
+/// entry: it shows only in a sum that ends up that small (its other terms that small, or
+/// cancelling). Each kernel zeroes them as it copies or reads `g`.
 pub(super) fn dots<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -980,46 +982,60 @@ mod tests {
     /// alone sums to 0, and rows with some sum as with them zeroed.
     #[test]
     fn lane_dots_count_subnormal_row_values_as_zeros() {
-        let (lanes, n, k) = (8, 5, 1100);
-        let d = LaneDims {
-            lanes,
-            n,
-            k,
-            shared: true,
-        };
-        let unit = |i: usize, seed: f64| (i as f64 * 0.618_034 + seed).fract() * 2.0 - 1.0;
-        let m: Vec<f32> = (0..n * k).map(|i| unit(i, 0.7) as f32).collect();
-        // A logistic regression's gradient late on separable data: some values normal, many
-        // tiny, some below f32's normal range; lane 0 all subnormal.
-        let g: Vec<f32> = (0..lanes * k)
-            .map(|i| match (i < k, i % 5) {
-                (true, _) | (false, 1 | 2) => (unit(i, 0.3) * 1e-39) as f32,
-                (false, 3) => (unit(i, 0.3) * 1e-30) as f32,
-                _ => (unit(i, 0.3) * 1e-3) as f32,
-            })
-            .collect();
-        assert!(g.iter().filter(|x| x.is_subnormal()).count() > g.len() / 3);
-        let zeroed: Vec<f32> = g
-            .iter()
-            .map(|&x| {
-                if x.is_subnormal() {
-                    0.0f32.copysign(x)
-                } else {
-                    x
+        fn check<T: Num + PartialEq + std::fmt::Debug>(
+            cast: impl Fn(f64) -> T,
+            back: impl Fn(T) -> f64,
+            (tiny, min_positive): (f64, f64),
+        ) {
+            let (lanes, n, k) = (8, 5, 1100);
+            let unit = |i: usize, seed: f64| (i as f64 * 0.618_034 + seed).fract() * 2.0 - 1.0;
+            let subnormal = |x: f64| x != 0.0 && x.abs() < min_positive;
+            // A logistic regression's gradient late on separable data: some values normal, many
+            // small, some below the normal range; lane 0 all below it.
+            let g: Vec<T> = (0..lanes * k)
+                .map(|i| match (i < k, i % 5) {
+                    (true, _) | (false, 1 | 2) => cast(unit(i, 0.3) * tiny),
+                    (false, 3) => cast(unit(i, 0.3) * 1e-30),
+                    _ => cast(unit(i, 0.3) * 1e-3),
+                })
+                .collect();
+            let zeroed: Vec<T> = g
+                .iter()
+                .map(|&x| match subnormal(back(x)) {
+                    true => cast(0.0f64.copysign(back(x))),
+                    false => x,
+                })
+                .collect();
+            assert!(g.iter().filter(|&&x| subnormal(back(x))).count() > g.len() / 3);
+            for shared in [true, false] {
+                let d = LaneDims {
+                    lanes,
+                    n,
+                    k,
+                    shared,
+                };
+                let len = if shared { n * k } else { lanes * n * k };
+                let m: Vec<T> = (0..len).map(|i| cast(unit(i, 0.7))).collect();
+                let out = dots(&g, &m, d);
+                assert_eq!(out, dots_in_order(&zeroed, &m, d), "shared {shared}");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just now.
+                    assert_eq!(unsafe { dots_avx2(&g, &m, d) }, out, "shared {shared}");
                 }
-            })
-            .collect();
-        let out = dots(&g, &m, d);
-        assert_eq!(out, dots_in_order(&zeroed, &m, d));
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just now.
-            assert_eq!(unsafe { dots_avx2(&g, &m, d) }, out);
+                assert_eq!(dots_plain(&g, &m, d), dots_plain(&zeroed, &m, d));
+                assert!(out[..n].iter().all(|&x| back(x) == 0.0));
+                assert!(out[n..].iter().all(|&x| back(x) != 0.0));
+            }
         }
-        assert_eq!(dots_plain(&g, &m, d), dots_plain(&zeroed, &m, d));
-        assert!(out[..n].iter().all(|&x| x == 0.0));
-        assert!(out[n..].iter().all(|&x| x != 0.0));
+        check(
+            |x| x as f32,
+            f64::from,
+            (1e-39, f64::from(f32::MIN_POSITIVE)),
+        );
+        check(|x| x, |x| x, (1e-310, f64::MIN_POSITIVE));
     }
 
     /// The lane kernels' tiles (8, 4 and 1 lanes, of every width; AVX-512 then AVX2 then one by
