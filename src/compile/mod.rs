@@ -39,7 +39,7 @@ use crate::diagnostic::{Diagnostic, SourceFile, Span};
 use crate::lang::file::{ConstEntry, DType, LossFile, ParamTable, Setting, SettingValue};
 use crate::optim::custom::UpdateProgram;
 use crate::optim::groups::{ParamSettings, param_groups};
-use crate::optim::settings::{RUN_SETTINGS, RunSettings};
+use crate::optim::settings::{RunSettings, is_run_setting};
 use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
 use crate::optim::tricks::ChainOverride;
 
@@ -589,7 +589,7 @@ fn variant_optimizer(file: &[Setting], over: &[Setting]) -> Vec<Setting> {
     }
     let kept: Vec<Setting> = file
         .iter()
-        .filter(|s| RUN_SETTINGS.iter().any(|(k, _)| *k == s.key.node))
+        .filter(|s| is_run_setting(&s.key.node))
         .cloned()
         .collect();
     overlay(&kept, over, |s| &s.key.node)

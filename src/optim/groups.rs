@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::settings::RUN_SETTINGS;
+use super::settings::is_run_setting;
 use super::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
 
 /// The key of a param's learning-rate multiplier.
@@ -215,7 +215,7 @@ pub fn check_param_setting(
     if let Some(e) = run_wide(key) {
         return Err(e);
     }
-    if RUN_SETTINGS.iter().any(|(n, _)| *n == key) && !is_hyper(kind, key) {
+    if is_run_setting(key) && !is_hyper(kind, key) {
         return Err(SettingError {
             message: format!("`{key}` is a run setting: it is the same for every param"),
             help: Some("set it in [optimizer]".into()),

@@ -91,6 +91,11 @@ pub const RUN_SETTINGS: &[(&str, SettingKind)] = &[
     ("tricks", SettingKind::Tricks),
 ];
 
+/// Whether `key` is a run setting.
+pub fn is_run_setting(key: &str) -> bool {
+    RUN_SETTINGS.iter().any(|(n, _)| *n == key)
+}
+
 /// Checks `key = value` if `key` is a run setting (None: it is not one).
 pub fn check_run_setting(key: &str, value: RawValue) -> Option<Result<(), SettingError>> {
     let &(_, kind) = RUN_SETTINGS.iter().find(|(n, _)| *n == key)?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::compile::data::Named;
 use crate::compile::{CompiledFile, values_f64};
 use crate::lang::file::{ConstEntry, LossFile, OptimizerDef, Setting, SettingValue, Variant};
-use crate::optim::settings::RUN_SETTINGS;
+use crate::optim::settings::is_run_setting;
 use crate::run::worker::RunInfo;
 
 /// The differences between two compiled versions of a file, joined with commas (`text
@@ -84,7 +84,7 @@ pub fn from_base(compiled: &CompiledFile, info: &RunInfo) -> String {
             let run_settings = |d: &[Setting]| -> Vec<Setting> {
                 d.iter()
                     .filter(|s| s.key.node != "tricks")
-                    .filter(|s| RUN_SETTINGS.iter().any(|(k, _)| *k == s.key.node))
+                    .filter(|s| is_run_setting(&s.key.node))
                     .cloned()
                     .collect()
             };

@@ -6,7 +6,7 @@ use toml::de::{DeTable, DeValue};
 use super::*;
 use crate::lang::file::{HyperDef, StateDef, UPDATE_INPUTS};
 use crate::lang::parser::parse_update;
-use crate::optim::settings::RUN_SETTINGS;
+use crate::optim::settings::is_run_setting;
 use crate::optim::spec::OptimizerKind;
 
 const OPTIMIZER_KEYS: &[&str] = &["about", "hyper", "state", "update"];
@@ -227,7 +227,7 @@ impl Checker {
                 format!("`{n}` is {is}, which every update is given"),
                 format!("{what} needs another name"),
             )
-        } else if RUN_SETTINGS.iter().any(|(s, _)| *s == n) {
+        } else if is_run_setting(n) {
             (
                 format!("`{n}` is a run setting"),
                 format!("{what} needs another name: `{n}` in [optimizer] or a spec sets the run"),

@@ -333,10 +333,7 @@ const TORCH_TUPLES: [(&str, [&str; 2]); 3] = [
 fn array_help(key: &str, items: &[Value]) -> String {
     let Some((_, names)) = TORCH_TUPLES.iter().find(|(k, _)| *k == key) else {
         // `sweep -o` sweeps an optimizer's hyper-parameters, not the run's settings.
-        let run_setting = crate::optim::settings::RUN_SETTINGS
-            .iter()
-            .any(|(k, _)| *k == key);
-        return match run_setting {
+        return match crate::optim::settings::is_run_setting(key) {
             true => "a setting takes one value; to compare several, give each a [[variants]] entry"
                 .to_string(),
             false => format!(
