@@ -513,19 +513,19 @@ pub fn followed<'a, L: StepLosses + ?Sized>(
     })
 }
 
-/// The point of one run's path (`(step, point)`) with the lowest finite loss, and that loss.
+/// The point of one run's path (`(step, point)`, in step order) with the lowest finite loss,
+/// and that loss: [`Lowest`] over the whole path at once.
 pub fn lowest<L: StepLosses + ?Sized>(
     path: impl Iterator<Item = (u64, [f64; 2])>,
     losses: &L,
 ) -> Option<([f64; 2], f64)> {
-    path.filter_map(|(k, p)| {
-        let loss = losses.loss_at(k as usize)?;
-        loss.is_finite().then_some((p, loss))
-    })
-    .min_by(|a, b| a.1.total_cmp(&b.1))
+    let mut found = Lowest::default();
+    found.catch_up(path, losses);
+    found.get()
 }
 
-/// [`lowest`] of a path that grows, kept up to date as its points and their losses arrive:
+/// The lowest finite loss at a point of a path that grows (the first of equal ones, -0 below
+/// +0), kept up to date as its points and their losses arrive:
 /// looked up afresh, the 16k points of a long run's path in its history cost the Landscape tab
 /// up to 0.7 ms a frame. A point thinned out of the path after it was looked at still counts:
 /// the run passed through it (so the mark can lie off the drawn path, and after a rewind or a
@@ -558,7 +558,6 @@ impl Lowest {
     ) {
         for (k, p) in points {
             match losses.loss_at(k as usize) {
-                // As `lowest` orders them: the first of equal losses, -0 below +0.
                 Some(loss)
                     if loss.is_finite()
                         && self.best.is_none_or(|(_, _, b)| loss.total_cmp(&b).is_lt()) =>
