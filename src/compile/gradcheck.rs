@@ -171,15 +171,15 @@ pub fn gradcheck(
             let kink = (right - left).abs() > atol + rtol * right.abs().max(left.abs())
                 && (right - left).abs() > 1e-3;
             let err = (g[k] - central).abs();
-            let ratio = err / (atol + rtol * central.abs());
+            let tolerance = atol + rtol * central.abs();
             // A kink excuses a finite gradient that disagrees, never a NaN or an infinite one.
             if kink && g[k].is_finite() {
                 check.kinks += 1;
                 continue;
             }
             check.max_abs = max_or_nan(check.max_abs, err);
-            check.max_tol_ratio = max_or_nan(check.max_tol_ratio, ratio);
-            let excess = err - (atol + rtol * central.abs());
+            check.max_tol_ratio = max_or_nan(check.max_tol_ratio, err / tolerance);
+            let excess = err - tolerance;
             let worst = excess > worst_excess || !err.is_finite();
             if worst {
                 worst_excess = if err.is_finite() {
@@ -190,7 +190,6 @@ pub fn gradcheck(
                 check.worst = unravel(k, &dims);
             }
             // NaN errors fail too.
-            let tolerance = atol + rtol * central.abs();
             let within = err <= tolerance;
             if !within {
                 check.verdict = Verdict::Fail;
