@@ -176,7 +176,6 @@ impl Curve {
         })
     }
 
-    /// The point of the lowest smoothed loss (the first of equal ones).
     /// Whether the smoothed loss fell below its start by more than rounding (a part in 10^6:
     /// at a minimum it wobbles by a few ulps, which is no descent to suggest an lr from).
     fn descends(&self) -> bool {
@@ -187,6 +186,7 @@ impl Curve {
         start - min > NOISE * start.abs().max(min.abs())
     }
 
+    /// The point of the lowest smoothed loss (the first of equal ones).
     fn min(&self) -> Option<&Point> {
         self.finite()
             .min_by(|a, b| a.smoothed.total_cmp(&b.smoothed))
@@ -217,17 +217,13 @@ impl Curve {
             .map(|(lr, _)| lr)
     }
 
-    /// The lr of the lowest smoothed loss, divided by 10 (fastai's `minimum`); None when the
-    /// lowest is where the test started (the loss never fell: a tenth of it would be an lr the
-    /// test never tried).
+    /// The lr of the lowest smoothed loss, divided by 10 (fastai's `minimum`); None without a
+    /// descent (at the start, a tenth of it would be an lr the test never tried).
     pub fn min_tenth(&self) -> Option<f64> {
-        if !self.descends() {
-            return None;
+        match self.descends() {
+            true => self.min().map(|p| p.lr / 10.0),
+            false => None,
         }
-        let first = self.finite().next()?;
-        self.min()
-            .filter(|p| !std::ptr::eq(*p, first))
-            .map(|p| p.lr / 10.0)
     }
 }
 
