@@ -9,7 +9,6 @@ use candle_core::{DType as CDType, Tensor};
 
 use crate::compile::candle_dtype;
 use crate::compile::trace::{Limits, held_and_next};
-
 use crate::diagnostic::Diagnostic;
 use crate::format::{fmt_num, fmt_short};
 use crate::lang::file::{DType, LossFile};
@@ -97,10 +96,11 @@ impl Stall {
     /// Whether the square of a gradient value overflows the dtype in an optimizer that keeps
     /// g²: its state is then inf, and its update m / √inf is zero.
     fn squares_overflow(&self) -> Option<&Still> {
+        if !self.squares {
+            return None;
+        }
         let max = largest(self.dtype);
-        self.params
-            .iter()
-            .find(|s| self.squares && s.grad * s.grad > max)
+        self.params.iter().find(|s| s.grad * s.grad > max)
     }
 
     /// The warning in a few words, for a list: `` `w` did not move: updates round away in

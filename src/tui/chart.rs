@@ -192,10 +192,9 @@ pub fn series(
     smooth: Option<f64>,
 ) -> Series {
     let raw: Vec<f64> = range.clone().map(|k| metric.value(h, k)).collect();
-    match smooth {
-        Some(w) => decimate(&ema(&raw, w), &raw, range.start, columns.max(1), log),
-        None => decimate(&raw, &raw, range.start, columns.max(1), log),
-    }
+    let smoothed = smooth.map(|w| ema(&raw, w));
+    let values = smoothed.as_deref().unwrap_or(&raw);
+    decimate(values, &raw, range.start, columns.max(1), log)
 }
 
 /// Buckets `values` (for steps `first..`) into at most `columns` columns: each contributes its
