@@ -12,7 +12,8 @@ use super::fused::{contiguous, float_only};
 /// (R = 1) and within a batch of runs (see `lanes`) get the same bits, which gemm does not
 /// promise across shapes. `x @ w` for a data matrix `x` is `w @ xᵀ`. Its backward pass is
 /// [`lane_dots`] on the same matrix, so a batch reads one copy of its data, not also the
-/// transpose (logreg's two are 2 MB, this CPU's whole L2).
+/// transpose (logreg's two are 2 MB, this CPU's whole L2). The subnormal values of `v` count
+/// as zeros (see `normal_values`).
 pub fn lane_vecmat(v: &Tensor, m: &Tensor) -> Result<Tensor> {
     LaneProduct { dots: false }.apply(v, m)
 }
@@ -148,6 +149,8 @@ pub(super) trait Num:
     const SUMS: usize;
     /// `self * a + b`, rounded once.
     fn mul_add(self, a: Self, b: Self) -> Self;
+    /// Whether it is below the normal range and not zero.
+    fn subnormal(self) -> bool;
     /// 0 of its sign where it is below the normal range, else itself.
     fn flushed(self) -> Self;
     /// An AVX2 register of them.
@@ -278,6 +281,10 @@ macro_rules! num {
             #[inline(always)]
             fn mul_add(self, a: $t, b: $t) -> $t {
                 <$t>::mul_add(self, a, b)
+            }
+            #[inline(always)]
+            fn subnormal(self) -> bool {
+                self != 0.0 && self.abs() < <$t>::MIN_POSITIVE
             }
             #[inline(always)]
             fn flushed(self) -> $t {
@@ -438,6 +445,21 @@ unsafe fn columns<T: Num, S: Simd<T>>(
     end
 }
 
+/// `v` with its values below the normal range as zeros of their sign, copied only where it has
+/// any. The vector of a product with data, as every kernel here takes it: an x86 multiply-add
+/// with a subnormal operand takes a microcode assist (45 ns on the Xeon against 1), and a
+/// broadcast one takes it across a whole row of the matrix. Late on separable data 5% of a
+/// logistic regression's gradient values are subnormal, and a 20,000-step run alone went at
+/// 5.5k steps/s against 12.9k over its first 500. What such a value adds to a sum is below
+/// 2^-126 (2^-1022 in f64) times the matrix's entry: it shows only in a sum that ends up that
+/// small (its other terms that small, or cancelling).
+pub(super) fn normal_values<T: Num>(v: &[T]) -> std::borrow::Cow<'_, [T]> {
+    match v.iter().any(|x| x.subnormal()) {
+        true => v.iter().map(|x| x.flushed()).collect(),
+        false => std::borrow::Cow::Borrowed(v),
+    }
+}
+
 /// The lane kernel in AVX-512 registers (`WIDE`) then AVX2 ones, and the columns past the last
 /// whole register one by one, in the same order.
 ///
@@ -446,6 +468,7 @@ unsafe fn columns<T: Num, S: Simd<T>>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn vecmat_simd<T: Num, const WIDE: bool>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    let v = &*normal_values(v);
     let LaneDims { lanes, n, k, .. } = d;
     let mut out = vec![T::default(); lanes * k];
     // SAFETY: the instruction sets are the caller's promise; `out` is `[lanes, k]`.
@@ -490,6 +513,7 @@ fn vecmat_avx512<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 /// The lane kernel one value at a time, for CPUs without AVX2 and FMA (its sums are in the same
 /// order but not fused, so they differ from the fused kernel's, never from themselves).
 fn vecmat_plain<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
+    let v = &*normal_values(v);
     let LaneDims { lanes, n, k, .. } = d;
     let mut out = vec![T::default(); lanes * k];
     for (r, out) in out.chunks_exact_mut(k.max(1)).enumerate().take(lanes) {
@@ -505,7 +529,7 @@ fn vecmat_plain<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 }
 
 /// The kernel of [`lane_vecmat`], fused where the CPU allows (the same bits in AVX-512 as in
-/// AVX2 registers). AVX-512 only where lanes share the matrix in tiles of 4 or 8: one lane
+/// AVX2 registers), with `v`'s subnormal values as zeros ([`normal_values`]). AVX-512 only where lanes share the matrix in tiles of 4 or 8: one lane
 /// alone over 64 columns has 8 sums in flight in AVX2 registers and 4 in AVX-512 ones, and ran
 /// a logistic regression step 8% slower.
 pub(super) fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
@@ -722,14 +746,11 @@ fn dots_plain<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 }
 
 /// The kernel of [`lane_dots`], fused where the CPU allows (the same bits in AVX-512 as in
-/// AVX2 registers). Values of `g` below the normal range count as zeros of their sign: an x86
-/// multiply-add with a subnormal operand takes a microcode assist (45 ns here against 1), and
-/// a register of 16 values (8 in AVX2) takes it for one among them. Late on separable data, 5%
-/// of a logistic regression's gradient values are subnormal; in half of its registers, 8
-/// batched runs of 20,000 steps took 50 s, 2.3x as long as the runs apart, and 6.2 s with them
-/// zeroed. What such a value adds to a sum is below 2^-126 (2^-1022 in f64) times the matrix's
-/// entry: it shows only in a sum that ends up that small (its other terms that small, or
-/// cancelling). Each kernel zeroes them as it copies or reads `g`.
+/// AVX2 registers). Values of `g` below the normal range count as zeros of their sign, as in
+/// [`normal_values`]: a register of 16 values (8 in AVX2) takes the assist for one among them,
+/// and in half of a logistic regression's registers late on separable data, 8 batched runs of
+/// 20,000 steps took 50 s, and 6.2 s with them zeroed. Each kernel zeroes them as it copies or
+/// reads `g`.
 pub(super) fn dots<T: Num>(g: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -978,64 +999,120 @@ mod tests {
         }
     }
 
-    /// [`lane_dots`] counts its rows' subnormal values as zeros of their sign: a row of them
-    /// alone sums to 0, and rows with some sum as with them zeroed.
+    /// A logistic regression's gradient late on separable data, `lanes` rows of `len`: some
+    /// values normal, many small, some below the normal range; the first row all below it.
+    /// With it, the same values with those below the normal range zeroed (of their sign).
+    fn late_gradient<T: Num>(
+        (lanes, len): (usize, usize),
+        cast: impl Fn(f64) -> T,
+        back: impl Fn(T) -> f64,
+        tiny: f64,
+    ) -> (Vec<T>, Vec<T>) {
+        let unit = |i: usize| (i as f64 * 0.618_034 + 0.3).fract() * 2.0 - 1.0;
+        let g: Vec<T> = (0..lanes * len)
+            .map(|i| match (i < len, i % 5) {
+                (true, _) | (false, 1 | 2) => cast(unit(i) * tiny),
+                (false, 3) => cast(unit(i) * 1e-30),
+                _ => cast(unit(i) * 1e-3),
+            })
+            .collect();
+        let zeroed: Vec<T> = g.iter().map(|&x| x.flushed()).collect();
+        let below = g.iter().filter(|&&x| x.subnormal()).count();
+        assert!(below > g.len() / 3 && zeroed.iter().all(|x| !x.subnormal()));
+        assert!(
+            g.iter()
+                .zip(&zeroed)
+                .all(|(&a, &b)| back(a) == back(b) || back(b) == 0.0)
+        );
+        (g, zeroed)
+    }
+
+    /// Both lane products count their vectors' subnormal values as zeros of their sign, on
+    /// every path: a lane of them alone sums to 0, and lanes with some sum as with them zeroed.
     #[test]
-    fn lane_dots_count_subnormal_row_values_as_zeros() {
-        fn check<T: Num + PartialEq + std::fmt::Debug>(
-            cast: impl Fn(f64) -> T,
+    fn lane_products_count_subnormal_vector_values_as_zeros() {
+        type Kernel<T> = fn(&[T], &[T], LaneDims) -> Vec<T>;
+        /// `kernel`'s paths on `v` against `in_order` on the zeroed `v`, whose zero lane is `len`
+        /// long in the output.
+        fn agree<T: Num + PartialEq + std::fmt::Debug>(
+            [any, avx2, avx512, plain]: [Kernel<T>; 4],
+            in_order: Kernel<T>,
+            (v, zeroed, m): (&[T], &[T], &[T]),
+            d: LaneDims,
+            len: usize,
             back: impl Fn(T) -> f64,
-            (tiny, min_positive): (f64, f64),
         ) {
-            let (lanes, n, k) = (8, 5, 1100);
-            let unit = |i: usize, seed: f64| (i as f64 * 0.618_034 + seed).fract() * 2.0 - 1.0;
-            let subnormal = |x: f64| x != 0.0 && x.abs() < min_positive;
-            // A logistic regression's gradient late on separable data: some values normal, many
-            // small, some below the normal range; lane 0 all below it.
-            let g: Vec<T> = (0..lanes * k)
-                .map(|i| match (i < k, i % 5) {
-                    (true, _) | (false, 1 | 2) => cast(unit(i, 0.3) * tiny),
-                    (false, 3) => cast(unit(i, 0.3) * 1e-30),
-                    _ => cast(unit(i, 0.3) * 1e-3),
-                })
-                .collect();
-            let zeroed: Vec<T> = g
-                .iter()
-                .map(|&x| match subnormal(back(x)) {
-                    true => cast(0.0f64.copysign(back(x))),
-                    false => x,
-                })
-                .collect();
-            assert!(g.iter().filter(|&&x| subnormal(back(x))).count() > g.len() / 3);
-            for shared in [true, false] {
-                let d = LaneDims {
-                    lanes,
-                    n,
-                    k,
-                    shared,
-                };
-                let len = if shared { n * k } else { lanes * n * k };
-                let m: Vec<T> = (0..len).map(|i| cast(unit(i, 0.7))).collect();
-                let out = dots(&g, &m, d);
-                assert_eq!(out, dots_in_order(&zeroed, &m, d), "shared {shared}");
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA, checked just now.
-                    assert_eq!(unsafe { dots_avx2(&g, &m, d) }, out, "shared {shared}");
+            let out = any(v, m, d);
+            assert_eq!(out, in_order(zeroed, m, d), "{d:?}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert_eq!(avx2(v, m, d), out, "AVX2, {d:?}");
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    assert_eq!(avx512(v, m, d), out, "AVX-512, {d:?}");
                 }
-                assert_eq!(dots_plain(&g, &m, d), dots_plain(&zeroed, &m, d));
-                assert!(out[..n].iter().all(|&x| back(x) == 0.0));
-                assert!(out[n..].iter().all(|&x| back(x) != 0.0));
+            }
+            assert_eq!(plain(v, m, d), plain(zeroed, m, d), "{d:?}");
+            assert!(out[..len].iter().all(|&x| back(x) == 0.0), "{d:?}");
+            assert!(out[len..].iter().all(|&x| back(x) != 0.0), "{d:?}");
+        }
+        fn check<T: Num + PartialEq + std::fmt::Debug>(
+            cast: impl Fn(f64) -> T + Copy,
+            back: impl Fn(T) -> f64 + Copy,
+            tiny: f64,
+        ) {
+            let unit = |i: usize| (i as f64 * 0.618_034 + 0.7).fract() * 2.0 - 1.0;
+            // SAFETY (of the paths below): each is called only where the CPU has its features.
+            #[cfg(target_arch = "x86_64")]
+            let [vm_avx2, vm_avx512, d_avx2, d_avx512]: [Kernel<T>; 4] = [
+                |v, m, d| unsafe { vecmat_avx2(v, m, d) },
+                |v, m, d| unsafe { vecmat_avx512(v, m, d) },
+                |g, m, d| unsafe { dots_avx2(g, m, d) },
+                |g, m, d| unsafe { dots_avx512(g, m, d) },
+            ];
+            #[cfg(not(target_arch = "x86_64"))]
+            let [vm_avx2, vm_avx512, d_avx2, d_avx512]: [Kernel<T>; 4] =
+                [vecmat, vecmat, dots, dots];
+            for lanes in [1, 8] {
+                for shared in [true, false] {
+                    // Rows of 1,100 for the dots, and 70 of 50 columns for the vecmat.
+                    for (n, k, dots_side) in [(5, 1100, true), (70, 50, false)] {
+                        let d = LaneDims {
+                            lanes,
+                            n,
+                            k,
+                            shared,
+                        };
+                        let len = if shared { n * k } else { lanes * n * k };
+                        let m: Vec<T> = (0..len).map(|i| cast(unit(i))).collect();
+                        let (rows, out_len) = if dots_side { (k, n) } else { (n, k) };
+                        let (v, zeroed) = late_gradient((lanes, rows), cast, back, tiny);
+                        let vz = (&v[..], &zeroed[..], &m[..]);
+                        match dots_side {
+                            true => agree(
+                                [dots, d_avx2, d_avx512, dots_plain],
+                                dots_in_order,
+                                vz,
+                                d,
+                                out_len,
+                                back,
+                            ),
+                            false => agree(
+                                [vecmat, vm_avx2, vm_avx512, vecmat_plain],
+                                vecmat_in_order,
+                                vz,
+                                d,
+                                out_len,
+                                back,
+                            ),
+                        }
+                    }
+                }
             }
         }
-        check(
-            |x| x as f32,
-            f64::from,
-            (1e-39, f64::from(f32::MIN_POSITIVE)),
-        );
-        check(|x| x, |x| x, (1e-310, f64::MIN_POSITIVE));
+        check(|x| x as f32, f64::from, 1e-39);
+        check(|x| x, |x| x, 1e-310);
     }
 
     /// The lane kernels' tiles (8, 4 and 1 lanes, of every width; AVX-512 then AVX2 then one by

@@ -6,7 +6,8 @@
 //!
 //! `m @ v` takes each row's dot product with `v`; `v @ m` runs the lane kernel (`fused`) with
 //! one lane. Every sum is taken in one fixed order, so the result does not depend on the
-//! thread count.
+//! thread count, and both count the vector's subnormal values as zeros (see the lane kernel's
+//! `normal_values`: a multiply-add on one takes a microcode assist).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -14,7 +15,7 @@ use rayon::prelude::*;
 use super::fused::contiguous;
 #[cfg(target_arch = "x86_64")]
 use super::lane_kernel::Simd;
-use super::lane_kernel::{LaneDims, Num, vecmat};
+use super::lane_kernel::{LaneDims, Num, normal_values, vecmat};
 use super::threads::{MATMUL_TASK, tasks};
 
 /// `m @ v`: `m` `[rows, n]` (no gradient), `v` `[n]`; `[rows]`. None when the dtype is not f32
@@ -44,6 +45,7 @@ fn rows_per_task(rows: usize, n: usize) -> usize {
 
 /// `out[i] = Σ_j m[i, j] v[j]` for every row of `m` (`[rows, n]`), on the pool when large.
 fn row_dots<T: Num>(m: &[T], v: &[T], rows: usize, n: usize) -> Vec<T> {
+    let v = &*normal_values(v);
     if n == 0 {
         return vec![T::default(); rows];
     }
@@ -325,6 +327,54 @@ mod tests {
                 whole.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                 "split after {split} rows"
             );
+        }
+    }
+
+    /// Both products count the vector's subnormal values as zeros of their sign: `m @ v` (a run
+    /// alone's `X @ w`) and `v @ m` (its backward pass, `gᵀ X`), in f32 and f64.
+    #[test]
+    fn products_count_the_vectors_subnormal_values_as_zeros() {
+        for (dtype, tiny) in [(DType::F32, 1e-39), (DType::F64, 1e-310)] {
+            let m = matrix(37, 37, dtype);
+            // Every third value below the normal range, the others normal.
+            let values: Vec<f64> = (0..37)
+                .map(|i| match i % 3 {
+                    0 => tiny * (1.0 + i as f64 / 37.0),
+                    _ => (i as f64 - 18.0) / 7.0,
+                })
+                .collect();
+            let vector = |v: &[f64]| {
+                Tensor::from_vec(v.to_vec(), 37, &Device::Cpu)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .unwrap()
+            };
+            let v = vector(&values);
+            let held = f64s(&v).iter().filter(|&&x| x != 0.0).count();
+            assert_eq!(
+                held, 37,
+                "{dtype:?}: the tiny values are held as subnormals"
+            );
+            let zeroed = vector(
+                &values
+                    .iter()
+                    .map(|&x| if x.abs() < 1e-300 { 0.0 } else { x })
+                    .collect::<Vec<_>>(),
+            );
+            let bits = |t: Tensor| f64s(&t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for rows_side in [true, false] {
+                let product = |v: &Tensor| match rows_side {
+                    true => matvec(&m, v).unwrap().unwrap(),
+                    false => vecmat_of(v, &m).unwrap().unwrap(),
+                };
+                assert_eq!(
+                    bits(product(&v)),
+                    bits(product(&zeroed)),
+                    "{dtype:?} rows side {rows_side}"
+                );
+                let only_tiny =
+                    vector(&values.iter().map(|&x| tiny.copysign(x)).collect::<Vec<_>>());
+                assert!(f64s(&product(&only_tiny)).iter().all(|&x| x == 0.0));
+            }
         }
     }
 }
