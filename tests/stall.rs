@@ -82,6 +82,15 @@ fn bf16_updates_that_round_away_stall_from_the_first_step_and_say_where() {
         stall.short(&c.file),
         "`w` did not move: updates round away in bf16"
     );
+    // `run`'s table: the count in the `stalled` column.
+    let table = gradscope::cli::run::comparison_table(std::slice::from_ref(&summary));
+    let [header, row] = [0, 1].map(|i| table.lines().nth(i).unwrap().to_string());
+    let column = header.find("stalled").expect("a stalled column");
+    assert_eq!(
+        row[column..].split_whitespace().next(),
+        Some("20"),
+        "{table}"
+    );
     let summary = summary_json(&summary);
     assert_eq!(summary["stalled"], 20);
     assert_eq!(summary["first_stalled_step"], 0);

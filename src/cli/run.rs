@@ -272,6 +272,7 @@ pub fn comparison_table(summaries: &[Summary]) -> String {
                 step_cell(s.first_nonfinite_step),
                 s.clipped.to_string(),
                 s.skipped.to_string(),
+                s.stalled.to_string(),
                 format!("{:.0}", s.steps_per_s),
             ];
             if eval {

@@ -11,13 +11,14 @@ use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
 
 /// The columns of a comparison of runs, as `run` prints it and the TUI shows it.
-pub const TABLE_COLUMNS: [&str; 7] = [
+pub const TABLE_COLUMNS: [&str; 8] = [
     "run",
     "final loss",
     "best loss (step)",
     "first non-finite",
     "clipped",
     "skipped",
+    "stalled",
     "steps/s",
 ];
 

@@ -12,9 +12,9 @@ use crate::run::history::flags;
 use crate::run::summary::{TABLE_COLUMNS, best_cell, step_cell};
 
 /// The table's columns, in order: `run`'s, then the difference from the base.
-pub const COLUMNS: [&str; 8] = {
+pub const COLUMNS: [&str; 9] = {
     let c = TABLE_COLUMNS;
-    [c[0], c[1], c[2], c[3], c[4], c[5], c[6], "vs base"]
+    [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], "vs base"]
 };
 
 /// One run's row: its numbers, and what sorts by them.
@@ -22,8 +22,8 @@ pub const COLUMNS: [&str; 8] = {
 pub struct Row {
     pub color: Color,
     /// The cells as shown, one per column of [`COLUMNS`].
-    pub cells: [String; 8],
-    keys: [Key; 8],
+    pub cells: [String; 9],
+    keys: [Key; 9],
 }
 
 /// What a column sorts by: numbers (a missing one after every other), or text.
@@ -77,6 +77,7 @@ impl Row {
                 step_cell(r.first_nonfinite),
                 r.clipped.to_string(),
                 r.skipped.to_string(),
+                r.stalled.to_string(),
                 if steps_per_s.is_nan() {
                     "-".into()
                 } else {
@@ -91,6 +92,7 @@ impl Row {
                 number(r.first_nonfinite.map_or(f64::NAN, |k| k as f64)),
                 number(r.clipped as f64),
                 number(r.skipped as f64),
+                number(r.stalled as f64),
                 number(steps_per_s),
                 Key::Text(diff),
             ],
