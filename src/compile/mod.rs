@@ -39,7 +39,7 @@ use crate::diagnostic::{Diagnostic, SourceFile, Span};
 use crate::lang::file::{ConstEntry, DType, LossFile, ParamTable, Setting, SettingValue};
 use crate::optim::custom::UpdateProgram;
 use crate::optim::groups::{ParamSettings, param_groups};
-use crate::optim::settings::{RunSettings, is_run_setting};
+use crate::optim::settings::{GradSource, RunSettings, is_run_setting};
 use crate::optim::spec::{OptimizerKind, OptimizerSpec, RawValue, SettingError};
 use crate::optim::tricks::ChainOverride;
 
@@ -444,6 +444,12 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
                     .help_opt(c.error.help),
             );
         }
+        diags.extend(finite_differences_too_many(
+            &file.source,
+            spec,
+            &settings,
+            &params,
+        ));
         let param_settings = per_param(&spec.param_settings);
         diags.extend(check_groups(
             &file.source,
@@ -482,6 +488,45 @@ pub fn compile(file: LossFile) -> (Option<CompiledFile>, Vec<Diagnostic>) {
         unusable,
     };
     (Some(compiled), diags)
+}
+
+/// Most param values a run takes its gradient of by finite differences (`grad = "fd"`).
+pub const FD_MAX_VALUES: usize = 10_000;
+
+/// Why finite differences over `n` param values are refused, if they are: they take two
+/// evaluations of the loss a value, each setting every value again, so a step grows with the
+/// square of the params (a 1000x1000 param took about an hour a step; 100x100, 0.5 s).
+pub fn finite_differences_refused(n: usize) -> Option<String> {
+    (n > FD_MAX_VALUES).then(|| {
+        format!(
+            "finite differences over {n} param values take {} evaluations of the loss a step; \
+             gradscope takes them over at most {FD_MAX_VALUES}",
+            2 * n
+        )
+    })
+}
+
+/// What to do instead of finite differences over too many values.
+pub const FD_HELP: &str = "drop `grad = \"fd\"` for autograd, or shrink the params";
+
+/// [`finite_differences_refused`] for a run of the file, at its `grad` setting.
+fn finite_differences_too_many(
+    source: &Arc<SourceFile>,
+    spec: &RunSpec,
+    settings: &RunSettings,
+    params: &[Named],
+) -> Option<Diagnostic> {
+    if settings.grad != GradSource::FiniteDifference {
+        return None;
+    }
+    let why = finite_differences_refused(params.iter().map(|p| p.value.elem_count()).sum())?;
+    let at = spec.optimizer.iter().find(|s| s.key.node == "grad");
+    Some(
+        Diagnostic::error(format!("run `{}`: {why}", spec.name))
+            .at(source, at.map_or(0..0, |s| s.value.span.clone()))
+            .label("finite differences")
+            .help(FD_HELP),
+    )
 }
 
 /// `[optimizer]` settings, typed; `own` are the optimizers of the loss language it may name.

@@ -260,6 +260,17 @@ impl Run {
                 return Err(sm3_refuses_a_scalar(&format!("`{}`", names[i])));
             }
         }
+        // Settings from -o or the TUI did not pass the file's check.
+        if config.grad == GradSource::FiniteDifference
+            && let Some(why) = crate::compile::finite_differences_refused(
+                compiled.params.iter().map(|p| p.value.elem_count()).sum(),
+            )
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "{why}: {}",
+                crate::compile::FD_HELP
+            )));
+        }
         let initial: Vec<Tensor> = compiled.params.iter().map(|p| p.value.clone()).collect();
         let state = OptimizerState::with_tricks(
             groups,
