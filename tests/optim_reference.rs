@@ -97,3 +97,44 @@ fn trajectories_match_torch_in_f32() {
     let f = check_dtype("f32", 1e-4);
     assert!(f.is_empty(), "{} mismatches:\n{}", f.len(), f.join("\n"));
 }
+
+/// `1e155 * x` from x = 1 in f64: a finite gradient whose square overflows. Its norm is 1e155
+/// (it is no non-finite gradient, and the run does not halt), and each optimizer forms
+/// `(1 - β) g²` in torch's order, `((1 - β) g) g`, which stays finite where `g²` does not, and
+/// is 0 at β = 1 where `0 * inf` would be NaN. x after 1 and 2 steps from torch 2.9
+/// (`torch.set_default_dtype(torch.float64)`, the optimizer's defaults but those named).
+#[test]
+fn a_finite_gradient_whose_square_overflows_steps_as_torch_steps() {
+    let text = "name = \"huge\"\ndtype = \"f64\"\nloss = \"1e155 * x\"\n[params]\nx = 1.0\n";
+    let loaded = load_bytes(Path::new("huge.toml"), text.as_bytes().to_vec());
+    let compiled = compile(loaded.file.expect("loads")).0.expect("compiles");
+    let torch: [(&str, [f64; 2]); 6] = [
+        ("adam(lr=0.01)", [0.99, 0.980_000_000_000_000_1]),
+        (
+            "adam(lr=0.01, amsgrad=true)",
+            [0.99, 0.980_000_000_000_000_1],
+        ),
+        ("adamw(lr=0.01)", [0.9899, 0.979_801_010_000_000_1]),
+        // The second step's square_avg overflows in torch as well: g / inf moves nothing.
+        ("rmsprop(lr=0.01)", [0.9, 0.9]),
+        ("adadelta(lr=1.0, rho=1.0)", [-1e155, -2e155]),
+        ("nadam(lr=0.01)", [1.0, 1.0]),
+    ];
+    for (spec, want) in torch {
+        let mut settings = compiled.runs[0].settings.clone();
+        settings.optimizer = OptimizerSpec::parse(spec).expect("spec parses");
+        // Adadelta's second step is at x = -1e155, where the loss overflows.
+        settings.on_nonfinite = NonFinitePolicy::Continue;
+        let request = RunRequest::new(&compiled, 0, spec.into(), settings);
+        let mut run = Run::new(&compiled, request).expect("starts");
+        let first = run.history().get(0).unwrap();
+        // A finite norm past f32's range is kept as f32::MAX; NaN would mean a non-finite one.
+        assert_eq!(first.param_grad_norms, [f32::MAX], "{spec}");
+        assert_eq!(first.nonfinite_params().count(), 0, "{spec}");
+        for want in want {
+            run.step().expect("steps");
+            let x = run.param_values()[0][0];
+            assert!(close(x, want, 1e-15), "{spec}: {x} vs torch's {want}");
+        }
+    }
+}

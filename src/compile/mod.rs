@@ -889,14 +889,14 @@ pub(crate) fn param_grads(
         .collect()
 }
 
-/// L2 norm of a tensor, accumulated in f64 (see [`crate::optim::kernels::sum_squares`]).
+/// L2 norm of a tensor, accumulated in f64 (see [`crate::optim::kernels::norm`]).
 pub fn norm(t: &Tensor) -> f64 {
-    crate::optim::kernels::sum_squares(t, None).map_or(f64::NAN, f64::sqrt)
+    crate::optim::kernels::norm(t, None).unwrap_or(f64::NAN)
 }
 
 /// L2 norm of `a - b` (the difference taken in their dtype), accumulated as [`norm`] does.
 pub fn distance(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
-    Ok(crate::optim::kernels::sum_squares(a, Some(b))?.sqrt())
+    crate::optim::kernels::norm(a, Some(b))
 }
 
 impl Evaluator {

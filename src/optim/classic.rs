@@ -157,11 +157,10 @@ impl LaneRule for AdamRule {
             None => one_minus_b1.scale(&g)?,
             Some(m) => one_minus_b1.lerp(m, &g)?,
         };
-        let g2 = g.sqr()?;
-        let one_minus_b2 = k.coef(|o, _| 1.0 - o.betas.1);
+        let g2 = k.coef(|o, _| 1.0 - o.betas.1).scaled_square(&g)?;
         let v = match &s.exp_avg_sq {
-            None => one_minus_b2.scale(&g2)?,
-            Some(v) => (k.coef(|o, _| o.betas.1).scale(v)? + one_minus_b2.scale(&g2)?)?,
+            None => g2,
+            Some(v) => (k.coef(|o, _| o.betas.1).scale(v)? + g2)?,
         };
         let second = if o.amsgrad {
             let vmax = match &s.max_exp_avg_sq {
@@ -251,9 +250,10 @@ impl LaneRule for RmsProp {
         let (alpha, eps) = (k.coef(|o, _| o.alpha), k.coef(|o, _| o.eps));
         let one_minus_alpha = k.coef(|o, _| 1.0 - o.alpha);
         let g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
+        let g2 = one_minus_alpha.scaled_square(&g)?;
         let sq = match &s.square_avg {
-            None => one_minus_alpha.scale(&g.sqr()?)?,
-            Some(sq) => (alpha.scale(sq)? + one_minus_alpha.scale(&g.sqr()?)?)?,
+            None => g2,
+            Some(sq) => (alpha.scale(sq)? + g2)?,
         };
         let avg = if o.centered {
             let ga = match &s.grad_avg {

@@ -50,18 +50,33 @@ pub fn elements<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Opti
 /// same number on any thread count, with less rounding than one running sum, and ten times as
 /// fast.
 pub fn sum_squares(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
-    Ok(sums_of_squares(a, b, 1)?[0])
+    Ok(sums_of_squares(a, b, 1, Sums::Squares)?[0])
 }
 
-/// Each lane's sum of squares of `t` `[lanes, ..]` (its leading axis split into `lanes` equal
-/// parts), each summed as [`sum_squares`] sums a tensor of that lane's values alone: the same
-/// numbers as a run alone gets, without a tensor op per lane.
-pub fn lane_sum_squares(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
-    sums_of_squares(t, None, lanes)
+/// The L2 norm of `a`'s elements (of `a - b`'s), from [`sum_squares`]: its square root, or, where
+/// the sum overflows though every value is finite (a value past 1.3e154 in f64), the norm of
+/// the values scaled by a power of two and scaled back. A finite gradient of 1e155 then has
+/// the norm 1e155, not inf (which read as a non-finite gradient and halted the run).
+pub fn norm(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
+    Ok(sums_of_squares(a, b, 1, Sums::Norms)?[0])
 }
 
-/// [`sum_squares`] of each of `lanes` equal parts of `a`'s elements (of `a - b`'s).
-fn sums_of_squares(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f64>> {
+/// Each lane's [`norm`] of `t` `[lanes, ..]` (its leading axis split into `lanes` equal
+/// parts), each taken as [`norm`] takes that lane's values alone: the same numbers as a run
+/// alone gets, without a tensor op per lane.
+pub fn lane_norms(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
+    sums_of_squares(t, None, lanes, Sums::Norms)
+}
+
+/// What [`sums_of_squares`] returns of each part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sums {
+    Squares,
+    Norms,
+}
+
+/// [`sum_squares`] (or [`norm`]) of each of `lanes` equal parts of `a`'s elements (of `a - b`'s).
+fn sums_of_squares(a: &Tensor, b: Option<&Tensor>, lanes: usize, of: Sums) -> Result<Vec<f64>> {
     if let Some(b) = b
         && a.dims() != b.dims()
     {
@@ -72,18 +87,18 @@ fn sums_of_squares(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f
         });
     }
     match a.dtype() {
-        DType::F32 => squares_of::<f32>(a, b, lanes),
-        DType::F64 => squares_of::<f64>(a, b, lanes),
-        DType::F16 => squares_of::<f16>(a, b, lanes),
-        DType::BF16 => squares_of::<bf16>(a, b, lanes),
+        DType::F32 => squares_of::<f32>(a, b, lanes, of),
+        DType::F64 => squares_of::<f64>(a, b, lanes, of),
+        DType::F16 => squares_of::<f16>(a, b, lanes, of),
+        DType::BF16 => squares_of::<bf16>(a, b, lanes, of),
         _ => {
             let wide = |t: &Tensor| t.to_dtype(DType::F64);
-            squares_of::<f64>(&wide(a)?, b.map(wide).transpose()?.as_ref(), lanes)
+            squares_of::<f64>(&wide(a)?, b.map(wide).transpose()?.as_ref(), lanes, of)
         }
     }
 }
 
-fn squares_of<T: Wide>(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f64>> {
+fn squares_of<T: Wide>(a: &Tensor, b: Option<&Tensor>, lanes: usize, of: Sums) -> Result<Vec<f64>> {
     let (a, b) = (a.contiguous()?, b.map(Tensor::contiguous).transpose()?);
     let (sa, la) = a.storage_and_layout();
     let sb = b.as_ref().map(|b| b.storage_and_layout());
@@ -97,7 +112,11 @@ fn squares_of<T: Wide>(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<V
     Ok((0..lanes)
         .map(|r| {
             let part = r * len..(r + 1) * len;
-            slice_squares(&xs[part.clone()], ys.map(|ys| &ys[part]))
+            let (xs, ys) = (&xs[part.clone()], ys.map(|ys| &ys[part]));
+            match of {
+                Sums::Squares => slice_squares(xs, ys),
+                Sums::Norms => slice_norm(xs, ys),
+            }
         })
         .collect())
 }
@@ -167,6 +186,27 @@ pub fn slice_squares<T: Wide>(xs: &[T], ys: Option<&[T]>) -> f64 {
             sums.iter().sum()
         }
     }
+}
+
+/// [`norm`] of the values `xs` (of `xs - ys`).
+fn slice_norm<T: Wide>(xs: &[T], ys: Option<&[T]>) -> f64 {
+    let sum = slice_squares(xs, ys);
+    if sum.is_finite() || sum.is_nan() {
+        return sum.sqrt();
+    }
+    let value = |i: usize| match ys {
+        Some(ys) => (xs[i] - ys[i]).wide(),
+        None => xs[i].wide(),
+    };
+    let largest = (0..xs.len()).map(|i| value(i).abs()).fold(0.0, f64::max);
+    if !largest.is_finite() {
+        return sum.sqrt();
+    }
+    // 2^-e with e the exponent of the largest: exact, and it brings the largest square near 1.
+    let e = largest.log2().floor() as i32;
+    let (down, up) = (2f64.powi(-e), 2f64.powi(e));
+    let scaled: Vec<f64> = (0..xs.len()).map(|i| value(i) * down).collect();
+    slice_squares(&scaled, None).sqrt() * up
 }
 
 /// The sum of the squares of the values in `blocks` (value `k` of each in lane `k`) and then
@@ -551,9 +591,9 @@ impl<T: Real> AdamCoefs<T> {
         let (m, v) = match mv {
             Some((m, v)) => (
                 m + ((g - m) * self.w1 + zero),
-                (v * self.beta2 + zero) + ((g * g) * self.w2 + zero),
+                (v * self.beta2 + zero) + (g * self.w2 + zero) * g,
             ),
-            None => (g * self.w1 + zero, (g * g) * self.w2 + zero),
+            None => (g * self.w1 + zero, (g * self.w2 + zero) * g),
         };
         let denom = v.sqrt() * self.inv_bc2 + self.eps;
         (p - ((m / denom) * self.step + zero), m, v)

@@ -74,6 +74,13 @@ impl Coef {
         self.affine(x, &Coef::All(0.0))
     }
 
+    /// `(self * g) * g`, in the order torch's `addcmul_(g, g, value=self)` multiplies: where g²
+    /// alone overflows, `(1 - β) g` may bring it back in range, and a 0 weight gives 0, not
+    /// `0 * inf` (NaN), as torch's does.
+    pub(super) fn scaled_square(&self, g: &Tensor) -> Result<Tensor> {
+        self.scale(g)?.mul(g)
+    }
+
     /// `x + self` (as candle's `affine(1, a)`).
     pub(super) fn shift(&self, x: &Tensor) -> Result<Tensor> {
         Coef::All(1.0).affine(x, self)

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
+use super::lanes::Coef;
 use super::spec::Prodigy;
 use super::step::{Rule, StateValue, StepCx, add_scaled};
 
@@ -96,7 +97,7 @@ impl Rule for Prodigy {
                 }
                 let v = &st.exp_avg_sq[i];
                 st.exp_avg_sq[i] =
-                    (v.affine(beta2, 0.0)? + g.sqr()?.affine(d * d * (1.0 - beta2), 0.0)?)?;
+                    (v.affine(beta2, 0.0)? + Coef::All(d * d * (1.0 - beta2)).scaled_square(g)?)?;
                 st.s[i] = (st.s[i].affine(beta3, 0.0)? + g.affine(s_coef, 0.0)?)?;
                 d_denom += scalar(&st.s[i].abs()?.sum_all()?)?;
             }

@@ -5,6 +5,7 @@
 
 use candle_core::{Result, Tensor};
 
+use super::lanes::Coef;
 use super::spec::{ScheduleFreeAdamW, ScheduleFreeSgd};
 use super::step::{Rule, StateValue, StepCx, add_scaled, lerp};
 
@@ -80,7 +81,7 @@ impl ScheduleFree {
             let g = match self.adam {
                 Some((beta2, eps)) => {
                     let v = (s.exp_avg_sq[i].affine(beta2, 0.0)?
-                        + g.sqr()?.affine(1.0 - beta2, 0.0)?)?;
+                        + Coef::All(1.0 - beta2).scaled_square(g)?)?;
                     let bias_correction2 = 1.0 - beta2.powf(cx.t as f64);
                     let denom = v
                         .affine(1.0 / bias_correction2, 0.0)?

@@ -46,9 +46,10 @@ impl LaneRule for Adadelta {
         let (rho, eps) = (k.coef(|o, _| o.rho), k.coef(|o, _| o.eps));
         let one_minus_rho = k.coef(|o, _| 1.0 - o.rho);
         let g = k.coef(|o, _| o.weight_decay).add_scaled(grad, p)?;
+        let g2 = one_minus_rho.scaled_square(&g)?;
         let square_avg = match &s.square_avg {
-            None => one_minus_rho.scale(&g.sqr()?)?,
-            Some(v) => (rho.scale(v)? + one_minus_rho.scale(&g.sqr()?)?)?,
+            None => g2,
+            Some(v) => (rho.scale(v)? + g2)?,
         };
         let acc_delta = match &s.acc_delta {
             None => g.zeros_like()?,
@@ -57,7 +58,7 @@ impl LaneRule for Adadelta {
         // eps sits inside both roots, so the very first step is sqrt(eps) / sqrt(v + eps) * g.
         let std = eps.shift(&square_avg)?.sqrt()?;
         let delta = eps.shift(&acc_delta)?.sqrt()?.div(&std)?.mul(&g)?;
-        let acc_delta = (rho.scale(&acc_delta)? + one_minus_rho.scale(&delta.sqr()?)?)?;
+        let acc_delta = (rho.scale(&acc_delta)? + one_minus_rho.scaled_square(&delta)?)?;
         let new = k.coef(|_, lr| -lr).add_scaled(p, &delta)?;
         s.square_avg = Some(square_avg);
         s.acc_delta = Some(acc_delta);
@@ -196,7 +197,7 @@ impl MomentState {
             None => one_minus_b1.scale(g)?,
             Some(m) => one_minus_b1.lerp(m, g)?,
         };
-        let g2 = b2.map(|b| 1.0 - b).scale(&g.sqr()?)?;
+        let g2 = b2.map(|b| 1.0 - b).scaled_square(g)?;
         let v = match &self.exp_avg_sq {
             None => g2,
             Some(v) => (b2.scale(v)? + g2)?,

@@ -45,8 +45,7 @@ fn lanes_of(tensors: &[Tensor], r: usize) -> candle_core::Result<Vec<Tensor>> {
 
 /// Each lane's L2 norm of `t`, the number [`crate::compile::norm`] gives a run alone.
 fn lane_norms(t: &Tensor) -> candle_core::Result<Vec<f64>> {
-    let sums = crate::optim::kernels::lane_sum_squares(t, t.dim(0)?)?;
-    Ok(sums.into_iter().map(f64::sqrt).collect())
+    crate::optim::kernels::lane_norms(t, t.dim(0)?)
 }
 
 /// Per-lane norms of each tensor: `out[lane][tensor]`.
