@@ -235,6 +235,44 @@ fn an_unknown_const_is_a_diagnostic_with_the_closest_name() {
     assert!(err.contains("did you mean `eps`?"), "{err}");
 }
 
+/// A const value the file does not compile with (a shape that stops matching) leaves its point
+/// out, named with the diagnostic; the other points run. None compiling is the error, naming
+/// the value.
+#[test]
+fn a_const_value_the_file_does_not_compile_with_is_left_out_and_named() {
+    let file = written(
+        "const-shape",
+        "name = \"c\"\nloss = \"sum((x @ w - 1)^2)\"\n[consts]\nn = 3\n[data]\n\
+         x = \"randn(4, n)\"\n[params]\nw = \"zeros(3)\"\n",
+    );
+    let path = file.to_str().unwrap();
+    let out = common::gradscope(&["sweep", path, "-o", "sgd", "--const", "n=[1, 3, 5]"]);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for n in [1, 5] {
+        assert!(
+            err.contains(&format!(
+                "note: n = {n} is left out of the sweep: the file does not compile with it"
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("cannot multiply [4, {n}] by [3]")),
+            "{err}"
+        );
+    }
+    assert!(err.contains("loss.toml:2:16"), "{err}");
+    assert!(err.contains("sweeping 1 point"), "{err}");
+    assert!(stdout.contains("best of sgd"), "{stdout}");
+    let out = common::gradscope(&["sweep", path, "-o", "sgd", "--const", "n=[1, 5]"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("with n = 1: shape mismatch"), "{err}");
+}
+
 #[test]
 fn malformed_lists_are_diagnostics_not_panics() {
     let cases: [(&[&str], &str); 12] = [

@@ -200,7 +200,43 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
             return Err(SweepError::TooMany(n));
         }
     }
-    let combos = product(&consts.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>());
+    let named = |combo: &[f64]| -> Vec<(String, f64)> {
+        consts
+            .iter()
+            .zip(combo)
+            .map(|((name, _), v)| (name.clone(), *v))
+            .collect()
+    };
+    // A const the file does not have is the command's error, as the file says it.
+    if let Some((name, values)) = consts
+        .iter()
+        .find(|(name, _)| !compiled.file.consts.iter().any(|c| c.name.node == *name))
+    {
+        let value = values.first().copied().unwrap_or_default();
+        if let Err(diags) = compiled.recompiled(compiled.file.seed, &[(name.clone(), value)]) {
+            return Err(SweepError::File(diags));
+        }
+    }
+    // A combination of consts the file does not compile with (a shape that stops matching) is
+    // left out and said why; the others run. None compiling is the command's error.
+    let mut left_out = Vec::new();
+    let mut first_seed = Vec::new();
+    for combo in product(&consts.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()) {
+        match compiled.recompiled(compiled.file.seed, &named(&combo)) {
+            Ok(file) => first_seed.push((combo, file)),
+            Err(diags) => left_out.push((combo_label(&named(&combo)), diags)),
+        }
+    }
+    if first_seed.is_empty() && !left_out.is_empty() {
+        let (combo, mut diags) = left_out.swap_remove(0);
+        if let Some(d) = diags.iter_mut().find(|d| d.is_error()) {
+            d.message = format!("with {combo}: {}", d.message);
+        }
+        return Err(SweepError::File(diags));
+    }
+    let combos: Vec<Vec<f64>> = first_seed.iter().map(|(c, _)| c.clone()).collect();
+    let mut first_seed: Vec<Option<CompiledFile>> =
+        first_seed.into_iter().map(|(_, f)| Some(f)).collect();
     let mixed_objectives =
         combos.len() > 1 || (defs.len() > 1 && defs.iter().any(|&d| compiled.own_objective(d)));
     // The points, in table order: per -o, chain point, variant, dtype, consts.
@@ -240,14 +276,12 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
     let mut files = Vec::new();
     for seed in 0..args.seeds {
         for (c, combo) in combos.iter().enumerate() {
-            let values: Vec<(String, f64)> = consts
-                .iter()
-                .zip(combo)
-                .map(|((name, _), v)| (name.clone(), *v))
-                .collect();
-            let file = compiled
-                .recompiled(compiled.file.seed.wrapping_add(seed), &values)
-                .map_err(SweepError::File)?;
+            let file = match first_seed[c].take() {
+                Some(file) => file,
+                None => compiled
+                    .recompiled(compiled.file.seed.wrapping_add(seed), &named(combo))
+                    .map_err(SweepError::File)?,
+            };
             let mut runs = Vec::new();
             for (i, (chain, def, dtype, _)) in specs.iter().enumerate().filter(|(_, s)| s.3 == c) {
                 let options = RunOptions {
@@ -289,7 +323,17 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
         groups,
         mixed_objectives,
         consts: consts.into_iter().map(|(name, _)| name).collect(),
+        left_out,
     })
+}
+
+/// `n = 1, k = 0.5`: a combination of consts as a sweep's note names it.
+fn combo_label(values: &[(String, f64)]) -> String {
+    values
+        .iter()
+        .map(|(name, v)| format!("{name} = {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `gradscope sweep`: builds the grid, steps it (a progress bar on a terminal), and prints the
@@ -310,6 +354,12 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
     crate::compile::threads::start([&compiled], 0);
     // A malformed list or const is a command-line error, as a malformed -o is for `run`.
     let grid = build_grid(args, &compiled)?;
+    for (combo, diags) in &grid.left_out {
+        err_println!("note: {combo} is left out of the sweep: the file does not compile with it");
+        for d in diags {
+            err_print!("{}", d.render(color));
+        }
+    }
     if let Some(out) = &args.out {
         picture_format(out)?;
         sweep_chart(&grid.points, &[], &grid.groups, &grid.consts)?;

@@ -58,6 +58,8 @@ pub struct Grid {
     pub mixed_objectives: bool,
     /// The consts it sweeps (axes whose values are objectives of their own).
     pub consts: Vec<String>,
+    /// The combinations of consts left out, named, and why: the file does not compile with them.
+    pub left_out: Vec<(String, Vec<Diagnostic>)>,
 }
 
 /// Steps every run of `grid`, each compiled file's runs together (those sharing a program as
