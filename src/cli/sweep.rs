@@ -19,7 +19,9 @@ use crate::optim::spec::{LIST_MAX, SettingError, value_list};
 use crate::optim::tricks::expand_chain;
 use crate::run::Retention;
 use crate::run::summary::{best_cell, step_cell};
-use crate::run::sweep::{Grid, NoMetric, Point, RankBy, Row, Status, drive_grid, rows, windows};
+use crate::run::sweep::{
+    Grid, Inside, NoMetric, Point, RankBy, Row, Status, drive_grid, rows, windows,
+};
 
 /// Everything `gradscope sweep` takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -237,8 +239,12 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
     let combos: Vec<Vec<f64>> = first_seed.iter().map(|(c, _)| c.clone()).collect();
     let mut first_seed: Vec<Option<CompiledFile>> =
         first_seed.into_iter().map(|(_, f)| Some(f)).collect();
-    let mixed_objectives =
-        combos.len() > 1 || (defs.len() > 1 && defs.iter().any(|&d| compiled.own_objective(d)));
+    let own_variants = defs.len() > 1 && defs.iter().any(|&d| compiled.own_objective(d));
+    let mixed_objectives = combos.len() > 1 || own_variants;
+    let mut objectives: Vec<String> = consts.iter().map(|(name, _)| name.clone()).collect();
+    if own_variants {
+        objectives.push("variant".into());
+    }
     // The points, in table order: per -o, chain point, variant, dtype, consts.
     let mut points = Vec::new();
     let mut specs = Vec::new();
@@ -323,6 +329,7 @@ pub fn build_grid(args: &SweepArgs, compiled: &CompiledFile) -> Result<Grid, Swe
         groups,
         mixed_objectives,
         consts: consts.into_iter().map(|(name, _)| name).collect(),
+        objectives,
         left_out,
     })
 }
@@ -382,6 +389,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         }
     }
     let (groups, consts) = (grid.groups.clone(), grid.consts.clone());
+    let objectives = grid.objectives.clone();
     let mixed = grid.mixed_objectives;
     let total: u64 = grid
         .files
@@ -451,7 +459,12 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
             "note: `{name}` is not finite at any point that finished, so it ranks nothing: the order below is the grid's\n"
         ));
     }
-    report.push_str(&best_and_windows(&points, &rows, &groups));
+    report.push_str(&best_and_windows(
+        &points,
+        &rows,
+        &groups,
+        (&objectives, ranked_metric(&rank_by)),
+    ));
     match args.format {
         Format::Table => {
             write!(out, "{}", table(&points, &rows, args.seeds > 1, &rank_by))?;
@@ -706,7 +719,12 @@ fn table(points: &[Point], rows: &[Row], seeds: bool, rank_by: &RankBy) -> Strin
 }
 
 /// The best point of each `-o`, and each of its swept axes' window.
-fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String {
+fn best_and_windows(
+    points: &[Point],
+    rows: &[Row],
+    groups: &[String],
+    (objectives, metric): (&[String], Option<&str>),
+) -> String {
     let mut out = String::new();
     for (g, text) in groups.iter().enumerate() {
         let best = rows
@@ -721,35 +739,44 @@ fn best_and_windows(points: &[Point], rows: &[Row], groups: &[String]) -> String
                 fmt_num(r.final_loss.median)
             )),
             Some(r) => out.push_str(&format!(
-                "best of {text}: {} (final loss {})\n",
+                "best of {text}: {} ({}final loss {})\n",
                 points[r.point].name,
+                match (metric, r.metric) {
+                    (Some(name), Some(v)) => format!("{name} {}, ", fmt_num(v)),
+                    _ => String::new(),
+                },
                 fmt_num(r.final_loss.median)
             )),
             None => out.push_str(&format!("best of {text}: no point finished\n")),
         }
-        for w in windows(points, rows, g) {
+        let measure = match (metric, best.and_then(|r| r.metric)) {
+            (Some(name), Some(_)) => format!("{name} within 10% of the best point's"),
+            _ => "improvement within 10% of the best".to_string(),
+        };
+        for w in windows(points, rows, g, objectives) {
             let show = |v: &String| v.parse().map_or_else(|_| v.clone(), fmt_num);
             let numeric = w.values.iter().all(|v| v.parse::<f64>().is_ok());
-            match &w.inside {
-                Some(inside) => out.push_str(&format!(
-                    "  {} window (improvement within 10% of the best): {} ({} of {} values)\n",
-                    w.axis,
-                    match numeric {
-                        true => format!(
-                            "{} .. {}",
-                            show(&inside[0]),
-                            show(&inside[inside.len() - 1])
-                        ),
-                        false => inside.join(", "),
+            let line = match &w.inside {
+                Inside::Values(inside) => format!(
+                    "window ({measure}): {} ({} of {} values)",
+                    match (numeric, inside.first(), inside.last()) {
+                        (true, Some(first), Some(last)) => {
+                            format!("{} .. {}", show(first), show(last))
+                        }
+                        _ => inside.join(", "),
                     },
                     inside.len(),
                     w.values.len()
-                )),
-                None => out.push_str(&format!(
-                    "  {} window: none (no value improved on the initial loss)\n",
-                    w.axis
-                )),
-            }
+                ),
+                Inside::NoneImproved => {
+                    "window: none (no value improved on the initial loss)".into()
+                }
+                Inside::NoneFinished => "window: none (no point finished)".into(),
+                Inside::OwnObjectives => {
+                    "window: none (each value is an objective of its own; the others are weighed at the best point's)".into()
+                }
+            };
+            out.push_str(&format!("  {} {line}\n", w.axis));
         }
     }
     out

@@ -58,6 +58,9 @@ pub struct Grid {
     pub mixed_objectives: bool,
     /// The consts it sweeps (axes whose values are objectives of their own).
     pub consts: Vec<String>,
+    /// The axes whose values are objectives of their own: the swept consts, and `variant` when
+    /// a variant has its own loss or consts.
+    pub objectives: Vec<String>,
     /// The combinations of consts left out, named, and why: the file does not compile with them.
     pub left_out: Vec<(String, Vec<Diagnostic>)>,
 }
@@ -356,26 +359,67 @@ fn status(outcomes: &[Outcome]) -> Status {
 /// The share of the best improvement a value must reach to be in the window.
 pub const WINDOW_SHARE: f64 = 0.9;
 
-/// A swept axis's window: the values (in the axis's order) whose improvement, at the best of
-/// the other axes, is within 10% of the best improvement.
+/// A swept axis's window: the values (in the axis's order) that do within 10% as well as the
+/// best point, at the best of the other axes, by what the sweep ranks by.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
     pub axis: String,
     /// Every value of the axis, in order (numerically when all are numbers).
     pub values: Vec<String>,
-    /// Those in the window (None: no value improved on the initial loss).
-    pub inside: Option<Vec<String>>,
+    pub inside: Inside,
+}
+
+/// Which values of an axis are in its window.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inside {
+    Values(Vec<String>),
+    /// Ranked by loss, no value improved on the initial loss.
+    NoneImproved,
+    /// No point finished.
+    NoneFinished,
+    /// Each value is an objective of its own (a const, a variant with its own loss or consts):
+    /// their losses are not comparable.
+    OwnObjectives,
 }
 
 /// The window of each axis `group`'s points sweep (an axis with one value is not swept), in
-/// the order the points name them.
-pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
-    let members: Vec<&Row> = rows
+/// the order the points name them. Only the points of the best point's objective are weighed:
+/// the same values of `objectives` (the axes whose values are objectives of their own), which
+/// get [`Inside::OwnObjectives`]. Ranked by loss, a value is in when its improvement (initial
+/// minus final loss) is within 10% of the best improvement; ranked by a metric, when the
+/// metric is within 10% of the best point's (its size), on the side the ranking prefers. The
+/// best point's values are always in.
+pub fn windows(points: &[Point], rows: &[Row], group: usize, objectives: &[String]) -> Vec<Window> {
+    let in_group: Vec<&Row> = rows
         .iter()
         .filter(|r| points[r.point].group == group)
         .collect();
+    let value_of = |r: &Row, axis: &str| {
+        points[r.point]
+            .axes
+            .iter()
+            .find(|(a, _)| a == axis)
+            .map(|(_, v)| v.clone())
+    };
+    let best = in_group
+        .iter()
+        .find(|r| r.status == Status::Finished)
+        .copied();
+    let same_objective =
+        |r: &Row| best.is_none_or(|b| objectives.iter().all(|a| value_of(r, a) == value_of(b, a)));
+    let members: Vec<&Row> = in_group
+        .iter()
+        .copied()
+        .filter(|r| same_objective(r))
+        .collect();
+    // How good a point is, higher better: its improvement, or its metric (negated when lower
+    // is better: the rank is the metric, or minus it when higher is).
+    let goodness = |r: &Row| match r.metric {
+        Some(_) => -r.rank,
+        None => r.improvement,
+    };
     let mut axes: Vec<&str> = Vec::new();
-    for r in &members {
+    for r in &in_group {
         for (a, _) in &points[r.point].axes {
             if !axes.contains(&a.as_str()) {
                 axes.push(a);
@@ -384,15 +428,8 @@ pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
     }
     let mut out = Vec::new();
     for axis in axes {
-        let value_of = |r: &Row| {
-            points[r.point]
-                .axes
-                .iter()
-                .find(|(a, _)| a == axis)
-                .map(|(_, v)| v.clone())
-        };
         let mut values: Vec<String> = Vec::new();
-        for v in members.iter().filter_map(|r| value_of(r)) {
+        for v in in_group.iter().filter_map(|r| value_of(r, axis)) {
             if !values.contains(&v) {
                 values.push(v);
             }
@@ -406,27 +443,42 @@ pub fn windows(points: &[Point], rows: &[Row], group: usize) -> Vec<Window> {
             order.sort_by(|&a, &b| n[a].total_cmp(&n[b]));
             values = order.into_iter().map(|i| values[i].clone()).collect();
         }
-        // Each value's improvement at the best of the other axes.
+        if objectives.iter().any(|a| a == axis) {
+            out.push(Window {
+                axis: axis.to_string(),
+                values,
+                inside: Inside::OwnObjectives,
+            });
+            continue;
+        }
+        // Each value's goodness at the best of the other axes.
         let best_of = |v: &String| {
             members
                 .iter()
-                .filter(|r| value_of(r).as_ref() == Some(v))
-                .map(|r| r.improvement)
+                .filter(|r| value_of(r, axis).as_ref() == Some(v))
+                .map(|r| goodness(r))
                 .fold(f64::NEG_INFINITY, f64::max)
         };
-        let improvements: Vec<f64> = values.iter().map(best_of).collect();
-        let best = improvements
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        let inside = (best > 0.0 && best.is_finite()).then(|| {
-            values
-                .iter()
-                .zip(&improvements)
-                .filter(|(_, i)| **i >= WINDOW_SHARE * best)
-                .map(|(v, _)| v.clone())
-                .collect()
-        });
+        let scores: Vec<f64> = values.iter().map(best_of).collect();
+        let top = best.map_or(f64::NEG_INFINITY, goodness);
+        let bar = match best.and_then(|b| b.metric) {
+            Some(_) => top - (1.0 - WINDOW_SHARE) * top.abs(),
+            None => WINDOW_SHARE * top,
+        };
+        let inside = match best {
+            None => Inside::NoneFinished,
+            Some(b) if b.metric.is_none() && !(top > 0.0 && top.is_finite()) => {
+                Inside::NoneImproved
+            }
+            Some(_) => Inside::Values(
+                values
+                    .iter()
+                    .zip(&scores)
+                    .filter(|(_, s)| **s >= bar)
+                    .map(|(v, _)| v.clone())
+                    .collect(),
+            ),
+        };
         out.push(Window {
             axis: axis.to_string(),
             values,
@@ -476,9 +528,13 @@ mod tests {
 
     fn window(points: &[Point]) -> Option<Vec<String>> {
         let rows = rows(points, &RankBy::Loss).unwrap();
-        let w = windows(points, &rows, 0);
+        let w = windows(points, &rows, 0, &[]);
         assert_eq!(w.len(), 1);
-        w[0].inside.clone()
+        match &w[0].inside {
+            Inside::Values(v) => Some(v.clone()),
+            Inside::NoneImproved | Inside::NoneFinished => None,
+            Inside::OwnObjectives => panic!("lr is no objective"),
+        }
     }
 
     #[test]
@@ -511,6 +567,56 @@ mod tests {
     fn there_is_no_window_when_nothing_improved() {
         let points = [point("1", 1.0, 1.5), point("2", 1.0, f64::INFINITY)];
         assert_eq!(window(&points), None);
+    }
+
+    /// Ranked by a metric, the window is the values whose metric is within 10% of the best
+    /// point's, which the best point's value is always among, whatever the losses did.
+    #[test]
+    fn ranked_by_a_metric_the_window_weighs_the_metric() {
+        // The helper's metric m is minus the final loss; lower m (higher loss) ranks first.
+        let points = [
+            point("1e-3", 10.0, 9.6),
+            point("1e-2", 10.0, 1.0),
+            point("1e-1", 10.0, 9.0),
+        ];
+        let rows = rows(
+            &points,
+            &RankBy::Metric {
+                name: "m".into(),
+                max: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(points[rows[0].point].name, "sgd(lr=1e-3)");
+        let w = windows(&points, &rows, 0, &[]);
+        // m: -9.6 best; within 0.96 above it: -9.0 is in, -1.0 is not.
+        assert_eq!(
+            w[0].inside,
+            Inside::Values(vec!["1e-3".into(), "1e-1".into()])
+        );
+    }
+
+    /// An axis whose values are objectives of their own (a const) has no window, and the
+    /// other axes are weighed among the best point's objective only: a const value whose loss
+    /// is 1,000 times larger improves more, and must not set the lr window.
+    #[test]
+    fn the_window_weighs_only_the_best_points_objective() {
+        let with_k = |lr: &str, k: &str, initial: f64, last: f64| {
+            let mut p = point(lr, initial, last);
+            p.axes.push(("k".into(), k.into()));
+            p
+        };
+        let points = [
+            with_k("1e-2", "1", 10.0, 1.0),
+            with_k("1e-1", "1", 10.0, 5.0),
+            with_k("1e-2", "1000", 1e4, 9e3),
+            with_k("1e-1", "1000", 1e4, 1e3),
+        ];
+        let rows = rows(&points, &RankBy::Loss).unwrap();
+        let w = windows(&points, &rows, 0, &["k".into()]);
+        let inside = |axis: &str| w.iter().find(|w| w.axis == axis).unwrap().inside.clone();
+        assert_eq!(inside("lr"), Inside::Values(vec!["1e-2".into()]));
+        assert_eq!(inside("k"), Inside::OwnObjectives);
     }
 
     #[test]
