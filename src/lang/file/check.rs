@@ -21,6 +21,7 @@ use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean, plain};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
 use crate::lang::lexer::OffsetMap;
 use crate::lang::parser::{ParseError, parse_expr, parse_program};
+use crate::optim::spec::OptimizerKind;
 
 const TOP_KEYS: &[&str] = &[
     "name",
@@ -192,7 +193,7 @@ impl Checker {
         }
         let (optimizer, param_settings, kind) = root
             .get("optimizer")
-            .map(|v| self.optimizer(v, "[optimizer]", &params, None))
+            .map(|v| self.optimizer(v, "[optimizer]", &params, Some(OptimizerKind::Adam)))
             .unwrap_or_default();
         let variants = self.variants(root.get("variants"), &consts, &params, kind);
         let functions = root

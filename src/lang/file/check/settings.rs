@@ -8,7 +8,7 @@ use crate::optim::spec::OptimizerKind;
 impl Checker {
     /// An `[optimizer]` table's settings and its `[optimizer.params.NAME]` tables, each checked
     /// against the registry; the optimizer is the table's `name`, else `fallback` (a variant's
-    /// file's), else any.
+    /// file's; adam, the default, for the file's own table), else any.
     pub(super) fn optimizer(
         &mut self,
         v: &Value,
@@ -22,7 +22,12 @@ impl Checker {
             return (Vec::new(), Vec::new(), fallback);
         };
         let out = self.settings_from(t, |k| k != "params", what);
-        let kind = self.check_settings(&out).or(fallback);
+        let kind = self.check_settings(&out, fallback);
+        // A table that names an optimizer (one of the file's own: None) does not fall back.
+        let kind = match out.iter().any(|s| s.key.node == "name") {
+            true => kind,
+            false => kind.or(fallback),
+        };
         let tables = t
             .get("params")
             .map(|p| self.param_tables(p, kind, params))
@@ -150,13 +155,20 @@ impl Checker {
     }
 
     /// Checks the optimizer's `name` against the registry and the optimizers this file may name,
-    /// and every other key against the optimizer named (any optimizer's keys without a name);
-    /// returns the registry optimizer named (None for none, or one the file writes itself).
-    fn check_settings(&mut self, settings: &[Setting]) -> Option<OptimizerKind> {
+    /// and every other key against the optimizer named, else against `fallback` (the one a
+    /// table without a name runs: a nameless `lr = -0.1` is refused for adam, not for sgd, and
+    /// a nameless `momentum` is no setting of adam's), else any optimizer's keys; returns the
+    /// registry optimizer named (None for none, or one the file writes itself).
+    fn check_settings(
+        &mut self,
+        settings: &[Setting],
+        fallback: Option<OptimizerKind>,
+    ) -> Option<OptimizerKind> {
         use crate::optim::spec::{check_own_setting, check_setting, unknown_optimizer};
+        let named = settings.iter().find(|s| s.key.node == "name");
         let mut kind = None;
         let mut own = None;
-        if let Some(s) = settings.iter().find(|s| s.key.node == "name") {
+        if let Some(s) = named {
             match &s.value.node {
                 SettingValue::Text(name) => {
                     let def = self.optimizers.iter().find(|d| d.name.node == *name);
@@ -185,16 +197,37 @@ impl Checker {
             let (key, value) = (s.key.node.as_str(), s.value.node.raw());
             let checked = match &own {
                 Some(sig) => check_own_setting(sig, key, value),
-                // A registry optimizer's keys; without a name, those of any it could name.
-                None => check_setting(kind, key, value).or_else(|e| {
-                    let owner = signatures
-                        .iter()
-                        .filter(|_| kind.is_none())
-                        .find(|sig| sig.hyper.iter().any(|(n, _)| n == key));
-                    owner.map_or(Err(e), |sig| check_own_setting(sig, key, value))
-                }),
+                // A registry optimizer's keys; without one known, those of any it could name.
+                None => {
+                    let kind = if named.is_some() { kind } else { fallback };
+                    check_setting(kind, key, value).or_else(|e| {
+                        let owner = signatures
+                            .iter()
+                            .filter(|_| kind.is_none())
+                            .find(|sig| sig.hyper.iter().any(|(n, _)| n == key));
+                        owner.map_or(Err(e), |sig| check_own_setting(sig, key, value))
+                    })
+                }
             };
-            if let Err(e) = checked {
+            if let Err(mut e) = checked {
+                // Without a name the table is the fallback's (adam's): say so where the key is
+                // another optimizer's.
+                let owners: Vec<&str> = OptimizerKind::ALL
+                    .iter()
+                    .filter(|k| k.hyper_parameters().iter().any(|h| h.name == key))
+                    .map(|k| k.name())
+                    .take(4)
+                    .collect();
+                if let (None, Some(f), Some(first)) = (named, fallback, owners.first())
+                    && check_setting(None, key, value).is_ok()
+                {
+                    e.help = Some(format!(
+                        "this table names no optimizer, so it runs `{}`; `{key}` is a setting of \
+                         {}: name one, e.g. `name = \"{first}\"`",
+                        f.name(),
+                        owners.join(", "),
+                    ));
+                }
                 self.error(e.message, s.key.span.clone()).help = e.help;
             }
         }
@@ -249,7 +282,7 @@ impl Checker {
             // `grad`, `loss_scale` and `accumulate` on a variant are run settings like those in
             // its optimizer table.
             let own = self.settings_from(t, |k| VARIANT_RUN_KEYS.contains(&k), "a variant");
-            self.check_settings(&own);
+            self.check_settings(&own, kind);
             optimizer.extend(own);
             let mut overrides = Vec::new();
             if let Some(c) = t.get("consts") {
