@@ -298,10 +298,17 @@ impl Checker {
                             .unwrap_or_else(|| {
                                 let known: Vec<&str> =
                                     consts.iter().map(|c| c.name.node.as_str()).collect();
-                                format!(
-                                    "a variant may only override consts declared in [consts]: {}",
-                                    known.join(", ")
-                                )
+                                match known.is_empty() {
+                                    true => format!(
+                                        "a variant may only override consts declared in [consts], \
+                                         and this file declares none: add `{key} = ...` to a \
+                                         [consts] table"
+                                    ),
+                                    false => format!(
+                                        "a variant may only override consts declared in [consts]: {}",
+                                        known.join(", ")
+                                    ),
+                                }
                             });
                             self.error(format!("unknown const `{key}` in a variant"), k.span())
                                 .help = Some(help);
