@@ -842,6 +842,10 @@ fn number_of(v: &DeValue) -> Option<f64> {
 fn type_name(v: &DeValue) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
+        // TOML's integers are 64-bit: a longer one is no number of the file's.
+        DeValue::Integer(_) if number_of(v).is_none() => {
+            "an integer past 64 bits (write it as a float, e.g. 1e20)"
+        }
         DeValue::Integer(_) => "an integer",
         DeValue::Float(_) => "a float",
         DeValue::Boolean(_) => "a boolean",
