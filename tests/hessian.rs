@@ -589,3 +589,26 @@ fn h_falls_back_to_the_top_eigenvalue_past_the_limit() {
     assert!(text.contains("λmax 1000.0"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Past the full decomposition's limit, a Hessian whose spectrum reaches 0 from one side is
+/// singular, not "indefinite": zero everywhere (`sum(W)`), and positive semi-definite with
+/// zero directions (`sum(w[0:150]^2)` over 300 values).
+#[test]
+fn lanczos_calls_a_spectrum_ending_at_zero_singular() {
+    let options = Options {
+        full_limit: 100,
+        ..Options::default()
+    };
+    for loss in ["sum(w)", "sum(w[0:150]^2)"] {
+        let (ev, names) = evaluator(&format!(
+            "name = \"z\"\ndtype = \"f64\"\nloss = \"{loss}\"\n[params]\nw = \"ones(300)\"\n"
+        ));
+        let h = hessian_exact(&ev, &names, None, &options).unwrap();
+        assert!(matches!(h.method, Method::Lanczos(_)), "{loss}");
+        assert_eq!(h.condition(), Condition::Singular, "{loss}");
+        assert!(
+            h.condition_words().starts_with("infinite: singular"),
+            "{loss}"
+        );
+    }
+}

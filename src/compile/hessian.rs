@@ -164,11 +164,15 @@ impl Hessian {
                     Condition::Number(big / small)
                 }
             }
-            // Positive (or negative) definite: the end nearer 0 is the smallest |λ|.
+            // Positive (or negative) definite: the end nearer 0 is the smallest |λ|. An end
+            // within the tolerance of 0 with the spectrum on one side of it (a zero Hessian
+            // too) is singular; only ends on both sides leave the smallest |λ| unknown.
             Method::Lanczos(_) => {
                 let (lo, hi) = (self.lambda_min(), self.lambda_max());
                 if lo > tol || hi < -tol {
                     Condition::Number(big / lo.abs().min(hi.abs()))
+                } else if lo >= -tol || hi <= tol {
+                    Condition::Singular
                 } else {
                     Condition::Unknown
                 }
