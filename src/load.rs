@@ -272,7 +272,7 @@ fn load_optimizer_file(path: &Path) -> LoadedFile {
     let mut names = Vec::new();
     for def in defs.iter().filter(|d| this(&d.source.path)) {
         names.push(def.name.node.clone());
-        let (_, d) = compile::optimizer::build(def, &[PROBE_SHAPE.to_vec()]);
+        let (_, d) = compile::optimizer::build(def, &[(PROBE_SHAPE.to_vec(), String::new())]);
         diagnostics.extend(d);
     }
     let source = folder

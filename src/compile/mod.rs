@@ -546,12 +546,22 @@ fn optimizers(
     params: &[Named],
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<Arc<dyn UpdateProgram>>, Vec<Unusable>) {
-    let mut shapes: Vec<Vec<usize>> = Vec::new();
+    // Each shape once, with the params of it named (`b`, shape []).
+    let mut shapes: Vec<(Vec<usize>, Vec<&str>)> = Vec::new();
     for p in params {
-        if !shapes.iter().any(|s| s == p.value.dims()) {
-            shapes.push(p.value.dims().to_vec());
+        match shapes.iter_mut().find(|(s, _)| s == p.value.dims()) {
+            Some((_, names)) => names.push(&p.name),
+            None => shapes.push((p.value.dims().to_vec(), vec![&p.name])),
         }
     }
+    let shapes: Vec<(Vec<usize>, String)> = shapes
+        .into_iter()
+        .map(|(dims, names)| {
+            let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+            let label = format!("{} (shape {dims:?})", names.join(", "));
+            (dims, label)
+        })
+        .collect();
     let settings: Vec<&Setting> = file
         .optimizer
         .iter()

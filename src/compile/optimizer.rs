@@ -52,13 +52,19 @@ fn compute_dtype(dtype: CDType) -> CDType {
 /// errors are among the diagnostics; the shapes after the failing one are not tried).
 pub fn build(
     def: &Arc<OptimizerDef>,
-    shapes: &[Vec<usize>],
+    shapes: &[(Vec<usize>, String)],
 ) -> (Option<Arc<CompiledOptimizer>>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut built = Vec::new();
-    for dims in shapes {
-        let (one, d) = for_shape(def, &Shape(dims.clone()));
+    for (dims, params) in shapes {
+        let (one, mut d) = for_shape(def, &Shape(dims.clone()));
         let failed = d.iter().any(Diagnostic::is_error);
+        // The same update compiles once a shape: its errors name the params it failed for.
+        if !params.is_empty() {
+            for e in d.iter_mut().filter(|d| d.is_error()) {
+                e.message = format!("{}, in the update of {params}", e.message);
+            }
+        }
         diags.extend(d);
         match one {
             Some(one) if !failed => built.push(one),
