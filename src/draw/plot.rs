@@ -335,8 +335,11 @@ impl Panel<'_> {
         Y: AsRangedCoord<Value = f64>,
         Y::CoordDescType: ValueFormatter<f64>,
     {
+        // Room on the right for half the last step's label, centred on the edge (`10000` ran
+        // past it with the 10 px of the other sides).
         let mut chart = ChartBuilder::on(area)
             .margin(10)
+            .margin_right(30)
             .x_label_area_size(36)
             .y_label_area_size(64)
             .build_cartesian_2d(self.steps.0..self.steps.1, y)?;
