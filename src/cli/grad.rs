@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::inspect::{PointArgs, point_step, points, unloadable};
+use super::inspect::{PointArgs, point_step, points, short_of, unloadable};
 use crate::compile::backward::check::{TOLERANCE, check, locate_nonfinite};
 use crate::compile::backward::{Backward, backward};
 use crate::diagnostic::{Diagnostic, did_you_mean};
@@ -92,12 +92,8 @@ fn report_check(
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
     let step = point_step(run);
-    if let Some(h) = run.halted.as_ref().filter(|h| at_step > h.step) {
-        writeln!(
-            out,
-            "# run `{}` halted at step {step} ({}); checking at step {step}, not {at_step}",
-            run.name, h.reason
-        )?;
+    if let Some(short) = short_of(run, at_step) {
+        writeln!(out, "# {short}")?;
     }
     let agreements = match check(compiled, def, program, Some(&run.param_values())) {
         Ok(a) => a,

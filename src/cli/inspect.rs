@@ -1,10 +1,9 @@
 //! `gradscope gradcheck`, `curvature` and `precision`: a point of a run, examined.
 
-use std::io::Write;
-use std::ops::ControlFlow;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use super::run::select;
+use super::run::{catch_stop_signals, select, until_stopped};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
@@ -44,6 +43,19 @@ pub(super) fn points(
     };
     crate::compile::threads::start([&compiled], 0);
     let selected = select(&compiled, args.variant.as_deref(), default_all)?;
+    // Stepping to a far step can take long: a bar on a terminal, and ctrl-c stops the stepping
+    // (the report is then at the step reached, and says so).
+    catch_stop_signals();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(args.at_step);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "stepping to the point {bar:40} {pos}/{len} steps {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
     let mut runs = Vec::new();
     for mut request in selected
         .into_iter()
@@ -55,8 +67,19 @@ pub(super) fn points(
         }
         let def = request.def;
         let mut r = Run::new(&compiled, request)?;
-        drive(&mut r, |_, _| ControlFlow::Continue(()))?;
+        if let Some(b) = &bar {
+            b.reset();
+        }
+        drive(&mut r, |_, _| {
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            until_stopped()
+        })?;
         runs.push((def, r));
+    }
+    if let Some(b) = &bar {
+        b.finish_and_clear();
     }
     Ok(Ok((compiled, runs)))
 }
@@ -82,20 +105,31 @@ pub(super) fn point_step(run: &Run) -> u64 {
 /// `FILE  run `name` in DTYPE at step K`: the first line of every report on a point, after a
 /// line saying so when the run halted before the step asked for.
 pub(super) fn heading(args: &PointArgs, run: &Run) -> String {
-    let step = point_step(run);
-    let halted = match &run.halted {
-        Some(h) if args.at_step > h.step => format!(
-            "run `{}` halted at step {step} ({}); checking at step {step}, not {}\n",
-            run.name, h.reason, args.at_step
-        ),
-        _ => String::new(),
-    };
+    let halted = short_of(run, args.at_step).map_or(String::new(), |s| format!("{s}\n"));
     format!(
-        "{halted}{}  run `{}` in {} at step {step}",
+        "{halted}{}  run `{}` in {} at step {}",
         args.file.display(),
         run.name,
         run.dtype.name(),
+        point_step(run)
     )
+}
+
+/// Why `run` is not at `at_step`, the step asked for, if it is not: it halted before it, or
+/// ctrl-c stopped its stepping.
+pub(super) fn short_of(run: &Run, at_step: u64) -> Option<String> {
+    let step = point_step(run);
+    match &run.halted {
+        Some(h) if at_step > h.step => Some(format!(
+            "run `{}` halted at step {step} ({}); checking at step {step}, not {at_step}",
+            run.name, h.reason
+        )),
+        None if step < at_step => Some(format!(
+            "run `{}` was stopped at step {step}; checking at step {step}, not {at_step}",
+            run.name
+        )),
+        _ => None,
+    }
 }
 
 /// `gradscope gradcheck`: returns whether every checked param passed.
@@ -305,4 +339,42 @@ pub fn precision_command(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run short of the step asked for says why: halted (and where), or stopped by ctrl-c.
+    #[test]
+    fn a_point_short_of_its_step_says_why() {
+        let loaded = crate::lang::file::load_bytes(
+            std::path::Path::new("t.toml"),
+            b"name = \"t\"\nloss = \"sum(w^2) / (1 - s)\"\n[data]\ns = 1.0\n[params]\nw = \"ones(2)\"\n\
+              [[variants]]\nname = \"finite\"\nloss = \"sum(w^2)\"\n"
+                .to_vec(),
+        );
+        let compiled = crate::compile::compile(loaded.file.expect("loads"))
+            .0
+            .expect("compiles");
+        let run = |def: usize, steps: u64| {
+            let mut r = Run::new(&compiled, RunRequest::of(&compiled, def).unwrap()).unwrap();
+            while r.step_count() < steps && r.halted.is_none() {
+                r.step().unwrap();
+            }
+            r
+        };
+        // The base run's loss is w²/0: it halts at step 0.
+        let halted = short_of(&run(0, 5), 5).unwrap();
+        assert!(
+            halted.starts_with("run `base` halted at step 0 ("),
+            "{halted}"
+        );
+        assert!(halted.ends_with("checking at step 0, not 5"), "{halted}");
+        assert_eq!(
+            short_of(&run(1, 3), 5).as_deref(),
+            Some("run `finite` was stopped at step 3; checking at step 3, not 5")
+        );
+        assert_eq!(short_of(&run(1, 5), 5), None);
+    }
 }
