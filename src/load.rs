@@ -96,6 +96,15 @@ fn discover_files(paths: &[PathBuf], optimizers: bool) -> (Vec<PathBuf>, Vec<Dia
             }
         } else if p.is_file() {
             files.push(p.clone());
+        } else if p.exists() {
+            diags.push(
+                Diagnostic::error(format!(
+                    "{} is neither a loss file nor a folder of them",
+                    p.display()
+                ))
+                .in_file(p)
+                .help("give a *.toml loss file or a folder"),
+            );
         } else {
             diags.push(
                 Diagnostic::error(format!("no such file or directory: {}", p.display())).in_file(p),

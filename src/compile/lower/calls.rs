@@ -758,10 +758,10 @@ impl Lowerer {
                         return Err(self.fail(
                             format!("index {i} is out of range for axis {dim} of length {len}"),
                             &item.span,
-                            Some(format!(
-                                "valid indices are 0 to {} or -{len} to -1",
-                                len.saturating_sub(1)
-                            )),
+                            Some(match len {
+                                0 => "the axis is empty: no index is valid".to_string(),
+                                _ => format!("valid indices are 0 to {} or -{len} to -1", len - 1),
+                            }),
                         ));
                     }
                     narrows.push(Narrow {
@@ -850,7 +850,7 @@ impl Lowerer {
                 let n = n.max(0.0);
                 if n > MAX_ELEMENTS as f64 {
                     return Err(self.fail(
-                        format!("arange would make {n} elements"),
+                        format!("arange would make {} elements", crate::format::fmt_num(n)),
                         span,
                         Some(format!(
                             "gradscope builds tensors of at most {MAX_ELEMENTS} elements"

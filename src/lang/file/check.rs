@@ -350,7 +350,19 @@ impl Checker {
                     .filter_map(|i| self.string(i, "an argument name"))
                     .map(|(a, s)| Spanned::new(a, s))
                     .collect(),
-                _ => {
+                Some((other, span)) => {
+                    self.error(
+                        format!(
+                            "function `{}`'s `args` must be a list of names, found {}",
+                            name.node,
+                            type_name(other)
+                        ),
+                        span,
+                    )
+                    .help = Some("e.g. args = [\"x\"]".into());
+                    continue;
+                }
+                None => {
                     self.error(
                         format!("function `{}` needs `args`, a list of names", name.node),
                         name.span.clone(),
