@@ -309,6 +309,81 @@ fn snapshot_broken_file_diagnostics() {
     }
 }
 
+/// A file whose own run cannot start (sm3 on a scalar param) is broken as `check` says it is:
+/// ✗, the same located diagnostic in place of the chart, the run listed as an error and its
+/// line in Warnings opening the diagnostic. Fixed, the run starts.
+#[test]
+fn snapshot_a_run_that_cannot_start_is_the_files_error() {
+    let dir = Scratch::new("refused");
+    let file = dir.copy("tests/malformed/sm3_scalar_param.toml", "sm3.toml");
+    let (mut app, rx) = open(dir.path());
+    let checked = gradscope::cli::check::check_file(&file, true)
+        .file
+        .diagnostics;
+    let [error] = checked.as_slice() else {
+        panic!("{checked:?}");
+    };
+    let f = app.file().unwrap();
+    assert!(f.broken());
+    let shown: Vec<String> = f.refused().map(|d| d.render(false)).collect();
+    assert_eq!(shown, [error.render(false)]);
+    let (line, column) = error.line_col().unwrap();
+    let at = format!("{}:{line}:{column}", file.display());
+    let t = draw(&app, 120, 30);
+    let screen = rows(&t).join("\n");
+    for shown in [
+        "✗ sm3 on a scalar param",
+        &at,
+        "this optimizer",
+        "error      base",
+    ] {
+        assert!(screen.contains(shown), "`{shown}`:\n{screen}");
+    }
+    assert!(!screen.contains("the last good version"), "{screen}");
+    snapshot("run_that_cannot_start", &t);
+    app.focus = Focus::Warnings;
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, Some(Popup::Warning(0)));
+    let popup = rows(&draw(&app, 120, 30)).join("\n");
+    assert!(popup.contains(&at), "{popup}");
+    press(&mut app, KeyCode::Esc);
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("\"sm3\"", "\"adam\"")).unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    let f = app.file().unwrap();
+    assert!(!f.broken());
+    assert_eq!(run_names(&app), ["base"]);
+}
+
+/// A run the user asks for that cannot start says why in the status line and Warnings, and
+/// leaves the file as it was.
+#[test]
+fn an_added_run_that_cannot_start_says_why() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    for _ in 0..40 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "sm3");
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    let said = app.message.clone().unwrap_or_default();
+    assert!(
+        said.starts_with("run `base · sm3") && said.contains("cannot start: sm3 keeps one"),
+        "{said}"
+    );
+    let s = app.session().unwrap();
+    assert_eq!(s.runs.len(), 4);
+    assert!(s.refused.is_empty());
+    let w = s.warnings.last().unwrap();
+    assert!(w.text.contains("cannot step `x`, a scalar"), "{}", w.text);
+    assert!(w.diagnostic.is_some());
+    assert!(!app.file().unwrap().broken());
+}
+
 #[test]
 fn snapshot_help_overlay() {
     let (mut app, _rx) = open(ROSENBROCK);
