@@ -1024,6 +1024,45 @@ fn finished_runs_say_so_play_on_and_a_reset_gives_their_steps_back() {
     assert_eq!(history_lens(&app), vec![0]);
 }
 
+/// A run added after the others finished plays to its end alone: `space` plays the finished
+/// runs on only once every run is finished, as the status line's `space plays on` says.
+#[test]
+fn space_plays_an_added_run_to_its_end_and_the_finished_ones_on_only_after() {
+    let dir = Scratch::new("play-added");
+    let (_, mut app, rx) = open_written(
+        &dir,
+        "short.toml",
+        "name = \"Short\"\nloss = \"(x - 1)^2\"\n[params]\nx = \"0.0\"\n[optimizer]\n\
+         name = \"sgd\"\nlr = 0.1\nsteps = 20\n",
+    );
+    typed_settled(&mut app, &rx, " ");
+    play_to_the_end(&mut app, &rx);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![20, 0]);
+    typed_settled(&mut app, &rx, " ");
+    play_to_the_end(&mut app, &rx);
+    let steps = |app: &App| -> Vec<u64> {
+        app.session()
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| r.info.steps)
+            .collect()
+    };
+    assert_eq!(history_lens(&app), vec![20, 20]);
+    assert_eq!(steps(&app), vec![20, 20]);
+    // Every run finished (the session stops playing then): now `space` plays them all on.
+    app.settle(&rx);
+    assert!(!app.session().unwrap().playing);
+    typed_settled(&mut app, &rx, " ");
+    assert_eq!(steps(&app), vec![40, 40]);
+    play_to_the_end(&mut app, &rx);
+    assert_eq!(history_lens(&app), vec![40, 40]);
+}
+
 /// A run that halts again at the same step after a reset is logged once, not once a replay.
 /// When every run halted, playing on cannot move them: the status says they halted and where
 /// to look, rather than offer `space`.

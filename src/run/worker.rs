@@ -675,13 +675,20 @@ impl Worker {
     fn execute(&mut self, c: Command) {
         match c {
             Command::Play => {
-                // A finished run played again goes on for as many steps as it was given.
-                let finished: Vec<(RunId, u64)> = self
-                    .slots
-                    .iter()
-                    .filter(|s| s.run.halted.is_none() && s.run.step_count() >= s.run.config.steps)
-                    .map(|s| (s.id, s.run.config.steps + s.given.max(1)))
-                    .collect();
+                // Once every run is finished (or halted), the finished ones go on for as many
+                // steps as they were given; while some are short of their end, those play to
+                // it alone (a run added after the others finished must not push them on).
+                let open =
+                    |s: &Slot| s.run.halted.is_none() && s.run.step_count() < s.run.config.steps;
+                let finished: Vec<(RunId, u64)> = match self.slots.iter().any(open) {
+                    true => Vec::new(),
+                    false => self
+                        .slots
+                        .iter()
+                        .filter(|s| s.run.halted.is_none())
+                        .map(|s| (s.id, s.run.config.steps + s.given.max(1)))
+                        .collect(),
+                };
                 for (id, steps) in finished {
                     self.set_steps(id, steps);
                 }
