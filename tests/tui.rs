@@ -1284,6 +1284,42 @@ fn o_enter_enter_adds_a_run() {
     assert_eq!(history_lens(&app), vec![3; 5]);
 }
 
+/// A reset or a rewind takes the run back before the steps the gradient check and the Hessian
+/// were taken at: the inspector drops them rather than show them as the run's; a rewind to
+/// a step after them keeps them.
+#[test]
+fn a_rewind_before_the_inspections_drops_them() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "30ng");
+    typed_settled(&mut app, &rx, "h");
+    press(&mut app, KeyCode::Esc);
+    let steps = |app: &App| {
+        let r = &app.session().unwrap().runs[0];
+        (
+            r.gradcheck.as_ref().map(|a| a.0),
+            r.hessian.as_ref().map(|a| a.0),
+        )
+    };
+    let screen = |app: &App| rows(&draw(app, 160, 45)).join("\n");
+    assert_eq!(steps(&app), (Some(30), Some(30)));
+    assert!(screen(&app).contains("gradcheck @30"), "{}", screen(&app));
+    typed_settled(&mut app, &rx, "10n10b");
+    assert_eq!(history_lens(&app), vec![30; 4]);
+    assert_eq!(
+        steps(&app),
+        (Some(30), Some(30)),
+        "step 30 is the run's again"
+    );
+    typed_settled(&mut app, &rx, "b");
+    assert_eq!(steps(&app), (None, None));
+    for gone in ["gradcheck @30", "Hessian @30"] {
+        assert!(!screen(&app).contains(gone), "{}", screen(&app));
+    }
+    typed_settled(&mut app, &rx, "ng");
+    typed_settled(&mut app, &rx, "r");
+    assert_eq!(steps(&app), (None, None));
+}
+
 #[test]
 fn snapshot_optimizer_list_groups_every_optimizer_and_trick_with_its_defaults() {
     let (mut app, _rx) = open(ROSENBROCK);

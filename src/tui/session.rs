@@ -104,6 +104,17 @@ impl RunView {
             .catch_up(self.path.after(from).copied(), &self.history);
     }
 
+    /// Keeps the answers to `g`, `h`, `G` and `F` taken at the steps `kept` accepts and drops
+    /// the others: after a rewind or a reset the run no longer has the steps past it, and the
+    /// inspector showed their answers as the run's.
+    fn keep_answers(&mut self, kept: impl Fn(u64) -> bool) {
+        self.gradcheck.take_if(|(k, _)| !kept(*k));
+        self.curvature.take_if(|(k, _)| !kept(*k));
+        self.formula.take_if(|(k, _)| !kept(*k));
+        self.hessian.take_if(|(k, _)| !kept(*k));
+        self.lrfind.take_if(|(k, _)| !kept(*k));
+    }
+
     /// The step it is at (updates taken): its history holds rows 0..=steps.
     pub fn steps(&self) -> usize {
         self.history.len().saturating_sub(1)
@@ -376,6 +387,8 @@ impl Session {
                     r.lr_scale = scale;
                     r.lr_before = None;
                     r.halted = None;
+                    // The run is at step `len` again: what was computed past it is gone with those steps.
+                    r.keep_answers(|k| k <= len as u64);
                     // A change made at the step rewound to is in that step's snapshot: it stays.
                     // One made later is undone with its steps, and the log says so.
                     let undone: Vec<u64> = r
@@ -707,11 +720,7 @@ impl Session {
             r.skipped = 0;
             r.stalled = 0;
             r.first_nonfinite = None;
-            r.gradcheck = None;
-            r.curvature = None;
-            r.formula = None;
-            r.hessian = None;
-            r.lrfind = None;
+            r.keep_answers(|_| false);
             r.clear_path();
         }
         gone.dedup();
