@@ -208,14 +208,29 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
             *w = (*w).max(c.chars().count());
         }
     }
-    // Too wide for the screen: the `vs base` column, then the names, give up room (cut with
-    // `…`), then `vs base` goes, so the numbers between them stay in view.
+    // Too wide for the screen: `vs base` narrows (its text wraps under it), then the names (cut
+    // with `…`), then `vs base` goes; number columns that still do not fit are left out, those
+    // right of the sort column first, so the sort column (which tab moves) is always in view.
     let room = usize::from(area.width).saturating_sub(2);
     let last = widths.len() - 1;
-    for (i, least) in [(last, 12), (0, 12), (last, 0)] {
-        let total: usize = widths.iter().map(|w| w + 2).sum();
-        let over = total.saturating_sub(room);
+    // Two columns between cells, none after the last.
+    let total = |widths: &[usize]| -> usize {
+        let shown = widths.iter().filter(|&&w| w > 0);
+        shown.map(|w| w + 2).sum::<usize>().saturating_sub(2)
+    };
+    for (i, least) in [(last, 12), (0, 12)] {
+        let over = total(&widths).saturating_sub(room);
         widths[i] -= over.min(widths[i].saturating_sub(least));
+    }
+    if total(&widths) > room {
+        widths[last] = 0;
+    }
+    let sorted = column.clamp(1, last - 1);
+    for i in (sorted + 1..last).rev().chain(1..sorted) {
+        if total(&widths) <= room {
+            break;
+        }
+        widths[i] = 0;
     }
     let cell = |i: usize, text: &str| match widths[i] {
         0 => String::new(),
@@ -236,22 +251,29 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
             })
             .collect::<Vec<_>>(),
     )];
+    // Each row's `vs base` takes as many lines as the screen's height leaves a row.
+    let per_row = (usize::from(area.height).saturating_sub(6) / rows.len().max(1)).max(1);
     for r in &rows {
-        let mut spans = vec![Span::styled(cell(0, &r.cells[0]), Style::new().fg(r.color))];
-        spans.extend((1..r.cells.len()).map(|i| Span::raw(cell(i, &r.cells[i]))));
-        lines.push(Line::from(spans));
+        let diff = wrapped_cut(&r.cells[last], widths[last], per_row);
+        for (k, piece) in diff.iter().enumerate() {
+            let text = |i: usize| if k == 0 { r.cells[i].as_str() } else { "" };
+            let mut spans = vec![Span::styled(cell(0, text(0)), Style::new().fg(r.color))];
+            spans.extend((1..last).map(|i| Span::raw(cell(i, text(i)))));
+            spans.push(Span::raw(cell(last, piece)));
+            lines.push(Line::from(spans));
+        }
+    }
+    if widths[1..last].contains(&0) {
+        lines.push(Line::styled(
+            "more columns than the screen is wide: tab brings each into view",
+            Style::new().fg(Color::DarkGray),
+        ));
     }
     lines.push(Line::styled(
         "tab/shift-tab sort by the next/previous column · r reverses · esc closes",
         Style::new().fg(Color::DarkGray),
     ));
-    let width = widths
-        .iter()
-        .filter(|&&w| w > 0)
-        .map(|w| w + 2)
-        .sum::<usize>()
-        + 2;
-    let r = centered(area, width as u16, lines.len() as u16 + 2);
+    let r = centered(area, total(&widths) as u16 + 2, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines).block(
@@ -261,6 +283,28 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
         ),
         r,
     );
+}
+
+/// `text` wrapped at spaces into lines of `width` columns, at most `most` of them, the last
+/// ending in `…` where the text goes on; one empty line for an empty text.
+fn wrapped_cut(text: &str, width: usize, most: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let ranges = wrap(text, width);
+    let line = |from: usize, to: usize| chars[from..to].iter().collect::<String>();
+    let mut lines: Vec<String> = ranges
+        .iter()
+        .take(most)
+        .map(|r| line(r.start, r.end))
+        .collect();
+    if let (Some(end), Some(r)) = (lines.last_mut(), ranges.get(most.saturating_sub(1)))
+        && ranges.len() > most
+    {
+        *end = cut(&line(r.start, chars.len()), width);
+    }
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    lines
 }
 
 /// The widest the optimizer list grows, to show more of each optimizer's defaults.
