@@ -397,19 +397,16 @@ fn snapshot_help_overlay() {
     for key in keys::BINDINGS.iter().map(|b| b.label()) {
         assert!(screen.contains(&key), "help lacks `{key}`:\n{screen}");
     }
-    // On a small terminal the keys are one column that j scrolls down to the last.
-    let late = keys::BINDINGS
-        .iter()
-        .rev()
-        .find(|b| b.help.len() > 30)
-        .unwrap();
-    let late: String = late.help.chars().take(20).collect();
-    assert!(!rows(&draw(&app, 60, 20)).join("\n").contains(&late));
+    // On a small terminal the keys are one column that j scrolls down to the last line, the
+    // glossary's (after the keys, at most as many entries as keys).
+    let late = "finished (! halted)";
+    assert!(screen.contains(late), "{screen}");
+    assert!(!rows(&draw(&app, 60, 20)).join("\n").contains(late));
     app.handle(Msg::Resize(60, 20));
-    typed(&mut app, &"j".repeat(keys::BINDINGS.len()));
+    typed(&mut app, &"j".repeat(2 * keys::BINDINGS.len()));
     assert!(app.show_help);
     let bottom = rows(&draw(&app, 60, 20));
-    assert!(bottom.join("\n").contains(&late), "{}", bottom.join("\n"));
+    assert!(bottom.join("\n").contains(late), "{}", bottom.join("\n"));
     // Held at the end: more j, and one k moves it back up (it had counted on past the end),
     // with the box as wide as before.
     typed(&mut app, "jjjjj");
@@ -445,6 +442,59 @@ fn help_shows_every_description_in_full() {
     for mark in ["Δ/p", "update norm / param norm", "(eval)", "NaN/Inf loss"] {
         assert!(screen.contains(mark), "help lacks `{mark}`:\n{screen}");
     }
+}
+
+/// On a narrow terminal the help wraps each description under its own column, and every key
+/// starts in the keys' column.
+#[test]
+fn the_help_wraps_descriptions_and_aligns_keys() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    let t = draw(&app, 160, 45);
+    let label_w = keys::BINDINGS
+        .iter()
+        .map(|b| b.label().chars().count())
+        .max()
+        .unwrap();
+    let x = |key: &str, text: &str| {
+        let row = format!("{key:<label_w$}  {text}");
+        find(&t, Rect::new(0, 0, 160, 45), &row).unwrap().0
+    };
+    assert_eq!(x("q  ctrl-c", "quit"), x("?", "this help"));
+    assert_eq!(x("space", "run"), x("n  →", "one step"));
+    app.handle(Msg::Resize(60, 15));
+    let log = keys::BINDINGS
+        .iter()
+        .position(|b| b.action == keys::KeyAction::LogScale)
+        .unwrap();
+    app.help_scroll = log;
+    let screen = rows(&draw(&app, 60, 15));
+    let top = screen.iter().position(|r| r.contains("┌Keys")).unwrap();
+    // Inside the box: its key column, then its text column.
+    let inside = |r: &String| -> (String, String) {
+        let cells: Vec<char> = r.chars().skip_while(|&c| c != '│').skip(1).collect();
+        let key: String = cells.iter().take(label_w).collect();
+        let text: String = cells.iter().skip(label_w + 2).collect();
+        (
+            key.trim().to_string(),
+            text.trim_end_matches(['│', ' ']).to_string(),
+        )
+    };
+    let (key, first) = inside(&screen[top + 1]);
+    assert_eq!(key, "l", "{}", screen.join("\n"));
+    let texts: Vec<String> = std::iter::once(first)
+        .chain(
+            screen[top + 2..]
+                .iter()
+                .map(inside)
+                .take_while(|(key, _)| key.is_empty())
+                .map(|(_, text)| text),
+        )
+        .filter(|t| !t.is_empty())
+        .collect();
+    let help = keys::BINDINGS[log].help;
+    assert!(texts.len() > 1, "{}", screen.join("\n"));
+    assert_eq!(texts.join(" "), help, "{}", screen.join("\n"));
 }
 
 #[test]

@@ -59,11 +59,12 @@ fn help_rows() -> Vec<(String, &'static str)> {
         .collect()
 }
 
-/// How the help lays out in `area`: its columns shown (each with the width of its longest
-/// line), their rows, the labels' width, the last first row scrolling can reach (0: it all
-/// fits, in as many columns as it needs), and the box's width.
+/// How the help lays out in `area`: its columns shown, each as its lines (a key's label, or
+/// none under it where its text wraps, and the text) and its text's width; their rows, the
+/// labels' width, the last first row scrolling can reach (0: it all fits, in as many columns
+/// as it needs), and the box's width.
 struct HelpLayout {
-    columns: Vec<(Vec<(String, &'static str)>, usize)>,
+    columns: Vec<(Vec<(String, String)>, usize)>,
     rows: usize,
     label_w: usize,
     last_first: usize,
@@ -75,31 +76,51 @@ fn help_layout(area: Rect, scroll: usize) -> HelpLayout {
     let label_w = all.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     let rows = (area.height.saturating_sub(2) as usize).clamp(1, all.len().max(1));
     let help_w = |c: &[(String, &str)]| c.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
-    let width_of = |columns: &[(Vec<(String, &'static str)>, usize)]| -> usize {
-        columns
-            .iter()
-            .map(|(_, w)| label_w + 2 + w + 2)
-            .sum::<usize>()
-            + 2
+    let width_of = |text_ws: &[usize]| -> usize {
+        text_ws.iter().map(|w| label_w + 2 + w + 2).sum::<usize>() + 2
     };
-    let columns: Vec<_> = all.chunks(rows).map(|c| (c.to_vec(), help_w(c))).collect();
-    let width = width_of(&columns);
+    let chunks: Vec<_> = all.chunks(rows).collect();
+    let text_ws: Vec<usize> = chunks.iter().map(|c| help_w(c)).collect();
+    let width = width_of(&text_ws);
     if width <= usize::from(area.width) {
+        let lines =
+            |c: &[(String, &str)]| c.iter().map(|(l, t)| (l.clone(), t.to_string())).collect();
         return HelpLayout {
-            columns,
+            columns: chunks.iter().map(|c| lines(c)).zip(text_ws).collect(),
             rows,
             label_w,
             last_first: 0,
             width,
         };
     }
-    // One column that scrolls, as wide as its widest line wherever it is scrolled to.
-    let last_first = all.len() - rows;
+    // One column that scrolls, its texts wrapped at the screen's edge under their own column
+    // (cut, they lost their ends), as wide wherever it is scrolled to.
+    let text_w = help_w(&all).min(usize::from(area.width).saturating_sub(width_of(&[0])));
+    let wrapped = |(label, text): &(String, &str)| -> Vec<(String, String)> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut lines: Vec<(String, String)> = wrap(text, text_w.max(1))
+            .into_iter()
+            .map(|r| (String::new(), chars[r].iter().collect()))
+            .collect();
+        if let Some(first) = lines.first_mut() {
+            first.0 = label.clone();
+        }
+        lines
+    };
+    // The furthest first entry whose lines, and those of the entries after it, fill the box.
+    let mut below = 0;
+    let last_first = (0..all.len())
+        .rev()
+        .find(|&i| {
+            below += wrapped(&all[i]).len();
+            below >= rows
+        })
+        .unwrap_or(0);
     let first = scroll.min(last_first);
-    let columns = vec![(all[first..first + rows].to_vec(), help_w(&all))];
+    let lines = all[first..].iter().flat_map(wrapped).take(rows).collect();
     HelpLayout {
-        width: width_of(&columns),
-        columns,
+        columns: vec![(lines, text_w)],
+        width: width_of(&[text_w]),
         rows,
         label_w,
         last_first,
@@ -118,7 +139,8 @@ pub fn help_scrolled(area: Rect, scroll: usize, down: bool) -> usize {
 
 /// Every key and what it does, then what the screen's marks mean (j/k scroll, any other key
 /// closes it), in as many columns as the height needs; where those do not fit the width, one
-/// column that scrolls from `scroll`.
+/// column that scrolls from `scroll`. Keys are aligned on the first, each text wraps under
+/// its own column.
 pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
     let HelpLayout {
         columns,
@@ -135,7 +157,7 @@ pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
                     continue;
                 };
                 spans.push(Span::styled(
-                    format!("{label:>label_w$}  "),
+                    format!("{label:<label_w$}  "),
                     Style::new().fg(Color::Cyan),
                 ));
                 spans.push(Span::raw(format!("{text:<w$}  ")));
