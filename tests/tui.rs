@@ -1572,6 +1572,26 @@ fn the_optimizer_list_scrolls_to_keep_the_selection_in_view() {
     );
 }
 
+/// `q`, which the status bar offers, closes the lists as `esc` does (and as it closes the
+/// comparison table); in a text field it is a letter.
+#[test]
+fn q_closes_the_lists_and_types_in_a_field() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    for open in ["o", "d", "R"] {
+        typed(&mut app, open);
+        assert!(app.popup.is_some(), "{open}");
+        assert_eq!(press(&mut app, KeyCode::Char('q')), None, "{open}");
+        assert_eq!(app.popup, None, "{open}");
+    }
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    typed(&mut app, "q");
+    let Some(Popup::EditSpec { text, .. }) = &app.popup else {
+        panic!("{:?}", app.popup);
+    };
+    assert!(text.text().ends_with('q'), "{}", text.text());
+}
+
 #[test]
 fn enter_on_an_optimizer_edits_its_defaults() {
     let (mut app, _rx) = open(ROSENBROCK);
