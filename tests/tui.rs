@@ -309,6 +309,81 @@ fn snapshot_broken_file_diagnostics() {
     }
 }
 
+/// A file whose own run cannot start (sm3 on a scalar param) is broken as `check` says it is:
+/// ✗, the same located diagnostic in place of the chart, the run listed as an error and its
+/// line in Warnings opening the diagnostic. Fixed, the run starts.
+#[test]
+fn snapshot_a_run_that_cannot_start_is_the_files_error() {
+    let dir = Scratch::new("refused");
+    let file = dir.copy("tests/malformed/sm3_scalar_param.toml", "sm3.toml");
+    let (mut app, rx) = open(dir.path());
+    let checked = gradscope::cli::check::check_file(&file, true)
+        .file
+        .diagnostics;
+    let [error] = checked.as_slice() else {
+        panic!("{checked:?}");
+    };
+    let f = app.file().unwrap();
+    assert!(f.broken());
+    let shown: Vec<String> = f.refused().map(|d| d.render(false)).collect();
+    assert_eq!(shown, [error.render(false)]);
+    let (line, column) = error.line_col().unwrap();
+    let at = format!("{}:{line}:{column}", file.display());
+    let t = draw(&app, 120, 30);
+    let screen = rows(&t).join("\n");
+    for shown in [
+        "✗ sm3 on a scalar param",
+        &at,
+        "this optimizer",
+        "error      base",
+    ] {
+        assert!(screen.contains(shown), "`{shown}`:\n{screen}");
+    }
+    assert!(!screen.contains("the last good version"), "{screen}");
+    snapshot("run_that_cannot_start", &t);
+    app.focus = Focus::Warnings;
+    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.popup, Some(Popup::Warning(0)));
+    let popup = rows(&draw(&app, 120, 30)).join("\n");
+    assert!(popup.contains(&at), "{popup}");
+    press(&mut app, KeyCode::Esc);
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("\"sm3\"", "\"adam\"")).unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    let f = app.file().unwrap();
+    assert!(!f.broken());
+    assert_eq!(run_names(&app), ["base"]);
+}
+
+/// A run the user asks for that cannot start says why in the status line and Warnings, and
+/// leaves the file as it was.
+#[test]
+fn an_added_run_that_cannot_start_says_why() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    for _ in 0..40 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    typed(&mut app, "sm3");
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    let said = app.message.clone().unwrap_or_default();
+    assert!(
+        said.starts_with("run `base · sm3") && said.contains("cannot start: sm3 keeps one"),
+        "{said}"
+    );
+    let s = app.session().unwrap();
+    assert_eq!(s.runs.len(), 4);
+    assert!(s.refused.is_empty());
+    let w = s.warnings.last().unwrap();
+    assert!(w.text.contains("cannot step `x`, a scalar"), "{}", w.text);
+    assert!(w.diagnostic.is_some());
+    assert!(!app.file().unwrap().broken());
+}
+
 #[test]
 fn snapshot_help_overlay() {
     let (mut app, _rx) = open(ROSENBROCK);
@@ -322,19 +397,16 @@ fn snapshot_help_overlay() {
     for key in keys::BINDINGS.iter().map(|b| b.label()) {
         assert!(screen.contains(&key), "help lacks `{key}`:\n{screen}");
     }
-    // On a small terminal the keys are one column that j scrolls down to the last.
-    let late = keys::BINDINGS
-        .iter()
-        .rev()
-        .find(|b| b.help.len() > 30)
-        .unwrap();
-    let late: String = late.help.chars().take(20).collect();
-    assert!(!rows(&draw(&app, 60, 20)).join("\n").contains(&late));
+    // On a small terminal the keys are one column that j scrolls down to the last line, the
+    // glossary's (after the keys, at most as many entries as keys).
+    let late = "finished (! halted)";
+    assert!(screen.contains(late), "{screen}");
+    assert!(!rows(&draw(&app, 60, 20)).join("\n").contains(late));
     app.handle(Msg::Resize(60, 20));
-    typed(&mut app, &"j".repeat(keys::BINDINGS.len()));
+    typed(&mut app, &"j".repeat(2 * keys::BINDINGS.len()));
     assert!(app.show_help);
     let bottom = rows(&draw(&app, 60, 20));
-    assert!(bottom.join("\n").contains(&late), "{}", bottom.join("\n"));
+    assert!(bottom.join("\n").contains(late), "{}", bottom.join("\n"));
     // Held at the end: more j, and one k moves it back up (it had counted on past the end),
     // with the box as wide as before.
     typed(&mut app, "jjjjj");
@@ -370,6 +442,59 @@ fn help_shows_every_description_in_full() {
     for mark in ["Δ/p", "update norm / param norm", "(eval)", "NaN/Inf loss"] {
         assert!(screen.contains(mark), "help lacks `{mark}`:\n{screen}");
     }
+}
+
+/// On a narrow terminal the help wraps each description under its own column, and every key
+/// starts in the keys' column.
+#[test]
+fn the_help_wraps_descriptions_and_aligns_keys() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    typed(&mut app, "?");
+    let t = draw(&app, 160, 45);
+    let label_w = keys::BINDINGS
+        .iter()
+        .map(|b| b.label().chars().count())
+        .max()
+        .unwrap();
+    let x = |key: &str, text: &str| {
+        let row = format!("{key:<label_w$}  {text}");
+        find(&t, Rect::new(0, 0, 160, 45), &row).unwrap().0
+    };
+    assert_eq!(x("q  ctrl-c", "quit"), x("?", "this help"));
+    assert_eq!(x("space", "run"), x("n  →", "one step"));
+    app.handle(Msg::Resize(60, 15));
+    let log = keys::BINDINGS
+        .iter()
+        .position(|b| b.action == keys::KeyAction::LogScale)
+        .unwrap();
+    app.help_scroll = log;
+    let screen = rows(&draw(&app, 60, 15));
+    let top = screen.iter().position(|r| r.contains("┌Keys")).unwrap();
+    // Inside the box: its key column, then its text column.
+    let inside = |r: &String| -> (String, String) {
+        let cells: Vec<char> = r.chars().skip_while(|&c| c != '│').skip(1).collect();
+        let key: String = cells.iter().take(label_w).collect();
+        let text: String = cells.iter().skip(label_w + 2).collect();
+        (
+            key.trim().to_string(),
+            text.trim_end_matches(['│', ' ']).to_string(),
+        )
+    };
+    let (key, first) = inside(&screen[top + 1]);
+    assert_eq!(key, "l", "{}", screen.join("\n"));
+    let texts: Vec<String> = std::iter::once(first)
+        .chain(
+            screen[top + 2..]
+                .iter()
+                .map(inside)
+                .take_while(|(key, _)| key.is_empty())
+                .map(|(_, text)| text),
+        )
+        .filter(|t| !t.is_empty())
+        .collect();
+    let help = keys::BINDINGS[log].help;
+    assert!(texts.len() > 1, "{}", screen.join("\n"));
+    assert_eq!(texts.join(" "), help, "{}", screen.join("\n"));
 }
 
 #[test]
@@ -949,6 +1074,45 @@ fn finished_runs_say_so_play_on_and_a_reset_gives_their_steps_back() {
     assert_eq!(history_lens(&app), vec![0]);
 }
 
+/// A run added after the others finished plays to its end alone: `space` plays the finished
+/// runs on only once every run is finished, as the status line's `space plays on` says.
+#[test]
+fn space_plays_an_added_run_to_its_end_and_the_finished_ones_on_only_after() {
+    let dir = Scratch::new("play-added");
+    let (_, mut app, rx) = open_written(
+        &dir,
+        "short.toml",
+        "name = \"Short\"\nloss = \"(x - 1)^2\"\n[params]\nx = \"0.0\"\n[optimizer]\n\
+         name = \"sgd\"\nlr = 0.1\nsteps = 20\n",
+    );
+    typed_settled(&mut app, &rx, " ");
+    play_to_the_end(&mut app, &rx);
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
+    app.settle(&rx);
+    assert_eq!(history_lens(&app), vec![20, 0]);
+    typed_settled(&mut app, &rx, " ");
+    play_to_the_end(&mut app, &rx);
+    let steps = |app: &App| -> Vec<u64> {
+        app.session()
+            .unwrap()
+            .runs
+            .iter()
+            .map(|r| r.info.steps)
+            .collect()
+    };
+    assert_eq!(history_lens(&app), vec![20, 20]);
+    assert_eq!(steps(&app), vec![20, 20]);
+    // Every run finished (the session stops playing then): now `space` plays them all on.
+    app.settle(&rx);
+    assert!(!app.session().unwrap().playing);
+    typed_settled(&mut app, &rx, " ");
+    assert_eq!(steps(&app), vec![40, 40]);
+    play_to_the_end(&mut app, &rx);
+    assert_eq!(history_lens(&app), vec![40, 40]);
+}
+
 /// A run that halts again at the same step after a reset is logged once, not once a replay.
 /// When every run halted, playing on cannot move them: the status says they halted and where
 /// to look, rather than offer `space`.
@@ -1170,6 +1334,42 @@ fn o_enter_enter_adds_a_run() {
     assert_eq!(history_lens(&app), vec![3; 5]);
 }
 
+/// A reset or a rewind takes the run back before the steps the gradient check and the Hessian
+/// were taken at: the inspector drops them rather than show them as the run's; a rewind to
+/// a step after them keeps them.
+#[test]
+fn a_rewind_before_the_inspections_drops_them() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "30ng");
+    typed_settled(&mut app, &rx, "h");
+    press(&mut app, KeyCode::Esc);
+    let steps = |app: &App| {
+        let r = &app.session().unwrap().runs[0];
+        (
+            r.gradcheck.as_ref().map(|a| a.0),
+            r.hessian.as_ref().map(|a| a.0),
+        )
+    };
+    let screen = |app: &App| rows(&draw(app, 160, 45)).join("\n");
+    assert_eq!(steps(&app), (Some(30), Some(30)));
+    assert!(screen(&app).contains("gradcheck @30"), "{}", screen(&app));
+    typed_settled(&mut app, &rx, "10n10b");
+    assert_eq!(history_lens(&app), vec![30; 4]);
+    assert_eq!(
+        steps(&app),
+        (Some(30), Some(30)),
+        "step 30 is the run's again"
+    );
+    typed_settled(&mut app, &rx, "b");
+    assert_eq!(steps(&app), (None, None));
+    for gone in ["gradcheck @30", "Hessian @30"] {
+        assert!(!screen(&app).contains(gone), "{}", screen(&app));
+    }
+    typed_settled(&mut app, &rx, "ng");
+    typed_settled(&mut app, &rx, "r");
+    assert_eq!(steps(&app), (None, None));
+}
+
 #[test]
 fn snapshot_optimizer_list_groups_every_optimizer_and_trick_with_its_defaults() {
     let (mut app, _rx) = open(ROSENBROCK);
@@ -1370,6 +1570,26 @@ fn the_optimizer_list_scrolls_to_keep_the_selection_in_view() {
             selected: (2 * 10).min(entries.len() - 1)
         })
     );
+}
+
+/// `q`, which the status bar offers, closes the lists as `esc` does (and as it closes the
+/// comparison table); in a text field it is a letter.
+#[test]
+fn q_closes_the_lists_and_types_in_a_field() {
+    let (mut app, _rx) = open(ROSENBROCK);
+    for open in ["o", "d", "R"] {
+        typed(&mut app, open);
+        assert!(app.popup.is_some(), "{open}");
+        assert_eq!(press(&mut app, KeyCode::Char('q')), None, "{open}");
+        assert_eq!(app.popup, None, "{open}");
+    }
+    typed(&mut app, "o");
+    press(&mut app, KeyCode::Enter);
+    typed(&mut app, "q");
+    let Some(Popup::EditSpec { text, .. }) = &app.popup else {
+        panic!("{:?}", app.popup);
+    };
+    assert!(text.text().ends_with('q'), "{}", text.text());
 }
 
 #[test]
@@ -3112,15 +3332,21 @@ fn snapshot_compare_table_sorts_by_any_column() {
     let lines = rows(&t);
     let top = lines.iter().position(|r| r.contains("steps/s")).unwrap();
     let at = lines[top].split("steps/s").next().unwrap().chars().count();
+    let end = lines
+        .iter()
+        .position(|r| r.contains("tab/shift-tab"))
+        .unwrap();
     let masked: Vec<String> = lines
         .iter()
         .enumerate()
         .map(|(y, r)| {
+            // A run's row (its `vs base` may go on in the rows under it, blank here).
+            let number = r.chars().skip(at).take(7).any(|c| c.is_ascii_digit());
             r.chars()
                 .enumerate()
                 .map(|(x, c)| {
-                    let cell = (top + 1..top + 5).contains(&y) && (at..at + 7).contains(&x);
-                    if cell { '#' } else { c }
+                    let cell = (top + 1..end).contains(&y) && (at..at + 7).contains(&x);
+                    if cell && number { '#' } else { c }
                 })
                 .collect()
         })
@@ -3135,6 +3361,38 @@ fn snapshot_compare_table_sorts_by_any_column() {
     }
     press(&mut app, KeyCode::Esc);
     assert_eq!(app.popup, None);
+}
+
+/// The table uses the screen before it cuts: `vs base` wraps under its column where the screen
+/// is tall enough to show it whole; on a screen too narrow for every number column, tab
+/// brings each into view with the names.
+#[test]
+fn the_compare_table_wraps_vs_base_and_tab_reaches_every_column() {
+    let (mut app, rx) = open(ROSENBROCK);
+    typed_settled(&mut app, &rx, "3n");
+    typed(&mut app, "R");
+    let diffs: Vec<String> = {
+        let s = app.session().unwrap();
+        let file = app.file().unwrap();
+        gradscope::tui::compare::rows(s, file.compiled.as_ref(), 0, false)
+            .into_iter()
+            .map(|r| r.cells[8].clone())
+            .collect()
+    };
+    let screen = rows(&draw(&app, 160, 45)).join("\n");
+    assert!(!screen.contains('…'), "{screen}");
+    for word in diffs.iter().flat_map(|d| d.split_whitespace()) {
+        assert!(screen.contains(word), "`{word}`:\n{screen}");
+    }
+    for column in gradscope::tui::compare::COLUMNS {
+        let screen = rows(&draw(&app, 60, 15)).join("\n");
+        assert!(screen.contains("sgd, lr 1e-3"), "{screen}");
+        if column != "vs base" {
+            let sorted = format!("{column} ▲");
+            assert!(screen.contains(&sorted), "`{sorted}`:\n{screen}");
+        }
+        press(&mut app, KeyCode::Tab);
+    }
 }
 
 /// The compare table's `vs base` names the run settings a variant changes (its schedule, warmup,

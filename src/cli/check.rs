@@ -11,7 +11,7 @@ use crate::compile::{self, CompiledFile, Evaluator, norm};
 use crate::diagnostic::Diagnostic;
 use crate::format::{columns, describe, fmt_num, json_num, pad};
 use crate::load::{self, LoadedFile, discover_with_optimizers};
-use crate::run::{Run, RunRequest};
+use crate::run::RunRequest;
 
 /// A run's loss and gradients at the initial params.
 #[derive(Debug, Clone)]
@@ -132,14 +132,8 @@ fn evaluate_run(
     }
     // An optimizer that cannot take these params (sm3 on a scalar) refuses at the run's start:
     // that is an error here too, not an ok.
-    if let Some(request) = RunRequest::of(compiled, run)
-        && let Err(e) = Run::new(compiled, request)
-    {
-        let d = Diagnostic::error(format!("run `{}` cannot start: {e}", def.name));
-        return Err(match def.optimizer.iter().find(|s| s.key.node == "name") {
-            Some(s) => d.at(source, s.value.span.clone()).label("this optimizer"),
-            None => d.in_file(&source.path),
-        });
+    if let Some(request) = RunRequest::of(compiled, run) {
+        request.start(compiled)?;
     }
     let metrics = ev
         .metric_names()

@@ -92,6 +92,23 @@ impl RunRequest {
         let d = compiled.runs.get(def)?;
         Some(Self::new(compiled, def, d.name.clone(), d.settings.clone()))
     }
+
+    /// The run it asks for, or why it cannot start (sm3 on a scalar param) as an error pointing
+    /// at the optimizer its definition names, when it runs that one: `check` and the TUI's
+    /// worker report a run that cannot start alike.
+    pub fn start(self, compiled: &CompiledFile) -> Result<Run, Diagnostic> {
+        let def = &compiled.runs[self.def];
+        let own = self.settings.optimizer == def.settings.optimizer;
+        let name = self.name.clone();
+        Run::new(compiled, self).map_err(|e| {
+            let d = Diagnostic::error(format!("run `{name}` cannot start: {e}"));
+            let source = &compiled.file.source;
+            match def.optimizer.iter().find(|s| s.key.node == "name") {
+                Some(s) if own => d.at(source, s.value.span.clone()).label("this optimizer"),
+                _ => d.in_file(&source.path),
+            }
+        })
+    }
 }
 
 /// Why a run stopped before its last step.

@@ -197,6 +197,15 @@ impl RunPlan {
     }
 }
 
+/// A run that cannot start: its name, what it was asked as (to ask again after an edit of the
+/// file) and why, located as `check` locates it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub name: String,
+    pub plan: RunPlan,
+    pub diagnostic: Diagnostic,
+}
+
 /// A run as the UI sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunInfo {
@@ -219,6 +228,8 @@ pub struct RunInfo {
 pub enum Event {
     /// Boxed: a run's info (two optimizer specs) dwarfs every other event.
     Added(Box<RunInfo>),
+    /// A run asked for could not start (boxed as `Added` is).
+    Refused(Box<Refusal>),
     Removed(RunId),
     /// A run's steps changed: played on past its end, stepped past it, or given back by a reset.
     Steps(RunId, u64),
@@ -457,7 +468,7 @@ impl Worker {
                 .unwrap_or(first);
         }
         let name = request.name.clone();
-        match Run::new(&self.compiled, request) {
+        match request.start(&self.compiled) {
             Ok(run) => {
                 let id = self.next_id;
                 self.next_id += 1;
@@ -490,7 +501,11 @@ impl Worker {
                 self.slots.push(slot);
                 self.follow_lr_plan(self.slots.len() - 1);
             }
-            Err(e) => self.send(Event::Failed(format!("cannot start run `{name}`: {e}"))),
+            Err(diagnostic) => self.send(Event::Refused(Box::new(Refusal {
+                name,
+                plan: RunPlan { def, overrides, lr },
+                diagnostic,
+            }))),
         }
     }
 
@@ -660,13 +675,20 @@ impl Worker {
     fn execute(&mut self, c: Command) {
         match c {
             Command::Play => {
-                // A finished run played again goes on for as many steps as it was given.
-                let finished: Vec<(RunId, u64)> = self
-                    .slots
-                    .iter()
-                    .filter(|s| s.run.halted.is_none() && s.run.step_count() >= s.run.config.steps)
-                    .map(|s| (s.id, s.run.config.steps + s.given.max(1)))
-                    .collect();
+                // Once every run is finished (or halted), the finished ones go on for as many
+                // steps as they were given; while some are short of their end, those play to
+                // it alone (a run added after the others finished must not push them on).
+                let open =
+                    |s: &Slot| s.run.halted.is_none() && s.run.step_count() < s.run.config.steps;
+                let finished: Vec<(RunId, u64)> = match self.slots.iter().any(open) {
+                    true => Vec::new(),
+                    false => self
+                        .slots
+                        .iter()
+                        .filter(|s| s.run.halted.is_none())
+                        .map(|s| (s.id, s.run.config.steps + s.given.max(1)))
+                        .collect(),
+                };
                 for (id, steps) in finished {
                     self.set_steps(id, steps);
                 }

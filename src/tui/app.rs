@@ -157,9 +157,18 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
-    /// Whether the file has an error (its last good version, if any, keeps running).
+    /// Whether the file has an error: from loading it (its last good version, if any, keeps
+    /// running), or in a run of its own that cannot start (`check` fails it too).
     pub fn broken(&self) -> bool {
-        self.diagnostics.iter().any(Diagnostic::is_error)
+        self.diagnostics.iter().any(Diagnostic::is_error) || self.refused().next().is_some()
+    }
+
+    /// Why its own runs that cannot start cannot, as `check` says it.
+    pub fn refused(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.session
+            .iter()
+            .flat_map(|s| &s.refused)
+            .map(|r| &r.diagnostic)
     }
 
     /// The file name without `.toml`, for the names of files written from it.
@@ -508,6 +517,11 @@ impl App {
                         Err(why) => format!("lr range test from step {step}: {why}"),
                     });
                 }
+                // The log has it in full, but a run the user just asked for must not vanish
+                // without a word where they look.
+                if let Event::Refused(r) = &e {
+                    self.message = Some(r.diagnostic.message.clone());
+                }
                 // An answer to `g`, `h` or `G` is at the inspector's top: scrolled down,
                 // the inspector showed nothing new and the key looked ignored.
                 if matches!(
@@ -585,15 +599,7 @@ impl App {
                     // each in full: shown nowhere else, `check` said more than the TUI.
                     let file = f.path.file_name().unwrap_or_default().to_string_lossy();
                     for d in f.diagnostics.iter().filter(|d| !d.is_error()) {
-                        let at = d
-                            .line_col()
-                            .map_or(String::new(), |(l, c)| format!("{l}:{c}: "));
-                        session.warnings.push(Warning {
-                            run: file.to_string(),
-                            step: 0,
-                            text: format!("{at}{}", d.message),
-                            diagnostic: Some(Box::new(d.clone())),
-                        });
+                        session.warnings.push(Warning::located(&file, 0, d));
                     }
                     f.session = Some(*session);
                 }

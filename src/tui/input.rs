@@ -406,7 +406,14 @@ impl App {
         let Some(popup) = self.popup.clone() else {
             return;
         };
-        if k.code == KeyCode::Esc {
+        // `q` closes a list as `esc` does, as it closes the table and the panels any key
+        // closes: it had done nothing in the lists, where the status bar offers `q`. In a
+        // text field it is a letter.
+        let typing = matches!(
+            popup,
+            Popup::EditSpec { .. } | Popup::Sweep { .. } | Popup::Smoothing { .. }
+        );
+        if k.code == KeyCode::Esc || (k.code == KeyCode::Char('q') && !typing) {
             self.popup = None;
             return;
         }
@@ -450,7 +457,7 @@ impl App {
                         column,
                         descending: !descending,
                     }),
-                    KeyCode::Enter | KeyCode::Char('R' | 'q') => None,
+                    KeyCode::Enter | KeyCode::Char('R') => None,
                     _ => Some(popup),
                 }
             }

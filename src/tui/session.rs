@@ -18,7 +18,7 @@ use crate::landscape::{Lowest, PlaneKind};
 use crate::optim::tricks::ChainSpec;
 use crate::run::history::{History, StepRecord, flags};
 use crate::run::trajectory::Decimated;
-use crate::run::worker::{self, Command, Event, ParamStats, RunId, RunInfo, RunPlan};
+use crate::run::worker::{self, Command, Event, ParamStats, Refusal, RunId, RunInfo, RunPlan};
 
 /// Whether a run view is stepped by its session's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,17 @@ impl RunView {
             .catch_up(self.path.after(from).copied(), &self.history);
     }
 
+    /// Keeps the answers to `g`, `h`, `G` and `F` taken at the steps `kept` accepts and drops
+    /// the others: after a rewind or a reset the run no longer has the steps past it, and the
+    /// inspector showed their answers as the run's.
+    fn keep_answers(&mut self, kept: impl Fn(u64) -> bool) {
+        self.gradcheck.take_if(|(k, _)| !kept(*k));
+        self.curvature.take_if(|(k, _)| !kept(*k));
+        self.formula.take_if(|(k, _)| !kept(*k));
+        self.hessian.take_if(|(k, _)| !kept(*k));
+        self.lrfind.take_if(|(k, _)| !kept(*k));
+    }
+
     /// The step it is at (updates taken): its history holds rows 0..=steps.
     pub fn steps(&self) -> usize {
         self.history.len().saturating_sub(1)
@@ -144,6 +155,22 @@ pub struct Warning {
     pub diagnostic: Option<Box<Diagnostic>>,
 }
 
+impl Warning {
+    /// Diagnostic `d` of `run` at `step` as a log line, `line:col: message`, which `enter` shows
+    /// in full.
+    pub fn located(run: &str, step: u64, d: &Diagnostic) -> Self {
+        let at = d
+            .line_col()
+            .map_or(String::new(), |(l, c)| format!("{l}:{c}: "));
+        Warning {
+            run: run.to_string(),
+            step,
+            text: format!("{at}{}", d.message),
+            diagnostic: Some(Box::new(d.clone())),
+        }
+    }
+}
+
 /// Adds `w` unless the log has it already: a run re-stepped after a rewind or reset halts at
 /// the same step for the same reason, and the log says so once.
 fn push_new(log: &mut Vec<Warning>, w: Warning) {
@@ -169,6 +196,9 @@ pub struct Session {
     /// then pauses (it would have played on past them), other keys still queue behind them.
     pub steps_asked: bool,
     pub warnings: Vec<Warning>,
+    /// The file's own runs that cannot start (as `check` fails them): asked for again when the
+    /// file is edited.
+    pub refused: Vec<Refusal>,
     pub failed: Option<String>,
     pub landscape: LandscapeView,
     /// Param values in all (2 means the landscape is over the params' own coordinates).
@@ -309,6 +339,15 @@ impl Session {
                     metrics: Default::default(),
                 });
             }
+            Event::Refused(refusal) => {
+                let w = Warning::located(&refusal.name, 0, &refusal.diagnostic);
+                push_new(&mut self.warnings, w);
+                // One the user asked for with another optimizer is theirs to change (the log
+                // says why); the file's own is the file's error.
+                if refusal.plan.overrides.optimizer.is_none() {
+                    self.refused.push(*refusal);
+                }
+            }
             Event::Removed(rid) => {
                 self.landscape.on_worker_gave_up();
                 self.drop_run(rid);
@@ -348,6 +387,8 @@ impl Session {
                     r.lr_scale = scale;
                     r.lr_before = None;
                     r.halted = None;
+                    // The run is at step `len` again: what was computed past it is gone with those steps.
+                    r.keep_answers(|k| k <= len as u64);
                     // A change made at the step rewound to is in that step's snapshot: it stays.
                     // One made later is undone with its steps, and the log says so.
                     let undone: Vec<u64> = r
@@ -572,6 +613,7 @@ impl Session {
             busy: None,
             steps_asked: false,
             warnings: Vec::new(),
+            refused: Vec::new(),
             failed,
             landscape,
             dims,
@@ -678,11 +720,7 @@ impl Session {
             r.skipped = 0;
             r.stalled = 0;
             r.first_nonfinite = None;
-            r.gradcheck = None;
-            r.curvature = None;
-            r.formula = None;
-            r.hessian = None;
-            r.lrfind = None;
+            r.keep_answers(|_| false);
             r.clear_path();
         }
         gone.dedup();
@@ -690,6 +728,12 @@ impl Session {
             runs: plan.len(),
             gone: gone.len(),
         };
+        // The file's runs that could not start try again in the new version.
+        plan.extend(self.refused.drain(..).filter_map(|r| {
+            let variant = &old.runs.get(r.plan.def)?.name;
+            let def = new.runs.iter().position(|d| &d.name == variant)?;
+            Some(RunPlan { def, ..r.plan })
+        }));
         // A variant the edit added gets its run, as every variant does when the file starts.
         plan.extend(RunPlan::file(new).into_iter().filter(|p| {
             let name = &new.runs[p.def].name;

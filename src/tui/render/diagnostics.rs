@@ -8,17 +8,19 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
 use crate::tui::app::FileEntry;
 
-/// Every diagnostic of `file`, errors in red, warnings in yellow.
+/// Every diagnostic of `file`, loading it and starting its runs, errors in red, warnings in
+/// yellow.
 pub fn render(f: &mut Frame, file: &FileEntry, area: Rect) {
     let mut lines = Vec::new();
-    // Said in the panel, where it wraps: as the title it was cut at the panel's edge.
-    if file.session.is_some() {
+    // Said in the panel, where it wraps: as the title it was cut at the panel's edge. Only a
+    // file that no longer loads runs an earlier version.
+    if file.session.is_some() && file.diagnostics.iter().any(|d| d.is_error()) {
         lines.push(Line::styled(
             "the last good version keeps running below",
             Style::new().fg(Color::DarkGray),
         ));
     }
-    for d in &file.diagnostics {
+    for d in file.diagnostics.iter().chain(file.refused()) {
         let color = if d.is_error() {
             Color::Red
         } else {

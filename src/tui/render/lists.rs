@@ -73,7 +73,7 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
     // leave the name fewer than 12 columns (a narrow terminal), as one symbol.
     let inner = usize::from(area.width.saturating_sub(2 + 2));
     let compact = inner < 11 + 12;
-    let items: Vec<ListItem> = s
+    let mut items: Vec<ListItem> = s
         .runs
         .iter()
         .map(|r| {
@@ -96,6 +96,20 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
             ]))
         })
         .collect();
+    // Below them, not selectable: the file's runs that cannot start (the chart's panel says why).
+    let red = Style::new().fg(Color::Red);
+    items.extend(s.refused.iter().map(|r| {
+        let status = match compact {
+            false => format!("{:<10} ", "error"),
+            true => "✗ ".to_string(),
+        };
+        let room = inner.saturating_sub(status.chars().count());
+        ListItem::new(Line::from(vec![
+            Span::styled("■ ", red),
+            Span::styled(status, red),
+            Span::raw(cut(&r.name, room)),
+        ]))
+    }));
     let list = List::new(items)
         .block(block)
         .highlight_style(Style::new().add_modifier(Modifier::REVERSED));

@@ -59,11 +59,12 @@ fn help_rows() -> Vec<(String, &'static str)> {
         .collect()
 }
 
-/// How the help lays out in `area`: its columns shown (each with the width of its longest
-/// line), their rows, the labels' width, the last first row scrolling can reach (0: it all
-/// fits, in as many columns as it needs), and the box's width.
+/// How the help lays out in `area`: its columns shown, each as its lines (a key's label, or
+/// none under it where its text wraps, and the text) and its text's width; their rows, the
+/// labels' width, the last first row scrolling can reach (0: it all fits, in as many columns
+/// as it needs), and the box's width.
 struct HelpLayout {
-    columns: Vec<(Vec<(String, &'static str)>, usize)>,
+    columns: Vec<(Vec<(String, String)>, usize)>,
     rows: usize,
     label_w: usize,
     last_first: usize,
@@ -75,31 +76,51 @@ fn help_layout(area: Rect, scroll: usize) -> HelpLayout {
     let label_w = all.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
     let rows = (area.height.saturating_sub(2) as usize).clamp(1, all.len().max(1));
     let help_w = |c: &[(String, &str)]| c.iter().map(|r| r.1.chars().count()).max().unwrap_or(0);
-    let width_of = |columns: &[(Vec<(String, &'static str)>, usize)]| -> usize {
-        columns
-            .iter()
-            .map(|(_, w)| label_w + 2 + w + 2)
-            .sum::<usize>()
-            + 2
+    let width_of = |text_ws: &[usize]| -> usize {
+        text_ws.iter().map(|w| label_w + 2 + w + 2).sum::<usize>() + 2
     };
-    let columns: Vec<_> = all.chunks(rows).map(|c| (c.to_vec(), help_w(c))).collect();
-    let width = width_of(&columns);
+    let chunks: Vec<_> = all.chunks(rows).collect();
+    let text_ws: Vec<usize> = chunks.iter().map(|c| help_w(c)).collect();
+    let width = width_of(&text_ws);
     if width <= usize::from(area.width) {
+        let lines =
+            |c: &[(String, &str)]| c.iter().map(|(l, t)| (l.clone(), t.to_string())).collect();
         return HelpLayout {
-            columns,
+            columns: chunks.iter().map(|c| lines(c)).zip(text_ws).collect(),
             rows,
             label_w,
             last_first: 0,
             width,
         };
     }
-    // One column that scrolls, as wide as its widest line wherever it is scrolled to.
-    let last_first = all.len() - rows;
+    // One column that scrolls, its texts wrapped at the screen's edge under their own column
+    // (cut, they lost their ends), as wide wherever it is scrolled to.
+    let text_w = help_w(&all).min(usize::from(area.width).saturating_sub(width_of(&[0])));
+    let wrapped = |(label, text): &(String, &str)| -> Vec<(String, String)> {
+        let chars: Vec<char> = text.chars().collect();
+        let mut lines: Vec<(String, String)> = wrap(text, text_w.max(1))
+            .into_iter()
+            .map(|r| (String::new(), chars[r].iter().collect()))
+            .collect();
+        if let Some(first) = lines.first_mut() {
+            first.0 = label.clone();
+        }
+        lines
+    };
+    // The furthest first entry whose lines, and those of the entries after it, fill the box.
+    let mut below = 0;
+    let last_first = (0..all.len())
+        .rev()
+        .find(|&i| {
+            below += wrapped(&all[i]).len();
+            below >= rows
+        })
+        .unwrap_or(0);
     let first = scroll.min(last_first);
-    let columns = vec![(all[first..first + rows].to_vec(), help_w(&all))];
+    let lines = all[first..].iter().flat_map(wrapped).take(rows).collect();
     HelpLayout {
-        width: width_of(&columns),
-        columns,
+        columns: vec![(lines, text_w)],
+        width: width_of(&[text_w]),
         rows,
         label_w,
         last_first,
@@ -118,7 +139,8 @@ pub fn help_scrolled(area: Rect, scroll: usize, down: bool) -> usize {
 
 /// Every key and what it does, then what the screen's marks mean (j/k scroll, any other key
 /// closes it), in as many columns as the height needs; where those do not fit the width, one
-/// column that scrolls from `scroll`.
+/// column that scrolls from `scroll`. Keys are aligned on the first, each text wraps under
+/// its own column.
 pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
     let HelpLayout {
         columns,
@@ -135,7 +157,7 @@ pub fn help(f: &mut Frame, area: Rect, scroll: usize) {
                     continue;
                 };
                 spans.push(Span::styled(
-                    format!("{label:>label_w$}  "),
+                    format!("{label:<label_w$}  "),
                     Style::new().fg(Color::Cyan),
                 ));
                 spans.push(Span::raw(format!("{text:<w$}  ")));
@@ -208,14 +230,29 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
             *w = (*w).max(c.chars().count());
         }
     }
-    // Too wide for the screen: the `vs base` column, then the names, give up room (cut with
-    // `…`), then `vs base` goes, so the numbers between them stay in view.
+    // Too wide for the screen: `vs base` narrows (its text wraps under it), then the names (cut
+    // with `…`), then `vs base` goes; number columns that still do not fit are left out, those
+    // right of the sort column first, so the sort column (which tab moves) is always in view.
     let room = usize::from(area.width).saturating_sub(2);
     let last = widths.len() - 1;
-    for (i, least) in [(last, 12), (0, 12), (last, 0)] {
-        let total: usize = widths.iter().map(|w| w + 2).sum();
-        let over = total.saturating_sub(room);
+    // Two columns between cells, none after the last.
+    let total = |widths: &[usize]| -> usize {
+        let shown = widths.iter().filter(|&&w| w > 0);
+        shown.map(|w| w + 2).sum::<usize>().saturating_sub(2)
+    };
+    for (i, least) in [(last, 12), (0, 12)] {
+        let over = total(&widths).saturating_sub(room);
         widths[i] -= over.min(widths[i].saturating_sub(least));
+    }
+    if total(&widths) > room {
+        widths[last] = 0;
+    }
+    let sorted = column.clamp(1, last - 1);
+    for i in (sorted + 1..last).rev().chain(1..sorted) {
+        if total(&widths) <= room {
+            break;
+        }
+        widths[i] = 0;
     }
     let cell = |i: usize, text: &str| match widths[i] {
         0 => String::new(),
@@ -236,22 +273,29 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
             })
             .collect::<Vec<_>>(),
     )];
+    // Each row's `vs base` takes as many lines as the screen's height leaves a row.
+    let per_row = (usize::from(area.height).saturating_sub(6) / rows.len().max(1)).max(1);
     for r in &rows {
-        let mut spans = vec![Span::styled(cell(0, &r.cells[0]), Style::new().fg(r.color))];
-        spans.extend((1..r.cells.len()).map(|i| Span::raw(cell(i, &r.cells[i]))));
-        lines.push(Line::from(spans));
+        let diff = wrapped_cut(&r.cells[last], widths[last], per_row);
+        for (k, piece) in diff.iter().enumerate() {
+            let text = |i: usize| if k == 0 { r.cells[i].as_str() } else { "" };
+            let mut spans = vec![Span::styled(cell(0, text(0)), Style::new().fg(r.color))];
+            spans.extend((1..last).map(|i| Span::raw(cell(i, text(i)))));
+            spans.push(Span::raw(cell(last, piece)));
+            lines.push(Line::from(spans));
+        }
+    }
+    if widths[1..last].contains(&0) {
+        lines.push(Line::styled(
+            "more columns than the screen is wide: tab brings each into view",
+            Style::new().fg(Color::DarkGray),
+        ));
     }
     lines.push(Line::styled(
         "tab/shift-tab sort by the next/previous column · r reverses · esc closes",
         Style::new().fg(Color::DarkGray),
     ));
-    let width = widths
-        .iter()
-        .filter(|&&w| w > 0)
-        .map(|w| w + 2)
-        .sum::<usize>()
-        + 2;
-    let r = centered(area, width as u16, lines.len() as u16 + 2);
+    let r = centered(area, total(&widths) as u16 + 2, lines.len() as u16 + 2);
     f.render_widget(Clear, r);
     f.render_widget(
         Paragraph::new(lines).block(
@@ -261,6 +305,28 @@ fn compare(f: &mut Frame, app: &App, column: usize, descending: bool, area: Rect
         ),
         r,
     );
+}
+
+/// `text` wrapped at spaces into lines of `width` columns, at most `most` of them, the last
+/// ending in `…` where the text goes on; one empty line for an empty text.
+fn wrapped_cut(text: &str, width: usize, most: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let ranges = wrap(text, width);
+    let line = |from: usize, to: usize| chars[from..to].iter().collect::<String>();
+    let mut lines: Vec<String> = ranges
+        .iter()
+        .take(most)
+        .map(|r| line(r.start, r.end))
+        .collect();
+    if let (Some(end), Some(r)) = (lines.last_mut(), ranges.get(most.saturating_sub(1)))
+        && ranges.len() > most
+    {
+        *end = cut(&line(r.start, chars.len()), width);
+    }
+    if lines.is_empty() {
+        lines.push(String::new());
+    }
+    lines
 }
 
 /// The widest the optimizer list grows, to show more of each optimizer's defaults.

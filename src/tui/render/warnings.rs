@@ -60,7 +60,7 @@ pub fn render(f: &mut Frame, app: &App, area: Rect) {
 /// A warning as `run step k: text`, wrapped to `width`: the run bold, the step grey, the text
 /// red for NaN/Inf events and halts, yellow otherwise; reversed when selected.
 fn warning_lines(w: &Warning, width: usize, selected: bool) -> Vec<Line<'static>> {
-    let color = if ["non-finite", "halted", "NaN", "Inf"]
+    let color = if ["non-finite", "halted", "NaN", "Inf", "cannot start"]
         .iter()
         .any(|k| w.text.contains(k))
     {
