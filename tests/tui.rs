@@ -355,6 +355,21 @@ fn snapshot_a_run_that_cannot_start_is_the_files_error() {
     let f = app.file().unwrap();
     assert!(!f.broken());
     assert_eq!(run_names(&app), ["base"]);
+
+    // And back: an edit that leaves the running run unable to start lists it once, as the
+    // refusal (not also as a run starting forever), and the next fix starts one run again.
+    std::fs::write(&file, &text).unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    let f = app.file().unwrap();
+    assert!(f.broken());
+    assert_eq!(run_names(&app), Vec::<String>::new());
+    assert_eq!(f.refused().count(), 1);
+    std::fs::write(&file, text.replace("\"sm3\"", "\"adam\"")).unwrap();
+    app.handle(Msg::FileChanged(file.clone()));
+    app.settle(&rx);
+    assert!(!app.file().unwrap().broken());
+    assert_eq!(run_names(&app), ["base"]);
 }
 
 /// A run the user asks for that cannot start says why in the status line and Warnings, and

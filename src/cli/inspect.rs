@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use super::run::{catch_stop_signals, select, until_stopped};
+use super::run::{catch_stop_signals, release_stop_signals, select, until_stopped};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
@@ -44,9 +44,13 @@ pub(super) fn points(
     crate::compile::threads::start([&compiled], 0);
     let selected = select(&compiled, args.variant.as_deref(), default_all)?;
     // Stepping to a far step can take long: a bar on a terminal, and ctrl-c stops the stepping
-    // (the report is then at the step reached, and says so).
-    catch_stop_signals();
-    let bar = std::io::stderr().is_terminal().then(|| {
+    // (the report is then at the step reached, and says so). What follows has no step to stop
+    // at, so ctrl-c ends the process there, as before.
+    let stepping = args.at_step > 0;
+    if stepping {
+        catch_stop_signals();
+    }
+    let bar = (stepping && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(args.at_step);
         b.set_style(
             indicatif::ProgressStyle::with_template(
@@ -66,7 +70,10 @@ pub(super) fn points(
             request.dtype = d;
         }
         let def = request.def;
-        let mut r = Run::new(&compiled, request)?;
+        let mut r = match request.start(&compiled) {
+            Ok(r) => r,
+            Err(d) => return Ok(Err(vec![d])),
+        };
         if let Some(b) = &bar {
             b.reset();
         }
@@ -80,6 +87,9 @@ pub(super) fn points(
     }
     if let Some(b) = &bar {
         b.finish_and_clear();
+    }
+    if stepping {
+        release_stop_signals();
     }
     Ok(Ok((compiled, runs)))
 }

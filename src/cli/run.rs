@@ -363,16 +363,21 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
 /// From here on, ctrl-c (SIGINT) and SIGTERM end the runs at the current step instead of the
 /// process, so the summary so far is still printed.
 pub(super) fn catch_stop_signals() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    stop_signals_to(on_stop_signal as *const () as libc::sighandler_t);
+}
+
+/// From here on, ctrl-c and SIGTERM end the process again, as they did before
+/// [`catch_stop_signals`]: for work after the stepping that has no step to stop at.
+pub(super) fn release_stop_signals() {
+    stop_signals_to(libc::SIG_DFL);
+}
+
+fn stop_signals_to(handler: libc::sighandler_t) {
+    // SAFETY: the handler is the default action or one that only stores to an atomic, which
+    // is async-signal-safe.
     unsafe {
-        libc::signal(
-            libc::SIGINT,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            on_stop_signal as *const () as libc::sighandler_t,
-        );
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
     }
 }
 

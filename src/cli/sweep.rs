@@ -772,6 +772,9 @@ fn best_and_windows(
                     "window: none (no value improved on the initial loss)".into()
                 }
                 Inside::NoneFinished => "window: none (no point finished)".into(),
+                Inside::MetricNotFinite => {
+                    "window: none (the metric is not finite at the best point)".into()
+                }
                 Inside::OwnObjectives => {
                     "window: none (each value is an objective of its own; the others are weighed at the best point's)".into()
                 }

@@ -450,9 +450,9 @@ unsafe fn columns<T: Num, S: Simd<T>>(
 /// with a subnormal operand takes a microcode assist (45 ns on the Xeon against 1), and a
 /// broadcast one takes it across a whole row of the matrix. Late on separable data 5% of a
 /// logistic regression's gradient values are subnormal, and a 20,000-step run alone went at
-/// 5.5k steps/s against 12.9k over its first 500. What such a value adds to a sum is below
-/// 2^-126 (2^-1022 in f64) times the matrix's entry: it shows only in a sum that ends up that
-/// small (its other terms that small, or cancelling).
+/// 6.5-7.4k steps/s against 12-13k over its first 500 (10.3-11.5k with them zeroed). What such
+/// a value adds to a sum is below 2^-126 (2^-1022 in f64) times the matrix's entry: it shows
+/// only in a sum that ends up that small (its other terms that small, or cancelling).
 pub(super) fn normal_values<T: Num>(v: &[T]) -> std::borrow::Cow<'_, [T]> {
     match v.iter().any(|x| x.subnormal()) {
         true => v.iter().map(|x| x.flushed()).collect(),
@@ -529,9 +529,10 @@ fn vecmat_plain<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
 }
 
 /// The kernel of [`lane_vecmat`], fused where the CPU allows (the same bits in AVX-512 as in
-/// AVX2 registers), with `v`'s subnormal values as zeros ([`normal_values`]). AVX-512 only where lanes share the matrix in tiles of 4 or 8: one lane
-/// alone over 64 columns has 8 sums in flight in AVX2 registers and 4 in AVX-512 ones, and ran
-/// a logistic regression step 8% slower.
+/// AVX2 registers), with `v`'s subnormal values as zeros ([`normal_values`]). AVX-512 only
+/// where lanes share the matrix in tiles of 4 or 8: one lane alone over 64 columns has 8 sums
+/// in flight in AVX2 registers and 4 in AVX-512 ones, and ran a logistic regression step 8%
+/// slower.
 pub(super) fn vecmat<T: Num>(v: &[T], m: &[T], d: LaneDims) -> Vec<T> {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {

@@ -334,7 +334,10 @@ mod tests {
     /// alone's `X @ w`) and `v @ m` (its backward pass, `gᵀ X`), in f32 and f64.
     #[test]
     fn products_count_the_vectors_subnormal_values_as_zeros() {
-        for (dtype, tiny) in [(DType::F32, 1e-39), (DType::F64, 1e-310)] {
+        for (dtype, tiny, normal) in [
+            (DType::F32, 1e-39, f64::from(f32::MIN_POSITIVE)),
+            (DType::F64, 1e-310, f64::MIN_POSITIVE),
+        ] {
             let m = matrix(37, 37, dtype);
             // Every third value below the normal range, the others normal.
             let values: Vec<f64> = (0..37)
@@ -357,10 +360,15 @@ mod tests {
             let zeroed = vector(
                 &values
                     .iter()
-                    .map(|&x| if x.abs() < 1e-300 { 0.0 } else { x })
+                    .map(|&x| if x.abs() < normal { 0.0 } else { x })
                     .collect::<Vec<_>>(),
             );
             let bits = |t: Tensor| f64s(&t).iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_ne!(
+                bits(v.clone()),
+                bits(zeroed.clone()),
+                "{dtype:?}: some are zeroed"
+            );
             for rows_side in [true, false] {
                 let product = |v: &Tensor| match rows_side {
                     true => matvec(&m, v).unwrap().unwrap(),

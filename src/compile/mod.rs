@@ -499,15 +499,16 @@ pub const FD_MAX_VALUES: usize = 10_000;
 pub fn finite_differences_refused(n: usize) -> Option<String> {
     (n > FD_MAX_VALUES).then(|| {
         format!(
-            "finite differences over {n} param values take {} evaluations of the loss a step; \
-             gradscope takes them over at most {FD_MAX_VALUES}",
+            "finite differences over {n} param values need {} evaluations of the loss a step \
+             (they are taken over at most {FD_MAX_VALUES} values)",
             2 * n
         )
     })
 }
 
 /// What to do instead of finite differences over too many values.
-pub const FD_HELP: &str = "drop `grad = \"fd\"` for autograd, or shrink the params";
+pub const FD_HELP: &str =
+    "take gradients by autograd (drop `grad = \"fd\"` or `--grad fd`), or shrink the params";
 
 /// [`finite_differences_refused`] for a run of the file, at its `grad` setting.
 fn finite_differences_too_many(

@@ -44,39 +44,30 @@ pub fn elements<'a, T: WithDType>(storage: &'a Storage, layout: &Layout) -> Opti
     cpu.as_slice::<T>().ok()?.get(from..to)
 }
 
-/// The sum of the squares of `a`'s elements (of `a - b`'s, the difference taken in their
-/// dtype), in f64. Each chunk of [`CHUNK`] elements is summed in eight lanes (element `i` of
-/// the chunk into lane `i % 8`, the lanes added pairwise), then the chunks' sums in order: the
-/// same number on any thread count, with less rounding than one running sum, and ten times as
-/// fast.
-pub fn sum_squares(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
-    Ok(sums_of_squares(a, b, 1, Sums::Squares)?[0])
-}
-
-/// The L2 norm of `a`'s elements (of `a - b`'s), from [`sum_squares`]: its square root, or, where
-/// the sum overflows though every value is finite (a value past 1.3e154 in f64), the norm of
-/// the values scaled by a power of two and scaled back. A finite gradient of 1e155 then has
-/// the norm 1e155, not inf (which read as a non-finite gradient and halted the run).
+/// The L2 norm of `a`'s elements (of `a - b`'s, the difference taken in their dtype), in f64:
+/// the square root of [`slice_squares`], or, where that sum overflows though every value is
+/// finite (a value past 1.3e154 in f64), the norm of the values scaled by a power of two and
+/// scaled back. A finite gradient of 1e155 then has the norm 1e155, not inf (which read as a
+/// non-finite gradient and halted the run).
 pub fn norm(a: &Tensor, b: Option<&Tensor>) -> Result<f64> {
-    Ok(sums_of_squares(a, b, 1, Sums::Norms)?[0])
+    Ok(norms_of(a, b, 1)?[0])
 }
 
 /// Each lane's [`norm`] of `t` `[lanes, ..]` (its leading axis split into `lanes` equal
 /// parts), each taken as [`norm`] takes that lane's values alone: the same numbers as a run
 /// alone gets, without a tensor op per lane.
 pub fn lane_norms(t: &Tensor, lanes: usize) -> Result<Vec<f64>> {
-    sums_of_squares(t, None, lanes, Sums::Norms)
+    norms_of(t, None, lanes)
 }
 
-/// What [`sums_of_squares`] returns of each part.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Sums {
-    Squares,
-    Norms,
+/// The L2 norm of norms (a step's over its params'), overflow-safe as [`norm`] is: the root of
+/// their sum of squares, or, where that overflows though every norm is finite, taken scaled.
+pub fn norm_of_norms(norms: &[f64]) -> f64 {
+    slice_norm(norms, None)
 }
 
-/// [`sum_squares`] (or [`norm`]) of each of `lanes` equal parts of `a`'s elements (of `a - b`'s).
-fn sums_of_squares(a: &Tensor, b: Option<&Tensor>, lanes: usize, of: Sums) -> Result<Vec<f64>> {
+/// [`norm`] of each of `lanes` equal parts of `a`'s elements (of `a - b`'s).
+fn norms_of(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f64>> {
     if let Some(b) = b
         && a.dims() != b.dims()
     {
@@ -87,18 +78,18 @@ fn sums_of_squares(a: &Tensor, b: Option<&Tensor>, lanes: usize, of: Sums) -> Re
         });
     }
     match a.dtype() {
-        DType::F32 => squares_of::<f32>(a, b, lanes, of),
-        DType::F64 => squares_of::<f64>(a, b, lanes, of),
-        DType::F16 => squares_of::<f16>(a, b, lanes, of),
-        DType::BF16 => squares_of::<bf16>(a, b, lanes, of),
+        DType::F32 => norms_in::<f32>(a, b, lanes),
+        DType::F64 => norms_in::<f64>(a, b, lanes),
+        DType::F16 => norms_in::<f16>(a, b, lanes),
+        DType::BF16 => norms_in::<bf16>(a, b, lanes),
         _ => {
             let wide = |t: &Tensor| t.to_dtype(DType::F64);
-            squares_of::<f64>(&wide(a)?, b.map(wide).transpose()?.as_ref(), lanes, of)
+            norms_in::<f64>(&wide(a)?, b.map(wide).transpose()?.as_ref(), lanes)
         }
     }
 }
 
-fn squares_of<T: Wide>(a: &Tensor, b: Option<&Tensor>, lanes: usize, of: Sums) -> Result<Vec<f64>> {
+fn norms_in<T: Wide>(a: &Tensor, b: Option<&Tensor>, lanes: usize) -> Result<Vec<f64>> {
     let (a, b) = (a.contiguous()?, b.map(Tensor::contiguous).transpose()?);
     let (sa, la) = a.storage_and_layout();
     let sb = b.as_ref().map(|b| b.storage_and_layout());
@@ -112,11 +103,7 @@ fn squares_of<T: Wide>(a: &Tensor, b: Option<&Tensor>, lanes: usize, of: Sums) -
     Ok((0..lanes)
         .map(|r| {
             let part = r * len..(r + 1) * len;
-            let (xs, ys) = (&xs[part.clone()], ys.map(|ys| &ys[part]));
-            match of {
-                Sums::Squares => slice_squares(xs, ys),
-                Sums::Norms => slice_norm(xs, ys),
-            }
+            slice_norm(&xs[part.clone()], ys.map(|ys| &ys[part]))
         })
         .collect())
 }
@@ -155,7 +142,11 @@ impl Wide for bf16 {
     }
 }
 
-/// [`sum_squares`] of the values `xs` (of `xs - ys`, the difference taken in their dtype).
+/// The sum of the squares of the values `xs` (of `xs - ys`, the difference taken in their
+/// dtype), in f64. Each chunk of [`CHUNK`] elements is summed in eight lanes (element `i` of
+/// the chunk into lane `i % 8`, the lanes added pairwise), then the chunks' sums in order: the
+/// same number on any thread count, with less rounding than one running sum, and ten times as
+/// fast.
 pub fn slice_squares<T: Wide>(xs: &[T], ys: Option<&[T]>) -> f64 {
     let chunk = |k: usize| {
         let range = k * CHUNK..((k + 1) * CHUNK).min(xs.len());
@@ -910,7 +901,7 @@ mod tests {
     }
 
     #[test]
-    fn sum_squares_is_the_same_on_any_thread_count_and_matches_one_running_sum() {
+    fn norms_are_the_same_on_any_thread_count_and_match_one_running_sum() {
         // Three chunks and a ragged end: the parallel path, the lanes and the remainder.
         let n = 2 * CHUNK + 13;
         let xs: Vec<f32> = (0..n)
@@ -923,7 +914,7 @@ mod tests {
             Tensor::from_vec(ys.clone(), n, dev).unwrap(),
         );
         let running: f64 = xs.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-        let one = sum_squares(&a, None).unwrap();
+        let one = norm(&a, None).unwrap().powi(2);
         assert!(
             (one - running).abs() <= 1e-12 * running,
             "{one} vs {running}"
@@ -932,14 +923,11 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        assert_eq!(pool.install(|| sum_squares(&a, None).unwrap()), one);
+        assert_eq!(pool.install(|| norm(&a, None).unwrap().powi(2)), one);
         // The difference is taken in f32 first, as `a - b` would be.
         let diff = (&a - &b).unwrap();
-        assert_eq!(
-            sum_squares(&a, Some(&b)).unwrap(),
-            sum_squares(&diff, None).unwrap()
-        );
-        assert!(sum_squares(&a, Some(&b.narrow(0, 0, 5).unwrap())).is_err());
+        assert_eq!(norm(&a, Some(&b)).unwrap(), norm(&diff, None).unwrap());
+        assert!(norm(&a, Some(&b.narrow(0, 0, 5).unwrap())).is_err());
     }
 
     #[test]
@@ -964,7 +952,7 @@ mod tests {
             .iter()
             .map(|x| x * x)
             .sum();
-        let got = sum_squares(&t, None).unwrap();
+        let got = norm(&t, None).unwrap().powi(2);
         assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
     }
 }

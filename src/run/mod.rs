@@ -29,6 +29,7 @@ use crate::diagnostic::Diagnostic;
 use crate::lang::file::DType;
 use crate::optim::chain::{self, Verdict};
 use crate::optim::groups::param_groups;
+use crate::optim::kernels::norm_of_norms;
 use crate::optim::optax::sm3_refuses_a_scalar;
 use crate::optim::schedule::{clip_norm, clip_value};
 use crate::optim::settings::{GradSource, LossScale, NonFinitePolicy, RunSettings};
@@ -547,7 +548,7 @@ impl Run {
             None => return Err(Diagnostic::error(format!("step {t}: the run has halted"))),
         };
         let internal = |e: candle_core::Error| Diagnostic::error(format!("step {t} failed: {e}"));
-        let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        let grad_norm = norm_of_norms(&param_grad_norms);
         let grads_finite = param_grad_norms.iter().all(|n| n.is_finite());
         let lr = self.lr_at(t);
         let mut f = 0u8;
@@ -808,7 +809,7 @@ impl Run {
         made: Option<&[Tensor]>,
     ) -> Result<(), Diagnostic> {
         let t = self.history.len() as u64;
-        let grad_norm = param_grad_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        let grad_norm = norm_of_norms(&param_grad_norms);
         self.peak_grad_norms.resize(param_grad_norms.len(), 0.0);
         for (peak, &n) in self.peak_grad_norms.iter_mut().zip(&param_grad_norms) {
             if n.is_finite() {
@@ -955,7 +956,7 @@ impl Run {
         if let Some(max) = self.config.clip_norm {
             // As the step's own norm is taken (`Current::grad_norms`).
             let total = grad_norm
-                .unwrap_or_else(|| grads.iter().map(|g| norm(g).powi(2)).sum::<f64>().sqrt());
+                .unwrap_or_else(|| norm_of_norms(&grads.iter().map(norm).collect::<Vec<_>>()));
             let (g, c) = clip_norm(&grads, total, max)?;
             (grads, clipped) = (g, c);
         }

@@ -56,7 +56,7 @@ pub struct Grid {
     /// Whether points minimise different objectives (consts or variants with their own loss
     /// or consts), so that ranking them by loss compares unlike numbers.
     pub mixed_objectives: bool,
-    /// The consts it sweeps (axes whose values are objectives of their own).
+    /// The consts it sweeps.
     pub consts: Vec<String>,
     /// The axes whose values are objectives of their own: the swept consts, and `variant` when
     /// a variant has its own loss or consts.
@@ -366,17 +366,21 @@ pub struct Window {
     pub axis: String,
     /// Every value of the axis, in order (numerically when all are numbers).
     pub values: Vec<String>,
+    /// Those in the window, or why there is none.
     pub inside: Inside,
 }
 
 /// Which values of an axis are in its window.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inside {
+    /// The values in it, in the axis's order.
     Values(Vec<String>),
     /// Ranked by loss, no value improved on the initial loss.
     NoneImproved,
     /// No point finished.
     NoneFinished,
+    /// Ranked by a metric that is not finite at the best point: there is no 10% of it.
+    MetricNotFinite,
     /// Each value is an objective of its own (a const, a variant with its own loss or consts):
     /// their losses are not comparable.
     OwnObjectives,
@@ -470,6 +474,7 @@ pub fn windows(points: &[Point], rows: &[Row], group: usize, objectives: &[Strin
             Some(b) if b.metric.is_none() && !(top > 0.0 && top.is_finite()) => {
                 Inside::NoneImproved
             }
+            Some(_) if !top.is_finite() => Inside::MetricNotFinite,
             Some(_) => Inside::Values(
                 values
                     .iter()
@@ -532,7 +537,7 @@ mod tests {
         assert_eq!(w.len(), 1);
         match &w[0].inside {
             Inside::Values(v) => Some(v.clone()),
-            Inside::NoneImproved | Inside::NoneFinished => None,
+            Inside::NoneImproved | Inside::NoneFinished | Inside::MetricNotFinite => None,
             Inside::OwnObjectives => panic!("lr is no objective"),
         }
     }
@@ -594,6 +599,22 @@ mod tests {
             w[0].inside,
             Inside::Values(vec!["1e-3".into(), "1e-1".into()])
         );
+    }
+
+    /// Ranked by a metric that is NaN at every point, no value is "within 10%" of it.
+    #[test]
+    fn a_metric_that_is_not_finite_gives_no_window() {
+        let mut points = [point("1e-2", 10.0, 1.0), point("1e-1", 10.0, 2.0)];
+        for p in &mut points {
+            p.outcomes[0].summary.final_metrics = vec![("m".into(), f64::NAN)];
+        }
+        let rank_by = RankBy::Metric {
+            name: "m".into(),
+            max: true,
+        };
+        let rows = rows(&points, &rank_by).unwrap();
+        let w = windows(&points, &rows, 0, &[]);
+        assert_eq!(w[0].inside, Inside::MetricNotFinite);
     }
 
     /// An axis whose values are objectives of their own (a const) has no window, and the

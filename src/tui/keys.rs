@@ -135,7 +135,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(
         &[ch(' ')],
         A::PlayPause,
-        "run / pause all runs of the loss",
+        "run / pause all runs of the loss; once all have finished, play them on",
         Some("run/pause"),
     ),
     bind(

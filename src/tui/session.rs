@@ -342,9 +342,15 @@ impl Session {
             Event::Refused(refusal) => {
                 let w = Warning::located(&refusal.name, 0, &refusal.diagnostic);
                 push_new(&mut self.warnings, w);
-                // One the user asked for with another optimizer is theirs to change (the log
-                // says why); the file's own is the file's error.
-                if refusal.plan.overrides.optimizer.is_none() {
+                // A run kept over an edit that the new version cannot start never will: the
+                // refusal stands in its place (and is asked again after the next edit).
+                self.runs
+                    .retain(|r| r.link != Link::Starting || r.info.name != refusal.name);
+                self.selected = self.selected.min(self.runs.len().saturating_sub(1));
+                // One the user asked for with other settings is theirs to change (the log
+                // says why); the file's own is the file's error, listed once.
+                if refusal.plan.overrides == worker::Overrides::default() {
+                    self.refused.retain(|r| r.name != refusal.name);
                     self.refused.push(*refusal);
                 }
             }
@@ -387,7 +393,8 @@ impl Session {
                     r.lr_scale = scale;
                     r.lr_before = None;
                     r.halted = None;
-                    // The run is at step `len` again: what was computed past it is gone with those steps.
+                    // The run is at step `len` again: what was computed past it is gone with
+                    // those steps.
                     r.keep_answers(|k| k <= len as u64);
                     // A change made at the step rewound to is in that step's snapshot: it stays.
                     // One made later is undone with its steps, and the log says so.

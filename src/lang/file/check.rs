@@ -194,7 +194,7 @@ impl Checker {
         let (optimizer, param_settings, kind) = root
             .get("optimizer")
             .map(|v| self.optimizer(v, "[optimizer]", &params, Some(OptimizerKind::Adam)))
-            .unwrap_or_default();
+            .unwrap_or((Vec::new(), Vec::new(), Some(OptimizerKind::Adam)));
         let variants = self.variants(root.get("variants"), &consts, &params, kind);
         let functions = root
             .get("functions")
@@ -856,7 +856,7 @@ fn type_name(v: &DeValue) -> &'static str {
         DeValue::String(_) => "a string",
         // TOML's integers are 64-bit: a longer one is no number of the file's.
         DeValue::Integer(_) if number_of(v).is_none() => {
-            "an integer past 64 bits (write it as a float, e.g. 1e20)"
+            "an integer beyond TOML's range (-9223372036854775808 to 9223372036854775807)"
         }
         DeValue::Integer(_) => "an integer",
         DeValue::Float(_) => "a float",

@@ -113,7 +113,8 @@ pub fn runs(f: &mut Frame, app: &App, area: Rect) {
     let list = List::new(items)
         .block(block)
         .highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut state = ListState::default().with_selected(Some(s.selected));
+    // The refused runs listed after the runs are not selectable: with no run, nothing is.
+    let mut state = ListState::default().with_selected((!s.runs.is_empty()).then_some(s.selected));
     f.render_stateful_widget(list, area, &mut state);
 }
 
