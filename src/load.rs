@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::compile::{self, CompiledFile};
 use crate::diagnostic::{Diagnostic, SourceFile};
-use crate::lang::file::{self, OptimizerDef, OptimizerFile};
+use crate::lang::file::{self, FolderOptimizers, OptimizerDef, OptimizerFile};
 
 /// The folder whose `*.toml` files hold optimizers for every loss file beside it and below.
 pub const OPTIMIZERS_DIR: &str = "optimizers";
@@ -148,7 +148,7 @@ pub fn load(path: &Path) -> LoadedFile {
         return load_optimizer_file(path);
     }
     let scope = Inherited::of(path);
-    finish(path, file::load_with(path, &scope.optimizers), scope)
+    finish(path, file::load_with(path, &scope.folder), scope)
 }
 
 /// Checks and compiles a loss file's contents, already read, as if from `path` (a reload that
@@ -161,7 +161,7 @@ pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> LoadedFile {
     let scope = Inherited::of(path);
     finish(
         path,
-        file::load_bytes_with(path, bytes, &scope.optimizers),
+        file::load_bytes_with(path, bytes, &scope.folder),
         scope,
     )
 }
@@ -236,8 +236,9 @@ fn folder_optimizers(
 
 /// What a loss file inherits from the `optimizers/` folders above it.
 struct Inherited {
-    /// Their optimizers; a nearer folder's shadow a farther one's of the same name.
-    optimizers: Vec<Arc<OptimizerDef>>,
+    /// Their optimizers (a nearer folder's shadow a farther one's of the same name), and those
+    /// with errors.
+    folder: FolderOptimizers,
     /// The errors of their files.
     errors: Vec<Diagnostic>,
     /// Their files, so that a change to one reloads the loss file.
@@ -248,19 +249,30 @@ impl Inherited {
     /// What a loss file at `path` inherits.
     fn of(path: &Path) -> Self {
         let mut out = Self {
-            optimizers: Vec::new(),
+            folder: FolderOptimizers::default(),
             errors: Vec::new(),
             files: Vec::new(),
+        };
+        let named = |f: &FolderOptimizers, name: &str| {
+            f.optimizers.iter().any(|d| d.name.node == name)
+                || f.broken.iter().any(|(n, _)| n == name)
         };
         for dir in optimizer_dirs(path.parent().unwrap_or(Path::new(""))) {
             let folder = read_folder(&dir);
             let (found, diags) = folder_optimizers(&folder);
             out.errors
                 .extend(diags.into_iter().filter(Diagnostic::is_error));
+            for (p, f) in &folder {
+                for name in &f.broken {
+                    if !named(&out.folder, name) {
+                        out.folder.broken.push((name.clone(), p.clone()));
+                    }
+                }
+            }
             out.files.extend(folder.into_iter().map(|(p, _)| p));
             for def in found {
-                if !out.optimizers.iter().any(|d| d.name.node == def.name.node) {
-                    out.optimizers.push(def);
+                if !named(&out.folder, &def.name.node) {
+                    out.folder.optimizers.push(def);
                 }
             }
         }

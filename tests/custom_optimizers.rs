@@ -516,6 +516,37 @@ fn an_optimizers_folder_serves_every_loss_file_below_it_and_the_nearest_wins() {
     assert_eq!(all.len(), 5);
 }
 
+/// Naming an optimizer that a folder above defines with an error says so, at the name, with
+/// the file to fix: not "unknown optimizer" with another of the folder's names suggested.
+#[test]
+fn naming_a_folders_broken_optimizer_says_where_its_errors_are() {
+    let dir = Scratch::new("broken");
+    let opt = dir.write(
+        "optimizers/o.toml",
+        "[optimizers.half]\nhyper = { lr = 0.1 }\nupdate = \"p - lr * g +\"\n\
+         [optimizers.halves]\nhyper = { lr = 0.1 }\nupdate = \"p - lr * g\"\n",
+    );
+    let loss = dir.write(
+        "sub/loss.toml",
+        &format!("{LOSS}[optimizer]\nname = \"half\"\n"),
+    );
+    let diags = load::load(&loss).diagnostics;
+    let named = diags
+        .iter()
+        .find(|d| d.file() == Some(loss.as_path()))
+        .expect("an error at the loss file");
+    assert_eq!(
+        named.message,
+        format!("optimizer `half` has errors in {}", opt.display())
+    );
+    assert_eq!(named.line_col(), Some((7, 8)));
+    assert!(
+        !diags
+            .iter()
+            .any(|d| d.message.contains("unknown optimizer"))
+    );
+}
+
 #[test]
 fn a_non_finite_update_of_a_folders_optimizer_points_into_its_file() {
     let dir = Scratch::new("nan");

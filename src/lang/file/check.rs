@@ -13,9 +13,9 @@ use toml::de::{DeTable, DeValue};
 pub(super) use optimizers::check_optimizer_file;
 
 use super::{
-    ArrayFile, ArrayFormat, ConstEntry, DType, DataEntry, DataValue, FunctionDef, LossFile,
-    MetricEntry, OptimizerDef, OptimumEntry, ParamEntry, ParamTable, Setting, SettingValue,
-    Variant, is_identifier, string_offsets,
+    ArrayFile, ArrayFormat, ConstEntry, DType, DataEntry, DataValue, FolderOptimizers, FunctionDef,
+    LossFile, MetricEntry, OptimizerDef, OptimumEntry, ParamEntry, ParamTable, Setting,
+    SettingValue, Variant, is_identifier, string_offsets,
 };
 use crate::diagnostic::{Diagnostic, SourceFile, Span, did_you_mean, plain};
 use crate::lang::ast::{Expr, ExprKind, Program, Spanned};
@@ -75,13 +75,14 @@ pub(super) struct Checked {
 
 /// Checks a loss file's text; `inherited` are the optimizers of the `optimizers/` folders above
 /// it, which it may name.
-pub(super) fn check(source: &Arc<SourceFile>, inherited: &[Arc<OptimizerDef>]) -> Checked {
+pub(super) fn check(source: &Arc<SourceFile>, inherited: &FolderOptimizers) -> Checked {
     let mut cx = Checker {
         source: Arc::clone(source),
         name: None,
         diags: Vec::new(),
-        optimizers: inherited.to_vec(),
+        optimizers: inherited.optimizers.clone(),
         broken_optimizers: Vec::new(),
+        broken_elsewhere: inherited.broken.clone(),
     };
     let file = cx.file();
     let file = file.filter(|_| !cx.diags.iter().any(Diagnostic::is_error));
@@ -102,6 +103,9 @@ struct Checker {
     /// Those the file writes with an error (reported at the definition): naming one is no
     /// second error.
     broken_optimizers: Vec<String>,
+    /// Those an `optimizers/` folder above defines with an error, and the file: naming one
+    /// says where its errors are.
+    broken_elsewhere: Vec<(String, PathBuf)>,
 }
 
 impl Checker {

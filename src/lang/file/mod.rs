@@ -283,6 +283,8 @@ impl OptimizerDef {
 pub struct OptimizerFile {
     /// The optimizers that checked without error.
     pub optimizers: Vec<Arc<OptimizerDef>>,
+    /// The names of those defined with an error.
+    pub broken: Vec<String>,
     pub diagnostics: Vec<Diagnostic>,
     /// The text as read, when it could be.
     pub source: Option<Arc<SourceFile>>,
@@ -335,13 +337,23 @@ pub struct Loaded {
     pub source: Option<Arc<SourceFile>>,
 }
 
+/// What a loss file may name from the `optimizers/` folders above it.
+#[derive(Debug, Clone, Default)]
+pub struct FolderOptimizers {
+    /// Those that checked without error; a nearer folder's shadow a farther one's.
+    pub optimizers: Vec<Arc<OptimizerDef>>,
+    /// Those defined with an error, and the file each is in: naming one says where, not that
+    /// there is no such optimizer.
+    pub broken: Vec<(String, PathBuf)>,
+}
+
 /// Reads and checks a loss file. Never panics on any input.
 pub fn load(path: &Path) -> Loaded {
-    load_with(path, &[])
+    load_with(path, &FolderOptimizers::default())
 }
 
 /// [`load`], with `inherited` (the optimizers of the `optimizers/` folders above it) nameable.
-pub fn load_with(path: &Path, inherited: &[Arc<OptimizerDef>]) -> Loaded {
+pub fn load_with(path: &Path, inherited: &FolderOptimizers) -> Loaded {
     match read(path) {
         Ok(bytes) => load_bytes_with(path, bytes, inherited),
         Err(d) => Loaded {
@@ -355,12 +367,12 @@ pub fn load_with(path: &Path, inherited: &[Arc<OptimizerDef>]) -> Loaded {
 
 /// Checks a loss file's contents as if read from `path`.
 pub fn load_bytes(path: &Path, bytes: Vec<u8>) -> Loaded {
-    load_bytes_with(path, bytes, &[])
+    load_bytes_with(path, bytes, &FolderOptimizers::default())
 }
 
 /// [`load_bytes`], with `inherited` (the optimizers of the `optimizers/` folders above it)
 /// nameable.
-pub fn load_bytes_with(path: &Path, bytes: Vec<u8>, inherited: &[Arc<OptimizerDef>]) -> Loaded {
+pub fn load_bytes_with(path: &Path, bytes: Vec<u8>, inherited: &FolderOptimizers) -> Loaded {
     let (source, not_utf8) = decode(path, bytes);
     if let Some(d) = not_utf8 {
         return Loaded {
@@ -386,6 +398,7 @@ pub fn load_optimizers(path: &Path) -> OptimizerFile {
         Err(d) => {
             return OptimizerFile {
                 optimizers: Vec::new(),
+                broken: Vec::new(),
                 diagnostics: vec![d],
                 source: None,
             };
@@ -394,13 +407,15 @@ pub fn load_optimizers(path: &Path) -> OptimizerFile {
     if let Some(d) = not_utf8 {
         return OptimizerFile {
             optimizers: Vec::new(),
+            broken: Vec::new(),
             diagnostics: vec![d],
             source: Some(source),
         };
     }
-    let (optimizers, diagnostics) = check::check_optimizer_file(&source);
+    let (optimizers, broken, diagnostics) = check::check_optimizer_file(&source);
     OptimizerFile {
         optimizers: optimizers.into_iter().map(Arc::new).collect(),
+        broken,
         diagnostics,
         source: Some(source),
     }

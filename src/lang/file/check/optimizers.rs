@@ -12,20 +12,21 @@ use crate::optim::spec::OptimizerKind;
 const OPTIMIZER_KEYS: &[&str] = &["about", "hyper", "state", "update"];
 
 /// Checks the text of a file of an `optimizers/` folder: the optimizers that checked without
-/// error, and every diagnostic.
+/// error, the names of those with one, and every diagnostic.
 pub(in crate::lang::file) fn check_optimizer_file(
     source: &Arc<SourceFile>,
-) -> (Vec<OptimizerDef>, Vec<Diagnostic>) {
+) -> (Vec<OptimizerDef>, Vec<String>, Vec<Diagnostic>) {
     let mut cx = Checker {
         source: Arc::clone(source),
         name: None,
         diags: Vec::new(),
         optimizers: Vec::new(),
         broken_optimizers: Vec::new(),
+        broken_elsewhere: Vec::new(),
     };
     let (root, toml_errors) = DeTable::parse_recoverable(&source.text);
     if !cx.toml_errors(toml_errors) {
-        return (Vec::new(), cx.diags);
+        return (Vec::new(), Vec::new(), cx.diags);
     }
     let root = root.into_inner();
     for (k, _) in root.iter().filter(|(k, _)| k.get_ref() != "optimizers") {
@@ -47,7 +48,7 @@ pub(in crate::lang::file) fn check_optimizer_file(
             Vec::new()
         }
     };
-    (optimizers, cx.diags)
+    (optimizers, cx.broken_optimizers, cx.diags)
 }
 
 impl Checker {

@@ -177,11 +177,27 @@ impl Checker {
                         (None, Some(k)) => kind = Some(k),
                         // Its own errors say what is wrong with it.
                         (None, None) if self.broken_optimizers.contains(name) => {}
-                        (None, None) => {
-                            let names = self.optimizers.iter().map(|d| d.name.node.as_str());
-                            let e = unknown_optimizer(name, names);
-                            self.error(e.message, s.value.span.clone()).help = e.help;
-                        }
+                        (None, None) => match self
+                            .broken_elsewhere
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, path)| path.display().to_string())
+                        {
+                            Some(path) => {
+                                self.error(
+                                    format!("optimizer `{name}` has errors in {path}"),
+                                    s.value.span.clone(),
+                                )
+                                .help = Some(format!(
+                                    "fix them there (`gradscope check {path}` lists them)"
+                                ));
+                            }
+                            None => {
+                                let names = self.optimizers.iter().map(|d| d.name.node.as_str());
+                                let e = unknown_optimizer(name, names);
+                                self.error(e.message, s.value.span.clone()).help = e.help;
+                            }
+                        },
                     }
                 }
                 _ => {
