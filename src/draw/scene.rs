@@ -8,7 +8,7 @@ use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 
 use super::terminal_color;
-use crate::format::fmt_short;
+use crate::format::{cut, fmt_short};
 use crate::landscape::{BANDS, ColorScale, Grid, NONFINITE_RGB, clip, ramp};
 
 /// How cells are drawn.
@@ -279,7 +279,9 @@ impl Scene<'_> {
                     }
                     tx += 2;
                 }
-                buf.set_stringn(tx, y, text, w.saturating_sub((tx - x) as usize), style);
+                // A cut name ends in `…`, so it does not read as a whole one.
+                let room = w.saturating_sub((tx - x) as usize);
+                buf.set_stringn(tx, y, cut(text, room), room, style);
                 y += 1;
             };
         if let Some(s) = scale {
@@ -333,8 +335,26 @@ impl Scene<'_> {
                 buf,
             );
         }
-        line(&self.status, Style::new().fg(Color::DarkGray), None, buf);
+        // The grid's status wraps at spaces: its last word is the time it took.
+        for part in wrapped(&self.status, w) {
+            line(&part, Style::new().fg(Color::DarkGray), None, buf);
+        }
     }
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces (a longer word alone).
+fn wrapped(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split(' ') {
+        match lines.last_mut() {
+            Some(l) if l.chars().count() + 1 + word.chars().count() <= width => {
+                l.push(' ');
+                l.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -427,5 +447,24 @@ fn sgr(c: Color, layer: u8) -> String {
         Color::White | Color::Gray => named(7),
         Color::DarkGray => format!("\x1b[{}m", if layer == 38 { 90 } else { 100 }),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_wraps_at_spaces_and_keeps_every_word() {
+        assert_eq!(
+            wrapped("40x48 batched in 364\u{a0}µs", 20),
+            ["40x48 batched in", "364\u{a0}µs"]
+        );
+        assert_eq!(wrapped("computing 10/2304", 20), ["computing 10/2304"]);
+        // A word longer than the line stands alone (the legend's line cuts it with `…`).
+        assert_eq!(
+            wrapped("a b-very-long-word c", 6),
+            ["a", "b-very-long-word", "c"]
+        );
     }
 }

@@ -70,7 +70,8 @@ pub fn render(f: &mut Frame, app: &App, file: &FileEntry, area: Rect) {
             g.spec.nx,
             g.spec.ny,
             m.name(),
-            crate::format::fmt_duration(t)
+            // A no-break space: the legend wraps the status at spaces, never inside the time.
+            crate::format::fmt_duration(t).replace(' ', "\u{a0}")
         ),
         (Some(g), _, None) => format!("computing {}/{}", g.filled(), g.spec.len()),
         _ => "computing…".into(),
@@ -129,17 +130,30 @@ fn render_slice(
         .filter(|(s, l)| **s > 0.0 && l.is_finite())
         .map(|(s, l)| (s.log2(), *l))
         .collect();
-    let title = format!(
-        "Next step of {} at lr × s: now {}, s=1 → {}{}",
-        run.info.name,
-        fmt_num(now),
-        line.at(1.0).map_or("-".into(), fmt_num),
-        line.best().map_or(String::new(), |(m, l)| format!(
-            ", best s={} → {}",
-            crate::format::fmt_short(m),
-            fmt_num(l)
-        )),
-    );
+    // The numbers matter more than the words around them: a narrow panel drops the run's name,
+    // then the numbers' digits, before it cuts the line.
+    let numbers = |num: &dyn Fn(f64) -> String| {
+        format!(
+            "lr × s: now {}, s=1 → {}{}",
+            num(now),
+            line.at(1.0).map_or("-".into(), num),
+            line.best().map_or(String::new(), |(m, l)| format!(
+                ", best s={} → {}",
+                crate::format::fmt_short(m),
+                num(l)
+            )),
+        )
+    };
+    let room = usize::from(area.width.saturating_sub(2));
+    let title = [
+        format!("Next step of {} at {}", run.info.name, numbers(&fmt_num)),
+        format!("Next step at {}", numbers(&fmt_num)),
+        numbers(&fmt_num),
+        numbers(&crate::format::fmt_short),
+    ]
+    .into_iter()
+    .find(|t| t.chars().count() <= room)
+    .unwrap_or_else(|| crate::format::cut(&numbers(&crate::format::fmt_short), room));
     // Losses far above the current one (a lr 16x too large) would flatten the rest.
     let [y0, hi] = chart::bounds(points.iter().map(|p| p.1).chain([now]));
     let y1 = if now.is_finite() {
