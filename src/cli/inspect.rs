@@ -1,9 +1,9 @@
 //! `gradscope gradcheck`, `curvature` and `precision`: a point of a run, examined.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
-use super::run::{catch_stop_signals, release_stop_signals, select, until_stopped};
+use super::run::{catch_stop_signals, release_stop_signals, select, steps_bar, until_stopped};
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
 use crate::format::fmt_num;
@@ -50,16 +50,14 @@ pub(super) fn points(
     if stepping {
         catch_stop_signals();
     }
-    let bar = (stepping && std::io::stderr().is_terminal()).then(|| {
-        let b = indicatif::ProgressBar::new(args.at_step);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
+    let bar = stepping
+        .then(|| {
+            steps_bar(
+                args.at_step,
                 "stepping to the point {bar:40} {pos}/{len} steps {eta}",
             )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+        })
+        .flatten();
     let mut runs = Vec::new();
     for mut request in selected
         .into_iter()

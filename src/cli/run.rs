@@ -372,6 +372,18 @@ pub(super) fn release_stop_signals() {
     stop_signals_to(libc::SIG_DFL);
 }
 
+/// A bar of `len` steps drawn as `template` on stderr, when it is a terminal.
+pub(super) fn steps_bar(len: u64, template: &str) -> Option<indicatif::ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(len);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    })
+}
+
 fn stop_signals_to(handler: libc::sighandler_t) {
     // SAFETY: the handler is the default action or one that only stores to an atomic, which
     // is async-signal-safe.

@@ -1,12 +1,12 @@
 //! `gradscope sweep`: a grid of ordinary runs (value lists in `-o` and `--const`, variants,
 //! dtypes, seeds), stepped like `run` steps them, ranked, with each swept axis's window.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use super::run::{
     Format, RunOptions, RunOutcome, RunsError, aligned, build_runs, catch_stop_signals,
-    positive_steps, select, until_stopped,
+    positive_steps, select, steps_bar, until_stopped,
 };
 use crate::compile::CompiledFile;
 use crate::diagnostic::Diagnostic;
@@ -416,14 +416,7 @@ pub fn sweep_command(args: &SweepArgs, color: bool) -> anyhow::Result<RunOutcome
         counted(args.seeds as usize, "seed"),
         counted(runs, "run"),
     );
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("sweep {bar:40} {pos}/{len} steps {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
+    let bar = steps_bar(total, "sweep {bar:40} {pos}/{len} steps {eta}");
     let points = drive_grid(grid, || {
         if let Some(b) = &bar {
             b.inc(1);

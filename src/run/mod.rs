@@ -280,9 +280,7 @@ impl Run {
         }
         // Settings from -o or the TUI did not pass the file's check.
         if config.grad == GradSource::FiniteDifference
-            && let Some(why) = crate::compile::finite_differences_refused(
-                compiled.params.iter().map(|p| p.value.elem_count()).sum(),
-            )
+            && let Some(why) = crate::compile::finite_differences_refused(compiled.param_count())
         {
             return Err(candle_core::Error::Msg(format!(
                 "{why}: {}",
@@ -1266,7 +1264,7 @@ impl Run {
 
 /// An update's norm over the norm of all params before it (NaN at zero params).
 fn update_ratio(update_norm: f64, param_norms: &[f64]) -> f32 {
-    let total = param_norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+    let total = norm_of_norms(param_norms);
     if total > 0.0 {
         (update_norm / total) as f32
     } else {
