@@ -23,11 +23,6 @@ impl Checker {
         };
         let out = self.settings_from(t, |k| k != "params", what);
         let kind = self.check_settings(&out, fallback);
-        // A table that names an optimizer (one of the file's own: None) does not fall back.
-        let kind = match out.iter().any(|s| s.key.node == "name") {
-            true => kind,
-            false => kind.or(fallback),
-        };
         let tables = t
             .get("params")
             .map(|p| self.param_tables(p, kind, params))
@@ -158,7 +153,8 @@ impl Checker {
     /// and every other key against the optimizer named, else against `fallback` (the one a
     /// table without a name runs: a nameless `lr = -0.1` is refused for adam, not for sgd, and
     /// a nameless `momentum` is no setting of adam's), else any optimizer's keys; returns the
-    /// registry optimizer named (None for none, or one the file writes itself).
+    /// registry optimizer the table runs: the one named (None for one the file writes itself or
+    /// an unknown name), else `fallback`.
     fn check_settings(
         &mut self,
         settings: &[Setting],
@@ -208,22 +204,20 @@ impl Checker {
                 }
             }
         }
+        let kind = if named.is_some() { kind } else { fallback };
         let signatures: Vec<_> = self.optimizers.iter().map(|d| d.signature()).collect();
         for s in settings.iter().filter(|s| s.key.node != "name") {
             let (key, value) = (s.key.node.as_str(), s.value.node.raw());
             let checked = match &own {
                 Some(sig) => check_own_setting(sig, key, value),
                 // A registry optimizer's keys; without one known, those of any it could name.
-                None => {
-                    let kind = if named.is_some() { kind } else { fallback };
-                    check_setting(kind, key, value).or_else(|e| {
-                        let owner = signatures
-                            .iter()
-                            .filter(|_| kind.is_none())
-                            .find(|sig| sig.hyper.iter().any(|(n, _)| n == key));
-                        owner.map_or(Err(e), |sig| check_own_setting(sig, key, value))
-                    })
-                }
+                None => check_setting(kind, key, value).or_else(|e| {
+                    let owner = signatures
+                        .iter()
+                        .filter(|_| kind.is_none())
+                        .find(|sig| sig.hyper.iter().any(|(n, _)| n == key));
+                    owner.map_or(Err(e), |sig| check_own_setting(sig, key, value))
+                }),
             };
             if let Err(mut e) = checked {
                 // Without a name the table is the fallback's (adam's): say so where the key is
